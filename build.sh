@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# build.sh — build, run and test the hyperroot appliance. Outputs go under out/.
+#
+#   ./build.sh deps    install what the build and tests need (as root; else print the command)
+#   ./build.sh build   build out/image/{vmlinuz,initramfs.cpio,board.yaml} (default)
+#   ./build.sh run     build, then boot the image in QEMU with the console here
+#                      (runner flags follow: -memory 4G -cpus 4 -append ... -config F -overlay DIR -oneshot)
+#   ./build.sh test    deps, build, go vet, unit + host-KVM tests, end-to-end tests under QEMU
+#   ./build.sh bench   Go micro-benchmarks
+#   ./build.sh clean   remove out/ (keeps the download cache out/cache/debs; clean all removes it too)
+#
+# Environment: BOARD (default qemu), OUT (default out).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+BOARD=${BOARD:-qemu}
+OUT=${OUT:-out}
+VERSION=$(git describe --always --dirty 2>/dev/null || echo dev)
+GO_MIN=1.26
+
+# step NAME CMD...: run one step, say what it does and how long it took;
+# on failure name the step and stop.
+step() {
+	local name=$1 start=$SECONDS
+	shift
+	echo "==> $name"
+	if ! "$@"; then
+		echo "build.sh: step '$name' failed (see above)" >&2
+		exit 1
+	fi
+	echo "    ($name: $((SECONDS - start))s)"
+}
+
+# Debian packages the build and the tests need, by the command that shows
+# each is there.
+declare -A PKGS=(
+	[qemu-system-x86_64]=qemu-system-x86
+	[depmod]=kmod
+	[dpkg-deb]=dpkg
+	[apt-get]=apt
+	[iasl]=acpica-tools
+)
+
+deps() {
+	if ! command -v go >/dev/null; then
+		echo "build.sh: go not found: install Go >= $GO_MIN from https://go.dev/dl and put it on PATH" >&2
+		return 1
+	fi
+	local gov
+	gov=$(go env GOVERSION | sed 's/^go//')
+	if [ "$(printf '%s\n%s\n' "$GO_MIN" "$gov" | sort -V | head -1)" != "$GO_MIN" ]; then
+		echo "build.sh: Go $gov is too old: need >= $GO_MIN" >&2
+		return 1
+	fi
+	local missing=() cmd
+	for cmd in "${!PKGS[@]}"; do
+		command -v "$cmd" >/dev/null || missing+=("${PKGS[$cmd]}")
+	done
+	if [ ${#missing[@]} -gt 0 ]; then
+		if [ "$(id -u)" != 0 ]; then
+			echo "build.sh: missing packages; run: sudo apt-get update && sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
+			return 1
+		fi
+		echo "    installing ${missing[*]}"
+		apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	fi
+	# apt needs package lists to resolve the kernel package.
+	if ! apt-cache show --no-all-versions linux-image-cloud-amd64 >/dev/null 2>&1; then
+		if [ "$(id -u)" = 0 ]; then
+			apt-get update -qq
+		else
+			echo "build.sh: apt has no package lists; run: sudo apt-get update" >&2
+			return 1
+		fi
+	fi
+	go mod download
+	echo "    go $(go env GOVERSION), $(qemu-system-x86_64 --version | head -1)"
+}
+
+build() {
+	go run ./tools/mkimage -board "$BOARD" -out "$OUT" -version "$VERSION"
+}
+
+check_fmt() {
+	local bad
+	bad=$(find . -name '*.go' -not -path './out/*' -print0 | xargs -0 gofmt -l)
+	[ -z "$bad" ] || { echo "not gofmt'ed: $bad" >&2; return 1; }
+}
+
+unit_and_e2e() {
+	# HYPERROOT_STRICT=1: tests fail, never skip, when something they need is missing.
+	HYPERROOT_STRICT=1 HYPERROOT_IMAGE="$PWD/$OUT/image" go test -count=1 -timeout 40m ./...
+}
+
+case "${1:-build}" in
+deps)
+	step deps deps
+	;;
+build)
+	step deps deps
+	step "build image (board $BOARD)" build
+	;;
+run)
+	shift || true
+	step deps deps
+	step "build image (board $BOARD)" build
+	exec go run ./tools/runner -image "$OUT/image" "$@"
+	;;
+test)
+	step deps deps
+	step "build image (board $BOARD)" build
+	step "go vet" go vet ./...
+	step "gofmt" check_fmt
+	step "unit, host-KVM and end-to-end tests" unit_and_e2e
+	;;
+bench)
+	step "benchmarks" go test -run '^$' -bench . -benchmem ./...
+	;;
+clean)
+	if [ "${2:-}" = all ]; then rm -rf "$OUT"; else find "$OUT" -mindepth 1 -maxdepth 1 ! -name cache -exec rm -rf {} + 2>/dev/null || true; fi
+	;;
+*)
+	sed -n '2,12p' "$0" >&2
+	exit 2
+	;;
+esac

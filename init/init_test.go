@@ -1,0 +1,107 @@
+package main
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"os/exec"
+	"regexp"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestParseCmdline(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want cmdline
+	}{
+		{"console=ttyS0 quiet", cmdline{}},
+		{"hyperroot.oneshot=1 hyperroot.config=/x.yaml", cmdline{Oneshot: true, Config: "/x.yaml"}},
+		{"hyperroot.oneshot=0", cmdline{}},
+		{"hyperroot.oneshot=1 hyperroot.oneshot=0", cmdline{}},
+		{"hyperroot.config=http://10.0.0.1/c.yaml\n", cmdline{Config: "http://10.0.0.1/c.yaml"}},
+	} {
+		if got := parseCmdline(tc.in); got != tc.want {
+			t.Errorf("parseCmdline(%q) = %+v, want %+v", tc.in, got, tc.want)
+		}
+	}
+}
+
+func inputEvent(typ, code uint16, value int32) []byte {
+	ev := make([]byte, eventSize)
+	binary.LittleEndian.PutUint16(ev[16:], typ)
+	binary.LittleEndian.PutUint16(ev[18:], code)
+	binary.LittleEndian.PutUint32(ev[20:], uint32(value))
+	return ev
+}
+
+func TestIsPowerPress(t *testing.T) {
+	for _, tc := range []struct {
+		ev   []byte
+		want bool
+	}{
+		{inputEvent(evKey, keyPower, 1), true},
+		{inputEvent(evKey, keyPower, 0), false}, // release
+		{inputEvent(evKey, keyPower, 2), false}, // autorepeat
+		{inputEvent(evKey, 28, 1), false},       // enter
+		{inputEvent(0, keyPower, 1), false},     // EV_SYN
+		{inputEvent(evKey, keyPower, 1)[:20], false},
+	} {
+		if got := isPowerPress(tc.ev); got != tc.want {
+			t.Errorf("isPowerPress(% x) = %v", tc.ev, got)
+		}
+	}
+}
+
+func TestConsoleLines(t *testing.T) {
+	var buf bytes.Buffer
+	c := newConsole(&buf)
+	c.Printf("ready")
+	c.Errorf("kvm", errors.New("no /dev/kvm"))
+	re := regexp.MustCompile(`^\[ *\d+\.\d{3}\] hyperroot: ready\n\[ *\d+\.\d{3}\] hyperroot: error: kvm: no /dev/kvm\n$`)
+	if !re.MatchString(buf.String()) {
+		t.Errorf("console output %q", buf.String())
+	}
+	if c.Errors() != 1 {
+		t.Errorf("Errors() = %d", c.Errors())
+	}
+}
+
+// TestReaper makes the test process a subreaper, as PID 1 is for the whole
+// system, and checks that a supervised child's status reaches its waiter
+// while an orphaned grandchild is reaped and counted.
+func TestReaper(t *testing.T) {
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+	r := newReaper()
+	go r.Run()
+	ch, err := r.Start(exec.Command("/bin/sh", "-c", "sleep 0.2 & exit 3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ws := <-ch:
+		if !ws.Exited() || ws.ExitStatus() != 3 {
+			t.Errorf("status %v, want exit 3", ws)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no status for the supervised child")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for r.Orphans() < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("orphaned grandchild was not reaped")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestDispatch(t *testing.T) {
+	if dispatch([]string{"version"}) != 0 || dispatch([]string{"bogus"}) != 2 || dispatch(nil) != 2 {
+		t.Error("dispatch exit codes")
+	}
+}

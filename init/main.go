@@ -1,0 +1,48 @@
+// Command hyperroot is the whole appliance: run as PID 1 (/init) it is the
+// supervisor that brings the machine up and runs the VMs; run with a
+// subcommand it is one of the roles the supervisor starts (or a user runs by
+// hand on any Linux host).
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+// version is set at build time (-ldflags -X main.version=...).
+var version = "dev"
+
+func main() {
+	if os.Getpid() == 1 {
+		supervise() // never returns
+	}
+	os.Exit(dispatch(os.Args[1:]))
+}
+
+func dispatch(args []string) int {
+	if len(args) == 0 {
+		usage()
+		return 2
+	}
+	switch args[0] {
+	case "version", "--version":
+		fmt.Println("hyperroot", version)
+		return 0
+	case "help", "-h", "--help":
+		usage()
+		return 0
+	}
+	fmt.Fprintf(os.Stderr, "hyperroot: unknown command %q\n", args[0])
+	usage()
+	return 2
+}
+
+func usage() {
+	fmt.Fprint(os.Stderr, `usage: hyperroot <command> [flags]
+
+As PID 1 (the appliance's /init) hyperroot is the supervisor and takes no
+arguments. Commands:
+  version   print the version
+  help      this text
+`)
+}

@@ -1,0 +1,197 @@
+// Package e2e boots the built appliance image under QEMU and judges it from
+// its serial console, as an image-testing user would. It needs a built
+// image (HYPERROOT_IMAGE, default ../../out/image) and qemu-system-x86_64;
+// `./build.sh test` provides both and makes a missing one a failure.
+package e2e
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hyperroot/hyperroot/internal/testenv"
+	"github.com/hyperroot/hyperroot/tools/qemu"
+)
+
+const bootTimeout = 3 * time.Minute
+
+func imageDir(t *testing.T) string {
+	t.Helper()
+	dir := os.Getenv("HYPERROOT_IMAGE")
+	if dir == "" {
+		dir = "../../out/image"
+	}
+	_, err := os.Stat(filepath.Join(dir, "initramfs.cpio"))
+	testenv.Need(t, err == nil, "no built image in "+dir+": run ./build.sh build")
+	testenv.NeedTool(t, "qemu-system-x86_64", "qemu-system-x86")
+	return dir
+}
+
+func start(t *testing.T, o qemu.Options) *qemu.Machine {
+	t.Helper()
+	o.Image = imageDir(t)
+	if o.Timeout == 0 {
+		o.Timeout = bootTimeout
+	}
+	o.Console = testWriter{t}
+	m, err := qemu.Start(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Kill)
+	return m
+}
+
+// testWriter logs the console into the test output (shown on failure or -v).
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\r\n"))
+	return len(p), nil
+}
+
+func expect(t *testing.T, m *qemu.Machine, pattern string) string {
+	t.Helper()
+	l, err := m.Expect(regexp.MustCompile(pattern), bootTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// TestBoot is the appliance's boot contract: banner, modules, KVM with
+// nested paging inside the appliance, ready, verdict, clean poweroff.
+func TestBoot(t *testing.T) {
+	m := start(t, qemu.Options{Oneshot: true})
+	expect(t, m, `hyperroot: hyperroot \S+ board=qemu kernel=6\.\S+ \(linux-image-\S+ \S+\) cpus=2 memory=\d+ MiB`)
+	mods := expect(t, m, `hyperroot: modules: loaded .* \((\d+) of (\d+) in`)
+	for _, want := range []string{"virtio_pci", "virtio_net", "virtio_blk", "kvm_"} {
+		if !strings.Contains(mods, want) {
+			t.Errorf("modules line %q lacks %s", mods, want)
+		}
+	}
+	if s := regexp.MustCompile(`\((\d+) of (\d+) in`).FindStringSubmatch(mods); s[1] != s[2] {
+		t.Errorf("not every module loaded: %s", mods)
+	}
+	expect(t, m, `hyperroot: kvm: ok api=12 module=kvm_(amd|intel) nested-paging=on max-vcpus=\d+`)
+	expect(t, m, `hyperroot: ready$`)
+	expect(t, m, `hyperroot: result pass$`)
+	expect(t, m, `hyperroot: poweroff$`)
+	if r := m.Wait(); !r.OK() {
+		t.Fatalf("oneshot boot failed: %s", r.Why())
+	}
+	for _, l := range m.Lines() {
+		if strings.Contains(l, "hyperroot: error:") {
+			t.Errorf("boot error: %s", l)
+		}
+	}
+}
+
+// TestPowerButton: the ACPI power button (QEMU's system_powerdown) powers
+// the appliance off in order.
+func TestPowerButton(t *testing.T) {
+	m := start(t, qemu.Options{})
+	expect(t, m, `hyperroot: ready$`)
+	if err := m.QMP("system_powerdown", ""); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, m, `hyperroot: powering off: power-button$`)
+	expect(t, m, `hyperroot: poweroff$`)
+	if r := m.Wait(); r.ExitCode != 0 || !r.PowerOff || r.Panic {
+		t.Fatalf("power button: exit %d poweroff=%v panic=%v", r.ExitCode, r.PowerOff, r.Panic)
+	}
+}
+
+// TestCtrlAltDel: the three-finger salute reaches PID 1 as SIGINT (the
+// kernel is told CAD_OFF) and powers off in order instead of a hard reboot.
+func TestCtrlAltDel(t *testing.T) {
+	m := start(t, qemu.Options{})
+	expect(t, m, `hyperroot: ready$`)
+	err := m.QMP("send-key", `{"keys":[{"type":"qcode","data":"ctrl"},{"type":"qcode","data":"alt"},{"type":"qcode","data":"delete"}]}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expect(t, m, `hyperroot: powering off: ctrl-alt-del$`)
+	if r := m.Wait(); r.ExitCode != 0 || !r.PowerOff {
+		t.Fatalf("ctrl-alt-del: exit %d poweroff=%v", r.ExitCode, r.PowerOff)
+	}
+}
+
+// TestConfigAndOverlay: a config file and an overlay directory are added to
+// the built image as an extra cpio archive and seen by PID 1.
+func TestConfigAndOverlay(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "my.yaml")
+	if err := os.WriteFile(cfg, []byte("vms: []\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := start(t, qemu.Options{Config: cfg, Oneshot: true})
+	expect(t, m, `hyperroot: config: /etc/hyperroot/config.yaml \(8 bytes,`)
+	if r := m.Wait(); !r.OK() {
+		t.Fatalf("boot with config: %s", r.Why())
+	}
+
+	ov := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(ov, "etc/hyperroot"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(ov, "etc/hyperroot/config.yaml"), []byte("# from the overlay\nvms: []\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m = start(t, qemu.Options{Overlay: ov, Oneshot: true})
+	expect(t, m, `hyperroot: config: /etc/hyperroot/config.yaml \(27 bytes,`)
+	if r := m.Wait(); !r.OK() {
+		t.Fatalf("boot with overlay: %s", r.Why())
+	}
+}
+
+// TestRunnerVerdict runs the runner command as a CI pipeline would: exit 0
+// for a good boot, 1 when the appliance reports an error (here a config
+// path on the kernel command line that does not exist), 2 for bad input.
+func TestRunnerVerdict(t *testing.T) {
+	dir := imageDir(t)
+	bin := filepath.Join(t.TempDir(), "runner")
+	if out, err := exec.Command("go", "build", "-o", bin, "../runner").CombinedOutput(); err != nil {
+		t.Fatalf("build runner: %v\n%s", err, out)
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		out  string
+	}{
+		{"pass", []string{"-oneshot"}, 0, "runner: PASS"},
+		{"appliance error", []string{"-oneshot", "-append", "hyperroot.config=/no/such.yaml"}, 1, "runner: FAIL: appliance reported: result fail errors=1"},
+		{"missing config", []string{"-oneshot", "-config", "/no/such.yaml"}, 2, "config /no/such.yaml: not a readable file"},
+		{"missing overlay", []string{"-oneshot", "-overlay", "/no/such/dir"}, 2, "overlay /no/such/dir: not a directory"},
+		{"missing image", []string{"-oneshot", "-image", "/no/such/image"}, 2, "no built image in /no/such/image"},
+		{"bad memory", []string{"-memory", "lots"}, 2, `memory "lots"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"-image", dir, "-timeout", "3m"}, tc.args...)
+			cmd := exec.Command(bin, args...)
+			out, err := cmd.CombinedOutput()
+			code := 0
+			if ee, ok := err.(*exec.ExitError); ok {
+				code = ee.ExitCode()
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if code != tc.code || !strings.Contains(string(out), tc.out) {
+				t.Fatalf("runner %v: exit %d (want %d), output lacks %q:\n%s", tc.args, code, tc.code, tc.out, tail(string(out)))
+			}
+		})
+	}
+}
+
+func tail(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > 15 {
+		lines = lines[len(lines)-15:]
+	}
+	return strings.Join(lines, "\n")
+}

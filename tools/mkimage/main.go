@@ -1,0 +1,178 @@
+// Command mkimage builds the hyperroot appliance image for a board:
+// out/image/vmlinuz (Debian's kernel), out/image/initramfs.cpio (mkuimage,
+// with hyperroot as /init and the board's modules) and out/image/board.yaml
+// (the board as resolved: kernel version, module files). build.sh calls it;
+// each step prints what it does and how long it took, and a failure names
+// the step and the cause.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/hyperroot/hyperroot/board"
+	"github.com/hyperroot/hyperroot/image"
+)
+
+func main() {
+	var (
+		boardName = flag.String("board", "qemu", "board to build (a folder under -boards)")
+		boards    = flag.String("boards", "board", "directory holding the boards")
+		out       = flag.String("out", "out", "output directory")
+		version   = flag.String("version", "dev", "version string baked into the binary")
+	)
+	flag.Parse()
+	if err := build(context.Background(), *boards, *boardName, *out, *version); err != nil {
+		fmt.Fprintf(os.Stderr, "mkimage: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// step runs one named step, timing it; a failure is wrapped with the name.
+func step(name string, f func() error) error {
+	start := time.Now()
+	fmt.Printf("  - %s\n", name)
+	if err := f(); err != nil {
+		return fmt.Errorf("step %q failed: %w", name, err)
+	}
+	fmt.Printf("    done in %s\n", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+func logf(format string, args ...any) { fmt.Printf("    "+format+"\n", args...) }
+
+func build(ctx context.Context, boards, name, out, version string) error {
+	var (
+		b       *board.Board
+		pkg     *image.Package
+		kernel  *image.Extracted
+		modules []string
+	)
+	cache := filepath.Join(out, "cache")
+	imgDir := filepath.Join(out, "image")
+	bin := filepath.Join(out, "hyperroot")
+	steps := []struct {
+		name string
+		f    func() error
+	}{
+		{"load board " + name, func() (err error) {
+			b, err = board.Find(boards, name)
+			return err
+		}},
+		{"fetch kernel package " + "(board: " + name + ")", func() (err error) {
+			pkg, err = image.FetchKernel(ctx, b.Kernel, filepath.Join(cache, "debs"), logf)
+			return err
+		}},
+		{"unpack kernel", func() (err error) {
+			dir := filepath.Join(cache, "kernel", strings.TrimSuffix(filepath.Base(pkg.Deb), ".deb"))
+			kernel, err = image.Extract(ctx, pkg, dir)
+			if err == nil {
+				logf("kernel %s", kernel.Release)
+			}
+			return err
+		}},
+		{"resolve modules", func() (err error) {
+			modules, err = image.ResolveModules(ctx, kernel, b.AllModules())
+			if err == nil {
+				logf("%d module files for %s", len(modules), strings.Join(b.AllModules(), " "))
+			}
+			return err
+		}},
+		{"build hyperroot (GOAMD64=v1, static)", func() error {
+			return goBuild(ctx, bin, version)
+		}},
+		{"write initramfs (mkuimage)", func() error {
+			b.Resolved = &board.Resolved{
+				KernelPackage: pkg.Name, KernelVersion: pkg.Version, KernelRelease: kernel.Release,
+				Version: version, Modules: modules,
+			}
+			if err := os.MkdirAll(imgDir, 0o755); err != nil {
+				return err
+			}
+			ir := &image.Initramfs{
+				Binary: bin, Kernel: kernel, Modules: modules, Board: b,
+				Staging: filepath.Join(out, "staging"),
+			}
+			defer os.RemoveAll(ir.Staging)
+			if err := ir.Write(filepath.Join(imgDir, "initramfs.cpio")); err != nil {
+				return err
+			}
+			return copyFile(kernel.Vmlinuz, filepath.Join(imgDir, "vmlinuz"))
+		}},
+		{"record build", func() error {
+			data, err := b.Marshal()
+			if err != nil {
+				return err
+			}
+			if err := writeAtomic(filepath.Join(imgDir, "board.yaml"), data); err != nil {
+				return err
+			}
+			for _, f := range []string{"vmlinuz", "initramfs.cpio"} {
+				if fi, err := os.Stat(filepath.Join(imgDir, f)); err == nil {
+					logf("%s/%s: %.1f MiB", imgDir, f, float64(fi.Size())/(1<<20))
+				}
+			}
+			logf("kernel %s %s (%s), hyperroot %s", pkg.Name, pkg.Version, kernel.Release, version)
+			return nil
+		}},
+	}
+	for _, s := range steps {
+		if err := step(s.name, s.f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// goBuild builds the appliance binary: static, GOAMD64=v1 because QEMU's
+// CPU models lack the v2/v3 features, stripped, reproducible.
+func goBuild(ctx context.Context, dst, version string) error {
+	tmp := dst + ".tmp"
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath",
+		"-ldflags", "-s -w -X main.version="+version, "-o", tmp, "./init")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOAMD64=v1")
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("go build ./init: %w", err)
+	}
+	return os.Rename(tmp, dst)
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	tmp := dst + ".tmp"
+	out, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := out.Close(); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, dst)
+}
+
+func writeAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}

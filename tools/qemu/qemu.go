@@ -1,0 +1,404 @@
+// Package qemu boots a built hyperroot image in QEMU and reads it from its
+// serial console: the engine behind `./build.sh run` and the end-to-end
+// tests. It picks hardware KVM where the CPU has it and TCG otherwise,
+// adds configuration and overlay files as an extra initramfs archive, and in
+// oneshot mode turns the console's verdict into an exit status.
+package qemu
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hyperroot/hyperroot/board"
+	"github.com/hyperroot/hyperroot/image"
+)
+
+// Options describe one boot. The zero value of each field means its default.
+type Options struct {
+	Image   string        // directory with vmlinuz, initramfs.cpio, board.yaml (default out/image)
+	Memory  string        // guest RAM in QEMU syntax (default 2G)
+	CPUs    int           // vCPUs (default 2)
+	Append  string        // extra kernel command-line arguments
+	Config  string        // a configuration file, installed as /etc/hyperroot/config.yaml
+	Overlay string        // a directory copied over the image's root
+	Oneshot bool          // hyperroot.oneshot=1: the appliance powers off when done
+	Timeout time.Duration // kill QEMU after this long (0: none)
+	Accel   string        // auto (default), kvm or tcg
+	Console io.Writer     // receives the console output (default: discarded)
+	Stdin   io.Reader     // console input (default: none); a terminal makes the session interactive
+	Binary  string        // QEMU binary (default qemu-system-x86_64)
+}
+
+// Machine is a running QEMU.
+type Machine struct {
+	cmd     *exec.Cmd
+	tmp     string
+	qmpPath string
+	done    chan struct{}
+	waitErr error
+	timeout bool
+
+	mu     sync.Mutex
+	lines  []string
+	cursor int
+	more   chan struct{} // closed and replaced whenever a line arrives
+}
+
+var memRE = regexp.MustCompile(`^[1-9][0-9]*[MGT]?$`)
+
+// Start boots the image.
+func Start(ctx context.Context, o Options) (*Machine, error) {
+	if o.Image == "" {
+		o.Image = "out/image"
+	}
+	if o.Memory == "" {
+		o.Memory = "2G"
+	}
+	if o.CPUs == 0 {
+		o.CPUs = 2
+	}
+	if o.Binary == "" {
+		o.Binary = "qemu-system-x86_64"
+	}
+	if o.Console == nil {
+		o.Console = io.Discard
+	}
+	if !memRE.MatchString(o.Memory) {
+		return nil, fmt.Errorf("memory %q: want a size such as 512M or 2G", o.Memory)
+	}
+	if o.CPUs < 1 {
+		return nil, fmt.Errorf("cpus %d: want at least 1", o.CPUs)
+	}
+	qemuPath, err := exec.LookPath(o.Binary)
+	if err != nil {
+		return nil, fmt.Errorf("%s not found: apt-get install qemu-system-x86 (./build.sh deps does it)", o.Binary)
+	}
+	b, err := readImageBoard(o.Image)
+	if err != nil {
+		return nil, err
+	}
+	accel, err := chooseAccel(o.Accel)
+	if err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp("", "hyperroot-qemu-")
+	if err != nil {
+		return nil, err
+	}
+	m := &Machine{tmp: tmp, qmpPath: filepath.Join(tmp, "qmp.sock"), done: make(chan struct{}), more: make(chan struct{})}
+	initrd, err := m.initrd(o)
+	if err != nil {
+		os.RemoveAll(tmp)
+		return nil, err
+	}
+	cmdline := strings.TrimSpace(b.Cmdline + " " + o.Append)
+	if o.Oneshot {
+		cmdline += " hyperroot.oneshot=1"
+	}
+	args := append(accel,
+		"-machine", "q35", "-smp", fmt.Sprint(o.CPUs), "-m", o.Memory,
+		"-kernel", filepath.Join(o.Image, "vmlinuz"), "-initrd", initrd, "-append", cmdline,
+		"-display", "none", "-vga", "none", "-nic", "none", "-no-reboot",
+		"-qmp", "unix:"+m.qmpPath+",server=on,wait=off",
+	)
+	if f, ok := o.Stdin.(*os.File); ok && isTerminal(f) {
+		args = append(args, "-serial", "mon:stdio") // Ctrl-A X quits, Ctrl-A C the monitor
+	} else {
+		args = append(args, "-serial", "stdio", "-monitor", "none")
+	}
+	m.cmd = exec.CommandContext(ctx, qemuPath, args...)
+	m.cmd.Stdin = o.Stdin
+	m.cmd.Stderr = o.Console
+	out, err := m.cmd.StdoutPipe()
+	if err != nil {
+		os.RemoveAll(tmp)
+		return nil, err
+	}
+	if err := m.cmd.Start(); err != nil {
+		os.RemoveAll(tmp)
+		return nil, fmt.Errorf("start %s: %w", o.Binary, err)
+	}
+	var timer *time.Timer
+	if o.Timeout > 0 {
+		timer = time.AfterFunc(o.Timeout, func() {
+			m.mu.Lock()
+			m.timeout = true
+			m.mu.Unlock()
+			m.cmd.Process.Kill()
+		})
+	}
+	go func() {
+		m.read(out, o.Console)
+		m.waitErr = m.cmd.Wait()
+		if timer != nil {
+			timer.Stop()
+		}
+		os.RemoveAll(m.tmp)
+		close(m.done)
+	}()
+	return m, nil
+}
+
+// initrd returns the initramfs to boot: the image's own, or a copy with an
+// extra archive holding the config and overlay appended.
+func (m *Machine) initrd(o Options) (string, error) {
+	base := filepath.Join(o.Image, "initramfs.cpio")
+	var pairs []string
+	if o.Overlay != "" {
+		if fi, err := os.Stat(o.Overlay); err != nil || !fi.IsDir() {
+			return "", fmt.Errorf("overlay %s: not a directory", o.Overlay)
+		}
+		pairs = append(pairs, o.Overlay+":/")
+	}
+	if o.Config != "" {
+		if fi, err := os.Stat(o.Config); err != nil || !fi.Mode().IsRegular() {
+			return "", fmt.Errorf("config %s: not a readable file", o.Config)
+		}
+		pairs = append(pairs, o.Config+":/etc/hyperroot/config.yaml")
+	}
+	if len(pairs) == 0 {
+		return base, nil
+	}
+	data, err := os.ReadFile(base)
+	if err != nil {
+		return "", err
+	}
+	var buf bytes.Buffer
+	buf.Write(data)
+	for buf.Len()%4 != 0 { // each archive starts 4-byte aligned
+		buf.WriteByte(0)
+	}
+	if err := image.WriteOverlay(&buf, pairs...); err != nil {
+		return "", err
+	}
+	p := filepath.Join(m.tmp, "initramfs.cpio")
+	return p, os.WriteFile(p, buf.Bytes(), 0o644)
+}
+
+func readImageBoard(dir string) (*board.Board, error) {
+	for _, f := range []string{"vmlinuz", "initramfs.cpio"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			return nil, fmt.Errorf("no built image in %s (missing %s): run ./build.sh build", dir, f)
+		}
+	}
+	p := filepath.Join(dir, "board.yaml")
+	data, err := os.ReadFile(p)
+	if err != nil {
+		return nil, fmt.Errorf("no built image in %s: %w: run ./build.sh build", dir, err)
+	}
+	return board.Parse(p, data)
+}
+
+// chooseAccel returns QEMU's accelerator and CPU arguments. Hardware KVM
+// with -cpu host where /proc/cpuinfo shows vmx or svm; otherwise TCG with
+// -cpu max, which emulates SVM with nested paging so that the appliance's
+// own KVM works (the host's /dev/kvm may be a software one that cannot run
+// a standard guest, see TESTING.md).
+func chooseAccel(accel string) ([]string, error) {
+	if accel == "" || accel == "auto" {
+		accel = "tcg"
+		if info, err := os.ReadFile("/proc/cpuinfo"); err == nil && hasVirtFlag(string(info)) {
+			accel = "kvm"
+		}
+	}
+	switch accel {
+	case "kvm":
+		return []string{"-accel", "kvm", "-cpu", "host"}, nil
+	case "tcg":
+		return []string{"-accel", "tcg", "-cpu", "max"}, nil
+	}
+	return nil, fmt.Errorf("accel %q: want auto, kvm or tcg", accel)
+}
+
+func hasVirtFlag(cpuinfo string) bool {
+	for _, line := range strings.Split(cpuinfo, "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "flags" {
+			for _, f := range strings.Fields(v) {
+				if f == "vmx" || f == "svm" {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+func (m *Machine) read(r io.Reader, console io.Writer) {
+	br := bufio.NewReader(r)
+	for {
+		line, err := br.ReadString('\n')
+		if len(line) > 0 {
+			console.Write([]byte(line))
+			m.mu.Lock()
+			m.lines = append(m.lines, strings.TrimRight(line, "\r\n"))
+			close(m.more)
+			m.more = make(chan struct{})
+			m.mu.Unlock()
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// Expect waits until a console line after the last one Expect matched
+// matches re, and returns it.
+func (m *Machine) Expect(re *regexp.Regexp, timeout time.Duration) (string, error) {
+	deadline := time.After(timeout)
+	for {
+		m.mu.Lock()
+		for ; m.cursor < len(m.lines); m.cursor++ {
+			if re.MatchString(m.lines[m.cursor]) {
+				l := m.lines[m.cursor]
+				m.cursor++
+				m.mu.Unlock()
+				return l, nil
+			}
+		}
+		more := m.more
+		m.mu.Unlock()
+		select {
+		case <-more:
+		case <-m.done:
+			m.mu.Lock()
+			n := len(m.lines)
+			m.mu.Unlock()
+			if m.cursor >= n {
+				return "", fmt.Errorf("QEMU exited before a line matched %q", re)
+			}
+		case <-deadline:
+			return "", fmt.Errorf("no console line matched %q within %s", re, timeout)
+		}
+	}
+}
+
+// Lines returns a copy of every console line so far.
+func (m *Machine) Lines() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]string(nil), m.lines...)
+}
+
+// QMP sends one command (e.g. "system_powerdown") to QEMU's QMP socket.
+// args is the JSON object of arguments, or "".
+func (m *Machine) QMP(command, args string) error {
+	conn, err := net.DialTimeout("unix", m.qmpPath, 5*time.Second)
+	if err != nil {
+		return fmt.Errorf("qmp: %w", err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(conn)
+	if _, err := br.ReadString('\n'); err != nil { // greeting
+		return fmt.Errorf("qmp greeting: %w", err)
+	}
+	msg := `{"execute":"qmp_capabilities"}` + "\n" + `{"execute":"` + command + `"`
+	if args != "" {
+		msg += `,"arguments":` + args
+	}
+	msg += "}\n"
+	if _, err := io.WriteString(conn, msg); err != nil {
+		return err
+	}
+	for answers := 0; answers < 2; {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return fmt.Errorf("qmp %s: %w", command, err)
+		}
+		switch {
+		case strings.Contains(line, `"error"`):
+			return fmt.Errorf("qmp %s: %s", command, strings.TrimSpace(line))
+		case strings.Contains(line, `"return"`):
+			answers++
+		}
+	}
+	return nil
+}
+
+// Result is how a boot ended.
+type Result struct {
+	ExitCode int      // QEMU's exit status
+	TimedOut bool     // killed by Options.Timeout
+	Verdict  string   // "pass", "fail ..." from the console's "hyperroot: result" line, or ""
+	PowerOff bool     // the appliance said "hyperroot: poweroff"
+	Panic    bool     // the kernel panicked
+	Lines    []string // the whole console
+}
+
+// OK is the oneshot verdict: the appliance reported success and powered off
+// cleanly, and QEMU exited 0 in time.
+func (r Result) OK() bool {
+	return r.Verdict == "pass" && r.PowerOff && !r.Panic && !r.TimedOut && r.ExitCode == 0
+}
+
+// Why explains a failed Result in one line.
+func (r Result) Why() string {
+	switch {
+	case r.TimedOut:
+		return "timed out"
+	case r.Panic:
+		return "kernel panic"
+	case r.Verdict == "":
+		return fmt.Sprintf("no 'hyperroot: result' line (QEMU exit %d)", r.ExitCode)
+	case r.Verdict != "pass":
+		return "appliance reported: result " + r.Verdict
+	case !r.PowerOff:
+		return "no clean poweroff"
+	case r.ExitCode != 0:
+		return fmt.Sprintf("QEMU exit status %d", r.ExitCode)
+	}
+	return "ok"
+}
+
+var resultRE = regexp.MustCompile(`hyperroot: result (.*)$`)
+
+// Wait waits for QEMU to exit and judges the console.
+func (m *Machine) Wait() Result {
+	<-m.done
+	var r Result
+	var ee *exec.ExitError
+	if errors.As(m.waitErr, &ee) {
+		r.ExitCode = ee.ExitCode()
+	} else if m.waitErr != nil {
+		r.ExitCode = -1
+	}
+	m.mu.Lock()
+	r.TimedOut = m.timeout
+	m.mu.Unlock()
+	r.Lines = m.Lines()
+	for _, l := range r.Lines {
+		if s := resultRE.FindStringSubmatch(l); s != nil {
+			r.Verdict = strings.TrimSpace(s[1])
+		}
+		if strings.HasSuffix(l, "hyperroot: poweroff") {
+			r.PowerOff = true
+		}
+		if strings.Contains(l, "Kernel panic") {
+			r.Panic = true
+		}
+	}
+	return r
+}
+
+// Kill stops QEMU at once.
+func (m *Machine) Kill() {
+	m.cmd.Process.Kill()
+	<-m.done
+}

@@ -1,0 +1,81 @@
+package qemu
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestHasVirtFlag(t *testing.T) {
+	for in, want := range map[string]bool{
+		"processor\t: 0\nflags\t\t: fpu vme svm lm\n": true,
+		"flags\t\t: fpu vmx\n":                        true,
+		"flags\t\t: fpu vmxnet hypervisor\n":          false,
+		"model name\t: svm vmx\nflags\t: fpu\n":       false,
+	} {
+		if got := hasVirtFlag(in); got != want {
+			t.Errorf("hasVirtFlag(%q) = %v", in, got)
+		}
+	}
+}
+
+func TestChooseAccel(t *testing.T) {
+	if a, _ := chooseAccel("tcg"); strings.Join(a, " ") != "-accel tcg -cpu max" {
+		t.Errorf("tcg: %v", a)
+	}
+	if a, _ := chooseAccel("kvm"); strings.Join(a, " ") != "-accel kvm -cpu host" {
+		t.Errorf("kvm: %v", a)
+	}
+	if _, err := chooseAccel("xen"); err == nil {
+		t.Error("accepted accel xen")
+	}
+}
+
+func TestResult(t *testing.T) {
+	good := Result{Verdict: "pass", PowerOff: true}
+	if !good.OK() || good.Why() != "ok" {
+		t.Errorf("good result: %v %q", good.OK(), good.Why())
+	}
+	for _, tc := range []struct {
+		r   Result
+		why string
+	}{
+		{Result{Verdict: "pass", PowerOff: true, TimedOut: true}, "timed out"},
+		{Result{Verdict: "pass", PowerOff: true, Panic: true}, "kernel panic"},
+		{Result{PowerOff: true}, "no 'hyperroot: result' line"},
+		{Result{Verdict: "fail errors=2", PowerOff: true}, "result fail errors=2"},
+		{Result{Verdict: "pass"}, "no clean poweroff"},
+		{Result{Verdict: "pass", PowerOff: true, ExitCode: 1}, "QEMU exit status 1"},
+	} {
+		if tc.r.OK() || !strings.Contains(tc.r.Why(), tc.why) {
+			t.Errorf("%+v: OK=%v Why=%q, want %q", tc.r, tc.r.OK(), tc.r.Why(), tc.why)
+		}
+	}
+}
+
+func TestStartBadInput(t *testing.T) {
+	img := t.TempDir()
+	for _, f := range []string{"vmlinuz", "initramfs.cpio"} {
+		os.WriteFile(filepath.Join(img, f), []byte("x"), 0o644)
+	}
+	os.WriteFile(filepath.Join(img, "board.yaml"), []byte("name: qemu\nkernel: {package: linux-image-amd64}\nconsole: ttyS0\n"), 0o644)
+	for _, tc := range []struct {
+		o    Options
+		want string
+	}{
+		{Options{Image: img, Binary: "no-such-qemu"}, "no-such-qemu not found: apt-get install qemu-system-x86"},
+		{Options{Image: t.TempDir(), Binary: "sh"}, "no built image in"},
+		{Options{Image: img, Binary: "sh", Memory: "2X"}, `memory "2X"`},
+		{Options{Image: img, Binary: "sh", CPUs: -1}, "cpus -1"},
+		{Options{Image: img, Binary: "sh", Config: "/no/such"}, "config /no/such: not a readable file"},
+		{Options{Image: img, Binary: "sh", Overlay: "/no/such"}, "overlay /no/such: not a directory"},
+		{Options{Image: img, Binary: "sh", Accel: "hvf"}, `accel "hvf"`},
+	} {
+		_, err := Start(context.Background(), tc.o)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Start(%+v) = %v, want %q", tc.o, err, tc.want)
+		}
+	}
+}
