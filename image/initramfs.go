@@ -1,9 +1,9 @@
 // Package image builds what hyperroot boots from: the appliance kernel taken
-// from Debian's archive and an initramfs made with u-root's mkuimage that
-// holds the hyperroot binary as /init, the board's kernel modules and the
-// resolved board description. It also makes the extra cpio archives that add
-// files (a config, an overlay directory) to a built image without rebuilding
-// it.
+// from Debian's archive and initramfs archives made with u-root's mkuimage —
+// the appliance's (the hyperroot binary as /init, the board's kernel modules,
+// the resolved board description, the guest images) and the test guest's.
+// It also makes the extra cpio archives that add files (a config, an overlay
+// directory) to a built image without rebuilding it.
 package image
 
 import (
@@ -18,14 +18,12 @@ import (
 	"github.com/hyperroot/hyperroot/board"
 )
 
-// Initramfs says what goes into the appliance's initramfs.
+// Initramfs is an initramfs to build with mkuimage.
 type Initramfs struct {
-	Binary  string     // the hyperroot executable, installed as /bin/hyperroot and linked from /init
-	Kernel  *Extracted // where the modules come from
-	Modules []string   // module files relative to /lib/modules/<release>
-	Board   *board.Board
-	// Files are extra "host-path:image-path" pairs (directories are added
-	// recursively), e.g. guest kernels.
+	// Init is the program /init links to, as a path inside the archive.
+	Init string
+	// Files are "host-path:image-path" pairs (directories are added
+	// recursively).
 	Files []string
 	// Staging is a scratch directory for generated files.
 	Staging string
@@ -37,32 +35,9 @@ func (ir *Initramfs) Write(out string) error {
 	if err := os.MkdirAll(ir.Staging, 0o755); err != nil {
 		return err
 	}
-	modDir := filepath.Join("lib", "modules", ir.Kernel.Release)
-	files := []string{ir.Binary + ":bin/hyperroot"}
-	for _, m := range ir.Modules {
-		files = append(files, filepath.Join(ir.Kernel.ModulesDir(), m)+":"+filepath.Join(modDir, m))
-	}
-	dep := filepath.Join(ir.Staging, "modules.dep")
-	if err := writeModulesDep(ir.Kernel, ir.Modules, dep); err != nil {
-		return fmt.Errorf("modules.dep: %w", err)
-	}
-	files = append(files,
-		dep+":"+filepath.Join(modDir, "modules.dep"),
-		filepath.Join(ir.Kernel.ModulesDir(), "modules.builtin")+":"+filepath.Join(modDir, "modules.builtin"))
-	bdata, err := ir.Board.Marshal()
-	if err != nil {
-		return err
-	}
-	bpath := filepath.Join(ir.Staging, "board.yaml")
-	if err := os.WriteFile(bpath, bdata, 0o644); err != nil {
-		return err
-	}
-	files = append(files, bpath+":"+board.ImagePath[1:])
-	files = append(files, ir.Files...)
-
 	tmp := out + ".tmp"
 	os.Remove(tmp)
-	err = uimage.Create(llog.New(slog.LevelWarn, func(format string, args ...any) {
+	err := uimage.Create(llog.New(slog.LevelWarn, func(format string, args ...any) {
 		fmt.Fprintf(os.Stderr, "mkuimage: "+format+"\n", args...)
 	}),
 		uimage.WithCPIOOutput(tmp),
@@ -71,8 +46,8 @@ func (ir *Initramfs) Write(out string) error {
 		uimage.WithBaseArchive(uimage.DefaultRamfs()),
 		uimage.WithTempDir(ir.Staging),
 		uimage.WithSkipLDD(),
-		uimage.WithFiles(files...),
-		uimage.WithInit("/bin/hyperroot"),
+		uimage.WithFiles(ir.Files...),
+		uimage.WithInit(ir.Init),
 		uimage.WithShell(""),
 		uimage.WithUinitCommand(""),
 	)
@@ -81,4 +56,43 @@ func (ir *Initramfs) Write(out string) error {
 		return fmt.Errorf("mkuimage: %w", err)
 	}
 	return os.Rename(tmp, out)
+}
+
+// ModuleFiles returns the "host:image" pairs that put modules (files
+// relative to /lib/modules/<release>) into an image, with a modules.dep
+// trimmed to them (written into staging) and modules.builtin, which is what
+// u-root's kmodule reads at boot.
+func ModuleFiles(k *Extracted, modules []string, staging string) ([]string, error) {
+	modDir := filepath.Join("lib", "modules", k.Release)
+	var files []string
+	for _, m := range modules {
+		files = append(files, filepath.Join(k.ModulesDir(), m)+":"+filepath.Join(modDir, m))
+	}
+	if err := os.MkdirAll(staging, 0o755); err != nil {
+		return nil, err
+	}
+	dep := filepath.Join(staging, "modules.dep")
+	if err := writeModulesDep(k, modules, dep); err != nil {
+		return nil, fmt.Errorf("modules.dep: %w", err)
+	}
+	return append(files,
+		dep+":"+filepath.Join(modDir, "modules.dep"),
+		filepath.Join(k.ModulesDir(), "modules.builtin")+":"+filepath.Join(modDir, "modules.builtin")), nil
+}
+
+// BoardFile writes the resolved board into staging and returns the pair
+// that installs it at board.ImagePath.
+func BoardFile(b *board.Board, staging string) (string, error) {
+	data, err := b.Marshal()
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(staging, 0o755); err != nil {
+		return "", err
+	}
+	p := filepath.Join(staging, "board.yaml")
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		return "", err
+	}
+	return p + ":" + board.ImagePath[1:], nil
 }

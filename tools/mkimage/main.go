@@ -1,7 +1,9 @@
 // Command mkimage builds the hyperroot appliance image for a board:
 // out/image/vmlinuz (Debian's kernel), out/image/initramfs.cpio (mkuimage,
-// with hyperroot as /init and the board's modules) and out/image/board.yaml
-// (the board as resolved: kernel version, module files). build.sh calls it;
+// with hyperroot as /init, the board's modules and the test guest under
+// /guest), out/image/guest-initramfs.cpio (the test guest's own initramfs)
+// and out/image/board.yaml (the board as resolved: kernel version, module
+// files). build.sh calls it;
 // each step prints what it does and how long it took, and a failure names
 // the step and the cause.
 package main
@@ -58,6 +60,7 @@ func build(ctx context.Context, boards, name, out, version string) error {
 	cache := filepath.Join(out, "cache")
 	imgDir := filepath.Join(out, "image")
 	bin := filepath.Join(out, "hyperroot")
+	guestBin := filepath.Join(out, "guest-init")
 	steps := []struct {
 		name string
 		f    func() error
@@ -85,22 +88,43 @@ func build(ctx context.Context, boards, name, out, version string) error {
 			}
 			return err
 		}},
-		{"build hyperroot (GOAMD64=v1, static)", func() error {
-			return goBuild(ctx, bin, version)
-		}},
-		{"write initramfs (mkuimage)", func() error {
-			b.Resolved = &board.Resolved{
-				KernelPackage: pkg.Name, KernelVersion: pkg.Version, KernelRelease: kernel.Release,
-				Version: version, Modules: modules,
+		{"build hyperroot and the test guest's init (GOAMD64=v1, static)", func() error {
+			if err := goBuild(ctx, bin, "./init", version); err != nil {
+				return err
 			}
+			return goBuild(ctx, guestBin, "./image/guest", version)
+		}},
+		{"write test guest initramfs (mkuimage)", func() error {
 			if err := os.MkdirAll(imgDir, 0o755); err != nil {
 				return err
 			}
 			ir := &image.Initramfs{
-				Binary: bin, Kernel: kernel, Modules: modules, Board: b,
-				Staging: filepath.Join(out, "staging"),
+				Init:    "/bin/guest",
+				Files:   []string{guestBin + ":bin/guest"},
+				Staging: filepath.Join(out, "staging", "guest"),
 			}
-			defer os.RemoveAll(ir.Staging)
+			return ir.Write(filepath.Join(imgDir, "guest-initramfs.cpio"))
+		}},
+		{"write appliance initramfs (mkuimage)", func() error {
+			b.Resolved = &board.Resolved{
+				KernelPackage: pkg.Name, KernelVersion: pkg.Version, KernelRelease: kernel.Release,
+				Version: version, Modules: modules,
+			}
+			staging := filepath.Join(out, "staging", "appliance")
+			defer os.RemoveAll(filepath.Join(out, "staging"))
+			files, err := image.ModuleFiles(kernel, modules, staging)
+			if err != nil {
+				return err
+			}
+			bf, err := image.BoardFile(b, staging)
+			if err != nil {
+				return err
+			}
+			files = append(files, bin+":bin/hyperroot", bf,
+				// The test guest: the same Debian kernel and the guest init.
+				kernel.Vmlinuz+":guest/vmlinuz",
+				filepath.Join(imgDir, "guest-initramfs.cpio")+":guest/initramfs.cpio")
+			ir := &image.Initramfs{Init: "/bin/hyperroot", Files: files, Staging: staging}
 			if err := ir.Write(filepath.Join(imgDir, "initramfs.cpio")); err != nil {
 				return err
 			}
@@ -114,7 +138,7 @@ func build(ctx context.Context, boards, name, out, version string) error {
 			if err := writeAtomic(filepath.Join(imgDir, "board.yaml"), data); err != nil {
 				return err
 			}
-			for _, f := range []string{"vmlinuz", "initramfs.cpio"} {
+			for _, f := range []string{"vmlinuz", "initramfs.cpio", "guest-initramfs.cpio"} {
 				if fi, err := os.Stat(filepath.Join(imgDir, f)); err == nil {
 					logf("%s/%s: %.1f MiB", imgDir, f, float64(fi.Size())/(1<<20))
 				}
@@ -133,15 +157,15 @@ func build(ctx context.Context, boards, name, out, version string) error {
 
 // goBuild builds the appliance binary: static, GOAMD64=v1 because QEMU's
 // CPU models lack the v2/v3 features, stripped, reproducible.
-func goBuild(ctx context.Context, dst, version string) error {
+func goBuild(ctx context.Context, dst, pkg, version string) error {
 	tmp := dst + ".tmp"
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath",
-		"-ldflags", "-s -w -X main.version="+version, "-o", tmp, "./init")
+		"-ldflags", "-s -w -X main.version="+version, "-o", tmp, pkg)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOAMD64=v1")
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	if err := cmd.Run(); err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("go build ./init: %w", err)
+		return fmt.Errorf("go build %s: %w", pkg, err)
 	}
 	return os.Rename(tmp, dst)
 }

@@ -1,0 +1,245 @@
+// Package config is the appliance's declarative configuration: what the
+// user asked for (VMs, later networks), as opposed to what is running. It
+// decodes YAML strictly: an unknown key, a wrong type or a bad value is an
+// error that names file:line:column, because a typo in a hypervisor's
+// configuration must not silently become a default.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is one configuration file.
+type Config struct {
+	VMs []VM
+}
+
+// VM is one virtual machine as configured.
+type VM struct {
+	Name    string
+	CPUs    int     // vCPUs, default 1
+	Memory  Size    // guest RAM, default 256 MiB
+	Kernel  string  // bzImage path inside the appliance
+	Initrd  string  // optional initramfs path
+	Cmdline string  // kernel command line, default "console=ttyS0"
+	Restart Restart // default on-failure
+}
+
+// Restart is a VM's restart policy.
+type Restart string
+
+const (
+	RestartAlways    Restart = "always"     // restart whatever the exit
+	RestartOnFailure Restart = "on-failure" // restart unless the guest powered off cleanly
+	RestartNever     Restart = "never"
+)
+
+// Size is a byte count written as 512M, 2G, 1T, 4096 or 64K (binary units).
+type Size uint64
+
+// ParseSize reads a Size.
+func ParseSize(s string) (Size, error) {
+	m := sizeRE.FindStringSubmatch(strings.TrimSpace(s))
+	if m == nil {
+		return 0, fmt.Errorf("size %q: want a number with an optional K, M, G or T suffix (binary units)", s)
+	}
+	n, err := strconv.ParseUint(m[1], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("size %q: %w", s, err)
+	}
+	shift := map[string]uint{"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[strings.ToUpper(strings.TrimSuffix(strings.TrimSuffix(m[2], "B"), "i"))]
+	if n > (^uint64(0))>>shift {
+		return 0, fmt.Errorf("size %q is too large", s)
+	}
+	return Size(n << shift), nil
+}
+
+var sizeRE = regexp.MustCompile(`^([0-9]+)\s*([KkMmGgTt]?(?:i?B)?)$`)
+
+func (s Size) String() string {
+	for _, u := range []struct {
+		shift  uint
+		suffix string
+	}{{40, "T"}, {30, "G"}, {20, "M"}, {10, "K"}} {
+		if s != 0 && uint64(s)%(1<<u.shift) == 0 {
+			return fmt.Sprintf("%d%s", uint64(s)>>u.shift, u.suffix)
+		}
+	}
+	return strconv.FormatUint(uint64(s), 10)
+}
+
+// MaxVCPUs bounds cpus in the file; the VMM also checks KVM's own limit.
+const MaxVCPUs = 1024
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
+
+// Parse decodes a configuration file. file is only used in messages. All
+// errors found are returned together, one per line.
+func Parse(file string, data []byte) (*Config, error) {
+	d := &decoder{file: file}
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	c := &Config{}
+	if len(root.Content) == 0 { // empty file: nothing configured
+		return c, nil
+	}
+	doc := root.Content[0]
+	d.mapping(doc, map[string]func(*yaml.Node){
+		"vms": func(n *yaml.Node) {
+			d.sequence(n, func(item *yaml.Node) { c.VMs = append(c.VMs, d.vm(item)) })
+		},
+	})
+	seen := map[string]bool{}
+	for i, vm := range c.VMs {
+		if seen[vm.Name] {
+			d.errf(doc, "vms[%d]: duplicate VM name %q", i, vm.Name)
+		}
+		seen[vm.Name] = true
+	}
+	if len(d.errs) > 0 {
+		return nil, errors.Join(d.errs...)
+	}
+	return c, nil
+}
+
+func (d *decoder) vm(n *yaml.Node) VM {
+	vm := VM{CPUs: 1, Memory: 256 << 20, Cmdline: "console=ttyS0", Restart: RestartOnFailure}
+	d.mapping(n, map[string]func(*yaml.Node){
+		"name": func(v *yaml.Node) {
+			vm.Name = d.str(v)
+			if !nameRE.MatchString(vm.Name) {
+				d.errf(v, "name %q: want 1-32 lower-case letters, digits and dashes", vm.Name)
+			}
+		},
+		"cpus": func(v *yaml.Node) {
+			var ok bool
+			if vm.CPUs, ok = d.integer(v); ok && (vm.CPUs < 1 || vm.CPUs > MaxVCPUs) {
+				d.errf(v, "cpus %d: want 1 to %d", vm.CPUs, MaxVCPUs)
+			}
+		},
+		"memory": func(v *yaml.Node) {
+			s, err := ParseSize(d.str(v))
+			if err != nil {
+				d.errf(v, "memory: %v", err)
+			} else if s < 16<<20 || s%(4<<10) != 0 {
+				d.errf(v, "memory %s: want at least 16M, a multiple of 4K", s)
+			}
+			vm.Memory = s
+		},
+		"kernel":  func(v *yaml.Node) { vm.Kernel = d.path(v) },
+		"initrd":  func(v *yaml.Node) { vm.Initrd = d.path(v) },
+		"cmdline": func(v *yaml.Node) { vm.Cmdline = d.str(v) },
+		"restart": func(v *yaml.Node) {
+			vm.Restart = Restart(d.str(v))
+			switch vm.Restart {
+			case RestartAlways, RestartOnFailure, RestartNever:
+			default:
+				d.errf(v, "restart %q: want always, on-failure or never", vm.Restart)
+			}
+		},
+	})
+	if n.Kind == yaml.MappingNode {
+		if vm.Name == "" {
+			d.errf(n, "vm: name is required")
+		}
+		if vm.Kernel == "" {
+			d.errf(n, "vm %s: kernel is required", vm.Name)
+		}
+	}
+	return vm
+}
+
+// decoder walks yaml.Nodes, collecting positioned errors.
+type decoder struct {
+	file string
+	errs []error
+}
+
+func (d *decoder) errf(n *yaml.Node, format string, args ...any) {
+	d.errs = append(d.errs, fmt.Errorf("%s:%d:%d: %s", d.file, n.Line, n.Column, fmt.Sprintf(format, args...)))
+}
+
+func (d *decoder) mapping(n *yaml.Node, fields map[string]func(*yaml.Node)) {
+	if n.Kind != yaml.MappingNode {
+		d.errf(n, "want a mapping (key: value), found %s", kind(n))
+		return
+	}
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		f, ok := fields[k.Value]
+		switch {
+		case !ok:
+			d.errf(k, "unknown key %q (known: %s)", k.Value, keys(fields))
+		case seen[k.Value]:
+			d.errf(k, "key %q given twice", k.Value)
+		default:
+			seen[k.Value] = true
+			f(v)
+		}
+	}
+}
+
+func (d *decoder) sequence(n *yaml.Node, item func(*yaml.Node)) {
+	if n.Kind != yaml.SequenceNode {
+		d.errf(n, "want a list, found %s", kind(n))
+		return
+	}
+	for _, c := range n.Content {
+		item(c)
+	}
+}
+
+func (d *decoder) str(n *yaml.Node) string {
+	if n.Kind != yaml.ScalarNode {
+		d.errf(n, "want a value, found %s", kind(n))
+		return ""
+	}
+	return n.Value
+}
+
+func (d *decoder) integer(n *yaml.Node) (int, bool) {
+	v, err := strconv.Atoi(d.str(n))
+	if err != nil && n.Kind == yaml.ScalarNode {
+		d.errf(n, "want a whole number, found %q", n.Value)
+	}
+	return v, err == nil
+}
+
+func (d *decoder) path(n *yaml.Node) string {
+	p := d.str(n)
+	if p != "" && !strings.HasPrefix(p, "/") {
+		d.errf(n, "path %q: want an absolute path inside the appliance", p)
+	}
+	return p
+}
+
+func kind(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.AliasNode:
+		return "an alias"
+	}
+	return fmt.Sprintf("%q", n.Value)
+}
+
+func keys(m map[string]func(*yaml.Node)) string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return strings.Join(ks, ", ")
+}
