@@ -1,0 +1,252 @@
+// Package memory owns guest RAM: one shared memfd mapped into the VMM, laid
+// out around the 32-bit MMIO hole, and the single bounds-checked accessor
+// through which devices read and write it.
+package memory
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/vmm/layout"
+)
+
+// PageSize selects the pages backing guest RAM.
+type PageSize uint64
+
+// Page sizes for Options.HugePages. The zero value means normal 4 KiB pages.
+const (
+	Huge2M PageSize = 2 << 20
+	Huge1G PageSize = 1 << 30
+)
+
+// smallPage is the host's normal page size on x86-64; KVM memslots are
+// built from these.
+const smallPage = 4 << 10
+
+// MaxSlotSize is the largest KVM memory slot Register creates. KVM refuses
+// slots of 2^31 pages or more (KVM_MEM_MAX_NR_PAGES); 4 TiB stays below that
+// and is a multiple of every huge page size, so split slots stay aligned.
+const MaxSlotSize = 1 << 42
+
+// ErrBounds is wrapped by every error about a guest-physical range that is
+// not entirely inside one RAM range.
+var ErrBounds = errors.New("not guest RAM")
+
+// Options configures New. The zero value is normal 4 KiB pages.
+type Options struct {
+	// HugePages backs RAM with hugetlbfs pages of this size (Huge2M or
+	// Huge1G) so the guest's TLB reach grows and the memory cannot be
+	// swapped. The host must have enough free huge pages reserved.
+	HugePages PageSize
+}
+
+// Region is one contiguous piece of guest RAM.
+type Region struct {
+	GPA    uint64  // guest-physical address of the first byte
+	Size   uint64  // bytes
+	Host   uintptr // address of the first byte in this process
+	Offset uint64  // offset of the first byte in the memfd (for vhost-user)
+}
+
+// Guest is the guest's RAM. Its methods are safe for concurrent use, except
+// Close, which must not race with anything else.
+type Guest struct {
+	fd      int
+	mem     []byte
+	size    uint64
+	regions []Region
+}
+
+// New creates size bytes of guest RAM in a memfd and maps it shared, so the
+// same pages can later be handed to another process (a vhost-user backend)
+// by passing Fd. size must be a non-zero multiple of the page size.
+func New(size uint64, opts Options) (*Guest, error) {
+	page := uint64(smallPage)
+	flags := unix.MFD_CLOEXEC
+	switch opts.HugePages {
+	case 0:
+	case Huge2M:
+		page, flags = uint64(Huge2M), flags|unix.MFD_HUGETLB|unix.MFD_HUGE_2MB
+	case Huge1G:
+		page, flags = uint64(Huge1G), flags|unix.MFD_HUGETLB|unix.MFD_HUGE_1GB
+	default:
+		return nil, fmt.Errorf("memory: unsupported huge page size %#x (want 2 MiB or 1 GiB)", uint64(opts.HugePages))
+	}
+	if size == 0 || size%page != 0 {
+		return nil, fmt.Errorf("memory: size %#x is not a non-zero multiple of the %d KiB page size", size, page>>10)
+	}
+	if size > 1<<46 {
+		// Far beyond any host we run on; also keeps every sum below
+		// overflow-free and the length representable as an int.
+		return nil, fmt.Errorf("memory: size %#x is too large", size)
+	}
+	fd, err := unix.MemfdCreate("hyperroot-guest-ram", flags)
+	if err != nil {
+		if opts.HugePages != 0 {
+			return nil, fmt.Errorf("memory: memfd_create with %d MiB huge pages (is hugetlbfs supported by this kernel?): %w", page>>20, err)
+		}
+		return nil, fmt.Errorf("memory: memfd_create: %w", err)
+	}
+	if err := unix.Ftruncate(fd, int64(size)); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("memory: size memfd to %#x bytes: %w", size, err)
+	}
+	// MAP_SHARED: the memfd, not this mapping, is the guest's RAM, so a
+	// second mapping (vhost-user backend) sees the same bytes. For
+	// hugetlbfs, mmap reserves the pages now, so a host without enough
+	// huge pages fails here rather than with SIGBUS when the guest runs.
+	mem, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		unix.Close(fd)
+		if opts.HugePages != 0 {
+			return nil, fmt.Errorf("memory: map %d MiB of %d MiB huge pages: not enough free huge pages on the host "+
+				"(see HugePages_Free in /proc/meminfo; reserve them with /sys/kernel/mm/hugepages/hugepages-%dkB/nr_hugepages): %w",
+				size>>20, page>>20, page>>10, err)
+		}
+		return nil, fmt.Errorf("memory: map %#x bytes of guest RAM: %w", size, err)
+	}
+	g := &Guest{fd: fd, mem: mem, size: size}
+	var off uint64
+	for _, r := range layout.RAMRanges(size) {
+		n := r[1] - r[0]
+		g.regions = append(g.regions, Region{GPA: r[0], Size: n, Host: hostAddr(mem, off), Offset: off})
+		off += n
+	}
+	return g, nil
+}
+
+// Fd is the memfd holding guest RAM. It stays owned by the Guest.
+func (g *Guest) Fd() int { return g.fd }
+
+// Size is the amount of guest RAM in bytes.
+func (g *Guest) Size() uint64 { return g.size }
+
+// Regions lists the RAM ranges in ascending guest-physical order.
+func (g *Guest) Regions() []Region { return append([]Region(nil), g.regions...) }
+
+// Close unmaps guest RAM and closes the memfd. Views returned by Slice must
+// not be used afterwards.
+func (g *Guest) Close() error {
+	if g.mem == nil {
+		return nil
+	}
+	err := unix.Munmap(g.mem)
+	g.mem, g.regions = nil, nil
+	if cerr := unix.Close(g.fd); err == nil {
+		err = cerr
+	}
+	g.fd = -1
+	if err != nil {
+		return fmt.Errorf("memory: close: %w", err)
+	}
+	return nil
+}
+
+// Slice returns the n bytes of guest RAM at gpa as a view into the mapping
+// (writes through it reach the guest). It fails unless [gpa, gpa+n) is
+// non-empty and lies entirely inside one RAM range: an access that touches
+// the MMIO hole or runs past the end is the guest lying about an address.
+// The view's capacity is clipped to n so append cannot reach beyond it.
+func (g *Guest) Slice(gpa, n uint64) ([]byte, error) {
+	for i := range g.regions {
+		r := &g.regions[i]
+		if gpa < r.GPA || gpa-r.GPA >= r.Size {
+			continue
+		}
+		off := gpa - r.GPA
+		// n > r.Size-off, written without computing gpa+n, which may wrap.
+		if n == 0 || n > r.Size-off {
+			break
+		}
+		o := r.Offset + off
+		return g.mem[o : o+n : o+n], nil
+	}
+	return nil, fmt.Errorf("memory: guest range %#x+%#x: %w", gpa, n, ErrBounds)
+}
+
+// ReadAt copies len(p) bytes of guest RAM at gpa into p. Reading nothing
+// always succeeds.
+func (g *Guest) ReadAt(p []byte, gpa uint64) error {
+	if len(p) == 0 {
+		return nil
+	}
+	s, err := g.Slice(gpa, uint64(len(p)))
+	if err != nil {
+		return err
+	}
+	copy(p, s)
+	return nil
+}
+
+// WriteAt copies p into guest RAM at gpa. Writing nothing always succeeds.
+func (g *Guest) WriteAt(p []byte, gpa uint64) error {
+	if len(p) == 0 {
+		return nil
+	}
+	s, err := g.Slice(gpa, uint64(len(p)))
+	if err != nil {
+		return err
+	}
+	copy(s, p)
+	return nil
+}
+
+// Uint16 reads a little-endian uint16 at gpa.
+func (g *Guest) Uint16(gpa uint64) (uint16, error) {
+	s, err := g.Slice(gpa, 2)
+	if err != nil {
+		return 0, err
+	}
+	return binary.LittleEndian.Uint16(s), nil
+}
+
+// Uint32 reads a little-endian uint32 at gpa.
+func (g *Guest) Uint32(gpa uint64) (uint32, error) {
+	s, err := g.Slice(gpa, 4)
+	if err != nil {
+		return 0, err
+	}
+	return binary.LittleEndian.Uint32(s), nil
+}
+
+// Uint64 reads a little-endian uint64 at gpa.
+func (g *Guest) Uint64(gpa uint64) (uint64, error) {
+	s, err := g.Slice(gpa, 8)
+	if err != nil {
+		return 0, err
+	}
+	return binary.LittleEndian.Uint64(s), nil
+}
+
+// PutUint16 writes v little-endian at gpa.
+func (g *Guest) PutUint16(gpa uint64, v uint16) error {
+	s, err := g.Slice(gpa, 2)
+	if err != nil {
+		return err
+	}
+	binary.LittleEndian.PutUint16(s, v)
+	return nil
+}
+
+// PutUint32 writes v little-endian at gpa.
+func (g *Guest) PutUint32(gpa uint64, v uint32) error {
+	s, err := g.Slice(gpa, 4)
+	if err != nil {
+		return err
+	}
+	binary.LittleEndian.PutUint32(s, v)
+	return nil
+}
+
+// PutUint64 writes v little-endian at gpa.
+func (g *Guest) PutUint64(gpa uint64, v uint64) error {
+	s, err := g.Slice(gpa, 8)
+	if err != nil {
+		return err
+	}
+	binary.LittleEndian.PutUint64(s, v)
+	return nil
+}
