@@ -1,0 +1,87 @@
+// Package cpuid turns the CPUID leaves KVM supports into the ones each vCPU
+// of a VM shows its guest: a topology that matches the vCPU count (one
+// thread per core, all cores in one package), the vCPU's own APIC id, the
+// hypervisor bit and KVM's signature, so that the guest counts its CPUs
+// right and finds KVM's paravirtual features.
+package cpuid
+
+import "github.com/hyperroot/hyperroot/vmm/kvm"
+
+const (
+	leafFeatures   = 0x1
+	leafCache      = 0x4
+	leafTopology   = 0xB
+	leafTopology2  = 0x1F
+	leafKVMSig     = 0x40000000
+	leafExtFeat    = 0x80000001
+	leafAddrSizes  = 0x80000008
+	leafAMDTopoExt = 0x8000001E
+
+	ecxHypervisor = 1 << 31
+	edxHTT        = 1 << 28
+	extECXCmpLeg  = 1 << 1  // CmpLegacy: multi-core, HTT not meaning threads
+	extECXTopoExt = 1 << 22 // leaf 0x8000001E present
+)
+
+// kvmSignature is "KVMKVMKVM\0\0\0" as EBX, ECX, EDX.
+var kvmSignature = [3]uint32{0x4b4d564b, 0x564b4d56, 0x0000004d}
+
+// bitsFor returns how many APIC-id bits n distinct ids need.
+func bitsFor(n int) uint32 {
+	b := uint32(0)
+	for (1 << b) < n {
+		b++
+	}
+	return b
+}
+
+// ForVCPU returns the CPUID entries for vCPU id (its APIC id) of a VM with
+// n vCPUs, derived from supported (KVM_GET_SUPPORTED_CPUID). supported is
+// not modified.
+func ForVCPU(supported []kvm.CPUIDEntry, id, n int) []kvm.CPUIDEntry {
+	out := make([]kvm.CPUIDEntry, 0, len(supported)+2)
+	coreBits := bitsFor(n)
+	for _, e := range supported {
+		switch e.Function {
+		case leafFeatures:
+			e.EBX = e.EBX&0x0000ffff | uint32(min(n, 255))<<16 | uint32(id&0xff)<<24
+			e.ECX |= ecxHypervisor
+			if n > 1 {
+				e.EDX |= edxHTT
+			} else {
+				e.EDX &^= edxHTT
+			}
+		case leafCache:
+			// Cores per package - 1 in EAX[31:26]; one thread per cache.
+			e.EAX = e.EAX&0x03ffffff | uint32(min(n, 64)-1)<<26
+			e.EAX &^= 0xfff << 14
+		case leafTopology, leafTopology2:
+			e.EDX = uint32(id)
+			switch e.Index {
+			case 0: // SMT level: one thread per core
+				e.EAX, e.EBX, e.ECX = 0, 1, 1<<8
+			case 1: // core level: n cores
+				e.EAX, e.EBX, e.ECX = coreBits, uint32(n), 1|2<<8
+			default: // no further levels
+				e.EAX, e.EBX, e.ECX = 0, 0, e.Index
+			}
+		case leafKVMSig:
+			e.EBX, e.ECX, e.EDX = kvmSignature[0], kvmSignature[1], kvmSignature[2]
+		case leafExtFeat:
+			// No AMD topology-extension leaf: it would describe the host.
+			e.ECX &^= extECXTopoExt
+			if n > 1 {
+				e.ECX |= extECXCmpLeg
+			} else {
+				e.ECX &^= extECXCmpLeg
+			}
+		case leafAddrSizes:
+			// NC = cores - 1, ApicIdCoreIdSize = bits for the core id.
+			e.ECX = e.ECX&^0xf0ff | uint32(n-1)&0xff | (coreBits&0xf)<<12
+		case leafAMDTopoExt:
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
+}
