@@ -37,6 +37,14 @@ func (c *console) Printf(format string, args ...any) {
 	io.WriteString(c.w, line)
 }
 
+// Relay writes a line of VM name's serial console as "<name>| <line>".
+func (c *console) Relay(name, line string) {
+	out := name + "| " + line + "\n"
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	io.WriteString(c.w, out)
+}
+
 // Errorf reports a failed boot step: the appliance carries on, and the
 // failure is counted so that oneshot mode reports it.
 func (c *console) Errorf(step string, err error) {

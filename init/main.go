@@ -28,6 +28,8 @@ func dispatch(args []string) int {
 	case "version", "--version":
 		fmt.Println("hyperroot", version)
 		return 0
+	case "vmm":
+		return vmmMain(args[1:])
 	case "help", "-h", "--help":
 		usage()
 		return 0
@@ -42,6 +44,7 @@ func usage() {
 
 As PID 1 (the appliance's /init) hyperroot is the supervisor and takes no
 arguments. Commands:
+  vmm       run one VM: hyperroot vmm --kernel K [--initrd I] [--cmdline C] [--cpus N] [--memory SIZE]
   version   print the version
   help      this text
 `)

@@ -1,13 +1,13 @@
 package main
 
 import (
-	"encoding/binary"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/internal/powerkey"
 )
 
 // Power-off requests come from signals (SIGTERM from a runner or
@@ -33,51 +33,12 @@ func watchSignals(req chan<- string) {
 	}()
 }
 
-const (
-	evKey      = 1
-	keyPower   = 116
-	eventSize  = 24 // struct input_event on 64-bit: timeval(16) type(2) code(2) value(4)
-	typeOffset = 16
-)
-
-// isPowerPress reports whether one struct input_event is a KEY_POWER press.
-func isPowerPress(ev []byte) bool {
-	if len(ev) < eventSize {
-		return false
-	}
-	typ := binary.LittleEndian.Uint16(ev[typeOffset:])
-	code := binary.LittleEndian.Uint16(ev[typeOffset+2:])
-	value := int32(binary.LittleEndian.Uint32(ev[typeOffset+4:]))
-	return typ == evKey && code == keyPower && value == 1
-}
-
-// watchPowerButton reads every input device and sends a request on a
-// KEY_POWER press. It returns the number of devices it watches.
+// watchPowerButton sends a request on each ACPI power button press and
+// returns the number of input devices it watches.
 func watchPowerButton(c *console, req chan<- string) int {
-	devs, _ := filepath.Glob("/dev/input/event*")
-	n := 0
-	for _, d := range devs {
-		f, err := os.Open(d)
-		if err != nil {
-			c.Printf("power button: %v", err)
-			continue
-		}
-		n++
-		go func() {
-			defer f.Close()
-			buf := make([]byte, eventSize*16)
-			for {
-				k, err := f.Read(buf)
-				if err != nil {
-					return
-				}
-				for off := 0; off+eventSize <= k; off += eventSize {
-					if isPowerPress(buf[off : off+eventSize]) {
-						req <- "power-button"
-					}
-				}
-			}
-		}()
+	n, errs := powerkey.Watch(func() { req <- "power-button" })
+	for _, err := range errs {
+		c.Printf("power button: %v", err)
 	}
 	return n
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -11,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/board"
+	"github.com/hyperroot/hyperroot/init/config"
 )
 
 // configPath is where a configuration baked into the image, or added as an
@@ -62,19 +64,31 @@ func supervise() {
 	} else {
 		c.Printf("kvm: %s", s)
 	}
-	reportConfig(c, args)
+	cfg := loadConfig(c, args)
 
+	f := newFleet(c, r, args.Oneshot)
+	p.stop = func() { f.Stop(vmStopGrace) }
+	f.Start(cfg.VMs)
+	go readConsoleInput(c, f, os.Stdin)
 	c.Printf("ready")
 	if args.Oneshot {
-		if n := c.Errors(); n > 0 {
-			c.Printf("result fail errors=%d", n)
-		} else {
-			c.Printf("result pass")
-		}
-		p.Do("oneshot")
+		go func() {
+			f.Wait()
+			failed := f.Failed()
+			if n := c.Errors(); n > 0 || len(failed) > 0 {
+				c.Printf("result fail errors=%d vms=%s", n, strings.Join(failed, ","))
+			} else {
+				c.Printf("result pass")
+			}
+			power <- "oneshot"
+		}()
 	}
 	p.Do(<-power)
 }
+
+// vmStopGrace is how long a guest gets to shut down after its ACPI power
+// button was pressed, before its VMM is killed.
+const vmStopGrace = 10 * time.Second
 
 func loadBoard() (*board.Board, error) {
 	data, err := os.ReadFile(board.ImagePath)
@@ -103,25 +117,41 @@ func banner(b *board.Board) string {
 		version, b.Name, kernel, runtime.NumCPU(), mem, runtime.Version())
 }
 
-// reportConfig says which configuration the appliance found. Sources,
-// first found wins: hyperroot.config= on the kernel command line, then the
-// file in the image.
-func reportConfig(c *console, args cmdline) {
+// loadConfig finds and parses the configuration. Sources, first found
+// wins: hyperroot.config= on the kernel command line, the file in the
+// image, the built-in default. A configuration that does not parse is an
+// error and no VM is started from it: running half of what was asked, or
+// the demo VMs instead, would hide the mistake.
+func loadConfig(c *console, args cmdline) *config.Config {
 	src := configPath
 	if args.Config != "" {
 		src = args.Config
 	}
 	if strings.Contains(src, "://") {
 		c.Errorf("config", fmt.Errorf("%s: fetching configuration over the network is not supported yet", src))
-		return
+		return &config.Config{}
 	}
-	fi, err := os.Stat(src)
-	switch {
-	case err == nil:
-		c.Printf("config: %s (%d bytes, %s)", src, fi.Size(), fi.ModTime().UTC().Format(time.RFC3339))
-	case os.IsNotExist(err) && args.Config == "":
-		c.Printf("config: none, built-in default")
-	default:
+	data, err := os.ReadFile(src)
+	if os.IsNotExist(err) && args.Config == "" {
+		cfg := config.Default()
+		if _, err := os.Stat(cfg.VMs[0].Kernel); err != nil {
+			c.Printf("config: none, and no demo guest in the image: no VMs")
+			return &config.Config{}
+		}
+		c.Printf("config: none, built-in default (%d demo VMs)", len(cfg.VMs))
+		return cfg
+	}
+	if err != nil {
 		c.Errorf("config", err)
+		return &config.Config{}
 	}
+	cfg, err := config.Parse(src, data)
+	if err != nil {
+		for _, line := range strings.Split(err.Error(), "\n") {
+			c.Errorf("config", errors.New(line))
+		}
+		return &config.Config{}
+	}
+	c.Printf("config: %s (%d VMs)", src, len(cfg.VMs))
+	return cfg
 }

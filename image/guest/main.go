@@ -16,7 +16,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/u-root/u-root/pkg/kmodule"
 	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/internal/powerkey"
 )
 
 func main() {
@@ -28,10 +31,16 @@ func main() {
 			fmt.Printf("guest: mount %s: %v\n", m.dst, err)
 		}
 	}
+	loadModules()
+	n, _ := powerkey.Watch(func() {
+		fmt.Println("guest: power button pressed, powering off")
+		unix.Sync()
+		unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+	})
 	var up unix.Timespec
 	unix.ClockGettime(unix.CLOCK_BOOTTIME, &up)
-	fmt.Printf("guest: booted nproc=%d memtotal_kb=%d time=%d uptime=%d.%03d\n",
-		runtime.NumCPU(), memTotalKB(), time.Now().Unix(), up.Sec, up.Nsec/1e6)
+	fmt.Printf("guest: booted nproc=%d memtotal_kb=%d time=%d uptime=%d.%03d inputs=%d\n",
+		runtime.NumCPU(), memTotalKB(), time.Now().Unix(), up.Sec, up.Nsec/1e6, n)
 	action := "poweroff"
 	if b, err := os.ReadFile("/proc/cmdline"); err == nil {
 		for _, f := range strings.Fields(string(b)) {
@@ -63,6 +72,21 @@ func main() {
 	unix.Sync()
 	unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 	select {}
+}
+
+// loadModules loads the modules named in /etc/modules (one per line, written
+// by the image builder): pvpanic, so that a panic is reported to the VMM,
+// and the ACPI button and evdev, so that the power button works.
+func loadModules() {
+	b, err := os.ReadFile("/etc/modules")
+	if err != nil {
+		return
+	}
+	for _, name := range strings.Fields(string(b)) {
+		if err := kmodule.Probe(name, ""); err != nil {
+			fmt.Printf("guest: module %s: %v\n", name, err)
+		}
+	}
 }
 
 func memTotalKB() uint64 {

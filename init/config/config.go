@@ -243,3 +243,13 @@ func keys(m map[string]func(*yaml.Node)) string {
 	sort.Strings(ks)
 	return strings.Join(ks, ", ")
 }
+
+// Default is the configuration of an appliance that was given none: two
+// small demo VMs booting the test guest the image carries under /guest.
+func Default() *Config {
+	demo := func(name string, cpus int, mem Size) VM {
+		return VM{Name: name, CPUs: cpus, Memory: mem, Kernel: "/guest/vmlinuz", Initrd: "/guest/initramfs.cpio",
+			Cmdline: "console=ttyS0 quiet panic=-1", Restart: RestartNever}
+	}
+	return &Config{VMs: []VM{demo("demo1", 1, 128<<20), demo("demo2", 2, 256<<20)}}
+}

@@ -23,6 +23,10 @@ import (
 	"github.com/hyperroot/hyperroot/image"
 )
 
+// guestModules are loaded by the test guest: pvpanic reports a kernel panic
+// to the VMM, button and evdev deliver the ACPI power button.
+var guestModules = []string{"pvpanic_mmio", "button", "evdev"}
+
 func main() {
 	var (
 		boardName = flag.String("board", "qemu", "board to build (a folder under -boards)")
@@ -98,11 +102,21 @@ func build(ctx context.Context, boards, name, out, version string) error {
 			if err := os.MkdirAll(imgDir, 0o755); err != nil {
 				return err
 			}
-			ir := &image.Initramfs{
-				Init:    "/bin/guest",
-				Files:   []string{guestBin + ":bin/guest"},
-				Staging: filepath.Join(out, "staging", "guest"),
+			staging := filepath.Join(out, "staging", "guest")
+			mods, err := image.ResolveModules(ctx, kernel, guestModules)
+			if err != nil {
+				return err
 			}
+			files, err := image.ModuleFiles(kernel, mods, staging)
+			if err != nil {
+				return err
+			}
+			list := filepath.Join(staging, "modules")
+			if err := os.WriteFile(list, []byte(strings.Join(guestModules, "\n")+"\n"), 0o644); err != nil {
+				return err
+			}
+			files = append(files, guestBin+":bin/guest", list+":etc/modules")
+			ir := &image.Initramfs{Init: "/bin/guest", Files: files, Staging: staging}
 			return ir.Write(filepath.Join(imgDir, "guest-initramfs.cpio"))
 		}},
 		{"write appliance initramfs (mkuimage)", func() error {

@@ -62,3 +62,11 @@ func RAMRanges(size uint64) [][2]uint64 {
 	}
 	return [][2]uint64{{0, MMIO32Start}, {RAM64Start, RAM64Start + size - MMIO32Start}}
 }
+
+// i8042 interrupts (added for vmm/devices/i8042): the ISA IRQs of the PS/2
+// controller's keyboard and AUX ports, which Linux's i8042 driver requests
+// by number.
+const (
+	I8042KbdIRQ = 1
+	I8042AuxIRQ = 12
+)

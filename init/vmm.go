@@ -1,0 +1,127 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/vmm/machine"
+)
+
+// exitStopped: `hyperroot vmm` was told twice to stop and did not wait for
+// the guest.
+const exitStopped = 5
+
+// vmmMain is `hyperroot vmm`: one VM, console on stdio. The supervisor runs
+// it for each configured VM; on any Linux host with KVM it boots a kernel
+// the way `qemu-system-x86_64 -kernel` does.
+func vmmMain(args []string) int {
+	fs := flag.NewFlagSet("vmm", flag.ContinueOnError)
+	var (
+		name    = fs.String("name", "vm", "name of the VM (for messages)")
+		kernel  = fs.String("kernel", "", "bzImage to boot (required)")
+		initrd  = fs.String("initrd", "", "initramfs")
+		cmdline = fs.String("cmdline", "console=ttyS0", "kernel command line")
+		cpus    = fs.Int("cpus", 1, "vCPUs")
+		memory  = fs.String("memory", "256M", "guest RAM (512M, 2G, ...)")
+		huge    = fs.String("hugepages", "", "back guest RAM with huge pages: 2M or 1G")
+	)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: hyperroot vmm --kernel K [--initrd I] [--cmdline C] [--cpus N] [--memory SIZE]\n\n"+
+			"Exit status: 0 guest powered off, 1 VMM error, 2 usage, 3 guest reset, 4 guest crashed, 5 stopped.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	fail := func(format string, a ...any) int {
+		fmt.Fprintf(os.Stderr, "hyperroot vmm: "+format+"\n", a...)
+		return exitError
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "hyperroot vmm: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	}
+	if *kernel == "" {
+		fmt.Fprintln(os.Stderr, "hyperroot vmm: --kernel is required")
+		return exitUsage
+	}
+	mem, err := config.ParseSize(*memory)
+	if err != nil {
+		return fail("memory: %v", err)
+	}
+	if mem%(4<<10) != 0 {
+		return fail("memory %s: want a multiple of 4K", *memory)
+	}
+	cfg := machine.Config{Cmdline: *cmdline, CPUs: *cpus, Memory: uint64(mem), Console: os.Stdout}
+	switch *huge {
+	case "":
+	case "2M":
+		cfg.HugePages = 2 << 20
+	case "1G":
+		cfg.HugePages = 1 << 30
+	default:
+		return fail("hugepages %q: want 2M or 1G", *huge)
+	}
+	if cfg.Kernel, err = os.ReadFile(*kernel); err != nil {
+		return fail("kernel: %v", err)
+	}
+	if *initrd != "" {
+		if cfg.Initrd, err = os.ReadFile(*initrd); err != nil {
+			return fail("initrd: %v", err)
+		}
+	}
+	start := time.Now()
+	m, err := machine.New(cfg)
+	if err != nil {
+		return fail("%s: %v", *name, err)
+	}
+	defer m.Close()
+	cfg.Kernel, cfg.Initrd = nil, nil // loaded into guest memory: let the GC have them
+
+	go feedConsole(m, os.Stdin)
+	sigc := make(chan os.Signal, 2)
+	signal.Notify(sigc, unix.SIGTERM, unix.SIGINT)
+	go func() {
+		<-sigc
+		m.PowerButton() // ask the guest to shut down
+		<-sigc
+		m.Stop() // asked twice: stop now
+	}()
+	r := m.Run()
+	fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: %s after %s (%s)\n", *name, r.Exit, time.Since(start).Round(time.Millisecond), r.Detail)
+	switch r.Exit {
+	case machine.ExitPoweroff:
+		return exitPoweroff
+	case machine.ExitReboot:
+		return exitReboot
+	case machine.ExitCrash:
+		return exitCrash
+	}
+	return exitStopped
+}
+
+// feedConsole copies stdin to the guest's serial port, waiting (rather
+// than dropping) when the guest is slow to read.
+func feedConsole(m *machine.Machine, in io.Reader) {
+	buf := make([]byte, 512)
+	for {
+		n, err := in.Read(buf)
+		for p := buf[:n]; len(p) > 0; {
+			k := m.Input(p)
+			p = p[k:]
+			if len(p) > 0 {
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}

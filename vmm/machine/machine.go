@@ -1,0 +1,433 @@
+// Package machine assembles a KVM virtual machine from hyperroot's parts —
+// guest memory, the Linux loader, ACPI tables, CPUID, the platform devices —
+// and runs its vCPUs until the guest powers off, resets or crashes. It is the
+// only package that knows about all of them; each of them knows nothing of
+// the others.
+package machine
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/vmm/acpi"
+	"github.com/hyperroot/hyperroot/vmm/boot"
+	"github.com/hyperroot/hyperroot/vmm/bus"
+	"github.com/hyperroot/hyperroot/vmm/cpuid"
+	"github.com/hyperroot/hyperroot/vmm/devices/i8042"
+	"github.com/hyperroot/hyperroot/vmm/devices/power"
+	"github.com/hyperroot/hyperroot/vmm/devices/rtc"
+	"github.com/hyperroot/hyperroot/vmm/devices/serial"
+	"github.com/hyperroot/hyperroot/vmm/irq"
+	"github.com/hyperroot/hyperroot/vmm/kvm"
+	"github.com/hyperroot/hyperroot/vmm/layout"
+	"github.com/hyperroot/hyperroot/vmm/memory"
+)
+
+// Config is what a VM is made of.
+type Config struct {
+	Kernel  []byte // bzImage
+	Initrd  []byte // optional
+	Cmdline string
+	CPUs    int
+	Memory  uint64 // bytes
+	// HugePages backs guest RAM with huge pages (memory.Huge2M or Huge1G).
+	HugePages memory.PageSize
+	// Console receives the guest's serial output (COM1).
+	Console io.Writer
+}
+
+// Exit is how a guest ended.
+type Exit int
+
+const (
+	ExitPoweroff Exit = iota // ACPI S5 (sleep control register)
+	ExitReboot               // ACPI reset register or i8042 reset
+	ExitCrash                // pvpanic, triple fault or a vCPU KVM could not run
+	ExitStopped              // Stop was called
+)
+
+func (e Exit) String() string {
+	return [...]string{"poweroff", "reboot", "crash", "stopped"}[e]
+}
+
+// Result is how Run ended, with a detail for people.
+type Result struct {
+	Exit   Exit
+	Detail string
+}
+
+// Machine is a VM ready to run.
+type Machine struct {
+	sys   *kvm.System
+	vm    *kvm.VM
+	mem   *memory.Guest
+	vcpus []*kvm.VCPU
+	pio   bus.Bus
+	mmio  bus.Bus
+
+	serial *serial.Device
+	ged    *power.GED
+
+	stopOnce sync.Once
+	result   Result
+	mu       sync.Mutex
+	tids     []int // OS thread of each running vCPU, 0 until it started
+}
+
+// pvpanicPort is QEMU's pvpanic ISA port, described to the guest as an
+// ACPI QEMU0001 device: Linux's pvpanic driver writes 1 to it when the
+// kernel panics, which is how a crash is told apart from a reboot.
+const pvpanicPort = 0x505
+
+// Where KVM puts the TSS and identity map Intel's VMX needs in real mode:
+// the top of the 32-bit hole, clear of the LAPIC and IOAPIC.
+const (
+	tssAddr      = 0xFFFB_D000
+	identityAddr = 0xFFFB_C000
+)
+
+// kickSignal interrupts a vCPU thread blocked in KVM_RUN.
+const kickSignal = unix.SIGUSR1
+
+// New creates the VM: checks the request against the kernel image and KVM,
+// creates memory, loads the kernel, writes ACPI tables, wires the devices
+// and sets up every vCPU. Errors are one line saying what is wrong.
+func New(cfg Config) (*Machine, error) {
+	if cfg.CPUs < 1 {
+		return nil, fmt.Errorf("cpus %d: want at least 1", cfg.CPUs)
+	}
+	if cfg.Console == nil {
+		cfg.Console = io.Discard
+	}
+	k, err := boot.ParseBzImage(cfg.Kernel)
+	if err != nil {
+		return nil, fmt.Errorf("kernel: %w", err)
+	}
+	need, err := k.MinRAM(uint64(len(cfg.Initrd)))
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Memory < need {
+		what := "the kernel"
+		if len(cfg.Initrd) > 0 {
+			what = fmt.Sprintf("the kernel and its %d MiB initrd", (len(cfg.Initrd)+(1<<20)-1)>>20)
+		}
+		return nil, fmt.Errorf("memory %d MiB too small: %s need at least %d MiB", cfg.Memory>>20, what, need>>20)
+	}
+	m := &Machine{}
+	if err := m.build(cfg, k); err != nil {
+		m.Close()
+		return nil, err
+	}
+	return m, nil
+}
+
+func (m *Machine) build(cfg Config, k *boot.Kernel) (err error) {
+	if m.sys, err = kvm.Open(); err != nil {
+		return err
+	}
+	maxCPUs, err := m.sys.CheckExtension(kvm.CapMaxVCPUs)
+	if err != nil || maxCPUs == 0 {
+		maxCPUs, _ = m.sys.CheckExtension(kvm.CapNrVCPUs)
+	}
+	if maxCPUs > 0 && cfg.CPUs > maxCPUs {
+		return fmt.Errorf("cpus %d: this host's KVM allows at most %d vCPUs per VM", cfg.CPUs, maxCPUs)
+	}
+	if m.vm, err = m.sys.CreateVM(); err != nil {
+		return err
+	}
+	for _, step := range []func() error{
+		func() error { return m.vm.SetTSSAddr(tssAddr) },
+		func() error { return m.vm.SetIdentityMapAddr(identityAddr) },
+		m.vm.CreateIRQChip,
+		m.vm.CreatePIT2,
+	} {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	if m.mem, err = memory.New(cfg.Memory, memory.Options{HugePages: cfg.HugePages}); err != nil {
+		return err
+	}
+	if _, err := m.mem.Register(m.vm, 0); err != nil {
+		return err
+	}
+	tables, rsdpOff, err := acpi.Build(acpi.Config{CPUs: cfg.CPUs, Devices: platformDevices()})
+	if err != nil {
+		return fmt.Errorf("acpi: %w", err)
+	}
+	if err := m.mem.WriteAt(tables, layout.ACPIStart); err != nil {
+		return fmt.Errorf("acpi: %w", err)
+	}
+	cpu, err := boot.Load(m.mem, k, boot.Config{
+		RAMSize: cfg.Memory, Cmdline: cfg.Cmdline, Initrd: cfg.Initrd, RSDP: layout.ACPIStart + rsdpOff,
+	})
+	if err != nil {
+		return err
+	}
+	if err := m.devices(cfg); err != nil {
+		return err
+	}
+	supported, err := m.sys.SupportedCPUID()
+	if err != nil {
+		return err
+	}
+	for i := 0; i < cfg.CPUs; i++ {
+		v, err := m.vm.CreateVCPU(i)
+		if err != nil {
+			return err
+		}
+		m.vcpus = append(m.vcpus, v)
+		if err := setupVCPU(v, cpuid.ForVCPU(supported, i, cfg.CPUs), i == 0, cpu); err != nil {
+			return fmt.Errorf("vCPU %d: %w", i, err)
+		}
+	}
+	m.tids = make([]int, cfg.CPUs)
+	return nil
+}
+
+// line is an interrupt pin of KVM's in-kernel IOAPIC/PIC.
+func (m *Machine) line(gsi uint32) irq.Line {
+	return irq.Func(func(level bool) error { return m.vm.IRQLine(gsi, level) })
+}
+
+func (m *Machine) devices(cfg Config) error {
+	m.serial = serial.New(serial.Options{Out: cfg.Console, IRQ: m.line(layout.COM1IRQ)})
+	m.ged = power.NewGED(m.line(layout.GEDIRQ))
+	reboot := func() { m.stop(Result{ExitReboot, "guest reset"}) }
+	ports := []struct {
+		dev        bus.Device
+		base, size uint64
+	}{
+		{m.serial, layout.COM1Port, 8},
+		{i8042.New(i8042.Options{Reset: reboot, KbdIRQ: m.line(layout.I8042KbdIRQ), AuxIRQ: m.line(layout.I8042AuxIRQ)}), layout.I8042Port, i8042.Size},
+		{rtc.New(rtc.Options{}), layout.RTCPort, 2},
+		{power.NewSleep(func() { m.stop(Result{ExitPoweroff, "guest powered off (ACPI S5)"}) }), layout.SleepCtlPort, power.SleepSize},
+		{power.NewReset(reboot), layout.ResetPort, power.ResetSize},
+		{pvpanic{m}, pvpanicPort, 1},
+	}
+	for _, p := range ports {
+		if err := m.pio.Insert(p.dev, p.base, p.size); err != nil {
+			return err
+		}
+	}
+	return m.mmio.Insert(m.ged, layout.GEDAddr, layout.GEDSize)
+}
+
+// pvpanic is the guest's panic notifier port.
+type pvpanic struct{ m *Machine }
+
+func (p pvpanic) Read(_ uint64, data []byte) {
+	for i := range data {
+		data[i] = 0
+	}
+	if len(data) > 0 {
+		data[0] = 1 // supported events: PANICKED
+	}
+}
+
+func (p pvpanic) Write(_ uint64, data []byte) {
+	if len(data) > 0 && data[0]&1 != 0 {
+		p.m.stop(Result{ExitCrash, "guest kernel panic (pvpanic)"})
+	}
+}
+
+// MSRs every vCPU starts with: fast strings on, as firmware leaves them,
+// and MTRRs enabled with write-back as the default type, without which
+// Linux maps all RAM uncached.
+var bootMSRs = []kvm.MSREntry{
+	{Index: 0x1a0, Data: 1},           // IA32_MISC_ENABLE: fast strings
+	{Index: 0x2ff, Data: 1<<11 | 0x6}, // IA32_MTRR_DEF_TYPE: enabled, write-back
+}
+
+func setupVCPU(v *kvm.VCPU, ids []kvm.CPUIDEntry, bsp bool, cpu boot.CPU) error {
+	if err := v.SetCPUID2(ids); err != nil {
+		return err
+	}
+	if err := v.SetMSRs(bootMSRs); err != nil {
+		return err
+	}
+	fpu := kvm.FPU{FCW: 0x37f, MXCSR: 0x1f80}
+	if err := v.SetFPU(fpu); err != nil {
+		return err
+	}
+	// LINT0 delivers the legacy PIC's interrupts (ExtINT), LINT1 NMIs, as
+	// a PC's firmware programs them.
+	l, err := v.LAPIC()
+	if err != nil {
+		return err
+	}
+	setLVT(&l, 0x350, 7) // LINT0: ExtINT
+	setLVT(&l, 0x360, 4) // LINT1: NMI
+	if err := v.SetLAPIC(l); err != nil {
+		return err
+	}
+	if !bsp {
+		return nil // application processors wait for INIT/SIPI from the BSP
+	}
+	s, err := v.Sregs()
+	if err != nil {
+		return err
+	}
+	s.CS, s.DS, s.ES, s.FS = segment(cpu.CS), segment(cpu.DS), segment(cpu.ES), segment(cpu.FS)
+	s.GS, s.SS, s.TR = segment(cpu.GS), segment(cpu.SS), segment(cpu.TR)
+	s.GDT = kvm.DTable{Base: cpu.GDT.Base, Limit: cpu.GDT.Limit}
+	s.IDT = kvm.DTable{Base: cpu.IDT.Base, Limit: cpu.IDT.Limit}
+	s.CR0, s.CR3, s.CR4, s.EFER = cpu.CR0, cpu.CR3, cpu.CR4, cpu.EFER
+	if err := v.SetSregs(s); err != nil {
+		return err
+	}
+	return v.SetRegs(kvm.Regs{RIP: cpu.RIP, RSP: cpu.RSP, RSI: cpu.RSI, RFLAGS: cpu.RFLAGS})
+}
+
+func setLVT(l *kvm.LAPIC, reg int, mode uint32) {
+	v := uint32(l.Regs[reg]) | uint32(l.Regs[reg+1])<<8 | uint32(l.Regs[reg+2])<<16 | uint32(l.Regs[reg+3])<<24
+	v = v&^0x700 | mode<<8
+	l.Regs[reg], l.Regs[reg+1], l.Regs[reg+2], l.Regs[reg+3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
+}
+
+func segment(s boot.Segment) kvm.Segment {
+	b := func(v bool) uint8 {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	return kvm.Segment{Base: s.Base, Limit: s.Limit, Selector: s.Selector, Type: s.Type,
+		Present: b(s.Present), DPL: s.DPL, DB: b(s.DB), S: b(s.S), L: b(s.L), G: b(s.G)}
+}
+
+// Run runs every vCPU on its own OS thread until the guest powers off,
+// resets or crashes, or Stop is called, and reports which.
+func (m *Machine) Run() Result {
+	// The kick signal must have a handler (not be ignored) so that it
+	// interrupts KVM_RUN; Go's handler is enough.
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, kickSignal)
+	defer signal.Stop(sigc)
+	var wg sync.WaitGroup
+	for i, v := range m.vcpus {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m.runVCPU(i, v)
+		}()
+	}
+	wg.Wait()
+	return m.result
+}
+
+func (m *Machine) runVCPU(i int, v *kvm.VCPU) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	m.mu.Lock()
+	m.tids[i] = unix.Gettid()
+	m.mu.Unlock()
+	for {
+		exit, err := v.Run()
+		if err != nil {
+			m.stop(Result{ExitCrash, err.Error()})
+			return
+		}
+		if v.Dispatch(exit, &m.pio, &m.mmio) {
+			continue
+		}
+		switch exit {
+		case kvm.ExitIntr, kvm.ExitHLT, kvm.ExitIRQWindowOpen:
+			// HLT only reaches userspace without an in-kernel LAPIC; a
+			// kick or Go's preemption signal interrupts KVM_RUN.
+		case kvm.ExitShutdown:
+			m.stop(Result{ExitCrash, fmt.Sprintf("vCPU %d: triple fault", i)})
+		case kvm.ExitSystemEvent:
+			typ, _, _ := v.SystemEvent()
+			switch typ {
+			case kvm.SystemEventShutdown:
+				m.stop(Result{ExitPoweroff, "system event shutdown"})
+			case kvm.SystemEventReset:
+				m.stop(Result{ExitReboot, "system event reset"})
+			default:
+				m.stop(Result{ExitCrash, fmt.Sprintf("vCPU %d: system event %d", i, typ)})
+			}
+		case kvm.ExitFailEntry:
+			reason, _, _ := v.FailEntry()
+			m.stop(Result{ExitCrash, fmt.Sprintf("vCPU %d: KVM could not enter the guest (hardware reason %#x)", i, reason)})
+		case kvm.ExitInternalError:
+			ie, _ := v.InternalError()
+			m.stop(Result{ExitCrash, fmt.Sprintf("vCPU %d: KVM internal error %+v", i, ie)})
+		default:
+			m.stop(Result{ExitCrash, fmt.Sprintf("vCPU %d: unhandled exit %v", i, exit)})
+		}
+		if m.stopping() {
+			return
+		}
+	}
+}
+
+func (m *Machine) stopping() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.tids == nil
+}
+
+// stop ends Run with r; the first reason wins. Every vCPU is told to exit
+// at once (immediate_exit) and its thread is kicked out of KVM_RUN.
+func (m *Machine) stop(r Result) {
+	m.stopOnce.Do(func() {
+		m.result = r
+		m.mu.Lock()
+		tids := m.tids
+		m.tids = nil
+		m.mu.Unlock()
+		for _, v := range m.vcpus {
+			v.SetImmediateExit(true)
+		}
+		// A vCPU thread may be between the check and KVM_RUN: kick until
+		// all have left (Run returns once every goroutine has).
+		go func() {
+			for try := 0; try < 50; try++ {
+				for _, tid := range tids {
+					if tid != 0 {
+						unix.Tgkill(os.Getpid(), tid, kickSignal)
+					}
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}()
+	})
+}
+
+// Stop ends Run without waiting for the guest.
+func (m *Machine) Stop() { m.stop(Result{ExitStopped, "stopped by the VMM"}) }
+
+// PowerButton presses the guest's ACPI power button.
+func (m *Machine) PowerButton() { m.ged.PowerButton() }
+
+// Input queues bytes for the guest's serial console; it returns how many
+// were taken (the rest are dropped when the guest does not read).
+func (m *Machine) Input(p []byte) int { return m.serial.Input(p) }
+
+// Close releases the VM.
+func (m *Machine) Close() error {
+	var errs []error
+	for _, v := range m.vcpus {
+		errs = append(errs, v.Close())
+	}
+	if m.vm != nil {
+		errs = append(errs, m.vm.Close())
+	}
+	if m.mem != nil {
+		errs = append(errs, m.mem.Close())
+	}
+	if m.sys != nil {
+		errs = append(errs, m.sys.Close())
+	}
+	return errors.Join(errs...)
+}
