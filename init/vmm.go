@@ -59,7 +59,10 @@ func vmmMain(args []string) int {
 	if mem%(4<<10) != 0 {
 		return fail("memory %s: want a multiple of 4K", *memory)
 	}
-	cfg := machine.Config{Cmdline: *cmdline, CPUs: *cpus, Memory: uint64(mem), Console: os.Stdout}
+	cfg := machine.Config{Cmdline: *cmdline, CPUs: *cpus, Memory: uint64(mem), Console: os.Stdout,
+		// Inherited from PID 1, which the kernel gives unknown
+		// NAME=value command-line words as environment.
+		Trace: os.Getenv("HYPERROOT_VMM_TRACE") == "1"}
 	switch *huge {
 	case "":
 	case "2M":

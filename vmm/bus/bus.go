@@ -30,6 +30,10 @@ type entry struct {
 type Bus struct {
 	mu      sync.RWMutex
 	entries []entry // sorted by base
+
+	// Miss, if set, is told of every access no device claimed (a debugging
+	// aid: a guest probing for absent hardware is normal and not an error).
+	Miss func(addr uint64, write bool, data []byte)
 }
 
 // Insert gives dev the range [base, base+size).
@@ -89,6 +93,8 @@ func (b *Bus) Read(addr uint64, data []byte) bool {
 	d, off, ok := b.find(addr, len(data))
 	if ok {
 		d.Read(off, data)
+	} else if b.Miss != nil {
+		b.Miss(addr, false, data)
 	}
 	return ok
 }
@@ -98,6 +104,8 @@ func (b *Bus) Write(addr uint64, data []byte) bool {
 	d, off, ok := b.find(addr, len(data))
 	if ok {
 		d.Write(off, data)
+	} else if b.Miss != nil {
+		b.Miss(addr, true, data)
 	}
 	return ok
 }

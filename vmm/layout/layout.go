@@ -25,6 +25,7 @@ const (
 	KernelLoad    = 0x100000 // protected-mode kernel (bzImage payload)
 	ACPIStart     = 0xE0000  // RSDP and ACPI tables (inside the legacy BIOS area)
 	ACPIEnd       = 0x100000 //
+	ResetVector   = 0xFFFF0  // F000:FFF0, where a CPU starts after reset; the VMM's reset stub lives here
 	MMIO32Start   = 0xC000_0000
 	MMIO32End     = 0x1_0000_0000
 	ECAMStart     = 0xE000_0000 // PCI Express config space, 256 buses x 1 MiB

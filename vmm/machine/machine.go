@@ -42,6 +42,10 @@ type Config struct {
 	HugePages memory.PageSize
 	// Console receives the guest's serial output (COM1).
 	Console io.Writer
+	// Trace writes every port access but the serial port's, every access
+	// no device claims, and every vCPU's registers each 3 s to stderr: for
+	// finding out why a guest hangs. Slow.
+	Trace bool
 }
 
 // Exit is how a guest ended.
@@ -76,6 +80,7 @@ type Machine struct {
 	serial *serial.Device
 	ged    *power.GED
 
+	trace    bool
 	stopOnce sync.Once
 	result   Result
 	mu       sync.Mutex
@@ -86,6 +91,20 @@ type Machine struct {
 // ACPI QEMU0001 device: Linux's pvpanic driver writes 1 to it when the
 // kernel panics, which is how a crash is told apart from a reboot.
 const pvpanicPort = 0x505
+
+// resetStub is the only "firmware" the VMM provides: real-mode code at the
+// x86 reset vector (F000:FFF0) that asks for a reset through the ACPI reset
+// register. A guest reaches it when it reboots the way a PC BIOS expects:
+// Linux does so on hardware-reduced ACPI machines without EFI, where it
+// picks EFI and then BIOS reboot over the reset register (unless booted
+// with reboot=k or reboot=a).
+var resetStub = []byte{
+	0xBA, layout.ResetPort & 0xFF, layout.ResetPort >> 8, // mov dx, ResetPort
+	0xB0, 0x06, // mov al, 6 (reset CPU, hard)
+	0xEE,       // out dx, al
+	0xF4,       // hlt
+	0xEB, 0xFD, // jmp hlt
+}
 
 // Where KVM puts the TSS and identity map Intel's VMX needs in real mode:
 // the top of the 32-bit hole, clear of the LAPIC and IOAPIC.
@@ -122,7 +141,7 @@ func New(cfg Config) (*Machine, error) {
 		}
 		return nil, fmt.Errorf("memory %d MiB too small: %s need at least %d MiB", cfg.Memory>>20, what, need>>20)
 	}
-	m := &Machine{}
+	m := &Machine{trace: cfg.Trace}
 	if err := m.build(cfg, k); err != nil {
 		m.Close()
 		return nil, err
@@ -164,8 +183,14 @@ func (m *Machine) build(cfg Config, k *boot.Kernel) (err error) {
 	if err != nil {
 		return fmt.Errorf("acpi: %w", err)
 	}
+	if uint64(len(tables)) > layout.ResetVector-layout.ACPIStart {
+		return fmt.Errorf("acpi: %d bytes of tables reach the reset vector", len(tables))
+	}
 	if err := m.mem.WriteAt(tables, layout.ACPIStart); err != nil {
 		return fmt.Errorf("acpi: %w", err)
+	}
+	if err := m.mem.WriteAt(resetStub, layout.ResetVector); err != nil {
+		return err
 	}
 	cpu, err := boot.Load(m.mem, k, boot.Config{
 		RAMSize: cfg.Memory, Cmdline: cfg.Cmdline, Initrd: cfg.Initrd, RSDP: layout.ACPIStart + rsdpOff,
@@ -179,6 +204,17 @@ func (m *Machine) build(cfg Config, k *boot.Kernel) (err error) {
 	supported, err := m.sys.SupportedCPUID()
 	if err != nil {
 		return err
+	}
+	// A KVM that cannot follow the guest's XCR0 (nested under QEMU TCG
+	// before 8.2) must not offer XSAVE: see cpuid.WithoutXSAVE.
+	if cpuid.HasXSAVE(supported) {
+		followed, err := xcr0Followed(m.sys, cpuid.ForVCPU(supported, 0, 1))
+		if err != nil {
+			return fmt.Errorf("XCR0 probe: %w", err)
+		}
+		if !followed {
+			supported = cpuid.WithoutXSAVE(supported)
+		}
 	}
 	for i := 0; i < cfg.CPUs; i++ {
 		v, err := m.vm.CreateVCPU(i)
@@ -200,6 +236,14 @@ func (m *Machine) line(gsi uint32) irq.Line {
 }
 
 func (m *Machine) devices(cfg Config) error {
+	if cfg.Trace {
+		m.pio.Miss = func(addr uint64, write bool, data []byte) {
+			fmt.Fprintf(os.Stderr, "vmm: unclaimed port %#x write=%v % x\n", addr, write, data)
+		}
+		m.mmio.Miss = func(addr uint64, write bool, data []byte) {
+			fmt.Fprintf(os.Stderr, "vmm: unclaimed mmio %#x write=%v % x\n", addr, write, data)
+		}
+	}
 	m.serial = serial.New(serial.Options{Out: cfg.Console, IRQ: m.line(layout.COM1IRQ)})
 	m.ged = power.NewGED(m.line(layout.GEDIRQ))
 	reboot := func() { m.stop(Result{ExitReboot, "guest reset"}) }
@@ -313,6 +357,21 @@ func (m *Machine) Run() Result {
 	sigc := make(chan os.Signal, 1)
 	signal.Notify(sigc, kickSignal)
 	defer signal.Stop(sigc)
+	if m.trace { // dump every vCPU's registers every 3 s, to see where a guest hangs
+		go func() {
+			for !m.stopping() {
+				time.Sleep(3 * time.Second)
+				m.mu.Lock()
+				for i, tid := range m.tids {
+					if tid != 0 {
+						m.vcpus[i].SetImmediateExit(true)
+						unix.Tgkill(os.Getpid(), tid, kickSignal)
+					}
+				}
+				m.mu.Unlock()
+			}
+		}()
+	}
 	var wg sync.WaitGroup
 	for i, v := range m.vcpus {
 		wg.Add(1)
@@ -337,8 +396,19 @@ func (m *Machine) runVCPU(i int, v *kvm.VCPU) {
 			m.stop(Result{ExitCrash, err.Error()})
 			return
 		}
+		if m.trace && exit == kvm.ExitIO {
+			if io, ok := v.IO(); ok && io.Port != 0x3f8 && io.Port != 0x3fd && io.Port != 0x80 {
+				fmt.Fprintf(os.Stderr, "vmm: io out=%v %#x % x\n", io.Out, io.Port, io.Data)
+			}
+		}
 		if v.Dispatch(exit, &m.pio, &m.mmio) {
 			continue
+		}
+		if m.trace && exit == kvm.ExitIntr && !m.stopping() {
+			r, _ := v.Regs()
+			sr, _ := v.Sregs()
+			fmt.Fprintf(os.Stderr, "vmm: vcpu %d rip=%#x rsp=%#x rflags=%#x cr0=%#x cr3=%#x\n", i, r.RIP, r.RSP, r.RFLAGS, sr.CR0, sr.CR3)
+			v.SetImmediateExit(false)
 		}
 		switch exit {
 		case kvm.ExitIntr, kvm.ExitHLT, kvm.ExitIRQWindowOpen:

@@ -1,0 +1,205 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hyperroot/hyperroot/tools/qemu"
+)
+
+// guestVM is a config entry for the test guest the image carries.
+// Guests run with pci=off until the VMM has a PCI bus (without one, Linux
+// logs "PCI: Fatal: No config space access function found").
+func guestVM(name string, cpus int, mem, action, restart string, cmdline ...string) string {
+	if len(cmdline) == 0 {
+		cmdline = []string{"quiet"}
+	}
+	return fmt.Sprintf(`  - name: %s
+    cpus: %d
+    memory: %s
+    kernel: /guest/vmlinuz
+    initrd: /guest/initramfs.cpio
+    cmdline: console=ttyS0 panic=-1 pci=off hyperroot.guest=%s %s
+    restart: %s
+`, name, cpus, mem, action, strings.Join(cmdline, " "), restart)
+}
+
+func writeConfig(t *testing.T, vms ...string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(p, []byte("vms:\n"+strings.Join(vms, "")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+var bootedRE = regexp.MustCompile(`^(\S+)\| guest: booted nproc=(\d+) memtotal_kb=(\d+) time=(\d+)`)
+
+// TestGuestShapes boots the stock Debian guest with each (cpus, memory) the
+// VMM must handle, all at once in one appliance, and checks what the guest
+// itself sees: nproc, MemTotal, and a wall clock close to the host's.
+func TestGuestShapes(t *testing.T) {
+	shapes := []struct {
+		name string
+		cpus int
+		mem  string
+		mib  int
+	}{
+		{"s1", 1, "128M", 128}, {"s2", 2, "1G", 1024}, {"s3", 8, "512M", 512}, {"s4", 64, "2G", 2048}, {"s5", 2, "5G", 5120},
+	}
+	var vms []string
+	for _, s := range shapes {
+		vms = append(vms, guestVM(s.name, s.cpus, s.mem, "poweroff", "never"))
+	}
+	m := start(t, qemu.Options{Config: writeConfig(t, vms...), Oneshot: true, Memory: "3G", Timeout: 8 * time.Minute})
+	seen := map[string]bool{}
+	for range shapes {
+		l, err := m.Expect(bootedRE, 6*time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		now := time.Now().Unix()
+		g := bootedRE.FindStringSubmatch(l)
+		nproc, _ := strconv.Atoi(g[2])
+		memKB, _ := strconv.Atoi(g[3])
+		guestTime, _ := strconv.ParseInt(g[4], 10, 64)
+		for _, s := range shapes {
+			if s.name != g[1] {
+				continue
+			}
+			seen[s.name] = true
+			if nproc != s.cpus {
+				t.Errorf("%s: guest sees %d CPUs, want %d", s.name, nproc, s.cpus)
+			}
+			// MemTotal is RAM minus what the kernel keeps for itself
+			// (image, page structs, the unpacked initramfs): between 60%
+			// and 100% of what was configured.
+			if lo, hi := s.mib*1024*6/10, s.mib*1024; memKB < lo || memKB > hi {
+				t.Errorf("%s: MemTotal %d kB, want %d..%d", s.name, memKB, lo, hi)
+			}
+			if d := now - guestTime; d < -3 || d > 5 {
+				t.Errorf("%s: guest clock %d is %ds off the host's %d", s.name, guestTime, d, now)
+			}
+			t.Logf("%s: cpus=%d memory=%s -> nproc=%d MemTotal=%d kB clock offset %ds", s.name, s.cpus, s.mem, nproc, memKB, now-guestTime)
+		}
+	}
+	if r := m.Wait(); !r.OK() {
+		t.Fatalf("appliance: %s", r.Why())
+	}
+	if len(seen) != len(shapes) {
+		t.Errorf("booted %v, want all of %d shapes", seen, len(shapes))
+	}
+	for _, s := range shapes {
+		found := false
+		for _, l := range m.Lines() {
+			if strings.HasSuffix(l, "hyperroot: vm "+s.name+" exited code=0 reason=poweroff") {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("no clean exit line for %s", s.name)
+		}
+	}
+}
+
+// TestGuestEndings: poweroff, reboot and panic give the documented exit
+// codes and reasons, and a oneshot run with a failed VM fails. The
+// poweroff guest logs everything (ignore_loglevel): its kernel must print
+// no error or warning about the machine the VMM gives it.
+func TestGuestEndings(t *testing.T) {
+	cfg := writeConfig(t,
+		guestVM("off", 2, "128M", "poweroff", "on-failure", "ignore_loglevel"),
+		guestVM("reboot", 1, "128M", "reboot", "on-failure"),
+		guestVM("panic", 1, "128M", "panic", "always"))
+	m := start(t, qemu.Options{Config: cfg, Oneshot: true})
+	r := m.Wait()
+	for _, want := range []string{
+		"hyperroot: vm off exited code=0 reason=poweroff",
+		"hyperroot: vm reboot exited code=3 reason=reboot",
+		"hyperroot: vm panic exited code=4 reason=crash",
+		"hyperroot: result fail errors=0 vms=",
+	} {
+		found := false
+		for _, l := range r.Lines {
+			found = found || strings.Contains(l, want)
+		}
+		if !found {
+			t.Errorf("console lacks %q", want)
+		}
+	}
+	if r.OK() {
+		t.Error("oneshot run with a rebooted and a crashed VM passed")
+	}
+	bad := regexp.MustCompile(`(?i)ACPI (BIOS )?(Error|Warning)|WARNING:|BUG:|Call Trace|\bFatal\b|firmware bug|i8042: .*(fail|error)|rtc_cmos.*(fail|error)`)
+	logged := 0
+	for _, l := range r.Lines {
+		if !strings.HasPrefix(l, "off| ") {
+			continue
+		}
+		logged++
+		if bad.MatchString(l) {
+			t.Errorf("guest kernel complains: %s", l)
+		}
+	}
+	if logged < 100 {
+		t.Errorf("only %d lines from the verbose guest: was its log captured?", logged)
+	}
+	for _, l := range r.Lines {
+		if strings.Contains(l, "restarting") {
+			t.Errorf("oneshot mode restarted a VM: %s", l)
+		}
+	}
+}
+
+// TestConsoleInput: a line typed on the appliance console as "@vm text"
+// reaches that guest's serial console.
+func TestConsoleInput(t *testing.T) {
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	m := start(t, qemu.Options{Config: writeConfig(t, guestVM("echo", 1, "128M", "echo", "never")), Oneshot: true, Stdin: pr})
+	expect(t, m, `^echo\| guest: action echo$`)
+	fmt.Fprintf(pw, "@echo hello from the host\n")
+	expect(t, m, `^echo\| guest: echo hello from the host$`)
+	fmt.Fprintf(pw, "@echo poweroff\n")
+	expect(t, m, `hyperroot: vm echo exited code=0 reason=poweroff`)
+	if r := m.Wait(); !r.OK() {
+		t.Fatalf("appliance: %s", r.Why())
+	}
+}
+
+// TestRestartAndShutdown: restart: always brings a VM back after it powers
+// off; the appliance's power button then shuts a running guest down through
+// its own ACPI power button before the appliance powers off.
+func TestRestartAndShutdown(t *testing.T) {
+	cfg := writeConfig(t,
+		guestVM("again", 1, "128M", "poweroff", "always"),
+		guestVM("waiter", 1, "128M", "wait", "always"))
+	m := start(t, qemu.Options{Config: cfg})
+	expect(t, m, `hyperroot: vm again exited code=0 reason=poweroff`)
+	expect(t, m, `hyperroot: vm again restarting in 1s \(restart: always\)`)
+	expect(t, m, `hyperroot: vm again started`)
+	expect(t, m, `^waiter\| guest: action wait$`)
+	if err := m.QMP("system_powerdown", ""); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, m, `hyperroot: powering off: power-button`)
+	expect(t, m, `^waiter\| guest: power button pressed, powering off$`)
+	expect(t, m, `hyperroot: vm waiter exited code=0 reason=poweroff`)
+	expect(t, m, `hyperroot: poweroff$`)
+	r := m.Wait()
+	if r.ExitCode != 0 || !r.PowerOff {
+		t.Fatalf("exit %d poweroff %v", r.ExitCode, r.PowerOff)
+	}
+	for _, l := range r.Lines {
+		if strings.Contains(l, "killing it") {
+			t.Errorf("a guest had to be killed: %s", l)
+		}
+	}
+}
