@@ -9,6 +9,7 @@ import (
 type cmdline struct {
 	Oneshot bool   // hyperroot.oneshot=1: power off when the work is done
 	Config  string // hyperroot.config=<path|URL>
+	Bench   string // hyperroot.bench=boot: run the boot benchmark instead of the VMs
 }
 
 func readCmdline() cmdline {
@@ -27,6 +28,8 @@ func parseCmdline(s string) cmdline {
 			c.Oneshot = v == "1" || v == "true" || v == "yes"
 		case "hyperroot.config":
 			c.Config = v
+		case "hyperroot.bench":
+			c.Bench = v
 		}
 	}
 	return c

@@ -68,6 +68,14 @@ func supervise() {
 
 	f := newFleet(c, r, args.Oneshot)
 	p.stop = func() { f.Stop(vmStopGrace) }
+	if args.Bench == "boot" {
+		if err := runBootBench(c, r); err != nil {
+			c.Errorf("bench", err)
+		}
+		cfg.VMs = nil
+	} else if args.Bench != "" {
+		c.Errorf("bench", fmt.Errorf("unknown benchmark %q (known: boot)", args.Bench))
+	}
 	f.Start(cfg.VMs)
 	go readConsoleInput(c, f, os.Stdin)
 	c.Printf("ready")

@@ -79,7 +79,11 @@ func TestBoot(t *testing.T) {
 		t.Errorf("not every module loaded: %s", mods)
 	}
 	expect(t, m, `hyperroot: kvm: ok api=12 module=kvm_(amd|intel) nested-paging=on max-vcpus=\d+`)
+	expect(t, m, `hyperroot: config: none, built-in default \(2 demo VMs\)`)
 	expect(t, m, `hyperroot: ready$`)
+	for _, vm := range []string{"demo1", "demo2"} {
+		expect(t, m, `^`+vm+`\| guest: booted nproc=\d+`)
+	}
 	expect(t, m, `hyperroot: result pass$`)
 	expect(t, m, `hyperroot: poweroff$`)
 	if r := m.Wait(); !r.OK() {
@@ -130,7 +134,7 @@ func TestConfigAndOverlay(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := start(t, qemu.Options{Config: cfg, Oneshot: true})
-	expect(t, m, `hyperroot: config: /etc/hyperroot/config.yaml \(8 bytes,`)
+	expect(t, m, `hyperroot: config: /etc/hyperroot/config.yaml \(0 VMs\)`)
 	if r := m.Wait(); !r.OK() {
 		t.Fatalf("boot with config: %s", r.Why())
 	}
@@ -139,11 +143,12 @@ func TestConfigAndOverlay(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(ov, "etc/hyperroot"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(ov, "etc/hyperroot/config.yaml"), []byte("# from the overlay\nvms: []\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(ov, "etc/hyperroot/config.yaml"), []byte("vms:\n"+guestVM("fromoverlay", 1, "128M", "poweroff", "never")), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	m = start(t, qemu.Options{Overlay: ov, Oneshot: true})
-	expect(t, m, `hyperroot: config: /etc/hyperroot/config.yaml \(27 bytes,`)
+	expect(t, m, `hyperroot: config: /etc/hyperroot/config.yaml \(1 VMs\)`)
+	expect(t, m, `hyperroot: vm fromoverlay exited code=0 reason=poweroff`)
 	if r := m.Wait(); !r.OK() {
 		t.Fatalf("boot with overlay: %s", r.Why())
 	}

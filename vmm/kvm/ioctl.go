@@ -56,21 +56,36 @@ const (
 )
 
 // ioctl issues a request whose argument is an integer (or nothing).
+//
+// Requests interrupted by a signal (EINTR: Go's runtime preempts goroutines
+// with SIGURG, and KVM_CREATE_VM and others wait interruptibly) are issued
+// again; KVM_RUN does not come through here, its EINTR means something.
 func ioctl(fd int, req, arg uintptr) (uintptr, error) {
-	r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
-	if e != 0 {
+	for {
+		r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
+		switch e {
+		case 0:
+			return r, nil
+		case unix.EINTR:
+			continue
+		}
 		return r, e
 	}
-	return r, nil
 }
 
 // ioctlPtr issues a request whose argument is a pointer. Taking
 // unsafe.Pointer (not uintptr) keeps the argument alive and unmoved until
 // the system call returns.
+// Like ioctl, it retries on EINTR.
 func ioctlPtr(fd int, req uintptr, p unsafe.Pointer) (uintptr, error) {
-	r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(p))
-	if e != 0 {
+	for {
+		r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(p))
+		switch e {
+		case 0:
+			return r, nil
+		case unix.EINTR:
+			continue
+		}
 		return r, e
 	}
-	return r, nil
 }

@@ -71,3 +71,15 @@ const (
 	I8042KbdIRQ = 1
 	I8042AuxIRQ = 12
 )
+
+// PCI (added for vmm/pci): legacy INTx wiring and the 64-bit BAR window.
+// INTx pins go to IOAPIC inputs 16-23, above the ISA IRQs, as on PC
+// chipsets; the 64-bit window starts on a PCIMMIO64Align boundary above
+// RAM and is PCIMMIO64Size long, which fits any guest CPU with at least
+// 37 physical address bits for up to 32 GiB of RAM.
+const (
+	PCIINTxGSIBase = 16
+	PCIINTxGSIs    = 8
+	PCIMMIO64Align = 1 << 30
+	PCIMMIO64Size  = 32 << 30
+)
