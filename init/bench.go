@@ -23,7 +23,7 @@ import (
 
 const (
 	benchRounds  = 3
-	benchCmdline = "console=ttyS0 quiet panic=-1 pci=off hyperroot.guest=wait"
+	benchCmdline = "console=ttyS0 quiet panic=-1 hyperroot.guest=wait"
 	benchMemory  = "256M"
 	gokvmPath    = "/bin/gokvm"
 )

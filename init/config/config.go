@@ -249,7 +249,7 @@ func keys(m map[string]func(*yaml.Node)) string {
 func Default() *Config {
 	demo := func(name string, cpus int, mem Size) VM {
 		return VM{Name: name, CPUs: cpus, Memory: mem, Kernel: "/guest/vmlinuz", Initrd: "/guest/initramfs.cpio",
-			Cmdline: "console=ttyS0 quiet panic=-1 pci=off", Restart: RestartNever}
+			Cmdline: "console=ttyS0 quiet panic=-1", Restart: RestartNever}
 	}
 	return &Config{VMs: []VM{demo("demo1", 1, 128<<20), demo("demo2", 2, 256<<20)}}
 }

@@ -15,8 +15,6 @@ import (
 )
 
 // guestVM is a config entry for the test guest the image carries.
-// Guests run with pci=off until the VMM has a PCI bus (without one, Linux
-// logs "PCI: Fatal: No config space access function found").
 func guestVM(name string, cpus int, mem, action, restart string, cmdline ...string) string {
 	if len(cmdline) == 0 {
 		cmdline = []string{"quiet"}
@@ -26,7 +24,7 @@ func guestVM(name string, cpus int, mem, action, restart string, cmdline ...stri
     memory: %s
     kernel: /guest/vmlinuz
     initrd: /guest/initramfs.cpio
-    cmdline: console=ttyS0 panic=-1 pci=off hyperroot.guest=%s %s
+    cmdline: console=ttyS0 panic=-1 hyperroot.guest=%s %s
     restart: %s
 `, name, cpus, mem, action, strings.Join(cmdline, " "), restart)
 }
@@ -155,8 +153,7 @@ func TestGuestEndings(t *testing.T) {
 			continue
 		}
 		logged++
-		// Until the VMM has a PCI bus (issue 4) Linux says so.
-		if bad.MatchString(l) && !strings.Contains(l, "PCI: Fatal: No config space access function found") {
+		if bad.MatchString(l) {
 			t.Errorf("guest kernel complains: %s", l)
 		}
 	}

@@ -29,6 +29,7 @@ import (
 	"github.com/hyperroot/hyperroot/vmm/kvm"
 	"github.com/hyperroot/hyperroot/vmm/layout"
 	"github.com/hyperroot/hyperroot/vmm/memory"
+	"github.com/hyperroot/hyperroot/vmm/pci"
 )
 
 // Config is what a VM is made of.
@@ -76,6 +77,7 @@ type Machine struct {
 	vcpus []*kvm.VCPU
 	pio   bus.Bus
 	mmio  bus.Bus
+	pci   *pci.Bus
 
 	serial *serial.Device
 	ged    *power.GED
@@ -179,7 +181,15 @@ func (m *Machine) build(cfg Config, k *boot.Kernel) (err error) {
 	if _, err := m.mem.Register(m.vm, 0); err != nil {
 		return err
 	}
-	tables, rsdpOff, err := acpi.Build(acpi.Config{CPUs: cfg.CPUs, Devices: platformDevices()})
+	// The PCI bus owns ports 0xCF8-0xCFF and passes the reset register
+	// at 0xCF9 on; the DSDT describes its host bridge.
+	mmio64, mmio64Size := pci.MMIO64Window(cfg.Memory)
+	m.pci, err = pci.New(pci.Options{MMIO64Base: mmio64, MMIO64Size: mmio64Size, Reset: power.NewReset(m.reboot),
+		Errors: func(err error) { fmt.Fprintln(os.Stderr, "vmm:", err) }})
+	if err != nil {
+		return err
+	}
+	tables, rsdpOff, err := acpi.Build(acpi.Config{CPUs: cfg.CPUs, MCFG: true, Devices: append(platformDevices(), m.pci.AML())})
 	if err != nil {
 		return fmt.Errorf("acpi: %w", err)
 	}
@@ -194,6 +204,7 @@ func (m *Machine) build(cfg Config, k *boot.Kernel) (err error) {
 	}
 	cpu, err := boot.Load(m.mem, k, boot.Config{
 		RAMSize: cfg.Memory, Cmdline: cfg.Cmdline, Initrd: cfg.Initrd, RSDP: layout.ACPIStart + rsdpOff,
+		Reserved: [][2]uint64{pci.ECAMReserved()},
 	})
 	if err != nil {
 		return err
@@ -246,16 +257,15 @@ func (m *Machine) devices(cfg Config) error {
 	}
 	m.serial = serial.New(serial.Options{Out: cfg.Console, IRQ: m.line(layout.COM1IRQ)})
 	m.ged = power.NewGED(m.line(layout.GEDIRQ))
-	reboot := func() { m.stop(Result{ExitReboot, "guest reset"}) }
 	ports := []struct {
 		dev        bus.Device
 		base, size uint64
 	}{
 		{m.serial, layout.COM1Port, 8},
-		{i8042.New(i8042.Options{Reset: reboot, KbdIRQ: m.line(layout.I8042KbdIRQ), AuxIRQ: m.line(layout.I8042AuxIRQ)}), layout.I8042Port, i8042.Size},
+		{i8042.New(i8042.Options{Reset: m.reboot, KbdIRQ: m.line(layout.I8042KbdIRQ), AuxIRQ: m.line(layout.I8042AuxIRQ)}), layout.I8042Port, i8042.Size},
 		{rtc.New(rtc.Options{}), layout.RTCPort, 2},
 		{power.NewSleep(func() { m.stop(Result{ExitPoweroff, "guest powered off (ACPI S5)"}) }), layout.SleepCtlPort, power.SleepSize},
-		{power.NewReset(reboot), layout.ResetPort, power.ResetSize},
+		{m.pci.Conf1(), layout.PCIConfAddr, pci.Conf1Size},
 		{pvpanic{m}, pvpanicPort, 1},
 	}
 	for _, p := range ports {
@@ -263,8 +273,16 @@ func (m *Machine) devices(cfg Config) error {
 			return err
 		}
 	}
+	// PCI: the ECAM and the BAR windows.
+	for _, w := range append(m.pci.Windows(), pci.Window{Base: layout.ECAMStart, Size: layout.ECAMSize, Device: m.pci.ECAM()}) {
+		if err := m.mmio.Insert(w.Device, w.Base, w.Size); err != nil {
+			return err
+		}
+	}
 	return m.mmio.Insert(m.ged, layout.GEDAddr, layout.GEDSize)
 }
+
+func (m *Machine) reboot() { m.stop(Result{ExitReboot, "guest reset"}) }
 
 // pvpanic is the guest's panic notifier port.
 type pvpanic struct{ m *Machine }

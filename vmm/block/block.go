@@ -1,0 +1,400 @@
+// Package block serves a disk image (a raw file or a block device opened by
+// someone else) to a virtio-blk device with many requests in flight,
+// completed out of order, through io_uring or a pool of goroutines.
+//
+// Ordering guarantee: a Flush completes only after fdatasync(2) has
+// returned, and it covers every write whose completion was delivered before
+// the Flush was submitted. Writes still in flight when the Flush is
+// submitted may or may not be covered. This is exactly what virtio-blk (and
+// Linux's block layer) ask for: a driver flushes only after the writes it
+// wants durable have completed.
+package block
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Op is the kind of a request.
+type Op uint8
+
+// Request kinds, matching virtio-blk's IN, OUT, FLUSH, DISCARD and
+// WRITE_ZEROES.
+const (
+	Read Op = iota + 1
+	Write
+	Flush
+	Discard     // deallocate the range (PUNCH_HOLE|KEEP_SIZE); it reads back as zeros
+	WriteZeroes // zero the range (ZERO_RANGE, or PUNCH_HOLE where unsupported)
+)
+
+func (o Op) String() string {
+	switch o {
+	case Read:
+		return "read"
+	case Write:
+		return "write"
+	case Flush:
+		return "flush"
+	case Discard:
+		return "discard"
+	case WriteZeroes:
+		return "write-zeroes"
+	}
+	return fmt.Sprintf("op(%d)", uint8(o))
+}
+
+// Request is one disk operation.
+type Request struct {
+	Op     Op
+	Offset int64 // in bytes; ignored by Flush
+	// Length in bytes, for Discard and WriteZeroes. Read and Write take
+	// their length from Bufs.
+	Length int64
+	// Bufs are the guest buffers of a Read or Write. The buffers must stay
+	// valid until the completion is delivered; the Bufs slice itself may be
+	// reused as soon as Submit returns.
+	Bufs   [][]byte
+	Cookie uint64 // returned unchanged in the Completion
+}
+
+// Completion reports the end of a request.
+type Completion struct {
+	Cookie uint64
+	N      int64 // bytes read or written (the range length for Discard/WriteZeroes)
+	Err    error
+}
+
+// Alignment is what O_DIRECT requires of requests; zero fields mean no
+// requirement.
+type Alignment struct {
+	Memory int // buffer addresses must be multiples of this
+	Offset int // offsets and buffer lengths must be multiples of this
+}
+
+// Backend is a disk image serving asynchronous requests.
+type Backend interface {
+	// Submit starts a request. When it returns an error (ErrReadOnly,
+	// ErrOutOfRange, ErrInvalid, ErrMisaligned, ErrBusy, ErrClosed) no
+	// completion will be delivered for it; otherwise exactly one will,
+	// unless the backend is closed first.
+	Submit(Request) error
+	// Completions delivers one Completion per accepted request, in any
+	// order. It is closed by Close.
+	Completions() <-chan Completion
+	// Size is the disk size in bytes: the file size rounded up to a
+	// 512-byte sector (the tail past the end of the file reads as zeros).
+	Size() int64
+	ReadOnly() bool
+	// Alignment is non-zero when the descriptor was opened with O_DIRECT.
+	Alignment() Alignment
+	// Kind says which implementation serves the disk, e.g. "io_uring" or
+	// "pool (io_uring unavailable: ...)", for logs.
+	Kind() string
+	// Close waits until no request is using guest buffers any more, drops
+	// undelivered completions, and closes the Completions channel. It does
+	// not close the file.
+	Close() error
+}
+
+// Errors a Submit or a Completion can carry; test with errors.Is.
+var (
+	ErrReadOnly    = errors.New("block: disk is read-only")
+	ErrOutOfRange  = errors.New("block: request beyond the end of the disk")
+	ErrInvalid     = errors.New("block: invalid request")
+	ErrMisaligned  = errors.New("block: request not aligned as O_DIRECT requires")
+	ErrBusy        = errors.New("block: too many requests in flight")
+	ErrClosed      = errors.New("block: backend closed")
+	ErrUnsupported = errors.New("block: operation not supported by the file")
+	ErrShortWrite  = errors.New("block: write made no progress")
+)
+
+// Options tune a backend; the zero value picks defaults.
+type Options struct {
+	ReadOnly bool // refuse writes even if the descriptor is writable
+	Depth    int  // maximum requests in flight; default 256
+	Workers  int  // goroutines of the pool backend; default 8
+	// NoUring makes Open use the pool without trying io_uring.
+	NoUring bool
+}
+
+const (
+	defaultDepth   = 256
+	defaultWorkers = 8
+	sectorSize     = 512
+	maxIovecs      = 1024 // IOV_MAX
+)
+
+// Open serves f with io_uring when this kernel and process allow it and with
+// the goroutine pool otherwise; Kind says which was chosen and why.
+func Open(f *os.File, o Options) (Backend, error) {
+	return open(f, o, func(f *os.File, o Options) (Backend, error) { return NewUring(f, o) })
+}
+
+// open is Open with the io_uring constructor injectable, so tests can
+// simulate a kernel that refuses io_uring.
+func open(f *os.File, o Options, newUring func(*os.File, Options) (Backend, error)) (Backend, error) {
+	if !o.NoUring {
+		b, err := newUring(f, o)
+		if err == nil {
+			return b, nil
+		}
+		p, perr := NewPool(f, o)
+		if perr != nil {
+			return nil, perr
+		}
+		p.kind = "pool (" + err.Error() + ")"
+		return p, nil
+	}
+	return NewPool(f, o)
+}
+
+// disk is what both implementations share: the descriptor, its geometry,
+// request validation and the slot table bounding requests in flight.
+type disk struct {
+	file  *os.File // kept to hold the descriptor open; never closed here
+	fd    int
+	size  int64
+	ro    bool
+	align Alignment
+
+	mu      sync.Mutex
+	closing bool
+	free    []int32 // indices of unused slots (a stack)
+	slots   []slot
+	out     chan Completion
+	stop    chan struct{} // closed by Close: drop completions instead of blocking
+}
+
+// slot holds a request in flight, with copies of everything the kernel or a
+// worker reads after Submit returns.
+type slot struct {
+	req  Request
+	bufs [][]byte     // copy of req.Bufs (keeps the buffers alive too)
+	iov  []unix.Iovec // iovecs for the remaining part of a read/write
+	len  int64        // total bytes of a read/write
+	done int64        // bytes already transferred
+	mode uint32       // fallocate mode in use
+}
+
+func newDisk(f *os.File, o Options) (*disk, error) {
+	if f == nil {
+		return nil, fmt.Errorf("block: nil file")
+	}
+	d := &disk{file: f, fd: int(f.Fd()), ro: o.ReadOnly}
+	var st unix.Stat_t
+	if err := unix.Fstat(d.fd, &st); err != nil {
+		return nil, fmt.Errorf("block: stat %s: %w", f.Name(), err)
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		d.size = st.Size
+	case unix.S_IFBLK:
+		n, err := unix.IoctlGetUint64(d.fd, unix.BLKGETSIZE64)
+		if err != nil {
+			return nil, fmt.Errorf("block: BLKGETSIZE64 %s: %w", f.Name(), err)
+		}
+		d.size = int64(n)
+	default:
+		return nil, fmt.Errorf("block: %s is neither a regular file nor a block device", f.Name())
+	}
+	d.size = (d.size + sectorSize - 1) &^ (sectorSize - 1)
+	fl, err := unix.FcntlInt(uintptr(d.fd), unix.F_GETFL, 0)
+	if err != nil {
+		return nil, fmt.Errorf("block: F_GETFL %s: %w", f.Name(), err)
+	}
+	if fl&unix.O_ACCMODE == unix.O_RDONLY {
+		d.ro = true
+	}
+	if fl&unix.O_DIRECT != 0 {
+		d.align = directAlignment(d.fd, st.Mode&unix.S_IFMT == unix.S_IFBLK)
+	}
+	depth := o.Depth
+	if depth <= 0 {
+		depth = defaultDepth
+	}
+	d.slots = make([]slot, depth)
+	d.free = make([]int32, depth)
+	for i := range d.free {
+		d.free[i] = int32(depth - 1 - i)
+		d.slots[i].iov = make([]unix.Iovec, 0, 8)
+		d.slots[i].bufs = make([][]byte, 0, 8)
+	}
+	d.out = make(chan Completion, depth)
+	d.stop = make(chan struct{})
+	return d, nil
+}
+
+// directAlignment finds O_DIRECT's requirements: statx's STATX_DIOALIGN
+// (Linux 6.1+), the logical sector size of a block device, or a
+// conservative 4096.
+func directAlignment(fd int, blockDev bool) Alignment {
+	var sx unix.Statx_t
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_DIOALIGN, &sx); err == nil &&
+		sx.Mask&unix.STATX_DIOALIGN != 0 && sx.Dio_offset_align != 0 {
+		return Alignment{Memory: int(sx.Dio_mem_align), Offset: int(sx.Dio_offset_align)}
+	}
+	if blockDev {
+		if n, err := unix.IoctlGetInt(fd, unix.BLKSSZGET); err == nil && n > 0 {
+			return Alignment{Memory: n, Offset: n}
+		}
+	}
+	return Alignment{Memory: 4096, Offset: 4096}
+}
+
+func (d *disk) Completions() <-chan Completion { return d.out }
+func (d *disk) Size() int64                    { return d.size }
+func (d *disk) ReadOnly() bool                 { return d.ro }
+func (d *disk) Alignment() Alignment           { return d.align }
+
+// check validates a request against the disk; it returns the byte length
+// of a read or write.
+func (d *disk) check(r *Request) (int64, error) {
+	var n int64
+	switch r.Op {
+	case Read, Write:
+		if r.Op == Write && d.ro {
+			return 0, ErrReadOnly
+		}
+		if len(r.Bufs) > maxIovecs {
+			return 0, fmt.Errorf("%w: %d buffers (max %d)", ErrInvalid, len(r.Bufs), maxIovecs)
+		}
+		for _, b := range r.Bufs {
+			n += int64(len(b))
+		}
+	case Discard, WriteZeroes:
+		if d.ro {
+			return 0, ErrReadOnly
+		}
+		if r.Length <= 0 {
+			return 0, fmt.Errorf("%w: %v of length %d", ErrInvalid, r.Op, r.Length)
+		}
+		n = r.Length
+	case Flush:
+		return 0, nil
+	default:
+		return 0, fmt.Errorf("%w: %v", ErrInvalid, r.Op)
+	}
+	// Written so that no sum can overflow: n <= size is checked first.
+	if r.Offset < 0 || n > d.size || r.Offset > d.size-n {
+		return 0, ErrOutOfRange
+	}
+	if a := d.align; a.Offset > 1 {
+		if r.Offset%int64(a.Offset) != 0 || n%int64(a.Offset) != 0 {
+			return 0, ErrMisaligned
+		}
+		for _, b := range r.Bufs {
+			if len(b)%a.Offset != 0 || (len(b) > 0 && a.Memory > 1 && addr(b)%uintptr(a.Memory) != 0) {
+				return 0, ErrMisaligned
+			}
+		}
+	}
+	return n, nil
+}
+
+// take validates r and reserves a slot for it; d.mu must be held.
+func (d *disk) take(r *Request) (int32, *slot, error) {
+	if d.closing {
+		return 0, nil, ErrClosed
+	}
+	n, err := d.check(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	if len(d.free) == 0 {
+		return 0, nil, ErrBusy
+	}
+	i := d.free[len(d.free)-1]
+	d.free = d.free[:len(d.free)-1]
+	s := &d.slots[i]
+	s.req = *r
+	s.bufs = append(s.bufs[:0], r.Bufs...)
+	s.req.Bufs = nil
+	s.len, s.done = n, 0
+	return i, s, nil
+}
+
+// release returns slot i to the free list and gives the completion to
+// deliver; d.mu must be held.
+func (d *disk) release(i int32, err error) Completion {
+	s := &d.slots[i]
+	c := Completion{Cookie: s.req.Cookie, N: s.done, Err: err}
+	if err == nil && (s.req.Op == Discard || s.req.Op == WriteZeroes) {
+		c.N = s.req.Length
+	}
+	clear(s.bufs) // drop references to guest buffers
+	s.bufs = s.bufs[:0]
+	d.free = append(d.free, i)
+	return c
+}
+
+// deliver hands c to the consumer, or drops it once Close has begun.
+func (d *disk) deliver(c Completion) {
+	select {
+	case d.out <- c:
+	case <-d.stop:
+	}
+}
+
+// fillIov points s.iov at the part of s.bufs not yet transferred.
+func (s *slot) fillIov() {
+	s.iov = s.iov[:0]
+	skip := s.done
+	for _, b := range s.bufs {
+		if skip >= int64(len(b)) {
+			skip -= int64(len(b))
+			continue
+		}
+		b = b[skip:]
+		skip = 0
+		v := unix.Iovec{Base: &b[0]}
+		v.SetLen(len(b))
+		s.iov = append(s.iov, v)
+	}
+}
+
+// zeroRest fills the part of a read's buffers not yet transferred with
+// zeros: it lies past the end of the file.
+func (s *slot) zeroRest() {
+	skip := s.done
+	for _, b := range s.bufs {
+		if skip >= int64(len(b)) {
+			skip -= int64(len(b))
+			continue
+		}
+		clear(b[skip:])
+		skip = 0
+	}
+	s.done = s.len
+}
+
+// fallocMode is the first fallocate mode to try for op.
+func fallocMode(op Op) uint32 {
+	if op == WriteZeroes {
+		return unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_KEEP_SIZE
+	}
+	return unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE
+}
+
+// fallocFallback returns the mode to retry with after EOPNOTSUPP, or 0. A
+// punched hole reads as zeros, so it stands in for ZERO_RANGE on file
+// systems without it (tmpfs); it may deallocate the range, which
+// WRITE_ZEROES permits.
+func fallocFallback(mode uint32) uint32 {
+	if mode&unix.FALLOC_FL_ZERO_RANGE != 0 {
+		return unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE
+	}
+	return 0
+}
+
+// opError wraps a failed operation's errno with context.
+func opError(op Op, errno unix.Errno) error {
+	if errno == unix.EOPNOTSUPP {
+		return fmt.Errorf("%w: %v: %w", ErrUnsupported, op, errno)
+	}
+	return fmt.Errorf("block %v: %w", op, errno)
+}

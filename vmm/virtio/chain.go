@@ -1,0 +1,204 @@
+package virtio
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+)
+
+// ErrChain is wrapped by every error Walk returns: the driver sent a
+// malformed descriptor chain. The request fails (the device completes it
+// with an error status, or treats the queue as broken where its spec says
+// so), but the queue itself stays usable.
+var ErrChain = errors.New("virtio: malformed descriptor chain")
+
+// Chain is one request: a walked descriptor chain as views into guest
+// memory, device-readable buffers first, then device-writable ones. It is
+// an io.Reader over the readable buffers and an io.Writer over the writable
+// ones.
+//
+// A Chain's storage is reused by every Walk into it, so a device keeps one
+// Chain per request it can have in flight (one per queue for devices that
+// finish each request before popping the next) and the data path does not
+// allocate. The views stay valid until the next Walk into the same Chain;
+// the guest may change the bytes behind them at any time (read what you
+// need once, and validate it).
+type Chain struct {
+	Head uint16 // head descriptor index, for Queue.Push
+
+	bufs     [][]byte // readable buffers, then writable ones; no empty ones
+	nr       int      // how many of bufs are readable
+	readLen  uint32
+	writeLen uint32
+
+	ri, roff int    // read cursor: buffer index into bufs, offset inside it
+	wi, woff int    // write cursor: buffer index into bufs[nr:], offset
+	written  uint32 // bytes written through Write
+}
+
+// Walk follows the chain starting at head (from Pop) into c, checking
+// everything the driver controls (virtio 1.2 §2.7.5):
+//   - each buffer lies entirely inside guest RAM (Memory.Slice);
+//   - at most Size descriptors are followed in the descriptor table, and at
+//     most as many as an indirect table holds inside it, so a next field
+//     pointing backwards (a loop) ends the walk with an error;
+//   - an indirect descriptor is only honoured if FeatureRingIndirectDesc
+//     was negotiated, must end the direct part of the chain (no NEXT flag),
+//     must not appear inside an indirect table, and its table must be a
+//     non-empty multiple of 16 bytes, at most Size descriptors, inside RAM;
+//   - no device-readable buffer follows a device-writable one;
+//   - the chain holds less than 4 GiB in total, which used->len can count.
+//
+// Zero-length buffers are accepted and skipped. c.Head is set to head even
+// when Walk fails, so the caller can Push it back. Errors wrap ErrChain.
+func (q *Queue) Walk(head uint16, c *Chain) error {
+	c.reset(head)
+	if !q.active {
+		return fmt.Errorf("%w: %w", ErrChain, errInactive)
+	}
+	if head >= q.size {
+		return fmt.Errorf("%w: head %d beyond queue size %d", ErrChain, head, q.size)
+	}
+	table := q.desc
+	count := uint32(q.size) // descriptors in table
+	ttl := count            // descriptors we may still follow in table
+	indirect := false
+	writable := false
+	var total uint64
+	for i := uint32(head); ; {
+		if ttl == 0 {
+			return fmt.Errorf("%w: chain from head %d is longer than %d descriptors (a loop?)", ErrChain, head, count)
+		}
+		ttl--
+		// Read the descriptor once: the guest may rewrite it while we
+		// look, so every check and use below is on this copy.
+		d := table[i*descSize : i*descSize+descSize]
+		addr := binary.LittleEndian.Uint64(d[0:])
+		length := binary.LittleEndian.Uint32(d[8:])
+		flags := binary.LittleEndian.Uint16(d[12:])
+		next := binary.LittleEndian.Uint16(d[14:])
+
+		if flags&descFIndirect != 0 {
+			switch {
+			case !q.indirect:
+				return fmt.Errorf("%w: descriptor %d is indirect but VIRTIO_F_RING_INDIRECT_DESC was not negotiated", ErrChain, i)
+			case indirect:
+				return fmt.Errorf("%w: indirect descriptor %d inside an indirect table", ErrChain, i)
+			case flags&descFNext != 0:
+				return fmt.Errorf("%w: indirect descriptor %d also has the NEXT flag", ErrChain, i)
+			case length == 0 || length%descSize != 0:
+				return fmt.Errorf("%w: indirect table length %d is not a non-zero multiple of %d", ErrChain, length, descSize)
+			case length/descSize > uint32(q.size):
+				return fmt.Errorf("%w: indirect table of %d descriptors exceeds the queue size %d", ErrChain, length/descSize, q.size)
+			}
+			t, err := q.mem.Slice(addr, uint64(length))
+			if err != nil {
+				return fmt.Errorf("%w: indirect table of descriptor %d: %w", ErrChain, i, err)
+			}
+			// The WRITE flag of the descriptor pointing at the table
+			// is ignored, as the spec requires.
+			table, count, indirect = t, length/descSize, true
+			ttl, i = count, 0
+			continue
+		}
+
+		if flags&descFWrite != 0 {
+			writable = true
+		} else if writable {
+			return fmt.Errorf("%w: device-readable descriptor %d after a device-writable one", ErrChain, i)
+		}
+		total += uint64(length)
+		if total > math.MaxUint32 {
+			return fmt.Errorf("%w: chain from head %d holds more than 4 GiB", ErrChain, head)
+		}
+		if length > 0 {
+			b, err := q.mem.Slice(addr, uint64(length))
+			if err != nil {
+				return fmt.Errorf("%w: buffer of descriptor %d: %w", ErrChain, i, err)
+			}
+			c.bufs = append(c.bufs, b)
+			if writable {
+				c.writeLen += length
+			} else {
+				c.nr++
+				c.readLen += length
+			}
+		}
+
+		if flags&descFNext == 0 {
+			return nil
+		}
+		if uint32(next) >= count {
+			return fmt.Errorf("%w: descriptor %d's next %d is beyond its table of %d", ErrChain, i, next, count)
+		}
+		i = uint32(next)
+	}
+}
+
+func (c *Chain) reset(head uint16) {
+	// Clear the views so a failed walk leaves nothing usable behind, and
+	// keep the backing array for the next request.
+	clear(c.bufs)
+	*c = Chain{Head: head, bufs: c.bufs[:0]}
+}
+
+// ReadLen is the total size of the device-readable buffers.
+func (c *Chain) ReadLen() uint32 { return c.readLen }
+
+// WriteLen is the total size of the device-writable buffers.
+func (c *Chain) WriteLen() uint32 { return c.writeLen }
+
+// Written is how many bytes Write has stored: the length to Push.
+func (c *Chain) Written() uint32 { return c.written }
+
+// Readable returns the device-readable buffers (views into guest memory,
+// none empty), for devices that hand them to the kernel (pwritev) instead of
+// copying. It shares c's storage.
+func (c *Chain) Readable() [][]byte { return c.bufs[:c.nr:c.nr] }
+
+// Writable returns the device-writable buffers, like Readable. A device
+// that fills them directly accounts for the bytes itself when it pushes.
+func (c *Chain) Writable() [][]byte { return c.bufs[c.nr:len(c.bufs):len(c.bufs)] }
+
+// Read copies from the readable buffers, continuing where the previous Read
+// stopped; it returns io.EOF once they are exhausted.
+func (c *Chain) Read(p []byte) (int, error) {
+	n := 0
+	for n < len(p) && c.ri < c.nr {
+		b := c.bufs[c.ri]
+		k := copy(p[n:], b[c.roff:])
+		n += k
+		c.roff += k
+		if c.roff == len(b) {
+			c.ri, c.roff = c.ri+1, 0
+		}
+	}
+	if n == 0 && len(p) > 0 {
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// Write copies p into the writable buffers, continuing where the previous
+// Write stopped. When they cannot hold all of p it fills them and returns
+// io.ErrShortWrite.
+func (c *Chain) Write(p []byte) (int, error) {
+	w := c.bufs[c.nr:]
+	n := 0
+	for n < len(p) && c.wi < len(w) {
+		b := w[c.wi]
+		k := copy(b[c.woff:], p[n:])
+		n += k
+		c.woff += k
+		if c.woff == len(b) {
+			c.wi, c.woff = c.wi+1, 0
+		}
+	}
+	c.written += uint32(n)
+	if n < len(p) {
+		return n, io.ErrShortWrite
+	}
+	return n, nil
+}
