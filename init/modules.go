@@ -11,7 +11,10 @@ import (
 )
 
 // cpuVendor returns /proc/cpuinfo's vendor_id (AuthenticAMD, GenuineIntel).
-func cpuVendor() string {
+func cpuVendor() string { return cpuinfo("vendor_id") }
+
+// cpuinfo returns the first value of key in /proc/cpuinfo.
+func cpuinfo(key string) string {
 	f, err := os.Open("/proc/cpuinfo")
 	if err != nil {
 		return ""
@@ -20,7 +23,7 @@ func cpuVendor() string {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		k, v, ok := strings.Cut(sc.Text(), ":")
-		if ok && strings.TrimSpace(k) == "vendor_id" {
+		if ok && strings.TrimSpace(k) == key {
 			return strings.TrimSpace(v)
 		}
 	}

@@ -121,8 +121,8 @@ func banner(b *board.Board) string {
 	if unix.Sysinfo(&si) == nil {
 		mem = fmt.Sprintf("%d MiB", uint64(si.Totalram)*uint64(si.Unit)>>20)
 	}
-	return fmt.Sprintf("hyperroot %s board=%s kernel=%s cpus=%d memory=%s go=%s",
-		version, b.Name, kernel, runtime.NumCPU(), mem, runtime.Version())
+	return fmt.Sprintf("hyperroot %s board=%s kernel=%s cpus=%d (%s) memory=%s go=%s",
+		version, b.Name, kernel, runtime.NumCPU(), cpuinfo("model name"), mem, runtime.Version())
 }
 
 // loadConfig finds and parses the configuration. Sources, first found

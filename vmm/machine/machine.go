@@ -216,16 +216,10 @@ func (m *Machine) build(cfg Config, k *boot.Kernel) (err error) {
 	if err != nil {
 		return err
 	}
-	// A KVM that cannot follow the guest's XCR0 (nested under QEMU TCG
-	// before 8.2) must not offer XSAVE: see cpuid.WithoutXSAVE.
-	if cpuid.HasXSAVE(supported) {
-		followed, err := xcr0Followed(m.sys, cpuid.ForVCPU(supported, 0, 1))
-		if err != nil {
-			return fmt.Errorf("XCR0 probe: %w", err)
-		}
-		if !followed {
-			supported = cpuid.WithoutXSAVE(supported)
-		}
+	// KVM nested under QEMU's TCG cannot follow the guest's XCR0 (see
+	// cpuid.HostIsTCG): such a guest must not be offered XSAVE.
+	if cpuid.HasXSAVE(supported) && cpuid.HostIsTCG() {
+		supported = cpuid.WithoutXSAVE(supported)
 	}
 	for i := 0; i < cfg.CPUs; i++ {
 		v, err := m.vm.CreateVCPU(i)

@@ -1,0 +1,39 @@
+package cpuid
+
+import (
+	"bufio"
+	"os"
+	"strings"
+)
+
+// HostIsTCG reports whether the CPU this VMM runs on is emulated by QEMU's
+// TCG (its model name is "QEMU TCG CPU version ..."), which is how
+// hyperroot is tested: the appliance under QEMU, KVM inside it.
+//
+// TCG's nested SVM does not intercept a guest's XSETBV (fixed in QEMU 8.2,
+// "target/i386: check intercept for XSETBV"; Debian bookworm has 7.2). The
+// guest's XCR0 then reaches the emulated CPU directly, behind the back of
+// the KVM that runs it: KVM keeps computing XSAVE sizes for the XCR0 it
+// believes in (the guest warns "XSAVE consistency problem") and runs its
+// own host with the guest's XCR0. Probing for the bug by executing XSETBV
+// in a throw-away guest is therefore unsafe too: it clobbers the host's
+// XCR0. Guests on such a host get no XSAVE (cpuid.WithoutXSAVE); under
+// emulation that costs only AVX, which TCG emulates anyway.
+func HostIsTCG() bool {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	return isTCG(bufio.NewScanner(f))
+}
+
+func isTCG(sc *bufio.Scanner) bool {
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if ok && strings.TrimSpace(k) == "model name" {
+			return strings.HasPrefix(strings.TrimSpace(v), "QEMU TCG CPU")
+		}
+	}
+	return false
+}
