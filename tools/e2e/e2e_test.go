@@ -84,6 +84,10 @@ func TestBoot(t *testing.T) {
 	for _, vm := range []string{"demo1", "demo2"} {
 		expect(t, m, `^`+vm+`\| guest: booted nproc=\d+`)
 	}
+	// Every VM has a virtio-rng on the PCI bus, with MSI-X interrupts.
+	for _, vm := range []string{"demo1", "demo2"} {
+		expect(t, m, `^`+vm+`\| guest: hwrng virtio_rng\.\d+ read=64 irq=PCI-MSI`)
+	}
 	expect(t, m, `hyperroot: result pass$`)
 	expect(t, m, `hyperroot: poweroff$`)
 	if r := m.Wait(); !r.OK() {

@@ -24,8 +24,9 @@ import (
 )
 
 // guestModules are loaded by the test guest: pvpanic reports a kernel panic
-// to the VMM, button and evdev deliver the ACPI power button.
-var guestModules = []string{"pvpanic_mmio", "button", "evdev"}
+// to the VMM, button and evdev deliver the ACPI power button, virtio_pci and
+// virtio_rng bind the VMM's virtio-rng device (the guest reports it).
+var guestModules = []string{"pvpanic_mmio", "button", "evdev", "virtio_pci", "virtio_rng"}
 
 func main() {
 	var (

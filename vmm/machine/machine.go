@@ -30,6 +30,7 @@ import (
 	"github.com/hyperroot/hyperroot/vmm/layout"
 	"github.com/hyperroot/hyperroot/vmm/memory"
 	"github.com/hyperroot/hyperroot/vmm/pci"
+	virtiopci "github.com/hyperroot/hyperroot/vmm/virtio/pci"
 )
 
 // Config is what a VM is made of.
@@ -81,6 +82,12 @@ type Machine struct {
 
 	serial *serial.Device
 	ged    *power.GED
+
+	// virtio devices on the PCI bus, their MSI-X routers and the VM's
+	// GSI routing table (virtio.go).
+	virtio  []*virtiopci.Transport
+	routers []*msiRouter
+	gsi     *gsiRoutes
 
 	trace    bool
 	stopOnce sync.Once
@@ -273,7 +280,10 @@ func (m *Machine) devices(cfg Config) error {
 			return err
 		}
 	}
-	return m.mmio.Insert(m.ged, layout.GEDAddr, layout.GEDSize)
+	if err := m.mmio.Insert(m.ged, layout.GEDAddr, layout.GEDSize); err != nil {
+		return err
+	}
+	return m.virtioDevices()
 }
 
 func (m *Machine) reboot() { m.stop(Result{ExitReboot, "guest reset"}) }
@@ -498,7 +508,7 @@ func (m *Machine) Input(p []byte) int { return m.serial.Input(p) }
 
 // Close releases the VM.
 func (m *Machine) Close() error {
-	var errs []error
+	errs := []error{m.closeVirtio()}
 	for _, v := range m.vcpus {
 		errs = append(errs, v.Close())
 	}

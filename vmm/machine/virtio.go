@@ -1,0 +1,237 @@
+package machine
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/vmm/kvm"
+	"github.com/hyperroot/hyperroot/vmm/pci"
+	virtiopci "github.com/hyperroot/hyperroot/vmm/virtio/pci"
+	"github.com/hyperroot/hyperroot/vmm/virtio/rng"
+)
+
+// firstMSIGSI is the first GSI handed to MSI-X vectors: 0-23 are the
+// IOAPIC's pins (and 0-15 the PICs').
+const firstMSIGSI = 24
+
+// gsiRoutes owns the VM's GSI routing table. KVM_SET_GSI_ROUTING replaces
+// the whole table, including the default legacy routes KVM set up with
+// the irqchip, so every update sends those again along with one MSI route
+// per routed MSI-X vector.
+type gsiRoutes struct {
+	vm   *kvm.VM
+	mu   sync.Mutex
+	next uint32
+	msi  map[uint32]kvm.MSI
+}
+
+func newGSIRoutes(vm *kvm.VM) *gsiRoutes {
+	return &gsiRoutes{vm: vm, next: firstMSIGSI, msi: map[uint32]kvm.MSI{}}
+}
+
+// legacyRoutes is KVM's default routing (arch/x86/kvm/irq_comm.c): GSI n to
+// IOAPIC pin n for n < 24, and for n < 16 also to pin n%8 of the master
+// (n < 8) or slave PIC.
+func legacyRoutes() []kvm.Route {
+	var rs []kvm.Route
+	for gsi := uint32(0); gsi < 24; gsi++ {
+		rs = append(rs, kvm.Route{GSI: gsi, Type: kvm.RouteIRQChip, Chip: kvm.IRQChipIOAPIC, Pin: gsi})
+		if gsi < 16 {
+			chip := kvm.IRQChipPICMaster
+			if gsi >= 8 {
+				chip = kvm.IRQChipPICSlave
+			}
+			rs = append(rs, kvm.Route{GSI: gsi, Type: kvm.RouteIRQChip, Chip: chip, Pin: gsi % 8})
+		}
+	}
+	return rs
+}
+
+// alloc reserves a GSI for an MSI-X vector.
+func (g *gsiRoutes) alloc() uint32 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	gsi := g.next
+	g.next++
+	return gsi
+}
+
+// set routes gsi to msg and pushes the table to KVM.
+func (g *gsiRoutes) set(gsi uint32, msg kvm.MSI) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.msi[gsi] = msg
+	rs := legacyRoutes()
+	for gsi, m := range g.msi {
+		rs = append(rs, kvm.Route{GSI: gsi, Type: kvm.RouteMSI, MSI: m})
+	}
+	if err := g.vm.SetGSIRouting(rs); err != nil {
+		return fmt.Errorf("GSI routing: %w", err)
+	}
+	return nil
+}
+
+// msiRouter is one device's pci.MSIRouter: each vector gets a GSI with an
+// MSI route and an eventfd bound to it as a KVM irqfd, so that signalling
+// a vector is one eventfd write and KVM injects the interrupt. The same
+// eventfds can later be handed to a vhost-user backend.
+type msiRouter struct {
+	routes  *gsiRoutes
+	vm      *kvm.VM
+	mu      sync.Mutex
+	vectors []*msiVector
+}
+
+type msiVector struct {
+	gsi      uint32
+	fd       int
+	msg      kvm.MSI
+	routed   bool // msg is in the routing table
+	attached bool // fd is bound to gsi as an irqfd
+}
+
+// vector returns vector v, creating its GSI and eventfd on first use.
+// The caller holds r.mu.
+func (r *msiRouter) vector(v int) (*msiVector, error) {
+	if v < 0 || v > 2048 {
+		return nil, fmt.Errorf("MSI-X vector %d out of range", v)
+	}
+	for len(r.vectors) <= v {
+		r.vectors = append(r.vectors, nil)
+	}
+	if r.vectors[v] == nil {
+		fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+		if err != nil {
+			return nil, fmt.Errorf("MSI-X vector %d: eventfd: %w", v, err)
+		}
+		r.vectors[v] = &msiVector{gsi: r.routes.alloc(), fd: fd}
+	}
+	return r.vectors[v], nil
+}
+
+// Route follows the guest's programming of vector v. Unmasked, the vector's
+// GSI carries its message and the irqfd is attached; masked, the irqfd is
+// detached so that signals wait in the eventfd until the guest unmasks
+// (KVM injects a pending eventfd when the irqfd is attached again).
+func (r *msiRouter) Route(v int, addr uint64, data uint32, masked bool) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	vec, err := r.vector(v)
+	if err != nil {
+		return err
+	}
+	if masked {
+		if vec.attached {
+			if err := r.vm.IRQFD(vec.fd, vec.gsi, -1, true); err != nil {
+				return fmt.Errorf("MSI-X vector %d: detach irqfd: %w", v, err)
+			}
+			vec.attached = false
+		}
+		return nil
+	}
+	msg := kvm.MSI{Addr: addr, Data: data}
+	if !vec.routed || vec.msg != msg {
+		if err := r.routes.set(vec.gsi, msg); err != nil {
+			return fmt.Errorf("MSI-X vector %d: %w", v, err)
+		}
+		vec.msg, vec.routed = msg, true
+	}
+	if !vec.attached {
+		if err := r.vm.IRQFD(vec.fd, vec.gsi, -1, false); err != nil {
+			return fmt.Errorf("MSI-X vector %d: attach irqfd: %w", v, err)
+		}
+		vec.attached = true
+	}
+	return nil
+}
+
+// Signal raises vector v through its irqfd.
+func (r *msiRouter) Signal(v int) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	vec, err := r.vector(v)
+	if err != nil {
+		return err
+	}
+	one := [8]byte{1}
+	if _, err := unix.Write(vec.fd, one[:]); err != nil && err != unix.EAGAIN {
+		return fmt.Errorf("MSI-X vector %d: signal: %w", v, err)
+	}
+	return nil
+}
+
+func (r *msiRouter) close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var errs []error
+	for _, vec := range r.vectors {
+		if vec != nil {
+			errs = append(errs, unix.Close(vec.fd))
+		}
+	}
+	r.vectors = nil
+	return errors.Join(errs...)
+}
+
+// ioEvents binds virtqueue notify addresses to eventfds with KVM
+// ioeventfds (virtiopci.Notifier): a guest's kick then signals the eventfd
+// inside KVM instead of exiting to a vCPU thread.
+type ioEvents struct {
+	vm *kvm.VM
+	// width is the access width matched: 0 (any) where KVM supports it,
+	// else 2, the width of the queue index drivers write; other widths
+	// then exit and reach the transport's MMIO fallback.
+	width uint32
+}
+
+func (e ioEvents) Watch(gpa uint64, fd int) error {
+	return e.vm.IOEventFD(fd, kvm.IOEvent{Addr: gpa, Len: e.width}, false)
+}
+
+func (e ioEvents) Unwatch(gpa uint64, fd int) error {
+	return e.vm.IOEventFD(fd, kvm.IOEvent{Addr: gpa, Len: e.width}, true)
+}
+
+// virtioDevices puts the VM's virtio devices on the PCI bus: for now one
+// virtio-rng, so that the guest has a good entropy source from its first
+// second.
+func (m *Machine) virtioDevices() error {
+	width := uint32(2)
+	if n, err := m.vm.CheckExtension(kvm.CapIOEventFDAnyLen); err == nil && n > 0 {
+		width = 0
+	}
+	m.gsi = newGSIRoutes(m.vm)
+	logf := func(err error) { fmt.Fprintln(os.Stderr, "vmm:", err) }
+	router := &msiRouter{routes: m.gsi, vm: m.vm}
+	m.routers = append(m.routers, router)
+	t, err := virtiopci.New(rng.New(rng.Options{}), virtiopci.Options{
+		Memory: m.mem, Router: router, Notifier: ioEvents{m.vm, width}, Errors: logf,
+	})
+	if err != nil {
+		return fmt.Errorf("virtio-rng: %w", err)
+	}
+	m.virtio = append(m.virtio, t)
+	slot, err := m.pci.Add(t)
+	if err != nil {
+		return fmt.Errorf("virtio-rng: %w", err)
+	}
+	t.SetINTx(m.line(pci.INTxGSI(slot, 1)))
+	return nil
+}
+
+// closeVirtio stops the virtio devices and releases their eventfds.
+func (m *Machine) closeVirtio() error {
+	var errs []error
+	for _, t := range m.virtio {
+		errs = append(errs, t.Close())
+	}
+	for _, r := range m.routers {
+		errs = append(errs, r.close())
+	}
+	m.virtio, m.routers = nil, nil
+	return errors.Join(errs...)
+}

@@ -1,0 +1,147 @@
+package virtiopci
+
+import (
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+)
+
+// newEventFDs creates n non-blocking eventfds, one per queue: KVM signals
+// them from ioeventfds, the MMIO fallback from a vCPU thread.
+func newEventFDs(n int) ([]int, error) {
+	fds := make([]int, 0, n)
+	for range n {
+		fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+		if err != nil {
+			closeFDs(fds)
+			return nil, fmt.Errorf("eventfd: %w", err)
+		}
+		fds = append(fds, fd)
+	}
+	return fds, nil
+}
+
+func closeFDs(fds []int) error {
+	var errs []error
+	for _, fd := range fds {
+		if err := unix.Close(fd); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// signalEventFD adds 1 to an eventfd's counter.
+func signalEventFD(fd int) error {
+	one := [8]byte{1}
+	for {
+		_, err := unix.Write(fd, one[:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EAGAIN { // counter saturated: already signalled
+			return nil
+		}
+		return err
+	}
+}
+
+// drainEventFD clears an eventfd's counter and reports whether it was set.
+func drainEventFD(fd int) bool {
+	var b [8]byte
+	for {
+		n, err := unix.Read(fd, b[:])
+		if err == unix.EINTR {
+			continue
+		}
+		return err == nil && n == 8
+	}
+}
+
+func drainEventFDs(fds []int) {
+	for _, fd := range fds {
+		drainEventFD(fd)
+	}
+}
+
+// kickLoop is the notification goroutine: it waits on every queue's
+// eventfd with epoll and calls kick with the queue index, one call at a
+// time, until stop.
+type kickLoop struct {
+	epfd   int
+	stopfd int
+	done   chan struct{}
+}
+
+// startKickLoop starts the goroutine. Its first act is to kick every
+// queue once, for buffers the driver made available before the device
+// ran.
+func startKickLoop(fds []int, kick func(q int)) (*kickLoop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("epoll: %w", err)
+	}
+	stopfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	l := &kickLoop{epfd: epfd, stopfd: stopfd, done: make(chan struct{})}
+	add := func(fd int, tag int32) error {
+		return unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: tag})
+	}
+	if err := add(stopfd, -1); err != nil {
+		l.close()
+		return nil, fmt.Errorf("epoll: %w", err)
+	}
+	for q, fd := range fds {
+		if err := add(fd, int32(q)); err != nil {
+			l.close()
+			return nil, fmt.Errorf("epoll: %w", err)
+		}
+	}
+	go l.run(fds, kick)
+	return l, nil
+}
+
+func (l *kickLoop) run(fds []int, kick func(q int)) {
+	defer close(l.done)
+	for q, fd := range fds {
+		drainEventFD(fd)
+		kick(q)
+	}
+	events := make([]unix.EpollEvent, len(fds)+1)
+	for {
+		n, err := unix.EpollWait(l.epfd, events, -1)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return // the epoll fd is broken; nothing more can be waited for
+		}
+		for _, ev := range events[:n] {
+			if ev.Fd < 0 {
+				return
+			}
+			// Drain before serving: a kick arriving while the device
+			// works leaves the eventfd set for the next round.
+			if q := int(ev.Fd); q < len(fds) && drainEventFD(fds[q]) {
+				kick(q)
+			}
+		}
+	}
+}
+
+// stop ends the goroutine and waits for it, so that no kick runs after
+// stop returns.
+func (l *kickLoop) stop() {
+	signalEventFD(l.stopfd)
+	<-l.done
+	l.close()
+}
+
+func (l *kickLoop) close() {
+	unix.Close(l.epfd)
+	unix.Close(l.stopfd)
+}

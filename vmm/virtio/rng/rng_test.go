@@ -1,0 +1,208 @@
+package rng
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/hyperroot/hyperroot/vmm/virtio"
+)
+
+var le = binary.LittleEndian
+
+// Guest RAM layout of the test ring.
+const (
+	descAt  = 0x1000
+	availAt = 0x2000
+	usedAt  = 0x3000
+	bufAt   = 0x8000
+	ramSize = 0x10000
+	qsize   = 8
+
+	flagNext  = 1
+	flagWrite = 2
+)
+
+type fakeRAM []byte
+
+func (m fakeRAM) Slice(gpa, n uint64) ([]byte, error) {
+	if n == 0 || gpa >= uint64(len(m)) || n > uint64(len(m))-gpa {
+		return nil, fmt.Errorf("fake RAM %#x+%#x: out of range", gpa, n)
+	}
+	return m[gpa : gpa+n : gpa+n], nil
+}
+
+// counter is a deterministic Source: 0, 1, 2, ... (mod 256).
+type counter struct{ n byte }
+
+func (c *counter) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = c.n
+		c.n++
+	}
+	return len(p), nil
+}
+
+type failing struct{}
+
+func (failing) Read([]byte) (int, error) { return 0, errors.New("no entropy") }
+
+type irqs struct{ used []int }
+
+func (i *irqs) Used(q int) error     { i.used = append(i.used, q); return nil }
+func (i *irqs) ConfigChanged() error { return nil }
+
+type desc struct {
+	addr  uint64
+	len   uint32
+	flags uint16
+}
+
+// setup activates a device on a ring holding one chain per element of
+// chains (descriptors numbered consecutively).
+func setup(t *testing.T, opts Options, chains ...[]desc) (*Device, fakeRAM, *irqs) {
+	t.Helper()
+	ram := make(fakeRAM, ramSize)
+	next := uint16(0)
+	for i, c := range chains {
+		le.PutUint16(ram[availAt+4+2*i:], next)
+		for j, d := range c {
+			e := ram[descAt+16*int(next):]
+			le.PutUint64(e, d.addr)
+			le.PutUint32(e[8:], d.len)
+			flags := d.flags
+			if j < len(c)-1 {
+				flags |= flagNext
+			}
+			le.PutUint16(e[12:], flags)
+			le.PutUint16(e[14:], next+1)
+			next++
+		}
+	}
+	le.PutUint16(ram[availAt+2:], uint16(len(chains)))
+	q, err := virtio.NewQueue(qsize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Size, q.DescAddr, q.AvailAddr, q.UsedAddr, q.Ready = qsize, descAt, availAt, usedAt, true
+	d := New(opts)
+	if err := d.Ack(d.Features()); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Activate(ram, d.Features()); err != nil {
+		t.Fatal(err)
+	}
+	irq := &irqs{}
+	if err := d.Activate([]*virtio.Queue{q}, irq); err != nil {
+		t.Fatal(err)
+	}
+	return d, ram, irq
+}
+
+func TestFill(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		max   int
+		chain []desc
+		want  uint32 // used length
+	}{
+		{"one buffer", 0, []desc{{bufAt, 64, flagWrite}}, 64},
+		{"two buffers", 0, []desc{{bufAt, 16, flagWrite}, {bufAt + 0x100, 100, flagWrite}}, 116},
+		{"bounded", 50, []desc{{bufAt, 16, flagWrite}, {bufAt + 0x100, 100, flagWrite}}, 50},
+		{"readable only", 0, []desc{{bufAt, 32, 0}}, 0},
+		{"buffer outside RAM", 0, []desc{{ramSize - 8, 64, flagWrite}}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, ram, irq := setup(t, Options{Source: &counter{}, MaxRequest: tc.max}, tc.chain)
+			d.Kick(0)
+			if idx := le.Uint16(ram[usedAt+2:]); idx != 1 {
+				t.Fatalf("used idx %d, want 1", idx)
+			}
+			if id, n := le.Uint32(ram[usedAt+4:]), le.Uint32(ram[usedAt+8:]); id != 0 || n != tc.want {
+				t.Errorf("used element (%d, %d), want (0, %d)", id, n, tc.want)
+			}
+			// The bytes the source gave, in order, across the buffers.
+			var got []byte
+			for _, b := range tc.chain {
+				if b.flags&flagWrite != 0 && b.addr+uint64(b.len) <= ramSize {
+					got = append(got, ram[b.addr:b.addr+uint64(b.len)]...)
+				}
+			}
+			want := make([]byte, len(got))
+			(&counter{}).Read(want[:tc.want])
+			if !bytes.Equal(got, want) {
+				t.Errorf("buffers hold % x\nwant % x", got, want)
+			}
+			if len(irq.used) != 1 || irq.used[0] != 0 {
+				t.Errorf("interrupts %v, want one for queue 0", irq.used)
+			}
+		})
+	}
+}
+
+func TestSeveralRequestsAndFailingSource(t *testing.T) {
+	d, ram, irq := setup(t, Options{Source: failing{}},
+		[]desc{{bufAt, 8, flagWrite}}, []desc{{bufAt + 8, 8, flagWrite}})
+	d.Kick(0)
+	if idx := le.Uint16(ram[usedAt+2:]); idx != 2 {
+		t.Fatalf("used idx %d, want 2", idx)
+	}
+	for i := 0; i < 2; i++ {
+		if n := le.Uint32(ram[usedAt+4+8*i+4:]); n != 0 {
+			t.Errorf("request %d used length %d with a failing source, want 0", i, n)
+		}
+	}
+	if len(irq.used) != 1 {
+		t.Errorf("%d interrupts for one batch, want 1", len(irq.used))
+	}
+	// Kicks of other queues or after Reset do nothing.
+	d.Kick(1)
+	d.Reset()
+	d.Kick(0)
+}
+
+func TestRealSource(t *testing.T) {
+	d, ram, _ := setup(t, Options{}, []desc{{bufAt, 256, flagWrite}})
+	d.Kick(0)
+	if n := le.Uint32(ram[usedAt+8:]); n != 256 {
+		t.Fatalf("used length %d, want 256", n)
+	}
+	if bytes.Equal(ram[bufAt:bufAt+256], make([]byte, 256)) {
+		t.Error("256 bytes from crypto/rand are all zero")
+	}
+}
+
+func TestActivateChecks(t *testing.T) {
+	d := New(Options{})
+	if err := d.Activate(nil, &irqs{}); err == nil {
+		t.Error("Activate with no queue succeeded")
+	}
+	q, _ := virtio.NewQueue(qsize)
+	if err := d.Activate([]*virtio.Queue{q}, &irqs{}); err == nil {
+		t.Error("Activate with a disabled queue succeeded")
+	}
+	if err := d.Ack(virtio.FeatureVersion1 | 1<<3); err == nil {
+		t.Error("Ack of a feature not offered succeeded")
+	}
+	if d.Type() != virtio.TypeEntropy || len(d.QueueSizes()) != 1 {
+		t.Error("not an entropy device with one queue")
+	}
+}
+
+// BenchmarkKick is the per-request path: pop, walk, fill 64 bytes, push.
+func BenchmarkKick(b *testing.B) {
+	t := &testing.T{}
+	d, ram, _ := setup(t, Options{Source: &counter{}}, []desc{{bufAt, 64, flagWrite}})
+	d.Kick(0)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		// Make the same chain available again.
+		idx := le.Uint16(ram[availAt+2:])
+		le.PutUint16(ram[availAt+4+2*int(idx%qsize):], 0)
+		le.PutUint16(ram[availAt+2:], idx+1)
+		d.Kick(0)
+	}
+}
