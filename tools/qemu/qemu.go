@@ -39,6 +39,11 @@ type Options struct {
 	Console io.Writer     // receives the console output (default: discarded)
 	Stdin   io.Reader     // console input (default: none); a terminal makes the session interactive
 	Binary  string        // QEMU binary (default qemu-system-x86_64)
+	// Drives are host image files (raw) attached to the appliance as
+	// virtio-blk disks, /dev/vda, /dev/vdb, ... in this order: host files
+	// the appliance's VMs can use as disks, which the host can inspect
+	// after QEMU has exited.
+	Drives []string
 }
 
 // Machine is a running QEMU.
@@ -113,14 +118,29 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 		"-display", "none", "-vga", "none", "-nic", "none", "-no-reboot",
 		"-qmp", "unix:"+m.qmpPath+",server=on,wait=off",
 	)
+	for _, d := range o.Drives {
+		if fi, err := os.Stat(d); err != nil || !fi.Mode().IsRegular() || strings.Contains(d, ",") {
+			os.RemoveAll(tmp)
+			return nil, fmt.Errorf("drive %s: not a regular file (or has a comma in its name)", d)
+		}
+		args = append(args, "-drive", "file="+d+",format=raw,if=virtio")
+	}
 	if f, ok := o.Stdin.(*os.File); ok && isTerminal(f) {
 		args = append(args, "-serial", "mon:stdio") // Ctrl-A X quits, Ctrl-A C the monitor
 	} else {
 		args = append(args, "-serial", "stdio", "-monitor", "none")
 	}
 	m.cmd = exec.CommandContext(ctx, qemuPath, args...)
-	m.cmd.Stdin = o.Stdin
 	m.cmd.Stderr = o.Console
+	var stdin io.WriteCloser
+	if f, ok := o.Stdin.(*os.File); ok || o.Stdin == nil {
+		if ok {
+			m.cmd.Stdin = f
+		}
+	} else if stdin, err = m.cmd.StdinPipe(); err != nil {
+		os.RemoveAll(tmp)
+		return nil, err
+	}
 	out, err := m.cmd.StdoutPipe()
 	if err != nil {
 		os.RemoveAll(tmp)
@@ -129,6 +149,15 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 	if err := m.cmd.Start(); err != nil {
 		os.RemoveAll(tmp)
 		return nil, fmt.Errorf("start %s: %w", o.Binary, err)
+	}
+	if stdin != nil {
+		// Not exec's own copying, which Wait would wait for: a reader
+		// that never ends (a pipe the caller keeps open) must not keep
+		// Wait from returning once QEMU has exited.
+		go func() {
+			io.Copy(stdin, o.Stdin)
+			stdin.Close()
+		}()
 	}
 	var timer *time.Timer
 	if o.Timeout > 0 {
