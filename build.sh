@@ -39,6 +39,8 @@ declare -A PKGS=(
 	[dpkg-deb]=dpkg
 	[apt-get]=apt
 	[iasl]=acpica-tools
+	[mkfs.ext4]=e2fsprogs
+	[debugfs]=e2fsprogs
 )
 
 deps() {
@@ -63,7 +65,7 @@ deps() {
 		fi
 		echo "    installing ${missing[*]}"
 		apt-get update -qq
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
 	fi
 	# apt needs package lists to resolve the kernel package.
 	if ! apt-cache show --no-all-versions linux-image-cloud-amd64 >/dev/null 2>&1; then

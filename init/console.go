@@ -5,21 +5,57 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// console writes the supervisor's lines to the system console, each stamped
-// with the time since boot in the kernel's own format, so that they
-// interleave readably with kernel messages. Lines are written whole, with one
-// write each, so concurrent writers never tear them.
+// console writes the supervisor's lines, and the lines VMs write to their
+// serial consoles, to the system console, each supervisor line stamped with
+// the time since boot in the kernel's own format so that they interleave
+// readably with kernel messages.
+//
+// One goroutine does the writing, in order, a whole line per write. A serial
+// console is slow (11 KiB/s at 115200 baud) and must never stall a VM: when
+// VMs write faster than the console drains, their lines are dropped (and the
+// drop is reported) instead of blocking their VMMs. The supervisor's own lines
+// are never dropped.
 type console struct {
+	lines   chan string
+	pending atomic.Int64  // lines queued or being written
+	dropped atomic.Uint64 // VM lines dropped since the last report
+
 	mu     sync.Mutex
-	w      io.Writer
 	errors int // boot errors reported so far
 }
 
-func newConsole(w io.Writer) *console { return &console{w: w} }
+// consoleQueue is how many lines may wait for the console.
+const consoleQueue = 4096
+
+func newConsole(w io.Writer) *console {
+	c := &console{lines: make(chan string, consoleQueue)}
+	go c.write(w)
+	return c
+}
+
+func (c *console) write(w io.Writer) {
+	for line := range c.lines {
+		if n := c.dropped.Swap(0); n > 0 {
+			io.WriteString(w, fmt.Sprintf("[%8.3f] hyperroot: console: dropped %d VM console lines: the console is slower than the VMs\n", uptime(), n))
+		}
+		io.WriteString(w, line)
+		c.pending.Add(-1)
+	}
+}
+
+// Flush waits until every queued line is written, or timeout passes.
+func (c *console) Flush(timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for c.pending.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+}
 
 func uptime() float64 {
 	var ts unix.Timespec
@@ -32,17 +68,19 @@ func uptime() float64 {
 // Printf writes one "hyperroot: ..." line.
 func (c *console) Printf(format string, args ...any) {
 	line := fmt.Sprintf("[%8.3f] hyperroot: %s\n", uptime(), fmt.Sprintf(format, args...))
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	io.WriteString(c.w, line)
+	c.pending.Add(1)
+	c.lines <- line
 }
 
 // Relay writes a line of VM name's serial console as "<name>| <line>".
 func (c *console) Relay(name, line string) {
-	out := name + "| " + line + "\n"
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	io.WriteString(c.w, out)
+	c.pending.Add(1)
+	select {
+	case c.lines <- name + "| " + line + "\n":
+	default:
+		c.pending.Add(-1)
+		c.dropped.Add(1)
+	}
 }
 
 // Errorf reports a failed boot step: the appliance carries on, and the

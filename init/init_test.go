@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os/exec"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -33,6 +34,7 @@ func TestConsoleLines(t *testing.T) {
 	c := newConsole(&buf)
 	c.Printf("ready")
 	c.Errorf("kvm", errors.New("no /dev/kvm"))
+	c.Flush(5 * time.Second)
 	re := regexp.MustCompile(`^\[ *\d+\.\d{3}\] hyperroot: ready\n\[ *\d+\.\d{3}\] hyperroot: error: kvm: no /dev/kvm\n$`)
 	if !re.MatchString(buf.String()) {
 		t.Errorf("console output %q", buf.String())
@@ -76,5 +78,45 @@ func TestReaper(t *testing.T) {
 func TestDispatch(t *testing.T) {
 	if dispatch([]string{"version"}) != 0 || dispatch([]string{"bogus"}) != 2 || dispatch(nil) != 2 {
 		t.Error("dispatch exit codes")
+	}
+}
+
+// blockingWriter blocks every write until released.
+type blockingWriter struct {
+	release chan struct{}
+	buf     bytes.Buffer
+}
+
+func (w *blockingWriter) Write(p []byte) (int, error) {
+	<-w.release
+	return w.buf.Write(p)
+}
+
+// TestConsoleNeverBlocksVMs: a console that does not drain must not stall
+// the VMs' relays; what was dropped is reported once it drains again.
+func TestConsoleNeverBlocksVMs(t *testing.T) {
+	w := &blockingWriter{release: make(chan struct{})}
+	c := newConsole(w)
+	done := make(chan struct{})
+	go func() {
+		for i := 0; i < consoleQueue+500; i++ {
+			c.Relay("vm", "line")
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Relay blocked on a stuck console")
+	}
+	close(w.release)
+	c.Printf("after")
+	c.Flush(10 * time.Second)
+	out := w.buf.String()
+	if !regexp.MustCompile(`hyperroot: console: dropped \d+ VM console lines`).MatchString(out) {
+		t.Errorf("no drop report in %d bytes of output", len(out))
+	}
+	if !strings.HasSuffix(out, "hyperroot: after\n") {
+		t.Errorf("supervisor line lost or out of order: ...%q", out[max(0, len(out)-80):])
 	}
 }

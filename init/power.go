@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -61,6 +62,7 @@ func (p *powerOff) Do(reason string) {
 		}
 		unix.Sync()
 		p.c.Printf("poweroff")
+		p.c.Flush(5 * time.Second)
 		if err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF); err != nil {
 			p.c.Errorf("poweroff", err)
 		}

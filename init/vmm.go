@@ -31,9 +31,12 @@ func vmmMain(args []string) int {
 		cpus    = fs.Int("cpus", 1, "vCPUs")
 		memory  = fs.String("memory", "256M", "guest RAM (512M, 2G, ...)")
 		huge    = fs.String("hugepages", "", "back guest RAM with huge pages: 2M or 1G")
+		disks   diskFlags
 	)
+	fs.Var(&disks, "disk", "a virtio-blk disk, repeatable: path=FILE or fd=N (inherited), then\n"+
+		"optionally ,ro ,id=SERIAL ,iops=N ,bps=BYTES (per second, e.g. 50M)")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: hyperroot vmm --kernel K [--initrd I] [--cmdline C] [--cpus N] [--memory SIZE]\n\n"+
+		fmt.Fprintf(fs.Output(), "usage: hyperroot vmm --kernel K [--initrd I] [--cmdline C] [--cpus N] [--memory SIZE] [--disk path=IMG]...\n\n"+
 			"Exit status: 0 guest powered off, 1 VMM error, 2 usage, 3 guest reset, 4 guest crashed, 5 stopped.\n\n")
 		fs.PrintDefaults()
 	}
@@ -51,6 +54,15 @@ func vmmMain(args []string) int {
 	if *kernel == "" {
 		fmt.Fprintln(os.Stderr, "hyperroot vmm: --kernel is required")
 		return exitUsage
+	}
+	var specs []diskSpec
+	for _, a := range disks {
+		d, err := parseDiskSpec(a)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "hyperroot vmm: --disk %s: %v\n", a, err)
+			return exitUsage
+		}
+		specs = append(specs, d)
 	}
 	mem, err := config.ParseSize(*memory)
 	if err != nil {
@@ -80,12 +92,24 @@ func vmmMain(args []string) int {
 			return fail("initrd: %v", err)
 		}
 	}
+	for i, d := range specs {
+		f, err := d.open()
+		if err != nil {
+			return fail("disk %d: %v", i, err)
+		}
+		defer f.Close()
+		cfg.Disks = append(cfg.Disks, d.machineDisk(f))
+	}
 	start := time.Now()
 	m, err := machine.New(cfg)
 	if err != nil {
 		return fail("%s: %v", *name, err)
 	}
 	defer m.Close()
+	// stdout is the guest's console: the VMM's own notes go to stderr.
+	for i, kind := range m.DiskBackends() {
+		fmt.Fprintf(os.Stderr, "hyperroot vmm: disk %d: %s\n", i, kind)
+	}
 	cfg.Kernel, cfg.Initrd = nil, nil // loaded into guest memory: let the GC have them
 
 	go feedConsole(m, os.Stdin)

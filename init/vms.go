@@ -55,12 +55,16 @@ func exitCode(ws unix.WaitStatus) int {
 	return ws.ExitStatus()
 }
 
-// vmArgs is the `hyperroot vmm` command line for a configured VM.
+// vmArgs is the `hyperroot vmm` command line for a configured VM. Its
+// disks are the descriptors 3, 4, ... the child inherits (ExtraFiles).
 func vmArgs(vm config.VM) []string {
 	args := []string{"vmm", "--name", vm.Name, "--kernel", vm.Kernel, "--cpus", fmt.Sprint(vm.CPUs),
 		"--memory", vm.Memory.String(), "--cmdline", vm.Cmdline}
 	if vm.Initrd != "" {
 		args = append(args, "--initrd", vm.Initrd)
+	}
+	for i, d := range vm.Disks {
+		args = append(args, "--disk", diskArg(3+i, d))
 	}
 	return args
 }
@@ -162,7 +166,17 @@ func (f *fleet) runOnce(vm config.VM) (unix.WaitStatus, error) {
 	if err != nil {
 		self = "/proc/self/exe"
 	}
+	// Disks are opened here, before anything starts, so that a missing
+	// or unusable one stops the VM with an error naming it.
+	disks, err := openDisks(vm)
+	if err != nil {
+		return 0, err
+	}
+	// The child has its own copies from Start on; ours must not keep the
+	// disks (and their locks) alive after it exits.
+	defer closeFiles(disks)
 	cmd := exec.Command(self, vmArgs(vm)...)
+	cmd.ExtraFiles = disks
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		return 0, err
@@ -188,6 +202,7 @@ func (f *fleet) runOnce(vm config.VM) (unix.WaitStatus, error) {
 	wait, err := f.r.Start(cmd)
 	inR.Close()
 	outW.Close()
+	closeFiles(disks)
 	if err != nil {
 		f.mu.Unlock()
 		outR.Close()

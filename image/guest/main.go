@@ -5,7 +5,10 @@
 // end-to-end tests can drive every way a VM ends.
 //
 // Actions: poweroff (default), reboot, panic, echo (answer each console line
-// with "guest: echo <line>" until a line "poweroff"), wait (run until killed).
+// with "guest: echo <line>" until a line "poweroff"), wait (run until killed),
+// and the virtio-blk actions of disk.go (disk-write, disk-verify,
+// disk-fsync-then-hang, disk-rw-parallel, disk-ro, disk-iops), which may be
+// chained with commas and take hyperroot.seed=<n>; they power off when done.
 package main
 
 import (
@@ -14,6 +17,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -44,14 +48,28 @@ func main() {
 		runtime.NumCPU(), memTotalKB(), time.Now().Unix(), up.Sec, up.Nsec/1e6, n)
 	reportHWRNG()
 	action := "poweroff"
+	var seed uint64
 	if b, err := os.ReadFile("/proc/cmdline"); err == nil {
 		for _, f := range strings.Fields(string(b)) {
 			if v, ok := strings.CutPrefix(f, "hyperroot.guest="); ok {
 				action = v
 			}
+			if v, ok := strings.CutPrefix(f, "hyperroot.seed="); ok {
+				seed, _ = strconv.ParseUint(v, 10, 64)
+			}
 		}
 	}
 	fmt.Printf("guest: action %s\n", action)
+	// Disk actions may be chained with commas; a failing one says why
+	// and crashes the guest, so that its VM exits with a crash.
+	for _, a := range strings.Split(action, ",") {
+		if f := diskActions[a]; f != nil {
+			if err := f(seed); err != nil {
+				fmt.Printf("guest: FAIL %s: %v\n", a, err)
+				panicKernel()
+			}
+		}
+	}
 	switch action {
 	case "echo":
 		sc := bufio.NewScanner(os.Stdin)
@@ -68,12 +86,18 @@ func main() {
 		unix.Sync()
 		unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
 	case "panic":
-		os.WriteFile("/proc/sys/kernel/sysrq", []byte("1"), 0)
-		os.WriteFile("/proc/sysrq-trigger", []byte("c"), 0)
+		panicKernel()
 	}
 	unix.Sync()
 	unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 	select {}
+}
+
+// panicKernel crashes the guest kernel (sysrq c), which pvpanic reports to
+// the VMM.
+func panicKernel() {
+	os.WriteFile("/proc/sys/kernel/sysrq", []byte("1"), 0)
+	os.WriteFile("/proc/sysrq-trigger", []byte("c"), 0)
 }
 
 // loadModules loads the modules named in /etc/modules (one per line, written

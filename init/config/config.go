@@ -30,7 +30,35 @@ type VM struct {
 	Initrd  string  // optional initramfs path
 	Cmdline string  // kernel command line, default "console=ttyS0"
 	Restart Restart // default on-failure
+	Disks   []Disk  // virtio-blk disks, in the order the guest sees them (vda, vdb, ...)
 }
+
+// Disk is one virtio-blk disk of a VM: a raw image file or a block device
+// inside the appliance, which the supervisor opens and hands to the VMM.
+type Disk struct {
+	Path string // absolute path of the image file or block device
+	// Size is the disk's size. It is optional for an existing file; a
+	// missing file is created sparse with this size. It never shrinks an
+	// existing file.
+	Size     Size
+	ReadOnly bool
+	// ID is the serial the guest reads (GET_ID, /sys/block/vdX/serial),
+	// at most 20 bytes; the default is "<vm name>-<index>".
+	ID     string
+	Limits DiskLimits
+}
+
+// DiskLimits bound a disk's throughput with token buckets that hold one
+// second's worth of each: a guest may burst to twice the rate for one
+// second after an idle second, and never exceeds it over longer periods.
+// Zero means unlimited.
+type DiskLimits struct {
+	IOPS      uint64 // requests per second
+	Bandwidth Size   // bytes per second (binary units: 50M is 50 MiB/s)
+}
+
+// MaxDisks bounds disks per VM; each takes a PCI slot of the VM's bus.
+const MaxDisks = 16
 
 // Restart is a VM's restart policy.
 type Restart string
@@ -105,6 +133,32 @@ func Parse(file string, data []byte) (*Config, error) {
 		}
 		seen[vm.Name] = true
 	}
+	// Two VMs writing one disk corrupt it: a disk may be shared only when
+	// every VM has it read-only.
+	type use struct {
+		vms      []string
+		writable bool
+	}
+	uses := map[string]*use{}
+	var paths []string
+	for _, vm := range c.VMs {
+		for _, disk := range vm.Disks {
+			u := uses[disk.Path]
+			if u == nil {
+				u = &use{}
+				uses[disk.Path] = u
+				paths = append(paths, disk.Path)
+			}
+			u.vms = append(u.vms, vm.Name)
+			u.writable = u.writable || !disk.ReadOnly
+		}
+	}
+	for _, p := range paths {
+		if u := uses[p]; p != "" && len(u.vms) > 1 && u.writable {
+			d.errf(doc, "disk %s: used by vms %s and writable in one of them: share a disk only read-only",
+				p, strings.Join(u.vms, ", "))
+		}
+	}
 	if len(d.errs) > 0 {
 		return nil, errors.Join(d.errs...)
 	}
@@ -146,7 +200,25 @@ func (d *decoder) vm(n *yaml.Node) VM {
 				d.errf(v, "restart %q: want always, on-failure or never", vm.Restart)
 			}
 		},
+		"disks": func(v *yaml.Node) {
+			d.sequence(v, func(item *yaml.Node) { vm.Disks = append(vm.Disks, d.disk(item)) })
+			if len(vm.Disks) > MaxDisks {
+				d.errf(v, "disks: %d disks, want at most %d", len(vm.Disks), MaxDisks)
+			}
+			seen := map[string]bool{}
+			for i, disk := range vm.Disks {
+				if disk.Path != "" && seen[disk.Path] {
+					d.errf(v.Content[i], "disk %s: listed twice", disk.Path)
+				}
+				seen[disk.Path] = true
+			}
+		},
 	})
+	for i := range vm.Disks {
+		if vm.Disks[i].ID == "" {
+			vm.Disks[i].ID = defaultDiskID(vm.Name, i)
+		}
+	}
 	if n.Kind == yaml.MappingNode {
 		if vm.Name == "" {
 			d.errf(n, "vm: name is required")
@@ -156,6 +228,70 @@ func (d *decoder) vm(n *yaml.Node) VM {
 		}
 	}
 	return vm
+}
+
+// disk decodes one entry of a VM's disks.
+func (d *decoder) disk(n *yaml.Node) Disk {
+	var disk Disk
+	d.mapping(n, map[string]func(*yaml.Node){
+		"path": func(v *yaml.Node) { disk.Path = d.path(v) },
+		"size": func(v *yaml.Node) {
+			s, err := ParseSize(d.str(v))
+			switch {
+			case err != nil:
+				d.errf(v, "size: %v", err)
+			case s == 0 || s%512 != 0:
+				d.errf(v, "size %s: want a non-zero multiple of 512 bytes", s)
+			}
+			disk.Size = s
+		},
+		"readonly": func(v *yaml.Node) { disk.ReadOnly = d.boolean(v) },
+		"id": func(v *yaml.Node) {
+			disk.ID = d.str(v)
+			if !diskIDRE.MatchString(disk.ID) {
+				d.errf(v, "id %q: want 1-20 letters, digits, dots, dashes, underscores or colons", disk.ID)
+			}
+		},
+		"limits": func(v *yaml.Node) {
+			d.mapping(v, map[string]func(*yaml.Node){
+				"iops": func(v *yaml.Node) {
+					if n, ok := d.integer(v); ok && n < 1 {
+						d.errf(v, "iops %d: want a positive number (leave it out for no limit)", n)
+					} else if ok {
+						disk.Limits.IOPS = uint64(n)
+					}
+				},
+				"bandwidth": func(v *yaml.Node) {
+					s, err := ParseSize(d.str(v))
+					switch {
+					case err != nil:
+						d.errf(v, "bandwidth: %v", err)
+					case s < 4<<10:
+						d.errf(v, "bandwidth %s: want at least 4K (bytes per second; leave it out for no limit)", s)
+					}
+					disk.Limits.Bandwidth = s
+				},
+			})
+		},
+	})
+	if n.Kind == yaml.MappingNode && disk.Path == "" {
+		d.errf(n, "disk: path is required")
+	}
+	return disk
+}
+
+// diskIDRE is what a disk serial may be: short, printable and free of the
+// characters `hyperroot vmm --disk` uses as separators.
+var diskIDRE = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,20}$`)
+
+// defaultDiskID is "<vm>-<index>", the VM name shortened so that the
+// serial fits GET_ID's 20 bytes and keeps the index.
+func defaultDiskID(vm string, i int) string {
+	suffix := fmt.Sprintf("-%d", i)
+	if len(vm)+len(suffix) > 20 {
+		vm = vm[:20-len(suffix)]
+	}
+	return vm + suffix
 }
 
 // decoder walks yaml.Nodes, collecting positioned errors.
@@ -213,6 +349,20 @@ func (d *decoder) integer(n *yaml.Node) (int, bool) {
 		d.errf(n, "want a whole number, found %q", n.Value)
 	}
 	return v, err == nil
+}
+
+func (d *decoder) boolean(n *yaml.Node) bool {
+	switch v := d.str(n); v {
+	case "true":
+		return true
+	case "false":
+		return false
+	default:
+		if n.Kind == yaml.ScalarNode {
+			d.errf(n, "want true or false, found %q", v)
+		}
+		return false
+	}
 }
 
 func (d *decoder) path(n *yaml.Node) string {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -79,6 +80,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("vms:\n  - {name: a, kernel: /k, cpus: 2, memory: 1G}\n"))
 	f.Add([]byte("vms: [{name: a}]\n"))
 	f.Add([]byte("&a [*a]"))
+	f.Add([]byte("vms:\n  - {name: a, kernel: /k, disks: [{path: /d.img, size: 1G, readonly: true, id: x, limits: {iops: 5, bandwidth: 1M}}]}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse("f.yaml", data)
 		if err == nil {
@@ -86,7 +88,98 @@ func FuzzParse(f *testing.F) {
 				if vm.CPUs < 1 || vm.Kernel == "" || vm.Memory < 16<<20 {
 					t.Fatalf("invalid VM accepted: %+v", vm)
 				}
+				for _, d := range vm.Disks {
+					if !strings.HasPrefix(d.Path, "/") || len(d.ID) == 0 || len(d.ID) > 20 || d.Size%512 != 0 {
+						t.Fatalf("invalid disk accepted: %+v", d)
+					}
+				}
 			}
 		}
 	})
+}
+
+func TestParseDisks(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		yaml string
+		want []Disk
+	}{
+		{"full", `
+vms:
+  - name: web
+    kernel: /k
+    disks:
+      - { path: /data/web.img, size: 1G, readonly: false, id: web-root, limits: { iops: 2000, bandwidth: 50M } }
+      - path: /dev/vdb
+        readonly: true
+`, []Disk{
+			{Path: "/data/web.img", Size: 1 << 30, ID: "web-root", Limits: DiskLimits{IOPS: 2000, Bandwidth: 50 << 20}},
+			{Path: "/dev/vdb", ReadOnly: true, ID: "web-1"},
+		}},
+		{"default id keeps the index", `
+vms:
+  - name: a-very-long-vm-name-of-thirty
+    kernel: /k
+    disks: [{path: /a.img}]
+`, []Disk{{Path: "/a.img", ID: "a-very-long-vm-nam-0"}}},
+		{"no disks", "vms:\n  - {name: a, kernel: /k}\n", nil},
+		{"shared read-only", `
+vms:
+  - {name: a, kernel: /k, disks: [{path: /base.img, readonly: true}]}
+  - {name: b, kernel: /k, disks: [{path: /base.img, readonly: true}]}
+`, []Disk{{Path: "/base.img", ReadOnly: true, ID: "a-0"}}},
+	} {
+		c, err := Parse("c.yaml", []byte(tc.yaml))
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		got := c.VMs[0].Disks
+		if len(got) != len(tc.want) {
+			t.Errorf("%s: disks = %+v, want %+v", tc.name, got, tc.want)
+			continue
+		}
+		for i := range got {
+			if got[i] != tc.want[i] {
+				t.Errorf("%s: disk %d = %+v, want %+v", tc.name, i, got[i], tc.want[i])
+			}
+		}
+	}
+}
+
+func TestParseDiskErrors(t *testing.T) {
+	vm := func(disks string) string { return "vms:\n  - name: a\n    kernel: /k\n    disks:\n" + disks }
+	for _, tc := range []struct{ name, yaml, want string }{
+		{"not a list", "vms:\n  - {name: a, kernel: /k, disks: {path: /a}}\n", "c.yaml:2:34: want a list, found a mapping"},
+		{"no path", vm("      - {size: 1G}\n"), "c.yaml:5:9: disk: path is required"},
+		{"relative path", vm("      - {path: a.img}\n"), `c.yaml:5:16: path "a.img": want an absolute path`},
+		{"unknown key", vm("      - {path: /a, sise: 1G}\n"), `c.yaml:5:20: unknown key "sise" (known: id, limits, path, readonly, size)`},
+		{"bad size", vm("      - {path: /a, size: big}\n"), `c.yaml:5:26: size: size "big"`},
+		{"zero size", vm("      - {path: /a, size: 0}\n"), "c.yaml:5:26: size 0: want a non-zero multiple of 512 bytes"},
+		{"odd size", vm("      - {path: /a, size: 1000}\n"), "size 1000: want a non-zero multiple of 512"},
+		{"bad readonly", vm("      - {path: /a, readonly: yes}\n"), `c.yaml:5:30: want true or false, found "yes"`},
+		{"long id", vm("      - {path: /a, id: abcdefghijklmnopqrstu}\n"), `c.yaml:5:24: id "abcdefghijklmnopqrstu"`},
+		{"id with comma", vm("      - {path: /a, id: 'a,b'}\n"), `id "a,b"`},
+		{"unknown limit", vm("      - {path: /a, limits: {ops: 5}}\n"), `c.yaml:5:29: unknown key "ops" (known: bandwidth, iops)`},
+		{"zero iops", vm("      - {path: /a, limits: {iops: 0}}\n"), "c.yaml:5:35: iops 0: want a positive number"},
+		{"iops not a number", vm("      - {path: /a, limits: {iops: fast}}\n"), `want a whole number, found "fast"`},
+		{"bad bandwidth", vm("      - {path: /a, limits: {bandwidth: 1.5G}}\n"), `bandwidth: size "1.5G"`},
+		{"tiny bandwidth", vm("      - {path: /a, limits: {bandwidth: 100}}\n"), "bandwidth 100: want at least 4K"},
+		{"limits not a mapping", vm("      - {path: /a, limits: 5}\n"), `c.yaml:5:28: want a mapping (key: value), found "5"`},
+		{"twice in a vm", vm("      - {path: /a}\n      - {path: /a}\n"), "c.yaml:6:9: disk /a: listed twice"},
+		{"shared writable", "vms:\n  - {name: a, kernel: /k, disks: [{path: /d}]}\n  - {name: b, kernel: /k, disks: [{path: /d, readonly: true}]}\n",
+			"disk /d: used by vms a, b and writable in one of them"},
+		{"too many", vm(strings.Repeat("      - {path: /a}\n", 1) + func() string {
+			var b strings.Builder
+			for i := range MaxDisks {
+				fmt.Fprintf(&b, "      - {path: /d%d}\n", i)
+			}
+			return b.String()
+		}()), "disks: 17 disks, want at most 16"},
+	} {
+		_, err := Parse("c.yaml", []byte(tc.yaml))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v, want %q", tc.name, err, tc.want)
+		}
+	}
 }

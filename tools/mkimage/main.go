@@ -25,8 +25,10 @@ import (
 
 // guestModules are loaded by the test guest: pvpanic reports a kernel panic
 // to the VMM, button and evdev deliver the ACPI power button, virtio_pci and
-// virtio_rng bind the VMM's virtio-rng device (the guest reports it).
-var guestModules = []string{"pvpanic_mmio", "button", "evdev", "virtio_pci", "virtio_rng"}
+// virtio_rng bind the VMM's virtio-rng device (the guest reports it),
+// virtio_blk its disks (ext4, which the disk tests mount, is built into
+// Debian's kernel: CONFIG_EXT4_FS=y).
+var guestModules = []string{"pvpanic_mmio", "button", "evdev", "virtio_pci", "virtio_rng", "virtio_blk"}
 
 func main() {
 	var (

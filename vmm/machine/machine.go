@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/vmm/acpi"
+	"github.com/hyperroot/hyperroot/vmm/block"
 	"github.com/hyperroot/hyperroot/vmm/boot"
 	"github.com/hyperroot/hyperroot/vmm/bus"
 	"github.com/hyperroot/hyperroot/vmm/cpuid"
@@ -44,10 +45,27 @@ type Config struct {
 	HugePages memory.PageSize
 	// Console receives the guest's serial output (COM1).
 	Console io.Writer
+	// Disks are served as virtio-blk devices, in this order on the PCI
+	// bus (the guest's vda, vdb, ...).
+	Disks []Disk
 	// Trace writes every port access but the serial port's, every access
 	// no device claims, and every vCPU's registers each 3 s to stderr: for
 	// finding out why a guest hangs. Slow.
 	Trace bool
+}
+
+// Disk is one virtio-blk disk.
+type Disk struct {
+	// File is the image file or block device, opened by the caller (the
+	// jailed VMM gets descriptors, never paths); it stays the caller's to
+	// close after Machine.Close.
+	File     *os.File
+	ReadOnly bool
+	ID       string // serial the guest reads (GET_ID), at most 20 bytes
+	// IOPS and Bandwidth (bytes/s) bound the disk with token buckets
+	// holding one second's worth; zero means unlimited.
+	IOPS      uint64
+	Bandwidth uint64
 }
 
 // Exit is how a guest ended.
@@ -88,6 +106,9 @@ type Machine struct {
 	virtio  []*virtiopci.Transport
 	routers []*msiRouter
 	gsi     *gsiRoutes
+	// disks' backends, closed after the transports have reset the
+	// devices (which waits for requests in flight).
+	backends []block.Backend
 
 	trace    bool
 	stopOnce sync.Once
@@ -283,7 +304,7 @@ func (m *Machine) devices(cfg Config) error {
 	if err := m.mmio.Insert(m.ged, layout.GEDAddr, layout.GEDSize); err != nil {
 		return err
 	}
-	return m.virtioDevices()
+	return m.virtioDevices(cfg)
 }
 
 func (m *Machine) reboot() { m.stop(Result{ExitReboot, "guest reset"}) }

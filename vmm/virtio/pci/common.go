@@ -71,7 +71,7 @@ func (t *Transport) readCommon(off int, data []byte) {
 // t.mu.
 func (t *Transport) statusLocked() uint8 {
 	s := t.status
-	if t.needsReset.Load() {
+	if t.needsReset.Load() || (t.broken != nil && t.broken.NeedsReset()) {
 		s |= virtio.StatusDeviceNeedsReset
 	}
 	return s

@@ -53,6 +53,16 @@ const (
 	pageSize     = 0x1000
 )
 
+// breaker is implemented by devices that serve their queues on their own
+// goroutines (virtio-blk's workers) and so find a corrupted ring after Kick
+// has returned, where the transport's own check cannot see it. While
+// NeedsReset reports true the transport ORs DEVICE_NEEDS_RESET into
+// device_status; the device itself sends the configuration change
+// notification, and its Reset clears the condition.
+type breaker interface {
+	NeedsReset() bool
+}
+
 // Notifier binds notify addresses to eventfds outside the VMM: the machine
 // implements it with KVM ioeventfds, so that a guest's kick signals the
 // eventfd inside the kernel instead of exiting to a vCPU thread. Watch and
@@ -102,7 +112,8 @@ type Options struct {
 type Transport struct {
 	*pci.ConfigSpace
 	dev     virtio.Device
-	kicker  Kicker // dev, if it serves kicks
+	kicker  Kicker  // dev, if it serves kicks
+	broken  breaker // dev, if it finds broken queues on its own goroutines
 	opts    Options
 	msix    *pci.MSIX
 	barSize uint64
@@ -158,6 +169,7 @@ func New(dev virtio.Device, opts Options) (*Transport, error) {
 	}
 	t := &Transport{dev: dev, opts: opts, offered: dev.Features(), intx: opts.INTx}
 	t.kicker, _ = dev.(Kicker)
+	t.broken, _ = dev.(breaker)
 	t.interruptImpl = interrupt{t}
 	for i, s := range sizes {
 		q, err := virtio.NewQueue(s)

@@ -1,6 +1,7 @@
 package virtiopci
 
 import (
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -433,5 +434,42 @@ func TestNotifierFollowsBAR(t *testing.T) {
 	conf.Write(slotOff+pci.RegCommand, cmd[:])
 	if len(n.watched) != 2 {
 		t.Errorf("watched %v after decoding is back on", n.watched)
+	}
+}
+
+// breakingDevice finds its queue broken on a goroutine of its own, after
+// Kick has returned, as virtio-blk's workers do.
+type breakingDevice struct {
+	*fakeDevice
+	broken atomic.Bool
+}
+
+func (d *breakingDevice) NeedsReset() bool { return d.broken.Load() }
+func (d *breakingDevice) Reset() {
+	d.fakeDevice.Reset()
+	d.broken.Store(false)
+}
+
+func TestDeviceNeedsResetIsFoldedIntoStatus(t *testing.T) {
+	dev := &breakingDevice{fakeDevice: newFakeDevice()}
+	h := &harness{t: t, dev: dev.fakeDevice, ram: newRAM(ramSize), router: newRouter(), line: &fakeLine{}}
+	tr, err := New(dev, Options{Memory: h.ram, Router: h.router, INTx: h.line})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	h.tr = tr
+	h.findCaps()
+	start(t, h, true)
+	if s := h.status(); s&virtio.StatusDeviceNeedsReset != 0 {
+		t.Fatalf("status %#x before the device broke", s)
+	}
+	dev.broken.Store(true)
+	if s := h.status(); s&virtio.StatusDeviceNeedsReset == 0 || s&virtio.StatusDriverOK == 0 {
+		t.Errorf("status %#x, want DRIVER_OK|DEVICE_NEEDS_RESET", s)
+	}
+	h.setStatus(0)
+	if s := h.status(); s != 0 {
+		t.Errorf("status %#x after reset, want 0", s)
 	}
 }
