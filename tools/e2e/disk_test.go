@@ -61,7 +61,7 @@ func sha(b []byte) string {
 	return hex.EncodeToString(s[:])
 }
 
-func fileSHA(t *testing.T, path string) string {
+func fileSHA(t testing.TB, path string) string {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -73,7 +73,7 @@ func fileSHA(t *testing.T, path string) string {
 // mkext4 makes a host image file holding an empty ext4 filesystem.
 // Inode tables and journal are initialised now, so that the guest kernel
 // has no lazy initialisation writing behind the tests' backs.
-func mkext4(t *testing.T, size string) string {
+func mkext4(t testing.TB, size string) string {
 	t.Helper()
 	testenv.NeedTool(t, "mkfs.ext4", "e2fsprogs")
 	testenv.NeedTool(t, "debugfs", "e2fsprogs")
@@ -86,7 +86,7 @@ func mkext4(t *testing.T, size string) string {
 }
 
 // debugfsCat reads a file out of an ext4 image on the host.
-func debugfsCat(t *testing.T, img, name string) []byte {
+func debugfsCat(t testing.TB, img, name string) []byte {
 	t.Helper()
 	var stdout, stderr bytes.Buffer
 	cmd := exec.Command("debugfs", "-R", "cat /"+name, img)
@@ -100,7 +100,7 @@ func debugfsCat(t *testing.T, img, name string) []byte {
 // fsck checks the image on the host. replay lets e2fsck replay the journal
 // (after a power cut): exit status 1 means it fixed something, which a
 // replay is.
-func fsck(t *testing.T, img string, replay bool) {
+func fsck(t testing.TB, img string, replay bool) {
 	t.Helper()
 	args := []string{"-f", "-n", img}
 	if replay {
@@ -132,7 +132,7 @@ func guestFiles(lines []string, vm string) map[string]string {
 	return files
 }
 
-func mustPass(t *testing.T, r qemu.Result) {
+func mustPass(t testing.TB, r qemu.Result) {
 	t.Helper()
 	if !r.OK() {
 		for _, l := range r.Lines {
@@ -149,70 +149,72 @@ func mustPass(t *testing.T, r qemu.Result) {
 // second boot, with the disk read-only, reads them back, cannot change the
 // disk, and leaves the image bit for bit as it was.
 func TestDiskWriteVerify(t *testing.T) {
-	const seed = 7
-	img := mkext4(t, "32M")
-	cfg := writeConfig(t, diskVM("writer", 1, "192M", "disk-write", seed, []string{"{path: /dev/vda}"}))
-	m := start(t, qemu.Options{Config: cfg, Oneshot: true, Drives: []string{img}})
-	expect(t, m, `^writer\| hyperroot vmm: disk 0: (io_uring|pool)`)
-	r := m.Wait()
-	mustPass(t, r)
-	got := guestFiles(r.Lines, "writer")
-	for i := range 3 {
-		name := fmt.Sprintf("file%d", i)
-		want := sha(fileContent(seed, name, 1<<20))
-		if got[name] != want {
-			t.Errorf("guest reports %s sha256 %q, want %s", name, got[name], want)
+	testbed(t, func(t testing.TB) {
+		const seed = 7
+		img := mkext4(t, "32M")
+		cfg := writeConfig(t, diskVM("writer", 1, "192M", "disk-write", seed, []string{"{path: /dev/vda}"}))
+		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Drives: []string{img}})
+		expect(t, m, `^writer\| hyperroot vmm: disk 0: (io_uring|pool)`)
+		r := m.Wait()
+		mustPass(t, r)
+		got := guestFiles(r.Lines, "writer")
+		for i := range 3 {
+			name := fmt.Sprintf("file%d", i)
+			want := sha(fileContent(seed, name, 1<<20))
+			if got[name] != want {
+				t.Errorf("guest reports %s sha256 %q, want %s", name, got[name], want)
+			}
+			if host := sha(debugfsCat(t, img, name)); host != want {
+				t.Errorf("host reads %s from the image: sha256 %s, want %s", name, host, want)
+			}
 		}
-		if host := sha(debugfsCat(t, img, name)); host != want {
-			t.Errorf("host reads %s from the image: sha256 %s, want %s", name, host, want)
+		fsck(t, img, false)
+		if t.Failed() {
+			return
 		}
-	}
-	fsck(t, img, false)
-	if t.Failed() {
-		return
-	}
 
-	before := fileSHA(t, img)
-	f, err := os.Open(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	head := make([]byte, 1<<20)
-	_, err = f.ReadAt(head, 0)
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg = writeConfig(t, diskVM("reader", 1, "192M", "disk-verify,disk-ro", seed, []string{"{path: /dev/vda, readonly: true}"}))
-	m = start(t, qemu.Options{Config: cfg, Oneshot: true, Drives: []string{img}})
-	ro := expect(t, m, `^reader\| guest: ro `)
-	r = m.Wait()
-	mustPass(t, r)
-	got = guestFiles(r.Lines, "reader")
-	if len(got) != 3 {
-		t.Errorf("second boot sees files %v, want file0-file2", got)
-	}
-	for i := range 3 {
-		name := fmt.Sprintf("file%d", i)
-		if want := sha(fileContent(seed, name, 1<<20)); got[name] != want {
-			t.Errorf("second boot reads %s with sha256 %q, want %s", name, got[name], want)
+		before := fileSHA(t, img)
+		f, err := os.Open(img)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	// The guest kernel sees a read-only disk and refuses both kinds of
-	// writes; reads still work.
-	roRE := regexp.MustCompile(`guest: ro sysfs=1 write=(\S+) mount-rw=(\S+) first-mib-sha256 ([0-9a-f]{64})$`)
-	s := roRE.FindStringSubmatch(ro)
-	switch {
-	case s == nil:
-		t.Errorf("read-only report %q does not match %s", ro, roRE)
-	case s[1] == "ok" || s[2] == "ok":
-		t.Errorf("a read-only disk took a write: %s", ro)
-	case s[3] != sha(head):
-		t.Errorf("guest read the first MiB as %s, host has %s", s[3], sha(head))
-	}
-	if after := fileSHA(t, img); after != before {
-		t.Errorf("a read-only boot changed the image: sha256 %s before, %s after", before, after)
-	}
+		head := make([]byte, 1<<20)
+		_, err = f.ReadAt(head, 0)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg = writeConfig(t, diskVM("reader", 1, "192M", "disk-verify,disk-ro", seed, []string{"{path: /dev/vda, readonly: true}"}))
+		m = start(t, qemu.Options{Config: cfg, Oneshot: true, Drives: []string{img}})
+		ro := expect(t, m, `^reader\| guest: ro `)
+		r = m.Wait()
+		mustPass(t, r)
+		got = guestFiles(r.Lines, "reader")
+		if len(got) != 3 {
+			t.Errorf("second boot sees files %v, want file0-file2", got)
+		}
+		for i := range 3 {
+			name := fmt.Sprintf("file%d", i)
+			if want := sha(fileContent(seed, name, 1<<20)); got[name] != want {
+				t.Errorf("second boot reads %s with sha256 %q, want %s", name, got[name], want)
+			}
+		}
+		// The guest kernel sees a read-only disk and refuses both kinds of
+		// writes; reads still work.
+		roRE := regexp.MustCompile(`guest: ro sysfs=1 write=(\S+) mount-rw=(\S+) first-mib-sha256 ([0-9a-f]{64})$`)
+		s := roRE.FindStringSubmatch(ro)
+		switch {
+		case s == nil:
+			t.Errorf("read-only report %q does not match %s", ro, roRE)
+		case s[1] == "ok" || s[2] == "ok":
+			t.Errorf("a read-only disk took a write: %s", ro)
+		case s[3] != sha(head):
+			t.Errorf("guest read the first MiB as %s, host has %s", s[3], sha(head))
+		}
+		if after := fileSHA(t, img); after != before {
+			t.Errorf("a read-only boot changed the image: sha256 %s before, %s after", before, after)
+		}
+	})
 }
 
 // TestDiskDurability: data the guest has fsync'ed survives a power cut.
@@ -222,104 +224,112 @@ func TestDiskWriteVerify(t *testing.T) {
 // for up to 30 s) is lost. The host then replays the journal and reads the
 // file.
 func TestDiskDurability(t *testing.T) {
-	const seed = 11
-	img := mkext4(t, "32M")
-	cfg := writeConfig(t, diskVM("durable", 1, "192M", "disk-fsync-then-hang", seed, []string{"{path: /dev/vda}"}))
-	m := start(t, qemu.Options{Config: cfg, Drives: []string{img}})
-	l := expect(t, m, `^durable\| guest: synced [0-9a-f]{64}$`)
-	m.Kill()
-	want := sha(fileContent(seed, "synced", 1<<20))
-	if !strings.HasSuffix(l, want) {
-		t.Fatalf("guest reports %q, want sha256 %s", l, want)
-	}
-	fsck(t, img, true)
-	if got := sha(debugfsCat(t, img, "synced")); got != want {
-		t.Errorf("after the power cut the host reads sha256 %s, want %s", got, want)
-	}
+	testbed(t, func(t testing.TB) {
+		const seed = 11
+		img := mkext4(t, "32M")
+		cfg := writeConfig(t, diskVM("durable", 1, "192M", "disk-fsync-then-hang", seed, []string{"{path: /dev/vda}"}))
+		m := start(t, qemu.Options{Config: cfg, Drives: []string{img}})
+		l := expect(t, m, `^durable\| guest: synced [0-9a-f]{64}$`)
+		m.Kill()
+		want := sha(fileContent(seed, "synced", 1<<20))
+		if !strings.HasSuffix(l, want) {
+			t.Fatalf("guest reports %q, want sha256 %s", l, want)
+		}
+		fsck(t, img, true)
+		if got := sha(debugfsCat(t, img, "synced")); got != want {
+			t.Errorf("after the power cut the host reads sha256 %s, want %s", got, want)
+		}
+	})
 }
 
 // TestDiskParallel: concurrent O_DIRECT writes and reads from a 2-vCPU
 // guest (two request queues), every byte checked, on a disk the supervisor
 // creates as a sparse file because it does not exist yet.
 func TestDiskParallel(t *testing.T) {
-	cfg := writeConfig(t, diskVM("par", 2, "256M", "disk-rw-parallel", 3, []string{"{path: /tmp/par.img, size: 32M}"}))
-	m := start(t, qemu.Options{Config: cfg, Oneshot: true})
-	l := expect(t, m, `^par\| guest: parallel ok bytes=\d+`)
-	r := m.Wait()
-	mustPass(t, r)
-	n, _ := strconv.ParseInt(regexp.MustCompile(`bytes=(\d+)`).FindStringSubmatch(l)[1], 10, 64)
-	// Each region is filled, checked by its writer and by a neighbour.
-	if n < 3*32<<20 {
-		t.Errorf("guest moved %d bytes, want at least %d", n, 3*32<<20)
-	}
+	testbed(t, func(t testing.TB) {
+		cfg := writeConfig(t, diskVM("par", 2, "256M", "disk-rw-parallel", 3, []string{"{path: /tmp/par.img, size: 32M}"}))
+		m := start(t, qemu.Options{Config: cfg, Oneshot: true})
+		l := expect(t, m, `^par\| guest: parallel ok bytes=\d+`)
+		r := m.Wait()
+		mustPass(t, r)
+		n, _ := strconv.ParseInt(regexp.MustCompile(`bytes=(\d+)`).FindStringSubmatch(l)[1], 10, 64)
+		// Each region is filled, checked by its writer and by a neighbour.
+		if n < 3*32<<20 {
+			t.Errorf("guest moved %d bytes, want at least %d", n, 3*32<<20)
+		}
+	})
 }
 
 // TestDiskIOPS: a disk limited to 100 IOPS delivers 100 ± 10 % to 4 KiB
 // random reads over 10 s, while an unlimited disk of the same VM is much
 // faster (otherwise the limit would not be what was measured).
 func TestDiskIOPS(t *testing.T) {
-	const limit = 100
-	cfg := writeConfig(t, diskVM("iops", 1, "192M", "disk-iops", 5, []string{
-		fmt.Sprintf("{path: /tmp/limited.img, size: 64M, id: limited, limits: {iops: %d}}", limit),
-		"{path: /tmp/free.img, size: 64M, id: free}",
-	}))
-	m := start(t, qemu.Options{Config: cfg, Oneshot: true, Timeout: 4 * time.Minute})
-	re := regexp.MustCompile(`^iops\| guest: iops (vd[ab]) serial=(\S+) (\d+)$`)
-	got := map[string]int{}
-	for range 2 {
-		l, err := m.Expect(re, bootTimeout)
-		if err != nil {
-			t.Fatal(err)
+	testbed(t, func(t testing.TB) {
+		const limit = 100
+		cfg := writeConfig(t, diskVM("iops", 1, "192M", "disk-iops", 5, []string{
+			fmt.Sprintf("{path: /tmp/limited.img, size: 64M, id: limited, limits: {iops: %d}}", limit),
+			"{path: /tmp/free.img, size: 64M, id: free}",
+		}))
+		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Timeout: 4 * time.Minute})
+		re := regexp.MustCompile(`^iops\| guest: iops (vd[ab]) serial=(\S+) (\d+)$`)
+		got := map[string]int{}
+		for range 2 {
+			l, err := m.Expect(re, bootTimeout)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := re.FindStringSubmatch(l)
+			n, _ := strconv.Atoi(s[3])
+			got[s[2]] = n
 		}
-		s := re.FindStringSubmatch(l)
-		n, _ := strconv.Atoi(s[3])
-		got[s[2]] = n
-	}
-	mustPass(t, m.Wait())
-	t.Logf("IOPS: limited to %d: %d; unlimited: %d", limit, got["limited"], got["free"])
-	if n := got["limited"]; n < limit*9/10 || n > limit*11/10 {
-		t.Errorf("disk limited to %d IOPS delivered %d", limit, n)
-	}
-	if n := got["free"]; n < 2*limit {
-		t.Errorf("unlimited disk delivered only %d IOPS: too slow to show a limit of %d", n, limit)
-	}
+		mustPass(t, m.Wait())
+		t.Logf("IOPS: limited to %d: %d; unlimited: %d", limit, got["limited"], got["free"])
+		if n := got["limited"]; n < limit*9/10 || n > limit*11/10 {
+			t.Errorf("disk limited to %d IOPS delivered %d", limit, n)
+		}
+		if n := got["free"]; n < 2*limit {
+			t.Errorf("unlimited disk delivered only %d IOPS: too slow to show a limit of %d", n, limit)
+		}
+	})
 }
 
 // TestDiskErrors: a disk the supervisor cannot use stops its VM with an
 // error naming VM and disk, and never truncates an existing file.
 func TestDiskErrors(t *testing.T) {
-	cfg := writeConfig(t,
-		diskVM("nosize", 1, "128M", "poweroff", 0, []string{"{path: /tmp/missing.img}"}),
-		diskVM("isdir", 1, "128M", "poweroff", 0, []string{"{path: /tmp}"}),
-		diskVM("shrink", 1, "128M", "poweroff", 0, []string{"{path: /guest/vmlinuz, size: 4K, readonly: true}"}),
-		diskVM("truncate", 1, "128M", "poweroff", 0, []string{"{path: /guest/initramfs.cpio, size: 4K}"}))
-	m := start(t, qemu.Options{Config: cfg, Oneshot: true})
-	r := m.Wait()
-	for _, want := range []string{
-		"hyperroot: error: vm nosize: disk /tmp/missing.img: does not exist, and no size is configured to create it",
-		"hyperroot: error: vm isdir: disk /tmp: is a directory",
-		"hyperroot: error: vm shrink: disk /guest/vmlinuz: size 4K is smaller than the existing file",
-		"hyperroot: error: vm truncate: disk /guest/initramfs.cpio: size 4K is smaller than the existing file",
-	} {
-		found := false
+	testbed(t, func(t testing.TB) {
+		cfg := writeConfig(t,
+			diskVM("nosize", 1, "128M", "poweroff", 0, []string{"{path: /tmp/missing.img}"}),
+			diskVM("isdir", 1, "128M", "poweroff", 0, []string{"{path: /tmp}"}),
+			diskVM("shrink", 1, "128M", "poweroff", 0, []string{"{path: /guest/vmlinuz, size: 4K, readonly: true}"}),
+			diskVM("truncate", 1, "128M", "poweroff", 0, []string{"{path: /guest/initramfs.cpio, size: 4K}"}))
+		m := start(t, qemu.Options{Config: cfg, Oneshot: true})
+		r := m.Wait()
+		for _, want := range []string{
+			"hyperroot: error: vm nosize: disk /tmp/missing.img: does not exist, and no size is configured to create it",
+			"hyperroot: error: vm isdir: disk /tmp: is a directory",
+			"hyperroot: error: vm shrink: disk /guest/vmlinuz: size 4K is smaller than the existing file",
+			"hyperroot: error: vm truncate: disk /guest/initramfs.cpio: size 4K is smaller than the existing file",
+		} {
+			found := false
+			for _, l := range r.Lines {
+				found = found || strings.Contains(l, want)
+			}
+			if !found {
+				t.Errorf("console lacks %q", want)
+			}
+		}
+		if !strings.HasPrefix(r.Verdict, "fail ") {
+			t.Errorf("verdict %q, want fail", r.Verdict)
+		}
+		for _, vm := range []string{"nosize", "isdir", "shrink", "truncate"} {
+			if !regexp.MustCompile(`vms=(\S+,)?` + vm + `(,|$)`).MatchString(r.Verdict) {
+				t.Errorf("verdict %q does not list vm %s as failed", r.Verdict, vm)
+			}
+		}
 		for _, l := range r.Lines {
-			found = found || strings.Contains(l, want)
+			if regexp.MustCompile(`hyperroot: vm \S+ started`).MatchString(l) {
+				t.Errorf("a VM with an unusable disk was started: %s", l)
+			}
 		}
-		if !found {
-			t.Errorf("console lacks %q", want)
-		}
-	}
-	if !strings.HasPrefix(r.Verdict, "fail ") {
-		t.Errorf("verdict %q, want fail", r.Verdict)
-	}
-	for _, vm := range []string{"nosize", "isdir", "shrink", "truncate"} {
-		if !regexp.MustCompile(`vms=(\S+,)?` + vm + `(,|$)`).MatchString(r.Verdict) {
-			t.Errorf("verdict %q does not list vm %s as failed", r.Verdict, vm)
-		}
-	}
-	for _, l := range r.Lines {
-		if regexp.MustCompile(`hyperroot: vm \S+ started`).MatchString(l) {
-			t.Errorf("a VM with an unusable disk was started: %s", l)
-		}
-	}
+	})
 }

@@ -20,7 +20,7 @@ import (
 
 const bootTimeout = 3 * time.Minute
 
-func imageDir(t *testing.T) string {
+func imageDir(t testing.TB) string {
 	t.Helper()
 	dir := os.Getenv("HYPERROOT_IMAGE")
 	if dir == "" {
@@ -32,7 +32,7 @@ func imageDir(t *testing.T) string {
 	return dir
 }
 
-func start(t *testing.T, o qemu.Options) *qemu.Machine {
+func start(t testing.TB, o qemu.Options) *qemu.Machine {
 	t.Helper()
 	o.Image = imageDir(t)
 	if o.Timeout == 0 {
@@ -43,19 +43,22 @@ func start(t *testing.T, o qemu.Options) *qemu.Machine {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if a, ok := t.(*attempt); ok {
+		a.machines = append(a.machines, m)
+	}
 	t.Cleanup(m.Kill)
 	return m
 }
 
 // testWriter logs the console into the test output (shown on failure or -v).
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\r\n"))
 	return len(p), nil
 }
 
-func expect(t *testing.T, m *qemu.Machine, pattern string) string {
+func expect(t testing.TB, m *qemu.Machine, pattern string) string {
 	t.Helper()
 	l, err := m.Expect(regexp.MustCompile(pattern), bootTimeout)
 	if err != nil {
@@ -67,43 +70,45 @@ func expect(t *testing.T, m *qemu.Machine, pattern string) string {
 // TestBoot is the appliance's boot contract: banner, modules, KVM with
 // nested paging inside the appliance, ready, verdict, clean poweroff.
 func TestBoot(t *testing.T) {
-	m := start(t, qemu.Options{Oneshot: true})
-	expect(t, m, `hyperroot: hyperroot \S+ board=qemu kernel=6\.\S+ \(linux-image-\S+ \S+\) cpus=2 \(.+\) memory=\d+ MiB`)
-	mods := expect(t, m, `hyperroot: modules: loaded .* \((\d+) of (\d+) in`)
-	for _, want := range []string{"virtio_pci", "virtio_net", "virtio_blk", "kvm_"} {
-		if !strings.Contains(mods, want) {
-			t.Errorf("modules line %q lacks %s", mods, want)
-		}
-	}
-	if s := regexp.MustCompile(`\((\d+) of (\d+) in`).FindStringSubmatch(mods); s[1] != s[2] {
-		t.Errorf("not every module loaded: %s", mods)
-	}
-	expect(t, m, `hyperroot: kvm: ok api=12 module=kvm_(amd|intel) nested-paging=on max-vcpus=\d+`)
-	expect(t, m, `hyperroot: config: none, built-in default \(2 demo VMs\)`)
-	expect(t, m, `hyperroot: ready$`)
-	expect(t, m, `hyperroot: result pass$`)
-	expect(t, m, `hyperroot: poweroff$`)
-	if r := m.Wait(); !r.OK() {
-		t.Fatalf("oneshot boot failed: %s", r.Why())
-	}
-	for _, l := range m.Lines() {
-		if strings.Contains(l, "hyperroot: error:") {
-			t.Errorf("boot error: %s", l)
-		}
-	}
-	// Both demo VMs booted, and each read from its virtio-rng on the PCI
-	// bus, interrupts arriving as MSI-X.
-	for _, vm := range []string{"demo1", "demo2"} {
-		for _, want := range []string{
-			`^` + vm + `\| guest: booted nproc=\d+`,
-			`^` + vm + `\| guest: hwrng virtio_rng\.\d+ read=64 irq=PCI-MSI`,
-			`hyperroot: vm ` + vm + ` exited code=0 reason=poweroff$`,
-		} {
-			if !hasLine(m.Lines(), want) {
-				t.Errorf("console has no line matching %q", want)
+	testbed(t, func(t testing.TB) {
+		m := start(t, qemu.Options{Oneshot: true})
+		expect(t, m, `hyperroot: hyperroot \S+ board=qemu kernel=6\.\S+ \(linux-image-\S+ \S+\) cpus=2 \(.+\) memory=\d+ MiB`)
+		mods := expect(t, m, `hyperroot: modules: loaded .* \((\d+) of (\d+) in`)
+		for _, want := range []string{"virtio_pci", "virtio_net", "virtio_blk", "kvm_"} {
+			if !strings.Contains(mods, want) {
+				t.Errorf("modules line %q lacks %s", mods, want)
 			}
 		}
-	}
+		if s := regexp.MustCompile(`\((\d+) of (\d+) in`).FindStringSubmatch(mods); s[1] != s[2] {
+			t.Errorf("not every module loaded: %s", mods)
+		}
+		expect(t, m, `hyperroot: kvm: ok api=12 module=kvm_(amd|intel) nested-paging=on max-vcpus=\d+`)
+		expect(t, m, `hyperroot: config: none, built-in default \(2 demo VMs\)`)
+		expect(t, m, `hyperroot: ready$`)
+		expect(t, m, `hyperroot: result pass$`)
+		expect(t, m, `hyperroot: poweroff$`)
+		if r := m.Wait(); !r.OK() {
+			t.Fatalf("oneshot boot failed: %s", r.Why())
+		}
+		for _, l := range m.Lines() {
+			if strings.Contains(l, "hyperroot: error:") {
+				t.Errorf("boot error: %s", l)
+			}
+		}
+		// Both demo VMs booted, and each read from its virtio-rng on the PCI
+		// bus, interrupts arriving as MSI-X.
+		for _, vm := range []string{"demo1", "demo2"} {
+			for _, want := range []string{
+				`^` + vm + `\| guest: booted nproc=\d+`,
+				`^` + vm + `\| guest: hwrng virtio_rng\.\d+ read=64 irq=PCI-MSI`,
+				`hyperroot: vm ` + vm + ` exited code=0 reason=poweroff$`,
+			} {
+				if !hasLine(m.Lines(), want) {
+					t.Errorf("console has no line matching %q", want)
+				}
+			}
+		}
+	})
 }
 
 func hasLine(lines []string, pattern string) bool {
@@ -119,59 +124,65 @@ func hasLine(lines []string, pattern string) bool {
 // TestPowerButton: the ACPI power button (QEMU's system_powerdown) powers
 // the appliance off in order.
 func TestPowerButton(t *testing.T) {
-	m := start(t, qemu.Options{})
-	expect(t, m, `hyperroot: ready$`)
-	if err := m.QMP("system_powerdown", ""); err != nil {
-		t.Fatal(err)
-	}
-	expect(t, m, `hyperroot: powering off: power-button$`)
-	expect(t, m, `hyperroot: poweroff$`)
-	if r := m.Wait(); r.ExitCode != 0 || !r.PowerOff || r.Panic {
-		t.Fatalf("power button: exit %d poweroff=%v panic=%v", r.ExitCode, r.PowerOff, r.Panic)
-	}
+	testbed(t, func(t testing.TB) {
+		m := start(t, qemu.Options{})
+		expect(t, m, `hyperroot: ready$`)
+		if err := m.QMP("system_powerdown", ""); err != nil {
+			t.Fatal(err)
+		}
+		expect(t, m, `hyperroot: powering off: power-button$`)
+		expect(t, m, `hyperroot: poweroff$`)
+		if r := m.Wait(); r.ExitCode != 0 || !r.PowerOff || r.Panic {
+			t.Fatalf("power button: exit %d poweroff=%v panic=%v", r.ExitCode, r.PowerOff, r.Panic)
+		}
+	})
 }
 
 // TestCtrlAltDel: the three-finger salute reaches PID 1 as SIGINT (the
 // kernel is told CAD_OFF) and powers off in order instead of a hard reboot.
 func TestCtrlAltDel(t *testing.T) {
-	m := start(t, qemu.Options{})
-	expect(t, m, `hyperroot: ready$`)
-	err := m.QMP("send-key", `{"keys":[{"type":"qcode","data":"ctrl"},{"type":"qcode","data":"alt"},{"type":"qcode","data":"delete"}]}`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	expect(t, m, `hyperroot: powering off: ctrl-alt-del$`)
-	if r := m.Wait(); r.ExitCode != 0 || !r.PowerOff {
-		t.Fatalf("ctrl-alt-del: exit %d poweroff=%v", r.ExitCode, r.PowerOff)
-	}
+	testbed(t, func(t testing.TB) {
+		m := start(t, qemu.Options{})
+		expect(t, m, `hyperroot: ready$`)
+		err := m.QMP("send-key", `{"keys":[{"type":"qcode","data":"ctrl"},{"type":"qcode","data":"alt"},{"type":"qcode","data":"delete"}]}`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		expect(t, m, `hyperroot: powering off: ctrl-alt-del$`)
+		if r := m.Wait(); r.ExitCode != 0 || !r.PowerOff {
+			t.Fatalf("ctrl-alt-del: exit %d poweroff=%v", r.ExitCode, r.PowerOff)
+		}
+	})
 }
 
 // TestConfigAndOverlay: a config file and an overlay directory are added to
 // the built image as an extra cpio archive and seen by PID 1.
 func TestConfigAndOverlay(t *testing.T) {
-	cfg := filepath.Join(t.TempDir(), "my.yaml")
-	if err := os.WriteFile(cfg, []byte("vms: []\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	m := start(t, qemu.Options{Config: cfg, Oneshot: true})
-	expect(t, m, `hyperroot: config: /etc/hyperroot/config.yaml \(0 VMs\)`)
-	if r := m.Wait(); !r.OK() {
-		t.Fatalf("boot with config: %s", r.Why())
-	}
+	testbed(t, func(t testing.TB) {
+		cfg := filepath.Join(t.TempDir(), "my.yaml")
+		if err := os.WriteFile(cfg, []byte("vms: []\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		m := start(t, qemu.Options{Config: cfg, Oneshot: true})
+		expect(t, m, `hyperroot: config: /etc/hyperroot/config.yaml \(0 VMs\)`)
+		if r := m.Wait(); !r.OK() {
+			t.Fatalf("boot with config: %s", r.Why())
+		}
 
-	ov := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(ov, "etc/hyperroot"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(ov, "etc/hyperroot/config.yaml"), []byte("vms:\n"+guestVM("fromoverlay", 1, "128M", "poweroff", "never")), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	m = start(t, qemu.Options{Overlay: ov, Oneshot: true})
-	expect(t, m, `hyperroot: config: /etc/hyperroot/config.yaml \(1 VMs\)`)
-	expect(t, m, `hyperroot: vm fromoverlay exited code=0 reason=poweroff`)
-	if r := m.Wait(); !r.OK() {
-		t.Fatalf("boot with overlay: %s", r.Why())
-	}
+		ov := t.TempDir()
+		if err := os.MkdirAll(filepath.Join(ov, "etc/hyperroot"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(ov, "etc/hyperroot/config.yaml"), []byte("vms:\n"+guestVM("fromoverlay", 1, "128M", "poweroff", "never")), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		m = start(t, qemu.Options{Overlay: ov, Oneshot: true})
+		expect(t, m, `hyperroot: config: /etc/hyperroot/config.yaml \(1 VMs\)`)
+		expect(t, m, `hyperroot: vm fromoverlay exited code=0 reason=poweroff`)
+		if r := m.Wait(); !r.OK() {
+			t.Fatalf("boot with overlay: %s", r.Why())
+		}
+	})
 }
 
 // TestRunnerVerdict runs the runner command as a CI pipeline would: exit 0

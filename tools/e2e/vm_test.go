@@ -29,7 +29,7 @@ func guestVM(name string, cpus int, mem, action, restart string, cmdline ...stri
 `, name, cpus, mem, action, strings.Join(cmdline, " "), restart)
 }
 
-func writeConfig(t *testing.T, vms ...string) string {
+func writeConfig(t testing.TB, vms ...string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "config.yaml")
 	if err := os.WriteFile(p, []byte("vms:\n"+strings.Join(vms, "")), 0o644); err != nil {
@@ -48,7 +48,9 @@ func TestGuestShapes(t *testing.T) {
 	// running several nested guests at once starve them (Linux gives each
 	// AP 10 s to come up), and that is not what this test measures.
 	for _, s := range []shape{{"s1", 1, "128M", 128}, {"s2", 2, "1G", 1024}, {"s3", 8, "512M", 512}, {"s4", 64, "2G", 2048}, {"s5", 2, "5G", 5120}} {
-		t.Run(fmt.Sprintf("%dcpu-%s", s.cpus, s.mem), func(t *testing.T) { checkShapes(t, []shape{s}) })
+		t.Run(fmt.Sprintf("%dcpu-%s", s.cpus, s.mem), func(t *testing.T) {
+			testbed(t, func(t testing.TB) { checkShapes(t, []shape{s}) })
+		})
 	}
 }
 
@@ -59,7 +61,7 @@ type shape struct {
 	mib  int
 }
 
-func checkShapes(t *testing.T, shapes []shape) {
+func checkShapes(t testing.TB, shapes []shape) {
 	var vms []string
 	for _, s := range shapes {
 		vms = append(vms, guestVM(s.name, s.cpus, s.mem, "poweroff", "never"))
@@ -118,108 +120,116 @@ func checkShapes(t *testing.T, shapes []shape) {
 // TestGuestEndings: poweroff, reboot and panic give the documented exit
 // codes and reasons, and a oneshot run with a failed VM fails.
 func TestGuestEndings(t *testing.T) {
-	cfg := writeConfig(t,
-		guestVM("off", 1, "128M", "poweroff", "on-failure"),
-		guestVM("reboot", 1, "128M", "reboot", "on-failure"),
-		guestVM("panic", 1, "128M", "panic", "always"))
-	m := start(t, qemu.Options{Config: cfg, Oneshot: true})
-	r := m.Wait()
-	for _, want := range []string{
-		"hyperroot: vm off exited code=0 reason=poweroff",
-		"hyperroot: vm reboot exited code=3 reason=reboot",
-		"hyperroot: vm panic exited code=4 reason=crash",
-		"hyperroot: result fail errors=0 vms=",
-	} {
-		found := false
+	testbed(t, func(t testing.TB) {
+		cfg := writeConfig(t,
+			guestVM("off", 1, "128M", "poweroff", "on-failure"),
+			guestVM("reboot", 1, "128M", "reboot", "on-failure"),
+			guestVM("panic", 1, "128M", "panic", "always"))
+		m := start(t, qemu.Options{Config: cfg, Oneshot: true})
+		r := m.Wait()
+		for _, want := range []string{
+			"hyperroot: vm off exited code=0 reason=poweroff",
+			"hyperroot: vm reboot exited code=3 reason=reboot",
+			"hyperroot: vm panic exited code=4 reason=crash",
+			"hyperroot: result fail errors=0 vms=",
+		} {
+			found := false
+			for _, l := range r.Lines {
+				found = found || strings.Contains(l, want)
+			}
+			if !found {
+				t.Errorf("console lacks %q", want)
+			}
+		}
+		if r.OK() {
+			t.Error("oneshot run with a rebooted and a crashed VM passed")
+		}
 		for _, l := range r.Lines {
-			found = found || strings.Contains(l, want)
+			if strings.Contains(l, "restarting") {
+				t.Errorf("oneshot mode restarted a VM: %s", l)
+			}
 		}
-		if !found {
-			t.Errorf("console lacks %q", want)
-		}
-	}
-	if r.OK() {
-		t.Error("oneshot run with a rebooted and a crashed VM passed")
-	}
-	for _, l := range r.Lines {
-		if strings.Contains(l, "restarting") {
-			t.Errorf("oneshot mode restarted a VM: %s", l)
-		}
-	}
+	})
 }
 
 // TestGuestKernelLog boots a 2-vCPU guest that logs everything
 // (ignore_loglevel): its kernel must print no error or warning about the
 // machine the VMM gives it (ACPI tables, PCI bus, devices).
 func TestGuestKernelLog(t *testing.T) {
-	m := start(t, qemu.Options{Config: writeConfig(t, guestVM("loud", 2, "256M", "poweroff", "never", "ignore_loglevel")), Oneshot: true})
-	r := m.Wait()
-	if !r.OK() {
-		t.Fatalf("appliance: %s", r.Why())
-	}
-	bad := regexp.MustCompile(`(?i:ACPI (BIOS )?(Error|Warning)|firmware bug|i8042: .*(fail|error)|rtc_cmos.*(fail|error)|resource conflict|can't claim BAR)|WARNING:|\bBUG:|Call Trace|\bFatal\b`)
-	logged := 0
-	for _, l := range r.Lines {
-		if !strings.HasPrefix(l, "loud| ") {
-			continue
+	testbed(t, func(t testing.TB) {
+		m := start(t, qemu.Options{Config: writeConfig(t, guestVM("loud", 2, "256M", "poweroff", "never", "ignore_loglevel")), Oneshot: true})
+		r := m.Wait()
+		if !r.OK() {
+			t.Fatalf("appliance: %s", r.Why())
 		}
-		logged++
-		if bad.MatchString(l) {
-			t.Errorf("guest kernel complains: %s", l)
+		bad := regexp.MustCompile(`(?i:ACPI (BIOS )?(Error|Warning)|firmware bug|i8042: .*(fail|error)|rtc_cmos.*(fail|error)|resource conflict|can't claim BAR)|WARNING:|\bBUG:|Call Trace|\bFatal\b`)
+		logged := 0
+		for _, l := range r.Lines {
+			if !strings.HasPrefix(l, "loud| ") {
+				continue
+			}
+			logged++
+			if bad.MatchString(l) {
+				t.Errorf("guest kernel complains: %s", l)
+			}
 		}
-	}
-	if logged < 100 {
-		t.Errorf("only %d lines from the verbose guest: was its log captured?", logged)
-	}
-	for _, want := range []string{`loud\| .*PCI host bridge to bus 0000:00`, `loud\| .*pci 0000:00:00\.0: \[8086:0d57\]`, `loud\| .*ACPI: PCI Root Bridge`, `loud\| .*ttyS0 at I/O 0x3f8`, `loud\| .*rtc_cmos .*setting system clock`} {
-		if !hasLine(r.Lines, want) {
-			t.Errorf("guest log lacks %q", want)
+		if logged < 100 {
+			t.Errorf("only %d lines from the verbose guest: was its log captured?", logged)
 		}
-	}
+		for _, want := range []string{`loud\| .*PCI host bridge to bus 0000:00`, `loud\| .*pci 0000:00:00\.0: \[8086:0d57\]`, `loud\| .*ACPI: PCI Root Bridge`, `loud\| .*ttyS0 at I/O 0x3f8`, `loud\| .*rtc_cmos .*setting system clock`} {
+			if !hasLine(r.Lines, want) {
+				t.Errorf("guest log lacks %q", want)
+			}
+		}
+	})
 }
 
 // TestConsoleInput: a line typed on the appliance console as "@vm text"
 // reaches that guest's serial console.
 func TestConsoleInput(t *testing.T) {
-	pr, pw := io.Pipe()
-	defer pw.Close()
-	m := start(t, qemu.Options{Config: writeConfig(t, guestVM("echo", 1, "128M", "echo", "never")), Oneshot: true, Stdin: pr})
-	expect(t, m, `^echo\| guest: action echo$`)
-	fmt.Fprintf(pw, "@echo hello from the host\n")
-	expect(t, m, `^echo\| guest: echo hello from the host$`)
-	fmt.Fprintf(pw, "@echo poweroff\n")
-	expect(t, m, `hyperroot: vm echo exited code=0 reason=poweroff`)
-	if r := m.Wait(); !r.OK() {
-		t.Fatalf("appliance: %s", r.Why())
-	}
+	testbed(t, func(t testing.TB) {
+		pr, pw := io.Pipe()
+		defer pw.Close()
+		m := start(t, qemu.Options{Config: writeConfig(t, guestVM("echo", 1, "128M", "echo", "never")), Oneshot: true, Stdin: pr})
+		expect(t, m, `^echo\| guest: action echo$`)
+		fmt.Fprintf(pw, "@echo hello from the host\n")
+		expect(t, m, `^echo\| guest: echo hello from the host$`)
+		fmt.Fprintf(pw, "@echo poweroff\n")
+		expect(t, m, `hyperroot: vm echo exited code=0 reason=poweroff`)
+		if r := m.Wait(); !r.OK() {
+			t.Fatalf("appliance: %s", r.Why())
+		}
+	})
 }
 
 // TestRestartAndShutdown: restart: always brings a VM back after it powers
 // off; the appliance's power button then shuts a running guest down through
 // its own ACPI power button before the appliance powers off.
 func TestRestartAndShutdown(t *testing.T) {
-	cfg := writeConfig(t,
-		guestVM("again", 1, "128M", "poweroff", "always"),
-		guestVM("waiter", 1, "128M", "wait", "always"))
-	m := start(t, qemu.Options{Config: cfg})
-	expect(t, m, `hyperroot: vm again exited code=0 reason=poweroff`)
-	expect(t, m, `hyperroot: vm again restarting in 1s \(restart: always\)`)
-	expect(t, m, `hyperroot: vm again started`)
-	expect(t, m, `^waiter\| guest: action wait$`)
-	if err := m.QMP("system_powerdown", ""); err != nil {
-		t.Fatal(err)
-	}
-	expect(t, m, `hyperroot: powering off: power-button`)
-	expect(t, m, `^waiter\| guest: power button pressed, powering off$`)
-	expect(t, m, `hyperroot: vm waiter exited code=0 reason=poweroff`)
-	expect(t, m, `hyperroot: poweroff$`)
-	r := m.Wait()
-	if r.ExitCode != 0 || !r.PowerOff {
-		t.Fatalf("exit %d poweroff %v", r.ExitCode, r.PowerOff)
-	}
-	for _, l := range r.Lines {
-		if strings.Contains(l, "killing it") {
-			t.Errorf("a guest had to be killed: %s", l)
+	testbed(t, func(t testing.TB) {
+		cfg := writeConfig(t,
+			guestVM("again", 1, "128M", "poweroff", "always"),
+			guestVM("waiter", 1, "128M", "wait", "always"))
+		m := start(t, qemu.Options{Config: cfg})
+		expect(t, m, `hyperroot: vm again exited code=0 reason=poweroff`)
+		expect(t, m, `hyperroot: vm again restarting in 1s \(restart: always\)`)
+		expect(t, m, `hyperroot: vm again started`)
+		expect(t, m, `^waiter\| guest: action wait$`)
+		if err := m.QMP("system_powerdown", ""); err != nil {
+			t.Fatal(err)
 		}
-	}
+		expect(t, m, `hyperroot: powering off: power-button`)
+		expect(t, m, `^waiter\| guest: power button pressed, powering off$`)
+		expect(t, m, `hyperroot: vm waiter exited code=0 reason=poweroff`)
+		expect(t, m, `hyperroot: poweroff$`)
+		r := m.Wait()
+		if r.ExitCode != 0 || !r.PowerOff {
+			t.Fatalf("exit %d poweroff %v", r.ExitCode, r.PowerOff)
+		}
+		for _, l := range r.Lines {
+			if strings.Contains(l, "killing it") {
+				t.Errorf("a guest had to be killed: %s", l)
+			}
+		}
+	})
 }

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/hyperroot/hyperroot/internal/testenv"
+)
+
+// testKernel returns the Debian bzImage of a built image, which the VMM's
+// bad-input checks need to get past the kernel.
+func testKernel(t *testing.T) string {
+	t.Helper()
+	dir := os.Getenv("HYPERROOT_IMAGE")
+	if dir == "" {
+		dir = "../out/image"
+	}
+	p := filepath.Join(dir, "vmlinuz")
+	_, err := os.Stat(p)
+	testenv.Need(t, err == nil, "no built kernel at "+p+": run ./build.sh build")
+	return p
+}
+
+// captureStderr runs f with os.Stderr redirected and returns what it wrote.
+func captureStderr(t *testing.T, f func()) string {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := os.Stderr
+	os.Stderr = w
+	defer func() { os.Stderr = old }()
+	done := make(chan []byte)
+	go func() {
+		b := make([]byte, 64<<10)
+		n, _ := r.Read(b)
+		done <- b[:n]
+	}()
+	f()
+	w.Close()
+	return string(<-done)
+}
+
+// TestVMMBadInput: every way to ask `hyperroot vmm` for an impossible VM is
+// one line naming the problem and a non-zero exit, never a panic.
+func TestVMMBadInput(t *testing.T) {
+	testenv.NeedKVM(t)
+	kernel := testKernel(t)
+	dir := t.TempDir()
+	truncated := filepath.Join(dir, "truncated")
+	data, err := os.ReadFile(kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(truncated, data[:3000], 0o644)
+	notKernel := filepath.Join(dir, "text")
+	os.WriteFile(notKernel, []byte(strings.Repeat("not a kernel\n", 1000)), 0o644)
+	bigInitrd := filepath.Join(dir, "initrd")
+	f, _ := os.Create(bigInitrd)
+	f.Truncate(200 << 20) // sparse: 200 MiB of initrd for a 128 MiB guest
+	f.Close()
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"no kernel flag", nil, exitUsage, "--kernel is required"},
+		{"missing kernel", []string{"--kernel", "/no/such/vmlinuz"}, exitError, "kernel: open /no/such/vmlinuz: no such file or directory"},
+		{"truncated kernel", []string{"--kernel", truncated}, exitError, "kernel: truncated"},
+		{"not a bzImage", []string{"--kernel", notKernel}, exitError, "kernel: not a bzImage"},
+		{"initrd larger than memory", []string{"--kernel", kernel, "--initrd", bigInitrd, "--memory", "128M"}, exitError, "memory 128 MiB too small: the kernel and its 200 MiB initrd need at least"},
+		{"memory too small", []string{"--kernel", kernel, "--memory", "32M"}, exitError, "memory 32 MiB too small: the kernel need"},
+		{"zero cpus", []string{"--kernel", kernel, "--cpus", "0"}, exitError, "cpus 0: want at least 1"},
+		{"too many cpus", []string{"--kernel", kernel, "--cpus", "100000"}, exitError, "cpus 100000: this host's KVM allows at most"},
+		{"bad memory", []string{"--kernel", kernel, "--memory", "lots"}, exitError, `memory: size "lots"`},
+		{"bad flag", []string{"--kernel", kernel, "--cpu", "2"}, exitUsage, "flag provided but not defined: -cpu"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var code int
+			out := captureStderr(t, func() { code = vmmMain(tc.args) })
+			if code != tc.code || !strings.Contains(out, tc.want) {
+				t.Errorf("hyperroot vmm %v: exit %d (want %d), stderr %q lacks %q", tc.args, code, tc.code, out, tc.want)
+			}
+			if strings.Contains(out, "panic") || strings.Contains(out, "goroutine") {
+				t.Errorf("panic: %s", out)
+			}
+		})
+	}
+}
