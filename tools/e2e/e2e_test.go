@@ -72,7 +72,7 @@ func expect(t testing.TB, m *qemu.Machine, pattern string) string {
 func TestBoot(t *testing.T) {
 	testbed(t, func(t testing.TB) {
 		m := start(t, qemu.Options{Oneshot: true})
-		expect(t, m, `hyperroot: hyperroot \S+ board=qemu kernel=6\.\S+ \(linux-image-\S+ \S+\) cpus=2 \(.+\) memory=\d+ MiB`)
+		expect(t, m, `hyperroot: hyperroot \S+ board=qemu kernel=6\.\S+ \(linux-image-\S+ \S+\) cpus=\d+ \(.+\) memory=\d+ MiB`)
 		mods := expect(t, m, `hyperroot: modules: loaded .* \((\d+) of (\d+) in`)
 		for _, want := range []string{"virtio_pci", "virtio_net", "virtio_blk", "kvm_"} {
 			if !strings.Contains(mods, want) {

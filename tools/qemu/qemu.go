@@ -29,7 +29,7 @@ import (
 type Options struct {
 	Image   string        // directory with vmlinuz, initramfs.cpio, board.yaml (default out/image)
 	Memory  string        // guest RAM in QEMU syntax (default 2G)
-	CPUs    int           // vCPUs (default 2)
+	CPUs    int           // vCPUs (default 2 with KVM, 1 with TCG: see chooseAccel)
 	Append  string        // extra kernel command-line arguments
 	Config  string        // a configuration file, installed as /etc/hyperroot/config.yaml
 	Overlay string        // a directory copied over the image's root
@@ -71,9 +71,6 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 	if o.Memory == "" {
 		o.Memory = "2G"
 	}
-	if o.CPUs == 0 {
-		o.CPUs = 2
-	}
 	if o.Binary == "" {
 		o.Binary = "qemu-system-x86_64"
 	}
@@ -83,7 +80,7 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 	if !memRE.MatchString(o.Memory) {
 		return nil, fmt.Errorf("memory %q: want a size such as 512M or 2G", o.Memory)
 	}
-	if o.CPUs < 1 {
+	if o.CPUs < 0 {
 		return nil, fmt.Errorf("cpus %d: want at least 1", o.CPUs)
 	}
 	qemuPath, err := exec.LookPath(o.Binary)
@@ -97,6 +94,16 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 	accel, err := chooseAccel(o.Accel)
 	if err != nil {
 		return nil, err
+	}
+	if o.CPUs == 0 {
+		// QEMU 7.2's multi-threaded TCG runs nested SVM guests unreliably:
+		// with 2 vCPUs a 64-vCPU guest inside the appliance triple-faults
+		// or crashes the appliance kernel in most boots; with 1 it booted
+		// every time we tried. Hardware KVM has no such trouble.
+		o.CPUs = 2
+		if accel[1] == "tcg" {
+			o.CPUs = 1
+		}
 	}
 	tmp, err := os.MkdirTemp("", "hyperroot-qemu-")
 	if err != nil {

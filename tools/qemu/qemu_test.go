@@ -68,7 +68,7 @@ func TestStartBadInput(t *testing.T) {
 		{Options{Image: img, Binary: "no-such-qemu"}, "no-such-qemu not found: apt-get install qemu-system-x86"},
 		{Options{Image: t.TempDir(), Binary: "sh"}, "no built image in"},
 		{Options{Image: img, Binary: "sh", Memory: "2X"}, `memory "2X"`},
-		{Options{Image: img, Binary: "sh", CPUs: -1}, "cpus -1"},
+		{Options{Image: img, Binary: "sh", CPUs: -1, Accel: "tcg"}, "cpus -1"},
 		{Options{Image: img, Binary: "sh", Config: "/no/such"}, "config /no/such: not a readable file"},
 		{Options{Image: img, Binary: "sh", Overlay: "/no/such"}, "overlay /no/such: not a directory"},
 		{Options{Image: img, Binary: "sh", Accel: "hvf"}, `accel "hvf"`},
