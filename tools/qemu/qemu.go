@@ -258,6 +258,12 @@ func chooseAccel(accel string) ([]string, error) {
 	return nil, fmt.Errorf("accel %q: want auto, kvm or tcg", accel)
 }
 
+// HostAccel is the accelerator "auto" picks on this host: "kvm" or "tcg".
+func HostAccel() string {
+	a, _ := chooseAccel("auto")
+	return a[1]
+}
+
 func hasVirtFlag(cpuinfo string) bool {
 	for _, line := range strings.Split(cpuinfo, "\n") {
 		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "flags" {

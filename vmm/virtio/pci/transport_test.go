@@ -355,7 +355,15 @@ func TestBrokenRingNeedsReset(t *testing.T) {
 		r.publishAvail(100) // 100 entries ahead of a queue of 8
 		h.write(h.notifyAddr(0), 2, 0)
 		dev.expectKick(t, 0)
-		if s := h.status(); s&virtio.StatusDeviceNeedsReset == 0 {
+		// The kick goroutine marks the ring broken after the device's
+		// Kick saw it: wait for that, not just for the kick.
+		deadline := time.Now().Add(5 * time.Second)
+		s := h.status()
+		for s&virtio.StatusDeviceNeedsReset == 0 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+			s = h.status()
+		}
+		if s&virtio.StatusDeviceNeedsReset == 0 {
 			t.Errorf("status %#x, want DEVICE_NEEDS_RESET", s)
 		}
 		h.router.expect(t, 0) // the configuration change interrupt
