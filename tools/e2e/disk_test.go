@@ -310,11 +310,7 @@ func TestDiskErrors(t *testing.T) {
 			"hyperroot: error: vm shrink: disk /guest/vmlinuz: size 4K is smaller than the existing file",
 			"hyperroot: error: vm truncate: disk /guest/initramfs.cpio: size 4K is smaller than the existing file",
 		} {
-			found := false
-			for _, l := range r.Lines {
-				found = found || strings.Contains(l, want)
-			}
-			if !found {
+			if !hasLine(r.Lines, regexp.QuoteMeta(want)) {
 				t.Errorf("console lacks %q", want)
 			}
 		}

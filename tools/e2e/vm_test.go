@@ -133,11 +133,7 @@ func TestGuestEndings(t *testing.T) {
 			"hyperroot: vm panic exited code=4 reason=crash",
 			"hyperroot: result fail errors=0 vms=",
 		} {
-			found := false
-			for _, l := range r.Lines {
-				found = found || strings.Contains(l, want)
-			}
-			if !found {
+			if !hasLine(r.Lines, regexp.QuoteMeta(want)) {
 				t.Errorf("console lacks %q", want)
 			}
 		}
