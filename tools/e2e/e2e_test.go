@@ -190,6 +190,10 @@ func TestConfigAndOverlay(t *testing.T) {
 // path on the kernel command line that does not exist), 2 for bad input.
 func TestRunnerVerdict(t *testing.T) {
 	dir := imageDir(t)
+	noVMs := filepath.Join(t.TempDir(), "novms.yaml")
+	if err := os.WriteFile(noVMs, []byte("vms: []\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	bin := filepath.Join(t.TempDir(), "runner")
 	if out, err := exec.Command("go", "build", "-o", bin, "../runner").CombinedOutput(); err != nil {
 		t.Fatalf("build runner: %v\n%s", err, out)
@@ -200,8 +204,9 @@ func TestRunnerVerdict(t *testing.T) {
 		code int
 		out  string
 	}{
-		{"pass", []string{"-oneshot"}, 0, "runner: PASS"},
-		{"appliance error", []string{"-oneshot", "-append", "hyperroot.config=/no/such.yaml"}, 1, "runner: FAIL: appliance reported: result fail errors=1"},
+		// No VMs: this is about the runner's verdict, not about guests.
+		{"pass", []string{"-oneshot", "-config", noVMs}, 0, "runner: PASS"},
+		{"appliance error", []string{"-oneshot", "-config", noVMs, "-append", "hyperroot.config=/no/such.yaml"}, 1, "runner: FAIL: appliance reported: result fail errors=1"},
 		{"missing config", []string{"-oneshot", "-config", "/no/such.yaml"}, 2, "config /no/such.yaml: not a readable file"},
 		{"missing overlay", []string{"-oneshot", "-overlay", "/no/such/dir"}, 2, "overlay /no/such/dir: not a directory"},
 		{"missing image", []string{"-oneshot", "-image", "/no/such/image"}, 2, "no built image in /no/such/image"},

@@ -18,8 +18,9 @@ import (
 // boots, a 1-vCPU guest rarely). A userspace VMM cannot corrupt its
 // kernel's stack, so an appliance kernel crash is the test bed's fault; a
 // guest triple fault on a TCG host is counted as one too, because it
-// happens with every version of the VMM we tried; and an appliance that
-// never prints its banner hung inside QEMU. Such attempts are run
+// happens with every version of the VMM we tried; an appliance that never
+// prints its banner hung inside QEMU; a guest that never reaches its init
+// and never exits stalled under the emulator. Such attempts are run
 // again, up to maxAttempts, and each retry is logged with its reason; any
 // other failure fails at once. On hardware KVM nothing is retried.
 const maxAttempts = 3
@@ -31,6 +32,8 @@ var (
 	// A guest that died under the emulator, as the VMM reports it.
 	guestTripleRE = regexp.MustCompile(`\| hyperroot vmm: \S+: crash after .*\(vCPU \d+: triple fault\)`)
 	bannerRE      = regexp.MustCompile(`hyperroot: hyperroot \S+ board=`)
+	vmStartedRE   = regexp.MustCompile(`hyperroot: vm (\S+) started pid=`)
+	vmBootedRE    = regexp.MustCompile(`^(\S+)\| guest: booted `)
 )
 
 // testbedFault returns why the machines' consoles show a test-bed fault,
@@ -60,12 +63,36 @@ func faultIn(lines []string, tcg bool) string {
 		// no console output at all for 3 minutes).
 		return fmt.Sprintf("the appliance never printed its banner (%d console lines)", len(lines))
 	}
+	started, booted := map[string]bool{}, map[string]bool{}
+	for _, l := range lines {
+		if m := vmStartedRE.FindStringSubmatch(l); m != nil {
+			started[m[1]] = true
+		}
+		if m := vmBootedRE.FindStringSubmatch(l); m != nil {
+			booted[m[1]] = true
+		}
+	}
 	for _, l := range lines {
 		switch {
 		case !relayedRE.MatchString(l) && hostCrashRE.MatchString(l):
 			return "appliance kernel crashed: " + strings.TrimSpace(l)
 		case guestTripleRE.MatchString(l):
 			return "guest triple fault under TCG: " + strings.TrimSpace(l)
+		}
+	}
+	// A guest whose VMM started but that never reached its init, nor
+	// exited, stalled in boot: its vCPU stopped running under the
+	// emulator (seen with two guests in a 1-vCPU TCG appliance, with RCU
+	// stall reports from the guest when it could still print).
+	for vm := range started {
+		if !booted[vm] {
+			exited := false
+			for _, l := range lines {
+				exited = exited || strings.Contains(l, "hyperroot: vm "+vm+" exited")
+			}
+			if !exited {
+				return "guest " + vm + " stalled in boot under TCG"
+			}
 		}
 	}
 	return ""
@@ -140,6 +167,8 @@ func TestTestbedFault(t *testing.T) {
 		{[]string{"[ 1.0] hyperroot: hyperroot dev board=qemu kernel=x cpus=2 (QEMU TCG CPU version 2.5+) memory=1 MiB", "panic| [ 3.7] Kernel panic - not syncing: sysrq triggered crash"}, true, ""},
 		{[]string{"[ 1.0] hyperroot: hyperroot dev board=qemu kernel=x cpus=2 (AMD EPYC 7B13) memory=1 MiB", "[ 25.4] Kernel panic - not syncing"}, false, ""},
 		{nil, true, "never printed its banner"},
+		{[]string{"[ 1.0] hyperroot: hyperroot dev board=qemu kernel=x cpus=1 (QEMU TCG CPU version 2.5+) memory=1 MiB", "[ 2.0] hyperroot: vm waiter started pid=90 cpus=1 memory=128M", "again| guest: booted nproc=1"}, true, "guest waiter stalled in boot"},
+		{[]string{"[ 1.0] hyperroot: hyperroot dev board=qemu kernel=x cpus=1 (QEMU TCG CPU version 2.5+) memory=1 MiB", "[ 2.0] hyperroot: vm w started pid=90 cpus=1 memory=128M", "[ 3.0] hyperroot: vm w exited code=1 reason=error"}, true, ""},
 		{nil, false, ""},
 	} {
 		got := faultIn(tc.lines, tc.tcg)
