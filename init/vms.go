@@ -134,9 +134,9 @@ func (f *fleet) run(vm config.VM) {
 		if !restart {
 			return
 		}
-		// A VM that dies at once again and again must not spin: back off
-		// up to a minute, and start afresh after a good run.
-		if time.Since(start) > time.Minute {
+		// A VM that fails at once again and again must not spin: back off
+		// up to a minute; a clean poweroff or a long run starts afresh.
+		if clean || time.Since(start) > time.Minute {
 			backoff = time.Second
 		}
 		f.c.Printf("vm %s restarting in %s (restart: %s)", vm.Name, backoff, vm.Restart)
