@@ -29,6 +29,19 @@ func guestVM(name string, cpus int, mem, action, restart string, cmdline ...stri
 `, name, cpus, mem, action, strings.Join(cmdline, " "), restart)
 }
 
+// eventually waits until any console line so far matches pattern,
+// whatever Expect has already read past.
+func eventually(t testing.TB, m *qemu.Machine, pattern string) {
+	t.Helper()
+	deadline := time.Now().Add(bootTimeout)
+	for !hasLine(m.Lines(), pattern) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no console line matched %q within %s", pattern, bootTimeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 func writeConfig(t testing.TB, vms ...string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "config.yaml")
@@ -210,7 +223,9 @@ func TestRestartAndShutdown(t *testing.T) {
 		expect(t, m, `hyperroot: vm again exited code=0 reason=poweroff`)
 		expect(t, m, `hyperroot: vm again restarting in 1s \(restart: always\)`)
 		expect(t, m, `hyperroot: vm again started`)
-		expect(t, m, `^waiter\| guest: action wait$`)
+		// The two guests boot side by side: the waiter's line may come
+		// before or after the lines above.
+		eventually(t, m, `^waiter\| guest: action wait$`)
 		if err := m.QMP("system_powerdown", ""); err != nil {
 			t.Fatal(err)
 		}
