@@ -111,6 +111,16 @@ func TestBoot(t *testing.T) {
 	})
 }
 
+// wantLines fails t for each of wants that no console line contains.
+func wantLines(t testing.TB, lines []string, wants ...string) {
+	t.Helper()
+	for _, want := range wants {
+		if !hasLine(lines, regexp.QuoteMeta(want)) {
+			t.Errorf("console lacks %q", want)
+		}
+	}
+}
+
 func hasLine(lines []string, pattern string) bool {
 	re := regexp.MustCompile(pattern)
 	for _, l := range lines {
