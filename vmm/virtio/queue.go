@@ -316,3 +316,29 @@ func (q *Queue) EnableNotifications() bool {
 
 // Err is the error that broke the queue, or nil.
 func (q *Queue) Err() error { return q.err }
+
+// Resume makes an activated queue continue where another device left off
+// instead of at index 0: the next available entry it consumes is avail, and
+// its used index is whatever used->idx holds in guest memory. A vhost-user
+// backend calls it for VHOST_USER_SET_VRING_BASE, and after a reconnect,
+// when the frontend passes the used index as the base because the buffers
+// the previous backend had taken but not returned are lost (harmless for a
+// NIC: the frames are dropped).
+func (q *Queue) Resume(avail uint16) {
+	if !q.active {
+		return
+	}
+	word := atomic.LoadUint32(q.usedWord)
+	q.lastAvail = avail
+	q.usedIdx = uint16(word >> 16)
+	q.usedFlags = uint16(word)
+	q.signalled = q.usedIdx
+}
+
+// NextAvail is the index of the next available entry the queue will
+// consume: the vring base VHOST_USER_GET_VRING_BASE reports when a backend
+// stops.
+func (q *Queue) NextAvail() uint16 { return q.lastAvail }
+
+// UsedIndex is the device's used->idx.
+func (q *Queue) UsedIndex() uint16 { return q.usedIdx }

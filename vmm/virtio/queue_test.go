@@ -433,3 +433,42 @@ func TestAvailEventKeepsNeighbour(t *testing.T) {
 		t.Fatalf("avail_event %d, neighbour % x", d.availEvent(), next[:2])
 	}
 }
+
+// TestResume hands a running queue over to a fresh Queue, as a vhost-user
+// backend does across GET_VRING_BASE / SET_VRING_BASE or a reconnect: the
+// new one must continue at the old one's indices, not at zero.
+func TestResume(t *testing.T) {
+	mem := newFakeRAM(0, ramSize)
+	d := newDriver(t, mem, 4, descAt, availAt, usedAt)
+	q := d.queue(FeatureVersion1)
+	d.add(0, 1, 2)
+	for range 2 {
+		head, ok, err := q.Pop()
+		if !ok || err != nil {
+			t.Fatalf("Pop = %v, %v", ok, err)
+		}
+		if err := q.Push(head, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := q.NextAvail()
+	if base != 2 || q.UsedIndex() != 2 {
+		t.Fatalf("NextAvail, UsedIndex = %d, %d; want 2, 2", base, q.UsedIndex())
+	}
+	q2 := d.queue(FeatureVersion1)
+	q2.Resume(base)
+	head, ok, err := q2.Pop()
+	if !ok || err != nil || head != 2 {
+		t.Fatalf("resumed Pop = %d, %v, %v; want head 2", head, ok, err)
+	}
+	if err := q2.Push(head, 5); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.usedIdx(); got != 3 {
+		t.Fatalf("used idx after the resumed Push = %d, want 3", got)
+	}
+	if id, n := d.usedElem(2); id != 2 || n != 5 {
+		t.Fatalf("used[2] = %d/%d, want 2/5", id, n)
+	}
+	mem.checkGuards(t)
+}
