@@ -30,6 +30,8 @@ type diskSpec struct {
 	ID        string
 	IOPS      uint64
 	Bandwidth uint64 // bytes per second
+	Direct    bool   // O_DIRECT
+	IO        machine.IOBackend
 }
 
 // diskArg is the --disk flag value for configured disk d, passed as fd.
@@ -47,8 +49,16 @@ func diskArg(fd int, d config.Disk) string {
 	if d.Limits.Bandwidth > 0 {
 		s += fmt.Sprintf(",bps=%d", uint64(d.Limits.Bandwidth))
 	}
+	if d.Direct {
+		s += ",direct"
+	}
+	if d.IO != "" {
+		s += ",io=" + d.IO
+	}
 	return s
 }
+
+const diskKeys = "fd, path, ro, id, iops, bps, direct, io"
 
 // parseDiskSpec reads a --disk flag.
 func parseDiskSpec(s string) (diskSpec, error) {
@@ -60,15 +70,16 @@ func parseDiskSpec(s string) (diskSpec, error) {
 			return d, fmt.Errorf("%s given twice", k)
 		}
 		seen[k] = true
-		if k == "ro" {
+		if k == "ro" || k == "direct" {
 			if hasValue {
-				return d, fmt.Errorf("ro takes no value")
+				return d, fmt.Errorf("%s takes no value", k)
 			}
-			d.ReadOnly = true
+			d.ReadOnly = d.ReadOnly || k == "ro"
+			d.Direct = d.Direct || k == "direct"
 			continue
 		}
 		if !hasValue || v == "" {
-			return d, fmt.Errorf("%q: want key=value (keys: fd, path, ro, id, iops, bps)", f)
+			return d, fmt.Errorf("%q: want key=value (keys: %s)", f, diskKeys)
 		}
 		switch k {
 		case "fd":
@@ -99,8 +110,18 @@ func parseDiskSpec(s string) (diskSpec, error) {
 				return d, fmt.Errorf("bps %q: want bytes per second, such as 52428800 or 50M", v)
 			}
 			d.Bandwidth = uint64(n)
+		case "io":
+			switch v {
+			case "auto":
+			case "uring", "io_uring":
+				d.IO = machine.IOUring
+			case "pool":
+				d.IO = machine.IOPool
+			default:
+				return d, fmt.Errorf("io %q: want auto, uring or pool", v)
+			}
 		default:
-			return d, fmt.Errorf("unknown key %q (keys: fd, path, ro, id, iops, bps)", k)
+			return d, fmt.Errorf("unknown key %q (keys: %s)", k, diskKeys)
 		}
 	}
 	if (d.FD < 0) == (d.Path == "") {
@@ -128,7 +149,7 @@ func (d diskSpec) open() (*os.File, error) {
 
 // machineDisk is the disk as the machine takes it.
 func (d diskSpec) machineDisk(f *os.File) machine.Disk {
-	return machine.Disk{File: f, ReadOnly: d.ReadOnly, ID: d.ID, IOPS: d.IOPS, Bandwidth: d.Bandwidth}
+	return machine.Disk{File: f, ReadOnly: d.ReadOnly, ID: d.ID, IOPS: d.IOPS, Bandwidth: d.Bandwidth, Direct: d.Direct, IO: d.IO}
 }
 
 // diskFlags collects repeated --disk flags, parsed after flag parsing so

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/vmm/machine"
 )
 
 func TestParseDiskSpec(t *testing.T) {
@@ -21,6 +22,12 @@ func TestParseDiskSpec(t *testing.T) {
 		{in: "path=/x.img,ro", want: diskSpec{FD: -1, Path: "/x.img", ReadOnly: true}},
 		{in: "fd=7,ro,id=web-0,iops=2000,bps=50M", want: diskSpec{FD: 7, ReadOnly: true, ID: "web-0", IOPS: 2000, Bandwidth: 50 << 20}},
 		{in: "fd=4,bps=52428800", want: diskSpec{FD: 4, Bandwidth: 52428800}},
+		{in: "path=/x.img,direct,io=pool", want: diskSpec{FD: -1, Path: "/x.img", Direct: true, IO: machine.IOPool}},
+		{in: "fd=3,io=uring", want: diskSpec{FD: 3, IO: machine.IOUring}},
+		{in: "fd=3,io=io_uring", want: diskSpec{FD: 3, IO: machine.IOUring}},
+		{in: "fd=3,io=auto", want: diskSpec{FD: 3}},
+		{in: "fd=3,io=aio", err: `io "aio": want auto, uring or pool`},
+		{in: "fd=3,direct=1", err: "direct takes no value"},
 		{in: "", err: `"": want key=value`},
 		{in: "ro", err: "want exactly one of fd=N and path=FILE"},
 		{in: "fd=3,path=/x", err: "want exactly one of"},

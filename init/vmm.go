@@ -35,7 +35,8 @@ func vmmMain(args []string) int {
 		disks   diskFlags
 	)
 	fs.Var(&disks, "disk", "a virtio-blk disk, repeatable: path=FILE or fd=N (inherited), then\n"+
-		"optionally ,ro ,id=SERIAL ,iops=N ,bps=BYTES (per second, e.g. 50M)")
+		"optionally ,ro ,id=SERIAL ,iops=N ,bps=BYTES (per second, e.g. 50M) ,direct (O_DIRECT)\n"+
+		",io=auto|uring|pool (block backend; auto tries io_uring first)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: hyperroot vmm --kernel K [--initrd I] [--cmdline C] [--cpus N] [--memory SIZE] [--disk path=IMG]...\n\n"+
 			"Exit status: 0 guest powered off, 1 VMM error, 2 usage, 3 guest reset, 4 guest crashed, 5 stopped.\n\n")
@@ -109,6 +110,9 @@ func vmmMain(args []string) int {
 	defer m.Close()
 	// stdout is the guest's console: the VMM's own notes go to stderr.
 	for i, kind := range m.DiskBackends() {
+		if cfg.Disks[i].Direct {
+			kind += ", O_DIRECT"
+		}
 		fmt.Fprintf(os.Stderr, "hyperroot vmm: disk %d: %s\n", i, kind)
 	}
 	// The kernel and initrd are in guest memory now: hand their copies

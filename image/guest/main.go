@@ -7,8 +7,10 @@
 // Actions: poweroff (default), reboot, panic, echo (answer each console line
 // with "guest: echo <line>" until a line "poweroff"), wait (run until killed),
 // and the virtio-blk actions of disk.go (disk-write, disk-verify,
-// disk-fsync-then-hang, disk-rw-parallel, disk-ro, disk-iops), which may be
-// chained with commas and take hyperroot.seed=<n>; they power off when done.
+// disk-fsync-then-hang, disk-rw-parallel, disk-ro, disk-iops) and the disk
+// benchmark of diskbench.go (disk-bench, options in hyperroot.diskbench=),
+// which may be chained with commas and take hyperroot.seed=<n>; they power
+// off when done.
 package main
 
 import (
@@ -37,6 +39,7 @@ func main() {
 		}
 	}
 	loadModules()
+	reportCRNG(time.Now())
 	n, _ := powerkey.Watch(func() {
 		fmt.Println("guest: power button pressed, powering off")
 		unix.Sync()

@@ -1,5 +1,5 @@
 // Package config is the appliance's declarative configuration: what the
-// user asked for (VMs, later networks), as opposed to what is running. It
+// user asked for (networks, VMs), as opposed to what is running. It
 // decodes YAML strictly: an unknown key, a wrong type or a bad value is an
 // error that names file:line:column, because a typo in a hypervisor's
 // configuration must not silently become a default.
@@ -18,7 +18,10 @@ import (
 
 // Config is one configuration file.
 type Config struct {
-	VMs []VM
+	Networks []Network
+	// Host, if set, puts the appliance's own IP stack on a network.
+	Host *Host
+	VMs  []VM
 }
 
 // VM is one virtual machine as configured.
@@ -31,6 +34,7 @@ type VM struct {
 	Cmdline string  // kernel command line, default "console=ttyS0"
 	Restart Restart // default on-failure
 	Disks   []Disk  // virtio-blk disks, in the order the guest sees them (vda, vdb, ...)
+	NICs    []NIC   // virtio-net interfaces, ports of the switch (eth0, eth1, ...)
 }
 
 // Disk is one virtio-blk disk of a VM: a raw image file or a block device
@@ -46,6 +50,13 @@ type Disk struct {
 	// at most 20 bytes; the default is "<vm name>-<index>".
 	ID     string
 	Limits DiskLimits
+	// Direct opens the disk with O_DIRECT: no copy of its data in the
+	// appliance's page cache (the guest caches for itself), at the price
+	// of every read reaching the device.
+	Direct bool
+	// IO is the block backend: "" (auto: io_uring where the kernel
+	// allows it, else a thread pool), "io_uring" or "pool".
+	IO string
 }
 
 // DiskLimits bound a disk's throughput with token buckets that hold one
@@ -122,10 +133,15 @@ func Parse(file string, data []byte) (*Config, error) {
 	}
 	doc := root.Content[0]
 	d.mapping(doc, map[string]func(*yaml.Node){
+		"networks": func(n *yaml.Node) {
+			d.sequence(n, func(item *yaml.Node) { c.Networks = append(c.Networks, d.network(item)) })
+		},
+		"host": func(n *yaml.Node) { c.Host = d.host(n) },
 		"vms": func(n *yaml.Node) {
 			d.sequence(n, func(item *yaml.Node) { c.VMs = append(c.VMs, d.vm(item)) })
 		},
 	})
+	d.checkNetworks(doc, c)
 	seen := map[string]bool{}
 	for i, vm := range c.VMs {
 		if seen[vm.Name] {
@@ -200,6 +216,12 @@ func (d *decoder) vm(n *yaml.Node) VM {
 				d.errf(v, "restart %q: want always, on-failure or never", vm.Restart)
 			}
 		},
+		"nics": func(v *yaml.Node) {
+			d.sequence(v, func(item *yaml.Node) { vm.NICs = append(vm.NICs, d.nic(item)) })
+			if len(vm.NICs) > MaxNICs {
+				d.errf(v, "nics: %d NICs, want at most %d", len(vm.NICs), MaxNICs)
+			}
+		},
 		"disks": func(v *yaml.Node) {
 			d.sequence(v, func(item *yaml.Node) { vm.Disks = append(vm.Disks, d.disk(item)) })
 			if len(vm.Disks) > MaxDisks {
@@ -217,6 +239,11 @@ func (d *decoder) vm(n *yaml.Node) VM {
 	for i := range vm.Disks {
 		if vm.Disks[i].ID == "" {
 			vm.Disks[i].ID = defaultDiskID(vm.Name, i)
+		}
+	}
+	for i := range vm.NICs {
+		if vm.NICs[i].MAC == nil {
+			vm.NICs[i].MAC = DefaultMAC(vm.Name, i)
 		}
 	}
 	if n.Kind == yaml.MappingNode {
@@ -246,6 +273,16 @@ func (d *decoder) disk(n *yaml.Node) Disk {
 			disk.Size = s
 		},
 		"readonly": func(v *yaml.Node) { disk.ReadOnly = d.boolean(v) },
+		"direct":   func(v *yaml.Node) { disk.Direct = d.boolean(v) },
+		"io": func(v *yaml.Node) {
+			switch s := d.str(v); s {
+			case "auto":
+			case "io_uring", "pool":
+				disk.IO = s
+			default:
+				d.errf(v, "io %q: want auto, io_uring or pool", s)
+			}
+		},
 		"id": func(v *yaml.Node) {
 			disk.ID = d.str(v)
 			if !diskIDRE.MatchString(disk.ID) {

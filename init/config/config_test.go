@@ -36,7 +36,7 @@ vms:
 
 func TestParseErrors(t *testing.T) {
 	for _, tc := range []struct{ name, yaml, want string }{
-		{"unknown top key", "vm: []\n", `c.yaml:1:1: unknown key "vm" (known: vms)`},
+		{"unknown top key", "vm: []\n", `c.yaml:1:1: unknown key "vm" (known: host, networks, vms)`},
 		{"unknown vm key", "vms:\n  - name: a\n    kernel: /k\n    cpu: 2\n", `c.yaml:4:5: unknown key "cpu"`},
 		{"bad cpus", "vms:\n  - {name: a, kernel: /k, cpus: 0}\n", "c.yaml:2:33: cpus 0: want 1 to 1024"},
 		{"cpus not a number", "vms:\n  - {name: a, kernel: /k, cpus: two}\n", `c.yaml:2:33: want a whole number, found "two"`},
@@ -81,6 +81,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("vms: [{name: a}]\n"))
 	f.Add([]byte("&a [*a]"))
 	f.Add([]byte("vms:\n  - {name: a, kernel: /k, disks: [{path: /d.img, size: 1G, readonly: true, id: x, limits: {iops: 5, bandwidth: 1M}}]}\n"))
+	f.Add([]byte("networks:\n  - {name: lan, subnet: 10.0.0.0/24, vlan: 7, dhcp: {from: 10.0.0.10, to: 10.0.0.20}, uplink: eth0}\nhost: {network: lan, address: dhcp}\nvms:\n  - {name: a, kernel: /k, nics: [{network: lan, mac: \"52:54:00:00:00:01\", limits: {rx: 1G, tx: 10M}}]}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse("f.yaml", data)
 		if err == nil {
@@ -112,9 +113,13 @@ vms:
       - { path: /data/web.img, size: 1G, readonly: false, id: web-root, limits: { iops: 2000, bandwidth: 50M } }
       - path: /dev/vdb
         readonly: true
+        direct: true
+        io: pool
+      - { path: /c.img, io: auto }
 `, []Disk{
 			{Path: "/data/web.img", Size: 1 << 30, ID: "web-root", Limits: DiskLimits{IOPS: 2000, Bandwidth: 50 << 20}},
-			{Path: "/dev/vdb", ReadOnly: true, ID: "web-1"},
+			{Path: "/dev/vdb", ReadOnly: true, ID: "web-1", Direct: true, IO: "pool"},
+			{Path: "/c.img", ID: "web-2"},
 		}},
 		{"default id keeps the index", `
 vms:
@@ -153,7 +158,8 @@ func TestParseDiskErrors(t *testing.T) {
 		{"not a list", "vms:\n  - {name: a, kernel: /k, disks: {path: /a}}\n", "c.yaml:2:34: want a list, found a mapping"},
 		{"no path", vm("      - {size: 1G}\n"), "c.yaml:5:9: disk: path is required"},
 		{"relative path", vm("      - {path: a.img}\n"), `c.yaml:5:16: path "a.img": want an absolute path`},
-		{"unknown key", vm("      - {path: /a, sise: 1G}\n"), `c.yaml:5:20: unknown key "sise" (known: id, limits, path, readonly, size)`},
+		{"unknown key", vm("      - {path: /a, sise: 1G}\n"), `c.yaml:5:20: unknown key "sise" (known: direct, id, io, limits, path, readonly, size)`},
+		{"bad io", vm("      - {path: /a, io: aio}\n"), `c.yaml:5:24: io "aio": want auto, io_uring or pool`},
 		{"bad size", vm("      - {path: /a, size: big}\n"), `c.yaml:5:26: size: size "big"`},
 		{"zero size", vm("      - {path: /a, size: 0}\n"), "c.yaml:5:26: size 0: want a non-zero multiple of 512 bytes"},
 		{"odd size", vm("      - {path: /a, size: 1000}\n"), "size 1000: want a non-zero multiple of 512"},

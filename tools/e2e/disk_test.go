@@ -147,14 +147,16 @@ func mustPass(t testing.TB, r qemu.Result) {
 // TestDiskWriteVerify: a guest writes files on an ext4 disk and powers
 // off; the host finds them in the image file with the right contents; a
 // second boot, with the disk read-only, reads them back, cannot change the
-// disk, and leaves the image bit for bit as it was.
+// disk, and leaves the image bit for bit as it was. The writer uses the
+// thread-pool backend with O_DIRECT, the reader the default (io_uring), so
+// both backends and both caching modes are exercised on a real guest.
 func TestDiskWriteVerify(t *testing.T) {
 	testbed(t, func(t testing.TB) {
 		const seed = 7
 		img := mkext4(t, "32M")
-		cfg := writeConfig(t, diskVM("writer", 1, "192M", "disk-write", seed, []string{"{path: /dev/vda}"}))
+		cfg := writeConfig(t, diskVM("writer", 1, "192M", "disk-write", seed, []string{"{path: /dev/vda, direct: true, io: pool}"}))
 		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Drives: []string{img}})
-		expect(t, m, `^writer\| hyperroot vmm: disk 0: (io_uring|pool)`)
+		expect(t, m, `^writer\| hyperroot vmm: disk 0: pool, O_DIRECT$`)
 		r := m.Wait()
 		mustPass(t, r)
 		got := guestFiles(r.Lines, "writer")
@@ -186,6 +188,7 @@ func TestDiskWriteVerify(t *testing.T) {
 		}
 		cfg = writeConfig(t, diskVM("reader", 1, "192M", "disk-verify,disk-ro", seed, []string{"{path: /dev/vda, readonly: true}"}))
 		m = start(t, qemu.Options{Config: cfg, Oneshot: true, Drives: []string{img}})
+		expect(t, m, `^reader\| hyperroot vmm: disk 0: io_uring$`)
 		ro := expect(t, m, `^reader\| guest: ro `)
 		r = m.Wait()
 		mustPass(t, r)

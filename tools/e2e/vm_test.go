@@ -159,10 +159,13 @@ func TestGuestEndings(t *testing.T) {
 
 // TestGuestKernelLog boots a 2-vCPU guest that logs everything
 // (ignore_loglevel): its kernel must print no error or warning about the
-// machine the VMM gives it (ACPI tables, PCI bus, devices).
+// machine the VMM gives it (ACPI tables, PCI bus, devices). The guest
+// trusts neither RDRAND nor a boot loader seed, so its crng must be seeded
+// by the virtio-rng, promptly once the module is loaded.
 func TestGuestKernelLog(t *testing.T) {
 	testbed(t, func(t testing.TB) {
-		m := start(t, qemu.Options{Config: writeConfig(t, guestVM("loud", 2, "256M", "poweroff", "never", "ignore_loglevel")), Oneshot: true})
+		m := start(t, qemu.Options{Config: writeConfig(t, guestVM("loud", 2, "256M", "poweroff", "never",
+			"ignore_loglevel random.trust_cpu=off random.trust_bootloader=off")), Oneshot: true})
 		r := m.Wait()
 		if !r.OK() {
 			t.Fatalf("appliance: %s", r.Why())
@@ -181,7 +184,21 @@ func TestGuestKernelLog(t *testing.T) {
 		if logged < 100 {
 			t.Errorf("only %d lines from the verbose guest: was its log captured?", logged)
 		}
-		for _, want := range []string{`loud\| .*PCI host bridge to bus 0000:00`, `loud\| .*pci 0000:00:00\.0: \[8086:0d57\]`, `loud\| .*ACPI: PCI Root Bridge`, `loud\| .*ttyS0 at I/O 0x3f8`, `loud\| .*rtc_cmos .*setting system clock`} {
+		crng := regexp.MustCompile(`^loud\| guest: crng ready after_modules_ms=(\d+)$`)
+		ready := false
+		for _, l := range r.Lines {
+			if c := crng.FindStringSubmatch(l); c != nil {
+				ready = true
+				t.Logf("crng ready %s ms after the guest loaded virtio_rng", c[1])
+				if ms, _ := strconv.Atoi(c[1]); ms > 2000 {
+					t.Errorf("crng seeded only %d ms after virtio_rng was loaded", ms)
+				}
+			}
+		}
+		if !ready {
+			t.Errorf("the guest never reported its crng ready (virtio-rng entropy not credited?)")
+		}
+		for _, want := range []string{`loud\| .*random: crng init done`, `loud\| .*PCI host bridge to bus 0000:00`, `loud\| .*pci 0000:00:00\.0: \[8086:0d57\]`, `loud\| .*ACPI: PCI Root Bridge`, `loud\| .*ttyS0 at I/O 0x3f8`, `loud\| .*rtc_cmos .*setting system clock`} {
 			if !hasLine(r.Lines, want) {
 				t.Errorf("guest log lacks %q", want)
 			}

@@ -60,6 +60,12 @@ type Request struct {
 	// reused as soon as Submit returns.
 	Bufs   [][]byte
 	Cookie uint64 // returned unchanged in the Completion
+	// Defer queues the request without starting it: the next Commit (or
+	// a Submit without Defer) starts it together with the others. A
+	// device submitting everything a driver's kick made available sets
+	// it and commits once, so io_uring enters the kernel once per batch
+	// instead of once per request.
+	Defer bool
 }
 
 // Completion reports the end of a request.
@@ -83,6 +89,8 @@ type Backend interface {
 	// completion will be delivered for it; otherwise exactly one will,
 	// unless the backend is closed first.
 	Submit(Request) error
+	// Commit starts every request submitted with Defer.
+	Commit()
 	// Completions delivers one Completion per accepted request, in any
 	// order. It is closed by Close.
 	Completions() <-chan Completion
@@ -179,6 +187,11 @@ type slot struct {
 	len  int64        // total bytes of a read/write
 	done int64        // bytes already transferred
 	mode uint32       // fallocate mode in use
+
+	// A request with buffers O_DIRECT cannot take runs on bounce (see
+	// check); guest holds its real buffers meanwhile.
+	guest  [][]byte
+	bounce []byte
 }
 
 func newDisk(f *os.File, o Options) (*disk, error) {
@@ -253,47 +266,54 @@ func (d *disk) Alignment() Alignment           { return d.align }
 
 // check validates a request against the disk; it returns the byte length
 // of a read or write.
-func (d *disk) check(r *Request) (int64, error) {
-	var n int64
+// check validates r and returns its length in bytes, and whether its
+// buffers must go through a bounce buffer: with O_DIRECT, a request whose
+// offset and length are aligned but whose guest buffers are not (odd
+// addresses, a sector split across two buffers) is copied through an
+// aligned buffer rather than failed.
+func (d *disk) check(r *Request) (n int64, bounce bool, err error) {
 	switch r.Op {
 	case Read, Write:
 		if r.Op == Write && d.ro {
-			return 0, ErrReadOnly
+			return 0, false, ErrReadOnly
 		}
 		if len(r.Bufs) > maxIovecs {
-			return 0, fmt.Errorf("%w: %d buffers (max %d)", ErrInvalid, len(r.Bufs), maxIovecs)
+			return 0, false, fmt.Errorf("%w: %d buffers (max %d)", ErrInvalid, len(r.Bufs), maxIovecs)
 		}
 		for _, b := range r.Bufs {
 			n += int64(len(b))
 		}
 	case Discard, WriteZeroes:
 		if d.ro {
-			return 0, ErrReadOnly
+			return 0, false, ErrReadOnly
 		}
 		if r.Length <= 0 {
-			return 0, fmt.Errorf("%w: %v of length %d", ErrInvalid, r.Op, r.Length)
+			return 0, false, fmt.Errorf("%w: %v of length %d", ErrInvalid, r.Op, r.Length)
 		}
 		n = r.Length
 	case Flush:
-		return 0, nil
+		return 0, false, nil
 	default:
-		return 0, fmt.Errorf("%w: %v", ErrInvalid, r.Op)
+		return 0, false, fmt.Errorf("%w: %v", ErrInvalid, r.Op)
 	}
 	// Written so that no sum can overflow: n <= size is checked first.
 	if r.Offset < 0 || n > d.size || r.Offset > d.size-n {
-		return 0, ErrOutOfRange
+		return 0, false, ErrOutOfRange
 	}
 	if a := d.align; a.Offset > 1 {
 		if r.Offset%int64(a.Offset) != 0 || n%int64(a.Offset) != 0 {
-			return 0, ErrMisaligned
+			return 0, false, ErrMisaligned
 		}
 		for _, b := range r.Bufs {
 			if len(b)%a.Offset != 0 || (len(b) > 0 && a.Memory > 1 && addr(b)%uintptr(a.Memory) != 0) {
-				return 0, ErrMisaligned
+				if n > maxBounce {
+					return 0, false, fmt.Errorf("%w: %d-byte request with unaligned buffers (bounce limit %d)", ErrMisaligned, n, maxBounce)
+				}
+				return n, true, nil
 			}
 		}
 	}
-	return n, nil
+	return n, false, nil
 }
 
 // take validates r and reserves a slot for it; d.mu must be held.
@@ -301,7 +321,7 @@ func (d *disk) take(r *Request) (int32, *slot, error) {
 	if d.closing {
 		return 0, nil, ErrClosed
 	}
-	n, err := d.check(r)
+	n, bounce, err := d.check(r)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -315,7 +335,50 @@ func (d *disk) take(r *Request) (int32, *slot, error) {
 	s.bufs = append(s.bufs[:0], r.Bufs...)
 	s.req.Bufs = nil
 	s.len, s.done = n, 0
+	if bounce {
+		s.useBounce(int(n), d.align.Memory)
+	}
 	return i, s, nil
+}
+
+// maxBounce bounds a request copied through a bounce buffer: larger than
+// any request Linux's virtio-blk driver sends by default (seg_max 254 times
+// a page is about 1 MiB), small enough that a slot's buffer stays cheap.
+const maxBounce = 4 << 20
+
+// useBounce moves the request's guest buffers aside and points the slot at
+// an aligned buffer of n bytes, filled with the data of a write. The buffer
+// is kept for the slot's next misaligned request, so a guest that sends
+// many allocates once per slot.
+func (s *slot) useBounce(n, align int) {
+	align = max(align, sectorSize)
+	if cap(s.bounce) < n {
+		raw := make([]byte, (n+65535)&^65535+align)
+		start := (align - int(addr(raw)%uintptr(align))) % align
+		s.bounce = raw[start : start+(n+65535)&^65535]
+	}
+	buf := s.bounce[:n]
+	s.guest = append(s.guest[:0], s.bufs...)
+	if s.req.Op == Write {
+		off := 0
+		for _, b := range s.guest {
+			off += copy(buf[off:], b)
+		}
+	}
+	s.bufs = append(s.bufs[:0], buf)
+}
+
+// endBounce copies what a read brought into the bounce buffer out to the
+// guest's buffers and drops them.
+func (s *slot) endBounce() {
+	if s.req.Op == Read {
+		data := s.bounce[:s.done]
+		for _, b := range s.guest {
+			data = data[copy(b, data):]
+		}
+	}
+	clear(s.guest)
+	s.guest = s.guest[:0]
 }
 
 // release returns slot i to the free list and gives the completion to
@@ -325,6 +388,9 @@ func (d *disk) release(i int32, err error) Completion {
 	c := Completion{Cookie: s.req.Cookie, N: s.done, Err: err}
 	if err == nil && (s.req.Op == Discard || s.req.Op == WriteZeroes) {
 		c.N = s.req.Length
+	}
+	if len(s.guest) > 0 {
+		s.endBounce()
 	}
 	clear(s.bufs) // drop references to guest buffers
 	s.bufs = s.bufs[:0]

@@ -25,7 +25,7 @@ func FuzzRequestCheck(f *testing.F) {
 			for i := 0; i+1 < len(sizes); i += 2 {
 				r.Bufs = append(r.Bufs, backing[:binary.LittleEndian.Uint16(sizes[i:])])
 			}
-			n, err := d.check(&r)
+			n, _, err := d.check(&r)
 			if err != nil {
 				if d.ro && errors.Is(err, ErrReadOnly) && r.Op != Write && r.Op != Discard && r.Op != WriteZeroes {
 					t.Fatalf("%v refused as read-only", r.Op)

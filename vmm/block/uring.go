@@ -22,6 +22,7 @@ type Uring struct {
 	ring    *uring.Ring
 	efd     *os.File // eventfd, non-blocking, so reads park in the netpoller
 	reaped  chan struct{}
+	refused bool // io_uring_enter refused queued SQEs; guarded by mu
 	evbuf   [8]byte
 	wakebuf [8]byte
 }
@@ -82,13 +83,32 @@ func (u *Uring) Submit(r Request) error {
 		u.release(i, nil)
 		return err
 	}
+	if !r.Defer {
+		u.submit()
+	}
 	return nil
 }
 
-// queue prepares the SQE for what remains of slot i and enters the kernel;
-// u.mu must be held. It fails only when no SQE was queued. A failed
-// io_uring_enter (EAGAIN, EBUSY, anything) leaves the SQE queued, so the
-// request is still in flight: the reaper submits it again later.
+// Commit implements Backend: one io_uring_enter for every deferred SQE.
+func (u *Uring) Commit() {
+	u.mu.Lock()
+	u.submit()
+	u.mu.Unlock()
+}
+
+// submit hands every queued SQE to the kernel; u.mu must be held. When the
+// kernel refuses some, the reaper retries; SQEs queued with Defer are left
+// for Commit, never started behind the submitter's back.
+func (u *Uring) submit() {
+	_, err := u.ring.Submit()
+	u.refused = err != nil && u.ring.Pending() > 0
+}
+
+// queue prepares the SQE for what remains of slot i; u.mu must be held.
+// The caller enters the kernel (ring.Submit), at once or for a batch. It
+// fails only when no SQE was queued. A failed io_uring_enter (EAGAIN,
+// EBUSY, anything) leaves the SQE queued, so the request is still in
+// flight: the reaper submits it again later.
 func (u *Uring) queue(i int32, s *slot) error {
 	var err error
 	ud := uint64(i)
@@ -110,7 +130,6 @@ func (u *Uring) queue(i int32, s *slot) error {
 		// Cannot happen while the SQ is as deep as the slot table.
 		return fmt.Errorf("%w: %w", ErrBusy, err)
 	}
-	u.ring.Submit()
 	return nil
 }
 
@@ -130,10 +149,10 @@ func (u *Uring) reap() {
 			u.complete(c)
 		}
 		u.mu.Lock()
-		if u.ring.Pending() > 0 {
-			u.ring.Submit() // SQEs refused earlier with EAGAIN/EBUSY
+		if u.refused {
+			u.submit() // SQEs refused earlier with EAGAIN/EBUSY
 		}
-		stuck := u.ring.Pending() > 0
+		stuck := u.refused
 		done := u.closing && len(u.free) == len(u.slots)
 		u.mu.Unlock()
 		if done {
@@ -170,12 +189,14 @@ func (u *Uring) complete(c uring.CQE) {
 		switch {
 		case errno == unix.EINTR || errno == unix.EAGAIN:
 			if u.queue(i, s) == nil {
+				u.submit()
 				u.mu.Unlock()
 				return
 			}
 		case errno == unix.EOPNOTSUPP && s.req.Op == WriteZeroes && fallocFallback(s.mode) != 0:
 			s.mode = fallocFallback(s.mode)
 			if u.queue(i, s) == nil {
+				u.submit()
 				u.mu.Unlock()
 				return
 			}
@@ -191,6 +212,7 @@ func (u *Uring) complete(c uring.CQE) {
 				err = ErrShortWrite
 			default: // short transfer: continue where it stopped
 				if err = u.queue(i, s); err == nil {
+					u.submit()
 					u.mu.Unlock()
 					return
 				}

@@ -66,7 +66,25 @@ type Disk struct {
 	// holding one second's worth; zero means unlimited.
 	IOPS      uint64
 	Bandwidth uint64
+	// Direct bypasses the host's page cache (O_DIRECT, set on File
+	// here): the guest's own cache is the only one, writes reach the
+	// device without a second copy in host RAM, and a crash of the host
+	// loses nothing the guest flushed.
+	Direct bool
+	// IO picks the block backend: IOAuto (io_uring where allowed, the
+	// thread pool otherwise), IOUring (fail without io_uring) or IOPool.
+	IO IOBackend
 }
+
+// IOBackend names a block backend choice.
+type IOBackend string
+
+// Block backends a disk may ask for.
+const (
+	IOAuto  IOBackend = ""
+	IOUring IOBackend = "io_uring"
+	IOPool  IOBackend = "pool"
+)
 
 // Exit is how a guest ended.
 type Exit int

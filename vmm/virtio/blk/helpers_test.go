@@ -470,6 +470,8 @@ type fakeBackend struct {
 	hold     bool
 	depth    int
 	held     []block.Request
+	deferred []block.Request // submitted with Defer, not yet committed
+	spare    [][][]byte      // Bufs storage of deferred requests, reused
 	inflight int
 	out      chan block.Completion
 	submits  atomic.Int64
@@ -497,13 +499,42 @@ func (f *fakeBackend) Submit(r block.Request) error {
 	}
 	f.submits.Add(1)
 	f.inflight++
+	if r.Defer {
+		// Like io_uring: nothing starts before Commit, so a device
+		// that forgets to commit hangs its tests.
+		// The caller may reuse r.Bufs: copy it into storage kept
+		// across batches, so the data path stays allocation-free.
+		i := len(f.deferred)
+		if i == len(f.spare) {
+			f.spare = append(f.spare, nil)
+		}
+		f.spare[i] = append(f.spare[i][:0], r.Bufs...)
+		r.Bufs = f.spare[i]
+		f.deferred = append(f.deferred, r)
+		return nil
+	}
+	f.start(r)
+	return nil
+}
+
+// Commit starts the deferred requests.
+func (f *fakeBackend) Commit() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, r := range f.deferred {
+		f.start(r)
+	}
+	f.deferred = f.deferred[:0]
+}
+
+// start holds r or performs it; f.mu is held.
+func (f *fakeBackend) start(r block.Request) {
 	if f.hold {
 		r.Bufs = append([][]byte(nil), r.Bufs...) // the caller may reuse its slice
 		f.held = append(f.held, r)
-		return nil
+		return
 	}
 	f.run(r)
-	return nil
 }
 
 // run performs r and delivers its completion; f.mu is held.

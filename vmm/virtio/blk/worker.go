@@ -124,11 +124,19 @@ func (w *worker) drain() {
 	}
 }
 
-// serve pops and submits requests until the ring is empty, the limiter or
-// the Backend refuses, or every slot is in use. In the last three cases
+// serve submits what the driver made available, then starts it all at once
+// (requests are submitted deferred: one io_uring_enter per kick, not per
+// request).
+func (w *worker) serve() {
+	w.serveRing()
+	w.d.backend.Commit()
+}
+
+// serveRing pops and submits requests until the ring is empty, the limiter
+// or the Backend refuses, or every slot is in use. In the last three cases
 // notifications stay disabled: the timer, the dispatcher or a completion
 // brings the worker back.
-func (w *worker) serve() {
+func (w *worker) serveRing() {
 	if w.broken || w.throttled {
 		return
 	}
@@ -193,7 +201,7 @@ func (w *worker) submit(i int32) bool {
 		}
 		s.charged = true
 	}
-	w.req = block.Request{Op: s.op, Offset: s.offset, Length: s.length, Bufs: s.iov, Cookie: uint64(w.index)<<32 | uint64(i)}
+	w.req = block.Request{Op: s.op, Offset: s.offset, Length: s.length, Bufs: s.iov, Cookie: uint64(w.index)<<32 | uint64(i), Defer: true}
 	err := w.d.backend.Submit(w.req)
 	if errors.Is(err, block.ErrBusy) {
 		// Ask the dispatcher for a wake-up at the next completion, then

@@ -215,6 +215,14 @@ func (t *Transport) activate() {
 		t.setNeedsReset()
 		return
 	}
+	if off, ok := t.dev.(Offloader); ok {
+		if err := off.Offload(append([]int(nil), t.notifyFDs...), t.callFDs()); err != nil {
+			t.fail(fmt.Errorf("virtio-pci: device type %d: offload queues: %w", t.dev.Type(), err))
+			t.dev.Reset()
+			t.setNeedsReset()
+			return
+		}
+	}
 	if t.kicker != nil {
 		l, err := startKickLoop(t.notifyFDs, t.kick)
 		if err != nil {
@@ -225,6 +233,24 @@ func (t *Transport) activate() {
 		}
 		t.running = l
 	}
+}
+
+// callFDs gives, per queue, the irqfd of the queue's MSI-X vector, or -1
+// where there is none (MSI-X off, no vector, a router without irqfds).
+func (t *Transport) callFDs() []int {
+	fds := make([]int, len(t.queues))
+	irqfds, ok := t.opts.Router.(IRQFDs)
+	for q := range fds {
+		fds[q] = -1
+		v := t.queueVectors[q].Load()
+		if !ok || !t.msix.Enabled() || v == NoVector {
+			continue
+		}
+		if fd, err := irqfds.EventFD(int(v)); err == nil {
+			fds[q] = fd
+		}
+	}
+	return fds
 }
 
 // kick runs on the notification goroutine: it hands queue q's kick to the

@@ -88,6 +88,27 @@ type Kicker interface {
 	Kick(q int)
 }
 
+// Offloader is implemented by devices whose queues are served outside the
+// VMM, by a vhost-user backend. Right after Activate the transport calls
+// Offload with each queue's two eventfds: kick, which the driver's
+// notifications signal (through a KVM ioeventfd, so no VMM thread runs),
+// and call, which interrupts the driver: the irqfd of the queue's MSI-X
+// vector when the Router has one (IRQFDs), or -1 when it has not or MSI-X
+// is off, in which case the device must relay the backend's calls to
+// Interrupt.Used itself. The descriptors stay the transport's. An error
+// makes the transport reset the device and set DEVICE_NEEDS_RESET.
+type Offloader interface {
+	Offload(kick, call []int) error
+}
+
+// IRQFDs is implemented by routers whose MSI-X vectors are eventfds bound
+// to KVM irqfds: writing to a vector's eventfd interrupts the guest with no
+// VMM code on the way, which is what a vhost-user backend needs as its
+// call descriptor.
+type IRQFDs interface {
+	EventFD(vector int) (int, error)
+}
+
 // Options configure a Transport.
 type Options struct {
 	// Memory is guest RAM, for the queues.
