@@ -1,0 +1,153 @@
+package dhcp
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+)
+
+// leaseFile is the on-disk form of the table. Only bound leases are kept:
+// an OFFER that was never ACKed is not worth a disk write.
+type leaseFile struct {
+	Version int         `json:"version"`
+	Leases  []fileLease `json:"leases"`
+}
+
+type fileLease struct {
+	// Key is the client identity (client identifier or hardware address)
+	// as raw bytes; JSON carries it base64-encoded.
+	Key      []byte    `json:"key"`
+	MAC      string    `json:"mac,omitempty"`
+	IP       string    `json:"ip"`
+	Hostname string    `json:"hostname,omitempty"`
+	Expiry   time.Time `json:"expiry"`
+}
+
+const leaseFileVersion = 1
+
+// load reads the lease file. A missing file is an empty table. A file that
+// cannot be parsed is moved aside (.corrupt) rather than failing the whole
+// network: losing the table only costs address stability. Leases outside
+// the (possibly reconfigured) pool are dropped.
+func (s *Server) load() error {
+	data, err := os.ReadFile(s.cfg.LeasePath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read leases: %w", err)
+	}
+	var f leaseFile
+	if err := json.Unmarshal(data, &f); err != nil || f.Version != leaseFileVersion {
+		bad := s.cfg.LeasePath + ".corrupt"
+		s.cfg.Log.Warn("dhcp: unreadable lease file moved aside, starting empty",
+			"path", s.cfg.LeasePath, "moved_to", bad, "err", err, "version", f.Version)
+		if err := os.Rename(s.cfg.LeasePath, bad); err != nil {
+			return fmt.Errorf("move aside corrupt leases: %w", err)
+		}
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, fl := range f.Leases {
+		ip, err := netip.ParseAddr(fl.IP)
+		if err != nil || !s.inPool(ip) || len(fl.Key) == 0 || s.byIP[ip] != nil || s.byKey[string(fl.Key)] != nil {
+			continue
+		}
+		var mac net.HardwareAddr
+		if fl.MAC != "" {
+			if mac, err = net.ParseMAC(fl.MAC); err != nil {
+				continue
+			}
+		}
+		e := &entry{key: string(fl.Key), mac: mac, ip: ip, hostname: fl.Hostname, expiry: fl.Expiry, saved: fl.Expiry, bound: true}
+		s.byKey[e.key] = e
+		s.byIP[ip] = e
+		if len(mac) > 0 {
+			if old := s.byMAC[string(mac)]; old == nil || old.expiry.Before(e.expiry) {
+				s.byMAC[string(mac)] = e
+			}
+		}
+	}
+	return nil
+}
+
+// persist writes the bound leases to LeasePath atomically: a temp file in
+// the same directory, fsynced, renamed over the old one. Failures are
+// logged, not returned: the lease is already granted in memory and the
+// client must get its answer.
+func (s *Server) persist() {
+	if s.cfg.LeasePath == "" {
+		return
+	}
+	s.persistMu.Lock()
+	defer s.persistMu.Unlock()
+	s.mu.Lock()
+	f := leaseFile{Version: leaseFileVersion, Leases: []fileLease{}}
+	for _, e := range s.sortedEntries() {
+		if !e.bound {
+			continue
+		}
+		e.saved = e.expiry
+		fl := fileLease{Key: []byte(e.key), IP: e.ip.String(), Hostname: e.hostname, Expiry: e.expiry.UTC()}
+		if len(e.mac) > 0 {
+			fl.MAC = e.mac.String()
+		}
+		f.Leases = append(f.Leases, fl)
+	}
+	s.mu.Unlock()
+	if err := writeAtomic(s.cfg.LeasePath, f); err != nil {
+		s.cfg.Log.Error("dhcp: persist leases", "path", s.cfg.LeasePath, "err", err)
+	}
+}
+
+func writeAtomic(path string, f leaseFile) error {
+	data, err := json.MarshalIndent(f, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode leases: %w", err)
+	}
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("create temp lease file: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // no-op after a successful rename
+	if _, err := tmp.Write(append(data, '\n')); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("sync %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", tmp.Name(), err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("rename leases into place: %w", err)
+	}
+	// Make the rename itself durable.
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// sortedEntries returns the table ordered by address, for stable output.
+// Called with mu held.
+func (s *Server) sortedEntries() []*entry {
+	out := make([]*entry, 0, len(s.byIP))
+	for _, e := range s.byIP {
+		out = append(out, e)
+	}
+	slices.SortFunc(out, func(a, b *entry) int { return a.ip.Compare(b.ip) })
+	return out
+}
