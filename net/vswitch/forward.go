@@ -1,0 +1,378 @@
+package vswitch
+
+import (
+	"encoding/binary"
+	"net/netip"
+)
+
+// maxTouched is how many receiving virtio ports a sender remembers to
+// interrupt at the end of its batch before it interrupts them early.
+const maxTouched = 32
+
+// frameRef is a frame in its sender's buffers: segs hold the virtio-net
+// header and the Ethernet frame, split anywhere (descriptor boundaries).
+type frameRef struct {
+	segs   [][]byte
+	size   int // bytes in segs
+	hdr    netHdr
+	tagLen int   // 4 when the frame arrived with an 802.1Q tag, which is not forwarded
+	from   *Port // the sending port, nil for Inject
+}
+
+// ethLen is the length of the Ethernet frame without the ingress tag.
+func (f *frameRef) ethLen() int { return f.size - HeaderLen - f.tagLen }
+
+// sender is the per-goroutine state of forwarding: every port's goroutine
+// (a virtio port's transmit worker, a frame port's reader) owns one, so
+// the data path shares nothing but the receivers' queues and allocates
+// nothing after the first frames.
+type sender struct {
+	sw         *Switch
+	fi         frameInfo
+	prefix     [prefixLen]byte
+	oneSeg     [1][]byte
+	injectSegs [2][]byte
+	zeroHdr    [HeaderLen]byte
+	segSegs    [1][]byte
+	outv       [1][]byte
+	big        []byte // a contiguous copy of a frame (Local, capture, segmentation); lazily allocated
+	seg        []byte // one software segment being delivered
+	out        []byte // a frame port's egress buffer
+	wbufs      [][]byte
+	w          writer
+	touched    [maxTouched]*VirtioPort
+	nt         int
+}
+
+func newSender(sw *Switch) *sender { return &sender{sw: sw} }
+
+func (s *sender) bigBuf() []byte {
+	if s.big == nil {
+		s.big = make([]byte, maxFrame)
+	}
+	return s.big
+}
+
+// raw returns f's Ethernet frame as it arrived (tag included) in one
+// contiguous buffer.
+func (s *sender) raw(f *frameRef) []byte {
+	b := s.bigBuf()
+	return b[:gather(b[:f.size-HeaderLen], f.segs, HeaderLen)]
+}
+
+// ingress handles one frame that port p sent: parse, police, learn, and
+// forward it. When hold is set (a VM's transmit queue) a frame the port's
+// rate limit refuses is left alone and ingress returns false, for the
+// caller to retry it later; otherwise such a frame is dropped.
+func (s *sender) ingress(p *Port, segs [][]byte, size int, now int64, hold bool) bool {
+	fi := &s.fi
+	n := gather(s.prefix[:min(size, prefixLen)], segs, 0)
+	if err := parseFrame(s.prefix[:n], size, fi); err != nil {
+		p.drop(DropMalformed)
+		return true
+	}
+	nw := p.network(fi.tagged, fi.vid)
+	if nw == nil {
+		p.drop(DropMalformed)
+		return true
+	}
+	if p.v != nil {
+		if r, ok := p.v.police(fi); !ok {
+			p.drop(r)
+			return true
+		}
+	}
+	if p.txLimit != nil && !p.txLimit.Consume(1, uint64(fi.length)*8) {
+		if hold {
+			return false
+		}
+		p.drop(DropRateLimit)
+		return true
+	}
+	p.c.txPackets.Add(1)
+	p.c.txBytes.Add(uint64(fi.length))
+
+	f := frameRef{segs: segs, size: size, hdr: fi.hdr, from: p}
+	if fi.tagged {
+		f.tagLen = vlanTagLen
+	}
+	if w := p.capture.Load(); w != nil {
+		(*w)(s.raw(&f))
+	}
+	dst, src := fi.dst, fi.src
+	nw.fdb.learn(src, p, now, s.sw.age)
+	if s.sw.local != nil && (isGroup(dst) || fi.udp && fi.dport == portDHCPServer) {
+		if s.sw.local(p, s.raw(&f)) {
+			return true
+		}
+	}
+	if !isGroup(dst) {
+		if d := nw.fdb.lookup(dst, now, s.sw.age); d != nil {
+			if d != p { // no hairpin: a port never gets its own frame back
+				s.deliver(d, &f, nw, true)
+			}
+			return true
+		}
+	}
+	for _, d := range *nw.ports.Load() {
+		if d != p {
+			s.deliver(d, &f, nw, true)
+		}
+	}
+	return true
+}
+
+// police applies a VM NIC's port security to a parsed frame.
+func (v *VirtioPort) police(fi *frameInfo) (DropReason, bool) {
+	if fi.src != v.mac {
+		return DropSpoofedMAC, false
+	}
+	if fi.udp && fi.sport == portDHCPServer {
+		return DropRogueDHCP, false
+	}
+	if v.lockIP && (fi.ipv4 || fi.arp) && !v.allowed(fi) {
+		return DropSpoofedIP, false
+	}
+	return 0, true
+}
+
+// allowed reports whether a locked port may use the frame's IPv4 source.
+// 0.0.0.0 is allowed for what a DHCP client sends before it has an
+// address: DISCOVER/REQUEST (UDP 68 to 67) and ARP probes (RFC 5227).
+func (v *VirtioPort) allowed(fi *frameInfo) bool {
+	if fi.src4 == [4]byte{} {
+		return fi.arp || fi.udp && fi.sport == portDHCPClient && fi.dport == portDHCPServer
+	}
+	for _, a := range *v.ips.Load() {
+		if a == fi.src4 {
+			return true
+		}
+	}
+	return false
+}
+
+// emit is one frame prepared for one receiver: the header it gets and how
+// its bytes are laid out.
+type emit struct {
+	f      *frameRef
+	hdr    netHdr
+	total  int  // bytes written: header + frame (+ tag)
+	tagged bool // insert an 802.1Q tag with vid
+	vid    uint16
+	sumAt  int // offset of a checksum completed in software, or -1
+	sum    uint16
+}
+
+// writeTo copies the frame into w: header, addresses, optional tag, rest.
+// The sender's bytes are read once, straight into the receiver's buffers.
+func (e *emit) writeTo(w *writer) {
+	var h [HeaderLen]byte
+	e.hdr.encode(h[:])
+	w.put(h[:])
+	w.copyFrom(e.f.segs, HeaderLen, HeaderLen+12)
+	if e.tagged {
+		var t [vlanTagLen]byte
+		binary.BigEndian.PutUint16(t[0:], etherTypeVLAN)
+		binary.BigEndian.PutUint16(t[2:], e.vid)
+		w.put(t[:])
+	}
+	w.copyFrom(e.f.segs, HeaderLen+12+e.f.tagLen, e.f.size)
+	if e.sumAt >= 0 {
+		w.patch(e.sumAt, e.sum)
+	}
+}
+
+// deliver copies f to port d, which it is forwarded to in network nw (nil
+// for Inject: the frame goes as it is). It completes in software what the
+// receiver cannot take as offload metadata, and reports whether the frame
+// was delivered.
+func (s *sender) deliver(d *Port, f *frameRef, nw *Network, limit bool) bool {
+	if limit && d.rxLimit != nil && !d.rxLimit.Consume(1, uint64(f.ethLen())*8) {
+		d.drop(DropRateLimit)
+		return false
+	}
+	var caps offloads
+	switch {
+	case d.v != nil:
+		caps = offloadsOf(d.v.acked.Load())
+	case d.f.offload:
+		caps = kernelOffloads()
+	}
+	if !caps.takesGSO(f.hdr.gsoType) {
+		return s.segment(d, f, nw)
+	}
+	return s.deliverOne(d, f, nw, caps)
+}
+
+// deliverOne delivers a frame whose GSO request the receiver accepts.
+func (s *sender) deliverOne(d *Port, f *frameRef, nw *Network, caps offloads) bool {
+	e := emit{f: f, hdr: f.hdr, sumAt: -1}
+	tagOut := 0
+	if d.trunk && nw != nil && nw.vlan != 0 {
+		e.tagged, e.vid, tagOut = true, nw.vlan, vlanTagLen
+	}
+	delta := tagOut - f.tagLen
+	e.total = HeaderLen + f.ethLen() + tagOut
+	e.hdr.numBuffers = 1
+	if !caps.csum {
+		e.hdr.flags &^= hdrDataValid
+	}
+	if f.hdr.flags&hdrNeedsCsum != 0 {
+		if caps.csum {
+			e.hdr.csumStart = uint16(int(f.hdr.csumStart) + delta)
+		} else {
+			// parseFrame checked csum_start >= the L3 offset, past any
+			// tag, and the field inside the frame.
+			start := HeaderLen + int(f.hdr.csumStart)
+			e.sum = checksumSegs(f.segs, start, f.size)
+			e.sumAt = start + delta + int(f.hdr.csumOffset)
+			e.hdr.flags &^= hdrNeedsCsum
+			e.hdr.csumStart, e.hdr.csumOffset = 0, 0
+		}
+	}
+	if f.hdr.gsoType != gsoNone && f.hdr.hdrLen != 0 {
+		e.hdr.hdrLen = uint16(max(int(f.hdr.hdrLen)+delta, 0))
+	}
+	var ok bool
+	if d.v != nil {
+		ok = d.v.receive(s, &e)
+	} else {
+		ok = d.f.send(s, &e)
+	}
+	if !ok {
+		return false
+	}
+	d.c.rxPackets.Add(1)
+	d.c.rxBytes.Add(uint64(e.total - HeaderLen))
+	if w := d.capture.Load(); w != nil {
+		(*w)(s.raw(f))
+	}
+	return true
+}
+
+// touch remembers that v's receive queue got frames, to interrupt it once
+// at the end of the batch.
+func (s *sender) touch(v *VirtioPort) {
+	for _, t := range s.touched[:s.nt] {
+		if t == v {
+			return
+		}
+	}
+	if s.nt == len(s.touched) {
+		s.flush()
+	}
+	s.touched[s.nt] = v
+	s.nt++
+}
+
+// flush interrupts the receivers of this batch that want it.
+func (s *sender) flush() {
+	for i, v := range s.touched[:s.nt] {
+		v.interruptRX()
+		s.touched[i] = nil
+	}
+	s.nt = 0
+}
+
+// writer spreads bytes over a list of buffers whose total size the caller
+// has checked; it stops silently at the end rather than overrun.
+type writer struct {
+	bufs   [][]byte
+	bi, bo int
+}
+
+func (w *writer) reset(bufs [][]byte) { w.bufs, w.bi, w.bo = bufs, 0, 0 }
+
+func (w *writer) put(p []byte) {
+	for len(p) > 0 && w.bi < len(w.bufs) {
+		n := copy(w.bufs[w.bi][w.bo:], p)
+		p = p[n:]
+		w.advance(n)
+	}
+}
+
+func (w *writer) advance(n int) {
+	w.bo += n
+	if w.bo == len(w.bufs[w.bi]) {
+		w.bi, w.bo = w.bi+1, 0
+	}
+}
+
+// copyFrom copies bytes [from, to) of segs, viewed as one buffer.
+func (w *writer) copyFrom(segs [][]byte, from, to int) {
+	for _, sg := range segs {
+		if from >= to {
+			return
+		}
+		if from >= len(sg) {
+			from -= len(sg)
+			to -= len(sg)
+			continue
+		}
+		src := sg[from:min(len(sg), to)]
+		for len(src) > 0 && w.bi < len(w.bufs) {
+			n := copy(w.bufs[w.bi][w.bo:], src)
+			src = src[n:]
+			w.advance(n)
+		}
+		to -= len(sg)
+		from = 0
+	}
+}
+
+// patch stores v big-endian at offset off of the written bytes.
+func (w *writer) patch(off int, v uint16) {
+	b := [2]byte{byte(v >> 8), byte(v)}
+	i := 0
+	for _, buf := range w.bufs {
+		if off >= len(buf) {
+			off -= len(buf)
+			continue
+		}
+		for ; off < len(buf) && i < 2; off++ {
+			buf[off] = b[i]
+			i++
+		}
+		if i == 2 {
+			return
+		}
+		off = 0
+	}
+}
+
+// AllowIP lets a locked port send from addr (an IPv4 address; others are
+// ignored, IPv6 is not policed). The DHCP server calls it when it leases.
+func (v *VirtioPort) AllowIP(addr netip.Addr) {
+	if !addr.Is4() {
+		return
+	}
+	v.ipMu.Lock()
+	defer v.ipMu.Unlock()
+	a := addr.As4()
+	old := *v.ips.Load()
+	for _, b := range old {
+		if a == b {
+			return
+		}
+	}
+	list := append(append(make([][4]byte, 0, len(old)+1), old...), a)
+	v.ips.Store(&list)
+}
+
+// DisallowIP takes back an address given with AllowIP (a lease expired).
+func (v *VirtioPort) DisallowIP(addr netip.Addr) {
+	if !addr.Is4() {
+		return
+	}
+	v.ipMu.Lock()
+	defer v.ipMu.Unlock()
+	a := addr.As4()
+	old := *v.ips.Load()
+	list := make([][4]byte, 0, len(old))
+	for _, b := range old {
+		if b != a {
+			list = append(list, b)
+		}
+	}
+	v.ips.Store(&list)
+}

@@ -1,0 +1,442 @@
+package vswitch
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/vmm/virtio"
+)
+
+// Queue indexes of a virtio-net device with one queue pair.
+const (
+	RxQueue = 0 // receiveq1: the switch writes frames into the guest
+	TxQueue = 1 // transmitq1: the guest sends frames
+)
+
+// txBatch is how many transmit chains a worker forwards before it
+// interrupts receivers and returns the chains to the driver.
+const txBatch = 64
+
+// maxRxChains bounds the receive chains one frame may take with
+// MRG_RXBUF: 64 Linux mergeable buffers (at least 1.5 KiB each) hold a
+// 64 KiB GSO frame.
+const maxRxChains = 64
+
+// VirtioConfig describes a VM NIC's port.
+type VirtioConfig struct {
+	Network *Network
+	// MAC is the NIC's address: the only source address the VM may use,
+	// and a static entry of the network's forwarding database.
+	MAC net.HardwareAddr
+	// LockIP restricts the IPv4 sources (IPv4 packets, ARP senders) to
+	// the addresses given with AllowIP.
+	LockIP bool
+	Limits Limits
+}
+
+// VirtioPort is a VM NIC's port. It implements net/vhostuser's Device:
+// the vhost-user backend hands it the vrings the frontend set up.
+type VirtioPort struct {
+	*Port
+	lockIP bool
+	acked  atomic.Uint64
+
+	ipMu sync.Mutex                // serialises AllowIP/DisallowIP
+	ips  atomic.Pointer[[][4]byte] // copy on write, read by the data path
+
+	mu sync.Mutex // serialises Start and Stop
+	tx *txWorker
+	ts *sender // the transmit worker's, kept across restarts
+
+	rx rxState
+}
+
+// rxState is the receive queue, written by every port forwarding to this
+// one, one at a time under mu.
+type rxState struct {
+	mu   sync.Mutex
+	q    *virtio.Queue // nil when stopped
+	call int
+	mrg  bool
+	// held are receive chains popped from the ring but not used yet:
+	// a frame too large for what the guest offered is dropped and its
+	// chains wait for the next frame. A ring buffer of n chains at start.
+	held     [maxRxChains]virtio.Chain
+	start, n int
+	returned bool // take gave malformed chains back: the driver needs an interrupt
+}
+
+// AddVirtioPort creates a VM NIC's port. It forwards nothing until the
+// vhost-user backend starts its queues.
+func (s *Switch) AddVirtioPort(name string, cfg VirtioConfig) (*VirtioPort, error) {
+	if len(cfg.MAC) != 6 || isGroup(macKey(cfg.MAC)) || macKey(cfg.MAC) == 0 {
+		return nil, fmt.Errorf("vswitch: port %s: MAC %v is not a unicast Ethernet address", name, cfg.MAC)
+	}
+	p, err := newPort(s, name, []*Network{cfg.Network}, false, cfg.Limits)
+	if err != nil {
+		return nil, err
+	}
+	v := &VirtioPort{Port: p, lockIP: cfg.LockIP}
+	p.v = v
+	p.mac = macKey(cfg.MAC)
+	v.ips.Store(&[][4]byte{})
+	v.acked.Store(virtio.FeatureVersion1)
+	if err := s.attach(p); err != nil {
+		return nil, err
+	}
+	cfg.Network.fdb.addStatic(p.mac, p)
+	return v, nil
+}
+
+// Features are the virtio feature bits the port offers.
+func (v *VirtioPort) Features() uint64 { return Offered }
+
+// SetFeatures takes the features the driver accepted. It must come before
+// Start: the receive path decides on MRG_RXBUF when queue 0 starts.
+func (v *VirtioPort) SetFeatures(features uint64) error {
+	features &^= featureProtocol
+	if err := virtio.CheckFeatures(Offered, features); err != nil {
+		return fmt.Errorf("vswitch: port %s: %w", v.name, err)
+	}
+	// Dependencies of virtio 1.2 §5.1.3.1.
+	switch {
+	case features&(FeatureHostTSO4|FeatureHostTSO6) != 0 && features&FeatureCsum == 0:
+		return fmt.Errorf("vswitch: port %s: %w: HOST_TSO without CSUM", v.name, virtio.ErrFeatures)
+	case features&(FeatureGuestTSO4|FeatureGuestTSO6) != 0 && features&FeatureGuestCsum == 0:
+		return fmt.Errorf("vswitch: port %s: %w: GUEST_TSO without GUEST_CSUM", v.name, virtio.ErrFeatures)
+	}
+	v.acked.Store(features)
+	return nil
+}
+
+// Start begins serving vring q (RxQueue or TxQueue) on vq, already
+// activated; kick and call are eventfds that stay owned by the caller.
+func (v *VirtioPort) Start(q int, vq *virtio.Queue, kick, call int) error {
+	if vq == nil || !vq.Active() {
+		return fmt.Errorf("vswitch: port %s: start queue %d: queue not active", v.name, q)
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.removed.Load() {
+		return fmt.Errorf("vswitch: port %s: start queue %d: port removed", v.name, q)
+	}
+	switch q {
+	case RxQueue:
+		rx := &v.rx
+		rx.mu.Lock()
+		defer rx.mu.Unlock()
+		if rx.q != nil {
+			return fmt.Errorf("vswitch: port %s: receive queue already started", v.name)
+		}
+		rx.q, rx.call, rx.start, rx.n = vq, call, 0, 0
+		rx.mrg = v.acked.Load()&FeatureMrgRxbuf != 0
+		return nil
+	case TxQueue:
+		if v.tx != nil {
+			return fmt.Errorf("vswitch: port %s: transmit queue already started", v.name)
+		}
+		w, err := newTxWorker(vq, kick, call)
+		if err != nil {
+			return fmt.Errorf("vswitch: port %s: start transmit queue: %w", v.name, err)
+		}
+		if v.ts == nil {
+			v.ts = newSender(v.sw)
+		}
+		w.s = v.ts
+		v.tx = w
+		go v.serveTX(w)
+		return nil
+	}
+	return fmt.Errorf("vswitch: port %s: no queue %d (one queue pair)", v.name, q)
+}
+
+// Stop stops serving q; when it returns nothing touches that queue or its
+// eventfds. Receive chains taken but not filled are returned empty.
+func (v *VirtioPort) Stop(q int) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	switch q {
+	case RxQueue:
+		rx := &v.rx
+		rx.mu.Lock()
+		if rx.q != nil {
+			for i := 0; i < rx.n; i++ {
+				rx.q.Push(rx.at(i).Head, 0)
+			}
+			rx.q, rx.n, rx.call = nil, 0, -1
+		}
+		rx.mu.Unlock()
+	case TxQueue:
+		if w := v.tx; w != nil {
+			v.tx = nil
+			w.halt()
+		}
+	}
+}
+
+func (rx *rxState) at(i int) *virtio.Chain { return &rx.held[(rx.start+i)%maxRxChains] }
+
+// take makes one more receive chain available in held; it returns false
+// when the driver has none (or broke its ring).
+func (rx *rxState) take(v *VirtioPort) bool {
+	for {
+		head, ok, err := rx.q.Pop()
+		if err != nil || !ok {
+			return false
+		}
+		c := rx.at(rx.n)
+		if err := rx.q.Walk(head, c); err != nil || c.WriteLen() < HeaderLen || c.ReadLen() != 0 {
+			// Not a receive buffer: give it back unused.
+			rx.q.Push(head, 0)
+			v.drop(DropMalformed)
+			rx.returned = true
+			continue
+		}
+		rx.n++
+		return true
+	}
+}
+
+// receive writes e into the guest's receive buffers: one chain, or with
+// MRG_RXBUF as many as it takes, their count in num_buffers.
+func (v *VirtioPort) receive(s *sender, e *emit) bool {
+	rx := &v.rx
+	rx.mu.Lock()
+	if rx.q == nil {
+		rx.mu.Unlock()
+		v.drop(DropNoBuffer)
+		return false
+	}
+	limit := 1
+	if rx.mrg {
+		limit = maxRxChains
+	}
+	k, have := 0, 0
+	for have < e.total {
+		if k == limit || (k == rx.n && !rx.take(v)) {
+			returned := rx.returned
+			rx.returned = false
+			rx.mu.Unlock()
+			v.drop(DropNoBuffer)
+			if returned {
+				s.touch(v)
+			}
+			return false
+		}
+		have += int(rx.at(k).WriteLen())
+		k++
+	}
+	s.wbufs = s.wbufs[:0]
+	for i := 0; i < k; i++ {
+		s.wbufs = append(s.wbufs, rx.at(i).Writable()...)
+	}
+	e.hdr.numBuffers = uint16(k)
+	s.w.reset(s.wbufs)
+	e.writeTo(&s.w)
+	rem := e.total
+	for i := 0; i < k; i++ {
+		c := rx.at(i)
+		n := min(rem, int(c.WriteLen()))
+		rx.q.Push(c.Head, uint32(n))
+		rem -= n
+	}
+	rx.start = (rx.start + k) % maxRxChains
+	rx.n -= k
+	rx.returned = false
+	rx.mu.Unlock()
+	clear(s.wbufs) // drop the views of guest memory
+	s.touch(v)
+	return true
+}
+
+// interruptRX signals the driver if it wants to know about the used
+// buffers pushed since the last time. It runs under the queue's mutex so
+// that Stop never returns while a call eventfd is being written.
+func (v *VirtioPort) interruptRX() {
+	rx := &v.rx
+	rx.mu.Lock()
+	if rx.q != nil && rx.q.NeedInterrupt() {
+		signal(rx.call)
+	}
+	rx.mu.Unlock()
+}
+
+// signal adds 1 to an eventfd. A saturated counter (EAGAIN) is already
+// signalled; other errors mean the frontend closed its end, which the
+// vhost-user backend notices itself.
+func signal(fd int) {
+	one := [8]byte{1}
+	for {
+		if _, err := unix.Write(fd, one[:]); err != unix.EINTR {
+			return
+		}
+	}
+}
+
+// txWorker is the goroutine serving a transmit queue.
+type txWorker struct {
+	q       *virtio.Queue
+	kick    *os.File // a duplicate of the kick eventfd, waited on by Go's poller
+	call    int
+	stop    chan struct{}
+	done    chan struct{}
+	chain   virtio.Chain
+	pending bool // chain was popped, its frame is waiting for rate-limit tokens
+	s       *sender
+	timer   *time.Timer
+}
+
+func newTxWorker(q *virtio.Queue, kick, call int) (*txWorker, error) {
+	// The kick eventfd is duplicated so that closing our os.File (and its
+	// finalizer) never closes the caller's descriptor; non-blocking so the
+	// runtime's poller waits for it and a read deadline can interrupt the
+	// wait at Stop. O_NONBLOCK is on the shared file description, which is
+	// harmless for an eventfd only KVM or the frontend writes.
+	fd, err := unix.FcntlInt(uintptr(kick), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dup kick eventfd: %w", err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("kick eventfd non-blocking: %w", err)
+	}
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return &txWorker{
+		q: q, kick: os.NewFile(uintptr(fd), "kick"), call: call,
+		stop: make(chan struct{}), done: make(chan struct{}), timer: t,
+	}, nil
+}
+
+// halt stops the goroutine and waits for it.
+func (w *txWorker) halt() {
+	close(w.stop)
+	w.kick.SetReadDeadline(time.Now())
+	<-w.done
+	w.kick.Close()
+}
+
+func (w *txWorker) stopped() bool {
+	select {
+	case <-w.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// serveTX is the transmit worker: drain the ring, sleep on the kick
+// eventfd, repeat.
+func (v *VirtioPort) serveTX(w *txWorker) {
+	defer close(w.done)
+	defer func() {
+		if w.pending { // the frame is dropped; give the driver its buffer
+			w.q.Push(w.chain.Head, 0)
+			w.pending = false
+			v.drop(DropRateLimit)
+			if w.q.NeedInterrupt() {
+				signal(w.call)
+			}
+		}
+	}()
+	var b [8]byte
+	for {
+		if !v.drainTX(w) {
+			return
+		}
+		if _, err := w.kick.Read(b[:]); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) || w.stopped() {
+				return
+			}
+			// Nothing else can fail reading an eventfd we own; should
+			// it, polling with the ring's own state still works.
+			time.Sleep(time.Millisecond)
+		}
+	}
+}
+
+// drainTX forwards until the ring is empty with notifications enabled (so
+// a buffer the driver adds afterwards kicks us). It returns false when the
+// worker must exit: stopped, or the driver broke the ring.
+func (v *VirtioPort) drainTX(w *txWorker) bool {
+	for {
+		w.q.DisableNotifications()
+		for {
+			n, wait, err := v.txBatch(w)
+			if err != nil {
+				v.drop(DropMalformed)
+				return false // a broken ring stays broken until the frontend resets it
+			}
+			if wait > 0 {
+				w.timer.Reset(wait)
+				select {
+				case <-w.stop:
+					w.timer.Stop()
+					return false
+				case <-w.timer.C:
+				}
+				continue
+			}
+			if w.stopped() {
+				return false
+			}
+			if n < txBatch {
+				break
+			}
+		}
+		if !w.q.EnableNotifications() {
+			return true
+		}
+	}
+}
+
+// txBatch forwards up to txBatch frames. It returns how many chains it
+// consumed, how long to wait when the rate limit holds a frame back, and
+// an error if the available ring is corrupt.
+func (v *VirtioPort) txBatch(w *txWorker) (n int, wait time.Duration, err error) {
+	s := w.s
+	now := v.sw.now()
+	pushed := false
+	for n < txBatch {
+		if !w.pending {
+			head, ok, perr := w.q.Pop()
+			if perr != nil {
+				err = perr
+				break
+			}
+			if !ok {
+				break
+			}
+			if werr := w.q.Walk(head, &w.chain); werr != nil {
+				v.drop(DropMalformed)
+				w.q.Push(head, 0)
+				pushed = true
+				n++
+				continue
+			}
+		}
+		segs := w.chain.Readable()
+		if !s.ingress(v.Port, segs, int(w.chain.ReadLen()), now, true) {
+			w.pending = true
+			size := uint64(w.chain.ReadLen()) - min(uint64(w.chain.ReadLen()), HeaderLen)
+			wait = max(v.txLimit.Wait(1, size*8), 100*time.Microsecond)
+			break
+		}
+		w.pending = false
+		w.q.Push(w.chain.Head, 0)
+		pushed = true
+		n++
+	}
+	s.flush()
+	if pushed && w.q.NeedInterrupt() {
+		signal(w.call)
+	}
+	return n, wait, err
+}
