@@ -6,7 +6,8 @@
 #   ./build.sh run     build, then boot the image in QEMU with the console here
 #                      (runner flags follow: -memory 4G -cpus 4 -append ... -config F -overlay DIR -oneshot)
 #   ./build.sh test    deps, build, go vet, unit + host-KVM tests, end-to-end tests under QEMU
-#   ./build.sh bench   Go micro-benchmarks, then the boot benchmark (hyperroot vs gokvm) in the appliance
+#   ./build.sh bench   Go micro-benchmarks, then the boot benchmark (hyperroot vs gokvm) and the disk
+#                      benchmark (hyperroot io_uring/pool vs QEMU) in the appliance
 #   ./build.sh clean   remove out/ (keeps the download cache out/cache/debs; clean all removes it too)
 #
 # Environment: BOARD (default qemu), OUT (default out).
@@ -99,6 +100,10 @@ bench_boot() {
 	go run ./tools/runner -image "$OUT/bench/image" -oneshot -timeout 20m -append hyperroot.bench=boot | tee "$OUT/bench/boot.log" | grep --line-buffered -E 'bench:|runner:'
 }
 
+bench_disk() {
+	go run ./tools/runner -image "$OUT/bench/image" -oneshot -timeout 40m -append hyperroot.bench=disk | tee "$OUT/bench/disk.log" | grep --line-buffered -E 'bench:|runner:'
+}
+
 case "${1:-build}" in
 deps)
 	step deps deps
@@ -123,8 +128,9 @@ test)
 bench)
 	step deps deps
 	step "Go micro-benchmarks" go test -run '^$' -bench . -benchmem ./...
-	step "build bench image (adds the peer VMM gokvm)" go run ./tools/mkimage -board "$BOARD" -out "$OUT/bench" -version "$VERSION" -bench
+	step "build bench image (adds the peer VMMs gokvm and QEMU)" go run ./tools/mkimage -board "$BOARD" -out "$OUT/bench" -version "$VERSION" -bench
 	step "boot benchmark: hyperroot vs gokvm in one appliance run" bench_boot
+	step "disk benchmark: hyperroot (io_uring, pool) vs QEMU, in-guest fio-like tests, in one appliance run" bench_disk
 	;;
 clean)
 	if [ "${2:-}" = all ]; then rm -rf "$OUT"; else find "$OUT" -mindepth 1 -maxdepth 1 ! -name cache -exec rm -rf {} + 2>/dev/null || true; fi

@@ -28,6 +28,28 @@ const (
 	gokvmPath    = "/bin/gokvm"
 )
 
+// runBench runs the benchmarks hyperroot.bench= names, comma-separated:
+// boot (this file) and disk (benchdisk.go). Each reports on the console;
+// the first that fails ends the run, since a broken benchmark's later
+// figures would be read as real.
+func runBench(c *console, r *reaper, names string) error {
+	for _, name := range strings.Split(names, ",") {
+		var err error
+		switch name {
+		case "boot":
+			err = runBootBench(c, r)
+		case "disk":
+			err = runDiskBench(c, r)
+		default:
+			err = fmt.Errorf("unknown benchmark %q (known: boot, disk)", name)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	return nil
+}
+
 type benchPeer struct {
 	name string
 	argv []string

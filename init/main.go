@@ -30,6 +30,8 @@ func dispatch(args []string) int {
 		return 0
 	case "vmm":
 		return vmmMain(args[1:])
+	case "switch":
+		return switchMain(args[1:])
 	case "help", "-h", "--help":
 		usage()
 		return 0
@@ -45,6 +47,7 @@ func usage() {
 As PID 1 (the appliance's /init) hyperroot is the supervisor and takes no
 arguments. Commands:
   vmm       run one VM: hyperroot vmm --kernel K [--initrd I] [--cmdline C] [--cpus N] [--memory SIZE]
+  switch    run the virtio-net switch of a configuration: hyperroot switch --config FILE
   version   print the version
   help      this text
 `)

@@ -64,20 +64,31 @@ func supervise() {
 	} else {
 		c.Printf("kvm: %s", s)
 	}
-	cfg := loadConfig(c, args)
+	cfg, cfgPath := loadConfig(c, args)
 
+	var sw *netSwitch
+	if needsSwitch(cfg) {
+		// Before the VMs: their NICs connect to its sockets.
+		var err error
+		if sw, err = startNetSwitch(c, r, cfgPath, 20*time.Second); err != nil {
+			c.Errorf("switch", err)
+		}
+	}
 	f := newFleet(c, r, args.Oneshot)
-	p.stop = func() { f.Stop(vmStopGrace) }
-	if args.Bench == "boot" {
-		if err := runBootBench(c, r); err != nil {
+	p.stop = func() {
+		f.Stop(vmStopGrace)
+		if sw != nil {
+			sw.Stop(5 * time.Second)
+		}
+	}
+	if args.Bench != "" {
+		if err := runBench(c, r, args.Bench); err != nil {
 			c.Errorf("bench", err)
 		}
 		cfg.VMs = nil
-	} else if args.Bench != "" {
-		c.Errorf("bench", fmt.Errorf("unknown benchmark %q (known: boot)", args.Bench))
 	}
 	f.Start(cfg.VMs)
-	go readConsoleInput(c, f, os.Stdin)
+	go readConsoleInput(c, f, sw, os.Stdin)
 	c.Printf("ready")
 	if args.Oneshot {
 		go func() {
@@ -129,37 +140,39 @@ func banner(b *board.Board) string {
 // wins: hyperroot.config= on the kernel command line, the file in the
 // image, the built-in default. A configuration that does not parse is an
 // error and no VM is started from it: running half of what was asked, or
-// the demo VMs instead, would hide the mistake.
-func loadConfig(c *console, args cmdline) *config.Config {
+// the demo VMs instead, would hide the mistake. It also returns the path of
+// the file, which the switch reads for itself ("" for the built-in
+// default).
+func loadConfig(c *console, args cmdline) (*config.Config, string) {
 	src := configPath
 	if args.Config != "" {
 		src = args.Config
 	}
 	if strings.Contains(src, "://") {
 		c.Errorf("config", fmt.Errorf("%s: fetching configuration over the network is not supported yet", src))
-		return &config.Config{}
+		return &config.Config{}, ""
 	}
 	data, err := os.ReadFile(src)
 	if os.IsNotExist(err) && args.Config == "" {
 		cfg := config.Default()
 		if _, err := os.Stat(cfg.VMs[0].Kernel); err != nil {
 			c.Printf("config: none, and no demo guest in the image: no VMs")
-			return &config.Config{}
+			return &config.Config{}, ""
 		}
 		c.Printf("config: none, built-in default (%d demo VMs)", len(cfg.VMs))
-		return cfg
+		return cfg, ""
 	}
 	if err != nil {
 		c.Errorf("config", err)
-		return &config.Config{}
+		return &config.Config{}, ""
 	}
 	cfg, err := config.Parse(src, data)
 	if err != nil {
 		for _, line := range strings.Split(err.Error(), "\n") {
 			c.Errorf("config", errors.New(line))
 		}
-		return &config.Config{}
+		return &config.Config{}, ""
 	}
-	c.Printf("config: %s (%d VMs)", src, len(cfg.VMs))
-	return cfg
+	c.Printf("config: %s (%d VMs, %d networks)", src, len(cfg.VMs), len(cfg.Networks))
+	return cfg, src
 }

@@ -33,10 +33,13 @@ func vmmMain(args []string) int {
 		memory  = fs.String("memory", "256M", "guest RAM (512M, 2G, ...)")
 		huge    = fs.String("hugepages", "", "back guest RAM with huge pages: 2M or 1G")
 		disks   diskFlags
+		nics    nicFlags
 	)
 	fs.Var(&disks, "disk", "a virtio-blk disk, repeatable: path=FILE or fd=N (inherited), then\n"+
 		"optionally ,ro ,id=SERIAL ,iops=N ,bps=BYTES (per second, e.g. 50M) ,direct (O_DIRECT)\n"+
 		",io=auto|uring|pool (block backend; auto tries io_uring first)")
+	fs.Var(&nics, "nic", "a virtio-net interface, repeatable: socket=PATH (a vhost-user backend such as\n"+
+		"`hyperroot switch`),mac=52:54:00:12:34:56")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: hyperroot vmm --kernel K [--initrd I] [--cmdline C] [--cpus N] [--memory SIZE] [--disk path=IMG]...\n\n"+
 			"Exit status: 0 guest powered off, 1 VMM error, 2 usage, 3 guest reset, 4 guest crashed, 5 stopped.\n\n")
@@ -56,6 +59,15 @@ func vmmMain(args []string) int {
 	if *kernel == "" {
 		fmt.Fprintln(os.Stderr, "hyperroot vmm: --kernel is required")
 		return exitUsage
+	}
+	var nicSpecs []nicSpec
+	for _, a := range nics {
+		n, err := parseNICSpec(a)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "hyperroot vmm: --nic %s: %v\n", a, err)
+			return exitUsage
+		}
+		nicSpecs = append(nicSpecs, n)
 	}
 	var specs []diskSpec
 	for _, a := range disks {
@@ -101,6 +113,9 @@ func vmmMain(args []string) int {
 		}
 		defer f.Close()
 		cfg.Disks = append(cfg.Disks, d.machineDisk(f))
+	}
+	for _, n := range nicSpecs {
+		cfg.NICs = append(cfg.NICs, n.machineNIC())
 	}
 	start := time.Now()
 	m, err := machine.New(cfg)

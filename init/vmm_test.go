@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -90,5 +91,34 @@ func TestVMMBadInput(t *testing.T) {
 				t.Errorf("panic: %s", out)
 			}
 		})
+	}
+}
+
+func TestParseNICSpec(t *testing.T) {
+	for _, tc := range []struct {
+		in, err string
+		want    nicSpec
+	}{
+		{in: "socket=/run/sw/a.sock,mac=52:54:00:12:34:56", want: nicSpec{Socket: "/run/sw/a.sock", MAC: net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x56}}},
+		{in: "socket=a.sock,mac=52:54:00:12:34:56", err: `socket "a.sock": want an absolute path`},
+		{in: "socket=/a,mac=01:00:5e:00:00:01", err: "want a unicast Ethernet address"},
+		{in: "socket=/a,mac=zz", err: `mac "zz"`},
+		{in: "socket=/a", err: "want socket=PATH and mac=ADDRESS"},
+		{in: "socket=/a,socket=/b,mac=52:54:00:12:34:56", err: "socket given twice"},
+		{in: "socket=/a,mac=52:54:00:12:34:56,queues=2", err: `unknown key "queues"`},
+		{in: "", err: `"": want key=value`},
+	} {
+		got, err := parseNICSpec(tc.in)
+		switch {
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("parseNICSpec(%q) error = %v, want %q", tc.in, err, tc.err)
+		case tc.err == "" && err != nil:
+			t.Errorf("parseNICSpec(%q): %v", tc.in, err)
+		case tc.err == "" && (got.Socket != tc.want.Socket || got.MAC.String() != tc.want.MAC.String()):
+			t.Errorf("parseNICSpec(%q) = %+v, want %+v", tc.in, got, tc.want)
+		}
+	}
+	if got, _ := parseNICSpec(nicArg("/s", net.HardwareAddr{2, 0, 0, 0, 0, 1})); got.Socket != "/s" || got.MAC.String() != "02:00:00:00:00:01" {
+		t.Errorf("nicArg does not round-trip: %+v", got)
 	}
 }

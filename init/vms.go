@@ -66,6 +66,9 @@ func vmArgs(vm config.VM) []string {
 	for i, d := range vm.Disks {
 		args = append(args, "--disk", diskArg(3+i, d))
 	}
+	for i, n := range vm.NICs {
+		args = append(args, "--nic", nicArg(nicSocket(switchDir, vm.Name, i), n.MAC))
+	}
 	return args
 }
 
@@ -276,18 +279,27 @@ func (f *fleet) Stop(grace time.Duration) {
 }
 
 // readConsoleInput routes lines typed on the appliance console: "@<vm> text"
-// sends "text" to that VM's serial console.
-func readConsoleInput(c *console, f *fleet, in io.Reader) {
+// sends "text" to that VM's serial console; "switch kill" kills the switch
+// as a crash would (it is restarted and the VMs reconnect).
+func readConsoleInput(c *console, f *fleet, sw *netSwitch, in io.Reader) {
 	sc := bufio.NewScanner(in)
 	for sc.Scan() {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" {
 			continue
 		}
+		if line == "switch kill" {
+			if sw == nil {
+				c.Printf("console: no switch is running")
+			} else if err := sw.Kill(); err != nil {
+				c.Printf("console: %v", err)
+			}
+			continue
+		}
 		target, text, _ := strings.Cut(line, " ")
 		name, ok := strings.CutPrefix(target, "@")
 		if !ok {
-			c.Printf("console: type \"@<vm> <text>\" to send a line to a VM's console")
+			c.Printf("console: type \"@<vm> <text>\" to send a line to a VM's console, or \"switch kill\"")
 			continue
 		}
 		if err := f.Input(name, text); err != nil {

@@ -38,6 +38,7 @@ var diskActions = map[string]func(seed uint64) error{
 	"disk-rw-parallel":     diskParallel,
 	"disk-ro":              diskRO,
 	"disk-iops":            diskIOPS,
+	"disk-bench":           diskBenchAction, // diskbench.go
 }
 
 // content is the deterministic content of a test file.

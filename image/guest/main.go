@@ -66,7 +66,11 @@ func main() {
 	// Disk actions may be chained with commas; a failing one says why
 	// and crashes the guest, so that its VM exits with a crash.
 	for _, a := range strings.Split(action, ",") {
-		if f := diskActions[a]; f != nil {
+		f := diskActions[a]
+		if f == nil {
+			f = netActions[a] // net.go
+		}
+		if f != nil {
 			if err := f(seed); err != nil {
 				fmt.Printf("guest: FAIL %s: %v\n", a, err)
 				panicKernel()

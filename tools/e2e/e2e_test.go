@@ -174,7 +174,7 @@ func TestConfigAndOverlay(t *testing.T) {
 			t.Fatal(err)
 		}
 		m := start(t, qemu.Options{Config: cfg, Oneshot: true})
-		expect(t, m, `hyperroot: config: /etc/hyperroot/config.yaml \(0 VMs\)`)
+		expect(t, m, `hyperroot: config: /etc/hyperroot/config.yaml \(0 VMs, 0 networks\)`)
 		if r := m.Wait(); !r.OK() {
 			t.Fatalf("boot with config: %s", r.Why())
 		}
@@ -187,7 +187,7 @@ func TestConfigAndOverlay(t *testing.T) {
 			t.Fatal(err)
 		}
 		m = start(t, qemu.Options{Overlay: ov, Oneshot: true})
-		expect(t, m, `hyperroot: config: /etc/hyperroot/config.yaml \(1 VMs\)`)
+		expect(t, m, `hyperroot: config: /etc/hyperroot/config.yaml \(1 VMs, 0 networks\)`)
 		expect(t, m, `hyperroot: vm fromoverlay exited code=0 reason=poweroff`)
 		if r := m.Wait(); !r.OK() {
 			t.Fatalf("boot with overlay: %s", r.Why())

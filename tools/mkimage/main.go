@@ -3,7 +3,8 @@
 // with hyperroot as /init, the board's modules and the test guest under
 // /guest), out/image/guest-initramfs.cpio (the test guest's own initramfs)
 // and out/image/board.yaml (the board as resolved: kernel version, module
-// files). build.sh calls it;
+// files); with -bench it adds the peer VMMs of the benchmarks (gokvm, and
+// QEMU: qemu.go). build.sh calls it;
 // each step prints what it does and how long it took, and a failure names
 // the step and the cause.
 package main
@@ -28,7 +29,7 @@ import (
 // virtio_rng bind the VMM's virtio-rng device (the guest reports it),
 // virtio_blk its disks (ext4, which the disk tests mount, is built into
 // Debian's kernel: CONFIG_EXT4_FS=y).
-var guestModules = []string{"pvpanic_mmio", "button", "evdev", "virtio_pci", "virtio_rng", "virtio_blk"}
+var guestModules = []string{"pvpanic_mmio", "button", "evdev", "virtio_pci", "virtio_rng", "virtio_blk", "virtio_net"}
 
 func main() {
 	var (
@@ -36,7 +37,7 @@ func main() {
 		boards    = flag.String("boards", "board", "directory holding the boards")
 		out       = flag.String("out", "out", "output directory")
 		version   = flag.String("version", "dev", "version string baked into the binary")
-		bench     = flag.Bool("bench", false, "add the peer VMM gokvm as /bin/gokvm, for the boot benchmark (never in a product image)")
+		bench     = flag.Bool("bench", false, "add the peer VMMs, gokvm as /bin/gokvm and this host's qemu-system-x86_64 with its libraries and firmware, for the benchmarks (never in a product image)")
 	)
 	flag.Parse()
 	if err := build(context.Background(), *boards, *boardName, *out, *version, *bench); err != nil {
@@ -150,6 +151,12 @@ func build(ctx context.Context, boards, name, out, version string, bench bool) e
 				filepath.Join(imgDir, "guest-initramfs.cpio")+":guest/initramfs.cpio")
 			if bench {
 				files = append(files, filepath.Join(out, "gokvm")+":bin/gokvm")
+				qemu, err := qemuFiles()
+				if err != nil {
+					return fmt.Errorf("add qemu: %w", err)
+				}
+				logf("qemu: %d files (binary, libraries, firmware)", len(qemu))
+				files = append(files, qemu...)
 			}
 			ir := &image.Initramfs{Init: "/bin/hyperroot", Files: files, Staging: staging}
 			if err := ir.Write(filepath.Join(imgDir, "initramfs.cpio")); err != nil {

@@ -44,6 +44,10 @@ type Options struct {
 	// the appliance's VMs can use as disks, which the host can inspect
 	// after QEMU has exited.
 	Drives []string
+	// UserNet gives the appliance one NIC (its eth0) on QEMU's user-mode
+	// network: the outside world for an uplink, where 10.0.2.2 is the
+	// host's loopback and 10.0.2.3 a DNS server.
+	UserNet bool
 }
 
 // Machine is a running QEMU.
@@ -122,9 +126,14 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 	args := append(accel,
 		"-machine", "q35", "-smp", fmt.Sprint(o.CPUs), "-m", o.Memory,
 		"-kernel", filepath.Join(o.Image, "vmlinuz"), "-initrd", initrd, "-append", cmdline,
-		"-display", "none", "-vga", "none", "-nic", "none", "-no-reboot",
+		"-display", "none", "-vga", "none", "-no-reboot",
 		"-qmp", "unix:"+m.qmpPath+",server=on,wait=off",
 	)
+	if o.UserNet {
+		args = append(args, "-netdev", "user,id=wan", "-device", "virtio-net-pci,netdev=wan")
+	} else {
+		args = append(args, "-nic", "none")
+	}
 	for _, d := range o.Drives {
 		if fi, err := os.Stat(d); err != nil || !fi.Mode().IsRegular() || strings.Contains(d, ",") {
 			os.RemoveAll(tmp)

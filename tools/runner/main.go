@@ -27,6 +27,7 @@ func main() {
 	flag.BoolVar(&o.Oneshot, "oneshot", false, "image-testing mode: power off when done, exit status is the verdict")
 	flag.DurationVar(&o.Timeout, "timeout", 0, "kill QEMU after this long (default: none, 10m with -oneshot)")
 	flag.StringVar(&o.Accel, "accel", "auto", "auto, kvm (-cpu host) or tcg (-cpu max)")
+	flag.BoolVar(&o.UserNet, "usernet", false, "give the appliance a NIC (eth0) on QEMU user networking, e.g. as an uplink")
 	flag.Parse()
 	if flag.NArg() != 0 {
 		fmt.Fprintf(os.Stderr, "runner: unexpected argument %q\n", flag.Arg(0))

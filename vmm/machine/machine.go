@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"runtime"
@@ -31,6 +32,7 @@ import (
 	"github.com/hyperroot/hyperroot/vmm/layout"
 	"github.com/hyperroot/hyperroot/vmm/memory"
 	"github.com/hyperroot/hyperroot/vmm/pci"
+	virtionet "github.com/hyperroot/hyperroot/vmm/virtio/net"
 	virtiopci "github.com/hyperroot/hyperroot/vmm/virtio/pci"
 )
 
@@ -48,10 +50,22 @@ type Config struct {
 	// Disks are served as virtio-blk devices, in this order on the PCI
 	// bus (the guest's vda, vdb, ...).
 	Disks []Disk
+	// NICs are served as vhost-user virtio-net devices, after the disks
+	// on the PCI bus (the guest's eth0, eth1, ...).
+	NICs []NIC
 	// Trace writes every port access but the serial port's, every access
 	// no device claims, and every vCPU's registers each 3 s to stderr: for
 	// finding out why a guest hangs. Slow.
 	Trace bool
+}
+
+// NIC is one virtio-net interface whose frames a vhost-user backend (the
+// switch) moves.
+type NIC struct {
+	// Dial connects to the backend's vhost-user socket; it is called
+	// again to reconnect after the backend restarts.
+	Dial func() (*net.UnixConn, error)
+	MAC  net.HardwareAddr
 }
 
 // Disk is one virtio-blk disk.
@@ -127,6 +141,7 @@ type Machine struct {
 	// disks' backends, closed after the transports have reset the
 	// devices (which waits for requests in flight).
 	backends []block.Backend
+	nics     []*virtionet.Device
 
 	trace    bool
 	stopOnce sync.Once

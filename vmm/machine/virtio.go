@@ -15,6 +15,7 @@ import (
 	"github.com/hyperroot/hyperroot/vmm/ratelimit"
 	"github.com/hyperroot/hyperroot/vmm/virtio"
 	"github.com/hyperroot/hyperroot/vmm/virtio/blk"
+	virtionet "github.com/hyperroot/hyperroot/vmm/virtio/net"
 	virtiopci "github.com/hyperroot/hyperroot/vmm/virtio/pci"
 	"github.com/hyperroot/hyperroot/vmm/virtio/rng"
 )
@@ -234,6 +235,17 @@ func (m *Machine) virtioDevices(cfg Config) error {
 			return err
 		}
 	}
+	for i, n := range cfg.NICs {
+		dev, err := virtionet.New(virtionet.Options{Dial: n.Dial, Memory: m.mem, MAC: n.MAC,
+			Logf: func(format string, args ...any) { fmt.Fprintf(os.Stderr, "vmm: "+format+"\n", args...) }})
+		if err != nil {
+			return fmt.Errorf("nic %d: %w", i, err)
+		}
+		m.nics = append(m.nics, dev)
+		if err := m.attach(fmt.Sprintf("nic %d: virtio-net", i), dev, width); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -341,9 +353,12 @@ func (m *Machine) closeVirtio() error {
 	for _, b := range m.backends {
 		errs = append(errs, b.Close())
 	}
+	for _, n := range m.nics {
+		errs = append(errs, n.Close())
+	}
 	for _, r := range m.routers {
 		errs = append(errs, r.close())
 	}
-	m.virtio, m.routers, m.backends = nil, nil, nil
+	m.virtio, m.routers, m.backends, m.nics = nil, nil, nil, nil
 	return errors.Join(errs...)
 }

@@ -1,0 +1,170 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseBenchOptions(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		want    benchOptions
+		wantErr string
+	}{
+		{"", benchOptions{8 * time.Second, 4}, ""},
+		{"time=2s", benchOptions{2 * time.Second, 4}, ""},
+		{"jobs=1", benchOptions{8 * time.Second, 1}, ""},
+		{"jobs=16,time=500ms", benchOptions{500 * time.Millisecond, 16}, ""},
+		{"time=0s", benchOptions{}, "time"},
+		{"time=-1s", benchOptions{}, "time"},
+		{"time=2h", benchOptions{}, "time"},
+		{"time=soon", benchOptions{}, "time"},
+		{"jobs=0", benchOptions{}, "jobs"},
+		{"jobs=1000", benchOptions{}, "jobs"},
+		{"jobs=x", benchOptions{}, "jobs"},
+		{"depth=4", benchOptions{}, "unknown option"},
+		{"time=1s,", benchOptions{}, "unknown option"},
+	} {
+		got, err := parseBenchOptions(tc.in)
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("parseBenchOptions(%q) error %v, want one mentioning %q", tc.in, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("parseBenchOptions(%q) = %+v, %v; want %+v", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+// TestStamps checks that a stamped buffer passes at its own offset and
+// fails at any other, with another seed, or with a changed body byte.
+func TestStamps(t *testing.T) {
+	d, err := newBenchDisk(-1, 4<<20, 42)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4*benchBlock)
+	d.fill(buf)
+	d.stamp(buf, 8192)
+	if err := d.checkStamps(buf, 8192); err != nil {
+		t.Fatalf("own stamps: %v", err)
+	}
+	for i := 0; i < len(buf); i += benchBlock {
+		if err := d.checkBlock(buf[i:i+benchBlock], 8192+int64(i)); err != nil {
+			t.Fatalf("block %d: %v", i/benchBlock, err)
+		}
+	}
+	if err := d.checkStamps(buf, 4096); err == nil {
+		t.Error("stamps accepted at the wrong offset")
+	}
+	other, _ := newBenchDisk(-1, 4<<20, 43)
+	if err := other.checkStamps(buf, 8192); err == nil {
+		t.Error("stamps of seed 42 accepted by a run with seed 43")
+	}
+	buf[benchBlock+100] ^= 1
+	if err := d.checkBlock(buf[benchBlock:2*benchBlock], 8192+benchBlock); err == nil {
+		t.Error("a changed body byte went unnoticed")
+	}
+	if _, err := newBenchDisk(-1, benchChunk-1, 1); err == nil {
+		t.Error("a disk smaller than 1 MiB was accepted")
+	}
+}
+
+// TestRun runs the whole benchmark briefly on a file standing in for
+// /dev/vda, then damages the file in the ways a broken disk would and
+// checks that verification notices each.
+func TestRun(t *testing.T) {
+	const size = 3 << 20
+	for _, tc := range []struct {
+		name   string
+		damage func(t *testing.T, f *os.File)
+	}{
+		{"intact", nil},
+		{"lost writes", func(t *testing.T, f *os.File) {
+			if _, err := f.WriteAt(make([]byte, size), 0); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"blocks swapped", func(t *testing.T, f *os.File) {
+			a, b := make([]byte, benchBlock), make([]byte, benchBlock)
+			f.ReadAt(a, 0)
+			f.ReadAt(b, benchBlock)
+			f.WriteAt(b, 0)
+			f.WriteAt(a, benchBlock)
+		}},
+		{"body corrupted", func(t *testing.T, f *os.File) {
+			if _, err := f.WriteAt([]byte{0xff, 0x00, 0xff}, size-100); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, err := os.Create(filepath.Join(t.TempDir(), "disk"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			if err := f.Truncate(size); err != nil {
+				t.Fatal(err)
+			}
+			d, err := newBenchDisk(int(f.Fd()), size, 7)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := d.run(benchOptions{Time: 50 * time.Millisecond, Jobs: 3}); err != nil {
+				t.Fatalf("run: %v", err)
+			}
+			if d.covered != size {
+				t.Fatalf("covered %d bytes, want the whole %d-byte disk", d.covered, size)
+			}
+			if tc.damage == nil {
+				return
+			}
+			tc.damage(t, f)
+			// verify checks block 0 and the last block first, and the
+			// damage above hits at least one of them.
+			if err := d.verify(); err == nil {
+				t.Fatal("verify passed on a damaged disk")
+			}
+		})
+	}
+}
+
+// TestRunStaleData: a disk holding an earlier run's blocks (another seed)
+// fails the reads, not only the final verify.
+func TestRunStaleData(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "disk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.Truncate(2 << 20)
+	old, _ := newBenchDisk(int(f.Fd()), 2<<20, 1)
+	if err := old.run(benchOptions{Time: 30 * time.Millisecond, Jobs: 2}); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := newBenchDisk(int(f.Fd()), 2<<20, 2)
+	d.covered = 2 << 20 // as if seqwrite had written it all, but its writes were lost
+	if err := d.verify(); err == nil || !strings.Contains(err.Error(), "stamp") {
+		t.Fatalf("verify of another run's data: %v, want a stamp mismatch", err)
+	}
+}
+
+func BenchmarkStamp(b *testing.B) {
+	d, _ := newBenchDisk(-1, 4<<20, 1)
+	buf := make([]byte, benchChunk)
+	d.fill(buf)
+	b.SetBytes(benchChunk)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		d.stamp(buf, int64(i)*benchChunk)
+		if err := d.checkStamps(buf, int64(i)*benchChunk); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

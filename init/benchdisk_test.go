@@ -1,0 +1,216 @@
+package main
+
+import (
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestParseDiskBenchLine(t *testing.T) {
+	for _, tc := range []struct {
+		line  string
+		test  string
+		value float64
+		ok    bool
+	}{
+		{"guest: diskbench randread iops=1234 ops=9872 seconds=8.00 jobs=4", "randread", 1234, true},
+		{"guest: diskbench randwrite iops=0", "randwrite", 0, true},
+		{"guest: diskbench seqwrite mibps=56.7 ops=453", "seqwrite", 56.7, true},
+		{"guest: diskbench seqread mibps=1e3", "seqread", 1000, true},
+		{"bench| [  3.1] guest: diskbench seqread mibps=12.5\r", "seqread", 12.5, true}, // prefixed, CR
+		{"guest: diskbench randread mibps=12", "", 0, false},                            // wrong unit
+		{"guest: diskbench seqread iops=12", "", 0, false},
+		{"guest: diskbench randread iops=-1", "", 0, false},
+		{"guest: diskbench randread iops=NaN", "", 0, false},
+		{"guest: diskbench randread iops=+Inf", "", 0, false},
+		{"guest: diskbench randread iops=1e999", "", 0, false},
+		{"guest: diskbench randread iops=", "", 0, false},
+		{"guest: diskbench randread", "", 0, false},
+		{"guest: diskbench trim iops=5", "", 0, false},
+		{"guest: diskbench start dev=/dev/vda size=268435456", "", 0, false},
+		{"guest: diskbench verify ok blocks=256", "", 0, false},
+		{"guest: iops vda serial=x 1000", "", 0, false},
+		{"", "", 0, false},
+	} {
+		test, v, ok := parseDiskBenchLine(tc.line)
+		if test != tc.test || v != tc.value || ok != tc.ok {
+			t.Errorf("parseDiskBenchLine(%q) = %q, %v, %v; want %q, %v, %v", tc.line, test, v, ok, tc.test, tc.value, tc.ok)
+		}
+	}
+}
+
+// FuzzParseDiskBenchLine: guest output never panics the parser, and what
+// it accepts is a known test with a usable figure.
+func FuzzParseDiskBenchLine(f *testing.F) {
+	f.Add("guest: diskbench randread iops=1234 ops=9872 seconds=8.00 jobs=4")
+	f.Add("guest: diskbench seqwrite mibps=56.7")
+	f.Add("guest: diskbench seqread mibps=0x1p-2")
+	f.Add("guest: diskbench ")
+	f.Fuzz(func(t *testing.T, line string) {
+		test, v, ok := parseDiskBenchLine(line)
+		if !ok {
+			if test != "" || v != 0 {
+				t.Fatalf("rejected line returned %q, %v", test, v)
+			}
+			return
+		}
+		known := false
+		for _, dt := range diskTests() {
+			known = known || dt.name == test
+		}
+		if !known || v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
+			t.Fatalf("accepted %q as %q = %v", line, test, v)
+		}
+	})
+}
+
+const goodTranscript = `hyperroot vmm: disk 0: io_uring
+[    0.000000] Linux version 6.1.0
+guest: booted nproc=1 memtotal_kb=93920
+guest: action disk-bench
+guest: diskbench start dev=/dev/vda size=268435456 time=8s jobs=4
+guest: diskbench seqwrite mibps=100.5 ops=804 seconds=8.00 jobs=1
+guest: diskbench randwrite iops=2000 ops=16000 seconds=8.00 jobs=4
+guest: diskbench randread iops=3000 ops=24000 seconds=8.00 jobs=4
+guest: diskbench seqread mibps=200.0 ops=1600 seconds=8.00 jobs=1
+guest: diskbench verify ok blocks=256 covered-mib=256
+[    9.1] reboot: Power down
+`
+
+func TestCollectDiskBench(t *testing.T) {
+	for _, tc := range []struct {
+		name, transcript string
+		wantErr          string
+	}{
+		{"complete", goodTranscript, ""},
+		{"crlf", strings.ReplaceAll(goodTranscript, "\n", "\r\n"), ""},
+		{"guest failed", strings.Replace(goodTranscript, "guest: diskbench verify ok blocks=256 covered-mib=256",
+			"guest: FAIL disk-bench: verify: block at 4096: stamp wrong", 1), "guest failed: guest: FAIL disk-bench: verify"},
+		{"no verify", strings.Replace(goodTranscript, "guest: diskbench verify ok", "guest: something else", 1), "no verify"},
+		{"a test missing", strings.Replace(goodTranscript, "guest: diskbench randread", "guest: diskbnch randread", 1), "no randread"},
+		{"nothing", "hyperroot vmm: bench: kernel: no such file\n", "no randread, randwrite, seqread, seqwrite, verify"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			run, err := collectDiskBench(strings.NewReader(tc.transcript))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := map[string]float64{"seqwrite": 100.5, "randwrite": 2000, "randread": 3000, "seqread": 200}
+			for k, v := range want {
+				if run.values[k] != v {
+					t.Errorf("%s = %v, want %v", k, run.values[k], v)
+				}
+			}
+			if run.kind != "io_uring" {
+				t.Errorf("kind %q, want io_uring", run.kind)
+			}
+		})
+	}
+}
+
+func TestDiskTable(t *testing.T) {
+	run := func(rr, rw, sr, sw float64) diskRun {
+		return diskRun{values: map[string]float64{"randread": rr, "randwrite": rw, "seqread": sr, "seqwrite": sw}}
+	}
+	runs := map[string][]diskRun{
+		// medians: uring 2000/1000/300/100, pool 1000/500/150/50, qemu 4000/1000/600/0
+		"uring": {run(2000, 1000, 300, 100), run(9000, 900, 310, 90), run(1000, 1100, 290, 110)},
+		"pool":  {run(1000, 500, 150, 50), run(1000, 500, 150, 50), run(1000, 500, 150, 50)},
+		"qemu":  {run(4000, 1000, 600, 0), run(3000, 1000, 600, 0), run(5000, 1000, 600, 0)},
+	}
+	got := diskTable([]string{"uring", "pool", "qemu"}, runs)
+	want := [][]string{
+		{"test", "unit", "uring", "pool", "qemu", "uring/qemu", "pool/qemu", "uring/pool", "(medians", "of", "3"},
+		{"randread", "iops", "2000", "1000", "4000", "0.50", "0.25", "2.00"},
+		{"randwrite", "iops", "1000", "500", "1000", "1.00", "0.50", "2.00"},
+		{"seqread", "MiB/s", "300.0", "150.0", "600.0", "0.50", "0.25", "2.00"},
+		{"seqwrite", "MiB/s", "100.0", "50.0", "0.0", "-", "-", "2.00"}, // no ratio over zero
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %d lines, want %d:\n%s", len(got), len(want), strings.Join(got, "\n"))
+	}
+	for i, w := range want {
+		f := strings.Fields(got[i])
+		if len(f) < len(w) || strings.Join(f[:len(w)], " ") != strings.Join(w, " ") {
+			t.Errorf("line %d = %q, want fields %q", i, got[i], w)
+		}
+	}
+	// Without io= backends: one hyperroot column, no uring/pool ratio.
+	got = diskTable([]string{"hyperroot", "qemu"}, map[string][]diskRun{"hyperroot": runs["pool"], "qemu": runs["qemu"]})
+	if f := strings.Fields(got[1]); strings.Join(f, " ") != "randread iops 1000 4000 0.25" {
+		t.Errorf("two-backend line %q", got[1])
+	}
+}
+
+func TestMedianFloat(t *testing.T) {
+	for _, tc := range []struct {
+		in   []float64
+		want float64
+	}{
+		{nil, 0}, {[]float64{5}, 5}, {[]float64{3, 1, 2}, 2}, {[]float64{4, 1, 3, 2}, 3},
+	} {
+		if got := medianFloat(tc.in); got != tc.want {
+			t.Errorf("medianFloat(%v) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestDiskBackends(t *testing.T) {
+	bs := diskBackends("/bin/hyperroot", "/tmp/d.img")
+	var names []string
+	for _, b := range bs {
+		names = append(names, b.name)
+		args := strings.Join(b.argv, " ")
+		if !strings.Contains(args, "hyperroot.guest=disk-bench") {
+			t.Errorf("%s: guest not asked for disk-bench: %s", b.name, args)
+		}
+		switch b.name {
+		case "uring", "pool":
+			if !strings.Contains(args, "--disk path=/tmp/d.img,io="+b.name) || !strings.Contains(args, "--cpus 1 --memory 256M") {
+				t.Errorf("%s: %s", b.name, args)
+			}
+		case "qemu":
+			for _, want := range []string{"-enable-kvm", "-smp 1 -m 256", "file=/tmp/d.img,", "cache=writeback", "virtio-blk-pci,drive=d"} {
+				if !strings.Contains(args, want) {
+					t.Errorf("qemu argv lacks %q: %s", want, args)
+				}
+			}
+		}
+	}
+	// This binary's --disk takes io= (init/disk.go), so both of our
+	// backends are measured.
+	if strings.Join(names, " ") != "uring pool qemu" {
+		t.Errorf("backends %v, want uring pool qemu", names)
+	}
+}
+
+func TestMakeBenchImage(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "sub", "d.img")
+	const size = 3<<20 + 4096
+	if err := makeBenchImage(p, size); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(p, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Size != size || st.Blocks*512 < size {
+		t.Errorf("size %d with %d bytes allocated, want %d fully allocated", st.Size, st.Blocks*512, size)
+	}
+	b, _ := os.ReadFile(p)
+	for i, c := range b {
+		if c == 0 {
+			t.Fatalf("byte %d is zero: reads would not tell data from a hole", i)
+		}
+	}
+}

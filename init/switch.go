@@ -1,0 +1,390 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/netconf"
+	"github.com/hyperroot/hyperroot/net/dhcp"
+	"github.com/hyperroot/hyperroot/net/pcap"
+	"github.com/hyperroot/hyperroot/net/tap"
+	"github.com/hyperroot/hyperroot/net/uplink"
+	"github.com/hyperroot/hyperroot/net/vhostuser"
+	"github.com/hyperroot/hyperroot/net/vswitch"
+)
+
+// switchDir is where the supervisor's switch keeps its vhost-user sockets
+// and lease files: tmpfs, so it survives a restart of the switch (leases
+// stay stable) but not of the appliance.
+const switchDir = "/run/hyperroot/switch"
+
+// nicSocket is the vhost-user socket of a VM's NIC: the switch listens on
+// it, the VM's VMM connects to it.
+func nicSocket(dir, vm string, index int) string {
+	return filepath.Join(dir, fmt.Sprintf("%s.%d.sock", vm, index))
+}
+
+// portName names a VM NIC's switch port in messages and for --capture.
+func portName(vm string, index int) string { return fmt.Sprintf("%s.%d", vm, index) }
+
+// hostTap is the name of the tap device of the appliance's host port.
+const hostTap = "hr-host"
+
+// switchMain is `hyperroot switch`: the userspace virtio-net switch for the
+// networks and VM NICs of a configuration file. It serves one vhost-user
+// socket per NIC, DHCP on networks with a range, the appliance's host port
+// (a tap device) and the uplinks, until SIGTERM.
+func switchMain(args []string) int {
+	fs := flag.NewFlagSet("switch", flag.ContinueOnError)
+	var (
+		cfgPath  = fs.String("config", "", "configuration file with networks and VM NICs (required)")
+		dir      = fs.String("dir", switchDir, "directory for the vhost-user sockets and DHCP lease files")
+		captures multiFlag
+	)
+	fs.Var(&captures, "capture", "write a port's traffic to a pcap file, repeatable: PORT=FILE (ports are\n"+
+		"<vm>.<nic index>, host, uplink:<ifname>)")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: hyperroot switch --config FILE [--dir DIR] [--capture PORT=FILE]...\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if *cfgPath == "" || fs.NArg() > 0 {
+		fs.Usage()
+		return exitUsage
+	}
+	fail := func(err error) int {
+		fmt.Fprintf(os.Stderr, "hyperroot switch: %v\n", err)
+		return exitError
+	}
+	data, err := os.ReadFile(*cfgPath)
+	if err != nil {
+		return fail(err)
+	}
+	cfg, err := config.Parse(*cfgPath, data)
+	if err != nil {
+		return fail(err)
+	}
+	capt := map[string]string{}
+	for _, c := range captures {
+		port, file, ok := strings.Cut(c, "=")
+		if !ok || port == "" || file == "" {
+			fmt.Fprintf(os.Stderr, "hyperroot switch: --capture %q: want PORT=FILE\n", c)
+			return exitUsage
+		}
+		capt[port] = file
+	}
+	if err := os.MkdirAll(*dir, 0o700); err != nil {
+		return fail(err)
+	}
+	// Plain lines on stdout: the supervisor relays them as "switch| <line>",
+	// and "ready ..." tells it the sockets are served.
+	s, err := startSwitch(cfg, *dir, capt, func(format string, a ...any) {
+		fmt.Printf(format+"\n", a...)
+	})
+	if err != nil {
+		return fail(err)
+	}
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, unix.SIGTERM, unix.SIGINT)
+	<-sigc
+	s.Close()
+	return exitPoweroff
+}
+
+// runningSwitch is a switch serving a configuration.
+type runningSwitch struct {
+	sw        *vswitch.Switch
+	logf      func(string, ...any)
+	listeners []*net.UnixListener
+	frames    []vswitch.Frames
+	captures  []*pcap.Writer
+	files     []*os.File
+	ports     []*vswitch.Port // for the counters report
+	wg        sync.WaitGroup
+
+	// Read-only once startSwitch returns; the data path reads them.
+	dhcpOf map[*vswitch.Port]*dhcp.Server
+	byMAC  map[string]*vswitch.VirtioPort
+}
+
+// startSwitch builds the switch for cfg and starts serving. Errors about
+// one piece (an uplink NIC that does not exist) stop the whole switch: a
+// half-configured network would look like a working one.
+func startSwitch(cfg *config.Config, dir string, capture map[string]string, logf func(string, ...any)) (*runningSwitch, error) {
+	rs := &runningSwitch{logf: logf, dhcpOf: map[*vswitch.Port]*dhcp.Server{}, byMAC: map[string]*vswitch.VirtioPort{}}
+	rs.sw = vswitch.New(vswitch.Options{Local: rs.local})
+	ok := false
+	defer func() {
+		if !ok {
+			rs.Close()
+		}
+	}()
+	nets := map[string]*vswitch.Network{}
+	servers := map[string]*dhcp.Server{}
+	for _, n := range cfg.Networks {
+		nw, err := rs.sw.AddNetwork(n.Name, n.VLAN)
+		if err != nil {
+			return nil, err
+		}
+		nets[n.Name] = nw
+		if n.DHCP == nil {
+			continue
+		}
+		srv, err := dhcp.New(dhcp.Config{
+			Subnet: n.Subnet, Router: n.Gateway, From: n.DHCP.From, To: n.DHCP.To,
+			ServerMAC: switchMAC(n.Name), LeasePath: filepath.Join(dir, n.Name+".leases"),
+			OnLease: rs.leased(n.Name),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("network %s: dhcp: %w", n.Name, err)
+		}
+		servers[n.Name] = srv
+	}
+	for _, vm := range cfg.VMs {
+		for i, nic := range vm.NICs {
+			name := portName(vm.Name, i)
+			srv := servers[nic.Network]
+			p, err := rs.sw.AddVirtioPort(name, vswitch.VirtioConfig{
+				Network: nets[nic.Network], MAC: nic.MAC, LockIP: srv != nil,
+				Limits: vswitch.Limits{
+					Rx: vswitch.Rate{BitsPerSecond: nic.Limits.RX},
+					Tx: vswitch.Rate{BitsPerSecond: nic.Limits.TX},
+				},
+			})
+			if err != nil {
+				return nil, err
+			}
+			rs.byMAC[nic.MAC.String()] = p
+			rs.ports = append(rs.ports, p.Port)
+			if srv != nil {
+				rs.dhcpOf[p.Port] = srv
+				// A lease granted before a restart of the switch still
+				// holds: the guest keeps using its address.
+				if ip, ok := srv.Lookup(nic.MAC); ok {
+					p.AllowIP(ip)
+				}
+			}
+			if err := rs.capture(p.Port, capture); err != nil {
+				return nil, err
+			}
+			l, err := vhostuser.Listen(nicSocket(dir, vm.Name, i))
+			if err != nil {
+				return nil, err
+			}
+			rs.listeners = append(rs.listeners, l)
+			rs.wg.Add(1)
+			go rs.serve(l, p, name)
+		}
+	}
+	if h := cfg.Host; h != nil {
+		if err := rs.hostPort(h, nets[h.Network], servers[h.Network], capture); err != nil {
+			return nil, err
+		}
+	}
+	if err := rs.uplinks(cfg, nets, capture); err != nil {
+		return nil, err
+	}
+	ok = true
+	logf("ready networks=%d ports=%d", len(cfg.Networks), len(rs.byMAC))
+	return rs, nil
+}
+
+// serve accepts the VMM of one NIC, one connection at a time: a VM that
+// reconnects (after its VMM restarted) gets the port again.
+func (rs *runningSwitch) serve(l *net.UnixListener, p *vswitch.VirtioPort, name string) {
+	defer rs.wg.Done()
+	for {
+		c, err := l.AcceptUnix()
+		if err != nil {
+			return // closed
+		}
+		rs.logf("port %s connected", name)
+		if err := vhostuser.Serve(c, p); err != nil {
+			rs.logf("port %s: %v", name, err)
+		}
+		c.Close()
+		rs.logf("port %s disconnected", name)
+	}
+}
+
+// leased unlocks a port's new address when network's DHCP server ACKs it,
+// and reports the lease.
+func (rs *runningSwitch) leased(network string) func(net.HardwareAddr, netip.Addr) {
+	return func(mac net.HardwareAddr, ip netip.Addr) {
+		p := rs.byMAC[mac.String()]
+		if p != nil {
+			p.AllowIP(ip)
+		}
+		port := "-"
+		if p != nil {
+			port = p.Name()
+		}
+		rs.logf("lease network=%s ip=%s mac=%s port=%s", network, ip, mac, port)
+	}
+}
+
+// local answers DHCP requests: the switch's own service, before
+// forwarding. Other frames pass on.
+func (rs *runningSwitch) local(p *vswitch.Port, frame []byte) bool {
+	srv := rs.dhcpOf[p]
+	if srv == nil {
+		return false
+	}
+	var out [1536]byte
+	n, ok := srv.HandleFrame(frame, out[:])
+	if !ok {
+		return false
+	}
+	if err := p.Inject(out[:n]); err != nil {
+		rs.logf("port %s: dhcp reply: %v", p.Name(), err)
+	}
+	return true
+}
+
+// hostPort puts the appliance's own IP stack on network nw through a tap
+// device, with a static address (a DHCP-configured host port is not
+// implemented yet and is refused).
+func (rs *runningSwitch) hostPort(h *config.Host, nw *vswitch.Network, srv *dhcp.Server, capture map[string]string) error {
+	if h.DHCP {
+		return errors.New("host: address dhcp is not supported yet; give a static address")
+	}
+	t, err := tap.Open(hostTap, tap.Options{Offload: true, MAC: switchMAC("host:" + h.Network)})
+	if err != nil {
+		return fmt.Errorf("host port: %w", err)
+	}
+	rs.frames = append(rs.frames, t)
+	if err := netconf.SetAddress(hostTap, h.Address); err != nil {
+		return fmt.Errorf("host port: %w", err)
+	}
+	p, err := rs.sw.AddFramePort("host", t, vswitch.FrameConfig{Networks: []*vswitch.Network{nw}, Offload: true})
+	if err != nil {
+		return err
+	}
+	rs.ports = append(rs.ports, p.Port)
+	if srv != nil {
+		rs.dhcpOf[p.Port] = srv
+	}
+	rs.logf("host port %s on network %s address %s", hostTap, h.Network, h.Address)
+	return rs.capture(p.Port, capture)
+}
+
+// uplinks bridges networks to physical NICs: one AF_PACKET port per NIC,
+// a trunk carrying every network that names it (tagged by VLAN id, the
+// VLAN-0 network untagged).
+func (rs *runningSwitch) uplinks(cfg *config.Config, nets map[string]*vswitch.Network, capture map[string]string) error {
+	byNIC := map[string][]*vswitch.Network{}
+	var names []string
+	for _, n := range cfg.Networks {
+		if n.Uplink == "" {
+			continue
+		}
+		if byNIC[n.Uplink] == nil {
+			names = append(names, n.Uplink)
+		}
+		byNIC[n.Uplink] = append(byNIC[n.Uplink], nets[n.Name])
+	}
+	sort.Strings(names)
+	for _, ifname := range names {
+		u, err := uplink.Open(ifname, uplink.Options{})
+		if err != nil {
+			return fmt.Errorf("uplink %s: %w", ifname, err)
+		}
+		rs.frames = append(rs.frames, u)
+		ns := byNIC[ifname]
+		trunk := len(ns) > 1 || ns[0].VLAN() != 0
+		p, err := rs.sw.AddFramePort("uplink:"+ifname, u, vswitch.FrameConfig{Networks: ns, Trunk: trunk, Offload: true})
+		if err != nil {
+			return err
+		}
+		rs.ports = append(rs.ports, p.Port)
+		rs.logf("uplink %s networks=%d trunk=%v", ifname, len(ns), trunk)
+		if err := rs.capture(p.Port, capture); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// capture starts writing p's frames to a pcap file if capture names it.
+func (rs *runningSwitch) capture(p *vswitch.Port, capture map[string]string) error {
+	file, ok := capture[p.Name()]
+	if !ok {
+		return nil
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return fmt.Errorf("capture %s: %w", p.Name(), err)
+	}
+	w, err := pcap.New(f, 0)
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("capture %s: %w", p.Name(), err)
+	}
+	rs.files = append(rs.files, f)
+	rs.captures = append(rs.captures, w)
+	p.Capture(func(frame []byte) { w.WriteFrame(frame, time.Now()) })
+	rs.logf("capturing port %s to %s", p.Name(), file)
+	return nil
+}
+
+// Close stops serving (listeners, frame ports, the switch, captures) and
+// reports every port's counters.
+func (rs *runningSwitch) Close() {
+	for _, l := range rs.listeners {
+		l.Close()
+	}
+	for _, p := range rs.ports {
+		rs.logf("%s", portReport(p))
+	}
+	rs.sw.Close()
+	for _, f := range rs.frames {
+		f.Close()
+	}
+	for _, w := range rs.captures {
+		w.Close()
+	}
+	for _, f := range rs.files {
+		f.Close()
+	}
+}
+
+// portReport is a port's counters as one line: "port <name> rx=<packets>/
+// <bytes> tx=<packets>/<bytes>" and the non-zero drop counts by reason.
+func portReport(p *vswitch.Port) string {
+	c := p.Counters()
+	var b strings.Builder
+	fmt.Fprintf(&b, "port %s rx=%d/%d tx=%d/%d", p.Name(), c.RxPackets, c.RxBytes, c.TxPackets, c.TxBytes)
+	for r, n := range c.Drops {
+		if n > 0 {
+			fmt.Fprintf(&b, " %s=%d", vswitch.DropReason(r), n)
+		}
+	}
+	return b.String()
+}
+
+// switchMAC is the locally administered MAC the switch answers from on a
+// network (DHCP), stable across restarts.
+func switchMAC(network string) net.HardwareAddr {
+	return config.DefaultMAC("hyperroot-switch "+network, 0)
+}
+
+// multiFlag collects a repeated string flag.
+type multiFlag []string
+
+func (f *multiFlag) String() string     { return strings.Join(*f, " ") }
+func (f *multiFlag) Set(s string) error { *f = append(*f, s); return nil }

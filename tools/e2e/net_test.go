@@ -1,0 +1,247 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hyperroot/hyperroot/tools/qemu"
+)
+
+// The network tests give the test guests virtio-net NICs on the switch's
+// networks. The guests' net-* actions (image/guest/net.go) lease an address
+// from the switch's DHCP server, find each other by UDP broadcast, ping and
+// stream bytes over TCP, and report on the console; the switch reports
+// leases and, at power-off, every port's counters.
+
+const (
+	lanNet   = "  - {name: lan, subnet: 10.20.0.0/24, dhcp: {from: 10.20.0.100, to: 10.20.0.199}}\n"
+	otherNet = "  - {name: other, subnet: 10.30.0.0/24, dhcp: {from: 10.30.0.100, to: 10.30.0.199}}\n"
+)
+
+// netVM is a config entry for the test guest with NICs (YAML flow mappings
+// such as "{network: lan}") and extra kernel arguments.
+func netVM(name, action string, nics []string, cmdline ...string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `  - name: %s
+    cpus: 1
+    memory: 192M
+    kernel: /guest/vmlinuz
+    initrd: /guest/initramfs.cpio
+    cmdline: console=ttyS0 panic=-1 quiet hyperroot.guest=%s %s
+    restart: never
+    nics:
+`, name, action, strings.Join(cmdline, " "))
+	for _, n := range nics {
+		fmt.Fprintf(&b, "      - %s\n", n)
+	}
+	return b.String()
+}
+
+func netConfig(t testing.TB, networks string, vms ...string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(p, []byte("networks:\n"+networks+"vms:\n"+strings.Join(vms, "")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// field returns the value of key=value in the first console line matching
+// pattern, or "".
+func field(lines []string, pattern, key string) string {
+	re := regexp.MustCompile(pattern)
+	kv := regexp.MustCompile(`\b` + key + `=(\S+)`)
+	for _, l := range lines {
+		if re.MatchString(l) {
+			if m := kv.FindStringSubmatch(l); m != nil {
+				return m[1]
+			}
+		}
+	}
+	return ""
+}
+
+// lineWith returns the first console line matching pattern, or "".
+func lineWith(lines []string, pattern string) string {
+	re := regexp.MustCompile(pattern)
+	for _, l := range lines {
+		if re.MatchString(l) {
+			return l
+		}
+	}
+	return ""
+}
+
+// checkStream checks that the client's stream reached the server whole:
+// same length (want bytes) and same sha256 on both ends.
+func checkStream(t testing.TB, lines []string, client, server string, want int64) {
+	t.Helper()
+	sent := lineWith(lines, `^`+client+`\| guest: net sent `)
+	got := lineWith(lines, `^`+server+`\| guest: net received `)
+	if sent == "" || got == "" {
+		t.Fatalf("stream not reported: client %q, server %q", sent, got)
+	}
+	t.Logf("%s\n%s", sent, got)
+	for _, l := range []string{sent, got} {
+		if n := field([]string{l}, ``, "bytes"); n != strconv.FormatInt(want, 10) {
+			t.Errorf("%s: want bytes=%d", l, want)
+		}
+	}
+	if a, b := field([]string{sent}, ``, "sha256"), field([]string{got}, ``, "sha256"); a == "" || a != b {
+		t.Errorf("sha256 sent %s, received %s", a, b)
+	}
+}
+
+// TestNetTraffic: two VMs on one network lease addresses from the switch,
+// find each other, ping both ways and move 100 MiB over TCP with matching
+// checksums; a third VM on another network leases from that network's range
+// and hears nothing of the first two.
+func TestNetTraffic(t *testing.T) {
+	testbed(t, func(t testing.TB) {
+		const bytes = 100 << 20
+		cfg := netConfig(t, lanNet+otherNet,
+			netVM("server", "net-server", []string{"{network: lan}"}),
+			netVM("client", "net-client", []string{"{network: lan}"}, fmt.Sprintf("hyperroot.netbytes=%d", bytes)),
+			netVM("loner", "net-isolated", []string{"{network: other}"}))
+		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Timeout: 8 * time.Minute})
+		r := m.Wait()
+		mustPass(t, r)
+		lines := r.Lines
+		wantLines(t, lines, "switch| ready networks=2 ports=3", "loner| guest: net isolated heard=none")
+		lease := map[string]string{}
+		for _, vm := range []string{"server", "client", "loner"} {
+			lease[vm] = strings.Split(field(lines, `^`+vm+`\| guest: net lease `, "ip"), "/")[0]
+			if !hasLine(lines, `^switch\| lease network=\S+ ip=`+regexp.QuoteMeta(lease[vm])+` mac=\S+ port=`+vm+`\.0$`) {
+				t.Errorf("the switch did not report %s's lease of %q", vm, lease[vm])
+			}
+		}
+		for vm, prefix := range map[string]string{"server": "10.20.0.", "client": "10.20.0.", "loner": "10.30.0."} {
+			if !strings.HasPrefix(lease[vm], prefix) {
+				t.Errorf("%s leased %q, want an address of its network (%s*)", vm, lease[vm], prefix)
+			}
+		}
+		if !hasLine(lines, `^server\| guest: net lease ip=10\.20\.0\.\d+/24 router=10\.20\.0\.1$`) {
+			t.Error("the lease does not carry the /24 mask and the gateway 10.20.0.1 as router")
+		}
+		wantLines(t, lines, "client| guest: net ping "+lease["server"]+" ", "server| guest: net ping "+lease["client"]+" ")
+		checkStream(t, lines, "client", "server", bytes)
+	})
+}
+
+// TestNetPolicy: port security and rate limits. A VM forging its source MAC
+// or IP, or answering as a DHCP server, has every such frame dropped and
+// counted; a client whose NIC may send 10 Mbit/s delivers 10 Mbit/s ± 10 %.
+func TestNetPolicy(t *testing.T) {
+	testbed(t, func(t testing.TB) {
+		const limit = 10e6       // bits per second
+		const bytes = 15_000_000 // 12 s at the limit
+		cfg := netConfig(t, lanNet,
+			netVM("server", "net-server", []string{"{network: lan}"}),
+			netVM("client", "net-client", []string{"{network: lan, limits: {tx: 10M}}"}, fmt.Sprintf("hyperroot.netbytes=%d", bytes)),
+			netVM("spoofer", "net-spoof", []string{"{network: lan}"}))
+		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Timeout: 8 * time.Minute})
+		r := m.Wait()
+		mustPass(t, r)
+		lines := r.Lines
+		wantLines(t, lines, "spoofer| guest: net spoof sent mac=3 ip=3 dhcp=3")
+		report := lineWith(lines, `^switch\| port spoofer\.0 `)
+		t.Logf("%s", report)
+		for _, reason := range []string{"spoofed_mac", "spoofed_ip", "rogue_dhcp"} {
+			if n, _ := strconv.Atoi(field([]string{report}, ``, reason)); n < 3 {
+				t.Errorf("switch counted %s=%d for the spoofer, want at least 3", reason, n)
+			}
+		}
+		checkStream(t, lines, "client", "server", bytes)
+		mbps, _ := strconv.ParseFloat(field(lines, `^server\| guest: net received `, "mbps"), 64)
+		t.Logf("client limited to %.0f Mbit/s delivered %.2f Mbit/s", limit/1e6, mbps)
+		if mbps < 0.9*limit/1e6 || mbps > 1.1*limit/1e6 {
+			t.Errorf("client limited to %.0f Mbit/s delivered %.2f Mbit/s", limit/1e6, mbps)
+		}
+	})
+}
+
+// TestNetSwitchRestart: the switch is killed (as a crash would) while a
+// client streams to a server; the supervisor restarts it, both VMMs
+// reconnect, the guests keep their leases and the stream completes intact.
+func TestNetSwitchRestart(t *testing.T) {
+	testbed(t, func(t testing.TB) {
+		const bytes = 40 << 20
+		pr, pw := io.Pipe()
+		defer pw.Close()
+		cfg := netConfig(t, lanNet,
+			netVM("server", "net-server", []string{"{network: lan}"}),
+			netVM("client", "net-client", []string{"{network: lan, limits: {tx: 50M}}"}, fmt.Sprintf("hyperroot.netbytes=%d", bytes)))
+		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Stdin: pr, Timeout: 8 * time.Minute})
+		// The client pings just before it starts streaming (at 50 Mbit/s:
+		// about 7 s, so the kill lands mid-stream).
+		expect(t, m, `^client\| guest: net ping `)
+		time.Sleep(2 * time.Second)
+		fmt.Fprintln(pw, "switch kill")
+		r := m.Wait()
+		mustPass(t, r)
+		lines := r.Lines
+		wantLines(t, lines, "hyperroot: switch exited code=137 reason=killed signal=SIGKILL")
+		if n := strings.Count(strings.Join(lines, "\n"), "switch| ready "); n != 2 {
+			t.Errorf("switch became ready %d times, want 2 (start and restart)", n)
+		}
+		for _, vm := range []string{"server", "client"} {
+			if !hasLine(lines, `^`+vm+`\| vmm: virtio-net .* backend reconnected`) {
+				t.Errorf("%s's VMM did not report reconnecting", vm)
+			}
+		}
+		checkStream(t, lines, "client", "server", bytes)
+	})
+}
+
+// TestNetUplink: a VM on a network bridged to the appliance's eth0 (QEMU
+// user networking, the outside world here) gets its address from that
+// world's DHCP server and opens a TCP connection to a server on the host.
+func TestNetUplink(t *testing.T) {
+	testbed(t, func(t testing.TB) {
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		echoed := make(chan string, 1)
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			fmt.Fprintln(c, "hello from outside")
+			c.SetReadDeadline(time.Now().Add(time.Minute))
+			l, _ := bufio.NewReader(c).ReadString('\n')
+			echoed <- strings.TrimSpace(l)
+		}()
+		port := ln.Addr().(*net.TCPAddr).Port
+		cfg := netConfig(t, "  - {name: wan, subnet: 10.0.2.0/24, gateway: 10.0.2.2, uplink: eth0}\n",
+			netVM("roamer", "net-outside", []string{"{network: wan}"}, fmt.Sprintf("hyperroot.outside=10.0.2.2:%d", port)))
+		m := start(t, qemu.Options{Config: cfg, Oneshot: true, UserNet: true, Timeout: 6 * time.Minute})
+		r := m.Wait()
+		mustPass(t, r)
+		wantLines(t, r.Lines, "switch| uplink eth0 networks=1 trunk=false",
+			`roamer| guest: net outside 10.0.2.2:`+strconv.Itoa(port)+` said "hello from outside"`)
+		if !hasLine(r.Lines, `^roamer\| guest: net lease ip=10\.0\.2\.\d+/24 router=10\.0\.2\.2$`) {
+			t.Error("the VM did not lease from QEMU's DHCP server through the uplink")
+		}
+		select {
+		case l := <-echoed:
+			if l != "hello from outside" {
+				t.Errorf("the VM echoed %q", l)
+			}
+		default:
+			t.Error("the host's server never got the VM's echo")
+		}
+	})
+}
