@@ -65,7 +65,7 @@ type Guest struct {
 // by passing Fd. size must be a non-zero multiple of the page size.
 func New(size uint64, opts Options) (*Guest, error) {
 	page := uint64(smallPage)
-	flags := unix.MFD_CLOEXEC
+	flags := unix.MFD_CLOEXEC | unix.MFD_ALLOW_SEALING
 	switch opts.HugePages {
 	case 0:
 	case Huge2M:
@@ -93,6 +93,14 @@ func New(size uint64, opts Options) (*Guest, error) {
 	if err := unix.Ftruncate(fd, int64(size)); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("memory: size memfd to %#x bytes: %w", size, err)
+	}
+	// Sealed at its size: a process the memfd is handed to (a vhost-user
+	// backend) maps it trusting its size, and a shrink would turn its
+	// accesses into SIGBUS. Nobody, this process included, can resize it
+	// now, nor unseal it.
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_SEAL); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("memory: seal memfd: %w", err)
 	}
 	// MAP_SHARED: the memfd, not this mapping, is the guest's RAM, so a
 	// second mapping (vhost-user backend) sees the same bytes. For

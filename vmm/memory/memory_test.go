@@ -398,3 +398,22 @@ func BenchmarkUint32(b *testing.B) {
 		}
 	}
 }
+
+// TestMemfdSealed: the memfd handed to vhost-user backends cannot be
+// shrunk (which would make their mappings fault), grown, or unsealed.
+func TestMemfdSealed(t *testing.T) {
+	g := newGuest(t, 16<<20)
+	seals, err := unix.FcntlInt(uintptr(g.Fd()), unix.F_GET_SEALS, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_SEAL; seals&want != want {
+		t.Errorf("seals %#x, want %#x", seals, want)
+	}
+	if err := unix.Ftruncate(g.Fd(), 4096); err == nil {
+		t.Error("the guest RAM memfd could be shrunk")
+	}
+	if err := unix.Ftruncate(g.Fd(), 32<<20); err == nil {
+		t.Error("the guest RAM memfd could be grown")
+	}
+}
