@@ -168,6 +168,7 @@ func netServer(uint64) error {
 		return fmt.Errorf("receive: %w after %d bytes", err, n)
 	}
 	secs := time.Since(start).Seconds()
+	conn.Close() // tells the client everything arrived
 	fmt.Printf("guest: net received bytes=%d sha256=%s mbps=%.1f from=%s\n", n, hex.EncodeToString(h.Sum(nil)), float64(n)*8/secs/1e6, peer)
 	return nil
 }
@@ -259,9 +260,20 @@ func netClient(seed uint64) error {
 		}
 		sent += int64(len(chunk))
 	}
-	if err := conn.Close(); err != nil {
+	// Half-close and wait for the server to close after it has read
+	// everything: powering off with data still in the socket's send
+	// buffer would lose it (and time only the buffering).
+	tc := conn.(*net.TCPConn)
+	if err := tc.CloseWrite(); err != nil {
+		tc.Close()
 		return err
 	}
+	tc.SetReadDeadline(time.Now().Add(5 * time.Minute))
+	if _, err := io.Copy(io.Discard, tc); err != nil {
+		tc.Close()
+		return fmt.Errorf("waiting for the server to finish: %w", err)
+	}
+	tc.Close()
 	secs := time.Since(start).Seconds()
 	fmt.Printf("guest: net sent bytes=%d sha256=%s mbps=%.1f\n", total, hex.EncodeToString(h.Sum(nil)), float64(total)*8/secs/1e6)
 	return nil

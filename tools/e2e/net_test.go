@@ -134,6 +134,17 @@ func TestNetTraffic(t *testing.T) {
 		}
 		wantLines(t, lines, "client| guest: net ping "+lease["server"]+" ", "server| guest: net ping "+lease["client"]+" ")
 		checkStream(t, lines, "client", "server", bytes)
+		// TSO frames crossed the switch whole: the server received the
+		// stream in far fewer frames than 1500-byte segments would take.
+		report := lineWith(lines, `^switch\| port server\.0 rx=`)
+		var pkts, octets int64
+		if _, err := fmt.Sscanf(field([]string{report}, ``, "rx"), "%d/%d", &pkts, &octets); err != nil || pkts == 0 {
+			t.Fatalf("no receive counters for server.0 in %q", report)
+		}
+		t.Logf("%s: %d bytes per frame on average", report, octets/pkts)
+		if octets < bytes || octets/pkts < 9000 {
+			t.Errorf("server.0 received %d bytes in %d frames: TSO frames were segmented (or lost)", octets, pkts)
+		}
 	})
 }
 
@@ -153,7 +164,7 @@ func TestNetPolicy(t *testing.T) {
 		mustPass(t, r)
 		lines := r.Lines
 		wantLines(t, lines, "spoofer| guest: net spoof sent mac=3 ip=3 dhcp=3")
-		report := lineWith(lines, `^switch\| port spoofer\.0 `)
+		report := lineWith(lines, `^switch\| port spoofer\.0 rx=`)
 		t.Logf("%s", report)
 		for _, reason := range []string{"spoofed_mac", "spoofed_ip", "rogue_dhcp"} {
 			if n, _ := strconv.Atoi(field([]string{report}, ``, reason)); n < 3 {
