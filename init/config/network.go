@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 )
@@ -56,11 +57,15 @@ type NIC struct {
 	Limits NICLimits
 }
 
-// NICLimits bound a NIC's traffic with token buckets holding one second's
-// worth, in each direction as the VM sees it (RX: to the VM). Zero means
-// unlimited.
+// NICLimits bound a NIC's traffic with token buckets, in each direction as
+// the VM sees it (RX: to the VM). Zero means unlimited.
 type NICLimits struct {
-	RX, TX uint64 // bits per second
+	RX, TX       uint64 // bits per second
+	RXPPS, TXPPS uint64 // packets per second
+	// Burst is how much traffic above the rate may pass at once after a
+	// quiet period, as a duration of the rate (default 50 ms: the bucket
+	// holds 50 ms worth, at least one 64 KiB frame).
+	Burst time.Duration
 }
 
 // MaxNICs bounds NICs per VM; each takes a PCI slot.
@@ -205,8 +210,22 @@ func (d *decoder) nic(n *yaml.Node) NIC {
 		},
 		"limits": func(v *yaml.Node) {
 			d.mapping(v, map[string]func(*yaml.Node){
-				"rx": func(v *yaml.Node) { nic.Limits.RX = d.bitrate(v, "rx") },
-				"tx": func(v *yaml.Node) { nic.Limits.TX = d.bitrate(v, "tx") },
+				"rx":     func(v *yaml.Node) { nic.Limits.RX = d.bitrate(v, "rx") },
+				"tx":     func(v *yaml.Node) { nic.Limits.TX = d.bitrate(v, "tx") },
+				"rx_pps": func(v *yaml.Node) { nic.Limits.RXPPS = d.pps(v, "rx_pps") },
+				"tx_pps": func(v *yaml.Node) { nic.Limits.TXPPS = d.pps(v, "tx_pps") },
+				"burst": func(v *yaml.Node) {
+					b, err := time.ParseDuration(d.str(v))
+					switch {
+					case err != nil && v.Kind == yaml.ScalarNode:
+						d.errf(v, "burst %q: want a duration such as 50ms", v.Value)
+					case err != nil:
+					case b < time.Millisecond || b > 10*time.Second:
+						d.errf(v, "burst %s: want 1ms to 10s", b)
+					default:
+						nic.Limits.Burst = b
+					}
+				},
 			})
 		},
 	})
@@ -252,6 +271,16 @@ func (d *decoder) bitrate(n *yaml.Node, what string) uint64 {
 		return 0
 	}
 	return v * mult
+}
+
+// pps reads a packet rate: a whole number of packets per second, at least 1.
+func (d *decoder) pps(n *yaml.Node, what string) uint64 {
+	v, ok := d.integer(n)
+	if ok && v < 1 {
+		d.errf(n, "%s %d: want a positive number of packets per second (leave it out for no limit)", what, v)
+		return 0
+	}
+	return uint64(max(v, 0))
 }
 
 func (d *decoder) addr(n *yaml.Node, what string) netip.Addr {

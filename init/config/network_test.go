@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseNetworks(t *testing.T) {
@@ -23,7 +24,7 @@ vms:
   - name: web
     kernel: /k
     nics:
-      - { network: lan, limits: { rx: 100M, tx: 1G } }
+      - { network: lan, limits: { rx: 100M, tx: 1G, rx_pps: 1000, tx_pps: 2000, burst: 20ms } }
       - { network: dmz, mac: "52:54:00:aa:bb:cc" }
 `))
 	if err != nil {
@@ -41,7 +42,7 @@ vms:
 		t.Errorf("host = %+v, want lan with the gateway address", c.Host)
 	}
 	nics := c.VMs[0].NICs
-	if len(nics) != 2 || nics[0].Limits != (NICLimits{RX: 100e6, TX: 1e9}) || nics[1].MAC.String() != "52:54:00:aa:bb:cc" {
+	if len(nics) != 2 || nics[0].Limits != (NICLimits{RX: 100e6, TX: 1e9, RXPPS: 1000, TXPPS: 2000, Burst: 20 * time.Millisecond}) || nics[1].MAC.String() != "52:54:00:aa:bb:cc" {
 		t.Fatalf("nics = %+v", nics)
 	}
 	if want := DefaultMAC("web", 0); nics[0].MAC.String() != want.String() {
@@ -91,6 +92,8 @@ func TestParseNetworkErrors(t *testing.T) {
 		{"nic bad mac", nw("{name: lan, subnet: 10.0.0.0/24}") + "vms:\n  - {name: a, kernel: /k, nics: [{network: lan, mac: 'zz'}]}\n", `mac "zz"`},
 		{"mac twice", nw("{name: lan, subnet: 10.0.0.0/24}") + "vms:\n  - {name: a, kernel: /k, nics: [{network: lan, mac: '52:54:00:00:00:01'}]}\n  - {name: b, kernel: /k, nics: [{network: lan, mac: '52:54:00:00:00:01'}]}\n", "mac 52:54:00:00:00:01 is also vm a nic 0's"},
 		{"bad rate", nw("{name: lan, subnet: 10.0.0.0/24}") + "vms:\n  - {name: a, kernel: /k, nics: [{network: lan, limits: {rx: 10Mbps}}]}\n", `rx "10Mbps": want bits per second`},
+		{"bad pps", nw("{name: lan, subnet: 10.0.0.0/24}") + "vms:\n  - {name: a, kernel: /k, nics: [{network: lan, limits: {rx_pps: 0}}]}\n", "rx_pps 0: want a positive number"},
+		{"bad burst", nw("{name: lan, subnet: 10.0.0.0/24}") + "vms:\n  - {name: a, kernel: /k, nics: [{network: lan, limits: {burst: 1h}}]}\n", "burst 1h0m0s: want 1ms to 10s"},
 		{"tiny rate", nw("{name: lan, subnet: 10.0.0.0/24}") + "vms:\n  - {name: a, kernel: /k, nics: [{network: lan, limits: {tx: 1000}}]}\n", "tx 1000: want at least 64K"},
 	} {
 		_, err := Parse("c.yaml", []byte(tc.yaml))
