@@ -126,15 +126,16 @@ type backend struct {
 
 // ring is one vring's configuration as the frontend programmed it.
 type ring struct {
-	num     uint16 // size; 0 until SET_VRING_NUM
-	addr    VringAddr
-	hasAddr bool
-	base    uint16 // next available index to consume when (re)started
-	kick    int    // -1 when none
-	call    int
-	errFD   int
-	enabled bool
-	q       *virtio.Queue // non-nil while started
+	num        uint16 // size; 0 until SET_VRING_NUM
+	addr       VringAddr
+	hasAddr    bool
+	base       uint16 // next available index to consume when (re)started
+	kick       int    // -1 when none
+	call       int
+	errFD      int
+	enabled    bool
+	enableSeen bool
+	q          *virtio.Queue // non-nil while started
 }
 
 func newBackend(dev Device) *backend {
@@ -301,7 +302,7 @@ func (b *backend) setFeatures(p []byte) error {
 	withProto := v&FeatureProtocolFeatures != 0
 	if !b.acked || withProto != b.withProto {
 		for i := range b.rings {
-			b.rings[i].enabled = !withProto
+			b.rings[i].enabled = !withProto || b.rings[i].enableSeen && b.rings[i].enabled
 		}
 	}
 	b.features, b.acked, b.withProto = dev, true, withProto
@@ -442,7 +443,7 @@ func (b *backend) setVringEnable(p []byte) error {
 	if s.Num > 1 {
 		return refused("vring %d enable value %d", i, s.Num)
 	}
-	return b.reconfigure(i, func(r *ring) error { r.enabled = s.Num == 1; return nil })
+	return b.reconfigure(i, func(r *ring) error { r.enabled, r.enableSeen = s.Num == 1, true; return nil })
 }
 
 func (b *backend) setVringFD(req Request, p []byte, fds []int) error {

@@ -466,3 +466,36 @@ func TestFileConn(t *testing.T) {
 		t.Fatal("FileConn(-1) succeeded")
 	}
 }
+
+// TestServeEnableBeforeFeatures follows QEMU 7.2's order: it enables the
+// rings (SET_VRING_ENABLE 1) before its first SET_FEATURES. Acking
+// PROTOCOL_FEATURES afterwards must not disable them again, or no frame
+// ever moves.
+func TestServeEnableBeforeFeatures(t *testing.T) {
+	g := newGuestRAM(t)
+	dev := newEcho()
+	s := newServer(t, dev)
+	d := newDriver(t, g, 0, 16)
+	f, err := Dial(s.path)
+	must(t, err)
+	defer f.Close()
+	feats, err := f.GetFeatures()
+	must(t, err)
+	must(t, f.SetProtocolFeatures(ProtocolMQ))
+	must(t, f.SetOwner())
+	must(t, f.SetVringEnable(0, true))
+	must(t, f.SetFeatures(feats))
+	must(t, f.SetMemTable(g.regions()))
+	must(t, f.SetVringNum(0, 16))
+	must(t, f.SetVringBase(0, 0))
+	must(t, f.SetVringAddr(d.ringUAddr))
+	must(t, f.SetVringCall(0, d.call))
+	must(t, f.SetVringKick(0, d.kick))
+	if _, err := f.GetFeatures(); err != nil { // a barrier: no REPLY_ACK here
+		t.Fatal(err)
+	}
+	if dev.running() != 1 {
+		t.Fatalf("%d rings running after enable, features, memory and ring setup; want 1", dev.running())
+	}
+	exchange(t, d, "enabled early")
+}
