@@ -9,6 +9,10 @@ import (
 // interrupt at the end of its batch before it interrupts them early.
 const maxTouched = 32
 
+// maxPending bounds the deliveries a batching sender defers: a batch of
+// unicast frames fits, a flood to many ports is delivered in parts.
+const maxPending = 2 * txBatch
+
 // frameRef is a frame in its sender's buffers: segs hold the virtio-net
 // header and the Ethernet frame, split anywhere (descriptor boundaries).
 type frameRef struct {
@@ -17,6 +21,9 @@ type frameRef struct {
 	hdr    netHdr
 	tagLen int   // 4 when the frame arrived with an 802.1Q tag, which is not forwarded
 	from   *Port // the sending port, nil for Inject
+	// stable says segs stay valid until the sender's flush (a transmit
+	// chain not yet returned), so delivery may be deferred until then.
+	stable bool
 }
 
 // ethLen is the length of the Ethernet frame without the ingress tag.
@@ -26,6 +33,13 @@ func (f *frameRef) ethLen() int { return f.size - HeaderLen - f.tagLen }
 // (a virtio port's transmit worker, a frame port's reader) owns one, so
 // the data path shares nothing but the receivers' queues and allocates
 // nothing after the first frames.
+//
+// A batching sender (a transmit worker) defers deliveries to virtio ports
+// until flush: frames are grouped by receiver, each receiver's mutex is
+// taken once per batch, its used index published once and its interrupt
+// decided once, and every counter gets one atomic add per batch. Frames to
+// one receiver keep their order; frames to different receivers may be
+// delivered in another order, as on any switch with per-port queues.
 type sender struct {
 	sw         *Switch
 	fi         frameInfo
@@ -40,8 +54,28 @@ type sender struct {
 	out        []byte // a frame port's egress buffer
 	wbufs      [][]byte
 	w          writer
-	touched    [maxTouched]*VirtioPort
-	nt         int
+
+	batch   bool                 // defer deliveries to virtio ports until flush
+	frames  [txBatch]frameRef    // the frames of this batch
+	nf      int                  // frames in use
+	pend    [maxPending]emit     // deferred deliveries, in arrival order
+	scratch emit                 // an immediate delivery
+	np      int                  // deliveries pending
+	touched [maxTouched]rxTarget // receivers of this batch
+	nt      int
+
+	// Transmit counters of the batch, added to txPort's at flush.
+	txPort             *Port
+	txPackets, txBytes uint64
+}
+
+// rxTarget is a virtio port a sender delivered or will deliver to in this
+// batch: its pending deliveries are in sender.pend, and what reached it is
+// added to its counters at flush.
+type rxTarget struct {
+	v              *VirtioPort
+	queued         int // deliveries in pend for v
+	packets, bytes uint64
 }
 
 func newSender(sw *Switch) *sender { return &sender{sw: sw} }
@@ -89,34 +123,45 @@ func (s *sender) ingress(p *Port, segs [][]byte, size int, now int64, hold bool)
 		p.drop(DropRateLimit)
 		return true
 	}
-	p.c.txPackets.Add(1)
-	p.c.txBytes.Add(uint64(fi.length))
+	if s.nf == len(s.frames) {
+		s.flush() // no frame is in flight between ingresses
+	}
+	if s.txPort != p {
+		s.flushTx()
+		s.txPort = p
+	}
+	s.txPackets++
+	s.txBytes += uint64(fi.length)
 
-	f := frameRef{segs: segs, size: size, hdr: fi.hdr, from: p}
+	f := &s.frames[s.nf]
+	f.segs, f.size, f.hdr, f.from, f.stable, f.tagLen = segs, size, fi.hdr, p, s.batch, 0
+	if s.batch {
+		s.nf++
+	}
 	if fi.tagged {
 		f.tagLen = vlanTagLen
 	}
 	if w := p.capture.Load(); w != nil {
-		(*w)(s.raw(&f))
+		(*w)(s.raw(f))
 	}
 	dst, src := fi.dst, fi.src
 	nw.fdb.learn(src, p, now, s.sw.age)
 	if s.sw.local != nil && (isGroup(dst) || fi.udp && fi.dport == portDHCPServer) {
-		if s.sw.local(p, s.raw(&f)) {
+		if s.sw.local(p, s.raw(f)) {
 			return true
 		}
 	}
 	if !isGroup(dst) {
 		if d := nw.fdb.lookup(dst, now, s.sw.age); d != nil {
 			if d != p { // no hairpin: a port never gets its own frame back
-				s.deliver(d, &f, nw, true)
+				s.deliver(d, f, nw, true)
 			}
 			return true
 		}
 	}
 	for _, d := range *nw.ports.Load() {
 		if d != p {
-			s.deliver(d, &f, nw, true)
+			s.deliver(d, f, nw, true)
 		}
 	}
 	return true
@@ -161,6 +206,29 @@ type emit struct {
 	vid    uint16
 	sumAt  int // offset of a checksum completed in software, or -1
 	sum    uint16
+	to     int // index of the receiver in sender.touched, for deferred deliveries
+}
+
+// writeFlat writes the frame into dst, one buffer of at least e.total
+// bytes: the common case of a receive buffer that holds the whole frame.
+func (e *emit) writeFlat(dst []byte) {
+	dst = dst[:e.total]
+	e.hdr.encode(dst)
+	f := e.f
+	if !e.tagged && f.tagLen == 0 {
+		gather(dst[HeaderLen:], f.segs, HeaderLen)
+	} else {
+		n := HeaderLen + gather(dst[HeaderLen:HeaderLen+12], f.segs, HeaderLen)
+		if e.tagged {
+			binary.BigEndian.PutUint16(dst[n:], etherTypeVLAN)
+			binary.BigEndian.PutUint16(dst[n+2:], e.vid)
+			n += vlanTagLen
+		}
+		gather(dst[n:], f.segs, HeaderLen+12+f.tagLen)
+	}
+	if e.sumAt >= 0 && e.sumAt+2 <= len(dst) {
+		binary.BigEndian.PutUint16(dst[e.sumAt:], e.sum)
+	}
 }
 
 // writeTo copies the frame into w: header, addresses, optional tag, rest.
@@ -206,7 +274,21 @@ func (s *sender) deliver(d *Port, f *frameRef, nw *Network, limit bool) bool {
 
 // deliverOne delivers a frame whose GSO request the receiver accepts.
 func (s *sender) deliverOne(d *Port, f *frameRef, nw *Network, caps offloads) bool {
-	e := emit{f: f, hdr: f.hdr, sumAt: -1}
+	// A delivery to a virtio port is deferred to the end of the batch
+	// when the frame's buffers stay valid until then; the emit is built
+	// in place.
+	e, t := &s.scratch, 0
+	deferred := d.v != nil && f.stable
+	if d.v != nil {
+		t = s.touch(d.v)
+		if deferred {
+			e = &s.pend[s.np]
+		} else if s.np > 0 {
+			s.flushRX() // keep this receiver's frames in order
+			t = s.touch(d.v)
+		}
+	}
+	*e = emit{f: f, hdr: f.hdr, sumAt: -1, to: t}
 	tagOut := 0
 	if d.trunk && nw != nil && nw.vlan != 0 {
 		e.tagged, e.vid, tagOut = true, nw.vlan, vlanTagLen
@@ -233,45 +315,105 @@ func (s *sender) deliverOne(d *Port, f *frameRef, nw *Network, caps offloads) bo
 	if f.hdr.gsoType != gsoNone && f.hdr.hdrLen != 0 {
 		e.hdr.hdrLen = uint16(max(int(f.hdr.hdrLen)+delta, 0))
 	}
-	var ok bool
-	if d.v != nil {
-		ok = d.v.receive(s, &e)
-	} else {
-		ok = d.f.send(s, &e)
+	if d.v == nil {
+		if !d.f.send(s, e) {
+			return false
+		}
+		d.c.rxPackets.Add(1)
+		d.c.rxBytes.Add(uint64(e.total - HeaderLen))
+		if w := d.capture.Load(); w != nil {
+			(*w)(s.raw(f))
+		}
+		return true
 	}
-	if !ok {
-		return false
+	if deferred {
+		// Delivered at flush; reported as delivered now (the caller
+		// only uses the result for Inject, which never defers).
+		s.np++
+		s.touched[t].queued++
+		if s.np == len(s.pend) {
+			s.flushRX()
+		}
+		return true
 	}
-	d.c.rxPackets.Add(1)
-	d.c.rxBytes.Add(uint64(e.total - HeaderLen))
-	if w := d.capture.Load(); w != nil {
-		(*w)(s.raw(f))
+	rx := &d.v.rx
+	rx.mu.Lock()
+	ok := d.v.receiveLocked(s, e)
+	if rx.q != nil {
+		rx.q.PublishUsed()
 	}
-	return true
+	rx.mu.Unlock()
+	if ok {
+		s.delivered(t, e)
+	}
+	e.f = nil
+	return ok
 }
 
-// touch remembers that v's receive queue got frames, to interrupt it once
-// at the end of the batch.
-func (s *sender) touch(v *VirtioPort) {
-	for _, t := range s.touched[:s.nt] {
-		if t == v {
-			return
+// delivered accounts for e, delivered to the receiver of touched[t].
+func (s *sender) delivered(t int, e *emit) {
+	rt := &s.touched[t]
+	rt.packets++
+	rt.bytes += uint64(e.total - HeaderLen)
+	if w := rt.v.capture.Load(); w != nil {
+		(*w)(s.raw(e.f))
+	}
+}
+
+// touch returns the index in touched of receiver v, adding it: its
+// pending deliveries and interrupt are handled at the end of the batch.
+func (s *sender) touch(v *VirtioPort) int {
+	for i := range s.touched[:s.nt] {
+		if s.touched[i].v == v {
+			return i
 		}
 	}
 	if s.nt == len(s.touched) {
-		s.flush()
+		s.flushRX()
 	}
-	s.touched[s.nt] = v
+	s.touched[s.nt] = rxTarget{v: v}
 	s.nt++
+	return s.nt - 1
 }
 
-// flush interrupts the receivers of this batch that want it.
-func (s *sender) flush() {
-	for i, v := range s.touched[:s.nt] {
-		v.interruptRX()
-		s.touched[i] = nil
+// flushRX delivers the pending frames, receiver by receiver, interrupts
+// the receivers that want it and adds up their counters. The frames stay
+// valid: flushRX may run in the middle of a flood.
+func (s *sender) flushRX() {
+	for i := range s.touched[:s.nt] {
+		rt := &s.touched[i]
+		rt.v.flushRX(s, i)
+		if rt.packets > 0 {
+			rt.v.c.rxPackets.Add(rt.packets)
+			rt.v.c.rxBytes.Add(rt.bytes)
+		}
+		*rt = rxTarget{}
 	}
-	s.nt = 0
+	for i := range s.pend[:s.np] {
+		s.pend[i].f = nil
+	}
+	s.nt, s.np = 0, 0
+}
+
+// flush ends a batch: pending deliveries, interrupts, counters. Afterwards
+// the sender keeps no view of the frames it was given.
+func (s *sender) flush() {
+	s.flushRX()
+	for i := range s.frames[:s.nf] {
+		s.frames[i] = frameRef{}
+	}
+	s.frames[0].segs = nil // the unbatched frame
+	s.nf = 0
+	s.flushTx()
+}
+
+// flushTx adds the batch's transmit counters to the sending port's.
+func (s *sender) flushTx() {
+	if s.txPort != nil && s.txPackets > 0 {
+		s.txPort.c.txPackets.Add(s.txPackets)
+		s.txPort.c.txBytes.Add(s.txBytes)
+	}
+	s.txPort, s.txPackets, s.txBytes = nil, 0, 0
 }
 
 // writer spreads bytes over a list of buffers whose total size the caller

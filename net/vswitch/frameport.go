@@ -131,8 +131,7 @@ func (fp *FramePort) send(s *sender, e *emit) bool {
 		s.out = make([]byte, HeaderLen+maxFrame+vlanTagLen)
 	}
 	s.outv[0] = s.out[:e.total]
-	s.w.reset(s.outv[:])
-	e.writeTo(&s.w)
+	e.writeFlat(s.outv[0])
 	fp.wmu.Lock()
 	n, err := fp.frames.WriteBatch(s.outv[:])
 	fp.wmu.Unlock()

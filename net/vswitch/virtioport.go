@@ -70,7 +70,6 @@ type rxState struct {
 	// chains wait for the next frame. A ring buffer of n chains at start.
 	held     [maxRxChains]virtio.Chain
 	start, n int
-	returned bool // take gave malformed chains back: the driver needs an interrupt
 }
 
 // AddVirtioPort creates a VM NIC's port. It forwards nothing until the
@@ -148,6 +147,7 @@ func (v *VirtioPort) Start(q int, vq *virtio.Queue, kick, call int) error {
 		}
 		if v.ts == nil {
 			v.ts = newSender(v.sw)
+			v.ts.batch = true
 		}
 		w.s = v.ts
 		v.tx = w
@@ -195,8 +195,8 @@ func (rx *rxState) take(v *VirtioPort) bool {
 		if err := rx.q.Walk(head, c); err != nil || c.WriteLen() < HeaderLen || c.ReadLen() != 0 {
 			// Not a receive buffer: give it back unused.
 			rx.q.Push(head, 0)
+			// The sender interrupts the driver at flush if it wants it.
 			v.drop(DropMalformed)
-			rx.returned = true
 			continue
 		}
 		rx.n++
@@ -204,15 +204,28 @@ func (rx *rxState) take(v *VirtioPort) bool {
 	}
 }
 
-// receive writes e into the guest's receive buffers: one chain, or with
-// MRG_RXBUF as many as it takes, their count in num_buffers.
-func (v *VirtioPort) receive(s *sender, e *emit) bool {
+// receiveLocked writes e into the guest's receive buffers: one chain, or
+// with MRG_RXBUF as many as it takes, their count in num_buffers. The
+// caller holds rx.mu and publishes the used chains (PublishUsed) before
+// releasing it.
+func (v *VirtioPort) receiveLocked(s *sender, e *emit) bool {
 	rx := &v.rx
-	rx.mu.Lock()
 	if rx.q == nil {
-		rx.mu.Unlock()
 		v.drop(DropNoBuffer)
 		return false
+	}
+	if rx.n > 0 || rx.take(v) {
+		// One chain of one buffer that holds the frame: Linux's
+		// mergeable buffers (1.5 KiB or more) and any 64 B frame.
+		c := rx.at(0)
+		if w := c.Writable(); len(w) == 1 && len(w[0]) >= e.total {
+			e.hdr.numBuffers = 1
+			e.writeFlat(w[0])
+			rx.q.PushDeferred(c.Head, uint32(e.total))
+			rx.start = (rx.start + 1) % maxRxChains
+			rx.n--
+			return true
+		}
 	}
 	limit := 1
 	if rx.mrg {
@@ -221,13 +234,7 @@ func (v *VirtioPort) receive(s *sender, e *emit) bool {
 	k, have := 0, 0
 	for have < e.total {
 		if k == limit || (k == rx.n && !rx.take(v)) {
-			returned := rx.returned
-			rx.returned = false
-			rx.mu.Unlock()
 			v.drop(DropNoBuffer)
-			if returned {
-				s.touch(v)
-			}
 			return false
 		}
 		have += int(rx.at(k).WriteLen())
@@ -244,26 +251,38 @@ func (v *VirtioPort) receive(s *sender, e *emit) bool {
 	for i := 0; i < k; i++ {
 		c := rx.at(i)
 		n := min(rem, int(c.WriteLen()))
-		rx.q.Push(c.Head, uint32(n))
+		rx.q.PushDeferred(c.Head, uint32(n))
 		rem -= n
 	}
 	rx.start = (rx.start + k) % maxRxChains
 	rx.n -= k
-	rx.returned = false
-	rx.mu.Unlock()
 	clear(s.wbufs) // drop the views of guest memory
-	s.touch(v)
 	return true
 }
 
-// interruptRX signals the driver if it wants to know about the used
-// buffers pushed since the last time. It runs under the queue's mutex so
-// that Stop never returns while a call eventfd is being written.
-func (v *VirtioPort) interruptRX() {
+// flushRX delivers s's pending frames for this port (touched[t]) under
+// one hold of the receive mutex, publishes the used ring once and
+// signals the driver if it wants it. The interrupt is sent under the
+// mutex so that Stop never returns while a call eventfd is being written.
+func (v *VirtioPort) flushRX(s *sender, t int) {
 	rx := &v.rx
+	rt := &s.touched[t]
 	rx.mu.Lock()
-	if rx.q != nil && rx.q.NeedInterrupt() {
-		signal(rx.call)
+	for i := 0; rt.queued > 0 && i < s.np; i++ {
+		e := &s.pend[i]
+		if e.to != t {
+			continue
+		}
+		rt.queued--
+		if v.receiveLocked(s, e) {
+			s.delivered(t, e)
+		}
+	}
+	if rx.q != nil {
+		rx.q.PublishUsed()
+		if rx.q.NeedInterrupt() {
+			signal(rx.call)
+		}
 	}
 	rx.mu.Unlock()
 }
@@ -282,13 +301,15 @@ func signal(fd int) {
 
 // txWorker is the goroutine serving a transmit queue.
 type txWorker struct {
-	q       *virtio.Queue
-	kick    *os.File // a duplicate of the kick eventfd, waited on by Go's poller
-	call    int
-	stop    chan struct{}
-	done    chan struct{}
-	chain   virtio.Chain
-	pending bool // chain was popped, its frame is waiting for rate-limit tokens
+	q    *virtio.Queue
+	kick *os.File // a duplicate of the kick eventfd, waited on by Go's poller
+	call int
+	stop chan struct{}
+	done chan struct{}
+	// chains of the batch being forwarded: their buffers are read until
+	// the sender's flush, and only then returned to the driver.
+	chains  [txBatch]virtio.Chain
+	pending bool // chains[0] was popped, its frame is waiting for rate-limit tokens
 	s       *sender
 	timer   *time.Timer
 }
@@ -338,7 +359,7 @@ func (v *VirtioPort) serveTX(w *txWorker) {
 	defer close(w.done)
 	defer func() {
 		if w.pending { // the frame is dropped; give the driver its buffer
-			w.q.Push(w.chain.Head, 0)
+			w.q.Push(w.chains[0].Head, 0)
 			w.pending = false
 			v.drop(DropRateLimit)
 			if w.q.NeedInterrupt() {
@@ -400,11 +421,14 @@ func (v *VirtioPort) drainTX(w *txWorker) bool {
 // txBatch forwards up to txBatch frames. It returns how many chains it
 // consumed, how long to wait when the rate limit holds a frame back, and
 // an error if the available ring is corrupt.
+//
+// The chains are returned to the driver only after the sender's flush has
+// copied their frames out, with one publication of the used index.
 func (v *VirtioPort) txBatch(w *txWorker) (n int, wait time.Duration, err error) {
 	s := w.s
 	now := v.sw.now()
-	pushed := false
 	for n < txBatch {
+		c := &w.chains[n]
 		if !w.pending {
 			head, ok, perr := w.q.Pop()
 			if perr != nil {
@@ -414,29 +438,34 @@ func (v *VirtioPort) txBatch(w *txWorker) (n int, wait time.Duration, err error)
 			if !ok {
 				break
 			}
-			if werr := w.q.Walk(head, &w.chain); werr != nil {
+			if werr := w.q.Walk(head, c); werr != nil {
 				v.drop(DropMalformed)
-				w.q.Push(head, 0)
-				pushed = true
-				n++
+				n++ // returned unread below
 				continue
 			}
 		}
-		segs := w.chain.Readable()
-		if !s.ingress(v.Port, segs, int(w.chain.ReadLen()), now, true) {
+		if !s.ingress(v.Port, c.Readable(), int(c.ReadLen()), now, true) {
 			w.pending = true
-			size := uint64(w.chain.ReadLen()) - min(uint64(w.chain.ReadLen()), HeaderLen)
+			size := uint64(c.ReadLen()) - min(uint64(c.ReadLen()), HeaderLen)
 			wait = max(v.txLimit.Wait(1, size*8), 100*time.Microsecond)
 			break
 		}
 		w.pending = false
-		w.q.Push(w.chain.Head, 0)
-		pushed = true
 		n++
 	}
 	s.flush()
-	if pushed && w.q.NeedInterrupt() {
-		signal(w.call)
+	for i := range w.chains[:n] {
+		w.q.PushDeferred(w.chains[i].Head, 0)
+	}
+	if w.pending && n > 0 {
+		// The held chain goes first in the next batch.
+		w.chains[0], w.chains[n] = w.chains[n], w.chains[0]
+	}
+	if n > 0 {
+		w.q.PublishUsed()
+		if w.q.NeedInterrupt() {
+			signal(w.call)
+		}
 	}
 	return n, wait, err
 }

@@ -303,3 +303,38 @@ func TestChainNoWritable(t *testing.T) {
 		t.Fatalf("buffers: %d readable, %d writable", len(c.Readable()), len(c.Writable()))
 	}
 }
+
+// TestWalkFailureAfterSuccess checks that a Chain reused for a walk that
+// fails exposes nothing of the previous request: Walk truncates rather
+// than clears its storage.
+func TestWalkFailureAfterSuccess(t *testing.T) {
+	for _, bad := range []struct {
+		name        string
+		flags, next uint16
+		addr        uint64
+	}{
+		{"single buffer outside RAM", W, 0, 0xdead_0000_0000},
+		{"chain into a loop", R | N, 1, bufBase},
+	} {
+		mem := newFakeRAM(0, ramSize)
+		d := newDriver(t, mem, 4, descAt, availAt, usedAt)
+		q := d.queue(FeatureVersion1)
+		d.setDesc(0, bufBase, 16, R|N, 2)
+		d.setDesc(2, bufBase+0x100, 64, W, 0)
+		d.setDesc(1, bad.addr, 8, bad.flags, bad.next)
+		var c Chain
+		if err := q.Walk(0, &c); err != nil || len(c.Readable()) != 1 || len(c.Writable()) != 1 {
+			t.Fatalf("%s: good walk = %v, %d/%d buffers", bad.name, err, len(c.Readable()), len(c.Writable()))
+		}
+		if err := q.Walk(1, &c); !errors.Is(err, ErrChain) {
+			t.Fatalf("%s: Walk = %v, want ErrChain", bad.name, err)
+		}
+		if c.Head != 1 || c.ReadLen() != 0 || c.WriteLen() != 0 || len(c.Readable()) != 0 || len(c.Writable()) != 0 {
+			t.Errorf("%s: failed walk left head %d, lengths %d/%d, %d/%d buffers", bad.name,
+				c.Head, c.ReadLen(), c.WriteLen(), len(c.Readable()), len(c.Writable()))
+		}
+		if n, err := c.Write(make([]byte, 8)); n != 0 || err == nil {
+			t.Errorf("%s: Write after a failed walk = %d, %v", bad.name, n, err)
+		}
+	}
+}

@@ -20,8 +20,8 @@ const (
 )
 
 // FuzzQueue activates a queue over fuzzed RAM and runs the device's data
-// path on it: Pop, Walk, Read, Write, Push, NeedInterrupt and
-// EnableNotifications must never panic, never write outside RAM (the
+// path on it: Pop, Walk, Read, Write, Push (or PushDeferred and
+// PublishUsed), NeedInterrupt and EnableNotifications must never panic, never write outside RAM (the
 // guards around each region stay intact), and keep their invariants.
 func FuzzQueue(f *testing.F) {
 	for _, s := range fuzzSeeds(f) {
@@ -49,6 +49,7 @@ func FuzzQueue(f *testing.F) {
 		if data[1]&2 != 0 {
 			feat |= FeatureRingEventIdx
 		}
+		deferred := data[1]&4 != 0 // PushDeferred and PublishUsed instead of Push
 		if err := q.Activate(mem, feat); err != nil {
 			if q.Size <= 16 && data[2]&1 == 0 {
 				t.Fatalf("Activate of a valid configuration: %v", err)
@@ -96,18 +97,40 @@ func FuzzQueue(f *testing.F) {
 			} else if c.Head != head {
 				t.Fatalf("failed Walk left Head %d, want %d", c.Head, head)
 			}
-			if err := q.Push(c.Head, c.Written()); err != nil {
-				t.Fatalf("Push of a popped head: %v", err)
+			if deferred {
+				// A batching device: publish every third chain, and
+				// let NeedInterrupt publish the rest.
+				if err := q.PushDeferred(c.Head, c.Written()); err != nil {
+					t.Fatalf("PushDeferred of a popped head: %v", err)
+				}
+				pushes++
+				if pushes%3 != 0 {
+					continue
+				}
+				q.PublishUsed()
+				if got := fieldAt(q.used, 2).load(); got != pushes {
+					t.Fatalf("used->idx %d after PublishUsed, want %d", got, pushes)
+				}
+			} else {
+				if err := q.Push(c.Head, c.Written()); err != nil {
+					t.Fatalf("Push of a popped head: %v", err)
+				}
+				pushes++
 			}
-			pushes++
 			q.NeedInterrupt()
 			if !q.EnableNotifications() {
 				break
 			}
 			q.DisableNotifications()
 		}
+		q.NeedInterrupt()
 		if q.usedIdx != pushes {
 			t.Fatalf("used idx %d after %d pushes", q.usedIdx, pushes)
+		}
+		// With nothing pushed the device never wrote used->idx: it holds
+		// whatever the guest left there.
+		if got := fieldAt(q.used, 2).load(); pushes > 0 && got != pushes {
+			t.Fatalf("used->idx in guest memory %d after %d pushes and NeedInterrupt", got, pushes)
 		}
 		mem.checkGuards(t)
 	})
@@ -164,6 +187,19 @@ func fuzzSeeds(t testing.TB) [][]byte {
 		seed(4, 0, func(d *driver, _ *fakeRAM) { // buffer across the end of region 0
 			d.setDesc(0, fuzzRAM0-8, 16, W, 0)
 			d.add(0)
+		}),
+		seed(8, 4|2, func(d *driver, _ *fakeRAM) { // a batch of receive buffers, deferred pushes, event idx
+			for i := uint16(0); i < 5; i++ {
+				d.setDesc(i, 0x800+0x40*uint64(i), 0x40, W, 0)
+			}
+			d.add(0, 1, 2, 3, 4)
+			d.setUsedEvent(3)
+		}),
+		seed(4, 4, func(d *driver, _ *fakeRAM) { // deferred pushes of transmit chains
+			d.setDesc(0, 0x800, 12, R|N, 1)
+			d.setDesc(1, 0x900, 60, R, 0)
+			d.setDesc(2, 0xa00, 72, R, 0)
+			d.add(0, 2, 0)
 		}),
 		seed(4, 0, func(d *driver, _ *fakeRAM) { // avail idx far ahead
 			d.setDesc(0, 0x800, 8, R, 0)

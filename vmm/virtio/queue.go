@@ -76,7 +76,9 @@ type Queue struct {
 	availEvent field16 // only meaningful with eventIdx
 
 	lastAvail uint16 // next available ring entry the device will consume
-	usedIdx   uint16 // the device's used->idx
+	availSeen uint16 // avail->idx as last loaded: entries before it need no new load
+	usedIdx   uint16 // the device's used->idx, including deferred pushes
+	published uint16 // usedIdx as last stored in guest memory
 	usedFlags uint16 // the device's used->flags
 	signalled uint16 // usedIdx when NeedInterrupt last decided
 	err       error  // sticky ErrRing error
@@ -173,7 +175,7 @@ func (q *Queue) activate(mem Memory, features uint64) error {
 	q.availIdx = fieldAt(avail, availOff+2)
 	q.usedEvent = fieldAt(avail, availOff+4+2*int(n))
 	q.availEvent = fieldAt(used, 4+8*int(n))
-	q.lastAvail, q.usedIdx, q.usedFlags, q.signalled, q.err = 0, 0, 0, 0, nil
+	q.lastAvail, q.availSeen, q.usedIdx, q.published, q.usedFlags, q.signalled, q.err = 0, 0, 0, 0, 0, 0, nil
 	return nil
 }
 
@@ -193,16 +195,21 @@ func (q *Queue) Pop() (head uint16, ok bool, err error) {
 	}
 	// The atomic load orders the reads below after it: whatever the
 	// driver wrote before publishing idx (ring entries, descriptors) is
-	// visible.
-	idx := q.availIdx.load()
-	pending := idx - q.lastAvail // 16-bit arithmetic: indices wrap
-	if pending == 0 {
-		return 0, false, nil
-	}
-	if pending > q.size {
-		q.err = fmt.Errorf("%w: available index %d is %d entries ahead of the device's %d (queue size %d)",
-			ErrRing, idx, pending, q.lastAvail, q.size)
-		return 0, false, q.err
+	// visible. Entries up to the index loaded last time are already
+	// known to be published, so a batch costs one load of the shared
+	// word, not one per chain.
+	if q.availSeen == q.lastAvail {
+		idx := q.availIdx.load()
+		pending := idx - q.lastAvail // 16-bit arithmetic: indices wrap
+		if pending == 0 {
+			return 0, false, nil
+		}
+		if pending > q.size {
+			q.err = fmt.Errorf("%w: available index %d is %d entries ahead of the device's %d (queue size %d)",
+				ErrRing, idx, pending, q.lastAvail, q.size)
+			return 0, false, q.err
+		}
+		q.availSeen = idx
 	}
 	slot := int(q.lastAvail & (q.size - 1))
 	head = fieldAt(q.avail, q.availOff+4+2*slot).load()
@@ -220,6 +227,23 @@ func (q *Queue) Pop() (head uint16, ok bool, err error) {
 // and publishes it by advancing used->idx. Call NeedInterrupt afterwards (once
 // per batch is enough) to decide whether to notify the driver.
 func (q *Queue) Push(head uint16, written uint32) error {
+	if err := q.PushDeferred(head, written); err != nil {
+		return err
+	}
+	q.publishUsed()
+	return nil
+}
+
+// PushDeferred is Push without the publication: the used element is
+// written but used->idx does not move, so the driver cannot see the chain
+// yet. A device returning a batch of chains pushes them this way and then
+// calls PublishUsed once, paying one atomic store (a full barrier on
+// amd64) per batch instead of one per chain. Push and NeedInterrupt
+// publish deferred chains too, so NeedInterrupt never decides on chains
+// the driver cannot see. A chain pushed but never published stays the
+// device's: publish before the driver is owed it (before waiting for the
+// next notification, before giving the queue up).
+func (q *Queue) PushDeferred(head uint16, written uint32) error {
 	if !q.active {
 		return errInactive
 	}
@@ -228,12 +252,20 @@ func (q *Queue) Push(head uint16, written uint32) error {
 	}
 	elem := 4 + 8*int(q.usedIdx&(q.size-1))
 	// Plain stores: the driver reads the element only after it sees
-	// used->idx move past it, and the atomic store below orders them.
-	binary.LittleEndian.PutUint32(q.used[elem:], uint32(head))
-	binary.LittleEndian.PutUint32(q.used[elem+4:], written)
+	// used->idx move past it, and publishUsed's atomic store orders them.
+	e := q.used[elem : elem+8 : elem+8]
+	binary.LittleEndian.PutUint32(e[0:], uint32(head))
+	binary.LittleEndian.PutUint32(e[4:], written)
 	q.usedIdx++
-	q.publishUsed()
 	return nil
+}
+
+// PublishUsed makes every chain pushed with PushDeferred visible to the
+// driver by storing used->idx. It does nothing when nothing is pending.
+func (q *Queue) PublishUsed() {
+	if q.active && q.published != q.usedIdx {
+		q.publishUsed()
+	}
 }
 
 // publishUsed stores used->flags and used->idx, which the device alone
@@ -241,6 +273,7 @@ func (q *Queue) Push(head uint16, written uint32) error {
 // and a full barrier before any later load of the driver's fields.
 func (q *Queue) publishUsed() {
 	atomic.StoreUint32(q.usedWord, uint32(q.usedIdx)<<16|uint32(q.usedFlags))
+	q.published = q.usedIdx
 }
 
 // NeedInterrupt reports whether the driver wants a used buffer notification
@@ -248,10 +281,16 @@ func (q *Queue) publishUsed() {
 // EVENT_IDX, when used->idx moved past used_event since then (the
 // vring_need_event test, in wrapping 16-bit arithmetic); without it, unless
 // the driver set VIRTQ_AVAIL_F_NO_INTERRUPT. Nothing pushed means no
-// notification. The caller sends it (Interrupt.Used) when true.
+// notification. Chains pushed with PushDeferred are published first. The
+// caller sends the notification (Interrupt.Used) when true.
 func (q *Queue) NeedInterrupt() bool {
 	if !q.active {
 		return false
+	}
+	if q.published != q.usedIdx {
+		// Deferred pushes: the driver must see them before we decide,
+		// or it could sleep on an index we are not signalling.
+		q.publishUsed()
 	}
 	old, cur := q.signalled, q.usedIdx
 	q.signalled = cur
@@ -329,10 +368,11 @@ func (q *Queue) Resume(avail uint16) {
 		return
 	}
 	word := atomic.LoadUint32(q.usedWord)
-	q.lastAvail = avail
+	q.lastAvail, q.availSeen = avail, avail
 	q.usedIdx = uint16(word >> 16)
 	q.usedFlags = uint16(word)
 	q.signalled = q.usedIdx
+	q.published = q.usedIdx
 }
 
 // NextAvail is the index of the next available entry the queue will
@@ -340,5 +380,6 @@ func (q *Queue) Resume(avail uint16) {
 // stops.
 func (q *Queue) NextAvail() uint16 { return q.lastAvail }
 
-// UsedIndex is the device's used->idx.
+// UsedIndex is the device's used->idx, counting chains pushed with
+// PushDeferred and not published yet.
 func (q *Queue) UsedIndex() uint16 { return q.usedIdx }

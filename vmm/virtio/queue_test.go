@@ -472,3 +472,127 @@ func TestResume(t *testing.T) {
 	}
 	mem.checkGuards(t)
 }
+
+// TestPushDeferred checks that deferred pushes write their elements but
+// stay invisible to the driver until something publishes them, and that
+// every publishing method publishes them all.
+func TestPushDeferred(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		publish func(q *Queue)
+	}{
+		{"PublishUsed", func(q *Queue) { q.PublishUsed() }},
+		{"Push", func(q *Queue) { q.Push(3, 30) }},
+		{"NeedInterrupt", func(q *Queue) { q.NeedInterrupt() }},
+		{"EnableNotifications", func(q *Queue) { q.EnableNotifications() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mem := newFakeRAM(0, ramSize)
+			d := newDriver(t, mem, 4, descAt, availAt, usedAt)
+			q := d.queue(FeatureVersion1)
+			d.add(0, 1, 2, 3)
+			for range 4 {
+				if _, ok, err := q.Pop(); !ok || err != nil {
+					t.Fatalf("Pop = %v, %v", ok, err)
+				}
+			}
+			for h := uint16(0); h < 3; h++ {
+				if err := q.PushDeferred(h, uint32(h)*10); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := d.usedIdx(); got != 0 {
+				t.Fatalf("used idx %d before publishing, want 0", got)
+			}
+			if q.UsedIndex() != 3 {
+				t.Fatalf("UsedIndex = %d, want 3", q.UsedIndex())
+			}
+			tc.publish(q)
+			want := uint16(3)
+			if tc.name == "Push" {
+				want = 4
+			}
+			if got := d.usedIdx(); got != want {
+				t.Fatalf("used idx %d after publishing, want %d", got, want)
+			}
+			for i := uint16(0); i < want; i++ {
+				if id, n := d.usedElem(i); id != uint32(i) || n != uint32(i)*10 {
+					t.Errorf("used[%d] = %d/%d, want %d/%d", i, id, n, i, i*10)
+				}
+			}
+			mem.checkGuards(t)
+		})
+	}
+}
+
+func TestPushDeferredErrors(t *testing.T) {
+	mem := newFakeRAM(0, ramSize)
+	d := newDriver(t, mem, 4, descAt, availAt, usedAt)
+	q := d.queue(FeatureVersion1)
+	if err := q.PushDeferred(4, 0); err == nil {
+		t.Error("PushDeferred of an out-of-range head succeeded")
+	}
+	q.PublishUsed() // nothing pending: no store
+	if got := d.usedIdx(); got != 0 || q.UsedIndex() != 0 {
+		t.Errorf("used idx %d, UsedIndex %d after a refused push, want 0", got, q.UsedIndex())
+	}
+	q.Reset()
+	if err := q.PushDeferred(0, 0); !errors.Is(err, ErrRing) {
+		t.Errorf("PushDeferred on an inactive queue = %v, want ErrRing", err)
+	}
+	q.PublishUsed() // must not touch the dropped views
+}
+
+// TestNeedInterruptDeferred runs TestNeedInterrupt's event-index rule
+// with deferred pushes: the answer must be the same as with Push, and the
+// driver must see the index the decision was made on.
+func TestNeedInterruptDeferred(t *testing.T) {
+	for _, tc := range []struct {
+		usedEvent uint16
+		push      int
+		want      bool
+	}{
+		{0, 1, true}, {3, 2, false}, {1, 2, true}, {5, 4, false},
+	} {
+		mem := newFakeRAM(0, ramSize)
+		d := newDriver(t, mem, 8, descAt, availAt, usedAt)
+		q := d.queue(FeatureVersion1 | FeatureRingEventIdx)
+		d.setUsedEvent(tc.usedEvent)
+		for range tc.push {
+			q.PushDeferred(0, 0)
+		}
+		if got := q.NeedInterrupt(); got != tc.want {
+			t.Errorf("used_event %d, %d deferred pushes: NeedInterrupt = %v, want %v", tc.usedEvent, tc.push, got, tc.want)
+		}
+		if got := d.usedIdx(); got != uint16(tc.push) {
+			t.Errorf("used idx %d after NeedInterrupt, want %d", got, tc.push)
+		}
+	}
+}
+
+// TestPopUsesSeenIndex checks the cached available index: entries up to
+// the index already loaded are consumed without reloading it, a later
+// index is picked up, and a corrupt one is still caught once reached.
+func TestPopUsesSeenIndex(t *testing.T) {
+	mem := newFakeRAM(0, ramSize)
+	d := newDriver(t, mem, 4, descAt, availAt, usedAt)
+	q := d.queue(FeatureVersion1)
+	d.add(1, 2)
+	if h, ok, err := q.Pop(); h != 1 || !ok || err != nil {
+		t.Fatalf("Pop = %d, %v, %v; want 1", h, ok, err)
+	}
+	d.add(3)
+	for _, want := range []uint16{2, 3} {
+		if h, ok, err := q.Pop(); h != want || !ok || err != nil {
+			t.Fatalf("Pop = %d, %v, %v; want %d", h, ok, err, want)
+		}
+	}
+	if _, ok, err := q.Pop(); ok || err != nil {
+		t.Fatalf("Pop on a drained ring = %v, %v", ok, err)
+	}
+	d.add(0)
+	d.setAvailIdx(d.availIdx + 9) // corrupt: more than the ring holds
+	if _, ok, err := q.Pop(); ok || !errors.Is(err, ErrRing) {
+		t.Fatalf("Pop with a corrupt index = %v, %v; want ErrRing", ok, err)
+	}
+}
