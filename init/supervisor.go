@@ -74,6 +74,8 @@ func supervise() {
 			c.Errorf("switch", err)
 		}
 	}
+	// After the switch: the host port is its tap.
+	startHostNet(c, cfg, args)
 	f := newFleet(c, r, args.Oneshot)
 	p.stop = func() {
 		f.Stop(vmStopGrace)

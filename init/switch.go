@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -48,7 +47,12 @@ const hostTap = "hr-host"
 // socket per NIC, DHCP on networks with a range, the appliance's host port
 // (a tap device) and the uplinks, until SIGTERM.
 func switchMain(args []string) int {
+	// vhost-user backend program conventions (switchext.go).
+	if wantCapabilities(args) {
+		return printCapabilities(os.Stdout)
+	}
 	fs := flag.NewFlagSet("switch", flag.ContinueOnError)
+	ext := addExtFlags(fs)
 	var (
 		cfgPath  = fs.String("config", "", "configuration file with networks and VM NICs (required)")
 		dir      = fs.String("dir", switchDir, "directory for the vhost-user sockets and DHCP lease files")
@@ -57,7 +61,9 @@ func switchMain(args []string) int {
 	fs.Var(&captures, "capture", "write a port's traffic to a pcap file, repeatable: PORT=FILE (ports are\n"+
 		"<vm>.<nic index>, host, uplink:<ifname>)")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: hyperroot switch --config FILE [--dir DIR] [--capture PORT=FILE]...\n\n")
+		fmt.Fprintf(fs.Output(), "usage: hyperroot switch --config FILE [--dir DIR] [--capture PORT=FILE]...\n"+
+			"         [--socket-path PATH | --fd N] [--network NAME] [--mac MAC]\n"+
+			"       hyperroot switch --print-capabilities\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -93,7 +99,7 @@ func switchMain(args []string) int {
 	}
 	// Plain lines on stdout: the supervisor relays them as "switch| <line>",
 	// and "ready ..." tells it the sockets are served.
-	s, err := startSwitch(cfg, *dir, capt, func(format string, a ...any) {
+	s, err := startSwitchExt(ext, cfg, *dir, capt, func(format string, a ...any) {
 		fmt.Printf(format+"\n", a...)
 	})
 	if err != nil {
@@ -161,10 +167,7 @@ func startSwitch(cfg *config.Config, dir string, capture map[string]string, logf
 			srv := servers[nic.Network]
 			p, err := rs.sw.AddVirtioPort(name, vswitch.VirtioConfig{
 				Network: nets[nic.Network], MAC: nic.MAC, LockIP: srv != nil,
-				Limits: vswitch.Limits{
-					Rx: vswitch.Rate{BitsPerSecond: nic.Limits.RX},
-					Tx: vswitch.Rate{BitsPerSecond: nic.Limits.TX},
-				},
+				Limits: portLimits(nic.Limits),
 			})
 			if err != nil {
 				return nil, err
@@ -257,19 +260,19 @@ func (rs *runningSwitch) local(p *vswitch.Port, frame []byte) bool {
 }
 
 // hostPort puts the appliance's own IP stack on network nw through a tap
-// device, with a static address (a DHCP-configured host port is not
-// implemented yet and is refused).
+// device, with a static address. With address dhcp the tap stays without
+// one: the supervisor (PID 1) holds the lease, since the tap and its
+// address vanish whenever this process restarts (init/hostnet.go).
 func (rs *runningSwitch) hostPort(h *config.Host, nw *vswitch.Network, srv *dhcp.Server, capture map[string]string) error {
-	if h.DHCP {
-		return errors.New("host: address dhcp is not supported yet; give a static address")
-	}
 	t, err := tap.Open(hostTap, tap.Options{Offload: true, MAC: switchMAC("host:" + h.Network)})
 	if err != nil {
 		return fmt.Errorf("host port: %w", err)
 	}
 	rs.frames = append(rs.frames, t)
-	if err := netconf.SetAddress(hostTap, h.Address); err != nil {
-		return fmt.Errorf("host port: %w", err)
+	if !h.DHCP {
+		if err := netconf.SetAddress(hostTap, h.Address); err != nil {
+			return fmt.Errorf("host port: %w", err)
+		}
 	}
 	p, err := rs.sw.AddFramePort("host", t, vswitch.FrameConfig{Networks: []*vswitch.Network{nw}, Offload: true})
 	if err != nil {
@@ -279,7 +282,11 @@ func (rs *runningSwitch) hostPort(h *config.Host, nw *vswitch.Network, srv *dhcp
 	if srv != nil {
 		rs.dhcpOf[p.Port] = srv
 	}
-	rs.logf("host port %s on network %s address %s", hostTap, h.Network, h.Address)
+	addr := h.Address.String()
+	if h.DHCP {
+		addr = "dhcp (by the supervisor)"
+	}
+	rs.logf("host port %s on network %s address %s", hostTap, h.Network, addr)
 	return rs.capture(p.Port, capture)
 }
 
@@ -361,6 +368,28 @@ func (rs *runningSwitch) Close() {
 	for _, f := range rs.files {
 		f.Close()
 	}
+}
+
+// portLimits turns a NIC's configured limits into the port's token
+// buckets; a burst is given as a duration of each rate.
+func portLimits(l config.NICLimits) vswitch.Limits {
+	rate := func(bits, pps uint64) vswitch.Rate {
+		r := vswitch.Rate{BitsPerSecond: bits, PacketsPerSecond: pps}
+		if l.Burst > 0 {
+			// Never below one whole 64 KiB TSO frame, which could
+			// otherwise never pass.
+			r.BurstBits = max(uint64(float64(bits)*l.Burst.Seconds()), 8*(64<<10+64))
+			r.BurstPackets = max(uint64(float64(pps)*l.Burst.Seconds()), 1)
+			if bits == 0 {
+				r.BurstBits = 0
+			}
+			if pps == 0 {
+				r.BurstPackets = 0
+			}
+		}
+		return r
+	}
+	return vswitch.Limits{Rx: rate(l.RX, l.RXPPS), Tx: rate(l.TX, l.TXPPS)}
 }
 
 // portReport is a port's counters as one line: "port <name> rx=<packets>/

@@ -46,6 +46,55 @@ func SetAddress(ifname string, p netip.Prefix) error {
 	return Up(ifname)
 }
 
+// ClearAddress removes interface ifname's IPv4 address (and with it the
+// routes through it), as a DHCP client must when its lease runs out. An
+// interface without an address is not an error.
+func ClearAddress(ifname string) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("%s: socket: %w", ifname, err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(ifname)
+	if err != nil {
+		return fmt.Errorf("%s: %w", ifname, err)
+	}
+	if err := ifr.SetInet4Addr(net.IPv4zero.To4()); err != nil {
+		return fmt.Errorf("%s: %w", ifname, err)
+	}
+	// Setting 0.0.0.0 is how the ioctl interface spells "delete".
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFADDR, ifr); err != nil && err != unix.EADDRNOTAVAIL {
+		return fmt.Errorf("%s: clear address: %w", ifname, err)
+	}
+	return nil
+}
+
+// HasAddress reports whether interface ifname exists and carries exactly
+// the address and prefix length of p, with its index (which changes when
+// the interface is destroyed and created again under the same name).
+func HasAddress(ifname string, p netip.Prefix) (index int, ok bool, err error) {
+	ifi, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return 0, false, fmt.Errorf("%s: %w", ifname, err)
+	}
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return ifi.Index, false, fmt.Errorf("%s: addresses: %w", ifname, err)
+	}
+	for _, a := range addrs {
+		n, isNet := a.(*net.IPNet)
+		if !isNet {
+			continue
+		}
+		ip, okIP := netip.AddrFromSlice(n.IP)
+		bits, _ := n.Mask.Size()
+		if okIP && netip.PrefixFrom(ip.Unmap(), bits) == p {
+			return ifi.Index, true, nil
+		}
+	}
+	return ifi.Index, false, nil
+}
+
 // Up sets IFF_UP on interface ifname.
 func Up(ifname string) error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
@@ -68,8 +117,21 @@ func Up(ifname string) error {
 }
 
 // AddDefaultRoute routes everything without a more specific route through
-// gateway (RTM_NEWROUTE for 0.0.0.0/0 in the main table).
+// gateway (RTM_NEWROUTE for 0.0.0.0/0 in the main table). It fails if a
+// default route exists already.
 func AddDefaultRoute(gateway netip.Addr) error {
+	return defaultRoute(gateway, unix.NLM_F_CREATE|unix.NLM_F_EXCL)
+}
+
+// SetDefaultRoute is AddDefaultRoute that replaces an existing default
+// route instead of failing: a DHCP client reapplies its lease after every
+// renewal and after its interface was recreated, and the router may have
+// changed in between.
+func SetDefaultRoute(gateway netip.Addr) error {
+	return defaultRoute(gateway, unix.NLM_F_CREATE|unix.NLM_F_REPLACE)
+}
+
+func defaultRoute(gateway netip.Addr, flags uint16) error {
 	if !gateway.Is4() {
 		return fmt.Errorf("default route: %s is not an IPv4 address", gateway)
 	}
@@ -81,7 +143,7 @@ func AddDefaultRoute(gateway netip.Addr) error {
 	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("default route: bind: %w", err)
 	}
-	msg := routeMessage(gateway, 1)
+	msg := routeMessage(gateway, 1, flags)
 	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("default route: send: %w", err)
 	}
@@ -93,16 +155,16 @@ func AddDefaultRoute(gateway netip.Addr) error {
 	return ackError(buf[:n])
 }
 
-// routeMessage is an RTM_NEWROUTE request (with NLM_F_ACK) for the default
-// route via gateway.
-func routeMessage(gateway netip.Addr, seq uint32) []byte {
+// routeMessage is an RTM_NEWROUTE request (with NLM_F_ACK and flags) for
+// the default route via gateway.
+func routeMessage(gateway netip.Addr, seq uint32, flags uint16) []byte {
 	le := binary.LittleEndian
 	gw := gateway.As4()
 	const hdr, rtm, attr = unix.SizeofNlMsghdr, unix.SizeofRtMsg, 8 // rtattr (4) + IPv4 (4)
 	b := make([]byte, hdr+rtm+attr)
 	le.PutUint32(b[0:], uint32(len(b)))
 	le.PutUint16(b[4:], unix.RTM_NEWROUTE)
-	le.PutUint16(b[6:], unix.NLM_F_REQUEST|unix.NLM_F_ACK|unix.NLM_F_CREATE|unix.NLM_F_EXCL)
+	le.PutUint16(b[6:], unix.NLM_F_REQUEST|unix.NLM_F_ACK|flags)
 	le.PutUint32(b[8:], seq)
 	r := b[hdr:]
 	r[0] = unix.AF_INET // rtm_family; dst_len, src_len, tos stay 0: the default route
