@@ -17,6 +17,7 @@ import (
 
 	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/netconf"
+	"github.com/hyperroot/hyperroot/internal/netnstest"
 	"github.com/hyperroot/hyperroot/internal/testenv"
 	"github.com/hyperroot/hyperroot/net/dhcp"
 )
@@ -229,7 +230,7 @@ func hostNetChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stopServer := serveDHCP(t, srv, "hr-srv")
+	stopServer := netnstest.Serve(t, "hr-srv", srv.HandleFrame)
 	defer func() { stopServer() }()
 
 	r := startHostNetTest(t, &hostNet{
@@ -263,7 +264,7 @@ func hostNetChild(t *testing.T) {
 	stopServer()
 	sh("link", "del", hostTap)
 	veth()
-	stopServer = serveDHCP(t, srv, "hr-srv")
+	stopServer = netnstest.Serve(t, "hr-srv", srv.HandleFrame)
 	r.waitApplied(t, 2, want)
 	checkKernel(t, sh, hostTap, "10.77.0.100/24", "10.77.0.1")
 	r.checkNoErrors(t)
@@ -296,56 +297,4 @@ func TestHostNetStatic(t *testing.T) {
 	r.waitApplied(t, 2, want)
 	checkKernel(t, sh, hostTap, "10.88.0.5/24", "10.88.0.1")
 	r.checkNoErrors(t)
-}
-
-// serveDHCP answers DHCP on ifname through an AF_PACKET socket as the
-// switch's port loop does (HandleFrame in, reply frame out) until the
-// returned stop is called.
-func serveDHCP(t *testing.T, s *dhcp.Server, ifname string) (stop func()) {
-	t.Helper()
-	ifi, err := net.InterfaceByName(ifname)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proto := uint16(unix.ETH_P_ALL)
-	proto = proto<<8 | proto>>8 // network byte order
-	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(proto))
-	if err != nil {
-		t.Fatalf("AF_PACKET socket: %v", err)
-	}
-	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: proto, Ifindex: ifi.Index}); err != nil {
-		unix.Close(fd)
-		t.Fatalf("bind AF_PACKET to %s: %v", ifname, err)
-	}
-	tv := unix.Timeval{Usec: 50_000}
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		t.Fatal(err)
-	}
-	quit := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		defer unix.Close(fd)
-		in, out := make([]byte, 2048), make([]byte, 2048)
-		for {
-			select {
-			case <-quit:
-				return
-			default:
-			}
-			n, from, err := unix.Recvfrom(fd, in, 0)
-			if err != nil {
-				continue // timeout: look at quit again
-			}
-			if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
-				continue // our own reply
-			}
-			if m, ok := s.HandleFrame(in[:n], out); ok {
-				unix.Write(fd, out[:m])
-			}
-		}
-	}()
-	var once sync.Once
-	return func() { once.Do(func() { close(quit); wg.Wait() }) }
 }

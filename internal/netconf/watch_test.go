@@ -2,14 +2,11 @@ package netconf
 
 import (
 	"net/netip"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/hyperroot/hyperroot/internal/testenv"
+	"github.com/hyperroot/hyperroot/internal/netnstest"
 )
 
 // TestReconfigure walks through what a DHCP client does to its interface
@@ -18,21 +15,13 @@ import (
 // the address gone, and the interface recreated under the same name (as
 // the switch's tap is when the switch restarts), with Watch noticing.
 func TestReconfigure(t *testing.T) {
-	testenv.Need(t, unix.Geteuid() == 0, "root (network namespaces)")
-	ip := testenv.NeedTool(t, "ip", "iproute2")
-	inNewNetns(t, func() {
-		sh := func(args ...string) string {
-			out, err := exec.Command(ip, args...).CombinedOutput()
-			if err != nil {
-				t.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-			}
-			return string(out)
-		}
+	ns := netnstest.New(t)
+	sh := func(args ...string) string { return ns.IP(t, args...) }
+	ns.Do(t, func() {
 		sh("link", "add", "w0", "type", "veth", "peer", "name", "w1")
 		w, err := NewWatch()
 		if err != nil {
-			t.Error(err)
-			return
+			t.Fatal(err)
 		}
 		defer w.Close()
 		if woke, err := w.Wait(50 * time.Millisecond); woke || err != nil {

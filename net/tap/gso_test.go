@@ -7,6 +7,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/hyperroot/hyperroot/internal/netnstest"
 )
 
 // tcpPeer is the test's end of a TCP connection with a listener in the
@@ -55,10 +57,10 @@ func tcpPayload(f []byte) (flags byte, seq uint32, data []byte) {
 
 // connect opens a TCP connection from the test to a listener in ns and
 // returns both ends.
-func connect(t *testing.T, tp *Tap, ns *netns) (*tcpPeer, net.Conn) {
+func connect(t *testing.T, tp *Tap, ns *netnstest.NS) (*tcpPeer, net.Conn) {
 	t.Helper()
 	var ln net.Listener
-	ns.do(t, func() {
+	ns.Do(t, func() {
 		var err error
 		if ln, err = net.Listen("tcp4", kernelIP.String()+":0"); err != nil {
 			t.Fatal(err)

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hyperroot/hyperroot/internal/netnstest"
 )
 
 const tapName = "hrtap0"
@@ -16,11 +18,11 @@ const tapName = "hrtap0"
 // setup opens a tap inside a fresh namespace and gives the kernel side
 // 198.18.0.1/30, with the test's own address 198.18.0.2 already resolved
 // (so the kernel never has to ARP for it).
-func setup(t testing.TB, opts Options) (*Tap, *netns) {
+func setup(t testing.TB, opts Options) (*Tap, *netnstest.NS) {
 	t.Helper()
 	ns := newNetns(t)
 	var tp *Tap
-	ns.do(t, func() {
+	ns.Do(t, func() {
 		var err error
 		tp, err = Open(tapName, opts)
 		if err != nil {
@@ -28,8 +30,8 @@ func setup(t testing.TB, opts Options) (*Tap, *netns) {
 		}
 	})
 	t.Cleanup(func() { tp.Close() })
-	ns.run(t, "addr", "add", "198.18.0.1/30", "dev", tapName)
-	ns.run(t, "neigh", "replace", peerIP.String(), "lladdr", peerMAC.String(), "dev", tapName, "nud", "permanent")
+	ns.IP(t, "addr", "add", "198.18.0.1/30", "dev", tapName)
+	ns.IP(t, "neigh", "replace", peerIP.String(), "lladdr", peerMAC.String(), "dev", tapName, "nud", "permanent")
 	return tp, ns
 }
 
@@ -78,21 +80,16 @@ func TestOpenConfiguresLink(t *testing.T) {
 			if tp.Name() != tapName {
 				t.Errorf("Name() = %q, want %q", tp.Name(), tapName)
 			}
-			ns.do(t, func() {
-				ifi, err := net.InterfaceByName(tapName)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if ifi.MTU != tc.wantMTU {
-					t.Errorf("MTU %d, want %d", ifi.MTU, tc.wantMTU)
-				}
-				if tc.opts.MAC != nil && !bytes.Equal(ifi.HardwareAddr, tc.opts.MAC) {
-					t.Errorf("MAC %v, want %v", ifi.HardwareAddr, tc.opts.MAC)
-				}
-				if ifi.Flags&net.FlagUp == 0 {
-					t.Errorf("link not up: %v", ifi.Flags)
-				}
-			})
+			ifi := ns.Interface(t, tapName)
+			if ifi.MTU != tc.wantMTU {
+				t.Errorf("MTU %d, want %d", ifi.MTU, tc.wantMTU)
+			}
+			if tc.opts.MAC != nil && !bytes.Equal(ifi.HardwareAddr, tc.opts.MAC) {
+				t.Errorf("MAC %v, want %v", ifi.HardwareAddr, tc.opts.MAC)
+			}
+			if ifi.Flags&net.FlagUp == 0 {
+				t.Errorf("link not up: %v", ifi.Flags)
+			}
 		})
 	}
 }
@@ -121,7 +118,7 @@ func TestOpenRejectsBadOptions(t *testing.T) {
 	}
 	t.Run("bad mtu", func(t *testing.T) {
 		ns := newNetns(t)
-		ns.do(t, func() {
+		ns.Do(t, func() {
 			tp, err := Open(tapName, Options{MTU: 10})
 			if err == nil {
 				tp.Close()

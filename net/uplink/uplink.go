@@ -23,6 +23,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/internal/netconf"
 )
 
 // HdrLen is the size of struct virtio_net_hdr_v1, which precedes every frame
@@ -134,9 +136,13 @@ func Open(ifname string, opts Options) (*Uplink, error) {
 		}
 	}
 	// Up before bind: binding to a downed interface leaves a pending
-	// ENETDOWN on the socket.
-	if err := linkUp(ifname); err != nil {
-		return nil, fmt.Errorf("open uplink %s: %w", ifname, err)
+	// ENETDOWN on the socket, and an uplink on a downed NIC would silently
+	// drop all. Only a downed NIC is touched, so opening one that is
+	// already up needs no CAP_NET_ADMIN.
+	if ifi.Flags&net.FlagUp == 0 {
+		if err := netconf.Up(ifname); err != nil {
+			return nil, fmt.Errorf("open uplink %s: link up: %w", ifname, err)
+		}
 	}
 	sa := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index}
 	if err := unix.Bind(fd, sa); err != nil {
@@ -163,30 +169,6 @@ func Open(ifname string, opts Options) (*Uplink, error) {
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
-
-// linkUp sets IFF_UP: an uplink on a downed NIC would silently drop all.
-func linkUp(ifname string) error {
-	s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("control socket: %w", err)
-	}
-	defer unix.Close(s)
-	ifr, err := unix.NewIfreq(ifname)
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(s, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("get flags: %w", err)
-	}
-	if ifr.Uint16()&unix.IFF_UP != 0 {
-		return nil
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	if err := unix.IoctlIfreq(s, unix.SIOCSIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("link up: %w", err)
-	}
-	return nil
-}
 
 // Name is the interface the uplink is bound to.
 func (u *Uplink) Name() string { return u.name }

@@ -3,16 +3,15 @@ package uplink
 import (
 	"bytes"
 	"encoding/binary"
-	"fmt"
 	"net"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/hyperroot/hyperroot/internal/testenv"
 	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/internal/netnstest"
 )
 
 // testType is the IEEE "local experimental" EtherType: no stack in the
@@ -26,18 +25,18 @@ var (
 
 // pair is a veth pair a <-> b in a fresh namespace, an Uplink on each end.
 type pair struct {
-	ns   *netns
+	ns   *netnstest.NS
 	a, b *Uplink
 }
 
 func newPair(t testing.TB) *pair {
 	t.Helper()
-	ns := newNetns(t)
-	ns.need(t, "veth (CONFIG_VETH)", "link", "add", "hra", "type", "veth", "peer", "name", "hrb")
+	ns := netnstest.New(t)
+	ns.Veth(t, "hra", "hrb")
 	p := &pair{ns: ns}
-	p.a = ns.open(t, "hra")
-	p.b = ns.open(t, "hrb")
-	waitRunning(t, ns, "hra", "hrb")
+	p.a = openIn(t, ns, "hra")
+	p.b = openIn(t, ns, "hrb")
+	ns.WaitCarrier(t, "hra", "hrb")
 	warmUp(t, p.a, p.b)
 	warmUp(t, p.b, p.a)
 	return p
@@ -74,32 +73,11 @@ func warmUp(t testing.TB, from, to *Uplink) {
 	t.Fatalf("%s -> %s: no probe got through", from.Name(), to.Name())
 }
 
-// waitRunning waits for the kernel to see carrier on the interfaces: until
-// its link watcher runs, a new veth's queue discards frames silently.
-func waitRunning(t testing.TB, ns *netns, ifnames ...string) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for _, name := range ifnames {
-		for linkFlags(t, ns, name)&net.FlagRunning == 0 {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s never got carrier", name)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
-}
-
-// need runs an ip command whose failure means the kernel lacks a feature.
-func (n *netns) need(t testing.TB, feature string, args ...string) {
-	t.Helper()
-	out, err := exec.Command(n.ip, append([]string{"-n", n.name}, args...)...).CombinedOutput()
-	testenv.Need(t, err == nil, fmt.Sprintf("%s: ip %s: %v %s", feature, strings.Join(args, " "), err, out))
-}
-
-func (n *netns) open(t testing.TB, ifname string) *Uplink {
+// openIn opens an Uplink on ifname inside ns, closed when t ends.
+func openIn(t testing.TB, ns *netnstest.NS, ifname string) *Uplink {
 	t.Helper()
 	var u *Uplink
-	n.do(t, func() {
+	ns.Do(t, func() {
 		var err error
 		if u, err = Open(ifname, Options{}); err != nil {
 			t.Fatalf("Open(%s): %v", ifname, err)
@@ -197,13 +175,10 @@ func TestFramesIntact(t *testing.T) {
 // promiscuity is the interface's promiscuous-mode reference count, which
 // netlink reports (the flags from SIOCGIFFLAGS show only what a user asked
 // for with `ip link set promisc on`, not packet-socket memberships).
-func promiscuity(t testing.TB, ns *netns, ifname string) int {
+func promiscuity(t testing.TB, ns *netnstest.NS, ifname string) int {
 	t.Helper()
-	out, err := exec.Command(ns.ip, "-n", ns.name, "-d", "link", "show", ifname).CombinedOutput()
-	if err != nil {
-		t.Fatalf("ip -d link show: %v %s", err, out)
-	}
-	f := strings.Fields(string(out))
+	out := ns.IP(t, "-d", "link", "show", ifname)
+	f := strings.Fields(out)
 	for i := 0; i+1 < len(f); i++ {
 		if f[i] == "promiscuity" {
 			n, err := strconv.Atoi(f[i+1])
@@ -217,36 +192,23 @@ func promiscuity(t testing.TB, ns *netns, ifname string) int {
 	return 0
 }
 
-func linkFlags(t testing.TB, ns *netns, ifname string) net.Flags {
-	t.Helper()
-	var fl net.Flags
-	ns.do(t, func() {
-		ifi, err := net.InterfaceByName(ifname)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fl = ifi.Flags
-	})
-	return fl
-}
-
 // TestPromiscuous checks that an open uplink holds the NIC in promiscuous
 // mode (and brought it up), that closing it releases the mode, and that
 // frames for a MAC nobody owns are delivered.
 func TestPromiscuous(t *testing.T) {
-	ns := newNetns(t)
-	ns.need(t, "veth (CONFIG_VETH)", "link", "add", "hra", "type", "veth", "peer", "name", "hrb")
-	if n, fl := promiscuity(t, ns, "hra"), linkFlags(t, ns, "hra"); n != 0 || fl&net.FlagUp != 0 {
+	ns := netnstest.New(t)
+	ns.Veth(t, "hra", "hrb")
+	if n, fl := promiscuity(t, ns, "hra"), ns.Interface(t, "hra").Flags; n != 0 || fl&net.FlagUp != 0 {
 		t.Fatalf("fresh veth: promiscuity %d, flags %v", n, fl)
 	}
-	a := ns.open(t, "hra")
-	b := ns.open(t, "hrb")
-	waitRunning(t, ns, "hra", "hrb")
+	a := openIn(t, ns, "hra")
+	b := openIn(t, ns, "hrb")
+	ns.WaitCarrier(t, "hra", "hrb")
 	warmUp(t, b, a)
 	if n := promiscuity(t, ns, "hra"); n != 1 {
 		t.Errorf("open uplink: promiscuity %d, want 1", n)
 	}
-	if fl := linkFlags(t, ns, "hra"); fl&net.FlagUp == 0 {
+	if fl := ns.Interface(t, "hra").Flags; fl&net.FlagUp == 0 {
 		t.Errorf("open uplink: link not up (%v)", fl)
 	}
 	f := testFrame(foreignMAC, testType, 100, 'P', 1)
