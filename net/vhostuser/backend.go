@@ -349,6 +349,17 @@ func (b *backend) ringFor(index uint32) (int, *ring, error) {
 	return int(index), &b.rings[index], nil
 }
 
+// vringState decodes a vring state payload (SET_VRING_NUM, _BASE,
+// _ENABLE, GET_VRING_BASE) and finds the ring it names.
+func (b *backend) vringState(p []byte) (VringState, int, *ring, error) {
+	s, err := ParseVringState(p)
+	if err != nil {
+		return s, 0, nil, err
+	}
+	i, r, err := b.ringFor(s.Index)
+	return s, i, r, err
+}
+
 // reconfigure stops ring i, applies change, and starts it again when it
 // is ready: the frontend may reprogram a running ring (QEMU swaps call
 // descriptors when the guest masks a vector), and Device.Start takes the
@@ -363,11 +374,7 @@ func (b *backend) reconfigure(i int, change func(r *ring) error) error {
 }
 
 func (b *backend) setVringNum(p []byte) error {
-	s, err := ParseVringState(p)
-	if err != nil {
-		return err
-	}
-	i, _, err := b.ringFor(s.Index)
+	s, i, _, err := b.vringState(p)
 	if err != nil {
 		return err
 	}
@@ -397,11 +404,7 @@ func (b *backend) setVringAddr(p []byte) error {
 }
 
 func (b *backend) setVringBase(p []byte) error {
-	s, err := ParseVringState(p)
-	if err != nil {
-		return err
-	}
-	i, _, err := b.ringFor(s.Index)
+	s, i, _, err := b.vringState(p)
 	if err != nil {
 		return err
 	}
@@ -415,11 +418,7 @@ func (b *backend) setVringBase(p []byte) error {
 // The kick descriptor is dropped too: a stopped ring starts again only when
 // the frontend sends a new one, as the spec's ring state machine requires.
 func (b *backend) getVringBase(p []byte) (VringState, error) {
-	s, err := ParseVringState(p)
-	if err != nil {
-		return VringState{}, err
-	}
-	i, r, err := b.ringFor(s.Index)
+	s, i, r, err := b.vringState(p)
 	if err != nil {
 		return VringState{Index: s.Index}, err
 	}
@@ -432,11 +431,7 @@ func (b *backend) getVringBase(p []byte) (VringState, error) {
 }
 
 func (b *backend) setVringEnable(p []byte) error {
-	s, err := ParseVringState(p)
-	if err != nil {
-		return err
-	}
-	i, _, err := b.ringFor(s.Index)
+	s, i, _, err := b.vringState(p)
 	if err != nil {
 		return err
 	}
