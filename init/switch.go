@@ -195,7 +195,13 @@ func startSwitch(cfg *config.Config, dir string, capture map[string]string, logf
 		}
 	}
 	if h := cfg.Host; h != nil {
-		if err := rs.hostPort(h, nets[h.Network], servers[h.Network], capture); err != nil {
+		mtu := config.DefaultMTU
+		for _, n := range cfg.Networks {
+			if n.Name == h.Network {
+				mtu = n.MTU
+			}
+		}
+		if err := rs.hostPort(h, nets[h.Network], servers[h.Network], mtu, capture); err != nil {
 			return nil, err
 		}
 	}
@@ -263,8 +269,8 @@ func (rs *runningSwitch) local(p *vswitch.Port, frame []byte) bool {
 // device, with a static address. With address dhcp the tap stays without
 // one: the supervisor (PID 1) holds the lease, since the tap and its
 // address vanish whenever this process restarts (init/hostnet.go).
-func (rs *runningSwitch) hostPort(h *config.Host, nw *vswitch.Network, srv *dhcp.Server, capture map[string]string) error {
-	t, err := tap.Open(hostTap, tap.Options{Offload: true, MAC: switchMAC("host:" + h.Network)})
+func (rs *runningSwitch) hostPort(h *config.Host, nw *vswitch.Network, srv *dhcp.Server, mtu int, capture map[string]string) error {
+	t, err := tap.Open(hostTap, tap.Options{Offload: true, MAC: switchMAC("host:" + h.Network), MTU: mtu})
 	if err != nil {
 		return fmt.Errorf("host port: %w", err)
 	}

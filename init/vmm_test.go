@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/testenv"
 )
 
@@ -103,6 +104,8 @@ func TestParseNICSpec(t *testing.T) {
 		{in: "socket=a.sock,mac=52:54:00:12:34:56", err: `socket "a.sock": want an absolute path`},
 		{in: "socket=/a,mac=01:00:5e:00:00:01", err: "want a unicast Ethernet address"},
 		{in: "socket=/a,mac=zz", err: `mac "zz"`},
+		{in: "socket=/a,mac=52:54:00:12:34:56,mtu=9000", want: nicSpec{Socket: "/a", MAC: net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x56}, MTU: 9000}},
+		{in: "socket=/a,mac=52:54:00:12:34:56,mtu=20", err: `mtu "20": want 68 to 65535`},
 		{in: "socket=/a", err: "want socket=PATH and mac=ADDRESS"},
 		{in: "socket=/a,socket=/b,mac=52:54:00:12:34:56", err: "socket given twice"},
 		{in: "socket=/a,mac=52:54:00:12:34:56,queues=2", err: `unknown key "queues"`},
@@ -114,11 +117,11 @@ func TestParseNICSpec(t *testing.T) {
 			t.Errorf("parseNICSpec(%q) error = %v, want %q", tc.in, err, tc.err)
 		case tc.err == "" && err != nil:
 			t.Errorf("parseNICSpec(%q): %v", tc.in, err)
-		case tc.err == "" && (got.Socket != tc.want.Socket || got.MAC.String() != tc.want.MAC.String()):
+		case tc.err == "" && (got.Socket != tc.want.Socket || got.MAC.String() != tc.want.MAC.String() || got.MTU != tc.want.MTU):
 			t.Errorf("parseNICSpec(%q) = %+v, want %+v", tc.in, got, tc.want)
 		}
 	}
-	if got, _ := parseNICSpec(nicArg("/s", net.HardwareAddr{2, 0, 0, 0, 0, 1})); got.Socket != "/s" || got.MAC.String() != "02:00:00:00:00:01" {
+	if got, _ := parseNICSpec(configNICArg("/s", config.NIC{MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, MTU: 9000})); got.Socket != "/s" || got.MAC.String() != "02:00:00:00:00:01" || got.MTU != 9000 {
 		t.Errorf("nicArg does not round-trip: %+v", got)
 	}
 }

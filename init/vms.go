@@ -67,7 +67,7 @@ func vmArgs(vm config.VM) []string {
 		args = append(args, "--disk", diskArg(3+i, d))
 	}
 	for i, n := range vm.NICs {
-		args = append(args, "--nic", nicArg(nicSocket(switchDir, vm.Name, i), n.MAC))
+		args = append(args, "--nic", configNICArg(nicSocket(switchDir, vm.Name, i), n))
 	}
 	return args
 }

@@ -65,7 +65,7 @@ type netLease struct {
 
 // lease brings eth0 up, gets an address by DHCP (insomniacslk's client),
 // configures it with a default route through the router, and reports
-// "guest: net lease ip=<ip/len> router=<ip>".
+// "guest: net lease ip=<ip/len> router=<ip> mtu=<the NIC's MTU>".
 func lease() (netLease, error) {
 	var l netLease
 	deadline := time.Now().Add(20 * time.Second)
@@ -110,7 +110,11 @@ func lease() (netLease, error) {
 			return l, err
 		}
 	}
-	fmt.Printf("guest: net lease ip=%s router=%s\n", l.ip, l.router)
+	mtu := 0
+	if ifc, err := net.InterfaceByName(ifname); err == nil {
+		mtu = ifc.MTU
+	}
+	fmt.Printf("guest: net lease ip=%s router=%s mtu=%d\n", l.ip, l.router, mtu)
 	return l, nil
 }
 

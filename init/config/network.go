@@ -30,7 +30,14 @@ type Network struct {
 	DHCP *DHCPRange
 	// Uplink is a physical NIC bridged to the network, or "".
 	Uplink string
+	// MTU is the largest IP packet the network's interfaces use: the VMs'
+	// NICs are told it (VIRTIO_NET_F_MTU) and the host port takes it.
+	// Default 1500.
+	MTU int
 }
+
+// DefaultMTU is a network's MTU unless the configuration says otherwise.
+const DefaultMTU = 1500
 
 // DHCPRange is the addresses the switch leases, inclusive.
 type DHCPRange struct {
@@ -55,6 +62,7 @@ type NIC struct {
 	// restarts (so are DHCP leases, which follow the MAC).
 	MAC    net.HardwareAddr
 	Limits NICLimits
+	MTU    int // the network's, filled in by Parse
 }
 
 // NICLimits bound a NIC's traffic with token buckets, in each direction as
@@ -72,7 +80,7 @@ type NICLimits struct {
 const MaxNICs = 8
 
 func (d *decoder) network(n *yaml.Node) Network {
-	var nw Network
+	nw := Network{MTU: DefaultMTU}
 	var gateway *yaml.Node
 	d.mapping(n, map[string]func(*yaml.Node){
 		"name": func(v *yaml.Node) {
@@ -113,6 +121,13 @@ func (d *decoder) network(n *yaml.Node) Network {
 				d.errf(v, "dhcp: want both from and to")
 			}
 			nw.DHCP = r
+		},
+		"mtu": func(v *yaml.Node) {
+			if m, ok := d.integer(v); ok && (m < 576 || m > 65535) {
+				d.errf(v, "mtu %d: want 576 to 65535", m)
+			} else if ok {
+				nw.MTU = m
+			}
 		},
 		"uplink": func(v *yaml.Node) {
 			nw.Uplink = d.str(v)
@@ -341,7 +356,9 @@ func (d *decoder) checkNetworks(doc *yaml.Node, c *Config) {
 	macs := map[string]string{}
 	for _, vm := range c.VMs {
 		for i, nic := range vm.NICs {
-			if nic.Network != "" && byName[nic.Network] == nil {
+			if nw := byName[nic.Network]; nw != nil {
+				vm.NICs[i].MTU = nw.MTU
+			} else if nic.Network != "" {
 				d.errf(doc, "vm %s nic %d: network %q is not configured", vm.Name, i, nic.Network)
 			}
 			if owner, ok := macs[nic.MAC.String()]; ok {

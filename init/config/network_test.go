@@ -15,6 +15,7 @@ networks:
     dhcp: { from: 10.20.0.100, to: 10.20.0.199 }
     uplink: eth0
   - name: dmz
+    mtu: 9000
     subnet: 10.30.0.0/24
     gateway: 10.30.0.254
     vlan: 42
@@ -35,7 +36,10 @@ vms:
 		lan.DHCP == nil || lan.DHCP.From != netip.MustParseAddr("10.20.0.100") || lan.DHCP.To != netip.MustParseAddr("10.20.0.199") {
 		t.Errorf("lan = %+v", lan)
 	}
-	if dmz.Gateway != netip.MustParseAddr("10.30.0.254") || dmz.VLAN != 42 || dmz.DHCP != nil {
+	if lan.MTU != DefaultMTU {
+		t.Errorf("lan MTU %d, want the default %d", lan.MTU, DefaultMTU)
+	}
+	if dmz.Gateway != netip.MustParseAddr("10.30.0.254") || dmz.VLAN != 42 || dmz.DHCP != nil || dmz.MTU != 9000 {
 		t.Errorf("dmz = %+v", dmz)
 	}
 	if c.Host == nil || c.Host.Network != "lan" || c.Host.Address != netip.MustParsePrefix("10.20.0.1/24") || c.Host.DHCP {
@@ -44,6 +48,9 @@ vms:
 	nics := c.VMs[0].NICs
 	if len(nics) != 2 || nics[0].Limits != (NICLimits{RX: 100e6, TX: 1e9, RXPPS: 1000, TXPPS: 2000, Burst: 20 * time.Millisecond}) || nics[1].MAC.String() != "52:54:00:aa:bb:cc" {
 		t.Fatalf("nics = %+v", nics)
+	}
+	if nics[0].MTU != DefaultMTU || nics[1].MTU != 9000 {
+		t.Errorf("NIC MTUs %d, %d: want their networks' (%d, 9000)", nics[0].MTU, nics[1].MTU, DefaultMTU)
 	}
 	if want := DefaultMAC("web", 0); nics[0].MAC.String() != want.String() {
 		t.Errorf("default MAC %s, want %s", nics[0].MAC, want)
@@ -73,6 +80,7 @@ func TestParseNetworkErrors(t *testing.T) {
 		{"host bits", nw("{name: lan, subnet: 10.0.0.5/24}"), "host bits are set (did you mean 10.0.0.0/24?)"},
 		{"ipv6", nw("{name: lan, subnet: 'fd00::/64'}"), "want an IPv4 prefix from /8 to /30"},
 		{"vlan", nw("{name: lan, subnet: 10.0.0.0/24, vlan: 4095}"), "vlan 4095: want 1-4094"},
+		{"mtu", nw("{name: lan, subnet: 10.0.0.0/24, mtu: 100}"), "mtu 100: want 576 to 65535"},
 		{"gateway outside", nw("{name: lan, subnet: 10.0.0.0/24, gateway: 10.0.1.1}"), "gateway 10.0.1.1: not a host address of subnet 10.0.0.0/24"},
 		{"gateway broadcast", nw("{name: lan, subnet: 10.0.0.0/24, gateway: 10.0.0.255}"), "not a host address"},
 		{"range outside", nw("{name: lan, subnet: 10.0.0.0/24, dhcp: {from: 10.0.0.10, to: 10.0.1.10}}"), "is not inside subnet"},

@@ -108,7 +108,9 @@ func checkStream(t testing.TB, lines []string, client, server string, want int64
 func TestNetTraffic(t *testing.T) {
 	testbed(t, func(t testing.TB) {
 		const bytes = 100 << 20
-		cfg := netConfig(t, lanNet+otherNet,
+		// lan with jumbo frames: the VMM announces the MTU to the guests.
+		jumbo := strings.Replace(lanNet, "{name: lan,", "{name: lan, mtu: 9000,", 1)
+		cfg := netConfig(t, jumbo+otherNet,
 			netVM("server", "net-server", []string{"{network: lan}"}),
 			netVM("client", "net-client", []string{"{network: lan}"}, fmt.Sprintf("hyperroot.netbytes=%d", bytes)),
 			netVM("loner", "net-isolated", []string{"{network: other}"}))
@@ -129,8 +131,11 @@ func TestNetTraffic(t *testing.T) {
 				t.Errorf("%s leased %q, want an address of its network (%s*)", vm, lease[vm], prefix)
 			}
 		}
-		if !hasLine(lines, `^server\| guest: net lease ip=10\.20\.0\.\d+/24 router=10\.20\.0\.1$`) {
-			t.Error("the lease does not carry the /24 mask and the gateway 10.20.0.1 as router")
+		if !hasLine(lines, `^server\| guest: net lease ip=10\.20\.0\.\d+/24 router=10\.20\.0\.1 mtu=9000$`) {
+			t.Error("the lease does not carry the /24 mask and the gateway 10.20.0.1 as router, or the NIC's MTU is not lan's 9000")
+		}
+		if !hasLine(lines, `^loner\| guest: net lease .* mtu=1500$`) {
+			t.Error("the NIC on network other does not have the default MTU 1500")
 		}
 		wantLines(t, lines, "client| guest: net ping "+lease["server"]+" ", "server| guest: net ping "+lease["client"]+" ")
 		checkStream(t, lines, "client", "server", bytes)
@@ -243,7 +248,7 @@ func TestNetUplink(t *testing.T) {
 		mustPass(t, r)
 		wantLines(t, r.Lines, "switch| uplink eth0 networks=1 trunk=false",
 			`roamer| guest: net outside 10.0.2.2:`+strconv.Itoa(port)+` said "hello from outside"`)
-		if !hasLine(r.Lines, `^roamer\| guest: net lease ip=10\.0\.2\.\d+/24 router=10\.0\.2\.2$`) {
+		if !hasLine(r.Lines, `^roamer\| guest: net lease ip=10\.0\.2\.\d+/24 router=10\.0\.2\.2 mtu=1500$`) {
 			t.Error("the VM did not lease from QEMU's DHCP server through the uplink")
 		}
 		select {

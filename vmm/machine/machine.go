@@ -66,6 +66,7 @@ type NIC struct {
 	// again to reconnect after the backend restarts.
 	Dial func() (*net.UnixConn, error)
 	MAC  net.HardwareAddr
+	MTU  int // announced to the guest (VIRTIO_NET_F_MTU) unless 0
 }
 
 // Disk is one virtio-blk disk.

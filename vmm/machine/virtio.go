@@ -236,7 +236,7 @@ func (m *Machine) virtioDevices(cfg Config) error {
 		}
 	}
 	for i, n := range cfg.NICs {
-		dev, err := virtionet.New(virtionet.Options{Dial: n.Dial, Memory: m.mem, MAC: n.MAC,
+		dev, err := virtionet.New(virtionet.Options{Dial: n.Dial, Memory: m.mem, MAC: n.MAC, MTU: n.MTU,
 			Logf: func(format string, args ...any) { fmt.Fprintf(os.Stderr, "vmm: "+format+"\n", args...) }})
 		if err != nil {
 			return fmt.Errorf("nic %d: %w", i, err)

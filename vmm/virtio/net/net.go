@@ -36,6 +36,7 @@ import (
 const (
 	FeatureCsum      uint64 = 1 << 0
 	FeatureGuestCsum uint64 = 1 << 1
+	FeatureMTU       uint64 = 1 << 3
 	FeatureMAC       uint64 = 1 << 5
 	FeatureGuestTSO4 uint64 = 1 << 7
 	FeatureGuestTSO6 uint64 = 1 << 8
@@ -47,8 +48,8 @@ const (
 	FeatureStatus    uint64 = 1 << 16
 
 	// passThrough are the backend's bits the device may offer the driver:
-	// the data path's offloads and ring features. MAC and STATUS are the
-	// device's own (it serves the configuration space); MQ and the
+	// the data path's offloads and ring features. MAC, STATUS and MTU are
+	// the device's own (it serves the configuration space); MQ and the
 	// control queue are not implemented.
 	passThrough = FeatureCsum | FeatureGuestCsum | FeatureGuestTSO4 | FeatureGuestTSO6 | FeatureGuestECN |
 		FeatureHostTSO4 | FeatureHostTSO6 | FeatureHostECN | FeatureMrgRxbuf |
@@ -57,10 +58,11 @@ const (
 
 // Configuration space layout (virtio 1.2 §5.1.4).
 const (
-	cfgMAC    = 0 // mac[6]
-	cfgStatus = 6 // le16: VIRTIO_NET_S_LINK_UP
-	cfgPairs  = 8 // le16: max_virtqueue_pairs
-	cfgLen    = 10
+	cfgMAC    = 0  // mac[6]
+	cfgStatus = 6  // le16: VIRTIO_NET_S_LINK_UP
+	cfgPairs  = 8  // le16: max_virtqueue_pairs
+	cfgMTU    = 10 // le16: mtu, with VIRTIO_NET_F_MTU
+	cfgLen    = 12
 
 	statusLinkUp = 1
 )
@@ -89,6 +91,9 @@ type Options struct {
 	Dial   func() (*net.UnixConn, error)
 	Memory Memory
 	MAC    net.HardwareAddr
+	// MTU, if not 0, is announced to the driver (VIRTIO_NET_F_MTU), which
+	// then uses it for the interface: the network's MTU.
+	MTU int
 	// QueueSize is each queue's maximum size; default DefaultQueueSize.
 	QueueSize uint16
 	// Retry is how long to wait between reconnection attempts; default
@@ -129,6 +134,9 @@ func New(o Options) (*Device, error) {
 	if len(o.MAC) != 6 {
 		return nil, fmt.Errorf("virtio-net: MAC %v: want 6 bytes", o.MAC)
 	}
+	if o.MTU != 0 && (o.MTU < 68 || o.MTU > 65535) {
+		return nil, fmt.Errorf("virtio-net: MTU %d: want 68 to 65535", o.MTU)
+	}
 	if o.QueueSize == 0 {
 		o.QueueSize = DefaultQueueSize
 	}
@@ -153,6 +161,9 @@ func New(o Options) (*Device, error) {
 		return nil, fmt.Errorf("virtio-net: backend does not offer VIRTIO_F_VERSION_1 (features %#x)", d.backend)
 	}
 	d.offered = d.backend&passThrough | FeatureMAC | FeatureStatus
+	if o.MTU != 0 {
+		d.offered |= FeatureMTU
+	}
 	d.connected(fe, uc)
 	return d, nil
 }
@@ -225,6 +236,7 @@ func (d *Device) ReadConfig(offset uint64, data []byte) {
 	}
 	d.mu.Unlock()
 	binary.LittleEndian.PutUint16(cfg[cfgPairs:], 1)
+	binary.LittleEndian.PutUint16(cfg[cfgMTU:], uint16(d.opts.MTU))
 	for i := range data {
 		data[i] = 0
 		if o := offset + uint64(i); o < cfgLen {
@@ -286,7 +298,7 @@ func (d *Device) Offload(kick, call []int) error {
 // not returned are offered again. d.mu is held.
 func (d *Device) startRingsLocked(resume bool) error {
 	fe := d.fe
-	features := d.acked &^ (FeatureMAC | FeatureStatus)
+	features := d.acked &^ (FeatureMAC | FeatureStatus | FeatureMTU)
 	if d.backend&vhostuser.FeatureProtocolFeatures != 0 {
 		features |= vhostuser.FeatureProtocolFeatures
 	}

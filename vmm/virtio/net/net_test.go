@@ -165,7 +165,7 @@ func TestVhostUserSession(t *testing.T) {
 	be := newBackendDevice()
 	srv := serveBackend(t, path, be)
 	mac := net.HardwareAddr{0x52, 0x54, 0, 1, 2, 3}
-	dev, err := New(Options{Memory: mem, MAC: mac, Retry: 20 * time.Millisecond,
+	dev, err := New(Options{Memory: mem, MAC: mac, MTU: 9000, Retry: 20 * time.Millisecond,
 		Dial: func() (*net.UnixConn, error) {
 			return net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
 		}})
@@ -174,16 +174,16 @@ func TestVhostUserSession(t *testing.T) {
 	}
 	defer dev.Close()
 
-	if f := dev.Features(); f&(FeatureMAC|FeatureStatus|virtio.FeatureVersion1|FeatureMrgRxbuf|FeatureCsum) !=
-		FeatureMAC|FeatureStatus|virtio.FeatureVersion1|FeatureMrgRxbuf|FeatureCsum || f&(1<<22|vhostuser.FeatureProtocolFeatures) != 0 {
-		t.Fatalf("offered features %#x: want the backend's pass-through bits plus MAC and STATUS, no MQ or protocol bit", f)
+	const want = FeatureMAC | FeatureStatus | FeatureMTU | virtio.FeatureVersion1 | FeatureMrgRxbuf | FeatureCsum
+	if f := dev.Features(); f&want != want || f&(1<<22|vhostuser.FeatureProtocolFeatures) != 0 {
+		t.Fatalf("offered features %#x: want the backend's pass-through bits plus MAC, STATUS and MTU, no MQ or protocol bit", f)
 	}
 	var cfg [cfgLen]byte
 	dev.ReadConfig(0, cfg[:])
-	if net.HardwareAddr(cfg[:6]).String() != mac.String() || !linkUp(dev) {
-		t.Fatalf("config space %x: want MAC %s and link up", cfg, mac)
+	if net.HardwareAddr(cfg[:6]).String() != mac.String() || !linkUp(dev) || binary.LittleEndian.Uint16(cfg[cfgMTU:]) != 9000 {
+		t.Fatalf("config space %x: want MAC %s, link up and MTU 9000", cfg, mac)
 	}
-	acked := virtio.FeatureVersion1 | FeatureMAC | FeatureStatus | FeatureMrgRxbuf
+	acked := virtio.FeatureVersion1 | FeatureMAC | FeatureStatus | FeatureMTU | FeatureMrgRxbuf
 	if err := dev.Ack(acked); err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +214,7 @@ func TestVhostUserSession(t *testing.T) {
 	be.wait(t, "start", 2)
 	be.mu.Lock()
 	if be.acked&^vhostuser.FeatureProtocolFeatures != virtio.FeatureVersion1|FeatureMrgRxbuf {
-		t.Errorf("backend acked %#x, want VERSION_1|MRG_RXBUF (MAC and STATUS are the frontend's)", be.acked)
+		t.Errorf("backend acked %#x, want VERSION_1|MRG_RXBUF (MAC, STATUS and MTU are the frontend's)", be.acked)
 	}
 	for q, vq := range queues {
 		s := be.started[q]
@@ -274,5 +274,8 @@ func TestNewErrors(t *testing.T) {
 	}
 	if _, err := New(Options{MAC: mac, Dial: dial}); err == nil {
 		t.Error("New accepted no memory")
+	}
+	if _, err := New(Options{Memory: mem, MAC: mac, MTU: 20, Dial: dial}); err == nil {
+		t.Error("New accepted an MTU of 20")
 	}
 }
