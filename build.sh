@@ -6,8 +6,9 @@
 #   ./build.sh run     build, then boot the image in QEMU with the console here
 #                      (runner flags follow: -memory 4G -cpus 4 -append ... -config F -overlay DIR -oneshot)
 #   ./build.sh test    deps, build, go vet, unit + host-KVM tests, end-to-end tests under QEMU
-#   ./build.sh bench   Go micro-benchmarks, then the boot benchmark (hyperroot vs gokvm) and the disk
-#                      benchmark (hyperroot io_uring/pool vs QEMU) in the appliance
+#   ./build.sh bench   Go micro-benchmarks, then the boot benchmark (hyperroot vs gokvm), the disk
+#                      benchmark (hyperroot io_uring/pool vs QEMU) and the network benchmark (hyperroot
+#                      switch vs QEMU + tap + Linux bridge) in the appliance
 #   ./build.sh clean   remove out/ (keeps the download cache out/cache/debs; clean all removes it too)
 #
 # Environment: BOARD (default qemu), OUT (default out).
@@ -104,6 +105,10 @@ bench_disk() {
 	go run ./tools/runner -image "$OUT/bench/image" -oneshot -timeout 40m -append hyperroot.bench=disk | tee "$OUT/bench/disk.log" | grep --line-buffered -E 'bench:|runner:'
 }
 
+bench_net() {
+	go run ./tools/runner -image "$OUT/bench/image" -oneshot -timeout 40m -append hyperroot.bench=net | tee "$OUT/bench/net.log" | grep --line-buffered -E 'bench:|runner:'
+}
+
 case "${1:-build}" in
 deps)
 	step deps deps
@@ -131,6 +136,7 @@ bench)
 	step "build bench image (adds the peer VMMs gokvm and QEMU)" go run ./tools/mkimage -board "$BOARD" -out "$OUT/bench" -version "$VERSION" -bench
 	step "boot benchmark: hyperroot vs gokvm in one appliance run" bench_boot
 	step "disk benchmark: hyperroot (io_uring, pool) vs QEMU, in-guest fio-like tests, in one appliance run" bench_disk
+	step "network benchmark: VM-to-VM TCP, hyperroot switch vs QEMU + tap + Linux bridge, in one appliance run" bench_net
 	;;
 clean)
 	if [ "${2:-}" = all ]; then rm -rf "$OUT"; else find "$OUT" -mindepth 1 -maxdepth 1 ! -name cache -exec rm -rf {} + 2>/dev/null || true; fi

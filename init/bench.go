@@ -29,9 +29,9 @@ const (
 )
 
 // runBench runs the benchmarks hyperroot.bench= names, comma-separated:
-// boot (this file) and disk (benchdisk.go). Each reports on the console;
-// the first that fails ends the run, since a broken benchmark's later
-// figures would be read as real.
+// boot (this file), disk (benchdisk.go) and net (benchnet.go). Each
+// reports on the console; the first that fails ends the run, since a broken
+// benchmark's later figures would be read as real.
 func runBench(c *console, r *reaper, names string) error {
 	for _, name := range strings.Split(names, ",") {
 		var err error
@@ -40,8 +40,10 @@ func runBench(c *console, r *reaper, names string) error {
 			err = runBootBench(c, r)
 		case "disk":
 			err = runDiskBench(c, r)
+		case "net":
+			err = runNetBench(c, r)
 		default:
-			err = fmt.Errorf("unknown benchmark %q (known: boot, disk)", name)
+			err = fmt.Errorf("unknown benchmark %q (known: boot, disk, net)", name)
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)

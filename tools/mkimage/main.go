@@ -91,9 +91,13 @@ func build(ctx context.Context, boards, name, out, version string, bench bool) e
 			return err
 		}},
 		{"resolve modules", func() (err error) {
-			modules, err = image.ResolveModules(ctx, kernel, b.AllModules())
+			names := b.AllModules()
+			if bench {
+				names = append(names, benchModules...)
+			}
+			modules, err = image.ResolveModules(ctx, kernel, names)
 			if err == nil {
-				logf("%d module files for %s", len(modules), strings.Join(b.AllModules(), " "))
+				logf("%d module files for %s", len(modules), strings.Join(names, " "))
 			}
 			return err
 		}},

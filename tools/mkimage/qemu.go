@@ -20,6 +20,12 @@ import (
 // and the TPR-patching ROM that the pc machine loads under KVM (kvmvapic).
 const qemuBinary = "/usr/bin/qemu-system-x86_64"
 
+// benchModules are the appliance kernel modules a bench image carries
+// besides the board's: the network benchmark puts its QEMU guests on a
+// Linux bridge (bridge pulls in stp and llc). PID 1 loads them only when
+// that benchmark runs; a product image has no use for a kernel bridge.
+var benchModules = []string{"bridge"}
+
 var qemuFirmware = []string{
 	"/usr/share/seabios/bios-256k.bin",
 	"/usr/share/qemu/linuxboot_dma.bin",
