@@ -30,7 +30,8 @@ import (
 //	net-server    lease, announce "hyperroot-server <ip>" by UDP broadcast on
 //	              port 5000, accept one TCP connection on port 5001, ping the
 //	              sender back, receive its stream, report size and sha256
-//	net-client    lease, wait for a server's announcement, ping it, send
+//	net-client    lease, ping the gateway if hyperroot.pinggw=1, wait for a
+//	              server's announcement, ping it, send
 //	              hyperroot.netbytes= bytes (default 100 MiB) of a
 //	              deterministic stream, report size, sha256 and throughput
 //	net-isolated  lease, and listen for announcements for 20 s: on a network
@@ -231,8 +232,17 @@ func netBytes() int64 {
 }
 
 func netClient(seed uint64) error {
-	if _, err := lease(); err != nil {
+	l, err := lease()
+	if err != nil {
 		return err
+	}
+	if cmdlineValue("hyperroot.pinggw") == "1" && l.router.IsValid() {
+		// The router is the appliance's host port: its own IP stack.
+		rtt, err := ping(net.IP(l.router.AsSlice()))
+		if err != nil {
+			return fmt.Errorf("ping the gateway %s: %w", l.router, err)
+		}
+		fmt.Printf("guest: net ping %s rtt_us=%d\n", l.router, rtt.Microseconds())
 	}
 	server, err := hearServer(120 * time.Second)
 	if err != nil {

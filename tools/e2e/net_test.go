@@ -261,3 +261,22 @@ func TestNetUplink(t *testing.T) {
 		}
 	})
 }
+
+// TestExampleLAN boots examples/lan.yaml, the configuration the README
+// offers: the host port gets its static address, the client pings the
+// appliance's own IP stack through it, then the server, and streams 16 MiB.
+func TestExampleLAN(t *testing.T) {
+	testbed(t, func(t testing.TB) {
+		cfg, err := filepath.Abs("../../examples/lan.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Timeout: 6 * time.Minute})
+		r := m.Wait()
+		mustPass(t, r)
+		lines := r.Lines
+		wantLines(t, lines, "switch| host port hr-host on network lan address 10.20.0.1/24",
+			"hyperroot: host address 10.20.0.1/24", "client| guest: net ping 10.20.0.1 ")
+		checkStream(t, lines, "client", "server", 16<<20)
+	})
+}
