@@ -1,9 +1,12 @@
 package vhostuser
 
 import (
+	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
+	"time"
 )
 
 // Frontend is the VMM's end of a vhost-user connection: it hands a
@@ -15,10 +18,25 @@ import (
 // refusal as an error, so the VMM learns at once that, say, a ring address
 // was rejected instead of seeing a dead NIC.
 type Frontend struct {
+	// Timeout bounds the wait for each reply (default ReplyTimeout).
+	// Set it before the first request.
+	Timeout time.Duration
+
 	mu       sync.Mutex
 	c        *conn
 	replyAck bool
 }
+
+// ReplyTimeout is how long a Frontend waits for a reply by default. The
+// VMM asks from its vCPU threads (a device reset stops the rings), so a
+// backend that hangs must not hang the guest for ever. After a timeout the
+// connection is closed: a late reply would desynchronise the stream, and
+// the VMM reconnects anyway.
+const ReplyTimeout = 5 * time.Second
+
+// ErrTimeout is wrapped by the error of a request whose reply did not come
+// within Timeout.
+var ErrTimeout = errors.New("vhost-user: backend did not reply in time")
 
 // Dial connects to the backend listening at path.
 func Dial(path string) (*Frontend, error) {
@@ -59,8 +77,18 @@ func (f *Frontend) call(req Request, payload []byte, fds []int) ([]byte, error) 
 	if !wantAck && !hasReply(req) {
 		return nil, nil
 	}
+	timeout := f.Timeout
+	if timeout <= 0 {
+		timeout = ReplyTimeout
+	}
+	f.c.uc.SetReadDeadline(time.Now().Add(timeout))
 	h, p, rfds, err := f.c.recv()
+	f.c.uc.SetReadDeadline(time.Time{})
 	closeFDs(rfds) // no reply this frontend reads carries descriptors
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		f.c.uc.Close()
+		return nil, fmt.Errorf("%w: %v after %s (connection closed)", ErrTimeout, req, timeout)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("vhost-user: %v reply: %w", req, err)
 	}

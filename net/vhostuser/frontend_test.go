@@ -3,7 +3,10 @@ package vhostuser
 import (
 	"bytes"
 	"errors"
+	"io"
+	"path/filepath"
 	"testing"
+	"time"
 )
 
 // cfgDev is an echo device with a config space and four queues.
@@ -96,5 +99,38 @@ func TestFrontendRefusals(t *testing.T) {
 	must(t, f.SetMemTable(g.regions()))
 	if _, err := f.GetFeatures(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestFrontendTimeout: a backend that accepts the connection but never
+// answers must not hang the frontend: the request fails with ErrTimeout
+// after Timeout and the connection is closed.
+func TestFrontendTimeout(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "mute.sock")
+	l, err := Listen(path)
+	must(t, err)
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(io.Discard, c) // reads requests, never replies
+	}()
+	f, err := Dial(path)
+	must(t, err)
+	defer f.Close()
+	f.Timeout = 100 * time.Millisecond
+	start := time.Now()
+	_, err = f.GetFeatures()
+	if !errors.Is(err, ErrTimeout) {
+		t.Fatalf("GetFeatures from a mute backend: %v, want ErrTimeout", err)
+	}
+	if d := time.Since(start); d < 100*time.Millisecond || d > 5*time.Second {
+		t.Errorf("gave up after %s, want about 100ms", d)
+	}
+	if _, err := f.GetFeatures(); err == nil {
+		t.Error("the connection is still usable after a timeout")
 	}
 }
