@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -111,9 +112,11 @@ type Device struct {
 	backend  uint64 // what the backend offered, including the protocol bit
 	protocol uint64 // negotiated protocol features
 
-	mu       sync.Mutex
-	fe       *vhostuser.Frontend
-	linkUp   bool
+	mu sync.Mutex
+	fe *vhostuser.Frontend
+	// linkUp is read by config-space reads on vCPU threads without mu,
+	// which a reconnection holds while it talks to the backend.
+	linkUp   atomic.Bool
 	acked    uint64
 	queues   []*virtio.Queue // from Activate, nil when not active
 	irq      virtio.Interrupt
@@ -202,7 +205,8 @@ func (d *Device) handshake(fe *vhostuser.Frontend) error {
 // connected makes fe the device's connection, marks the link up and
 // starts watching for its hang-up.
 func (d *Device) connected(fe *vhostuser.Frontend, uc *net.UnixConn) {
-	d.fe, d.linkUp = fe, true
+	d.fe = fe
+	d.linkUp.Store(true)
 	go d.watch(fe, uc)
 }
 
@@ -230,11 +234,9 @@ func (d *Device) Ack(features uint64) error {
 func (d *Device) ReadConfig(offset uint64, data []byte) {
 	var cfg [cfgLen]byte
 	copy(cfg[cfgMAC:], d.opts.MAC)
-	d.mu.Lock()
-	if d.linkUp {
+	if d.linkUp.Load() {
 		binary.LittleEndian.PutUint16(cfg[cfgStatus:], statusLinkUp)
 	}
-	d.mu.Unlock()
 	binary.LittleEndian.PutUint16(cfg[cfgPairs:], 1)
 	binary.LittleEndian.PutUint16(cfg[cfgMTU:], uint16(d.opts.MTU))
 	for i := range data {
@@ -416,7 +418,7 @@ func (d *Device) watch(fe *vhostuser.Frontend, uc *net.UnixConn) {
 		return
 	}
 	d.fe = nil
-	d.linkUp = false
+	d.linkUp.Store(false)
 	irq := d.irq
 	d.mu.Unlock()
 	fe.Close()
