@@ -63,9 +63,9 @@ func (p *Pool) worker() {
 		case i := <-p.work:
 			err := p.run(&p.slots[i])
 			p.mu.Lock()
-			c := p.release(i, err)
+			c, to := p.release(i, err)
 			p.mu.Unlock()
-			p.deliver(c)
+			p.deliver(c, to)
 		case <-p.stop:
 			return
 		}
@@ -141,9 +141,25 @@ func (p *Pool) Close() error {
 		return nil
 	}
 	p.closing = true
+	p.closed.Store(true)
 	p.mu.Unlock()
 	close(p.stop)
 	p.wg.Wait()
+	// Requests still queued never ran: their Completers are owed an end.
+	for {
+		select {
+		case i := <-p.work:
+			p.mu.Lock()
+			c, to := p.release(i, ErrClosed)
+			p.mu.Unlock()
+			if to != nil {
+				to.Complete(c)
+			}
+			continue
+		default:
+		}
+		break
+	}
 	close(p.out)
 	return nil
 }

@@ -80,7 +80,7 @@ func (u *Uring) Submit(r Request) error {
 		s.mode = fallocMode(s.req.Op)
 	}
 	if err := u.queue(i, s); err != nil {
-		u.release(i, nil)
+		u.release(i, nil) // no completion is owed: Submit fails
 		return err
 	}
 	if !r.Defer {
@@ -219,9 +219,9 @@ func (u *Uring) complete(c uring.CQE) {
 			}
 		}
 	}
-	comp := u.release(i, err)
+	comp, to := u.release(i, err)
 	u.mu.Unlock()
-	u.deliver(comp)
+	u.deliver(comp, to)
 }
 
 // Close implements Backend. Requests in the kernel are waited for, because
@@ -233,6 +233,7 @@ func (u *Uring) Close() error {
 		return nil
 	}
 	u.closing = true
+	u.closed.Store(true)
 	u.mu.Unlock()
 	close(u.stop)
 	u.efd.Write(u.wakebuf[:]) // wake the reaper so it notices closing

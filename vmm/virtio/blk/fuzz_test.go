@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"testing"
 
-	"github.com/hyperroot/hyperroot/vmm/block"
 	"github.com/hyperroot/hyperroot/vmm/virtio"
 )
 
@@ -38,9 +37,9 @@ func fuzzOne(t *testing.T, data []byte) *fakeRAM {
 	}
 	mem := newFakeRAM(fuzzRAM)
 	copy(mem.ram, data[fuzzHeader:])
-	fb := newFakeBackend(fuzzDisk)
-	fb.out = make(chan block.Completion, 64)
+	fb := newManualBackend(fuzzDisk)
 	fb.depth = int(data[0] >> 4) // 0..15: exercise ErrBusy too
+	fb.inline = data[1]&4 != 0
 	dev, err := New(Options{Backend: fb, QueueSize: fuzzQueue, ReadOnly: data[0]&1 != 0, ID: "fuzz-serial"})
 	if err != nil {
 		t.Fatal(err)
@@ -66,8 +65,9 @@ func fuzzOne(t *testing.T, data []byte) *fakeRAM {
 	w.start(q, irq)
 	for range 8 {
 		w.serve()
-		for len(fb.out) > 0 {
-			w.complete(<-fb.out)
+		for len(fb.done) > 0 {
+			d := <-fb.done
+			d.to.Complete(d.c)
 		}
 		if fb.depth == 0 && w.pending >= 0 {
 			// A backend that never has room: give it some, as
@@ -94,7 +94,7 @@ func fuzzOne(t *testing.T, data []byte) *fakeRAM {
 // TestFuzzSeeds checks that the seeds reach the paths they are meant for:
 // each completes with the expected status byte.
 func TestFuzzSeeds(t *testing.T) {
-	want := []byte{statusOK, statusOK, statusIOErr, statusOK, statusOK, statusOK, statusOK, statusIOErr, statusUnsupp}
+	want := []byte{statusOK, statusOK, statusIOErr, statusOK, statusOK, statusOK, statusOK, statusIOErr, statusUnsupp, statusOK}
 	for i, s := range fuzzSeeds(t) {
 		mem := fuzzOne(t, s)
 		if got := mem.ram[0x310]; got != want[i] {
@@ -151,6 +151,7 @@ func fuzzSeeds(tb testing.TB) [][]byte {
 		{0, 1, false, zero(typeWriteZeroes, flagUnmap)},
 		{0x10, 3, false, simple(typeIn, 100, true)},
 		{0, 3, false, simple(99, 0, false)},
+		{0, 7, false, simple(typeIn, 1024, true)}, // served inline
 	}
 	var seeds [][]byte
 	for _, c := range cases {

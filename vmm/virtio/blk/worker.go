@@ -2,6 +2,7 @@ package blk
 
 import (
 	"errors"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -14,29 +15,33 @@ import (
 // sleeps briefly instead of spinning.
 const minThrottle = 50 * time.Microsecond
 
-// worker serves one queue: it pops requests, submits them to the Backend,
-// and completes them when the dispatcher hands their completions over. Only
-// its goroutine touches the queue and the slots while it runs.
+// worker serves one queue. Its mutex guards the queue and the slots;
+// whichever goroutine holds it (Kick's, the Backend's delivering a
+// completion, or the worker's own goroutine for timers and ErrBusy
+// retries) does the work, so a request needs no goroutine hand-off.
 type worker struct {
 	d     *Device
 	index int
 	slots []slot
-	free  []int32 // stack of free slot indices
-	done  chan block.Completion
-	kick  chan struct{}
+	wake  chan struct{} // to the goroutine: a Backend slot was freed (ErrBusy)
 	timer *time.Timer
 
-	busy        atomic.Bool // waiting for a Backend slot (ErrBusy); the dispatcher wakes us
-	backendGone atomic.Bool // the Backend's completion channel was closed
+	kicked atomic.Bool // a kick found mu held: the holder serves before it unlocks
+	busy   atomic.Bool // waiting for a Backend slot (ErrBusy); a completion wakes us
 
-	// Per activation.
+	mu   sync.Mutex
+	idle sync.Cond // on mu: inflight dropped to 0 while stopping
+
+	// Guarded by mu; per activation.
+	free      []int32 // stack of free slot indices
 	q         *virtio.Queue
 	irq       virtio.Interrupt
-	stop      chan struct{}
-	inflight  int   // slots the Backend holds
-	pending   int32 // slot popped but refused by the limiter or the Backend, or -1
-	throttled bool  // the limiter refused; the timer is armed
-	broken    bool  // the queue's ring is corrupt: pop nothing more
+	stop      chan struct{} // ends the goroutine
+	stopping  bool          // Reset began: serve nothing, drop results
+	inflight  int           // slots the Backend holds
+	pending   int32         // slot popped but refused by the limiter or the Backend, or -1
+	throttled bool          // the limiter refused; the timer is armed
+	broken    bool          // the queue's ring is corrupt: pop nothing more
 	req       block.Request
 }
 
@@ -46,10 +51,10 @@ func newWorker(d *Device, index int, size uint16) *worker {
 		index: index,
 		slots: make([]slot, size),
 		free:  make([]int32, 0, size),
-		done:  make(chan block.Completion, size),
-		kick:  d.kicks[index],
+		wake:  make(chan struct{}, 1),
 		timer: time.NewTimer(time.Hour),
 	}
+	w.idle.L = &w.mu
 	w.timer.Stop()
 	for i := range w.slots {
 		// A chain has at most 2*size-1 buffers (a direct part ending
@@ -60,9 +65,11 @@ func newWorker(d *Device, index int, size uint16) *worker {
 	return w
 }
 
-// clear returns the worker to its state after New; the goroutine must not
-// be running.
+// clear returns the worker to its state after New; its goroutine must not
+// be running and no request may be in flight.
 func (w *worker) clear() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	w.free = w.free[:0]
 	for i := len(w.slots) - 1; i >= 0; i-- {
 		s := &w.slots[i]
@@ -70,64 +77,111 @@ func (w *worker) clear() {
 		s.iov, s.status, s.state = s.iov[:0], nil, slotFree
 		w.free = append(w.free, int32(i))
 	}
-	for len(w.done) > 0 {
-		<-w.done
+	select { // drop a stale wake-up
+	case <-w.wake:
+	default:
 	}
 	w.timer.Stop()
+	w.kicked.Store(false)
 	w.busy.Store(false)
-	w.backendGone.Store(false)
-	w.q, w.irq, w.stop = nil, nil, nil
+	w.q, w.irq, w.stop, w.stopping = nil, nil, nil, false
 	w.inflight, w.pending, w.throttled, w.broken = 0, -1, false, false
 }
 
 func (w *worker) start(q *virtio.Queue, irq virtio.Interrupt) {
+	w.mu.Lock()
 	w.q, w.irq = q, irq
 	w.stop = make(chan struct{})
+	w.mu.Unlock()
 }
 
-// run is the worker's goroutine: it sleeps until a kick, a completion, the
-// limiter's timer or Reset, and serves the queue after each.
-func (w *worker) run() {
+// run is the worker's goroutine: it serves the queue once (buffers made
+// available before activation), then whenever the limiter's timer fires or
+// a completion frees a Backend slot it was waiting for, until Reset.
+func (w *worker) run(stop <-chan struct{}) {
 	defer w.d.wg.Done()
-	w.serve()
-	w.notify()
+	w.kick()
 	for {
 		select {
-		case <-w.kick:
-		case c := <-w.done:
-			w.complete(c)
-			w.drain()
+		case <-w.wake:
 		case <-w.timer.C:
+			w.mu.Lock()
 			w.throttled = false
-		case <-w.stop:
-			w.quiesce()
+			w.mu.Unlock()
+		case <-stop:
 			return
 		}
-		if w.backendGone.Load() {
-			w.failAll()
+		w.kick()
+	}
+}
+
+// kick serves the queue now if no other goroutine is, and otherwise leaves
+// it to the one that is (see unlock): it never waits for the mutex.
+func (w *worker) kick() {
+	w.kicked.Store(true)
+	if !w.mu.TryLock() {
+		return
+	}
+	w.kicked.Store(false)
+	w.serve()
+	w.notify()
+	w.unlock()
+}
+
+// unlock releases mu, first serving once more for every kick that found it
+// held. A kicker sets kicked before trying the lock and a holder reads it
+// after releasing, so either the kicker gets the lock or the holder sees
+// the flag: no kick is lost.
+func (w *worker) unlock() {
+	for {
+		w.mu.Unlock()
+		if !w.kicked.Load() || !w.mu.TryLock() {
+			return
 		}
+		w.kicked.Store(false)
 		w.serve()
 		w.notify()
 	}
 }
 
-// drain completes every completion already waiting, so one interrupt
-// covers the batch.
-func (w *worker) drain() {
-	for {
-		select {
-		case c := <-w.done:
-			w.complete(c)
-		default:
-			return
-		}
+// Complete implements block.Completer: it runs on the Backend's goroutine,
+// finishes the request, serves the queue (slots just freed, buffers the
+// driver added meanwhile) and interrupts, then wakes queues waiting for a
+// Backend slot.
+func (w *worker) Complete(c block.Completion) {
+	w.mu.Lock()
+	i := uint32(c.Cookie)
+	if i >= uint32(len(w.slots)) || w.slots[i].state != slotInFlight {
+		w.unlock()
+		return // not a request of ours in flight: cannot happen
 	}
+	w.inflight--
+	if w.stopping {
+		// Reset is waiting: the driver has reset the device, so guest
+		// memory must not change any more; drop the result.
+		w.slots[i].state = slotFree
+		if w.inflight == 0 {
+			w.idle.Broadcast()
+		}
+		w.mu.Unlock()
+		w.d.wakeBusy()
+		return
+	}
+	w.result(int32(i), c)
+	w.serve()
+	w.notify()
+	w.unlock()
+	w.d.wakeBusy()
 }
 
 // serve submits what the driver made available, then starts it all at once
 // (requests are submitted deferred: one io_uring_enter per kick, not per
 // request).
+// w.mu must be held.
 func (w *worker) serve() {
+	if w.q == nil || w.stopping {
+		return // not activated, or being reset
+	}
 	w.serveRing()
 	w.d.backend.Commit()
 }
@@ -201,11 +255,16 @@ func (w *worker) submit(i int32) bool {
 		}
 		s.charged = true
 	}
-	w.req = block.Request{Op: s.op, Offset: s.offset, Length: s.length, Bufs: s.iov, Cookie: uint64(w.index)<<32 | uint64(i), Defer: true}
+	w.req = block.Request{Op: s.op, Offset: s.offset, Length: s.length, Bufs: s.iov, Cookie: uint64(i), Defer: true, Done: w}
+	if c, ok := w.d.backend.Inline(&w.req); ok {
+		w.req.Bufs = nil
+		w.result(i, c)
+		return true
+	}
 	err := w.d.backend.Submit(w.req)
 	if errors.Is(err, block.ErrBusy) {
-		// Ask the dispatcher for a wake-up at the next completion, then
-		// try again: a slot freed in between would not wake us.
+		// Ask for a wake-up at the next completion, then try again: a
+		// slot freed in between would not wake us.
 		w.busy.Store(true)
 		err = w.d.backend.Submit(w.req)
 		if errors.Is(err, block.ErrBusy) {
@@ -223,13 +282,9 @@ func (w *worker) submit(i int32) bool {
 	return true
 }
 
-// complete finishes the request a Backend completion belongs to.
-func (w *worker) complete(c block.Completion) {
-	i := uint32(c.Cookie)
-	if i >= uint32(len(w.slots)) || w.slots[i].state != slotInFlight {
-		return // not a request of ours in flight: cannot happen
-	}
-	w.inflight--
+// result finishes slot i with the outcome c of its transfer, inline or
+// delivered by the Backend.
+func (w *worker) result(i int32, c block.Completion) {
 	s := &w.slots[i]
 	status := uint8(statusOK)
 	switch {
@@ -242,7 +297,7 @@ func (w *worker) complete(c block.Completion) {
 		// Part of a read may have landed; claim what the Backend says.
 		s.written = uint32(min(max(c.N, 0), int64(s.dataLen)))
 	}
-	w.finish(int32(i), status)
+	w.finish(i, status)
 }
 
 // finish writes slot i's status byte, gives its chain back to the driver
@@ -270,7 +325,7 @@ func (w *worker) release(i int32) {
 // notify sends a used buffer notification if the driver wants one for what
 // was pushed since the last call.
 func (w *worker) notify() {
-	if w.q.NeedInterrupt() {
+	if w.q != nil && !w.stopping && w.q.NeedInterrupt() {
 		// A failed notification cannot be retried meaningfully: the
 		// driver's next kick or its timeout recovers.
 		_ = w.irq.Used(w.index)
@@ -287,34 +342,28 @@ func (w *worker) breakQueue() {
 	}
 }
 
-// failAll completes every request the Backend held with IOERR once its
-// completion channel closed: it has finished with their buffers and will
-// never report them.
-func (w *worker) failAll() {
-	for i := range w.slots {
-		if w.slots[i].state == slotInFlight {
-			w.inflight--
-			w.finish(int32(i), statusIOErr)
-		}
-	}
+// quiesce is the worker's part of Reset: pop nothing more, drop the request
+// not yet submitted, and drop the results of requests still in flight.
+// Reset calls it for every queue before waiting for any (see drain), so
+// that no queue pushes results while another is waited for.
+func (w *worker) quiesce() {
+	w.mu.Lock()
+	w.stopping = true
+	w.timer.Stop()
+	w.mu.Unlock()
 }
 
-// quiesce is the worker's part of Reset: pop nothing more, drop the request
-// not yet submitted, and wait until the Backend has completed every request
-// it holds, because until then it may write guest memory. Their results
-// are dropped: the driver has reset the device and guest memory must not
-// change any more.
-func (w *worker) quiesce() {
-	w.timer.Stop()
-	for w.inflight > 0 && !w.backendGone.Load() {
-		select {
-		case c := <-w.done:
-			i := uint32(c.Cookie)
-			if i < uint32(len(w.slots)) && w.slots[i].state == slotInFlight {
-				w.inflight--
-				w.slots[i].state = slotFree
-			}
-		case <-w.kick: // the dispatcher kicks when the Backend is gone
-		}
+// drain waits until the Backend has completed every request the worker
+// gave it, because until then it may write guest memory (a closed Backend
+// completes them with ErrClosed), then stops the goroutine.
+func (w *worker) drain() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.q == nil {
+		return
 	}
+	for w.inflight > 0 {
+		w.idle.Wait()
+	}
+	close(w.stop)
 }
