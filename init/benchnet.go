@@ -712,22 +712,14 @@ func addBridge(name string) error {
 // deleteBridge takes bridge name down and deletes it (the kernel refuses
 // to delete a bridge that is up).
 func deleteBridge(name string) error {
+	if err := netconf.Down(name); err != nil {
+		return fmt.Errorf("delete bridge: %w", err)
+	}
 	fd, err := ctlSocket()
 	if err != nil {
 		return fmt.Errorf("delete bridge %s: %w", name, err)
 	}
 	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		return fmt.Errorf("delete bridge %s: %w", name, err)
-	}
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("delete bridge %s: get flags: %w", name, err)
-	}
-	ifr.SetUint16(ifr.Uint16() &^ unix.IFF_UP)
-	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("delete bridge %s: down: %w", name, err)
-	}
 	if err := unix.IoctlSetString(fd, unix.SIOCBRDELBR, name); err != nil {
 		return fmt.Errorf("delete bridge %s: SIOCBRDELBR: %w", name, err)
 	}

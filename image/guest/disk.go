@@ -179,6 +179,24 @@ func devSize(f *os.File) (int64, error) {
 	return int64(n), err
 }
 
+// openDirect waits for /dev/vda and opens it read-write with O_DIRECT, so
+// that every read and write reaches the VMM; it returns its size too.
+func openDirect() (*os.File, int64, error) {
+	if err := waitDev("/dev/vda"); err != nil {
+		return nil, 0, err
+	}
+	f, err := os.OpenFile("/dev/vda", os.O_RDWR|unix.O_DIRECT, 0)
+	if err != nil {
+		return nil, 0, err
+	}
+	size, err := devSize(f)
+	if err != nil {
+		f.Close()
+		return nil, 0, fmt.Errorf("size of /dev/vda: %w", err)
+	}
+	return f, size, nil
+}
+
 // diskParallel has workers write and read vda concurrently with O_DIRECT
 // (so that every read is served by the device, not the page cache), each
 // in its own region, checking every byte read against what it wrote; then
@@ -186,18 +204,11 @@ func devSize(f *os.File) (int64, error) {
 // one queue are read through another.
 func diskParallel(seed uint64) error {
 	const workers, block, maxBlocks, rounds = 4, 4096, 16, 300
-	if err := waitDev("/dev/vda"); err != nil {
-		return err
-	}
-	f, err := os.OpenFile("/dev/vda", os.O_RDWR|unix.O_DIRECT, 0)
+	f, size, err := openDirect()
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	size, err := devSize(f)
-	if err != nil {
-		return err
-	}
 	region := size / workers / block * block
 	if region < maxBlocks*block {
 		return fmt.Errorf("disk of %d bytes too small", size)

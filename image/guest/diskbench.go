@@ -102,18 +102,11 @@ func diskBenchAction(seed uint64) error {
 	if err != nil {
 		return fmt.Errorf("hyperroot.diskbench: %w", err)
 	}
-	if err := waitDev("/dev/vda"); err != nil {
-		return err
-	}
-	f, err := os.OpenFile("/dev/vda", os.O_RDWR|unix.O_DIRECT, 0)
+	f, size, err := openDirect()
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	size, err := devSize(f)
-	if err != nil {
-		return fmt.Errorf("size of /dev/vda: %w", err)
-	}
 	if seed == 0 {
 		// A fresh seed per run, so that stale blocks of an earlier run
 		// on the same image do not pass for this run's writes.

@@ -96,7 +96,13 @@ func HasAddress(ifname string, p netip.Prefix) (index int, ok bool, err error) {
 }
 
 // Up sets IFF_UP on interface ifname.
-func Up(ifname string) error {
+func Up(ifname string) error { return setUp(ifname, true) }
+
+// Down clears IFF_UP on interface ifname (the kernel refuses to delete a
+// bridge that is up, for one).
+func Down(ifname string) error { return setUp(ifname, false) }
+
+func setUp(ifname string, up bool) error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("%s: socket: %w", ifname, err)
@@ -109,9 +115,13 @@ func Up(ifname string) error {
 	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
 		return fmt.Errorf("%s: get flags: %w", ifname, err)
 	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	flags, what := ifr.Uint16()|unix.IFF_UP, "up"
+	if !up {
+		flags, what = ifr.Uint16()&^unix.IFF_UP, "down"
+	}
+	ifr.SetUint16(flags)
 	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("%s: up: %w", ifname, err)
+		return fmt.Errorf("%s: %s: %w", ifname, what, err)
 	}
 	return nil
 }
