@@ -465,6 +465,13 @@ func (m *Machine) runVCPU(i int, v *kvm.VCPU) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	m.mu.Lock()
+	if m.tids == nil {
+		// The machine stopped before this goroutine got here (Stop before
+		// Run, or another vCPU's guest powered off or crashed at once):
+		// stop has cleared tids, and this vCPU must not enter the guest.
+		m.mu.Unlock()
+		return
+	}
 	m.tids[i] = unix.Gettid()
 	m.mu.Unlock()
 	for {
