@@ -103,7 +103,7 @@ type msiVector struct {
 // vector returns vector v, creating its GSI and eventfd on first use.
 // The caller holds r.mu.
 func (r *msiRouter) vector(v int) (*msiVector, error) {
-	if v < 0 || v > 2048 {
+	if v < 0 || v >= 2048 {
 		return nil, fmt.Errorf("MSI-X vector %d out of range", v)
 	}
 	for len(r.vectors) <= v {
