@@ -91,10 +91,19 @@ func runBootBench(c *console, r *reaper) error {
 	return nil
 }
 
+// settleTime is how long the guest idles after booting before the VMM's
+// memory is read: long enough for the Go runtime's background scavenger
+// to return what boot left free, as it would on a VM that runs for hours.
+const settleTime = 3 * time.Second
+
 // bootOnce starts one VMM, waits for the guest's init to report, optionally
-// samples its memory, and kills it.
+// samples its memory (only hyperroot's: with the Go runtime's own account
+// of it), and kills it.
 func bootOnce(r *reaper, p benchPeer, sample bool) (time.Duration, string, error) {
 	cmd := exec.Command(p.argv[0], p.argv[1:]...)
+	if sample {
+		cmd.Env = append(os.Environ(), "HYPERROOT_VMM_MEMSTATS=1")
+	}
 	out, w, err := os.Pipe()
 	if err != nil {
 		return 0, "", err
@@ -108,6 +117,7 @@ func bootOnce(r *reaper, p benchPeer, sample bool) (time.Duration, string, error
 		return 0, "", err
 	}
 	booted := make(chan time.Duration, 1)
+	memstats := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
@@ -117,6 +127,12 @@ func bootOnce(r *reaper, p benchPeer, sample bool) (time.Duration, string, error
 			}
 		}
 		for sc.Scan() { // drain until the process is gone
+			if _, ms, ok := strings.Cut(sc.Text(), "memstats "); ok {
+				select {
+				case memstats <- ms:
+				default:
+				}
+			}
 		}
 	}()
 	var d time.Duration
@@ -124,8 +140,21 @@ func bootOnce(r *reaper, p benchPeer, sample bool) (time.Duration, string, error
 	select {
 	case d = <-booted:
 		if sample {
-			time.Sleep(500 * time.Millisecond) // let the guest settle into its idle loop
-			rss = memorySample(cmd.Process.Pid)
+			time.Sleep(settleTime)
+			m, err := memorySample(cmd.Process.Pid)
+			if err != nil {
+				rss = err.Error()
+			} else {
+				rss = m.String()
+			}
+			// HYPERROOT_VMM_MEMSTATS=1 made it answer SIGUSR2.
+			unix.Kill(cmd.Process.Pid, unix.SIGUSR2)
+			select {
+			case ms := <-memstats:
+				rss += " go: " + ms
+			case <-time.After(2 * time.Second):
+				rss += " go: no memstats"
+			}
 		}
 	case ws := <-wait:
 		out.Close()
@@ -139,40 +168,113 @@ func bootOnce(r *reaper, p benchPeer, sample bool) (time.Duration, string, error
 	return d, rss, err
 }
 
-// memorySample reads a process's resident memory from /proc: guest RAM is
-// the memfd mapping (named "/memfd:..." in smaps), so what the VMM itself
-// costs is everything else that is resident: Go heap and stacks, and the
-// pages of its own binary (which, living in the initramfs, count as shmem
-// too, so RssShmem alone would hide them).
-func memorySample(pid int) string {
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+// vmmMemory is where a VMM process's resident memory is, in KiB, read from
+// its smaps. Private pages are what each VM costs (Firecracker's "< 5 MiB"
+// counts those); the binary's file pages live in the page cache (tmpfs in
+// the appliance) once, shared by PID 1 and every VMM, so they are reported
+// apart.
+type vmmMemory struct {
+	RSS   int // everything resident (the sum of the smaps Rss fields)
+	Guest int // guest RAM pages touched: the memfd mapping
+	File  int // file pages of the binary and any library: shared
+	// The private (anonymous) pages outside guest RAM, by where they are.
+	// The Go runtime's own mappings cannot be told apart here (Go 1.26
+	// randomises the heap's address, and the appliance's kernel does not
+	// name anonymous mappings): the VMM's memstats line splits them.
+	Go    int // Go heap (objects, goroutine stacks) and the runtime's structures
+	Data  int // the binary's written data and its bss
+	Stack int // the main thread's stack
+}
+
+// Private is the VMM's own per-VM memory.
+func (m vmmMemory) Private() int { return m.Go + m.Data + m.Stack }
+
+func (m vmmMemory) String() string {
+	return fmt.Sprintf("rss=%dKiB guest-touched=%dKiB overhead=%dKiB private=%dKiB (go=%d data=%d stack=%d) shared-file=%dKiB",
+		m.RSS, m.Guest, m.RSS-m.Guest, m.Private(), m.Go, m.Data, m.Stack, m.File)
+}
+
+// parseSmaps sorts the resident pages of a /proc/PID/smaps by kind; exe is
+// the process's binary (its /proc/PID/exe), whose bss is the unnamed
+// mapping right after its last file mapping.
+func parseSmaps(smaps []byte, exe string) vmmMemory {
+	var m vmmMemory
+	var cur *int // where the current mapping's private pages go
+	var file bool
+	in := false // inside a well-formed mapping: its fields count
+	var prevEnd uint64
+	prevExe := false
+	for _, line := range strings.Split(string(smaps), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		if lo, hi, ok := strings.Cut(f[0], "-"); ok && !strings.HasSuffix(f[0], ":") && len(f) >= 5 {
+			start, err1 := strconv.ParseUint(lo, 16, 64)
+			end, err2 := strconv.ParseUint(hi, 16, 64)
+			in = err1 == nil && err2 == nil
+			if !in {
+				continue
+			}
+			name := strings.Join(f[5:], " ")
+			file = false
+			switch {
+			case strings.HasPrefix(name, "/memfd:"):
+				cur = &m.Guest
+			case name == exe:
+				cur, file = &m.Data, true
+			case name == "" && prevExe && start == prevEnd:
+				cur = &m.Data
+			case name == "[stack]":
+				cur = &m.Stack
+			case name == "" || strings.HasPrefix(name, "[anon"):
+				cur = &m.Go
+			case strings.HasPrefix(name, "[") || strings.HasPrefix(name, "anon_inode:"):
+				cur = nil // the kernel's: vdso, vvar, the vCPUs' kvm_run
+			default: // libraries (a cgo build's libc)
+				cur, file = &m.Go, true
+			}
+			prevExe, prevEnd = name == exe, end
+			continue
+		}
+		if !in || len(f) != 3 || f[2] != "kB" {
+			continue
+		}
+		n, err := strconv.Atoi(f[1])
+		if err != nil {
+			continue
+		}
+		switch f[0] {
+		case "Rss:":
+			m.RSS += n
+			if cur == &m.Guest {
+				m.Guest += n
+			} else if file {
+				m.File += n // less the written (anonymous) ones, below
+			}
+		case "Anonymous:":
+			if file {
+				m.File -= n
+			}
+			if cur != nil && cur != &m.Guest {
+				*cur += n
+			}
+		}
+	}
+	return m
+}
+
+// memorySample reads a running VMM's memory from /proc.
+func memorySample(pid int) (vmmMemory, error) {
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
 	if err != nil {
-		return err.Error()
+		return vmmMemory{}, err
 	}
 	smaps, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
 	if err != nil {
-		return err.Error()
+		return vmmMemory{}, err
 	}
-	kb := map[string]int{}
-	for _, line := range strings.Split(string(status), "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if f := strings.Fields(v); ok && len(f) == 2 && f[1] == "kB" {
-			kb[k], _ = strconv.Atoi(f[0])
-		}
-	}
-	guest, inGuest := 0, false
-	for _, line := range strings.Split(string(smaps), "\n") {
-		f := strings.Fields(line)
-		switch {
-		case len(f) >= 5 && strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":"):
-			inGuest = len(f) >= 6 && strings.HasPrefix(f[5], "/memfd:")
-		case inGuest && len(f) == 3 && f[0] == "Rss:":
-			n, _ := strconv.Atoi(f[1])
-			guest += n
-		}
-	}
-	return fmt.Sprintf("rss=%dKiB guest-touched=%dKiB overhead=%dKiB (anon=%dKiB)",
-		kb["VmRSS"], guest, kb["VmRSS"]-guest, kb["RssAnon"])
+	return parseSmaps(smaps, exe), nil
 }
 
 func median(ds []time.Duration) time.Duration {

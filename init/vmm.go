@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"time"
 
@@ -23,6 +25,7 @@ const exitStopped = 5
 // it for each configured VM; on any Linux host with KVM it boots a kernel
 // the way `qemu-system-x86_64 -kernel` does.
 func vmmMain(args []string) int {
+	withoutTHP()
 	fs := flag.NewFlagSet("vmm", flag.ContinueOnError)
 	var (
 		name    = fs.String("name", "vm", "name of the VM (for messages)")
@@ -78,6 +81,7 @@ func vmmMain(args []string) int {
 		}
 		specs = append(specs, d)
 	}
+	tuneRuntime(*cpus)
 	mem, err := config.ParseSize(*memory)
 	if err != nil {
 		return fail("memory: %v", err)
@@ -98,13 +102,22 @@ func vmmMain(args []string) int {
 	default:
 		return fail("hugepages %q: want 2M or 1G", *huge)
 	}
-	if cfg.Kernel, err = os.ReadFile(*kernel); err != nil {
+	// The kernel and initrd are only read while New copies them into
+	// guest RAM: mapped, they never become Go heap, whose peak would
+	// otherwise be their size (tens of MiB) and whose bookkeeping for
+	// that peak would stay after they are freed.
+	var kernelMap, initrdMap mappedFile
+	defer kernelMap.Close()
+	defer initrdMap.Close()
+	if kernelMap, err = mapFile(*kernel); err != nil {
 		return fail("kernel: %v", err)
 	}
+	cfg.Kernel = kernelMap.Bytes()
 	if *initrd != "" {
-		if cfg.Initrd, err = os.ReadFile(*initrd); err != nil {
+		if initrdMap, err = mapFile(*initrd); err != nil {
 			return fail("initrd: %v", err)
 		}
+		cfg.Initrd = initrdMap.Bytes()
 	}
 	for i, d := range specs {
 		f, err := d.open()
@@ -130,11 +143,16 @@ func vmmMain(args []string) int {
 		}
 		fmt.Fprintf(os.Stderr, "hyperroot vmm: disk %d: %s\n", i, kind)
 	}
-	// The kernel and initrd are in guest memory now: hand their copies
-	// (tens of MiB) back to the host instead of keeping them as heap.
+	// The kernel and initrd are in guest memory now: unmap them, and
+	// hand what building the machine left free back to the host.
 	cfg.Kernel, cfg.Initrd = nil, nil
+	kernelMap.Close()
+	initrdMap.Close()
 	debug.FreeOSMemory()
 
+	if os.Getenv("HYPERROOT_VMM_MEMSTATS") == "1" {
+		go reportMemStats(os.Stderr)
+	}
 	go feedConsole(m, os.Stdin)
 	sigc := make(chan os.Signal, 2)
 	signal.Notify(sigc, unix.SIGTERM, unix.SIGINT)
@@ -157,6 +175,118 @@ func vmmMain(args []string) int {
 	return exitStopped
 }
 
+// Settings of the Go runtime for the VMM role, chosen by measuring a VMM
+// with 1 vCPU and 256 MiB booting Linux in the appliance (README,
+// Measured). Its data paths do not allocate, so the garbage collector only
+// ever runs for what building the machine and rare control-path events
+// (PCI programming, reconnections) leave behind: a small heap goal costs
+// no measurable CPU and keeps that garbage from holding pages.
+const (
+	// vmmGCPercent makes the heap goal (and with it the Go runtime's
+	// minimum heap of 4 MiB at GOGC=100) a quarter of the default.
+	vmmGCPercent = 25
+	// vmmMemoryLimit bounds the Go runtime's memory (heap, stacks and its
+	// own structures, not guest RAM): near it, the collector runs more
+	// often and the scavenger returns free pages sooner. It is a soft
+	// limit, far above the few MiB a VMM uses, so a VMM that really needs
+	// more (many disks in flight) only collects more often.
+	vmmMemoryLimit = 64 << 20
+)
+
+// tuneRuntime applies the VMM role's runtime settings; GOGC, GOMEMLIMIT and
+// GOMAXPROCS in the environment still win, for experiments.
+func tuneRuntime(cpus int) {
+	// Nothing reads a memory profile in a VMM, and sampling one keeps a
+	// 1.4 MiB bucket table (resident where the samples fall).
+	runtime.MemProfileRate = 0
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(vmmGCPercent)
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(vmmMemoryLimit)
+	}
+	// vCPU threads sit in KVM_RUN without holding a P; one P per vCPU
+	// handling an exit plus one for devices and I/O completions is all
+	// that can run at once. Every P costs a cache of heap spans and a
+	// GC worker goroutine, which on a large host add up per VM.
+	if n := cpus + 1; os.Getenv("GOMAXPROCS") == "" && cpus > 0 && n < runtime.GOMAXPROCS(0) {
+		runtime.GOMAXPROCS(n)
+	}
+}
+
+// withoutTHP re-executes the VMM with transparent huge pages disabled for
+// its process (PR_SET_THP_DISABLE survives execve) when the host's THP
+// mode is "always", as on Debian's kernels: there, the first touch of the
+// Go runtime's sparse structures in the binary's 37 MiB bss and in the heap
+// arena faults in a whole 2 MiB page, and khugepaged collapses any 2 MiB
+// range with one page in use: the boot benchmark measured 9.8-11.8 MiB
+// private where 4 KiB pages need 1.8. It must happen before the runtime touches that memory,
+// hence the exec. Guest RAM is a memfd (shmem), which uses huge pages only
+// with --hugepages (hugetlbfs, unaffected) or when shmem_enabled asks for
+// them (Debian's default is never). When the flag is already set (by the
+// parent, or by the first exec) or anything fails, it does nothing.
+func withoutTHP() {
+	if len(os.Args) < 2 || os.Args[1] != "vmm" {
+		return // not started as `hyperroot vmm` (a test calling vmmMain): nothing to re-execute
+	}
+	if off, err := unix.PrctlRetInt(unix.PR_GET_THP_DISABLE, 0, 0, 0, 0); err != nil || off != 0 {
+		return
+	}
+	if err := unix.Prctl(unix.PR_SET_THP_DISABLE, 1, 0, 0, 0); err != nil {
+		return
+	}
+	mode, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
+	if err != nil || !bytes.Contains(mode, []byte("[always]")) {
+		return // what the runtime touched is in 4 KiB pages already
+	}
+	err = unix.Exec("/proc/self/exe", os.Args, os.Environ())
+	fmt.Fprintf(os.Stderr, "hyperroot vmm: re-exec without transparent huge pages: %v (continuing with them)\n", err)
+}
+
+// mappedFile is a file mapped read-only, or read into memory where it
+// could not be mapped; the zero value is an empty file.
+type mappedFile struct {
+	b      []byte
+	mapped bool // b is a mapping of its own, to unmap
+}
+
+// mapFile maps path privately and read-only. Files mmap refuses (pipes,
+// /proc) are read into memory instead.
+func mapFile(path string) (mappedFile, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return mappedFile{}, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return mappedFile{}, err
+	}
+	if st.Mode().IsRegular() && st.Size() > 0 && st.Size() == int64(int(st.Size())) {
+		if b, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_PRIVATE); err == nil {
+			return mappedFile{b: b, mapped: true}, nil
+		}
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return mappedFile{}, err
+	}
+	return mappedFile{b: b[:len(b):len(b)]}, nil
+}
+
+// Bytes is the file's content, valid until Close.
+func (m *mappedFile) Bytes() []byte { return m.b }
+
+// Close unmaps the file; it may be called more than once.
+func (m *mappedFile) Close() error {
+	b, mapped := m.b, m.mapped
+	m.b, m.mapped = nil, false
+	if !mapped {
+		return nil
+	}
+	return unix.Munmap(b)
+}
+
 // feedConsole copies stdin to the guest's serial port, waiting (rather
 // than dropping) when the guest is slow to read.
 func feedConsole(m *machine.Machine, in io.Reader) {
@@ -173,5 +303,24 @@ func feedConsole(m *machine.Machine, in io.Reader) {
 		if err != nil {
 			return
 		}
+	}
+}
+
+// reportMemStats writes the Go runtime's account of the VMM's memory to w
+// on each SIGUSR2 (HYPERROOT_VMM_MEMSTATS=1): the boot benchmark asks for
+// it to tell heap, stacks and runtime structures apart, which /proc alone
+// cannot once the kernel names no anonymous mapping.
+func reportMemStats(w io.Writer) {
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, unix.SIGUSR2)
+	for range c {
+		var s runtime.MemStats
+		runtime.ReadMemStats(&s)
+		kib := func(n uint64) uint64 { return n >> 10 }
+		fmt.Fprintf(w, "hyperroot vmm: memstats heap-inuse=%dKiB heap-free=%dKiB heap-released=%dKiB stacks=%dKiB "+
+			"spans=%dKiB gc=%dKiB other=%dKiB profiling=%dKiB goroutines=%d gcs=%d gomaxprocs=%d\n",
+			kib(s.HeapInuse), kib(s.HeapIdle-s.HeapReleased), kib(s.HeapReleased), kib(s.StackInuse),
+			kib(s.MSpanInuse+s.MCacheInuse), kib(s.GCSys), kib(s.OtherSys), kib(s.BuckHashSys),
+			runtime.NumGoroutine(), s.NumGC, runtime.GOMAXPROCS(0))
 	}
 }

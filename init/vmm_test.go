@@ -1,9 +1,12 @@
 package main
 
 import (
+	"math"
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"testing"
 
@@ -123,5 +126,105 @@ func TestParseNICSpec(t *testing.T) {
 	}
 	if got, _ := parseNICSpec(configNICArg("/s", config.NIC{MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, MTU: 9000})); got.Socket != "/s" || got.MAC.String() != "02:00:00:00:00:01" || got.MTU != 9000 {
 		t.Errorf("nicArg does not round-trip: %+v", got)
+	}
+}
+
+func TestMapFile(t *testing.T) {
+	dir := t.TempDir()
+	data := []byte("bzImage stand-in, mapped not copied")
+	regular := filepath.Join(dir, "kernel")
+	if err := os.WriteFile(regular, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name       string
+		path       string
+		want       []byte // nil: compare with the file read normally
+		wantMapped bool
+		wantErr    bool
+	}{
+		{"regular file is mapped", regular, data, true, false},
+		{"empty file reads as empty", empty, []byte{}, false, false},
+		{"proc file is read", "/proc/self/cmdline", nil, false, false},
+		{"missing file", filepath.Join(dir, "nope"), nil, false, true},
+		{"directory", dir, nil, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := mapFile(tc.path)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("mapFile(%s) error %v, want error %v", tc.path, err, tc.wantErr)
+			}
+			if err != nil {
+				return
+			}
+			want := tc.want
+			if want == nil {
+				if want, err = os.ReadFile(tc.path); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if string(m.Bytes()) != string(want) || m.mapped != tc.wantMapped {
+				t.Errorf("mapFile(%s) = %q mapped=%v, want %q mapped=%v", tc.path, m.Bytes(), m.mapped, want, tc.wantMapped)
+			}
+			if err := m.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+			if err := m.Close(); err != nil || m.Bytes() != nil {
+				t.Errorf("second Close: %v, Bytes %q", err, m.Bytes())
+			}
+		})
+	}
+}
+
+// TestTuneRuntime checks the VMM role's runtime settings, and that the
+// environment still overrides them; the test process's own are restored.
+func TestTuneRuntime(t *testing.T) {
+	procs := runtime.GOMAXPROCS(0)
+	gc := debug.SetGCPercent(100)
+	limit := debug.SetMemoryLimit(-1)
+	rate := runtime.MemProfileRate
+	t.Cleanup(func() {
+		runtime.GOMAXPROCS(procs)
+		debug.SetGCPercent(gc)
+		debug.SetMemoryLimit(limit)
+		runtime.MemProfileRate = rate
+	})
+	for _, k := range []string{"GOGC", "GOMEMLIMIT", "GOMAXPROCS"} {
+		t.Setenv(k, "")
+	}
+	runtime.GOMAXPROCS(64)
+	tuneRuntime(1)
+	if got := runtime.GOMAXPROCS(0); got != 2 {
+		t.Errorf("GOMAXPROCS with 1 vCPU = %d, want 2", got)
+	}
+	if got := debug.SetGCPercent(100); got != vmmGCPercent {
+		t.Errorf("GC percent = %d, want %d", got, vmmGCPercent)
+	}
+	if got := debug.SetMemoryLimit(-1); got != vmmMemoryLimit {
+		t.Errorf("memory limit = %d, want %d", got, vmmMemoryLimit)
+	}
+	if runtime.MemProfileRate != 0 {
+		t.Errorf("MemProfileRate = %d, want 0", runtime.MemProfileRate)
+	}
+
+	// Never more Ps than the host has, and the environment wins.
+	runtime.GOMAXPROCS(1)
+	debug.SetGCPercent(100)
+	debug.SetMemoryLimit(math.MaxInt64)
+	t.Setenv("GOGC", "100")
+	t.Setenv("GOMEMLIMIT", "off")
+	tuneRuntime(8)
+	if got := runtime.GOMAXPROCS(0); got != 1 {
+		t.Errorf("GOMAXPROCS raised to %d", got)
+	}
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Errorf("GOGC=100 in the environment overridden: %d", got)
+	}
+	if got := debug.SetMemoryLimit(-1); got != math.MaxInt64 {
+		t.Errorf("GOMEMLIMIT=off in the environment overridden: %d", got)
 	}
 }

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+)
+
+// smapsEntry renders one mapping of /proc/PID/smaps with the fields
+// parseSmaps reads (and a few it must skip).
+func smapsEntry(rng, perms, name string, rss, anon int) string {
+	return fmt.Sprintf("%s %s 00000000 00:02 7          %s\nSize:  9999 kB\nKernelPageSize: 4 kB\nRss:   %d kB\nPss:   %d kB\n"+
+		"Shared_Clean:  0 kB\nAnonymous:  %d kB\nAnonHugePages:  0 kB\nVmFlags: rd wr mr mw me ac\n", rng, perms, name, rss, rss, anon)
+}
+
+func TestParseSmaps(t *testing.T) {
+	const exe = "/bin/hyperroot"
+	for _, tc := range []struct {
+		name  string
+		maps  []string
+		want  vmmMemory
+		total int // Private()
+	}{
+		{"empty", nil, vmmMemory{}, 0},
+		{"appliance VMM", []string{
+			smapsEntry("00400000-00785000", "r-xp", exe, 2900, 0),
+			smapsEntry("00785000-00b4f000", "r--p", exe, 3324, 0),
+			smapsEntry("00b4f000-00b74000", "rw-p", exe, 148, 44),
+			smapsEntry("00b74000-030e1000", "rw-p", "", 244, 244), // bss: right after the binary
+			smapsEntry("1dc68f000000-1dc691000000", "rw-p", "", 1200, 1200),
+			smapsEntry("7f75224b1000-7f75324b1000", "rw-s", "/memfd:hyperroot-guest-ram (deleted)", 119052, 0),
+			smapsEntry("7f75324b1000-7f75326e9000", "rw-p", "", 300, 300),
+			smapsEntry("7f8f24a03000-7f8f24a06000", "rw-s", "anon_inode:kvm-vcpu:0", 12, 0),
+			smapsEntry("7ffd1dfb8000-7ffd1dfd9000", "rw-p", "[stack]", 16, 16),
+			smapsEntry("7f8f24d04000-7f8f24d06000", "r-xp", "[vdso]", 8, 0),
+		}, vmmMemory{RSS: 2900 + 3324 + 148 + 244 + 1200 + 119052 + 300 + 12 + 16 + 8, Guest: 119052,
+			File: 2900 + 3324 + 104, Go: 1500, Data: 44 + 244, Stack: 16}, 1500 + 288 + 16},
+		{"unnamed mapping not after the binary is the runtime's, named ones too", []string{
+			smapsEntry("00400000-00785000", "r-xp", exe, 100, 0),
+			smapsEntry("00800000-00900000", "rw-p", "", 40, 40),
+			smapsEntry("7f0000000000-7f0000100000", "rw-p", "[anon: Go: heap]", 60, 60),
+		}, vmmMemory{RSS: 200, File: 100, Go: 100}, 100},
+		{"a cgo build's libc: file pages shared, written ones private", []string{
+			smapsEntry("7f5c5cf4c000-7f5c5d0a2000", "r-xp", "/usr/lib/x86_64-linux-gnu/libc.so.6", 912, 0),
+			smapsEntry("7f5c5d0f5000-7f5c5d0f9000", "rw-p", "/usr/lib/x86_64-linux-gnu/libc.so.6", 16, 16),
+		}, vmmMemory{RSS: 928, File: 912, Go: 16}, 16},
+		{"malformed lines are skipped", []string{
+			"zz-yy rw-p 0 0 0\nRss: 5 kB\n",
+			"Rss: x kB\nAnonymous: 3 MB\n",
+			smapsEntry("7ffd1dfb8000-7ffd1dfd9000", "rw-p", "[stack]", 8, 8),
+		}, vmmMemory{RSS: 8, Stack: 8}, 8},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := parseSmaps([]byte(strings.Join(tc.maps, "")), exe)
+			if got != tc.want {
+				t.Errorf("parseSmaps = %+v, want %+v", got, tc.want)
+			}
+			if got.Private() != tc.total {
+				t.Errorf("Private() = %d, want %d", got.Private(), tc.total)
+			}
+		})
+	}
+}
+
+// TestMemorySampleSelf reads this test process: its binary's pages are
+// file pages, the Go heap is private, and nothing is guest RAM.
+func TestMemorySampleSelf(t *testing.T) {
+	keep := make([]byte, 8<<20)
+	for i := range keep {
+		keep[i] = 1
+	}
+	m, err := memorySample(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Guest != 0 || m.File == 0 || m.Stack == 0 {
+		t.Errorf("sample %v: want no guest RAM, some file pages and a stack", m)
+	}
+	if m.Go < 8<<10 {
+		t.Errorf("sample %v: the 8 MiB just written are not counted as private Go memory", m)
+	}
+	if m.Private() > m.RSS {
+		t.Errorf("sample %v: more private than resident", m)
+	}
+	if !strings.Contains(m.String(), "private=") {
+		t.Errorf("String() = %q", m.String())
+	}
+	keep[len(keep)-1] = 2
+	if _, err := memorySample(1 << 30); err == nil {
+		t.Error("sampling a process that does not exist succeeded")
+	}
+}
