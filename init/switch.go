@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -121,7 +120,6 @@ type runningSwitch struct {
 	captures  []*pcap.Writer
 	files     []*os.File
 	ports     []*vswitch.Port // for the counters report
-	wg        sync.WaitGroup
 
 	// Read-only once startSwitch returns; the data path reads them.
 	dhcpOf map[*vswitch.Port]*dhcp.Server
@@ -142,7 +140,9 @@ func startSwitch(cfg *config.Config, dir string, capture map[string]string, logf
 	}()
 	nets := map[string]*vswitch.Network{}
 	servers := map[string]*dhcp.Server{}
+	configured := map[string]config.Network{}
 	for _, n := range cfg.Networks {
+		configured[n.Name] = n
 		nw, err := rs.sw.AddNetwork(n.Name, n.VLAN)
 		if err != nil {
 			return nil, err
@@ -190,18 +190,11 @@ func startSwitch(cfg *config.Config, dir string, capture map[string]string, logf
 				return nil, err
 			}
 			rs.listeners = append(rs.listeners, l)
-			rs.wg.Add(1)
 			go rs.serve(l, p, name)
 		}
 	}
 	if h := cfg.Host; h != nil {
-		mtu := config.DefaultMTU
-		for _, n := range cfg.Networks {
-			if n.Name == h.Network {
-				mtu = n.MTU
-			}
-		}
-		if err := rs.hostPort(h, nets[h.Network], servers[h.Network], mtu, capture); err != nil {
+		if err := rs.hostPort(h, nets[h.Network], servers[h.Network], configured[h.Network].MTU, capture); err != nil {
 			return nil, err
 		}
 	}
@@ -214,9 +207,9 @@ func startSwitch(cfg *config.Config, dir string, capture map[string]string, logf
 }
 
 // serve accepts the VMM of one NIC, one connection at a time: a VM that
-// reconnects (after its VMM restarted) gets the port again.
+// reconnects (after its VMM restarted) gets the port again. It ends when
+// Close closes the listener (nothing waits for it: the switch exits then).
 func (rs *runningSwitch) serve(l *net.UnixListener, p *vswitch.VirtioPort, name string) {
-	defer rs.wg.Done()
 	for {
 		c, err := l.AcceptUnix()
 		if err != nil {

@@ -341,14 +341,12 @@ func startSwitchExt(f *extFlags, cfg *config.Config, dir string, capture map[str
 // After that connection ends nobody can reach the port again; the switch
 // keeps serving its other ports.
 func (rs *runningSwitch) serveExt(ep *extEndpoint, p *vswitch.VirtioPort, name string) {
-	rs.wg.Add(1)
 	if ep.l != nil {
 		rs.listeners = append(rs.listeners, ep.l)
 		go rs.serve(ep.l, p, name)
 		return
 	}
 	go func() {
-		defer rs.wg.Done()
 		rs.logf("port %s connected", name)
 		if err := vhostuser.Serve(ep.c, p); err != nil {
 			rs.logf("port %s: %v", name, err)
