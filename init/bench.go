@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
+
 	"bufio"
 	"fmt"
 	"os"
@@ -158,7 +160,7 @@ func bootOnce(r *reaper, p benchPeer, sample bool) (time.Duration, string, error
 		}
 	case ws := <-wait:
 		out.Close()
-		return 0, "", fmt.Errorf("exited before the guest booted: %v", exitReason(ws))
+		return 0, "", fmt.Errorf("exited before the guest booted: %v", vmmcli.Reason(ws))
 	case <-time.After(5 * time.Minute):
 		err = fmt.Errorf("guest did not boot within 5 minutes")
 	}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
+
 	"bufio"
 	"errors"
 	"fmt"
@@ -63,7 +65,7 @@ func diskBackends(self, img string) []diskBackend {
 			"--cmdline", cmdline, "--cpus", "1", "--memory", benchMemory, "--disk", disk}}
 	}
 	var bs []diskBackend
-	if _, err := parseDiskSpec("path=" + img + ",io=uring"); err == nil {
+	if _, err := vmmcli.ParseDisk("path=" + img + ",io=uring"); err == nil {
 		bs = append(bs, ours("uring", "path="+img+",io=uring"), ours("pool", "path="+img+",io=pool"))
 	} else {
 		bs = append(bs, ours("hyperroot", "path="+img))
@@ -192,7 +194,7 @@ func diskOnce(r *reaper, b diskBackend) (diskRun, error) {
 		return diskRun{}, got.err
 	}
 	if !ws.Exited() || ws.ExitStatus() != 0 {
-		return diskRun{}, fmt.Errorf("exited %s (%v) after the guest's figures", exitReason(ws), ws.ExitStatus())
+		return diskRun{}, fmt.Errorf("exited %s (%v) after the guest's figures", vmmcli.Reason(ws), ws.ExitStatus())
 	}
 	return got.run, nil
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
+
 	"bufio"
 	"errors"
 	"fmt"
@@ -375,13 +377,13 @@ func judgeNet(server, client netConsole, sws, cws unix.WaitStatus, want int64) (
 	for _, g := range guests {
 		if g.rep == nil {
 			return 0, fmt.Errorf("the %s guest reported nothing %s (exit %s); console ended with %q",
-				g.name, g.what, exitReason(g.ws), g.nc.tail)
+				g.name, g.what, vmmcli.Reason(g.ws), g.nc.tail)
 		}
 		if g.rep.bytes != want {
 			return 0, fmt.Errorf("the %s guest %s %d bytes, want %d", g.name, g.what, g.rep.bytes, want)
 		}
 		if !cleanExit(g.ws) {
-			return 0, fmt.Errorf("the %s's VMM exited %s (%d) after its report", g.name, exitReason(g.ws), exitCode(g.ws))
+			return 0, fmt.Errorf("the %s's VMM exited %s (%d) after its report", g.name, vmmcli.Reason(g.ws), vmmcli.Code(g.ws))
 		}
 	}
 	if server.received.sum != client.sent.sum {
@@ -477,12 +479,7 @@ type switchNet struct {
 func (s *switchNet) Name() string { return "hyperroot" }
 
 func (s *switchNet) Argv(vm config.VM) []string {
-	args := []string{s.self, "vmm", "--name", vm.Name, "--kernel", vm.Kernel, "--initrd", vm.Initrd,
-		"--cmdline", vm.Cmdline, "--cpus", strconv.Itoa(vm.CPUs), "--memory", vm.Memory.String()}
-	for i, n := range vm.NICs {
-		args = append(args, "--nic", nicArg(nicSocket(s.dir, vm.Name, i), n.MAC))
-	}
-	return args
+	return append([]string{s.self}, vmmcli.ForVM(vm, s.dir).Argv()...)
 }
 
 // Start runs the switch and waits until it serves its sockets. end stops
@@ -545,7 +542,7 @@ func (s *switchNet) Start() (func(), error) {
 	select {
 	case <-ready:
 	case ws := <-wait:
-		return fail(fmt.Errorf("switch exited before it was ready: %s", exitReason(ws)))
+		return fail(fmt.Errorf("switch exited before it was ready: %s", vmmcli.Reason(ws)))
 	case <-time.After(netSwitchReady):
 		unix.Kill(pid, unix.SIGKILL)
 		<-wait

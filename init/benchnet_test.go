@@ -21,6 +21,7 @@ import (
 
 	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/testenv"
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
 	"github.com/hyperroot/hyperroot/net/tap"
 )
 
@@ -132,7 +133,7 @@ func TestNetArgv(t *testing.T) {
 	if got[0] != "/bin/hyperroot" || got[1] != "vmm" || i < 0 || i+1 >= len(got) {
 		t.Fatalf("hyperroot argv %q", got)
 	}
-	nic, err := parseNICSpec(got[i+1])
+	nic, err := vmmcli.ParseNIC(got[i+1])
 	if err != nil || nic.Socket != "/run/b/client.0.sock" || nic.MAC.String() != mac {
 		t.Errorf("--nic %q: %+v, %v", got[i+1], nic, err)
 	}

@@ -5,12 +5,11 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"strconv"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
 	"github.com/hyperroot/hyperroot/vmm/machine"
 )
 
@@ -18,121 +17,14 @@ import (
 // never as paths: the VMM will run in a jail that has no filesystem to
 // open them in. The supervisor opens (or creates) each configured disk,
 // passes it as an inherited descriptor (exec.Cmd.ExtraFiles: fd 3, 4, ...)
-// and describes it with one `--disk fd=N,...` flag. Standalone users of
-// `hyperroot vmm` on a host write `--disk path=/x.img` instead.
+// and describes it with one `--disk fd=N,...` flag (vmmcli.ForVM).
+// Standalone users of `hyperroot vmm` on a host write `--disk path=/x.img`
+// instead.
 
-// diskSpec is one --disk flag of `hyperroot vmm`:
-// fd=N|path=P[,ro][,id=S][,iops=N][,bps=SIZE].
-type diskSpec struct {
-	FD        int    // inherited descriptor, or -1
-	Path      string // file to open, when FD is -1
-	ReadOnly  bool
-	ID        string
-	IOPS      uint64
-	Bandwidth uint64 // bytes per second
-	Direct    bool   // O_DIRECT
-	IO        machine.IOBackend
-}
-
-// diskArg is the --disk flag value for configured disk d, passed as fd.
-func diskArg(fd int, d config.Disk) string {
-	s := fmt.Sprintf("fd=%d", fd)
-	if d.ReadOnly {
-		s += ",ro"
-	}
-	if d.ID != "" {
-		s += ",id=" + d.ID
-	}
-	if d.Limits.IOPS > 0 {
-		s += fmt.Sprintf(",iops=%d", d.Limits.IOPS)
-	}
-	if d.Limits.Bandwidth > 0 {
-		s += fmt.Sprintf(",bps=%d", uint64(d.Limits.Bandwidth))
-	}
-	if d.Direct {
-		s += ",direct"
-	}
-	if d.IO != "" {
-		s += ",io=" + d.IO
-	}
-	return s
-}
-
-const diskKeys = "fd, path, ro, id, iops, bps, direct, io"
-
-// parseDiskSpec reads a --disk flag.
-func parseDiskSpec(s string) (diskSpec, error) {
-	d := diskSpec{FD: -1}
-	seen := map[string]bool{}
-	for _, f := range strings.Split(s, ",") {
-		k, v, hasValue := strings.Cut(f, "=")
-		if seen[k] {
-			return d, fmt.Errorf("%s given twice", k)
-		}
-		seen[k] = true
-		if k == "ro" || k == "direct" {
-			if hasValue {
-				return d, fmt.Errorf("%s takes no value", k)
-			}
-			d.ReadOnly = d.ReadOnly || k == "ro"
-			d.Direct = d.Direct || k == "direct"
-			continue
-		}
-		if !hasValue || v == "" {
-			return d, fmt.Errorf("%q: want key=value (keys: %s)", f, diskKeys)
-		}
-		switch k {
-		case "fd":
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 3 {
-				return d, fmt.Errorf("fd %q: want an inherited descriptor number, 3 or more", v)
-			}
-			d.FD = n
-		case "path":
-			if !strings.HasPrefix(v, "/") {
-				return d, fmt.Errorf("path %q: want an absolute path", v)
-			}
-			d.Path = v
-		case "id":
-			if len(v) > 20 {
-				return d, fmt.Errorf("id %q: longer than 20 bytes", v)
-			}
-			d.ID = v
-		case "iops":
-			n, err := strconv.ParseUint(v, 10, 64)
-			if err != nil || n == 0 {
-				return d, fmt.Errorf("iops %q: want a positive number", v)
-			}
-			d.IOPS = n
-		case "bps":
-			n, err := config.ParseSize(v)
-			if err != nil || n == 0 {
-				return d, fmt.Errorf("bps %q: want bytes per second, such as 52428800 or 50M", v)
-			}
-			d.Bandwidth = uint64(n)
-		case "io":
-			switch v {
-			case "auto":
-			case "uring", "io_uring":
-				d.IO = machine.IOUring
-			case "pool":
-				d.IO = machine.IOPool
-			default:
-				return d, fmt.Errorf("io %q: want auto, uring or pool", v)
-			}
-		default:
-			return d, fmt.Errorf("unknown key %q (keys: %s)", k, diskKeys)
-		}
-	}
-	if (d.FD < 0) == (d.Path == "") {
-		return d, errors.New("want exactly one of fd=N and path=FILE")
-	}
-	return d, nil
-}
-
-// open returns the disk's file: the inherited descriptor, or the file at
-// Path opened read-write (read-only with ro). It never creates a file.
-func (d diskSpec) open() (*os.File, error) {
+// openDiskArg returns the file of a --disk flag: the inherited
+// descriptor, or the file at Path opened read-write (read-only with ro),
+// the VMM's side. It never creates a file.
+func openDiskArg(d vmmcli.Disk) (*os.File, error) {
 	if d.FD >= 0 {
 		var st unix.Stat_t
 		if err := unix.Fstat(d.FD, &st); err != nil {
@@ -147,17 +39,11 @@ func (d diskSpec) open() (*os.File, error) {
 	return os.OpenFile(d.Path, flags, 0)
 }
 
-// machineDisk is the disk as the machine takes it.
-func (d diskSpec) machineDisk(f *os.File) machine.Disk {
-	return machine.Disk{File: f, ReadOnly: d.ReadOnly, ID: d.ID, IOPS: d.IOPS, Bandwidth: d.Bandwidth, Direct: d.Direct, IO: d.IO}
+// machineDisk is the disk of a --disk flag as the machine takes it.
+func machineDisk(d vmmcli.Disk, f *os.File) machine.Disk {
+	return machine.Disk{File: f, ReadOnly: d.ReadOnly, ID: d.ID, IOPS: d.IOPS, Bandwidth: d.Bandwidth,
+		Direct: d.Direct, IO: machine.IOBackend(d.IO)}
 }
-
-// diskFlags collects repeated --disk flags, parsed after flag parsing so
-// that a bad one is a single line rather than the whole usage text.
-type diskFlags []string
-
-func (f *diskFlags) String() string     { return strings.Join(*f, " ") }
-func (f *diskFlags) Set(s string) error { *f = append(*f, s); return nil }
 
 // openDisk opens configured disk d for a VM, the supervisor's side. A
 // missing file is created sparse when d has a size; an existing file is

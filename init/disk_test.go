@@ -9,75 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/init/config"
-	"github.com/hyperroot/hyperroot/vmm/machine"
 )
-
-func TestParseDiskSpec(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		want diskSpec
-		err  string
-	}{
-		{in: "fd=3", want: diskSpec{FD: 3}},
-		{in: "path=/x.img,ro", want: diskSpec{FD: -1, Path: "/x.img", ReadOnly: true}},
-		{in: "fd=7,ro,id=web-0,iops=2000,bps=50M", want: diskSpec{FD: 7, ReadOnly: true, ID: "web-0", IOPS: 2000, Bandwidth: 50 << 20}},
-		{in: "fd=4,bps=52428800", want: diskSpec{FD: 4, Bandwidth: 52428800}},
-		{in: "path=/x.img,direct,io=pool", want: diskSpec{FD: -1, Path: "/x.img", Direct: true, IO: machine.IOPool}},
-		{in: "fd=3,io=uring", want: diskSpec{FD: 3, IO: machine.IOUring}},
-		{in: "fd=3,io=io_uring", want: diskSpec{FD: 3, IO: machine.IOUring}},
-		{in: "fd=3,io=auto", want: diskSpec{FD: 3}},
-		{in: "fd=3,io=aio", err: `io "aio": want auto, uring or pool`},
-		{in: "fd=3,direct=1", err: "direct takes no value"},
-		{in: "", err: `"": want key=value`},
-		{in: "ro", err: "want exactly one of fd=N and path=FILE"},
-		{in: "fd=3,path=/x", err: "want exactly one of"},
-		{in: "fd=2", err: `fd "2": want an inherited descriptor number, 3 or more`},
-		{in: "fd=x", err: `fd "x"`},
-		{in: "path=x.img", err: `path "x.img": want an absolute path`},
-		{in: "fd=3,ro=1", err: "ro takes no value"},
-		{in: "fd=3,ro,ro", err: "ro given twice"},
-		{in: "fd=3,fd=4", err: "fd given twice"},
-		{in: "fd=3,iops=0", err: `iops "0": want a positive number`},
-		{in: "fd=3,iops=-5", err: `iops "-5"`},
-		{in: "fd=3,bps=fast", err: `bps "fast"`},
-		{in: "fd=3,id=abcdefghijklmnopqrstu", err: "longer than 20 bytes"},
-		{in: "fd=3,cache=none", err: `unknown key "cache"`},
-		{in: "fd=3,id=", err: `"id=": want key=value`},
-	} {
-		got, err := parseDiskSpec(tc.in)
-		switch {
-		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
-			t.Errorf("parseDiskSpec(%q) error = %v, want %q", tc.in, err, tc.err)
-		case tc.err == "" && err != nil:
-			t.Errorf("parseDiskSpec(%q): %v", tc.in, err)
-		case tc.err == "" && got != tc.want:
-			t.Errorf("parseDiskSpec(%q) = %+v, want %+v", tc.in, got, tc.want)
-		}
-	}
-}
-
-// TestDiskArgRoundTrip: what the supervisor writes, the VMM reads back.
-func TestDiskArgRoundTrip(t *testing.T) {
-	for _, d := range []config.Disk{
-		{Path: "/a.img"},
-		{Path: "/a.img", ReadOnly: true, ID: "a-0", Limits: config.DiskLimits{IOPS: 5, Bandwidth: 4096}},
-	} {
-		arg := diskArg(5, d)
-		got, err := parseDiskSpec(arg)
-		if err != nil {
-			t.Fatalf("%q: %v", arg, err)
-		}
-		want := diskSpec{FD: 5, ReadOnly: d.ReadOnly, ID: d.ID, IOPS: d.Limits.IOPS, Bandwidth: uint64(d.Limits.Bandwidth)}
-		if got != want {
-			t.Errorf("%q read back as %+v, want %+v", arg, got, want)
-		}
-	}
-	args := strings.Join(vmArgs(config.VM{Name: "v", Kernel: "/k", CPUs: 1, Memory: 128 << 20,
-		Disks: []config.Disk{{Path: "/a", ID: "v-0"}, {Path: "/b", ReadOnly: true, ID: "v-1"}}}), " ")
-	if !strings.Contains(args, "--disk fd=3,id=v-0 --disk fd=4,ro,id=v-1") {
-		t.Errorf("vmArgs = %s", args)
-	}
-}
 
 func TestOpenDisk(t *testing.T) {
 	dir := t.TempDir()

@@ -3,18 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
 
-	"golang.org/x/sys/unix"
-)
-
-const (
-	kvmGetAPIVersion   = 0xAE00
-	kvmCreateVM        = 0xAE01
-	kvmCheckExtension  = 0xAE03
-	kvmCapNrVCPUs      = 9
-	kvmCapMaxVCPUs     = 66
-	kvmExpectedVersion = 12
+	"github.com/hyperroot/hyperroot/vmm/kvm"
 )
 
 // kvmState is what the console says about virtualisation support.
@@ -38,25 +28,21 @@ func (s kvmState) String() string {
 // which guests are far slower.
 func probeKVM() (kvmState, error) {
 	var s kvmState
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR|unix.O_CLOEXEC, 0)
+	sys, err := kvm.Open()
 	if err != nil {
-		return s, fmt.Errorf("/dev/kvm: %w (no kvm_amd/kvm_intel loaded, or no virtualisation in this CPU)", err)
+		return s, fmt.Errorf("%w (no kvm_amd/kvm_intel loaded, or no virtualisation in this CPU)", err)
 	}
-	defer f.Close()
-	fd := int(f.Fd())
-	if s.API, err = unix.IoctlRetInt(fd, kvmGetAPIVersion); err != nil {
-		return s, fmt.Errorf("KVM_GET_API_VERSION: %w", err)
+	defer sys.Close()
+	if s.API, err = sys.APIVersion(); err != nil {
+		return s, err
 	}
-	if s.API != kvmExpectedVersion {
-		return s, fmt.Errorf("KVM API version %d, want %d", s.API, kvmExpectedVersion)
+	vm, err := sys.CreateVM()
+	if err != nil {
+		return s, err
 	}
-	vm, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), kvmCreateVM, 0)
-	if errno != 0 {
-		return s, fmt.Errorf("KVM_CREATE_VM: %w", errno)
-	}
-	unix.Close(int(vm))
-	if n, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), kvmCheckExtension, kvmCapMaxVCPUs); errno == 0 {
-		s.MaxVCPUs = int(n)
+	vm.Close()
+	if n, err := sys.CheckExtension(kvm.CapMaxVCPUs); err == nil {
+		s.MaxVCPUs = n
 	}
 	for mod, param := range map[string]string{"kvm_amd": "npt", "kvm_intel": "ept"} {
 		v, err := moduleParam(mod, param)

@@ -15,7 +15,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/cliflag"
 	"github.com/hyperroot/hyperroot/internal/netconf"
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
 	"github.com/hyperroot/hyperroot/net/dhcp"
 	"github.com/hyperroot/hyperroot/net/pcap"
 	"github.com/hyperroot/hyperroot/net/tap"
@@ -28,12 +30,6 @@ import (
 // and lease files: tmpfs, so it survives a restart of the switch (leases
 // stay stable) but not of the appliance.
 const switchDir = "/run/hyperroot/switch"
-
-// nicSocket is the vhost-user socket of a VM's NIC: the switch listens on
-// it, the VM's VMM connects to it.
-func nicSocket(dir, vm string, index int) string {
-	return filepath.Join(dir, fmt.Sprintf("%s.%d.sock", vm, index))
-}
 
 // portName names a VM NIC's switch port in messages and for --capture.
 func portName(vm string, index int) string { return fmt.Sprintf("%s.%d", vm, index) }
@@ -55,7 +51,7 @@ func switchMain(args []string) int {
 	var (
 		cfgPath  = fs.String("config", "", "configuration file with networks and VM NICs (required)")
 		dir      = fs.String("dir", switchDir, "directory for the vhost-user sockets and DHCP lease files")
-		captures multiFlag
+		captures cliflag.Strings
 	)
 	fs.Var(&captures, "capture", "write a port's traffic to a pcap file, repeatable: PORT=FILE (ports are\n"+
 		"<vm>.<nic index>, host, uplink:<ifname>)")
@@ -66,15 +62,15 @@ func switchMain(args []string) int {
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return exitUsage
+		return vmmcli.ExitUsage
 	}
 	if *cfgPath == "" || fs.NArg() > 0 {
 		fs.Usage()
-		return exitUsage
+		return vmmcli.ExitUsage
 	}
 	fail := func(err error) int {
 		fmt.Fprintf(os.Stderr, "hyperroot switch: %v\n", err)
-		return exitError
+		return vmmcli.ExitError
 	}
 	data, err := os.ReadFile(*cfgPath)
 	if err != nil {
@@ -89,7 +85,7 @@ func switchMain(args []string) int {
 		port, file, ok := strings.Cut(c, "=")
 		if !ok || port == "" || file == "" {
 			fmt.Fprintf(os.Stderr, "hyperroot switch: --capture %q: want PORT=FILE\n", c)
-			return exitUsage
+			return vmmcli.ExitUsage
 		}
 		capt[port] = file
 	}
@@ -108,7 +104,7 @@ func switchMain(args []string) int {
 	signal.Notify(sigc, unix.SIGTERM, unix.SIGINT)
 	<-sigc
 	s.Close()
-	return exitPoweroff
+	return vmmcli.ExitPoweroff
 }
 
 // runningSwitch is a switch serving a configuration.
@@ -185,7 +181,7 @@ func startSwitch(cfg *config.Config, dir string, capture map[string]string, logf
 			if err := rs.capture(p.Port, capture); err != nil {
 				return nil, err
 			}
-			l, err := vhostuser.Listen(nicSocket(dir, vm.Name, i))
+			l, err := vhostuser.Listen(vmmcli.NICSocket(dir, vm.Name, i))
 			if err != nil {
 				return nil, err
 			}
@@ -410,9 +406,3 @@ func portReport(p *vswitch.Port) string {
 func switchMAC(network string) net.HardwareAddr {
 	return config.DefaultMAC("hyperroot-switch "+network, 0)
 }
-
-// multiFlag collects a repeated string flag.
-type multiFlag []string
-
-func (f *multiFlag) String() string     { return strings.Join(*f, " ") }
-func (f *multiFlag) Set(s string) error { *f = append(*f, s); return nil }

@@ -35,6 +35,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
 	"github.com/hyperroot/hyperroot/net/vhostuser"
 	"github.com/hyperroot/hyperroot/net/vswitch"
 )
@@ -174,9 +175,9 @@ func printCapabilities(w io.Writer) int {
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "hyperroot switch: print capabilities: %v\n", err)
-		return exitError
+		return vmmcli.ExitError
 	}
-	return exitPoweroff // 0
+	return vmmcli.ExitPoweroff // 0
 }
 
 // extEndpoint is where the extra port's frontend comes from: a listening
@@ -322,7 +323,7 @@ func startSwitchExt(f *extFlags, cfg *config.Config, dir string, capture map[str
 		rs.Close()
 		return nil, fmt.Errorf("extra port %s was not created", portName(extVM, 0))
 	}
-	unused := nicSocket(dir, extVM, 0)
+	unused := vmmcli.NICSocket(dir, extVM, 0)
 	rs.listeners = slices.DeleteFunc(rs.listeners, func(l *net.UnixListener) bool {
 		if l.Addr().String() != unused {
 			return false

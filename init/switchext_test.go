@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
 	"github.com/hyperroot/hyperroot/net/vhostuser"
 	"github.com/hyperroot/hyperroot/vmm/virtio"
 )
@@ -107,18 +108,18 @@ func TestSwitchMainConventionFlags(t *testing.T) {
 		want int
 	}{
 		{"capabilities ignore everything else", []string{"--print-capabilities", "--no-such-flag", "arg"}, 0},
-		{"socket-path and fd", []string{"--socket-path", sock, "--fd", "3"}, exitUsage},
-		{"fd and socket-path", []string{"--fd", "3", "--socket-path", sock}, exitUsage},
-		{"fd is stdout", []string{"--fd", "1"}, exitUsage},
-		{"fd not a number", []string{"--fd", "three"}, exitUsage},
-		{"empty socket path", []string{"--socket-path="}, exitUsage},
-		{"multicast mac", []string{"--socket-path", sock, "--mac", "01:00:5e:00:00:01"}, exitUsage},
-		{"zero mac", []string{"--socket-path", sock, "--mac", "00:00:00:00:00:00"}, exitUsage},
-		{"long mac", []string{"--socket-path", sock, "--mac", "00:00:00:00:fe:80:00:00:00:00:00:00:02:00:5e:10:00:00:00:01"}, exitUsage},
-		{"no mac", []string{"--socket-path", sock}, exitError},
-		{"unknown network", []string{"--socket-path", sock, "--mac", "52:54:00:00:00:09", "--network", "nope"}, exitError},
-		{"mac of a configured nic", []string{"--socket-path", sock, "--mac", "52:54:00:00:00:01"}, exitError},
-		{"fd is a pipe", []string{"--fd", pipeFD, "--mac", "52:54:00:00:00:09"}, exitError},
+		{"socket-path and fd", []string{"--socket-path", sock, "--fd", "3"}, vmmcli.ExitUsage},
+		{"fd and socket-path", []string{"--fd", "3", "--socket-path", sock}, vmmcli.ExitUsage},
+		{"fd is stdout", []string{"--fd", "1"}, vmmcli.ExitUsage},
+		{"fd not a number", []string{"--fd", "three"}, vmmcli.ExitUsage},
+		{"empty socket path", []string{"--socket-path="}, vmmcli.ExitUsage},
+		{"multicast mac", []string{"--socket-path", sock, "--mac", "01:00:5e:00:00:01"}, vmmcli.ExitUsage},
+		{"zero mac", []string{"--socket-path", sock, "--mac", "00:00:00:00:00:00"}, vmmcli.ExitUsage},
+		{"long mac", []string{"--socket-path", sock, "--mac", "00:00:00:00:fe:80:00:00:00:00:00:00:02:00:5e:10:00:00:00:01"}, vmmcli.ExitUsage},
+		{"no mac", []string{"--socket-path", sock}, vmmcli.ExitError},
+		{"unknown network", []string{"--socket-path", sock, "--mac", "52:54:00:00:00:09", "--network", "nope"}, vmmcli.ExitError},
+		{"mac of a configured nic", []string{"--socket-path", sock, "--mac", "52:54:00:00:00:01"}, vmmcli.ExitError},
+		{"fd is a pipe", []string{"--fd", pipeFD, "--mac", "52:54:00:00:00:09"}, vmmcli.ExitError},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := tc.args
@@ -369,11 +370,11 @@ func TestExtPortServed(t *testing.T) {
 			if rs.dhcpOf[p.Port] == nil {
 				t.Errorf("port %s gets no DHCP on a network that serves it", name)
 			}
-			if _, err := os.Lstat(nicSocket(dir, extVM, 0)); err == nil {
-				t.Errorf("the unused socket %s is left in the switch's directory", nicSocket(dir, extVM, 0))
+			if _, err := os.Lstat(vmmcli.NICSocket(dir, extVM, 0)); err == nil {
+				t.Errorf("the unused socket %s is left in the switch's directory", vmmcli.NICSocket(dir, extVM, 0))
 			}
 			// The configured NIC is served as before.
-			if c, err := vhostuser.Dial(nicSocket(dir, "a", 0)); err != nil {
+			if c, err := vhostuser.Dial(vmmcli.NICSocket(dir, "a", 0)); err != nil {
 				t.Errorf("configured NIC's socket: %v", err)
 			} else {
 				c.Close()

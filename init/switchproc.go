@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
 )
 
 // netSwitch supervises the `hyperroot switch` child process: started
@@ -73,7 +74,7 @@ func (s *netSwitch) supervise() {
 			s.c.Errorf("switch", err)
 			return
 		}
-		s.c.Printf("switch exited code=%d reason=%s", exitCode(ws), exitReason(ws))
+		s.c.Printf("switch exited code=%d reason=%s", vmmcli.Code(ws), vmmcli.Reason(ws))
 		if stopping {
 			return
 		}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -14,93 +13,43 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
 	"github.com/hyperroot/hyperroot/vmm/machine"
 )
-
-// exitStopped: `hyperroot vmm` was told twice to stop and did not wait for
-// the guest.
-const exitStopped = 5
 
 // vmmMain is `hyperroot vmm`: one VM, console on stdio. The supervisor runs
 // it for each configured VM; on any Linux host with KVM it boots a kernel
 // the way `qemu-system-x86_64 -kernel` does.
 func vmmMain(args []string) int {
 	withoutTHP()
-	fs := flag.NewFlagSet("vmm", flag.ContinueOnError)
-	var (
-		name    = fs.String("name", "vm", "name of the VM (for messages)")
-		kernel  = fs.String("kernel", "", "bzImage to boot (required)")
-		initrd  = fs.String("initrd", "", "initramfs")
-		cmdline = fs.String("cmdline", "console=ttyS0", "kernel command line")
-		cpus    = fs.Int("cpus", 1, "vCPUs")
-		memory  = fs.String("memory", "256M", "guest RAM (512M, 2G, ...)")
-		huge    = fs.String("hugepages", "", "back guest RAM with huge pages: 2M or 1G")
-		disks   diskFlags
-		nics    nicFlags
-	)
-	fs.Var(&disks, "disk", "a virtio-blk disk, repeatable: path=FILE or fd=N (inherited), then\n"+
-		"optionally ,ro ,id=SERIAL ,iops=N ,bps=BYTES (per second, e.g. 50M) ,direct (O_DIRECT)\n"+
-		",io=auto|uring|pool (block backend; auto tries io_uring first)")
-	fs.Var(&nics, "nic", "a virtio-net interface, repeatable: socket=PATH (a vhost-user backend such as\n"+
-		"`hyperroot switch`),mac=52:54:00:12:34:56")
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: hyperroot vmm --kernel K [--initrd I] [--cmdline C] [--cpus N] [--memory SIZE] [--disk path=IMG]...\n\n"+
-			"Exit status: 0 guest powered off, 1 VMM error, 2 usage, 3 guest reset, 4 guest crashed, 5 stopped.\n\n")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
+	a, err := vmmcli.Parse(args, os.Stderr)
+	if err != nil {
+		return vmmcli.ExitUsage
 	}
 	fail := func(format string, a ...any) int {
 		fmt.Fprintf(os.Stderr, "hyperroot vmm: "+format+"\n", a...)
-		return exitError
+		return vmmcli.ExitError
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "hyperroot vmm: unexpected argument %q\n", fs.Arg(0))
-		return exitUsage
-	}
-	if *kernel == "" {
-		fmt.Fprintln(os.Stderr, "hyperroot vmm: --kernel is required")
-		return exitUsage
-	}
-	var nicSpecs []nicSpec
-	for _, a := range nics {
-		n, err := parseNICSpec(a)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "hyperroot vmm: --nic %s: %v\n", a, err)
-			return exitUsage
-		}
-		nicSpecs = append(nicSpecs, n)
-	}
-	var specs []diskSpec
-	for _, a := range disks {
-		d, err := parseDiskSpec(a)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "hyperroot vmm: --disk %s: %v\n", a, err)
-			return exitUsage
-		}
-		specs = append(specs, d)
-	}
-	tuneRuntime(*cpus)
-	mem, err := config.ParseSize(*memory)
+	tuneRuntime(a.CPUs)
+	mem, err := config.ParseSize(a.Memory)
 	if err != nil {
 		return fail("memory: %v", err)
 	}
 	if mem%(4<<10) != 0 {
-		return fail("memory %s: want a multiple of 4K", *memory)
+		return fail("memory %s: want a multiple of 4K", a.Memory)
 	}
-	cfg := machine.Config{Cmdline: *cmdline, CPUs: *cpus, Memory: uint64(mem), Console: os.Stdout,
+	cfg := machine.Config{Cmdline: a.Cmdline, CPUs: a.CPUs, Memory: uint64(mem), Console: os.Stdout,
 		// Inherited from PID 1, which the kernel gives unknown
 		// NAME=value command-line words as environment.
 		Trace: os.Getenv("HYPERROOT_VMM_TRACE") == "1"}
-	switch *huge {
+	switch a.HugePages {
 	case "":
 	case "2M":
 		cfg.HugePages = 2 << 20
 	case "1G":
 		cfg.HugePages = 1 << 30
 	default:
-		return fail("hugepages %q: want 2M or 1G", *huge)
+		return fail("hugepages %q: want 2M or 1G", a.HugePages)
 	}
 	// The kernel and initrd are only read while New copies them into
 	// guest RAM: mapped, they never become Go heap, whose peak would
@@ -109,31 +58,31 @@ func vmmMain(args []string) int {
 	var kernelMap, initrdMap mappedFile
 	defer kernelMap.Close()
 	defer initrdMap.Close()
-	if kernelMap, err = mapFile(*kernel); err != nil {
+	if kernelMap, err = mapFile(a.Kernel); err != nil {
 		return fail("kernel: %v", err)
 	}
 	cfg.Kernel = kernelMap.Bytes()
-	if *initrd != "" {
-		if initrdMap, err = mapFile(*initrd); err != nil {
+	if a.Initrd != "" {
+		if initrdMap, err = mapFile(a.Initrd); err != nil {
 			return fail("initrd: %v", err)
 		}
 		cfg.Initrd = initrdMap.Bytes()
 	}
-	for i, d := range specs {
-		f, err := d.open()
+	for i, d := range a.Disks {
+		f, err := openDiskArg(d)
 		if err != nil {
 			return fail("disk %d: %v", i, err)
 		}
 		defer f.Close()
-		cfg.Disks = append(cfg.Disks, d.machineDisk(f))
+		cfg.Disks = append(cfg.Disks, machineDisk(d, f))
 	}
-	for _, n := range nicSpecs {
-		cfg.NICs = append(cfg.NICs, n.machineNIC())
+	for _, n := range a.NICs {
+		cfg.NICs = append(cfg.NICs, machineNIC(n))
 	}
 	start := time.Now()
 	m, err := machine.New(cfg)
 	if err != nil {
-		return fail("%s: %v", *name, err)
+		return fail("%s: %v", a.Name, err)
 	}
 	defer m.Close()
 	// stdout is the guest's console: the VMM's own notes go to stderr.
@@ -163,16 +112,16 @@ func vmmMain(args []string) int {
 		m.Stop() // asked twice: stop now
 	}()
 	r := m.Run()
-	fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: %s after %s (%s)\n", *name, r.Exit, time.Since(start).Round(time.Millisecond), r.Detail)
+	fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: %s after %s (%s)\n", a.Name, r.Exit, time.Since(start).Round(time.Millisecond), r.Detail)
 	switch r.Exit {
 	case machine.ExitPoweroff:
-		return exitPoweroff
+		return vmmcli.ExitPoweroff
 	case machine.ExitReboot:
-		return exitReboot
+		return vmmcli.ExitReboot
 	case machine.ExitCrash:
-		return exitCrash
+		return vmmcli.ExitCrash
 	}
-	return exitStopped
+	return vmmcli.ExitStopped
 }
 
 // Settings of the Go runtime for the VMM role, chosen by measuring a VMM
@@ -226,7 +175,7 @@ func tuneRuntime(cpus int) {
 // them (Debian's default is never). When the flag is already set (by the
 // parent, or by the first exec) or anything fails, it does nothing.
 func withoutTHP() {
-	if len(os.Args) < 2 || os.Args[1] != "vmm" {
+	if len(os.Args) < 2 || os.Args[1] != vmmcli.Command {
 		return // not started as `hyperroot vmm` (a test calling vmmMain): nothing to re-execute
 	}
 	if off, err := unix.PrctlRetInt(unix.PR_GET_THP_DISABLE, 0, 0, 0, 0); err != nil || off != 0 {

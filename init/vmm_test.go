@@ -2,7 +2,6 @@ package main
 
 import (
 	"math"
-	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -10,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/testenv"
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
 )
 
 // testKernel returns the Debian bzImage of a built image, which the VMM's
@@ -74,16 +73,16 @@ func TestVMMBadInput(t *testing.T) {
 		code int
 		want string
 	}{
-		{"no kernel flag", nil, exitUsage, "--kernel is required"},
-		{"missing kernel", []string{"--kernel", "/no/such/vmlinuz"}, exitError, "kernel: open /no/such/vmlinuz: no such file or directory"},
-		{"truncated kernel", []string{"--kernel", truncated}, exitError, "kernel: truncated"},
-		{"not a bzImage", []string{"--kernel", notKernel}, exitError, "kernel: not a bzImage"},
-		{"initrd larger than memory", []string{"--kernel", kernel, "--initrd", bigInitrd, "--memory", "128M"}, exitError, "memory 128 MiB too small: the kernel and its 200 MiB initrd need at least"},
-		{"memory too small", []string{"--kernel", kernel, "--memory", "32M"}, exitError, "memory 32 MiB too small: the kernel need"},
-		{"zero cpus", []string{"--kernel", kernel, "--cpus", "0"}, exitError, "cpus 0: want at least 1"},
-		{"too many cpus", []string{"--kernel", kernel, "--cpus", "100000"}, exitError, "cpus 100000: this host's KVM allows at most"},
-		{"bad memory", []string{"--kernel", kernel, "--memory", "lots"}, exitError, `memory: size "lots"`},
-		{"bad flag", []string{"--kernel", kernel, "--cpu", "2"}, exitUsage, "flag provided but not defined: -cpu"},
+		{"no kernel flag", nil, vmmcli.ExitUsage, "--kernel is required"},
+		{"missing kernel", []string{"--kernel", "/no/such/vmlinuz"}, vmmcli.ExitError, "kernel: open /no/such/vmlinuz: no such file or directory"},
+		{"truncated kernel", []string{"--kernel", truncated}, vmmcli.ExitError, "kernel: truncated"},
+		{"not a bzImage", []string{"--kernel", notKernel}, vmmcli.ExitError, "kernel: not a bzImage"},
+		{"initrd larger than memory", []string{"--kernel", kernel, "--initrd", bigInitrd, "--memory", "128M"}, vmmcli.ExitError, "memory 128 MiB too small: the kernel and its 200 MiB initrd need at least"},
+		{"memory too small", []string{"--kernel", kernel, "--memory", "32M"}, vmmcli.ExitError, "memory 32 MiB too small: the kernel need"},
+		{"zero cpus", []string{"--kernel", kernel, "--cpus", "0"}, vmmcli.ExitError, "cpus 0: want at least 1"},
+		{"too many cpus", []string{"--kernel", kernel, "--cpus", "100000"}, vmmcli.ExitError, "cpus 100000: this host's KVM allows at most"},
+		{"bad memory", []string{"--kernel", kernel, "--memory", "lots"}, vmmcli.ExitError, `memory: size "lots"`},
+		{"bad flag", []string{"--kernel", kernel, "--cpu", "2"}, vmmcli.ExitUsage, "flag provided but not defined: -cpu"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var code int
@@ -95,37 +94,6 @@ func TestVMMBadInput(t *testing.T) {
 				t.Errorf("panic: %s", out)
 			}
 		})
-	}
-}
-
-func TestParseNICSpec(t *testing.T) {
-	for _, tc := range []struct {
-		in, err string
-		want    nicSpec
-	}{
-		{in: "socket=/run/sw/a.sock,mac=52:54:00:12:34:56", want: nicSpec{Socket: "/run/sw/a.sock", MAC: net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x56}}},
-		{in: "socket=a.sock,mac=52:54:00:12:34:56", err: `socket "a.sock": want an absolute path`},
-		{in: "socket=/a,mac=01:00:5e:00:00:01", err: "want a unicast Ethernet address"},
-		{in: "socket=/a,mac=zz", err: `mac "zz"`},
-		{in: "socket=/a,mac=52:54:00:12:34:56,mtu=9000", want: nicSpec{Socket: "/a", MAC: net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x56}, MTU: 9000}},
-		{in: "socket=/a,mac=52:54:00:12:34:56,mtu=20", err: `mtu "20": want 68 to 65535`},
-		{in: "socket=/a", err: "want socket=PATH and mac=ADDRESS"},
-		{in: "socket=/a,socket=/b,mac=52:54:00:12:34:56", err: "socket given twice"},
-		{in: "socket=/a,mac=52:54:00:12:34:56,queues=2", err: `unknown key "queues"`},
-		{in: "", err: `"": want key=value`},
-	} {
-		got, err := parseNICSpec(tc.in)
-		switch {
-		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
-			t.Errorf("parseNICSpec(%q) error = %v, want %q", tc.in, err, tc.err)
-		case tc.err == "" && err != nil:
-			t.Errorf("parseNICSpec(%q): %v", tc.in, err)
-		case tc.err == "" && (got.Socket != tc.want.Socket || got.MAC.String() != tc.want.MAC.String() || got.MTU != tc.want.MTU):
-			t.Errorf("parseNICSpec(%q) = %+v, want %+v", tc.in, got, tc.want)
-		}
-	}
-	if got, _ := parseNICSpec(configNICArg("/s", config.NIC{MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, MTU: 9000})); got.Socket != "/s" || got.MAC.String() != "02:00:00:00:00:01" || got.MTU != 9000 {
-		t.Errorf("nicArg does not round-trip: %+v", got)
 	}
 }
 

@@ -14,63 +14,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
 )
-
-// Exit codes of `hyperroot vmm`, part of the console contract: the
-// supervisor turns them into the reason of "vm <name> exited".
-const (
-	exitPoweroff = 0 // the guest powered off
-	exitError    = 1 // the VMM failed (bad input, KVM error)
-	exitUsage    = 2 // bad command line
-	exitReboot   = 3 // the guest asked for a reset
-	exitCrash    = 4 // the guest crashed: panic reported by pvpanic, triple fault, KVM internal error
-)
-
-func exitReason(ws unix.WaitStatus) string {
-	if ws.Signaled() {
-		return "killed signal=" + unix.SignalName(ws.Signal())
-	}
-	switch ws.ExitStatus() {
-	case exitPoweroff:
-		return "poweroff"
-	case exitError:
-		return "error"
-	case exitUsage:
-		return "usage"
-	case exitReboot:
-		return "reboot"
-	case exitCrash:
-		return "crash"
-	case exitStopped:
-		return "stopped"
-	}
-	return "unknown"
-}
-
-// exitCode is the code of "vm <name> exited": the exit status, or 128+signal.
-func exitCode(ws unix.WaitStatus) int {
-	if ws.Signaled() {
-		return 128 + int(ws.Signal())
-	}
-	return ws.ExitStatus()
-}
-
-// vmArgs is the `hyperroot vmm` command line for a configured VM. Its
-// disks are the descriptors 3, 4, ... the child inherits (ExtraFiles).
-func vmArgs(vm config.VM) []string {
-	args := []string{"vmm", "--name", vm.Name, "--kernel", vm.Kernel, "--cpus", fmt.Sprint(vm.CPUs),
-		"--memory", vm.Memory.String(), "--cmdline", vm.Cmdline}
-	if vm.Initrd != "" {
-		args = append(args, "--initrd", vm.Initrd)
-	}
-	for i, d := range vm.Disks {
-		args = append(args, "--disk", diskArg(3+i, d))
-	}
-	for i, n := range vm.NICs {
-		args = append(args, "--nic", configNICArg(nicSocket(switchDir, vm.Name, i), n))
-	}
-	return args
-}
 
 // fleet supervises the configured VMs: one `hyperroot vmm` child process
 // each, its serial console relayed line by line as "<name>| <line>", its
@@ -129,8 +74,8 @@ func (f *fleet) run(vm config.VM) {
 			f.markFailed(vm.Name, true)
 			return
 		}
-		clean := ws.Exited() && ws.ExitStatus() == exitPoweroff
-		f.c.Printf("vm %s exited code=%d reason=%s", vm.Name, exitCode(ws), exitReason(ws))
+		clean := ws.Exited() && ws.ExitStatus() == vmmcli.ExitPoweroff
+		f.c.Printf("vm %s exited code=%d reason=%s", vm.Name, vmmcli.Code(ws), vmmcli.Reason(ws))
 		f.markFailed(vm.Name, !clean)
 		restart := !f.oneshot && !stopping && (vm.Restart == config.RestartAlways ||
 			(vm.Restart == config.RestartOnFailure && !clean))
@@ -178,7 +123,7 @@ func (f *fleet) runOnce(vm config.VM) (unix.WaitStatus, error) {
 	// The child has its own copies from Start on; ours must not keep the
 	// disks (and their locks) alive after it exits.
 	defer closeFiles(disks)
-	cmd := exec.Command(self, vmArgs(vm)...)
+	cmd := exec.Command(self, vmmcli.ForVM(vm, switchDir).Argv()...)
 	cmd.ExtraFiles = disks
 	outR, outW, err := os.Pipe()
 	if err != nil {

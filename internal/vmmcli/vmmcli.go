@@ -1,0 +1,406 @@
+// Package vmmcli is the command-line contract of `hyperroot vmm`: its
+// arguments (a struct that writes and reads the argv), its exit codes and
+// the reasons the console reports for them, and the vhost-user socket
+// names its NICs connect to. The supervisor, the VMM itself and the
+// benchmark program all speak it through this one package, so that the two
+// sides cannot drift apart.
+package vmmcli
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/cliflag"
+)
+
+// Command is the hyperroot subcommand that runs one VM.
+const Command = "vmm"
+
+// Exit codes of `hyperroot vmm`, part of the console contract: the
+// supervisor reports them as the reason of "vm <name> exited".
+const (
+	ExitPoweroff = 0 // the guest powered off
+	ExitError    = 1 // the VMM failed (bad input, KVM error)
+	ExitUsage    = 2 // bad command line
+	ExitReboot   = 3 // the guest asked for a reset
+	ExitCrash    = 4 // the guest crashed: panic reported by pvpanic, triple fault, KVM internal error
+	ExitStopped  = 5 // told twice to stop: the VMM did not wait for the guest
+)
+
+// Reason is the console's name for how a VMM process ended: "poweroff",
+// "error", ..., or "killed signal=SIG..." when a signal ended it.
+func Reason(ws unix.WaitStatus) string {
+	if ws.Signaled() {
+		return "killed signal=" + unix.SignalName(ws.Signal())
+	}
+	switch ws.ExitStatus() {
+	case ExitPoweroff:
+		return "poweroff"
+	case ExitError:
+		return "error"
+	case ExitUsage:
+		return "usage"
+	case ExitReboot:
+		return "reboot"
+	case ExitCrash:
+		return "crash"
+	case ExitStopped:
+		return "stopped"
+	}
+	return "unknown"
+}
+
+// Code is the console's exit code of a process: its exit status, or
+// 128+n when signal n ended it (as a shell reports it).
+func Code(ws unix.WaitStatus) int {
+	if ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ws.ExitStatus()
+}
+
+// Clean reports whether the process exited 0: for a VMM, the guest
+// powered off.
+func Clean(ws unix.WaitStatus) bool { return ws.Exited() && ws.ExitStatus() == ExitPoweroff }
+
+// NICSocket is the vhost-user socket of a VM's NIC in the switch's
+// directory dir: the switch listens on it, the VM's VMM connects to it.
+func NICSocket(dir, vm string, index int) string {
+	return filepath.Join(dir, fmt.Sprintf("%s.%d.sock", vm, index))
+}
+
+// Args are the arguments of `hyperroot vmm`. The zero value of a field is
+// its default (Parse fills the defaults in).
+type Args struct {
+	Name      string // for messages; default "vm"
+	Kernel    string // bzImage to boot, required
+	Initrd    string
+	Cmdline   string // default "console=ttyS0"
+	CPUs      int    // default 1
+	Memory    string // guest RAM as a size (512M, 2G); default "256M"; the VMM checks it
+	HugePages string // "", "2M" or "1G"; the VMM checks it
+	Disks     []Disk
+	NICs      []NIC
+}
+
+// Defaults of Args, as Parse fills them in.
+const (
+	DefaultName    = "vm"
+	DefaultCmdline = "console=ttyS0"
+	DefaultCPUs    = 1
+	DefaultMemory  = "256M"
+)
+
+// Argv is the command line that runs a with the hyperroot binary: the
+// subcommand, then the flags. Defaults are written out too, so that the
+// line a process listing shows says everything.
+func (a Args) Argv() []string {
+	name, cmdline, cpus, memory := a.Name, a.Cmdline, a.CPUs, a.Memory
+	if name == "" {
+		name = DefaultName
+	}
+	if cmdline == "" {
+		cmdline = DefaultCmdline
+	}
+	if cpus == 0 {
+		cpus = DefaultCPUs
+	}
+	if memory == "" {
+		memory = DefaultMemory
+	}
+	argv := []string{Command, "--name", name, "--kernel", a.Kernel, "--cpus", strconv.Itoa(cpus),
+		"--memory", memory, "--cmdline", cmdline}
+	if a.Initrd != "" {
+		argv = append(argv, "--initrd", a.Initrd)
+	}
+	if a.HugePages != "" {
+		argv = append(argv, "--hugepages", a.HugePages)
+	}
+	for _, d := range a.Disks {
+		argv = append(argv, "--disk", d.String())
+	}
+	for _, n := range a.NICs {
+		argv = append(argv, "--nic", n.String())
+	}
+	return argv
+}
+
+// Parse reads the flags of `hyperroot vmm` (args after the subcommand).
+// On an error it has written it to stderr (for an unknown flag, with the
+// usage text) and the VMM should exit with ExitUsage.
+func Parse(args []string, stderr io.Writer) (Args, error) {
+	fs := flag.NewFlagSet(Command, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		a           Args
+		disks, nics cliflag.Strings
+		errorf      = func(format string, v ...any) error {
+			err := fmt.Errorf(format, v...)
+			fmt.Fprintf(stderr, "hyperroot vmm: %v\n", err)
+			return err
+		}
+	)
+	fs.StringVar(&a.Name, "name", DefaultName, "name of the VM (for messages)")
+	fs.StringVar(&a.Kernel, "kernel", "", "bzImage to boot (required)")
+	fs.StringVar(&a.Initrd, "initrd", "", "initramfs")
+	fs.StringVar(&a.Cmdline, "cmdline", DefaultCmdline, "kernel command line")
+	fs.IntVar(&a.CPUs, "cpus", DefaultCPUs, "vCPUs")
+	fs.StringVar(&a.Memory, "memory", DefaultMemory, "guest RAM (512M, 2G, ...)")
+	fs.StringVar(&a.HugePages, "hugepages", "", "back guest RAM with huge pages: 2M or 1G")
+	fs.Var(&disks, "disk", "a virtio-blk disk, repeatable: path=FILE or fd=N (inherited), then\n"+
+		"optionally ,ro ,id=SERIAL ,iops=N ,bps=BYTES (per second, e.g. 50M) ,direct (O_DIRECT)\n"+
+		",io=auto|uring|pool (block backend; auto tries io_uring first)")
+	fs.Var(&nics, "nic", "a virtio-net interface, repeatable: socket=PATH (a vhost-user backend such as\n"+
+		"`hyperroot switch`),mac=52:54:00:12:34:56")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: hyperroot vmm --kernel K [--initrd I] [--cmdline C] [--cpus N] [--memory SIZE] [--disk path=IMG]...\n\n"+
+			"Exit status: 0 guest powered off, 1 VMM error, 2 usage, 3 guest reset, 4 guest crashed, 5 stopped.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return a, err // the flag package has printed it
+	}
+	if fs.NArg() > 0 {
+		return a, errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if a.Kernel == "" {
+		return a, errorf("--kernel is required")
+	}
+	for _, s := range nics {
+		n, err := ParseNIC(s)
+		if err != nil {
+			return a, errorf("--nic %s: %w", s, err)
+		}
+		a.NICs = append(a.NICs, n)
+	}
+	for _, s := range disks {
+		d, err := ParseDisk(s)
+		if err != nil {
+			return a, errorf("--disk %s: %w", s, err)
+		}
+		a.Disks = append(a.Disks, d)
+	}
+	return a, nil
+}
+
+// Block backends a disk may ask for; the values are the VMM machine's.
+const (
+	IOAuto  = ""         // io_uring, else a thread pool
+	IOUring = "io_uring" // io_uring or fail
+	IOPool  = "pool"     // a thread pool
+)
+
+// Disk is one --disk flag: fd=N|path=P[,ro][,id=S][,iops=N][,bps=SIZE][,direct][,io=auto|uring|pool].
+// The supervisor passes disks as inherited descriptors (fd=, see FirstFD):
+// the VMM will run in a jail with no filesystem to open them in. Users on a
+// host write path= instead.
+type Disk struct {
+	FD        int    // inherited descriptor, or -1 (ParseDisk); 0 is never valid
+	Path      string // file to open, when FD is -1
+	ReadOnly  bool
+	ID        string // GET_ID serial, at most 20 bytes
+	IOPS      uint64
+	Bandwidth uint64 // bytes per second
+	Direct    bool   // O_DIRECT
+	IO        string // IOAuto, IOUring or IOPool
+}
+
+// FirstFD is the descriptor number of a child's first inherited file
+// (exec.Cmd.ExtraFiles[0]): the supervisor's disk i is FirstFD+i.
+const FirstFD = 3
+
+// String is the --disk flag value for d; a Path is used when FD is not
+// an inherited descriptor.
+func (d Disk) String() string {
+	s := "path=" + d.Path
+	if d.FD >= FirstFD {
+		s = fmt.Sprintf("fd=%d", d.FD)
+	}
+	if d.ReadOnly {
+		s += ",ro"
+	}
+	if d.ID != "" {
+		s += ",id=" + d.ID
+	}
+	if d.IOPS > 0 {
+		s += fmt.Sprintf(",iops=%d", d.IOPS)
+	}
+	if d.Bandwidth > 0 {
+		s += fmt.Sprintf(",bps=%d", d.Bandwidth)
+	}
+	if d.Direct {
+		s += ",direct"
+	}
+	if d.IO != IOAuto {
+		s += ",io=" + d.IO
+	}
+	return s
+}
+
+const diskKeys = "fd, path, ro, id, iops, bps, direct, io"
+
+// ParseDisk reads a --disk flag value.
+func ParseDisk(s string) (Disk, error) {
+	d := Disk{FD: -1}
+	seen := map[string]bool{}
+	for _, f := range strings.Split(s, ",") {
+		k, v, hasValue := strings.Cut(f, "=")
+		if seen[k] {
+			return d, fmt.Errorf("%s given twice", k)
+		}
+		seen[k] = true
+		if k == "ro" || k == "direct" {
+			if hasValue {
+				return d, fmt.Errorf("%s takes no value", k)
+			}
+			d.ReadOnly = d.ReadOnly || k == "ro"
+			d.Direct = d.Direct || k == "direct"
+			continue
+		}
+		if !hasValue || v == "" {
+			return d, fmt.Errorf("%q: want key=value (keys: %s)", f, diskKeys)
+		}
+		switch k {
+		case "fd":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < FirstFD {
+				return d, fmt.Errorf("fd %q: want an inherited descriptor number, %d or more", v, FirstFD)
+			}
+			d.FD = n
+		case "path":
+			if !strings.HasPrefix(v, "/") {
+				return d, fmt.Errorf("path %q: want an absolute path", v)
+			}
+			d.Path = v
+		case "id":
+			if len(v) > 20 {
+				return d, fmt.Errorf("id %q: longer than 20 bytes", v)
+			}
+			d.ID = v
+		case "iops":
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil || n == 0 {
+				return d, fmt.Errorf("iops %q: want a positive number", v)
+			}
+			d.IOPS = n
+		case "bps":
+			n, err := config.ParseSize(v)
+			if err != nil || n == 0 {
+				return d, fmt.Errorf("bps %q: want bytes per second, such as 52428800 or 50M", v)
+			}
+			d.Bandwidth = uint64(n)
+		case "io":
+			switch v {
+			case "auto":
+			case "uring", "io_uring":
+				d.IO = IOUring
+			case "pool":
+				d.IO = IOPool
+			default:
+				return d, fmt.Errorf("io %q: want auto, uring or pool", v)
+			}
+		default:
+			return d, fmt.Errorf("unknown key %q (keys: %s)", k, diskKeys)
+		}
+	}
+	if (d.FD < 0) == (d.Path == "") {
+		return d, errors.New("want exactly one of fd=N and path=FILE")
+	}
+	return d, nil
+}
+
+// NIC is one --nic flag: socket=PATH,mac=XX:XX:XX:XX:XX:XX[,mtu=N], a
+// virtio-net interface whose frames the vhost-user backend listening on
+// Socket moves.
+type NIC struct {
+	Socket string
+	MAC    net.HardwareAddr
+	MTU    int // 0: not announced to the guest
+}
+
+// String is the --nic flag value for n.
+func (n NIC) String() string {
+	s := fmt.Sprintf("socket=%s,mac=%s", n.Socket, n.MAC)
+	if n.MTU > 0 {
+		s += fmt.Sprintf(",mtu=%d", n.MTU)
+	}
+	return s
+}
+
+// ParseNIC reads a --nic flag value.
+func ParseNIC(s string) (NIC, error) {
+	var n NIC
+	seen := map[string]bool{}
+	for _, f := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(f, "=")
+		if !ok || v == "" {
+			return n, fmt.Errorf("%q: want key=value (keys: socket, mac, mtu)", f)
+		}
+		if seen[k] {
+			return n, fmt.Errorf("%s given twice", k)
+		}
+		seen[k] = true
+		switch k {
+		case "socket":
+			if !strings.HasPrefix(v, "/") {
+				return n, fmt.Errorf("socket %q: want an absolute path", v)
+			}
+			n.Socket = v
+		case "mac":
+			mac, err := net.ParseMAC(v)
+			if err != nil || len(mac) != 6 || mac[0]&1 != 0 {
+				return n, fmt.Errorf("mac %q: want a unicast Ethernet address such as 52:54:00:12:34:56", v)
+			}
+			n.MAC = mac
+		case "mtu":
+			m, err := strconv.Atoi(v)
+			if err != nil || m < 68 || m > 65535 {
+				return n, fmt.Errorf("mtu %q: want 68 to 65535", v)
+			}
+			n.MTU = m
+		default:
+			return n, fmt.Errorf("unknown key %q (keys: socket, mac, mtu)", k)
+		}
+	}
+	if n.Socket == "" || n.MAC == nil {
+		return n, errors.New("want socket=PATH and mac=ADDRESS")
+	}
+	return n, nil
+}
+
+// ForVM is the command line of configured VM vm, as the supervisor runs
+// it: its disks are the inherited descriptors FirstFD, FirstFD+1, ... in
+// order (the supervisor opens them), its NICs the sockets of the switch
+// serving dir, with their network's MTU.
+func ForVM(vm config.VM, dir string) Args {
+	a := Args{Name: vm.Name, Kernel: vm.Kernel, Initrd: vm.Initrd, Cmdline: vm.Cmdline,
+		CPUs: vm.CPUs, Memory: vm.Memory.String()}
+	for i, d := range vm.Disks {
+		a.Disks = append(a.Disks, Disk{FD: FirstFD + i, ReadOnly: d.ReadOnly, ID: d.ID,
+			IOPS: d.Limits.IOPS, Bandwidth: uint64(d.Limits.Bandwidth), Direct: d.Direct, IO: diskIO(d.IO)})
+	}
+	for i, n := range vm.NICs {
+		a.NICs = append(a.NICs, NIC{Socket: NICSocket(dir, vm.Name, i), MAC: n.MAC, MTU: n.MTU})
+	}
+	return a
+}
+
+// diskIO is the --disk io= value of a configured disk's io: key.
+func diskIO(io string) string {
+	switch io {
+	case "io_uring", "uring":
+		return IOUring
+	case "pool":
+		return IOPool
+	}
+	return IOAuto
+}

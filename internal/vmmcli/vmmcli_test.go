@@ -1,0 +1,186 @@
+package vmmcli
+
+import (
+	"bytes"
+	"net"
+	"reflect"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/init/config"
+)
+
+func TestReasonAndCode(t *testing.T) {
+	exited := func(code int) unix.WaitStatus { return unix.WaitStatus(code << 8) }
+	signaled := func(sig unix.Signal) unix.WaitStatus { return unix.WaitStatus(sig) }
+	for _, tc := range []struct {
+		ws     unix.WaitStatus
+		reason string
+		code   int
+		clean  bool
+	}{
+		{exited(ExitPoweroff), "poweroff", 0, true},
+		{exited(ExitError), "error", 1, false},
+		{exited(ExitUsage), "usage", 2, false},
+		{exited(ExitReboot), "reboot", 3, false},
+		{exited(ExitCrash), "crash", 4, false},
+		{exited(ExitStopped), "stopped", 5, false},
+		{exited(42), "unknown", 42, false},
+		{signaled(unix.SIGKILL), "killed signal=SIGKILL", 137, false},
+		{signaled(unix.SIGSEGV), "killed signal=SIGSEGV", 139, false},
+	} {
+		if got := Reason(tc.ws); got != tc.reason {
+			t.Errorf("Reason(%#x) = %q, want %q", uint32(tc.ws), got, tc.reason)
+		}
+		if got := Code(tc.ws); got != tc.code {
+			t.Errorf("Code(%#x) = %d, want %d", uint32(tc.ws), got, tc.code)
+		}
+		if got := Clean(tc.ws); got != tc.clean {
+			t.Errorf("Clean(%#x) = %v, want %v", uint32(tc.ws), got, tc.clean)
+		}
+	}
+}
+
+func TestParseDisk(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want Disk
+		err  string
+	}{
+		{in: "fd=3", want: Disk{FD: 3}},
+		{in: "path=/x.img,ro", want: Disk{FD: -1, Path: "/x.img", ReadOnly: true}},
+		{in: "fd=7,ro,id=web-0,iops=2000,bps=50M", want: Disk{FD: 7, ReadOnly: true, ID: "web-0", IOPS: 2000, Bandwidth: 50 << 20}},
+		{in: "fd=4,bps=52428800", want: Disk{FD: 4, Bandwidth: 52428800}},
+		{in: "path=/x.img,direct,io=pool", want: Disk{FD: -1, Path: "/x.img", Direct: true, IO: IOPool}},
+		{in: "fd=3,io=uring", want: Disk{FD: 3, IO: IOUring}},
+		{in: "fd=3,io=io_uring", want: Disk{FD: 3, IO: IOUring}},
+		{in: "fd=3,io=auto", want: Disk{FD: 3}},
+		{in: "fd=3,io=aio", err: `io "aio": want auto, uring or pool`},
+		{in: "fd=3,direct=1", err: "direct takes no value"},
+		{in: "", err: `"": want key=value`},
+		{in: "ro", err: "want exactly one of fd=N and path=FILE"},
+		{in: "fd=3,path=/x", err: "want exactly one of"},
+		{in: "fd=2", err: `fd "2": want an inherited descriptor number, 3 or more`},
+		{in: "fd=x", err: `fd "x"`},
+		{in: "path=x.img", err: `path "x.img": want an absolute path`},
+		{in: "fd=3,ro=1", err: "ro takes no value"},
+		{in: "fd=3,ro,ro", err: "ro given twice"},
+		{in: "fd=3,fd=4", err: "fd given twice"},
+		{in: "fd=3,iops=0", err: `iops "0": want a positive number`},
+		{in: "fd=3,iops=-5", err: `iops "-5"`},
+		{in: "fd=3,bps=fast", err: `bps "fast"`},
+		{in: "fd=3,id=abcdefghijklmnopqrstu", err: "longer than 20 bytes"},
+		{in: "fd=3,cache=none", err: `unknown key "cache"`},
+		{in: "fd=3,id=", err: `"id=": want key=value`},
+	} {
+		got, err := ParseDisk(tc.in)
+		switch {
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("ParseDisk(%q) error = %v, want %q", tc.in, err, tc.err)
+		case tc.err == "" && err != nil:
+			t.Errorf("ParseDisk(%q): %v", tc.in, err)
+		case tc.err == "" && got != tc.want:
+			t.Errorf("ParseDisk(%q) = %+v, want %+v", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestParseNIC(t *testing.T) {
+	mac := net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x56}
+	for _, tc := range []struct {
+		in, err string
+		want    NIC
+	}{
+		{in: "socket=/run/sw/a.sock,mac=52:54:00:12:34:56", want: NIC{Socket: "/run/sw/a.sock", MAC: mac}},
+		{in: "socket=a.sock,mac=52:54:00:12:34:56", err: `socket "a.sock": want an absolute path`},
+		{in: "socket=/a,mac=01:00:5e:00:00:01", err: "want a unicast Ethernet address"},
+		{in: "socket=/a,mac=zz", err: `mac "zz"`},
+		{in: "socket=/a,mac=52:54:00:12:34:56,mtu=9000", want: NIC{Socket: "/a", MAC: mac, MTU: 9000}},
+		{in: "socket=/a,mac=52:54:00:12:34:56,mtu=20", err: `mtu "20": want 68 to 65535`},
+		{in: "socket=/a", err: "want socket=PATH and mac=ADDRESS"},
+		{in: "socket=/a,socket=/b,mac=52:54:00:12:34:56", err: "socket given twice"},
+		{in: "socket=/a,mac=52:54:00:12:34:56,queues=2", err: `unknown key "queues"`},
+		{in: "", err: `"": want key=value`},
+	} {
+		got, err := ParseNIC(tc.in)
+		switch {
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("ParseNIC(%q) error = %v, want %q", tc.in, err, tc.err)
+		case tc.err == "" && err != nil:
+			t.Errorf("ParseNIC(%q): %v", tc.in, err)
+		case tc.err == "" && !reflect.DeepEqual(got, tc.want):
+			t.Errorf("ParseNIC(%q) = %+v, want %+v", tc.in, got, tc.want)
+		}
+	}
+}
+
+// TestArgvRoundTrip: what the supervisor (or the benchmark) writes, the VMM
+// reads back as it was meant.
+func TestArgvRoundTrip(t *testing.T) {
+	mac := net.HardwareAddr{2, 0, 0, 0, 0, 1}
+	for _, tc := range []struct {
+		name string
+		in   Args
+		want Args // in with the defaults filled in
+	}{
+		{"defaults", Args{Kernel: "/k"},
+			Args{Name: "vm", Kernel: "/k", Cmdline: "console=ttyS0", CPUs: 1, Memory: "256M"}},
+		{"everything", Args{Name: "web", Kernel: "/k", Initrd: "/i", Cmdline: "console=ttyS0 quiet", CPUs: 4, Memory: "1G", HugePages: "2M",
+			Disks: []Disk{{FD: 3, ID: "web-0"}, {FD: 4, ReadOnly: true, IOPS: 5, Bandwidth: 4096, Direct: true, IO: IOPool}, {FD: -1, Path: "/x.img", IO: IOUring}},
+			NICs:  []NIC{{Socket: "/run/s/web.0.sock", MAC: mac}, {Socket: "/s", MAC: mac, MTU: 9000}}},
+			Args{}},
+	} {
+		want := tc.want
+		if want.Kernel == "" {
+			want = tc.in
+		}
+		argv := tc.in.Argv()
+		if argv[0] != Command {
+			t.Errorf("%s: argv %q does not start with the subcommand", tc.name, argv)
+		}
+		var stderr bytes.Buffer
+		got, err := Parse(argv[1:], &stderr)
+		if err != nil {
+			t.Errorf("%s: Parse(%q): %v (%s)", tc.name, argv, err, stderr.String())
+			continue
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: %q read back as\n%+v, want\n%+v", tc.name, argv, got, want)
+		}
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string // on stderr
+	}{
+		{nil, "hyperroot vmm: --kernel is required"},
+		{[]string{"--kernel", "/k", "extra"}, `hyperroot vmm: unexpected argument "extra"`},
+		{[]string{"--kernel", "/k", "--cpu", "2"}, "flag provided but not defined: -cpu"},
+		{[]string{"--kernel", "/k", "--disk", "fd=2"}, `hyperroot vmm: --disk fd=2: fd "2"`},
+		{[]string{"--kernel", "/k", "--nic", "socket=/a"}, "hyperroot vmm: --nic socket=/a: want socket=PATH and mac=ADDRESS"},
+	} {
+		var stderr bytes.Buffer
+		if _, err := Parse(tc.args, &stderr); err == nil || !strings.Contains(stderr.String(), tc.want) {
+			t.Errorf("Parse(%q): err %v, stderr %q lacks %q", tc.args, err, stderr.String(), tc.want)
+		}
+	}
+}
+
+func TestForVM(t *testing.T) {
+	mac := net.HardwareAddr{2, 0, 0, 0, 0, 1}
+	vm := config.VM{Name: "v", Kernel: "/k", Initrd: "/i", Cmdline: "c", CPUs: 2, Memory: 128 << 20,
+		Disks: []config.Disk{{Path: "/a", ID: "v-0", IO: "io_uring"}, {Path: "/b", ReadOnly: true, ID: "v-1",
+			Limits: config.DiskLimits{IOPS: 5, Bandwidth: 4096}, Direct: true, IO: "pool"}},
+		NICs: []config.NIC{{MAC: mac, MTU: 9000}}}
+	got := strings.Join(ForVM(vm, "/run/sw").Argv(), " ")
+	want := "vmm --name v --kernel /k --cpus 2 --memory 128M --cmdline c --initrd /i" +
+		" --disk fd=3,id=v-0,io=io_uring --disk fd=4,ro,id=v-1,iops=5,bps=4096,direct,io=pool" +
+		" --nic socket=/run/sw/v.0.sock,mac=02:00:00:00:00:01,mtu=9000"
+	if got != want {
+		t.Errorf("ForVM(...).Argv() =\n%s\nwant\n%s", got, want)
+	}
+}
