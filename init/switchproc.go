@@ -1,18 +1,15 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
-	"os"
-	"os/exec"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/child"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
 )
 
@@ -21,15 +18,8 @@ import (
 // whenever it dies (the VMs' NICs reconnect by themselves), stopped last
 // at power-off so that its final counters reach the console.
 type netSwitch struct {
-	c       *console
-	r       *reaper
-	cfgPath string
-
-	mu       sync.Mutex
-	pid      int
-	stopping bool
-	ready    chan struct{} // closed at the first "ready" line
-	done     chan struct{} // closed when the supervision loop ends
+	c   *console
+	sup *child.Supervisor
 }
 
 // needsSwitch reports whether cfg has anything for a switch to do.
@@ -47,134 +37,62 @@ func needsSwitch(cfg *config.Config) bool {
 
 // startNetSwitch starts the switch for the configuration file at cfgPath
 // and waits until it serves its sockets (or timeout).
-func startNetSwitch(c *console, r *reaper, cfgPath string, timeout time.Duration) (*netSwitch, error) {
-	s := &netSwitch{c: c, r: r, cfgPath: cfgPath, ready: make(chan struct{}), done: make(chan struct{})}
-	go s.supervise()
+func startNetSwitch(c *console, r child.Starter, cfgPath string, timeout time.Duration) (*netSwitch, error) {
+	ready := make(chan struct{}) // closed at the first "ready" line
+	var readyOnce sync.Once
+	s := &netSwitch{c: c}
+	s.sup = child.Supervise(child.Run{
+		Start: func() (*child.Process, error) {
+			p, err := child.Start(r, child.Spec{
+				Path: selfPath(), Args: []string{"switch", "--config", cfgPath, "--dir", switchDir},
+				Line: func(line string) {
+					if strings.HasPrefix(line, "ready ") {
+						readyOnce.Do(func() { close(ready) })
+					}
+					c.Relay("switch", line)
+				},
+			})
+			if err != nil {
+				return nil, err
+			}
+			c.Printf("switch started pid=%d", p.Pid())
+			return p, nil
+		},
+		Exited: func(ws unix.WaitStatus, _ time.Duration) bool {
+			c.Printf("switch exited code=%d reason=%s", vmmcli.Code(ws), vmmcli.Reason(ws))
+			return true
+		},
+		Restarting: func(d time.Duration) { c.Printf("switch restarting in %s", d) },
+		Backoff:    child.Backoff{Min: 100 * time.Millisecond, Max: 10 * time.Second, Reset: time.Minute},
+	})
+	go func() {
+		if err := s.sup.Err(); err != nil {
+			c.Errorf("switch", err)
+		}
+	}()
 	select {
-	case <-s.ready:
+	case <-ready:
 		return s, nil
-	case <-s.done:
+	case <-s.sup.Done():
 		return s, fmt.Errorf("switch exited before it was ready")
 	case <-time.After(timeout):
 		return s, fmt.Errorf("switch not ready after %s", timeout)
 	}
 }
 
-func (s *netSwitch) supervise() {
-	defer close(s.done)
-	var readyOnce sync.Once
-	backoff := 100 * time.Millisecond
-	for {
-		start := time.Now()
-		ws, err := s.runOnce(func() { readyOnce.Do(func() { close(s.ready) }) })
-		s.mu.Lock()
-		stopping := s.stopping
-		s.mu.Unlock()
-		if err != nil {
-			s.c.Errorf("switch", err)
-			return
-		}
-		s.c.Printf("switch exited code=%d reason=%s", vmmcli.Code(ws), vmmcli.Reason(ws))
-		if stopping {
-			return
-		}
-		if time.Since(start) > time.Minute {
-			backoff = 100 * time.Millisecond
-		}
-		s.c.Printf("switch restarting in %s", backoff)
-		time.Sleep(backoff)
-		backoff = min(2*backoff, 10*time.Second)
-	}
-}
-
-// runOnce runs the switch until it exits, relaying its output; ready is
-// called when it reports that it serves its sockets.
-func (s *netSwitch) runOnce(ready func()) (unix.WaitStatus, error) {
-	self, err := os.Executable()
-	if err != nil {
-		self = "/proc/self/exe"
-	}
-	cmd := exec.Command(self, "switch", "--config", s.cfgPath, "--dir", switchDir)
-	out, w, err := os.Pipe()
-	if err != nil {
-		return 0, err
-	}
-	cmd.Stdout, cmd.Stderr = w, w
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
-	s.mu.Lock()
-	if s.stopping {
-		s.mu.Unlock()
-		out.Close()
-		w.Close()
-		return 0, fmt.Errorf("not started: the appliance is powering off")
-	}
-	wait, err := s.r.Start(cmd)
-	w.Close()
-	if err != nil {
-		s.mu.Unlock()
-		out.Close()
-		return 0, fmt.Errorf("start switch: %w", err)
-	}
-	s.pid = cmd.Process.Pid
-	s.mu.Unlock()
-	s.c.Printf("switch started pid=%d", cmd.Process.Pid)
-	relayed := make(chan struct{})
-	go func() {
-		defer close(relayed)
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			line := sc.Text()
-			if strings.HasPrefix(line, "ready ") {
-				ready()
-			}
-			s.c.Relay("switch", line)
-		}
-	}()
-	ws := <-wait
-	select {
-	case <-relayed:
-	case <-time.After(2 * time.Second):
-	}
-	out.Close()
-	cmd.Process.Release()
-	s.mu.Lock()
-	s.pid = 0
-	s.mu.Unlock()
-	return ws, nil
-}
-
 // Kill kills the running switch with SIGKILL, as a crash would: the
 // supervisor restarts it and the VMs reconnect (console command "switch
 // kill", used by the tests).
 func (s *netSwitch) Kill() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.pid == 0 {
+	p := s.sup.Process()
+	if p == nil {
 		return fmt.Errorf("switch is not running")
 	}
-	return unix.Kill(s.pid, unix.SIGKILL)
+	return p.Signal(unix.SIGKILL)
 }
 
 // Stop asks the switch to finish (SIGTERM: it reports its counters) and
 // waits for it, killing it after grace.
 func (s *netSwitch) Stop(grace time.Duration) {
-	s.mu.Lock()
-	s.stopping = true
-	pid := s.pid
-	s.mu.Unlock()
-	if pid != 0 {
-		unix.Kill(pid, unix.SIGTERM)
-	}
-	select {
-	case <-s.done:
-		return
-	case <-time.After(grace):
-	}
-	s.mu.Lock()
-	if s.pid != 0 {
-		s.c.Printf("switch did not stop within %s: killing it", grace)
-		unix.Kill(s.pid, unix.SIGKILL)
-	}
-	s.mu.Unlock()
-	<-s.done
+	s.sup.Stop(grace, func() { s.c.Printf("switch did not stop within %s: killing it", grace) })
 }

@@ -5,15 +5,14 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/child"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
 )
 
@@ -22,31 +21,47 @@ import (
 // lifecycle reported on the console, restarted per its policy.
 type fleet struct {
 	c       *console
-	r       *reaper
+	r       child.Starter
 	oneshot bool // never restart: the appliance powers off when all have exited
 
 	mu       sync.Mutex
-	procs    map[string]*vmProc
+	vms      map[string]*child.Supervisor
 	stopping bool
 	failed   []string // names of VMs whose last exit was not a clean poweroff
 	done     sync.WaitGroup
 }
 
-type vmProc struct {
-	vm    config.VM
-	pid   int
-	stdin io.WriteCloser
-}
-
-func newFleet(c *console, r *reaper, oneshot bool) *fleet {
-	return &fleet{c: c, r: r, oneshot: oneshot, procs: map[string]*vmProc{}}
+func newFleet(c *console, r child.Starter, oneshot bool) *fleet {
+	return &fleet{c: c, r: r, oneshot: oneshot, vms: map[string]*child.Supervisor{}}
 }
 
 // Start launches every VM; each runs (and restarts) on its own goroutine.
 func (f *fleet) Start(vms []config.VM) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stopping {
+		return
+	}
 	for _, vm := range vms {
+		s := child.Supervise(child.Run{
+			Start:  func() (*child.Process, error) { return f.startVM(vm) },
+			Exited: func(ws unix.WaitStatus, _ time.Duration) bool { return f.exited(vm, ws) },
+			Restarting: func(d time.Duration) {
+				f.c.Printf("vm %s restarting in %s (restart: %s)", vm.Name, d, vm.Restart)
+			},
+			// A VM that keeps dying waits 1 s, doubling up to a minute;
+			// a clean poweroff or a run of a minute starts afresh.
+			Backoff: child.Backoff{Min: time.Second, Max: time.Minute, Reset: time.Minute},
+		})
+		f.vms[vm.Name] = s
 		f.done.Add(1)
-		go f.run(vm)
+		go func() {
+			defer f.done.Done()
+			if err := s.Err(); err != nil {
+				f.c.Errorf("vm "+vm.Name, err)
+				f.markFailed(vm.Name, true)
+			}
+		}()
 	}
 }
 
@@ -60,37 +75,36 @@ func (f *fleet) Failed() []string {
 	return append([]string(nil), f.failed...)
 }
 
-func (f *fleet) run(vm config.VM) {
-	defer f.done.Done()
-	backoff := time.Second
-	for {
-		start := time.Now()
-		ws, err := f.runOnce(vm)
-		f.mu.Lock()
-		stopping := f.stopping
-		f.mu.Unlock()
-		if err != nil {
-			f.c.Errorf("vm "+vm.Name, err)
-			f.markFailed(vm.Name, true)
-			return
-		}
-		clean := ws.Exited() && ws.ExitStatus() == vmmcli.ExitPoweroff
-		f.c.Printf("vm %s exited code=%d reason=%s", vm.Name, vmmcli.Code(ws), vmmcli.Reason(ws))
-		f.markFailed(vm.Name, !clean)
-		restart := !f.oneshot && !stopping && (vm.Restart == config.RestartAlways ||
-			(vm.Restart == config.RestartOnFailure && !clean))
-		if !restart {
-			return
-		}
-		// A VM that fails at once again and again must not spin: back off
-		// up to a minute; a clean poweroff or a long run starts afresh.
-		if clean || time.Since(start) > time.Minute {
-			backoff = time.Second
-		}
-		f.c.Printf("vm %s restarting in %s (restart: %s)", vm.Name, backoff, vm.Restart)
-		time.Sleep(backoff)
-		backoff = min(2*backoff, time.Minute)
+// startVM starts one VMM process for vm.
+func (f *fleet) startVM(vm config.VM) (*child.Process, error) {
+	// Disks are opened here, before anything starts, so that a missing
+	// or unusable one stops the VM with an error naming it.
+	disks, err := openDisks(vm)
+	if err != nil {
+		return nil, err
 	}
+	// The child has its own copies once started; ours must not keep the
+	// disks (and their locks) alive after it exits.
+	defer closeFiles(disks)
+	p, err := child.Start(f.r, child.Spec{
+		Path: selfPath(), Args: vmmcli.ForVM(vm, switchDir).Argv(),
+		ExtraFiles: disks, Stdin: true,
+		Line: func(line string) { f.c.Relay(vm.Name, line) },
+	})
+	if err != nil {
+		return nil, err
+	}
+	f.c.Printf("vm %s started pid=%d cpus=%d memory=%s", vm.Name, p.Pid(), vm.CPUs, vm.Memory)
+	return p, nil
+}
+
+// exited reports a VMM's exit and says whether its policy restarts it.
+func (f *fleet) exited(vm config.VM, ws unix.WaitStatus) bool {
+	clean := vmmcli.Clean(ws)
+	f.c.Printf("vm %s exited code=%d reason=%s", vm.Name, vmmcli.Code(ws), vmmcli.Reason(ws))
+	f.markFailed(vm.Name, !clean)
+	return !f.oneshot && (vm.Restart == config.RestartAlways ||
+		(vm.Restart == config.RestartOnFailure && !clean))
 }
 
 func (f *fleet) markFailed(name string, failed bool) {
@@ -108,93 +122,19 @@ func (f *fleet) markFailed(name string, failed bool) {
 	}
 }
 
-// runOnce starts one VMM process and waits for it, relaying its output.
-func (f *fleet) runOnce(vm config.VM) (unix.WaitStatus, error) {
-	self, err := os.Executable()
-	if err != nil {
-		self = "/proc/self/exe"
-	}
-	// Disks are opened here, before anything starts, so that a missing
-	// or unusable one stops the VM with an error naming it.
-	disks, err := openDisks(vm)
-	if err != nil {
-		return 0, err
-	}
-	// The child has its own copies from Start on; ours must not keep the
-	// disks (and their locks) alive after it exits.
-	defer closeFiles(disks)
-	cmd := exec.Command(self, vmmcli.ForVM(vm, switchDir).Argv()...)
-	cmd.ExtraFiles = disks
-	outR, outW, err := os.Pipe()
-	if err != nil {
-		return 0, err
-	}
-	inR, inW, err := os.Pipe()
-	if err != nil {
-		outR.Close()
-		outW.Close()
-		return 0, err
-	}
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, outW
-	// The VMM dies with the supervisor's intent, not with its terminal.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
-	f.mu.Lock()
-	if f.stopping {
-		f.mu.Unlock()
-		outR.Close()
-		outW.Close()
-		inR.Close()
-		inW.Close()
-		return 0, fmt.Errorf("not started: the appliance is powering off")
-	}
-	wait, err := f.r.Start(cmd)
-	inR.Close()
-	outW.Close()
-	closeFiles(disks)
-	if err != nil {
-		f.mu.Unlock()
-		outR.Close()
-		inW.Close()
-		return 0, fmt.Errorf("start vmm: %w", err)
-	}
-	f.procs[vm.Name] = &vmProc{vm: vm, pid: cmd.Process.Pid, stdin: inW}
-	f.mu.Unlock()
-	f.c.Printf("vm %s started pid=%d cpus=%d memory=%s", vm.Name, cmd.Process.Pid, vm.CPUs, vm.Memory)
-
-	relayed := make(chan struct{})
-	go func() {
-		defer close(relayed)
-		sc := bufio.NewScanner(outR)
-		sc.Buffer(make([]byte, 64<<10), 64<<10)
-		for sc.Scan() {
-			f.c.Relay(vm.Name, strings.TrimRight(sc.Text(), "\r"))
-		}
-	}()
-	ws := <-wait
-	// The VMM is gone; its output pipe drains to EOF unless a grandchild
-	// holds it, so do not wait for ever.
-	select {
-	case <-relayed:
-	case <-time.After(2 * time.Second):
-	}
-	outR.Close()
-	inW.Close()
-	cmd.Process.Release()
-	f.mu.Lock()
-	delete(f.procs, vm.Name)
-	f.mu.Unlock()
-	return ws, nil
-}
-
 // Input sends a line typed on the appliance console to a VM's serial port.
 func (f *fleet) Input(name, line string) error {
 	f.mu.Lock()
-	p := f.procs[name]
+	s := f.vms[name]
 	f.mu.Unlock()
+	var p *child.Process
+	if s != nil {
+		p = s.Process()
+	}
 	if p == nil {
 		return fmt.Errorf("no running vm %q", name)
 	}
-	_, err := io.WriteString(p.stdin, line+"\n")
+	_, err := p.Write([]byte(line + "\n"))
 	return err
 }
 
@@ -203,24 +143,26 @@ func (f *fleet) Input(name, line string) error {
 func (f *fleet) Stop(grace time.Duration) {
 	f.mu.Lock()
 	f.stopping = true
-	for _, p := range f.procs {
-		unix.Kill(p.pid, unix.SIGTERM)
+	var wg sync.WaitGroup
+	for name, s := range f.vms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.Stop(grace, func() { f.c.Printf("vm %s did not stop within %s: killing it", name, grace) })
+		}()
 	}
 	f.mu.Unlock()
-	done := make(chan struct{})
-	go func() { f.Wait(); close(done) }()
-	select {
-	case <-done:
-		return
-	case <-time.After(grace):
+	wg.Wait()
+	f.Wait()
+}
+
+// selfPath is the hyperroot binary, which the supervisor runs again for
+// each of its roles.
+func selfPath() string {
+	if self, err := os.Executable(); err == nil {
+		return self
 	}
-	f.mu.Lock()
-	for name, p := range f.procs {
-		f.c.Printf("vm %s did not stop within %s: killing it", name, grace)
-		unix.Kill(p.pid, unix.SIGKILL)
-	}
-	f.mu.Unlock()
-	<-done
+	return "/proc/self/exe"
 }
 
 // readConsoleInput routes lines typed on the appliance console: "@<vm> text"
