@@ -97,17 +97,18 @@ unit_and_e2e() {
 	HYPERROOT_STRICT=1 HYPERROOT_IMAGE="$PWD/$OUT/image" go test -count=1 -timeout 40m ./...
 }
 
-bench_boot() {
-	go run ./tools/runner -image "$OUT/bench/image" -oneshot -timeout 20m -append hyperroot.bench=boot | tee "$OUT/bench/boot.log" | grep --line-buffered -E 'bench:|runner:'
+# bench_run NAME TIMEOUT: boot the bench image, in which PID 1 runs the
+# benchmark program (tools/bench) on its own configuration (no other VMs),
+# and show its figures.
+bench_run() {
+	go run ./tools/runner -image "$OUT/bench/image" -oneshot -timeout "$2" \
+		-append "hyperroot.config=/bench/config.yaml hyperroot.run=/bench/hyperroot-bench,$1" |
+		tee "$OUT/bench/$1.log" | grep --line-buffered -E 'bench:|runner:'
 }
 
-bench_disk() {
-	go run ./tools/runner -image "$OUT/bench/image" -oneshot -timeout 40m -append hyperroot.bench=disk | tee "$OUT/bench/disk.log" | grep --line-buffered -E 'bench:|runner:'
-}
-
-bench_net() {
-	go run ./tools/runner -image "$OUT/bench/image" -oneshot -timeout 40m -append hyperroot.bench=net | tee "$OUT/bench/net.log" | grep --line-buffered -E 'bench:|runner:'
-}
+bench_boot() { bench_run boot 20m; }
+bench_disk() { bench_run disk 40m; }
+bench_net() { bench_run net 40m; }
 
 case "${1:-build}" in
 deps)
@@ -133,7 +134,7 @@ test)
 bench)
 	step deps deps
 	step "Go micro-benchmarks" go test -run '^$' -bench . -benchmem ./...
-	step "build bench image (adds the peer VMMs gokvm and QEMU)" go run ./tools/mkimage -board "$BOARD" -out "$OUT/bench" -version "$VERSION" -bench
+	step "build bench image (adds the benchmark program and the peer VMMs gokvm and QEMU)" go run ./tools/mkimage -board "$BOARD" -out "$OUT/bench" -version "$VERSION" -bench
 	step "boot benchmark: hyperroot vs gokvm in one appliance run" bench_boot
 	step "disk benchmark: hyperroot (io_uring, pool) vs QEMU, in-guest fio-like tests, in one appliance run" bench_disk
 	step "network benchmark: VM-to-VM TCP, hyperroot switch vs QEMU + tap + Linux bridge, in one appliance run" bench_net

@@ -12,7 +12,6 @@ import (
 type cmdline struct {
 	Oneshot bool   // hyperroot.oneshot=1: power off when the work is done
 	Config  string // hyperroot.config=<path|URL>
-	Bench   string // hyperroot.bench=boot: run the boot benchmark instead of the VMs
 	// IP is the value of ip=, unparsed: parseIPParam reports its errors
 	// when the host network is set up, on the console.
 	IP string
@@ -34,8 +33,6 @@ func parseCmdline(s string) cmdline {
 			c.Oneshot = v == "1" || v == "true" || v == "yes"
 		case "hyperroot.config":
 			c.Config = v
-		case "hyperroot.bench":
-			c.Bench = v
 		case "ip":
 			c.IP = v
 		}

@@ -89,12 +89,6 @@ func supervise() {
 			sw.Stop(5 * time.Second)
 		}
 	}
-	if args.Bench != "" {
-		if err := runBench(c, r, args.Bench); err != nil {
-			c.Errorf("bench", err)
-		}
-		cfg.VMs = nil
-	}
 	f.Start(cfg.VMs)
 	go readConsoleInput(c, f, sw, os.Stdin)
 	c.Printf("ready")

@@ -3,8 +3,10 @@
 // with hyperroot as /init, the board's modules and the test guest under
 // /guest), out/image/guest-initramfs.cpio (the test guest's own initramfs)
 // and out/image/board.yaml (the board as resolved: kernel version, module
-// files); with -bench it adds the peer VMMs of the benchmarks (gokvm, and
-// QEMU: qemu.go). build.sh calls it;
+// files); with -bench it adds the benchmark program (tools/bench, as
+// /bench/hyperroot-bench, with /bench/config.yaml: no VMs besides the
+// benchmark's own) and the peer VMMs of the benchmarks (gokvm, and QEMU:
+// qemu.go). build.sh calls it;
 // each step prints what it does and how long it took, and a failure names
 // the step and the cause.
 package main
@@ -37,7 +39,7 @@ func main() {
 		boards    = flag.String("boards", "board", "directory holding the boards")
 		out       = flag.String("out", "out", "output directory")
 		version   = flag.String("version", "dev", "version string baked into the binary")
-		bench     = flag.Bool("bench", false, "add the peer VMMs, gokvm as /bin/gokvm and this host's qemu-system-x86_64 with its libraries and firmware, for the benchmarks (never in a product image)")
+		bench     = flag.Bool("bench", false, "add the benchmark program as /bench/hyperroot-bench and the peer VMMs, gokvm as /bin/gokvm and this host's qemu-system-x86_64 with its libraries and firmware (never in a product image)")
 	)
 	flag.Parse()
 	if err := build(context.Background(), *boards, *boardName, *out, *version, *bench); err != nil {
@@ -70,6 +72,7 @@ func build(ctx context.Context, boards, name, out, version string, bench bool) e
 	imgDir := filepath.Join(out, "image")
 	bin := filepath.Join(out, "hyperroot")
 	guestBin := filepath.Join(out, "guest-init")
+	benchBin := filepath.Join(out, "hyperroot-bench")
 	steps := []struct {
 		name string
 		f    func() error
@@ -102,16 +105,20 @@ func build(ctx context.Context, boards, name, out, version string, bench bool) e
 			return err
 		}},
 		{"build hyperroot and the test guest's init (GOAMD64=v1, static)", func() error {
-			if err := goBuild(ctx, bin, "./init", version); err != nil {
+			if err := goBuild(ctx, "", bin, "./init", version); err != nil {
 				return err
 			}
 			if bench {
-				// gokvm is pinned in go.mod as a tool: the Go VMM peer.
-				if err := goBuild(ctx, filepath.Join(out, "gokvm"), "github.com/bobuhiro11/gokvm", version); err != nil {
+				if err := goBuild(ctx, "", benchBin, "./tools/bench", version); err != nil {
+					return err
+				}
+				// gokvm, the Go VMM peer, is pinned in a module of its
+				// own (tools/gokvm/go.mod), out of the product's.
+				if err := goBuild(ctx, gokvmModule, filepath.Join(out, "gokvm"), "github.com/bobuhiro11/gokvm", version); err != nil {
 					return err
 				}
 			}
-			return goBuild(ctx, guestBin, "./image/guest", version)
+			return goBuild(ctx, "", guestBin, "./image/guest", version)
 		}},
 		{"write test guest initramfs (mkuimage)", func() error {
 			if err := os.MkdirAll(imgDir, 0o755); err != nil {
@@ -154,7 +161,12 @@ func build(ctx context.Context, boards, name, out, version string, bench bool) e
 				kernel.Vmlinuz+":guest/vmlinuz",
 				filepath.Join(imgDir, "guest-initramfs.cpio")+":guest/initramfs.cpio")
 			if bench {
-				files = append(files, filepath.Join(out, "gokvm")+":bin/gokvm")
+				cfg := filepath.Join(staging, "bench-config.yaml")
+				if err := os.WriteFile(cfg, []byte(benchConfig), 0o644); err != nil {
+					return err
+				}
+				files = append(files, filepath.Join(out, "gokvm")+":bin/gokvm",
+					benchBin+":bench/hyperroot-bench", cfg+":bench/config.yaml")
 				qemu, err := qemuFiles()
 				if err != nil {
 					return fmt.Errorf("add qemu: %w", err)
@@ -193,12 +205,26 @@ func build(ctx context.Context, boards, name, out, version string, bench bool) e
 	return nil
 }
 
-// goBuild builds the appliance binary: static, GOAMD64=v1 because QEMU's
-// CPU models lack the v2/v3 features, stripped, reproducible.
-func goBuild(ctx context.Context, dst, pkg, version string) error {
+// gokvmModule is the module directory gokvm is pinned in.
+const gokvmModule = "tools/gokvm"
+
+// benchConfig is the bench image's configuration (/bench/config.yaml,
+// named by hyperroot.config= on its command line): no VMs, so that nothing
+// but the benchmark's own guests runs beside it.
+const benchConfig = "# The bench image: the benchmark program starts its own VMs.\nvms: []\n"
+
+// goBuild builds an appliance binary: static, GOAMD64=v1 because QEMU's
+// CPU models lack the v2/v3 features, stripped, reproducible. dir is the
+// module directory to build in ("" for this one).
+func goBuild(ctx context.Context, dir, dst, pkg, version string) error {
+	dst, err := filepath.Abs(dst)
+	if err != nil {
+		return err
+	}
 	tmp := dst + ".tmp"
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath",
 		"-ldflags", "-s -w -X main.version="+version, "-o", tmp, pkg)
+	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOAMD64=v1")
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	if err := cmd.Run(); err != nil {

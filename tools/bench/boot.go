@@ -1,23 +1,21 @@
 package main
 
 import (
-	"github.com/hyperroot/hyperroot/internal/vmmcli"
-
-	"bufio"
 	"fmt"
 	"os"
-	"os/exec"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/internal/child"
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
 )
 
-// The boot benchmark (hyperroot.bench=boot on the kernel command line, in an
-// image built with `mkimage -bench`, which adds the peer VMM gokvm as
-// /bin/gokvm): both VMMs boot the same guest kernel and initramfs with the
+// The boot benchmark (hyperroot-bench boot, in an image built with
+// `mkimage -bench`, which adds the peer VMM gokvm as /bin/gokvm): both VMMs boot the same guest kernel and initramfs with the
 // same command line, alternately, in the same appliance run; the time from
 // starting the VMM process to the guest's init printing "guest: booted" is
 // compared. The machine is shared and noisy, so only the ratio of medians
@@ -30,66 +28,38 @@ const (
 	gokvmPath    = "/bin/gokvm"
 )
 
-// runBench runs the benchmarks hyperroot.bench= names, comma-separated:
-// boot (this file), disk (benchdisk.go) and net (benchnet.go). Each
-// reports on the console; the first that fails ends the run, since a broken
-// benchmark's later figures would be read as real.
-func runBench(c *console, r *reaper, names string) error {
-	for _, name := range strings.Split(names, ",") {
-		var err error
-		switch name {
-		case "boot":
-			err = runBootBench(c, r)
-		case "disk":
-			err = runDiskBench(c, r)
-		case "net":
-			err = runNetBench(c, r)
-		default:
-			err = fmt.Errorf("unknown benchmark %q (known: boot, disk, net)", name)
-		}
-		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
-	}
-	return nil
-}
-
 type benchPeer struct {
 	name string
 	argv []string
 }
 
-func runBootBench(c *console, r *reaper) error {
+func runBootBench(e *env) error {
 	if _, err := os.Stat(gokvmPath); err != nil {
 		return fmt.Errorf("no peer VMM in this image (%v): build it with mkimage -bench", err)
 	}
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
 	kernel, initrd := "/guest/vmlinuz", "/guest/initramfs.cpio"
+	ours := vmmcli.Args{Name: "bench", Kernel: kernel, Initrd: initrd, Cmdline: benchCmdline, CPUs: 1, Memory: benchMemory}
 	peers := []benchPeer{
-		{"hyperroot", []string{self, "vmm", "--name", "bench", "--kernel", kernel, "--initrd", initrd,
-			"--cmdline", benchCmdline, "--cpus", "1", "--memory", benchMemory}},
+		{"hyperroot", append([]string{e.hyperroot}, ours.Argv()...)},
 		{"gokvm", []string{gokvmPath, "boot", "-k", kernel, "-i", initrd, "-p", benchCmdline, "-c", "1", "-m", benchMemory}},
 	}
 	times := map[string][]time.Duration{}
 	for round := 1; round <= benchRounds; round++ {
 		for _, p := range peers {
-			d, rss, err := bootOnce(r, p, p.name == "hyperroot")
+			d, rss, err := bootOnce(e.starter, p, p.name == "hyperroot")
 			if err != nil {
 				return fmt.Errorf("%s: %w", p.name, err)
 			}
 			times[p.name] = append(times[p.name], d)
-			c.Printf("bench: boot round=%d vmm=%s time-to-init=%.3fs", round, p.name, d.Seconds())
+			e.logf("bench: boot round=%d vmm=%s time-to-init=%.3fs", round, p.name, d.Seconds())
 			if rss != "" {
-				c.Printf("bench: memory vmm=%s %s", p.name, rss)
+				e.logf("bench: memory vmm=%s %s", p.name, rss)
 			}
 		}
 	}
-	ours, theirs := median(times["hyperroot"]), median(times["gokvm"])
-	c.Printf("bench: boot hyperroot=%.3fs gokvm=%.3fs ratio=%.2f (median of %d, hyperroot/gokvm, lower is better)",
-		ours.Seconds(), theirs.Seconds(), ours.Seconds()/theirs.Seconds(), benchRounds)
+	mine, theirs := median(times["hyperroot"]), median(times["gokvm"])
+	e.logf("bench: boot hyperroot=%.3fs gokvm=%.3fs ratio=%.2f (median of %d, hyperroot/gokvm, lower is better)",
+		mine.Seconds(), theirs.Seconds(), mine.Seconds()/theirs.Seconds(), benchRounds)
 	return nil
 }
 
@@ -101,56 +71,45 @@ const settleTime = 3 * time.Second
 // bootOnce starts one VMM, waits for the guest's init to report, optionally
 // samples its memory (only hyperroot's: with the Go runtime's own account
 // of it), and kills it.
-func bootOnce(r *reaper, p benchPeer, sample bool) (time.Duration, string, error) {
-	cmd := exec.Command(p.argv[0], p.argv[1:]...)
+func bootOnce(starter child.Starter, p benchPeer, sample bool) (time.Duration, string, error) {
+	var env []string
 	if sample {
-		cmd.Env = append(os.Environ(), "HYPERROOT_VMM_MEMSTATS=1")
-	}
-	out, w, err := os.Pipe()
-	if err != nil {
-		return 0, "", err
-	}
-	cmd.Stdout, cmd.Stderr = w, w
-	start := time.Now()
-	wait, err := r.Start(cmd)
-	w.Close()
-	if err != nil {
-		out.Close()
-		return 0, "", err
+		env = append(os.Environ(), "HYPERROOT_VMM_MEMSTATS=1")
 	}
 	booted := make(chan time.Duration, 1)
 	memstats := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if strings.Contains(sc.Text(), "guest: booted") {
+	start := time.Now()
+	seen := false
+	proc, err := child.Start(starter, child.Spec{Path: p.argv[0], Args: p.argv[1:], Env: env, Tail: 8,
+		Line: func(line string) {
+			if !seen && strings.Contains(line, "guest: booted") {
+				seen = true
 				booted <- time.Since(start)
-				break
 			}
-		}
-		for sc.Scan() { // drain until the process is gone
-			if _, ms, ok := strings.Cut(sc.Text(), "memstats "); ok {
+			if _, ms, ok := strings.Cut(line, "memstats "); ok && seen {
 				select {
 				case memstats <- ms:
 				default:
 				}
 			}
-		}
-	}()
+		}})
+	if err != nil {
+		return 0, "", err
+	}
 	var d time.Duration
 	var rss string
 	select {
 	case d = <-booted:
 		if sample {
 			time.Sleep(settleTime)
-			m, err := memorySample(cmd.Process.Pid)
+			m, err := memorySample(proc.Pid())
 			if err != nil {
 				rss = err.Error()
 			} else {
 				rss = m.String()
 			}
 			// HYPERROOT_VMM_MEMSTATS=1 made it answer SIGUSR2.
-			unix.Kill(cmd.Process.Pid, unix.SIGUSR2)
+			proc.Signal(unix.SIGUSR2)
 			select {
 			case ms := <-memstats:
 				rss += " go: " + ms
@@ -158,15 +117,13 @@ func bootOnce(r *reaper, p benchPeer, sample bool) (time.Duration, string, error
 				rss += " go: no memstats"
 			}
 		}
-	case ws := <-wait:
-		out.Close()
-		return 0, "", fmt.Errorf("exited before the guest booted: %v", vmmcli.Reason(ws))
+	case <-proc.Done():
+		return 0, "", fmt.Errorf("exited before the guest booted: %v; output ended with %q", vmmcli.Reason(proc.Wait()), proc.Tail())
 	case <-time.After(5 * time.Minute):
 		err = fmt.Errorf("guest did not boot within 5 minutes")
 	}
-	unix.Kill(cmd.Process.Pid, unix.SIGKILL)
-	<-wait
-	out.Close()
+	proc.Signal(unix.SIGKILL)
+	proc.Wait()
 	return d, rss, err
 }
 

@@ -127,7 +127,7 @@ func TestNetArgv(t *testing.T) {
 	}
 	vm := cfg.VMs[1]
 	mac := vm.NICs[0].MAC.String()
-	sw := &switchNet{self: "/bin/hyperroot", dir: "/run/b"}
+	sw := &switchNet{e: &env{hyperroot: "/bin/hyperroot"}, dir: "/run/b"}
 	got := sw.Argv(vm)
 	i := slices.Index(got, "--nic")
 	if got[0] != "/bin/hyperroot" || got[1] != "vmm" || i < 0 || i+1 >= len(got) {

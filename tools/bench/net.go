@@ -1,8 +1,6 @@
 package main
 
 import (
-	"github.com/hyperroot/hyperroot/internal/vmmcli"
-
 	"bufio"
 	"errors"
 	"fmt"
@@ -10,22 +8,23 @@ import (
 	"math"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/u-root/u-root/pkg/kmodule"
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/child"
 	"github.com/hyperroot/hyperroot/internal/netconf"
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
 	"github.com/hyperroot/hyperroot/net/dhcp"
+	"github.com/hyperroot/hyperroot/net/tap"
 )
 
-// The network benchmark (hyperroot.bench=net, in an image built with
+// The network benchmark (hyperroot-bench net, in an image built with
 // `mkimage -bench`): TCP throughput from one VM to another on the same L2
 // network. The test guest's net-server and net-client actions
 // (image/guest/net.go) lease an address by DHCP, find each other by UDP
@@ -94,13 +93,9 @@ type netContender interface {
 	Argv(vm config.VM) []string
 }
 
-func runNetBench(c *console, r *reaper) error {
+func runNetBench(e *env) error {
 	if _, err := os.Stat(qemuPath); err != nil {
 		return fmt.Errorf("no QEMU in this image (%v): build it with mkimage -bench", err)
-	}
-	self, err := os.Executable()
-	if err != nil {
-		return err
 	}
 	if err := os.MkdirAll(netBenchDir, 0o755); err != nil {
 		return err
@@ -115,19 +110,19 @@ func runNetBench(c *console, r *reaper) error {
 	if err := os.WriteFile(cfgPath, []byte(text), 0o644); err != nil {
 		return err
 	}
-	loadNetBenchModules(c)
+	loadNetBenchModules(e)
 	br, err := openBridgeNet(cfg, netBenchBridge)
 	if err != nil {
 		return fmt.Errorf("qemu's network: %w", err)
 	}
 	defer br.Close()
 	contenders := []netContender{
-		&switchNet{c: c, r: r, self: self, cfgPath: cfgPath, dir: filepath.Join(netBenchDir, "switch")},
+		&switchNet{e: e, cfgPath: cfgPath, dir: filepath.Join(netBenchDir, "switch")},
 		br,
 	}
-	c.Printf("bench: net guests=2 (1 vCPU, %s each) stream=%dMiB over TCP rounds=%d", benchMemory, netBenchBytes>>20, netBenchRounds)
-	c.Printf("bench: net hyperroot: hyperroot vmm + hyperroot switch (vhost-user)")
-	c.Printf("bench: net qemu: qemu-system-x86_64 -M pc, virtio-net-pci on tap + Linux bridge %s, vhost=%s%s",
+	e.logf("bench: net guests=2 (1 vCPU, %s each) stream=%dMiB over TCP rounds=%d", benchMemory, netBenchBytes>>20, netBenchRounds)
+	e.logf("bench: net hyperroot: hyperroot vmm + hyperroot switch (vhost-user)")
+	e.logf("bench: net qemu: qemu-system-x86_64 -M pc, virtio-net-pci on tap + Linux bridge %s, vhost=%s%s",
 		netBenchBridge, onOff(br.vhost), br.vhostNote)
 	server, client := cfg.VMs[0], cfg.VMs[1]
 	runs := map[string][]float64{}
@@ -141,11 +136,11 @@ func runNetBench(c *console, r *reaper) error {
 			// guests fell silent is run again, and says so. Any other
 			// failure ends the benchmark.
 			for attempt := 1; ; attempt++ {
-				mbps, err = netRound(r, ct, server, client, netBenchBytes)
+				mbps, err = netRound(e.starter, ct, server, client, netBenchBytes)
 				if !errors.Is(err, errNetStalled) || attempt == netBenchAttempts {
 					break
 				}
-				c.Printf("bench: net round=%d contender=%s: %v: running it again", round, ct.Name(), err)
+				e.logf("bench: net round=%d contender=%s: %v: running it again", round, ct.Name(), err)
 			}
 			if err != nil {
 				return fmt.Errorf("%s, round %d: %w", ct.Name(), round, err)
@@ -154,11 +149,11 @@ func runNetBench(c *console, r *reaper) error {
 				names = append(names, ct.Name())
 			}
 			runs[ct.Name()] = append(runs[ct.Name()], mbps)
-			c.Printf("bench: net round=%d contender=%s mbps=%.1f", round, ct.Name(), mbps)
+			e.logf("bench: net round=%d contender=%s mbps=%.1f", round, ct.Name(), mbps)
 		}
 	}
 	for _, line := range netTable(names, runs) {
-		c.Printf("bench: net %s", line)
+		e.logf("bench: net %s", line)
 	}
 	return nil
 }
@@ -174,10 +169,10 @@ func onOff(b bool) string {
 // the board's list, the bench image carries it), tun and vhost_net
 // (normally loaded at boot already). A failure is only reported: the step
 // that needs the module says what is missing, and vhost_net is optional.
-func loadNetBenchModules(c *console) {
+func loadNetBenchModules(e *env) {
 	prober, err := kmodule.NewProber(kmodule.ProbeOpts{})
 	if err != nil {
-		c.Printf("bench: net modules: %v", err)
+		e.logf("bench: net modules: %v", err)
 		return
 	}
 	for _, m := range []string{"bridge", "tun", "vhost_net"} {
@@ -185,20 +180,20 @@ func loadNetBenchModules(c *console) {
 			continue
 		}
 		if err := prober.Probe(m, ""); err != nil {
-			c.Printf("bench: net module %s: %v", m, err)
+			e.logf("bench: net module %s: %v", m, err)
 		}
 	}
 }
 
 // netRound runs the two guests once on ct's network and returns the
 // server's throughput in Mbit/s.
-func netRound(r *reaper, ct netContender, server, client config.VM, bytes int64) (float64, error) {
+func netRound(starter child.Starter, ct netContender, server, client config.VM, bytes int64) (float64, error) {
 	end, err := ct.Start()
 	if err != nil {
 		return 0, err
 	}
 	defer end()
-	start := func(name string, argv []string) (*vmmRun, error) { return startVMM(r, name, argv) }
+	start := func(name string, argv []string) (*vmmRun, error) { return startVMM(starter, name, argv) }
 	return netPair(start, ct.Argv(server), ct.Argv(client), bytes, netBenchTimeout)
 }
 
@@ -217,24 +212,22 @@ type vmmRun struct {
 // vmmStarter starts a VMM (startVMM; tests fake it).
 type vmmStarter func(name string, argv []string) (*vmmRun, error)
 
-func startVMM(r *reaper, name string, argv []string) (*vmmRun, error) {
-	cmd := exec.Command(argv[0], argv[1:]...)
-	out, w, err := os.Pipe()
+func startVMM(starter child.Starter, name string, argv []string) (*vmmRun, error) {
+	booted := make(chan struct{})
+	col := &netCollector{booted: booted}
+	p, err := child.Start(starter, child.Spec{Path: argv[0], Args: argv[1:], Line: col.line})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	cmd.Stdout, cmd.Stderr = w, w
-	wait, err := r.Start(cmd)
-	w.Close()
-	if err != nil {
-		out.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	pid := cmd.Process.Pid
-	v := &vmmRun{wait: wait, console: make(chan netConsole, 1), booted: make(chan struct{}),
-		kill:  func() { unix.Kill(pid, unix.SIGKILL) },
-		close: func() { out.Close() }}
-	go func() { v.console <- collectNet(out, v.booted) }()
+	wait := make(chan unix.WaitStatus, 1)
+	v := &vmmRun{wait: wait, console: make(chan netConsole, 1), booted: booted,
+		kill:  func() { p.Signal(unix.SIGKILL) },
+		close: func() {}}
+	go func() {
+		ws := p.Wait() // and the console has ended
+		v.console <- col.nc
+		wait <- ws
+	}()
 	return v, nil
 }
 
@@ -278,13 +271,13 @@ func netPair(start vmmStarter, serverArgv, clientArgv []string, bytes int64, tim
 		case ws := <-waits[0]:
 			status[0], waits[0] = ws, nil
 			left--
-			if !cleanExit(ws) {
+			if !vmmcli.Clean(ws) {
 				killRest()
 			}
 		case ws := <-waits[1]:
 			status[1], waits[1] = ws, nil
 			left--
-			if !cleanExit(ws) {
+			if !vmmcli.Clean(ws) {
 				killRest()
 			}
 		case <-timer.C:
@@ -308,9 +301,6 @@ func netPair(start vmmStarter, serverArgv, clientArgv []string, bytes int64, tim
 	return judgeNet(consoles[0], consoles[1], status[0], status[1], bytes)
 }
 
-// cleanExit: the VMM (ours or QEMU) exited 0, i.e. the guest powered off.
-func cleanExit(ws unix.WaitStatus) bool { return ws.Exited() && ws.ExitStatus() == 0 }
-
 // netReport is a guest's "guest: net sent|received bytes=N sha256=H mbps=X" line.
 type netReport struct {
 	bytes int64
@@ -325,35 +315,44 @@ type netConsole struct {
 	tail           []string // the last lines, for error messages
 }
 
-// collectNet reads a VMM's console until it ends, closing booted (if not
-// nil) when the guest's init reports.
+// netCollector picks a guest's reports out of its VMM's console, line by
+// line, closing booted (if not nil) when the guest's init reports.
+type netCollector struct {
+	nc     netConsole
+	booted chan struct{}
+}
+
+func (c *netCollector) line(line string) {
+	c.nc.tail = append(c.nc.tail, line)
+	if len(c.nc.tail) > 8 {
+		c.nc.tail = c.nc.tail[1:]
+	}
+	if c.booted != nil && strings.Contains(line, "guest: booted") {
+		close(c.booted)
+		c.booted = nil
+	}
+	if i := strings.Index(line, "guest: FAIL "); i >= 0 && c.nc.failed == "" {
+		c.nc.failed = line[i:]
+	}
+	if kind, rep, ok := parseNetLine(line); ok {
+		switch kind {
+		case "sent":
+			c.nc.sent = &rep
+		case "received":
+			c.nc.received = &rep
+		}
+	}
+}
+
+// collectNet reads a whole console from r (tests and fakes).
 func collectNet(r io.Reader, booted chan struct{}) netConsole {
-	var nc netConsole
+	c := &netCollector{booted: booted}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 4096), 64<<10)
 	for sc.Scan() {
-		line := strings.TrimRight(sc.Text(), "\r")
-		nc.tail = append(nc.tail, line)
-		if len(nc.tail) > 8 {
-			nc.tail = nc.tail[1:]
-		}
-		if booted != nil && strings.Contains(line, "guest: booted") {
-			close(booted)
-			booted = nil
-		}
-		if i := strings.Index(line, "guest: FAIL "); i >= 0 && nc.failed == "" {
-			nc.failed = line[i:]
-		}
-		if kind, rep, ok := parseNetLine(line); ok {
-			switch kind {
-			case "sent":
-				nc.sent = &rep
-			case "received":
-				nc.received = &rep
-			}
-		}
+		c.line(strings.TrimRight(sc.Text(), "\r"))
 	}
-	return nc
+	return c.nc
 }
 
 // judgeNet decides whether a round counts and returns the server's
@@ -382,7 +381,7 @@ func judgeNet(server, client netConsole, sws, cws unix.WaitStatus, want int64) (
 		if g.rep.bytes != want {
 			return 0, fmt.Errorf("the %s guest %s %d bytes, want %d", g.name, g.what, g.rep.bytes, want)
 		}
-		if !cleanExit(g.ws) {
+		if !vmmcli.Clean(g.ws) {
 			return 0, fmt.Errorf("the %s's VMM exited %s (%d) after its report", g.name, vmmcli.Reason(g.ws), vmmcli.Code(g.ws))
 		}
 	}
@@ -470,16 +469,14 @@ func netTable(names []string, runs map[string][]float64) []string {
 // switchNet is the hyperroot contender: a `hyperroot switch` child per
 // round, with fresh sockets and leases, and `hyperroot vmm` guests.
 type switchNet struct {
-	c             *console
-	r             *reaper
-	self, cfgPath string
-	dir           string
+	e            *env
+	cfgPath, dir string
 }
 
 func (s *switchNet) Name() string { return "hyperroot" }
 
 func (s *switchNet) Argv(vm config.VM) []string {
-	return append([]string{s.self}, vmmcli.ForVM(vm, s.dir).Argv()...)
+	return append([]string{s.e.hyperroot}, vmmcli.ForVM(vm, s.dir).Argv()...)
 }
 
 // Start runs the switch and waits until it serves its sockets. end stops
@@ -489,86 +486,53 @@ func (s *switchNet) Start() (func(), error) {
 	if err := os.RemoveAll(s.dir); err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(s.self, "switch", "--config", s.cfgPath, "--dir", s.dir)
-	out, w, err := os.Pipe()
-	if err != nil {
-		return nil, err
-	}
-	cmd.Stdout, cmd.Stderr = w, w
-	wait, err := s.r.Start(cmd)
-	w.Close()
-	if err != nil {
-		out.Close()
-		return nil, fmt.Errorf("start switch: %w", err)
-	}
-	pid := cmd.Process.Pid
 	ready := make(chan struct{})
-	done := make(chan struct{})
 	var (
-		mu       sync.Mutex
-		counters []string
-		tail     []string
+		isReady  bool     // only touched by Line
+		counters []string // only touched by Line until Done
 	)
-	go func() {
-		defer close(done)
-		once := sync.Once{}
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			line := sc.Text()
-			mu.Lock()
+	p, err := child.Start(s.e.starter, child.Spec{
+		Path: s.e.hyperroot, Args: []string{"switch", "--config", s.cfgPath, "--dir", s.dir}, Tail: 8,
+		Line: func(line string) {
 			if strings.HasPrefix(line, "port ") && strings.Contains(line, " rx=") {
 				counters = append(counters, line)
 			}
-			tail = append(tail, line)
-			if len(tail) > 8 {
-				tail = tail[1:]
+			if !isReady && strings.HasPrefix(line, "ready ") {
+				isReady = true
+				close(ready)
 			}
-			mu.Unlock()
-			if strings.HasPrefix(line, "ready ") {
-				once.Do(func() { close(ready) })
-			}
-		}
-	}()
-	fail := func(err error) (func(), error) {
-		select {
-		case <-done:
-		case <-time.After(2 * time.Second):
-		}
-		out.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		return nil, fmt.Errorf("%w; its output ended with %q", err, tail)
+		}})
+	if err != nil {
+		return nil, fmt.Errorf("switch: %w", err)
 	}
+	var failed error
 	select {
 	case <-ready:
-	case ws := <-wait:
-		return fail(fmt.Errorf("switch exited before it was ready: %s", vmmcli.Reason(ws)))
+	case <-p.Done():
+		failed = fmt.Errorf("switch exited before it was ready: %s", vmmcli.Reason(p.Wait()))
 	case <-time.After(netSwitchReady):
-		unix.Kill(pid, unix.SIGKILL)
-		<-wait
-		return fail(fmt.Errorf("switch not ready within %s", netSwitchReady))
+		p.Signal(unix.SIGKILL)
+		p.Wait()
+		failed = fmt.Errorf("switch not ready within %s", netSwitchReady)
+	}
+	if failed != nil {
+		return nil, fmt.Errorf("%w; its output ended with %q", failed, p.Tail())
 	}
 	end := func() {
-		unix.Kill(pid, unix.SIGTERM)
-		select {
-		case <-wait:
-		case <-time.After(5 * time.Second):
-			unix.Kill(pid, unix.SIGKILL)
-			<-wait
-		}
-		select {
-		case <-done:
-		case <-time.After(2 * time.Second):
-		}
-		out.Close()
-		mu.Lock()
-		defer mu.Unlock()
+		p.Stop(5*time.Second, nil)
 		for _, l := range counters {
-			s.c.Printf("bench: net switch %s", l)
+			s.e.logf("bench: net switch %s", l)
 		}
 	}
 	return end, nil
 }
+
+// portName names a VM's NIC, as the switch names its port.
+func portName(vm string, index int) string { return fmt.Sprintf("%s.%d", vm, index) }
+
+// tapFlags are the flags QEMU opens a tap with (it asks for the vnet
+// header, which vhost-net needs); a persistent tap keeps them for it.
+const tapFlags = unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR
 
 // bridgeNet is the QEMU contender: a Linux bridge with one persistent tap
 // per guest NIC, which QEMU attaches to by name, and a DHCP responder on the
@@ -589,7 +553,7 @@ func openBridgeNet(cfg *config.Config, bridge string) (b *bridgeNet, err error) 
 		return nil, errors.New("the configuration has no network with DHCP")
 	}
 	b = &bridgeNet{bridge: bridge, taps: map[string]string{}}
-	if err := addBridge(bridge); err != nil {
+	if err := netconf.AddBridge(bridge); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -599,16 +563,16 @@ func openBridgeNet(cfg *config.Config, bridge string) (b *bridgeNet, err error) 
 	}()
 	for _, vm := range cfg.VMs {
 		for i := range vm.NICs {
-			tap := fmt.Sprintf("hrbtap%d", len(b.order))
-			if err := addPersistentTap(tap); err != nil {
+			dev := fmt.Sprintf("hrbtap%d", len(b.order))
+			if err := tap.AddPersistent(dev, tapFlags); err != nil {
 				return nil, err
 			}
-			b.taps[portName(vm.Name, i)] = tap
-			b.order = append(b.order, tap)
-			if err := addBridgePort(bridge, tap); err != nil {
+			b.taps[portName(vm.Name, i)] = dev
+			b.order = append(b.order, dev)
+			if err := netconf.AddBridgePort(bridge, dev); err != nil {
 				return nil, err
 			}
-			if err := netconf.Up(tap); err != nil {
+			if err := netconf.Up(dev); err != nil {
 				return nil, err
 			}
 		}
@@ -665,123 +629,12 @@ func (b *bridgeNet) Close() error {
 	if b.dhcp != nil {
 		errs = append(errs, b.dhcp.Close())
 	}
-	for _, tap := range b.order {
-		errs = append(errs, deletePersistentTap(tap))
+	for _, dev := range b.order {
+		errs = append(errs, tap.DeletePersistent(dev, tapFlags))
 	}
-	errs = append(errs, deleteBridge(b.bridge))
+	errs = append(errs, netconf.DeleteBridge(b.bridge))
 	return errors.Join(errs...)
 }
-
-// The Linux bridge and its taps, made with the classic ioctls (the
-// appliance has no `ip` command): SIOCBRADDBR/SIOCBRADDIF on any socket,
-// TUNSETIFF/TUNSETPERSIST on /dev/net/tun.
-
-// ctlSocket is a throwaway socket for interface ioctls, in the calling
-// thread's network namespace.
-func ctlSocket() (int, error) {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, fmt.Errorf("control socket: %w", err)
-	}
-	return fd, nil
-}
-
-// addBridge creates the Linux bridge name (STP off, so ports forward as
-// soon as they are up) and brings it up.
-func addBridge(name string) error {
-	if len(name) >= unix.IFNAMSIZ {
-		return fmt.Errorf("bridge %q: name longer than %d bytes", name, unix.IFNAMSIZ-1)
-	}
-	fd, err := ctlSocket()
-	if err != nil {
-		return fmt.Errorf("bridge %s: %w", name, err)
-	}
-	defer unix.Close(fd)
-	if err := unix.IoctlSetString(fd, unix.SIOCBRADDBR, name); err != nil {
-		return fmt.Errorf("bridge %s: SIOCBRADDBR (is the bridge module loaded?): %w", name, err)
-	}
-	if err := netconf.Up(name); err != nil {
-		return fmt.Errorf("bridge %s: %w", name, err)
-	}
-	return nil
-}
-
-// deleteBridge takes bridge name down and deletes it (the kernel refuses
-// to delete a bridge that is up).
-func deleteBridge(name string) error {
-	if err := netconf.Down(name); err != nil {
-		return fmt.Errorf("delete bridge: %w", err)
-	}
-	fd, err := ctlSocket()
-	if err != nil {
-		return fmt.Errorf("delete bridge %s: %w", name, err)
-	}
-	defer unix.Close(fd)
-	if err := unix.IoctlSetString(fd, unix.SIOCBRDELBR, name); err != nil {
-		return fmt.Errorf("delete bridge %s: SIOCBRDELBR: %w", name, err)
-	}
-	return nil
-}
-
-// addBridgePort makes interface port a port of bridge.
-func addBridgePort(bridge, port string) error {
-	ifi, err := net.InterfaceByName(port)
-	if err != nil {
-		return fmt.Errorf("bridge %s: port %s: %w", bridge, port, err)
-	}
-	fd, err := ctlSocket()
-	if err != nil {
-		return fmt.Errorf("bridge %s: %w", bridge, err)
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq(bridge)
-	if err != nil {
-		return fmt.Errorf("bridge %s: %w", bridge, err)
-	}
-	ifr.SetUint32(uint32(ifi.Index))
-	if err := unix.IoctlIfreq(fd, unix.SIOCBRADDIF, ifr); err != nil {
-		return fmt.Errorf("bridge %s: add port %s: %w", bridge, port, err)
-	}
-	return nil
-}
-
-// tapFlags are the flags QEMU opens a tap with (it asks for the vnet
-// header, which vhost-net needs); a persistent tap keeps them for it.
-const tapFlags = unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR
-
-// setTapPersist attaches to tap name (creating it if needed) and sets or
-// clears its persistence. A persistent tap outlives its file descriptor,
-// so that QEMU can attach to it by name while it is already a bridge port;
-// clearing it deletes the tap when the descriptor closes.
-func setTapPersist(name string, persist bool) error {
-	if len(name) >= unix.IFNAMSIZ {
-		return fmt.Errorf("tap %q: name longer than %d bytes", name, unix.IFNAMSIZ-1)
-	}
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("tap %s: /dev/net/tun (is the tun module loaded?): %w", name, err)
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		return fmt.Errorf("tap %s: %w", name, err)
-	}
-	ifr.SetUint16(tapFlags)
-	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		return fmt.Errorf("tap %s: TUNSETIFF: %w", name, err)
-	}
-	v := 0
-	if persist {
-		v = 1
-	}
-	if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, v); err != nil {
-		return fmt.Errorf("tap %s: TUNSETPERSIST %d: %w", name, v, err)
-	}
-	return nil
-}
-
-func addPersistentTap(name string) error    { return setTapPersist(name, true) }
-func deletePersistentTap(name string) error { return setTapPersist(name, false) }
 
 // bridgeDHCP answers DHCP requests arriving at a bridge's own port: the
 // guests' DISCOVERs and REQUESTs are broadcasts, which a bridge floods to

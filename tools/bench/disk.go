@@ -1,15 +1,11 @@
 package main
 
 import (
-	"github.com/hyperroot/hyperroot/internal/vmmcli"
-
 	"bufio"
-	"errors"
 	"fmt"
 	"io"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -17,9 +13,12 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/internal/child"
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
 )
 
-// The disk benchmark (hyperroot.bench=disk, in an image built with
+// The disk benchmark (hyperroot-bench disk, in an image built with
 // `mkimage -bench`, which adds QEMU): the test guest's disk-bench action
 // measures its /dev/vda from inside (4 KiB random read and write IOPS at
 // queue depth 4, 1 MiB sequential read and write bandwidth; see
@@ -55,29 +54,24 @@ type diskBackend struct {
 	argv []string
 }
 
-// diskBackends are the contenders: hyperroot with each I/O backend when
-// this binary's --disk takes io=, else with its default one, then QEMU.
-func diskBackends(self, img string) []diskBackend {
+// diskBackends are the contenders: hyperroot with each I/O backend, then
+// QEMU.
+func diskBackends(hyperroot, img string) []diskBackend {
 	kernel, initrd := "/guest/vmlinuz", "/guest/initramfs.cpio"
 	cmdline := "console=ttyS0 quiet panic=-1 hyperroot.guest=disk-bench hyperroot.diskbench=" + diskBenchOptions
-	ours := func(name, disk string) diskBackend {
-		return diskBackend{name, []string{self, "vmm", "--name", "bench", "--kernel", kernel, "--initrd", initrd,
-			"--cmdline", cmdline, "--cpus", "1", "--memory", benchMemory, "--disk", disk}}
+	ours := func(name, io string) diskBackend {
+		a := vmmcli.Args{Name: "bench", Kernel: kernel, Initrd: initrd, Cmdline: cmdline, CPUs: 1, Memory: benchMemory,
+			Disks: []vmmcli.Disk{{FD: -1, Path: img, IO: io}}}
+		return diskBackend{name, append([]string{hyperroot}, a.Argv()...)}
 	}
-	var bs []diskBackend
-	if _, err := vmmcli.ParseDisk("path=" + img + ",io=uring"); err == nil {
-		bs = append(bs, ours("uring", "path="+img+",io=uring"), ours("pool", "path="+img+",io=pool"))
-	} else {
-		bs = append(bs, ours("hyperroot", "path="+img))
-	}
-	return append(bs, diskBackend{"qemu", []string{qemuPath,
+	return []diskBackend{ours("uring", vmmcli.IOUring), ours("pool", vmmcli.IOPool), {"qemu", []string{qemuPath,
 		"-enable-kvm", "-cpu", "host", "-M", "pc", "-smp", "1", "-m", "256",
 		"-nodefaults", "-nographic", "-serial", "stdio", "-no-reboot",
 		"-kernel", kernel, "-initrd", initrd, "-append", cmdline,
 		// cache=writeback: tmpfs refuses O_DIRECT (cache=none); io_uring
 		// as our first backend uses.
 		"-drive", "file=" + img + ",if=none,id=d,format=raw,aio=io_uring,cache=writeback",
-		"-device", "virtio-blk-pci,drive=d"}})
+		"-device", "virtio-blk-pci,drive=d"}}}
 }
 
 // diskRun is what one boot of the guest measured: test name to value.
@@ -86,33 +80,26 @@ type diskRun struct {
 	kind   string // the backend hyperroot vmm says it used ("io_uring", ...)
 }
 
-func runDiskBench(c *console, r *reaper) error {
+func runDiskBench(e *env) error {
 	if _, err := os.Stat(qemuPath); err != nil {
 		return fmt.Errorf("no QEMU in this image (%v): build it with mkimage -bench", err)
-	}
-	self, err := os.Executable()
-	if err != nil {
-		return err
 	}
 	if err := makeBenchImage(diskBenchImage, diskBenchSize); err != nil {
 		return fmt.Errorf("disk image: %w", err)
 	}
 	defer os.Remove(diskBenchImage)
-	backends := diskBackends(self, diskBenchImage)
-	if len(backends) == 2 {
-		c.Printf("bench: disk: this hyperroot vmm takes no io= in --disk: measuring its default backend only")
-	}
-	c.Printf("bench: disk image=%s size=%dMiB (tmpfs) guest=1 vCPU %s options=%s rounds=%d",
+	backends := diskBackends(e.hyperroot, diskBenchImage)
+	e.logf("bench: disk image=%s size=%dMiB (tmpfs) guest=1 vCPU %s options=%s rounds=%d",
 		diskBenchImage, diskBenchSize>>20, benchMemory, diskBenchOptions, diskBenchRounds)
 	runs := map[string][]diskRun{}
 	for round := 1; round <= diskBenchRounds; round++ {
 		for _, b := range backends {
-			run, err := diskOnce(r, b)
+			run, err := diskOnce(e.starter, b)
 			if err != nil {
 				return fmt.Errorf("%s: %w", b.name, err)
 			}
 			runs[b.name] = append(runs[b.name], run)
-			c.Printf("bench: disk round=%d backend=%s%s %s", round, b.name, kindNote(run.kind), formatRun(run))
+			e.logf("bench: disk round=%d backend=%s%s %s", round, b.name, kindNote(run.kind), formatRun(run))
 		}
 	}
 	names := make([]string, len(backends))
@@ -120,7 +107,7 @@ func runDiskBench(c *console, r *reaper) error {
 		names[i] = b.name
 	}
 	for _, line := range diskTable(names, runs) {
-		c.Printf("bench: disk %s", line)
+		e.logf("bench: disk %s", line)
 	}
 	return nil
 }
@@ -156,97 +143,97 @@ func makeBenchImage(path string, size int64) error {
 }
 
 // diskOnce boots the guest under one backend and collects its figures.
-func diskOnce(r *reaper, b diskBackend) (diskRun, error) {
-	cmd := exec.Command(b.argv[0], b.argv[1:]...)
-	out, w, err := os.Pipe()
+func diskOnce(starter child.Starter, b diskBackend) (diskRun, error) {
+	col := newDiskCollector()
+	p, err := child.Start(starter, child.Spec{Path: b.argv[0], Args: b.argv[1:], Line: col.line})
 	if err != nil {
 		return diskRun{}, err
 	}
-	cmd.Stdout, cmd.Stderr = w, w
-	wait, err := r.Start(cmd)
-	w.Close()
-	if err != nil {
-		out.Close()
-		return diskRun{}, err
-	}
-	type collected struct {
-		run diskRun
-		err error
-	}
-	done := make(chan collected, 1)
-	go func() {
-		run, err := collectDiskBench(out)
-		done <- collected{run, err}
-	}()
 	var ws unix.WaitStatus
 	select {
-	case ws = <-wait:
+	case <-p.Done():
+		ws = p.Wait()
 	case <-time.After(diskBenchTimeout):
-		unix.Kill(cmd.Process.Pid, unix.SIGKILL)
-		<-wait
-		out.Close()
+		p.Signal(unix.SIGKILL)
+		p.Wait()
 		return diskRun{}, fmt.Errorf("no result within %s", diskBenchTimeout)
 	}
-	// The VMM is gone; its pipe ends when any children it had are too.
-	got := <-done
-	out.Close()
-	if got.err != nil {
-		return diskRun{}, got.err
+	run, err := col.result()
+	if err != nil {
+		return diskRun{}, err
 	}
 	if !ws.Exited() || ws.ExitStatus() != 0 {
 		return diskRun{}, fmt.Errorf("exited %s (%v) after the guest's figures", vmmcli.Reason(ws), ws.ExitStatus())
 	}
-	return got.run, nil
+	return run, nil
 }
 
-// collectDiskBench reads a VMM's console until it ends and returns the
-// guest's figures. A run counts only if every test reported, the guest's
-// final data check passed and no test failed; otherwise the error quotes
-// the console's last lines.
-func collectDiskBench(r io.Reader) (diskRun, error) {
-	run := diskRun{values: map[string]float64{}}
-	var tail []string
-	verified, failed := false, ""
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 4096), 64<<10)
-	for sc.Scan() {
-		line := strings.TrimRight(sc.Text(), "\r")
-		tail = append(tail, line)
-		if len(tail) > 8 {
-			tail = tail[1:]
-		}
-		if test, v, ok := parseDiskBenchLine(line); ok {
-			run.values[test] = v
-		}
-		switch {
-		case strings.Contains(line, "guest: diskbench verify ok"):
-			verified = true
-		case strings.Contains(line, "guest: FAIL "):
-			failed = line[strings.Index(line, "guest: FAIL "):]
-		}
-		if k, ok := strings.CutPrefix(line, "hyperroot vmm: disk 0: "); ok {
-			run.kind = k
-		}
+// diskCollector picks the guest's figures out of a VMM's console, line by
+// line.
+type diskCollector struct {
+	run      diskRun
+	tail     []string
+	verified bool
+	failed   string
+}
+
+func newDiskCollector() *diskCollector {
+	return &diskCollector{run: diskRun{values: map[string]float64{}}}
+}
+
+func (c *diskCollector) line(line string) {
+	c.tail = append(c.tail, line)
+	if len(c.tail) > 8 {
+		c.tail = c.tail[1:]
 	}
-	if err := sc.Err(); err != nil && !errors.Is(err, os.ErrClosed) {
-		return run, fmt.Errorf("console: %w", err)
+	if test, v, ok := parseDiskBenchLine(line); ok {
+		c.run.values[test] = v
 	}
-	if failed != "" {
-		return run, fmt.Errorf("the guest failed: %s", failed)
+	switch {
+	case strings.Contains(line, "guest: diskbench verify ok"):
+		c.verified = true
+	case strings.Contains(line, "guest: FAIL "):
+		c.failed = line[strings.Index(line, "guest: FAIL "):]
+	}
+	if k, ok := strings.CutPrefix(line, "hyperroot vmm: disk 0: "); ok {
+		c.run.kind = k
+	}
+}
+
+// result is the run once the console ended. It counts only if every test
+// reported, the guest's final data check passed and no test failed;
+// otherwise the error quotes the console's last lines.
+func (c *diskCollector) result() (diskRun, error) {
+	if c.failed != "" {
+		return c.run, fmt.Errorf("the guest failed: %s", c.failed)
 	}
 	var missing []string
 	for _, t := range diskTests() {
-		if _, ok := run.values[t.name]; !ok {
+		if _, ok := c.run.values[t.name]; !ok {
 			missing = append(missing, t.name)
 		}
 	}
-	if !verified {
+	if !c.verified {
 		missing = append(missing, "verify")
 	}
 	if len(missing) > 0 {
-		return run, fmt.Errorf("the guest reported no %s; console ended with: %q", strings.Join(missing, ", "), tail)
+		return c.run, fmt.Errorf("the guest reported no %s; console ended with: %q", strings.Join(missing, ", "), c.tail)
 	}
-	return run, nil
+	return c.run, nil
+}
+
+// collectDiskBench reads a whole console from r (tests).
+func collectDiskBench(r io.Reader) (diskRun, error) {
+	c := newDiskCollector()
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 4096), 64<<10)
+	for sc.Scan() {
+		c.line(strings.TrimRight(sc.Text(), "\r"))
+	}
+	if err := sc.Err(); err != nil {
+		return c.run, fmt.Errorf("console: %w", err)
+	}
+	return c.result()
 }
 
 // parseDiskBenchLine reads a guest's "guest: diskbench <test> <unit>=<value> ..."
