@@ -13,6 +13,7 @@ type cmdline struct {
 	Oneshot bool   // hyperroot.oneshot=1: power off when the work is done
 	Config  string // hyperroot.config=<path|URL>
 	Bench   string // hyperroot.bench=boot: run the boot benchmark instead of the VMs
+	Run     string // hyperroot.run=<path>[,<arg>...]: a program to run once the appliance is ready
 	// IP is the value of ip=, unparsed: parseIPParam reports its errors
 	// when the host network is set up, on the console.
 	IP string
@@ -36,6 +37,8 @@ func parseCmdline(s string) cmdline {
 			c.Config = v
 		case "hyperroot.bench":
 			c.Bench = v
+		case "hyperroot.run":
+			c.Run = v
 		case "ip":
 			c.IP = v
 		}

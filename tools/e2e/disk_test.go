@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/hyperroot/hyperroot/internal/testenv"
 	"github.com/hyperroot/hyperroot/tools/qemu"
@@ -273,11 +272,11 @@ func TestDiskIOPS(t *testing.T) {
 			fmt.Sprintf("{path: /tmp/limited.img, size: 64M, id: limited, limits: {iops: %d}}", limit),
 			"{path: /tmp/free.img, size: 64M, id: free}",
 		}))
-		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Timeout: 4 * time.Minute})
+		m := start(t, qemu.Options{Config: cfg, Oneshot: true})
 		re := regexp.MustCompile(`^iops\| guest: iops (vd[ab]) serial=(\S+) (\d+)$`)
 		got := map[string]int{}
 		for range 2 {
-			l, err := m.Expect(re, bootTimeout)
+			l, err := m.Expect(re, waitCap)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -114,7 +114,7 @@ func TestNetTraffic(t *testing.T) {
 			netVM("server", "net-server", []string{"{network: lan}"}),
 			netVM("client", "net-client", []string{"{network: lan}"}, fmt.Sprintf("hyperroot.netbytes=%d", bytes)),
 			netVM("loner", "net-isolated", []string{"{network: other}"}))
-		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Timeout: 8 * time.Minute})
+		m := start(t, qemu.Options{Config: cfg, Oneshot: true})
 		r := m.Wait()
 		mustPass(t, r)
 		lines := r.Lines
@@ -164,7 +164,7 @@ func TestNetPolicy(t *testing.T) {
 			netVM("server", "net-server", []string{"{network: lan}"}),
 			netVM("client", "net-client", []string{"{network: lan, limits: {tx: 10M}}"}, fmt.Sprintf("hyperroot.netbytes=%d", bytes)),
 			netVM("spoofer", "net-spoof", []string{"{network: lan}"}))
-		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Timeout: 8 * time.Minute})
+		m := start(t, qemu.Options{Config: cfg, Oneshot: true})
 		r := m.Wait()
 		mustPass(t, r)
 		lines := r.Lines
@@ -196,7 +196,7 @@ func TestNetSwitchRestart(t *testing.T) {
 		cfg := netConfig(t, lanNet,
 			netVM("server", "net-server", []string{"{network: lan}"}),
 			netVM("client", "net-client", []string{"{network: lan, limits: {tx: 50M}}"}, fmt.Sprintf("hyperroot.netbytes=%d", bytes)))
-		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Stdin: pr, Timeout: 8 * time.Minute})
+		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Stdin: pr})
 		// The client pings just before it starts streaming (at 50 Mbit/s:
 		// about 7 s, so the kill lands mid-stream).
 		expect(t, m, `^client\| guest: net ping `)
@@ -243,7 +243,7 @@ func TestNetUplink(t *testing.T) {
 		port := ln.Addr().(*net.TCPAddr).Port
 		cfg := netConfig(t, "  - {name: wan, subnet: 10.0.2.0/24, gateway: 10.0.2.2, uplink: eth0}\n",
 			netVM("roamer", "net-outside", []string{"{network: wan}"}, fmt.Sprintf("hyperroot.outside=10.0.2.2:%d", port)))
-		m := start(t, qemu.Options{Config: cfg, Oneshot: true, UserNet: true, Timeout: 6 * time.Minute})
+		m := start(t, qemu.Options{Config: cfg, Oneshot: true, UserNet: true})
 		r := m.Wait()
 		mustPass(t, r)
 		wantLines(t, r.Lines, "switch| uplink eth0 networks=1 trunk=false",
@@ -271,7 +271,7 @@ func TestExampleLAN(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Timeout: 6 * time.Minute})
+		m := start(t, qemu.Options{Config: cfg, Oneshot: true})
 		r := m.Wait()
 		mustPass(t, r)
 		lines := r.Lines
