@@ -159,6 +159,10 @@ bench)
 	step deps deps
 	step "Go micro-benchmarks" go test -run '^$' -bench . -benchmem ./...
 	step "build bench image (adds the peer VMMs gokvm and QEMU)" go run ./tools/mkimage -board "$BOARD" -out "$OUT/bench" -version "$VERSION" -bench
+	if ! kvm_usable; then
+		# The micro-benchmarks that need KVM (vmm/kvm IOExit ...) left out above run here.
+		step "KVM micro-benchmarks in the appliance (no usable /dev/kvm on the host)" go run ./tools/kvmtest appliance -bench -image "$OUT/bench/image"
+	fi
 	step "boot benchmark: hyperroot vs gokvm in one appliance run" bench_boot
 	step "disk benchmark: hyperroot (io_uring, pool) vs QEMU, in-guest fio-like tests, in one appliance run" bench_disk
 	step "network benchmark: VM-to-VM TCP, hyperroot switch vs QEMU + tap + Linux bridge, in one appliance run" bench_net

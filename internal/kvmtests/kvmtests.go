@@ -10,10 +10,13 @@ package kvmtests
 
 import (
 	"bytes"
+	"fmt"
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -183,4 +186,96 @@ func isTestFunc(name, prefix string) bool {
 		return false
 	}
 	return rest == "" || !(rest[0] >= 'a' && rest[0] <= 'z')
+}
+
+// Mode says what a staged run does with the packages' KVM functions.
+type Mode int
+
+const (
+	Tests      Mode = iota // run the tests, -test.v, strict
+	Benchmarks             // run only the benchmarks, with -benchmem
+)
+
+// ApplianceDir is where Stage's files go inside the appliance, and Command
+// the hyperroot.run= value that runs them.
+const (
+	ApplianceDir = "/kvmtests"
+	Command      = ApplianceDir + "/kvmtest,run," + ApplianceDir + "/manifest"
+)
+
+// Stage prepares an overlay (a directory copied over the appliance's root)
+// that runs pkgs' KVM tests or benchmarks: the tools/kvmtest driver, each
+// package's test binary with its testdata, and the manifest. goBin builds
+// them for the appliance's CPU model (GOAMD64=v1, no cgo). It returns the
+// packages staged (those with something to run in that mode).
+func Stage(goBin, root, overlay string, pkgs []Package, mode Mode) ([]Package, error) {
+	base := filepath.Join(overlay, filepath.FromSlash(strings.TrimPrefix(ApplianceDir, "/")))
+	build := func(args ...string) error {
+		cmd := exec.Command(goBin, args...)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "GOAMD64=v1", "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return nil
+	}
+	if err := build("build", "-o", filepath.Join(base, "kvmtest"), "./tools/kvmtest"); err != nil {
+		return nil, err
+	}
+	var manifest strings.Builder
+	var staged []Package
+	for _, p := range pkgs {
+		// HYPERROOT_IMAGE: tests that need a Linux kernel take the test
+		// guest's, which the image carries in /guest.
+		args := "HYPERROOT_IMAGE=/guest -test.count=1 -test.timeout=20m"
+		switch {
+		case mode == Tests && len(p.Tests) > 0:
+			args += " -test.v -test.run " + p.RunRegexp()
+		case mode == Benchmarks && len(p.Benchmarks) > 0:
+			args += " -test.run ^$ -test.benchmem -test.bench " + p.BenchRegexp()
+		default:
+			continue
+		}
+		dir := filepath.Join(base, filepath.FromSlash(p.Dir))
+		if err := build("test", "-c", "-o", filepath.Join(dir, "pkg.test"), "./"+p.Dir); err != nil {
+			return nil, err
+		}
+		if err := copyTree(filepath.Join(root, filepath.FromSlash(p.Dir), "testdata"), filepath.Join(dir, "testdata")); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(&manifest, "%s %s\n", p.Dir, args)
+		staged = append(staged, p)
+	}
+	if len(staged) == 0 {
+		return nil, fmt.Errorf("no package has KVM %s", map[Mode]string{Tests: "tests", Benchmarks: "benchmarks"}[mode])
+	}
+	return staged, os.WriteFile(filepath.Join(base, "manifest"), []byte(manifest.String()), 0o644)
+}
+
+// copyTree copies the regular files under src, if it exists, to dst.
+func copyTree(src, dst string) error {
+	if _, err := os.Stat(src); os.IsNotExist(err) {
+		return nil
+	}
+	return filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, path)
+		if err != nil {
+			return err
+		}
+		to := filepath.Join(dst, rel)
+		if d.IsDir() {
+			return os.MkdirAll(to, 0o755)
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(to, b, 0o644)
+	})
 }

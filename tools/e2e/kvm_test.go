@@ -1,10 +1,7 @@
 package e2e
 
 import (
-	"fmt"
-	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -37,33 +34,8 @@ func TestKVMInAppliance(t *testing.T) {
 		t.Fatal("no package with KVM tests found: internal/kvmtests lost them")
 	}
 	overlay := t.TempDir()
-	base := filepath.Join(overlay, "kvmtests")
-	var manifest strings.Builder
-	build := func(args ...string) {
-		t.Helper()
-		cmd := exec.Command(goBin, args...)
-		cmd.Dir = root
-		// The appliance's CPU model lacks the v2/v3 features.
-		cmd.Env = append(os.Environ(), "GOAMD64=v1", "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
-	build("build", "-o", filepath.Join(base, "kvmtest"), "./tools/kvmtest")
-	for _, p := range pkgs {
-		if len(p.Tests) == 0 {
-			continue
-		}
-		dir := filepath.Join(base, filepath.FromSlash(p.Dir))
-		build("test", "-c", "-o", filepath.Join(dir, "pkg.test"), "./"+p.Dir)
-		if err := copyTree(filepath.Join(root, filepath.FromSlash(p.Dir), "testdata"), filepath.Join(dir, "testdata")); err != nil {
-			t.Fatal(err)
-		}
-		// HYPERROOT_IMAGE: the tests that need a Linux kernel take the
-		// test guest's, which the image carries in /guest.
-		fmt.Fprintf(&manifest, "%s HYPERROOT_IMAGE=/guest -test.v -test.count=1 -test.timeout=20m -test.run %s\n", p.Dir, p.RunRegexp())
-	}
-	if err := os.WriteFile(filepath.Join(base, "manifest"), []byte(manifest.String()), 0o644); err != nil {
+	staged, err := kvmtests.Stage(goBin, root, overlay, pkgs, kvmtests.Tests)
+	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := filepath.Join(t.TempDir(), "config.yaml")
@@ -71,13 +43,10 @@ func TestKVMInAppliance(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := start(t, qemu.Options{Config: cfg, Overlay: overlay, Oneshot: true,
-		Append: "hyperroot.run=/kvmtests/kvmtest,run,/kvmtests/manifest"})
+		Append: "hyperroot.run=" + kvmtests.Command})
 	r := m.Wait()
 	out := runOutput(r.Lines)
-	for _, p := range pkgs {
-		if len(p.Tests) == 0 {
-			continue
-		}
+	for _, p := range staged {
 		t.Run(p.Dir, func(t *testing.T) { checkPackage(t, p, out) })
 	}
 	if !hasLine(r.Lines, `run\| kvmtest: done packages=\d+ failed=0$`) {
@@ -148,29 +117,4 @@ func checkPackage(t *testing.T, p kvmtests.Package, out []string) {
 	if !strings.Contains(ended, " ok ") {
 		t.Errorf("%s", ended)
 	}
-}
-
-// copyTree copies the regular files under src (if it exists) to dst.
-func copyTree(src, dst string) error {
-	if _, err := os.Stat(src); os.IsNotExist(err) {
-		return nil
-	}
-	return filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, path)
-		to := filepath.Join(dst, rel)
-		if d.IsDir() {
-			return os.MkdirAll(to, 0o755)
-		}
-		if !d.Type().IsRegular() {
-			return nil
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(to, b, 0o644)
-	})
 }

@@ -2,6 +2,10 @@
 //
 //	kvmtest list            (host, at the module root) one line per package
 //	                        with KVM tests: "<dir> <-test.run regexp>"
+//	kvmtest appliance [-bench] [-image DIR]
+//	                        (host, at the module root) boot a oneshot appliance
+//	                        under QEMU that runs the KVM tests (or, with -bench,
+//	                        the KVM benchmarks) and print their output
 //	kvmtest run MANIFEST    (inside the appliance, as its hyperroot.run job)
 //	                        run each test binary the manifest names
 //
@@ -61,13 +65,15 @@ func main() {
 			usage()
 		}
 		os.Exit(run(os.Args[2]))
+	case "appliance":
+		os.Exit(appliance(os.Args[2:]))
 	default:
 		usage()
 	}
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: kvmtest list [root] | kvmtest run MANIFEST")
+	fmt.Fprintln(os.Stderr, "usage: kvmtest list [root] | kvmtest appliance [-bench] [-image DIR] | kvmtest run MANIFEST")
 	os.Exit(2)
 }
 
