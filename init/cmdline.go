@@ -12,6 +12,7 @@ import (
 type cmdline struct {
 	Oneshot bool   // hyperroot.oneshot=1: power off when the work is done
 	Config  string // hyperroot.config=<path|URL>
+	Run     string // hyperroot.run=<path>[,<arg>...]: a program to run once the appliance is ready
 	// IP is the value of ip=, unparsed: parseIPParam reports its errors
 	// when the host network is set up, on the console.
 	IP string
@@ -33,6 +34,8 @@ func parseCmdline(s string) cmdline {
 			c.Oneshot = v == "1" || v == "true" || v == "yes"
 		case "hyperroot.config":
 			c.Config = v
+		case "hyperroot.run":
+			c.Run = v
 		case "ip":
 			c.IP = v
 		}

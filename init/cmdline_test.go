@@ -133,3 +133,17 @@ func FuzzParseIPParam(f *testing.F) {
 		}
 	})
 }
+
+func TestParseRunJob(t *testing.T) {
+	c := parseCmdline("quiet hyperroot.run=/kvmtests/kvmtest,run,/kvmtests/manifest hyperroot.oneshot=1")
+	j, err := parseRunJob(c.Run)
+	if err != nil || j == nil || j.Path != "/kvmtests/kvmtest" || len(j.Args) != 2 || j.Args[0] != "run" || j.Args[1] != "/kvmtests/manifest" {
+		t.Fatalf("parseRunJob(%q) = %+v, %v", c.Run, j, err)
+	}
+	if j, err := parseRunJob(""); j != nil || err != nil {
+		t.Errorf("no hyperroot.run: got %+v, %v", j, err)
+	}
+	if _, err := parseRunJob("bench,boot"); err == nil {
+		t.Error("a relative program path was accepted")
+	}
+}

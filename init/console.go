@@ -83,6 +83,13 @@ func (c *console) Relay(name, line string) {
 	}
 }
 
+// RelayAll is Relay for output that must not be lost, such as a test
+// job's results: it waits for room in the queue instead of dropping.
+func (c *console) RelayAll(name, line string) {
+	c.pending.Add(1)
+	c.lines <- name + "| " + line + "\n"
+}
+
 // Errorf reports a failed boot step: the appliance carries on, and the
 // failure is counted so that oneshot mode reports it.
 func (c *console) Errorf(step string, err error) {

@@ -92,12 +92,32 @@ func supervise() {
 	f.Start(cfg.VMs)
 	go readConsoleInput(c, f, sw, os.Stdin)
 	c.Printf("ready")
+	jobDone := make(chan bool, 1) // whether the hyperroot.run job passed
+	if job, err := parseRunJob(args.Run); err != nil {
+		c.Errorf("run", err)
+		jobDone <- false
+	} else if job == nil {
+		jobDone <- true
+	} else {
+		go func() {
+			code, err := job.run(c, r)
+			if err != nil {
+				c.Errorf("run", err)
+			}
+			jobDone <- err == nil && code == 0
+		}()
+	}
 	if args.Oneshot {
 		go func() {
 			f.Wait()
 			failed := f.Failed()
-			if n := c.Errors(); n > 0 || len(failed) > 0 {
-				c.Printf("result fail errors=%d vms=%s", n, strings.Join(failed, ","))
+			runFailed := !<-jobDone
+			if n := c.Errors(); n > 0 || len(failed) > 0 || runFailed {
+				extra := ""
+				if runFailed {
+					extra = " run=fail"
+				}
+				c.Printf("result fail errors=%d vms=%s%s", n, strings.Join(failed, ","), extra)
 			} else {
 				c.Printf("result pass")
 			}

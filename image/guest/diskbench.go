@@ -1,7 +1,7 @@
 package main
 
 // The disk-bench action: what the appliance's disk benchmark
-// (hyperroot.bench=disk) asks of the guest. It measures /dev/vda from
+// (hyperroot-bench disk, tools/bench) asks of the guest. It measures /dev/vda from
 // inside the guest, the way a user's workload sees it, with O_DIRECT so
 // that the guest's page cache never answers in the device's place:
 //

@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/hyperroot/hyperroot/internal/testenv"
 	"github.com/hyperroot/hyperroot/tools/qemu"
@@ -263,21 +262,19 @@ func TestDiskParallel(t *testing.T) {
 	})
 }
 
-// TestDiskIOPS: a disk limited to 100 IOPS delivers 100 ± 10 % to 4 KiB
-// random reads over 10 s, while an unlimited disk of the same VM is much
-// faster (otherwise the limit would not be what was measured).
+// TestDiskIOPS: a disk limited in IOPS delivers that rate ± 10 % to 4 KiB
+// random reads over 10 s. The limit is 40 % of what an unlimited disk
+// delivers, measured first in the same run (machines differ threefold in
+// speed under TCG), so the limiter, not the emulated path, sets the rate;
+// an unlimited disk beside the limited one shows the VM could go faster.
 func TestDiskIOPS(t *testing.T) {
-	testbed(t, func(t testing.TB) {
-		const limit = 100
-		cfg := writeConfig(t, diskVM("iops", 1, "192M", "disk-iops", 5, []string{
-			fmt.Sprintf("{path: /tmp/limited.img, size: 64M, id: limited, limits: {iops: %d}}", limit),
-			"{path: /tmp/free.img, size: 64M, id: free}",
-		}))
-		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Timeout: 4 * time.Minute})
-		re := regexp.MustCompile(`^iops\| guest: iops (vd[ab]) serial=(\S+) (\d+)$`)
+	iops := func(t testing.TB, disks []string) map[string]int {
+		cfg := writeConfig(t, diskVM("iops", 1, "192M", "disk-iops", 5, disks))
+		m := start(t, qemu.Options{Config: cfg, Oneshot: true})
+		re := regexp.MustCompile(`^iops\| guest: iops (vd[a-z]) serial=(\S+) (\d+)$`)
 		got := map[string]int{}
-		for range 2 {
-			l, err := m.Expect(re, bootTimeout)
+		for range disks {
+			l, err := m.Expect(re, waitCap)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -286,12 +283,28 @@ func TestDiskIOPS(t *testing.T) {
 			got[s[2]] = n
 		}
 		mustPass(t, m.Wait())
-		t.Logf("IOPS: limited to %d: %d; unlimited: %d", limit, got["limited"], got["free"])
+		return got
+	}
+	var free int
+	testbed(t, func(t testing.TB) {
+		free = iops(t, []string{"{path: /tmp/free.img, size: 64M, id: free}"})["free"]
+	})
+	limit := free * 4 / 10
+	t.Logf("unlimited: %d IOPS; limit for the second run: %d", free, limit)
+	if limit < 20 {
+		t.Fatalf("the unlimited disk delivered only %d IOPS: too slow to test a limit", free)
+	}
+	testbed(t, func(t testing.TB) {
+		got := iops(t, []string{
+			fmt.Sprintf("{path: /tmp/limited.img, size: 64M, id: limited, limits: {iops: %d}}", limit),
+			"{path: /tmp/free.img, size: 64M, id: free}",
+		})
+		t.Logf("IOPS: limited to %d: %d; unlimited beside it: %d (alone: %d)", limit, got["limited"], got["free"], free)
 		if n := got["limited"]; n < limit*9/10 || n > limit*11/10 {
 			t.Errorf("disk limited to %d IOPS delivered %d", limit, n)
 		}
-		if n := got["free"]; n < 2*limit {
-			t.Errorf("unlimited disk delivered only %d IOPS: too slow to show a limit of %d", n, limit)
+		if n := got["free"]; n*4 < limit*5 {
+			t.Errorf("unlimited disk delivered only %d IOPS beside one limited to %d: the limit is not what was measured", n, limit)
 		}
 	})
 }

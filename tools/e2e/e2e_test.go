@@ -18,7 +18,17 @@ import (
 	"github.com/hyperroot/hyperroot/tools/qemu"
 )
 
-const bootTimeout = 3 * time.Minute
+// The suite judges progress, not speed: QEMU's TCG ran three times slower
+// on one machine of ours than on another, so no wait is tuned to a
+// machine. An appliance is killed when its console has been silent for
+// silence (a hung guest or appliance stops printing; a slow one prints the
+// same lines later), and waits are capped at waitCap, far above any run
+// seen, only so that a console that chatters for ever cannot hold the
+// suite.
+const (
+	silence = 5 * time.Minute
+	waitCap = 25 * time.Minute
+)
 
 func imageDir(t testing.TB) string {
 	t.Helper()
@@ -36,7 +46,10 @@ func start(t testing.TB, o qemu.Options) *qemu.Machine {
 	t.Helper()
 	o.Image = imageDir(t)
 	if o.Timeout == 0 {
-		o.Timeout = bootTimeout
+		o.Timeout = waitCap
+	}
+	if o.Silence == 0 {
+		o.Silence = silence
 	}
 	o.Console = testWriter{t}
 	m, err := qemu.Start(context.Background(), o)
@@ -60,7 +73,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 func expect(t testing.TB, m *qemu.Machine, pattern string) string {
 	t.Helper()
-	l, err := m.Expect(regexp.MustCompile(pattern), bootTimeout)
+	l, err := m.Expect(regexp.MustCompile(pattern), waitCap)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/hyperroot/hyperroot/tools/qemu"
 )
@@ -24,7 +23,7 @@ func TestHostDHCP(t *testing.T) {
 		}
 		pr, pw := io.Pipe()
 		defer pw.Close()
-		m := start(t, qemu.Options{Config: cfg, Stdin: pr, Timeout: 4 * time.Minute})
+		m := start(t, qemu.Options{Config: cfg, Stdin: pr})
 		const leased = `hyperroot: host address 10\.20\.0\.100/24 router 10\.20\.0\.1 \(dhcp\)$`
 		expect(t, m, `switch\| host port hr-host on network lan address dhcp`)
 		// The switch reports the ACK before the supervisor applies it.

@@ -55,7 +55,7 @@ func TestQEMUVhostUserClient(t *testing.T) {
 		netBytes = 1 << 20
 		lan      = "10.20.0.0/24"
 	)
-	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), waitCap)
 	defer cancel()
 	tmp := t.TempDir()
 
@@ -98,7 +98,7 @@ func TestQEMUVhostUserClient(t *testing.T) {
 	sw := startProc(t, ctx, "switch", bin, "switch", "--config", cfgPath, "--dir", sockDir,
 		"--capture", "server.0="+capture)
 	all = append(all, sw)
-	if _, err := sw.waitLine(`^ready networks=1 ports=2$`, 10*time.Second); err != nil {
+	if _, err := sw.waitLine(`^ready networks=1 ports=2$`, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 
@@ -119,7 +119,7 @@ func TestQEMUVhostUserClient(t *testing.T) {
 	}
 	for _, vm := range vms {
 		p := guests[vm.name]
-		if _, err := p.waitLine(`guest: booted `, time.Minute); err != nil {
+		if _, err := p.waitLine(`guest: booted `, silence); err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("%s booted %s after start", vm.name, p.firstAt(`guest: booted `).Sub(started).Round(time.Millisecond))

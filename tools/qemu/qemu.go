@@ -35,10 +35,15 @@ type Options struct {
 	Overlay string        // a directory copied over the image's root
 	Oneshot bool          // hyperroot.oneshot=1: the appliance powers off when done
 	Timeout time.Duration // kill QEMU after this long (0: none)
-	Accel   string        // auto (default), kvm or tcg
-	Console io.Writer     // receives the console output (default: discarded)
-	Stdin   io.Reader     // console input (default: none); a terminal makes the session interactive
-	Binary  string        // QEMU binary (default qemu-system-x86_64)
+	// Silence kills QEMU once its console has printed nothing for this
+	// long (0: never). It is how a test tells a hung appliance from a slow
+	// one without a deadline tuned to one machine's speed: slow machines
+	// print the same lines, later; a hung one stops printing.
+	Silence time.Duration
+	Accel   string    // auto (default), kvm or tcg
+	Console io.Writer // receives the console output (default: discarded)
+	Stdin   io.Reader // console input (default: none); a terminal makes the session interactive
+	Binary  string    // QEMU binary (default qemu-system-x86_64)
 	// Drives are host image files (raw) attached to the appliance as
 	// virtio-blk disks, /dev/vda, /dev/vdb, ... in this order: host files
 	// the appliance's VMs can use as disks, which the host can inspect
@@ -58,6 +63,8 @@ type Machine struct {
 	done    chan struct{}
 	waitErr error
 	timeout bool
+	silent  time.Duration // killed by Options.Silence after this much silence
+	lastOut time.Time     // when the console last printed
 
 	mu     sync.Mutex
 	lines  []string
@@ -175,6 +182,10 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 			stdin.Close()
 		}()
 	}
+	m.lastOut = time.Now()
+	if o.Silence > 0 {
+		go m.watchSilence(o.Silence)
+	}
 	var timer *time.Timer
 	if o.Timeout > 0 {
 		timer = time.AfterFunc(o.Timeout, func() {
@@ -291,8 +302,48 @@ func isTerminal(f *os.File) bool {
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
+// watchSilence kills QEMU when its console stays silent for limit.
+func (m *Machine) watchSilence(limit time.Duration) {
+	tick := time.NewTicker(min(limit/10, time.Second))
+	defer tick.Stop()
+	for {
+		select {
+		case <-m.done:
+			return
+		case <-tick.C:
+		}
+		m.mu.Lock()
+		quiet := time.Since(m.lastOut)
+		if quiet >= limit {
+			m.silent = quiet
+		}
+		m.mu.Unlock()
+		if quiet >= limit {
+			m.cmd.Process.Kill()
+			return
+		}
+	}
+}
+
+// activity notes every byte the console prints, partial lines included
+// (a guest's CPU bring-up prints one line piece by piece).
+type activity struct {
+	r io.Reader
+	m *Machine
+}
+
+func (a activity) Read(p []byte) (int, error) {
+	n, err := a.r.Read(p)
+	if n > 0 {
+		a.m.mu.Lock()
+		a.m.lastOut = time.Now()
+		a.m.mu.Unlock()
+	}
+	return n, err
+}
+
 func (m *Machine) read(r io.Reader, console io.Writer) {
-	br := bufio.NewReader(r)
+	br := bufio.NewReader(activity{r, m})
 	for {
 		line, err := br.ReadString('\n')
 		if len(line) > 0 {
@@ -332,6 +383,12 @@ func (m *Machine) Expect(re *regexp.Regexp, timeout time.Duration) (string, erro
 			n := len(m.lines)
 			m.mu.Unlock()
 			if m.cursor >= n {
+				m.mu.Lock()
+				silent := m.silent
+				m.mu.Unlock()
+				if silent > 0 {
+					return "", fmt.Errorf("console silent for %s (QEMU killed) before a line matched %q", silent.Round(time.Second), re)
+				}
 				return "", fmt.Errorf("QEMU exited before a line matched %q", re)
 			}
 		case <-deadline:
@@ -385,18 +442,19 @@ func (m *Machine) QMP(command, args string) error {
 
 // Result is how a boot ended.
 type Result struct {
-	ExitCode int      // QEMU's exit status
-	TimedOut bool     // killed by Options.Timeout
-	Verdict  string   // "pass", "fail ..." from the console's "hyperroot: result" line, or ""
-	PowerOff bool     // the appliance said "hyperroot: poweroff"
-	Panic    bool     // the kernel panicked
-	Lines    []string // the whole console
+	ExitCode int           // QEMU's exit status
+	TimedOut bool          // killed by Options.Timeout
+	Silent   time.Duration // killed by Options.Silence after this much silence (0: not)
+	Verdict  string        // "pass", "fail ..." from the console's "hyperroot: result" line, or ""
+	PowerOff bool          // the appliance said "hyperroot: poweroff"
+	Panic    bool          // the kernel panicked
+	Lines    []string      // the whole console
 }
 
 // OK is the oneshot verdict: the appliance reported success and powered off
 // cleanly, and QEMU exited 0 in time.
 func (r Result) OK() bool {
-	return r.Verdict == "pass" && r.PowerOff && !r.Panic && !r.TimedOut && r.ExitCode == 0
+	return r.Verdict == "pass" && r.PowerOff && !r.Panic && !r.TimedOut && r.Silent == 0 && r.ExitCode == 0
 }
 
 // Why explains a failed Result in one line.
@@ -404,6 +462,8 @@ func (r Result) Why() string {
 	switch {
 	case r.TimedOut:
 		return "timed out"
+	case r.Silent > 0:
+		return fmt.Sprintf("console silent for %s: killed", r.Silent.Round(time.Second))
 	case r.Panic:
 		return "kernel panic"
 	case r.Verdict == "":
@@ -432,6 +492,7 @@ func (m *Machine) Wait() Result {
 	}
 	m.mu.Lock()
 	r.TimedOut = m.timeout
+	r.Silent = m.silent
 	m.mu.Unlock()
 	r.Lines = m.Lines()
 	for _, l := range r.Lines {
@@ -446,6 +507,16 @@ func (m *Machine) Wait() Result {
 		}
 	}
 	return r
+}
+
+// Done reports whether QEMU has exited, and if so how the boot ended.
+func (m *Machine) Done() (Result, bool) {
+	select {
+	case <-m.done:
+		return m.Wait(), true
+	default:
+		return Result{}, false
+	}
 }
 
 // Kill stops QEMU at once.

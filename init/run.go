@@ -1,0 +1,63 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/internal/child"
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
+)
+
+// runJob is the program named by hyperroot.run=<path>[,<arg>...] on the
+// kernel command line: PID 1 runs it once, after the appliance is ready, as
+// a child like the VMs (its output relayed as "run| <line>", its end
+// reported as "run exited code=<n>"). It is how the image-testing side puts
+// work of its own into an appliance without a shell: the e2e suite runs the
+// test binaries of the packages that need /dev/kvm this way on machines
+// whose host has none, and the benchmark image runs its benchmark program.
+// In oneshot mode the verdict waits for it, and a non-zero exit fails it.
+type runJob struct {
+	Path string
+	Args []string
+}
+
+// parseRunJob splits hyperroot.run's value: commas separate the program
+// from its arguments, since a kernel parameter cannot hold spaces.
+func parseRunJob(v string) (*runJob, error) {
+	if v == "" {
+		return nil, nil
+	}
+	f := strings.Split(v, ",")
+	if !filepath.IsAbs(f[0]) {
+		return nil, fmt.Errorf("hyperroot.run=%s: the program must be an absolute path", v)
+	}
+	return &runJob{Path: f[0], Args: f[1:]}, nil
+}
+
+// run starts the job in its own directory, relays its output and returns
+// its exit code (128+n for a signal). The job gets the console environment
+// PID 1 has plus HYPERROOT_STRICT=1: what a job needs from the appliance
+// must be there, so its tests fail rather than skip.
+func (j *runJob) run(c *console, r child.Starter) (int, error) {
+	p, err := child.Start(r, child.Spec{
+		Path: j.Path, Args: j.Args, Dir: filepath.Dir(j.Path),
+		Env:  append(os.Environ(), "HYPERROOT_STRICT=1", "HOME=/tmp", "TMPDIR=/tmp"),
+		Line: func(line string) { c.RelayAll("run", line) },
+	})
+	if err != nil {
+		return 0, err
+	}
+	c.Printf("run started pid=%d %s", p.Pid(), strings.Join(append([]string{j.Path}, j.Args...), " "))
+	ws := p.Wait()
+	code := vmmcli.Code(ws)
+	reason := "exit"
+	if ws.Signaled() {
+		reason = "killed signal=" + unix.SignalName(ws.Signal())
+	}
+	c.Printf("run exited code=%d reason=%s", code, reason)
+	return code, nil
+}

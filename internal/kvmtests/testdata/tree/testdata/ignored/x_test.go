@@ -1,0 +1,3 @@
+package ignored
+
+func TestIgnored(t *testing.T) { testenv.NeedKVM(t) }
