@@ -12,16 +12,6 @@ import (
 // appliance itself never uses one (its switch is userspace); the network
 // benchmark puts QEMU's guests on one to compare.
 
-// ctlSocket is a throwaway socket for interface ioctls, in the calling
-// thread's network namespace.
-func ctlSocket() (int, error) {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, fmt.Errorf("control socket: %w", err)
-	}
-	return fd, nil
-}
-
 // AddBridge creates the Linux bridge name (STP off, so ports forward as
 // soon as they are up) and brings it up.
 func AddBridge(name string) error {

@@ -19,9 +19,9 @@ func SetAddress(ifname string, p netip.Prefix) error {
 	if !p.Addr().Is4() {
 		return fmt.Errorf("%s: %s is not an IPv4 address", ifname, p)
 	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	fd, err := ctlSocket()
 	if err != nil {
-		return fmt.Errorf("%s: socket: %w", ifname, err)
+		return fmt.Errorf("%s: %w", ifname, err)
 	}
 	defer unix.Close(fd)
 	set := func(req uint, what string, ip net.IP) error {
@@ -50,9 +50,9 @@ func SetAddress(ifname string, p netip.Prefix) error {
 // routes through it), as a DHCP client must when its lease runs out. An
 // interface without an address is not an error.
 func ClearAddress(ifname string) error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	fd, err := ctlSocket()
 	if err != nil {
-		return fmt.Errorf("%s: socket: %w", ifname, err)
+		return fmt.Errorf("%s: %w", ifname, err)
 	}
 	defer unix.Close(fd)
 	ifr, err := unix.NewIfreq(ifname)
@@ -103,9 +103,9 @@ func Up(ifname string) error { return setUp(ifname, true) }
 func Down(ifname string) error { return setUp(ifname, false) }
 
 func setUp(ifname string, up bool) error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	fd, err := ctlSocket()
 	if err != nil {
-		return fmt.Errorf("%s: socket: %w", ifname, err)
+		return fmt.Errorf("%s: %w", ifname, err)
 	}
 	defer unix.Close(fd)
 	ifr, err := unix.NewIfreq(ifname)
@@ -201,4 +201,14 @@ func ackError(b []byte) error {
 		return fmt.Errorf("netlink: %w", unix.Errno(-errno))
 	}
 	return nil
+}
+
+// ctlSocket is a throwaway socket for interface ioctls, in the calling
+// thread's network namespace.
+func ctlSocket() (int, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("control socket: %w", err)
+	}
+	return fd, nil
 }
