@@ -13,8 +13,9 @@ import (
 // reaper collects every child that exits. PID 1 inherits all orphans, so
 // it must wait for any pid; the children it supervises itself get their
 // status delivered on the channel Start returned, and the rest (orphans) are
-// merely counted. Supervised children must be started with Start and never
-// waited for with exec.Cmd.Wait, which would race with the reaper.
+// merely counted. Supervised children must be started with Start (it is the
+// child.Starter the supervisor hands internal/child) and never waited for
+// with exec.Cmd.Wait, which would race with the reaper.
 type reaper struct {
 	mu      sync.Mutex
 	waiters map[int]chan unix.WaitStatus
