@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"os/exec"
+	"os/signal"
 	"regexp"
 	"strings"
 	"testing"
@@ -54,6 +55,9 @@ func TestReaper(t *testing.T) {
 	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
 	r := newReaper()
 	go r.Run()
+	// The reaper waits for any pid: it must not outlive this test and take
+	// the children of the next ones.
+	defer func() { signal.Stop(r.sigc); close(r.sigc) }()
 	ch, err := r.Start(exec.Command("/bin/sh", "-c", "sleep 0.2 & exit 3"))
 	if err != nil {
 		t.Fatal(err)

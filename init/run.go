@@ -45,13 +45,15 @@ func parseRunJob(v string) (*runJob, error) {
 func (j *runJob) run(c *console, r child.Starter) (int, error) {
 	p, err := child.Start(r, child.Spec{
 		Path: j.Path, Args: j.Args, Dir: filepath.Dir(j.Path),
-		Env:  append(os.Environ(), "HYPERROOT_STRICT=1", "HOME=/tmp", "TMPDIR=/tmp"),
+		Env: append(os.Environ(), "HYPERROOT_STRICT=1", "HOME=/tmp", "TMPDIR=/tmp"),
+		Started: func(pid int) {
+			c.Printf("run started pid=%d %s", pid, strings.Join(append([]string{j.Path}, j.Args...), " "))
+		},
 		Line: func(line string) { c.RelayAll("run", line) },
 	})
 	if err != nil {
 		return 0, err
 	}
-	c.Printf("run started pid=%d %s", p.Pid(), strings.Join(append([]string{j.Path}, j.Args...), " "))
 	ws := p.Wait()
 	code := vmmcli.Code(ws)
 	reason := "exit"

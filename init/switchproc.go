@@ -43,8 +43,9 @@ func startNetSwitch(c *console, r child.Starter, cfgPath string, timeout time.Du
 	s := &netSwitch{c: c}
 	s.sup = child.Supervise(child.Run{
 		Start: func() (*child.Process, error) {
-			p, err := child.Start(r, child.Spec{
+			return child.Start(r, child.Spec{
 				Path: selfPath(), Args: []string{"switch", "--config", cfgPath, "--dir", switchDir},
+				Started: func(pid int) { c.Printf("switch started pid=%d", pid) },
 				Line: func(line string) {
 					if strings.HasPrefix(line, "ready ") {
 						readyOnce.Do(func() { close(ready) })
@@ -52,11 +53,6 @@ func startNetSwitch(c *console, r child.Starter, cfgPath string, timeout time.Du
 					c.Relay("switch", line)
 				},
 			})
-			if err != nil {
-				return nil, err
-			}
-			c.Printf("switch started pid=%d", p.Pid())
-			return p, nil
 		},
 		Exited: func(ws unix.WaitStatus, _ time.Duration) bool {
 			c.Printf("switch exited code=%d reason=%s", vmmcli.Code(ws), vmmcli.Reason(ws))

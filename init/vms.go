@@ -86,16 +86,14 @@ func (f *fleet) startVM(vm config.VM) (*child.Process, error) {
 	// The child has its own copies once started; ours must not keep the
 	// disks (and their locks) alive after it exits.
 	defer closeFiles(disks)
-	p, err := child.Start(f.r, child.Spec{
+	return child.Start(f.r, child.Spec{
 		Path: selfPath(), Args: vmmcli.ForVM(vm, switchDir).Argv(),
 		ExtraFiles: disks, Stdin: true,
+		Started: func(pid int) {
+			f.c.Printf("vm %s started pid=%d cpus=%d memory=%s", vm.Name, pid, vm.CPUs, vm.Memory)
+		},
 		Line: func(line string) { f.c.Relay(vm.Name, line) },
 	})
-	if err != nil {
-		return nil, err
-	}
-	f.c.Printf("vm %s started pid=%d cpus=%d memory=%s", vm.Name, p.Pid(), vm.CPUs, vm.Memory)
-	return p, nil
 }
 
 // exited reports a VMM's exit and says whether its policy restarts it.

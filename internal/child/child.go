@@ -32,8 +32,12 @@ type Starter interface {
 }
 
 // Direct starts children of a process that is not PID 1 and waits for them
-// with exec.Cmd.Wait.
+// with exec.Cmd.Wait. Nothing else in the process may wait for any pid.
 type Direct struct{}
+
+// StatusLost is the exit status Direct reports for a child that something
+// else in the process waited for, so that its real status is unknown.
+const StatusLost = 255
 
 // Start implements Starter.
 func (Direct) Start(cmd *exec.Cmd) (<-chan unix.WaitStatus, error) {
@@ -43,6 +47,12 @@ func (Direct) Start(cmd *exec.Cmd) (<-chan unix.WaitStatus, error) {
 	ch := make(chan unix.WaitStatus, 1)
 	go func() {
 		cmd.Wait() // an exit status other than 0 is an error here: the status says it
+		if cmd.ProcessState == nil {
+			// Something else in this process waited for it (a
+			// wait(-1) of its own): the status is lost.
+			ch <- unix.WaitStatus(StatusLost << 8)
+			return
+		}
 		ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
 		ch <- unix.WaitStatus(ws)
 	}()
@@ -70,6 +80,10 @@ type Spec struct {
 	Line func(string)
 	// Tail is how many of the last lines Process.Tail keeps.
 	Tail int
+	// Started, if not nil, is called with the child's pid once it runs
+	// and before any of its lines reach Line, so that a report of the
+	// start comes before the child's output.
+	Started func(pid int)
 	// Attr are the child's process attributes; nil means a session of its
 	// own (no terminal signals) and SIGKILL when the parent dies.
 	Attr *syscall.SysProcAttr
@@ -140,6 +154,9 @@ func Start(s Starter, spec Spec) (*Process, error) {
 		return nil, fmt.Errorf("start %s: %w", spec.Path, err)
 	}
 	p := &Process{cmd: cmd, pid: cmd.Process.Pid, stdin: inW, done: make(chan struct{}), keep: spec.Tail}
+	if spec.Started != nil {
+		spec.Started(p.pid)
+	}
 	relayed := make(chan struct{})
 	go p.relay(out, spec.Line, relayed)
 	go p.finish(wait, out, relayed)

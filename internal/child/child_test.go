@@ -171,3 +171,22 @@ func TestStartThroughStarter(t *testing.T) {
 		t.Errorf("Start of a missing program: %v", err)
 	}
 }
+
+// TestStartedBeforeOutput: the start is reported before any line of the
+// child's, however fast it writes.
+func TestStartedBeforeOutput(t *testing.T) {
+	for range 5 {
+		var got []string
+		var mu sync.Mutex
+		add := func(s string) { mu.Lock(); got = append(got, s); mu.Unlock() }
+		p, err := Start(Direct{}, Spec{Path: "/bin/sh", Args: []string{"-c", "echo out"},
+			Started: func(pid int) { time.Sleep(20 * time.Millisecond); add(fmt.Sprint("started ", pid)) }, Line: add})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Wait()
+		if want := []string{fmt.Sprint("started ", p.Pid()), "out"}; !slices.Equal(got, want) {
+			t.Fatalf("got %q, want %q", got, want)
+		}
+	}
+}

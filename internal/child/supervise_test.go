@@ -39,19 +39,33 @@ type record struct {
 	mu     sync.Mutex
 	exits  []int
 	delays []time.Duration
+	ready  chan struct{} // receives when the child printed "ready" or a restart is pending
 }
 
 func superviseSh(t *testing.T, script string, runs int, b Backoff, r *record) *Supervisor {
 	return Supervise(Run{
-		Start: func() (*Process, error) { return Start(Direct{}, Spec{Path: "/bin/sh", Args: []string{"-c", script}}) },
+		Start: func() (*Process, error) {
+			return Start(Direct{}, Spec{Path: "/bin/sh", Args: []string{"-c", script}, Line: func(l string) {
+				if l == "ready" && r.ready != nil {
+					r.ready <- struct{}{}
+				}
+			}})
+		},
 		Exited: func(ws unix.WaitStatus, ran time.Duration) bool {
 			r.mu.Lock()
 			defer r.mu.Unlock()
 			r.exits = append(r.exits, ws.ExitStatus())
 			return len(r.exits) < runs
 		},
-		Restarting: func(d time.Duration) { r.mu.Lock(); r.delays = append(r.delays, d); r.mu.Unlock() },
-		Backoff:    b,
+		Restarting: func(d time.Duration) {
+			r.mu.Lock()
+			r.delays = append(r.delays, d)
+			r.mu.Unlock()
+			if r.ready != nil {
+				r.ready <- struct{}{}
+			}
+		},
+		Backoff: b,
 	})
 }
 
@@ -91,14 +105,18 @@ func TestSuperviseStop(t *testing.T) {
 		killed  bool
 		exits   []int
 	}{
-		{"running child exits on SIGTERM", `trap 'exit 5' TERM; while :; do sleep 0.05; done`, time.Hour, false, []int{5}},
-		{"running child killed after grace", `trap '' TERM; while :; do sleep 0.05; done`, time.Hour, true, []int{-1}},
+		{"running child exits on SIGTERM", `trap 'exit 5' TERM; echo ready; while :; do sleep 0.05; done`, time.Hour, false, []int{5}},
+		{"running child killed after grace", `trap '' TERM; echo ready; while :; do sleep 0.05; done`, time.Hour, true, []int{-1}},
 		{"stopped during back-off", `exit 1`, time.Hour, false, []int{1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var r record
+			r := record{ready: make(chan struct{}, 1)}
 			s := superviseSh(t, tc.script, 100, Backoff{Min: tc.backoff, Max: tc.backoff, Reset: time.Hour}, &r)
-			time.Sleep(300 * time.Millisecond) // running, or waiting to restart
+			select { // running, or waiting to restart
+			case <-r.ready:
+			case <-time.After(20 * time.Second):
+				t.Fatal("the child never got going")
+			}
 			killed := false
 			start := time.Now()
 			s.Stop(500*time.Millisecond, func() { killed = true })

@@ -1,0 +1,216 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/signal"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/child"
+)
+
+// fakeEnv, when set, makes the test binary play the child the supervisor
+// starts (the supervisor runs its own binary, selfPath, for every role):
+// its value is the behaviour of each run in turn, comma-separated, and
+// fakeEnv+"_DIR" a directory counting the runs.
+const fakeEnv = "HYPERROOT_TEST_FAKE_CHILD"
+
+func TestMain(m *testing.M) {
+	if plan := os.Getenv(fakeEnv); plan != "" {
+		os.Exit(fakeChild(strings.Split(plan, ","), os.Getenv(fakeEnv+"_DIR"), os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
+
+// fakeChild says what it was asked to run, then behaves as this run's
+// entry of plan: "exit=N" exits with N; "serve" prints the switch's ready
+// line, echoes its input, and exits 0 on SIGTERM.
+func fakeChild(plan []string, dir string, args []string) int {
+	runs, _ := os.ReadDir(dir)
+	os.WriteFile(fmt.Sprintf("%s/run%d", dir, len(runs)), nil, 0o644)
+	step := plan[min(len(runs), len(plan)-1)]
+	fmt.Printf("fake %s\r\n", args[0])
+	if code, ok := strings.CutPrefix(step, "exit="); ok {
+		n, _ := strconv.Atoi(code)
+		fmt.Fprintln(os.Stderr, "bye")
+		return n
+	}
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, unix.SIGTERM)
+	fmt.Println("ready networks=0 ports=0")
+	go func() {
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			fmt.Println("input", sc.Text())
+		}
+	}()
+	<-term
+	fmt.Println("port x rx=0/0 tx=0/0")
+	return 0
+}
+
+// syncBuffer is a console's output, read while it is written.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// lines are the console's lines so far, without their time stamps and
+// with pids as PID.
+func (s *syncBuffer) lines() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := regexp.MustCompile(`(?m)^\[ *\d+\.\d{3}\] `).ReplaceAllString(s.b.String(), "")
+	out = regexp.MustCompile(`pid=\d+`).ReplaceAllString(out, "pid=PID")
+	return strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+}
+
+// waitFor waits until the console shows line.
+func waitFor(t *testing.T, out *syncBuffer, line string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, l := range out.lines() {
+			if l == line {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("no console line %q in:\n%s", line, strings.Join(out.lines(), "\n"))
+}
+
+func fake(t *testing.T, plan string) {
+	t.Setenv(fakeEnv, plan)
+	t.Setenv(fakeEnv+"_DIR", t.TempDir())
+}
+
+// TestFleetConsole: a VM's lifecycle on the console, as the console
+// contract has it, with its restart policy and back-off.
+func TestFleetConsole(t *testing.T) {
+	for _, tc := range []struct {
+		name, plan string
+		restart    config.Restart
+		want       []string
+		failed     string
+	}{
+		{"reboot, then poweroff", "exit=3,exit=0", config.RestartOnFailure, []string{
+			"hyperroot: vm t started pid=PID cpus=1 memory=128M",
+			"t| fake vmm",
+			"t| bye",
+			"hyperroot: vm t exited code=3 reason=reboot",
+			"hyperroot: vm t restarting in 1s (restart: on-failure)",
+			"hyperroot: vm t started pid=PID cpus=1 memory=128M",
+			"t| fake vmm",
+			"t| bye",
+			"hyperroot: vm t exited code=0 reason=poweroff",
+		}, ""},
+		{"never restarted", "exit=4", config.RestartNever, []string{
+			"hyperroot: vm t started pid=PID cpus=1 memory=128M",
+			"t| fake vmm",
+			"t| bye",
+			"hyperroot: vm t exited code=4 reason=crash",
+		}, "t"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fake(t, tc.plan)
+			out := &syncBuffer{}
+			c := newConsole(out)
+			f := newFleet(c, child.Direct{}, false)
+			f.Start([]config.VM{{Name: "t", Kernel: "/k", CPUs: 1, Memory: 128 << 20, Restart: tc.restart}})
+			done := make(chan struct{})
+			go func() { f.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				t.Fatal("the fleet did not finish")
+			}
+			c.Flush(5 * time.Second)
+			if got := out.lines(); strings.Join(got, "\n") != strings.Join(tc.want, "\n") {
+				t.Errorf("console:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
+			}
+			if got := strings.Join(f.Failed(), ","); got != tc.failed {
+				t.Errorf("Failed() = %q, want %q", got, tc.failed)
+			}
+		})
+	}
+}
+
+// TestFleetInputAndStop: console input reaches the VMM's stdin, and Stop
+// ends it with SIGTERM, without a restart.
+func TestFleetInputAndStop(t *testing.T) {
+	fake(t, "serve")
+	out := &syncBuffer{}
+	c := newConsole(out)
+	f := newFleet(c, child.Direct{}, false)
+	f.Start([]config.VM{{Name: "t", Kernel: "/k", CPUs: 1, Memory: 128 << 20, Restart: config.RestartAlways}})
+	waitFor(t, out, "t| ready networks=0 ports=0")
+	if err := f.Input("t", "hello"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, out, "t| input hello")
+	if err := f.Input("nope", "x"); err == nil {
+		t.Error("input for an unknown VM accepted")
+	}
+	f.Stop(10 * time.Second)
+	c.Flush(5 * time.Second)
+	got := strings.Join(out.lines(), "\n")
+	if !strings.HasSuffix(got, "t| port x rx=0/0 tx=0/0\nhyperroot: vm t exited code=0 reason=poweroff") || strings.Contains(got, "restarting") {
+		t.Errorf("console:\n%s", got)
+	}
+}
+
+// TestSwitchConsole: the switch is ready at its ready line, restarted after
+// a kill, and reports its counters when stopped.
+func TestSwitchConsole(t *testing.T) {
+	fake(t, "serve")
+	out := &syncBuffer{}
+	c := newConsole(out)
+	sw, err := startNetSwitch(c, child.Direct{}, "/cfg.yaml", 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sw.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, out, "hyperroot: switch restarting in 100ms")
+	deadline := time.Now().Add(20 * time.Second)
+	for strings.Count(strings.Join(out.lines(), "\n"), "switch| ready") < 2 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	sw.Stop(10 * time.Second)
+	c.Flush(5 * time.Second)
+	want := []string{
+		"hyperroot: switch started pid=PID",
+		"switch| fake switch",
+		"switch| ready networks=0 ports=0",
+		"hyperroot: switch exited code=137 reason=killed signal=SIGKILL",
+		"hyperroot: switch restarting in 100ms",
+		"hyperroot: switch started pid=PID",
+		"switch| fake switch",
+		"switch| ready networks=0 ports=0",
+		"switch| port x rx=0/0 tx=0/0",
+		"hyperroot: switch exited code=0 reason=poweroff",
+	}
+	if got := out.lines(); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("console:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if err := sw.Kill(); err == nil {
+		t.Error("Kill after Stop succeeded")
+	}
+}
