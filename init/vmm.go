@@ -26,8 +26,8 @@ func vmmMain(args []string) int {
 	if err != nil {
 		return vmmcli.ExitUsage
 	}
-	fail := func(format string, a ...any) int {
-		fmt.Fprintf(os.Stderr, "hyperroot vmm: "+format+"\n", a...)
+	fail := func(format string, v ...any) int {
+		fmt.Fprintf(os.Stderr, "hyperroot vmm: "+format+"\n", v...)
 		return vmmcli.ExitError
 	}
 	tuneRuntime(a.CPUs)

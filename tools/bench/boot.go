@@ -120,7 +120,7 @@ func bootOnce(starter child.Starter, p benchPeer, sample bool) (time.Duration, s
 	case <-proc.Done():
 		return 0, "", fmt.Errorf("exited before the guest booted: %v; output ended with %q", vmmcli.Reason(proc.Wait()), proc.Tail())
 	case <-time.After(5 * time.Minute):
-		err = fmt.Errorf("guest did not boot within 5 minutes")
+		err = fmt.Errorf("guest did not boot within 5 minutes; output ended with %q", proc.Tail())
 	}
 	proc.Signal(unix.SIGKILL)
 	proc.Wait()
