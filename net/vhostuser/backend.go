@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 
+	"github.com/hyperroot/hyperroot/net/internal/peerfd"
 	"github.com/hyperroot/hyperroot/vmm/virtio"
 	"golang.org/x/sys/unix"
 )
@@ -16,7 +17,9 @@ type Device interface {
 	SetFeatures(features uint64) error // the frontend's acked features, before any Start
 	// Start begins serving vring q: vq is already activated on the frontend's memory with its
 	// base index; kick becomes readable (eventfd) when the driver notifies; writing 1 to call
-	// interrupts the driver. The fds stay owned by the backend and valid until Stop returns.
+	// interrupts the driver. Both are eventfds (Serve refuses other descriptors) in non-blocking
+	// mode: a write to call the frontend saturated fails with EAGAIN instead of blocking. The
+	// fds stay owned by the backend and valid until Stop returns.
 	// Start must not block.
 	Start(q int, vq *virtio.Queue, kick, call int) error
 	// Stop stops serving q; when it returns nothing touches vq or the fds any more.
@@ -463,6 +466,17 @@ func (b *backend) setVringFD(req Request, p []byte, fds []int) error {
 	if err != nil {
 		closeFDs(fds)
 		return err
+	}
+	// Kick, call and err are eventfds by the protocol. Anything else
+	// would hurt the device: a pipe the frontend never reads blocks the
+	// writer of call, a regular file or /dev/zero as kick is always
+	// readable and makes its reader spin. Checked here, so every Device
+	// gets only non-blocking eventfds.
+	if fd >= 0 {
+		if err := peerfd.Eventfd(fd); err != nil {
+			unix.Close(fd)
+			return refused("%v for vring %d: %v", req, index, err)
+		}
 	}
 	return b.reconfigure(i, func(r *ring) error {
 		slot := &r.kick

@@ -291,6 +291,18 @@ func TestServeHostile(t *testing.T) {
 	evfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
 	must(t, err)
 	defer unix.Close(evfd)
+	// Descriptors of the wrong kind a hostile frontend could pass.
+	var pipe [2]int
+	must(t, unix.Pipe2(pipe[:], unix.O_CLOEXEC))
+	defer unix.Close(pipe[0])
+	defer unix.Close(pipe[1])
+	zero, err := unix.Open("/dev/zero", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	must(t, err)
+	defer unix.Close(zero)
+	unsealed, err := unix.MemfdCreate("unsealed", unix.MFD_CLOEXEC)
+	must(t, err)
+	defer unix.Close(unsealed)
+	must(t, unix.Ftruncate(unsealed, ramSize))
 	baseline := openFDs(t)
 
 	page := uint64(4096)
@@ -325,6 +337,8 @@ func TestServeHostile(t *testing.T) {
 			payload: table(Region{GuestAddr: ^uint64(0) - page + 1, Size: 2 * page})}},
 		{name: "empty region", msg: rawMsg{req: SetMemTable, fds: []int{g.fd}, payload: table(Region{Size: 0})}},
 		{name: "region is not a file", msg: rawMsg{req: SetMemTable, fds: []int{evfd}, payload: table(Region{Size: page})}},
+		{name: "unsealed memfd (could shrink under the mapping)", msg: rawMsg{req: SetMemTable, fds: []int{unsealed},
+			payload: table(Region{GuestAddr: 0, Size: page})}},
 		{name: "missing region descriptor", msg: rawMsg{req: SetMemTable, payload: table(good...), fds: []int{g.fd}}},
 		{name: "memory table without descriptors", msg: rawMsg{req: SetMemTable, payload: table(good...)}},
 		{name: "memory table truncated", msg: rawMsg{req: SetMemTable, payload: table(good...)[:20], fds: []int{g.fd}}},
@@ -338,6 +352,10 @@ func TestServeHostile(t *testing.T) {
 			addrMsg(misaligned), {req: SetVringCall, payload: u64(0), fds: []int{d.call}},
 			{req: SetVringEnable, payload: state(0, 1)}},
 			msg: rawMsg{req: SetVringKick, payload: u64(0), fds: []int{d.kick}}},
+		{name: "kick is a pipe", msg: rawMsg{req: SetVringKick, payload: u64(0), fds: []int{pipe[0]}}},
+		{name: "kick is /dev/zero", msg: rawMsg{req: SetVringKick, payload: u64(0), fds: []int{zero}}},
+		{name: "call is a pipe", msg: rawMsg{req: SetVringCall, payload: u64(0), fds: []int{pipe[1]}}},
+		{name: "err is a memfd", msg: rawMsg{req: SetVringErr, payload: u64(0), fds: []int{g.fd}}},
 		{name: "kick without descriptor", msg: rawMsg{req: SetVringKick, payload: u64(0)}},
 		{name: "kick with two descriptors", msg: rawMsg{req: SetVringKick, payload: u64(0), fds: []int{d.kick, d.kick}}},
 		{name: "kick reserved bits", msg: rawMsg{req: SetVringKick, payload: u64(1 << 20), fds: []int{d.kick}}},

@@ -30,13 +30,7 @@ const (
 
 func newGuestRAM(t testing.TB) *guestRAM {
 	t.Helper()
-	fd, err := unix.MemfdCreate("vhostuser-test", unix.MFD_CLOEXEC)
-	if err != nil {
-		t.Fatalf("memfd_create: %v", err)
-	}
-	if err := unix.Ftruncate(fd, ramSize); err != nil {
-		t.Fatalf("ftruncate: %v", err)
-	}
+	fd := sealedMemfd(t, ramSize)
 	mem, err := unix.Mmap(fd, 0, ramSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		t.Fatalf("mmap: %v", err)
@@ -47,6 +41,23 @@ func newGuestRAM(t testing.TB) *guestRAM {
 		unix.Close(fd)
 	})
 	return g
+}
+
+// sealedMemfd is a memfd of size bytes sealed as the VMM seals guest RAM
+// (vmm/memory), which the backend requires; the caller closes it.
+func sealedMemfd(t testing.TB, size int64) int {
+	t.Helper()
+	fd, err := unix.MemfdCreate("vhostuser-test", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		t.Fatalf("memfd_create: %v", err)
+	}
+	if err := unix.Ftruncate(fd, size); err != nil {
+		t.Fatalf("ftruncate: %v", err)
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_SEAL); err != nil {
+		t.Fatalf("seal: %v", err)
+	}
+	return fd
 }
 
 func (g *guestRAM) userAddr(off uint64) uint64 {
