@@ -43,6 +43,12 @@ type (
 		ReadConfig(offset uint64, data []byte)
 		WriteConfig(offset uint64, data []byte)
 	}
+	// QueueSizeLimiter is a device that serves rings of at most
+	// MaxQueueSize descriptors; Serve refuses a larger SET_VRING_NUM.
+	// Without it the spec's limit, virtio.MaxQueueSize, applies.
+	QueueSizeLimiter interface {
+		MaxQueueSize() uint16
+	}
 	// RequestErrorer hears about every request Serve refused. Without
 	// REPLY_ACK the frontend never learns of them, so this is the place
 	// to log them.
@@ -117,6 +123,7 @@ func serve(uc *net.UnixConn, dev Device, trace func(Header)) error {
 type backend struct {
 	dev       Device
 	config    ConfigSpace // nil when dev has none
+	maxNum    uint32      // largest ring size the device serves
 	offered   uint64      // virtio features offered, with FeatureProtocolFeatures
 	protocol  uint64      // protocol features offered
 	features  uint64      // acked virtio features (without FeatureProtocolFeatures)
@@ -142,7 +149,10 @@ type ring struct {
 }
 
 func newBackend(dev Device) *backend {
-	b := &backend{dev: dev, protocol: protocolFeatures}
+	b := &backend{dev: dev, protocol: protocolFeatures, maxNum: virtio.MaxQueueSize}
+	if l, ok := dev.(QueueSizeLimiter); ok && l.MaxQueueSize() != 0 {
+		b.maxNum = min(uint32(l.MaxQueueSize()), virtio.MaxQueueSize)
+	}
 	n := DefaultQueues
 	if qc, ok := dev.(QueueCounter); ok {
 		n = min(max(qc.Queues(), 1), maxQueues)
@@ -381,8 +391,8 @@ func (b *backend) setVringNum(p []byte) error {
 	if err != nil {
 		return err
 	}
-	if s.Num == 0 || s.Num > virtio.MaxQueueSize || s.Num&(s.Num-1) != 0 {
-		return refused("vring %d size %d is not a power of two in [1, %d]", i, s.Num, virtio.MaxQueueSize)
+	if s.Num == 0 || s.Num > b.maxNum || s.Num&(s.Num-1) != 0 {
+		return refused("vring %d size %d is not a power of two in [1, %d]", i, s.Num, b.maxNum)
 	}
 	return b.reconfigure(i, func(r *ring) error { r.num = uint16(s.Num); return nil })
 }

@@ -517,3 +517,27 @@ func TestServeEnableBeforeFeatures(t *testing.T) {
 	}
 	exchange(t, d, "enabled early")
 }
+
+// limitedEcho is an echo device serving rings of at most 256 descriptors.
+type limitedEcho struct{ *echo }
+
+func (limitedEcho) MaxQueueSize() uint16 { return 256 }
+
+// TestServeQueueSizeLimit: a device's ring size bound holds against the
+// frontend; rings the spec would allow beyond it are refused.
+func TestServeQueueSizeLimit(t *testing.T) {
+	s := newServer(t, limitedEcho{newEcho()})
+	r := dialRaw(t, s.path)
+	if st, closed := r.do(t, rawMsg{req: SetProtocolFeatures, payload: u64(ProtocolReplyAck)}); closed || st != 0 {
+		t.Fatalf("SET_PROTOCOL_FEATURES: status %d closed %v", st, closed)
+	}
+	for _, tc := range []struct {
+		num uint32
+		ok  bool
+	}{{256, true}, {128, true}, {512, false}, {32768, false}} {
+		st, closed := r.do(t, rawMsg{req: SetVringNum, payload: state(0, tc.num)})
+		if closed || (st == 0) != tc.ok {
+			t.Errorf("SET_VRING_NUM %d: status %d closed %v, want ok=%v", tc.num, st, closed, tc.ok)
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hyperroot/hyperroot/net/internal/peerfd"
 	"github.com/hyperroot/hyperroot/vmm/virtio"
 )
 
@@ -28,6 +29,20 @@ const txBatch = 64
 // MRG_RXBUF: 64 Linux mergeable buffers (at least 1.5 KiB each) hold a
 // 64 KiB GSO frame.
 const maxRxChains = 64
+
+// MaxQueueSize bounds a virtio port's rings. QEMU offers at most 1024
+// (VIRTQUEUE_MAX_SIZE) and hyperroot's VMM 256; the spec's 32768 would let
+// one peer make every walk of a looping chain, and every indirect table,
+// 32 times longer.
+const MaxQueueSize = 1024
+
+// maxChainBufs bounds the buffers of one descriptor chain the switch
+// accepts. The switch keeps the buffer list of each chain in flight
+// (txBatch transmit and maxRxChains receive chains per port), each as
+// long as the longest chain seen, so without a bound one port could pin
+// megabytes. Linux never builds chains longer than MAX_SKB_FRAGS+2
+// descriptors (19; 47 with CONFIG_MAX_SKB_FRAGS=45).
+const maxChainBufs = 64
 
 // VirtioConfig describes a VM NIC's port.
 type VirtioConfig struct {
@@ -94,6 +109,10 @@ func (s *Switch) AddVirtioPort(name string, cfg VirtioConfig) (*VirtioPort, erro
 	return v, nil
 }
 
+// MaxQueueSize is the largest ring the port serves: the vhost-user backend
+// refuses a larger SET_VRING_NUM (net/vhostuser's QueueSizeLimiter).
+func (v *VirtioPort) MaxQueueSize() uint16 { return MaxQueueSize }
+
 // Features are the virtio feature bits the port offers.
 func (v *VirtioPort) Features() uint64 { return Offered }
 
@@ -120,6 +139,20 @@ func (v *VirtioPort) SetFeatures(features uint64) error {
 func (v *VirtioPort) Start(q int, vq *virtio.Queue, kick, call int) error {
 	if vq == nil || !vq.Active() {
 		return fmt.Errorf("vswitch: port %s: start queue %d: queue not active", v.name, q)
+	}
+	if vq.Size > MaxQueueSize {
+		return fmt.Errorf("vswitch: port %s: start queue %d: %d descriptors, at most %d", v.name, q, vq.Size, MaxQueueSize)
+	}
+	// The vhost-user backend checked and set these already; a Device
+	// can be driven by other code (tests, a future transport), and one
+	// bad descriptor here hangs or spins a goroutine of the switch.
+	if err := peerfd.Eventfd(call); err != nil {
+		return fmt.Errorf("vswitch: port %s: start queue %d: call: %w", v.name, q, err)
+	}
+	if q == TxQueue {
+		if err := peerfd.Eventfd(kick); err != nil {
+			return fmt.Errorf("vswitch: port %s: start queue %d: kick: %w", v.name, q, err)
+		}
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -192,7 +225,7 @@ func (rx *rxState) take(v *VirtioPort) bool {
 			return false
 		}
 		c := rx.at(rx.n)
-		if err := rx.q.Walk(head, c); err != nil || c.WriteLen() < HeaderLen || c.ReadLen() != 0 {
+		if err := rx.q.Walk(head, c); err != nil || c.WriteLen() < HeaderLen || c.ReadLen() != 0 || tooLong(c) {
 			// Not a receive buffer: give it back unused.
 			rx.q.Push(head, 0)
 			// The sender interrupts the driver at flush if it wants it.
@@ -287,8 +320,21 @@ func (v *VirtioPort) flushRX(s *sender, t int) {
 	rx.mu.Unlock()
 }
 
-// signal adds 1 to an eventfd. A saturated counter (EAGAIN) is already
-// signalled; other errors mean the frontend closed its end, which the
+// tooLong reports whether c has more buffers than the switch keeps for a
+// chain, and if so releases its grown buffer list (Head stays, for the
+// caller to give the chain back).
+func tooLong(c *virtio.Chain) bool {
+	if len(c.Readable())+len(c.Writable()) <= maxChainBufs {
+		return false
+	}
+	*c = virtio.Chain{Head: c.Head}
+	return true
+}
+
+// signal adds 1 to an eventfd, never blocking: Start made sure it is a
+// non-blocking eventfd, so a counter the peer saturated fails with EAGAIN
+// (it is signalled already) instead of stalling every port delivering to
+// this one. Other errors mean the frontend closed its end, which the
 // vhost-user backend notices itself.
 func signal(fd int) {
 	one := [8]byte{1}
@@ -438,7 +484,7 @@ func (v *VirtioPort) txBatch(w *txWorker) (n int, wait time.Duration, err error)
 			if !ok {
 				break
 			}
-			if werr := w.q.Walk(head, c); werr != nil {
+			if werr := w.q.Walk(head, c); werr != nil || tooLong(c) {
 				v.drop(DropMalformed)
 				n++ // returned unread below
 				continue

@@ -1,0 +1,160 @@
+package vswitch
+
+import (
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestHostileDescriptors: a peer's kick and call descriptors must be
+// eventfds. A pipe as call would block every sender delivering to the
+// port once full; /dev/zero as kick is always readable (a spinning
+// worker).
+func TestHostileDescriptors(t *testing.T) {
+	sw := newSwitch(t, Options{})
+	lan := mustNetwork(t, sw, "lan", 0)
+	b := newVM(t, sw, "b", lan, macB, vmOpts{noStart: true})
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	zero, err := unix.Open("/dev/zero", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(zero)
+	if err := b.port.Start(RxQueue, b.rx.q, b.rx.kick, p[1]); err == nil {
+		b.port.Stop(RxQueue)
+		t.Error("receive queue started with a pipe as call")
+	}
+	if err := b.port.Start(TxQueue, b.tx.q, zero, b.tx.call); err == nil {
+		b.port.Stop(TxQueue)
+		t.Error("transmit queue started with /dev/zero as kick")
+	}
+	if err := b.port.Start(TxQueue, b.tx.q, b.tx.kick, p[1]); err == nil {
+		b.port.Stop(TxQueue)
+		t.Error("transmit queue started with a pipe as call")
+	}
+}
+
+// TestSaturatedCallEventfd: a peer that fills its call eventfd's counter
+// (and passes it blocking) must not make the switch block writing to it:
+// every port delivering to it would hang behind its receive lock.
+func TestSaturatedCallEventfd(t *testing.T) {
+	sw := newSwitch(t, Options{})
+	lan := mustNetwork(t, sw, "lan", 0)
+	a := newVM(t, sw, "a", lan, macA, vmOpts{})
+	b := newVM(t, sw, "b", lan, macB, vmOpts{noStart: true})
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC) // blocking, as a hostile peer leaves it
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := [8]byte{0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+	if _, err := unix.Write(efd, full[:]); err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(b.rx.call)
+	b.rx.call = efd
+	// Runs before the ports' cleanups: unblocks a writer stuck on the
+	// counter, so a failing test ends instead of hanging.
+	t.Cleanup(func() {
+		var buf [8]byte
+		unix.SetNonblock(efd, true)
+		unix.Read(efd, buf[:])
+	})
+	b.start()
+	for i := range 3 {
+		a.send(ether(mac(macB), mac(macA), 0x88b5, make([]byte, 46)))
+		deadline := time.Now().Add(3 * time.Second)
+		for b.port.Counters().RxPackets != uint64(i+1) {
+			if time.Now().After(deadline) {
+				t.Fatalf("frame %d not delivered: the sender is stuck signalling a saturated eventfd", i)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	a.flushTX()
+}
+
+// postLong makes one transmit chain of n one-byte-or-more descriptors
+// holding frame (header included), taking descriptors from free slots.
+func (r *ring) postLong(frame []byte, n int) {
+	r.t.Helper()
+	var descs []uint16
+	var slots []uint16
+	for len(descs) < n {
+		if len(r.free) == 0 {
+			r.t.Fatal("ring full")
+		}
+		j := r.free[len(r.free)-1]
+		r.free = r.free[:len(r.free)-1]
+		slots = append(slots, j)
+		for i := range uint16(perChain) {
+			descs = append(descs, j*perChain+i)
+		}
+	}
+	descs = descs[:n]
+	base := r.data + uint64(slots[0])*r.slot
+	copy(r.g.bytes(r.t, base, uint64(len(frame))), frame)
+	off := 0
+	for i, d := range descs {
+		l := len(frame) / n
+		if i == n-1 {
+			l = len(frame) - off
+		}
+		flags, next := uint16(0), uint16(0)
+		if i < n-1 {
+			flags, next = descNext, descs[i+1]
+		}
+		r.setDesc(d, base+uint64(off), uint32(l), flags, next)
+		off += l
+	}
+	r.store16(4+2*uint64(r.availIdx%r.size), descs[0])
+	r.availIdx++
+	r.store16(2, r.availIdx)
+	r.inflight++
+}
+
+// TestLongChains: the switch keeps a walked chain's buffer list per
+// chain in flight (64 transmit, 64 receive), so chains of hundreds of
+// descriptors would let one port pin megabytes; no Linux driver builds a
+// chain of more than MAX_SKB_FRAGS+2 descriptors, so longer chains are
+// malformed.
+func TestLongChains(t *testing.T) {
+	sw := newSwitch(t, Options{})
+	lan := mustNetwork(t, sw, "lan", 0)
+	a := newVM(t, sw, "a", lan, macA, vmOpts{})
+	b := newVM(t, sw, "b", lan, macB, vmOpts{})
+	frame := append(make([]byte, HeaderLen), ether(mac(macB), mac(macA), 0x88b5, make([]byte, 400))...)
+	a.tx.postLong(frame, maxChainBufs)
+	a.tx.notify()
+	waitFor(t, "chain at the limit", func() bool { return b.port.Counters().RxPackets == 1 })
+	a.tx.postLong(frame, maxChainBufs+1)
+	a.tx.notify()
+	a.flushTX()
+	if got := a.port.Counters().Drops[DropMalformed]; got != 1 {
+		t.Errorf("malformed drops = %d, want 1 (the over-long chain)", got)
+	}
+	if got := b.port.Counters().RxPackets; got != 1 {
+		t.Errorf("b received %d frames, want 1", got)
+	}
+}
+
+// TestQueueSizeBound: a ring larger than MaxQueueSize is refused.
+func TestQueueSizeBound(t *testing.T) {
+	sw := newSwitch(t, Options{})
+	lan := mustNetwork(t, sw, "lan", 0)
+	b := newVM(t, sw, "b", lan, macB, vmOpts{noStart: true})
+	if got := b.port.MaxQueueSize(); got != MaxQueueSize {
+		t.Fatalf("MaxQueueSize = %d", got)
+	}
+	g := newGuest(t, 8<<20)
+	big := newRing(t, g, 2*MaxQueueSize, 16, Offered)
+	if err := b.port.Start(TxQueue, big.q, big.kick, big.call); err == nil {
+		b.port.Stop(TxQueue)
+		t.Errorf("ring of %d started", big.q.Size)
+	}
+}
