@@ -44,6 +44,14 @@ const MaxQueueSize = 1024
 // descriptors (19; 47 with CONFIG_MAX_SKB_FRAGS=45).
 const maxChainBufs = 64
 
+// maxV6Claims is how many IPv6 addresses besides its EUI-64 link-local
+// a locked port may use at once, and v6ClaimAge how long one it stopped
+// using stays reserved for it.
+const (
+	maxV6Claims = 8
+	v6ClaimAge  = 30 * time.Minute
+)
+
 // VirtioConfig describes a VM NIC's port.
 type VirtioConfig struct {
 	Network *Network
@@ -65,6 +73,9 @@ type VirtioPort struct {
 
 	ipMu sync.Mutex                // serialises AllowIP/DisallowIP
 	ips  atomic.Pointer[[][4]byte] // copy on write, read by the data path
+
+	ll6 [16]byte             // the EUI-64 link-local address of the NIC's MAC
+	v6  [maxV6Claims]v6Claim // other IPv6 addresses a locked port uses (claims6.go)
 
 	mu sync.Mutex // serialises Start and Stop
 	tx *txWorker
@@ -100,12 +111,14 @@ func (s *Switch) AddVirtioPort(name string, cfg VirtioConfig) (*VirtioPort, erro
 	v := &VirtioPort{Port: p, lockIP: cfg.LockIP}
 	p.v = v
 	p.mac = macKey(cfg.MAC)
+	v.ll6 = eui64(p.mac)
 	v.ips.Store(&[][4]byte{})
 	v.acked.Store(virtio.FeatureVersion1)
 	if err := s.attach(p); err != nil {
 		return nil, err
 	}
 	cfg.Network.fdb.addStatic(p.mac, p)
+	cfg.Network.v6.registerLL(v)
 	return v, nil
 }
 

@@ -168,6 +168,9 @@ func (s *Switch) detach(p *Port) bool {
 		list := slices.DeleteFunc(slices.Clone(old), func(q *Port) bool { return q == p })
 		n.ports.Store(&list)
 		n.fdb.forget(p)
+		if p.v != nil {
+			n.v6.forget(p.v)
+		}
 	}
 	return true
 }
