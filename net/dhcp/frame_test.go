@@ -18,6 +18,7 @@ type frameOpts struct {
 	vlan      bool
 	ipOptions bool
 	fragment  bool
+	srcMAC    net.HardwareAddr // the frame's source; default the message's chaddr
 }
 
 // clientFrame wraps a DHCP message in Ethernet/IPv4/UDP the way a guest's
@@ -37,6 +38,9 @@ func clientFrame(t testing.TB, m *dhcpv4.DHCPv4, o frameOpts) []byte {
 	src := m.ClientHWAddr
 	if len(src) != 6 {
 		src = mac(99)
+	}
+	if o.srcMAC != nil {
+		src = o.srcMAC
 	}
 	eth := &layers.Ethernet{SrcMAC: src, DstMAC: layers.EthernetBroadcast, EthernetType: layers.EthernetTypeIPv4}
 	ip4 := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: o.src, DstIP: o.dst}
