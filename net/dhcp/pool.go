@@ -32,8 +32,8 @@ type pool struct {
 	aged  agedHeap
 	// quarantine lists declined addresses in the order they come back.
 	quarantined []quarantined
-	qHead      int
-	declinedBy map[string]int // live quarantines per client
+	qHead       int
+	declinedBy  map[string]int // live quarantines per client
 }
 
 type quarantined struct {
