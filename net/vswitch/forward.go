@@ -116,12 +116,18 @@ func (s *sender) ingress(p *Port, segs [][]byte, size int, now int64, hold bool)
 			return true
 		}
 	}
-	if p.txLimit != nil && !p.txLimit.Consume(1, uint64(fi.length)*8) {
-		if hold {
-			return false
+	if p.txLimit != nil {
+		debt := p.segDebt.Load()
+		if !p.txLimit.Consume(1+debt, uint64(fi.length)*8) {
+			if hold {
+				return false
+			}
+			p.drop(DropRateLimit)
+			return true
 		}
-		p.drop(DropRateLimit)
-		return true
+		if debt > 0 {
+			p.segDebt.Add(-debt)
+		}
 	}
 	if s.nf == len(s.frames) {
 		s.flush() // no frame is in flight between ingresses

@@ -158,3 +158,53 @@ func TestQueueSizeBound(t *testing.T) {
 		t.Errorf("ring of %d started", big.q.Size)
 	}
 }
+
+// TestSegmentsCharged: a GSO frame is one packet to a receiver that takes
+// it whole, but software segmentation turns it into many for one that
+// does not; those are charged to both ports' packet limits where they
+// are made. (One 64 KiB frame per token would otherwise give a guest
+// limited to N packets/s ~1000 N.)
+func TestSegmentsCharged(t *testing.T) {
+	payload := make([]byte, 20*1000) // 20 segments of 1000
+	frame, l4 := tcpFrame(false, mac(macC), mac(macA), payload, tcpPSH)
+	h := netHdr{flags: hdrNeedsCsum, gsoType: gsoTCPv4, gsoSize: 1000, hdrLen: uint16(l4 + 20), csumStart: uint16(l4), csumOffset: 16}
+	noTSO := Offered &^ (FeatureGuestTSO4 | FeatureGuestTSO6)
+	small := ether(mac(macC), mac(macA), 0x88b5, make([]byte, 46))
+
+	t.Run("sender", func(t *testing.T) {
+		clk := &fakeClock{}
+		sw := newSwitch(t, Options{Clock: clk.now})
+		lan := mustNetwork(t, sw, "lan", 0)
+		a := newVM(t, sw, "a", lan, macA, vmOpts{limits: Limits{Tx: Rate{PacketsPerSecond: 100, BurstPackets: 10}}})
+		c := newVM(t, sw, "c", lan, macC, vmOpts{rxBufs: 64, features: noTSO})
+		a.sendHdr(h, frame, nil)
+		waitFor(t, "segments", func() bool { return c.port.Counters().RxPackets == 20 })
+		// 20 packets went out for 1 token: the next frame must wait
+		// until the 19 others are paid for.
+		a.send(small)
+		time.Sleep(20 * time.Millisecond)
+		if n := c.port.Counters().RxPackets; n != 20 {
+			t.Fatalf("a frame passed right after 20 segments were made from one token (rx %d)", n)
+		}
+		clk.advance(time.Second)
+		waitFor(t, "after the wait", func() bool { return c.port.Counters().RxPackets == 21 })
+	})
+	t.Run("receiver", func(t *testing.T) {
+		clk := &fakeClock{}
+		sw := newSwitch(t, Options{Clock: clk.now})
+		lan := mustNetwork(t, sw, "lan", 0)
+		a := newVM(t, sw, "a", lan, macA, vmOpts{})
+		c := newVM(t, sw, "c", lan, macC, vmOpts{rxBufs: 64, features: noTSO,
+			limits: Limits{Rx: Rate{PacketsPerSecond: 100, BurstPackets: 5}}})
+		a.sendHdr(h, frame, nil)
+		a.flushTX()
+		waitFor(t, "processed", func() bool {
+			cc := c.port.Counters()
+			return cc.RxPackets+cc.Drops[DropRateLimit] >= 5
+		})
+		time.Sleep(10 * time.Millisecond)
+		if cc := c.port.Counters(); cc.RxPackets != 5 || cc.Drops[DropRateLimit] != 15 {
+			t.Fatalf("receiver limited to a burst of 5 got %d segments, %d dropped; want 5 and 15", cc.RxPackets, cc.Drops[DropRateLimit])
+		}
+	})
+}

@@ -143,6 +143,10 @@ type Port struct {
 	capture atomic.Pointer[func(frame []byte)]
 	txLimit *ratelimit.Limiter // nil = unlimited
 	rxLimit *ratelimit.Limiter
+	// segDebt is packets software segmentation made from the port's GSO
+	// frames beyond the one its limit was charged: the port's next
+	// frame pays for them (see sender.segment).
+	segDebt atomic.Uint64
 	c       counters
 
 	v *VirtioPort // set for a virtio port
