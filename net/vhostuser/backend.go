@@ -79,9 +79,10 @@ var ErrRequest = errors.New("vhost-user: request refused")
 // dev runs its rings on goroutines of its own between Start and Stop.
 // Malformed or refused requests are answered with an error ack when the
 // frontend asked for one and otherwise dropped; only a message whose
-// framing cannot be trusted (bad version, oversize payload) ends the
-// connection. On return every started ring is stopped, guest memory is
-// unmapped and every received descriptor closed.
+// framing cannot be trusted (bad version, oversize payload) or that
+// carried descriptors of the wrong kind (ErrPeer) ends the connection.
+// On return every started ring is stopped, guest memory is unmapped and
+// every received descriptor closed.
 func Serve(conn *net.UnixConn, dev Device) error {
 	return serve(conn, dev, nil)
 }
@@ -116,8 +117,19 @@ func serve(uc *net.UnixConn, dev Device, trace func(Header)) error {
 		if err2 := b.finish(c, h, err); err2 != nil {
 			return err2
 		}
+		// A frontend passing descriptors of the wrong kind (a pipe as
+		// an eventfd, memory that can shrink) is hostile or broken
+		// beyond what a refusal fixes: cut it off.
+		if errors.Is(err, ErrPeer) {
+			return fmt.Errorf("vhost-user backend: frontend cut off: %w", err)
+		}
 	}
 }
+
+// ErrPeer is wrapped by the errors of requests that carried descriptors
+// of the wrong kind (see net/internal/peerfd); Serve refuses the request,
+// reports it to a RequestErrorer and then ends the connection.
+var ErrPeer = peerfd.ErrKind
 
 // backend is the state one connection builds up.
 type backend struct {
@@ -485,7 +497,7 @@ func (b *backend) setVringFD(req Request, p []byte, fds []int) error {
 	if fd >= 0 {
 		if err := peerfd.Eventfd(fd); err != nil {
 			unix.Close(fd)
-			return refused("%v for vring %d: %v", req, index, err)
+			return fmt.Errorf("%w: %v for vring %d: %w", ErrRequest, req, index, err)
 		}
 	}
 	return b.reconfigure(i, func(r *ring) error {

@@ -323,6 +323,7 @@ func TestServeHostile(t *testing.T) {
 		setup  []rawMsg // each must be acked with success
 		msg    rawMsg   // must be refused (or end the connection)
 		closed bool
+		cut    bool // refused, then the connection ends (ErrPeer)
 	}{
 		{name: "overlapping guest ranges", msg: rawMsg{req: SetMemTable, fds: []int{g.fd, g.fd}, payload: table(
 			Region{GuestAddr: 0, Size: 2 * page, UserAddr: 0x10000000},
@@ -336,9 +337,9 @@ func TestServeHostile(t *testing.T) {
 		{name: "region wraps", msg: rawMsg{req: SetMemTable, fds: []int{g.fd},
 			payload: table(Region{GuestAddr: ^uint64(0) - page + 1, Size: 2 * page})}},
 		{name: "empty region", msg: rawMsg{req: SetMemTable, fds: []int{g.fd}, payload: table(Region{Size: 0})}},
-		{name: "region is not a file", msg: rawMsg{req: SetMemTable, fds: []int{evfd}, payload: table(Region{Size: page})}},
+		{name: "region is not a file", msg: rawMsg{req: SetMemTable, fds: []int{evfd}, payload: table(Region{Size: page})}, cut: true},
 		{name: "unsealed memfd (could shrink under the mapping)", msg: rawMsg{req: SetMemTable, fds: []int{unsealed},
-			payload: table(Region{GuestAddr: 0, Size: page})}},
+			payload: table(Region{GuestAddr: 0, Size: page})}, cut: true},
 		{name: "missing region descriptor", msg: rawMsg{req: SetMemTable, payload: table(good...), fds: []int{g.fd}}},
 		{name: "memory table without descriptors", msg: rawMsg{req: SetMemTable, payload: table(good...)}},
 		{name: "memory table truncated", msg: rawMsg{req: SetMemTable, payload: table(good...)[:20], fds: []int{g.fd}}},
@@ -352,10 +353,10 @@ func TestServeHostile(t *testing.T) {
 			addrMsg(misaligned), {req: SetVringCall, payload: u64(0), fds: []int{d.call}},
 			{req: SetVringEnable, payload: state(0, 1)}},
 			msg: rawMsg{req: SetVringKick, payload: u64(0), fds: []int{d.kick}}},
-		{name: "kick is a pipe", msg: rawMsg{req: SetVringKick, payload: u64(0), fds: []int{pipe[0]}}},
-		{name: "kick is /dev/zero", msg: rawMsg{req: SetVringKick, payload: u64(0), fds: []int{zero}}},
-		{name: "call is a pipe", msg: rawMsg{req: SetVringCall, payload: u64(0), fds: []int{pipe[1]}}},
-		{name: "err is a memfd", msg: rawMsg{req: SetVringErr, payload: u64(0), fds: []int{g.fd}}},
+		{name: "kick is a pipe", msg: rawMsg{req: SetVringKick, payload: u64(0), fds: []int{pipe[0]}}, cut: true},
+		{name: "kick is /dev/zero", msg: rawMsg{req: SetVringKick, payload: u64(0), fds: []int{zero}}, cut: true},
+		{name: "call is a pipe", msg: rawMsg{req: SetVringCall, payload: u64(0), fds: []int{pipe[1]}}, cut: true},
+		{name: "err is a memfd", msg: rawMsg{req: SetVringErr, payload: u64(0), fds: []int{g.fd}}, cut: true},
 		{name: "kick without descriptor", msg: rawMsg{req: SetVringKick, payload: u64(0)}},
 		{name: "kick with two descriptors", msg: rawMsg{req: SetVringKick, payload: u64(0), fds: []int{d.kick, d.kick}}},
 		{name: "kick reserved bits", msg: rawMsg{req: SetVringKick, payload: u64(1 << 20), fds: []int{d.kick}}},
@@ -395,6 +396,12 @@ func TestServeHostile(t *testing.T) {
 			}
 			if st == 0 {
 				t.Fatalf("%v was acked as a success", tt.msg.req)
+			}
+			if tt.cut {
+				if err := s.served(t); !errors.Is(err, ErrPeer) {
+					t.Fatalf("Serve = %v, want the frontend cut off (ErrPeer)", err)
+				}
+				return
 			}
 			// Still serving: a GET answers.
 			if _, closed := r.do(t, rawMsg{req: GetQueueNum}); closed {

@@ -1,10 +1,14 @@
 package vswitch
 
 import (
+	"errors"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/net/vhostuser"
 )
 
 // TestHostileDescriptors: a peer's kick and call descriptors must be
@@ -207,4 +211,58 @@ func TestSegmentsCharged(t *testing.T) {
 			t.Fatalf("receiver limited to a burst of 5 got %d segments, %d dropped; want 5 and 15", cc.RxPackets, cc.Drops[DropRateLimit])
 		}
 	})
+}
+
+// TestHostileFrontendCutOff: over a real vhost-user connection, a VMM
+// passing a pipe where the call eventfd belongs is cut off and counted.
+func TestHostileFrontendCutOff(t *testing.T) {
+	sw := newSwitch(t, Options{})
+	lan := mustNetwork(t, sw, "lan", 0)
+	p, err := sw.AddVirtioPort("v", VirtioConfig{Network: lan, MAC: mac(macA)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "v.sock")
+	l, err := vhostuser.Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	served := make(chan error, 1)
+	go func() {
+		c, err := l.AcceptUnix()
+		if err != nil {
+			served <- err
+			return
+		}
+		served <- vhostuser.Serve(c, p)
+	}()
+	f, err := vhostuser.Dial(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.SetProtocolFeatures(vhostuser.ProtocolReplyAck); err != nil {
+		t.Fatal(err)
+	}
+	var pp [2]int
+	if err := unix.Pipe2(pp[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pp[0])
+	defer unix.Close(pp[1])
+	if err := f.SetVringCall(RxQueue, pp[1]); err == nil {
+		t.Fatal("SET_VRING_CALL with a pipe acked")
+	}
+	select {
+	case err := <-served:
+		if !errors.Is(err, vhostuser.ErrPeer) {
+			t.Fatalf("Serve = %v, want the frontend cut off", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the backend kept serving a frontend that passed a pipe")
+	}
+	if got := p.Counters().Drops[DropMalformed]; got != 1 {
+		t.Fatalf("malformed = %d, want 1", got)
+	}
 }

@@ -51,7 +51,7 @@ const (
 	DropSpoofedIP                    // a locked VM sent from an IPv4 address it was not given, or an IPv6 address it may not use
 	DropRogueDHCP                    // a VM sent a DHCP server message (UDP from port 67; DHCPv6 from 547 on a locked port)
 	DropRateLimit                    // the port's token bucket was empty
-	DropMalformed                    // a frame or descriptor chain the switch cannot parse
+	DropMalformed                    // a frame or descriptor chain the switch cannot parse, or a VMM passing descriptors of the wrong kind
 	DropEtherType                    // a VM sent an EtherType its port does not carry (stacked VLAN tags; on a locked port, anything but IPv4, ARP, IPv6)
 	DropRogueRA                      // a VM on a locked port sent an IPv6 router advertisement or redirect
 	NumDropReasons

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/net/internal/peerfd"
+	"github.com/hyperroot/hyperroot/net/vhostuser"
 	"github.com/hyperroot/hyperroot/vmm/virtio"
 )
 
@@ -125,6 +126,17 @@ func (s *Switch) AddVirtioPort(name string, cfg VirtioConfig) (*VirtioPort, erro
 // MaxQueueSize is the largest ring the port serves: the vhost-user backend
 // refuses a larger SET_VRING_NUM (net/vhostuser's QueueSizeLimiter).
 func (v *VirtioPort) MaxQueueSize() uint16 { return MaxQueueSize }
+
+// RequestFailed implements net/vhostuser's RequestErrorer: a frontend
+// that passed descriptors of the wrong kind (a pipe or file where an
+// eventfd belongs, memory that can shrink) is cut off by the backend and
+// counted here as malformed. Other refusals are the frontend's business
+// (it hears of them by REPLY_ACK) and not counted.
+func (v *VirtioPort) RequestFailed(req vhostuser.Request, err error) {
+	if errors.Is(err, vhostuser.ErrPeer) {
+		v.drop(DropMalformed)
+	}
+}
 
 // Features are the virtio feature bits the port offers.
 func (v *VirtioPort) Features() uint64 { return Offered }
