@@ -253,6 +253,16 @@ func (d *Driver) PostIndirect(table uint64, bufs ...Buf) (head uint16, ok bool, 
 	return head, true, nil
 }
 
+// NextHead is the descriptor the next Post or PostIndirect takes as its
+// head, for a test that places per-request data (an indirect table) by
+// head; ok is false when none is free.
+func (d *Driver) NextHead() (head uint16, ok bool) {
+	if len(d.free) == 0 {
+		return 0, false
+	}
+	return d.free[len(d.free)-1], true
+}
+
 // ErrNotInFlight is returned by Reap for a used entry whose head no Post
 // made available (or that was used twice).
 var ErrNotInFlight = errors.New("virtiotest: used entry for a chain not in flight")
