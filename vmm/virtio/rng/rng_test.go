@@ -9,7 +9,6 @@ import (
 	"github.com/hyperroot/hyperroot/vmm/virtio/virtiotest"
 )
 
-
 // Guest RAM layout of the test ring.
 const (
 	descAt  = 0x1000
