@@ -621,8 +621,15 @@ func TestRateLimit(t *testing.T) {
 			elapsed := time.Since(start).Seconds()
 			rate := float64(tc.n-tc.burst) / elapsed
 			t.Logf("%d requests in %.3fs: %.1f/s after the burst (limit %.0f/s)", tc.n, elapsed, rate, tc.perSecond)
-			if rate < 0.9*tc.perSecond || rate > 1.1*tc.perSecond {
-				t.Errorf("rate %.1f/s, want %.0f ± 10%%", rate, tc.perSecond)
+			// Above the limit is a limiter bug whatever the load. Below it
+			// the limiter may be fine and the test's goroutines late: a
+			// 100 ms scheduling stall on a busy 2-core machine (or under
+			// -race) costs the 1 s "bytes" case 10%, so the floor is looser.
+			if rate > 1.1*tc.perSecond {
+				t.Errorf("rate %.1f/s, want at most %.0f + 10%%", rate, tc.perSecond)
+			}
+			if rate < 0.75*tc.perSecond {
+				t.Errorf("rate %.1f/s, want at least %.0f - 25%%", rate, tc.perSecond)
 			}
 		})
 	}
