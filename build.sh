@@ -5,7 +5,8 @@
 #   ./build.sh build   build out/image/{vmlinuz,initramfs.cpio,board.yaml} (default)
 #   ./build.sh run     build, then boot the image in QEMU with the console here
 #                      (runner flags follow: -memory 4G -cpus 4 -append ... -config F -overlay DIR -oneshot)
-#   ./build.sh test    deps, build, go vet, unit + host-KVM tests, end-to-end tests under QEMU
+#   ./build.sh test    deps, build, go vet, gofmt, go mod tidy check, unit tests, KVM tests (on the
+#                      host's /dev/kvm, else in the appliance), end-to-end tests under QEMU, race detector
 #   ./build.sh bench   Go micro-benchmarks, then the boot benchmark (hyperroot vs gokvm), the disk
 #                      benchmark (hyperroot io_uring/pool vs QEMU) and the network benchmark (hyperroot
 #                      switch vs QEMU + tap + Linux bridge) in the appliance
@@ -92,8 +93,9 @@ check_fmt() {
 	[ -z "$bad" ] || { echo "not gofmt'ed: $bad" >&2; return 1; }
 }
 
-# kvm_usable: the host has a /dev/kvm this user can open.
-kvm_usable() { (exec 3<>/dev/kvm) 2>/dev/null; }
+# kvm_usable: the host has a working /dev/kvm (a KVM character device that
+# answers KVM_GET_API_VERSION); it says why not otherwise.
+kvm_usable() { go run ./tools/kvmtest probe; }
 
 unit_and_e2e() {
 	# HYPERROOT_STRICT=1: tests fail, never skip, when something they need is missing.
@@ -120,6 +122,10 @@ unit_and_e2e() {
 		go test -count=1 -timeout 10m -skip "$re" "./$dir" || failed=1
 	done <<<"$list"
 	return $failed
+}
+
+race() {
+	go test -race -count=1 -timeout 20m $(tools/race-packages.sh)
 }
 
 bench_boot() {
@@ -153,7 +159,9 @@ test)
 	step "build image (board $BOARD)" build
 	step "go vet" go vet ./...
 	step "gofmt" check_fmt
+	step "go mod tidy leaves go.mod and go.sum unchanged" tools/check-tidy.sh
 	step "unit, host-KVM and end-to-end tests" unit_and_e2e
+	step "race detector (packages whose tests need neither KVM nor QEMU)" race
 	;;
 bench)
 	step deps deps
@@ -171,7 +179,7 @@ clean)
 	if [ "${2:-}" = all ]; then rm -rf "$OUT"; else find "$OUT" -mindepth 1 -maxdepth 1 ! -name cache -exec rm -rf {} + 2>/dev/null || true; fi
 	;;
 *)
-	sed -n '2,12p' "$0" >&2
+	sed -n '2,15p' "$0" >&2
 	exit 2
 	;;
 esac

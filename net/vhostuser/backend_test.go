@@ -38,7 +38,7 @@ func handshake(t *testing.T, f *Frontend, dev *echo, g *guestRAM, d *driver, bas
 	}
 	must(t, f.SetMemTable(g.regions()))
 	q := int(d.ringUAddr.Index)
-	must(t, f.SetVringNum(q, d.size))
+	must(t, f.SetVringNum(q, d.Size))
 	must(t, f.SetVringBase(q, base))
 	must(t, f.SetVringAddr(d.ringUAddr))
 	must(t, f.SetVringKick(q, d.kick))
@@ -64,17 +64,17 @@ func must(t testing.TB, err error) {
 // checks the echoed (reversed) bytes.
 func exchange(t *testing.T, d *driver, msg string) {
 	t.Helper()
-	slot := d.availIdx
+	slot := d.AvailIdx()
 	d.add([]byte(msg), 64)
 	d.waitCall(t)
 	deadline := time.Now().Add(5 * time.Second)
-	for d.usedIdx() != slot+1 {
+	for d.UsedIdx() != slot+1 {
 		if time.Now().After(deadline) {
-			t.Fatalf("used->idx = %d, want %d", d.usedIdx(), slot+1)
+			t.Fatalf("used->idx = %d, want %d", d.UsedIdx(), slot+1)
 		}
 		time.Sleep(time.Millisecond)
 	}
-	_, n := d.usedElem(slot)
+	_, n := d.UsedElem(slot)
 	if n != uint32(len(msg)) {
 		t.Fatalf("used length %d, want %d", n, len(msg))
 	}
@@ -109,8 +109,8 @@ func TestServeQueueAndReconnect(t *testing.T) {
 	// A stopped ring stays stopped: kicks are not served.
 	d.add([]byte("while stopped"), 64)
 	time.Sleep(20 * time.Millisecond)
-	if d.usedIdx() != 10 {
-		t.Fatalf("a stopped ring consumed a buffer: used->idx = %d", d.usedIdx())
+	if d.UsedIdx() != 10 {
+		t.Fatalf("a stopped ring consumed a buffer: used->idx = %d", d.UsedIdx())
 	}
 	must(t, f.Close())
 	if err := s.served(t); err != nil {
@@ -121,13 +121,13 @@ func TestServeQueueAndReconnect(t *testing.T) {
 	// chain made available while stopped is served now.
 	f, err = Dial(s.path)
 	must(t, err)
-	handshake(t, f, dev, g, d, d.usedIdx())
+	handshake(t, f, dev, g, d, d.UsedIdx())
 	deadline := time.Now().Add(5 * time.Second)
-	for d.usedIdx() != 11 {
+	for d.UsedIdx() != 11 {
 		// The kick that announced it came before this connection.
 		unix.Write(d.kick, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 		if time.Now().After(deadline) {
-			t.Fatalf("the pending chain was not served after reconnecting: used->idx = %d", d.usedIdx())
+			t.Fatalf("the pending chain was not served after reconnecting: used->idx = %d", d.UsedIdx())
 		}
 		time.Sleep(time.Millisecond)
 	}

@@ -454,8 +454,8 @@ func TestTransmitRateLimitHolds(t *testing.T) {
 		t.Fatalf("%d frames passed a burst of 5 without time passing", n)
 	}
 	a.tx.reap()
-	if a.tx.inflight != 15 {
-		t.Fatalf("%d transmit chains held, want 15 left in the ring (back-pressure, not drops)", a.tx.inflight)
+	if a.tx.InFlight() != 15 {
+		t.Fatalf("%d transmit chains held, want 15 left in the ring (back-pressure, not drops)", a.tx.InFlight())
 	}
 	clk.advance(50 * time.Millisecond) // refills the bucket of 5
 	waitFor(t, "refill", func() bool { return b.port.Counters().RxPackets == 10 })

@@ -6,6 +6,8 @@
 //	                        (host, at the module root) boot a oneshot appliance
 //	                        under QEMU that runs the KVM tests (or, with -bench,
 //	                        the KVM benchmarks) and print their output
+//	kvmtest probe           exit 0 if this host's /dev/kvm is usable, else
+//	                        say why and exit 1
 //	kvmtest run MANIFEST    (inside the appliance, as its hyperroot.run job)
 //	                        run each test binary the manifest names
 //
@@ -38,6 +40,7 @@ import (
 	"time"
 
 	"github.com/hyperroot/hyperroot/internal/kvmtests"
+	"github.com/hyperroot/hyperroot/internal/testenv"
 )
 
 func main() {
@@ -65,6 +68,11 @@ func main() {
 			usage()
 		}
 		os.Exit(run(os.Args[2]))
+	case "probe":
+		if err := testenv.KVMUsable(); err != nil {
+			fmt.Println("kvmtest:", err)
+			os.Exit(1)
+		}
 	case "appliance":
 		os.Exit(appliance(os.Args[2:]))
 	default:
@@ -73,7 +81,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: kvmtest list [root] | kvmtest appliance [-bench] [-image DIR] | kvmtest run MANIFEST")
+	fmt.Fprintln(os.Stderr, "usage: kvmtest list [root] | kvmtest probe | kvmtest appliance [-bench] [-image DIR] | kvmtest run MANIFEST")
 	os.Exit(2)
 }
 

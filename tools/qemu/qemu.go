@@ -261,7 +261,7 @@ func readImageBoard(dir string) (*board.Board, error) {
 // with -cpu host where /proc/cpuinfo shows vmx or svm; otherwise TCG with
 // -cpu max, which emulates SVM with nested paging so that the appliance's
 // own KVM works (the host's /dev/kvm may be a software one that cannot run
-// a standard guest, see TESTING.md).
+// a standard guest, see docs/TESTING.md).
 func chooseAccel(accel string) ([]string, error) {
 	if accel == "" || accel == "auto" {
 		accel = "tcg"
