@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/net/vhostuser"
+	"github.com/hyperroot/hyperroot/vmm/virtio/virtiotest"
 )
 
 // TestHostileDescriptors: a peer's kick and call descriptors must be
@@ -83,43 +84,32 @@ func TestSaturatedCallEventfd(t *testing.T) {
 	a.flushTX()
 }
 
-// postLong makes one transmit chain of n one-byte-or-more descriptors
-// holding frame (header included), taking descriptors from free slots.
+// postLong makes one transmit chain of n descriptors holding frame
+// (header included), all in one chain slot's data area.
 func (r *ring) postLong(frame []byte, n int) {
 	r.t.Helper()
-	var descs []uint16
-	var slots []uint16
-	for len(descs) < n {
-		if len(r.free) == 0 {
-			r.t.Fatal("ring full")
-		}
-		j := r.free[len(r.free)-1]
-		r.free = r.free[:len(r.free)-1]
-		slots = append(slots, j)
-		for i := range uint16(perChain) {
-			descs = append(descs, j*perChain+i)
-		}
+	if len(r.free) == 0 {
+		r.t.Fatal("ring full")
 	}
-	descs = descs[:n]
-	base := r.data + uint64(slots[0])*r.slot
+	j := r.free[len(r.free)-1]
+	base := r.data + uint64(j)*r.slot
 	copy(r.g.bytes(r.t, base, uint64(len(frame))), frame)
+	bufs := make([]virtiotest.Buf, n)
 	off := 0
-	for i, d := range descs {
+	for i := range bufs {
 		l := len(frame) / n
 		if i == n-1 {
 			l = len(frame) - off
 		}
-		flags, next := uint16(0), uint16(0)
-		if i < n-1 {
-			flags, next = descNext, descs[i+1]
-		}
-		r.setDesc(d, base+uint64(off), uint32(l), flags, next)
+		bufs[i] = virtiotest.Buf{Addr: base + uint64(off), Len: uint32(l)}
 		off += l
 	}
-	r.store16(4+2*uint64(r.availIdx%r.size), descs[0])
-	r.availIdx++
-	r.store16(2, r.availIdx)
-	r.inflight++
+	head, ok := r.Post(bufs...)
+	if !ok {
+		r.t.Fatal("no free descriptors")
+	}
+	r.free = r.free[:len(r.free)-1]
+	r.slotOf[head] = j
 }
 
 // TestLongChains: the switch keeps a walked chain's buffer list per
