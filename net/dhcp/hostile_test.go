@@ -92,13 +92,14 @@ func TestDeclinesCannotDrainPool(t *testing.T) {
 	}
 }
 
-// TestOnLeaseOnlyForNewLeases: OnLease (the switch logs a console line
-// for it) hears of new and changed leases, not of every renewal.
-func TestOnLeaseOnlyForNewLeases(t *testing.T) {
+// TestOnNewLease: OnNewLease (the call to log leases from) hears of new
+// and changed leases, not of every renewal; OnLease hears of every ACK.
+func TestOnNewLease(t *testing.T) {
 	c := newClock()
 	cfg := baseConfig(c)
-	calls := 0
-	cfg.OnLease = func(net.HardwareAddr, netip.Addr) { calls++ }
+	acks, fresh := 0, 0
+	cfg.OnLease = func(net.HardwareAddr, netip.Addr) { acks++ }
+	cfg.OnNewLease = func(net.HardwareAddr, netip.Addr) { fresh++ }
 	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -110,13 +111,13 @@ func TestOnLeaseOnlyForNewLeases(t *testing.T) {
 			t.Fatalf("renewal: %v", r)
 		}
 	}
-	if calls != 1 {
-		t.Fatalf("OnLease called %d times for one lease renewed 50 times", calls)
+	if fresh != 1 || acks != 51 {
+		t.Fatalf("one lease renewed 50 times: OnNewLease %d times (want 1), OnLease %d (want 51)", fresh, acks)
 	}
 	c.Advance(cfg.LeaseTime * 2) // expired: renewing it is a new lease
 	s.Handle(msg(t, 1, dhcpv4.MessageTypeRequest, dhcpv4.WithClientIP(ip("10.20.0.10"))))
-	if calls != 2 {
-		t.Fatalf("OnLease called %d times, want 2 after an expired lease was taken again", calls)
+	if fresh != 2 {
+		t.Fatalf("OnNewLease called %d times, want 2 after an expired lease was taken again", fresh)
 	}
 }
 

@@ -68,12 +68,16 @@ type Config struct {
 	// LeasePath, when set, is the file the lease table is persisted to
 	// (temp file + rename) and reloaded from by New.
 	LeasePath string
-	// OnLease is called, outside any lock, when a client is ACKed an
-	// address it did not hold (a new lease, another address, or one that
-	// had expired), so the switch can let the port send from that IP and
-	// log it. Renewals of a live lease are not reported: a guest renewing
-	// in a loop must not flood the console.
+	// OnLease is called, outside any lock, each time an address is ACKed,
+	// so the switch can let a port send from that IP. Renewals included:
+	// do not log from it (a guest renewing in a loop floods the console).
 	OnLease func(mac net.HardwareAddr, ip netip.Addr)
+	// OnNewLease is called, outside any lock and after OnLease, only
+	// when a client is ACKed an address it did not hold live (a new
+	// lease, another address, or one that had expired): the call to log
+	// leases from, and enough to unlock ports, since a renewal changes
+	// nothing a port was allowed.
+	OnNewLease func(mac net.HardwareAddr, ip netip.Addr)
 	// Log receives exhaustion and persistence warnings. Default slog.Default().
 	Log *slog.Logger
 	// Now is the clock; tests inject one. Default time.Now.
@@ -343,8 +347,11 @@ func (s *Server) request(req *dhcpv4.DHCPv4, key string, mac net.HardwareAddr) (
 	if dirty {
 		s.persist()
 	}
-	if fresh && s.cfg.OnLease != nil {
+	if s.cfg.OnLease != nil {
 		s.cfg.OnLease(append(net.HardwareAddr(nil), mac...), ip)
+	}
+	if fresh && s.cfg.OnNewLease != nil {
+		s.cfg.OnNewLease(append(net.HardwareAddr(nil), mac...), ip)
 	}
 	return s.reply(req, dhcpv4.MessageTypeAck, ip, true)
 }
