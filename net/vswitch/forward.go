@@ -233,7 +233,7 @@ func (v *VirtioPort) police(fi *frameInfo, now int64) (DropReason, bool) {
 // EUI-64 link-local address always, and up to maxV6Claims others, each
 // held by one port of the network until it has not used it for
 // v6ClaimAge. The unspecified address is only a source for duplicate
-// address detection and MLD reports. Router advertisements and
+// address detection (NS), router solicitations and MLD reports. Router advertisements and
 // redirects are dropped (rogue_ra), DHCPv6 server messages too
 // (rogue_dhcp), a neighbour advertisement's target must be an address
 // the port may use and a link-layer address option in RS, NS or NA must
@@ -256,7 +256,8 @@ func (v *VirtioPort) police6(fi *frameInfo, now int64) (DropReason, bool) {
 		return DropRogueDHCP, false
 	}
 	if fi.src6 == ([16]byte{}) {
-		if fi.icmp6 && (fi.icmpType == icmp6NeighSolicit || fi.icmpType == icmp6MLDReport || fi.icmpType == icmp6MLDv2Report) {
+		if fi.icmp6 && (fi.icmpType == icmp6NeighSolicit || fi.icmpType == icmp6RouterSolicit ||
+			fi.icmpType == icmp6MLDReport || fi.icmpType == icmp6MLDv2Report) {
 			return 0, true
 		}
 		return DropSpoofedIP, false

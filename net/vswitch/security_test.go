@@ -134,6 +134,7 @@ func TestPortSecurityHeaders(t *testing.T) {
 		{"IPv6 from a multicast address", udp6(mac(macB), mac(macA), allNodes, llB, 1, 2), false, DropSpoofedIP},
 		{"UDP from ::", udp6(mcastMAC, mac(macA), unspec, allNodes, 1, 2), false, DropSpoofedIP},
 		{"DAD solicitation from ::", ipv6Frame(mcastMAC, mac(macA), unspec, allNodes, 58, icmp6(135, nd(privA, 0, nil))), true, 0},
+		{"router solicitation from ::", ipv6Frame(mcastMAC, mac(macA), unspec, netip.MustParseAddr("ff02::2"), 58, icmp6(133, make([]byte, 4))), true, 0},
 		{"MLDv2 report from ::", ipv6Frame(mcastMAC, mac(macA), unspec, netip.MustParseAddr("ff02::16"), 0, hop(58, icmp6(143, make([]byte, 4)))), true, 0},
 		{"router advertisement", ipv6Frame(mcastMAC, mac(macA), llA, allNodes, 58, icmp6(134, make([]byte, 12))), false, DropRogueRA},
 		{"router advertisement behind a hop-by-hop header", ipv6Frame(mcastMAC, mac(macA), llA, allNodes, 0, hop(58, icmp6(134, make([]byte, 12)))), false, DropRogueRA},
