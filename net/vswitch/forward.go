@@ -427,12 +427,14 @@ func (s *sender) deliverOne(d *Port, f *frameRef, nw *Network, caps offloads) bo
 		return true
 	}
 	rx := &d.v.rx
+	d.busy.enter()
 	rx.mu.Lock()
 	ok := d.v.receiveLocked(s, e)
 	if rx.q != nil {
 		rx.q.PublishUsed()
 	}
 	rx.mu.Unlock()
+	d.busy.exit()
 	if ok {
 		s.delivered(t, e)
 	}

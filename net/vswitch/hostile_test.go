@@ -256,3 +256,56 @@ func TestHostileFrontendCutOff(t *testing.T) {
 		t.Fatalf("malformed = %d, want 1", got)
 	}
 }
+
+// blockingFrames is a Frames whose writes block until released: a port
+// that never takes what it is given.
+type blockingFrames struct {
+	*fakeFrames
+	release chan struct{}
+}
+
+func (b *blockingFrames) WriteBatch(frames [][]byte) (int, error) {
+	<-b.release
+	return len(frames), nil
+}
+
+// TestStalled: a port whose delivery never completes is reported by the
+// second call of Stalled (the first takes a sample); busy ports that make
+// progress are not.
+func TestStalled(t *testing.T) {
+	sw := newSwitch(t, Options{})
+	lan := mustNetwork(t, sw, "lan", 0)
+	a := newVM(t, sw, "a", lan, macA, vmOpts{})
+	b := newVM(t, sw, "b", lan, macB, vmOpts{})
+	bf := &blockingFrames{fakeFrames: newFakeFrames(), release: make(chan struct{})}
+	if _, err := sw.AddFramePort("stuck", bf, FrameConfig{Networks: []*Network{lan}}); err != nil {
+		t.Fatal(err)
+	}
+	released := false
+	release := func() {
+		if !released {
+			close(bf.release)
+			released = true
+		}
+	}
+	defer release()
+	if got := sw.Stalled(); len(got) != 0 {
+		t.Fatalf("Stalled = %v on an idle switch", got)
+	}
+	// Flooded: the stuck port's write blocks the sender, and with it b
+	// (deferred to the end of the sender's batch): one port stalls all.
+	a.send(ether(bcast(), mac(macA), 0x88b5, make([]byte, 46)))
+	time.Sleep(10 * time.Millisecond)
+	sw.Stalled()
+	time.Sleep(10 * time.Millisecond)
+	if got := sw.Stalled(); len(got) != 1 || got[0] != "stuck" {
+		t.Fatalf("Stalled = %v, want [stuck]", got)
+	}
+	release()
+	a.flushTX()
+	waitFor(t, "b", func() bool { return b.port.Counters().RxPackets == 1 })
+	sw.Stalled()
+	if got := sw.Stalled(); len(got) != 0 {
+		t.Fatalf("Stalled = %v after the port took its frame", got)
+	}
+}

@@ -147,6 +147,7 @@ type Port struct {
 	// frames beyond the one its limit was charged: the port's next
 	// frame pays for them (see sender.segment).
 	segDebt atomic.Uint64
+	busy    busyWatch // deliveries into the port in progress, for Stalled
 	c       counters
 
 	v *VirtioPort // set for a virtio port

@@ -325,6 +325,7 @@ func (v *VirtioPort) receiveLocked(s *sender, e *emit) bool {
 func (v *VirtioPort) flushRX(s *sender, t int) {
 	rx := &v.rx
 	rt := &s.touched[t]
+	v.busy.enter()
 	rx.mu.Lock()
 	for i := 0; rt.queued > 0 && i < s.np; i++ {
 		e := &s.pend[i]
@@ -343,6 +344,7 @@ func (v *VirtioPort) flushRX(s *sender, t int) {
 		}
 	}
 	rx.mu.Unlock()
+	v.busy.exit()
 }
 
 // tooLong reports whether c has more buffers than the switch keeps for a

@@ -58,6 +58,8 @@ type Switch struct {
 
 	pool sync.Pool // *sender for Inject
 
+	stallMu sync.Mutex // serialises Stalled
+
 	mu     sync.Mutex
 	nets   map[string]*Network
 	ports  []*Port
