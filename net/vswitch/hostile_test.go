@@ -309,3 +309,28 @@ func TestStalled(t *testing.T) {
 		t.Fatalf("Stalled = %v after the port took its frame", got)
 	}
 }
+
+// TestBadReceiveChainsBounded: a guest whose receive ring holds nothing
+// but malformed chains costs a sender at most maxBadChains walks per
+// frame, not a ring's worth.
+func TestBadReceiveChainsBounded(t *testing.T) {
+	sw := newSwitch(t, Options{})
+	lan := mustNetwork(t, sw, "lan", 0)
+	a := newVM(t, sw, "a", lan, macA, vmOpts{})
+	b := newVM(t, sw, "b", lan, macB, vmOpts{rxBufs: 1})
+	a.send(ether(mac(macB), mac(macA), 0x88b5, make([]byte, 46))) // takes the one good buffer
+	a.flushTX()
+	waitFor(t, "first frame", func() bool { return b.port.Counters().RxPackets == 1 })
+	for range 40 {
+		if !b.rx.post(nil, []int{64, 64}, false) { // readable: not a receive buffer
+			t.Fatal("ring full")
+		}
+	}
+	a.send(ether(mac(macB), mac(macA), 0x88b5, make([]byte, 46)))
+	a.flushTX()
+	c := b.port.Counters()
+	if c.Drops[DropMalformed] != maxBadChains || c.Drops[DropNoBuffer] != 1 {
+		t.Fatalf("one frame to a ring of 40 bad chains: malformed=%d no_buffer=%d, want %d and 1",
+			c.Drops[DropMalformed], c.Drops[DropNoBuffer], maxBadChains)
+	}
+}

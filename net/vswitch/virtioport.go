@@ -53,6 +53,9 @@ const (
 	v6ClaimAge  = 30 * time.Minute
 )
 
+// maxBadChains bounds the malformed receive chains one delivery skips.
+const maxBadChains = 8
+
 // VirtioConfig describes a VM NIC's port.
 type VirtioConfig struct {
 	Network *Network
@@ -244,7 +247,10 @@ func (rx *rxState) at(i int) *virtio.Chain { return &rx.held[(rx.start+i)%maxRxC
 // take makes one more receive chain available in held; it returns false
 // when the driver has none (or broke its ring).
 func (rx *rxState) take(v *VirtioPort) bool {
-	for {
+	// A guest refilling its ring with malformed chains as fast as they
+	// come back would make every sender walk up to a ring's worth of
+	// them per frame; after maxBadChains the frame is not delivered.
+	for bad := 0; bad < maxBadChains; {
 		head, ok, err := rx.q.Pop()
 		if err != nil || !ok {
 			return false
@@ -255,11 +261,13 @@ func (rx *rxState) take(v *VirtioPort) bool {
 			rx.q.Push(head, 0)
 			// The sender interrupts the driver at flush if it wants it.
 			v.drop(DropMalformed)
+			bad++
 			continue
 		}
 		rx.n++
 		return true
 	}
+	return false
 }
 
 // receiveLocked writes e into the guest's receive buffers: one chain, or
@@ -272,18 +280,19 @@ func (v *VirtioPort) receiveLocked(s *sender, e *emit) bool {
 		v.drop(DropNoBuffer)
 		return false
 	}
-	if rx.n > 0 || rx.take(v) {
-		// One chain of one buffer that holds the frame: Linux's
-		// mergeable buffers (1.5 KiB or more) and any 64 B frame.
-		c := rx.at(0)
-		if w := c.Writable(); len(w) == 1 && len(w[0]) >= e.total {
-			e.hdr.numBuffers = 1
-			e.writeFlat(w[0])
-			rx.q.PushDeferred(c.Head, uint32(e.total))
-			rx.start = (rx.start + 1) % maxRxChains
-			rx.n--
-			return true
-		}
+	if rx.n == 0 && !rx.take(v) {
+		v.drop(DropNoBuffer)
+		return false
+	}
+	// One chain of one buffer that holds the frame: Linux's mergeable
+	// buffers (1.5 KiB or more) and any 64 B frame.
+	if first := rx.at(0); len(first.Writable()) == 1 && len(first.Writable()[0]) >= e.total {
+		e.hdr.numBuffers = 1
+		e.writeFlat(first.Writable()[0])
+		rx.q.PushDeferred(first.Head, uint32(e.total))
+		rx.start = (rx.start + 1) % maxRxChains
+		rx.n--
+		return true
 	}
 	limit := 1
 	if rx.mrg {
