@@ -2,7 +2,10 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -46,19 +49,78 @@ func (f *fleet) Dump(name string, timeout time.Duration) error {
 	if p == nil {
 		return fmt.Errorf("no running vm %q", name)
 	}
-	select { // the end of an earlier dump nobody waited for
-	case <-p.dumped:
-	default:
+	drain(p.begun) // the lines of an earlier dump nobody waited for
+	drain(p.dumped)
+	deadline := time.Now().Add(timeout)
+	// Until its Go runtime has installed its signal handlers, a VMM just
+	// started would die of the signal (the default action): wait for them.
+	for !catches(p.pid, dumpSignal) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("vmm pid %d did not install its signal handlers within %s", p.pid, timeout)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	if err := unix.Kill(p.pid, dumpSignal); err != nil {
-		return fmt.Errorf("signal vmm pid %d: %w", p.pid, err)
+	// Between the runtime's handlers and the VMM's own signal.Notify the
+	// runtime ignores the signal: ask again until the dump begins.
+	for {
+		if err := unix.Kill(p.pid, dumpSignal); err != nil {
+			return fmt.Errorf("signal vmm pid %d: %w", p.pid, err)
+		}
+		select {
+		case <-p.begun:
+		case <-time.After(min(dumpResend, time.Until(deadline))):
+			if time.Now().Before(deadline) {
+				continue
+			}
+			return fmt.Errorf("vmm pid %d did not begin a dump within %s", p.pid, timeout)
+		}
+		break
 	}
 	select {
 	case <-p.dumped:
 		return nil
-	case <-time.After(timeout):
+	case <-time.After(time.Until(deadline)):
 		return fmt.Errorf("vmm pid %d did not finish its dump within %s", p.pid, timeout)
 	}
+}
+
+// dumpResend is how long Dump waits for the first line of a dump before it
+// signals again: a VMM writes that line as soon as it takes the signal.
+const dumpResend = 3 * time.Second
+
+func drain(c chan struct{}) {
+	select {
+	case <-c:
+	default:
+	}
+}
+
+// notify signals c without blocking (a signal already pending is enough).
+func notify(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// catches reports whether process pid has a handler for sig (the SigCgt
+// mask of /proc/<pid>/status).
+func catches(pid int, sig unix.Signal) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return false
+	}
+	return sigCaught(string(b), sig)
+}
+
+func sigCaught(status string, sig unix.Signal) bool {
+	for _, l := range strings.Split(status, "\n") {
+		if v, ok := strings.CutPrefix(l, "SigCgt:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && sig >= 1 && sig <= 64 && mask&(1<<(sig-1)) != 0
+		}
+	}
+	return false
 }
 
 // DumpAll dumps every running VMM at once and waits for all of them.

@@ -142,7 +142,6 @@ func vmmMain(args []string) int {
 		return fail("%s: %v", *name, err)
 	}
 	defer m.Close()
-	built.Store(m)
 	// stdout is the guest's console: the VMM's own notes go to stderr.
 	for i, kind := range m.DiskBackends() {
 		if cfg.Disks[i].Direct {
@@ -169,6 +168,7 @@ func vmmMain(args []string) int {
 		<-sigc
 		m.Stop() // asked twice: stop now
 	}()
+	built.Store(m)
 	r := m.Run()
 	fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: %s after %s (%s)\n", *name, r.Exit, time.Since(start).Round(time.Millisecond), r.Detail)
 	all, io, mmio := m.Exits()

@@ -91,9 +91,9 @@ type vmProc struct {
 	vm    config.VM
 	pid   int
 	stdin io.WriteCloser
-	// dumped receives when the VMM's output relays the last line of a
-	// dump (see fleet.Dump).
-	dumped chan struct{}
+	// begun and dumped receive when the VMM's output relays the first
+	// and the last line of a dump (see fleet.Dump).
+	begun, dumped chan struct{}
 }
 
 func newFleet(c *console, r *reaper, oneshot bool) *fleet {
@@ -215,7 +215,7 @@ func (f *fleet) runOnce(vm config.VM) (unix.WaitStatus, error) {
 		inW.Close()
 		return 0, fmt.Errorf("start vmm: %w", err)
 	}
-	proc := &vmProc{vm: vm, pid: cmd.Process.Pid, stdin: inW, dumped: make(chan struct{}, 1)}
+	proc := &vmProc{vm: vm, pid: cmd.Process.Pid, stdin: inW, begun: make(chan struct{}, 1), dumped: make(chan struct{}, 1)}
 	f.procs[vm.Name] = proc
 	f.mu.Unlock()
 	f.c.Printf("vm %s started pid=%d cpus=%d memory=%s", vm.Name, cmd.Process.Pid, vm.CPUs, vm.Memory)
@@ -228,11 +228,11 @@ func (f *fleet) runOnce(vm config.VM) (unix.WaitStatus, error) {
 		for sc.Scan() {
 			line := strings.TrimRight(sc.Text(), "\r")
 			f.c.Relay(vm.Name, line)
+			if strings.HasPrefix(line, dumpPrefix) {
+				notify(proc.begun)
+			}
 			if line == dumpEndLine {
-				select {
-				case proc.dumped <- struct{}{}:
-				default:
-				}
+				notify(proc.dumped)
 			}
 		}
 	}()

@@ -96,7 +96,11 @@ func (m *Machine) Dump(w io.Writer, prefix string) {
 		if watch.inGuest.Load() {
 			where = "in KVM_RUN"
 		}
-		where = fmt.Sprintf("%s, %d exits, last %v", where, watch.exits.Load(), kvm.Exit(watch.lastExit.Load()))
+		if n := watch.exits.Load(); n == 0 {
+			where += ", no exits yet"
+		} else {
+			where = fmt.Sprintf("%s, %d exits, last %v", where, n, kvm.Exit(watch.lastExit.Load()))
+		}
 		if !running || tid == 0 {
 			// Not read from here: a thread still in (or entering)
 			// KVM_RUN would hold the vCPU's mutex for as long as the
