@@ -73,6 +73,8 @@ const dumpWait = 2 * time.Second
 // Dump may be called from any goroutine while Run runs; each line is one
 // Write.
 func (m *Machine) Dump(w io.Writer, prefix string) {
+	m.dumpMu.Lock()
+	defer m.dumpMu.Unlock()
 	line := func(format string, a ...any) {
 		io.WriteString(w, prefix+fmt.Sprintf(format, a...)+"\n")
 	}

@@ -149,6 +149,7 @@ type Machine struct {
 	mu       sync.Mutex
 	tids     []int       // OS thread of each running vCPU, 0 until it started
 	watch    []vcpuWatch // per vCPU, for Dump (dump.go)
+	dumpMu   sync.Mutex  // one Dump at a time: their kicks and answers would cross
 }
 
 // pvpanicPort is QEMU's pvpanic ISA port, described to the guest as an
