@@ -60,7 +60,7 @@ func TestDefaultDemo(t *testing.T) {
 				if seen != 2 {
 					t.Errorf("%d VMMs reported their exits, want 2", seen)
 				}
-				t.Logf("run %d passed in %s", i, time.Since(began).Round(time.Second))
+				t.Logf("run %d took %s", i, time.Since(began).Round(time.Second))
 			})
 		})
 	}
