@@ -91,6 +91,9 @@ type vmProc struct {
 	vm    config.VM
 	pid   int
 	stdin io.WriteCloser
+	// begun and dumped receive when the VMM's output relays the first
+	// and the last line of a dump (see fleet.Dump).
+	begun, dumped chan struct{}
 }
 
 func newFleet(c *console, r *reaper, oneshot bool) *fleet {
@@ -212,7 +215,8 @@ func (f *fleet) runOnce(vm config.VM) (unix.WaitStatus, error) {
 		inW.Close()
 		return 0, fmt.Errorf("start vmm: %w", err)
 	}
-	f.procs[vm.Name] = &vmProc{vm: vm, pid: cmd.Process.Pid, stdin: inW}
+	proc := &vmProc{vm: vm, pid: cmd.Process.Pid, stdin: inW, begun: make(chan struct{}, 1), dumped: make(chan struct{}, 1)}
+	f.procs[vm.Name] = proc
 	f.mu.Unlock()
 	f.c.Printf("vm %s started pid=%d cpus=%d memory=%s", vm.Name, cmd.Process.Pid, vm.CPUs, vm.Memory)
 
@@ -222,7 +226,14 @@ func (f *fleet) runOnce(vm config.VM) (unix.WaitStatus, error) {
 		sc := bufio.NewScanner(outR)
 		sc.Buffer(make([]byte, 64<<10), 64<<10)
 		for sc.Scan() {
-			f.c.Relay(vm.Name, strings.TrimRight(sc.Text(), "\r"))
+			line := strings.TrimRight(sc.Text(), "\r")
+			f.c.Relay(vm.Name, line)
+			if strings.HasPrefix(line, dumpPrefix) {
+				notify(proc.begun)
+			}
+			if line == dumpEndLine {
+				notify(proc.dumped)
+			}
 		}
 	}()
 	ws := <-wait
@@ -280,12 +291,27 @@ func (f *fleet) Stop(grace time.Duration) {
 
 // readConsoleInput routes lines typed on the appliance console: "@<vm> text"
 // sends "text" to that VM's serial console; "switch kill" kills the switch
-// as a crash would (it is restarted and the VMs reconnect).
+// as a crash would (it is restarted and the VMs reconnect); "dump <vm>"
+// (or "dump" for all) makes VMMs print their state (fleet.Dump).
 func readConsoleInput(c *console, f *fleet, sw *netSwitch, in io.Reader) {
 	sc := bufio.NewScanner(in)
 	for sc.Scan() {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" {
+			continue
+		}
+		if cmd, arg, _ := strings.Cut(line, " "); cmd == "dump" {
+			names := strings.Fields(arg)
+			if len(names) == 0 {
+				names = f.Running()
+			}
+			for _, name := range names {
+				go func() {
+					if err := f.Dump(name, dumpTimeout); err != nil {
+						c.Printf("console: dump %s: %v", name, err)
+					}
+				}()
+			}
 			continue
 		}
 		if line == "switch kill" {
@@ -299,7 +325,7 @@ func readConsoleInput(c *console, f *fleet, sw *netSwitch, in io.Reader) {
 		target, text, _ := strings.Cut(line, " ")
 		name, ok := strings.CutPrefix(target, "@")
 		if !ok {
-			c.Printf("console: type \"@<vm> <text>\" to send a line to a VM's console, or \"switch kill\"")
+			c.Printf("console: type \"@<vm> <text>\" to send a line to a VM's console, \"dump [<vm>...]\" to dump VMMs' state, or \"switch kill\"")
 			continue
 		}
 		if err := f.Input(name, text); err != nil {
