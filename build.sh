@@ -5,7 +5,8 @@
 #   ./build.sh build   build out/image/{vmlinuz,initramfs.cpio,board.yaml} (default)
 #   ./build.sh run     build, then boot the image in QEMU with the console here
 #                      (runner flags follow: -memory 4G -cpus 4 -append ... -config F -overlay DIR -oneshot)
-#   ./build.sh test    deps, build, go vet, unit + host-KVM tests, end-to-end tests under QEMU
+#   ./build.sh test    deps, build, go vet, gofmt, go mod tidy check, unit tests, KVM tests (on the
+#                      host's /dev/kvm, else in the appliance), end-to-end tests under QEMU, race detector
 #   ./build.sh bench   Go micro-benchmarks, then the boot benchmark (hyperroot vs gokvm), the disk
 #                      benchmark (hyperroot io_uring/pool vs QEMU) and the network benchmark (hyperroot
 #                      switch vs QEMU + tap + Linux bridge) in the appliance
@@ -123,6 +124,10 @@ unit_and_e2e() {
 	return $failed
 }
 
+race() {
+	go test -race -count=1 -timeout 20m $(tools/race-packages.sh)
+}
+
 # bench_run NAME TIMEOUT: boot the bench image, in which PID 1 runs the
 # benchmark program (tools/bench) on its own configuration (no other VMs),
 # and show its figures.
@@ -155,7 +160,9 @@ test)
 	step "build image (board $BOARD)" build
 	step "go vet" go vet ./...
 	step "gofmt" check_fmt
+	step "go mod tidy leaves go.mod and go.sum unchanged" tools/check-tidy.sh
 	step "unit, host-KVM and end-to-end tests" unit_and_e2e
+	step "race detector (packages whose tests need neither KVM nor QEMU)" race
 	;;
 bench)
 	step deps deps
@@ -173,7 +180,7 @@ clean)
 	if [ "${2:-}" = all ]; then rm -rf "$OUT"; else find "$OUT" -mindepth 1 -maxdepth 1 ! -name cache -exec rm -rf {} + 2>/dev/null || true; fi
 	;;
 *)
-	sed -n '2,12p' "$0" >&2
+	sed -n '2,15p' "$0" >&2
 	exit 2
 	;;
 esac

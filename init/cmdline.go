@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"time"
 )
 
 // cmdline holds the kernel command line's hyperroot.* options, and ip=.
@@ -13,6 +14,13 @@ type cmdline struct {
 	Oneshot bool   // hyperroot.oneshot=1: power off when the work is done
 	Config  string // hyperroot.config=<path|URL>
 	Run     string // hyperroot.run=<path>[,<arg>...]: a program to run once the appliance is ready
+	// Timeout (hyperroot.timeout=<Go duration>, e.g. 3m30s), counted from
+	// the kernel's start, ends a oneshot run that has not finished by then:
+	// the supervisor dumps every running VMM's state (dump.go), reports
+	// the result as failed and powers off. 0: no timeout. TimeoutErr is
+	// set when the value does not parse.
+	Timeout    time.Duration
+	TimeoutErr error
 	// IP is the value of ip=, unparsed: parseIPParam reports its errors
 	// when the host network is set up, on the console.
 	IP string
@@ -36,6 +44,15 @@ func parseCmdline(s string) cmdline {
 			c.Config = v
 		case "hyperroot.run":
 			c.Run = v
+		case "hyperroot.timeout":
+			d, err := time.ParseDuration(v)
+			if err == nil && d <= 0 {
+				err = fmt.Errorf("not positive")
+			}
+			c.Timeout, c.TimeoutErr = d, nil
+			if err != nil {
+				c.Timeout, c.TimeoutErr = 0, fmt.Errorf("hyperroot.timeout=%s: %w", v, err)
+			}
 		case "ip":
 			c.IP = v
 		}

@@ -5,6 +5,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestCmdlineIP(t *testing.T) {
@@ -145,5 +146,26 @@ func TestParseRunJob(t *testing.T) {
 	}
 	if _, err := parseRunJob("bench,boot"); err == nil {
 		t.Error("a relative program path was accepted")
+	}
+}
+
+func TestCmdlineTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+		err  bool
+	}{
+		{"console=ttyS0", 0, false},
+		{"hyperroot.timeout=3m30s", 210 * time.Second, false},
+		{"hyperroot.timeout=5m hyperroot.timeout=90s", 90 * time.Second, false},
+		{"hyperroot.timeout=soon", 0, true},
+		{"hyperroot.timeout=-1s", 0, true},
+		{"hyperroot.timeout=0s", 0, true},
+		{"hyperroot.timeout=x hyperroot.timeout=1m", time.Minute, false},
+	} {
+		c := parseCmdline(tc.in)
+		if c.Timeout != tc.want || (c.TimeoutErr != nil) != tc.err {
+			t.Errorf("parseCmdline(%q): timeout %s error %v, want %s error %v", tc.in, c.Timeout, c.TimeoutErr, tc.want, tc.err)
+		}
 	}
 }

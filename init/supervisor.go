@@ -107,22 +107,11 @@ func supervise() {
 			jobDone <- err == nil && code == 0
 		}()
 	}
+	if args.TimeoutErr != nil {
+		c.Errorf("cmdline", args.TimeoutErr)
+	}
 	if args.Oneshot {
-		go func() {
-			f.Wait()
-			failed := f.Failed()
-			runFailed := !<-jobDone
-			if n := c.Errors(); n > 0 || len(failed) > 0 || runFailed {
-				extra := ""
-				if runFailed {
-					extra = " run=fail"
-				}
-				c.Printf("result fail errors=%d vms=%s%s", n, strings.Join(failed, ","), extra)
-			} else {
-				c.Printf("result pass")
-			}
-			power <- "oneshot"
-		}()
+		go oneshot(c, f, jobDone, args.Timeout, power)
 	}
 	p.Do(<-power)
 }
@@ -197,4 +186,43 @@ func loadConfig(c *console, args cmdline) (*config.Config, string) {
 	}
 	c.Printf("config: %s (%d VMs, %d networks)", src, len(cfg.VMs), len(cfg.Networks))
 	return cfg, src
+}
+
+// oneshot waits until every VM has exited, prints the verdict and asks for
+// the power-off. With a timeout (hyperroot.timeout=, counted from the
+// kernel's start) a run that has not finished by then is a failure: every
+// VMM still running dumps its vCPUs and goroutines first (fleet.DumpAll),
+// so that the console of a hung run says where each guest was.
+func oneshot(c *console, f *fleet, jobDone <-chan bool, timeout time.Duration, power chan<- string) {
+	done := make(chan struct{})
+	runFailed := false
+	go func() {
+		f.Wait()
+		runFailed = !<-jobDone
+		close(done)
+	}()
+	var expired <-chan time.Time
+	if timeout > 0 {
+		expired = time.After(timeout - time.Duration(uptime()*float64(time.Second)))
+	}
+	select {
+	case <-done:
+		failed := f.Failed()
+		if n := c.Errors(); n > 0 || len(failed) > 0 || runFailed {
+			extra := ""
+			if runFailed {
+				extra = " run=fail"
+			}
+			c.Printf("result fail errors=%d vms=%s%s", n, strings.Join(failed, ","), extra)
+		} else {
+			c.Printf("result pass")
+		}
+		power <- "oneshot"
+	case <-expired:
+		running := f.Running()
+		c.Printf("timeout: %s since boot, still running: %s; dumping their VMMs", timeout, strings.Join(running, ","))
+		f.DumpAll(dumpTimeout)
+		c.Printf("result fail errors=%d vms=%s timeout=%s", c.Errors(), strings.Join(append(f.Failed(), running...), ","), timeout)
+		power <- "timeout"
+	}
 }

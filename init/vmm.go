@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -30,6 +31,11 @@ func vmmMain(args []string) int {
 		fmt.Fprintf(os.Stderr, "hyperroot vmm: "+format+"\n", v...)
 		return vmmcli.ExitError
 	}
+	// From here on a dump request (SIGUSR1, from the supervisor's "dump"
+	// command or its oneshot timeout) is answered, at first with "no
+	// machine yet"; Go ignores the signal before this, it never kills.
+	var built atomic.Pointer[machine.Machine]
+	go answerDumps(&built)
 	tuneRuntime(a.CPUs)
 	mem, err := config.ParseSize(a.Memory)
 	if err != nil {
@@ -111,8 +117,11 @@ func vmmMain(args []string) int {
 		<-sigc
 		m.Stop() // asked twice: stop now
 	}()
+	built.Store(m)
 	r := m.Run()
 	fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: %s after %s (%s)\n", a.Name, r.Exit, time.Since(start).Round(time.Millisecond), r.Detail)
+	all, io, mmio := m.Exits()
+	fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: exits %d (io %d, mmio %d)\n", a.Name, all, io, mmio)
 	switch r.Exit {
 	case machine.ExitPoweroff:
 		return vmmcli.ExitPoweroff
@@ -271,5 +280,19 @@ func reportMemStats(w io.Writer) {
 			kib(s.HeapInuse), kib(s.HeapIdle-s.HeapReleased), kib(s.HeapReleased), kib(s.StackInuse),
 			kib(s.MSpanInuse+s.MCacheInuse), kib(s.GCSys), kib(s.OtherSys), kib(s.BuckHashSys),
 			runtime.NumGoroutine(), s.NumGC, runtime.GOMAXPROCS(0))
+	}
+}
+
+// answerDumps writes the machine's state to stderr (dumpPrefix lines, the
+// last one dumpEndLine) on each dumpSignal; see init/dump.go.
+func answerDumps(m *atomic.Pointer[machine.Machine]) {
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, dumpSignal)
+	for range c {
+		if mm := m.Load(); mm != nil {
+			mm.Dump(os.Stderr, dumpPrefix)
+			continue
+		}
+		fmt.Fprintf(os.Stderr, "%sno machine yet (the VMM is still building it)\n%s\n", dumpPrefix, dumpEndLine)
 	}
 }

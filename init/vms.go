@@ -25,14 +25,23 @@ type fleet struct {
 	oneshot bool // never restart: the appliance powers off when all have exited
 
 	mu       sync.Mutex
-	vms      map[string]*child.Supervisor
+	vms      map[string]*vmEntry
 	stopping bool
 	failed   []string // names of VMs whose last exit was not a clean poweroff
 	done     sync.WaitGroup
 }
 
+// vmEntry is one configured VM: its supervision, and what a dump of its
+// VMM waits for.
+type vmEntry struct {
+	sup *child.Supervisor
+	// begun and dumped receive when the VMM's output relays the first
+	// and the last line of a dump (see fleet.Dump).
+	begun, dumped chan struct{}
+}
+
 func newFleet(c *console, r child.Starter, oneshot bool) *fleet {
-	return &fleet{c: c, r: r, oneshot: oneshot, vms: map[string]*child.Supervisor{}}
+	return &fleet{c: c, r: r, oneshot: oneshot, vms: map[string]*vmEntry{}}
 }
 
 // Start launches every VM; each runs (and restarts) on its own goroutine.
@@ -43,8 +52,9 @@ func (f *fleet) Start(vms []config.VM) {
 		return
 	}
 	for _, vm := range vms {
-		s := child.Supervise(child.Run{
-			Start:  func() (*child.Process, error) { return f.startVM(vm) },
+		e := &vmEntry{begun: make(chan struct{}, 1), dumped: make(chan struct{}, 1)}
+		e.sup = child.Supervise(child.Run{
+			Start:  func() (*child.Process, error) { return f.startVM(vm, e) },
 			Exited: func(ws unix.WaitStatus, _ time.Duration) bool { return f.exited(vm, ws) },
 			Restarting: func(d time.Duration) {
 				f.c.Printf("vm %s restarting in %s (restart: %s)", vm.Name, d, vm.Restart)
@@ -53,11 +63,11 @@ func (f *fleet) Start(vms []config.VM) {
 			// a clean poweroff or a run of a minute starts afresh.
 			Backoff: child.Backoff{Min: time.Second, Max: time.Minute, Reset: time.Minute},
 		})
-		f.vms[vm.Name] = s
+		f.vms[vm.Name] = e
 		f.done.Add(1)
 		go func() {
 			defer f.done.Done()
-			if err := s.Err(); err != nil {
+			if err := e.sup.Err(); err != nil {
 				f.c.Errorf("vm "+vm.Name, err)
 				f.markFailed(vm.Name, true)
 			}
@@ -76,7 +86,7 @@ func (f *fleet) Failed() []string {
 }
 
 // startVM starts one VMM process for vm.
-func (f *fleet) startVM(vm config.VM) (*child.Process, error) {
+func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 	// Disks are opened here, before anything starts, so that a missing
 	// or unusable one stops the VM with an error naming it.
 	disks, err := openDisks(vm)
@@ -92,7 +102,15 @@ func (f *fleet) startVM(vm config.VM) (*child.Process, error) {
 		Started: func(pid int) {
 			f.c.Printf("vm %s started pid=%d cpus=%d memory=%s", vm.Name, pid, vm.CPUs, vm.Memory)
 		},
-		Line: func(line string) { f.c.Relay(vm.Name, line) },
+		Line: func(line string) {
+			f.c.Relay(vm.Name, line)
+			if strings.HasPrefix(line, dumpPrefix) {
+				notify(e.begun)
+			}
+			if line == dumpEndLine {
+				notify(e.dumped)
+			}
+		},
 	})
 }
 
@@ -122,18 +140,23 @@ func (f *fleet) markFailed(name string, failed bool) {
 
 // Input sends a line typed on the appliance console to a VM's serial port.
 func (f *fleet) Input(name, line string) error {
-	f.mu.Lock()
-	s := f.vms[name]
-	f.mu.Unlock()
-	var p *child.Process
-	if s != nil {
-		p = s.Process()
-	}
+	p := f.process(name)
 	if p == nil {
 		return fmt.Errorf("no running vm %q", name)
 	}
 	_, err := p.Write([]byte(line + "\n"))
 	return err
+}
+
+// process is VM name's running VMM, or nil.
+func (f *fleet) process(name string) *child.Process {
+	f.mu.Lock()
+	e := f.vms[name]
+	f.mu.Unlock()
+	if e == nil {
+		return nil
+	}
+	return e.sup.Process()
 }
 
 // Stop asks every VMM to shut its guest down (SIGTERM: the VMM presses the
@@ -142,11 +165,11 @@ func (f *fleet) Stop(grace time.Duration) {
 	f.mu.Lock()
 	f.stopping = true
 	var wg sync.WaitGroup
-	for name, s := range f.vms {
+	for name, e := range f.vms {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.Stop(grace, func() { f.c.Printf("vm %s did not stop within %s: killing it", name, grace) })
+			e.sup.Stop(grace, func() { f.c.Printf("vm %s did not stop within %s: killing it", name, grace) })
 		}()
 	}
 	f.mu.Unlock()
@@ -165,12 +188,27 @@ func selfPath() string {
 
 // readConsoleInput routes lines typed on the appliance console: "@<vm> text"
 // sends "text" to that VM's serial console; "switch kill" kills the switch
-// as a crash would (it is restarted and the VMs reconnect).
+// as a crash would (it is restarted and the VMs reconnect); "dump <vm>"
+// (or "dump" for all) makes VMMs print their state (fleet.Dump).
 func readConsoleInput(c *console, f *fleet, sw *netSwitch, in io.Reader) {
 	sc := bufio.NewScanner(in)
 	for sc.Scan() {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" {
+			continue
+		}
+		if cmd, arg, _ := strings.Cut(line, " "); cmd == "dump" {
+			names := strings.Fields(arg)
+			if len(names) == 0 {
+				names = f.Running()
+			}
+			for _, name := range names {
+				go func() {
+					if err := f.Dump(name, dumpTimeout); err != nil {
+						c.Printf("console: dump %s: %v", name, err)
+					}
+				}()
+			}
 			continue
 		}
 		if line == "switch kill" {
@@ -184,7 +222,7 @@ func readConsoleInput(c *console, f *fleet, sw *netSwitch, in io.Reader) {
 		target, text, _ := strings.Cut(line, " ")
 		name, ok := strings.CutPrefix(target, "@")
 		if !ok {
-			c.Printf("console: type \"@<vm> <text>\" to send a line to a VM's console, or \"switch kill\"")
+			c.Printf("console: type \"@<vm> <text>\" to send a line to a VM's console, \"dump [<vm>...]\" to dump VMMs' state, or \"switch kill\"")
 			continue
 		}
 		if err := f.Input(name, text); err != nil {

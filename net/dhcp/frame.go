@@ -1,6 +1,7 @@
 package dhcp
 
 import (
+	"bytes"
 	"encoding/binary"
 	"net"
 
@@ -47,6 +48,15 @@ func (s *Server) HandleFrame(in []byte, out []byte) (n int, ok bool) {
 	}
 	if !req.GatewayIPAddr.IsUnspecified() && req.GatewayIPAddr != nil {
 		// Relayed requests cannot come from a VM port on this network.
+		return 0, false
+	}
+	// The client is its hardware address, and the switch locks a port to
+	// its MAC: a message naming another chaddr speaks for someone else
+	// (RELEASE or DECLINE of a neighbour's lease). The switch's port
+	// security drops these from VM ports already; this holds for the
+	// host port and any other caller.
+	if !bytes.Equal(req.ClientHWAddr, eth.SrcMAC) {
+		s.spoofed.Add(1)
 		return 0, false
 	}
 	resp, err := s.Handle(req)

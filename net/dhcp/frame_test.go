@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net"
+	"slices"
 	"testing"
 
 	"github.com/gopacket/gopacket"
@@ -18,6 +19,7 @@ type frameOpts struct {
 	vlan      bool
 	ipOptions bool
 	fragment  bool
+	srcMAC    net.HardwareAddr // the frame's source; default the message's chaddr
 }
 
 // clientFrame wraps a DHCP message in Ethernet/IPv4/UDP the way a guest's
@@ -37,6 +39,9 @@ func clientFrame(t testing.TB, m *dhcpv4.DHCPv4, o frameOpts) []byte {
 	src := m.ClientHWAddr
 	if len(src) != 6 {
 		src = mac(99)
+	}
+	if o.srcMAC != nil {
+		src = o.srcMAC
 	}
 	eth := &layers.Ethernet{SrcMAC: src, DstMAC: layers.EthernetBroadcast, EthernetType: layers.EthernetTypeIPv4}
 	ip4 := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: o.src, DstIP: o.dst}
@@ -242,16 +247,31 @@ func FuzzHandleFrame(f *testing.F) {
 	}
 	f.Add(clientFrame(f, discover(f, 1), frameOpts{}))
 	out := make([]byte, 1514)
+	const sentinel = 0xa5
 	f.Fuzz(func(t *testing.T, in []byte) {
+		for i := range out {
+			out[i] = sentinel
+		}
 		n, ok := s.HandleFrame(in, out)
 		if !ok {
 			if n != 0 {
 				t.Fatalf("n = %d with ok false", n)
 			}
+			if slices.ContainsFunc(out, func(b byte) bool { return b != sentinel }) {
+				t.Fatal("out written although no reply was made")
+			}
 			return
 		}
-		if n > len(out) {
-			t.Fatalf("n = %d beyond out", n)
+		// The reply is exactly n bytes: its IPv4 total length says
+		// so, and nothing after it was written.
+		if n < ethHeader+20 {
+			t.Fatalf("reply of %d bytes", n)
+		}
+		if l := ethHeader + int(binary.BigEndian.Uint16(out[ethHeader+2:])); l != n {
+			t.Fatalf("reply of %d bytes whose IPv4 header says %d", n, l)
+		}
+		if slices.ContainsFunc(out[n:], func(b byte) bool { return b != sentinel }) {
+			t.Fatalf("bytes beyond the %d-byte reply were written", n)
 		}
 		parseReply(t, out[:n], cfg.ServerMAC)
 	})

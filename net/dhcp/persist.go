@@ -21,8 +21,9 @@ type leaseFile struct {
 }
 
 type fileLease struct {
-	// Key is the client identity (client identifier or hardware address)
-	// as raw bytes; JSON carries it base64-encoded.
+	// Key is the client identity as raw bytes, "hw:" and the hardware
+	// address (older files may hold "id:" and a client identifier); JSON
+	// carries it base64-encoded.
 	Key      []byte    `json:"key"`
 	MAC      string    `json:"mac,omitempty"`
 	IP       string    `json:"ip"`
@@ -58,23 +59,35 @@ func (s *Server) load() error {
 	defer s.mu.Unlock()
 	for _, fl := range f.Leases {
 		ip, err := netip.ParseAddr(fl.IP)
-		if err != nil || !s.inPool(ip) || len(fl.Key) == 0 || s.byIP[ip] != nil || s.byKey[string(fl.Key)] != nil {
+		if err != nil || !s.inPool(ip) || s.byIP[ip] != nil {
 			continue
 		}
+		// A lease belongs to a hardware address (see the package
+		// comment). Files written before that keyed some leases by
+		// client identifier ("id:..."): their mac field names the
+		// client. Of two leases for one MAC the later one wins.
 		var mac net.HardwareAddr
-		if fl.MAC != "" {
+		switch {
+		case fl.MAC != "":
 			if mac, err = net.ParseMAC(fl.MAC); err != nil {
 				continue
 			}
+		case len(fl.Key) == 3+6 && string(fl.Key[:3]) == "hw:":
+			mac = net.HardwareAddr(fl.Key[3:])
 		}
-		e := &entry{key: string(fl.Key), mac: mac, ip: ip, hostname: fl.Hostname, expiry: fl.Expiry, saved: fl.Expiry, bound: true}
-		s.byKey[e.key] = e
-		s.byIP[ip] = e
-		if len(mac) > 0 {
-			if old := s.byMAC[string(mac)]; old == nil || old.expiry.Before(e.expiry) {
-				s.byMAC[string(mac)] = e
+		if len(mac) != 6 {
+			continue
+		}
+		if old := s.byMAC[string(mac)]; old != nil {
+			if !old.expiry.Before(fl.Expiry) {
+				continue
 			}
+			s.remove(old)
 		}
+		e := &entry{key: string(mac), mac: mac, ip: ip, hostname: fl.Hostname, expiry: fl.Expiry, saved: fl.Expiry, bound: true}
+		s.byMAC[e.key] = e
+		s.byIP[ip] = e
+		s.pool.schedule(e)
 	}
 	return nil
 }
@@ -96,7 +109,7 @@ func (s *Server) persist() {
 			continue
 		}
 		e.saved = e.expiry
-		fl := fileLease{Key: []byte(e.key), IP: e.ip.String(), Hostname: e.hostname, Expiry: e.expiry.UTC()}
+		fl := fileLease{Key: []byte("hw:" + e.key), IP: e.ip.String(), Hostname: e.hostname, Expiry: e.expiry.UTC()}
 		if len(e.mac) > 0 {
 			fl.MAC = e.mac.String()
 		}

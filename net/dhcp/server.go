@@ -6,6 +6,14 @@
 // intercept a VM's DHCP frame and write the answer straight back to the
 // port. Addresses are stable per client: the table survives VM restarts
 // trivially and switch restarts through an atomically rewritten lease file.
+//
+// A client is its hardware address, never its client identifier: the
+// switch locks each VM port to one MAC, and HandleFrame answers only
+// messages whose chaddr is the frame's source, so a lease is bound to a
+// port. RFC 2131 4.2 lets a client identifier take precedence, but here
+// that would let one port hold a lease per identifier it invents (draining
+// the pool) or name a neighbour's identifier to RELEASE or DECLINE its
+// lease and take its address.
 package dhcp
 
 import (
@@ -15,6 +23,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
@@ -31,6 +40,10 @@ const (
 	// declineHold is how long an address a client DECLINEd (someone else
 	// answers ARP for it) is kept out of the pool.
 	declineHold = 10 * time.Minute
+	// maxDeclines is how many addresses one client may have quarantined
+	// at once: a client declining every offer would otherwise empty the
+	// pool for declineHold. Further DECLINEs are ignored.
+	maxDeclines = 2
 )
 
 // Config describes one network's DHCP service. The zero value of every
@@ -56,8 +69,15 @@ type Config struct {
 	// (temp file + rename) and reloaded from by New.
 	LeasePath string
 	// OnLease is called, outside any lock, each time an address is ACKed,
-	// so the switch can let a port send from that IP.
+	// so the switch can let a port send from that IP. Renewals included:
+	// do not log from it (a guest renewing in a loop floods the console).
 	OnLease func(mac net.HardwareAddr, ip netip.Addr)
+	// OnNewLease is called, outside any lock and after OnLease, only
+	// when a client is ACKed an address it did not hold live (a new
+	// lease, another address, or one that had expired): the call to log
+	// leases from, and enough to unlock ports, since a renewal changes
+	// nothing a port was allowed.
+	OnNewLease func(mac net.HardwareAddr, ip netip.Addr)
 	// Log receives exhaustion and persistence warnings. Default slog.Default().
 	Log *slog.Logger
 	// Now is the clock; tests inject one. Default time.Now.
@@ -75,7 +95,7 @@ type Lease struct {
 // entry is one row of the table. An entry exists from the first OFFER; it
 // is bound once ACKed. Unbound entries are never persisted.
 type entry struct {
-	key      string // clientKey: client identifier, else hardware address
+	key      string // the hardware address, as a map key
 	mac      net.HardwareAddr
 	ip       netip.Addr
 	hostname string
@@ -92,6 +112,14 @@ func (e *entry) busy(now time.Time) bool {
 	return e.expiry.After(now) || e.offered.After(now)
 }
 
+// freeAt is when e's address stops being spoken for.
+func (e *entry) freeAt() time.Time {
+	if e.offered.After(e.expiry) {
+		return e.offered
+	}
+	return e.expiry
+}
+
 // Server answers DHCP for one network. It is safe for concurrent use: each
 // VM port's goroutine calls HandleFrame directly.
 type Server struct {
@@ -104,13 +132,21 @@ type Server struct {
 	persistMu sync.Mutex
 
 	mu       sync.Mutex
-	byKey    map[string]*entry
+	byMAC    map[string]*entry // every entry, by hardware address
 	byIP     map[netip.Addr]*entry
-	byMAC    map[string]*entry // newest bound entry per hardware address
-	declined map[netip.Addr]time.Time
+	declined map[netip.Addr]decline
+	pool     pool // free addresses and expiring entries, for O(log n) picks
 	// exhaustedLog is when pool exhaustion was last logged: a guest
 	// looping on DISCOVER must not flood the console.
 	exhaustedLog time.Time
+
+	spoofed atomic.Uint64 // messages whose chaddr was not the frame's source
+}
+
+// decline is a quarantined address and the client that declined it.
+type decline struct {
+	until time.Time
+	mac   string
 }
 
 // New validates cfg, fills in defaults and reloads the lease table from
@@ -124,11 +160,11 @@ func New(cfg Config) (*Server, error) {
 		mask:     net.CIDRMask(cfg.Subnet.Bits(), 32),
 		from:     u32(cfg.From),
 		to:       u32(cfg.To),
-		byKey:    make(map[string]*entry),
 		byIP:     make(map[netip.Addr]*entry),
 		byMAC:    make(map[string]*entry),
-		declined: make(map[netip.Addr]time.Time),
+		declined: make(map[netip.Addr]decline),
 	}
+	s.pool.srv, s.pool.next = s, s.from
 	if cfg.LeasePath != "" {
 		if err := s.load(); err != nil {
 			return nil, fmt.Errorf("dhcp %s: %w", cfg.Subnet, err)
@@ -231,17 +267,14 @@ func (s *Server) Handle(req *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, error) {
 	}
 }
 
-// clientKey identifies the client: by its client identifier option when it
-// sends one (RFC 2131 4.2), else by its hardware address.
+// clientKey identifies the client by its hardware address (see the
+// package comment for why not by its client identifier).
 func clientKey(req *dhcpv4.DHCPv4) (key string, mac net.HardwareAddr, err error) {
 	mac = req.ClientHWAddr
-	if id := req.GetOneOption(dhcpv4.OptionClientIdentifier); len(id) > 0 {
-		return "id:" + string(id), mac, nil
+	if len(mac) != 6 {
+		return "", nil, fmt.Errorf("client hardware address %x is not an Ethernet address", []byte(mac))
 	}
-	if len(mac) == 0 {
-		return "", nil, errors.New("no client hardware address and no client identifier")
-	}
-	return "hw:" + string(mac), mac, nil
+	return string(mac), mac, nil
 }
 
 func (s *Server) discover(req *dhcpv4.DHCPv4, key string, mac net.HardwareAddr) (*dhcpv4.DHCPv4, error) {
@@ -249,7 +282,9 @@ func (s *Server) discover(req *dhcpv4.DHCPv4, key string, mac net.HardwareAddr) 
 	s.mu.Lock()
 	ip, ok := s.pick(key, addrOf(dhcpv4.GetIP(dhcpv4.OptionRequestedIPAddress, req.Options)), now)
 	if ok {
-		s.claim(key, mac, ip, now).offered = now.Add(offerHold)
+		e := s.claim(key, mac, ip, now)
+		e.offered = now.Add(offerHold)
+		s.pool.schedule(e)
 	}
 	logIt := !ok && now.Sub(s.exhaustedLog) >= time.Minute
 	if logIt {
@@ -282,12 +317,15 @@ func (s *Server) request(req *dhcpv4.DHCPv4, key string, mac net.HardwareAddr) (
 	now := s.cfg.Now()
 	s.mu.Lock()
 	ok := s.grantable(key, ip, now)
-	dirty := false
+	dirty, fresh := false, false
 	if ok {
 		var oldMAC string
-		if prev := s.byKey[key]; prev != nil {
+		prev := s.byMAC[key]
+		if prev != nil {
 			oldMAC = string(prev.mac)
 		}
+		// A lease the client did not hold live: worth telling the switch.
+		fresh = prev == nil || !prev.bound || prev.ip != ip || !prev.expiry.After(now)
 		e := s.claim(key, mac, ip, now)
 		host := req.HostName()
 		if host == "" {
@@ -300,9 +338,7 @@ func (s *Server) request(req *dhcpv4.DHCPv4, key string, mac net.HardwareAddr) (
 		dirty = !e.bound || host != e.hostname || oldMAC != string(mac) ||
 			expiry.Sub(e.saved) > s.cfg.LeaseTime/4
 		e.bound, e.hostname, e.expiry, e.offered = true, host, expiry, time.Time{}
-		if len(mac) > 0 {
-			s.byMAC[string(mac)] = e
-		}
+		s.pool.schedule(e)
 	}
 	s.mu.Unlock()
 	if !ok {
@@ -311,8 +347,11 @@ func (s *Server) request(req *dhcpv4.DHCPv4, key string, mac net.HardwareAddr) (
 	if dirty {
 		s.persist()
 	}
-	if s.cfg.OnLease != nil && len(mac) > 0 {
+	if s.cfg.OnLease != nil {
 		s.cfg.OnLease(append(net.HardwareAddr(nil), mac...), ip)
+	}
+	if fresh && s.cfg.OnNewLease != nil {
+		s.cfg.OnNewLease(append(net.HardwareAddr(nil), mac...), ip)
 	}
 	return s.reply(req, dhcpv4.MessageTypeAck, ip, true)
 }
@@ -326,10 +365,11 @@ func (s *Server) release(req *dhcpv4.DHCPv4, key string) {
 	ip := addrOf(req.ClientIPAddr)
 	now := s.cfg.Now()
 	s.mu.Lock()
-	e := s.byKey[key]
+	e := s.byMAC[key]
 	changed := e != nil && e.ip == ip && e.expiry.After(now)
 	if changed {
 		e.expiry = now
+		s.pool.schedule(e)
 	}
 	s.mu.Unlock()
 	if changed {
@@ -346,11 +386,13 @@ func (s *Server) decline(req *dhcpv4.DHCPv4, key string) {
 	ip := addrOf(dhcpv4.GetIP(dhcpv4.OptionRequestedIPAddress, req.Options))
 	now := s.cfg.Now()
 	s.mu.Lock()
-	e := s.byKey[key]
-	changed := e != nil && e.ip == ip
+	e := s.byMAC[key]
+	changed := e != nil && e.ip == ip && s.declinesBy(key, now) < maxDeclines
 	if changed {
 		s.remove(e)
-		s.declined[ip] = now.Add(declineHold)
+		until := now.Add(declineHold)
+		s.declined[ip] = decline{until: until, mac: key}
+		s.pool.quarantine(ip, until, key)
 	}
 	s.mu.Unlock()
 	if changed {
@@ -405,39 +447,23 @@ func (s *Server) reply(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, ip netip.Addr,
 }
 
 // pick chooses the address to offer key: its own entry's address first
-// (stability), then the address it asks for if free, then a never-used
-// address, and only then the address of the longest-expired lease.
+// (stability), then the address it asks for if free, then the lowest
+// never-used (or freed) address, and only then the address whose lease
+// or offer ended longest ago. Each step is a map lookup or a heap
+// operation (pool.go): a DISCOVER costs O(log n) however large the pool,
+// since it runs under the server's lock that every port's DHCP waits on.
 // Called with mu held.
 func (s *Server) pick(key string, want netip.Addr, now time.Time) (netip.Addr, bool) {
-	if e := s.byKey[key]; e != nil && !s.isDeclined(e.ip, now) {
+	if e := s.byMAC[key]; e != nil && !s.isDeclined(e.ip, now) {
 		return e.ip, true
 	}
-	if want.IsValid() && s.inPool(want) && s.freeFor(key, want, now) {
+	if want.IsValid() && s.inPool(want) && !s.isDeclined(want, now) && s.freeFor(key, want, now) {
 		return want, true
 	}
-	for a := s.from; ; a++ {
-		ip := addrFrom(a)
-		if ip != s.cfg.Router && s.byIP[ip] == nil && !s.isDeclined(ip, now) {
-			return ip, true
-		}
-		if a == s.to {
-			break
-		}
+	if ip, ok := s.pool.free(now); ok {
+		return ip, true
 	}
-	var oldest *entry
-	for _, e := range s.byIP {
-		if e.busy(now) || s.isDeclined(e.ip, now) || !s.inPool(e.ip) {
-			continue
-		}
-		if oldest == nil || e.expiry.Before(oldest.expiry) ||
-			(e.expiry.Equal(oldest.expiry) && e.ip.Less(oldest.ip)) {
-			oldest = e
-		}
-	}
-	if oldest == nil {
-		return netip.Addr{}, false
-	}
-	return oldest.ip, true
+	return s.pool.expired(now)
 }
 
 // grantable reports whether key may have ip now. A client that holds a
@@ -447,7 +473,7 @@ func (s *Server) grantable(key string, ip netip.Addr, now time.Time) bool {
 	if !s.inPool(ip) || s.isDeclined(ip, now) {
 		return false
 	}
-	if e := s.byKey[key]; e != nil && e.ip != ip {
+	if e := s.byMAC[key]; e != nil && e.ip != ip {
 		return false
 	}
 	return s.freeFor(key, ip, now)
@@ -466,40 +492,45 @@ func (s *Server) claim(key string, mac net.HardwareAddr, ip netip.Addr, now time
 	if old := s.byIP[ip]; old != nil && old.key != key {
 		s.remove(old)
 	}
-	e := s.byKey[key]
+	e := s.byMAC[key]
 	if e == nil {
-		e = &entry{key: key, ip: ip}
-		s.byKey[key] = e
+		e = &entry{key: key, ip: ip, mac: append(net.HardwareAddr(nil), mac...)}
+		s.byMAC[key] = e
 	}
 	if e.ip != ip {
-		delete(s.byIP, e.ip)
+		if s.byIP[e.ip] == e {
+			delete(s.byIP, e.ip)
+			s.pool.release(e.ip)
+		}
 		e.ip = ip
-	}
-	if len(mac) > 0 {
-		e.mac = append(e.mac[:0], mac...)
 	}
 	s.byIP[ip] = e
 	return e
 }
 
-// remove drops e from every index. Called with mu held.
+// remove drops e from every index and returns its address to the pool.
+// Called with mu held.
 func (s *Server) remove(e *entry) {
-	delete(s.byKey, e.key)
+	if s.byMAC[e.key] == e {
+		delete(s.byMAC, e.key)
+	}
 	if s.byIP[e.ip] == e {
 		delete(s.byIP, e.ip)
-	}
-	if len(e.mac) > 0 && s.byMAC[string(e.mac)] == e {
-		delete(s.byMAC, string(e.mac))
+		s.pool.release(e.ip)
 	}
 }
 
 func (s *Server) isDeclined(ip netip.Addr, now time.Time) bool {
-	until, ok := s.declined[ip]
-	if ok && !until.After(now) {
-		delete(s.declined, ip)
-		return false
-	}
-	return ok
+	d, ok := s.declined[ip]
+	return ok && d.until.After(now)
+}
+
+// declinesBy counts the live quarantines client key caused. The map is
+// bounded by the pool and purged as quarantines end (pool.purge).
+// Called with mu held.
+func (s *Server) declinesBy(key string, now time.Time) int {
+	s.pool.purge(now)
+	return s.pool.declinedBy[key]
 }
 
 func (s *Server) inPool(ip netip.Addr) bool {
@@ -529,6 +560,10 @@ func (s *Server) Leases() []Lease {
 	}
 	return out
 }
+
+// Spoofed counts the messages HandleFrame dropped because their client
+// hardware address was not the frame's source.
+func (s *Server) Spoofed() uint64 { return s.spoofed.Load() }
 
 // Lookup returns the address currently leased (bound and unexpired) to the
 // client with this hardware address. It does not allocate.

@@ -123,11 +123,11 @@ func TestHandle(t *testing.T) {
 		{"full DORA", dora(1, "10.20.0.10")},
 		{"two clients get different addresses", cat(dora(1, "10.20.0.10"), dora(2, "10.20.0.11"))},
 		{"same MAC gets the same address again", cat(dora(1, "10.20.0.10"), dora(2, "10.20.0.11"), dora(1, "10.20.0.10"))},
-		{"client id wins over hardware address", []step{
+		{"the hardware address is the client, not its client id", []step{
 			{msg: func(t testing.TB) *dhcpv4.DHCPv4 { return discover(t, 1, clientID("vm-a")) }, want: offer, wantIP: "10.20.0.10"},
 			{msg: func(t testing.TB) *dhcpv4.DHCPv4 { return selecting(t, 1, "10.20.0.10", clientID("vm-a")) }, want: ack, wantIP: "10.20.0.10"},
-			{msg: func(t testing.TB) *dhcpv4.DHCPv4 { return discover(t, 9, clientID("vm-a")) }, want: offer, wantIP: "10.20.0.10"},
-			{msg: func(t testing.TB) *dhcpv4.DHCPv4 { return discover(t, 1, clientID("vm-b")) }, want: offer, wantIP: "10.20.0.11"},
+			{msg: func(t testing.TB) *dhcpv4.DHCPv4 { return discover(t, 9, clientID("vm-a")) }, want: offer, wantIP: "10.20.0.11"},
+			{msg: func(t testing.TB) *dhcpv4.DHCPv4 { return discover(t, 1, clientID("vm-b")) }, want: offer, wantIP: "10.20.0.10"},
 		}},
 		{"discover honours a free requested address", []step{
 			{msg: func(t testing.TB) *dhcpv4.DHCPv4 { return discover(t, 1, requested("10.20.0.12")) }, want: offer, wantIP: "10.20.0.12"},
@@ -216,7 +216,7 @@ func TestHandle(t *testing.T) {
 				return msg(t, 1, dhcpv4.MessageTypeDiscover, func(d *dhcpv4.DHCPv4) { d.OpCode = dhcpv4.OpcodeBootReply })
 			}, wantErr: true},
 		}},
-		{"no hardware address and no client id is an error", []step{
+		{"no Ethernet hardware address is an error", []step{
 			{msg: func(t testing.TB) *dhcpv4.DHCPv4 {
 				return msg(t, 1, dhcpv4.MessageTypeDiscover, func(d *dhcpv4.DHCPv4) { d.ClientHWAddr = nil })
 			}, wantErr: true},

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 
+	"github.com/hyperroot/hyperroot/net/internal/peerfd"
 	"github.com/hyperroot/hyperroot/vmm/virtio"
 	"golang.org/x/sys/unix"
 )
@@ -16,7 +17,9 @@ type Device interface {
 	SetFeatures(features uint64) error // the frontend's acked features, before any Start
 	// Start begins serving vring q: vq is already activated on the frontend's memory with its
 	// base index; kick becomes readable (eventfd) when the driver notifies; writing 1 to call
-	// interrupts the driver. The fds stay owned by the backend and valid until Stop returns.
+	// interrupts the driver. Both are eventfds (Serve refuses other descriptors) in non-blocking
+	// mode: a write to call the frontend saturated fails with EAGAIN instead of blocking. The
+	// fds stay owned by the backend and valid until Stop returns.
 	// Start must not block.
 	Start(q int, vq *virtio.Queue, kick, call int) error
 	// Stop stops serving q; when it returns nothing touches vq or the fds any more.
@@ -39,6 +42,12 @@ type (
 	ConfigSpace interface {
 		ReadConfig(offset uint64, data []byte)
 		WriteConfig(offset uint64, data []byte)
+	}
+	// QueueSizeLimiter is a device that serves rings of at most
+	// MaxQueueSize descriptors; Serve refuses a larger SET_VRING_NUM.
+	// Without it the spec's limit, virtio.MaxQueueSize, applies.
+	QueueSizeLimiter interface {
+		MaxQueueSize() uint16
 	}
 	// RequestErrorer hears about every request Serve refused. Without
 	// REPLY_ACK the frontend never learns of them, so this is the place
@@ -70,9 +79,10 @@ var ErrRequest = errors.New("vhost-user: request refused")
 // dev runs its rings on goroutines of its own between Start and Stop.
 // Malformed or refused requests are answered with an error ack when the
 // frontend asked for one and otherwise dropped; only a message whose
-// framing cannot be trusted (bad version, oversize payload) ends the
-// connection. On return every started ring is stopped, guest memory is
-// unmapped and every received descriptor closed.
+// framing cannot be trusted (bad version, oversize payload) or that
+// carried descriptors of the wrong kind (ErrPeer) ends the connection.
+// On return every started ring is stopped, guest memory is unmapped and
+// every received descriptor closed.
 func Serve(conn *net.UnixConn, dev Device) error {
 	return serve(conn, dev, nil)
 }
@@ -107,13 +117,25 @@ func serve(uc *net.UnixConn, dev Device, trace func(Header)) error {
 		if err2 := b.finish(c, h, err); err2 != nil {
 			return err2
 		}
+		// A frontend passing descriptors of the wrong kind (a pipe as
+		// an eventfd, memory that can shrink) is hostile or broken
+		// beyond what a refusal fixes: cut it off.
+		if errors.Is(err, ErrPeer) {
+			return fmt.Errorf("vhost-user backend: frontend cut off: %w", err)
+		}
 	}
 }
+
+// ErrPeer is wrapped by the errors of requests that carried descriptors
+// of the wrong kind (see net/internal/peerfd); Serve refuses the request,
+// reports it to a RequestErrorer and then ends the connection.
+var ErrPeer = peerfd.ErrKind
 
 // backend is the state one connection builds up.
 type backend struct {
 	dev       Device
 	config    ConfigSpace // nil when dev has none
+	maxNum    uint32      // largest ring size the device serves
 	offered   uint64      // virtio features offered, with FeatureProtocolFeatures
 	protocol  uint64      // protocol features offered
 	features  uint64      // acked virtio features (without FeatureProtocolFeatures)
@@ -139,7 +161,10 @@ type ring struct {
 }
 
 func newBackend(dev Device) *backend {
-	b := &backend{dev: dev, protocol: protocolFeatures}
+	b := &backend{dev: dev, protocol: protocolFeatures, maxNum: virtio.MaxQueueSize}
+	if l, ok := dev.(QueueSizeLimiter); ok && l.MaxQueueSize() != 0 {
+		b.maxNum = min(uint32(l.MaxQueueSize()), virtio.MaxQueueSize)
+	}
 	n := DefaultQueues
 	if qc, ok := dev.(QueueCounter); ok {
 		n = min(max(qc.Queues(), 1), maxQueues)
@@ -378,8 +403,8 @@ func (b *backend) setVringNum(p []byte) error {
 	if err != nil {
 		return err
 	}
-	if s.Num == 0 || s.Num > virtio.MaxQueueSize || s.Num&(s.Num-1) != 0 {
-		return refused("vring %d size %d is not a power of two in [1, %d]", i, s.Num, virtio.MaxQueueSize)
+	if s.Num == 0 || s.Num > b.maxNum || s.Num&(s.Num-1) != 0 {
+		return refused("vring %d size %d is not a power of two in [1, %d]", i, s.Num, b.maxNum)
 	}
 	return b.reconfigure(i, func(r *ring) error { r.num = uint16(s.Num); return nil })
 }
@@ -463,6 +488,17 @@ func (b *backend) setVringFD(req Request, p []byte, fds []int) error {
 	if err != nil {
 		closeFDs(fds)
 		return err
+	}
+	// Kick, call and err are eventfds by the protocol. Anything else
+	// would hurt the device: a pipe the frontend never reads blocks the
+	// writer of call, a regular file or /dev/zero as kick is always
+	// readable and makes its reader spin. Checked here, so every Device
+	// gets only non-blocking eventfds.
+	if fd >= 0 {
+		if err := peerfd.Eventfd(fd); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("%w: %v for vring %d: %w", ErrRequest, req, index, err)
+		}
 	}
 	return b.reconfigure(i, func(r *ring) error {
 		slot := &r.kick

@@ -38,7 +38,7 @@ func handshake(t *testing.T, f *Frontend, dev *echo, g *guestRAM, d *driver, bas
 	}
 	must(t, f.SetMemTable(g.regions()))
 	q := int(d.ringUAddr.Index)
-	must(t, f.SetVringNum(q, d.size))
+	must(t, f.SetVringNum(q, d.Size))
 	must(t, f.SetVringBase(q, base))
 	must(t, f.SetVringAddr(d.ringUAddr))
 	must(t, f.SetVringKick(q, d.kick))
@@ -64,17 +64,17 @@ func must(t testing.TB, err error) {
 // checks the echoed (reversed) bytes.
 func exchange(t *testing.T, d *driver, msg string) {
 	t.Helper()
-	slot := d.availIdx
+	slot := d.AvailIdx()
 	d.add([]byte(msg), 64)
 	d.waitCall(t)
 	deadline := time.Now().Add(5 * time.Second)
-	for d.usedIdx() != slot+1 {
+	for d.UsedIdx() != slot+1 {
 		if time.Now().After(deadline) {
-			t.Fatalf("used->idx = %d, want %d", d.usedIdx(), slot+1)
+			t.Fatalf("used->idx = %d, want %d", d.UsedIdx(), slot+1)
 		}
 		time.Sleep(time.Millisecond)
 	}
-	_, n := d.usedElem(slot)
+	_, n := d.UsedElem(slot)
 	if n != uint32(len(msg)) {
 		t.Fatalf("used length %d, want %d", n, len(msg))
 	}
@@ -109,8 +109,8 @@ func TestServeQueueAndReconnect(t *testing.T) {
 	// A stopped ring stays stopped: kicks are not served.
 	d.add([]byte("while stopped"), 64)
 	time.Sleep(20 * time.Millisecond)
-	if d.usedIdx() != 10 {
-		t.Fatalf("a stopped ring consumed a buffer: used->idx = %d", d.usedIdx())
+	if d.UsedIdx() != 10 {
+		t.Fatalf("a stopped ring consumed a buffer: used->idx = %d", d.UsedIdx())
 	}
 	must(t, f.Close())
 	if err := s.served(t); err != nil {
@@ -121,13 +121,13 @@ func TestServeQueueAndReconnect(t *testing.T) {
 	// chain made available while stopped is served now.
 	f, err = Dial(s.path)
 	must(t, err)
-	handshake(t, f, dev, g, d, d.usedIdx())
+	handshake(t, f, dev, g, d, d.UsedIdx())
 	deadline := time.Now().Add(5 * time.Second)
-	for d.usedIdx() != 11 {
+	for d.UsedIdx() != 11 {
 		// The kick that announced it came before this connection.
 		unix.Write(d.kick, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 		if time.Now().After(deadline) {
-			t.Fatalf("the pending chain was not served after reconnecting: used->idx = %d", d.usedIdx())
+			t.Fatalf("the pending chain was not served after reconnecting: used->idx = %d", d.UsedIdx())
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -291,6 +291,18 @@ func TestServeHostile(t *testing.T) {
 	evfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
 	must(t, err)
 	defer unix.Close(evfd)
+	// Descriptors of the wrong kind a hostile frontend could pass.
+	var pipe [2]int
+	must(t, unix.Pipe2(pipe[:], unix.O_CLOEXEC))
+	defer unix.Close(pipe[0])
+	defer unix.Close(pipe[1])
+	zero, err := unix.Open("/dev/zero", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	must(t, err)
+	defer unix.Close(zero)
+	unsealed, err := unix.MemfdCreate("unsealed", unix.MFD_CLOEXEC)
+	must(t, err)
+	defer unix.Close(unsealed)
+	must(t, unix.Ftruncate(unsealed, ramSize))
 	baseline := openFDs(t)
 
 	page := uint64(4096)
@@ -311,6 +323,7 @@ func TestServeHostile(t *testing.T) {
 		setup  []rawMsg // each must be acked with success
 		msg    rawMsg   // must be refused (or end the connection)
 		closed bool
+		cut    bool // refused, then the connection ends (ErrPeer)
 	}{
 		{name: "overlapping guest ranges", msg: rawMsg{req: SetMemTable, fds: []int{g.fd, g.fd}, payload: table(
 			Region{GuestAddr: 0, Size: 2 * page, UserAddr: 0x10000000},
@@ -324,7 +337,9 @@ func TestServeHostile(t *testing.T) {
 		{name: "region wraps", msg: rawMsg{req: SetMemTable, fds: []int{g.fd},
 			payload: table(Region{GuestAddr: ^uint64(0) - page + 1, Size: 2 * page})}},
 		{name: "empty region", msg: rawMsg{req: SetMemTable, fds: []int{g.fd}, payload: table(Region{Size: 0})}},
-		{name: "region is not a file", msg: rawMsg{req: SetMemTable, fds: []int{evfd}, payload: table(Region{Size: page})}},
+		{name: "region is not a file", msg: rawMsg{req: SetMemTable, fds: []int{evfd}, payload: table(Region{Size: page})}, cut: true},
+		{name: "unsealed memfd (could shrink under the mapping)", msg: rawMsg{req: SetMemTable, fds: []int{unsealed},
+			payload: table(Region{GuestAddr: 0, Size: page})}, cut: true},
 		{name: "missing region descriptor", msg: rawMsg{req: SetMemTable, payload: table(good...), fds: []int{g.fd}}},
 		{name: "memory table without descriptors", msg: rawMsg{req: SetMemTable, payload: table(good...)}},
 		{name: "memory table truncated", msg: rawMsg{req: SetMemTable, payload: table(good...)[:20], fds: []int{g.fd}}},
@@ -338,6 +353,10 @@ func TestServeHostile(t *testing.T) {
 			addrMsg(misaligned), {req: SetVringCall, payload: u64(0), fds: []int{d.call}},
 			{req: SetVringEnable, payload: state(0, 1)}},
 			msg: rawMsg{req: SetVringKick, payload: u64(0), fds: []int{d.kick}}},
+		{name: "kick is a pipe", msg: rawMsg{req: SetVringKick, payload: u64(0), fds: []int{pipe[0]}}, cut: true},
+		{name: "kick is /dev/zero", msg: rawMsg{req: SetVringKick, payload: u64(0), fds: []int{zero}}, cut: true},
+		{name: "call is a pipe", msg: rawMsg{req: SetVringCall, payload: u64(0), fds: []int{pipe[1]}}, cut: true},
+		{name: "err is a memfd", msg: rawMsg{req: SetVringErr, payload: u64(0), fds: []int{g.fd}}, cut: true},
 		{name: "kick without descriptor", msg: rawMsg{req: SetVringKick, payload: u64(0)}},
 		{name: "kick with two descriptors", msg: rawMsg{req: SetVringKick, payload: u64(0), fds: []int{d.kick, d.kick}}},
 		{name: "kick reserved bits", msg: rawMsg{req: SetVringKick, payload: u64(1 << 20), fds: []int{d.kick}}},
@@ -377,6 +396,12 @@ func TestServeHostile(t *testing.T) {
 			}
 			if st == 0 {
 				t.Fatalf("%v was acked as a success", tt.msg.req)
+			}
+			if tt.cut {
+				if err := s.served(t); !errors.Is(err, ErrPeer) {
+					t.Fatalf("Serve = %v, want the frontend cut off (ErrPeer)", err)
+				}
+				return
 			}
 			// Still serving: a GET answers.
 			if _, closed := r.do(t, rawMsg{req: GetQueueNum}); closed {
@@ -498,4 +523,28 @@ func TestServeEnableBeforeFeatures(t *testing.T) {
 		t.Fatalf("%d rings running after enable, features, memory and ring setup; want 1", dev.running())
 	}
 	exchange(t, d, "enabled early")
+}
+
+// limitedEcho is an echo device serving rings of at most 256 descriptors.
+type limitedEcho struct{ *echo }
+
+func (limitedEcho) MaxQueueSize() uint16 { return 256 }
+
+// TestServeQueueSizeLimit: a device's ring size bound holds against the
+// frontend; rings the spec would allow beyond it are refused.
+func TestServeQueueSizeLimit(t *testing.T) {
+	s := newServer(t, limitedEcho{newEcho()})
+	r := dialRaw(t, s.path)
+	if st, closed := r.do(t, rawMsg{req: SetProtocolFeatures, payload: u64(ProtocolReplyAck)}); closed || st != 0 {
+		t.Fatalf("SET_PROTOCOL_FEATURES: status %d closed %v", st, closed)
+	}
+	for _, tc := range []struct {
+		num uint32
+		ok  bool
+	}{{256, true}, {128, true}, {512, false}, {32768, false}} {
+		st, closed := r.do(t, rawMsg{req: SetVringNum, payload: state(0, tc.num)})
+		if closed || (st == 0) != tc.ok {
+			t.Errorf("SET_VRING_NUM %d: status %d closed %v, want ok=%v", tc.num, st, closed, tc.ok)
+		}
+	}
 }

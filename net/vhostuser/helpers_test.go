@@ -1,18 +1,17 @@
 package vhostuser
 
 import (
-	"encoding/binary"
 	"errors"
 	"net"
 	"os"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
 
 	"github.com/hyperroot/hyperroot/vmm/virtio"
+	"github.com/hyperroot/hyperroot/vmm/virtio/virtiotest"
 	"golang.org/x/sys/unix"
 )
 
@@ -30,13 +29,7 @@ const (
 
 func newGuestRAM(t testing.TB) *guestRAM {
 	t.Helper()
-	fd, err := unix.MemfdCreate("vhostuser-test", unix.MFD_CLOEXEC)
-	if err != nil {
-		t.Fatalf("memfd_create: %v", err)
-	}
-	if err := unix.Ftruncate(fd, ramSize); err != nil {
-		t.Fatalf("ftruncate: %v", err)
-	}
+	fd := sealedMemfd(t, ramSize)
 	mem, err := unix.Mmap(fd, 0, ramSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		t.Fatalf("mmap: %v", err)
@@ -47,6 +40,23 @@ func newGuestRAM(t testing.TB) *guestRAM {
 		unix.Close(fd)
 	})
 	return g
+}
+
+// sealedMemfd is a memfd of size bytes sealed as the VMM seals guest RAM
+// (vmm/memory), which the backend requires; the caller closes it.
+func sealedMemfd(t testing.TB, size int64) int {
+	t.Helper()
+	fd, err := unix.MemfdCreate("vhostuser-test", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		t.Fatalf("memfd_create: %v", err)
+	}
+	if err := unix.Ftruncate(fd, size); err != nil {
+		t.Fatalf("ftruncate: %v", err)
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_SEAL); err != nil {
+		t.Fatalf("seal: %v", err)
+	}
+	return fd
 }
 
 func (g *guestRAM) userAddr(off uint64) uint64 {
@@ -62,29 +72,37 @@ func (g *guestRAM) regions() []Region {
 	}
 }
 
-// driver plays a virtio driver on a split ring in the second region.
+// driver plays a virtio driver (the test kit's) on a split ring in the
+// second region, with the ring's eventfds and the addresses a frontend
+// would send for it.
 type driver struct {
+	*virtiotest.Driver
 	g         *guestRAM
-	size      uint16
-	descOff   uint64 // offsets into g.mem
-	availOff  uint64
-	usedOff   uint64
-	bufOff    uint64
-	availIdx  uint16
 	nextDesc  uint16
-	lastUsed  uint16
 	kick      int
 	call      int
 	ringUAddr VringAddr
 }
 
+// Where the ring and its buffers lie, as offsets into the second region.
+const (
+	descOff  = 0
+	availOff = 0x1000
+	usedOff  = 0x2000
+	bufOff   = 0x10000 // one 4 KiB page per avail slot: out at 0, in at 0x800
+)
+
 func newDriver(t testing.TB, g *guestRAM, q uint32, size uint16) *driver {
 	t.Helper()
-	base := uint64(ramSize / 2)
-	d := &driver{g: g, size: size, descOff: base, availOff: base + 0x1000, usedOff: base + 0x2000, bufOff: base + 0x10000}
+	const base = ramSize / 2
 	clear(g.mem[base : base+0x3000])
-	d.ringUAddr = VringAddr{Index: q, Desc: g.userAddr(d.descOff), Avail: g.userAddr(d.availOff), Used: g.userAddr(d.usedOff)}
-	var err error
+	ram := virtiotest.WrapRAM(virtiotest.Region{GPA: 0, Bytes: g.mem[:base]}, virtiotest.Region{GPA: highBase, Bytes: g.mem[base:]})
+	drv, err := virtiotest.NewDriver(ram, virtiotest.Layout{Size: size, Desc: highBase + descOff, Avail: highBase + availOff, Used: highBase + usedOff})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &driver{Driver: drv, g: g}
+	d.ringUAddr = VringAddr{Index: q, Desc: g.userAddr(base + descOff), Avail: g.userAddr(base + availOff), Used: g.userAddr(base + usedOff)}
 	if d.kick, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
 		t.Fatal(err)
 	}
@@ -95,55 +113,28 @@ func newDriver(t testing.TB, g *guestRAM, q uint32, size uint16) *driver {
 	return d
 }
 
-func (d *driver) word16(off uint64) *uint32 {
-	return (*uint32)(unsafe.Pointer(&d.g.mem[off&^3]))
-}
-
-func (d *driver) gpa(off uint64) uint64 { return highBase + off - ramSize/2 }
+// slotBuf is the offset into g.mem of avail slot i's buffer page.
+func (d *driver) slotBuf(i uint16) uint64 { return ramSize/2 + bufOff + uint64(i%d.Size)*0x1000 }
 
 // add makes a chain of one readable buffer holding out and one writable
-// buffer of inLen bytes available, and kicks.
+// buffer of inLen bytes available, asks for an interrupt once it is used
+// (used_event, with EVENT_IDX), and kicks.
 func (d *driver) add(out []byte, inLen uint32) {
-	slot := uint64(d.availIdx % d.size)
-	buf := d.bufOff + slot*0x1000
+	buf := d.slotBuf(d.AvailIdx())
 	copy(d.g.mem[buf:], out)
-	h := d.nextDesc % d.size
-	put := func(i uint16, addr uint64, n uint32, flags, next uint16) {
-		e := d.g.mem[d.descOff+16*uint64(i):]
-		binary.LittleEndian.PutUint64(e, addr)
-		binary.LittleEndian.PutUint32(e[8:], n)
-		binary.LittleEndian.PutUint16(e[12:], flags)
-		binary.LittleEndian.PutUint16(e[14:], next)
-	}
-	put(h, d.gpa(buf), uint32(len(out)), 1, (h+1)%d.size)
-	put((h+1)%d.size, d.gpa(buf+0x800), inLen, 2, 0)
+	gpa := highBase + buf - ramSize/2
+	h := d.nextDesc % d.Size
+	d.SetDesc(h, gpa, uint32(len(out)), virtiotest.DescNext, (h+1)%d.Size)
+	d.SetDesc((h+1)%d.Size, gpa+0x800, inLen, virtiotest.DescWrite, 0)
 	d.nextDesc += 2
-	binary.LittleEndian.PutUint16(d.g.mem[d.availOff+4+2*slot:], h)
-	// used_event: with EVENT_IDX, interrupt once this chain is used.
-	binary.LittleEndian.PutUint16(d.g.mem[d.availOff+4+2*uint64(d.size):], d.availIdx)
-	d.availIdx++
-	// Publish avail->idx (the high half of the ring's first word).
-	w := d.word16(d.availOff)
-	for {
-		old := atomic.LoadUint32(w)
-		if atomic.CompareAndSwapUint32(w, old, old&0xffff|uint32(d.availIdx)<<16) {
-			break
-		}
-	}
+	d.SetUsedEvent(d.AvailIdx())
+	d.Add(h)
 	unix.Write(d.kick, []byte{1, 0, 0, 0, 0, 0, 0, 0})
-}
-
-func (d *driver) usedIdx() uint16 { return uint16(atomic.LoadUint32(d.word16(d.usedOff)) >> 16) }
-
-// usedElem returns used->ring[i]: the head and the written length.
-func (d *driver) usedElem(i uint16) (uint32, uint32) {
-	e := d.g.mem[d.usedOff+4+8*uint64(i%d.size):]
-	return binary.LittleEndian.Uint32(e), binary.LittleEndian.Uint32(e[4:])
 }
 
 // reply returns the writable buffer of the chain in avail slot i.
 func (d *driver) reply(i uint16, n uint32) []byte {
-	buf := d.bufOff + uint64(i%d.size)*0x1000 + 0x800
+	buf := d.slotBuf(i) + 0x800
 	return d.g.mem[buf : buf+uint64(n)]
 }
 

@@ -7,6 +7,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/net/internal/peerfd"
 )
 
 // ErrAddress is wrapped by errors about addresses that lie outside guest RAM.
@@ -37,10 +39,14 @@ type mapping struct {
 // overlapping in guest-physical or in frontend-virtual space, guest
 // addresses and sizes on 4-byte boundaries (virtio.Memory's contract), and
 // each region inside its file: a region beyond the end of its file would
-// map, but touching it would raise SIGBUS and kill the process, so only
-// regular files (memfd, tmpfs, hugetlbfs) of sufficient size are accepted.
-// (A frontend that shrinks the file after the check can still do that; a
-// memfd sealed with F_SEAL_SHRINK cannot.)
+// map, but touching it would raise SIGBUS and kill the process (every
+// port of the switch with it). So only memfds sealed against shrinking
+// (F_SEAL_SHRINK, see net/internal/peerfd) of sufficient size are
+// accepted: a file that could be truncated after the check would bring
+// the SIGBUS back. hyperroot's VMM (vmm/memory) and QEMU's
+// memory-backend-memfd (its "seal" property defaults to on: GROW, SHRINK
+// and SEAL) pass such memfds; file-backed memory (memory-backend-file,
+// hugetlbfs paths) is refused.
 //
 // Map does not take ownership of the descriptors: the mappings hold their
 // own references, and the caller closes the descriptors when it likes.
@@ -101,16 +107,13 @@ func checkRegions(regions []Region) error {
 func overlap(a, b, an, bn uint64) bool { return a < b+bn && b < a+an }
 
 func mapRegion(r Region) (mapping, error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(r.Fd, &st); err != nil {
-		return mapping{}, fmt.Errorf("vhost-user: region at guest %#x: fstat: %w", r.GuestAddr, err)
+	size, err := peerfd.SealedMemory(r.Fd)
+	if err != nil {
+		return mapping{}, fmt.Errorf("vhost-user: region at guest %#x: %w", r.GuestAddr, err)
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return mapping{}, fmt.Errorf("vhost-user: region at guest %#x: descriptor is not a memory file (mode %#o)", r.GuestAddr, st.Mode)
-	}
-	if st.Size < 0 || r.Offset+r.Size > uint64(st.Size) {
+	if size < 0 || r.Offset+r.Size > uint64(size) {
 		return mapping{}, fmt.Errorf("vhost-user: region at guest %#x: offset %#x + size %#x exceeds the file's %d bytes",
-			r.GuestAddr, r.Offset, r.Size, st.Size)
+			r.GuestAddr, r.Offset, r.Size, size)
 	}
 	// mmap's offset must be page aligned; map from the page holding
 	// Offset and skip the head.

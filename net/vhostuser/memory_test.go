@@ -3,6 +3,8 @@ package vhostuser
 import (
 	"errors"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestMemory(t *testing.T) {
@@ -86,6 +88,14 @@ func TestMemory(t *testing.T) {
 func TestMapRejects(t *testing.T) {
 	g := newGuestRAM(t)
 	page := uint64(4096)
+	unsealed, err := unix.MemfdCreate("unsealed", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(unsealed)
+	if err := unix.Ftruncate(unsealed, int64(page)); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name    string
 		regions []Region
@@ -104,6 +114,7 @@ func TestMapRejects(t *testing.T) {
 		{"past end of file", []Region{{Size: ramSize, Offset: page, Fd: g.fd}}},
 		{"bad descriptor", []Region{{Size: page, Fd: -1}}},
 		{"huge", []Region{{Size: 1 << 62, Fd: g.fd}}},
+		{"unsealed memfd", []Region{{Size: page, Fd: unsealed}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

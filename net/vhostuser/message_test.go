@@ -2,6 +2,7 @@ package vhostuser
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"reflect"
 	"testing"
@@ -168,11 +169,24 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := ParseHeader(b)
+		// Whether the header is acceptable, decided from the raw bytes
+		// independently of ParseHeader: long enough, version 1, a
+		// payload within the limit.
+		want := len(b) >= HeaderSize && binary.LittleEndian.Uint32(b[4:])&FlagVersionMask == Version &&
+			binary.LittleEndian.Uint32(b[8:]) <= MaxPayload
+		if (err == nil) != want {
+			t.Fatalf("ParseHeader(%x) = %+v, %v; want accepted=%v", b[:min(len(b), HeaderSize)], h, err, want)
+		}
 		if err != nil {
+			if !errors.Is(err, ErrProtocol) {
+				t.Fatalf("error %v does not wrap ErrProtocol", err)
+			}
 			return
 		}
-		if h.Size > MaxPayload {
-			t.Fatalf("accepted size %d", h.Size)
+		var back [HeaderSize]byte
+		h.put(back[:])
+		if !bytes.Equal(back[:], b[:HeaderSize]) {
+			t.Fatalf("header %x parsed as %+v, which encodes as %x", b[:HeaderSize], h, back)
 		}
 		p := b[HeaderSize:]
 		if uint32(len(p)) > h.Size {
@@ -182,13 +196,13 @@ func FuzzParse(f *testing.F) {
 		if !ok {
 			return
 		}
-		want := p
+		wantP := p
 		if h.Request == SetMemTable {
-			want = append([]byte(nil), p...)
-			clear(want[4:8])
+			wantP = append([]byte(nil), p...)
+			clear(wantP[4:8])
 		}
-		if !bytes.Equal(out, want) {
-			t.Fatalf("%v: payload %x re-encodes as %x", h.Request, want, out)
+		if !bytes.Equal(out, wantP) {
+			t.Fatalf("%v: payload %x re-encodes as %x", h.Request, wantP, out)
 		}
 	})
 }

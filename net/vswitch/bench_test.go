@@ -2,7 +2,6 @@ package vswitch
 
 import (
 	"encoding/binary"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -95,28 +94,15 @@ func (p *pipe) post() {
 // chain (head copied to the used ring, one used->idx store per batch): the
 // least a device can do, for BenchmarkDriver.
 func (r *ring) consume() {
-	idx := fieldAvailIdx(r)
-	used := uint16(atomic.LoadUint32(word(r.usedView, 0)) >> 16)
-	for ; used != idx; used++ {
-		head := binary.LittleEndian.Uint16(r.availView[4+2*uint64(used%r.size):])
-		e := r.usedView[4+8*uint64(used%r.size):]
-		binary.LittleEndian.PutUint32(e[0:], uint32(head))
-		binary.LittleEndian.PutUint32(e[4:], 0)
+	used := r.UsedIdx()
+	for ; used != r.AvailIdx(); used++ {
+		r.SetUsedElem(used, uint32(r.AvailEntry(used)), 0)
 	}
-	atomic.StoreUint32(word(r.usedView, 0), uint32(used)<<16)
+	r.SetUsedIdx(used)
 }
-
-func fieldAvailIdx(r *ring) uint16 { return uint16(atomic.LoadUint32(word(r.availView, 0)) >> 16) }
 
 // recycle frees used chains without reading them.
-func (r *ring) recycle() {
-	idx := uint16(atomic.LoadUint32(word(r.usedView, 0)) >> 16)
-	for ; r.usedSeen != idx; r.usedSeen++ {
-		e := r.usedView[4+8*uint64(r.usedSeen%r.size):]
-		r.free = append(r.free, uint16(binary.LittleEndian.Uint32(e[0:]))/perChain)
-		r.inflight--
-	}
-}
+func (r *ring) recycle() { r.collect() }
 
 func TestDataPathAllocs(t *testing.T) {
 	for _, tc := range []struct {

@@ -111,17 +111,23 @@ func (s *sender) ingress(p *Port, segs [][]byte, size int, now int64, hold bool)
 		return true
 	}
 	if p.v != nil {
-		if r, ok := p.v.police(fi); !ok {
+		if r, ok := p.v.police(fi, now); !ok {
 			p.drop(r)
 			return true
 		}
 	}
-	if p.txLimit != nil && !p.txLimit.Consume(1, uint64(fi.length)*8) {
-		if hold {
-			return false
+	if p.txLimit != nil {
+		debt := p.segDebt.Load()
+		if !p.txLimit.Consume(1+debt, uint64(fi.length)*8) {
+			if hold {
+				return false
+			}
+			p.drop(DropRateLimit)
+			return true
 		}
-		p.drop(DropRateLimit)
-		return true
+		if debt > 0 {
+			p.segDebt.Add(-debt)
+		}
 	}
 	if s.nf == len(s.frames) {
 		s.flush() // no frame is in flight between ingresses
@@ -168,14 +174,98 @@ func (s *sender) ingress(p *Port, segs [][]byte, size int, now int64, hold bool)
 }
 
 // police applies a VM NIC's port security to a parsed frame.
-func (v *VirtioPort) police(fi *frameInfo) (DropReason, bool) {
+//
+// Every VM port: the source MAC is the NIC's, no stacked VLAN tags (an
+// access port carries untagged or priority-tagged frames only; a tag with
+// a VLAN id already found no network), no DHCPv4 server messages.
+//
+// A locked port (its network's addresses come from the switch's DHCP
+// server) carries IPv4, ARP and IPv6 only, each checked; any other
+// EtherType (including 802.3 length fields: LLC, STP) is dropped as
+// bad_ethertype:
+//   - IPv4: the source is a leased address (0.0.0.0 only for DHCP), and a
+//     DHCP client message names the NIC's MAC as chaddr;
+//   - ARP: IPv4 over 6-byte addresses of any hardware type (as Linux takes
+//     it), the sender hardware address is the NIC's MAC and the sender
+//     protocol address a leased one (0.0.0.0 for probes);
+//   - IPv6: see police6.
+func (v *VirtioPort) police(fi *frameInfo, now int64) (DropReason, bool) {
 	if fi.src != v.mac {
 		return DropSpoofedMAC, false
+	}
+	if fi.stacked {
+		return DropEtherType, false
 	}
 	if fi.udp && fi.sport == portDHCPServer {
 		return DropRogueDHCP, false
 	}
-	if v.lockIP && (fi.ipv4 || fi.arp) && !v.allowed(fi) {
+	if !v.lockIP {
+		return 0, true
+	}
+	switch fi.etherType {
+	case etherTypeIPv4:
+		if fi.hasChaddr && fi.chaddr != v.mac {
+			return DropSpoofedMAC, false
+		}
+	case etherTypeARP:
+		if !fi.arp {
+			return DropMalformed, false
+		}
+		if fi.sha != v.mac {
+			return DropSpoofedMAC, false
+		}
+	case etherTypeIPv6:
+		return v.police6(fi, now)
+	default:
+		return DropEtherType, false
+	}
+	if !v.allowed(fi) {
+		return DropSpoofedIP, false
+	}
+	return 0, true
+}
+
+// police6 checks an IPv6 packet from a locked port. There is no DHCPv6
+// server and the switch sends no router advertisements, so which addresses
+// a VM uses is its own choice (SLAAC from a router on the uplink, stable
+// privacy or random link-local addresses, static ones); the switch binds
+// them first come, first served (as SAVI-FCFS, RFC 6620): the port's
+// EUI-64 link-local address always, and up to maxV6Claims others, each
+// held by one port of the network until it has not used it for
+// v6ClaimAge. The unspecified address is only a source for duplicate
+// address detection (NS), router solicitations and MLD reports. Router advertisements and
+// redirects are dropped (rogue_ra), DHCPv6 server messages too
+// (rogue_dhcp), a neighbour advertisement's target must be an address
+// the port may use and a link-layer address option in RS, NS or NA must
+// be the NIC's MAC. A packet whose upper-layer header lies beyond the
+// extension headers the switch looks through is dropped as malformed.
+func (v *VirtioPort) police6(fi *frameInfo, now int64) (DropReason, bool) {
+	if !fi.upper6 {
+		return DropMalformed, false
+	}
+	if fi.icmp6 {
+		switch fi.icmpType {
+		case icmp6RouterAdvert, icmp6Redirect:
+			return DropRogueRA, false
+		}
+		if fi.hasLL && fi.ndLL != v.mac {
+			return DropSpoofedMAC, false
+		}
+	}
+	if fi.udp6 && fi.sport == portDHCPv6Server {
+		return DropRogueDHCP, false
+	}
+	if fi.src6 == ([16]byte{}) {
+		if fi.icmp6 && (fi.icmpType == icmp6NeighSolicit || fi.icmpType == icmp6RouterSolicit ||
+			fi.icmpType == icmp6MLDReport || fi.icmpType == icmp6MLDv2Report) {
+			return 0, true
+		}
+		return DropSpoofedIP, false
+	}
+	if fi.src6[0] == 0xff || !v.mayUse6(fi.src6, now) {
+		return DropSpoofedIP, false
+	}
+	if fi.icmp6 && fi.icmpType == icmp6NeighAdvert && fi.hasTarget && !v.mayUse6(fi.target6, now) {
 		return DropSpoofedIP, false
 	}
 	return 0, true
@@ -337,12 +427,14 @@ func (s *sender) deliverOne(d *Port, f *frameRef, nw *Network, caps offloads) bo
 		return true
 	}
 	rx := &d.v.rx
+	d.busy.enter()
 	rx.mu.Lock()
 	ok := d.v.receiveLocked(s, e)
 	if rx.q != nil {
 		rx.q.PublishUsed()
 	}
 	rx.mu.Unlock()
+	d.busy.exit()
 	if ok {
 		s.delivered(t, e)
 	}

@@ -2,7 +2,9 @@ package vswitch
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"net/netip"
 	"testing"
 )
 
@@ -94,6 +96,11 @@ func FuzzParseFrame(f *testing.F) {
 	f.Add(byte(0), withHdr(netHdr{}, udp4(bcast(), mac(macA), [4]byte{}, [4]byte{255, 255, 255, 255}, 68, 67, make([]byte, 20))))
 	f.Add(byte(3), withHdr(netHdr{}, arp(bcast(), mac(macA), [4]byte{1, 2, 3, 4}, [4]byte{5, 6, 7, 8})))
 	f.Add(byte(7), withHdr(netHdr{}, tagged(10, ether(bcast(), mac(macA), 0x88b5, make([]byte, 46)))))
+	f.Add(byte(2), withHdr(netHdr{}, stacked(0, 10, udp4(bcast(), mac(macA), [4]byte{1, 2, 3, 4}, [4]byte{5, 6, 7, 8}, 67, 68, nil))))
+	f.Add(byte(4), withHdr(netHdr{}, ipv6Frame(bcast(), mac(macA), linkLocal(mac(macA)), netip.MustParseAddr("ff02::1"), 0,
+		[]byte{58, 0, 5, 2, 0, 0, 1, 0, 134, 0, 0, 0, 0, 0, 0, 0})))
+	f.Add(byte(6), withHdr(netHdr{}, ipv6Frame(bcast(), mac(macA), linkLocal(mac(macA)), netip.MustParseAddr("ff02::1"), 58,
+		icmp6(136, nd(linkLocal(mac(macA)), 2, mac(macA))))))
 	for _, v6 := range []bool{false, true} {
 		frame, l4 := tcpFrame(v6, bcast(), mac(macA), make([]byte, 300), tcpPSH)
 		gso := uint8(gsoTCPv4)
@@ -138,14 +145,69 @@ func FuzzParseFrame(f *testing.F) {
 		if fi.tagged {
 			fr.tagLen = vlanTagLen
 		}
+		ethLen := len(data) - HeaderLen - fr.tagLen
 		for _, nw := range []*Network{native, tagNet} {
-			for _, p := range []*Port{sp.Port, kp.Port} {
-				s.deliver(p, &fr, nw, true)
+			tagOut := 0
+			if nw.vlan != 0 {
+				tagOut = vlanTagLen
 			}
-		}
-		for _, out := range append(soft.drain(), kern.drain()...) {
-			if len(out) < HeaderLen+ethHeaderLen {
-				t.Fatalf("delivered a %d-byte buffer", len(out))
+			for _, p := range []*Port{sp.Port, kp.Port} {
+				ok := s.deliver(p, &fr, nw, true)
+				ff := soft
+				if p == kp.Port {
+					ff = kern
+				}
+				outs := ff.drain()
+				if !ok {
+					if len(outs) != 0 {
+						t.Fatalf("%s: delivery failed but %d buffers came out", p.name, len(outs))
+					}
+					continue
+				}
+				// Every buffer carries the network's tag (and no
+				// other) after the addresses.
+				for _, out := range outs {
+					if len(out) < HeaderLen+ethHeaderLen+tagOut {
+						t.Fatalf("%s: delivered a %d-byte buffer", p.name, len(out))
+					}
+					isTagged := binary.BigEndian.Uint16(out[HeaderLen+12:]) == etherTypeVLAN
+					if tagOut != 0 && (!isTagged || binary.BigEndian.Uint16(out[HeaderLen+14:]) != nw.vlan) {
+						t.Fatalf("%s: frame to VLAN %d without its tag: %x", p.name, nw.vlan, out[:HeaderLen+18])
+					}
+				}
+				// A frame delivered whole is exactly as long as
+				// the frame said, its ingress tag replaced by the
+				// egress one.
+				if p == kp.Port || fi.hdr.gsoType == gsoNone {
+					if len(outs) != 1 || len(outs[0]) != HeaderLen+ethLen+tagOut {
+						t.Fatalf("%s: %d buffers, first %d bytes; want one of %d", p.name, len(outs), len(outs[0]), HeaderLen+ethLen+tagOut)
+					}
+					continue
+				}
+				// Segments: the same headers (H bytes) on each,
+				// gso_size bytes of payload but the last, and the
+				// payloads adding up to the frame's.
+				k := len(outs)
+				sum := 0
+				for _, out := range outs {
+					sum += len(out) - HeaderLen - tagOut
+				}
+				if k == 1 {
+					if sum != ethLen {
+						t.Fatalf("one segment of %d bytes from a %d-byte frame", sum, ethLen)
+					}
+					continue
+				}
+				if (sum-ethLen)%(k-1) != 0 {
+					t.Fatalf("%d segments of %d bytes in all cannot come from a %d-byte frame", k, sum, ethLen)
+				}
+				h := (sum - ethLen) / (k - 1)
+				for i, out := range outs {
+					pl := len(out) - HeaderLen - tagOut - h
+					if pl <= 0 || pl > int(fi.hdr.gsoSize) || (i < k-1 && pl != int(fi.hdr.gsoSize)) {
+						t.Fatalf("segment %d of %d carries %d bytes of payload (gso_size %d, headers %d)", i, k, pl, fi.hdr.gsoSize, h)
+					}
+				}
 			}
 		}
 	})

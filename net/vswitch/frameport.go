@@ -132,9 +132,11 @@ func (fp *FramePort) send(s *sender, e *emit) bool {
 	}
 	s.outv[0] = s.out[:e.total]
 	e.writeFlat(s.outv[0])
+	fp.busy.enter()
 	fp.wmu.Lock()
 	n, err := fp.frames.WriteBatch(s.outv[:])
 	fp.wmu.Unlock()
+	fp.busy.exit()
 	s.outv[0] = nil
 	if err != nil || n != 1 {
 		fp.drop(DropNoBuffer)

@@ -8,12 +8,12 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/vmm/memory"
 	"github.com/hyperroot/hyperroot/vmm/virtio"
+	"github.com/hyperroot/hyperroot/vmm/virtio/virtiotest"
 )
 
 // guest is a VM's RAM (a real memfd, as the VMM makes it) with a bump
@@ -53,38 +53,33 @@ func (g *guest) bytes(t testing.TB, gpa, n uint64) []byte {
 	return b
 }
 
-// perChain is how many descriptors each chain slot of a test ring owns.
+// perChain is the most buffers a chain of a test ring has.
 const perChain = 4
 
-// ring plays the guest driver's side of one split virtqueue. Chain slot j
-// owns descriptors j*perChain.. and a data area of slot bytes. Only one
-// goroutine may use a ring.
+// ring plays the guest driver's side of one split virtqueue (the test
+// kit's driver), with a data area of slot bytes for each chain it posts:
+// size/perChain chains fit at once. Only one goroutine may use a ring.
 type ring struct {
+	*virtiotest.Driver
 	t          testing.TB
 	g          *guest
-	size       uint16
 	slot       uint64
-	desc       uint64
-	avail      uint64
-	used       uint64
 	data       uint64
 	q          *virtio.Queue
-	availIdx   uint16
-	usedSeen   uint16
 	free       []uint16 // free chain slots
-	inflight   int
+	slotOf     []uint16 // per head: the chain slot of its data
+	bufs       [perChain]virtiotest.Buf
+	used       []virtiotest.Used
 	kick, call int
-	descView   []byte
-	availView  []byte
-	usedView   []byte
 }
 
 func newRing(t testing.TB, g *guest, size uint16, slot uint64, features uint64) *ring {
 	t.Helper()
-	r := &ring{t: t, g: g, size: size, slot: slot}
-	r.desc = g.alloc(t, 16*uint64(size))
-	r.avail = g.alloc(t, 6+2*uint64(size)+2)
-	r.used = g.alloc(t, 8+8*uint64(size))
+	r := &ring{t: t, g: g, slot: slot, slotOf: make([]uint16, size), used: make([]virtiotest.Used, 0, size)}
+	l := virtiotest.Layout{Size: size}
+	l.Desc = g.alloc(t, 16*uint64(size))
+	l.Avail = g.alloc(t, 6+2*uint64(size)+2)
+	l.Used = g.alloc(t, 8+8*uint64(size))
 	r.data = g.alloc(t, slot*uint64(size/perChain))
 	for j := size/perChain - 1; ; j-- {
 		r.free = append(r.free, j)
@@ -92,18 +87,20 @@ func newRing(t testing.TB, g *guest, size uint16, slot uint64, features uint64) 
 			break
 		}
 	}
+	d, err := virtiotest.NewDriver(g.mem, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Driver = d
 	q, err := virtio.NewQueue(size)
 	if err != nil {
 		t.Fatal(err)
 	}
-	q.DescAddr, q.AvailAddr, q.UsedAddr, q.Ready = r.desc, r.avail, r.used, true
+	q.DescAddr, q.AvailAddr, q.UsedAddr, q.Ready = l.Desc, l.Avail, l.Used, true
 	if err := q.Activate(g.mem, features); err != nil {
 		t.Fatal(err)
 	}
 	r.q = q
-	r.descView = g.bytes(t, r.desc, 16*uint64(size))
-	r.availView = g.bytes(t, r.avail, 8+2*uint64(size))
-	r.usedView = g.bytes(t, r.used, 8+8*uint64(size))
 	for _, fd := range []*int{&r.kick, &r.call} {
 		*fd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 		if err != nil {
@@ -114,39 +111,6 @@ func newRing(t testing.TB, g *guest, size uint16, slot uint64, features uint64) 
 	return r
 }
 
-// word returns the aligned 32-bit word at offset off (a multiple of 4) of
-// a ring view.
-func word(view []byte, off uint64) *uint32 {
-	return (*uint32)(unsafe.Pointer(&view[off]))
-}
-
-// store16 writes a 16-bit field of the available ring atomically, as the
-// device reads it.
-func (r *ring) store16(off uint64, v uint16) {
-	w := word(r.availView, off&^3)
-	shift := (off & 2) * 8
-	for {
-		old := atomic.LoadUint32(w)
-		nw := old&^(0xffff<<shift) | uint32(v)<<shift
-		if atomic.CompareAndSwapUint32(w, old, nw) {
-			return
-		}
-	}
-}
-
-func (r *ring) setDesc(i uint16, addr uint64, n uint32, flags, next uint16) {
-	d := r.descView[16*uint64(i):]
-	binary.LittleEndian.PutUint64(d[0:], addr)
-	binary.LittleEndian.PutUint32(d[8:], n)
-	binary.LittleEndian.PutUint16(d[12:], flags)
-	binary.LittleEndian.PutUint16(d[14:], next)
-}
-
-const (
-	descNext  = 1
-	descWrite = 2
-)
-
 // post makes a chain of pieces available: the data area of a free slot is
 // cut into buffers of the given lengths (at most perChain), readable or
 // writable. It returns false when the ring is full.
@@ -155,7 +119,6 @@ func (r *ring) post(data []byte, lens []int, writable bool) bool {
 		return false
 	}
 	j := r.free[len(r.free)-1]
-	r.free = r.free[:len(r.free)-1]
 	base := r.data + uint64(j)*r.slot
 	total := 0
 	for _, l := range lens {
@@ -168,22 +131,16 @@ func (r *ring) post(data []byte, lens []int, writable bool) bool {
 		copy(r.g.bytes(r.t, base, uint64(total)), data)
 	}
 	off := uint64(0)
-	head := j * perChain
 	for i, l := range lens {
-		flags := uint16(0)
-		if writable {
-			flags = descWrite
-		}
-		if i < len(lens)-1 {
-			flags |= descNext
-		}
-		r.setDesc(head+uint16(i), base+off, uint32(l), flags, head+uint16(i)+1)
+		r.bufs[i] = virtiotest.Buf{Addr: base + off, Len: uint32(l), Write: writable}
 		off += uint64(l)
 	}
-	r.store16(4+2*uint64(r.availIdx%r.size), head)
-	r.availIdx++
-	r.store16(2, r.availIdx)
-	r.inflight++
+	head, ok := r.Post(r.bufs[:len(lens)]...)
+	if !ok {
+		return false
+	}
+	r.free = r.free[:len(r.free)-1]
+	r.slotOf[head] = j
 	return true
 }
 
@@ -193,19 +150,26 @@ func (r *ring) notify() {
 	unix.Write(r.kick, one[:])
 }
 
-// reap returns the chains the device used since the last call as (slot
-// data, length) pairs and frees their slots.
+// collect takes the chains the device used since the last call back from
+// the driver and frees their slots.
+func (r *ring) collect() []virtiotest.Used {
+	var err error
+	r.used, err = r.Reap(r.used[:0])
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	for _, u := range r.used {
+		r.free = append(r.free, r.slotOf[u.Head])
+	}
+	return r.used
+}
+
+// reap returns the chains the device used since the last call, as copies
+// of their data (the used length of it), and frees their slots.
 func (r *ring) reap() (bufs [][]byte) {
-	idx := uint16(atomic.LoadUint32(word(r.usedView, 0)) >> 16)
-	for ; r.usedSeen != idx; r.usedSeen++ {
-		e := r.usedView[4+8*uint64(r.usedSeen%r.size):]
-		head := uint16(binary.LittleEndian.Uint32(e[0:]))
-		n := binary.LittleEndian.Uint32(e[4:])
-		j := head / perChain
-		data := append([]byte(nil), r.g.bytes(r.t, r.data+uint64(j)*r.slot, r.slot)[:n]...)
-		bufs = append(bufs, data)
-		r.free = append(r.free, j)
-		r.inflight--
+	for _, u := range r.collect() {
+		at := r.data + uint64(r.slotOf[u.Head])*r.slot
+		bufs = append(bufs, append([]byte(nil), r.g.bytes(r.t, at, r.slot)[:u.Len]...))
 	}
 	return bufs
 }
@@ -316,11 +280,11 @@ func (m *vm) flushTX() {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		m.tx.reap()
-		if m.tx.inflight == 0 {
+		if m.tx.InFlight() == 0 {
 			return
 		}
 		if time.Now().After(deadline) {
-			m.t.Fatalf("%s: %d transmit chains not consumed", m.port.Name(), m.tx.inflight)
+			m.t.Fatalf("%s: %d transmit chains not consumed", m.port.Name(), m.tx.InFlight())
 		}
 		time.Sleep(100 * time.Microsecond)
 	}

@@ -10,6 +10,10 @@ import (
 // deliveries. Linux never goes below TCP_MIN_MSS (88).
 const minGSOSize = 64
 
+// maxSegDebt bounds the segments a port owes its transmit limit: more than
+// any bucket holds, so the debt always costs a full refill.
+const maxSegDebt = 1 << 20
+
 // TCP flags segmentation adjusts.
 const (
 	tcpFIN = 0x01
@@ -137,12 +141,28 @@ func (s *sender) segment(d *Port, f *frameRef, nw *Network) bool {
 	ipID := binary.BigEndian.Uint16(fr[ethHeaderLen+4:])
 	flags := fr[l4+13]
 
+	// The segments are packets the limits were not charged for: the
+	// sender and the receiver were charged one for the whole frame (the
+	// receiver in deliver). The sender's next frame pays for the rest
+	// (segDebt); the receiver's limit drops segments beyond its tokens.
+	if nseg := (len(payload) + mss - 1) / mss; nseg > 1 && f.from != nil && f.from.txLimit != nil {
+		if f.from.segDebt.Add(uint64(nseg-1)) > maxSegDebt {
+			f.from.segDebt.Store(maxSegDebt)
+		}
+	}
 	if s.seg == nil {
 		s.seg = make([]byte, HeaderLen+maxFrame)
 	}
 	out := false
 	for off, i := 0, 0; ; off, i = off+mss, i+1 {
 		end := min(off+mss, len(payload))
+		if i > 0 && d.rxLimit != nil && !d.rxLimit.Consume(1, 0) {
+			d.drop(DropRateLimit)
+			if end >= len(payload) {
+				break
+			}
+			continue
+		}
 		seg := s.seg[:HeaderLen+hlen+end-off]
 		clear(seg[:HeaderLen])
 		e := seg[HeaderLen:]

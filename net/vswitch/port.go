@@ -20,6 +20,7 @@ type Network struct {
 	sw    *Switch
 	fdb   *fdb
 	ports atomic.Pointer[[]*Port] // copy on write, read lock-free by forwarding
+	v6    v6Owners                // IPv6 addresses claimed by locked VM ports
 }
 
 // Name is the network's name.
@@ -46,15 +47,17 @@ type DropReason int
 // Drop reasons, indexes of Counters.Drops.
 const (
 	DropNoBuffer   DropReason = iota // the receiver had no (large enough) receive buffer
-	DropSpoofedMAC                   // a VM sent with a source MAC other than its NIC's
-	DropSpoofedIP                    // a locked VM sent from an IPv4 address it was not given
-	DropRogueDHCP                    // a VM sent a DHCP server message (UDP from port 67)
+	DropSpoofedMAC                   // a VM sent with a source MAC other than its NIC's, or named another MAC in ARP, ND or a DHCP request
+	DropSpoofedIP                    // a locked VM sent from an IPv4 address it was not given, or an IPv6 address it may not use
+	DropRogueDHCP                    // a VM sent a DHCP server message (UDP from port 67; DHCPv6 from 547 on a locked port)
 	DropRateLimit                    // the port's token bucket was empty
-	DropMalformed                    // a frame or descriptor chain the switch cannot parse
+	DropMalformed                    // a frame or descriptor chain the switch cannot parse, or a VMM passing descriptors of the wrong kind
+	DropEtherType                    // a VM sent an EtherType its port does not carry (stacked VLAN tags; on a locked port, anything but IPv4, ARP, IPv6)
+	DropRogueRA                      // a VM on a locked port sent an IPv6 router advertisement or redirect
 	NumDropReasons
 )
 
-var dropNames = [NumDropReasons]string{"no_buffer", "spoofed_mac", "spoofed_ip", "rogue_dhcp", "rate_limit", "malformed"}
+var dropNames = [NumDropReasons]string{"no_buffer", "spoofed_mac", "spoofed_ip", "rogue_dhcp", "rate_limit", "malformed", "bad_ethertype", "rogue_ra"}
 
 func (r DropReason) String() string {
 	if r < 0 || r >= NumDropReasons {
@@ -140,6 +143,11 @@ type Port struct {
 	capture atomic.Pointer[func(frame []byte)]
 	txLimit *ratelimit.Limiter // nil = unlimited
 	rxLimit *ratelimit.Limiter
+	// segDebt is packets software segmentation made from the port's GSO
+	// frames beyond the one its limit was charged: the port's next
+	// frame pays for them (see sender.segment).
+	segDebt atomic.Uint64
+	busy    busyWatch // deliveries into the port in progress, for Stalled
 	c       counters
 
 	v *VirtioPort // set for a virtio port

@@ -11,6 +11,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hyperroot/hyperroot/net/internal/peerfd"
+	"github.com/hyperroot/hyperroot/net/vhostuser"
 	"github.com/hyperroot/hyperroot/vmm/virtio"
 )
 
@@ -28,6 +30,31 @@ const txBatch = 64
 // MRG_RXBUF: 64 Linux mergeable buffers (at least 1.5 KiB each) hold a
 // 64 KiB GSO frame.
 const maxRxChains = 64
+
+// MaxQueueSize bounds a virtio port's rings. QEMU offers at most 1024
+// (VIRTQUEUE_MAX_SIZE) and hyperroot's VMM 256; the spec's 32768 would let
+// one peer make every walk of a looping chain, and every indirect table,
+// 32 times longer.
+const MaxQueueSize = 1024
+
+// maxChainBufs bounds the buffers of one descriptor chain the switch
+// accepts. The switch keeps the buffer list of each chain in flight
+// (txBatch transmit and maxRxChains receive chains per port), each as
+// long as the longest chain seen, so without a bound one port could pin
+// megabytes. Linux never builds chains longer than MAX_SKB_FRAGS+2
+// descriptors (19; 47 with CONFIG_MAX_SKB_FRAGS=45).
+const maxChainBufs = 64
+
+// maxV6Claims is how many IPv6 addresses besides its EUI-64 link-local
+// a locked port may use at once, and v6ClaimAge how long one it stopped
+// using stays reserved for it.
+const (
+	maxV6Claims = 8
+	v6ClaimAge  = 30 * time.Minute
+)
+
+// maxBadChains bounds the malformed receive chains one delivery skips.
+const maxBadChains = 8
 
 // VirtioConfig describes a VM NIC's port.
 type VirtioConfig struct {
@@ -50,6 +77,9 @@ type VirtioPort struct {
 
 	ipMu sync.Mutex                // serialises AllowIP/DisallowIP
 	ips  atomic.Pointer[[][4]byte] // copy on write, read by the data path
+
+	ll6 [16]byte             // the EUI-64 link-local address of the NIC's MAC
+	v6  [maxV6Claims]v6Claim // other IPv6 addresses a locked port uses (claims6.go)
 
 	mu sync.Mutex // serialises Start and Stop
 	tx *txWorker
@@ -85,13 +115,30 @@ func (s *Switch) AddVirtioPort(name string, cfg VirtioConfig) (*VirtioPort, erro
 	v := &VirtioPort{Port: p, lockIP: cfg.LockIP}
 	p.v = v
 	p.mac = macKey(cfg.MAC)
+	v.ll6 = eui64(p.mac)
 	v.ips.Store(&[][4]byte{})
 	v.acked.Store(virtio.FeatureVersion1)
 	if err := s.attach(p); err != nil {
 		return nil, err
 	}
 	cfg.Network.fdb.addStatic(p.mac, p)
+	cfg.Network.v6.registerLL(v)
 	return v, nil
+}
+
+// MaxQueueSize is the largest ring the port serves: the vhost-user backend
+// refuses a larger SET_VRING_NUM (net/vhostuser's QueueSizeLimiter).
+func (v *VirtioPort) MaxQueueSize() uint16 { return MaxQueueSize }
+
+// RequestFailed implements net/vhostuser's RequestErrorer: a frontend
+// that passed descriptors of the wrong kind (a pipe or file where an
+// eventfd belongs, memory that can shrink) is cut off by the backend and
+// counted here as malformed. Other refusals are the frontend's business
+// (it hears of them by REPLY_ACK) and not counted.
+func (v *VirtioPort) RequestFailed(req vhostuser.Request, err error) {
+	if errors.Is(err, vhostuser.ErrPeer) {
+		v.drop(DropMalformed)
+	}
 }
 
 // Features are the virtio feature bits the port offers.
@@ -120,6 +167,20 @@ func (v *VirtioPort) SetFeatures(features uint64) error {
 func (v *VirtioPort) Start(q int, vq *virtio.Queue, kick, call int) error {
 	if vq == nil || !vq.Active() {
 		return fmt.Errorf("vswitch: port %s: start queue %d: queue not active", v.name, q)
+	}
+	if vq.Size > MaxQueueSize {
+		return fmt.Errorf("vswitch: port %s: start queue %d: %d descriptors, at most %d", v.name, q, vq.Size, MaxQueueSize)
+	}
+	// The vhost-user backend checked and set these already; a Device
+	// can be driven by other code (tests, a future transport), and one
+	// bad descriptor here hangs or spins a goroutine of the switch.
+	if err := peerfd.Eventfd(call); err != nil {
+		return fmt.Errorf("vswitch: port %s: start queue %d: call: %w", v.name, q, err)
+	}
+	if q == TxQueue {
+		if err := peerfd.Eventfd(kick); err != nil {
+			return fmt.Errorf("vswitch: port %s: start queue %d: kick: %w", v.name, q, err)
+		}
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -186,22 +247,27 @@ func (rx *rxState) at(i int) *virtio.Chain { return &rx.held[(rx.start+i)%maxRxC
 // take makes one more receive chain available in held; it returns false
 // when the driver has none (or broke its ring).
 func (rx *rxState) take(v *VirtioPort) bool {
-	for {
+	// A guest refilling its ring with malformed chains as fast as they
+	// come back would make every sender walk up to a ring's worth of
+	// them per frame; after maxBadChains the frame is not delivered.
+	for bad := 0; bad < maxBadChains; {
 		head, ok, err := rx.q.Pop()
 		if err != nil || !ok {
 			return false
 		}
 		c := rx.at(rx.n)
-		if err := rx.q.Walk(head, c); err != nil || c.WriteLen() < HeaderLen || c.ReadLen() != 0 {
+		if err := rx.q.Walk(head, c); err != nil || c.WriteLen() < HeaderLen || c.ReadLen() != 0 || tooLong(c) {
 			// Not a receive buffer: give it back unused.
 			rx.q.Push(head, 0)
 			// The sender interrupts the driver at flush if it wants it.
 			v.drop(DropMalformed)
+			bad++
 			continue
 		}
 		rx.n++
 		return true
 	}
+	return false
 }
 
 // receiveLocked writes e into the guest's receive buffers: one chain, or
@@ -214,18 +280,19 @@ func (v *VirtioPort) receiveLocked(s *sender, e *emit) bool {
 		v.drop(DropNoBuffer)
 		return false
 	}
-	if rx.n > 0 || rx.take(v) {
-		// One chain of one buffer that holds the frame: Linux's
-		// mergeable buffers (1.5 KiB or more) and any 64 B frame.
-		c := rx.at(0)
-		if w := c.Writable(); len(w) == 1 && len(w[0]) >= e.total {
-			e.hdr.numBuffers = 1
-			e.writeFlat(w[0])
-			rx.q.PushDeferred(c.Head, uint32(e.total))
-			rx.start = (rx.start + 1) % maxRxChains
-			rx.n--
-			return true
-		}
+	if rx.n == 0 && !rx.take(v) {
+		v.drop(DropNoBuffer)
+		return false
+	}
+	// One chain of one buffer that holds the frame: Linux's mergeable
+	// buffers (1.5 KiB or more) and any 64 B frame.
+	if first := rx.at(0); len(first.Writable()) == 1 && len(first.Writable()[0]) >= e.total {
+		e.hdr.numBuffers = 1
+		e.writeFlat(first.Writable()[0])
+		rx.q.PushDeferred(first.Head, uint32(e.total))
+		rx.start = (rx.start + 1) % maxRxChains
+		rx.n--
+		return true
 	}
 	limit := 1
 	if rx.mrg {
@@ -267,6 +334,7 @@ func (v *VirtioPort) receiveLocked(s *sender, e *emit) bool {
 func (v *VirtioPort) flushRX(s *sender, t int) {
 	rx := &v.rx
 	rt := &s.touched[t]
+	v.busy.enter()
 	rx.mu.Lock()
 	for i := 0; rt.queued > 0 && i < s.np; i++ {
 		e := &s.pend[i]
@@ -285,10 +353,24 @@ func (v *VirtioPort) flushRX(s *sender, t int) {
 		}
 	}
 	rx.mu.Unlock()
+	v.busy.exit()
 }
 
-// signal adds 1 to an eventfd. A saturated counter (EAGAIN) is already
-// signalled; other errors mean the frontend closed its end, which the
+// tooLong reports whether c has more buffers than the switch keeps for a
+// chain, and if so releases its grown buffer list (Head stays, for the
+// caller to give the chain back).
+func tooLong(c *virtio.Chain) bool {
+	if len(c.Readable())+len(c.Writable()) <= maxChainBufs {
+		return false
+	}
+	*c = virtio.Chain{Head: c.Head}
+	return true
+}
+
+// signal adds 1 to an eventfd, never blocking: Start made sure it is a
+// non-blocking eventfd, so a counter the peer saturated fails with EAGAIN
+// (it is signalled already) instead of stalling every port delivering to
+// this one. Other errors mean the frontend closed its end, which the
 // vhost-user backend notices itself.
 func signal(fd int) {
 	one := [8]byte{1}
@@ -438,7 +520,7 @@ func (v *VirtioPort) txBatch(w *txWorker) (n int, wait time.Duration, err error)
 			if !ok {
 				break
 			}
-			if werr := w.q.Walk(head, c); werr != nil {
+			if werr := w.q.Walk(head, c); werr != nil || tooLong(c) {
 				v.drop(DropMalformed)
 				n++ // returned unread below
 				continue
@@ -447,7 +529,7 @@ func (v *VirtioPort) txBatch(w *txWorker) (n int, wait time.Duration, err error)
 		if !s.ingress(v.Port, c.Readable(), int(c.ReadLen()), now, true) {
 			w.pending = true
 			size := uint64(c.ReadLen()) - min(uint64(c.ReadLen()), HeaderLen)
-			wait = max(v.txLimit.Wait(1, size*8), 100*time.Microsecond)
+			wait = max(v.txLimit.Wait(1+v.segDebt.Load(), size*8), 100*time.Microsecond)
 			break
 		}
 		w.pending = false

@@ -58,6 +58,8 @@ type Switch struct {
 
 	pool sync.Pool // *sender for Inject
 
+	stallMu sync.Mutex // serialises Stalled
+
 	mu     sync.Mutex
 	nets   map[string]*Network
 	ports  []*Port
@@ -168,6 +170,9 @@ func (s *Switch) detach(p *Port) bool {
 		list := slices.DeleteFunc(slices.Clone(old), func(q *Port) bool { return q == p })
 		n.ports.Store(&list)
 		n.fdb.forget(p)
+		if p.v != nil {
+			n.v6.forget(p.v)
+		}
 	}
 	return true
 }

@@ -204,11 +204,11 @@ func TestPortSecurity(t *testing.T) {
 		{"spoofed MAC", ether(mac(macB), mac(macX), 0x88b5, make([]byte, 46)), false, DropSpoofedMAC},
 		{"IPv4 before a lease", udp4(mac(macB), mac(macA), ip, other, 1000, 2000, nil), false, DropSpoofedIP},
 		{"ARP before a lease", arp(bcast(), mac(macA), ip, other), false, DropSpoofedIP},
-		{"DHCP discover from 0.0.0.0", udp4(bcast(), mac(macA), zero, bcastIP, 68, 67, make([]byte, 240)), true, 0},
+		{"DHCP discover from 0.0.0.0", dhcpFrom(mac(macA), mac(macA)), true, 0},
 		{"ARP probe from 0.0.0.0", arp(bcast(), mac(macA), zero, ip), true, 0},
 		{"UDP from 0.0.0.0 not DHCP", udp4(bcast(), mac(macA), zero, bcastIP, 1000, 67, nil), false, DropSpoofedIP},
 		{"rogue DHCP server", udp4(bcast(), mac(macA), zero, bcastIP, 67, 68, make([]byte, 240)), false, DropRogueDHCP},
-		{"non-IP traffic", ether(mac(macB), mac(macA), 0x88b5, make([]byte, 46)), true, 0},
+		{"non-IP traffic on a locked port", ether(mac(macB), mac(macA), 0x88b5, make([]byte, 46)), false, DropEtherType},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before, rx := a.port.Counters(), b.port.Counters().RxPackets
@@ -454,8 +454,8 @@ func TestTransmitRateLimitHolds(t *testing.T) {
 		t.Fatalf("%d frames passed a burst of 5 without time passing", n)
 	}
 	a.tx.reap()
-	if a.tx.inflight != 15 {
-		t.Fatalf("%d transmit chains held, want 15 left in the ring (back-pressure, not drops)", a.tx.inflight)
+	if a.tx.InFlight() != 15 {
+		t.Fatalf("%d transmit chains held, want 15 left in the ring (back-pressure, not drops)", a.tx.InFlight())
 	}
 	clk.advance(50 * time.Millisecond) // refills the bucket of 5
 	waitFor(t, "refill", func() bool { return b.port.Counters().RxPackets == 10 })

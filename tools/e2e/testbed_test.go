@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -11,18 +12,28 @@ import (
 )
 
 // The test bed is QEMU 7.2's TCG emulating AMD SVM, with the appliance's KVM
-// running the guests nested inside it. That emulation is not sound: now
-// and then a guest triple-faults early in boot, or the appliance kernel
-// itself panics with a corrupted stack, also with code that had passed the
-// same test many times (measured: a 64-vCPU guest fails about half its
-// boots, a 1-vCPU guest rarely). A userspace VMM cannot corrupt its
-// kernel's stack, so an appliance kernel crash is the test bed's fault; a
-// guest triple fault on a TCG host is counted as one too, because it
-// happens with every version of the VMM we tried; an appliance that never
-// prints its banner hung inside QEMU; a guest that never reaches its init
-// and never exits stalled under the emulator. Such attempts are run
-// again, up to maxAttempts, and each retry is logged with its reason; any
-// other failure fails at once. On hardware KVM nothing is retried.
+// running the guests nested inside it. Only faults shown to be the
+// emulator's are retried, each retry naming its evidence:
+//
+//   - the appliance kernel crashed (a corrupted stack, a BUG): a userspace
+//     VMM cannot corrupt its kernel's stack;
+//   - the appliance never printed its banner: it hung before PID 1 ran
+//     any of our code (seen once: no console output for 3 minutes);
+//   - a guest triple-faulted in an appliance with more than one vCPU:
+//     QEMU's multi-threaded TCG; a 64-vCPU guest did so in most boots
+//     with every VMM version tried, and never in a 1-vCPU appliance (the
+//     runner's default under TCG), where a triple fault is a failure.
+//
+// A guest that "stalled in boot" (never reached its init, never exited)
+// used to be retried as the emulator's too. It was not: the stall of
+// issue 9 was the guests probing 255 empty PCI buses (16320 port exits
+// each) because our firmware tables announced them. A stall is now a
+// failure, and the appliance's own timeout (hyperroot.timeout=, which the
+// runner sets) prints every VMM's vCPU state into the log to show where.
+//
+// Such attempts are run again, up to maxAttempts, and each retry is logged
+// with its reason; any other failure fails at once. On hardware KVM nothing
+// is retried.
 const maxAttempts = 3
 
 var (
@@ -31,9 +42,7 @@ var (
 	hostCrashRE = regexp.MustCompile(`Kernel panic|BUG:|general protection fault|stack guard page|corrupted stack`)
 	// A guest that died under the emulator, as the VMM reports it.
 	guestTripleRE = regexp.MustCompile(`\| hyperroot vmm: \S+: crash after .*\(vCPU \d+: triple fault\)`)
-	bannerRE      = regexp.MustCompile(`hyperroot: hyperroot \S+ board=`)
-	vmStartedRE   = regexp.MustCompile(`hyperroot: vm (\S+) started pid=`)
-	vmBootedRE    = regexp.MustCompile(`^(\S+)\| guest: booted `)
+	bannerRE      = regexp.MustCompile(`hyperroot: hyperroot \S+ board=\S+ kernel=.* cpus=(\d+) `)
 )
 
 // testbedFault returns why the machines' consoles show a test-bed fault,
@@ -50,9 +59,12 @@ func testbedFault(ms []*qemu.Machine) string {
 // faultIn looks for a test-bed fault in one appliance's console; tcg says
 // whether the appliance ran under TCG.
 func faultIn(lines []string, tcg bool) string {
-	banner := false
+	banner, cpus := false, 0
 	for _, l := range lines {
-		banner = banner || bannerRE.MatchString(l)
+		if b := bannerRE.FindStringSubmatch(l); b != nil {
+			banner = true
+			cpus, _ = strconv.Atoi(b[1])
+		}
 	}
 	if !tcg {
 		return ""
@@ -63,36 +75,12 @@ func faultIn(lines []string, tcg bool) string {
 		// no console output at all for 3 minutes).
 		return fmt.Sprintf("the appliance never printed its banner (%d console lines)", len(lines))
 	}
-	started, booted := map[string]bool{}, map[string]bool{}
-	for _, l := range lines {
-		if m := vmStartedRE.FindStringSubmatch(l); m != nil {
-			started[m[1]] = true
-		}
-		if m := vmBootedRE.FindStringSubmatch(l); m != nil {
-			booted[m[1]] = true
-		}
-	}
 	for _, l := range lines {
 		switch {
 		case !relayedRE.MatchString(l) && hostCrashRE.MatchString(l):
-			return "appliance kernel crashed: " + strings.TrimSpace(l)
-		case guestTripleRE.MatchString(l):
-			return "guest triple fault under TCG: " + strings.TrimSpace(l)
-		}
-	}
-	// A guest whose VMM started but that never reached its init, nor
-	// exited, stalled in boot: its vCPU stopped running under the
-	// emulator (seen with two guests in a 1-vCPU TCG appliance, with RCU
-	// stall reports from the guest when it could still print).
-	for vm := range started {
-		if !booted[vm] {
-			exited := false
-			for _, l := range lines {
-				exited = exited || strings.Contains(l, "hyperroot: vm "+vm+" exited")
-			}
-			if !exited {
-				return "guest " + vm + " stalled in boot under TCG"
-			}
+			return "appliance kernel crashed (a userspace VMM cannot do that): " + strings.TrimSpace(l)
+		case cpus > 1 && guestTripleRE.MatchString(l):
+			return fmt.Sprintf("guest triple fault in a %d-vCPU TCG appliance (multi-threaded TCG): %s", cpus, strings.TrimSpace(l))
 		}
 	}
 	return ""
@@ -163,11 +151,14 @@ func TestTestbedFault(t *testing.T) {
 		want  string
 	}{
 		{[]string{"[ 1.0] hyperroot: hyperroot dev board=qemu kernel=x cpus=2 (QEMU TCG CPU version 2.5+) memory=1 MiB", "[ 25.4] Kernel panic - not syncing: corrupted stack end detected inside scheduler"}, true, "appliance kernel crashed"},
-		{[]string{"[ 1.0] hyperroot: hyperroot dev board=qemu kernel=x cpus=2 (QEMU TCG CPU version 2.5+) memory=1 MiB", "s4| hyperroot vmm: s4: crash after 6.1s (vCPU 7: triple fault)"}, true, "guest triple fault"},
+		{[]string{"[ 1.0] hyperroot: hyperroot dev board=qemu kernel=x cpus=2 (QEMU TCG CPU version 2.5+) memory=1 MiB", "s4| hyperroot vmm: s4: crash after 6.1s (vCPU 7: triple fault)"}, true, "guest triple fault in a 2-vCPU"},
+		// In a 1-vCPU appliance a triple fault is the guest's or ours.
+		{[]string{"[ 1.0] hyperroot: hyperroot dev board=qemu kernel=x cpus=1 (QEMU TCG CPU version 2.5+) memory=1 MiB", "s4| hyperroot vmm: s4: crash after 6.1s (vCPU 7: triple fault)"}, true, ""},
 		{[]string{"[ 1.0] hyperroot: hyperroot dev board=qemu kernel=x cpus=2 (QEMU TCG CPU version 2.5+) memory=1 MiB", "panic| [ 3.7] Kernel panic - not syncing: sysrq triggered crash"}, true, ""},
 		{[]string{"[ 1.0] hyperroot: hyperroot dev board=qemu kernel=x cpus=2 (AMD EPYC 7B13) memory=1 MiB", "[ 25.4] Kernel panic - not syncing"}, false, ""},
 		{nil, true, "never printed its banner"},
-		{[]string{"[ 1.0] hyperroot: hyperroot dev board=qemu kernel=x cpus=1 (QEMU TCG CPU version 2.5+) memory=1 MiB", "[ 2.0] hyperroot: vm waiter started pid=90 cpus=1 memory=128M", "again| guest: booted nproc=1"}, true, "guest waiter stalled in boot"},
+		// A stalled guest is not the emulator's (issue 9 was ours).
+		{[]string{"[ 1.0] hyperroot: hyperroot dev board=qemu kernel=x cpus=1 (QEMU TCG CPU version 2.5+) memory=1 MiB", "[ 2.0] hyperroot: vm waiter started pid=90 cpus=1 memory=128M", "again| guest: booted nproc=1"}, true, ""},
 		{[]string{"[ 1.0] hyperroot: hyperroot dev board=qemu kernel=x cpus=1 (QEMU TCG CPU version 2.5+) memory=1 MiB", "[ 2.0] hyperroot: vm w started pid=90 cpus=1 memory=128M", "[ 3.0] hyperroot: vm w exited code=1 reason=error"}, true, ""},
 		{nil, false, ""},
 	} {

@@ -34,7 +34,7 @@ type Options struct {
 	Config  string        // a configuration file, installed as /etc/hyperroot/config.yaml
 	Overlay string        // a directory copied over the image's root
 	Oneshot bool          // hyperroot.oneshot=1: the appliance powers off when done
-	Timeout time.Duration // kill QEMU after this long (0: none)
+	Timeout time.Duration // kill QEMU after this long (0: none); with Oneshot the appliance gets hyperroot.timeout=ApplianceTimeout(Timeout)
 	// Silence kills QEMU once its console has printed nothing for this
 	// long (0: never). It is how a test tells a hung appliance from a slow
 	// one without a deadline tuned to one machine's speed: slow machines
@@ -70,6 +70,16 @@ type Machine struct {
 	lines  []string
 	cursor int
 	more   chan struct{} // closed and replaced whenever a line arrives
+}
+
+// ApplianceTimeout is the hyperroot.timeout= a oneshot run with host-side
+// timeout t gets: a fifth of t (at least 20 s, at most half of t) earlier,
+// so that the appliance itself gives up first and has time to dump the
+// state of every VMM still running, stop them and power off with a
+// verdict before QEMU is killed.
+func ApplianceTimeout(t time.Duration) time.Duration {
+	margin := min(max(t/5, 20*time.Second), t/2)
+	return (t - margin).Round(time.Second)
 }
 
 var memRE = regexp.MustCompile(`^[1-9][0-9]*[MGT]?$`)
@@ -129,6 +139,9 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 	cmdline := strings.TrimSpace(b.Cmdline + " " + o.Append)
 	if o.Oneshot {
 		cmdline += " hyperroot.oneshot=1"
+		if o.Timeout > 0 && !strings.Contains(cmdline, "hyperroot.timeout=") {
+			cmdline += " hyperroot.timeout=" + ApplianceTimeout(o.Timeout).String()
+		}
 	}
 	args := append(accel,
 		"-machine", "q35", "-smp", fmt.Sprint(o.CPUs), "-m", o.Memory,
@@ -261,7 +274,7 @@ func readImageBoard(dir string) (*board.Board, error) {
 // with -cpu host where /proc/cpuinfo shows vmx or svm; otherwise TCG with
 // -cpu max, which emulates SVM with nested paging so that the appliance's
 // own KVM works (the host's /dev/kvm may be a software one that cannot run
-// a standard guest, see TESTING.md).
+// a standard guest, see docs/TESTING.md).
 func chooseAccel(accel string) ([]string, error) {
 	if accel == "" || accel == "auto" {
 		accel = "tcg"

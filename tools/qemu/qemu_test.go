@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestHasVirtFlag(t *testing.T) {
@@ -76,6 +77,19 @@ func TestStartBadInput(t *testing.T) {
 		_, err := Start(context.Background(), tc.o)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("Start(%+v) = %v, want %q", tc.o, err, tc.want)
+		}
+	}
+}
+
+func TestApplianceTimeout(t *testing.T) {
+	for _, tc := range []struct{ host, want time.Duration }{
+		{10 * time.Minute, 8 * time.Minute},
+		{4 * time.Minute, 192 * time.Second},
+		{100 * time.Second, 80 * time.Second},
+		{30 * time.Second, 15 * time.Second},
+	} {
+		if got := ApplianceTimeout(tc.host); got != tc.want {
+			t.Errorf("ApplianceTimeout(%s) = %s, want %s", tc.host, got, tc.want)
 		}
 	}
 }

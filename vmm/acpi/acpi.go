@@ -21,7 +21,7 @@ import (
 type Config struct {
 	// CPUs is the number of vCPUs; vCPU i has APIC ID i.
 	CPUs int
-	// MCFG adds the MCFG table (ECAM at layout.ECAMStart, buses 0-255) and a
+	// MCFG adds the MCFG table (ECAM at layout.ECAMStart, buses 0-layout.PCILastBus) and a
 	// motherboard-resources device reserving that range.
 	MCFG bool
 	// Devices are extra objects placed in \_SB, e.g. a PCI host bridge

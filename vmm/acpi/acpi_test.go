@@ -314,7 +314,7 @@ func TestMCFG(t *testing.T) {
 		t.Fatalf("MCFG is %d bytes", len(m))
 	}
 	a := m[headerLen+8:]
-	if le.Uint64(a) != layout.ECAMStart || le.Uint16(a[8:]) != 0 || a[10] != 0 || a[11] != 255 {
+	if le.Uint64(a) != layout.ECAMStart || le.Uint16(a[8:]) != 0 || a[10] != 0 || a[11] != layout.PCILastBus {
 		t.Errorf("allocation % x", a)
 	}
 }

@@ -231,13 +231,14 @@ func madt(cpus int) []byte {
 }
 
 // mcfg tells the OS where PCI Express enhanced configuration space (ECAM)
-// is: segment 0, buses 0-255 at layout.ECAMStart.
+// is: segment 0, buses 0-layout.PCILastBus at layout.ECAMStart (why not
+// all 256 buses the window could hold: see layout.PCILastBus).
 func mcfg() []byte {
 	le := binary.LittleEndian
 	b := newTable("MCFG", mcfgRevision, headerLen+8) // 8 reserved bytes
 	b = le.AppendUint64(b, layout.ECAMStart)
-	b = le.AppendUint16(b, 0)                     // PCI segment group
-	b = append(b, 0, byte(layout.ECAMSize>>20-1)) // start and end bus: 1 MiB each
-	b = le.AppendUint32(b, 0)                     // reserved
+	b = le.AppendUint16(b, 0)           // PCI segment group
+	b = append(b, 0, layout.PCILastBus) // start and end bus: 1 MiB each
+	b = le.AppendUint32(b, 0)           // reserved
 	return seal(b)
 }

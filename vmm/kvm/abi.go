@@ -111,6 +111,43 @@ const (
 	MPStateSIPIReceived  MPState = 4
 )
 
+// VCPUEvents is struct kvm_vcpu_events: exceptions, interrupts and NMIs
+// KVM holds pending or half-injected for a vCPU, read to see why a guest
+// does not make progress (KVM_GET_VCPU_EVENTS).
+type VCPUEvents struct {
+	Exception struct {
+		Injected     uint8
+		Nr           uint8
+		HasErrorCode uint8
+		Pending      uint8
+		ErrorCode    uint32
+	}
+	Interrupt struct {
+		Injected uint8
+		Nr       uint8
+		Soft     uint8
+		Shadow   uint8 // interrupt shadow (after STI or MOV SS)
+	}
+	NMI struct {
+		Injected uint8
+		Pending  uint8
+		Masked   uint8
+		_        uint8
+	}
+	SIPIVector uint32
+	Flags      uint32
+	SMI        struct {
+		SMM          uint8
+		Pending      uint8
+		SMMInsideNMI uint8
+		LatchedInit  uint8
+	}
+	TripleFaultPending  uint8
+	_                   [26]uint8
+	ExceptionHasPayload uint8
+	ExceptionPayload    uint64
+}
+
 // struct kvm_userspace_memory_region
 type userspaceMemoryRegion struct {
 	slot          uint32

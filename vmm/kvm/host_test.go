@@ -17,7 +17,7 @@ import (
 )
 
 // These tests run tiny hand-assembled real-mode guests (a few instructions
-// each, see TESTING.md: the host's /dev/kvm emulates guests slowly). Code
+// each, see docs/TESTING.md: the host's /dev/kvm emulates guests slowly). Code
 // is loaded at codeAddr and runs with CS:IP = 0:codeAddr; the bytes are
 // listed next to their assembly (GNU as, .code16).
 

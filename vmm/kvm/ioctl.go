@@ -39,20 +39,21 @@ const (
 	reqSignalMSI          = dirW | unsafe.Sizeof(msi{})<<16 | typ | 0xa5
 
 	// on a vCPU
-	reqRun        = typ | 0x80
-	reqGetRegs    = dirR | unsafe.Sizeof(Regs{})<<16 | typ | 0x81
-	reqSetRegs    = dirW | unsafe.Sizeof(Regs{})<<16 | typ | 0x82
-	reqGetSregs   = dirR | unsafe.Sizeof(Sregs{})<<16 | typ | 0x83
-	reqSetSregs   = dirW | unsafe.Sizeof(Sregs{})<<16 | typ | 0x84
-	reqGetMSRs    = dirRW | 8<<16 | typ | 0x88
-	reqSetMSRs    = dirW | 8<<16 | typ | 0x89
-	reqGetFPU     = dirR | unsafe.Sizeof(FPU{})<<16 | typ | 0x8c
-	reqSetFPU     = dirW | unsafe.Sizeof(FPU{})<<16 | typ | 0x8d
-	reqGetLAPIC   = dirR | unsafe.Sizeof(LAPIC{})<<16 | typ | 0x8e
-	reqSetLAPIC   = dirW | unsafe.Sizeof(LAPIC{})<<16 | typ | 0x8f
-	reqSetCPUID2  = dirW | 8<<16 | typ | 0x90
-	reqGetMPState = dirR | 4<<16 | typ | 0x98
-	reqSetMPState = dirW | 4<<16 | typ | 0x99
+	reqRun           = typ | 0x80
+	reqGetRegs       = dirR | unsafe.Sizeof(Regs{})<<16 | typ | 0x81
+	reqSetRegs       = dirW | unsafe.Sizeof(Regs{})<<16 | typ | 0x82
+	reqGetSregs      = dirR | unsafe.Sizeof(Sregs{})<<16 | typ | 0x83
+	reqSetSregs      = dirW | unsafe.Sizeof(Sregs{})<<16 | typ | 0x84
+	reqGetMSRs       = dirRW | 8<<16 | typ | 0x88
+	reqSetMSRs       = dirW | 8<<16 | typ | 0x89
+	reqGetFPU        = dirR | unsafe.Sizeof(FPU{})<<16 | typ | 0x8c
+	reqSetFPU        = dirW | unsafe.Sizeof(FPU{})<<16 | typ | 0x8d
+	reqGetLAPIC      = dirR | unsafe.Sizeof(LAPIC{})<<16 | typ | 0x8e
+	reqSetLAPIC      = dirW | unsafe.Sizeof(LAPIC{})<<16 | typ | 0x8f
+	reqSetCPUID2     = dirW | 8<<16 | typ | 0x90
+	reqGetMPState    = dirR | 4<<16 | typ | 0x98
+	reqSetMPState    = dirW | 4<<16 | typ | 0x99
+	reqGetVCPUEvents = dirR | unsafe.Sizeof(VCPUEvents{})<<16 | typ | 0x9f
 )
 
 // ioctl issues a request whose argument is an integer (or nothing).

@@ -188,6 +188,16 @@ func (v *VCPU) SetMPState(s MPState) error {
 	return nil
 }
 
+// Events returns the exceptions, interrupts and NMIs KVM holds for the
+// vCPU (KVM_GET_VCPU_EVENTS).
+func (v *VCPU) Events() (VCPUEvents, error) {
+	var e VCPUEvents
+	if _, err := ioctlPtr(v.fd, reqGetVCPUEvents, unsafe.Pointer(&e)); err != nil {
+		return e, fmt.Errorf("kvm: KVM_GET_VCPU_EVENTS vCPU %d: %w", v.id, err)
+	}
+	return e, nil
+}
+
 // SetCPUID2 sets what CPUID reports to the guest (KVM_SET_CPUID2); start
 // from System.SupportedCPUID.
 func (v *VCPU) SetCPUID2(entries []CPUIDEntry) error {

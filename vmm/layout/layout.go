@@ -38,6 +38,17 @@ const (
 	RAM64Start    = 0x1_0000_0000
 )
 
+// PCILastBus is the last PCI bus number the firmware tables (MCFG and the
+// host bridge's _CRS) announce: only bus 0 exists, every device sits on it
+// and there are no bridges. Announcing 0-255 made Linux's x86 "peer bridge
+// fixup" (pcibios_fixup_peer_bridges, which runs up to the MCFG's end bus)
+// probe the vendor ID of every 8th function on buses 1-255 through
+// configuration mechanism 1: 8160 reads, two port exits to the VMM each
+// with interrupts off. Under nested TCG, with two guests doing it at once,
+// that took minutes (issue 9: the default demo "hung"). The ECAM window
+// keeps its 256 MiB in the memory map; accesses beyond bus 0 read all ones.
+const PCILastBus = 0
+
 // Legacy I/O ports.
 const (
 	COM1Port      = 0x3F8

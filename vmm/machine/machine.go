@@ -11,7 +11,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/signal"
 	"runtime"
 	"sync"
 	"time"
@@ -148,7 +147,9 @@ type Machine struct {
 	stopOnce sync.Once
 	result   Result
 	mu       sync.Mutex
-	tids     []int // OS thread of each running vCPU, 0 until it started
+	tids     []int       // OS thread of each running vCPU, 0 until it started
+	watch    []vcpuWatch // per vCPU, for Dump (dump.go)
+	dumpMu   sync.Mutex  // one Dump at a time: their kicks and answers would cross
 }
 
 // pvpanicPort is QEMU's pvpanic ISA port, described to the guest as an
@@ -177,8 +178,13 @@ const (
 	identityAddr = 0xFFFB_C000
 )
 
-// kickSignal interrupts a vCPU thread blocked in KVM_RUN.
-const kickSignal = unix.SIGUSR1
+// kickSignal interrupts a vCPU thread blocked in KVM_RUN. It is the signal
+// the Go runtime itself preempts threads with (SIGURG): the runtime always
+// handles it (so it interrupts KVM_RUN, which returns EINTR) and expects it
+// at any time, and no os/signal channel receives it, so that SIGUSR1 and
+// SIGUSR2 stay free for the VMM process's own use (SIGUSR1 asks for a
+// Dump, and a kick must not look like one).
+const kickSignal = unix.SIGURG
 
 // New creates the VM: checks the request against the kernel image and KVM,
 // creates memory, loads the kernel, writes ACPI tables, wires the devices
@@ -294,6 +300,7 @@ func (m *Machine) build(cfg Config, k *boot.Kernel) (err error) {
 		}
 	}
 	m.tids = make([]int, cfg.CPUs)
+	m.watch = newWatches(cfg.CPUs)
 	return nil
 }
 
@@ -429,11 +436,11 @@ func segment(s boot.Segment) kvm.Segment {
 // Run runs every vCPU on its own OS thread until the guest powers off,
 // resets or crashes, or Stop is called, and reports which.
 func (m *Machine) Run() Result {
-	// The kick signal must have a handler (not be ignored) so that it
-	// interrupts KVM_RUN; Go's handler is enough.
-	sigc := make(chan os.Signal, 1)
-	signal.Notify(sigc, kickSignal)
-	defer signal.Stop(sigc)
+	m.mu.Lock()
+	if len(m.watch) != len(m.vcpus) { // a Machine assembled by hand (tests)
+		m.watch = newWatches(len(m.vcpus))
+	}
+	m.mu.Unlock()
 	if m.trace { // dump every vCPU's registers every 3 s, to see where a guest hangs
 		go func() {
 			for !m.stopping() {
@@ -473,9 +480,23 @@ func (m *Machine) runVCPU(i int, v *kvm.VCPU) {
 		return
 	}
 	m.tids[i] = unix.Gettid()
+	w := &m.watch[i]
 	m.mu.Unlock()
 	for {
+		w.inGuest.Store(true)
 		exit, err := v.Run()
+		w.inGuest.Store(false)
+		w.exits.Add(1)
+		w.lastExit.Store(uint32(exit))
+		switch exit {
+		case kvm.ExitIO:
+			w.io.Add(1)
+		case kvm.ExitMMIO:
+			w.mmio.Add(1)
+		}
+		if exit == kvm.ExitIntr {
+			m.answerDump(i, v) // if Dump kicked it
+		}
 		if err != nil {
 			m.stop(Result{ExitCrash, err.Error()})
 			return
@@ -539,10 +560,11 @@ func (m *Machine) stop(r Result) {
 		m.mu.Lock()
 		tids := m.tids
 		m.tids = nil
-		m.mu.Unlock()
+		// Under the lock, so that answerDump cannot clear it again.
 		for _, v := range m.vcpus {
 			v.SetImmediateExit(true)
 		}
+		m.mu.Unlock()
 		// A vCPU thread may be between the check and KVM_RUN: kick until
 		// all have left (Run returns once every goroutine has).
 		go func() {

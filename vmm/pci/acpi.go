@@ -15,13 +15,13 @@ func INTxGSI(slot, pin int) uint32 {
 
 // AML returns the DSDT description of the host bridge, to place in \_SB:
 // a PCI Express root (PNP0A08, compatible with PNP0A03) for segment 0,
-// buses 0-255, with its windows in _CRS: all I/O ports but the
+// bus 0 only (layout.PCILastBus), with its windows in _CRS: all I/O ports but the
 // configuration ports, the 32-bit BAR window and the 64-bit one, and a
 // _PRT routing each slot's INTA#-INTD# to INTxGSI. Pair it with the MCFG
 // table (acpi.Config.MCFG), which describes the ECAM.
 func (b *Bus) AML() aml.Term {
 	res := []aml.Resource{
-		aml.WordBusNumber(0, 0xFF),
+		aml.WordBusNumber(0, layout.PCILastBus),
 		// Consumed by the bridge itself; Linux drops it from the windows.
 		aml.IO(layout.PCIConfAddr, layout.PCIConfAddr, 1, Conf1Size),
 		aml.WordIO(0, layout.PCIConfAddr-1),

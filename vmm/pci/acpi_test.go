@@ -84,7 +84,7 @@ func TestHostBridgeIASL(t *testing.T) {
 		`Name (_HID, EisaId ("PNP0A08"))`,
 		`Name (_CID, EisaId ("PNP0A03"))`,
 		`Name (_SEG, Zero)`, `Name (_BBN, Zero)`, `Name (_UID, Zero)`,
-		`WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode, 0x0000, 0x0000, 0x00FF, 0x0000, 0x0100,`,
+		`WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode, 0x0000, 0x0000, 0x0000, 0x0000, 0x0001,`,
 		`IO (Decode16, 0x0CF8, 0x0CF8, 0x01, 0x08,)`,
 		`WordIO (ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange, 0x0000, 0x0000, 0x0CF7, 0x0000, 0x0CF8,`,
 		`WordIO (ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange, 0x0000, 0x0D00, 0xFFFF, 0x0000, 0xF300,`,
@@ -107,7 +107,7 @@ func TestHostBridgeIASL(t *testing.T) {
 		t.Logf("DSDT:\n%s", d)
 	}
 	if !strings.Contains(dsl["MCFG"], "Base Address : 00000000E0000000") ||
-		!strings.Contains(dsl["MCFG"], "End Bus Number : FF") {
+		!strings.Contains(dsl["MCFG"], "End Bus Number : 00") {
 		t.Errorf("MCFG disassembly:\n%s", dsl["MCFG"])
 	}
 }

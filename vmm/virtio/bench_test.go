@@ -1,6 +1,7 @@
 package virtio
 
 import (
+	"github.com/hyperroot/hyperroot/vmm/virtio/virtiotest"
 	"testing"
 )
 
@@ -9,17 +10,17 @@ import (
 // one request: the driver makes it available, the device pops, walks,
 // reads the header, writes the status and pushes it back.
 func blkLike(tb testing.TB, features uint64) func() {
-	mem := newFakeRAM(0, ramSize)
+	mem := virtiotest.NewRAM(ramSize)
 	d := newDriver(tb, mem, 256, descAt, availAt, 0x3000)
 	q := d.queue(features)
-	d.setDesc(0, bufBase, 16, R|N, 1)
-	d.setDesc(1, bufBase+0x1000, 4096, W|N, 2)
-	d.setDesc(2, bufBase+0x100, 1, W, 0)
+	d.SetDesc(0, bufBase, 16, R|N, 1)
+	d.SetDesc(1, bufBase+0x1000, 4096, W|N, 2)
+	d.SetDesc(2, bufBase+0x100, 1, W, 0)
 	var c Chain
 	var hdr [16]byte
 	status := []byte{0}
 	return func() {
-		d.add(0)
+		d.Add(0)
 		head, ok, err := q.Pop()
 		if err != nil || !ok {
 			tb.Fatalf("Pop = %v, %v", ok, err)
@@ -69,7 +70,7 @@ func BenchmarkNeedInterrupt(b *testing.B) {
 		{"event_idx", FeatureVersion1 | FeatureRingEventIdx},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			mem := newFakeRAM(0, ramSize)
+			mem := virtiotest.NewRAM(ramSize)
 			d := newDriver(b, mem, 256, descAt, availAt, 0x3000)
 			q := d.queue(tc.feat)
 			b.ReportAllocs()
@@ -94,13 +95,13 @@ func BenchmarkWalk(b *testing.B) {
 		{"tx-hdr-frame", []uint16{R | N, R}},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			mem := newFakeRAM(0, ramSize)
+			mem := virtiotest.NewRAM(ramSize)
 			d := newDriver(b, mem, 256, descAt, availAt, 0x3000)
 			q := d.queue(FeatureVersion1 | FeatureRingEventIdx | FeatureRingIndirectDesc)
 			for h := uint16(0); h < 64; h++ {
 				for i, f := range tc.descs {
 					idx := h*4 + uint16(i)
-					d.setDesc(idx, bufBase+uint64(idx)*64, 64, f, idx+1)
+					d.SetDesc(idx, bufBase+uint64(idx)*64, 64, f, idx+1)
 				}
 			}
 			var c Chain
@@ -111,7 +112,7 @@ func BenchmarkWalk(b *testing.B) {
 			b.ReportAllocs()
 			n := 0
 			for b.Loop() {
-				d.add(heads...)
+				d.Add(heads...)
 				for range heads {
 					head, ok, err := q.Pop()
 					if err != nil || !ok {

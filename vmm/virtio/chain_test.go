@@ -3,6 +3,7 @@ package virtio
 import (
 	"bytes"
 	"errors"
+	"github.com/hyperroot/hyperroot/vmm/virtio/virtiotest"
 	"io"
 	"slices"
 	"testing"
@@ -117,7 +118,7 @@ func TestWalk(t *testing.T) {
 			table: []desc{{0x1_0000_0000, 4, R, 0}}, wantErr: true, errBound: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			mem := newFakeRAM(0, ramSize, 0x20000, 0x10000)
+			mem := twoRegions()
 			d := newDriver(t, mem, 16, descAt, availAt, usedAt)
 			feat := FeatureVersion1 | FeatureRingIndirectDesc
 			if tc.noIndir {
@@ -125,7 +126,7 @@ func TestWalk(t *testing.T) {
 			}
 			q := d.queue(feat)
 			for i, x := range tc.descs {
-				d.setDesc(i, x.addr, x.len, x.flags, x.next)
+				d.SetDesc(i, x.addr, x.len, x.flags, x.next)
 			}
 			for j, x := range tc.table {
 				putDesc(t, mem, tableAt+16*uint64(j), x.addr, x.len, x.flags, x.next)
@@ -142,7 +143,7 @@ func TestWalk(t *testing.T) {
 				if !errors.Is(err, ErrChain) {
 					t.Fatalf("Walk = %v, want an ErrChain error", err)
 				}
-				if tc.errBound != errors.Is(err, errFakeBounds) {
+				if tc.errBound != errors.Is(err, virtiotest.ErrNotRAM) {
 					t.Fatalf("Walk = %v: bounds error %v, want %v", err, !tc.errBound, tc.errBound)
 				}
 				return
@@ -173,7 +174,7 @@ func TestWalk(t *testing.T) {
 			if c.ReadLen() != sr || c.WriteLen() != sw {
 				t.Errorf("ReadLen/WriteLen = %d/%d, want %d/%d", c.ReadLen(), c.WriteLen(), sr, sw)
 			}
-			mem.checkGuards(t)
+			checkGuards(t, mem)
 		})
 	}
 }
@@ -201,8 +202,8 @@ func TestWalkTotalOverflow(t *testing.T) {
 		{"second exceeds RAM and total", 0xbff0_0000, 0xffff_ffff, false, false},
 		{"second exceeds RAM only", 0x1000, 0x8000_0001, false, true},
 	} {
-		d.setDesc(0, 0x100000, tc.a, R|N, 1)
-		d.setDesc(1, high, tc.b, W, 0)
+		d.SetDesc(0, 0x100000, tc.a, R|N, 1)
+		d.SetDesc(1, high, tc.b, W, 0)
 		var c Chain
 		err := q.Walk(0, &c)
 		if tc.ok != (err == nil) {
@@ -218,15 +219,15 @@ func TestWalkTotalOverflow(t *testing.T) {
 }
 
 func TestChainReadWrite(t *testing.T) {
-	mem := newFakeRAM(0, ramSize)
+	mem := virtiotest.NewRAM(ramSize)
 	d := newDriver(t, mem, 8, descAt, availAt, usedAt)
 	q := d.queue(FeatureVersion1)
 	// Readable 5 + 0 + 7 bytes, writable 3 + 6 bytes.
-	d.setDesc(0, bufBase, 5, R|N, 1)
-	d.setDesc(1, bufBase+0x100, 0, R|N, 2)
-	d.setDesc(2, bufBase+0x200, 7, R|N, 3)
-	d.setDesc(3, bufBase+0x300, 3, W|N, 4)
-	d.setDesc(4, bufBase+0x400, 6, W, 0)
+	d.SetDesc(0, bufBase, 5, R|N, 1)
+	d.SetDesc(1, bufBase+0x100, 0, R|N, 2)
+	d.SetDesc(2, bufBase+0x200, 7, R|N, 3)
+	d.SetDesc(3, bufBase+0x300, 3, W|N, 4)
+	d.SetDesc(4, bufBase+0x400, 6, W, 0)
 	fill(t, mem, bufBase, 5, 10)
 	fill(t, mem, bufBase+0x200, 7, 50)
 	var c Chain
@@ -284,14 +285,14 @@ func TestChainReadWrite(t *testing.T) {
 	if err != nil || !bytes.Equal(all, want) {
 		t.Fatalf("ReadAll = % x, %v", all, err)
 	}
-	mem.checkGuards(t)
+	checkGuards(t, mem)
 }
 
 func TestChainNoWritable(t *testing.T) {
-	mem := newFakeRAM(0, ramSize)
+	mem := virtiotest.NewRAM(ramSize)
 	d := newDriver(t, mem, 2, descAt, availAt, usedAt)
 	q := d.queue(FeatureVersion1)
-	d.setDesc(0, bufBase, 4, R, 0)
+	d.SetDesc(0, bufBase, 4, R, 0)
 	var c Chain
 	if err := q.Walk(0, &c); err != nil {
 		t.Fatal(err)
@@ -316,12 +317,12 @@ func TestWalkFailureAfterSuccess(t *testing.T) {
 		{"single buffer outside RAM", W, 0, 0xdead_0000_0000},
 		{"chain into a loop", R | N, 1, bufBase},
 	} {
-		mem := newFakeRAM(0, ramSize)
+		mem := virtiotest.NewRAM(ramSize)
 		d := newDriver(t, mem, 4, descAt, availAt, usedAt)
 		q := d.queue(FeatureVersion1)
-		d.setDesc(0, bufBase, 16, R|N, 2)
-		d.setDesc(2, bufBase+0x100, 64, W, 0)
-		d.setDesc(1, bad.addr, 8, bad.flags, bad.next)
+		d.SetDesc(0, bufBase, 16, R|N, 2)
+		d.SetDesc(2, bufBase+0x100, 64, W, 0)
+		d.SetDesc(1, bad.addr, 8, bad.flags, bad.next)
 		var c Chain
 		if err := q.Walk(0, &c); err != nil || len(c.Readable()) != 1 || len(c.Writable()) != 1 {
 			t.Fatalf("%s: good walk = %v, %d/%d buffers", bad.name, err, len(c.Readable()), len(c.Writable()))

@@ -3,6 +3,7 @@ package virtio
 import (
 	"encoding/binary"
 	"fmt"
+	"github.com/hyperroot/hyperroot/vmm/virtio/virtiotest"
 	"testing"
 	"time"
 )
@@ -28,7 +29,7 @@ func runConcurrent(t *testing.T, eventIdx bool, requests int) {
 		perReq  = 0x100
 		timeout = 20 * time.Second
 	)
-	mem := newFakeRAM(0, 0x20000)
+	mem := virtiotest.NewRAM(0x20000)
 	d := newDriver(t, mem, size, descAt, availAt, usedAt)
 	feat := FeatureVersion1
 	if eventIdx {
@@ -45,9 +46,9 @@ func runConcurrent(t *testing.T, eventIdx bool, requests int) {
 	// status).
 	for i := range uint16(chains) {
 		base := uint64(dataAt + perReq*uint64(i))
-		d.setDesc(3*i, base, 8, R|N, 3*i+1)
-		d.setDesc(3*i+1, base+0x10, 8, W|N, 3*i+2)
-		d.setDesc(3*i+2, base+0x20, 1, W, 0)
+		d.SetDesc(3*i, base, 8, R|N, 3*i+1)
+		d.SetDesc(3*i+1, base+0x10, 8, W|N, 3*i+2)
+		d.SetDesc(3*i+2, base+0x20, 1, W, 0)
 	}
 
 	go func() { // the device
@@ -123,10 +124,10 @@ func runConcurrent(t *testing.T, eventIdx bool, requests int) {
 	var lastUsed uint16
 	kicks, irqs := 0, 0
 	if !eventIdx {
-		d.setAvailFlags(availFNoInterrupt) // polling until we need to wait
+		d.SetAvailFlags(availFNoInterrupt) // polling until we need to wait
 	}
 	for completed < uint64(requests) {
-		old := d.availIdx
+		old := d.AvailIdx()
 		for sent < uint64(requests) && len(free) > 0 {
 			h := free[len(free)-1]
 			free = free[:len(free)-1]
@@ -137,14 +138,14 @@ func runConcurrent(t *testing.T, eventIdx bool, requests int) {
 			b[0x20] = 0xff
 			inflight[h] = sent
 			sent++
-			d.add(h)
+			d.Add(h)
 		}
-		if d.availIdx != old {
+		if d.AvailIdx() != old {
 			var notify bool
 			if eventIdx {
-				notify = needEvent(d.availEvent(), d.availIdx, old)
+				notify = needEvent(d.AvailEvent(), d.AvailIdx(), old)
 			} else {
-				notify = d.usedFlags()&usedFNoNotify == 0
+				notify = d.UsedFlags()&usedFNoNotify == 0
 			}
 			if notify {
 				kicks++
@@ -156,8 +157,8 @@ func runConcurrent(t *testing.T, eventIdx bool, requests int) {
 		}
 
 		n := 0
-		for ; d.usedIdx() != lastUsed; lastUsed++ {
-			id, length := d.usedElem(lastUsed)
+		for ; d.UsedIdx() != lastUsed; lastUsed++ {
+			id, length := d.UsedElem(lastUsed)
 			seq, ok := inflight[uint16(id)]
 			if !ok {
 				t.Fatalf("used element %d returns head %d, not in flight", lastUsed, id)
@@ -176,11 +177,11 @@ func runConcurrent(t *testing.T, eventIdx bool, requests int) {
 		}
 		// Nothing to do: ask for an interrupt, re-check, then sleep.
 		if eventIdx {
-			d.setUsedEvent(lastUsed)
+			d.SetUsedEvent(lastUsed)
 		} else {
-			d.setAvailFlags(0)
+			d.SetAvailFlags(0)
 		}
-		if d.usedIdx() == lastUsed {
+		if d.UsedIdx() == lastUsed {
 			select {
 			case <-irq:
 				irqs++
@@ -191,7 +192,7 @@ func runConcurrent(t *testing.T, eventIdx bool, requests int) {
 			}
 		}
 		if !eventIdx {
-			d.setAvailFlags(availFNoInterrupt)
+			d.SetAvailFlags(availFNoInterrupt)
 		}
 	}
 	if kicks == 0 || irqs == 0 {

@@ -1,31 +1,35 @@
-package virtio
+package virtio_test
 
 import (
 	"fmt"
 	"io"
-	"testing"
+
+	"github.com/hyperroot/hyperroot/vmm/virtio"
+	"github.com/hyperroot/hyperroot/vmm/virtio/virtiotest"
 )
 
 // Example shows a device's worker serving a queue: pop, walk, copy, push,
 // notify, and re-enable notifications before sleeping. The driver's side
-// (ring setup) is done by this package's test helper.
+// (the ring and a request on it) is played by package virtiotest.
 func Example() {
-	mem := newFakeRAM(0, ramSize)
-	d := newDriver(&testing.T{}, mem, 8, descAt, availAt, usedAt)
-	d.setDesc(0, bufBase, 5, R|N, 1)
-	d.setDesc(1, bufBase+0x100, 5, W, 0)
-	b, _ := mem.Slice(bufBase, 5)
-	copy(b, "hello")
-	d.add(0)
+	mem := virtiotest.NewRAM(0x10000)
+	drv, err := virtiotest.NewDriver(mem, virtiotest.Contiguous(0x1000, 8))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	copy(mem.Bytes(0x8000, 5), "hello")
+	drv.Post(virtiotest.Buf{Addr: 0x8000, Len: 5}, virtiotest.Buf{Addr: 0x8100, Len: 5, Write: true})
 
-	q, _ := NewQueue(8)
-	q.DescAddr, q.AvailAddr, q.UsedAddr, q.Ready = descAt, availAt, usedAt, true
-	if err := q.Activate(mem, FeatureVersion1|FeatureRingEventIdx); err != nil {
+	// What the transport does when the driver sets DRIVER_OK.
+	q, _ := virtio.NewQueue(8)
+	q.DescAddr, q.AvailAddr, q.UsedAddr, q.Ready = drv.Desc, drv.Avail, drv.Used, true
+	if err := q.Activate(mem, virtio.FeatureVersion1|virtio.FeatureRingEventIdx); err != nil {
 		fmt.Println(err)
 		return
 	}
 
-	var c Chain // one per request in flight; reused, so no allocation
+	var c virtio.Chain // one per request in flight; reused, so no allocation
 	for {
 		q.DisableNotifications()
 		for {
@@ -55,10 +59,10 @@ func Example() {
 			break // sleep until the driver notifies
 		}
 	}
-	r, _ := mem.Slice(bufBase+0x100, 5)
-	fmt.Printf("used idx %d, response %q\n", d.usedIdx(), r)
+	used, _ := drv.Reap(nil)
+	fmt.Printf("used %+v, response %q\n", used, mem.Bytes(0x8100, 5))
 	// Output:
 	// request "hello"
 	// interrupt
-	// used idx 1, response "world"
+	// used [{Head:0 Len:5}], response "world"
 }

@@ -2,6 +2,7 @@ package virtio
 
 import (
 	"bytes"
+	"github.com/hyperroot/hyperroot/vmm/virtio/virtiotest"
 	"testing"
 )
 
@@ -31,10 +32,10 @@ func FuzzQueue(f *testing.F) {
 		if len(data) < fuzzHeader {
 			return
 		}
-		mem := newFakeRAM(0, fuzzRAM0, fuzzRAM1, 0x1000)
-		copy(mem.regions[0].bytes, data[fuzzHeader:])
+		mem := virtiotest.NewRAMAt(virtiotest.Span{GPA: 0, Size: fuzzRAM0}, virtiotest.Span{GPA: fuzzRAM1, Size: 0x1000})
+		copy(mem.Bytes(0, fuzzRAM0), data[fuzzHeader:])
 		if len(data) > fuzzHeader+fuzzRAM0 {
-			copy(mem.regions[1].bytes, data[fuzzHeader+fuzzRAM0:])
+			copy(mem.Bytes(fuzzRAM1, 0x1000), data[fuzzHeader+fuzzRAM0:])
 		}
 		q, err := NewQueue(16)
 		if err != nil {
@@ -132,7 +133,7 @@ func FuzzQueue(f *testing.F) {
 		if got := fieldAt(q.used, 2).load(); pushes > 0 && got != pushes {
 			t.Fatalf("used->idx in guest memory %d after %d pushes and NeedInterrupt", got, pushes)
 		}
-		mem.checkGuards(t)
+		checkGuards(t, mem)
 	})
 }
 
@@ -140,70 +141,70 @@ func FuzzQueue(f *testing.F) {
 // know) and returns them as fuzz inputs, so the fuzzer starts from the
 // interesting states instead of having to find a valid ring by chance.
 func fuzzSeeds(t testing.TB) [][]byte {
-	seed := func(size uint16, feat byte, build func(d *driver, mem *fakeRAM)) []byte {
-		mem := newFakeRAM(0, fuzzRAM0, fuzzRAM1, 0x1000)
+	seed := func(size uint16, feat byte, build func(d *driver, mem *virtiotest.RAM)) []byte {
+		mem := virtiotest.NewRAMAt(virtiotest.Span{GPA: 0, Size: fuzzRAM0}, virtiotest.Span{GPA: fuzzRAM1, Size: 0x1000})
 		d := newDriver(t, mem, size, fuzzDesc, fuzzAvail, fuzzUsed)
 		build(d, mem)
 		var sizeLog byte
 		for 1<<sizeLog < size {
 			sizeLog++
 		}
-		out := append([]byte{sizeLog, feat, 0}, mem.regions[0].bytes...)
-		out = append(out, mem.regions[1].bytes[:0x100]...)
+		out := append([]byte{sizeLog, feat, 0}, mem.Bytes(0, fuzzRAM0)...)
+		out = append(out, mem.Bytes(fuzzRAM1, 0x1000)[:0x100]...)
 		return bytes.TrimRight(out, "\x00") // the fuzz target zero-fills the rest
 
 	}
 	return [][]byte{
-		seed(4, 0, func(d *driver, _ *fakeRAM) { // one readable buffer
-			d.setDesc(0, 0x800, 16, R, 0)
-			d.add(0)
+		seed(4, 0, func(d *driver, _ *virtiotest.RAM) { // one readable buffer
+			d.SetDesc(0, 0x800, 16, R, 0)
+			d.Add(0)
 		}),
-		seed(8, 2, func(d *driver, _ *fakeRAM) { // header, data, status; event idx
-			d.setDesc(1, 0x800, 16, R|N, 2)
-			d.setDesc(2, 0x3000, 0x200, W|N, 3)
-			d.setDesc(3, 0x900, 1, W, 0)
-			d.add(1, 1)
-			d.setUsedEvent(1)
+		seed(8, 2, func(d *driver, _ *virtiotest.RAM) { // header, data, status; event idx
+			d.SetDesc(1, 0x800, 16, R|N, 2)
+			d.SetDesc(2, 0x3000, 0x200, W|N, 3)
+			d.SetDesc(3, 0x900, 1, W, 0)
+			d.Add(1, 1)
+			d.SetUsedEvent(1)
 		}),
-		seed(16, 3, func(d *driver, mem *fakeRAM) { // direct then indirect
-			d.setDesc(0, 0x800, 8, R|N, 5)
-			d.setDesc(5, 0x400, 3*16, I, 0)
+		seed(16, 3, func(d *driver, mem *virtiotest.RAM) { // direct then indirect
+			d.SetDesc(0, 0x800, 8, R|N, 5)
+			d.SetDesc(5, 0x400, 3*16, I, 0)
 			putDesc(t, mem, 0x400, 0x808, 8, R|N, 2)
 			putDesc(t, mem, 0x410, 0x3100, 0x80, W, 0)
 			putDesc(t, mem, 0x420, 0x3200, 0x80, W|N, 1)
-			d.add(0)
+			d.Add(0)
 		}),
-		seed(16, 1, func(d *driver, mem *fakeRAM) { // indirect whose buffers overlap the rings
-			d.setDesc(7, 0x400, 2*16, I, 0)
+		seed(16, 1, func(d *driver, mem *virtiotest.RAM) { // indirect whose buffers overlap the rings
+			d.SetDesc(7, 0x400, 2*16, I, 0)
 			putDesc(t, mem, 0x400, fuzzAvail, 0x40, R|N, 1)
 			putDesc(t, mem, 0x410, fuzzAvail, 0x40, W, 0)
-			d.add(7, 7, 7)
+			d.Add(7, 7, 7)
 		}),
-		seed(2, 0, func(d *driver, _ *fakeRAM) { // loop
-			d.setDesc(0, 0x800, 8, R|N, 1)
-			d.setDesc(1, 0x800, 8, R|N, 0)
-			d.add(0)
+		seed(2, 0, func(d *driver, _ *virtiotest.RAM) { // loop
+			d.SetDesc(0, 0x800, 8, R|N, 1)
+			d.SetDesc(1, 0x800, 8, R|N, 0)
+			d.Add(0)
 		}),
-		seed(4, 0, func(d *driver, _ *fakeRAM) { // buffer across the end of region 0
-			d.setDesc(0, fuzzRAM0-8, 16, W, 0)
-			d.add(0)
+		seed(4, 0, func(d *driver, _ *virtiotest.RAM) { // buffer across the end of region 0
+			d.SetDesc(0, fuzzRAM0-8, 16, W, 0)
+			d.Add(0)
 		}),
-		seed(8, 4|2, func(d *driver, _ *fakeRAM) { // a batch of receive buffers, deferred pushes, event idx
+		seed(8, 4|2, func(d *driver, _ *virtiotest.RAM) { // a batch of receive buffers, deferred pushes, event idx
 			for i := uint16(0); i < 5; i++ {
-				d.setDesc(i, 0x800+0x40*uint64(i), 0x40, W, 0)
+				d.SetDesc(i, 0x800+0x40*uint64(i), 0x40, W, 0)
 			}
-			d.add(0, 1, 2, 3, 4)
-			d.setUsedEvent(3)
+			d.Add(0, 1, 2, 3, 4)
+			d.SetUsedEvent(3)
 		}),
-		seed(4, 4, func(d *driver, _ *fakeRAM) { // deferred pushes of transmit chains
-			d.setDesc(0, 0x800, 12, R|N, 1)
-			d.setDesc(1, 0x900, 60, R, 0)
-			d.setDesc(2, 0xa00, 72, R, 0)
-			d.add(0, 2, 0)
+		seed(4, 4, func(d *driver, _ *virtiotest.RAM) { // deferred pushes of transmit chains
+			d.SetDesc(0, 0x800, 12, R|N, 1)
+			d.SetDesc(1, 0x900, 60, R, 0)
+			d.SetDesc(2, 0xa00, 72, R, 0)
+			d.Add(0, 2, 0)
 		}),
-		seed(4, 0, func(d *driver, _ *fakeRAM) { // avail idx far ahead
-			d.setDesc(0, 0x800, 8, R, 0)
-			d.setAvailIdx(0x1234)
+		seed(4, 0, func(d *driver, _ *virtiotest.RAM) { // avail idx far ahead
+			d.SetDesc(0, 0x800, 8, R, 0)
+			d.SetAvailIdx(0x1234)
 		}),
 	}
 }

@@ -2,6 +2,7 @@ package virtio
 
 import (
 	"errors"
+	"github.com/hyperroot/hyperroot/vmm/virtio/virtiotest"
 	"testing"
 
 	"github.com/hyperroot/hyperroot/vmm/memory"
@@ -63,7 +64,7 @@ func TestActivate(t *testing.T) {
 		{"used near 2^64", 16, descAt, availAt, ^uint64(0) - 3, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			mem := newFakeRAM(0, 0x10000, 0x20000, 0x10000)
+			mem := twoRegions()
 			q, err := NewQueue(256)
 			if err != nil {
 				t.Fatal(err)
@@ -84,7 +85,7 @@ func TestActivate(t *testing.T) {
 				if _, ok, err := q.Pop(); ok || err != nil {
 					t.Fatalf("Pop on an empty ring = %v, %v", ok, err)
 				}
-				mem.checkGuards(t)
+				checkGuards(t, mem)
 				return
 			}
 			if err == nil || !errors.Is(err, ErrRing) {
@@ -104,7 +105,7 @@ func TestActivate(t *testing.T) {
 }
 
 func TestResetDeactivates(t *testing.T) {
-	mem := newFakeRAM(0, ramSize)
+	mem := virtiotest.NewRAM(ramSize)
 	d := newDriver(t, mem, 8, descAt, availAt, usedAt)
 	q := d.queue(FeatureVersion1)
 	q.DescAddr = 0x1234
@@ -120,12 +121,12 @@ func TestResetDeactivates(t *testing.T) {
 // TestActivateIgnoresLaterConfig checks that a driver rewriting the size
 // of a running queue cannot make the device index past its ring views.
 func TestActivateIgnoresLaterConfig(t *testing.T) {
-	mem := newFakeRAM(0, ramSize)
+	mem := virtiotest.NewRAM(ramSize)
 	d := newDriver(t, mem, 4, descAt, availAt, usedAt)
 	q := d.queue(FeatureVersion1)
 	q.Size = 32768
-	d.setDesc(3, bufBase, 4, 0, 0)
-	d.add(3)
+	d.SetDesc(3, bufBase, 4, 0, 0)
+	d.Add(3)
 	head, ok, err := q.Pop()
 	if err != nil || !ok || head != 3 {
 		t.Fatalf("Pop = %d, %v, %v", head, ok, err)
@@ -133,18 +134,18 @@ func TestActivateIgnoresLaterConfig(t *testing.T) {
 	if err := q.Push(4, 0); err == nil {
 		t.Fatal("Push of head 4 on a queue activated with size 4 succeeded")
 	}
-	mem.checkGuards(t)
+	checkGuards(t, mem)
 }
 
 func TestPopPush(t *testing.T) {
 	for _, avail := range []uint64{availAt, availAt + 2} {
-		mem := newFakeRAM(0, ramSize)
+		mem := virtiotest.NewRAM(ramSize)
 		d := newDriver(t, mem, 4, descAt, avail, usedAt)
 		q := d.queue(FeatureVersion1)
 		if _, ok, err := q.Pop(); ok || err != nil {
 			t.Fatalf("Pop on empty ring = %v, %v", ok, err)
 		}
-		d.add(2, 0, 3)
+		d.Add(2, 0, 3)
 		for _, want := range []uint16{2, 0, 3} {
 			head, ok, err := q.Pop()
 			if err != nil || !ok || head != want {
@@ -160,34 +161,34 @@ func TestPopPush(t *testing.T) {
 		if err := q.Push(2, 0); err != nil {
 			t.Fatal(err)
 		}
-		if got := d.usedIdx(); got != 2 {
+		if got := d.UsedIdx(); got != 2 {
 			t.Fatalf("used idx = %d, want 2", got)
 		}
-		if id, n := d.usedElem(0); id != 3 || n != 77 {
+		if id, n := d.UsedElem(0); id != 3 || n != 77 {
 			t.Fatalf("used[0] = %d/%d, want 3/77", id, n)
 		}
-		if id, n := d.usedElem(1); id != 2 || n != 0 {
+		if id, n := d.UsedElem(1); id != 2 || n != 0 {
 			t.Fatalf("used[1] = %d/%d, want 2/0", id, n)
 		}
 		if err := q.Push(4, 0); err == nil {
 			t.Fatal("Push of an out-of-range head succeeded")
 		}
-		mem.checkGuards(t)
+		checkGuards(t, mem)
 	}
 }
 
 // TestIndexWraparound runs more than 2^16 buffers through a small queue:
 // the free-running 16-bit indices must wrap on both rings.
 func TestIndexWraparound(t *testing.T) {
-	mem := newFakeRAM(0, ramSize)
+	mem := virtiotest.NewRAM(ramSize)
 	d := newDriver(t, mem, 4, descAt, availAt, usedAt)
 	q := d.queue(FeatureVersion1)
 	for i := range 4 {
-		d.setDesc(uint16(i), bufBase, 1, descFWrite, 0)
+		d.SetDesc(uint16(i), bufBase, 1, descFWrite, 0)
 	}
 	for i := range 70000 {
 		h := uint16(i % 4)
-		d.add(h)
+		d.Add(h)
 		head, ok, err := q.Pop()
 		if err != nil || !ok || head != h {
 			t.Fatalf("round %d: Pop = %d, %v, %v", i, head, ok, err)
@@ -195,10 +196,10 @@ func TestIndexWraparound(t *testing.T) {
 		if err := q.Push(head, uint32(i)); err != nil {
 			t.Fatal(err)
 		}
-		if got := d.usedIdx(); got != uint16(i+1) {
+		if got := d.UsedIdx(); got != uint16(i+1) {
 			t.Fatalf("round %d: used idx %d", i, got)
 		}
-		if id, n := d.usedElem(uint16(i)); id != uint32(h) || n != uint32(i) {
+		if id, n := d.UsedElem(uint16(i)); id != uint32(h) || n != uint32(i) {
 			t.Fatalf("round %d: used elem %d/%d", i, id, n)
 		}
 	}
@@ -209,14 +210,14 @@ func TestPopRingErrors(t *testing.T) {
 		name  string
 		setup func(d *driver)
 	}{
-		{"avail idx more than size ahead", func(d *driver) { d.setAvailIdx(5) }},
-		{"avail idx far ahead", func(d *driver) { d.setAvailIdx(0x8000) }},
-		{"avail idx behind (wraps to far ahead)", func(d *driver) { d.setAvailIdx(0xffff) }},
-		{"head beyond size", func(d *driver) { d.add(4) }},
-		{"head 0xffff", func(d *driver) { d.add(0xffff) }},
+		{"avail idx more than size ahead", func(d *driver) { d.SetAvailIdx(5) }},
+		{"avail idx far ahead", func(d *driver) { d.SetAvailIdx(0x8000) }},
+		{"avail idx behind (wraps to far ahead)", func(d *driver) { d.SetAvailIdx(0xffff) }},
+		{"head beyond size", func(d *driver) { d.Add(4) }},
+		{"head 0xffff", func(d *driver) { d.Add(0xffff) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			mem := newFakeRAM(0, ramSize)
+			mem := virtiotest.NewRAM(ramSize)
 			d := newDriver(t, mem, 4, descAt, availAt, usedAt)
 			q := d.queue(FeatureVersion1)
 			tc.setup(d)
@@ -225,7 +226,7 @@ func TestPopRingErrors(t *testing.T) {
 				t.Fatalf("Pop = %v, %v; want an ErrRing error", ok, err)
 			}
 			// Broken stays broken, even if the driver repairs the ring.
-			d.setAvailIdx(0)
+			d.SetAvailIdx(0)
 			if _, _, err2 := q.Pop(); err2 == nil || q.Err() == nil {
 				t.Fatal("queue recovered from a corrupted ring without a reset")
 			}
@@ -234,10 +235,10 @@ func TestPopRingErrors(t *testing.T) {
 }
 
 func TestPopExactlySizeAhead(t *testing.T) {
-	mem := newFakeRAM(0, ramSize)
+	mem := virtiotest.NewRAM(ramSize)
 	d := newDriver(t, mem, 4, descAt, availAt, usedAt)
 	q := d.queue(FeatureVersion1)
-	d.add(0, 1, 2, 3)
+	d.Add(0, 1, 2, 3)
 	for i := range 4 {
 		if _, ok, err := q.Pop(); !ok || err != nil {
 			t.Fatalf("Pop %d = %v, %v", i, ok, err)
@@ -294,7 +295,7 @@ func TestNeedInterrupt(t *testing.T) {
 		{"event: ignores NO_INTERRUPT", true, []step{{push: 1, usedEvent: 0, noIntr: true, want: true}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			mem := newFakeRAM(0, ramSize)
+			mem := virtiotest.NewRAM(ramSize)
 			d := newDriver(t, mem, 8, descAt, availAt, usedAt)
 			feat := FeatureVersion1
 			if tc.eventIdx {
@@ -302,12 +303,12 @@ func TestNeedInterrupt(t *testing.T) {
 			}
 			q := d.queue(feat)
 			for i, s := range tc.steps {
-				d.setUsedEvent(s.usedEvent)
+				d.SetUsedEvent(s.usedEvent)
 				var f uint16
 				if s.noIntr {
 					f = availFNoInterrupt
 				}
-				d.setAvailFlags(f)
+				d.SetAvailFlags(f)
 				for range s.push {
 					if err := q.Push(0, 0); err != nil {
 						t.Fatal(err)
@@ -324,10 +325,10 @@ func TestNeedInterrupt(t *testing.T) {
 // TestNeedInterruptWraps pushes across the 16-bit wrap of used->idx with
 // used_event set just past it.
 func TestNeedInterruptWraps(t *testing.T) {
-	mem := newFakeRAM(0, ramSize)
+	mem := virtiotest.NewRAM(ramSize)
 	d := newDriver(t, mem, 8, descAt, availAt, usedAt)
 	q := d.queue(FeatureVersion1 | FeatureRingEventIdx)
-	d.setUsedEvent(0xffff) // not reached while we approach the wrap
+	d.SetUsedEvent(0xffff) // not reached while we approach the wrap
 	for i := 0; i < 0xfffe; i++ {
 		if err := q.Push(0, 0); err != nil {
 			t.Fatal(err)
@@ -336,7 +337,7 @@ func TestNeedInterruptWraps(t *testing.T) {
 	if q.NeedInterrupt() {
 		t.Fatal("notified before used_event was reached")
 	}
-	d.setUsedEvent(1)
+	d.SetUsedEvent(1)
 	q.Push(0, 0) // idx 0xffff
 	q.Push(0, 0) // idx 0 (wrapped)
 	if q.NeedInterrupt() {
@@ -350,32 +351,32 @@ func TestNeedInterruptWraps(t *testing.T) {
 	if !q.NeedInterrupt() {
 		t.Fatal("no notification after crossing used_event across the wrap")
 	}
-	if d.usedIdx() != 2 {
-		t.Fatalf("used idx = %d, want 2", d.usedIdx())
+	if d.UsedIdx() != 2 {
+		t.Fatalf("used idx = %d, want 2", d.UsedIdx())
 	}
 }
 
 func TestNotificationFlags(t *testing.T) {
-	mem := newFakeRAM(0, ramSize)
+	mem := virtiotest.NewRAM(ramSize)
 	d := newDriver(t, mem, 8, descAt, availAt, usedAt)
 	q := d.queue(FeatureVersion1)
 	q.DisableNotifications()
-	if d.usedFlags()&usedFNoNotify == 0 {
+	if d.UsedFlags()&usedFNoNotify == 0 {
 		t.Fatal("DisableNotifications did not set VIRTQ_USED_F_NO_NOTIFY")
 	}
 	if err := q.Push(1, 2); err != nil { // must keep the flag
 		t.Fatal(err)
 	}
-	if d.usedFlags()&usedFNoNotify == 0 || d.usedIdx() != 1 {
-		t.Fatalf("Push lost used flags %#x or idx %d", d.usedFlags(), d.usedIdx())
+	if d.UsedFlags()&usedFNoNotify == 0 || d.UsedIdx() != 1 {
+		t.Fatalf("Push lost used flags %#x or idx %d", d.UsedFlags(), d.UsedIdx())
 	}
 	if q.EnableNotifications() {
 		t.Fatal("EnableNotifications reported buffers on an empty ring")
 	}
-	if d.usedFlags()&usedFNoNotify != 0 || d.usedIdx() != 1 {
-		t.Fatalf("EnableNotifications left flags %#x, idx %d", d.usedFlags(), d.usedIdx())
+	if d.UsedFlags()&usedFNoNotify != 0 || d.UsedIdx() != 1 {
+		t.Fatalf("EnableNotifications left flags %#x, idx %d", d.UsedFlags(), d.UsedIdx())
 	}
-	d.add(0)
+	d.Add(0)
 	if !q.EnableNotifications() {
 		t.Fatal("EnableNotifications missed an available buffer")
 	}
@@ -383,18 +384,18 @@ func TestNotificationFlags(t *testing.T) {
 
 func TestNotificationEventIdx(t *testing.T) {
 	for _, avail := range []uint64{availAt, availAt + 2} {
-		mem := newFakeRAM(0, ramSize)
+		mem := virtiotest.NewRAM(ramSize)
 		d := newDriver(t, mem, 8, descAt, avail, usedAt)
 		q := d.queue(FeatureVersion1 | FeatureRingEventIdx)
 		q.DisableNotifications()
-		if d.usedFlags() != 0 {
+		if d.UsedFlags() != 0 {
 			t.Fatal("DisableNotifications set used flags with EVENT_IDX")
 		}
-		d.add(0, 1, 2)
+		d.Add(0, 1, 2)
 		if !q.EnableNotifications() {
 			t.Fatal("EnableNotifications missed available buffers")
 		}
-		if got := d.availEvent(); got != 0 {
+		if got := d.AvailEvent(); got != 0 {
 			t.Fatalf("avail_event = %d, want 0", got)
 		}
 		for range 3 {
@@ -405,32 +406,32 @@ func TestNotificationEventIdx(t *testing.T) {
 		if q.EnableNotifications() {
 			t.Fatal("EnableNotifications reported buffers on a drained ring")
 		}
-		if got := d.availEvent(); got != 3 {
+		if got := d.AvailEvent(); got != 3 {
 			t.Fatalf("avail_event = %d, want 3", got)
 		}
 		// The word holding avail_event has guest bytes in its other half:
 		// storing avail_event must not change them.
-		after := d.usedView[4+8*8+2:]
+		after := mem.Bytes(usedAt+4+8*8+2, 2)
 		if after[0] != 0 || after[1] != 0 {
 			t.Fatalf("bytes after avail_event changed: % x", after[:2])
 		}
-		mem.checkGuards(t)
+		checkGuards(t, mem)
 	}
 }
 
 // TestAvailEventKeepsNeighbour checks the 16-bit store preserves the other
 // half of its word, which may belong to the guest.
 func TestAvailEventKeepsNeighbour(t *testing.T) {
-	mem := newFakeRAM(0, ramSize)
+	mem := virtiotest.NewRAM(ramSize)
 	d := newDriver(t, mem, 8, descAt, availAt, usedAt)
 	q := d.queue(FeatureVersion1 | FeatureRingEventIdx)
-	next := d.usedView[4+8*8+2:]
+	next := mem.Bytes(usedAt+4+8*8+2, 2)
 	next[0], next[1] = 0xBE, 0xEF
-	d.add(0)
+	d.Add(0)
 	q.Pop()
 	q.EnableNotifications()
-	if d.availEvent() != 1 || next[0] != 0xBE || next[1] != 0xEF {
-		t.Fatalf("avail_event %d, neighbour % x", d.availEvent(), next[:2])
+	if d.AvailEvent() != 1 || next[0] != 0xBE || next[1] != 0xEF {
+		t.Fatalf("avail_event %d, neighbour % x", d.AvailEvent(), next[:2])
 	}
 }
 
@@ -438,10 +439,10 @@ func TestAvailEventKeepsNeighbour(t *testing.T) {
 // backend does across GET_VRING_BASE / SET_VRING_BASE or a reconnect: the
 // new one must continue at the old one's indices, not at zero.
 func TestResume(t *testing.T) {
-	mem := newFakeRAM(0, ramSize)
+	mem := virtiotest.NewRAM(ramSize)
 	d := newDriver(t, mem, 4, descAt, availAt, usedAt)
 	q := d.queue(FeatureVersion1)
-	d.add(0, 1, 2)
+	d.Add(0, 1, 2)
 	for range 2 {
 		head, ok, err := q.Pop()
 		if !ok || err != nil {
@@ -464,13 +465,13 @@ func TestResume(t *testing.T) {
 	if err := q2.Push(head, 5); err != nil {
 		t.Fatal(err)
 	}
-	if got := d.usedIdx(); got != 3 {
+	if got := d.UsedIdx(); got != 3 {
 		t.Fatalf("used idx after the resumed Push = %d, want 3", got)
 	}
-	if id, n := d.usedElem(2); id != 2 || n != 5 {
+	if id, n := d.UsedElem(2); id != 2 || n != 5 {
 		t.Fatalf("used[2] = %d/%d, want 2/5", id, n)
 	}
-	mem.checkGuards(t)
+	checkGuards(t, mem)
 }
 
 // TestPushDeferred checks that deferred pushes write their elements but
@@ -487,10 +488,10 @@ func TestPushDeferred(t *testing.T) {
 		{"EnableNotifications", func(q *Queue) { q.EnableNotifications() }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			mem := newFakeRAM(0, ramSize)
+			mem := virtiotest.NewRAM(ramSize)
 			d := newDriver(t, mem, 4, descAt, availAt, usedAt)
 			q := d.queue(FeatureVersion1)
-			d.add(0, 1, 2, 3)
+			d.Add(0, 1, 2, 3)
 			for range 4 {
 				if _, ok, err := q.Pop(); !ok || err != nil {
 					t.Fatalf("Pop = %v, %v", ok, err)
@@ -501,7 +502,7 @@ func TestPushDeferred(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if got := d.usedIdx(); got != 0 {
+			if got := d.UsedIdx(); got != 0 {
 				t.Fatalf("used idx %d before publishing, want 0", got)
 			}
 			if q.UsedIndex() != 3 {
@@ -512,28 +513,28 @@ func TestPushDeferred(t *testing.T) {
 			if tc.name == "Push" {
 				want = 4
 			}
-			if got := d.usedIdx(); got != want {
+			if got := d.UsedIdx(); got != want {
 				t.Fatalf("used idx %d after publishing, want %d", got, want)
 			}
 			for i := uint16(0); i < want; i++ {
-				if id, n := d.usedElem(i); id != uint32(i) || n != uint32(i)*10 {
+				if id, n := d.UsedElem(i); id != uint32(i) || n != uint32(i)*10 {
 					t.Errorf("used[%d] = %d/%d, want %d/%d", i, id, n, i, i*10)
 				}
 			}
-			mem.checkGuards(t)
+			checkGuards(t, mem)
 		})
 	}
 }
 
 func TestPushDeferredErrors(t *testing.T) {
-	mem := newFakeRAM(0, ramSize)
+	mem := virtiotest.NewRAM(ramSize)
 	d := newDriver(t, mem, 4, descAt, availAt, usedAt)
 	q := d.queue(FeatureVersion1)
 	if err := q.PushDeferred(4, 0); err == nil {
 		t.Error("PushDeferred of an out-of-range head succeeded")
 	}
 	q.PublishUsed() // nothing pending: no store
-	if got := d.usedIdx(); got != 0 || q.UsedIndex() != 0 {
+	if got := d.UsedIdx(); got != 0 || q.UsedIndex() != 0 {
 		t.Errorf("used idx %d, UsedIndex %d after a refused push, want 0", got, q.UsedIndex())
 	}
 	q.Reset()
@@ -554,17 +555,17 @@ func TestNeedInterruptDeferred(t *testing.T) {
 	}{
 		{0, 1, true}, {3, 2, false}, {1, 2, true}, {5, 4, false},
 	} {
-		mem := newFakeRAM(0, ramSize)
+		mem := virtiotest.NewRAM(ramSize)
 		d := newDriver(t, mem, 8, descAt, availAt, usedAt)
 		q := d.queue(FeatureVersion1 | FeatureRingEventIdx)
-		d.setUsedEvent(tc.usedEvent)
+		d.SetUsedEvent(tc.usedEvent)
 		for range tc.push {
 			q.PushDeferred(0, 0)
 		}
 		if got := q.NeedInterrupt(); got != tc.want {
 			t.Errorf("used_event %d, %d deferred pushes: NeedInterrupt = %v, want %v", tc.usedEvent, tc.push, got, tc.want)
 		}
-		if got := d.usedIdx(); got != uint16(tc.push) {
+		if got := d.UsedIdx(); got != uint16(tc.push) {
 			t.Errorf("used idx %d after NeedInterrupt, want %d", got, tc.push)
 		}
 	}
@@ -574,14 +575,14 @@ func TestNeedInterruptDeferred(t *testing.T) {
 // the index already loaded are consumed without reloading it, a later
 // index is picked up, and a corrupt one is still caught once reached.
 func TestPopUsesSeenIndex(t *testing.T) {
-	mem := newFakeRAM(0, ramSize)
+	mem := virtiotest.NewRAM(ramSize)
 	d := newDriver(t, mem, 4, descAt, availAt, usedAt)
 	q := d.queue(FeatureVersion1)
-	d.add(1, 2)
+	d.Add(1, 2)
 	if h, ok, err := q.Pop(); h != 1 || !ok || err != nil {
 		t.Fatalf("Pop = %d, %v, %v; want 1", h, ok, err)
 	}
-	d.add(3)
+	d.Add(3)
 	for _, want := range []uint16{2, 3} {
 		if h, ok, err := q.Pop(); h != want || !ok || err != nil {
 			t.Fatalf("Pop = %d, %v, %v; want %d", h, ok, err, want)
@@ -590,8 +591,8 @@ func TestPopUsesSeenIndex(t *testing.T) {
 	if _, ok, err := q.Pop(); ok || err != nil {
 		t.Fatalf("Pop on a drained ring = %v, %v", ok, err)
 	}
-	d.add(0)
-	d.setAvailIdx(d.availIdx + 9) // corrupt: more than the ring holds
+	d.Add(0)
+	d.SetAvailIdx(d.AvailIdx() + 9) // corrupt: more than the ring holds
 	if _, ok, err := q.Pop(); ok || !errors.Is(err, ErrRing) {
 		t.Fatalf("Pop with a corrupt index = %v, %v; want ErrRing", ok, err)
 	}

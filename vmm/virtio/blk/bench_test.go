@@ -32,28 +32,19 @@ func loopOf(tb testing.TB, r *rig, depth int, typ uint32) func() {
 	}
 	r.dev.Kick(0)
 	last := uint16(0)
-	eventAt := d.avail + 4 + 2*uint64(d.size)
 	return func() {
 		for {
-			d.mem.store16(eventAt, last)
-			if d.mem.load16(d.used+2) != last {
+			d.SetUsedEvent(last)
+			if d.UsedIdx() != last {
 				break
 			}
 			<-r.irq.wake
 		}
-		id, _ := r.usedAt(last)
+		id, _ := d.UsedElem(last)
 		last++
-		d.publish(id)
+		d.Add(uint16(id)) // the same chain again, without the driver's bookkeeping
 		r.dev.Kick(0)
 	}
-}
-
-// usedAt reads used ring element i of queue 0 without the driver's
-// bookkeeping (which allocates).
-func (r *rig) usedAt(i uint16) (uint16, uint32) {
-	d := r.drv[0]
-	b := r.mem.ram[d.used+4+8*uint64(i&(d.size-1)):]
-	return uint16(b[0]) | uint16(b[1])<<8, uint32(b[4]) | uint32(b[5])<<8 | uint32(b[6])<<16 | uint32(b[7])<<24
 }
 
 // TestDataPathAllocs holds a request's trip through the device (pop, walk,

@@ -2,6 +2,7 @@ package blk
 
 import (
 	"encoding/binary"
+	"github.com/hyperroot/hyperroot/vmm/virtio/virtiotest"
 	"testing"
 
 	"github.com/hyperroot/hyperroot/vmm/virtio"
@@ -31,12 +32,12 @@ func FuzzRequest(f *testing.F) {
 }
 
 // fuzzOne runs one fuzz input and returns the guest RAM afterwards.
-func fuzzOne(t *testing.T, data []byte) *fakeRAM {
+func fuzzOne(t *testing.T, data []byte) *virtiotest.RAM {
 	if len(data) < fuzzHeader {
 		return nil
 	}
-	mem := newFakeRAM(fuzzRAM)
-	copy(mem.ram, data[fuzzHeader:])
+	mem := virtiotest.NewRAM(fuzzRAM)
+	copy(mem.Bytes(0, fuzzRAM), data[fuzzHeader:])
 	fb := newManualBackend(fuzzDisk)
 	fb.depth = int(data[0] >> 4) // 0..15: exercise ErrBusy too
 	fb.inline = data[1]&4 != 0
@@ -56,7 +57,7 @@ func fuzzOne(t *testing.T, data []byte) *fakeRAM {
 	if err != nil {
 		t.Fatal(err)
 	}
-	q.DescAddr, q.AvailAddr, q.UsedAddr, q.Ready = drv.desc, drv.avail, drv.used, true
+	q.DescAddr, q.AvailAddr, q.UsedAddr, q.Ready = drv.Desc, drv.Avail, drv.Used, true
 	if err := q.Activate(mem, feat); err != nil {
 		t.Fatalf("Activate: %v", err)
 	}
@@ -87,7 +88,7 @@ func fuzzOne(t *testing.T, data []byte) *fakeRAM {
 	if free != fuzzQueue {
 		t.Fatalf("%d of %d slots free", free, fuzzQueue)
 	}
-	mem.checkGuards(t)
+	checkGuards(t, mem)
 	return mem
 }
 
@@ -97,10 +98,10 @@ func TestFuzzSeeds(t *testing.T) {
 	want := []byte{statusOK, statusOK, statusIOErr, statusOK, statusOK, statusOK, statusOK, statusIOErr, statusUnsupp, statusOK}
 	for i, s := range fuzzSeeds(t) {
 		mem := fuzzOne(t, s)
-		if got := mem.ram[0x310]; got != want[i] {
+		if got := mem.Bytes(0x310, 1)[0]; got != want[i] {
 			t.Errorf("seed %d: status %d, want %d", i, got, want[i])
 		}
-		if used := mem.load16(newDriver(t, mem, fuzzQueue, 0).used + 2); used != 1 {
+		if used := newDriver(t, mem, fuzzQueue, 0).UsedIdx(); used != 1 {
 			t.Errorf("seed %d: used idx %d, want 1", i, used)
 		}
 	}
@@ -120,11 +121,11 @@ func fuzzSeeds(tb testing.TB) [][]byte {
 	simple := func(typ uint32, n uint32, write bool) build {
 		return func(r *rig, d *driver) {
 			header(r, typ, 3)
-			segs := []seg{{addr: hdr, len: 16}}
+			segs := []seg{{Addr: hdr, Len: 16}}
 			if n > 0 {
-				segs = append(segs, seg{addr: data, len: n, write: write})
+				segs = append(segs, seg{Addr: data, Len: n, Write: write})
 			}
-			d.post(append(segs, seg{addr: status, len: 1, write: true})...)
+			d.post(append(segs, seg{Addr: status, Len: 1, Write: true})...)
 		}
 	}
 	zero := func(typ uint32, flags uint32) build {
@@ -134,7 +135,7 @@ func fuzzSeeds(tb testing.TB) [][]byte {
 			binary.LittleEndian.PutUint64(b[0:], 5)
 			binary.LittleEndian.PutUint32(b[8:], 7)
 			binary.LittleEndian.PutUint32(b[12:], flags)
-			d.post(seg{addr: hdr, len: 16}, seg{addr: body, len: 16}, seg{addr: status, len: 1, write: true})
+			d.post(seg{Addr: hdr, Len: 16}, seg{Addr: body, Len: 16}, seg{Addr: status, Len: 1, Write: true})
 		}
 	}
 	cases := []struct {
@@ -155,7 +156,7 @@ func fuzzSeeds(tb testing.TB) [][]byte {
 	}
 	var seeds [][]byte
 	for _, c := range cases {
-		r := &rig{t: tb, mem: newFakeRAM(fuzzRAM)}
+		r := &rig{t: tb, mem: virtiotest.NewRAM(fuzzRAM)}
 		d := newDriver(tb, r.mem, fuzzQueue, 0)
 		d.indirect, d.tables = c.indirect, 0x800
 		c.b(r, d)
@@ -163,7 +164,7 @@ func fuzzSeeds(tb testing.TB) [][]byte {
 		if c.indirect {
 			end = 0x880
 		}
-		seeds = append(seeds, append([]byte{c.opts, c.feat}, r.mem.ram[:end]...))
+		seeds = append(seeds, append([]byte{c.opts, c.feat}, r.mem.Bytes(0, uint64(end))...))
 	}
 	return seeds
 }

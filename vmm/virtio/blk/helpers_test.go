@@ -3,236 +3,95 @@ package blk
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/hyperroot/hyperroot/internal/testenv"
 	"github.com/hyperroot/hyperroot/internal/uring"
 	"github.com/hyperroot/hyperroot/vmm/block"
 	"github.com/hyperroot/hyperroot/vmm/virtio"
-)
-
-// fakeRAM is guest RAM at guest-physical 0 backed by a Go slice, with
-// guard bytes on both sides so tests can prove nothing wrote outside it.
-type fakeRAM struct {
-	buf []byte // guard, RAM, guard
-	ram []byte
-}
-
-const (
-	guardLen  = 64
-	guardByte = 0xA5
-)
-
-func newFakeRAM(size int) *fakeRAM {
-	buf := make([]byte, guardLen+size+guardLen)
-	for i := range buf {
-		buf[i] = guardByte
-	}
-	ram := buf[guardLen : guardLen+size : guardLen+size]
-	clear(ram)
-	return &fakeRAM{buf: buf, ram: ram}
-}
-
-var errBounds = errors.New("fake: not RAM")
-
-func (m *fakeRAM) Slice(gpa, n uint64) ([]byte, error) {
-	size := uint64(len(m.ram))
-	if n == 0 || gpa >= size || n > size-gpa {
-		return nil, fmt.Errorf("fake range %#x+%#x: %w", gpa, n, errBounds)
-	}
-	return m.ram[gpa : gpa+n : gpa+n], nil
-}
-
-func (m *fakeRAM) checkGuards(t testing.TB) {
-	t.Helper()
-	n := len(m.buf)
-	for j := 0; j < guardLen; j++ {
-		if m.buf[j] != guardByte || m.buf[n-1-j] != guardByte {
-			t.Fatalf("guard byte outside guest RAM overwritten")
-		}
-	}
-}
-
-// word returns the aligned 32-bit word holding the 16-bit field at gpa.
-func (m *fakeRAM) word(gpa uint64) (*uint32, uint32) {
-	return (*uint32)(unsafe.Pointer(&m.ram[gpa&^3])), uint32(gpa&2) * 8
-}
-
-// load16 and store16 access ring indices atomically, as a driver's
-// barriers would (the device uses 32-bit atomics on the same words).
-func (m *fakeRAM) load16(gpa uint64) uint16 {
-	w, sh := m.word(gpa)
-	return uint16(atomic.LoadUint32(w) >> sh)
-}
-
-func (m *fakeRAM) store16(gpa uint64, v uint16) {
-	w, sh := m.word(gpa)
-	mask := uint32(0xffff) << sh
-	for {
-		old := atomic.LoadUint32(w)
-		if atomic.CompareAndSwapUint32(w, old, old&^mask|uint32(v)<<sh) {
-			return
-		}
-	}
-}
-
-// Descriptor flags.
-const (
-	fNext     = 1
-	fWrite    = 2
-	fIndirect = 4
+	"github.com/hyperroot/hyperroot/vmm/virtio/virtiotest"
 )
 
 // seg is one buffer of a chain the test driver posts.
-type seg struct {
-	addr  uint64
-	len   uint32
-	write bool
+type seg = virtiotest.Buf
+
+// checkGuards fails the test if anything wrote outside the fake RAM.
+func checkGuards(t testing.TB, mem *virtiotest.RAM) {
+	t.Helper()
+	if err := mem.CheckGuards(); err != nil {
+		t.Fatal(err)
+	}
 }
 
-type usedElem struct {
-	head uint16
-	len  uint32
-}
-
-// driver plays the guest's virtio driver on one split ring.
+// driver is the test kit's driver on one ring, posting its chains
+// directly or (indirect) through a table per head at tables + head*0x1000.
 type driver struct {
-	t                  testing.TB
-	mem                *fakeRAM
-	size               uint16
-	desc, avail, used  uint64
-	availIdx, lastUsed uint16
-	free               []uint16
-	chains             map[uint16][]uint16
-	eventIdx, indirect bool
-	tables             uint64 // where indirect tables go (one page per head)
+	*virtiotest.Driver
+	t        testing.TB
+	mem      *virtiotest.RAM
+	indirect bool
+	tables   uint64
+	reaped   []virtiotest.Used
 }
 
-func newDriver(t testing.TB, mem *fakeRAM, size uint16, base uint64) *driver {
-	d := &driver{t: t, mem: mem, size: size, desc: base, avail: base + 16*uint64(size),
-		chains: map[uint16][]uint16{}}
-	d.used = (d.avail + 6 + 2*uint64(size) + 15) &^ 15
-	for i := int(size) - 1; i >= 0; i-- {
-		d.free = append(d.free, uint16(i))
-	}
-	return d
-}
-
-// ringEnd is the first byte after the rings.
-func (d *driver) ringEnd() uint64 { return d.used + 8 + 8*uint64(d.size) }
-
-func (d *driver) putDesc(at, addr uint64, length uint32, flags, next uint16) {
-	b, err := d.mem.Slice(at, 16)
+// newDriver lays a ring of size out from base, as Linux does.
+func newDriver(t testing.TB, mem *virtiotest.RAM, size uint16, base uint64) *driver {
+	t.Helper()
+	d, err := virtiotest.NewDriver(mem, virtiotest.Contiguous(base, size))
 	if err != nil {
-		d.t.Fatal(err)
+		t.Fatal(err)
 	}
-	binary.LittleEndian.PutUint64(b[0:], addr)
-	binary.LittleEndian.PutUint32(b[8:], length)
-	binary.LittleEndian.PutUint16(b[12:], flags)
-	binary.LittleEndian.PutUint16(b[14:], next)
+	return &driver{Driver: d, t: t, mem: mem}
 }
 
 // post makes a chain of segs available and returns its head; ok is false
 // when the ring has no free descriptors.
 func (d *driver) post(segs ...seg) (uint16, bool) {
 	d.t.Helper()
-	if d.indirect {
-		if len(d.free) == 0 {
-			return 0, false
-		}
-		head := d.free[len(d.free)-1]
-		d.free = d.free[:len(d.free)-1]
-		table := d.tables + uint64(head)*0x1000
-		for i, s := range segs {
-			fl := uint16(0)
-			if s.write {
-				fl |= fWrite
-			}
-			if i < len(segs)-1 {
-				fl |= fNext
-			}
-			d.putDesc(table+16*uint64(i), s.addr, s.len, fl, uint16(i+1))
-		}
-		d.putDesc(d.desc+16*uint64(head), table, uint32(16*len(segs)), fIndirect, 0)
-		d.chains[head] = []uint16{head}
-		d.publish(head)
-		return head, true
+	if !d.indirect {
+		return d.Post(segs...)
 	}
-	if len(d.free) < len(segs) {
+	head, ok := d.NextHead()
+	if !ok {
 		return 0, false
 	}
-	ids := make([]uint16, len(segs))
-	for i := range segs {
-		ids[i] = d.free[len(d.free)-1]
-		d.free = d.free[:len(d.free)-1]
+	head, ok, err := d.PostIndirect(d.tables+uint64(head)*0x1000, segs...)
+	if err != nil {
+		d.t.Fatal(err)
 	}
-	for i, s := range segs {
-		fl, next := uint16(0), uint16(0)
-		if s.write {
-			fl |= fWrite
-		}
-		if i < len(segs)-1 {
-			fl |= fNext
-			next = ids[i+1]
-		}
-		d.putDesc(d.desc+16*uint64(ids[i]), s.addr, s.len, fl, next)
-	}
-	d.chains[ids[0]] = ids
-	d.publish(ids[0])
-	return ids[0], true
-}
-
-func (d *driver) publish(head uint16) {
-	slot := uint64(d.availIdx & (d.size - 1))
-	d.mem.store16(d.avail+4+2*slot, head)
-	d.availIdx++
-	d.mem.store16(d.avail+2, d.availIdx)
+	return head, ok
 }
 
 // reap returns the used elements published since the last call and frees
 // their descriptors. With event_idx it asks for an interrupt at the next one.
-func (d *driver) reap() []usedElem {
-	var out []usedElem
-	idx := d.mem.load16(d.used + 2)
-	for ; d.lastUsed != idx; d.lastUsed++ {
-		off := d.used + 4 + 8*uint64(d.lastUsed&(d.size-1))
-		b, _ := d.mem.Slice(off, 8)
-		e := usedElem{head: uint16(binary.LittleEndian.Uint32(b)), len: binary.LittleEndian.Uint32(b[4:])}
-		ids, ok := d.chains[e.head]
-		if !ok {
-			d.t.Fatalf("used element for head %d, which is not in flight", e.head)
-		}
-		delete(d.chains, e.head)
-		d.free = append(d.free, ids...)
-		out = append(out, e)
+func (d *driver) reap() []virtiotest.Used {
+	d.t.Helper()
+	var err error
+	d.reaped, err = d.Reap(d.reaped[:0])
+	if err != nil {
+		d.t.Fatal(err)
 	}
-	// used_event: interrupt as soon as anything more is used.
-	d.mem.store16(d.avail+4+2*uint64(d.size), d.lastUsed)
-	return out
+	d.SetUsedEvent(d.NextUsed())
+	return append([]virtiotest.Used(nil), d.reaped...)
 }
-
-func (d *driver) inFlight() int { return len(d.chains) }
 
 // queue returns a virtio.Queue programmed and activated on this ring, as
 // the transport would.
 func (d *driver) queue(features uint64) *virtio.Queue {
 	d.t.Helper()
-	q, err := virtio.NewQueue(d.size)
+	q, err := virtio.NewQueue(d.Size)
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	q.Size, q.DescAddr, q.AvailAddr, q.UsedAddr, q.Ready = d.size, d.desc, d.avail, d.used, true
+	q.DescAddr, q.AvailAddr, q.UsedAddr, q.Ready = d.Desc, d.Avail, d.Used, true
 	if err := q.Activate(d.mem, features); err != nil {
 		d.t.Fatalf("queue Activate: %v", err)
 	}
-	d.eventIdx = features&virtio.FeatureRingEventIdx != 0
 	return q
 }
 
@@ -262,7 +121,7 @@ func (f *fakeIRQ) ConfigChanged() error {
 // rig is a device activated on rings in fake RAM, with a driver per queue.
 type rig struct {
 	t       testing.TB
-	mem     *fakeRAM
+	mem     *virtiotest.RAM
 	dev     *Device
 	drv     []*driver
 	queues  []*virtio.Queue
@@ -281,7 +140,7 @@ func newRig(t testing.TB, o Options, drop uint64) *rig {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	r := &rig{t: t, mem: newFakeRAM(rigRAM), dev: dev, irq: newFakeIRQ()}
+	r := &rig{t: t, mem: virtiotest.NewRAM(rigRAM), dev: dev, irq: newFakeIRQ()}
 	r.feat = dev.Features() &^ drop
 	if err := dev.Ack(r.feat); err != nil {
 		t.Fatalf("Ack: %v", err)
@@ -289,7 +148,7 @@ func newRig(t testing.TB, o Options, drop uint64) *rig {
 	base := uint64(0)
 	for _, n := range dev.QueueSizes() {
 		d := newDriver(t, r.mem, n, base)
-		base = (d.ringEnd() + 0xfff) &^ 0xfff
+		base = (d.End() + 0xfff) &^ 0xfff
 		d.tables = base
 		base += uint64(n) * 0x1000
 		r.drv = append(r.drv, d)
@@ -301,7 +160,7 @@ func newRig(t testing.TB, o Options, drop uint64) *rig {
 	}
 	t.Cleanup(func() {
 		dev.Reset()
-		r.mem.checkGuards(t)
+		checkGuards(t, r.mem)
 	})
 	return r
 }
@@ -310,7 +169,7 @@ func newRig(t testing.TB, o Options, drop uint64) *rig {
 func (r *rig) alloc(n uint64) uint64 {
 	a := r.bufNext
 	r.bufNext = (r.bufNext + n + 511) &^ 511
-	if r.bufNext > uint64(len(r.mem.ram)) {
+	if r.bufNext > r.mem.Size() {
 		r.t.Fatalf("fake RAM exhausted")
 	}
 	return a
@@ -350,11 +209,11 @@ func (r *rig) newReq(typ uint32, sector uint64, dataLen uint32) *req {
 // segs is the chain for q: device-writable data for IN and GET_ID,
 // device-readable otherwise.
 func (q *req) segs(typ uint32) []seg {
-	s := []seg{{addr: q.hdr, len: 16}}
+	s := []seg{{Addr: q.hdr, Len: 16}}
 	if q.dataLen > 0 {
-		s = append(s, seg{addr: q.data, len: q.dataLen, write: typ == typeIn || typ == typeGetID})
+		s = append(s, seg{Addr: q.data, Len: q.dataLen, Write: typ == typeIn || typ == typeGetID})
 	}
-	return append(s, seg{addr: q.status, len: 1, write: true})
+	return append(s, seg{Addr: q.status, Len: 1, Write: true})
 }
 
 // submit posts q on queue qi and kicks; it fails when the ring is full.
@@ -369,9 +228,9 @@ func (r *rig) submit(qi int, q *req, segs []seg) {
 }
 
 // wait collects n used elements from queue qi, failing after timeout.
-func (r *rig) wait(qi, n int, timeout time.Duration) []usedElem {
+func (r *rig) wait(qi, n int, timeout time.Duration) []virtiotest.Used {
 	r.t.Helper()
-	var out []usedElem
+	var out []virtiotest.Used
 	deadline := time.Now().Add(timeout)
 	for len(out) < n {
 		out = append(out, r.drv[qi].reap()...)
@@ -404,10 +263,10 @@ func (r *rig) doSegs(q *req, segs []seg) (status byte, used uint32) {
 	r.t.Helper()
 	r.submit(0, q, segs)
 	e := r.wait(0, 1, 5*time.Second)
-	if e[0].head != q.head {
-		r.t.Fatalf("used head %d, posted %d", e[0].head, q.head)
+	if e[0].Head != q.head {
+		r.t.Fatalf("used head %d, posted %d", e[0].Head, q.head)
 	}
-	return r.bytes(q.status, 1)[0], e[0].len
+	return r.bytes(q.status, 1)[0], e[0].Len
 }
 
 // backends lists the real file backends; io_uring is skipped (or failed

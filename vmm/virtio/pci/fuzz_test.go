@@ -1,6 +1,7 @@
 package virtiopci
 
 import (
+	"github.com/hyperroot/hyperroot/vmm/virtio/virtiotest"
 	"testing"
 
 	"github.com/hyperroot/hyperroot/vmm/virtio"
@@ -31,7 +32,7 @@ func FuzzRegisters(f *testing.F) {
 	f.Add(seq(op(2, 2, 0x54, 0), op(2, 2, 0x58, 0x14), op(2, 2, 0x5C, 1), op(2, 0, 0x60, 0), op(3, 2, 0x60, 0)))
 	f.Add(seq(op(1, 3, 0xFFF8, ^uint64(0)), op(0, 3, 0x3FFF, 0), op(1, 2, regQueueSelect, 0xFFFF), op(0, 3, regQueueDesc, 0)))
 	f.Fuzz(func(t *testing.T, in []byte) {
-		ram := newRAM(ramSize)
+		ram := virtiotest.NewRAM(ramSize)
 		dev := newFakeDevice()
 		dev.popOnKick = true
 		tr, err := New(dev, Options{Memory: ram, Router: newRouter(), INTx: &fakeLine{}})

@@ -8,75 +8,20 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/hyperroot/hyperroot/vmm/pci"
 	"github.com/hyperroot/hyperroot/vmm/virtio"
+	"github.com/hyperroot/hyperroot/vmm/virtio/virtiotest"
 )
 
 var le = binary.LittleEndian
-
-// fakeRAM is guest RAM at guest-physical 0.
-type fakeRAM struct{ b []byte }
-
-func newRAM(size int) *fakeRAM { return &fakeRAM{b: make([]byte, size)} }
-
-func (m *fakeRAM) Slice(gpa, n uint64) ([]byte, error) {
-	if n == 0 || gpa >= uint64(len(m.b)) || n > uint64(len(m.b))-gpa {
-		return nil, fmt.Errorf("fake RAM %#x+%#x: out of range", gpa, n)
-	}
-	return m.b[gpa : gpa+n : gpa+n], nil
-}
 
 // Ring layout the test driver uses.
 const (
 	descAt  = 0x1000
 	availAt = 0x2000
 	usedAt  = 0x3000
-	bufAt   = 0x8000
 	ramSize = 0x10000
-)
-
-// ring plays the driver's side of a split virtqueue in fakeRAM. Indices
-// are published with atomic stores, as a driver's barriers would.
-type ring struct {
-	ram      *fakeRAM
-	size     uint16
-	availIdx uint16
-}
-
-func (r *ring) setDesc(i uint16, addr uint64, n uint32, flags, next uint16) {
-	d := r.ram.b[descAt+16*int(i):]
-	le.PutUint64(d, addr)
-	le.PutUint32(d[8:], n)
-	le.PutUint16(d[12:], flags)
-	le.PutUint16(d[14:], next)
-}
-
-func (r *ring) add(head uint16) {
-	le.PutUint16(r.ram.b[availAt+4+2*int(r.availIdx%r.size):], head)
-	r.availIdx++
-	r.publishAvail(r.availIdx)
-}
-
-// publishAvail stores avail->idx (in the 32-bit word with avail->flags).
-func (r *ring) publishAvail(idx uint16) {
-	w := (*uint32)(ptr(r.ram.b[availAt:]))
-	atomic.StoreUint32(w, atomic.LoadUint32(w)&0xFFFF|uint32(idx)<<16)
-}
-
-func (r *ring) usedIdx() uint16 {
-	return uint16(atomic.LoadUint32((*uint32)(ptr(r.ram.b[usedAt:]))) >> 16)
-}
-
-func (r *ring) usedElem(i uint16) (id, n uint32) {
-	e := r.ram.b[usedAt+4+8*int(i%r.size):]
-	return le.Uint32(e), le.Uint32(e[4:])
-}
-
-const (
-	flagNext  = 1
-	flagWrite = 2
 )
 
 // fakeDevice records what the transport does to it.
@@ -289,7 +234,7 @@ type harness struct {
 	t      *testing.T
 	tr     *Transport
 	dev    *fakeDevice
-	ram    *fakeRAM
+	ram    *virtiotest.RAM
 	router *fakeRouter
 	line   *fakeLine
 	caps   map[uint8]capInfo // virtio caps by cfg_type
@@ -306,7 +251,7 @@ type capInfo struct {
 
 func newHarness(t *testing.T, dev *fakeDevice) *harness {
 	t.Helper()
-	h := &harness{t: t, dev: dev, ram: newRAM(ramSize), router: newRouter(), line: &fakeLine{}}
+	h := &harness{t: t, dev: dev, ram: virtiotest.NewRAM(ramSize), router: newRouter(), line: &fakeLine{}}
 	tr, err := New(dev, Options{Memory: h.ram, Router: h.router, INTx: h.line,
 		Errors: func(error) { h.errs.Add(1) }})
 	if err != nil {
@@ -385,7 +330,7 @@ func (h *harness) negotiate(features uint64) bool {
 
 // setupQueue programs queue q with size n on the standard ring layout,
 // writing 64-bit addresses as two halves, as Linux does.
-func (h *harness) setupQueue(q int, n uint16, vector uint16) *ring {
+func (h *harness) setupQueue(q int, n uint16, vector uint16) *virtiotest.Driver {
 	c := h.common()
 	h.write(c+regQueueSelect, 2, uint64(q))
 	h.write(c+regQueueSize, 2, uint64(n))
@@ -398,7 +343,11 @@ func (h *harness) setupQueue(q int, n uint16, vector uint16) *ring {
 		h.write(c+a.reg+4, 4, a.addr>>32)
 	}
 	h.write(c+regQueueEnable, 2, 1)
-	return &ring{ram: h.ram, size: n}
+	d, err := virtiotest.NewDriver(h.ram, virtiotest.Layout{Size: n, Desc: descAt, Avail: availAt, Used: usedAt})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return d
 }
 
 // notifyAddr is queue q's offset in the BAR.
@@ -426,6 +375,3 @@ func (h *harness) enableMSIX() {
 	}
 	h.tr.WriteConfig(h.msix+3, []byte{0x80})
 }
-
-// ptr is the address of b's first byte, for the atomic index accessors.
-func ptr(b []byte) unsafe.Pointer { return unsafe.Pointer(&b[0]) }

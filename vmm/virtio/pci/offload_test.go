@@ -2,6 +2,7 @@ package virtiopci
 
 import (
 	"errors"
+	"github.com/hyperroot/hyperroot/vmm/virtio/virtiotest"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -31,7 +32,7 @@ func (r irqfdRouter) EventFD(v int) (int, error) { return 1000 + v, nil }
 
 func newOffloadHarness(t *testing.T, dev *offloadDevice) *harness {
 	t.Helper()
-	h := &harness{t: t, ram: newRAM(ramSize), router: newRouter(), line: &fakeLine{}}
+	h := &harness{t: t, ram: virtiotest.NewRAM(ramSize), router: newRouter(), line: &fakeLine{}}
 	tr, err := New(dev, Options{Memory: h.ram, Router: irqfdRouter{h.router}, INTx: h.line,
 		Errors: func(error) { h.errs.Add(1) }})
 	if err != nil {

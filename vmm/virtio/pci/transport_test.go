@@ -1,6 +1,7 @@
 package virtiopci
 
 import (
+	"github.com/hyperroot/hyperroot/vmm/virtio/virtiotest"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -119,7 +120,7 @@ func TestFeatureNegotiation(t *testing.T) {
 
 // start brings the device up the way Linux's virtio_pci does, with queue
 // 0 on the test ring and queue 1 left disabled.
-func start(t *testing.T, h *harness, msix bool) *ring {
+func start(t *testing.T, h *harness, msix bool) *virtiotest.Driver {
 	t.Helper()
 	if !h.negotiate(virtio.FeatureVersion1 | virtio.FeaturesQueue) {
 		t.Fatal("features refused")
@@ -352,7 +353,7 @@ func TestBrokenRingNeedsReset(t *testing.T) {
 		dev.popOnKick = true
 		h := newHarness(t, dev)
 		r := start(t, h, true)
-		r.publishAvail(100) // 100 entries ahead of a queue of 8
+		r.SetAvailIdx(100) // 100 entries ahead of a queue of 8
 		h.write(h.notifyAddr(0), 2, 0)
 		dev.expectKick(t, 0)
 		// The kick goroutine marks the ring broken after the device's
@@ -408,7 +409,7 @@ func TestPCICfgAccess(t *testing.T) {
 func TestNotifierFollowsBAR(t *testing.T) {
 	n := &fakeNotifier{watched: map[uint64]int{}}
 	dev := newFakeDevice()
-	tr, err := New(dev, Options{Memory: newRAM(ramSize), Router: newRouter(), Notifier: n})
+	tr, err := New(dev, Options{Memory: virtiotest.NewRAM(ramSize), Router: newRouter(), Notifier: n})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -460,7 +461,7 @@ func (d *breakingDevice) Reset() {
 
 func TestDeviceNeedsResetIsFoldedIntoStatus(t *testing.T) {
 	dev := &breakingDevice{fakeDevice: newFakeDevice()}
-	h := &harness{t: t, dev: dev.fakeDevice, ram: newRAM(ramSize), router: newRouter(), line: &fakeLine{}}
+	h := &harness{t: t, dev: dev.fakeDevice, ram: virtiotest.NewRAM(ramSize), router: newRouter(), line: &fakeLine{}}
 	tr, err := New(dev, Options{Memory: h.ram, Router: h.router, INTx: h.line})
 	if err != nil {
 		t.Fatal(err)

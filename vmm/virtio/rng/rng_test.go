@@ -2,15 +2,12 @@ package rng
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
-	"fmt"
 	"testing"
 
 	"github.com/hyperroot/hyperroot/vmm/virtio"
+	"github.com/hyperroot/hyperroot/vmm/virtio/virtiotest"
 )
-
-var le = binary.LittleEndian
 
 // Guest RAM layout of the test ring.
 const (
@@ -21,18 +18,8 @@ const (
 	ramSize = 0x10000
 	qsize   = 8
 
-	flagNext  = 1
-	flagWrite = 2
+	flagWrite = virtiotest.DescWrite
 )
-
-type fakeRAM []byte
-
-func (m fakeRAM) Slice(gpa, n uint64) ([]byte, error) {
-	if n == 0 || gpa >= uint64(len(m)) || n > uint64(len(m))-gpa {
-		return nil, fmt.Errorf("fake RAM %#x+%#x: out of range", gpa, n)
-	}
-	return m[gpa : gpa+n : gpa+n], nil
-}
 
 // counter is a deterministic Source: 0, 1, 2, ... (mod 256).
 type counter struct{ n byte }
@@ -60,28 +47,31 @@ type desc struct {
 	flags uint16
 }
 
+// ring is the test's guest: RAM and the driver of the device's one queue.
+type ring struct {
+	ram *virtiotest.RAM
+	drv *virtiotest.Driver
+}
+
 // setup activates a device on a ring holding one chain per element of
-// chains (descriptors numbered consecutively).
-func setup(t *testing.T, opts Options, chains ...[]desc) (*Device, fakeRAM, *irqs) {
+// chains.
+func setup(t *testing.T, opts Options, chains ...[]desc) (*Device, ring, *irqs) {
 	t.Helper()
-	ram := make(fakeRAM, ramSize)
-	next := uint16(0)
-	for i, c := range chains {
-		le.PutUint16(ram[availAt+4+2*i:], next)
-		for j, d := range c {
-			e := ram[descAt+16*int(next):]
-			le.PutUint64(e, d.addr)
-			le.PutUint32(e[8:], d.len)
-			flags := d.flags
-			if j < len(c)-1 {
-				flags |= flagNext
-			}
-			le.PutUint16(e[12:], flags)
-			le.PutUint16(e[14:], next+1)
-			next++
+	r := ring{ram: virtiotest.NewRAM(ramSize)}
+	var err error
+	r.drv, err = virtiotest.NewDriver(r.ram, virtiotest.Layout{Size: qsize, Desc: descAt, Avail: availAt, Used: usedAt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range chains {
+		var bufs []virtiotest.Buf
+		for _, d := range c {
+			bufs = append(bufs, virtiotest.Buf{Addr: d.addr, Len: d.len, Write: d.flags&flagWrite != 0})
+		}
+		if _, ok := r.drv.Post(bufs...); !ok {
+			t.Fatal("test ring full")
 		}
 	}
-	le.PutUint16(ram[availAt+2:], uint16(len(chains)))
 	q, err := virtio.NewQueue(qsize)
 	if err != nil {
 		t.Fatal(err)
@@ -91,14 +81,14 @@ func setup(t *testing.T, opts Options, chains ...[]desc) (*Device, fakeRAM, *irq
 	if err := d.Ack(d.Features()); err != nil {
 		t.Fatal(err)
 	}
-	if err := q.Activate(ram, d.Features()); err != nil {
+	if err := q.Activate(r.ram, d.Features()); err != nil {
 		t.Fatal(err)
 	}
 	irq := &irqs{}
 	if err := d.Activate([]*virtio.Queue{q}, irq); err != nil {
 		t.Fatal(err)
 	}
-	return d, ram, irq
+	return d, r, irq
 }
 
 func TestFill(t *testing.T) {
@@ -117,17 +107,17 @@ func TestFill(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			d, ram, irq := setup(t, Options{Source: &counter{}, MaxRequest: tc.max}, tc.chain)
 			d.Kick(0)
-			if idx := le.Uint16(ram[usedAt+2:]); idx != 1 {
+			if idx := ram.drv.UsedIdx(); idx != 1 {
 				t.Fatalf("used idx %d, want 1", idx)
 			}
-			if id, n := le.Uint32(ram[usedAt+4:]), le.Uint32(ram[usedAt+8:]); id != 0 || n != tc.want {
+			if id, n := ram.drv.UsedElem(0); id != 0 || n != tc.want {
 				t.Errorf("used element (%d, %d), want (0, %d)", id, n, tc.want)
 			}
 			// The bytes the source gave, in order, across the buffers.
 			var got []byte
 			for _, b := range tc.chain {
 				if b.flags&flagWrite != 0 && b.addr+uint64(b.len) <= ramSize {
-					got = append(got, ram[b.addr:b.addr+uint64(b.len)]...)
+					got = append(got, ram.ram.Bytes(b.addr, uint64(b.len))...)
 				}
 			}
 			want := make([]byte, len(got))
@@ -146,11 +136,11 @@ func TestSeveralRequestsAndFailingSource(t *testing.T) {
 	d, ram, irq := setup(t, Options{Source: failing{}},
 		[]desc{{bufAt, 8, flagWrite}}, []desc{{bufAt + 8, 8, flagWrite}})
 	d.Kick(0)
-	if idx := le.Uint16(ram[usedAt+2:]); idx != 2 {
+	if idx := ram.drv.UsedIdx(); idx != 2 {
 		t.Fatalf("used idx %d, want 2", idx)
 	}
 	for i := 0; i < 2; i++ {
-		if n := le.Uint32(ram[usedAt+4+8*i+4:]); n != 0 {
+		if _, n := ram.drv.UsedElem(uint16(i)); n != 0 {
 			t.Errorf("request %d used length %d with a failing source, want 0", i, n)
 		}
 	}
@@ -166,10 +156,10 @@ func TestSeveralRequestsAndFailingSource(t *testing.T) {
 func TestRealSource(t *testing.T) {
 	d, ram, _ := setup(t, Options{}, []desc{{bufAt, 256, flagWrite}})
 	d.Kick(0)
-	if n := le.Uint32(ram[usedAt+8:]); n != 256 {
+	if _, n := ram.drv.UsedElem(0); n != 256 {
 		t.Fatalf("used length %d, want 256", n)
 	}
-	if bytes.Equal(ram[bufAt:bufAt+256], make([]byte, 256)) {
+	if bytes.Equal(ram.ram.Bytes(bufAt, 256), make([]byte, 256)) {
 		t.Error("256 bytes from crypto/rand are all zero")
 	}
 }
@@ -200,9 +190,7 @@ func BenchmarkKick(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		// Make the same chain available again.
-		idx := le.Uint16(ram[availAt+2:])
-		le.PutUint16(ram[availAt+4+2*int(idx%qsize):], 0)
-		le.PutUint16(ram[availAt+2:], idx+1)
+		ram.drv.Add(0)
 		d.Kick(0)
 	}
 }

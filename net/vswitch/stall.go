@@ -1,0 +1,45 @@
+package vswitch
+
+import "sync/atomic"
+
+// busyWatch counts entries into and exits from a port's delivery critical
+// section (a virtio port's receive lock, a frame port's write): two
+// uncontended atomic adds per batch, and enough for Stalled to tell a
+// delivery that never ends from a busy port.
+type busyWatch struct {
+	in, out atomic.Uint64
+	// Stalled's previous sample; guarded by Switch.stallMu.
+	lastIn   uint64
+	lastBusy bool
+}
+
+func (w *busyWatch) enter() { w.in.Add(1) }
+func (w *busyWatch) exit()  { w.out.Add(1) }
+
+// Stalled is a cheap liveness probe for a supervisor. Called every few
+// seconds, it returns the ports into which one and the same delivery has
+// been in progress since the previous call: a sender stuck in a port
+// (a receive lock never released, a frame port whose write never returns)
+// stalls every other port forwarding to it, while the process looks
+// alive. A supervisor can restart the switch when a port stays stalled
+// (the VMMs reconnect and replay their rings). The first call only takes
+// a sample.
+func (s *Switch) Stalled() []string {
+	s.mu.Lock()
+	ports := append([]*Port(nil), s.ports...)
+	s.mu.Unlock()
+	s.stallMu.Lock()
+	defer s.stallMu.Unlock()
+	var out []string
+	for _, p := range ports {
+		w := &p.busy
+		o := w.out.Load() // before in: out <= in
+		in := w.in.Load()
+		busy := in != o
+		if busy && w.lastBusy && in == w.lastIn {
+			out = append(out, p.name)
+		}
+		w.lastIn, w.lastBusy = in, busy
+	}
+	return out
+}

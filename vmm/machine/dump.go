@@ -1,0 +1,277 @@
+package machine
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/vmm/kvm"
+)
+
+// vcpuWatch is what the run loop publishes about one vCPU for Dump, and the
+// channel through which Dump asks the vCPU's own thread for its state.
+//
+// KVM serialises a vCPU's ioctls on a mutex that KVM_RUN holds while the
+// guest runs, so another thread cannot read the registers of a running
+// vCPU: it would block until the guest exits on its own, which a guest
+// spinning with interrupts off never does. Dump therefore sets
+// immediate_exit, kicks the thread out of KVM_RUN with kickSignal, and the
+// vCPU goroutine itself reads the state and answers.
+type vcpuWatch struct {
+	inGuest  atomic.Bool   // inside KVM_RUN (in the guest, or halted in KVM)
+	exits    atomic.Uint64 // exits to userspace so far
+	lastExit atomic.Uint32 // kvm.Exit of the last one
+	io, mmio atomic.Uint64 // port and MMIO exits among them
+	wanted   atomic.Bool   // Dump is waiting for an answer
+	answer   chan string   // the answer, buffered 1
+}
+
+func newWatches(n int) []vcpuWatch {
+	w := make([]vcpuWatch, n)
+	for i := range w {
+		w[i].answer = make(chan string, 1)
+	}
+	return w
+}
+
+// Exits counts the vCPUs' exits to the VMM so far: all of them, and the port
+// I/O and MMIO ones among them. Exits are what a nested guest pays most
+// for (each is a round trip through two hypervisors); the VMM reports the
+// counts when it ends, so that a guest that suddenly needs many more (as
+// the PCI bus scan of issue 9 did) is seen.
+func (m *Machine) Exits() (all, io, mmio uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i := range m.watch {
+		all += m.watch[i].exits.Load()
+		io += m.watch[i].io.Load()
+		mmio += m.watch[i].mmio.Load()
+	}
+	return all, io, mmio
+}
+
+// dumpWait is how long Dump waits for a kicked vCPU to answer before it
+// reports the vCPU as unresponsive (stuck in the kernel, or in the VMM
+// handling an exit: the goroutine stacks then say where).
+const dumpWait = 2 * time.Second
+
+// Dump writes the state of every vCPU and the VMM's goroutine stacks to w,
+// each line starting with prefix: for finding out why a guest makes no
+// progress. Per vCPU: where its thread is (in KVM_RUN or in the VMM, with
+// the exit count and the last exit), its multiprocessing state (runnable,
+// halted, an AP waiting for INIT or SIPI), registers, the in-kernel local
+// APIC (pending and in-service vectors, timer) and the events KVM holds
+// (KVM_GET_VCPU_EVENTS). A running vCPU is kicked out of the guest to read
+// them and re-enters it at once; the guest only loses that exit's time.
+// Dump may be called from any goroutine while Run runs; each line is one
+// Write.
+func (m *Machine) Dump(w io.Writer, prefix string) {
+	m.dumpMu.Lock()
+	defer m.dumpMu.Unlock()
+	line := func(format string, a ...any) {
+		io.WriteString(w, prefix+fmt.Sprintf(format, a...)+"\n")
+	}
+	line("%d vCPUs", len(m.vcpus))
+	for i, v := range m.vcpus {
+		m.mu.Lock()
+		tid, running := 0, m.tids != nil
+		if running && i < len(m.tids) {
+			tid = m.tids[i]
+		}
+		var watch *vcpuWatch
+		if i < len(m.watch) {
+			watch = &m.watch[i]
+		}
+		m.mu.Unlock()
+		if watch == nil { // Run has not begun on a Machine assembled by hand
+			line("vcpu %d: not started", i)
+			continue
+		}
+		where := "in the VMM"
+		if watch.inGuest.Load() {
+			where = "in KVM_RUN"
+		}
+		if n := watch.exits.Load(); n == 0 {
+			where += ", no exits yet"
+		} else {
+			where = fmt.Sprintf("%s, %d exits, last %v", where, n, kvm.Exit(watch.lastExit.Load()))
+		}
+		if !running || tid == 0 {
+			// Not read from here: a thread still in (or entering)
+			// KVM_RUN would hold the vCPU's mutex for as long as the
+			// guest runs.
+			state := "stopped"
+			if running {
+				state = "not started"
+			}
+			line("vcpu %d: %s (%s)", i, state, where)
+			continue
+		}
+		select { // an answer that came after an earlier Dump gave up
+		case <-watch.answer:
+		default:
+		}
+		watch.wanted.Store(true)
+		v.SetImmediateExit(true)
+		unix.Tgkill(os.Getpid(), tid, kickSignal)
+		select {
+		case s := <-watch.answer:
+			line("vcpu %d: thread %d was %s", i, tid, where)
+			for _, l := range strings.Split(s, "\n") {
+				line("%s", l)
+			}
+		case <-time.After(dumpWait):
+			line("vcpu %d: thread %d did not answer within %s (%s): see its goroutine below", i, tid, dumpWait, where)
+		}
+	}
+	for _, l := range strings.Split(strings.TrimRight(goroutines(), "\n"), "\n") {
+		line("%s", l)
+	}
+	line("end")
+}
+
+// answerDump runs on vCPU i's own thread, out of KVM_RUN, when Dump asked:
+// it lets the vCPU re-enter the guest (unless the machine is stopping) and
+// answers with its state.
+func (m *Machine) answerDump(i int, v *kvm.VCPU) {
+	watch := &m.watch[i]
+	if !watch.wanted.Swap(false) {
+		return
+	}
+	m.mu.Lock()
+	if m.tids != nil { // stop keeps immediate_exit set
+		v.SetImmediateExit(false)
+	}
+	m.mu.Unlock()
+	select {
+	case watch.answer <- strings.Join(describeVCPU(i, v), "\n"):
+	default: // an unread answer is still there
+	}
+}
+
+// describeVCPU reads what KVM holds about a vCPU that is not in KVM_RUN.
+func describeVCPU(i int, v *kvm.VCPU) []string {
+	var out []string
+	add := func(format string, a ...any) {
+		out = append(out, fmt.Sprintf("vcpu %d: ", i)+fmt.Sprintf(format, a...))
+	}
+	if s, err := v.MPState(); err != nil {
+		add("%v", err)
+	} else {
+		add("mp_state %s", mpStateName(s))
+	}
+	r, rerr := v.Regs()
+	s, serr := v.Sregs()
+	switch {
+	case rerr != nil:
+		add("%v", rerr)
+	case serr != nil:
+		add("%v", serr)
+	default:
+		add("rip=%#x rsp=%#x rflags=%#x (interrupts %s) cs=%#x cpl=%d cr0=%#x cr2=%#x cr3=%#x cr4=%#x efer=%#x",
+			r.RIP, r.RSP, r.RFLAGS, onOff(r.RFLAGS&(1<<9) != 0), s.CS.Selector, s.CS.DPL, s.CR0, s.CR2, s.CR3, s.CR4, s.EFER)
+		add("rax=%#x rbx=%#x rcx=%#x rdx=%#x rsi=%#x rdi=%#x rbp=%#x", r.RAX, r.RBX, r.RCX, r.RDX, r.RSI, r.RDI, r.RBP)
+		add("r8=%#x r9=%#x r10=%#x r11=%#x r12=%#x r13=%#x r14=%#x r15=%#x", r.R8, r.R9, r.R10, r.R11, r.R12, r.R13, r.R14, r.R15)
+	}
+	if l, err := v.LAPIC(); err != nil {
+		add("%v", err)
+	} else {
+		add("%s", describeLAPIC(&l))
+	}
+	if e, err := v.Events(); err != nil {
+		add("%v", err)
+	} else {
+		add("%s", describeEvents(&e))
+	}
+	return out
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
+}
+
+func mpStateName(s kvm.MPState) string {
+	switch s {
+	case kvm.MPStateRunnable:
+		return "runnable"
+	case kvm.MPStateUninitialized:
+		return "uninitialized (an AP waiting for INIT)"
+	case kvm.MPStateInitReceived:
+		return "init-received (an AP waiting for SIPI)"
+	case kvm.MPStateHalted:
+		return "halted (HLT, waiting for an interrupt)"
+	case kvm.MPStateSIPIReceived:
+		return "sipi-received"
+	}
+	return fmt.Sprintf("%d", uint32(s))
+}
+
+// lapicReg reads the 32-bit local APIC register at offset off.
+func lapicReg(l *kvm.LAPIC, off int) uint32 {
+	if off < 0 || off+4 > len(l.Regs) {
+		return 0
+	}
+	b := l.Regs[off:]
+	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
+}
+
+// lapicVectors lists the vectors set in the 256-bit register array at off
+// (IRR at 0x200, ISR at 0x100: eight 32-bit words 16 bytes apart).
+func lapicVectors(l *kvm.LAPIC, off int) string {
+	var vs []string
+	for w := 0; w < 8; w++ {
+		bits := lapicReg(l, off+16*w)
+		for b := 0; b < 32; b++ {
+			if bits&(1<<b) != 0 {
+				vs = append(vs, fmt.Sprintf("%#x", w*32+b))
+			}
+		}
+	}
+	return "[" + strings.Join(vs, " ") + "]"
+}
+
+// describeLAPIC names what decides whether the vCPU gets interrupts: the
+// pending (IRR) and in-service (ISR) vectors, the task priority, whether
+// the APIC is enabled, and the timer.
+func describeLAPIC(l *kvm.LAPIC) string {
+	timer := lapicReg(l, 0x320)
+	mode := [...]string{"one-shot", "periodic", "tsc-deadline", "reserved"}[timer>>17&3]
+	masked := ""
+	if timer&(1<<16) != 0 {
+		masked = " masked"
+	}
+	svr := lapicReg(l, 0xF0)
+	return fmt.Sprintf("lapic id=%d %s tpr=%#x irr=%s isr=%s timer=%s%s vector=%#x initial=%d current=%d divide=%#x lint0=%#x lint1=%#x",
+		lapicReg(l, 0x20)>>24, map[bool]string{true: "enabled", false: "software-disabled"}[svr&(1<<8) != 0],
+		lapicReg(l, 0x80), lapicVectors(l, 0x200), lapicVectors(l, 0x100), mode, masked, timer&0xFF,
+		lapicReg(l, 0x380), lapicReg(l, 0x390), lapicReg(l, 0x3E0), lapicReg(l, 0x350), lapicReg(l, 0x360))
+}
+
+func describeEvents(e *kvm.VCPUEvents) string {
+	return fmt.Sprintf("events exception(injected=%d pending=%d nr=%d error=%#x) interrupt(injected=%d nr=%#x soft=%d shadow=%d) nmi(injected=%d pending=%d masked=%d) sipi_vector=%#x smm=%d",
+		e.Exception.Injected, e.Exception.Pending, e.Exception.Nr, e.Exception.ErrorCode,
+		e.Interrupt.Injected, e.Interrupt.Nr, e.Interrupt.Soft, e.Interrupt.Shadow,
+		e.NMI.Injected, e.NMI.Pending, e.NMI.Masked, e.SIPIVector, e.SMI.SMM)
+}
+
+// goroutines returns every goroutine's stack, as a panic would print them.
+func goroutines() string {
+	buf := make([]byte, 64<<10)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) || len(buf) >= 4<<20 {
+			return string(bytes.TrimRight(buf[:n], "\n"))
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+}

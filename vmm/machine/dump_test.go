@@ -1,0 +1,103 @@
+package machine
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hyperroot/hyperroot/vmm/kvm"
+)
+
+// spinCode disables interrupts and jumps to itself for ever: a guest that
+// never exits on its own, which only a kick gets out of KVM_RUN.
+var spinCode = []byte{
+	0xFA,       // cli
+	0xEB, 0xFE, // jmp $
+}
+
+// TestDumpSpinningGuest: Dump reads the registers of vCPUs spinning in the
+// guest with interrupts off (so it must kick them out of KVM_RUN), names
+// their RIP, and the guest goes on spinning afterwards.
+func TestDumpSpinningGuest(t *testing.T) {
+	m := tinyMachine(t, 2, spinCode)
+	done := make(chan Result, 1)
+	go func() { done <- m.Run() }()
+	defer func() {
+		m.Stop()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Errorf("Run did not return within 20s of Stop")
+		}
+	}()
+	// Wait until both vCPU threads are in the guest (progress, not time).
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		m.mu.Lock()
+		started := len(m.watch) == 2 && m.tids != nil && m.tids[0] != 0 && m.tids[1] != 0
+		m.mu.Unlock()
+		if started && m.watch[0].inGuest.Load() && m.watch[1].inGuest.Load() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("vCPUs did not enter the guest within 20s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	spinRIP := fmt.Sprintf("rip=%#x ", tinyCodeAddr+1) // the jmp
+	for round := 0; round < 2; round++ {               // the guest runs on after a dump
+		var b bytes.Buffer
+		m.Dump(&b, "dump: ")
+		out := b.String()
+		for i := 0; i < 2; i++ {
+			for _, want := range []string{
+				fmt.Sprintf("dump: vcpu %d: thread ", i),
+				fmt.Sprintf("dump: vcpu %d: %s", i, spinRIP),
+				fmt.Sprintf("dump: vcpu %d: mp_state runnable", i),
+			} {
+				if !strings.Contains(out, want) {
+					t.Errorf("round %d: dump lacks %q:\n%s", round, want, out)
+				}
+			}
+		}
+		for _, want := range []string{"(interrupts off)", "dump: goroutine ", "dump: end"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("round %d: dump lacks %q:\n%s", round, want, out)
+			}
+		}
+		for _, l := range strings.Split(out, "\n") {
+			if l != "" && !strings.HasPrefix(l, "dump: ") {
+				t.Errorf("line without the prefix: %q", l)
+			}
+		}
+	}
+	select {
+	case r := <-done:
+		t.Fatalf("Run returned after a dump: %v (%s)", r.Exit, r.Detail)
+	default:
+	}
+}
+
+func TestDescribeLAPIC(t *testing.T) {
+	var l kvm.LAPIC
+	put := func(off int, v uint32) {
+		l.Regs[off], l.Regs[off+1], l.Regs[off+2], l.Regs[off+3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
+	}
+	put(0x20, 3<<24)
+	put(0xF0, 1<<8|0xFF)
+	put(0x200+16*7, 1<<(0xEC-224)|1<<31) // IRR: vectors 0xEC and 0xFF pending
+	put(0x100+16, 1<<(0x30-32))          // ISR: 0x30 in service
+	put(0x320, 1<<17|0xEC)               // periodic, vector 0xEC
+	put(0x380, 1000)
+	got := describeLAPIC(&l)
+	for _, want := range []string{"id=3 ", "enabled", "irr=[0xec 0xff]", "isr=[0x30]", "timer=periodic vector=0xec initial=1000"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("%q lacks %q", got, want)
+		}
+	}
+	if lapicReg(&l, 1022) != 0 || lapicReg(&l, -1) != 0 {
+		t.Error("lapicReg out of bounds is not 0")
+	}
+}
