@@ -150,7 +150,7 @@ func startSwitch(cfg *config.Config, dir string, capture map[string]string, logf
 		srv, err := dhcp.New(dhcp.Config{
 			Subnet: n.Subnet, Router: n.Gateway, From: n.DHCP.From, To: n.DHCP.To,
 			ServerMAC: switchMAC(n.Name), LeasePath: filepath.Join(dir, n.Name+".leases"),
-			OnLease: rs.leased(n.Name),
+			OnLease: rs.leased, OnNewLease: rs.logLease(n.Name),
 		})
 		if err != nil {
 			return nil, fmt.Errorf("network %s: dhcp: %w", n.Name, err)
@@ -222,14 +222,20 @@ func (rs *runningSwitch) serve(l *net.UnixListener, p *vswitch.VirtioPort, name 
 
 // leased unlocks a port's new address when network's DHCP server ACKs it,
 // and reports the lease.
-func (rs *runningSwitch) leased(network string) func(net.HardwareAddr, netip.Addr) {
+// leased unlocks a leased address on the port of the MAC it was leased to,
+// at every ACK (renewals included: the lock follows the lease).
+func (rs *runningSwitch) leased(mac net.HardwareAddr, ip netip.Addr) {
+	if p := rs.byMAC[mac.String()]; p != nil {
+		p.AllowIP(ip)
+	}
+}
+
+// logLease reports new and changed leases on the console; renewals are
+// not reported, so a guest renewing every few seconds cannot flood it.
+func (rs *runningSwitch) logLease(network string) func(net.HardwareAddr, netip.Addr) {
 	return func(mac net.HardwareAddr, ip netip.Addr) {
-		p := rs.byMAC[mac.String()]
-		if p != nil {
-			p.AllowIP(ip)
-		}
 		port := "-"
-		if p != nil {
+		if p := rs.byMAC[mac.String()]; p != nil {
 			port = p.Name()
 		}
 		rs.logf("lease network=%s ip=%s mac=%s port=%s", network, ip, mac, port)
