@@ -138,6 +138,7 @@ type Machine struct {
 	// GSI routing table (virtio.go).
 	virtio  []*virtiopci.Transport
 	routers []*msiRouter
+	errlog  *errorLog // the devices' errors during guest accesses, rate-limited
 	gsi     *gsiRoutes
 	// disks' backends, closed after the transports have reset the
 	// devices (which waits for requests in flight).

@@ -276,7 +276,10 @@ func (m *Machine) virtioDevices(cfg Config) error {
 // attach puts dev behind its own virtio-pci transport on the PCI bus,
 // with its own MSI-X router and ioeventfd kicks.
 func (m *Machine) attach(name string, dev virtio.Device, width uint32) error {
-	logf := func(err error) { fmt.Fprintln(os.Stderr, "vmm:", err) }
+	if m.errlog == nil {
+		m.errlog = newErrorLog(os.Stderr, nil)
+	}
+	logf := m.errlog.report
 	// One vector per queue and one for configuration changes, as the
 	// transport's MSI-X capability has.
 	router := &msiRouter{routes: m.gsi, vm: m.vm, max: len(dev.QueueSizes()) + 1}
