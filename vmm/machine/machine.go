@@ -130,13 +130,15 @@ type Machine struct {
 	mmio  bus.Bus
 	pci   *pci.Bus
 
-	serial *serial.Device
-	ged    *power.GED
+	serial  *serial.Device
+	console *serial.Buffer // the serial port's output; flushed when Run returns, closed by Close
+	ged     *power.GED
 
 	// virtio devices on the PCI bus, their MSI-X routers and the VM's
 	// GSI routing table (virtio.go).
 	virtio  []*virtiopci.Transport
 	routers []*msiRouter
+	errlog  *errorLog // the devices' errors during guest accesses, rate-limited
 	gsi     *gsiRoutes
 	// disks' backends, closed after the transports have reset the
 	// devices (which waits for requests in flight).
@@ -318,7 +320,10 @@ func (m *Machine) devices(cfg Config) error {
 			fmt.Fprintf(os.Stderr, "vmm: unclaimed mmio %#x write=%v % x\n", addr, write, data)
 		}
 	}
-	m.serial = serial.New(serial.Options{Out: cfg.Console, IRQ: m.line(layout.COM1IRQ)})
+	// Buffered: one write per guest line instead of one per byte, and a
+	// vCPU never waits on a slow console reader for long (serial.Buffer).
+	m.console = serial.NewBuffer(cfg.Console, serial.BufferOptions{})
+	m.serial = serial.New(serial.Options{Out: m.console, IRQ: m.line(layout.COM1IRQ)})
 	m.ged = power.NewGED(m.line(layout.GEDIRQ))
 	ports := []struct {
 		dev        bus.Device
@@ -465,6 +470,11 @@ func (m *Machine) Run() Result {
 		}()
 	}
 	wg.Wait()
+	// Whatever the exit (poweroff, reset, crash, Stop), the guest's last
+	// partial line reaches the console before the VMM reports the exit.
+	if m.console != nil {
+		_ = m.console.Flush()
+	}
 	return m.result
 }
 
@@ -586,6 +596,15 @@ func (m *Machine) Stop() { m.stop(Result{ExitStopped, "stopped by the VMM"}) }
 // PowerButton presses the guest's ACPI power button.
 func (m *Machine) PowerButton() { m.ged.PowerButton() }
 
+// ConsoleDropped reports how many bytes of the guest's console output were
+// dropped because its reader stayed a whole buffer behind (serial.Buffer).
+func (m *Machine) ConsoleDropped() uint64 {
+	if m.console == nil {
+		return 0
+	}
+	return m.console.Dropped()
+}
+
 // Input queues bytes for the guest's serial console; it returns how many
 // were taken (the rest are dropped when the guest does not read).
 func (m *Machine) Input(p []byte) int { return m.serial.Input(p) }
@@ -593,6 +612,9 @@ func (m *Machine) Input(p []byte) int { return m.serial.Input(p) }
 // Close releases the VM.
 func (m *Machine) Close() error {
 	errs := []error{m.closeVirtio()}
+	if m.console != nil {
+		errs = append(errs, m.console.Close())
+	}
 	for _, v := range m.vcpus {
 		errs = append(errs, v.Close())
 	}

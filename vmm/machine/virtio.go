@@ -24,18 +24,25 @@ import (
 // IOAPIC's pins (and 0-15 the PICs').
 const firstMSIGSI = 24
 
+// irqChip is what MSI routing needs of the VM; *kvm.VM implements it, and
+// tests fake it to drive the routers without /dev/kvm.
+type irqChip interface {
+	SetGSIRouting(routes []kvm.Route) error
+	IRQFD(fd int, gsi uint32, resampleFd int, deassign bool) error
+}
+
 // gsiRoutes owns the VM's GSI routing table. KVM_SET_GSI_ROUTING replaces
 // the whole table, including the default legacy routes KVM set up with
 // the irqchip, so every update sends those again along with one MSI route
 // per routed MSI-X vector.
 type gsiRoutes struct {
-	vm   *kvm.VM
+	vm   irqChip
 	mu   sync.Mutex
 	next uint32
 	msi  map[uint32]kvm.MSI
 }
 
-func newGSIRoutes(vm *kvm.VM) *gsiRoutes {
+func newGSIRoutes(vm irqChip) *gsiRoutes {
 	return &gsiRoutes{vm: vm, next: firstMSIGSI, msi: map[uint32]kvm.MSI{}}
 }
 
@@ -66,17 +73,26 @@ func (g *gsiRoutes) alloc() uint32 {
 	return gsi
 }
 
-// set routes gsi to msg and pushes the table to KVM.
+// set routes gsi to msg and pushes the table to KVM. If KVM refuses the
+// table, gsi keeps its previous route (or none): the message is the
+// guest's, and keeping a refused one would make every later update of any
+// vector of the VM, which sends the whole table again, fail with it.
 func (g *gsiRoutes) set(gsi uint32, msg kvm.MSI) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	old, had := g.msi[gsi]
 	g.msi[gsi] = msg
 	rs := legacyRoutes()
 	for gsi, m := range g.msi {
 		rs = append(rs, kvm.Route{GSI: gsi, Type: kvm.RouteMSI, MSI: m})
 	}
 	if err := g.vm.SetGSIRouting(rs); err != nil {
-		return fmt.Errorf("GSI routing: %w", err)
+		if had {
+			g.msi[gsi] = old
+		} else {
+			delete(g.msi, gsi)
+		}
+		return fmt.Errorf("GSI routing of %#x/%#x: %w", msg.Addr, msg.Data, err)
 	}
 	return nil
 }
@@ -86,8 +102,12 @@ func (g *gsiRoutes) set(gsi uint32, msg kvm.MSI) error {
 // a vector is one eventfd write and KVM injects the interrupt. The same
 // eventfds can later be handed to a vhost-user backend.
 type msiRouter struct {
-	routes  *gsiRoutes
-	vm      *kvm.VM
+	routes *gsiRoutes
+	vm     irqChip
+	// max is how many vectors the device's MSI-X capability has: a vector
+	// outside them gets no GSI and no eventfd whoever asks. 0 means the
+	// most MSI-X allows (2048).
+	max     int
 	mu      sync.Mutex
 	vectors []*msiVector
 }
@@ -103,8 +123,12 @@ type msiVector struct {
 // vector returns vector v, creating its GSI and eventfd on first use.
 // The caller holds r.mu.
 func (r *msiRouter) vector(v int) (*msiVector, error) {
-	if v < 0 || v >= 2048 {
-		return nil, fmt.Errorf("MSI-X vector %d out of range", v)
+	limit := r.max
+	if limit <= 0 || limit > 2048 {
+		limit = 2048
+	}
+	if v < 0 || v >= limit {
+		return nil, fmt.Errorf("MSI-X vector %d out of range (%d vectors)", v, limit)
 	}
 	for len(r.vectors) <= v {
 		r.vectors = append(r.vectors, nil)
@@ -252,8 +276,13 @@ func (m *Machine) virtioDevices(cfg Config) error {
 // attach puts dev behind its own virtio-pci transport on the PCI bus,
 // with its own MSI-X router and ioeventfd kicks.
 func (m *Machine) attach(name string, dev virtio.Device, width uint32) error {
-	logf := func(err error) { fmt.Fprintln(os.Stderr, "vmm:", err) }
-	router := &msiRouter{routes: m.gsi, vm: m.vm}
+	if m.errlog == nil {
+		m.errlog = newErrorLog(os.Stderr, nil)
+	}
+	logf := m.errlog.report
+	// One vector per queue and one for configuration changes, as the
+	// transport's MSI-X capability has.
+	router := &msiRouter{routes: m.gsi, vm: m.vm, max: len(dev.QueueSizes()) + 1}
 	m.routers = append(m.routers, router)
 	t, err := virtiopci.New(dev, virtiopci.Options{
 		Memory: m.mem, Router: router, Notifier: ioEvents{m.vm, width}, Errors: logf,

@@ -36,7 +36,22 @@ type Chain struct {
 	ri, roff int    // read cursor: buffer index into bufs, offset inside it
 	wi, woff int    // write cursor: buffer index into bufs[nr:], offset
 	written  uint32 // bytes written through Write
+
+	maxDescs uint32 // SetMaxDescriptors; 0: only the queue's own bounds
 }
+
+// SetMaxDescriptors bounds the descriptors a Walk into c follows (every
+// descriptor of the chain, empty ones included, but not one that only
+// points at an indirect table); a longer chain fails with ErrChain before
+// anything past the bound is looked at. 0 (the default) leaves only the
+// queue's bounds: up to 2*Size-1 descriptors, a direct chain continued by
+// an indirect table of Size. A hostile driver can make every Chain's
+// buffer list (and any per-request list a device builds from it) grow to
+// that length, 48 KiB at Size 1024, and make each walk that long, before
+// the device rejects the request; a device that knows how many buffers a
+// valid request can have says so here, once per Chain. The bound is kept
+// across walks.
+func (c *Chain) SetMaxDescriptors(n uint32) { c.maxDescs = n }
 
 // Walk follows the chain starting at head (from Pop) into c, checking
 // everything the driver controls (virtio 1.2 §2.7.5):
@@ -49,7 +64,8 @@ type Chain struct {
 //     must not appear inside an indirect table, and its table must be a
 //     non-empty multiple of 16 bytes, at most Size descriptors, inside RAM;
 //   - no device-readable buffer follows a device-writable one;
-//   - the chain holds less than 4 GiB in total, which used->len can count.
+//   - the chain holds less than 4 GiB in total, which used->len can count;
+//   - at most c's SetMaxDescriptors descriptors, when it was set.
 //
 // Zero-length buffers are accepted and skipped. c.Head is set to head even
 // when Walk fails, so the caller can Push it back, and a failed walk
@@ -96,6 +112,7 @@ func (q *Queue) walk(head uint16, c *Chain) error {
 	indirect := false
 	writable := false
 	var total uint64
+	left := c.maxDescs // descriptors the device still accepts, if it set a bound
 	for i := uint32(head); ; {
 		if ttl == 0 {
 			return fmt.Errorf("%w: chain from head %d is longer than %d descriptors (a loop?)", ErrChain, head, count)
@@ -133,6 +150,12 @@ func (q *Queue) walk(head uint16, c *Chain) error {
 			continue
 		}
 
+		if c.maxDescs != 0 {
+			if left == 0 {
+				return fmt.Errorf("%w: chain from head %d is longer than the device's %d descriptors", ErrChain, head, c.maxDescs)
+			}
+			left--
+		}
 		if flags&descFWrite != 0 {
 			writable = true
 		} else if writable {

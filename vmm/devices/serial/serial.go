@@ -109,9 +109,11 @@ const (
 // Options configures a Device. The zero value is a UART with no interrupt
 // whose output is discarded.
 type Options struct {
-	// Out receives every transmitted byte, one Write per byte. A slow Out
-	// slows the guest's writes, as a slow serial line would. Errors are
-	// ignored: the guest has no way to learn of them.
+	// Out receives every transmitted byte, one Write per byte, on the
+	// vCPU's thread. A slow Out slows the guest's writes, as a slow serial
+	// line would; a Buffer in between makes that one write per line and
+	// bounds the wait. Errors are ignored: the guest has no way to learn
+	// of them.
 	Out io.Writer
 	// IRQ is the UART's interrupt line; nil leaves it unconnected.
 	IRQ irq.Line

@@ -64,6 +64,12 @@ const (
 // fills s for the Backend (submit true) or decides its status at once
 // (GET_ID, errors, empty transfers). Nothing in the chain is trusted: each
 // length is checked before use and the header is copied out once.
+//
+// Only submitted requests are charged to the limiter (one operation, and
+// s.cost bytes: the bytes of disk they read, write or zero). The others
+// never reach the disk: GET_ID copies 20 bytes from memory, and a rejected
+// or empty request costs the VMM no more than walking its chain, which
+// Walk bounds.
 func (d *Device) prepare(s *slot) (status uint8, submit bool) {
 	c := &s.chain
 	s.iov, s.status, s.written, s.charged, s.cost = s.iov[:0], nil, 0, false, 0
@@ -120,6 +126,8 @@ func (d *Device) prepare(s *slot) (status uint8, submit bool) {
 		if rl != headerSize || wl != 1 {
 			return statusIOErr, false
 		}
+		// One operation and no bytes: the bytes it makes durable were
+		// charged when they were written.
 		s.op = block.Flush
 		return statusOK, true
 	case typeGetID:
@@ -162,6 +170,16 @@ func (d *Device) prepare(s *slot) (status uint8, submit bool) {
 		}
 		s.offset = int64(start * sectorSize)
 		s.length = int64(count) * sectorSize
+		// Charged the whole range, uncapped: on a block device
+		// ZERO_RANGE falls back to writing the zeros and PUNCH_HOLE is
+		// the device's write-zeroes offload, so up to 1 GiB of real
+		// storage changes per request. Any cap below the range would
+		// let a guest zero that many times its bandwidth limit. An
+		// oversized charge is allowed on a full bucket and leaves it in
+		// debt (vmm/ratelimit), so a 1 GiB request waits out its cost
+		// afterwards instead of never fitting. The price: a guest's
+		// fstrim runs at the disk's bandwidth limit.
+		s.cost = uint64(s.length)
 		return statusOK, true
 	}
 	return statusUnsupp, false

@@ -56,8 +56,16 @@ func newWorker(d *Device, index int, size uint16) *worker {
 	}
 	w.idle.L = &w.mu
 	w.timer.Stop()
+	// A valid request is a header, at most seg_max data segments and a
+	// status byte: Walk refuses a longer chain (the ring alone would allow
+	// 2*size-1 descriptors) before the slot's lists grow for it, so a
+	// hostile driver cannot make every slot hold thousands of views, nor
+	// hand the Backend more iovecs than IOV_MAX.
+	for i := range w.slots {
+		w.slots[i].chain.SetMaxDescriptors(d.segMax + 2)
+	}
 	// A slot's iov grows on its first requests (append, in prepare) and
-	// is reused from then on: a chain may hold up to 2*size-1 buffers,
+	// is reused from then on: a chain may hold up to seg_max+2 buffers,
 	// but preallocating that for every slot cost 12 KiB of heap per slot
 	// (1.2 MiB resident per queue of 256) for an idle disk, where a
 	// Linux guest sends one to a few data buffers per request. Slots are

@@ -1,15 +1,18 @@
 package virtiopci
 
 import (
-	"github.com/hyperroot/hyperroot/vmm/virtio/virtiotest"
 	"testing"
 
 	"github.com/hyperroot/hyperroot/vmm/virtio"
+	"github.com/hyperroot/hyperroot/vmm/virtio/virtiotest"
 )
 
 // FuzzRegisters drives the transport with arbitrary BAR and configuration
 // accesses (offsets, widths, values) and device interrupts: nothing the
-// guest writes may panic, hang, or make an access leave its buffer.
+// guest writes may panic, hang, or make an access leave its buffer. The
+// last is checked twice: each access's data sits between guard bytes that
+// must be unchanged afterwards, and the fake guest RAM (which the rings the
+// guest programs point into) must have its guards intact at the end.
 // Each operation is 11 bytes: kind and width, 2 bytes of offset, 8 of data.
 func FuzzRegisters(f *testing.F) {
 	op := func(kind, width byte, off uint16, v uint64) []byte {
@@ -44,7 +47,17 @@ func FuzzRegisters(f *testing.F) {
 		for ; len(in) >= 11; in = in[11:] {
 			width := 1 << (in[0] >> 4 & 3)
 			off := uint64(le.Uint16(in[1:]))
-			data := le.AppendUint64(nil, le.Uint64(in[3:]))[:width]
+			// The access's bytes between guards, capacity exactly
+			// width so that an append cannot reach them either.
+			var frame [8 + 8 + 8]byte
+			for i := range frame {
+				frame[i] = virtiotest.GuardByte
+			}
+			data := frame[8 : 8+width : 8+width]
+			le.PutUint64(frame[8:], le.Uint64(in[3:]))
+			for i := 8 + width; i < len(frame); i++ {
+				frame[i] = virtiotest.GuardByte
+			}
 			switch in[0] & 0xF % 6 {
 			case 0:
 				tr.ReadBAR(0, off, data)
@@ -68,12 +81,20 @@ func FuzzRegisters(f *testing.F) {
 					d.ConfigChanged()
 				}
 			}
+			for i, b := range frame {
+				if (i < 8 || i >= 8+width) && b != virtiotest.GuardByte {
+					t.Fatalf("access of %d bytes at %#x wrote byte %d outside its buffer", width, off, i-8)
+				}
+			}
 			for len(router.signals) > 0 {
 				<-router.signals
 			}
 			for len(dev.kicks) > 0 {
 				<-dev.kicks
 			}
+		}
+		if err := ram.CheckGuards(); err != nil {
+			t.Fatal(err)
 		}
 	})
 }

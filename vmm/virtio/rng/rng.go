@@ -15,6 +15,7 @@ import (
 const (
 	DefaultQueueSize  = 256
 	DefaultMaxRequest = 64 << 10
+	DefaultMaxBuffers = 16
 )
 
 // Options configure a Device. The zero value reads crypto/rand (getrandom)
@@ -26,6 +27,12 @@ type Options struct {
 	// buffer cannot keep the device busy; the driver sees a shorter used
 	// length and asks again.
 	MaxRequest int
+	// MaxBuffers bounds the descriptors of one request (DefaultMaxBuffers
+	// when 0). Each buffer costs a read of Source (a getrandom call), so
+	// MaxRequest alone would let a chain of 511 one-byte buffers cost 511
+	// system calls; Linux offers one buffer per request. A longer chain
+	// is given back empty.
+	MaxBuffers int
 }
 
 // Device is a virtio-rng device. Its one queue is served by Kick, which
@@ -48,6 +55,10 @@ func New(opts Options) *Device {
 	if d.max <= 0 {
 		d.max = DefaultMaxRequest
 	}
+	if opts.MaxBuffers <= 0 {
+		opts.MaxBuffers = DefaultMaxBuffers
+	}
+	d.chain.SetMaxDescriptors(uint32(min(opts.MaxBuffers, 2*virtio.MaxQueueSize)))
 	return d
 }
 

@@ -103,9 +103,11 @@ func TestFill(t *testing.T) {
 		{"bounded", 50, []desc{{bufAt, 16, flagWrite}, {bufAt + 0x100, 100, flagWrite}}, 50},
 		{"readable only", 0, []desc{{bufAt, 32, 0}}, 0},
 		{"buffer outside RAM", 0, []desc{{ramSize - 8, 64, flagWrite}}, 0},
+		{"at MaxBuffers", 0, []desc{{bufAt, 1, flagWrite}, {bufAt + 1, 1, flagWrite}, {bufAt + 2, 1, flagWrite}, {bufAt + 3, 1, flagWrite}}, 4},
+		{"past MaxBuffers", 0, []desc{{bufAt, 1, flagWrite}, {bufAt + 1, 1, flagWrite}, {bufAt + 2, 1, flagWrite}, {bufAt + 3, 1, flagWrite}, {bufAt + 4, 1, flagWrite}}, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			d, ram, irq := setup(t, Options{Source: &counter{}, MaxRequest: tc.max}, tc.chain)
+			d, ram, irq := setup(t, Options{Source: &counter{}, MaxRequest: tc.max, MaxBuffers: 4}, tc.chain)
 			d.Kick(0)
 			if idx := ram.drv.UsedIdx(); idx != 1 {
 				t.Fatalf("used idx %d, want 1", idx)
