@@ -122,6 +122,11 @@ func vmmMain(args []string) int {
 	fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: %s after %s (%s)\n", a.Name, r.Exit, time.Since(start).Round(time.Millisecond), r.Detail)
 	all, io, mmio := m.Exits()
 	fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: exits %d (io %d, mmio %d)\n", a.Name, all, io, mmio)
+	if n := m.ConsoleDropped(); n > 0 {
+		// The serial console never blocks a vCPU for long: what a stalled
+		// reader could not take was dropped, and is owned up to here.
+		fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: console dropped %d bytes (its reader fell behind)\n", a.Name, n)
+	}
 	switch r.Exit {
 	case machine.ExitPoweroff:
 		return vmmcli.ExitPoweroff
