@@ -74,6 +74,7 @@ func (c *console) Printf(format string, args ...any) {
 
 // Relay writes a line of VM name's serial console as "<name>| <line>".
 func (c *console) Relay(name, line string) {
+	line = cutLine(line)
 	c.pending.Add(1)
 	select {
 	case c.lines <- name + "| " + line + "\n":
@@ -86,8 +87,24 @@ func (c *console) Relay(name, line string) {
 // RelayAll is Relay for output that must not be lost, such as a test
 // job's results: it waits for room in the queue instead of dropping.
 func (c *console) RelayAll(name, line string) {
+	line = cutLine(line)
 	c.pending.Add(1)
 	c.lines <- name + "| " + line + "\n"
+}
+
+// maxRelayLine bounds what one relayed line may hold in the console's
+// queue: children's lines arrive in pieces of up to 64 KiB
+// (internal/child), and a queue of consoleQueue such pieces from a chatty
+// guest would pin 256 MiB of PID 1's memory; cut, it holds 16 MiB at most.
+// A serial console shows 4 KiB in about a third of a second anyway.
+const maxRelayLine = 4 << 10
+
+// cutLine shortens a line longer than maxRelayLine, saying how much went.
+func cutLine(line string) string {
+	if len(line) <= maxRelayLine {
+		return line
+	}
+	return fmt.Sprintf("%s... [cut %d bytes]", line[:maxRelayLine], len(line)-maxRelayLine)
 }
 
 // Errorf reports a failed boot step: the appliance carries on, and the

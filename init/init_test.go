@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os/exec"
 	"os/signal"
 	"regexp"
@@ -42,6 +43,27 @@ func TestConsoleLines(t *testing.T) {
 	}
 	if c.Errors() != 1 {
 		t.Errorf("Errors() = %d", c.Errors())
+	}
+}
+
+// TestConsoleCutsLongLines: a relayed line is bounded, so a guest writing
+// 64 KiB lines cannot pin PID 1's memory in the console queue.
+func TestConsoleCutsLongLines(t *testing.T) {
+	var buf bytes.Buffer
+	c := newConsole(&buf)
+	c.Relay("vm", strings.Repeat("x", 64<<10))
+	c.RelayAll("run", "short")
+	c.Flush(5 * time.Second)
+	lines := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("%d lines, want 2", len(lines))
+	}
+	want := "vm| " + strings.Repeat("x", maxRelayLine) + fmt.Sprintf("... [cut %d bytes]", 64<<10-maxRelayLine)
+	if lines[0] != want {
+		t.Errorf("long line relayed as %d bytes ending %q", len(lines[0]), lines[0][len(lines[0])-30:])
+	}
+	if lines[1] != "run| short" {
+		t.Errorf("second line %q", lines[1])
 	}
 }
 
