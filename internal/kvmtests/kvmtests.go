@@ -14,9 +14,9 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
-	"io/fs"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -205,10 +205,13 @@ const (
 
 // Stage prepares an overlay (a directory copied over the appliance's root)
 // that runs pkgs' KVM tests or benchmarks: the tools/kvmtest driver, each
-// package's test binary with its testdata, and the manifest. goBin builds
-// them for the appliance's CPU model (GOAMD64=v1, no cgo). It returns the
-// packages staged (those with something to run in that mode).
-func Stage(goBin, root, overlay string, pkgs []Package, mode Mode) ([]Package, error) {
+// package's test binary and the manifest. goBin builds them for the
+// appliance's CPU model (GOAMD64=v1, no cgo). It returns the packages
+// staged (those with something to run in that mode) and, as
+// "host-path:image-path" pairs for the overlay archive (image.WriteOverlay,
+// qemu.Options.Files), their testdata directories, which the archive reads
+// where they are rather than from a copy.
+func Stage(goBin, root, overlay string, pkgs []Package, mode Mode) (staged []Package, files []string, err error) {
 	base := filepath.Join(overlay, filepath.FromSlash(strings.TrimPrefix(ApplianceDir, "/")))
 	build := func(args ...string) error {
 		cmd := exec.Command(goBin, args...)
@@ -220,10 +223,9 @@ func Stage(goBin, root, overlay string, pkgs []Package, mode Mode) ([]Package, e
 		return nil
 	}
 	if err := build("build", "-o", filepath.Join(base, "kvmtest"), "./tools/kvmtest"); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var manifest strings.Builder
-	var staged []Package
 	for _, p := range pkgs {
 		// HYPERROOT_IMAGE: tests that need a Linux kernel take the test
 		// guest's, which the image carries in /guest.
@@ -238,44 +240,17 @@ func Stage(goBin, root, overlay string, pkgs []Package, mode Mode) ([]Package, e
 		}
 		dir := filepath.Join(base, filepath.FromSlash(p.Dir))
 		if err := build("test", "-c", "-o", filepath.Join(dir, "pkg.test"), "./"+p.Dir); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		if err := copyTree(filepath.Join(root, filepath.FromSlash(p.Dir), "testdata"), filepath.Join(dir, "testdata")); err != nil {
-			return nil, err
+		testdata := filepath.Join(root, filepath.FromSlash(p.Dir), "testdata")
+		if fi, err := os.Stat(testdata); err == nil && fi.IsDir() {
+			files = append(files, testdata+":"+path.Join(ApplianceDir, p.Dir, "testdata"))
 		}
 		fmt.Fprintf(&manifest, "%s %s\n", p.Dir, args)
 		staged = append(staged, p)
 	}
 	if len(staged) == 0 {
-		return nil, fmt.Errorf("no package has KVM %s", map[Mode]string{Tests: "tests", Benchmarks: "benchmarks"}[mode])
+		return nil, nil, fmt.Errorf("no package has KVM %s", map[Mode]string{Tests: "tests", Benchmarks: "benchmarks"}[mode])
 	}
-	return staged, os.WriteFile(filepath.Join(base, "manifest"), []byte(manifest.String()), 0o644)
-}
-
-// copyTree copies the regular files under src, if it exists, to dst.
-func copyTree(src, dst string) error {
-	if _, err := os.Stat(src); os.IsNotExist(err) {
-		return nil
-	}
-	return filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(src, path)
-		if err != nil {
-			return err
-		}
-		to := filepath.Join(dst, rel)
-		if d.IsDir() {
-			return os.MkdirAll(to, 0o755)
-		}
-		if !d.Type().IsRegular() {
-			return nil
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(to, b, 0o644)
-	})
+	return staged, files, os.WriteFile(filepath.Join(base, "manifest"), []byte(manifest.String()), 0o644)
 }

@@ -34,7 +34,7 @@ func TestKVMInAppliance(t *testing.T) {
 		t.Fatal("no package with KVM tests found: internal/kvmtests lost them")
 	}
 	overlay := t.TempDir()
-	staged, err := kvmtests.Stage(goBin, root, overlay, pkgs, kvmtests.Tests)
+	staged, files, err := kvmtests.Stage(goBin, root, overlay, pkgs, kvmtests.Tests)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +42,7 @@ func TestKVMInAppliance(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte("vms: []\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	m := start(t, qemu.Options{Config: cfg, Overlay: overlay, Oneshot: true,
+	m := start(t, qemu.Options{Config: cfg, Overlay: overlay, Files: files, Oneshot: true,
 		Append: "hyperroot.run=" + kvmtests.Command})
 	r := m.Wait()
 	out := runOutput(r.Lines)

@@ -43,14 +43,15 @@ func appliance(args []string) int {
 	}
 	defer os.RemoveAll(tmp)
 	overlay := filepath.Join(tmp, "overlay")
-	if _, err := kvmtests.Stage("go", ".", overlay, pkgs, mode); err != nil {
+	_, files, err := kvmtests.Stage("go", ".", overlay, pkgs, mode)
+	if err != nil {
 		return fail(err)
 	}
 	cfg := filepath.Join(tmp, "config.yaml")
 	if err := os.WriteFile(cfg, []byte("vms: []\n"), 0o644); err != nil {
 		return fail(err)
 	}
-	m, err := qemu.Start(context.Background(), qemu.Options{Image: *image, Config: cfg, Overlay: overlay,
+	m, err := qemu.Start(context.Background(), qemu.Options{Image: *image, Config: cfg, Overlay: overlay, Files: files,
 		Oneshot: true, Append: "hyperroot.run=" + kvmtests.Command, Silence: *silence,
 		Console: &runLines{}})
 	if err != nil {

@@ -33,6 +33,7 @@ type Options struct {
 	Append  string        // extra kernel command-line arguments
 	Config  string        // a configuration file, installed as /etc/hyperroot/config.yaml
 	Overlay string        // a directory copied over the image's root
+	Files   []string      // more "host-path:image-path" pairs added with the overlay, read in place
 	Oneshot bool          // hyperroot.oneshot=1: the appliance powers off when done
 	Timeout time.Duration // kill QEMU after this long (0: none); with Oneshot the appliance gets hyperroot.timeout=ApplianceTimeout(Timeout)
 	// Silence kills QEMU once its console has printed nothing for this
@@ -221,7 +222,7 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 }
 
 // initrd returns the initramfs to boot: the image's own, or a copy with an
-// extra archive holding the config and overlay appended.
+// extra archive holding the config, overlay and files appended.
 func (m *Machine) initrd(o Options) (string, error) {
 	base := filepath.Join(o.Image, "initramfs.cpio")
 	var pairs []string
@@ -237,6 +238,7 @@ func (m *Machine) initrd(o Options) (string, error) {
 		}
 		pairs = append(pairs, o.Config+":/etc/hyperroot/config.yaml")
 	}
+	pairs = append(pairs, o.Files...)
 	if len(pairs) == 0 {
 		return base, nil
 	}
