@@ -169,7 +169,7 @@ bench)
 	step "Go micro-benchmarks" go test -run '^$' -bench . -benchmem ./...
 	step "build bench image (adds the benchmark program and the peer VMMs gokvm and QEMU)" go run ./tools/mkimage -board "$BOARD" -out "$OUT/bench" -version "$VERSION" -bench
 	if ! kvm_usable; then
-		# The micro-benchmarks that need KVM (vmm/kvm IOExit ...) left out above run here.
+		# The micro-benchmarks that need KVM (vmm/kvm IOExit ...), which skipped above, run here.
 		step "KVM micro-benchmarks in the appliance (no usable /dev/kvm on the host)" go run ./tools/kvmtest appliance -bench -image "$OUT/bench/image"
 	fi
 	step "boot benchmark: hyperroot vs gokvm in one appliance run" bench_boot

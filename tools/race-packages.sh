@@ -6,9 +6,10 @@
 # process, so it is worth running where the concurrency is Go's own (the
 # virtqueues, the switch, vhost-user, the disk backends, the supervisor's
 # bookkeeping), not where a test waits on a guest under KVM or QEMU. A
-# package is left out when one of its test files
-#   - calls testenv.NeedKVM (it runs guests on /dev/kvm), or
-#   - starts QEMU (names qemu-system-x86_64 and runs a command: a test
+# package is left out when
+#   - it has tests that need /dev/kvm (they run guests; the same list as
+#     `go run ./tools/kvmtest list`, internal/kvmtests), or
+#   - one of its test files starts QEMU (names qemu-system-x86_64 and runs a command: a test
 #     that only looks QEMU's files up, as tools/mkimage's does, is kept), or
 # when it is tools/e2e (every test boots the appliance). Packages without
 # test files are left out too: there is nothing to run.
@@ -23,6 +24,9 @@ verbose=0
 
 why() { [ "$verbose" = 1 ] && echo "race-packages: leaving out $1: $2" >&2 || true; }
 
+# The directories of the packages with KVM tests, one per line.
+kvmdirs=$(go run ./tools/kvmtest list | cut -d' ' -f1)
+
 go list -f '{{.ImportPath}}|{{.Dir}}|{{join .TestGoFiles " "}} {{join .XTestGoFiles " "}}' ./... |
 while IFS='|' read -r pkg dir files; do
 	files=${files# }
@@ -36,7 +40,7 @@ while IFS='|' read -r pkg dir files; do
 	esac
 	paths=()
 	for f in $files; do paths+=("$dir/$f"); done
-	if grep -lq 'testenv\.NeedKVM(' "${paths[@]}"; then
+	if grep -qxF "${dir#"$PWD"/}" <<<"$kvmdirs"; then
 		why "$pkg" "tests need /dev/kvm"
 		continue
 	fi
