@@ -101,16 +101,16 @@ func Find(root string) ([]Package, error) {
 func scan(files []string) (Package, error) {
 	var p Package
 	srcs := map[string][]byte{}
-	any := false
+	marked := false
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			return p, err
 		}
 		srcs[f] = b
-		any = any || bytes.Contains(b, []byte(marker))
+		marked = marked || bytes.Contains(b, []byte(marker))
 	}
-	if !any {
+	if !marked {
 		return p, nil
 	}
 	fset := token.NewFileSet()
