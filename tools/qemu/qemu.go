@@ -39,7 +39,11 @@ type Options struct {
 	// Silence kills QEMU once its console has printed nothing for this
 	// long (0: never). It is how a test tells a hung appliance from a slow
 	// one without a deadline tuned to one machine's speed: slow machines
-	// print the same lines, later; a hung one stops printing.
+	// print the same lines, later; a hung one stops printing. Unless the
+	// console is a terminal, "dump" is typed on it first (the appliance's
+	// console command that makes every VMM print its vCPUs' state), and
+	// QEMU is killed once that output has ended: a hang that took minutes
+	// to happen leaves the evidence of where the guests were.
 	Silence time.Duration
 	Accel   string    // auto (default), kvm or tcg
 	Console io.Writer // receives the console output (default: discarded)
@@ -66,6 +70,7 @@ type Machine struct {
 	timeout bool
 	silent  time.Duration // killed by Options.Silence after this much silence
 	lastOut time.Time     // when the console last printed
+	typist  *typist       // the console's input, when not a file; nil otherwise
 
 	mu     sync.Mutex
 	lines  []string
@@ -169,14 +174,15 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 	}
 	m.cmd = exec.CommandContext(ctx, qemuPath, args...)
 	m.cmd.Stderr = o.Console
-	var stdin io.WriteCloser
-	if f, ok := o.Stdin.(*os.File); ok || o.Stdin == nil {
-		if ok {
-			m.cmd.Stdin = f
+	if f, ok := o.Stdin.(*os.File); ok {
+		m.cmd.Stdin = f
+	} else {
+		stdin, err := m.cmd.StdinPipe()
+		if err != nil {
+			os.RemoveAll(tmp)
+			return nil, err
 		}
-	} else if stdin, err = m.cmd.StdinPipe(); err != nil {
-		os.RemoveAll(tmp)
-		return nil, err
+		m.typist = &typist{w: stdin}
 	}
 	out, err := m.cmd.StdoutPipe()
 	if err != nil {
@@ -187,14 +193,12 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 		os.RemoveAll(tmp)
 		return nil, fmt.Errorf("start %s: %w", o.Binary, err)
 	}
-	if stdin != nil {
+	if m.typist != nil && o.Stdin != nil {
 		// Not exec's own copying, which Wait would wait for: a reader
 		// that never ends (a pipe the caller keeps open) must not keep
-		// Wait from returning once QEMU has exited.
-		go func() {
-			io.Copy(stdin, o.Stdin)
-			stdin.Close()
-		}()
+		// Wait from returning once QEMU has exited. The pipe stays open
+		// when o.Stdin ends, for the silence watchdog's "dump".
+		go io.Copy(m.typist, o.Stdin)
 	}
 	m.lastOut = time.Now()
 	if o.Silence > 0 {
@@ -317,7 +321,27 @@ func isTerminal(f *os.File) bool {
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
-// watchSilence kills QEMU when its console stays silent for limit.
+// typist serialises writes to QEMU's console input, so that the silence
+// watchdog's "dump" never lands inside a line a caller is typing.
+type typist struct {
+	mu sync.Mutex
+	w  io.WriteCloser
+}
+
+func (t *typist) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.w.Write(p)
+}
+
+// dumpMax bounds how long the silence watchdog waits for the appliance's
+// dump. It stops waiting earlier, once the console has been quiet again
+// for the silence limit or 20 s, whichever is less: a dump under nested
+// emulation takes seconds per VM.
+const dumpMax = 2 * time.Minute
+
+// watchSilence kills QEMU when its console stays silent for limit, after
+// asking the appliance for a dump of its VMs when it can type.
 func (m *Machine) watchSilence(limit time.Duration) {
 	tick := time.NewTicker(min(limit/10, time.Second))
 	defer tick.Stop()
@@ -334,10 +358,29 @@ func (m *Machine) watchSilence(limit time.Duration) {
 		}
 		m.mu.Unlock()
 		if quiet >= limit {
-			m.cmd.Process.Kill()
-			return
+			break
 		}
 	}
+	if m.typist != nil {
+		dumpQuiet := min(limit, 20*time.Second)
+		asked := time.Now()
+		// A newline first ends whatever a caller left half typed.
+		io.WriteString(m.typist, "\ndump\n")
+		for time.Since(asked) < dumpMax {
+			select {
+			case <-m.done:
+				return
+			case <-tick.C:
+			}
+			m.mu.Lock()
+			quiet := time.Since(m.lastOut)
+			m.mu.Unlock()
+			if quiet >= dumpQuiet && time.Since(asked) >= dumpQuiet {
+				break
+			}
+		}
+	}
+	m.cmd.Process.Kill()
 }
 
 // activity notes every byte the console prints, partial lines included

@@ -93,3 +93,47 @@ func TestApplianceTimeout(t *testing.T) {
 		}
 	}
 }
+
+// TestSilenceDumps: a console that goes silent gets "dump" typed on it, the
+// dump's output is kept, and only then is QEMU killed. What the caller
+// types still arrives. The "QEMU" here is a script that plays the
+// appliance's part.
+func TestSilenceDumps(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "image")
+	os.Mkdir(img, 0o755)
+	for _, f := range []string{"vmlinuz", "initramfs.cpio"} {
+		os.WriteFile(filepath.Join(img, f), []byte("x"), 0o644)
+	}
+	os.WriteFile(filepath.Join(img, "board.yaml"), []byte("name: qemu\nkernel: {package: linux-image-amd64}\nconsole: ttyS0\n"), 0o644)
+	fake := filepath.Join(dir, "fake-qemu")
+	script := `#!/bin/sh
+echo "hyperroot: ready"
+while read -r line; do
+	case "$line" in
+	dump) echo "vm| hyperroot vmm: dump: vcpu 0: rip=0x1234" ;;
+	?*) echo "typed: $line" ;;
+	esac
+done
+`
+	if err := os.WriteFile(fake, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m, err := Start(context.Background(), Options{Image: img, Binary: fake, Accel: "tcg", Silence: time.Second, Stdin: strings.NewReader("hello\n")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := m.Wait()
+	if r.Silent < time.Second {
+		t.Errorf("Silent = %s, want at least 1s", r.Silent)
+	}
+	got := strings.Join(r.Lines, "\n")
+	for _, want := range []string{"typed: hello", "vm| hyperroot vmm: dump: vcpu 0: rip=0x1234"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("console lacks %q:\n%s", want, got)
+		}
+	}
+	if !strings.Contains(r.Why(), "console silent") {
+		t.Errorf("Why() = %q", r.Why())
+	}
+}
