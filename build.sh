@@ -80,7 +80,51 @@ deps() {
 		fi
 	fi
 	go mod download
-	echo "    go $(go env GOVERSION), $(qemu-system-x86_64 --version | head -1)"
+	fetch_qemu
+	echo "    go $(go env GOVERSION), $("$HYPERROOT_QEMU" --version | head -1) ($HYPERROOT_QEMU)"
+}
+
+# The QEMU that boots the appliance (./build.sh run, the tests, the
+# benchmarks). Bookworm's own QEMU 7.2 leaves the appliance's timer
+# interrupt pending for minutes while its one CPU runs a nested guest
+# (docs/TESTING.md, "The stalled guests"); QEMU 10 from bookworm-backports
+# does not. It is unpacked under $OUT/cache/qemu with a private apt
+# configuration, leaving the system's apt sources alone; its libraries are
+# those bookworm's qemu-system-x86 (installed above) brings. HYPERROOT_QEMU
+# set by the caller wins.
+QEMU_SUITE=bookworm-backports
+QEMU_DIR=$OUT/cache/qemu
+export HYPERROOT_QEMU=${HYPERROOT_QEMU:-$PWD/$QEMU_DIR/bin/qemu-system-x86_64}
+
+fetch_qemu() {
+	[ "$HYPERROOT_QEMU" = "$PWD/$QEMU_DIR/bin/qemu-system-x86_64" ] || return 0
+	local apt=$QEMU_DIR/apt debs=$QEMU_DIR/debs root=$QEMU_DIR/root f missing
+	if [ ! -x "$root/usr/bin/qemu-system-x86_64" ]; then
+		rm -rf "$QEMU_DIR"
+		mkdir -p "$apt/lists/partial" "$apt/archives/partial" "$debs" "$root"
+		echo "deb http://deb.debian.org/debian $QEMU_SUITE main" >"$apt/sources.list"
+		local opts=(-o "Dir::Etc::sourcelist=$PWD/$apt/sources.list" -o Dir::Etc::sourceparts=/dev/null
+			-o "Dir::State::Lists=$PWD/$apt/lists" -o "Dir::Cache=$PWD/$apt" -o APT::Sandbox::User=root)
+		echo "    fetching QEMU from $QEMU_SUITE into $QEMU_DIR"
+		apt-get "${opts[@]}" -qq update || return 1
+		(cd "$debs" && apt-get "${opts[@]}" -qq download qemu-system-x86 qemu-system-data seabios) || return 1
+		for f in "$debs"/*.deb; do dpkg-deb -x "$f" "$root" || return 1; done
+	fi
+	missing=$(ldd "$root/usr/bin/qemu-system-x86_64" | grep 'not found' || true)
+	if [ -n "$missing" ]; then
+		echo "build.sh: QEMU from $QEMU_SUITE lacks libraries: $missing" >&2
+		return 1
+	fi
+	# -L: its own SeaBIOS and option ROMs, not the system's older ones
+	# (with bookworm's SeaBIOS 1.16.2, QEMU 10 takes ~30 s to load the
+	# kernel and initramfs).
+	mkdir -p "$QEMU_DIR/bin"
+	cat >"$QEMU_DIR/bin/qemu-system-x86_64" <<-'EOF'
+	#!/bin/sh
+	root=$(dirname "$(readlink -f "$0")")/../root
+	exec "$root/usr/bin/qemu-system-x86_64" -L "$root/usr/share/seabios" -L "$root/usr/share/qemu" "$@"
+	EOF
+	chmod +x "$QEMU_DIR/bin/qemu-system-x86_64"
 }
 
 build() {

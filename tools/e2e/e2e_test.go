@@ -38,7 +38,7 @@ func imageDir(t testing.TB) string {
 	}
 	_, err := os.Stat(filepath.Join(dir, "initramfs.cpio"))
 	testenv.Need(t, err == nil, "no built image in "+dir+": run ./build.sh build")
-	testenv.NeedTool(t, "qemu-system-x86_64", "qemu-system-x86")
+	testenv.NeedTool(t, qemu.DefaultBinary(), "qemu-system-x86 (./build.sh deps sets HYPERROOT_QEMU)")
 	return dir
 }
 

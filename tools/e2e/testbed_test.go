@@ -11,12 +11,16 @@ import (
 	"github.com/hyperroot/hyperroot/tools/qemu"
 )
 
-// The test bed is QEMU 7.2's TCG emulating AMD SVM, with the appliance's KVM
-// running the guests nested inside it. Only faults shown to be the
-// emulator's are retried, each retry naming its evidence:
+// The test bed is QEMU's TCG emulating AMD SVM (10.0 from bookworm-backports,
+// see build.sh), with the appliance's KVM running the guests nested inside
+// it. Only faults shown to be the emulator's are retried, each retry naming
+// its evidence:
 //
 //   - the appliance kernel crashed (a corrupted stack, a BUG): a userspace
-//     VMM cannot corrupt its kernel's stack;
+//     VMM cannot corrupt its kernel's stack. A soft lockup is one: TCG now
+//     and then leaves the appliance's timer interrupt pending while its CPU
+//     runs a guest (docs/TESTING.md, Investigations), and the kernel reports
+//     it once something else interrupts it;
 //   - the appliance never printed its banner: it hung before PID 1 ran
 //     any of our code (seen once: no console output for 3 minutes);
 //   - a guest triple-faulted in an appliance with more than one vCPU:
@@ -25,11 +29,10 @@ import (
 //     runner's default under TCG), where a triple fault is a failure.
 //
 // A guest that "stalled in boot" (never reached its init, never exited)
-// used to be retried as the emulator's too. It was not: the stall of
-// issue 9 was the guests probing 255 empty PCI buses (16320 port exits
-// each) because our firmware tables announced them. A stall is now a
-// failure, and the appliance's own timeout (hyperroot.timeout=, which the
-// runner sets) prints every VMM's vCPU state into the log to show where.
+// is not retried: one cause of issue 9's stall was ours (the guests probed
+// 255 empty PCI buses because our firmware tables announced them). A stall
+// fails, and the silence watchdog (qemu.Options.Silence) records QEMU's
+// view of the appliance's CPUs and every VMM's vCPU state to show where.
 //
 // Such attempts are run again, up to maxAttempts, and each retry is logged
 // with its reason; any other failure fails at once. On hardware KVM nothing

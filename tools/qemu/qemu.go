@@ -9,6 +9,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -48,7 +50,7 @@ type Options struct {
 	Accel   string    // auto (default), kvm or tcg
 	Console io.Writer // receives the console output (default: discarded)
 	Stdin   io.Reader // console input (default: none); a terminal makes the session interactive
-	Binary  string    // QEMU binary (default qemu-system-x86_64)
+	Binary  string    // QEMU binary (default: DefaultBinary)
 	// Drives are host image files (raw) attached to the appliance as
 	// virtio-blk disks, /dev/vda, /dev/vdb, ... in this order: host files
 	// the appliance's VMs can use as disks, which the host can inspect
@@ -71,6 +73,7 @@ type Machine struct {
 	silent  time.Duration // killed by Options.Silence after this much silence
 	lastOut time.Time     // when the console last printed
 	typist  *typist       // the console's input, when not a file; nil otherwise
+	console io.Writer     // Options.Console
 
 	mu     sync.Mutex
 	lines  []string
@@ -90,6 +93,15 @@ func ApplianceTimeout(t time.Duration) time.Duration {
 
 var memRE = regexp.MustCompile(`^[1-9][0-9]*[MGT]?$`)
 
+// DefaultBinary is the QEMU that Start runs unless told otherwise:
+// $HYPERROOT_QEMU when set, else qemu-system-x86_64 from $PATH.
+func DefaultBinary() string {
+	if b := os.Getenv("HYPERROOT_QEMU"); b != "" {
+		return b
+	}
+	return "qemu-system-x86_64"
+}
+
 // Start boots the image.
 func Start(ctx context.Context, o Options) (*Machine, error) {
 	if o.Image == "" {
@@ -99,7 +111,7 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 		o.Memory = "2G"
 	}
 	if o.Binary == "" {
-		o.Binary = "qemu-system-x86_64"
+		o.Binary = DefaultBinary()
 	}
 	if o.Console == nil {
 		o.Console = io.Discard
@@ -123,20 +135,13 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 		return nil, err
 	}
 	if o.CPUs == 0 {
-		// QEMU 7.2's multi-threaded TCG runs nested SVM guests unreliably:
-		// with 2 vCPUs a 64-vCPU guest inside the appliance triple-faults
-		// or crashes the appliance kernel in most boots; with 1 it booted
-		// every time we tried. Hardware KVM has no such trouble.
-		o.CPUs = 2
-		if accel[1] == "tcg" {
-			o.CPUs = 1
-		}
+		o.CPUs = defaultCPUs(accel[1], qemuPath)
 	}
 	tmp, err := os.MkdirTemp("", "hyperroot-qemu-")
 	if err != nil {
 		return nil, err
 	}
-	m := &Machine{tmp: tmp, qmpPath: filepath.Join(tmp, "qmp.sock"), done: make(chan struct{}), more: make(chan struct{})}
+	m := &Machine{tmp: tmp, qmpPath: filepath.Join(tmp, "qmp.sock"), console: o.Console, done: make(chan struct{}), more: make(chan struct{})}
 	initrd, err := m.initrd(o)
 	if err != nil {
 		os.RemoveAll(tmp)
@@ -201,6 +206,9 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 		go io.Copy(m.typist, o.Stdin)
 	}
 	m.lastOut = time.Now()
+	if accel[1] == "tcg" && o.CPUs == 1 {
+		go m.nudge()
+	}
 	if o.Silence > 0 {
 		go m.watchSilence(o.Silence)
 	}
@@ -303,6 +311,33 @@ func HostAccel() string {
 	return a[1]
 }
 
+// defaultCPUs is how many vCPUs the appliance gets unless told: 2, but 1
+// under the TCG of QEMU before 8. QEMU 7.2's multi-threaded TCG runs
+// nested SVM guests unreliably: with 2 vCPUs a 64-vCPU guest inside the
+// appliance triple-faulted or crashed the appliance kernel in most boots,
+// and with 1 it booted every time. QEMU 10's did not (docs/TESTING.md).
+func defaultCPUs(accel, qemuPath string) int {
+	if accel == "tcg" {
+		out, _ := exec.Command(qemuPath, "--version").Output()
+		if major, ok := qemuMajor(string(out)); !ok || major < 8 {
+			return 1
+		}
+	}
+	return 2
+}
+
+var versionRE = regexp.MustCompile(`QEMU emulator version (\d+)\.`)
+
+// qemuMajor reads the major version from `qemu-system-x86_64 --version`.
+func qemuMajor(version string) (int, bool) {
+	m := versionRE.FindStringSubmatch(version)
+	if m == nil {
+		return 0, false
+	}
+	n, err := strconv.Atoi(m[1])
+	return n, err == nil
+}
+
 func hasVirtFlag(cpuinfo string) bool {
 	for _, line := range strings.Split(cpuinfo, "\n") {
 		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "flags" {
@@ -319,6 +354,30 @@ func hasVirtFlag(cpuinfo string) bool {
 func isTerminal(f *os.File) bool {
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// nudgeEvery is how often nudge pauses and resumes a 1-vCPU TCG appliance.
+const nudgeEvery = 2 * time.Second
+
+// nudge works around a fault of QEMU's TCG (7.2 and 10.0 alike): with one
+// appliance vCPU it now and then leaves the appliance's timer interrupt
+// pending while the CPU runs a nested guest, and keeps running the guest
+// until some other interrupt arrives; a guest spinning for its second
+// vCPU, whose thread needs that same CPU, then spins for minutes
+// (docs/TESTING.md, Investigations). Pausing and resuming the machine
+// sends the vCPU back through QEMU's main loop, which looks at its pending
+// interrupts again. The appliance loses a few milliseconds per nudge.
+func (m *Machine) nudge() {
+	tick := time.NewTicker(nudgeEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-m.done:
+			return
+		case <-tick.C:
+		}
+		m.qmpSeq(qmpCmd{"stop", ""}, qmpCmd{"cont", ""})
+	}
 }
 
 // typist serialises writes to QEMU's console input, so that the silence
@@ -361,6 +420,7 @@ func (m *Machine) watchSilence(limit time.Duration) {
 			break
 		}
 	}
+	m.recordEmulator()
 	if m.typist != nil {
 		dumpQuiet := min(limit, 20*time.Second)
 		asked := time.Now()
@@ -381,6 +441,27 @@ func (m *Machine) watchSilence(limit time.Duration) {
 		}
 	}
 	m.cmd.Process.Kill()
+}
+
+// recordEmulator writes QEMU's own view of the appliance's CPUs to the
+// console (each line prefixed "qemu: "): the registers, which say whether
+// a CPU was running a nested guest, and the local APICs, whose pending
+// and in-service interrupts and timer say whether the appliance kernel was
+// being interrupted at all. When an appliance goes silent this tells a
+// hang in the appliance (or its guests) from one in the emulator.
+func (m *Machine) recordEmulator() {
+	for _, cmd := range []string{"info registers -a", "info lapic"} {
+		out, err := m.HMP(cmd)
+		if err != nil {
+			out = err.Error()
+		}
+		var b strings.Builder
+		fmt.Fprintf(&b, "qemu: %s\n", cmd)
+		for _, l := range strings.Split(strings.TrimRight(out, "\r\n"), "\n") {
+			fmt.Fprintf(&b, "qemu:   %s\n", strings.TrimRight(l, "\r"))
+		}
+		m.console.Write([]byte(b.String()))
+	}
 }
 
 // activity notes every byte the console prints, partial lines included
@@ -465,37 +546,76 @@ func (m *Machine) Lines() []string {
 // QMP sends one command (e.g. "system_powerdown") to QEMU's QMP socket.
 // args is the JSON object of arguments, or "".
 func (m *Machine) QMP(command, args string) error {
+	_, err := m.qmp(command, args)
+	return err
+}
+
+// HMP runs a human monitor command (e.g. "info registers") through QMP
+// and returns its output.
+func (m *Machine) HMP(command string) (string, error) {
+	arg, err := json.Marshal(map[string]string{"command-line": command})
+	if err != nil {
+		return "", err
+	}
+	ret, err := m.qmp("human-monitor-command", string(arg))
+	if err != nil {
+		return "", err
+	}
+	var out string
+	if err := json.Unmarshal(ret, &out); err != nil {
+		return "", fmt.Errorf("qmp human-monitor-command %q: %w", command, err)
+	}
+	return out, nil
+}
+
+// qmp sends one command and returns its "return" value.
+func (m *Machine) qmp(command, args string) (json.RawMessage, error) {
+	return m.qmpSeq(qmpCmd{command, args})
+}
+
+type qmpCmd struct{ name, args string }
+
+// qmpSeq sends commands in order on one connection and returns the last
+// one's "return" value; it stops at the first error.
+func (m *Machine) qmpSeq(cmds ...qmpCmd) (json.RawMessage, error) {
 	conn, err := net.DialTimeout("unix", m.qmpPath, 5*time.Second)
 	if err != nil {
-		return fmt.Errorf("qmp: %w", err)
+		return nil, fmt.Errorf("qmp: %w", err)
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	br := bufio.NewReader(conn)
-	if _, err := br.ReadString('\n'); err != nil { // greeting
-		return fmt.Errorf("qmp greeting: %w", err)
+	dec := json.NewDecoder(conn)
+	var greeting map[string]json.RawMessage
+	if err := dec.Decode(&greeting); err != nil {
+		return nil, fmt.Errorf("qmp greeting: %w", err)
 	}
-	msg := `{"execute":"qmp_capabilities"}` + "\n" + `{"execute":"` + command + `"`
-	if args != "" {
-		msg += `,"arguments":` + args
-	}
-	msg += "}\n"
-	if _, err := io.WriteString(conn, msg); err != nil {
-		return err
-	}
-	for answers := 0; answers < 2; {
-		line, err := br.ReadString('\n')
-		if err != nil {
-			return fmt.Errorf("qmp %s: %w", command, err)
+	var ret json.RawMessage
+	for _, c := range append([]qmpCmd{{"qmp_capabilities", ""}}, cmds...) {
+		msg := `{"execute":"` + c.name + `"`
+		if c.args != "" {
+			msg += `,"arguments":` + c.args
 		}
-		switch {
-		case strings.Contains(line, `"error"`):
-			return fmt.Errorf("qmp %s: %s", command, strings.TrimSpace(line))
-		case strings.Contains(line, `"return"`):
-			answers++
+		if _, err := io.WriteString(conn, msg+"}\n"); err != nil {
+			return nil, err
+		}
+		// The answer; events may come before it.
+		for ret = nil; ret == nil; {
+			var a struct {
+				Return json.RawMessage `json:"return"`
+				Error  *struct {
+					Desc string `json:"desc"`
+				} `json:"error"`
+			}
+			if err := dec.Decode(&a); err != nil {
+				return nil, fmt.Errorf("qmp %s: %w", c.name, err)
+			}
+			if a.Error != nil {
+				return nil, fmt.Errorf("qmp %s: %s", c.name, a.Error.Desc)
+			}
+			ret = a.Return
 		}
 	}
-	return nil
+	return ret, nil
 }
 
 // Result is how a boot ended.

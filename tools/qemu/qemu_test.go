@@ -22,6 +22,22 @@ func TestHasVirtFlag(t *testing.T) {
 	}
 }
 
+func TestQEMUMajor(t *testing.T) {
+	for in, want := range map[string]int{
+		"QEMU emulator version 7.2.19 (Debian 1:7.2+dfsg-7+deb12u18)\nCopyright": 7,
+		"QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2)\n":                  10,
+		"not qemu": -1,
+	} {
+		got, ok := qemuMajor(in)
+		if !ok {
+			got = -1
+		}
+		if got != want {
+			t.Errorf("qemuMajor(%q) = %d, want %d", in, got, want)
+		}
+	}
+}
+
 func TestChooseAccel(t *testing.T) {
 	if a, _ := chooseAccel("tcg"); strings.Join(a, " ") != "-accel tcg -cpu max" {
 		t.Errorf("tcg: %v", a)

@@ -20,7 +20,7 @@ func main() {
 	var o qemu.Options
 	flag.StringVar(&o.Image, "image", "out/image", "directory of the built image")
 	flag.StringVar(&o.Memory, "memory", "2G", "appliance RAM (QEMU syntax: 512M, 2G)")
-	flag.IntVar(&o.CPUs, "cpus", 0, "appliance vCPUs (default 2 with KVM, 1 with TCG, whose nested guests are unreliable on several CPUs)")
+	flag.IntVar(&o.CPUs, "cpus", 0, "appliance vCPUs (default 2; 1 under the TCG of QEMU 7, whose nested guests are unreliable on several CPUs)")
 	flag.StringVar(&o.Append, "append", "", "extra kernel command-line arguments")
 	flag.StringVar(&o.Config, "config", "", "configuration file to install as /etc/hyperroot/config.yaml")
 	flag.StringVar(&o.Overlay, "overlay", "", "directory whose files are added to the image's root")
