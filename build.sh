@@ -99,7 +99,7 @@ export HYPERROOT_QEMU=${HYPERROOT_QEMU:-$PWD/$QEMU_DIR/bin/qemu-system-x86_64}
 fetch_qemu() {
 	[ "$HYPERROOT_QEMU" = "$PWD/$QEMU_DIR/bin/qemu-system-x86_64" ] || return 0
 	local apt=$QEMU_DIR/apt debs=$QEMU_DIR/debs root=$QEMU_DIR/root f missing
-	if [ ! -x "$root/usr/bin/qemu-system-x86_64" ]; then
+	if [ ! -e "$root/usr/lib/x86_64-linux-gnu/qemu/ui-opengl.so" ]; then
 		rm -rf "$QEMU_DIR"
 		mkdir -p "$apt/lists/partial" "$apt/archives/partial" "$debs" "$root"
 		echo "deb http://deb.debian.org/debian $QEMU_SUITE main" >"$apt/sources.list"
@@ -107,7 +107,11 @@ fetch_qemu() {
 			-o "Dir::State::Lists=$PWD/$apt/lists" -o "Dir::Cache=$PWD/$apt" -o APT::Sandbox::User=root)
 		echo "    fetching QEMU from $QEMU_SUITE into $QEMU_DIR"
 		apt-get "${opts[@]}" -qq update || return 1
-		(cd "$debs" && apt-get "${opts[@]}" -qq download qemu-system-x86 qemu-system-data seabios) || return 1
+		# Its loadable modules too (common, opengl, spice): QEMU also looks
+		# for modules where bookworm's QEMU keeps its own, and complains at
+		# every start about each one it finds there from the other build.
+		(cd "$debs" && apt-get "${opts[@]}" -qq download qemu-system-x86 qemu-system-common qemu-system-data \
+			qemu-system-modules-opengl qemu-system-modules-spice seabios) || return 1
 		for f in "$debs"/*.deb; do dpkg-deb -x "$f" "$root" || return 1; done
 	fi
 	missing=$(ldd "$root/usr/bin/qemu-system-x86_64" | grep 'not found' || true)
@@ -122,6 +126,7 @@ fetch_qemu() {
 	cat >"$QEMU_DIR/bin/qemu-system-x86_64" <<-'EOF'
 	#!/bin/sh
 	root=$(dirname "$(readlink -f "$0")")/../root
+	export QEMU_MODULE_DIR="$root/usr/lib/x86_64-linux-gnu/qemu"
 	exec "$root/usr/bin/qemu-system-x86_64" -L "$root/usr/share/seabios" -L "$root/usr/share/qemu" "$@"
 	EOF
 	chmod +x "$QEMU_DIR/bin/qemu-system-x86_64"
