@@ -41,12 +41,29 @@ func newConsole(w io.Writer) *console {
 
 func (c *console) write(w io.Writer) {
 	for line := range c.lines {
-		if n := c.dropped.Swap(0); n > 0 {
-			io.WriteString(w, fmt.Sprintf("[%8.3f] hyperroot: console: dropped %d VM console lines: the console is slower than the VMs\n", uptime(), n))
-		}
-		io.WriteString(w, line)
-		c.pending.Add(-1)
+		c.writeLine(w, line)
 	}
+}
+
+// writeLine writes one queued line. A panic while writing (a bug here or
+// in the writer) costs that line, not the console and not PID 1: it is
+// counted as an error, reported straight to w (not through the queue,
+// which may be full), and the writer goes on with the next line.
+func (c *console) writeLine(w io.Writer, line string) {
+	defer c.pending.Add(-1)
+	defer func() {
+		if v := recover(); v != nil {
+			c.mu.Lock()
+			c.errors++
+			c.mu.Unlock()
+			defer func() { recover() }() // the writer may panic again
+			io.WriteString(w, fmt.Sprintf("[%8.3f] hyperroot: error: console: internal error: panic: %v (recovered; a line was lost)\n", uptime(), v))
+		}
+	}()
+	if n := c.dropped.Swap(0); n > 0 {
+		io.WriteString(w, fmt.Sprintf("[%8.3f] hyperroot: console: dropped %d VM console lines: the console is slower than the VMs\n", uptime(), n))
+	}
+	io.WriteString(w, line)
 }
 
 // Flush waits until every queued line is written, or timeout passes.

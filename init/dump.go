@@ -136,12 +136,12 @@ func (f *fleet) DumpAll(timeout time.Duration) {
 	var wg sync.WaitGroup
 	for _, name := range f.Running() {
 		wg.Add(1)
-		go func() {
+		goGuarded(f.c, "dump "+name, func() {
 			defer wg.Done()
 			if err := f.Dump(name, timeout); err != nil {
 				f.c.Printf("dump %s: %v", name, err)
 			}
-		}()
+		})
 	}
 	wg.Wait()
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime/debug"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -87,15 +86,7 @@ func startHostNet(c *console, cfg *config.Config, args cmdline) {
 		return
 	}
 	h := &hostNet{plan: plan, printf: c.Printf, errorf: c.Errorf}
-	go func() {
-		// A panic here would take PID 1, and the kernel, with it.
-		defer func() {
-			if v := recover(); v != nil {
-				c.Errorf("host address", fmt.Errorf("panic: %v\n%s", v, debug.Stack()))
-			}
-		}()
-		h.run(context.Background())
-	}()
+	goGuarded(c, "host address", func() { h.run(context.Background()) })
 }
 
 // hostNet keeps plan applied: it waits for the device, obtains and renews

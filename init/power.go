@@ -17,12 +17,12 @@ import (
 // which the kernel's button driver reports as KEY_POWER on an evdev device.
 
 // watchSignals sends a reason on req for each power-off signal.
-func watchSignals(req chan<- string) {
+func watchSignals(con *console, req chan<- string) {
 	// Ctrl-Alt-Del: signal PID 1 instead of rebooting on the spot.
 	unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF)
 	c := make(chan os.Signal, 4)
 	signal.Notify(c, unix.SIGTERM, unix.SIGINT, unix.SIGPWR)
-	go func() {
+	goLoop(con, "signals", func() {
 		for s := range c {
 			switch s {
 			case unix.SIGINT:
@@ -31,7 +31,7 @@ func watchSignals(req chan<- string) {
 				req <- "signal " + unix.SignalName(s.(unix.Signal))
 			}
 		}
-	}()
+	})
 }
 
 // watchPowerButton sends a request on each ACPI power button press and

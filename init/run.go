@@ -49,7 +49,7 @@ func (j *runJob) run(c *console, r child.Starter) (int, error) {
 		Started: func(pid int) {
 			c.Printf("run started pid=%d %s", pid, strings.Join(append([]string{j.Path}, j.Args...), " "))
 		},
-		Line: func(line string) { c.RelayAll("run", line) },
+		Line: guardLines(c, "run output", func(line string) { c.RelayAll("run", line) }),
 	})
 	if err != nil {
 		return 0, err

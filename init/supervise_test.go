@@ -70,6 +70,12 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
 // lines are the console's lines so far, without their time stamps and
 // with pids as PID.
 func (s *syncBuffer) lines() []string {

@@ -56,9 +56,9 @@ func supervise() {
 	args := readCmdline()
 
 	r := newReaper()
-	go r.Run()
+	goLoop(c, "reaper", r.Run)
 	power := make(chan string, 8)
-	watchSignals(power)
+	watchSignals(c, power)
 	p := &powerOff{c: c}
 
 	loadModules(c, b.ModulesFor(cpuVendor()))
@@ -90,7 +90,7 @@ func supervise() {
 		}
 	}
 	f.Start(cfg.VMs)
-	go readConsoleInput(c, f, sw, os.Stdin)
+	goLoop(c, "console input", func() { readConsoleInput(c, f, sw, os.Stdin) })
 	c.Printf("ready")
 	jobDone := make(chan bool, 1) // whether the hyperroot.run job passed
 	if job, err := parseRunJob(args.Run); err != nil {
@@ -100,18 +100,27 @@ func supervise() {
 		jobDone <- true
 	} else {
 		go func() {
-			code, err := job.run(c, r)
-			if err != nil {
-				c.Errorf("run", err)
-			}
-			jobDone <- err == nil && code == 0
+			passed := false
+			guard(c, "run", func() {
+				code, err := job.run(c, r)
+				if err != nil {
+					c.Errorf("run", err)
+				}
+				passed = err == nil && code == 0
+			})
+			jobDone <- passed
 		}()
 	}
 	if args.TimeoutErr != nil {
 		c.Errorf("cmdline", args.TimeoutErr)
 	}
 	if args.Oneshot {
-		go oneshot(c, f, jobDone, args.Timeout, power)
+		go func() {
+			if guard(c, "oneshot", func() { oneshot(c, f, jobDone, args.Timeout, power) }) {
+				c.Printf("result fail errors=%d oneshot=panic", c.Errors())
+				power <- "oneshot"
+			}
+		}()
 	}
 	p.Do(<-power)
 }

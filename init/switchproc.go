@@ -46,12 +46,12 @@ func startNetSwitch(c *console, r child.Starter, cfgPath string, timeout time.Du
 			return child.Start(r, child.Spec{
 				Path: selfPath(), Args: []string{"switch", "--config", cfgPath, "--dir", switchDir},
 				Started: func(pid int) { c.Printf("switch started pid=%d", pid) },
-				Line: func(line string) {
+				Line: guardLines(c, "switch output", func(line string) {
 					if strings.HasPrefix(line, "ready ") {
 						readyOnce.Do(func() { close(ready) })
 					}
 					c.Relay("switch", line)
-				},
+				}),
 			})
 		},
 		Exited: func(ws unix.WaitStatus, _ time.Duration) bool {
@@ -61,11 +61,11 @@ func startNetSwitch(c *console, r child.Starter, cfgPath string, timeout time.Du
 		Restarting: func(d time.Duration) { c.Printf("switch restarting in %s", d) },
 		Backoff:    child.Backoff{Min: 100 * time.Millisecond, Max: 10 * time.Second, Reset: time.Minute},
 	})
-	go func() {
+	goGuarded(c, "switch", func() {
 		if err := s.sup.Err(); err != nil {
 			c.Errorf("switch", err)
 		}
-	}()
+	})
 	select {
 	case <-ready:
 		return s, nil

@@ -65,13 +65,13 @@ func (f *fleet) Start(vms []config.VM) {
 		})
 		f.vms[vm.Name] = e
 		f.done.Add(1)
-		go func() {
+		goGuarded(f.c, "vm "+vm.Name, func() {
 			defer f.done.Done()
 			if err := e.sup.Err(); err != nil {
 				f.c.Errorf("vm "+vm.Name, err)
 				f.markFailed(vm.Name, true)
 			}
-		}()
+		})
 	}
 }
 
@@ -102,7 +102,7 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 		Started: func(pid int) {
 			f.c.Printf("vm %s started pid=%d cpus=%d memory=%s", vm.Name, pid, vm.CPUs, vm.Memory)
 		},
-		Line: func(line string) {
+		Line: guardLines(f.c, "vm "+vm.Name+" console", func(line string) {
 			f.c.Relay(vm.Name, line)
 			if strings.HasPrefix(line, dumpPrefix) {
 				notify(e.begun)
@@ -110,7 +110,7 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 			if line == dumpEndLine {
 				notify(e.dumped)
 			}
-		},
+		}),
 	})
 }
 
@@ -167,10 +167,10 @@ func (f *fleet) Stop(grace time.Duration) {
 	var wg sync.WaitGroup
 	for name, e := range f.vms {
 		wg.Add(1)
-		go func() {
+		goGuarded(f.c, "stop vm "+name, func() {
 			defer wg.Done()
 			e.sup.Stop(grace, func() { f.c.Printf("vm %s did not stop within %s: killing it", name, grace) })
-		}()
+		})
 	}
 	f.mu.Unlock()
 	wg.Wait()
@@ -203,11 +203,11 @@ func readConsoleInput(c *console, f *fleet, sw *netSwitch, in io.Reader) {
 				names = f.Running()
 			}
 			for _, name := range names {
-				go func() {
+				goGuarded(c, "dump "+name, func() {
 					if err := f.Dump(name, dumpTimeout); err != nil {
 						c.Printf("console: dump %s: %v", name, err)
 					}
-				}()
+				})
 			}
 			continue
 		}

@@ -1,6 +1,8 @@
 package child
 
 import (
+	"fmt"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -60,8 +62,16 @@ func Supervise(run Run) *Supervisor {
 	return s
 }
 
+// The supervision runs Run's callbacks on its own goroutine; in PID 1 a
+// panic in one would end PID 1 and every VM with it. A panic ends this
+// supervision instead, with an error that says so (Err).
 func (s *Supervisor) loop() {
 	defer close(s.done)
+	defer func() {
+		if v := recover(); v != nil {
+			s.err = fmt.Errorf("supervision: internal error: panic: %v\n%s", v, debug.Stack())
+		}
+	}()
 	var delay time.Duration
 	for {
 		// Under the lock, so that Stop either sees the new process or
@@ -72,7 +82,7 @@ func (s *Supervisor) loop() {
 			return
 		}
 		start := time.Now()
-		p, err := s.run.Start()
+		p, err := safeStart(s.run.Start) // a panic here must not leave s.mu locked
 		if err != nil {
 			s.err = err
 			s.mu.Unlock()
@@ -101,6 +111,16 @@ func (s *Supervisor) loop() {
 			return
 		}
 	}
+}
+
+// safeStart calls start, turning a panic into an error.
+func safeStart(start func() (*Process, error)) (p *Process, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("start: internal error: panic: %v\n%s", v, debug.Stack())
+		}
+	}()
+	return start()
 }
 
 // Process is the running child, or nil between runs.

@@ -3,6 +3,7 @@ package child
 import (
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -138,4 +139,30 @@ func TestSuperviseStartError(t *testing.T) {
 		t.Errorf("Err = %v, want %v", err, want)
 	}
 	s.Stop(time.Second, nil) // after the end: returns at once
+}
+
+// TestSupervisePanics: a panic in one of Run's callbacks ends that
+// supervision with an error that says so, not the process (in PID 1 it
+// would take every VM down); Stop still works after it.
+func TestSupervisePanics(t *testing.T) {
+	for name, run := range map[string]Run{
+		"start": {Start: func() (*Process, error) { panic("start broke") }},
+		"exited": {
+			Start:  func() (*Process, error) { return Start(Direct{}, Spec{Path: "/bin/true"}) },
+			Exited: func(unix.WaitStatus, time.Duration) bool { panic("exited broke") },
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			s := Supervise(run)
+			select {
+			case <-s.Done():
+			case <-time.After(10 * time.Second):
+				t.Fatal("supervision did not end after a panic")
+			}
+			if err := s.Err(); err == nil || !strings.Contains(err.Error(), "internal error: panic: "+name+" broke") {
+				t.Errorf("Err = %v", err)
+			}
+			s.Stop(time.Second, nil)
+		})
+	}
 }

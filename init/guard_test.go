@@ -1,0 +1,95 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestGuard: a goroutine of PID 1 that panics is reported as an error with
+// its stack (so a oneshot run fails), and PID 1 goes on; one started with
+// goLoop runs again.
+func TestGuard(t *testing.T) {
+	var out syncBuffer
+	c := newConsole(&out)
+	if guard(c, "quiet", func() {}) {
+		t.Error("guard reported a panic for a function that returned")
+	}
+	var m map[string]int
+	if !guard(c, "relay", func() { m["x"]++ }) {
+		t.Error("guard did not report the panic")
+	}
+	loopRestart = time.Millisecond
+	runs := make(chan int, 3)
+	n := 0
+	goLoop(c, "looper", func() {
+		n++
+		runs <- n
+		if n < 3 {
+			panic("again")
+		}
+	})
+	for want := 1; want <= 3; want++ {
+		select {
+		case got := <-runs:
+			if got != want {
+				t.Fatalf("run %d, want %d", got, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("goLoop did not start run %d after a panic", want)
+		}
+	}
+	c.Flush(5 * time.Second)
+	got := out.String()
+	for _, want := range []string{
+		"hyperroot: error: relay: internal error: panic: assignment to entry in nil map (recovered; going on)",
+		"hyperroot: error: looper: internal error: panic: again (recovered; going on)",
+		"    runtime/debug.Stack()", // the stack, indented under its error
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("console lacks %q:\n%s", want, got)
+		}
+	}
+	if c.Errors() != 3 {
+		t.Errorf("Errors() = %d, want 3 (one per panic)", c.Errors())
+	}
+	if strings.Contains(got, "BUG:") {
+		t.Error("a recovered panic reads like an appliance kernel crash (BUG:), which the test bed retries")
+	}
+}
+
+// panicWriter panics on every write that contains "boom".
+type panicWriter struct{ syncBuffer }
+
+func (p *panicWriter) Write(b []byte) (int, error) {
+	if bytes.Contains(b, []byte("boom")) {
+		panic("writer broke")
+	}
+	return p.syncBuffer.Write(b)
+}
+
+// TestConsoleWriterSurvivesPanic: a panic while writing a console line
+// costs that line, not the console: later lines are still written and
+// Flush does not wait for the lost one.
+func TestConsoleWriterSurvivesPanic(t *testing.T) {
+	var out panicWriter
+	c := newConsole(&out)
+	c.Printf("before")
+	c.Printf("boom")
+	c.Printf("after")
+	start := time.Now()
+	c.Flush(5 * time.Second)
+	if d := time.Since(start); d > 4*time.Second {
+		t.Errorf("Flush waited %s: the lost line was still counted as pending", d)
+	}
+	got := out.String()
+	for _, want := range []string{"hyperroot: before\n", "error: console: internal error: panic: writer broke", "hyperroot: after\n"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("console lacks %q:\n%s", want, got)
+		}
+	}
+	if c.Errors() != 1 {
+		t.Errorf("Errors() = %d, want 1", c.Errors())
+	}
+}
