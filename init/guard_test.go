@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -92,4 +93,32 @@ func TestConsoleWriterSurvivesPanic(t *testing.T) {
 	if c.Errors() != 1 {
 		t.Errorf("Errors() = %d, want 1", c.Errors())
 	}
+}
+
+// FuzzCutLine: a relayed console line, whatever a guest wrote, is kept
+// whole up to maxRelayLine bytes, or cut there with a note of how much
+// went; nothing else changes (a pattern repeated stands for long lines,
+// which the fuzzer is slow to make).
+func FuzzCutLine(f *testing.F) {
+	f.Add("short", uint16(0))
+	f.Add("x", uint16(maxRelayLine-1))
+	f.Add("0123456789", uint16(maxRelayLine/10+3))
+	f.Add("\x00\xff… [cut 12 bytes]", uint16(900))
+	f.Fuzz(func(t *testing.T, pattern string, reps uint16) {
+		line := strings.Repeat(pattern, 1+int(reps)%(2*maxRelayLine))
+		if len(line) > 3*maxRelayLine {
+			line = line[:3*maxRelayLine]
+		}
+		got := cutLine(line)
+		if len(line) <= maxRelayLine {
+			if got != line {
+				t.Fatalf("a line of %d bytes changed", len(line))
+			}
+			return
+		}
+		want := line[:maxRelayLine] + fmt.Sprintf("... [cut %d bytes]", len(line)-maxRelayLine)
+		if got != want {
+			t.Fatalf("line of %d bytes cut to %d bytes, want %d", len(line), len(got), len(want))
+		}
+	})
 }

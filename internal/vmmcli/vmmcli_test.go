@@ -184,3 +184,58 @@ func TestForVM(t *testing.T) {
 		t.Errorf("ForVM(...).Argv() =\n%s\nwant\n%s", got, want)
 	}
 }
+
+// FuzzParseDisk: the VMM's --disk flag is what a configuration (or a
+// person on a host) controls. Any value parses or is refused with an error,
+// never a panic, and what parses reads back the same from its String:
+// the supervisor builds the flag with String and the VMM reads it with
+// ParseDisk.
+func FuzzParseDisk(f *testing.F) {
+	for _, s := range []string{"fd=3", "path=/d.img,ro,id=serial,iops=100,bps=50M,direct,io=uring", "fd=4,io=pool",
+		"path=/x,ro=1", "fd=2", "path=rel", "id=" + strings.Repeat("x", 21), "bps=1T", "bps=-1", "iops=0", ",", "fd=3,fd=3", "path=/a=b,id=a=b"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		d, err := ParseDisk(s)
+		if err != nil {
+			return
+		}
+		if (d.FD >= FirstFD) == (d.Path != "") {
+			t.Fatalf("ParseDisk(%q) = %+v: want exactly one of fd and path", s, d)
+		}
+		if len(d.ID) > 20 {
+			t.Fatalf("ParseDisk(%q): id of %d bytes", s, len(d.ID))
+		}
+		again, err := ParseDisk(d.String())
+		if err != nil {
+			t.Fatalf("ParseDisk(%q) = %+v, whose String %q does not parse: %v", s, d, d.String(), err)
+		}
+		if again != d {
+			t.Fatalf("ParseDisk(%q) = %+v, read back from %q as %+v", s, d, d.String(), again)
+		}
+	})
+}
+
+// FuzzParseNIC: as FuzzParseDisk, for --nic.
+func FuzzParseNIC(f *testing.F) {
+	for _, s := range []string{"socket=/run/s.sock,mac=52:54:00:12:34:56", "socket=/s,mac=52:54:00:12:34:56,mtu=9000",
+		"socket=/s,mac=01:00:5e:00:00:01", "mac=52:54:00:12:34:56", "socket=/s,mac=52:54:00:12:34:56,mtu=67", "socket=/s,socket=/t"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		n, err := ParseNIC(s)
+		if err != nil {
+			return
+		}
+		if len(n.MAC) != 6 || n.MAC[0]&1 != 0 || !strings.HasPrefix(n.Socket, "/") {
+			t.Fatalf("ParseNIC(%q) = %+v", s, n)
+		}
+		again, err := ParseNIC(n.String())
+		if err != nil {
+			t.Fatalf("ParseNIC(%q) = %+v, whose String %q does not parse: %v", s, n, n.String(), err)
+		}
+		if again.String() != n.String() {
+			t.Fatalf("ParseNIC(%q) = %v, read back as %v", s, n, again)
+		}
+	})
+}
