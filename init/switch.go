@@ -100,12 +100,30 @@ func switchMain(args []string) int {
 	if err != nil {
 		return fail(err)
 	}
+	stop := make(chan struct{})
+	go s.sw.Watch(stop, watchEvery, watchRounds, func(ports []string) {
+		fmt.Printf("stalled: a delivery into %s made no progress for %s: exiting, to be restarted\n",
+			strings.Join(ports, ", "), (watchRounds-1)*watchEvery)
+		os.Exit(vmmcli.ExitStalled)
+	})
 	sigc := make(chan os.Signal, 1)
 	signal.Notify(sigc, unix.SIGTERM, unix.SIGINT)
 	<-sigc
+	close(stop)
 	s.Close()
 	return vmmcli.ExitPoweroff
 }
+
+// The switch's liveness check (vswitch.Switch.Watch): a port that holds one
+// delivery for watchRounds probes watchEvery apart (20 to 30 s) has stopped
+// every port that forwards to it while the process looks alive. The switch
+// then exits with vmmcli.ExitStalled and its supervisor restarts it as it
+// would a crashed one. Nothing legitimate holds a delivery for seconds: a
+// port's receive signal and its writes do not block.
+const (
+	watchEvery  = 10 * time.Second
+	watchRounds = 3
+)
 
 // runningSwitch is a switch serving a configuration.
 type runningSwitch struct {

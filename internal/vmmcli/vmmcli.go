@@ -34,6 +34,7 @@ const (
 	ExitReboot   = 3 // the guest asked for a reset
 	ExitCrash    = 4 // the guest crashed: panic reported by pvpanic, triple fault, KVM internal error
 	ExitStopped  = 5 // told twice to stop: the VMM did not wait for the guest
+	ExitStalled  = 6 // the switch's watchdog found a delivery stuck (switch only)
 )
 
 // Reason is the console's name for how a VMM process ended: "poweroff",
@@ -55,6 +56,8 @@ func Reason(ws unix.WaitStatus) string {
 		return "crash"
 	case ExitStopped:
 		return "stopped"
+	case ExitStalled:
+		return "stalled"
 	}
 	return "unknown"
 }

@@ -27,6 +27,7 @@ func TestReasonAndCode(t *testing.T) {
 		{exited(ExitReboot), "reboot", 3, false},
 		{exited(ExitCrash), "crash", 4, false},
 		{exited(ExitStopped), "stopped", 5, false},
+		{exited(ExitStalled), "stalled", 6, false},
 		{exited(42), "unknown", 42, false},
 		{signaled(unix.SIGKILL), "killed signal=SIGKILL", 137, false},
 		{signaled(unix.SIGSEGV), "killed signal=SIGSEGV", 139, false},

@@ -310,6 +310,66 @@ func TestStalled(t *testing.T) {
 	}
 }
 
+// TestWatch: the watchdog calls stuck with the port whose delivery stayed
+// in progress for rounds probes in a row, and only then; an idle switch
+// and one that is merely busy are left alone.
+func TestWatch(t *testing.T) {
+	sw := newSwitch(t, Options{})
+	lan := mustNetwork(t, sw, "lan", 0)
+	a := newVM(t, sw, "a", lan, macA, vmOpts{})
+	newVM(t, sw, "b", lan, macB, vmOpts{})
+	bf := &blockingFrames{fakeFrames: newFakeFrames(), release: make(chan struct{})}
+	if _, err := sw.AddFramePort("stuck", bf, FrameConfig{Networks: []*Network{lan}}); err != nil {
+		t.Fatal(err)
+	}
+	defer close(bf.release)
+	const interval, rounds = 20 * time.Millisecond, 3
+	stop := make(chan struct{})
+	defer close(stop)
+	stuck := make(chan []string, 1)
+	start := time.Now()
+	go sw.Watch(stop, interval, rounds, func(ports []string) { stuck <- ports })
+	// Idle for several rounds: nothing.
+	select {
+	case got := <-stuck:
+		t.Fatalf("stuck(%v) on an idle switch", got)
+	case <-time.After(rounds * 3 * interval):
+	}
+	a.send(ether(bcast(), mac(macA), 0x88b5, make([]byte, 46))) // the stuck port's write blocks
+	sent := time.Now()
+	select {
+	case got := <-stuck:
+		if len(got) != 1 || got[0] != "stuck" {
+			t.Fatalf("stuck(%v), want [stuck]", got)
+		}
+		if d := time.Since(sent); d < (rounds-1)*interval {
+			t.Errorf("stuck after %s, before %d probes could have seen it", d, rounds)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no stuck call %s after the port stalled", time.Since(start))
+	}
+}
+
+// TestWatchSwitchLock: a probe that cannot even read the port table (its
+// lock held by a stuck goroutine) counts as a stall of the whole switch.
+func TestWatchSwitchLock(t *testing.T) {
+	sw := newSwitch(t, Options{})
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	stop := make(chan struct{})
+	defer close(stop)
+	stuck := make(chan []string, 1)
+	go sw.Watch(stop, 20*time.Millisecond, 2, func(ports []string) { stuck <- ports })
+	select {
+	case got := <-stuck:
+		if len(got) != 1 || got[0] != "(switch)" {
+			t.Fatalf("stuck(%v), want [(switch)]", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no stuck call while the switch's lock was held")
+	}
+}
+
 // TestBadReceiveChainsBounded: a guest whose receive ring holds nothing
 // but malformed chains costs a sender at most maxBadChains walks per
 // frame, not a ring's worth.

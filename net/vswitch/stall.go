@@ -1,6 +1,9 @@
 package vswitch
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+	"time"
+)
 
 // busyWatch counts entries into and exits from a port's delivery critical
 // section (a virtio port's receive lock, a frame port's write): two
@@ -42,4 +45,53 @@ func (s *Switch) Stalled() []string {
 		w.lastIn, w.lastBusy = in, busy
 	}
 	return out
+}
+
+// Watch probes the switch with Stalled every interval until stop is closed,
+// and calls stuck (once, and returns) with the ports in which one delivery
+// stayed in progress for rounds probes in a row: a switch that looks alive
+// but no longer forwards. A probe that does not return within an interval
+// (the switch's port table held by a stuck goroutine) counts as stalled,
+// as port "(switch)". The switch process exits on it, so that its
+// supervisor restarts it like a dead one (the VMMs reconnect and replay
+// their rings).
+func (s *Switch) Watch(stop <-chan struct{}, interval time.Duration, rounds int, stuck func(ports []string)) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	streak := map[string]int{}
+	probe := make(chan []string, 1)
+	pending := false // a probe still running: its answer comes on probe
+	for {
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+		}
+		var stalled []string
+		if !pending {
+			go func() { probe <- s.Stalled() }()
+			pending = true
+		}
+		select {
+		case stalled = <-probe:
+			pending = false
+		case <-time.After(interval):
+			stalled = []string{"(switch)"}
+		case <-stop:
+			return
+		}
+		next := map[string]int{}
+		var out []string
+		for _, name := range stalled {
+			next[name] = streak[name] + 1
+			if next[name] >= rounds {
+				out = append(out, name)
+			}
+		}
+		streak = next
+		if len(out) > 0 {
+			stuck(out)
+			return
+		}
+	}
 }
