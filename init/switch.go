@@ -145,7 +145,9 @@ type runningSwitch struct {
 // half-configured network would look like a working one.
 func startSwitch(cfg *config.Config, dir string, capture map[string]string, logf func(string, ...any)) (*runningSwitch, error) {
 	rs := &runningSwitch{logf: logf, dhcpOf: map[*vswitch.Port]*dhcp.Server{}, byMAC: map[string]*vswitch.VirtioPort{}}
-	rs.sw = vswitch.New(vswitch.Options{Local: rs.local})
+	rs.sw = vswitch.New(vswitch.Options{Local: rs.local, Fault: func(port string, v any, stack []byte) {
+		logf("port %s: internal error: panic: %v (recovered; the port's transmit queue stopped)\n%s", port, v, indentStack(stack))
+	}})
 	ok := false
 	defer func() {
 		if !ok {

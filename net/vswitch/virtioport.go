@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -446,6 +447,21 @@ func (v *VirtioPort) serveTX(w *txWorker) {
 			v.drop(DropRateLimit)
 			if w.q.NeedInterrupt() {
 				signal(w.call)
+			}
+		}
+	}()
+	// Last deferred, first run: a panic while forwarding this port's
+	// frames (a bug, here or in a port implementation it delivered to)
+	// must not end the switch process, and every port's networking with
+	// it. The port's transmit stops as for a broken ring, counted as
+	// malformed, until its frontend resets the queue. A lock the panic
+	// left held stalls the port it guards, which the liveness check
+	// (Watch) then reports.
+	defer func() {
+		if r := recover(); r != nil {
+			v.drop(DropMalformed)
+			if v.sw.fault != nil {
+				v.sw.fault(v.name, r, debug.Stack())
 			}
 		}
 	}()

@@ -47,6 +47,11 @@ type Options struct {
 	// Clock is monotonic time since an arbitrary origin, for aging and
 	// rate limits; nil means the real clock. Tests inject a fake one.
 	Clock func() time.Duration
+	// Fault, when set, is told of a panic recovered on a port's transmit
+	// goroutine (a bug met while forwarding that port's frames): port is
+	// the sender, whose transmit queue stops as for a broken ring; the
+	// switch and its other ports go on.
+	Fault func(port string, panicked any, stack []byte)
 }
 
 // Switch is a set of networks and the ports attached to them.
@@ -54,6 +59,7 @@ type Switch struct {
 	age   int64 // AgeTime in ns
 	local func(p *Port, frame []byte) bool
 	clock func() time.Duration
+	fault func(port string, panicked any, stack []byte)
 	fdbN  int
 
 	pool sync.Pool // *sender for Inject
@@ -72,6 +78,7 @@ func New(opts Options) *Switch {
 		age:   int64(opts.AgeTime),
 		local: opts.Local,
 		clock: opts.Clock,
+		fault: opts.Fault,
 		fdbN:  opts.FDBSize,
 		nets:  map[string]*Network{},
 	}
