@@ -17,6 +17,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/net/internal/fullqueue"
 )
 
 // HdrLen is the size of struct virtio_net_hdr_v1, which precedes every frame
@@ -66,6 +68,8 @@ type Tap struct {
 	wn      int
 	werr    error
 	writeFn func(fd uintptr) bool
+	full    bool // the device's queue was full (EAGAIN)
+	waiting bool // fullqueue.Wait is waiting for room
 
 	dropped atomic.Uint64
 }
@@ -262,8 +266,11 @@ func (t *Tap) WriteBatch(frames [][]byte) (int, error) {
 	if len(frames) == 0 {
 		return 0, nil
 	}
-	t.wframes, t.wn, t.werr = frames, 0, nil
+	t.wframes, t.wn, t.werr, t.full, t.waiting = frames, 0, nil, false, false
 	err := t.rc.Write(t.writeFn)
+	if err == nil && t.full {
+		err = fullqueue.Wait(t.f, t.rc, t.writeFn, &t.waiting)
+	}
 	n, werr := t.wn, t.werr
 	t.wframes = nil
 	if err == nil {
@@ -283,7 +290,8 @@ func (t *Tap) write(fd uintptr) bool {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
-			return false
+			t.full = true
+			return !t.waiting // see fullqueue.Wait
 		case unix.EINVAL, unix.EMSGSIZE:
 			// EINVAL: bad vnet header or runt; EMSGSIZE: too large. The
 			// bytes came from a guest, so this frame is lost, not the port.

@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/internal/netconf"
+	"github.com/hyperroot/hyperroot/net/internal/fullqueue"
 )
 
 // HdrLen is the size of struct virtio_net_hdr_v1, which precedes every frame
@@ -73,6 +74,8 @@ type Uplink struct {
 	wn      int
 	werr    error
 	writeFn func(fd uintptr) bool
+	full    bool // the socket buffer was full (EAGAIN, ENOBUFS)
+	waiting bool // fullqueue.Wait is waiting for room
 
 	dropped atomic.Uint64
 }
@@ -311,8 +314,11 @@ func (u *Uplink) WriteBatch(frames [][]byte) (int, error) {
 		u.wmsgs = make([]unix.Mmsghdr, len(frames))
 		u.wiov = make([]unix.Iovec, 2*len(frames))
 	}
-	u.wframes, u.wn, u.werr = frames, 0, nil
+	u.wframes, u.wn, u.werr, u.full, u.waiting = frames, 0, nil, false, false
 	err := u.rc.Write(u.writeFn)
+	if err == nil && u.full {
+		err = fullqueue.Wait(u.f, u.rc, u.writeFn, &u.waiting)
+	}
 	n, werr := u.wn, u.werr
 	u.wframes = nil
 	if err == nil {
@@ -352,7 +358,8 @@ func (u *Uplink) send(fd uintptr) bool {
 			u.wn += int(r)
 		case unix.EINTR:
 		case unix.EAGAIN, unix.ENOBUFS:
-			return false
+			u.full = true
+			return !u.waiting // see fullqueue.Wait
 		case unix.EINVAL, unix.EMSGSIZE, unix.ENETDOWN, unix.ENXIO:
 			// sendmmsg reports an error only for the first message: that
 			// frame is refused, the rest go in the next round.
