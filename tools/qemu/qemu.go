@@ -206,7 +206,7 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 		go io.Copy(m.typist, o.Stdin)
 	}
 	m.lastOut = time.Now()
-	if accel[1] == "tcg" && o.CPUs == 1 {
+	if accel[1] == "tcg" && o.CPUs == 1 && m.typist != nil {
 		go m.nudge()
 	}
 	if o.Silence > 0 {
@@ -356,17 +356,23 @@ func isTerminal(f *os.File) bool {
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
-// nudgeEvery is how often nudge pauses and resumes a 1-vCPU TCG appliance.
+// nudgeEvery is how often nudge types on a 1-vCPU TCG appliance's console.
 const nudgeEvery = 2 * time.Second
+
+// xon is the byte nudge types: START (Ctrl-Q), which the appliance's tty
+// consumes for flow control (IXON, on by default) and never passes to PID
+// 1's console reader.
+const xon = 0x11
 
 // nudge works around a fault of QEMU's TCG (7.2 and 10.0 alike): with one
 // appliance vCPU it now and then leaves the appliance's timer interrupt
-// pending while the CPU runs a nested guest, and keeps running the guest
-// until some other interrupt arrives; a guest spinning for its second
-// vCPU, whose thread needs that same CPU, then spins for minutes
-// (docs/TESTING.md, Investigations). Pausing and resuming the machine
-// sends the vCPU back through QEMU's main loop, which looks at its pending
-// interrupts again. The appliance loses a few milliseconds per nudge.
+// pending in the local APIC without the CPU noticing it, and keeps running
+// the nested guest; a guest spinning for its second vCPU, whose thread
+// needs that same CPU, then spins for minutes (docs/TESTING.md,
+// Investigations). Any other interrupt makes QEMU look at the APIC again:
+// a byte typed on the serial console raises the UART's. Pausing and
+// resuming the machine over QMP does not (a 64-vCPU guest stalled for 15
+// minutes with that done every 2 s).
 func (m *Machine) nudge() {
 	tick := time.NewTicker(nudgeEvery)
 	defer tick.Stop()
@@ -376,7 +382,7 @@ func (m *Machine) nudge() {
 			return
 		case <-tick.C:
 		}
-		m.qmpSeq(qmpCmd{"stop", ""}, qmpCmd{"cont", ""})
+		m.typist.Write([]byte{xon})
 	}
 }
 
@@ -570,14 +576,6 @@ func (m *Machine) HMP(command string) (string, error) {
 
 // qmp sends one command and returns its "return" value.
 func (m *Machine) qmp(command, args string) (json.RawMessage, error) {
-	return m.qmpSeq(qmpCmd{command, args})
-}
-
-type qmpCmd struct{ name, args string }
-
-// qmpSeq sends commands in order on one connection and returns the last
-// one's "return" value; it stops at the first error.
-func (m *Machine) qmpSeq(cmds ...qmpCmd) (json.RawMessage, error) {
 	conn, err := net.DialTimeout("unix", m.qmpPath, 5*time.Second)
 	if err != nil {
 		return nil, fmt.Errorf("qmp: %w", err)
@@ -589,33 +587,34 @@ func (m *Machine) qmpSeq(cmds ...qmpCmd) (json.RawMessage, error) {
 	if err := dec.Decode(&greeting); err != nil {
 		return nil, fmt.Errorf("qmp greeting: %w", err)
 	}
-	var ret json.RawMessage
-	for _, c := range append([]qmpCmd{{"qmp_capabilities", ""}}, cmds...) {
-		msg := `{"execute":"` + c.name + `"`
-		if c.args != "" {
-			msg += `,"arguments":` + c.args
+	msg := `{"execute":"qmp_capabilities"}` + "\n" + `{"execute":"` + command + `"`
+	if args != "" {
+		msg += `,"arguments":` + args
+	}
+	if _, err := io.WriteString(conn, msg+"}\n"); err != nil {
+		return nil, err
+	}
+	// Two answers: qmp_capabilities', then the command's. Events may
+	// come in between.
+	for answers := 0; ; {
+		var a struct {
+			Return json.RawMessage `json:"return"`
+			Error  *struct {
+				Desc string `json:"desc"`
+			} `json:"error"`
 		}
-		if _, err := io.WriteString(conn, msg+"}\n"); err != nil {
-			return nil, err
+		if err := dec.Decode(&a); err != nil {
+			return nil, fmt.Errorf("qmp %s: %w", command, err)
 		}
-		// The answer; events may come before it.
-		for ret = nil; ret == nil; {
-			var a struct {
-				Return json.RawMessage `json:"return"`
-				Error  *struct {
-					Desc string `json:"desc"`
-				} `json:"error"`
+		switch {
+		case a.Error != nil:
+			return nil, fmt.Errorf("qmp %s: %s", command, a.Error.Desc)
+		case a.Return != nil:
+			if answers++; answers == 2 {
+				return a.Return, nil
 			}
-			if err := dec.Decode(&a); err != nil {
-				return nil, fmt.Errorf("qmp %s: %w", c.name, err)
-			}
-			if a.Error != nil {
-				return nil, fmt.Errorf("qmp %s: %s", c.name, a.Error.Desc)
-			}
-			ret = a.Return
 		}
 	}
-	return ret, nil
 }
 
 // Result is how a boot ended.
