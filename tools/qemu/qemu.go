@@ -410,43 +410,46 @@ const dumpMax = 2 * time.Minute
 func (m *Machine) watchSilence(limit time.Duration) {
 	tick := time.NewTicker(min(limit/10, time.Second))
 	defer tick.Stop()
-	for {
-		select {
-		case <-m.done:
-			return
-		case <-tick.C:
-		}
-		m.mu.Lock()
-		quiet := time.Since(m.lastOut)
-		if quiet >= limit {
-			m.silent = quiet
-		}
-		m.mu.Unlock()
-		if quiet >= limit {
-			break
-		}
+	quiet, running := m.waitQuiet(tick.C, time.Time{}, limit, 0)
+	if !running {
+		return
 	}
+	m.mu.Lock()
+	m.silent = quiet
+	m.mu.Unlock()
 	m.recordEmulator()
 	if m.typist != nil {
-		dumpQuiet := min(limit, 20*time.Second)
 		asked := time.Now()
 		// A newline first ends whatever a caller left half typed.
 		io.WriteString(m.typist, "\ndump\n")
-		for time.Since(asked) < dumpMax {
-			select {
-			case <-m.done:
-				return
-			case <-tick.C:
-			}
-			m.mu.Lock()
-			quiet := time.Since(m.lastOut)
-			m.mu.Unlock()
-			if quiet >= dumpQuiet && time.Since(asked) >= dumpQuiet {
-				break
-			}
+		if _, running := m.waitQuiet(tick.C, asked, min(limit, 20*time.Second), dumpMax); !running {
+			return
 		}
 	}
 	m.cmd.Process.Kill()
+}
+
+// waitQuiet waits, checking at each tick, until the console has printed
+// nothing for d since its last output or since, whichever is later, or
+// until most (if not 0) has passed since since. It returns how long the
+// console had been quiet, and false if QEMU exited first.
+func (m *Machine) waitQuiet(tick <-chan time.Time, since time.Time, d, most time.Duration) (time.Duration, bool) {
+	for {
+		select {
+		case <-m.done:
+			return 0, false
+		case <-tick:
+		}
+		m.mu.Lock()
+		quiet := time.Since(m.lastOut)
+		m.mu.Unlock()
+		if !since.IsZero() {
+			quiet = min(quiet, time.Since(since))
+		}
+		if quiet >= d || (most > 0 && time.Since(since) >= most) {
+			return quiet, true
+		}
+	}
 }
 
 // recordEmulator writes QEMU's own view of the appliance's CPUs to the
