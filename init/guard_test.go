@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hyperroot/hyperroot/internal/child"
 )
 
 // TestGuard: a goroutine of PID 1 that panics is reported as an error with
@@ -121,4 +123,37 @@ func FuzzCutLine(f *testing.F) {
 			t.Fatalf("line of %d bytes cut to %d bytes, want %d", len(line), len(got), len(want))
 		}
 	})
+}
+
+// TestOneshotTimeoutNamesJob: a oneshot run whose hyperroot.run job has not
+// ended by the timeout says so, in the timeout line and in the verdict.
+// (CLOCK_BOOTTIME on the test's host is far past a 1 s timeout, so the
+// timeout has expired at once.)
+func TestOneshotTimeoutNamesJob(t *testing.T) {
+	var out syncBuffer
+	c := newConsole(&out)
+	f := newFleet(c, child.Direct{}, true)
+	f.Start(nil)
+	jobRunning.Store(true)
+	defer jobRunning.Store(false)
+	power := make(chan string, 1)
+	go oneshot(c, f, make(chan bool), time.Second, power)
+	select {
+	case reason := <-power:
+		if reason != "timeout" {
+			t.Errorf("power-off reason %q, want timeout", reason)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no power-off request")
+	}
+	c.Flush(5 * time.Second)
+	got := out.String()
+	for _, want := range []string{
+		"hyperroot: timeout: 1s since boot, still running: the hyperroot.run job; dumping their VMMs\n",
+		"hyperroot: result fail errors=0 vms= run=fail timeout=1s\n",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("console lacks %q:\n%s", want, got)
+		}
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -99,7 +100,9 @@ func supervise() {
 	} else if job == nil {
 		jobDone <- true
 	} else {
+		jobRunning.Store(true)
 		go func() {
+			defer jobRunning.Store(false)
 			passed := false
 			guard(c, "run", func() {
 				code, err := job.run(c, r)
@@ -124,6 +127,10 @@ func supervise() {
 	}
 	p.Do(<-power)
 }
+
+// jobRunning says whether the hyperroot.run job is still running, for the
+// oneshot timeout's report.
+var jobRunning atomic.Bool
 
 // vmStopGrace is how long a guest gets to shut down after its ACPI power
 // button was pressed, before its VMM is killed.
@@ -205,11 +212,11 @@ func loadConfig(c *console, args cmdline) (*config.Config, string) {
 func oneshot(c *console, f *fleet, jobDone <-chan bool, timeout time.Duration, power chan<- string) {
 	done := make(chan struct{})
 	runFailed := false
-	go func() {
+	goGuarded(c, "oneshot wait", func() {
 		f.Wait()
 		runFailed = !<-jobDone
 		close(done)
-	}()
+	})
 	var expired <-chan time.Time
 	if timeout > 0 {
 		expired = time.After(timeout - time.Duration(uptime()*float64(time.Second)))
@@ -229,9 +236,16 @@ func oneshot(c *console, f *fleet, jobDone <-chan bool, timeout time.Duration, p
 		power <- "oneshot"
 	case <-expired:
 		running := f.Running()
-		c.Printf("timeout: %s since boot, still running: %s; dumping their VMMs", timeout, strings.Join(running, ","))
+		what, jobFail := strings.Join(running, ","), ""
+		if jobRunning.Load() {
+			if what != "" {
+				what += " and "
+			}
+			what, jobFail = what+"the hyperroot.run job", " run=fail"
+		}
+		c.Printf("timeout: %s since boot, still running: %s; dumping their VMMs", timeout, what)
 		f.DumpAll(dumpTimeout)
-		c.Printf("result fail errors=%d vms=%s timeout=%s", c.Errors(), strings.Join(append(f.Failed(), running...), ","), timeout)
+		c.Printf("result fail errors=%d vms=%s%s timeout=%s", c.Errors(), strings.Join(append(f.Failed(), running...), ","), jobFail, timeout)
 		power <- "timeout"
 	}
 }
