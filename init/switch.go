@@ -145,9 +145,10 @@ type runningSwitch struct {
 // half-configured network would look like a working one.
 func startSwitch(cfg *config.Config, dir string, capture map[string]string, logf func(string, ...any)) (*runningSwitch, error) {
 	rs := &runningSwitch{logf: logf, dhcpOf: map[*vswitch.Port]*dhcp.Server{}, byMAC: map[string]*vswitch.VirtioPort{}}
+	claims := openClaims6(filepath.Join(dir, claims6File), logf)
 	rs.sw = vswitch.New(vswitch.Options{Local: rs.local, Fault: func(port string, v any, stack []byte) {
 		logf("port %s: internal error: panic: %v (recovered; the port's transmit queue stopped)\n%s", port, v, indentStack(stack))
-	}})
+	}, Claimed6: claims.claimed})
 	ok := false
 	defer func() {
 		if !ok {
@@ -177,6 +178,15 @@ func startSwitch(cfg *config.Config, dir string, capture map[string]string, logf
 		}
 		servers[n.Name] = srv
 	}
+	// The VM ports are served only once all exist and hold their IPv6
+	// claims from before a restart: a guest must not take a neighbour's
+	// address in between.
+	type served struct {
+		l    *net.UnixListener
+		p    *vswitch.VirtioPort
+		name string
+	}
+	var serve []served
 	for _, vm := range cfg.VMs {
 		for i, nic := range vm.NICs {
 			name := portName(vm.Name, i)
@@ -206,8 +216,16 @@ func startSwitch(cfg *config.Config, dir string, capture map[string]string, logf
 				return nil, err
 			}
 			rs.listeners = append(rs.listeners, l)
-			go rs.serve(l, p, name)
+			serve = append(serve, served{l, p, name})
 		}
+	}
+	ports := map[string]*vswitch.VirtioPort{}
+	for _, s := range serve {
+		ports[s.name] = s.p
+	}
+	claims.restore(ports)
+	for _, s := range serve {
+		go rs.serve(s.l, s.p, s.name)
 	}
 	if h := cfg.Host; h != nil {
 		if err := rs.hostPort(h, nets[h.Network], servers[h.Network], configured[h.Network].MTU, capture); err != nil {

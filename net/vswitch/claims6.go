@@ -1,6 +1,7 @@
 package vswitch
 
 import (
+	"net/netip"
 	"sync"
 	"sync/atomic"
 )
@@ -131,5 +132,21 @@ func (v *VirtioPort) claim6(addr [16]byte, now int64) bool {
 		o.m = map[[16]byte]v6Owner{}
 	}
 	o.m[addr] = v6Owner{p: v}
+	if f := v.sw.claimed6; f != nil {
+		f(v, netip.AddrFrom16(addr))
+	}
 	return true
+}
+
+// Claim6 claims addr for the port as if it had just sent from it: what a
+// switch restarted by its supervisor does with the claims its previous run
+// reported (Options.Claimed6), so that a neighbour cannot take a guest's
+// address in the window before the guest sends again. It returns false
+// when the address is not a unicast IPv6 address, or another port holds
+// it, or the port has no free claim.
+func (v *VirtioPort) Claim6(addr netip.Addr) bool {
+	if !addr.Is6() || addr.Is4In6() || addr.IsMulticast() || addr.IsUnspecified() {
+		return false
+	}
+	return v.mayUse6(addr.As16(), int64(v.sw.clock()))
 }

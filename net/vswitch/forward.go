@@ -575,7 +575,8 @@ func (w *writer) patch(off int, v uint16) {
 }
 
 // AllowIP lets a locked port send from addr (an IPv4 address; others are
-// ignored, IPv6 is not policed). The DHCP server calls it when it leases.
+// ignored: IPv6 addresses are claimed first come, first served, see
+// Claim6). The DHCP server calls it when it leases.
 func (v *VirtioPort) AllowIP(addr netip.Addr) {
 	if !addr.Is4() {
 		return

@@ -3,6 +3,7 @@ package vswitch
 import (
 	"encoding/binary"
 	"net/netip"
+	"sync"
 	"testing"
 )
 
@@ -218,6 +219,58 @@ func TestIPv6AddressClaims(t *testing.T) {
 	b.flushTX()
 	if got := b.port.Counters().Drops[DropSpoofedIP]; got != 1 {
 		t.Fatalf("b could not take a removed port's address: spoofed_ip = %d", got)
+	}
+}
+
+// TestIPv6ClaimsRestored: the claims a switch reports (Options.Claimed6)
+// and its successor restores (Claim6) keep a neighbour off a guest's
+// address across a restart of the switch, before the guest sends again.
+func TestIPv6ClaimsRestored(t *testing.T) {
+	type claim struct {
+		port string
+		addr netip.Addr
+	}
+	var mu sync.Mutex // Claimed6 runs on a's forwarding goroutine
+	var claims []claim
+	sw := newSwitch(t, Options{Claimed6: func(p *VirtioPort, a netip.Addr) {
+		mu.Lock()
+		claims = append(claims, claim{p.Name(), a})
+		mu.Unlock()
+	}})
+	lan := mustNetwork(t, sw, "lan", 0)
+	a := newVM(t, sw, "a", lan, macA, vmOpts{lockIP: true})
+	mine := netip.MustParseAddr("2001:db8::a")
+	a.send(udp6(bcast(), mac(macA), mine, netip.MustParseAddr("ff02::1"), 1, 2))
+	a.send(udp6(bcast(), mac(macA), mine, netip.MustParseAddr("ff02::1"), 1, 2)) // already held: no report
+	a.send(udp6(bcast(), mac(macA), linkLocal(mac(macA)), netip.MustParseAddr("ff02::1"), 1, 2))
+	a.flushTX()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(claims) != 1 || claims[0] != (claim{"a", mine}) {
+		t.Fatalf("claims reported %v, want [{a %v}] (the EUI-64 link-local address is not a claim)", claims, mine)
+	}
+
+	// The restarted switch: a's port restores its claim; b may not
+	// take the address, though a has not sent since.
+	sw2 := newSwitch(t, Options{})
+	lan2 := mustNetwork(t, sw2, "lan", 0)
+	a2 := newVM(t, sw2, "a", lan2, macA, vmOpts{lockIP: true})
+	b2 := newVM(t, sw2, "b", lan2, macB, vmOpts{lockIP: true})
+	for _, bad := range []string{"ff02::1", "::", "::ffff:10.0.0.1", "10.0.0.1"} {
+		if a2.port.Claim6(netip.MustParseAddr(bad)) {
+			t.Errorf("Claim6(%s) = true", bad)
+		}
+	}
+	if !a2.port.Claim6(claims[0].addr) {
+		t.Fatal("Claim6 of a's own address failed")
+	}
+	b2.send(udp6(bcast(), mac(macB), mine, netip.MustParseAddr("ff02::1"), 1, 2))
+	b2.flushTX()
+	if got := b2.port.Counters().Drops[DropSpoofedIP]; got != 1 {
+		t.Fatalf("b took a's restored address: spoofed_ip = %d", got)
+	}
+	if b2.port.Claim6(mine) {
+		t.Error("Claim6 gave b the address a holds")
 	}
 }
 

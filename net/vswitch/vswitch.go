@@ -16,6 +16,7 @@ package vswitch
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -52,6 +53,13 @@ type Options struct {
 	// the sender, whose transmit queue stops as for a broken ring; the
 	// switch and its other ports go on.
 	Fault func(port string, panicked any, stack []byte)
+	// Claimed6, when set, is told of each IPv6 address a locked port
+	// claims (first come, first served; its EUI-64 link-local address is
+	// always its own), so that the claims can outlive a restart of the
+	// switch (VirtioPort.Claim6 restores them). It is called on the
+	// claiming port's forwarding path with its network's claim table
+	// locked: it must not block.
+	Claimed6 func(p *VirtioPort, addr netip.Addr)
 }
 
 // Switch is a set of networks and the ports attached to them.
@@ -60,7 +68,9 @@ type Switch struct {
 	local func(p *Port, frame []byte) bool
 	clock func() time.Duration
 	fault func(port string, panicked any, stack []byte)
-	fdbN  int
+	// claimed6 is Options.Claimed6.
+	claimed6 func(p *VirtioPort, addr netip.Addr)
+	fdbN     int
 
 	pool sync.Pool // *sender for Inject
 
@@ -75,12 +85,13 @@ type Switch struct {
 // New returns an empty switch.
 func New(opts Options) *Switch {
 	s := &Switch{
-		age:   int64(opts.AgeTime),
-		local: opts.Local,
-		clock: opts.Clock,
-		fault: opts.Fault,
-		fdbN:  opts.FDBSize,
-		nets:  map[string]*Network{},
+		age:      int64(opts.AgeTime),
+		local:    opts.Local,
+		clock:    opts.Clock,
+		fault:    opts.Fault,
+		claimed6: opts.Claimed6,
+		fdbN:     opts.FDBSize,
+		nets:     map[string]*Network{},
 	}
 	if s.age <= 0 {
 		s.age = int64(DefaultAgeTime)
