@@ -33,7 +33,7 @@ func TestDumpSpinningGuest(t *testing.T) {
 		}
 	}()
 	// Wait until both vCPU threads are in the guest (progress, not time).
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(20 * time.Second) // for this wait and the next
 	for {
 		m.mu.Lock()
 		started := len(m.watch) == 2 && m.tids != nil && m.tids[0] != 0 && m.tids[1] != 0
@@ -47,7 +47,23 @@ func TestDumpSpinningGuest(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	spinRIP := fmt.Sprintf("rip=%#x ", tinyCodeAddr+1) // the jmp
-	for round := 0; round < 2; round++ {               // the guest runs on after a dump
+	// A vCPU thread marks itself in the guest just before KVM_RUN: with
+	// more than one host CPU a dump can come before it ran the cli (rip
+	// at the start, the kick making KVM_RUN return at once). Dump until
+	// both spin, then check that dumps find them there and leave them
+	// spinning.
+	for {
+		var b bytes.Buffer
+		m.Dump(&b, "dump: ")
+		if strings.Contains(b.String(), "dump: vcpu 0: "+spinRIP) && strings.Contains(b.String(), "dump: vcpu 1: "+spinRIP) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the vCPUs never reached the spin loop within 20s:\n%s", b.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for round := 0; round < 2; round++ { // the guest runs on after a dump
 		var b bytes.Buffer
 		m.Dump(&b, "dump: ")
 		out := b.String()
