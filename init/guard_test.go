@@ -157,3 +157,21 @@ func TestOneshotTimeoutNamesJob(t *testing.T) {
 		}
 	}
 }
+
+// TestConsoleInputIgnoresControls: control characters typed on the console
+// (the test harness's Ctrl-Q nudge among them) are neither a command nor
+// an error, and do not spoil the command they precede.
+func TestConsoleInputIgnoresControls(t *testing.T) {
+	var out syncBuffer
+	c := newConsole(&out)
+	f := newFleet(c, child.Direct{}, true)
+	readConsoleInput(c, f, nil, strings.NewReader("\x11\x11\x11\n\x11\x11switch kill\n"))
+	c.Flush(5 * time.Second)
+	got := out.String()
+	if strings.Contains(got, "to send a line to a VM's console") {
+		t.Errorf("control characters were taken for a command:\n%s", got)
+	}
+	if !strings.Contains(got, "console: no switch is running") {
+		t.Errorf("the command after the control characters was not understood:\n%s", got)
+	}
+}

@@ -193,7 +193,15 @@ func selfPath() string {
 func readConsoleInput(c *console, f *fleet, sw *netSwitch, in io.Reader) {
 	sc := bufio.NewScanner(in)
 	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
+		// Control characters are not commands: a terminal's stray ones, or
+		// the Ctrl-Q the test harness types to nudge a 1-vCPU TCG appliance
+		// (tools/qemu), should the tty pass it on.
+		line := strings.TrimSpace(strings.Map(func(r rune) rune {
+			if r < 0x20 && r != '\t' || r == 0x7f {
+				return -1
+			}
+			return r
+		}, sc.Text()))
 		if line == "" {
 			continue
 		}

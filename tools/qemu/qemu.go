@@ -360,8 +360,8 @@ func isTerminal(f *os.File) bool {
 const nudgeEvery = 2 * time.Second
 
 // xon is the byte nudge types: START (Ctrl-Q), which the appliance's tty
-// consumes for flow control (IXON, on by default) and never passes to PID
-// 1's console reader.
+// consumes for flow control (IXON, on by default), and which PID 1's
+// console reader ignores should it get it.
 const xon = 0x11
 
 // nudge works around a fault of QEMU's TCG (7.2 and 10.0 alike): with one
