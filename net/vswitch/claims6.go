@@ -57,9 +57,10 @@ func (o *v6Owners) forget(p *VirtioPort) {
 }
 
 // mayUse6 reports whether the port may use addr as its own, claiming it
-// if it is free. The common case, an address the port already holds, is
-// a scan of its claims without a lock.
-func (v *VirtioPort) mayUse6(addr [16]byte, now int64) bool {
+// if it is free (and telling Options.Claimed6 if report is set). The
+// common case, an address the port already holds, is a scan of its claims
+// without a lock.
+func (v *VirtioPort) mayUse6(addr [16]byte, now int64, report bool) bool {
 	if addr == v.ll6 {
 		return true
 	}
@@ -72,7 +73,7 @@ func (v *VirtioPort) mayUse6(addr [16]byte, now int64) bool {
 			return true
 		}
 	}
-	return v.claim6(addr, now)
+	return v.claim6(addr, now, report)
 }
 
 // holds reports whether v holds a live claim on addr. Called with the
@@ -88,8 +89,9 @@ func (v *VirtioPort) holds(addr [16]byte, now int64) (*v6Claim, bool) {
 }
 
 // claim6 takes addr for the port if no other port of the network holds
-// it and the port has a free (or stale) slot.
-func (v *VirtioPort) claim6(addr [16]byte, now int64) bool {
+// it and the port has a free (or stale) slot; report says whether to tell
+// Options.Claimed6.
+func (v *VirtioPort) claim6(addr [16]byte, now int64, report bool) bool {
 	o := &v.native.v6
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -132,7 +134,7 @@ func (v *VirtioPort) claim6(addr [16]byte, now int64) bool {
 		o.m = map[[16]byte]v6Owner{}
 	}
 	o.m[addr] = v6Owner{p: v}
-	if f := v.sw.claimed6; f != nil {
+	if f := v.sw.claimed6; f != nil && report {
 		f(v, netip.AddrFrom16(addr))
 	}
 	return true
@@ -143,10 +145,11 @@ func (v *VirtioPort) claim6(addr [16]byte, now int64) bool {
 // reported (Options.Claimed6), so that a neighbour cannot take a guest's
 // address in the window before the guest sends again. It returns false
 // when the address is not a unicast IPv6 address, or another port holds
-// it, or the port has no free claim.
+// it, or the port has no free claim. A restored claim is not reported to
+// Options.Claimed6: the caller has it already.
 func (v *VirtioPort) Claim6(addr netip.Addr) bool {
 	if !addr.Is6() || addr.Is4In6() || addr.IsMulticast() || addr.IsUnspecified() {
 		return false
 	}
-	return v.mayUse6(addr.As16(), int64(v.sw.clock()))
+	return v.mayUse6(addr.As16(), int64(v.sw.clock()), false)
 }

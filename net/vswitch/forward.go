@@ -262,10 +262,10 @@ func (v *VirtioPort) police6(fi *frameInfo, now int64) (DropReason, bool) {
 		}
 		return DropSpoofedIP, false
 	}
-	if fi.src6[0] == 0xff || !v.mayUse6(fi.src6, now) {
+	if fi.src6[0] == 0xff || !v.mayUse6(fi.src6, now, true) {
 		return DropSpoofedIP, false
 	}
-	if fi.icmp6 && fi.icmpType == icmp6NeighAdvert && fi.hasTarget && !v.mayUse6(fi.target6, now) {
+	if fi.icmp6 && fi.icmpType == icmp6NeighAdvert && fi.hasTarget && !v.mayUse6(fi.target6, now, true) {
 		return DropSpoofedIP, false
 	}
 	return 0, true

@@ -252,7 +252,9 @@ func TestIPv6ClaimsRestored(t *testing.T) {
 
 	// The restarted switch: a's port restores its claim; b may not
 	// take the address, though a has not sent since.
-	sw2 := newSwitch(t, Options{})
+	sw2 := newSwitch(t, Options{Claimed6: func(p *VirtioPort, a netip.Addr) {
+		t.Errorf("Claimed6(%s, %v) on the restarted switch: a restored claim is no new one", p.Name(), a)
+	}})
 	lan2 := mustNetwork(t, sw2, "lan", 0)
 	a2 := newVM(t, sw2, "a", lan2, macA, vmOpts{lockIP: true})
 	b2 := newVM(t, sw2, "b", lan2, macB, vmOpts{lockIP: true})
