@@ -124,6 +124,18 @@ func (fp *FramePort) stop() error {
 	return nil
 }
 
+// write hands frames to the Frames, one writer at a time. The lock and the
+// liveness mark are released even if WriteBatch panics (a bug in a Frames
+// implementation, recovered on the sending port's goroutine): otherwise
+// every later sender to this port would block on the lock for good.
+func (fp *FramePort) write(frames [][]byte) (int, error) {
+	fp.busy.enter()
+	defer fp.busy.exit()
+	fp.wmu.Lock()
+	defer fp.wmu.Unlock()
+	return fp.frames.WriteBatch(frames)
+}
+
 // send writes e to the Frames. Frames go one by one: the receivers are
 // kernel queues where a write per frame is the cost anyway.
 func (fp *FramePort) send(s *sender, e *emit) bool {
@@ -132,11 +144,7 @@ func (fp *FramePort) send(s *sender, e *emit) bool {
 	}
 	s.outv[0] = s.out[:e.total]
 	e.writeFlat(s.outv[0])
-	fp.busy.enter()
-	fp.wmu.Lock()
-	n, err := fp.frames.WriteBatch(s.outv[:])
-	fp.wmu.Unlock()
-	fp.busy.exit()
+	n, err := fp.write(s.outv[:])
 	s.outv[0] = nil
 	if err != nil || n != 1 {
 		fp.drop(DropNoBuffer)

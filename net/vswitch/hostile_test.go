@@ -206,6 +206,7 @@ func TestSegmentsCharged(t *testing.T) {
 
 // TestHostileFrontendCutOff: over a real vhost-user connection, a VMM
 // passing a pipe where the call eventfd belongs is cut off and counted.
+// A frontend that only hangs up is not counted.
 func TestHostileFrontendCutOff(t *testing.T) {
 	sw := newSwitch(t, Options{})
 	lan := mustNetwork(t, sw, "lan", 0)
@@ -221,13 +222,23 @@ func TestHostileFrontendCutOff(t *testing.T) {
 	defer l.Close()
 	served := make(chan error, 1)
 	go func() {
-		c, err := l.AcceptUnix()
-		if err != nil {
-			served <- err
-			return
+		for {
+			c, err := l.AcceptUnix()
+			if err != nil {
+				return // closed
+			}
+			served <- vhostuser.Serve(c, p)
 		}
-		served <- vhostuser.Serve(c, p)
 	}()
+	waitServed := func(what string) error {
+		select {
+		case err := <-served:
+			return err
+		case <-time.After(5 * time.Second):
+			t.Fatalf("the backend kept serving a frontend that %s", what)
+			return nil
+		}
+	}
 	f, err := vhostuser.Dial(path)
 	if err != nil {
 		t.Fatal(err)
@@ -245,16 +256,27 @@ func TestHostileFrontendCutOff(t *testing.T) {
 	if err := f.SetVringCall(RxQueue, pp[1]); err == nil {
 		t.Fatal("SET_VRING_CALL with a pipe acked")
 	}
-	select {
-	case err := <-served:
-		if !errors.Is(err, vhostuser.ErrPeer) {
-			t.Fatalf("Serve = %v, want the frontend cut off", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the backend kept serving a frontend that passed a pipe")
+	if err := waitServed("passed a pipe"); !errors.Is(err, vhostuser.ErrPeer) {
+		t.Fatalf("Serve = %v, want the frontend cut off", err)
 	}
-	if got := p.Counters().Drops[DropMalformed]; got != 1 {
-		t.Fatalf("malformed = %d, want 1", got)
+	// Counted once, as a cut-off: no frame was dropped.
+	if c := p.Counters(); c.CutOffs != 1 || c.Drops[DropMalformed] != 0 {
+		t.Fatalf("cut-offs = %d, malformed = %d; want 1 and 0", c.CutOffs, c.Drops[DropMalformed])
+	}
+	// The port serves the next frontend, which hangs up: not counted.
+	g, err := vhostuser.Dial(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.GetFeatures(); err != nil {
+		t.Fatal(err)
+	}
+	g.Close()
+	if err := waitServed("hung up"); err != nil {
+		t.Fatalf("Serve = %v after the frontend hung up", err)
+	}
+	if c := p.Counters(); c.CutOffs != 1 {
+		t.Fatalf("cut-offs = %d after a frontend hung up, want still 1", c.CutOffs)
 	}
 }
 
@@ -408,6 +430,17 @@ func TestForwardingPanicCutsOffSender(t *testing.T) {
 	b.send(ether(mac(macA), mac(macB), 0x88b5, make([]byte, 46)))
 	b.flushTX()
 	waitFor(t, "b's frame at a", func() bool { return a.port.Counters().RxPackets >= 1 })
+	// The panic released the bad port's write lock: b's broadcast reaches
+	// WriteBatch (and panics there in turn) instead of blocking on it.
+	b.send(ether(bcast(), mac(macB), 0x88b5, make([]byte, 46)))
+	select {
+	case got := <-faults:
+		if got != "b: frames broke (stack: true)" {
+			t.Fatalf("Fault(%s), want b: frames broke with a stack", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("b's broadcast never reached the bad port: its write lock is still held")
+	}
 }
 
 // TestBadReceiveChainsBounded: a guest whose receive ring holds nothing
