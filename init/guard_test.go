@@ -175,3 +175,37 @@ func TestConsoleInputIgnoresControls(t *testing.T) {
 		t.Errorf("the command after the control characters was not understood:\n%s", got)
 	}
 }
+
+// TestConsoleInputToRunJob: "@run <text>" reaches the hyperroot.run job's
+// standard input while it runs, and says so when none runs.
+func TestConsoleInputToRunJob(t *testing.T) {
+	var out syncBuffer
+	c := newConsole(&out)
+	f := newFleet(c, child.Direct{}, true)
+	readConsoleInput(c, f, nil, strings.NewReader("@run too early\n"))
+	c.Flush(5 * time.Second)
+	if got := out.String(); !strings.Contains(got, "console: no run job is running") {
+		t.Fatalf("@run with no job:\n%s", got)
+	}
+	// A job that echoes its first input line and ends.
+	job := &runJob{Path: "/bin/sh", Args: []string{"-c", "read l; echo got $l"}}
+	done := make(chan int, 1)
+	go func() {
+		code, err := job.run(c, child.Direct{})
+		if err != nil {
+			t.Error(err)
+		}
+		done <- code
+	}()
+	for runProcess.Load() == nil {
+		time.Sleep(time.Millisecond)
+	}
+	readConsoleInput(c, f, nil, strings.NewReader("@run stop now\n"))
+	if code := <-done; code != 0 {
+		t.Fatalf("job exited %d", code)
+	}
+	c.Flush(5 * time.Second)
+	if got := out.String(); !strings.Contains(got, "run| got stop now\n") {
+		t.Fatalf("the job did not get the line:\n%s", got)
+	}
+}

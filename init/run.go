@@ -1,10 +1,12 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -20,6 +22,8 @@ import (
 // test binaries of the packages that need /dev/kvm this way on machines
 // whose host has none, and the benchmark image runs its benchmark program.
 // In oneshot mode the verdict waits for it, and a non-zero exit fails it.
+// Its standard input is the console's "@run <text>" lines, so a test can
+// tell a job when to stop.
 type runJob struct {
 	Path string
 	Args []string
@@ -44,7 +48,7 @@ func parseRunJob(v string) (*runJob, error) {
 // must be there, so its tests fail rather than skip.
 func (j *runJob) run(c *console, r child.Starter) (int, error) {
 	p, err := child.Start(r, child.Spec{
-		Path: j.Path, Args: j.Args, Dir: filepath.Dir(j.Path),
+		Path: j.Path, Args: j.Args, Dir: filepath.Dir(j.Path), Stdin: true,
 		Env: append(os.Environ(), "HYPERROOT_STRICT=1", "HOME=/tmp", "TMPDIR=/tmp"),
 		Started: func(pid int) {
 			c.Printf("run started pid=%d %s", pid, strings.Join(append([]string{j.Path}, j.Args...), " "))
@@ -54,6 +58,8 @@ func (j *runJob) run(c *console, r child.Starter) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	runProcess.Store(p)
+	defer runProcess.Store(nil)
 	ws := p.Wait()
 	code := vmmcli.Code(ws)
 	reason := "exit"
@@ -62,4 +68,17 @@ func (j *runJob) run(c *console, r child.Starter) (int, error) {
 	}
 	c.Printf("run exited code=%d reason=%s", code, reason)
 	return code, nil
+}
+
+// runProcess is the running hyperroot.run job, for the console's "@run".
+var runProcess atomic.Pointer[child.Process]
+
+// runInput sends a console line to the job's standard input.
+func runInput(line string) error {
+	p := runProcess.Load()
+	if p == nil {
+		return errors.New("no run job is running")
+	}
+	_, err := p.Write([]byte(line + "\n"))
+	return err
 }

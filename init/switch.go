@@ -24,6 +24,7 @@ import (
 	"github.com/hyperroot/hyperroot/net/uplink"
 	"github.com/hyperroot/hyperroot/net/vhostuser"
 	"github.com/hyperroot/hyperroot/net/vswitch"
+	"github.com/hyperroot/hyperroot/vmm/ratelimit"
 )
 
 // switchDir is where the supervisor's switch keeps its vhost-user sockets
@@ -134,6 +135,7 @@ type runningSwitch struct {
 	captures  []*pcap.Writer
 	files     []*os.File
 	ports     []*vswitch.Port // for the counters report
+	connLogs  []*connLog      // flushed at Close
 
 	// Read-only once startSwitch returns; the data path reads them.
 	dhcpOf map[*vswitch.Port]*dhcp.Server
@@ -225,7 +227,9 @@ func startSwitch(cfg *config.Config, dir string, capture map[string]string, logf
 	}
 	claims.restore(ports)
 	for _, s := range serve {
-		go rs.serve(s.l, s.p, s.name)
+		log := newConnLog(logf, s.name)
+		rs.connLogs = append(rs.connLogs, log)
+		go rs.serve(s.l, s.p, log)
 	}
 	if h := cfg.Host; h != nil {
 		if err := rs.hostPort(h, nets[h.Network], servers[h.Network], configured[h.Network].MTU, capture); err != nil {
@@ -243,20 +247,35 @@ func startSwitch(cfg *config.Config, dir string, capture map[string]string, logf
 // serve accepts the VMM of one NIC, one connection at a time: a VM that
 // reconnects (after its VMM restarted) gets the port again. It ends when
 // Close closes the listener (nothing waits for it: the switch exits then).
-func (rs *runningSwitch) serve(l *net.UnixListener, p *vswitch.VirtioPort, name string) {
+// A frontend the backend cuts off (vhost-user's Serve returns an error) is
+// counted by the port (its report's cutoffs=) and may connect again; its
+// lines are rate-limited by log, its connections by acceptRate.
+func (rs *runningSwitch) serve(l *net.UnixListener, p *vswitch.VirtioPort, log *connLog) {
+	pace := ratelimit.New(acceptRate, ratelimit.BucketConfig{}, nil)
 	for {
+		for !pace.Consume(1, 0) {
+			time.Sleep(pace.Wait(1, 0))
+		}
 		c, err := l.AcceptUnix()
 		if err != nil {
 			return // closed
 		}
-		rs.logf("port %s connected", name)
+		log.printf(" connected")
 		if err := vhostuser.Serve(c, p); err != nil {
-			rs.logf("port %s: %v", name, err)
+			log.printf(": %v", err)
 		}
 		c.Close()
-		rs.logf("port %s disconnected", name)
+		log.printf(" disconnected")
 	}
 }
+
+// acceptRate paces each port's connections: after a burst of 20, five a
+// second. A VMM connects once when it starts and once after a restart of
+// the switch; a frontend that connects and hangs up, or gets itself cut
+// off, in a loop would otherwise keep the switch's CPUs, which forward
+// every other port's frames, busy with handshakes. Its next connection
+// waits in the socket's backlog meanwhile.
+var acceptRate = ratelimit.BucketConfig{Size: 20, RefillTime: 4 * time.Second}
 
 // leased unlocks a port's new address when network's DHCP server ACKs it,
 // and reports the lease.
@@ -394,6 +413,9 @@ func (rs *runningSwitch) Close() {
 	for _, l := range rs.listeners {
 		l.Close()
 	}
+	for _, l := range rs.connLogs {
+		l.flush()
+	}
 	for _, p := range rs.ports {
 		rs.logf("%s", portReport(p))
 	}
@@ -432,7 +454,8 @@ func portLimits(l config.NICLimits) vswitch.Limits {
 }
 
 // portReport is a port's counters as one line: "port <name> rx=<packets>/
-// <bytes> tx=<packets>/<bytes>" and the non-zero drop counts by reason.
+// <bytes> tx=<packets>/<bytes>", the non-zero drop counts by reason and
+// the connections cut off ("cutoffs=<n>") if any.
 func portReport(p *vswitch.Port) string {
 	c := p.Counters()
 	var b strings.Builder
@@ -441,6 +464,9 @@ func portReport(p *vswitch.Port) string {
 		if n > 0 {
 			fmt.Fprintf(&b, " %s=%d", vswitch.DropReason(r), n)
 		}
+	}
+	if c.CutOffs > 0 {
+		fmt.Fprintf(&b, " cutoffs=%d", c.CutOffs)
 	}
 	return b.String()
 }

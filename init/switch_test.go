@@ -1,10 +1,14 @@
 package main
 
 import (
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
+	"github.com/hyperroot/hyperroot/net/vhostuser"
 	"github.com/hyperroot/hyperroot/net/vswitch"
 )
 
@@ -27,5 +31,51 @@ func TestPortLimits(t *testing.T) {
 		if got := portLimits(tc.in); got != tc.want {
 			t.Errorf("%s: portLimits(%+v) = %+v, want %+v", tc.name, tc.in, got, tc.want)
 		}
+	}
+}
+
+// TestPortPacing: a frontend connecting again and again is served, but
+// paced (acceptRate) after its burst, and its connection lines stop after
+// connLogBurst with the rest counted at Close.
+func TestPortPacing(t *testing.T) {
+	_, cfg := extConfig(t)
+	dir := t.TempDir()
+	var out logLines
+	rs, err := startSwitch(cfg, dir, nil, out.logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 30
+	burst, perSecond := int(acceptRate.Size), float64(acceptRate.Size)/acceptRate.RefillTime.Seconds()
+	start := time.Now()
+	for i := range n {
+		fe, err := vhostuser.Dial(vmmcli.NICSocket(dir, "a", 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := fe.GetFeatures(); err != nil {
+			t.Fatalf("connection %d not served: %v", i, err)
+		}
+		fe.Close()
+	}
+	// A lower bound only: a slow machine takes longer, never shorter.
+	floor := time.Duration(float64(n-burst-1) / perSecond * float64(time.Second))
+	if took := time.Since(start); took < floor {
+		t.Errorf("%d connections served in %s: not paced (at least %s after a burst of %d)", n, took, floor, burst)
+	}
+	rs.Close()
+	out.mu.Lock()
+	defer out.mu.Unlock()
+	shown := 0
+	for _, l := range out.lines {
+		if strings.HasPrefix(l, "port a.0 connected") || strings.HasPrefix(l, "port a.0 disconnected") {
+			shown++
+		}
+	}
+	if shown != connLogBurst {
+		t.Errorf("%d connection lines shown for %d connections, want %d", shown, n, connLogBurst)
+	}
+	if !slices.ContainsFunc(out.lines, func(l string) bool { return strings.Contains(l, "connection lines not shown") }) {
+		t.Errorf("no count of the lines left out:\n%s", strings.Join(out.lines, "\n"))
 	}
 }

@@ -342,16 +342,18 @@ func startSwitchExt(f *extFlags, cfg *config.Config, dir string, capture map[str
 // After that connection ends nobody can reach the port again; the switch
 // keeps serving its other ports.
 func (rs *runningSwitch) serveExt(ep *extEndpoint, p *vswitch.VirtioPort, name string) {
+	log := newConnLog(rs.logf, name)
+	rs.connLogs = append(rs.connLogs, log)
 	if ep.l != nil {
 		rs.listeners = append(rs.listeners, ep.l)
-		go rs.serve(ep.l, p, name)
+		go rs.serve(ep.l, p, log)
 		return
 	}
 	go func() {
-		rs.logf("port %s connected", name)
+		log.printf(" connected")
 		if err := vhostuser.Serve(ep.c, p); err != nil {
-			rs.logf("port %s: %v", name, err)
+			log.printf(": %v", err)
 		}
-		rs.logf("port %s disconnected", name)
+		log.printf(" disconnected")
 	}()
 }

@@ -230,10 +230,14 @@ func readConsoleInput(c *console, f *fleet, sw *netSwitch, in io.Reader) {
 		target, text, _ := strings.Cut(line, " ")
 		name, ok := strings.CutPrefix(target, "@")
 		if !ok {
-			c.Printf("console: type \"@<vm> <text>\" to send a line to a VM's console, \"dump [<vm>...]\" to dump VMMs' state, or \"switch kill\"")
+			c.Printf("console: type \"@<vm> <text>\" to send a line to a VM's console (\"@run <text>\" to the hyperroot.run job), \"dump [<vm>...]\" to dump VMMs' state, or \"switch kill\"")
 			continue
 		}
-		if err := f.Input(name, text); err != nil {
+		input := f.Input
+		if name == "run" { // a reserved VM name
+			input = func(_, text string) error { return runInput(text) }
+		}
+		if err := input(name, text); err != nil {
 			c.Printf("console: %v", err)
 		}
 	}

@@ -119,6 +119,12 @@ const MaxVCPUs = 1024
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
 
+// reservedNames cannot name a VM: the console prefixes the switch's lines
+// with "switch| " and the hyperroot.run job's with "run| ", and "@run"
+// types to the job, so a VM of either name could pass its lines off as
+// theirs or take their input.
+var reservedNames = map[string]bool{"switch": true, "run": true}
+
 // Parse decodes a configuration file. file is only used in messages. All
 // errors found are returned together, one per line.
 func Parse(file string, data []byte) (*Config, error) {
@@ -188,6 +194,8 @@ func (d *decoder) vm(n *yaml.Node) VM {
 			vm.Name = d.str(v)
 			if !nameRE.MatchString(vm.Name) {
 				d.errf(v, "name %q: want 1-32 lower-case letters, digits and dashes", vm.Name)
+			} else if reservedNames[vm.Name] {
+				d.errf(v, "name %q is reserved: the console uses it for the appliance's own output and input", vm.Name)
 			}
 		},
 		"cpus": func(v *yaml.Node) {

@@ -47,6 +47,8 @@ func TestParseErrors(t *testing.T) {
 		{"relative path", "vms:\n  - {name: a, kernel: vmlinuz}\n", `path "vmlinuz": want an absolute path`},
 		{"bad restart", "vms:\n  - {name: a, kernel: /k, restart: sometimes}\n", `restart "sometimes"`},
 		{"bad name", "vms:\n  - {name: Web_1, kernel: /k}\n", `name "Web_1"`},
+		{"reserved name switch", "vms:\n  - {name: switch, kernel: /k}\n", `name "switch" is reserved`},
+		{"reserved name run", "vms:\n  - {name: run, kernel: /k}\n", `name "run" is reserved`},
 		{"duplicate", "vms:\n  - {name: a, kernel: /k}\n  - {name: a, kernel: /k}\n", `duplicate VM name "a"`},
 		{"twice", "vms: []\nvms: []\n", `key "vms" given twice`},
 		{"not a list", "vms: {name: a}\n", "c.yaml:1:6: want a list"},

@@ -55,6 +55,15 @@ type (
 	RequestErrorer interface {
 		RequestFailed(req Request, err error)
 	}
+	// CutOffCounter hears about every connection Serve ended for the
+	// frontend's fault (framing it cannot trust, descriptors of the
+	// wrong kind), once per connection, with the reason; a frontend that
+	// hung up, even in the middle of a request, is not counted. A
+	// frontend cut off again and again is a VMM its guest has taken over,
+	// or a broken one: worth a counter an operator sees.
+	CutOffCounter interface {
+		CutOff(err error)
+	}
 )
 
 // DefaultQueues is the virtqueue count of a device that does not implement
@@ -88,12 +97,15 @@ func Serve(conn *net.UnixConn, dev Device) error {
 }
 
 // serve is Serve with a hook that sees every well-framed request, for tests.
-func serve(uc *net.UnixConn, dev Device, trace func(Header)) error {
+func serve(uc *net.UnixConn, dev Device, trace func(Header)) (err error) {
 	b := newBackend(dev)
 	c := newConn(uc)
 	defer func() {
 		b.shutdown()
 		uc.Close()
+		if cc, ok := dev.(CutOffCounter); ok && (errors.Is(err, ErrProtocol) || errors.Is(err, ErrPeer)) {
+			cc.CutOff(err)
+		}
 	}()
 	for {
 		h, payload, fds, err := c.recv()

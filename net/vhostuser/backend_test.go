@@ -422,6 +422,20 @@ func TestServeHostile(t *testing.T) {
 	if n := len(dev.refusals()); n < len(tests)-2 {
 		t.Fatalf("RequestFailed heard of %d refusals, want at least %d", n, len(tests)-2)
 	}
+	// CutOff heard of each connection ended for the frontend's fault,
+	// and of no other (refusals and clean closes are not cut-offs).
+	want := 0
+	for _, tt := range tests {
+		if tt.closed || tt.cut {
+			want++
+		}
+	}
+	dev.mu.Lock()
+	got := dev.cutOffs
+	dev.mu.Unlock()
+	if got != want {
+		t.Fatalf("CutOff heard of %d connections, want %d", got, want)
+	}
 }
 
 // TestServeTruncated: a frontend dying in the middle of a message ends

@@ -161,6 +161,7 @@ type echo struct {
 	starts  int
 	stops   int
 	failed  []Request
+	cutOffs int
 }
 
 type worker struct {
@@ -187,6 +188,12 @@ func (e *echo) SetFeatures(f uint64) error {
 func (e *echo) RequestFailed(req Request, err error) {
 	e.mu.Lock()
 	e.failed = append(e.failed, req)
+	e.mu.Unlock()
+}
+
+func (e *echo) CutOff(error) {
+	e.mu.Lock()
+	e.cutOffs++
 	e.mu.Unlock()
 }
 

@@ -51,7 +51,7 @@ const (
 	DropSpoofedIP                    // a locked VM sent from an IPv4 address it was not given, or an IPv6 address it may not use
 	DropRogueDHCP                    // a VM sent a DHCP server message (UDP from port 67; DHCPv6 from 547 on a locked port)
 	DropRateLimit                    // the port's token bucket was empty
-	DropMalformed                    // a frame or descriptor chain the switch cannot parse, or a VMM passing descriptors of the wrong kind
+	DropMalformed                    // a frame or descriptor chain the switch cannot parse
 	DropEtherType                    // a VM sent an EtherType its port does not carry (stacked VLAN tags; on a locked port, anything but IPv4, ARP, IPv6)
 	DropRogueRA                      // a VM on a locked port sent an IPv6 router advertisement or redirect
 	NumDropReasons
@@ -74,6 +74,10 @@ type Counters struct {
 	RxPackets, RxBytes uint64
 	TxPackets, TxBytes uint64
 	Drops              [NumDropReasons]uint64
+	// CutOffs counts the connections of a virtio port's frontend that the
+	// vhost-user backend ended for the frontend's fault (descriptors of
+	// the wrong kind, framing it cannot trust).
+	CutOffs uint64
 }
 
 // counters are updated with atomics by every goroutine forwarding to or
@@ -82,6 +86,7 @@ type counters struct {
 	rxPackets, rxBytes atomic.Uint64
 	txPackets, txBytes atomic.Uint64
 	drops              [NumDropReasons]atomic.Uint64
+	cutOffs            atomic.Uint64
 }
 
 // Rate is a token bucket in one direction. The zero value is unlimited.
@@ -199,6 +204,7 @@ func (p *Port) Counters() Counters {
 	for i := range c.Drops {
 		c.Drops[i] = p.c.drops[i].Load()
 	}
+	c.CutOffs = p.c.cutOffs.Load()
 	return c
 }
 

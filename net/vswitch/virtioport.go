@@ -131,16 +131,14 @@ func (s *Switch) AddVirtioPort(name string, cfg VirtioConfig) (*VirtioPort, erro
 // refuses a larger SET_VRING_NUM (net/vhostuser's QueueSizeLimiter).
 func (v *VirtioPort) MaxQueueSize() uint16 { return MaxQueueSize }
 
-// RequestFailed implements net/vhostuser's RequestErrorer: a frontend
-// that passed descriptors of the wrong kind (a pipe or file where an
-// eventfd belongs, memory that can shrink) is cut off by the backend and
-// counted here as malformed. Other refusals are the frontend's business
-// (it hears of them by REPLY_ACK) and not counted.
-func (v *VirtioPort) RequestFailed(req vhostuser.Request, err error) {
-	if errors.Is(err, vhostuser.ErrPeer) {
-		v.drop(DropMalformed)
-	}
-}
+// CutOff implements net/vhostuser's CutOffCounter: the backend ended a
+// frontend's connection for its fault (a pipe or file where an eventfd
+// belongs, memory that can shrink, framing it cannot trust). The port
+// serves the next connection as usual (the VMM reconnects); the count is
+// in Counters.CutOffs and the switch's port report.
+func (v *VirtioPort) CutOff(error) { v.c.cutOffs.Add(1) }
+
+var _ vhostuser.CutOffCounter = (*VirtioPort)(nil)
 
 // Features are the virtio feature bits the port offers.
 func (v *VirtioPort) Features() uint64 { return Offered }
