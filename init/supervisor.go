@@ -72,6 +72,9 @@ func supervise() {
 		c.Printf("kvm: %s", s)
 	}
 	cfg, cfgPath := loadConfig(c, args)
+	// Before the switch: it and every child PID 1 starts inherit PID 1's
+	// group, and the VMs get theirs.
+	cg := setupCgroups(c)
 
 	var sw *netSwitch
 	if needsSwitch(cfg) {
@@ -84,6 +87,7 @@ func supervise() {
 	// After the switch: the host port is its tap.
 	startHostNet(c, cfg, args)
 	f := newFleet(c, r, args.Oneshot)
+	f.cg = cg
 	p.stop = func() {
 		f.Stop(vmStopGrace)
 		if sw != nil {

@@ -7,11 +7,13 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/cgroup"
 	"github.com/hyperroot/hyperroot/internal/child"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
 )
@@ -22,7 +24,8 @@ import (
 type fleet struct {
 	c       *console
 	r       child.Starter
-	oneshot bool // never restart: the appliance powers off when all have exited
+	oneshot bool     // never restart: the appliance powers off when all have exited
+	cg      *cgroups // nil: no cgroup v2 (VMs with QoS do not start)
 
 	mu       sync.Mutex
 	vms      map[string]*vmEntry
@@ -38,6 +41,11 @@ type vmEntry struct {
 	// begun and dumped receive when the VMM's output relays the first
 	// and the last line of a dump (see fleet.Dump).
 	begun, dumped chan struct{}
+
+	mu    sync.Mutex
+	qos   config.QoS    // as configured, then as changed live (the "qos" command)
+	group *cgroup.Group // the running VMM's cgroup, nil when none
+	oom   uint64        // its OOM kill count when the VMM started
 }
 
 func newFleet(c *console, r child.Starter, oneshot bool) *fleet {
@@ -52,10 +60,10 @@ func (f *fleet) Start(vms []config.VM) {
 		return
 	}
 	for _, vm := range vms {
-		e := &vmEntry{begun: make(chan struct{}, 1), dumped: make(chan struct{}, 1)}
+		e := &vmEntry{begun: make(chan struct{}, 1), dumped: make(chan struct{}, 1), qos: vm.QoS}
 		e.sup = child.Supervise(child.Run{
 			Start:  func() (*child.Process, error) { return f.startVM(vm, e) },
-			Exited: func(ws unix.WaitStatus, _ time.Duration) bool { return f.exited(vm, ws) },
+			Exited: func(ws unix.WaitStatus, _ time.Duration) bool { return f.exited(vm, e, ws) },
 			Restarting: func(d time.Duration) {
 				f.c.Printf("vm %s restarting in %s (restart: %s)", vm.Name, d, vm.Restart)
 			},
@@ -96,9 +104,32 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 	// The child has its own copies once started; ours must not keep the
 	// disks (and their locks) alive after it exits.
 	defer closeFiles(disks)
-	return child.Start(f.r, child.Spec{
+	// Its cgroup, with the limits as configured or as last changed live.
+	e.mu.Lock()
+	vm.QoS = e.qos
+	e.mu.Unlock()
+	g, err := f.cg.vmGroup(vm)
+	if err != nil {
+		return nil, err
+	}
+	attr := &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
+	var oom uint64
+	if g != nil {
+		dir, err := g.Dir()
+		if err != nil {
+			g.Remove(0)
+			return nil, err
+		}
+		defer dir.Close()
+		attr.UseCgroupFD, attr.CgroupFD = true, int(dir.Fd())
+		oom, _ = g.OOMKills()
+	}
+	e.mu.Lock()
+	e.group, e.oom = g, oom
+	e.mu.Unlock()
+	p, err := child.Start(f.r, child.Spec{
 		Path: selfPath(), Args: vmmcli.ForVM(vm, switchDir).Argv(),
-		ExtraFiles: disks, Stdin: true,
+		ExtraFiles: disks, Stdin: true, Attr: attr,
 		Started: func(pid int) {
 			f.c.Printf("vm %s started pid=%d cpus=%d memory=%s", vm.Name, pid, vm.CPUs, vm.Memory)
 		},
@@ -112,12 +143,41 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 			}
 		}),
 	})
+	if err != nil {
+		f.dropGroup(e)
+	}
+	return p, err
+}
+
+// dropGroup removes the cgroup of e's VMM, which has exited (or never
+// started), and returns whether the OOM killer ended it.
+func (f *fleet) dropGroup(e *vmEntry) (oom bool) {
+	e.mu.Lock()
+	g, before := e.group, e.oom
+	e.group = nil
+	e.mu.Unlock()
+	if g == nil {
+		return false
+	}
+	if n, err := g.OOMKills(); err == nil && n > before {
+		oom = true
+	}
+	if err := g.Remove(2 * time.Second); err != nil {
+		f.c.Errorf("cgroups", err)
+	}
+	return oom
 }
 
 // exited reports a VMM's exit and says whether its policy restarts it.
-func (f *fleet) exited(vm config.VM, ws unix.WaitStatus) bool {
+// A VMM the kernel's OOM killer ended (its group reached memory.max) is
+// reported with reason=oom rather than as any other SIGKILL.
+func (f *fleet) exited(vm config.VM, e *vmEntry, ws unix.WaitStatus) bool {
 	clean := vmmcli.Clean(ws)
-	f.c.Printf("vm %s exited code=%d reason=%s", vm.Name, vmmcli.Code(ws), vmmcli.Reason(ws))
+	reason := vmmcli.Reason(ws)
+	if f.dropGroup(e) && ws.Signaled() && ws.Signal() == unix.SIGKILL {
+		reason = "oom"
+	}
+	f.c.Printf("vm %s exited code=%d reason=%s", vm.Name, vmmcli.Code(ws), reason)
 	f.markFailed(vm.Name, !clean)
 	return !f.oneshot && (vm.Restart == config.RestartAlways ||
 		(vm.Restart == config.RestartOnFailure && !clean))
@@ -219,6 +279,15 @@ func readConsoleInput(c *console, f *fleet, sw *netSwitch, in io.Reader) {
 			}
 			continue
 		}
+		if cmd, arg, _ := strings.Cut(line, " "); cmd == "qos" {
+			name, text, _ := strings.Cut(strings.TrimSpace(arg), " ")
+			if out, err := f.QoS(name, text); err != nil {
+				c.Printf("console: %v", err)
+			} else {
+				c.Printf("%s", out)
+			}
+			continue
+		}
 		if line == "switch kill" {
 			if sw == nil {
 				c.Printf("console: no switch is running")
@@ -230,7 +299,7 @@ func readConsoleInput(c *console, f *fleet, sw *netSwitch, in io.Reader) {
 		target, text, _ := strings.Cut(line, " ")
 		name, ok := strings.CutPrefix(target, "@")
 		if !ok {
-			c.Printf("console: type \"@<vm> <text>\" to send a line to a VM's console (\"@run <text>\" to the hyperroot.run job), \"dump [<vm>...]\" to dump VMMs' state, or \"switch kill\"")
+			c.Printf("console: type \"@<vm> <text>\" to send a line to a VM's console (\"@run <text>\" to the hyperroot.run job), \"dump [<vm>...]\" to dump VMMs' state, \"qos <vm> [<qos>]\" to see or change a VM's limits, or \"switch kill\"")
 			continue
 		}
 		input := f.Input

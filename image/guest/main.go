@@ -10,7 +10,8 @@
 // disk-fsync-then-hang, disk-rw-parallel, disk-ro, disk-iops) and the disk
 // benchmark of diskbench.go (disk-bench, options in hyperroot.diskbench=),
 // which may be chained with commas and take hyperroot.seed=<n>; they power
-// off when done.
+// off when done. The network actions are in net.go, the load actions (spin,
+// fill) for the resource-control tests in load.go.
 package main
 
 import (
@@ -69,6 +70,9 @@ func main() {
 		f := diskActions[a]
 		if f == nil {
 			f = netActions[a] // net.go
+		}
+		if f == nil {
+			f = loadActions[a] // load.go
 		}
 		if f != nil {
 			if err := f(seed); err != nil {

@@ -35,6 +35,7 @@ type VM struct {
 	Restart Restart // default on-failure
 	Disks   []Disk  // virtio-blk disks, in the order the guest sees them (vda, vdb, ...)
 	NICs    []NIC   // virtio-net interfaces, ports of the switch (eth0, eth1, ...)
+	QoS     QoS     // resource controls of the VM's cgroup
 }
 
 // Disk is one virtio-blk disk of a VM: a raw image file or a block device
@@ -230,6 +231,7 @@ func (d *decoder) vm(n *yaml.Node) VM {
 				d.errf(v, "nics: %d NICs, want at most %d", len(vm.NICs), MaxNICs)
 			}
 		},
+		"qos": func(v *yaml.Node) { vm.QoS = d.qos(v) },
 		"disks": func(v *yaml.Node) {
 			d.sequence(v, func(item *yaml.Node) { vm.Disks = append(vm.Disks, d.disk(item)) })
 			if len(vm.Disks) > MaxDisks {

@@ -1,0 +1,280 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/cgroup"
+)
+
+// The appliance's cgroup v2 tree (internal/cgroup), made at boot:
+//
+//	/sys/fs/cgroup/hyperroot/system      PID 1, the switch, the hyperroot.run job
+//	/sys/fs/cgroup/hyperroot/vms/<name>  one VMM each, made before it starts
+//
+// A VMM is cloned straight into its group (CLONE_INTO_CGROUP), so the
+// guest never runs outside its limits; the group goes when the VMM has
+// exited, after the supervisor read whether the OOM killer ended it.
+// system keeps a memory reserve (memory.min) so that guests pressing on
+// memory reclaim from each other before they reclaim from PID 1 and the
+// switch, which every VM needs.
+type cgroups struct {
+	vms         *cgroup.Group
+	controllers map[string]bool
+}
+
+const (
+	cgroupTop = "hyperroot"
+	// systemReserve is system's memory.min: PID 1 and the switch use
+	// a few tens of MiB.
+	systemReserve = 64 << 20
+)
+
+// wantControllers are the controllers the VMs' groups use, when the
+// kernel has them.
+var wantControllers = []string{"cpu", "cpuset", "memory", "io", "pids"}
+
+// setupCgroups makes the tree and moves PID 1 into system. It returns nil
+// (and the VMs run without groups) if cgroup v2 is not usable; a VM that
+// asks for QoS then fails to start, saying why.
+func setupCgroups(c *console) *cgroups {
+	cg, err := makeCgroups(cgroup.Root, os.Getpid())
+	if err != nil {
+		c.Errorf("cgroups", err)
+		return nil
+	}
+	var names []string
+	for _, n := range wantControllers {
+		if cg.controllers[n] {
+			names = append(names, n)
+		}
+	}
+	c.Printf("cgroups: %s; appliance reserve %d MiB", strings.Join(names, " "), systemReserve>>20)
+	return cg
+}
+
+// makeCgroups builds the tree under root and moves process self (PID 1)
+// into its system group.
+func makeCgroups(root string, self int) (*cgroups, error) {
+	r, err := cgroup.Open(root)
+	if err != nil {
+		return nil, err
+	}
+	avail, err := r.Controllers()
+	if err != nil {
+		return nil, err
+	}
+	cg := &cgroups{controllers: map[string]bool{}}
+	var enable []string
+	for _, n := range wantControllers {
+		if slices.Contains(avail, n) {
+			enable = append(enable, n)
+			cg.controllers[n] = true
+		}
+	}
+	top, err := r.Mkdir(cgroupTop)
+	if err != nil {
+		return nil, err
+	}
+	system, err := top.Mkdir("system")
+	if err != nil {
+		return nil, err
+	}
+	if cg.vms, err = top.Mkdir("vms"); err != nil {
+		return nil, err
+	}
+	// Controllers are enabled from the root down; a level may hold no
+	// processes once it has them, so PID 1 leaves the root first.
+	if err := system.Move(self); err != nil {
+		return nil, err
+	}
+	for _, g := range []*cgroup.Group{r, top, cg.vms} {
+		if len(enable) > 0 {
+			if err := g.EnableControllers(enable...); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if cg.controllers["memory"] {
+		if err := system.Set("memory.min", strconv.Itoa(systemReserve)); err != nil {
+			return nil, err
+		}
+	}
+	return cg, nil
+}
+
+// vmGroup makes VM vm's group with its limits, ready for its VMM to be
+// cloned into. cg may be nil (no cgroups): then a VM without QoS runs
+// without a group, and one with QoS gets an error.
+func (cg *cgroups) vmGroup(vm config.VM) (*cgroup.Group, error) {
+	if cg == nil {
+		if vm.QoS != (config.QoS{}) {
+			return nil, errors.New("qos: the appliance has no cgroup v2 (see the cgroups error at boot)")
+		}
+		return nil, nil
+	}
+	settings, err := qosSettings(vm.QoS, runtime.NumCPU())
+	if err != nil {
+		return nil, fmt.Errorf("qos: %w", err)
+	}
+	for _, s := range settings {
+		if s.asked && !cg.controllers[s.controller()] {
+			return nil, fmt.Errorf("qos: %s needs the kernel's %s controller, which the appliance lacks", s.file, s.controller())
+		}
+	}
+	g, err := cg.vms.Mkdir(vm.Name)
+	if err != nil {
+		return nil, err
+	}
+	if err := cg.apply(g, settings); err != nil {
+		g.Remove(0)
+		return nil, err
+	}
+	return g, nil
+}
+
+// apply writes settings to g, skipping those of controllers the kernel
+// lacks (left at their defaults: vmGroup refused any that were asked).
+func (cg *cgroups) apply(g *cgroup.Group, settings []setting) error {
+	for _, s := range settings {
+		if !cg.controllers[s.controller()] {
+			continue
+		}
+		if err := g.Set(s.file, s.value); err != nil {
+			return fmt.Errorf("qos: %w", err)
+		}
+	}
+	return nil
+}
+
+// setting is one cgroup file and the value written to it; asked says
+// whether the configuration set it (else it is the kernel's default).
+type setting struct {
+	file, value string
+	asked       bool
+}
+
+// controller is the controller a setting belongs to: the file's prefix.
+func (s setting) controller() string {
+	c, _, _ := strings.Cut(s.file, ".")
+	return c
+}
+
+// cpuPeriod is the cpu.max period: 100 ms, the kernel's default. A VM at
+// its quota waits for the next period; shorter periods cost more
+// scheduler work, longer ones make the waits longer.
+const cpuPeriod = 100 * time.Millisecond
+
+// qosSettings turns a VM's QoS into cgroup files. Every file is written,
+// with the kernel's default ("max", weight 100) where the QoS sets
+// nothing, so that a group changed live holds exactly what it says; asked
+// marks the ones the QoS set.
+func qosSettings(q config.QoS, hostCPUs int) ([]setting, error) {
+	if q.CPU.Max > hostCPUs*100 {
+		return nil, fmt.Errorf("cpu max %d%% is more than the appliance's %d CPUs (%d%%)", q.CPU.Max, hostCPUs, hostCPUs*100)
+	}
+	or := func(asked bool, v, def string) setting {
+		if asked {
+			return setting{value: v, asked: true}
+		}
+		return setting{value: def}
+	}
+	period := cpuPeriod.Microseconds()
+	files := []struct {
+		file string
+		setting
+	}{
+		{"cpu.weight", or(q.CPU.Weight != 0, strconv.Itoa(q.CPU.Weight), "100")},
+		{"cpu.max", or(q.CPU.Max != 0, fmt.Sprintf("%d %d", period*int64(q.CPU.Max)/100, period), fmt.Sprintf("max %d", period))},
+		// The appliance has no swap: a VMM over memory.max is killed.
+		{"memory.max", or(q.Memory.Max != 0, strconv.FormatUint(uint64(q.Memory.Max), 10), "max")},
+		{"memory.high", or(q.Memory.High != 0, strconv.FormatUint(uint64(q.Memory.High), 10), "max")},
+		{"pids.max", or(q.Pids != 0, strconv.Itoa(q.Pids), "max")},
+	}
+	s := make([]setting, len(files))
+	for i, f := range files {
+		s[i] = f.setting
+		s[i].file = f.file
+	}
+	return s, nil
+}
+
+// QoS is the console's "qos <vm> [<qos>]". Without a qos it reports the
+// VM's limits and what its VMM uses; with one (a flow mapping, as in the
+// configuration: "{cpu: {max: 50%}}") it replaces the VM's QoS: at once
+// on the running VMM's group, and for its later starts.
+func (f *fleet) QoS(name, text string) (string, error) {
+	f.mu.Lock()
+	e := f.vms[name]
+	f.mu.Unlock()
+	if e == nil {
+		return "", fmt.Errorf("no vm %q", name)
+	}
+	if f.cg == nil {
+		return "", errors.New("qos: the appliance has no cgroup v2")
+	}
+	if strings.TrimSpace(text) != "" {
+		q, err := config.ParseQoS("qos", text)
+		if err != nil {
+			return "", err
+		}
+		settings, err := qosSettings(q, runtime.NumCPU())
+		if err != nil {
+			return "", fmt.Errorf("qos: %w", err)
+		}
+		for _, s := range settings {
+			if s.asked && !f.cg.controllers[s.controller()] {
+				return "", fmt.Errorf("qos: %s needs the kernel's %s controller, which the appliance lacks", s.file, s.controller())
+			}
+		}
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		if e.group != nil {
+			if err := f.cg.apply(e.group, settings); err != nil {
+				return "", err
+			}
+		}
+		e.qos = q
+		return "qos " + name + " set: " + describeQoS(settings), nil
+	}
+	e.mu.Lock()
+	g, q := e.group, e.qos
+	e.mu.Unlock()
+	settings, _ := qosSettings(q, runtime.NumCPU())
+	if g == nil {
+		return "qos " + name + " not running; " + describeQoS(settings), nil
+	}
+	return "qos " + name + " " + groupUsage(g) + " " + describeQoS(settings), nil
+}
+
+// describeQoS prints settings as "file=value" words.
+func describeQoS(settings []setting) string {
+	w := make([]string, len(settings))
+	for i, s := range settings {
+		w[i] = s.file + "=" + strings.ReplaceAll(s.value, " ", "/")
+	}
+	return strings.Join(w, " ")
+}
+
+// groupUsage is what a VMM's group uses: CPU time so far (for a rate, read
+// twice and divide by the console lines' time stamps), memory and
+// processes now.
+func groupUsage(g *cgroup.Group) string {
+	var w []string
+	if d, err := g.CPUUsage(); err == nil {
+		w = append(w, fmt.Sprintf("cpu.usage=%.3fs", d.Seconds()))
+	}
+	for _, file := range []string{"memory.current", "pids.current"} {
+		if v, err := g.Get(file); err == nil {
+			w = append(w, file+"="+v)
+		}
+	}
+	return strings.Join(w, " ")
+}

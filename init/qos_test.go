@@ -1,0 +1,96 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/cgroup"
+	"github.com/hyperroot/hyperroot/internal/testenv"
+)
+
+func TestQoSSettings(t *testing.T) {
+	var q config.QoS
+	q.CPU.Weight, q.CPU.Max, q.Memory.Max, q.Pids = 300, 150, 512<<20, 64
+	s, err := qosSettings(q, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := describeQoS(s), "cpu.weight=300 cpu.max=150000/100000 memory.max=536870912 memory.high=max pids.max=64"; got != want {
+		t.Errorf("settings %q, want %q", got, want)
+	}
+	s, _ = qosSettings(config.QoS{}, 2)
+	if got, want := describeQoS(s), "cpu.weight=100 cpu.max=max/100000 memory.max=max memory.high=max pids.max=max"; got != want {
+		t.Errorf("no qos: settings %q, want the kernel's defaults %q", got, want)
+	}
+	for _, st := range s {
+		if st.asked {
+			t.Errorf("%s marked asked without a qos", st.file)
+		}
+	}
+	q = config.QoS{}
+	q.CPU.Max = 300
+	if _, err := qosSettings(q, 2); err == nil || !strings.Contains(err.Error(), "more than the appliance's 2 CPUs") {
+		t.Errorf("cpu max 300%% on 2 CPUs: %v", err)
+	}
+}
+
+// TestMakeCgroups builds the tree on a real cgroup v2 hierarchy (a
+// subtree of a fresh mount, so the host's own groups are untouched) and
+// moves a process into system.
+func TestMakeCgroups(t *testing.T) {
+	testenv.Need(t, os.Geteuid() == 0, "mounting cgroup2 needs root")
+	mnt := t.TempDir()
+	if err := unix.Mount("none", mnt, "cgroup2", 0, ""); err != nil {
+		testenv.Need(t, false, "cannot mount cgroup2: "+err.Error())
+	}
+	defer unix.Unmount(mnt, unix.MNT_DETACH)
+	root := filepath.Join(mnt, "hyperroot-test-"+strconv.Itoa(os.Getpid()))
+	if err := os.Mkdir(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sleeper := exec.Command("sleep", "60")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		sleeper.Process.Kill()
+		sleeper.Wait()
+		for _, d := range []string{"hyperroot/vms/a", "hyperroot/vms", "hyperroot/system", "hyperroot", ""} {
+			(&cgroup.Group{Path: filepath.Join(root, d)}).Remove(2e9)
+		}
+	})
+	cg, err := makeCgroups(root, sleeper.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sys, _ := cgroup.Open(filepath.Join(root, "hyperroot", "system"))
+	if pids, err := sys.Procs(); err != nil || len(pids) != 1 || pids[0] != sleeper.Process.Pid {
+		t.Errorf("system holds %v (%v), want the process %d", pids, err, sleeper.Process.Pid)
+	}
+	g, err := cg.vmGroup(config.VM{Name: "a"})
+	if err != nil {
+		t.Fatalf("a VM without qos: %v", err)
+	}
+	if g.Path != filepath.Join(root, "hyperroot", "vms", "a") {
+		t.Errorf("group at %s", g.Path)
+	}
+	// Controllers the hierarchy does not offer here are refused for a
+	// VM that asks for them, naming the controller.
+	vm := config.VM{Name: "b"}
+	vm.QoS.Pids = 64
+	if !cg.controllers["pids"] {
+		if _, err := cg.vmGroup(vm); err == nil || !strings.Contains(err.Error(), "pids controller") {
+			t.Errorf("qos pids without the pids controller: %v", err)
+		}
+	}
+	if err := g.Remove(2e9); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,96 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/hyperroot/hyperroot/tools/qemu"
+)
+
+// TestQoS: each VM's VMM runs in a cgroup of its own with the limits of
+// its qos. A guest spinning under cpu.max 50% uses half a CPU, measured
+// from its group's cpu.stat over 10 s of the appliance's clock (the
+// console's "qos <vm>" command, read twice), and a quarter after the
+// limit was changed live to 25%; a guest touching more memory than its
+// memory.max has its VMM killed by the kernel, reported as reason=oom,
+// while a neighbour goes on answering its console.
+func TestQoS(t *testing.T) {
+	testbed(t, func(t testing.TB) {
+		pr, pw := io.Pipe()
+		defer pw.Close()
+		vm := func(name, action, mem, qos string, cmdline ...string) string {
+			s := netVM(name, action, nil, cmdline...)
+			s = regexp.MustCompile(`memory: 192M`).ReplaceAllString(s, "memory: "+mem)
+			s = regexp.MustCompile(`    nics:\n`).ReplaceAllString(s, "")
+			if qos != "" {
+				s += "    qos: " + qos + "\n"
+			}
+			return s
+		}
+		cfg := filepath.Join(t.TempDir(), "config.yaml")
+		if err := os.WriteFile(cfg, []byte("vms:\n"+
+			vm("capped", "spin", "128M", "{cpu: {max: 50%}}", "hyperroot.spin=90")+
+			vm("hog", "fill", "320M", "{memory: {max: 160M}}", "hyperroot.fill=288")+
+			vm("calm", "echo", "128M", "")), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Stdin: pr})
+		expect(t, m, `hyperroot: cgroups: .*\bcpu\b.*\bmemory\b`)
+
+		// memory.max: the hog is killed, its neighbour untouched.
+		expect(t, m, `^hog\| guest: fill 16 MiB`)
+		expect(t, m, `hyperroot: vm hog exited code=137 reason=oom$`)
+		fmt.Fprintln(pw, "@calm still here")
+		expect(t, m, `^calm\| guest: echo still here$`)
+
+		// cpu.max: usage over at least 10 s of the appliance's clock.
+		expect(t, m, `^capped\| guest: spin start `)
+		sample := func() (at, used float64) {
+			fmt.Fprintln(pw, "qos capped")
+			l := expect(t, m, `hyperroot: qos capped cpu\.usage=`)
+			s := regexp.MustCompile(`^\[\s*([0-9.]+)\] hyperroot: qos capped cpu\.usage=([0-9.]+)s`).FindStringSubmatch(l)
+			if s == nil {
+				t.Fatalf("cannot read time and usage from %q", l)
+			}
+			at, _ = strconv.ParseFloat(s[1], 64)
+			used, _ = strconv.ParseFloat(s[2], 64)
+			return at, used
+		}
+		rate := func(want float64) {
+			t0, u0 := sample()
+			time.Sleep(10 * time.Second)
+			t1, u1 := sample()
+			for t1-t0 < 10 { // the appliance's clock, not ours
+				time.Sleep(time.Second)
+				t1, u1 = sample()
+			}
+			got := (u1 - u0) / (t1 - t0)
+			t.Logf("cpu.max %.0f%%: %.3f CPU over %.1f s", want*100, got, t1-t0)
+			if got < want-0.05 || got > want+0.05 {
+				t.Errorf("the spinning VM used %.3f CPU under cpu.max %.0f%%, want %.2f ± 0.05", got, want*100, want)
+			}
+		}
+		rate(0.5)
+		fmt.Fprintln(pw, "qos capped {cpu: {max: 25%}}")
+		expect(t, m, `hyperroot: qos capped set: cpu\.weight=100 cpu\.max=25000/100000 `)
+		rate(0.25)
+
+		// Done: the spinner and the neighbour power off.
+		fmt.Fprintln(pw, "@calm poweroff")
+		r := m.Wait()
+		if !hasLine(r.Lines, `hyperroot: vm capped exited code=0 reason=poweroff$`) ||
+			!hasLine(r.Lines, `hyperroot: vm calm exited code=0 reason=poweroff$`) {
+			t.Errorf("capped and calm did not both power off cleanly")
+		}
+		// The oneshot verdict fails for the hog's OOM kill, as it must.
+		if !hasLine(r.Lines, `hyperroot: result fail errors=0 vms=hog$`) {
+			t.Errorf("verdict: want a failure naming only hog")
+		}
+	})
+}
