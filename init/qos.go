@@ -4,11 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/cgroup"
@@ -129,6 +132,16 @@ func (cg *cgroups) vmGroup(vm config.VM) (*cgroup.Group, error) {
 			return nil, fmt.Errorf("qos: %s needs the kernel's %s controller, which the appliance lacks", s.file, s.controller())
 		}
 	}
+	cpus, err := pinCPUs(vm.Pin)
+	if err != nil {
+		return nil, err
+	}
+	if cpus != "" {
+		if !cg.controllers["cpuset"] {
+			return nil, errors.New("pin: needs the kernel's cpuset controller, which the appliance lacks")
+		}
+		settings = append(settings, setting{file: "cpuset.cpus", value: cpus, asked: true})
+	}
 	g, err := cg.vms.Mkdir(vm.Name)
 	if err != nil {
 		return nil, err
@@ -138,6 +151,28 @@ func (cg *cgroups) vmGroup(vm config.VM) (*cgroup.Group, error) {
 		return nil, err
 	}
 	return g, nil
+}
+
+// pinCPUs checks that the CPUs a VM is pinned to are the appliance's
+// (those PID 1 may run on) and returns them as cpuset.cpus wants them
+// ("" when the VM is not pinned).
+func pinCPUs(p config.Pin) (string, error) {
+	all := p.CPUs()
+	if len(all) == 0 {
+		return "", nil
+	}
+	var mine unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &mine); err != nil {
+		return "", fmt.Errorf("pin: %w", err)
+	}
+	w := make([]string, len(all))
+	for i, c := range all {
+		if !mine.IsSet(c) {
+			return "", fmt.Errorf("pin: CPU %d is not one of the appliance's %d CPUs", c, mine.Count())
+		}
+		w[i] = strconv.Itoa(c)
+	}
+	return strings.Join(w, ","), nil
 }
 
 // apply writes settings to g, skipping those of controllers the kernel
@@ -251,7 +286,56 @@ func (f *fleet) QoS(name, text string) (string, error) {
 	if g == nil {
 		return "qos " + name + " not running; " + describeQoS(settings), nil
 	}
-	return "qos " + name + " " + groupUsage(g) + " " + describeQoS(settings), nil
+	line := "qos " + name + " " + groupUsage(g) + " " + describeQoS(settings)
+	if p := e.sup.Process(); p != nil {
+		if a := threadAffinity(p.Pid()); a != "" {
+			line += " " + a
+		}
+	}
+	return line, nil
+}
+
+// threadAffinity reports where the kernel lets process pid's threads run,
+// from /proc: "affinity vcpu0=2 vcpu1=3 other=0", grouping threads by
+// name (the VMM names its vCPU threads), so that pinning is checked on
+// the kernel's word rather than the VMM's.
+func threadAffinity(pid int) string {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return ""
+	}
+	byName := map[string][]string{}
+	var names []string
+	for _, e := range ents {
+		comm, err1 := os.ReadFile(filepath.Join(dir, e.Name(), "comm"))
+		status, err2 := os.ReadFile(filepath.Join(dir, e.Name(), "status"))
+		if err1 != nil || err2 != nil {
+			continue // exited meanwhile
+		}
+		name := strings.TrimSpace(string(comm))
+		if !strings.HasPrefix(name, "vcpu") {
+			name = "other"
+		}
+		var cpus string
+		for _, l := range strings.Split(string(status), "\n") {
+			if v, ok := strings.CutPrefix(l, "Cpus_allowed_list:"); ok {
+				cpus = strings.TrimSpace(v)
+			}
+		}
+		if !slices.Contains(byName[name], cpus) {
+			if byName[name] == nil {
+				names = append(names, name)
+			}
+			byName[name] = append(byName[name], cpus)
+		}
+	}
+	slices.Sort(names)
+	w := []string{"affinity"}
+	for _, n := range names {
+		w = append(w, n+"="+strings.Join(byName[n], ";"))
+	}
+	return strings.Join(w, " ")
 }
 
 // describeQoS prints settings as "file=value" words.

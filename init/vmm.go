@@ -34,6 +34,12 @@ func vmmMain(args []string) int {
 	// From here on a dump request (SIGUSR1, from the supervisor's "dump"
 	// command or its oneshot timeout) is answered, at first with "no
 	// machine yet"; Go ignores the signal before this, it never kills.
+	if len(a.PinEmulator) > 0 {
+		// First: every thread made from here on inherits it.
+		if err := pinProcess(a.PinEmulator); err != nil {
+			return fail("%v", err)
+		}
+	}
 	var built atomic.Pointer[machine.Machine]
 	go answerDumps(&built)
 	tuneRuntime(a.CPUs)
@@ -118,6 +124,9 @@ func vmmMain(args []string) int {
 		m.Stop() // asked twice: stop now
 	}()
 	built.Store(m)
+	if pins := a.PinVCPUs; len(pins) > 0 {
+		m.OnVCPUThread(func(i int) error { return pinThread(pins[i%len(pins)]) })
+	}
 	r := m.Run()
 	fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: %s after %s (%s)\n", a.Name, r.Exit, time.Since(start).Round(time.Millisecond), r.Detail)
 	all, io, mmio := m.Exits()

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -12,7 +14,8 @@ import (
 // control tests:
 //
 //	spin   keep the vCPU busy for hyperroot.spin= seconds (default 60) of
-//	       the guest's clock, reporting "guest: spin start seconds=<n>" and
+//	       the guest's clock, or with hyperroot.spin=0 until a line comes on
+//	       its console, reporting "guest: spin start seconds=<n>" and
 //	       "guest: spin done"
 //	fill   allocate and touch hyperroot.fill= MiB (default 128) of memory,
 //	       reporting "guest: fill <n> MiB" every 16 MiB and "guest: fill
@@ -42,10 +45,21 @@ func cmdlineInt(key string, def int) int {
 
 func spin(uint64) error {
 	secs := cmdlineInt("spin", 60)
-	fmt.Printf("guest: spin start seconds=%d\n", secs)
-	end := time.Now().Add(time.Duration(secs) * time.Second)
+	var stop atomic.Bool
+	if secs > 0 {
+		fmt.Printf("guest: spin start seconds=%d\n", secs)
+		time.AfterFunc(time.Duration(secs)*time.Second, func() { stop.Store(true) })
+	} else {
+		// Until told: a test measuring a share of CPU does not have to
+		// guess how long its guests take to boot under emulation.
+		fmt.Println("guest: spin start seconds=until-input")
+		go func() {
+			bufio.NewReader(os.Stdin).ReadString('\n')
+			stop.Store(true)
+		}()
+	}
 	x := uint64(1)
-	for time.Now().Before(end) {
+	for !stop.Load() {
 		for range 1 << 16 {
 			x = x*6364136223846793005 + 1442695040888963407
 		}

@@ -36,6 +36,7 @@ type VM struct {
 	Disks   []Disk  // virtio-blk disks, in the order the guest sees them (vda, vdb, ...)
 	NICs    []NIC   // virtio-net interfaces, ports of the switch (eth0, eth1, ...)
 	QoS     QoS     // resource controls of the VM's cgroup
+	Pin     Pin     // host CPUs of its threads; zero: anywhere
 }
 
 // Disk is one virtio-blk disk of a VM: a raw image file or a block device
@@ -232,6 +233,7 @@ func (d *decoder) vm(n *yaml.Node) VM {
 			}
 		},
 		"qos": func(v *yaml.Node) { vm.QoS = d.qos(v) },
+		"pin": func(v *yaml.Node) { vm.Pin = d.pin(v) },
 		"disks": func(v *yaml.Node) {
 			d.sequence(v, func(item *yaml.Node) { vm.Disks = append(vm.Disks, d.disk(item)) })
 			if len(vm.Disks) > MaxDisks {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -50,5 +51,27 @@ func TestParseQoSErrors(t *testing.T) {
 				t.Errorf("error %v does not say where", err)
 			}
 		})
+	}
+}
+
+func TestParsePin(t *testing.T) {
+	cfg, err := Parse("c.yaml", []byte("vms:\n  - {name: a, kernel: /k, cpus: 2, pin: {vcpus: [2, 3], emulator: [0, 2]}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := cfg.VMs[0].Pin
+	if fmt.Sprint(p.VCPUs, p.Emulator, p.CPUs()) != "[2 3] [0 2] [2 3 0]" {
+		t.Errorf("pin = %+v, CPUs %v", p, p.CPUs())
+	}
+	for _, tc := range []struct{ pin, want string }{
+		{"{vcpus: [-1]}", "cpu -1: want 0 to 8191"},
+		{"{vcpus: []}", "want at least one CPU"},
+		{"{cores: [1]}", `unknown key "cores" (known: emulator, vcpus)`},
+		{"{vcpus: 1}", "want a list"},
+	} {
+		_, err := Parse("c.yaml", []byte("vms:\n  - {name: a, kernel: /k, pin: "+tc.pin+"}\n"))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("pin %s: error %v, want %q", tc.pin, err, tc.want)
+		}
 	}
 }

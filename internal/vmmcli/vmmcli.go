@@ -93,6 +93,10 @@ type Args struct {
 	HugePages string // "", "2M" or "1G"; the VMM checks it
 	Disks     []Disk
 	NICs      []NIC
+	// PinVCPUs are the host CPUs of the vCPU threads (vCPU i on
+	// PinVCPUs[i%len]), PinEmulator those of every other thread; empty:
+	// anywhere.
+	PinVCPUs, PinEmulator []int
 }
 
 // Defaults of Args, as Parse fills them in.
@@ -128,6 +132,12 @@ func (a Args) Argv() []string {
 	if a.HugePages != "" {
 		argv = append(argv, "--hugepages", a.HugePages)
 	}
+	if len(a.PinVCPUs) > 0 {
+		argv = append(argv, "--pin-vcpus", cpuList(a.PinVCPUs))
+	}
+	if len(a.PinEmulator) > 0 {
+		argv = append(argv, "--pin-emulator", cpuList(a.PinEmulator))
+	}
 	for _, d := range a.Disks {
 		argv = append(argv, "--disk", d.String())
 	}
@@ -159,6 +169,10 @@ func Parse(args []string, stderr io.Writer) (Args, error) {
 	fs.IntVar(&a.CPUs, "cpus", DefaultCPUs, "vCPUs")
 	fs.StringVar(&a.Memory, "memory", DefaultMemory, "guest RAM (512M, 2G, ...)")
 	fs.StringVar(&a.HugePages, "hugepages", "", "back guest RAM with huge pages: 2M or 1G")
+	fs.Func("pin-vcpus", "host CPUs of the vCPU threads, comma-separated: vCPU i runs on the i-th (wrapping)",
+		func(v string) (err error) { a.PinVCPUs, err = parseCPUList(v); return err })
+	fs.Func("pin-emulator", "host CPUs of the VMM's other threads, comma-separated",
+		func(v string) (err error) { a.PinEmulator, err = parseCPUList(v); return err })
 	fs.Var(&disks, "disk", "a virtio-blk disk, repeatable: path=FILE or fd=N (inherited), then\n"+
 		"optionally ,ro ,id=SERIAL ,iops=N ,bps=BYTES (per second, e.g. 50M) ,direct (O_DIRECT)\n"+
 		",io=auto|uring|pool (block backend; auto tries io_uring first)")
@@ -386,7 +400,7 @@ func ParseNIC(s string) (NIC, error) {
 // serving dir, with their network's MTU.
 func ForVM(vm config.VM, dir string) Args {
 	a := Args{Name: vm.Name, Kernel: vm.Kernel, Initrd: vm.Initrd, Cmdline: vm.Cmdline,
-		CPUs: vm.CPUs, Memory: vm.Memory.String()}
+		CPUs: vm.CPUs, Memory: vm.Memory.String(), PinVCPUs: vm.Pin.VCPUs, PinEmulator: vm.Pin.Emulator}
 	for i, d := range vm.Disks {
 		a.Disks = append(a.Disks, Disk{FD: FirstFD + i, ReadOnly: d.ReadOnly, ID: d.ID,
 			IOPS: d.Limits.IOPS, Bandwidth: uint64(d.Limits.Bandwidth), Direct: d.Direct, IO: diskIO(d.IO)})
@@ -406,4 +420,26 @@ func diskIO(io string) string {
 		return IOPool
 	}
 	return IOAuto
+}
+
+// cpuList writes CPU numbers as the --pin flags take them: "2,3".
+func cpuList(cpus []int) string {
+	w := make([]string, len(cpus))
+	for i, c := range cpus {
+		w[i] = strconv.Itoa(c)
+	}
+	return strings.Join(w, ",")
+}
+
+// parseCPUList reads "2,3" (at least one CPU, each 0-8191).
+func parseCPUList(v string) ([]int, error) {
+	var cpus []int
+	for _, f := range strings.Split(v, ",") {
+		c, err := strconv.Atoi(f)
+		if err != nil || c < 0 || c > 8191 {
+			return nil, fmt.Errorf("CPU %q: want a number 0-8191", f)
+		}
+		cpus = append(cpus, c)
+	}
+	return cpus, nil
 }

@@ -35,7 +35,7 @@ func TestQoS(t *testing.T) {
 		}
 		cfg := filepath.Join(t.TempDir(), "config.yaml")
 		if err := os.WriteFile(cfg, []byte("vms:\n"+
-			vm("capped", "spin", "128M", "{cpu: {max: 50%}}", "hyperroot.spin=90")+
+			vm("capped", "spin", "128M", "{cpu: {max: 50%}}", "hyperroot.spin=0")+
 			vm("hog", "fill", "320M", "{memory: {max: 160M}}", "hyperroot.fill=288")+
 			vm("calm", "echo", "128M", "")), 0o644); err != nil {
 			t.Fatal(err)
@@ -82,6 +82,7 @@ func TestQoS(t *testing.T) {
 		rate(0.25)
 
 		// Done: the spinner and the neighbour power off.
+		fmt.Fprintln(pw, "@capped stop")
 		fmt.Fprintln(pw, "@calm poweroff")
 		r := m.Wait()
 		if !hasLine(r.Lines, `hyperroot: vm capped exited code=0 reason=poweroff$`) ||

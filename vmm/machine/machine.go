@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -145,8 +146,11 @@ type Machine struct {
 	backends []block.Backend
 	nics     []*virtionet.Device
 
-	trace    bool
-	stopOnce sync.Once
+	trace bool
+	// vcpuThread runs on each vCPU's thread before its first KVM_RUN
+	// (OnVCPUThread).
+	vcpuThread func(i int) error
+	stopOnce   sync.Once
 	result   Result
 	mu       sync.Mutex
 	tids     []int       // OS thread of each running vCPU, 0 until it started
@@ -478,9 +482,21 @@ func (m *Machine) Run() Result {
 	return m.result
 }
 
+// runVCPU is vCPU i's goroutine, on a thread of its own: locked, and never
+// unlocked, so that when it ends the runtime ends the thread too, with
+// what was done to it (its name, its CPU affinity, whatever OnVCPUThread
+// set) instead of handing it to other goroutines.
 func (m *Machine) runVCPU(i int, v *kvm.VCPU) {
 	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
+	// Named, so that the host's tools (top -H, /proc/<pid>/task/*/comm)
+	// and the supervisor's pinning report tell vCPU threads apart.
+	unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&vcpuName(i)[0])), 0, 0, 0)
+	if m.vcpuThread != nil {
+		if err := m.vcpuThread(i); err != nil {
+			m.stop(Result{ExitCrash, fmt.Sprintf("vCPU %d: %v", i, err)})
+			return
+		}
+	}
 	m.mu.Lock()
 	if m.tids == nil {
 		// The machine stopped before this goroutine got here (Stop before
@@ -589,6 +605,15 @@ func (m *Machine) stop(r Result) {
 		}()
 	})
 }
+
+// OnVCPUThread has f called on each vCPU's thread, locked to it, with the
+// vCPU's index, before the vCPU first enters the guest: the VMM places the
+// thread there (its CPU affinity). An error stops the machine. Call it
+// before Run.
+func (m *Machine) OnVCPUThread(f func(i int) error) { m.vcpuThread = f }
+
+// vcpuName is vCPU i's thread name, NUL-terminated for PR_SET_NAME.
+func vcpuName(i int) []byte { return []byte(fmt.Sprintf("vcpu%d\x00", i)) }
 
 // Stop ends Run without waiting for the guest.
 func (m *Machine) Stop() { m.stop(Result{ExitStopped, "stopped by the VMM"}) }
