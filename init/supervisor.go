@@ -75,6 +75,7 @@ func supervise() {
 	// Before the switch: it and every child PID 1 starts inherit PID 1's
 	// group, and the VMs get theirs.
 	cg := setupCgroups(c)
+	reserveHugePages(c, cfg.HugePages)
 
 	var sw *netSwitch
 	if needsSwitch(cfg) {

@@ -104,6 +104,9 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 	// The child has its own copies once started; ours must not keep the
 	// disks (and their locks) alive after it exits.
 	defer closeFiles(disks)
+	if err := checkHugePages(vm); err != nil {
+		return nil, err
+	}
 	// Its cgroup, with the limits as configured or as last changed live.
 	e.mu.Lock()
 	vm.QoS = e.qos
@@ -288,6 +291,14 @@ func readConsoleInput(c *console, f *fleet, sw *netSwitch, in io.Reader) {
 			}
 			continue
 		}
+		if line == "hugepages" {
+			if s := hugePagesStatus(); s != "" {
+				c.Printf("hugepages: %s", s)
+			} else {
+				c.Printf("hugepages: none reserved")
+			}
+			continue
+		}
 		if line == "switch kill" {
 			if sw == nil {
 				c.Printf("console: no switch is running")
@@ -299,7 +310,7 @@ func readConsoleInput(c *console, f *fleet, sw *netSwitch, in io.Reader) {
 		target, text, _ := strings.Cut(line, " ")
 		name, ok := strings.CutPrefix(target, "@")
 		if !ok {
-			c.Printf("console: type \"@<vm> <text>\" to send a line to a VM's console (\"@run <text>\" to the hyperroot.run job), \"dump [<vm>...]\" to dump VMMs' state, \"qos <vm> [<qos>]\" to see or change a VM's limits, or \"switch kill\"")
+			c.Printf("console: type \"@<vm> <text>\" to send a line to a VM's console (\"@run <text>\" to the hyperroot.run job), \"dump [<vm>...]\" to dump VMMs' state, \"qos <vm> [<qos>]\" to see or change a VM's limits, \"hugepages\", or \"switch kill\"")
 			continue
 		}
 		input := f.Input

@@ -22,6 +22,9 @@ type Config struct {
 	// Host, if set, puts the appliance's own IP stack on a network.
 	Host *Host
 	VMs  []VM
+	// HugePages are the huge pages the appliance reserves at boot, by
+	// page size (Huge2M, Huge1G), for VMs with hugepages set.
+	HugePages map[Size]int
 }
 
 // VM is one virtual machine as configured.
@@ -37,6 +40,9 @@ type VM struct {
 	NICs    []NIC   // virtio-net interfaces, ports of the switch (eth0, eth1, ...)
 	QoS     QoS     // resource controls of the VM's cgroup
 	Pin     Pin     // host CPUs of its threads; zero: anywhere
+	// HugePages backs guest RAM with huge pages of this size (Huge2M or
+	// Huge1G) from the appliance's reserve; 0: normal pages.
+	HugePages Size
 }
 
 // Disk is one virtio-blk disk of a VM: a raw image file or a block device
@@ -144,7 +150,8 @@ func Parse(file string, data []byte) (*Config, error) {
 		"networks": func(n *yaml.Node) {
 			d.sequence(n, func(item *yaml.Node) { c.Networks = append(c.Networks, d.network(item)) })
 		},
-		"host": func(n *yaml.Node) { c.Host = d.host(n) },
+		"host":      func(n *yaml.Node) { c.Host = d.host(n) },
+		"hugepages": func(n *yaml.Node) { c.HugePages = d.hugePages(n) },
 		"vms": func(n *yaml.Node) {
 			d.sequence(n, func(item *yaml.Node) { c.VMs = append(c.VMs, d.vm(item)) })
 		},
@@ -191,6 +198,7 @@ func Parse(file string, data []byte) (*Config, error) {
 
 func (d *decoder) vm(n *yaml.Node) VM {
 	vm := VM{CPUs: 1, Memory: 256 << 20, Cmdline: "console=ttyS0", Restart: RestartOnFailure}
+	var hugeNode *yaml.Node
 	d.mapping(n, map[string]func(*yaml.Node){
 		"name": func(v *yaml.Node) {
 			vm.Name = d.str(v)
@@ -234,6 +242,10 @@ func (d *decoder) vm(n *yaml.Node) VM {
 		},
 		"qos": func(v *yaml.Node) { vm.QoS = d.qos(v) },
 		"pin": func(v *yaml.Node) { vm.Pin = d.pin(v) },
+		"hugepages": func(v *yaml.Node) {
+			vm.HugePages = d.hugePageSize(v)
+			hugeNode = v
+		},
 		"disks": func(v *yaml.Node) {
 			d.sequence(v, func(item *yaml.Node) { vm.Disks = append(vm.Disks, d.disk(item)) })
 			if len(vm.Disks) > MaxDisks {
@@ -248,6 +260,9 @@ func (d *decoder) vm(n *yaml.Node) VM {
 			}
 		},
 	})
+	if vm.HugePages != 0 && vm.Memory%vm.HugePages != 0 {
+		d.errf(hugeNode, "hugepages %s: memory %s is not a multiple of the page size", vm.HugePages, vm.Memory)
+	}
 	for i := range vm.Disks {
 		if vm.Disks[i].ID == "" {
 			vm.Disks[i].ID = defaultDiskID(vm.Name, i)

@@ -36,7 +36,7 @@ vms:
 
 func TestParseErrors(t *testing.T) {
 	for _, tc := range []struct{ name, yaml, want string }{
-		{"unknown top key", "vm: []\n", `c.yaml:1:1: unknown key "vm" (known: host, networks, vms)`},
+		{"unknown top key", "vm: []\n", `c.yaml:1:1: unknown key "vm" (known: host, hugepages, networks, vms)`},
 		{"unknown vm key", "vms:\n  - name: a\n    kernel: /k\n    cpu: 2\n", `c.yaml:4:5: unknown key "cpu"`},
 		{"bad cpus", "vms:\n  - {name: a, kernel: /k, cpus: 0}\n", "c.yaml:2:33: cpus 0: want 1 to 1024"},
 		{"cpus not a number", "vms:\n  - {name: a, kernel: /k, cpus: two}\n", `c.yaml:2:33: want a whole number, found "two"`},

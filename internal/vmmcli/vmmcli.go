@@ -401,6 +401,9 @@ func ParseNIC(s string) (NIC, error) {
 func ForVM(vm config.VM, dir string) Args {
 	a := Args{Name: vm.Name, Kernel: vm.Kernel, Initrd: vm.Initrd, Cmdline: vm.Cmdline,
 		CPUs: vm.CPUs, Memory: vm.Memory.String(), PinVCPUs: vm.Pin.VCPUs, PinEmulator: vm.Pin.Emulator}
+	if vm.HugePages != 0 {
+		a.HugePages = vm.HugePages.String()
+	}
 	for i, d := range vm.Disks {
 		a.Disks = append(a.Disks, Disk{FD: FirstFD + i, ReadOnly: d.ReadOnly, ID: d.ID,
 			IOPS: d.Limits.IOPS, Bandwidth: uint64(d.Limits.Bandwidth), Direct: d.Direct, IO: diskIO(d.IO)})

@@ -80,9 +80,13 @@ func TestPinning(t *testing.T) {
 			_, ht1, hu1 = query("heavy")
 		}
 		light, heavy := (lu1-lu0)/(lt1-lt0), (hu1-hu0)/(ht1-ht0)
-		t.Logf("on one CPU: weight 100 used %.3f, weight 300 used %.3f (over %.1f s)", light, heavy, lt1-lt0)
-		if light < 0.20 || light > 0.30 || heavy < 0.70 || heavy > 0.80 {
-			t.Errorf("weights 100/300 on one CPU got %.1f%% / %.1f%%, want 25 / 75 ± 5", light*100, heavy*100)
+		// Shares of what the CPU gave the two: an emulated appliance on a
+		// busy host does not get a whole CPU.
+		share := light / (light + heavy)
+		t.Logf("on one CPU: weight 100 used %.3f, weight 300 used %.3f (over %.1f s): %.1f%% / %.1f%%",
+			light, heavy, lt1-lt0, share*100, 100-share*100)
+		if share < 0.20 || share > 0.30 {
+			t.Errorf("weights 100/300 on one CPU got %.1f%% / %.1f%%, want 25 / 75 ± 5", share*100, 100-share*100)
 		}
 		fmt.Fprintln(pw, "@light stop")
 		fmt.Fprintln(pw, "@heavy stop")

@@ -116,6 +116,16 @@ func New(size uint64, opts Options) (*Guest, error) {
 		}
 		return nil, fmt.Errorf("memory: map %#x bytes of guest RAM: %w", size, err)
 	}
+	if opts.HugePages != 0 {
+		// Huge pages are taken from the pool now, all of them, so that
+		// the pool's count says what this guest holds and a pool
+		// emptied by another process meanwhile fails the start here.
+		if err := unix.Madvise(mem, unix.MADV_POPULATE_WRITE); err != nil {
+			unix.Munmap(mem)
+			unix.Close(fd)
+			return nil, fmt.Errorf("memory: take %d MiB of %d MiB huge pages from the host's pool: %w", size>>20, page>>20, err)
+		}
+	}
 	g := &Guest{fd: fd, mem: mem, size: size}
 	var off uint64
 	for _, r := range layout.RAMRanges(size) {
