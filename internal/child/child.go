@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/internal/jail"
 )
 
 // Starter starts cmd and returns a channel that receives its wait status
@@ -118,8 +120,13 @@ type Process struct {
 	keep   int
 }
 
-// Start starts the child described by spec through s.
+// Start starts the child described by spec through s. No descriptor of the
+// parent but the child's standard streams and ExtraFiles crosses exec,
+// even one the parent holds without close-on-exec.
 func Start(s Starter, spec Spec) (*Process, error) {
+	if err := jail.CloseOnExec(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", spec.Path, err)
+	}
 	cmd := exec.Command(spec.Path, spec.Args...)
 	cmd.Env, cmd.Dir, cmd.ExtraFiles = spec.Env, spec.Dir, spec.ExtraFiles
 	cmd.SysProcAttr = spec.Attr
