@@ -24,6 +24,8 @@ type fleet struct {
 	r       child.Starter
 	oneshot bool // never restart: the appliance powers off when all have exited
 
+	disks diskOwners // which VM each disk file is
+
 	mu       sync.Mutex
 	vms      map[string]*vmEntry
 	stopping bool
@@ -96,6 +98,9 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 	// The child has its own copies once started; ours must not keep the
 	// disks (and their locks) alive after it exits.
 	defer closeFiles(disks)
+	if err := f.disks.claim(vm.Name, vm.Disks, disks); err != nil {
+		return nil, err
+	}
 	return child.Start(f.r, child.Spec{
 		Path: selfPath(), Args: vmmcli.ForVM(vm, switchDir).Argv(),
 		ExtraFiles: disks, Stdin: true,
