@@ -13,6 +13,7 @@ import (
 
 	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/child"
+	"github.com/hyperroot/hyperroot/internal/jail"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
 )
 
@@ -23,6 +24,10 @@ type fleet struct {
 	c       *console
 	r       child.Starter
 	oneshot bool // never restart: the appliance powers off when all have exited
+	// unjailed starts VMMs as plain children with this process's
+	// environment (tests of the fleet, whose fake VMMs are not jailed and
+	// read their part from the environment).
+	unjailed bool
 
 	disks diskOwners // which VM each disk file is
 
@@ -101,8 +106,16 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 	if err := f.disks.claim(vm.Name, vm.Disks, disks); err != nil {
 		return nil, err
 	}
-	return child.Start(f.r, child.Spec{
-		Path: selfPath(), Args: vmmcli.ForVM(vm, switchDir).Argv(),
+	args := vmmcli.ForVM(vm, switchDir)
+	// Inherited from PID 1, which the kernel gives unknown NAME=value
+	// command-line words as environment; the VMM itself gets none.
+	args.Trace = os.Getenv("HYPERROOT_VMM_TRACE") == "1"
+	spec := child.Spec{
+		Path: selfPath(), Args: args.Argv(),
+		// The VMM jails itself once set up (--jail): it starts in
+		// namespaces of its own, with no environment and no descriptor
+		// but its disks and standard streams.
+		Env: []string{}, Attr: jail.Attr(),
 		ExtraFiles: disks, Stdin: true,
 		Started: func(pid int) {
 			f.c.Printf("vm %s started pid=%d cpus=%d memory=%s", vm.Name, pid, vm.CPUs, vm.Memory)
@@ -116,7 +129,11 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 				notify(e.dumped)
 			}
 		}),
-	})
+	}
+	if f.unjailed {
+		spec.Env, spec.Attr = nil, nil
+	}
+	return child.Start(f.r, spec)
 }
 
 // exited reports a VMM's exit and says whether its policy restarts it.
