@@ -26,6 +26,15 @@ import (
 // the way `qemu-system-x86_64 -kernel` does.
 func vmmMain(args []string) int {
 	withoutTHP()
+	// SIGTERM and SIGINT are handled from the start: a jailed VMM is the
+	// init of its PID namespace, for which the kernel drops a signal that
+	// has no handler (and Go's way of dying of one, raising it again with
+	// the default action), so it must exit by itself. Ignoring
+	// stopReadySignal says so to the supervisor, which waits for it
+	// before it sends SIGTERM (see vms.go).
+	sigc := make(chan os.Signal, 2)
+	signal.Notify(sigc, unix.SIGTERM, unix.SIGINT)
+	signal.Ignore(stopReadySignal)
 	a, err := vmmcli.Parse(args, os.Stderr)
 	if err != nil {
 		return vmmcli.ExitUsage
@@ -39,12 +48,6 @@ func vmmMain(args []string) int {
 	// machine yet"; Go ignores the signal before this, it never kills.
 	var built atomic.Pointer[machine.Machine]
 	go answerDumps(&built)
-	// SIGTERM and SIGINT are handled from the start too: a jailed VMM is
-	// the init of its PID namespace, for which the kernel drops a signal
-	// that has no handler (and Go's way of dying of one, raising it again
-	// with the default action), so it must exit by itself.
-	sigc := make(chan os.Signal, 2)
-	signal.Notify(sigc, unix.SIGTERM, unix.SIGINT)
 	go stopOnSignals(a.Name, &built, sigc)
 	tuneRuntime(a.CPUs)
 	mem, err := config.ParseSize(a.Memory)

@@ -116,6 +116,8 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 		// namespaces of its own, with no environment and no descriptor
 		// but its disks and standard streams.
 		Env: []string{}, Attr: jail.Attr(),
+		// In its PID namespace, a SIGTERM it does not handle yet is lost.
+		StopReady:  func(pid int) bool { return ignores(pid, stopReadySignal) },
 		ExtraFiles: disks, Stdin: true,
 		Started: func(pid int) {
 			f.c.Printf("vm %s started pid=%d cpus=%d memory=%s", vm.Name, pid, vm.CPUs, vm.Memory)
@@ -131,7 +133,7 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 		}),
 	}
 	if f.unjailed {
-		spec.Env, spec.Attr = nil, nil
+		spec.Env, spec.Attr, spec.StopReady = nil, nil, nil
 	}
 	return child.Start(f.r, spec)
 }
