@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
+	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -52,11 +55,14 @@ func machineDisk(d vmmcli.Disk, f *os.File) machine.Disk {
 // shared for a read-only one) so that two VMMs never write one image; the
 // lock lives as long as any process holds the descriptor.
 func openDisk(d config.Disk) (*os.File, error) {
+	if err := checkDiskPath(d.Path); err != nil {
+		return nil, err
+	}
 	flags := os.O_RDWR
 	if d.ReadOnly {
 		flags = os.O_RDONLY
 	}
-	f, err := os.OpenFile(d.Path, flags, 0)
+	f, err := openNoSymlinks(d.Path, flags)
 	if errors.Is(err, fs.ErrNotExist) {
 		switch {
 		case d.ReadOnly:
@@ -68,6 +74,9 @@ func openDisk(d config.Disk) (*os.File, error) {
 	}
 	if errors.Is(err, unix.EISDIR) {
 		return nil, errors.New("is a directory")
+	}
+	if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EXDEV) {
+		return nil, errors.New("is a symbolic link, or a path through one: name the file itself")
 	}
 	if err != nil {
 		return nil, unwrapPath(err)
@@ -81,7 +90,7 @@ func openDisk(d config.Disk) (*os.File, error) {
 
 // createDisk makes a sparse file of size bytes.
 func createDisk(path string, size int64) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := openNoSymlinks(path, os.O_RDWR|os.O_CREATE|os.O_EXCL)
 	if err != nil {
 		return nil, fmt.Errorf("create: %w", unwrapPath(err))
 	}
@@ -105,9 +114,14 @@ func checkDisk(f *os.File, d config.Disk) error {
 		return fmt.Errorf("stat: %w", err)
 	}
 	var size int64
+	if err := checkDiskFS(f); err != nil {
+		return err
+	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFDIR:
 		return errors.New("is a directory")
+	case unix.S_IFCHR:
+		return errors.New("is a character device (such as /dev/kvm), neither a regular file nor a block device")
 	case unix.S_IFREG:
 		size = st.Size
 	case unix.S_IFBLK:
@@ -137,6 +151,81 @@ func checkDisk(f *os.File, d config.Disk) error {
 		}
 	case size == 0:
 		return errors.New("is empty: give it a size")
+	}
+	return nil
+}
+
+// A disk is the guest's to write, and to read back to its owner: a path in
+// the configuration that leads to one of the appliance's own files would
+// hand it to a guest. Such paths are refused by where they are (the
+// appliance's own directories) and by what they lead to (a symbolic link,
+// which could point anywhere; a file on the kernel's own filesystems; the
+// running binary).
+
+// applianceDirs are the appliance's own files: kernel interfaces, devices
+// other than disks (a block device there is fine, see checkDisk), its
+// configuration and board, the switch's sockets and leases, the binary.
+var applianceDirs = []string{"/proc", "/sys", "/etc/hyperroot", "/run/hyperroot", "/init"}
+
+// checkDiskPath refuses a path in the appliance's own directories.
+func checkDiskPath(path string) error {
+	clean := filepath.Clean(path)
+	for _, d := range applianceDirs {
+		if clean == d || strings.HasPrefix(clean, d+"/") {
+			return fmt.Errorf("is one of the appliance's own files (%s): not a disk", d)
+		}
+	}
+	return nil
+}
+
+// openNoSymlinks opens path (O_CLOEXEC, and never as a controlling
+// terminal) following no symbolic link on the way: ELOOP if it meets one.
+// It does not wait for a FIFO's writer.
+func openNoSymlinks(path string, flags int) (*os.File, error) {
+	how := unix.OpenHow{Flags: uint64(flags | unix.O_CLOEXEC | unix.O_NOCTTY | unix.O_NONBLOCK),
+		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS}
+	if flags&os.O_CREATE != 0 {
+		how.Mode = 0o600
+	}
+	fd, err := unix.Openat2(unix.AT_FDCWD, path, &how)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	// O_NONBLOCK was for the open only: the VMM's I/O blocks.
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err == nil {
+		_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_NONBLOCK)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, &fs.PathError{Op: "fcntl", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
+
+// kernelFS are the filesystems of the kernel's own objects, which hold no
+// disk.
+var kernelFS = map[int64]string{
+	unix.PROC_SUPER_MAGIC: "proc", unix.SYSFS_MAGIC: "sysfs", unix.CGROUP_SUPER_MAGIC: "cgroup",
+	unix.CGROUP2_SUPER_MAGIC: "cgroup2", unix.DEBUGFS_MAGIC: "debugfs", unix.TRACEFS_MAGIC: "tracefs",
+	unix.SECURITYFS_MAGIC: "securityfs", unix.BPF_FS_MAGIC: "bpf", unix.DEVPTS_SUPER_MAGIC: "devpts",
+	unix.EFIVARFS_MAGIC: "efivarfs", unix.PSTOREFS_MAGIC: "pstore",
+}
+
+// checkDiskFS refuses a file on one of the kernel's filesystems, or the
+// running binary itself.
+func checkDiskFS(f *os.File) error {
+	var sfs unix.Statfs_t
+	if err := unix.Fstatfs(int(f.Fd()), &sfs); err != nil {
+		return fmt.Errorf("statfs: %w", err)
+	}
+	if name, ok := kernelFS[int64(sfs.Type)]; ok {
+		return fmt.Errorf("is on %s, one of the kernel's filesystems: not a disk", name)
+	}
+	var st, self unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &st) == nil && unix.Stat("/proc/self/exe", &self) == nil &&
+		st.Dev == self.Dev && st.Ino == self.Ino {
+		return errors.New("is the hyperroot binary itself: not a disk")
 	}
 	return nil
 }
@@ -190,4 +279,50 @@ func closeFiles(files []*os.File) {
 	for _, f := range files {
 		f.Close()
 	}
+}
+
+// diskOwners remembers which VM each disk file belongs to, by device and
+// inode, whatever path named it: two paths (a hard link, a bind mount, a
+// second name of a block device) must not give one VM's disk to another.
+// A file may be shared only read-only by all. Claims last as long as the
+// supervisor: a VM that is not running keeps its disks.
+type diskOwners struct {
+	mu sync.Mutex
+	m  map[[2]uint64]diskOwner
+}
+
+type diskOwner struct {
+	vm, path string
+	writable bool
+}
+
+// claim records vm's disks (files[i] opened for disks[i]), or returns an
+// error naming the disk and the VM it belongs to.
+func (o *diskOwners) claim(vm string, disks []config.Disk, files []*os.File) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.m == nil {
+		o.m = map[[2]uint64]diskOwner{}
+	}
+	ids := make([][2]uint64, len(files))
+	for i, f := range files {
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+			return fmt.Errorf("disk %s: stat: %w", disks[i].Path, err)
+		}
+		ids[i] = [2]uint64{st.Dev, st.Ino}
+		if st.Mode&unix.S_IFMT == unix.S_IFBLK {
+			ids[i] = [2]uint64{^uint64(0), st.Rdev} // the device, whichever node names it
+		}
+		if prev, ok := o.m[ids[i]]; ok && prev.vm != vm && (prev.writable || !disks[i].ReadOnly) {
+			return fmt.Errorf("disk %s: is vm %s's disk %s (the same file): a disk is shared only read-only", disks[i].Path, prev.vm, prev.path)
+		}
+	}
+	for i, d := range disks {
+		prev, ok := o.m[ids[i]]
+		if !ok || prev.vm == vm {
+			o.m[ids[i]] = diskOwner{vm: vm, path: d.Path, writable: !d.ReadOnly}
+		}
+	}
+	return nil
 }

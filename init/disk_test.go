@@ -18,6 +18,14 @@ func TestOpenDisk(t *testing.T) {
 	if err := os.WriteFile(existing, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	link := filepath.Join(dir, "link.img")
+	if err := os.Symlink(existing, link); err != nil {
+		t.Fatal(err)
+	}
+	linkDir := filepath.Join(dir, "linkdir")
+	if err := os.Symlink(dir, linkDir); err != nil {
+		t.Fatal(err)
+	}
 	empty := filepath.Join(dir, "empty.img")
 	if err := os.WriteFile(empty, nil, 0o600); err != nil {
 		t.Fatal(err)
@@ -34,7 +42,15 @@ func TestOpenDisk(t *testing.T) {
 		{"created sparse", config.Disk{Path: filepath.Join(dir, "new.img"), Size: 1 << 30}, "", 1 << 30},
 		{"directory", config.Disk{Path: dir}, "is a directory", -1},
 		{"directory read-only", config.Disk{Path: dir, ReadOnly: true}, "is a directory", -1},
-		{"not a disk", config.Disk{Path: "/dev/null"}, "neither a regular file nor a block device", -1},
+		{"not a disk", config.Disk{Path: "/dev/null"}, "is a character device (such as /dev/kvm), neither a regular file nor a block device", -1},
+		{"symlink", config.Disk{Path: link}, "is a symbolic link, or a path through one", 10000},
+		{"through a symlink", config.Disk{Path: filepath.Join(linkDir, "existing.img")}, "is a symbolic link, or a path through one", 10000},
+		{"created through a symlink", config.Disk{Path: filepath.Join(linkDir, "new2.img"), Size: 1 << 20}, "is a symbolic link, or a path through one", -1},
+		{"proc", config.Disk{Path: "/proc/self/environ", ReadOnly: true}, "is one of the appliance's own files (/proc)", -1},
+		{"proc, not clean", config.Disk{Path: "/tmp/../proc/kcore", ReadOnly: true}, "is one of the appliance's own files (/proc)", -1},
+		{"the configuration", config.Disk{Path: "/etc/hyperroot/config.yaml"}, "is one of the appliance's own files (/etc/hyperroot)", -1},
+		{"the switch's leases", config.Disk{Path: "/run/hyperroot/switch/lan.leases"}, "is one of the appliance's own files (/run/hyperroot)", -1},
+		{"sysfs", config.Disk{Path: "/sys/kernel/notes", ReadOnly: true}, "is one of the appliance's own files (/sys)", -1},
 		{"never truncated", config.Disk{Path: existing, Size: 4096}, "size 4K is smaller than the existing file (10000 bytes): refusing to truncate it", 10000},
 		{"existing as is", config.Disk{Path: existing}, "", 10000},
 		{"existing read-only", config.Disk{Path: existing, ReadOnly: true}, "", 10000},
@@ -120,5 +136,46 @@ func TestOpenDisksNamesTheDisk(t *testing.T) {
 		t.Errorf("first disk still locked: %v", err)
 	} else {
 		f.Close()
+	}
+}
+
+// TestDiskOwners: one file is one VM's disk, whatever path names it; only
+// read-only disks are shared.
+func TestDiskOwners(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a.img"), filepath.Join(dir, "b.img")
+	if err := os.WriteFile(a, make([]byte, 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(a, b); err != nil { // a second name of the same file
+		t.Fatal(err)
+	}
+	open := func(p string) []*os.File {
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return []*os.File{f}
+	}
+	var o diskOwners
+	if err := o.claim("web", []config.Disk{{Path: a}}, open(a)); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.claim("web", []config.Disk{{Path: a}}, open(a)); err != nil {
+		t.Errorf("the same VM again (a restart): %v", err)
+	}
+	err := o.claim("db", []config.Disk{{Path: b, ReadOnly: true}}, open(b))
+	if want := "disk " + b + ": is vm web's disk " + a + " (the same file)"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("another VM's writable disk through a hard link: %v, want %q", err, want)
+	}
+	var ro diskOwners
+	for _, vm := range []string{"x", "y"} {
+		if err := ro.claim(vm, []config.Disk{{Path: a, ReadOnly: true}}, open(a)); err != nil {
+			t.Errorf("read-only by vm %s: %v", vm, err)
+		}
+	}
+	if err := ro.claim("z", []config.Disk{{Path: b}}, open(b)); err == nil {
+		t.Error("writable by a third VM while two read it: accepted")
 	}
 }

@@ -25,6 +25,11 @@ const (
 	dumpEndLine = dumpPrefix + "end"
 )
 
+// stopReadySignal is the signal a VMM ignores once it handles SIGTERM
+// (SigIgn of /proc/<pid>/status): a VMM never gets it otherwise, being in
+// a session of its own with no terminal.
+const stopReadySignal = unix.SIGHUP
+
 // dumpTimeout bounds the wait for one VMM's dump: a VMM whose vCPUs do not
 // answer gives up on each after 2 s (machine.dumpWait), so this is ample
 // for a few vCPUs and still ends the wait on a VMM that cannot answer.
@@ -113,17 +118,26 @@ func notify(c chan struct{}) {
 
 // catches reports whether process pid has a handler for sig (the SigCgt
 // mask of /proc/<pid>/status).
-func catches(pid int, sig unix.Signal) bool {
+func catches(pid int, sig unix.Signal) bool { return sigMask(pid, "SigCgt", sig) }
+
+// ignores reports whether process pid ignores sig (SigIgn).
+func ignores(pid int, sig unix.Signal) bool { return sigMask(pid, "SigIgn", sig) }
+
+func sigMask(pid int, mask string, sig unix.Signal) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return false
 	}
-	return sigCaught(string(b), sig)
+	return sigIn(string(b), mask, sig)
 }
 
-func sigCaught(status string, sig unix.Signal) bool {
+func sigCaught(status string, sig unix.Signal) bool { return sigIn(status, "SigCgt", sig) }
+
+// sigIn reports whether sig is in signal mask mask (SigCgt, SigIgn, ...)
+// of a /proc/<pid>/status text.
+func sigIn(status, mask string, sig unix.Signal) bool {
 	for _, l := range strings.Split(status, "\n") {
-		if v, ok := strings.CutPrefix(l, "SigCgt:"); ok {
+		if v, ok := strings.CutPrefix(l, mask+":"); ok {
 			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
 			return err == nil && sig >= 1 && sig <= 64 && mask&(1<<(sig-1)) != 0
 		}

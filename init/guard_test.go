@@ -133,6 +133,7 @@ func TestOneshotTimeoutNamesJob(t *testing.T) {
 	var out syncBuffer
 	c := newConsole(&out)
 	f := newFleet(c, child.Direct{}, true)
+	f.unjailed = true // fake VMMs
 	f.Start(nil)
 	jobRunning.Store(true)
 	defer jobRunning.Store(false)
@@ -165,6 +166,7 @@ func TestConsoleInputIgnoresControls(t *testing.T) {
 	var out syncBuffer
 	c := newConsole(&out)
 	f := newFleet(c, child.Direct{}, true)
+	f.unjailed = true // fake VMMs
 	readConsoleInput(c, f, nil, strings.NewReader("\x11\x11\x11\n\x11\x11switch kill\n"))
 	c.Flush(5 * time.Second)
 	got := out.String()

@@ -97,4 +97,3 @@ func checkHugePages(vm config.VM) error {
 	}
 	return nil
 }
-

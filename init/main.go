@@ -7,13 +7,17 @@ package main
 import (
 	"fmt"
 	"os"
+
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
 )
 
 // version is set at build time (-ldflags -X main.version=...).
 var version = "dev"
 
 func main() {
-	if os.Getpid() == 1 {
+	// A jailed VMM is PID 1 too, of a PID namespace of its own: the
+	// supervisor is the one started without the vmm subcommand.
+	if os.Getpid() == 1 && (len(os.Args) < 2 || os.Args[1] != vmmcli.Command) {
 		supervise() // never returns
 	}
 	os.Exit(dispatch(os.Args[1:]))
@@ -28,7 +32,7 @@ func dispatch(args []string) int {
 	case "version", "--version":
 		fmt.Println("hyperroot", version)
 		return 0
-	case "vmm":
+	case vmmcli.Command:
 		return vmmMain(args[1:])
 	case "switch":
 		return switchMain(args[1:])

@@ -2,8 +2,8 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"strconv"
+	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -11,33 +11,16 @@ import (
 // pinProcess sets the CPU affinity of every thread of the VMM to cpus
 // (--pin-emulator). Threads made later inherit it from the thread that
 // makes them; the vCPU threads then move to their own CPUs (pinThread).
-// It reads /proc/self/task, so it runs early, before any jail hides /proc.
+// The runtime runs the call on each of its threads (AllThreadsSyscall):
+// thread ids from /proc would be the host's, not those of the VMM's own
+// PID namespace (internal/jail).
 func pinProcess(cpus []int) error {
 	set := cpuSet(cpus)
-	done := map[int]bool{}
-	// Twice over until no thread is new: the runtime may start one while
-	// the others are being moved (it then inherits from a thread that
-	// may not have moved yet).
-	for {
-		ents, err := os.ReadDir("/proc/self/task")
-		if err != nil {
-			return fmt.Errorf("pin: %w", err)
-		}
-		fresh := false
-		for _, e := range ents {
-			tid, err := strconv.Atoi(e.Name())
-			if err != nil || done[tid] {
-				continue
-			}
-			if err := unix.SchedSetaffinity(tid, &set); err != nil && err != unix.ESRCH {
-				return fmt.Errorf("pin: thread %d to CPUs %v: %w", tid, cpus, err)
-			}
-			done[tid], fresh = true, true
-		}
-		if !fresh {
-			return nil
-		}
+	_, _, errno := syscall.AllThreadsSyscall(unix.SYS_SCHED_SETAFFINITY, 0, unsafe.Sizeof(set), uintptr(unsafe.Pointer(&set)))
+	if errno != 0 {
+		return fmt.Errorf("pin: threads to CPUs %v: %w", cpus, errno)
 	}
+	return nil
 }
 
 // pinThread puts the calling (locked) thread on cpu.

@@ -138,6 +138,7 @@ func TestFleetConsole(t *testing.T) {
 			out := &syncBuffer{}
 			c := newConsole(out)
 			f := newFleet(c, child.Direct{}, false)
+			f.unjailed = true // fake VMMs
 			f.Start([]config.VM{{Name: "t", Kernel: "/k", CPUs: 1, Memory: 128 << 20, Restart: tc.restart}})
 			done := make(chan struct{})
 			go func() { f.Wait(); close(done) }()
@@ -164,6 +165,7 @@ func TestFleetInputAndStop(t *testing.T) {
 	out := &syncBuffer{}
 	c := newConsole(out)
 	f := newFleet(c, child.Direct{}, false)
+	f.unjailed = true // fake VMMs
 	f.Start([]config.VM{{Name: "t", Kernel: "/k", CPUs: 1, Memory: 128 << 20, Restart: config.RestartAlways}})
 	waitFor(t, out, "t| ready networks=0 ports=0")
 	if err := f.Input("t", "hello"); err != nil {

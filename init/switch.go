@@ -213,7 +213,12 @@ func startSwitch(cfg *config.Config, dir string, capture map[string]string, logf
 			if err := rs.capture(p.Port, capture); err != nil {
 				return nil, err
 			}
-			l, err := vhostuser.Listen(vmmcli.NICSocket(dir, vm.Name, i))
+			if i == 0 {
+				if err := vmSocketDir(dir, vm); err != nil {
+					return nil, err
+				}
+			}
+			l, err := listenNIC(dir, vm, i)
 			if err != nil {
 				return nil, err
 			}
@@ -242,6 +247,63 @@ func startSwitch(cfg *config.Config, dir string, capture map[string]string, logf
 	ok = true
 	logf("ready networks=%d ports=%d", len(cfg.Networks), len(rs.byMAC))
 	return rs, nil
+}
+
+// vmSocketDir makes the directory of vm's NIC sockets (vmmcli.NICDir),
+// owned by the VM's jail uid and gid, 0700: the jail binds that directory,
+// and only that one, into the VMM's root so that the VMM, no longer root,
+// can reconnect after a restart of the switch, and no other VM can reach
+// it (the switch's directory is root's, 0700). It is never removed while
+// the VMM runs: the VMM's bind holds the directory itself, and a new one
+// at the same path would not be seen through it. Run by a user other than
+// root (by hand, on a host), the switch keeps it its own.
+func vmSocketDir(dir string, vm config.VM) error {
+	d := vmmcli.NICDir(dir, vm.Name)
+	if err := os.Mkdir(d, 0o700); err != nil && !os.IsExist(err) {
+		return fmt.Errorf("vm %s: socket directory: %w", vm.Name, err)
+	}
+	st, err := os.Lstat(d)
+	if err != nil {
+		return fmt.Errorf("vm %s: socket directory: %w", vm.Name, err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("vm %s: socket directory %s is not a directory", vm.Name, d)
+	}
+	if err := os.Chmod(d, 0o700); err != nil {
+		return fmt.Errorf("vm %s: socket directory: %w", vm.Name, err)
+	}
+	return ownByVM(d, vm)
+}
+
+// listenNIC listens on the socket of vm's NIC i, owned by the VM's jail
+// uid and gid, 0600.
+func listenNIC(dir string, vm config.VM, i int) (*net.UnixListener, error) {
+	path := vmmcli.NICSocket(dir, vm.Name, i)
+	l, err := vhostuser.Listen(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("vm %s: socket: %w", vm.Name, err)
+	}
+	if err := ownByVM(path, vm); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// ownByVM gives path to vm's jail uid and gid, when the switch runs as
+// root and the VM has one.
+func ownByVM(path string, vm config.VM) error {
+	if vm.ID <= 0 || os.Geteuid() != 0 {
+		return nil
+	}
+	if err := os.Lchown(path, vm.ID, vm.ID); err != nil {
+		return fmt.Errorf("vm %s: %w", vm.Name, err)
+	}
+	return nil
 }
 
 // serve accepts the VMM of one NIC, one connection at a time: a VM that

@@ -331,6 +331,7 @@ func startSwitchExt(f *extFlags, cfg *config.Config, dir string, capture map[str
 		l.Close() // and removes the socket file
 		return true
 	})
+	os.Remove(vmmcli.NICDir(dir, extVM))
 	name := portName(extVM, 0)
 	rs.serveExt(ep, p, name)
 	logf("port %s %s network=%s mac=%s", name, ep.where, nic.Network, nic.MAC)

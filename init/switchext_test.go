@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -373,6 +374,10 @@ func TestExtPortServed(t *testing.T) {
 			if _, err := os.Lstat(vmmcli.NICSocket(dir, extVM, 0)); err == nil {
 				t.Errorf("the unused socket %s is left in the switch's directory", vmmcli.NICSocket(dir, extVM, 0))
 			}
+			if _, err := os.Lstat(vmmcli.NICDir(dir, extVM)); err == nil {
+				t.Errorf("the unused socket directory %s is left in the switch's directory", vmmcli.NICDir(dir, extVM))
+			}
+			checkVMSocket(t, dir, cfg.VMs[0])
 			// The configured NIC is served as before.
 			if c, err := vhostuser.Dial(vmmcli.NICSocket(dir, "a", 0)); err != nil {
 				t.Errorf("configured NIC's socket: %v", err)
@@ -382,5 +387,33 @@ func TestExtPortServed(t *testing.T) {
 			fe.Close()
 			out.wait(t, "port "+name+" disconnected")
 		})
+	}
+}
+
+// checkVMSocket checks the layout the VMM's jail relies on: vm's sockets in
+// a directory of their own, 0700, the socket 0600, both the VM's jail uid's
+// and gid's when the switch runs as root.
+func checkVMSocket(t *testing.T, dir string, vm config.VM) {
+	t.Helper()
+	for _, f := range []struct {
+		path string
+		mode os.FileMode
+	}{{vmmcli.NICDir(dir, vm.Name), os.ModeDir | 0o700}, {vmmcli.NICSocket(dir, vm.Name, 0), os.ModeSocket | 0o600}} {
+		st, err := os.Lstat(f.path)
+		if err != nil {
+			t.Error(err)
+			continue
+		}
+		if st.Mode() != f.mode {
+			t.Errorf("%s: mode %v, want %v", f.path, st.Mode(), f.mode)
+		}
+		sys := st.Sys().(*syscall.Stat_t)
+		want := uint32(os.Geteuid())
+		if want == 0 {
+			want = uint32(vm.ID)
+		}
+		if sys.Uid != want || (os.Geteuid() == 0 && sys.Gid != want) {
+			t.Errorf("%s: owner %d:%d, want vm %s's jail id %d", f.path, sys.Uid, sys.Gid, vm.Name, want)
+		}
 	}
 }

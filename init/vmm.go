@@ -6,14 +6,17 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/jail"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
 	"github.com/hyperroot/hyperroot/vmm/machine"
 )
@@ -23,6 +26,15 @@ import (
 // the way `qemu-system-x86_64 -kernel` does.
 func vmmMain(args []string) int {
 	withoutTHP()
+	// SIGTERM and SIGINT are handled from the start: a jailed VMM is the
+	// init of its PID namespace, for which the kernel drops a signal that
+	// has no handler (and Go's way of dying of one, raising it again with
+	// the default action), so it must exit by itself. Ignoring
+	// stopReadySignal says so to the supervisor, which waits for it
+	// before it sends SIGTERM (see vms.go).
+	sigc := make(chan os.Signal, 2)
+	signal.Notify(sigc, unix.SIGTERM, unix.SIGINT)
+	signal.Ignore(stopReadySignal)
 	a, err := vmmcli.Parse(args, os.Stderr)
 	if err != nil {
 		return vmmcli.ExitUsage
@@ -31,17 +43,18 @@ func vmmMain(args []string) int {
 		fmt.Fprintf(os.Stderr, "hyperroot vmm: "+format+"\n", v...)
 		return vmmcli.ExitError
 	}
-	// From here on a dump request (SIGUSR1, from the supervisor's "dump"
-	// command or its oneshot timeout) is answered, at first with "no
-	// machine yet"; Go ignores the signal before this, it never kills.
 	if len(a.PinEmulator) > 0 {
 		// First: every thread made from here on inherits it.
 		if err := pinProcess(a.PinEmulator); err != nil {
 			return fail("%v", err)
 		}
 	}
+	// From here on a dump request (SIGUSR1, from the supervisor's "dump"
+	// command or its oneshot timeout) is answered, at first with "no
+	// machine yet"; Go ignores the signal before this, it never kills.
 	var built atomic.Pointer[machine.Machine]
 	go answerDumps(&built)
+	go stopOnSignals(a.Name, &built, sigc)
 	tuneRuntime(a.CPUs)
 	mem, err := config.ParseSize(a.Memory)
 	if err != nil {
@@ -51,9 +64,7 @@ func vmmMain(args []string) int {
 		return fail("memory %s: want a multiple of 4K", a.Memory)
 	}
 	cfg := machine.Config{Cmdline: a.Cmdline, CPUs: a.CPUs, Memory: uint64(mem), Console: os.Stdout,
-		// Inherited from PID 1, which the kernel gives unknown
-		// NAME=value command-line words as environment.
-		Trace: os.Getenv("HYPERROOT_VMM_TRACE") == "1"}
+		Trace: a.Trace}
 	switch a.HugePages {
 	case "":
 	case "2M":
@@ -114,15 +125,19 @@ func vmmMain(args []string) int {
 	if os.Getenv("HYPERROOT_VMM_MEMSTATS") == "1" {
 		go reportMemStats(os.Stderr)
 	}
+	if a.Jail != 0 {
+		// Everything the VMM uses is open or mapped by now: KVM, guest
+		// RAM, the disks and their io_uring rings, the NICs' connections.
+		// What it will still reach by path is its NICs' socket
+		// directories, to reconnect when the switch restarts.
+		rep, err := jail.Enter(jail.Config{UID: a.Jail, GID: a.Jail, Binds: nicDirs(a.NICs),
+			Files: jail.DefaultFiles + 2*uint64(a.CPUs), FileSize: largestWritable(cfg.Disks)})
+		if err != nil {
+			return fail("%s: %v", a.Name, err)
+		}
+		fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: jailed uid=%d (%s)\n", a.Name, a.Jail, rep)
+	}
 	go feedConsole(m, os.Stdin)
-	sigc := make(chan os.Signal, 2)
-	signal.Notify(sigc, unix.SIGTERM, unix.SIGINT)
-	go func() {
-		<-sigc
-		m.PowerButton() // ask the guest to shut down
-		<-sigc
-		m.Stop() // asked twice: stop now
-	}()
 	built.Store(m)
 	if pins := a.PinVCPUs; len(pins) > 0 {
 		m.OnVCPUThread(func(i int) error { return pinThread(pins[i%len(pins)]) })
@@ -145,6 +160,54 @@ func vmmMain(args []string) int {
 		return vmmcli.ExitCrash
 	}
 	return vmmcli.ExitStopped
+}
+
+// stopOnSignals answers SIGTERM and SIGINT: the first presses the guest's
+// ACPI power button, the second stops the VM at once. One that comes
+// before the machine runs ends the VMM (ExitStopped): there is no guest to
+// ask yet.
+func stopOnSignals(name string, built *atomic.Pointer[machine.Machine], sigc <-chan os.Signal) {
+	sig := <-sigc
+	m := built.Load()
+	if m == nil {
+		fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: %s before the guest ran: stopping\n", name, sig)
+		os.Exit(vmmcli.ExitStopped)
+	}
+	m.PowerButton() // ask the guest to shut down
+	<-sigc
+	m.Stop() // asked twice: stop now
+}
+
+// nicDirs are the directories of the NICs' sockets, which the jail keeps.
+func nicDirs(nics []vmmcli.NIC) []string {
+	var dirs []string
+	for _, n := range nics {
+		if d := filepath.Dir(n.Socket); !slices.Contains(dirs, d) {
+			dirs = append(dirs, d)
+		}
+	}
+	return dirs
+}
+
+// largestWritable is the size of the largest disk the guest may write: in
+// the jail, no write reaches further into any file (RLIMIT_FSIZE).
+func largestWritable(disks []machine.Disk) uint64 {
+	var n uint64
+	for _, d := range disks {
+		if d.ReadOnly || d.File == nil {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Fstat(int(d.File.Fd()), &st) != nil {
+			continue
+		}
+		size := uint64(st.Size)
+		if st.Mode&unix.S_IFMT == unix.S_IFBLK {
+			size, _ = unix.IoctlGetUint64(int(d.File.Fd()), unix.BLKGETSIZE64)
+		}
+		n = max(n, size)
+	}
+	return n
 }
 
 // Settings of the Go runtime for the VMM role, chosen by measuring a VMM

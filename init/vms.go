@@ -15,6 +15,7 @@ import (
 	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/cgroup"
 	"github.com/hyperroot/hyperroot/internal/child"
+	"github.com/hyperroot/hyperroot/internal/jail"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
 )
 
@@ -26,6 +27,12 @@ type fleet struct {
 	r       child.Starter
 	oneshot bool     // never restart: the appliance powers off when all have exited
 	cg      *cgroups // nil: no cgroup v2 (VMs with QoS do not start)
+	// unjailed starts VMMs as plain children with this process's
+	// environment (tests of the fleet, whose fake VMMs are not jailed and
+	// read their part from the environment).
+	unjailed bool
+
+	disks diskOwners // which VM each disk file is
 
 	mu       sync.Mutex
 	vms      map[string]*vmEntry
@@ -104,6 +111,9 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 	// The child has its own copies once started; ours must not keep the
 	// disks (and their locks) alive after it exits.
 	defer closeFiles(disks)
+	if err := f.disks.claim(vm.Name, vm.Disks, disks); err != nil {
+		return nil, err
+	}
 	if err := checkHugePages(vm); err != nil {
 		return nil, err
 	}
@@ -115,9 +125,17 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 	if err != nil {
 		return nil, err
 	}
-	attr := &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
+	args := vmmcli.ForVM(vm, switchDir)
+	// Inherited from PID 1, which the kernel gives unknown NAME=value
+	// command-line words as environment; the VMM itself gets none.
+	args.Trace = os.Getenv("HYPERROOT_VMM_TRACE") == "1"
+	attr := jail.Attr()
+	if f.unjailed {
+		attr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
+	}
 	var oom uint64
 	if g != nil {
+		// Cloned straight into it: no guest instruction runs outside.
 		dir, err := g.Dir()
 		if err != nil {
 			g.Remove(0)
@@ -130,9 +148,15 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 	e.mu.Lock()
 	e.group, e.oom = g, oom
 	e.mu.Unlock()
-	p, err := child.Start(f.r, child.Spec{
-		Path: selfPath(), Args: vmmcli.ForVM(vm, switchDir).Argv(),
-		ExtraFiles: disks, Stdin: true, Attr: attr,
+	spec := child.Spec{
+		Path: selfPath(), Args: args.Argv(),
+		// The VMM jails itself once set up (--jail): it starts in
+		// namespaces of its own, with no environment and no descriptor
+		// but its disks and standard streams.
+		Env: []string{}, Attr: attr,
+		// In its PID namespace, a SIGTERM it does not handle yet is lost.
+		StopReady:  func(pid int) bool { return ignores(pid, stopReadySignal) },
+		ExtraFiles: disks, Stdin: true,
 		Started: func(pid int) {
 			f.c.Printf("vm %s started pid=%d cpus=%d memory=%s", vm.Name, pid, vm.CPUs, vm.Memory)
 		},
@@ -145,7 +169,11 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 				notify(e.dumped)
 			}
 		}),
-	})
+	}
+	if f.unjailed {
+		spec.Env, spec.StopReady = nil, nil
+	}
+	p, err := child.Start(f.r, spec)
 	if err != nil {
 		f.dropGroup(e)
 	}

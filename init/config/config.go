@@ -8,6 +8,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -25,6 +26,9 @@ type Config struct {
 	// HugePages are the huge pages the appliance reserves at boot, by
 	// page size (Huge2M, Huge1G), for VMs with hugepages set.
 	HugePages map[Size]int
+	// Jail is how each VMM's jail is made; its zero value (no jail: key)
+	// is filled in with the defaults by Parse.
+	Jail Jail
 }
 
 // VM is one virtual machine as configured.
@@ -43,6 +47,9 @@ type VM struct {
 	// HugePages backs guest RAM with huge pages of this size (Huge2M or
 	// Huge1G) from the appliance's reserve; 0: normal pages.
 	HugePages Size
+	// ID is the uid and gid of the VM's VMM in its jail, one per VM, from
+	// Jail.IDs: filled in by Parse (and Default).
+	ID int
 }
 
 // Disk is one virtio-blk disk of a VM: a raw image file or a block device
@@ -141,7 +148,7 @@ func Parse(file string, data []byte) (*Config, error) {
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, fmt.Errorf("%s: %w", file, err)
 	}
-	c := &Config{}
+	c := &Config{Jail: Jail{IDs: DefaultJailIDs}}
 	if len(root.Content) == 0 { // empty file: nothing configured
 		return c, nil
 	}
@@ -152,6 +159,7 @@ func Parse(file string, data []byte) (*Config, error) {
 		},
 		"host":      func(n *yaml.Node) { c.Host = d.host(n) },
 		"hugepages": func(n *yaml.Node) { c.HugePages = d.hugePages(n) },
+		"jail":      func(n *yaml.Node) { c.Jail = d.jail(n) },
 		"vms": func(n *yaml.Node) {
 			d.sequence(n, func(item *yaml.Node) { c.VMs = append(c.VMs, d.vm(item)) })
 		},
@@ -164,6 +172,9 @@ func Parse(file string, data []byte) (*Config, error) {
 		}
 		seen[vm.Name] = true
 	}
+	if !assignIDs(c.VMs, c.Jail.IDs) {
+		d.errf(doc, "jail: ids %s hold fewer ids than the %d VMs", c.Jail.IDs, len(c.VMs))
+	}
 	// Two VMs writing one disk corrupt it: a disk may be shared only when
 	// every VM has it read-only.
 	type use struct {
@@ -174,11 +185,12 @@ func Parse(file string, data []byte) (*Config, error) {
 	var paths []string
 	for _, vm := range c.VMs {
 		for _, disk := range vm.Disks {
-			u := uses[disk.Path]
+			p := filepath.Clean(disk.Path) // /a//b.img is /a/b.img
+			u := uses[p]
 			if u == nil {
 				u = &use{}
-				uses[disk.Path] = u
-				paths = append(paths, disk.Path)
+				uses[p] = u
+				paths = append(paths, p)
 			}
 			u.vms = append(u.vms, vm.Name)
 			u.writable = u.writable || !disk.ReadOnly
@@ -465,5 +477,7 @@ func Default() *Config {
 		return VM{Name: name, CPUs: cpus, Memory: mem, Kernel: "/guest/vmlinuz", Initrd: "/guest/initramfs.cpio",
 			Cmdline: "console=ttyS0 quiet panic=-1", Restart: RestartNever}
 	}
-	return &Config{VMs: []VM{demo("demo1", 1, 128<<20), demo("demo2", 2, 256<<20)}}
+	c := &Config{VMs: []VM{demo("demo1", 1, 128<<20), demo("demo2", 2, 256<<20)}, Jail: Jail{IDs: DefaultJailIDs}}
+	assignIDs(c.VMs, c.Jail.IDs)
+	return c
 }

@@ -36,7 +36,13 @@ vms:
 
 func TestParseErrors(t *testing.T) {
 	for _, tc := range []struct{ name, yaml, want string }{
-		{"unknown top key", "vm: []\n", `c.yaml:1:1: unknown key "vm" (known: host, hugepages, networks, vms)`},
+		{"unknown top key", "vm: []\n", `c.yaml:1:1: unknown key "vm" (known: host, hugepages, jail, networks, vms)`},
+		{"jail ids below 65536", "jail: {ids: {from: 1000, to: 2000}}\n", "c.yaml:1:13: ids: from 1000 to 2000: want 65536 <= from"},
+		{"jail ids reversed", "jail: {ids: {from: 300000, to: 200000}}\n", "ids: from 300000 to 200000"},
+		{"jail ids too high", "jail: {ids: {from: 300000, to: 4294967295}}\n", "ids: from 300000 to 4294967295"},
+		{"jail unknown key", "jail: {uids: {from: 300000, to: 400000}}\n", `unknown key "uids" (known: ids)`},
+		{"jail too few ids", "jail: {ids: {from: 300000, to: 300000}}\nvms:\n  - {name: a, kernel: /k}\n  - {name: b, kernel: /k}\n",
+			"jail: ids 300000-300000 hold fewer ids than the 2 VMs"},
 		{"unknown vm key", "vms:\n  - name: a\n    kernel: /k\n    cpu: 2\n", `c.yaml:4:5: unknown key "cpu"`},
 		{"bad cpus", "vms:\n  - {name: a, kernel: /k, cpus: 0}\n", "c.yaml:2:33: cpus 0: want 1 to 1024"},
 		{"cpus not a number", "vms:\n  - {name: a, kernel: /k, cpus: two}\n", `c.yaml:2:33: want a whole number, found "two"`},
@@ -177,6 +183,8 @@ func TestParseDiskErrors(t *testing.T) {
 		{"twice in a vm", vm("      - {path: /a}\n      - {path: /a}\n"), "c.yaml:6:9: disk /a: listed twice"},
 		{"shared writable", "vms:\n  - {name: a, kernel: /k, disks: [{path: /d}]}\n  - {name: b, kernel: /k, disks: [{path: /d, readonly: true}]}\n",
 			"disk /d: used by vms a, b and writable in one of them"},
+		{"shared writable, another spelling", "vms:\n  - {name: a, kernel: /k, disks: [{path: /x/d}]}\n  - {name: b, kernel: /k, disks: [{path: /x//y/../d, readonly: true}]}\n",
+			"disk /x/d: used by vms a, b and writable in one of them"},
 		{"too many", vm(strings.Repeat("      - {path: /a}\n", 1) + func() string {
 			var b strings.Builder
 			for i := range MaxDisks {
@@ -189,5 +197,54 @@ func TestParseDiskErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: err = %v, want %q", tc.name, err, tc.want)
 		}
+	}
+}
+
+// TestJailIDs: every VM gets an id of its own in the range, the same
+// whatever the order of the file or the VMs added around it.
+func TestJailIDs(t *testing.T) {
+	parse := func(y string) *Config {
+		t.Helper()
+		c, err := Parse("c.yaml", []byte(y))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	ids := func(c *Config) map[string]int {
+		m := map[string]int{}
+		for _, vm := range c.VMs {
+			m[vm.Name] = vm.ID
+		}
+		return m
+	}
+	a := ids(parse("vms:\n  - {name: web, kernel: /k}\n  - {name: db, kernel: /k}\n"))
+	b := ids(parse("vms:\n  - {name: db, kernel: /k}\n  - {name: cache, kernel: /k}\n  - {name: web, kernel: /k}\n"))
+	for _, name := range []string{"web", "db"} {
+		if a[name] != b[name] {
+			t.Errorf("vm %s: id %d, then %d once the file changed around it", name, a[name], b[name])
+		}
+		if a[name] < DefaultJailIDs.From || a[name] > DefaultJailIDs.To {
+			t.Errorf("vm %s: id %d outside the default range %s", name, a[name], DefaultJailIDs)
+		}
+	}
+	// A range as small as the fleet: every id taken, none twice.
+	y := "jail: {ids: {from: 300000, to: 300009}}\nvms:\n"
+	for i := range 10 {
+		y += fmt.Sprintf("  - {name: vm%d, kernel: /k}\n", i)
+	}
+	seen := map[int]string{}
+	for name, id := range ids(parse(y)) {
+		if id < 300000 || id > 300009 {
+			t.Errorf("vm %s: id %d outside 300000-300009", name, id)
+		}
+		if other, ok := seen[id]; ok {
+			t.Errorf("vms %s and %s share id %d", name, other, id)
+		}
+		seen[id] = name
+	}
+	d := Default()
+	if d.VMs[0].ID == 0 || d.VMs[0].ID == d.VMs[1].ID {
+		t.Errorf("default VMs' ids %d and %d, want two distinct ones", d.VMs[0].ID, d.VMs[1].ID)
 	}
 }

@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/internal/jail"
 )
 
 // Starter starts cmd and returns a channel that receives its wait status
@@ -87,6 +89,13 @@ type Spec struct {
 	// Attr are the child's process attributes; nil means a session of its
 	// own (no terminal signals) and SIGKILL when the parent dies.
 	Attr *syscall.SysProcAttr
+	// StopReady, if not nil, says whether the child (by pid) handles
+	// SIGTERM yet; a stop waits for it (within its grace) before sending
+	// SIGTERM. A child that is the init of its own PID namespace (a jail)
+	// loses a SIGTERM that comes before its handler: the kernel drops
+	// it, and Go's runtime, between its own handler and signal.Notify,
+	// exits with status 2 instead of dying of it.
+	StopReady func(pid int) bool
 }
 
 // MaxLine is the longest line Spec.Line receives whole.
@@ -104,6 +113,7 @@ var ErrExited = errors.New("the process has exited")
 type Process struct {
 	cmd   *exec.Cmd
 	pid   int
+	ready func(pid int) bool // Spec.StopReady
 	stdin *os.File
 	done  chan struct{} // closed once it exited and its output ended
 	ws    unix.WaitStatus
@@ -118,8 +128,13 @@ type Process struct {
 	keep   int
 }
 
-// Start starts the child described by spec through s.
+// Start starts the child described by spec through s. No descriptor of the
+// parent but the child's standard streams and ExtraFiles crosses exec,
+// even one the parent holds without close-on-exec.
 func Start(s Starter, spec Spec) (*Process, error) {
+	if err := jail.CloseOnExec(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", spec.Path, err)
+	}
 	cmd := exec.Command(spec.Path, spec.Args...)
 	cmd.Env, cmd.Dir, cmd.ExtraFiles = spec.Env, spec.Dir, spec.ExtraFiles
 	cmd.SysProcAttr = spec.Attr
@@ -153,7 +168,7 @@ func Start(s Starter, spec Spec) (*Process, error) {
 		}
 		return nil, fmt.Errorf("start %s: %w", spec.Path, err)
 	}
-	p := &Process{cmd: cmd, pid: cmd.Process.Pid, stdin: inW, done: make(chan struct{}), keep: spec.Tail}
+	p := &Process{cmd: cmd, pid: cmd.Process.Pid, ready: spec.StopReady, stdin: inW, done: make(chan struct{}), keep: spec.Tail}
 	if spec.Started != nil {
 		spec.Started(p.pid)
 	}
@@ -278,7 +293,7 @@ func (p *Process) Write(b []byte) (int, error) {
 // it calls killing (if not nil), sends SIGKILL and waits on. It returns the
 // wait status.
 func (p *Process) Stop(grace time.Duration, killing func()) unix.WaitStatus {
-	p.Signal(unix.SIGTERM)
+	go p.terminate(time.Now().Add(grace))
 	select {
 	case <-p.done:
 	case <-time.After(grace):
@@ -288,4 +303,21 @@ func (p *Process) Stop(grace time.Duration, killing func()) unix.WaitStatus {
 		p.Signal(unix.SIGKILL)
 	}
 	return p.Wait()
+}
+
+// stopReadyPoll is how often terminate looks whether the child handles
+// SIGTERM yet: its runtime takes milliseconds to get there.
+const stopReadyPoll = 10 * time.Millisecond
+
+// terminate sends SIGTERM once the child handles it (Spec.StopReady), or at
+// the deadline, or not at all if it exits first.
+func (p *Process) terminate(deadline time.Time) {
+	for p.ready != nil && !p.ready(p.pid) && time.Now().Before(deadline) {
+		select {
+		case <-p.done:
+			return
+		case <-time.After(stopReadyPoll):
+		}
+	}
+	p.Signal(unix.SIGTERM)
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -188,5 +189,29 @@ func TestStartedBeforeOutput(t *testing.T) {
 		if want := []string{fmt.Sprint("started ", p.Pid()), "out"}; !slices.Equal(got, want) {
 			t.Fatalf("got %q, want %q", got, want)
 		}
+	}
+}
+
+// TestStopReady: a stop waits until the child says it handles SIGTERM; a
+// shell that has not set its trap yet would die of the signal instead.
+func TestStopReady(t *testing.T) {
+	ready := filepath.Join(t.TempDir(), "ready")
+	p, err := Start(Direct{}, Spec{Path: "/bin/sh",
+		Args:  []string{"-c", `read x; trap 'exit 7' TERM; : > "$0"; while :; do sleep 0.05; done`, ready},
+		Stdin: true,
+		StopReady: func(int) bool {
+			_, err := os.Stat(ready)
+			return err == nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped := make(chan unix.WaitStatus, 1)
+	go func() { stopped <- p.Stop(time.Minute, nil) }()
+	if _, err := p.Write([]byte("go\n")); err != nil {
+		t.Fatal(err)
+	}
+	if ws := <-stopped; !ws.Exited() || ws.ExitStatus() != 7 {
+		t.Errorf("status %#x, want exit 7 from the trap (SIGTERM came before the child handled it?)", uint32(ws))
 	}
 }

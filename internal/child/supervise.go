@@ -153,7 +153,7 @@ func (s *Supervisor) Stop(grace time.Duration, killing func()) {
 	p := s.cur
 	s.mu.Unlock()
 	if p != nil {
-		p.Signal(unix.SIGTERM)
+		go p.terminate(time.Now().Add(grace))
 	}
 	select {
 	case <-s.done:

@@ -77,9 +77,15 @@ func Clean(ws unix.WaitStatus) bool { return ws.Exited() && ws.ExitStatus() == E
 
 // NICSocket is the vhost-user socket of a VM's NIC in the switch's
 // directory dir: the switch listens on it, the VM's VMM connects to it.
+// Each VM's sockets are in a directory of their own (NICDir), which is all
+// of the switch's directory the VM's jail holds.
 func NICSocket(dir, vm string, index int) string {
-	return filepath.Join(dir, fmt.Sprintf("%s.%d.sock", vm, index))
+	return filepath.Join(NICDir(dir, vm), fmt.Sprintf("%d.sock", index))
 }
+
+// NICDir is the directory of a VM's NIC sockets in the switch's directory
+// dir: the switch makes it, owned by the VM's jail uid, mode 0700.
+func NICDir(dir, vm string) string { return filepath.Join(dir, vm) }
 
 // Args are the arguments of `hyperroot vmm`. The zero value of a field is
 // its default (Parse fills the defaults in).
@@ -97,6 +103,13 @@ type Args struct {
 	// PinVCPUs[i%len]), PinEmulator those of every other thread; empty:
 	// anywhere.
 	PinVCPUs, PinEmulator []int
+	// Jail, when not 0, is the uid and gid of the jail the VMM enters
+	// once it has set the machine up, before the guest runs; it must then
+	// have been started in the namespaces of jail.Attr (the supervisor
+	// does it).
+	Jail int
+	// Trace traces port I/O, unclaimed accesses and vCPU registers.
+	Trace bool
 }
 
 // Defaults of Args, as Parse fills them in.
@@ -138,6 +151,12 @@ func (a Args) Argv() []string {
 	if len(a.PinEmulator) > 0 {
 		argv = append(argv, "--pin-emulator", cpuList(a.PinEmulator))
 	}
+	if a.Jail != 0 {
+		argv = append(argv, "--jail", strconv.Itoa(a.Jail))
+	}
+	if a.Trace {
+		argv = append(argv, "--trace")
+	}
 	for _, d := range a.Disks {
 		argv = append(argv, "--disk", d.String())
 	}
@@ -173,6 +192,9 @@ func Parse(args []string, stderr io.Writer) (Args, error) {
 		func(v string) (err error) { a.PinVCPUs, err = parseCPUList(v); return err })
 	fs.Func("pin-emulator", "host CPUs of the VMM's other threads, comma-separated",
 		func(v string) (err error) { a.PinEmulator, err = parseCPUList(v); return err })
+	fs.IntVar(&a.Jail, "jail", 0, "jail the VMM as this uid and gid once the machine is set up (it must run\n"+
+		"as root in new mount, PID, IPC, UTS and network namespaces: the supervisor starts it so)")
+	fs.BoolVar(&a.Trace, "trace", false, "trace port I/O, unclaimed accesses and vCPU registers")
 	fs.Var(&disks, "disk", "a virtio-blk disk, repeatable: path=FILE or fd=N (inherited), then\n"+
 		"optionally ,ro ,id=SERIAL ,iops=N ,bps=BYTES (per second, e.g. 50M) ,direct (O_DIRECT)\n"+
 		",io=auto|uring|pool (block backend; auto tries io_uring first)")
@@ -191,6 +213,9 @@ func Parse(args []string, stderr io.Writer) (Args, error) {
 	}
 	if a.Kernel == "" {
 		return a, errorf("--kernel is required")
+	}
+	if a.Jail < 0 {
+		return a, errorf("--jail %d: want a uid other than 0", a.Jail)
 	}
 	for _, s := range nics {
 		n, err := ParseNIC(s)
@@ -397,10 +422,12 @@ func ParseNIC(s string) (NIC, error) {
 // ForVM is the command line of configured VM vm, as the supervisor runs
 // it: its disks are the inherited descriptors FirstFD, FirstFD+1, ... in
 // order (the supervisor opens them), its NICs the sockets of the switch
-// serving dir, with their network's MTU.
+// serving dir, with their network's MTU, and it jails itself as the VM's
+// id.
 func ForVM(vm config.VM, dir string) Args {
 	a := Args{Name: vm.Name, Kernel: vm.Kernel, Initrd: vm.Initrd, Cmdline: vm.Cmdline,
-		CPUs: vm.CPUs, Memory: vm.Memory.String(), PinVCPUs: vm.Pin.VCPUs, PinEmulator: vm.Pin.Emulator}
+		CPUs: vm.CPUs, Memory: vm.Memory.String(), PinVCPUs: vm.Pin.VCPUs, PinEmulator: vm.Pin.Emulator,
+		Jail: vm.ID}
 	if vm.HugePages != 0 {
 		a.HugePages = vm.HugePages.String()
 	}

@@ -130,7 +130,7 @@ func TestArgvRoundTrip(t *testing.T) {
 			Args{Name: "vm", Kernel: "/k", Cmdline: "console=ttyS0", CPUs: 1, Memory: "256M"}},
 		{"everything", Args{Name: "web", Kernel: "/k", Initrd: "/i", Cmdline: "console=ttyS0 quiet", CPUs: 4, Memory: "1G", HugePages: "2M",
 			Disks: []Disk{{FD: 3, ID: "web-0"}, {FD: 4, ReadOnly: true, IOPS: 5, Bandwidth: 4096, Direct: true, IO: IOPool}, {FD: -1, Path: "/x.img", IO: IOUring}},
-			NICs:  []NIC{{Socket: "/run/s/web.0.sock", MAC: mac}, {Socket: "/s", MAC: mac, MTU: 9000}}},
+			NICs:  []NIC{{Socket: "/run/s/web/0.sock", MAC: mac}, {Socket: "/s", MAC: mac, MTU: 9000}}, Jail: 200001, Trace: true},
 			Args{}},
 	} {
 		want := tc.want
@@ -160,6 +160,7 @@ func TestParseErrors(t *testing.T) {
 	}{
 		{nil, "hyperroot vmm: --kernel is required"},
 		{[]string{"--kernel", "/k", "extra"}, `hyperroot vmm: unexpected argument "extra"`},
+		{[]string{"--kernel", "/k", "--jail", "-1"}, `hyperroot vmm: --jail -1: want a uid other than 0`},
 		{[]string{"--kernel", "/k", "--cpu", "2"}, "flag provided but not defined: -cpu"},
 		{[]string{"--kernel", "/k", "--disk", "fd=2"}, `hyperroot vmm: --disk fd=2: fd "2"`},
 		{[]string{"--kernel", "/k", "--nic", "socket=/a"}, "hyperroot vmm: --nic socket=/a: want socket=PATH and mac=ADDRESS"},
@@ -176,11 +177,11 @@ func TestForVM(t *testing.T) {
 	vm := config.VM{Name: "v", Kernel: "/k", Initrd: "/i", Cmdline: "c", CPUs: 2, Memory: 128 << 20,
 		Disks: []config.Disk{{Path: "/a", ID: "v-0", IO: "io_uring"}, {Path: "/b", ReadOnly: true, ID: "v-1",
 			Limits: config.DiskLimits{IOPS: 5, Bandwidth: 4096}, Direct: true, IO: "pool"}},
-		NICs: []config.NIC{{MAC: mac, MTU: 9000}}}
+		NICs: []config.NIC{{MAC: mac, MTU: 9000}}, ID: 200123}
 	got := strings.Join(ForVM(vm, "/run/sw").Argv(), " ")
-	want := "vmm --name v --kernel /k --cpus 2 --memory 128M --cmdline c --initrd /i" +
+	want := "vmm --name v --kernel /k --cpus 2 --memory 128M --cmdline c --initrd /i --jail 200123" +
 		" --disk fd=3,id=v-0,io=io_uring --disk fd=4,ro,id=v-1,iops=5,bps=4096,direct,io=pool" +
-		" --nic socket=/run/sw/v.0.sock,mac=02:00:00:00:00:01,mtu=9000"
+		" --nic socket=/run/sw/v/0.sock,mac=02:00:00:00:00:01,mtu=9000"
 	if got != want {
 		t.Errorf("ForVM(...).Argv() =\n%s\nwant\n%s", got, want)
 	}

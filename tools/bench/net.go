@@ -476,7 +476,11 @@ type switchNet struct {
 func (s *switchNet) Name() string { return "hyperroot" }
 
 func (s *switchNet) Argv(vm config.VM) []string {
-	return append([]string{s.e.hyperroot}, vmmcli.ForVM(vm, s.dir).Argv()...)
+	a := vmmcli.ForVM(vm, s.dir)
+	// Not jailed: the benchmark starts its VMMs itself, not in the
+	// namespaces a jail needs (jail.Attr), as it starts the peers'.
+	a.Jail = 0
+	return append([]string{s.e.hyperroot}, a.Argv()...)
 }
 
 // Start runs the switch and waits until it serves its sockets. end stops

@@ -22,6 +22,7 @@ import (
 	"github.com/gopacket/gopacket/pcapgo"
 
 	"github.com/hyperroot/hyperroot/internal/testenv"
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
 )
 
 // TestQEMUVhostUserClient runs `hyperroot switch` on the host, outside the
@@ -108,7 +109,7 @@ func TestQEMUVhostUserClient(t *testing.T) {
 		p := startProc(t, ctx, vm.name, qemuBin,
 			"-accel", "tcg", "-cpu", "max", "-M", "q35", "-m", "256", "-nodefaults", "-nographic", "-no-reboot",
 			"-object", "memory-backend-memfd,id=m,size=256M,share=on", "-numa", "node,memdev=m",
-			"-chardev", "socket,id=c,path="+filepath.Join(sockDir, vm.name+".0.sock"),
+			"-chardev", "socket,id=c,path="+vmmcli.NICSocket(sockDir, vm.name, 0),
 			"-netdev", "vhost-user,id=n,chardev=c",
 			"-device", "virtio-net-pci,netdev=n,mac="+vm.mac+",vectors=0",
 			"-kernel", kernel, "-initrd", initrd,
