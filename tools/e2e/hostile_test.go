@@ -31,8 +31,8 @@ import (
 // each connection, and it must never need a restart.
 //
 // The port belongs to a configured VM, "rogue", whose guest powers off at
-// once: its VMM leaves the port and the rogue's connection, queued on the
-// port's socket meanwhile, is served next.
+// once: the test tells the rogue to start ("@run go") when that VM's VMM
+// has exited and left the port.
 func TestHostilePeer(t *testing.T) {
 	goBin := testenv.NeedTool(t, "go", "golang")
 	overlay := t.TempDir()
@@ -60,6 +60,9 @@ func TestHostilePeer(t *testing.T) {
 		started := time.Now()
 		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Overlay: overlay, Stdin: pr,
 			Append: "hyperroot.run=/rogue/rogue," + sock + "," + rogueMAC})
+		// The port is the rogue's once its VM's VMM has gone.
+		expect(t, m, `hyperroot: vm rogue exited code=0 reason=poweroff$`)
+		fmt.Fprintln(pw, "@run go")
 		// Both guests are done (in either order) once both VMMs exited.
 		expect(t, m, `hyperroot: vm (client|server) exited `)
 		expect(t, m, `hyperroot: vm (client|server) exited `)

@@ -6,9 +6,9 @@
 //
 //	rogue <socket> <mac>
 //
-// It plays every attack of attacks on the port's socket, round after
-// round, until it reads "stop" on its standard input (the console's
-// "@run stop"), then prints its totals and exits 0 if the switch answered
+// Once it reads "go" on its standard input (the console's "@run go"), it
+// plays every attack of attacks on the port's socket, round after round,
+// until it reads "stop", then prints its totals and exits 0 if the switch answered
 // every attack as it must (cut the connection off, refuse the request, or
 // serve on unharmed), else 1. Its lines:
 //
@@ -128,16 +128,36 @@ func main() {
 		os.Exit(2)
 	}
 	r := &rogue{path: os.Args[1], mac: mac}
+	// "go" starts the rounds: the port's own VMM must have left it first
+	// (the port serves one frontend at a time, and a booting guest's VMM
+	// holds it for as long as its boot takes). "stop" ends them.
 	var stop atomic.Bool
+	start := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(os.Stdin)
+		started := false
 		for sc.Scan() {
-			if strings.TrimSpace(sc.Text()) == "stop" {
-				break
+			switch strings.TrimSpace(sc.Text()) {
+			case "go":
+				if !started {
+					started = true
+					close(start)
+				}
+			case "stop":
+				stop.Store(true)
+				if !started {
+					close(start)
+				}
+				return
 			}
 		}
 		stop.Store(true)
+		if !started {
+			close(start)
+		}
 	}()
+	<-start
+	fmt.Println("rogue: go")
 	rounds, failed := 0, false
 	for !stop.Load() {
 		rounds++
