@@ -16,6 +16,7 @@ import (
 	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
 	"github.com/hyperroot/hyperroot/vmm/machine"
+	"github.com/hyperroot/hyperroot/vmm/seccomp"
 )
 
 // vmmMain is `hyperroot vmm`: one VM, console on stdio. The supervisor runs
@@ -127,6 +128,11 @@ func vmmMain(args []string) int {
 	if pins := a.PinVCPUs; len(pins) > 0 {
 		m.OnVCPUThread(func(i int) error { return pinThread(pins[i%len(pins)]) })
 	}
+	// Last, once nothing is left to set up: from here on the VMM makes
+	// only the system calls a running machine needs.
+	if err := confineVMM(m, a.Seccomp); err != nil {
+		return fail("%s: %v", a.Name, err)
+	}
 	r := m.Run()
 	fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: %s after %s (%s)\n", a.Name, r.Exit, time.Since(start).Round(time.Millisecond), r.Detail)
 	all, io, mmio := m.Exits()
@@ -145,6 +151,20 @@ func vmmMain(args []string) int {
 		return vmmcli.ExitCrash
 	}
 	return vmmcli.ExitStopped
+}
+
+// confineVMM loads the VMM's seccomp filters (vmm/seccomp) in mode
+// (--seccomp): the process-wide one now, on every thread, and each vCPU
+// thread's own as the thread starts, after whatever else was asked of that
+// thread (its CPU pinning). It must be the last thing the VMM does to
+// itself before the guest runs.
+func confineVMM(m *machine.Machine, mode string) error {
+	md, err := seccomp.ParseMode(mode)
+	if err != nil {
+		return err
+	}
+	m.OnVCPUThread(func(int) error { return seccomp.VCPUThread(md) })
+	return seccomp.Process(md)
 }
 
 // Settings of the Go runtime for the VMM role, chosen by measuring a VMM

@@ -1,0 +1,238 @@
+package main
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/vmm/seccomp"
+)
+
+// seccompEnv on the kernel command line (which the kernel passes to PID 1
+// as environment) chooses what the VMMs' seccomp filters do with a refused
+// system call: "kill" (the default) or "log", for development. PID 1 passes
+// it on as a flag: the jailed VMM has no environment.
+const seccompEnv = "HYPERROOT_SECCOMP"
+
+// seccompKillWait bounds how long a VMM's exit report waits for the
+// kernel's record of the call that killed it: the audit thread prints it
+// asynchronously, usually within milliseconds of the kill.
+const seccompKillWait = 2 * time.Second
+
+// seccompLog follows the kernel's audit records of the VMMs' seccomp
+// actions in the kernel log (/dev/kmsg): which call killed a VMM, and in
+// Log mode each call a filter would have refused, relayed once per VMM
+// and call so that the lists (vmm/seccomp) can be proved and refreshed
+// on an appliance, which has no shell to run dmesg in.
+type seccompLog struct {
+	c    *console
+	mode seccomp.Mode
+
+	mu     sync.Mutex
+	vms    map[int]string          // VMM pid -> VM name, while it runs
+	killed map[int]string          // VMM pid -> the call that killed it
+	logged map[string]bool         // "pid syscall" relayed already
+	wake   map[int]chan<- struct{} // a report waiting for pid's record
+}
+
+// startSeccompLog reads the mode from the environment, says once on the
+// console which one is in force, and, where the kernel allows, turns on
+// the kernel's audit (which is what logs seccomp actions; no audit daemon
+// runs, so the kernel prints the records to its log) and follows it.
+func startSeccompLog(c *console) *seccompLog {
+	l := &seccompLog{c: c, vms: map[int]string{}, killed: map[int]string{}, logged: map[string]bool{},
+		wake: map[int]chan<- struct{}{}}
+	if v := os.Getenv(seccompEnv); v != "" {
+		m, err := seccomp.ParseMode(v)
+		if err != nil || m == seccomp.Off {
+			c.Printf("seccomp: %s=%s: want kill or log; using kill", seccompEnv, v)
+			m = seccomp.Kill
+		}
+		l.mode = m
+	}
+	kmsg, err := os.Open("/dev/kmsg")
+	if err == nil {
+		// Only what comes from now on: the VMMs start later.
+		_, err = kmsg.Seek(0, 2)
+	}
+	if err == nil {
+		err = enableAudit()
+	}
+	if err == nil && l.mode == seccomp.Log {
+		// The kernel rate-limits the audit records it prints (10 in 5 s):
+		// in Log mode every one counts.
+		err = os.WriteFile("/proc/sys/kernel/printk_ratelimit", []byte("0\n"), 0)
+	}
+	switch {
+	case err != nil:
+		c.Printf("seccomp: %s (no kernel log of seccomp actions: %v; a VMM killed by its filter is reported with syscall=unknown)", l.mode, err)
+	case l.mode == seccomp.Log:
+		c.Printf("seccomp: log (development: system calls the VMMs' filters refuse are logged, not killed)")
+	default:
+		c.Printf("seccomp: kill")
+	}
+	if err == nil {
+		goLoop(c, "seccomp log", func() { l.follow(kmsg) })
+	} else if kmsg != nil {
+		kmsg.Close()
+	}
+	return l
+}
+
+// Mode is the --seccomp flag of the VMMs.
+func (l *seccompLog) Mode() string {
+	if l == nil {
+		return ""
+	}
+	return l.mode.String()
+}
+
+// Track names VMM pid after VM name until Killed is asked about it.
+func (l *seccompLog) Track(pid int, name string) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.vms[pid] = name
+}
+
+// Killed is the system call that made VMM pid's filter kill it, as the
+// kernel's audit recorded it, or "unknown"; it waits up to
+// seccompKillWait for the record. It forgets pid.
+func (l *seccompLog) Killed(pid int) string {
+	if l == nil {
+		return "unknown"
+	}
+	woken := make(chan struct{}, 1)
+	l.mu.Lock()
+	name, ok := l.killed[pid]
+	if !ok {
+		l.wake[pid] = woken
+	}
+	l.mu.Unlock()
+	if !ok {
+		select {
+		case <-woken:
+		case <-time.After(seccompKillWait):
+		}
+		l.mu.Lock()
+		name, ok = l.killed[pid]
+		l.mu.Unlock()
+	}
+	l.forget(pid)
+	if !ok {
+		return "unknown"
+	}
+	return name
+}
+
+// Forget drops what is known about VMM pid, which has exited.
+func (l *seccompLog) forget(pid int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.vms, pid)
+	delete(l.killed, pid)
+	delete(l.wake, pid)
+	for k := range l.logged {
+		var p int
+		if _, err := fmt.Sscanf(k, "%d ", &p); err == nil && p == pid {
+			delete(l.logged, k)
+		}
+	}
+}
+
+// Forget drops VMM pid, which has exited other than by its filter.
+func (l *seccompLog) Forget(pid int) {
+	if l != nil {
+		l.forget(pid)
+	}
+}
+
+// follow reads the kernel log for seccomp records until it fails.
+func (l *seccompLog) follow(kmsg *os.File) {
+	defer kmsg.Close()
+	buf := make([]byte, 8192) // a /dev/kmsg read returns one record
+	for {
+		n, err := kmsg.Read(buf)
+		if errors.Is(err, unix.EPIPE) {
+			continue // records were overwritten before we read them
+		}
+		if err != nil {
+			l.c.Printf("seccomp: kernel log: %v", err)
+			return
+		}
+		if r, ok := seccomp.ParseRecord(string(buf[:n])); ok {
+			l.record(r)
+		}
+	}
+}
+
+func (l *seccompLog) record(r seccomp.Record) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	name, ours := l.vms[r.PID]
+	if !ours {
+		return // not a VMM (or one already reported)
+	}
+	if r.Killed {
+		l.killed[r.PID] = r.Syscall
+		if w, ok := l.wake[r.PID]; ok {
+			w <- struct{}{}
+			delete(l.wake, r.PID)
+		}
+		return
+	}
+	if k := fmt.Sprintf("%d %s", r.PID, r.Syscall); !l.logged[k] {
+		l.logged[k] = true
+		l.c.Printf("vm %s seccomp: logged syscall=%s", name, r.Syscall)
+	}
+}
+
+// enableAudit turns the kernel's audit on (AUDIT_SET over netlink), as
+// the audit=1 boot parameter would: with no audit daemon listening, the
+// kernel prints its records, seccomp's included, to the kernel log.
+func enableAudit() error {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_AUDIT)
+	if err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	defer unix.Close(fd)
+	// struct nlmsghdr, then struct audit_status: mask, enabled and nine
+	// more 32-bit fields the kernel reads only when mask names them.
+	const statusLen = 11 * 4
+	msg := make([]byte, unix.NLMSG_HDRLEN+statusLen)
+	ne := binary.NativeEndian
+	ne.PutUint32(msg[0:], uint32(len(msg)))
+	ne.PutUint16(msg[4:], unix.AUDIT_SET)
+	ne.PutUint16(msg[6:], unix.NLM_F_REQUEST|unix.NLM_F_ACK)
+	ne.PutUint32(msg[8:], 1) // sequence
+	ne.PutUint32(msg[unix.NLMSG_HDRLEN:], unix.AUDIT_STATUS_ENABLED)
+	ne.PutUint32(msg[unix.NLMSG_HDRLEN+4:], 1)
+	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("audit: enable: %w", err)
+	}
+	ack := make([]byte, 4096)
+	n, _, err := unix.Recvfrom(fd, ack, 0)
+	if err != nil {
+		return fmt.Errorf("audit: enable: %w", err)
+	}
+	msgs, err := syscall.ParseNetlinkMessage(ack[:n])
+	if err != nil {
+		return fmt.Errorf("audit: enable: %w", err)
+	}
+	for _, m := range msgs {
+		if m.Header.Type == unix.NLMSG_ERROR && len(m.Data) >= 4 {
+			if e := int32(ne.Uint32(m.Data)); e != 0 {
+				return fmt.Errorf("audit: enable: %w", unix.Errno(-e))
+			}
+		}
+	}
+	return nil
+}
