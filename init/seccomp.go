@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"syscall"
@@ -46,33 +47,33 @@ type seccompLog struct {
 // the kernel's audit (which is what logs seccomp actions; no audit daemon
 // runs, so the kernel prints the records to its log) and follows it.
 func startSeccompLog(c *console) *seccompLog {
-	l := &seccompLog{c: c, vms: map[int]string{}, killed: map[int]string{}, logged: map[string]bool{},
-		wake: map[int]chan<- struct{}{}}
+	mode := seccomp.Kill
 	if v := os.Getenv(seccompEnv); v != "" {
 		m, err := seccomp.ParseMode(v)
 		if err != nil || m == seccomp.Off {
 			c.Printf("seccomp: %s=%s: want kill or log; using kill", seccompEnv, v)
 			m = seccomp.Kill
 		}
-		l.mode = m
+		mode = m
 	}
+	l := newSeccompLog(c, mode)
 	kmsg, err := os.Open("/dev/kmsg")
 	if err == nil {
 		// Only what comes from now on: the VMMs start later.
-		_, err = kmsg.Seek(0, 2)
+		_, err = kmsg.Seek(0, io.SeekEnd)
 	}
 	if err == nil {
 		err = enableAudit()
 	}
-	if err == nil && l.mode == seccomp.Log {
+	if err == nil && mode == seccomp.Log {
 		// The kernel rate-limits the audit records it prints (10 in 5 s):
 		// in Log mode every one counts.
 		err = os.WriteFile("/proc/sys/kernel/printk_ratelimit", []byte("0\n"), 0)
 	}
 	switch {
 	case err != nil:
-		c.Printf("seccomp: %s (no kernel log of seccomp actions: %v; a VMM killed by its filter is reported with syscall=unknown)", l.mode, err)
-	case l.mode == seccomp.Log:
+		c.Printf("seccomp: %s (no kernel log of seccomp actions: %v; a VMM killed by its filter is reported with syscall=unknown)", mode, err)
+	case mode == seccomp.Log:
 		c.Printf("seccomp: log (development: system calls the VMMs' filters refuse are logged, not killed)")
 	default:
 		c.Printf("seccomp: kill")
@@ -83,6 +84,11 @@ func startSeccompLog(c *console) *seccompLog {
 		kmsg.Close()
 	}
 	return l
+}
+
+func newSeccompLog(c *console, mode seccomp.Mode) *seccompLog {
+	return &seccompLog{c: c, mode: mode, vms: map[int]string{}, killed: map[int]string{},
+		logged: map[string]bool{}, wake: map[int]chan<- struct{}{}}
 }
 
 // Mode is the --seccomp flag of the VMMs.
@@ -195,44 +201,80 @@ func (l *seccompLog) record(r seccomp.Record) {
 	}
 }
 
-// enableAudit turns the kernel's audit on (AUDIT_SET over netlink), as
-// the audit=1 boot parameter would: with no audit daemon listening, the
-// kernel prints its records, seccomp's included, to the kernel log.
+// enableAudit turns the kernel's audit on, as the audit=1 boot parameter
+// would: with no audit daemon listening, the kernel prints its records,
+// seccomp's included, to the kernel log.
 func enableAudit() error {
+	var st [auditStatusLen]byte
+	binary.NativeEndian.PutUint32(st[0:], unix.AUDIT_STATUS_ENABLED) // mask
+	binary.NativeEndian.PutUint32(st[4:], 1)                         // enabled
+	if _, err := auditRequest(unix.AUDIT_SET, st[:]); err != nil {
+		return fmt.Errorf("audit: enable: %w", err)
+	}
+	return nil
+}
+
+// auditEnabled tells whether the kernel's audit is on.
+func auditEnabled() (bool, error) {
+	st, err := auditRequest(unix.AUDIT_GET, nil)
+	if err != nil {
+		return false, fmt.Errorf("audit: status: %w", err)
+	}
+	if len(st) < 8 {
+		return false, fmt.Errorf("audit: status: %d bytes", len(st))
+	}
+	return binary.NativeEndian.Uint32(st[4:]) != 0, nil
+}
+
+// auditStatusLen is the size of struct audit_status: mask, enabled and
+// nine more 32-bit fields (the kernel reads only those mask names).
+const auditStatusLen = 11 * 4
+
+// auditRequest sends one audit netlink request and returns the payload of
+// the kernel's answer (AUDIT_GET's status; nothing for an acknowledgement).
+func auditRequest(typ uint16, payload []byte) ([]byte, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_AUDIT)
 	if err != nil {
-		return fmt.Errorf("audit: %w", err)
+		return nil, err
 	}
 	defer unix.Close(fd)
-	// struct nlmsghdr, then struct audit_status: mask, enabled and nine
-	// more 32-bit fields the kernel reads only when mask names them.
-	const statusLen = 11 * 4
-	msg := make([]byte, unix.NLMSG_HDRLEN+statusLen)
 	ne := binary.NativeEndian
+	msg := make([]byte, unix.NLMSG_HDRLEN+len(payload))
 	ne.PutUint32(msg[0:], uint32(len(msg)))
-	ne.PutUint16(msg[4:], unix.AUDIT_SET)
+	ne.PutUint16(msg[4:], typ)
 	ne.PutUint16(msg[6:], unix.NLM_F_REQUEST|unix.NLM_F_ACK)
 	ne.PutUint32(msg[8:], 1) // sequence
-	ne.PutUint32(msg[unix.NLMSG_HDRLEN:], unix.AUDIT_STATUS_ENABLED)
-	ne.PutUint32(msg[unix.NLMSG_HDRLEN+4:], 1)
+	copy(msg[unix.NLMSG_HDRLEN:], payload)
 	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return fmt.Errorf("audit: enable: %w", err)
+		return nil, err
 	}
-	ack := make([]byte, 4096)
-	n, _, err := unix.Recvfrom(fd, ack, 0)
-	if err != nil {
-		return fmt.Errorf("audit: enable: %w", err)
-	}
-	msgs, err := syscall.ParseNetlinkMessage(ack[:n])
-	if err != nil {
-		return fmt.Errorf("audit: enable: %w", err)
-	}
-	for _, m := range msgs {
-		if m.Header.Type == unix.NLMSG_ERROR && len(m.Data) >= 4 {
-			if e := int32(ne.Uint32(m.Data)); e != 0 {
-				return fmt.Errorf("audit: enable: %w", unix.Errno(-e))
+	var answer []byte
+	acked, wantAnswer := false, typ == unix.AUDIT_GET
+	buf := make([]byte, 8192)
+	for !acked || wantAnswer && answer == nil {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			return nil, err
+		}
+		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range msgs {
+			switch m.Header.Type {
+			case typ:
+				answer = append([]byte(nil), m.Data...)
+			case unix.NLMSG_ERROR:
+				if len(m.Data) < 4 {
+					return nil, fmt.Errorf("short netlink error")
+				}
+				if e := int32(ne.Uint32(m.Data)); e != 0 {
+					return nil, unix.Errno(-e)
+				}
+				// The kernel may send the answer after it (from a thread of its own).
+				acked = true
 			}
 		}
 	}
-	return nil
+	return answer, nil
 }

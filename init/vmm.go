@@ -163,9 +163,25 @@ func confineVMM(m *machine.Machine, mode string) error {
 	if err != nil {
 		return err
 	}
-	m.OnVCPUThread(func(int) error { return seccomp.VCPUThread(md) })
+	m.OnVCPUThread(func(int) error {
+		if err := seccomp.VCPUThread(md); err != nil {
+			return err
+		}
+		if testHookVCPUConfined != nil {
+			testHookVCPUConfined()
+		}
+		return nil
+	})
 	return seccomp.Process(md)
 }
+
+// testHookVCPUConfined, when not nil, runs on each vCPU thread right after
+// its filter is loaded. Only init's tests set it (seccomp_test.go): their
+// VMM child makes a call the filter refuses there, as a guest that took
+// the VMM over would, to prove the supervisor's report. It is a variable
+// of the test binary's making rather than a flag, so that no command line
+// (the supervisor's, a user's) and no guest can reach it.
+var testHookVCPUConfined func()
 
 // Settings of the Go runtime for the VMM role, chosen by measuring a VMM
 // with 1 vCPU and 256 MiB booting Linux in the appliance (README,
