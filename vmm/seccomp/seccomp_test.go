@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -139,6 +140,22 @@ var childCases = map[string]func() error{
 const kvm0xae80 = 0xae80
 
 func runChild(name string) int {
+	if spec, ok := strings.CutPrefix(name, "ioexit:"); ok { // BenchmarkIOExit
+		mode, count, _ := strings.Cut(spec, ":")
+		m, err := ParseMode(mode)
+		n, nerr := strconv.Atoi(count)
+		if err == nil {
+			err = nerr
+		}
+		if err == nil {
+			err = runIOExits(m, n)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+			return 1
+		}
+		return 0
+	}
 	run, ok := childCases[name]
 	if !ok {
 		fmt.Fprintf(os.Stderr, "no child case %q\n", name)
