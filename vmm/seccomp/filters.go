@@ -64,6 +64,11 @@ func processPolicy(deny bpf.Action) bpf.Policy {
 			{Name: "clone", Conditions: bpf.ArgumentConditions{{Argument: 0, Operation: bpf.BitsSet, Value: unix.CLONE_THREAD}}},
 			// vhost-user sockets only.
 			{Name: "socket", Conditions: bpf.ArgumentConditions{{Argument: 0, Operation: bpf.Equal, Value: unix.AF_UNIX}}},
+			// A disk's io_uring backend closing (the VMM's end): the
+			// eventfd registered at set-up is unregistered
+			// (IORING_UNREGISTER_EVENTFD, internal/uring). Found when
+			// TestDiskWriteVerify's VMM was killed at its exit.
+			{Name: "io_uring_register", Conditions: bpf.ArgumentConditions{{Argument: 1, Operation: bpf.Equal, Value: ioringUnregisterEventfd}}},
 			// Each vCPU thread loads its own filter on top of this one.
 			{Name: "seccomp", Conditions: bpf.ArgumentConditions{{Argument: 0, Operation: bpf.Equal, Value: unix.SECCOMP_SET_MODE_FILTER}}},
 		}},
@@ -94,6 +99,9 @@ func vcpuPolicy(deny bpf.Action) bpf.Policy {
 		}},
 	}}
 }
+
+// ioringUnregisterEventfd is io_uring_register's IORING_UNREGISTER_EVENTFD.
+const ioringUnregisterEventfd = 5
 
 // kvmRequests lets ioctl through for the KVM requests a running machine
 // issues (kvm.RunningVCPURequests and kvm.RunningVMRequests), KVM_RUN
