@@ -165,15 +165,19 @@ var childCases = map[string]func() error{
 const kvm0xae80 = 0xae80
 
 func runChild(name string) int {
-	if spec, ok := strings.CutPrefix(name, "ioexit:"); ok { // BenchmarkIOExit
+	bench, spec, _ := strings.Cut(name, ":")
+	if bench == "ioexit" || bench == "kvmrun" { // BenchmarkIOExit, BenchmarkKVMRunCall
 		mode, count, _ := strings.Cut(spec, ":")
 		m, err := ParseMode(mode)
 		n, nerr := strconv.Atoi(count)
 		if err == nil {
 			err = nerr
 		}
-		if err == nil {
+		switch {
+		case err == nil && bench == "ioexit":
 			err = runIOExits(m, n)
+		case err == nil:
+			err = runKVMRunCalls(m, n)
 		}
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
@@ -312,7 +316,7 @@ func runCase(t *testing.T, name string) (syscall.WaitStatus, string) {
 	return cmd.ProcessState.Sys().(syscall.WaitStatus), strings.TrimSpace(string(out))
 }
 
-func needSeccomp(t *testing.T) {
+func needSeccomp(t testing.TB) {
 	t.Helper()
 	_, err := os.Stat("/proc/sys/kernel/seccomp/actions_avail")
 	testenv.Need(t, err == nil, "the kernel has no seccomp filters (/proc/sys/kernel/seccomp/actions_avail)")
