@@ -38,7 +38,7 @@ type seccompLog struct {
 	mu     sync.Mutex
 	vms    map[int]string          // VMM pid -> VM name, while it runs
 	killed map[int]string          // VMM pid -> the call that killed it
-	logged map[string]bool         // "pid syscall" relayed already
+	logged map[loggedCall]bool     // relayed already
 	wake   map[int]chan<- struct{} // a report waiting for pid's record
 }
 
@@ -86,9 +86,15 @@ func startSeccompLog(c *console) *seccompLog {
 	return l
 }
 
+// loggedCall is a call a VMM's filter would have refused, in log mode.
+type loggedCall struct {
+	pid     int
+	syscall string
+}
+
 func newSeccompLog(c *console, mode seccomp.Mode) *seccompLog {
 	return &seccompLog{c: c, mode: mode, vms: map[int]string{}, killed: map[int]string{},
-		logged: map[string]bool{}, wake: map[int]chan<- struct{}{}}
+		logged: map[loggedCall]bool{}, wake: map[int]chan<- struct{}{}}
 }
 
 // Mode is the --seccomp flag of the VMMs.
@@ -139,7 +145,7 @@ func (l *seccompLog) Killed(pid int) string {
 	return name
 }
 
-// Forget drops what is known about VMM pid, which has exited.
+// forget drops what is known about VMM pid, which has exited.
 func (l *seccompLog) forget(pid int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -147,8 +153,7 @@ func (l *seccompLog) forget(pid int) {
 	delete(l.killed, pid)
 	delete(l.wake, pid)
 	for k := range l.logged {
-		var p int
-		if _, err := fmt.Sscanf(k, "%d ", &p); err == nil && p == pid {
+		if k.pid == pid {
 			delete(l.logged, k)
 		}
 	}
@@ -195,7 +200,7 @@ func (l *seccompLog) record(r seccomp.Record) {
 		}
 		return
 	}
-	if k := fmt.Sprintf("%d %s", r.PID, r.Syscall); !l.logged[k] {
+	if k := (loggedCall{r.PID, r.Syscall}); !l.logged[k] {
 		l.logged[k] = true
 		l.c.Printf("vm %s seccomp: logged syscall=%s", name, r.Syscall)
 	}
