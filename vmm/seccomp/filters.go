@@ -69,6 +69,12 @@ func processPolicy(deny bpf.Action) bpf.Policy {
 			// (IORING_UNREGISTER_EVENTFD, internal/uring). Found when
 			// TestDiskWriteVerify's VMM was killed at its exit.
 			{Name: "io_uring_register", Conditions: bpf.ArgumentConditions{{Argument: 1, Operation: bpf.Equal, Value: ioringUnregisterEventfd}}},
+			// A vCPU thread as it starts, before its own filter: named
+			// (vmm/machine, PR_SET_NAME) and pinned to its host CPU
+			// (--pin-vcpus, init/pin.go: itself only). Found when
+			// TestSeccompKillInAppliance's VMMs were killed for prctl.
+			{Name: "prctl", Conditions: bpf.ArgumentConditions{{Argument: 0, Operation: bpf.Equal, Value: unix.PR_SET_NAME}}},
+			{Name: "sched_setaffinity", Conditions: bpf.ArgumentConditions{{Argument: 0, Operation: bpf.Equal, Value: 0}}},
 			// Each vCPU thread loads its own filter on top of this one.
 			{Name: "seccomp", Conditions: bpf.ArgumentConditions{{Argument: 0, Operation: bpf.Equal, Value: unix.SECCOMP_SET_MODE_FILTER}}},
 		}},
