@@ -5,6 +5,7 @@ go 1.26.8
 tool github.com/u-root/mkuimage/cmd/mkuimage
 
 require (
+	github.com/elastic/go-seccomp-bpf v1.6.0
 	github.com/gopacket/gopacket v1.7.7
 	github.com/insomniacslk/dhcp v0.0.0-20260901064844-234b97448fae
 	github.com/landlock-lsm/go-landlock v0.11.2

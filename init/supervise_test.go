@@ -16,6 +16,7 @@ import (
 
 	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/child"
+	"github.com/hyperroot/hyperroot/vmm/seccomp"
 )
 
 // fakeEnv, when set, makes the test binary play the child the supervisor
@@ -25,6 +26,9 @@ import (
 const fakeEnv = "HYPERROOT_TEST_FAKE_CHILD"
 
 func TestMain(m *testing.M) {
+	if trap, ok := os.LookupEnv(vmmTrapEnv); ok && len(os.Args) > 1 && os.Args[1] == "vmm" {
+		os.Exit(trappingVMM(trap, os.Args[2:]))
+	}
 	if plan := os.Getenv(fakeEnv); plan != "" {
 		os.Exit(fakeChild(strings.Split(plan, ","), os.Getenv(fakeEnv+"_DIR"), os.Args[1:]))
 	}
@@ -32,13 +36,22 @@ func TestMain(m *testing.M) {
 }
 
 // fakeChild says what it was asked to run, then behaves as this run's
-// entry of plan: "exit=N" exits with N; "serve" prints the switch's ready
+// entry of plan: "exit=N" exits with N; "seccomp" loads the VMM's process
+// filter and makes a call it refuses (socket(AF_INET)); "serve" prints the switch's ready
 // line, echoes its input, and exits 0 on SIGTERM.
 func fakeChild(plan []string, dir string, args []string) int {
 	runs, _ := os.ReadDir(dir)
 	os.WriteFile(fmt.Sprintf("%s/run%d", dir, len(runs)), nil, 0o644)
 	step := plan[min(len(runs), len(plan)-1)]
 	fmt.Printf("fake %s\r\n", args[0])
+	if step == "seccomp" {
+		if err := seccomp.Process(seccomp.Kill); err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+		return 1
+	}
 	if code, ok := strings.CutPrefix(step, "exit="); ok {
 		n, _ := strconv.Atoi(code)
 		fmt.Fprintln(os.Stderr, "bye")

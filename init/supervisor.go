@@ -89,6 +89,7 @@ func supervise() {
 	startHostNet(c, cfg, args)
 	f := newFleet(c, r, args.Oneshot)
 	f.cg = cg
+	f.seccomp = startSeccompLog(c)
 	p.stop = func() {
 		f.Stop(vmStopGrace)
 		if sw != nil {

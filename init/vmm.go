@@ -19,6 +19,7 @@ import (
 	"github.com/hyperroot/hyperroot/internal/jail"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
 	"github.com/hyperroot/hyperroot/vmm/machine"
+	"github.com/hyperroot/hyperroot/vmm/seccomp"
 )
 
 // vmmMain is `hyperroot vmm`: one VM, console on stdio. The supervisor runs
@@ -142,6 +143,11 @@ func vmmMain(args []string) int {
 	if pins := a.PinVCPUs; len(pins) > 0 {
 		m.OnVCPUThread(func(i int) error { return pinThread(pins[i%len(pins)]) })
 	}
+	// Last, once nothing is left to set up: from here on the VMM makes
+	// only the system calls a running machine needs.
+	if err := confineVMM(m, a.Seccomp); err != nil {
+		return fail("%s: %v", a.Name, err)
+	}
 	r := m.Run()
 	fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: %s after %s (%s)\n", a.Name, r.Exit, time.Since(start).Round(time.Millisecond), r.Detail)
 	all, io, mmio := m.Exits()
@@ -209,6 +215,36 @@ func largestWritable(disks []machine.Disk) uint64 {
 	}
 	return n
 }
+
+// confineVMM loads the VMM's seccomp filters (vmm/seccomp) in mode
+// (--seccomp): the process-wide one now, on every thread, and each vCPU
+// thread's own as the thread starts, after whatever else was asked of that
+// thread (its CPU pinning). It must be the last thing the VMM does to
+// itself before the guest runs.
+func confineVMM(m *machine.Machine, mode string) error {
+	md, err := seccomp.ParseMode(mode)
+	if err != nil {
+		return err
+	}
+	m.OnVCPUThread(func(int) error {
+		if err := seccomp.VCPUThread(md); err != nil {
+			return err
+		}
+		if testHookVCPUConfined != nil {
+			testHookVCPUConfined()
+		}
+		return nil
+	})
+	return seccomp.Process(md)
+}
+
+// testHookVCPUConfined, when not nil, runs on each vCPU thread right after
+// its filter is loaded. Only init's tests set it (seccomp_test.go): their
+// VMM child makes a call the filter refuses there, as a guest that took
+// the VMM over would, to prove the supervisor's report. It is a variable
+// of the test binary's making rather than a flag, so that no command line
+// (the supervisor's, a user's) and no guest can reach it.
+var testHookVCPUConfined func()
 
 // Settings of the Go runtime for the VMM role, chosen by measuring a VMM
 // with 1 vCPU and 256 MiB booting Linux in the appliance (README,

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -34,6 +35,10 @@ type fleet struct {
 
 	disks diskOwners // which VM each disk file is
 
+	// seccomp is the VMMs' seccomp mode and what the kernel logged of
+	// their filters' actions; nil: the VMMs' default, no log.
+	seccomp *seccompLog
+
 	mu       sync.Mutex
 	vms      map[string]*vmEntry
 	stopping bool
@@ -53,6 +58,7 @@ type vmEntry struct {
 	qos   config.QoS    // as configured, then as changed live (the "qos" command)
 	group *cgroup.Group // the running VMM's cgroup, nil when none
 	oom   uint64        // its OOM kill count when the VMM started
+	pid   atomic.Int64  // of its VMM, last started
 }
 
 func newFleet(c *console, r child.Starter, oneshot bool) *fleet {
@@ -148,6 +154,7 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 	e.mu.Lock()
 	e.group, e.oom = g, oom
 	e.mu.Unlock()
+	args.Seccomp = f.seccomp.Mode()
 	spec := child.Spec{
 		Path: selfPath(), Args: args.Argv(),
 		// The VMM jails itself once set up (--jail): it starts in
@@ -158,6 +165,8 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 		StopReady:  func(pid int) bool { return ignores(pid, stopReadySignal) },
 		ExtraFiles: disks, Stdin: true,
 		Started: func(pid int) {
+			e.pid.Store(int64(pid))
+			f.seccomp.Track(pid, vm.Name)
 			f.c.Printf("vm %s started pid=%d cpus=%d memory=%s", vm.Name, pid, vm.CPUs, vm.Memory)
 		},
 		Line: guardLines(f.c, "vm "+vm.Name+" console", func(line string) {
@@ -201,12 +210,20 @@ func (f *fleet) dropGroup(e *vmEntry) (oom bool) {
 
 // exited reports a VMM's exit and says whether its policy restarts it.
 // A VMM the kernel's OOM killer ended (its group reached memory.max) is
-// reported with reason=oom rather than as any other SIGKILL.
+// reported with reason=oom rather than as any other SIGKILL; one killed by
+// SIGSYS was killed by its seccomp filter, and the reason names the system
+// call, from the kernel's record of it.
 func (f *fleet) exited(vm config.VM, e *vmEntry, ws unix.WaitStatus) bool {
 	clean := vmmcli.Clean(ws)
 	reason := vmmcli.Reason(ws)
+	pid := int(e.pid.Load())
 	if f.dropGroup(e) && ws.Signaled() && ws.Signal() == unix.SIGKILL {
 		reason = "oom"
+	}
+	if ws.Signaled() && ws.Signal() == unix.SIGSYS {
+		reason = vmmcli.SeccompReason(f.seccomp.Killed(pid))
+	} else {
+		f.seccomp.Forget(pid)
 	}
 	f.c.Printf("vm %s exited code=%d reason=%s", vm.Name, vmmcli.Code(ws), reason)
 	f.markFailed(vm.Name, !clean)

@@ -62,6 +62,11 @@ func Reason(ws unix.WaitStatus) string {
 	return "unknown"
 }
 
+// SeccompReason is the reason of an exit by SIGSYS, which is how a
+// seccomp filter kills a VMM: syscall is the refused call, as the kernel
+// recorded it, or "unknown".
+func SeccompReason(syscall string) string { return "seccomp syscall=" + syscall }
+
 // Code is the console's exit code of a process: its exit status, or
 // 128+n when signal n ended it (as a shell reports it).
 func Code(ws unix.WaitStatus) int {
@@ -110,6 +115,10 @@ type Args struct {
 	Jail int
 	// Trace traces port I/O, unclaimed accesses and vCPU registers.
 	Trace bool
+	// Seccomp is what the VMM's seccomp filters do with a refused system
+	// call: "kill" (the default), "log" (development) or "off"; the VMM
+	// checks it. A flag, not the environment: the jailed VMM has none.
+	Seccomp string
 }
 
 // Defaults of Args, as Parse fills them in.
@@ -118,13 +127,14 @@ const (
 	DefaultCmdline = "console=ttyS0"
 	DefaultCPUs    = 1
 	DefaultMemory  = "256M"
+	DefaultSeccomp = "kill"
 )
 
 // Argv is the command line that runs a with the hyperroot binary: the
 // subcommand, then the flags. Defaults are written out too, so that the
 // line a process listing shows says everything.
 func (a Args) Argv() []string {
-	name, cmdline, cpus, memory := a.Name, a.Cmdline, a.CPUs, a.Memory
+	name, cmdline, cpus, memory, sc := a.Name, a.Cmdline, a.CPUs, a.Memory, a.Seccomp
 	if name == "" {
 		name = DefaultName
 	}
@@ -136,6 +146,9 @@ func (a Args) Argv() []string {
 	}
 	if memory == "" {
 		memory = DefaultMemory
+	}
+	if sc == "" {
+		sc = DefaultSeccomp
 	}
 	argv := []string{Command, "--name", name, "--kernel", a.Kernel, "--cpus", strconv.Itoa(cpus),
 		"--memory", memory, "--cmdline", cmdline}
@@ -163,7 +176,7 @@ func (a Args) Argv() []string {
 	for _, n := range a.NICs {
 		argv = append(argv, "--nic", n.String())
 	}
-	return argv
+	return append(argv, "--seccomp", sc)
 }
 
 // Parse reads the flags of `hyperroot vmm` (args after the subcommand).
@@ -195,6 +208,8 @@ func Parse(args []string, stderr io.Writer) (Args, error) {
 	fs.IntVar(&a.Jail, "jail", 0, "jail the VMM as this uid and gid once the machine is set up (it must run\n"+
 		"as root in new mount, PID, IPC, UTS and network namespaces: the supervisor starts it so)")
 	fs.BoolVar(&a.Trace, "trace", false, "trace port I/O, unclaimed accesses and vCPU registers")
+	fs.StringVar(&a.Seccomp, "seccomp", DefaultSeccomp, "seccomp filters: kill (a refused system call kills the VMM), log (it is logged\n"+
+		"by the kernel's audit and let through: development) or off")
 	fs.Var(&disks, "disk", "a virtio-blk disk, repeatable: path=FILE or fd=N (inherited), then\n"+
 		"optionally ,ro ,id=SERIAL ,iops=N ,bps=BYTES (per second, e.g. 50M) ,direct (O_DIRECT)\n"+
 		",io=auto|uring|pool (block backend; auto tries io_uring first)")

@@ -127,10 +127,10 @@ func TestArgvRoundTrip(t *testing.T) {
 		want Args // in with the defaults filled in
 	}{
 		{"defaults", Args{Kernel: "/k"},
-			Args{Name: "vm", Kernel: "/k", Cmdline: "console=ttyS0", CPUs: 1, Memory: "256M"}},
+			Args{Name: "vm", Kernel: "/k", Cmdline: "console=ttyS0", CPUs: 1, Memory: "256M", Seccomp: "kill"}},
 		{"everything", Args{Name: "web", Kernel: "/k", Initrd: "/i", Cmdline: "console=ttyS0 quiet", CPUs: 4, Memory: "1G", HugePages: "2M",
 			Disks: []Disk{{FD: 3, ID: "web-0"}, {FD: 4, ReadOnly: true, IOPS: 5, Bandwidth: 4096, Direct: true, IO: IOPool}, {FD: -1, Path: "/x.img", IO: IOUring}},
-			NICs:  []NIC{{Socket: "/run/s/web/0.sock", MAC: mac}, {Socket: "/s", MAC: mac, MTU: 9000}}, Jail: 200001, Trace: true},
+			NICs:  []NIC{{Socket: "/run/s/web/0.sock", MAC: mac}, {Socket: "/s", MAC: mac, MTU: 9000}}, Jail: 200001, Trace: true, Seccomp: "log"},
 			Args{}},
 	} {
 		want := tc.want
@@ -181,7 +181,7 @@ func TestForVM(t *testing.T) {
 	got := strings.Join(ForVM(vm, "/run/sw").Argv(), " ")
 	want := "vmm --name v --kernel /k --cpus 2 --memory 128M --cmdline c --initrd /i --jail 200123" +
 		" --disk fd=3,id=v-0,io=io_uring --disk fd=4,ro,id=v-1,iops=5,bps=4096,direct,io=pool" +
-		" --nic socket=/run/sw/v/0.sock,mac=02:00:00:00:00:01,mtu=9000"
+		" --nic socket=/run/sw/v/0.sock,mac=02:00:00:00:00:01,mtu=9000 --seccomp kill"
 	if got != want {
 		t.Errorf("ForVM(...).Argv() =\n%s\nwant\n%s", got, want)
 	}

@@ -90,3 +90,18 @@ func ioctlPtr(fd int, req uintptr, p unsafe.Pointer) (uintptr, error) {
 		return r, e
 	}
 }
+
+// RunningVCPURequests are the requests a vCPU's thread issues on its vCPU
+// once the machine runs: KVM_RUN, and the reads a dump (and the trace)
+// makes of a vCPU that has left it. A seccomp filter lets exactly these
+// through (vmm/seccomp); set-up requests are issued before it is loaded.
+func RunningVCPURequests() []uintptr {
+	return []uintptr{reqRun, reqGetRegs, reqGetSregs, reqGetLAPIC, reqGetMPState, reqGetVCPUEvents}
+}
+
+// RunningVMRequests are the requests a running machine issues on its VM,
+// from any thread: interrupt lines, and the MSI routes, irqfds and
+// ioeventfds the devices set up when the guest programs them.
+func RunningVMRequests() []uintptr {
+	return []uintptr{reqIRQLine, reqSetGSIRouting, reqIRQFD, reqIOEventFD}
+}

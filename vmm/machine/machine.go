@@ -147,15 +147,15 @@ type Machine struct {
 	nics     []*virtionet.Device
 
 	trace bool
-	// vcpuThread runs on each vCPU's thread before its first KVM_RUN
-	// (OnVCPUThread).
-	vcpuThread func(i int) error
+	// vcpuThread run in order on each vCPU's thread before its first
+	// KVM_RUN (OnVCPUThread).
+	vcpuThread []func(i int) error
 	stopOnce   sync.Once
-	result   Result
-	mu       sync.Mutex
-	tids     []int       // OS thread of each running vCPU, 0 until it started
-	watch    []vcpuWatch // per vCPU, for Dump (dump.go)
-	dumpMu   sync.Mutex  // one Dump at a time: their kicks and answers would cross
+	result     Result
+	mu         sync.Mutex
+	tids       []int       // OS thread of each running vCPU, 0 until it started
+	watch      []vcpuWatch // per vCPU, for Dump (dump.go)
+	dumpMu     sync.Mutex  // one Dump at a time: their kicks and answers would cross
 }
 
 // pvpanicPort is QEMU's pvpanic ISA port, described to the guest as an
@@ -491,12 +491,13 @@ func (m *Machine) runVCPU(i int, v *kvm.VCPU) {
 	// Named, so that the host's tools (top -H, /proc/<pid>/task/*/comm)
 	// and the supervisor's pinning report tell vCPU threads apart.
 	unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&vcpuName(i)[0])), 0, 0, 0)
-	if m.vcpuThread != nil {
-		if err := m.vcpuThread(i); err != nil {
+	for _, f := range m.vcpuThread {
+		if err := f(i); err != nil {
 			m.stop(Result{ExitCrash, fmt.Sprintf("vCPU %d: %v", i, err)})
 			return
 		}
 	}
+
 	m.mu.Lock()
 	if m.tids == nil {
 		// The machine stopped before this goroutine got here (Stop before
@@ -608,9 +609,10 @@ func (m *Machine) stop(r Result) {
 
 // OnVCPUThread has f called on each vCPU's thread, locked to it, with the
 // vCPU's index, before the vCPU first enters the guest: the VMM places the
-// thread there (its CPU affinity). An error stops the machine. Call it
-// before Run.
-func (m *Machine) OnVCPUThread(f func(i int) error) { m.vcpuThread = f }
+// thread there (its CPU affinity) and confines it (its seccomp filter).
+// Functions run in the order they were given, so what confines the thread
+// comes last. An error stops the machine. Call it before Run.
+func (m *Machine) OnVCPUThread(f func(i int) error) { m.vcpuThread = append(m.vcpuThread, f) }
 
 // vcpuName is vCPU i's thread name, NUL-terminated for PR_SET_NAME.
 func vcpuName(i int) []byte { return []byte(fmt.Sprintf("vcpu%d\x00", i)) }

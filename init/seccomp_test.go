@@ -1,0 +1,195 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/child"
+	"github.com/hyperroot/hyperroot/internal/testenv"
+	"github.com/hyperroot/hyperroot/vmm/seccomp"
+)
+
+// vmmTrapEnv, when set, makes the test binary run as `hyperroot vmm` (the
+// supervisor runs its own binary for every role), and the VMM named by its
+// value make a call its vCPU filter refuses, socket(AF_INET), on each vCPU
+// thread as soon as the filter is loaded (testHookVCPUConfined).
+const vmmTrapEnv = "HYPERROOT_TEST_VMM_TRAP"
+
+func trappingVMM(trap string, args []string) int {
+	for i, a := range args {
+		if (a == "--name" || a == "-name") && i+1 < len(args) && args[i+1] == trap {
+			testHookVCPUConfined = func() { unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0) }
+		}
+	}
+	return vmmMain(args)
+}
+
+// startedPID waits for the console's n-th "vm <name> started pid=N" line
+// (counting from 1) and returns N.
+func startedPID(t *testing.T, out *syncBuffer, name string, n int, within time.Duration) int {
+	t.Helper()
+	re := regexp.MustCompile(`(?m)hyperroot: vm ` + name + ` started pid=(\d+)`)
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if m := re.FindAllStringSubmatch(out.String(), -1); len(m) >= n {
+			pid, _ := strconv.Atoi(m[n-1][1])
+			return pid
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("no %d-th start of vm %s in:\n%s", n, name, out.String())
+	return 0
+}
+
+// TestSeccompExitReported: a VMM its seccomp filter kills (the real
+// process filter, refusing socket(AF_INET)) is reported with reason=seccomp
+// and the call the kernel's audit named, or syscall=unknown when no record
+// came; the restart policy applies as to any failure.
+func TestSeccompExitReported(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		record  bool
+		restart config.Restart
+		want    []string
+	}{
+		{"with the kernel's record", true, config.RestartOnFailure, []string{
+			"hyperroot: vm t started pid=PID cpus=1 memory=128M",
+			"t| fake vmm",
+			"hyperroot: vm t exited code=159 reason=seccomp syscall=socket",
+			"hyperroot: vm t restarting in 1s (restart: on-failure)",
+			"hyperroot: vm t started pid=PID cpus=1 memory=128M",
+			"t| fake vmm",
+			"t| bye",
+			"hyperroot: vm t exited code=0 reason=poweroff",
+		}},
+		{"without", false, config.RestartNever, []string{
+			"hyperroot: vm t started pid=PID cpus=1 memory=128M",
+			"t| fake vmm",
+			"hyperroot: vm t exited code=159 reason=seccomp syscall=unknown",
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fake(t, "seccomp,exit=0")
+			out := &syncBuffer{}
+			c := newConsole(out)
+			f := newFleet(c, child.Direct{}, false)
+			f.seccomp = newSeccompLog(c, seccomp.Kill)
+			f.Start([]config.VM{{Name: "t", Kernel: "/k", CPUs: 1, Memory: 128 << 20, Restart: tc.restart}})
+			if tc.record {
+				// What follow would read from /dev/kmsg for it.
+				pid := startedPID(t, out, "t", 1, 20*time.Second)
+				f.seccomp.record(seccomp.Record{PID: pid, Syscall: "socket", Killed: true})
+			}
+			done := make(chan struct{})
+			go func() { f.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				t.Fatal("the fleet did not finish")
+			}
+			c.Flush(5 * time.Second)
+			if got := out.lines(); strings.Join(got, "\n") != strings.Join(tc.want, "\n") {
+				t.Errorf("console:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
+			}
+		})
+	}
+}
+
+// TestSeccompLogRelayed: in log mode, each call a VMM's filter would have
+// refused is relayed once, and records of other processes are not.
+func TestSeccompLogRelayed(t *testing.T) {
+	out := &syncBuffer{}
+	c := newConsole(out)
+	l := newSeccompLog(c, seccomp.Log)
+	l.Track(42, "web")
+	for _, r := range []seccomp.Record{{PID: 42, Syscall: "openat"}, {PID: 42, Syscall: "openat"},
+		{PID: 43, Syscall: "socket"}, {PID: 42, Syscall: "uname"}} {
+		l.record(r)
+	}
+	c.Flush(5 * time.Second)
+	want := "hyperroot: vm web seccomp: logged syscall=openat\nhyperroot: vm web seccomp: logged syscall=uname"
+	if got := strings.Join(out.lines(), "\n"); got != want {
+		t.Errorf("console:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// TestSeccompKillInAppliance: a real VMM whose vCPU thread makes a call its
+// filter refuses is killed, the supervisor says which call (from the
+// kernel's audit record, which the appliance's PID 1 turned on), restarts
+// it by its policy, and the VM beside it boots and powers off unharmed
+// under the same filters.
+func TestSeccompKillInAppliance(t *testing.T) {
+	testenv.NeedKVM(t)
+	kernel := testKernel(t)
+	initrd := filepath.Join(filepath.Dir(kernel), "initramfs.cpio")
+	if _, err := os.Stat(initrd); err != nil {
+		initrd = filepath.Join(filepath.Dir(kernel), "guest-initramfs.cpio") // out/image on the host
+	}
+	_, err := os.Stat(initrd)
+	testenv.Need(t, err == nil, "no test guest initramfs beside "+kernel+": run ./build.sh build")
+	audit, err := auditEnabled()
+	if err != nil {
+		t.Logf("kernel audit: %v", err)
+	}
+	kmsg, err := os.Open("/dev/kmsg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kmsg.Seek(0, 2)
+	t.Setenv(vmmTrapEnv, "victim")
+	out := &syncBuffer{}
+	c := newConsole(out)
+	f := newFleet(c, child.Direct{}, false)
+	f.seccomp = newSeccompLog(c, seccomp.Kill)
+	go f.seccomp.follow(kmsg) // ends when the test closes kmsg
+	defer kmsg.Close()
+	guest := func(name string, restart config.Restart) config.VM {
+		return config.VM{Name: name, CPUs: 1, Memory: 128 << 20, Kernel: kernel, Initrd: initrd,
+			Cmdline: "console=ttyS0 quiet panic=-1", Restart: restart}
+	}
+	f.Start([]config.VM{guest("victim", config.RestartOnFailure), guest("bystander", config.RestartNever)})
+	syscall := "socket"
+	if !audit {
+		syscall = "unknown" // a host whose audit is off: no record to name the call
+	}
+	killed := "hyperroot: vm victim exited code=159 reason=seccomp syscall=" + syscall
+	waitForWithin(t, out, 1, killed, 5*time.Minute)
+	waitForWithin(t, out, 1, "hyperroot: vm victim restarting in 1s (restart: on-failure)", time.Minute)
+	startedPID(t, out, "victim", 2, time.Minute)
+	waitForWithin(t, out, 2, killed, time.Minute)
+	// The bystander was never disturbed: it boots and powers off.
+	waitForWithin(t, out, 1, "hyperroot: vm bystander exited code=0 reason=poweroff", 20*time.Minute)
+	if !strings.Contains(out.String(), "bystander| guest: booted") {
+		t.Errorf("the bystander did not boot:\n%s", out.String())
+	}
+	f.Stop(10 * time.Second)
+	c.Flush(5 * time.Second)
+	t.Logf("console:\n%s", out.String())
+}
+
+// waitForWithin waits until the console shows line n times.
+func waitForWithin(t *testing.T, out *syncBuffer, n int, line string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		k := 0
+		for _, l := range out.lines() {
+			if l == line {
+				k++
+			}
+		}
+		if k >= n {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("console line %q not seen %d times in:\n%s", line, n, out.String())
+}
