@@ -81,6 +81,7 @@ func TestSeccompExitReported(t *testing.T) {
 			out := &syncBuffer{}
 			c := newConsole(out)
 			f := newFleet(c, child.Direct{}, false)
+			f.unjailed = true // fake VMMs
 			f.seccomp = newSeccompLog(c, seccomp.Kill)
 			f.Start([]config.VM{{Name: "t", Kernel: "/k", CPUs: 1, Memory: 128 << 20, Restart: tc.restart}})
 			if tc.record {
