@@ -3,9 +3,6 @@ package e2e
 import (
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
-	"regexp"
 	"testing"
 
 	"github.com/hyperroot/hyperroot/tools/qemu"
@@ -21,18 +18,9 @@ func TestHugePages(t *testing.T) {
 	testbed(t, func(t testing.TB) {
 		pr, pw := io.Pipe()
 		defer pw.Close()
-		vm := func(name, action, mem, extra string) string {
-			s := netVM(name, action, nil)
-			s = regexp.MustCompile(`    nics:\n`).ReplaceAllString(s, "")
-			s = regexp.MustCompile(`memory: 192M`).ReplaceAllString(s, "memory: "+mem)
-			return s + extra
-		}
-		cfg := filepath.Join(t.TempDir(), "config.yaml")
-		if err := os.WriteFile(cfg, []byte("hugepages: {2M: 96}\nvms:\n"+
-			vm("huge", "echo", "128M", "    hugepages: 2M\n")+
-			vm("toobig", "poweroff", "256M", "    hugepages: 2M\n")), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		cfg := configFile(t, "hugepages: {2M: 96}\nvms:\n"+
+			loadVM("huge", "echo", 1, "128M", "    hugepages: 2M\n")+
+			loadVM("toobig", "poweroff", 1, "256M", "    hugepages: 2M\n"))
 		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Stdin: pr})
 		expect(t, m, `hyperroot: hugepages: 2M total=96 free=96$`)
 		expect(t, m, `hyperroot: error: vm toobig: hugepages: 256M of RAM needs 128 pages of 2M, \d+ free \(of 96 reserved`)

@@ -3,12 +3,7 @@ package e2e
 import (
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
-	"regexp"
-	"strconv"
 	"testing"
-	"time"
 
 	"github.com/hyperroot/hyperroot/tools/qemu"
 )
@@ -25,22 +20,10 @@ func TestQoS(t *testing.T) {
 	testbed(t, func(t testing.TB) {
 		pr, pw := io.Pipe()
 		defer pw.Close()
-		vm := func(name, action, mem, qos string, cmdline ...string) string {
-			s := netVM(name, action, nil, cmdline...)
-			s = regexp.MustCompile(`memory: 192M`).ReplaceAllString(s, "memory: "+mem)
-			s = regexp.MustCompile(`    nics:\n`).ReplaceAllString(s, "")
-			if qos != "" {
-				s += "    qos: " + qos + "\n"
-			}
-			return s
-		}
-		cfg := filepath.Join(t.TempDir(), "config.yaml")
-		if err := os.WriteFile(cfg, []byte("vms:\n"+
-			vm("capped", "spin", "128M", "{cpu: {max: 50%}}", "hyperroot.spin=0")+
-			vm("hog", "fill", "320M", "{memory: {max: 160M}}", "hyperroot.fill=288")+
-			vm("calm", "echo", "128M", "")), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		cfg := configFile(t, "vms:\n"+
+			loadVM("capped", "spin", 1, "128M", "    qos: {cpu: {max: 50%}}\n", "hyperroot.spin=0")+
+			loadVM("hog", "fill", 1, "320M", "    qos: {memory: {max: 160M}}\n", "hyperroot.fill=288")+
+			loadVM("calm", "echo", 1, "128M", ""))
 		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Stdin: pr})
 		expect(t, m, `hyperroot: cgroups: .*\bcpu\b.*\bmemory\b`)
 
@@ -52,27 +35,7 @@ func TestQoS(t *testing.T) {
 
 		// cpu.max: usage over at least 10 s of the appliance's clock.
 		expect(t, m, `^capped\| guest: spin start `)
-		sample := func() (at, used float64) {
-			fmt.Fprintln(pw, "qos capped")
-			l := expect(t, m, `hyperroot: qos capped cpu\.usage=`)
-			s := regexp.MustCompile(`^\[\s*([0-9.]+)\] hyperroot: qos capped cpu\.usage=([0-9.]+)s`).FindStringSubmatch(l)
-			if s == nil {
-				t.Fatalf("cannot read time and usage from %q", l)
-			}
-			at, _ = strconv.ParseFloat(s[1], 64)
-			used, _ = strconv.ParseFloat(s[2], 64)
-			return at, used
-		}
-		rate := func() float64 {
-			t0, u0 := sample()
-			time.Sleep(10 * time.Second)
-			t1, u1 := sample()
-			for t1-t0 < 10 { // the appliance's clock, not ours
-				time.Sleep(time.Second)
-				t1, u1 = sample()
-			}
-			return (u1 - u0) / (t1 - t0)
-		}
+		rate := func() float64 { return cpuRates(t, m, pw, "capped")[0] }
 		// What the spinner gets with no limit, on this machine now: an
 		// emulated appliance on a busy host may not give a whole CPU.
 		// The caps are 50% and 25% where it gets at least 0.8 CPU, and
