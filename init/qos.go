@@ -123,14 +123,9 @@ func (cg *cgroups) vmGroup(vm config.VM) (*cgroup.Group, error) {
 		}
 		return nil, nil
 	}
-	settings, err := qosSettings(vm.QoS, runtime.NumCPU())
+	settings, err := cg.settings(vm.QoS)
 	if err != nil {
-		return nil, fmt.Errorf("qos: %w", err)
-	}
-	for _, s := range settings {
-		if s.asked && !cg.controllers[s.controller()] {
-			return nil, fmt.Errorf("qos: %s needs the kernel's %s controller, which the appliance lacks", s.file, s.controller())
-		}
+		return nil, err
 	}
 	cpus, err := pinCPUs(vm.Pin)
 	if err != nil {
@@ -173,6 +168,21 @@ func pinCPUs(p config.Pin) (string, error) {
 		w[i] = strconv.Itoa(c)
 	}
 	return strings.Join(w, ","), nil
+}
+
+// settings are q's cgroup files for this appliance: an error if q asks
+// for more CPU than it has or for a controller its kernel lacks.
+func (cg *cgroups) settings(q config.QoS) ([]setting, error) {
+	settings, err := qosSettings(q, runtime.NumCPU())
+	if err != nil {
+		return nil, fmt.Errorf("qos: %w", err)
+	}
+	for _, s := range settings {
+		if s.asked && !cg.controllers[s.controller()] {
+			return nil, fmt.Errorf("qos: %s needs the kernel's %s controller, which the appliance lacks", s.file, s.controller())
+		}
+	}
+	return settings, nil
 }
 
 // apply writes settings to g, skipping those of controllers the kernel
@@ -260,14 +270,9 @@ func (f *fleet) QoS(name, text string) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		settings, err := qosSettings(q, runtime.NumCPU())
+		settings, err := f.cg.settings(q)
 		if err != nil {
-			return "", fmt.Errorf("qos: %w", err)
-		}
-		for _, s := range settings {
-			if s.asked && !f.cg.controllers[s.controller()] {
-				return "", fmt.Errorf("qos: %s needs the kernel's %s controller, which the appliance lacks", s.file, s.controller())
-			}
+			return "", err
 		}
 		e.mu.Lock()
 		defer e.mu.Unlock()
