@@ -44,6 +44,7 @@ declare -A PKGS=(
 	[iasl]=acpica-tools
 	[mkfs.ext4]=e2fsprogs
 	[debugfs]=e2fsprogs
+	[checkpolicy]=checkpolicy
 )
 
 deps() {

@@ -154,3 +154,25 @@ func TestNewestCachedFallback(t *testing.T) {
 		t.Fatalf("found %+v for another flavour", p)
 	}
 }
+
+// The appliance's policy compiles, and a broken one is refused with
+// checkpolicy's own words (the image build stops there, not at boot).
+func TestCompilePolicy(t *testing.T) {
+	if _, err := exec.LookPath("checkpolicy"); err != nil {
+		t.Fatal("checkpolicy not installed (./build.sh deps installs it)")
+	}
+	dir := t.TempDir()
+	dst := filepath.Join(dir, "policy")
+	if err := CompilePolicy(context.Background(), "../"+PolicySource, dst); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(dst); err != nil || fi.Size() < 1000 {
+		t.Fatalf("compiled policy: %v %v", fi, err)
+	}
+	bad := filepath.Join(dir, "bad.conf")
+	os.WriteFile(bad, []byte("class file\nsid kernel\nallow nothing;\n"), 0o644)
+	err := CompilePolicy(context.Background(), bad, filepath.Join(dir, "bad"))
+	if err == nil || !strings.Contains(err.Error(), "bad.conf") {
+		t.Fatalf("broken policy: %v", err)
+	}
+}

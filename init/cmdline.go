@@ -24,6 +24,9 @@ type cmdline struct {
 	// IP is the value of ip=, unparsed: parseIPParam reports its errors
 	// when the host network is set up, on the console.
 	IP string
+	// Permissive is the kernel's own enforcing=0: SELinux logs what it
+	// would deny instead of denying it (for debugging the policy).
+	Permissive bool
 }
 
 func readCmdline() cmdline {
@@ -55,6 +58,8 @@ func parseCmdline(s string) cmdline {
 			}
 		case "ip":
 			c.IP = v
+		case "enforcing":
+			c.Permissive = v == "0"
 		}
 	}
 	return c

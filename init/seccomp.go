@@ -166,7 +166,8 @@ func (l *seccompLog) Forget(pid int) {
 	}
 }
 
-// follow reads the kernel log for seccomp records until it fails.
+// follow reads the kernel log for seccomp records and SELinux denials
+// until it fails.
 func (l *seccompLog) follow(kmsg *os.File) {
 	defer kmsg.Close()
 	buf := make([]byte, 8192) // a /dev/kmsg read returns one record
@@ -179,8 +180,13 @@ func (l *seccompLog) follow(kmsg *os.File) {
 			l.c.Printf("seccomp: kernel log: %v", err)
 			return
 		}
-		if r, ok := seccomp.ParseRecord(string(buf[:n])); ok {
+		rec := string(buf[:n])
+		if r, ok := seccomp.ParseRecord(rec); ok {
 			l.record(r)
+		} else if avc, ok := parseAVC(rec); ok {
+			// Every SELinux denial, of any process: a normal run has
+			// none, so each one is news (the kernel rate-limits them).
+			l.c.Printf("selinux: %s", avc)
 		}
 	}
 }

@@ -198,3 +198,21 @@ func waitForWithin(t *testing.T, out *syncBuffer, n int, line string, within tim
 	}
 	t.Fatalf("console line %q not seen %d times in:\n%s", line, n, out.String())
 }
+
+func TestParseAVC(t *testing.T) {
+	rec := `5,1234,56789,-;audit: type=1400 audit(1733140000.123:45): avc:  denied  { read write } for  pid=321 comm="hyperroot" path="/dev/vdb" dev="devtmpfs" ino=88 scontext=system_u:system_r:svirt_t:s0:c3,c17 tcontext=system_u:object_r:svirt_image_t:s0:c5,c9 tclass=blk_file permissive=0` + "\n"
+	got, ok := parseAVC(rec)
+	want := `avc: denied { read write } for pid=321 comm="hyperroot" path="/dev/vdb" dev="devtmpfs" ino=88 scontext=system_u:system_r:svirt_t:s0:c3,c17 tcontext=system_u:object_r:svirt_image_t:s0:c5,c9 tclass=blk_file permissive=0`
+	if !ok || got != want {
+		t.Errorf("parseAVC = %q, %v\nwant %q", got, ok, want)
+	}
+	for _, other := range []string{
+		"6,1,2,-;audit: type=1400 audit(1.2:3): avc:  granted  { setenforce } for pid=1",
+		"6,1,2,-;audit: type=1326 audit(1.2:3): auid=4294967295 uid=0 syscall=41",
+		"6,1,2,-;virtio_net virtio0 enp0s2: renamed",
+	} {
+		if got, ok := parseAVC(other); ok {
+			t.Errorf("parseAVC(%q) = %q, want no denial", other, got)
+		}
+	}
+}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/hyperroot/hyperroot/board"
 	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/svirt"
 )
 
 // configPath is where a configuration baked into the image, or added as an
@@ -41,6 +42,10 @@ func supervise() {
 	for _, err := range mountAll(baseMounts) {
 		c.Errorf("mount", err)
 	}
+	args := readCmdline()
+	// Before anything starts: what starts before the policy is loaded
+	// runs unlabelled.
+	sv := setupSELinux(c, args)
 	b, err := loadBoard()
 	if err != nil {
 		c.Errorf("board", err)
@@ -54,7 +59,6 @@ func supervise() {
 		c.Errorf("hostname", err)
 	}
 	c.Printf("%s", banner(b))
-	args := readCmdline()
 
 	r := newReaper()
 	goLoop(c, "reaper", r.Run)
@@ -71,6 +75,10 @@ func supervise() {
 	} else {
 		c.Printf("kvm: %s", s)
 	}
+	sv.labelDevices(c)
+	// The kernel log is followed from here on: the seccomp actions of
+	// the VMMs and, from the switch's start on, SELinux denials.
+	seccompLog := startSeccompLog(c)
 	cfg, cfgPath := loadConfig(c, args)
 	// Before the switch: it and every child PID 1 starts inherit PID 1's
 	// group, and the VMs get theirs.
@@ -81,7 +89,7 @@ func supervise() {
 	if needsSwitch(cfg) {
 		// Before the VMs: their NICs connect to its sockets.
 		var err error
-		if sw, err = startNetSwitch(c, r, cfgPath, 20*time.Second); err != nil {
+		if sw, err = startNetSwitch(c, sv.starter(r, svirt.SwitchLabel), cfgPath, 20*time.Second); err != nil {
 			c.Errorf("switch", err)
 		}
 	}
@@ -89,7 +97,8 @@ func supervise() {
 	startHostNet(c, cfg, args)
 	f := newFleet(c, r, args.Oneshot)
 	f.cg = cg
-	f.seccomp = startSeccompLog(c)
+	f.seccomp = seccompLog
+	f.sv = sv
 	p.stop = func() {
 		f.Stop(vmStopGrace)
 		if sw != nil {

@@ -38,6 +38,7 @@ type fleet struct {
 	// seccomp is the VMMs' seccomp mode and what the kernel logged of
 	// their filters' actions; nil: the VMMs' default, no log.
 	seccomp *seccompLog
+	sv      *sVirt // nil without SELinux
 
 	mu       sync.Mutex
 	vms      map[string]*vmEntry
@@ -59,6 +60,9 @@ type vmEntry struct {
 	group *cgroup.Group // the running VMM's cgroup, nil when none
 	oom   uint64        // its OOM kill count when the VMM started
 	pid   atomic.Int64  // of its VMM, last started
+	// unlabel undoes the SELinux labels of the running VMM's disks and
+	// frees its category pair; nil when there is nothing to undo.
+	unlabel func()
 }
 
 func newFleet(c *console, r child.Starter, oneshot bool) *fleet {
@@ -151,9 +155,15 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 		attr.UseCgroupFD, attr.CgroupFD = true, int(dir.Fd())
 		oom, _ = g.OOMKills()
 	}
+	// Its SELinux domain and disk labels, before anything of it runs.
+	label, unlabel, err := f.sv.labelVM(vm, disks)
 	e.mu.Lock()
-	e.group, e.oom = g, oom
+	e.group, e.oom, e.unlabel = g, oom, unlabel
 	e.mu.Unlock()
+	if err != nil {
+		f.dropGroup(e)
+		return nil, err
+	}
 	args.Seccomp = f.seccomp.Mode()
 	spec := child.Spec{
 		Path: selfPath(), Args: args.Argv(),
@@ -182,7 +192,7 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 	if f.unjailed {
 		spec.Env, spec.StopReady = nil, nil
 	}
-	p, err := child.Start(f.r, spec)
+	p, err := child.Start(f.sv.starter(f.r, label), spec)
 	if err != nil {
 		f.dropGroup(e)
 	}
@@ -190,12 +200,16 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 }
 
 // dropGroup removes the cgroup of e's VMM, which has exited (or never
-// started), and returns whether the OOM killer ended it.
+// started), undoes its disks' SELinux labels, and returns whether the
+// OOM killer ended it.
 func (f *fleet) dropGroup(e *vmEntry) (oom bool) {
 	e.mu.Lock()
-	g, before := e.group, e.oom
-	e.group = nil
+	g, before, unlabel := e.group, e.oom, e.unlabel
+	e.group, e.unlabel = nil, nil
 	e.mu.Unlock()
+	if unlabel != nil {
+		unlabel()
+	}
 	if g == nil {
 		return false
 	}

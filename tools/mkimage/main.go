@@ -24,6 +24,7 @@ import (
 
 	"github.com/hyperroot/hyperroot/board"
 	"github.com/hyperroot/hyperroot/image"
+	"github.com/hyperroot/hyperroot/internal/svirt"
 )
 
 // guestModules are loaded by the test guest: pvpanic reports a kernel panic
@@ -156,7 +157,11 @@ func build(ctx context.Context, boards, name, out, version string, bench bool) e
 			if err != nil {
 				return err
 			}
-			files = append(files, bin+":bin/hyperroot", bf,
+			policy := filepath.Join(staging, "selinux-policy")
+			if err := image.CompilePolicy(ctx, image.PolicySource, policy); err != nil {
+				return err
+			}
+			files = append(files, bin+":bin/hyperroot", bf, policy+":"+strings.TrimPrefix(svirt.PolicyPath, "/"),
 				// The test guest: the same Debian kernel and the guest init.
 				kernel.Vmlinuz+":guest/vmlinuz",
 				filepath.Join(imgDir, "guest-initramfs.cpio")+":guest/initramfs.cpio")
