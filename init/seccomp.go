@@ -65,6 +65,9 @@ func startSeccompLog(c *console) *seccompLog {
 	if err == nil {
 		err = enableAudit()
 	}
+	if err == nil {
+		err = os.WriteFile("/proc/sys/kernel/printk_ratelimit_burst", []byte(auditBurst), 0)
+	}
 	if err == nil && mode == seccomp.Log {
 		// The kernel rate-limits the audit records it prints (10 in 5 s):
 		// in Log mode every one counts.
@@ -217,13 +220,24 @@ func (l *seccompLog) record(r seccomp.Record) {
 // seccomp's included, to the kernel log.
 func enableAudit() error {
 	var st [auditStatusLen]byte
-	binary.NativeEndian.PutUint32(st[0:], unix.AUDIT_STATUS_ENABLED) // mask
-	binary.NativeEndian.PutUint32(st[4:], 1)                         // enabled
+	binary.NativeEndian.PutUint32(st[0:], unix.AUDIT_STATUS_ENABLED|unix.AUDIT_STATUS_BACKLOG_LIMIT) // mask
+	binary.NativeEndian.PutUint32(st[4:], 1)                                                         // enabled
+	binary.NativeEndian.PutUint32(st[20:], auditBacklog)                                             // backlog_limit
 	if _, err := auditRequest(unix.AUDIT_SET, st[:]); err != nil {
 		return fmt.Errorf("audit: enable: %w", err)
 	}
 	return nil
 }
+
+// auditBacklog is how many audit records the kernel queues for printing
+// (its default is 64): a burst of denials, such as a VMM taken over trying
+// one wall after another, must not lose the record that explains a kill.
+const auditBacklog = 1024
+
+// auditBurst is how many records the kernel prints in one 5-second
+// interval (printk_ratelimit_burst, default 10): audit records are the
+// only frequent users of that limit on an appliance, and each one is news.
+const auditBurst = "100\n"
 
 // auditEnabled tells whether the kernel's audit is on.
 func auditEnabled() (bool, error) {

@@ -3,8 +3,10 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -50,6 +52,11 @@ func setupSELinux(c *console, args cmdline) *sVirt {
 			c.Errorf("selinux", err)
 		}
 	}
+	// The configuration and board: the policy labels them by path, but
+	// the kernel labels the initramfs's files by its root's label alone.
+	if err := labelTree(confDir, svirt.ConfLabel); err != nil {
+		c.Errorf("selinux", err)
+	}
 	if got := svirt.CurrentMode(); got != mode {
 		c.Errorf("selinux", fmt.Errorf("asked for %s, the kernel says %s", mode, got))
 		mode = got
@@ -63,6 +70,19 @@ func setupSELinux(c *console, args cmdline) *sVirt {
 	}
 	c.Printf("selinux: %s (policy of %d bytes: each VM's VMM runs as svirt_t with a category pair of its own; %s)", mode, len(policy), how)
 	return &sVirt{mode: mode}
+}
+
+// confDir holds the appliance's configuration and board description.
+const confDir = "/etc/hyperroot"
+
+// labelTree labels dir and everything below it.
+func labelTree(dir, label string) error {
+	return filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return svirt.LabelPath(p, label)
+	})
 }
 
 // labelDevices gives the device nodes the policy tells apart their types,

@@ -126,6 +126,9 @@ func vmmMain(args []string) int {
 	if os.Getenv("HYPERROOT_VMM_MEMSTATS") == "1" {
 		go reportMemStats(os.Stderr)
 	}
+	if code, ran := escapeAt("setup", a); ran {
+		return code
+	}
 	if a.Jail != 0 {
 		// Everything the VMM uses is open or mapped by now: KVM, guest
 		// RAM, the disks and their io_uring rings, the NICs' connections.
@@ -138,6 +141,9 @@ func vmmMain(args []string) int {
 		}
 		fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: jailed uid=%d (%s)\n", a.Name, a.Jail, rep)
 	}
+	if code, ran := escapeAt("jailed", a); ran {
+		return code
+	}
 	go feedConsole(m, os.Stdin)
 	built.Store(m)
 	if pins := a.PinVCPUs; len(pins) > 0 {
@@ -147,6 +153,9 @@ func vmmMain(args []string) int {
 	// only the system calls a running machine needs.
 	if err := confineVMM(m, a.Seccomp); err != nil {
 		return fail("%s: %v", a.Name, err)
+	}
+	if code, ran := escapeAt("running", a); ran {
+		return code
 	}
 	r := m.Run()
 	fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: %s after %s (%s)\n", a.Name, r.Exit, time.Since(start).Round(time.Millisecond), r.Detail)

@@ -49,6 +49,7 @@ const (
 	TunLabel     = "system_u:object_r:tun_device_t:s0"
 	NullLabel    = "system_u:object_r:null_device_t:s0"
 	RunLabel     = "system_u:object_r:hyperroot_run_t:s0"
+	ConfLabel    = "system_u:object_r:hyperroot_conf_t:s0"
 	TmpLabel     = "system_u:object_r:hyperroot_tmp_t:s0"
 	xattrName    = "security.selinux"
 	maxLabelSize = 256

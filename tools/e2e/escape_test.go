@@ -1,0 +1,176 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/hyperroot/hyperroot/internal/testenv"
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
+	"github.com/hyperroot/hyperroot/tools/qemu"
+)
+
+// TestEscape is the escape suite: attacker code that runs in a VMM exactly
+// as a guest that took its VMM over would (init/escape.go, compiled only
+// into this test's build of hyperroot, which an overlay puts in place of
+// the image's /bin/hyperroot) tries to reach beyond its VM while another
+// VM, the victim, runs. Each attempt runs in a VMM of its own, at one of
+// three stages of the VMM's start:
+//
+//   - setup: in its SELinux domain (svirt_t at its category pair) and its
+//     namespaces, still root with every capability and the host's files
+//     in view: SELinux is the only wall there, so what it denies (another
+//     VM's disk by MCS, the appliance's files, sockets, exec, modules) is
+//     shown to be its doing;
+//   - jailed: in the jail (empty root, own uid, no capabilities, Landlock),
+//     no seccomp yet;
+//   - running: every wall up, where the guest would run.
+//
+// Every attempt must be denied; the test names the wall that said no: the
+// seccomp filter (the VMM is killed, reason=seccomp syscall=...), SELinux
+// (an "avc: denied" line from that VMM's context), the namespaces (ENOENT,
+// ESRCH: it cannot even name the target), capabilities (EPERM) or
+// Landlock (EACCES without a SELinux denial where DAC allows the access).
+// At set-up the attacker is root with CAP_DAC_OVERRIDE: file modes could
+// not stop it there, whatever they are, so a denial there is SELinux's.
+func TestEscape(t *testing.T) {
+	goBin := testenv.NeedTool(t, "go", "golang")
+	overlay := t.TempDir()
+	build := exec.Command(goBin, "build", "-tags", "escape", "-trimpath", "-ldflags", "-s -w",
+		"-o", filepath.Join(overlay, "bin", "hyperroot"), "../../init")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOAMD64=v1")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build -tags escape ../../init: %v\n%s", err, out)
+	}
+	// The victim's disk is a block device, as on hardware: /dev is a
+	// directory any VMM may search, so that at set-up nothing but the
+	// disk's own label stands between the attacker and it.
+	const disk = "/dev/vda"
+	img := filepath.Join(t.TempDir(), "victim.img")
+	if err := os.WriteFile(img, make([]byte, 16<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sock := vmmcli.NICSocket("/run/hyperroot/switch", "victim", 0)
+	stages := map[string][]string{
+		"setup":   {"disk", "disk-ro", "config", "mem", "inet", "netlink", "packet", "exec", "module"},
+		"jailed":  {"disk", "disk-ro", "config", "kvm", "listdir", "mem", "inet", "netlink", "packet", "neighbour", "exec", "ptrace", "signal", "mount", "module", "capability", "setuid"},
+		"running": {"disk", "disk-ro", "config", "kvm", "listdir", "mem", "inet", "netlink", "packet", "neighbour", "exec", "ptrace", "signal", "mount", "module", "capability", "setuid"},
+	}
+	// The victim first: its disk is labelled for it before it starts.
+	vms := []string{loadVM("victim", "echo", 1, "128M",
+		"    disks:\n      - {path: "+disk+"}\n    nics:\n      - {network: lan}\n")}
+	var names []string
+	for stage, list := range stages {
+		for _, a := range list {
+			name := "x-" + stage + "-" + a
+			names = append(names, name)
+			vms = append(vms, loadVM(name, "off", 1, "80M", "",
+				"hyperroot.escape="+stage+":"+a, "hyperroot.escape.disk="+disk, "hyperroot.escape.sock="+sock))
+		}
+	}
+	sort.Strings(names)
+	cfg := netConfig(t, lanNet, vms...)
+	testbed(t, func(t testing.TB) {
+		pr, pw := io.Pipe()
+		defer pw.Close()
+		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Overlay: overlay, Stdin: pr, Memory: "3G", Drives: []string{img}})
+		expect(t, m, `hyperroot: selinux: enforcing `)
+		victim := expect(t, m, `hyperroot: vm victim started pid=\d+`)
+		// Every attacker's VMM exits, and the victim's guest comes to
+		// read its console, in whatever order.
+		for left, victimUp := len(names), false; left > 0 || !victimUp; {
+			if l := expect(t, m, `hyperroot: vm x-\S+ exited |^victim\| guest: action echo`); strings.HasPrefix(l, "victim|") {
+				victimUp = true
+			} else {
+				left--
+			}
+		}
+		fmt.Fprintln(pw, "@victim poweroff")
+		// The verdict is "fail": the attackers' VMMs were killed.
+		r := m.Wait()
+		if !r.PowerOff || r.Panic || r.TimedOut || r.Silent != 0 {
+			t.Fatalf("appliance did not power off cleanly: %+v", r)
+		}
+		lines := r.Lines
+		victimPair := pairOf(lines, "victim")
+		if victimPair == "" {
+			t.Fatalf("no SELinux category pair of the victim's VMM on the console (%s)", victim)
+		}
+		denied, walls := 0, map[string]int{}
+		for _, name := range names {
+			wall, detail := escapeOutcome(t, lines, name)
+			if wall == "" {
+				t.Errorf("%s: NOT DENIED: %s", name, detail)
+				continue
+			}
+			denied++
+			walls[wall]++
+			t.Logf("escape %s: denied by %s (%s)", name, wall, detail)
+		}
+		t.Logf("escape: %d/%d attempts denied; by wall: %v", denied, len(names), walls)
+		// What only MCS can refuse: at set-up the attacker is root with
+		// every capability and the victim's disk in view.
+		for _, a := range []string{"disk", "disk-ro"} {
+			name := "x-setup-" + a
+			if !hasLine(lines, `avc: denied .* scontext=system_u:system_r:svirt_t:`+regexp.QuoteMeta(pairOf(lines, name))+` tcontext=system_u:object_r:svirt_image_t:`+regexp.QuoteMeta(victimPair)+` tclass=blk_file`) {
+				t.Errorf("%s: no SELinux denial of the victim's disk (svirt_image_t:%s) to the attacker's pair", name, victimPair)
+			}
+		}
+		// Nothing of a normal VM was denied: the victim ran its course.
+		if hasLine(lines, `avc: denied .* scontext=system_u:system_r:svirt_t:`+regexp.QuoteMeta(victimPair)+` `) {
+			t.Errorf("SELinux denied the victim's own VMM something")
+		}
+		wantLines(t, lines, "hyperroot: vm victim exited code=0 reason=poweroff")
+	})
+}
+
+// pairOf is the MCS level ("s0:cX,cY") VM name's VMM ran at, from the
+// console's "vm <name> started ... selinux=<context>", or "".
+func pairOf(lines []string, name string) string {
+	re := regexp.MustCompile(`hyperroot: vm ` + regexp.QuoteMeta(name) + ` started .* selinux=system_u:system_r:svirt_t:(s0:c\d+,c\d+)`)
+	for _, l := range lines {
+		if m := re.FindStringSubmatch(l); m != nil {
+			return m[1]
+		}
+	}
+	return ""
+}
+
+// escapeOutcome says which wall denied attacker VM name's attempt, and
+// how, or "" if none did.
+func escapeOutcome(t testing.TB, lines []string, name string) (wall, detail string) {
+	if l := lineWith(lines, `hyperroot: vm `+regexp.QuoteMeta(name)+` exited code=\d+ reason=seccomp syscall=`); l != "" {
+		return "seccomp", l[strings.Index(l, "syscall="):]
+	}
+	l := lineWith(lines, `^`+regexp.QuoteMeta(name)+`\| hyperroot vmm: escape \S+ \S+: `)
+	if l == "" {
+		return "", "no report and no seccomp kill"
+	}
+	outcome := l[strings.LastIndex(l, ": ")+2:]
+	errno, ok := strings.CutPrefix(outcome, "denied ")
+	if !ok {
+		return "", outcome
+	}
+	pair := pairOf(lines, name)
+	if pair != "" && hasLine(lines, `avc: denied .* scontext=system_u:system_r:svirt_t:`+regexp.QuoteMeta(pair)+` `) {
+		return "selinux", errno
+	}
+	switch errno {
+	case "ENOENT", "ESRCH":
+		return "namespace", errno
+	case "EPERM":
+		return "capabilities", errno
+	case "EACCES":
+		if strings.HasSuffix(name, "-listdir") {
+			return "landlock", errno // DAC lets anyone list the jail's root
+		}
+		return "landlock or DAC", errno
+	}
+	return "other", errno
+}
