@@ -37,6 +37,9 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == childArg {
 		os.Exit(jailedChild(os.Args[2:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == benchArg {
+		os.Exit(benchChild(os.Args[2:]))
+	}
 	os.Exit(m.Run())
 }
 
@@ -669,7 +672,7 @@ func errnoName(err error) string {
 // one, or, when it links cgo (go test's default; the Go runtime cannot
 // reach cgo's threads, see jail.Enter), the same tests built again with
 // CGO_ENABLED=0, as the appliance's binary is.
-func jailable(t *testing.T) string {
+func jailable(t testing.TB) string {
 	t.Helper()
 	self, err := os.Executable()
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -60,8 +61,33 @@ func start(t testing.TB, o qemu.Options) *qemu.Machine {
 		a.machines = append(a.machines, m)
 	}
 	t.Cleanup(m.Kill)
+	// Every run is under SELinux, enforcing: a normal one is denied
+	// nothing, so a denial is a policy (or product) bug to see at once.
+	// (Reported on the test itself: an attempt's verdict is taken before
+	// cleanups run, and no emulator fault explains a denial.)
+	report := t
+	if a, ok := t.(*attempt); ok {
+		report = a.T
+	}
+	t.Cleanup(func() {
+		if _, ok := denialsExpected.Load(t.Name()); ok {
+			return
+		}
+		for _, l := range m.Lines() {
+			if strings.Contains(l, "hyperroot: selinux: avc: denied") {
+				report.Errorf("SELinux denied something in a normal run: %s", l)
+			}
+		}
+	})
 	return m
 }
+
+// denialsExpected holds the names of the tests whose appliance is meant to
+// log SELinux denials (the escape suite's attackers).
+var denialsExpected sync.Map
+
+// expectDenials exempts t's appliances from the no-denials check.
+func expectDenials(t testing.TB) { denialsExpected.Store(t.Name(), true) }
 
 // testWriter logs the console into the test output (shown on failure or -v).
 type testWriter struct{ t testing.TB }
