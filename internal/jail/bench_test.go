@@ -49,4 +49,3 @@ func BenchmarkStart(b *testing.B) {
 		})
 	}
 }
-
