@@ -29,7 +29,7 @@ import (
 // memory reclaim from each other before they reclaim from PID 1 and the
 // switch, which every VM needs.
 type cgroups struct {
-	vms         *cgroup.Group
+	root, vms   *cgroup.Group
 	controllers map[string]bool
 }
 
@@ -74,7 +74,7 @@ func makeCgroups(root string, self int) (*cgroups, error) {
 	if err != nil {
 		return nil, err
 	}
-	cg := &cgroups{controllers: map[string]bool{}}
+	cg := &cgroups{root: r, controllers: map[string]bool{}}
 	var enable []string
 	for _, n := range wantControllers {
 		if slices.Contains(avail, n) {
@@ -118,7 +118,7 @@ func makeCgroups(root string, self int) (*cgroups, error) {
 // without a group, and one with QoS gets an error.
 func (cg *cgroups) vmGroup(vm config.VM) (*cgroup.Group, error) {
 	if cg == nil {
-		if vm.QoS != (config.QoS{}) {
+		if !vm.QoS.IsZero() {
 			return nil, errors.New("qos: the appliance has no cgroup v2 (see the cgroups error at boot)")
 		}
 		return nil, nil
@@ -173,7 +173,7 @@ func pinCPUs(p config.Pin) (string, error) {
 // settings are q's cgroup files for this appliance: an error if q asks
 // for more CPU than it has or for a controller its kernel lacks.
 func (cg *cgroups) settings(q config.QoS) ([]setting, error) {
-	settings, err := qosSettings(q, runtime.NumCPU())
+	settings, err := qosSettings(q, runtime.NumCPU(), blockDevice)
 	if err != nil {
 		return nil, fmt.Errorf("qos: %w", err)
 	}
@@ -187,7 +187,15 @@ func (cg *cgroups) settings(q config.QoS) ([]setting, error) {
 
 // apply writes settings to g, skipping those of controllers the kernel
 // lacks (left at their defaults: vmGroup refused any that were asked).
+// Devices g limits that settings no longer name get their defaults back,
+// and a device given a weight gets the kernel's iocost controller, which
+// io.weight needs.
 func (cg *cgroups) apply(g *cgroup.Group, settings []setting) error {
+	if cg.controllers["io"] {
+		if err := cg.prepareIO(g, settings); err != nil {
+			return fmt.Errorf("qos: %w", err)
+		}
+	}
 	for _, s := range settings {
 		if !cg.controllers[s.controller()] {
 			continue
@@ -221,7 +229,7 @@ const cpuPeriod = 100 * time.Millisecond
 // with the kernel's default ("max", weight 100) where the QoS sets
 // nothing, so that a group changed live holds exactly what it says; asked
 // marks the ones the QoS set.
-func qosSettings(q config.QoS, hostCPUs int) ([]setting, error) {
+func qosSettings(q config.QoS, hostCPUs int, device func(path string) (string, error)) ([]setting, error) {
 	if q.CPU.Max > hostCPUs*100 {
 		return nil, fmt.Errorf("cpu max %d%% is more than the appliance's %d CPUs (%d%%)", q.CPU.Max, hostCPUs, hostCPUs*100)
 	}
@@ -248,7 +256,89 @@ func qosSettings(q config.QoS, hostCPUs int) ([]setting, error) {
 		s[i] = f.setting
 		s[i].file = f.file
 	}
+	io, err := ioSettings(q.IO, device)
+	return append(s, io...), err
+}
+
+// ioSettings are the io.max and io.weight lines of a VM's I/O limits, one
+// per device, its number ("major:minor") found by device.
+func ioSettings(limits []config.IOLimit, device func(path string) (string, error)) ([]setting, error) {
+	var s []setting
+	for _, l := range limits {
+		dev, err := device(l.Device)
+		if err != nil {
+			return nil, fmt.Errorf("io %s: %w", l.Device, err)
+		}
+		val := func(n uint64) string {
+			if n == 0 {
+				return "max"
+			}
+			return strconv.FormatUint(n, 10)
+		}
+		s = append(s, setting{file: "io.max", asked: true, value: fmt.Sprintf("%s rbps=%s wbps=%s riops=%s wiops=%s",
+			dev, val(uint64(l.ReadBytes)), val(uint64(l.WriteBytes)), val(uint64(l.ReadIOPS)), val(uint64(l.WriteIOPS)))})
+		if l.Weight != 0 {
+			s = append(s, setting{file: "io.weight", asked: true, value: fmt.Sprintf("%s %d", dev, l.Weight)})
+		}
+	}
 	return s, nil
+}
+
+// blockDevice is the number ("major:minor") of the block device at path,
+// or of the disk it is a partition of: the io controller limits whole
+// disks.
+func blockDevice(path string) (string, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return "", err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return "", errors.New("not a block device")
+	}
+	dev := fmt.Sprintf("%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev))
+	sys := "/sys/dev/block/" + dev
+	if _, err := os.Stat(sys + "/partition"); err == nil {
+		parent, err := os.ReadFile(sys + "/../dev")
+		if err != nil {
+			return "", fmt.Errorf("partition %s: its disk: %w", dev, err)
+		}
+		dev = strings.TrimSpace(string(parent))
+	}
+	return dev, nil
+}
+
+// prepareIO gives the devices g limits that settings no longer name their
+// defaults back (a live change that drops a device), and turns on the
+// iocost controller of each device settings give a weight.
+func (cg *cgroups) prepareIO(g *cgroup.Group, settings []setting) error {
+	named := map[string]bool{}
+	for _, s := range settings {
+		if s.file == "io.max" || s.file == "io.weight" {
+			dev, _, _ := strings.Cut(s.value, " ")
+			named[s.file+" "+dev] = true
+			if s.file == "io.weight" && cg.root != nil {
+				if err := cg.root.Set("io.cost.qos", dev+" enable=1"); err != nil {
+					return fmt.Errorf("io weight on %s needs the kernel's iocost controller: %w", dev, err)
+				}
+			}
+		}
+	}
+	for file, reset := range map[string]string{"io.max": "rbps=max wbps=max riops=max wiops=max", "io.weight": "default"} {
+		cur, err := g.Get(file)
+		if err != nil {
+			continue // a kernel without it: nothing was set either
+		}
+		for _, line := range strings.Split(cur, "\n") {
+			dev, _, _ := strings.Cut(strings.TrimSpace(line), " ")
+			if !strings.Contains(dev, ":") || named[file+" "+dev] {
+				continue
+			}
+			if err := g.Set(file, dev+" "+reset); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // QoS is the console's "qos <vm> [<qos>]". Without a qos it reports the
@@ -287,7 +377,7 @@ func (f *fleet) QoS(name, text string) (string, error) {
 	e.mu.Lock()
 	g, q := e.group, e.qos
 	e.mu.Unlock()
-	settings, _ := qosSettings(q, runtime.NumCPU())
+	settings, _ := qosSettings(q, runtime.NumCPU(), blockDevice)
 	if g == nil {
 		return "qos " + name + " not running; " + describeQoS(settings), nil
 	}
@@ -347,7 +437,11 @@ func threadAffinity(pid int) string {
 func describeQoS(settings []setting) string {
 	w := make([]string, len(settings))
 	for i, s := range settings {
-		w[i] = s.file + "=" + strings.ReplaceAll(s.value, " ", "/")
+		sep := "/" // cpu.max's quota/period
+		if strings.HasPrefix(s.file, "io.") {
+			sep = "," // a device and its keys
+		}
+		w[i] = s.file + "=" + strings.ReplaceAll(s.value, " ", sep)
 	}
 	return strings.Join(w, " ")
 }

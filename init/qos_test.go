@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,14 +19,14 @@ import (
 func TestQoSSettings(t *testing.T) {
 	var q config.QoS
 	q.CPU.Weight, q.CPU.Max, q.Memory.Max, q.Pids = 300, 150, 512<<20, 64
-	s, err := qosSettings(q, 2)
+	s, err := qosSettings(q, 2, noDevices)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got, want := describeQoS(s), "cpu.weight=300 cpu.max=150000/100000 memory.max=536870912 memory.high=max pids.max=64"; got != want {
 		t.Errorf("settings %q, want %q", got, want)
 	}
-	s, _ = qosSettings(config.QoS{}, 2)
+	s, _ = qosSettings(config.QoS{}, 2, noDevices)
 	if got, want := describeQoS(s), "cpu.weight=100 cpu.max=max/100000 memory.max=max memory.high=max pids.max=max"; got != want {
 		t.Errorf("no qos: settings %q, want the kernel's defaults %q", got, want)
 	}
@@ -36,7 +37,7 @@ func TestQoSSettings(t *testing.T) {
 	}
 	q = config.QoS{}
 	q.CPU.Max = 300
-	if _, err := qosSettings(q, 2); err == nil || !strings.Contains(err.Error(), "more than the appliance's 2 CPUs") {
+	if _, err := qosSettings(q, 2, noDevices); err == nil || !strings.Contains(err.Error(), "more than the appliance's 2 CPUs") {
 		t.Errorf("cpu max 300%% on 2 CPUs: %v", err)
 	}
 }
@@ -92,5 +93,50 @@ func TestMakeCgroups(t *testing.T) {
 	}
 	if err := g.Remove(2e9); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// noDevices is a device lookup for QoS without I/O limits.
+func noDevices(path string) (string, error) {
+	return "", fmt.Errorf("no block device %s in this test", path)
+}
+
+func TestIOSettings(t *testing.T) {
+	var q config.QoS
+	q.IO = []config.IOLimit{
+		{Device: "/dev/vda", ReadIOPS: 300, WriteBytes: 20 << 20, Weight: 200},
+		{Device: "/dev/vdb1", WriteIOPS: 50},
+	}
+	devs := map[string]string{"/dev/vda": "254:0", "/dev/vdb1": "254:16"}
+	s, err := qosSettings(q, 2, func(p string) (string, error) { return devs[p], nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := describeQoS(s)
+	want := "io.max=254:0,rbps=max,wbps=20971520,riops=300,wiops=max io.weight=254:0,200 io.max=254:16,rbps=max,wbps=max,riops=max,wiops=50"
+	if !strings.HasSuffix(got, want) {
+		t.Errorf("settings %q, want them to end %q", got, want)
+	}
+	if _, err := qosSettings(q, 2, noDevices); err == nil || !strings.Contains(err.Error(), "io /dev/vda: no block device") {
+		t.Errorf("an unknown device: %v", err)
+	}
+}
+
+// blockDevice finds a block device's number, and refuses what is not one.
+func TestBlockDevice(t *testing.T) {
+	testenv.Need(t, os.Geteuid() == 0, "making a device node needs root")
+	node := filepath.Join(t.TempDir(), "blk")
+	// A number no disk has here: /sys/dev/block knows nothing of it, so it
+	// is taken as a whole disk.
+	if err := unix.Mknod(node, unix.S_IFBLK|0o600, int(unix.Mkdev(259, 4000))); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := blockDevice(node); err != nil || got != "259:4000" {
+		t.Errorf("blockDevice(%s) = %q, %v, want 259:4000", node, got, err)
+	}
+	for _, p := range []string{"/dev/null", t.TempDir(), "/no/such/device"} {
+		if got, err := blockDevice(p); err == nil {
+			t.Errorf("blockDevice(%s) = %q, want an error", p, got)
+		}
 	}
 }

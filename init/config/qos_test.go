@@ -14,6 +14,7 @@ func TestParseQoS(t *testing.T) {
       cpu: {weight: 300, max: 150%}
       memory: {max: 1200M, high: 1100M}
       pids: 256
+      io: [{device: /dev/vda, riops: 500, wiops: 400, rbps: 20M, wbps: 10M, weight: 200}, {device: /dev/vdb, riops: 30}]
   - {name: b, kernel: /k}
 `))
 	if err != nil {
@@ -23,14 +24,25 @@ func TestParseQoS(t *testing.T) {
 	if q.CPU.Weight != 300 || q.CPU.Max != 150 || q.Memory.Max != 1200<<20 || q.Memory.High != 1100<<20 || q.Pids != 256 {
 		t.Errorf("qos = %+v", q)
 	}
-	if q := cfg.VMs[1].QoS; q != (QoS{}) {
+	if got, want := fmt.Sprint(q.IO), "[{/dev/vda 500 400 20M 10M 200} {/dev/vdb 30 0 0 0 0}]"; got != want {
+		t.Errorf("qos io = %s, want %s", got, want)
+	}
+	if q := cfg.VMs[1].QoS; fmt.Sprint(q) != fmt.Sprint(QoS{}) {
 		t.Errorf("a VM without qos got %+v, want the zero value (no limits)", q)
 	}
 }
 
 func TestParseQoSErrors(t *testing.T) {
 	for _, tc := range []struct{ name, qos, want string }{
-		{"unknown key", "{cpus: 2}", `unknown key "cpus" (known: cpu, memory, pids)`},
+		{"unknown key", "{cpus: 2}", `unknown key "cpus" (known: cpu, io, memory, pids)`},
+		{"io not a list", "{io: {device: /dev/vda}}", "want a list"},
+		{"io no device", "{io: [{riops: 5}]}", "io: each entry needs the device it limits"},
+		{"io relative device", "{io: [{device: vda, riops: 5}]}", `path "vda": want an absolute path`},
+		{"io twice", "{io: [{device: /dev/vda}, {device: /dev/vda}]}", "device /dev/vda listed twice"},
+		{"io zero iops", "{io: [{device: /dev/vda, riops: 0}]}", "riops 0: want a positive number"},
+		{"io tiny bps", "{io: [{device: /dev/vda, wbps: 1K}]}", "wbps 1K: want at least 4K"},
+		{"io weight", "{io: [{device: /dev/vda, weight: 0}]}", "weight 0: want 1 to 10000"},
+		{"io unknown key", "{io: [{device: /dev/vda, iops: 5}]}", `unknown key "iops" (known: device, rbps, riops, wbps, weight, wiops)`},
 		{"unknown cpu key", "{cpu: {shares: 2}}", `unknown key "shares" (known: max, weight)`},
 		{"weight zero", "{cpu: {weight: 0}}", "weight 0: want 1 to 10000"},
 		{"weight high", "{cpu: {weight: 10001}}", "weight 10001: want 1 to 10000"},
