@@ -204,9 +204,10 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 }
 
 // dropGroup removes the cgroup of e's VMM, which has exited (or never
-// started), undoes its disks' SELinux labels, and returns whether the
-// OOM killer ended it.
-func (f *fleet) dropGroup(e *vmEntry) (oom bool) {
+// started), undoes its disks' SELinux labels, and says what limits the
+// VMM ran into: whether the OOM killer ended it, whether it was refused a
+// thread or process by pids.max.
+func (f *fleet) dropGroup(e *vmEntry) (oom, pids bool) {
 	e.mu.Lock()
 	g, before, unlabel := e.group, e.oom, e.unlabel
 	e.group, e.unlabel = nil, nil
@@ -215,28 +216,38 @@ func (f *fleet) dropGroup(e *vmEntry) (oom bool) {
 		unlabel()
 	}
 	if g == nil {
-		return false
+		return false, false
 	}
 	if n, err := g.OOMKills(); err == nil && n > before {
 		oom = true
 	}
+	// The group is the VMM's alone, made for this start.
+	if ev, err := g.Keyed("pids.events"); err == nil && ev["max"] > 0 {
+		pids = true
+	}
 	if err := g.Remove(2 * time.Second); err != nil {
 		f.c.Errorf("cgroups", err)
 	}
-	return oom
+	return oom, pids
 }
 
 // exited reports a VMM's exit and says whether its policy restarts it.
 // A VMM the kernel's OOM killer ended (its group reached memory.max) is
 // reported with reason=oom rather than as any other SIGKILL; one killed by
 // SIGSYS was killed by its seccomp filter, and the reason names the system
-// call, from the kernel's record of it.
+// call, from the kernel's record of it. One that failed after pids.max
+// refused it a thread (the Go runtime cannot go on without one) is
+// reported with reason=pids.
 func (f *fleet) exited(vm config.VM, e *vmEntry, ws unix.WaitStatus) bool {
 	clean := vmmcli.Clean(ws)
 	reason := vmmcli.Reason(ws)
 	pid := int(e.pid.Load())
-	if f.dropGroup(e) && ws.Signaled() && ws.Signal() == unix.SIGKILL {
+	oom, pids := f.dropGroup(e)
+	switch {
+	case oom && ws.Signaled() && ws.Signal() == unix.SIGKILL:
 		reason = "oom"
+	case pids && !clean:
+		reason = "pids"
 	}
 	if ws.Signaled() && ws.Signal() == unix.SIGSYS {
 		reason = vmmcli.SeccompReason(f.seccomp.Killed(pid))

@@ -20,27 +20,34 @@ import (
 //	fill   allocate and touch hyperroot.fill= MiB (default 128) of memory,
 //	       reporting "guest: fill <n> MiB" every 16 MiB and "guest: fill
 //	       done mib=<n>"
+//	memmap the physical memory map the VMM gave (memmap.go), and with
+//	       hyperroot.probe=<hex address> a write and read back of that page
 //
 // They power off when done.
 var loadActions = map[string]func(seed uint64) error{
-	"spin": spin,
-	"fill": fill,
+	"spin":   spin,
+	"fill":   fill,
+	"memmap": memmapAction, // memmap.go
 }
 
 // cmdlineInt reads hyperroot.<key>= from the kernel command line.
 func cmdlineInt(key string, def int) int {
-	b, err := os.ReadFile("/proc/cmdline")
-	if err != nil {
-		return def
-	}
-	for _, f := range strings.Fields(string(b)) {
-		if v, ok := strings.CutPrefix(f, "hyperroot."+key+"="); ok {
-			if n, err := strconv.Atoi(v); err == nil {
-				return n
-			}
-		}
+	if n, err := strconv.Atoi(cmdlineString(key)); err == nil {
+		return n
 	}
 	return def
+}
+
+// cmdlineString reads hyperroot.<key>= from the kernel command line, or "".
+func cmdlineString(key string) string {
+	b, _ := os.ReadFile("/proc/cmdline")
+	v := ""
+	for _, f := range strings.Fields(string(b)) {
+		if s, ok := strings.CutPrefix(f, "hyperroot."+key+"="); ok {
+			v = s
+		}
+	}
+	return v
 }
 
 func spin(uint64) error {

@@ -82,6 +82,28 @@ func start(t testing.TB, o qemu.Options) *qemu.Machine {
 	return m
 }
 
+// seen waits until any console line so far or to come matches pattern,
+// wherever Expect's cursor is: for a line of one VM that may come before
+// or after the lines of another a test expects.
+func seen(t testing.TB, m *qemu.Machine, pattern string) string {
+	t.Helper()
+	re := regexp.MustCompile(pattern)
+	deadline := time.Now().Add(waitCap)
+	for time.Now().Before(deadline) {
+		for _, l := range m.Lines() {
+			if re.MatchString(l) {
+				return l
+			}
+		}
+		if _, done := m.Done(); done {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("no console line matched %q", pattern)
+	return ""
+}
+
 // denialsExpected holds the names of the tests whose appliance is meant to
 // log SELinux denials (the escape suite's attackers).
 var denialsExpected sync.Map

@@ -48,6 +48,10 @@ func TestHostilePeer(t *testing.T) {
 	// The switch's socket directory in the appliance (init's switchDir).
 	sock := vmmcli.NICSocket("/run/hyperroot/switch", "rogue", 0)
 	testbed(t, func(t testing.TB) {
+		// The rogue hands the switch descriptors of devices (/dev/zero
+		// as a kick): SELinux refuses the switch those at receipt, and
+		// says so. Any other denial fails the test below.
+		expectDenials(t)
 		pr, pw := io.Pipe()
 		defer pw.Close()
 		cfg := netConfig(t, lanNet,
@@ -70,6 +74,12 @@ func TestHostilePeer(t *testing.T) {
 		r := m.Wait()
 		elapsed := time.Since(started)
 		lines := r.Lines
+		rogueFD := regexp.MustCompile(`avc: denied \{ [a-z ]+ \} for pid=\d+ comm="hyperroot" path="/dev/\S+" .* scontext=system_u:system_r:hyperroot_switch_t:\S+ tcontext=system_u:object_r:device_t:s0 tclass=chr_file `)
+		for _, l := range lines {
+			if strings.Contains(l, "avc: denied") && !rogueFD.MatchString(l) {
+				t.Errorf("SELinux denied something other than a device the rogue passed to the switch: %s", l)
+			}
+		}
 		for _, l := range lines {
 			if strings.HasPrefix(l, "run| rogue: round ") && !strings.HasSuffix(l, " ok") {
 				t.Errorf("%s", l)

@@ -20,7 +20,10 @@ func TestHugePages(t *testing.T) {
 		defer pw.Close()
 		cfg := configFile(t, "hugepages: {2M: 96}\nvms:\n"+
 			loadVM("huge", "echo", 1, "128M", "    hugepages: 2M\n")+
-			loadVM("toobig", "poweroff", 1, "256M", "    hugepages: 2M\n"))
+			loadVM("toobig", "poweroff", 1, "256M", "    hugepages: 2M\n")+
+			// Keeps the oneshot appliance up until the pool is read
+			// again after huge has gone.
+			loadVM("keeper", "echo", 1, "96M", ""))
 		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Stdin: pr})
 		expect(t, m, `hyperroot: hugepages: 2M total=96 free=96$`)
 		expect(t, m, `hyperroot: error: vm toobig: hugepages: 256M of RAM needs 128 pages of 2M, \d+ free \(of 96 reserved`)
@@ -31,6 +34,8 @@ func TestHugePages(t *testing.T) {
 		expect(t, m, `hyperroot: vm huge exited code=0 reason=poweroff$`)
 		fmt.Fprintln(pw, "hugepages")
 		expect(t, m, `hyperroot: hugepages: 2M total=96 free=96$`)
+		seen(t, m, `^keeper\| guest: action echo`)
+		fmt.Fprintln(pw, "@keeper poweroff")
 		m.Wait()
 	})
 }

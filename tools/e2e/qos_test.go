@@ -3,6 +3,8 @@ package e2e
 import (
 	"fmt"
 	"io"
+	"regexp"
+	"strconv"
 	"testing"
 
 	"github.com/hyperroot/hyperroot/tools/qemu"
@@ -69,6 +71,36 @@ func TestQoS(t *testing.T) {
 		// The oneshot verdict fails for the hog's OOM kill, as it must.
 		if !hasLine(r.Lines, `hyperroot: result fail errors=0 vms=hog$`) {
 			t.Errorf("verdict: want a failure naming only hog")
+		}
+	})
+}
+
+// TestPidsMax: qos pids bounds a VMM's threads, the Go runtime's included.
+// A VMM with 8 vCPUs needs more than 16 (one per vCPU and the runtime's
+// own): under pids 16 it cannot start its machine, and the console says
+// why (reason=pids); a neighbour with room runs, within its own limit.
+func TestPidsMax(t *testing.T) {
+	testbed(t, func(t testing.TB) {
+		pr, pw := io.Pipe()
+		defer pw.Close()
+		cfg := configFile(t, "vms:\n"+
+			loadVM("crowded", "off", 8, "128M", "    qos: {pids: 16}\n")+
+			loadVM("roomy", "echo", 1, "128M", "    qos: {pids: 64}\n"))
+		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Stdin: pr})
+		expect(t, m, `hyperroot: cgroups: .*\bpids\b`)
+		expect(t, m, `^roomy\| guest: action echo$`)
+		fmt.Fprintln(pw, "qos roomy")
+		l := expect(t, m, `hyperroot: qos roomy cpu\.usage=\S+ .*pids\.current=\d+ .*pids\.max=64\b`)
+		n, _ := strconv.Atoi(regexp.MustCompile(`pids\.current=(\d+)`).FindStringSubmatch(l)[1])
+		t.Logf("a running 1-vCPU VMM: %d threads (pids.current)", n)
+		if n < 2 || n > 64 {
+			t.Errorf("pids.current=%d under pids.max=64", n)
+		}
+		fmt.Fprintln(pw, "@roomy poweroff")
+		r := m.Wait()
+		wantLines(t, r.Lines, "hyperroot: vm roomy exited code=0 reason=poweroff")
+		if !hasLine(r.Lines, `hyperroot: vm crowded exited code=\d+ reason=pids$`) {
+			t.Errorf("the 8-vCPU VMM under pids 16 did not exit with reason=pids")
 		}
 	})
 }

@@ -80,6 +80,14 @@ func faultIn(lines []string, tcg bool) string {
 	}
 	for _, l := range lines {
 		switch {
+		case l == qemu.TripleFaultLine:
+			// The appliance's own kernel triple-faulted: no oops, no
+			// panic, no word on the console, the CPU simply reset
+			// (QEMU's CPU-reset log). Linux reports its faults before
+			// any could cascade that far; the emulator's nested
+			// paging is what has misbehaved here before (the board's
+			// kvm.mmio_caching=0).
+			return "the appliance's kernel triple-faulted with no message (QEMU's log)"
 		case !relayedRE.MatchString(l) && hostCrashRE.MatchString(l):
 			return "appliance kernel crashed (a userspace VMM cannot do that): " + strings.TrimSpace(l)
 		case cpus > 1 && guestTripleRE.MatchString(l):
@@ -160,6 +168,8 @@ func TestTestbedFault(t *testing.T) {
 		{[]string{"[ 1.0] hyperroot: hyperroot dev board=qemu kernel=x cpus=2 (QEMU TCG CPU version 2.5+) memory=1 MiB", "panic| [ 3.7] Kernel panic - not syncing: sysrq triggered crash"}, true, ""},
 		{[]string{"[ 1.0] hyperroot: hyperroot dev board=qemu kernel=x cpus=2 (AMD EPYC 7B13) memory=1 MiB", "[ 25.4] Kernel panic - not syncing"}, false, ""},
 		{nil, true, "never printed its banner"},
+		{[]string{"[ 1.0] hyperroot: hyperroot dev board=qemu kernel=x cpus=2 (QEMU TCG CPU version 2.5+) memory=1 MiB", "switch| port spoofer.0 disconnected", qemu.TripleFaultLine}, true, "triple-faulted with no message"},
+		{[]string{"[ 1.0] hyperroot: hyperroot dev board=qemu kernel=x cpus=2 (AMD EPYC 7B13) memory=1 MiB", qemu.TripleFaultLine}, false, ""},
 		// A stalled guest is not the emulator's (issue 9 was ours).
 		{[]string{"[ 1.0] hyperroot: hyperroot dev board=qemu kernel=x cpus=1 (QEMU TCG CPU version 2.5+) memory=1 MiB", "[ 2.0] hyperroot: vm waiter started pid=90 cpus=1 memory=128M", "again| guest: booted nproc=1"}, true, ""},
 		{[]string{"[ 1.0] hyperroot: hyperroot dev board=qemu kernel=x cpus=1 (QEMU TCG CPU version 2.5+) memory=1 MiB", "[ 2.0] hyperroot: vm w started pid=90 cpus=1 memory=128M", "[ 3.0] hyperroot: vm w exited code=1 reason=error"}, true, ""},

@@ -159,6 +159,10 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 		"-kernel", filepath.Join(o.Image, "vmlinuz"), "-initrd", initrd, "-append", cmdline,
 		"-display", "none", "-vga", "none", "-no-reboot",
 		"-qmp", "unix:"+m.qmpPath+",server=on,wait=off",
+		// QEMU's own record of CPU resets: a reset the appliance did
+		// not ask for (a triple fault) ends QEMU (-no-reboot) without a
+		// word on the console; the log says what it was (resetCause).
+		"-d", "cpu_reset", "-D", filepath.Join(tmp, "qemu.log"),
 	)
 	if o.UserNet {
 		args = append(args, "-netdev", "user,id=wan", "-device", "virtio-net-pci,netdev=wan")
@@ -226,6 +230,9 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 		m.waitErr = m.cmd.Wait()
 		if timer != nil {
 			timer.Stop()
+		}
+		if cause := resetCause(filepath.Join(m.tmp, "qemu.log")); cause != "" {
+			m.note(cause)
 		}
 		os.RemoveAll(m.tmp)
 		close(m.done)
@@ -506,6 +513,32 @@ func (m *Machine) read(r io.Reader, console io.Writer) {
 			return
 		}
 	}
+}
+
+// TripleFaultLine is the console line the machine adds when QEMU's log
+// shows that a CPU of the appliance triple-faulted: the appliance reset
+// (and, with -no-reboot, QEMU exited) without its kernel saying anything.
+const TripleFaultLine = "qemu: triple fault: a CPU of the appliance reset itself (QEMU's log)"
+
+// resetCause reads QEMU's CPU reset log for a reset nobody asked for.
+func resetCause(log string) string {
+	data, err := os.ReadFile(log)
+	if err == nil && bytes.Contains(data, []byte("Triple fault")) {
+		return TripleFaultLine
+	}
+	return ""
+}
+
+// note adds a line of the test bed's own to the console.
+func (m *Machine) note(line string) {
+	if m.console != nil {
+		m.console.Write([]byte(line + "\n"))
+	}
+	m.mu.Lock()
+	m.lines = append(m.lines, line)
+	close(m.more)
+	m.more = make(chan struct{})
+	m.mu.Unlock()
 }
 
 // Expect waits until a console line after the last one Expect matched
