@@ -459,5 +459,32 @@ func groupUsage(g *cgroup.Group) string {
 			w = append(w, file+"="+v)
 		}
 	}
+	if st, err := g.Get("io.stat"); err == nil {
+		w = append(w, ioUsage(st)...)
+	}
 	return strings.Join(w, " ")
+}
+
+// ioUsage sums io.stat's per-device counters: requests and bytes read and
+// written so far, all devices together ("io.rios=<n>" and so on).
+func ioUsage(stat string) []string {
+	keys := []string{"rios", "wios", "rbytes", "wbytes"}
+	sum := map[string]uint64{}
+	for _, line := range strings.Split(stat, "\n") {
+		f := strings.Fields(line) // "<major>:<minor> key=value..."
+		if len(f) == 0 {
+			continue
+		}
+		for _, kv := range f[1:] {
+			k, v, _ := strings.Cut(kv, "=")
+			if n, err := strconv.ParseUint(v, 10, 64); err == nil {
+				sum[k] += n
+			}
+		}
+	}
+	w := make([]string, len(keys))
+	for i, k := range keys {
+		w[i] = fmt.Sprintf("io.%s=%d", k, sum[k])
+	}
+	return w
 }

@@ -140,3 +140,13 @@ func TestBlockDevice(t *testing.T) {
 		}
 	}
 }
+
+func TestIOUsage(t *testing.T) {
+	stat := "254:0 rbytes=8192 wbytes=0 rios=2 wios=0 dbytes=0 dios=0\n254:16 rbytes=4096 wbytes=512 rios=1 wios=1 dbytes=0 dios=0\n"
+	if got, want := strings.Join(ioUsage(stat), " "), "io.rios=3 io.wios=1 io.rbytes=12288 io.wbytes=512"; got != want {
+		t.Errorf("ioUsage = %q, want %q", got, want)
+	}
+	if got, want := strings.Join(ioUsage(""), " "), "io.rios=0 io.wios=0 io.rbytes=0 io.wbytes=0"; got != want {
+		t.Errorf("no devices: %q, want %q", got, want)
+	}
+}

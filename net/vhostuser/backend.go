@@ -112,7 +112,7 @@ func serve(uc *net.UnixConn, dev Device, trace func(Header)) (err error) {
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
-		if err != nil && !errors.Is(err, errTooManyFDs) {
+		if err != nil && !errors.Is(err, errFDsLost) {
 			return fmt.Errorf("vhost-user backend: %w", err)
 		}
 		if trace != nil {

@@ -368,7 +368,7 @@ func TestServeHostile(t *testing.T) {
 		{name: "unknown request", msg: rawMsg{req: 200, payload: u64(0)}},
 		{name: "unsupported request", msg: rawMsg{req: SetLogBase, payload: make([]byte, 16)}},
 		{name: "stray descriptor", msg: rawMsg{req: SetOwner, fds: []int{evfd}}},
-		{name: "too many descriptors", msg: rawMsg{req: SetOwner, fds: repeat(evfd, 12)}},
+		{name: "too many descriptors", msg: rawMsg{req: SetOwner, fds: repeat(evfd, 12)}, cut: true},
 		{name: "config without config space", msg: rawMsg{req: SetConfig, payload: Config{Data: []byte{1}}.append(nil)}},
 		{name: "oversize payload", closed: true, msg: rawMsg{req: SetOwner, size: 1 << 20}},
 		{name: "bad version", closed: true, msg: rawMsg{req: SetOwner, rawFlags: true, flags: 0x2}},

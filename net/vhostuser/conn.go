@@ -48,13 +48,16 @@ func newConn(uc *net.UnixConn) *conn {
 	return c
 }
 
-// errTooManyFDs is returned (wrapped) by recv when the sender attached more
-// descriptors than any message may carry; the kernel closed the excess.
-var errTooManyFDs = fmt.Errorf("%w: more than %d descriptors attached", ErrProtocol, MaxFDs)
+// errFDsLost is returned (wrapped) by recv when descriptors the sender
+// attached did not all arrive (MSG_CTRUNC): more than any message may
+// carry, or ones this process may not have (its security module, SELinux
+// on the appliance, refused them at receipt; the kernel closed them). A
+// frontend does neither by mistake: it is cut off (ErrPeer).
+var errFDsLost = fmt.Errorf("%w: descriptors lost in transit: more than %d attached, or ones this process may not receive", ErrPeer, MaxFDs)
 
 // recv reads the next message. The payload aliases c's buffer until the
 // next recv; the descriptors (at most MaxFDs) belong to the caller, who
-// must close those it does not keep, also when err wraps errTooManyFDs
+// must close those it does not keep, also when err wraps errFDsLost
 // (the message itself was read whole, so the stream is still in step).
 // Any other error means the stream is unusable (io.EOF: the peer closed
 // it between messages); no descriptors are returned then.
@@ -75,7 +78,7 @@ func (c *conn) recv() (Header, []byte, []int, error) {
 		return h, nil, nil, err
 	}
 	if c.fdsLost {
-		return h, p, c.fds, errTooManyFDs
+		return h, p, c.fds, errFDsLost
 	}
 	return h, p, c.fds, nil
 }

@@ -20,7 +20,9 @@ func TestTwoTiBGuest(t *testing.T) {
 	probe := strconv.FormatUint(size-4096, 16)
 	testbed(t, func(t testing.TB) {
 		cfg := configFile(t, "vms:\n"+loadVM("big", "memmap", 1, "2T", "", "mem=256M", "hyperroot.probe=0x"+probe))
-		m := start(t, qemu.Options{Config: cfg, Oneshot: true})
+		// 48 physical address bits, as a server CPU has: TCG's default
+		// 40 would cap the appliance's KVM at 1 TiB of guest RAM.
+		m := start(t, qemu.Options{Config: cfg, Oneshot: true, PhysBits: 48})
 		expect(t, m, `hyperroot: vm big started pid=\d+ cpus=1 memory=2T`)
 		l := expect(t, m, `^big\| guest: memmap ram=\d+$`)
 		ram, _ := strconv.ParseUint(l[len("big| guest: memmap ram="):], 10, 64)

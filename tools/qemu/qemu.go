@@ -31,6 +31,11 @@ import (
 type Options struct {
 	Image   string        // directory with vmlinuz, initramfs.cpio, board.yaml (default out/image)
 	Memory  string        // guest RAM in QEMU syntax (default 2G)
+	// PhysBits, when not 0, is the physical address width of the
+	// emulated CPU (TCG; under KVM the host CPU's applies): TCG's
+	// default, 40 bits, lets the appliance's KVM map guest RAM up to
+	// 1 TiB only.
+	PhysBits int
 	CPUs    int           // vCPUs (default 2 with KVM, 1 with TCG: see chooseAccel)
 	Append  string        // extra kernel command-line arguments
 	Config  string        // a configuration file, installed as /etc/hyperroot/config.yaml
@@ -136,6 +141,12 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 	}
 	if o.CPUs == 0 {
 		o.CPUs = defaultCPUs(accel[1], qemuPath)
+	}
+	if o.PhysBits != 0 && accel[1] == "tcg" { // under KVM the host CPU's width applies
+		if o.PhysBits < 36 || o.PhysBits > 52 {
+			return nil, fmt.Errorf("phys-bits %d: want 36 to 52", o.PhysBits)
+		}
+		accel[len(accel)-1] += fmt.Sprintf(",phys-bits=%d", o.PhysBits) // -cpu max,phys-bits=N
 	}
 	tmp, err := os.MkdirTemp("", "hyperroot-qemu-")
 	if err != nil {
