@@ -48,7 +48,9 @@ func TestIOMax(t *testing.T) {
 		// clock from its cgroup, over 8 s of a run's 12 s of I/O.
 		reads := func() float64 {
 			expect(t, m, `^io\| guest: action disk-iops$`)
-			ended := func() int { return len(slices.DeleteFunc(m.Lines(), func(l string) bool { return !iopsRE.MatchString(l) })) }
+			ended := func() int {
+				return len(slices.DeleteFunc(m.Lines(), func(l string) bool { return !iopsRE.MatchString(l) }))
+			}
 			runs := ended()
 			at0, n0 := ioReads(t, m, pw)
 			time.Sleep(8 * time.Second)

@@ -31,11 +31,6 @@ import (
 type Options struct {
 	Image   string        // directory with vmlinuz, initramfs.cpio, board.yaml (default out/image)
 	Memory  string        // guest RAM in QEMU syntax (default 2G)
-	// PhysBits, when not 0, is the physical address width of the
-	// emulated CPU (TCG; under KVM the host CPU's applies): TCG's
-	// default, 40 bits, lets the appliance's KVM map guest RAM up to
-	// 1 TiB only.
-	PhysBits int
 	CPUs    int           // vCPUs (default 2 with KVM, 1 with TCG: see chooseAccel)
 	Append  string        // extra kernel command-line arguments
 	Config  string        // a configuration file, installed as /etc/hyperroot/config.yaml
@@ -65,6 +60,11 @@ type Options struct {
 	// network: the outside world for an uplink, where 10.0.2.2 is the
 	// host's loopback and 10.0.2.3 a DNS server.
 	UserNet bool
+	// PhysBits, when not 0, is the physical address width of the
+	// emulated CPU (TCG; under KVM the host CPU's applies): TCG's
+	// default, 40 bits, lets the appliance's KVM map guest RAM up to
+	// 1 TiB only.
+	PhysBits int
 }
 
 // Machine is a running QEMU.
