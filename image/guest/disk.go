@@ -374,10 +374,11 @@ func errName(err error) string {
 }
 
 // diskIOPS measures each disk in turn: 4 KiB random O_DIRECT reads from
-// four goroutines, two seconds to drain any burst allowance, then ten
-// seconds counted.
+// hyperroot.iodepth= goroutines (default four), two seconds to drain any
+// burst allowance, then ten seconds counted.
 func diskIOPS(seed uint64) error {
-	const workers, warmup, measure = 4, 2 * time.Second, 10 * time.Second
+	const warmup, measure = 2 * time.Second, 10 * time.Second
+	workers := max(1, min(cmdlineInt("iodepth", 4), 256))
 	if err := waitDev("/dev/vda"); err != nil {
 		return err
 	}
