@@ -96,23 +96,9 @@ func (d *decoder) qos(n *yaml.Node) QoS {
 			})
 		},
 		"memory": func(v *yaml.Node) {
-			size := func(key string, dst *Size) func(*yaml.Node) {
-				return func(v *yaml.Node) {
-					s, err := ParseSize(d.str(v))
-					switch {
-					case v.Kind != yaml.ScalarNode:
-					case err != nil:
-						d.errf(v, "%s: %v", key, err)
-					case s < 16<<20:
-						d.errf(v, "%s %s: want at least 16M (leave it out for no limit)", key, s)
-					default:
-						*dst = s
-					}
-				}
-			}
 			d.mapping(v, map[string]func(*yaml.Node){
-				"max":  size("max", &q.Memory.Max),
-				"high": size("high", &q.Memory.High),
+				"max":  d.sizeAtLeast("max", 16<<20, "", &q.Memory.Max),
+				"high": d.sizeAtLeast("high", 16<<20, "", &q.Memory.High),
 			})
 			if q.Memory.Max != 0 && q.Memory.High > q.Memory.Max {
 				d.errf(v, "memory: high %s is above max %s", q.Memory.High, q.Memory.Max)
@@ -140,6 +126,23 @@ func (d *decoder) qos(n *yaml.Node) QoS {
 	return q
 }
 
+// sizeAtLeast decodes a size into dst, refusing one below least; unit
+// follows least in the error ("" or " bytes per second").
+func (d *decoder) sizeAtLeast(key string, least Size, unit string, dst *Size) func(*yaml.Node) {
+	return func(v *yaml.Node) {
+		s, err := ParseSize(d.str(v))
+		switch {
+		case v.Kind != yaml.ScalarNode:
+		case err != nil:
+			d.errf(v, "%s: %v", key, err)
+		case s < least:
+			d.errf(v, "%s %s: want at least %s%s (leave it out for no limit)", key, s, least, unit)
+		default:
+			*dst = s
+		}
+	}
+}
+
 // ioLimit decodes one entry of a VM's qos io list.
 func (d *decoder) ioLimit(n *yaml.Node) IOLimit {
 	var l IOLimit
@@ -152,26 +155,12 @@ func (d *decoder) ioLimit(n *yaml.Node) IOLimit {
 			}
 		}
 	}
-	bytes := func(key string, dst *Size) func(*yaml.Node) {
-		return func(v *yaml.Node) {
-			s, err := ParseSize(d.str(v))
-			switch {
-			case v.Kind != yaml.ScalarNode:
-			case err != nil:
-				d.errf(v, "%s: %v", key, err)
-			case s < 4096:
-				d.errf(v, "%s %s: want at least 4K bytes per second (leave it out for no limit)", key, s)
-			default:
-				*dst = s
-			}
-		}
-	}
 	d.mapping(n, map[string]func(*yaml.Node){
 		"device": func(v *yaml.Node) { l.Device = d.path(v) },
 		"riops":  ops("riops", &l.ReadIOPS),
 		"wiops":  ops("wiops", &l.WriteIOPS),
-		"rbps":   bytes("rbps", &l.ReadBytes),
-		"wbps":   bytes("wbps", &l.WriteBytes),
+		"rbps":   d.sizeAtLeast("rbps", 4096, " bytes per second", &l.ReadBytes),
+		"wbps":   d.sizeAtLeast("wbps", 4096, " bytes per second", &l.WriteBytes),
 		"weight": func(v *yaml.Node) {
 			if w, ok := d.integer(v); ok && (w < 1 || w > 10000) {
 				d.errf(v, "weight %d: want 1 to 10000 (100 is the default share)", w)
