@@ -88,11 +88,13 @@ func switchPolicy(deny bpf.Action) bpf.Policy {
 			{Name: "mmap", Conditions: bpf.ArgumentConditions{{Argument: 2, Operation: bpf.BitsNotSet, Value: unix.PROT_EXEC}}},
 			// New threads of the runtime, never a new process.
 			{Name: "clone", Conditions: bpf.ArgumentConditions{{Argument: 0, Operation: bpf.BitsSet, Value: unix.CLONE_THREAD}}},
-			// Descriptor flags (close-on-exec, non-blocking) and a
-			// memory file's seals; not F_SETOWN/F_SETSIG (signals on
-			// I/O), locks or leases.
+			// Descriptor flags (close-on-exec, non-blocking), a memory
+			// file's seals, and the duplicate of a kick eventfd the
+			// runtime's poller waits on (vswitch's transmit worker,
+			// found by init's TestSwitchJailed); not F_SETOWN/F_SETSIG
+			// (signals on I/O), locks or leases.
 			fcntl(unix.F_GETFD), fcntl(unix.F_SETFD), fcntl(unix.F_GETFL), fcntl(unix.F_SETFL),
-			fcntl(unix.F_GET_SEALS),
+			fcntl(unix.F_GET_SEALS), fcntl(unix.F_DUPFD_CLOEXEC),
 		}},
 	}}
 }

@@ -130,10 +130,14 @@ func switchAllowed() error {
 	if _, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fds[1])); err != nil {
 		return fmt.Errorf("readlink: %w", err)
 	}
-	if err := unix.SetNonblock(fds[1], true); err != nil {
+	dup, err := unix.FcntlInt(uintptr(fds[1]), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("dup: %w", err)
+	}
+	if err := unix.SetNonblock(dup, true); err != nil {
 		return fmt.Errorf("non-blocking: %w", err)
 	}
-	kick := os.NewFile(uintptr(fds[1]), "kick")
+	kick := os.NewFile(uintptr(dup), "kick")
 	unix.Write(efd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 	var v [8]byte
 	if _, err := kick.Read(v[:]); err != nil {
