@@ -56,6 +56,7 @@ func switchMain(args []string) int {
 	sigc := make(chan os.Signal, 1)
 	signal.Notify(sigc, unix.SIGTERM, unix.SIGINT)
 	signal.Ignore(stopReadySignal)
+	defer signal.Reset(unix.SIGTERM, unix.SIGINT, stopReadySignal) // for tests calling switchMain
 	fs := flag.NewFlagSet("switch", flag.ContinueOnError)
 	ext := addExtFlags(fs)
 	var (

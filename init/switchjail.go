@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -117,6 +118,15 @@ func (j *switchJail) confine() error {
 			netns = "host network namespace"
 		}
 		j.logf("jailed uid=%d (%s, %s)", j.id, rep, netns)
+	}
+	if j.mode != seccomp.Off {
+		// A binary that links cgo has C threads (glibc's) whose calls
+		// the filter does not allow: say so now rather than die of the
+		// first one.
+		if _, _, errno := syscall.AllThreadsSyscall(unix.SYS_GETPID, 0, 0, 0); errno == syscall.ENOTSUP {
+			return errors.New("seccomp: this binary links cgo, whose threads make calls the switch's filter refuses: " +
+				"build it with CGO_ENABLED=0 (as the appliance's is) or run it with --seccomp off")
+		}
 	}
 	if err := seccomp.Switch(j.mode); err != nil {
 		return err
