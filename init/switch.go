@@ -300,7 +300,7 @@ func (rs *runningSwitch) start() {
 // owned by the VM's jail uid and gid, 0700: the jail binds that directory,
 // and only that one, into the VMM's root so that the VMM, no longer root,
 // can reconnect after a restart of the switch, and no other VM can reach
-// it (the switch's directory is root's, 0700). It is never removed while
+// it (the switch's directory is its jail uid's, 0700). It is never removed while
 // the VMM runs: the VMM's bind holds the directory itself, and a new one
 // at the same path would not be seen through it. Run by a user other than
 // root (by hand, on a host), the switch keeps it its own.
