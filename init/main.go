@@ -11,13 +11,17 @@ import (
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
 )
 
+// switchCommand is the switch's subcommand.
+const switchCommand = "switch"
+
 // version is set at build time (-ldflags -X main.version=...).
 var version = "dev"
 
 func main() {
-	// A jailed VMM is PID 1 too, of a PID namespace of its own: the
-	// supervisor is the one started without the vmm subcommand.
-	if os.Getpid() == 1 && (len(os.Args) < 2 || os.Args[1] != vmmcli.Command) {
+	// A jailed VMM or switch is PID 1 too, of a PID namespace of its own:
+	// the supervisor is the one started without either subcommand (the
+	// kernel may pass /init words of its command line as arguments).
+	if os.Getpid() == 1 && (len(os.Args) < 2 || os.Args[1] != vmmcli.Command && os.Args[1] != switchCommand) {
 		supervise() // never returns
 	}
 	os.Exit(dispatch(os.Args[1:]))
@@ -34,7 +38,7 @@ func dispatch(args []string) int {
 		return 0
 	case vmmcli.Command:
 		return vmmMain(args[1:])
-	case "switch":
+	case switchCommand:
 		return switchMain(args[1:])
 	case "help", "-h", "--help":
 		usage()

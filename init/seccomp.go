@@ -16,9 +16,10 @@ import (
 )
 
 // seccompEnv on the kernel command line (which the kernel passes to PID 1
-// as environment) chooses what the VMMs' seccomp filters do with a refused
-// system call: "kill" (the default) or "log", for development. PID 1 passes
-// it on as a flag: the jailed VMM has no environment.
+// as environment) chooses what the VMMs' and the switch's seccomp filters
+// do with a refused system call: "kill" (the default) or "log", for
+// development. PID 1 passes it on as a flag: a jailed process has no
+// environment.
 const seccompEnv = "HYPERROOT_SECCOMP"
 
 // seccompKillWait bounds how long a VMM's exit report waits for the
@@ -36,7 +37,7 @@ type seccompLog struct {
 	mode seccomp.Mode
 
 	mu     sync.Mutex
-	vms    map[int]string          // VMM pid -> VM name, while it runs
+	vms    map[int]string          // pid -> "vm <name>" or "switch", while it runs
 	killed map[int]string          // VMM pid -> the call that killed it
 	logged map[loggedCall]bool     // relayed already
 	wake   map[int]chan<- struct{} // a report waiting for pid's record
@@ -109,13 +110,19 @@ func (l *seccompLog) Mode() string {
 }
 
 // Track names VMM pid after VM name until Killed is asked about it.
-func (l *seccompLog) Track(pid int, name string) {
+func (l *seccompLog) Track(pid int, name string) { l.track(pid, "vm "+name) }
+
+// TrackSwitch follows the switch's pid, whose filter (vmm/seccomp's Switch)
+// kills and logs the same way, until Killed or Forget.
+func (l *seccompLog) TrackSwitch(pid int) { l.track(pid, "switch") }
+
+func (l *seccompLog) track(pid int, label string) {
 	if l == nil {
 		return
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.vms[pid] = name
+	l.vms[pid] = label
 }
 
 // Killed is the system call that made VMM pid's filter kill it, as the
@@ -197,9 +204,9 @@ func (l *seccompLog) follow(kmsg *os.File) {
 func (l *seccompLog) record(r seccomp.Record) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	name, ours := l.vms[r.PID]
+	label, ours := l.vms[r.PID]
 	if !ours {
-		return // not a VMM (or one already reported)
+		return // not a VMM or the switch (or one already reported)
 	}
 	if r.Killed {
 		l.killed[r.PID] = r.Syscall
@@ -211,7 +218,7 @@ func (l *seccompLog) record(r seccomp.Record) {
 	}
 	if k := (loggedCall{r.PID, r.Syscall}); !l.logged[k] {
 		l.logged[k] = true
-		l.c.Printf("vm %s seccomp: logged syscall=%s", name, r.Syscall)
+		l.c.Printf("%s seccomp: logged syscall=%s", label, r.Syscall)
 	}
 }
 

@@ -32,6 +32,14 @@ func TestMain(m *testing.M) {
 	if plan := os.Getenv(fakeEnv); plan != "" {
 		os.Exit(fakeChild(strings.Split(plan, ","), os.Getenv(fakeEnv+"_DIR"), os.Args[1:]))
 	}
+	if _, ok := os.LookupEnv(switchTrapEnv); ok && len(os.Args) > 1 && os.Args[1] == "switch" {
+		os.Exit(trappingSwitch(os.Args[2:]))
+	}
+	// The supervisor's jailed switch (TestSwitchJailed) has no
+	// environment: its command line says what it is.
+	if len(os.Args) > 1 && os.Args[1] == "switch" {
+		os.Exit(switchMain(os.Args[2:]))
+	}
 	os.Exit(m.Run())
 }
 
@@ -202,7 +210,7 @@ func TestSwitchConsole(t *testing.T) {
 	fake(t, "serve")
 	out := &syncBuffer{}
 	c := newConsole(out)
-	sw, err := startNetSwitch(c, child.Direct{}, "/cfg.yaml", 20*time.Second)
+	sw, err := startNetSwitch(c, child.Direct{}, switchStart{cfgPath: "/cfg.yaml", unjailed: true}, 20*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -77,7 +77,8 @@ func supervise() {
 	}
 	sv.labelDevices(c)
 	// The kernel log is followed from here on: the seccomp actions of
-	// the VMMs and, from the switch's start on, SELinux denials.
+	// the VMMs and the switch and, from the switch's start on, SELinux
+	// denials.
 	seccompLog := startSeccompLog(c)
 	cfg, cfgPath := loadConfig(c, args)
 	// Before the switch: it and every child PID 1 starts inherit PID 1's
@@ -89,7 +90,8 @@ func supervise() {
 	if needsSwitch(cfg) {
 		// Before the VMs: their NICs connect to its sockets.
 		var err error
-		if sw, err = startNetSwitch(c, sv.starter(r, svirt.SwitchLabel), cfgPath, 20*time.Second); err != nil {
+		st := switchStart{cfgPath: cfgPath, cfg: cfg, seccomp: seccompLog}
+		if sw, err = startNetSwitch(c, sv.starter(r, svirt.SwitchLabel), st, 20*time.Second); err != nil {
 			c.Errorf("switch", err)
 		}
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/hyperroot/hyperroot/net/vhostuser"
 	"github.com/hyperroot/hyperroot/net/vswitch"
 	"github.com/hyperroot/hyperroot/vmm/ratelimit"
+	"github.com/hyperroot/hyperroot/vmm/seccomp"
 )
 
 // switchDir is where the supervisor's switch keeps its vhost-user sockets
@@ -47,11 +48,24 @@ func switchMain(args []string) int {
 	if wantCapabilities(args) {
 		return printCapabilities(os.Stdout)
 	}
+	// SIGTERM and SIGINT are handled from the start: a jailed switch is
+	// the init of its PID namespace, for which the kernel drops a signal
+	// that has no handler, so it must exit by itself. Ignoring
+	// stopReadySignal tells the supervisor so (switchproc.go); a SIGTERM
+	// that comes during set-up waits in sigc.
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, unix.SIGTERM, unix.SIGINT)
+	signal.Ignore(stopReadySignal)
+	defer signal.Reset(unix.SIGTERM, unix.SIGINT, stopReadySignal) // for tests calling switchMain
 	fs := flag.NewFlagSet("switch", flag.ContinueOnError)
 	ext := addExtFlags(fs)
 	var (
-		cfgPath  = fs.String("config", "", "configuration file with networks and VM NICs (required)")
-		dir      = fs.String("dir", switchDir, "directory for the vhost-user sockets and DHCP lease files")
+		cfgPath = fs.String("config", "", "configuration file with networks and VM NICs (required)")
+		dir     = fs.String("dir", switchDir, "directory for the vhost-user sockets and DHCP lease files")
+		jailID  = fs.Int("jail", 0, "jail the switch as this uid and gid once set up (it must run as root in the\n"+
+			"namespaces the supervisor gives it: see switchproc.go)")
+		scMode = fs.String("seccomp", vmmcli.DefaultSeccomp, "seccomp filter once set up: kill (a refused system call kills the switch),\n"+
+			"log (it is logged, for development) or off")
 		captures cliflag.Strings
 	)
 	fs.Var(&captures, "capture", "write a port's traffic to a pcap file, repeatable: PORT=FILE (ports are\n"+
@@ -67,6 +81,11 @@ func switchMain(args []string) int {
 	}
 	if *cfgPath == "" || fs.NArg() > 0 {
 		fs.Usage()
+		return vmmcli.ExitUsage
+	}
+	mode, err := seccomp.ParseMode(*scMode)
+	if err != nil || *jailID < 0 {
+		fmt.Fprintf(os.Stderr, "hyperroot switch: --seccomp %q --jail %d: want kill, log or off, and a uid other than 0\n", *scMode, *jailID)
 		return vmmcli.ExitUsage
 	}
 	fail := func(err error) int {
@@ -90,14 +109,17 @@ func switchMain(args []string) int {
 		}
 		capt[port] = file
 	}
-	if err := os.MkdirAll(*dir, 0o700); err != nil {
-		return fail(err)
-	}
 	// Plain lines on stdout: the supervisor relays them as "switch| <line>",
 	// and "ready ..." tells it the sockets are served.
-	s, err := startSwitchExt(ext, cfg, *dir, capt, func(format string, a ...any) {
-		fmt.Printf(format+"\n", a...)
-	})
+	logf := func(format string, a ...any) { fmt.Printf(format+"\n", a...) }
+	j := switchJail{id: *jailID, mode: mode, captures: len(capt) > 0, logf: logf}
+	if j.dir, err = filepath.Abs(*dir); err != nil {
+		return fail(err)
+	}
+	if err := j.prepare(cfg); err != nil {
+		return fail(err)
+	}
+	s, err := startSwitchExt(ext, cfg, j.dir, capt, logf, j.confine)
 	if err != nil {
 		return fail(err)
 	}
@@ -107,8 +129,6 @@ func switchMain(args []string) int {
 			strings.Join(ports, ", "), (watchRounds-1)*watchEvery)
 		os.Exit(vmmcli.ExitStalled)
 	})
-	sigc := make(chan os.Signal, 1)
-	signal.Notify(sigc, unix.SIGTERM, unix.SIGINT)
 	<-sigc
 	close(stop)
 	s.Close()
@@ -140,12 +160,27 @@ type runningSwitch struct {
 	// Read-only once startSwitch returns; the data path reads them.
 	dhcpOf map[*vswitch.Port]*dhcp.Server
 	byMAC  map[string]*vswitch.VirtioPort
+
+	toServe  []func() // buildSwitch's ports, for start
+	networks int      // for the ready line
 }
 
 // startSwitch builds the switch for cfg and starts serving. Errors about
 // one piece (an uplink NIC that does not exist) stop the whole switch: a
 // half-configured network would look like a working one.
 func startSwitch(cfg *config.Config, dir string, capture map[string]string, logf func(string, ...any)) (*runningSwitch, error) {
+	rs, err := buildSwitch(cfg, dir, capture, logf)
+	if err != nil {
+		return nil, err
+	}
+	rs.start()
+	return rs, nil
+}
+
+// buildSwitch opens and makes everything the switch for cfg uses (its
+// ports, sockets, tap, uplinks, DHCP servers) without serving the VM ports
+// yet: start does, once the process has confined itself (switchJail).
+func buildSwitch(cfg *config.Config, dir string, capture map[string]string, logf func(string, ...any)) (*runningSwitch, error) {
 	rs := &runningSwitch{logf: logf, dhcpOf: map[*vswitch.Port]*dhcp.Server{}, byMAC: map[string]*vswitch.VirtioPort{}}
 	claims := openClaims6(filepath.Join(dir, claims6File), logf)
 	rs.sw = vswitch.New(vswitch.Options{Local: rs.local, Fault: func(port string, v any, stack []byte) {
@@ -232,10 +267,13 @@ func startSwitch(cfg *config.Config, dir string, capture map[string]string, logf
 	}
 	claims.restore(ports)
 	for _, s := range serve {
-		log := newConnLog(logf, s.name)
-		rs.connLogs = append(rs.connLogs, log)
-		go rs.serve(s.l, s.p, log)
+		rs.toServe = append(rs.toServe, func() {
+			log := newConnLog(logf, s.name)
+			rs.connLogs = append(rs.connLogs, log)
+			go rs.serve(s.l, s.p, log)
+		})
 	}
+	rs.networks = len(cfg.Networks)
 	if h := cfg.Host; h != nil {
 		if err := rs.hostPort(h, nets[h.Network], servers[h.Network], configured[h.Network].MTU, capture); err != nil {
 			return nil, err
@@ -245,15 +283,24 @@ func startSwitch(cfg *config.Config, dir string, capture map[string]string, logf
 		return nil, err
 	}
 	ok = true
-	logf("ready networks=%d ports=%d", len(cfg.Networks), len(rs.byMAC))
 	return rs, nil
+}
+
+// start serves the VM ports' sockets (their VMMs waited in the listeners'
+// backlogs since buildSwitch) and says the switch is ready.
+func (rs *runningSwitch) start() {
+	for _, f := range rs.toServe {
+		f()
+	}
+	rs.toServe = nil
+	rs.logf("ready networks=%d ports=%d", rs.networks, len(rs.byMAC))
 }
 
 // vmSocketDir makes the directory of vm's NIC sockets (vmmcli.NICDir),
 // owned by the VM's jail uid and gid, 0700: the jail binds that directory,
 // and only that one, into the VMM's root so that the VMM, no longer root,
 // can reconnect after a restart of the switch, and no other VM can reach
-// it (the switch's directory is root's, 0700). It is never removed while
+// it (the switch's directory is its jail uid's, 0700). It is never removed while
 // the VMM runs: the VMM's bind holds the directory itself, and a new one
 // at the same path would not be seen through it. Run by a user other than
 // root (by hand, on a host), the switch keeps it its own.

@@ -296,11 +296,28 @@ func inheritedSocket(fd int) (*extEndpoint, error) {
 // startSwitchExt is startSwitch plus the extra port of --socket-path or
 // --fd. The port is built as a NIC of a VM named extVM, so that it gets
 // exactly what configured NICs get (DHCP, address locking, lease reports,
-// counters, capture); startSwitch's own socket for that NIC in dir is
-// closed at once, the port being served on the endpoint instead.
-func startSwitchExt(f *extFlags, cfg *config.Config, dir string, capture map[string]string, logf func(string, ...any)) (*runningSwitch, error) {
+// counters, capture); buildSwitch's own socket for that NIC in dir is
+// closed at once, the port being served on the endpoint instead. confine,
+// if not nil, runs once everything is built and before any port is served
+// (switchJail.confine); its error stops the switch.
+func startSwitchExt(f *extFlags, cfg *config.Config, dir string, capture map[string]string, logf func(string, ...any),
+	confine func() error) (*runningSwitch, error) {
+	started := func(rs *runningSwitch) (*runningSwitch, error) {
+		if confine != nil {
+			if err := confine(); err != nil {
+				rs.Close()
+				return nil, err
+			}
+		}
+		rs.start()
+		return rs, nil
+	}
 	if !f.enabled() {
-		return startSwitch(cfg, dir, capture, logf)
+		rs, err := buildSwitch(cfg, dir, capture, logf)
+		if err != nil {
+			return nil, err
+		}
+		return started(rs)
 	}
 	nic, err := f.extNIC(cfg)
 	if err != nil {
@@ -312,13 +329,13 @@ func startSwitchExt(f *extFlags, cfg *config.Config, dir string, capture map[str
 	}
 	withExt := *cfg
 	withExt.VMs = append(slices.Clip(cfg.VMs), config.VM{Name: extVM, NICs: []config.NIC{nic}})
-	rs, err := startSwitch(&withExt, dir, capture, logf)
+	rs, err := buildSwitch(&withExt, dir, capture, logf)
 	if err != nil {
 		ep.Close()
 		return nil, err
 	}
 	p := rs.byMAC[nic.MAC.String()]
-	if p == nil { // startSwitch makes a port of every NIC
+	if p == nil { // buildSwitch makes a port of every NIC
 		ep.Close()
 		rs.Close()
 		return nil, fmt.Errorf("extra port %s was not created", portName(extVM, 0))
@@ -333,6 +350,10 @@ func startSwitchExt(f *extFlags, cfg *config.Config, dir string, capture map[str
 	})
 	os.Remove(vmmcli.NICDir(dir, extVM))
 	name := portName(extVM, 0)
+	if _, err := started(rs); err != nil {
+		ep.Close()
+		return nil, err
+	}
 	rs.serveExt(ep, p, name)
 	logf("port %s %s network=%s mac=%s", name, ep.where, nic.Network, nic.MAC)
 	return rs, nil

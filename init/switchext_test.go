@@ -343,7 +343,7 @@ func TestExtPortServed(t *testing.T) {
 				}
 			}
 			var out logLines
-			rs, err := startSwitchExt(f, cfg, dir, nil, out.logf)
+			rs, err := startSwitchExt(f, cfg, dir, nil, out.logf, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -2,14 +2,18 @@ package main
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/child"
+	"github.com/hyperroot/hyperroot/internal/jail"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
 )
 
@@ -20,6 +24,58 @@ import (
 type netSwitch struct {
 	c   *console
 	sup *child.Supervisor
+}
+
+// switchStart is how the supervisor runs the switch.
+type switchStart struct {
+	cfgPath string
+	cfg     *config.Config // what cfgPath holds: its namespaces and jail id follow from it
+	seccomp *seccompLog    // its filter's mode, and the kernel's record of a kill
+	// unjailed starts it as a plain child with this process's environment
+	// (init's tests' fake switches, which read it).
+	unjailed bool
+	// path is the binary to run as the switch, dir its directory; "" is
+	// this binary, and switchDir (tests run their own).
+	path, dir string
+}
+
+// args are the switch's command line: it jails itself as the range's
+// switch id once set up (switchjail.go).
+func (s switchStart) args() []string {
+	dir := s.dir
+	if dir == "" {
+		dir = switchDir
+	}
+	args := []string{"switch", "--config", s.cfgPath, "--dir", dir}
+	mode := s.seccomp.Mode()
+	if mode == "" {
+		mode = vmmcli.DefaultSeccomp
+	}
+	args = append(args, "--seccomp", mode)
+	if s.unjailed {
+		return args
+	}
+	var ids config.IDRange
+	if s.cfg != nil {
+		ids = s.cfg.Jail.IDs
+	}
+	if ids == (config.IDRange{}) { // a Config not from Parse
+		ids = config.DefaultJailIDs
+	}
+	return append(args, "--jail", strconv.Itoa(ids.SwitchID()))
+}
+
+// attr are the switch's namespaces (jail.Attr): the host's network
+// namespace stays its own only when it has a tap or an uplink to open
+// there (switchNeedsHostNetwork).
+func (s switchStart) attr() *syscall.SysProcAttr {
+	if s.unjailed {
+		return nil
+	}
+	if switchNeedsHostNetwork(s.cfg) {
+		return jail.AttrHostNetwork()
+	}
+	return jail.Attr()
 }
 
 // needsSwitch reports whether cfg has anything for a switch to do.
@@ -35,27 +91,52 @@ func needsSwitch(cfg *config.Config) bool {
 	return false
 }
 
-// startNetSwitch starts the switch for the configuration file at cfgPath
-// and waits until it serves its sockets (or timeout).
-func startNetSwitch(c *console, r child.Starter, cfgPath string, timeout time.Duration) (*netSwitch, error) {
+// startNetSwitch starts the switch as st says and waits until it serves
+// its sockets (or timeout). Jailed, it starts in namespaces of its own
+// with no environment and no descriptor but its standard streams.
+func startNetSwitch(c *console, r child.Starter, st switchStart, timeout time.Duration) (*netSwitch, error) {
 	ready := make(chan struct{}) // closed at the first "ready" line
 	var readyOnce sync.Once
+	var pid atomic.Int64 // of the running switch, for its exit's report
 	s := &netSwitch{c: c}
+	path := st.path
+	if path == "" {
+		path = selfPath()
+	}
 	s.sup = child.Supervise(child.Run{
 		Start: func() (*child.Process, error) {
-			return child.Start(r, child.Spec{
-				Path: selfPath(), Args: []string{"switch", "--config", cfgPath, "--dir", switchDir},
-				Started: func(pid int) { c.Printf("switch started pid=%d", pid) },
+			spec := child.Spec{
+				Path: path, Args: st.args(), Attr: st.attr(),
+				Started: func(p int) {
+					pid.Store(int64(p))
+					st.seccomp.TrackSwitch(p)
+					c.Printf("switch started pid=%d", p)
+				},
 				Line: guardLines(c, "switch output", func(line string) {
 					if strings.HasPrefix(line, "ready ") {
 						readyOnce.Do(func() { close(ready) })
 					}
 					c.Relay("switch", line)
 				}),
-			})
+			}
+			if !st.unjailed {
+				// In its PID namespace, a SIGTERM it does not handle
+				// yet is lost.
+				spec.Env = []string{}
+				spec.StopReady = func(pid int) bool { return ignores(pid, stopReadySignal) }
+			}
+			return child.Start(r, spec)
 		},
 		Exited: func(ws unix.WaitStatus, _ time.Duration) bool {
-			c.Printf("switch exited code=%d reason=%s", vmmcli.Code(ws), vmmcli.Reason(ws))
+			// One killed by SIGSYS was killed by its seccomp filter:
+			// the reason names the call, from the kernel's record.
+			reason, p := vmmcli.Reason(ws), int(pid.Load())
+			if ws.Signaled() && ws.Signal() == unix.SIGSYS {
+				reason = vmmcli.SeccompReason(st.seccomp.Killed(p))
+			} else {
+				st.seccomp.Forget(p)
+			}
+			c.Printf("switch exited code=%d reason=%s", vmmcli.Code(ws), reason)
 			return true
 		},
 		Restarting: func(d time.Duration) { c.Printf("switch restarting in %s", d) },

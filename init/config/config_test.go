@@ -40,6 +40,7 @@ func TestParseErrors(t *testing.T) {
 		{"jail ids below 65536", "jail: {ids: {from: 1000, to: 2000}}\n", "c.yaml:1:13: ids: from 1000 to 2000: want 65536 <= from"},
 		{"jail ids reversed", "jail: {ids: {from: 300000, to: 200000}}\n", "ids: from 300000 to 200000"},
 		{"jail ids too high", "jail: {ids: {from: 300000, to: 4294967295}}\n", "ids: from 300000 to 4294967295"},
+		{"jail ids leave none for the switch", "jail: {ids: {from: 65536, to: 2147483647}}\n", "leaves no id for the switch's jail"},
 		{"jail unknown key", "jail: {uids: {from: 300000, to: 400000}}\n", `unknown key "uids" (known: ids)`},
 		{"jail too few ids", "jail: {ids: {from: 300000, to: 300000}}\nvms:\n  - {name: a, kernel: /k}\n  - {name: b, kernel: /k}\n",
 			"jail: ids 300000-300000 hold fewer ids than the 2 VMs"},
@@ -242,6 +243,15 @@ func TestJailIDs(t *testing.T) {
 			t.Errorf("vms %s and %s share id %d", name, other, id)
 		}
 		seen[id] = name
+	}
+	// The switch's id is outside the range, whichever end it must take.
+	for _, r := range []IDRange{DefaultJailIDs, {From: 65536, To: 70000}, {From: 300000, To: maxID}} {
+		if id := r.SwitchID(); id >= r.From && id <= r.To || id < 65536 || id > maxID {
+			t.Errorf("range %s: switch id %d", r, id)
+		}
+	}
+	if id := DefaultJailIDs.SwitchID(); id != 199999 {
+		t.Errorf("default switch id %d, want 199999", id)
 	}
 	d := Default()
 	if d.VMs[0].ID == 0 || d.VMs[0].ID == d.VMs[1].ID {

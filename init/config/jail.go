@@ -10,6 +10,7 @@ import (
 
 // Jail is how the VMMs' jails are made (every VMM runs in one; see
 // internal/jail): each VM's VMM takes a uid and gid of its own from IDs.
+// The switch's jail takes IDs.SwitchID.
 type Jail struct {
 	IDs IDRange
 }
@@ -26,7 +27,24 @@ var DefaultJailIDs = IDRange{From: 200000, To: 265535}
 
 // maxID bounds an id: uid_t is 32 bits, -1 means "unchanged" to the
 // kernel, and ids above 2^31 trip programs that read them as signed.
-const maxID = 1<<31 - 1
+// minID is the lowest: above every system and login account and the
+// kernel's overflow id (65534).
+const (
+	maxID = 1<<31 - 1
+	minID = 65536
+)
+
+// SwitchID is the uid and gid of the switch's jail: the id just below the
+// VMs' range, or just above it when the range starts at the lowest id
+// allowed. Never a VM's, so no VMM shares the switch's identity (and with
+// it its lease files, or the right to signal it), and stable for as long
+// as the range is: 199999 with the default range.
+func (r IDRange) SwitchID() int {
+	if r.From > minID {
+		return r.From - 1
+	}
+	return r.To + 1
+}
 
 // jail decodes the jail: mapping.
 func (d *decoder) jail(n *yaml.Node) Jail {
@@ -42,6 +60,8 @@ func (d *decoder) jail(n *yaml.Node) Jail {
 			case v.Kind != yaml.MappingNode:
 			case r.From <= 65535 || r.To > maxID || r.To < r.From:
 				d.errf(v, "ids: from %d to %d: want 65536 <= from <= to <= %d (unprivileged ids of no account)", r.From, r.To, maxID)
+			case r.From == minID && r.To == maxID:
+				d.errf(v, "ids: from %d to %d leaves no id for the switch's jail, just outside the range", r.From, r.To)
 			default:
 				j.IDs = r
 			}

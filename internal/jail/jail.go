@@ -5,8 +5,10 @@
 // privilege or touch another VM.
 //
 // A jail is made in two halves. The parent starts the process in new mount,
-// PID, IPC, UTS and network namespaces (Attr), with an empty environment
-// and no descriptors but the ones it needs. The process then opens and maps
+// PID, IPC, UTS and network namespaces (Attr; AttrHostNetwork keeps the
+// parent's network namespace, for the switch, whose tap and uplinks are
+// interfaces of the host's), with an empty environment and no descriptors
+// but the ones it needs. The process then opens and maps
 // everything it will use (KVM, guest RAM, disks, its vhost-user sockets) and
 // calls Enter on itself before the guest runs: Enter replaces its root with
 // an empty read-only tmpfs holding only the directories it must still reach
@@ -44,6 +46,17 @@ func Attr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL, Cloneflags: Cloneflags}
 }
 
+// AttrHostNetwork is Attr without the network namespace: the process stays
+// in its parent's, for a jail whose work is on the host's network
+// interfaces (the switch's tap device and AF_PACKET uplinks, which exist
+// in the namespace of the process that opens them, and must be the
+// host's). Enter it with Config.HostNetwork set. What the process may do
+// there is then bounded by its lack of capabilities, Landlock (no TCP, no
+// abstract Unix socket of the host) and its seccomp filter.
+func AttrHostNetwork() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL, Cloneflags: Cloneflags &^ unix.CLONE_NEWNET}
+}
+
 // CloseOnExec marks every descriptor of the calling process from 3 up
 // close-on-exec, so that a child it starts gets only its standard streams
 // and the files it is given (exec.Cmd.ExtraFiles, which are duplicated for
@@ -68,6 +81,19 @@ type Config struct {
 	// jail at the same path, read-only, such as the directory of a NIC's
 	// vhost-user socket. Nothing else of the host's filesystem does.
 	Binds []string
+	// Writable are directories (absolute paths, distinct from Binds)
+	// that stay reachable at the same path, read-write: the process may
+	// read, write, truncate, create, rename (within one directory) and
+	// remove regular files in them, list them, and nothing else there:
+	// no directory, link, device, pipe or socket is made, and nothing
+	// runs from them (where the kernel has Landlock; the mount is
+	// nosuid, nodev and noexec regardless). Its own uid must be allowed
+	// by the files' owners and modes to do so: Enter changes no owner.
+	Writable []string
+	// HostNetwork says the process was started with AttrHostNetwork, in
+	// its parent's network namespace, and must not insist on one of its
+	// own.
+	HostNetwork bool
 	// Files bounds the descriptors (RLIMIT_NOFILE); 0 is DefaultFiles.
 	Files uint64
 	// Threads bounds the threads of the jail's uid (RLIMIT_NPROC; uid is
@@ -134,11 +160,11 @@ func Enter(c Config) (Report, error) {
 	if err := allThreadsPrctl(unix.PR_SET_KEEPCAPS, 0); err != nil {
 		return r, err
 	}
-	if err := checkNamespaces(); err != nil {
+	if err := checkNamespaces(c.HostNetwork); err != nil {
 		return r, err
 	}
 	var err error
-	if r.PivotRoot, err = newRoot(c.Binds); err != nil {
+	if r.PivotRoot, err = newRoot(c.Binds, c.Writable); err != nil {
 		return r, err
 	}
 	if err := setLimits(c); err != nil {
@@ -147,7 +173,7 @@ func Enter(c Config) (Report, error) {
 	if err := allThreadsPrctl(unix.PR_SET_NO_NEW_PRIVS, 1); err != nil {
 		return r, fmt.Errorf("jail: no_new_privs: %w", err)
 	}
-	if r.Landlock, err = restrictLandlock(c.Binds); err != nil {
+	if r.Landlock, err = restrictLandlock(c.Binds, c.Writable); err != nil {
 		return r, err
 	}
 	if err := dropPrivileges(c.UID, c.GID); err != nil {

@@ -40,6 +40,9 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == benchArg {
 		os.Exit(benchChild(os.Args[2:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == writableChildArg {
+		os.Exit(writableChild(os.Args[2:]))
+	}
 	os.Exit(m.Run())
 }
 

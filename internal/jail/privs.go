@@ -73,11 +73,13 @@ func setLimits(c Config) error {
 }
 
 // restrictLandlock denies every filesystem access Landlock knows on this
-// kernel (binds keep only connect(2) to their Unix sockets), TCP and UDP
-// (the network namespace has no interface anyway), abstract Unix sockets
-// and signals to processes outside the jail. Where the kernel has no
-// Landlock it does nothing and returns 0; otherwise the ABI version.
-func restrictLandlock(binds []string) (int, error) {
+// kernel (binds keep only connect(2) to their Unix sockets, writable
+// directories what a data directory needs: see writableAccess), TCP and
+// UDP (a jail's own network namespace has no interface anyway; in the
+// host's, Landlock is what forbids them), abstract Unix sockets and
+// signals to processes outside the jail. Where the kernel has no Landlock
+// it does nothing and returns 0; otherwise the ABI version.
+func restrictLandlock(binds, writable []string) (int, error) {
 	abi, err := ll.LandlockGetABIVersion()
 	if err != nil || abi < 1 {
 		return 0, nil // not built in, or not enabled: best effort
@@ -86,11 +88,25 @@ func restrictLandlock(binds []string) (int, error) {
 	if len(binds) > 0 {
 		rules = append(rules, landlock.PathAccess(ll.AccessFSResolveUnix, binds...))
 	}
+	if len(writable) > 0 {
+		rules = append(rules, landlock.PathAccess(writableAccess, writable...))
+	}
 	if err := landlock.V11.BestEffort().Restrict(rules...); err != nil {
 		return 0, fmt.Errorf("jail: landlock: %w", err)
 	}
 	return abi, nil
 }
+
+// writableAccess is what Config.Writable grants below its directories:
+// regular files read, written, truncated, made, renamed within their
+// directory and removed, the directories listed (and opened, to fsync a
+// rename). Not granted, so that a process taken over cannot leave traps
+// for whoever uses the directory after it (its own restart, as root, before
+// it jails itself again): symbolic links, links and renames across
+// directories (REFER), devices, pipes, sockets, directories made or
+// removed, and execution.
+const writableAccess = ll.AccessFSReadFile | ll.AccessFSWriteFile | ll.AccessFSTruncate |
+	ll.AccessFSReadDir | ll.AccessFSMakeReg | ll.AccessFSRemoveFile
 
 // dropPrivileges empties the bounding set (while CAP_SETPCAP still allows
 // it) and the ambient set, then takes gid and uid with no supplementary

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -14,12 +15,13 @@ import (
 )
 
 // checkNamespaces refuses to go on unless the process runs in namespaces
-// other than its parent's (Attr): pivoting the root of the host's mount
-// namespace would pull it from under every process on the host. It looks
+// other than its parent's (Attr; but the network one with hostNet, see
+// AttrHostNetwork): pivoting the root of the host's mount namespace would
+// pull it from under every process on the host. It looks
 // through the host's /proc, still mounted at this point, where the process
 // finds itself (and so its parent) under its pid in the host's PID
 // namespace.
-func checkNamespaces() error {
+func checkNamespaces(hostNet bool) error {
 	self, err := os.Readlink("/proc/self")
 	if err != nil {
 		return fmt.Errorf("jail: find itself in /proc: %w", err)
@@ -38,6 +40,9 @@ func checkNamespaces() error {
 		return errors.New("jail: no parent process to compare namespaces with")
 	}
 	for _, ns := range []string{"mnt", "pid", "ipc", "uts", "net"} {
+		if ns == "net" && hostNet {
+			continue
+		}
 		var mine, theirs unix.Stat_t
 		if err := unix.Stat("/proc/self/ns/"+ns, &mine); err != nil {
 			return fmt.Errorf("jail: namespace %s: %w", ns, err)
@@ -53,10 +58,10 @@ func checkNamespaces() error {
 }
 
 // newRoot replaces the process's root with an empty tmpfs that holds, at
-// their own paths, read-only bind mounts of binds and nothing else, and
-// makes it read-only. It reports whether pivot_root did it (see
-// Report.PivotRoot).
-func newRoot(binds []string) (pivoted bool, err error) {
+// their own paths, read-only bind mounts of binds, read-write ones of
+// writable, and nothing else, and makes it read-only. It reports whether
+// pivot_root did it (see Report.PivotRoot).
+func newRoot(binds, writable []string) (pivoted bool, err error) {
 	// Clones of the directories to keep, taken first, while their paths
 	// still lead to them: detached mounts, attached below later.
 	type bind struct {
@@ -69,18 +74,25 @@ func newRoot(binds []string) (pivoted bool, err error) {
 			unix.Close(b.fd)
 		}
 	}()
-	for _, p := range binds {
+	all := append(slices.Clip(binds), writable...)
+	for i, p := range all {
 		if !filepath.IsAbs(p) || filepath.Clean(p) != p || p == "/" {
 			return false, fmt.Errorf("jail: bind %q: want a clean absolute path below /", p)
+		}
+		if slices.Contains(all[:i], p) {
+			return false, fmt.Errorf("jail: bind %s: given twice", p)
 		}
 		fd, err := unix.OpenTree(unix.AT_FDCWD, p, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_SYMLINK_NOFOLLOW)
 		if err != nil {
 			return false, fmt.Errorf("jail: bind %s: %w", p, err)
 		}
 		bs = append(bs, bind{p, fd})
-		attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV | unix.MOUNT_ATTR_NOEXEC}
+		attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV | unix.MOUNT_ATTR_NOEXEC}
+		if i < len(binds) {
+			attr.Attr_set |= unix.MOUNT_ATTR_RDONLY
+		}
 		if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, &attr); err != nil {
-			return false, fmt.Errorf("jail: bind %s: read-only: %w", p, err)
+			return false, fmt.Errorf("jail: bind %s: mount flags: %w", p, err)
 		}
 	}
 	// Nothing mounted here from now on reaches the host, nor the reverse.

@@ -115,6 +115,9 @@ func TestHostilePeer(t *testing.T) {
 				t.Errorf("the switch ended before the power-off: %s", l)
 			}
 		}
+		// It took every attack jailed and under its seccomp filter,
+		// which none of them made it break.
+		checkSwitchJailed(t, lines, 1, false)
 
 		// The switch's count agrees with the rogue's.
 		done := lineWith(lines, `^run\| rogue: done `)

@@ -44,5 +44,8 @@ func TestHostDHCP(t *testing.T) {
 		if hasLine(r.Lines, `hyperroot: error: host address`) {
 			t.Error("the supervisor reported a host address error")
 		}
+		// The tap is the host's: the jailed switch stays in the host's
+		// network namespace, before and after its restart.
+		checkSwitchJailed(t, r.Lines, 2, true)
 	})
 }

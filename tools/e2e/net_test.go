@@ -101,6 +101,36 @@ func checkStream(t testing.TB, lines []string, client, server string, want int64
 	}
 }
 
+// switchJailID is the switch's jail uid with the default VM id range
+// (config.IDRange.SwitchID).
+const switchJailID = 199999
+
+// checkSwitchJailed checks that each start of the switch jailed itself (n
+// starts) in the network namespace it should have (the host's with a tap
+// or an uplink), and that its seccomp filter refused nothing: a normal run
+// is never killed by it, nor in log mode logs a call.
+func checkSwitchJailed(t testing.TB, lines []string, n int, hostNet bool) {
+	t.Helper()
+	netns := "own"
+	if hostNet {
+		netns = "host"
+	}
+	re := regexp.MustCompile(fmt.Sprintf(`^switch\| jailed uid=%d \(root [^,]+, landlock [^,]+, %s network namespace\)$`, switchJailID, netns))
+	got := 0
+	for _, l := range lines {
+		if re.MatchString(l) {
+			got++
+		}
+	}
+	if got != n {
+		t.Errorf("the switch said %d times it was jailed as %d in the %s network namespace, want %d (%q)",
+			got, switchJailID, netns, n, lineWith(lines, `^switch\| jailed`))
+	}
+	if l := lineWith(lines, `hyperroot: switch (exited .*reason=seccomp|seccomp: logged)`); l != "" {
+		t.Errorf("the switch's seccomp filter refused a call: %s", l)
+	}
+}
+
 // TestNetTraffic: two VMs on one network lease addresses from the switch,
 // find each other, ping both ways and move 100 MiB over TCP with matching
 // checksums; a third VM on another network leases from that network's range
@@ -119,6 +149,7 @@ func TestNetTraffic(t *testing.T) {
 		mustPass(t, r)
 		lines := r.Lines
 		wantLines(t, lines, "switch| ready networks=2 ports=3", "loner| guest: net isolated heard=none")
+		checkSwitchJailed(t, lines, 1, false)
 		lease := map[string]string{}
 		for _, vm := range []string{"server", "client", "loner"} {
 			lease[vm] = strings.Split(field(lines, `^`+vm+`\| guest: net lease `, "ip"), "/")[0]
@@ -231,6 +262,9 @@ func TestNetSwitchRestart(t *testing.T) {
 		if n := strings.Count(strings.Join(lines, "\n"), "switch| ready "); n != 2 {
 			t.Errorf("switch became ready %d times, want 2 (start and restart)", n)
 		}
+		// Jailed again after the restart, over what its jailed run
+		// left in its directory, and the guests kept their leases.
+		checkSwitchJailed(t, lines, 2, false)
 		for _, vm := range []string{"server", "client"} {
 			if !hasLine(lines, `^`+vm+`\| vmm: virtio-net .* backend reconnected`) {
 				t.Errorf("%s's VMM did not report reconnecting", vm)
@@ -270,6 +304,9 @@ func TestNetUplink(t *testing.T) {
 		mustPass(t, r)
 		wantLines(t, r.Lines, "switch| uplink eth0 networks=1 trunk=false",
 			`roamer| guest: net outside 10.0.2.2:`+strconv.Itoa(port)+` said "hello from outside"`)
+		// The uplink's AF_PACKET socket works on in the jail, without
+		// CAP_NET_RAW (checked when a socket is made, not used).
+		checkSwitchJailed(t, r.Lines, 1, true)
 		if !hasLine(r.Lines, `^roamer\| guest: net lease ip=10\.0\.2\.\d+/24 router=10\.0\.2\.2 mtu=1500$`) {
 			t.Error("the VM did not lease from QEMU's DHCP server through the uplink")
 		}
@@ -299,6 +336,7 @@ func TestExampleLAN(t *testing.T) {
 		lines := r.Lines
 		wantLines(t, lines, "switch| host port hr-host on network lan address 10.20.0.1/24",
 			"hyperroot: host address 10.20.0.1/24", "client| guest: net ping 10.20.0.1 ")
+		checkSwitchJailed(t, lines, 1, true)
 		checkStream(t, lines, "client", "server", 16<<20)
 	})
 }

@@ -5,7 +5,8 @@
 // but those a running machine issues.
 //
 // Two filters, one per thread role (filters.go lists them, with how each
-// entry was found): a process-wide allowlist loaded on every thread at once
+// entry was found; each is loaded as a small stack of programs, see
+// stack.go): a process-wide allowlist loaded on every thread at once
 // (SECCOMP_FILTER_FLAG_TSYNC), which holds what the Go runtime and the
 // VMM's other threads need (device goroutines, disk I/O through io_uring or
 // a thread pool, vhost-user reconnection, console, dumps, exit), and a
@@ -15,6 +16,9 @@
 // the supervisor as reason=seccomp with the call's name, see KillRecord),
 // or, in Log mode for development, is logged by the kernel's audit and
 // let through (SECCOMP_RET_LOG).
+//
+// The switch has a filter of its own, built and loaded the same way
+// (switch.go).
 //
 // The filters are the last thing the VMM does to itself before the guest
 // runs: whatever set-up needs (opening the kernel, creating the VM, jailing
@@ -90,8 +94,7 @@ func Process(m Mode) error {
 		return nil
 	}
 	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
-	err := bpf.LoadFilter(bpf.Filter{NoNewPrivs: true, Flag: bpf.FilterFlagTSync, Policy: processPolicy(m.action())})
-	if err != nil {
+	if err := load(processPolicy(m.action()), true, true); err != nil {
 		return fmt.Errorf("seccomp: process filter: %w", err)
 	}
 	return nil
@@ -108,7 +111,7 @@ func VCPUThread(m Mode) error {
 		return nil
 	}
 	runtime.LockOSThread()
-	if err := bpf.LoadFilter(bpf.Filter{Policy: vcpuPolicy(m.action())}); err != nil {
+	if err := load(vcpuPolicy(m.action()), false, false); err != nil {
 		return fmt.Errorf("seccomp: vCPU thread filter: %w", err)
 	}
 	return nil

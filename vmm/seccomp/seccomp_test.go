@@ -91,6 +91,7 @@ var childCases = map[string]func() error{
 			}
 		})
 	},
+	"process-mmap-exec-disguised": func() error { return processThen(mmapExecDisguised) },
 	"process-mmap-exec": func() error {
 		return processThen(func() { unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_EXEC, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS) })
 	},
@@ -168,6 +169,14 @@ var childCases = map[string]func() error{
 			return nil
 		})
 	},
+}
+
+// mmapExecDisguised asks for executable memory with arguments that fooled
+// the single program go-seccomp-bpf assembles (see stack): prot 317 has
+// PROT_EXEC set and is seccomp(2)'s number, address 1 is what the VMM's
+// condition on seccomp allows. The stacked filters must kill it.
+func mmapExecDisguised() {
+	unix.Syscall6(unix.SYS_MMAP, 1, 4096, 317, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uintptr(0), 0)
 }
 
 // kvm0xae80 is KVM_RUN.
@@ -366,7 +375,7 @@ func TestAllowed(t *testing.T) {
 func TestRefusedKills(t *testing.T) {
 	needSeccomp(t)
 	for _, name := range []string{"process-socket-inet", "process-execve", "process-ptrace", "process-openat",
-		"process-ioctl", "process-fork", "process-prctl", "process-setaffinity-other", "process-mprotect", "process-mmap-exec",
+		"process-ioctl", "process-fork", "process-prctl", "process-setaffinity-other", "process-mprotect", "process-mmap-exec", "process-mmap-exec-disguised",
 		"vcpu-socket-unix", "vcpu-preadv", "vcpu-ioctl-set-regs", "vcpu-ioctl-other"} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()

@@ -9,10 +9,10 @@ package peerfd
 import (
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/internal/procfd"
 )
 
 // ErrKind is wrapped by every refusal: the descriptor is not of the kind
@@ -21,7 +21,9 @@ var ErrKind = errors.New("descriptor of the wrong kind")
 
 // eventfdLink is what /proc/self/fd/N links to for an eventfd. Eventfds
 // are anonymous inodes: fstat cannot tell them from other anon inodes
-// (epoll, timerfd, signalfd), the link can.
+// (epoll, timerfd, signalfd), the link can. The jailed switch has no
+// /proc: internal/procfd reads the link through a procfs of its own,
+// opened before the jail.
 const eventfdLink = "anon_inode:[eventfd]"
 
 // Eventfd checks that fd is an eventfd and makes it non-blocking, so that
@@ -34,7 +36,7 @@ func Eventfd(fd int) error {
 	if fd < 0 {
 		return fmt.Errorf("eventfd %d: %w", fd, ErrKind)
 	}
-	link, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+	link, err := procfd.Link(fd)
 	if err != nil {
 		return fmt.Errorf("eventfd %d: %w", fd, err)
 	}

@@ -6,9 +6,24 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/internal/procfd"
+	"github.com/hyperroot/hyperroot/internal/testenv"
 )
 
-func TestEventfd(t *testing.T) {
+func TestEventfd(t *testing.T) { checkEventfd(t) }
+
+// TestEventfdJailed: as in the jailed switch, through a procfs of the
+// process's own (internal/procfd proves it works without /proc).
+func TestEventfdJailed(t *testing.T) {
+	testenv.Need(t, os.Geteuid() == 0, "root (mounting a procfs)")
+	if err := procfd.Open(); err != nil {
+		t.Fatal(err)
+	}
+	checkEventfd(t)
+}
+
+func checkEventfd(t *testing.T) {
 	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
 	if err != nil {
 		t.Fatal(err)
@@ -45,7 +60,13 @@ func TestEventfd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Close(ep)
-	for name, fd := range map[string]int{"pipe": p[1], "/dev/zero": int(f.Fd()), "epoll": ep, "closed": 999999, "negative": -1} {
+	tfd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(tfd)
+	for name, fd := range map[string]int{"pipe": p[1], "/dev/zero": int(f.Fd()), "epoll": ep, "timerfd": tfd,
+		"closed": 999999, "negative": -1} {
 		if err := Eventfd(fd); err == nil {
 			t.Errorf("%s accepted as an eventfd", name)
 		}
