@@ -5,10 +5,8 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -40,31 +38,6 @@ func trappingSwitch(args []string) int {
 	return switchMain(args)
 }
 
-// jailableInit is init's test binary as jail.Enter accepts it: built again
-// with CGO_ENABLED=0 when this one links cgo (go test's default; the Go
-// runtime cannot reach cgo's threads), as the appliance's binary is built.
-func jailableInit(t *testing.T) string {
-	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, errno := syscall.AllThreadsSyscall(unix.SYS_GETPID, 0, 0, 0); errno != syscall.ENOTSUP {
-		return self
-	}
-	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(goTool); err != nil {
-		goTool = testenv.NeedTool(t, "go", "golang")
-	}
-	bin := filepath.Join(t.TempDir(), "init.test")
-	cmd := exec.Command(goTool, "test", "-c", "-o", bin, ".")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build the tests without cgo: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // switchLan is the test's configuration: two VMs on a DHCP network.
 const switchLan = `networks:
   - {name: lan, subnet: 10.20.0.0/24, dhcp: {from: 10.20.0.100, to: 10.20.0.199}}
@@ -85,7 +58,7 @@ func TestSwitchJailed(t *testing.T) {
 	testenv.Need(t, os.Geteuid() == 0, "root (namespaces, pivot_root, setuid, chown)")
 	_, err := os.Stat("/proc/sys/kernel/seccomp/actions_avail")
 	testenv.Need(t, err == nil, "the kernel has no seccomp filters")
-	bin := jailableInit(t)
+	bin := testenv.JailableTest(t)
 	tmp := t.TempDir()
 	cfgPath := filepath.Join(tmp, "config.yaml")
 	if err := os.WriteFile(cfgPath, []byte(switchLan), 0o644); err != nil {
@@ -233,7 +206,7 @@ func TestSwitchSeccompKill(t *testing.T) {
 	// The supervisor's switch, unjailed, with its filter in kill mode; a
 	// binary without cgo, as the product's (cgo's threads, and the race
 	// detector's, make calls of their own).
-	st := switchStart{cfgPath: cfgPath, seccomp: sc, unjailed: true, dir: filepath.Join(tmp, "switch"), path: jailableInit(t)}
+	st := switchStart{cfgPath: cfgPath, seccomp: sc, unjailed: true, dir: filepath.Join(tmp, "switch"), path: testenv.JailableTest(t)}
 	sw, err := startNetSwitch(c, child.Direct{}, st, 5*time.Second)
 	if err == nil {
 		t.Fatal("the trapped switch became ready")

@@ -30,7 +30,7 @@ func benchChild(args []string) int {
 // --jail). docs/PERFORMANCE.md has the figures and the ratio.
 func BenchmarkStart(b *testing.B) {
 	testenv.Need(b, os.Geteuid() == 0, "root (namespaces, pivot_root, setuid): run the benchmark as root")
-	bin := jailable(b)
+	bin := testenv.JailableTest(b)
 	for _, tc := range []struct {
 		name string
 		attr func() *syscall.SysProcAttr

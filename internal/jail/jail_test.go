@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -157,7 +156,7 @@ func TestJail(t *testing.T) {
 	}
 	defer unix.Close(leak)
 
-	bin := jailable(t)
+	bin := testenv.JailableTest(t)
 	lines := make(chan string, 16)
 	p, err := child.Start(child.Direct{}, child.Spec{
 		Path: bin, Args: []string{childArg, strconv.Itoa(vmID), own, filepath.Join(own, "0.sock"),
@@ -669,30 +668,4 @@ func errnoName(err error) string {
 		return unix.ErrnoName(e)
 	}
 	return err.Error()
-}
-
-// jailable is a test binary of this package that jail.Enter accepts: this
-// one, or, when it links cgo (go test's default; the Go runtime cannot
-// reach cgo's threads, see jail.Enter), the same tests built again with
-// CGO_ENABLED=0, as the appliance's binary is.
-func jailable(t testing.TB) string {
-	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, errno := syscall.AllThreadsSyscall(unix.SYS_GETPID, 0, 0, 0); errno != syscall.ENOTSUP {
-		return self
-	}
-	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(goTool); err != nil {
-		goTool = testenv.NeedTool(t, "go", "golang")
-	}
-	bin := filepath.Join(t.TempDir(), "jail.test")
-	cmd := exec.Command(goTool, "test", "-c", "-o", bin, ".")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build the tests without cgo: %v\n%s", err, out)
-	}
-	return bin
 }

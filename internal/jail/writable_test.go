@@ -81,7 +81,7 @@ func TestJailWritableHostNetwork(t *testing.T) {
 	}
 	defer tcp.Close()
 
-	bin := jailable(t)
+	bin := testenv.JailableTest(t)
 	lines := make(chan string, 16)
 	p, err := child.Start(child.Direct{}, child.Spec{
 		Path: bin, Args: []string{writableChildArg, strconv.Itoa(switchID), dir, tcp.Addr().String(),
