@@ -141,49 +141,24 @@ func runIOExits(mode Mode, n int) error {
 	if err := pio.Insert(&dev, 0x540, 1); err != nil {
 		return err
 	}
-	if err := Process(mode); err != nil {
-		return err
-	}
-	errc := make(chan error, 1)
-	var took time.Duration
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := VCPUThread(mode); err != nil {
-			errc <- err
-			return
-		}
-		exits := func(n int) error {
-			for i := 0; i < n; i++ {
-				for {
-					exit, err := v.Run()
-					if err != nil {
-						return err
-					}
-					if v.Dispatch(exit, &pio, &mmio) {
-						break
-					}
-					if exit != kvm.ExitIntr { // the runtime's signals land here
-						return fmt.Errorf("unexpected exit %v", exit)
-					}
+	exits := func(n int) error {
+		for i := 0; i < n; i++ {
+			for {
+				exit, err := v.Run()
+				if err != nil {
+					return err
+				}
+				if v.Dispatch(exit, &pio, &mmio) {
+					break
+				}
+				if exit != kvm.ExitIntr { // the runtime's signals land here
+					return fmt.Errorf("unexpected exit %v", exit)
 				}
 			}
-			return nil
 		}
-		if err := exits(1000); err != nil { // warm-up
-			errc <- err
-			return
-		}
-		start := time.Now()
-		err := exits(n)
-		took = time.Since(start)
-		errc <- err
-	}()
-	if err := <-errc; err != nil {
-		return err
+		return nil
 	}
-	fmt.Printf("ns %d\n", took.Nanoseconds())
-	return nil
+	return timeFiltered(mode, 1000, n, exits)
 }
 
 // BenchmarkKVMRunCall measures what the filters add to the KVM_RUN system
@@ -228,6 +203,21 @@ func kvmRunCallChild(b *testing.B, m Mode) float64 {
 
 // runKVMRunCalls is the child's side of BenchmarkKVMRunCall.
 func runKVMRunCalls(mode Mode, n int) error {
+	calls := func(n int) error {
+		for i := 0; i < n; i++ {
+			if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, ^uintptr(0), kvm0xae80, 0); e != syscall.EBADF {
+				return fmt.Errorf("KVM_RUN on no descriptor: %v", e)
+			}
+		}
+		return nil
+	}
+	return timeFiltered(mode, n/10, n, calls)
+}
+
+// timeFiltered is a benchmark child's timing: the process filter of mode
+// loaded, then, on a locked thread under the vCPU thread's filter as well,
+// loop run warm times and then n times, timed; it prints "ns <total>".
+func timeFiltered(mode Mode, warm, n int, loop func(n int) error) error {
 	if err := Process(mode); err != nil {
 		return err
 	}
@@ -240,20 +230,12 @@ func runKVMRunCalls(mode Mode, n int) error {
 			errc <- err
 			return
 		}
-		calls := func(n int) error {
-			for i := 0; i < n; i++ {
-				if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, ^uintptr(0), kvm0xae80, 0); e != syscall.EBADF {
-					return fmt.Errorf("KVM_RUN on no descriptor: %v", e)
-				}
-			}
-			return nil
-		}
-		if err := calls(n / 10); err != nil { // warm-up
+		if err := loop(warm); err != nil {
 			errc <- err
 			return
 		}
 		start := time.Now()
-		err := calls(n)
+		err := loop(n)
 		took = time.Since(start)
 		errc <- err
 	}()
