@@ -157,43 +157,11 @@ func TestJail(t *testing.T) {
 	defer unix.Close(leak)
 
 	bin := testenv.JailableTest(t)
-	lines := make(chan string, 16)
-	p, err := child.Start(child.Direct{}, child.Spec{
+	pid, r := startJailedChild(t, child.Spec{
 		Path: bin, Args: []string{childArg, strconv.Itoa(vmID), own, filepath.Join(own, "0.sock"),
 			filepath.Join(other, "0.sock"), strconv.Itoa(os.Getpid()), "@" + abstractName(os.Getpid())},
 		Env: []string{}, ExtraFiles: []*os.File{disk, conn}, Stdin: true, Attr: jail.Attr(),
-		Line: func(l string) {
-			if strings.HasPrefix(l, "{") {
-				lines <- l
-			} else {
-				t.Logf("child: %s", l)
-			}
-		},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid := p.Pid()
-	defer func() {
-		p.Write([]byte("done\n"))
-		if ws := p.Wait(); ws.ExitStatus() != 0 || ws.Signaled() {
-			t.Errorf("jailed child: exit status %d", ws.ExitStatus())
-		}
-	}()
-	var line string
-	select {
-	case line = <-lines:
-	case <-p.Done():
-		t.Fatal("the jailed child exited without a report")
-	}
-	var r report
-	if err := json.Unmarshal([]byte(line), &r); err != nil {
-		t.Fatalf("report %q: %v", line, err)
-	}
-	if r.EnterErr != "" {
-		t.Fatalf("jail.Enter: %s", r.EnterErr)
-	}
-	t.Logf("jail: %s", r.Jail)
 
 	t.Run("descriptors", func(t *testing.T) {
 		want := []string{"0:fifo", "1:fifo", "2:fifo", "3:file", "4:socket"}
@@ -668,4 +636,44 @@ func errnoName(err error) string {
 		return unix.ErrnoName(e)
 	}
 	return err.Error()
+}
+
+// startJailedChild starts the test binary as a child with spec (its Line
+// is set here), waits for the child's JSON report and fails unless its
+// jail.Enter worked. The child is told to exit, and must exit 0, when the
+// test ends.
+func startJailedChild(t *testing.T, spec child.Spec) (pid int, r report) {
+	t.Helper()
+	lines := make(chan string, 16)
+	spec.Line = func(l string) {
+		if strings.HasPrefix(l, "{") {
+			lines <- l
+		} else {
+			t.Logf("child: %s", l)
+		}
+	}
+	p, err := child.Start(child.Direct{}, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.Write([]byte("done\n"))
+		if ws := p.Wait(); ws.ExitStatus() != 0 || ws.Signaled() {
+			t.Errorf("jailed child: exit status %d", ws.ExitStatus())
+		}
+	})
+	var line string
+	select {
+	case line = <-lines:
+	case <-p.Done():
+		t.Fatal("the jailed child exited without a report")
+	}
+	if err := json.Unmarshal([]byte(line), &r); err != nil {
+		t.Fatalf("report %q: %v", line, err)
+	}
+	if r.EnterErr != "" {
+		t.Fatalf("jail.Enter: %s", r.EnterErr)
+	}
+	t.Logf("jail: %s", r.Jail)
+	return p.Pid(), r
 }

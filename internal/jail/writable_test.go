@@ -82,43 +82,11 @@ func TestJailWritableHostNetwork(t *testing.T) {
 	defer tcp.Close()
 
 	bin := testenv.JailableTest(t)
-	lines := make(chan string, 16)
-	p, err := child.Start(child.Direct{}, child.Spec{
+	pid, r := startJailedChild(t, child.Spec{
 		Path: bin, Args: []string{writableChildArg, strconv.Itoa(switchID), dir, tcp.Addr().String(),
 			"@" + abstractName(os.Getpid())},
 		Env: []string{}, Stdin: true, Attr: jail.AttrHostNetwork(),
-		Line: func(l string) {
-			if strings.HasPrefix(l, "{") {
-				lines <- l
-			} else {
-				t.Logf("child: %s", l)
-			}
-		},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid := p.Pid()
-	defer func() {
-		p.Write([]byte("done\n"))
-		if ws := p.Wait(); ws.ExitStatus() != 0 || ws.Signaled() {
-			t.Errorf("jailed child: exit status %d", ws.ExitStatus())
-		}
-	}()
-	var line string
-	select {
-	case line = <-lines:
-	case <-p.Done():
-		t.Fatal("the jailed child exited without a report")
-	}
-	var r report
-	if err := json.Unmarshal([]byte(line), &r); err != nil {
-		t.Fatalf("report %q: %v", line, err)
-	}
-	if r.EnterErr != "" {
-		t.Fatalf("jail.Enter: %s", r.EnterErr)
-	}
-	t.Logf("jail: %s", r.Jail)
 	for ns, want := range map[string]bool{"mnt": false, "pid": false, "ipc": false, "uts": false, "net": true} {
 		a, err1 := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, ns))
 		b, err2 := os.Readlink("/proc/self/ns/" + ns)
