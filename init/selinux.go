@@ -20,7 +20,6 @@ import (
 // nil when the kernel runs without SELinux, and then the jail alone holds
 // each VMM.
 type sVirt struct {
-	mode svirt.Mode
 	cats svirt.Categorizer
 }
 
@@ -69,7 +68,7 @@ func setupSELinux(c *console, args cmdline) *sVirt {
 		os.WriteFile("/proc/sys/kernel/printk_ratelimit", []byte("0\n"), 0)
 	}
 	c.Printf("selinux: %s (policy of %d bytes: each VM's VMM runs as svirt_t with a category pair of its own; %s)", mode, len(policy), how)
-	return &sVirt{mode: mode}
+	return &sVirt{}
 }
 
 // confDir holds the appliance's configuration and board description.

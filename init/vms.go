@@ -177,11 +177,11 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 		Started: func(pid int) {
 			e.pid.Store(int64(pid))
 			f.seccomp.Track(pid, vm.Name)
+			ctx := ""
 			if label != "" {
-				f.c.Printf("vm %s started pid=%d cpus=%d memory=%s selinux=%s", vm.Name, pid, vm.CPUs, vm.Memory, label)
-			} else {
-				f.c.Printf("vm %s started pid=%d cpus=%d memory=%s", vm.Name, pid, vm.CPUs, vm.Memory)
+				ctx = " selinux=" + label
 			}
+			f.c.Printf("vm %s started pid=%d cpus=%d memory=%s%s", vm.Name, pid, vm.CPUs, vm.Memory, ctx)
 		},
 		Line: guardLines(f.c, "vm "+vm.Name+" console", func(line string) {
 			f.c.Relay(vm.Name, line)

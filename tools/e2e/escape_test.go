@@ -134,14 +134,15 @@ func TestEscape(t *testing.T) {
 // pairOf is the MCS level ("s0:cX,cY") VM name's VMM ran at, from the
 // console's "vm <name> started ... selinux=<context>", or "".
 func pairOf(lines []string, name string) string {
-	re := regexp.MustCompile(`hyperroot: vm ` + regexp.QuoteMeta(name) + ` started .* selinux=system_u:system_r:svirt_t:(s0:c\d+,c\d+)`)
-	for _, l := range lines {
-		if m := re.FindStringSubmatch(l); m != nil {
-			return m[1]
-		}
+	ctx := field(lines, `hyperroot: vm `+regexp.QuoteMeta(name)+` started `, "selinux")
+	level, ok := strings.CutPrefix(ctx, "system_u:system_r:svirt_t:")
+	if !ok || !pairRE.MatchString(level) {
+		return ""
 	}
-	return ""
+	return level
 }
+
+var pairRE = regexp.MustCompile(`^s0:c\d+,c\d+$`)
 
 // escapeOutcome says which wall denied attacker VM name's attempt, and
 // how, or "" if none did.
