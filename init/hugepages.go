@@ -43,17 +43,41 @@ func reserveHugePages(c *console, want map[config.Size]int) {
 			c.Errorf("hugepages", fmt.Errorf("%s pages: the CPU or kernel has none (%w)", size, err))
 			continue
 		}
-		if err := os.WriteFile(filepath.Join(hugePool(size), "nr_hugepages"), []byte(strconv.Itoa(n)), 0); err != nil {
+		got, err := resizePool(n, func(n int) error {
+			return os.WriteFile(filepath.Join(hugePool(size), "nr_hugepages"), []byte(strconv.Itoa(n)), 0)
+		}, func() (int, error) { return hugeCount(size, "nr_hugepages") })
+		if err != nil {
 			c.Errorf("hugepages", fmt.Errorf("reserve %d pages of %s: %w", n, size, err))
 			continue
 		}
-		if got, err := hugeCount(size, "nr_hugepages"); err == nil && got < n {
+		if got < n {
 			c.Errorf("hugepages", fmt.Errorf("asked for %d pages of %s, the kernel found room for %d "+
 				"(reserve them on the kernel command line: hugepagesz=%s hugepages=%d)", n, size, got, size, n))
 		}
 	}
 	if s := hugePagesStatus(); s != "" {
 		c.Printf("hugepages: %s", s)
+	}
+}
+
+// resizePool asks the kernel for want pages (write) until its pool holds
+// them (read) or a request brings no page more. One request is not enough:
+// the kernel stops filling a pool at the first signal its writer has
+// pending ("probably ctrl-c"), and the Go runtime signals its threads
+// whenever it preempts one, so a write may return having allocated one
+// page of 96. Each request allocates at least one page unless memory has
+// none, which is when to stop.
+func resizePool(want int, write func(int) error, read func() (int, error)) (int, error) {
+	got := -1
+	for {
+		if err := write(want); err != nil {
+			return 0, err
+		}
+		now, err := read()
+		if err != nil || now == want || now == got {
+			return now, err
+		}
+		got = now
 	}
 }
 

@@ -61,3 +61,43 @@ func TestReserveHugePages(t *testing.T) {
 		}
 	}
 }
+
+// TestResizePoolInterrupted is the kernel's pool filling as it behaves
+// when its writer has a signal pending: each request adds a few pages and
+// returns. The pool is asked again until it is full or stops growing.
+func TestResizePoolInterrupted(t *testing.T) {
+	for _, tc := range []struct {
+		name                  string
+		pool, perWrite, room  int
+		want, wantGot, writes int
+	}{
+		{"interrupted each page", 0, 1, 1000, 96, 96, 96},
+		{"interrupted in bursts", 0, 10, 1000, 96, 96, 10},
+		{"memory runs out", 0, 7, 20, 96, 20, 4},
+		{"shrink", 96, 1000, 1000, 10, 10, 1},
+		{"nothing to allocate", 0, 5, 0, 8, 0, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pool, writes := tc.pool, 0
+			write := func(n int) error {
+				writes++
+				if n <= pool {
+					pool = n
+					return nil
+				}
+				pool = min(n, pool+tc.perWrite, tc.room)
+				return nil
+			}
+			read := func() (int, error) { return pool, nil }
+			got, err := resizePool(tc.want, write, read)
+			if err != nil || got != tc.wantGot {
+				t.Errorf("got %d, %v; want %d", got, err, tc.wantGot)
+			}
+			// A request that brings nothing is the last: at most one more
+			// than the requests that grew the pool.
+			if writes > tc.writes+1 {
+				t.Errorf("%d writes, want at most %d", writes, tc.writes+1)
+			}
+		})
+	}
+}
