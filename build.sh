@@ -7,7 +7,7 @@
 #                      (runner flags follow: -memory 4G -cpus 4 -append ... -config F -overlay DIR -oneshot)
 #   ./build.sh test    deps, build, go vet, gofmt, go mod tidy check, unit tests, KVM tests (on the
 #                      host's /dev/kvm, else in the appliance), end-to-end tests under QEMU, race detector
-#   ./build.sh bench   Go micro-benchmarks, then the boot benchmark (hyperroot vs gokvm), the disk
+#   ./build.sh bench   Go micro-benchmarks, then the boot benchmark (hyperroot plain and jailed vs gokvm, QEMU pc and microvm), the disk
 #                      benchmark (hyperroot io_uring/pool vs QEMU) and the network benchmark (hyperroot
 #                      switch vs QEMU + tap + Linux bridge) in the appliance
 #   ./build.sh clean   remove out/ (keeps the download cache out/cache/debs; clean all removes it too)
@@ -231,7 +231,7 @@ bench)
 		# The micro-benchmarks that need KVM (vmm/kvm IOExit ...), which skipped above, run here.
 		step "KVM micro-benchmarks in the appliance (no usable /dev/kvm on the host)" go run ./tools/kvmtest appliance -bench -image "$OUT/bench/image"
 	fi
-	step "boot benchmark: hyperroot vs gokvm in one appliance run" bench_boot
+	step "boot benchmark: hyperroot (plain and jailed) vs gokvm and QEMU (pc, microvm) in one appliance run" bench_boot
 	step "disk benchmark: hyperroot (io_uring, pool) vs QEMU, in-guest fio-like tests, in one appliance run" bench_disk
 	step "network benchmark: VM-to-VM TCP, hyperroot switch vs QEMU + tap + Linux bridge, in one appliance run" bench_net
 	;;

@@ -3,8 +3,11 @@ package main
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // smapsEntry renders one mapping of /proc/PID/smaps with the fields
@@ -89,5 +92,55 @@ func TestMemorySampleSelf(t *testing.T) {
 	keep[len(keep)-1] = 2
 	if _, err := memorySample(1 << 30); err == nil {
 		t.Error("sampling a process that does not exist succeeded")
+	}
+}
+
+// TestBootPeers: the jailed hyperroot is started as the supervisor starts
+// a VMM (its own namespaces, --jail, the seccomp filters killing), the
+// plain one with none of it, and QEMU boots the same kernel on both its
+// machine types.
+func TestBootPeers(t *testing.T) {
+	peers := map[string]benchPeer{}
+	for _, p := range bootPeers("/bin/hyperroot") {
+		peers[p.name] = p
+	}
+	plain, jailed := peers["hyperroot"], peers["hyperroot-jailed"]
+	if slices.Contains(plain.argv, "--jail") || plain.attr != nil {
+		t.Errorf("plain hyperroot is jailed: %q", plain.argv)
+	}
+	if i := slices.Index(jailed.argv, "--jail"); i < 0 || jailed.argv[i+1] != "200000" {
+		t.Errorf("jailed hyperroot argv %q lacks --jail 200000", jailed.argv)
+	}
+	if i := slices.Index(jailed.argv, "--seccomp"); i < 0 || jailed.argv[i+1] != "kill" {
+		t.Errorf("jailed hyperroot argv %q lacks --seccomp kill", jailed.argv)
+	}
+	if jailed.attr == nil || jailed.attr().Cloneflags&syscall.CLONE_NEWNS == 0 {
+		t.Errorf("jailed hyperroot does not start in namespaces of its own")
+	}
+	for _, m := range []string{"pc", "microvm"} {
+		q := peers["qemu-"+m]
+		if i := slices.Index(q.argv, "-M"); i < 0 || q.argv[i+1] != m || !slices.Contains(q.argv, "/guest/vmlinuz") {
+			t.Errorf("qemu-%s argv %q", m, q.argv)
+		}
+	}
+}
+
+func TestBootSummary(t *testing.T) {
+	peers := bootPeers("/bin/hyperroot")
+	s := func(ms ...int) (d []time.Duration) {
+		for _, m := range ms {
+			d = append(d, time.Duration(m)*time.Millisecond)
+		}
+		return d
+	}
+	times := map[string][]time.Duration{
+		"hyperroot": s(1000, 900, 5000), "hyperroot-jailed": s(1100, 990, 1000),
+		"gokvm": s(2000, 2000), "qemu-pc": s(3000, 3600, 3000), "qemu-microvm": nil,
+	}
+	got := strings.Join(bootSummary(peers, times), "\n")
+	want := "hyperroot=1.000s hyperroot-jailed=1.000s gokvm=2.000s (2 booted) qemu-pc=3.000s qemu-microvm=none (median of 3)\n" +
+		"ratio hyperroot/gokvm=0.50\nratio hyperroot/qemu-pc=0.33\nratio hyperroot-jailed/hyperroot=1.00"
+	if got != want {
+		t.Errorf("summary:\n%s\nwant:\n%s", got, want)
 	}
 }
