@@ -25,6 +25,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -100,10 +101,21 @@ func attempts(stage, disk, sock string) map[string]func() error {
 		"config":  open("/etc/hyperroot/config.yaml", unix.O_RDONLY),
 		"kvm":     open("/dev/kvm", unix.O_RDWR),
 		// The jail's own root, which its mode (0755) lets anyone list.
-		"listdir":   open("/", unix.O_RDONLY|unix.O_DIRECTORY),
-		"mem":       open("/dev/mem", unix.O_RDONLY),
-		"inet":      socket(unix.AF_INET, unix.SOCK_STREAM, 0),
-		"netlink":   socket(unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_ROUTE),
+		"listdir": open("/", unix.O_RDONLY|unix.O_DIRECTORY),
+		"mem":     open("/dev/mem", unix.O_RDONLY),
+		// The appliance's own services listen on its loopback: a
+		// datagram there is on its way to them.
+		"inet": func() error {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			return unix.Sendto(fd, []byte{0}, 0, &unix.SockaddrInet4{Port: 9, Addr: [4]byte{127, 0, 0, 1}})
+		},
+		// The appliance's interfaces, to reconfigure: any link but a
+		// loopback in view is the host's network reached.
+		"netlink":   hostLinks,
 		"packet":    socket(unix.AF_PACKET, unix.SOCK_RAW, int(htons(unix.ETH_P_ALL))),
 		"neighbour": func() error { return connectUnix(sock) },
 		"exec": func() error {
@@ -130,6 +142,30 @@ func attempts(stage, disk, sock string) map[string]func() error {
 		},
 		"setuid": func() error { return unix.Setresuid(0, 0, 0) },
 	}
+}
+
+// hostLinks lists the network interfaces in view over rtnetlink: nil (an
+// escape) when there is one besides the loopback, ENODEV when there is
+// not.
+func hostLinks() error {
+	rib, err := syscall.NetlinkRIB(unix.RTM_GETLINK, unix.AF_UNSPEC)
+	if err != nil {
+		return err
+	}
+	msgs, err := syscall.ParseNetlinkMessage(rib)
+	if err != nil {
+		return err
+	}
+	links := 0
+	for _, m := range msgs {
+		if m.Header.Type == unix.RTM_NEWLINK {
+			links++
+		}
+	}
+	if links > 1 {
+		return nil
+	}
+	return unix.ENODEV
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }

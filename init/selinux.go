@@ -29,7 +29,7 @@ type sVirt struct {
 // It says on the console which mode is in force, or why there is none.
 func setupSELinux(c *console, args cmdline) *sVirt {
 	if !svirt.Available() {
-		c.Printf("selinux: off (not enabled in this kernel; lsm=...,selinux on its command line enables it): each VMM is held by its jail alone")
+		c.Printf("selinux: off (not enabled in this kernel: an lsm= list without selinux on its command line, or selinux=0 where the kernel takes it): each VMM is held by its jail alone")
 		return nil
 	}
 	mode := svirt.Enforcing

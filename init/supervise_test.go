@@ -4,8 +4,11 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -241,5 +244,51 @@ func TestSwitchConsole(t *testing.T) {
 	}
 	if err := sw.Kill(); err == nil {
 		t.Error("Kill after Stop succeeded")
+	}
+}
+
+// slowFirst is child.Direct, but the first process it starts takes
+// delay to start, as a VMM whose disks take a while to open would.
+type slowFirst struct {
+	delay time.Duration
+	once  sync.Once
+}
+
+func (s *slowFirst) Start(cmd *exec.Cmd) (<-chan unix.WaitStatus, error) {
+	s.once.Do(func() { time.Sleep(s.delay) })
+	return child.Direct{}.Start(cmd)
+}
+
+// TestFleetStartsInOrder: VMs start in the order the configuration lists
+// them, each once the one before it has started, however long that takes;
+// a VM that cannot start does not hold up the next.
+func TestFleetStartsInOrder(t *testing.T) {
+	fake(t, "exit=0")
+	out := &syncBuffer{}
+	c := newConsole(out)
+	f := newFleet(c, &slowFirst{delay: 300 * time.Millisecond}, true)
+	f.unjailed = true // fake VMMs
+	var vms []config.VM
+	for _, name := range []string{"a", "b", "c", "d", "e"} {
+		vm := config.VM{Name: name, Kernel: "/k", CPUs: 1, Memory: 128 << 20, Restart: config.RestartNever}
+		if name == "c" {
+			vm.Disks = []config.Disk{{Path: filepath.Join(t.TempDir(), "missing")}}
+		}
+		vms = append(vms, vm)
+	}
+	f.Start(vms)
+	f.Wait()
+	c.Flush(5 * time.Second)
+	var order []string
+	for _, l := range out.lines() {
+		if name, ok := strings.CutPrefix(l, "hyperroot: vm "); ok && strings.Contains(name, " started ") {
+			order = append(order, name[:strings.Index(name, " ")])
+		}
+	}
+	if got := strings.Join(order, ","); got != "a,b,d,e" {
+		t.Errorf("start order %s, want a,b,d,e\n%s", got, strings.Join(out.lines(), "\n"))
+	}
+	if !slices.Contains(f.Failed(), "c") {
+		t.Errorf("c, with a missing disk, did not fail: %q", f.Failed())
 	}
 }

@@ -43,7 +43,8 @@ type fleet struct {
 	mu       sync.Mutex
 	vms      map[string]*vmEntry
 	stopping bool
-	failed   []string // names of VMs whose last exit was not a clean poweroff
+	quit     chan struct{} // closed when stopping
+	failed   []string      // names of VMs whose last exit was not a clean poweroff
 	done     sync.WaitGroup
 }
 
@@ -66,20 +67,38 @@ type vmEntry struct {
 }
 
 func newFleet(c *console, r child.Starter, oneshot bool) *fleet {
-	return &fleet{c: c, r: r, oneshot: oneshot, vms: map[string]*vmEntry{}}
+	return &fleet{c: c, r: r, oneshot: oneshot, vms: map[string]*vmEntry{}, quit: make(chan struct{})}
 }
 
 // Start launches every VM; each runs (and restarts) on its own goroutine.
+// First starts go in the order vms lists them, one after the other: a
+// VM's disks are claimed and labelled, and its VMM started, before the
+// next VM's start begins, so that what a VM finds of those listed before
+// it does not depend on the scheduler. Restarts are not ordered.
 func (f *fleet) Start(vms []config.VM) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.stopping {
 		return
 	}
+	prev := make(chan struct{})
+	close(prev)
 	for _, vm := range vms {
 		e := &vmEntry{begun: make(chan struct{}, 1), dumped: make(chan struct{}, 1), qos: vm.QoS}
+		turn, started, first := prev, make(chan struct{}), true
+		prev = started
 		e.sup = child.Supervise(child.Run{
-			Start:  func() (*child.Process, error) { return f.startVM(vm, e) },
+			Start: func() (*child.Process, error) {
+				if first { // only ever on the supervision's goroutine
+					first = false
+					defer close(started)
+					select {
+					case <-turn:
+					case <-f.quit: // a start the stop will undo
+					}
+				}
+				return f.startVM(vm, e)
+			},
 			Exited: func(ws unix.WaitStatus, _ time.Duration) bool { return f.exited(vm, e, ws) },
 			Restarting: func(d time.Duration) {
 				f.c.Printf("vm %s restarting in %s (restart: %s)", vm.Name, d, vm.Restart)
@@ -300,6 +319,9 @@ func (f *fleet) process(name string) *child.Process {
 // guest's ACPI power button), then kills what is left after grace.
 func (f *fleet) Stop(grace time.Duration) {
 	f.mu.Lock()
+	if !f.stopping {
+		close(f.quit)
+	}
 	f.stopping = true
 	var wg sync.WaitGroup
 	for name, e := range f.vms {
