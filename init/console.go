@@ -26,6 +26,9 @@ type console struct {
 	pending atomic.Int64  // lines queued or being written
 	dropped atomic.Uint64 // VM lines dropped since the last report
 
+	// tap, when not nil, sees each line as it is written (escapeTally).
+	tap func(line string)
+
 	mu     sync.Mutex
 	errors int // boot errors reported so far
 }
@@ -35,6 +38,9 @@ const consoleQueue = 4096
 
 func newConsole(w io.Writer) *console {
 	c := &console{lines: make(chan string, consoleQueue)}
+	if escapeTally != nil {
+		c.tap = escapeTally.Line
+	}
 	go c.write(w)
 	return c
 }
@@ -62,6 +68,9 @@ func (c *console) writeLine(w io.Writer, line string) {
 	}()
 	if n := c.dropped.Swap(0); n > 0 {
 		io.WriteString(w, fmt.Sprintf("[%8.3f] hyperroot: console: dropped %d VM console lines: the console is slower than the VMs\n", uptime(), n))
+	}
+	if c.tap != nil {
+		c.tap(line)
 	}
 	io.WriteString(w, line)
 }

@@ -17,18 +17,24 @@ package main
 //
 // and the VMM exits. A call the seccomp filter refuses kills the VMM
 // before it can report: the supervisor's exit line (reason=seccomp
-// syscall=<name>) says so instead. Which wall said no is for the test to
-// tell from the errno, the stage and the console's SELinux denials.
+// syscall=<name>) says so instead. Which wall said no, PID 1 (built with
+// the same tag) tells from the console's lines before a oneshot run's
+// verdict (tally), with the count of attempts denied.
 
 import (
 	"errors"
+	"fmt"
 	"os"
+	"regexp"
+	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
 )
 
@@ -223,4 +229,119 @@ func eachOtherPid(setup bool, call func(pid int) error) error {
 		}
 	}
 	return most
+}
+
+// tally is escapeTally: it reads the console as a person would, and
+// tells the walls apart from what the console shows of each attempt:
+//
+//   - the seccomp filter: the VMM was killed ("vm <name> exited ...
+//     reason=seccomp syscall=<name>");
+//   - SELinux: the attempt was denied and the kernel logged an "avc:
+//     denied" for the attacker's context (its category pair is its own);
+//   - the namespaces: the target is not in view (ENOENT, ESRCH; for the
+//     network ENETUNREACH, a loopback that is down, and ENODEV, no
+//     interface of the host's);
+//   - capabilities: EPERM;
+//   - Landlock: EACCES listing the jail's root, which DAC lets anyone
+//     list; other EACCES without a SELinux denial are "landlock or DAC".
+type tally struct {
+	mu       sync.Mutex
+	names    []string          // the attackers, in the configuration's order
+	pairs    map[string]string // attacker -> its SELinux context, from its start line
+	denied   map[string]bool   // contexts with an avc denial
+	seccomp  map[string]string // attacker -> "syscall=..." it was killed for
+	outcomes map[string]string // attacker -> what it reported
+}
+
+func init() {
+	escapeTally = &tally{pairs: map[string]string{}, denied: map[string]bool{},
+		seccomp: map[string]string{}, outcomes: map[string]string{}}
+}
+
+var (
+	startedRE = regexp.MustCompile(`hyperroot: vm (\S+) started .* selinux=(\S+)`)
+	killedRE  = regexp.MustCompile(`hyperroot: vm (\S+) exited code=\d+ reason=seccomp (syscall=\S+)`)
+	reportRE  = regexp.MustCompile(`^(\S+)\| hyperroot vmm: escape \S+ \S+: (.*)$`)
+	avcRE     = regexp.MustCompile(`avc: +denied .* scontext=(\S+) `)
+)
+
+func (t *tally) Expect(vms []config.VM) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, vm := range vms {
+		if strings.Contains(vm.Cmdline, "hyperroot.escape=") {
+			t.names = append(t.names, vm.Name)
+		}
+	}
+}
+
+func (t *tally) Line(line string) {
+	line = strings.TrimRight(line, "\r\n")
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if m := startedRE.FindStringSubmatch(line); m != nil {
+		t.pairs[m[1]] = m[2]
+	} else if m := killedRE.FindStringSubmatch(line); m != nil {
+		t.seccomp[m[1]] = m[2]
+	} else if m := reportRE.FindStringSubmatch(line); m != nil {
+		t.outcomes[m[1]] = m[2]
+	} else if m := avcRE.FindStringSubmatch(line); m != nil {
+		t.denied[m[1]] = true
+	}
+}
+
+func (t *tally) Report(c *console) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.names) == 0 {
+		return
+	}
+	denied, walls := 0, map[string]int{}
+	for _, name := range t.names {
+		wall, detail := t.outcome(name)
+		if wall == "" {
+			c.Printf("escape: %s NOT DENIED (%s)", name, detail)
+			continue
+		}
+		denied++
+		walls[wall]++
+		c.Printf("escape: %s denied by %s (%s)", name, wall, detail)
+	}
+	var by []string
+	for wall, n := range walls {
+		by = append(by, fmt.Sprintf("%s %d", wall, n))
+	}
+	sort.Strings(by)
+	c.Printf("escape: %d/%d attempts denied (%s)", denied, len(t.names), strings.Join(by, ", "))
+}
+
+// outcome is the wall that denied name's attempt and how, or "" and why
+// none did.
+func (t *tally) outcome(name string) (wall, detail string) {
+	if call, ok := t.seccomp[name]; ok {
+		return "seccomp", call
+	}
+	outcome, ok := t.outcomes[name]
+	if !ok {
+		return "", "no report and no seccomp kill"
+	}
+	errno, ok := strings.CutPrefix(outcome, "denied ")
+	if !ok {
+		return "", outcome
+	}
+	if ctx := t.pairs[name]; ctx != "" && t.denied[ctx] {
+		return "selinux", errno
+	}
+	switch errno {
+	case "ENOENT", "ESRCH", "ENETUNREACH", "ENODEV":
+		return "namespace", errno
+	case "EPERM":
+		return "capabilities", errno
+	case "EACCES":
+		if strings.HasSuffix(name, "-listdir") {
+			return "landlock", errno
+		}
+		return "landlock or DAC", errno
+	}
+	return "other", errno
 }

@@ -1,6 +1,9 @@
 package main
 
-import "github.com/hyperroot/hyperroot/internal/vmmcli"
+import (
+	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
+)
 
 // escapeHook, when not nil, is the escape suite's attacker (escape.go):
 // code a guest that took its VMM over would run, built only into the test
@@ -20,4 +23,15 @@ func escapeAt(stage string, a vmmcli.Args) (int, bool) {
 		return 0, false
 	}
 	return escapeHook(stage, a)
+}
+
+// escapeTally, when not nil (the escape build: escape.go), counts the
+// escape suite's attempts on the appliance's console: it is told the
+// configured VMs (the attackers among them), sees every console line as
+// it is written, and before a oneshot run's verdict prints which wall
+// denied each attempt and the count, "escape: k/n attempts denied".
+var escapeTally interface {
+	Expect(vms []config.VM)
+	Line(line string)
+	Report(c *console)
 }

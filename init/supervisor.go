@@ -240,6 +240,10 @@ func oneshot(c *console, f *fleet, jobDone <-chan bool, timeout time.Duration, p
 	}
 	select {
 	case <-done:
+		if escapeTally != nil {
+			c.Flush(5 * time.Second)
+			escapeTally.Report(c)
+		}
 		failed := f.Failed()
 		if n := c.Errors(); n > 0 || len(failed) > 0 || runFailed {
 			extra := ""

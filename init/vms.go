@@ -81,6 +81,9 @@ func (f *fleet) Start(vms []config.VM) {
 	if f.stopping {
 		return
 	}
+	if escapeTally != nil {
+		escapeTally.Expect(vms)
+	}
 	prev := make(chan struct{})
 	close(prev)
 	for _, vm := range vms {
