@@ -14,6 +14,7 @@ import (
 	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/child"
 	"github.com/hyperroot/hyperroot/internal/svirt"
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
 )
 
 // sVirt is the appliance's SELinux side of VM isolation (package svirt):
@@ -146,7 +147,14 @@ func (s *sVirt) labelVM(vm config.VM, disks []*os.File) (label string, undo func
 			r.f.Close()
 		}
 		done = nil
+		labelSockets(vm, svirt.ClosedSocketLabel)
 		s.cats.Release(vm.Name)
+	}
+	// Its NIC sockets: only its own VMM reaches them, even another VMM
+	// that is still root at its set-up.
+	if err := labelSockets(vm, pair.SocketLabel()); err != nil {
+		undo()
+		return "", nil, err
 	}
 	for i, f := range disks {
 		d := vm.Disks[i]
@@ -173,6 +181,51 @@ func (s *sVirt) labelVM(vm config.VM, disks []*os.File) (label string, undo func
 		done = append(done, relabelled{os.NewFile(uintptr(fd), d.Path), old})
 	}
 	return pair.ProcessLabel(), undo, nil
+}
+
+// closeSockets puts every VM's NIC socket directory out of every VMM's
+// reach (svirt.ClosedSocketLabel) once the switch has made them, before
+// any VMM starts: a VM's own VMM opens its directory to its pair
+// (labelVM) while it runs.
+func (s *sVirt) closeSockets(c *console, vms []config.VM) {
+	if s == nil {
+		return
+	}
+	for _, vm := range vms {
+		if err := labelSockets(vm, svirt.ClosedSocketLabel); err != nil {
+			c.Errorf("selinux", err)
+		}
+	}
+}
+
+// labelSockets gives vm's NIC socket directory and the sockets in it
+// label; sockets the switch makes there later take the directory's level
+// (the policy's default_range). A VM without NICs, or whose directory the
+// switch has not made, has nothing to label.
+func labelSockets(vm config.VM, label string) error {
+	if len(vm.NICs) == 0 {
+		return nil
+	}
+	dir := vmmcli.NICDir(switchDir, vm.Name)
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("vm %s: socket directory: %w", vm.Name, err)
+	}
+	if err := svirt.LabelPath(dir, label); err != nil {
+		return fmt.Errorf("vm %s: %w", vm.Name, err)
+	}
+	for _, e := range ents {
+		if e.Type()&os.ModeSocket == 0 {
+			continue
+		}
+		if err := svirt.LabelPath(filepath.Join(dir, e.Name()), label); err != nil {
+			return fmt.Errorf("vm %s: %w", vm.Name, err)
+		}
+	}
+	return nil
 }
 
 // avcPrefix starts the text of the kernel's record of an SELinux decision.

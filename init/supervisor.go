@@ -95,6 +95,8 @@ func supervise() {
 			c.Errorf("switch", err)
 		}
 	}
+	// Its sockets for the VMs' NICs, each VM's own while it runs.
+	sv.closeSockets(c, cfg.VMs)
 	// After the switch: the host port is its tap.
 	startHostNet(c, cfg, args)
 	f := newFleet(c, r, args.Oneshot)

@@ -45,14 +45,17 @@ const (
 	// covers every category: it maps every VM's RAM.
 	SwitchLabel = "system_u:system_r:hyperroot_switch_t:s0-s0:c0.c255"
 
-	KVMLabel     = "system_u:object_r:kvm_device_t:s0"
-	TunLabel     = "system_u:object_r:tun_device_t:s0"
-	NullLabel    = "system_u:object_r:null_device_t:s0"
-	RunLabel     = "system_u:object_r:hyperroot_run_t:s0"
-	ConfLabel    = "system_u:object_r:hyperroot_conf_t:s0"
-	TmpLabel     = "system_u:object_r:hyperroot_tmp_t:s0"
-	xattrName    = "security.selinux"
-	maxLabelSize = 256
+	KVMLabel  = "system_u:object_r:kvm_device_t:s0"
+	TunLabel  = "system_u:object_r:tun_device_t:s0"
+	NullLabel = "system_u:object_r:null_device_t:s0"
+	RunLabel  = "system_u:object_r:hyperroot_run_t:s0"
+	// ClosedSocketLabel is a VM's socket directory and sockets while it
+	// does not run: at categories no VMM's pair dominates.
+	ClosedSocketLabel = "system_u:object_r:svirt_sock_t:s0:c0.c255"
+	ConfLabel         = "system_u:object_r:hyperroot_conf_t:s0"
+	TmpLabel          = "system_u:object_r:hyperroot_tmp_t:s0"
+	xattrName         = "security.selinux"
+	maxLabelSize      = 256
 )
 
 // Mode is what SELinux does on this appliance.
@@ -158,6 +161,10 @@ func (p Pair) Level() string { return fmt.Sprintf("s0:c%d,c%d", p[0], p[1]) }
 
 // ProcessLabel is the context a VM's VMM runs in.
 func (p Pair) ProcessLabel() string { return "system_u:system_r:svirt_t:" + p.Level() }
+
+// SocketLabel is the context of the VM's NIC socket directory, and of the
+// sockets in it, while it runs.
+func (p Pair) SocketLabel() string { return "system_u:object_r:svirt_sock_t:" + p.Level() }
 
 // ImageLabel is the context of the VM's writable disks while it runs.
 func (p Pair) ImageLabel() string { return "system_u:object_r:svirt_image_t:" + p.Level() }

@@ -92,7 +92,7 @@ func TestLabelsExistInPolicy(t *testing.T) {
 		return regexp.MustCompile(`(?m)^` + kind + ` ` + regexp.QuoteMeta(name) + `[,; ]`).MatchString(policy)
 	}
 	p := Pair{0, Categories - 1}
-	for _, l := range []string{ContentLabel, SwitchLabel, KVMLabel, TunLabel, NullLabel, RunLabel, ConfLabel, TmpLabel, p.ProcessLabel(), p.ImageLabel()} {
+	for _, l := range []string{ContentLabel, SwitchLabel, KVMLabel, TunLabel, NullLabel, RunLabel, ConfLabel, TmpLabel, ClosedSocketLabel, p.ProcessLabel(), p.ImageLabel(), p.SocketLabel()} {
 		f := strings.SplitN(l, ":", 4)
 		if len(f) != 4 {
 			t.Errorf("%q: not user:role:type:level", l)

@@ -70,7 +70,7 @@ func escapeSuite(t *testing.T, selinux bool) {
 	}
 	sock := vmmcli.NICSocket("/run/hyperroot/switch", "victim", 0)
 	stages := map[string][]string{
-		"setup":   {"disk", "disk-ro", "config", "mem", "inet", "netlink", "packet", "exec", "module"},
+		"setup":   {"disk", "disk-ro", "config", "mem", "inet", "netlink", "packet", "neighbour", "exec", "module"},
 		"jailed":  {"disk", "disk-ro", "config", "kvm", "listdir", "mem", "inet", "netlink", "packet", "neighbour", "exec", "ptrace", "signal", "mount", "module", "capability", "setuid"},
 		"running": {"disk", "disk-ro", "config", "kvm", "listdir", "mem", "inet", "netlink", "packet", "neighbour", "exec", "ptrace", "signal", "mount", "module", "capability", "setuid"},
 	}
