@@ -22,9 +22,11 @@ import (
 // with direct: true, so that every read reaches the appliance's /dev/vda,
 // where the VM's cgroup counts it (io.stat) and io.max limits it. The VM
 // restarts after each run: the first runs unlimited (what this machine
-// does now), then the console's qos command caps it at a third of that,
+// does now), then the console's qos command caps it at a quarter of that,
 // and over 8 s of the appliance's clock inside the next run the cgroup's
-// reads must come within 10 % of the cap (15 % under it: see below).
+// reads must come within 10 % of the cap (15 % under it: see below). A
+// machine whose load grew in between may fall under the cap by itself: a
+// run without the cap tells, and the cap is set again from it.
 func TestIOMax(t *testing.T) {
 	img := filepath.Join(t.TempDir(), "disk.img")
 	if err := os.WriteFile(img, make([]byte, 64<<20), 0o644); err != nil {
@@ -67,18 +69,41 @@ func TestIOMax(t *testing.T) {
 			t.Logf("guest's own count: %s", expect(t, m, iopsRE.String()))
 			return float64(n-n0) / (at - at0)
 		}
+		setLimit := func(limit int) {
+			if limit == 0 {
+				fmt.Fprintln(pw, "qos io {io: []}")
+				expect(t, m, `hyperroot: qos io set: `)
+				return
+			}
+			fmt.Fprintf(pw, "qos io {io: [{device: /dev/vda, riops: %d}]}\n", limit)
+			expect(t, m, fmt.Sprintf(`hyperroot: qos io set: .* io\.max=\d+:\d+,rbps=max,wbps=max,riops=%d,wiops=max$`, limit))
+		}
 		free := reads()
-		limit := max(int(free/3), 3)
-		t.Logf("no limit: %.0f reads/s; capping at %d", free, limit)
-		fmt.Fprintf(pw, "qos io {io: [{device: /dev/vda, riops: %d}]}\n", limit)
-		expect(t, m, fmt.Sprintf(`hyperroot: qos io set: .* io\.max=\d+:\d+,rbps=max,wbps=max,riops=%d,wiops=max$`, limit))
-		got := reads()
-		t.Logf("io.max riops=%d: %.1f reads/s", limit, got)
-		// Never more than 10 % over. Under: 10 % on time, 5 more for an
-		// emulated appliance, whose throttle timers can only fire late
-		// (measured: -7.3 % with 32 reads in flight, -32 % with 4).
-		if d := got/float64(limit) - 1; d < -0.15 || d > 0.10 {
-			t.Errorf("%.1f reads/s under riops=%d, want -15 %% to +10 %%", got, limit)
+		for attempt := 1; ; attempt++ {
+			limit := max(int(free/4), 3)
+			t.Logf("no limit: %.0f reads/s; capping at %d", free, limit)
+			setLimit(limit)
+			got := reads()
+			t.Logf("io.max riops=%d: %.1f reads/s", limit, got)
+			// Never more than 10 % over. Under: 10 % on time, 5 more for
+			// an emulated appliance, whose throttle timers can only fire
+			// late (measured: -7.3 % with 32 reads in flight, -32 % with 4).
+			d := got/float64(limit) - 1
+			if d >= -0.15 && d <= 0.10 {
+				break
+			}
+			if d > 0.10 {
+				t.Fatalf("%.1f reads/s under riops=%d, want at most +10 %%", got, limit)
+			}
+			// Under the cap: the limiter's doing, or the machine's, whose
+			// load may have changed since it was measured? Without the
+			// cap again, it must read well above it for the former.
+			setLimit(0)
+			free = reads()
+			if free >= 1.5*float64(limit) || attempt == 3 {
+				t.Fatalf("%.1f reads/s under riops=%d, want -15 %% to +10 %% (%.0f reads/s without the cap right after)", got, limit, free)
+			}
+			t.Logf("the machine itself slowed to %.0f reads/s, under 1.5 times the cap: measuring again", free)
 		}
 		if err := m.QMP("system_powerdown", ""); err != nil {
 			t.Fatal(err)
