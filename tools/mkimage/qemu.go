@@ -17,7 +17,8 @@ import (
 // `-M pc -kernel` loads. The firmware list is what QEMU 7.2 opens for that
 // machine (found with strace on the host and by running it in the
 // appliance): SeaBIOS, the option ROM that boots a -kernel (linuxboot_dma)
-// and the TPR-patching ROM that the pc machine loads under KVM (kvmvapic).
+// and the TPR-patching ROM that the pc machine loads under KVM (kvmvapic);
+// and the microvm machine's own firmware, for the boot benchmark.
 const qemuBinary = "/usr/bin/qemu-system-x86_64"
 
 // benchModules are the appliance kernel modules a bench image carries
@@ -30,6 +31,8 @@ var qemuFirmware = []string{
 	"/usr/share/seabios/bios-256k.bin",
 	"/usr/share/qemu/linuxboot_dma.bin",
 	"/usr/share/qemu/kvmvapic.bin",
+	// -M microvm's firmware (qboot, which Debian links it to).
+	"/usr/share/qemu/bios-microvm.bin",
 }
 
 // qemuFiles returns the "host:image" pairs that install QEMU at the paths
