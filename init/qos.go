@@ -131,11 +131,21 @@ func (cg *cgroups) vmGroup(vm config.VM) (*cgroup.Group, error) {
 	if err != nil {
 		return nil, err
 	}
+	mems, nodeCPUs, err := numaCPUSet(vm.NUMA)
+	if err != nil {
+		return nil, err
+	}
+	if cpus == "" {
+		cpus = nodeCPUs // pin: says where exactly, within the node or not
+	}
+	if (cpus != "" || mems != "") && !cg.controllers["cpuset"] {
+		return nil, errors.New("pin and numa: need the kernel's cpuset controller, which the appliance lacks")
+	}
 	if cpus != "" {
-		if !cg.controllers["cpuset"] {
-			return nil, errors.New("pin: needs the kernel's cpuset controller, which the appliance lacks")
-		}
 		settings = append(settings, setting{file: "cpuset.cpus", value: cpus, asked: true})
+	}
+	if mems != "" {
+		settings = append(settings, setting{file: "cpuset.mems", value: mems, asked: true})
 	}
 	g, err := cg.vms.Mkdir(vm.Name)
 	if err != nil {
@@ -385,6 +395,9 @@ func (f *fleet) QoS(name, text string) (string, error) {
 	if p := e.sup.Process(); p != nil {
 		if a := threadAffinity(p.Pid()); a != "" {
 			line += " " + a
+		}
+		if n := guestRAMNodes(p.Pid()); n != "" {
+			line += " " + n
 		}
 	}
 	return line, nil

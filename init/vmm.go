@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -19,6 +20,7 @@ import (
 	"github.com/hyperroot/hyperroot/internal/jail"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
 	"github.com/hyperroot/hyperroot/vmm/machine"
+	"github.com/hyperroot/hyperroot/vmm/memory"
 	"github.com/hyperroot/hyperroot/vmm/seccomp"
 )
 
@@ -74,6 +76,9 @@ func vmmMain(args []string) int {
 		cfg.HugePages = 1 << 30
 	default:
 		return fail("hugepages %q: want 2M or 1G", a.HugePages)
+	}
+	if err := numaConfig(a, &cfg); err != nil {
+		return fail("%v", err)
 	}
 	// The kernel and initrd are only read while New copies them into
 	// guest RAM: mapped, they never become Go heap, whose peak would
@@ -417,4 +422,30 @@ func answerDumps(m *atomic.Pointer[machine.Machine]) {
 		}
 		fmt.Fprintf(os.Stderr, "%sno machine yet (the VMM is still building it)\n%s\n", dumpPrefix, dumpEndLine)
 	}
+}
+
+// numaConfig turns the VMM's --numa-bind and --numa-node flags into the
+// machine's NUMA nodes: one bound node without a topology in the guest,
+// or the guest's nodes, each with its vCPUs, its RAM and its host node.
+func numaConfig(a vmmcli.Args, cfg *machine.Config) error {
+	if a.NUMABind != nil && len(a.NUMANodes) > 0 {
+		return errors.New("numa: --numa-bind binds the whole guest, --numa-node each of its nodes: give one of them")
+	}
+	if a.NUMABind != nil {
+		cfg.MemNodes = []memory.Node{{Size: cfg.Memory, HostNode: *a.NUMABind}}
+		return nil
+	}
+	for i, n := range a.NUMANodes {
+		size, err := config.ParseSize(n.Memory)
+		if err != nil {
+			return fmt.Errorf("numa node %d: memory: %v", i, err)
+		}
+		host := -1
+		if n.Host != nil {
+			host = *n.Host
+		}
+		cfg.MemNodes = append(cfg.MemNodes, memory.Node{Size: uint64(size), HostNode: host})
+		cfg.NodeCPUs = append(cfg.NodeCPUs, n.CPUs)
+	}
+	return nil
 }

@@ -149,6 +149,9 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 	if err := checkHugePages(vm); err != nil {
 		return nil, err
 	}
+	if err := checkNUMA(vm); err != nil {
+		return nil, err
+	}
 	// Its cgroup, with the limits as configured or as last changed live.
 	e.mu.Lock()
 	vm.QoS = e.qos

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -22,12 +24,50 @@ import (
 //	       done mib=<n>"
 //	memmap the physical memory map the VMM gave (memmap.go), and with
 //	       hyperroot.probe=<hex address> a write and read back of that page
+//	numa   the NUMA nodes the guest kernel found: "guest: numa node<i>
+//	       cpus=<list> memtotal_kb=<n>" each, then "guest: numa nodes=<n>";
+//	       with hyperroot.numa=hold it then waits for a line on its console
 //
 // They power off when done.
 var loadActions = map[string]func(seed uint64) error{
 	"spin":   spin,
 	"fill":   fill,
 	"memmap": memmapAction, // memmap.go
+	"numa":   numaAction,
+}
+
+// numaAction reports the guest's NUMA nodes from sysfs.
+func numaAction(uint64) error {
+	dirs, err := filepath.Glob("/sys/devices/system/node/node[0-9]*")
+	if err != nil || len(dirs) == 0 {
+		return fmt.Errorf("no /sys/devices/system/node/node* (%v)", err)
+	}
+	sort.Slice(dirs, func(i, j int) bool {
+		return len(dirs[i]) < len(dirs[j]) || len(dirs[i]) == len(dirs[j]) && dirs[i] < dirs[j]
+	})
+	for _, d := range dirs {
+		cpus, err := os.ReadFile(filepath.Join(d, "cpulist"))
+		if err != nil {
+			return err
+		}
+		meminfo, err := os.ReadFile(filepath.Join(d, "meminfo"))
+		if err != nil {
+			return err
+		}
+		var kb uint64
+		for _, l := range strings.Split(string(meminfo), "\n") {
+			if f := strings.Fields(l); len(f) >= 4 && f[2] == "MemTotal:" {
+				kb, _ = strconv.ParseUint(f[3], 10, 64)
+			}
+		}
+		fmt.Printf("guest: numa %s cpus=%s memtotal_kb=%d\n", filepath.Base(d), strings.TrimSpace(string(cpus)), kb)
+	}
+	fmt.Printf("guest: numa nodes=%d\n", len(dirs))
+	if cmdlineString("numa") == "hold" {
+		// Running on, with its RAM in place, until told otherwise.
+		bufio.NewReader(os.Stdin).ReadString('\n')
+	}
+	return nil
 }
 
 // cmdlineInt reads hyperroot.<key>= from the kernel command line.

@@ -47,6 +47,9 @@ type VM struct {
 	// HugePages backs guest RAM with huge pages of this size (Huge2M or
 	// Huge1G) from the appliance's reserve; 0: normal pages.
 	HugePages Size
+	// NUMA places its RAM on the host's NUMA nodes and gives its guest a
+	// NUMA topology; zero: neither.
+	NUMA NUMA
 	// ID is the uid and gid of the VM's VMM in its jail, one per VM, from
 	// Jail.IDs: filled in by Parse (and Default).
 	ID int
@@ -210,7 +213,7 @@ func Parse(file string, data []byte) (*Config, error) {
 
 func (d *decoder) vm(n *yaml.Node) VM {
 	vm := VM{CPUs: 1, Memory: 256 << 20, Cmdline: "console=ttyS0", Restart: RestartOnFailure}
-	var hugeNode *yaml.Node
+	var hugeNode, numaNode *yaml.Node
 	d.mapping(n, map[string]func(*yaml.Node){
 		"name": func(v *yaml.Node) {
 			vm.Name = d.str(v)
@@ -254,6 +257,10 @@ func (d *decoder) vm(n *yaml.Node) VM {
 		},
 		"qos": func(v *yaml.Node) { vm.QoS = d.qos(v) },
 		"pin": func(v *yaml.Node) { vm.Pin = d.pin(v) },
+		"numa": func(v *yaml.Node) {
+			vm.NUMA = d.numa(v)
+			numaNode = v
+		},
 		"hugepages": func(v *yaml.Node) {
 			vm.HugePages = d.hugePageSize(v)
 			hugeNode = v
@@ -272,6 +279,9 @@ func (d *decoder) vm(n *yaml.Node) VM {
 			}
 		},
 	})
+	if numaNode != nil {
+		d.checkNUMA(numaNode, vm)
+	}
 	if vm.HugePages != 0 && vm.Memory%vm.HugePages != 0 {
 		d.errf(hugeNode, "hugepages %s: memory %s is not a multiple of the page size", vm.HugePages, vm.Memory)
 	}

@@ -108,6 +108,13 @@ type Args struct {
 	// PinVCPUs[i%len]), PinEmulator those of every other thread; empty:
 	// anywhere.
 	PinVCPUs, PinEmulator []int
+	// NUMABind, when not nil, is the host NUMA node all of guest RAM is
+	// allocated on (mbind), without a NUMA topology in the guest.
+	NUMABind *int
+	// NUMANodes, when not empty, is the guest's virtual NUMA topology,
+	// in order: each node's vCPUs, its share of guest RAM and optionally
+	// the host node that share is allocated on.
+	NUMANodes []NUMANode
 	// Jail, when not 0, is the uid and gid of the jail the VMM enters
 	// once it has set the machine up, before the guest runs; it must then
 	// have been started in the namespaces of jail.Attr (the supervisor
@@ -164,6 +171,12 @@ func (a Args) Argv() []string {
 	if len(a.PinEmulator) > 0 {
 		argv = append(argv, "--pin-emulator", cpuList(a.PinEmulator))
 	}
+	if a.NUMABind != nil {
+		argv = append(argv, "--numa-bind", strconv.Itoa(*a.NUMABind))
+	}
+	for _, n := range a.NUMANodes {
+		argv = append(argv, "--numa-node", n.String())
+	}
 	if a.Jail != 0 {
 		argv = append(argv, "--jail", strconv.Itoa(a.Jail))
 	}
@@ -205,6 +218,22 @@ func Parse(args []string, stderr io.Writer) (Args, error) {
 		func(v string) (err error) { a.PinVCPUs, err = parseCPUList(v); return err })
 	fs.Func("pin-emulator", "host CPUs of the VMM's other threads, comma-separated",
 		func(v string) (err error) { a.PinEmulator, err = parseCPUList(v); return err })
+	fs.Func("numa-bind", "allocate all of guest RAM on this host NUMA node",
+		func(v string) error {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 || n >= MaxHostNodes {
+				return fmt.Errorf("host node %q: want a number 0-%d", v, MaxHostNodes-1)
+			}
+			a.NUMABind = &n
+			return nil
+		})
+	fs.Func("numa-node", "a node of the guest's NUMA topology, repeatable, in order: CPUS:SIZE[:HOSTNODE]\n"+
+		"(its vCPUs, comma-separated; its share of guest RAM; the host node that share is allocated on)",
+		func(v string) error {
+			n, err := ParseNUMANode(v)
+			a.NUMANodes = append(a.NUMANodes, n)
+			return err
+		})
 	fs.IntVar(&a.Jail, "jail", 0, "jail the VMM as this uid and gid once the machine is set up (it must run\n"+
 		"as root in new mount, PID, IPC, UTS and network namespaces: the supervisor starts it so)")
 	fs.BoolVar(&a.Trace, "trace", false, "trace port I/O, unclaimed accesses and vCPU registers")
@@ -446,6 +475,10 @@ func ForVM(vm config.VM, dir string) Args {
 	if vm.HugePages != 0 {
 		a.HugePages = vm.HugePages.String()
 	}
+	a.NUMABind = vm.NUMA.Node
+	for _, n := range vm.NUMA.Nodes {
+		a.NUMANodes = append(a.NUMANodes, NUMANode{CPUs: n.CPUs, Memory: n.Memory.String(), Host: n.HostNode})
+	}
 	for i, d := range vm.Disks {
 		a.Disks = append(a.Disks, Disk{FD: FirstFD + i, ReadOnly: d.ReadOnly, ID: d.ID,
 			IOPS: d.Limits.IOPS, Bandwidth: uint64(d.Limits.Bandwidth), Direct: d.Direct, IO: diskIO(d.IO)})
@@ -474,6 +507,47 @@ func cpuList(cpus []int) string {
 		w[i] = strconv.Itoa(c)
 	}
 	return strings.Join(w, ",")
+}
+
+// MaxHostNodes bounds a host NUMA node number (the kernel's own limit on
+// x86-64).
+const MaxHostNodes = 1024
+
+// NUMANode is one --numa-node flag.
+type NUMANode struct {
+	CPUs   []int
+	Memory string // a size (1G); the VMM checks it
+	Host   *int   // host node; nil: any
+}
+
+// String is the --numa-node flag value for n.
+func (n NUMANode) String() string {
+	s := cpuList(n.CPUs) + ":" + n.Memory
+	if n.Host != nil {
+		s += ":" + strconv.Itoa(*n.Host)
+	}
+	return s
+}
+
+// ParseNUMANode reads a --numa-node flag value, CPUS:SIZE[:HOSTNODE].
+func ParseNUMANode(v string) (NUMANode, error) {
+	f := strings.Split(v, ":")
+	if len(f) < 2 || len(f) > 3 || f[1] == "" {
+		return NUMANode{}, fmt.Errorf("numa node %q: want CPUS:SIZE[:HOSTNODE]", v)
+	}
+	cpus, err := parseCPUList(f[0])
+	if err != nil {
+		return NUMANode{}, fmt.Errorf("numa node %q: %w", v, err)
+	}
+	n := NUMANode{CPUs: cpus, Memory: f[1]}
+	if len(f) == 3 {
+		h, err := strconv.Atoi(f[2])
+		if err != nil || h < 0 || h >= MaxHostNodes {
+			return NUMANode{}, fmt.Errorf("numa node %q: host node %q: want a number 0-%d", v, f[2], MaxHostNodes-1)
+		}
+		n.Host = &h
+	}
+	return n, nil
 }
 
 // parseCPUList reads "2,3" (at least one CPU, each 0-8191).

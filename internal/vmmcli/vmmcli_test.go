@@ -121,6 +121,7 @@ func TestParseNIC(t *testing.T) {
 // reads back as it was meant.
 func TestArgvRoundTrip(t *testing.T) {
 	mac := net.HardwareAddr{2, 0, 0, 0, 0, 1}
+	one := 1
 	for _, tc := range []struct {
 		name string
 		in   Args
@@ -130,8 +131,10 @@ func TestArgvRoundTrip(t *testing.T) {
 			Args{Name: "vm", Kernel: "/k", Cmdline: "console=ttyS0", CPUs: 1, Memory: "256M", Seccomp: "kill"}},
 		{"everything", Args{Name: "web", Kernel: "/k", Initrd: "/i", Cmdline: "console=ttyS0 quiet", CPUs: 4, Memory: "1G", HugePages: "2M",
 			Disks: []Disk{{FD: 3, ID: "web-0"}, {FD: 4, ReadOnly: true, IOPS: 5, Bandwidth: 4096, Direct: true, IO: IOPool}, {FD: -1, Path: "/x.img", IO: IOUring}},
-			NICs:  []NIC{{Socket: "/run/s/web/0.sock", MAC: mac}, {Socket: "/s", MAC: mac, MTU: 9000}}, Jail: 200001, Trace: true, Seccomp: "log"},
+			NICs:  []NIC{{Socket: "/run/s/web/0.sock", MAC: mac}, {Socket: "/s", MAC: mac, MTU: 9000}}, Jail: 200001, Trace: true, Seccomp: "log",
+			NUMANodes: []NUMANode{{CPUs: []int{0, 1}, Memory: "512M", Host: &one}, {CPUs: []int{2, 3}, Memory: "512M"}}},
 			Args{}},
+		{"bound to a host node", Args{Name: "b", Kernel: "/k", Cmdline: "c", CPUs: 1, Memory: "256M", Seccomp: "kill", NUMABind: &one}, Args{}},
 	} {
 		want := tc.want
 		if want.Kernel == "" {
@@ -184,6 +187,16 @@ func TestForVM(t *testing.T) {
 		" --nic socket=/run/sw/v/0.sock,mac=02:00:00:00:00:01,mtu=9000 --seccomp kill"
 	if got != want {
 		t.Errorf("ForVM(...).Argv() =\n%s\nwant\n%s", got, want)
+	}
+	one := 1
+	vm = config.VM{Name: "n", Kernel: "/k", Cmdline: "c", CPUs: 2, Memory: 256 << 20, ID: 200124,
+		NUMA: config.NUMA{Nodes: []config.VNode{{CPUs: []int{0}, Memory: 96 << 20, HostNode: &one}, {CPUs: []int{1}, Memory: 160 << 20}}}}
+	if got := strings.Join(ForVM(vm, "/run/sw").Argv(), " "); !strings.Contains(got, " --numa-node 0:96M:1 --numa-node 1:160M ") {
+		t.Errorf("vNUMA VM's argv: %s", got)
+	}
+	vm.NUMA = config.NUMA{Node: &one}
+	if got := strings.Join(ForVM(vm, "/run/sw").Argv(), " "); !strings.Contains(got, " --numa-bind 1 ") {
+		t.Errorf("bound VM's argv: %s", got)
 	}
 }
 

@@ -65,6 +65,10 @@ type Options struct {
 	// default, 40 bits, lets the appliance's KVM map guest RAM up to
 	// 1 TiB only.
 	PhysBits int
+	// NUMANodes, when 2 or more, gives the appliance that many NUMA
+	// nodes: Memory split evenly among them, vCPU c on node c%NUMANodes
+	// (nodes past the vCPUs have memory only).
+	NUMANodes int
 }
 
 // Machine is a running QEMU.
@@ -175,6 +179,14 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 		// word on the console; the log says what it was (resetCause).
 		"-d", "cpu_reset", "-D", filepath.Join(tmp, "qemu.log"),
 	)
+	if o.NUMANodes > 1 {
+		numa, err := numaArgs(o.Memory, o.CPUs, o.NUMANodes)
+		if err != nil {
+			os.RemoveAll(tmp)
+			return nil, err
+		}
+		args = append(args, numa...)
+	}
 	if o.UserNet {
 		args = append(args, "-netdev", "user,id=wan", "-device", "virtio-net-pci,netdev=wan")
 	} else {
@@ -747,4 +759,35 @@ func (m *Machine) Done() (Result, bool) {
 func (m *Machine) Kill() {
 	m.cmd.Process.Kill()
 	<-m.done
+}
+
+// numaArgs are QEMU's options for an appliance of memory (as Options has
+// it) and cpus vCPUs in nodes NUMA nodes.
+func numaArgs(memory string, cpus, nodes int) ([]string, error) {
+	digits, shift := memory, 0 // QEMU's -m counts MiB without a suffix
+	switch memory[len(memory)-1] {
+	case 'M':
+		digits = memory[:len(memory)-1]
+	case 'G':
+		digits, shift = memory[:len(memory)-1], 10
+	case 'T':
+		digits, shift = memory[:len(memory)-1], 20
+	}
+	n, err := strconv.ParseUint(digits, 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("memory %q: %w", memory, err)
+	}
+	mib := n << shift
+	if mib%uint64(nodes) != 0 || nodes > 8 {
+		return nil, fmt.Errorf("numa: %d MiB does not split evenly among %d nodes (at most 8)", mib, nodes)
+	}
+	var args []string
+	for i := 0; i < nodes; i++ {
+		node := fmt.Sprintf("node,nodeid=%d,memdev=numa%d", i, i)
+		for c := i; c < cpus; c += nodes {
+			node += fmt.Sprintf(",cpus=%d", c)
+		}
+		args = append(args, "-object", fmt.Sprintf("memory-backend-ram,id=numa%d,size=%dM", i, mib/uint64(nodes)), "-numa", node)
+	}
+	return args, nil
 }

@@ -153,3 +153,15 @@ done
 		t.Errorf("Why() = %q", r.Why())
 	}
 }
+
+func TestNUMAArgs(t *testing.T) {
+	got, err := numaArgs("2G", 3, 2)
+	want := "-object memory-backend-ram,id=numa0,size=1024M -numa node,nodeid=0,memdev=numa0,cpus=0,cpus=2 " +
+		"-object memory-backend-ram,id=numa1,size=1024M -numa node,nodeid=1,memdev=numa1,cpus=1"
+	if err != nil || strings.Join(got, " ") != want {
+		t.Errorf("numaArgs = %q, %v; want %q", strings.Join(got, " "), err, want)
+	}
+	if _, err := numaArgs("1025", 1, 2); err == nil {
+		t.Errorf("1025 MiB split in 2: no error")
+	}
+}

@@ -1,5 +1,5 @@
-// Package acpi builds the ACPI tables (RSDP, XSDT, FADT, MADT, DSDT, MCFG)
-// that describe hyperroot's x86-64 machine to the guest.
+// Package acpi builds the ACPI tables (RSDP, XSDT, FADT, MADT, DSDT, MCFG,
+// and SRAT and SLIT for a virtual NUMA topology) that describe hyperroot's x86-64 machine to the guest.
 //
 // The platform is "hardware-reduced" ACPI: no PM timer, GPE or PM1 register
 // blocks and no SMI, so the VMM emulates only a reset port, two sleep
@@ -27,6 +27,9 @@ type Config struct {
 	// Devices are extra objects placed in \_SB, e.g. a PCI host bridge
 	// built with package aml.
 	Devices []aml.Term
+	// NUMA, when not empty, is the guest's virtual NUMA topology: SRAT
+	// and SLIT tables describe it. Every vCPU must be on one node.
+	NUMA []NUMANode
 }
 
 // MaxSize is the room for tables between layout.ACPIStart and layout.ACPIEnd.
@@ -50,6 +53,10 @@ func Build(cfg Config) (blob []byte, rsdpOffset uint64, err error) {
 		return nil, 0, fmt.Errorf("acpi: %d vCPUs do not fit in %d bytes of tables", cfg.CPUs, MaxSize)
 	}
 
+	if err := checkNUMA(cfg.NUMA, cfg.CPUs); err != nil {
+		return nil, 0, fmt.Errorf("acpi: %w", err)
+	}
+
 	var w writer
 	// RSDP first, at layout.ACPIStart itself; filled in last.
 	rsdpOffset = w.reserve(36)
@@ -65,6 +72,9 @@ func Build(cfg Config) (blob []byte, rsdpOffset uint64, err error) {
 	}
 	if cfg.MCFG {
 		tables = append(tables, w.place(mcfg()))
+	}
+	if len(cfg.NUMA) > 0 {
+		tables = append(tables, w.place(srat(cfg.NUMA)), w.place(slit(len(cfg.NUMA))))
 	}
 	xsdtAddr := w.place(xsdt(tables))
 	copy(w.buf[rsdpOffset:], rsdp(xsdtAddr))

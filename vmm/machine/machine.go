@@ -53,6 +53,12 @@ type Config struct {
 	// NICs are served as vhost-user virtio-net devices, after the disks
 	// on the PCI bus (the guest's eth0, eth1, ...).
 	NICs []NIC
+	// MemNodes splits guest RAM into NUMA nodes and binds each to its
+	// host node (memory.Options.Nodes); one node binds all of it.
+	MemNodes []memory.Node
+	// NodeCPUs, when not empty, gives the guest a virtual NUMA topology:
+	// node i (with MemNodes[i]'s RAM) holds vCPUs NodeCPUs[i].
+	NodeCPUs [][]int
 	// Trace writes every port access but the serial port's, every access
 	// no device claims, and every vCPU's registers each 3 s to stderr: for
 	// finding out why a guest hangs. Slow.
@@ -249,7 +255,10 @@ func (m *Machine) build(cfg Config, k *boot.Kernel) (err error) {
 			return err
 		}
 	}
-	if m.mem, err = memory.New(cfg.Memory, memory.Options{HugePages: cfg.HugePages}); err != nil {
+	if len(cfg.NodeCPUs) > 0 && len(cfg.NodeCPUs) != len(cfg.MemNodes) {
+		return fmt.Errorf("numa: %d nodes of vCPUs, %d of memory", len(cfg.NodeCPUs), len(cfg.MemNodes))
+	}
+	if m.mem, err = memory.New(cfg.Memory, memory.Options{HugePages: cfg.HugePages, Nodes: cfg.MemNodes}); err != nil {
 		return err
 	}
 	if _, err := m.mem.Register(m.vm, 0); err != nil {
@@ -263,7 +272,14 @@ func (m *Machine) build(cfg Config, k *boot.Kernel) (err error) {
 	if err != nil {
 		return err
 	}
-	tables, rsdpOff, err := acpi.Build(acpi.Config{CPUs: cfg.CPUs, MCFG: true, Devices: append(platformDevices(), m.pci.AML())})
+	var numa []acpi.NUMANode
+	for i, r := range memory.NodeRanges(cfg.Memory, cfg.MemNodes) {
+		if len(cfg.NodeCPUs) > 0 {
+			numa = append(numa, acpi.NUMANode{CPUs: cfg.NodeCPUs[i], Memory: r})
+		}
+	}
+	tables, rsdpOff, err := acpi.Build(acpi.Config{CPUs: cfg.CPUs, MCFG: true, NUMA: numa,
+		Devices: append(platformDevices(), m.pci.AML())})
 	if err != nil {
 		return fmt.Errorf("acpi: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -41,7 +42,25 @@ type Options struct {
 	// Huge1G) so the guest's TLB reach grows and the memory cannot be
 	// swapped. The host must have enough free huge pages reserved.
 	HugePages PageSize
+	// Nodes, when given, splits guest RAM into NUMA nodes, in order: the
+	// first Nodes[0].Size bytes of the memfd are the first node's, and
+	// so on; their sizes add up to the RAM's and are multiples of the
+	// page size. Each node's pages are allocated on its host node when
+	// it names one.
+	Nodes []Node
 }
+
+// Node is one NUMA node's share of guest RAM.
+type Node struct {
+	Size uint64
+	// HostNode is the host NUMA node its pages must come from (mbind
+	// MPOL_BIND before any is touched); -1: wherever the kernel likes.
+	HostNode int
+}
+
+// maxHostNodes bounds a host node number: the kernel's own limit
+// (CONFIG_NODES_SHIFT of 10 on x86-64).
+const maxHostNodes = 1024
 
 // Region is one contiguous piece of guest RAM.
 type Region struct {
@@ -116,6 +135,11 @@ func New(size uint64, opts Options) (*Guest, error) {
 		}
 		return nil, fmt.Errorf("memory: map %#x bytes of guest RAM: %w", size, err)
 	}
+	if err := bindNodes(mem, size, page, opts.Nodes); err != nil {
+		unix.Munmap(mem)
+		unix.Close(fd)
+		return nil, err
+	}
 	if opts.HugePages != 0 {
 		// Huge pages are taken from the pool now, all of them, so that
 		// the pool's count says what this guest holds and a pool
@@ -134,6 +158,77 @@ func New(size uint64, opts Options) (*Guest, error) {
 		off += n
 	}
 	return g, nil
+}
+
+// bindNodes binds each node's part of mem (a mapping of size bytes, in
+// pages of page bytes) to its host node, before anything touches it: the
+// memfd's shared policy then places every page where its node says,
+// whichever thread faults it in (a vCPU, or a vhost-user backend's
+// mapping).
+func bindNodes(mem []byte, size, page uint64, nodes []Node) error {
+	if len(nodes) == 0 {
+		return nil
+	}
+	var off uint64
+	for i, n := range nodes {
+		if n.Size == 0 || n.Size%page != 0 {
+			return fmt.Errorf("memory: NUMA node %d: %#x bytes is not a non-zero multiple of the %d KiB page size", i, n.Size, page>>10)
+		}
+		if n.Size > size-off {
+			return fmt.Errorf("memory: NUMA nodes hold more than the guest's %#x bytes of RAM", size)
+		}
+		if n.HostNode >= maxHostNodes {
+			return fmt.Errorf("memory: NUMA node %d: host node %d (the kernel has at most %d)", i, n.HostNode, maxHostNodes)
+		}
+		if n.HostNode >= 0 {
+			if err := mbind(mem[off:off+n.Size], n.HostNode); err != nil {
+				return fmt.Errorf("memory: bind NUMA node %d's %d MiB to host node %d: %w", i, n.Size>>20, n.HostNode, err)
+			}
+		}
+		off += n.Size
+	}
+	if off != size {
+		return fmt.Errorf("memory: NUMA nodes hold %#x bytes of the guest's %#x", off, size)
+	}
+	return nil
+}
+
+// mbind sets the policy of the pages of b to come from host node only.
+func mbind(b []byte, node int) error {
+	const mpolBind = 2
+	var mask [maxHostNodes / 64]uint64
+	mask[node/64] |= 1 << (node % 64)
+	// maxnode counts one more bit than the mask holds: the kernel has
+	// always read one fewer than it is given.
+	_, _, e := unix.Syscall6(unix.SYS_MBIND, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), mpolBind,
+		uintptr(unsafe.Pointer(&mask[0])), uintptr(len(mask)*64+1), 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+// NodeRanges are the guest-physical ranges ([start, end)) of each node's
+// RAM in a guest of size bytes (nodes as in Options.Nodes, assumed to add
+// up to size): a node whose share of the memfd spans the hole below 4 GiB
+// has a range on each side of it.
+func NodeRanges(size uint64, nodes []Node) [][][2]uint64 {
+	out := make([][][2]uint64, len(nodes))
+	ram := layout.RAMRanges(size)
+	var off, base uint64 // node's first memfd byte; memfd offset of ram[0]
+	for i, n := range nodes {
+		lo, hi := off, off+n.Size
+		base = 0
+		for _, r := range ram {
+			rlo, rhi := base, base+(r[1]-r[0])
+			if a, b := max(lo, rlo), min(hi, rhi); a < b {
+				out[i] = append(out[i], [2]uint64{r[0] + a - rlo, r[0] + b - rlo})
+			}
+			base = rhi
+		}
+		off = hi
+	}
+	return out
 }
 
 // Fd is the memfd holding guest RAM. It stays owned by the Guest.

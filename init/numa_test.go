@@ -1,0 +1,70 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/hyperroot/hyperroot/init/config"
+)
+
+// fakeNodes points nodeDir at a host with nodes 0 (CPUs 0-1) and 1 (no
+// CPUs).
+func fakeNodes(t *testing.T) {
+	dir := t.TempDir()
+	for node, cpus := range map[string]string{"node0": "0-1\n", "node1": "\n"} {
+		os.Mkdir(filepath.Join(dir, node), 0o755)
+		os.WriteFile(filepath.Join(dir, node, "cpulist"), []byte(cpus), 0o644)
+	}
+	os.WriteFile(filepath.Join(dir, "online"), []byte("0-1\n"), 0o644)
+	old := nodeDir
+	nodeDir = dir
+	t.Cleanup(func() { nodeDir = old })
+}
+
+func TestNUMAPlacement(t *testing.T) {
+	fakeNodes(t)
+	zero, one, two := 0, 1, 2
+	for _, tc := range []struct {
+		name            string
+		numa            config.NUMA
+		err, mems, cpus string
+	}{
+		{"none", config.NUMA{}, "", "", ""},
+		{"whole VM on node 0", config.NUMA{Node: &zero}, "", "0", "0-1"},
+		{"whole VM on a node without CPUs", config.NUMA{Node: &one}, "", "1", ""},
+		{"guest topology", config.NUMA{Nodes: []config.VNode{{HostNode: &one}, {HostNode: &zero}, {}}}, "", "1,0", ""},
+		{"a node the host lacks", config.NUMA{Nodes: []config.VNode{{HostNode: &two}}},
+			"numa: host node 2: this host's NUMA nodes are 0-1", "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := checkNUMA(config.VM{Name: "v", NUMA: tc.numa})
+			if (err == nil) != (tc.err == "") || (err != nil && err.Error() != tc.err) {
+				t.Fatalf("checkNUMA: %v, want %q", err, tc.err)
+			}
+			if err != nil {
+				return
+			}
+			mems, cpus, err := numaCPUSet(tc.numa)
+			if err != nil || mems != tc.mems || cpus != tc.cpus {
+				t.Errorf("numaCPUSet = %q, %q, %v; want %q, %q", mems, cpus, err, tc.mems, tc.cpus)
+			}
+		})
+	}
+}
+
+func TestParseRAMNodes(t *testing.T) {
+	maps := strings.Join([]string{
+		"7f0000000000 bind:0 file=/memfd:hyperroot-guest-ram\\040(deleted) dirty=10 N0=10 kernelpagesize_kB=4",
+		"7f0000a00000 bind:1 file=/memfd:hyperroot-guest-ram\\040(deleted) dirty=7 N1=5 N0=2 kernelpagesize_kB=4",
+		"7f0001000000 default anon=3 dirty=3 N0=3 kernelpagesize_kB=4",
+		"7f0002000000 default file=/memfd:hyperroot-guest-ram\\040(deleted) Nx=4 N1=bad",
+	}, "\n")
+	if got := parseRAMNodes(maps); got != "ram-nodes N0=12 N1=5 ram-policy=bind:0,bind:1,default" {
+		t.Errorf("parseRAMNodes = %q", got)
+	}
+	if got := parseRAMNodes("7f00 default anon=1 N0=1\n"); got != "" {
+		t.Errorf("no guest RAM: %q", got)
+	}
+}

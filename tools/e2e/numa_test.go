@@ -1,0 +1,77 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/hyperroot/hyperroot/tools/qemu"
+)
+
+// TestNUMA: on an appliance with two NUMA nodes (QEMU's, one vCPU each),
+// a VM bound to node 1 has all its guest RAM there (the kernel's
+// numa_maps of its VMM, through the console's qos command) and its
+// threads on node 1's CPU; a VM with a NUMA topology of its own sees two
+// nodes with the vCPUs and memory the configuration gives them, each
+// node's RAM on its host node; a VM naming a node the host lacks does
+// not start, with an error naming it.
+func TestNUMA(t *testing.T) {
+	cfg := configFile(t, "vms:\n"+
+		loadVM("bound", "echo", 1, "128M", "    numa: {node: 1}\n")+
+		loadVM("vnuma", "numa", 2, "256M", "    numa: {nodes: [{cpus: 0, memory: 96M, host_node: 1}, {cpus: 1, memory: 160M, host_node: 0}]}\n",
+			"hyperroot.numa=hold")+
+		loadVM("nowhere", "echo", 1, "64M", "    numa: {node: 7}\n"))
+	testbed(t, func(t testing.TB) {
+		pr, pw := io.Pipe()
+		defer pw.Close()
+		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Stdin: pr, CPUs: 2, Memory: "2G", NUMANodes: 2})
+		seen(t, m, `hyperroot: error: vm nowhere: numa: host node 7: this host's NUMA nodes are 0-1$`)
+		// The topology the guest kernel found, from the SRAT.
+		mem := map[string]uint64{}
+		for _, node := range []string{"node0 cpus=0", "node1 cpus=1"} {
+			l := seen(t, m, `^vnuma\| guest: numa `+node+` memtotal_kb=\d+$`)
+			kb, _ := strconv.ParseUint(l[strings.LastIndex(l, "=")+1:], 10, 64)
+			mem[node[:5]] = kb
+		}
+		seen(t, m, `^vnuma\| guest: numa nodes=2$`)
+		// MemTotal counts what the kernel manages: a node's RAM less what
+		// firmware areas and the kernel itself took.
+		if mem["node0"] < 32<<10 || mem["node0"] > 96<<10 || mem["node1"] < 120<<10 || mem["node1"] > 160<<10 {
+			t.Errorf("guest nodes' MemTotal %v KiB, want about 96 MiB and 160 MiB", mem)
+		}
+		seen(t, m, `^bound\| guest: action echo`)
+		fmt.Fprintln(pw, "qos bound")
+		l := expect(t, m, `hyperroot: qos bound cpu\.usage=`)
+		pages := regexp.MustCompile(`\bram-nodes((?: N\d+=\d+)+)`).FindStringSubmatch(l)
+		if pages == nil || strings.Contains(pages[1], "N0=") || !strings.Contains(pages[1], "N1=") || !strings.HasSuffix(l, " ram-policy=bind:1") {
+			t.Errorf("bound VM's guest RAM not all on node 1: %s", l)
+		}
+		if !regexp.MustCompile(`\baffinity other=1 vcpu0=1\b`).MatchString(l) {
+			t.Errorf("bound VM's threads not on node 1's CPU: %s", l)
+		}
+		// The guest's node 0 (96 MiB) on host node 1, its node 1 (160
+		// MiB) on host node 0: the pages touched so far on each host
+		// node, at most what the guest node there holds (4 KiB pages).
+		fmt.Fprintln(pw, "qos vnuma")
+		l = expect(t, m, `hyperroot: qos vnuma cpu\.usage=`)
+		nodes := regexp.MustCompile(`\bram-nodes N0=(\d+) N1=(\d+) ram-policy=bind:1,bind:0$`).FindStringSubmatch(l)
+		if nodes == nil {
+			t.Fatalf("guest RAM of the vNUMA VM not on both host nodes: %s", l)
+		}
+		n0, _ := strconv.Atoi(nodes[1])
+		n1, _ := strconv.Atoi(nodes[2])
+		if n0 > 160<<8 || n1 > 96<<8 || n0 == 0 || n1 == 0 {
+			t.Errorf("host node 0 holds %d pages (guest node 1: 160 MiB), host node 1 %d (guest node 0: 96 MiB): %s", n0, n1, l)
+		}
+		fmt.Fprintln(pw, "@vnuma poweroff")
+		fmt.Fprintln(pw, "@bound poweroff")
+		r := m.Wait()
+		if !r.PowerOff {
+			t.Fatalf("no clean power-off: %+v", r)
+		}
+		wantLines(t, r.Lines, "hyperroot: vm vnuma exited code=0 reason=poweroff", "hyperroot: vm bound exited code=0 reason=poweroff")
+	})
+}
