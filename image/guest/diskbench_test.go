@@ -116,11 +116,19 @@ func TestRun(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := d.run(benchOptions{Time: 50 * time.Millisecond, Jobs: 3}); err != nil {
-				t.Fatalf("run: %v", err)
-			}
-			if d.covered != size {
-				t.Fatalf("covered %d bytes, want the whole %d-byte disk", d.covered, size)
+			// The write pass runs for a time, not a size: a loaded machine
+			// may not write 3 MiB in 50 ms, so the time doubles until the
+			// pass covers the whole disk, which the damage below needs.
+			for tm := 50 * time.Millisecond; ; tm *= 2 {
+				if err := d.run(benchOptions{Time: tm, Jobs: 3}); err != nil {
+					t.Fatalf("run: %v", err)
+				}
+				if d.covered == size {
+					break
+				}
+				if tm > 10*time.Second {
+					t.Fatalf("covered %d bytes in %v, want the whole %d-byte disk", d.covered, tm, size)
+				}
 			}
 			if tc.damage == nil {
 				return
