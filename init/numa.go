@@ -59,7 +59,8 @@ func numaCPUSet(u config.NUMA) (mems, cpus string, err error) {
 // the pages touched on each host node, summed over the memfd's mappings,
 // and the mappings' policies in address order (a guest topology's nodes
 // are separate mappings, each bound to its host node); "" when there is
-// none to read.
+// none to read, or all of it is on one node with no policy (a VM without
+// numa: on a host of one node says nothing more than before).
 func guestRAMNodes(pid int) string {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/numa_maps", pid))
 	if err != nil {
@@ -93,8 +94,8 @@ func parseRAMNodes(maps string) string {
 			}
 		}
 	}
-	if len(pages) == 0 {
-		return ""
+	if len(pages) == 0 || len(pages) == 1 && len(policies) == 1 && policies[0] == "default" {
+		return "" // nothing NUMA to tell: one node, no policy
 	}
 	nodes := make([]int, 0, len(pages))
 	for n := range pages {

@@ -67,4 +67,10 @@ func TestParseRAMNodes(t *testing.T) {
 	if got := parseRAMNodes("7f00 default anon=1 N0=1\n"); got != "" {
 		t.Errorf("no guest RAM: %q", got)
 	}
+	if got := parseRAMNodes("7f00 default file=/memfd:hyperroot-guest-ram N0=5\n7f10 default file=/memfd:hyperroot-guest-ram N0=2\n"); got != "" {
+		t.Errorf("all on one node, no policy: %q", got)
+	}
+	if got := parseRAMNodes("7f00 bind:0 file=/memfd:hyperroot-guest-ram N0=5\n"); got != "ram-nodes N0=5 ram-policy=bind:0" {
+		t.Errorf("bound on a host of one node: %q", got)
+	}
 }
