@@ -1,6 +1,7 @@
 package config
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 
@@ -38,15 +39,9 @@ const maxVNodes = 64
 func (n NUMA) HostNodes() []int {
 	var all []int
 	add := func(h *int) {
-		if h == nil {
-			return
+		if h != nil && !slices.Contains(all, *h) {
+			all = append(all, *h)
 		}
-		for _, x := range all {
-			if x == *h {
-				return
-			}
-		}
-		all = append(all, *h)
 	}
 	add(n.Node)
 	for _, v := range n.Nodes {

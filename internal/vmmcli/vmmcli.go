@@ -220,12 +220,11 @@ func Parse(args []string, stderr io.Writer) (Args, error) {
 		func(v string) (err error) { a.PinEmulator, err = parseCPUList(v); return err })
 	fs.Func("numa-bind", "allocate all of guest RAM on this host NUMA node",
 		func(v string) error {
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 0 || n >= MaxHostNodes {
-				return fmt.Errorf("host node %q: want a number 0-%d", v, MaxHostNodes-1)
+			n, err := parseHostNode(v)
+			if err == nil {
+				a.NUMABind = &n
 			}
-			a.NUMABind = &n
-			return nil
+			return err
 		})
 	fs.Func("numa-node", "a node of the guest's NUMA topology, repeatable, in order: CPUS:SIZE[:HOSTNODE]\n"+
 		"(its vCPUs, comma-separated; its share of guest RAM; the host node that share is allocated on)",
@@ -509,10 +508,6 @@ func cpuList(cpus []int) string {
 	return strings.Join(w, ",")
 }
 
-// MaxHostNodes bounds a host NUMA node number (the kernel's own limit on
-// x86-64).
-const MaxHostNodes = 1024
-
 // NUMANode is one --numa-node flag.
 type NUMANode struct {
 	CPUs   []int
@@ -541,13 +536,23 @@ func ParseNUMANode(v string) (NUMANode, error) {
 	}
 	n := NUMANode{CPUs: cpus, Memory: f[1]}
 	if len(f) == 3 {
-		h, err := strconv.Atoi(f[2])
-		if err != nil || h < 0 || h >= MaxHostNodes {
-			return NUMANode{}, fmt.Errorf("numa node %q: host node %q: want a number 0-%d", v, f[2], MaxHostNodes-1)
+		h, err := parseHostNode(f[2])
+		if err != nil {
+			return NUMANode{}, fmt.Errorf("numa node %q: %w", v, err)
 		}
 		n.Host = &h
 	}
 	return n, nil
+}
+
+// parseHostNode reads a host NUMA node number, bounded as the
+// configuration bounds it.
+func parseHostNode(v string) (int, error) {
+	h, err := strconv.Atoi(v)
+	if err != nil || h < 0 || h > config.MaxHostNode {
+		return 0, fmt.Errorf("host node %q: want a number 0-%d", v, config.MaxHostNode)
+	}
+	return h, nil
 }
 
 // parseCPUList reads "2,3" (at least one CPU, each 0-8191).

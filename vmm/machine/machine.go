@@ -273,8 +273,8 @@ func (m *Machine) build(cfg Config, k *boot.Kernel) (err error) {
 		return err
 	}
 	var numa []acpi.NUMANode
-	for i, r := range memory.NodeRanges(cfg.Memory, cfg.MemNodes) {
-		if len(cfg.NodeCPUs) > 0 {
+	if len(cfg.NodeCPUs) > 0 {
+		for i, r := range memory.NodeRanges(cfg.Memory, cfg.MemNodes) {
 			numa = append(numa, acpi.NUMANode{CPUs: cfg.NodeCPUs[i], Memory: r})
 		}
 	}
