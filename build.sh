@@ -150,40 +150,59 @@ kvm_usable() { go run ./tools/kvmtest probe; }
 unit_and_e2e() {
 	# HYPERROOT_STRICT=1: tests fail, never skip, when something they need is missing.
 	export HYPERROOT_STRICT=1 HYPERROOT_IMAGE="$PWD/$OUT/image"
+	testreport_build || return 1
 	if kvm_usable; then
 		echo "    /dev/kvm usable: KVM tests run on the host, and again in the appliance (tools/e2e TestKVMInAppliance)"
-		go test -count=1 -timeout 40m ./...
+		go test -json -count=1 -timeout 40m ./... | testreport
 		return
 	fi
 	# No KVM on the host: the tests that need it run inside the appliance
 	# under QEMU (tools/e2e TestKVMInAppliance), and the host leaves them
 	# out of its own run of their packages (-skip), rather than skipping.
-	local list dir re mod failed=0 kvmpkgs=()
+	local list dir re mod status failed=0 kvmpkgs=()
 	list=$(go run ./tools/kvmtest list) || return 1
 	mod=$(go list -m)
 	while read -r dir re; do
 		[ -n "$dir" ] && kvmpkgs+=("$mod/$dir")
 	done <<<"$list"
 	echo "    no usable /dev/kvm on the host: the KVM tests of ${kvmpkgs[*]#$mod/} run in the appliance (tools/e2e TestKVMInAppliance)"
-	go test -count=1 -timeout 40m $(go list ./... | grep -vxF -f <(printf '%s\n' "${kvmpkgs[@]}")) || failed=1
-	while read -r dir re; do
-		[ -n "$dir" ] || continue
-		echo "    $dir, its tests that need no KVM (on the host: -skip '$re')"
-		go test -count=1 -timeout 10m -skip "$re" "./$dir" || failed=1
-	done <<<"$list"
+	status=$(mktemp)
+	{
+		go test -json -count=1 -timeout 40m $(go list ./... | grep -vxF -f <(printf '%s\n' "${kvmpkgs[@]}")) || echo "go test: $?" >>"$status"
+		while read -r dir re; do
+			[ -n "$dir" ] || continue
+			echo "    $dir, its tests that need no KVM (on the host: -skip '$re')"
+			go test -json -count=1 -timeout 10m -skip "$re" "./$dir" || echo "go test $dir: $?" >>"$status"
+		done <<<"$list"
+	} | testreport || failed=1
+	[ -s "$status" ] && failed=1
+	rm -f "$status"
 	return $failed
 }
 
+# testreport: go test -json in, the usual terse output out, and at the end a
+# summary of what failed or hung and of the slow tests (tools/testreport), so
+# that the tail of a CI log says which test to look at.
+TESTREPORT=$OUT/bin/testreport
+testreport_build() { go build -o "$TESTREPORT" ./tools/testreport; }
+testreport() { "$TESTREPORT" -slow 60s; }
+
 race() {
-	go test -race -count=1 -timeout 20m $(tools/race-packages.sh) || return 1
+	testreport_build || return 1
 	# The packages with KVM tests (init, vmm/kvm, vmm/machine) have other
 	# tests too, PID 1's goroutines among them: those run here, the KVM
 	# ones left out as on a host without KVM.
-	local dir re failed=0
-	while read -r dir re; do
-		[ -n "$dir" ] || continue
-		go test -race -count=1 -timeout 10m -skip "$re" "./$dir" || failed=1
-	done < <(go run ./tools/kvmtest list)
+	local dir re status failed=0
+	status=$(mktemp)
+	{
+		go test -json -race -count=1 -timeout 20m $(tools/race-packages.sh) || echo "go test: $?" >>"$status"
+		while read -r dir re; do
+			[ -n "$dir" ] || continue
+			go test -json -race -count=1 -timeout 10m -skip "$re" "./$dir" || echo "go test $dir: $?" >>"$status"
+		done < <(go run ./tools/kvmtest list)
+	} | testreport || failed=1
+	[ -s "$status" ] && failed=1
+	rm -f "$status"
 	return $failed
 }
 

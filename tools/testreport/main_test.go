@@ -1,0 +1,111 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// line builds one test2json line.
+func line(action, pkg, test, output string) string {
+	var b strings.Builder
+	b.WriteString(`{"Action":"` + action + `","Package":"` + pkg + `"`)
+	if test != "" {
+		b.WriteString(`,"Test":"` + test + `"`)
+	}
+	if output != "" {
+		b.WriteString(`,"Output":` + quote(output))
+	}
+	b.WriteString("}\n")
+	return b.String()
+}
+
+func quote(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`, "\t", `\t`)
+	return `"` + r.Replace(s) + `"`
+}
+
+func TestReport(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		in     string
+		ok     bool
+		want   []string
+		absent []string
+	}{{
+		name: "pass",
+		in: line("run", "p", "TestA", "") +
+			line("output", "p", "TestA", "=== RUN   TestA\n") +
+			line("output", "p", "TestA", "chatter of a passing test\n") +
+			`{"Action":"pass","Package":"p","Test":"TestA","Elapsed":75.5}` + "\n" +
+			line("output", "p", "", "PASS\n") +
+			line("output", "p", "", "ok  \tp\t75.6s\n") +
+			`{"Action":"pass","Package":"p","Elapsed":75.6}` + "\n",
+		ok:     true,
+		want:   []string{"ok  \tp\t75.6s", "1 tests", "75.5s  TestA  p"},
+		absent: []string{"chatter", "FAIL", "UNFINISHED"},
+	}, {
+		name: "fail shows the test's output and names it last",
+		in: line("run", "p", "TestB", "") +
+			line("output", "p", "TestB/sub", "    b_test.go:9: it broke\n") +
+			`{"Action":"fail","Package":"p","Test":"TestB/sub","Elapsed":1}` + "\n" +
+			`{"Action":"fail","Package":"p","Test":"TestB","Elapsed":2}` + "\n" +
+			line("output", "p", "", "FAIL\tp\t2.1s\n") +
+			`{"Action":"fail","Package":"p","Elapsed":2.1}` + "\n",
+		want: []string{"it broke", "FAIL     2.0s  TestB  p"},
+	}, {
+		name: "a timeout names the test that was running",
+		in: line("run", "p", "TestDone", "") +
+			`{"Action":"pass","Package":"p","Test":"TestDone","Elapsed":3}` + "\n" +
+			line("run", "p", "TestHung", "") +
+			line("output", "p", "TestHung", "appliance: waiting\n") +
+			line("output", "p", "", "panic: test timed out after 40m0s\n") +
+			line("output", "p", "", "FAIL\tp\t2400.0s\n") +
+			`{"Action":"fail","Package":"p","Elapsed":2400}` + "\n",
+		want:   []string{"panic: test timed out", "--- UNFINISHED: TestHung", "appliance: waiting", "UNFINISHED  TestHung  p"},
+		absent: []string{"UNFINISHED: TestDone"},
+	}, {
+		name: "input that stops mid-package",
+		in: line("run", "p", "TestCut", "") +
+			line("output", "p", "TestCut", "last words\n"),
+		want: []string{"package p never ended", "last words", "UNFINISHED  TestCut"},
+	}, {
+		name: "build errors",
+		in: `{"ImportPath":"q [q.test]","Action":"build-output","Output":"q/x.go:1:1: syntax error\n"}` + "\n" +
+			`{"ImportPath":"q [q.test]","Action":"build-fail"}` + "\n" +
+			"FAIL\tq [build failed]\n",
+		want: []string{"syntax error", "FAIL\tq [build failed]", "failed outside its tests"},
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out strings.Builder
+			ok := run(strings.NewReader(tc.in), &out, time.Minute)
+			if ok != tc.ok {
+				t.Errorf("run = %v, want %v", ok, tc.ok)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("output lacks %q:\n%s", w, out.String())
+				}
+			}
+			for _, a := range tc.absent {
+				if strings.Contains(out.String(), a) {
+					t.Errorf("output has %q:\n%s", a, out.String())
+				}
+			}
+		})
+	}
+}
+
+func TestKeepsTheEnd(t *testing.T) {
+	var tt test
+	tt.name = "TestLong"
+	for i := 0; i < keepLines+10; i++ {
+		tt.add("x\n")
+	}
+	tt.add("the end\n")
+	var out strings.Builder
+	tt.print(&out)
+	if !strings.Contains(out.String(), "11 earlier lines of TestLong left out") || !strings.HasSuffix(out.String(), "the end\n") {
+		t.Errorf("got %q...", out.String()[:120])
+	}
+}
