@@ -52,10 +52,11 @@ func TestIOMax(t *testing.T) {
 		// clock from its cgroup, over 8 s of a run's 12 s of I/O.
 		reads := func() float64 {
 			expect(t, m, `^io\| guest: action disk-iops$`)
-			ended := func() int {
-				return len(slices.DeleteFunc(m.Lines(), func(l string) bool { return !iopsRE.MatchString(l) }))
+			matching := func(re *regexp.Regexp) []string {
+				return slices.DeleteFunc(m.Lines(), func(l string) bool { return !re.MatchString(l) })
 			}
-			runs := ended()
+			count := func(re *regexp.Regexp) int { return len(matching(re)) }
+			runs, exits := count(iopsRE), count(ioExitRE)
 			at0, n0 := ioReads(t, m, pw)
 			time.Sleep(8 * time.Second)
 			at, n := ioReads(t, m, pw)
@@ -63,8 +64,17 @@ func TestIOMax(t *testing.T) {
 				time.Sleep(time.Second)
 				at, n = ioReads(t, m, pw)
 			}
-			if ended() != runs {
+			// The VM's cgroup and its counts start again with each run:
+			// a run that ended early (a guest crash, which the test bed
+			// judges) leaves nothing to measure.
+			if count(ioExitRE) != exits {
+				t.Fatalf("the VM exited during the measurement: %s", matching(ioExitRE)[exits])
+			}
+			if count(iopsRE) != runs {
 				t.Fatalf("the run's I/O ended before the measurement did (%.1f s of the appliance's clock)", at-at0)
+			}
+			if n < n0 {
+				t.Fatalf("the VM's cgroup counted %d reads, then %d: not one run", n0, n)
 			}
 			t.Logf("guest's own count: %s", expect(t, m, iopsRE.String()))
 			return float64(n-n0) / (at - at0)
@@ -131,4 +141,7 @@ func ioReads(t testing.TB, m *qemu.Machine, in io.Writer) (at float64, n uint64)
 	return at, n
 }
 
-var iopsRE = regexp.MustCompile(`^io\| guest: iops vda serial=io-0 \d+$`)
+var (
+	iopsRE   = regexp.MustCompile(`^io\| guest: iops vda serial=io-0 \d+$`)
+	ioExitRE = regexp.MustCompile(`hyperroot: vm io exited .*`)
+)
