@@ -11,7 +11,8 @@
 // benchmark of diskbench.go (disk-bench, options in hyperroot.diskbench=),
 // which may be chained with commas and take hyperroot.seed=<n>; they power
 // off when done. The network actions are in net.go, the load actions (spin,
-// fill) for the resource-control tests in load.go.
+// fill) for the resource-control tests in load.go. With hyperroot.online=all
+// it first brings every CPU the kernel left offline online (cpus.go).
 package main
 
 import (
@@ -19,7 +20,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -46,21 +46,24 @@ func main() {
 		unix.Sync()
 		unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 	})
+	var cmdline []string
+	if b, err := os.ReadFile("/proc/cmdline"); err == nil {
+		cmdline = strings.Fields(string(b))
+	}
+	onlineCPUs(cmdline) // cpus.go
 	var up unix.Timespec
 	unix.ClockGettime(unix.CLOCK_BOOTTIME, &up)
 	fmt.Printf("guest: booted nproc=%d memtotal_kb=%d time=%d uptime=%d.%03d inputs=%d\n",
-		runtime.NumCPU(), memTotalKB(), time.Now().Unix(), up.Sec, up.Nsec/1e6, n)
+		onlineCount(), memTotalKB(), time.Now().Unix(), up.Sec, up.Nsec/1e6, n)
 	reportHWRNG()
 	action := "poweroff"
 	var seed uint64
-	if b, err := os.ReadFile("/proc/cmdline"); err == nil {
-		for _, f := range strings.Fields(string(b)) {
-			if v, ok := strings.CutPrefix(f, "hyperroot.guest="); ok {
-				action = v
-			}
-			if v, ok := strings.CutPrefix(f, "hyperroot.seed="); ok {
-				seed, _ = strconv.ParseUint(v, 10, 64)
-			}
+	for _, f := range cmdline {
+		if v, ok := strings.CutPrefix(f, "hyperroot.guest="); ok {
+			action = v
+		}
+		if v, ok := strings.CutPrefix(f, "hyperroot.seed="); ok {
+			seed, _ = strconv.ParseUint(v, 10, 64)
 		}
 	}
 	fmt.Printf("guest: action %s\n", action)

@@ -16,6 +16,7 @@ import (
 // below 2 TiB through /dev/mem: memory the guest kernel was told not to
 // use, so nothing else there touches it.
 func TestTwoTiBGuest(t *testing.T) {
+	parallel(t)
 	const size = 2 << 40
 	probe := strconv.FormatUint(size-4096, 16)
 	testbed(t, func(t testing.TB) {

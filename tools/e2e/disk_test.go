@@ -150,6 +150,7 @@ func mustPass(t testing.TB, r qemu.Result) {
 // thread-pool backend with O_DIRECT, the reader the default (io_uring), so
 // both backends and both caching modes are exercised on a real guest.
 func TestDiskWriteVerify(t *testing.T) {
+	parallel(t)
 	testbed(t, func(t testing.TB) {
 		const seed = 7
 		img := mkext4(t, "32M")
@@ -226,6 +227,7 @@ func TestDiskWriteVerify(t *testing.T) {
 // for up to 30 s) is lost. The host then replays the journal and reads the
 // file.
 func TestDiskDurability(t *testing.T) {
+	parallel(t)
 	testbed(t, func(t testing.TB) {
 		const seed = 11
 		img := mkext4(t, "32M")
@@ -248,6 +250,7 @@ func TestDiskDurability(t *testing.T) {
 // guest (two request queues), every byte checked, on a disk the supervisor
 // creates as a sparse file because it does not exist yet.
 func TestDiskParallel(t *testing.T) {
+	parallel(t)
 	testbed(t, func(t testing.TB) {
 		cfg := writeConfig(t, diskVM("par", 2, "256M", "disk-rw-parallel", 3, []string{"{path: /tmp/par.img, size: 32M}"}))
 		m := start(t, qemu.Options{Config: cfg, Oneshot: true})
@@ -312,6 +315,7 @@ func TestDiskIOPS(t *testing.T) {
 // TestDiskErrors: a disk the supervisor cannot use stops its VM with an
 // error naming VM and disk, and never truncates an existing file.
 func TestDiskErrors(t *testing.T) {
+	parallel(t)
 	testbed(t, func(t testing.TB) {
 		cfg := writeConfig(t,
 			diskVM("nosize", 1, "128M", "poweroff", 0, []string{"{path: /tmp/missing.img}"}),

@@ -40,7 +40,7 @@ import (
 // Landlock (EACCES without a SELinux denial where DAC allows the access).
 // At set-up the attacker is root with CAP_DAC_OVERRIDE: file modes could
 // not stop it there, whatever they are, so a denial there is SELinux's.
-func TestEscape(t *testing.T) { escapeSuite(t, true) }
+func TestEscape(t *testing.T) { parallel(t); escapeSuite(t, true) }
 
 // TestEscapeWithoutSELinux is the escape suite on a kernel without
 // SELinux (an lsm= list without it, as on a board whose kernel has none;
@@ -49,7 +49,7 @@ func TestEscape(t *testing.T) { escapeSuite(t, true) }
 // says the jail alone holds each VMM, and it does: every attempt from the
 // jail, before and after the seccomp filters, is denied. (At set-up, before
 // the jail, SELinux is the only wall: those attempts are not made here.)
-func TestEscapeWithoutSELinux(t *testing.T) { escapeSuite(t, false) }
+func TestEscapeWithoutSELinux(t *testing.T) { parallel(t); escapeSuite(t, false) }
 
 func escapeSuite(t *testing.T, selinux bool) {
 	goBin := testenv.NeedTool(t, "go", "golang")

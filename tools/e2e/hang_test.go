@@ -35,6 +35,7 @@ var exitsRE = regexp.MustCompile(`^(demo\d)\| hyperroot vmm: demo\d: exits (\d+)
 // A run that hangs hits the appliance's own timeout, whose dump of every
 // VMM's vCPUs is in the test log.
 func TestDefaultDemo(t *testing.T) {
+	parallel(t)
 	for i := 1; i <= demoRuns; i++ {
 		t.Run(fmt.Sprintf("run%d", i), func(t *testing.T) {
 			testbed(t, func(t testing.TB) {
@@ -103,6 +104,7 @@ const spinRIP = "0x100201"
 // the dump must name its RIP; its AP never got INIT, so it must show it
 // waiting for one.
 func TestDump(t *testing.T) {
+	parallel(t)
 	testbed(t, func(t testing.TB) {
 		overlay := t.TempDir()
 		if err := os.MkdirAll(filepath.Join(overlay, "spin"), 0o755); err != nil {
@@ -119,7 +121,7 @@ func TestDump(t *testing.T) {
 `)
 		pr, pw := io.Pipe()
 		defer pw.Close()
-		host := 3 * time.Minute
+		host := 90 * time.Second
 		m := start(t, qemu.Options{Config: cfg, Overlay: overlay, Oneshot: true, Stdin: pr, Timeout: host})
 		expect(t, m, `hyperroot: vm spin started pid=`)
 		// A VMM still building its machine, or whose vCPUs have not

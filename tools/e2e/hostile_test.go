@@ -34,6 +34,7 @@ import (
 // once: the test tells the rogue to start ("@run go") when that VM's VMM
 // has exited and left the port.
 func TestHostilePeer(t *testing.T) {
+	parallel(t)
 	goBin := testenv.NeedTool(t, "go", "golang")
 	overlay := t.TempDir()
 	build := exec.Command(goBin, "build", "-o", filepath.Join(overlay, "rogue", "rogue"), "./rogue")

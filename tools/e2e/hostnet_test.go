@@ -16,6 +16,7 @@ import (
 // killed (its tap, address and route go with it) puts the same lease back
 // on the new tap.
 func TestHostDHCP(t *testing.T) {
+	parallel(t)
 	testbed(t, func(t testing.TB) {
 		cfg := filepath.Join(t.TempDir(), "config.yaml")
 		if err := os.WriteFile(cfg, []byte("networks:\n"+lanNet+"host: {network: lan, address: dhcp}\n"), 0o644); err != nil {

@@ -16,6 +16,7 @@ import (
 // and the counts. (1G pages are not shown: the emulated appliance's kernel
 // reserved none, neither from its command line nor at run time.)
 func TestHugePages(t *testing.T) {
+	parallel(t)
 	testbed(t, func(t testing.TB) {
 		pr, pw := io.Pipe()
 		defer pw.Close()

@@ -41,6 +41,7 @@ import (
 //     busy host cores sometimes fail the kernel's IO-APIC timer check and
 //     panic before init.
 func TestQEMUVhostUserClient(t *testing.T) {
+	parallel(t)
 	img := imageDir(t)
 	qemuBin := testenv.NeedTool(t, "qemu-system-x86_64", "qemu-system-x86")
 	goBin := testenv.NeedTool(t, "go", "golang")

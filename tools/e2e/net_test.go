@@ -136,6 +136,7 @@ func checkSwitchJailed(t testing.TB, lines []string, n int, hostNet bool) {
 // checksums; a third VM on another network leases from that network's range
 // and hears nothing of the first two.
 func TestNetTraffic(t *testing.T) {
+	parallel(t)
 	testbed(t, func(t testing.TB) {
 		const bytes = 100 << 20
 		// lan with jumbo frames: the VMM announces the MTU to the guests.
@@ -242,6 +243,7 @@ func TestNetPolicy(t *testing.T) {
 // client streams to a server; the supervisor restarts it, both VMMs
 // reconnect, the guests keep their leases and the stream completes intact.
 func TestNetSwitchRestart(t *testing.T) {
+	parallel(t)
 	testbed(t, func(t testing.TB) {
 		const bytes = 40 << 20
 		pr, pw := io.Pipe()
@@ -278,6 +280,7 @@ func TestNetSwitchRestart(t *testing.T) {
 // user networking, the outside world here) gets its address from that
 // world's DHCP server and opens a TCP connection to a server on the host.
 func TestNetUplink(t *testing.T) {
+	parallel(t)
 	testbed(t, func(t testing.TB) {
 		ln, err := net.Listen("tcp4", "127.0.0.1:0")
 		if err != nil {
@@ -325,6 +328,7 @@ func TestNetUplink(t *testing.T) {
 // offers: the host port gets its static address, the client pings the
 // appliance's own IP stack through it, then the server, and streams 16 MiB.
 func TestExampleLAN(t *testing.T) {
+	parallel(t)
 	testbed(t, func(t testing.TB) {
 		cfg, err := filepath.Abs("../../examples/lan.yaml")
 		if err != nil {

@@ -19,6 +19,7 @@ import (
 // node's RAM on its host node; a VM naming a node the host lacks does
 // not start, with an error naming it.
 func TestNUMA(t *testing.T) {
+	parallel(t)
 	cfg := configFile(t, "vms:\n"+
 		loadVM("bound", "echo", 1, "128M", "    numa: {node: 1}\n")+
 		loadVM("vnuma", "numa", 2, "256M", "    numa: {nodes: [{cpus: 0, memory: 96M, host_node: 1}, {cpus: 1, memory: 160M, host_node: 0}]}\n",

@@ -80,6 +80,7 @@ func TestQoS(t *testing.T) {
 // own): under pids 16 it cannot start its machine, and the console says
 // why (reason=pids); a neighbour with room runs, within its own limit.
 func TestPidsMax(t *testing.T) {
+	parallel(t)
 	testbed(t, func(t testing.TB) {
 		pr, pw := io.Pipe()
 		defer pw.Close()
