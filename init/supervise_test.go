@@ -49,7 +49,9 @@ func TestMain(m *testing.M) {
 // fakeChild says what it was asked to run, then behaves as this run's
 // entry of plan: "exit=N" exits with N; "seccomp" loads the VMM's process
 // filter and makes a call it refuses (socket(AF_INET)); "serve" prints the switch's ready
-// line, echoes its input, and exits 0 on SIGTERM.
+// line, echoes its input, and exits 0 on SIGTERM; "alive-once" serves after one
+// heartbeat (aliveLine) and then falls silent, as a hung switch; "beating"
+// serves with a heartbeat every 20 ms.
 func fakeChild(plan []string, dir string, args []string) int {
 	runs, _ := os.ReadDir(dir)
 	os.WriteFile(fmt.Sprintf("%s/run%d", dir, len(runs)), nil, 0o644)
@@ -71,6 +73,17 @@ func fakeChild(plan []string, dir string, args []string) int {
 	term := make(chan os.Signal, 1)
 	signal.Notify(term, unix.SIGTERM)
 	fmt.Println("ready networks=0 ports=0")
+	switch step {
+	case "alive-once":
+		fmt.Println(aliveLine)
+	case "beating":
+		go func() {
+			for {
+				fmt.Println(aliveLine)
+				time.Sleep(20 * time.Millisecond)
+			}
+		}()
+	}
 	go func() {
 		sc := bufio.NewScanner(os.Stdin)
 		for sc.Scan() {
@@ -244,6 +257,45 @@ func TestSwitchConsole(t *testing.T) {
 	}
 	if err := sw.Kill(); err == nil {
 		t.Error("Kill after Stop succeeded")
+	}
+}
+
+// TestSwitchHung: a switch whose heartbeat stops is killed as hung and
+// restarted; one that keeps beating is left alone, and its heartbeats never
+// reach the console.
+func TestSwitchHung(t *testing.T) {
+	fake(t, "alive-once,beating")
+	out := &syncBuffer{}
+	c := newConsole(out)
+	const hungAfter = 300 * time.Millisecond
+	sw, err := startNetSwitch(c, child.Direct{}, switchStart{cfgPath: "/cfg.yaml", unjailed: true, hungAfter: hungAfter}, 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, out, "hyperroot: switch exited code=137 reason=hung")
+	deadline := time.Now().Add(20 * time.Second)
+	for strings.Count(strings.Join(out.lines(), "\n"), "switch| ready") < 2 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(10 * hungAfter) // the beating one stays
+	sw.Stop(10 * time.Second)
+	c.Flush(5 * time.Second)
+	got := regexp.MustCompile(`no heartbeat for \d+ms`).ReplaceAllString(strings.Join(out.lines(), "\n"), "no heartbeat for Nms")
+	want := []string{
+		"hyperroot: switch started pid=PID",
+		"switch| fake switch",
+		"switch| ready networks=0 ports=0",
+		"hyperroot: switch hung: no heartbeat for Nms: killing it",
+		"hyperroot: switch exited code=137 reason=hung",
+		"hyperroot: switch restarting in 100ms",
+		"hyperroot: switch started pid=PID",
+		"switch| fake switch",
+		"switch| ready networks=0 ports=0",
+		"switch| port x rx=0/0 tx=0/0",
+		"hyperroot: switch exited code=0 reason=poweroff",
+	}
+	if got != strings.Join(want, "\n") {
+		t.Errorf("console:\n%s\nwant:\n%s", got, strings.Join(want, "\n"))
 	}
 }
 

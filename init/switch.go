@@ -124,11 +124,15 @@ func switchMain(args []string) int {
 		return fail(err)
 	}
 	stop := make(chan struct{})
+	// "alive" now and after each healthy probe: the heartbeat PID 1
+	// watches (switchproc.go), which catches a switch that cannot watch
+	// itself (stopped, or its threads starved).
+	fmt.Println(aliveLine)
 	go s.sw.Watch(stop, watchEvery, watchRounds, func(ports []string) {
 		fmt.Printf("stalled: a delivery into %s made no progress for %s: exiting, to be restarted\n",
 			strings.Join(ports, ", "), (watchRounds-1)*watchEvery)
 		os.Exit(vmmcli.ExitStalled)
-	})
+	}, func() { fmt.Println(aliveLine) })
 	<-sigc
 	close(stop)
 	s.Close()
@@ -141,9 +145,14 @@ func switchMain(args []string) int {
 // then exits with vmmcli.ExitStalled and its supervisor restarts it as it
 // would a crashed one. Nothing legitimate holds a delivery for seconds: a
 // port's receive signal and its writes do not block.
+//
+// Each probe that finds nothing stalled prints aliveLine, which PID 1 takes
+// as the switch's heartbeat and does not relay: a switch that sends none
+// for switchHungAfter is killed and restarted (reason=hung).
 const (
 	watchEvery  = 10 * time.Second
 	watchRounds = 3
+	aliveLine   = "alive"
 )
 
 // runningSwitch is a switch serving a configuration.

@@ -24,7 +24,24 @@ import (
 type netSwitch struct {
 	c   *console
 	sup *child.Supervisor
+
+	// The heartbeat (aliveLine) of the running switch: when the last
+	// came, on a monotonic clock (since epoch), 0 until its first; hung
+	// is set when the watchdog kills it for its silence, for the exit's
+	// reason.
+	epoch     time.Time
+	lastAlive atomic.Int64
+	hung      atomic.Bool
+	stopWatch chan struct{}
+	stopOnce  sync.Once
 }
+
+// switchHungAfter is how long a switch that has sent its first heartbeat
+// may go without another before PID 1 kills it as hung: six of its
+// probes (watchEvery), far beyond a late timer on a loaded emulated
+// machine, and within what a guest's TCP connection rides out (its
+// retransmissions go on for minutes).
+const switchHungAfter = 6 * watchEvery
 
 // switchStart is how the supervisor runs the switch.
 type switchStart struct {
@@ -34,6 +51,8 @@ type switchStart struct {
 	// unjailed starts it as a plain child with this process's environment
 	// (init's tests' fake switches, which read it).
 	unjailed bool
+	// hungAfter replaces switchHungAfter (tests).
+	hungAfter time.Duration
 	// path is the binary to run as the switch, dir its directory; "" is
 	// this binary, and switchDir (tests run their own).
 	path, dir string
@@ -98,7 +117,7 @@ func startNetSwitch(c *console, r child.Starter, st switchStart, timeout time.Du
 	ready := make(chan struct{}) // closed at the first "ready" line
 	var readyOnce sync.Once
 	var pid atomic.Int64 // of the running switch, for its exit's report
-	s := &netSwitch{c: c}
+	s := &netSwitch{c: c, epoch: time.Now(), stopWatch: make(chan struct{})}
 	path := st.path
 	if path == "" {
 		path = selfPath()
@@ -108,11 +127,17 @@ func startNetSwitch(c *console, r child.Starter, st switchStart, timeout time.Du
 			spec := child.Spec{
 				Path: path, Args: st.args(), Attr: st.attr(),
 				Started: func(p int) {
+					s.lastAlive.Store(0) // watched from its first heartbeat
+					s.hung.Store(false)
 					pid.Store(int64(p))
 					st.seccomp.TrackSwitch(p)
 					c.Printf("switch started pid=%d", p)
 				},
 				Line: guardLines(c, "switch output", func(line string) {
+					if line == aliveLine {
+						s.lastAlive.Store(int64(max(time.Since(s.epoch), 1)))
+						return
+					}
 					if strings.HasPrefix(line, "ready ") {
 						readyOnce.Do(func() { close(ready) })
 					}
@@ -131,6 +156,9 @@ func startNetSwitch(c *console, r child.Starter, st switchStart, timeout time.Du
 			// One killed by SIGSYS was killed by its seccomp filter:
 			// the reason names the call, from the kernel's record.
 			reason, p := vmmcli.Reason(ws), int(pid.Load())
+			if s.hung.Load() {
+				reason = "hung"
+			}
 			if ws.Signaled() && ws.Signal() == unix.SIGSYS {
 				reason = vmmcli.SeccompReason(st.seccomp.Killed(p))
 			} else {
@@ -147,6 +175,11 @@ func startNetSwitch(c *console, r child.Starter, st switchStart, timeout time.Du
 			c.Errorf("switch", err)
 		}
 	})
+	hungAfter := st.hungAfter
+	if hungAfter == 0 {
+		hungAfter = switchHungAfter
+	}
+	goLoop(c, "switch watchdog", func() { s.watch(hungAfter) })
 	select {
 	case <-ready:
 		return s, nil
@@ -154,6 +187,43 @@ func startNetSwitch(c *console, r child.Starter, st switchStart, timeout time.Du
 		return s, fmt.Errorf("switch exited before it was ready")
 	case <-time.After(timeout):
 		return s, fmt.Errorf("switch not ready after %s", timeout)
+	}
+}
+
+// watch kills the running switch when its heartbeat has been missing for
+// hungAfter since the last one (a switch not yet heard from is left to the
+// start-up timeout): a stopped or starved process answers no probe of its
+// own, and its VMs' networking is down until it is replaced.
+func (s *netSwitch) watch(hungAfter time.Duration) {
+	tick := time.NewTicker(max(hungAfter/10, 10*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.stopWatch:
+			return
+		case <-s.sup.Done():
+			return
+		case <-tick.C:
+		}
+		last := s.lastAlive.Load()
+		if last == 0 || s.hung.Load() {
+			continue
+		}
+		silent := time.Since(s.epoch) - time.Duration(last)
+		if silent < hungAfter {
+			continue
+		}
+		p := s.sup.Process()
+		if p == nil {
+			continue
+		}
+		s.hung.Store(true)
+		round := time.Second
+		if silent < 10*time.Second {
+			round = time.Millisecond
+		}
+		s.c.Printf("switch hung: no heartbeat for %s: killing it", silent.Round(round))
+		p.Signal(unix.SIGKILL)
 	}
 }
 
@@ -171,5 +241,6 @@ func (s *netSwitch) Kill() error {
 // Stop asks the switch to finish (SIGTERM: it reports its counters) and
 // waits for it, killing it after grace.
 func (s *netSwitch) Stop(grace time.Duration) {
+	s.stopOnce.Do(func() { close(s.stopWatch) })
 	s.sup.Stop(grace, func() { s.c.Printf("switch did not stop within %s: killing it", grace) })
 }

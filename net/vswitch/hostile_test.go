@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -351,12 +352,16 @@ func TestWatch(t *testing.T) {
 	defer close(stop)
 	stuck := make(chan []string, 1)
 	start := time.Now()
-	go sw.Watch(stop, interval, rounds, func(ports []string) { stuck <- ports })
-	// Idle for several rounds: nothing.
+	var healthy atomic.Int64
+	go sw.Watch(stop, interval, rounds, func(ports []string) { stuck <- ports }, func() { healthy.Add(1) })
+	// Idle for several rounds: nothing, and a heartbeat per probe.
 	select {
 	case got := <-stuck:
 		t.Fatalf("stuck(%v) on an idle switch", got)
 	case <-time.After(rounds * 3 * interval):
+	}
+	if healthy.Load() == 0 {
+		t.Error("no healthy call while the switch was idle")
 	}
 	a.send(ether(bcast(), mac(macA), 0x88b5, make([]byte, 46))) // the stuck port's write blocks
 	sent := time.Now()
@@ -367,6 +372,13 @@ func TestWatch(t *testing.T) {
 		}
 		if d := time.Since(sent); d < (rounds-1)*interval {
 			t.Errorf("stuck after %s, before %d probes could have seen it", d, rounds)
+		}
+		// Once a port is seen stalled, no more heartbeats: the
+		// supervisor outside would otherwise think all well.
+		beats := healthy.Load()
+		time.Sleep(3 * interval)
+		if n := healthy.Load(); n != beats {
+			t.Errorf("%d healthy calls after stuck", n-beats)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatalf("no stuck call %s after the port stalled", time.Since(start))
@@ -382,11 +394,15 @@ func TestWatchSwitchLock(t *testing.T) {
 	stop := make(chan struct{})
 	defer close(stop)
 	stuck := make(chan []string, 1)
-	go sw.Watch(stop, 20*time.Millisecond, 2, func(ports []string) { stuck <- ports })
+	var healthy atomic.Int64
+	go sw.Watch(stop, 20*time.Millisecond, 2, func(ports []string) { stuck <- ports }, func() { healthy.Add(1) })
 	select {
 	case got := <-stuck:
 		if len(got) != 1 || got[0] != "(switch)" {
 			t.Fatalf("stuck(%v), want [(switch)]", got)
+		}
+		if n := healthy.Load(); n != 0 {
+			t.Errorf("%d healthy calls while the switch's lock was held", n)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no stuck call while the switch's lock was held")

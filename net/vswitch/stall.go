@@ -54,8 +54,11 @@ func (s *Switch) Stalled() []string {
 // (the switch's port table held by a stuck goroutine) counts as stalled,
 // as port "(switch)". The switch process exits on it, so that its
 // supervisor restarts it like a dead one (the VMMs reconnect and replay
-// their rings).
-func (s *Switch) Watch(stop <-chan struct{}, interval time.Duration, rounds int, stuck func(ports []string)) {
+// their rings). After each probe that found nothing stalled Watch calls
+// healthy (if not nil): the heartbeat a supervisor outside the process
+// watches for, which catches what no probe inside it can (a process
+// stopped, or starved of its threads).
+func (s *Switch) Watch(stop <-chan struct{}, interval time.Duration, rounds int, stuck func(ports []string), healthy func()) {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	streak := map[string]int{}
@@ -92,6 +95,9 @@ func (s *Switch) Watch(stop <-chan struct{}, interval time.Duration, rounds int,
 		if len(out) > 0 {
 			stuck(out)
 			return
+		}
+		if len(stalled) == 0 && healthy != nil {
+			healthy()
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hyperroot/hyperroot/internal/testenv"
 	"github.com/hyperroot/hyperroot/tools/qemu"
 )
 
@@ -267,6 +269,53 @@ func TestNetSwitchRestart(t *testing.T) {
 		// Jailed again after the restart, over what its jailed run
 		// left in its directory, and the guests kept their leases.
 		checkSwitchJailed(t, lines, 2, false)
+		for _, vm := range []string{"server", "client"} {
+			if !hasLine(lines, `^`+vm+`\| vmm: virtio-net .* backend reconnected`) {
+				t.Errorf("%s's VMM did not report reconnecting", vm)
+			}
+		}
+		checkStream(t, lines, "client", "server", bytes)
+	})
+}
+
+// TestNetSwitchHung: a switch that stops doing anything while its process
+// lives (here stopped with SIGSTOP by the hyperroot.run job
+// tools/e2e/freeze, mid-stream) sends no heartbeat; PID 1 kills it as hung
+// after switchHungAfter (60 s) and starts another, the VMMs reconnect, and
+// the guests' TCP stream completes intact.
+func TestNetSwitchHung(t *testing.T) {
+	parallel(t)
+	goBin := testenv.NeedTool(t, "go", "golang")
+	overlay := t.TempDir()
+	build := exec.Command(goBin, "build", "-o", filepath.Join(overlay, "freeze", "freeze"), "./freeze")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./freeze: %v\n%s", err, out)
+	}
+	testbed(t, func(t testing.TB) {
+		const bytes = 40 << 20
+		pr, pw := io.Pipe()
+		defer pw.Close()
+		cfg := netConfig(t, lanNet,
+			netVM("server", "net-server", []string{"{network: lan}"}),
+			netVM("client", "net-client", []string{"{network: lan, limits: {tx: 50M}}"}, fmt.Sprintf("hyperroot.netbytes=%d", bytes)))
+		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Stdin: pr, Overlay: overlay, Append: "hyperroot.run=/freeze/freeze"})
+		expect(t, m, `^client\| guest: net ping `)
+		time.Sleep(2 * time.Second)
+		fmt.Fprintln(pw, "@run go")
+		expect(t, m, `^run\| freeze: switch pid=\d+ stopped$`)
+		hung := expect(t, m, `hyperroot: switch hung: no heartbeat for \S+: killing it$`)
+		r := m.Wait()
+		mustPass(t, r)
+		lines := r.Lines
+		t.Log(hung)
+		wantLines(t, lines, "hyperroot: switch exited code=137 reason=hung")
+		if n := strings.Count(strings.Join(lines, "\n"), "switch| ready "); n != 2 {
+			t.Errorf("switch became ready %d times, want 2 (start and restart)", n)
+		}
+		if hasLine(lines, `^switch\| alive$`) {
+			t.Error("the switch's heartbeat reached the console")
+		}
 		for _, vm := range []string{"server", "client"} {
 			if !hasLine(lines, `^`+vm+`\| vmm: virtio-net .* backend reconnected`) {
 				t.Errorf("%s's VMM did not report reconnecting", vm)

@@ -12,6 +12,11 @@
 // its time and lists the tests slower than -slow, slowest first: the suite
 // has a time budget (CI: 45 minutes on 2 cores) and this is where it goes.
 //
+// With -note REGEXP, the output lines of any test, passed ones included,
+// that match it are repeated in the summary under the test's name: a suite
+// that retries what it has shown to be its test bed's fault (tools/e2e) says
+// so in a line the summary should show, since a retry can hide a bug.
+//
 // Exit status: 1 when a test or package failed (or the input ended before a
 // package did), else 0.
 package main
@@ -23,6 +28,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -77,6 +83,8 @@ type result struct {
 
 type report struct {
 	out     io.Writer
+	note    *regexp.Regexp              // nil: none
+	notes   []string                    // "<test>: <line>"
 	running map[string]map[string]*test // package -> test name -> test
 	started map[string]bool             // packages that printed anything
 	ended   map[string]bool
@@ -126,6 +134,9 @@ func (r *report) event(e event) {
 	switch e.Action {
 	case "output":
 		t.add(e.Output)
+		if r.note != nil && r.note.MatchString(e.Output) {
+			r.notes = append(r.notes, e.Test+": "+strings.TrimSpace(e.Output))
+		}
 	case "pass", "fail", "skip":
 		if !top(e.Test) {
 			return
@@ -202,6 +213,12 @@ func (r *report) summary(slow time.Duration) {
 	}
 	sort.Slice(slowest, func(i, j int) bool { return slowest[i].seconds > slowest[j].seconds })
 	fmt.Fprintf(r.out, "\n== test report: %d tests, %.0f s in tests\n", len(r.results), total)
+	if len(r.notes) > 0 {
+		fmt.Fprintf(r.out, "   noted (%s):\n", r.note)
+		for _, n := range r.notes {
+			fmt.Fprintf(r.out, "     %s\n", n)
+		}
+	}
 	if len(slowest) > 0 {
 		fmt.Fprintf(r.out, "   slower than %v (passed or skipped):\n", slow)
 		for _, res := range slowest {
@@ -220,8 +237,9 @@ func (r *report) summary(slow time.Duration) {
 	}
 }
 
-func run(in io.Reader, out io.Writer, slow time.Duration) bool {
+func run(in io.Reader, out io.Writer, slow time.Duration, note *regexp.Regexp) bool {
 	r := newReport(out)
+	r.note = note
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 1<<20), 16<<20)
 	for sc.Scan() {
@@ -244,8 +262,17 @@ func run(in io.Reader, out io.Writer, slow time.Duration) bool {
 
 func main() {
 	slow := flag.Duration("slow", time.Minute, "list the tests that took at least this long")
+	note := flag.String("note", "", "repeat in the summary every test output line matching this regexp")
 	flag.Parse()
-	if !run(os.Stdin, os.Stdout, *slow) {
+	var re *regexp.Regexp
+	if *note != "" {
+		var err error
+		if re, err = regexp.Compile(*note); err != nil {
+			fmt.Fprintf(os.Stderr, "testreport: -note: %v\n", err)
+			os.Exit(2)
+		}
+	}
+	if !run(os.Stdin, os.Stdout, *slow, re) {
 		os.Exit(1)
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -37,12 +38,13 @@ func TestReport(t *testing.T) {
 		in: line("run", "p", "TestA", "") +
 			line("output", "p", "TestA", "=== RUN   TestA\n") +
 			line("output", "p", "TestA", "chatter of a passing test\n") +
+			line("output", "p", "TestA", "    attempt 1 of 3 spoilt by the test bed\n") +
 			`{"Action":"pass","Package":"p","Test":"TestA","Elapsed":75.5}` + "\n" +
 			line("output", "p", "", "PASS\n") +
 			line("output", "p", "", "ok  \tp\t75.6s\n") +
 			`{"Action":"pass","Package":"p","Elapsed":75.6}` + "\n",
 		ok:     true,
-		want:   []string{"ok  \tp\t75.6s", "1 tests", "75.5s  TestA  p"},
+		want:   []string{"ok  \tp\t75.6s", "1 tests", "75.5s  TestA  p", "TestA: attempt 1 of 3 spoilt by the test bed"},
 		absent: []string{"chatter", "FAIL", "UNFINISHED"},
 	}, {
 		name: "fail shows the test's output and names it last",
@@ -78,7 +80,7 @@ func TestReport(t *testing.T) {
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out strings.Builder
-			ok := run(strings.NewReader(tc.in), &out, time.Minute)
+			ok := run(strings.NewReader(tc.in), &out, time.Minute, regexp.MustCompile(`spoilt`))
 			if ok != tc.ok {
 				t.Errorf("run = %v, want %v", ok, tc.ok)
 			}
