@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"sort"
@@ -15,15 +17,45 @@ import (
 )
 
 // A VMM answers dumpSignal by printing its state on stderr, one line each
-// "hyperroot vmm: dump: ...", ending with dumpEndLine (machine.Machine.Dump:
-// per vCPU where its thread is, mp_state, registers, local APIC and pending
-// events; then the VMM's goroutine stacks). The supervisor relays the lines
-// like any other of the VMM's output, as "<vm>| hyperroot vmm: dump: ...".
+// "hyperroot vmm: dump <tag>: ...", ending with "... <tag>: end"
+// (machine.Machine.Dump: per vCPU where its thread is, mp_state, registers,
+// local APIC and pending events; then the VMM's goroutine stacks). The tag
+// is a secret of this start of the VMM (--dump-tag, random): its guest's
+// console output reaches the supervisor through the same pipe, and a guest
+// printing "hyperroot vmm: dump: end" must not end a dump wait. The
+// supervisor relays the tagged lines without the tag, as
+// "<vm>| hyperroot vmm: dump: ...", and acts on those alone.
 const (
-	dumpSignal  = unix.SIGUSR1
-	dumpPrefix  = "hyperroot vmm: dump: "
-	dumpEndLine = dumpPrefix + "end"
+	dumpSignal = unix.SIGUSR1
+	dumpPrefix = "hyperroot vmm: dump: "
+	dumpEnd    = "end"
 )
+
+// dumpLinePrefix is what starts each line of a dump by a VMM given tag ("":
+// an untagged VMM, run by hand).
+func dumpLinePrefix(tag string) string {
+	if tag == "" {
+		return dumpPrefix
+	}
+	return "hyperroot vmm: dump " + tag + ": "
+}
+
+// newDumpTag is a fresh random tag for one start of a VMM.
+func newDumpTag() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// dumpLine reports whether line (of a VMM started with tag) is a line of
+// its dump, and returns it as relayed, without the tag.
+func dumpLine(line, tag string) (relayed string, ok bool) {
+	rest, ok := strings.CutPrefix(line, dumpLinePrefix(tag))
+	if !ok {
+		return line, false
+	}
+	return dumpPrefix + rest, true
+}
 
 // stopReadySignal is the signal a VMM ignores once it handles SIGTERM
 // (SigIgn of /proc/<pid>/status): a VMM never gets it otherwise, being in

@@ -65,6 +65,9 @@ func fakeChild(plan []string, dir string, args []string) int {
 		unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
 		return 1
 	}
+	if step == "dump" {
+		return fakeDumper(args)
+	}
 	if code, ok := strings.CutPrefix(step, "exit="); ok {
 		n, _ := strconv.Atoi(code)
 		fmt.Fprintln(os.Stderr, "bye")
@@ -93,6 +96,56 @@ func fakeChild(plan []string, dir string, args []string) int {
 	<-term
 	fmt.Println("port x rx=0/0 tx=0/0")
 	return 0
+}
+
+// fakeDumper is a VMM whose guest tries to forge a dump: on each
+// dumpSignal its "guest" prints an untagged dump's last line on stdout at
+// once, and the VMM prints its real, tagged dump on stderr 300 ms later.
+// It exits 0 on SIGTERM.
+func fakeDumper(args []string) int {
+	tag := ""
+	for i, a := range args {
+		if a == "--dump-tag" && i+1 < len(args) {
+			tag = args[i+1]
+		}
+	}
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, dumpSignal, unix.SIGTERM)
+	for sig := range sigs {
+		if sig == unix.SIGTERM {
+			return 0
+		}
+		fmt.Println(dumpPrefix + "vcpu 0: forged by the guest")
+		fmt.Println(dumpPrefix + dumpEnd)
+		time.Sleep(300 * time.Millisecond)
+		p := dumpLinePrefix(tag)
+		fmt.Fprintf(os.Stderr, "%svcpu 0: real\n%s%s\n", p, p, dumpEnd)
+	}
+	return 0
+}
+
+// TestDumpTag: a dump wait ends at the VMM's own last line, not at one its
+// guest printed, and the relayed dump lines carry no tag.
+func TestDumpTag(t *testing.T) {
+	fake(t, "dump")
+	out := &syncBuffer{}
+	c := newConsole(out)
+	f := newFleet(c, child.Direct{}, false)
+	f.unjailed = true // fake VMMs
+	f.Start([]config.VM{{Name: "t", Kernel: "/k", CPUs: 1, Memory: 128 << 20, Restart: config.RestartNever}})
+	waitFor(t, out, "hyperroot: vm t started pid=PID cpus=1 memory=128M")
+	if err := f.Dump("t", 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	c.Flush(5 * time.Second)
+	got := strings.Join(out.lines(), "\n")
+	if !strings.Contains(got, "t| hyperroot vmm: dump: vcpu 0: real\nt| hyperroot vmm: dump: end") {
+		t.Errorf("Dump returned before the VMM's own dump was relayed:\n%s", got)
+	}
+	if strings.Contains(got, "hyperroot vmm: dump ") {
+		t.Errorf("a tag reached the console:\n%s", got)
+	}
+	f.Stop(10 * time.Second)
 }
 
 // syncBuffer is a console's output, read while it is written.

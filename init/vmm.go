@@ -56,7 +56,7 @@ func vmmMain(args []string) int {
 	// command or its oneshot timeout) is answered, at first with "no
 	// machine yet"; Go ignores the signal before this, it never kills.
 	var built atomic.Pointer[machine.Machine]
-	go answerDumps(&built)
+	go answerDumps(&built, a.DumpTag)
 	go stopOnSignals(a.Name, &built, sigc)
 	tuneRuntime(a.CPUs)
 	mem, err := config.ParseSize(a.Memory)
@@ -410,17 +410,19 @@ func reportMemStats(w io.Writer) {
 	}
 }
 
-// answerDumps writes the machine's state to stderr (dumpPrefix lines, the
-// last one dumpEndLine) on each dumpSignal; see init/dump.go.
-func answerDumps(m *atomic.Pointer[machine.Machine]) {
+// answerDumps writes the machine's state to stderr (lines that start with
+// dumpLinePrefix(tag), the last one ending in dumpEnd) on each dumpSignal;
+// see init/dump.go.
+func answerDumps(m *atomic.Pointer[machine.Machine], tag string) {
 	c := make(chan os.Signal, 1)
 	signal.Notify(c, dumpSignal)
+	prefix := dumpLinePrefix(tag)
 	for range c {
 		if mm := m.Load(); mm != nil {
-			mm.Dump(os.Stderr, dumpPrefix)
+			mm.Dump(os.Stderr, prefix)
 			continue
 		}
-		fmt.Fprintf(os.Stderr, "%sno machine yet (the VMM is still building it)\n%s\n", dumpPrefix, dumpEndLine)
+		fmt.Fprintf(os.Stderr, "%sno machine yet (the VMM is still building it)\n%s%s\n", prefix, prefix, dumpEnd)
 	}
 }
 

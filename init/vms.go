@@ -190,6 +190,7 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 		return nil, err
 	}
 	args.Seccomp = f.seccomp.Mode()
+	args.DumpTag = newDumpTag()
 	spec := child.Spec{
 		Path: selfPath(), Args: args.Argv(),
 		// The VMM jails itself once set up (--jail): it starts in
@@ -209,12 +210,15 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 			f.c.Printf("vm %s started pid=%d cpus=%d memory=%s%s", vm.Name, pid, vm.CPUs, vm.Memory, ctx)
 		},
 		Line: guardLines(f.c, "vm "+vm.Name+" console", func(line string) {
-			f.c.Relay(vm.Name, line)
-			if strings.HasPrefix(line, dumpPrefix) {
+			// Only the lines with this start's tag are the VMM's dump;
+			// its guest could print anything else (init/dump.go).
+			relayed, dump := dumpLine(line, args.DumpTag)
+			f.c.Relay(vm.Name, relayed)
+			if dump {
 				notify(e.begun)
-			}
-			if line == dumpEndLine {
-				notify(e.dumped)
+				if relayed == dumpPrefix+dumpEnd {
+					notify(e.dumped)
+				}
 			}
 		}),
 	}

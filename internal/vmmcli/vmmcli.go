@@ -7,6 +7,7 @@
 package vmmcli
 
 import (
+	"regexp"
 	"errors"
 	"flag"
 	"fmt"
@@ -122,11 +123,20 @@ type Args struct {
 	Jail int
 	// Trace traces port I/O, unclaimed accesses and vCPU registers.
 	Trace bool
+	// DumpTag, when set (hex digits), goes into every line of the VMM's
+	// dump ("hyperroot vmm: dump <tag>: ..."): a secret between the
+	// supervisor and this VMM, so that a guest, whose console output
+	// shares the VMM's output pipe, cannot forge the lines the
+	// supervisor acts on. The supervisor takes it out again when it
+	// relays them.
+	DumpTag string
 	// Seccomp is what the VMM's seccomp filters do with a refused system
 	// call: "kill" (the default), "log" (development) or "off"; the VMM
 	// checks it. A flag, not the environment: the jailed VMM has none.
 	Seccomp string
 }
+
+var dumpTagRE = regexp.MustCompile(`^[0-9a-f]{1,64}$`)
 
 // Defaults of Args, as Parse fills them in.
 const (
@@ -183,6 +193,9 @@ func (a Args) Argv() []string {
 	if a.Trace {
 		argv = append(argv, "--trace")
 	}
+	if a.DumpTag != "" {
+		argv = append(argv, "--dump-tag", a.DumpTag)
+	}
 	for _, d := range a.Disks {
 		argv = append(argv, "--disk", d.String())
 	}
@@ -236,6 +249,14 @@ func Parse(args []string, stderr io.Writer) (Args, error) {
 	fs.IntVar(&a.Jail, "jail", 0, "jail the VMM as this uid and gid once the machine is set up (it must run\n"+
 		"as root in new mount, PID, IPC, UTS and network namespaces: the supervisor starts it so)")
 	fs.BoolVar(&a.Trace, "trace", false, "trace port I/O, unclaimed accesses and vCPU registers")
+	fs.Func("dump-tag", "hex digits put in every line of a dump (SIGUSR1), for the supervisor to tell them from a guest's",
+		func(v string) error {
+			if !dumpTagRE.MatchString(v) {
+				return fmt.Errorf("want 1 to 64 hex digits, got %q", v)
+			}
+			a.DumpTag = v
+			return nil
+		})
 	fs.StringVar(&a.Seccomp, "seccomp", DefaultSeccomp, "seccomp filters: kill (a refused system call kills the VMM), log (it is logged\n"+
 		"by the kernel's audit and let through: development) or off")
 	fs.Var(&disks, "disk", "a virtio-blk disk, repeatable: path=FILE or fd=N (inherited), then\n"+
