@@ -21,7 +21,7 @@ import (
 //	       "guest: spin done"
 //	fill   allocate and touch hyperroot.fill= MiB (default 128) of memory,
 //	       reporting "guest: fill <n> MiB" every 16 MiB and "guest: fill
-//	       done mib=<n>"
+//	       done mib=<n> ms=<time it took>"
 //	memmap the physical memory map the VMM gave (memmap.go), and with
 //	       hyperroot.probe=<hex address> a write and read back of that page
 //	numa   the NUMA nodes the guest kernel found: "guest: numa node<i>
@@ -120,6 +120,7 @@ const fillChunk = 16 << 20
 
 func fill(uint64) error {
 	mib := cmdlineInt("fill", 128)
+	start := time.Now()
 	var keep [][]byte
 	for done := 0; done < mib<<20; done += fillChunk {
 		b := make([]byte, fillChunk)
@@ -129,6 +130,6 @@ func fill(uint64) error {
 		keep = append(keep, b)
 		fmt.Printf("guest: fill %d MiB\n", (done+fillChunk)>>20)
 	}
-	fmt.Printf("guest: fill done mib=%d\n", len(keep)*fillChunk>>20)
+	fmt.Printf("guest: fill done mib=%d ms=%d\n", len(keep)*fillChunk>>20, time.Since(start).Milliseconds())
 	return nil
 }
