@@ -54,6 +54,68 @@ func numaCPUSet(u config.NUMA) (mems, cpus string, err error) {
 	return strings.Join(w, ","), cpus, nil
 }
 
+// guestDistances is the SLIT of a VM's guest NUMA topology, row by row
+// (vmmcli's --numa-distances), from the host's distances between the nodes
+// its guest nodes live on (/sys/devices/system/node/node<n>/distance): a
+// guest whose nodes sit on two sockets should see what the host sees
+// between them. Two guest nodes on one host node, or one without a host
+// node, are 11 (the least a SLIT allows between two nodes) and 20 (the
+// default) apart. nil, the VMM's default, when no guest node names a host
+// node.
+func guestDistances(u config.NUMA) ([]int, error) {
+	if len(u.HostNodes()) == 0 || len(u.Nodes) == 0 {
+		return nil, nil
+	}
+	// A node's distance file lists its distance to each online node, in
+	// the order of the online list (node numbers may have gaps).
+	b, err := os.ReadFile(filepath.Join(nodeDir, "online"))
+	if err != nil {
+		return nil, fmt.Errorf("numa: %w", err)
+	}
+	online, err := parseIDList(strings.TrimSpace(string(b)))
+	if err != nil {
+		return nil, fmt.Errorf("numa: the host's online nodes %q: %w", b, err)
+	}
+	dist := map[[2]int]int{} // host node pair -> distance
+	for _, h := range u.HostNodes() {
+		b, err := os.ReadFile(filepath.Join(nodeDir, "node"+strconv.Itoa(h), "distance"))
+		if err != nil {
+			return nil, fmt.Errorf("numa: host node %d: %w", h, err)
+		}
+		f := strings.Fields(string(b))
+		if len(f) != len(online) {
+			return nil, fmt.Errorf("numa: host node %d: %d distances for %d online nodes", h, len(f), len(online))
+		}
+		for k, v := range f {
+			d, err := strconv.Atoi(v)
+			if err != nil {
+				return nil, fmt.Errorf("numa: host node %d: distance %q", h, v)
+			}
+			dist[[2]int{h, online[k]}] = d
+		}
+	}
+	n := len(u.Nodes)
+	out := make([]int, 0, n*n)
+	for i, a := range u.Nodes {
+		for j, b := range u.Nodes {
+			d := 20
+			switch {
+			case i == j:
+				d = 10
+			case a.HostNode == nil || b.HostNode == nil:
+			case *a.HostNode == *b.HostNode:
+				d = 11
+			default:
+				if hd, ok := dist[[2]int{*a.HostNode, *b.HostNode}]; ok {
+					d = min(max(hd, 11), 254)
+				}
+			}
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
 // guestRAMNodes reports where the kernel put the guest RAM of VMM pid, from
 // its numa_maps: "ram-nodes N0=<pages> N1=<pages> ram-policy=bind:1,bind:0",
 // the pages touched on each host node, summed over the memfd's mappings,
@@ -107,4 +169,26 @@ func parseRAMNodes(maps string) string {
 		w = append(w, fmt.Sprintf("N%d=%d", n, pages[n]))
 	}
 	return strings.Join(w, " ") + " ram-policy=" + strings.Join(policies, ",")
+}
+
+// parseIDList reads a kernel list of numbers and ranges ("0-1,3").
+func parseIDList(s string) ([]int, error) {
+	var ids []int
+	for _, r := range strings.Split(s, ",") {
+		lo, hi, isRange := strings.Cut(r, "-")
+		a, err := strconv.Atoi(lo)
+		if err != nil || a < 0 {
+			return nil, fmt.Errorf("%q", r)
+		}
+		b := a
+		if isRange {
+			if b, err = strconv.Atoi(hi); err != nil || b < a || b-a > 1<<16 {
+				return nil, fmt.Errorf("%q", r)
+			}
+		}
+		for i := a; i <= b; i++ {
+			ids = append(ids, i)
+		}
+	}
+	return ids, nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -18,6 +19,8 @@ func fakeNodes(t *testing.T) {
 		os.WriteFile(filepath.Join(dir, node, "cpulist"), []byte(cpus), 0o644)
 	}
 	os.WriteFile(filepath.Join(dir, "online"), []byte("0-1\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "node0", "distance"), []byte("10 31\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "node1", "distance"), []byte("21 10\n"), 0o644)
 	old := nodeDir
 	nodeDir = dir
 	t.Cleanup(func() { nodeDir = old })
@@ -72,5 +75,47 @@ func TestParseRAMNodes(t *testing.T) {
 	}
 	if got := parseRAMNodes("7f00 bind:0 file=/memfd:hyperroot-guest-ram N0=5\n"); got != "ram-nodes N0=5 ram-policy=bind:0" {
 		t.Errorf("bound on a host of one node: %q", got)
+	}
+}
+
+// TestGuestDistances: a guest topology's SLIT follows the host's distances
+// between the nodes its guest nodes live on.
+func TestGuestDistances(t *testing.T) {
+	fakeNodes(t)
+	zero, one := 0, 1
+	for _, tc := range []struct {
+		name string
+		numa config.NUMA
+		want []int
+	}{
+		{"no topology", config.NUMA{Node: &one}, nil},
+		{"no host nodes", config.NUMA{Nodes: []config.VNode{{}, {}}}, nil},
+		{"across host nodes", config.NUMA{Nodes: []config.VNode{{HostNode: &one}, {HostNode: &zero}}}, []int{10, 21, 31, 10}},
+		{"one host node, and one anywhere", config.NUMA{Nodes: []config.VNode{{HostNode: &zero}, {HostNode: &zero}, {}}},
+			[]int{10, 11, 20, 11, 10, 20, 20, 20, 10}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := guestDistances(tc.numa)
+			if err != nil || !slices.Equal(got, tc.want) {
+				t.Errorf("guestDistances = %v, %v; want %v", got, err, tc.want)
+			}
+		})
+	}
+	os.WriteFile(filepath.Join(nodeDir, "node1", "distance"), []byte("21\n"), 0o644)
+	if _, err := guestDistances(config.NUMA{Nodes: []config.VNode{{HostNode: &one}}}); err == nil || !strings.Contains(err.Error(), "1 distances for 2 online nodes") {
+		t.Errorf("a short distance row: %v", err)
+	}
+}
+
+func TestParseIDList(t *testing.T) {
+	for in, want := range map[string][]int{"0": {0}, "0-2": {0, 1, 2}, "0,2-3": {0, 2, 3}} {
+		if got, err := parseIDList(in); err != nil || !slices.Equal(got, want) {
+			t.Errorf("parseIDList(%q) = %v, %v", in, got, err)
+		}
+	}
+	for _, bad := range []string{"", "x", "3-1", "-1", "0-99999999"} {
+		if _, err := parseIDList(bad); err == nil {
+			t.Errorf("parseIDList(%q) accepted", bad)
+		}
 	}
 }

@@ -449,5 +449,18 @@ func numaConfig(a vmmcli.Args, cfg *machine.Config) error {
 		cfg.MemNodes = append(cfg.MemNodes, memory.Node{Size: uint64(size), HostNode: host})
 		cfg.NodeCPUs = append(cfg.NodeCPUs, n.CPUs)
 	}
+	if d := a.NUMADistances; len(d) > 0 {
+		n := len(a.NUMANodes)
+		if len(d) != n*n {
+			return fmt.Errorf("numa: --numa-distances has %d values, want %d for %d nodes", len(d), n*n, n)
+		}
+		for i := 0; i < n; i++ {
+			row := make([]uint8, n)
+			for j := range row {
+				row[j] = uint8(d[i*n+j]) // 10-254: vmmcli.Parse checked
+			}
+			cfg.NodeDistances = append(cfg.NodeDistances, row)
+		}
+	}
 	return nil
 }

@@ -25,7 +25,8 @@ import (
 //	memmap the physical memory map the VMM gave (memmap.go), and with
 //	       hyperroot.probe=<hex address> a write and read back of that page
 //	numa   the NUMA nodes the guest kernel found: "guest: numa node<i>
-//	       cpus=<list> memtotal_kb=<n>" each, then "guest: numa nodes=<n>";
+//	       cpus=<list> memtotal_kb=<n> distance=<d0>,<d1>..." each (the
+//	       distance its SLIT gives to each node), then "guest: numa nodes=<n>";
 //	       with hyperroot.numa=hold it then waits for a line on its console
 //
 // They power off when done.
@@ -60,7 +61,9 @@ func numaAction(uint64) error {
 				kb, _ = strconv.ParseUint(f[3], 10, 64)
 			}
 		}
-		fmt.Printf("guest: numa %s cpus=%s memtotal_kb=%d\n", filepath.Base(d), strings.TrimSpace(string(cpus)), kb)
+		dist, _ := os.ReadFile(filepath.Join(d, "distance")) // the SLIT's row
+		fmt.Printf("guest: numa %s cpus=%s memtotal_kb=%d distance=%s\n", filepath.Base(d), strings.TrimSpace(string(cpus)), kb,
+			strings.Join(strings.Fields(string(dist)), ","))
 	}
 	fmt.Printf("guest: numa nodes=%d\n", len(dirs))
 	if cmdlineString("numa") == "hold" {

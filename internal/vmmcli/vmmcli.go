@@ -7,13 +7,13 @@
 package vmmcli
 
 import (
-	"regexp"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -116,6 +116,10 @@ type Args struct {
 	// in order: each node's vCPUs, its share of guest RAM and optionally
 	// the host node that share is allocated on.
 	NUMANodes []NUMANode
+	// NUMADistances, when not empty, is the guest topology's SLIT, row
+	// by row (len(NUMANodes) squared entries: node i's distance to node
+	// j at i*n+j); empty: 10 local, 20 remote. The VMM checks it.
+	NUMADistances []int
 	// Jail, when not 0, is the uid and gid of the jail the VMM enters
 	// once it has set the machine up, before the guest runs; it must then
 	// have been started in the namespaces of jail.Attr (the supervisor
@@ -187,6 +191,9 @@ func (a Args) Argv() []string {
 	for _, n := range a.NUMANodes {
 		argv = append(argv, "--numa-node", n.String())
 	}
+	if len(a.NUMADistances) > 0 {
+		argv = append(argv, "--numa-distances", cpuList(a.NUMADistances))
+	}
 	if a.Jail != 0 {
 		argv = append(argv, "--jail", strconv.Itoa(a.Jail))
 	}
@@ -246,6 +253,9 @@ func Parse(args []string, stderr io.Writer) (Args, error) {
 			a.NUMANodes = append(a.NUMANodes, n)
 			return err
 		})
+	fs.Func("numa-distances", "the guest topology's SLIT, comma-separated, row by row (node i to node j at i*n+j);\n"+
+		"default 10 to itself, 20 to the others",
+		func(v string) (err error) { a.NUMADistances, err = parseDistances(v); return err })
 	fs.IntVar(&a.Jail, "jail", 0, "jail the VMM as this uid and gid once the machine is set up (it must run\n"+
 		"as root in new mount, PID, IPC, UTS and network namespaces: the supervisor starts it so)")
 	fs.BoolVar(&a.Trace, "trace", false, "trace port I/O, unclaimed accesses and vCPU registers")
@@ -577,6 +587,20 @@ func parseHostNode(v string) (int, error) {
 }
 
 // parseCPUList reads "2,3" (at least one CPU, each 0-8191).
+// parseDistances reads --numa-distances: NUMA distances, 10 (local) to
+// 254, comma-separated; the VMM checks their number and places.
+func parseDistances(v string) ([]int, error) {
+	var ds []int
+	for _, f := range strings.Split(v, ",") {
+		d, err := strconv.Atoi(f)
+		if err != nil || d < 10 || d > 254 {
+			return nil, fmt.Errorf("NUMA distance %q: want a number 10-254", f)
+		}
+		ds = append(ds, d)
+	}
+	return ds, nil
+}
+
 func parseCPUList(v string) ([]int, error) {
 	var cpus []int
 	for _, f := range strings.Split(v, ",") {

@@ -15,8 +15,9 @@ import (
 // a VM bound to node 1 has all its guest RAM there (the kernel's
 // numa_maps of its VMM, through the console's qos command) and its
 // threads on node 1's CPU; a VM with a NUMA topology of its own sees two
-// nodes with the vCPUs and memory the configuration gives them, each
-// node's RAM on its host node; a VM naming a node the host lacks does
+// nodes with the vCPUs and memory the configuration gives them and the
+// host's distance between them, each node's RAM on its host node; a VM
+// naming a node the host lacks does
 // not start, with an error naming it.
 func TestNUMA(t *testing.T) {
 	parallel(t)
@@ -28,14 +29,20 @@ func TestNUMA(t *testing.T) {
 	testbed(t, func(t testing.TB) {
 		pr, pw := io.Pipe()
 		defer pw.Close()
-		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Stdin: pr, CPUs: 2, Memory: "2G", NUMANodes: 2})
+		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Stdin: pr, CPUs: 2, Memory: "2G", NUMANodes: 2, NUMADistance: 21})
 		seen(t, m, `hyperroot: error: vm nowhere: numa: host node 7: this host's NUMA nodes are 0-1$`)
-		// The topology the guest kernel found, from the SRAT.
+		// The topology the guest kernel found, from the SRAT, and its
+		// distances, from the SLIT: the host's 21 between its nodes (not
+		// the default 20), since the guest's nodes live on both.
 		mem := map[string]uint64{}
-		for _, node := range []string{"node0 cpus=0", "node1 cpus=1"} {
-			l := seen(t, m, `^vnuma\| guest: numa `+node+` memtotal_kb=\d+$`)
-			kb, _ := strconv.ParseUint(l[strings.LastIndex(l, "=")+1:], 10, 64)
-			mem[node[:5]] = kb
+		for _, node := range []struct{ name, dist string }{{"node0 cpus=0", "10,21"}, {"node1 cpus=1", "21,10"}} {
+			l := seen(t, m, `^vnuma\| guest: numa `+node.name+` memtotal_kb=\d+ distance=\S*$`)
+			g := regexp.MustCompile(`memtotal_kb=(\d+) distance=(\S*)$`).FindStringSubmatch(l)
+			kb, _ := strconv.ParseUint(g[1], 10, 64)
+			mem[node.name[:5]] = kb
+			if g[2] != node.dist {
+				t.Errorf("guest %s: distances %s, want %s (the host's)", node.name[:5], g[2], node.dist)
+			}
 		}
 		seen(t, m, `^vnuma\| guest: numa nodes=2$`)
 		// MemTotal counts what the kernel manages: a node's RAM less what

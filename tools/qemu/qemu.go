@@ -69,6 +69,9 @@ type Options struct {
 	// nodes: Memory split evenly among them, vCPU c on node c%NUMANodes
 	// (nodes past the vCPUs have memory only).
 	NUMANodes int
+	// NUMADistance, when not 0, is the distance QEMU's SLIT gives
+	// between any two of those nodes (QEMU's default: 20).
+	NUMADistance int
 }
 
 // Machine is a running QEMU.
@@ -180,7 +183,7 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 		"-d", "cpu_reset", "-D", filepath.Join(tmp, "qemu.log"),
 	)
 	if o.NUMANodes > 1 {
-		numa, err := numaArgs(o.Memory, o.CPUs, o.NUMANodes)
+		numa, err := numaArgs(o.Memory, o.CPUs, o.NUMANodes, o.NUMADistance)
 		if err != nil {
 			os.RemoveAll(tmp)
 			return nil, err
@@ -762,8 +765,9 @@ func (m *Machine) Kill() {
 }
 
 // numaArgs are QEMU's options for an appliance of memory (as Options has
-// it) and cpus vCPUs in nodes NUMA nodes.
-func numaArgs(memory string, cpus, nodes int) ([]string, error) {
+// it) and cpus vCPUs in nodes NUMA nodes, distance apart (0: QEMU's
+// default).
+func numaArgs(memory string, cpus, nodes, distance int) ([]string, error) {
 	digits, shift := memory, 0 // QEMU's -m counts MiB without a suffix
 	switch memory[len(memory)-1] {
 	case 'M':
@@ -788,6 +792,15 @@ func numaArgs(memory string, cpus, nodes int) ([]string, error) {
 			node += fmt.Sprintf(",cpus=%d", c)
 		}
 		args = append(args, "-object", fmt.Sprintf("memory-backend-ram,id=numa%d,size=%dM", i, mib/uint64(nodes)), "-numa", node)
+	}
+	if distance != 0 {
+		for i := 0; i < nodes; i++ {
+			for j := 0; j < nodes; j++ {
+				if i != j {
+					args = append(args, "-numa", fmt.Sprintf("dist,src=%d,dst=%d,val=%d", i, j, distance))
+				}
+			}
+		}
 	}
 	return args, nil
 }

@@ -155,13 +155,17 @@ done
 }
 
 func TestNUMAArgs(t *testing.T) {
-	got, err := numaArgs("2G", 3, 2)
+	got, err := numaArgs("2G", 3, 2, 0)
 	want := "-object memory-backend-ram,id=numa0,size=1024M -numa node,nodeid=0,memdev=numa0,cpus=0,cpus=2 " +
 		"-object memory-backend-ram,id=numa1,size=1024M -numa node,nodeid=1,memdev=numa1,cpus=1"
 	if err != nil || strings.Join(got, " ") != want {
 		t.Errorf("numaArgs = %q, %v; want %q", strings.Join(got, " "), err, want)
 	}
-	if _, err := numaArgs("1025", 1, 2); err == nil {
+	got, err = numaArgs("2G", 2, 2, 21)
+	if want := " -numa dist,src=0,dst=1,val=21 -numa dist,src=1,dst=0,val=21"; err != nil || !strings.HasSuffix(strings.Join(got, " "), want) {
+		t.Errorf("numaArgs with a distance = %q, %v; want it to end with %q", strings.Join(got, " "), err, want)
+	}
+	if _, err := numaArgs("1025", 1, 2, 0); err == nil {
 		t.Errorf("1025 MiB split in 2: no error")
 	}
 }

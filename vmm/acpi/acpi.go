@@ -74,7 +74,7 @@ func Build(cfg Config) (blob []byte, rsdpOffset uint64, err error) {
 		tables = append(tables, w.place(mcfg()))
 	}
 	if len(cfg.NUMA) > 0 {
-		tables = append(tables, w.place(srat(cfg.NUMA)), w.place(slit(len(cfg.NUMA))))
+		tables = append(tables, w.place(srat(cfg.NUMA)), w.place(slit(cfg.NUMA)))
 	}
 	xsdtAddr := w.place(xsdt(tables))
 	copy(w.buf[rsdpOffset:], rsdp(xsdtAddr))

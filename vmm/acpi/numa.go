@@ -10,6 +10,11 @@ import (
 type NUMANode struct {
 	CPUs   []int       // the vCPUs (APIC IDs) on it
 	Memory [][2]uint64 // its guest-physical RAM ranges, [start, end)
+	// Distance, when not nil, is this node's row of the SLIT: its
+	// distance to each node, itself included (10, by the
+	// specification); nil gives every node the default row (10 to
+	// itself, 20 to the others). Either every node has one or none.
+	Distance []uint8
 }
 
 // Revisions of the NUMA tables (ACPI 6.4).
@@ -68,6 +73,38 @@ func checkNUMA(nodes []NUMANode, cpus int) error {
 			return fmt.Errorf("vCPU %d is on no NUMA node", c)
 		}
 	}
+	return checkDistances(nodes)
+}
+
+// checkDistances holds the SLIT rows to what Linux accepts (a table it
+// rejects is ignored whole): 10 from a node to itself, 11 to 254 to any
+// other (255 is "unreachable").
+func checkDistances(nodes []NUMANode) error {
+	given := 0
+	for _, n := range nodes {
+		if n.Distance != nil {
+			given++
+		}
+	}
+	if given == 0 {
+		return nil
+	}
+	if given != len(nodes) {
+		return fmt.Errorf("NUMA distances given for %d of %d nodes", given, len(nodes))
+	}
+	for i, n := range nodes {
+		if len(n.Distance) != len(nodes) {
+			return fmt.Errorf("NUMA node %d: %d distances for %d nodes", i, len(n.Distance), len(nodes))
+		}
+		for j, d := range n.Distance {
+			switch {
+			case i == j && d != localDistance:
+				return fmt.Errorf("NUMA node %d: distance %d to itself, want %d", i, d, localDistance)
+			case i != j && (d <= localDistance || d == 255):
+				return fmt.Errorf("NUMA node %d: distance %d to node %d, want %d to 254", i, d, j, localDistance+1)
+			}
+		}
+	}
 	return nil
 }
 
@@ -111,12 +148,16 @@ func srat(nodes []NUMANode) []byte {
 }
 
 // slit is the System Locality Information Table: the relative distance
-// between every two nodes.
-func slit(nodes int) []byte {
+// between every two nodes, as the nodes give it or by default.
+func slit(nodes []NUMANode) []byte {
 	b := newTable("SLIT", slitRevision, headerLen+8)
-	binary.LittleEndian.PutUint64(b[headerLen:], uint64(nodes))
-	for i := 0; i < nodes; i++ {
-		for j := 0; j < nodes; j++ {
+	binary.LittleEndian.PutUint64(b[headerLen:], uint64(len(nodes)))
+	for i, n := range nodes {
+		if n.Distance != nil {
+			b = append(b, n.Distance...)
+			continue
+		}
+		for j := range nodes {
 			d := byte(remoteDistance)
 			if i == j {
 				d = localDistance

@@ -82,10 +82,29 @@ func TestNUMAErrors(t *testing.T) {
 		{[]NUMANode{{CPUs: []int{0, 2}, Memory: mem}}, "vCPU 2 of 2"},
 		{[]NUMANode{{CPUs: []int{0, 1}}}, "has no memory"},
 		{[]NUMANode{{CPUs: []int{0, 1}, Memory: [][2]uint64{{5, 5}}}}, "empty memory range"},
+		{[]NUMANode{{CPUs: []int{0}, Memory: mem, Distance: []uint8{10, 21}}, {CPUs: []int{1}, Memory: mem}}, "distances given for 1 of 2"},
+		{[]NUMANode{{CPUs: []int{0}, Memory: mem, Distance: []uint8{10}}, {CPUs: []int{1}, Memory: mem, Distance: []uint8{21, 10}}}, "1 distances for 2 nodes"},
+		{[]NUMANode{{CPUs: []int{0}, Memory: mem, Distance: []uint8{11, 21}}, {CPUs: []int{1}, Memory: mem, Distance: []uint8{21, 10}}}, "distance 11 to itself"},
+		{[]NUMANode{{CPUs: []int{0}, Memory: mem, Distance: []uint8{10, 10}}, {CPUs: []int{1}, Memory: mem, Distance: []uint8{21, 10}}}, "distance 10 to node 1"},
+		{[]NUMANode{{CPUs: []int{0}, Memory: mem, Distance: []uint8{10, 255}}, {CPUs: []int{1}, Memory: mem, Distance: []uint8{21, 10}}}, "distance 255 to node 1"},
 	} {
 		_, _, err := Build(Config{CPUs: 2, NUMA: tc.nodes})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%+v: %v, want %q", tc.nodes, err, tc.want)
 		}
+	}
+}
+
+// TestSLITDistances: nodes that give their distances get them in the
+// SLIT, row by row.
+func TestSLITDistances(t *testing.T) {
+	mem := [][2]uint64{{0, 1 << 20}}
+	p := build(t, Config{CPUs: 2, NUMA: []NUMANode{
+		{CPUs: []int{0}, Memory: mem, Distance: []uint8{10, 31}},
+		{CPUs: []int{1}, Memory: mem, Distance: []uint8{21, 10}},
+	}})
+	l := p.tables["SLIT"]
+	if le.Uint64(l[headerLen:]) != 2 || string(l[headerLen+8:]) != "\x0a\x1f\x15\x0a" {
+		t.Errorf("SLIT % x", l[headerLen:])
 	}
 }

@@ -59,6 +59,9 @@ type Config struct {
 	// NodeCPUs, when not empty, gives the guest a virtual NUMA topology:
 	// node i (with MemNodes[i]'s RAM) holds vCPUs NodeCPUs[i].
 	NodeCPUs [][]int
+	// NodeDistances, when not nil, are the guest nodes' SLIT rows
+	// (node i's distance to each node); nil: 10 local, 20 remote.
+	NodeDistances [][]uint8
 	// Trace writes every port access but the serial port's, every access
 	// no device claims, and every vCPU's registers each 3 s to stderr: for
 	// finding out why a guest hangs. Slow.
@@ -275,7 +278,11 @@ func (m *Machine) build(cfg Config, k *boot.Kernel) (err error) {
 	var numa []acpi.NUMANode
 	if len(cfg.NodeCPUs) > 0 {
 		for i, r := range memory.NodeRanges(cfg.Memory, cfg.MemNodes) {
-			numa = append(numa, acpi.NUMANode{CPUs: cfg.NodeCPUs[i], Memory: r})
+			n := acpi.NUMANode{CPUs: cfg.NodeCPUs[i], Memory: r}
+			if i < len(cfg.NodeDistances) {
+				n.Distance = cfg.NodeDistances[i]
+			}
+			numa = append(numa, n)
 		}
 	}
 	tables, rsdpOff, err := acpi.Build(acpi.Config{CPUs: cfg.CPUs, MCFG: true, NUMA: numa,
