@@ -586,7 +586,6 @@ func parseHostNode(v string) (int, error) {
 	return h, nil
 }
 
-// parseCPUList reads "2,3" (at least one CPU, each 0-8191).
 // parseDistances reads --numa-distances: NUMA distances, 10 (local) to
 // 254, comma-separated; the VMM checks their number and places.
 func parseDistances(v string) ([]int, error) {
@@ -601,6 +600,7 @@ func parseDistances(v string) ([]int, error) {
 	return ds, nil
 }
 
+// parseCPUList reads "2,3" (at least one CPU, each 0-8191).
 func parseCPUList(v string) ([]int, error) {
 	var cpus []int
 	for _, f := range strings.Split(v, ",") {
