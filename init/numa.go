@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
 )
 
 // nodeDir is where the kernel lists the host's NUMA nodes.
@@ -52,6 +53,34 @@ func numaCPUSet(u config.NUMA) (mems, cpus string, err error) {
 		cpus = strings.TrimSpace(string(b))
 	}
 	return strings.Join(w, ","), cpus, nil
+}
+
+// placeVCPUs fills in, for each guest NUMA node of args that lives on a
+// host node, the host CPUs its vCPU threads run on: that node's (none for
+// a node without CPUs). A VM pinned with pin: vcpus keeps its pinning.
+func placeVCPUs(args *vmmcli.Args) error {
+	if len(args.PinVCPUs) > 0 {
+		return nil
+	}
+	for i, n := range args.NUMANodes {
+		if n.Host == nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(nodeDir, "node"+strconv.Itoa(*n.Host), "cpulist"))
+		if err != nil {
+			return fmt.Errorf("numa: host node %d: %w", *n.Host, err)
+		}
+		list := strings.TrimSpace(string(b))
+		if list == "" {
+			continue // a node of memory alone
+		}
+		cpus, err := parseIDList(list)
+		if err != nil {
+			return fmt.Errorf("numa: host node %d: CPUs %q: %w", *n.Host, list, err)
+		}
+		args.NUMANodes[i].HostCPUs = cpus
+	}
+	return nil
 }
 
 // guestDistances is the SLIT of a VM's guest NUMA topology, row by row

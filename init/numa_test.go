@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
 )
 
 // fakeNodes points nodeDir at a host with nodes 0 (CPUs 0-1) and 1 (no
@@ -117,5 +118,29 @@ func TestParseIDList(t *testing.T) {
 		if _, err := parseIDList(bad); err == nil {
 			t.Errorf("parseIDList(%q) accepted", bad)
 		}
+	}
+}
+
+// TestPlaceVCPUs: a guest node's vCPUs run on its host node's CPUs; a node
+// of memory alone, a node with no host node and a pinned VM say nothing.
+func TestPlaceVCPUs(t *testing.T) {
+	fakeNodes(t)
+	zero, one := 0, 1
+	a := vmmcli.Args{NUMANodes: []vmmcli.NUMANode{{CPUs: []int{0}, Host: &zero}, {CPUs: []int{1}, Host: &one}, {CPUs: []int{2}}}}
+	if err := placeVCPUs(&a); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.NUMANodes; !slices.Equal(got[0].HostCPUs, []int{0, 1}) || got[1].HostCPUs != nil || got[2].HostCPUs != nil {
+		t.Errorf("host CPUs %v, %v, %v; want [0 1], none, none", got[0].HostCPUs, got[1].HostCPUs, got[2].HostCPUs)
+	}
+	if vcpuPlacement(a) == nil {
+		t.Error("no placement for a node with host CPUs")
+	}
+	pinned := vmmcli.Args{PinVCPUs: []int{3}, NUMANodes: []vmmcli.NUMANode{{CPUs: []int{0}, Host: &zero}}}
+	if err := placeVCPUs(&pinned); err != nil || pinned.NUMANodes[0].HostCPUs != nil {
+		t.Errorf("a pinned VM got host CPUs %v (%v)", pinned.NUMANodes[0].HostCPUs, err)
+	}
+	if vcpuPlacement(vmmcli.Args{NUMANodes: []vmmcli.NUMANode{{CPUs: []int{0}}}}) != nil {
+		t.Error("a placement without pinning or host CPUs")
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
 )
 
 // pinProcess sets the CPU affinity of every thread of the VMM to cpus
@@ -23,13 +25,41 @@ func pinProcess(cpus []int) error {
 	return nil
 }
 
-// pinThread puts the calling (locked) thread on cpu.
-func pinThread(cpu int) error {
-	set := cpuSet([]int{cpu})
+// pinThread puts the calling (locked) thread on cpus.
+func pinThread(cpus []int) error {
+	set := cpuSet(cpus)
 	if err := unix.SchedSetaffinity(0, &set); err != nil {
-		return fmt.Errorf("pin: to CPU %d: %w", cpu, err)
+		return fmt.Errorf("pin: to CPUs %v: %w", cpus, err)
 	}
 	return nil
+}
+
+// vcpuPlacement is where each vCPU thread runs, for the machine to apply
+// on the thread as it starts: vCPU i on its --pin-vcpus CPU, or else on
+// the host CPUs of the guest NUMA node it belongs to (so that a guest
+// node's vCPUs run next to its RAM); nil when neither says anything.
+func vcpuPlacement(a vmmcli.Args) func(i int) error {
+	if pins := a.PinVCPUs; len(pins) > 0 {
+		return func(i int) error { return pinThread([]int{pins[i%len(pins)]}) }
+	}
+	sets := map[int][]int{} // vCPU -> its node's host CPUs
+	for _, n := range a.NUMANodes {
+		if len(n.HostCPUs) == 0 {
+			continue
+		}
+		for _, c := range n.CPUs {
+			sets[c] = n.HostCPUs
+		}
+	}
+	if len(sets) == 0 {
+		return nil
+	}
+	return func(i int) error {
+		if cpus, ok := sets[i]; ok {
+			return pinThread(cpus)
+		}
+		return nil
+	}
 }
 
 func cpuSet(cpus []int) unix.CPUSet {

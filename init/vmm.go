@@ -151,8 +151,8 @@ func vmmMain(args []string) int {
 	}
 	go feedConsole(m, os.Stdin)
 	built.Store(m)
-	if pins := a.PinVCPUs; len(pins) > 0 {
-		m.OnVCPUThread(func(i int) error { return pinThread(pins[i%len(pins)]) })
+	if place := vcpuPlacement(a); place != nil {
+		m.OnVCPUThread(place)
 	}
 	// Last, once nothing is left to set up: from here on the VMM makes
 	// only the system calls a running machine needs.

@@ -164,6 +164,9 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 	if args.NUMADistances, err = guestDistances(vm.NUMA); err != nil {
 		return nil, err
 	}
+	if err := placeVCPUs(&args); err != nil {
+		return nil, err
+	}
 	// Inherited from PID 1, which the kernel gives unknown NAME=value
 	// command-line words as environment; the VMM itself gets none.
 	args.Trace = os.Getenv("HYPERROOT_VMM_TRACE") == "1"

@@ -246,8 +246,9 @@ func Parse(args []string, stderr io.Writer) (Args, error) {
 			}
 			return err
 		})
-	fs.Func("numa-node", "a node of the guest's NUMA topology, repeatable, in order: CPUS:SIZE[:HOSTNODE]\n"+
-		"(its vCPUs, comma-separated; its share of guest RAM; the host node that share is allocated on)",
+	fs.Func("numa-node", "a node of the guest's NUMA topology, repeatable, in order: CPUS:SIZE[:HOSTNODE[:HOSTCPUS]]\n"+
+		"(its vCPUs, comma-separated; its share of guest RAM; the host node that share is allocated on;\n"+
+		"the host CPUs its vCPU threads run on, comma-separated)",
 		func(v string) error {
 			n, err := ParseNUMANode(v)
 			a.NUMANodes = append(a.NUMANodes, n)
@@ -544,6 +545,9 @@ type NUMANode struct {
 	CPUs   []int
 	Memory string // a size (1G); the VMM checks it
 	Host   *int   // host node; nil: any
+	// HostCPUs, with Host, are the host CPUs this node's vCPU threads
+	// run on (the host node's, which the supervisor reads); empty: any.
+	HostCPUs []int
 }
 
 // String is the --numa-node flag value for n.
@@ -551,27 +555,35 @@ func (n NUMANode) String() string {
 	s := cpuList(n.CPUs) + ":" + n.Memory
 	if n.Host != nil {
 		s += ":" + strconv.Itoa(*n.Host)
+		if len(n.HostCPUs) > 0 {
+			s += ":" + cpuList(n.HostCPUs)
+		}
 	}
 	return s
 }
 
-// ParseNUMANode reads a --numa-node flag value, CPUS:SIZE[:HOSTNODE].
+// ParseNUMANode reads a --numa-node flag value, CPUS:SIZE[:HOSTNODE[:HOSTCPUS]].
 func ParseNUMANode(v string) (NUMANode, error) {
 	f := strings.Split(v, ":")
-	if len(f) < 2 || len(f) > 3 || f[1] == "" {
-		return NUMANode{}, fmt.Errorf("numa node %q: want CPUS:SIZE[:HOSTNODE]", v)
+	if len(f) < 2 || len(f) > 4 || f[1] == "" {
+		return NUMANode{}, fmt.Errorf("numa node %q: want CPUS:SIZE[:HOSTNODE[:HOSTCPUS]]", v)
 	}
 	cpus, err := parseCPUList(f[0])
 	if err != nil {
 		return NUMANode{}, fmt.Errorf("numa node %q: %w", v, err)
 	}
 	n := NUMANode{CPUs: cpus, Memory: f[1]}
-	if len(f) == 3 {
+	if len(f) >= 3 {
 		h, err := parseHostNode(f[2])
 		if err != nil {
 			return NUMANode{}, fmt.Errorf("numa node %q: %w", v, err)
 		}
 		n.Host = &h
+	}
+	if len(f) == 4 {
+		if n.HostCPUs, err = parseCPUList(f[3]); err != nil {
+			return NUMANode{}, fmt.Errorf("numa node %q: %w", v, err)
+		}
 	}
 	return n, nil
 }

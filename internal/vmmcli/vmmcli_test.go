@@ -132,7 +132,7 @@ func TestArgvRoundTrip(t *testing.T) {
 		{"everything", Args{Name: "web", Kernel: "/k", Initrd: "/i", Cmdline: "console=ttyS0 quiet", CPUs: 4, Memory: "1G", HugePages: "2M",
 			Disks: []Disk{{FD: 3, ID: "web-0"}, {FD: 4, ReadOnly: true, IOPS: 5, Bandwidth: 4096, Direct: true, IO: IOPool}, {FD: -1, Path: "/x.img", IO: IOUring}},
 			NICs:  []NIC{{Socket: "/run/s/web/0.sock", MAC: mac}, {Socket: "/s", MAC: mac, MTU: 9000}}, Jail: 200001, Trace: true, Seccomp: "log",
-			NUMANodes:     []NUMANode{{CPUs: []int{0, 1}, Memory: "512M", Host: &one}, {CPUs: []int{2, 3}, Memory: "512M"}},
+			NUMANodes:     []NUMANode{{CPUs: []int{0, 1}, Memory: "512M", Host: &one, HostCPUs: []int{4, 5}}, {CPUs: []int{2, 3}, Memory: "512M"}},
 			NUMADistances: []int{10, 21, 21, 10}, DumpTag: "0123abcd"},
 			Args{}},
 		{"bound to a host node", Args{Name: "b", Kernel: "/k", Cmdline: "c", CPUs: 1, Memory: "256M", Seccomp: "kill", NUMABind: &one}, Args{}},

@@ -16,7 +16,8 @@ import (
 // numa_maps of its VMM, through the console's qos command) and its
 // threads on node 1's CPU; a VM with a NUMA topology of its own sees two
 // nodes with the vCPUs and memory the configuration gives them and the
-// host's distance between them, each node's RAM on its host node; a VM
+// host's distance between them, each node's RAM on its host node and its
+// vCPU threads on that node's CPUs; a VM
 // naming a node the host lacks does
 // not start, with an error naming it.
 func TestNUMA(t *testing.T) {
@@ -68,6 +69,11 @@ func TestNUMA(t *testing.T) {
 		nodes := regexp.MustCompile(`\bram-nodes N0=(\d+) N1=(\d+) ram-policy=bind:1,bind:0$`).FindStringSubmatch(l)
 		if nodes == nil {
 			t.Fatalf("guest RAM of the vNUMA VM not on both host nodes: %s", l)
+		}
+		// Each guest node's vCPU runs on its host node's CPU: vCPU 0
+		// (guest node 0) on host node 1's CPU 1, vCPU 1 on CPU 0.
+		if !regexp.MustCompile(`\baffinity .*\bvcpu0=1\b`).MatchString(l) || !regexp.MustCompile(`\baffinity .*\bvcpu1=0\b`).MatchString(l) {
+			t.Errorf("vNUMA VM's vCPU threads not on their host nodes' CPUs: %s", l)
 		}
 		n0, _ := strconv.Atoi(nodes[1])
 		n1, _ := strconv.Atoi(nodes[2])
