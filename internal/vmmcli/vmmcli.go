@@ -600,27 +600,20 @@ func parseHostNode(v string) (int, error) {
 
 // parseDistances reads --numa-distances: NUMA distances, 10 (local) to
 // 254, comma-separated; the VMM checks their number and places.
-func parseDistances(v string) ([]int, error) {
-	var ds []int
-	for _, f := range strings.Split(v, ",") {
-		d, err := strconv.Atoi(f)
-		if err != nil || d < 10 || d > 254 {
-			return nil, fmt.Errorf("NUMA distance %q: want a number 10-254", f)
-		}
-		ds = append(ds, d)
-	}
-	return ds, nil
-}
+func parseDistances(v string) ([]int, error) { return parseInts(v, "NUMA distance", 10, 254) }
 
 // parseCPUList reads "2,3" (at least one CPU, each 0-8191).
-func parseCPUList(v string) ([]int, error) {
-	var cpus []int
+func parseCPUList(v string) ([]int, error) { return parseInts(v, "CPU", 0, 8191) }
+
+// parseInts reads comma-separated numbers, each lo to hi, at least one.
+func parseInts(v, what string, lo, hi int) ([]int, error) {
+	var out []int
 	for _, f := range strings.Split(v, ",") {
-		c, err := strconv.Atoi(f)
-		if err != nil || c < 0 || c > 8191 {
-			return nil, fmt.Errorf("CPU %q: want a number 0-8191", f)
+		n, err := strconv.Atoi(f)
+		if err != nil || n < lo || n > hi {
+			return nil, fmt.Errorf("%s %q: want a number %d-%d", what, f, lo, hi)
 		}
-		cpus = append(cpus, c)
+		out = append(out, n)
 	}
-	return cpus, nil
+	return out, nil
 }

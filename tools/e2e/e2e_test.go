@@ -59,6 +59,20 @@ func parallel(t *testing.T) {
 	t.Cleanup(func() { <-slots })
 }
 
+// buildInto builds Go package pkg (with go build's flags) as the static
+// binary out, for a test's overlay: a hyperroot.run job or a binary that
+// replaces the image's.
+func buildInto(t *testing.T, out, pkg string, flags ...string) {
+	t.Helper()
+	goBin := testenv.NeedTool(t, "go", "golang")
+	args := append(append([]string{"build"}, flags...), "-o", out, pkg)
+	build := exec.Command(goBin, args...)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOAMD64=v1")
+	if b, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, b)
+	}
+}
+
 func imageDir(t testing.TB) string {
 	t.Helper()
 	dir := os.Getenv("HYPERROOT_IMAGE")

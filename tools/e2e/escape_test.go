@@ -4,14 +4,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
 	"testing"
 
-	"github.com/hyperroot/hyperroot/internal/testenv"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
 	"github.com/hyperroot/hyperroot/tools/qemu"
 )
@@ -52,14 +50,8 @@ func TestEscape(t *testing.T) { parallel(t); escapeSuite(t, true) }
 func TestEscapeWithoutSELinux(t *testing.T) { parallel(t); escapeSuite(t, false) }
 
 func escapeSuite(t *testing.T, selinux bool) {
-	goBin := testenv.NeedTool(t, "go", "golang")
 	overlay := t.TempDir()
-	build := exec.Command(goBin, "build", "-tags", "escape", "-trimpath", "-ldflags", "-s -w",
-		"-o", filepath.Join(overlay, "bin", "hyperroot"), "../../init")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOAMD64=v1")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build -tags escape ../../init: %v\n%s", err, out)
-	}
+	buildInto(t, filepath.Join(overlay, "bin", "hyperroot"), "../../init", "-tags", "escape", "-trimpath", "-ldflags", "-s -w")
 	// The victim's disk is a block device, as on hardware: /dev is a
 	// directory any VMM may search, so that at set-up nothing but the
 	// disk's own label stands between the attacker and it.

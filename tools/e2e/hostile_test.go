@@ -3,8 +3,6 @@ package e2e
 import (
 	"fmt"
 	"io"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -12,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hyperroot/hyperroot/internal/testenv"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
 	"github.com/hyperroot/hyperroot/tools/qemu"
 )
@@ -35,13 +32,8 @@ import (
 // has exited and left the port.
 func TestHostilePeer(t *testing.T) {
 	parallel(t)
-	goBin := testenv.NeedTool(t, "go", "golang")
 	overlay := t.TempDir()
-	build := exec.Command(goBin, "build", "-o", filepath.Join(overlay, "rogue", "rogue"), "./rogue")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./rogue: %v\n%s", err, out)
-	}
+	buildInto(t, filepath.Join(overlay, "rogue", "rogue"), "./rogue")
 	const (
 		bytes    = 40 << 20
 		rogueMAC = "52:54:00:48:52:09"

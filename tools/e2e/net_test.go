@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -14,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hyperroot/hyperroot/internal/testenv"
 	"github.com/hyperroot/hyperroot/tools/qemu"
 )
 
@@ -247,35 +245,56 @@ func TestNetPolicy(t *testing.T) {
 func TestNetSwitchRestart(t *testing.T) {
 	parallel(t)
 	testbed(t, func(t testing.TB) {
-		const bytes = 40 << 20
-		pr, pw := io.Pipe()
-		defer pw.Close()
-		cfg := netConfig(t, lanNet,
-			netVM("server", "net-server", []string{"{network: lan}"}),
-			netVM("client", "net-client", []string{"{network: lan, limits: {tx: 50M}}"}, fmt.Sprintf("hyperroot.netbytes=%d", bytes)))
-		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Stdin: pr})
-		// The client pings just before it starts streaming (at 50 Mbit/s:
-		// about 7 s, so the kill lands mid-stream).
-		expect(t, m, `^client\| guest: net ping `)
-		time.Sleep(2 * time.Second)
+		m, pw := startStream(t, qemu.Options{})
 		fmt.Fprintln(pw, "switch kill")
-		r := m.Wait()
-		mustPass(t, r)
-		lines := r.Lines
-		wantLines(t, lines, "hyperroot: switch exited code=137 reason=killed signal=SIGKILL")
-		if n := strings.Count(strings.Join(lines, "\n"), "switch| ready "); n != 2 {
-			t.Errorf("switch became ready %d times, want 2 (start and restart)", n)
-		}
+		lines := checkSwitchReplaced(t, m, "hyperroot: switch exited code=137 reason=killed signal=SIGKILL")
 		// Jailed again after the restart, over what its jailed run
 		// left in its directory, and the guests kept their leases.
 		checkSwitchJailed(t, lines, 2, false)
-		for _, vm := range []string{"server", "client"} {
-			if !hasLine(lines, `^`+vm+`\| vmm: virtio-net .* backend reconnected`) {
-				t.Errorf("%s's VMM did not report reconnecting", vm)
-			}
-		}
-		checkStream(t, lines, "client", "server", bytes)
 	})
+}
+
+// streamBytes is what the client of startStream sends: at 50 Mbit/s about
+// 7 s of stream.
+const streamBytes = 40 << 20
+
+// startStream starts an appliance (o, with its config and console input
+// filled in) whose client VM streams streamBytes to a server VM through
+// the switch, and returns once the stream is under way: the client pings
+// just before it starts, and two more seconds pass.
+func startStream(t testing.TB, o qemu.Options) (*qemu.Machine, io.Writer) {
+	t.Helper()
+	pr, pw := io.Pipe()
+	t.Cleanup(func() { pw.Close() })
+	o.Config = netConfig(t, lanNet,
+		netVM("server", "net-server", []string{"{network: lan}"}),
+		netVM("client", "net-client", []string{"{network: lan, limits: {tx: 50M}}"}, fmt.Sprintf("hyperroot.netbytes=%d", streamBytes)))
+	o.Oneshot, o.Stdin = true, pr
+	m := start(t, o)
+	expect(t, m, `^client\| guest: net ping `)
+	time.Sleep(2 * time.Second)
+	return m, pw
+}
+
+// checkSwitchReplaced waits for the end of a startStream run in which the
+// switch was replaced mid-stream, its exit reported as exit: the run
+// passed, a second switch became ready, both VMMs reconnected and the
+// stream arrived whole. It returns the console's lines.
+func checkSwitchReplaced(t testing.TB, m *qemu.Machine, exit string) []string {
+	t.Helper()
+	r := m.Wait()
+	mustPass(t, r)
+	wantLines(t, r.Lines, exit)
+	if n := strings.Count(strings.Join(r.Lines, "\n"), "switch| ready "); n != 2 {
+		t.Errorf("switch became ready %d times, want 2 (start and restart)", n)
+	}
+	for _, vm := range []string{"server", "client"} {
+		if !hasLine(r.Lines, `^`+vm+`\| vmm: virtio-net .* backend reconnected`) {
+			t.Errorf("%s's VMM did not report reconnecting", vm)
+		}
+	}
+	checkStream(t, r.Lines, "client", "server", streamBytes)
+	return r.Lines
 }
 
 // TestNetSwitchHung: a switch that stops doing anything while its process
@@ -285,43 +304,17 @@ func TestNetSwitchRestart(t *testing.T) {
 // the guests' TCP stream completes intact.
 func TestNetSwitchHung(t *testing.T) {
 	parallel(t)
-	goBin := testenv.NeedTool(t, "go", "golang")
 	overlay := t.TempDir()
-	build := exec.Command(goBin, "build", "-o", filepath.Join(overlay, "freeze", "freeze"), "./freeze")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./freeze: %v\n%s", err, out)
-	}
+	buildInto(t, filepath.Join(overlay, "freeze", "freeze"), "./freeze")
 	testbed(t, func(t testing.TB) {
-		const bytes = 40 << 20
-		pr, pw := io.Pipe()
-		defer pw.Close()
-		cfg := netConfig(t, lanNet,
-			netVM("server", "net-server", []string{"{network: lan}"}),
-			netVM("client", "net-client", []string{"{network: lan, limits: {tx: 50M}}"}, fmt.Sprintf("hyperroot.netbytes=%d", bytes)))
-		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Stdin: pr, Overlay: overlay, Append: "hyperroot.run=/freeze/freeze"})
-		expect(t, m, `^client\| guest: net ping `)
-		time.Sleep(2 * time.Second)
+		m, pw := startStream(t, qemu.Options{Overlay: overlay, Append: "hyperroot.run=/freeze/freeze"})
 		fmt.Fprintln(pw, "@run go")
 		expect(t, m, `^run\| freeze: switch pid=\d+ stopped$`)
-		hung := expect(t, m, `hyperroot: switch hung: no heartbeat for \S+: killing it$`)
-		r := m.Wait()
-		mustPass(t, r)
-		lines := r.Lines
-		t.Log(hung)
-		wantLines(t, lines, "hyperroot: switch exited code=137 reason=hung")
-		if n := strings.Count(strings.Join(lines, "\n"), "switch| ready "); n != 2 {
-			t.Errorf("switch became ready %d times, want 2 (start and restart)", n)
-		}
+		t.Log(expect(t, m, `hyperroot: switch hung: no heartbeat for \S+: killing it$`))
+		lines := checkSwitchReplaced(t, m, "hyperroot: switch exited code=137 reason=hung")
 		if hasLine(lines, `^switch\| alive$`) {
 			t.Error("the switch's heartbeat reached the console")
 		}
-		for _, vm := range []string{"server", "client"} {
-			if !hasLine(lines, `^`+vm+`\| vmm: virtio-net .* backend reconnected`) {
-				t.Errorf("%s's VMM did not report reconnecting", vm)
-			}
-		}
-		checkStream(t, lines, "client", "server", bytes)
 	})
 }
 
