@@ -124,15 +124,22 @@ func fakeDumper(args []string) int {
 	return 0
 }
 
-// TestDumpTag: a dump wait ends at the VMM's own last line, not at one its
-// guest printed, and the relayed dump lines carry no tag.
-func TestDumpTag(t *testing.T) {
-	fake(t, "dump")
+// fakeFleet starts a fleet of one VM, t, whose VMM is the fake child
+// playing plan, on a console written to the returned buffer.
+func fakeFleet(t *testing.T, plan string, restart config.Restart) (*fleet, *console, *syncBuffer) {
+	fake(t, plan)
 	out := &syncBuffer{}
 	c := newConsole(out)
 	f := newFleet(c, child.Direct{}, false)
 	f.unjailed = true // fake VMMs
-	f.Start([]config.VM{{Name: "t", Kernel: "/k", CPUs: 1, Memory: 128 << 20, Restart: config.RestartNever}})
+	f.Start([]config.VM{{Name: "t", Kernel: "/k", CPUs: 1, Memory: 128 << 20, Restart: restart}})
+	return f, c, out
+}
+
+// TestDumpTag: a dump wait ends at the VMM's own last line, not at one its
+// guest printed, and the relayed dump lines carry no tag.
+func TestDumpTag(t *testing.T) {
+	f, c, out := fakeFleet(t, "dump", config.RestartNever)
 	waitFor(t, out, "hyperroot: vm t started pid=PID cpus=1 memory=128M")
 	if err := f.Dump("t", 20*time.Second); err != nil {
 		t.Fatal(err)
@@ -251,12 +258,7 @@ func TestFleetConsole(t *testing.T) {
 // TestFleetInputAndStop: console input reaches the VMM's stdin, and Stop
 // ends it with SIGTERM, without a restart.
 func TestFleetInputAndStop(t *testing.T) {
-	fake(t, "serve")
-	out := &syncBuffer{}
-	c := newConsole(out)
-	f := newFleet(c, child.Direct{}, false)
-	f.unjailed = true // fake VMMs
-	f.Start([]config.VM{{Name: "t", Kernel: "/k", CPUs: 1, Memory: 128 << 20, Restart: config.RestartAlways}})
+	f, c, out := fakeFleet(t, "serve", config.RestartAlways)
 	waitFor(t, out, "t| ready networks=0 ports=0")
 	if err := f.Input("t", "hello"); err != nil {
 		t.Fatal(err)
