@@ -156,10 +156,12 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 	e.mu.Lock()
 	vm.QoS = e.qos
 	e.mu.Unlock()
+	began := time.Now()
 	g, err := f.cg.vmGroup(vm)
 	if err != nil {
 		return nil, err
 	}
+	setup := time.Since(began) // the cgroup's share of the VM's start
 	args := vmmcli.ForVM(vm, switchDir)
 	if args.NUMADistances, err = guestDistances(vm.NUMA); err != nil {
 		return nil, err
@@ -212,6 +214,9 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 			ctx := ""
 			if label != "" {
 				ctx = " selinux=" + label
+			}
+			if g != nil {
+				ctx += fmt.Sprintf(" cgroup=%.1fms", float64(setup.Microseconds())/1000)
 			}
 			f.c.Printf("vm %s started pid=%d cpus=%d memory=%s%s", vm.Name, pid, vm.CPUs, vm.Memory, ctx)
 		},
