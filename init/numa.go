@@ -9,8 +9,12 @@ import (
 	"strings"
 
 	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/idlist"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
 )
+
+// maxHostID bounds the host CPU and node numbers read from sysfs.
+const maxHostID = 1 << 16
 
 // nodeDir is where the kernel lists the host's NUMA nodes.
 var nodeDir = "/sys/devices/system/node"
@@ -74,7 +78,7 @@ func placeVCPUs(args *vmmcli.Args) error {
 		if list == "" {
 			continue // a node of memory alone
 		}
-		cpus, err := parseIDList(list)
+		cpus, err := idlist.Parse(list, maxHostID)
 		if err != nil {
 			return fmt.Errorf("numa: host node %d: CPUs %q: %w", *n.Host, list, err)
 		}
@@ -101,7 +105,7 @@ func guestDistances(u config.NUMA) ([]int, error) {
 	if err != nil {
 		return nil, fmt.Errorf("numa: %w", err)
 	}
-	online, err := parseIDList(strings.TrimSpace(string(b)))
+	online, err := idlist.Parse(strings.TrimSpace(string(b)), maxHostID)
 	if err != nil {
 		return nil, fmt.Errorf("numa: the host's online nodes %q: %w", b, err)
 	}
@@ -198,26 +202,4 @@ func parseRAMNodes(maps string) string {
 		w = append(w, fmt.Sprintf("N%d=%d", n, pages[n]))
 	}
 	return strings.Join(w, " ") + " ram-policy=" + strings.Join(policies, ",")
-}
-
-// parseIDList reads a kernel list of numbers and ranges ("0-1,3").
-func parseIDList(s string) ([]int, error) {
-	var ids []int
-	for _, r := range strings.Split(s, ",") {
-		lo, hi, isRange := strings.Cut(r, "-")
-		a, err := strconv.Atoi(lo)
-		if err != nil || a < 0 {
-			return nil, fmt.Errorf("%q", r)
-		}
-		b := a
-		if isRange {
-			if b, err = strconv.Atoi(hi); err != nil || b < a || b-a > 1<<16 {
-				return nil, fmt.Errorf("%q", r)
-			}
-		}
-		for i := a; i <= b; i++ {
-			ids = append(ids, i)
-		}
-	}
-	return ids, nil
 }

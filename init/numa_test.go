@@ -108,19 +108,6 @@ func TestGuestDistances(t *testing.T) {
 	}
 }
 
-func TestParseIDList(t *testing.T) {
-	for in, want := range map[string][]int{"0": {0}, "0-2": {0, 1, 2}, "0,2-3": {0, 2, 3}} {
-		if got, err := parseIDList(in); err != nil || !slices.Equal(got, want) {
-			t.Errorf("parseIDList(%q) = %v, %v", in, got, err)
-		}
-	}
-	for _, bad := range []string{"", "x", "3-1", "-1", "0-99999999"} {
-		if _, err := parseIDList(bad); err == nil {
-			t.Errorf("parseIDList(%q) accepted", bad)
-		}
-	}
-}
-
 // TestPlaceVCPUs: a guest node's vCPUs run on its host node's CPUs; a node
 // of memory alone, a node with no host node and a pinned VM say nothing.
 func TestPlaceVCPUs(t *testing.T) {

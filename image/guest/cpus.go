@@ -5,9 +5,10 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/hyperroot/hyperroot/internal/idlist"
 )
 
 // onlineCPUs brings every present CPU the kernel left offline online, when
@@ -58,29 +59,9 @@ func onlineCount() int {
 	if err != nil {
 		return runtime.NumCPU()
 	}
-	n, ok := countRanges(strings.TrimSpace(string(b)))
-	if !ok {
+	cpus, err := idlist.Parse(strings.TrimSpace(string(b)), 1<<16)
+	if err != nil {
 		return runtime.NumCPU()
 	}
-	return n
-}
-
-// countRanges counts the members of a kernel CPU list ("0-3,5,8-9").
-func countRanges(s string) (int, bool) {
-	n := 0
-	for _, r := range strings.Split(s, ",") {
-		lo, hi, isRange := strings.Cut(r, "-")
-		a, err := strconv.Atoi(lo)
-		if err != nil {
-			return 0, false
-		}
-		b := a
-		if isRange {
-			if b, err = strconv.Atoi(hi); err != nil || b < a {
-				return 0, false
-			}
-		}
-		n += b - a + 1
-	}
-	return n, true
+	return len(cpus)
 }

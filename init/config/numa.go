@@ -2,10 +2,10 @@ package config
 
 import (
 	"slices"
-	"strconv"
-	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/hyperroot/hyperroot/internal/idlist"
 )
 
 // NUMA is where a VM's memory lives on a host with several NUMA nodes,
@@ -92,24 +92,12 @@ func (d *decoder) hostNode(v *yaml.Node) *int {
 
 // cpuRanges reads vCPU numbers as "0-1,4" or a single number.
 func (d *decoder) cpuRanges(v *yaml.Node) []int {
-	var cpus []int
-	for _, f := range strings.Split(d.str(v), ",") {
-		lo, hi, isRange := strings.Cut(strings.TrimSpace(f), "-")
-		a, err1 := strconv.Atoi(lo)
-		b := a
-		var err2 error
-		if isRange {
-			b, err2 = strconv.Atoi(hi)
+	cpus, err := idlist.Parse(d.str(v), MaxVCPUs)
+	if err != nil {
+		if v.Kind == yaml.ScalarNode {
+			d.errf(v, "cpus %q: want vCPU numbers such as 0-1,4", v.Value)
 		}
-		if err1 != nil || err2 != nil || a < 0 || b < a || b >= MaxVCPUs {
-			if v.Kind == yaml.ScalarNode {
-				d.errf(v, "cpus %q: want vCPU numbers such as 0-1,4", v.Value)
-			}
-			return nil
-		}
-		for c := a; c <= b; c++ {
-			cpus = append(cpus, c)
-		}
+		return nil
 	}
 	return cpus
 }
