@@ -100,10 +100,19 @@ var childCases = map[string]func() error{
 	// the process goes on with the process filter only, and the thread
 	// dies with its goroutine.
 	"vcpu-allowed": func() error {
+		// The network poller in use, as in a VMM (its console, kick
+		// loops): a collection the vCPU thread starts or ends then polls
+		// it, without waiting, as it restarts the world.
+		r, w, err := os.Pipe()
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		defer w.Close()
 		if err := Process(Kill); err != nil {
 			return err
 		}
-		err := onVCPUThread(Kill, func() error {
+		err = onVCPUThread(Kill, func() error {
 			if _, _, e := unix.Syscall(unix.SYS_IOCTL, ^uintptr(0), kvm0xae80, 0); e != unix.EBADF {
 				return fmt.Errorf("KVM_RUN on no descriptor: %v, want EBADF", e)
 			}
@@ -146,6 +155,14 @@ var childCases = map[string]func() error{
 		// KVM_SET_REGS: a request the process filter lets through for
 		// no thread either, but checked here on the vCPU's own list.
 		return vcpuThen(func() { unix.Syscall(unix.SYS_IOCTL, ^uintptr(0), 0x4090ae82, 0) })
+	},
+	// The runtime's non-waiting poll is allowed (vcpu-allowed), a
+	// waiting one is not.
+	"vcpu-epoll-wait": func() error {
+		return vcpuThen(func() {
+			var ev [1]unix.EpollEvent
+			unix.Syscall6(unix.SYS_EPOLL_PWAIT, ^uintptr(0), uintptr(unsafe.Pointer(&ev[0])), 1, 10, 0, 0)
+		})
 	},
 	"vcpu-ioctl-other": func() error {
 		return vcpuThen(func() { unix.IoctlGetTermios(0, unix.TCGETS) })
@@ -376,7 +393,7 @@ func TestRefusedKills(t *testing.T) {
 	needSeccomp(t)
 	for _, name := range []string{"process-socket-inet", "process-execve", "process-ptrace", "process-openat",
 		"process-ioctl", "process-fork", "process-prctl", "process-setaffinity-other", "process-mprotect", "process-mmap-exec", "process-mmap-exec-disguised",
-		"vcpu-socket-unix", "vcpu-preadv", "vcpu-ioctl-set-regs", "vcpu-ioctl-other"} {
+		"vcpu-socket-unix", "vcpu-preadv", "vcpu-ioctl-set-regs", "vcpu-ioctl-other", "vcpu-epoll-wait"} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			ws, out := runCase(t, name)
