@@ -28,6 +28,7 @@ import (
 // it for each configured VM; on any Linux host with KVM it boots a kernel
 // the way `qemu-system-x86_64 -kernel` does.
 func vmmMain(args []string) int {
+	began := time.Now()
 	withoutTHP()
 	// SIGTERM and SIGINT are handled from the start: a jailed VMM is the
 	// init of its PID namespace, for which the kernel drops a signal that
@@ -114,6 +115,7 @@ func vmmMain(args []string) int {
 		return fail("%s: %v", a.Name, err)
 	}
 	defer m.Close()
+	buildTime := time.Since(start)
 	// stdout is the guest's console: the VMM's own notes go to stderr.
 	for i, kind := range m.DiskBackends() {
 		if cfg.Disks[i].Direct {
@@ -162,6 +164,11 @@ func vmmMain(args []string) int {
 	if code, ran := escapeAt("running", a); ran {
 		return code
 	}
+	go func() {
+		<-m.Running()
+		fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: %d vCPUs running %s after start (machine built in %s)\n",
+			a.Name, a.CPUs, time.Since(began).Round(time.Millisecond), buildTime.Round(time.Millisecond))
+	}()
 	r := m.Run()
 	fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: %s after %s (%s)\n", a.Name, r.Exit, time.Since(start).Round(time.Millisecond), r.Detail)
 	all, io, mmio := m.Exits()

@@ -193,7 +193,8 @@ const (
 // leaves it on large machines; otherwise it logs "x2apic entry ignored".
 // So with more than 255 vCPUs the VMM must start its vCPUs in x2APIC mode
 // (IA32_APIC_BASE.EXTD) and advertise x2APIC plus KVM_FEATURE_MSI_EXT_DEST_ID
-// in CPUID, which lets Linux keep x2APIC without interrupt remapping.
+// in CPUID, which lets Linux keep x2APIC without interrupt remapping (see
+// x2APICCPUs in vmm/machine).
 func madt(cpus int) []byte {
 	le := binary.LittleEndian
 	b := newTable("APIC", madtRevision, headerLen+8)

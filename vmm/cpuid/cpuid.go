@@ -14,11 +14,18 @@ const (
 	leafTopology   = 0xB
 	leafTopology2  = 0x1F
 	leafKVMSig     = 0x40000000
+	leafKVMFeat    = 0x40000001
 	leafExtFeat    = 0x80000001
 	leafAddrSizes  = 0x80000008
 	leafAMDTopoExt = 0x8000001E
 
 	ecxHypervisor = 1 << 31
+	ecxX2APIC     = 1 << 21
+	// KVM_FEATURE_MSI_EXT_DEST_ID: MSIs may carry APIC id bits 8-14 in
+	// address bits 5-11 (the VMM moves them where KVM reads them).
+	kvmMSIExtDestID = 1 << 15
+	// xAPICCPUs is how many vCPUs 8-bit APIC ids reach (0-254).
+	xAPICCPUs     = 255
 	edxHTT        = 1 << 28
 	extECXCmpLeg  = 1 << 1  // CmpLegacy: multi-core, HTT not meaning threads
 	extECXTopoExt = 1 << 22 // leaf 0x8000001E present
@@ -47,6 +54,9 @@ func ForVCPU(supported []kvm.CPUIDEntry, id, n int) []kvm.CPUIDEntry {
 		case leafFeatures:
 			e.EBX = e.EBX&0x0000ffff | uint32(min(n, 255))<<16 | uint32(id&0xff)<<24
 			e.ECX |= ecxHypervisor
+			if n > xAPICCPUs {
+				e.ECX |= ecxX2APIC // the VMM starts them in x2APIC mode
+			}
 			if n > 1 {
 				e.EDX |= edxHTT
 			} else {
@@ -68,6 +78,10 @@ func ForVCPU(supported []kvm.CPUIDEntry, id, n int) []kvm.CPUIDEntry {
 			}
 		case leafKVMSig:
 			e.EBX, e.ECX, e.EDX = kvmSignature[0], kvmSignature[1], kvmSignature[2]
+		case leafKVMFeat:
+			if n > xAPICCPUs {
+				e.EAX |= kvmMSIExtDestID
+			}
 		case leafExtFeat:
 			// No AMD topology-extension leaf: it would describe the host.
 			e.ECX &^= extECXTopoExt

@@ -23,6 +23,7 @@ func sample() []kvm.CPUIDEntry {
 		{Function: leafTopology, Index: 1, Flags: kvm.CPUIDFlagSignificantIndex},
 		{Function: leafTopology, Index: 2, Flags: kvm.CPUIDFlagSignificantIndex},
 		{Function: leafKVMSig, EAX: 0x40000001},
+		{Function: leafKVMFeat, EAX: 1},
 		{Function: leafExtFeat, ECX: extECXTopoExt},
 		{Function: leafAddrSizes, ECX: 0x7007},
 		{Function: leafAMDTopoExt, EAX: 7},
@@ -66,6 +67,14 @@ func TestForVCPU(t *testing.T) {
 		}
 		if nc := find(out, leafAddrSizes, 0).ECX & 0xff; int(nc) != (tc.n-1)&0xff {
 			t.Errorf("%v: NC = %d", tc, nc)
+		}
+		// Beyond 255 vCPUs: x2APIC, and extended MSI destination ids.
+		big := tc.n > 255
+		if (f.ECX&ecxX2APIC != 0) != big {
+			t.Errorf("%v: x2APIC bit %v", tc, f.ECX&ecxX2APIC != 0)
+		}
+		if kf := find(out, leafKVMFeat, 0); kf.EAX&1 == 0 || (kf.EAX&kvmMSIExtDestID != 0) != big {
+			t.Errorf("%v: KVM features %#x", tc, kf.EAX)
 		}
 		if in[1].EBX != 0x12345678 {
 			t.Fatal("input modified")

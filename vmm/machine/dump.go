@@ -183,7 +183,7 @@ func describeVCPU(i int, v *kvm.VCPU) []string {
 	if l, err := v.LAPIC(); err != nil {
 		add("%v", err)
 	} else {
-		add("%s", describeLAPIC(&l))
+		add("%s", describeLAPIC(&l, serr == nil && s.APICBase&apicBaseEXTD != 0))
 	}
 	if e, err := v.Events(); err != nil {
 		add("%v", err)
@@ -243,7 +243,11 @@ func lapicVectors(l *kvm.LAPIC, off int) string {
 // describeLAPIC names what decides whether the vCPU gets interrupts: the
 // pending (IRR) and in-service (ISR) vectors, the task priority, whether
 // the APIC is enabled, and the timer.
-func describeLAPIC(l *kvm.LAPIC) string {
+func describeLAPIC(l *kvm.LAPIC, x2apic bool) string {
+	id := lapicReg(l, 0x20) >> 24
+	if x2apic { // the whole register (KVM_CAP_X2APIC_API's format)
+		id = lapicReg(l, 0x20)
+	}
 	timer := lapicReg(l, 0x320)
 	mode := [...]string{"one-shot", "periodic", "tsc-deadline", "reserved"}[timer>>17&3]
 	masked := ""
@@ -252,7 +256,7 @@ func describeLAPIC(l *kvm.LAPIC) string {
 	}
 	svr := lapicReg(l, 0xF0)
 	return fmt.Sprintf("lapic id=%d %s tpr=%#x irr=%s isr=%s timer=%s%s vector=%#x initial=%d current=%d divide=%#x lint0=%#x lint1=%#x",
-		lapicReg(l, 0x20)>>24, map[bool]string{true: "enabled", false: "software-disabled"}[svr&(1<<8) != 0],
+		id, map[bool]string{true: "enabled", false: "software-disabled"}[svr&(1<<8) != 0],
 		lapicReg(l, 0x80), lapicVectors(l, 0x200), lapicVectors(l, 0x100), mode, masked, timer&0xFF,
 		lapicReg(l, 0x380), lapicReg(l, 0x390), lapicReg(l, 0x3E0), lapicReg(l, 0x350), lapicReg(l, 0x360))
 }

@@ -107,11 +107,15 @@ func TestDescribeLAPIC(t *testing.T) {
 	put(0x100+16, 1<<(0x30-32))          // ISR: 0x30 in service
 	put(0x320, 1<<17|0xEC)               // periodic, vector 0xEC
 	put(0x380, 1000)
-	got := describeLAPIC(&l)
+	got := describeLAPIC(&l, false)
 	for _, want := range []string{"id=3 ", "enabled", "irr=[0xec 0xff]", "isr=[0x30]", "timer=periodic vector=0xec initial=1000"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("%q lacks %q", got, want)
 		}
+	}
+	put(0x20, 1023)
+	if got := describeLAPIC(&l, true); !strings.Contains(got, "id=1023 ") {
+		t.Errorf("x2APIC mode: %q lacks id=1023", got)
 	}
 	if lapicReg(&l, 1022) != 0 || lapicReg(&l, -1) != 0 {
 		t.Error("lapicReg out of bounds is not 0")

@@ -12,6 +12,8 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 	"unsafe"
@@ -156,15 +158,19 @@ type Machine struct {
 	nics     []*virtionet.Device
 
 	trace bool
+	// x2apic: the VM has more vCPUs than xAPIC ids reach (x2APICCPUs).
+	x2apic bool
 	// vcpuThread run in order on each vCPU's thread before its first
 	// KVM_RUN (OnVCPUThread).
 	vcpuThread []func(i int) error
 	stopOnce   sync.Once
 	result     Result
 	mu         sync.Mutex
-	tids       []int       // OS thread of each running vCPU, 0 until it started
-	watch      []vcpuWatch // per vCPU, for Dump (dump.go)
-	dumpMu     sync.Mutex  // one Dump at a time: their kicks and answers would cross
+	tids       []int         // OS thread of each running vCPU, 0 until it started
+	started    int           // vCPUs that have reached their first KVM_RUN
+	running    chan struct{} // closed when every vCPU has (Running)
+	watch      []vcpuWatch   // per vCPU, for Dump (dump.go)
+	dumpMu     sync.Mutex    // one Dump at a time: their kicks and answers would cross
 }
 
 // pvpanicPort is QEMU's pvpanic ISA port, described to the guest as an
@@ -248,6 +254,14 @@ func (m *Machine) build(cfg Config, k *boot.Kernel) (err error) {
 	if m.vm, err = m.sys.CreateVM(); err != nil {
 		return err
 	}
+	m.x2apic = cfg.CPUs > x2APICCPUs
+	if m.x2apic {
+		// 32-bit APIC ids in KVM's MSI routes and LAPIC state, and 0xFF
+		// an id like any other rather than a broadcast.
+		if err := m.vm.EnableCap(kvm.CapX2APICAPI, kvm.X2APICAPIUse32BitIDs|kvm.X2APICAPIDisableBroadcastQuirk); err != nil {
+			return fmt.Errorf("cpus %d: more than %d need x2APIC ids: %w", cfg.CPUs, x2APICCPUs, err)
+		}
+	}
 	for _, step := range []func() error{
 		func() error { return m.vm.SetTSSAddr(tssAddr) },
 		func() error { return m.vm.SetIdentityMapAddr(identityAddr) },
@@ -300,7 +314,7 @@ func (m *Machine) build(cfg Config, k *boot.Kernel) (err error) {
 		return err
 	}
 	cpu, err := boot.Load(m.mem, k, boot.Config{
-		RAMSize: cfg.Memory, Cmdline: cfg.Cmdline, Initrd: cfg.Initrd, RSDP: layout.ACPIStart + rsdpOff,
+		RAMSize: cfg.Memory, Cmdline: guestCmdline(cfg.Cmdline, m.x2apic), Initrd: cfg.Initrd, RSDP: layout.ACPIStart + rsdpOff,
 		Reserved: [][2]uint64{pci.ECAMReserved()},
 	})
 	if err != nil {
@@ -324,7 +338,7 @@ func (m *Machine) build(cfg Config, k *boot.Kernel) (err error) {
 			return err
 		}
 		m.vcpus = append(m.vcpus, v)
-		if err := setupVCPU(v, cpuid.ForVCPU(supported, i, cfg.CPUs), i == 0, cpu); err != nil {
+		if err := setupVCPU(v, cpuid.ForVCPU(supported, i, cfg.CPUs), i == 0, m.x2apic, cpu); err != nil {
 			return fmt.Errorf("vCPU %d: %w", i, err)
 		}
 	}
@@ -408,11 +422,17 @@ var bootMSRs = []kvm.MSREntry{
 	{Index: 0x2ff, Data: 1<<11 | 0x6}, // IA32_MTRR_DEF_TYPE: enabled, write-back
 }
 
-func setupVCPU(v *kvm.VCPU, ids []kvm.CPUIDEntry, bsp bool, cpu boot.CPU) error {
+func setupVCPU(v *kvm.VCPU, ids []kvm.CPUIDEntry, bsp, x2apic bool, cpu boot.CPU) error {
 	if err := v.SetCPUID2(ids); err != nil {
 		return err
 	}
-	if err := v.SetMSRs(bootMSRs); err != nil {
+	msrs := bootMSRs
+	if x2apic {
+		// Before the LAPIC is read and written below, which KVM does
+		// in the format of the APIC's mode.
+		msrs = append(slices.Clip(msrs), kvm.MSREntry{Index: msrAPICBase, Data: apicBase(bsp)})
+	}
+	if err := v.SetMSRs(msrs); err != nil {
 		return err
 	}
 	fpu := kvm.FPU{FCW: 0x37f, MXCSR: 0x1f80}
@@ -446,6 +466,52 @@ func setupVCPU(v *kvm.VCPU, ids []kvm.CPUIDEntry, bsp bool, cpu boot.CPU) error 
 		return err
 	}
 	return v.SetRegs(kvm.Regs{RIP: cpu.RIP, RSP: cpu.RSP, RSI: cpu.RSI, RFLAGS: cpu.RFLAGS})
+}
+
+// x2APICCPUs is how many vCPUs xAPIC ids reach: 0-254, 0xFF being the
+// broadcast id. A VM with more starts every vCPU with its local APIC in
+// x2APIC mode (IA32_APIC_BASE.EXTD), as firmware leaves a large machine:
+// Linux takes the MADT's x2APIC entries, those of the CPUs from 255 on,
+// only when its boot CPU's APIC is in x2APIC mode as it reads them, and
+// logs "x2apic entry ignored" otherwise. With no interrupt remapping, the
+// guest then addresses those CPUs in MSIs through the extended
+// destination id KVM's CPUID offers (KVM_FEATURE_MSI_EXT_DEST_ID), which
+// the VMM moves where KVM reads it (gsiRoutes.message).
+const x2APICCPUs = 255
+
+const (
+	msrAPICBase  = 0x1b
+	apicBaseBSP  = 1 << 8
+	apicBaseEXTD = 1 << 10 // x2APIC mode
+	apicBaseEN   = 1 << 11
+)
+
+// apicBase is IA32_APIC_BASE of a vCPU in x2APIC mode.
+func apicBase(bsp bool) uint64 {
+	v := uint64(layout.LAPICAddr) | apicBaseEN | apicBaseEXTD
+	if bsp {
+		v |= apicBaseBSP
+	}
+	return v
+}
+
+// guestCmdline is the command line the guest gets. With x2APIC ids it
+// keeps the guest's interrupts on CPUs 0-254 by default (irqaffinity=,
+// unless the configuration sets one): KVM's in-kernel IOAPIC, which
+// carries the serial port's, the keyboard controller's and the power
+// button's interrupts, has 8-bit destinations, so one of them steered to
+// a CPU above 254 would reach CPU (id mod 256) instead. MSIs, the virtio
+// devices', reach every vCPU, and the guest may steer them anywhere.
+func guestCmdline(cmdline string, x2apic bool) string {
+	if !x2apic {
+		return cmdline
+	}
+	for _, f := range strings.Fields(cmdline) {
+		if strings.HasPrefix(f, "irqaffinity=") {
+			return cmdline
+		}
+	}
+	return strings.TrimSpace(cmdline + fmt.Sprintf(" irqaffinity=0-%d", x2APICCPUs-1))
 }
 
 func setLVT(l *kvm.LAPIC, reg int, mode uint32) {
@@ -531,6 +597,9 @@ func (m *Machine) runVCPU(i int, v *kvm.VCPU) {
 	}
 	m.tids[i] = unix.Gettid()
 	w := &m.watch[i]
+	if m.started++; m.started == len(m.vcpus) {
+		close(m.runningChan())
+	}
 	m.mu.Unlock()
 	for {
 		w.inGuest.Store(true)
@@ -628,6 +697,22 @@ func (m *Machine) stop(r Result) {
 			}
 		}()
 	})
+}
+
+// Running is closed once every vCPU's thread is about to enter the guest
+// for the first time: with Run's start, how long a machine of many vCPUs
+// takes to get going.
+func (m *Machine) Running() <-chan struct{} {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.runningChan()
+}
+
+func (m *Machine) runningChan() chan struct{} {
+	if m.running == nil {
+		m.running = make(chan struct{})
+	}
+	return m.running
 }
 
 // OnVCPUThread has f called on each vCPU's thread, locked to it, with the

@@ -225,3 +225,54 @@ func FuzzMSIRouting(f *testing.F) {
 		}
 	})
 }
+
+// TestMSIExtDestID: with x2APIC ids, an MSI for APIC id 1023 as a guest
+// without interrupt remapping writes it (id bits 8-14 in address bits
+// 5-11) reaches KVM with those bits in the upper address, where KVM's
+// 32-bit destinations take them; without, the address is passed as is.
+func TestMSIExtDestID(t *testing.T) {
+	const id = 1023
+	guest := uint64(0xFEE0_0000 | (id&0xff)<<12 | (id>>8)<<5)
+	for _, ext := range []bool{true, false} {
+		chip := newFakeChip(ext)
+		routes := newGSIRoutes(chip)
+		routes.extDestID = ext
+		r := &msiRouter{routes: routes, vm: chip, max: 2}
+		if err := r.Route(0, guest, 0x41, false); err != nil {
+			t.Fatalf("ext=%v: %v", ext, err)
+		}
+		// An address with its upper half set is KVM's to judge: left.
+		if err := r.Route(1, 0x1_FEE0_0000|3<<5, 0x42, false); err == nil && ext {
+			t.Errorf("ext=%v: an address_hi of 1 was routed", ext)
+		}
+		got := chip.table[r.vectors[0].gsi].Addr
+		want := guest
+		if ext {
+			want = 0xFEE0_0000 | (id&0xff)<<12 | uint64(id>>8)<<40
+			if dest := got>>12&0xff | got>>32>>8<<8; dest != id {
+				t.Errorf("KVM would deliver to APIC id %d, want %d", dest, id)
+			}
+		}
+		if got != want {
+			t.Errorf("ext=%v: route address %#x, want %#x", ext, got, want)
+		}
+		r.close()
+	}
+}
+
+func TestGuestCmdline(t *testing.T) {
+	for _, tc := range []struct {
+		in     string
+		x2apic bool
+		want   string
+	}{
+		{"console=ttyS0", false, "console=ttyS0"},
+		{"console=ttyS0", true, "console=ttyS0 irqaffinity=0-254"},
+		{"", true, "irqaffinity=0-254"},
+		{"console=ttyS0 irqaffinity=3", true, "console=ttyS0 irqaffinity=3"},
+	} {
+		if got := guestCmdline(tc.in, tc.x2apic); got != tc.want {
+			t.Errorf("guestCmdline(%q, %v) = %q, want %q", tc.in, tc.x2apic, got, tc.want)
+		}
+	}
+}

@@ -40,6 +40,9 @@ type gsiRoutes struct {
 	mu   sync.Mutex
 	next uint32
 	msi  map[uint32]kvm.MSI
+	// extDestID: KVM takes 32-bit destinations (KVM_CAP_X2APIC_API),
+	// and the guest's extended ids must be moved (message).
+	extDestID bool
 }
 
 func newGSIRoutes(vm irqChip) *gsiRoutes {
@@ -62,6 +65,20 @@ func legacyRoutes() []kvm.Route {
 		}
 	}
 	return rs
+}
+
+// message is the MSI route KVM gets for what the guest wrote into an
+// MSI-X entry. With x2APIC ids, a guest without interrupt remapping puts
+// bits 8-14 of an APIC id above 255 into bits 5-11 of the address, where
+// an x86 MSI address has reserved bits (the extended destination id of
+// KVM_FEATURE_MSI_EXT_DEST_ID); KVM reads bits 8-31 of the id from the
+// upper half of the address instead, so they move there. An address whose
+// upper half is already set is left for KVM to judge.
+func (g *gsiRoutes) message(addr uint64, data uint32) kvm.MSI {
+	if ext := addr >> 5 & 0x7f; g.extDestID && ext != 0 && addr>>32 == 0 {
+		addr = addr&^(0x7f<<5) | ext<<40
+	}
+	return kvm.MSI{Addr: addr, Data: data}
 }
 
 // alloc reserves a GSI for an MSI-X vector.
@@ -163,7 +180,7 @@ func (r *msiRouter) Route(v int, addr uint64, data uint32, masked bool) error {
 		}
 		return nil
 	}
-	msg := kvm.MSI{Addr: addr, Data: data}
+	msg := r.routes.message(addr, data)
 	if !vec.routed || vec.msg != msg {
 		if err := r.routes.set(vec.gsi, msg); err != nil {
 			return fmt.Errorf("MSI-X vector %d: %w", v, err)
@@ -247,6 +264,7 @@ func (m *Machine) virtioDevices(cfg Config) error {
 		width = 0
 	}
 	m.gsi = newGSIRoutes(m.vm)
+	m.gsi.extDestID = m.x2apic
 	if err := m.attach("virtio-rng", rng.New(rng.Options{}), width); err != nil {
 		return err
 	}
