@@ -472,10 +472,30 @@ func groupUsage(g *cgroup.Group) string {
 			w = append(w, file+"="+v)
 		}
 	}
+	if st, err := g.Get("memory.stat"); err == nil {
+		w = append(w, memoryUsage(st)...)
+	}
 	if st, err := g.Get("io.stat"); err == nil {
 		w = append(w, ioUsage(st)...)
 	}
 	return strings.Join(w, " ")
+}
+
+// memoryUsage splits memory.current as memory.stat does: shmem is guest
+// RAM (its memfd; huge pages are not charged here), anon the VMM's Go heap
+// and stacks, kernel what the kernel holds for the VMM (KVM's vCPU and VM
+// structures, the guest's page tables, thread stacks). So what a VMM costs
+// beyond its guest's RAM is memory.current less shmem.
+func memoryUsage(stat string) []string {
+	var w []string
+	for _, line := range strings.Split(stat, "\n") {
+		k, v, _ := strings.Cut(line, " ")
+		switch k {
+		case "shmem", "anon", "kernel":
+			w = append(w, "memory.stat."+k+"="+v)
+		}
+	}
+	return w
 }
 
 // ioUsage sums io.stat's per-device counters: requests and bytes read and

@@ -150,3 +150,13 @@ func TestIOUsage(t *testing.T) {
 		t.Errorf("no devices: %q, want %q", got, want)
 	}
 }
+
+func TestMemoryUsage(t *testing.T) {
+	stat := "anon 5242880\nfile 268435456\nkernel 1048576\nkernel_stack 65536\nshmem 268435456\nshmem_thp 0\nanon_thp 0\n"
+	if got, want := strings.Join(memoryUsage(stat), " "), "memory.stat.anon=5242880 memory.stat.kernel=1048576 memory.stat.shmem=268435456"; got != want {
+		t.Errorf("memoryUsage = %q, want %q", got, want)
+	}
+	if got := memoryUsage(""); len(got) != 0 {
+		t.Errorf("no memory.stat: %q, want nothing", got)
+	}
+}
