@@ -127,7 +127,7 @@ func checkShapes(t testing.TB, shapes []shape) {
 			if nproc != s.cpus {
 				t.Errorf("%s: guest sees %d CPUs, want %d", s.name, nproc, s.cpus)
 			}
-			if s.cpus > 8 && !hasLine(m.Lines(), fmt.Sprintf(`^%s\| guest: online %d CPUs brought up in \d+ ms$`, s.name, s.cpus-1)) {
+			if s.cpus > 8 && !hasLine(m.Lines(), fmt.Sprintf(`^%s\| guest: online %d CPUs brought up in \d+ ms \(present %d\)$`, s.name, s.cpus-1, s.cpus)) {
 				t.Errorf("%s: no line saying its init brought %d CPUs online", s.name, s.cpus-1)
 			}
 			// MemTotal is RAM minus what the kernel keeps for itself
