@@ -2,8 +2,10 @@ package main
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -14,49 +16,76 @@ import (
 // directory per page size (hugepages-2048kB, hugepages-1048576kB).
 var hugePagesDir = "/sys/kernel/mm/hugepages"
 
-// hugePool is one page size's pool.
-func hugePool(size config.Size) string {
-	return filepath.Join(hugePagesDir, fmt.Sprintf("hugepages-%dkB", size>>10))
+// hugePool is one page size's pool: the host's, or with node >= 0 that
+// host NUMA node's share of it.
+func hugePool(size config.Size, node int) string {
+	dir := fmt.Sprintf("hugepages-%dkB", size>>10)
+	if node >= 0 {
+		return filepath.Join(hostNodePath(node), "hugepages", dir)
+	}
+	return filepath.Join(hugePagesDir, dir)
 }
 
 // hugeCount reads one of a pool's counters (nr_hugepages, free_hugepages).
-func hugeCount(size config.Size, file string) (int, error) {
-	b, err := os.ReadFile(filepath.Join(hugePool(size), file))
+func hugeCount(size config.Size, node int, file string) (int, error) {
+	b, err := os.ReadFile(filepath.Join(hugePool(size, node), file))
 	if err != nil {
 		return 0, err
 	}
 	return strconv.Atoi(strings.TrimSpace(string(b)))
 }
 
-// reserveHugePages sets each pool to the configuration's count at boot
-// and reports what the kernel could give (a 1G pool may find no room once
-// memory is fragmented: the kernel command line's hugepagesz=1G
-// hugepages=N reserves them before it is). Pools the configuration does
-// not name keep what the kernel command line gave them.
-func reserveHugePages(c *console, want map[config.Size]int) {
+// reserveHugePages sets each pool to the configuration's count at boot,
+// on each host node it names or on the host as a whole, and reports what
+// the kernel could give (a 1G pool may find no room once memory is
+// fragmented: the kernel command line's hugepagesz=1G hugepages=N
+// reserves them before it is). Pools the configuration does not name
+// keep what the kernel command line gave them.
+func reserveHugePages(c *console, want map[config.Size]config.HugePool) {
 	for _, size := range []config.Size{config.Huge2M, config.Huge1G} {
-		n, ok := want[size]
+		p, ok := want[size]
 		if !ok {
 			continue
 		}
-		if _, err := os.Stat(hugePool(size)); err != nil {
+		if _, err := os.Stat(hugePool(size, -1)); err != nil {
 			c.Errorf("hugepages", fmt.Errorf("%s pages: the CPU or kernel has none (%w)", size, err))
 			continue
 		}
-		got, err := resizePool(n, func(n int) error {
-			return os.WriteFile(filepath.Join(hugePool(size), "nr_hugepages"), []byte(strconv.Itoa(n)), 0)
-		}, func() (int, error) { return hugeCount(size, "nr_hugepages") })
-		if err != nil {
-			c.Errorf("hugepages", fmt.Errorf("reserve %d pages of %s: %w", n, size, err))
+		if p.Nodes == nil {
+			reservePool(c, size, -1, p.Pages)
 			continue
 		}
-		if got < n {
-			c.Errorf("hugepages", fmt.Errorf("asked for %d pages of %s, the kernel found room for %d "+
-				"(reserve them on the kernel command line: hugepagesz=%s hugepages=%d)", n, size, got, size, n))
+		nodes := slices.Sorted(maps.Keys(p.Nodes))
+		for _, node := range nodes {
+			if err := hostNodeExists(node); err != nil {
+				c.Errorf("hugepages", fmt.Errorf("%s pages: %w", size, err))
+				continue
+			}
+			reservePool(c, size, node, p.Nodes[node])
 		}
 	}
 	if s := hugePagesStatus(); s != "" {
 		c.Printf("hugepages: %s", s)
+	}
+}
+
+// reservePool asks for n pages of size on node (-1: the host's pool) and
+// says so on the console when it gets fewer.
+func reservePool(c *console, size config.Size, node, n int) {
+	where, cmdline := "", strconv.Itoa(n)
+	if node >= 0 {
+		where, cmdline = fmt.Sprintf(" on host node %d", node), fmt.Sprintf("%d:%d", node, n)
+	}
+	got, err := resizePool(n, func(n int) error {
+		return os.WriteFile(filepath.Join(hugePool(size, node), "nr_hugepages"), []byte(strconv.Itoa(n)), 0)
+	}, func() (int, error) { return hugeCount(size, node, "nr_hugepages") })
+	if err != nil {
+		c.Errorf("hugepages", fmt.Errorf("reserve %d pages of %s%s: %w", n, size, where, err))
+		return
+	}
+	if got < n {
+		c.Errorf("hugepages", fmt.Errorf("asked for %d pages of %s%s, the kernel found room for %d "+
+			"(reserve them on the kernel command line: hugepagesz=%s hugepages=%s)", n, size, where, got, size, cmdline))
 	}
 }
 
@@ -82,42 +111,103 @@ func resizePool(want int, write func(int) error, read func() (int, error)) (int,
 }
 
 // hugePagesStatus is each pool that has pages, as "2M total=64 free=32",
-// comma-separated; "" when there are none.
+// comma-separated, and on a host of several NUMA nodes each node's share
+// as "node<n>=<free>/<total>"; "" when there are none.
 func hugePagesStatus() string {
+	nodes := hostNodes()
 	var w []string
 	for _, size := range []config.Size{config.Huge2M, config.Huge1G} {
-		total, err1 := hugeCount(size, "nr_hugepages")
-		free, err2 := hugeCount(size, "free_hugepages")
+		total, err1 := hugeCount(size, -1, "nr_hugepages")
+		free, err2 := hugeCount(size, -1, "free_hugepages")
 		if err1 != nil || err2 != nil || total == 0 {
 			continue
 		}
-		w = append(w, fmt.Sprintf("%s total=%d free=%d", size, total, free))
+		s := fmt.Sprintf("%s total=%d free=%d", size, total, free)
+		for _, node := range nodes {
+			if len(nodes) < 2 {
+				break
+			}
+			total, err1 := hugeCount(size, node, "nr_hugepages")
+			free, err2 := hugeCount(size, node, "free_hugepages")
+			if err1 == nil && err2 == nil {
+				s += fmt.Sprintf(" node%d=%d/%d", node, free, total)
+			}
+		}
+		w = append(w, s)
 	}
 	return strings.Join(w, ", ")
 }
 
+// hostNodes are the host's NUMA nodes, in order (none where the kernel
+// has no NUMA support).
+func hostNodes() []int {
+	ents, _ := os.ReadDir(nodeDir)
+	var nodes []int
+	for _, e := range ents {
+		if n, ok := strings.CutPrefix(e.Name(), "node"); ok {
+			if id, err := strconv.Atoi(n); err == nil && id >= 0 {
+				nodes = append(nodes, id)
+			}
+		}
+	}
+	slices.Sort(nodes)
+	return nodes
+}
+
 // checkHugePages says why a VM backed by huge pages cannot start: its page
-// size has no pool, or too few pages are free. The VMM's own reservation
-// (mmap of the memfd) is the final word; this is the clear error.
+// size has no pool, or too few pages are free, on the host or on a host
+// node its RAM is bound to (the kernel takes a bound VM's pages from that
+// node's share only). The VMM's own reservation (mmap of the memfd, then
+// prefaulting under its binding) is the final word; this is the clear error.
 func checkHugePages(vm config.VM) error {
 	size := vm.HugePages
 	if size == 0 {
 		return nil
 	}
 	need := int(vm.Memory / size)
-	free, err := hugeCount(size, "free_hugepages")
+	free, err := hugeCount(size, -1, "free_hugepages")
 	if err != nil {
 		return fmt.Errorf("hugepages: no pool of %s pages: %w", size, err)
 	}
 	// Free pages another mapping has reserved but not yet touched are
 	// not free for this VM.
-	if resv, err := hugeCount(size, "resv_hugepages"); err == nil {
+	if resv, err := hugeCount(size, -1, "resv_hugepages"); err == nil {
 		free -= resv
 	}
 	if free < need {
-		total, _ := hugeCount(size, "nr_hugepages")
+		total, _ := hugeCount(size, -1, "nr_hugepages")
 		return fmt.Errorf("hugepages: %s of RAM needs %d pages of %s, %d free (of %d reserved; see hugepages: in the configuration)",
 			vm.Memory, need, size, free, total)
 	}
+	for _, node := range vm.NUMA.HostNodes() {
+		ram := boundRAM(vm, node)
+		need := int(ram / size)
+		free, err := hugeCount(size, node, "free_hugepages")
+		if err != nil {
+			return fmt.Errorf("hugepages: host node %d has no pool of %s pages: %w", node, size, err)
+		}
+		if free < need {
+			total, _ := hugeCount(size, node, "nr_hugepages")
+			return fmt.Errorf("hugepages: %s of RAM bound to host node %d needs %d pages of %s, %d free there (of %d reserved on it; see hugepages: in the configuration)",
+				ram, node, need, size, free, total)
+		}
+	}
 	return nil
+}
+
+// boundRAM is how much of vm's RAM is bound to host node.
+func boundRAM(vm config.VM, node int) config.Size {
+	if vm.NUMA.Node != nil {
+		if *vm.NUMA.Node == node {
+			return vm.Memory
+		}
+		return 0
+	}
+	var ram config.Size
+	for _, vn := range vm.NUMA.Nodes {
+		if vn.HostNode != nil && *vn.HostNode == node {
+			ram += vn.Memory
+		}
+	}
+	return ram
 }

@@ -18,9 +18,21 @@ func fakeHugePages(t *testing.T, total, free string) string {
 	os.Mkdir(pool, 0o755)
 	os.WriteFile(filepath.Join(pool, "nr_hugepages"), []byte(total+"\n"), 0o644)
 	os.WriteFile(filepath.Join(pool, "free_hugepages"), []byte(free+"\n"), 0o644)
-	old := hugePagesDir
-	hugePagesDir = dir
-	t.Cleanup(func() { hugePagesDir = old })
+	old, oldNodes := hugePagesDir, nodeDir
+	hugePagesDir, nodeDir = dir, filepath.Join(dir, "node")
+	os.MkdirAll(filepath.Join(nodeDir, "node0"), 0o755)
+	os.WriteFile(filepath.Join(nodeDir, "online"), []byte("0\n"), 0o644)
+	t.Cleanup(func() { hugePagesDir, nodeDir = old, oldNodes })
+	return pool
+}
+
+// fakeNodePool gives fake host node a 2M pool of total pages, free of
+// them free.
+func fakeNodePool(t *testing.T, node, total, free string) string {
+	pool := filepath.Join(nodeDir, "node"+node, "hugepages", "hugepages-2048kB")
+	os.MkdirAll(pool, 0o755)
+	os.WriteFile(filepath.Join(pool, "nr_hugepages"), []byte(total+"\n"), 0o644)
+	os.WriteFile(filepath.Join(pool, "free_hugepages"), []byte(free+"\n"), 0o644)
 	return pool
 }
 
@@ -49,7 +61,7 @@ func TestReserveHugePages(t *testing.T) {
 	pool := fakeHugePages(t, "0", "0")
 	var out syncBuffer
 	c := newConsole(&out)
-	reserveHugePages(c, map[config.Size]int{config.Huge2M: 48, config.Huge1G: 1})
+	reserveHugePages(c, map[config.Size]config.HugePool{config.Huge2M: {Pages: 48}, config.Huge1G: {Pages: 1}})
 	c.Flush(5 * time.Second)
 	if b, _ := os.ReadFile(filepath.Join(pool, "nr_hugepages")); string(b) != "48" {
 		t.Errorf("nr_hugepages = %q, want 48", b)
@@ -59,6 +71,49 @@ func TestReserveHugePages(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("console lacks %q:\n%s", want, got)
 		}
+	}
+}
+
+// TestHugePagesPerNode: pools reserved per host node, reported per node
+// on a host of several, and a VM bound to a node checked against that
+// node's free pages, not only the host's.
+func TestHugePagesPerNode(t *testing.T) {
+	fakeHugePages(t, "80", "80")
+	node0 := fakeNodePool(t, "0", "0", "0")
+	node1 := fakeNodePool(t, "1", "0", "0")
+	os.WriteFile(filepath.Join(nodeDir, "online"), []byte("0-1\n"), 0o644)
+	var out syncBuffer
+	c := newConsole(&out)
+	reserveHugePages(c, map[config.Size]config.HugePool{config.Huge2M: {Pages: 83, Nodes: map[int]int{0: 16, 1: 64, 5: 3}}})
+	c.Flush(5 * time.Second)
+	for pool, want := range map[string]string{node0: "16", node1: "64"} {
+		if b, _ := os.ReadFile(filepath.Join(pool, "nr_hugepages")); string(b) != want {
+			t.Errorf("%s: nr_hugepages = %q, want %s", pool, b, want)
+		}
+	}
+	got := out.String()
+	// The fake pools do not fill their free counts: the kernel's would.
+	for _, want := range []string{"hyperroot: error: hugepages: 2M pages: host node 5: this host's NUMA nodes are 0-1",
+		"hyperroot: hugepages: 2M total=80 free=80 node0=0/16 node1=0/64"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("console lacks %q:\n%s", want, got)
+		}
+	}
+	fakeNodePool(t, "0", "16", "16")
+	fakeNodePool(t, "1", "64", "40")
+	one := 1
+	vm := config.VM{Name: "a", Memory: 64 << 20, HugePages: config.Huge2M, NUMA: config.NUMA{Node: &one}}
+	if err := checkHugePages(vm); err != nil {
+		t.Errorf("32 pages on node 1, 40 free there: %v", err)
+	}
+	vm.Memory = 96 << 20
+	if err := checkHugePages(vm); err == nil || !strings.Contains(err.Error(), "96M of RAM bound to host node 1 needs 48 pages of 2M, 40 free there (of 64 reserved on it") {
+		t.Errorf("48 pages on node 1, 40 free there: %v", err)
+	}
+	zero := 0
+	vm.NUMA = config.NUMA{Nodes: []config.VNode{{Memory: 32 << 20, HostNode: &zero}, {Memory: 32 << 20}, {Memory: 32 << 20, HostNode: &zero}}}
+	if err := checkHugePages(vm); err == nil || !strings.Contains(err.Error(), "64M of RAM bound to host node 0 needs 32 pages of 2M, 16 free there") {
+		t.Errorf("guest nodes 0 and 2 on host node 0: %v", err)
 	}
 }
 

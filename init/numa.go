@@ -23,16 +23,30 @@ var nodeDir = "/sys/devices/system/node"
 // host node it names that the host lacks.
 func checkNUMA(vm config.VM) error {
 	for _, h := range vm.NUMA.HostNodes() {
-		if _, err := os.Stat(filepath.Join(nodeDir, "node"+strconv.Itoa(h))); err != nil {
-			online, _ := os.ReadFile(filepath.Join(nodeDir, "online"))
-			have := strings.TrimSpace(string(online))
-			if have == "" {
-				have = "none listed"
-			}
-			return fmt.Errorf("numa: host node %d: this host's NUMA nodes are %s", h, have)
+		if err := hostNodeExists(h); err != nil {
+			return fmt.Errorf("numa: %w", err)
 		}
 	}
 	return nil
+}
+
+// hostNodeExists says so when the host has no NUMA node h, naming those
+// it has.
+func hostNodeExists(h int) error {
+	if _, err := os.Stat(hostNodePath(h)); err == nil {
+		return nil
+	}
+	online, _ := os.ReadFile(filepath.Join(nodeDir, "online"))
+	have := strings.TrimSpace(string(online))
+	if have == "" {
+		have = "none listed"
+	}
+	return fmt.Errorf("host node %d: this host's NUMA nodes are %s", h, have)
+}
+
+// hostNodePath is node h's directory in sysfs.
+func hostNodePath(h int) string {
+	return filepath.Join(nodeDir, "node"+strconv.Itoa(h))
 }
 
 // numaCPUSet is what the VM's cgroup's cpuset holds for its NUMA

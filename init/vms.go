@@ -146,10 +146,11 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 	if err := f.disks.claim(vm.Name, vm.Disks, disks); err != nil {
 		return nil, err
 	}
-	if err := checkHugePages(vm); err != nil {
+	// NUMA first: the huge page check reads the pools of the nodes it names.
+	if err := checkNUMA(vm); err != nil {
 		return nil, err
 	}
-	if err := checkNUMA(vm); err != nil {
+	if err := checkHugePages(vm); err != nil {
 		return nil, err
 	}
 	// Its cgroup, with the limits as configured or as last changed live.

@@ -25,7 +25,7 @@ type Config struct {
 	VMs  []VM
 	// HugePages are the huge pages the appliance reserves at boot, by
 	// page size (Huge2M, Huge1G), for VMs with hugepages set.
-	HugePages map[Size]int
+	HugePages map[Size]HugePool
 	// Jail is how each VMM's jail is made; its zero value (no jail: key)
 	// is filled in with the defaults by Parse.
 	Jail Jail

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -89,18 +90,23 @@ func TestParsePin(t *testing.T) {
 }
 
 func TestParseHugePages(t *testing.T) {
-	cfg, err := Parse("c.yaml", []byte("hugepages: {2M: 64, 1G: 1}\nvms:\n  - {name: a, kernel: /k, memory: 128M, hugepages: 2M}\n"))
+	cfg, err := Parse("c.yaml", []byte("hugepages: {2M: 64, 1G: {0: 1, 3: 2}}\nvms:\n  - {name: a, kernel: /k, memory: 128M, hugepages: 2M}\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.HugePages[Huge2M] != 64 || cfg.HugePages[Huge1G] != 1 || len(cfg.HugePages) != 2 || cfg.VMs[0].HugePages != Huge2M {
-		t.Errorf("hugepages %v, VM's %v", cfg.HugePages, cfg.VMs[0].HugePages)
+	want := map[Size]HugePool{Huge2M: {Pages: 64}, Huge1G: {Pages: 3, Nodes: map[int]int{0: 1, 3: 2}}}
+	if !reflect.DeepEqual(cfg.HugePages, want) || cfg.VMs[0].HugePages != Huge2M {
+		t.Errorf("hugepages %v, want %v; VM's %v", cfg.HugePages, want, cfg.VMs[0].HugePages)
 	}
 	for _, tc := range []struct{ yaml, want string }{
 		{"hugepages: {4M: 1}\n", `huge page size "4M": want 2M or 1G`},
 		{"hugepages: {2M: -1}\n", "-1 pages: want 0 or more"},
 		{"hugepages: {2M: 1, 2048K: 2}\n", "huge page size 2M given twice"},
 		{"hugepages: [2M]\n", "want a mapping"},
+		{"hugepages: {2M: {0: 1, 0: 2}}\n", "2M pages: host node 0 given twice"},
+		{"hugepages: {2M: {1024: 1}}\n", "host node 1024: want 0 to 1023"},
+		{"hugepages: {2M: {0: -4}}\n", "-4 pages: want 0 or more"},
+		{"hugepages: {2M: {0: [1]}}\n", "c.yaml:1:21: want a value, found a list"},
 		{"vms:\n  - {name: a, kernel: /k, memory: 1025M, hugepages: 2M}\n", "hugepages 2M: memory 1025M is not a multiple of the page size"},
 		{"vms:\n  - {name: a, kernel: /k, hugepages: 64K}\n", `huge page size "64K": want 2M or 1G`},
 	} {

@@ -17,13 +17,16 @@ import (
 // threads on node 1's CPU; a VM with a NUMA topology of its own sees two
 // nodes with the vCPUs and memory the configuration gives them and the
 // host's distance between them, each node's RAM on its host node and its
-// vCPU threads on that node's CPUs; a VM
-// naming a node the host lacks does
-// not start, with an error naming it.
+// vCPU threads on that node's CPUs; a VM naming a node the host lacks
+// does not start, with an error naming it. Huge pages reserved per host
+// node are taken from the node a VM is bound to, and a VM needing more
+// than its node has does not start, with an error naming the node.
 func TestNUMA(t *testing.T) {
 	parallel(t)
-	cfg := configFile(t, "vms:\n"+
+	cfg := configFile(t, "hugepages: {2M: {0: 16, 1: 64}}\nvms:\n"+
 		loadVM("bound", "echo", 1, "128M", "    numa: {node: 1}\n")+
+		loadVM("hugebound", "echo", 1, "96M", "    numa: {node: 1}\n    hugepages: 2M\n")+
+		loadVM("hugeshort", "echo", 1, "64M", "    numa: {node: 0}\n    hugepages: 2M\n")+
 		loadVM("vnuma", "numa", 2, "256M", "    numa: {nodes: [{cpus: 0, memory: 96M, host_node: 1}, {cpus: 1, memory: 160M, host_node: 0}]}\n",
 			"hyperroot.numa=hold")+
 		loadVM("nowhere", "echo", 1, "64M", "    numa: {node: 7}\n"))
@@ -32,6 +35,17 @@ func TestNUMA(t *testing.T) {
 		defer pw.Close()
 		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Stdin: pr, CPUs: 2, Memory: "2G", NUMANodes: 2, NUMADistance: 21})
 		seen(t, m, `hyperroot: error: vm nowhere: numa: host node 7: this host's NUMA nodes are 0-1$`)
+		// Huge pages reserved per host node, and taken from the node a VM
+		// is bound to: 48 of node 1's 64 for hugebound; hugeshort's 32
+		// on node 0 are more than its 16, though the host has 32 free
+		// in all even once hugebound has its own.
+		if l := expect(t, m, `hyperroot: (error: )?hugepages: `); !strings.HasSuffix(l, "hyperroot: hugepages: 2M total=80 free=80 node0=16/16 node1=64/64") {
+			t.Errorf("reserving 16 and 64 pages of 2M on nodes 0 and 1: %s", l)
+		}
+		seen(t, m, `hyperroot: error: vm hugeshort: hugepages: 64M of RAM bound to host node 0 needs 32 pages of 2M, 16 free there \(of 16 reserved on it`)
+		seen(t, m, `^hugebound\| guest: action echo`)
+		fmt.Fprintln(pw, "hugepages")
+		expect(t, m, `hyperroot: hugepages: 2M total=80 free=32 node0=16/16 node1=16/64$`)
 		// The topology the guest kernel found, from the SRAT, and its
 		// distances, from the SLIT: the host's 21 between its nodes (not
 		// the default 20), since the guest's nodes live on both.
@@ -82,10 +96,12 @@ func TestNUMA(t *testing.T) {
 		}
 		fmt.Fprintln(pw, "@vnuma poweroff")
 		fmt.Fprintln(pw, "@bound poweroff")
+		fmt.Fprintln(pw, "@hugebound poweroff")
 		r := m.Wait()
 		if !r.PowerOff {
 			t.Fatalf("no clean power-off: %+v", r)
 		}
-		wantLines(t, r.Lines, "hyperroot: vm vnuma exited code=0 reason=poweroff", "hyperroot: vm bound exited code=0 reason=poweroff")
+		wantLines(t, r.Lines, "hyperroot: vm vnuma exited code=0 reason=poweroff", "hyperroot: vm bound exited code=0 reason=poweroff",
+			"hyperroot: vm hugebound exited code=0 reason=poweroff")
 	})
 }
