@@ -18,7 +18,8 @@ import (
 // nodes with the vCPUs and memory the configuration gives them and the
 // host's distance between them, each node's RAM on its host node and its
 // vCPU threads on that node's CPUs; a VM naming a node the host lacks
-// does not start, with an error naming it. Huge pages reserved per host
+// does not start, with an error naming it, as do VMs asking for more
+// CPU time or other CPUs than the appliance has. Huge pages reserved per host
 // node are taken from the node a VM is bound to, and a VM needing more
 // than its node has does not start, with an error naming the node.
 func TestNUMA(t *testing.T) {
@@ -29,12 +30,18 @@ func TestNUMA(t *testing.T) {
 		loadVM("hugeshort", "echo", 1, "64M", "    numa: {node: 0}\n    hugepages: 2M\n")+
 		loadVM("vnuma", "numa", 2, "256M", "    numa: {nodes: [{cpus: 0, memory: 96M, host_node: 1}, {cpus: 1, memory: 160M, host_node: 0}]}\n",
 			"hyperroot.numa=hold")+
-		loadVM("nowhere", "echo", 1, "64M", "    numa: {node: 7}\n"))
+		loadVM("nowhere", "echo", 1, "64M", "    numa: {node: 7}\n")+
+		// Resources the appliance lacks: each VM refused at its start,
+		// by name, the others untouched.
+		loadVM("greedy", "echo", 1, "64M", "    qos: {cpu: {max: 800%}}\n")+
+		loadVM("offcpu", "echo", 1, "64M", "    pin: {vcpus: [7]}\n"))
 	testbed(t, func(t testing.TB) {
 		pr, pw := io.Pipe()
 		defer pw.Close()
 		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Stdin: pr, CPUs: 2, Memory: "2G", NUMANodes: 2, NUMADistance: 21})
 		seen(t, m, `hyperroot: error: vm nowhere: numa: host node 7: this host's NUMA nodes are 0-1$`)
+		seen(t, m, `hyperroot: error: vm greedy: .*cpu max 800% is more than the appliance's 2 CPUs \(200%\)$`)
+		seen(t, m, `hyperroot: error: vm offcpu: .*pin: CPU 7 is not one of the appliance's 2 CPUs$`)
 		// Huge pages reserved per host node, and taken from the node a VM
 		// is bound to: 48 of node 1's 64 for hugebound; hugeshort's 32
 		// on node 0 are more than its 16, though the host has 32 free
