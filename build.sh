@@ -10,6 +10,8 @@
 #   ./build.sh bench   Go micro-benchmarks, then the boot benchmark (hyperroot plain and jailed vs gokvm, QEMU pc and microvm), the disk
 #                      benchmark (hyperroot io_uring/pool vs QEMU) and the network benchmark (hyperroot
 #                      switch vs QEMU + tap + Linux bridge) in the appliance
+#   ./build.sh pxe     build, and write out/pxe/{vmlinuz,initramfs.cpio,boot.ipxe} to serve for network boot
+#                      (docs/PXE.md)
 #   ./build.sh clean   remove out/ (keeps the download cache out/cache/debs; clean all removes it too)
 #
 # Environment: BOARD (default qemu), OUT (default out).
@@ -45,6 +47,7 @@ declare -A PKGS=(
 	[mkfs.ext4]=e2fsprogs
 	[debugfs]=e2fsprogs
 	[checkpolicy]=checkpolicy
+	[update-ca-certificates]=ca-certificates
 )
 
 deps() {
@@ -242,6 +245,10 @@ test)
 	step "unit, host-KVM and end-to-end tests" unit_and_e2e
 	step "race detector (tests that need neither KVM nor QEMU)" race
 	;;
+pxe)
+	step deps deps
+	step "build image and network boot files (board $BOARD)" go run ./tools/mkimage -board "$BOARD" -out "$OUT" -version "$VERSION" -pxe
+	;;
 bench)
 	step deps deps
 	step "Go micro-benchmarks" go test -run '^$' -bench . -benchmem ./...
@@ -258,7 +265,7 @@ clean)
 	if [ "${2:-}" = all ]; then rm -rf "$OUT"; else find "$OUT" -mindepth 1 -maxdepth 1 ! -name cache -exec rm -rf {} + 2>/dev/null || true; fi
 	;;
 *)
-	sed -n '2,15p' "$0" >&2
+	sed -n '2,17p' "$0" >&2
 	exit 2
 	;;
 esac

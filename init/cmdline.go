@@ -13,7 +13,16 @@ import (
 type cmdline struct {
 	Oneshot bool   // hyperroot.oneshot=1: power off when the work is done
 	Config  string // hyperroot.config=<path|URL>
-	Run     string // hyperroot.run=<path>[,<arg>...]: a program to run once the appliance is ready
+	// ConfigSHA256 (hyperroot.config.sha256=<hex>) pins a fetched
+	// configuration's digest.
+	ConfigSHA256 string
+	// ConfigTimeout (hyperroot.config.timeout=<Go duration>) bounds how
+	// long a configuration URL is tried before the appliance gives up and
+	// runs no VMs (defaultConfigTimeout when 0). ConfigTimeoutErr is set
+	// when the value does not parse.
+	ConfigTimeout    time.Duration
+	ConfigTimeoutErr error
+	Run              string // hyperroot.run=<path>[,<arg>...]: a program to run once the appliance is ready
 	// Timeout (hyperroot.timeout=<Go duration>, e.g. 3m30s), counted from
 	// the kernel's start, ends a oneshot run that has not finished by then:
 	// the supervisor dumps every running VMM's state (dump.go), reports
@@ -45,17 +54,14 @@ func parseCmdline(s string) cmdline {
 			c.Oneshot = v == "1" || v == "true" || v == "yes"
 		case "hyperroot.config":
 			c.Config = v
+		case "hyperroot.config.sha256":
+			c.ConfigSHA256 = v
+		case "hyperroot.config.timeout":
+			c.ConfigTimeout, c.ConfigTimeoutErr = positiveDuration(k, v)
 		case "hyperroot.run":
 			c.Run = v
 		case "hyperroot.timeout":
-			d, err := time.ParseDuration(v)
-			if err == nil && d <= 0 {
-				err = fmt.Errorf("not positive")
-			}
-			c.Timeout, c.TimeoutErr = d, nil
-			if err != nil {
-				c.Timeout, c.TimeoutErr = 0, fmt.Errorf("hyperroot.timeout=%s: %w", v, err)
-			}
+			c.Timeout, c.TimeoutErr = positiveDuration(k, v)
 		case "ip":
 			c.IP = v
 		case "enforcing":
@@ -63,6 +69,19 @@ func parseCmdline(s string) cmdline {
 		}
 	}
 	return c
+}
+
+// positiveDuration parses the value v of option k as a Go duration (3m30s)
+// greater than zero.
+func positiveDuration(k, v string) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	if err == nil && d <= 0 {
+		err = fmt.Errorf("not positive")
+	}
+	if err != nil {
+		return 0, fmt.Errorf("%s=%s: %w", k, v, err)
+	}
+	return d, nil
 }
 
 // ipParam is the kernel's ip= parameter (Documentation/admin-guide/

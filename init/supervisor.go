@@ -183,8 +183,9 @@ func banner(b *board.Board) string {
 }
 
 // loadConfig finds and parses the configuration. Sources, first found
-// wins: hyperroot.config= on the kernel command line, the file in the
-// image, the built-in default. A configuration that does not parse is an
+// wins: hyperroot.config= on the kernel command line (a path, or a URL
+// fetched over the network: netconfig.go), the file in the image, the
+// built-in default. A configuration that does not parse is an
 // error and no VM is started from it: running half of what was asked, or
 // the demo VMs instead, would hide the mistake. It also returns the path of
 // the file, which the switch reads for itself ("" for the built-in
@@ -194,9 +195,22 @@ func loadConfig(c *console, args cmdline) (*config.Config, string) {
 	if args.Config != "" {
 		src = args.Config
 	}
-	if strings.Contains(src, "://") {
-		c.Errorf("config", fmt.Errorf("%s: fetching configuration over the network is not supported yet", src))
-		return &config.Config{}, ""
+	if isURL(src) {
+		data, u, err := fetchConfig(c, args)
+		if err != nil {
+			c.Errorf("config", err)
+			return &config.Config{}, ""
+		}
+		cfg := parseConfig(c, u, data)
+		if cfg == nil {
+			return &config.Config{}, ""
+		}
+		// The switch reads its configuration from a file.
+		if err := os.WriteFile(fetchedConfig, data, 0o600); err != nil {
+			c.Errorf("config", err)
+			return &config.Config{}, ""
+		}
+		return cfg, fetchedConfig
 	}
 	data, err := os.ReadFile(src)
 	if os.IsNotExist(err) && args.Config == "" {
@@ -212,15 +226,25 @@ func loadConfig(c *console, args cmdline) (*config.Config, string) {
 		c.Errorf("config", err)
 		return &config.Config{}, ""
 	}
+	cfg := parseConfig(c, src, data)
+	if cfg == nil {
+		return &config.Config{}, ""
+	}
+	return cfg, src
+}
+
+// parseConfig parses the configuration data from src and says what it
+// holds, or prints each error (with src's line and column) and returns nil.
+func parseConfig(c *console, src string, data []byte) *config.Config {
 	cfg, err := config.Parse(src, data)
 	if err != nil {
 		for _, line := range strings.Split(err.Error(), "\n") {
 			c.Errorf("config", errors.New(line))
 		}
-		return &config.Config{}, ""
+		return nil
 	}
 	c.Printf("config: %s (%d VMs, %d networks)", src, len(cfg.VMs), len(cfg.Networks))
-	return cfg, src
+	return cfg
 }
 
 // oneshot waits until every VM has exited, prints the verdict and asks for

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
@@ -24,6 +25,13 @@ type Lease struct {
 	Router netip.Addr
 	// Server is the DHCP server identifier.
 	Server netip.Addr
+	// DNS are the name servers the server named (usable unicast IPv4
+	// addresses only, at most maxDNS).
+	DNS []netip.Addr
+	// HostName is the host name the server gave this host, "" when it
+	// gave none or one that is not a valid host name (RFC 1123 letters,
+	// digits, hyphens and dots, at most 253 bytes).
+	HostName string
 	// T1, T2 and Expiry are when to renew with the server, when to ask
 	// any server (rebind), and when the address must go. All are the zero
 	// Time for an infinite lease.
@@ -137,6 +145,29 @@ func (l *Lease) Renew(ctx context.Context, ifname string, o DHCPOptions) (*Lease
 	return nl, nil
 }
 
+// Release tells the server that l is no longer used (DHCPRELEASE, sent
+// once: the server may not hear it, and the lease then runs out) and takes
+// its address off ifname.
+func (l *Lease) Release(ifname string, o DHCPOptions) error {
+	var sendErr error
+	if l.raw != nil {
+		c, err := o.client(ifname)
+		if err != nil {
+			sendErr = err
+		} else {
+			sendErr = c.Release(l.raw)
+			c.Close()
+		}
+	}
+	if err := ClearAddress(ifname); err != nil {
+		return err
+	}
+	if sendErr != nil {
+		return fmt.Errorf("%s: dhcp release: %w", ifname, sendErr)
+	}
+	return nil
+}
+
 // Apply configures l on ifname: address, link up, and the default route
 // through l.Router when there is one (replacing any other default route).
 func (l *Lease) Apply(ifname string) error {
@@ -193,6 +224,14 @@ func leaseFromACK(ack *dhcpv4.DHCPv4, received time.Time) (*Lease, error) {
 	if s, ok := netip.AddrFromSlice(ack.ServerIdentifier()); ok {
 		l.Server = s.Unmap()
 	}
+	for _, d := range ack.DNS() {
+		if a, ok := netip.AddrFromSlice(d); ok && a.Unmap().Is4() && usableHost(a.Unmap()) && len(l.DNS) < maxDNS {
+			l.DNS = append(l.DNS, a.Unmap())
+		}
+	}
+	if h := ack.HostName(); validHostName(h) {
+		l.HostName = h
+	}
 	lease := ack.IPAddressLeaseTime(0)
 	if lease == 0 {
 		return nil, errors.New("ACK has no lease time")
@@ -213,6 +252,30 @@ func leaseFromACK(ack *dhcpv4.DHCPv4, received time.Time) (*Lease, error) {
 	t1 = min(max(t1, MinLeaseTime/4), t2)
 	l.T1, l.T2, l.Expiry = received.Add(t1), received.Add(t2), received.Add(lease)
 	return l, nil
+}
+
+// maxDNS bounds the name servers a lease keeps (the resolver's own limit
+// in resolv.conf is 3).
+const maxDNS = 3
+
+// validHostName says whether h is a host name by RFC 1123: labels of
+// letters, digits and inner hyphens, joined by dots. A server's host name
+// ends up in URLs and on the console.
+func validHostName(h string) bool {
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // usableHost rules out addresses that cannot name one host on a LAN.

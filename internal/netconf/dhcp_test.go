@@ -1,6 +1,7 @@
 package netconf
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -120,6 +121,41 @@ func TestLeaseFromACK(t *testing.T) {
 // FuzzLeaseFromACK feeds arbitrary server answers through the library's
 // parser and our checks: no panic, and anything accepted is safe to
 // configure and to schedule.
+// TestLeaseNamesAndServers: the name servers and host name a server
+// gives are kept only when usable: they end up in a resolver and a URL.
+func TestLeaseNamesAndServers(t *testing.T) {
+	t0 := time.Now()
+	for _, tc := range []struct {
+		name     string
+		dns      []net.IP
+		host     string
+		wantDNS  string
+		wantHost string
+	}{
+		{"usable", []net.IP{net.IPv4(10, 1, 2, 1), net.IPv4(9, 9, 9, 9)}, "node-7.lab", "[10.1.2.1 9.9.9.9]", "node-7.lab"},
+		{"unusable servers dropped", []net.IP{net.IPv4zero, net.IPv4(127, 0, 0, 1), net.IPv4(224, 0, 0, 1), net.IPv4(10, 1, 2, 1)}, "a", "[10.1.2.1]", "a"},
+		{"at most three", []net.IP{net.IPv4(1, 1, 1, 1), net.IPv4(1, 1, 1, 2), net.IPv4(1, 1, 1, 3), net.IPv4(1, 1, 1, 4)}, "", "[1.1.1.1 1.1.1.2 1.1.1.3]", ""},
+		{"path in host name", nil, "../../etc", "[]", ""},
+		{"space in host name", nil, "a b", "[]", ""},
+		{"hyphen ends label", nil, "a-.b", "[]", ""},
+		{"long label", nil, strings.Repeat("x", 64), "[]", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mods := []dhcpv4.Modifier{dhcpv4.WithDNS(tc.dns...)}
+			if tc.host != "" {
+				mods = append(mods, dhcpv4.WithOption(dhcpv4.OptHostName(tc.host)))
+			}
+			l, err := leaseFromACK(ack(t, mods...), t0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := fmt.Sprint(l.DNS); got != tc.wantDNS || l.HostName != tc.wantHost {
+				t.Errorf("DNS %s host %q, want %s %q", got, l.HostName, tc.wantDNS, tc.wantHost)
+			}
+		})
+	}
+}
+
 func FuzzLeaseFromACK(f *testing.F) {
 	f.Add(ack(f).ToBytes())
 	f.Add(ack(f, dhcpv4.WithLeaseTime(1), dhcpv4.WithoutOption(dhcpv4.OptionSubnetMask)).ToBytes())

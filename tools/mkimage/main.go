@@ -34,16 +34,28 @@ import (
 // Debian's kernel: CONFIG_EXT4_FS=y).
 var guestModules = []string{"pvpanic_mmio", "button", "evdev", "virtio_pci", "virtio_rng", "virtio_blk", "virtio_net"}
 
+// caBundle is where Debian keeps the public CAs, and where Go's TLS looks
+// for them first.
+const caBundle = "/etc/ssl/certs/ca-certificates.crt"
+
 func main() {
 	var (
 		boardName = flag.String("board", "qemu", "board to build (a folder under -boards)")
 		boards    = flag.String("boards", "board", "directory holding the boards")
 		out       = flag.String("out", "out", "output directory")
 		version   = flag.String("version", "dev", "version string baked into the binary")
+		pxe       = flag.Bool("pxe", false, "also write the network boot files (kernel, initramfs, iPXE script) into <out>/pxe")
 		bench     = flag.Bool("bench", false, "add the benchmark program as /bench/hyperroot-bench and the peer VMMs, gokvm as /bin/gokvm and this host's qemu-system-x86_64 with its libraries and firmware (never in a product image)")
 	)
 	flag.Parse()
-	if err := build(context.Background(), *boards, *boardName, *out, *version, *bench); err != nil {
+	b, err := build(context.Background(), *boards, *boardName, *out, *version, *bench)
+	if err == nil && *pxe {
+		dir := filepath.Join(*out, "pxe")
+		err = step("write network boot files into "+dir, func() error {
+			return image.WritePXE(filepath.Join(*out, "image"), dir, b, *version)
+		})
+	}
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "mkimage: %v\n", err)
 		os.Exit(1)
 	}
@@ -62,7 +74,7 @@ func step(name string, f func() error) error {
 
 func logf(format string, args ...any) { fmt.Printf("    "+format+"\n", args...) }
 
-func build(ctx context.Context, boards, name, out, version string, bench bool) error {
+func build(ctx context.Context, boards, name, out, version string, bench bool) (*board.Board, error) {
 	var (
 		b       *board.Board
 		pkg     *image.Package
@@ -161,6 +173,12 @@ func build(ctx context.Context, boards, name, out, version string, bench bool) e
 			if err := image.CompilePolicy(ctx, image.PolicySource, policy); err != nil {
 				return err
 			}
+			// The public CAs (Debian's ca-certificates), for a
+			// configuration fetched over HTTPS.
+			if _, err := os.Stat(caBundle); err != nil {
+				return fmt.Errorf("%w: install Debian's ca-certificates", err)
+			}
+			files = append(files, caBundle+":"+strings.TrimPrefix(caBundle, "/"))
 			files = append(files, bin+":bin/hyperroot", bf, policy+":"+strings.TrimPrefix(svirt.PolicyPath, "/"),
 				// The test guest: the same Debian kernel and the guest init.
 				kernel.Vmlinuz+":guest/vmlinuz",
@@ -204,10 +222,10 @@ func build(ctx context.Context, boards, name, out, version string, bench bool) e
 	}
 	for _, s := range steps {
 		if err := step(s.name, s.f); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	return b, nil
 }
 
 // gokvmModule is the module directory gokvm is pinned in.

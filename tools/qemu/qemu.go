@@ -60,6 +60,12 @@ type Options struct {
 	// network: the outside world for an uplink, where 10.0.2.2 is the
 	// host's loopback and 10.0.2.3 a DNS server.
 	UserNet bool
+	// PXE, when set, network-boots the appliance instead of loading
+	// Image's kernel and initramfs: QEMU's iPXE ROM on the user-mode NIC
+	// (UserNet is implied) gets this URL as its DHCP boot file. The
+	// script it names gives the kernel command line, so Append, Config,
+	// Overlay, Files and Oneshot's options do not apply.
+	PXE string
 	// PhysBits, when not 0, is the physical address width of the
 	// emulated CPU (TCG; under KVM the host CPU's applies): TCG's
 	// default, 40 bits, lets the appliance's KVM map guest RAM up to
@@ -172,9 +178,17 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 			cmdline += " hyperroot.timeout=" + ApplianceTimeout(o.Timeout).String()
 		}
 	}
-	args := append(accel,
-		"-machine", "q35", "-smp", fmt.Sprint(o.CPUs), "-m", o.Memory,
-		"-kernel", filepath.Join(o.Image, "vmlinuz"), "-initrd", initrd, "-append", cmdline,
+	boot := []string{"-kernel", filepath.Join(o.Image, "vmlinuz"), "-initrd", initrd, "-append", cmdline}
+	if o.PXE != "" {
+		if strings.Contains(o.PXE, ",") {
+			os.RemoveAll(tmp)
+			return nil, fmt.Errorf("pxe %s: a comma cannot be passed to QEMU's bootfile=", o.PXE)
+		}
+		boot = []string{"-boot", "n"}
+	}
+	args := append(accel, "-machine", "q35", "-smp", fmt.Sprint(o.CPUs), "-m", o.Memory)
+	args = append(args, boot...)
+	args = append(args,
 		"-display", "none", "-vga", "none", "-no-reboot",
 		"-qmp", "unix:"+m.qmpPath+",server=on,wait=off",
 		// QEMU's own record of CPU resets: a reset the appliance did
@@ -190,7 +204,9 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 		}
 		args = append(args, numa...)
 	}
-	if o.UserNet {
+	if o.PXE != "" {
+		args = append(args, "-netdev", "user,id=wan,bootfile="+o.PXE, "-device", "virtio-net-pci,netdev=wan")
+	} else if o.UserNet {
 		args = append(args, "-netdev", "user,id=wan", "-device", "virtio-net-pci,netdev=wan")
 	} else {
 		args = append(args, "-nic", "none")
