@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -191,29 +192,15 @@ func banner(b *board.Board) string {
 // the file, which the switch reads for itself ("" for the built-in
 // default).
 func loadConfig(c *console, args cmdline) (*config.Config, string) {
-	src := configPath
-	if args.Config != "" {
-		src = args.Config
-	}
+	src := cmp.Or(args.Config, configPath)
+	file := src // what the switch reads
+	var data []byte
+	var err error
 	if isURL(src) {
-		data, u, err := fetchConfig(c, args)
-		if err != nil {
-			c.Errorf("config", err)
-			return &config.Config{}, ""
+		if data, src, err = fetchConfig(c, args); err == nil {
+			file, err = fetchedConfig, os.WriteFile(fetchedConfig, data, 0o600)
 		}
-		cfg := parseConfig(c, u, data)
-		if cfg == nil {
-			return &config.Config{}, ""
-		}
-		// The switch reads its configuration from a file.
-		if err := os.WriteFile(fetchedConfig, data, 0o600); err != nil {
-			c.Errorf("config", err)
-			return &config.Config{}, ""
-		}
-		return cfg, fetchedConfig
-	}
-	data, err := os.ReadFile(src)
-	if os.IsNotExist(err) && args.Config == "" {
+	} else if data, err = os.ReadFile(src); os.IsNotExist(err) && args.Config == "" {
 		cfg := config.Default()
 		if _, err := os.Stat(cfg.VMs[0].Kernel); err != nil {
 			c.Printf("config: none, and no demo guest in the image: no VMs")
@@ -226,25 +213,15 @@ func loadConfig(c *console, args cmdline) (*config.Config, string) {
 		c.Errorf("config", err)
 		return &config.Config{}, ""
 	}
-	cfg := parseConfig(c, src, data)
-	if cfg == nil {
-		return &config.Config{}, ""
-	}
-	return cfg, src
-}
-
-// parseConfig parses the configuration data from src and says what it
-// holds, or prints each error (with src's line and column) and returns nil.
-func parseConfig(c *console, src string, data []byte) *config.Config {
 	cfg, err := config.Parse(src, data)
 	if err != nil {
 		for _, line := range strings.Split(err.Error(), "\n") {
 			c.Errorf("config", errors.New(line))
 		}
-		return nil
+		return &config.Config{}, ""
 	}
 	c.Printf("config: %s (%d VMs, %d networks)", src, len(cfg.VMs), len(cfg.Networks))
-	return cfg
+	return cfg, file
 }
 
 // oneshot waits until every VM has exited, prints the verdict and asks for

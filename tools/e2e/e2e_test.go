@@ -131,19 +131,22 @@ func seen(t testing.TB, m *qemu.Machine, pattern string) string {
 	t.Helper()
 	re := regexp.MustCompile(pattern)
 	deadline := time.Now().Add(waitCap)
-	for time.Now().Before(deadline) {
+	for {
+		// Done first: once QEMU has ended, its console is complete.
+		r, done := m.Done()
 		for _, l := range m.Lines() {
 			if re.MatchString(l) {
 				return l
 			}
 		}
-		if _, done := m.Done(); done {
-			break
+		switch {
+		case done:
+			t.Fatalf("no console line matched %q before QEMU exited: %s", pattern, r.Why())
+		case time.Now().After(deadline):
+			t.Fatalf("no console line matched %q within %s", pattern, waitCap)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	t.Fatalf("no console line matched %q", pattern)
-	return ""
 }
 
 // denialsExpected holds the names of the tests whose appliance is meant to

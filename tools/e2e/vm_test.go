@@ -3,8 +3,6 @@ package e2e
 import (
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -29,29 +27,10 @@ func guestVM(name string, cpus int, mem, action, restart string, cmdline ...stri
 `, name, cpus, mem, action, strings.Join(cmdline, " "), restart)
 }
 
-// eventually waits until any console line so far matches pattern,
-// whatever Expect has already read past.
-func eventually(t testing.TB, m *qemu.Machine, pattern string) {
-	t.Helper()
-	deadline := time.Now().Add(waitCap)
-	for !hasLine(m.Lines(), pattern) {
-		if r, done := m.Done(); done {
-			t.Fatalf("no console line matched %q before QEMU exited: %s", pattern, r.Why())
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no console line matched %q within %s", pattern, waitCap)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
+// writeConfig is a configuration file of these VMs (loadVM, guestVM).
 func writeConfig(t testing.TB, vms ...string) string {
 	t.Helper()
-	p := filepath.Join(t.TempDir(), "config.yaml")
-	if err := os.WriteFile(p, []byte("vms:\n"+strings.Join(vms, "")), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return configFile(t, "vms:\n"+strings.Join(vms, ""))
 }
 
 var bootedRE = regexp.MustCompile(`^(\S+)\| guest: booted nproc=(\d+) memtotal_kb=(\d+) time=(\d+)`)
@@ -273,7 +252,7 @@ func TestRestartAndShutdown(t *testing.T) {
 		expect(t, m, `hyperroot: vm again started`)
 		// The two guests boot side by side: the waiter's line may come
 		// before or after the lines above.
-		eventually(t, m, `^waiter\| guest: action wait$`)
+		seen(t, m, `^waiter\| guest: action wait$`)
 		if err := m.QMP("system_powerdown", ""); err != nil {
 			t.Fatal(err)
 		}
