@@ -275,6 +275,50 @@ func TestFleetInputAndStop(t *testing.T) {
 	}
 }
 
+// TestFleetStopStartVM: a VM stopped on request stays stopped whatever
+// its restart policy, starts again on request (a new VMM), and the
+// requests say why when they cannot be done.
+func TestFleetStopStartVM(t *testing.T) {
+	f, c, out := fakeFleet(t, "serve", config.RestartAlways)
+	defer f.Stop(10 * time.Second)
+	waitFor(t, out, "t| ready networks=0 ports=0")
+	first := f.process("t")
+	if err := f.StartVM("t"); err == nil || err.Error() != "vm t is running" {
+		t.Errorf("start of a running VM: %v", err)
+	}
+	if err := f.StopVM("t", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, out, "hyperroot: vm t stopped (start t starts it again)")
+	if p := f.process("t"); p != nil {
+		t.Errorf("VMM still running after stop: %v", p)
+	}
+	if err := f.StopVM("t", time.Second); err == nil || err.Error() != "vm t is not running" {
+		t.Errorf("stop of a stopped VM: %v", err)
+	}
+	if err := f.StopVM("nope", time.Second); err == nil || err.Error() != `no vm "nope" (have t)` {
+		t.Errorf("stop of an unknown VM: %v", err)
+	}
+	c.Flush(5 * time.Second)
+	if strings.Contains(out.String(), "restarting") {
+		t.Errorf("a stopped VM restarted (restart: always):\n%s", out.String())
+	}
+	if err := f.StartVM("t"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for f.process("t") == nil || f.process("t") == first {
+		if time.Now().After(deadline) {
+			t.Fatal("no new VMM after start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := f.Input("t", "again"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, out, "t| input again")
+}
+
 // TestSwitchConsole: the switch is ready at its ready line, restarted after
 // a kill, and reports its counters when stopped.
 func TestSwitchConsole(t *testing.T) {

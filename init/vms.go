@@ -2,9 +2,12 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -51,6 +54,7 @@ type fleet struct {
 // vmEntry is one configured VM: its supervision, and what a dump of its
 // VMM waits for.
 type vmEntry struct {
+	vm  config.VM // as configured
 	sup *child.Supervisor
 	// begun and dumped receive when the VMM's output relays the first
 	// and the last line of a dump (see fleet.Dump).
@@ -87,39 +91,106 @@ func (f *fleet) Start(vms []config.VM) {
 	prev := make(chan struct{})
 	close(prev)
 	for _, vm := range vms {
-		e := &vmEntry{begun: make(chan struct{}, 1), dumped: make(chan struct{}, 1), qos: vm.QoS}
-		turn, started, first := prev, make(chan struct{}), true
+		started := make(chan struct{})
+		f.supervise(&vmEntry{vm: vm, qos: vm.QoS}, prev, started)
 		prev = started
-		e.sup = child.Supervise(child.Run{
-			Start: func() (*child.Process, error) {
-				if first { // only ever on the supervision's goroutine
-					first = false
-					defer close(started)
-					select {
-					case <-turn:
-					case <-f.quit: // a start the stop will undo
-					}
-				}
-				return f.startVM(vm, e)
-			},
-			Exited: func(ws unix.WaitStatus, _ time.Duration) bool { return f.exited(vm, e, ws) },
-			Restarting: func(d time.Duration) {
-				f.c.Printf("vm %s restarting in %s (restart: %s)", vm.Name, d, vm.Restart)
-			},
-			// A VM that keeps dying waits 1 s, doubling up to a minute;
-			// a clean poweroff or a run of a minute starts afresh.
-			Backoff: child.Backoff{Min: time.Second, Max: time.Minute, Reset: time.Minute},
-		})
-		f.vms[vm.Name] = e
-		f.done.Add(1)
-		goGuarded(f.c, "vm "+vm.Name, func() {
-			defer f.done.Done()
-			if err := e.sup.Err(); err != nil {
-				f.c.Errorf("vm "+vm.Name, err)
-				f.markFailed(vm.Name, true)
-			}
-		})
 	}
+}
+
+// supervise runs e's VM (and restarts it as its policy says) on a
+// goroutine of its own, its first start once turn is closed; started is
+// closed when that start is over. Called with f.mu held.
+func (f *fleet) supervise(e *vmEntry, turn <-chan struct{}, started chan struct{}) {
+	vm := e.vm
+	e.begun, e.dumped = make(chan struct{}, 1), make(chan struct{}, 1)
+	first := true
+	e.sup = child.Supervise(child.Run{
+		Start: func() (*child.Process, error) {
+			if first { // only ever on the supervision's goroutine
+				first = false
+				defer close(started)
+				select {
+				case <-turn:
+				case <-f.quit: // a start the stop will undo
+				}
+			}
+			return f.startVM(vm, e)
+		},
+		Exited: func(ws unix.WaitStatus, _ time.Duration) bool { return f.exited(vm, e, ws) },
+		Restarting: func(d time.Duration) {
+			f.c.Printf("vm %s restarting in %s (restart: %s)", vm.Name, d, vm.Restart)
+		},
+		// A VM that keeps dying waits 1 s, doubling up to a minute;
+		// a clean poweroff or a run of a minute starts afresh.
+		Backoff: child.Backoff{Min: time.Second, Max: time.Minute, Reset: time.Minute},
+	})
+	f.vms[vm.Name] = e
+	f.done.Add(1)
+	goGuarded(f.c, "vm "+vm.Name, func() {
+		defer f.done.Done()
+		if err := e.sup.Err(); err != nil {
+			f.c.Errorf("vm "+vm.Name, err)
+			f.markFailed(vm.Name, true)
+		}
+	})
+}
+
+// entry is VM name's entry, or an error naming the VMs there are.
+func (f *fleet) entry(name string) (*vmEntry, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if e := f.vms[name]; e != nil {
+		return e, nil
+	}
+	names := slices.Sorted(maps.Keys(f.vms))
+	return nil, fmt.Errorf("no vm %q (have %s)", name, orNone(names))
+}
+
+// StopVM stops VM name and keeps it stopped, whatever its restart policy,
+// until StartVM: its VMM gets SIGTERM (the guest's ACPI power button) and
+// grace to end, then SIGKILL.
+func (f *fleet) StopVM(name string, grace time.Duration) error {
+	e, err := f.entry(name)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-e.sup.Done():
+		return fmt.Errorf("vm %s is not running", name)
+	default:
+	}
+	e.sup.Stop(grace, func() { f.c.Printf("vm %s did not stop within %s: killing it", name, grace) })
+	f.c.Printf("vm %s stopped (start %s starts it again)", name, name)
+	return nil
+}
+
+// StartVM starts VM name again once it has stopped (StopVM, or ended with
+// no restart due), with its limits as last set.
+func (f *fleet) StartVM(name string) error {
+	e, err := f.entry(name)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-e.sup.Done():
+	default:
+		return fmt.Errorf("vm %s is running", name)
+	}
+	e.mu.Lock()
+	next := &vmEntry{vm: e.vm, qos: e.qos}
+	e.mu.Unlock()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stopping {
+		return errors.New("the appliance is stopping")
+	}
+	if f.vms[name] != e {
+		return fmt.Errorf("vm %s is being started already", name)
+	}
+	now := make(chan struct{})
+	close(now)
+	f.supervise(next, now, make(chan struct{}))
+	return nil
 }
 
 // Wait returns once every VM has exited for good.
@@ -409,6 +480,23 @@ func readConsoleInput(c *console, f *fleet, sw *netSwitch, in io.Reader) {
 			}
 			continue
 		}
+		if cmd, arg, _ := strings.Cut(line, " "); cmd == "stop" || cmd == "start" || cmd == "restart" {
+			name := strings.TrimSpace(arg)
+			// On a goroutine of its own: a stop waits for the guest.
+			goGuarded(c, cmd+" "+name, func() {
+				var err error
+				if cmd != "start" {
+					err = f.StopVM(name, vmStopGrace)
+				}
+				if err == nil && cmd != "stop" {
+					err = f.StartVM(name)
+				}
+				if err != nil {
+					c.Printf("console: %s: %v", cmd, err)
+				}
+			})
+			continue
+		}
 		if line == "hugepages" {
 			if s := hugePagesStatus(); s != "" {
 				c.Printf("hugepages: %s", s)
@@ -428,7 +516,7 @@ func readConsoleInput(c *console, f *fleet, sw *netSwitch, in io.Reader) {
 		target, text, _ := strings.Cut(line, " ")
 		name, ok := strings.CutPrefix(target, "@")
 		if !ok {
-			c.Printf("console: type \"@<vm> <text>\" to send a line to a VM's console (\"@run <text>\" to the hyperroot.run job), \"dump [<vm>...]\" to dump VMMs' state, \"qos <vm> [<qos>]\" to see or change a VM's limits, \"hugepages\", or \"switch kill\"")
+			c.Printf("console: type \"@<vm> <text>\" to send a line to a VM's console (\"@run <text>\" to the hyperroot.run job), \"dump [<vm>...]\" to dump VMMs' state, \"qos <vm> [<qos>]\" to see or change a VM's limits, \"stop|start|restart <vm>\", \"hugepages\", or \"switch kill\"")
 			continue
 		}
 		input := f.Input

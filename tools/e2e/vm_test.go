@@ -33,6 +33,37 @@ func writeConfig(t testing.TB, vms ...string) string {
 	return configFile(t, "vms:\n"+strings.Join(vms, ""))
 }
 
+// nth waits until n console lines so far match pattern.
+func nth(t testing.TB, m *qemu.Machine, pattern string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(waitCap)
+	for {
+		r, done := m.Done()
+		if count(m.Lines(), pattern) >= n {
+			return
+		}
+		switch {
+		case done:
+			t.Fatalf("%d console lines matched %q before QEMU exited, want %d: %s", count(m.Lines(), pattern), pattern, n, r.Why())
+		case time.Now().After(deadline):
+			t.Fatalf("%d console lines matched %q within %s, want %d", count(m.Lines(), pattern), pattern, waitCap, n)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// count is how many of lines match pattern.
+func count(lines []string, pattern string) int {
+	re := regexp.MustCompile(pattern)
+	n := 0
+	for _, l := range lines {
+		if re.MatchString(l) {
+			n++
+		}
+	}
+	return n
+}
+
 var bootedRE = regexp.MustCompile(`^(\S+)\| guest: booted nproc=(\d+) memtotal_kb=(\d+) time=(\d+)`)
 
 // TestGuestShapes boots the stock Debian guest with each (cpus, memory) the
@@ -238,27 +269,44 @@ func TestConsoleInput(t *testing.T) {
 }
 
 // TestRestartAndShutdown: restart: always brings a VM back after it powers
-// off; the appliance's power button then shuts a running guest down through
-// its own ACPI power button before the appliance powers off.
+// off; a VM stopped on the console ("stop <vm>") stays stopped whatever its
+// policy, until "start <vm>" ("restart <vm>" does both); the appliance's
+// power button then shuts a running guest down through its own ACPI power
+// button before the appliance powers off.
 func TestRestartAndShutdown(t *testing.T) {
 	parallel(t)
 	testbed(t, func(t testing.TB) {
 		cfg := writeConfig(t,
 			guestVM("again", 1, "128M", "poweroff", "always"),
 			guestVM("waiter", 1, "128M", "wait", "always"))
-		m := start(t, qemu.Options{Config: cfg})
+		pr, pw := io.Pipe()
+		defer pw.Close()
+		m := start(t, qemu.Options{Config: cfg, Stdin: pr})
 		expect(t, m, `hyperroot: vm again exited code=0 reason=poweroff`)
 		expect(t, m, `hyperroot: vm again restarting in 1s \(restart: always\)`)
 		expect(t, m, `hyperroot: vm again started`)
 		// The two guests boot side by side: the waiter's line may come
 		// before or after the lines above.
 		seen(t, m, `^waiter\| guest: action wait$`)
+		// Stopped on the console, it stays stopped (restart: always);
+		// started again, it is a new VMM; restarted, another.
+		fmt.Fprintln(pw, "stop waiter")
+		nth(t, m, `^waiter\| guest: power button pressed, powering off$`, 1)
+		nth(t, m, `hyperroot: vm waiter stopped \(start waiter starts it again\)$`, 1)
+		fmt.Fprintln(pw, "start waiter")
+		nth(t, m, `^waiter\| guest: action wait$`, 2)
+		fmt.Fprintln(pw, "restart waiter")
+		nth(t, m, `hyperroot: vm waiter stopped `, 2)
+		nth(t, m, `^waiter\| guest: action wait$`, 3)
+		if n := count(m.Lines(), `hyperroot: vm waiter restarting`); n != 0 {
+			t.Errorf("the stopped VM was restarted by its policy %d times", n)
+		}
 		if err := m.QMP("system_powerdown", ""); err != nil {
 			t.Fatal(err)
 		}
 		expect(t, m, `hyperroot: powering off: power-button`)
-		expect(t, m, `^waiter\| guest: power button pressed, powering off$`)
-		expect(t, m, `hyperroot: vm waiter exited code=0 reason=poweroff`)
+		nth(t, m, `^waiter\| guest: power button pressed, powering off$`, 3)
+		nth(t, m, `hyperroot: vm waiter exited code=0 reason=poweroff`, 3)
 		expect(t, m, `hyperroot: poweroff$`)
 		r := m.Wait()
 		if r.ExitCode != 0 || !r.PowerOff {
