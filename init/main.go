@@ -40,6 +40,8 @@ func dispatch(args []string) int {
 		return vmmMain(args[1:])
 	case switchCommand:
 		return switchMain(args[1:])
+	case "ctl":
+		return ctlMain(args[1:])
 	case "help", "-h", "--help":
 		usage()
 		return 0
@@ -56,6 +58,7 @@ As PID 1 (the appliance's /init) hyperroot is the supervisor and takes no
 arguments. Commands:
   vmm       run one VM: hyperroot vmm --kernel K [--initrd I] [--cmdline C] [--cpus N] [--memory SIZE]
   switch    run the virtio-net switch of a configuration: hyperroot switch --config FILE
+  ctl       the management API's client, for root on the appliance: hyperroot ctl `+ctlUsage+`
   version   print the version
   help      this text
 `)

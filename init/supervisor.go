@@ -71,10 +71,13 @@ func supervise() {
 	if n := watchPowerButton(c, power); n == 0 {
 		c.Printf("power button: no input devices, ACPI power button unavailable")
 	}
+	kvmLine := ""
 	if s, err := probeKVM(); err != nil {
 		c.Errorf("kvm", err)
+		kvmLine = "unusable: " + err.Error()
 	} else {
 		c.Printf("kvm: %s", s)
+		kvmLine = fmt.Sprint(s)
 	}
 	sv.labelDevices(c)
 	// The kernel log is followed from here on: the seccomp actions of
@@ -111,6 +114,7 @@ func supervise() {
 		}
 	}
 	f.Start(cfg.VMs)
+	serveAPI(c, apiBackend{f: f, kvm: kvmLine})
 	goLoop(c, "console input", func() { readConsoleInput(c, f, sw, os.Stdin) })
 	c.Printf("ready")
 	jobDone := make(chan bool, 1) // whether the hyperroot.run job passed

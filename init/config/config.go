@@ -137,6 +137,10 @@ const MaxVCPUs = 1024
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
 
+// ValidName says whether s may name a VM or a network: what the API
+// checks a name it is given against before any lookup.
+func ValidName(s string) bool { return nameRE.MatchString(s) }
+
 // reservedNames cannot name a VM: the console prefixes the switch's lines
 // with "switch| " and the hyperroot.run job's with "run| ", and "@run"
 // types to the job, so a VM of either name could pass its lines off as
