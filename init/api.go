@@ -1,29 +1,44 @@
 package main
 
 import (
-	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"log"
 	"maps"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
+	"golang.org/x/net/netutil"
 	"golang.org/x/sys/unix"
 
+	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/api"
 )
 
-// The management API (internal/api), served by PID 1 to root on the
-// appliance through a unix socket: the fleet's operations, the same the
-// console has. The network listener (TLS, tokens) is not there yet.
+// The management API (internal/api), served by PID 1: to root on the
+// appliance through a unix socket, always, and on the network when the
+// configuration's api: has a listen address (TLS with the appliance's own
+// certificate, bearer tokens). It offers the fleet's operations, the same
+// the console has.
+
+// apiDataDir keeps the network listener's certificate, so that clients
+// pin it once. It is in the appliance's RAM (a new certificate each boot)
+// until a data disk is mounted there.
+const apiDataDir = "/var/lib/hyperroot/api"
+
+// maxAPIConns bounds the network listener's open connections: beyond it a
+// client waits for its turn, and PID 1's memory stays bounded whatever
+// the network sends.
+const maxAPIConns = 256
 
 // apiBackend answers the API from the fleet.
 type apiBackend struct {
@@ -88,6 +103,25 @@ func (b apiBackend) Stop(name string) error {
 	return b.lifecycle(name, func() error { return b.f.StopVM(name, vmStopGrace) })
 }
 
+func (b apiBackend) QoS(name, text string) (string, error) {
+	if _, err := b.f.entry(name); err != nil {
+		return "", fmt.Errorf("%w: %w", err, api.ErrNotFound)
+	}
+	if strings.TrimSpace(text) != "" {
+		// The same strict decoding as the configuration file's qos:
+		// (JSON is YAML's flow style), so an API client gets the
+		// same line:column messages.
+		if _, err := config.ParseQoS("qos", text); err != nil {
+			return "", fmt.Errorf("%w: %w", err, api.ErrInvalid)
+		}
+	}
+	line, err := b.f.QoS(name, text)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", err, api.ErrConflict)
+	}
+	return line, nil
+}
+
 func (b apiBackend) Restart(name string) error {
 	return b.lifecycle(name, func() error {
 		if err := b.f.StopVM(name, vmStopGrace); err != nil {
@@ -97,17 +131,23 @@ func (b apiBackend) Restart(name string) error {
 	})
 }
 
-// serveAPI serves the API on api.SocketPath for as long as the appliance
-// runs: a server that fails is started again (after a pause, so that a
-// persistent failure does not spin), and the VMs never depend on it.
-func serveAPI(c *console, b api.Backend) {
-	goGuarded(c, "api", func() {
-		for {
-			err := listenAPI(api.SocketPath, b)
-			c.Errorf("api", err)
-			time.Sleep(5 * time.Second)
-		}
-	})
+// serveAPI serves the API on api.SocketPath, and on the network when a
+// says so, for as long as the appliance runs: a server that fails is
+// started again (after a pause, so that a persistent failure does not
+// spin), and the VMs never depend on it.
+func serveAPI(c *console, b api.Backend, a *config.API) {
+	keep := func(what string, serve func() error) {
+		goGuarded(c, "api", func() {
+			for {
+				c.Errorf(what, serve())
+				time.Sleep(5 * time.Second)
+			}
+		})
+	}
+	keep("api", func() error { return listenAPI(api.SocketPath, b) })
+	if a != nil && a.Listen != "" {
+		keep("api "+a.Listen, func() error { return listenAPINet(c, a, b, apiDataDir) })
+	}
 }
 
 // listenAPI serves b on a unix socket at path that only root may use, until
@@ -132,82 +172,74 @@ func listenAPI(path string, b api.Backend) error {
 	return srv.Serve(l)
 }
 
-// ctlMain is `hyperroot ctl`: the API's client, for root on the appliance.
-func ctlMain(args []string) int {
-	socket := api.SocketPath
-	if len(args) >= 2 && args[0] == "--socket" {
-		socket, args = args[1], args[2:]
+// listenAPINet serves b over TLS on a's listen address to holders of a's
+// tokens, until the server fails. The certificate is the one kept in dir,
+// made there at the first start.
+func listenAPINet(c *console, a *config.API, b api.Backend, dir string) error {
+	host, _ := os.Hostname()
+	cert, made, replaced, err := api.LoadOrCreateCert(dir, []string{host})
+	if err != nil {
+		return fmt.Errorf("certificate in %s: %w", dir, err)
 	}
-	c := api.NewUnixClient(socket)
-	if len(args) == 1 && args[0] == "shell" {
-		return ctlShell(c)
+	if replaced != nil {
+		c.Printf("api: the certificate in %s could not be read (%v): made a new one; clients must pin it again", dir, replaced)
 	}
-	if err := ctlRun(c, args, os.Stdout); err != nil {
-		fmt.Fprintf(os.Stderr, "hyperroot ctl: %v\n", err)
-		return 1
-	}
-	return 0
-}
-
-const ctlUsage = "host | vm list | vm get|start|stop|restart <name> | shell (commands from stdin, one per line, until exit)"
-
-// ctlShell runs one command per line of stdin, each answer or error on
-// stdout, until stdin ends or says "exit": a session for the console's
-// "@run" lines.
-func ctlShell(c *api.Client) int {
-	sc := bufio.NewScanner(os.Stdin)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "exit" {
-			break
-		}
-		if line != "" {
-			if err := ctlRun(c, strings.Fields(line), os.Stdout); err != nil {
-				fmt.Printf("ctl: %s: %v\n", line, err)
+	// IP_FREEBIND: an address given in listen may come later (DHCP),
+	// and the listener is there when it does.
+	lc := net.ListenConfig{Control: func(network, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) {
+			if strings.HasSuffix(network, "6") {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_FREEBIND, 1)
+			} else {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_FREEBIND, 1)
 			}
-		}
+		})
+		return errors.Join(err, serr)
+	}}
+	l, err := lc.Listen(context.Background(), "tcp", a.Listen)
+	if err != nil {
+		return err
 	}
-	return 0
+	defer l.Close()
+	tokens := make([]api.Token, len(a.Tokens))
+	names := make([]string, len(a.Tokens))
+	for i, t := range a.Tokens {
+		tokens[i], names[i] = api.Token{Name: t.Name, SHA256: t.SHA256}, t.Name
+	}
+	// Whoever reaches the address decides how many requests are
+	// refused and how many handshakes fail: those lines are limited.
+	refused := newLineLimit(c.Printf, "api", "refused-request")
+	audit := func(r api.Request) {
+		if r.Who == "" {
+			refused.printf(": refused %s %s from %s: no valid token (HTTP %d)", r.Method, r.Path, r.Remote, r.Code)
+			return
+		}
+		c.Printf("api: %s: %s %s from %s: HTTP %d", r.Who, r.Method, r.Path, r.Remote, r.Code)
+	}
+	errs := newLineLimit(c.Printf, "api", "server-error")
+	srv := &http.Server{
+		Handler:           api.RequireToken(tokens, api.Handler(b), audit),
+		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13},
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          log.New(lineWriter(func(s string) { errs.printf(": %s", s) }), "", 0),
+	}
+	kept := "kept in " + dir
+	if made {
+		kept = "made now, " + kept
+	}
+	c.Printf("api: https://%s certificate %s (%s) tokens %s", a.Listen, api.Fingerprint(cert.Certificate[0]), kept, strings.Join(names, ","))
+	return srv.ServeTLS(netutil.LimitListener(l, maxAPIConns), "", "")
 }
 
-// ctlRun runs one command and prints its answer as a table.
-func ctlRun(c *api.Client, args []string, out *os.File) error {
-	ctx := context.Background()
-	switch {
-	case len(args) == 1 && args[0] == "host":
-		var h api.Host
-		if err := c.Do(ctx, "GET", "/v1/host", &h); err != nil {
-			return err
-		}
-		fmt.Fprintf(out, "hyperroot %s kernel %s cpus %d memory %d kvm %s\n", h.Version, h.Kernel, h.CPUs, h.Memory, h.KVM)
-	case len(args) == 2 && args[0] == "vm" && args[1] == "list":
-		var vms []api.VM
-		if err := c.Do(ctx, "GET", "/v1/vms", &vms); err != nil {
-			return err
-		}
-		fmt.Fprintf(out, "%-32s %-8s %7s %5s %10s %s\n", "NAME", "STATE", "PID", "CPUS", "MEMORY", "RESTART")
-		for _, vm := range vms {
-			fmt.Fprintf(out, "%-32s %-8s %7d %5d %9dM %s\n", vm.Name, vm.State, vm.PID, vm.CPUs, vm.Memory>>20, vm.Restart)
-		}
-	case len(args) == 3 && args[0] == "vm":
-		// Escaped: the server checks the name, and a name must not
-		// become another path on the way.
-		name := url.PathEscape(args[2])
-		method, path := "POST", "/v1/vms/"+name+"/"+args[1]
-		switch args[1] {
-		case "get":
-			method, path = "GET", "/v1/vms/"+name
-		case "start", "stop", "restart":
-		default:
-			return fmt.Errorf("usage: %s", ctlUsage)
-		}
-		var vm api.VM
-		if err := c.Do(ctx, method, path, &vm); err != nil {
-			return err
-		}
-		fmt.Fprintf(out, "vm %s %s pid %d\n", vm.Name, vm.State, vm.PID)
-	default:
-		return fmt.Errorf("usage: %s", ctlUsage)
-	}
-	return nil
+// lineWriter hands each write (a log line) to a function, without its
+// newline.
+type lineWriter func(string)
+
+func (w lineWriter) Write(p []byte) (int, error) {
+	w(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }

@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -36,24 +39,97 @@ func TestAPIOverFleet(t *testing.T) {
 	c := api.NewUnixClient(sock)
 	ctx := context.Background()
 	var vms []api.VM
-	if err := c.Do(ctx, "GET", "/v1/vms", &vms); err != nil || len(vms) != 1 || vms[0].State != api.StateRunning || vms[0].PID == 0 || vms[0].Restart != "always" {
+	if err := c.Do(ctx, "GET", "/v1/vms", nil, &vms); err != nil || len(vms) != 1 || vms[0].State != api.StateRunning || vms[0].PID == 0 || vms[0].Restart != "always" {
 		t.Fatalf("list: %+v, %v", vms, err)
 	}
 	var vm api.VM
-	if err := c.Do(ctx, "POST", "/v1/vms/t/stop", &vm); err != nil || vm.State != api.StateStopped {
+	if err := c.Do(ctx, "POST", "/v1/vms/t/stop", nil, &vm); err != nil || vm.State != api.StateStopped {
 		t.Fatalf("stop: %+v, %v", vm, err)
 	}
-	if err := c.Do(ctx, "POST", "/v1/vms/t/stop", &vm); err == nil || !strings.HasSuffix(err.Error(), "vm t is not running: conflict (HTTP 409)") {
+	if err := c.Do(ctx, "POST", "/v1/vms/t/stop", nil, &vm); err == nil || !strings.HasSuffix(err.Error(), "vm t is not running: conflict (HTTP 409)") {
 		t.Errorf("stop again: %v", err)
 	}
-	if err := c.Do(ctx, "POST", "/v1/vms/t/start", &vm); err != nil {
+	if err := c.Do(ctx, "POST", "/v1/vms/t/start", nil, &vm); err != nil {
 		t.Fatalf("start: %v", err)
 	}
-	if err := c.Do(ctx, "GET", "/v1/vms/nope", &vm); err == nil || !strings.HasSuffix(err.Error(), `no vm "nope" (have t): not found (HTTP 404)`) {
+	if err := c.Do(ctx, "GET", "/v1/vms/nope", nil, &vm); err == nil || !strings.HasSuffix(err.Error(), `no vm "nope" (have t): not found (HTTP 404)`) {
 		t.Errorf("unknown VM: %v", err)
 	}
 	var h api.Host
-	if err := c.Do(ctx, "GET", "/v1/host", &h); err != nil || h.KVM != "test" || h.CPUs == 0 || h.Memory == 0 {
+	if err := c.Do(ctx, "GET", "/v1/host", nil, &h); err != nil || h.KVM != "test" || h.CPUs == 0 || h.Memory == 0 {
 		t.Errorf("host: %+v, %v", h, err)
+	}
+}
+
+// TestAPINetwork: the network listener over the fleet, as a client on
+// another machine sees it: TLS with the certificate the console names,
+// a token, and `hyperroot ctl`'s commands; a request without a valid token
+// changes nothing and is reported.
+func TestAPINetwork(t *testing.T) {
+	f, c, out := fakeFleet(t, "serve", config.RestartAlways)
+	defer f.Stop(10 * time.Second)
+	waitFor(t, out, "t| ready networks=0 ports=0")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	dir := t.TempDir()
+	cfg := &config.API{Listen: addr, Tokens: []config.APIToken{{Name: "ci", SHA256: sha256.Sum256([]byte("s3cret"))}}}
+	go listenAPINet(c, cfg, apiBackend{f: f, kvm: "test"}, dir)
+	re := regexp.MustCompile(`hyperroot: api: https://` + regexp.QuoteMeta(addr) + ` certificate (sha256:[0-9a-f]{64}) \(made now, kept in ` + regexp.QuoteMeta(dir) + `\) tokens ci$`)
+	pin := ""
+	for deadline := time.Now().Add(20 * time.Second); pin == "" && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		for _, line := range out.lines() {
+			if m := re.FindStringSubmatch(line); m != nil {
+				pin = m[1]
+			}
+		}
+	}
+	if pin == "" {
+		t.Fatalf("no listener line in:\n%s", out.String())
+	}
+	if st, err := os.Stat(filepath.Join(dir, "api-key.pem")); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("key file: %v, %v", st, err)
+	}
+	bad, err := api.NewClient("https://"+addr, "guess", pin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sb strings.Builder
+	if err := ctlRun(bad, []string{"vm", "stop", "t"}, &sb, false); err == nil || !strings.HasSuffix(err.Error(), "(HTTP 401)") {
+		t.Errorf("stop with a wrong token: %v", err)
+	}
+	good, err := api.NewClient("https://"+addr, "s3cret", pin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vm api.VM
+	if err := good.Do(context.Background(), "GET", "/v1/vms/t", nil, &vm); err != nil || vm.State != api.StateRunning {
+		t.Fatalf("the refused stop stopped the VM, or get failed: %+v, %v", vm, err)
+	}
+	if err := ctlRun(good, []string{"vm", "stop", "t"}, &sb, false); err != nil || sb.String() != "vm t stopped pid 0\n" {
+		t.Fatalf("stop: %q, %v", sb.String(), err)
+	}
+	sb.Reset()
+	if err := ctlRun(good, []string{"vm", "list"}, &sb, true); err != nil || !strings.HasPrefix(sb.String(), `[{"name":"t","state":"stopped",`) {
+		t.Errorf("list -o json: %q, %v", sb.String(), err)
+	}
+	err = ctlRun(good, []string{"vm", "qos", "t", `{"cpu":`, `{"max":`, `"0%"}}`}, &sb, false)
+	if err == nil || !strings.Contains(err.Error(), `qos:1:17: max 0%: want 1% to`) || !strings.HasSuffix(err.Error(), "invalid (HTTP 400)") {
+		t.Errorf("a bad qos: %v", err)
+	}
+	c.Flush(5 * time.Second)
+	got := out.String()
+	for _, want := range []string{
+		"api: refused POST /v1/vms/t/stop from 127.0.0.1:",
+		": no valid token (HTTP 401)\n",
+		"api: ci: POST /v1/vms/t/stop from 127.0.0.1:",
+		"api: ci: PUT /v1/vms/t/qos from 127.0.0.1:",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("no console line with %q in:\n%s", want, got)
+		}
 	}
 }

@@ -14,8 +14,9 @@ import (
 // rest are counted, and the count is printed with the first line after
 // the window (or by flush, when the switch stops).
 type connLog struct {
-	logf func(string, ...any)
-	port string
+	logf   func(string, ...any)
+	prefix string // of every line: "port <name>"
+	kind   string // of the lines, in the count of those not shown
 	now  func() time.Time // time.Now; tests move it
 
 	mu         sync.Mutex
@@ -30,10 +31,17 @@ const (
 )
 
 func newConnLog(logf func(string, ...any), port string) *connLog {
-	return &connLog{logf: logf, port: port, now: time.Now}
+	return newLineLimit(logf, "port "+port, "connection")
 }
 
-// printf prints "port <name><text>" unless the window's lines are used up.
+// newLineLimit is a connLog for other lines that a client on the other side
+// of a socket decides the number of (the API's refused requests): lines
+// start with prefix, and the count of those not shown calls them kind.
+func newLineLimit(logf func(string, ...any), prefix, kind string) *connLog {
+	return &connLog{logf: logf, prefix: prefix, kind: kind, now: time.Now}
+}
+
+// printf prints the prefix and the text unless the window's lines are used up.
 func (l *connLog) printf(format string, a ...any) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -47,7 +55,7 @@ func (l *connLog) printf(format string, a ...any) {
 		return
 	}
 	l.lines++
-	l.logf("port %s%s", l.port, fmt.Sprintf(format, a...))
+	l.logf("%s%s", l.prefix, fmt.Sprintf(format, a...))
 }
 
 // flush prints the count of suppressed lines, if any.
@@ -59,7 +67,7 @@ func (l *connLog) flush() {
 
 func (l *connLog) flushLocked() {
 	if l.suppressed > 0 {
-		l.logf("port %s: %d connection lines not shown (more than %d in %s)", l.port, l.suppressed, connLogBurst, connLogWindow)
+		l.logf("%s: %d %s lines not shown (more than %d in %s)", l.prefix, l.suppressed, l.kind, connLogBurst, connLogWindow)
 		l.suppressed = 0
 	}
 }

@@ -23,6 +23,8 @@ type Config struct {
 	// Host, if set, puts the appliance's own IP stack on a network.
 	Host *Host
 	VMs  []VM
+	// API, if set, serves the management API on the network too.
+	API *API
 	// HugePages are the huge pages the appliance reserves at boot, by
 	// page size (Huge2M, Huge1G), for VMs with hugepages set.
 	HugePages map[Size]HugePool
@@ -164,6 +166,7 @@ func Parse(file string, data []byte) (*Config, error) {
 		"networks": func(n *yaml.Node) {
 			d.sequence(n, func(item *yaml.Node) { c.Networks = append(c.Networks, d.network(item)) })
 		},
+		"api":       func(n *yaml.Node) { c.API = d.api(n) },
 		"host":      func(n *yaml.Node) { c.Host = d.host(n) },
 		"hugepages": func(n *yaml.Node) { c.HugePages = d.hugePages(n) },
 		"jail":      func(n *yaml.Node) { c.Jail = d.jail(n) },

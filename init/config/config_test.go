@@ -36,7 +36,7 @@ vms:
 
 func TestParseErrors(t *testing.T) {
 	for _, tc := range []struct{ name, yaml, want string }{
-		{"unknown top key", "vm: []\n", `c.yaml:1:1: unknown key "vm" (known: host, hugepages, jail, networks, vms)`},
+		{"unknown top key", "vm: []\n", `c.yaml:1:1: unknown key "vm" (known: api, host, hugepages, jail, networks, vms)`},
 		{"jail ids below 65536", "jail: {ids: {from: 1000, to: 2000}}\n", "c.yaml:1:13: ids: from 1000 to 2000: want 65536 <= from"},
 		{"jail ids reversed", "jail: {ids: {from: 300000, to: 200000}}\n", "ids: from 300000 to 200000"},
 		{"jail ids too high", "jail: {ids: {from: 300000, to: 4294967295}}\n", "ids: from 300000 to 4294967295"},
@@ -91,6 +91,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("&a [*a]"))
 	f.Add([]byte("vms:\n  - {name: a, kernel: /k, disks: [{path: /d.img, size: 1G, readonly: true, id: x, limits: {iops: 5, bandwidth: 1M}}]}\n"))
 	f.Add([]byte("networks:\n  - {name: lan, subnet: 10.0.0.0/24, vlan: 7, dhcp: {from: 10.0.0.10, to: 10.0.0.20}, uplink: eth0}\nhost: {network: lan, address: dhcp}\nvms:\n  - {name: a, kernel: /k, nics: [{network: lan, mac: \"52:54:00:00:00:01\", limits: {rx: 1G, tx: 10M}}]}\n"))
+	f.Add([]byte("api: {listen: \":8443\", tokens: [{name: ci, sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08}]}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse("f.yaml", data)
 		if err == nil {

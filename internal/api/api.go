@@ -53,20 +53,32 @@ type Backend interface {
 	Start(name string) error
 	Stop(name string) error
 	Restart(name string) error
+	// QoS reports a VM's limits and what it uses; with a qos (a mapping
+	// as the configuration's qos:, in JSON or YAML) it first replaces
+	// the VM's limits, at once if it runs. A qos that does not decode
+	// is an ErrInvalid.
+	QoS(name, qos string) (string, error)
 }
 
 // Errors a Backend wraps to say which kind of failure it is.
 var (
 	ErrNotFound = errors.New("not found")
 	ErrConflict = errors.New("conflict") // the resource is not in a state that allows it
+	ErrInvalid  = errors.New("invalid")  // what the client sent does not decode or is out of range
 )
+
+// QoS is a VM's limits as the API shows them: the console's qos line.
+type QoS struct {
+	QoS string `json:"qos"`
+}
 
 // Error is the body of every failed request.
 type Error struct {
 	Error string `json:"error"`
 }
 
-// maxBody bounds a request body: the lifecycle operations take none.
+// maxBody bounds a request body: the lifecycle operations take none, a
+// VM's qos a few lines.
 const maxBody = 4 << 10
 
 // Handler serves the API for b.
@@ -87,6 +99,31 @@ func Handler(b Backend) http.Handler {
 		}
 		reply(w, http.StatusOK, vm)
 	})))
+	mux.HandleFunc("/v1/vms/{name}/qos", withVM(func(w http.ResponseWriter, r *http.Request, name string) {
+		var text string
+		switch r.Method {
+		case http.MethodGet:
+		case http.MethodPut:
+			body, ok := readBody(w, r)
+			if !ok {
+				return
+			}
+			if text = string(body); text == "" {
+				reply(w, http.StatusBadRequest, Error{"PUT qos: want the VM's qos as a JSON object, such as {\"cpu\": {\"max\": \"50%\"}}"})
+				return
+			}
+		default:
+			w.Header().Set("Allow", "GET, PUT")
+			reply(w, http.StatusMethodNotAllowed, Error{fmt.Sprintf("%s %s: only GET or PUT", r.Method, r.URL.Path)})
+			return
+		}
+		line, err := b.QoS(name, text)
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		reply(w, http.StatusOK, QoS{line})
+	}))
 	mux.HandleFunc("/v1/vms/{name}/{action}", func(w http.ResponseWriter, r *http.Request) {
 		do, ok := actions[r.PathValue("action")]
 		if !ok {
@@ -94,11 +131,7 @@ func Handler(b Backend) http.Handler {
 			return
 		}
 		only("POST", withVM(func(w http.ResponseWriter, r *http.Request, name string) {
-			if r.Body == nil {
-				r.Body = http.NoBody
-			}
-			if n, _ := io.Copy(io.Discard, io.LimitReader(r.Body, maxBody+1)); n > maxBody {
-				reply(w, http.StatusRequestEntityTooLarge, Error{fmt.Sprintf("request body over %d bytes", maxBody)})
+			if _, ok := readBody(w, r); !ok {
 				return
 			}
 			if err := do(name); err != nil {
@@ -115,6 +148,24 @@ func Handler(b Backend) http.Handler {
 	})
 	mux.HandleFunc("/", notFound)
 	return mux
+}
+
+// readBody reads a request's body, up to maxBody; a longer one is
+// answered 413 and ok is false.
+func readBody(w http.ResponseWriter, r *http.Request) (body []byte, ok bool) {
+	if r.Body == nil {
+		return nil, true
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	switch {
+	case len(body) > maxBody:
+		reply(w, http.StatusRequestEntityTooLarge, Error{fmt.Sprintf("request body over %d bytes", maxBody)})
+		return nil, false
+	case err != nil:
+		reply(w, http.StatusBadRequest, Error{fmt.Sprintf("request body: %v", err)})
+		return nil, false
+	}
+	return body, true
 }
 
 func notFound(w http.ResponseWriter, r *http.Request) {
@@ -154,6 +205,8 @@ func fail(w http.ResponseWriter, err error) {
 		code = http.StatusNotFound
 	case errors.Is(err, ErrConflict):
 		code = http.StatusConflict
+	case errors.Is(err, ErrInvalid):
+		code = http.StatusBadRequest
 	}
 	reply(w, code, Error{err.Error()})
 }

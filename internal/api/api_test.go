@@ -67,6 +67,24 @@ func (b *fakeBackend) Restart(name string) error {
 	return b.set(name, StateRunning, StateRunning)
 }
 
+// QoS accepts a qos with a cpu key only; the fake's record says what it
+// was given.
+func (b *fakeBackend) QoS(name, qos string) (string, error) {
+	if _, err := b.VM(name); err != nil {
+		return "", err
+	}
+	if qos == "" {
+		return "qos " + name + " none", nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !strings.HasPrefix(qos, `{"cpu"`) {
+		return "", fmt.Errorf("qos %q: unknown key: %w", qos, ErrInvalid)
+	}
+	b.ops = append(b.ops, "qos "+name)
+	return "qos " + name + " set " + qos, nil
+}
+
 // serve serves b's API on a unix socket and returns a client of it.
 func serve(t *testing.T, b Backend) *Client {
 	sock := filepath.Join(t.TempDir(), "api.sock")
@@ -85,25 +103,50 @@ func TestLifecycle(t *testing.T) {
 	c := serve(t, b)
 	ctx := context.Background()
 	var vms []VM
-	if err := c.Do(ctx, "GET", "/v1/vms", &vms); err != nil || len(vms) != 2 || vms[0].Name != "a" || vms[1].State != StateStopped {
+	if err := c.Do(ctx, "GET", "/v1/vms", nil, &vms); err != nil || len(vms) != 2 || vms[0].Name != "a" || vms[1].State != StateStopped {
 		t.Fatalf("list: %+v, %v", vms, err)
 	}
 	var vm VM
-	if err := c.Do(ctx, "POST", "/v1/vms/a/stop", &vm); err != nil || vm.State != StateStopped {
+	if err := c.Do(ctx, "POST", "/v1/vms/a/stop", nil, &vm); err != nil || vm.State != StateStopped {
 		t.Fatalf("stop a: %+v, %v", vm, err)
 	}
-	if err := c.Do(ctx, "POST", "/v1/vms/a/stop", &vm); err == nil || err.Error() != "vm a is stopped: conflict (HTTP 409)" {
+	if err := c.Do(ctx, "POST", "/v1/vms/a/stop", nil, &vm); err == nil || err.Error() != "vm a is stopped: conflict (HTTP 409)" {
 		t.Errorf("stop of a stopped VM: %v", err)
 	}
-	if err := c.Do(ctx, "POST", "/v1/vms/a/start", &vm); err != nil || vm.State != StateRunning {
+	if err := c.Do(ctx, "POST", "/v1/vms/a/start", nil, &vm); err != nil || vm.State != StateRunning {
 		t.Fatalf("start a: %+v, %v", vm, err)
 	}
-	if err := c.Do(ctx, "GET", "/v1/vms/nope", &vm); err == nil || !strings.HasSuffix(err.Error(), "(HTTP 404)") {
+	if err := c.Do(ctx, "GET", "/v1/vms/nope", nil, &vm); err == nil || !strings.HasSuffix(err.Error(), "(HTTP 404)") {
 		t.Errorf("unknown VM: %v", err)
 	}
 	var h Host
-	if err := c.Do(ctx, "GET", "/v1/host", &h); err != nil || h.Version != "test" {
+	if err := c.Do(ctx, "GET", "/v1/host", nil, &h); err != nil || h.Version != "test" {
 		t.Errorf("host: %+v, %v", h, err)
+	}
+}
+
+func TestQoS(t *testing.T) {
+	b := &fakeBackend{vms: map[string]*VM{"a": {Name: "a", State: StateRunning}}}
+	c := serve(t, b)
+	ctx := context.Background()
+	var q QoS
+	if err := c.Do(ctx, "GET", "/v1/vms/a/qos", nil, &q); err != nil || q.QoS != "qos a none" {
+		t.Errorf("get: %+v, %v", q, err)
+	}
+	if err := c.Do(ctx, "PUT", "/v1/vms/a/qos", []byte(`{"cpu": {"max": "50%"}}`), &q); err != nil || q.QoS != `qos a set {"cpu": {"max": "50%"}}` {
+		t.Errorf("put: %+v, %v", q, err)
+	}
+	if err := c.Do(ctx, "PUT", "/v1/vms/a/qos", []byte(`{"cpux": 1}`), &q); err == nil || !strings.HasSuffix(err.Error(), "unknown key: invalid (HTTP 400)") {
+		t.Errorf("put of a bad qos: %v", err)
+	}
+	if err := c.Do(ctx, "PUT", "/v1/vms/a/qos", nil, &q); err == nil || !strings.HasSuffix(err.Error(), "(HTTP 400)") {
+		t.Errorf("put of nothing: %v", err)
+	}
+	if err := c.Do(ctx, "PUT", "/v1/vms/b/qos", []byte(`{"cpu": {}}`), &q); err == nil || !strings.HasSuffix(err.Error(), "(HTTP 404)") {
+		t.Errorf("put on an unknown VM: %v", err)
+	}
+	if len(b.ops) != 1 {
+		t.Errorf("ops %v, want one qos", b.ops)
 	}
 }
 
@@ -128,6 +171,9 @@ func TestHostileRequests(t *testing.T) {
 		{"POST", "/v1/vms/a/explode", "", 404, "no resource POST /v1/vms/a/explode"},
 		{"GET", "/v2/things", "", 404, "no resource GET /v2/things"},
 		{"POST", "/v1/vms/a/stop", strings.Repeat("x", maxBody+1), 413, "request body over"},
+		{"PUT", "/v1/vms/a/qos", strings.Repeat("x", maxBody+1), 413, "request body over"},
+		{"PUT", "/v1/vms/..%2fa/qos", `{"cpu": {}}`, 400, `vm name "../a"`},
+		{"POST", "/v1/vms/a/qos", `{"cpu": {}}`, 405, "only GET or PUT"},
 	} {
 		rec := &recorder{header: http.Header{}}
 		req, _ := http.NewRequest(tc.method, "http://x"+tc.path, strings.NewReader(tc.body))
@@ -159,7 +205,7 @@ func (r *recorder) Write(p []byte) (int, error) {
 }
 
 func FuzzHandler(f *testing.F) {
-	for _, s := range []string{"GET /v1/vms", "POST /v1/vms/a/start", "GET /v1/vms/%2e%2e", "POST /v1/vms//stop"} {
+	for _, s := range []string{"GET /v1/vms", "POST /v1/vms/a/start", "GET /v1/vms/%2e%2e", "POST /v1/vms//stop", "PUT /v1/vms/a/qos"} {
 		f.Add(s, "")
 	}
 	f.Fuzz(func(t *testing.T, line, body string) {

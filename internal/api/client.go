@@ -1,12 +1,19 @@
 package api
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -15,8 +22,9 @@ const SocketPath = "/run/hyperroot/api.sock"
 
 // Client speaks the API.
 type Client struct {
-	http *http.Client
-	base string
+	http  *http.Client
+	base  string
+	token string
 }
 
 // NewUnixClient is a client of the API served on the unix socket path.
@@ -29,28 +37,81 @@ func NewUnixClient(path string) *Client {
 	return &Client{http: &http.Client{Transport: tr, Timeout: 2 * time.Minute}, base: "http://hyperroot"}
 }
 
+// NewClient is a client of the API at base (https://host:port), with a
+// bearer token. With a fingerprint ("sha256:<hex>", as the appliance's
+// console prints it) the server's certificate must be that one, whatever
+// its names and issuer; without one it must be valid for the system's
+// roots.
+func NewClient(base, token, fingerprint string) (*Client, error) {
+	if !strings.HasPrefix(base, "https://") {
+		return nil, fmt.Errorf("api address %q: want https://host:port (the network listener speaks TLS only)", base)
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS13}
+	if fingerprint != "" {
+		pin, err := parseFingerprint(fingerprint)
+		if err != nil {
+			return nil, err
+		}
+		// The pin replaces the chain's verification, not the
+		// handshake's: the server still proves it holds the key.
+		cfg.InsecureSkipVerify = true
+		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("the server sent no certificate")
+			}
+			sum := sha256.Sum256(cs.PeerCertificates[0].Raw)
+			if subtle.ConstantTimeCompare(sum[:], pin) != 1 {
+				return fmt.Errorf("the server's certificate is %s, not the pinned %s", Fingerprint(cs.PeerCertificates[0].Raw), fingerprint)
+			}
+			return nil
+		}
+	}
+	tr := &http.Transport{TLSClientConfig: cfg, TLSHandshakeTimeout: 30 * time.Second}
+	return &Client{http: &http.Client{Transport: tr, Timeout: 2 * time.Minute}, base: strings.TrimSuffix(base, "/"), token: token}, nil
+}
+
+func parseFingerprint(s string) ([]byte, error) {
+	h, ok := strings.CutPrefix(s, "sha256:")
+	b, err := hex.DecodeString(strings.ReplaceAll(h, ":", ""))
+	if !ok || err != nil || len(b) != sha256.Size {
+		return nil, fmt.Errorf("fingerprint %q: want sha256: and 64 hex digits, as the appliance's console prints it", s)
+	}
+	return b, nil
+}
+
 // maxReply bounds what the client reads of an answer.
 const maxReply = 16 << 20
 
-// Do sends method to path (/v1/...) and decodes a successful answer into
-// out (unless nil); a failed one is an error with the server's message.
-func (c *Client) Do(ctx context.Context, method, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, nil)
+// Do sends method to path (/v1/...), with body (JSON) unless nil, and
+// decodes a successful answer into out (unless nil); a failed one is an
+// error with the server's message.
+func (c *Client) Do(ctx context.Context, method, path string, body []byte, out any) error {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
 		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxReply))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxReply))
 	if err != nil {
 		return err
 	}
 	if resp.StatusCode != http.StatusOK {
 		var e Error
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+		if json.Unmarshal(data, &e) == nil && e.Error != "" {
 			return fmt.Errorf("%s (HTTP %d)", e.Error, resp.StatusCode)
 		}
 		return fmt.Errorf("HTTP %d", resp.StatusCode)
@@ -58,5 +119,5 @@ func (c *Client) Do(ctx context.Context, method, path string, out any) error {
 	if out == nil {
 		return nil
 	}
-	return json.Unmarshal(body, out)
+	return json.Unmarshal(data, out)
 }

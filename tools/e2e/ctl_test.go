@@ -1,9 +1,18 @@
 package e2e
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/hyperroot/hyperroot/tools/qemu"
 )
@@ -46,4 +55,103 @@ func TestCtl(t *testing.T) {
 			t.Fatalf("appliance: %s", r.Why())
 		}
 	})
+}
+
+// TestCtlRemote: `hyperroot ctl` on the host drives a VM in the appliance
+// through the API's network listener (QEMU's user network forwards a host
+// port to it): it pins the certificate the console printed, presents a
+// token whose hash the configuration holds, sees the VM, halves its CPU
+// limit live (the appliance's clock measures the spinner's use before and
+// after), stops and starts it. A wrong token changes nothing, and the
+// console says who did what.
+func TestCtlRemote(t *testing.T) {
+	parallel(t)
+	bin := filepath.Join(t.TempDir(), "hyperroot")
+	buildInto(t, bin, "../../init")
+	port := freePort(t)
+	token := fmt.Sprintf("e2e-%d", time.Now().UnixNano())
+	sum := sha256.Sum256([]byte(token))
+	cfg := configFile(t, fmt.Sprintf("api:\n  listen: \":8443\"\n  tokens:\n    - {name: e2e, sha256: %x}\nvms:\n", sum)+
+		loadVM("web", "spin", 1, "128M", "", "hyperroot.spin=0"))
+	testbed(t, func(t testing.TB) {
+		pr, pw := io.Pipe()
+		defer pw.Close()
+		m := start(t, qemu.Options{Config: cfg, Stdin: pr, Forward: map[int]int{port: 8443}, Append: "ip=dhcp"})
+		l := expect(t, m, `hyperroot: api: https://:8443 certificate sha256:[0-9a-f]{64} \(made now, kept in /var/lib/hyperroot/api\) tokens e2e$`)
+		pin := regexp.MustCompile(`sha256:[0-9a-f]{64}`).FindString(l)
+		seen(t, m, `hyperroot: host address 10\.0\.2\.15/24 `)
+		ctl := func(tok string, args ...string) (string, error) {
+			cmd := exec.Command(bin, append([]string{"ctl"}, args...)...)
+			cmd.Env = append(os.Environ(), "HYPERROOT_URL=https://127.0.0.1:"+strconv.Itoa(port), "HYPERROOT_FINGERPRINT="+pin, "HYPERROOT_TOKEN="+tok)
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			out, err := cmd.Output()
+			if err != nil {
+				err = fmt.Errorf("hyperroot ctl %s: %v: %s", strings.Join(args, " "), err, stderr.String())
+			}
+			return string(out), err
+		}
+		must := func(args ...string) string {
+			t.Helper()
+			out, err := ctl(token, args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return out
+		}
+		if _, err := ctl("not-"+token, "vm", "stop", "web"); err == nil || !strings.Contains(err.Error(), "(HTTP 401)") {
+			t.Fatalf("stop with a wrong token: %v", err)
+		}
+		expect(t, m, `hyperroot: api: refused POST /v1/vms/web/stop from 10\.0\.2\.2:\d+: no valid token \(HTTP 401\)$`)
+		if out := must("vm", "list"); !regexp.MustCompile(`(?m)^web +running +[1-9]\d* +1 +128M never$`).MatchString(out) {
+			t.Fatalf("vm list after a refused stop:\n%s", out)
+		}
+		if out := must("-o", "json", "host"); !strings.Contains(out, `"kvm":"`) || !strings.Contains(out, `"cpus":`) {
+			t.Errorf("host -o json: %s", out)
+		}
+
+		// The CPU limit, live: the kernel's accounting before and after.
+		expect(t, m, `^web\| guest: spin start `)
+		free := cpuRates(t, m, pw, "web")[0]
+		pct := int(50 * min(1, free/0.8))
+		t.Logf("no limit: %.3f CPU", free)
+		if out := must("vm", "qos", "web", fmt.Sprintf(`{"cpu": {"max": "%d%%"}}`, pct)); !strings.HasPrefix(out, fmt.Sprintf("qos web set: cpu.weight=100 cpu.max=%d/100000 ", pct*1000)) {
+			t.Fatalf("qos set: %s", out)
+		}
+		expect(t, m, `hyperroot: api: e2e: PUT /v1/vms/web/qos from 10\.0\.2\.2:\d+: HTTP 200$`)
+		got, want := cpuRates(t, m, pw, "web")[0], float64(pct)/100
+		t.Logf("cpu.max %d%% set by ctl: %.3f CPU", pct, got)
+		if got < want-0.05 || got > want+0.05 {
+			t.Errorf("the spinning VM used %.3f CPU under cpu.max %d%%, want %.2f ± 0.05", got, pct, want)
+		}
+		if _, err := ctl(token, "vm", "qos", "web", `{"cpu": {"max": "lots"}}`); err == nil || !strings.Contains(err.Error(), `max "lots": want a percentage`) || !strings.Contains(err.Error(), "(HTTP 400)") {
+			t.Errorf("a bad qos: %v", err)
+		}
+
+		if out := must("vm", "stop", "web"); out != "vm web stopped pid 0\n" {
+			t.Errorf("stop: %q", out)
+		}
+		expect(t, m, `hyperroot: api: e2e: POST /v1/vms/web/stop from 10\.0\.2\.2:\d+: HTTP 200$`)
+		if out := must("vm", "start", "web"); !regexp.MustCompile(`^vm web running pid [1-9]\d*\n$`).MatchString(out) {
+			t.Errorf("start: %q", out)
+		}
+		nth(t, m, `^web\| guest: spin start `, 2)
+		if err := m.QMP("system_powerdown", ""); err != nil {
+			t.Fatal(err)
+		}
+		if r := m.Wait(); !r.OK() {
+			t.Fatalf("appliance: %s", r.Why())
+		}
+	})
+}
+
+// freePort is a TCP port on the host's loopback that nothing listens on.
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }

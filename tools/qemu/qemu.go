@@ -13,11 +13,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -60,6 +62,10 @@ type Options struct {
 	// network: the outside world for an uplink, where 10.0.2.2 is the
 	// host's loopback and 10.0.2.3 a DNS server.
 	UserNet bool
+	// Forward maps host TCP ports to the appliance's over the user-mode
+	// network (UserNet is implied): host port (on 127.0.0.1) to guest
+	// port, for a client on the host of a server in the appliance.
+	Forward map[int]int
 	// PXE, when set, network-boots the appliance instead of loading
 	// Image's kernel and initramfs: QEMU's iPXE ROM on the user-mode NIC
 	// (UserNet is implied) gets this URL as its DHCP boot file. The
@@ -206,8 +212,12 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 	}
 	if o.PXE != "" {
 		args = append(args, "-netdev", "user,id=wan,bootfile="+o.PXE, "-device", "virtio-net-pci,netdev=wan")
-	} else if o.UserNet {
-		args = append(args, "-netdev", "user,id=wan", "-device", "virtio-net-pci,netdev=wan")
+	} else if o.UserNet || len(o.Forward) > 0 {
+		netdev := "user,id=wan"
+		for _, hp := range slices.Sorted(maps.Keys(o.Forward)) {
+			netdev += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-:%d", hp, o.Forward[hp])
+		}
+		args = append(args, "-netdev", netdev, "-device", "virtio-net-pci,netdev=wan")
 	} else {
 		args = append(args, "-nic", "none")
 	}

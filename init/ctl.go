@@ -1,0 +1,157 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strings"
+
+	"github.com/hyperroot/hyperroot/internal/api"
+)
+
+// ctlMain is `hyperroot ctl`: the API's client. On the appliance it speaks
+// to the root-only unix socket; anywhere else (a laptop, a CI host) to the
+// network listener, given its address, the certificate's fingerprint the
+// console printed, and a token. The token comes from the environment or a
+// file, never the command line, where every process could read it.
+func ctlMain(args []string) int {
+	fs := flag.NewFlagSet("hyperroot ctl", flag.ContinueOnError)
+	socket := fs.String("socket", api.SocketPath, "the API's unix socket (on the appliance)")
+	addr := fs.String("url", os.Getenv("HYPERROOT_URL"), "the API's network address, https://host:port (default $HYPERROOT_URL; the unix socket if empty)")
+	pin := fs.String("fingerprint", os.Getenv("HYPERROOT_FINGERPRINT"), "the appliance's certificate, sha256:<hex> as its console prints it (default $HYPERROOT_FINGERPRINT)")
+	tokenFile := fs.String("token-file", "", "a file holding the bearer token (default: $HYPERROOT_TOKEN)")
+	output := fs.String("o", "table", "output: table (for people) or json (for scripts)")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: hyperroot ctl [flags] %s\n", ctlUsage)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *output != "table" && *output != "json" {
+		fmt.Fprintf(os.Stderr, "hyperroot ctl: -o %s: want table or json\n", *output)
+		return 2
+	}
+	c, err := ctlClient(*socket, *addr, *pin, *tokenFile)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "hyperroot ctl: %v\n", err)
+		return 2
+	}
+	if fs.NArg() == 1 && fs.Arg(0) == "shell" {
+		return ctlShell(c, *output == "json")
+	}
+	if err := ctlRun(c, fs.Args(), os.Stdout, *output == "json"); err != nil {
+		fmt.Fprintf(os.Stderr, "hyperroot ctl: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// ctlClient is the client the flags ask for.
+func ctlClient(socket, addr, pin, tokenFile string) (*api.Client, error) {
+	if addr == "" {
+		return api.NewUnixClient(socket), nil
+	}
+	token := os.Getenv("HYPERROOT_TOKEN")
+	if tokenFile != "" {
+		b, err := os.ReadFile(tokenFile)
+		if err != nil {
+			return nil, err
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	if token == "" {
+		return nil, fmt.Errorf("%s: no token: set HYPERROOT_TOKEN or give -token-file", addr)
+	}
+	return api.NewClient(addr, token, pin)
+}
+
+const ctlUsage = "host | vm list | vm get|start|stop|restart <name> | vm qos <name> [<qos as JSON>] | shell (commands from stdin, one per line, until exit)"
+
+// ctlShell runs one command per line of stdin, each answer or error on
+// stdout, until stdin ends or says "exit": a session for the console's
+// "@run" lines.
+func ctlShell(c *api.Client, asJSON bool) int {
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "exit" {
+			break
+		}
+		if line != "" {
+			if err := ctlRun(c, strings.Fields(line), os.Stdout, asJSON); err != nil {
+				fmt.Printf("ctl: %s: %v\n", line, err)
+			}
+		}
+	}
+	return 0
+}
+
+// ctlRun runs one command and prints its answer: a table, or the API's
+// JSON as it came.
+func ctlRun(c *api.Client, args []string, out io.Writer, asJSON bool) error {
+	ctx := context.Background()
+	print := func(v any, table func()) {
+		if asJSON {
+			json.NewEncoder(out).Encode(v)
+			return
+		}
+		table()
+	}
+	switch {
+	case len(args) == 1 && args[0] == "host":
+		var h api.Host
+		if err := c.Do(ctx, "GET", "/v1/host", nil, &h); err != nil {
+			return err
+		}
+		print(h, func() {
+			fmt.Fprintf(out, "hyperroot %s kernel %s cpus %d memory %d kvm %s\n", h.Version, h.Kernel, h.CPUs, h.Memory, h.KVM)
+		})
+	case len(args) == 2 && args[0] == "vm" && args[1] == "list":
+		var vms []api.VM
+		if err := c.Do(ctx, "GET", "/v1/vms", nil, &vms); err != nil {
+			return err
+		}
+		print(vms, func() {
+			fmt.Fprintf(out, "%-32s %-8s %7s %5s %10s %s\n", "NAME", "STATE", "PID", "CPUS", "MEMORY", "RESTART")
+			for _, vm := range vms {
+				fmt.Fprintf(out, "%-32s %-8s %7d %5d %9dM %s\n", vm.Name, vm.State, vm.PID, vm.CPUs, vm.Memory>>20, vm.Restart)
+			}
+		})
+	case len(args) >= 3 && args[0] == "vm" && args[1] == "qos":
+		var q api.QoS
+		method, body := "GET", []byte(nil)
+		if len(args) > 3 {
+			method, body = "PUT", []byte(strings.Join(args[3:], " "))
+		}
+		if err := c.Do(ctx, method, "/v1/vms/"+url.PathEscape(args[2])+"/qos", body, &q); err != nil {
+			return err
+		}
+		print(q, func() { fmt.Fprintln(out, q.QoS) })
+	case len(args) == 3 && args[0] == "vm":
+		// Escaped: the server checks the name, and a name must not
+		// become another path on the way.
+		name := url.PathEscape(args[2])
+		method, path := "POST", "/v1/vms/"+name+"/"+args[1]
+		switch args[1] {
+		case "get":
+			method, path = "GET", "/v1/vms/"+name
+		case "start", "stop", "restart":
+		default:
+			return fmt.Errorf("usage: %s", ctlUsage)
+		}
+		var vm api.VM
+		if err := c.Do(ctx, method, path, nil, &vm); err != nil {
+			return err
+		}
+		print(vm, func() { fmt.Fprintf(out, "vm %s %s pid %d\n", vm.Name, vm.State, vm.PID) })
+	default:
+		return fmt.Errorf("usage: %s", ctlUsage)
+	}
+	return nil
+}
