@@ -15,9 +15,9 @@ import (
 // the window (or by flush, when the switch stops).
 type connLog struct {
 	logf   func(string, ...any)
-	prefix string // of every line: "port <name>"
-	kind   string // of the lines, in the count of those not shown
-	now  func() time.Time // time.Now; tests move it
+	prefix string           // of every line: "port <name>"
+	kind   string           // of the lines, in the count of those not shown
+	now    func() time.Time // time.Now; tests move it
 
 	mu         sync.Mutex
 	start      time.Time // of the current window
