@@ -135,7 +135,8 @@ func (b apiBackend) Restart(name string) error {
 // says so, for as long as the appliance runs: a server that fails is
 // started again (after a pause, so that a persistent failure does not
 // spin), and the VMs never depend on it.
-func serveAPI(c *console, b api.Backend, a *config.API) {
+func serveAPI(c *console, b api.Backend, metrics http.Handler, a *config.API) {
+	h := apiMux(b, metrics)
 	keep := func(what string, serve func() error) {
 		goGuarded(c, "api", func() {
 			for {
@@ -144,15 +145,24 @@ func serveAPI(c *console, b api.Backend, a *config.API) {
 			}
 		})
 	}
-	keep("api", func() error { return listenAPI(api.SocketPath, b) })
+	keep("api", func() error { return listenAPI(api.SocketPath, h) })
 	if a != nil && a.Listen != "" {
-		keep("api "+a.Listen, func() error { return listenAPINet(c, a, b, apiDataDir) })
+		keep("api "+a.Listen, func() error { return listenAPINet(c, a, h, apiDataDir) })
 	}
 }
 
-// listenAPI serves b on a unix socket at path that only root may use, until
+// apiMux is what both listeners serve: the API of b, and metrics at
+// /metrics.
+func apiMux(b api.Backend, metrics http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metrics)
+	mux.Handle("/", api.Handler(b))
+	return mux
+}
+
+// listenAPI serves h on a unix socket at path that only root may use, until
 // the server fails.
-func listenAPI(path string, b api.Backend) error {
+func listenAPI(path string, h http.Handler) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
@@ -168,14 +178,14 @@ func listenAPI(path string, b api.Backend) error {
 		return err
 	}
 	defer l.Close()
-	srv := &http.Server{Handler: api.Handler(b), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	return srv.Serve(l)
 }
 
-// listenAPINet serves b over TLS on a's listen address to holders of a's
+// listenAPINet serves h over TLS on a's listen address to holders of a's
 // tokens, until the server fails. The certificate is the one kept in dir,
 // made there at the first start.
-func listenAPINet(c *console, a *config.API, b api.Backend, dir string) error {
+func listenAPINet(c *console, a *config.API, h http.Handler, dir string) error {
 	host, _ := os.Hostname()
 	cert, made, replaced, err := api.LoadOrCreateCert(dir, []string{host})
 	if err != nil {
@@ -219,7 +229,7 @@ func listenAPINet(c *console, a *config.API, b api.Backend, dir string) error {
 	}
 	errs := newLineLimit(c.Printf, "api", "server-error")
 	srv := &http.Server{
-		Handler:           api.RequireToken(tokens, api.Handler(b), audit),
+		Handler:           api.RequireToken(tokens, h, audit),
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13},
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute,

@@ -22,7 +22,7 @@ func TestAPIOverFleet(t *testing.T) {
 	defer f.Stop(10 * time.Second)
 	waitFor(t, out, "t| ready networks=0 ports=0")
 	sock := filepath.Join(t.TempDir(), "run", "api.sock")
-	go listenAPI(sock, apiBackend{f: f, kvm: "test"})
+	go listenAPI(sock, apiMux(apiBackend{f: f, kvm: "test"}, metricsHandler(f, nil)))
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if _, err := os.Stat(sock); err == nil {
@@ -77,7 +77,7 @@ func TestAPINetwork(t *testing.T) {
 	l.Close()
 	dir := t.TempDir()
 	cfg := &config.API{Listen: addr, Tokens: []config.APIToken{{Name: "ci", SHA256: sha256.Sum256([]byte("s3cret"))}}}
-	go listenAPINet(c, cfg, apiBackend{f: f, kvm: "test"}, dir)
+	go listenAPINet(c, cfg, apiMux(apiBackend{f: f, kvm: "test"}, metricsHandler(f, nil)), dir)
 	re := regexp.MustCompile(`hyperroot: api: https://` + regexp.QuoteMeta(addr) + ` certificate (sha256:[0-9a-f]{64}) \(made now, kept in ` + regexp.QuoteMeta(dir) + `\) tokens ci$`)
 	pin := ""
 	for deadline := time.Now().Add(20 * time.Second); pin == "" && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {

@@ -71,7 +71,7 @@ func ctlClient(socket, addr, pin, tokenFile string) (*api.Client, error) {
 	return api.NewClient(addr, token, pin)
 }
 
-const ctlUsage = "host | vm list | vm get|start|stop|restart <name> | vm qos <name> [<qos as JSON>] | shell (commands from stdin, one per line, until exit)"
+const ctlUsage = "host | metrics | vm list | vm get|start|stop|restart <name> | vm qos <name> [<qos as JSON>] | shell (commands from stdin, one per line, until exit)"
 
 // ctlShell runs one command per line of stdin, each answer or error on
 // stdout, until stdin ends or says "exit": a session for the console's
@@ -123,6 +123,12 @@ func ctlRun(c *api.Client, args []string, out io.Writer, asJSON bool) error {
 				fmt.Fprintf(out, "%-32s %-8s %7d %5d %9dM %s\n", vm.Name, vm.State, vm.PID, vm.CPUs, vm.Memory>>20, vm.Restart)
 			}
 		})
+	case len(args) == 1 && args[0] == "metrics":
+		text, err := c.Get(ctx, "/metrics")
+		if err != nil {
+			return err
+		}
+		out.Write(text)
 	case len(args) >= 3 && args[0] == "vm" && args[1] == "qos":
 		var q api.QoS
 		method, body := "GET", []byte(nil)

@@ -501,23 +501,13 @@ func memoryUsage(stat string) []string {
 // ioUsage sums io.stat's per-device counters: requests and bytes read and
 // written so far, all devices together ("io.rios=<n>" and so on).
 func ioUsage(stat string) []string {
-	keys := []string{"rios", "wios", "rbytes", "wbytes"}
-	sum := map[string]uint64{}
-	for _, line := range strings.Split(stat, "\n") {
-		f := strings.Fields(line) // "<major>:<minor> key=value..."
-		if len(f) == 0 {
-			continue
-		}
-		for _, kv := range f[1:] {
-			k, v, _ := strings.Cut(kv, "=")
-			if n, err := strconv.ParseUint(v, 10, 64); err == nil {
-				sum[k] += n
-			}
-		}
+	var sum ioDevice
+	for _, d := range parseIOStat(stat) {
+		sum.rios += d.rios
+		sum.wios += d.wios
+		sum.rbytes += d.rbytes
+		sum.wbytes += d.wbytes
 	}
-	w := make([]string, len(keys))
-	for i, k := range keys {
-		w[i] = fmt.Sprintf("io.%s=%d", k, sum[k])
-	}
-	return w
+	return []string{fmt.Sprintf("io.rios=%d", sum.rios), fmt.Sprintf("io.wios=%d", sum.wios),
+		fmt.Sprintf("io.rbytes=%d", sum.rbytes), fmt.Sprintf("io.wbytes=%d", sum.wbytes)}
 }

@@ -132,7 +132,14 @@ func switchMain(args []string) int {
 		fmt.Printf("stalled: a delivery into %s made no progress for %s: exiting, to be restarted\n",
 			strings.Join(ports, ", "), (watchRounds-1)*watchEvery)
 		os.Exit(vmmcli.ExitStalled)
-	}, func() { fmt.Println(aliveLine) })
+	}, func() {
+		// Each port's counters, then the heartbeat: PID 1 keeps the
+		// last of each for /metrics and relays neither.
+		for _, p := range s.ports {
+			fmt.Println(statsPrefix + portReport(p))
+		}
+		fmt.Println(aliveLine)
+	})
 	<-sigc
 	close(stop)
 	s.Close()
@@ -153,6 +160,9 @@ const (
 	watchEvery  = 10 * time.Second
 	watchRounds = 3
 	aliveLine   = "alive"
+	// statsPrefix starts a line of a port's counters (portReport), sent
+	// with each heartbeat and not relayed.
+	statsPrefix = "stats "
 )
 
 // runningSwitch is a switch serving a configuration.
@@ -574,10 +584,13 @@ func portLimits(l config.NICLimits) vswitch.Limits {
 // portReport is a port's counters as one line: "port <name> rx=<packets>/
 // <bytes> tx=<packets>/<bytes>", the non-zero drop counts by reason and
 // the connections cut off ("cutoffs=<n>") if any.
-func portReport(p *vswitch.Port) string {
-	c := p.Counters()
+func portReport(p *vswitch.Port) string { return formatPortReport(p.Name(), p.Counters()) }
+
+// formatPortReport is portReport of a port's name and counters
+// (parsePortReport reads it back).
+func formatPortReport(name string, c vswitch.Counters) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "port %s rx=%d/%d tx=%d/%d", p.Name(), c.RxPackets, c.RxBytes, c.TxPackets, c.TxBytes)
+	fmt.Fprintf(&b, "port %s rx=%d/%d tx=%d/%d", name, c.RxPackets, c.RxBytes, c.TxPackets, c.TxBytes)
 	for r, n := range c.Drops {
 		if n > 0 {
 			fmt.Fprintf(&b, " %s=%d", vswitch.DropReason(r), n)

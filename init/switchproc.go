@@ -34,6 +34,9 @@ type netSwitch struct {
 	hung      atomic.Bool
 	stopWatch chan struct{}
 	stopOnce  sync.Once
+
+	// stats are the ports' counters the switch sent last, for /metrics.
+	stats portStats
 }
 
 // switchHungAfter is how long a switch that has sent its first heartbeat
@@ -136,6 +139,10 @@ func startNetSwitch(c *console, r child.Starter, st switchStart, timeout time.Du
 				Line: guardLines(c, "switch output", func(line string) {
 					if line == aliveLine {
 						s.lastAlive.Store(int64(max(time.Since(s.epoch), 1)))
+						return
+					}
+					if stats, ok := strings.CutPrefix(line, statsPrefix); ok {
+						s.stats.update(stats)
 						return
 					}
 					if strings.HasPrefix(line, "ready ") {

@@ -65,6 +65,10 @@ type vmEntry struct {
 	group *cgroup.Group // the running VMM's cgroup, nil when none
 	oom   uint64        // its OOM kill count when the VMM started
 	pid   atomic.Int64  // of its VMM, last started
+	// starts counts its VMM's starts, exits its exits by reason (the
+	// reason's first word: "seccomp", not the call), for /metrics.
+	starts atomic.Uint64
+	exits  map[string]uint64
 	// unlabel undoes the SELinux labels of the running VMM's disks and
 	// frees its category pair; nil when there is nothing to undo.
 	unlabel func()
@@ -177,19 +181,40 @@ func (f *fleet) StartVM(name string) error {
 		return fmt.Errorf("vm %s is running", name)
 	}
 	e.mu.Lock()
-	next := &vmEntry{vm: e.vm, qos: e.qos}
+	next := &vmEntry{vm: e.vm, qos: e.qos, exits: maps.Clone(e.exits)}
 	e.mu.Unlock()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.stopping {
-		return errors.New("the appliance is stopping")
+	next.starts.Store(e.starts.Load())
+	started := make(chan struct{})
+	err = func() error {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.stopping {
+			return errors.New("the appliance is stopping")
+		}
+		if f.vms[name] != e {
+			return fmt.Errorf("vm %s is being started already", name)
+		}
+		now := make(chan struct{})
+		close(now)
+		f.supervise(next, now, started)
+		return nil
+	}()
+	if err != nil {
+		return err
 	}
-	if f.vms[name] != e {
-		return fmt.Errorf("vm %s is being started already", name)
+	// Returned once the VMM runs, so that the caller (the API) sees it
+	// running, or with the start's error. Process waits for the
+	// supervisor to record the process the start returned.
+	<-started
+	if next.sup.Process() == nil {
+		// The start failed (the supervision ends with its error) or
+		// the VMM is gone already (and its exit was reported).
+		select {
+		case <-next.sup.Done():
+			return next.sup.Err()
+		case <-time.After(5 * time.Second):
+		}
 	}
-	now := make(chan struct{})
-	close(now)
-	f.supervise(next, now, make(chan struct{}))
 	return nil
 }
 
@@ -282,6 +307,7 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 		ExtraFiles: disks, Stdin: true,
 		Started: func(pid int) {
 			e.pid.Store(int64(pid))
+			e.starts.Add(1)
 			f.seccomp.Track(pid, vm.Name)
 			ctx := ""
 			if label != "" {
@@ -367,6 +393,13 @@ func (f *fleet) exited(vm config.VM, e *vmEntry, ws unix.WaitStatus) bool {
 		f.seccomp.Forget(pid)
 	}
 	f.c.Printf("vm %s exited code=%d reason=%s", vm.Name, vmmcli.Code(ws), reason)
+	e.mu.Lock()
+	if e.exits == nil {
+		e.exits = map[string]uint64{}
+	}
+	kind, _, _ := strings.Cut(reason, " ")
+	e.exits[kind]++
+	e.mu.Unlock()
 	f.markFailed(vm.Name, !clean)
 	return !f.oneshot && (vm.Restart == config.RestartAlways ||
 		(vm.Restart == config.RestartOnFailure && !clean))

@@ -1,0 +1,171 @@
+package main
+
+import (
+	"maps"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/hyperroot/hyperroot/net/vswitch"
+)
+
+// /metrics, in Prometheus's text format, beside the API on both its
+// listeners: each VM's state, starts and exits, and what its VMM's cgroup
+// accounts (CPU time of its vCPU and other threads, memory, block I/O);
+// each switch port's counters and drops by reason, as the switch last sent
+// them (with its heartbeat, every 10 s); PID 1's own process figures.
+// Everything is read at scrape time: nothing is counted twice, and a
+// scrape costs the appliance nothing between scrapes.
+
+// fleetCollector reads the fleet and the switch at each scrape.
+type fleetCollector struct {
+	f  *fleet
+	sw *netSwitch // nil without a switch
+}
+
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc("hyperroot_"+name, help, labels, nil)
+}
+
+var (
+	mVMRunning = desc("vm_running", "Whether the VM's VMM runs (1) or not (0).", "vm")
+	mVMCPUs    = desc("vm_vcpus", "The VM's configured vCPUs.", "vm")
+	mVMMemCfg  = desc("vm_memory_configured_bytes", "The VM's configured guest RAM.", "vm")
+	mVMStarts  = desc("vm_starts_total", "Starts of the VM's VMM (first and restarts).", "vm")
+	mVMExits   = desc("vm_exits_total", "Exits of the VM's VMM by reason (poweroff, reboot, crash, oom, pids, seccomp, killed, ...).", "vm", "reason")
+	mVMCPU     = desc("vm_cpu_seconds_total", "CPU time of the VM's running VMM (its cgroup: vCPU threads and device models), since its last start.", "vm")
+	mVMMem     = desc("vm_memory_bytes", "Memory charged to the VM's running VMM (its cgroup's memory.current: guest RAM and the VMM's own).", "vm")
+	mVMMemStat = desc("vm_memory_stat_bytes", "The VM's memory by kind (memory.stat): shmem is guest RAM, anon and kernel the VMM's own.", "vm", "kind")
+	mVMDiskB   = desc("vm_disk_bytes_total", "Block I/O bytes of the VM's running VMM by device and direction (cgroup io.stat: block devices, not files on tmpfs).", "vm", "device", "op")
+	mVMDiskOps = desc("vm_disk_ops_total", "Block I/O requests of the VM's running VMM by device and direction (cgroup io.stat).", "vm", "device", "op")
+
+	mPortPkts  = desc("switch_port_packets_total", "Frames through a switch port: rx delivered to the VM (or host, uplink), tx sent by it.", "port", "dir")
+	mPortBytes = desc("switch_port_bytes_total", "Bytes of Ethernet frames through a switch port, without the virtio-net header.", "port", "dir")
+	mPortDrops = desc("switch_port_drops_total", "Frames a switch port dropped, by reason.", "port", "reason")
+	mPortCuts  = desc("switch_port_cutoffs_total", "Connections of a port's vhost-user frontend the switch ended for the frontend's fault.", "port")
+)
+
+func (fc fleetCollector) Describe(ch chan<- *prometheus.Desc) {
+	prometheus.DescribeByCollect(fc, ch)
+}
+
+func (fc fleetCollector) Collect(ch chan<- prometheus.Metric) {
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+	}
+	fc.f.mu.Lock()
+	entries := maps.Clone(fc.f.vms)
+	fc.f.mu.Unlock()
+	for _, name := range slices.Sorted(maps.Keys(entries)) {
+		e := entries[name]
+		running := 0.0
+		if e.sup != nil && e.sup.Process() != nil {
+			running = 1
+		}
+		gauge(mVMRunning, running, name)
+		gauge(mVMCPUs, float64(e.vm.CPUs), name)
+		gauge(mVMMemCfg, float64(e.vm.Memory), name)
+		counter(mVMStarts, float64(e.starts.Load()), name)
+		e.mu.Lock()
+		g, exits := e.group, maps.Clone(e.exits)
+		e.mu.Unlock()
+		for _, r := range slices.Sorted(maps.Keys(exits)) {
+			counter(mVMExits, float64(exits[r]), name, r)
+		}
+		if g == nil {
+			continue
+		}
+		if d, err := g.CPUUsage(); err == nil {
+			counter(mVMCPU, d.Seconds(), name)
+		}
+		if v, err := g.Get("memory.current"); err == nil {
+			if n, err := strconv.ParseUint(v, 10, 64); err == nil {
+				gauge(mVMMem, float64(n), name)
+			}
+		}
+		if st, err := g.Keyed("memory.stat"); err == nil {
+			for _, k := range []string{"anon", "kernel", "shmem"} {
+				gauge(mVMMemStat, float64(st[k]), name, k)
+			}
+		}
+		if st, err := g.Get("io.stat"); err == nil {
+			for _, d := range parseIOStat(st) {
+				counter(mVMDiskB, float64(d.rbytes), name, d.dev, "read")
+				counter(mVMDiskB, float64(d.wbytes), name, d.dev, "write")
+				counter(mVMDiskOps, float64(d.rios), name, d.dev, "read")
+				counter(mVMDiskOps, float64(d.wios), name, d.dev, "write")
+			}
+		}
+	}
+	if fc.sw == nil {
+		return
+	}
+	ports := fc.sw.stats.snapshot()
+	for _, p := range slices.Sorted(maps.Keys(ports)) {
+		c := ports[p]
+		counter(mPortPkts, float64(c.RxPackets), p, "rx")
+		counter(mPortPkts, float64(c.TxPackets), p, "tx")
+		counter(mPortBytes, float64(c.RxBytes), p, "rx")
+		counter(mPortBytes, float64(c.TxBytes), p, "tx")
+		for r := range vswitch.NumDropReasons {
+			counter(mPortDrops, float64(c.Drops[r]), p, r.String())
+		}
+		counter(mPortCuts, float64(c.CutOffs), p)
+	}
+}
+
+// ioDevice is one device's line of a cgroup's io.stat.
+type ioDevice struct {
+	dev                        string // major:minor
+	rbytes, wbytes, rios, wios uint64
+}
+
+// parseIOStat reads io.stat: "<major>:<minor> rbytes=<n> wbytes=<n>
+// rios=<n> wios=<n> ..." per device.
+func parseIOStat(stat string) []ioDevice {
+	var out []ioDevice
+	for _, line := range strings.Split(stat, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || !strings.Contains(f[0], ":") {
+			continue
+		}
+		d := ioDevice{dev: f[0]}
+		for _, kv := range f[1:] {
+			k, v, _ := strings.Cut(kv, "=")
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				continue
+			}
+			switch k {
+			case "rbytes":
+				d.rbytes = n
+			case "wbytes":
+				d.wbytes = n
+			case "rios":
+				d.rios = n
+			case "wios":
+				d.wios = n
+			}
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+// metricsHandler serves /metrics of the fleet and the switch, and of PID
+// 1's own process and Go runtime.
+func metricsHandler(f *fleet, sw *netSwitch) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(fleetCollector{f: f, sw: sw},
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{Namespace: "hyperroot_init"}),
+		collectors.NewGoCollector())
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError, MaxRequestsInFlight: 4})
+}

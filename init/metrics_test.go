@@ -1,0 +1,118 @@
+package main
+
+import (
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/hyperroot/hyperroot/init/config"
+)
+
+// metricValue is the value of family name's metric with labels (name=value
+// pairs), or -1 when there is none.
+func metricValue(fams map[string]*dto.MetricFamily, name string, labels ...string) float64 {
+	f := fams[name]
+	if f == nil {
+		return -1
+	}
+next:
+	for _, m := range f.Metric {
+		have := map[string]string{}
+		for _, l := range m.Label {
+			have[l.GetName()] = l.GetValue()
+		}
+		for _, kv := range labels {
+			k, v, _ := strings.Cut(kv, "=")
+			if have[k] != v {
+				continue next
+			}
+		}
+		switch {
+		case m.Counter != nil:
+			return m.Counter.GetValue()
+		case m.Gauge != nil:
+			return m.Gauge.GetValue()
+		}
+	}
+	return -1
+}
+
+// TestMetrics: /metrics in the text format, as Prometheus parses it: a
+// VM's state, starts and exits move with its lifecycle, and the switch's
+// port counters are the last its stats lines gave.
+func TestMetrics(t *testing.T) {
+	f, _, out := fakeFleet(t, "serve", config.RestartAlways)
+	defer f.Stop(10 * time.Second)
+	waitFor(t, out, "t| ready networks=0 ports=0")
+	sw := &netSwitch{}
+	h := metricsHandler(f, sw)
+	get := func() map[string]*dto.MetricFamily {
+		t.Helper()
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		if rec.Code != 200 {
+			t.Fatalf("GET /metrics: %d %s", rec.Code, rec.Body)
+		}
+		p := expfmt.NewTextParser(model.UTF8Validation)
+		fams, err := p.TextToMetricFamilies(rec.Body)
+		if err != nil {
+			t.Fatalf("parse: %v", err)
+		}
+		return fams
+	}
+	m := get()
+	for name, want := range map[string]float64{
+		"hyperroot_vm_running":                1,
+		"hyperroot_vm_starts_total":           1,
+		"hyperroot_vm_vcpus":                  1,
+		"hyperroot_vm_memory_configured_bytes": 128 << 20,
+	} {
+		if got := metricValue(m, name, "vm=t"); got != want {
+			t.Errorf("%s{vm=t} = %v, want %v", name, got, want)
+		}
+	}
+	if metricValue(m, "hyperroot_init_process_resident_memory_bytes") <= 0 {
+		t.Error("no PID 1 process metrics")
+	}
+	if err := f.StopVM("t", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	sw.stats.update("port t.0 rx=10/6400 tx=12/7000 spoofed_mac=3")
+	m = get()
+	if got := metricValue(m, "hyperroot_vm_running", "vm=t"); got != 0 {
+		t.Errorf("running after stop = %v", got)
+	}
+	exits := 0.0
+	for _, mm := range m["hyperroot_vm_exits_total"].GetMetric() {
+		exits += mm.Counter.GetValue()
+	}
+	if exits != 1 {
+		t.Errorf("exits after one stop = %v", exits)
+	}
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"hyperroot_switch_port_packets_total", []string{"port=t.0", "dir=rx"}, 10},
+		{"hyperroot_switch_port_bytes_total", []string{"port=t.0", "dir=tx"}, 7000},
+		{"hyperroot_switch_port_drops_total", []string{"port=t.0", "reason=spoofed_mac"}, 3},
+		{"hyperroot_switch_port_drops_total", []string{"port=t.0", "reason=rate_limit"}, 0},
+	} {
+		if got := metricValue(m, c.name, c.labels...); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+}
+
+func TestParseIOStat(t *testing.T) {
+	got := parseIOStat("254:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n8:0 rbytes=x wios=5\n\n")
+	if len(got) != 2 || got[0] != (ioDevice{"254:0", 4096, 8192, 1, 2}) || got[1] != (ioDevice{dev: "8:0", wios: 5}) {
+		t.Errorf("got %+v", got)
+	}
+}
