@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
 	"github.com/hyperroot/hyperroot/tools/qemu"
 )
 
@@ -57,56 +60,90 @@ func TestCtl(t *testing.T) {
 	})
 }
 
+// remoteAPI is the appliance's API as a client on the host reaches it: the
+// hyperroot binary built for the host runs `hyperroot ctl` against a host
+// port QEMU's user network forwards to the listener, with a token whose
+// hash the configuration holds and the certificate the console printed.
+type remoteAPI struct {
+	bin, token, pin string
+	port            int
+}
+
+func newRemoteAPI(t *testing.T) *remoteAPI {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "hyperroot")
+	buildInto(t, bin, "../../init")
+	return &remoteAPI{bin: bin, port: freePort(t), token: fmt.Sprintf("e2e-%d", time.Now().UnixNano())}
+}
+
+// config is the configuration's api: section.
+func (r *remoteAPI) config() string {
+	return fmt.Sprintf("api:\n  listen: \":8443\"\n  tokens:\n    - {name: e2e, sha256: %x}\n", sha256.Sum256([]byte(r.token)))
+}
+
+// options adds the port forward, and a DHCP address on the appliance's
+// NIC (ip=dhcp), to o.
+func (r *remoteAPI) options(o qemu.Options) qemu.Options {
+	o.Forward = map[int]int{r.port: 8443}
+	o.Append = strings.TrimSpace(o.Append + " ip=dhcp")
+	return o
+}
+
+// connect waits for the listener (and takes its certificate's
+// fingerprint) and for the address QEMU's DHCP gives.
+func (r *remoteAPI) connect(t testing.TB, m *qemu.Machine) {
+	t.Helper()
+	l := expect(t, m, `hyperroot: api: https://:8443 certificate sha256:[0-9a-f]{64} \(made now, kept in /var/lib/hyperroot/api\) tokens e2e$`)
+	r.pin = regexp.MustCompile(`sha256:[0-9a-f]{64}`).FindString(l)
+	seen(t, m, `hyperroot: host address 10\.0\.2\.15/24 `)
+}
+
+// ctl runs hyperroot ctl with token tok.
+func (r *remoteAPI) ctl(tok string, args ...string) (string, error) {
+	cmd := exec.Command(r.bin, append([]string{"ctl"}, args...)...)
+	cmd.Env = append(os.Environ(), "HYPERROOT_URL=https://127.0.0.1:"+strconv.Itoa(r.port), "HYPERROOT_FINGERPRINT="+r.pin, "HYPERROOT_TOKEN="+tok)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		err = fmt.Errorf("hyperroot ctl %s: %v: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	return string(out), err
+}
+
+// must runs hyperroot ctl with the right token and fails the test if it
+// fails.
+func (r *remoteAPI) must(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := r.ctl(r.token, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 // TestCtlRemote: `hyperroot ctl` on the host drives a VM in the appliance
-// through the API's network listener (QEMU's user network forwards a host
-// port to it): it pins the certificate the console printed, presents a
-// token whose hash the configuration holds, sees the VM, halves its CPU
+// through the API's network listener: it sees the VM, halves its CPU
 // limit live (the appliance's clock measures the spinner's use before and
 // after), stops and starts it. A wrong token changes nothing, and the
 // console says who did what.
 func TestCtlRemote(t *testing.T) {
 	parallel(t)
-	bin := filepath.Join(t.TempDir(), "hyperroot")
-	buildInto(t, bin, "../../init")
-	port := freePort(t)
-	token := fmt.Sprintf("e2e-%d", time.Now().UnixNano())
-	sum := sha256.Sum256([]byte(token))
-	cfg := configFile(t, fmt.Sprintf("api:\n  listen: \":8443\"\n  tokens:\n    - {name: e2e, sha256: %x}\nvms:\n", sum)+
-		loadVM("web", "spin", 1, "128M", "", "hyperroot.spin=0"))
+	api := newRemoteAPI(t)
+	cfg := configFile(t, api.config()+"vms:\n"+loadVM("web", "spin", 1, "128M", "", "hyperroot.spin=0"))
 	testbed(t, func(t testing.TB) {
 		pr, pw := io.Pipe()
 		defer pw.Close()
-		m := start(t, qemu.Options{Config: cfg, Stdin: pr, Forward: map[int]int{port: 8443}, Append: "ip=dhcp"})
-		l := expect(t, m, `hyperroot: api: https://:8443 certificate sha256:[0-9a-f]{64} \(made now, kept in /var/lib/hyperroot/api\) tokens e2e$`)
-		pin := regexp.MustCompile(`sha256:[0-9a-f]{64}`).FindString(l)
-		seen(t, m, `hyperroot: host address 10\.0\.2\.15/24 `)
-		ctl := func(tok string, args ...string) (string, error) {
-			cmd := exec.Command(bin, append([]string{"ctl"}, args...)...)
-			cmd.Env = append(os.Environ(), "HYPERROOT_URL=https://127.0.0.1:"+strconv.Itoa(port), "HYPERROOT_FINGERPRINT="+pin, "HYPERROOT_TOKEN="+tok)
-			var stderr strings.Builder
-			cmd.Stderr = &stderr
-			out, err := cmd.Output()
-			if err != nil {
-				err = fmt.Errorf("hyperroot ctl %s: %v: %s", strings.Join(args, " "), err, stderr.String())
-			}
-			return string(out), err
-		}
-		must := func(args ...string) string {
-			t.Helper()
-			out, err := ctl(token, args...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return out
-		}
-		if _, err := ctl("not-"+token, "vm", "stop", "web"); err == nil || !strings.Contains(err.Error(), "(HTTP 401)") {
+		m := start(t, api.options(qemu.Options{Config: cfg, Stdin: pr}))
+		api.connect(t, m)
+		if _, err := api.ctl("not-"+api.token, "vm", "stop", "web"); err == nil || !strings.Contains(err.Error(), "(HTTP 401)") {
 			t.Fatalf("stop with a wrong token: %v", err)
 		}
 		expect(t, m, `hyperroot: api: refused POST /v1/vms/web/stop from 10\.0\.2\.2:\d+: no valid token \(HTTP 401\)$`)
-		if out := must("vm", "list"); !regexp.MustCompile(`(?m)^web +running +[1-9]\d* +1 +128M never$`).MatchString(out) {
+		if out := api.must(t, "vm", "list"); !regexp.MustCompile(`(?m)^web +running +[1-9]\d* +1 +128M never$`).MatchString(out) {
 			t.Fatalf("vm list after a refused stop:\n%s", out)
 		}
-		if out := must("-o", "json", "host"); !strings.Contains(out, `"kvm":"`) || !strings.Contains(out, `"cpus":`) {
+		if out := api.must(t, "-o", "json", "host"); !strings.Contains(out, `"kvm":"`) || !strings.Contains(out, `"cpus":`) {
 			t.Errorf("host -o json: %s", out)
 		}
 
@@ -115,7 +152,7 @@ func TestCtlRemote(t *testing.T) {
 		free := cpuRates(t, m, pw, "web")[0]
 		pct := int(50 * min(1, free/0.8))
 		t.Logf("no limit: %.3f CPU", free)
-		if out := must("vm", "qos", "web", fmt.Sprintf(`{"cpu": {"max": "%d%%"}}`, pct)); !strings.HasPrefix(out, fmt.Sprintf("qos web set: cpu.weight=100 cpu.max=%d/100000 ", pct*1000)) {
+		if out := api.must(t, "vm", "qos", "web", fmt.Sprintf(`{"cpu": {"max": "%d%%"}}`, pct)); !strings.HasPrefix(out, fmt.Sprintf("qos web set: cpu.weight=100 cpu.max=%d/100000 ", pct*1000)) {
 			t.Fatalf("qos set: %s", out)
 		}
 		expect(t, m, `hyperroot: api: e2e: PUT /v1/vms/web/qos from 10\.0\.2\.2:\d+: HTTP 200$`)
@@ -124,23 +161,33 @@ func TestCtlRemote(t *testing.T) {
 		if got < want-0.05 || got > want+0.05 {
 			t.Errorf("the spinning VM used %.3f CPU under cpu.max %d%%, want %.2f ± 0.05", got, pct, want)
 		}
-		if _, err := ctl(token, "vm", "qos", "web", `{"cpu": {"max": "lots"}}`); err == nil || !strings.Contains(err.Error(), `max "lots": want a percentage`) || !strings.Contains(err.Error(), "(HTTP 400)") {
+		text := api.must(t, "metrics")
+		parser := expfmt.NewTextParser(model.UTF8Validation)
+		fams, err := parser.TextToMetricFamilies(strings.NewReader(text))
+		if err != nil {
+			t.Fatalf("parse /metrics: %v", err)
+		}
+		if cpu, mem := metric(fams, "hyperroot_vm_cpu_seconds_total", "vm=web"), metric(fams, "hyperroot_vm_memory_stat_bytes", "vm=web", "kind=shmem"); cpu < 5 || mem <= 0 {
+			t.Errorf("the spinner's CPU time %v s (it spun over 20 s), its guest RAM %v bytes", cpu, mem)
+		}
+		if _, err := api.ctl(api.token, "vm", "qos", "web", `{"cpu": {"max": "lots"}}`); err == nil || !strings.Contains(err.Error(), `max "lots": want a percentage`) || !strings.Contains(err.Error(), "(HTTP 400)") {
 			t.Errorf("a bad qos: %v", err)
 		}
 
-		if out := must("vm", "stop", "web"); out != "vm web stopped pid 0\n" {
+		if out := api.must(t, "vm", "stop", "web"); out != "vm web stopped pid 0\n" {
 			t.Errorf("stop: %q", out)
 		}
 		expect(t, m, `hyperroot: api: e2e: POST /v1/vms/web/stop from 10\.0\.2\.2:\d+: HTTP 200$`)
-		if out := must("vm", "start", "web"); !regexp.MustCompile(`^vm web running pid [1-9]\d*\n$`).MatchString(out) {
+		if out := api.must(t, "vm", "start", "web"); !regexp.MustCompile(`^vm web running pid [1-9]\d*\n$`).MatchString(out) {
 			t.Errorf("start: %q", out)
 		}
 		nth(t, m, `^web\| guest: spin start `, 2)
 		if err := m.QMP("system_powerdown", ""); err != nil {
 			t.Fatal(err)
 		}
-		if r := m.Wait(); !r.OK() {
-			t.Fatalf("appliance: %s", r.Why())
+		expect(t, m, `hyperroot: poweroff$`)
+		if r := m.Wait(); r.ExitCode != 0 || !r.PowerOff || r.Panic {
+			t.Fatalf("power button: exit %d poweroff=%v panic=%v", r.ExitCode, r.PowerOff, r.Panic)
 		}
 	})
 }

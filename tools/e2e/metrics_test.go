@@ -1,0 +1,125 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/hyperroot/hyperroot/tools/qemu"
+)
+
+// TestMetrics: /metrics, fetched from the host with `hyperroot ctl
+// metrics` and parsed by Prometheus's own text parser, moves with the
+// traffic: a client VM sends a stream to a server VM over the switch; once
+// both have powered off the client's port counts at least the stream;
+// both are started again through the API, send another stream, and the
+// count grows by at least that much. The VMs' starts and exits are there
+// too (TestCtlRemote checks a running VM's CPU time and memory).
+func TestMetrics(t *testing.T) {
+	parallel(t)
+	api := newRemoteAPI(t)
+	const bytes = 8 << 20
+	cfg := configFile(t, api.config()+"networks:\n"+lanNet+"vms:\n"+
+		netVM("server", "net-server", []string{"{network: lan}"})+
+		netVM("client", "net-client", []string{"{network: lan}"}, fmt.Sprintf("hyperroot.netbytes=%d", bytes)))
+	testbed(t, func(t testing.TB) {
+		m := start(t, api.options(qemu.Options{Config: cfg}))
+		api.connect(t, m)
+		scrape := func() map[string]*dto.MetricFamily {
+			t.Helper()
+			p := expfmt.NewTextParser(model.UTF8Validation)
+			fams, err := p.TextToMetricFamilies(strings.NewReader(api.must(t, "metrics")))
+			if err != nil {
+				t.Fatalf("parse /metrics: %v", err)
+			}
+			return fams
+		}
+		// sent is what the client's port has taken from it so far, as
+		// the switch last reported (every 10 s): polled until it is at
+		// least want.
+		sent := func(want float64) float64 {
+			t.Helper()
+			deadline := time.Now().Add(waitCap)
+			for {
+				got := metric(scrape(), "hyperroot_switch_port_bytes_total", "port=client.0", "dir=tx")
+				if got >= want {
+					return got
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the client's port counts %v bytes sent, want at least %v", got, want)
+				}
+				time.Sleep(2 * time.Second)
+			}
+		}
+		// Round one: the streams the VMs send at boot.
+		nth(t, m, fmt.Sprintf(`^server\| guest: net received bytes=%d `, bytes), 1)
+		nth(t, m, `hyperroot: vm client exited code=0 reason=poweroff$`, 1)
+		first := sent(bytes)
+		fams := scrape()
+		for _, c := range []struct {
+			name   string
+			labels []string
+			want   float64
+		}{
+			{"hyperroot_vm_running", []string{"vm=client"}, 0},
+			{"hyperroot_vm_starts_total", []string{"vm=client"}, 1},
+			{"hyperroot_vm_exits_total", []string{"vm=client", "reason=poweroff"}, 1},
+			{"hyperroot_switch_port_drops_total", []string{"port=client.0", "reason=spoofed_ip"}, 0},
+		} {
+			if got := metric(fams, c.name, c.labels...); got != c.want {
+				t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+			}
+		}
+		if got := metric(fams, "hyperroot_switch_port_bytes_total", "port=server.0", "dir=rx"); got < bytes {
+			t.Errorf("the server's port delivered %v bytes, want at least %d", got, bytes)
+		}
+		// Round two: both started again through the API.
+		nth(t, m, `hyperroot: vm server exited code=0 reason=poweroff$`, 1)
+		api.must(t, "vm", "start", "server")
+		api.must(t, "vm", "start", "client")
+		nth(t, m, fmt.Sprintf(`^server\| guest: net received bytes=%d `, bytes), 2)
+		second := sent(first + bytes)
+		t.Logf("client.0 sent %.0f bytes after one stream, %.0f after two", first, second)
+		fams = scrape()
+		if got := metric(fams, "hyperroot_vm_starts_total", "vm=client"); got != 2 {
+			t.Errorf("client starts = %v, want 2", got)
+		}
+		if err := m.QMP("system_powerdown", ""); err != nil {
+			t.Fatal(err)
+		}
+		expect(t, m, `hyperroot: poweroff$`)
+		if r := m.Wait(); r.ExitCode != 0 || !r.PowerOff || r.Panic {
+			t.Fatalf("power button: exit %d poweroff=%v panic=%v", r.ExitCode, r.PowerOff, r.Panic)
+		}
+	})
+}
+
+// metric is the value of family name's metric with labels (name=value
+// pairs), or -1 when there is none.
+func metric(fams map[string]*dto.MetricFamily, name string, labels ...string) float64 {
+next:
+	for _, m := range fams[name].GetMetric() {
+		have := map[string]string{}
+		for _, l := range m.GetLabel() {
+			have[l.GetName()] = l.GetValue()
+		}
+		for _, kv := range labels {
+			k, v, _ := strings.Cut(kv, "=")
+			if have[k] != v {
+				continue next
+			}
+		}
+		switch {
+		case m.Counter != nil:
+			return m.Counter.GetValue()
+		case m.Gauge != nil:
+			return m.Gauge.GetValue()
+		}
+	}
+	return -1
+}
