@@ -122,6 +122,29 @@ func (b apiBackend) QoS(name, text string) (string, error) {
 	return line, nil
 }
 
+func (b apiBackend) Console(name string, tail int) (*api.Stream, error) {
+	if _, err := b.f.entry(name); err != nil {
+		return nil, fmt.Errorf("%w: %w", err, api.ErrNotFound)
+	}
+	past, r, cancel, err := b.f.consoles.subscribe(name, tail)
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: %w (%d): %w", name, err, maxConsoleReaders, api.ErrBusy)
+	}
+	return &api.Stream{Past: past, Lines: r.lines, Dropped: r.dropped.Load, Close: cancel}, nil
+}
+
+func (b apiBackend) Send(name string, lines []string) error {
+	if _, err := b.f.entry(name); err != nil {
+		return fmt.Errorf("%w: %w", err, api.ErrNotFound)
+	}
+	for _, l := range lines {
+		if err := b.f.Input(name, l); err != nil {
+			return fmt.Errorf("%w: %w", err, api.ErrConflict)
+		}
+	}
+	return nil
+}
+
 func (b apiBackend) Restart(name string) error {
 	return b.lifecycle(name, func() error {
 		if err := b.f.StopVM(name, vmStopGrace); err != nil {

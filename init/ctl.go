@@ -71,7 +71,7 @@ func ctlClient(socket, addr, pin, tokenFile string) (*api.Client, error) {
 	return api.NewClient(addr, token, pin)
 }
 
-const ctlUsage = "host | metrics | vm list | vm get|start|stop|restart <name> | vm qos <name> [<qos as JSON>] | shell (commands from stdin, one per line, until exit)"
+const ctlUsage = "host | metrics | vm list | vm get|start|stop|restart <name> | vm qos <name> [<qos as JSON>] | vm console <name> [<tail lines>] | vm send <name> <text> | shell (commands from stdin, one per line, until exit)"
 
 // ctlShell runs one command per line of stdin, each answer or error on
 // stdout, until stdin ends or says "exit": a session for the console's
@@ -129,6 +129,28 @@ func ctlRun(c *api.Client, args []string, out io.Writer, asJSON bool) error {
 			return err
 		}
 		out.Write(text)
+	case (len(args) == 3 || len(args) == 4) && args[0] == "vm" && args[1] == "console":
+		path := "/v1/vms/" + url.PathEscape(args[2]) + "/console"
+		if len(args) == 4 {
+			path += "?tail=" + url.QueryEscape(args[3])
+		}
+		body, err := c.Follow(ctx, path)
+		if err != nil {
+			return err
+		}
+		defer body.Close()
+		sc := bufio.NewScanner(body)
+		sc.Buffer(make([]byte, 64<<10), 64<<10)
+		for sc.Scan() {
+			fmt.Fprintln(out, printable(sc.Text()))
+		}
+		return sc.Err()
+	case len(args) >= 4 && args[0] == "vm" && args[1] == "send":
+		var sent api.Sent
+		if err := c.Do(ctx, "POST", "/v1/vms/"+url.PathEscape(args[2])+"/console", []byte(strings.Join(args[3:], " ")+"\n"), &sent); err != nil {
+			return err
+		}
+		print(sent, func() { fmt.Fprintf(out, "sent %d line(s) to %s\n", sent.Lines, args[2]) })
 	case len(args) >= 3 && args[0] == "vm" && args[1] == "qos":
 		var q api.QoS
 		method, body := "GET", []byte(nil)
@@ -160,4 +182,16 @@ func ctlRun(c *api.Client, args []string, out io.Writer, asJSON bool) error {
 		return fmt.Errorf("usage: %s", ctlUsage)
 	}
 	return nil
+}
+
+// printable is a guest's console line made safe for the terminal it is
+// printed on: control characters (a guest's escape sequences could
+// rewrite the operator's screen) become U+FFFD; tabs stay.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if (r < 0x20 && r != '\t') || (r >= 0x7f && r < 0xa0) {
+			return '\uFFFD'
+		}
+		return r
+	}, s)
 }

@@ -37,6 +37,8 @@ type fleet struct {
 	unjailed bool
 
 	disks diskOwners // which VM each disk file is
+	// consoles fans the VMs' console lines out to the API's readers.
+	consoles *consoleHub
 
 	// seccomp is the VMMs' seccomp mode and what the kernel logged of
 	// their filters' actions; nil: the VMMs' default, no log.
@@ -75,7 +77,7 @@ type vmEntry struct {
 }
 
 func newFleet(c *console, r child.Starter, oneshot bool) *fleet {
-	return &fleet{c: c, r: r, oneshot: oneshot, vms: map[string]*vmEntry{}, quit: make(chan struct{})}
+	return &fleet{c: c, r: r, oneshot: oneshot, vms: map[string]*vmEntry{}, quit: make(chan struct{}), consoles: newConsoleHub()}
 }
 
 // Start launches every VM; each runs (and restarts) on its own goroutine.
@@ -323,6 +325,7 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 			// its guest could print anything else (init/dump.go).
 			relayed, dump := dumpLine(line, args.DumpTag)
 			f.c.Relay(vm.Name, relayed)
+			f.consoles.publish(vm.Name, cutLine(relayed))
 			if dump {
 				notify(e.begun)
 				if relayed == dumpPrefix+dumpEnd {

@@ -15,6 +15,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
+	"strings"
 
 	"github.com/hyperroot/hyperroot/init/config"
 )
@@ -58,6 +60,20 @@ type Backend interface {
 	// the VM's limits, at once if it runs. A qos that does not decode
 	// is an ErrInvalid.
 	QoS(name, qos string) (string, error)
+	// Console follows a VM's serial console from its last tail lines;
+	// ErrBusy when it has too many readers.
+	Console(name string, tail int) (*Stream, error)
+	// Send types lines on a VM's serial console; ErrConflict when it
+	// does not run.
+	Send(name string, lines []string) error
+}
+
+// Stream is a VM's serial console as one reader follows it.
+type Stream struct {
+	Past    []string      // the last lines before the reader came
+	Lines   <-chan string // the lines that follow, for as long as the reader reads
+	Dropped func() uint64 // lines lost so far because the reader did not keep up
+	Close   func()
 }
 
 // Errors a Backend wraps to say which kind of failure it is.
@@ -65,6 +81,14 @@ var (
 	ErrNotFound = errors.New("not found")
 	ErrConflict = errors.New("conflict") // the resource is not in a state that allows it
 	ErrInvalid  = errors.New("invalid")  // what the client sent does not decode or is out of range
+	ErrBusy     = errors.New("busy")     // too many of what was asked for at once; try later
+)
+
+// Console tails: how many past lines a reader may ask for, and gets unless
+// it says.
+const (
+	maxConsoleTail     = 1000
+	defaultConsoleTail = 50
 )
 
 // QoS is a VM's limits as the API shows them: the console's qos line.
@@ -124,6 +148,45 @@ func Handler(b Backend) http.Handler {
 		}
 		reply(w, http.StatusOK, QoS{line})
 	}))
+	mux.HandleFunc("/v1/vms/{name}/console", withVM(func(w http.ResponseWriter, r *http.Request, name string) {
+		switch r.Method {
+		case http.MethodGet:
+			tail := defaultConsoleTail
+			if v := r.URL.Query().Get("tail"); v != "" {
+				n, err := strconv.Atoi(v)
+				if err != nil || n < 0 || n > maxConsoleTail {
+					reply(w, http.StatusBadRequest, Error{fmt.Sprintf("tail %q: want 0 to %d lines", v, maxConsoleTail)})
+					return
+				}
+				tail = n
+			}
+			s, err := b.Console(name, tail)
+			if err != nil {
+				fail(w, err)
+				return
+			}
+			defer s.Close()
+			streamConsole(w, r, s)
+		case http.MethodPost:
+			body, ok := readBody(w, r)
+			if !ok {
+				return
+			}
+			lines := strings.Split(strings.TrimSuffix(string(body), "\n"), "\n")
+			if len(body) == 0 {
+				reply(w, http.StatusBadRequest, Error{"POST console: want the lines to type, as the body"})
+				return
+			}
+			if err := b.Send(name, lines); err != nil {
+				fail(w, err)
+				return
+			}
+			reply(w, http.StatusOK, Sent{Lines: len(lines)})
+		default:
+			w.Header().Set("Allow", "GET, POST")
+			reply(w, http.StatusMethodNotAllowed, Error{fmt.Sprintf("%s %s: only GET or POST", r.Method, r.URL.Path)})
+		}
+	}))
 	mux.HandleFunc("/v1/vms/{name}/{action}", func(w http.ResponseWriter, r *http.Request) {
 		do, ok := actions[r.PathValue("action")]
 		if !ok {
@@ -148,6 +211,47 @@ func Handler(b Backend) http.Handler {
 	})
 	mux.HandleFunc("/", notFound)
 	return mux
+}
+
+// Sent is the answer to lines typed on a console.
+type Sent struct {
+	Lines int `json:"lines"`
+}
+
+// streamConsole writes s as text, a line at a time, until the client goes:
+// the past lines, then each new one as it comes (flushed once no other is
+// waiting). Lines a slow reader lost are said where they were lost.
+func streamConsole(w http.ResponseWriter, r *http.Request, s *Stream) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	flush := func() {}
+	if f, ok := w.(http.Flusher); ok {
+		flush = f.Flush
+	}
+	for _, l := range s.Past {
+		io.WriteString(w, l+"\n")
+	}
+	flush()
+	var lost uint64
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case l := <-s.Lines:
+			if d := s.Dropped(); d > lost {
+				fmt.Fprintf(w, "[hyperroot: %d lines not shown: this reader did not keep up]\n", d-lost)
+				lost = d
+			}
+			if _, err := io.WriteString(w, l+"\n"); err != nil {
+				return
+			}
+			if len(s.Lines) == 0 {
+				flush()
+			}
+		}
+	}
 }
 
 // readBody reads a request's body, up to maxBody; a longer one is
@@ -207,6 +311,8 @@ func fail(w http.ResponseWriter, err error) {
 		code = http.StatusConflict
 	case errors.Is(err, ErrInvalid):
 		code = http.StatusBadRequest
+	case errors.Is(err, ErrBusy):
+		code = http.StatusTooManyRequests
 	}
 	reply(w, code, Error{err.Error()})
 }

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -8,8 +9,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"go.yaml.in/yaml/v3"
@@ -17,9 +20,11 @@ import (
 
 // fakeBackend holds VMs by name; Start and Stop flip their state.
 type fakeBackend struct {
-	mu  sync.Mutex
-	vms map[string]*VM
-	ops []string
+	mu      sync.Mutex
+	vms     map[string]*VM
+	ops     []string
+	console chan string
+	dropped atomic.Uint64
 }
 
 func (b *fakeBackend) Host() Host { return Host{Version: "test", CPUs: 2} }
@@ -83,6 +88,38 @@ func (b *fakeBackend) QoS(name, qos string) (string, error) {
 	}
 	b.ops = append(b.ops, "qos "+name)
 	return "qos " + name + " set " + qos, nil
+}
+
+// Console streams the lines sent to the fake's console channel, after
+// "past 1" .. "past <tail>".
+func (b *fakeBackend) Console(name string, tail int) (*Stream, error) {
+	if _, err := b.VM(name); err != nil {
+		return nil, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.console == nil {
+		b.console = make(chan string, 16)
+	}
+	s := &Stream{Lines: b.console, Dropped: func() uint64 { return b.dropped.Load() }, Close: func() {}}
+	for i := range tail {
+		s.Past = append(s.Past, fmt.Sprintf("past %d", i+1))
+	}
+	return s, nil
+}
+
+func (b *fakeBackend) Send(name string, lines []string) error {
+	vm, err := b.VM(name)
+	if err != nil {
+		return err
+	}
+	if vm.State != StateRunning {
+		return fmt.Errorf("vm %s is not running: %w", name, ErrConflict)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.ops = append(b.ops, "send "+name+" "+strings.Join(lines, "|"))
+	return nil
 }
 
 // serve serves b's API on a unix socket and returns a client of it.
@@ -150,6 +187,51 @@ func TestQoS(t *testing.T) {
 	}
 }
 
+// TestConsole: a reader gets the tail it asked for, then lines as they
+// come, and is told where it lost some; lines typed reach the backend.
+func TestConsole(t *testing.T) {
+	b := &fakeBackend{vms: map[string]*VM{"a": {Name: "a", State: StateRunning}, "b": {Name: "b", State: StateStopped}}}
+	c := serve(t, b)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	body, err := c.Follow(ctx, "/v1/vms/a/console?tail=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer body.Close()
+	sc := bufio.NewScanner(body)
+	want := func(line string) {
+		t.Helper()
+		if !sc.Scan() || sc.Text() != line {
+			t.Fatalf("read %q (%v), want %q", sc.Text(), sc.Err(), line)
+		}
+	}
+	want("past 1")
+	want("past 2")
+	b.console <- "live 1"
+	want("live 1")
+	b.dropped.Store(3)
+	b.console <- "live 2"
+	want("[hyperroot: 3 lines not shown: this reader did not keep up]")
+	want("live 2")
+	var sent Sent
+	if err := c.Do(ctx, "POST", "/v1/vms/a/console", []byte("one\ntwo\n"), &sent); err != nil || sent.Lines != 2 {
+		t.Errorf("send: %+v, %v", sent, err)
+	}
+	if err := c.Do(ctx, "POST", "/v1/vms/b/console", []byte("x"), &sent); err == nil || !strings.HasSuffix(err.Error(), "(HTTP 409)") {
+		t.Errorf("send to a stopped VM: %v", err)
+	}
+	if _, err := c.Follow(ctx, "/v1/vms/a/console?tail=5000"); err == nil || !strings.Contains(err.Error(), "want 0 to 1000 lines (HTTP 400)") {
+		t.Errorf("tail 5000: %v", err)
+	}
+	if _, err := c.Follow(ctx, "/v1/vms/zz/console"); err == nil || !strings.HasSuffix(err.Error(), "(HTTP 404)") {
+		t.Errorf("console of an unknown VM: %v", err)
+	}
+	if !slices.Equal(b.ops, []string{"send a one|two"}) {
+		t.Errorf("ops %v", b.ops)
+	}
+}
+
 // TestHostileRequests: names that are paths, unknown resources and
 // methods, oversized bodies: each a 4xx with a message, and no operation
 // reaches the backend.
@@ -174,6 +256,11 @@ func TestHostileRequests(t *testing.T) {
 		{"PUT", "/v1/vms/a/qos", strings.Repeat("x", maxBody+1), 413, "request body over"},
 		{"PUT", "/v1/vms/..%2fa/qos", `{"cpu": {}}`, 400, `vm name "../a"`},
 		{"POST", "/v1/vms/a/qos", `{"cpu": {}}`, 405, "only GET or PUT"},
+		{"PUT", "/v1/vms/a/console", "x", 405, "only GET or POST"},
+		{"POST", "/v1/vms/a/console", "", 400, "want the lines to type"},
+		{"POST", "/v1/vms/a/console", strings.Repeat("x", maxBody+1), 413, "request body over"},
+		{"GET", "/v1/vms/a/console?tail=-1", "", 400, "want 0 to 1000"},
+		{"GET", "/v1/vms/..%2f/console", "", 400, `vm name "../"`},
 	} {
 		rec := &recorder{header: http.Header{}}
 		req, _ := http.NewRequest(tc.method, "http://x"+tc.path, strings.NewReader(tc.body))
@@ -205,7 +292,7 @@ func (r *recorder) Write(p []byte) (int, error) {
 }
 
 func FuzzHandler(f *testing.F) {
-	for _, s := range []string{"GET /v1/vms", "POST /v1/vms/a/start", "GET /v1/vms/%2e%2e", "POST /v1/vms//stop", "PUT /v1/vms/a/qos"} {
+	for _, s := range []string{"GET /v1/vms", "POST /v1/vms/a/start", "GET /v1/vms/%2e%2e", "POST /v1/vms//stop", "PUT /v1/vms/a/qos", "GET /v1/vms/a/console?tail=3", "POST /v1/vms/a/console"} {
 		f.Add(s, "")
 	}
 	f.Fuzz(func(t *testing.T, line, body string) {
@@ -213,7 +300,10 @@ func FuzzHandler(f *testing.F) {
 		if !ok || !strings.HasPrefix(path, "/") {
 			return
 		}
-		req, err := http.NewRequest(method, "http://x"+path, strings.NewReader(body))
+		// Cancelled: a console stream ends after its past lines.
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		req, err := http.NewRequestWithContext(ctx, method, "http://x"+path, strings.NewReader(body))
 		if err != nil {
 			return
 		}
@@ -252,7 +342,9 @@ func TestOpenAPIMatchesHandler(t *testing.T) {
 		for _, method := range []string{"get", "post", "put", "delete"} {
 			b := &fakeBackend{vms: map[string]*VM{"a": {Name: "a", State: StateRunning}}}
 			rec := &recorder{header: http.Header{}}
-			req, _ := http.NewRequest(strings.ToUpper(method), "http://x"+strings.ReplaceAll(path, "{name}", "a"), nil)
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel() // a console stream ends after its past lines
+			req, _ := http.NewRequestWithContext(ctx, strings.ToUpper(method), "http://x"+strings.ReplaceAll(path, "{name}", "a"), strings.NewReader("x"))
 			Handler(b).ServeHTTP(rec, req)
 			_, documented := ops[method]
 			served := rec.code != http.StatusNotFound && rec.code != http.StatusMethodNotAllowed

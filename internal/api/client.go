@@ -23,6 +23,7 @@ const SocketPath = "/run/hyperroot/api.sock"
 // Client speaks the API.
 type Client struct {
 	http  *http.Client
+	tr    http.RoundTripper // http's, for streams, which have no deadline
 	base  string
 	token string
 }
@@ -34,7 +35,7 @@ func NewUnixClient(path string) *Client {
 		return d.DialContext(ctx, "unix", path)
 	}}
 	// The host part is not used: the socket is.
-	return &Client{http: &http.Client{Transport: tr, Timeout: 2 * time.Minute}, base: "http://hyperroot"}
+	return &Client{http: &http.Client{Transport: tr, Timeout: 2 * time.Minute}, tr: tr, base: "http://hyperroot"}
 }
 
 // NewClient is a client of the API at base (https://host:port), with a
@@ -67,7 +68,7 @@ func NewClient(base, token, fingerprint string) (*Client, error) {
 		}
 	}
 	tr := &http.Transport{TLSClientConfig: cfg, TLSHandshakeTimeout: 30 * time.Second}
-	return &Client{http: &http.Client{Transport: tr, Timeout: 2 * time.Minute}, base: strings.TrimSuffix(base, "/"), token: token}, nil
+	return &Client{http: &http.Client{Transport: tr, Timeout: 2 * time.Minute}, tr: tr, base: strings.TrimSuffix(base, "/"), token: token}, nil
 }
 
 func parseFingerprint(s string) ([]byte, error) {
@@ -99,7 +100,21 @@ func (c *Client) Get(ctx context.Context, path string) ([]byte, error) {
 	return c.send(ctx, http.MethodGet, path, nil)
 }
 
-func (c *Client) send(ctx context.Context, method, path string, body []byte) ([]byte, error) {
+// Follow fetches path as a stream (a console): its body, to be read until
+// the caller has enough or ctx ends, and closed.
+func (c *Client) Follow(ctx context.Context, path string) (io.ReadCloser, error) {
+	resp, err := c.do(ctx, &http.Client{Transport: c.tr}, http.MethodGet, path, nil)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		return nil, replyError(resp)
+	}
+	return resp.Body, nil
+}
+
+func (c *Client) do(ctx context.Context, hc *http.Client, method, path string, body []byte) (*http.Response, error) {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
@@ -114,21 +129,27 @@ func (c *Client) send(ctx context.Context, method, path string, body []byte) ([]
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
-	resp, err := c.http.Do(req)
+	return hc.Do(req)
+}
+
+// replyError is the error a failed answer carries.
+func replyError(resp *http.Response) error {
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxReply))
+	var e Error
+	if json.Unmarshal(data, &e) == nil && e.Error != "" {
+		return fmt.Errorf("%s (HTTP %d)", e.Error, resp.StatusCode)
+	}
+	return fmt.Errorf("HTTP %d", resp.StatusCode)
+}
+
+func (c *Client) send(ctx context.Context, method, path string, body []byte) ([]byte, error) {
+	resp, err := c.do(ctx, c.http, method, path, body)
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxReply))
-	if err != nil {
-		return nil, err
-	}
 	if resp.StatusCode != http.StatusOK {
-		var e Error
-		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			return nil, fmt.Errorf("%s (HTTP %d)", e.Error, resp.StatusCode)
-		}
-		return nil, fmt.Errorf("HTTP %d", resp.StatusCode)
+		return nil, replyError(resp)
 	}
-	return data, nil
+	return io.ReadAll(io.LimitReader(resp.Body, maxReply))
 }

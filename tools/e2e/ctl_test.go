@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"crypto/sha256"
 	"fmt"
 	"io"
@@ -101,7 +102,7 @@ func (r *remoteAPI) connect(t testing.TB, m *qemu.Machine) {
 // ctl runs hyperroot ctl with token tok.
 func (r *remoteAPI) ctl(tok string, args ...string) (string, error) {
 	cmd := exec.Command(r.bin, append([]string{"ctl"}, args...)...)
-	cmd.Env = append(os.Environ(), "HYPERROOT_URL=https://127.0.0.1:"+strconv.Itoa(r.port), "HYPERROOT_FINGERPRINT="+r.pin, "HYPERROOT_TOKEN="+tok)
+	cmd.Env = r.env(tok)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -109,6 +110,11 @@ func (r *remoteAPI) ctl(tok string, args ...string) (string, error) {
 		err = fmt.Errorf("hyperroot ctl %s: %v: %s", strings.Join(args, " "), err, stderr.String())
 	}
 	return string(out), err
+}
+
+// env is hyperroot ctl's environment for the appliance, with token tok.
+func (r *remoteAPI) env(tok string) []string {
+	return append(os.Environ(), "HYPERROOT_URL=https://127.0.0.1:"+strconv.Itoa(r.port), "HYPERROOT_FINGERPRINT="+r.pin, "HYPERROOT_TOKEN="+tok)
 }
 
 // must runs hyperroot ctl with the right token and fails the test if it
@@ -125,12 +131,14 @@ func (r *remoteAPI) must(t testing.TB, args ...string) string {
 // TestCtlRemote: `hyperroot ctl` on the host drives a VM in the appliance
 // through the API's network listener: it sees the VM, halves its CPU
 // limit live (the appliance's clock measures the spinner's use before and
-// after), stops and starts it. A wrong token changes nothing, and the
+// after), stops and starts it; it follows another VM's console and types
+// a line on it, which the guest echoes. A wrong token changes nothing, and the
 // console says who did what.
 func TestCtlRemote(t *testing.T) {
 	parallel(t)
 	api := newRemoteAPI(t)
-	cfg := configFile(t, api.config()+"vms:\n"+loadVM("web", "spin", 1, "128M", "", "hyperroot.spin=0"))
+	cfg := configFile(t, api.config()+"vms:\n"+loadVM("web", "spin", 1, "128M", "", "hyperroot.spin=0")+
+		loadVM("talk", "echo", 1, "128M", ""))
 	testbed(t, func(t testing.TB) {
 		pr, pw := io.Pipe()
 		defer pw.Close()
@@ -140,12 +148,51 @@ func TestCtlRemote(t *testing.T) {
 			t.Fatalf("stop with a wrong token: %v", err)
 		}
 		expect(t, m, `hyperroot: api: refused POST /v1/vms/web/stop from 10\.0\.2\.2:\d+: no valid token \(HTTP 401\)$`)
-		if out := api.must(t, "vm", "list"); !regexp.MustCompile(`(?m)^web +running +[1-9]\d* +1 +128M never$`).MatchString(out) {
+		if out := api.must(t, "vm", "list"); !regexp.MustCompile(`(?m)^web +running +[1-9]\d* +1 +128M never$`).MatchString(out) ||
+			!regexp.MustCompile(`(?m)^talk +running `).MatchString(out) {
 			t.Fatalf("vm list after a refused stop:\n%s", out)
 		}
 		if out := api.must(t, "-o", "json", "host"); !strings.Contains(out, `"kvm":"`) || !strings.Contains(out, `"cpus":`) {
 			t.Errorf("host -o json: %s", out)
 		}
+
+		// A console followed from the host: its tail, then what a
+		// line typed through the API makes the guest say.
+		expect(t, m, `^talk\| guest: action echo$`)
+		follow := exec.Command(api.bin, "ctl", "vm", "console", "talk", "200")
+		follow.Env = api.env(api.token)
+		stream, err := follow.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := follow.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer follow.Process.Kill()
+		lines := make(chan string, 1000)
+		go func() {
+			sc := bufio.NewScanner(stream)
+			for sc.Scan() {
+				lines <- sc.Text()
+			}
+			close(lines)
+		}()
+		until := func(want string) {
+			t.Helper()
+			for l := range lines {
+				if l == want {
+					return
+				}
+			}
+			t.Fatalf("the console stream ended before %q", want)
+		}
+		until("guest: action echo") // from the tail
+		if out := api.must(t, "vm", "send", "talk", "hello\x1b[31m from the host"); out != "sent 1 line(s) to talk\n" {
+			t.Errorf("send: %q", out)
+		}
+		until("guest: echo hello\uFFFD[31m from the host") // live, made printable
+		follow.Process.Kill()
+		follow.Wait()
 
 		// The CPU limit, live: the kernel's accounting before and after.
 		expect(t, m, `^web\| guest: spin start `)
