@@ -67,9 +67,9 @@ func TestMetrics(t *testing.T) {
 	}
 	m := get()
 	for name, want := range map[string]float64{
-		"hyperroot_vm_running":                1,
-		"hyperroot_vm_starts_total":           1,
-		"hyperroot_vm_vcpus":                  1,
+		"hyperroot_vm_running":                 1,
+		"hyperroot_vm_starts_total":            1,
+		"hyperroot_vm_vcpus":                   1,
 		"hyperroot_vm_memory_configured_bytes": 128 << 20,
 	} {
 		if got := metricValue(m, name, "vm=t"); got != want {
