@@ -48,6 +48,7 @@ declare -A PKGS=(
 	[debugfs]=e2fsprogs
 	[checkpolicy]=checkpolicy
 	[update-ca-certificates]=ca-certificates
+	[chromium]=chromium
 )
 
 deps() {

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/api"
+	"github.com/hyperroot/hyperroot/net/vswitch"
 )
 
 // The management API (internal/api), served by PID 1: to root on the
@@ -43,7 +45,8 @@ const maxAPIConns = 256
 // apiBackend answers the API from the fleet.
 type apiBackend struct {
 	f   *fleet
-	kvm string // the console's kvm line, or why KVM is unusable
+	sw  *netSwitch // nil without a switch
+	kvm string     // the console's kvm line, or why KVM is unusable
 }
 
 func (b apiBackend) Host() api.Host {
@@ -81,7 +84,46 @@ func (b apiBackend) VM(name string) (api.VM, error) {
 	if p := e.sup.Process(); p != nil {
 		vm.State, vm.PID = api.StateRunning, p.Pid()
 	}
+	e.mu.Lock()
+	g := e.group
+	e.mu.Unlock()
+	if g != nil {
+		if d, err := g.CPUUsage(); err == nil {
+			vm.CPUSeconds = d.Seconds()
+		}
+		if v, err := g.Get("memory.current"); err == nil {
+			vm.MemoryUsed, _ = strconv.ParseUint(v, 10, 64)
+		}
+	}
+	for _, d := range e.vm.Disks {
+		vm.Disks = append(vm.Disks, api.Disk{Path: d.Path, ReadOnly: d.ReadOnly})
+	}
+	for i, n := range e.vm.NICs {
+		vm.NICs = append(vm.NICs, api.NIC{Network: n.Network, MAC: n.MAC.String(), Port: portName(name, i)})
+	}
 	return vm, nil
+}
+
+func (b apiBackend) Ports() []api.Port {
+	if b.sw == nil {
+		return nil
+	}
+	stats := b.sw.stats.snapshot()
+	ports := make([]api.Port, 0, len(stats))
+	for _, name := range slices.Sorted(maps.Keys(stats)) {
+		c := stats[name]
+		p := api.Port{Name: name, RxPackets: c.RxPackets, RxBytes: c.RxBytes, TxPackets: c.TxPackets, TxBytes: c.TxBytes}
+		for r, n := range c.Drops {
+			if n > 0 {
+				if p.Drops == nil {
+					p.Drops = map[string]uint64{}
+				}
+				p.Drops[vswitch.DropReason(r).String()] = n
+			}
+		}
+		ports = append(ports, p)
+	}
+	return ports
 }
 
 // lifecycle turns the fleet's errors into the API's kinds.
@@ -251,8 +293,16 @@ func listenAPINet(c *console, a *config.API, h http.Handler, dir string) error {
 		c.Printf("api: %s: %s %s from %s: HTTP %d", r.Who, r.Method, r.Path, r.Remote, r.Code)
 	}
 	errs := newLineLimit(c.Printf, "api", "server-error")
+	// The status page's files hold no data: served to anyone; every
+	// request for data needs a token.
+	routes := http.NewServeMux()
+	status := api.StatusPage()
+	for _, p := range api.StatusPaths() {
+		routes.Handle(p, status)
+	}
+	routes.Handle("/", api.RequireToken(tokens, h, audit))
 	srv := &http.Server{
-		Handler:           api.RequireToken(tokens, h, audit),
+		Handler:           routes,
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13},
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute,

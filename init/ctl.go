@@ -7,8 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/hyperroot/hyperroot/internal/api"
@@ -71,7 +73,7 @@ func ctlClient(socket, addr, pin, tokenFile string) (*api.Client, error) {
 	return api.NewClient(addr, token, pin)
 }
 
-const ctlUsage = "host | metrics | vm list | vm get|start|stop|restart <name> | vm qos <name> [<qos as JSON>] | vm console <name> [<tail lines>] | vm send <name> <text> | shell (commands from stdin, one per line, until exit)"
+const ctlUsage = "host | metrics | ports | vm list | vm get|start|stop|restart <name> | vm qos <name> [<qos as JSON>] | vm console <name> [<tail lines>] | vm send <name> <text> | shell (commands from stdin, one per line, until exit)"
 
 // ctlShell runs one command per line of stdin, each answer or error on
 // stdout, until stdin ends or says "exit": a session for the console's
@@ -111,6 +113,21 @@ func ctlRun(c *api.Client, args []string, out io.Writer, asJSON bool) error {
 		}
 		print(h, func() {
 			fmt.Fprintf(out, "hyperroot %s kernel %s cpus %d memory %d kvm %s\n", h.Version, h.Kernel, h.CPUs, h.Memory, h.KVM)
+		})
+	case len(args) == 1 && args[0] == "ports":
+		var ports []api.Port
+		if err := c.Do(ctx, "GET", "/v1/ports", nil, &ports); err != nil {
+			return err
+		}
+		print(ports, func() {
+			fmt.Fprintf(out, "%-24s %12s %14s %12s %14s %s\n", "PORT", "RX_PACKETS", "RX_BYTES", "TX_PACKETS", "TX_BYTES", "DROPS")
+			for _, p := range ports {
+				var drops []string
+				for _, r := range slices.Sorted(maps.Keys(p.Drops)) {
+					drops = append(drops, fmt.Sprintf("%s=%d", r, p.Drops[r]))
+				}
+				fmt.Fprintf(out, "%-24s %12d %14d %12d %14d %s\n", p.Name, p.RxPackets, p.RxBytes, p.TxPackets, p.TxBytes, strings.Join(drops, ","))
+			}
 		})
 	case len(args) == 2 && args[0] == "vm" && args[1] == "list":
 		var vms []api.VM

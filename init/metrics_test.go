@@ -94,6 +94,10 @@ func TestMetrics(t *testing.T) {
 	if exits != 1 {
 		t.Errorf("exits after one stop = %v", exits)
 	}
+	if ports := (apiBackend{f: f, sw: sw}).Ports(); len(ports) != 1 || ports[0].Name != "t.0" || ports[0].RxPackets != 10 ||
+		ports[0].TxBytes != 7000 || len(ports[0].Drops) != 1 || ports[0].Drops["spoofed_mac"] != 3 {
+		t.Errorf("ports: %+v", ports)
+	}
 	for _, c := range []struct {
 		name   string
 		labels []string

@@ -29,6 +29,36 @@ type VM struct {
 	CPUs    int    `json:"cpus"`
 	Memory  uint64 `json:"memory_bytes"`
 	Restart string `json:"restart"`
+	// What its running VMM has used (its cgroup): CPU time since its
+	// start, and memory now (guest RAM included).
+	CPUSeconds float64 `json:"cpu_seconds,omitempty"`
+	MemoryUsed uint64  `json:"memory_used_bytes,omitempty"`
+	Disks      []Disk  `json:"disks,omitempty"`
+	NICs       []NIC   `json:"nics,omitempty"`
+}
+
+// Disk is one of a VM's disks.
+type Disk struct {
+	Path     string `json:"path"`
+	ReadOnly bool   `json:"readonly,omitempty"`
+}
+
+// NIC is one of a VM's network interfaces: a port of the switch.
+type NIC struct {
+	Network string `json:"network"`
+	MAC     string `json:"mac"`
+	Port    string `json:"port"`
+}
+
+// Port is a switch port's counters, as the switch last reported them
+// (every 10 s): rx is what it delivered, tx what it was sent.
+type Port struct {
+	Name      string            `json:"name"`
+	RxPackets uint64            `json:"rx_packets"`
+	RxBytes   uint64            `json:"rx_bytes"`
+	TxPackets uint64            `json:"tx_packets"`
+	TxBytes   uint64            `json:"tx_bytes"`
+	Drops     map[string]uint64 `json:"drops,omitempty"` // by reason, those not zero
 }
 
 // VM states.
@@ -51,6 +81,8 @@ type Host struct {
 type Backend interface {
 	Host() Host
 	VMs() []VM
+	// Ports are the switch's ports, by name; none without a switch.
+	Ports() []Port
 	VM(name string) (VM, error)
 	Start(name string) error
 	Stop(name string) error
@@ -114,6 +146,13 @@ func Handler(b Backend) http.Handler {
 	}))
 	mux.HandleFunc("/v1/vms", only("GET", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusOK, b.VMs())
+	}))
+	mux.HandleFunc("/v1/ports", only("GET", func(w http.ResponseWriter, r *http.Request) {
+		ports := b.Ports()
+		if ports == nil {
+			ports = []Port{} // [], not null
+		}
+		reply(w, http.StatusOK, ports)
 	}))
 	mux.HandleFunc("/v1/vms/{name}", only("GET", withVM(func(w http.ResponseWriter, r *http.Request, name string) {
 		vm, err := b.VM(name)

@@ -27,6 +27,8 @@ type fakeBackend struct {
 	dropped atomic.Uint64
 }
 
+func (b *fakeBackend) Ports() []Port { return nil }
+
 func (b *fakeBackend) Host() Host { return Host{Version: "test", CPUs: 2} }
 
 func (b *fakeBackend) VMs() []VM {

@@ -150,3 +150,34 @@ func TestCertKept(t *testing.T) {
 func writeFile(path, s string) error {
 	return atomicfile.Write(path, []byte(s), 0o600)
 }
+
+// TestStatusPageOpen: the status page's files need no token and carry a
+// policy that lets the browser run nothing else; the data they call for
+// does need one.
+func TestStatusPageOpen(t *testing.T) {
+	h := StatusPage()
+	for _, p := range []string{"/", "/status.js", "/status.css"} {
+		rec := &recorder{header: http.Header{}}
+		req, _ := http.NewRequest("GET", "http://x"+p, nil)
+		h.ServeHTTP(rec, req)
+		if rec.code != 200 || rec.body.Len() == 0 || !strings.Contains(rec.header.Get("Content-Security-Policy"), "script-src 'self'") {
+			t.Errorf("GET %s: %d, %d bytes, CSP %q", p, rec.code, rec.body.Len(), rec.header.Get("Content-Security-Policy"))
+		}
+	}
+	if !strings.Contains(string(must(statusFiles.ReadFile("status/index.html"))), `<script src="/status.js"`) {
+		t.Error("the page does not load its script")
+	}
+	if js := string(must(statusFiles.ReadFile("status/status.js"))); strings.Contains(js, "innerHTML") {
+		t.Error("status.js sets innerHTML: a guest's console line must stay text")
+	}
+	if len(StatusPaths()) != 3 {
+		t.Errorf("paths %v", StatusPaths())
+	}
+}
+
+func must(b []byte, err error) []byte {
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
