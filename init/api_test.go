@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -94,6 +96,18 @@ func TestAPINetwork(t *testing.T) {
 	}
 	if st, err := os.Stat(filepath.Join(dir, "api-key.pem")); err != nil || st.Mode().Perm() != 0o600 {
 		t.Errorf("key file: %v, %v", st, err)
+	}
+	// The status page needs no token; the data it calls for does.
+	insecure := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	for path, want := range map[string]int{"/": 200, "/status.js": 200, "/v1/vms": 401, "/metrics": 401, "/status.html": 401} {
+		resp, err := insecure.Get("https://" + addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET %s without a token: %d, want %d", path, resp.StatusCode, want)
+		}
 	}
 	bad, err := api.NewClient("https://"+addr, "guess", pin)
 	if err != nil {
