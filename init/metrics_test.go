@@ -2,45 +2,12 @@ package main
 
 import (
 	"net/http/httptest"
-	"strings"
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
 	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/metricstest"
 )
-
-// metricValue is the value of family name's metric with labels (name=value
-// pairs), or -1 when there is none.
-func metricValue(fams map[string]*dto.MetricFamily, name string, labels ...string) float64 {
-	f := fams[name]
-	if f == nil {
-		return -1
-	}
-next:
-	for _, m := range f.Metric {
-		have := map[string]string{}
-		for _, l := range m.Label {
-			have[l.GetName()] = l.GetValue()
-		}
-		for _, kv := range labels {
-			k, v, _ := strings.Cut(kv, "=")
-			if have[k] != v {
-				continue next
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			return m.Counter.GetValue()
-		case m.Gauge != nil:
-			return m.Gauge.GetValue()
-		}
-	}
-	return -1
-}
 
 // TestMetrics: /metrics in the text format, as Prometheus parses it: a
 // VM's state, starts and exits move with its lifecycle, and the switch's
@@ -51,15 +18,14 @@ func TestMetrics(t *testing.T) {
 	waitFor(t, out, "t| ready networks=0 ports=0")
 	sw := &netSwitch{}
 	h := metricsHandler(f, sw)
-	get := func() map[string]*dto.MetricFamily {
+	get := func() metricstest.Families {
 		t.Helper()
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 		if rec.Code != 200 {
 			t.Fatalf("GET /metrics: %d %s", rec.Code, rec.Body)
 		}
-		p := expfmt.NewTextParser(model.UTF8Validation)
-		fams, err := p.TextToMetricFamilies(rec.Body)
+		fams, err := metricstest.Parse(rec.Body)
 		if err != nil {
 			t.Fatalf("parse: %v", err)
 		}
@@ -72,11 +38,11 @@ func TestMetrics(t *testing.T) {
 		"hyperroot_vm_vcpus":                   1,
 		"hyperroot_vm_memory_configured_bytes": 128 << 20,
 	} {
-		if got := metricValue(m, name, "vm=t"); got != want {
+		if got := m.Value(name, "vm=t"); got != want {
 			t.Errorf("%s{vm=t} = %v, want %v", name, got, want)
 		}
 	}
-	if metricValue(m, "hyperroot_init_process_resident_memory_bytes") <= 0 {
+	if m.Value("hyperroot_init_process_resident_memory_bytes") <= 0 {
 		t.Error("no PID 1 process metrics")
 	}
 	if err := f.StopVM("t", 10*time.Second); err != nil {
@@ -84,14 +50,10 @@ func TestMetrics(t *testing.T) {
 	}
 	sw.stats.update("port t.0 rx=10/6400 tx=12/7000 spoofed_mac=3")
 	m = get()
-	if got := metricValue(m, "hyperroot_vm_running", "vm=t"); got != 0 {
+	if got := m.Value("hyperroot_vm_running", "vm=t"); got != 0 {
 		t.Errorf("running after stop = %v", got)
 	}
-	exits := 0.0
-	for _, mm := range m["hyperroot_vm_exits_total"].GetMetric() {
-		exits += mm.Counter.GetValue()
-	}
-	if exits != 1 {
+	if exits := m.Sum("hyperroot_vm_exits_total"); exits != 1 {
 		t.Errorf("exits after one stop = %v", exits)
 	}
 	if ports := (apiBackend{f: f, sw: sw}).Ports(); len(ports) != 1 || ports[0].Name != "t.0" || ports[0].RxPackets != 10 ||
@@ -108,7 +70,7 @@ func TestMetrics(t *testing.T) {
 		{"hyperroot_switch_port_drops_total", []string{"port=t.0", "reason=spoofed_mac"}, 3},
 		{"hyperroot_switch_port_drops_total", []string{"port=t.0", "reason=rate_limit"}, 0},
 	} {
-		if got := metricValue(m, c.name, c.labels...); got != c.want {
+		if got := m.Value(c.name, c.labels...); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}

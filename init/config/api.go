@@ -55,10 +55,8 @@ func (d *decoder) api(n *yaml.Node) *API {
 				var hasHash bool
 				d.mapping(item, map[string]func(*yaml.Node){
 					"name": func(v *yaml.Node) {
-						t.Name = d.str(v)
-						if !nameRE.MatchString(t.Name) {
-							d.errf(v, "name %q: want 1-32 lower-case letters, digits and dashes", t.Name)
-						} else if seen[t.Name] {
+						t.Name = d.name(v)
+						if seen[t.Name] {
 							d.errf(v, "token name %q given twice", t.Name)
 						}
 						seen[t.Name] = true

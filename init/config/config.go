@@ -223,10 +223,8 @@ func (d *decoder) vm(n *yaml.Node) VM {
 	var hugeNode, numaNode *yaml.Node
 	d.mapping(n, map[string]func(*yaml.Node){
 		"name": func(v *yaml.Node) {
-			vm.Name = d.str(v)
-			if !nameRE.MatchString(vm.Name) {
-				d.errf(v, "name %q: want 1-32 lower-case letters, digits and dashes", vm.Name)
-			} else if reservedNames[vm.Name] {
+			vm.Name = d.name(v)
+			if reservedNames[vm.Name] {
 				d.errf(v, "name %q is reserved: the console uses it for the appliance's own output and input", vm.Name)
 			}
 		},
@@ -426,6 +424,16 @@ func (d *decoder) sequence(n *yaml.Node, item func(*yaml.Node)) {
 	for _, c := range n.Content {
 		item(c)
 	}
+}
+
+// name decodes the name of a VM, a network or a token: the rule of
+// ValidName, checked (an empty name is the caller's to report).
+func (d *decoder) name(n *yaml.Node) string {
+	s := d.str(n)
+	if s != "" && !nameRE.MatchString(s) {
+		d.errf(n, "name %q: want 1-32 lower-case letters, digits and dashes", s)
+	}
+	return s
 }
 
 func (d *decoder) str(n *yaml.Node) string {

@@ -84,10 +84,7 @@ func (d *decoder) network(n *yaml.Node) Network {
 	var gateway *yaml.Node
 	d.mapping(n, map[string]func(*yaml.Node){
 		"name": func(v *yaml.Node) {
-			nw.Name = d.str(v)
-			if !nameRE.MatchString(nw.Name) {
-				d.errf(v, "name %q: want 1-32 lower-case letters, digits and dashes", nw.Name)
-			}
+			nw.Name = d.name(v)
 		},
 		"subnet": func(v *yaml.Node) {
 			p, err := netip.ParsePrefix(d.str(v))

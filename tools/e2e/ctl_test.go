@@ -15,9 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
+	"github.com/hyperroot/hyperroot/internal/metricstest"
 	"github.com/hyperroot/hyperroot/tools/qemu"
 )
 
@@ -209,12 +207,11 @@ func TestCtlRemote(t *testing.T) {
 			t.Errorf("the spinning VM used %.3f CPU under cpu.max %d%%, want %.2f ± 0.05", got, pct, want)
 		}
 		text := api.must(t, "metrics")
-		parser := expfmt.NewTextParser(model.UTF8Validation)
-		fams, err := parser.TextToMetricFamilies(strings.NewReader(text))
+		fams, err := metricstest.Parse(strings.NewReader(text))
 		if err != nil {
 			t.Fatalf("parse /metrics: %v", err)
 		}
-		if cpu, mem := metric(fams, "hyperroot_vm_cpu_seconds_total", "vm=web"), metric(fams, "hyperroot_vm_memory_stat_bytes", "vm=web", "kind=shmem"); cpu < 5 || mem <= 0 {
+		if cpu, mem := fams.Value("hyperroot_vm_cpu_seconds_total", "vm=web"), fams.Value("hyperroot_vm_memory_stat_bytes", "vm=web", "kind=shmem"); cpu < 5 || mem <= 0 {
 			t.Errorf("the spinner's CPU time %v s (it spun over 20 s), its guest RAM %v bytes", cpu, mem)
 		}
 		if _, err := api.ctl(api.token, "vm", "qos", "web", `{"cpu": {"max": "lots"}}`); err == nil || !strings.Contains(err.Error(), `max "lots": want a percentage`) || !strings.Contains(err.Error(), "(HTTP 400)") {

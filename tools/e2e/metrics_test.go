@@ -6,10 +6,7 @@ import (
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
+	"github.com/hyperroot/hyperroot/internal/metricstest"
 	"github.com/hyperroot/hyperroot/tools/qemu"
 )
 
@@ -30,10 +27,9 @@ func TestMetrics(t *testing.T) {
 	testbed(t, func(t testing.TB) {
 		m := start(t, api.options(qemu.Options{Config: cfg}))
 		api.connect(t, m)
-		scrape := func() map[string]*dto.MetricFamily {
+		scrape := func() metricstest.Families {
 			t.Helper()
-			p := expfmt.NewTextParser(model.UTF8Validation)
-			fams, err := p.TextToMetricFamilies(strings.NewReader(api.must(t, "metrics")))
+			fams, err := metricstest.Parse(strings.NewReader(api.must(t, "metrics")))
 			if err != nil {
 				t.Fatalf("parse /metrics: %v", err)
 			}
@@ -46,7 +42,7 @@ func TestMetrics(t *testing.T) {
 			t.Helper()
 			deadline := time.Now().Add(waitCap)
 			for {
-				got := metric(scrape(), "hyperroot_switch_port_bytes_total", "port=client.0", "dir=tx")
+				got := scrape().Value("hyperroot_switch_port_bytes_total", "port=client.0", "dir=tx")
 				if got >= want {
 					return got
 				}
@@ -71,11 +67,11 @@ func TestMetrics(t *testing.T) {
 			{"hyperroot_vm_exits_total", []string{"vm=client", "reason=poweroff"}, 1},
 			{"hyperroot_switch_port_drops_total", []string{"port=client.0", "reason=spoofed_ip"}, 0},
 		} {
-			if got := metric(fams, c.name, c.labels...); got != c.want {
+			if got := fams.Value(c.name, c.labels...); got != c.want {
 				t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 			}
 		}
-		if got := metric(fams, "hyperroot_switch_port_bytes_total", "port=server.0", "dir=rx"); got < bytes {
+		if got := fams.Value("hyperroot_switch_port_bytes_total", "port=server.0", "dir=rx"); got < bytes {
 			t.Errorf("the server's port delivered %v bytes, want at least %d", got, bytes)
 		}
 		// Round two: both started again through the API.
@@ -86,7 +82,7 @@ func TestMetrics(t *testing.T) {
 		second := sent(first + bytes)
 		t.Logf("client.0 sent %.0f bytes after one stream, %.0f after two", first, second)
 		fams = scrape()
-		if got := metric(fams, "hyperroot_vm_starts_total", "vm=client"); got != 2 {
+		if got := fams.Value("hyperroot_vm_starts_total", "vm=client"); got != 2 {
 			t.Errorf("client starts = %v, want 2", got)
 		}
 		if err := m.QMP("system_powerdown", ""); err != nil {
@@ -97,29 +93,4 @@ func TestMetrics(t *testing.T) {
 			t.Fatalf("power button: exit %d poweroff=%v panic=%v", r.ExitCode, r.PowerOff, r.Panic)
 		}
 	})
-}
-
-// metric is the value of family name's metric with labels (name=value
-// pairs), or -1 when there is none.
-func metric(fams map[string]*dto.MetricFamily, name string, labels ...string) float64 {
-next:
-	for _, m := range fams[name].GetMetric() {
-		have := map[string]string{}
-		for _, l := range m.GetLabel() {
-			have[l.GetName()] = l.GetValue()
-		}
-		for _, kv := range labels {
-			k, v, _ := strings.Cut(kv, "=")
-			if have[k] != v {
-				continue next
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			return m.Counter.GetValue()
-		case m.Gauge != nil:
-			return m.Gauge.GetValue()
-		}
-	}
-	return -1
 }
