@@ -44,9 +44,10 @@ const maxAPIConns = 256
 
 // apiBackend answers the API from the fleet.
 type apiBackend struct {
-	f   *fleet
-	sw  *netSwitch // nil without a switch
-	kvm string     // the console's kvm line, or why KVM is unusable
+	f    *fleet
+	sw   *netSwitch  // nil without a switch
+	kvm  string      // the console's kvm line, or why KVM is unusable
+	live *liveConfig // the configuration in force
 }
 
 func (b apiBackend) Host() api.Host {
@@ -185,6 +186,40 @@ func (b apiBackend) Send(name string, lines []string) error {
 		}
 	}
 	return nil
+}
+
+func (b apiBackend) CreateVM(text string) (api.VM, error) {
+	r, err := b.live.addVM(b.f, text)
+	if err != nil {
+		return api.VM{}, err
+	}
+	if len(r.Started) != 1 {
+		return api.VM{}, fmt.Errorf("vm: not added: %s: %w", r, api.ErrConflict)
+	}
+	name := r.Started[0]
+	if why, failed := r.Failed[name]; failed {
+		// A request that fails changes nothing: the VM goes again.
+		if _, err := b.live.removeVM(b.f, name); err != nil {
+			b.f.c.Errorf("api", fmt.Errorf("vm %s did not start and could not be removed again: %w", name, err))
+		}
+		return api.VM{}, fmt.Errorf("vm %s did not start (%s): not added: %w", name, why, api.ErrConflict)
+	}
+	return b.VM(name)
+}
+
+func (b apiBackend) DeleteVM(name string) error {
+	_, err := b.live.removeVM(b.f, name)
+	return err
+}
+
+func (b apiBackend) Config() string {
+	b.live.mu.Lock()
+	defer b.live.mu.Unlock()
+	return b.live.text
+}
+
+func (b apiBackend) PutConfig(text string) (api.ConfigResult, error) {
+	return b.live.apply(b.f, text)
 }
 
 func (b apiBackend) Restart(name string) error {

@@ -97,3 +97,16 @@ func (h *consoleHub) subscribe(name string, tail int) (past []string, r *console
 		delete(v.readers, r)
 	}, nil
 }
+
+// drop forgets VM name's console: its tail, and its readers, whose queues
+// are closed (their streams end).
+func (h *consoleHub) drop(name string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if v := h.vms[name]; v != nil {
+		for r := range v.readers {
+			close(r.lines)
+		}
+		delete(h.vms, name)
+	}
+}

@@ -73,7 +73,7 @@ func ctlClient(socket, addr, pin, tokenFile string) (*api.Client, error) {
 	return api.NewClient(addr, token, pin)
 }
 
-const ctlUsage = "host | metrics | ports | vm list | vm get|start|stop|restart <name> | vm qos <name> [<qos as JSON>] | vm console <name> [<tail lines>] | vm send <name> <text> | shell (commands from stdin, one per line, until exit)"
+const ctlUsage = "host | metrics | ports | config get | config apply -f <file> | vm list | vm create -f <file> | vm delete <name> | vm get|start|stop|restart <name> | vm qos <name> [<qos as JSON>] | vm console <name> [<tail lines>] | vm send <name> <text> | shell (commands from stdin, one per line, until exit)"
 
 // ctlShell runs one command per line of stdin, each answer or error on
 // stdout, until stdin ends or says "exit": a session for the console's
@@ -129,6 +129,38 @@ func ctlRun(c *api.Client, args []string, out io.Writer, asJSON bool) error {
 				fmt.Fprintf(out, "%-24s %12d %14d %12d %14d %s\n", p.Name, p.RxPackets, p.RxBytes, p.TxPackets, p.TxBytes, strings.Join(drops, ","))
 			}
 		})
+	case len(args) == 2 && args[0] == "config" && args[1] == "get":
+		text, err := c.Get(ctx, "/v1/config")
+		if err != nil {
+			return err
+		}
+		out.Write(text)
+	case len(args) == 4 && args[0] == "config" && args[1] == "apply" && args[2] == "-f":
+		text, err := os.ReadFile(args[3])
+		if err != nil {
+			return err
+		}
+		var r api.ConfigResult
+		if err := c.Do(ctx, "PUT", "/v1/config", text, &r); err != nil {
+			return err
+		}
+		print(r, func() { fmt.Fprintf(out, "config applied: %s\n", r) })
+	case len(args) == 4 && args[0] == "vm" && args[1] == "create" && args[2] == "-f":
+		text, err := os.ReadFile(args[3])
+		if err != nil {
+			return err
+		}
+		var vm api.VM
+		if err := c.Do(ctx, "POST", "/v1/vms", text, &vm); err != nil {
+			return err
+		}
+		print(vm, func() { fmt.Fprintf(out, "vm %s %s pid %d\n", vm.Name, vm.State, vm.PID) })
+	case len(args) == 3 && args[0] == "vm" && args[1] == "delete":
+		var d api.Deleted
+		if err := c.Do(ctx, "DELETE", "/v1/vms/"+url.PathEscape(args[2]), nil, &d); err != nil {
+			return err
+		}
+		print(d, func() { fmt.Fprintf(out, "vm %s deleted\n", d.Deleted) })
 	case len(args) == 2 && args[0] == "vm" && args[1] == "list":
 		var vms []api.VM
 		if err := c.Do(ctx, "GET", "/v1/vms", nil, &vms); err != nil {

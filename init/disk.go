@@ -296,6 +296,17 @@ type diskOwner struct {
 	writable bool
 }
 
+// release forgets vm's claims: the VM is gone from the fleet.
+func (o *diskOwners) release(vm string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for id, own := range o.m {
+		if own.vm == vm {
+			delete(o.m, id)
+		}
+	}
+}
+
 // claim records vm's disks (files[i] opened for disks[i]), or returns an
 // error naming the disk and the VM it belongs to.
 func (o *diskOwners) claim(vm string, disks []config.Disk, files []*os.File) error {

@@ -370,18 +370,10 @@ func (f *fleet) QoS(name, text string) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		settings, err := f.cg.settings(q)
+		settings, err := f.applyQoS(e, q)
 		if err != nil {
 			return "", err
 		}
-		e.mu.Lock()
-		defer e.mu.Unlock()
-		if e.group != nil {
-			if err := f.cg.apply(e.group, settings); err != nil {
-				return "", err
-			}
-		}
-		e.qos = q
 		return "qos " + name + " set: " + describeQoS(settings), nil
 	}
 	e.mu.Lock()
@@ -401,6 +393,36 @@ func (f *fleet) QoS(name, text string) (string, error) {
 		}
 	}
 	return line, nil
+}
+
+// setQoS replaces VM name's QoS with q: at once on its running VMM's
+// group, and for its later starts.
+func (f *fleet) setQoS(name string, q config.QoS) error {
+	e, err := f.entry(name)
+	if err != nil {
+		return err
+	}
+	if f.cg == nil {
+		return errors.New("qos: the appliance has no cgroup v2")
+	}
+	_, err = f.applyQoS(e, q)
+	return err
+}
+
+func (f *fleet) applyQoS(e *vmEntry, q config.QoS) ([]setting, error) {
+	settings, err := f.cg.settings(q)
+	if err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.group != nil {
+		if err := f.cg.apply(e.group, settings); err != nil {
+			return nil, err
+		}
+	}
+	e.qos = q
+	return settings, nil
 }
 
 // threadAffinity reports where the kernel lets process pid's threads run,

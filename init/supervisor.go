@@ -114,7 +114,7 @@ func supervise() {
 		}
 	}
 	f.Start(cfg.VMs)
-	serveAPI(c, apiBackend{f: f, sw: sw, kvm: kvmLine}, metricsHandler(f, sw), cfg.API)
+	serveAPI(c, apiBackend{f: f, sw: sw, kvm: kvmLine, live: newLiveConfig(cfg, cfgPath)}, metricsHandler(f, sw), cfg.API)
 	goLoop(c, "console input", func() { readConsoleInput(c, f, sw, os.Stdin) })
 	c.Printf("ready")
 	jobDone := make(chan bool, 1) // whether the hyperroot.run job passed

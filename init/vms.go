@@ -204,19 +204,70 @@ func (f *fleet) StartVM(name string) error {
 	if err != nil {
 		return err
 	}
-	// Returned once the VMM runs, so that the caller (the API) sees it
-	// running, or with the start's error. Process waits for the
-	// supervisor to record the process the start returned.
+	return awaitStart(next, started)
+}
+
+// awaitStart returns once e's first start (started) is over: with the
+// VMM running, so that the caller (the API) sees it running, or with the
+// start's error. Process waits for the supervisor to record the process
+// the start returned.
+func awaitStart(e *vmEntry, started <-chan struct{}) error {
 	<-started
-	if next.sup.Process() == nil {
+	if e.sup.Process() == nil {
 		// The start failed (the supervision ends with its error) or
 		// the VMM is gone already (and its exit was reported).
 		select {
-		case <-next.sup.Done():
-			return next.sup.Err()
+		case <-e.sup.Done():
+			return e.sup.Err()
 		case <-time.After(5 * time.Second):
 		}
 	}
+	return nil
+}
+
+// AddVM starts a VM the fleet does not have yet, and returns once its VMM
+// runs (or with its start's error; the VM stays in the fleet, stopped).
+func (f *fleet) AddVM(vm config.VM) error {
+	e := &vmEntry{vm: vm, qos: vm.QoS}
+	started := make(chan struct{})
+	err := func() error {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.stopping {
+			return errors.New("the appliance is stopping")
+		}
+		if f.vms[vm.Name] != nil {
+			return fmt.Errorf("vm %s exists already", vm.Name)
+		}
+		now := make(chan struct{})
+		close(now)
+		f.supervise(e, now, started)
+		return nil
+	}()
+	if err != nil {
+		return err
+	}
+	f.c.Printf("vm %s added", vm.Name)
+	return awaitStart(e, started)
+}
+
+// RemoveVM stops VM name if it runs (as StopVM) and forgets it: its disks
+// are free for other VMs, and its console's readers are told it is gone.
+func (f *fleet) RemoveVM(name string, grace time.Duration) error {
+	e, err := f.entry(name)
+	if err != nil {
+		return err
+	}
+	e.sup.Stop(grace, func() { f.c.Printf("vm %s did not stop within %s: killing it", name, grace) })
+	<-e.sup.Done()
+	f.mu.Lock()
+	if f.vms[name] == e {
+		delete(f.vms, name)
+	}
+	f.mu.Unlock()
+	f.disks.release(name)
+	f.consoles.drop(name)
+	f.c.Printf("vm %s removed", name)
 	return nil
 }
 

@@ -14,7 +14,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -98,12 +100,58 @@ type Backend interface {
 	// Send types lines on a VM's serial console; ErrConflict when it
 	// does not run.
 	Send(name string, lines []string) error
+	// CreateVM adds a VM (its mapping, as an item of the configuration's
+	// vms:, in JSON or YAML) to the configuration in force and starts it;
+	// ErrInvalid when it does not decode, ErrConflict when its name is
+	// taken or it does not start (it is then not added).
+	CreateVM(text string) (VM, error)
+	// DeleteVM stops a VM and drops it from the configuration in force.
+	DeleteVM(name string) error
+	// Config is the configuration in force, as YAML.
+	Config() string
+	// PutConfig puts a configuration in force: ErrInvalid when it does
+	// not decode, ErrConflict when it changes what is made at boot only.
+	PutConfig(text string) (ConfigResult, error)
 }
+
+// ConfigResult says what putting a configuration did, VM by VM.
+type ConfigResult struct {
+	Started   []string          `json:"started"`
+	Stopped   []string          `json:"stopped"`
+	Restarted []string          `json:"restarted"`
+	QoS       []string          `json:"qos"`
+	Unchanged []string          `json:"unchanged"`
+	Failed    map[string]string `json:"failed,omitempty"` // VMs whose stop, start or qos failed, and why
+}
+
+// String is the result as one line: "started a,b stopped c ...".
+func (r ConfigResult) String() string {
+	var b strings.Builder
+	for _, part := range []struct {
+		what  string
+		names []string
+	}{{"started", r.Started}, {"stopped", r.Stopped}, {"restarted", r.Restarted}, {"qos", r.QoS}, {"unchanged", r.Unchanged}} {
+		if len(part.names) > 0 {
+			fmt.Fprintf(&b, "%s %s ", part.what, strings.Join(part.names, ","))
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(r.Failed)) {
+		fmt.Fprintf(&b, "failed %s (%s) ", name, r.Failed[name])
+	}
+	if b.Len() == 0 {
+		return "no VMs"
+	}
+	return strings.TrimSpace(b.String())
+}
+
+// maxConfig bounds a configuration put through the API: far above any
+// real one (a VM is a few hundred bytes).
+const maxConfig = 1 << 20
 
 // Stream is a VM's serial console as one reader follows it.
 type Stream struct {
 	Past    []string      // the last lines before the reader came
-	Lines   <-chan string // the lines that follow, for as long as the reader reads
+	Lines   <-chan string // the lines that follow, for as long as the reader reads; closed when the VM is removed
 	Dropped func() uint64 // lines lost so far because the reader did not keep up
 	Close   func()
 }
@@ -144,9 +192,26 @@ func Handler(b Backend) http.Handler {
 	mux.HandleFunc("/v1/host", only("GET", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusOK, b.Host())
 	}))
-	mux.HandleFunc("/v1/vms", only("GET", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, http.StatusOK, b.VMs())
-	}))
+	mux.HandleFunc("/v1/vms", func(w http.ResponseWriter, r *http.Request) {
+		switch r.Method {
+		case http.MethodGet:
+			reply(w, http.StatusOK, b.VMs())
+		case http.MethodPost:
+			body, ok := readBodyUpTo(w, r, maxConfig)
+			if !ok {
+				return
+			}
+			vm, err := b.CreateVM(string(body))
+			if err != nil {
+				fail(w, err)
+				return
+			}
+			reply(w, http.StatusOK, vm)
+		default:
+			w.Header().Set("Allow", "GET, POST")
+			reply(w, http.StatusMethodNotAllowed, Error{fmt.Sprintf("%s %s: only GET or POST", r.Method, r.URL.Path)})
+		}
+	})
 	mux.HandleFunc("/v1/ports", only("GET", func(w http.ResponseWriter, r *http.Request) {
 		ports := b.Ports()
 		if ports == nil {
@@ -154,14 +219,26 @@ func Handler(b Backend) http.Handler {
 		}
 		reply(w, http.StatusOK, ports)
 	}))
-	mux.HandleFunc("/v1/vms/{name}", only("GET", withVM(func(w http.ResponseWriter, r *http.Request, name string) {
-		vm, err := b.VM(name)
-		if err != nil {
-			fail(w, err)
-			return
+	mux.HandleFunc("/v1/vms/{name}", withVM(func(w http.ResponseWriter, r *http.Request, name string) {
+		switch r.Method {
+		case http.MethodGet:
+			vm, err := b.VM(name)
+			if err != nil {
+				fail(w, err)
+				return
+			}
+			reply(w, http.StatusOK, vm)
+		case http.MethodDelete:
+			if err := b.DeleteVM(name); err != nil {
+				fail(w, err)
+				return
+			}
+			reply(w, http.StatusOK, Deleted{name})
+		default:
+			w.Header().Set("Allow", "GET, DELETE")
+			reply(w, http.StatusMethodNotAllowed, Error{fmt.Sprintf("%s %s: only GET or DELETE", r.Method, r.URL.Path)})
 		}
-		reply(w, http.StatusOK, vm)
-	})))
+	}))
 	mux.HandleFunc("/v1/vms/{name}/qos", withVM(func(w http.ResponseWriter, r *http.Request, name string) {
 		var text string
 		switch r.Method {
@@ -187,6 +264,28 @@ func Handler(b Backend) http.Handler {
 		}
 		reply(w, http.StatusOK, QoS{line})
 	}))
+	mux.HandleFunc("/v1/config", func(w http.ResponseWriter, r *http.Request) {
+		switch r.Method {
+		case http.MethodGet:
+			w.Header().Set("Content-Type", "application/yaml; charset=utf-8")
+			w.WriteHeader(http.StatusOK)
+			io.WriteString(w, b.Config())
+		case http.MethodPut:
+			body, ok := readBodyUpTo(w, r, maxConfig)
+			if !ok {
+				return
+			}
+			res, err := b.PutConfig(string(body))
+			if err != nil {
+				fail(w, err)
+				return
+			}
+			reply(w, http.StatusOK, res)
+		default:
+			w.Header().Set("Allow", "GET, PUT")
+			reply(w, http.StatusMethodNotAllowed, Error{fmt.Sprintf("%s %s: only GET or PUT", r.Method, r.URL.Path)})
+		}
+	})
 	mux.HandleFunc("/v1/vms/{name}/console", withVM(func(w http.ResponseWriter, r *http.Request, name string) {
 		switch r.Method {
 		case http.MethodGet:
@@ -252,6 +351,11 @@ func Handler(b Backend) http.Handler {
 	return mux
 }
 
+// Deleted is the answer to a VM's deletion.
+type Deleted struct {
+	Deleted string `json:"deleted"`
+}
+
 // Sent is the answer to lines typed on a console.
 type Sent struct {
 	Lines int `json:"lines"`
@@ -278,7 +382,10 @@ func streamConsole(w http.ResponseWriter, r *http.Request, s *Stream) {
 		select {
 		case <-r.Context().Done():
 			return
-		case l := <-s.Lines:
+		case l, ok := <-s.Lines:
+			if !ok {
+				return // the VM is gone
+			}
 			if d := s.Dropped(); d > lost {
 				fmt.Fprintf(w, "[hyperroot: %d lines not shown: this reader did not keep up]\n", d-lost)
 				lost = d
@@ -296,13 +403,18 @@ func streamConsole(w http.ResponseWriter, r *http.Request, s *Stream) {
 // readBody reads a request's body, up to maxBody; a longer one is
 // answered 413 and ok is false.
 func readBody(w http.ResponseWriter, r *http.Request) (body []byte, ok bool) {
+	return readBodyUpTo(w, r, maxBody)
+}
+
+// readBodyUpTo is readBody with another limit.
+func readBodyUpTo(w http.ResponseWriter, r *http.Request, limit int) (body []byte, ok bool) {
 	if r.Body == nil {
 		return nil, true
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	body, err := io.ReadAll(io.LimitReader(r.Body, int64(limit)+1))
 	switch {
-	case len(body) > maxBody:
-		reply(w, http.StatusRequestEntityTooLarge, Error{fmt.Sprintf("request body over %d bytes", maxBody)})
+	case len(body) > limit:
+		reply(w, http.StatusRequestEntityTooLarge, Error{fmt.Sprintf("request body over %d bytes", limit)})
 		return nil, false
 	case err != nil:
 		reply(w, http.StatusBadRequest, Error{fmt.Sprintf("request body: %v", err)})

@@ -124,6 +124,47 @@ func (b *fakeBackend) Send(name string, lines []string) error {
 	return nil
 }
 
+// CreateVM takes "{name: <n>}" only.
+func (b *fakeBackend) CreateVM(text string) (VM, error) {
+	name, ok := strings.CutPrefix(text, "{name: ")
+	name, ok2 := strings.CutSuffix(name, "}")
+	if !ok || !ok2 {
+		return VM{}, fmt.Errorf("vm: not what the fake takes: %w", ErrInvalid)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.vms[name]; ok {
+		return VM{}, fmt.Errorf("vm %s exists already: %w", name, ErrConflict)
+	}
+	b.ops = append(b.ops, "create "+name)
+	b.vms[name] = &VM{Name: name, State: StateRunning}
+	return *b.vms[name], nil
+}
+
+func (b *fakeBackend) DeleteVM(name string) error {
+	if _, err := b.VM(name); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.ops = append(b.ops, "delete "+name)
+	delete(b.vms, name)
+	return nil
+}
+
+func (b *fakeBackend) Config() string { return "vms: []\n" }
+
+// PutConfig accepts "vms: []" only.
+func (b *fakeBackend) PutConfig(text string) (ConfigResult, error) {
+	if text != "vms: []\n" {
+		return ConfigResult{}, fmt.Errorf("config:1:1: not what the fake takes: %w", ErrInvalid)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.ops = append(b.ops, "config")
+	return ConfigResult{Stopped: []string{"a"}}, nil
+}
+
 // serve serves b's API on a unix socket and returns a client of it.
 func serve(t *testing.T, b Backend) *Client {
 	sock := filepath.Join(t.TempDir(), "api.sock")
@@ -234,6 +275,54 @@ func TestConsole(t *testing.T) {
 	}
 }
 
+func TestCreateDelete(t *testing.T) {
+	b := &fakeBackend{vms: map[string]*VM{"a": {Name: "a", State: StateRunning}}}
+	c := serve(t, b)
+	ctx := context.Background()
+	var vm VM
+	if err := c.Do(ctx, "POST", "/v1/vms", []byte("{name: b}"), &vm); err != nil || vm.Name != "b" || vm.State != StateRunning {
+		t.Fatalf("create: %+v, %v", vm, err)
+	}
+	if err := c.Do(ctx, "POST", "/v1/vms", []byte("{name: b}"), &vm); err == nil || !strings.HasSuffix(err.Error(), "(HTTP 409)") {
+		t.Errorf("create twice: %v", err)
+	}
+	if err := c.Do(ctx, "POST", "/v1/vms", []byte("[1, 2]"), &vm); err == nil || !strings.HasSuffix(err.Error(), "(HTTP 400)") {
+		t.Errorf("create of a list: %v", err)
+	}
+	var d Deleted
+	if err := c.Do(ctx, "DELETE", "/v1/vms/b", nil, &d); err != nil || d.Deleted != "b" {
+		t.Errorf("delete: %+v, %v", d, err)
+	}
+	if err := c.Do(ctx, "DELETE", "/v1/vms/b", nil, &d); err == nil || !strings.HasSuffix(err.Error(), "(HTTP 404)") {
+		t.Errorf("delete twice: %v", err)
+	}
+	if !slices.Equal(b.ops, []string{"create b", "delete b"}) {
+		t.Errorf("ops %v", b.ops)
+	}
+}
+
+func TestConfig(t *testing.T) {
+	b := &fakeBackend{vms: map[string]*VM{"a": {Name: "a", State: StateRunning}}}
+	c := serve(t, b)
+	ctx := context.Background()
+	if text, err := c.Get(ctx, "/v1/config"); err != nil || string(text) != "vms: []\n" {
+		t.Errorf("get: %q, %v", text, err)
+	}
+	var r ConfigResult
+	if err := c.Do(ctx, "PUT", "/v1/config", []byte("vms: []\n"), &r); err != nil || r.String() != "stopped a" {
+		t.Errorf("put: %+v, %v", r, err)
+	}
+	if err := c.Do(ctx, "PUT", "/v1/config", []byte("vms: [\n"), &r); err == nil || !strings.HasSuffix(err.Error(), "(HTTP 400)") {
+		t.Errorf("put of a bad config: %v", err)
+	}
+	if err := c.Do(ctx, "PUT", "/v1/config", []byte(strings.Repeat("#", maxConfig+1)), &r); err == nil || !strings.HasSuffix(err.Error(), "(HTTP 413)") {
+		t.Errorf("put of 1 MiB and more: %v", err)
+	}
+	if got := (ConfigResult{Started: []string{"x", "y"}, Failed: map[string]string{"y": "no kernel"}}).String(); got != "started x,y failed y (no kernel)" {
+		t.Errorf("String: %q", got)
+	}
+}
+
 // TestHostileRequests: names that are paths, unknown resources and
 // methods, oversized bodies: each a 4xx with a message, and no operation
 // reaches the backend.
@@ -251,7 +340,10 @@ func TestHostileRequests(t *testing.T) {
 		{"POST", "/v1/vms/a%00/stop", "", 400, `vm name "a\x00"`},
 		{"DELETE", "/v1/vms/a/stop", "", 405, "only POST"},
 		{"GET", "/v1/vms/a/stop", "", 405, "only POST"},
-		{"POST", "/v1/vms", "", 405, "only GET"},
+		{"PUT", "/v1/vms", "", 405, "only GET or POST"},
+		{"PUT", "/v1/vms/a", "", 405, "only GET or DELETE"},
+		{"DELETE", "/v1/vms/..%2fa", "", 400, `vm name "../a"`},
+		{"PATCH", "/v1/config", "", 405, "only GET or PUT"},
 		{"POST", "/v1/vms/a/explode", "", 404, "no resource POST /v1/vms/a/explode"},
 		{"GET", "/v2/things", "", 404, "no resource GET /v2/things"},
 		{"POST", "/v1/vms/a/stop", strings.Repeat("x", maxBody+1), 413, "request body over"},

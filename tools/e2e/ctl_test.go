@@ -130,7 +130,8 @@ func (r *remoteAPI) must(t testing.TB, args ...string) string {
 // through the API's network listener: it sees the VM, halves its CPU
 // limit live (the appliance's clock measures the spinner's use before and
 // after), stops and starts it; it follows another VM's console and types
-// a line on it, which the guest echoes. A wrong token changes nothing, and the
+// a line on it, which the guest echoes; it creates a VM, applies a
+// configuration that drops another, and deletes the one it created. A wrong token changes nothing, and the
 // console says who did what.
 func TestCtlRemote(t *testing.T) {
 	parallel(t)
@@ -226,6 +227,37 @@ func TestCtlRemote(t *testing.T) {
 			t.Errorf("start: %q", out)
 		}
 		nth(t, m, `^web\| guest: spin start `, 2)
+
+		// The configuration, live: a VM created, the configuration in
+		// force read back, one dropped by applying a file without it,
+		// the created one deleted.
+		dir := t.TempDir()
+		extra := filepath.Join(dir, "extra.yaml")
+		write(t, extra, "{name: extra, cpus: 1, memory: 128M, kernel: /guest/vmlinuz, initrd: /guest/initramfs.cpio, cmdline: console=ttyS0 panic=-1 quiet hyperroot.guest=echo, restart: never}\n")
+		if out := api.must(t, "vm", "create", "-f", extra); !regexp.MustCompile(`^vm extra running pid [1-9]\d*\n$`).MatchString(out) {
+			t.Errorf("create: %q", out)
+		}
+		expect(t, m, `^extra\| guest: action echo$`)
+		if out := api.must(t, "config", "get"); !strings.Contains(out, "name: extra") || !strings.Contains(out, "name: talk") {
+			t.Errorf("config get after create:\n%s", out)
+		}
+		next := filepath.Join(dir, "next.yaml")
+		write(t, next, api.config()+"vms:\n"+loadVM("web", "spin", 1, "128M", "", "hyperroot.spin=0")+loadVM("extra", "echo", 1, "128M", ""))
+		if out := api.must(t, "config", "apply", "-f", next); out != "config applied: stopped talk unchanged web,extra\n" {
+			t.Errorf("config apply: %q", out)
+		}
+		expect(t, m, `hyperroot: vm talk removed$`)
+		bad := filepath.Join(dir, "bad.yaml")
+		write(t, bad, "vms:\n  - {name: web, cpus: lots}\n")
+		if _, err := api.ctl(api.token, "config", "apply", "-f", bad); err == nil || !strings.Contains(err.Error(), `config:2:23: want a whole number, found "lots"`) || !strings.Contains(err.Error(), "(HTTP 400)") {
+			t.Errorf("a bad config: %v", err)
+		}
+		if out := api.must(t, "vm", "delete", "extra"); out != "vm extra deleted\n" {
+			t.Errorf("delete: %q", out)
+		}
+		if out := api.must(t, "vm", "list"); strings.Contains(out, "extra") || strings.Contains(out, "talk") || !strings.Contains(out, "web ") {
+			t.Errorf("vm list after the changes:\n%s", out)
+		}
 		if err := m.QMP("system_powerdown", ""); err != nil {
 			t.Fatal(err)
 		}
@@ -245,4 +277,11 @@ func freePort(t testing.TB) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+func write(t testing.TB, path, text string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
 }

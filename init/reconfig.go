@@ -1,0 +1,267 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/api"
+)
+
+// A configuration put through the API (PUT /v1/config) is applied live,
+// as a difference from the one in force: VMs it adds start, VMs it drops
+// stop and are forgotten, VMs whose qos alone changed get the new limits at
+// once, and other changed VMs are restarted with their new configuration.
+// What the appliance makes at boot only (the switch's networks and ports,
+// the host address, huge page pools, the jails' id range, the API's
+// listener) cannot change so: such a configuration is refused whole, and
+// nothing changes. It is kept in memory (a data disk will keep it across
+// reboots).
+
+// configPlan is what applying a configuration does, VM by VM.
+type configPlan struct {
+	start, stop, restart, qos, same []string
+	next                            *config.Config
+}
+
+// planConfig compares next with cur. An error lists every change that
+// cannot be made live.
+func planConfig(cur, next *config.Config) (configPlan, error) {
+	p := configPlan{next: next}
+	var errs []string
+	for _, k := range []struct {
+		key      string
+		cur, nxt any
+	}{
+		{"networks", cur.Networks, next.Networks},
+		{"host", cur.Host, next.Host},
+		{"hugepages", cur.HugePages, next.HugePages},
+		{"jail", cur.Jail, next.Jail},
+		{"api", cur.API, next.API},
+	} {
+		if !equalish(k.cur, k.nxt) {
+			errs = append(errs, k.key+": changed; it takes effect at boot only (the switch, the host address, huge page pools, jails and the API's listener are made then)")
+		}
+	}
+	have := map[string]config.VM{}
+	for _, vm := range cur.VMs {
+		have[vm.Name] = vm
+	}
+	for _, vm := range next.VMs {
+		old, ok := have[vm.Name]
+		delete(have, vm.Name)
+		switch {
+		case !ok && len(vm.NICs) > 0:
+			errs = append(errs, fmt.Sprintf("vm %s: new, with NICs: a NIC is a port of the switch, which makes its ports at boot (add the VM without nics, or reboot with it)", vm.Name))
+		case !ok:
+			p.start = append(p.start, vm.Name)
+		case !equalish(old.NICs, vm.NICs):
+			errs = append(errs, fmt.Sprintf("vm %s: nics changed: the switch makes its ports at boot", vm.Name))
+		case reflect.DeepEqual(old, vm):
+			p.same = append(p.same, vm.Name)
+		case equalExceptQoS(old, vm):
+			p.qos = append(p.qos, vm.Name)
+		default:
+			p.restart = append(p.restart, vm.Name)
+		}
+	}
+	for _, vm := range cur.VMs {
+		if _, gone := have[vm.Name]; gone {
+			p.stop = append(p.stop, vm.Name)
+		}
+	}
+	if len(errs) > 0 {
+		return configPlan{}, errors.New(strings.Join(errs, "; "))
+	}
+	return p, nil
+}
+
+// equalish is reflect.DeepEqual with an empty slice or map equal to nil,
+// as a file that says "networks: []" and one that says nothing mean the
+// same.
+func equalish(a, b any) bool {
+	empty := func(v any) bool {
+		r := reflect.ValueOf(v)
+		switch r.Kind() {
+		case reflect.Slice, reflect.Map:
+			return r.Len() == 0
+		case reflect.Pointer:
+			return r.IsNil()
+		}
+		return false
+	}
+	return reflect.DeepEqual(a, b) || (empty(a) && empty(b))
+}
+
+func equalExceptQoS(a, b config.VM) bool {
+	a.QoS, b.QoS = config.QoS{}, config.QoS{}
+	return reflect.DeepEqual(a, b)
+}
+
+// liveConfig is the configuration in force and its text, which the API
+// shows and replaces.
+type liveConfig struct {
+	mu   sync.Mutex
+	cfg  *config.Config
+	text string
+}
+
+// newLiveConfig is the configuration the appliance booted with: cfg, read
+// from path ("" for the built-in default, which has no text).
+func newLiveConfig(cfg *config.Config, path string) *liveConfig {
+	text := "# no configuration file: the built-in default (" + fmt.Sprint(len(cfg.VMs)) + " VMs); a configuration put here replaces it\n"
+	if path != "" {
+		if b, err := os.ReadFile(path); err == nil {
+			text = string(b)
+		}
+	}
+	return &liveConfig{cfg: cfg, text: text}
+}
+
+// apply puts text in force on f: parsed (strictly, with the file's
+// line:column messages: ErrInvalid), planned (a change that cannot be
+// made live: ErrConflict), then carried out VM by VM. A VM that then
+// fails to start is reported in the result; the configuration stays in
+// force, as a boot's would.
+func (l *liveConfig) apply(f *fleet, text string) (api.ConfigResult, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.applyLocked(f, text)
+}
+
+// addVM adds a VM (vmText: its mapping, as an item of the file's vms:) to
+// the configuration in force and applies it: the VM starts.
+func (l *liveConfig) addVM(f *fleet, vmText string) (api.ConfigResult, error) {
+	var item yaml.Node
+	if err := yaml.Unmarshal([]byte(vmText), &item); err != nil || len(item.Content) != 1 || item.Content[0].Kind != yaml.MappingNode {
+		return api.ConfigResult{}, fmt.Errorf("vm: want one VM as a mapping (name, kernel, ...), as an item of the configuration's vms: %w", api.ErrInvalid)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	text, err := editVMs(l.text, func(vms *yaml.Node) error {
+		vms.Content = append(vms.Content, blockStyle(item.Content[0]))
+		return nil
+	})
+	if err != nil {
+		return api.ConfigResult{}, err
+	}
+	return l.applyLocked(f, text)
+}
+
+// removeVM drops VM name from the configuration in force and applies it:
+// the VM stops and is forgotten.
+func (l *liveConfig) removeVM(f *fleet, name string) (api.ConfigResult, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	text, err := editVMs(l.text, func(vms *yaml.Node) error {
+		for i, item := range vms.Content {
+			for j := 0; item.Kind == yaml.MappingNode && j+1 < len(item.Content); j += 2 {
+				if item.Content[j].Value == "name" && item.Content[j+1].Value == name {
+					vms.Content = slices.Delete(vms.Content, i, i+1)
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("no vm %q in the configuration: %w", name, api.ErrNotFound)
+	})
+	if err != nil {
+		return api.ConfigResult{}, err
+	}
+	return l.applyLocked(f, text)
+}
+
+// editVMs returns text with its vms: list changed by edit (made if
+// missing), comments and the rest as they were.
+func editVMs(text string, edit func(vms *yaml.Node) error) (string, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal([]byte(text), &doc); err != nil {
+		return "", fmt.Errorf("the configuration in force: %w", err)
+	}
+	if len(doc.Content) == 0 { // empty, or comments only
+		doc = yaml.Node{Kind: yaml.DocumentNode, HeadComment: doc.HeadComment, Content: []*yaml.Node{{Kind: yaml.MappingNode}}}
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		return "", errors.New("the configuration in force is not a mapping")
+	}
+	var vms *yaml.Node
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		if root.Content[i].Value == "vms" {
+			vms = root.Content[i+1]
+		}
+	}
+	if vms == nil {
+		vms = &yaml.Node{Kind: yaml.SequenceNode}
+		root.Content = append(root.Content, &yaml.Node{Kind: yaml.ScalarNode, Value: "vms"}, vms)
+	}
+	if vms.Kind != yaml.SequenceNode {
+		return "", errors.New("the configuration in force: vms is not a list")
+	}
+	vms.Style = 0 // block style: a flow list would take the new item's block style badly
+	if err := edit(vms); err != nil {
+		return "", err
+	}
+	var out strings.Builder
+	enc := yaml.NewEncoder(&out)
+	enc.SetIndent(2)
+	if err := enc.Encode(&doc); err != nil {
+		return "", err
+	}
+	return out.String(), enc.Close()
+}
+
+// blockStyle writes n as the configuration files are written (block
+// mappings, plain scalars), whether it came as JSON or as flow YAML; the
+// encoder quotes a scalar that needs it.
+func blockStyle(n *yaml.Node) *yaml.Node {
+	n.Style = 0
+	for _, c := range n.Content {
+		blockStyle(c)
+	}
+	return n
+}
+
+func (l *liveConfig) applyLocked(f *fleet, text string) (api.ConfigResult, error) {
+	next, err := config.Parse("config", []byte(text))
+	if err != nil {
+		return api.ConfigResult{}, fmt.Errorf("%w: %w", err, api.ErrInvalid)
+	}
+	p, err := planConfig(l.cfg, next)
+	if err != nil {
+		return api.ConfigResult{}, fmt.Errorf("%w: %w", err, api.ErrConflict)
+	}
+	byName := map[string]config.VM{}
+	for _, vm := range next.VMs {
+		byName[vm.Name] = vm
+	}
+	r := api.ConfigResult{Started: p.start, Stopped: p.stop, Restarted: p.restart, QoS: p.qos, Unchanged: p.same}
+	fails := map[string]string{}
+	failed := func(name string, err error) {
+		if err != nil {
+			fails[name] = err.Error()
+		}
+	}
+	// Stopped first: their disks may be the new VMs'.
+	for _, name := range slices.Concat(p.stop, p.restart) {
+		failed(name, f.RemoveVM(name, vmStopGrace))
+	}
+	for _, name := range p.qos {
+		failed(name, f.setQoS(name, byName[name].QoS))
+	}
+	for _, name := range slices.Concat(p.restart, p.start) {
+		failed(name, f.AddVM(byName[name]))
+	}
+	if len(fails) > 0 {
+		r.Failed = fails
+	}
+	l.cfg, l.text = next, text
+	f.c.Printf("config: applied live: %s", r)
+	return r, nil
+}
