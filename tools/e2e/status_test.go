@@ -42,7 +42,7 @@ func TestStatusPage(t *testing.T) {
 
 		opts := append(chromedp.DefaultExecAllocatorOptions[:],
 			chromedp.ExecPath(chromium),
-			chromedp.NoSandbox, // the tests run as root
+			chromedp.NoSandbox,                               // the tests run as root
 			chromedp.Flag("ignore-certificate-errors", true), // the appliance's own certificate
 			chromedp.UserDataDir(t.TempDir()),
 			chromedp.WindowSize(1500, 1000))
