@@ -156,7 +156,7 @@ func writeFile(path, s string) error {
 // does need one.
 func TestStatusPageOpen(t *testing.T) {
 	h := StatusPage()
-	for _, p := range []string{"/", "/status.js", "/status.css"} {
+	for _, p := range []string{"/", "/status.js", "/status.css", "/favicon.ico"} {
 		rec := &recorder{header: http.Header{}}
 		req, _ := http.NewRequest("GET", "http://x"+p, nil)
 		h.ServeHTTP(rec, req)
@@ -170,7 +170,7 @@ func TestStatusPageOpen(t *testing.T) {
 	if js := string(must(statusFiles.ReadFile("status/status.js"))); strings.Contains(js, "innerHTML") {
 		t.Error("status.js sets innerHTML: a guest's console line must stay text")
 	}
-	if len(StatusPaths()) != 3 {
+	if len(StatusPaths()) != 4 {
 		t.Errorf("paths %v", StatusPaths())
 	}
 }

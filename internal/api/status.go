@@ -10,7 +10,7 @@ import (
 // files hold no data, so they are served without a token; the browser
 // may run nothing but them (Content-Security-Policy).
 
-//go:embed status/index.html status/status.js status/status.css
+//go:embed status/index.html status/status.js status/status.css status/favicon.svg
 var statusFiles embed.FS
 
 // statusFile is one file of the page, and the pattern it is served at.
@@ -20,6 +20,7 @@ var statusPage = []statusFile{
 	{"GET /{$}", "index.html", "text/html; charset=utf-8"},
 	{"GET /status.js", "status.js", "text/javascript; charset=utf-8"},
 	{"GET /status.css", "status.css", "text/css; charset=utf-8"},
+	{"GET /favicon.ico", "favicon.svg", "image/svg+xml"}, // asked for by every browser, token or not
 }
 
 // StatusPaths are the patterns StatusPage serves, for a listener that
@@ -32,7 +33,7 @@ func StatusPaths() []string {
 	return p
 }
 
-// StatusPage serves the status page: GET / and its two files.
+// StatusPage serves the status page: GET / and its files.
 func StatusPage() http.Handler {
 	mux := http.NewServeMux()
 	for _, f := range statusPage {
