@@ -23,6 +23,7 @@ import (
 
 	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/api"
+	"github.com/hyperroot/hyperroot/net/dhcp"
 	"github.com/hyperroot/hyperroot/net/vswitch"
 )
 
@@ -103,6 +104,35 @@ func (b apiBackend) VM(name string) (api.VM, error) {
 		vm.NICs = append(vm.NICs, api.NIC{Network: n.Network, MAC: n.MAC.String(), Port: portName(name, i)})
 	}
 	return vm, nil
+}
+
+func (b apiBackend) Leases() ([]api.Lease, error) {
+	b.live.mu.Lock()
+	cfg := b.live.cfg
+	b.live.mu.Unlock()
+	owner := map[string]string{}
+	for _, vm := range cfg.VMs {
+		for _, n := range vm.NICs {
+			owner[n.MAC.String()] = vm.Name
+		}
+	}
+	now := time.Now()
+	var out []api.Lease
+	for _, nw := range cfg.Networks {
+		leases, err := dhcp.ReadLeases(filepath.Join(switchDir, nw.Name+".leases"))
+		if err != nil {
+			return nil, fmt.Errorf("network %s: %w", nw.Name, err)
+		}
+		slices.SortFunc(leases, func(a, b dhcp.Lease) int { return a.IP.Compare(b.IP) })
+		for _, l := range leases {
+			if l.Expiry.Before(now) {
+				continue
+			}
+			out = append(out, api.Lease{Network: nw.Name, IP: l.IP.String(), MAC: l.MAC.String(), VM: owner[l.MAC.String()],
+				Hostname: l.Hostname, Expires: l.Expiry.UTC().Format(time.RFC3339)})
+		}
+	}
+	return out, nil
 }
 
 func (b apiBackend) Ports() []api.Port {

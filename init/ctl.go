@@ -73,7 +73,7 @@ func ctlClient(socket, addr, pin, tokenFile string) (*api.Client, error) {
 	return api.NewClient(addr, token, pin)
 }
 
-const ctlUsage = "host | metrics | ports | config get | config apply -f <file> | vm list | vm create -f <file> | vm delete <name> | vm get|start|stop|restart <name> | vm qos <name> [<qos as JSON>] | vm console <name> [<tail lines>] | vm send <name> <text> | shell (commands from stdin, one per line, until exit)"
+const ctlUsage = "host | metrics | ports | leases | config get | config apply -f <file> | vm list | vm create -f <file> | vm delete <name> | vm get|start|stop|restart <name> | vm qos <name> [<qos as JSON>] | vm console <name> [<tail lines>] | vm send <name> <text> | shell (commands from stdin, one per line, until exit)"
 
 // ctlShell runs one command per line of stdin, each answer or error on
 // stdout, until stdin ends or says "exit": a session for the console's
@@ -113,6 +113,17 @@ func ctlRun(c *api.Client, args []string, out io.Writer, asJSON bool) error {
 		}
 		print(h, func() {
 			fmt.Fprintf(out, "hyperroot %s kernel %s cpus %d memory %d kvm %s\n", h.Version, h.Kernel, h.CPUs, h.Memory, h.KVM)
+		})
+	case len(args) == 1 && args[0] == "leases":
+		var leases []api.Lease
+		if err := c.Do(ctx, "GET", "/v1/leases", nil, &leases); err != nil {
+			return err
+		}
+		print(leases, func() {
+			fmt.Fprintf(out, "%-16s %-15s %-17s %-16s %s\n", "NETWORK", "IP", "MAC", "VM", "EXPIRES")
+			for _, l := range leases {
+				fmt.Fprintf(out, "%-16s %-15s %-17s %-16s %s\n", l.Network, l.IP, l.MAC, l.VM, l.Expires)
+			}
 		})
 	case len(args) == 1 && args[0] == "ports":
 		var ports []api.Port

@@ -52,6 +52,16 @@ type NIC struct {
 	Port    string `json:"port"`
 }
 
+// Lease is a DHCP lease the switch granted.
+type Lease struct {
+	Network  string `json:"network"`
+	IP       string `json:"ip"`
+	MAC      string `json:"mac"`
+	VM       string `json:"vm,omitempty"` // the VM whose NIC has that MAC, if any
+	Hostname string `json:"hostname,omitempty"`
+	Expires  string `json:"expires"` // RFC 3339
+}
+
 // Port is a switch port's counters, as the switch last reported them
 // (every 10 s): rx is what it delivered, tx what it was sent.
 type Port struct {
@@ -85,6 +95,9 @@ type Backend interface {
 	VMs() []VM
 	// Ports are the switch's ports, by name; none without a switch.
 	Ports() []Port
+	// Leases are the switch's DHCP leases in force, by network and
+	// address.
+	Leases() ([]Lease, error)
 	VM(name string) (VM, error)
 	Start(name string) error
 	Stop(name string) error
@@ -212,6 +225,17 @@ func Handler(b Backend) http.Handler {
 			reply(w, http.StatusMethodNotAllowed, Error{fmt.Sprintf("%s %s: only GET or POST", r.Method, r.URL.Path)})
 		}
 	})
+	mux.HandleFunc("/v1/leases", only("GET", func(w http.ResponseWriter, r *http.Request) {
+		leases, err := b.Leases()
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		if leases == nil {
+			leases = []Lease{}
+		}
+		reply(w, http.StatusOK, leases)
+	}))
 	mux.HandleFunc("/v1/ports", only("GET", func(w http.ResponseWriter, r *http.Request) {
 		ports := b.Ports()
 		if ports == nil {

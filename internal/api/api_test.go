@@ -29,6 +29,8 @@ type fakeBackend struct {
 
 func (b *fakeBackend) Ports() []Port { return nil }
 
+func (b *fakeBackend) Leases() ([]Lease, error) { return nil, nil }
+
 func (b *fakeBackend) Host() Host { return Host{Version: "test", CPUs: 2} }
 
 func (b *fakeBackend) VMs() []VM {

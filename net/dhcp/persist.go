@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/netip"
@@ -33,6 +34,47 @@ type fileLease struct {
 }
 
 const leaseFileVersion = 1
+
+// maxLeaseFile bounds what ReadLeases reads: a /16 pool's leases take
+// under 10 MiB.
+const maxLeaseFile = 16 << 20
+
+// ReadLeases reads the lease file a Server writes (Config.LeasePath), for
+// a reader outside the server, such as the appliance's API: the bound
+// leases, expired ones included (the caller has the clock). A missing file
+// is no leases. The file is the server's, which may run in a jail a guest
+// has taken: its size is bounded and every entry checked.
+func ReadLeases(path string) ([]Lease, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxLeaseFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxLeaseFile {
+		return nil, fmt.Errorf("%s: over %d bytes", path, maxLeaseFile)
+	}
+	var lf leaseFile
+	if err := json.Unmarshal(data, &lf); err != nil || lf.Version != leaseFileVersion {
+		return nil, fmt.Errorf("%s: not a lease file of version %d (%v)", path, leaseFileVersion, err)
+	}
+	var out []Lease
+	for _, fl := range lf.Leases {
+		ip, err1 := netip.ParseAddr(fl.IP)
+		mac, err2 := net.ParseMAC(fl.MAC)
+		if err1 != nil || err2 != nil || len(mac) != 6 || len(fl.Hostname) > 255 {
+			continue
+		}
+		out = append(out, Lease{IP: ip, MAC: mac, Hostname: fl.Hostname, Expiry: fl.Expiry})
+	}
+	return out, nil
+}
 
 // load reads the lease file. A missing file is an empty table. A file that
 // cannot be parsed is moved aside (.corrupt) rather than failing the whole

@@ -41,6 +41,10 @@ func TestLeasesSurviveRestart(t *testing.T) {
 	if len(s2.Leases()) != 2 {
 		t.Fatalf("want 2 leases, got %+v", s2.Leases())
 	}
+	// Read from outside the server (the API), the file says the same.
+	if got, err := ReadLeases(cfg.LeasePath); err != nil || !leasesEqual(got, s1.Leases()) {
+		t.Errorf("ReadLeases: %+v, %v; want %+v", got, err, s1.Leases())
+	}
 	if got, ok := s2.Lookup(mac(2)); !ok || got != netip.MustParseAddr("10.20.0.11") {
 		t.Errorf("lookup after restart: %v %v", got, ok)
 	}
@@ -202,5 +206,30 @@ func TestRenewalWritesAreThrottled(t *testing.T) {
 		if got := onDisk(); !got.Expiry.Equal(st.wantExpiry) || got.Hostname != st.wantHost {
 			t.Errorf("step %d: file has expiry %v host %q, want %v %q", i, got.Expiry, got.Hostname, st.wantExpiry, st.wantHost)
 		}
+	}
+}
+
+// TestReadLeasesHostile: a lease file the (possibly taken over) switch
+// wrote is read with care: a missing one is no leases, a broken or huge one
+// an error, bad entries are skipped.
+func TestReadLeasesHostile(t *testing.T) {
+	dir := t.TempDir()
+	if l, err := ReadLeases(filepath.Join(dir, "none.leases")); err != nil || l != nil {
+		t.Errorf("missing: %v, %v", l, err)
+	}
+	p := filepath.Join(dir, "x.leases")
+	for _, bad := range []string{"{", `{"version": 2, "leases": []}`, string(make([]byte, maxLeaseFile+1))} {
+		os.WriteFile(p, []byte(bad), 0o600)
+		if _, err := ReadLeases(p); err == nil {
+			t.Errorf("%.20q... read without error", bad)
+		}
+	}
+	os.WriteFile(p, []byte(`{"version": 1, "leases": [
+		{"ip": "10.0.0.5", "mac": "52:54:00:00:00:01", "expiry": "2026-12-04T00:00:00Z"},
+		{"ip": "not-an-ip", "mac": "52:54:00:00:00:02"},
+		{"ip": "10.0.0.7", "mac": "52:54:00"}]}`), 0o600)
+	l, err := ReadLeases(p)
+	if err != nil || len(l) != 1 || l[0].IP != netip.MustParseAddr("10.0.0.5") || l[0].MAC.String() != "52:54:00:00:00:01" {
+		t.Errorf("got %+v, %v", l, err)
 	}
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +17,8 @@ import (
 // both have powered off the client's port counts at least the stream;
 // both are started again through the API, send another stream, and the
 // count grows by at least that much. The VMs' starts and exits are there
-// too (TestCtlRemote checks a running VM's CPU time and memory).
+// too (TestCtlRemote checks a running VM's CPU time and memory), and
+// `hyperroot ctl leases` lists the leases the switch gave both.
 func TestMetrics(t *testing.T) {
 	parallel(t)
 	api := newRemoteAPI(t)
@@ -73,6 +75,13 @@ func TestMetrics(t *testing.T) {
 		}
 		if got := fams.Value("hyperroot_switch_port_bytes_total", "port=server.0", "dir=rx"); got < bytes {
 			t.Errorf("the server's port delivered %v bytes, want at least %d", got, bytes)
+		}
+		// The leases the switch granted them, from its lease file.
+		leases := api.must(t, "leases")
+		for _, vm := range []string{"server", "client"} {
+			if !regexp.MustCompile(`(?m)^lan +10\.20\.0\.1\d\d +([0-9a-f]{2}:){5}[0-9a-f]{2} +` + vm + ` +20\d\d-`).MatchString(leases) {
+				t.Errorf("no lease of %s in:\n%s", vm, leases)
+			}
 		}
 		// Round two: both started again through the API.
 		nth(t, m, `hyperroot: vm server exited code=0 reason=poweroff$`, 1)
