@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	apiclient "github.com/hyperroot/hyperroot/internal/api"
 	"github.com/hyperroot/hyperroot/internal/metricstest"
 	"github.com/hyperroot/hyperroot/tools/qemu"
 )
@@ -130,7 +132,8 @@ func (r *remoteAPI) must(t testing.TB, args ...string) string {
 // through the API's network listener: it sees the VM, halves its CPU
 // limit live (the appliance's clock measures the spinner's use before and
 // after), stops and starts it; it follows another VM's console and types
-// a line on it, which the guest echoes; it creates a VM, applies a
+// a line on it, which the guest echoes, and 100 readers that never read
+// do not hold that console up; it creates a VM, applies a
 // configuration that drops another, and deletes the one it created. A wrong token changes nothing, and the
 // console says who did what.
 func TestCtlRemote(t *testing.T) {
@@ -192,6 +195,44 @@ func TestCtlRemote(t *testing.T) {
 		until("guest: echo hello\uFFFD[31m from the host") // live, made printable
 		follow.Process.Kill()
 		follow.Wait()
+
+		// 100 readers that never read do not hold the console up: the
+		// guest's 300 echoes reach the appliance's console, each reader
+		// keeps what its queue holds and loses the rest.
+		client, err := apiclient.NewClient("https://127.0.0.1:"+strconv.Itoa(api.port), api.token, api.pin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		for range 100 {
+			s, err := client.Follow(ctx, "/v1/vms/talk/console?tail=0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+		}
+		for batch := range 3 {
+			var b strings.Builder
+			for i := range 100 {
+				fmt.Fprintf(&b, "stalled %d\n", batch*100+i)
+			}
+			if err := client.Do(ctx, "POST", "/v1/vms/talk/console", []byte(b.String()), nil); err != nil {
+				t.Fatal(err)
+			}
+			// A batch at a time: the guest's tty holds 4 KiB of input.
+			expect(t, m, fmt.Sprintf(`^talk\| guest: echo stalled %d$`, batch*100+99))
+		}
+		last, err := client.Follow(ctx, "/v1/vms/talk/console?tail=1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(last)
+		if !sc.Scan() || sc.Text() != "guest: echo stalled 299" {
+			t.Errorf("a new reader's tail: %q", sc.Text())
+		}
+		last.Close()
+		cancel()
 
 		// The CPU limit, live: the kernel's accounting before and after.
 		seen(t, m, `^web\| guest: spin start `) // before talk's lines, maybe
