@@ -275,7 +275,17 @@ func (p *Process) Signal(sig syscall.Signal) error {
 	return nil
 }
 
-// Write writes to the child's standard input (Spec.Stdin).
+// InputTimeout bounds a Write to a child's standard input: a child that
+// reads none of it for that long (a VMM whose guest stopped reading its
+// serial port, once the pipe's 64 KiB are full) fails the write instead of
+// holding the writer, which may be the console's reader or an API request.
+var InputTimeout = 5 * time.Second
+
+// ErrInputStalled is a Write that InputTimeout ended.
+var ErrInputStalled = errors.New("the process reads none of its input")
+
+// Write writes to the child's standard input (Spec.Stdin), within
+// InputTimeout.
 func (p *Process) Write(b []byte) (int, error) {
 	p.mu.Lock()
 	in, closed := p.stdin, p.inDone
@@ -286,7 +296,15 @@ func (p *Process) Write(b []byte) (int, error) {
 	case closed:
 		return 0, ErrExited
 	}
-	return in.Write(b)
+	// The pipe is the runtime poller's (os.Pipe): deadlines work on it.
+	if err := in.SetWriteDeadline(time.Now().Add(InputTimeout)); err != nil {
+		return in.Write(b)
+	}
+	n, err := in.Write(b)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		err = fmt.Errorf("%w (%d of %d bytes written in %s)", ErrInputStalled, n, len(b), InputTimeout)
+	}
+	return n, err
 }
 
 // Stop asks the child to finish with SIGTERM and waits for it; after grace

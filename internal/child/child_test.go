@@ -1,6 +1,7 @@
 package child
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -108,6 +109,27 @@ func TestStdinAndExtraFiles(t *testing.T) {
 	if _, err := p.Write([]byte("late\n")); err == nil {
 		t.Error("Write after exit succeeded")
 	}
+}
+
+// TestStalledInput: a child that reads none of its input fails a write
+// once the pipe is full, after InputTimeout, instead of holding the writer.
+func TestStalledInput(t *testing.T) {
+	defer func(d time.Duration) { InputTimeout = d }(InputTimeout)
+	InputTimeout = 200 * time.Millisecond
+	p, err := Start(Direct{}, Spec{Path: "/bin/sleep", Args: []string{"30"}, Stdin: true, Line: func(string) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Stop(time.Second, nil)
+	began := time.Now()
+	n, err := p.Write(make([]byte, 1<<20))
+	if !errors.Is(err, ErrInputStalled) || n >= 1<<20 {
+		t.Fatalf("write of 1 MiB to a child that does not read: %d bytes, %v", n, err)
+	}
+	if took := time.Since(began); took > 5*time.Second {
+		t.Errorf("the write took %s", took)
+	}
+	t.Logf("%d bytes written, then: %v", n, err)
 }
 
 func TestStop(t *testing.T) {
