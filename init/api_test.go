@@ -187,3 +187,33 @@ func TestAPIConsole(t *testing.T) {
 		t.Errorf("printable: %q", got)
 	}
 }
+
+// TestCtlAttach: hyperroot ctl vm attach types its input on a VM's
+// console and prints what comes back, control characters made printable.
+func TestCtlAttach(t *testing.T) {
+	f, _, out := fakeFleet(t, "serve", config.RestartAlways)
+	defer f.Stop(10 * time.Second)
+	waitFor(t, out, "t| ready networks=0 ports=0")
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	go listenAPI(sock, apiMux(apiBackend{f: f, kvm: "test"}, metricsHandler(f, nil)))
+	c := api.NewUnixClient(sock)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := c.Get(context.Background(), "/v1/host"); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+	}
+	var got syncBuffer
+	if err := ctlAttach(context.Background(), c, "t", strings.NewReader("one\ntwo\x07\n"), &got); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"ready networks=0 ports=0\n", "input one\n", "input two\uFFFD\n"} {
+		if !strings.Contains(got.String(), want) {
+			t.Errorf("attach printed no %q in:\n%s", want, got.String())
+		}
+	}
+	if err := ctlAttach(context.Background(), c, "nope", strings.NewReader(""), &got); err == nil || !strings.HasSuffix(err.Error(), "(HTTP 404)") {
+		t.Errorf("attach to an unknown VM: %v", err)
+	}
+}

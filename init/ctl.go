@@ -12,6 +12,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/hyperroot/hyperroot/internal/api"
 )
@@ -73,7 +74,7 @@ func ctlClient(socket, addr, pin, tokenFile string) (*api.Client, error) {
 	return api.NewClient(addr, token, pin)
 }
 
-const ctlUsage = "host | metrics | ports | leases | config get | config apply -f <file> | vm list | vm create -f <file> | vm delete <name> | vm get|start|stop|restart <name> | vm qos <name> [<qos as JSON>] | vm console <name> [<tail lines>] | vm send <name> <text> | shell (commands from stdin, one per line, until exit)"
+const ctlUsage = "host | metrics | ports | leases | config get | config apply -f <file> | vm list | vm create -f <file> | vm delete <name> | vm get|start|stop|restart <name> | vm qos <name> [<qos as JSON>] | vm console <name> [<tail lines>] | vm attach <name> | vm send <name> <text> | shell (commands from stdin, one per line, until exit)"
 
 // ctlShell runs one command per line of stdin, each answer or error on
 // stdout, until stdin ends or says "exit": a session for the console's
@@ -205,6 +206,8 @@ func ctlRun(c *api.Client, args []string, out io.Writer, asJSON bool) error {
 			fmt.Fprintln(out, printable(sc.Text()))
 		}
 		return sc.Err()
+	case len(args) == 3 && args[0] == "vm" && args[1] == "attach":
+		return ctlAttach(ctx, c, args[2], os.Stdin, out)
 	case len(args) >= 4 && args[0] == "vm" && args[1] == "send":
 		var sent api.Sent
 		if err := c.Do(ctx, "POST", "/v1/vms/"+url.PathEscape(args[2])+"/console", []byte(strings.Join(args[3:], " ")+"\n"), &sent); err != nil {
@@ -243,6 +246,45 @@ func ctlRun(c *api.Client, args []string, out io.Writer, asJSON bool) error {
 	}
 	return nil
 }
+
+// ctlAttach follows VM name's console on out and types each line of in on
+// it, until in ends: an interactive session on a serial console over the
+// API.
+func ctlAttach(ctx context.Context, c *api.Client, name string, in io.Reader, out io.Writer) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	path := "/v1/vms/" + url.PathEscape(name) + "/console"
+	body, err := c.Follow(ctx, path+"?tail=20")
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	done := make(chan error, 1)
+	go func() {
+		sc := bufio.NewScanner(body)
+		sc.Buffer(make([]byte, 64<<10), 64<<10)
+		for sc.Scan() {
+			fmt.Fprintln(out, printable(sc.Text()))
+		}
+		done <- sc.Err()
+	}()
+	lines := bufio.NewScanner(in)
+	for lines.Scan() {
+		if err := c.Do(ctx, "POST", path, []byte(lines.Text()+"\n"), nil); err != nil {
+			return err
+		}
+	}
+	select { // what the last line made the guest say, if it says it soon
+	case err := <-done:
+		return err
+	case <-time.After(attachLinger):
+	}
+	return lines.Err()
+}
+
+// attachLinger is how long an attach goes on following the console after
+// its input ended.
+var attachLinger = 2 * time.Second
 
 // printable is a guest's console line made safe for the terminal it is
 // printed on: control characters (a guest's escape sequences could
