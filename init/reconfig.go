@@ -116,7 +116,14 @@ type liveConfig struct {
 // newLiveConfig is the configuration the appliance booted with: cfg, read
 // from path ("" for the built-in default, which has no text).
 func newLiveConfig(cfg *config.Config, path string) *liveConfig {
-	text := "# no configuration file: the built-in default (" + fmt.Sprint(len(cfg.VMs)) + " VMs); a configuration put here replaces it\n"
+	// A configuration that did not load leaves the zero one (no VMs),
+	// whose jail range a file's default must not count as a change.
+	if cfg.Jail == (config.Jail{}) {
+		c := *cfg
+		c.Jail = config.Jail{IDs: config.DefaultJailIDs}
+		cfg = &c
+	}
+	text := "# no configuration file in force (none, the built-in default of " + fmt.Sprint(len(cfg.VMs)) + " VMs, or one that did not load: see the console); a configuration put here replaces it\n"
 	if path != "" {
 		if b, err := os.ReadFile(path); err == nil {
 			text = string(b)

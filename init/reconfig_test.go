@@ -60,6 +60,11 @@ vms:
 			t.Errorf("%s: %v, want an error with %q", tc.name, err, tc.want)
 		}
 	}
+	// After a configuration that did not load (the zero one), a good
+	// one is no jail change.
+	if _, err := planConfig(newLiveConfig(&config.Config{}, "").cfg, parse(t, "vms: [{name: a, kernel: /k}]\n")); err != nil {
+		t.Errorf("after a failed load: %v", err)
+	}
 	// Nothing and an empty list are the same.
 	if _, err := planConfig(parse(t, "vms: []\n"), parse(t, "networks: []\nvms: []\n")); err != nil {
 		t.Errorf("networks: [] against none: %v", err)
