@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -150,26 +149,36 @@ func TestAPINetwork(t *testing.T) {
 	}
 }
 
-// TestAPIConsole: a VM's console through the API over the fleet: the tail,
-// then live lines, as a reader on the unix socket sees them; a line typed
-// through the API reaches the guest (the fake VMM echoes it).
-func TestAPIConsole(t *testing.T) {
+// fleetAPI serves the API of a fleet of one fake VM, t (which echoes its
+// input as "input <line>"), on a unix socket, and returns a client once the
+// socket answers.
+func fleetAPI(t *testing.T) *api.Client {
+	t.Helper()
 	f, _, out := fakeFleet(t, "serve", config.RestartAlways)
-	defer f.Stop(10 * time.Second)
+	t.Cleanup(func() { f.Stop(10 * time.Second) })
 	waitFor(t, out, "t| ready networks=0 ports=0")
 	sock := filepath.Join(t.TempDir(), "api.sock")
 	go listenAPI(sock, apiMux(apiBackend{f: f, kvm: "test"}, metricsHandler(f, nil)))
 	c := api.NewUnixClient(sock)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var body io.ReadCloser
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		var err error
-		if body, err = c.Follow(ctx, "/v1/vms/t/console?tail=1"); err == nil {
-			break
+		if _, err := c.Get(context.Background(), "/v1/host"); err == nil {
+			return c
 		} else if time.Now().After(deadline) {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestAPIConsole: a VM's console through the API over the fleet: the tail,
+// then live lines, as a reader on the unix socket sees them; a line typed
+// through the API reaches the guest (the fake VMM echoes it).
+func TestAPIConsole(t *testing.T) {
+	c := fleetAPI(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	body, err := c.Follow(ctx, "/v1/vms/t/console?tail=1")
+	if err != nil {
+		t.Fatal(err)
 	}
 	defer body.Close()
 	sc := bufio.NewScanner(body)
@@ -191,19 +200,7 @@ func TestAPIConsole(t *testing.T) {
 // TestCtlAttach: hyperroot ctl vm attach types its input on a VM's
 // console and prints what comes back, control characters made printable.
 func TestCtlAttach(t *testing.T) {
-	f, _, out := fakeFleet(t, "serve", config.RestartAlways)
-	defer f.Stop(10 * time.Second)
-	waitFor(t, out, "t| ready networks=0 ports=0")
-	sock := filepath.Join(t.TempDir(), "api.sock")
-	go listenAPI(sock, apiMux(apiBackend{f: f, kvm: "test"}, metricsHandler(f, nil)))
-	c := api.NewUnixClient(sock)
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if _, err := c.Get(context.Background(), "/v1/host"); err == nil {
-			break
-		} else if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-	}
+	c := fleetAPI(t)
 	var got syncBuffer
 	if err := ctlAttach(context.Background(), c, "t", strings.NewReader("one\ntwo\x07\n"), &got); err != nil {
 		t.Fatal(err)
