@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -93,8 +92,8 @@ func (b apiBackend) VM(name string) (api.VM, error) {
 		if d, err := g.CPUUsage(); err == nil {
 			vm.CPUSeconds = d.Seconds()
 		}
-		if v, err := g.Get("memory.current"); err == nil {
-			vm.MemoryUsed, _ = strconv.ParseUint(v, 10, 64)
+		if n, err := g.MemoryCurrent(); err == nil {
+			vm.MemoryUsed = n
 		}
 	}
 	for _, d := range e.vm.Disks {

@@ -86,10 +86,8 @@ func (fc fleetCollector) Collect(ch chan<- prometheus.Metric) {
 		if d, err := g.CPUUsage(); err == nil {
 			counter(mVMCPU, d.Seconds(), name)
 		}
-		if v, err := g.Get("memory.current"); err == nil {
-			if n, err := strconv.ParseUint(v, 10, 64); err == nil {
-				gauge(mVMMem, float64(n), name)
-			}
+		if n, err := g.MemoryCurrent(); err == nil {
+			gauge(mVMMem, float64(n), name)
 		}
 		if st, err := g.Keyed("memory.stat"); err == nil {
 			for _, k := range []string{"anon", "kernel", "shmem"} {

@@ -155,6 +155,19 @@ func (g *Group) OOMKills() (uint64, error) {
 	return m["oom_kill"], nil
 }
 
+// MemoryCurrent is the memory charged to the group now (memory.current).
+func (g *Group) MemoryCurrent() (uint64, error) {
+	v, err := g.Get("memory.current")
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("cgroup: memory.current %q: %w", v, err)
+	}
+	return n, nil
+}
+
 // Procs lists the processes in the group (cgroup.procs).
 func (g *Group) Procs() ([]int, error) {
 	s, err := g.Get("cgroup.procs")
