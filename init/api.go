@@ -77,9 +77,9 @@ func (b apiBackend) VMs() []api.VM {
 }
 
 func (b apiBackend) VM(name string) (api.VM, error) {
-	e, err := b.f.entry(name)
+	e, err := b.entry(name)
 	if err != nil {
-		return api.VM{}, fmt.Errorf("%w: %w", err, api.ErrNotFound)
+		return api.VM{}, err
 	}
 	vm := api.VM{Name: name, State: api.StateStopped, CPUs: e.vm.CPUs, Memory: uint64(e.vm.Memory), Restart: string(e.vm.Restart)}
 	if p := e.sup.Process(); p != nil {
@@ -156,10 +156,19 @@ func (b apiBackend) Ports() []api.Port {
 	return ports
 }
 
+// entry is VM name's fleet entry, or the fleet's error as an ErrNotFound.
+func (b apiBackend) entry(name string) (*vmEntry, error) {
+	e, err := b.f.entry(name)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", err, api.ErrNotFound)
+	}
+	return e, nil
+}
+
 // lifecycle turns the fleet's errors into the API's kinds.
 func (b apiBackend) lifecycle(name string, op func() error) error {
-	if _, err := b.f.entry(name); err != nil {
-		return fmt.Errorf("%w: %w", err, api.ErrNotFound)
+	if _, err := b.entry(name); err != nil {
+		return err
 	}
 	if err := op(); err != nil {
 		return fmt.Errorf("%w: %w", err, api.ErrConflict)
@@ -176,8 +185,8 @@ func (b apiBackend) Stop(name string) error {
 }
 
 func (b apiBackend) QoS(name, text string) (string, error) {
-	if _, err := b.f.entry(name); err != nil {
-		return "", fmt.Errorf("%w: %w", err, api.ErrNotFound)
+	if _, err := b.entry(name); err != nil {
+		return "", err
 	}
 	if strings.TrimSpace(text) != "" {
 		// The same strict decoding as the configuration file's qos:
@@ -195,8 +204,8 @@ func (b apiBackend) QoS(name, text string) (string, error) {
 }
 
 func (b apiBackend) Console(name string, tail int) (*api.Stream, error) {
-	if _, err := b.f.entry(name); err != nil {
-		return nil, fmt.Errorf("%w: %w", err, api.ErrNotFound)
+	if _, err := b.entry(name); err != nil {
+		return nil, err
 	}
 	past, r, cancel, err := b.f.consoles.subscribe(name, tail)
 	if err != nil {
@@ -206,8 +215,8 @@ func (b apiBackend) Console(name string, tail int) (*api.Stream, error) {
 }
 
 func (b apiBackend) Send(name string, lines []string) error {
-	if _, err := b.f.entry(name); err != nil {
-		return fmt.Errorf("%w: %w", err, api.ErrNotFound)
+	if _, err := b.entry(name); err != nil {
+		return err
 	}
 	for _, l := range lines {
 		if err := b.f.Input(name, l); err != nil {
