@@ -186,32 +186,38 @@ func (f *fleet) StartVM(name string) error {
 	next := &vmEntry{vm: e.vm, qos: e.qos, exits: maps.Clone(e.exits)}
 	e.mu.Unlock()
 	next.starts.Store(e.starts.Load())
+	return f.startNow(next, func() error {
+		if f.vms[name] != e {
+			return fmt.Errorf("vm %s is being started already", name)
+		}
+		return nil
+	})
+}
+
+// startNow supervises e, its first start at once, unless the appliance is
+// stopping or may (called with f.mu held) refuses, and returns once that
+// start is over: with the VMM running, so that the caller (the API) sees
+// it running, or with the start's error. Process waits for the supervisor
+// to record the process the start returned.
+func (f *fleet) startNow(e *vmEntry, may func() error) error {
 	started := make(chan struct{})
-	err = func() error {
+	err := func() error {
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		if f.stopping {
 			return errors.New("the appliance is stopping")
 		}
-		if f.vms[name] != e {
-			return fmt.Errorf("vm %s is being started already", name)
+		if err := may(); err != nil {
+			return err
 		}
 		now := make(chan struct{})
 		close(now)
-		f.supervise(next, now, started)
+		f.supervise(e, now, started)
 		return nil
 	}()
 	if err != nil {
 		return err
 	}
-	return awaitStart(next, started)
-}
-
-// awaitStart returns once e's first start (started) is over: with the
-// VMM running, so that the caller (the API) sees it running, or with the
-// start's error. Process waits for the supervisor to record the process
-// the start returned.
-func awaitStart(e *vmEntry, started <-chan struct{}) error {
 	<-started
 	if e.sup.Process() == nil {
 		// The start failed (the supervision ends with its error) or
@@ -228,27 +234,13 @@ func awaitStart(e *vmEntry, started <-chan struct{}) error {
 // AddVM starts a VM the fleet does not have yet, and returns once its VMM
 // runs (or with its start's error; the VM stays in the fleet, stopped).
 func (f *fleet) AddVM(vm config.VM) error {
-	e := &vmEntry{vm: vm, qos: vm.QoS}
-	started := make(chan struct{})
-	err := func() error {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		if f.stopping {
-			return errors.New("the appliance is stopping")
-		}
+	return f.startNow(&vmEntry{vm: vm, qos: vm.QoS}, func() error {
 		if f.vms[vm.Name] != nil {
 			return fmt.Errorf("vm %s exists already", vm.Name)
 		}
-		now := make(chan struct{})
-		close(now)
-		f.supervise(e, now, started)
+		f.c.Printf("vm %s added", vm.Name)
 		return nil
-	}()
-	if err != nil {
-		return err
-	}
-	f.c.Printf("vm %s added", vm.Name)
-	return awaitStart(e, started)
+	})
 }
 
 // RemoveVM stops VM name if it runs (as StopVM) and forgets it: its disks
