@@ -200,12 +200,7 @@ func ctlRun(c *api.Client, args []string, out io.Writer, asJSON bool) error {
 			return err
 		}
 		defer body.Close()
-		sc := bufio.NewScanner(body)
-		sc.Buffer(make([]byte, 64<<10), 64<<10)
-		for sc.Scan() {
-			fmt.Fprintln(out, printable(sc.Text()))
-		}
-		return sc.Err()
+		return printConsole(body, out)
 	case len(args) == 3 && args[0] == "vm" && args[1] == "attach":
 		return ctlAttach(ctx, c, args[2], os.Stdin, out)
 	case len(args) >= 4 && args[0] == "vm" && args[1] == "send":
@@ -260,14 +255,7 @@ func ctlAttach(ctx context.Context, c *api.Client, name string, in io.Reader, ou
 	}
 	defer body.Close()
 	done := make(chan error, 1)
-	go func() {
-		sc := bufio.NewScanner(body)
-		sc.Buffer(make([]byte, 64<<10), 64<<10)
-		for sc.Scan() {
-			fmt.Fprintln(out, printable(sc.Text()))
-		}
-		done <- sc.Err()
-	}()
+	go func() { done <- printConsole(body, out) }()
 	lines := bufio.NewScanner(in)
 	for lines.Scan() {
 		if err := c.Do(ctx, "POST", path, []byte(lines.Text()+"\n"), nil); err != nil {
@@ -280,6 +268,17 @@ func ctlAttach(ctx context.Context, c *api.Client, name string, in io.Reader, ou
 	case <-time.After(attachLinger):
 	}
 	return lines.Err()
+}
+
+// printConsole prints a console stream's lines on out, made printable,
+// until it ends.
+func printConsole(stream io.Reader, out io.Writer) error {
+	sc := bufio.NewScanner(stream)
+	sc.Buffer(make([]byte, 64<<10), 64<<10)
+	for sc.Scan() {
+		fmt.Fprintln(out, printable(sc.Text()))
+	}
+	return sc.Err()
 }
 
 // attachLinger is how long an attach goes on following the console after
