@@ -188,15 +188,20 @@ func (b apiBackend) QoS(name, text string) (string, error) {
 	if _, err := b.entry(name); err != nil {
 		return "", err
 	}
-	if strings.TrimSpace(text) != "" {
+	var line string
+	var err error
+	if strings.TrimSpace(text) == "" {
+		line, err = b.f.QoS(name, "")
+	} else {
 		// The same strict decoding as the configuration file's qos:
 		// (JSON is YAML's flow style), so an API client gets the
 		// same line:column messages.
-		if _, err := config.ParseQoS("qos", text); err != nil {
-			return "", fmt.Errorf("%w: %w", err, api.ErrInvalid)
+		q, perr := config.ParseQoS("qos", text)
+		if perr != nil {
+			return "", fmt.Errorf("%w: %w", perr, api.ErrInvalid)
 		}
+		line, err = b.f.setQoS(name, q)
 	}
-	line, err := b.f.QoS(name, text)
 	if err != nil {
 		return "", fmt.Errorf("%w: %w", err, api.ErrConflict)
 	}

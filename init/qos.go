@@ -370,11 +370,7 @@ func (f *fleet) QoS(name, text string) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		settings, err := f.applyQoS(e, q)
-		if err != nil {
-			return "", err
-		}
-		return "qos " + name + " set: " + describeQoS(settings), nil
+		return f.setQoS(name, q)
 	}
 	e.mu.Lock()
 	g, q := e.group, e.qos
@@ -396,17 +392,21 @@ func (f *fleet) QoS(name, text string) (string, error) {
 }
 
 // setQoS replaces VM name's QoS with q: at once on its running VMM's
-// group, and for its later starts.
-func (f *fleet) setQoS(name string, q config.QoS) error {
+// group, and for its later starts. It reports what it set as the console's
+// "qos <vm> set: ..." line.
+func (f *fleet) setQoS(name string, q config.QoS) (string, error) {
 	e, err := f.entry(name)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if f.cg == nil {
-		return errors.New("qos: the appliance has no cgroup v2")
+		return "", errors.New("qos: the appliance has no cgroup v2")
 	}
-	_, err = f.applyQoS(e, q)
-	return err
+	settings, err := f.applyQoS(e, q)
+	if err != nil {
+		return "", err
+	}
+	return "qos " + name + " set: " + describeQoS(settings), nil
 }
 
 func (f *fleet) applyQoS(e *vmEntry, q config.QoS) ([]setting, error) {

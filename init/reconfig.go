@@ -260,7 +260,8 @@ func (l *liveConfig) applyLocked(f *fleet, text string) (api.ConfigResult, error
 		failed(name, f.RemoveVM(name, vmStopGrace))
 	}
 	for _, name := range p.qos {
-		failed(name, f.setQoS(name, byName[name].QoS))
+		_, err := f.setQoS(name, byName[name].QoS)
+		failed(name, err)
 	}
 	for _, name := range slices.Concat(p.restart, p.start) {
 		failed(name, f.AddVM(byName[name]))
