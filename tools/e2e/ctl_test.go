@@ -299,13 +299,7 @@ func TestCtlRemote(t *testing.T) {
 		if out := api.must(t, "vm", "list"); strings.Contains(out, "extra") || strings.Contains(out, "talk") || !strings.Contains(out, "web ") {
 			t.Errorf("vm list after the changes:\n%s", out)
 		}
-		if err := m.QMP("system_powerdown", ""); err != nil {
-			t.Fatal(err)
-		}
-		expect(t, m, `hyperroot: poweroff$`)
-		if r := m.Wait(); r.ExitCode != 0 || !r.PowerOff || r.Panic {
-			t.Fatalf("power button: exit %d poweroff=%v panic=%v", r.ExitCode, r.PowerOff, r.Panic)
-		}
+		powerButton(t, m)
 	})
 }
 

@@ -238,6 +238,20 @@ func hasLine(lines []string, pattern string) bool {
 	return false
 }
 
+// powerButton presses the appliance's ACPI power button (QEMU's
+// system_powerdown) and fails the test unless the appliance powers off
+// cleanly, without a panic.
+func powerButton(t testing.TB, m *qemu.Machine) {
+	t.Helper()
+	if err := m.QMP("system_powerdown", ""); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, m, `hyperroot: poweroff$`)
+	if r := m.Wait(); r.ExitCode != 0 || !r.PowerOff || r.Panic {
+		t.Fatalf("power button: exit %d poweroff=%v panic=%v", r.ExitCode, r.PowerOff, r.Panic)
+	}
+}
+
 // TestPowerButton: the ACPI power button (QEMU's system_powerdown) powers
 // the appliance off in order.
 func TestPowerButton(t *testing.T) {

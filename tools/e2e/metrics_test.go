@@ -94,12 +94,6 @@ func TestMetrics(t *testing.T) {
 		if got := fams.Value("hyperroot_vm_starts_total", "vm=client"); got != 2 {
 			t.Errorf("client starts = %v, want 2", got)
 		}
-		if err := m.QMP("system_powerdown", ""); err != nil {
-			t.Fatal(err)
-		}
-		expect(t, m, `hyperroot: poweroff$`)
-		if r := m.Wait(); r.ExitCode != 0 || !r.PowerOff || r.Panic {
-			t.Fatalf("power button: exit %d poweroff=%v panic=%v", r.ExitCode, r.PowerOff, r.Panic)
-		}
+		powerButton(t, m)
 	})
 }

@@ -94,12 +94,6 @@ func TestStatusPage(t *testing.T) {
 		if out := api.must(t, "vm", "get", "db"); !strings.HasPrefix(out, "vm db running") {
 			t.Errorf("db: %q", out)
 		}
-		if err := m.QMP("system_powerdown", ""); err != nil {
-			t.Fatal(err)
-		}
-		expect(t, m, `hyperroot: poweroff$`)
-		if r := m.Wait(); r.ExitCode != 0 || !r.PowerOff || r.Panic {
-			t.Fatalf("power button: exit %d poweroff=%v panic=%v", r.ExitCode, r.PowerOff, r.Panic)
-		}
+		powerButton(t, m)
 	})
 }
