@@ -140,9 +140,10 @@ func vmmMain(args []string) int {
 		// Everything the VMM uses is open or mapped by now: KVM, guest
 		// RAM, the disks and their io_uring rings, the NICs' connections.
 		// What it will still reach by path is its NICs' socket
-		// directories, to reconnect when the switch restarts.
+		// directories, to reconnect when the switch restarts. Each vCPU
+		// holds a few descriptors (its own, KVM's counters of it, ...).
 		rep, err := jail.Enter(jail.Config{UID: a.Jail, GID: a.Jail, Binds: nicDirs(a.NICs),
-			Files: jail.DefaultFiles + 2*uint64(a.CPUs), FileSize: largestWritable(cfg.Disks)})
+			Files: jail.DefaultFiles + 3*uint64(a.CPUs), FileSize: largestWritable(cfg.Disks)})
 		if err != nil {
 			return fail("%s: %v", a.Name, err)
 		}

@@ -127,6 +127,7 @@ func TestIoctlNumbers(t *testing.T) {
 		{"KVM_ENABLE_CAP", reqEnableCap, 0x4068aea3},
 		{"KVM_SIGNAL_MSI", reqSignalMSI, 0x4020aea5},
 		{"KVM_RUN", reqRun, 0xae80},
+		{"KVM_GET_STATS_FD", reqGetStatsFD, 0xaece},
 		{"KVM_GET_REGS", reqGetRegs, 0x8090ae81},
 		{"KVM_SET_REGS", reqSetRegs, 0x4090ae82},
 		{"KVM_GET_SREGS", reqGetSregs, 0x8138ae83},

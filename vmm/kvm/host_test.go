@@ -369,6 +369,22 @@ func TestPortIO(t *testing.T) {
 	if got := dev.accesses(); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("device saw\n%v\nwant\n%v", got, want)
 	}
+	// KVM counted them too: a port exit per instruction at least (a
+	// string instruction may be one), and every one an exit.
+	fd, err := v.StatsFD()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	st, err := kvm.ReadStats(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ios, ok1 := st.Get("io_exits")
+	exits, ok2 := st.Get("exits")
+	if !ok1 || !ok2 || ios < 7 || exits < ios {
+		t.Errorf("KVM's counts: io_exits=%d (%v) exits=%d (%v), want 7 or more port exits among the exits", ios, ok1, exits, ok2)
+	}
 }
 
 // TestMMIO: MMIO writes of 1, 2 and 4 bytes and a 4-byte read reach the

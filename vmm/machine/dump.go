@@ -62,13 +62,18 @@ func (m *Machine) Exits() (all, io, mmio uint64) {
 // handling an exit: the goroutine stacks then say where).
 const dumpWait = 2 * time.Second
 
+// statsSpan is the least time over which Dump reports how KVM's counters
+// moved.
+const statsSpan = time.Second
+
 // Dump writes the state of every vCPU and the VMM's goroutine stacks to w,
 // each line starting with prefix: for finding out why a guest makes no
-// progress. Per vCPU: where its thread is (in KVM_RUN or in the VMM, with
-// the exit count and the last exit), its multiprocessing state (runnable,
+// progress. Per vCPU: KVM's own counts (exits, faults, injected
+// interrupts), where its thread is (in KVM_RUN or in the VMM, with the
+// exit count and the last exit), its multiprocessing state (runnable,
 // halted, an AP waiting for INIT or SIPI), registers, the in-kernel local
 // APIC (pending and in-service vectors, timer) and the events KVM holds
-// (KVM_GET_VCPU_EVENTS). A running vCPU is kicked out of the guest to read
+// (KVM_GET_VCPU_EVENTS); then how KVM's counts moved during the dump. A running vCPU is kicked out of the guest to read
 // them and re-enters it at once; the guest only loses that exit's time.
 // Dump may be called from any goroutine while Run runs; each line is one
 // Write.
@@ -79,7 +84,14 @@ func (m *Machine) Dump(w io.Writer, prefix string) {
 		io.WriteString(w, prefix+fmt.Sprintf(format, a...)+"\n")
 	}
 	line("%d vCPUs", len(m.vcpus))
+	before, serr := m.stats.snapshot()
+	if serr != nil {
+		line("kvm counts: %v", serr)
+	}
 	for i, v := range m.vcpus {
+		if serr == nil && i < len(before.vcpus) {
+			line("vcpu %d: kvm counts%s", i, counts(before.vcpus[i], dumpCounters))
+		}
 		m.mu.Lock()
 		tid, running := 0, m.tids != nil
 		if running && i < len(m.tids) {
@@ -129,6 +141,22 @@ func (m *Machine) Dump(w io.Writer, prefix string) {
 			}
 		case <-time.After(dumpWait):
 			line("vcpu %d: thread %d did not answer within %s (%s): see its goroutine below", i, tid, dumpWait, where)
+		}
+	}
+	if serr == nil {
+		// What moved while the dump ran (at least statsSpan): a vCPU
+		// whose guest makes no progress while its exits or faults climb
+		// is spinning inside KVM; one where nothing moved never ran.
+		time.Sleep(time.Until(before.at.Add(statsSpan)))
+		if after, err := m.stats.snapshot(); err != nil {
+			line("kvm counts: %v", err)
+		} else {
+			line("kvm counts moved over %s (this dump's own kicks included):", after.at.Sub(before.at).Round(time.Millisecond))
+			for i := range min(len(before.vcpus), len(after.vcpus)) {
+				line("vcpu %d:%s", i, moved(before.vcpus[i], after.vcpus[i]))
+			}
+			line("vm:%s", moved(before.vm, after.vm))
+			line("vm counts%s", counts(after.vm, nil))
 		}
 	}
 	for _, l := range strings.Split(strings.TrimRight(goroutines(), "\n"), "\n") {

@@ -72,15 +72,23 @@ func TestDumpSpinningGuest(t *testing.T) {
 				fmt.Sprintf("dump: vcpu %d: thread ", i),
 				fmt.Sprintf("dump: vcpu %d: %s", i, spinRIP),
 				fmt.Sprintf("dump: vcpu %d: mp_state runnable", i),
+				// KVM's counts as they stood, and what moved.
+				fmt.Sprintf("dump: vcpu %d: kvm counts ", i),
 			} {
 				if !strings.Contains(out, want) {
 					t.Errorf("round %d: dump lacks %q:\n%s", round, want, out)
 				}
 			}
 		}
-		for _, want := range []string{"(interrupts off)", "dump: goroutine ", "dump: end"} {
+		for _, want := range []string{"(interrupts off)", "dump: kvm counts moved over ", "dump: vm counts ", "dump: goroutine ", "dump: end"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("round %d: dump lacks %q:\n%s", round, want, out)
+			}
+		}
+		if _, rest, ok := strings.Cut(out, "dump: kvm counts moved over "); ok {
+			lines := strings.SplitN(rest, "\n", 5)
+			if len(lines) < 5 || !strings.HasPrefix(lines[1], "dump: vcpu 0: ") || !strings.HasPrefix(lines[2], "dump: vcpu 1: ") || !strings.HasPrefix(lines[3], "dump: vm: ") {
+				t.Errorf("round %d: what moved is not one line per vCPU and one for the VM:\n%s", round, rest)
 			}
 		}
 		for _, l := range strings.Split(out, "\n") {
@@ -119,5 +127,25 @@ func TestDescribeLAPIC(t *testing.T) {
 	}
 	if lapicReg(&l, 1022) != 0 || lapicReg(&l, -1) != 0 {
 		t.Error("lapicReg out of bounds is not 0")
+	}
+}
+
+func TestKVMCounts(t *testing.T) {
+	before := kvm.Stats{{Name: "exits", Values: []uint64{10}}, {Name: "io_exits", Values: []uint64{4}}, {Name: "hist", Values: []uint64{1, 2}}, {Name: "blocking", Values: []uint64{1}}}
+	after := kvm.Stats{{Name: "exits", Values: []uint64{15}}, {Name: "io_exits", Values: []uint64{4}}, {Name: "hist", Values: []uint64{3, 2}}, {Name: "blocking", Values: []uint64{0}}, {Name: "new", Values: []uint64{2}}}
+	if got, want := moved(before, after), " exits+5 blocking-1 new+2"; got != want {
+		t.Errorf("moved: %q, want %q", got, want)
+	}
+	if got := moved(after, after); got != " nothing moved" {
+		t.Errorf("moved with no change: %q", got)
+	}
+	if got, want := counts(after, []string{"io_exits", "exits", "missing"}), " io_exits=4 exits=15"; got != want {
+		t.Errorf("counts: %q, want %q", got, want)
+	}
+	if got, want := counts(after, nil), " exits=15 io_exits=4 new=2"; got != want {
+		t.Errorf("every count: %q, want %q", got, want)
+	}
+	if got := counts(kvm.Stats{}, dumpCounters); got != " none" {
+		t.Errorf("no counts: %q", got)
 	}
 }

@@ -170,6 +170,7 @@ type Machine struct {
 	started    int           // vCPUs that have reached their first KVM_RUN
 	running    chan struct{} // closed when every vCPU has (Running)
 	watch      []vcpuWatch   // per vCPU, for Dump (dump.go)
+	stats      kvmStats      // KVM's own counters of the VM and vCPUs, for Dump
 	dumpMu     sync.Mutex    // one Dump at a time: their kicks and answers would cross
 }
 
@@ -344,6 +345,7 @@ func (m *Machine) build(cfg Config, k *boot.Kernel) (err error) {
 	}
 	m.tids = make([]int, cfg.CPUs)
 	m.watch = newWatches(cfg.CPUs)
+	m.stats = openKVMStats(m.vm, m.vcpus)
 	return nil
 }
 
@@ -750,6 +752,7 @@ func (m *Machine) Close() error {
 	if m.console != nil {
 		errs = append(errs, m.console.Close())
 	}
+	errs = append(errs, m.stats.close())
 	for _, v := range m.vcpus {
 		errs = append(errs, v.Close())
 	}
