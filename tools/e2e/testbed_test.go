@@ -23,6 +23,10 @@ import (
 //     it once something else interrupts it;
 //   - the appliance never printed its banner: it hung before PID 1 ran
 //     any of our code (seen once: no console output for 3 minutes);
+//   - an appliance CPU left an interrupt pending for seconds with
+//     interrupts on (QEMU's own view, which the silence watchdog records
+//     twice, seconds apart, before it kills QEMU): a CPU takes a
+//     deliverable interrupt at its next instruction; the emulator did not;
 //   - a guest triple-faulted in an appliance with more than one vCPU:
 //     QEMU's multi-threaded TCG; a 64-vCPU guest did so in most boots
 //     with every VMM version tried, and never in a 1-vCPU appliance (the
@@ -80,6 +84,8 @@ func faultIn(lines []string, tcg bool) string {
 	}
 	for _, l := range lines {
 		switch {
+		case strings.HasPrefix(l, qemu.LostInterruptPrefix):
+			return "the emulator lost an interrupt: " + strings.TrimPrefix(l, qemu.LostInterruptPrefix)
 		case l == qemu.TripleFaultLine:
 			// The appliance's own kernel triple-faulted: no oops, no
 			// panic, no word on the console, the CPU simply reset
@@ -173,6 +179,7 @@ func TestTestbedFault(t *testing.T) {
 		// A stalled guest is not the emulator's (issue 9 was ours).
 		{[]string{"[ 1.0] hyperroot: hyperroot dev board=qemu kernel=x cpus=1 (QEMU TCG CPU version 2.5+) memory=1 MiB", "[ 2.0] hyperroot: vm waiter started pid=90 cpus=1 memory=128M", "again| guest: booted nproc=1"}, true, ""},
 		{[]string{"[ 1.0] hyperroot: hyperroot dev board=qemu kernel=x cpus=1 (QEMU TCG CPU version 2.5+) memory=1 MiB", "[ 2.0] hyperroot: vm w started pid=90 cpus=1 memory=128M", "[ 3.0] hyperroot: vm w exited code=1 reason=error"}, true, ""},
+		{[]string{"[ 1.0] hyperroot: hyperroot dev board=qemu kernel=x cpus=2 (QEMU TCG CPU version 2.5+) memory=1 MiB", qemu.LostInterruptPrefix + "appliance CPU 1 kept vector 236 pending"}, true, "the emulator lost an interrupt: appliance CPU 1"},
 		{nil, false, ""},
 	} {
 		got := faultIn(tc.lines, tc.tcg)

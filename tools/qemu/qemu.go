@@ -97,6 +97,7 @@ type Machine struct {
 	silent  time.Duration // killed by Options.Silence after this much silence
 	lastOut time.Time     // when the console last printed
 	typist  *typist       // the console's input, when not a file; nil otherwise
+	cpus    int           // the appliance's vCPUs
 	console io.Writer     // Options.Console
 
 	mu     sync.Mutex
@@ -171,7 +172,7 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Machine{tmp: tmp, qmpPath: filepath.Join(tmp, "qmp.sock"), console: o.Console, done: make(chan struct{}), more: make(chan struct{})}
+	m := &Machine{tmp: tmp, qmpPath: filepath.Join(tmp, "qmp.sock"), console: o.Console, done: make(chan struct{}), more: make(chan struct{}), cpus: o.CPUs}
 	initrd, err := m.initrd(o)
 	if err != nil {
 		os.RemoveAll(tmp)
@@ -513,23 +514,51 @@ func (m *Machine) waitQuiet(tick <-chan time.Time, since time.Time, d, most time
 
 // recordEmulator writes QEMU's own view of the appliance's CPUs to the
 // console (each line prefixed "qemu: "): the registers, which say whether
-// a CPU was running a nested guest, and the local APICs, whose pending
-// and in-service interrupts and timer say whether the appliance kernel was
-// being interrupted at all. When an appliance goes silent this tells a
-// hang in the appliance (or its guests) from one in the emulator.
+// a CPU was running a nested guest, and every CPU's local APIC, whose
+// pending and in-service interrupts and timer say whether the appliance
+// kernel was being interrupted at all; the local APICs again after
+// emulatorRecheck, so that an interrupt left pending (which a CPU with
+// interrupts on takes at once) shows as such. When an appliance goes
+// silent this tells a hang in the appliance (or its guests) from one in
+// the emulator.
 func (m *Machine) recordEmulator() {
-	for _, cmd := range []string{"info registers -a", "info lapic"} {
-		out, err := m.HMP(cmd)
-		if err != nil {
-			out = err.Error()
+	cpus := max(m.cpus, 1)
+	look := func(when string) (string, []string) {
+		regs := m.recordHMP("info registers -a", when)
+		var lapics []string
+		for i := range cpus {
+			lapics = append(lapics, m.recordHMP(fmt.Sprintf("info lapic %d", i), when))
 		}
-		var b strings.Builder
-		fmt.Fprintf(&b, "qemu: %s\n", cmd)
-		for _, l := range strings.Split(strings.TrimRight(out, "\r\n"), "\n") {
-			fmt.Fprintf(&b, "qemu:   %s\n", strings.TrimRight(l, "\r"))
-		}
+		return regs, lapics
+	}
+	regs0, lapics0 := look("")
+	time.Sleep(emulatorRecheck)
+	regs1, lapics1 := look(fmt.Sprintf(" (%s later)", emulatorRecheck))
+	if why := lostInterrupt(regs0, lapics0, regs1, lapics1); why != "" {
+		m.note(LostInterruptPrefix + why)
+	}
+}
+
+// emulatorRecheck is how long recordEmulator waits before it looks at the
+// CPUs again.
+const emulatorRecheck = 3 * time.Second
+
+// recordHMP writes the output of an HMP command to the console, prefixed,
+// and returns it.
+func (m *Machine) recordHMP(cmd, note string) string {
+	out, err := m.HMP(cmd)
+	if err != nil {
+		out = err.Error()
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "qemu: %s%s\n", cmd, note)
+	for _, l := range strings.Split(strings.TrimRight(out, "\r\n"), "\n") {
+		fmt.Fprintf(&b, "qemu:   %s\n", strings.TrimRight(l, "\r"))
+	}
+	if m.console != nil {
 		m.console.Write([]byte(b.String()))
 	}
+	return out
 }
 
 // activity notes every byte the console prints, partial lines included

@@ -1,0 +1,69 @@
+package qemu
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// qemuLAPIC is `info lapic N` output as QEMU 10 prints it.
+func qemuLAPIC(cpu int, irr string, ppr int, enabled bool) string {
+	spiv := "0x000001ff APIC enabled, focus=off, spurious vec 255"
+	if !enabled {
+		spiv = "0x000000ff APIC disabled, focus=off, spurious vec 255"
+	}
+	return fmt.Sprintf("dumping local APIC state for CPU %d \n\nLVTT\t 0x000400ec active-hi edge                 tsc-deadline Fixed  (vec 236)\n"+
+		"SPIV\t %s\nISR\t (none)\nIRR\t %s\n\nAPR 0x00 TPR 0x00 DFR 0x0f LDR 0x00 PPR 0x%02x\n", cpu, spiv, irr, ppr)
+}
+
+// qemuRegs is `info registers -a` output with each CPU's flags: even CPUs
+// in long mode (RFL), odd ones not (EFL).
+func qemuRegs(efl ...uint32) string {
+	var b strings.Builder
+	for i, f := range efl {
+		if i%2 == 0 { // long mode
+			fmt.Fprintf(&b, "\nCPU#%d\nRAX=0000000000000000 RBX=0000000000000000\nRIP=ffffffff81e0e4ab RFL=%08x [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=0\n", i, f)
+		} else {
+			fmt.Fprintf(&b, "\nCPU#%d\nEAX=00000000 EBX=00000000\nEIP=0000fff0 EFL=%08x [-------] CPL=0 II=0 A20=1 SMM=0 HLT=0\n", i, f)
+		}
+	}
+	return b.String()
+}
+
+func TestLostInterrupt(t *testing.T) {
+	on, off := uint32(0x246), uint32(0x46)
+	for _, tc := range []struct {
+		name       string
+		regs0      string
+		lapics0    []string
+		regs1      string
+		lapics1    []string
+		wantPrefix string
+	}{
+		{"timer left pending on CPU 1",
+			qemuRegs(on, on), []string{qemuLAPIC(0, "(none)", 0, true), qemuLAPIC(1, "236 ", 0x10, true)},
+			qemuRegs(on, on), []string{qemuLAPIC(0, "(none)", 0, true), qemuLAPIC(1, "236 ", 0x10, true)},
+			"appliance CPU 1 kept vector 236 pending"},
+		{"taken in between (another vector now)",
+			qemuRegs(on), []string{qemuLAPIC(0, "236 ", 0, true)},
+			qemuRegs(on), []string{qemuLAPIC(0, "34 ", 0, true)}, ""},
+		{"interrupts off: the kernel's doing",
+			qemuRegs(off), []string{qemuLAPIC(0, "236 ", 0, true)},
+			qemuRegs(off), []string{qemuLAPIC(0, "236 ", 0, true)}, ""},
+		{"masked by priority",
+			qemuRegs(on), []string{qemuLAPIC(0, "34 ", 0x20, true)},
+			qemuRegs(on), []string{qemuLAPIC(0, "34 ", 0x20, true)}, ""},
+		{"APIC disabled",
+			qemuRegs(on), []string{qemuLAPIC(0, "236 ", 0, false)},
+			qemuRegs(on), []string{qemuLAPIC(0, "236 ", 0, false)}, ""},
+		{"level-triggered vector",
+			qemuRegs(on), []string{qemuLAPIC(0, "40(level) ", 0, true)},
+			qemuRegs(on), []string{qemuLAPIC(0, "40(level) 236 ", 0, true)}, "appliance CPU 0 kept vector 40 pending"},
+		{"not QEMU's output", "error", []string{"error"}, "error", []string{"error"}, ""},
+	} {
+		got := lostInterrupt(tc.regs0, tc.lapics0, tc.regs1, tc.lapics1)
+		if (tc.wantPrefix == "") != (got == "") || !strings.HasPrefix(got, tc.wantPrefix) {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.wantPrefix)
+		}
+	}
+}
