@@ -35,7 +35,7 @@ import (
 // apiDataDir keeps the network listener's certificate, so that clients
 // pin it once. It is in the appliance's RAM (a new certificate each boot)
 // until a data disk is mounted there.
-const apiDataDir = "/var/lib/hyperroot/api"
+var apiDataDir = filepath.Join(config.DataDir, "api")
 
 // maxAPIConns bounds the network listener's open connections: beyond it a
 // client waits for its turn, and PID 1's memory stays bounded whatever

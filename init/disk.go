@@ -90,6 +90,13 @@ func openDisk(d config.Disk) (*os.File, error) {
 
 // createDisk makes a sparse file of size bytes.
 func createDisk(path string, size int64) (*os.File, error) {
+	// A relative path in the configuration is a file on the data disk,
+	// in directories made for it.
+	if strings.HasPrefix(path, config.DataDir+"/") {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, fmt.Errorf("create: %w", unwrapPath(err))
+		}
+	}
 	f, err := openNoSymlinks(path, os.O_RDWR|os.O_CREATE|os.O_EXCL)
 	if err != nil {
 		return nil, fmt.Errorf("create: %w", unwrapPath(err))
@@ -164,8 +171,9 @@ func checkDisk(f *os.File, d config.Disk) error {
 
 // applianceDirs are the appliance's own files: kernel interfaces, devices
 // other than disks (a block device there is fine, see checkDisk), its
-// configuration and board, the switch's sockets and leases, the binary.
-var applianceDirs = []string{"/proc", "/sys", "/etc/hyperroot", "/run/hyperroot", "/init"}
+// configuration and board, the switch's sockets and leases, the binary,
+// and on the data disk, the API's certificate and the saved configuration.
+var applianceDirs = []string{"/proc", "/sys", "/etc/hyperroot", "/run/hyperroot", "/init", apiDataDir, savedConfig}
 
 // checkDiskPath refuses a path in the appliance's own directories.
 func checkDiskPath(path string) error {

@@ -61,6 +61,9 @@ func (p *powerOff) Do(reason string) {
 			p.stop()
 		}
 		unix.Sync()
+		if err := unmountData(); err != nil {
+			p.c.Errorf("data", err)
+		}
 		p.c.Printf("poweroff")
 		p.c.Flush(5 * time.Second)
 		if err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF); err != nil {

@@ -45,9 +45,10 @@ func planConfig(cur, next *config.Config) (configPlan, error) {
 		{"hugepages", cur.HugePages, next.HugePages},
 		{"jail", cur.Jail, next.Jail},
 		{"api", cur.API, next.API},
+		{"data", cur.Data, next.Data},
 	} {
 		if !equalish(k.cur, k.nxt) {
-			errs = append(errs, k.key+": changed; it takes effect at boot only (the switch, the host address, huge page pools, jails and the API's listener are made then)")
+			errs = append(errs, k.key+": changed; it takes effect at boot only (the switch, the host address, huge page pools, jails, the API's listener and the data disk are set up then)")
 		}
 	}
 	have := map[string]config.VM{}
@@ -111,6 +112,9 @@ type liveConfig struct {
 	mu   sync.Mutex
 	cfg  *config.Config
 	text string
+	// save keeps an applied configuration for the next boot (on the data
+	// disk); nil when there is nowhere to keep it.
+	save func(text string) error
 }
 
 // newLiveConfig is the configuration the appliance booted with: cfg, read
@@ -271,5 +275,14 @@ func (l *liveConfig) applyLocked(f *fleet, text string) (api.ConfigResult, error
 	}
 	l.cfg, l.text = next, text
 	f.c.Printf("config: applied live: %s", r)
+	if l.save != nil {
+		// After the apply: power lost before this leaves the previous
+		// configuration on the disk, whole, for the next boot.
+		if err := l.save(text); err != nil {
+			f.c.Errorf("config", fmt.Errorf("not kept for the next boot: %w", err))
+		} else {
+			f.c.Printf("config: kept on the data disk for the next boot (%s)", savedConfig)
+		}
+	}
 	return r, nil
 }

@@ -84,7 +84,10 @@ func supervise() {
 	// the VMMs and the switch and, from the switch's start on, SELinux
 	// denials.
 	seccompLog := startSeccompLog(c)
-	cfg, cfgPath := loadConfig(c, args)
+	var data dataDisk
+	data.mountLabelled(c)
+	cfg, cfgPath := loadConfig(c, args, &data)
+	data.mountConfigured(c, cfg.Data)
 	// Before the switch: it and every child PID 1 starts inherit PID 1's
 	// group, and the VMs get theirs.
 	cg := setupCgroups(c)
@@ -114,7 +117,9 @@ func supervise() {
 		}
 	}
 	f.Start(cfg.VMs)
-	serveAPI(c, apiBackend{f: f, sw: sw, kvm: kvmLine, live: newLiveConfig(cfg, cfgPath)}, metricsHandler(f, sw), cfg.API)
+	live := newLiveConfig(cfg, cfgPath)
+	live.save = data.saver()
+	serveAPI(c, apiBackend{f: f, sw: sw, kvm: kvmLine, live: live}, metricsHandler(f, sw), cfg.API)
 	goLoop(c, "console input", func() { readConsoleInput(c, f, sw, os.Stdin) })
 	c.Printf("ready")
 	jobDone := make(chan bool, 1) // whether the hyperroot.run job passed
@@ -195,11 +200,24 @@ func banner(b *board.Board) string {
 // the demo VMs instead, would hide the mistake. It also returns the path of
 // the file, which the switch reads for itself ("" for the built-in
 // default).
-func loadConfig(c *console, args cmdline) (*config.Config, string) {
+func loadConfig(c *console, args cmdline, disk *dataDisk) (*config.Config, string) {
 	src := cmp.Or(args.Config, configPath)
 	file := src // what the switch reads
 	var data []byte
 	var err error
+	if saved, copied, ok := disk.savedConfig(c); ok && args.Config == "" {
+		// The configuration last applied through the API comes before
+		// the image's own; one that does not parse falls back to it.
+		if cfg, err := config.Parse(savedConfig, saved); err == nil {
+			c.Printf("config: %s (the data disk's, last applied; %d VMs, %d networks)", savedConfig, len(cfg.VMs), len(cfg.Networks))
+			return cfg, copied
+		} else {
+			for _, line := range strings.Split(err.Error(), "\n") {
+				c.Errorf("config", errors.New(line))
+			}
+			c.Printf("config: the data disk's does not parse: the image's instead")
+		}
+	}
 	if isURL(src) {
 		if data, src, err = fetchConfig(c, args); err == nil {
 			file, err = fetchedConfig, os.WriteFile(fetchedConfig, data, 0o600)

@@ -39,6 +39,8 @@ var diskActions = map[string]func(seed uint64) error{
 	"disk-ro":              diskRO,
 	"disk-iops":            diskIOPS,
 	"disk-bench":           diskBenchAction, // diskbench.go
+	"disk-raw-write":       diskRawWrite,
+	"disk-raw-read":        diskRawRead,
 }
 
 // content is the deterministic content of a test file.
@@ -167,6 +169,51 @@ func diskFsyncThenHang(seed uint64) error {
 	}
 	fmt.Printf("guest: synced %s\n", sum(data))
 	select {}
+}
+
+// rawSize is how much of vda disk-raw-write writes, from its start.
+const rawSize = 1 << 20
+
+// diskRawWrite writes rawSize bytes of content at the start of vda itself
+// (no filesystem: the disk may be a new, empty file), durably, and prints
+// their checksum.
+func diskRawWrite(seed uint64) error {
+	f, _, err := openDirect()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	buf, err := alignedBuf(rawSize)
+	if err != nil {
+		return err
+	}
+	copy(buf, content(seed, "raw", rawSize))
+	if _, err := f.WriteAt(buf, 0); err != nil {
+		return err
+	}
+	if err := unix.Fdatasync(int(f.Fd())); err != nil {
+		return err
+	}
+	fmt.Printf("guest: raw sha256 %s\n", sum(buf))
+	return nil
+}
+
+// diskRawRead prints the checksum of the first rawSize bytes of vda.
+func diskRawRead(uint64) error {
+	f, _, err := openDirect()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	buf, err := alignedBuf(rawSize)
+	if err != nil {
+		return err
+	}
+	if _, err := f.ReadAt(buf, 0); err != nil {
+		return err
+	}
+	fmt.Printf("guest: raw sha256 %s\n", sum(buf))
+	return nil
 }
 
 // alignedBuf returns page-aligned memory, as O_DIRECT needs.

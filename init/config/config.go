@@ -28,6 +28,8 @@ type Config struct {
 	// HugePages are the huge pages the appliance reserves at boot, by
 	// page size (Huge2M, Huge1G), for VMs with hugepages set.
 	HugePages map[Size]HugePool
+	// Data, if set, names the appliance's data disk (see DataDir).
+	Data *Data
 	// Jail is how each VMM's jail is made; its zero value (no jail: key)
 	// is filled in with the defaults by Parse.
 	Jail Jail
@@ -60,7 +62,7 @@ type VM struct {
 // Disk is one virtio-blk disk of a VM: a raw image file or a block device
 // inside the appliance, which the supervisor opens and hands to the VMM.
 type Disk struct {
-	Path string // absolute path of the image file or block device
+	Path string // path of the image file or block device; a relative one is in DataDir
 	// Size is the disk's size. It is optional for an existing file; a
 	// missing file is created sparse with this size. It never shrinks an
 	// existing file.
@@ -167,6 +169,7 @@ func Parse(file string, data []byte) (*Config, error) {
 			d.sequence(n, func(item *yaml.Node) { c.Networks = append(c.Networks, d.network(item)) })
 		},
 		"api":       func(n *yaml.Node) { c.API = d.api(n) },
+		"data":      func(n *yaml.Node) { c.Data = d.data(n) },
 		"host":      func(n *yaml.Node) { c.Host = d.host(n) },
 		"hugepages": func(n *yaml.Node) { c.HugePages = d.hugePages(n) },
 		"jail":      func(n *yaml.Node) { c.Jail = d.jail(n) },
@@ -315,7 +318,7 @@ func (d *decoder) vm(n *yaml.Node) VM {
 func (d *decoder) disk(n *yaml.Node) Disk {
 	var disk Disk
 	d.mapping(n, map[string]func(*yaml.Node){
-		"path": func(v *yaml.Node) { disk.Path = d.path(v) },
+		"path": func(v *yaml.Node) { disk.Path = d.diskPath(v) },
 		"size": func(v *yaml.Node) {
 			s, err := ParseSize(d.str(v))
 			switch {

@@ -36,7 +36,7 @@ vms:
 
 func TestParseErrors(t *testing.T) {
 	for _, tc := range []struct{ name, yaml, want string }{
-		{"unknown top key", "vm: []\n", `c.yaml:1:1: unknown key "vm" (known: api, host, hugepages, jail, networks, vms)`},
+		{"unknown top key", "vm: []\n", `c.yaml:1:1: unknown key "vm" (known: api, data, host, hugepages, jail, networks, vms)`},
 		{"jail ids below 65536", "jail: {ids: {from: 1000, to: 2000}}\n", "c.yaml:1:13: ids: from 1000 to 2000: want 65536 <= from"},
 		{"jail ids reversed", "jail: {ids: {from: 300000, to: 200000}}\n", "ids: from 300000 to 200000"},
 		{"jail ids too high", "jail: {ids: {from: 300000, to: 4294967295}}\n", "ids: from 300000 to 4294967295"},
@@ -126,10 +126,12 @@ vms:
         direct: true
         io: pool
       - { path: /c.img, io: auto }
+      - { path: vms/./web.img, size: 64M }
 `, []Disk{
 			{Path: "/data/web.img", Size: 1 << 30, ID: "web-root", Limits: DiskLimits{IOPS: 2000, Bandwidth: 50 << 20}},
 			{Path: "/dev/vdb", ReadOnly: true, ID: "web-1", Direct: true, IO: "pool"},
 			{Path: "/c.img", ID: "web-2"},
+			{Path: "/var/lib/hyperroot/vms/web.img", Size: 64 << 20, ID: "web-3"}, // relative: on the data disk
 		}},
 		{"default id keeps the index", `
 vms:
@@ -167,7 +169,9 @@ func TestParseDiskErrors(t *testing.T) {
 	for _, tc := range []struct{ name, yaml, want string }{
 		{"not a list", "vms:\n  - {name: a, kernel: /k, disks: {path: /a}}\n", "c.yaml:2:34: want a list, found a mapping"},
 		{"no path", vm("      - {size: 1G}\n"), "c.yaml:5:9: disk: path is required"},
-		{"relative path", vm("      - {path: a.img}\n"), `c.yaml:5:16: path "a.img": want an absolute path`},
+		{"escaping relative path", vm("      - {path: a/../../etc/shadow}\n"), `c.yaml:5:16: path "a/../../etc/shadow": a relative path names a file in /var/lib/hyperroot, and must stay inside it`},
+		{"parent", vm("      - {path: ..}\n"), `path "..": a relative path`},
+		{"data dir itself", vm("      - {path: ./}\n"), `path "./": a relative path`},
 		{"unknown key", vm("      - {path: /a, sise: 1G}\n"), `c.yaml:5:20: unknown key "sise" (known: direct, id, io, limits, path, readonly, size)`},
 		{"bad io", vm("      - {path: /a, io: aio}\n"), `c.yaml:5:24: io "aio": want auto, io_uring or pool`},
 		{"bad size", vm("      - {path: /a, size: big}\n"), `c.yaml:5:26: size: size "big"`},

@@ -94,7 +94,7 @@ func (r *remoteAPI) options(o qemu.Options) qemu.Options {
 // fingerprint) and for the address QEMU's DHCP gives.
 func (r *remoteAPI) connect(t testing.TB, m *qemu.Machine) {
 	t.Helper()
-	l := expect(t, m, `hyperroot: api: https://:8443 certificate sha256:[0-9a-f]{64} \(made now, kept in /var/lib/hyperroot/api\) tokens e2e$`)
+	l := expect(t, m, `hyperroot: api: https://:8443 certificate sha256:[0-9a-f]{64} \((made now, )?kept in /var/lib/hyperroot/api\) tokens e2e$`)
 	r.pin = regexp.MustCompile(`sha256:[0-9a-f]{64}`).FindString(l)
 	seen(t, m, `hyperroot: host address 10\.0\.2\.15/24 `)
 }
