@@ -98,6 +98,14 @@ func supervise() {
 		// Before the VMs: their NICs connect to its sockets.
 		var err error
 		st := switchStart{cfgPath: cfgPath, cfg: cfg, seccomp: seccompLog}
+		if data.dev != "" {
+			restoreLeases(c, cfg, switchDir)
+			st.leased = func(network string) {
+				if err := keepLeases(cfg, switchDir, network); err != nil {
+					c.Errorf("leases", err)
+				}
+			}
+		}
 		if sw, err = startNetSwitch(c, sv.starter(r, svirt.SwitchLabel), st, 20*time.Second); err != nil {
 			c.Errorf("switch", err)
 		}
@@ -114,6 +122,14 @@ func supervise() {
 		f.Stop(vmStopGrace)
 		if sw != nil {
 			sw.Stop(5 * time.Second)
+			// Renewals since the last new lease, for the next boot.
+			for _, nw := range cfg.Networks {
+				if data.dev != "" {
+					if err := keepLeases(cfg, switchDir, nw.Name); err != nil {
+						c.Errorf("leases", err)
+					}
+				}
+			}
 		}
 	}
 	f.Start(cfg.VMs)

@@ -59,6 +59,9 @@ type switchStart struct {
 	// path is the binary to run as the switch, dir its directory; "" is
 	// this binary, and switchDir (tests run their own).
 	path, dir string
+	// leased, if set, hears of each new or changed lease the switch
+	// reports, after the switch has written its lease file.
+	leased func(network string)
 }
 
 // args are the switch's command line: it jails itself as the range's
@@ -147,6 +150,9 @@ func startNetSwitch(c *console, r child.Starter, st switchStart, timeout time.Du
 					}
 					if strings.HasPrefix(line, "ready ") {
 						readyOnce.Do(func() { close(ready) })
+					}
+					if nw, ok := leaseNetwork(line); ok && st.leased != nil {
+						st.leased(nw)
 					}
 					c.Relay("switch", line)
 				}),

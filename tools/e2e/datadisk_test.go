@@ -19,7 +19,7 @@ import (
 // kept there. The second boot, whose image holds another configuration,
 // finds the disk by its label, boots the applied configuration, and the
 // guest reads back what it wrote; the API's certificate is the one made at
-// the first boot. A disk that holds something is never formatted. The
+// the first boot, and the DHCP lease of a VM is in force again. A disk that holds something is never formatted. The
 // host's e2fsck finds the filesystem clean after both boots.
 func TestDataDisk(t *testing.T) {
 	parallel(t)
@@ -36,9 +36,12 @@ func TestDataDisk(t *testing.T) {
 	vm := func(action string) string {
 		return diskVM("keep", 1, "128M", action, seed, []string{"{path: vms/keep.img, size: 16M}"})
 	}
-	var pin string
+	// A VM on a network, whose lease the switch keeps.
+	head := "data: {device: /dev/vda, format: if-empty}\n" + api.config() + "networks:\n" + lanNet + "vms:\n" +
+		netVM("dhcp", "net-dhcp", []string{"{network: lan}"})
+	var pin, lease string
 	testbed(t, func(t testing.TB) {
-		cfg := configFile(t, "data: {device: /dev/vda, format: if-empty}\n"+api.config()+"vms:\n"+vm("disk-raw-write"))
+		cfg := configFile(t, head+vm("disk-raw-write"))
 		m := start(t, api.options(qemu.Options{Config: cfg, Drives: []string{data}}))
 		expect(t, m, `hyperroot: data: /dev/vda has no filesystem labelled hyperroot-data: formatting it if it is empty \(GPT, one partition, ext4\)$`)
 		expect(t, m, `hyperroot: data: /dev/vda1 formatted in `)
@@ -49,10 +52,13 @@ func TestDataDisk(t *testing.T) {
 			t.Fatalf("the guest wrote %q, want sha256 %s", got, want)
 		}
 		expect(t, m, `hyperroot: vm keep exited code=0`)
+		lease = strings.TrimSpace(seen(t, m, `switch\| lease network=lan ip=10\.20\.0\.1\d\d mac=\S+ port=dhcp\.0$`))
+		lease = lease[strings.Index(lease, "ip="):]
+		seen(t, m, `hyperroot: vm dhcp exited code=0`)
 		// The same VM, now reading: applied through the API, and kept.
 		next := filepath.Join(t.TempDir(), "next.yaml")
-		write(t, next, "data: {device: /dev/vda, format: if-empty}\n"+api.config()+"vms:\n"+vm("disk-raw-read"))
-		if out := api.must(t, "config", "apply", "-f", next); out != "config applied: restarted keep\n" {
+		write(t, next, head+vm("disk-raw-read"))
+		if out := api.must(t, "config", "apply", "-f", next); out != "config applied: restarted keep unchanged dhcp\n" {
 			t.Errorf("config apply: %q", out)
 		}
 		seen(t, m, `hyperroot: config: kept on the data disk for the next boot \(/var/lib/hyperroot/config\.yaml\)$`)
@@ -68,8 +74,19 @@ func TestDataDisk(t *testing.T) {
 		cfg := configFile(t, api.config()+"vms: []\n")
 		m := start(t, api.options(qemu.Options{Config: cfg, Drives: []string{data}}))
 		expect(t, m, `hyperroot: data: /dev/vda1 \(labelled hyperroot-data\) mounted on /var/lib/hyperroot$`)
-		expect(t, m, `hyperroot: config: /var/lib/hyperroot/config\.yaml \(the data disk's, last applied; 1 VMs, 0 networks\)$`)
+		expect(t, m, `hyperroot: config: /var/lib/hyperroot/config\.yaml \(the data disk's, last applied; 2 VMs, 1 networks\)$`)
+		expect(t, m, `hyperroot: leases: 1 networks' leases restored from /var/lib/hyperroot/leases$`)
 		api.connect(t, m)
+		// The lease of the first boot is in force, and the guest gets
+		// its address again.
+		ip, mac, _ := strings.Cut(strings.TrimPrefix(lease, "ip="), " mac=")
+		mac, _, _ = strings.Cut(mac, " ")
+		if out := api.must(t, "leases"); !regexp.MustCompile(`(?m)^lan +` + regexp.QuoteMeta(ip) + ` +` + mac + ` +dhcp +`).MatchString(out) {
+			t.Errorf("the first boot's lease (%s) is not in force:\n%s", lease, out)
+		}
+		if got := seen(t, m, `^dhcp\| guest: net lease ip=`); !strings.Contains(got, "ip="+ip+"/24 ") {
+			t.Errorf("after the reboot the guest leased %q, want %s", got, ip)
+		}
 		if api.pin != pin {
 			t.Errorf("the API's certificate changed across boots: %s, then %s", pin, api.pin)
 		}
