@@ -19,7 +19,8 @@ import (
 // kept there. The second boot, whose image holds another configuration,
 // finds the disk by its label, boots the applied configuration, and the
 // guest reads back what it wrote; the API's certificate is the one made at
-// the first boot, and the DHCP lease of a VM is in force again. A disk that holds something is never formatted. The
+// the first boot, and the DHCP lease of a VM is in force again. Power lost
+// right after a configuration was kept: the next boot has it. A disk that holds something is never formatted. The
 // host's e2fsck finds the filesystem clean after both boots.
 func TestDataDisk(t *testing.T) {
 	parallel(t)
@@ -97,6 +98,23 @@ func TestDataDisk(t *testing.T) {
 			t.Errorf("after a reboot the guest read %q, want sha256 %s", got, want)
 		}
 		expect(t, m, `hyperroot: vm keep exited code=0`)
+		// The power fails right after another configuration is kept.
+		next := filepath.Join(t.TempDir(), "next.yaml")
+		write(t, next, head+vm("echo"))
+		if out := api.must(t, "config", "apply", "-f", next); out != "config applied: restarted keep unchanged dhcp\n" {
+			t.Errorf("config apply: %q", out)
+		}
+		seen(t, m, `hyperroot: config: kept on the data disk for the next boot `)
+		m.Kill()
+	})
+
+	testbed(t, func(t testing.TB) {
+		// After the power loss: the disk mounts (its journal replayed)
+		// and the configuration kept last is in force.
+		m := start(t, qemu.Options{Config: configFile(t, "vms: []\n"), Drives: []string{data}})
+		expect(t, m, `hyperroot: data: /dev/vda1 \(labelled hyperroot-data\) mounted on /var/lib/hyperroot$`)
+		expect(t, m, `hyperroot: config: /var/lib/hyperroot/config\.yaml \(the data disk's, last applied; 2 VMs, 1 networks\)$`)
+		expect(t, m, `^keep\| guest: action echo$`)
 		powerButton(t, m)
 	})
 	checkExt4(t, data)
