@@ -1,5 +1,6 @@
-// Package fetch gets a small file over HTTP(S) for the appliance at boot:
-// its configuration, named by a URL on the kernel command line. A host
+// Package fetch gets files over HTTP(S) for the appliance: its
+// configuration at boot, named by a URL on the kernel command line (Get),
+// and the disk images VMs are made from (Download, resumable). A host
 // that PXE-boots comes up together with the network it fetches from, so a
 // failure that may pass (no route yet, a refused connection, a server
 // error) is retried with back-off; one that will not (404, a TLS
@@ -28,7 +29,8 @@ import (
 // Options tune Get. The zero value fetches at most DefaultMaxBytes,
 // unpinned, for as long as ctx allows.
 type Options struct {
-	// MaxBytes bounds the body; larger is an error (0: DefaultMaxBytes).
+	// MaxBytes bounds the body; larger is an error (0: DefaultMaxBytes
+	// for Get, no bound for Download).
 	MaxBytes int64
 	// SHA256, if set, is the body's digest in hex: any other body is
 	// refused (a pin: the file cannot change without the command line).
@@ -41,6 +43,9 @@ type Options struct {
 	// MinWait and MaxWait bound the back-off between attempts (0: 1 s
 	// and 30 s).
 	MinWait, MaxWait time.Duration
+	// Idle bounds how long a Download may receive nothing (0:
+	// IdleTimeout).
+	Idle time.Duration
 }
 
 // DefaultMaxBytes bounds a configuration: far above any real one, far
@@ -53,15 +58,9 @@ const AttemptTimeout = 30 * time.Second
 // Get fetches rawURL (http or https), retrying transient failures until
 // ctx ends. The error of a failed fetch is the last attempt's.
 func Get(ctx context.Context, rawURL string, o Options) ([]byte, error) {
-	u, err := url.Parse(rawURL)
+	u, err := checkURL(rawURL)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", rawURL, err)
-	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return nil, fmt.Errorf("%s: scheme %q: want http or https", rawURL, u.Scheme)
-	}
-	if u.Host == "" {
-		return nil, fmt.Errorf("%s: no host", rawURL)
+		return nil, err
 	}
 	var want []byte
 	if o.SHA256 != "" {
@@ -72,6 +71,32 @@ func Get(ctx context.Context, rawURL string, o Options) ([]byte, error) {
 	if o.MaxBytes <= 0 {
 		o.MaxBytes = DefaultMaxBytes
 	}
+	client := o.Client
+	if client == nil {
+		client = &http.Client{Timeout: AttemptTimeout, Transport: &http.Transport{}}
+	}
+	var body []byte
+	err = retry(ctx, rawURL, o, func() error {
+		b, err := get(ctx, client, u.String(), o.MaxBytes)
+		if err != nil {
+			return err
+		}
+		if want != nil {
+			if got := sha256.Sum256(b); !bytes.Equal(got[:], want) {
+				return permanentError{fmt.Errorf("sha256 %x, pinned %x", got, want)}
+			}
+		}
+		body = b
+		return nil
+	})
+	return body, err
+}
+
+// retry runs attempt until it succeeds, fails for good (not transient), or
+// ctx ends, waiting between attempts with back-off (o's MinWait to
+// MaxWait) and telling o.Retry of each retry. Its error, naming rawURL,
+// is the last attempt's.
+func retry(ctx context.Context, rawURL string, o Options, attempt func() error) error {
 	wait, maxWait := o.MinWait, o.MaxWait
 	if wait <= 0 {
 		wait = time.Second
@@ -79,40 +104,31 @@ func Get(ctx context.Context, rawURL string, o Options) ([]byte, error) {
 	if maxWait <= 0 {
 		maxWait = 30 * time.Second
 	}
-	client := o.Client
-	if client == nil {
-		client = &http.Client{Timeout: AttemptTimeout, Transport: &http.Transport{}}
-	}
 	var last error // the last failure of an attempt ctx did not cut short
-	gaveUp := func(attempt int) error {
+	gaveUp := func(n int) error {
 		if last == nil {
 			last = ctx.Err()
 		}
-		return fmt.Errorf("%s: %w (gave up after %d attempts)", rawURL, last, attempt)
+		return fmt.Errorf("%s: %w (gave up after %d attempts)", rawURL, last, n)
 	}
-	for attempt := 1; ; attempt++ {
-		body, err := get(ctx, client, u.String(), o.MaxBytes)
+	for n := 1; ; n++ {
+		err := attempt()
 		if err == nil {
-			if want != nil {
-				if got := sha256.Sum256(body); !bytes.Equal(got[:], want) {
-					return nil, fmt.Errorf("%s: sha256 %x, pinned %x", rawURL, got, want)
-				}
-			}
-			return body, nil
+			return nil
 		}
 		if !transient(err) {
-			return nil, fmt.Errorf("%s: %w", rawURL, err)
+			return fmt.Errorf("%s: %w", rawURL, err)
 		}
 		if ctx.Err() != nil {
-			return nil, gaveUp(attempt - 1)
+			return gaveUp(n - 1)
 		}
 		last = err
 		if o.Retry != nil {
-			o.Retry(attempt, err, wait)
+			o.Retry(n, err, wait)
 		}
 		select {
 		case <-ctx.Done():
-			return nil, gaveUp(attempt)
+			return gaveUp(n)
 		case <-time.After(wait):
 		}
 		wait = min(2*wait, maxWait)
