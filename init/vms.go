@@ -276,7 +276,11 @@ func (f *fleet) Failed() []string {
 // startVM starts one VMM process for vm.
 func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 	// Disks are opened here, before anything starts, so that a missing
-	// or unusable one stops the VM with an error naming it.
+	// or unusable one stops the VM with an error naming it; those to be
+	// made from an image are made first (diskimage.go).
+	if err := makeFromImages(f.c, vm, f.quit); err != nil {
+		return nil, err
+	}
 	disks, err := openDisks(vm)
 	if err != nil {
 		return nil, err

@@ -79,6 +79,16 @@ type Disk struct {
 	// IO is the block backend: "" (auto: io_uring where the kernel
 	// allows it, else a thread pool), "io_uring" or "pool".
 	IO string
+	// Image, if set, is what a missing disk file is made from.
+	Image *Image
+}
+
+// Image is a disk image a VM's disk is made from when its file does not
+// exist yet: downloaded once into DataDir/images (shared by every disk
+// made from it), verified, then copied for the disk.
+type Image struct {
+	URL    string // http or https
+	SHA256 string // the image's digest, 64 hex digits: required
 }
 
 // DiskLimits bound a disk's throughput with token buckets that hold one
@@ -330,6 +340,7 @@ func (d *decoder) disk(n *yaml.Node) Disk {
 			disk.Size = s
 		},
 		"readonly": func(v *yaml.Node) { disk.ReadOnly = d.boolean(v) },
+		"image":    func(v *yaml.Node) { disk.Image = d.image(v) },
 		"direct":   func(v *yaml.Node) { disk.Direct = d.boolean(v) },
 		"io": func(v *yaml.Node) {
 			switch s := d.str(v); s {

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -127,11 +128,13 @@ vms:
         io: pool
       - { path: /c.img, io: auto }
       - { path: vms/./web.img, size: 64M }
+      - { path: vms/db.img, image: { url: "https://images.example/debian-12.raw", sha256: ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789 } }
 `, []Disk{
 			{Path: "/data/web.img", Size: 1 << 30, ID: "web-root", Limits: DiskLimits{IOPS: 2000, Bandwidth: 50 << 20}},
 			{Path: "/dev/vdb", ReadOnly: true, ID: "web-1", Direct: true, IO: "pool"},
 			{Path: "/c.img", ID: "web-2"},
 			{Path: "/var/lib/hyperroot/vms/web.img", Size: 64 << 20, ID: "web-3"}, // relative: on the data disk
+			{Path: "/var/lib/hyperroot/vms/db.img", ID: "web-4", Image: &Image{URL: "https://images.example/debian-12.raw", SHA256: "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789"}},
 		}},
 		{"default id keeps the index", `
 vms:
@@ -157,7 +160,7 @@ vms:
 			continue
 		}
 		for i := range got {
-			if got[i] != tc.want[i] {
+			if !reflect.DeepEqual(got[i], tc.want[i]) {
 				t.Errorf("%s: disk %d = %+v, want %+v", tc.name, i, got[i], tc.want[i])
 			}
 		}
@@ -172,7 +175,10 @@ func TestParseDiskErrors(t *testing.T) {
 		{"escaping relative path", vm("      - {path: a/../../etc/shadow}\n"), `c.yaml:5:16: path "a/../../etc/shadow": a relative path names a file in /var/lib/hyperroot, and must stay inside it`},
 		{"parent", vm("      - {path: ..}\n"), `path "..": a relative path`},
 		{"data dir itself", vm("      - {path: ./}\n"), `path "./": a relative path`},
-		{"unknown key", vm("      - {path: /a, sise: 1G}\n"), `c.yaml:5:20: unknown key "sise" (known: direct, id, io, limits, path, readonly, size)`},
+		{"unknown key", vm("      - {path: /a, sise: 1G}\n"), `c.yaml:5:20: unknown key "sise" (known: direct, id, image, io, limits, path, readonly, size)`},
+		{"image without digest", vm("      - {path: a.img, image: {url: http://x/a.raw}}\n"), "c.yaml:5:30: image: want url and sha256"},
+		{"image bad url", vm("      - {path: a.img, image: {url: file:///a.raw, sha256: " + strings.Repeat("a", 64) + "}}\n"), `url "file:///a.raw": want an http:// or https:// URL`},
+		{"image bad digest", vm("      - {path: a.img, image: {url: http://x/a, sha256: abc}}\n"), `sha256 "abc": want the image's SHA-256 as 64 hex digits`},
 		{"bad io", vm("      - {path: /a, io: aio}\n"), `c.yaml:5:24: io "aio": want auto, io_uring or pool`},
 		{"bad size", vm("      - {path: /a, size: big}\n"), `c.yaml:5:26: size: size "big"`},
 		{"zero size", vm("      - {path: /a, size: 0}\n"), "c.yaml:5:26: size 0: want a non-zero multiple of 512 bytes"},

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"encoding/hex"
+	"net/url"
 	"path/filepath"
 	"strings"
 
@@ -61,4 +63,28 @@ func (d *decoder) diskPath(n *yaml.Node) string {
 		return p
 	}
 	return filepath.Join(DataDir, c)
+}
+
+// image decodes a disk's image: mapping.
+func (d *decoder) image(n *yaml.Node) *Image {
+	im := &Image{}
+	d.mapping(n, map[string]func(*yaml.Node){
+		"url": func(v *yaml.Node) {
+			im.URL = d.str(v)
+			u, err := url.Parse(im.URL)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				d.errf(v, "url %q: want an http:// or https:// URL", im.URL)
+			}
+		},
+		"sha256": func(v *yaml.Node) {
+			im.SHA256 = strings.ToLower(d.str(v))
+			if b, err := hex.DecodeString(im.SHA256); err != nil || len(b) != 32 {
+				d.errf(v, "sha256 %q: want the image's SHA-256 as 64 hex digits (sha256sum of it)", im.SHA256)
+			}
+		},
+	})
+	if n.Kind == yaml.MappingNode && (im.URL == "" || im.SHA256 == "") {
+		d.errf(n, "image: want url and sha256")
+	}
+	return im
 }

@@ -17,16 +17,16 @@ import (
 )
 
 // Download fetches rawURL into the file path, which appears only whole and
-// verified. The bytes go to path + ".part" first; a later Download (after
-// a failed attempt, or after a power loss) goes on from where that file
-// ends with an HTTP range request, and a server that ignores ranges sends
+// verified. The bytes go to path + ".part" first, synced every SyncEvery;
+// a later Download (after a failed attempt, or after a power loss) goes on
+// from where that file ends with an HTTP range request, and a server that ignores ranges sends
 // it all again. Once the whole body is there its SHA-256 must be
 // o.SHA256, which is required: an image the appliance boots is pinned.
 // Only then is the file synced and renamed to path. Transient failures
 // are retried as Get retries them, each attempt resuming; an attempt
 // that receives nothing for o.Idle (default IdleTimeout) is cut and retried. progress, if
 // not nil, hears of the bytes there so far and the total (-1 when the
-// server does not say) about once a second.
+// server does not say) about once a second, and after each sync.
 func Download(ctx context.Context, rawURL, path string, o Options, progress func(done, total int64)) error {
 	u, err := checkURL(rawURL)
 	if err != nil {
@@ -132,9 +132,6 @@ func downloadOnce(ctx context.Context, client *http.Client, u, part string, o Op
 		if err := f.Truncate(0); err != nil {
 			return permanentError{err}
 		}
-		if _, err := f.Seek(0, io.SeekStart); err != nil {
-			return permanentError{err}
-		}
 		have = 0
 		if resp.ContentLength >= 0 {
 			total = resp.ContentLength
@@ -153,14 +150,21 @@ func downloadOnce(ctx context.Context, client *http.Client, u, part string, o Op
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {
 			idle.Reset(idleAfter)
-			if _, err := f.Write(buf[:n]); err != nil {
+			if err := writeSparse(f, buf[:n], have); err != nil {
 				return permanentError{err}
 			}
 			have += int64(n)
+			synced := have/SyncEvery != (have-int64(n))/SyncEvery
+			if synced {
+				// A checkpoint a power loss cannot take back.
+				if err := f.Sync(); err != nil {
+					return permanentError{err}
+				}
+			}
 			if max > 0 && have > max {
 				return permanentError{fmt.Errorf("more than the limit of %d bytes", max)}
 			}
-			if progress != nil && time.Since(last) >= time.Second {
+			if progress != nil && (synced || time.Since(last) >= time.Second) {
 				last = time.Now()
 				progress(have, total)
 			}
@@ -178,10 +182,62 @@ func downloadOnce(ctx context.Context, client *http.Client, u, part string, o Op
 	if total >= 0 && have != total {
 		return fmt.Errorf("ended at byte %d of %d", have, total)
 	}
+	// The zeros at the end, which writeSparse left unwritten.
+	if err := f.Truncate(have); err != nil {
+		return permanentError{err}
+	}
 	if progress != nil {
 		progress(have, total)
 	}
 	return nil
+}
+
+// SyncEvery is how much a download writes between syncs of its part: at
+// most this much is lost to a power failure, and fetched again. Progress
+// is reported at each sync too.
+const SyncEvery = 16 << 20
+
+// sparseBlock is the unit writeSparse looks at: a filesystem block.
+const sparseBlock = 4096
+
+// writeSparse writes b at off in f, leaving out the blocks of zeros it
+// holds, which stay holes: a raw disk image is mostly zeros, and its
+// copies for VMs keep the holes (cloneOrCopy in PID 1). A file cut short
+// by a power loss then ends at its last data: resuming from there fetches
+// the zeros again, which is only wasteful.
+func writeSparse(f *os.File, b []byte, off int64) error {
+	run, runOff := 0, off // a run of blocks with data, written at once
+	flush := func() error {
+		if run == 0 {
+			return nil
+		}
+		_, err := f.WriteAt(b[:run], runOff)
+		return err
+	}
+	for i := 0; i < len(b); {
+		// Up to the next block boundary of the file.
+		n := min(len(b)-i, sparseBlock-int((off+int64(i))%sparseBlock))
+		if allZero(b[i : i+n]) {
+			if err := flush(); err != nil {
+				return err
+			}
+			b, off, i, run = b[i+n:], off+int64(i+n), 0, 0
+			runOff = off
+			continue
+		}
+		i += n
+		run = i
+	}
+	return flush()
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // contentRange parses "bytes <start>-<end>/<size>" (size may be "*": -1).

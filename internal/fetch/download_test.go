@@ -1,6 +1,7 @@
 package fetch
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -16,6 +17,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // image is a test image of n pseudo-random bytes and its digest.
@@ -31,12 +34,16 @@ func image(n int) ([]byte, string) {
 // the body on the first request, or stall with stall set. It records the
 // Range header of each request.
 type imageServer struct {
-	body     []byte
+	body []byte
+	serverOpts
+	mu     sync.Mutex
+	ranges []string
+}
+
+type serverOpts struct {
 	noRanges bool
 	cut      int
 	stall    bool
-	mu       sync.Mutex
-	ranges   []string
 }
 
 func (s *imageServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -111,21 +118,20 @@ func TestDownload(t *testing.T) {
 	body, sum := image(3<<20 + 17)
 	for _, tc := range []struct {
 		name       string
-		srv        imageServer
+		srv        serverOpts
 		partial    int // bytes of a .part left by an earlier boot
 		wantRanges []string
 	}{
 		{name: "whole", wantRanges: []string{""}},
-		{name: "cut, resumed", srv: imageServer{cut: 1 << 20}, wantRanges: []string{"", "bytes=1048576-"}},
-		{name: "stalled, cut after the idle timeout, resumed", srv: imageServer{cut: 5000, stall: true}, wantRanges: []string{"", "bytes=5000-"}},
+		{name: "cut, resumed", srv: serverOpts{cut: 1 << 20}, wantRanges: []string{"", "bytes=1048576-"}},
+		{name: "stalled, cut after the idle timeout, resumed", srv: serverOpts{cut: 5000, stall: true}, wantRanges: []string{"", "bytes=5000-"}},
 		{name: "part from a power loss", partial: 2 << 20, wantRanges: []string{"bytes=2097152-"}},
 		{name: "whole part from a power loss", partial: len(body), wantRanges: []string{fmt.Sprintf("bytes=%d-", len(body))}},
-		{name: "server without ranges", srv: imageServer{noRanges: true, cut: 1 << 20}, wantRanges: []string{"", "bytes=1048576-"}},
+		{name: "server without ranges", srv: serverOpts{noRanges: true, cut: 1 << 20}, wantRanges: []string{"", "bytes=1048576-"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := tc.srv
-			s.body = body
-			srv := httptest.NewServer(&s)
+			s := &imageServer{body: body, serverOpts: tc.srv}
+			srv := httptest.NewServer(s)
 			defer srv.Close()
 			path := filepath.Join(t.TempDir(), "img.raw")
 			if tc.partial > 0 {
@@ -182,6 +188,54 @@ func TestDownloadRefused(t *testing.T) {
 	err := Download(context.Background(), srv.URL+"/img", filepath.Join(dir, "big.raw"), Options{SHA256: sum, MaxBytes: 1000}, nil)
 	if err == nil || !strings.Contains(err.Error(), "more than the limit of 1000") {
 		t.Errorf("over the limit: %v", err)
+	}
+}
+
+// TestDownloadSparse: blocks of zeros are not written, so an image that is
+// mostly zeros takes little room; its bytes are all there.
+func TestDownloadSparse(t *testing.T) {
+	body := make([]byte, 16<<20)
+	copy(body[5000:], "data across a block boundary")
+	copy(body[len(body)-3:], "end")
+	sum := sha256.Sum256(body)
+	srv := httptest.NewServer(&imageServer{body: body})
+	defer srv.Close()
+	path := filepath.Join(t.TempDir(), "img.raw")
+	if err := download(t, srv, path, hex.EncodeToString(sum[:])); err != nil {
+		t.Fatal(err)
+	}
+	checkFile(t, path, body)
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	if used := st.Blocks * 512; used > 64<<10 {
+		t.Errorf("a 16 MiB image of 2 small pieces of data uses %d bytes", used)
+	}
+}
+
+func TestWriteSparse(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	want := make([]byte, 40000)
+	for _, at := range []int{0, 4095, 4096, 9000, 20480, 39999} {
+		want[at] = byte(at)
+	}
+	// Written in uneven pieces at uneven offsets.
+	for off := 0; off < len(want); {
+		n := min(7777, len(want)-off)
+		if err := writeSparse(f, want[off:off+n], int64(off)); err != nil {
+			t.Fatal(err)
+		}
+		off += n
+	}
+	f.Truncate(int64(len(want)))
+	got, _ := os.ReadFile(f.Name())
+	if !bytes.Equal(got, want) {
+		t.Error("what writeSparse wrote reads back differently")
 	}
 }
 
