@@ -134,6 +134,37 @@ func (b apiBackend) Leases() ([]api.Lease, error) {
 	return out, nil
 }
 
+func (b apiBackend) Networks() ([]api.Network, error) {
+	b.live.mu.Lock()
+	cfg := b.live.cfg
+	b.live.mu.Unlock()
+	leases, err := b.Leases()
+	if err != nil {
+		return nil, err
+	}
+	var out []api.Network
+	for _, nw := range cfg.Networks {
+		n := api.Network{Name: nw.Name, Subnet: nw.Subnet.String(), Gateway: nw.Gateway.String(), VLAN: nw.VLAN, Uplink: nw.Uplink, MTU: nw.MTU, Ports: []string{}}
+		if nw.DHCP != nil {
+			n.DHCP = nw.DHCP.From.String() + "-" + nw.DHCP.To.String()
+		}
+		for _, vm := range cfg.VMs {
+			for i, nic := range vm.NICs {
+				if nic.Network == nw.Name {
+					n.Ports = append(n.Ports, fmt.Sprintf("%s.%d", vm.Name, i))
+				}
+			}
+		}
+		for _, l := range leases {
+			if l.Network == nw.Name {
+				n.Leases++
+			}
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
 func (b apiBackend) Ports() []api.Port {
 	if b.sw == nil {
 		return nil

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"flag"
@@ -74,7 +75,7 @@ func ctlClient(socket, addr, pin, tokenFile string) (*api.Client, error) {
 	return api.NewClient(addr, token, pin)
 }
 
-const ctlUsage = "host | metrics | ports | leases | config get | config apply -f <file> | vm list | vm create -f <file> | vm delete <name> | vm get|start|stop|restart <name> | vm qos <name> [<qos as JSON>] | vm console <name> [<tail lines>] | vm attach <name> | vm send <name> <text> | shell (commands from stdin, one per line, until exit)"
+const ctlUsage = "host | metrics | networks | ports | leases | config get | config apply -f <file> | vm list | vm create -f <file> | vm delete <name> | vm get|start|stop|restart <name> | vm qos <name> [<qos as JSON>] | vm console <name> [<tail lines>] | vm attach <name> | vm send <name> <text> | shell (commands from stdin, one per line, until exit)"
 
 // ctlShell runs one command per line of stdin, each answer or error on
 // stdout, until stdin ends or says "exit": a session for the console's
@@ -124,6 +125,17 @@ func ctlRun(c *api.Client, args []string, out io.Writer, asJSON bool) error {
 			fmt.Fprintf(out, "%-16s %-15s %-17s %-16s %s\n", "NETWORK", "IP", "MAC", "VM", "EXPIRES")
 			for _, l := range leases {
 				fmt.Fprintf(out, "%-16s %-15s %-17s %-16s %s\n", l.Network, l.IP, l.MAC, l.VM, l.Expires)
+			}
+		})
+	case len(args) == 1 && args[0] == "networks":
+		var nets []api.Network
+		if err := c.Do(ctx, "GET", "/v1/networks", nil, &nets); err != nil {
+			return err
+		}
+		print(nets, func() {
+			fmt.Fprintf(out, "%-16s %-18s %-15s %-31s %-6s %6s %s\n", "NETWORK", "SUBNET", "GATEWAY", "DHCP", "MTU", "LEASES", "PORTS")
+			for _, n := range nets {
+				fmt.Fprintf(out, "%-16s %-18s %-15s %-31s %-6d %6d %s\n", n.Name, n.Subnet, n.Gateway, cmp.Or(n.DHCP, "-"), n.MTU, n.Leases, strings.Join(n.Ports, ","))
 			}
 		})
 	case len(args) == 1 && args[0] == "ports":

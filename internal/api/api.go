@@ -62,6 +62,21 @@ type Lease struct {
 	Expires  string `json:"expires"` // RFC 3339
 }
 
+// Network is one of the switch's networks: its addressing, the VM ports
+// on it and how many leases are in force.
+type Network struct {
+	Name    string `json:"name"`
+	Subnet  string `json:"subnet"`
+	Gateway string `json:"gateway"`
+	// DHCP is the range the switch leases from, "from-to"; "" without.
+	DHCP   string   `json:"dhcp,omitempty"`
+	VLAN   uint16   `json:"vlan,omitempty"`
+	Uplink string   `json:"uplink,omitempty"`
+	MTU    int      `json:"mtu"`
+	Ports  []string `json:"ports"` // the VMs' NICs on it, as port names (<vm>.<index>)
+	Leases int      `json:"leases"`
+}
+
 // Port is a switch port's counters, as the switch last reported them
 // (every 10 s): rx is what it delivered, tx what it was sent.
 type Port struct {
@@ -98,6 +113,8 @@ type Backend interface {
 	// Leases are the switch's DHCP leases in force, by network and
 	// address.
 	Leases() ([]Lease, error)
+	// Networks are the switch's networks, as configured.
+	Networks() ([]Network, error)
 	VM(name string) (VM, error)
 	Start(name string) error
 	Stop(name string) error
@@ -235,6 +252,17 @@ func Handler(b Backend) http.Handler {
 			leases = []Lease{}
 		}
 		reply(w, http.StatusOK, leases)
+	}))
+	mux.HandleFunc("/v1/networks", only("GET", func(w http.ResponseWriter, r *http.Request) {
+		nets, err := b.Networks()
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		if nets == nil {
+			nets = []Network{}
+		}
+		reply(w, http.StatusOK, nets)
 	}))
 	mux.HandleFunc("/v1/ports", only("GET", func(w http.ResponseWriter, r *http.Request) {
 		ports := b.Ports()

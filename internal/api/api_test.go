@@ -31,6 +31,10 @@ func (b *fakeBackend) Ports() []Port { return nil }
 
 func (b *fakeBackend) Leases() ([]Lease, error) { return nil, nil }
 
+func (b *fakeBackend) Networks() ([]Network, error) {
+	return []Network{{Name: "lan", Subnet: "10.20.0.0/24", Gateway: "10.20.0.1", MTU: 1500, Ports: []string{"a.0"}, Leases: 1}}, nil
+}
+
 func (b *fakeBackend) Host() Host { return Host{Version: "test", CPUs: 2} }
 
 func (b *fakeBackend) VMs() []VM {
@@ -202,6 +206,10 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("unknown VM: %v", err)
 	}
 	var h Host
+	var nets []Network
+	if err := c.Do(ctx, "GET", "/v1/networks", nil, &nets); err != nil || len(nets) != 1 || nets[0].Ports[0] != "a.0" || nets[0].Leases != 1 {
+		t.Errorf("networks: %+v, %v", nets, err)
+	}
 	if err := c.Do(ctx, "GET", "/v1/host", nil, &h); err != nil || h.Version != "test" {
 		t.Errorf("host: %+v, %v", h, err)
 	}

@@ -18,7 +18,8 @@ import (
 // both are started again through the API, send another stream, and the
 // count grows by at least that much. The VMs' starts and exits are there
 // too (TestCtlRemote checks a running VM's CPU time and memory), and
-// `hyperroot ctl leases` lists the leases the switch gave both.
+// `hyperroot ctl leases` lists the leases the switch gave both, and
+// `hyperroot ctl networks` their network with both ports and leases.
 func TestMetrics(t *testing.T) {
 	parallel(t)
 	api := newRemoteAPI(t)
@@ -82,6 +83,10 @@ func TestMetrics(t *testing.T) {
 			if !regexp.MustCompile(`(?m)^lan +10\.20\.0\.1\d\d +([0-9a-f]{2}:){5}[0-9a-f]{2} +` + vm + ` +20\d\d-`).MatchString(leases) {
 				t.Errorf("no lease of %s in:\n%s", vm, leases)
 			}
+		}
+		// The network they are on, with both ports and both leases.
+		if nets := api.must(t, "networks"); !regexp.MustCompile(`(?m)^lan +10\.20\.0\.0/24 +10\.20\.0\.1 +10\.20\.0\.100-10\.20\.0\.199 +1500 +2 server\.0,client\.0$`).MatchString(nets) {
+			t.Errorf("ctl networks:\n%s", nets)
 		}
 		// Round two: both started again through the API.
 		nth(t, m, `hyperroot: vm server exited code=0 reason=poweroff$`, 1)
