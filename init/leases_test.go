@@ -13,8 +13,8 @@ import (
 func TestLeaseNetwork(t *testing.T) {
 	for line, want := range map[string]string{
 		"lease network=lan ip=10.0.0.5 mac=52:54:00:00:00:01 port=a.0": "lan",
-		"lease network=": "",
-		"leases network=lan": "",
+		"lease network=":      "",
+		"leases network=lan":  "",
 		"stats port a.0 rx=1": "",
 	} {
 		got, ok := leaseNetwork(line)

@@ -33,16 +33,18 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 }
 
 var (
-	mVMRunning = desc("vm_running", "Whether the VM's VMM runs (1) or not (0).", "vm")
-	mVMCPUs    = desc("vm_vcpus", "The VM's configured vCPUs.", "vm")
-	mVMMemCfg  = desc("vm_memory_configured_bytes", "The VM's configured guest RAM.", "vm")
-	mVMStarts  = desc("vm_starts_total", "Starts of the VM's VMM (first and restarts).", "vm")
-	mVMExits   = desc("vm_exits_total", "Exits of the VM's VMM by reason (poweroff, reboot, crash, oom, pids, seccomp, killed, ...).", "vm", "reason")
-	mVMCPU     = desc("vm_cpu_seconds_total", "CPU time of the VM's running VMM (its cgroup: vCPU threads and device models), since its last start.", "vm")
-	mVMMem     = desc("vm_memory_bytes", "Memory charged to the VM's running VMM (its cgroup's memory.current: guest RAM and the VMM's own).", "vm")
-	mVMMemStat = desc("vm_memory_stat_bytes", "The VM's memory by kind (memory.stat): shmem is guest RAM, anon and kernel the VMM's own.", "vm", "kind")
-	mVMDiskB   = desc("vm_disk_bytes_total", "Block I/O bytes of the VM's running VMM by device and direction (cgroup io.stat: block devices, not files on tmpfs).", "vm", "device", "op")
-	mVMDiskOps = desc("vm_disk_ops_total", "Block I/O requests of the VM's running VMM by device and direction (cgroup io.stat).", "vm", "device", "op")
+	mVMRunning   = desc("vm_running", "Whether the VM's VMM runs (1) or not (0).", "vm")
+	mVMCPUs      = desc("vm_vcpus", "The VM's configured vCPUs.", "vm")
+	mVMMemCfg    = desc("vm_memory_configured_bytes", "The VM's configured guest RAM.", "vm")
+	mVMStarts    = desc("vm_starts_total", "Starts of the VM's VMM (first and restarts).", "vm")
+	mVMKVMExits  = desc("vm_kvm_exits_total", "Exits of the VM's vCPUs from the guest into KVM since its VMM started, as KVM counts them, by reason (io, mmio, halt, irq, irq_window, nmi_window, request_irq, signal, other); reported by the VMM every 10 s.", "vm", "reason")
+	mVMKVMEvents = desc("vm_kvm_events_total", "Other counts KVM keeps of the VM's vCPUs since its VMM started (irq_injections, nmi_injections, pf_fixed, insn_emulation, halt_wakeup).", "vm", "event")
+	mVMExits     = desc("vm_exits_total", "Exits of the VM's VMM by reason (poweroff, reboot, crash, oom, pids, seccomp, killed, ...).", "vm", "reason")
+	mVMCPU       = desc("vm_cpu_seconds_total", "CPU time of the VM's running VMM (its cgroup: vCPU threads and device models), since its last start.", "vm")
+	mVMMem       = desc("vm_memory_bytes", "Memory charged to the VM's running VMM (its cgroup's memory.current: guest RAM and the VMM's own).", "vm")
+	mVMMemStat   = desc("vm_memory_stat_bytes", "The VM's memory by kind (memory.stat): shmem is guest RAM, anon and kernel the VMM's own.", "vm", "kind")
+	mVMDiskB     = desc("vm_disk_bytes_total", "Block I/O bytes of the VM's running VMM by device and direction (cgroup io.stat: block devices, not files on tmpfs).", "vm", "device", "op")
+	mVMDiskOps   = desc("vm_disk_ops_total", "Block I/O requests of the VM's running VMM by device and direction (cgroup io.stat).", "vm", "device", "op")
 
 	mPortPkts  = desc("switch_port_packets_total", "Frames through a switch port: rx delivered to the VM (or host, uplink), tx sent by it.", "port", "dir")
 	mPortBytes = desc("switch_port_bytes_total", "Bytes of Ethernet frames through a switch port, without the virtio-net header.", "port", "dir")
@@ -75,10 +77,13 @@ func (fc fleetCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(mVMMemCfg, float64(e.vm.Memory), name)
 		counter(mVMStarts, float64(e.starts.Load()), name)
 		e.mu.Lock()
-		g, exits := e.group, maps.Clone(e.exits)
+		g, exits, kvm := e.group, maps.Clone(e.exits), e.kvm
 		e.mu.Unlock()
 		for _, r := range slices.Sorted(maps.Keys(exits)) {
 			counter(mVMExits, float64(exits[r]), name, r)
+		}
+		if kvm != nil {
+			kvmMetrics(counter, name, kvm)
 		}
 		if g == nil {
 			continue
@@ -166,4 +171,25 @@ func metricsHandler(f *fleet, sw *netSwitch) http.Handler {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{Namespace: "hyperroot_init"}),
 		collectors.NewGoCollector())
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError, MaxRequestsInFlight: 4})
+}
+
+// kvmMetrics turns a VMM's KVM counts (parseKVMStats) into exits by reason,
+// "other" being the exits no cause counted, and the other events.
+func kvmMetrics(counter func(*prometheus.Desc, float64, ...string), vm string, kvm map[string]uint64) {
+	var caused uint64
+	for _, name := range kvmReported {
+		v, ok := kvm[name]
+		if !ok || name == "exits" {
+			continue
+		}
+		if reason, ok := strings.CutSuffix(name, "_exits"); ok {
+			counter(mVMKVMExits, float64(v), vm, reason)
+			caused += v
+		} else {
+			counter(mVMKVMEvents, float64(v), vm, name)
+		}
+	}
+	if all, ok := kvm["exits"]; ok && all >= caused {
+		counter(mVMKVMExits, float64(all-caused), vm, "other")
+	}
 }

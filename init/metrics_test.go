@@ -2,6 +2,8 @@ package main
 
 import (
 	"net/http/httptest"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -56,6 +58,26 @@ func TestMetrics(t *testing.T) {
 	if exits := m.Sum("hyperroot_vm_exits_total"); exits != 1 {
 		t.Errorf("exits after one stop = %v", exits)
 	}
+	// KVM's counts as a VMM reports them.
+	st, ok := parseKVMStats(" exits=100 io_exits=30 mmio_exits=20 halt_exits=5 irq_injections=7")
+	if !ok {
+		t.Fatal("a VMM's stats line did not parse")
+	}
+	f.mu.Lock()
+	e := f.vms["t"]
+	f.mu.Unlock()
+	e.mu.Lock()
+	e.kvm = st
+	e.mu.Unlock()
+	m = get()
+	for labels, want := range map[[2]string]float64{{"vm=t", "reason=io"}: 30, {"vm=t", "reason=mmio"}: 20, {"vm=t", "reason=halt"}: 5, {"vm=t", "reason=other"}: 45} {
+		if got := m.Value("hyperroot_vm_kvm_exits_total", labels[0], labels[1]); got != want {
+			t.Errorf("hyperroot_vm_kvm_exits_total%v = %v, want %v", labels, got, want)
+		}
+	}
+	if got := m.Value("hyperroot_vm_kvm_events_total", "vm=t", "event=irq_injections"); got != 7 {
+		t.Errorf("irq_injections = %v", got)
+	}
 	if ports := (apiBackend{f: f, sw: sw}).Ports(); len(ports) != 1 || ports[0].Name != "t.0" || ports[0].RxPackets != 10 ||
 		ports[0].TxBytes != 7000 || len(ports[0].Drops) != 1 || ports[0].Drops["spoofed_mac"] != 3 {
 		t.Errorf("ports: %+v", ports)
@@ -81,4 +103,41 @@ func TestParseIOStat(t *testing.T) {
 	if len(got) != 2 || got[0] != (ioDevice{"254:0", 4096, 8192, 1, 2}) || got[1] != (ioDevice{dev: "8:0", wios: 5}) {
 		t.Errorf("got %+v", got)
 	}
+}
+
+func TestParseKVMStats(t *testing.T) {
+	for line, ok := range map[string]bool{
+		" exits=1 io_exits=2":            true,
+		"":                               true,
+		" exits=1 exits=2":               false, // twice
+		" exits=-1":                      false,
+		" exits=1x":                      false,
+		" cr3_loads=5":                   false, // not one of ours
+		" exits":                         false,
+		" exits=99999999999999999999999": false,
+	} {
+		if _, got := parseKVMStats(line); got != ok {
+			t.Errorf("%q: parsed %v, want %v", line, got, ok)
+		}
+	}
+}
+
+func FuzzParseKVMStats(f *testing.F) {
+	f.Add(" exits=100 io_exits=30 mmio_exits=20")
+	f.Add(" halt_exits=1 halt_exits=1")
+	f.Add(strings.Repeat(" exits=1", 100))
+	f.Fuzz(func(t *testing.T, s string) {
+		st, ok := parseKVMStats(s)
+		if !ok {
+			return
+		}
+		if len(st) > len(kvmReported) {
+			t.Fatalf("%d counters from %q", len(st), s)
+		}
+		for name := range st {
+			if !slices.Contains(kvmReported, name) {
+				t.Fatalf("counter %q from %q", name, s)
+			}
+		}
+	})
 }

@@ -11,6 +11,8 @@ import (
 	"runtime"
 	"runtime/debug"
 	"slices"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -58,6 +60,9 @@ func vmmMain(args []string) int {
 	// machine yet"; Go ignores the signal before this, it never kills.
 	var built atomic.Pointer[machine.Machine]
 	go answerDumps(&built, a.DumpTag)
+	if a.DumpTag != "" { // supervised: PID 1 takes them for /metrics
+		go reportKVMStats(&built, a.DumpTag, os.Stderr, kvmStatsEvery)
+	}
 	go stopOnSignals(a.Name, &built, sigc)
 	tuneRuntime(a.CPUs)
 	mem, err := config.ParseSize(a.Memory)
@@ -174,6 +179,9 @@ func vmmMain(args []string) int {
 	fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: %s after %s (%s)\n", a.Name, r.Exit, time.Since(start).Round(time.Millisecond), r.Detail)
 	all, io, mmio := m.Exits()
 	fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: exits %d (io %d, mmio %d)\n", a.Name, all, io, mmio)
+	if a.DumpTag != "" {
+		writeKVMStats(m, a.DumpTag, os.Stderr) // the last counts, for a VM that lived less than a period
+	}
 	if n := m.ConsoleDropped(); n > 0 {
 		// The serial console never blocks a vCPU for long: what a stalled
 		// reader could not take was dropped, and is owned up to here.
@@ -433,6 +441,70 @@ func answerDumps(m *atomic.Pointer[machine.Machine], tag string) {
 		fmt.Fprintf(os.Stderr, "%sno machine yet (the VMM is still building it)\n%s%s\n", prefix, prefix, dumpEnd)
 	}
 }
+
+// kvmStatsEvery is how often a supervised VMM reports KVM's counts of its
+// vCPUs, for /metrics: as often as the switch reports its ports.
+const kvmStatsEvery = 10 * time.Second
+
+// reportKVMStats writes, every period once the machine is built, a line
+// "hyperroot vmm: stats <tag>: <counter>=<n> ..." with the counters of
+// kvmReported that KVM has, summed over the vCPUs. The tag, this start's
+// secret, tells PID 1 the line is the VMM's, not its guest's.
+func reportKVMStats(m *atomic.Pointer[machine.Machine], tag string, w io.Writer, period time.Duration) {
+	for range time.Tick(period) {
+		if mm := m.Load(); mm != nil && !writeKVMStats(mm, tag, w) {
+			return // no statistics in this kernel: nothing to report, ever
+		}
+	}
+}
+
+// writeKVMStats writes one stats line for m, or reports false when KVM
+// has no statistics.
+func writeKVMStats(m *machine.Machine, tag string, w io.Writer) bool {
+	sum, err := m.KVMTotals()
+	if err != nil {
+		return false
+	}
+	var b strings.Builder
+	b.WriteString(kvmStatsPrefix(tag))
+	for _, name := range kvmReported {
+		if v, ok := sum[name]; ok {
+			fmt.Fprintf(&b, " %s=%d", name, v)
+		}
+	}
+	b.WriteByte('\n')
+	io.WriteString(w, b.String())
+	return true
+}
+
+// kvmReported are KVM's vCPU counters a VMM reports: every exit, and the
+// exits by cause, the interrupts KVM injected, the faults it fixed.
+var kvmReported = []string{"exits", "io_exits", "mmio_exits", "halt_exits", "irq_exits",
+	"irq_window_exits", "nmi_window_exits", "request_irq_exits", "signal_exits",
+	"insn_emulation", "irq_injections", "nmi_injections", "pf_fixed", "halt_wakeup"}
+
+// parseKVMStats reads the counters of a VMM's stats line (after its
+// prefix): known names only, each once, whole numbers. The VMM is jailed
+// but runs device models a guest drives: its lines are not trusted.
+func parseKVMStats(s string) (map[string]uint64, bool) {
+	fields := strings.Fields(s)
+	if len(fields) > len(kvmReported) {
+		return nil, false
+	}
+	out := make(map[string]uint64, len(fields))
+	for _, f := range fields {
+		name, val, ok := strings.Cut(f, "=")
+		v, err := strconv.ParseUint(val, 10, 64)
+		if _, dup := out[name]; !ok || err != nil || dup || !slices.Contains(kvmReported, name) {
+			return nil, false
+		}
+		out[name] = v
+	}
+	return out, true
+}
+
+// kvmStatsPrefix starts a VMM's stats line.
+func kvmStatsPrefix(tag string) string { return "hyperroot vmm: stats " + tag + ":" }
 
 // numaConfig turns the VMM's --numa-bind and --numa-node flags into the
 // machine's NUMA nodes: one bound node without a topology in the guest,

@@ -71,6 +71,9 @@ type vmEntry struct {
 	// reason's first word: "seccomp", not the call), for /metrics.
 	starts atomic.Uint64
 	exits  map[string]uint64
+	// kvm are KVM's counts of the running VMM's vCPUs as it last
+	// reported them (kvmStatsEvery), from its start on; nil before.
+	kvm map[string]uint64
 	// unlabel undoes the SELinux labels of the running VMM's disks and
 	// frees its category pair; nil when there is nothing to undo.
 	unlabel func()
@@ -370,6 +373,15 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 		Line: guardLines(f.c, "vm "+vm.Name+" console", func(line string) {
 			// Only the lines with this start's tag are the VMM's dump;
 			// its guest could print anything else (init/dump.go).
+			if rest, ok := strings.CutPrefix(line, kvmStatsPrefix(args.DumpTag)); ok {
+				// The VMM's counts, for /metrics; not relayed.
+				if st, ok := parseKVMStats(rest); ok {
+					e.mu.Lock()
+					e.kvm = st
+					e.mu.Unlock()
+				}
+				return
+			}
 			relayed, dump := dumpLine(line, args.DumpTag)
 			f.c.Relay(vm.Name, relayed)
 			f.consoles.publish(vm.Name, cutLine(relayed))

@@ -19,7 +19,9 @@ import (
 // count grows by at least that much. The VMs' starts and exits are there
 // too (TestCtlRemote checks a running VM's CPU time and memory), and
 // `hyperroot ctl leases` lists the leases the switch gave both, and
-// `hyperroot ctl networks` their network with both ports and leases.
+// `hyperroot ctl networks` their network with both ports and leases; KVM's
+// counts of the client's vCPUs (exits by reason, injected interrupts) are
+// there once its VMM has ended.
 func TestMetrics(t *testing.T) {
 	parallel(t)
 	api := newRemoteAPI(t)
@@ -73,6 +75,16 @@ func TestMetrics(t *testing.T) {
 			if got := fams.Value(c.name, c.labels...); got != c.want {
 				t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 			}
+		}
+		// KVM's counts, which the client's VMM reported as it ended: its
+		// guest wrote its console through port I/O and halted when idle.
+		for _, reason := range []string{"io", "halt"} {
+			if got := fams.Value("hyperroot_vm_kvm_exits_total", "vm=client", "reason="+reason); got <= 0 {
+				t.Errorf("hyperroot_vm_kvm_exits_total{vm=client,reason=%s} = %v, want some", reason, got)
+			}
+		}
+		if got := fams.Value("hyperroot_vm_kvm_events_total", "vm=client", "event=irq_injections"); got <= 0 {
+			t.Errorf("no interrupts injected into the client (%v)", got)
 		}
 		if got := fams.Value("hyperroot_switch_port_bytes_total", "port=server.0", "dir=rx"); got < bytes {
 			t.Errorf("the server's port delivered %v bytes, want at least %d", got, bytes)

@@ -132,3 +132,22 @@ func moved(before, after kvm.Stats) string {
 	}
 	return b.String()
 }
+
+// KVMTotals sums, over the vCPUs, KVM's single-valued counters of them
+// (exits and exits by cause, injected interrupts, page faults, halts): for
+// the VMM's periodic report. It errs where KVM has no statistics.
+func (m *Machine) KVMTotals() (map[string]uint64, error) {
+	snap, err := m.stats.snapshot()
+	if err != nil {
+		return nil, err
+	}
+	sum := map[string]uint64{}
+	for _, st := range snap.vcpus {
+		for _, c := range st {
+			if len(c.Values) == 1 {
+				sum[c.Name] += c.Values[0]
+			}
+		}
+	}
+	return sum, nil
+}
