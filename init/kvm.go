@@ -13,6 +13,10 @@ type kvmState struct {
 	Module       string // kvm_amd or kvm_intel
 	NestedPaging bool   // npt (AMD) or ept (Intel)
 	MaxVCPUs     int
+	// NXHugePages is KVM's nx_huge_pages setting (the iTLB multihit
+	// mitigation: guest huge pages mapped no-execute until executed from,
+	// then split), "" when the kernel has none.
+	NXHugePages string
 }
 
 func (s kvmState) String() string {
@@ -20,7 +24,11 @@ func (s kvmState) String() string {
 	if s.NestedPaging {
 		np = "on"
 	}
-	return fmt.Sprintf("ok api=%d module=%s nested-paging=%s max-vcpus=%d", s.API, s.Module, np, s.MaxVCPUs)
+	nx := ""
+	if s.NXHugePages != "" {
+		nx = " nx-huge-pages=" + s.NXHugePages
+	}
+	return fmt.Sprintf("ok api=%d module=%s nested-paging=%s max-vcpus=%d%s", s.API, s.Module, np, s.MaxVCPUs, nx)
 }
 
 // probeKVM checks that /dev/kvm works by creating (and dropping) a VM, and
@@ -51,6 +59,9 @@ func probeKVM() (kvmState, error) {
 		}
 		s.Module = mod
 		s.NestedPaging = v == "1" || v == "Y" || v == "y"
+	}
+	if v, err := moduleParam("kvm", "nx_huge_pages"); err == nil {
+		s.NXHugePages = v
 	}
 	if s.Module == "" {
 		return s, errors.New("KVM works but neither kvm_amd nor kvm_intel is loaded")

@@ -67,3 +67,30 @@ func TestLostInterrupt(t *testing.T) {
 		}
 	}
 }
+
+func TestNoteStall(t *testing.T) {
+	m := &Machine{stall: make(chan struct{}), stalls: map[string]int{}}
+	for _, l := range []string{
+		"demo2| [   30.106532] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
+		"demo1| [   31.0] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
+		"[ 40.0] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:", // the appliance's own: not a guest's
+		"demo2| guest: rcu: INFO: fine",
+	} {
+		m.noteStall(l)
+	}
+	select {
+	case <-m.stall:
+		t.Fatal("stopped after one report per guest")
+	default:
+	}
+	m.noteStall("demo2| [   93.141235] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:")
+	select {
+	case <-m.stall:
+	default:
+		t.Fatal("a guest's second stall report did not stop the machine")
+	}
+	if !strings.HasPrefix(m.Stalled(), "demo2| [   93.141235]") {
+		t.Errorf("stalled = %q", m.Stalled())
+	}
+	m.noteStall("demo1| [   99] watchdog: BUG: soft lockup - CPU#0 stuck for 22s!") // after: no second close
+}

@@ -47,7 +47,9 @@ type Options struct {
 	// console is a terminal, "dump" is typed on it first (the appliance's
 	// console command that makes every VMM print its vCPUs' state), and
 	// QEMU is killed once that output has ended: a hang that took minutes
-	// to happen leaves the evidence of where the guests were.
+	// to happen leaves the evidence of where the guests were. A guest
+	// that reports a stall twice (an RCU stall, a soft lockup: see
+	// guestStallRE), which keeps the console busy, is treated alike.
 	Silence time.Duration
 	Accel   string    // auto (default), kvm or tcg
 	Console io.Writer // receives the console output (default: discarded)
@@ -95,10 +97,15 @@ type Machine struct {
 	waitErr error
 	timeout bool
 	silent  time.Duration // killed by Options.Silence after this much silence
-	lastOut time.Time     // when the console last printed
-	typist  *typist       // the console's input, when not a file; nil otherwise
-	cpus    int           // the appliance's vCPUs
-	console io.Writer     // Options.Console
+	// stalled is the guest's report that made the silence watchdog act
+	// (guestStallRE, a second time from one VM); stall is closed then.
+	stalled string
+	stall   chan struct{}
+	stalls  map[string]int // guest stall reports so far, by VM
+	lastOut time.Time      // when the console last printed
+	typist  *typist        // the console's input, when not a file; nil otherwise
+	cpus    int            // the appliance's vCPUs
+	console io.Writer      // Options.Console
 
 	mu     sync.Mutex
 	lines  []string
@@ -172,7 +179,8 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Machine{tmp: tmp, qmpPath: filepath.Join(tmp, "qmp.sock"), console: o.Console, done: make(chan struct{}), more: make(chan struct{}), cpus: o.CPUs}
+	m := &Machine{tmp: tmp, qmpPath: filepath.Join(tmp, "qmp.sock"), console: o.Console, done: make(chan struct{}), more: make(chan struct{}), cpus: o.CPUs,
+		stall: make(chan struct{}), stalls: map[string]int{}}
 	initrd, err := m.initrd(o)
 	if err != nil {
 		os.RemoveAll(tmp)
@@ -475,7 +483,9 @@ func (m *Machine) watchSilence(limit time.Duration) {
 		return
 	}
 	m.mu.Lock()
-	m.silent = quiet
+	if m.stalled == "" {
+		m.silent = quiet
+	}
 	m.mu.Unlock()
 	m.recordEmulator()
 	if m.typist != nil {
@@ -491,13 +501,20 @@ func (m *Machine) watchSilence(limit time.Duration) {
 
 // waitQuiet waits, checking at each tick, until the console has printed
 // nothing for d since its last output or since, whichever is later, or
-// until most (if not 0) has passed since since. It returns how long the
+// until most (if not 0) has passed since since; without since, also until
+// a guest keeps stalling (noteStall). It returns how long the
 // console had been quiet, and false if QEMU exited first.
 func (m *Machine) waitQuiet(tick <-chan time.Time, since time.Time, d, most time.Duration) (time.Duration, bool) {
+	stall := m.stall
+	if !since.IsZero() {
+		stall = nil // waiting for a dump to end, not for a stall
+	}
 	for {
 		select {
 		case <-m.done:
 			return 0, false
+		case <-stall:
+			return 0, true
 		case <-tick:
 		}
 		m.mu.Lock()
@@ -586,6 +603,7 @@ func (m *Machine) read(r io.Reader, console io.Writer) {
 			console.Write([]byte(line))
 			m.mu.Lock()
 			m.lines = append(m.lines, strings.TrimRight(line, "\r\n"))
+			m.noteStall(strings.TrimRight(line, "\r\n"))
 			close(m.more)
 			m.more = make(chan struct{})
 			m.mu.Unlock()
@@ -594,6 +612,35 @@ func (m *Machine) read(r io.Reader, console io.Writer) {
 			return
 		}
 	}
+}
+
+// guestStallRE matches a guest kernel's report that a CPU of it has made
+// no progress: an RCU stall (reported after 21 s, again every 63 s while
+// it lasts), a soft lockup, a task blocked for minutes. The console stays
+// busy with such reports, so the silence watchdog would never act.
+var guestStallRE = regexp.MustCompile(`^(\S+)\| .*(rcu: INFO: rcu_\w+ detected stalls|watchdog: BUG: soft lockup|INFO: task \S+ blocked for more than)`)
+
+// noteStall counts a guest's stall reports; the second from one VM (a
+// stall that outlived a report, which a slow emulator alone may cause)
+// makes the silence watchdog record the state and stop. m.mu is held.
+func (m *Machine) noteStall(line string) {
+	s := guestStallRE.FindStringSubmatch(line)
+	if s == nil || m.stalled != "" {
+		return
+	}
+	m.stalls[s[1]]++
+	if m.stalls[s[1]] == 2 {
+		m.stalled = line
+		close(m.stall)
+	}
+}
+
+// Stalled returns the guest stall report that made the silence watchdog
+// stop the machine, or "".
+func (m *Machine) Stalled() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.stalled
 }
 
 // TripleFaultLine is the console line the machine adds when QEMU's log
@@ -650,6 +697,9 @@ func (m *Machine) Expect(re *regexp.Regexp, timeout time.Duration) (string, erro
 				m.mu.Unlock()
 				if silent > 0 {
 					return "", fmt.Errorf("console silent for %s (QEMU killed) before a line matched %q", silent.Round(time.Second), re)
+				}
+				if stalled := m.Stalled(); stalled != "" {
+					return "", fmt.Errorf("a guest kept stalling (%q; QEMU killed) before a line matched %q", stalled, re)
 				}
 				return "", fmt.Errorf("QEMU exited before a line matched %q", re)
 			}
@@ -739,6 +789,7 @@ type Result struct {
 	ExitCode int           // QEMU's exit status
 	TimedOut bool          // killed by Options.Timeout
 	Silent   time.Duration // killed by Options.Silence after this much silence (0: not)
+	Stalled  string        // killed by the silence watchdog for this guest stall report ("": not)
 	Verdict  string        // "pass", "fail ..." from the console's "hyperroot: result" line, or ""
 	PowerOff bool          // the appliance said "hyperroot: poweroff"
 	Panic    bool          // the kernel panicked
@@ -748,7 +799,7 @@ type Result struct {
 // OK is the oneshot verdict: the appliance reported success and powered off
 // cleanly, and QEMU exited 0 in time.
 func (r Result) OK() bool {
-	return r.Verdict == "pass" && r.PowerOff && !r.Panic && !r.TimedOut && r.Silent == 0 && r.ExitCode == 0
+	return r.Verdict == "pass" && r.PowerOff && !r.Panic && !r.TimedOut && r.Silent == 0 && r.Stalled == "" && r.ExitCode == 0
 }
 
 // Why explains a failed Result in one line.
@@ -758,6 +809,8 @@ func (r Result) Why() string {
 		return "timed out"
 	case r.Silent > 0:
 		return fmt.Sprintf("console silent for %s: killed", r.Silent.Round(time.Second))
+	case r.Stalled != "":
+		return fmt.Sprintf("a guest kept stalling (%q): killed", r.Stalled)
 	case r.Panic:
 		return "kernel panic"
 	case r.Verdict == "":
@@ -786,7 +839,7 @@ func (m *Machine) Wait() Result {
 	}
 	m.mu.Lock()
 	r.TimedOut = m.timeout
-	r.Silent = m.silent
+	r.Silent, r.Stalled = m.silent, m.stalled
 	m.mu.Unlock()
 	r.Lines = m.Lines()
 	for _, l := range r.Lines {

@@ -178,14 +178,19 @@ func (m *Machine) answerDump(i int, v *kvm.VCPU) {
 		v.SetImmediateExit(false)
 	}
 	m.mu.Unlock()
+	var mem uint64Reader
+	if m.mem != nil { // a Machine assembled by hand may have none
+		mem = m.mem
+	}
 	select {
-	case watch.answer <- strings.Join(describeVCPU(i, v), "\n"):
+	case watch.answer <- strings.Join(describeVCPU(i, v, mem), "\n"):
 	default: // an unread answer is still there
 	}
 }
 
-// describeVCPU reads what KVM holds about a vCPU that is not in KVM_RUN.
-func describeVCPU(i int, v *kvm.VCPU) []string {
+// describeVCPU reads what KVM holds about a vCPU that is not in KVM_RUN,
+// and walks the guest's page tables (in mem, when not nil) for its RIP.
+func describeVCPU(i int, v *kvm.VCPU, mem uint64Reader) []string {
 	var out []string
 	add := func(format string, a ...any) {
 		out = append(out, fmt.Sprintf("vcpu %d: ", i)+fmt.Sprintf(format, a...))
@@ -207,6 +212,13 @@ func describeVCPU(i int, v *kvm.VCPU) []string {
 			r.RIP, r.RSP, r.RFLAGS, onOff(r.RFLAGS&(1<<9) != 0), s.CS.Selector, s.CS.DPL, s.CR0, s.CR2, s.CR3, s.CR4, s.EFER)
 		add("rax=%#x rbx=%#x rcx=%#x rdx=%#x rsi=%#x rdi=%#x rbp=%#x", r.RAX, r.RBX, r.RCX, r.RDX, r.RSI, r.RDI, r.RBP)
 		add("r8=%#x r9=%#x r10=%#x r11=%#x r12=%#x r13=%#x r14=%#x r15=%#x", r.R8, r.R9, r.R10, r.R11, r.R12, r.R13, r.R14, r.R15)
+		if mem != nil {
+			note := ""
+			if r.RIP == s.CR2 {
+				note = " (rip is the last fault's address: it faulted fetching this instruction)"
+			}
+			add("%s%s", pageWalk(mem, s.EFER, s.CR4, s.CR3, r.RIP), note)
+		}
 	}
 	if l, err := v.LAPIC(); err != nil {
 		add("%v", err)
