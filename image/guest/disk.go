@@ -177,29 +177,12 @@ const rawSize = 1 << 20
 // diskRawWrite writes rawSize bytes of content at the start of vda itself
 // (no filesystem: the disk may be a new, empty file), durably, and prints
 // their checksum.
-func diskRawWrite(seed uint64) error {
-	f, _, err := openDirect()
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	buf, err := alignedBuf(rawSize)
-	if err != nil {
-		return err
-	}
-	copy(buf, content(seed, "raw", rawSize))
-	if _, err := f.WriteAt(buf, 0); err != nil {
-		return err
-	}
-	if err := unix.Fdatasync(int(f.Fd())); err != nil {
-		return err
-	}
-	fmt.Printf("guest: raw sha256 %s\n", sum(buf))
-	return nil
-}
+func diskRawWrite(seed uint64) error { return diskRaw(seed, true) }
 
 // diskRawRead prints the checksum of the first rawSize bytes of vda.
-func diskRawRead(uint64) error {
+func diskRawRead(seed uint64) error { return diskRaw(seed, false) }
+
+func diskRaw(seed uint64, write bool) error {
 	f, _, err := openDirect()
 	if err != nil {
 		return err
@@ -209,7 +192,16 @@ func diskRawRead(uint64) error {
 	if err != nil {
 		return err
 	}
-	if _, err := f.ReadAt(buf, 0); err != nil {
+	if write {
+		copy(buf, content(seed, "raw", rawSize))
+		if _, err := f.WriteAt(buf, 0); err != nil {
+			return err
+		}
+		err = unix.Fdatasync(int(f.Fd()))
+	} else {
+		_, err = f.ReadAt(buf, 0)
+	}
+	if err != nil {
 		return err
 	}
 	fmt.Printf("guest: raw sha256 %s\n", sum(buf))
