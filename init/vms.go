@@ -384,6 +384,9 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 			}
 			relayed, dump := dumpLine(line, args.DumpTag)
 			f.c.Relay(vm.Name, relayed)
+			if refusedReconnect(line) {
+				f.c.Printf("vm %s: its NIC sockets: %s", vm.Name, describeSockets(switchDir, vm))
+			}
 			f.consoles.publish(vm.Name, cutLine(relayed))
 			if dump {
 				notify(e.begun)
