@@ -83,7 +83,7 @@ func TestMaxVCPUs(t *testing.T) {
 			o.CPUs = 1 // as TestGuestShapes: multi-threaded TCG and many APs
 		}
 		m := start(t, o)
-		kvm := expect(t, m, `hyperroot: kvm: ok .* max-vcpus=\d+$`)
+		kvm := expect(t, m, `hyperroot: kvm: ok .* max-vcpus=\d+( nx-huge-pages=\S+)?$`)
 		if n := qosField(t, kvm, "max-vcpus"); n != maxVCPUs {
 			t.Fatalf("the appliance's KVM allows %d vCPUs per VM; this test runs %d", n, maxVCPUs)
 		}
