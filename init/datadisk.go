@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -84,6 +85,50 @@ func (d *dataDisk) mount(c *console, dev, how string) {
 	}
 	d.dev = dev
 	c.Printf("data: %s (%s) mounted on %s", dev, how, config.DataDir)
+}
+
+// guard unmounts the data disk if cfg gives it to a VM (the device itself,
+// or the whole disk it is a partition of): a guest could then write the
+// filesystem under PID 1's feet, or have written one labelled
+// hyperroot-data on its own disk for PID 1 to find and trust at the next
+// boot. It reports whether the data disk is still mounted.
+func (d *dataDisk) guard(c *console, cfg *config.Config, whose string) bool {
+	if d.dev == "" || cfg == nil {
+		return d.dev != ""
+	}
+	for _, vm := range cfg.VMs {
+		for _, disk := range vm.Disks {
+			if !sameOrParent(d.dev, disk.Path) {
+				continue
+			}
+			c.Errorf("data", fmt.Errorf("%s is vm %s's disk %s in %s: not used as the data disk (a guest writes it)", d.dev, vm.Name, disk.Path, whose))
+			if err := unmountData(); err != nil {
+				c.Errorf("data", err)
+			}
+			d.dev = ""
+			return false
+		}
+	}
+	return true
+}
+
+// sameOrParent says whether the block device dev is disk, or a partition
+// of it (the kernel's sysfs knows a partition's disk).
+func sameOrParent(dev, disk string) bool {
+	if dev == disk {
+		return true
+	}
+	if !strings.HasPrefix(disk, "/dev/") {
+		return false
+	}
+	real, err := filepath.EvalSymlinks(filepath.Join("/sys/class/block", filepath.Base(dev)))
+	if err != nil {
+		return false
+	}
+	if _, err := os.Stat(filepath.Join(real, "partition")); err != nil {
+		return false
+	}
+	return filepath.Base(filepath.Dir(real)) == filepath.Base(disk)
 }
 
 // savedConfig returns the configuration kept on the data disk, copied to

@@ -172,8 +172,10 @@ func checkDisk(f *os.File, d config.Disk) error {
 // applianceDirs are the appliance's own files: kernel interfaces, devices
 // other than disks (a block device there is fine, see checkDisk), its
 // configuration and board, the switch's sockets and leases, the binary,
-// and on the data disk, the API's certificate and the saved configuration.
-var applianceDirs = []string{"/proc", "/sys", "/etc/hyperroot", "/run/hyperroot", "/init", apiDataDir, savedConfig}
+// and on the data disk, the API's certificate, the saved configuration,
+// the downloaded images (a VM writing one would change every disk made
+// from it after its digest was checked) and the kept leases.
+var applianceDirs = []string{"/proc", "/sys", "/etc/hyperroot", "/run/hyperroot", "/init", apiDataDir, savedConfig, imagesDir, leasesDir}
 
 // checkDiskPath refuses a path in the appliance's own directories.
 func checkDiskPath(path string) error {

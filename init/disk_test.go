@@ -49,6 +49,7 @@ func TestOpenDisk(t *testing.T) {
 		{"proc", config.Disk{Path: "/proc/self/environ", ReadOnly: true}, "is one of the appliance's own files (/proc)", -1},
 		{"proc, not clean", config.Disk{Path: "/tmp/../proc/kcore", ReadOnly: true}, "is one of the appliance's own files (/proc)", -1},
 		{"the configuration", config.Disk{Path: "/etc/hyperroot/config.yaml"}, "is one of the appliance's own files (/etc/hyperroot)", -1},
+		{"a downloaded image", config.Disk{Path: "/var/lib/hyperroot/images/" + strings.Repeat("a", 64) + ".raw"}, "is one of the appliance's own files (/var/lib/hyperroot/images)", -1},
 		{"the switch's leases", config.Disk{Path: "/run/hyperroot/switch/lan.leases"}, "is one of the appliance's own files (/run/hyperroot)", -1},
 		{"sysfs", config.Disk{Path: "/sys/kernel/notes", ReadOnly: true}, "is one of the appliance's own files (/sys)", -1},
 		{"never truncated", config.Disk{Path: existing, Size: 4096}, "size 4K is smaller than the existing file (10000 bytes): refusing to truncate it", 10000},

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,12 +35,18 @@ var imagesDir = filepath.Join(config.DataDir, "images")
 const imageTimeout = 30 * time.Minute
 
 // imagesMu makes one download of an image at a time: two VMs starting
-// from the same image share its download.
-var imagesMu sync.Mutex
+// from the same image share its download. It guards badImages, the
+// images whose download did not match their digest.
+var (
+	imagesMu  sync.Mutex
+	badImages = map[config.Image]error{}
+)
 
 // makeFromImages makes the missing disk files of vm that have an image.
-// A download gives up when quit is closed (the appliance stopping).
-func makeFromImages(c *console, vm config.VM, quit <-chan struct{}) error {
+// Images are kept on the data disk only (dataDisk: one is mounted): in
+// RAM a large one would take the appliance's memory. A download gives up
+// when quit is closed (the appliance stopping).
+func makeFromImages(c *console, vm config.VM, dataDisk bool, quit <-chan struct{}) error {
 	for _, d := range vm.Disks {
 		if d.Image == nil {
 			continue
@@ -48,6 +55,9 @@ func makeFromImages(c *console, vm config.VM, quit <-chan struct{}) error {
 			continue // made before: the VM's own data now
 		} else if !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("disk %s: %w", d.Path, err)
+		}
+		if !dataDisk {
+			return fmt.Errorf("disk %s: image: needs a data disk to keep the image on (see data: in the README); none is mounted", d.Path)
 		}
 		if err := checkDiskPath(d.Path); err != nil {
 			return fmt.Errorf("disk %s: %w", d.Path, err)
@@ -75,9 +85,21 @@ func fetchImage(c *console, vm string, im config.Image, quit <-chan struct{}) (s
 	if _, err := os.Stat(path); err == nil {
 		return path, nil
 	}
+	if err, ok := badImages[im]; ok {
+		// Its server gave other bytes than pinned: not again at each
+		// restart of the VM, only when the appliance or the pin changes.
+		return "", err
+	}
 	if err := os.MkdirAll(imagesDir, 0o700); err != nil {
 		return "", err
 	}
+	// No bigger than the room there is: a wrong URL must not fill the
+	// data disk the configuration and leases are kept on.
+	var fsst unix.Statfs_t
+	if err := unix.Statfs(imagesDir, &fsst); err != nil {
+		return "", err
+	}
+	room := int64(fsst.Bavail) * fsst.Bsize
 	c.Printf("vm %s: image %s: downloading %s", vm, im.SHA256[:12], im.URL)
 	ctx, cancel := context.WithTimeout(context.Background(), imageTimeout)
 	defer cancel()
@@ -92,7 +114,8 @@ func fetchImage(c *console, vm string, im config.Image, quit <-chan struct{}) (s
 	var shown time.Time
 	var size int64
 	err := fetch.Download(ctx, im.URL, path, fetch.Options{
-		SHA256: im.SHA256,
+		SHA256:   im.SHA256,
+		MaxBytes: max(room, 1),
 		Retry: func(n int, err error, wait time.Duration) {
 			c.Printf("vm %s: image %s: attempt %d: %v; again in %s", vm, im.SHA256[:12], n, err, wait)
 		},
@@ -112,6 +135,9 @@ func fetchImage(c *console, vm string, im config.Image, quit <-chan struct{}) (s
 		}
 	})
 	if err != nil {
+		if strings.Contains(err.Error(), "sha256 mismatch") {
+			badImages[im] = err
+		}
 		return "", err
 	}
 	secs := time.Since(start).Seconds()
@@ -184,17 +210,39 @@ func cloneOrCopy(dst, src *os.File) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		for in, out := data, data; in < hole; {
-			n, err := unix.CopyFileRange(int(src.Fd()), &in, int(dst.Fd()), &out, int(hole-in), 0)
-			if err != nil {
-				return "", err
-			}
-			if n == 0 {
-				return "", io.ErrUnexpectedEOF
-			}
-			copied += int64(n)
+		n, err := copyRange(dst, src, data, hole-data)
+		copied += n
+		if err != nil {
+			return "", err
 		}
 		off = hole
 	}
 	return fmt.Sprintf("copied %d MiB of data", copied>>20), nil
+}
+
+// copyRange copies n bytes at off from src to the same offset in dst, in
+// the kernel (copy_file_range), or through memory where the kernel will
+// not (EXDEV between filesystems of different types, EINVAL, EOPNOTSUPP).
+func copyRange(dst, src *os.File, off, n int64) (int64, error) {
+	var copied int64
+	for in, out := off, off; in < off+n; {
+		k, err := unix.CopyFileRange(int(src.Fd()), &in, int(dst.Fd()), &out, int(off+n-in), 0)
+		if errors.Is(err, unix.EXDEV) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
+			rest := off + n - in
+			m, err := io.Copy(io.NewOffsetWriter(dst, in), io.NewSectionReader(src, in, rest))
+			copied += m
+			if err == nil && m != rest {
+				err = io.ErrUnexpectedEOF
+			}
+			return copied, err
+		}
+		if err != nil {
+			return copied, err
+		}
+		if k == 0 {
+			return copied, io.ErrUnexpectedEOF
+		}
+		copied += int64(k)
+	}
+	return copied, nil
 }

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/hyperroot/hyperroot/init/config"
 )
 
@@ -47,6 +49,25 @@ func TestKeepAndRestoreLeases(t *testing.T) {
 			t.Errorf("network %q: %v", bad, err)
 		}
 	}
+	// What a taken switch might leave instead: a link to the
+	// appliance's secrets, a FIFO.
+	secret := filepath.Join(t.TempDir(), "key.pem")
+	os.WriteFile(secret, []byte("secret"), 0o600)
+	os.Remove(leaseFile(sw, "dmz"))
+	if err := os.Symlink(secret, leaseFile(sw, "dmz")); err != nil {
+		t.Fatal(err)
+	}
+	if err := keepLeases(cfg, sw, "dmz"); err == nil {
+		t.Error("a symbolic link was kept as a lease file")
+	}
+	os.Remove(leaseFile(sw, "dmz"))
+	if err := unix.Mkfifo(leaseFile(sw, "dmz"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := keepLeases(cfg, sw, "dmz"); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("a FIFO: %v", err)
+	}
+	os.Remove(leaseFile(sw, "dmz"))
 	var out syncBuffer
 	c := newConsole(&out)
 	next := filepath.Join(t.TempDir(), "switch")
@@ -59,6 +80,26 @@ func TestKeepAndRestoreLeases(t *testing.T) {
 		t.Error("a network without kept leases got a file")
 	}
 	if !strings.Contains(out.String(), "leases: 1 networks' leases restored from "+leasesDir) {
+		t.Errorf("console: %q", out.String())
+	}
+}
+
+// TestDataDiskGuard: a data disk that the configuration gives to a VM is
+// let go, with an error naming both.
+func TestDataDiskGuard(t *testing.T) {
+	var out syncBuffer
+	c := newConsole(&out)
+	cfg := &config.Config{VMs: []config.VM{{Name: "web", Disks: []config.Disk{{Path: "/dev/vdq"}}}}}
+	d := dataDisk{dev: "/dev/vdz1"}
+	if !d.guard(c, cfg, "the configuration") || d.dev != "/dev/vdz1" {
+		t.Error("a data disk no VM has was let go")
+	}
+	d.dev = "/dev/vdq"
+	if d.guard(c, cfg, "the image's configuration") || d.dev != "" {
+		t.Error("a VM's disk kept as the data disk")
+	}
+	c.Flush(5 * time.Second)
+	if !strings.Contains(out.String(), "error: data: /dev/vdq is vm web's disk /dev/vdq in the image's configuration: not used as the data disk") {
 		t.Errorf("console: %q", out.String())
 	}
 }

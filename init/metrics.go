@@ -37,8 +37,8 @@ var (
 	mVMCPUs      = desc("vm_vcpus", "The VM's configured vCPUs.", "vm")
 	mVMMemCfg    = desc("vm_memory_configured_bytes", "The VM's configured guest RAM.", "vm")
 	mVMStarts    = desc("vm_starts_total", "Starts of the VM's VMM (first and restarts).", "vm")
-	mVMKVMExits  = desc("vm_kvm_exits_total", "Exits of the VM's vCPUs from the guest into KVM since its VMM started, as KVM counts them, by reason (io, mmio, halt, irq, irq_window, nmi_window, request_irq, signal, other); reported by the VMM every 10 s.", "vm", "reason")
-	mVMKVMEvents = desc("vm_kvm_events_total", "Other counts KVM keeps of the VM's vCPUs since its VMM started (irq_injections, nmi_injections, pf_fixed, insn_emulation, halt_wakeup).", "vm", "event")
+	mVMKVMExits  = desc("vm_kvm_exits_total", "Exits of the VM's vCPUs from the guest into KVM since its VMM started, as KVM counts them, by reason (io, mmio, halt, irq, irq_window, nmi_window, other); reported by the VMM every 10 s.", "vm", "reason")
+	mVMKVMEvents = desc("vm_kvm_events_total", "Other counts KVM keeps of the VM's vCPUs since its VMM started (irq_injections, nmi_injections, pf_fixed, insn_emulation, halt_wakeup, and its returns to the VMM: signal_exits, request_irq_exits).", "vm", "event")
 	mVMExits     = desc("vm_exits_total", "Exits of the VM's VMM by reason (poweroff, reboot, crash, oom, pids, seccomp, killed, ...).", "vm", "reason")
 	mVMCPU       = desc("vm_cpu_seconds_total", "CPU time of the VM's running VMM (its cgroup: vCPU threads and device models), since its last start.", "vm")
 	mVMMem       = desc("vm_memory_bytes", "Memory charged to the VM's running VMM (its cgroup's memory.current: guest RAM and the VMM's own).", "vm")
@@ -182,7 +182,10 @@ func kvmMetrics(counter func(*prometheus.Desc, float64, ...string), vm string, k
 		if !ok || name == "exits" {
 			continue
 		}
-		if reason, ok := strings.CutSuffix(name, "_exits"); ok {
+		// signal_exits and request_irq_exits count returns to the VMM,
+		// not exits from the guest (a signal's kick adds to exits and
+		// irq_exits too): events, or "other" could go down.
+		if reason, ok := strings.CutSuffix(name, "_exits"); ok && name != "signal_exits" && name != "request_irq_exits" {
 			counter(mVMKVMExits, float64(v), vm, reason)
 			caused += v
 		} else {

@@ -59,7 +59,7 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("exits after one stop = %v", exits)
 	}
 	// KVM's counts as a VMM reports them.
-	st, ok := parseKVMStats(" exits=100 io_exits=30 mmio_exits=20 halt_exits=5 irq_injections=7")
+	st, ok := parseKVMStats(" exits=100 io_exits=30 mmio_exits=20 halt_exits=5 signal_exits=9 irq_injections=7")
 	if !ok {
 		t.Fatal("a VMM's stats line did not parse")
 	}
@@ -77,6 +77,9 @@ func TestMetrics(t *testing.T) {
 	}
 	if got := m.Value("hyperroot_vm_kvm_events_total", "vm=t", "event=irq_injections"); got != 7 {
 		t.Errorf("irq_injections = %v", got)
+	}
+	if got := m.Value("hyperroot_vm_kvm_events_total", "vm=t", "event=signal_exits"); got != 9 {
+		t.Errorf("signal_exits = %v, want it among the events (not an exit reason)", got)
 	}
 	if ports := (apiBackend{f: f, sw: sw}).Ports(); len(ports) != 1 || ports[0].Name != "t.0" || ports[0].RxPackets != 10 ||
 		ports[0].TxBytes != 7000 || len(ports[0].Drops) != 1 || ports[0].Drops["spoofed_mac"] != 3 {

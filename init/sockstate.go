@@ -23,7 +23,7 @@ import (
 // refusedReconnect says whether a line of a VMM's output is a refused
 // reconnection to the switch.
 func refusedReconnect(line string) bool {
-	return strings.Contains(line, ": reconnect: ") && strings.Contains(line, "permission denied")
+	return strings.HasPrefix(line, "vmm: virtio-net ") && strings.Contains(line, ": reconnect: ") && strings.Contains(line, "permission denied")
 }
 
 // describeSockets says what the filesystem holds of vm's NIC sockets in

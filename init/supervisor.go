@@ -87,7 +87,9 @@ func supervise() {
 	var data dataDisk
 	data.mountLabelled(c)
 	cfg, cfgPath := loadConfig(c, args, &data)
+	data.guard(c, cfg, "the configuration")
 	data.mountConfigured(c, cfg.Data)
+	data.guard(c, cfg, "the configuration")
 	// Before the switch: it and every child PID 1 starts inherit PID 1's
 	// group, and the VMs get theirs.
 	cg := setupCgroups(c)
@@ -118,6 +120,7 @@ func supervise() {
 	f.cg = cg
 	f.seccomp = seccompLog
 	f.sv = sv
+	f.dataDisk = data.dev != ""
 	p.stop = func() {
 		f.Stop(vmStopGrace)
 		if sw != nil {
@@ -221,6 +224,15 @@ func loadConfig(c *console, args cmdline, disk *dataDisk) (*config.Config, strin
 	file := src // what the switch reads
 	var data []byte
 	var err error
+	if args.Config == "" && disk.dev != "" {
+		// The image's own configuration says which disks are VMs': a
+		// labelled disk among them is not to be trusted (datadisk.go).
+		if data, err := os.ReadFile(configPath); err == nil {
+			if img, err := config.Parse(configPath, data); err == nil {
+				disk.guard(c, img, "the image's configuration")
+			}
+		}
+	}
 	if saved, copied, ok := disk.savedConfig(c); ok && args.Config == "" {
 		// The configuration last applied through the API comes before
 		// the image's own; one that does not parse falls back to it.

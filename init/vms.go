@@ -49,6 +49,7 @@ type fleet struct {
 	vms      map[string]*vmEntry
 	stopping bool
 	quit     chan struct{} // closed when stopping
+	dataDisk bool          // a data disk is mounted (diskimage.go keeps images there)
 	failed   []string      // names of VMs whose last exit was not a clean poweroff
 	done     sync.WaitGroup
 }
@@ -281,7 +282,7 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 	// Disks are opened here, before anything starts, so that a missing
 	// or unusable one stops the VM with an error naming it; those to be
 	// made from an image are made first (diskimage.go).
-	if err := makeFromImages(f.c, vm, f.quit); err != nil {
+	if err := makeFromImages(f.c, vm, f.dataDisk, f.quit); err != nil {
 		return nil, err
 	}
 	disks, err := openDisks(vm)
@@ -348,6 +349,7 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 	}
 	args.Seccomp = f.seccomp.Mode()
 	args.DumpTag = newDumpTag()
+	socketsShown := false // describeSockets, once
 	spec := child.Spec{
 		Path: selfPath(), Args: args.Argv(),
 		// The VMM jails itself once set up (--jail): it starts in
@@ -384,7 +386,9 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 			}
 			relayed, dump := dumpLine(line, args.DumpTag)
 			f.c.Relay(vm.Name, relayed)
-			if refusedReconnect(line) {
+			if !socketsShown && refusedReconnect(line) {
+				// Once per start: its guest could print the same.
+				socketsShown = true
 				f.c.Printf("vm %s: its NIC sockets: %s", vm.Name, describeSockets(switchDir, vm))
 			}
 			f.consoles.publish(vm.Name, cutLine(relayed))

@@ -195,6 +195,15 @@ func Parse(file string, data []byte) (*Config, error) {
 		}
 		seen[vm.Name] = true
 	}
+	if c.Data != nil && c.Data.Device != "" {
+		for _, vm := range c.VMs {
+			for _, disk := range vm.Disks {
+				if onDisk(c.Data.Device, disk.Path) || onDisk(disk.Path, c.Data.Device) {
+					d.errf(doc, "data: device %s is also vm %s's disk %s: the appliance's data disk is its own", c.Data.Device, vm.Name, disk.Path)
+				}
+			}
+		}
+	}
 	if !assignIDs(c.VMs, c.Jail.IDs) {
 		d.errf(doc, "jail: ids %s hold fewer ids than the %d VMs", c.Jail.IDs, len(c.VMs))
 	}
@@ -519,4 +528,23 @@ func Default() *Config {
 	c := &Config{VMs: []VM{demo("demo1", 1, 128<<20), demo("demo2", 2, 256<<20)}, Jail: Jail{IDs: DefaultJailIDs}}
 	assignIDs(c.VMs, c.Jail.IDs)
 	return c
+}
+
+// onDisk says whether the device path dev is disk or, by its name, one of
+// its partitions (vda1 of vda, nvme0n1p2 of nvme0n1).
+func onDisk(dev, disk string) bool {
+	rest, ok := strings.CutPrefix(dev, disk)
+	if !ok || !strings.HasPrefix(disk, "/dev/") {
+		return false
+	}
+	rest = strings.TrimPrefix(rest, "p")
+	if rest == "" {
+		return dev == disk
+	}
+	for _, r := range rest {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return true
 }

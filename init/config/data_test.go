@@ -21,6 +21,11 @@ func TestParseData(t *testing.T) {
 		{"data: {device: vda}\n", nil, `path "vda": want an absolute path`},
 		{"data: {device: /dev/vda, label: x}\n", nil, `unknown key "label" (known: device, format)`},
 		{"data: /dev/vda\n", nil, "want a mapping"},
+		{"data: {device: /dev/vda1}\nvms:\n  - {name: a, kernel: /k, disks: [{path: /dev/vda}]}\n", nil, "data: device /dev/vda1 is also vm a's disk /dev/vda"},
+		{"data: {device: /dev/vdb}\nvms:\n  - {name: a, kernel: /k, disks: [{path: /dev/vdb}]}\n", nil, "data: device /dev/vdb is also vm a's disk /dev/vdb"},
+		{"data: {device: /dev/nvme0n1}\nvms:\n  - {name: a, kernel: /k, disks: [{path: /dev/nvme0n1p2}]}\n", nil, "is also vm a's disk /dev/nvme0n1p2"},
+		{"data: {device: /dev/vdb}\nvms:\n  - {name: a, kernel: /k, disks: [{path: /dev/vdb1}, {path: /dev/vdc}, {path: /dev/vda}]}\n", nil, "is also vm a's disk /dev/vdb1"},
+		{"data: {device: /dev/vd}\nvms:\n  - {name: a, kernel: /k, disks: [{path: /dev/vda}]}\n", &Data{Device: "/dev/vd"}, ""},
 	} {
 		c, err := Parse("c.yaml", []byte(tc.yaml))
 		if tc.err != "" {

@@ -56,6 +56,9 @@ func Download(ctx context.Context, rawURL, path string, o Options, progress func
 				os.Remove(part)
 				err = fmt.Errorf("%w: downloading it again from the start", err)
 			} else if err != nil {
+				if errors.Is(err, errDigest) {
+					os.Remove(part) // twice wrong: nothing there to resume
+				}
 				err = permanentError{err}
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -18,28 +19,39 @@ import (
 // vCPU's ioctls with KVM_RUN: a dump could not open one while the guest
 // runs, but reading one never waits.
 type kvmStats struct {
-	fds []int // the VM's, then each vCPU's in order; none in the zero value
-	err error // why there are none (a kernel before 5.14)
+	mu  sync.Mutex // a VMM's reporter may read while Close closes
+	fds []int      // the VM's, then each vCPU's in order; none in the zero value
+	err error      // why there are none (a kernel before 5.14)
 }
 
-func openKVMStats(vm *kvm.VM, vcpus []*kvm.VCPU) kvmStats {
+// open opens the descriptors of vm and vcpus; on error there are none.
+func (s *kvmStats) open(vm *kvm.VM, vcpus []*kvm.VCPU) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	fd, err := vm.StatsFD()
 	if err != nil {
-		return kvmStats{err: err}
+		s.err = err
+		return
 	}
-	s := kvmStats{fds: []int{fd}}
+	s.fds = []int{fd}
 	for _, v := range vcpus {
 		fd, err := v.StatsFD()
 		if err != nil {
-			s.close()
-			return kvmStats{err: err}
+			s.closeLocked()
+			s.err = err
+			return
 		}
 		s.fds = append(s.fds, fd)
 	}
-	return s
 }
 
 func (s *kvmStats) close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closeLocked()
+}
+
+func (s *kvmStats) closeLocked() error {
 	var errs []error
 	for _, fd := range s.fds {
 		errs = append(errs, unix.Close(fd))
@@ -56,6 +68,8 @@ type kvmSnapshot struct {
 }
 
 func (s *kvmStats) snapshot() (kvmSnapshot, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if len(s.fds) == 0 {
 		if s.err == nil {
 			return kvmSnapshot{}, errors.New("no KVM statistics opened")

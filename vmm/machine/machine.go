@@ -345,7 +345,7 @@ func (m *Machine) build(cfg Config, k *boot.Kernel) (err error) {
 	}
 	m.tids = make([]int, cfg.CPUs)
 	m.watch = newWatches(cfg.CPUs)
-	m.stats = openKVMStats(m.vm, m.vcpus)
+	m.stats.open(m.vm, m.vcpus)
 	return nil
 }
 

@@ -77,7 +77,7 @@ func tinyMachine(t *testing.T, cpus int, code []byte) *Machine {
 		}
 	}
 	m.tids = make([]int, cpus)
-	m.stats = openKVMStats(m.vm, m.vcpus)
+	m.stats.open(m.vm, m.vcpus)
 	return m
 }
 
