@@ -113,6 +113,10 @@ func TestLearningFromFramePort(t *testing.T) {
 	host := mac(macX)
 	ff.in <- append(make([]byte, HeaderLen), ether(bcast(), host, 0x88b5, make([]byte, 46))...) // learned on "up"
 	waitFor(t, "learn", func() bool { return lan.Lookup(host) == up.Port })
+	// The switch learns the source before it delivers the flood: both
+	// VMs have the broadcast before the count below means anything
+	// (under the race detector b's delivery came after, once).
+	waitFor(t, "flood", func() bool { return a.port.Counters().RxPackets == 1 && b.port.Counters().RxPackets == 1 })
 
 	a.send(ether(host, mac(macA), 0x88b5, make([]byte, 46)))
 	a.flushTX()
