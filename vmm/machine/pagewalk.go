@@ -33,15 +33,17 @@ func pageWalk(mem uint64Reader, efer, cr4, cr3, va uint64) string {
 	if efer&efer64 == 0 {
 		return "not in long mode"
 	}
-	if cr4&cr4LA57 != 0 {
-		return "5-level paging: not walked"
+	names := []string{"pml4e", "pdpte", "pde", "pte"}
+	if cr4&cr4LA57 != 0 { // 5-level paging: one level more on top
+		names = append([]string{"pml5e"}, names...)
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "page walk of %#x:", va)
 	table := cr3 & pteAddrMask
 	nx, user := false, true // user: every level lets user mode in
-	for level, name := range []string{"pml4e", "pdpte", "pde", "pte"} {
-		shift := 39 - 9*uint(level)
+	for i, name := range names {
+		level := i - (len(names) - 4) // 0 for the PML4, -1 for the PML5
+		shift := uint(39 - 9*level)
 		addr := table + 8*((va>>shift)&511)
 		e, err := mem.Uint64(addr)
 		if err != nil {

@@ -55,6 +55,12 @@ func TestPageWalk(t *testing.T) {
 	if got := walk(); !strings.Contains(got, "outside guest RAM") {
 		t.Errorf("a table outside RAM: %s", got)
 	}
+	// 5-level paging: the PML5 at cr3 points to the same PML4.
+	ram[0x1000+8*idx(0)] = 0x2000 | ptePresent
+	ram[0x9000+8*((va>>48)&511)] = 0x1000 | ptePresent
+	if got := pageWalk(ram, efer64, cr4LA57, 0x9000, va); !strings.Contains(got, "pml5e=0x1001 pml4e=0x2001") {
+		t.Errorf("5-level: %s", got)
+	}
 	if got := pageWalk(ram, 0, 0, 0x1000, va); got != "not in long mode" {
 		t.Errorf("32-bit: %s", got)
 	}
