@@ -11,6 +11,7 @@ import (
 
 	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/atomicfile"
+	"github.com/hyperroot/hyperroot/net/dhcp"
 )
 
 // The switch keeps each network's DHCP leases in its directory, in RAM
@@ -88,10 +89,6 @@ func leaseNetwork(line string) (string, bool) {
 	return name, name != ""
 }
 
-// maxLeaseFile bounds a lease file PID 1 copies: a /16 pool's leases take
-// under 10 MiB (net/dhcp bounds its reader alike).
-const maxLeaseFile = 16 << 20
-
 // readLeaseFile reads a lease file written by the switch, which is jailed
 // but may be a guest's: a regular file only (no symbolic link to one of
 // the appliance's files, no FIFO to block on), and bounded.
@@ -106,12 +103,12 @@ func readLeaseFile(path string) ([]byte, error) {
 	} else if !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("%s: not a regular file", path)
 	}
-	data, err := io.ReadAll(io.LimitReader(f, maxLeaseFile+1))
+	data, err := io.ReadAll(io.LimitReader(f, dhcp.MaxLeaseFile+1))
 	if err != nil {
 		return nil, err
 	}
-	if len(data) > maxLeaseFile {
-		return nil, fmt.Errorf("%s: over %d bytes", path, maxLeaseFile)
+	if len(data) > dhcp.MaxLeaseFile {
+		return nil, fmt.Errorf("%s: over %d bytes", path, dhcp.MaxLeaseFile)
 	}
 	return data, nil
 }

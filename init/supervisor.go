@@ -125,12 +125,12 @@ func supervise() {
 		f.Stop(vmStopGrace)
 		if sw != nil {
 			sw.Stop(5 * time.Second)
+		}
+		if sw != nil && data.dev != "" {
 			// Renewals since the last new lease, for the next boot.
 			for _, nw := range cfg.Networks {
-				if data.dev != "" {
-					if err := keepLeases(cfg, switchDir, nw.Name); err != nil {
-						c.Errorf("leases", err)
-					}
+				if err := keepLeases(cfg, switchDir, nw.Name); err != nil {
+					c.Errorf("leases", err)
 				}
 			}
 		}

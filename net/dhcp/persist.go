@@ -35,9 +35,10 @@ type fileLease struct {
 
 const leaseFileVersion = 1
 
-// maxLeaseFile bounds what ReadLeases reads: a /16 pool's leases take
+// MaxLeaseFile bounds what ReadLeases (and any other reader of a lease
+// file, such as PID 1 keeping it on the data disk) reads: a /16 pool's leases take
 // under 10 MiB.
-const maxLeaseFile = 16 << 20
+const MaxLeaseFile = 16 << 20
 
 // ReadLeases reads the lease file a Server writes (Config.LeasePath), for
 // a reader outside the server, such as the appliance's API: the bound
@@ -53,12 +54,12 @@ func ReadLeases(path string) ([]Lease, error) {
 		return nil, err
 	}
 	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxLeaseFile+1))
+	data, err := io.ReadAll(io.LimitReader(f, MaxLeaseFile+1))
 	if err != nil {
 		return nil, err
 	}
-	if len(data) > maxLeaseFile {
-		return nil, fmt.Errorf("%s: over %d bytes", path, maxLeaseFile)
+	if len(data) > MaxLeaseFile {
+		return nil, fmt.Errorf("%s: over %d bytes", path, MaxLeaseFile)
 	}
 	var lf leaseFile
 	if err := json.Unmarshal(data, &lf); err != nil || lf.Version != leaseFileVersion {

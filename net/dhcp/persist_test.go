@@ -218,7 +218,7 @@ func TestReadLeasesHostile(t *testing.T) {
 		t.Errorf("missing: %v, %v", l, err)
 	}
 	p := filepath.Join(dir, "x.leases")
-	for _, bad := range []string{"{", `{"version": 2, "leases": []}`, string(make([]byte, maxLeaseFile+1))} {
+	for _, bad := range []string{"{", `{"version": 2, "leases": []}`, string(make([]byte, MaxLeaseFile+1))} {
 		os.WriteFile(p, []byte(bad), 0o600)
 		if _, err := ReadLeases(p); err == nil {
 			t.Errorf("%.20q... read without error", bad)
