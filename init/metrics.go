@@ -33,18 +33,22 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 }
 
 var (
-	mVMRunning   = desc("vm_running", "Whether the VM's VMM runs (1) or not (0).", "vm")
-	mVMCPUs      = desc("vm_vcpus", "The VM's configured vCPUs.", "vm")
-	mVMMemCfg    = desc("vm_memory_configured_bytes", "The VM's configured guest RAM.", "vm")
-	mVMStarts    = desc("vm_starts_total", "Starts of the VM's VMM (first and restarts).", "vm")
-	mVMKVMExits  = desc("vm_kvm_exits_total", "Exits of the VM's vCPUs from the guest into KVM since its VMM started, as KVM counts them, by reason (io, mmio, halt, irq, irq_window, nmi_window, other); reported by the VMM every 10 s.", "vm", "reason")
-	mVMKVMEvents = desc("vm_kvm_events_total", "Other counts KVM keeps of the VM's vCPUs since its VMM started (irq_injections, nmi_injections, pf_fixed, insn_emulation, halt_wakeup, and its returns to the VMM: signal_exits, request_irq_exits).", "vm", "event")
-	mVMExits     = desc("vm_exits_total", "Exits of the VM's VMM by reason (poweroff, reboot, crash, oom, pids, seccomp, killed, ...).", "vm", "reason")
-	mVMCPU       = desc("vm_cpu_seconds_total", "CPU time of the VM's running VMM (its cgroup: vCPU threads and device models), since its last start.", "vm")
-	mVMMem       = desc("vm_memory_bytes", "Memory charged to the VM's running VMM (its cgroup's memory.current: guest RAM and the VMM's own).", "vm")
-	mVMMemStat   = desc("vm_memory_stat_bytes", "The VM's memory by kind (memory.stat): shmem is guest RAM, anon and kernel the VMM's own.", "vm", "kind")
-	mVMDiskB     = desc("vm_disk_bytes_total", "Block I/O bytes of the VM's running VMM by device and direction (cgroup io.stat: block devices, not files on tmpfs).", "vm", "device", "op")
-	mVMDiskOps   = desc("vm_disk_ops_total", "Block I/O requests of the VM's running VMM by device and direction (cgroup io.stat).", "vm", "device", "op")
+	mVMRunning    = desc("vm_running", "Whether the VM's VMM runs (1) or not (0).", "vm")
+	mVMCPUs       = desc("vm_vcpus", "The VM's configured vCPUs.", "vm")
+	mVMMemCfg     = desc("vm_memory_configured_bytes", "The VM's configured guest RAM.", "vm")
+	mVMStarts     = desc("vm_starts_total", "Starts of the VM's VMM (first and restarts).", "vm")
+	mVMKVMExits   = desc("vm_kvm_exits_total", "Exits of the VM's vCPUs from the guest into KVM since its VMM started, as KVM counts them, by reason (io, mmio, halt, irq, irq_window, nmi_window, other); reported by the VMM every 10 s.", "vm", "reason")
+	mVMKVMEvents  = desc("vm_kvm_events_total", "Other counts KVM keeps of the VM's vCPUs since its VMM started (irq_injections, nmi_injections, pf_fixed, insn_emulation, halt_wakeup, and its returns to the VMM: signal_exits, request_irq_exits).", "vm", "event")
+	mVMExits      = desc("vm_exits_total", "Exits of the VM's VMM by reason (poweroff, reboot, crash, oom, pids, seccomp, killed, ...).", "vm", "reason")
+	mVMCPU        = desc("vm_cpu_seconds_total", "CPU time of the VM's running VMM (its cgroup: vCPU threads and device models), since its last start.", "vm")
+	mVMMem        = desc("vm_memory_bytes", "Memory charged to the VM's running VMM (its cgroup's memory.current: guest RAM and the VMM's own).", "vm")
+	mVMMemStat    = desc("vm_memory_stat_bytes", "The VM's memory by kind (memory.stat): shmem is guest RAM, anon and kernel the VMM's own.", "vm", "kind")
+	mVMDiskB      = desc("vm_disk_bytes_total", "Block I/O bytes of the VM's running VMM by device and direction (cgroup io.stat: block devices, not files on tmpfs).", "vm", "device", "op")
+	mVMDiskOps    = desc("vm_disk_ops_total", "Block I/O requests of the VM's running VMM by device and direction (cgroup io.stat).", "vm", "device", "op")
+	mVMBlkReqs    = desc("vm_virtio_blk_requests_total", "Requests the VM's virtio-blk disk completed, by class (read, write, flush, discard), failed ones included; counted by its VMM since it started.", "vm", "disk", "op")
+	mVMBlkBytes   = desc("vm_virtio_blk_bytes_total", "Bytes the VM's virtio-blk disk read, wrote or zeroed by class, counted by its VMM.", "vm", "disk", "op")
+	mVMBlkErrs    = desc("vm_virtio_blk_errors_total", "Requests the VM's virtio-blk disk completed with an error status, by class.", "vm", "disk", "op")
+	mVMBlkLatency = desc("vm_virtio_blk_request_seconds", "Latency of the VM's virtio-blk requests as its guest sees them (from the device taking a request to giving it back, limiter waits included), by class.", "vm", "disk", "op")
 
 	mPortPkts  = desc("switch_port_packets_total", "Frames through a switch port: rx delivered to the VM (or host, uplink), tx sent by it.", "port", "dir")
 	mPortBytes = desc("switch_port_bytes_total", "Bytes of Ethernet frames through a switch port, without the virtio-net header.", "port", "dir")
@@ -77,8 +81,9 @@ func (fc fleetCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(mVMMemCfg, float64(e.vm.Memory), name)
 		counter(mVMStarts, float64(e.starts.Load()), name)
 		e.mu.Lock()
-		g, exits, kvm := e.group, maps.Clone(e.exits), e.kvm
+		g, exits, kvm, disks := e.group, maps.Clone(e.exits), e.kvm, maps.Clone(e.disks)
 		e.mu.Unlock()
+		diskMetrics(ch, &e.vm, disks)
 		for _, r := range slices.Sorted(maps.Keys(exits)) {
 			counter(mVMExits, float64(exits[r]), name, r)
 		}

@@ -61,7 +61,7 @@ func vmmMain(args []string) int {
 	var built atomic.Pointer[machine.Machine]
 	go answerDumps(&built, a.DumpTag)
 	if a.DumpTag != "" { // supervised: PID 1 takes them for /metrics
-		go reportKVMStats(&built, a.DumpTag, os.Stderr, kvmStatsEvery)
+		go reportStats(&built, a.DumpTag, os.Stderr, statsEvery)
 	}
 	go stopOnSignals(a.Name, &built, sigc)
 	tuneRuntime(a.CPUs)
@@ -180,7 +180,9 @@ func vmmMain(args []string) int {
 	all, io, mmio := m.Exits()
 	fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: exits %d (io %d, mmio %d)\n", a.Name, all, io, mmio)
 	if a.DumpTag != "" {
-		writeKVMStats(m, a.DumpTag, os.Stderr) // the last counts, for a VM that lived less than a period
+		// The last counts, for a VM that lived less than a period.
+		writeKVMStats(m, a.DumpTag, os.Stderr)
+		writeDiskStats(m, a.DumpTag, os.Stderr)
 	}
 	if n := m.ConsoleDropped(); n > 0 {
 		// The serial console never blocks a vCPU for long: what a stalled
@@ -442,20 +444,36 @@ func answerDumps(m *atomic.Pointer[machine.Machine], tag string) {
 	}
 }
 
-// kvmStatsEvery is how often a supervised VMM reports KVM's counts of its
-// vCPUs, for /metrics: as often as the switch reports its ports.
-const kvmStatsEvery = 10 * time.Second
+// statsEvery is how often a supervised VMM reports KVM's counts of its
+// vCPUs and its disks' counters, for /metrics: as often as the switch
+// reports its ports.
+const statsEvery = 10 * time.Second
 
-// reportKVMStats writes, every period once the machine is built, a line
+// reportStats writes, every period once the machine is built, a line
 // "hyperroot vmm: stats <tag>: <counter>=<n> ..." with the counters of
-// kvmReported that KVM has, summed over the vCPUs. The tag, this start's
-// secret, tells PID 1 the line is the VMM's, not its guest's.
-func reportKVMStats(m *atomic.Pointer[machine.Machine], tag string, w io.Writer, period time.Duration) {
+// kvmReported that KVM has, summed over the vCPUs, and a line per disk
+// (diskstats.go). The tag, this start's secret, tells PID 1 the lines are
+// the VMM's, not its guest's.
+func reportStats(m *atomic.Pointer[machine.Machine], tag string, w io.Writer, period time.Duration) {
+	kvm := true
 	for range time.Tick(period) {
-		if mm := m.Load(); mm != nil && !writeKVMStats(mm, tag, w) {
-			return // no statistics in this kernel: nothing to report, ever
+		if mm := m.Load(); mm != nil {
+			// A kernel without KVM statistics has none, ever.
+			kvm = kvm && writeKVMStats(mm, tag, w)
+			writeDiskStats(mm, tag, w)
 		}
 	}
+}
+
+// writeDiskStats writes one line of counters per disk of m.
+func writeDiskStats(m *machine.Machine, tag string, w io.Writer) {
+	var b strings.Builder
+	for i, st := range m.DiskStats() {
+		b.WriteString(diskStatsPrefix(tag))
+		formatDiskStats(&b, i, st)
+		b.WriteByte('\n')
+	}
+	io.WriteString(w, b.String())
 }
 
 // writeKVMStats writes one stats line for m, or reports false when KVM

@@ -21,6 +21,7 @@ import (
 	"github.com/hyperroot/hyperroot/internal/child"
 	"github.com/hyperroot/hyperroot/internal/jail"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
+	"github.com/hyperroot/hyperroot/vmm/virtio/blk"
 )
 
 // fleet supervises the configured VMs: one `hyperroot vmm` child process
@@ -73,8 +74,11 @@ type vmEntry struct {
 	starts atomic.Uint64
 	exits  map[string]uint64
 	// kvm are KVM's counts of the running VMM's vCPUs as it last
-	// reported them (kvmStatsEvery), from its start on; nil before.
+	// reported them (statsEvery), from its start on; nil before.
 	kvm map[string]uint64
+	// disks are the running VMM's disk counters by disk index, as it
+	// last reported them.
+	disks map[int]blk.Stats
 	// unlabel undoes the SELinux labels of the running VMM's disks and
 	// frees its category pair; nil when there is nothing to undo.
 	unlabel func()
@@ -380,6 +384,17 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 				if st, ok := parseKVMStats(rest); ok {
 					e.mu.Lock()
 					e.kvm = st
+					e.mu.Unlock()
+				}
+				return
+			}
+			if rest, ok := strings.CutPrefix(line, diskStatsPrefix(args.DumpTag)); ok {
+				if i, st, ok := parseDiskStats(rest); ok {
+					e.mu.Lock()
+					if e.disks == nil {
+						e.disks = map[int]blk.Stats{}
+					}
+					e.disks[i] = st
 					e.mu.Unlock()
 				}
 				return

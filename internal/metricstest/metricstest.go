@@ -54,3 +54,24 @@ func (f Families) Sum(name string) float64 {
 	}
 	return sum
 }
+
+// Histogram is family name's first histogram with labels, or nil.
+func (f Families) Histogram(name string, labels ...string) *dto.Histogram {
+next:
+	for _, m := range f[name].GetMetric() {
+		have := map[string]string{}
+		for _, l := range m.GetLabel() {
+			have[l.GetName()] = l.GetValue()
+		}
+		for _, kv := range labels {
+			k, v, _ := strings.Cut(kv, "=")
+			if have[k] != v {
+				continue next
+			}
+		}
+		if m.Histogram != nil {
+			return m.Histogram
+		}
+	}
+	return nil
+}

@@ -34,6 +34,7 @@ import (
 	"github.com/hyperroot/hyperroot/vmm/layout"
 	"github.com/hyperroot/hyperroot/vmm/memory"
 	"github.com/hyperroot/hyperroot/vmm/pci"
+	"github.com/hyperroot/hyperroot/vmm/virtio/blk"
 	virtionet "github.com/hyperroot/hyperroot/vmm/virtio/net"
 	virtiopci "github.com/hyperroot/hyperroot/vmm/virtio/pci"
 )
@@ -155,6 +156,7 @@ type Machine struct {
 	// disks' backends, closed after the transports have reset the
 	// devices (which waits for requests in flight).
 	backends []block.Backend
+	disks    []*blk.Device // in Config.Disks order, for DiskStats
 	nics     []*virtionet.Device
 
 	trace bool

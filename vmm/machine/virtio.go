@@ -273,6 +273,7 @@ func (m *Machine) virtioDevices(cfg Config) error {
 		if err != nil {
 			return fmt.Errorf("disk %d: %w", i, err)
 		}
+		m.disks = append(m.disks, dev)
 		if err := m.attach(fmt.Sprintf("disk %d: virtio-blk", i), dev, width); err != nil {
 			return err
 		}
@@ -360,6 +361,16 @@ func (m *Machine) disk(d Disk, cpus int) (*blk.Device, error) {
 			ratelimit.BucketConfig{Size: d.Bandwidth, RefillTime: time.Second}, nil)
 	}
 	return blk.New(blk.Options{Backend: b, ReadOnly: d.ReadOnly, ID: d.ID, Queues: queues, Limiter: lim})
+}
+
+// DiskStats returns each disk's request counters, in the order of
+// Config.Disks.
+func (m *Machine) DiskStats() []blk.Stats {
+	out := make([]blk.Stats, len(m.disks))
+	for i, d := range m.disks {
+		out[i] = d.Stats()
+	}
+	return out
 }
 
 // setDirect turns O_DIRECT on for f's open file description (the

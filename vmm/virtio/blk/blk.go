@@ -99,6 +99,7 @@ type Device struct {
 
 	acked      uint64
 	workers    []*worker // one per queue, allocated by New
+	counters   counters  // requests by class, for Stats
 	needsReset atomic.Bool
 
 	// Set by Activate, cleared by Reset.

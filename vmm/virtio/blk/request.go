@@ -50,6 +50,7 @@ type slot struct {
 	cost    uint64 // bytes charged to the limiter
 	charged bool   // the limiter was charged already (retry after ErrBusy)
 	written uint32 // bytes written into the chain, without the status byte
+	start   int64  // when the request was popped (now()), for its latency
 }
 
 type slotState uint8

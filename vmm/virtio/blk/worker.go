@@ -227,7 +227,7 @@ func (w *worker) serveRing() {
 			i := w.free[len(w.free)-1]
 			w.free = w.free[:len(w.free)-1]
 			s := &w.slots[i]
-			s.state = slotPending
+			s.state, s.op, s.start = slotPending, 0, now()
 			if err := w.q.Walk(head, &s.chain); err != nil {
 				// The chain cannot be trusted to say where its
 				// status byte is: give it back with length 0.
@@ -319,6 +319,11 @@ func (w *worker) finish(i int32, status uint8) {
 		s.status[0] = status
 		written = s.written + 1
 	}
+	moved := uint64(0)
+	if status == statusOK {
+		moved = s.cost // the bytes read, written or zeroed; 0 for a flush
+	}
+	w.d.counters.record(s.op, moved, s.start, status)
 	// Push fails only for a head Pop never returned.
 	_ = w.q.Push(s.chain.Head, written)
 	w.release(i)
