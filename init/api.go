@@ -187,6 +187,18 @@ func (b apiBackend) Ports() []api.Port {
 	return ports
 }
 
+// Capture asks the switch for a live capture of a port (switchcapture.go).
+func (b apiBackend) Capture(port string) (api.Capture, error) {
+	if b.sw == nil {
+		return nil, fmt.Errorf("port %s: no switch runs (no network in the configuration): %w", port, api.ErrNotFound)
+	}
+	c, err := b.sw.Capture(port)
+	if err != nil {
+		return nil, err // not a typed nil in the interface
+	}
+	return c, nil
+}
+
 // entry is VM name's fleet entry, or the fleet's error as an ErrNotFound.
 func (b apiBackend) entry(name string) (*vmEntry, error) {
 	e, err := b.f.entry(name)

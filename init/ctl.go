@@ -15,6 +15,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/hyperroot/hyperroot/internal/api"
 )
 
@@ -75,7 +77,7 @@ func ctlClient(socket, addr, pin, tokenFile string) (*api.Client, error) {
 	return api.NewClient(addr, token, pin)
 }
 
-const ctlUsage = "host | metrics | networks | ports | leases | config get | config apply -f <file> | vm list | vm create -f <file> | vm delete <name> | vm get|start|stop|restart <name> | vm qos <name> [<qos as JSON>] | vm console <name> [<tail lines>] | vm attach <name> | vm send <name> <text> | shell (commands from stdin, one per line, until exit)"
+const ctlUsage = "host | metrics | networks | ports | leases | config get | config apply -f <file> | vm list | vm create -f <file> | vm delete <name> | vm get|start|stop|restart <name> | vm qos <name> [<qos as JSON>] | vm console <name> [<tail lines>] | vm attach <name> | vm send <name> <text> | capture <port> [<frames> [<seconds>]] (pcap on stdout) | shell (commands from stdin, one per line, until exit)"
 
 // ctlShell runs one command per line of stdin, each answer or error on
 // stdout, until stdin ends or says "exit": a session for the console's
@@ -213,6 +215,8 @@ func ctlRun(c *api.Client, args []string, out io.Writer, asJSON bool) error {
 		}
 		defer body.Close()
 		return printConsole(body, out)
+	case len(args) >= 2 && len(args) <= 4 && args[0] == "capture":
+		return ctlCapture(ctx, c, args[1], args[2:], out)
 	case len(args) == 3 && args[0] == "vm" && args[1] == "attach":
 		return ctlAttach(ctx, c, args[2], os.Stdin, out)
 	case len(args) >= 4 && args[0] == "vm" && args[1] == "send":
@@ -252,6 +256,31 @@ func ctlRun(c *api.Client, args []string, out io.Writer, asJSON bool) error {
 		return fmt.Errorf("usage: %s", ctlUsage)
 	}
 	return nil
+}
+
+// ctlCapture writes a live capture of a switch port to out as a pcap file
+// (tcpdump -r -, Wireshark), until it has the frames asked for (limits[0],
+// 0 or none: no limit), the seconds asked for (limits[1]) have passed, or
+// it is interrupted. It will not write binary to a terminal.
+func ctlCapture(ctx context.Context, c *api.Client, port string, limits []string, out io.Writer) error {
+	if f, ok := out.(*os.File); ok {
+		if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err == nil {
+			return fmt.Errorf("capture %s: a pcap stream is binary: redirect it to a file or pipe it to tcpdump -r -", port)
+		}
+	}
+	q := url.Values{}
+	for i, key := range []string{"count", "seconds"} {
+		if i < len(limits) {
+			q.Set(key, limits[i])
+		}
+	}
+	body, err := c.Follow(ctx, "/v1/ports/"+url.PathEscape(port)+"/capture?"+q.Encode())
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	_, err = io.Copy(out, body)
+	return err
 }
 
 // ctlAttach follows VM name's console on out and types each line of in on

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -182,6 +184,12 @@ type runningSwitch struct {
 
 	toServe  []func() // buildSwitch's ports, for start
 	networks int      // for the ready line
+
+	// Captures (switchcapture.go): PID 1's requests come on control.
+	control *net.UnixListener
+	tapsMu  sync.Mutex
+	taps    map[string]*portTap // by port name
+	live    atomic.Int32        // live captures streaming
 }
 
 // startSwitch builds the switch for cfg and starts serving. Errors about
@@ -301,6 +309,9 @@ func buildSwitch(cfg *config.Config, dir string, capture map[string]string, logf
 	if err := rs.uplinks(cfg, nets, capture); err != nil {
 		return nil, err
 	}
+	if err := rs.listenControl(dir); err != nil {
+		return nil, err
+	}
 	ok = true
 	return rs, nil
 }
@@ -312,6 +323,7 @@ func (rs *runningSwitch) start() {
 		f()
 	}
 	rs.toServe = nil
+	go rs.serveControl()
 	rs.logf("ready networks=%d ports=%d", rs.networks, len(rs.byMAC))
 }
 
@@ -530,7 +542,7 @@ func (rs *runningSwitch) capture(p *vswitch.Port, capture map[string]string) err
 	}
 	rs.files = append(rs.files, f)
 	rs.captures = append(rs.captures, w)
-	p.Capture(func(frame []byte) { w.WriteFrame(frame, time.Now()) })
+	rs.tap(p).add(w)
 	rs.logf("capturing port %s to %s", p.Name(), file)
 	return nil
 }

@@ -150,7 +150,7 @@ var testHookSwitchConfined func()
 // itself, must not be led anywhere by it. Regular files (leases, claims)
 // become id's; a directory keeps its owner (a VM's socket directory, which
 // vmSocketDir checks and owns); anything else (a symbolic link, a pipe, a
-// socket, a device: nothing a switch makes there, and what its Landlock
+// socket other than its control socket, a device: nothing a switch makes there, and what its Landlock
 // rules and seccomp filter forbid) is removed and reported, so that no
 // later open follows or blocks on it. With cfg, a file where a VM's socket
 // directory belongs is removed too (vmSocketDir would refuse it, and the
@@ -187,6 +187,10 @@ func prepareSwitchDir(dir string, id int, cfg *config.Config, logf func(string, 
 		p := filepath.Join(dir, e.Name())
 		switch t := e.Type(); {
 		case t.IsDir():
+		case t&fs.ModeSocket != 0 && e.Name() == controlSocket:
+			// This start's own, made as root before it jails itself;
+			// one a previous switch left is replaced by the next
+			// (listenControl).
 		case t.IsRegular() && !vmDirs[e.Name()]:
 			if err := os.Lchown(p, id, id); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("switch directory: %w", err)

@@ -37,6 +37,9 @@ type netSwitch struct {
 
 	// stats are the ports' counters the switch sent last, for /metrics.
 	stats portStats
+	// dir is the switch's directory, where its control socket is ("" is
+	// switchDir).
+	dir string
 }
 
 // switchHungAfter is how long a switch that has sent its first heartbeat
@@ -123,7 +126,7 @@ func startNetSwitch(c *console, r child.Starter, st switchStart, timeout time.Du
 	ready := make(chan struct{}) // closed at the first "ready" line
 	var readyOnce sync.Once
 	var pid atomic.Int64 // of the running switch, for its exit's report
-	s := &netSwitch{c: c, epoch: time.Now(), stopWatch: make(chan struct{})}
+	s := &netSwitch{c: c, epoch: time.Now(), stopWatch: make(chan struct{}), dir: st.dir}
 	path := st.path
 	if path == "" {
 		path = selfPath()

@@ -10,6 +10,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hyperroot/hyperroot/init/config"
 )
@@ -115,6 +117,10 @@ type Backend interface {
 	Leases() ([]Lease, error)
 	// Networks are the switch's networks, as configured.
 	Networks() ([]Network, error)
+	// Capture starts a live capture of a switch port's frames;
+	// ErrNotFound for a port the switch does not have, ErrBusy when it
+	// streams too many captures already.
+	Capture(port string) (Capture, error)
 	VM(name string) (VM, error)
 	Start(name string) error
 	Stop(name string) error
@@ -185,6 +191,20 @@ type Stream struct {
 	Dropped func() uint64 // lines lost so far because the reader did not keep up
 	Close   func()
 }
+
+// Capture is a live capture of a switch port: a pcap stream (nanosecond
+// timestamps, Ethernet), record by record.
+type Capture interface {
+	Header() []byte        // the file header
+	Next() ([]byte, error) // the next record, header and frame, valid until the next call
+	Close() error          // ends it; a Next blocked in it returns
+}
+
+// Capture limits: how many frames a client may ask for, and for how long.
+const (
+	maxCaptureFrames  = 10_000_000
+	maxCaptureSeconds = 24 * 60 * 60
+)
 
 // Errors a Backend wraps to say which kind of failure it is.
 var (
@@ -270,6 +290,28 @@ func Handler(b Backend) http.Handler {
 			ports = []Port{} // [], not null
 		}
 		reply(w, http.StatusOK, ports)
+	}))
+	mux.HandleFunc("/v1/ports/{name}/capture", only("GET", func(w http.ResponseWriter, r *http.Request) {
+		port := r.PathValue("name")
+		if !validPort(port) {
+			reply(w, http.StatusBadRequest, Error{fmt.Sprintf("port %q: want <vm>.<nic index>, host or uplink:<interface>", port)})
+			return
+		}
+		count, ok := queryInt(w, r, "count", maxCaptureFrames)
+		if !ok {
+			return
+		}
+		seconds, ok := queryInt(w, r, "seconds", maxCaptureSeconds)
+		if !ok {
+			return
+		}
+		c, err := b.Capture(port)
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		defer c.Close()
+		streamCapture(w, r, c, port, count, time.Duration(seconds)*time.Second)
 	}))
 	mux.HandleFunc("/v1/vms/{name}", withVM(func(w http.ResponseWriter, r *http.Request, name string) {
 		switch r.Method {
@@ -450,6 +492,70 @@ func streamConsole(w http.ResponseWriter, r *http.Request, s *Stream) {
 			}
 		}
 	}
+}
+
+// streamCapture writes c as a pcap file until count records (0: no limit)
+// or d (0: none) have passed, or the client or the switch goes. Each
+// record is flushed once no other is waiting to be written, so a reader
+// such as `tcpdump -r -` sees frames as they come.
+func streamCapture(w http.ResponseWriter, r *http.Request, c Capture, port string, count int, d time.Duration) {
+	ctx := r.Context()
+	if d > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	// Next blocks in the switch's stream: closing it is what ends the
+	// wait when the client goes or the time is up.
+	defer context.AfterFunc(ctx, func() { c.Close() })()
+	w.Header().Set("Content-Type", "application/vnd.tcpdump.pcap")
+	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=%q", strings.ReplaceAll(port, ":", "-")+".pcap"))
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	if _, err := w.Write(c.Header()); err != nil {
+		return
+	}
+	rc.Flush()
+	for n := 0; count == 0 || n < count; n++ {
+		rec, err := c.Next()
+		if err != nil {
+			return
+		}
+		if _, err := w.Write(rec); err != nil {
+			return
+		}
+		rc.Flush()
+	}
+}
+
+// validPort checks a port name before it reaches the switch: a VM NIC's
+// (<vm>.<index>), "host" or an uplink's ("uplink:<interface>").
+func validPort(name string) bool {
+	if name == "host" {
+		return true
+	}
+	if ifname, ok := strings.CutPrefix(name, "uplink:"); ok {
+		return ifname != "" && len(ifname) < 16 && !strings.ContainsAny(ifname, "/ \x00") && ifname != "." && ifname != ".."
+	}
+	vm, index, ok := strings.Cut(name, ".")
+	n, err := strconv.Atoi(index)
+	return ok && config.ValidName(vm) && err == nil && n >= 0 && n < 64 && strconv.Itoa(n) == index
+}
+
+// queryInt reads an optional whole-number query parameter in [0, limit];
+// a bad one is answered 400 and ok is false.
+func queryInt(w http.ResponseWriter, r *http.Request, key string, limit int) (v int, ok bool) {
+	s := r.URL.Query().Get(key)
+	if s == "" {
+		return 0, true
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 || n > limit {
+		reply(w, http.StatusBadRequest, Error{fmt.Sprintf("%s %q: want 0 to %d", key, s, limit)})
+		return 0, false
+	}
+	return n, true
 }
 
 // readBody reads a request's body, up to maxBody; a longer one is

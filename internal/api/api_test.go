@@ -2,9 +2,12 @@ package api
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -14,8 +17,11 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/hyperroot/hyperroot/net/pcap"
 )
 
 // fakeBackend holds VMs by name; Start and Stop flip their state.
@@ -25,11 +31,60 @@ type fakeBackend struct {
 	ops     []string
 	console chan string
 	dropped atomic.Uint64
+
+	captures, captureClosed atomic.Int32
 }
 
 func (b *fakeBackend) Ports() []Port { return nil }
 
 func (b *fakeBackend) Leases() ([]Lease, error) { return nil, nil }
+
+// Capture streams frames of 60 bytes, one every millisecond, from a real
+// pcap.Writer, for port a.0 only.
+func (b *fakeBackend) Capture(port string) (Capture, error) {
+	if port != "a.0" {
+		return nil, fmt.Errorf("no port %s: %w", port, ErrNotFound)
+	}
+	pr, pw, err := os.Pipe() // buffered: New writes the header before a reader exists
+	if err != nil {
+		return nil, err
+	}
+	w, err := pcap.New(pw, 0)
+	if err != nil {
+		return nil, err
+	}
+	done := make(chan struct{})
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				w.Close()
+				pw.Close()
+				return
+			case <-time.After(time.Millisecond):
+				w.WriteFrame(bytes.Repeat([]byte{byte(i)}, 60), time.Now())
+			}
+		}
+	}()
+	r, err := pcap.NewReader(pr)
+	if err != nil {
+		return nil, err
+	}
+	b.captures.Add(1)
+	return &fakeCapture{Reader: r, close: func() {
+		b.captureClosed.Add(1)
+		pr.Close()
+		close(done)
+	}}, nil
+}
+
+type fakeCapture struct {
+	*pcap.Reader
+	once  sync.Once
+	close func()
+}
+
+func (c *fakeCapture) Close() error { c.once.Do(c.close); return nil }
 
 func (b *fakeBackend) Networks() ([]Network, error) {
 	return []Network{{Name: "lan", Subnet: "10.20.0.0/24", Gateway: "10.20.0.1", MTU: 1500, Ports: []string{"a.0"}, Leases: 1}}, nil
@@ -456,5 +511,76 @@ func TestOpenAPIMatchesHandler(t *testing.T) {
 				t.Errorf("%s %s: documented %v, served %v (%d %s)", method, path, documented, served, rec.code, rec.body.String())
 			}
 		}
+	}
+}
+
+// TestCapture: a port's capture is a pcap stream of as many frames as
+// asked, or for as long; bad requests are refused before the switch is
+// asked; every capture the backend started is closed, however it ends.
+func TestCapture(t *testing.T) {
+	b := &fakeBackend{vms: map[string]*VM{}}
+	c := serve(t, b)
+	ctx := context.Background()
+	body, err := c.Get(ctx, "/v1/ports/a.0/capture?count=5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := pcap.NewReader(bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for {
+		rec, err := r.Next()
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				t.Fatalf("record %d: %v", n, err)
+			}
+			break
+		}
+		if len(rec) != 16+60 {
+			t.Errorf("record %d: %d bytes", n, len(rec))
+		}
+		n++
+	}
+	if n != 5 {
+		t.Errorf("%d records, want 5", n)
+	}
+	start := time.Now()
+	if body, err = c.Get(ctx, "/v1/ports/a.0/capture?seconds=1"); err != nil || len(body) < 24+76 {
+		t.Errorf("a second's capture: %d bytes, %v", len(body), err)
+	}
+	if d := time.Since(start); d < time.Second {
+		t.Errorf("a second's capture ended after %v", d)
+	}
+	// A client that goes away ends the capture.
+	cctx, cancel := context.WithCancel(ctx)
+	rc, err := c.Follow(cctx, "/v1/ports/a.0/capture")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadFull(rc, make([]byte, 24+76))
+	cancel()
+	rc.Close()
+	for _, tc := range []struct{ path, want string }{
+		{"/v1/ports/b.0/capture", "(HTTP 404)"},
+		{"/v1/ports/a.x/capture", "(HTTP 400)"},
+		{"/v1/ports/a.01/capture", "(HTTP 400)"},
+		{"/v1/ports/..%2Fa.0/capture", "(HTTP 400)"},
+		{"/v1/ports/uplink:a%2Fb/capture", "(HTTP 400)"},
+		{"/v1/ports/a.0/capture?count=-1", "(HTTP 400)"},
+		{"/v1/ports/a.0/capture?seconds=x", "(HTTP 400)"},
+		{"/v1/ports/a.0/capture?count=99999999999", "(HTTP 400)"},
+	} {
+		if _, err := c.Get(ctx, tc.path); err == nil || !strings.HasSuffix(err.Error(), tc.want) {
+			t.Errorf("GET %s: %v, want %s", tc.path, err, tc.want)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for b.captureClosed.Load() != b.captures.Load() || b.captures.Load() != 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d captures started, %d closed; want 3 and 3", b.captures.Load(), b.captureClosed.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

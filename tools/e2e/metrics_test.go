@@ -2,11 +2,19 @@ package e2e
 
 import (
 	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcapgo"
 
 	"github.com/hyperroot/hyperroot/internal/metricstest"
 	"github.com/hyperroot/hyperroot/tools/qemu"
@@ -31,7 +39,7 @@ func TestMetrics(t *testing.T) {
 	cfg := configFile(t, api.config()+"networks:\n"+lanNet+"vms:\n"+
 		netVM("server", "net-server", []string{"{network: lan}"})+
 		netVM("client", "net-client", []string{"{network: lan}"}, fmt.Sprintf("hyperroot.netbytes=%d", bytes))+
-		diskVM("disk", 2, "256M", "disk-rw-parallel", 3, []string{"{path: /tmp/par.img, size: 32M}"}))
+		diskVM("disk", 1, "192M", "disk-rw-parallel", 3, []string{"{path: /tmp/par.img, size: 32M}"}))
 	testbed(t, func(t testing.TB) {
 		m := start(t, api.options(qemu.Options{Config: cfg}))
 		api.connect(t, m)
@@ -132,17 +140,117 @@ func TestMetrics(t *testing.T) {
 		if nets := api.must(t, "networks"); !regexp.MustCompile(`(?m)^lan +10\.20\.0\.0/24 +10\.20\.0\.1 +10\.20\.0\.100-10\.20\.0\.199 +1500 +2 server\.0,client\.0$`).MatchString(nets) {
 			t.Errorf("ctl networks:\n%s", nets)
 		}
-		// Round two: both started again through the API.
+		// Round two: both started again through the API, the client's
+		// port captured live from the host meanwhile.
 		nth(t, m, `hyperroot: vm server exited code=0 reason=poweroff$`, 1)
 		api.must(t, "vm", "start", "server")
+		capture := startCapture(t, api, "client.0")
+		expect(t, m, `^switch\| capture of port client\.0 started$`)
 		api.must(t, "vm", "start", "client")
 		nth(t, m, fmt.Sprintf(`^server\| guest: net received bytes=%d `, bytes), 2)
+		nth(t, m, `hyperroot: vm client exited code=0 reason=poweroff$`, 2)
 		second := sent(first + bytes)
 		t.Logf("client.0 sent %.0f bytes after one stream, %.0f after two", first, second)
+		capture.stop(t)
+		dropped := expect(t, m, `^switch\| capture of port client\.0 ended dropped=\d+$`)
+		checkLiveCapture(t, capture.path, bytes, dropped)
 		fams = scrape()
 		if got := fams.Value("hyperroot_vm_starts_total", "vm=client"); got != 2 {
 			t.Errorf("client starts = %v, want 2", got)
 		}
 		powerButton(t, m)
 	})
+}
+
+// liveCapture is `hyperroot ctl capture` running on the host, writing a
+// port's frames to path.
+type liveCapture struct {
+	cmd    *exec.Cmd
+	path   string
+	stderr *strings.Builder
+}
+
+func startCapture(t testing.TB, api *remoteAPI, port string) *liveCapture {
+	t.Helper()
+	c := &liveCapture{path: filepath.Join(t.TempDir(), port+".pcap"), stderr: &strings.Builder{}}
+	f, err := os.Create(c.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close() // the child has its own descriptor
+	c.cmd = exec.Command(api.bin, "ctl", "capture", port)
+	c.cmd.Env = api.env(api.token)
+	c.cmd.Stdout, c.cmd.Stderr = f, c.stderr
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if c.cmd.ProcessState == nil {
+			c.cmd.Process.Kill()
+			c.cmd.Wait()
+		}
+		if t.Failed() {
+			t.Logf("hyperroot ctl capture %s: %s", port, c.stderr)
+		}
+	})
+	return c
+}
+
+// stop interrupts the capture, as a person would; it must not have ended
+// by itself before.
+func (c *liveCapture) stop(t testing.TB) {
+	t.Helper()
+	c.cmd.Process.Signal(os.Interrupt)
+	if err := c.cmd.Wait(); c.cmd.ProcessState.Exited() {
+		t.Fatalf("hyperroot ctl capture ended by itself before it was interrupted (%v): %s", err, c.stderr)
+	}
+}
+
+// checkLiveCapture reads a live capture back with gopacket's reader: the
+// client's DHCP exchange (at its boot, when the capture could not have
+// fallen behind) and its stream to the server. The capture may have
+// dropped frames (a ring of a MiB between the switch and a reader across
+// PID 1, TLS and QEMU's user network), which the switch counts; what it
+// kept is whole frames. The last record may be cut where ctl was
+// interrupted.
+func checkLiveCapture(t testing.TB, path string, streamBytes int, endLine string) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r, err := pcapgo.NewReader(f)
+	if err != nil {
+		t.Fatalf("live capture: %v", err)
+	}
+	var frames, dhcp int
+	var payload int
+	for {
+		data, _, err := r.ReadPacketData()
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("live capture: frame %d: %v", frames, err)
+		}
+		frames++
+		pkt := gopacket.NewPacket(data, layers.LayerTypeEthernet, gopacket.NoCopy)
+		if udp, ok := pkt.Layer(layers.LayerTypeUDP).(*layers.UDP); ok && (udp.DstPort == 67 || udp.DstPort == 68) {
+			dhcp++
+		}
+		if tcp, ok := pkt.Layer(layers.LayerTypeTCP).(*layers.TCP); ok && tcp.DstPort == 5001 {
+			payload += len(tcp.Payload)
+		}
+	}
+	t.Logf("live capture of client.0: %d frames, %d DHCP, %d of the stream's %d bytes; %s", frames, dhcp, payload, streamBytes, endLine)
+	if dhcp < 4 {
+		t.Errorf("live capture has %d DHCP frames, want DISCOVER, OFFER, REQUEST and ACK", dhcp)
+	}
+	if payload == 0 || payload > streamBytes {
+		t.Errorf("live capture has %d bytes of a %d-byte stream", payload, streamBytes)
+	}
+	if strings.HasSuffix(endLine, " dropped=0") && payload != streamBytes {
+		t.Errorf("live capture dropped nothing but has %d bytes of a %d-byte stream", payload, streamBytes)
+	}
 }

@@ -59,7 +59,7 @@ var (
 	// The appliance kernel's own crash reports (not relayed from a VM).
 	hostCrashRE = regexp.MustCompile(`Kernel panic|BUG:|general protection fault|stack guard page|corrupted stack`)
 	// A guest that died under the emulator, as the VMM reports it.
-	guestTripleRE = regexp.MustCompile(`\| hyperroot vmm: \S+: crash after .*\(vCPU \d+: triple fault\)`)
+	guestTripleRE = qemu.GuestTripleFaultRE
 	refaultRE     = regexp.MustCompile(`^\S+\| hyperroot vmm: dump: vcpu \d+: .*\(rip is the last fault's address`)
 	injectedPFRE  = regexp.MustCompile(`^\S+\| hyperroot vmm: dump: vcpu \d+: .*\bpf_guest\+\d{4,}\b`)
 	refetchRE     = regexp.MustCompile(`^\S+\| hyperroot vmm: dump: vcpu \d+: page walk of \S+ .*: gpa \S+, present, executable \(rip is the last fault's address`)

@@ -94,3 +94,25 @@ func TestNoteStall(t *testing.T) {
 	}
 	m.noteStall("demo1| [   99] watchdog: BUG: soft lockup - CPU#0 stuck for 22s!") // after: no second close
 }
+
+// TestTripleFaultStops: a guest's triple fault stops a multi-vCPU
+// appliance at once (the emulator's, retried), and not a 1-vCPU one,
+// where it is a failure the test should see in full.
+func TestTripleFaultStops(t *testing.T) {
+	const line = "s4| hyperroot vmm: s4: crash after 6.1s (vCPU 7: triple fault)"
+	for cpus, stops := range map[int]bool{1: false, 2: true} {
+		m := &Machine{stall: make(chan struct{}), stalls: map[string]int{}, cpus: cpus}
+		m.noteStall("s4| hyperroot vmm: s4: poweroff after 6.1s (guest powered off (ACPI S5))")
+		m.noteStall(line)
+		select {
+		case <-m.stall:
+			if !stops || m.Stalled() != line {
+				t.Errorf("%d vCPUs: stopped for %q", cpus, m.Stalled())
+			}
+		default:
+			if stops {
+				t.Errorf("%d vCPUs: a guest's triple fault did not stop the machine", cpus)
+			}
+		}
+	}
+}

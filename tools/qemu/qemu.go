@@ -620,12 +620,28 @@ func (m *Machine) read(r io.Reader, console io.Writer) {
 // busy with such reports, so the silence watchdog would never act.
 var guestStallRE = regexp.MustCompile(`^(\S+)\| .*(rcu: INFO: rcu_\w+ detected stalls|watchdog: BUG: soft lockup|INFO: task \S+ blocked for more than)`)
 
+// GuestTripleFaultRE matches a VMM's report that its guest triple-faulted.
+// In an appliance of more than one vCPU that is QEMU's multi-threaded TCG
+// (tools/e2e's test bed retries such an attempt), so the machine stops at
+// once, as for a stall, instead of leaving the test to wait out its
+// silence timeout for lines that VM will never print.
+var GuestTripleFaultRE = regexp.MustCompile(`\| hyperroot vmm: \S+: crash after .*\(vCPU \d+: triple fault\)`)
+
 // noteStall counts a guest's stall reports; the second from one VM (a
-// stall that outlived a report, which a slow emulator alone may cause)
-// makes the silence watchdog record the state and stop. m.mu is held.
+// stall that outlived a report, which a slow emulator alone may cause),
+// or a guest's triple fault in a multi-vCPU appliance, makes the silence
+// watchdog record the state and stop. m.mu is held.
 func (m *Machine) noteStall(line string) {
+	if m.stalled != "" {
+		return
+	}
+	if m.cpus > 1 && GuestTripleFaultRE.MatchString(line) {
+		m.stalled = line
+		close(m.stall)
+		return
+	}
 	s := guestStallRE.FindStringSubmatch(line)
-	if s == nil || m.stalled != "" {
+	if s == nil {
 		return
 	}
 	m.stalls[s[1]]++
@@ -699,7 +715,7 @@ func (m *Machine) Expect(re *regexp.Regexp, timeout time.Duration) (string, erro
 					return "", fmt.Errorf("console silent for %s (QEMU killed) before a line matched %q", silent.Round(time.Second), re)
 				}
 				if stalled := m.Stalled(); stalled != "" {
-					return "", fmt.Errorf("a guest kept stalling (%q; QEMU killed) before a line matched %q", stalled, re)
+					return "", fmt.Errorf("a guest kept stalling or triple-faulted (%q; QEMU killed) before a line matched %q", stalled, re)
 				}
 				return "", fmt.Errorf("QEMU exited before a line matched %q", re)
 			}

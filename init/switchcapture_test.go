@@ -1,0 +1,116 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hyperroot/hyperroot/internal/api"
+)
+
+// TestLiveCapture: PID 1's side asks a running switch for a port's
+// capture over its control socket and reads back, record by record, the
+// frames the port's tap sees; unknown ports and captures beyond
+// maxLiveCaptures are refused with the API's errors; a capture whose
+// reader hangs up is taken off its port.
+func TestLiveCapture(t *testing.T) {
+	_, cfg := extConfig(t)
+	dir := t.TempDir()
+	var out logLines
+	rs, err := startSwitch(cfg, dir, nil, out.logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rs.Close()
+	sw := &netSwitch{dir: dir}
+	if _, err := sw.Capture("b.0"); !errors.Is(err, api.ErrNotFound) {
+		t.Errorf("capture of a port that does not exist: %v", err)
+	}
+	var streams []*pcapStream
+	for i := range maxLiveCaptures {
+		s, err := sw.Capture("a.0")
+		if err != nil {
+			t.Fatalf("capture %d: %v", i, err)
+		}
+		streams = append(streams, s)
+	}
+	if _, err := sw.Capture("a.0"); !errors.Is(err, api.ErrBusy) {
+		t.Errorf("capture %d: %v, want busy", maxLiveCaptures+1, err)
+	}
+	tap := rs.tap(rs.portNamed("a.0"))
+	writers := func() int {
+		tap.mu.Lock()
+		defer tap.mu.Unlock()
+		return len(tap.ws)
+	}
+	waitUntil(t, "every capture on the port", func() bool { return writers() == maxLiveCaptures })
+	frame := bytes.Repeat([]byte{0xab}, 98)
+	tap.mu.Lock()
+	for _, w := range tap.ws {
+		w.WriteFrame(frame, time.Now())
+	}
+	tap.mu.Unlock()
+	for i, s := range streams {
+		rec, err := s.Next()
+		if err != nil || !bytes.Equal(rec[16:], frame) {
+			t.Fatalf("stream %d: %d bytes, %v", i, len(rec), err)
+		}
+		s.Close()
+	}
+	waitUntil(t, "the captures off the port", func() bool { return writers() == 0 })
+	out.wait(t, "capture of port a.0 ended dropped=0")
+	if s, err := sw.Capture("a.0"); err != nil {
+		t.Errorf("a capture after the others ended: %v", err)
+	} else {
+		s.Close()
+	}
+}
+
+// waitUntil waits up to 5 s for cond.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestPrepareSwitchDirKeepsControlSocket: the set-up's second pass over
+// the switch's directory (after the switch made its sockets, before it
+// jails itself) keeps the control socket and removes what a switch never
+// leaves there.
+func TestPrepareSwitchDirKeepsControlSocket(t *testing.T) {
+	dir := t.TempDir()
+	var out logLines
+	l, err := net.Listen("unix", filepath.Join(dir, controlSocket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	other, err := net.Listen("unix", filepath.Join(dir, "other.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if err := os.Symlink("/etc", filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "lan.leases"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := prepareSwitchDir(dir, os.Getuid(), nil, out.logf); err != nil {
+		t.Fatal(err)
+	}
+	for name, kept := range map[string]bool{controlSocket: true, "lan.leases": true, "other.sock": false, "link": false} {
+		if _, err := os.Lstat(filepath.Join(dir, name)); (err == nil) != kept {
+			t.Errorf("%s: kept %v, want %v (%v)", name, err == nil, kept, err)
+		}
+	}
+}
