@@ -13,12 +13,14 @@ import (
 
 	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/api"
+	"github.com/hyperroot/hyperroot/internal/atomicfile"
 )
 
 // A configuration put through the API (PUT /v1/config) is applied live,
 // as a difference from the one in force: VMs it adds start, VMs it drops
 // stop and are forgotten, VMs whose qos alone changed get the new limits at
-// once, and other changed VMs are restarted with their new configuration.
+// once, NICs whose limits changed get them at once at their switch ports,
+// and other changed VMs are restarted with their new configuration.
 // What the appliance makes at boot only (the switch's networks and ports,
 // the host address, huge page pools, the jails' id range, the API's
 // listener) cannot change so: such a configuration is refused whole, and
@@ -28,6 +30,7 @@ import (
 // configPlan is what applying a configuration does, VM by VM.
 type configPlan struct {
 	start, stop, restart, qos, same []string
+	nicLimits                       []string // VMs whose NICs' limits changed (besides what else did)
 	next                            *config.Config
 }
 
@@ -63,14 +66,24 @@ func planConfig(cur, next *config.Config) (configPlan, error) {
 			errs = append(errs, fmt.Sprintf("vm %s: new, with NICs: a NIC is a port of the switch, which makes its ports at boot (add the VM without nics, or reboot with it)", vm.Name))
 		case !ok:
 			p.start = append(p.start, vm.Name)
-		case !equalish(old.NICs, vm.NICs):
-			errs = append(errs, fmt.Sprintf("vm %s: nics changed: the switch makes its ports at boot", vm.Name))
-		case reflect.DeepEqual(old, vm):
-			p.same = append(p.same, vm.Name)
-		case equalExceptQoS(old, vm):
-			p.qos = append(p.qos, vm.Name)
+		case !equalExceptLimits(old.NICs, vm.NICs):
+			errs = append(errs, fmt.Sprintf("vm %s: nics changed (besides their limits, which change live): the switch makes its ports at boot", vm.Name))
 		default:
-			p.restart = append(p.restart, vm.Name)
+			limits := !equalish(old.NICs, vm.NICs)
+			if limits {
+				p.nicLimits = append(p.nicLimits, vm.Name)
+			}
+			o, n := old, vm
+			o.NICs, n.NICs = nil, nil
+			switch {
+			case reflect.DeepEqual(o, n) && !limits:
+				p.same = append(p.same, vm.Name)
+			case reflect.DeepEqual(o, n):
+			case equalExceptQoS(o, n):
+				p.qos = append(p.qos, vm.Name)
+			default:
+				p.restart = append(p.restart, vm.Name)
+			}
 		}
 	}
 	for _, vm := range cur.VMs {
@@ -101,6 +114,22 @@ func equalish(a, b any) bool {
 	return reflect.DeepEqual(a, b) || (empty(a) && empty(b))
 }
 
+// equalExceptLimits reports whether two VMs' NICs are the same but for
+// their limits.
+func equalExceptLimits(a, b []config.NIC) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := a[i], b[i]
+		x.Limits, y.Limits = config.NICLimits{}, config.NICLimits{}
+		if !reflect.DeepEqual(x, y) {
+			return false
+		}
+	}
+	return true
+}
+
 func equalExceptQoS(a, b config.VM) bool {
 	a.QoS, b.QoS = config.QoS{}, config.QoS{}
 	return reflect.DeepEqual(a, b)
@@ -115,6 +144,11 @@ type liveConfig struct {
 	// save keeps an applied configuration for the next boot (on the data
 	// disk); nil when there is nowhere to keep it.
 	save func(text string) error
+	// sw is the running switch, nil without one; switchFile the
+	// configuration file it starts from, rewritten on each apply so
+	// that a switch that restarts has the NICs' limits in force.
+	sw         *netSwitch
+	switchFile string
 }
 
 // newLiveConfig is the configuration the appliance booted with: cfg, read
@@ -252,11 +286,30 @@ func (l *liveConfig) applyLocked(f *fleet, text string) (api.ConfigResult, error
 	for _, vm := range next.VMs {
 		byName[vm.Name] = vm
 	}
-	r := api.ConfigResult{Started: p.start, Stopped: p.stop, Restarted: p.restart, QoS: p.qos, Unchanged: p.same}
+	r := api.ConfigResult{Started: p.start, Stopped: p.stop, Restarted: p.restart, QoS: p.qos, NICLimits: p.nicLimits, Unchanged: p.same}
 	fails := map[string]string{}
 	failed := func(name string, err error) {
 		if err != nil {
 			fails[name] = err.Error()
+		}
+	}
+	if l.switchFile != "" {
+		// First: a switch that restarts from here on has the new limits.
+		if err := atomicfile.Write(l.switchFile, []byte(text), 0o644); err != nil {
+			f.c.Errorf("config", fmt.Errorf("the switch's copy: %w", err))
+		}
+	}
+	if len(p.nicLimits) > 0 {
+		cur := map[string]config.VM{}
+		for _, vm := range l.cfg.VMs {
+			cur[vm.Name] = vm
+		}
+		for _, name := range p.nicLimits {
+			for i, nic := range byName[name].NICs {
+				if nic.Limits != cur[name].NICs[i].Limits {
+					failed(name, l.sw.SetLimits(portName(name, i), nic.Limits))
+				}
+			}
 		}
 	}
 	// Stopped first: their disks may be the new VMs'.

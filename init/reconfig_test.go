@@ -30,6 +30,9 @@ vms:
   - {name: bigger, kernel: /k}
   - {name: gone, kernel: /k}
   - {name: wired, kernel: /k, nics: [{network: lan}]}
+  - {name: throttled, kernel: /k, nics: [{network: lan}, {network: lan, limits: {tx: 10M}}]}
+  - {name: both, kernel: /k, nics: [{network: lan}]}
+  - {name: rebuilt, kernel: /k, nics: [{network: lan}]}
 `)
 	next := parse(t, `networks:
   - {name: lan, subnet: 10.20.0.0/24}
@@ -39,13 +42,17 @@ vms:
   - {name: bigger, kernel: /k, memory: 512M}
   - {name: new, kernel: /k}
   - {name: wired, kernel: /k, nics: [{network: lan}]}
+  - {name: throttled, kernel: /k, nics: [{network: lan}, {network: lan, limits: {tx: 20M, burst: 10ms}}]}
+  - {name: both, kernel: /k, nics: [{network: lan, limits: {rx: 1M}}], qos: {cpu: {max: 50%}}}
+  - {name: rebuilt, kernel: /k, memory: 512M, nics: [{network: lan, limits: {rx_pps: 100}}]}
 `)
 	p, err := planConfig(cur, next)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for what, got := range map[string][]string{"start": p.start, "stop": p.stop, "restart": p.restart, "qos": p.qos, "same": p.same} {
-		want := map[string][]string{"start": {"new"}, "stop": {"gone"}, "restart": {"bigger"}, "qos": {"limited"}, "same": {"same", "wired"}}[what]
+	for what, got := range map[string][]string{"start": p.start, "stop": p.stop, "restart": p.restart, "qos": p.qos, "same": p.same, "nic limits": p.nicLimits} {
+		want := map[string][]string{"start": {"new"}, "stop": {"gone"}, "restart": {"bigger", "rebuilt"}, "qos": {"limited", "both"},
+			"same": {"same", "wired"}, "nic limits": {"throttled", "both", "rebuilt"}}[what]
 		if !slices.Equal(got, want) {
 			t.Errorf("%s: %v, want %v", what, got, want)
 		}

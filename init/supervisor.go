@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/hyperroot/hyperroot/board"
 	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/atomicfile"
 	"github.com/hyperroot/hyperroot/internal/svirt"
 )
 
@@ -96,10 +98,18 @@ func supervise() {
 	reserveHugePages(c, cfg.HugePages)
 
 	var sw *netSwitch
+	switchFile := ""
 	if needsSwitch(cfg) {
 		// Before the VMs: their NICs connect to its sockets.
 		var err error
 		st := switchStart{cfgPath: cfgPath, cfg: cfg, seccomp: seccompLog}
+		// Its own copy, which a configuration applied live replaces
+		// (reconfig.go): a switch restarted later starts from that.
+		if err := copyFile(cfgPath, switchConfigFile); err != nil {
+			c.Errorf("switch", fmt.Errorf("its configuration: %w", err))
+		} else {
+			st.cfgPath, switchFile = switchConfigFile, switchConfigFile
+		}
 		if data.dev != "" {
 			restoreLeases(c, cfg, switchDir)
 			st.leased = func(network string) {
@@ -138,6 +148,7 @@ func supervise() {
 	f.Start(cfg.VMs)
 	live := newLiveConfig(cfg, cfgPath)
 	live.save = data.saver()
+	live.sw, live.switchFile = sw, switchFile
 	serveAPI(c, apiBackend{f: f, sw: sw, kvm: kvmLine, live: live}, metricsHandler(f, sw), cfg.API)
 	goLoop(c, "console input", func() { readConsoleInput(c, f, sw, os.Stdin) })
 	c.Printf("ready")
@@ -322,4 +333,19 @@ func oneshot(c *console, f *fleet, jobDone <-chan bool, timeout time.Duration, p
 		c.Printf("result fail errors=%d vms=%s%s timeout=%s", c.Errors(), strings.Join(append(f.Failed(), running...), ","), jobFail, timeout)
 		power <- "timeout"
 	}
+}
+
+// switchConfigFile is the switch's copy of the configuration in force.
+const switchConfigFile = "/run/hyperroot/switch.yaml"
+
+// copyFile writes src's content to dst, atomically.
+func copyFile(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	return atomicfile.Write(dst, b, 0o644)
 }

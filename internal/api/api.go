@@ -156,6 +156,7 @@ type ConfigResult struct {
 	Stopped   []string          `json:"stopped"`
 	Restarted []string          `json:"restarted"`
 	QoS       []string          `json:"qos"`
+	NICLimits []string          `json:"nic_limits"` // VMs whose NICs' limits changed live, at the switch
 	Unchanged []string          `json:"unchanged"`
 	Failed    map[string]string `json:"failed,omitempty"` // VMs whose stop, start or qos failed, and why
 }
@@ -166,7 +167,7 @@ func (r ConfigResult) String() string {
 	for _, part := range []struct {
 		what  string
 		names []string
-	}{{"started", r.Started}, {"stopped", r.Stopped}, {"restarted", r.Restarted}, {"qos", r.QoS}, {"unchanged", r.Unchanged}} {
+	}{{"started", r.Started}, {"stopped", r.Stopped}, {"restarted", r.Restarted}, {"qos", r.QoS}, {"nic-limits", r.NICLimits}, {"unchanged", r.Unchanged}} {
 		if len(part.names) > 0 {
 			fmt.Fprintf(&b, "%s %s ", part.what, strings.Join(part.names, ","))
 		}

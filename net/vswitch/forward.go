@@ -116,9 +116,9 @@ func (s *sender) ingress(p *Port, segs [][]byte, size int, now int64, hold bool)
 			return true
 		}
 	}
-	if p.txLimit != nil {
+	if l := p.txLimit.Load(); l != nil {
 		debt := p.segDebt.Load()
-		if !p.txLimit.Consume(1+debt, uint64(fi.length)*8) {
+		if !l.Consume(1+debt, uint64(fi.length)*8) {
 			if hold {
 				return false
 			}
@@ -345,7 +345,7 @@ func (e *emit) writeTo(w *writer) {
 // receiver cannot take as offload metadata, and reports whether the frame
 // was delivered.
 func (s *sender) deliver(d *Port, f *frameRef, nw *Network, limit bool) bool {
-	if limit && d.rxLimit != nil && !d.rxLimit.Consume(1, uint64(f.ethLen())*8) {
+	if l := d.rxLimit.Load(); limit && l != nil && !l.Consume(1, uint64(f.ethLen())*8) {
 		d.drop(DropRateLimit)
 		return false
 	}

@@ -145,7 +145,7 @@ func (s *sender) segment(d *Port, f *frameRef, nw *Network) bool {
 	// sender and the receiver were charged one for the whole frame (the
 	// receiver in deliver). The sender's next frame pays for the rest
 	// (segDebt); the receiver's limit drops segments beyond its tokens.
-	if nseg := (len(payload) + mss - 1) / mss; nseg > 1 && f.from != nil && f.from.txLimit != nil {
+	if nseg := (len(payload) + mss - 1) / mss; nseg > 1 && f.from != nil && f.from.txLimit.Load() != nil {
 		if f.from.segDebt.Add(uint64(nseg-1)) > maxSegDebt {
 			f.from.segDebt.Store(maxSegDebt)
 		}
@@ -154,9 +154,10 @@ func (s *sender) segment(d *Port, f *frameRef, nw *Network) bool {
 		s.seg = make([]byte, HeaderLen+maxFrame)
 	}
 	out := false
+	rxLimit := d.rxLimit.Load()
 	for off, i := 0, 0; ; off, i = off+mss, i+1 {
 		end := min(off+mss, len(payload))
-		if i > 0 && d.rxLimit != nil && !d.rxLimit.Consume(1, 0) {
+		if i > 0 && rxLimit != nil && !rxLimit.Consume(1, 0) {
 			d.drop(DropRateLimit)
 			if end >= len(payload) {
 				break

@@ -146,8 +146,10 @@ type Port struct {
 	removed atomic.Bool
 
 	capture atomic.Pointer[func(frame []byte)]
-	txLimit *ratelimit.Limiter // nil = unlimited
-	rxLimit *ratelimit.Limiter
+	// The port's rates (nil: unlimited), replaced whole by SetLimits
+	// while frames flow: the data path loads each once per frame.
+	txLimit atomic.Pointer[ratelimit.Limiter]
+	rxLimit atomic.Pointer[ratelimit.Limiter]
 	// segDebt is packets software segmentation made from the port's GSO
 	// frames beyond the one its limit was charged: the port's next
 	// frame pays for them (see sender.segment).
@@ -169,8 +171,8 @@ func newPort(sw *Switch, name string, nets []*Network, trunk bool, limits Limits
 	if !trunk && len(nets) != 1 {
 		return nil, fmt.Errorf("vswitch: port %s: an access port has exactly one network, got %d (use a trunk)", name, len(nets))
 	}
-	p := &Port{sw: sw, name: name, nets: append([]*Network(nil), nets...), trunk: trunk,
-		txLimit: newLimiter(limits.Tx, sw.clock), rxLimit: newLimiter(limits.Rx, sw.clock)}
+	p := &Port{sw: sw, name: name, nets: append([]*Network(nil), nets...), trunk: trunk}
+	p.SetLimits(limits)
 	for i, n := range p.nets {
 		if n == nil {
 			return nil, fmt.Errorf("vswitch: port %s: nil network", name)
@@ -185,6 +187,15 @@ func newPort(sw *Switch, name string, nets []*Network, trunk bool, limits Limits
 		}
 	}
 	return p, nil
+}
+
+// SetLimits replaces the port's rates, at once and while frames flow: the
+// new buckets start full, as a new port's do. A virtio port's transmit
+// queue held back by the old limit tries again when the wait the old limit
+// set is over (at most that wait late).
+func (p *Port) SetLimits(l Limits) {
+	p.txLimit.Store(newLimiter(l.Tx, p.sw.clock))
+	p.rxLimit.Store(newLimiter(l.Rx, p.sw.clock))
 }
 
 // Name is the port's name.

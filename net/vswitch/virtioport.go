@@ -543,7 +543,10 @@ func (v *VirtioPort) txBatch(w *txWorker) (n int, wait time.Duration, err error)
 		if !s.ingress(v.Port, c.Readable(), int(c.ReadLen()), now, true) {
 			w.pending = true
 			size := uint64(c.ReadLen()) - min(uint64(c.ReadLen()), HeaderLen)
-			wait = max(v.txLimit.Wait(1+v.segDebt.Load(), size*8), 100*time.Microsecond)
+			wait = 100 * time.Microsecond
+			if l := v.txLimit.Load(); l != nil { // nil: the limit was lifted just now
+				wait = max(l.Wait(1+v.segDebt.Load(), size*8), wait)
+			}
 			break
 		}
 		w.pending = false

@@ -629,3 +629,48 @@ func TestCapture(t *testing.T) {
 		t.Error("capture still on after Capture(nil)")
 	}
 }
+
+// TestSetLimitsLive: a port's receive limit replaced while frames flow
+// takes effect at once, and lifting it delivers everything.
+func TestSetLimitsLive(t *testing.T) {
+	clk := &fakeClock{}
+	sw := newSwitch(t, Options{Clock: clk.now})
+	lan := mustNetwork(t, sw, "lan", 0)
+	b := newVM(t, sw, "b", lan, macB, vmOpts{rxBufs: 200, limits: Limits{Rx: Rate{PacketsPerSecond: 500, BurstPackets: 10}}})
+	ff := newFakeFrames()
+	if _, err := sw.AddFramePort("up", ff, FrameConfig{Networks: []*Network{lan}}); err != nil {
+		t.Fatal(err)
+	}
+	frame := append(make([]byte, HeaderLen), ether(mac(macB), mac(macX), 0x88b5, make([]byte, 100-ethHeaderLen))...)
+	sent := uint64(0)
+	// offer sends n frames spread over span of fake time and returns how
+	// many were delivered.
+	offer := func(n int, span time.Duration) uint64 {
+		before := b.port.Counters().RxPackets
+		for i := 0; i < n; i++ {
+			ff.in <- frame
+			sent++
+			waitFor(t, "processed", func() bool {
+				c := b.port.Counters()
+				return c.RxPackets+c.Drops[DropRateLimit]+c.Drops[DropNoBuffer] == sent
+			})
+			clk.advance(span / time.Duration(n))
+			if i%50 == 49 {
+				b.collect(2048)
+			}
+		}
+		b.collect(2048)
+		return b.port.Counters().RxPackets - before
+	}
+	if got := offer(2000, 500*time.Millisecond); got < 225 || got > 290 {
+		t.Errorf("at 500 frames/s: %d frames delivered in 0.5 s, want about 260", got)
+	}
+	b.port.SetLimits(Limits{Rx: Rate{PacketsPerSecond: 2000, BurstPackets: 10}})
+	if got := offer(2000, 500*time.Millisecond); got < 900 || got > 1110 {
+		t.Errorf("at 2000 frames/s: %d frames delivered in 0.5 s, want about 1010", got)
+	}
+	b.port.SetLimits(Limits{})
+	if got := offer(500, 50*time.Millisecond); got != 500 {
+		t.Errorf("unlimited: %d of 500 frames delivered", got)
+	}
+}

@@ -254,3 +254,104 @@ func checkLiveCapture(t testing.TB, path string, streamBytes int, endLine string
 		t.Errorf("live capture dropped nothing but has %d bytes of a %d-byte stream", payload, streamBytes)
 	}
 }
+
+// TestNICLimitLive: a client VM streams to a server with its NIC limited
+// to 2 Mbit/s; `hyperroot ctl config apply` from the host raises the limit
+// to 6 Mbit/s while the stream runs, and the VM is not restarted. The
+// rates are measured on the client's own frames, captured live at its
+// port (ctl capture) with the switch's timestamps: over 8 s before the
+// change, at the old limit; over 8 s after, above twice the old limit and
+// not above the new one (a machine whose emulated path cannot carry
+// 6 Mbit/s still shows the change).
+func TestNICLimitLive(t *testing.T) {
+	parallel(t)
+	api := newRemoteAPI(t)
+	const (
+		streamBytes = 32 << 20 // more than the test lets through: it ends first
+		before      = 2e6      // bit/s
+		after       = 6e6
+		window      = 8 * time.Second
+	)
+	config := func(limit string) string {
+		return api.config() + "networks:\n" + lanNet + "vms:\n" +
+			netVM("server", "net-server", []string{"{network: lan}"}) +
+			netVM("client", "net-client", []string{"{network: lan, limits: {tx: " + limit + "}}"}, fmt.Sprintf("hyperroot.netbytes=%d", streamBytes))
+	}
+	cfg, next := configFile(t, config("2M")), configFile(t, config("6M"))
+	testbed(t, func(t testing.TB) {
+		m := start(t, api.options(qemu.Options{Config: cfg}))
+		api.connect(t, m)
+		capture := startCapture(t, api, "client.0")
+		expect(t, m, `^switch\| capture of port client\.0 started$`)
+		// The client pings the server just before it streams.
+		expect(t, m, `^client\| guest: net ping 10\.20\.0\.1\d\d rtt_us=`)
+		time.Sleep(window + 3*time.Second)
+		if out := api.must(t, "config", "apply", "-f", next); out != "config applied: nic-limits client unchanged server\n" {
+			t.Errorf("config apply: %q", out)
+		}
+		expect(t, m, `^switch\| port client\.0 limits rx=0 tx=6000000 rxpps=0 txpps=0 burst=0$`)
+		time.Sleep(window + 3*time.Second)
+		capture.stop(t)
+		expect(t, m, `^switch\| capture of port client\.0 ended dropped=0$`)
+		early, late := streamRates(t, capture.path, window)
+		t.Logf("client.0 sent %.2f Mbit/s limited to %.0f, then %.2f Mbit/s limited to %.0f", early/1e6, before/1e6, late/1e6, after/1e6)
+		if early < 0.85*before || early > 1.15*before {
+			t.Errorf("before the change: %.2f Mbit/s, limit %.0f", early/1e6, before/1e6)
+		}
+		if late < 2*before || late > 1.15*after {
+			t.Errorf("after the change: %.2f Mbit/s, limit %.0f (before it, %.0f)", late/1e6, after/1e6, before/1e6)
+		}
+		if n := strings.Count(strings.Join(m.Lines(), "\n"), "hyperroot: vm client started "); n != 1 {
+			t.Errorf("the client was started %d times, want once: the change must not restart it", n)
+		}
+		powerButton(t, m)
+	})
+}
+
+// streamRates reads a live capture of a client's port and returns the
+// rate (bit/s of whole frames) of its stream to the server's port 5001
+// over window after its first frame and over window before its last,
+// leaving a second out at each end.
+func streamRates(t testing.TB, path string, window time.Duration) (early, late float64) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r, err := pcapgo.NewReader(f)
+	if err != nil {
+		t.Fatalf("live capture: %v", err)
+	}
+	type frame struct {
+		at   time.Time
+		bits float64
+	}
+	var frames []frame
+	for {
+		data, ci, err := r.ReadPacketData()
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("live capture: frame %d: %v", len(frames), err)
+		}
+		pkt := gopacket.NewPacket(data, layers.LayerTypeEthernet, gopacket.NoCopy)
+		if tcp, ok := pkt.Layer(layers.LayerTypeTCP).(*layers.TCP); ok && tcp.DstPort == 5001 {
+			frames = append(frames, frame{ci.Timestamp, float64(ci.Length) * 8})
+		}
+	}
+	if len(frames) < 2 || frames[len(frames)-1].at.Sub(frames[0].at) < 2*window+2*time.Second {
+		t.Fatalf("live capture: %d frames of the stream, not %v of it", len(frames), 2*window+2*time.Second)
+	}
+	rate := func(from time.Time) float64 {
+		var bits float64
+		for _, f := range frames {
+			if !f.at.Before(from) && f.at.Before(from.Add(window)) {
+				bits += f.bits
+			}
+		}
+		return bits / window.Seconds()
+	}
+	return rate(frames[0].at.Add(time.Second)), rate(frames[len(frames)-1].at.Add(-window - time.Second))
+}

@@ -9,15 +9,22 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/api"
 	"github.com/hyperroot/hyperroot/net/pcap"
 	"github.com/hyperroot/hyperroot/net/vswitch"
 )
 
+// The switch's control socket takes PID 1's requests, one per connection,
+// as one line: "limits <port> rx=.. tx=.. rxpps=.. txpps=.. burst=.." (a
+// NIC's limits changed live; "ok" or "error <reason>"), and "capture
+// <port>".
+//
 // Live captures: PID 1 asks the running switch for a port's frames over
 // the switch's control socket (controlSocket in its directory: root's,
 // 0600, so no VMM reaches it) with one line, "capture <port>\n"; the
@@ -143,14 +150,25 @@ func (rs *runningSwitch) controlConn(c *net.UnixConn) {
 	if err != nil {
 		return
 	}
-	port, ok := strings.CutPrefix(line, "capture ")
+	verb, args, _ := strings.Cut(line, " ")
+	port, args, _ := strings.Cut(args, " ")
 	p := rs.portNamed(port)
 	switch {
-	case !ok:
+	case verb != "capture" && verb != "limits":
 		fmt.Fprintf(c, "error unknown request\n")
 		return
 	case p == nil:
 		fmt.Fprintf(c, "error no port %q\n", port)
+		return
+	case verb == "limits":
+		l, err := parseLimitsRequest(args)
+		if err != nil {
+			fmt.Fprintf(c, "error %v\n", err)
+			return
+		}
+		p.SetLimits(portLimits(l))
+		rs.logf("port %s limits %s", p.Name(), formatLimitsRequest(l))
+		io.WriteString(c, "ok\n")
 		return
 	}
 	if rs.live.Add(1) > maxLiveCaptures {
@@ -196,9 +214,10 @@ func readControlLine(r io.Reader) (string, error) {
 	return "", errors.New("control line too long")
 }
 
-// Capture asks the running switch for a live capture of port: the pcap
-// stream, checked record by record, until the caller closes it.
-func (s *netSwitch) Capture(port string) (*pcapStream, error) {
+// request sends one request line to the running switch and reads its
+// answer: the connection, after "ok", or the switch's error (no port:
+// api.ErrNotFound; busy: api.ErrBusy).
+func (s *netSwitch) request(line string) (net.Conn, error) {
 	if s == nil {
 		return nil, fmt.Errorf("no switch: %w", api.ErrNotFound)
 	}
@@ -211,7 +230,7 @@ func (s *netSwitch) Capture(port string) (*pcapStream, error) {
 		return nil, fmt.Errorf("switch: %w", err)
 	}
 	c.SetDeadline(time.Now().Add(controlTimeout))
-	if _, err := fmt.Fprintf(c, "capture %s\n", port); err != nil {
+	if _, err := io.WriteString(c, line+"\n"); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("switch: %w", err)
 	}
@@ -234,12 +253,24 @@ func (s *netSwitch) Capture(port string) (*pcapStream, error) {
 		c.Close()
 		return nil, fmt.Errorf("switch: answer %q", answer)
 	}
+	c.SetDeadline(time.Time{})
+	return c, nil
+}
+
+// Capture asks the running switch for a live capture of port: the pcap
+// stream, checked record by record, until the caller closes it.
+func (s *netSwitch) Capture(port string) (*pcapStream, error) {
+	c, err := s.request("capture " + port)
+	if err != nil {
+		return nil, err
+	}
+	c.SetReadDeadline(time.Now().Add(controlTimeout))
 	r, err := pcap.NewReader(bufio.NewReader(c))
 	if err != nil {
 		c.Close()
 		return nil, fmt.Errorf("switch: %w", err)
 	}
-	c.SetDeadline(time.Time{})
+	c.SetReadDeadline(time.Time{})
 	return &pcapStream{Reader: r, conn: c}, nil
 }
 
@@ -251,3 +282,45 @@ type pcapStream struct {
 
 // Close ends the capture; a Next blocked in it returns.
 func (s *pcapStream) Close() error { return s.conn.Close() }
+
+// formatLimitsRequest writes a NIC's limits as the limits request's
+// arguments: bits and packets per second, the burst in nanoseconds.
+func formatLimitsRequest(l config.NICLimits) string {
+	return fmt.Sprintf("rx=%d tx=%d rxpps=%d txpps=%d burst=%d", l.RX, l.TX, l.RXPPS, l.TXPPS, int64(l.Burst))
+}
+
+// parseLimitsRequest reads formatLimitsRequest back: every field once.
+func parseLimitsRequest(s string) (config.NICLimits, error) {
+	var l config.NICLimits
+	var burst uint64
+	fields := map[string]*uint64{"rx": &l.RX, "tx": &l.TX, "rxpps": &l.RXPPS, "txpps": &l.TXPPS, "burst": &burst}
+	f := strings.Fields(s)
+	if len(f) != len(fields) {
+		return l, fmt.Errorf("limits: want %d fields, got %d", len(fields), len(f))
+	}
+	for _, kv := range f {
+		k, v, _ := strings.Cut(kv, "=")
+		p, ok := fields[k]
+		if !ok {
+			return l, fmt.Errorf("limits: %q", kv)
+		}
+		n, err := strconv.ParseUint(v, 10, 63)
+		if err != nil {
+			return l, fmt.Errorf("limits: %q", kv)
+		}
+		*p = n
+		delete(fields, k)
+	}
+	l.Burst = time.Duration(burst)
+	return l, nil
+}
+
+// SetLimits asks the running switch to replace a port's limits now.
+func (s *netSwitch) SetLimits(port string, l config.NICLimits) error {
+	c, err := s.request(fmt.Sprintf("limits %s %s", port, formatLimitsRequest(l)))
+	if err != nil {
+		return err
+	}
+	c.Close()
+	return nil
+}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/api"
 )
 
@@ -112,5 +113,41 @@ func TestPrepareSwitchDirKeepsControlSocket(t *testing.T) {
 		if _, err := os.Lstat(filepath.Join(dir, name)); (err == nil) != kept {
 			t.Errorf("%s: kept %v, want %v (%v)", name, err == nil, kept, err)
 		}
+	}
+}
+
+// TestSetLimitsRequest: a NIC's limits reach the running switch's port
+// through the control socket; requests the switch cannot take are refused
+// with a reason, and nothing changes.
+func TestSetLimitsRequest(t *testing.T) {
+	_, cfg := extConfig(t)
+	dir := t.TempDir()
+	var out logLines
+	rs, err := startSwitch(cfg, dir, nil, out.logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rs.Close()
+	sw := &netSwitch{dir: dir}
+	l := config.NICLimits{RX: 8_000_000, TXPPS: 1000, Burst: 20 * time.Millisecond}
+	if err := sw.SetLimits("a.0", l); err != nil {
+		t.Fatal(err)
+	}
+	out.wait(t, "port a.0 limits rx=8000000 tx=0 rxpps=0 txpps=1000 burst=20000000")
+	if err := sw.SetLimits("b.0", l); !errors.Is(err, api.ErrNotFound) {
+		t.Errorf("limits of a port that does not exist: %v", err)
+	}
+	for _, bad := range []string{"rx=1 tx=1", "rx=1 tx=1 rxpps=1 txpps=1 burst=-1", "rx=1 tx=1 rxpps=1 txpps=1 speed=1", "rx=1 rx=1 rxpps=1 txpps=1 burst=1"} {
+		if _, err := parseLimitsRequest(bad); err == nil {
+			t.Errorf("%q parsed", bad)
+		}
+		c, err := sw.request("limits a.0 " + bad)
+		if err == nil {
+			c.Close()
+			t.Errorf("limits %q taken", bad)
+		}
+	}
+	if got, err := parseLimitsRequest(formatLimitsRequest(l)); err != nil || got != l {
+		t.Errorf("%+v read back as %+v, %v", l, got, err)
 	}
 }
