@@ -42,6 +42,13 @@ func (s *portStats) update(line string) {
 	}
 }
 
+// forget drops a port the switch no longer has (its VM was removed).
+func (s *portStats) forget(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.ports, name)
+}
+
 // snapshot returns a copy of the counters by port.
 func (s *portStats) snapshot() map[string]vswitch.Counters {
 	s.mu.Lock()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/api"
 	"github.com/hyperroot/hyperroot/internal/atomicfile"
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
 )
 
 // A configuration put through the API (PUT /v1/config) is applied live,
@@ -31,7 +33,11 @@ import (
 type configPlan struct {
 	start, stop, restart, qos, same []string
 	nicLimits                       []string // VMs whose NICs' limits changed (besides what else did)
-	next                            *config.Config
+	// VMs whose switch ports go (stopped VMs, or restarted ones whose
+	// NICs changed) and come (started VMs, or those restarted): NICs
+	// are ports of the switch, which PID 1 asks to add and remove them.
+	dropPorts, addPorts []string
+	next                *config.Config
 }
 
 // planConfig compares next with cur. An error lists every change that
@@ -62,12 +68,20 @@ func planConfig(cur, next *config.Config) (configPlan, error) {
 		old, ok := have[vm.Name]
 		delete(have, vm.Name)
 		switch {
-		case !ok && len(vm.NICs) > 0:
-			errs = append(errs, fmt.Sprintf("vm %s: new, with NICs: a NIC is a port of the switch, which makes its ports at boot (add the VM without nics, or reboot with it)", vm.Name))
 		case !ok:
 			p.start = append(p.start, vm.Name)
+			if len(vm.NICs) > 0 {
+				p.addPorts = append(p.addPorts, vm.Name)
+			}
 		case !equalExceptLimits(old.NICs, vm.NICs):
-			errs = append(errs, fmt.Sprintf("vm %s: nics changed (besides their limits, which change live): the switch makes its ports at boot", vm.Name))
+			// Other NICs: other ports, and a restart.
+			p.restart = append(p.restart, vm.Name)
+			if len(old.NICs) > 0 {
+				p.dropPorts = append(p.dropPorts, vm.Name)
+			}
+			if len(vm.NICs) > 0 {
+				p.addPorts = append(p.addPorts, vm.Name)
+			}
 		default:
 			limits := !equalish(old.NICs, vm.NICs)
 			if limits {
@@ -89,6 +103,9 @@ func planConfig(cur, next *config.Config) (configPlan, error) {
 	for _, vm := range cur.VMs {
 		if _, gone := have[vm.Name]; gone {
 			p.stop = append(p.stop, vm.Name)
+			if len(vm.NICs) > 0 {
+				p.dropPorts = append(p.dropPorts, vm.Name)
+			}
 		}
 	}
 	if len(errs) > 0 {
@@ -112,6 +129,45 @@ func equalish(a, b any) bool {
 		return false
 	}
 	return reflect.DeepEqual(a, b) || (empty(a) && empty(b))
+}
+
+// addPorts asks the switch for vm's NICs' ports; a port that fails takes
+// the ones added before it back.
+func (l *liveConfig) addPorts(vm config.VM) error {
+	if l.sw == nil {
+		return errors.New("no switch runs")
+	}
+	for i := range vm.NICs {
+		if err := l.sw.AddPort(vm, i); err != nil {
+			for j := range i {
+				l.sw.RemovePort(portName(vm.Name, j))
+			}
+			return fmt.Errorf("nic %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// dropPorts asks the switch to take vm's NICs' ports off (its VMM has
+// stopped), then removes their socket directory, which a switch no
+// longer root cannot.
+func (l *liveConfig) dropPorts(vm config.VM) error {
+	if l.sw == nil {
+		return errors.New("no switch runs")
+	}
+	var errs []error
+	for i := range vm.NICs {
+		if err := l.sw.RemovePort(portName(vm.Name, i)); err != nil {
+			errs = append(errs, fmt.Errorf("nic %d: %w", i, err))
+			continue
+		}
+		l.sw.stats.forget(portName(vm.Name, i))
+	}
+	dir := cmp.Or(l.sw.dir, switchDir)
+	if err := os.RemoveAll(vmmcli.NICDir(dir, vm.Name)); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 // equalExceptLimits reports whether two VMs' NICs are the same but for
@@ -299,11 +355,11 @@ func (l *liveConfig) applyLocked(f *fleet, text string) (api.ConfigResult, error
 			f.c.Errorf("config", fmt.Errorf("the switch's copy: %w", err))
 		}
 	}
+	cur := map[string]config.VM{}
+	for _, vm := range l.cfg.VMs {
+		cur[vm.Name] = vm
+	}
 	if len(p.nicLimits) > 0 {
-		cur := map[string]config.VM{}
-		for _, vm := range l.cfg.VMs {
-			cur[vm.Name] = vm
-		}
 		for _, name := range p.nicLimits {
 			for i, nic := range byName[name].NICs {
 				if nic.Limits != cur[name].NICs[i].Limits {
@@ -316,12 +372,25 @@ func (l *liveConfig) applyLocked(f *fleet, text string) (api.ConfigResult, error
 	for _, name := range slices.Concat(p.stop, p.restart) {
 		failed(name, f.RemoveVM(name, vmStopGrace))
 	}
+	// Then their ports, before the new ones: a MAC may move.
+	for _, name := range p.dropPorts {
+		failed(name, l.dropPorts(cur[name]))
+	}
+	portless := map[string]bool{} // VMs whose ports the switch did not add: not started
+	for _, name := range p.addPorts {
+		if err := l.addPorts(byName[name]); err != nil {
+			failed(name, err)
+			portless[name] = true
+		}
+	}
 	for _, name := range p.qos {
 		_, err := f.setQoS(name, byName[name].QoS)
 		failed(name, err)
 	}
 	for _, name := range slices.Concat(p.restart, p.start) {
-		failed(name, f.AddVM(byName[name]))
+		if !portless[name] {
+			failed(name, f.AddVM(byName[name]))
+		}
 	}
 	if len(fails) > 0 {
 		r.Failed = fails

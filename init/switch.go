@@ -137,7 +137,7 @@ func switchMain(args []string) int {
 	}, func() {
 		// Each port's counters, then the heartbeat: PID 1 keeps the
 		// last of each for /metrics and relays neither.
-		for _, p := range s.ports {
+		for _, p := range s.portList() {
 			fmt.Println(statsPrefix + portReport(p))
 		}
 		fmt.Println(aliveLine)
@@ -175,12 +175,24 @@ type runningSwitch struct {
 	frames    []vswitch.Frames
 	captures  []*pcap.Writer
 	files     []*os.File
-	ports     []*vswitch.Port // for the counters report
-	connLogs  []*connLog      // flushed at Close
+	connLogs  []*connLog // flushed at Close
 
-	// Read-only once startSwitch returns; the data path reads them.
-	dhcpOf map[*vswitch.Port]*dhcp.Server
-	byMAC  map[string]*vswitch.VirtioPort
+	// The ports, for the counters report and the control socket's
+	// requests; VM ports come and go with PID 1's requests
+	// (switchcontrol.go), so mu guards them after start.
+	mu          sync.Mutex
+	ports       []*vswitch.Port
+	nicListener map[string]*net.UnixListener // a VM port's socket, by port name
+	added       int                          // VM ports added since start, against the jail's descriptors
+
+	// The data path reads these at every frame (local) and DHCP ACK
+	// (leased): copies replaced whole when a VM port comes or goes.
+	dhcpOf cowMap[*vswitch.Port, *dhcp.Server]
+	byMAC  cowMap[string, *vswitch.VirtioPort]
+
+	// The networks and their DHCP servers, as built; read-only.
+	nets    map[string]*vswitch.Network
+	servers map[string]*dhcp.Server
 
 	toServe  []func() // buildSwitch's ports, for start
 	networks int      // for the ready line
@@ -208,7 +220,7 @@ func startSwitch(cfg *config.Config, dir string, capture map[string]string, logf
 // ports, sockets, tap, uplinks, DHCP servers) without serving the VM ports
 // yet: start does, once the process has confined itself (switchJail).
 func buildSwitch(cfg *config.Config, dir string, capture map[string]string, logf func(string, ...any)) (*runningSwitch, error) {
-	rs := &runningSwitch{logf: logf, dhcpOf: map[*vswitch.Port]*dhcp.Server{}, byMAC: map[string]*vswitch.VirtioPort{}}
+	rs := &runningSwitch{logf: logf, nicListener: map[string]*net.UnixListener{}}
 	claims := openClaims6(filepath.Join(dir, claims6File), logf)
 	rs.sw = vswitch.New(vswitch.Options{Local: rs.local, Fault: func(port string, v any, stack []byte) {
 		logf("port %s: internal error: panic: %v (recovered; the port's transmit queue stopped)\n%s", port, v, indentStack(stack))
@@ -262,10 +274,10 @@ func buildSwitch(cfg *config.Config, dir string, capture map[string]string, logf
 			if err != nil {
 				return nil, err
 			}
-			rs.byMAC[nic.MAC.String()] = p
+			rs.byMAC.store(nic.MAC.String(), p)
 			rs.ports = append(rs.ports, p.Port)
 			if srv != nil {
-				rs.dhcpOf[p.Port] = srv
+				rs.dhcpOf.store(p.Port, srv)
 				// A lease granted before a restart of the switch still
 				// holds: the guest keeps using its address.
 				if ip, ok := srv.Lookup(nic.MAC); ok {
@@ -284,7 +296,7 @@ func buildSwitch(cfg *config.Config, dir string, capture map[string]string, logf
 			if err != nil {
 				return nil, err
 			}
-			rs.listeners = append(rs.listeners, l)
+			rs.nicListener[name] = l
 			serve = append(serve, served{l, p, name})
 		}
 	}
@@ -301,6 +313,7 @@ func buildSwitch(cfg *config.Config, dir string, capture map[string]string, logf
 		})
 	}
 	rs.networks = len(cfg.Networks)
+	rs.nets, rs.servers = nets, servers
 	if h := cfg.Host; h != nil {
 		if err := rs.hostPort(h, nets[h.Network], servers[h.Network], configured[h.Network].MTU, capture); err != nil {
 			return nil, err
@@ -324,7 +337,7 @@ func (rs *runningSwitch) start() {
 	}
 	rs.toServe = nil
 	go rs.serveControl()
-	rs.logf("ready networks=%d ports=%d", rs.networks, len(rs.byMAC))
+	rs.logf("ready networks=%d ports=%d", rs.networks, rs.byMAC.len())
 }
 
 // vmSocketDir makes the directory of vm's NIC sockets (vmmcli.NICDir),
@@ -422,7 +435,7 @@ var acceptRate = ratelimit.BucketConfig{Size: 20, RefillTime: 4 * time.Second}
 // leased unlocks a leased address on the port of the MAC it was leased to,
 // at every ACK (renewals included: the lock follows the lease).
 func (rs *runningSwitch) leased(mac net.HardwareAddr, ip netip.Addr) {
-	if p := rs.byMAC[mac.String()]; p != nil {
+	if p := rs.byMAC.load(mac.String()); p != nil {
 		p.AllowIP(ip)
 	}
 }
@@ -432,7 +445,7 @@ func (rs *runningSwitch) leased(mac net.HardwareAddr, ip netip.Addr) {
 func (rs *runningSwitch) logLease(network string) func(net.HardwareAddr, netip.Addr) {
 	return func(mac net.HardwareAddr, ip netip.Addr) {
 		port := "-"
-		if p := rs.byMAC[mac.String()]; p != nil {
+		if p := rs.byMAC.load(mac.String()); p != nil {
 			port = p.Name()
 		}
 		rs.logf("lease network=%s ip=%s mac=%s port=%s", network, ip, mac, port)
@@ -442,7 +455,7 @@ func (rs *runningSwitch) logLease(network string) func(net.HardwareAddr, netip.A
 // local answers DHCP requests: the switch's own service, before
 // forwarding. Other frames pass on.
 func (rs *runningSwitch) local(p *vswitch.Port, frame []byte) bool {
-	srv := rs.dhcpOf[p]
+	srv := rs.dhcpOf.load(p)
 	if srv == nil {
 		return false
 	}
@@ -478,7 +491,7 @@ func (rs *runningSwitch) hostPort(h *config.Host, nw *vswitch.Network, srv *dhcp
 	}
 	rs.ports = append(rs.ports, p.Port)
 	if srv != nil {
-		rs.dhcpOf[p.Port] = srv
+		rs.dhcpOf.store(p.Port, srv)
 	}
 	addr := h.Address.String()
 	if h.DHCP {
@@ -550,7 +563,11 @@ func (rs *runningSwitch) capture(p *vswitch.Port, capture map[string]string) err
 // Close stops serving (listeners, frame ports, the switch, captures) and
 // reports every port's counters.
 func (rs *runningSwitch) Close() {
+	rs.mu.Lock()
 	for _, l := range rs.listeners {
+		l.Close()
+	}
+	for _, l := range rs.nicListener {
 		l.Close()
 	}
 	for _, l := range rs.connLogs {
@@ -559,6 +576,7 @@ func (rs *runningSwitch) Close() {
 	for _, p := range rs.ports {
 		rs.logf("%s", portReport(p))
 	}
+	rs.mu.Unlock()
 	rs.sw.Close()
 	for _, f := range rs.frames {
 		f.Close()

@@ -2,9 +2,12 @@ package main
 
 import (
 	"bufio"
+	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -12,10 +15,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/api"
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
 	"github.com/hyperroot/hyperroot/net/pcap"
 	"github.com/hyperroot/hyperroot/net/vswitch"
 )
@@ -102,6 +109,8 @@ func (rs *runningSwitch) tap(p *vswitch.Port) *portTap {
 
 // portNamed returns the port called name, or nil.
 func (rs *runningSwitch) portNamed(name string) *vswitch.Port {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
 	for _, p := range rs.ports {
 		if p.Name() == name {
 			return p
@@ -146,34 +155,59 @@ func (rs *runningSwitch) serveControl() {
 func (rs *runningSwitch) controlConn(c *net.UnixConn) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(controlTimeout))
-	line, err := readControlLine(c)
+	line, files, err := readControlRequest(c)
+	defer func() {
+		for _, f := range files {
+			f.Close() // what a request did not take
+		}
+	}()
 	if err != nil {
 		return
 	}
 	verb, args, _ := strings.Cut(line, " ")
 	port, args, _ := strings.Cut(args, " ")
-	p := rs.portNamed(port)
-	switch {
-	case verb != "capture" && verb != "limits":
-		fmt.Fprintf(c, "error unknown request\n")
-		return
-	case p == nil:
-		fmt.Fprintf(c, "error no port %q\n", port)
-		return
-	case verb == "limits":
-		l, err := parseLimitsRequest(args)
+	answer := func(err error) {
 		if err != nil {
 			fmt.Fprintf(c, "error %v\n", err)
 			return
 		}
-		p.SetLimits(portLimits(l))
-		rs.logf("port %s limits %s", p.Name(), formatLimitsRequest(l))
 		io.WriteString(c, "ok\n")
+	}
+	switch verb {
+	case "add":
+		if len(files) != 1 {
+			answer(fmt.Errorf("add %s: want the port's listening socket, got %d descriptors", port, len(files)))
+			return
+		}
+		f := files[0]
+		files = nil
+		answer(rs.addPort(port, args, f))
+		return
+	case "remove":
+		answer(rs.removePort(port))
+		return
+	case "capture", "limits":
+	default:
+		answer(errors.New("unknown request"))
+		return
+	}
+	p := rs.portNamed(port)
+	if p == nil {
+		answer(fmt.Errorf("no port %q", port))
+		return
+	}
+	if verb == "limits" {
+		l, err := parseLimitsRequest(args)
+		if err == nil {
+			p.SetLimits(portLimits(l))
+			rs.logf("port %s limits %s", p.Name(), formatLimitsRequest(l))
+		}
+		answer(err)
 		return
 	}
 	if rs.live.Add(1) > maxLiveCaptures {
 		rs.live.Add(-1)
-		fmt.Fprintf(c, "error busy: %d captures already\n", maxLiveCaptures)
+		answer(fmt.Errorf("busy: %d captures already", maxLiveCaptures))
 		return
 	}
 	defer rs.live.Add(-1)
@@ -197,6 +231,55 @@ func (rs *runningSwitch) controlConn(c *net.UnixConn) {
 	rs.logf("capture of port %s ended dropped=%d", p.Name(), w.Dropped())
 }
 
+// readControlRequest reads a request line and the descriptors sent with
+// it (SCM_RIGHTS, with the line's first bytes): at most one line of
+// maxControlLine bytes, at most maxControlFiles descriptors.
+func readControlRequest(c *net.UnixConn) (string, []*os.File, error) {
+	buf := make([]byte, maxControlLine)
+	oob := make([]byte, unix.CmsgSpace(maxControlFiles*4))
+	n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
+	var files []*os.File
+	if oobn > 0 {
+		msgs, perr := unix.ParseSocketControlMessage(oob[:oobn])
+		for _, m := range msgs {
+			fds, ferr := unix.ParseUnixRights(&m)
+			if ferr != nil {
+				continue
+			}
+			for _, fd := range fds {
+				files = append(files, os.NewFile(uintptr(fd), "control"))
+			}
+		}
+		if perr != nil && err == nil {
+			err = perr
+		}
+	}
+	if err == nil && flags&unix.MSG_CTRUNC != 0 {
+		err = errors.New("control request: too many descriptors")
+	}
+	line := buf[:n]
+	for err == nil && !bytes.Contains(line, []byte("\n")) {
+		if len(line) >= maxControlLine {
+			err = errors.New("control line too long")
+			break
+		}
+		var more int
+		more, err = c.Read(buf[len(line):])
+		line = buf[:len(line)+more]
+	}
+	if err != nil {
+		for _, f := range files {
+			f.Close()
+		}
+		return "", nil, err
+	}
+	before, _, _ := bytes.Cut(line, []byte("\n"))
+	return string(before), files, nil
+}
+
+// maxControlFiles bounds the descriptors a request may carry.
+const maxControlFiles = 4
+
 // readControlLine reads one line of at most maxControlLine bytes, a byte
 // at a time so that nothing after it is consumed.
 func readControlLine(r io.Reader) (string, error) {
@@ -217,7 +300,7 @@ func readControlLine(r io.Reader) (string, error) {
 // request sends one request line to the running switch and reads its
 // answer: the connection, after "ok", or the switch's error (no port:
 // api.ErrNotFound; busy: api.ErrBusy).
-func (s *netSwitch) request(line string) (net.Conn, error) {
+func (s *netSwitch) request(line string, files ...*os.File) (net.Conn, error) {
 	if s == nil {
 		return nil, fmt.Errorf("no switch: %w", api.ErrNotFound)
 	}
@@ -225,12 +308,21 @@ func (s *netSwitch) request(line string) (net.Conn, error) {
 	if dir == "" {
 		dir = switchDir
 	}
-	c, err := net.DialTimeout("unix", filepath.Join(dir, controlSocket), controlTimeout)
+	nc, err := net.DialTimeout("unix", filepath.Join(dir, controlSocket), controlTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("switch: %w", err)
 	}
+	c := nc.(*net.UnixConn)
 	c.SetDeadline(time.Now().Add(controlTimeout))
-	if _, err := io.WriteString(c, line+"\n"); err != nil {
+	var oob []byte
+	if len(files) > 0 {
+		fds := make([]int, len(files))
+		for i, f := range files {
+			fds[i] = int(f.Fd())
+		}
+		oob = unix.UnixRights(fds...)
+	}
+	if _, _, err := c.WriteMsgUnix([]byte(line+"\n"), oob, nil); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("switch: %w", err)
 	}
@@ -318,6 +410,204 @@ func parseLimitsRequest(s string) (config.NICLimits, error) {
 // SetLimits asks the running switch to replace a port's limits now.
 func (s *netSwitch) SetLimits(port string, l config.NICLimits) error {
 	c, err := s.request(fmt.Sprintf("limits %s %s", port, formatLimitsRequest(l)))
+	if err != nil {
+		return err
+	}
+	c.Close()
+	return nil
+}
+
+// portList returns the switch's ports now.
+func (rs *runningSwitch) portList() []*vswitch.Port {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return slices.Clone(rs.ports)
+}
+
+// maxAddedPorts bounds the VM ports a switch adds after it started: its
+// jail's descriptor limit was set for its configuration's ports and this
+// many more (switchjail.go). A switch that restarts starts with every
+// port of the configuration in force, and this room again.
+const maxAddedPorts = 16
+
+// addPort adds a VM NIC's port, as "add <vm>.<index> <network> <mac>
+// <limits>" asks, served on l: PID 1 made the socket (root's work: it
+// lies in the VM's own directory), the switch serves it as it serves its
+// configuration's.
+func (rs *runningSwitch) addPort(name, args string, f *os.File) error {
+	defer f.Close()
+	network, args, _ := strings.Cut(args, " ")
+	macText, args, _ := strings.Cut(args, " ")
+	nw := rs.nets[network]
+	mac, err := net.ParseMAC(macText)
+	switch {
+	case !api.ValidPort(name) || !strings.Contains(name, "."):
+		return fmt.Errorf("add %q: not a VM port's name", name)
+	case nw == nil:
+		return fmt.Errorf("add %s: no network %q", name, network)
+	case err != nil || len(mac) != 6:
+		return fmt.Errorf("add %s: mac %q", name, macText)
+	}
+	limits, err := parseLimitsRequest(args)
+	if err != nil {
+		return fmt.Errorf("add %s: %w", name, err)
+	}
+	fl, err := net.FileListener(f)
+	if err != nil {
+		return fmt.Errorf("add %s: %w", name, err)
+	}
+	l, ok := fl.(*net.UnixListener)
+	if !ok {
+		fl.Close()
+		return fmt.Errorf("add %s: the descriptor is not a unix socket listener", name)
+	}
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if rs.added >= maxAddedPorts {
+		l.Close()
+		return fmt.Errorf("busy: %d ports added since the switch started (it makes room for more when it restarts)", maxAddedPorts)
+	}
+	if rs.byMAC.load(mac.String()) != nil {
+		l.Close()
+		return fmt.Errorf("add %s: mac %s is another port's", name, mac)
+	}
+	srv := rs.servers[network]
+	p, err := rs.sw.AddVirtioPort(name, vswitch.VirtioConfig{Network: nw, MAC: mac, LockIP: srv != nil, Limits: portLimits(limits)})
+	if err != nil {
+		l.Close()
+		return err
+	}
+	rs.added++
+	rs.ports = append(rs.ports, p.Port)
+	rs.nicListener[name] = l
+	if srv != nil {
+		rs.dhcpOf.store(p.Port, srv)
+		if ip, ok := srv.Lookup(mac); ok {
+			p.AllowIP(ip)
+		}
+	}
+	rs.byMAC.store(mac.String(), p)
+	log := newConnLog(rs.logf, name)
+	rs.connLogs = append(rs.connLogs, log)
+	go rs.serve(l, p, log)
+	rs.logf("port %s added network=%s mac=%s", name, network, mac)
+	return nil
+}
+
+// removePort takes a VM's port off the switch, its socket with it (PID 1
+// stopped the VM first).
+func (rs *runningSwitch) removePort(name string) error {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	l := rs.nicListener[name]
+	i := slices.IndexFunc(rs.ports, func(p *vswitch.Port) bool { return p.Name() == name })
+	if l == nil || i < 0 {
+		return fmt.Errorf("no port %q", name)
+	}
+	p := rs.ports[i]
+	l.Close()
+	delete(rs.nicListener, name)
+	rs.ports = slices.Delete(rs.ports, i, i+1)
+	rs.dhcpOf.delete(p)
+	for mac, v := range rs.byMAC.snapshot() {
+		if v.Port == p {
+			rs.byMAC.delete(mac)
+		}
+	}
+	rs.logf("%s", portReport(p)) // its last counters
+	if err := p.Remove(); err != nil {
+		return err
+	}
+	rs.logf("port %s removed", name)
+	return nil
+}
+
+// cowMap is a map the data path reads without a lock: a writer replaces
+// it whole with a changed copy (writes are rare: a port added or removed).
+type cowMap[K comparable, V any] struct {
+	mu sync.Mutex
+	m  atomic.Pointer[map[K]V]
+}
+
+func (c *cowMap[K, V]) load(k K) V {
+	var zero V
+	if m := c.m.Load(); m != nil {
+		return (*m)[k]
+	}
+	return zero
+}
+
+func (c *cowMap[K, V]) snapshot() map[K]V {
+	if m := c.m.Load(); m != nil {
+		return *m
+	}
+	return nil
+}
+
+func (c *cowMap[K, V]) len() int { return len(c.snapshot()) }
+
+func (c *cowMap[K, V]) store(k K, v V) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := maps.Clone(c.snapshot())
+	if m == nil {
+		m = map[K]V{}
+	}
+	m[k] = v
+	c.m.Store(&m)
+}
+
+func (c *cowMap[K, V]) delete(k K) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := maps.Clone(c.snapshot())
+	delete(m, k)
+	c.m.Store(&m)
+}
+
+// AddPort asks the running switch to serve NIC i of vm: PID 1 makes the
+// VM's socket directory and the socket (root's work, as the switch does
+// at its start) and hands the listening socket over.
+func (s *netSwitch) AddPort(vm config.VM, i int) error {
+	if s == nil {
+		return errors.New("no switch runs")
+	}
+	dir := cmp.Or(s.dir, switchDir)
+	name := portName(vm.Name, i)
+	// A socket something serves is a port's already: making a new one
+	// there would take it from that port.
+	if c, err := net.DialTimeout("unix", vmmcli.NICSocket(dir, vm.Name, i), controlTimeout); err == nil {
+		c.Close()
+		return fmt.Errorf("add %s: the port exists", name)
+	}
+	if err := vmSocketDir(dir, vm); err != nil {
+		return err
+	}
+	l, err := listenNIC(dir, vm, i)
+	if err != nil {
+		return err
+	}
+	// The switch serves the socket from now on: closing PID 1's copy
+	// must not remove the file.
+	l.SetUnlinkOnClose(false)
+	defer l.Close()
+	f, err := l.File()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	nic := vm.NICs[i]
+	c, err := s.request(fmt.Sprintf("add %s %s %s %s", name, nic.Network, nic.MAC, formatLimitsRequest(nic.Limits)), f)
+	if err != nil {
+		return err
+	}
+	c.Close()
+	return nil
+}
+
+// RemovePort asks the running switch to take a VM NIC's port off.
+func (s *netSwitch) RemovePort(name string) error {
+	c, err := s.request("remove " + name)
 	if err != nil {
 		return err
 	}

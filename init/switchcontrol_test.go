@@ -11,6 +11,8 @@ import (
 
 	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/api"
+	"github.com/hyperroot/hyperroot/internal/vmmcli"
+	"github.com/hyperroot/hyperroot/net/vhostuser"
 )
 
 // TestLiveCapture: PID 1's side asks a running switch for a port's
@@ -149,5 +151,74 @@ func TestSetLimitsRequest(t *testing.T) {
 	}
 	if got, err := parseLimitsRequest(formatLimitsRequest(l)); err != nil || got != l {
 		t.Errorf("%+v read back as %+v, %v", l, got, err)
+	}
+}
+
+// TestAddRemovePort: PID 1 adds a VM NIC's port to a running switch (it
+// makes the socket and hands it over), a VMM's vhost-user connection is
+// served there, and removing the port stops serving it; requests that
+// clash with the switch's ports or networks are refused.
+func TestAddRemovePort(t *testing.T) {
+	_, cfg := extConfig(t)
+	dir := t.TempDir()
+	var out logLines
+	rs, err := startSwitch(cfg, dir, nil, out.logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rs.Close()
+	sw := &netSwitch{dir: dir}
+	mac, _ := net.ParseMAC("52:54:00:00:00:02")
+	vm := config.VM{Name: "x", NICs: []config.NIC{{Network: "lan", MAC: mac, Limits: config.NICLimits{TX: 1e6}}}}
+	if err := sw.AddPort(vm, 0); err != nil {
+		t.Fatal(err)
+	}
+	out.wait(t, "port x.0 added network=lan mac=52:54:00:00:00:02")
+	fe, err := vhostuser.Dial(vmmcli.NICSocket(dir, "x", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fe.GetFeatures(); err != nil {
+		t.Fatalf("the added port is not served: %v", err)
+	}
+	fe.Close()
+	if rs.byMAC.load(mac.String()) == nil || rs.dhcpOf.load(rs.portNamed("x.0")) == nil {
+		t.Error("the added port has no MAC entry or no DHCP server")
+	}
+	for name, bad := range map[string]config.VM{
+		"same MAC":      {Name: "y", NICs: []config.NIC{{Network: "lan", MAC: mac}}},
+		"same port":     vm,
+		"no network":    {Name: "z", NICs: []config.NIC{{Network: "nowhere", MAC: mac}}},
+		"configured VM": {Name: "a", NICs: []config.NIC{{Network: "lan", MAC: mac}}},
+	} {
+		if err := sw.AddPort(bad, 0); err == nil {
+			t.Errorf("%s: added", name)
+		}
+	}
+	// The configured port a.0 is still served.
+	fa, err := vhostuser.Dial(vmmcli.NICSocket(dir, "a", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fa.GetFeatures(); err != nil {
+		t.Errorf("a.0 after a refused add of its name: %v", err)
+	}
+	fa.Close()
+	if err := sw.RemovePort("x.0"); err != nil {
+		t.Fatal(err)
+	}
+	out.wait(t, "port x.0 removed")
+	if _, err := vhostuser.Dial(vmmcli.NICSocket(dir, "x", 0)); err == nil {
+		t.Error("a removed port's socket still answers")
+	}
+	if rs.byMAC.load(mac.String()) != nil || rs.portNamed("x.0") != nil {
+		t.Error("a removed port is still known")
+	}
+	if err := sw.RemovePort("x.0"); !errors.Is(err, api.ErrNotFound) {
+		t.Errorf("removing it again: %v", err)
+	}
+	// Its MAC is free again.
+	if err := sw.AddPort(config.VM{Name: "y", NICs: []config.NIC{{Network: "lan", MAC: mac}}}, 0); err != nil {
+		t.Errorf("a port with the removed one's MAC: %v", err)
 	}
 }

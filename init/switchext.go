@@ -334,22 +334,18 @@ func startSwitchExt(f *extFlags, cfg *config.Config, dir string, capture map[str
 		ep.Close()
 		return nil, err
 	}
-	p := rs.byMAC[nic.MAC.String()]
+	p := rs.byMAC.load(nic.MAC.String())
 	if p == nil { // buildSwitch makes a port of every NIC
 		ep.Close()
 		rs.Close()
 		return nil, fmt.Errorf("extra port %s was not created", portName(extVM, 0))
 	}
-	unused := vmmcli.NICSocket(dir, extVM, 0)
-	rs.listeners = slices.DeleteFunc(rs.listeners, func(l *net.UnixListener) bool {
-		if l.Addr().String() != unused {
-			return false
-		}
-		l.Close() // and removes the socket file
-		return true
-	})
-	os.Remove(vmmcli.NICDir(dir, extVM))
 	name := portName(extVM, 0)
+	if l := rs.nicListener[name]; l != nil {
+		l.Close() // and removes the socket file
+		delete(rs.nicListener, name)
+	}
+	os.Remove(vmmcli.NICDir(dir, extVM))
 	if _, err := started(rs); err != nil {
 		ep.Close()
 		return nil, err

@@ -364,11 +364,11 @@ func TestExtPortServed(t *testing.T) {
 				t.Errorf("features %#x lack VERSION_1", feats)
 			}
 			out.wait(t, "port "+name+" connected")
-			p := rs.byMAC[mac.String()]
+			p := rs.byMAC.load(mac.String())
 			if p == nil || p.Name() != name {
 				t.Fatalf("no port %s for %s", name, mac)
 			}
-			if rs.dhcpOf[p.Port] == nil {
+			if rs.dhcpOf.load(p.Port) == nil {
 				t.Errorf("port %s gets no DHCP on a network that serves it", name)
 			}
 			if _, err := os.Lstat(vmmcli.NICSocket(dir, extVM, 0)); err == nil {

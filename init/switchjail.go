@@ -105,7 +105,7 @@ func (j *switchJail) confine() error {
 			return err
 		}
 		c := jail.Config{UID: j.id, GID: j.id, Writable: []string{j.dir}, HostNetwork: j.hostNet,
-			Files: jail.DefaultFiles + switchFilesPerPort*uint64(j.ports), FileSize: switchFileSize}
+			Files: jail.DefaultFiles + switchFilesPerPort*uint64(j.ports+maxAddedPorts), FileSize: switchFileSize}
 		if j.captures {
 			c.FileSize = unix.RLIM_INFINITY // pcap files grow as long as the switch runs
 		}

@@ -159,6 +159,30 @@ func TestSwitchJailed(t *testing.T) {
 	}
 	b.send(t, udpFrame(b.mac, layers.EthernetBroadcast, net.IPv4zero, net.IPv4bcast, []byte("hello a")))
 	time.Sleep(100 * time.Millisecond) // b holds no lease: dropped, not forwarded
+
+	// PID 1's live requests, under the jail and the filter: a VM port
+	// added (PID 1 makes its socket), served and leased, captured,
+	// limited, and removed.
+	macC, _ := net.ParseMAC("52:54:00:00:00:0c")
+	if err := sw.AddPort(config.VM{Name: "c", NICs: []config.NIC{{Network: "lan", MAC: macC}}}, 0); err != nil {
+		t.Fatal(err)
+	}
+	capture, err := sw.Capture("c.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gc := dialGuest(t, dir, "c", macC)
+	t.Logf("c, added live, leased %s", gc.lease(t))
+	if rec, err := capture.Next(); err != nil || len(rec) < 16+14 {
+		t.Errorf("capture of c.0: %d bytes, %v", len(rec), err)
+	}
+	capture.Close()
+	if err := sw.SetLimits("c.0", config.NICLimits{TX: 1e6}); err != nil {
+		t.Error(err)
+	}
+	if err := sw.RemovePort("c.0"); err != nil {
+		t.Error(err)
+	}
 	sw.Stop(10 * time.Second)
 	c.Flush(5 * time.Second)
 	if strings.Contains(out.String(), "seccomp: logged") || strings.Contains(out.String(), "reason=seccomp") {

@@ -294,7 +294,7 @@ func Handler(b Backend) http.Handler {
 	}))
 	mux.HandleFunc("/v1/ports/{name}/capture", only("GET", func(w http.ResponseWriter, r *http.Request) {
 		port := r.PathValue("name")
-		if !validPort(port) {
+		if !ValidPort(port) {
 			reply(w, http.StatusBadRequest, Error{fmt.Sprintf("port %q: want <vm>.<nic index>, host or uplink:<interface>", port)})
 			return
 		}
@@ -530,9 +530,9 @@ func streamCapture(w http.ResponseWriter, r *http.Request, c Capture, port strin
 	}
 }
 
-// validPort checks a port name before it reaches the switch: a VM NIC's
+// ValidPort checks a port name before it reaches the switch: a VM NIC's
 // (<vm>.<index>), "host" or an uplink's ("uplink:<interface>").
-func validPort(name string) bool {
+func ValidPort(name string) bool {
 	if name == "host" {
 		return true
 	}

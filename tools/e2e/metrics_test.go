@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"os"
@@ -255,15 +256,18 @@ func checkLiveCapture(t testing.TB, path string, streamBytes int, endLine string
 	}
 }
 
-// TestNICLimitLive: a client VM streams to a server with its NIC limited
-// to 2 Mbit/s; `hyperroot ctl config apply` from the host raises the limit
-// to 6 Mbit/s while the stream runs, and the VM is not restarted. The
-// rates are measured on the client's own frames, captured live at its
-// port (ctl capture) with the switch's timestamps: over 8 s before the
+// TestCtlNICLifecycle: `hyperroot ctl` on the host drives a VM with a NIC
+// through its life on a running appliance: it creates the VM (the switch
+// adds its port), follows its console stream as it boots, gets a lease
+// and streams to a server VM limited to 2 Mbit/s; it raises the limit to
+// 6 Mbit/s with `config apply` while the stream runs (no restart); it
+// stops the VM and deletes it (the switch takes the port off). The rates
+// are measured on the client's own frames, captured live at its port
+// (`ctl capture`) with the switch's timestamps: over 8 s before the
 // change, at the old limit; over 8 s after, above twice the old limit and
 // not above the new one (a machine whose emulated path cannot carry
 // 6 Mbit/s still shows the change).
-func TestNICLimitLive(t *testing.T) {
+func TestCtlNICLifecycle(t *testing.T) {
 	parallel(t)
 	api := newRemoteAPI(t)
 	const (
@@ -272,19 +276,24 @@ func TestNICLimitLive(t *testing.T) {
 		after       = 6e6
 		window      = 8 * time.Second
 	)
-	config := func(limit string) string {
-		return api.config() + "networks:\n" + lanNet + "vms:\n" +
-			netVM("server", "net-server", []string{"{network: lan}"}) +
-			netVM("client", "net-client", []string{"{network: lan, limits: {tx: " + limit + "}}"}, fmt.Sprintf("hyperroot.netbytes=%d", streamBytes))
+	client := func(limit string) string {
+		return netVM("client", "net-client", []string{"{network: lan, limits: {tx: " + limit + "}}"}, fmt.Sprintf("hyperroot.netbytes=%d", streamBytes))
 	}
-	cfg, next := configFile(t, config("2M")), configFile(t, config("6M"))
+	base := api.config() + "networks:\n" + lanNet + "vms:\n" + netVM("server", "net-server", []string{"{network: lan}"})
+	cfg, vmFile, next := configFile(t, base), configFile(t, asMapping(client("2M"))), configFile(t, base+client("6M"))
 	testbed(t, func(t testing.TB) {
 		m := start(t, api.options(qemu.Options{Config: cfg}))
 		api.connect(t, m)
+		if out := api.must(t, "vm", "create", "-f", vmFile); !regexp.MustCompile(`^vm client running pid [1-9]\d*\n$`).MatchString(out) {
+			t.Fatalf("vm create: %q", out)
+		}
+		expect(t, m, `^switch\| port client\.0 added network=lan mac=([0-9a-f]{2}:){5}[0-9a-f]{2}$`)
 		capture := startCapture(t, api, "client.0")
 		expect(t, m, `^switch\| capture of port client\.0 started$`)
-		// The client pings the server just before it streams.
-		expect(t, m, `^client\| guest: net ping 10\.20\.0\.1\d\d rtt_us=`)
+		console := followConsole(t, api, "client")
+		console.until(t, `^guest: net lease ip=10\.20\.0\.1\d\d `)
+		// It pings the server just before it streams.
+		console.until(t, `^guest: net ping 10\.20\.0\.1\d\d rtt_us=`)
 		time.Sleep(window + 3*time.Second)
 		if out := api.must(t, "config", "apply", "-f", next); out != "config applied: nic-limits client unchanged server\n" {
 			t.Errorf("config apply: %q", out)
@@ -304,8 +313,69 @@ func TestNICLimitLive(t *testing.T) {
 		if n := strings.Count(strings.Join(m.Lines(), "\n"), "hyperroot: vm client started "); n != 1 {
 			t.Errorf("the client was started %d times, want once: the change must not restart it", n)
 		}
+		api.must(t, "vm", "stop", "client")
+		if out := api.must(t, "vm", "delete", "client"); !strings.Contains(out, "client") {
+			t.Errorf("vm delete: %q", out)
+		}
+		expect(t, m, `^switch\| port client\.0 removed$`)
+		if nets := api.must(t, "networks"); !regexp.MustCompile(`(?m)^lan .* server\.0$`).MatchString(nets) {
+			t.Errorf("networks after the delete:\n%s", nets)
+		}
+		if ports := api.must(t, "ports"); strings.Contains(ports, "client.0") {
+			t.Errorf("ports after the delete:\n%s", ports)
+		}
 		powerButton(t, m)
 	})
+}
+
+// asMapping turns a config list item ("  - name: x\n    key: ...") into
+// the mapping alone, as `ctl vm create -f` takes it.
+func asMapping(item string) string {
+	lines := strings.Split(strings.TrimRight(item, "\n"), "\n")
+	for i, l := range lines {
+		lines[i] = l[min(4, len(l)):]
+	}
+	return strings.Join(lines, "\n") + "\n"
+}
+
+// consoleFollower is `hyperroot ctl vm console` running on the host.
+type consoleFollower struct{ lines chan string }
+
+func followConsole(t testing.TB, api *remoteAPI, vm string) *consoleFollower {
+	t.Helper()
+	cmd := exec.Command(api.bin, "ctl", "vm", "console", vm, "1000")
+	cmd.Env = api.env(api.token)
+	stream, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	f := &consoleFollower{lines: make(chan string, 10000)}
+	go func() {
+		sc := bufio.NewScanner(stream)
+		for sc.Scan() {
+			f.lines <- sc.Text()
+		}
+		close(f.lines)
+	}()
+	return f
+}
+
+// until reads the stream until a line matches pattern; the stream ending
+// first (the appliance's watchdog stops a silent machine) fails the test.
+func (f *consoleFollower) until(t testing.TB, pattern string) string {
+	t.Helper()
+	re := regexp.MustCompile(pattern)
+	for l := range f.lines {
+		if re.MatchString(l) {
+			return l
+		}
+	}
+	t.Fatalf("the console stream ended before a line matched %q", pattern)
+	return ""
 }
 
 // streamRates reads a live capture of a client's port and returns the

@@ -71,6 +71,10 @@ func switchPolicy(deny bpf.Action) bpf.Policy {
 			// closed with the connection.
 			"accept4", "getsockname", "recvmsg", "sendmsg", "fstat",
 			"readlinkat", "epoll_ctl", "close",
+			// A VM port PID 1 adds live comes as its listening socket
+			// (init/switchcontrol.go): net.FileListener asks its
+			// peer (none) and, below, its type.
+			"getpeername",
 			// The DHCP leases and IPv6 claims in the switch's directory
 			// (dhcp's writeAtomic, init/claims6.go): made, written,
 			// synced (with the directory), renamed into place, the
@@ -95,6 +99,7 @@ func switchPolicy(deny bpf.Action) bpf.Policy {
 			// (signals on I/O), locks or leases.
 			fcntl(unix.F_GETFD), fcntl(unix.F_SETFD), fcntl(unix.F_GETFL), fcntl(unix.F_SETFL),
 			fcntl(unix.F_GET_SEALS), fcntl(unix.F_DUPFD_CLOEXEC),
+			{Name: "getsockopt", Conditions: bpf.ArgumentConditions{{Argument: 2, Operation: bpf.Equal, Value: unix.SO_TYPE}}},
 		}},
 	}}
 }
