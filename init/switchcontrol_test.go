@@ -21,15 +21,7 @@ import (
 // maxLiveCaptures are refused with the API's errors; a capture whose
 // reader hangs up is taken off its port.
 func TestLiveCapture(t *testing.T) {
-	_, cfg := extConfig(t)
-	dir := t.TempDir()
-	var out logLines
-	rs, err := startSwitch(cfg, dir, nil, out.logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rs.Close()
-	sw := &netSwitch{dir: dir}
+	rs, sw, out, _ := controlledSwitch(t)
 	if _, err := sw.Capture("b.0"); !errors.Is(err, api.ErrNotFound) {
 		t.Errorf("capture of a port that does not exist: %v", err)
 	}
@@ -71,6 +63,22 @@ func TestLiveCapture(t *testing.T) {
 	} else {
 		s.Close()
 	}
+}
+
+// controlledSwitch runs the switch of extTestConfig in this process (not
+// jailed) and returns it, PID 1's side of its control socket, its log and
+// its directory.
+func controlledSwitch(t *testing.T) (*runningSwitch, *netSwitch, *logLines, string) {
+	t.Helper()
+	_, cfg := extConfig(t)
+	dir := t.TempDir()
+	out := &logLines{}
+	rs, err := startSwitch(cfg, dir, nil, out.logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rs.Close)
+	return rs, &netSwitch{dir: dir}, out, dir
 }
 
 // waitUntil waits up to 5 s for cond.
@@ -122,15 +130,7 @@ func TestPrepareSwitchDirKeepsControlSocket(t *testing.T) {
 // through the control socket; requests the switch cannot take are refused
 // with a reason, and nothing changes.
 func TestSetLimitsRequest(t *testing.T) {
-	_, cfg := extConfig(t)
-	dir := t.TempDir()
-	var out logLines
-	rs, err := startSwitch(cfg, dir, nil, out.logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rs.Close()
-	sw := &netSwitch{dir: dir}
+	_, sw, out, _ := controlledSwitch(t)
 	l := config.NICLimits{RX: 8_000_000, TXPPS: 1000, Burst: 20 * time.Millisecond}
 	if err := sw.SetLimits("a.0", l); err != nil {
 		t.Fatal(err)
@@ -159,15 +159,7 @@ func TestSetLimitsRequest(t *testing.T) {
 // served there, and removing the port stops serving it; requests that
 // clash with the switch's ports or networks are refused.
 func TestAddRemovePort(t *testing.T) {
-	_, cfg := extConfig(t)
-	dir := t.TempDir()
-	var out logLines
-	rs, err := startSwitch(cfg, dir, nil, out.logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rs.Close()
-	sw := &netSwitch{dir: dir}
+	rs, sw, out, dir := controlledSwitch(t)
 	mac, _ := net.ParseMAC("52:54:00:00:00:02")
 	vm := config.VM{Name: "x", NICs: []config.NIC{{Network: "lan", MAC: mac, Limits: config.NICLimits{TX: 1e6}}}}
 	if err := sw.AddPort(vm, 0); err != nil {

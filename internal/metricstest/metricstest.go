@@ -24,17 +24,9 @@ func Parse(r io.Reader) (Families, error) {
 // Value is the value of family name's first metric with labels (name=value
 // pairs; others may be there too), or -1 when there is none.
 func (f Families) Value(name string, labels ...string) float64 {
-next:
 	for _, m := range f[name].GetMetric() {
-		have := map[string]string{}
-		for _, l := range m.GetLabel() {
-			have[l.GetName()] = l.GetValue()
-		}
-		for _, kv := range labels {
-			k, v, _ := strings.Cut(kv, "=")
-			if have[k] != v {
-				continue next
-			}
+		if !hasLabels(m, labels) {
+			continue
 		}
 		switch {
 		case m.Counter != nil:
@@ -44,6 +36,21 @@ next:
 		}
 	}
 	return -1
+}
+
+// hasLabels reports whether m has every name=value pair of labels.
+func hasLabels(m *dto.Metric, labels []string) bool {
+	have := map[string]string{}
+	for _, l := range m.GetLabel() {
+		have[l.GetName()] = l.GetValue()
+	}
+	for _, kv := range labels {
+		k, v, _ := strings.Cut(kv, "=")
+		if have[k] != v {
+			return false
+		}
+	}
+	return true
 }
 
 // Sum is the sum of family name's values (counters and gauges).
@@ -57,19 +64,8 @@ func (f Families) Sum(name string) float64 {
 
 // Histogram is family name's first histogram with labels, or nil.
 func (f Families) Histogram(name string, labels ...string) *dto.Histogram {
-next:
 	for _, m := range f[name].GetMetric() {
-		have := map[string]string{}
-		for _, l := range m.GetLabel() {
-			have[l.GetName()] = l.GetValue()
-		}
-		for _, kv := range labels {
-			k, v, _ := strings.Cut(kv, "=")
-			if have[k] != v {
-				continue next
-			}
-		}
-		if m.Histogram != nil {
+		if m.Histogram != nil && hasLabels(m, labels) {
 			return m.Histogram
 		}
 	}

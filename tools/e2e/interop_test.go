@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -19,7 +18,6 @@ import (
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
-	"github.com/gopacket/gopacket/pcapgo"
 
 	"github.com/hyperroot/hyperroot/internal/testenv"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
@@ -322,34 +320,17 @@ func (p *proc) waitLine(pattern string, d time.Duration) (string, error) {
 // the DHCP exchange and the whole TCP stream to port 5001.
 func checkCapture(t *testing.T, path string, streamBytes int64) {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatalf("capture: %v", err)
-	}
-	defer f.Close()
-	r, err := pcapgo.NewReader(f)
-	if err != nil {
-		t.Fatalf("capture %s: %v", path, err)
-	}
 	var frames, dhcpReplies int
 	var payload int64
-	for {
-		data, _, err := r.ReadPacketData()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatalf("capture %s: frame %d: %v", path, frames, err)
-		}
+	eachFrame(t, path, false, func(pkt gopacket.Packet, _ gopacket.CaptureInfo) {
 		frames++
-		pkt := gopacket.NewPacket(data, layers.LayerTypeEthernet, gopacket.NoCopy)
 		if udp, ok := pkt.Layer(layers.LayerTypeUDP).(*layers.UDP); ok && udp.SrcPort == 67 && udp.DstPort == 68 {
 			dhcpReplies++
 		}
 		if tcp, ok := pkt.Layer(layers.LayerTypeTCP).(*layers.TCP); ok && tcp.DstPort == 5001 {
 			payload += int64(len(tcp.Payload))
 		}
-	}
+	})
 	t.Logf("capture of server.0: %d frames, %d DHCP replies, %d bytes of stream payload", frames, dhcpReplies, payload)
 	if dhcpReplies < 2 {
 		t.Errorf("capture has %d DHCP replies, want the OFFER and the ACK", dhcpReplies)

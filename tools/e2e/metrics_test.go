@@ -216,34 +216,16 @@ func (c *liveCapture) stop(t testing.TB) {
 // interrupted.
 func checkLiveCapture(t testing.TB, path string, streamBytes int, endLine string) {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	r, err := pcapgo.NewReader(f)
-	if err != nil {
-		t.Fatalf("live capture: %v", err)
-	}
-	var frames, dhcp int
-	var payload int
-	for {
-		data, _, err := r.ReadPacketData()
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			break
-		}
-		if err != nil {
-			t.Fatalf("live capture: frame %d: %v", frames, err)
-		}
+	var frames, dhcp, payload int
+	eachFrame(t, path, true, func(pkt gopacket.Packet, _ gopacket.CaptureInfo) {
 		frames++
-		pkt := gopacket.NewPacket(data, layers.LayerTypeEthernet, gopacket.NoCopy)
 		if udp, ok := pkt.Layer(layers.LayerTypeUDP).(*layers.UDP); ok && (udp.DstPort == 67 || udp.DstPort == 68) {
 			dhcp++
 		}
 		if tcp, ok := pkt.Layer(layers.LayerTypeTCP).(*layers.TCP); ok && tcp.DstPort == 5001 {
 			payload += len(tcp.Payload)
 		}
-	}
+	})
 	t.Logf("live capture of client.0: %d frames, %d DHCP, %d of the stream's %d bytes; %s", frames, dhcp, payload, streamBytes, endLine)
 	if dhcp < 4 {
 		t.Errorf("live capture has %d DHCP frames, want DISCOVER, OFFER, REQUEST and ACK", dhcp)
@@ -384,33 +366,16 @@ func (f *consoleFollower) until(t testing.TB, pattern string) string {
 // leaving a second out at each end.
 func streamRates(t testing.TB, path string, window time.Duration) (early, late float64) {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	r, err := pcapgo.NewReader(f)
-	if err != nil {
-		t.Fatalf("live capture: %v", err)
-	}
 	type frame struct {
 		at   time.Time
 		bits float64
 	}
 	var frames []frame
-	for {
-		data, ci, err := r.ReadPacketData()
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			break
-		}
-		if err != nil {
-			t.Fatalf("live capture: frame %d: %v", len(frames), err)
-		}
-		pkt := gopacket.NewPacket(data, layers.LayerTypeEthernet, gopacket.NoCopy)
+	eachFrame(t, path, true, func(pkt gopacket.Packet, ci gopacket.CaptureInfo) {
 		if tcp, ok := pkt.Layer(layers.LayerTypeTCP).(*layers.TCP); ok && tcp.DstPort == 5001 {
 			frames = append(frames, frame{ci.Timestamp, float64(ci.Length) * 8})
 		}
-	}
+	})
 	if len(frames) < 2 || frames[len(frames)-1].at.Sub(frames[0].at) < 2*window+2*time.Second {
 		t.Fatalf("live capture: %d frames of the stream, not %v of it", len(frames), 2*window+2*time.Second)
 	}
@@ -424,4 +389,31 @@ func streamRates(t testing.TB, path string, window time.Duration) (early, late f
 		return bits / window.Seconds()
 	}
 	return rate(frames[0].at.Add(time.Second)), rate(frames[len(frames)-1].at.Add(-window - time.Second))
+}
+
+// eachFrame reads a capture file with gopacket's reader (independently of
+// the switch's writer) and calls fn with each frame decoded as Ethernet.
+// A live capture (cut, true) may end in a record cut where its reader was
+// interrupted.
+func eachFrame(t testing.TB, path string, cut bool, fn func(gopacket.Packet, gopacket.CaptureInfo)) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r, err := pcapgo.NewReader(f)
+	if err != nil {
+		t.Fatalf("capture %s: %v", path, err)
+	}
+	for n := 0; ; n++ {
+		data, ci, err := r.ReadPacketData()
+		if err == io.EOF || (cut && err == io.ErrUnexpectedEOF) {
+			return
+		}
+		if err != nil {
+			t.Fatalf("capture %s: frame %d: %v", path, n, err)
+		}
+		fn(gopacket.NewPacket(data, layers.LayerTypeEthernet, gopacket.NoCopy), ci)
+	}
 }
