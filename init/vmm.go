@@ -61,7 +61,7 @@ func vmmMain(args []string) int {
 	var built atomic.Pointer[machine.Machine]
 	go answerDumps(&built, a.DumpTag)
 	if a.DumpTag != "" { // supervised: PID 1 takes them for /metrics
-		go reportStats(&built, a.DumpTag, os.Stderr, statsEvery)
+		go reportStats(&built, a.Name, a.DumpTag, os.Stderr, statsEvery)
 	}
 	go stopOnSignals(a.Name, &built, sigc)
 	tuneRuntime(a.CPUs)
@@ -454,15 +454,68 @@ const statsEvery = 10 * time.Second
 // kvmReported that KVM has, summed over the vCPUs, and a line per disk
 // (diskstats.go). The tag, this start's secret, tells PID 1 the lines are
 // the VMM's, not its guest's.
-func reportStats(m *atomic.Pointer[machine.Machine], tag string, w io.Writer, period time.Duration) {
+func reportStats(m *atomic.Pointer[machine.Machine], name, tag string, w io.Writer, period time.Duration) {
 	kvm := true
+	var refaults refaultWatch
 	for range time.Tick(period) {
 		if mm := m.Load(); mm != nil {
 			// A kernel without KVM statistics has none, ever.
 			kvm = kvm && writeKVMStats(mm, tag, w)
 			writeDiskStats(mm, tag, w)
+			if kvm {
+				refaults.check(mm, name, w, period)
+			}
 		}
 	}
+}
+
+// refaultWatch says when KVM keeps injecting page faults into a vCPU,
+// each after emulating an instruction, thousands of times a second: the
+// vCPU makes no progress, and nothing of it reaches the VMM (nested under
+// TCG, KVM's or the emulator's walk of the guest's tables disagreeing
+// with the guest's; see docs/TESTING.md). With nested paging KVM injects
+// a page fault only when its instruction emulator hits one, which a
+// working guest makes a few times at most: the line says so at once
+// instead of leaving a silent guest to its watchdogs.
+type refaultWatch struct {
+	pf, emu []uint64
+	told    []bool
+}
+
+// refaultRate is the injected faults a second, each with an emulated
+// instruction, that make refaultWatch speak: the loops seen ran at
+// 21000-26000 a second.
+const refaultRate = 2000
+
+func (r *refaultWatch) check(m *machine.Machine, name string, w io.Writer, period time.Duration) {
+	pf, err1 := m.VCPUCounter("pf_guest")
+	emu, err2 := m.VCPUCounter("insn_emulation")
+	if err1 != nil || err2 != nil {
+		return
+	}
+	for _, i := range r.next(pf, emu, period) {
+		fmt.Fprintf(w, "hyperroot vmm: %s: vcpu %d: KVM injected %d page faults in %s, each after emulating an instruction: the vCPU makes no progress\n",
+			name, i, pf[i]-r.pf[i], period)
+	}
+	r.pf, r.emu = pf, emu
+}
+
+// next returns the vCPUs to report, given each vCPU's counts now and
+// period after the last ones; each is reported once.
+func (r *refaultWatch) next(pf, emu []uint64, period time.Duration) []int {
+	if len(r.pf) != len(pf) || len(r.emu) != len(emu) || len(pf) != len(emu) {
+		r.told = make([]bool, len(pf))
+		return nil
+	}
+	var out []int
+	for i := range pf {
+		dpf, demu := pf[i]-r.pf[i], emu[i]-r.emu[i]
+		if !r.told[i] && float64(dpf) >= refaultRate*period.Seconds() && demu >= dpf*9/10 {
+			r.told[i] = true
+			out = append(out, i)
+		}
+	}
+	return out
 }
 
 // writeDiskStats writes one line of counters per disk of m.

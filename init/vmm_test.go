@@ -8,6 +8,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hyperroot/hyperroot/internal/testenv"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
@@ -194,5 +195,26 @@ func TestTuneRuntime(t *testing.T) {
 	}
 	if got := debug.SetMemoryLimit(-1); got != math.MaxInt64 {
 		t.Errorf("GOMEMLIMIT=off in the environment overridden: %d", got)
+	}
+}
+
+// TestRefaultWatch: a vCPU into which KVM injects thousands of page
+// faults a second, each with an emulated instruction, is reported once;
+// faults without emulation (shadow paging's ordinary ones) or at a
+// working guest's rate are not.
+func TestRefaultWatch(t *testing.T) {
+	var r refaultWatch
+	const p = 10 * time.Second
+	if got := r.next([]uint64{0, 0, 0}, []uint64{0, 0, 0}, p); got != nil {
+		t.Errorf("first counts: %v", got)
+	}
+	r.pf, r.emu = []uint64{0, 0, 0}, []uint64{0, 0, 0}
+	pf, emu := []uint64{250000, 250000, 300}, []uint64{250000, 1000, 300}
+	if got := r.next(pf, emu, p); len(got) != 1 || got[0] != 0 {
+		t.Errorf("reported %v, want vcpu 0", got)
+	}
+	r.pf, r.emu = pf, emu
+	if got := r.next([]uint64{500000, 500000, 600}, []uint64{500000, 2000, 600}, p); got != nil {
+		t.Errorf("reported again: %v", got)
 	}
 }

@@ -116,3 +116,20 @@ func TestTripleFaultStops(t *testing.T) {
 		}
 	}
 }
+
+// TestRefaultStops: a VMM's report that KVM keeps faulting a vCPU stops
+// the machine at once, whatever its vCPUs.
+func TestRefaultStops(t *testing.T) {
+	const line = "client| hyperroot vmm: client: vcpu 0: KVM injected 251234 page faults in 10s, each after emulating an instruction: the vCPU makes no progress"
+	m := &Machine{stall: make(chan struct{}), stalls: map[string]int{}, cpus: 1}
+	m.noteStall("client| guest: KVM injected 5 page faults in 10s, each after emulating an instruction") // the guest's own words: not the VMM's
+	m.noteStall(line)
+	select {
+	case <-m.stall:
+		if m.Stalled() != line {
+			t.Errorf("stopped for %q", m.Stalled())
+		}
+	default:
+		t.Error("a VMM's refault report did not stop the machine")
+	}
+}

@@ -627,15 +627,22 @@ var guestStallRE = regexp.MustCompile(`^(\S+)\| .*(rcu: INFO: rcu_\w+ detected s
 // silence timeout for lines that VM will never print.
 var GuestTripleFaultRE = regexp.MustCompile(`\| hyperroot vmm: \S+: crash after .*\(vCPU \d+: triple fault\)`)
 
+// guestRefaultRE matches a VMM's report that KVM keeps injecting page
+// faults into a vCPU of it (init/vmm.go's refaultWatch): the vCPU makes no
+// progress, and the machine is recorded and stopped at once, as for a
+// stall, so that the dump shows the loop.
+var guestRefaultRE = regexp.MustCompile(`\| hyperroot vmm: \S+: vcpu \d+: KVM injected \d+ page faults in \S+, each after emulating an instruction`)
+
 // noteStall counts a guest's stall reports; the second from one VM (a
 // stall that outlived a report, which a slow emulator alone may cause),
-// or a guest's triple fault in a multi-vCPU appliance, makes the silence
+// a guest's triple fault in a multi-vCPU appliance, or a VMM's report of
+// a vCPU KVM keeps faulting, makes the silence
 // watchdog record the state and stop. m.mu is held.
 func (m *Machine) noteStall(line string) {
 	if m.stalled != "" {
 		return
 	}
-	if m.cpus > 1 && GuestTripleFaultRE.MatchString(line) {
+	if (m.cpus > 1 && GuestTripleFaultRE.MatchString(line)) || guestRefaultRE.MatchString(line) {
 		m.stalled = line
 		close(m.stall)
 		return

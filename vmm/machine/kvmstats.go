@@ -147,6 +147,20 @@ func moved(before, after kvm.Stats) string {
 	return b.String()
 }
 
+// VCPUCounter returns KVM's counter name (single-valued) of each vCPU, 0
+// where a vCPU lacks it. It errs where KVM has no statistics.
+func (m *Machine) VCPUCounter(name string) ([]uint64, error) {
+	snap, err := m.stats.snapshot()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]uint64, len(snap.vcpus))
+	for i, st := range snap.vcpus {
+		out[i], _ = st.Get(name)
+	}
+	return out, nil
+}
+
 // KVMTotals sums, over the vCPUs, KVM's single-valued counters of them
 // (exits and exits by cause, injected interrupts, page faults, halts): for
 // the VMM's periodic report. It errs where KVM has no statistics.
