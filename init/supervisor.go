@@ -121,6 +121,9 @@ func supervise() {
 		if sw, err = startNetSwitch(c, sv.starter(r, svirt.SwitchLabel), st, 20*time.Second); err != nil {
 			c.Errorf("switch", err)
 		}
+		if sv != nil {
+			sw.sockLabel = svirt.SwitchLabel
+		}
 	}
 	// Its sockets for the VMs' NICs, each VM's own while it runs.
 	sv.closeSockets(c, cfg.VMs)

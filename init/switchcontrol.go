@@ -22,6 +22,7 @@ import (
 
 	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/api"
+	"github.com/hyperroot/hyperroot/internal/svirt"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
 	"github.com/hyperroot/hyperroot/net/pcap"
 	"github.com/hyperroot/hyperroot/net/vswitch"
@@ -583,8 +584,18 @@ func (s *netSwitch) AddPort(vm config.VM, i int) error {
 	if err := vmSocketDir(dir, vm); err != nil {
 		return err
 	}
-	l, err := listenNIC(dir, vm, i)
-	if err != nil {
+	var l *net.UnixListener
+	listen := func() (err error) {
+		l, err = listenNIC(dir, vm, i)
+		return err
+	}
+	mk := listen
+	if s.sockLabel != "" {
+		// The switch's, as if it had made it: the VMM may connect to
+		// the switch's sockets, not to PID 1's.
+		mk = func() error { return svirt.Socket(s.sockLabel, listen) }
+	}
+	if err := mk(); err != nil {
 		return err
 	}
 	// The switch serves the socket from now on: closing PID 1's copy

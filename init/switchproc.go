@@ -40,6 +40,9 @@ type netSwitch struct {
 	// dir is the switch's directory, where its control socket is ("" is
 	// switchDir).
 	dir string
+	// sockLabel is the SELinux context of the sockets PID 1 makes for
+	// the switch to serve (its domain's), "" without SELinux.
+	sockLabel string
 }
 
 // switchHungAfter is how long a switch that has sent its first heartbeat

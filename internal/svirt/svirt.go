@@ -286,3 +286,21 @@ func Exec(label string, start func() error) error {
 	}
 	return err
 }
+
+// Socket runs make, which must create sockets on the calling thread (a
+// listen), with label as the context they take: a socket PID 1 makes for
+// another domain to serve (a switch port's, handed to the switch) must
+// carry that domain's label, since a peer's connectto is checked against
+// the listening socket's. Thread-bound as Exec.
+func Socket(label string, make func() error) error {
+	runtime.LockOSThread()
+	if err := selinux.SetSocketLabel(label); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("selinux: socket as %s: %w", label, err)
+	}
+	err := make()
+	if selinux.SetSocketLabel("") == nil {
+		runtime.UnlockOSThread()
+	}
+	return err
+}

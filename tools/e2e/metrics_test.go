@@ -273,7 +273,7 @@ func TestCtlNICLifecycle(t *testing.T) {
 		capture := startCapture(t, api, "client.0")
 		expect(t, m, `^switch\| capture of port client\.0 started$`)
 		console := followConsole(t, api, "client")
-		console.until(t, `^guest: net lease ip=10\.20\.0\.1\d\d `)
+		console.until(t, `^guest: net lease ip=10\.20\.0\.1\d\d/`)
 		// It pings the server just before it streams.
 		console.until(t, `^guest: net ping 10\.20\.0\.1\d\d rtt_us=`)
 		time.Sleep(window + 3*time.Second)
