@@ -131,6 +131,16 @@ func equalish(a, b any) bool {
 	return reflect.DeepEqual(a, b) || (empty(a) && empty(b))
 }
 
+// writeSwitchFile replaces the switch's copy of the configuration.
+func (l *liveConfig) writeSwitchFile(f *fleet, text string) {
+	if l.switchFile == "" {
+		return
+	}
+	if err := atomicfile.Write(l.switchFile, []byte(text), 0o644); err != nil {
+		f.c.Errorf("config", fmt.Errorf("the switch's copy: %w", err))
+	}
+}
+
 // addPorts asks the switch for vm's NICs' ports; a port that fails takes
 // the ones added before it back.
 func (l *liveConfig) addPorts(vm config.VM) error {
@@ -159,9 +169,7 @@ func (l *liveConfig) dropPorts(vm config.VM) error {
 	for i := range vm.NICs {
 		if err := l.sw.RemovePort(portName(vm.Name, i)); err != nil {
 			errs = append(errs, fmt.Errorf("nic %d: %w", i, err))
-			continue
 		}
-		l.sw.stats.forget(portName(vm.Name, i))
 	}
 	dir := cmp.Or(l.sw.dir, switchDir)
 	if err := os.RemoveAll(vmmcli.NICDir(dir, vm.Name)); err != nil {
@@ -263,11 +271,9 @@ func (l *liveConfig) removeVM(f *fleet, name string) (api.ConfigResult, error) {
 	defer l.mu.Unlock()
 	text, err := editVMs(l.text, func(vms *yaml.Node) error {
 		for i, item := range vms.Content {
-			for j := 0; item.Kind == yaml.MappingNode && j+1 < len(item.Content); j += 2 {
-				if item.Content[j].Value == "name" && item.Content[j+1].Value == name {
-					vms.Content = slices.Delete(vms.Content, i, i+1)
-					return nil
-				}
+			if itemName(item) == name {
+				vms.Content = slices.Delete(vms.Content, i, i+1)
+				return nil
 			}
 		}
 		return fmt.Errorf("no vm %q in the configuration: %w", name, api.ErrNotFound)
@@ -276,6 +282,16 @@ func (l *liveConfig) removeVM(f *fleet, name string) (api.ConfigResult, error) {
 		return api.ConfigResult{}, err
 	}
 	return l.applyLocked(f, text)
+}
+
+// itemName is the name of a vms: item, "" for one without.
+func itemName(item *yaml.Node) string {
+	for j := 0; item.Kind == yaml.MappingNode && j+1 < len(item.Content); j += 2 {
+		if item.Content[j].Value == "name" {
+			return item.Content[j+1].Value
+		}
+	}
+	return ""
 }
 
 // editVMs returns text with its vms: list changed by edit (made if
@@ -349,12 +365,9 @@ func (l *liveConfig) applyLocked(f *fleet, text string) (api.ConfigResult, error
 			fails[name] = err.Error()
 		}
 	}
-	if l.switchFile != "" {
-		// First: a switch that restarts from here on has the new limits.
-		if err := atomicfile.Write(l.switchFile, []byte(text), 0o644); err != nil {
-			f.c.Errorf("config", fmt.Errorf("the switch's copy: %w", err))
-		}
-	}
+	// First: a switch that restarts from here on has the new ports and
+	// limits.
+	l.writeSwitchFile(f, text)
 	cur := map[string]config.VM{}
 	for _, vm := range l.cfg.VMs {
 		cur[vm.Name] = vm
@@ -390,6 +403,20 @@ func (l *liveConfig) applyLocked(f *fleet, text string) (api.ConfigResult, error
 	for _, name := range slices.Concat(p.restart, p.start) {
 		if !portless[name] {
 			failed(name, f.AddVM(byName[name]))
+		}
+	}
+	if len(portless) > 0 {
+		// Not added: the configuration in force goes on without them
+		// (their failures say why), and a later apply adds them again.
+		kept, err := editVMs(text, func(vms *yaml.Node) error {
+			vms.Content = slices.DeleteFunc(vms.Content, func(item *yaml.Node) bool { return portless[itemName(item)] })
+			return nil
+		})
+		if err == nil {
+			if n, perr := config.Parse("config", []byte(kept)); perr == nil {
+				text, next = kept, n
+				l.writeSwitchFile(f, text)
+			}
 		}
 	}
 	if len(fails) > 0 {

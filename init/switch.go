@@ -137,9 +137,7 @@ func switchMain(args []string) int {
 	}, func() {
 		// Each port's counters, then the heartbeat: PID 1 keeps the
 		// last of each for /metrics and relays neither.
-		for _, p := range s.portList() {
-			fmt.Println(statsPrefix + portReport(p))
-		}
+		s.reportPorts(func(p *vswitch.Port) { fmt.Println(statsPrefix + portReport(p)) })
 		fmt.Println(aliveLine)
 	})
 	<-sigc

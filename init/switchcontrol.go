@@ -61,9 +61,10 @@ const maxControlLine = 256
 // and the live streams. The port's capture function holds its own copy of
 // the list, replaced on each change, so the data path takes no lock.
 type portTap struct {
-	p  *vswitch.Port
-	mu sync.Mutex
-	ws []*pcap.Writer
+	p    *vswitch.Port
+	gone chan struct{} // closed when the port is removed: its live captures end
+	mu   sync.Mutex
+	ws   []*pcap.Writer
 }
 
 func (t *portTap) add(w *pcap.Writer) {
@@ -101,8 +102,8 @@ func (rs *runningSwitch) tap(p *vswitch.Port) *portTap {
 		rs.taps = map[string]*portTap{}
 	}
 	t := rs.taps[p.Name()]
-	if t == nil {
-		t = &portTap{p: p}
+	if t == nil || t.p != p { // none yet, or a removed port's of that name
+		t = &portTap{p: p, gone: make(chan struct{})}
 		rs.taps[p.Name()] = t
 	}
 	return t
@@ -211,24 +212,35 @@ func (rs *runningSwitch) controlConn(c *net.UnixConn) {
 		answer(fmt.Errorf("busy: %d captures already", maxLiveCaptures))
 		return
 	}
-	defer rs.live.Add(-1)
-	if _, err := io.WriteString(c, "ok\n"); err != nil {
-		return
-	}
 	c.SetDeadline(time.Time{})
-	w, err := pcap.New(c, 0)
+	var w *pcap.Writer
+	if _, err = io.WriteString(c, "ok\n"); err == nil {
+		w, err = pcap.New(c, 0)
+	}
 	if err != nil {
+		rs.live.Add(-1)
 		return
 	}
 	t := rs.tap(p)
 	t.add(w)
 	rs.logf("capture of port %s started", p.Name())
 	// PID 1 sends nothing more: its end closing (its client went, or
-	// had what it asked for) ends the capture.
+	// had what it asked for) ends the capture, as the port's removal
+	// does.
+	ended := make(chan struct{})
+	go func() {
+		select {
+		case <-t.gone:
+			c.Close()
+		case <-ended:
+		}
+	}()
 	io.Copy(io.Discard, io.LimitReader(c, maxControlLine))
+	close(ended)
 	t.remove(w)
 	c.Close() // a flush into a peer that left fails at once
 	w.Close()
+	rs.live.Add(-1)
 	rs.logf("capture of port %s ended dropped=%d", p.Name(), w.Dropped())
 }
 
@@ -358,20 +370,26 @@ func (s *netSwitch) Capture(port string) (*pcapStream, error) {
 		return nil, err
 	}
 	c.SetReadDeadline(time.Now().Add(controlTimeout))
-	r, err := pcap.NewReader(bufio.NewReader(c))
+	br := bufio.NewReader(c)
+	r, err := pcap.NewReader(br)
 	if err != nil {
 		c.Close()
 		return nil, fmt.Errorf("switch: %w", err)
 	}
 	c.SetReadDeadline(time.Time{})
-	return &pcapStream{Reader: r, conn: c}, nil
+	return &pcapStream{Reader: r, br: br, conn: c}, nil
 }
 
 // pcapStream is a live capture from the switch.
 type pcapStream struct {
 	*pcap.Reader
+	br   *bufio.Reader
 	conn net.Conn
 }
+
+// Buffered is how much of the stream has been read from the switch and
+// not returned yet.
+func (s *pcapStream) Buffered() int { return s.br.Buffered() }
 
 // Close ends the capture; a Next blocked in it returns.
 func (s *pcapStream) Close() error { return s.conn.Close() }
@@ -418,11 +436,15 @@ func (s *netSwitch) SetLimits(port string, l config.NICLimits) error {
 	return nil
 }
 
-// portList returns the switch's ports now.
-func (rs *runningSwitch) portList() []*vswitch.Port {
+// reportPorts calls report with each port, holding the ports still: a
+// port's last report comes before the line that says it was removed, on
+// which PID 1 forgets it.
+func (rs *runningSwitch) reportPorts(report func(*vswitch.Port)) {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	return slices.Clone(rs.ports)
+	for _, p := range rs.ports {
+		report(p)
+	}
 }
 
 // maxAddedPorts bounds the VM ports a switch adds after it started: its
@@ -509,6 +531,13 @@ func (rs *runningSwitch) removePort(name string) error {
 	l.Close()
 	delete(rs.nicListener, name)
 	rs.ports = slices.Delete(rs.ports, i, i+1)
+	rs.added = max(rs.added-1, 0) // its connection and descriptors go with it
+	rs.tapsMu.Lock()
+	if t := rs.taps[name]; t != nil && t.p == p {
+		close(t.gone)
+		delete(rs.taps, name)
+	}
+	rs.tapsMu.Unlock()
 	rs.dhcpOf.delete(p)
 	for mac, v := range rs.byMAC.snapshot() {
 		if v.Port == p {

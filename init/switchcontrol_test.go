@@ -56,7 +56,7 @@ func TestLiveCapture(t *testing.T) {
 		}
 		s.Close()
 	}
-	waitUntil(t, "the captures off the port", func() bool { return writers() == 0 })
+	waitUntil(t, "the captures off the port", func() bool { return writers() == 0 && rs.live.Load() == 0 })
 	out.wait(t, "capture of port a.0 ended dropped=0")
 	if s, err := sw.Capture("a.0"); err != nil {
 		t.Errorf("a capture after the others ended: %v", err)
@@ -212,5 +212,18 @@ func TestAddRemovePort(t *testing.T) {
 	// Its MAC is free again.
 	if err := sw.AddPort(config.VM{Name: "y", NICs: []config.NIC{{Network: "lan", MAC: mac}}}, 0); err != nil {
 		t.Errorf("a port with the removed one's MAC: %v", err)
+	}
+}
+
+func TestRemovedPort(t *testing.T) {
+	for line, want := range map[string]string{
+		"port a.0 removed":           "a.0",
+		"port a.0 rx=1/2 tx=3/4":     "",
+		"port a.0 added network=lan": "",
+		"port a b removed":           "",
+	} {
+		if got, ok := removedPort(line); got != want && (ok || want != "") {
+			t.Errorf("%q: %q, %v; want %q", line, got, ok, want)
+		}
 	}
 }

@@ -154,6 +154,10 @@ func startNetSwitch(c *console, r child.Starter, st switchStart, timeout time.Du
 						s.stats.update(stats)
 						return
 					}
+					if port, ok := removedPort(line); ok {
+						// After its last stats line (reportPorts).
+						s.stats.forget(port)
+					}
 					if strings.HasPrefix(line, "ready ") {
 						readyOnce.Do(func() { close(ready) })
 					}
@@ -262,4 +266,11 @@ func (s *netSwitch) Kill() error {
 func (s *netSwitch) Stop(grace time.Duration) {
 	s.stopOnce.Do(func() { close(s.stopWatch) })
 	s.sup.Stop(grace, func() { s.c.Printf("switch did not stop within %s: killing it", grace) })
+}
+
+// removedPort reads the switch's line saying it took a port off.
+func removedPort(line string) (string, bool) {
+	rest, ok := strings.CutPrefix(line, "port ")
+	name, ok2 := strings.CutSuffix(rest, " removed")
+	return name, ok && ok2 && !strings.Contains(name, " ")
 }

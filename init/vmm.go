@@ -520,13 +520,16 @@ func (r *refaultWatch) next(pf, emu []uint64, period time.Duration) []int {
 
 // writeDiskStats writes one line of counters per disk of m.
 func writeDiskStats(m *machine.Machine, tag string, w io.Writer) {
-	var b strings.Builder
 	for i, st := range m.DiskStats() {
+		// One write a line (each well under PIPE_BUF): the pipe is
+		// shared with the guest's console, and a longer write could be
+		// split around another line.
+		var b strings.Builder
 		b.WriteString(diskStatsPrefix(tag))
 		formatDiskStats(&b, i, st)
 		b.WriteByte('\n')
+		io.WriteString(w, b.String())
 	}
-	io.WriteString(w, b.String())
 }
 
 // writeKVMStats writes one stats line for m, or reports false when KVM

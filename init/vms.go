@@ -118,11 +118,15 @@ func (f *fleet) supervise(e *vmEntry, turn <-chan struct{}, started chan struct{
 	vm := e.vm
 	e.begun, e.dumped = make(chan struct{}, 1), make(chan struct{}, 1)
 	first := true
+	// Closed after the first start, or when the supervision ends
+	// before it (stopped while waiting for its turn): the next VM's
+	// first start, and a stop of it, wait for this.
+	startedOnce := sync.OnceFunc(func() { close(started) })
 	e.sup = child.Supervise(child.Run{
 		Start: func() (*child.Process, error) {
 			if first { // only ever on the supervision's goroutine
 				first = false
-				defer close(started)
+				defer startedOnce()
 				select {
 				case <-turn:
 				case <-f.quit: // a start the stop will undo
@@ -142,6 +146,7 @@ func (f *fleet) supervise(e *vmEntry, turn <-chan struct{}, started chan struct{
 	f.done.Add(1)
 	goGuarded(f.c, "vm "+vm.Name, func() {
 		defer f.done.Done()
+		defer startedOnce()
 		if err := e.sup.Err(); err != nil {
 			f.c.Errorf("vm "+vm.Name, err)
 			f.markFailed(vm.Name, true)

@@ -198,6 +198,7 @@ type Stream struct {
 type Capture interface {
 	Header() []byte        // the file header
 	Next() ([]byte, error) // the next record, header and frame, valid until the next call
+	Buffered() int         // bytes already read and not returned: Next will not wait for them
 	Close() error          // ends it; a Next blocked in it returns
 }
 
@@ -526,8 +527,11 @@ func streamCapture(w http.ResponseWriter, r *http.Request, c Capture, port strin
 		if _, err := w.Write(rec); err != nil {
 			return
 		}
-		rc.Flush()
+		if c.Buffered() == 0 {
+			rc.Flush()
+		}
 	}
+	rc.Flush()
 }
 
 // ValidPort checks a port name before it reaches the switch: a VM NIC's

@@ -86,6 +86,8 @@ type fakeCapture struct {
 
 func (c *fakeCapture) Close() error { c.once.Do(c.close); return nil }
 
+func (c *fakeCapture) Buffered() int { return 0 }
+
 func (b *fakeBackend) Networks() ([]Network, error) {
 	return []Network{{Name: "lan", Subnet: "10.20.0.0/24", Gateway: "10.20.0.1", MTU: 1500, Ports: []string{"a.0"}, Leases: 1}}, nil
 }

@@ -90,6 +90,17 @@ func (d *Device) prepare(s *slot) (status uint8, submit bool) {
 	}
 	typ := binary.LittleEndian.Uint32(s.hdr[0:])
 	sector := binary.LittleEndian.Uint64(s.hdr[8:])
+	// The class a refused request counts in (Stats), refined below.
+	switch typ {
+	case typeIn:
+		s.op = block.Read
+	case typeOut:
+		s.op = block.Write
+	case typeFlush:
+		s.op = block.Flush
+	case typeDiscard, typeWriteZeroes:
+		s.op = block.WriteZeroes
+	}
 	switch typ {
 	case typeIn, typeOut:
 		var n uint32
