@@ -25,7 +25,7 @@ func TestAPIOverFleet(t *testing.T) {
 	defer f.Stop(10 * time.Second)
 	waitFor(t, out, "t| ready networks=0 ports=0")
 	sock := filepath.Join(t.TempDir(), "run", "api.sock")
-	go listenAPI(sock, apiMux(apiBackend{f: f, kvm: "test"}, metricsHandler(f, nil)))
+	go listenAPI(sock, apiMux(apiBackend{f: f, kvm: "test"}, metricsHandler(f, nil, nil)))
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if _, err := os.Stat(sock); err == nil {
@@ -80,7 +80,7 @@ func TestAPINetwork(t *testing.T) {
 	l.Close()
 	dir := t.TempDir()
 	cfg := &config.API{Listen: addr, Tokens: []config.APIToken{{Name: "ci", SHA256: sha256.Sum256([]byte("s3cret"))}}}
-	go listenAPINet(c, cfg, apiMux(apiBackend{f: f, kvm: "test"}, metricsHandler(f, nil)), dir)
+	go listenAPINet(c, cfg, apiMux(apiBackend{f: f, kvm: "test"}, metricsHandler(f, nil, nil)), dir)
 	re := regexp.MustCompile(`hyperroot: api: https://` + regexp.QuoteMeta(addr) + ` certificate (sha256:[0-9a-f]{64}) \(made now, kept in ` + regexp.QuoteMeta(dir) + `\) tokens ci$`)
 	pin := ""
 	for deadline := time.Now().Add(20 * time.Second); pin == "" && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
@@ -158,7 +158,7 @@ func fleetAPI(t *testing.T) *api.Client {
 	t.Cleanup(func() { f.Stop(10 * time.Second) })
 	waitFor(t, out, "t| ready networks=0 ports=0")
 	sock := filepath.Join(t.TempDir(), "api.sock")
-	go listenAPI(sock, apiMux(apiBackend{f: f, kvm: "test"}, metricsHandler(f, nil)))
+	go listenAPI(sock, apiMux(apiBackend{f: f, kvm: "test"}, metricsHandler(f, nil, nil)))
 	c := api.NewUnixClient(sock)
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		if _, err := c.Get(context.Background(), "/v1/host"); err == nil {

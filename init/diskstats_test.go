@@ -88,7 +88,7 @@ func TestDiskMetrics(t *testing.T) {
 	e.disks = map[int]blk.Stats{i: st}
 	e.mu.Unlock()
 	rec := httptest.NewRecorder()
-	metricsHandler(f, &netSwitch{}).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	metricsHandler(f, &netSwitch{}, nil).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	m, err := metricstest.Parse(rec.Body)
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/hyperroot/hyperroot/internal/api"
 	"github.com/hyperroot/hyperroot/net/vswitch"
 )
 
@@ -26,6 +27,8 @@ import (
 type fleetCollector struct {
 	f  *fleet
 	sw *netSwitch // nil without a switch
+	// leases reads the DHCP leases in force (the API's), nil for none.
+	leases func() ([]api.Lease, error)
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -50,6 +53,7 @@ var (
 	mVMBlkErrs    = desc("vm_virtio_blk_errors_total", "Requests the VM's virtio-blk disk completed with an error status, by class.", "vm", "disk", "op")
 	mVMBlkLatency = desc("vm_virtio_blk_request_seconds", "Latency of the VM's virtio-blk requests as its guest sees them (from the device taking a request to giving it back, limiter waits included), by class.", "vm", "disk", "op")
 
+	mLeases    = desc("network_leases", "DHCP leases in force that the switch granted on a network (its lease file, read at scrape time).", "network")
 	mPortPkts  = desc("switch_port_packets_total", "Frames through a switch port: rx delivered to the VM (or host, uplink), tx sent by it.", "port", "dir")
 	mPortBytes = desc("switch_port_bytes_total", "Bytes of Ethernet frames through a switch port, without the virtio-net header.", "port", "dir")
 	mPortDrops = desc("switch_port_drops_total", "Frames a switch port dropped, by reason.", "port", "reason")
@@ -113,6 +117,17 @@ func (fc fleetCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
+	if fc.leases != nil {
+		if leases, err := fc.leases(); err == nil {
+			by := map[string]int{}
+			for _, l := range leases {
+				by[l.Network]++
+			}
+			for _, nw := range slices.Sorted(maps.Keys(by)) {
+				gauge(mLeases, float64(by[nw]), nw)
+			}
+		}
+	}
 	if fc.sw == nil {
 		return
 	}
@@ -170,9 +185,9 @@ func parseIOStat(stat string) []ioDevice {
 
 // metricsHandler serves /metrics of the fleet and the switch, and of PID
 // 1's own process and Go runtime.
-func metricsHandler(f *fleet, sw *netSwitch) http.Handler {
+func metricsHandler(f *fleet, sw *netSwitch, leases func() ([]api.Lease, error)) http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(fleetCollector{f: f, sw: sw},
+	reg.MustRegister(fleetCollector{f: f, sw: sw, leases: leases},
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{Namespace: "hyperroot_init"}),
 		collectors.NewGoCollector())
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError, MaxRequestsInFlight: 4})

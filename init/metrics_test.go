@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/api"
 	"github.com/hyperroot/hyperroot/internal/metricstest"
 )
 
@@ -19,7 +20,8 @@ func TestMetrics(t *testing.T) {
 	defer f.Stop(10 * time.Second)
 	waitFor(t, out, "t| ready networks=0 ports=0")
 	sw := &netSwitch{}
-	h := metricsHandler(f, sw)
+	leases := []api.Lease{{Network: "lan", IP: "10.20.0.100"}, {Network: "lan", IP: "10.20.0.101"}, {Network: "dmz", IP: "10.30.0.100"}}
+	h := metricsHandler(f, sw, func() ([]api.Lease, error) { return leases, nil })
 	get := func() metricstest.Families {
 		t.Helper()
 		rec := httptest.NewRecorder()
@@ -43,6 +45,9 @@ func TestMetrics(t *testing.T) {
 		if got := m.Value(name, "vm=t"); got != want {
 			t.Errorf("%s{vm=t} = %v, want %v", name, got, want)
 		}
+	}
+	if lan, dmz := m.Value("hyperroot_network_leases", "network=lan"), m.Value("hyperroot_network_leases", "network=dmz"); lan != 2 || dmz != 1 {
+		t.Errorf("leases: lan %v, dmz %v; want 2 and 1", lan, dmz)
 	}
 	if m.Value("hyperroot_init_process_resident_memory_bytes") <= 0 {
 		t.Error("no PID 1 process metrics")

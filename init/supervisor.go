@@ -16,6 +16,7 @@ import (
 
 	"github.com/hyperroot/hyperroot/board"
 	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/api"
 	"github.com/hyperroot/hyperroot/internal/atomicfile"
 	"github.com/hyperroot/hyperroot/internal/svirt"
 )
@@ -152,7 +153,12 @@ func supervise() {
 	live := newLiveConfig(cfg, cfgPath)
 	live.save = data.saver()
 	live.sw, live.switchFile = sw, switchFile
-	serveAPI(c, apiBackend{f: f, sw: sw, kvm: kvmLine, live: live}, metricsHandler(f, sw), cfg.API)
+	backend := apiBackend{f: f, sw: sw, kvm: kvmLine, live: live}
+	var leases func() ([]api.Lease, error)
+	if sw != nil {
+		leases = backend.Leases
+	}
+	serveAPI(c, backend, metricsHandler(f, sw, leases), cfg.API)
 	goLoop(c, "console input", func() { readConsoleInput(c, f, sw, os.Stdin) })
 	c.Printf("ready")
 	jobDone := make(chan bool, 1) // whether the hyperroot.run job passed

@@ -137,6 +137,9 @@ func TestMetrics(t *testing.T) {
 				t.Errorf("no lease of %s in:\n%s", vm, leases)
 			}
 		}
+		if n := fams.Value("hyperroot_network_leases", "network=lan"); n != 2 {
+			t.Errorf("hyperroot_network_leases{network=lan} = %v, want the server's and the client's", n)
+		}
 		// The network they are on, with both ports and both leases.
 		if nets := api.must(t, "networks"); !regexp.MustCompile(`(?m)^lan +10\.20\.0\.0/24 +10\.20\.0\.1 +10\.20\.0\.100-10\.20\.0\.199 +1500 +2 server\.0,client\.0$`).MatchString(nets) {
 			t.Errorf("ctl networks:\n%s", nets)
