@@ -244,28 +244,30 @@ func checkLiveCapture(t testing.TB, path string, streamBytes int, endLine string
 // TestCtlNICLifecycle: `hyperroot ctl` on the host drives a VM with a NIC
 // through its life on a running appliance: it creates the VM (the switch
 // adds its port), follows its console stream as it boots, gets a lease
-// and streams to a server VM limited to 2 Mbit/s; it raises the limit to
-// 6 Mbit/s with `config apply` while the stream runs (no restart); it
+// and streams to a server VM limited to 1 Mbit/s; it raises the limit to
+// 8 Mbit/s with `config apply` while the stream runs (no restart); it
 // stops the VM and deletes it (the switch takes the port off). The rates
 // are measured on the client's own frames, captured live at its port
-// (`ctl capture`) with the switch's timestamps: over 8 s before the
-// change, at the old limit; over 8 s after, above twice the old limit and
-// not above the new one (a machine whose emulated path cannot carry
-// 6 Mbit/s still shows the change).
+// (`ctl capture`) with the switch's timestamps: over 10 s before the
+// change, at the old limit; over 10 s after, at least half as much again
+// as the old limit and not above the new one. The new limit is far above
+// what the emulated path carries when the machine is busy (2.85 Mbit/s
+// was seen beside another test): the test shows the old limit gone, not
+// the path's speed.
 func TestCtlNICLifecycle(t *testing.T) {
 	parallel(t)
 	api := newRemoteAPI(t)
 	const (
 		streamBytes = 32 << 20 // more than the test lets through: it ends first
-		before      = 2e6      // bit/s
-		after       = 6e6
-		window      = 8 * time.Second
+		before      = 1e6      // bit/s
+		after       = 8e6
+		window      = 10 * time.Second
 	)
 	client := func(limit string) string {
 		return netVM("client", "net-client", []string{"{network: lan, limits: {tx: " + limit + "}}"}, fmt.Sprintf("hyperroot.netbytes=%d", streamBytes))
 	}
 	base := api.config() + "networks:\n" + lanNet + "vms:\n" + netVM("server", "net-server", []string{"{network: lan}"})
-	cfg, vmFile, next := configFile(t, base), configFile(t, asMapping(client("2M"))), configFile(t, base+client("6M"))
+	cfg, vmFile, next := configFile(t, base), configFile(t, asMapping(client("1M"))), configFile(t, base+client("8M"))
 	testbed(t, func(t testing.TB) {
 		m := start(t, api.options(qemu.Options{Config: cfg}))
 		api.connect(t, m)
@@ -283,7 +285,7 @@ func TestCtlNICLifecycle(t *testing.T) {
 		if out := api.must(t, "config", "apply", "-f", next); out != "config applied: nic-limits client unchanged server\n" {
 			t.Errorf("config apply: %q", out)
 		}
-		expect(t, m, `^switch\| port client\.0 limits rx=0 tx=6000000 rxpps=0 txpps=0 burst=0$`)
+		expect(t, m, `^switch\| port client\.0 limits rx=0 tx=8000000 rxpps=0 txpps=0 burst=0$`)
 		time.Sleep(window + 3*time.Second)
 		capture.stop(t)
 		expect(t, m, `^switch\| capture of port client\.0 ended dropped=0$`)
@@ -292,7 +294,7 @@ func TestCtlNICLifecycle(t *testing.T) {
 		if early < 0.85*before || early > 1.15*before {
 			t.Errorf("before the change: %.2f Mbit/s, limit %.0f", early/1e6, before/1e6)
 		}
-		if late < 2*before || late > 1.15*after {
+		if late < 1.5*before || late > 1.15*after {
 			t.Errorf("after the change: %.2f Mbit/s, limit %.0f (before it, %.0f)", late/1e6, after/1e6, before/1e6)
 		}
 		if n := strings.Count(strings.Join(m.Lines(), "\n"), "hyperroot: vm client started "); n != 1 {
