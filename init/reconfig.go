@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -171,8 +170,7 @@ func (l *liveConfig) dropPorts(vm config.VM) error {
 			errs = append(errs, fmt.Errorf("nic %d: %w", i, err))
 		}
 	}
-	dir := cmp.Or(l.sw.dir, switchDir)
-	if err := os.RemoveAll(vmmcli.NICDir(dir, vm.Name)); err != nil {
+	if err := os.RemoveAll(vmmcli.NICDir(l.sw.directory(), vm.Name)); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

@@ -317,11 +317,7 @@ func (s *netSwitch) request(line string, files ...*os.File) (net.Conn, error) {
 	if s == nil {
 		return nil, fmt.Errorf("no switch: %w", api.ErrNotFound)
 	}
-	dir := s.dir
-	if dir == "" {
-		dir = switchDir
-	}
-	nc, err := net.DialTimeout("unix", filepath.Join(dir, controlSocket), controlTimeout)
+	nc, err := net.DialTimeout("unix", filepath.Join(s.directory(), controlSocket), controlTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("switch: %w", err)
 	}
@@ -602,7 +598,7 @@ func (s *netSwitch) AddPort(vm config.VM, i int) error {
 	if s == nil {
 		return errors.New("no switch runs")
 	}
-	dir := cmp.Or(s.dir, switchDir)
+	dir := s.directory()
 	name := portName(vm.Name, i)
 	// A socket something serves is a port's already: making a new one
 	// there would take it from that port.
@@ -654,3 +650,7 @@ func (s *netSwitch) RemovePort(name string) error {
 	c.Close()
 	return nil
 }
+
+// directory is the switch's directory: its control socket and the VMs'
+// socket directories are there.
+func (s *netSwitch) directory() string { return cmp.Or(s.dir, switchDir) }
