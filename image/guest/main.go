@@ -55,8 +55,9 @@ func main() {
 	onlineCPUs(cmdline) // cpus.go
 	var up unix.Timespec
 	unix.ClockGettime(unix.CLOCK_BOOTTIME, &up)
-	fmt.Printf("guest: booted nproc=%d memtotal_kb=%d time=%d uptime=%d.%03d inputs=%d\n",
-		onlineCount(), memTotalKB(), time.Now().Unix(), up.Sec, up.Nsec/1e6, n)
+	fmt.Printf("guest: booted nproc=%d memtotal_kb=%d time=%d uptime=%d.%03d inputs=%d rtc=%s clocksource=%s\n",
+		onlineCount(), memTotalKB(), time.Now().Unix(), up.Sec, up.Nsec/1e6, n,
+		sysfsWord("/sys/class/rtc/rtc0/since_epoch"), sysfsWord("/sys/devices/system/clocksource/clocksource0/current_clocksource"))
 	reportHWRNG(cmdline)
 	action := "poweroff"
 	var seed uint64
@@ -265,4 +266,16 @@ func memTotalKB() uint64 {
 		}
 	}
 	return kb
+}
+
+// sysfsWord is the first word of a sysfs file, or "none" when it cannot
+// be read. The booted line carries the RTC's own reading (the kernel reads
+// the chip when since_epoch is opened) and the clocksource beside the
+// system clock, so a wrong wall clock says which of them was wrong.
+func sysfsWord(path string) string {
+	b, err := os.ReadFile(path)
+	if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
+		return f[0]
+	}
+	return "none"
 }

@@ -64,7 +64,12 @@ func count(lines []string, pattern string) int {
 	return n
 }
 
-var bootedRE = regexp.MustCompile(`^(\S+)\| guest: booted nproc=(\d+) memtotal_kb=(\d+) time=(\d+)`)
+var (
+	bootedRE = regexp.MustCompile(`^(\S+)\| guest: booted nproc=(\d+) memtotal_kb=(\d+) time=(\d+)`)
+	// clockRE is the rest of the booted line: what the guest's RTC read
+	// and its clocksource, to tell which one a wrong wall clock came from.
+	clockRE = regexp.MustCompile(` rtc=(\S+) clocksource=(\S+)`)
+)
 
 // TestGuestShapes boots the stock Debian guest with each (cpus, memory) the
 // VMM must handle, all at once in one appliance, and checks what the guest
@@ -147,7 +152,11 @@ func checkShapes(t testing.TB, shapes []shape) {
 				t.Errorf("%s: MemTotal %d kB, want %d..%d", s.name, memKB, lo, hi)
 			}
 			if d := now - guestTime; d < -3 || d > 5 {
-				t.Errorf("%s: guest clock %d is %ds off the host's %d", s.name, guestTime, d, now)
+				rtc, source := "?", "?"
+				if c := clockRE.FindStringSubmatch(l); c != nil {
+					rtc, source = c[1], c[2]
+				}
+				t.Errorf("%s: guest clock %d is %ds off the host's %d (its RTC read %s, clocksource %s)", s.name, guestTime, d, now, rtc, source)
 			}
 			t.Logf("%s: cpus=%d memory=%s -> nproc=%d MemTotal=%d kB clock offset %ds", s.name, s.cpus, s.mem, nproc, memKB, now-guestTime)
 		}
