@@ -49,6 +49,7 @@ declare -A PKGS=(
 	[checkpolicy]=checkpolicy
 	[update-ca-certificates]=ca-certificates
 	[chromium]=chromium
+	[qemu-img]=qemu-utils
 )
 
 deps() {

@@ -42,10 +42,40 @@ func openDiskArg(d vmmcli.Disk) (*os.File, error) {
 	return os.OpenFile(d.Path, flags, 0)
 }
 
-// machineDisk is the disk of a --disk flag as the machine takes it.
-func machineDisk(d vmmcli.Disk, f *os.File) machine.Disk {
+// machineDisk is the disk of a --disk flag as the machine takes it, with
+// its backing chain's files (backingArgs).
+func machineDisk(d vmmcli.Disk, f *os.File, backing []machine.BackingFile) machine.Disk {
 	return machine.Disk{File: f, ReadOnly: d.ReadOnly, ID: d.ID, IOPS: d.IOPS, Bandwidth: d.Bandwidth,
-		Direct: d.Direct, IO: machine.IOBackend(d.IO)}
+		Direct: d.Direct, IO: machine.IOBackend(d.IO), Qcow2: d.Format == config.FormatQcow2, Backing: backing}
+}
+
+// backingArgs returns the backing chain of a qcow2 --disk flag: the
+// inherited descriptors it names, or for a disk given by path (a person
+// running `hyperroot vmm` on a host), the files its images' headers name,
+// opened read-only relative to the image that names them.
+func backingArgs(d vmmcli.Disk, f *os.File) ([]machine.BackingFile, error) {
+	if d.Format != config.FormatQcow2 {
+		return nil, nil
+	}
+	var out []machine.BackingFile
+	if d.FD >= 0 {
+		for _, b := range d.Backing {
+			bf, err := openDiskArg(vmmcli.Disk{FD: b.FD})
+			if err != nil {
+				return nil, fmt.Errorf("backing file: %v", err)
+			}
+			out = append(out, machine.BackingFile{File: bf, Qcow2: b.Format == config.FormatQcow2})
+		}
+		return out, nil
+	}
+	chain, err := backingChain(f, d.Path, "")
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range chain {
+		out = append(out, machine.BackingFile{File: l.f, Qcow2: l.qcow2})
+	}
+	return out, nil
 }
 
 // openDisk opens configured disk d for a VM, the supervisor's side. A
@@ -270,19 +300,82 @@ func unwrapPath(err error) error {
 	return err
 }
 
+// vmDisks are a VM's opened disks, and the backing chains of its qcow2
+// disks (chains[i] is disks[i]'s, nil for a raw disk).
+type vmDisks struct {
+	files  []*os.File
+	chains [][]link
+}
+
+func (v *vmDisks) Close() {
+	closeFiles(v.files)
+	for _, c := range v.chains {
+		closeChain(c)
+	}
+}
+
+// extra are every file the VMM inherits: the disks, then each chain's
+// files in order, where args' backing descriptors point (withBacking).
+func (v *vmDisks) extra() []*os.File {
+	out := append([]*os.File(nil), v.files...)
+	for _, c := range v.chains {
+		for _, l := range c {
+			out = append(out, l.f)
+		}
+	}
+	return out
+}
+
+// withBacking fills in the backing descriptors of args' qcow2 disks.
+func (v *vmDisks) withBacking(args *vmmcli.Args) {
+	fd := vmmcli.FirstFD + len(v.files)
+	for i, c := range v.chains {
+		for _, l := range c {
+			format := config.FormatRaw
+			if l.qcow2 {
+				format = config.FormatQcow2
+			}
+			args.Disks[i].Backing = append(args.Disks[i].Backing, vmmcli.Backing{FD: fd, Format: format})
+			fd++
+		}
+	}
+}
+
+// shared are the backing files as read-only disks, to claim and label
+// beside the VM's own.
+func (v *vmDisks) shared() ([]config.Disk, []*os.File) {
+	var disks []config.Disk
+	var files []*os.File
+	for _, c := range v.chains {
+		for _, l := range c {
+			disks = append(disks, config.Disk{Path: l.path, ReadOnly: true})
+			files = append(files, l.f)
+		}
+	}
+	return disks, files
+}
+
 // openDisks opens every disk of vm, or none: on error the ones opened are
 // closed and the error names the disk.
-func openDisks(vm config.VM) ([]*os.File, error) {
-	var files []*os.File
+func openDisks(vm config.VM) (*vmDisks, error) {
+	v := &vmDisks{}
 	for _, d := range vm.Disks {
-		f, err := openDisk(d)
+		var f *os.File
+		var chain []link
+		var err error
+		if d.Format == config.FormatQcow2 {
+			f, chain, err = openQcow2Disk(d)
+		} else {
+			f, err = openDisk(d)
+		}
 		if err != nil {
-			closeFiles(files)
+			v.Close()
 			return nil, fmt.Errorf("disk %s: %w", d.Path, err)
 		}
-		files = append(files, f)
+		v.files = append(v.files, f)
+		v.chains = append(v.chains, chain)
 	}
-	return files, nil
+	return v, nil
 }
 
 func closeFiles(files []*os.File) {

@@ -109,7 +109,14 @@ func vmmMain(args []string) int {
 			return fail("disk %d: %v", i, err)
 		}
 		defer f.Close()
-		cfg.Disks = append(cfg.Disks, machineDisk(d, f))
+		backing, err := backingArgs(d, f)
+		if err != nil {
+			return fail("disk %d: %v", i, err)
+		}
+		for _, b := range backing {
+			defer b.File.Close()
+		}
+		cfg.Disks = append(cfg.Disks, machineDisk(d, f, backing))
 	}
 	for _, n := range a.NICs {
 		cfg.NICs = append(cfg.NICs, machineNIC(n))
@@ -242,6 +249,15 @@ func largestWritable(disks []machine.Disk) uint64 {
 		size := uint64(st.Size)
 		if st.Mode&unix.S_IFMT == unix.S_IFBLK {
 			size, _ = unix.IoctlGetUint64(int(d.File.Fd()), unix.BLKGETSIZE64)
+		}
+		if d.Qcow2 {
+			// A qcow2 image grows as the guest writes: by at most one
+			// cluster per guest cluster (a cluster is allocated once,
+			// then written in place, also after a discard) and its
+			// tables.
+			if h, err := readHeader(d.File); err == nil {
+				size += h.Size + h.Size/32 + 64*uint64(h.ClusterSize())
+			}
 		}
 		n = max(n, size)
 	}

@@ -294,14 +294,20 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 	if err := makeFromImages(f.c, vm, f.dataDisk, f.quit); err != nil {
 		return nil, err
 	}
-	disks, err := openDisks(vm)
+	opened, err := openDisks(vm)
 	if err != nil {
 		return nil, err
 	}
 	// The child has its own copies once started; ours must not keep the
 	// disks (and their locks) alive after it exits.
-	defer closeFiles(disks)
-	if err := f.disks.claim(vm.Name, vm.Disks, disks); err != nil {
+	defer opened.Close()
+	// Backing files are claimed and labelled as read-only disks of the
+	// VM: no VM may write one while another reads it.
+	baseDisks, baseFiles := opened.shared()
+	all := vm
+	all.Disks = append(slices.Clone(vm.Disks), baseDisks...)
+	disks := append(slices.Clone(opened.files), baseFiles...)
+	if err := f.disks.claim(vm.Name, all.Disks, disks); err != nil {
 		return nil, err
 	}
 	// NUMA first: the huge page check reads the pools of the nodes it names.
@@ -322,6 +328,7 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 	}
 	setup := time.Since(began) // the cgroup's share of the VM's start
 	args := vmmcli.ForVM(vm, switchDir)
+	opened.withBacking(&args)
 	if args.NUMADistances, err = guestDistances(vm.NUMA); err != nil {
 		return nil, err
 	}
@@ -348,7 +355,7 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 		oom, _ = g.OOMKills()
 	}
 	// Its SELinux domain and disk labels, before anything of it runs.
-	label, unlabel, err := f.sv.labelVM(vm, disks)
+	label, unlabel, err := f.sv.labelVM(all, disks)
 	e.mu.Lock()
 	e.group, e.oom, e.unlabel = g, oom, unlabel
 	e.mu.Unlock()
@@ -367,7 +374,7 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 		Env: []string{}, Attr: attr,
 		// In its PID namespace, a SIGTERM it does not handle yet is lost.
 		StopReady:  func(pid int) bool { return ignores(pid, stopReadySignal) },
-		ExtraFiles: disks, Stdin: true,
+		ExtraFiles: opened.extra(), Stdin: true,
 		Started: func(pid int) {
 			e.pid.Store(int64(pid))
 			e.starts.Add(1)

@@ -81,7 +81,23 @@ type Disk struct {
 	IO string
 	// Image, if set, is what a missing disk file is made from.
 	Image *Image
+	// Format is the file's format: "raw" or "qcow2". It is never guessed
+	// from the file's content (a guest could write a qcow2 header into a
+	// raw disk and name a host file as its backing file): the default is
+	// qcow2 for a path ending in .qcow2 or a disk with a Base, else raw.
+	Format string
+	// Base, for a qcow2 disk, is the image a missing disk file is made
+	// as a thin clone of: a qcow2 overlay that reads what it has not
+	// written from Base, which is opened read-only and may back many
+	// clones. A relative path is in DataDir.
+	Base string
 }
+
+// Disk formats.
+const (
+	FormatRaw   = "raw"
+	FormatQcow2 = "qcow2"
+)
 
 // Image is a disk image a VM's disk is made from when its file does not
 // exist yet: downloaded once into DataDir/images (shared by every disk
@@ -228,6 +244,15 @@ func Parse(file string, data []byte) (*Config, error) {
 			u.writable = u.writable || !disk.ReadOnly
 		}
 	}
+	// A base is read by every clone: no VM may write it.
+	for _, vm := range c.VMs {
+		for _, disk := range vm.Disks {
+			if u := uses[filepath.Clean(disk.Base)]; disk.Base != "" && u != nil && u.writable {
+				d.errf(doc, "disk %s: its base %s is a writable disk of vm %s: a base must stay unchanged",
+					disk.Path, disk.Base, strings.Join(u.vms, ", "))
+			}
+		}
+	}
 	for _, p := range paths {
 		if u := uses[p]; p != "" && len(u.vms) > 1 && u.writable {
 			d.errf(doc, "disk %s: used by vms %s and writable in one of them: share a disk only read-only",
@@ -350,7 +375,16 @@ func (d *decoder) disk(n *yaml.Node) Disk {
 		},
 		"readonly": func(v *yaml.Node) { disk.ReadOnly = d.boolean(v) },
 		"image":    func(v *yaml.Node) { disk.Image = d.image(v) },
-		"direct":   func(v *yaml.Node) { disk.Direct = d.boolean(v) },
+		"format": func(v *yaml.Node) {
+			switch s := d.str(v); s {
+			case FormatRaw, FormatQcow2:
+				disk.Format = s
+			default:
+				d.errf(v, "format %q: want raw or qcow2", s)
+			}
+		},
+		"base":   func(v *yaml.Node) { disk.Base = d.diskPath(v) },
+		"direct": func(v *yaml.Node) { disk.Direct = d.boolean(v) },
 		"io": func(v *yaml.Node) {
 			switch s := d.str(v); s {
 			case "auto":
@@ -390,6 +424,24 @@ func (d *decoder) disk(n *yaml.Node) Disk {
 	})
 	if n.Kind == yaml.MappingNode && disk.Path == "" {
 		d.errf(n, "disk: path is required")
+	}
+	if disk.Format == "" {
+		disk.Format = FormatRaw
+		if strings.HasSuffix(disk.Path, ".qcow2") || disk.Base != "" {
+			disk.Format = FormatQcow2
+		}
+	}
+	if disk.Format == FormatQcow2 {
+		switch {
+		case disk.Base != "" && disk.Image != nil:
+			d.errf(n, "disk %s: give base or image, not both", disk.Path)
+		case disk.Base != "" && disk.ReadOnly:
+			d.errf(n, "disk %s: a clone of base is made to be written: leave readonly out", disk.Path)
+		case disk.Direct:
+			d.errf(n, "disk %s: direct is not supported for qcow2 disks yet", disk.Path)
+		}
+	} else if disk.Base != "" {
+		d.errf(n, "disk %s: base needs format qcow2", disk.Path)
 	}
 	return disk
 }

@@ -130,24 +130,37 @@ vms:
       - { path: vms/./web.img, size: 64M }
       - { path: vms/db.img, image: { url: "https://images.example/debian-12.raw", sha256: ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789 } }
 `, []Disk{
-			{Path: "/data/web.img", Size: 1 << 30, ID: "web-root", Limits: DiskLimits{IOPS: 2000, Bandwidth: 50 << 20}},
-			{Path: "/dev/vdb", ReadOnly: true, ID: "web-1", Direct: true, IO: "pool"},
-			{Path: "/c.img", ID: "web-2"},
-			{Path: "/var/lib/hyperroot/vms/web.img", Size: 64 << 20, ID: "web-3"}, // relative: on the data disk
-			{Path: "/var/lib/hyperroot/vms/db.img", ID: "web-4", Image: &Image{URL: "https://images.example/debian-12.raw", SHA256: "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789"}},
+			{Path: "/data/web.img", Size: 1 << 30, ID: "web-root", Limits: DiskLimits{IOPS: 2000, Bandwidth: 50 << 20}, Format: "raw"},
+			{Path: "/dev/vdb", ReadOnly: true, ID: "web-1", Direct: true, IO: "pool", Format: "raw"},
+			{Path: "/c.img", ID: "web-2", Format: "raw"},
+			{Path: "/var/lib/hyperroot/vms/web.img", Size: 64 << 20, ID: "web-3", Format: "raw"}, // relative: on the data disk
+			{Path: "/var/lib/hyperroot/vms/db.img", ID: "web-4", Image: &Image{URL: "https://images.example/debian-12.raw", SHA256: "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789"}, Format: "raw"},
+		}},
+		{"qcow2", `
+vms:
+  - name: q
+    kernel: /k
+    disks:
+      - { path: web.qcow2, base: images/debian-12.qcow2 }
+      - { path: /d/thin.img, format: qcow2, size: 10G }
+      - { path: /d/raw.qcow2, format: raw }
+`, []Disk{
+			{Path: "/var/lib/hyperroot/web.qcow2", Base: "/var/lib/hyperroot/images/debian-12.qcow2", ID: "q-0", Format: "qcow2"},
+			{Path: "/d/thin.img", Size: 10 << 30, ID: "q-1", Format: "qcow2"},
+			{Path: "/d/raw.qcow2", ID: "q-2", Format: "raw"},
 		}},
 		{"default id keeps the index", `
 vms:
   - name: a-very-long-vm-name-of-thirty
     kernel: /k
     disks: [{path: /a.img}]
-`, []Disk{{Path: "/a.img", ID: "a-very-long-vm-nam-0"}}},
+`, []Disk{{Path: "/a.img", ID: "a-very-long-vm-nam-0", Format: "raw"}}},
 		{"no disks", "vms:\n  - {name: a, kernel: /k}\n", nil},
 		{"shared read-only", `
 vms:
   - {name: a, kernel: /k, disks: [{path: /base.img, readonly: true}]}
   - {name: b, kernel: /k, disks: [{path: /base.img, readonly: true}]}
-`, []Disk{{Path: "/base.img", ReadOnly: true, ID: "a-0"}}},
+`, []Disk{{Path: "/base.img", ReadOnly: true, ID: "a-0", Format: "raw"}}},
 	} {
 		c, err := Parse("c.yaml", []byte(tc.yaml))
 		if err != nil {
@@ -175,7 +188,14 @@ func TestParseDiskErrors(t *testing.T) {
 		{"escaping relative path", vm("      - {path: a/../../etc/shadow}\n"), `c.yaml:5:16: path "a/../../etc/shadow": a relative path names a file in /var/lib/hyperroot, and must stay inside it`},
 		{"parent", vm("      - {path: ..}\n"), `path "..": a relative path`},
 		{"data dir itself", vm("      - {path: ./}\n"), `path "./": a relative path`},
-		{"unknown key", vm("      - {path: /a, sise: 1G}\n"), `c.yaml:5:20: unknown key "sise" (known: direct, id, image, io, limits, path, readonly, size)`},
+		{"unknown key", vm("      - {path: /a, sise: 1G}\n"), `c.yaml:5:20: unknown key "sise" (known: base, direct, format, id, image, io, limits, path, readonly, size)`},
+		{"bad format", vm("      - {path: /a, format: vmdk}\n"), `format "vmdk": want raw or qcow2`},
+		{"base of raw", vm("      - {path: /a, format: raw, base: /b.qcow2}\n"), "disk /a: base needs format qcow2"},
+		{"base and image", vm("      - {path: /a.qcow2, base: /b.qcow2, image: {url: http://x/a, sha256: " + strings.Repeat("a", 64) + "}}\n"), "give base or image, not both"},
+		{"read-only clone", vm("      - {path: /a.qcow2, base: /b.qcow2, readonly: true}\n"), "a clone of base is made to be written"},
+		{"direct qcow2", vm("      - {path: /a.qcow2, direct: true}\n"), "direct is not supported for qcow2"},
+		{"base written by a vm", "vms:\n  - {name: a, kernel: /k, disks: [{path: /b.qcow2}]}\n  - {name: b, kernel: /k, disks: [{path: /c.qcow2, base: /b.qcow2}]}\n",
+			"disk /c.qcow2: its base /b.qcow2 is a writable disk of vm a"},
 		{"image without digest", vm("      - {path: a.img, image: {url: http://x/a.raw}}\n"), "c.yaml:5:30: image: want url and sha256"},
 		{"image bad url", vm("      - {path: a.img, image: {url: file:///a.raw, sha256: " + strings.Repeat("a", 64) + "}}\n"), `url "file:///a.raw": want an http:// or https:// URL`},
 		{"image bad digest", vm("      - {path: a.img, image: {url: http://x/a, sha256: abc}}\n"), `sha256 "abc": want the image's SHA-256 as 64 hex digits`},

@@ -329,7 +329,22 @@ type Disk struct {
 	Bandwidth uint64 // bytes per second
 	Direct    bool   // O_DIRECT
 	IO        string // IOAuto, IOUring or IOPool
+	Format    string // "" (raw) or "qcow2"
+	// Backing is a qcow2 disk's backing chain as inherited descriptors,
+	// the image's own backing file first. Without it, a disk given by
+	// path opens its backing files by the names in their headers.
+	Backing []Backing
 }
+
+// Backing is one file of a qcow2 disk's backing chain.
+type Backing struct {
+	FD     int
+	Format string // "raw" or "qcow2"
+}
+
+// MaxBackingChain bounds a qcow2 disk's backing chain: deeper chains are
+// refused (a loop would be endless).
+const MaxBackingChain = 8
 
 // FirstFD is the descriptor number of a child's first inherited file
 // (exec.Cmd.ExtraFiles[0]): the supervisor's disk i is FirstFD+i.
@@ -360,10 +375,20 @@ func (d Disk) String() string {
 	if d.IO != IOAuto {
 		s += ",io=" + d.IO
 	}
+	if d.Format != "" {
+		s += ",format=" + d.Format
+	}
+	for i, b := range d.Backing {
+		sep := "+"
+		if i == 0 {
+			sep = ",backing="
+		}
+		s += fmt.Sprintf("%s%d:%s", sep, b.FD, b.Format)
+	}
 	return s
 }
 
-const diskKeys = "fd, path, ro, id, iops, bps, direct, io"
+const diskKeys = "fd, path, ro, id, iops, bps, direct, io, format, backing"
 
 // ParseDisk reads a --disk flag value.
 func ParseDisk(s string) (Disk, error) {
@@ -425,12 +450,35 @@ func ParseDisk(s string) (Disk, error) {
 			default:
 				return d, fmt.Errorf("io %q: want auto, uring or pool", v)
 			}
+		case "format":
+			switch v {
+			case "raw":
+			case "qcow2":
+				d.Format = v
+			default:
+				return d, fmt.Errorf("format %q: want raw or qcow2", v)
+			}
+		case "backing":
+			for _, e := range strings.Split(v, "+") {
+				fd, format, _ := strings.Cut(e, ":")
+				n, err := strconv.Atoi(fd)
+				if err != nil || n < FirstFD || (format != "raw" && format != "qcow2") {
+					return d, fmt.Errorf("backing %q: want FD:FORMAT[+FD:FORMAT...], FD an inherited descriptor, FORMAT raw or qcow2", e)
+				}
+				d.Backing = append(d.Backing, Backing{FD: n, Format: format})
+			}
+			if len(d.Backing) > MaxBackingChain {
+				return d, fmt.Errorf("backing: %d files, want at most %d", len(d.Backing), MaxBackingChain)
+			}
 		default:
 			return d, fmt.Errorf("unknown key %q (keys: %s)", k, diskKeys)
 		}
 	}
 	if (d.FD < 0) == (d.Path == "") {
 		return d, errors.New("want exactly one of fd=N and path=FILE")
+	}
+	if len(d.Backing) > 0 && d.Format != "qcow2" {
+		return d, errors.New("backing is for format=qcow2")
 	}
 	return d, nil
 }
@@ -513,6 +561,11 @@ func ForVM(vm config.VM, dir string) Args {
 	for i, d := range vm.Disks {
 		a.Disks = append(a.Disks, Disk{FD: FirstFD + i, ReadOnly: d.ReadOnly, ID: d.ID,
 			IOPS: d.Limits.IOPS, Bandwidth: uint64(d.Limits.Bandwidth), Direct: d.Direct, IO: diskIO(d.IO)})
+		if d.Format == config.FormatQcow2 {
+			// Its backing chain's descriptors follow every disk's;
+			// the supervisor fills them in once it has opened them.
+			a.Disks[i].Format = d.Format
+		}
 	}
 	for i, n := range vm.NICs {
 		a.NICs = append(a.NICs, NIC{Socket: NICSocket(dir, vm.Name, i), MAC: n.MAC, MTU: n.MTU})

@@ -75,6 +75,14 @@ func TestParseDisk(t *testing.T) {
 		{in: "fd=3,id=abcdefghijklmnopqrstu", err: "longer than 20 bytes"},
 		{in: "fd=3,cache=none", err: `unknown key "cache"`},
 		{in: "fd=3,id=", err: `"id=": want key=value`},
+		{in: "fd=3,format=qcow2,backing=5:qcow2+6:raw", want: Disk{FD: 3, Format: "qcow2", Backing: []Backing{{5, "qcow2"}, {6, "raw"}}}},
+		{in: "path=/x.qcow2,format=qcow2", want: Disk{FD: -1, Path: "/x.qcow2", Format: "qcow2"}},
+		{in: "fd=3,format=raw", want: Disk{FD: 3}},
+		{in: "fd=3,format=vmdk", err: `format "vmdk": want raw or qcow2`},
+		{in: "fd=3,backing=5:raw", err: "backing is for format=qcow2"},
+		{in: "fd=3,format=qcow2,backing=5", err: `backing "5": want FD:FORMAT`},
+		{in: "fd=3,format=qcow2,backing=2:raw", err: `backing "2:raw"`},
+		{in: "fd=3,format=qcow2,backing=4:raw+5:raw+6:raw+7:raw+8:raw+9:raw+10:raw+11:raw+12:raw", err: "9 files, want at most 8"},
 	} {
 		got, err := ParseDisk(tc.in)
 		switch {
@@ -82,7 +90,7 @@ func TestParseDisk(t *testing.T) {
 			t.Errorf("ParseDisk(%q) error = %v, want %q", tc.in, err, tc.err)
 		case tc.err == "" && err != nil:
 			t.Errorf("ParseDisk(%q): %v", tc.in, err)
-		case tc.err == "" && got != tc.want:
+		case tc.err == "" && !reflect.DeepEqual(got, tc.want):
 			t.Errorf("ParseDisk(%q) = %+v, want %+v", tc.in, got, tc.want)
 		}
 	}
@@ -211,7 +219,7 @@ func TestForVM(t *testing.T) {
 // ParseDisk.
 func FuzzParseDisk(f *testing.F) {
 	for _, s := range []string{"fd=3", "path=/d.img,ro,id=serial,iops=100,bps=50M,direct,io=uring", "fd=4,io=pool",
-		"path=/x,ro=1", "fd=2", "path=rel", "id=" + strings.Repeat("x", 21), "bps=1T", "bps=-1", "iops=0", ",", "fd=3,fd=3", "path=/a=b,id=a=b"} {
+		"path=/x,ro=1", "fd=2", "path=rel", "id=" + strings.Repeat("x", 21), "bps=1T", "bps=-1", "iops=0", ",", "fd=3,fd=3", "path=/a=b,id=a=b", "fd=3,format=qcow2,backing=5:qcow2+6:raw"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
@@ -229,7 +237,7 @@ func FuzzParseDisk(f *testing.F) {
 		if err != nil {
 			t.Fatalf("ParseDisk(%q) = %+v, whose String %q does not parse: %v", s, d, d.String(), err)
 		}
-		if again != d {
+		if !reflect.DeepEqual(again, d) {
 			t.Fatalf("ParseDisk(%q) = %+v, read back from %q as %+v", s, d, d.String(), again)
 		}
 	})

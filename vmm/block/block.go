@@ -162,6 +162,11 @@ type Options struct {
 	// asynchronous path (tests of that path, or disks where a page-cache
 	// hit must not run on the caller's goroutine).
 	NoInline bool
+	// Size, when positive, is the disk's size instead of the file's: a
+	// layer that maps its own disk onto the file (qcow2) grows the file
+	// while it is served and bounds the offsets it sends itself. Reads
+	// past the end of the file still read zeros.
+	Size int64
 }
 
 const (
@@ -256,6 +261,9 @@ func newDisk(f *os.File, o Options) (*disk, error) {
 		d.size = int64(n)
 	default:
 		return nil, fmt.Errorf("block: %s is neither a regular file nor a block device", f.Name())
+	}
+	if o.Size > 0 {
+		d.size = o.Size
 	}
 	d.size = (d.size + sectorSize - 1) &^ (sectorSize - 1)
 	fl, err := unix.FcntlInt(uintptr(d.fd), unix.F_GETFL, 0)

@@ -101,6 +101,16 @@ type Disk struct {
 	// IO picks the block backend: IOAuto (io_uring where allowed, the
 	// thread pool otherwise), IOUring (fail without io_uring) or IOPool.
 	IO IOBackend
+	// Qcow2 serves File as a qcow2 image; Backing is its backing chain,
+	// its own backing file first, each opened read-only by the caller.
+	Qcow2   bool
+	Backing []BackingFile
+}
+
+// BackingFile is one file of a qcow2 disk's backing chain.
+type BackingFile struct {
+	File  *os.File
+	Qcow2 bool // else raw
 }
 
 // IOBackend names a block backend choice.

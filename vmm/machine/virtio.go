@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/vmm/block"
+	"github.com/hyperroot/hyperroot/vmm/block/qcow2"
 	"github.com/hyperroot/hyperroot/vmm/kvm"
 	"github.com/hyperroot/hyperroot/vmm/pci"
 	"github.com/hyperroot/hyperroot/vmm/ratelimit"
@@ -336,6 +337,17 @@ func (m *Machine) disk(d Disk, cpus int) (*blk.Device, error) {
 		}
 	}
 	opts := block.Options{ReadOnly: d.ReadOnly, Depth: queues * blk.DefaultQueueSize}
+	var im *qcow2.Image
+	if d.Qcow2 {
+		var err error
+		if im, err = openQcow2(d); err != nil {
+			return nil, err
+		}
+		// The file grows as the image allocates; the image bounds
+		// the offsets it sends.
+		opts.Size = qcow2.HostLimit
+		opts.ReadOnly = im.ReadOnly()
+	}
 	var b block.Backend
 	var err error
 	switch d.IO {
@@ -351,6 +363,11 @@ func (m *Machine) disk(d Disk, cpus int) (*blk.Device, error) {
 	if err != nil {
 		return nil, err
 	}
+	if im != nil {
+		if b, err = qcow2.NewBackend(im, b, opts.Depth); err != nil {
+			return nil, err
+		}
+	}
 	m.backends = append(m.backends, b)
 	var lim *ratelimit.Limiter
 	if d.IOPS > 0 || d.Bandwidth > 0 {
@@ -361,6 +378,35 @@ func (m *Machine) disk(d Disk, cpus int) (*blk.Device, error) {
 			ratelimit.BucketConfig{Size: d.Bandwidth, RefillTime: time.Second}, nil)
 	}
 	return blk.New(blk.Options{Backend: b, ReadOnly: d.ReadOnly, ID: d.ID, Queues: queues, Limiter: lim})
+}
+
+// openQcow2 opens d's image and its backing chain, from the descriptors
+// the caller passed in chain order: the jailed VMM opens no path.
+func openQcow2(d Disk) (*qcow2.Image, error) {
+	next := 0
+	var open func(f *os.File, readOnly bool) (*qcow2.Image, error)
+	backing := func(name, format string) (qcow2.Backing, error) {
+		if next >= len(d.Backing) {
+			return nil, fmt.Errorf("no descriptor was passed for it")
+		}
+		b := d.Backing[next]
+		next++
+		if b.Qcow2 {
+			return open(b.File, true)
+		}
+		return qcow2.NewRawBacking(b.File)
+	}
+	open = func(f *os.File, readOnly bool) (*qcow2.Image, error) {
+		return qcow2.Open(f, qcow2.Options{ReadOnly: readOnly, Backing: backing})
+	}
+	im, err := open(d.File, d.ReadOnly)
+	if err != nil {
+		return nil, err
+	}
+	if next != len(d.Backing) {
+		return nil, fmt.Errorf("qcow2: %d backing files passed, the chain has %d", len(d.Backing), next)
+	}
+	return im, nil
 }
 
 // DiskStats returns each disk's request counters, in the order of

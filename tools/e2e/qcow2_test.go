@@ -1,0 +1,120 @@
+package e2e
+
+import (
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/hyperroot/hyperroot/internal/testenv"
+	"github.com/hyperroot/hyperroot/tools/qemu"
+)
+
+// TestQcow2Clones: two VMs whose disks are thin qcow2 clones of one base
+// image on the data disk, made by the appliance on first use. Each guest
+// reads the base's first MiB through its clone, writes its own, and after
+// a power-off and a new boot of the appliance reads its own back; then on
+// the host, qemu-img finds every image clean, each clone holds its own
+// data only, and the base is unchanged.
+func TestQcow2Clones(t *testing.T) {
+	parallel(t)
+	testenv.NeedTool(t, "qemu-img", "qemu-utils")
+	testenv.NeedTool(t, "mkfs.ext4", "e2fsprogs")
+	testenv.NeedTool(t, "debugfs", "e2fsprogs")
+	const baseSeed, size = 31, 64 << 20
+	dir := t.TempDir()
+	raw := make([]byte, size)
+	copy(raw, fileContent(baseSeed, "raw", 1<<20))
+	rand.NewChaCha8([32]byte{31}).Read(raw[1<<20 : 8<<20]) // the rest is sparse
+	rawPath := filepath.Join(dir, "base.raw")
+	if err := os.WriteFile(rawPath, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tree := filepath.Join(dir, "tree")
+	if err := os.MkdirAll(filepath.Join(tree, "bases"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	base := filepath.Join(tree, "bases", "base.qcow2")
+	run(t, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", rawPath, base)
+	baseSum := fileSHA(t, base)
+	data := filepath.Join(dir, "data.img")
+	run(t, "mkfs.ext4", "-q", "-F", "-L", "hyperroot-data", "-d", tree, data, "256M")
+
+	cfg := func(action string) string {
+		vm := func(name string, seed int) string {
+			return diskVM(name, 1, "128M", action, seed, []string{"{path: vms/" + name + ".qcow2, base: bases/base.qcow2}"})
+		}
+		return "vms:\n" + vm("one", 11) + vm("two", 22)
+	}
+	baseHead := sha(raw[:1<<20])
+	testbed(t, func(t testing.TB) {
+		m := start(t, qemu.Options{Drives: []string{data}, Config: configFile(t, cfg("disk-raw-read,disk-raw-write"))})
+		expect(t, m, `hyperroot: data: /dev/vda \(labelled hyperroot-data\) mounted on /var/lib/hyperroot$`)
+		for _, vm := range []string{"one", "two"} {
+			seen(t, m, `^`+vm+`\| hyperroot vmm: disk 0: qcow2 on `)
+			// Its first read is the base's; then what it wrote.
+			if got := seen(t, m, `^`+vm+`\| guest: raw sha256 [0-9a-f]+$`); !strings.HasSuffix(got, baseHead) {
+				t.Errorf("%s read %q through its new clone, want the base's %s", vm, got, baseHead)
+			}
+		}
+		for _, vm := range []string{"one", "two"} {
+			seen(t, m, `hyperroot: vm `+vm+` exited code=0 reason=poweroff`)
+		}
+		powerButton(t, m)
+	})
+	want := map[string]string{"one": sha(fileContent(11, "raw", 1<<20)), "two": sha(fileContent(22, "raw", 1<<20))}
+	testbed(t, func(t testing.TB) {
+		m := start(t, qemu.Options{Drives: []string{data}, Config: configFile(t, cfg("disk-raw-read"))})
+		for vm, sum := range want {
+			if got := seen(t, m, `^`+vm+`\| guest: raw sha256 [0-9a-f]+$`); !strings.HasSuffix(got, sum) {
+				t.Errorf("%s read %q after a reboot, want what it wrote: %s", vm, got, sum)
+			}
+		}
+		for vm := range want {
+			seen(t, m, `hyperroot: vm `+vm+` exited code=0 reason=poweroff`)
+		}
+		powerButton(t, m)
+	})
+	// On the host: every image clean, each clone its own, the base as it was.
+	out := filepath.Join(dir, "out")
+	for _, name := range []string{"bases/base.qcow2", "vms/one.qcow2", "vms/two.qcow2"} {
+		p := filepath.Join(out, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, debugfsCat(t, data, name), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		run(t, "qemu-img", "check", p)
+	}
+	if got := fileSHA(t, filepath.Join(out, "bases", "base.qcow2")); got != baseSum {
+		t.Errorf("the base changed: sha256 %s, was %s", got, baseSum)
+	}
+	// Each clone, read through its base (named relative to the clone).
+	for vm, sum := range want {
+		clone := filepath.Join(out, "vms", vm+".qcow2")
+		info := run(t, "qemu-img", "info", clone)
+		if !strings.Contains(info, "backing file: ../bases/base.qcow2") {
+			t.Errorf("%s: qemu-img info does not show the base as its backing file:\n%s", vm, info)
+		}
+		flat := filepath.Join(out, vm+".raw")
+		run(t, "qemu-img", "convert", "-O", "raw", clone, flat)
+		b, err := os.ReadFile(flat)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b) != size || sha(b[:1<<20]) != sum || sha(b[1<<20:]) != sha(raw[1<<20:]) {
+			t.Errorf("%s: the clone's content is not its own first MiB over the base's rest", vm)
+		}
+	}
+}
+
+// run runs a host tool and returns its output, failing the test on error.
+func run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
