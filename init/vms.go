@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"maps"
 	"os"
 	"slices"
@@ -294,9 +295,18 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 	if err := makeFromImages(f.c, vm, f.dataDisk, f.quit); err != nil {
 		return nil, err
 	}
+	var clones []config.Disk // qcow2 disks openDisks will make from their base
+	for _, d := range vm.Disks {
+		if _, err := os.Lstat(d.Path); d.Base != "" && errors.Is(err, fs.ErrNotExist) {
+			clones = append(clones, d)
+		}
+	}
 	opened, err := openDisks(vm)
 	if err != nil {
 		return nil, err
+	}
+	for _, d := range clones {
+		f.c.Printf("vm %s: disk %s made as a thin qcow2 clone of %s", vm.Name, d.Path, d.Base)
 	}
 	// The child has its own copies once started; ours must not keep the
 	// disks (and their locks) alive after it exits.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/hyperroot/hyperroot/internal/child"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
+	"github.com/hyperroot/hyperroot/vmm/block/qcow2"
 )
 
 // The disk benchmark (hyperroot-bench disk, in an image built with
@@ -34,6 +35,7 @@ import (
 const (
 	diskBenchRounds  = 3
 	diskBenchImage   = "/tmp/hyperroot-bench/disk.img"
+	diskBenchClone   = "/tmp/hyperroot-bench/clone.qcow2"
 	diskBenchSize    = 256 << 20
 	diskBenchOptions = "time=8s,jobs=4"
 	diskBenchTimeout = 10 * time.Minute
@@ -52,26 +54,58 @@ func diskTests() []diskTest {
 type diskBackend struct {
 	name string
 	argv []string
+	// prepare, if set, runs before each boot: the qcow2 contenders each
+	// start from a fresh clone, as a VM's first boot does.
+	prepare func() error
 }
 
 // diskBackends are the contenders: hyperroot with each I/O backend, then
-// QEMU.
-func diskBackends(hyperroot, img string) []diskBackend {
+// QEMU; then both serving a fresh qcow2 clone (at clone) of the raw image,
+// hyperroot with io_uring and QEMU with aio=io_uring.
+func diskBackends(hyperroot, img, clone string) []diskBackend {
 	kernel, initrd := "/guest/vmlinuz", "/guest/initramfs.cpio"
 	cmdline := "console=ttyS0 quiet panic=-1 hyperroot.guest=disk-bench hyperroot.diskbench=" + diskBenchOptions
-	ours := func(name, io string) diskBackend {
+	ours := func(name, io, file, format string) diskBackend {
 		a := vmmcli.Args{Name: "bench", Kernel: kernel, Initrd: initrd, Cmdline: cmdline, CPUs: 1, Memory: benchMemory,
-			Disks: []vmmcli.Disk{{FD: -1, Path: img, IO: io}}}
-		return diskBackend{name, append([]string{hyperroot}, a.Argv()...)}
+			Disks: []vmmcli.Disk{{FD: -1, Path: file, IO: io, Format: format}}}
+		return diskBackend{name: name, argv: append([]string{hyperroot}, a.Argv()...)}
 	}
-	return []diskBackend{ours("uring", vmmcli.IOUring), ours("pool", vmmcli.IOPool), {"qemu", []string{qemuPath,
-		"-enable-kvm", "-cpu", "host", "-M", "pc", "-smp", "1", "-m", "256",
-		"-nodefaults", "-nographic", "-serial", "stdio", "-no-reboot",
-		"-kernel", kernel, "-initrd", initrd, "-append", cmdline,
-		// cache=writeback: tmpfs refuses O_DIRECT (cache=none); io_uring
-		// as our first backend uses.
-		"-drive", "file=" + img + ",if=none,id=d,format=raw,aio=io_uring,cache=writeback",
-		"-device", "virtio-blk-pci,drive=d"}}}
+	qemu := func(name, file, format string) diskBackend {
+		return diskBackend{name: name, argv: []string{qemuPath,
+			"-enable-kvm", "-cpu", "host", "-M", "pc", "-smp", "1", "-m", "256",
+			"-nodefaults", "-nographic", "-serial", "stdio", "-no-reboot",
+			"-kernel", kernel, "-initrd", initrd, "-append", cmdline,
+			// cache=writeback: tmpfs refuses O_DIRECT (cache=none);
+			// io_uring as our first backend uses.
+			"-drive", "file=" + file + ",if=none,id=d,format=" + format + ",aio=io_uring,cache=writeback",
+			"-device", "virtio-blk-pci,drive=d"}}
+	}
+	ourClone := ours("qcow2", vmmcli.IOUring, clone, "qcow2")
+	fresh := func() error { return makeClone(clone, img) }
+	ourClone.prepare = fresh
+	qemuClone := qemu("qemu-qcow2", clone, "qcow2")
+	qemuClone.prepare = fresh
+	return []diskBackend{ours("uring", vmmcli.IOUring, img, ""), ours("pool", vmmcli.IOPool, img, ""), qemu("qemu", img, "raw"), ourClone, qemuClone}
+}
+
+// makeClone writes a fresh qcow2 clone of the raw image base at path,
+// naming its base relative to it as the appliance's clones do.
+func makeClone(path, base string) error {
+	st, err := os.Stat(base)
+	if err != nil {
+		return err
+	}
+	os.Remove(path)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	rel, err := filepath.Rel(filepath.Dir(path), base)
+	if err != nil {
+		return err
+	}
+	return qcow2.Create(f, st.Size(), qcow2.CreateOptions{BackingFile: rel, BackingFormat: "raw"})
 }
 
 // diskRun is what one boot of the guest measured: test name to value.
@@ -88,12 +122,18 @@ func runDiskBench(e *env) error {
 		return fmt.Errorf("disk image: %w", err)
 	}
 	defer os.Remove(diskBenchImage)
-	backends := diskBackends(e.hyperroot, diskBenchImage)
+	backends := diskBackends(e.hyperroot, diskBenchImage, diskBenchClone)
+	defer os.Remove(diskBenchClone)
 	e.logf("bench: disk image=%s size=%dMiB (tmpfs) guest=1 vCPU %s options=%s rounds=%d",
 		diskBenchImage, diskBenchSize>>20, benchMemory, diskBenchOptions, diskBenchRounds)
 	runs := map[string][]diskRun{}
 	for round := 1; round <= diskBenchRounds; round++ {
 		for _, b := range backends {
+			if b.prepare != nil {
+				if err := b.prepare(); err != nil {
+					return fmt.Errorf("%s: %w", b.name, err)
+				}
+			}
 			run, err := diskOnce(e.starter, b)
 			if err != nil {
 				return fmt.Errorf("%s: %w", b.name, err)
@@ -288,19 +328,22 @@ func formatValue(v float64, unit string) string {
 func diskTable(backends []string, runs map[string][]diskRun) []string {
 	var ratios [][2]string
 	for _, b := range backends {
-		if b != "qemu" && slices.Contains(backends, "qemu") {
+		if !strings.HasPrefix(b, "qemu") && !strings.Contains(b, "qcow2") && slices.Contains(backends, "qemu") {
 			ratios = append(ratios, [2]string{b, "qemu"})
 		}
 	}
-	if slices.Contains(backends, "uring") && slices.Contains(backends, "pool") {
-		ratios = append(ratios, [2]string{"uring", "pool"})
+	// The qcow2 clone against QEMU's and against our raw image.
+	for _, r := range [][2]string{{"uring", "pool"}, {"qcow2", "qemu-qcow2"}, {"qcow2", "uring"}} {
+		if slices.Contains(backends, r[0]) && slices.Contains(backends, r[1]) {
+			ratios = append(ratios, r)
+		}
 	}
 	head := fmt.Sprintf("%-10s %-6s", "test", "unit")
 	for _, b := range backends {
 		head += fmt.Sprintf(" %10s", b)
 	}
 	for _, r := range ratios {
-		head += fmt.Sprintf(" %10s", r[0]+"/"+r[1])
+		head += fmt.Sprintf(" %16s", r[0]+"/"+r[1])
 	}
 	n := 0
 	for _, b := range backends {
@@ -323,7 +366,7 @@ func diskTable(backends []string, runs map[string][]diskRun) []string {
 			if d := med[r[1]]; d > 0 {
 				ratio = fmt.Sprintf("%.2f", med[r[0]]/d)
 			}
-			line += fmt.Sprintf(" %10s", ratio)
+			line += fmt.Sprintf(" %16s", ratio)
 		}
 		lines = append(lines, line)
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/hyperroot/hyperroot/vmm/block/qcow2"
 	"math"
 	"os"
 	"path/filepath"
@@ -166,7 +167,7 @@ func TestMedianFloat(t *testing.T) {
 }
 
 func TestDiskBackends(t *testing.T) {
-	bs := diskBackends("/bin/hyperroot", "/tmp/d.img")
+	bs := diskBackends("/bin/hyperroot", "/tmp/d.img", "/tmp/c.qcow2")
 	var names []string
 	for _, b := range bs {
 		names = append(names, b.name)
@@ -181,16 +182,64 @@ func TestDiskBackends(t *testing.T) {
 				t.Errorf("%s: %s", b.name, args)
 			}
 		case "qemu":
-			for _, want := range []string{"-enable-kvm", "-smp 1 -m 256", "file=/tmp/d.img,", "cache=writeback", "virtio-blk-pci,drive=d"} {
+			for _, want := range []string{"-enable-kvm", "-smp 1 -m 256", "file=/tmp/d.img,", "format=raw", "cache=writeback", "virtio-blk-pci,drive=d"} {
 				if !strings.Contains(args, want) {
 					t.Errorf("qemu argv lacks %q: %s", want, args)
 				}
 			}
+		case "qcow2":
+			if !strings.Contains(args, "--disk path=/tmp/c.qcow2,io=io_uring,format=qcow2") || b.prepare == nil {
+				t.Errorf("%s: %s", b.name, args)
+			}
+		case "qemu-qcow2":
+			if !strings.Contains(args, "file=/tmp/c.qcow2,if=none,id=d,format=qcow2,aio=io_uring") || b.prepare == nil {
+				t.Errorf("%s: %s", b.name, args)
+			}
 		}
 	}
-	// Both of our backends are measured, then QEMU.
-	if strings.Join(names, " ") != "uring pool qemu" {
-		t.Errorf("backends %v, want uring pool qemu", names)
+	// Both of our backends are measured, then QEMU, then both on a clone.
+	if strings.Join(names, " ") != "uring pool qemu qcow2 qemu-qcow2" {
+		t.Errorf("backends %v, want uring pool qemu qcow2 qemu-qcow2", names)
+	}
+}
+
+// TestMakeClone: the clone reads as its raw base, which it names
+// relative to itself; a second call starts it afresh.
+func TestMakeClone(t *testing.T) {
+	dir := t.TempDir()
+	base, clone := filepath.Join(dir, "d.img"), filepath.Join(dir, "c.qcow2")
+	if err := makeBenchImage(base, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := makeClone(clone, base); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.OpenFile(clone, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		im, err := qcow2.Open(f, qcow2.Options{Backing: func(name, format string) (qcow2.Backing, error) {
+			if name != "d.img" || format != "raw" {
+				t.Errorf("backing %q (%q), want d.img (raw)", name, format)
+			}
+			bf, err := os.Open(base)
+			if err != nil {
+				return nil, err
+			}
+			return qcow2.NewRawBacking(bf)
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, 4096)
+		if _, err := im.ReadAt(got, 8192); err != nil || got[0] != byte(8192%255+1) {
+			t.Errorf("clone reads %#x (%v), want the base's %#x", got[0], err, byte(8192%255+1))
+		}
+		if _, err := im.WriteAt([]byte{0}, 0); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
 	}
 }
 

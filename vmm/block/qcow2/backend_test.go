@@ -274,3 +274,46 @@ func BenchmarkRead4K(b *testing.B) {
 		run(b, be)
 	})
 }
+
+// TestTruncatedImageAllocatesPast: an image whose file ends before a
+// cluster its tables point to (a writer that crashed, a copy cut short)
+// allocates after that cluster, so a new write never lands where another
+// guest offset reads.
+func TestTruncatedImageAllocatesPast(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "t.qcow2")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := Create(f, 1<<20, CreateOptions{ClusterBits: 12}); err != nil {
+		t.Fatal(err)
+	}
+	im, err := Open(f, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for c := range 2 {
+		if _, err := im.WriteAt(bytes.Repeat([]byte{byte(c + 1)}, 4096), int64(c)*4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, _ := f.Stat()
+	if err := f.Truncate(st.Size() - 4096); err != nil { // cluster 1's data is cut off
+		t.Fatal(err)
+	}
+	im, err = Open(f, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := im.WriteAt(bytes.Repeat([]byte{9}, 4096), 2*4096); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 4096)
+	if _, err := im.ReadAt(got, 4096); err != nil {
+		t.Fatal(err)
+	}
+	if got[0] == 9 {
+		t.Fatal("a new cluster was allocated where a cut-off cluster's entry points: two guest offsets share it")
+	}
+}

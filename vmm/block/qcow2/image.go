@@ -121,6 +121,14 @@ func Open(f *os.File, o Options) (*Image, error) {
 	}
 	im.l2Max = int(max(cache/im.cs, 4))
 	im.l2 = make(map[int64][]uint64, min(im.l2Max, len(im.l1)))
+	if !im.ro {
+		// Allocation appends: past the file, and past every cluster the
+		// tables point to (a file cut short by a crash of another
+		// writer may end before them), so nothing is handed out twice.
+		if err := im.findEnd(); err != nil {
+			return nil, err
+		}
+	}
 	if h.BackingFile != "" {
 		if o.Backing == nil {
 			return nil, fmt.Errorf("qcow2: image has backing file %q but none was given", h.BackingFile)
@@ -139,6 +147,45 @@ func Open(f *os.File, o Options) (*Image, error) {
 		h.Autoclear = 0
 	}
 	return im, nil
+}
+
+// findEnd moves im.end past every cluster the refcount table, the L1
+// table and the L2 tables point to. It reads every L2 table once: about
+// 1/8192 of the allocated disk with 64 KiB clusters.
+func (im *Image) findEnd() error {
+	end := im.end
+	past := func(off uint64) {
+		if c := int64(off&offsetMask) + im.cs; off&offsetMask != 0 && c > end {
+			end = c
+		}
+	}
+	for _, e := range im.refTable {
+		past(e)
+	}
+	x := 62 - (im.bits - 8)
+	for i, e := range im.l1 {
+		if e&offsetMask == 0 {
+			continue
+		}
+		past(e)
+		t, _, err := im.table(int64(i) * im.h.l2Entries() << im.bits)
+		if err != nil {
+			return err
+		}
+		for _, e := range t {
+			if e&entryCompressed != 0 {
+				start := int64(e & (1<<x - 1))
+				sectors := int64(e>>x) & (1<<(62-x) - 1)
+				if c := (start&^511 + (sectors+1)*512 + im.cs - 1) &^ (im.cs - 1); c > end && start < maxHostOffset {
+					end = c
+				}
+				continue
+			}
+			past(e)
+		}
+	}
+	im.end = end
+	return nil
 }
 
 // readTable reads n big-endian entries at off, which must lie in the file.
@@ -250,9 +297,11 @@ func (im *Image) classify(e uint64) (kind, int64, error) {
 	if host&(im.cs-1) != 0 {
 		return 0, 0, &CorruptError{fmt.Sprintf("data cluster offset %#x not aligned", host)}
 	}
-	if e&entryZero != 0 && im.h.Version >= 3 {
+	if e&entryZero != 0 {
 		// A zero cluster may keep its host cluster (preallocated):
-		// host is then where a write may put its data in place.
+		// host is then where a write may put its data in place. (A
+		// version 2 image has no zero clusters; QEMU reads the bit
+		// as one there too.)
 		return kZero, host, nil
 	}
 	if host == 0 {

@@ -354,6 +354,7 @@ func TestReadQemuImages(t *testing.T) {
 		{"v2-64k", "compat=0.10"},
 		{"v2-4k", "compat=0.10,cluster_size=4096"},
 		{"refcount8-4k", "cluster_size=4096,refcount_bits=8"},
+		{"refcount32-512", "cluster_size=512,refcount_bits=32"},
 		// Every L2 entry points to a cluster before anything is written.
 		{"prealloc-4k", "cluster_size=4096,preallocation=metadata"},
 	} {
@@ -432,6 +433,7 @@ func TestWriteQemuImages(t *testing.T) {
 		{name: "v2-512", opts: "compat=0.10,cluster_size=512", size: 1 << 20, ops: 3000},
 		{name: "v2-4k", opts: "compat=0.10,cluster_size=4096", size: 6 << 20, ops: 1500},
 		{name: "64k", size: 16 << 20, ops: 600},
+		{name: "2M", opts: "cluster_size=2M", size: 12 << 20, ops: 60},
 		// Four L2 tables cached of 32 or more: tables are dropped and
 		// read again all the time.
 		{name: "512-small-cache", opts: "cluster_size=512", size: 1 << 20, ops: 3000, cache: 1},
@@ -473,6 +475,25 @@ func TestWriteQemuImages(t *testing.T) {
 			sameBytes(t, "reopened", readAll(t, openImage(t, path, true), rng), d.model)
 		})
 	}
+}
+
+// TestWriteAfterSnapshotDelete: once its snapshots are deleted an image
+// is writable again; QEMU left the clusters the snapshot shared with
+// refcount 1 and their COPIED flags set again, which the package relies
+// on to write them in place.
+func TestWriteAfterSnapshotDelete(t *testing.T) {
+	needQemu(t)
+	path := filepath.Join(t.TempDir(), "disk.qcow2")
+	qemuCreate(t, path, 1<<20, "cluster_size=4096")
+	qemuIO(t, path, "write -P 0x11 0 512k")
+	qemu(t, "qemu-img", "snapshot", "-c", "s1", path)
+	qemuIO(t, path, "write -P 0x22 4096 8192")
+	qemu(t, "qemu-img", "snapshot", "-d", "s1", path)
+	rng := rand.New(rand.NewPCG(12, 12))
+	d := newDisk(openImage(t, path, false), qemuRaw(t, path), nil)
+	d.random(t, rng, 800)
+	mustCheckClean(t, path)
+	d.check(t, path, rng)
 }
 
 // refBlocks counts the refcount blocks im's table points to.
@@ -1141,4 +1162,157 @@ func TestConcurrent(t *testing.T) {
 		}
 	}
 	sameBytes(t, "Image read", readAll(t, im, rng), d.model)
+}
+
+// TestRefcountBlockInNextRange: when the cluster to count is the last of
+// a refcount block's range and that range has no block yet, the new block
+// falls in the next range, and the next range's block (new as well)
+// counts it. The image starts with unused space up to that cluster, as a
+// file extended by a crash of QEMU's may.
+func TestRefcountBlockInNextRange(t *testing.T) {
+	needQemu(t)
+	path := filepath.Join(t.TempDir(), "disk.qcow2")
+	qemuCreate(t, path, 1<<20, "cluster_size=512")
+	const perBlock = 512 / 2 // 16-bit refcounts
+	if err := os.Truncate(path, (2*perBlock-1)*512); err != nil {
+		t.Fatal(err)
+	}
+	mustCheckClean(t, path)
+	d := newDisk(openImage(t, path, false), make([]byte, 1<<20), nil)
+	// Its L2 table first (cluster 2*perBlock-1), then its data.
+	d.write(t, 0, bytes.Repeat([]byte{0xee}, 512))
+	if got := refBlocks(d.im); got != 3 {
+		t.Errorf("%d refcount blocks, want 3", got)
+	}
+	if b := int64(d.im.refTable[1]); b != 2*perBlock*512 {
+		t.Errorf("range 1's block at %#x, want the first cluster of range 2 (%#x)", b, 2*perBlock*512)
+	}
+	mustCheckClean(t, path)
+	d.random(t, rand.New(rand.NewPCG(13, 13)), 500)
+	mustCheckClean(t, path)
+	d.check(t, path, rand.New(rand.NewPCG(13, 14)))
+}
+
+// TestRefcountTableFull: a qemu-img image's refcount table is one cluster,
+// which with 512-byte clusters counts 8 MiB of file, and the package does
+// not grow it. Writes past that fail with an error saying so, and leave
+// an image QEMU finds clean.
+func TestRefcountTableFull(t *testing.T) {
+	needQemu(t)
+	path := filepath.Join(t.TempDir(), "disk.qcow2")
+	qemuCreate(t, path, 16<<20, "cluster_size=512")
+	d := newDisk(openImage(t, path, false), make([]byte, 16<<20), nil)
+	data := bytes.Repeat([]byte{0x77}, 64<<10)
+	var err error
+	for off := int64(0); off < 16<<20; off += int64(len(data)) {
+		var n int
+		if n, err = d.im.WriteAt(data, off); err != nil {
+			copy(d.model[off:], data[:n])
+			break
+		}
+		copy(d.model[off:], data)
+	}
+	if err == nil || !strings.Contains(err.Error(), "growing it is not supported") {
+		t.Fatalf("writing 16 MiB through an 8 MiB refcount table: %v", err)
+	}
+	mustCheckClean(t, path)
+	d.check(t, path, rand.New(rand.NewPCG(14, 14)))
+}
+
+// TestParseHeader: headers broken in one field each are refused with an
+// error naming it; the unbroken one parses.
+func TestParseHeader(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "disk.qcow2")
+	createImage(t, path, 1<<30, CreateOptions{BackingFile: "base.qcow2", BackingFormat: "qcow2"})
+	good, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good = good[:4096]
+	h, err := ParseHeader(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Version != 3 || h.Size != 1<<30 || h.ClusterBits != 16 || h.BackingFile != "base.qcow2" || h.BackingFormat != "qcow2" || h.RefcountOrder != 4 || h.HeaderLength != 112 {
+		t.Fatalf("parsed %+v", h)
+	}
+	nameAt := int64(binary.BigEndian.Uint64(good[8:]))
+	for _, tc := range []struct {
+		name string
+		off  int64
+		b    []byte
+		want string
+	}{
+		{"header length not a multiple of 8", 100, be32(108), "header length 108 invalid"},
+		{"header length short", 100, be32(96), "header length 96 invalid"},
+		{"header length past the data", 100, be32(8192), "header length 8192 invalid"},
+		{"extension past the cluster", 112 + 4, be32(60000), "runs past the first cluster"},
+		{"backing name past the cluster", 8, be64(65000), "outside the first cluster"},
+		{"backing name running into zeros", 16, be32(1000), "NUL"},
+		{"backing name too long", 16, be32(2000), "outside the first cluster"},
+		{"backing name with a NUL", nameAt + 2, []byte{0}, "NUL"},
+		{"L1 too small", 36, be32(1), "cannot map"},
+		{"L1 unaligned", 40, be64(0x30001), "L1 table offset"},
+		{"L1 too large", 36, be32(maxL1Bytes/8 + 1), "too large"},
+		{"no refcount table", 56, be32(0), "refcount table"},
+		{"refcount table unaligned", 48, be64(0x10200), "refcount table"},
+		{"refcount table too large", 56, be32(1000), "refcount table"},
+		{"refcount order 2", 96, be32(2), "4-bit refcounts"},
+		{"cluster bits 8", 20, be32(8), "cluster bits 8"},
+		{"zstd", 72, be64(IncompatCompression), ""}, // type 0 (deflate) is fine
+	} {
+		b := bytes.Clone(good)
+		copy(b[tc.off:], tc.b)
+		_, err := ParseHeader(b)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: %v", tc.name, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s: %v, want an error with %q", tc.name, err, tc.want)
+		}
+	}
+	b := bytes.Clone(good)
+	copy(b[72:], be64(IncompatCompression))
+	b[104] = 1
+	if _, err := ParseHeader(b); err == nil || !strings.Contains(err.Error(), "zstd") {
+		t.Errorf("zstd compression type: %v", err)
+	}
+	for n := range 104 {
+		if _, err := ParseHeader(good[:n]); err == nil {
+			t.Errorf("a header cut to %d bytes parsed", n)
+		}
+	}
+}
+
+// TestZeroKeepsCluster: in a version 3 image, zeroing a cluster of its
+// own keeps the host cluster (as a zero cluster, its space punched out)
+// and a later write reuses it in place: a guest that discards and writes
+// again does not grow the file.
+func TestZeroKeepsCluster(t *testing.T) {
+	needQemu(t)
+	const size = 1 << 20
+	path := filepath.Join(t.TempDir(), "disk.qcow2")
+	createImage(t, path, size, CreateOptions{ClusterBits: 12})
+	rng := rand.New(rand.NewPCG(15, 15))
+	d := newDisk(openImage(t, path, false), make([]byte, size), nil)
+	d.write(t, 0, randomBytes(rng, size))
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		d.zero(t, 0, size, i%2 == 0)
+		mustCheckClean(t, path)
+		d.check(t, path, rng)
+		for range 200 {
+			off, n := randomSpan(rng, size, 4096)
+			d.write(t, off, randomBytes(rng, n))
+		}
+		d.write(t, 0, randomBytes(rng, size/2))
+	}
+	mustCheckClean(t, path)
+	d.check(t, path, rng)
+	if st2, err := os.Stat(path); err != nil || st2.Size() != st.Size() {
+		t.Errorf("the file grew from %d to %d bytes (%v)", st.Size(), st2.Size(), err)
+	}
 }

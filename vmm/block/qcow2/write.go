@@ -124,8 +124,12 @@ func (im *Image) setEntry(base int64, e uint64) error {
 	i := (base >> im.bits) & (im.h.l2Entries() - 1)
 	l1i := base >> im.bits / im.h.l2Entries()
 	if t != nil && im.l1[l1i]&entryCopied == 0 {
-		if rc, err := im.refcount(host); err != nil || rc != 1 {
-			return fmt.Errorf("qcow2: L2 table at %#x is shared (refcount %d): %v", host, rc, err)
+		rc, err := im.refcount(host)
+		if err != nil {
+			return err
+		}
+		if rc != 1 {
+			return fmt.Errorf("qcow2: L2 table at %#x is shared (refcount %d): writing it is not supported", host, rc)
 		}
 	}
 	if t == nil {
@@ -360,6 +364,13 @@ func (im *Image) zeroCluster(off int64, mayDiscard bool) error {
 	switch {
 	case k == kZero, k == kUnallocated && im.backing == nil:
 		return nil
+	case im.h.Version < 3 && k == kData && e&entryCopied != 0 && !(mayDiscard && im.backing != nil):
+		// No zero clusters in version 2: the cluster stays the
+		// image's, a hole (or written zeros).
+		im.mu.Unlock()
+		err := im.zeroHost(int64(e & offsetMask))
+		im.mu.Lock()
+		return err
 	case im.h.Version >= 3 && k == kData && e&entryCopied != 0:
 		// Its own cluster stays allocated to it as a zero cluster; the
 		// space goes back to the file system.
