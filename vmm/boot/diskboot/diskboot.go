@@ -1,0 +1,293 @@
+// Package diskboot finds the kernel, initrd and command line a Linux
+// distribution's disk image would boot, so that the VMM can load them
+// directly, without firmware or a boot loader in the guest.
+//
+// It looks at each partition of a GPT or MBR disk (or at the whole disk
+// when it has no partition table), as ext4 or FAT (an EFI system
+// partition), for the configurations boot loaders read: Boot Loader
+// Specification entries (/loader/entries/*.conf, on the ESP or in /boot),
+// GRUB's grub.cfg as Debian and Ubuntu write it, and extlinux.conf. The
+// first configuration found with a usable entry wins; the entry is the
+// configuration's default unless the caller names one (by title, id or
+// index). Paths in an entry are read from the filesystem the
+// configuration is on, which is where those distributions put them.
+//
+// The disk is the guest's and hostile: partitions and filesystems are read
+// through go-diskfs, every file read is bounded, and a kernel must be a
+// bzImage.
+package diskboot
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	iofs "io/fs"
+	"os"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/diskfs/go-diskfs/backend"
+	"github.com/diskfs/go-diskfs/filesystem/ext4"
+	"github.com/diskfs/go-diskfs/filesystem/fat32"
+	"github.com/diskfs/go-diskfs/partition"
+)
+
+// Limits on what a disk can make the VMM read into memory.
+const (
+	MaxKernel = 128 << 20
+	MaxInitrd = 1 << 30
+	maxConfig = 1 << 20
+	maxBLS    = 256 // entries read from one loader/entries directory
+)
+
+// Boot is what to load.
+type Boot struct {
+	Kernel  []byte
+	Initrd  []byte // the initrds concatenated, as Linux accepts them
+	Cmdline string
+	// Where it came from, for the console: "partition 1 (ext4)
+	// /boot/grub/grub.cfg: Debian GNU/Linux".
+	Source string
+}
+
+var errNoEntry = errors.New("no entry with a kernel")
+
+// configs are where boot loader configurations are looked for, in order.
+var configs = []string{
+	"/loader/entries", "/boot/loader/entries", // BLS: a directory of entries
+	"/boot/grub/grub.cfg", "/grub/grub.cfg", "/boot/grub2/grub.cfg", "/grub2/grub.cfg", "/EFI/debian/grub.cfg", "/EFI/ubuntu/grub.cfg",
+	"/boot/extlinux/extlinux.conf", "/extlinux/extlinux.conf", "/extlinux.conf",
+}
+
+// Find reads the disk d of size bytes and returns what its default boot
+// entry (or the one entry names) loads.
+func Find(d io.ReaderAt, size int64, entryName string) (b *Boot, err error) {
+	defer recoverAs(&err)
+	st := &storage{r: d, size: size}
+	type volume struct {
+		name        string
+		start, size int64
+	}
+	var vols []volume
+	if t, err := partition.Read(st, 512, 512); err == nil {
+		for _, p := range t.GetPartitions() {
+			if p == nil || p.GetSize() <= 0 || p.GetStart() < 0 || p.GetStart() >= size {
+				continue
+			}
+			vols = append(vols, volume{fmt.Sprintf("partition %d", p.GetIndex()), p.GetStart(), min(p.GetSize(), size-p.GetStart())})
+		}
+	}
+	if len(vols) == 0 {
+		vols = append(vols, volume{"the whole disk", 0, size})
+	}
+	var looked []string
+	for _, v := range vols {
+		fs, kind := openFS(st, v.start, v.size)
+		if fs == nil {
+			looked = append(looked, v.name+" (no ext4 or FAT filesystem)")
+			continue
+		}
+		looked = append(looked, v.name+" ("+kind+")")
+		for _, c := range configs {
+			entries, def, err := readConfig(fs, c)
+			if err != nil {
+				continue
+			}
+			e, err := choose(entries, def, entryName)
+			if errors.Is(err, errNoEntry) {
+				continue
+			}
+			where := fmt.Sprintf("%s (%s) %s", v.name, kind, c)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", where, err)
+			}
+			b, err := load(fs, e)
+			if err != nil {
+				return nil, fmt.Errorf("%s: entry %q: %w", where, e.title, err)
+			}
+			b.Source = where + ": " + e.title
+			return b, nil
+		}
+	}
+	return nil, fmt.Errorf("no bootable entry: looked for %s on %s", strings.Join(configs, ", "), strings.Join(looked, ", "))
+}
+
+// openFS opens the ext4 or FAT filesystem of a volume, if it holds one.
+func openFS(st *storage, start, size int64) (iofs.FS, string) {
+	if fs, err := readExt4(st, start, size); err == nil {
+		return fs, "ext4"
+	}
+	if fs, err := readFAT(st, start, size); err == nil {
+		return fs, "vfat"
+	}
+	return nil, ""
+}
+
+// go-diskfs may panic on a filesystem it cannot make sense of: that is a
+// volume without a usable filesystem, not the VMM's end.
+func readExt4(st *storage, start, size int64) (fs iofs.FS, err error) {
+	defer recoverAs(&err)
+	return ext4.Read(st, size, start, 512)
+}
+
+func readFAT(st *storage, start, size int64) (fs iofs.FS, err error) {
+	defer recoverAs(&err)
+	return fat32.Read(st, size, start, 512)
+}
+
+func recoverAs(err *error) {
+	if r := recover(); r != nil {
+		*err = fmt.Errorf("unreadable filesystem: %v", r)
+	}
+}
+
+// readConfig reads the configuration at p: a BLS entries directory or a
+// loader's file.
+func readConfig(fs iofs.FS, p string) (entries []entry, def int, err error) {
+	defer recoverAs(&err)
+	if strings.HasSuffix(p, "/entries") {
+		ents, err := iofs.ReadDir(fs, strings.TrimPrefix(p, "/"))
+		if err != nil {
+			return nil, 0, err
+		}
+		for i, d := range ents {
+			if i >= maxBLS {
+				break
+			}
+			name := d.Name()
+			if d.IsDir() || !strings.HasSuffix(name, ".conf") {
+				continue
+			}
+			text, err := readFile(fs, path.Join(p, name), maxConfig)
+			if err != nil {
+				continue
+			}
+			entries = append(entries, blsEntry(strings.TrimSuffix(name, ".conf"), string(text)))
+		}
+		blsOrder(entries)
+		return entries, 0, nil
+	}
+	text, err := readFile(fs, p, maxConfig)
+	if err != nil {
+		return nil, 0, err
+	}
+	if strings.HasSuffix(p, "grub.cfg") {
+		entries, def = grubCfg(string(text))
+	} else {
+		entries, def = extlinuxConf(path.Dir(p), string(text))
+	}
+	return entries, def, nil
+}
+
+// load reads an entry's kernel and initrds.
+func load(fs iofs.FS, e entry) (b *Boot, err error) {
+	defer recoverAs(&err)
+	kernel, err := readFile(fs, e.kernel, MaxKernel)
+	if err != nil {
+		return nil, fmt.Errorf("kernel %s: %w", e.kernel, err)
+	}
+	if len(kernel) < 0x206 || string(kernel[0x202:0x206]) != "HdrS" {
+		return nil, fmt.Errorf("kernel %s is not a bzImage (no HdrS header at 0x202)", e.kernel)
+	}
+	var initrd bytes.Buffer
+	for _, p := range e.initrds {
+		data, err := readFile(fs, p, MaxInitrd-int64(initrd.Len()))
+		if err != nil {
+			return nil, fmt.Errorf("initrd %s: %w", p, err)
+		}
+		initrd.Write(data)
+	}
+	return &Boot{Kernel: kernel, Initrd: initrd.Bytes(), Cmdline: e.cmdline}, nil
+}
+
+// readFile reads a whole file of at most limit bytes; p may start with /.
+func readFile(fs iofs.FS, p string, limit int64) ([]byte, error) {
+	f, err := fs.Open(strings.TrimPrefix(path.Clean("/"+p), "/"))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	// Not io.ReadAll: a filesystem reader that returns nothing and no
+	// error (go-diskfs does for extents it cannot map) would loop
+	// forever.
+	var data []byte
+	buf := make([]byte, 1<<20)
+	for stalls := 0; ; {
+		n, err := f.Read(buf)
+		data = append(data, buf[:n]...)
+		if int64(len(data)) > limit {
+			return nil, fmt.Errorf("larger than %d bytes", limit)
+		}
+		switch {
+		case err == io.EOF:
+			return data, nil
+		case err != nil:
+			return nil, err
+		case n == 0:
+			if stalls++; stalls > 3 {
+				return nil, fmt.Errorf("unreadable: the filesystem gives no data at byte %d", len(data))
+			}
+		}
+	}
+}
+
+// storage is a read-only go-diskfs backend over an io.ReaderAt: a raw
+// file or a qcow2 image, as the VMM has its disks.
+type storage struct {
+	r    io.ReaderAt
+	size int64
+	pos  int64
+}
+
+var errReadOnly = errors.New("diskboot: the disk is read only here")
+
+func (s *storage) Stat() (iofs.FileInfo, error) { return info{s.size}, nil }
+func (s *storage) Close() error                 { return nil }
+func (s *storage) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 || off >= s.size {
+		return 0, io.EOF
+	}
+	n := len(p)
+	if int64(n) > s.size-off {
+		n = int(s.size - off)
+	}
+	got, err := s.r.ReadAt(p[:n], off)
+	if err == nil && got < len(p) {
+		err = io.EOF
+	}
+	return got, err
+}
+func (s *storage) Read(p []byte) (int, error) {
+	n, err := s.ReadAt(p, s.pos)
+	s.pos += int64(n)
+	return n, err
+}
+func (s *storage) Seek(off int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekCurrent:
+		off += s.pos
+	case io.SeekEnd:
+		off += s.size
+	}
+	if off < 0 {
+		return 0, errors.New("diskboot: seek before the start")
+	}
+	s.pos = off
+	return off, nil
+}
+func (s *storage) Sys() (*os.File, error)                  { return nil, errReadOnly }
+func (s *storage) Writable() (backend.WritableFile, error) { return nil, errReadOnly }
+func (s *storage) Path() string                            { return "" }
+
+type info struct{ size int64 }
+
+func (i info) Name() string        { return "disk" }
+func (i info) Size() int64         { return i.size }
+func (i info) Mode() iofs.FileMode { return 0o400 }
+func (i info) ModTime() time.Time  { return time.Time{} }
+func (i info) IsDir() bool         { return false }
+func (i info) Sys() any            { return nil }
+
+var _ backend.Storage = (*storage)(nil)

@@ -1,0 +1,274 @@
+package diskboot
+
+import (
+	"fmt"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// An entry is one way to boot that a loader configuration describes: the
+// paths of a kernel and initrds on the filesystem the configuration was
+// found on, and the kernel's command line.
+type entry struct {
+	title   string
+	id      string // grub's --id, a BLS file's name, an extlinux label
+	kernel  string
+	initrds []string
+	cmdline string
+}
+
+// choose picks the entry want names (a title, an id, or an index), or the
+// default one.
+func choose(entries []entry, def int, want string) (entry, error) {
+	if len(entries) == 0 {
+		return entry{}, errNoEntry
+	}
+	if want == "" {
+		if def < 0 || def >= len(entries) {
+			def = 0
+		}
+		return entries[def], nil
+	}
+	for _, e := range entries {
+		if e.title == want || (e.id != "" && e.id == want) {
+			return e, nil
+		}
+	}
+	if i, err := strconv.Atoi(want); err == nil && i >= 0 && i < len(entries) {
+		return entries[i], nil
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, strconv.Quote(e.title))
+	}
+	return entry{}, fmt.Errorf("no entry %q (entries: %s)", want, strings.Join(names, ", "))
+}
+
+// grubCfg reads the menu entries of a grub.cfg as Debian's and Ubuntu's
+// update-grub write it: `menuentry 'title' ... --id 'x' { linux /path args;
+// initrd /path ... }`, entries nested in a submenu counted after the top
+// level, and `set default=` as an index, a title, an id or grub's
+// "submenu>entry" form. Everything else (search, insmod, if blocks) is
+// ignored: the paths are taken relative to the filesystem the file is on,
+// which is where grub's `search` finds them on those distributions.
+func grubCfg(text string) ([]entry, int) {
+	var entries []entry
+	var cur *entry
+	def := ""
+	depth := 0
+	for _, raw := range strings.Split(text, "\n") {
+		line := strings.TrimSpace(raw)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		words := shellWords(line)
+		if len(words) == 0 {
+			continue
+		}
+		switch {
+		case words[0] == "set" && len(words) > 1 && strings.HasPrefix(words[1], "default="):
+			if depth == 0 {
+				def = strings.TrimPrefix(words[1], "default=")
+			}
+		case words[0] == "menuentry" && len(words) > 1:
+			entries = append(entries, entry{title: words[1]})
+			cur = &entries[len(entries)-1]
+			for i, w := range words {
+				if w == "--id" && i+1 < len(words) {
+					cur.id = words[i+1]
+				}
+			}
+		case cur != nil && (words[0] == "linux" || words[0] == "linux16" || words[0] == "linuxefi") && len(words) > 1:
+			cur.kernel = words[1]
+			cur.cmdline = strings.Join(words[2:], " ")
+		case cur != nil && (words[0] == "initrd" || words[0] == "initrd16" || words[0] == "initrdefi"):
+			cur.initrds = append(cur.initrds, words[1:]...)
+		}
+		// Braces close menu entries and submenus (and if blocks).
+		depth += strings.Count(line, "{") - strings.Count(line, "}")
+		if strings.HasSuffix(line, "}") && cur != nil && words[0] != "menuentry" {
+			cur = nil
+		}
+	}
+	var usable []entry
+	for _, e := range entries {
+		if e.kernel != "" {
+			usable = append(usable, e)
+		}
+	}
+	return usable, grubDefault(usable, def)
+}
+
+// grubDefault is the index of the entry grub's default= names.
+func grubDefault(entries []entry, def string) int {
+	if i := strings.LastIndex(def, ">"); i >= 0 {
+		def = def[i+1:] // "submenu>entry": the entry
+	}
+	if n, err := strconv.Atoi(def); err == nil {
+		return n
+	}
+	for i, e := range entries {
+		if def != "" && (e.title == def || e.id == def) {
+			return i
+		}
+	}
+	return 0 // "${saved_entry}" and the like: the first entry
+}
+
+// blsEntry reads one Boot Loader Specification entry file
+// (/loader/entries/<id>.conf): `key value` lines.
+func blsEntry(id, text string) entry {
+	e := entry{id: id, title: id}
+	var version string
+	for _, line := range strings.Split(text, "\n") {
+		k, v, _ := strings.Cut(strings.TrimSpace(line), " ")
+		v = strings.TrimSpace(v)
+		switch k {
+		case "title":
+			e.title = v
+		case "version":
+			version = v
+		case "linux":
+			e.kernel = v
+		case "initrd":
+			e.initrds = append(e.initrds, strings.Fields(v)...)
+		case "options":
+			e.cmdline = strings.TrimSpace(e.cmdline + " " + v)
+		}
+	}
+	if version != "" && e.title == id {
+		e.title = id + " (" + version + ")"
+	}
+	return e
+}
+
+// blsOrder sorts entries as systemd-boot shows them: newest (highest
+// version in the file name) first.
+func blsOrder(entries []entry) {
+	slices.SortFunc(entries, func(a, b entry) int { return -compareVersions(a.id, b.id) })
+}
+
+// compareVersions compares two names the way version sorting does: runs of
+// digits as numbers, the rest as text.
+func compareVersions(a, b string) int {
+	for a != "" && b != "" {
+		da, ra := digitsPrefix(a)
+		db, rb := digitsPrefix(b)
+		if da != "" && db != "" {
+			na, _ := strconv.ParseUint(da, 10, 64)
+			nb, _ := strconv.ParseUint(db, 10, 64)
+			if na != nb {
+				if na < nb {
+					return -1
+				}
+				return 1
+			}
+			a, b = ra, rb
+			continue
+		}
+		if a[0] != b[0] {
+			if a[0] < b[0] {
+				return -1
+			}
+			return 1
+		}
+		a, b = a[1:], b[1:]
+	}
+	return len(a) - len(b)
+}
+
+func digitsPrefix(s string) (string, string) {
+	i := 0
+	for i < len(s) && i < 18 && s[i] >= '0' && s[i] <= '9' {
+		i++
+	}
+	return s[:i], s[i:]
+}
+
+// extlinuxConf reads an extlinux.conf (syslinux syntax, as u-boot's
+// distro boot and some images use): LABEL blocks with KERNEL or LINUX,
+// INITRD (comma-separated) and APPEND; DEFAULT names the label. Paths
+// relative to the file's directory are made absolute.
+func extlinuxConf(dir, text string) ([]entry, int) {
+	var entries []entry
+	def := ""
+	abs := func(p string) string {
+		if strings.HasPrefix(p, "/") {
+			return p
+		}
+		return path.Join(dir, p)
+	}
+	for _, line := range strings.Split(text, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		k, rest := strings.ToUpper(f[0]), strings.Join(f[1:], " ")
+		switch {
+		case k == "DEFAULT":
+			def = rest
+		case k == "LABEL":
+			entries = append(entries, entry{title: rest, id: rest})
+		case len(entries) == 0:
+		case k == "MENU" && len(f) > 2 && strings.EqualFold(f[1], "LABEL"):
+			entries[len(entries)-1].title = strings.Join(f[2:], " ")
+		case k == "KERNEL" || k == "LINUX":
+			entries[len(entries)-1].kernel = abs(rest)
+		case k == "INITRD":
+			for _, p := range strings.Split(rest, ",") {
+				entries[len(entries)-1].initrds = append(entries[len(entries)-1].initrds, abs(strings.TrimSpace(p)))
+			}
+		case k == "APPEND":
+			entries[len(entries)-1].cmdline = rest
+		}
+	}
+	var usable []entry
+	d := 0
+	for _, e := range entries {
+		if e.kernel == "" {
+			continue
+		}
+		if e.id == def {
+			d = len(usable)
+		}
+		usable = append(usable, e)
+	}
+	return usable, d
+}
+
+// shellWords splits a grub.cfg line into words: single and double quotes
+// group, a backslash escapes the next character.
+func shellWords(line string) []string {
+	var words []string
+	var cur strings.Builder
+	in := false
+	var quote byte
+	for i := 0; i < len(line); i++ {
+		c := line[i]
+		switch {
+		case quote != 0 && c == quote:
+			quote = 0
+		case quote == 0 && (c == '\'' || c == '"'):
+			quote, in = c, true
+		case c == '\\' && quote != '\'' && i+1 < len(line):
+			i++
+			cur.WriteByte(line[i])
+			in = true
+		case quote == 0 && (c == ' ' || c == '\t'):
+			if in {
+				words = append(words, cur.String())
+				cur.Reset()
+				in = false
+			}
+		default:
+			cur.WriteByte(c)
+			in = true
+		}
+	}
+	if in {
+		words = append(words, cur.String())
+	}
+	return words
+}
