@@ -21,6 +21,7 @@ import (
 	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/jail"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
+	"github.com/hyperroot/hyperroot/vmm/boot/diskboot"
 	"github.com/hyperroot/hyperroot/vmm/machine"
 	"github.com/hyperroot/hyperroot/vmm/memory"
 	"github.com/hyperroot/hyperroot/vmm/seccomp"
@@ -93,10 +94,12 @@ func vmmMain(args []string) int {
 	var kernelMap, initrdMap mappedFile
 	defer kernelMap.Close()
 	defer initrdMap.Close()
-	if kernelMap, err = mapFile(a.Kernel); err != nil {
-		return fail("kernel: %v", err)
+	if !a.BootDisk {
+		if kernelMap, err = mapFile(a.Kernel); err != nil {
+			return fail("kernel: %v", err)
+		}
+		cfg.Kernel = kernelMap.Bytes()
 	}
-	cfg.Kernel = kernelMap.Bytes()
 	if a.Initrd != "" {
 		if initrdMap, err = mapFile(a.Initrd); err != nil {
 			return fail("initrd: %v", err)
@@ -120,6 +123,15 @@ func vmmMain(args []string) int {
 	}
 	for _, n := range a.NICs {
 		cfg.NICs = append(cfg.NICs, machineNIC(n))
+	}
+	if a.BootDisk {
+		b, err := bootDisk(cfg.Disks[0], a.BootEntry)
+		if err != nil {
+			return fail("%s: disk 0: %v", a.Name, err)
+		}
+		fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: booting disk 0: %s (kernel %d bytes, initrd %d bytes)\n", a.Name, b.Source, len(b.Kernel), len(b.Initrd))
+		cfg.Kernel, cfg.Initrd = b.Kernel, b.Initrd
+		cfg.Cmdline = strings.TrimSpace(b.Cmdline + " " + cfg.Cmdline)
 	}
 	start := time.Now()
 	m, err := machine.New(cfg)
@@ -633,4 +645,17 @@ func numaConfig(a vmmcli.Args, cfg *machine.Config) error {
 		}
 	}
 	return nil
+}
+
+// bootDisk finds what disk d's boot loader configuration boots, reading
+// the disk as the guest will see it (through its qcow2 image and backing
+// chain, if it has them). It runs before the jail, in the VMM's own
+// namespaces: the disk is the guest's and hostile, and go-diskfs reads it
+// with every file bounded (vmm/boot/diskboot).
+func bootDisk(d machine.Disk, entry string) (*diskboot.Boot, error) {
+	r, size, err := machine.DiskReader(d)
+	if err != nil {
+		return nil, err
+	}
+	return diskboot.Find(r, size, entry)
 }

@@ -40,9 +40,16 @@ type VM struct {
 	Name    string
 	CPUs    int     // vCPUs, default 1
 	Memory  Size    // guest RAM, default 256 MiB
-	Kernel  string  // bzImage path inside the appliance
+	Kernel  string  // bzImage path inside the appliance; "" with BootDisk
 	Initrd  string  // optional initramfs path
 	Cmdline string  // kernel command line, default "console=ttyS0"
+	// BootDisk boots what the first disk's boot loader configuration
+	// names (its kernel, initrds and command line, with Cmdline
+	// appended) instead of Kernel: `boot: disk`, or a VM without a
+	// kernel. BootEntry names the entry (title, id or index); ""
+	// is the configuration's default.
+	BootDisk  bool
+	BootEntry string
 	Restart Restart // default on-failure
 	Disks   []Disk  // virtio-blk disks, in the order the guest sees them (vda, vdb, ...)
 	NICs    []NIC   // virtio-net interfaces, ports of the switch (eth0, eth1, ...)
@@ -291,6 +298,30 @@ func (d *decoder) vm(n *yaml.Node) VM {
 			vm.Memory = s
 		},
 		"kernel":  func(v *yaml.Node) { vm.Kernel = d.path(v) },
+		"boot": func(v *yaml.Node) {
+			if v.Kind == yaml.ScalarNode {
+				if s := d.str(v); s != "disk" {
+					d.errf(v, "boot %q: want disk, or {from: disk, entry: ...}", s)
+				}
+				vm.BootDisk = true
+				return
+			}
+			d.mapping(v, map[string]func(*yaml.Node){
+				"from": func(v *yaml.Node) {
+					if s := d.str(v); s != "disk" {
+						d.errf(v, "from %q: want disk", s)
+					}
+					vm.BootDisk = true
+				},
+				"entry": func(v *yaml.Node) {
+					vm.BootDisk = true
+					vm.BootEntry = d.str(v)
+					if vm.BootEntry == "" || len(vm.BootEntry) > 256 || strings.ContainsAny(vm.BootEntry, "\x00\n") {
+						d.errf(v, "entry %q: want a title, id or index of the disk's boot menu", vm.BootEntry)
+					}
+				},
+			})
+		},
 		"initrd":  func(v *yaml.Node) { vm.Initrd = d.path(v) },
 		"cmdline": func(v *yaml.Node) { vm.Cmdline = d.str(v) },
 		"restart": func(v *yaml.Node) {
@@ -351,8 +382,16 @@ func (d *decoder) vm(n *yaml.Node) VM {
 		if vm.Name == "" {
 			d.errf(n, "vm: name is required")
 		}
-		if vm.Kernel == "" {
-			d.errf(n, "vm %s: kernel is required", vm.Name)
+		switch {
+		case vm.Kernel != "" && vm.BootDisk:
+			d.errf(n, "vm %s: give kernel or boot: disk, not both", vm.Name)
+		case vm.Kernel == "" && len(vm.Disks) == 0:
+			d.errf(n, "vm %s: kernel is required (or a disk to boot from)", vm.Name)
+		case vm.Kernel == "":
+			vm.BootDisk = true // no kernel: boot the first disk
+		}
+		if vm.BootDisk && vm.Initrd != "" {
+			d.errf(n, "vm %s: initrd comes from the disk with boot: disk", vm.Name)
 		}
 	}
 	return vm

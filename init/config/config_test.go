@@ -97,7 +97,7 @@ func FuzzParse(f *testing.F) {
 		c, err := Parse("f.yaml", data)
 		if err == nil {
 			for _, vm := range c.VMs {
-				if vm.CPUs < 1 || vm.Kernel == "" || vm.Memory < 16<<20 {
+				if vm.CPUs < 1 || (vm.Kernel == "") != vm.BootDisk || vm.Memory < 16<<20 {
 					t.Fatalf("invalid VM accepted: %+v", vm)
 				}
 				for _, d := range vm.Disks {
@@ -176,6 +176,42 @@ vms:
 			if !reflect.DeepEqual(got[i], tc.want[i]) {
 				t.Errorf("%s: disk %d = %+v, want %+v", tc.name, i, got[i], tc.want[i])
 			}
+		}
+	}
+}
+
+// TestBootDisk: boot: disk, its entry form, and a VM with disks but no
+// kernel boot the first disk; the contradictions are errors.
+func TestBootDisk(t *testing.T) {
+	for _, tc := range []struct {
+		yaml, entry string
+		boot        bool
+	}{
+		{"vms:\n  - {name: a, boot: disk, disks: [{path: /d.qcow2}]}\n", "", true},
+		{"vms:\n  - {name: a, boot: {entry: 'Debian GNU/Linux'}, disks: [{path: /d.img}]}\n", "Debian GNU/Linux", true},
+		{"vms:\n  - {name: a, boot: {from: disk, entry: '1'}, disks: [{path: /d.img}]}\n", "1", true},
+		{"vms:\n  - {name: a, disks: [{path: /d.img}]}\n", "", true},
+		{"vms:\n  - {name: a, kernel: /k, disks: [{path: /d.img}]}\n", "", false},
+	} {
+		c, err := Parse("c.yaml", []byte(tc.yaml))
+		if err != nil {
+			t.Errorf("%s: %v", tc.yaml, err)
+			continue
+		}
+		if vm := c.VMs[0]; vm.BootDisk != tc.boot || vm.BootEntry != tc.entry {
+			t.Errorf("%s: boot disk %v entry %q", tc.yaml, vm.BootDisk, vm.BootEntry)
+		}
+	}
+	for _, tc := range []struct{ yaml, want string }{
+		{"vms:\n  - {name: a}\n", "vm a: kernel is required (or a disk to boot from)"},
+		{"vms:\n  - {name: a, kernel: /k, boot: disk, disks: [{path: /d}]}\n", "vm a: give kernel or boot: disk, not both"},
+		{"vms:\n  - {name: a, boot: cdrom, disks: [{path: /d}]}\n", `boot "cdrom": want disk`},
+		{"vms:\n  - {name: a, boot: {from: net}, disks: [{path: /d}]}\n", `from "net": want disk`},
+		{"vms:\n  - {name: a, boot: {entry: ''}, disks: [{path: /d}]}\n", `entry "": want a title, id or index`},
+		{"vms:\n  - {name: a, boot: disk, initrd: /i, disks: [{path: /d}]}\n", "vm a: initrd comes from the disk with boot: disk"},
+	} {
+		if _, err := Parse("c.yaml", []byte(tc.yaml)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v, want %q", tc.yaml, err, tc.want)
 		}
 	}
 }

@@ -96,9 +96,14 @@ func NICDir(dir, vm string) string { return filepath.Join(dir, vm) }
 // Args are the arguments of `hyperroot vmm`. The zero value of a field is
 // its default (Parse fills the defaults in).
 type Args struct {
-	Name      string // for messages; default "vm"
-	Kernel    string // bzImage to boot, required
-	Initrd    string
+	Name   string // for messages; default "vm"
+	Kernel string // bzImage to boot; required unless BootDisk
+	Initrd string
+	// BootDisk boots the first disk's boot loader entry (BootEntry, or
+	// its default): its kernel, initrds and command line, Cmdline
+	// appended (vmm/boot/diskboot).
+	BootDisk  bool
+	BootEntry string
 	Cmdline   string // default "console=ttyS0"
 	CPUs      int    // default 1
 	Memory    string // guest RAM as a size (512M, 2G); default "256M"; the VMM checks it
@@ -171,8 +176,16 @@ func (a Args) Argv() []string {
 	if sc == "" {
 		sc = DefaultSeccomp
 	}
-	argv := []string{Command, "--name", name, "--kernel", a.Kernel, "--cpus", strconv.Itoa(cpus),
-		"--memory", memory, "--cmdline", cmdline}
+	argv := []string{Command, "--name", name}
+	if a.BootDisk {
+		argv = append(argv, "--boot-disk")
+		if a.BootEntry != "" {
+			argv = append(argv, "--boot-entry", a.BootEntry)
+		}
+	} else {
+		argv = append(argv, "--kernel", a.Kernel)
+	}
+	argv = append(argv, "--cpus", strconv.Itoa(cpus), "--memory", memory, "--cmdline", cmdline)
 	if a.Initrd != "" {
 		argv = append(argv, "--initrd", a.Initrd)
 	}
@@ -228,7 +241,10 @@ func Parse(args []string, stderr io.Writer) (Args, error) {
 		}
 	)
 	fs.StringVar(&a.Name, "name", DefaultName, "name of the VM (for messages)")
-	fs.StringVar(&a.Kernel, "kernel", "", "bzImage to boot (required)")
+	fs.StringVar(&a.Kernel, "kernel", "", "bzImage to boot (required unless --boot-disk)")
+	fs.BoolVar(&a.BootDisk, "boot-disk", false, "boot what the first disk's boot loader configuration names (grub.cfg,\n"+
+		"Boot Loader Specification entries, extlinux.conf): its kernel, initrds and command line, --cmdline appended")
+	fs.StringVar(&a.BootEntry, "boot-entry", "", "with --boot-disk, the entry to boot (title, id or index) instead of the default")
 	fs.StringVar(&a.Initrd, "initrd", "", "initramfs")
 	fs.StringVar(&a.Cmdline, "cmdline", DefaultCmdline, "kernel command line")
 	fs.IntVar(&a.CPUs, "cpus", DefaultCPUs, "vCPUs")
@@ -286,8 +302,15 @@ func Parse(args []string, stderr io.Writer) (Args, error) {
 	if fs.NArg() > 0 {
 		return a, errorf("unexpected argument %q", fs.Arg(0))
 	}
-	if a.Kernel == "" {
-		return a, errorf("--kernel is required")
+	switch {
+	case a.Kernel == "" && !a.BootDisk:
+		return a, errorf("--kernel is required (or --boot-disk)")
+	case a.Kernel != "" && a.BootDisk:
+		return a, errorf("give --kernel or --boot-disk, not both")
+	case a.BootDisk && a.Initrd != "":
+		return a, errorf("--initrd comes from the disk with --boot-disk")
+	case a.BootEntry != "" && !a.BootDisk:
+		return a, errorf("--boot-entry is for --boot-disk")
 	}
 	if a.Jail < 0 {
 		return a, errorf("--jail %d: want a uid other than 0", a.Jail)
@@ -305,6 +328,9 @@ func Parse(args []string, stderr io.Writer) (Args, error) {
 			return a, errorf("--disk %s: %w", s, err)
 		}
 		a.Disks = append(a.Disks, d)
+	}
+	if a.BootDisk && len(a.Disks) == 0 {
+		return a, errorf("--boot-disk needs a --disk to boot from")
 	}
 	return a, nil
 }
@@ -548,7 +574,7 @@ func ParseNIC(s string) (NIC, error) {
 // serving dir, with their network's MTU, and it jails itself as the VM's
 // id.
 func ForVM(vm config.VM, dir string) Args {
-	a := Args{Name: vm.Name, Kernel: vm.Kernel, Initrd: vm.Initrd, Cmdline: vm.Cmdline,
+	a := Args{Name: vm.Name, Kernel: vm.Kernel, Initrd: vm.Initrd, Cmdline: vm.Cmdline, BootDisk: vm.BootDisk, BootEntry: vm.BootEntry,
 		CPUs: vm.CPUs, Memory: vm.Memory.String(), PinVCPUs: vm.Pin.VCPUs, PinEmulator: vm.Pin.Emulator,
 		Jail: vm.ID}
 	if vm.HugePages != 0 {

@@ -144,9 +144,11 @@ func TestArgvRoundTrip(t *testing.T) {
 			NUMADistances: []int{10, 21, 21, 10}, DumpTag: "0123abcd"},
 			Args{}},
 		{"bound to a host node", Args{Name: "b", Kernel: "/k", Cmdline: "c", CPUs: 1, Memory: "256M", Seccomp: "kill", NUMABind: &one}, Args{}},
+		{"booting a disk", Args{Name: "d", BootDisk: true, BootEntry: "Debian GNU/Linux", Cmdline: "c", CPUs: 1, Memory: "256M", Seccomp: "kill",
+			Disks: []Disk{{FD: 3, Format: "qcow2", Backing: []Backing{{4, "raw"}}}}}, Args{}},
 	} {
 		want := tc.want
-		if want.Kernel == "" {
+		if want.Kernel == "" && !want.BootDisk {
 			want = tc.in
 		}
 		argv := tc.in.Argv()
@@ -170,7 +172,11 @@ func TestParseErrors(t *testing.T) {
 		args []string
 		want string // on stderr
 	}{
-		{nil, "hyperroot vmm: --kernel is required"},
+		{nil, "hyperroot vmm: --kernel is required (or --boot-disk)"},
+		{[]string{"--boot-disk"}, "hyperroot vmm: --boot-disk needs a --disk to boot from"},
+		{[]string{"--kernel", "/k", "--boot-disk", "--disk", "fd=3"}, "give --kernel or --boot-disk, not both"},
+		{[]string{"--boot-disk", "--initrd", "/i", "--disk", "fd=3"}, "--initrd comes from the disk with --boot-disk"},
+		{[]string{"--kernel", "/k", "--boot-entry", "x"}, "--boot-entry is for --boot-disk"},
 		{[]string{"--kernel", "/k", "extra"}, `hyperroot vmm: unexpected argument "extra"`},
 		{[]string{"--kernel", "/k", "--jail", "-1"}, `hyperroot vmm: --jail -1: want a uid other than 0`},
 		{[]string{"--kernel", "/k", "--cpu", "2"}, "flag provided but not defined: -cpu"},

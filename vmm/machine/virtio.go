@@ -3,6 +3,7 @@ package machine
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"time"
@@ -378,6 +379,38 @@ func (m *Machine) disk(d Disk, cpus int) (*blk.Device, error) {
 			ratelimit.BucketConfig{Size: d.Bandwidth, RefillTime: time.Second}, nil)
 	}
 	return blk.New(blk.Options{Backend: b, ReadOnly: d.ReadOnly, ID: d.ID, Queues: queues, Limiter: lim})
+}
+
+// DiskReader returns disk d's content as the guest will see it, read-only,
+// and its size: the file or block device, or its qcow2 image read through
+// its backing chain. The VMM reads a disk before the guest runs to boot
+// what the disk's boot loader configuration names.
+func DiskReader(d Disk) (io.ReaderAt, int64, error) {
+	if d.File == nil {
+		return nil, 0, fmt.Errorf("no file")
+	}
+	if d.Qcow2 {
+		ro := d
+		ro.ReadOnly = true
+		im, err := openQcow2(ro)
+		if err != nil {
+			return nil, 0, err
+		}
+		return im, im.Size(), nil
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(d.File.Fd()), &st); err != nil {
+		return nil, 0, err
+	}
+	size := st.Size
+	if st.Mode&unix.S_IFMT == unix.S_IFBLK {
+		n, err := unix.IoctlGetUint64(int(d.File.Fd()), unix.BLKGETSIZE64)
+		if err != nil {
+			return nil, 0, err
+		}
+		size = int64(n)
+	}
+	return d.File, size, nil
 }
 
 // openQcow2 opens d's image and its backing chain, from the descriptors
