@@ -38,11 +38,11 @@ type Config struct {
 // VM is one virtual machine as configured.
 type VM struct {
 	Name    string
-	CPUs    int     // vCPUs, default 1
-	Memory  Size    // guest RAM, default 256 MiB
-	Kernel  string  // bzImage path inside the appliance; "" with BootDisk
-	Initrd  string  // optional initramfs path
-	Cmdline string  // kernel command line, default "console=ttyS0"
+	CPUs    int    // vCPUs, default 1
+	Memory  Size   // guest RAM, default 256 MiB
+	Kernel  string // bzImage path inside the appliance; "" with BootDisk
+	Initrd  string // optional initramfs path
+	Cmdline string // kernel command line, default "console=ttyS0"
 	// BootDisk boots what the first disk's boot loader configuration
 	// names (its kernel, initrds and command line, with Cmdline
 	// appended) instead of Kernel: `boot: disk`, or a VM without a
@@ -50,11 +50,11 @@ type VM struct {
 	// is the configuration's default.
 	BootDisk  bool
 	BootEntry string
-	Restart Restart // default on-failure
-	Disks   []Disk  // virtio-blk disks, in the order the guest sees them (vda, vdb, ...)
-	NICs    []NIC   // virtio-net interfaces, ports of the switch (eth0, eth1, ...)
-	QoS     QoS     // resource controls of the VM's cgroup
-	Pin     Pin     // host CPUs of its threads; zero: anywhere
+	Restart   Restart // default on-failure
+	Disks     []Disk  // virtio-blk disks, in the order the guest sees them (vda, vdb, ...)
+	NICs      []NIC   // virtio-net interfaces, ports of the switch (eth0, eth1, ...)
+	QoS       QoS     // resource controls of the VM's cgroup
+	Pin       Pin     // host CPUs of its threads; zero: anywhere
 	// HugePages backs guest RAM with huge pages of this size (Huge2M or
 	// Huge1G) from the appliance's reserve; 0: normal pages.
 	HugePages Size
@@ -297,7 +297,7 @@ func (d *decoder) vm(n *yaml.Node) VM {
 			}
 			vm.Memory = s
 		},
-		"kernel":  func(v *yaml.Node) { vm.Kernel = d.path(v) },
+		"kernel": func(v *yaml.Node) { vm.Kernel = d.path(v) },
 		"boot": func(v *yaml.Node) {
 			if v.Kind == yaml.ScalarNode {
 				if s := d.str(v); s != "disk" {
