@@ -19,6 +19,7 @@ package diskboot
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -126,15 +127,84 @@ func openFS(st *storage, start, size int64) (iofs.FS, string) {
 }
 
 // go-diskfs may panic on a filesystem it cannot make sense of: that is a
-// volume without a usable filesystem, not the VMM's end.
+// volume without a usable filesystem, not the VMM's end. It also sizes
+// its first buffers from the superblock or boot sector without asking
+// whether the volume could hold them, so those fields are checked first:
+// a crafted one would otherwise make the VMM allocate terabytes.
 func readExt4(st *storage, start, size int64) (fs iofs.FS, err error) {
 	defer recoverAs(&err)
+	if err := checkExt4(st, start, size); err != nil {
+		return nil, err
+	}
 	return ext4.Read(st, size, start, 512)
 }
 
 func readFAT(st *storage, start, size int64) (fs iofs.FS, err error) {
 	defer recoverAs(&err)
+	if err := checkFAT(st, start, size); err != nil {
+		return nil, err
+	}
 	return fat32.Read(st, size, start, 512)
+}
+
+// maxTable bounds the group descriptor table or FAT a filesystem may
+// make the VMM read: 64 MiB is a FAT32 volume of 2 TiB, an ext4 of 1 PiB.
+const maxTable = 64 << 20
+
+// checkExt4 checks an ext4 superblock's geometry against the volume.
+func checkExt4(st *storage, start, size int64) error {
+	var sb [1024]byte
+	if _, err := st.ReadAt(sb[:], start+1024); err != nil {
+		return err
+	}
+	le := binary.LittleEndian
+	if le.Uint16(sb[0x38:]) != 0xef53 {
+		return errors.New("no ext4 superblock")
+	}
+	logBlock := le.Uint32(sb[0x18:])
+	if logBlock > 6 {
+		return fmt.Errorf("ext4 block size 2^%d KiB", logBlock)
+	}
+	blockSize := uint64(1024) << logBlock
+	blocks := uint64(le.Uint32(sb[0x4:]))
+	const incompat64bit = 0x80
+	descSize := uint64(32)
+	if le.Uint32(sb[0x60:])&incompat64bit != 0 {
+		blocks |= uint64(le.Uint32(sb[0x150:])) << 32
+		descSize = uint64(le.Uint16(sb[0xfe:]))
+	}
+	perGroup := uint64(le.Uint32(sb[0x20:]))
+	switch {
+	case blocks == 0 || blocks > uint64(size)/blockSize:
+		return fmt.Errorf("ext4 of %d blocks of %d bytes does not fit its %d-byte volume", blocks, blockSize, size)
+	case perGroup < 8 || perGroup > 8*blockSize:
+		return fmt.Errorf("ext4 with %d blocks per group", perGroup)
+	case descSize < 32 || descSize > 1024:
+		return fmt.Errorf("ext4 group descriptors of %d bytes", descSize)
+	case (blocks+perGroup-1)/perGroup*descSize > maxTable:
+		return fmt.Errorf("ext4 group descriptor table over %d bytes", maxTable)
+	}
+	return nil
+}
+
+// checkFAT checks a FAT boot sector's geometry against the volume.
+func checkFAT(st *storage, start, size int64) error {
+	var bs [512]byte
+	if _, err := st.ReadAt(bs[:], start); err != nil {
+		return err
+	}
+	le := binary.LittleEndian
+	perSector := uint64(le.Uint16(bs[11:]))
+	perFAT := uint64(le.Uint32(bs[36:])) // FAT32's sectors per FAT
+	switch {
+	case bs[510] != 0x55 || bs[511] != 0xaa:
+		return errors.New("no FAT boot sector")
+	case perSector < 512 || perSector > 4096 || perSector&(perSector-1) != 0:
+		return fmt.Errorf("FAT with %d-byte sectors", perSector)
+	case perFAT == 0 || perFAT*perSector > uint64(size) || perFAT*perSector > maxTable:
+		return fmt.Errorf("FAT of %d sectors on a %d-byte volume", perFAT, size)
+	}
+	return nil
 }
 
 func recoverAs(err *error) {
