@@ -6,9 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/diskfs/go-diskfs/backend/file"
-	"github.com/diskfs/go-diskfs/partition/gpt"
-
+	"github.com/hyperroot/hyperroot/internal/disktest"
 	"github.com/hyperroot/hyperroot/internal/testenv"
 	"github.com/hyperroot/hyperroot/tools/qemu"
 )
@@ -60,7 +58,7 @@ submenu 'Advanced options for Debian GNU/Linux' {
 `, v)))
 	tree := filepath.Join(dir, "tree")
 	os.MkdirAll(filepath.Join(tree, "bases"), 0o755)
-	bootDisk(t, filepath.Join(tree, "bases", "boot.raw"), 128<<20, root)
+	disktest.GPTExt4(t, filepath.Join(tree, "bases", "boot.raw"), 128<<20, root)
 	data := filepath.Join(dir, "data.img")
 	run(t, "mkfs.ext4", "-q", "-F", "-L", "hyperroot-data", "-d", tree, data, "512M")
 
@@ -82,33 +80,4 @@ submenu 'Advanced options for Debian GNU/Linux' {
 		seen(t, m, `hyperroot: vm blank exited code=1 `)
 		powerButton(t, m)
 	})
-}
-
-// bootDisk writes a GPT disk image of size bytes at path: a 1 MiB empty
-// partition 1, then an ext4 partition 2 made from tree (mkfs.ext4 -d at
-// its offset), as a distribution's cloud image is laid out.
-func bootDisk(t testing.TB, path string, size int64, tree string) {
-	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	const mib = 2048 // sectors
-	table := &gpt.Table{LogicalSectorSize: 512, PhysicalSectorSize: 512, ProtectiveMBR: true, Partitions: []*gpt.Partition{
-		{Index: 1, Start: mib, End: 2*mib - 1, Type: gpt.BIOSBoot, Name: "bios"},
-		{Index: 2, Start: 2 * mib, End: uint64(size/512) - 34, Type: gpt.LinuxFilesystem, Name: "root"},
-	}}
-	w, err := file.New(f, false).Writable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := table.Write(w, size); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	fsKiB := (size - 2<<20 - 34*512) / 1024
-	run(t, "mkfs.ext4", "-q", "-F", "-b", "4096", "-d", tree, "-E", fmt.Sprintf("offset=%d", 2<<20), path, fmt.Sprintf("%dk", fsKiB))
 }

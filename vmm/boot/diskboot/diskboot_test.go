@@ -2,16 +2,13 @@ package diskboot
 
 import (
 	"bytes"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/diskfs/go-diskfs/backend/file"
-	"github.com/diskfs/go-diskfs/partition/gpt"
-
+	"github.com/hyperroot/hyperroot/internal/disktest"
 	"github.com/hyperroot/hyperroot/internal/testenv"
 )
 
@@ -119,39 +116,6 @@ func fakeKernel(tag string) []byte {
 	return k
 }
 
-// gptDisk writes a GPT disk image of size bytes at path with an ext4
-// filesystem made from tree (mkfs.ext4 -d) in partition 2, after a small
-// empty partition 1.
-func gptDisk(t *testing.T, path string, size int64, tree string) {
-	t.Helper()
-	testenv.NeedTool(t, "mkfs.ext4", "e2fsprogs")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	const mib = 2048 // sectors
-	table := &gpt.Table{LogicalSectorSize: 512, PhysicalSectorSize: 512, ProtectiveMBR: true, Partitions: []*gpt.Partition{
-		{Index: 1, Start: mib, End: 2*mib - 1, Type: gpt.EFISystemPartition, Name: "empty"},
-		{Index: 2, Start: 2 * mib, End: uint64(size/512) - 34, Type: gpt.LinuxFilesystem, Name: "root"},
-	}}
-	w, err := file.New(f, false).Writable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := table.Write(w, size); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	fsSize := (size - 2<<20 - 34*512) / 1024
-	out, err := exec.Command("mkfs.ext4", "-q", "-F", "-b", "4096", "-d", tree, "-E", fmt.Sprintf("offset=%d", 2<<20), path, fmt.Sprintf("%dk", fsSize)).CombinedOutput()
-	if err != nil {
-		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
-	}
-}
-
 // TestFind: a GPT disk whose second partition is an ext4 root with
 // Debian's grub.cfg and kernels in /boot, and variants of it that must be
 // refused with an error saying what was looked for.
@@ -170,7 +134,7 @@ func TestFind(t *testing.T) {
 	write("boot/initrd.img-6.1.0-18-cloud-amd64", bytes.Repeat([]byte("i"), 100000))
 	write("boot/initrd.img-6.1.0-17-cloud-amd64", []byte("old initrd"))
 	disk := filepath.Join(dir, "disk.img")
-	gptDisk(t, disk, 64<<20, tree)
+	disktest.GPTExt4(t, disk, 64<<20, tree)
 	f, err := os.Open(disk)
 	if err != nil {
 		t.Fatal(err)
@@ -209,7 +173,7 @@ func TestFind(t *testing.T) {
 	} {
 		tc.patch()
 		p := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-")+".img")
-		gptDisk(t, p, 64<<20, tree)
+		disktest.GPTExt4(t, p, 64<<20, tree)
 		g, err := os.Open(p)
 		if err != nil {
 			t.Fatal(err)
