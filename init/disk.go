@@ -68,7 +68,7 @@ func backingArgs(d vmmcli.Disk, f *os.File) ([]machine.BackingFile, error) {
 		}
 		return out, nil
 	}
-	chain, err := backingChain(f, d.Path, "")
+	chain, err := backingChain(f, d.Path, "", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -356,15 +356,16 @@ func (v *vmDisks) shared() ([]config.Disk, []*os.File) {
 }
 
 // openDisks opens every disk of vm, or none: on error the ones opened are
-// closed and the error names the disk.
-func openDisks(vm config.VM) (*vmDisks, error) {
+// closed and the error names the disk. others are the other VMs' disks,
+// which no backing chain may name (backingChain).
+func openDisks(vm config.VM, others map[string]string) (*vmDisks, error) {
 	v := &vmDisks{}
 	for _, d := range vm.Disks {
 		var f *os.File
 		var chain []link
 		var err error
 		if d.Format == config.FormatQcow2 {
-			f, chain, err = openQcow2Disk(d)
+			f, chain, err = openQcow2Disk(d, others)
 		} else {
 			f, err = openDisk(d)
 		}

@@ -127,7 +127,7 @@ func TestOpenDiskLocks(t *testing.T) {
 
 func TestOpenDisksNamesTheDisk(t *testing.T) {
 	dir := t.TempDir()
-	_, err := openDisks(config.VM{Disks: []config.Disk{{Path: filepath.Join(dir, "ok.img"), Size: 4096}, {Path: dir + "/missing.img"}}})
+	_, err := openDisks(config.VM{Disks: []config.Disk{{Path: filepath.Join(dir, "ok.img"), Size: 4096}, {Path: dir + "/missing.img"}}}, nil)
 	if err == nil || err.Error() != "disk "+dir+"/missing.img: does not exist, and no size is configured to create it" {
 		t.Errorf("err = %v", err)
 	}

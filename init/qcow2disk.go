@@ -57,8 +57,9 @@ func readHeader(f *os.File) (*qcow2.Header, error) {
 
 // backingChain opens the backing chain of qcow2 image f, whose path is
 // path. within, when not empty, is the directory every backing file must
-// lie in.
-func backingChain(f *os.File, path, within string) (chain []link, err error) {
+// lie in; others maps the disks of the other configured VMs (but bases
+// configured as such) to their VM, none of which a chain may name.
+func backingChain(f *os.File, path, within string, others map[string]string) (chain []link, err error) {
 	defer func() {
 		if err != nil {
 			closeChain(chain)
@@ -102,6 +103,11 @@ func backingChain(f *os.File, path, within string) (chain []link, err error) {
 		}
 		if err := checkBackingPath(p); err != nil {
 			return chain, fmt.Errorf("%s: backing file %s %w", curPath, p, err)
+		}
+		if vm, ok := others[p]; ok {
+			// The data directory holds every VM's disks: an image
+			// (a guest's, or one downloaded) must not read another's.
+			return chain, fmt.Errorf("%s: backing file %s is vm %s's disk", curPath, p, vm)
 		}
 		var isQcow2 bool
 		switch h.BackingFormat {
@@ -162,7 +168,7 @@ func backingRoot(path string) string {
 
 // openQcow2Disk opens (or makes) configured qcow2 disk d and its backing
 // chain.
-func openQcow2Disk(d config.Disk) (*os.File, []link, error) {
+func openQcow2Disk(d config.Disk, others map[string]string) (*os.File, []link, error) {
 	if err := checkDiskPath(d.Path); err != nil {
 		return nil, nil, err
 	}
@@ -171,11 +177,13 @@ func openQcow2Disk(d config.Disk) (*os.File, []link, error) {
 		flags = os.O_RDONLY
 	}
 	f, err := openNoSymlinks(d.Path, flags)
+	created := false
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		if f, err = createQcow2(d); err != nil {
 			return nil, nil, err
 		}
+		created = true
 	case errors.Is(err, unix.EISDIR):
 		return nil, nil, errors.New("is a directory")
 	case errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EXDEV):
@@ -188,9 +196,13 @@ func openQcow2Disk(d config.Disk) (*os.File, []link, error) {
 			return nil, nil, err
 		}
 	}
-	chain, err := backingChain(f, d.Path, backingRoot(d.Path))
+	chain, err := backingChain(f, d.Path, backingRoot(d.Path), others)
 	if err != nil {
 		f.Close()
+		if created {
+			// Not left behind for every later start to trip on.
+			os.Remove(d.Path)
+		}
 		return nil, nil, err
 	}
 	return f, chain, nil
@@ -231,6 +243,7 @@ func createQcow2(d config.Disk) (*os.File, error) {
 	case d.ReadOnly:
 		return nil, errors.New("does not exist (a read-only disk is never created)")
 	case d.Base != "":
+		d.Base = filepath.Clean(d.Base)
 		if root := backingRoot(d.Path); !strings.HasPrefix(d.Base, root+"/") {
 			return nil, fmt.Errorf("base %s is outside %s", d.Base, root)
 		}

@@ -35,7 +35,7 @@ func TestQcow2Clone(t *testing.T) {
 	// or below.
 	d := config.Disk{Path: filepath.Join(dir, "web.qcow2"), Base: base, Format: config.FormatQcow2}
 	for range 2 {
-		f, chain, err := openQcow2Disk(d)
+		f, chain, err := openQcow2Disk(d, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -86,7 +86,7 @@ func TestQcow2BadChains(t *testing.T) {
 		{"trunc.qcow2", "qcow2: header truncated"},
 	} {
 		d := config.Disk{Path: p(tc.name), Format: config.FormatQcow2}
-		f, chain, err := openQcow2Disk(d)
+		f, chain, err := openQcow2Disk(d, nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: err = %v, want %q", tc.name, err, tc.want)
 		}
@@ -94,9 +94,36 @@ func TestQcow2BadChains(t *testing.T) {
 			t.Errorf("%s: files left open on error", tc.name)
 		}
 	}
+	// A chain naming another VM's disk: refused, whatever the image says.
+	os.WriteFile(p("other.img"), make([]byte, 4096), 0o600)
+	makeQcow2(t, p("thief.qcow2"), "other.img", "raw")
+	if _, _, err := openQcow2Disk(config.Disk{Path: p("thief.qcow2"), Format: config.FormatQcow2}, map[string]string{p("other.img"): "victim"}); err == nil ||
+		!strings.Contains(err.Error(), "backing file "+p("other.img")+" is vm victim's disk") {
+		t.Errorf("another VM's disk as backing file: %v", err)
+	}
+	// A base spelled with .. that leaves the directory: refused, and no
+	// clone left behind.
+	d0 := config.Disk{Path: p("sneaky.qcow2"), Base: dir + "/../../etc/hostname", Format: config.FormatQcow2}
+	if _, _, err := openQcow2Disk(d0, nil); err == nil || !strings.Contains(err.Error(), "is outside") {
+		t.Errorf("base with ..: %v", err)
+	}
+	if _, err := os.Stat(p("sneaky.qcow2")); err == nil {
+		t.Error("a clone of a base outside was created")
+	}
+	// A clone made, then refused by its chain: removed again.
+	os.Mkdir(p("inner"), 0o700)
+	makeQcow2(t, p("inner/base.qcow2"), "../escape-target.raw", "raw")
+	os.WriteFile(p("escape-target.raw"), make([]byte, 4096), 0o600)
+	d1 := config.Disk{Path: p("inner/clone.qcow2"), Base: p("inner/base.qcow2"), Format: config.FormatQcow2}
+	if _, _, err := openQcow2Disk(d1, nil); err == nil || !strings.Contains(err.Error(), "is outside "+p("inner")) {
+		t.Errorf("clone whose chain escapes: %v", err)
+	}
+	if _, err := os.Stat(p("inner/clone.qcow2")); err == nil {
+		t.Error("a clone whose chain was refused was left behind")
+	}
 	// A clone whose base lies outside: refused before anything is made.
 	d := config.Disk{Path: p("clone.qcow2"), Base: "/etc/hostname", Format: config.FormatQcow2}
-	if _, _, err := openQcow2Disk(d); err == nil || !strings.Contains(err.Error(), "is outside") {
+	if _, _, err := openQcow2Disk(d, nil); err == nil || !strings.Contains(err.Error(), "is outside") {
 		t.Errorf("base outside: %v", err)
 	}
 	if _, err := os.Stat(p("clone.qcow2")); err == nil {
@@ -104,7 +131,7 @@ func TestQcow2BadChains(t *testing.T) {
 	}
 	// A raw file configured as qcow2 is refused, and left as it was.
 	d = config.Disk{Path: p("real.raw"), Format: config.FormatQcow2}
-	if _, _, err := openQcow2Disk(d); err == nil || !strings.Contains(err.Error(), "not a qcow2 image") {
+	if _, _, err := openQcow2Disk(d, nil); err == nil || !strings.Contains(err.Error(), "not a qcow2 image") {
 		t.Errorf("raw as qcow2: %v", err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"maps"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -54,6 +55,28 @@ type fleet struct {
 	dataDisk bool          // a data disk is mounted (diskimage.go keeps images there)
 	failed   []string      // names of VMs whose last exit was not a clean poweroff
 	done     sync.WaitGroup
+}
+
+// otherDisks maps the disks of every configured VM but vm to their VM,
+// leaving out the paths some VM names as a base: those are shared.
+func (f *fleet) otherDisks(vm string) map[string]string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	others, bases := map[string]string{}, map[string]bool{}
+	for name, e := range f.vms {
+		for _, d := range e.vm.Disks {
+			if d.Base != "" {
+				bases[filepath.Clean(d.Base)] = true
+			}
+			if name != vm {
+				others[filepath.Clean(d.Path)] = name
+			}
+		}
+	}
+	for b := range bases {
+		delete(others, b)
+	}
+	return others
 }
 
 // vmEntry is one configured VM: its supervision, and what a dump of its
@@ -301,7 +324,7 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 			clones = append(clones, d)
 		}
 	}
-	opened, err := openDisks(vm)
+	opened, err := openDisks(vm, f.otherDisks(vm.Name))
 	if err != nil {
 		return nil, err
 	}

@@ -147,7 +147,9 @@ func (b *Backend) fast(op block.Op, off, n int64) (int64, bool) {
 	b.im.mu.Lock()
 	x, err := b.im.lookup(off, n)
 	b.im.mu.Unlock()
-	if err != nil || x.kind != kData || x.n != n || (op == block.Write && !x.copied) {
+	// Only clusters the image owns alone: a shared one is copied on
+	// write by the slow path, which a read in flight must not race.
+	if err != nil || x.kind != kData || x.n != n || !x.copied {
 		return 0, false
 	}
 	return x.host, true

@@ -317,3 +317,23 @@ func TestTruncatedImageAllocatesPast(t *testing.T) {
 		t.Fatal("a new cluster was allocated where a cut-off cluster's entry points: two guest offsets share it")
 	}
 }
+
+// TestZeroPartialOfZeroCluster: zeroing part of a cluster that already
+// reads as zeros (never written, no backing file) allocates nothing.
+func TestZeroPartialOfZeroCluster(t *testing.T) {
+	b, im, f := newTestBackend(t, 4<<20, 16, nil, block.Options{})
+	before, _ := f.Stat()
+	for i := range 8 {
+		if c := do(t, b, block.Request{Op: block.Discard, Offset: int64(i) * 8192, Length: 4096}); c.Err != nil {
+			t.Fatal(c.Err)
+		}
+	}
+	after, _ := f.Stat()
+	if after.Size() != before.Size() {
+		t.Errorf("discarding never-written sectors grew the image from %d to %d bytes", before.Size(), after.Size())
+	}
+	got := make([]byte, 4096)
+	if _, err := im.ReadAt(got, 0); err != nil || !bytes.Equal(got, make([]byte, 4096)) {
+		t.Errorf("read %v", err)
+	}
+}

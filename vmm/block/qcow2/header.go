@@ -4,8 +4,11 @@
 // compressed clusters for reading.
 //
 // The image file is untrusted: a guest may have written it, or it came
-// from the network. Every table entry is bounds-checked before use, every
-// structure's size is capped, and anything the package does not implement
+// from the network. Table entries are checked for alignment and reserved
+// bits before use, every structure's size is capped, and all I/O stays in
+// the image's own file and its read-only backing files (a crafted image
+// can still point a guest cluster at its own tables and corrupt itself:
+// there is no overlap check yet). Anything the package does not implement
 // (encryption, external data files, extended L2 entries, zstd compression,
 // unknown incompatible features) is refused at Open with an error naming
 // it, leaving the file untouched.

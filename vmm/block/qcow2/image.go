@@ -163,11 +163,20 @@ func (im *Image) findEnd() error {
 		past(e)
 	}
 	x := 62 - (im.bits - 8)
+	// Only the L1 entries that map the disk are followed, each distinct
+	// table once: a crafted L1 table pointing thousands of entries at a
+	// few tables must not make Open walk them thousands of times.
+	need := (int64(im.h.Size) + im.cs*im.h.l2Entries() - 1) / (im.cs * im.h.l2Entries())
+	seen := map[uint64]bool{}
 	for i, e := range im.l1 {
 		if e&offsetMask == 0 {
 			continue
 		}
 		past(e)
+		if int64(i) >= need || seen[e&offsetMask] {
+			continue
+		}
+		seen[e&offsetMask] = true
 		t, _, err := im.table(int64(i) * im.h.l2Entries() << im.bits)
 		if err != nil {
 			return err

@@ -194,15 +194,11 @@ func (im *Image) unref(e uint64) error {
 	if host == 0 {
 		return nil
 	}
-	if err := im.decRefcount(host); err != nil {
-		return err
-	}
-	if rc, err := im.refcount(host); err == nil && rc == 0 {
-		// The space goes back to the file system; the cluster is
-		// never reused by the image (allocation only appends).
-		unix.Fallocate(im.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, host, im.cs)
-	}
-	return nil
+	// Its space is not punched out: a read translated to it before the
+	// entry changed may still be in flight, and must get the data that
+	// was there. (The cluster is never handed out again: allocation only
+	// appends.)
+	return im.decRefcount(host)
 }
 
 func (im *Image) decRefcount(host int64) error {
@@ -318,7 +314,7 @@ func (im *Image) Zero(off, n int64, mayDiscard bool) error {
 		in := off & (im.cs - 1)
 		step := min(n, im.cs-in)
 		if in != 0 || step < im.cs {
-			if !mayDiscard {
+			if !mayDiscard && !im.readsZero(off) {
 				if err := im.writeCluster(im.zeroBuf()[:step], off); err != nil {
 					return err
 				}
@@ -329,6 +325,20 @@ func (im *Image) Zero(off, n int64, mayDiscard bool) error {
 		off, n = off+step, n-step
 	}
 	return nil
+}
+
+// readsZero says whether the cluster at off reads as zeros without
+// looking at its data: a zero cluster, or unallocated with no backing file.
+// Zeroing part of it then needs no copy.
+func (im *Image) readsZero(off int64) bool {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	e, err := im.entry(off)
+	if err != nil {
+		return false
+	}
+	k, _, err := im.classify(e)
+	return err == nil && (k == kZero || k == kUnallocated && im.backing == nil)
 }
 
 // zeroHost makes the host cluster at host read as zeros: a hole where
