@@ -487,12 +487,18 @@ func reportStats(m *atomic.Pointer[machine.Machine], name, tag string, w io.Writ
 	var refaults refaultWatch
 	for range time.Tick(period) {
 		if mm := m.Load(); mm != nil {
-			// A kernel without KVM statistics has none, ever.
-			kvm = kvm && writeKVMStats(mm, tag, w)
-			writeDiskStats(mm, tag, w)
-			if kvm {
-				refaults.check(mm, name, w, period)
-			}
+			// Between two of the guest's lines: stderr and the
+			// console share PID 1's pipe, and a stats line in the
+			// middle of a guest's line spoils both (seen in CI: a
+			// sha256 the guest printed, cut in two).
+			mm.BetweenLines(time.Second, func() {
+				// A kernel without KVM statistics has none, ever.
+				kvm = kvm && writeKVMStats(mm, tag, w)
+				writeDiskStats(mm, tag, w)
+				if kvm {
+					refaults.check(mm, name, w, period)
+				}
+			})
 		}
 	}
 }

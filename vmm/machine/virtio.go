@@ -442,6 +442,13 @@ func openQcow2(d Disk) (*qcow2.Image, error) {
 	return im, nil
 }
 
+// BetweenLines runs note (which writes the VMM's own lines) where the
+// guest's console output stands between two lines, waiting up to wait for
+// a line the guest has begun to end (serial.Buffer.BetweenLines).
+func (m *Machine) BetweenLines(wait time.Duration, note func()) {
+	m.console.BetweenLines(wait, note)
+}
+
 // DiskStats returns each disk's request counters, in the order of
 // Config.Disks.
 func (m *Machine) DiskStats() []blk.Stats {

@@ -58,6 +58,8 @@ type Buffer struct {
 	closed  bool
 	stalled bool // a Write timed out waiting for room; drop until a write completes
 	armed   bool // the idle timer is running
+	idleDue bool // the idle timer fired: write a partial line too
+	midLine bool // the last byte written was not a newline
 	dropped uint64
 
 	kick  chan struct{} // to the writer goroutine: there is something to write
@@ -92,7 +94,7 @@ func NewBuffer(w io.Writer, o BufferOptions) *Buffer {
 		ended: make(chan struct{}),
 	}
 	b.idleCh = sync.NewCond(&b.mu)
-	b.timer = time.AfterFunc(time.Hour, b.signal)
+	b.timer = time.AfterFunc(time.Hour, b.idleFired)
 	b.timer.Stop()
 	go b.run()
 	return b
@@ -150,6 +152,15 @@ func (b *Buffer) Write(p []byte) (int, error) {
 	return n, nil
 }
 
+// idleFired is the idle timer: the partial line held has waited long
+// enough (a prompt), write it.
+func (b *Buffer) idleFired() {
+	b.mu.Lock()
+	b.idleDue = true
+	b.mu.Unlock()
+	b.signal()
+}
+
 // signal wakes the writer goroutine; it never blocks.
 func (b *Buffer) signal() {
 	select {
@@ -177,11 +188,23 @@ func (b *Buffer) run() {
 		b.buf, b.spare = b.spare[:0], data
 		b.writing, b.armed = true, false
 		b.timer.Stop()
+		// Whole lines only, unless the idle timer fired or a long line
+		// fills FlushSize: the start of the next line waits for the
+		// rest of it (or for Idle), so the reader gets whole lines and
+		// the VMM's own notes can go between them (BetweenLines).
+		if i := bytes.LastIndexByte(data, '\n'); !b.idleDue && len(data) < b.flushSize && i >= 0 && i < len(data)-1 {
+			b.buf = append(b.buf, data[i+1:]...)
+			data = data[:i+1]
+			b.armed = true
+			b.timer.Reset(b.idle)
+		}
+		b.idleDue = false
 		b.mu.Unlock()
 
 		_, _ = b.w.Write(data)
 
 		b.mu.Lock()
+		b.midLine = data[len(data)-1] != '\n'
 		b.writing, b.stalled = false, false
 		b.idleCh.Broadcast()
 		b.mu.Unlock()
@@ -214,6 +237,7 @@ func (b *Buffer) flushLocked() error {
 	var err error
 	if len(b.buf) > 0 {
 		_, err = b.w.Write(b.buf)
+		b.midLine = b.buf[len(b.buf)-1] != '\n'
 		b.buf = b.buf[:0]
 		b.stalled = false
 		b.freed()
@@ -237,6 +261,26 @@ func (b *Buffer) Close() error {
 	b.mu.Unlock()
 	<-b.ended
 	return err
+}
+
+// BetweenLines runs note, which writes the VMM's own lines to the same
+// reader by another way (stderr into the pipe stdout is), when what was
+// written of the guest's output ends a line, so that a note never lands
+// in the middle of one of the guest's lines (a guest printing a long line
+// under nested emulation can take longer than Idle, whose first part is
+// then written alone). It waits up to wait for the guest to end a line it
+// has begun, then runs note anyway: a prompt may never end. Bytes the
+// guest writes meanwhile are held and follow the note.
+func (b *Buffer) BetweenLines(wait time.Duration, note func()) {
+	deadline := time.Now().Add(wait)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for (b.writing || b.midLine) && !b.closed && time.Now().Before(deadline) {
+		b.mu.Unlock()
+		time.Sleep(2 * time.Millisecond)
+		b.mu.Lock()
+	}
+	note()
 }
 
 // Dropped reports how many bytes were lost because the reader stayed a

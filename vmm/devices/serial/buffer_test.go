@@ -216,3 +216,42 @@ func BenchmarkBufferWrite(b *testing.B) {
 		}
 	}
 }
+
+// TestBetweenLines: the reader gets whole lines (the start of the next one
+// waits for its end, or for Idle); a note waits for the guest to end a
+// line whose first part Idle wrote, and gives up after its wait for a
+// line that never ends.
+func TestBetweenLines(t *testing.T) {
+	var out countingWriter
+	b := NewBuffer(&out, BufferOptions{Idle: 30 * time.Millisecond})
+	defer b.Close()
+	b.Write([]byte("one\ntw"))
+	time.Sleep(5 * time.Millisecond)
+	if _, got := out.stats(); got != "one\n" {
+		t.Errorf("after a line and the start of the next: %q written, want the whole line only", got)
+	}
+	b.Write([]byte("o\nguest: a long li"))
+	for _, got := out.stats(); !strings.HasSuffix(got, "li"); _, got = out.stats() { // Idle wrote it
+		time.Sleep(time.Millisecond)
+	}
+	noted := make(chan struct{})
+	go b.BetweenLines(5*time.Second, func() { out.Write([]byte("NOTE\n")); close(noted) })
+	time.Sleep(20 * time.Millisecond)
+	select {
+	case <-noted:
+		t.Fatal("the note went into the middle of a line")
+	default:
+	}
+	b.Write([]byte("ne\n"))
+	<-noted
+	b.Write([]byte("next"))
+	b.Flush()
+	if _, got := out.stats(); got != "one\ntwo\nguest: a long line\nNOTE\nnext" {
+		t.Errorf("output %q", got)
+	}
+	start := time.Now()
+	b.BetweenLines(30*time.Millisecond, func() { out.Write([]byte("LATE\n")) })
+	if d := time.Since(start); d < 30*time.Millisecond {
+		t.Errorf("a note after a line that never ends waited %s, want its wait", d)
+	}
+}
