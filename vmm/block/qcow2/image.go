@@ -162,7 +162,6 @@ func (im *Image) findEnd() error {
 	for _, e := range im.refTable {
 		past(e)
 	}
-	x := 62 - (im.bits - 8)
 	// Only the L1 entries that map the disk are followed, each distinct
 	// table once: a crafted L1 table pointing thousands of entries at a
 	// few tables must not make Open walk them thousands of times.
@@ -183,9 +182,8 @@ func (im *Image) findEnd() error {
 		}
 		for _, e := range t {
 			if e&entryCompressed != 0 {
-				start := int64(e & (1<<x - 1))
-				sectors := int64(e>>x) & (1<<(62-x) - 1)
-				if c := (start&^511 + (sectors+1)*512 + im.cs - 1) &^ (im.cs - 1); c > end && start < maxHostOffset {
+				start, stop := im.compressedSpan(e)
+				if c := (stop + im.cs - 1) &^ (im.cs - 1); c > end && start < maxHostOffset {
 					end = c
 				}
 				continue
@@ -354,14 +352,29 @@ func (im *Image) table(off int64) ([]uint64, int64, error) {
 	if err != nil {
 		return nil, 0, err
 	}
+	im.cacheL2(host, t)
+	return t, host, nil
+}
+
+// cacheL2 keeps L2 table t, at host, dropping one table at random when the
+// cache is full; im.mu is held.
+func (im *Image) cacheL2(host int64, t []uint64) {
 	if len(im.l2) >= im.l2Max {
-		for k := range im.l2 { // drop one table at random
+		for k := range im.l2 {
 			delete(im.l2, k)
 			break
 		}
 	}
 	im.l2[host] = t
-	return t, host, nil
+}
+
+// compressedSpan decodes a compressed L2 entry: where its data starts in
+// the file, and where the 512-byte sectors the entry counts end.
+func (im *Image) compressedSpan(e uint64) (start, end int64) {
+	x := 62 - (im.bits - 8)
+	start = int64(e & (1<<x - 1))
+	sectors := int64(e>>x) & (1<<(62-x) - 1)
+	return start, start&^511 + (sectors+1)*512
 }
 
 // ReadAt reads len(p) bytes of the virtual disk at off.
@@ -430,9 +443,7 @@ func (im *Image) readExtent(x extent, p []byte, off int64) error {
 
 // decompress returns the cluster that compressed entry e holds.
 func (im *Image) decompress(e uint64) ([]byte, error) {
-	x := 62 - (im.bits - 8)
-	host := int64(e & (1<<x - 1))
-	sectors := int64(e>>x) & (1<<(62-x) - 1)
+	host, end := im.compressedSpan(e)
 	im.mu.Lock()
 	if im.zHost == host && im.zData != nil {
 		d := im.zData
@@ -440,7 +451,7 @@ func (im *Image) decompress(e uint64) ([]byte, error) {
 		return d, nil
 	}
 	im.mu.Unlock()
-	n := (sectors+1)*512 - host&511
+	n := end - host
 	if host <= 0 || n <= 0 || n > 2*im.cs+512 || host > maxHostOffset {
 		return nil, &CorruptError{fmt.Sprintf("compressed cluster entry %#x invalid", e)}
 	}

@@ -152,13 +152,7 @@ func (im *Image) setEntry(base int64, e uint64) error {
 			return err
 		}
 		im.l1[l1i] = uint64(host) | entryCopied
-		if len(im.l2) >= im.l2Max {
-			for k := range im.l2 {
-				delete(im.l2, k)
-				break
-			}
-		}
-		im.l2[host] = t
+		im.cacheL2(host, t)
 		return nil
 	}
 	var b [8]byte
@@ -178,10 +172,8 @@ func (im *Image) unref(e uint64) error {
 		// A compressed cluster's bytes may span two host clusters; each
 		// counts one reference per compressed cluster starting in or
 		// running into it.
-		x := 62 - (im.bits - 8)
-		start := int64(e & (1<<x - 1))
-		sectors := int64(e>>x) & (1<<(62-x) - 1)
-		last := (start&^511 + (sectors+1)*512 - 1) &^ (im.cs - 1)
+		start, end := im.compressedSpan(e)
+		last := (end - 1) &^ (im.cs - 1)
 		for c := start &^ (im.cs - 1); c <= last; c += im.cs {
 			if err := im.decRefcount(c); err != nil {
 				return err
