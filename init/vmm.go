@@ -21,6 +21,7 @@ import (
 	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/jail"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
+	"github.com/hyperroot/hyperroot/vmm/block"
 	"github.com/hyperroot/hyperroot/vmm/boot/diskboot"
 	"github.com/hyperroot/hyperroot/vmm/machine"
 	"github.com/hyperroot/hyperroot/vmm/memory"
@@ -254,14 +255,11 @@ func largestWritable(disks []machine.Disk) uint64 {
 		if d.ReadOnly || d.File == nil {
 			continue
 		}
-		var st unix.Stat_t
-		if unix.Fstat(int(d.File.Fd()), &st) != nil {
+		s, err := block.SizeOf(d.File)
+		if err != nil {
 			continue
 		}
-		size := uint64(st.Size)
-		if st.Mode&unix.S_IFMT == unix.S_IFBLK {
-			size, _ = unix.IoctlGetUint64(int(d.File.Fd()), unix.BLKGETSIZE64)
-		}
+		size := uint64(s)
 		if d.Qcow2 {
 			// A qcow2 image grows as the guest writes: by at most one
 			// cluster per guest cluster (a cluster is allocated once,

@@ -250,18 +250,11 @@ func newDisk(f *os.File, o Options) (*disk, error) {
 	if err := unix.Fstat(d.fd, &st); err != nil {
 		return nil, fmt.Errorf("block: stat %s: %w", f.Name(), err)
 	}
-	switch st.Mode & unix.S_IFMT {
-	case unix.S_IFREG:
-		d.size = st.Size
-	case unix.S_IFBLK:
-		n, err := unix.IoctlGetUint64(d.fd, unix.BLKGETSIZE64)
-		if err != nil {
-			return nil, fmt.Errorf("block: BLKGETSIZE64 %s: %w", f.Name(), err)
-		}
-		d.size = int64(n)
-	default:
-		return nil, fmt.Errorf("block: %s is neither a regular file nor a block device", f.Name())
+	size, err := sizeOf(f, &st)
+	if err != nil {
+		return nil, err
 	}
+	d.size = size
 	if o.Size > 0 {
 		d.size = o.Size
 	}
@@ -299,6 +292,31 @@ func newDisk(f *os.File, o Options) (*disk, error) {
 	d.out = make(chan Completion, depth)
 	d.stop = make(chan struct{})
 	return d, nil
+}
+
+// SizeOf is the size in bytes of a disk: a regular file or a block
+// device.
+func SizeOf(f *os.File) (int64, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return 0, fmt.Errorf("block: stat %s: %w", f.Name(), err)
+	}
+	return sizeOf(f, &st)
+}
+
+// sizeOf is SizeOf given f's stat.
+func sizeOf(f *os.File, st *unix.Stat_t) (int64, error) {
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		return st.Size, nil
+	case unix.S_IFBLK:
+		n, err := unix.IoctlGetUint64(int(f.Fd()), unix.BLKGETSIZE64)
+		if err != nil {
+			return 0, fmt.Errorf("block: BLKGETSIZE64 %s: %w", f.Name(), err)
+		}
+		return int64(n), nil
+	}
+	return 0, fmt.Errorf("block: %s is neither a regular file nor a block device", f.Name())
 }
 
 // directAlignment finds O_DIRECT's requirements: statx's STATX_DIOALIGN

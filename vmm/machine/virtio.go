@@ -398,17 +398,9 @@ func DiskReader(d Disk) (io.ReaderAt, int64, error) {
 		}
 		return im, im.Size(), nil
 	}
-	var st unix.Stat_t
-	if err := unix.Fstat(int(d.File.Fd()), &st); err != nil {
+	size, err := block.SizeOf(d.File)
+	if err != nil {
 		return nil, 0, err
-	}
-	size := st.Size
-	if st.Mode&unix.S_IFMT == unix.S_IFBLK {
-		n, err := unix.IoctlGetUint64(int(d.File.Fd()), unix.BLKGETSIZE64)
-		if err != nil {
-			return nil, 0, err
-		}
-		size = int64(n)
 	}
 	return d.File, size, nil
 }
