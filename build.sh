@@ -9,7 +9,8 @@
 #                      host's /dev/kvm, else in the appliance), end-to-end tests under QEMU, race detector
 #   ./build.sh bench   Go micro-benchmarks, then the boot benchmark (hyperroot plain and jailed vs gokvm, QEMU pc and microvm), the disk
 #                      benchmark (hyperroot io_uring/pool vs QEMU) and the network benchmark (hyperroot
-#                      switch vs QEMU + tap + Linux bridge) in the appliance
+#                      switch vs QEMU + tap + Linux bridge) and the Debian boot benchmark (a stock
+#                      Debian 12 from a qcow2 clone to systemd's multi-user target, vs QEMU) in the appliance
 #   ./build.sh pxe     build, and write out/pxe/{vmlinuz,initramfs.cpio,boot.ipxe} to serve for network boot
 #                      (docs/PXE.md)
 #   ./build.sh clean   remove out/ (keeps the download cache out/cache/debs; clean all removes it too)
@@ -50,6 +51,7 @@ declare -A PKGS=(
 	[update-ca-certificates]=ca-certificates
 	[chromium]=chromium
 	[qemu-img]=qemu-utils
+	[mmdebstrap]=mmdebstrap
 )
 
 deps() {
@@ -142,6 +144,12 @@ build() {
 	go run ./tools/mkimage -board "$BOARD" -out "$OUT" -version "$VERSION"
 }
 
+# The Debian 12 system image the tests boot as a stock distribution's disk
+# (tools/mkdebian: mmdebstrap from Debian's packages), made once and kept
+# in the download cache until its recipe changes.
+export HYPERROOT_DEBIAN_IMAGE=${HYPERROOT_DEBIAN_IMAGE:-$PWD/$OUT/cache/debian/debian-12.qcow2}
+debian_image() { go run ./tools/mkdebian -out "$(dirname "$HYPERROOT_DEBIAN_IMAGE")" >/dev/null; }
+
 check_fmt() {
 	local bad
 	bad=$(find . -name '*.go' -not -path './out/*' -print0 | xargs -0 gofmt -l)
@@ -221,6 +229,20 @@ bench_run() {
 }
 
 bench_boot() { bench_run boot 20m; }
+
+# bench_debian: the Debian boot benchmark's appliance gets a data disk
+# holding the Debian image as a base (tools/bench/debian.go).
+bench_debian() {
+	local tree=$OUT/bench/debian-tree data=$OUT/bench/debian-data.img
+	rm -rf "$tree" "$data"
+	mkdir -p "$tree/bases"
+	cp --reflink=auto --sparse=always "$HYPERROOT_DEBIAN_IMAGE" "$tree/bases/debian-12.qcow2" || return 1
+	mkfs.ext4 -q -F -L hyperroot-data -d "$tree" "$data" 4G || return 1
+	rm -rf "$tree"
+	go run ./tools/runner -image "$OUT/bench/image" -oneshot -timeout 60m -memory 3G -drive "$data" \
+		-append "hyperroot.config=/bench/config.yaml hyperroot.run=/bench/hyperroot-bench,debian" |
+		tee "$OUT/bench/debian.log" | grep --line-buffered -E 'bench:|runner:'
+}
 bench_disk() { bench_run disk 40m; }
 bench_net() { bench_run net 40m; }
 
@@ -241,6 +263,7 @@ run)
 test)
 	step deps deps
 	step "build image (board $BOARD)" build
+	step "Debian 12 test image (cached)" debian_image
 	step "go vet" go vet ./...
 	step "gofmt" check_fmt
 	step "go mod tidy leaves go.mod and go.sum unchanged" tools/check-tidy.sh
@@ -262,6 +285,8 @@ bench)
 	step "boot benchmark: hyperroot (plain and jailed) vs gokvm and QEMU (pc, microvm) in one appliance run" bench_boot
 	step "disk benchmark: hyperroot (io_uring, pool) vs QEMU, in-guest fio-like tests, in one appliance run" bench_disk
 	step "network benchmark: VM-to-VM TCP, hyperroot switch vs QEMU + tap + Linux bridge, in one appliance run" bench_net
+	step "Debian 12 test image (cached)" debian_image
+	step "Debian boot benchmark: from a qcow2 clone to systemd's multi-user target, hyperroot vs QEMU, in one appliance run" bench_debian
 	;;
 clean)
 	if [ "${2:-}" = all ]; then rm -rf "$OUT"; else find "$OUT" -mindepth 1 -maxdepth 1 ! -name cache -exec rm -rf {} + 2>/dev/null || true; fi

@@ -158,8 +158,11 @@ func (s *sVirt) labelVM(vm config.VM, disks []*os.File) (label string, undo func
 	}
 	for i, f := range disks {
 		d := vm.Disks[i]
+		// A cloud-init seed is read-only but the VM's own: it holds
+		// its keys and user-data, which no other VMM may read.
+		shared := d.ReadOnly && !isSeed(d)
 		l := pair.ImageLabel()
-		if d.ReadOnly {
+		if shared {
 			l = svirt.ContentLabel
 		}
 		old, err := svirt.Relabel(f, l)
@@ -167,7 +170,7 @@ func (s *sVirt) labelVM(vm config.VM, disks []*os.File) (label string, undo func
 			undo()
 			return "", nil, fmt.Errorf("disk %s: %w", d.Path, err)
 		}
-		if d.ReadOnly {
+		if shared {
 			continue
 		}
 		// A descriptor of our own to put the label back with: the

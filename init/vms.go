@@ -343,6 +343,21 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 	if err := f.disks.claim(vm.Name, all.Disks, disks); err != nil {
 		return nil, err
 	}
+	// Its cloud-init seed, made afresh: the supervisor's own file, which
+	// no configuration names, so it has nothing to claim.
+	if vm.CloudInit != nil {
+		seed, err := writeSeed(seedDir, vm)
+		if err != nil {
+			return nil, err
+		}
+		defer seed.Close()
+		opened.files = append(opened.files, seed)
+		opened.chains = append(opened.chains, nil)
+		vm = withSeed(vm, seed.Name())
+		f.c.Printf("vm %s: cloud-init seed is disk %d (instance-id %s, hostname %s)", vm.Name, len(vm.Disks)-1, instanceID(vm.Name), vm.CloudInit.Hostname)
+		all.Disks = slices.Insert(all.Disks, len(vm.Disks)-1, vm.Disks[len(vm.Disks)-1])
+		disks = slices.Insert(disks, len(vm.Disks)-1, seed)
+	}
 	// NUMA first: the huge page check reads the pools of the nodes it names.
 	if err := checkNUMA(vm); err != nil {
 		return nil, err

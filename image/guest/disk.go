@@ -41,6 +41,7 @@ var diskActions = map[string]func(seed uint64) error{
 	"disk-bench":           diskBenchAction, // diskbench.go
 	"disk-raw-write":       diskRawWrite,
 	"disk-raw-read":        diskRawRead,
+	"disk-churn":           diskChurn, // churn.go
 }
 
 // content is the deterministic content of a test file.

@@ -61,6 +61,9 @@ type VM struct {
 	// NUMA places its RAM on the host's NUMA nodes and gives its guest a
 	// NUMA topology; zero: neither.
 	NUMA NUMA
+	// CloudInit, when set, is the first-boot configuration its guest's
+	// cloud-init reads from a seed disk after the VM's own disks.
+	CloudInit *CloudInit
 	// ID is the uid and gid of the VM's VMM in its jail, one per VM, from
 	// Jail.IDs: filled in by Parse (and Default).
 	ID int
@@ -274,7 +277,7 @@ func Parse(file string, data []byte) (*Config, error) {
 
 func (d *decoder) vm(n *yaml.Node) VM {
 	vm := VM{CPUs: 1, Memory: 256 << 20, Cmdline: "console=ttyS0", Restart: RestartOnFailure}
-	var hugeNode, numaNode *yaml.Node
+	var hugeNode, numaNode, cloudNode *yaml.Node
 	d.mapping(n, map[string]func(*yaml.Node){
 		"name": func(v *yaml.Node) {
 			vm.Name = d.name(v)
@@ -338,8 +341,9 @@ func (d *decoder) vm(n *yaml.Node) VM {
 				d.errf(v, "nics: %d NICs, want at most %d", len(vm.NICs), MaxNICs)
 			}
 		},
-		"qos": func(v *yaml.Node) { vm.QoS = d.qos(v) },
-		"pin": func(v *yaml.Node) { vm.Pin = d.pin(v) },
+		"qos":        func(v *yaml.Node) { vm.QoS = d.qos(v) },
+		"cloud_init": func(v *yaml.Node) { vm.CloudInit = d.cloudInit(v); cloudNode = v },
+		"pin":        func(v *yaml.Node) { vm.Pin = d.pin(v) },
 		"numa": func(v *yaml.Node) {
 			vm.NUMA = d.numa(v)
 			numaNode = v
@@ -364,6 +368,14 @@ func (d *decoder) vm(n *yaml.Node) VM {
 	})
 	if numaNode != nil {
 		d.checkNUMA(numaNode, vm)
+	}
+	if vm.CloudInit != nil {
+		if vm.CloudInit.Hostname == "" {
+			vm.CloudInit.Hostname = vm.Name
+		}
+		if len(vm.Disks) >= MaxDisks {
+			d.errf(cloudNode, "cloud_init: its seed disk would be disk %d, want at most %d disks", len(vm.Disks)+1, MaxDisks)
+		}
 	}
 	if vm.HugePages != 0 && vm.Memory%vm.HugePages != 0 {
 		d.errf(hugeNode, "hugepages %s: memory %s is not a multiple of the page size", vm.HugePages, vm.Memory)

@@ -23,13 +23,21 @@ import (
 func GPTExt4(t testing.TB, path string, size int64, tree string) {
 	t.Helper()
 	testenv.NeedTool(t, "mkfs.ext4", "e2fsprogs")
+	if err := WriteGPTExt4(path, size, tree, ""); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// WriteGPTExt4 is GPTExt4 outside a test, with the filesystem's label
+// (none if "").
+func WriteGPTExt4(path string, size int64, tree, label string) error {
 	f, err := os.Create(path)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	defer f.Close()
 	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	const mib = 2048 // sectors
 	table := &gpt.Table{LogicalSectorSize: 512, PhysicalSectorSize: 512, ProtectiveMBR: true, Partitions: []*gpt.Partition{
@@ -38,16 +46,21 @@ func GPTExt4(t testing.TB, path string, size int64, tree string) {
 	}}
 	w, err := file.New(f, false).Writable()
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	if err := table.Write(w, size); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	// 4 KiB blocks, as distributions' images have (go-diskfs misreads
 	// files of 1 KiB-block filesystems).
 	fsKiB := (size - 2<<20 - 34*512) / 1024
-	out, err := exec.Command("mkfs.ext4", "-q", "-F", "-b", "4096", "-d", tree, "-E", fmt.Sprintf("offset=%d", 2<<20), path, fmt.Sprintf("%dk", fsKiB)).CombinedOutput()
-	if err != nil {
-		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
+	args := []string{"-q", "-F", "-b", "4096", "-d", tree, "-E", fmt.Sprintf("offset=%d", 2<<20)}
+	if label != "" {
+		args = append(args, "-L", label)
 	}
+	out, err := exec.Command("mkfs.ext4", append(args, path, fmt.Sprintf("%dk", fsKiB))...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("mkfs.ext4: %v\n%s", err, out)
+	}
+	return nil
 }

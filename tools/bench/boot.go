@@ -45,6 +45,11 @@ const (
 type benchPeer struct {
 	name string
 	argv []string
+	// ready, when not nil, says whether a console line ends the boot
+	// (default: the test guest's "guest: booted"); timeout, when not 0,
+	// replaces bootTimeout.
+	ready   func(line string) bool
+	timeout time.Duration
 	// attr, when not nil, gives each start its process attributes
 	// (namespaces); nil starts a plain child.
 	attr func() *syscall.SysProcAttr
@@ -150,6 +155,13 @@ func bootOnce(starter child.Starter, p benchPeer, sample bool) (time.Duration, s
 	if sample {
 		env = append(os.Environ(), "HYPERROOT_VMM_MEMSTATS=1")
 	}
+	ready, timeout := p.ready, p.timeout
+	if ready == nil {
+		ready = func(line string) bool { return strings.Contains(line, "guest: booted") }
+	}
+	if timeout == 0 {
+		timeout = bootTimeout
+	}
 	booted := make(chan time.Duration, 1)
 	memstats := make(chan string, 1)
 	start := time.Now()
@@ -160,7 +172,7 @@ func bootOnce(starter child.Starter, p benchPeer, sample bool) (time.Duration, s
 	}
 	proc, err := child.Start(starter, child.Spec{Path: p.argv[0], Args: p.argv[1:], Env: env, Tail: 8, Attr: attr,
 		Line: func(line string) {
-			if !seen && strings.Contains(line, "guest: booted") {
+			if !seen && ready(line) {
 				seen = true
 				booted <- time.Since(start)
 			}
@@ -197,8 +209,8 @@ func bootOnce(starter child.Starter, p benchPeer, sample bool) (time.Duration, s
 		}
 	case <-proc.Done():
 		return 0, "", fmt.Errorf("exited before the guest booted: %v; output ended with %q", vmmcli.Reason(proc.Wait()), proc.Tail())
-	case <-time.After(bootTimeout):
-		err = fmt.Errorf("guest did not boot within %v; output ended with %q", bootTimeout, proc.Tail())
+	case <-time.After(timeout):
+		err = fmt.Errorf("guest did not boot within %v; output ended with %q", timeout, proc.Tail())
 	}
 	proc.Signal(unix.SIGKILL)
 	proc.Wait()

@@ -88,12 +88,26 @@ func diskBackends(hyperroot, img, clone string) []diskBackend {
 	return []diskBackend{ours("uring", vmmcli.IOUring, img, ""), ours("pool", vmmcli.IOPool, img, ""), qemu("qemu", img, "raw"), ourClone, qemuClone}
 }
 
-// makeClone writes a fresh qcow2 clone of the raw image base at path,
-// naming its base relative to it as the appliance's clones do.
+// makeClone writes a fresh qcow2 clone of the image base (qcow2 if its
+// name ends in .qcow2, else raw) at path, naming its base relative to it
+// as the appliance's clones do.
 func makeClone(path, base string) error {
-	st, err := os.Stat(base)
+	bf, err := os.Open(base)
 	if err != nil {
 		return err
+	}
+	defer bf.Close()
+	st, err := bf.Stat()
+	if err != nil {
+		return err
+	}
+	size, format := st.Size(), "raw"
+	if strings.HasSuffix(base, ".qcow2") {
+		im, err := qcow2.Open(bf, qcow2.Options{ReadOnly: true})
+		if err != nil {
+			return err
+		}
+		size, format = im.Size(), "qcow2"
 	}
 	os.Remove(path)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
@@ -105,7 +119,7 @@ func makeClone(path, base string) error {
 	if err != nil {
 		return err
 	}
-	return qcow2.Create(f, st.Size(), qcow2.CreateOptions{BackingFile: rel, BackingFormat: "raw"})
+	return qcow2.Create(f, size, qcow2.CreateOptions{BackingFile: rel, BackingFormat: format})
 }
 
 // diskRun is what one boot of the guest measured: test name to value.

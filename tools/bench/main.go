@@ -4,7 +4,7 @@
 // never by a product image, and PID 1 starts it through the kernel command
 // line option hyperroot.run=/bench/hyperroot-bench,<names>.
 //
-// Usage: hyperroot-bench [-hyperroot /bin/hyperroot] boot|disk|net[,...]
+// Usage: hyperroot-bench [-hyperroot /bin/hyperroot] boot|disk|net|debian[,...]
 //
 // Each benchmark writes its figures as "bench: ..." lines on stdout; the
 // first that fails ends the run with exit status 1, since a broken
@@ -32,7 +32,7 @@ func main() {
 	fs := flag.NewFlagSet("hyperroot-bench", flag.ContinueOnError)
 	hyperroot := fs.String("hyperroot", "/bin/hyperroot", "the hyperroot binary (its vmm and switch commands)")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: hyperroot-bench [-hyperroot PATH] boot|disk|net[,...] ...\n")
+		fmt.Fprintf(fs.Output(), "usage: hyperroot-bench [-hyperroot PATH] boot|disk|net|debian[,...] ...\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -55,7 +55,7 @@ func main() {
 }
 
 // run runs the named benchmarks in order: boot (boot.go), disk (disk.go),
-// net (net.go).
+// net (net.go), debian (debian.go).
 func run(e *env, names []string) error {
 	for _, name := range names {
 		var err error
@@ -66,8 +66,10 @@ func run(e *env, names []string) error {
 			err = runDiskBench(e)
 		case "net":
 			err = runNetBench(e)
+		case "debian":
+			err = runDebianBench(e)
 		default:
-			err = fmt.Errorf("unknown benchmark %q (known: boot, disk, net)", name)
+			err = fmt.Errorf("unknown benchmark %q (known: boot, disk, net, debian)", name)
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)

@@ -1,12 +1,15 @@
 package e2e
 
 import (
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hyperroot/hyperroot/internal/testenv"
 	"github.com/hyperroot/hyperroot/tools/qemu"
@@ -117,4 +120,93 @@ func run(t testing.TB, name string, args ...string) string {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
 	return string(out)
+}
+
+// TestQcow2Kill: a VM churns its thin clone (writes of 4-64 KiB all over
+// the disk, nearly each allocating a cluster, discards, a flush each
+// round) while its VMM is SIGKILLed three times, each in the middle of a
+// round (tools/e2e/vmkill, as an OOM kill or an operator's kill -9
+// would). The supervisor restarts it each time, and each new VMM gives
+// back what the kill leaked. After the appliance has powered off,
+// qemu-img check finds the clone clean.
+func TestQcow2Kill(t *testing.T) {
+	parallel(t)
+	testenv.NeedTool(t, "qemu-img", "qemu-utils")
+	testenv.NeedTool(t, "mkfs.ext4", "e2fsprogs")
+	testenv.NeedTool(t, "debugfs", "e2fsprogs")
+	dir := t.TempDir()
+	tree := filepath.Join(dir, "tree")
+	if err := os.MkdirAll(filepath.Join(tree, "bases"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", filepath.Join(tree, "bases", "base.qcow2"), "256M")
+	data := filepath.Join(dir, "data.img")
+	run(t, "mkfs.ext4", "-q", "-F", "-L", "hyperroot-data", "-d", tree, data, "1G")
+	overlay := t.TempDir()
+	buildInto(t, filepath.Join(overlay, "vmkill", "vmkill"), "./vmkill")
+	vm := diskVM("churn", 1, "128M", "disk-churn", 5, []string{"{path: vms/churn.qcow2, base: bases/base.qcow2}"})
+	cfg := "vms:\n" + strings.Replace(vm, "restart: never", "restart: on-failure", 1)
+	const kills = 3
+	var given []string
+	testbed(t, func(t testing.TB) {
+		pr, pw := io.Pipe()
+		defer pw.Close()
+		m := start(t, qemu.Options{Drives: []string{data}, Config: configFile(t, cfg), Overlay: overlay,
+			Append: "hyperroot.run=/vmkill/vmkill", Stdin: pr})
+		for kill := 1; kill <= kills; kill++ {
+			// This start's second round is flushed: the kill lands in
+			// its third.
+			seenTimes(t, m, `^churn\| guest: churn round 2 flushed$`, kill)
+			if _, err := io.WriteString(pw, "@run churn\n"); err != nil {
+				t.Fatal(err)
+			}
+			seenTimes(t, m, `^run\| vmkill: vm churn pid=\d+ killed$`, kill)
+			seenTimes(t, m, `hyperroot: vm churn exited code=137 reason=killed signal=SIGKILL$`, kill)
+		}
+		// The last start opened what the last kill left, and wrote on.
+		seenTimes(t, m, `^churn\| guest: churn round 2 flushed$`, kills+1)
+		given = nil
+		for _, l := range m.Lines() {
+			if strings.Contains(l, "leaked clusters given back") {
+				given = append(given, l)
+			}
+		}
+		powerButton(t, m)
+	})
+	t.Logf("the VMM's opens after the kills: %q", given)
+	// The clone beside its base, as on the data disk: qemu-img opens both.
+	out := filepath.Join(dir, "out")
+	for _, name := range []string{"vms/churn.qcow2", "bases/base.qcow2"} {
+		p := filepath.Join(out, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, debugfsCat(t, data, name), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Log(run(t, "qemu-img", "check", filepath.Join(out, "vms", "churn.qcow2")))
+}
+
+// seenTimes waits until n console lines match pattern.
+func seenTimes(t testing.TB, m *qemu.Machine, pattern string, n int) {
+	t.Helper()
+	re := regexp.MustCompile(pattern)
+	deadline := time.Now().Add(waitCap)
+	for {
+		r, done := m.Done()
+		got := 0
+		for _, l := range m.Lines() {
+			if re.MatchString(l) {
+				got++
+			}
+		}
+		switch {
+		case got >= n:
+			return
+		case done:
+			t.Fatalf("%d console lines matched %q before QEMU exited, want %d: %s", got, pattern, n, r.Why())
+		case time.Now().After(deadline):
+			t.Fatalf("%d console lines matched %q within %s, want %d", got, pattern, waitCap, n)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }

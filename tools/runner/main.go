@@ -28,6 +28,11 @@ func main() {
 	flag.DurationVar(&o.Timeout, "timeout", 0, "kill QEMU after this long (default: none, 10m with -oneshot)")
 	flag.StringVar(&o.Accel, "accel", "auto", "auto, kvm (-cpu host) or tcg (-cpu max)")
 	flag.BoolVar(&o.UserNet, "usernet", false, "give the appliance a NIC (eth0) on QEMU user networking, e.g. as an uplink")
+	flag.Func("drive", "a raw image file to attach as the appliance's next virtio disk (/dev/vda, /dev/vdb, ...; repeatable),\n"+
+		"e.g. a data disk: an ext4 filesystem labelled hyperroot-data", func(s string) error {
+		o.Drives = append(o.Drives, s)
+		return nil
+	})
 	flag.Parse()
 	if flag.NArg() != 0 {
 		fmt.Fprintf(os.Stderr, "runner: unexpected argument %q\n", flag.Arg(0))

@@ -578,9 +578,10 @@ func (m *Machine) Run() Result {
 	}
 	wg.Wait()
 	// Whatever the exit (poweroff, reset, crash, Stop), the guest's last
-	// partial line reaches the console before the VMM reports the exit.
+	// partial line reaches the console, ended, before the VMM reports
+	// the exit on a line of its own.
 	if m.console != nil {
-		_ = m.console.Flush()
+		_ = m.console.EndLine()
 	}
 	return m.result
 }

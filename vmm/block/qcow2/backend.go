@@ -302,8 +302,14 @@ func (b *Backend) ReadOnly() bool { return b.im.ro }
 // Alignment implements block.Backend.
 func (b *Backend) Alignment() block.Alignment { return block.Alignment{} }
 
-// Kind implements block.Backend.
-func (b *Backend) Kind() string { return "qcow2 on " + b.file.Kind() }
+// Kind implements block.Backend; it says how many leaked clusters the
+// image's Open gave back, if any: a sign its last writer was killed.
+func (b *Backend) Kind() string {
+	if n := b.im.Reclaimed; n > 0 {
+		return fmt.Sprintf("qcow2 on %s, %d leaked clusters given back", b.file.Kind(), n)
+	}
+	return "qcow2 on " + b.file.Kind()
+}
 
 // Close implements block.Backend: queued slow-path requests complete with
 // ErrClosed, then the file's backend closes. It does not close files.

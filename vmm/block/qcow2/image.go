@@ -68,6 +68,9 @@ type Image struct {
 	l2Max    int
 	refTable []uint64
 	end      int64 // where the next cluster is allocated
+	// Reclaimed is how many leaked clusters a writable Open gave back
+	// (reclaimTail).
+	Reclaimed int
 	// The last decompressed cluster, for sequential reads of one.
 	zHost int64
 	zData []byte
@@ -125,8 +128,16 @@ func Open(f *os.File, o Options) (*Image, error) {
 		// Allocation appends: past the file, and past every cluster the
 		// tables point to (a file cut short by a crash of another
 		// writer may end before them), so nothing is handed out twice.
-		if err := im.findEnd(); err != nil {
+		ref, err := im.findEnd()
+		if err != nil {
 			return nil, err
+		}
+		// Not with autoclear features (QEMU's bitmaps): their tables'
+		// clusters are counted but not among those findEnd follows.
+		if h.Autoclear == 0 {
+			if im.Reclaimed, err = im.reclaimTail(ref); err != nil {
+				return nil, fmt.Errorf("qcow2: giving back leaked clusters: %w", err)
+			}
 		}
 	}
 	if h.BackingFile != "" {
@@ -150,13 +161,16 @@ func Open(f *os.File, o Options) (*Image, error) {
 }
 
 // findEnd moves im.end past every cluster the refcount table, the L1
-// table and the L2 tables point to. It reads every L2 table once: about
-// 1/8192 of the allocated disk with 64 KiB clusters.
-func (im *Image) findEnd() error {
-	end := im.end
+// table and the L2 tables point to, and returns the end of the last
+// cluster anything points to (the header, tables and data). It reads
+// every L2 table once: about 1/8192 of the allocated disk with 64 KiB
+// clusters.
+func (im *Image) findEnd() (int64, error) {
+	span := func(off uint64, n int64) int64 { return (int64(off) + n + im.cs - 1) &^ (im.cs - 1) }
+	ref := max(im.cs, span(im.h.L1TableOffset, int64(im.h.L1Size)*8), span(im.h.RefTableOffset, int64(im.h.RefTableClusters)*im.cs))
 	past := func(off uint64) {
-		if c := int64(off&offsetMask) + im.cs; off&offsetMask != 0 && c > end {
-			end = c
+		if c := int64(off&offsetMask) + im.cs; off&offsetMask != 0 && c > ref {
+			ref = c
 		}
 	}
 	for _, e := range im.refTable {
@@ -178,21 +192,57 @@ func (im *Image) findEnd() error {
 		seen[e&offsetMask] = true
 		t, _, err := im.table(int64(i) * im.h.l2Entries() << im.bits)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		for _, e := range t {
 			if e&entryCompressed != 0 {
 				start, stop := im.compressedSpan(e)
-				if c := (stop + im.cs - 1) &^ (im.cs - 1); c > end && start < maxHostOffset {
-					end = c
+				if c := (stop + im.cs - 1) &^ (im.cs - 1); c > ref && start < maxHostOffset {
+					ref = c
 				}
 				continue
 			}
 			past(e)
 		}
 	}
-	im.end = end
-	return nil
+	im.end = max(im.end, ref)
+	return ref, nil
+}
+
+// reclaimTail gives back the clusters past ref, the end of the last
+// cluster any table points to, that still have a refcount: what a writer
+// killed between counting a new cluster and linking it left behind
+// (allocation appends, so such leaks are at the end of the file). Their
+// refcounts are zeroed, made durable, and the file is cut at ref. It
+// returns how many it gave back.
+func (im *Image) reclaimTail(ref int64) (int, error) {
+	n := 0
+	for c := ref; c < im.end; c += im.cs {
+		if _, _, i, _ := im.refSlot(c); i >= int64(len(im.refTable)) {
+			break
+		}
+		rc, err := im.refcount(c)
+		if err != nil {
+			return n, err
+		}
+		if rc != 0 {
+			if err := im.setRefcount(c, 0); err != nil {
+				return n, err
+			}
+			n++
+		}
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	if err := unix.Fdatasync(im.fd); err != nil {
+		return n, err
+	}
+	if err := unix.Ftruncate(im.fd, ref); err != nil {
+		return n, err
+	}
+	im.end = ref
+	return n, nil
 }
 
 // readTable reads n big-endian entries at off, which must lie in the file.

@@ -247,6 +247,23 @@ func (b *Buffer) flushLocked() error {
 	return err
 }
 
+// EndLine is Flush, then a newline if the guest's output ended in the
+// middle of a line: at the machine's end, the VMM's own report of it
+// (a crash mid-line) starts a line of its own.
+func (b *Buffer) EndLine() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err := b.flushLocked(); err != nil {
+		return err
+	}
+	if !b.midLine {
+		return nil
+	}
+	b.midLine = false
+	_, err := b.w.Write([]byte{'\n'})
+	return err
+}
+
 // Close flushes and ends the writer goroutine; later Writes go straight
 // to the underlying writer. It is idempotent.
 func (b *Buffer) Close() error {

@@ -255,3 +255,25 @@ func TestBetweenLines(t *testing.T) {
 		t.Errorf("a note after a line that never ends waited %s, want its wait", d)
 	}
 }
+
+// TestEndLine: at the machine's end, a partial last line is written and
+// ended, so the VMM's report of the exit starts a line; a whole last
+// line gets nothing more.
+func TestEndLine(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"one\n[", "one\n[\n"},
+		{"one\n", "one\n"},
+		{"", ""},
+	} {
+		var out countingWriter
+		b := NewBuffer(&out, BufferOptions{Idle: time.Hour})
+		b.Write([]byte(tc.in))
+		if err := b.EndLine(); err != nil {
+			t.Fatal(err)
+		}
+		b.Close()
+		if _, got := out.stats(); got != tc.want {
+			t.Errorf("%q then EndLine: %q written, want %q", tc.in, got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,162 @@
+package e2e
+
+import (
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/hyperroot/hyperroot/internal/testenv"
+	"github.com/hyperroot/hyperroot/tools/qemu"
+)
+
+// debianImage is the Debian 12 system image tools/mkdebian makes (the
+// build's step before the tests: ./build.sh test sets
+// HYPERROOT_DEBIAN_IMAGE).
+func debianImage(t testing.TB) string {
+	t.Helper()
+	p := os.Getenv("HYPERROOT_DEBIAN_IMAGE")
+	if p == "" {
+		p = "../../out/cache/debian/debian-12.qcow2"
+	}
+	_, err := os.Stat(p)
+	testenv.Need(t, err == nil, "no Debian image at "+p+": run go run ./tools/mkdebian (as root)")
+	return p
+}
+
+// sshKey is an OpenSSH ed25519 public key line for a key made from seed.
+func sshKey(seed byte, comment string) string {
+	s := make([]byte, ed25519.SeedSize)
+	s[0] = seed
+	key := ed25519.NewKeyFromSeed(s).Public().(ed25519.PublicKey)
+	var wire []byte
+	for _, field := range [][]byte{[]byte("ssh-ed25519"), key} {
+		wire = binary.BigEndian.AppendUint32(wire, uint32(len(field)))
+		wire = append(wire, field...)
+	}
+	return "ssh-ed25519 " + base64.StdEncoding.EncodeToString(wire) + " " + comment
+}
+
+// debianUserData is the #cloud-config each clone gets: at every boot
+// (bootcmd) it says which VM's marker file its disk holds, and if there is
+// one, powers off once at the multi-user target; once (runcmd)
+// it says its host name, its default user's keys and its address, pings
+// the other VM until it answers, writes its marker and lists the markers
+// its disk holds; then cloud-init powers it off.
+const debianUserData = `#cloud-config
+bootcmd:
+  - [sh, -c, 'echo "hyperroot-test: boot markers=$(ls /var/lib/hyperroot-test 2>/dev/null | tr "\n" " ")." >/dev/ttyS0']
+  - [sh, -c, '[ -d /var/lib/hyperroot-test ] && systemd-run --no-block -p After=multi-user.target systemctl poweroff || true']
+runcmd:
+  - |
+    say() { echo "hyperroot-test: $*" >/dev/ttyS0; }
+    say "hostname $(hostname)"
+    say "key $(cat /home/debian/.ssh/authorized_keys)"
+    me=$(ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1)
+    say "address $me"
+    peer=10.30.0.10
+    [ "$me" = 10.30.0.10 ] && peer=10.30.0.11
+    until ping -c 1 -W 2 $peer >/dev/null; do sleep 1; done
+    say "reached $peer"
+    mkdir -p /var/lib/hyperroot-test
+    hostname >/var/lib/hyperroot-test/$(hostname)
+    sync
+    say "markers $(ls /var/lib/hyperroot-test | tr '\n' ' ')."
+power_state: {mode: poweroff, condition: true}
+`
+
+// TestDebianClones: a stock Debian 12 system (tools/mkdebian: Debian's
+// cloud kernel, systemd, cloud-init, from Debian's packages) as the qcow2
+// base of two VMs, each a thin clone made on first use. Each boots from its
+// disk (the extlinux.conf Debian's u-boot-update wrote) to systemd's
+// multi-user target; cloud-init reads the seed the appliance made from
+// the VM's cloud_init and sets its host name and its default user's key;
+// each leases an address from the switch's DHCP server and reaches the
+// other; each writes a file only its own clone holds. After the appliance
+// powered off, a new boot of one clone finds its file. On the host,
+// qemu-img finds the clones clean and the base unchanged.
+func TestDebianClones(t *testing.T) {
+	parallel(t)
+	testenv.NeedTool(t, "qemu-img", "qemu-utils")
+	testenv.NeedTool(t, "mkfs.ext4", "e2fsprogs")
+	testenv.NeedTool(t, "debugfs", "e2fsprogs")
+	image := debianImage(t)
+	dir := t.TempDir()
+	tree := filepath.Join(dir, "tree")
+	if err := os.MkdirAll(filepath.Join(tree, "bases"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// A hard link where the file system allows it: the image is 0.5 GB.
+	base := filepath.Join(tree, "bases", "debian-12.qcow2")
+	if err := os.Link(image, base); err != nil {
+		run(t, "cp", "--sparse=always", image, base)
+	}
+	baseSum := fileSHA(t, base)
+	data := filepath.Join(dir, "data.img")
+	run(t, "mkfs.ext4", "-q", "-F", "-L", "hyperroot-data", "-d", tree, data, "4G")
+
+	keys := map[string]string{"web": sshKey(1, "alice@web"), "db": sshKey(2, "bob@db")}
+	vm := func(name string) string {
+		ud := strings.ReplaceAll(debianUserData, "\n", "\n        ")
+		return fmt.Sprintf(`  - name: %s
+    cpus: 1
+    memory: 512M
+    restart: never
+    disks: [{path: vms/%[1]s.qcow2, base: bases/debian-12.qcow2}]
+    nics: [{network: lan}]
+    cloud_init:
+      hostname: %[1]s-host
+      ssh_authorized_keys: ["%[2]s"]
+      user_data: |
+        %[3]s
+`, name, keys[name], ud)
+	}
+	const net = "networks:\n  - {name: lan, subnet: 10.30.0.0/24, dhcp: {from: 10.30.0.10, to: 10.30.0.11}}\n"
+	testbed(t, func(t testing.TB) {
+		m := start(t, qemu.Options{Drives: []string{data}, Memory: "3G",
+			Config: configFile(t, net+"vms:\n"+vm("web")+vm("db"))})
+		for _, name := range []string{"web", "db"} {
+			p := `^` + name + `\| `
+			seen(t, m, `hyperroot: vm `+name+`: disk /var/lib/hyperroot/vms/`+name+`\.qcow2 made as a thin qcow2 clone of /var/lib/hyperroot/bases/debian-12\.qcow2$`)
+			seen(t, m, `hyperroot: vm `+name+`: cloud-init seed is disk 1 \(instance-id hyperroot-`+name+`, hostname `+name+`-host\)$`)
+			seen(t, m, p+`hyperroot vmm: `+name+`: booting disk 0: partition 2 \(ext4\) /boot/extlinux/extlinux\.conf: Debian GNU/Linux 12 \(bookworm\) \S+ \(kernel \d+ bytes, initrd \d+ bytes\)`)
+			seen(t, m, p+`hyperroot-test: boot markers=\.$`)
+			seen(t, m, p+`.*Reached target .*Multi-User System`)
+			seen(t, m, p+`hyperroot-test: hostname `+name+`-host$`)
+			seen(t, m, p+`hyperroot-test: key `+regexp.QuoteMeta(keys[name])+`$`)
+			addr := strings.TrimPrefix(seen(t, m, p+`hyperroot-test: address 10\.30\.0\.1[01]$`), name+"| hyperroot-test: address ")
+			seen(t, m, `^switch\| lease network=lan ip=`+regexp.QuoteMeta(addr)+` mac=\S+ port=`+name+`\.0$`)
+			seen(t, m, p+`hyperroot-test: reached 10\.30\.0\.1[01]$`)
+			seen(t, m, p+`hyperroot-test: markers `+name+`-host \.$`)
+			seen(t, m, `hyperroot: vm `+name+` exited code=0 reason=poweroff`)
+		}
+		powerButton(t, m)
+	})
+	// A new boot of web's clone: its file is there.
+	testbed(t, func(t testing.TB) {
+		m := start(t, qemu.Options{Drives: []string{data}, Memory: "3G",
+			Config: configFile(t, net+"vms:\n"+vm("web"))})
+		seen(t, m, `^web\| hyperroot-test: boot markers=web-host \.$`)
+		seen(t, m, `^web\| .*Reached target .*Multi-User System`)
+		seen(t, m, `hyperroot: vm web exited code=0 reason=poweroff`)
+		powerButton(t, m)
+	})
+	out := filepath.Join(dir, "out")
+	os.MkdirAll(filepath.Join(out, "vms"), 0o755)
+	os.MkdirAll(filepath.Join(out, "bases"), 0o755)
+	for _, name := range []string{"vms/web.qcow2", "vms/db.qcow2"} {
+		p := filepath.Join(out, name)
+		if err := os.WriteFile(p, debugfsCat(t, data, name), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		run(t, "qemu-img", "check", p)
+	}
+	if got := sha(debugfsCat(t, data, "bases/debian-12.qcow2")); got != baseSum {
+		t.Errorf("the base changed: sha256 %s, was %s", got, baseSum)
+	}
+}

@@ -1,0 +1,130 @@
+// Command mkdebian makes the Debian 12 system image the end-to-end tests
+// boot as a stock distribution's disk: built from Debian's own packages
+// with mmdebstrap (the cloud kernel, systemd, cloud-init, ifupdown and
+// DHCP, OpenSSH, D-Bus so that logind answers the ACPI power button), its
+// boot menu written by Debian's own u-boot-update
+// (/boot/extlinux/extlinux.conf), laid out as a cloud image is (GPT, an
+// ext4 root labelled debian-root) and converted to qcow2 to serve as the
+// base of thin clones.
+//
+// The image is cached: it is made again only when its recipe (this
+// program's packages and set-up) changed. It prints the image's path.
+//
+//	go run ./tools/mkdebian -out out/cache/debian
+package main
+
+import (
+	"crypto/sha256"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/hyperroot/hyperroot/internal/disktest"
+)
+
+// packages are what the image holds beyond Debian's minbase variant.
+var packages = []string{
+	"linux-image-cloud-amd64", "systemd", "systemd-sysv", "udev", "cloud-init",
+	"ifupdown", "isc-dhcp-client", "iproute2", "iputils-ping", "openssh-server",
+	"u-boot-menu", "dbus",
+}
+
+// setup runs in the unpacked root ($1) once the packages are in: mounts by
+// label, a boot menu from Debian's own tool, cloud-init looking for its
+// NoCloud seed only (no waiting for cloud metadata services that are not
+// there), and no host name of the build machine.
+const setup = `set -e
+r=$1
+printf 'LABEL=debian-root / ext4 errors=remount-ro 0 1\n' >"$r/etc/fstab"
+printf 'U_BOOT_ROOT="root=LABEL=debian-root"\nU_BOOT_PARAMETERS="ro"\nU_BOOT_TIMEOUT="0"\n' >>"$r/etc/default/u-boot"
+chroot "$r" u-boot-update
+printf 'datasource_list: [ NoCloud, None ]\n' >"$r/etc/cloud/cloud.cfg.d/90_hyperroot.cfg"
+rm -f "$r/etc/hostname"
+`
+
+const (
+	suite = "bookworm"
+	size  = 2 << 30 // the disk, as Debian's own cloud images have it
+	name  = "debian-12.qcow2"
+)
+
+func main() {
+	out := flag.String("out", "out/cache/debian", "directory of the image (and its cache)")
+	flag.Parse()
+	log.SetFlags(0)
+	log.SetPrefix("mkdebian: ")
+	img, err := build(*out)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(img)
+}
+
+// recipe identifies what the image is made of.
+func recipe() string {
+	sum := sha256.Sum256([]byte(fmt.Sprint(suite, size, packages, setup)))
+	return fmt.Sprintf("%x\n", sum[:8])
+}
+
+func build(dir string) (string, error) {
+	img := filepath.Join(dir, name)
+	stamp := img + ".recipe"
+	if have, err := os.ReadFile(stamp); err == nil && string(have) == recipe() {
+		if _, err := os.Stat(img); err == nil {
+			return img, nil
+		}
+	}
+	if os.Geteuid() != 0 {
+		return "", fmt.Errorf("making %s needs root (mmdebstrap unpacks packages as their owners)", img)
+	}
+	for _, tool := range []string{"mmdebstrap", "mkfs.ext4", "qemu-img"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return "", fmt.Errorf("%s not found (./build.sh deps installs it)", tool)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	// Not under out/: go list ./... would walk the root (and its /proc,
+	// which mmdebstrap mounts) while it is made.
+	work, err := os.MkdirTemp("", "mkdebian-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(work)
+	root := filepath.Join(work, "root")
+	hook := filepath.Join(work, "setup.sh")
+	if err := os.WriteFile(hook, []byte(setup), 0o755); err != nil {
+		return "", err
+	}
+	log.Printf("mmdebstrap %s with %s", suite, strings.Join(packages, ","))
+	if err := run("mmdebstrap", "--quiet", "--variant=minbase", "--include="+strings.Join(packages, ","),
+		"--customize-hook="+hook+` "$1"`, suite, root); err != nil {
+		return "", err
+	}
+	raw := filepath.Join(work, "disk.raw")
+	if err := disktest.WriteGPTExt4(raw, size, root, "debian-root"); err != nil {
+		return "", err
+	}
+	tmp := filepath.Join(work, name)
+	if err := run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, tmp); err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmp, img); err != nil {
+		return "", err
+	}
+	return img, os.WriteFile(stamp, []byte(recipe()), 0o644)
+}
+
+func run(name string, args ...string) error {
+	cmd := exec.Command(name, args...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
+}
