@@ -42,16 +42,17 @@ func sshKey(seed byte, comment string) string {
 	return "ssh-ed25519 " + base64.StdEncoding.EncodeToString(wire) + " " + comment
 }
 
-// debianUserData is the #cloud-config each clone gets: at every boot
-// (bootcmd) it says which VM's marker file its disk holds, and if there is
-// one, powers off once at the multi-user target; once (runcmd)
-// it says its host name, its default user's keys and its address, pings
-// the other VM until it answers, writes its marker and lists the markers
-// its disk holds; then cloud-init powers it off.
+// debianUserData is the #cloud-config each clone gets. At every boot
+// (bootcmd) it says which VMs' marker files its disk holds, and queues a
+// job for once systemd has reached its multi-user target and cloud-init
+// is done: it says the target is active and powers the guest off. Once
+// (runcmd) it says its host name, its default user's keys and its
+// address, pings the other VM until it answers, writes its marker and
+// lists the markers its disk holds.
 const debianUserData = `#cloud-config
 bootcmd:
   - [sh, -c, 'echo "hyperroot-test: boot markers=$(ls /var/lib/hyperroot-test 2>/dev/null | tr "\n" " ")." >/dev/ttyS0']
-  - [sh, -c, '[ -d /var/lib/hyperroot-test ] && systemd-run --no-block -p After=multi-user.target systemctl poweroff || true']
+  - [systemd-run, --no-block, -p, After=multi-user.target, -p, After=cloud-final.service, sh, -c, 'echo "hyperroot-test: multi-user.target $(systemctl is-active multi-user.target)" >/dev/ttyS0; systemctl poweroff']
 runcmd:
   - |
     say() { echo "hyperroot-test: $*" >/dev/ttyS0; }
@@ -67,7 +68,6 @@ runcmd:
     hostname >/var/lib/hyperroot-test/$(hostname)
     sync
     say "markers $(ls /var/lib/hyperroot-test | tr '\n' ' ')."
-power_state: {mode: poweroff, condition: true}
 `
 
 // TestDebianClones: a stock Debian 12 system (tools/mkdebian: Debian's
@@ -126,7 +126,7 @@ func TestDebianClones(t *testing.T) {
 			seen(t, m, `hyperroot: vm `+name+`: cloud-init seed is disk 1 \(instance-id hyperroot-`+name+`, hostname `+name+`-host\)$`)
 			seen(t, m, p+`hyperroot vmm: `+name+`: booting disk 0: partition 2 \(ext4\) /boot/extlinux/extlinux\.conf: Debian GNU/Linux 12 \(bookworm\) \S+ \(kernel \d+ bytes, initrd \d+ bytes\)`)
 			seen(t, m, p+`hyperroot-test: boot markers=\.$`)
-			seen(t, m, p+`.*Reached target .*Multi-User System`)
+			seen(t, m, p+`hyperroot-test: multi-user\.target active$`)
 			seen(t, m, p+`hyperroot-test: hostname `+name+`-host$`)
 			seen(t, m, p+`hyperroot-test: key `+regexp.QuoteMeta(keys[name])+`$`)
 			addr := strings.TrimPrefix(seen(t, m, p+`hyperroot-test: address 10\.30\.0\.1[01]$`), name+"| hyperroot-test: address ")
@@ -142,7 +142,7 @@ func TestDebianClones(t *testing.T) {
 		m := start(t, qemu.Options{Drives: []string{data}, Memory: "3G",
 			Config: configFile(t, net+"vms:\n"+vm("web"))})
 		seen(t, m, `^web\| hyperroot-test: boot markers=web-host \.$`)
-		seen(t, m, `^web\| .*Reached target .*Multi-User System`)
+		seen(t, m, `^web\| hyperroot-test: multi-user\.target active$`)
 		seen(t, m, `hyperroot: vm web exited code=0 reason=poweroff`)
 		powerButton(t, m)
 	})

@@ -36,13 +36,14 @@ var packages = []string{
 // setup runs in the unpacked root ($1) once the packages are in: mounts by
 // label, a boot menu from Debian's own tool, cloud-init looking for its
 // NoCloud seed only (no waiting for cloud metadata services that are not
-// there), and no host name of the build machine.
+// there) and setting the C.UTF-8 locale glibc always has (minbase has no
+// en_US to generate), and no host name of the build machine.
 const setup = `set -e
 r=$1
 printf 'LABEL=debian-root / ext4 errors=remount-ro 0 1\n' >"$r/etc/fstab"
 printf 'U_BOOT_ROOT="root=LABEL=debian-root"\nU_BOOT_PARAMETERS="ro"\nU_BOOT_TIMEOUT="0"\n' >>"$r/etc/default/u-boot"
 chroot "$r" u-boot-update
-printf 'datasource_list: [ NoCloud, None ]\n' >"$r/etc/cloud/cloud.cfg.d/90_hyperroot.cfg"
+printf 'datasource_list: [ NoCloud, None ]\nlocale: C.UTF-8\n' >"$r/etc/cloud/cloud.cfg.d/90_hyperroot.cfg"
 rm -f "$r/etc/hostname"
 `
 

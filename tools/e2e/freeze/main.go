@@ -12,30 +12,17 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/tools/e2e/procs"
 )
 
 // switches are the pids whose command line's first argument is "switch".
 func switches() []int {
-	var out []int
-	dirs, _ := filepath.Glob("/proc/[0-9]*")
-	for _, d := range dirs {
-		b, err := os.ReadFile(d + "/cmdline")
-		if err != nil {
-			continue
-		}
-		args := bytes.Split(b, []byte{0})
-		if len(args) > 1 && string(args[1]) == "switch" {
-			pid, _ := strconv.Atoi(filepath.Base(d))
-			out = append(out, pid)
-		}
-	}
-	return out
+	return procs.Find(func(args []string) bool { return len(args) > 1 && args[1] == "switch" })
 }
 
 // stopped reports whether pid exists and is in the stopped state.

@@ -6,31 +6,19 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"os"
-	"path/filepath"
-	"strconv"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/tools/e2e/procs"
 )
 
 // vmms are the pids running "<binary> vmm --name <name> ...".
 func vmms(name string) []int {
-	var out []int
-	dirs, _ := filepath.Glob("/proc/[0-9]*")
-	for _, d := range dirs {
-		b, err := os.ReadFile(d + "/cmdline")
-		if err != nil {
-			continue
-		}
-		args := bytes.Split(b, []byte{0})
-		if len(args) > 3 && string(args[1]) == "vmm" && string(args[2]) == "--name" && string(args[3]) == name {
-			pid, _ := strconv.Atoi(filepath.Base(d))
-			out = append(out, pid)
-		}
-	}
-	return out
+	return procs.Find(func(args []string) bool {
+		return len(args) > 3 && args[1] == "vmm" && args[2] == "--name" && args[3] == name
+	})
 }
 
 func main() {

@@ -286,8 +286,8 @@ func (b *Buffer) Close() error {
 // in the middle of one of the guest's lines (a guest printing a long line
 // under nested emulation can take longer than Idle, whose first part is
 // then written alone). It waits up to wait for the guest to end a line it
-// has begun, then runs note anyway: a prompt may never end. Bytes the
-// guest writes meanwhile are held and follow the note.
+// has begun, then ends it itself and runs note: a prompt may never end.
+// Bytes the guest writes meanwhile are held and follow the note.
 func (b *Buffer) BetweenLines(wait time.Duration, note func()) {
 	deadline := time.Now().Add(wait)
 	b.mu.Lock()
@@ -296,6 +296,12 @@ func (b *Buffer) BetweenLines(wait time.Duration, note func()) {
 		b.mu.Unlock()
 		time.Sleep(2 * time.Millisecond)
 		b.mu.Lock()
+	}
+	// A line that never ended (a login prompt) is ended here: the note
+	// must start a line to be read as the VMM's, not the guest's.
+	if b.midLine && !b.writing && !b.closed {
+		b.w.Write([]byte{'\n'})
+		b.midLine = false
 	}
 	note()
 }

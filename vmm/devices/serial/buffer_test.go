@@ -254,6 +254,9 @@ func TestBetweenLines(t *testing.T) {
 	if d := time.Since(start); d < 30*time.Millisecond {
 		t.Errorf("a note after a line that never ends waited %s, want its wait", d)
 	}
+	if _, got := out.stats(); !strings.HasSuffix(got, "\nnext\nLATE\n") {
+		t.Errorf("a note after a line that never ended: %q, want the line ended first", got)
+	}
 }
 
 // TestEndLine: at the machine's end, a partial last line is written and
