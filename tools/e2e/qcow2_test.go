@@ -6,10 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/hyperroot/hyperroot/internal/testenv"
 	"github.com/hyperroot/hyperroot/tools/qemu"
@@ -156,15 +154,15 @@ func TestQcow2Kill(t *testing.T) {
 		for kill := 1; kill <= kills; kill++ {
 			// This start's second round is flushed: the kill lands in
 			// its third.
-			seenTimes(t, m, `^churn\| guest: churn round 2 flushed$`, kill)
+			nth(t, m, `^churn\| guest: churn round 2 flushed$`, kill)
 			if _, err := io.WriteString(pw, "@run churn\n"); err != nil {
 				t.Fatal(err)
 			}
-			seenTimes(t, m, `^run\| vmkill: vm churn pid=\d+ killed$`, kill)
-			seenTimes(t, m, `hyperroot: vm churn exited code=137 reason=killed signal=SIGKILL$`, kill)
+			nth(t, m, `^run\| vmkill: vm churn pid=\d+ killed$`, kill)
+			nth(t, m, `hyperroot: vm churn exited code=137 reason=killed signal=SIGKILL$`, kill)
 		}
 		// The last start opened what the last kill left, and wrote on.
-		seenTimes(t, m, `^churn\| guest: churn round 2 flushed$`, kills+1)
+		nth(t, m, `^churn\| guest: churn round 2 flushed$`, kills+1)
 		given = nil
 		for _, l := range m.Lines() {
 			if strings.Contains(l, "leaked clusters given back") {
@@ -184,29 +182,4 @@ func TestQcow2Kill(t *testing.T) {
 		}
 	}
 	t.Log(run(t, "qemu-img", "check", filepath.Join(out, "vms", "churn.qcow2")))
-}
-
-// seenTimes waits until n console lines match pattern.
-func seenTimes(t testing.TB, m *qemu.Machine, pattern string, n int) {
-	t.Helper()
-	re := regexp.MustCompile(pattern)
-	deadline := time.Now().Add(waitCap)
-	for {
-		r, done := m.Done()
-		got := 0
-		for _, l := range m.Lines() {
-			if re.MatchString(l) {
-				got++
-			}
-		}
-		switch {
-		case got >= n:
-			return
-		case done:
-			t.Fatalf("%d console lines matched %q before QEMU exited, want %d: %s", got, pattern, n, r.Why())
-		case time.Now().After(deadline):
-			t.Fatalf("%d console lines matched %q within %s, want %d", got, pattern, waitCap, n)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }
