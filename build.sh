@@ -237,7 +237,7 @@ bench_debian() {
 	rm -rf "$tree" "$data"
 	mkdir -p "$tree/bases"
 	cp --reflink=auto --sparse=always "$HYPERROOT_DEBIAN_IMAGE" "$tree/bases/debian-12.qcow2" || return 1
-	mkfs.ext4 -q -F -L hyperroot-data -d "$tree" "$data" 4G || return 1
+	mkfs.ext4 -q -F -L hyperroot-data -d "$tree" "$data" 4G >/dev/null || return 1
 	rm -rf "$tree"
 	go run ./tools/runner -image "$OUT/bench/image" -oneshot -timeout 60m -memory 3G -drive "$data" \
 		-append "hyperroot.config=/bench/config.yaml hyperroot.run=/bench/hyperroot-bench,debian" |

@@ -67,7 +67,7 @@ func writeSeed(dir string, vm config.VM) (*os.File, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("cloud_init seed: %w", err)
 	}
-	path := filepath.Join(dir, vm.Name+".iso")
+	path := filepath.Join(dir, vm.Name+".iso") // seedPath in seedDir
 	tmp := path + ".new"
 	work := path + ".work"
 	os.RemoveAll(work)

@@ -295,6 +295,7 @@ func (f *fleet) RemoveVM(name string, grace time.Duration) error {
 	}
 	f.mu.Unlock()
 	f.disks.release(name)
+	os.Remove(seedPath(name)) // its keys go with it; a VM added again gets a new seed
 	f.consoles.drop(name)
 	f.c.Printf("vm %s removed", name)
 	return nil

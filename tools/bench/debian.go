@@ -31,8 +31,8 @@ const (
 	debianClone   = "/var/lib/hyperroot/bench/debian.qcow2"
 	debianMemory  = "512M"
 	debianCmdline = "console=ttyS0 cloud-init=disabled"
-	// debianTimeout bounds one boot: 2-4 minutes in the TCG appliance.
-	debianTimeout = 15 * time.Minute
+	// debianTimeout bounds one boot: 1.5-2 minutes in the TCG appliance.
+	debianTimeout = 8 * time.Minute
 )
 
 var multiUserRE = regexp.MustCompile(`Reached target.*(Multi-User System|multi-user\.target)`)
@@ -90,14 +90,24 @@ func runDebianBench(e *env) error {
 				return err
 			}
 			d, _, err := bootOnce(e.starter, p, false)
-			if err != nil {
+			if err != nil && p.name == "hyperroot" {
 				return fmt.Errorf("%s: %w", p.name, err)
+			}
+			if err != nil {
+				// A peer's failure is its figure's: the medians count
+				// the boots that came through.
+				e.logf("bench: debian round=%d vmm=%s failed: %v", round, p.name, err)
+				continue
 			}
 			times[p.name] = append(times[p.name], d)
 			e.logf("bench: debian round=%d vmm=%s time-to-multi-user=%.3fs", round, p.name, d.Seconds())
 		}
 	}
+	if len(times["qemu-pc"]) == 0 {
+		return fmt.Errorf("qemu-pc booted in none of %d rounds: no ratio", benchRounds)
+	}
 	h, q := median(times["hyperroot"]), median(times["qemu-pc"])
-	e.logf("bench: debian median hyperroot=%.3fs qemu-pc=%.3fs ratio=%.2f (lower is better)", h.Seconds(), q.Seconds(), h.Seconds()/q.Seconds())
+	e.logf("bench: debian median hyperroot=%.3fs (%d boots) qemu-pc=%.3fs (%d boots) ratio=%.2f (lower is better)",
+		h.Seconds(), len(times["hyperroot"]), q.Seconds(), len(times["qemu-pc"]), h.Seconds()/q.Seconds())
 	return nil
 }

@@ -86,6 +86,10 @@ runcmd:
 // other; each writes a file only its own clone holds. After the appliance
 // powered off, a new boot of one clone finds its file. On the host,
 // qemu-img finds the clones clean and the base unchanged.
+//
+// The appliance has one vCPU: in a 2-vCPU one (multi-threaded TCG) one of
+// the two Debian guests triple-faulted early in its boot in 3 of 4 runs
+// (docs/TESTING.md), a test-bed fault that three attempts did not get past.
 func TestDebianClones(t *testing.T) {
 	parallel(t)
 	testenv.NeedTool(t, "qemu-img", "qemu-utils")
@@ -124,7 +128,7 @@ func TestDebianClones(t *testing.T) {
 	}
 	const net = "networks:\n  - {name: lan, subnet: 10.30.0.0/24, dhcp: {from: 10.30.0.10, to: 10.30.0.11}}\n"
 	testbed(t, func(t testing.TB) {
-		m := start(t, qemu.Options{Drives: []string{data}, Memory: "3G",
+		m := start(t, qemu.Options{Drives: []string{data}, Memory: "3G", CPUs: 1,
 			Config: configFile(t, net+"vms:\n"+vm("web")+vm("db"))})
 		for _, name := range []string{"web", "db"} {
 			p := `^` + name + `\| `
@@ -146,7 +150,7 @@ func TestDebianClones(t *testing.T) {
 	})
 	// A new boot of web's clone: its file is there.
 	testbed(t, func(t testing.TB) {
-		m := start(t, qemu.Options{Drives: []string{data}, Memory: "3G",
+		m := start(t, qemu.Options{Drives: []string{data}, Memory: "3G", CPUs: 1,
 			Config: configFile(t, net+"vms:\n"+vm("web"))})
 		seen(t, m, `^web\| hyperroot-test: boot markers=web-host \.$`)
 		seen(t, m, `^web\| hyperroot-test: multi-user\.target active$`)
