@@ -276,7 +276,7 @@ test-long)
 	step deps deps
 	step "build image (board $BOARD)" build
 	step "Debian 12 test image (cached)" debian_image
-	step "long end-to-end tests: Debian 12 clones with cloud-init (about 15 minutes)" env HYPERROOT_STRICT=1 HYPERROOT_IMAGE="$PWD/$OUT/image" \
+	step "long end-to-end tests: Debian 12 clones with cloud-init (about 12 minutes)" env HYPERROOT_STRICT=1 HYPERROOT_IMAGE="$PWD/$OUT/image" \
 		go test -tags longtests -count=1 -timeout 60m -run '^TestDebianClones$' -v ./tools/e2e
 	;;
 pxe)

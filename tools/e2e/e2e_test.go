@@ -248,8 +248,20 @@ func powerButton(t testing.TB, m *qemu.Machine) {
 	}
 	expect(t, m, `hyperroot: poweroff$`)
 	if r := m.Wait(); r.ExitCode != 0 || !r.PowerOff || r.Panic {
-		t.Fatalf("power button: exit %d poweroff=%v panic=%v", r.ExitCode, r.PowerOff, r.Panic)
+		t.Fatalf("power button: exit %d poweroff=%v panic=%v%s", r.ExitCode, r.PowerOff, r.Panic, panicContext(r.Lines))
 	}
+}
+
+// panicContext is the console around the first kernel panic (the
+// appliance's, or a guest's), for a failure message: the lines before it
+// say why.
+func panicContext(lines []string) string {
+	for i, l := range lines {
+		if strings.Contains(l, "Kernel panic") {
+			return "\n" + strings.Join(lines[max(0, i-8):i+1], "\n")
+		}
+	}
+	return ""
 }
 
 // TestPowerButton: the ACPI power button (QEMU's system_powerdown) powers

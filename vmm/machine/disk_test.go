@@ -42,7 +42,7 @@ func TestDiskDevice(t *testing.T) {
 		{"read-only descriptor", Disk{File: ro}, 1, 1, true},
 	} {
 		m := &Machine{}
-		dev, err := m.disk(tc.disk, tc.cpus)
+		dev, err := m.disk(tc.disk, tc.cpus, nil)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
@@ -63,7 +63,7 @@ func TestDiskDevice(t *testing.T) {
 			t.Errorf("%s: Submit after close = %v, want ErrClosed", tc.name, err)
 		}
 	}
-	if _, err := (&Machine{}).disk(Disk{}, 1); err == nil {
+	if _, err := (&Machine{}).disk(Disk{}, 1, nil); err == nil {
 		t.Error("a disk without a file was accepted")
 	}
 }

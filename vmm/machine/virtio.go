@@ -270,8 +270,11 @@ func (m *Machine) virtioDevices(cfg Config) error {
 	if err := m.attach("virtio-rng", rng.New(rng.Options{}), width); err != nil {
 		return err
 	}
+	if m.errlog == nil {
+		m.errlog = newErrorLog(os.Stderr, nil)
+	}
 	for i, d := range cfg.Disks {
-		dev, err := m.disk(d, cfg.CPUs)
+		dev, err := m.disk(d, cfg.CPUs, func(err error) { m.errlog.report(fmt.Errorf("disk %d: %w", i, err)) })
 		if err != nil {
 			return fmt.Errorf("disk %d: %w", i, err)
 		}
@@ -327,7 +330,7 @@ func (m *Machine) attach(name string, dev virtio.Device, width uint32) error {
 const maxDiskQueues = 4
 
 // disk opens a backend for d and makes its virtio-blk device.
-func (m *Machine) disk(d Disk, cpus int) (*blk.Device, error) {
+func (m *Machine) disk(d Disk, cpus int, errs func(error)) (*blk.Device, error) {
 	if d.File == nil {
 		return nil, fmt.Errorf("no file")
 	}
@@ -378,7 +381,7 @@ func (m *Machine) disk(d Disk, cpus int) (*blk.Device, error) {
 			ratelimit.BucketConfig{Size: d.IOPS, RefillTime: time.Second},
 			ratelimit.BucketConfig{Size: d.Bandwidth, RefillTime: time.Second}, nil)
 	}
-	return blk.New(blk.Options{Backend: b, ReadOnly: d.ReadOnly, ID: d.ID, Queues: queues, Limiter: lim})
+	return blk.New(blk.Options{Backend: b, ReadOnly: d.ReadOnly, ID: d.ID, Queues: queues, Limiter: lim, Errors: errs})
 }
 
 // DiskReader returns disk d's content as the guest will see it, read-only,

@@ -83,6 +83,11 @@ type Options struct {
 	// Limiter, when non-nil, bounds the disk's IOPS and bytes/s across
 	// all its queues.
 	Limiter *ratelimit.Limiter
+	// Errors, when non-nil, is told why the Backend failed a request
+	// the guest then saw fail with IOERR (the guest only learns that it
+	// failed): the operator's one clue to a full disk or a broken image.
+	// It is called on the queue's goroutine and should rate-limit.
+	Errors func(error)
 }
 
 // Device is a virtio-blk device; it implements virtio.Device.
@@ -91,6 +96,7 @@ type Device struct {
 	readOnly bool
 	id       [MaxIDLen]byte
 	limiter  *ratelimit.Limiter
+	errors   func(error)
 	features uint64
 	config   [configSize]byte
 	sectors  uint64 // capacity in 512-byte sectors
@@ -136,6 +142,7 @@ func New(o Options) (*Device, error) {
 		backend:  o.Backend,
 		readOnly: o.ReadOnly || o.Backend.ReadOnly(),
 		limiter:  o.Limiter,
+		errors:   o.Errors,
 		sectors:  uint64(size) / sectorSize,
 		blkSize:  sectorSize,
 		// Header and status take a descriptor each, so a chain of

@@ -3,8 +3,10 @@ package blk
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -344,6 +346,34 @@ func TestOutOfRange(t *testing.T) {
 	}
 	if fb.submits.Load() != 2 {
 		t.Errorf("%d requests reached the backend, want the 2 in range", fb.submits.Load())
+	}
+}
+
+// TestBackendErrors: a request the Backend fails, or the device refuses,
+// reaches the guest as IOERR and the operator through Options.Errors, with
+// what failed and why; requests that succeed are not reported.
+func TestBackendErrors(t *testing.T) {
+	fb := newFakeBackend(1 << 20)
+	fb.failW = errors.New("no space left on device")
+	var got []string
+	r := newRig(t, Options{Backend: fb, Errors: func(err error) { got = append(got, err.Error()) }}, 0)
+	q := r.newReq(typeIn, 2, 1024)
+	if s, _ := r.doSegs(q, q.segs(typeIn)); s != statusOK {
+		t.Fatalf("read: status %d", s)
+	}
+	q = r.newReq(typeOut, 4, 1536)
+	if s, _ := r.doSegs(q, q.segs(typeOut)); s != statusIOErr {
+		t.Fatalf("failed write: status %d, want IOERR", s)
+	}
+	// Refused before the Backend: said too, with why.
+	q = r.newReq(typeOut, 2047, 1024)
+	if s, _ := r.doSegs(q, q.segs(typeOut)); s != statusIOErr {
+		t.Fatalf("write past the end: status %d, want IOERR", s)
+	}
+	want := []string{"virtio-blk: write of 1536 bytes at 2048 failed: no space left on device",
+		"virtio-blk: request refused: data not whole sectors, or past the end of the disk"}
+	if !slices.Equal(got, want) {
+		t.Errorf("reported %q, want %q", got, want)
 	}
 }
 

@@ -342,7 +342,8 @@ type fakeBackend struct {
 	deferred []block.Request // submitted with Defer, not yet committed
 	spare    [][][]byte      // Bufs storage of deferred requests, reused
 	inflight int
-	inline   bool // Inline performs reads and writes at once
+	inline   bool  // Inline performs reads and writes at once
+	failW    error // writes complete with this error
 	out      chan block.Completion
 	done     chan fakeDone // completions for Completers, delivered by forward
 	submits  atomic.Int64
@@ -451,9 +452,13 @@ func (f *fakeBackend) start(r block.Request) {
 
 // run performs r and delivers its completion; f.mu is held.
 func (f *fakeBackend) run(r block.Request) {
-	n := f.transfer(&r)
+	c := block.Completion{Cookie: r.Cookie}
+	if r.Op == block.Write && f.failW != nil {
+		c.Err = f.failW
+	} else {
+		c.N = f.transfer(&r)
+	}
 	f.inflight--
-	c := block.Completion{Cookie: r.Cookie, N: n}
 	if r.Done != nil {
 		f.done <- fakeDone{c, r.Done}
 		return

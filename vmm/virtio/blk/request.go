@@ -49,6 +49,7 @@ type slot struct {
 	dataLen uint32 // bytes of data an IN request fills
 	cost    uint64 // bytes charged to the limiter
 	charged bool   // the limiter was charged already (retry after ErrBusy)
+	why     uint8  // why prepare refused the request (refused*), or notRefused
 	written uint32 // bytes written into the chain, without the status byte
 	start   int64  // when the request was popped (now()), for its latency
 }
@@ -74,19 +75,19 @@ const (
 func (d *Device) prepare(s *slot) (status uint8, submit bool) {
 	c := &s.chain
 	s.iov, s.status, s.written, s.charged, s.cost = s.iov[:0], nil, 0, false, 0
-	s.length, s.offset, s.dataLen = 0, 0, 0
+	s.length, s.offset, s.dataLen, s.why = 0, 0, 0, notRefused
 	wl, rl := c.WriteLen(), c.ReadLen()
 	if wl == 0 {
-		return statusIOErr, false // no status byte: pushed with length 0
+		return s.refuse(refusedNoStatus) // pushed with length 0
 	}
 	wb := c.Writable()
 	last := wb[len(wb)-1]
 	s.status = last[len(last)-1:]
 	if rl < headerSize {
-		return statusIOErr, false
+		return s.refuse(refusedShortHeader)
 	}
 	if n, _ := c.Read(s.hdr[:]); n != headerSize {
-		return statusIOErr, false
+		return s.refuse(refusedHeader)
 	}
 	typ := binary.LittleEndian.Uint32(s.hdr[0:])
 	sector := binary.LittleEndian.Uint64(s.hdr[8:])
@@ -106,24 +107,24 @@ func (d *Device) prepare(s *slot) (status uint8, submit bool) {
 		var n uint32
 		if typ == typeIn {
 			if rl != headerSize {
-				return statusIOErr, false // data the device should write is readable
+				return s.refuse(refusedReadBuffers)
 			}
 			n = wl - 1
 			s.iov = appendRange(s.iov, wb, 0, uint64(n))
 			s.op = block.Read
 		} else {
 			if wl != 1 {
-				return statusIOErr, false // data the device should read is writable
+				return s.refuse(refusedWriteBuffers)
 			}
 			if d.readOnly {
-				return statusIOErr, false
+				return s.refuse(refusedReadOnly)
 			}
 			n = rl - headerSize
 			s.iov = appendRange(s.iov, c.Readable(), headerSize, uint64(rl))
 			s.op = block.Write
 		}
 		if n%sectorSize != 0 || !d.inRange(sector, uint64(n)/sectorSize) {
-			return statusIOErr, false
+			return s.refuse(refusedRange)
 		}
 		if n == 0 {
 			return statusOK, false
@@ -136,7 +137,7 @@ func (d *Device) prepare(s *slot) (status uint8, submit bool) {
 		return statusOK, true
 	case typeFlush:
 		if rl != headerSize || wl != 1 {
-			return statusIOErr, false
+			return s.refuse(refusedFlush)
 		}
 		// One operation and no bytes: the bytes it makes durable were
 		// charged when they were written.
@@ -144,7 +145,7 @@ func (d *Device) prepare(s *slot) (status uint8, submit bool) {
 		return statusOK, true
 	case typeGetID:
 		if rl != headerSize {
-			return statusIOErr, false
+			return s.refuse(refusedGetID)
 		}
 		n := min(wl-1, MaxIDLen)
 		w, _ := c.Write(d.id[:n])
@@ -152,13 +153,13 @@ func (d *Device) prepare(s *slot) (status uint8, submit bool) {
 		return statusOK, false
 	case typeDiscard, typeWriteZeroes:
 		if wl != 1 || (rl-headerSize)%segSize != 0 || rl == headerSize {
-			return statusIOErr, false
+			return s.refuse(refusedZeroSegments)
 		}
 		if (rl-headerSize)/segSize > maxZeroSegs {
-			return statusIOErr, false
+			return s.refuse(refusedZeroCount)
 		}
 		if n, _ := c.Read(s.seg[:]); n != segSize {
-			return statusIOErr, false
+			return s.refuse(refusedZeroSegment)
 		}
 		start := binary.LittleEndian.Uint64(s.seg[0:])
 		count := binary.LittleEndian.Uint32(s.seg[8:])
@@ -169,7 +170,7 @@ func (d *Device) prepare(s *slot) (status uint8, submit bool) {
 			return statusUnsupp, false
 		}
 		if d.readOnly || count > maxZeroSectors || !d.inRange(start, uint64(count)) {
-			return statusIOErr, false
+			return s.refuse(refusedZeroRange)
 		}
 		if count == 0 {
 			return statusOK, false
@@ -195,6 +196,48 @@ func (d *Device) prepare(s *slot) (status uint8, submit bool) {
 		return statusOK, true
 	}
 	return statusUnsupp, false
+}
+
+// Why prepare refuses a request (slot.why), said by Options.Errors: an
+// index, so that a slot stays small (TestIdleDeviceHeap).
+const (
+	notRefused uint8 = iota
+	refusedNoStatus
+	refusedShortHeader
+	refusedHeader
+	refusedReadBuffers
+	refusedWriteBuffers
+	refusedReadOnly
+	refusedRange
+	refusedFlush
+	refusedGetID
+	refusedZeroSegments
+	refusedZeroCount
+	refusedZeroSegment
+	refusedZeroRange
+)
+
+var refusals = [...]string{
+	refusedNoStatus:     "no status byte",
+	refusedShortHeader:  "header shorter than 16 bytes",
+	refusedHeader:       "header unreadable",
+	refusedReadBuffers:  "read whose data buffers are device-readable",
+	refusedWriteBuffers: "write whose data buffers are device-writable",
+	refusedReadOnly:     "write to a read-only disk",
+	refusedRange:        "data not whole sectors, or past the end of the disk",
+	refusedFlush:        "flush with data buffers",
+	refusedGetID:        "GET_ID with device-readable data buffers",
+	refusedZeroSegments: "discard or write-zeroes without whole segments",
+	refusedZeroCount:    "discard or write-zeroes with more than one segment",
+	refusedZeroSegment:  "discard or write-zeroes segment unreadable",
+	refusedZeroRange:    "discard or write-zeroes on a read-only disk, too long, or past the end of the disk",
+}
+
+// refuse fails s's request with IOERR before it reaches the Backend, for
+// why.
+func (s *slot) refuse(why uint8) (status uint8, submit bool) {
+	s.why = why
+	return statusIOErr, false
 }
 
 // inRange reports whether sectors [sector, sector+n) lie on the disk,

@@ -2,6 +2,7 @@ package blk
 
 import (
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -218,7 +219,7 @@ func (w *worker) serveRing() {
 			}
 			head, ok, err := w.q.Pop()
 			if err != nil {
-				w.breakQueue()
+				w.breakQueue(err)
 				return
 			}
 			if !ok {
@@ -231,12 +232,18 @@ func (w *worker) serveRing() {
 			if err := w.q.Walk(head, &s.chain); err != nil {
 				// The chain cannot be trusted to say where its
 				// status byte is: give it back with length 0.
+				if w.d.errors != nil {
+					w.d.errors(fmt.Errorf("virtio-blk: request refused: %w", err))
+				}
 				s.status = nil
 				w.finish(i, statusIOErr)
 				continue
 			}
 			status, submit := w.d.prepare(s)
 			if !submit {
+				if s.why != notRefused && w.d.errors != nil {
+					w.d.errors(fmt.Errorf("virtio-blk: request refused: %s", refusals[s.why]))
+				}
 				w.finish(i, status)
 				continue
 			}
@@ -283,6 +290,7 @@ func (w *worker) submit(i int32) bool {
 	}
 	w.req.Bufs = nil
 	if err != nil {
+		w.failed(s, err)
 		w.finish(i, statusIOErr)
 		return true
 	}
@@ -303,10 +311,26 @@ func (w *worker) result(i int32, c block.Completion) {
 		status = statusUnsupp
 	default:
 		status = statusIOErr
+		w.failed(s, c.Err)
 		// Part of a read may have landed; claim what the Backend says.
 		s.written = uint32(min(max(c.N, 0), int64(s.dataLen)))
 	}
 	w.finish(i, status)
+}
+
+// failed tells Options.Errors why the Backend failed s's request.
+func (w *worker) failed(s *slot, err error) {
+	if w.d.errors == nil {
+		return
+	}
+	n := s.length
+	if s.op == block.Read || s.op == block.Write {
+		n = 0
+		for _, p := range s.iov {
+			n += int64(len(p))
+		}
+	}
+	w.d.errors(fmt.Errorf("virtio-blk: %v of %d bytes at %d failed: %w", s.op, n, s.offset, err))
 }
 
 // finish writes slot i's status byte, gives its chain back to the driver
@@ -349,8 +373,11 @@ func (w *worker) notify() {
 // breakQueue stops popping from a queue whose available ring the driver
 // corrupted, and reports DEVICE_NEEDS_RESET (virtio 1.2 §2.1.2). Requests
 // in flight still complete.
-func (w *worker) breakQueue() {
+func (w *worker) breakQueue(err error) {
 	w.broken = true
+	if w.d.errors != nil {
+		w.d.errors(fmt.Errorf("virtio-blk: queue broken, the device needs a reset: %w", err))
+	}
 	if w.d.needsReset.CompareAndSwap(false, true) {
 		_ = w.irq.ConfigChanged()
 	}
