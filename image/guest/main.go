@@ -55,9 +55,10 @@ func main() {
 	onlineCPUs(cmdline) // cpus.go
 	var up unix.Timespec
 	unix.ClockGettime(unix.CLOCK_BOOTTIME, &up)
-	fmt.Printf("guest: booted nproc=%d memtotal_kb=%d time=%d uptime=%d.%03d inputs=%d rtc=%s clocksource=%s\n",
+	fmt.Printf("guest: booted nproc=%d memtotal_kb=%d time=%d uptime=%d.%03d inputs=%d rtc=%s clocksource=%s virt=%s\n",
 		onlineCount(), memTotalKB(), time.Now().Unix(), up.Sec, up.Nsec/1e6, n,
-		sysfsWord("/sys/class/rtc/rtc0/since_epoch"), sysfsWord("/sys/devices/system/clocksource/clocksource0/current_clocksource"))
+		sysfsWord("/sys/class/rtc/rtc0/since_epoch"), sysfsWord("/sys/devices/system/clocksource/clocksource0/current_clocksource"),
+		virtFlag())
 	reportHWRNG(cmdline)
 	action := "poweroff"
 	var seed uint64
@@ -272,6 +273,23 @@ func memTotalKB() uint64 {
 // be read. The booted line carries the RTC's own reading (the kernel reads
 // the chip when since_epoch is opened) and the clocksource beside the
 // system clock, so a wrong wall clock says which of them was wrong.
+// virtFlag is the hardware virtualisation the CPU offers the guest, as
+// /proc/cpuinfo's flags say: "vmx", "svm" or "none".
+func virtFlag() string {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	for _, l := range strings.Split(string(b), "\n") {
+		if name, flags, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(name) == "flags" {
+			for _, f := range strings.Fields(flags) {
+				if f == "vmx" || f == "svm" {
+					return f
+				}
+			}
+			return "none"
+		}
+	}
+	return "none"
+}
+
 func sysfsWord(path string) string {
 	b, err := os.ReadFile(path)
 	if f := strings.Fields(string(b)); err == nil && len(f) > 0 {

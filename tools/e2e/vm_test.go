@@ -67,13 +67,15 @@ func count(lines []string, pattern string) int {
 var (
 	bootedRE = regexp.MustCompile(`^(\S+)\| guest: booted nproc=(\d+) memtotal_kb=(\d+) time=(\d+)`)
 	// clockRE is the rest of the booted line: what the guest's RTC read
-	// and its clocksource, to tell which one a wrong wall clock came from.
-	clockRE = regexp.MustCompile(` rtc=(\S+) clocksource=(\S+)`)
+	// and its clocksource, to tell which one a wrong wall clock came from,
+	// and the hardware virtualisation its CPU shows.
+	clockRE = regexp.MustCompile(` rtc=(\S+) clocksource=(\S+) virt=(\S+)`)
 )
 
 // TestGuestShapes boots the stock Debian guest with each (cpus, memory) the
 // VMM must handle, all at once in one appliance, and checks what the guest
-// itself sees: nproc, MemTotal, and a wall clock close to the host's.
+// itself sees: nproc, MemTotal, a wall clock close to the host's, and no
+// VMX or SVM in its CPU flags.
 func TestGuestShapes(t *testing.T) {
 	// One guest per appliance run: under QEMU's TCG, two emulated CPUs
 	// running several nested guests at once starve them (Linux gives each
@@ -157,6 +159,11 @@ func checkShapes(t testing.TB, shapes []shape) {
 					rtc, source = c[1], c[2]
 				}
 				t.Errorf("%s: guest clock %d is %ds off the host's %d (its RTC read %s, clocksource %s)", s.name, guestTime, d, now, rtc, source)
+			}
+			// No nested virtualisation (vmm/cpuid): the appliance's
+			// CPU has SVM, the guest's must not.
+			if c := clockRE.FindStringSubmatch(l); c == nil || c[3] != "none" {
+				t.Errorf("%s: guest CPU shows hardware virtualisation (or the booted line lacks it): %s", s.name, l)
 			}
 			t.Logf("%s: cpus=%d memory=%s -> nproc=%d MemTotal=%d kB clock offset %ds", s.name, s.cpus, s.mem, nproc, memKB, now-guestTime)
 		}

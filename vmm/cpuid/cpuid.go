@@ -2,8 +2,9 @@
 // of a VM shows its guest: a topology that matches the vCPU count (one
 // thread per core, all cores in one package), the vCPU's own APIC id, the
 // hypervisor bit and KVM's signature, so that the guest counts its CPUs
-// right and finds KVM's paravirtual features; and, where the host cannot
-// virtualise XCR0, a CPU without XSAVE.
+// right and finds KVM's paravirtual features; no hardware virtualisation
+// (VMX, SVM); and, where the host cannot virtualise XCR0, a CPU without
+// XSAVE.
 package cpuid
 
 import "github.com/hyperroot/hyperroot/vmm/kvm"
@@ -18,9 +19,12 @@ const (
 	leafExtFeat    = 0x80000001
 	leafAddrSizes  = 0x80000008
 	leafAMDTopoExt = 0x8000001E
+	leafSVM        = 0x8000000A
 
 	ecxHypervisor = 1 << 31
 	ecxX2APIC     = 1 << 21
+	ecxVMX        = 1 << 5
+	extECXSVM     = 1 << 2
 	// KVM_FEATURE_MSI_EXT_DEST_ID: MSIs may carry APIC id bits 8-14 in
 	// address bits 5-11 (the VMM moves them where KVM reads them).
 	kvmMSIExtDestID = 1 << 15
@@ -54,6 +58,12 @@ func ForVCPU(supported []kvm.CPUIDEntry, id, n int) []kvm.CPUIDEntry {
 		case leafFeatures:
 			e.EBX = e.EBX&0x0000ffff | uint32(min(n, 255))<<16 | uint32(id&0xff)<<24
 			e.ECX |= ecxHypervisor
+			// No nested virtualisation: a guest that sees VMX or SVM
+			// loads its own KVM (a distribution kernel does), and
+			// KVM's nested code is host kernel a guest then reaches.
+			// Without the flag KVM refuses the guest VMXON and
+			// EFER.SVME as a CPU without it would.
+			e.ECX &^= ecxVMX
 			if n > xAPICCPUs {
 				e.ECX |= ecxX2APIC // the VMM starts them in x2APIC mode
 			}
@@ -84,7 +94,7 @@ func ForVCPU(supported []kvm.CPUIDEntry, id, n int) []kvm.CPUIDEntry {
 			}
 		case leafExtFeat:
 			// No AMD topology-extension leaf: it would describe the host.
-			e.ECX &^= extECXTopoExt
+			e.ECX &^= extECXTopoExt | extECXSVM
 			if n > 1 {
 				e.ECX |= extECXCmpLeg
 			} else {
@@ -93,7 +103,7 @@ func ForVCPU(supported []kvm.CPUIDEntry, id, n int) []kvm.CPUIDEntry {
 		case leafAddrSizes:
 			// NC = cores - 1, ApicIdCoreIdSize = bits for the core id.
 			e.ECX = e.ECX&^0xf0ff | uint32(n-1)&0xff | (coreBits&0xf)<<12
-		case leafAMDTopoExt:
+		case leafAMDTopoExt, leafSVM:
 			continue
 		}
 		out = append(out, e)

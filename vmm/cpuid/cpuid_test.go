@@ -81,3 +81,27 @@ func TestForVCPU(t *testing.T) {
 		}
 	}
 }
+
+// TestNoNestedVirt: the host's VMX and SVM flags, and the SVM feature
+// leaf, do not reach the guest; the other feature bits do.
+func TestNoNestedVirt(t *testing.T) {
+	const ecxSSE3, extECXLAHF = 1 << 0, 1 << 0
+	in := []kvm.CPUIDEntry{
+		{Function: leafFeatures, ECX: ecxVMX | ecxSSE3},
+		{Function: leafExtFeat, ECX: extECXSVM | extECXLAHF},
+		{Function: leafSVM, EAX: 1, EBX: 0x8000, EDX: 0xffff},
+	}
+	out := ForVCPU(in, 0, 1)
+	if f := find(out, leafFeatures, 0); f.ECX&ecxVMX != 0 || f.ECX&ecxSSE3 == 0 {
+		t.Errorf("leaf 1 ECX %#x: want VMX clear, SSE3 kept", f.ECX)
+	}
+	if f := find(out, leafExtFeat, 0); f.ECX&extECXSVM != 0 || f.ECX&extECXLAHF == 0 {
+		t.Errorf("leaf 0x80000001 ECX %#x: want SVM clear, LAHF kept", f.ECX)
+	}
+	if f := find(out, leafSVM, 0); f != nil {
+		t.Errorf("the SVM feature leaf reached the guest: %+v", *f)
+	}
+	if in[0].ECX&ecxVMX == 0 || in[1].ECX&extECXSVM == 0 {
+		t.Error("ForVCPU changed its input")
+	}
+}
