@@ -9,9 +9,12 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/tools/qemu"
 )
@@ -43,6 +46,13 @@ func main() {
 	}
 	o.Console = os.Stdout
 	o.Stdin = os.Stdin
+	if _, err := unix.IoctlGetTermios(int(os.Stdin.Fd()), unix.TCGETS); err != nil {
+		// Not a terminal (a script, ./build.sh bench): QEMU reads a
+		// pipe the runner feeds, so that on a 1-vCPU TCG appliance
+		// tools/qemu can type its Ctrl-Q nudge (a lost timer
+		// interrupt otherwise stalls the appliance for good).
+		o.Stdin = struct{ io.Reader }{os.Stdin}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	m, err := qemu.Start(ctx, o)
