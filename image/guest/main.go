@@ -273,6 +273,14 @@ func memTotalKB() uint64 {
 // be read. The booted line carries the RTC's own reading (the kernel reads
 // the chip when since_epoch is opened) and the clocksource beside the
 // system clock, so a wrong wall clock says which of them was wrong.
+func sysfsWord(path string) string {
+	b, err := os.ReadFile(path)
+	if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
+		return f[0]
+	}
+	return "none"
+}
+
 // virtFlag is the hardware virtualisation the CPU offers the guest, as
 // /proc/cpuinfo's flags say: "vmx", "svm" or "none".
 func virtFlag() string {
@@ -286,14 +294,6 @@ func virtFlag() string {
 			}
 			return "none"
 		}
-	}
-	return "none"
-}
-
-func sysfsWord(path string) string {
-	b, err := os.ReadFile(path)
-	if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
-		return f[0]
 	}
 	return "none"
 }

@@ -267,11 +267,11 @@ func (m *Machine) virtioDevices(cfg Config) error {
 	}
 	m.gsi = newGSIRoutes(m.vm)
 	m.gsi.extDestID = m.x2apic
+	// The devices' errors during guest accesses: the transports' and the
+	// disks' requests'.
+	m.errlog = newErrorLog(os.Stderr, nil)
 	if err := m.attach("virtio-rng", rng.New(rng.Options{}), width); err != nil {
 		return err
-	}
-	if m.errlog == nil {
-		m.errlog = newErrorLog(os.Stderr, nil)
 	}
 	for i, d := range cfg.Disks {
 		dev, err := m.disk(d, cfg.CPUs, func(err error) { m.errlog.report(fmt.Errorf("disk %d: %w", i, err)) })
@@ -300,9 +300,6 @@ func (m *Machine) virtioDevices(cfg Config) error {
 // attach puts dev behind its own virtio-pci transport on the PCI bus,
 // with its own MSI-X router and ioeventfd kicks.
 func (m *Machine) attach(name string, dev virtio.Device, width uint32) error {
-	if m.errlog == nil {
-		m.errlog = newErrorLog(os.Stderr, nil)
-	}
 	logf := m.errlog.report
 	// One vector per queue and one for configuration changes, as the
 	// transport's MSI-X capability has.

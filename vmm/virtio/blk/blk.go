@@ -83,10 +83,11 @@ type Options struct {
 	// Limiter, when non-nil, bounds the disk's IOPS and bytes/s across
 	// all its queues.
 	Limiter *ratelimit.Limiter
-	// Errors, when non-nil, is told why the Backend failed a request
-	// the guest then saw fail with IOERR (the guest only learns that it
-	// failed): the operator's one clue to a full disk or a broken image.
-	// It is called on the queue's goroutine and should rate-limit.
+	// Errors, when non-nil, is told why a request failed with IOERR (the
+	// guest only learns that it failed): the Backend's error, or why the
+	// device refused it, or that the driver broke a queue. The operator's
+	// one clue to a full disk or a broken image. It is called on the
+	// queue's goroutine and should rate-limit.
 	Errors func(error)
 }
 

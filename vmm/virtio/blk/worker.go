@@ -232,17 +232,15 @@ func (w *worker) serveRing() {
 			if err := w.q.Walk(head, &s.chain); err != nil {
 				// The chain cannot be trusted to say where its
 				// status byte is: give it back with length 0.
-				if w.d.errors != nil {
-					w.d.errors(fmt.Errorf("virtio-blk: request refused: %w", err))
-				}
+				w.report("request refused: %w", err)
 				s.status = nil
 				w.finish(i, statusIOErr)
 				continue
 			}
 			status, submit := w.d.prepare(s)
 			if !submit {
-				if s.why != notRefused && w.d.errors != nil {
-					w.d.errors(fmt.Errorf("virtio-blk: request refused: %s", refusals[s.why]))
+				if s.why != notRefused {
+					w.report("request refused: %s", refusals[s.why])
 				}
 				w.finish(i, status)
 				continue
@@ -330,7 +328,14 @@ func (w *worker) failed(s *slot, err error) {
 			n += int64(len(p))
 		}
 	}
-	w.d.errors(fmt.Errorf("virtio-blk: %v of %d bytes at %d failed: %w", s.op, n, s.offset, err))
+	w.report("%v of %d bytes at %d failed: %w", s.op, n, s.offset, err)
+}
+
+// report tells Options.Errors, if set, what went wrong with a request.
+func (w *worker) report(format string, args ...any) {
+	if w.d.errors != nil {
+		w.d.errors(fmt.Errorf("virtio-blk: "+format, args...))
+	}
 }
 
 // finish writes slot i's status byte, gives its chain back to the driver
@@ -375,9 +380,7 @@ func (w *worker) notify() {
 // in flight still complete.
 func (w *worker) breakQueue(err error) {
 	w.broken = true
-	if w.d.errors != nil {
-		w.d.errors(fmt.Errorf("virtio-blk: queue broken, the device needs a reset: %w", err))
-	}
+	w.report("queue broken, the device needs a reset: %w", err)
 	if w.d.needsReset.CompareAndSwap(false, true) {
 		_ = w.irq.ConfigChanged()
 	}
