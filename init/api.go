@@ -239,7 +239,7 @@ func (b apiBackend) QoS(name, text string) (string, error) {
 		// The same strict decoding as the configuration file's qos:
 		// (JSON is YAML's flow style), so an API client gets the
 		// same line:column messages.
-		q, perr := config.ParseQoS("qos", text)
+		q, perr := config.ParseQoS("qos "+name, text)
 		if perr != nil {
 			return "", fmt.Errorf("%w: %w", perr, api.ErrInvalid)
 		}

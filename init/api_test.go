@@ -132,7 +132,7 @@ func TestAPINetwork(t *testing.T) {
 		t.Errorf("list -o json: %q, %v", sb.String(), err)
 	}
 	err = ctlRun(good, []string{"vm", "qos", "t", `{"cpu":`, `{"max":`, `"0%"}}`}, &sb, false)
-	if err == nil || !strings.Contains(err.Error(), `qos:1:17: max 0%: want 1% to`) || !strings.HasSuffix(err.Error(), "invalid (HTTP 400)") {
+	if err == nil || !strings.Contains(err.Error(), `qos t:1:17: max 0%: want 1% to`) || !strings.HasSuffix(err.Error(), "invalid (HTTP 400)") {
 		t.Errorf("a bad qos: %v", err)
 	}
 	c.Flush(5 * time.Second)

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"os"
 	"path/filepath"
@@ -166,8 +168,11 @@ func checkHugePages(vm config.VM) error {
 	}
 	need := int(vm.Memory / size)
 	free, err := hugeCount(size, -1, "free_hugepages")
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("hugepages: this host has no pool of %s pages: its CPU or kernel does not offer that size (no %s)", size, hugePool(size, -1))
+	}
 	if err != nil {
-		return fmt.Errorf("hugepages: no pool of %s pages: %w", size, err)
+		return fmt.Errorf("hugepages: %s pages: %w", size, err)
 	}
 	// Free pages another mapping has reserved but not yet touched are
 	// not free for this VM.

@@ -49,7 +49,7 @@ func TestCheckHugePages(t *testing.T) {
 	}
 	vm.HugePages = config.Huge1G
 	vm.Memory = 1 << 30
-	if err := checkHugePages(vm); err == nil || !strings.Contains(err.Error(), "no pool of 1G pages") {
+	if err := checkHugePages(vm); err == nil || !strings.Contains(err.Error(), "this host has no pool of 1G pages: its CPU or kernel does not offer that size") {
 		t.Errorf("no 1G pool: %v", err)
 	}
 	if got := hugePagesStatus(); got != "2M total=96 free=32" {

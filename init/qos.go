@@ -25,19 +25,22 @@ import (
 // A VMM is cloned straight into its group (CLONE_INTO_CGROUP), so the
 // guest never runs outside its limits; the group goes when the VMM has
 // exited, after the supervisor read whether the OOM killer ended it.
-// system keeps a memory reserve (memory.min) so that guests pressing on
-// memory reclaim from each other before they reclaim from PID 1 and the
-// switch, which every VM needs.
+// The switch has a group of its own, hyperroot/switch, so that what it
+// uses is counted apart from PID 1 ("qos switch"). system and switch keep
+// a memory reserve each (memory.min) so that guests pressing on memory
+// reclaim from each other before they reclaim from PID 1 and the switch,
+// which every VM needs.
 type cgroups struct {
-	root, vms   *cgroup.Group
-	controllers map[string]bool
+	root, vms, netSwitch *cgroup.Group
+	controllers          map[string]bool
 }
 
 const (
 	cgroupTop = "hyperroot"
-	// systemReserve is system's memory.min: PID 1 and the switch use
-	// a few tens of MiB.
+	// systemReserve is system's memory.min, switchReserve the switch
+	// group's: PID 1 and the switch use a few tens of MiB each.
 	systemReserve = 64 << 20
+	switchReserve = 32 << 20
 )
 
 // wantControllers are the controllers the VMs' groups use, when the
@@ -59,7 +62,18 @@ func setupCgroups(c *console) *cgroups {
 			names = append(names, n)
 		}
 	}
-	c.Printf("cgroups: %s; appliance reserve %d MiB", strings.Join(names, " "), systemReserve>>20)
+	// The reserves as the kernel holds them, read back: what the
+	// console says is what guests cannot take.
+	reserve := func(g *cgroup.Group) string {
+		if v, err := g.Get("memory.min"); err == nil {
+			if n, err := strconv.ParseUint(v, 10, 64); err == nil {
+				return fmt.Sprintf("%d MiB", n>>20)
+			}
+		}
+		return "none"
+	}
+	sys := &cgroup.Group{Path: filepath.Join(cg.root.Path, cgroupTop, "system")}
+	c.Printf("cgroups: %s; appliance reserve %s, switch %s", strings.Join(names, " "), reserve(sys), reserve(cg.netSwitch))
 	return cg
 }
 
@@ -93,6 +107,9 @@ func makeCgroups(root string, self int) (*cgroups, error) {
 	if cg.vms, err = top.Mkdir("vms"); err != nil {
 		return nil, err
 	}
+	if cg.netSwitch, err = top.Mkdir("switch"); err != nil {
+		return nil, err
+	}
 	// Controllers are enabled from the root down; a level may hold no
 	// processes once it has them, so PID 1 leaves the root first.
 	if err := system.Move(self); err != nil {
@@ -107,6 +124,9 @@ func makeCgroups(root string, self int) (*cgroups, error) {
 	}
 	if cg.controllers["memory"] {
 		if err := system.Set("memory.min", strconv.Itoa(systemReserve)); err != nil {
+			return nil, err
+		}
+		if err := cg.netSwitch.Set("memory.min", strconv.Itoa(switchReserve)); err != nil {
 			return nil, err
 		}
 	}
@@ -359,6 +379,10 @@ func (f *fleet) QoS(name, text string) (string, error) {
 	f.mu.Lock()
 	e := f.vms[name]
 	f.mu.Unlock()
+	if e == nil && name == "switch" && f.cg != nil && text == "" {
+		// No VM has that name: what the switch's group used.
+		return "qos switch " + groupUsage(f.cg.netSwitch), nil
+	}
 	if e == nil {
 		return "", fmt.Errorf("no vm %q", name)
 	}
@@ -366,7 +390,7 @@ func (f *fleet) QoS(name, text string) (string, error) {
 		return "", errors.New("qos: the appliance has no cgroup v2")
 	}
 	if strings.TrimSpace(text) != "" {
-		q, err := config.ParseQoS("qos", text)
+		q, err := config.ParseQoS("qos "+name, text)
 		if err != nil {
 			return "", err
 		}
@@ -404,7 +428,7 @@ func (f *fleet) setQoS(name string, q config.QoS) (string, error) {
 	}
 	settings, err := f.applyQoS(e, q)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("vm %s: %w", name, err)
 	}
 	return "qos " + name + " set: " + describeQoS(settings), nil
 }
@@ -496,6 +520,17 @@ func groupUsage(g *cgroup.Group) string {
 	}
 	if st, err := g.Get("memory.stat"); err == nil {
 		w = append(w, memoryUsage(st)...)
+	}
+	// How often the group went past memory.high and memory.max, and how
+	// long its tasks slept for it: a VM over its high mark is throttled,
+	// not killed, and only these say so.
+	if ev, err := g.Keyed("memory.events"); err == nil {
+		for _, k := range []string{"high", "max", "oom_kill"} {
+			w = append(w, fmt.Sprintf("memory.events.%s=%d", k, ev[k]))
+		}
+	}
+	if d, err := g.Stalled("memory"); err == nil {
+		w = append(w, fmt.Sprintf("memory.pressure.some=%.3fs", d.Seconds()))
 	}
 	if st, err := g.Get("io.stat"); err == nil {
 		w = append(w, ioUsage(st)...)

@@ -63,7 +63,7 @@ func TestMakeCgroups(t *testing.T) {
 	t.Cleanup(func() {
 		sleeper.Process.Kill()
 		sleeper.Wait()
-		for _, d := range []string{"hyperroot/vms/a", "hyperroot/vms", "hyperroot/system", "hyperroot", ""} {
+		for _, d := range []string{"hyperroot/vms/a", "hyperroot/vms", "hyperroot/switch", "hyperroot/system", "hyperroot", ""} {
 			(&cgroup.Group{Path: filepath.Join(root, d)}).Remove(2e9)
 		}
 	})
@@ -74,6 +74,15 @@ func TestMakeCgroups(t *testing.T) {
 	sys, _ := cgroup.Open(filepath.Join(root, "hyperroot", "system"))
 	if pids, err := sys.Procs(); err != nil || len(pids) != 1 || pids[0] != sleeper.Process.Pid {
 		t.Errorf("system holds %v (%v), want the process %d", pids, err, sleeper.Process.Pid)
+	}
+	// The appliance's own reserve: guests reclaim from each other first.
+	if cg.controllers["memory"] {
+		if v, err := sys.Get("memory.min"); err != nil || v != strconv.Itoa(systemReserve) {
+			t.Errorf("system memory.min = %q (%v), want %d", v, err, systemReserve)
+		}
+		if v, err := cg.netSwitch.Get("memory.min"); err != nil || v != strconv.Itoa(switchReserve) {
+			t.Errorf("switch memory.min = %q (%v), want %d", v, err, switchReserve)
+		}
 	}
 	g, err := cg.vmGroup(config.VM{Name: "a"})
 	if err != nil {

@@ -104,6 +104,12 @@ func supervise() {
 		// Before the VMs: their NICs connect to its sockets.
 		var err error
 		st := switchStart{cfgPath: cfgPath, cfg: cfg, seccomp: seccompLog}
+		if cg != nil {
+			// Its own group, apart from PID 1's (qos switch).
+			if st.cgroup, err = cg.netSwitch.Dir(); err != nil {
+				c.Errorf("switch", fmt.Errorf("its cgroup: %w", err))
+			}
+		}
 		// Its own copy, which a configuration applied live replaces
 		// (reconfig.go): a switch restarted later starts from that.
 		if err := copyFile(cfgPath, switchConfigFile); err != nil {

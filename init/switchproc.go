@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -68,6 +69,9 @@ type switchStart struct {
 	// leased, if set, hears of each new or changed lease the switch
 	// reports, after the switch has written its lease file.
 	leased func(network string)
+	// cgroup, if set, is the switch's group's directory (open for PID
+	// 1's life): each start is cloned straight into it.
+	cgroup *os.File
 }
 
 // args are the switch's command line: it jails itself as the range's
@@ -103,10 +107,14 @@ func (s switchStart) attr() *syscall.SysProcAttr {
 	if s.unjailed {
 		return nil
 	}
+	a := jail.Attr()
 	if switchNeedsHostNetwork(s.cfg) {
-		return jail.AttrHostNetwork()
+		a = jail.AttrHostNetwork()
 	}
-	return jail.Attr()
+	if s.cgroup != nil {
+		a.UseCgroupFD, a.CgroupFD = true, int(s.cgroup.Fd())
+	}
+	return a
 }
 
 // needsSwitch reports whether cfg has anything for a switch to do.

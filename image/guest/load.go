@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -20,8 +21,12 @@ import (
 //	       its console, reporting "guest: spin start seconds=<n>" and
 //	       "guest: spin done"
 //	fill   allocate and touch hyperroot.fill= MiB (default 128) of memory,
-//	       reporting "guest: fill <n> MiB" every 16 MiB and "guest: fill
-//	       done mib=<n> ms=<time it took>"
+//	       reporting "guest: fill <n> MiB ms=<time of these 16>" every
+//	       16 MiB and "guest: fill done mib=<n> ms=<time it took>"; with
+//	       hyperroot.fillhold=1 it says "guest: fill holding at=<n> MiB"
+//	       and waits for a line on its console before each 16 MiB and
+//	       after the last, and a line "stop" ends it early: a test can
+//	       read and change its limits between steps, memory held
 //	memmap the physical memory map the VMM gave (memmap.go), and with
 //	       hyperroot.probe=<hex address> a write and read back of that page
 //	numa   the NUMA nodes the guest kernel found: "guest: numa node<i>
@@ -123,16 +128,32 @@ const fillChunk = 16 << 20
 
 func fill(uint64) error {
 	mib := cmdlineInt("fill", 128)
+	// hold reports what is held and waits for a go-ahead: false to stop.
+	hold := func(int) bool { return true }
+	if cmdlineInt("fillhold", 0) != 0 {
+		in := bufio.NewReader(os.Stdin)
+		hold = func(done int) bool {
+			fmt.Printf("guest: fill holding at=%d MiB\n", done>>20)
+			line, err := in.ReadString('\n')
+			return err == nil && strings.TrimSpace(line) != "stop"
+		}
+	}
 	start := time.Now()
 	var keep [][]byte
-	for done := 0; done < mib<<20; done += fillChunk {
+	for done := 0; done < mib<<20 && hold(done); done += fillChunk {
+		t := time.Now()
 		b := make([]byte, fillChunk)
 		for i := 0; i < len(b); i += 4096 {
 			b[i] = byte(i)
 		}
 		keep = append(keep, b)
-		fmt.Printf("guest: fill %d MiB\n", (done+fillChunk)>>20)
+		fmt.Printf("guest: fill %d MiB ms=%d\n", (done+fillChunk)>>20, time.Since(t).Milliseconds())
 	}
-	fmt.Printf("guest: fill done mib=%d ms=%d\n", len(keep)*fillChunk>>20, time.Since(start).Milliseconds())
+	filled := len(keep) * fillChunk
+	fmt.Printf("guest: fill done mib=%d ms=%d\n", filled>>20, time.Since(start).Milliseconds())
+	if filled >= mib<<20 { // not stopped: hold what it filled
+		hold(filled)
+	}
+	runtime.KeepAlive(keep)
 	return nil
 }

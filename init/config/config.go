@@ -276,6 +276,11 @@ func Parse(file string, data []byte) (*Config, error) {
 }
 
 func (d *decoder) vm(n *yaml.Node) VM {
+	// Named up front: the name key may come after the one in error.
+	if name := entryName(n); nameRE.MatchString(name) {
+		d.inVM = name
+		defer func() { d.inVM = "" }()
+	}
 	vm := VM{CPUs: 1, Memory: 256 << 20, Cmdline: "console=ttyS0", Restart: RestartOnFailure}
 	var hugeNode, numaNode, cloudNode *yaml.Node
 	d.mapping(n, map[string]func(*yaml.Node){
@@ -396,14 +401,14 @@ func (d *decoder) vm(n *yaml.Node) VM {
 		}
 		switch {
 		case vm.Kernel != "" && vm.BootDisk:
-			d.errf(n, "vm %s: give kernel or boot: disk, not both", vm.Name)
+			d.errf(n, "give kernel or boot: disk, not both")
 		case vm.Kernel == "" && len(vm.Disks) == 0:
-			d.errf(n, "vm %s: kernel is required (or a disk to boot from)", vm.Name)
+			d.errf(n, "kernel is required (or a disk to boot from)")
 		case vm.Kernel == "":
 			vm.BootDisk = true // no kernel: boot the first disk
 		}
 		if vm.BootDisk && vm.Initrd != "" {
-			d.errf(n, "vm %s: initrd comes from the disk with boot: disk", vm.Name)
+			d.errf(n, "initrd comes from the disk with boot: disk")
 		}
 	}
 	return vm
@@ -515,10 +520,31 @@ func defaultDiskID(vm string, i int) string {
 type decoder struct {
 	file string
 	errs []error
+	// inVM names the VM whose entry is being decoded, for its errors: in
+	// a configuration of many VMs, "vm web: ..." says whose entry to fix
+	// before the line number does.
+	inVM string
 }
 
 func (d *decoder) errf(n *yaml.Node, format string, args ...any) {
-	d.errs = append(d.errs, fmt.Errorf("%s:%d:%d: %s", d.file, n.Line, n.Column, fmt.Sprintf(format, args...)))
+	where := fmt.Sprintf("%s:%d:%d: ", d.file, n.Line, n.Column)
+	if d.inVM != "" {
+		where += "vm " + d.inVM + ": "
+	}
+	d.errs = append(d.errs, fmt.Errorf("%s%s", where, fmt.Sprintf(format, args...)))
+}
+
+// entryName is the scalar value of key name in mapping n, or "".
+func entryName(n *yaml.Node) string {
+	if n.Kind != yaml.MappingNode {
+		return ""
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if k, v := n.Content[i], n.Content[i+1]; k.Value == "name" && v.Kind == yaml.ScalarNode {
+			return v.Value
+		}
+	}
+	return ""
 }
 
 func (d *decoder) mapping(n *yaml.Node, fields map[string]func(*yaml.Node)) {

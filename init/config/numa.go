@@ -118,24 +118,24 @@ func (d *decoder) checkNUMA(n *yaml.Node, vm VM) {
 	for i, vn := range vm.NUMA.Nodes {
 		for _, c := range vn.CPUs {
 			if c >= vm.CPUs {
-				d.errf(n, "vm %s: numa node %d: vCPU %d, but the VM has %d", vm.Name, i, c, vm.CPUs)
+				d.errf(n, "numa node %d: vCPU %d, but the VM has %d", i, c, vm.CPUs)
 			} else if j, ok := seen[c]; ok {
-				d.errf(n, "vm %s: numa: vCPU %d is on nodes %d and %d", vm.Name, c, j, i)
+				d.errf(n, "numa: vCPU %d is on nodes %d and %d", c, j, i)
 			}
 			seen[c] = i
 		}
 		if vn.Memory%page != 0 {
-			d.errf(n, "vm %s: numa node %d: memory %s is not a multiple of the %s page size", vm.Name, i, vn.Memory, page)
+			d.errf(n, "numa node %d: memory %s is not a multiple of the %s page size", i, vn.Memory, page)
 		}
 		total += vn.Memory
 	}
 	for c := 0; c < vm.CPUs; c++ {
 		if _, ok := seen[c]; !ok {
-			d.errf(n, "vm %s: numa: vCPU %d is on no node", vm.Name, c)
+			d.errf(n, "numa: vCPU %d is on no node", c)
 			break
 		}
 	}
 	if total != vm.Memory {
-		d.errf(n, "vm %s: numa: the nodes' memory adds up to %s, the VM has %s", vm.Name, total, vm.Memory)
+		d.errf(n, "numa: the nodes' memory adds up to %s, the VM has %s", total, vm.Memory)
 	}
 }

@@ -60,8 +60,8 @@ func TestParseQoSErrors(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want one containing %q", err, tc.want)
 			}
-			if !strings.Contains(err.Error(), "c.yaml:2:") {
-				t.Errorf("error %v does not say where", err)
+			if !strings.Contains(err.Error(), "c.yaml:2:") || !strings.Contains(err.Error(), ": vm a: ") {
+				t.Errorf("error %v does not say where (line and VM)", err)
 			}
 		})
 	}

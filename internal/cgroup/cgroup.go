@@ -155,6 +155,34 @@ func (g *Group) OOMKills() (uint64, error) {
 	return m["oom_kill"], nil
 }
 
+// Stalled is how long the group's tasks have waited for a resource
+// ("cpu", "memory" or "io"), from its pressure file's "some" line: the
+// total time at least one of them was stalled. For memory this is where
+// memory.high shows: the kernel makes a task that charges past it sleep
+// (and counts the sleep here) instead of killing it.
+func (g *Group) Stalled(resource string) (time.Duration, error) {
+	s, err := g.Get(resource + ".pressure")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(s, "\n") {
+		rest, ok := strings.CutPrefix(line, "some ")
+		if !ok {
+			continue
+		}
+		for _, f := range strings.Fields(rest) {
+			if v, ok := strings.CutPrefix(f, "total="); ok {
+				us, err := strconv.ParseUint(v, 10, 64)
+				if err != nil {
+					return 0, fmt.Errorf("cgroup: %s.pressure total %q: %w", resource, v, err)
+				}
+				return time.Duration(us) * time.Microsecond, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("cgroup: %s.pressure has no \"some ... total=\" line", resource)
+}
+
 // MemoryCurrent is the memory charged to the group now (memory.current).
 func (g *Group) MemoryCurrent() (uint64, error) {
 	v, err := g.Get("memory.current")

@@ -13,7 +13,8 @@ import (
 // boot; a VM backed by them takes its whole size from the pool while it
 // runs (prefaulted at start) and gives it back when it stops; a VM needing
 // more pages than the pool holds does not start, with an error naming it
-// and the counts. 1G pages: TestHugePages1G.
+// and the counts; so does one asking for 1G pages on a CPU without them.
+// 1G pages: TestHugePages1G.
 func TestHugePages(t *testing.T) {
 	parallel(t)
 	testbed(t, func(t testing.TB) {
@@ -22,16 +23,20 @@ func TestHugePages(t *testing.T) {
 		cfg := configFile(t, "hugepages: {2M: 96}\nvms:\n"+
 			loadVM("huge", "echo", 1, "128M", "    hugepages: 2M\n")+
 			loadVM("toobig", "poweroff", 1, "256M", "    hugepages: 2M\n")+
+			loadVM("gig", "poweroff", 1, "1G", "    hugepages: 1G\n")+
 			// Keeps the oneshot appliance up until the pool is read
 			// again after huge has gone.
 			loadVM("keeper", "echo", 1, "96M", ""))
-		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Stdin: pr})
+		// A CPU without 1 GiB pages: the kernel has no such pool, and a
+		// VM that asks for them gets an error that says so.
+		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Stdin: pr, CPUFeatures: []string{"-pdpe1gb"}})
 		// The pool's first report ends the wait either way: a short
 		// reservation is an error line, not a hang.
 		if l := expect(t, m, `hyperroot: (error: )?hugepages: `); !strings.HasSuffix(l, "hyperroot: hugepages: 2M total=96 free=96") {
 			t.Fatalf("reserving 96 pages of 2M: %s", l)
 		}
 		expect(t, m, `hyperroot: error: vm toobig: hugepages: 256M of RAM needs 128 pages of 2M, \d+ free \(of 96 reserved`)
+		seen(t, m, `hyperroot: error: vm gig: hugepages: this host has no pool of 1G pages: its CPU or kernel does not offer that size`)
 		expect(t, m, `^huge\| guest: action echo`)
 		fmt.Fprintln(pw, "hugepages")
 		expect(t, m, `hyperroot: hugepages: 2M total=96 free=32$`)

@@ -17,26 +17,74 @@ import (
 // limit was changed live to 25% (both scaled down on a host too busy to
 // give the spinner 0.8 CPU without a limit, measured first); a guest touching more memory than its
 // memory.max has its VMM killed by the kernel, reported as reason=oom,
-// while a neighbour goes on answering its console.
+// while a neighbour goes on answering its console; a guest that goes past
+// a memory.high set live, 4 MiB above what it holds, is throttled (its
+// group's memory.events counts it, its tasks' sleep shows as memory
+// pressure) but keeps running and powers off cleanly.
 func TestQoS(t *testing.T) {
 	testbed(t, func(t testing.TB) {
 		pr, pw := io.Pipe()
 		defer pw.Close()
-		cfg := configFile(t, "vms:\n"+
+		cfg := configFile(t, "networks: [{name: lan, subnet: 10.20.0.0/24}]\nvms:\n"+
 			loadVM("capped", "spin", 1, "128M", "    qos: {cpu: {max: 50%}}\n", "hyperroot.spin=0")+
 			loadVM("hog", "fill", 1, "320M", "    qos: {memory: {max: 160M}}\n", "hyperroot.fill=288")+
-			loadVM("calm", "echo", 1, "128M", ""))
+			loadVM("calm", "echo", 1, "128M", "")+
+			loadVM("soft", "fill", 1, "256M", "", "hyperroot.fill=128 hyperroot.fillhold=1"))
 		m := start(t, qemu.Options{Config: cfg, Oneshot: true, Stdin: pr})
-		expect(t, m, `hyperroot: cgroups: .*\bcpu\b.*\bmemory\b`)
+		expect(t, m, `hyperroot: cgroups: .*\bcpu\b.*\bmemory\b.*; appliance reserve 64 MiB, switch 32 MiB$`)
+		// The switch runs in a group of its own, from its start.
+		expect(t, m, `^switch\| ready `)
+		fmt.Fprintln(pw, "qos switch")
+		expect(t, m, `hyperroot: qos switch cpu\.usage=\S+ memory\.current=[1-9]\d* pids\.current=[1-9]`)
 
 		// memory.max: the hog is killed, its neighbour untouched.
-		expect(t, m, `^hog\| guest: fill 16 MiB`)
-		expect(t, m, `hyperroot: vm hog exited code=137 reason=oom$`)
+		seen(t, m, `^hog\| guest: fill 16 MiB`)
+		seen(t, m, `hyperroot: vm hog exited code=137 reason=oom$`)
 		fmt.Fprintln(pw, "@calm still here")
 		expect(t, m, `^calm\| guest: echo still here$`)
+		// A live change the appliance cannot honour names the VM and
+		// changes nothing; so does one that does not decode.
+		fmt.Fprintln(pw, "qos calm {cpu: {max: 6400%}}")
+		expect(t, m, `hyperroot: console: vm calm: qos: cpu max 6400% is more than the appliance's \d+ CPUs`)
+		fmt.Fprintln(pw, "qos calm {cpu: {maximum: 50%}}")
+		expect(t, m, `hyperroot: console: qos calm:1:8: unknown key "maximum"`)
+		fmt.Fprintln(pw, "qos calm")
+		expect(t, m, `hyperroot: qos calm cpu\.usage=.* cpu\.max=max/100000 `)
+
+		// memory.high: 4 MiB above what the booted guest holds; then the
+		// guest touches 16 MiB at a time until its group has gone past
+		// it (a guest reuses pages it has touched before first, so how
+		// many steps that takes is its allocator's business).
+		var l string
+		for at := 0; ; at += 16 {
+			seen(t, m, fmt.Sprintf(`^soft\| guest: fill holding at=%d MiB$`, at))
+			l, _, _ = qosUsage(t, m, pw, "soft")
+			if at == 0 {
+				high := qosField(t, l, "memory.current")>>20 + 4
+				fmt.Fprintf(pw, "qos soft {memory: {high: %dM}}\n", high)
+				expect(t, m, fmt.Sprintf(`hyperroot: qos soft set: .*\bmemory\.high=%d\b`, high<<20))
+			} else if qosField(t, l, "memory.events.high") > 0 {
+				t.Logf("past memory.high after %d MiB: %s", at, l)
+				break
+			}
+			if at == 128 {
+				t.Fatalf("the guest touched 128 MiB, its group never went past memory.high: %s", l)
+			}
+			fmt.Fprintln(pw, "@soft more")
+		}
+		stall := regexp.MustCompile(`\bmemory\.pressure\.some=([0-9.]+)s`).FindStringSubmatch(l)
+		if stall == nil {
+			t.Errorf("no memory.pressure.some in %q", l)
+		} else if v, _ := strconv.ParseFloat(stall[1], 64); v == 0 {
+			t.Errorf("memory.pressure.some=0: the VMM over memory.high was not throttled")
+		}
+		if n := qosField(t, l, "memory.events.oom_kill"); n != 0 {
+			t.Errorf("memory.events.oom_kill=%d under memory.high alone", n)
+		}
+		fmt.Fprintln(pw, "@soft stop")
 
 		// cpu.max: usage over at least 10 s of the appliance's clock.
-		expect(t, m, `^capped\| guest: spin start `)
+		seen(t, m, `^capped\| guest: spin start `)
 		rate := func() float64 { return cpuRates(t, m, pw, "capped")[0] }
 		// What the spinner gets with no limit, on this machine now: an
 		// emulated appliance on a busy host may not give a whole CPU.
@@ -64,9 +112,10 @@ func TestQoS(t *testing.T) {
 		fmt.Fprintln(pw, "@capped stop")
 		fmt.Fprintln(pw, "@calm poweroff")
 		r := m.Wait()
-		if !hasLine(r.Lines, `hyperroot: vm capped exited code=0 reason=poweroff$`) ||
-			!hasLine(r.Lines, `hyperroot: vm calm exited code=0 reason=poweroff$`) {
-			t.Errorf("capped and calm did not both power off cleanly")
+		for _, vm := range []string{"capped", "calm", "soft"} {
+			if !hasLine(r.Lines, `hyperroot: vm `+vm+` exited code=0 reason=poweroff$`) {
+				t.Errorf("%s did not power off cleanly", vm)
+			}
 		}
 		// The oneshot verdict fails for the hog's OOM kill, as it must.
 		if !hasLine(r.Lines, `hyperroot: result fail errors=0 vms=hog$`) {

@@ -79,6 +79,10 @@ type Options struct {
 	// default, 40 bits, lets the appliance's KVM map guest RAM up to
 	// 1 TiB only.
 	PhysBits int
+	// CPUFeatures are added to the emulated CPU's model as QEMU spells
+	// them ("-pdpe1gb" takes 1 GiB pages away): a test of what the
+	// appliance does on a CPU that lacks something.
+	CPUFeatures []string
 	// NUMANodes, when 2 or more, gives the appliance that many NUMA
 	// nodes: Memory split evenly among them, vCPU c on node c%NUMANodes
 	// (nodes past the vCPUs have memory only).
@@ -174,6 +178,12 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 			return nil, fmt.Errorf("phys-bits %d: want 36 to 52", o.PhysBits)
 		}
 		accel[len(accel)-1] += fmt.Sprintf(",phys-bits=%d", o.PhysBits) // -cpu max,phys-bits=N
+	}
+	for _, f := range o.CPUFeatures {
+		if f == "" || strings.ContainsAny(f, ", ") {
+			return nil, fmt.Errorf("CPU feature %q: want one QEMU feature name such as -pdpe1gb", f)
+		}
+		accel[len(accel)-1] += "," + f // -cpu max,-pdpe1gb
 	}
 	tmp, err := os.MkdirTemp("", "hyperroot-qemu-")
 	if err != nil {
