@@ -19,6 +19,7 @@ import (
 
 	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/child"
+	"github.com/hyperroot/hyperroot/internal/testenv"
 	"github.com/hyperroot/hyperroot/vmm/seccomp"
 )
 
@@ -156,29 +157,12 @@ func TestDumpTag(t *testing.T) {
 }
 
 // syncBuffer is a console's output, read while it is written.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer struct{ testenv.Buffer }
 
 // lines are the console's lines so far, without their time stamps and
 // with pids as PID.
 func (s *syncBuffer) lines() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := regexp.MustCompile(`(?m)^\[ *\d+\.\d{3}\] `).ReplaceAllString(s.b.String(), "")
+	out := regexp.MustCompile(`(?m)^\[ *\d+\.\d{3}\] `).ReplaceAllString(s.String(), "")
 	out = regexp.MustCompile(`pid=\d+`).ReplaceAllString(out, "pid=PID")
 	return strings.Split(strings.TrimSuffix(out, "\n"), "\n")
 }

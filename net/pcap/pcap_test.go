@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hyperroot/hyperroot/internal/testenv"
 )
 
 // record is one packet as read back from a capture.
@@ -15,24 +17,6 @@ type record struct {
 	ts   time.Time
 	orig int
 	data []byte
-}
-
-// syncBuffer is a bytes.Buffer the test can read while the flusher writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) Bytes() []byte {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return append([]byte(nil), b.buf.Bytes()...)
 }
 
 // frame returns a deterministic frame of n bytes tagged with writer g and
@@ -62,7 +46,7 @@ func TestWriteAndReadBack(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			var out syncBuffer
+			var out testenv.Buffer
 			w, err := New(&out, tc.snaplen)
 			if err != nil {
 				t.Fatal(err)
@@ -110,7 +94,7 @@ func TestWriteAndReadBack(t *testing.T) {
 func TestConcurrentWriters(t *testing.T) {
 	const writers, perWriter = 8, 400
 	base := time.Unix(1_900_000_000, 0)
-	var out syncBuffer
+	var out testenv.Buffer
 	w, err := New(&out, 2048)
 	if err != nil {
 		t.Fatal(err)
@@ -164,7 +148,7 @@ func TestConcurrentWriters(t *testing.T) {
 // blockingWriter blocks every Write until release is closed.
 type blockingWriter struct {
 	release chan struct{}
-	syncBuffer
+	testenv.Buffer
 	header bool
 }
 
@@ -173,7 +157,7 @@ func (b *blockingWriter) Write(p []byte) (int, error) {
 		<-b.release
 	}
 	b.header = true
-	return b.syncBuffer.Write(p)
+	return b.Buffer.Write(p)
 }
 
 func TestSlowOutputDropsInsteadOfBlocking(t *testing.T) {

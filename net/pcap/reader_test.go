@@ -7,12 +7,14 @@ import (
 	"io"
 	"testing"
 	"time"
+
+	"github.com/hyperroot/hyperroot/internal/testenv"
 )
 
 // TestReaderReadsWriter: what the Writer writes, the Reader gives back
 // record by record, byte for byte.
 func TestReaderReadsWriter(t *testing.T) {
-	var out syncBuffer
+	var out testenv.Buffer
 	w, err := New(&out, 100)
 	if err != nil {
 		t.Fatal(err)
@@ -49,7 +51,7 @@ func TestReaderReadsWriter(t *testing.T) {
 }
 
 func TestReaderRefuses(t *testing.T) {
-	var out syncBuffer
+	var out testenv.Buffer
 	w, _ := New(&out, 0)
 	w.WriteFrame(frame(0, 1, 60), time.Unix(1, 0))
 	w.Close()
@@ -76,7 +78,7 @@ func TestReaderRefuses(t *testing.T) {
 }
 
 func FuzzReader(f *testing.F) {
-	var out syncBuffer
+	var out testenv.Buffer
 	w, _ := New(&out, 0)
 	w.WriteFrame(frame(0, 1, 60), time.Unix(1, 0))
 	w.WriteFrame(frame(0, 2, 200), time.Unix(2, 0))

@@ -1,7 +1,6 @@
 package vhostuser
 
 import (
-	"bytes"
 	"os/exec"
 	"sync"
 	"testing"
@@ -38,7 +37,7 @@ func TestQEMUHandshake(t *testing.T) {
 		return true
 	}
 
-	var stderr lockedBuffer
+	var stderr testenv.Buffer
 	cmd := exec.Command(qemu, "-accel", "tcg", "-M", "q35", "-nodefaults", "-nographic", "-m", "64",
 		"-object", "memory-backend-memfd,id=m,size=64M,share=on", "-numa", "node,memdev=m",
 		"-chardev", "socket,id=c,path="+s.path, "-netdev", "vhost-user,id=n,chardev=c",
@@ -89,20 +88,3 @@ func TestQEMUHandshake(t *testing.T) {
 	mu.Unlock()
 }
 
-// lockedBuffer collects QEMU's stderr while the test may read it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
