@@ -87,4 +87,3 @@ func TestQEMUHandshake(t *testing.T) {
 	t.Logf("QEMU's startup requests: %v", seen)
 	mu.Unlock()
 }
-
