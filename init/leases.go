@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -36,7 +35,7 @@ func restoreLeases(c *console, cfg *config.Config, dir string) {
 	}
 	n := 0
 	for _, nw := range cfg.Networks {
-		data, err := readLeaseFile(leaseFile(leasesDir, nw.Name))
+		data, err := dhcp.ReadLeaseFile(leaseFile(leasesDir, nw.Name))
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
@@ -65,7 +64,7 @@ func keepLeases(cfg *config.Config, dir, network string) error {
 	if !known {
 		return fmt.Errorf("network %q: not one of the configuration's", network)
 	}
-	data, err := readLeaseFile(leaseFile(dir, network))
+	data, err := dhcp.ReadLeaseFile(leaseFile(dir, network))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -87,28 +86,4 @@ func leaseNetwork(line string) (string, bool) {
 	}
 	name, _, _ := strings.Cut(rest, " ")
 	return name, name != ""
-}
-
-// readLeaseFile reads a lease file written by the switch, which is jailed
-// but may be a guest's: a regular file only (no symbolic link to one of
-// the appliance's files, no FIFO to block on), and bounded.
-func readLeaseFile(path string) ([]byte, error) {
-	f, err := openNoSymlinks(path, os.O_RDONLY)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	if st, err := f.Stat(); err != nil {
-		return nil, err
-	} else if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file", path)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, dhcp.MaxLeaseFile+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > dhcp.MaxLeaseFile {
-		return nil, fmt.Errorf("%s: over %d bytes", path, dhcp.MaxLeaseFile)
-	}
-	return data, nil
 }

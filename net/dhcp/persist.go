@@ -12,6 +12,8 @@ import (
 	"slices"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/hyperroot/hyperroot/internal/atomicfile"
 )
 
@@ -46,20 +48,12 @@ const MaxLeaseFile = 16 << 20
 // is no leases. The file is the server's, which may run in a jail a guest
 // has taken: its size is bounded and every entry checked.
 func ReadLeases(path string) ([]Lease, error) {
-	f, err := os.Open(path)
+	data, err := ReadLeaseFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, MaxLeaseFile+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > MaxLeaseFile {
-		return nil, fmt.Errorf("%s: over %d bytes", path, MaxLeaseFile)
 	}
 	var lf leaseFile
 	if err := json.Unmarshal(data, &lf); err != nil || lf.Version != leaseFileVersion {
@@ -75,6 +69,37 @@ func ReadLeases(path string) ([]Lease, error) {
 		out = append(out, Lease{IP: ip, MAC: mac, Hostname: fl.Hostname, Expiry: fl.Expiry})
 	}
 	return out, nil
+}
+
+// ReadLeaseFile reads a lease file's bytes as a reader outside the server
+// must: the file is written by a switch that may be a guest's, which could
+// have put a symbolic link to one of the appliance's files in its place
+// (no link is followed, anywhere in the path), or a FIFO to block the
+// reader on (opened without waiting; only a regular file is read), or a
+// file too big to hold (MaxLeaseFile).
+func ReadLeaseFile(path string) ([]byte, error) {
+	fd, err := unix.Openat2(unix.AT_FDCWD, path, &unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NOCTTY | unix.O_NONBLOCK,
+		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	if st, err := f.Stat(); err != nil {
+		return nil, err
+	} else if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file", path)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, MaxLeaseFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > MaxLeaseFile {
+		return nil, fmt.Errorf("%s: over %d bytes", path, MaxLeaseFile)
+	}
+	return data, nil
 }
 
 // load reads the lease file. A missing file is an empty table. A file that

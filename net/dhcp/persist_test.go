@@ -4,10 +4,12 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+	"golang.org/x/sys/unix"
 )
 
 func TestLeasesSurviveRestart(t *testing.T) {
@@ -231,5 +233,28 @@ func TestReadLeasesHostile(t *testing.T) {
 	l, err := ReadLeases(p)
 	if err != nil || len(l) != 1 || l[0].IP != netip.MustParseAddr("10.0.0.5") || l[0].MAC.String() != "52:54:00:00:00:01" {
 		t.Errorf("got %+v, %v", l, err)
+	}
+	// A link in the file's place (to a lease file, even) is not
+	// followed, and a FIFO is refused at once rather than waited on.
+	link := filepath.Join(dir, "link.leases")
+	if err := os.Symlink(p, link); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := ReadLeases(link); err == nil {
+		t.Errorf("a symbolic link was followed: %+v", l)
+	}
+	fifo := filepath.Join(dir, "fifo.leases")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := ReadLeases(fifo); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Errorf("a FIFO: %v, want not a regular file", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("ReadLeases blocked on a FIFO")
 	}
 }
