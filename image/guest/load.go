@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The load actions make a guest use what QoS limits, for the resource
@@ -34,10 +36,17 @@ import (
 //	       distance its SLIT gives to each node), then "guest: numa nodes=<n>";
 //	       with hyperroot.numa=hold it then waits for a line on its console
 //
+//	spew   write hyperroot.spew= KiB (default 16) of 64-byte lines
+//	       ("guest: spew <i> xxx...") to the console, wait until the console
+//	       took them (tcdrain), and report "guest: spew bytes=<n>
+//	       ms=<time> console=<its device>": what a console costs a
+//	       talkative guest
+//
 // They power off when done.
 var loadActions = map[string]func(seed uint64) error{
 	"spin":   spin,
 	"fill":   fill,
+	"spew":   spew,
 	"memmap": memmapAction, // memmap.go
 	"numa":   numaAction,
 }
@@ -155,5 +164,27 @@ func fill(uint64) error {
 		hold(filled)
 	}
 	runtime.KeepAlive(keep)
+	return nil
+}
+
+func spew(uint64) error {
+	kib := cmdlineInt("spew", 16)
+	dev, _ := os.Readlink("/proc/self/fd/1")
+	line := make([]byte, 64)
+	start := time.Now()
+	for i := 0; i < kib*1024/len(line); i++ {
+		n := copy(line, fmt.Sprintf("guest: spew %06d ", i))
+		for j := n; j < len(line)-1; j++ {
+			line[j] = 'x'
+		}
+		line[len(line)-1] = '\n'
+		if _, err := os.Stdout.Write(line); err != nil {
+			return err
+		}
+	}
+	// TCSBRK with a non-zero argument is tcdrain: back when the
+	// console has sent everything.
+	unix.IoctlSetInt(1, unix.TCSBRK, 1)
+	fmt.Printf("guest: spew bytes=%d ms=%d console=%s\n", kib*1024, time.Since(start).Milliseconds(), dev)
 	return nil
 }

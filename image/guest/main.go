@@ -33,6 +33,7 @@ import (
 )
 
 func main() {
+	holdStdio()
 	for _, m := range []struct{ src, dst, typ string }{
 		{"proc", "/proc", "proc"}, {"sysfs", "/sys", "sysfs"}, {"devtmpfs", "/dev", "devtmpfs"},
 	} {
@@ -42,6 +43,7 @@ func main() {
 		}
 	}
 	loadModules()
+	hvcStdio()
 	reportCRNG(time.Now())
 	n, _ := powerkey.Watch(func() {
 		fmt.Println("guest: power button pressed, powering off")
@@ -88,7 +90,10 @@ func main() {
 			}
 		}
 	}
-	switch action {
+	// What the guest does last is its chain's last action: "spew,echo"
+	// writes, then echoes.
+	actions := strings.Split(action, ",")
+	switch actions[len(actions)-1] {
 	case "echo":
 		sc := bufio.NewScanner(os.Stdin)
 		for sc.Scan() {
@@ -130,6 +135,57 @@ func loadModules() {
 		if err := kmodule.Probe(name, ""); err != nil {
 			fmt.Printf("guest: module %s: %v\n", name, err)
 		}
+	}
+}
+
+// holdStdio fills whichever of descriptors 0-2 the kernel left closed (it
+// could not open an initial console: hvc0 has no device until its driver
+// is loaded) with a placeholder, so that no file this process opens, and
+// none of the Go runtime's, takes their place before hvcStdio.
+func holdStdio() {
+	for fd := 0; fd <= 2; fd++ {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == unix.EBADF {
+			if got, err := unix.Open("/", unix.O_RDONLY, 0); err == nil && got != fd {
+				unix.Dup2(got, fd)
+				unix.Close(got)
+			}
+		}
+	}
+}
+
+// hvcStdio makes the virtio console this process's standard input and
+// output when the command line names hvc0 a console: the kernel opened
+// /dev/console for init before virtio_console was loaded, when hvc0 had no
+// device behind it yet.
+func hvcStdio() {
+	b, _ := os.ReadFile("/proc/cmdline")
+	hvc := false
+	for _, f := range strings.Fields(string(b)) {
+		if v, ok := strings.CutPrefix(f, "console="); ok && strings.Split(v, ",")[0] == "hvc0" {
+			hvc = true
+		}
+	}
+	if !hvc {
+		return
+	}
+	// The port appears when the driver has probed the device.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		fd, err := unix.Open("/dev/hvc0", unix.O_RDWR|unix.O_NOCTTY, 0)
+		if err == nil {
+			for _, std := range []int{0, 1, 2} {
+				unix.Dup2(fd, std)
+			}
+			if fd > 2 {
+				unix.Close(fd)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			fmt.Printf("guest: console hvc0: %v\n", err)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

@@ -32,7 +32,7 @@ import (
 // virtio_rng bind the VMM's virtio-rng device (the guest reports it),
 // virtio_blk its disks (ext4, which the disk tests mount, is built into
 // Debian's kernel: CONFIG_EXT4_FS=y).
-var guestModules = []string{"pvpanic_mmio", "button", "evdev", "virtio_pci", "virtio_rng", "virtio_blk", "virtio_net"}
+var guestModules = []string{"pvpanic_mmio", "button", "evdev", "virtio_pci", "virtio_rng", "virtio_blk", "virtio_net", "virtio_console"}
 
 // caBundle is where Debian keeps the public CAs, and where Go's TLS looks
 // for them first.

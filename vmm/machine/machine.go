@@ -35,6 +35,7 @@ import (
 	"github.com/hyperroot/hyperroot/vmm/memory"
 	"github.com/hyperroot/hyperroot/vmm/pci"
 	"github.com/hyperroot/hyperroot/vmm/virtio/blk"
+	vconsole "github.com/hyperroot/hyperroot/vmm/virtio/console"
 	virtionet "github.com/hyperroot/hyperroot/vmm/virtio/net"
 	virtiopci "github.com/hyperroot/hyperroot/vmm/virtio/pci"
 )
@@ -154,7 +155,8 @@ type Machine struct {
 	pci   *pci.Bus
 
 	serial  *serial.Device
-	console *serial.Buffer // the serial port's output; flushed when Run returns, closed by Close
+	vcon    *vconsole.Device // a virtio console, for a guest whose console is hvc0 (nil: none)
+	console *serial.Buffer   // the serial port's output; flushed when Run returns, closed by Close
 	ged     *power.GED
 
 	// virtio devices on the PCI bus, their MSI-X routers and the VM's
@@ -755,9 +757,16 @@ func (m *Machine) ConsoleDropped() uint64 {
 	return m.console.Dropped()
 }
 
-// Input queues bytes for the guest's serial console; it returns how many
+// Input queues bytes for the guest's console, the virtio console when
+// the guest has one (its command line names hvc0) and the UART otherwise;
+// it returns how many
 // were taken (the rest are dropped when the guest does not read).
-func (m *Machine) Input(p []byte) int { return m.serial.Input(p) }
+func (m *Machine) Input(p []byte) int {
+	if m.vcon != nil {
+		return m.vcon.Input(p)
+	}
+	return m.serial.Input(p)
+}
 
 // Close releases the VM.
 func (m *Machine) Close() error {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/hyperroot/hyperroot/vmm/ratelimit"
 	"github.com/hyperroot/hyperroot/vmm/virtio"
 	"github.com/hyperroot/hyperroot/vmm/virtio/blk"
+	vconsole "github.com/hyperroot/hyperroot/vmm/virtio/console"
 	virtionet "github.com/hyperroot/hyperroot/vmm/virtio/net"
 	virtiopci "github.com/hyperroot/hyperroot/vmm/virtio/pci"
 	"github.com/hyperroot/hyperroot/vmm/virtio/rng"
@@ -273,6 +275,16 @@ func (m *Machine) virtioDevices(cfg Config) error {
 	if err := m.attach("virtio-rng", rng.New(rng.Options{}), width); err != nil {
 		return err
 	}
+	// A guest whose console is hvc0 gets a virtio console beside the
+	// UART (which keeps the kernel's first lines, before the driver
+	// loads): a write() there is one buffer and one notification, where
+	// the UART costs an exit a byte.
+	if hvcConsole(cfg.Cmdline) {
+		m.vcon = vconsole.New(vconsole.Options{Out: m.console})
+		if err := m.attach("virtio-console", m.vcon, width); err != nil {
+			return err
+		}
+	}
 	for i, d := range cfg.Disks {
 		dev, err := m.disk(d, cfg.CPUs, func(err error) { m.errlog.report(fmt.Errorf("disk %d: %w", i, err)) })
 		if err != nil {
@@ -497,4 +509,17 @@ func (m *Machine) closeVirtio() error {
 	}
 	m.virtio, m.routers, m.backends, m.nics = nil, nil, nil, nil
 	return errors.Join(errs...)
+}
+
+// hvcConsole reports whether a kernel command line makes hvc0 a console
+// (console=hvc0, with or without options).
+func hvcConsole(cmdline string) bool {
+	for _, f := range strings.Fields(cmdline) {
+		if v, ok := strings.CutPrefix(f, "console="); ok {
+			if name, _, _ := strings.Cut(v, ","); name == "hvc0" {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -109,3 +109,18 @@ func TestMSIRouterAndIOEvents(t *testing.T) {
 		}
 	}
 }
+
+func TestHVCConsole(t *testing.T) {
+	for cmdline, want := range map[string]bool{
+		"console=ttyS0":                     false,
+		"console=ttyS0 console=hvc0":        true,
+		"quiet console=hvc0,115200 panic=1": true,
+		"console=hvc01":                     false,
+		"hyperroot.console=hvc0":            false,
+		"":                                  false,
+	} {
+		if got := hvcConsole(cmdline); got != want {
+			t.Errorf("hvcConsole(%q) = %v, want %v", cmdline, got, want)
+		}
+	}
+}
