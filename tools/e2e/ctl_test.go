@@ -290,7 +290,7 @@ func TestCtlRemote(t *testing.T) {
 		expect(t, m, `hyperroot: vm talk removed$`)
 		bad := filepath.Join(dir, "bad.yaml")
 		write(t, bad, "vms:\n  - {name: web, cpus: lots}\n")
-		if _, err := api.ctl(api.token, "config", "apply", "-f", bad); err == nil || !strings.Contains(err.Error(), `config:2:23: want a whole number, found "lots"`) || !strings.Contains(err.Error(), "(HTTP 400)") {
+		if _, err := api.ctl(api.token, "config", "apply", "-f", bad); err == nil || !strings.Contains(err.Error(), `config:2:23: vm web: want a whole number, found "lots"`) || !strings.Contains(err.Error(), "(HTTP 400)") {
 			t.Errorf("a bad config: %v", err)
 		}
 		if out := api.must(t, "vm", "delete", "extra"); out != "vm extra deleted\n" {
