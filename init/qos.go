@@ -31,8 +31,8 @@ import (
 // reclaim from each other before they reclaim from PID 1 and the switch,
 // which every VM needs.
 type cgroups struct {
-	root, vms, netSwitch *cgroup.Group
-	controllers          map[string]bool
+	root, system, vms, netSwitch *cgroup.Group
+	controllers                  map[string]bool
 }
 
 const (
@@ -72,8 +72,7 @@ func setupCgroups(c *console) *cgroups {
 		}
 		return "none"
 	}
-	sys := &cgroup.Group{Path: filepath.Join(cg.root.Path, cgroupTop, "system")}
-	c.Printf("cgroups: %s; appliance reserve %s, switch %s", strings.Join(names, " "), reserve(sys), reserve(cg.netSwitch))
+	c.Printf("cgroups: %s; appliance reserve %s, switch %s", strings.Join(names, " "), reserve(cg.system), reserve(cg.netSwitch))
 	return cg
 }
 
@@ -100,8 +99,7 @@ func makeCgroups(root string, self int) (*cgroups, error) {
 	if err != nil {
 		return nil, err
 	}
-	system, err := top.Mkdir("system")
-	if err != nil {
+	if cg.system, err = top.Mkdir("system"); err != nil {
 		return nil, err
 	}
 	if cg.vms, err = top.Mkdir("vms"); err != nil {
@@ -112,7 +110,7 @@ func makeCgroups(root string, self int) (*cgroups, error) {
 	}
 	// Controllers are enabled from the root down; a level may hold no
 	// processes once it has them, so PID 1 leaves the root first.
-	if err := system.Move(self); err != nil {
+	if err := cg.system.Move(self); err != nil {
 		return nil, err
 	}
 	for _, g := range []*cgroup.Group{r, top, cg.vms} {
@@ -123,7 +121,7 @@ func makeCgroups(root string, self int) (*cgroups, error) {
 		}
 	}
 	if cg.controllers["memory"] {
-		if err := system.Set("memory.min", strconv.Itoa(systemReserve)); err != nil {
+		if err := cg.system.Set("memory.min", strconv.Itoa(systemReserve)); err != nil {
 			return nil, err
 		}
 		if err := cg.netSwitch.Set("memory.min", strconv.Itoa(switchReserve)); err != nil {

@@ -43,17 +43,17 @@ func main() {
 		}
 	}
 	loadModules()
-	hvcStdio()
+	var cmdline []string
+	if b, err := os.ReadFile("/proc/cmdline"); err == nil {
+		cmdline = strings.Fields(string(b))
+	}
+	hvcStdio(cmdline)
 	reportCRNG(time.Now())
 	n, _ := powerkey.Watch(func() {
 		fmt.Println("guest: power button pressed, powering off")
 		unix.Sync()
 		unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 	})
-	var cmdline []string
-	if b, err := os.ReadFile("/proc/cmdline"); err == nil {
-		cmdline = strings.Fields(string(b))
-	}
 	onlineCPUs(cmdline) // cpus.go
 	var up unix.Timespec
 	unix.ClockGettime(unix.CLOCK_BOOTTIME, &up)
@@ -157,12 +157,13 @@ func holdStdio() {
 // output when the command line names hvc0 a console: the kernel opened
 // /dev/console for init before virtio_console was loaded, when hvc0 had no
 // device behind it yet.
-func hvcStdio() {
-	b, _ := os.ReadFile("/proc/cmdline")
+func hvcStdio(cmdline []string) {
 	hvc := false
-	for _, f := range strings.Fields(string(b)) {
-		if v, ok := strings.CutPrefix(f, "console="); ok && strings.Split(v, ",")[0] == "hvc0" {
-			hvc = true
+	for _, f := range cmdline {
+		if v, ok := strings.CutPrefix(f, "console="); ok {
+			if name, _, _ := strings.Cut(v, ","); name == "hvc0" {
+				hvc = true
+			}
 		}
 	}
 	if !hvc {
