@@ -34,6 +34,11 @@ func TestVirtioConsole(t *testing.T) {
 `, name, console)
 		}
 		m := start(t, qemu.Options{Config: configFile(t, "vms:\n"+vm("hvc", "hvc0")+vm("tty", "ttyS0")), Oneshot: true, Stdin: pr})
+		// Both spews done before anything is typed: the appliance's
+		// console echoes typed lines into the stream a guest is writing.
+		for _, name := range []string{"hvc", "tty"} {
+			seen(t, m, `^`+name+`\| `+spewRE.String())
+		}
 		ms := map[string]float64{}
 		for _, name := range []string{"hvc", "tty"} {
 			l := seen(t, m, `^`+name+`\| `+spewRE.String())
