@@ -7,8 +7,6 @@
 #                      (runner flags follow: -memory 4G -cpus 4 -append ... -config F -overlay DIR -oneshot)
 #   ./build.sh test    deps, build, go vet, gofmt, go mod tidy check, unit tests, KVM tests (on the
 #                      host's /dev/kvm, else in the appliance), end-to-end tests under QEMU, race detector
-#   ./build.sh test-long  the end-to-end tests too long for CI's budget: a stock Debian 12 system
-#                      (made by tools/mkdebian, cached) booted from two qcow2 clones with cloud-init
 #   ./build.sh bench   Go micro-benchmarks, then the boot benchmark (hyperroot plain and jailed vs gokvm, QEMU pc and microvm), the disk
 #                      benchmark (hyperroot io_uring/pool vs QEMU) and the network benchmark (hyperroot
 #                      switch vs QEMU + tap + Linux bridge) and the Debian boot benchmark (a stock
@@ -268,18 +266,11 @@ test)
 	step deps deps
 	step "build image (board $BOARD)" build
 	step "go vet" go vet ./...
-	step "go vet (the long tests' files)" go vet -tags longtests ./tools/e2e
 	step "gofmt" check_fmt
 	step "go mod tidy leaves go.mod and go.sum unchanged" tools/check-tidy.sh
+	step "Debian 12 test image (cached)" debian_image
 	step "unit, host-KVM and end-to-end tests" unit_and_e2e
 	step "race detector (tests that need neither KVM nor QEMU)" race
-	;;
-test-long)
-	step deps deps
-	step "build image (board $BOARD)" build
-	step "Debian 12 test image (cached)" debian_image
-	step "long end-to-end tests: Debian 12 clones with cloud-init (about 12 minutes)" env HYPERROOT_STRICT=1 HYPERROOT_IMAGE="$PWD/$OUT/image" \
-		go test -tags longtests -count=1 -timeout 60m -run '^TestDebianClones$' -v ./tools/e2e
 	;;
 pxe)
 	step deps deps
