@@ -12,6 +12,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/safeopen"
 )
 
 // A VM with cloud_init in its configuration gets a NoCloud seed as one more
@@ -84,7 +85,7 @@ func writeSeed(dir string, vm config.VM) (*os.File, error) {
 		os.Remove(tmp)
 		return nil, fmt.Errorf("cloud_init seed: %w", err)
 	}
-	f, err := openNoSymlinks(path, os.O_RDONLY)
+	f, err := safeopen.Open(path, os.O_RDONLY)
 	if err != nil {
 		return nil, fmt.Errorf("cloud_init seed: %w", err)
 	}

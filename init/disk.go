@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/safeopen"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
 	"github.com/hyperroot/hyperroot/vmm/machine"
 )
@@ -92,7 +93,7 @@ func openDisk(d config.Disk) (*os.File, error) {
 	if d.ReadOnly {
 		flags = os.O_RDONLY
 	}
-	f, err := openNoSymlinks(d.Path, flags)
+	f, err := safeopen.Open(d.Path, flags)
 	if errors.Is(err, fs.ErrNotExist) {
 		switch {
 		case d.ReadOnly:
@@ -127,7 +128,7 @@ func createDisk(path string, size int64) (*os.File, error) {
 			return nil, fmt.Errorf("create: %w", unwrapPath(err))
 		}
 	}
-	f, err := openNoSymlinks(path, os.O_RDWR|os.O_CREATE|os.O_EXCL)
+	f, err := safeopen.Open(path, os.O_RDWR|os.O_CREATE|os.O_EXCL)
 	if err != nil {
 		return nil, fmt.Errorf("create: %w", unwrapPath(err))
 	}
@@ -216,31 +217,6 @@ func checkDiskPath(path string) error {
 		}
 	}
 	return nil
-}
-
-// openNoSymlinks opens path (O_CLOEXEC, and never as a controlling
-// terminal) following no symbolic link on the way: ELOOP if it meets one.
-// It does not wait for a FIFO's writer.
-func openNoSymlinks(path string, flags int) (*os.File, error) {
-	how := unix.OpenHow{Flags: uint64(flags | unix.O_CLOEXEC | unix.O_NOCTTY | unix.O_NONBLOCK),
-		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS}
-	if flags&os.O_CREATE != 0 {
-		how.Mode = 0o600
-	}
-	fd, err := unix.Openat2(unix.AT_FDCWD, path, &how)
-	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
-	}
-	// O_NONBLOCK was for the open only: the VMM's I/O blocks.
-	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
-	if err == nil {
-		_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_NONBLOCK)
-	}
-	if err != nil {
-		unix.Close(fd)
-		return nil, &fs.PathError{Op: "fcntl", Path: path, Err: err}
-	}
-	return os.NewFile(uintptr(fd), path), nil
 }
 
 // kernelFS are the filesystems of the kernel's own objects, which hold no

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/safeopen"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
 	"github.com/hyperroot/hyperroot/vmm/block/qcow2"
 )
@@ -119,7 +120,7 @@ func backingChain(f *os.File, path, within string, others map[string]string) (ch
 		default:
 			return chain, fmt.Errorf("%s: backing file %s has format %q (want raw or qcow2)", curPath, p, h.BackingFormat)
 		}
-		bf, err := openNoSymlinks(p, os.O_RDONLY)
+		bf, err := safeopen.Open(p, os.O_RDONLY)
 		if err != nil {
 			if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EXDEV) {
 				return chain, fmt.Errorf("%s: backing file %s is a symbolic link, or a path through one", curPath, p)
@@ -176,7 +177,7 @@ func openQcow2Disk(d config.Disk, others map[string]string) (*os.File, []link, e
 	if d.ReadOnly {
 		flags = os.O_RDONLY
 	}
-	f, err := openNoSymlinks(d.Path, flags)
+	f, err := safeopen.Open(d.Path, flags)
 	created := false
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -250,7 +251,7 @@ func createQcow2(d config.Disk) (*os.File, error) {
 		if err := checkBackingPath(d.Base); err != nil {
 			return nil, fmt.Errorf("base %s %w", d.Base, err)
 		}
-		b, err := openNoSymlinks(d.Base, os.O_RDONLY)
+		b, err := safeopen.Open(d.Base, os.O_RDONLY)
 		if err != nil {
 			return nil, fmt.Errorf("base %s: %w", d.Base, unwrapPath(err))
 		}
@@ -292,7 +293,7 @@ func createQcow2(d config.Disk) (*os.File, error) {
 			return nil, fmt.Errorf("create: %w", unwrapPath(err))
 		}
 	}
-	f, err := openNoSymlinks(d.Path, os.O_RDWR|os.O_CREATE|os.O_EXCL)
+	f, err := safeopen.Open(d.Path, os.O_RDWR|os.O_CREATE|os.O_EXCL)
 	if err != nil {
 		return nil, fmt.Errorf("create: %w", unwrapPath(err))
 	}

@@ -12,9 +12,8 @@ import (
 	"slices"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/hyperroot/hyperroot/internal/atomicfile"
+	"github.com/hyperroot/hyperroot/internal/safeopen"
 )
 
 // leaseFile is the on-disk form of the table. Only bound leases are kept:
@@ -78,14 +77,10 @@ func ReadLeases(path string) ([]Lease, error) {
 // reader on (opened without waiting; only a regular file is read), or a
 // file too big to hold (MaxLeaseFile).
 func ReadLeaseFile(path string) ([]byte, error) {
-	fd, err := unix.Openat2(unix.AT_FDCWD, path, &unix.OpenHow{
-		Flags:   unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NOCTTY | unix.O_NONBLOCK,
-		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
-	})
+	f, err := safeopen.Open(path, os.O_RDONLY)
 	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+		return nil, err
 	}
-	f := os.NewFile(uintptr(fd), path)
 	defer f.Close()
 	if st, err := f.Stat(); err != nil {
 		return nil, err
