@@ -16,8 +16,9 @@ import (
 )
 
 // demoRuns is how many times TestDefaultDemo boots the default demo in a
-// row: it hung in 6 of 6 runs on a loaded 2-core machine (issue 9).
-const demoRuns = 3
+// row: it hung in 6 of 6 runs on a loaded 2-core machine (issue 9), and
+// the bound on port exits below fails on its cause at any speed.
+const demoRuns = 2
 
 // maxDemoIOExits bounds the port I/O exits one demo guest may take from
 // start to power-off. Each exit is a round trip through two hypervisors

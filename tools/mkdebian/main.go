@@ -10,7 +10,7 @@
 // The image is cached: it is made again only when its recipe (this
 // program's packages and set-up) changed. It prints the image's path.
 //
-//	go run ./tools/mkdebian -out out/cache/debian
+//	go run ./tools/mkdebian [-out dir]   (default: disktest.DebianDir, ~/.cache/hyperroot/debian)
 package main
 
 import (
@@ -59,7 +59,7 @@ const (
 )
 
 func main() {
-	out := flag.String("out", "out/cache/debian", "directory of the image (and its cache)")
+	out := flag.String("out", disktest.DebianDir(), "directory of the image (and its cache)")
 	flag.Parse()
 	log.SetFlags(0)
 	log.SetPrefix("mkdebian: ")
