@@ -146,10 +146,10 @@ build() {
 
 # The Debian 12 system image the tests boot as a stock distribution's disk
 # (tools/mkdebian: mmdebstrap from Debian's packages), made once and kept
-# in the download cache until its recipe changes.
-# It is kept outside the clone, as Go keeps its module cache: a clean clone
-# (CI's) finds it made, and skips the two minutes of mmdebstrap.
-# HYPERROOT_CACHE names another directory.
+# until its recipe changes, outside the clone as Go keeps its module cache:
+# a clean clone (CI's) finds it made and skips the two minutes of
+# mmdebstrap. HYPERROOT_CACHE names another directory (the same rule as
+# internal/disktest.DebianDir, which the test and mkdebian use).
 CACHE=${HYPERROOT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hyperroot}
 export HYPERROOT_DEBIAN_IMAGE=${HYPERROOT_DEBIAN_IMAGE:-$CACHE/debian/debian-12.qcow2}
 debian_image() { go run ./tools/mkdebian -out "$(dirname "$HYPERROOT_DEBIAN_IMAGE")" >/dev/null; }

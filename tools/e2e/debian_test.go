@@ -142,12 +142,12 @@ func TestDebianClones(t *testing.T) {
         %[3]s
 `, name, keys[name], ud)
 	}
-	const net = "hugepages: {2M: 512}\nnetworks:\n  - {name: lan, subnet: 10.30.0.0/24, dhcp: {from: 10.30.0.10, to: 10.30.0.11}}\n"
+	const head = "hugepages: {2M: 512}\nnetworks:\n  - {name: lan, subnet: 10.30.0.0/24, dhcp: {from: 10.30.0.10, to: 10.30.0.11}}\n"
 	testbed(t, func(t testing.TB) {
 		pr, pw := io.Pipe()
 		defer pw.Close()
 		m := start(t, qemu.Options{Drives: []string{data}, Memory: "3G", CPUs: 1, Stdin: pr,
-			Config: configFile(t, net+"vms:\n"+vm("web")+vm("db"))})
+			Config: configFile(t, head+"vms:\n"+vm("web")+vm("db"))})
 		for _, name := range []string{"web", "db"} {
 			p := `^` + name + `\| `
 			seen(t, m, `hyperroot: vm `+name+`: disk /var/lib/hyperroot/vms/`+name+`\.qcow2 made as a thin qcow2 clone of /var/lib/hyperroot/bases/debian-12\.qcow2$`)
