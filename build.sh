@@ -51,6 +51,10 @@ declare -A PKGS=(
 	[update-ca-certificates]=ca-certificates
 	[chromium]=chromium
 	[qemu-img]=qemu-utils
+	[mkfs.vfat]=dosfstools
+	[mcopy]=mtools
+	[mkfs.xfs]=xfsprogs
+	[mkfs.btrfs]=btrfs-progs
 	[mmdebstrap]=mmdebstrap
 )
 

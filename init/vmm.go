@@ -110,12 +110,12 @@ func vmmMain(args []string) int {
 	for i, d := range a.Disks {
 		f, err := openDiskArg(d)
 		if err != nil {
-			return fail("disk %d: %v", i, err)
+			return fail("%s: %v", d.Label(i), err)
 		}
 		defer f.Close()
 		backing, err := backingArgs(d, f)
 		if err != nil {
-			return fail("disk %d: %v", i, err)
+			return fail("%s: %v", d.Label(i), err)
 		}
 		for _, b := range backing {
 			defer b.File.Close()
@@ -128,9 +128,9 @@ func vmmMain(args []string) int {
 	if a.BootDisk {
 		b, err := bootDisk(cfg.Disks[0], a.BootEntry)
 		if err != nil {
-			return fail("%s: disk 0: %v", a.Name, err)
+			return fail("%s: %s: %v", a.Name, a.Disks[0].Label(0), err)
 		}
-		fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: booting disk 0: %s (kernel %d bytes, initrd %d bytes)\n", a.Name, b.Source, len(b.Kernel), len(b.Initrd))
+		fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: booting %s: %s (kernel %d bytes, initrd %d bytes)\n", a.Name, a.Disks[0].Label(0), b.Source, len(b.Kernel), len(b.Initrd))
 		cfg.Kernel, cfg.Initrd = b.Kernel, b.Initrd
 		cfg.Cmdline = strings.TrimSpace(b.Cmdline + " " + cfg.Cmdline)
 	}

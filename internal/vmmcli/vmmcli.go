@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -356,6 +357,9 @@ type Disk struct {
 	Direct    bool   // O_DIRECT
 	IO        string // IOAuto, IOUring or IOPool
 	Format    string // "" (raw) or "qcow2"
+	// Name is what the VMM's messages call the disk: the supervisor's
+	// path of an inherited one (the VMM cannot see it); "" for none.
+	Name string
 	// Backing is a qcow2 disk's backing chain as inherited descriptors,
 	// the image's own backing file first. Without it, a disk given by
 	// path opens its backing files by the names in their headers.
@@ -404,6 +408,9 @@ func (d Disk) String() string {
 	if d.Format != "" {
 		s += ",format=" + d.Format
 	}
+	if d.Name != "" {
+		s += ",name=" + nameEscaper.Replace(d.Name)
+	}
 	for i, b := range d.Backing {
 		sep := "+"
 		if i == 0 {
@@ -414,7 +421,26 @@ func (d Disk) String() string {
 	return s
 }
 
-const diskKeys = "fd, path, ro, id, iops, bps, direct, io, format, backing"
+const diskKeys = "fd, path, ro, id, iops, bps, direct, io, format, name, backing"
+
+// nameEscaper keeps a disk's name (a path) from splitting the flag: %XX
+// for the separator and the escape itself, which ParseDisk decodes.
+var nameEscaper = strings.NewReplacer("%", "%25", ",", "%2C")
+
+// maxName bounds a disk's name (PATH_MAX).
+const maxName = 4096
+
+// Label is what messages call disk i: "disk PATH", or "disk I" when the
+// VMM has no path for it.
+func (d Disk) Label(i int) string {
+	switch {
+	case d.Name != "":
+		return "disk " + d.Name
+	case d.Path != "":
+		return "disk " + d.Path
+	}
+	return fmt.Sprintf("disk %d", i)
+}
 
 // ParseDisk reads a --disk flag value.
 func ParseDisk(s string) (Disk, error) {
@@ -484,6 +510,12 @@ func ParseDisk(s string) (Disk, error) {
 			default:
 				return d, fmt.Errorf("format %q: want raw or qcow2", v)
 			}
+		case "name":
+			name, err := url.PathUnescape(v)
+			if err != nil || len(name) > maxName {
+				return d, fmt.Errorf("name %q: want a path of at most %d bytes, %%2C for a comma", v, maxName)
+			}
+			d.Name = name
 		case "backing":
 			for _, e := range strings.Split(v, "+") {
 				fd, format, _ := strings.Cut(e, ":")
@@ -585,7 +617,7 @@ func ForVM(vm config.VM, dir string) Args {
 		a.NUMANodes = append(a.NUMANodes, NUMANode{CPUs: n.CPUs, Memory: n.Memory.String(), Host: n.HostNode})
 	}
 	for i, d := range vm.Disks {
-		a.Disks = append(a.Disks, Disk{FD: FirstFD + i, ReadOnly: d.ReadOnly, ID: d.ID,
+		a.Disks = append(a.Disks, Disk{FD: FirstFD + i, Name: d.Path, ReadOnly: d.ReadOnly, ID: d.ID,
 			IOPS: d.Limits.IOPS, Bandwidth: uint64(d.Limits.Bandwidth), Direct: d.Direct, IO: diskIO(d.IO)})
 		if d.Format == config.FormatQcow2 {
 			// Its backing chain's descriptors follow every disk's;

@@ -55,6 +55,8 @@ func TestParseDisk(t *testing.T) {
 		{in: "fd=7,ro,id=web-0,iops=2000,bps=50M", want: Disk{FD: 7, ReadOnly: true, ID: "web-0", IOPS: 2000, Bandwidth: 50 << 20}},
 		{in: "fd=4,bps=52428800", want: Disk{FD: 4, Bandwidth: 52428800}},
 		{in: "path=/x.img,direct,io=pool", want: Disk{FD: -1, Path: "/x.img", Direct: true, IO: IOPool}},
+		{in: "fd=3,name=/var/lib/hyperroot/a%2Cb%25.img", want: Disk{FD: 3, Name: "/var/lib/hyperroot/a,b%.img"}},
+		{in: "fd=3,name=/a%zz", err: `name "/a%zz": want a path`},
 		{in: "fd=3,io=uring", want: Disk{FD: 3, IO: IOUring}},
 		{in: "fd=3,io=io_uring", want: Disk{FD: 3, IO: IOUring}},
 		{in: "fd=3,io=auto", want: Disk{FD: 3}},
@@ -201,7 +203,7 @@ func TestForVM(t *testing.T) {
 		NICs: []config.NIC{{MAC: mac, MTU: 9000}}, ID: 200123}
 	got := strings.Join(ForVM(vm, "/run/sw").Argv(), " ")
 	want := "vmm --name v --kernel /k --cpus 2 --memory 128M --cmdline c --initrd /i --jail 200123" +
-		" --disk fd=3,id=v-0,io=io_uring --disk fd=4,ro,id=v-1,iops=5,bps=4096,direct,io=pool" +
+		" --disk fd=3,id=v-0,io=io_uring,name=/a --disk fd=4,ro,id=v-1,iops=5,bps=4096,direct,io=pool,name=/b" +
 		" --nic socket=/run/sw/v/0.sock,mac=02:00:00:00:00:01,mtu=9000 --seccomp kill"
 	if got != want {
 		t.Errorf("ForVM(...).Argv() =\n%s\nwant\n%s", got, want)
@@ -225,7 +227,7 @@ func TestForVM(t *testing.T) {
 // ParseDisk.
 func FuzzParseDisk(f *testing.F) {
 	for _, s := range []string{"fd=3", "path=/d.img,ro,id=serial,iops=100,bps=50M,direct,io=uring", "fd=4,io=pool",
-		"path=/x,ro=1", "fd=2", "path=rel", "id=" + strings.Repeat("x", 21), "bps=1T", "bps=-1", "iops=0", ",", "fd=3,fd=3", "path=/a=b,id=a=b", "fd=3,format=qcow2,backing=5:qcow2+6:raw"} {
+		"path=/x,ro=1", "fd=2", "path=rel", "id=" + strings.Repeat("x", 21), "bps=1T", "bps=-1", "iops=0", ",", "fd=3,fd=3", "path=/a=b,id=a=b", "fd=3,format=qcow2,backing=5:qcow2+6:raw", "fd=3,name=/var/lib/a%2Cb%25c.img", "fd=3,name=%zz"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {

@@ -152,7 +152,7 @@ func TestDebianClones(t *testing.T) {
 			p := `^` + name + `\| `
 			seen(t, m, `hyperroot: vm `+name+`: disk /var/lib/hyperroot/vms/`+name+`\.qcow2 made as a thin qcow2 clone of /var/lib/hyperroot/bases/debian-12\.qcow2$`)
 			seen(t, m, `hyperroot: vm `+name+`: cloud-init seed is disk 1 \(instance-id hyperroot-`+name+`, hostname `+name+`-host\)$`)
-			seen(t, m, p+`hyperroot vmm: `+name+`: booting disk 0: partition 2 \(ext4\) /boot/extlinux/extlinux\.conf: Debian GNU/Linux 12 \(bookworm\) \S+ \(kernel \d+ bytes, initrd \d+ bytes\)`)
+			seen(t, m, p+`hyperroot vmm: `+name+`: booting disk /var/lib/hyperroot/vms/`+name+`\.qcow2: partition 2 \(ext4\) /boot/extlinux/extlinux\.conf: Debian GNU/Linux 12 \(bookworm\) \S+ \(kernel \d+ bytes, initrd \d+ bytes\)`)
 			seen(t, m, p+`hyperroot-test: boot markers=\.$`)
 			seen(t, m, p+`hyperroot-test: multi-user\.target active$`)
 			seen(t, m, p+`hyperroot-test: hostname `+name+`-host$`)

@@ -124,14 +124,20 @@ func Open(f *os.File, o Options) (*Image, error) {
 	}
 	im.l2Max = int(max(cache/im.cs, 4))
 	im.l2 = make(map[int64][]uint64, min(im.l2Max, len(im.l1)))
+	// Every cluster the tables point to is visited once: a table past the
+	// end of the file, or for a read-only image any cluster there, is an
+	// image cut short (a copy or download that stopped), refused here
+	// rather than read as zeros. A writable image may hold data clusters
+	// past its end: a writer that crashed before the file system made
+	// their data durable, on a cluster the guest was never told was
+	// flushed; they read as zeros.
+	ref, err := im.findEnd(size)
+	if err != nil {
+		return nil, err
+	}
 	if !im.ro {
 		// Allocation appends: past the file, and past every cluster the
-		// tables point to (a file cut short by a crash of another
-		// writer may end before them), so nothing is handed out twice.
-		ref, err := im.findEnd()
-		if err != nil {
-			return nil, err
-		}
+		// tables point to, so nothing is handed out twice.
 		// Not with autoclear features (QEMU's bitmaps): their tables'
 		// clusters are counted but not among those findEnd follows.
 		if h.Autoclear == 0 {
@@ -165,7 +171,7 @@ func Open(f *os.File, o Options) (*Image, error) {
 // cluster anything points to (the header, tables and data). It reads
 // every L2 table once: about 1/8192 of the allocated disk with 64 KiB
 // clusters.
-func (im *Image) findEnd() (int64, error) {
+func (im *Image) findEnd(fileSize int64) (int64, error) {
 	span := func(off uint64, n int64) int64 { return (int64(off) + n + im.cs - 1) &^ (im.cs - 1) }
 	ref := max(im.cs, span(im.h.L1TableOffset, int64(im.h.L1Size)*8), span(im.h.RefTableOffset, int64(im.h.RefTableClusters)*im.cs))
 	past := func(off uint64) {
@@ -173,7 +179,18 @@ func (im *Image) findEnd() (int64, error) {
 			ref = c
 		}
 	}
+	// cut says whether a data cluster at host offset off (0: none)
+	// starts past the end of the file; cutTable whether a table's
+	// cluster (written whole, always) does not end within it.
+	cut := func(off uint64) bool { return off&offsetMask != 0 && int64(off&offsetMask) >= fileSize }
+	cutTable := func(off uint64) bool { return off&offsetMask != 0 && int64(off&offsetMask)+im.cs > fileSize }
+	truncated := func(what string, off uint64) error {
+		return fmt.Errorf("qcow2: image truncated: %s at %#x does not lie within the file (%d bytes): was it copied or downloaded whole?", what, off&offsetMask, fileSize)
+	}
 	for _, e := range im.refTable {
+		if cutTable(e) {
+			return 0, truncated("a refcount block", e)
+		}
 		past(e)
 	}
 	// Only the L1 entries that map the disk are followed, each distinct
@@ -184,6 +201,9 @@ func (im *Image) findEnd() (int64, error) {
 	for i, e := range im.l1 {
 		if e&offsetMask == 0 {
 			continue
+		}
+		if cutTable(e) {
+			return 0, truncated("an L2 table", e)
 		}
 		past(e)
 		if int64(i) >= need || seen[e&offsetMask] {
@@ -197,10 +217,16 @@ func (im *Image) findEnd() (int64, error) {
 		for _, e := range t {
 			if e&entryCompressed != 0 {
 				start, stop := im.compressedSpan(e)
+				if im.ro && start >= fileSize && start < maxHostOffset {
+					return 0, truncated("a compressed cluster", uint64(start))
+				}
 				if c := (stop + im.cs - 1) &^ (im.cs - 1); c > ref && start < maxHostOffset {
 					ref = c
 				}
 				continue
+			}
+			if im.ro && cut(e) {
+				return 0, truncated("a data cluster", e)
 			}
 			past(e)
 		}

@@ -748,6 +748,22 @@ func TestOpenRefuses(t *testing.T) {
 			os.Truncate(p, 4096+100)
 			return p
 		}, want: "beyond the end of the file"},
+		{name: "truncated data", make: func() string {
+			// 4 KiB clusters: the header, L1, refcount table and
+			// block, the L2 table, then 16 data clusters; the last
+			// one cut off, as by a copy that stopped.
+			p := fresh("td.qcow2", "cluster_size=4096")
+			qemuIO(t, p, "write -P 0x5a 0 64k")
+			st, _ := os.Stat(p)
+			os.Truncate(p, st.Size()-4096)
+			return p
+		}, ro: true, want: "image truncated: a data cluster at 0x"},
+		{name: "truncated L2 table", make: func() string {
+			p := fresh("tl2.qcow2", "cluster_size=4096")
+			qemuIO(t, p, "write -P 0x5a 0 4k")
+			os.Truncate(p, 4*4096+100) // into the L2 table, after the refcount block
+			return p
+		}, want: "image truncated: an L2 table at 0x4000 does not lie within the file (16484 bytes)"},
 		{name: "bad magic", make: func() string {
 			p := fresh("magic.qcow2", "")
 			patch(t, p, 0, []byte("QFI\xfa"))
@@ -1380,5 +1396,43 @@ func TestReclaimTail(t *testing.T) {
 	}
 	if st2, _ := os.Stat(path); st2.Size() != st.Size()-3*4096 {
 		t.Errorf("file is %d bytes, want the leaked clusters cut off: %d", st2.Size(), st.Size()-3*4096)
+	}
+}
+
+// TestOpenCutWritable: a writable image whose last data cluster lies past
+// the end of its file (a writer that crashed before the file system made
+// the cluster durable; the guest was never told it was flushed) opens:
+// the cluster reads as zeros, and what is written next is allocated past
+// it.
+func TestOpenCutWritable(t *testing.T) {
+	needQemu(t)
+	p := filepath.Join(t.TempDir(), "cut.qcow2")
+	qemuCreate(t, p, 1<<20, "cluster_size=4096")
+	qemuIO(t, p, "write -P 0x5a 0 64k")
+	st, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(p, st.Size()-4096); err != nil {
+		t.Fatal(err)
+	}
+	im := openImage(t, p, false)
+	got := make([]byte, 64<<10)
+	if _, err := im.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	want := bytes.Repeat([]byte{0x5a}, 64<<10)
+	clear(want[60<<10:])
+	if !bytes.Equal(got, want) {
+		t.Errorf("the cut cluster does not read as zeros, or the others changed")
+	}
+	if _, err := im.WriteAt(bytes.Repeat([]byte{7}, 4096), 128<<10); err != nil {
+		t.Fatal(err)
+	}
+	if err := im.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := im.ReadAt(got[:4096], 60<<10); err != nil || !bytes.Equal(got[:4096], make([]byte, 4096)) {
+		t.Errorf("the new cluster was allocated over the cut one: %v", err)
 	}
 }

@@ -33,6 +33,9 @@ import (
 	"github.com/diskfs/go-diskfs/filesystem/ext4"
 	"github.com/diskfs/go-diskfs/filesystem/fat32"
 	"github.com/diskfs/go-diskfs/partition"
+	"github.com/diskfs/go-diskfs/partition/gpt"
+	"github.com/diskfs/go-diskfs/partition/mbr"
+	"github.com/diskfs/go-diskfs/partition/part"
 )
 
 // Limits on what a disk can make the VMM read into memory.
@@ -53,7 +56,10 @@ type Boot struct {
 	Source string
 }
 
-var errNoEntry = errors.New("no entry with a kernel")
+var (
+	errNoEntry = errors.New("no entry with a kernel")
+	errNoExt4  = errors.New("no ext4 superblock")
+)
 
 // configs are where boot loader configurations are looked for, in order.
 var configs = []string{
@@ -70,6 +76,7 @@ func Find(d io.ReaderAt, size int64, entryName string) (b *Boot, err error) {
 	type volume struct {
 		name        string
 		start, size int64
+		partType    string // what the partition table says it holds, if that is no filesystem
 	}
 	var vols []volume
 	if t, err := partition.Read(st, 512, 512); err == nil {
@@ -77,30 +84,45 @@ func Find(d io.ReaderAt, size int64, entryName string) (b *Boot, err error) {
 			if p == nil || p.GetSize() <= 0 || p.GetStart() < 0 || p.GetStart() >= size {
 				continue
 			}
-			vols = append(vols, volume{fmt.Sprintf("partition %d", p.GetIndex()), p.GetStart(), min(p.GetSize(), size-p.GetStart())})
+			vols = append(vols, volume{fmt.Sprintf("partition %d", p.GetIndex()), p.GetStart(), min(p.GetSize(), size-p.GetStart()), partType(p)})
 		}
 	}
 	if len(vols) == 0 {
-		vols = append(vols, volume{"the whole disk", 0, size})
+		vols = append(vols, volume{"the whole disk", 0, size, ""})
 	}
-	var looked []string
+	var looked, unsupported, empty []string
+	readable := false
 	for _, v := range vols {
-		fs, kind := openFS(st, v.start, v.size)
+		fs, kind, err := openFS(st, v.start, v.size)
 		if fs == nil {
-			looked = append(looked, v.name+" (no ext4 or FAT filesystem)")
+			switch {
+			case err != nil:
+				looked = append(looked, fmt.Sprintf("%s (%s, not read: %v)", v.name, kind, err))
+			case kind != "":
+				// A format Find does not read: say which.
+				what := fmt.Sprintf("%s (%s, unsupported)", v.name, kind)
+				looked = append(looked, what)
+				unsupported = append(unsupported, what)
+			case v.partType != "":
+				looked = append(looked, v.name+" ("+v.partType+")")
+			default:
+				looked = append(looked, v.name+" (no ext4 or FAT filesystem)")
+			}
 			continue
 		}
+		readable = true
 		looked = append(looked, v.name+" ("+kind+")")
 		for _, c := range configs {
 			entries, def, err := readConfig(fs, c)
 			if err != nil {
 				continue
 			}
+			where := fmt.Sprintf("%s (%s) %s", v.name, kind, c)
 			e, err := choose(entries, def, entryName)
 			if errors.Is(err, errNoEntry) {
+				empty = append(empty, where)
 				continue
 			}
-			where := fmt.Sprintf("%s (%s) %s", v.name, kind, c)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", where, err)
 			}
@@ -112,18 +134,92 @@ func Find(d io.ReaderAt, size int64, entryName string) (b *Boot, err error) {
 			return b, nil
 		}
 	}
-	return nil, fmt.Errorf("no bootable entry: looked for %s on %s", strings.Join(configs, ", "), strings.Join(looked, ", "))
+	if !readable && len(unsupported) > 0 {
+		return nil, fmt.Errorf("unsupported filesystem: %s; the kernel and its boot loader configuration are read from ext4 or FAT only (keep /boot on one, or give the VM a kernel)",
+			strings.Join(unsupported, ", "))
+	}
+	found := ""
+	if len(empty) > 0 {
+		// A configuration without a kernel (a chain loader's, a
+		// menu of tools): say where, before the whole search.
+		found = " " + strings.Join(empty, ", ") + " names no kernel;"
+	}
+	return nil, fmt.Errorf("no bootable entry:%s looked for %s on %s", found, strings.Join(configs, ", "), strings.Join(looked, ", "))
+}
+
+// partType names what a partition's type says it holds when that is not
+// a filesystem to look in, for the error that lists what was looked at.
+func partType(p part.Partition) string {
+	switch p := p.(type) {
+	case *gpt.Partition:
+		switch strings.ToUpper(string(p.Type)) {
+		case string(gpt.BIOSBoot):
+			return "BIOS boot partition"
+		case string(gpt.LinuxSwap):
+			return "swap partition"
+		case string(gpt.LinuxLVM):
+			return "LVM partition"
+		}
+	case *mbr.Partition:
+		switch p.Type {
+		case mbr.LinuxSwap:
+			return "swap partition"
+		case 0x05, 0x0f, 0x85:
+			return "extended partition (its logical partitions are not read)"
+		case 0x8e:
+			return "LVM partition"
+		}
+	}
+	return ""
+}
+
+// signatures identify what a volume holds when it is not ext4 or FAT, so
+// that an error can name it: the magic bytes at an offset.
+var signatures = []struct {
+	off   int64
+	magic string
+	name  string
+}{
+	{0, "XFSB", "xfs"},
+	{0x10040, "_BHRfS_M", "btrfs"},
+	{0, "LUKS\xba\xbe", "LUKS encrypted volume"},
+	{512, "LABELONE", "LVM physical volume"},
+	{4096 - 10, "SWAPSPACE2", "swap"},
+	{0, "hsqs", "squashfs"},
+	{0x8001, "CD001", "ISO 9660"},
+	{3, "NTFS    ", "NTFS"},
+	{3, "EXFAT   ", "exFAT"},
+	{0x400, "\x10\x20\xf5\xf2", "f2fs"},
+}
+
+// identify names the filesystem or volume format a volume starts with,
+// among signatures, or "".
+func identify(st *storage, start, size int64) string {
+	var buf [16]byte
+	for _, s := range signatures {
+		if s.off+int64(len(s.magic)) > size {
+			continue
+		}
+		if n, _ := st.ReadAt(buf[:len(s.magic)], start+s.off); n == len(s.magic) && string(buf[:n]) == s.magic {
+			return s.name
+		}
+	}
+	return ""
 }
 
 // openFS opens the ext4 or FAT filesystem of a volume, if it holds one.
-func openFS(st *storage, start, size int64) (iofs.FS, string) {
+// Otherwise it names what the volume holds if it can tell (an ext4 it
+// could not read, with err, or a format it does not read at all).
+func openFS(st *storage, start, size int64) (iofs.FS, string, error) {
 	if fs, err := readExt4(st, start, size); err == nil {
-		return fs, "ext4"
+		return fs, "ext4", nil
+	} else if !errors.Is(err, errNoExt4) {
+		return nil, "ext4", err
 	}
 	if fs, err := readFAT(st, start, size); err == nil {
-		return fs, "vfat"
+		return fs, "vfat", nil
 	}
-	return nil, ""
+	return nil, identify(st, start, size), nil
 }
 
 // go-diskfs may panic on a filesystem it cannot make sense of: that is a
@@ -159,7 +255,7 @@ func checkExt4(st *storage, start, size int64) error {
 	}
 	le := binary.LittleEndian
 	if le.Uint16(sb[0x38:]) != 0xef53 {
-		return errors.New("no ext4 superblock")
+		return errNoExt4
 	}
 	logBlock := le.Uint32(sb[0x18:])
 	if logBlock > 6 {
@@ -237,7 +333,13 @@ func readConfig(fs iofs.FS, p string) (entries []entry, def int, err error) {
 			entries = append(entries, blsEntry(strings.TrimSuffix(name, ".conf"), string(text)))
 		}
 		blsOrder(entries)
-		return entries, 0, nil
+		// systemd-boot's loader.conf, beside the entries, may name the
+		// default with a glob pattern.
+		def := 0
+		if text, err := readFile(fs, path.Join(path.Dir(p), "loader.conf"), maxConfig); err == nil {
+			def = blsDefault(entries, string(text))
+		}
+		return entries, def, nil
 	}
 	text, err := readFile(fs, p, maxConfig)
 	if err != nil {

@@ -167,9 +167,9 @@ func TestFind(t *testing.T) {
 		{"missing kernel", func() { os.Remove(filepath.Join(tree, "boot/vmlinuz-6.1.0-18-cloud-amd64")) },
 			`entry "Debian GNU/Linux": kernel /boot/vmlinuz-6.1.0-18-cloud-amd64:`},
 		{"no kernel line", func() { write("boot/grub/grub.cfg", []byte("menuentry 'x' {\n echo hi\n}\n")) },
-			"no bootable entry: looked for /loader/entries, /boot/loader/entries, /boot/grub/grub.cfg"},
+			"no bootable entry: partition 2 (ext4) /boot/grub/grub.cfg names no kernel; looked for /loader/entries, /boot/loader/entries, /boot/grub/grub.cfg"},
 		{"no config", func() { os.RemoveAll(filepath.Join(tree, "boot/grub")) },
-			"no bootable entry: looked for /loader/entries, /boot/loader/entries, /boot/grub/grub.cfg, /grub/grub.cfg, /boot/grub2/grub.cfg, /grub2/grub.cfg, /EFI/debian/grub.cfg, /EFI/ubuntu/grub.cfg, /boot/extlinux/extlinux.conf, /extlinux/extlinux.conf, /extlinux.conf on partition 1 (no ext4 or FAT filesystem), partition 2 (ext4)"},
+			"no bootable entry: looked for /loader/entries, /boot/loader/entries, /boot/grub/grub.cfg, /grub/grub.cfg, /boot/grub2/grub.cfg, /grub2/grub.cfg, /EFI/debian/grub.cfg, /EFI/ubuntu/grub.cfg, /boot/extlinux/extlinux.conf, /extlinux/extlinux.conf, /extlinux.conf on partition 1 (BIOS boot partition), partition 2 (ext4)"},
 	} {
 		tc.patch()
 		p := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-")+".img")
@@ -216,5 +216,141 @@ func TestFindExtlinuxWholeDisk(t *testing.T) {
 	}
 	if b.Cmdline != "root=/dev/vda rw" || b.Source != "the whole disk (ext4) /extlinux/extlinux.conf: l" || len(b.Initrd) != 0 {
 		t.Errorf("%+v", b)
+	}
+}
+
+// findOn writes a disk of size bytes with parts and returns what Find
+// makes of it.
+func findOn(t *testing.T, table disktest.Table, size int64, parts []disktest.Part, entryName string) (*Boot, error) {
+	t.Helper()
+	disk := filepath.Join(t.TempDir(), "disk.img")
+	if err := disktest.Write(disk, size, table, parts); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	return Find(f, size, entryName)
+}
+
+// tree makes a directory holding files (path: content).
+func tree(t *testing.T, files map[string][]byte) string {
+	t.Helper()
+	dir := t.TempDir()
+	for p, data := range files {
+		os.MkdirAll(filepath.Dir(filepath.Join(dir, p)), 0o755)
+		if err := os.WriteFile(filepath.Join(dir, p), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// TestFindESPBLS: a GPT disk as systemd-boot installs it: an EFI system
+// partition (FAT32, made by mkfs.vfat, filled by mcopy) holding Boot
+// Loader Specification entries, their kernels and loader.conf, then an
+// ext4 root without a boot loader configuration. loader.conf's default
+// (a glob) wins over the newest entry; without it, the newest boots.
+func TestFindESPBLS(t *testing.T) {
+	testenv.NeedTool(t, "mkfs.vfat", "dosfstools")
+	testenv.NeedTool(t, "mcopy", "mtools")
+	testenv.NeedTool(t, "mkfs.ext4", "e2fsprogs")
+	files := map[string][]byte{
+		"loader/loader.conf": []byte("timeout 3\n# default debian-6.1.0-18*\ndefault debian-6.1.0-17*\neditor no\n"),
+		"loader/entries/debian-6.1.0-17-cloud-amd64.conf": []byte("title Debian GNU/Linux 12\nversion 6.1.0-17-cloud-amd64\nmachine-id 2f3a\n" +
+			"options root=UUID=2f3a ro console=ttyS0\nlinux /2f3a/6.1.0-17-cloud-amd64/linux\ninitrd /2f3a/6.1.0-17-cloud-amd64/initrd.img-6.1.0-17-cloud-amd64\n"),
+		"loader/entries/debian-6.1.0-18-cloud-amd64.conf": []byte("title Debian GNU/Linux 12\nversion 6.1.0-18-cloud-amd64\n" +
+			"options root=UUID=2f3a ro\nlinux /2f3a/6.1.0-18-cloud-amd64/linux\ninitrd /2f3a/6.1.0-18-cloud-amd64/initrd.img-6.1.0-18-cloud-amd64\n"),
+		"2f3a/6.1.0-17-cloud-amd64/linux":                           fakeKernel("17"),
+		"2f3a/6.1.0-17-cloud-amd64/initrd.img-6.1.0-17-cloud-amd64": []byte("initrd 17"),
+		"2f3a/6.1.0-18-cloud-amd64/linux":                           fakeKernel("18"),
+		"2f3a/6.1.0-18-cloud-amd64/initrd.img-6.1.0-18-cloud-amd64": []byte("initrd 18"),
+		"EFI/systemd/systemd-bootx64.efi":                           []byte("MZ"),
+	}
+	root := tree(t, map[string][]byte{"etc/hostname": []byte("esp\n")})
+	parts := func(esp string) []disktest.Part {
+		return []disktest.Part{{Type: disktest.ESP, Size: 64 << 20, FS: "vfat", Tree: esp, Label: "ESP"}, {FS: "ext4", Tree: root}}
+	}
+	b, err := findOn(t, disktest.GPT, 128<<20, parts(tree(t, files)), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(b.Kernel, []byte("17")) || string(b.Initrd) != "initrd 17" || b.Cmdline != "root=UUID=2f3a ro console=ttyS0" ||
+		b.Source != "partition 1 (vfat) /loader/entries: Debian GNU/Linux 12" {
+		t.Errorf("loader.conf's default: kernel %q, initrd %q, cmdline %q, source %q", b.Kernel[0x400:0x402], b.Initrd, b.Cmdline, b.Source)
+	}
+	delete(files, "loader/loader.conf")
+	b, err = findOn(t, disktest.GPT, 128<<20, parts(tree(t, files)), "")
+	if err != nil || !bytes.Contains(b.Kernel, []byte("18")) || string(b.Initrd) != "initrd 18" {
+		t.Errorf("without loader.conf, the newest entry: %+v, %v", b, err)
+	}
+	b, err = findOn(t, disktest.GPT, 128<<20, parts(tree(t, files)), "debian-6.1.0-17-cloud-amd64")
+	if err != nil || !bytes.Contains(b.Kernel, []byte("17")) {
+		t.Errorf("entry named by its file: %+v, %v", b, err)
+	}
+}
+
+// TestFindMBR: an MBR disk as Debian's installer partitions a BIOS
+// machine: partition 1 an ext4 root with /boot/grub/grub.cfg, partition 2
+// swap.
+func TestFindMBR(t *testing.T) {
+	testenv.NeedTool(t, "mkfs.ext4", "e2fsprogs")
+	root := tree(t, map[string][]byte{
+		"boot/grub/grub.cfg":                   []byte(strings.ReplaceAll(debianGrub, "$menuentry_id_option", "--id")),
+		"boot/vmlinuz-6.1.0-18-cloud-amd64":    fakeKernel("new"),
+		"boot/initrd.img-6.1.0-18-cloud-amd64": []byte("initrd"),
+	})
+	b, err := findOn(t, disktest.MBR, 96<<20, []disktest.Part{{Size: 64 << 20, FS: "ext4", Tree: root}, {Type: disktest.Swap}}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Source != "partition 1 (ext4) /boot/grub/grub.cfg: Debian GNU/Linux" || string(b.Initrd) != "initrd" {
+		t.Errorf("%+v", b.Source)
+	}
+	// Without the configuration, the error lists both partitions.
+	root = tree(t, map[string][]byte{"etc/fstab": nil})
+	_, err = findOn(t, disktest.MBR, 96<<20, []disktest.Part{{Size: 64 << 20, FS: "ext4", Tree: root}, {Type: disktest.Swap}}, "")
+	if err == nil || !strings.HasSuffix(err.Error(), " on partition 1 (ext4), partition 2 (swap partition)") {
+		t.Errorf("MBR disk without a configuration: %v", err)
+	}
+}
+
+// TestFindUnsupported: disks whose /boot is on a filesystem Find does not
+// read, made by the filesystems' own mkfs: the error names the filesystem
+// and where it is.
+func TestFindUnsupported(t *testing.T) {
+	for _, tc := range []struct {
+		fs, mkfs, pkg string
+		args          []string
+		size          int64
+	}{
+		{"xfs", "mkfs.xfs", "xfsprogs", []string{"-q", "-f"}, 320 << 20},
+		{"btrfs", "mkfs.btrfs", "btrfs-progs", []string{"-q", "-f"}, 128 << 20},
+	} {
+		t.Run(tc.fs, func(t *testing.T) {
+			testenv.NeedTool(t, tc.mkfs, tc.pkg)
+			disk := filepath.Join(t.TempDir(), "disk.img")
+			if err := os.WriteFile(disk, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Truncate(disk, tc.size); err != nil {
+				t.Fatal(err)
+			}
+			if out, err := exec.Command(tc.mkfs, append(tc.args, disk)...).CombinedOutput(); err != nil {
+				t.Fatalf("%s: %v\n%s", tc.mkfs, err, out)
+			}
+			f, err := os.Open(disk)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			_, err = Find(f, tc.size, "")
+			want := "unsupported filesystem: the whole disk (" + tc.fs + ", unsupported); the kernel and its boot loader configuration are read from ext4 or FAT only"
+			if err == nil || !strings.HasPrefix(err.Error(), want) {
+				t.Errorf("err = %v, want %q", err, want)
+			}
+		})
 	}
 }

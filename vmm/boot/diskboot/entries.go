@@ -150,6 +150,31 @@ func blsOrder(entries []entry) {
 	slices.SortFunc(entries, func(a, b entry) int { return -compareVersions(a.id, b.id) })
 }
 
+// blsDefault is the index of the entry a loader.conf's `default` glob
+// names, matched against entry ids with and without ".conf" as
+// systemd-boot does; 0 when it names none, or names what only the
+// firmware knows (@saved, an EFI variable).
+func blsDefault(entries []entry, loaderConf string) int {
+	pattern := ""
+	for _, line := range strings.Split(loaderConf, "\n") {
+		k, v, _ := strings.Cut(strings.TrimSpace(line), " ")
+		if k == "default" {
+			pattern = strings.TrimSpace(v)
+		}
+	}
+	if pattern == "" || strings.HasPrefix(pattern, "@") {
+		return 0
+	}
+	for i, e := range entries {
+		for _, name := range []string{e.id, e.id + ".conf"} {
+			if ok, err := path.Match(pattern, name); err == nil && ok {
+				return i
+			}
+		}
+	}
+	return 0
+}
+
 // compareVersions compares two names the way version sorting does: runs of
 // digits as numbers, the rest as text.
 func compareVersions(a, b string) int {
