@@ -164,9 +164,9 @@ func partType(p part.Partition) string {
 		switch p.Type {
 		case mbr.LinuxSwap:
 			return "swap partition"
-		case 0x05, 0x0f, 0x85:
+		case mbr.ExtendedCHS, mbr.ExtendedLBA, mbr.LinuxExtended:
 			return "extended partition (its logical partitions are not read)"
-		case 0x8e:
+		case mbr.LinuxLVM:
 			return "LVM partition"
 		}
 	}
