@@ -251,7 +251,8 @@ const maxTable = 64 << 20
 func checkExt4(st *storage, start, size int64) error {
 	var sb [1024]byte
 	if _, err := st.ReadAt(sb[:], start+1024); err != nil {
-		return err
+		// A volume too small to hold a superblock holds no ext4.
+		return fmt.Errorf("%w: %v", errNoExt4, err)
 	}
 	le := binary.LittleEndian
 	if le.Uint16(sb[0x38:]) != 0xef53 {
