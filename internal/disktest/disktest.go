@@ -27,6 +27,7 @@ type Part struct {
 	FS    string // "ext4", "vfat" or "" (left empty)
 	Tree  string // directory whose contents fill the filesystem
 	Label string // the filesystem's label, if any
+	UUID  string // the ext4 filesystem's UUID; mkfs's random one if ""
 }
 
 // PartType is what a partition table says a partition holds.
@@ -139,6 +140,9 @@ func makeFS(path string, start, size int64, p Part) error {
 		}
 		if p.Label != "" {
 			args = append(args, "-L", p.Label)
+		}
+		if p.UUID != "" {
+			args = append(args, "-U", p.UUID)
 		}
 		cmds = append(cmds, append(args, path, fmt.Sprintf("%dk", size/1024)))
 	case "vfat":

@@ -17,12 +17,14 @@ import (
 // booted from its disk to systemd's multi-user target, by hyperroot and by
 // QEMU, each from a fresh thin qcow2 clone of the base, as a VM's first
 // boot is. hyperroot finds the kernel, initramfs and command line in the
-// image's extlinux.conf itself (boot: disk); QEMU gets the same three with
+// image's grub.cfg itself (boot: disk); QEMU gets the same three with
 // -kernel, -initrd and -append, read from the image by the same code, since
-// its firmware would need a boot loader in the image, which has none. Both
+// its firmware would need a boot loader installed in the image, which has
+// only the menu (update-grub's grub.cfg, no grub-install). Both
 // serve the clone with io_uring through the appliance's page cache. The
 // time is from starting the VMM to systemd's "Reached target ... Multi-User
-// System" on the serial console; cloud-init is off in both
+// System" on the serial console, which systemd writes although the entry
+// boots quiet (systemd.show_status=1); cloud-init is off in both
 // (cloud-init=disabled), so the figure is the VMM's and the guest's boot,
 // not first-boot configuration.
 
@@ -30,7 +32,7 @@ const (
 	debianBase    = "/var/lib/hyperroot/bases/debian-12.qcow2"
 	debianClone   = "/var/lib/hyperroot/bench/debian.qcow2"
 	debianMemory  = "512M"
-	debianCmdline = "console=ttyS0 cloud-init=disabled"
+	debianCmdline = "console=ttyS0 systemd.show_status=1 cloud-init=disabled"
 	// debianTimeout bounds one boot: 1.5-2 minutes in the TCG appliance.
 	debianTimeout = 8 * time.Minute
 )

@@ -82,7 +82,7 @@ runcmd:
 // TestDebianClones: a stock Debian 12 system (tools/mkdebian: Debian's
 // cloud kernel, systemd, cloud-init, from Debian's packages) as the qcow2
 // base of two VMs, each a thin clone made on first use. Each boots from its
-// disk (the extlinux.conf Debian's u-boot-update wrote) to systemd's
+// disk (the grub.cfg Debian's update-grub wrote) to systemd's
 // multi-user target; cloud-init reads the seed the appliance made from
 // the VM's cloud_init and sets its host name and its default user's key;
 // each leases an address from the switch's DHCP server and reaches the
@@ -152,7 +152,7 @@ func TestDebianClones(t *testing.T) {
 			p := `^` + name + `\| `
 			seen(t, m, `hyperroot: vm `+name+`: disk /var/lib/hyperroot/vms/`+name+`\.qcow2 made as a thin qcow2 clone of /var/lib/hyperroot/bases/debian-12\.qcow2$`)
 			seen(t, m, `hyperroot: vm `+name+`: cloud-init seed is disk 1 \(instance-id hyperroot-`+name+`, hostname `+name+`-host\)$`)
-			seen(t, m, p+`hyperroot vmm: `+name+`: booting disk /var/lib/hyperroot/vms/`+name+`\.qcow2: partition 2 \(ext4\) /boot/extlinux/extlinux\.conf: Debian GNU/Linux 12 \(bookworm\) \S+ \(kernel \d+ bytes, initrd \d+ bytes\)`)
+			seen(t, m, p+`hyperroot vmm: `+name+`: booting disk /var/lib/hyperroot/vms/`+name+`\.qcow2: partition 2 \(ext4\) /boot/grub/grub\.cfg: Debian GNU/Linux \(kernel \d+ bytes, initrd \d+ bytes\)`)
 			seen(t, m, p+`hyperroot-test: boot markers=\.$`)
 			seen(t, m, p+`hyperroot-test: multi-user\.target active$`)
 			seen(t, m, p+`hyperroot-test: hostname `+name+`-host$`)

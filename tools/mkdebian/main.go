@@ -30,26 +30,66 @@ import (
 var packages = []string{
 	"linux-image-cloud-amd64", "systemd", "systemd-sysv", "udev", "cloud-init",
 	"ifupdown", "isc-dhcp-client", "iproute2", "iputils-ping", "openssh-server",
-	"u-boot-menu", "dbus",
+	"grub2-common", "dbus",
 }
 
+// rootUUID is the root filesystem's UUID: fixed, so that the grub.cfg
+// written before the filesystem is made can name it (root=UUID=...), as
+// the one on an installed Debian system does.
+const rootUUID = "3b0c7a52-9d1e-4f6a-8c2d-5e4f1a6b7c80"
+
 // setup runs in the unpacked root ($1) once the packages are in: mounts by
-// label, a boot menu from Debian's own tool, cloud-init looking for its
-// NoCloud seed only (no waiting for cloud metadata services that are not
-// there) and setting the C.UTF-8 locale glibc always has (minbase has no
-// en_US to generate), no host name of the build machine, and the virtio
-// console's driver in the initramfs, so that a guest booted with
+// label, the boot menu from Debian's own update-grub, cloud-init looking
+// for its NoCloud seed only (no waiting for cloud metadata services that
+// are not there) and setting the C.UTF-8 locale glibc always has (minbase
+// has no en_US to generate), no host name of the build machine, and the
+// virtio console's driver in the initramfs, so that a guest booted with
 // console=hvc0 has its console from its first process on (under TCG a
 // serial console costs an exit per byte; see docs/PERFORMANCE.md).
+//
+// update-grub asks grub-probe which device holds / and what is on it,
+// which a directory being unpacked cannot answer: for that one run
+// probeStandIn ($2) answers for the disk build lays out, and
+// /dev/disk/by-uuid names rootUUID, so that grub's 10_linux writes
+// root=UUID= as on an installed system. The rest of grub.cfg is Debian's
+// scripts' own, /etc/default/grub as Debian ships it.
 const setup = `set -e
 r=$1
 printf 'LABEL=debian-root / ext4 errors=remount-ro 0 1\n' >"$r/etc/fstab"
-printf 'U_BOOT_ROOT="root=LABEL=debian-root"\nU_BOOT_PARAMETERS="ro"\nU_BOOT_TIMEOUT="0"\n' >>"$r/etc/default/u-boot"
-chroot "$r" u-boot-update
+cp "$r/usr/share/grub/default/grub" "$r/etc/default/grub"
+mkdir -p "$r/boot/grub"
+mv "$r/usr/sbin/grub-probe" "$r/usr/sbin/grub-probe.real"
+install -m 755 "$2" "$r/usr/sbin/grub-probe"
+mkdir -p "$r/dev/disk/by-uuid"
+touch "$r/dev/disk/by-uuid/` + rootUUID + `"
+chroot "$r" update-grub
+rm -r "$r/dev/disk"
+mv "$r/usr/sbin/grub-probe.real" "$r/usr/sbin/grub-probe"
 printf 'virtio_console\n' >>"$r/etc/initramfs-tools/modules"
 chroot "$r" update-initramfs -u
 printf 'datasource_list: [ NoCloud, None ]\nlocale: C.UTF-8\n' >"$r/etc/cloud/cloud.cfg.d/90_hyperroot.cfg"
 rm -f "$r/etc/hostname"
+`
+
+// probeStandIn answers grub-probe's questions (-t T or --target=T) for
+// the root of the disk build lays out: partition 2 of the first virtio
+// disk, GPT, ext4 (GRUB's ext2 driver reads it) with rootUUID. A question
+// it has no answer for fails, as grub-probe does.
+const probeStandIn = `#!/bin/sh
+while [ $# -gt 0 ]; do
+	case $1 in -t) t=$2; shift ;; --target=*) t=${1#--target=} ;; esac
+	shift
+done
+case $t in
+device) echo /dev/vda2 ;;
+fs) echo ext2 ;;
+fs_uuid) echo ` + rootUUID + ` ;;
+partmap) echo gpt ;;
+drive) echo '(hd0,gpt2)' ;;
+compatibility_hint) echo hd0,gpt2 ;;
+abstraction | cryptodisk_uuid | hints_string) ;;
+*) exit 1 ;;
+esac
 `
 
 const (
@@ -72,7 +112,7 @@ func main() {
 
 // recipe identifies what the image is made of.
 func recipe() string {
-	sum := sha256.Sum256([]byte(fmt.Sprint(suite, size, packages, setup)))
+	sum := sha256.Sum256([]byte(fmt.Sprint(suite, size, packages, setup, probeStandIn)))
 	return fmt.Sprintf("%x\n", sum[:8])
 }
 
@@ -107,13 +147,18 @@ func build(dir string) (string, error) {
 	if err := os.WriteFile(hook, []byte(setup), 0o755); err != nil {
 		return "", err
 	}
+	probe := filepath.Join(work, "grub-probe")
+	if err := os.WriteFile(probe, []byte(probeStandIn), 0o755); err != nil {
+		return "", err
+	}
 	log.Printf("mmdebstrap %s with %s", suite, strings.Join(packages, ","))
 	if err := run("mmdebstrap", "--quiet", "--variant=minbase", "--include="+strings.Join(packages, ","),
-		"--customize-hook="+hook+` "$1"`, suite, root); err != nil {
+		"--customize-hook="+hook+` "$1" `+probe, suite, root); err != nil {
 		return "", err
 	}
 	raw := filepath.Join(work, "disk.raw")
-	if err := disktest.WriteGPTExt4(raw, size, root, "debian-root"); err != nil {
+	parts := []disktest.Part{{Type: disktest.BIOSBoot, Size: 1 << 20}, {FS: "ext4", Tree: root, Label: "debian-root", UUID: rootUUID}}
+	if err := disktest.Write(raw, size, disktest.GPT, parts); err != nil {
 		return "", err
 	}
 	tmp := filepath.Join(work, name)

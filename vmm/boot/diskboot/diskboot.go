@@ -347,7 +347,12 @@ func readConfig(fs iofs.FS, p string) (entries []entry, def int, err error) {
 		return nil, 0, err
 	}
 	if strings.HasSuffix(p, "grub.cfg") {
-		entries, def = grubCfg(string(text))
+		// grub-set-default keeps the default entry beside grub.cfg.
+		var env map[string]string
+		if t, err := readFile(fs, path.Join(path.Dir(p), "grubenv"), maxConfig); err == nil {
+			env = grubEnv(string(t))
+		}
+		entries, def = grubCfg(string(text), env)
 	} else {
 		entries, def = extlinuxConf(path.Dir(p), string(text))
 	}

@@ -45,8 +45,8 @@ submenu 'Advanced options for Debian GNU/Linux' $menuentry_id_option 'gnulinux-a
 `
 
 func TestGrubCfg(t *testing.T) {
-	text := strings.ReplaceAll(debianGrub, "$menuentry_id_option", "--id")
-	entries, def := grubCfg(text)
+	text := debianGrub
+	entries, def := grubCfg(text, nil)
 	if len(entries) != 2 || def != 0 {
 		t.Fatalf("entries %+v default %d", entries, def)
 	}
@@ -59,15 +59,25 @@ func TestGrubCfg(t *testing.T) {
 	if entries[1].kernel != "/boot/vmlinuz-6.1.0-17-cloud-amd64" || entries[1].cmdline != "root=UUID=2f3a ro single" {
 		t.Errorf("submenu entry %+v", entries[1])
 	}
-	for _, tc := range []struct{ def, want string }{
-		{`set default="1"`, "/boot/vmlinuz-6.1.0-17-cloud-amd64"},
-		{`set default="gnulinux-advanced-2f3a>gnulinux-6.1.0-17-cloud-amd64-advanced-2f3a"`, "/boot/vmlinuz-6.1.0-17-cloud-amd64"},
-		{`set default="${saved_entry}"`, "/boot/vmlinuz-6.1.0-18-cloud-amd64"},
-		{`set default="Debian GNU/Linux, with Linux 6.1.0-17-cloud-amd64"`, "/boot/vmlinuz-6.1.0-17-cloud-amd64"},
+	saved := grubEnv("# GRUB Environment Block\nsaved_entry=gnulinux-advanced-2f3a>gnulinux-6.1.0-17-cloud-amd64-advanced-2f3a\n" + strings.Repeat("#", 900))
+	for _, tc := range []struct {
+		def  string
+		env  map[string]string
+		want string
+	}{
+		{`set default="1"`, nil, "/boot/vmlinuz-6.1.0-17-cloud-amd64"}, // the submenu: its first entry
+		{`set default="1>0"`, nil, "/boot/vmlinuz-6.1.0-17-cloud-amd64"},
+		{`set default="1>1"`, nil, "/boot/vmlinuz-6.1.0-18-cloud-amd64"}, // no such entry: the first
+		{`set default="gnulinux-advanced-2f3a>gnulinux-6.1.0-17-cloud-amd64-advanced-2f3a"`, nil, "/boot/vmlinuz-6.1.0-17-cloud-amd64"},
+		{`set default="Advanced options for Debian GNU/Linux>Debian GNU/Linux, with Linux 6.1.0-17-cloud-amd64"`, nil, "/boot/vmlinuz-6.1.0-17-cloud-amd64"},
+		{`set default="${saved_entry}"`, nil, "/boot/vmlinuz-6.1.0-18-cloud-amd64"},
+		{`set default="${saved_entry}"`, saved, "/boot/vmlinuz-6.1.0-17-cloud-amd64"},
+		{`set default="gnulinux-simple-2f3a"`, saved, "/boot/vmlinuz-6.1.0-18-cloud-amd64"},
+		{`set default="Debian GNU/Linux, with Linux 6.1.0-17-cloud-amd64"`, nil, "/boot/vmlinuz-6.1.0-18-cloud-amd64"}, // not at the top: the first
 	} {
-		entries, def := grubCfg(strings.Replace(text, `set default="0"`, tc.def, 1))
+		entries, def := grubCfg(strings.Replace(text, `set default="0"`, tc.def, 1), tc.env)
 		if got, _ := choose(entries, def, ""); got.kernel != tc.want {
-			t.Errorf("%s: chose %q, want %q", tc.def, got.kernel, tc.want)
+			t.Errorf("%s (env %v): chose %q, want %q", tc.def, tc.env, got.kernel, tc.want)
 		}
 	}
 	for _, tc := range []struct{ name, want string }{
@@ -82,7 +92,7 @@ func TestGrubCfg(t *testing.T) {
 	if _, err := choose(entries, def, "Windows"); err == nil || !strings.Contains(err.Error(), `no entry "Windows" (entries: "Debian GNU/Linux", "Debian GNU/Linux, with Linux 6.1.0-17-cloud-amd64")`) {
 		t.Errorf("missing entry: %v", err)
 	}
-	if entries, _ := grubCfg("menuentry 'Memtest' {\n\tlinux16 \n}\n"); len(entries) != 0 {
+	if entries, _ := grubCfg("menuentry 'Memtest' {\n\tlinux16 \n}\n", nil); len(entries) != 0 {
 		t.Errorf("an entry without a kernel path is usable: %+v", entries)
 	}
 }
@@ -108,6 +118,53 @@ func TestBLSAndExtlinux(t *testing.T) {
 	}
 }
 
+// TestDebianMenus reads the boot menus Debian 12's own tools wrote for
+// tools/mkdebian's image, kept in testdata as they were written: the
+// extlinux.conf of u-boot-update (u-boot-menu) and the grub.cfg of
+// update-grub (the menu the image boots from now).
+func TestDebianMenus(t *testing.T) {
+	read := func(name string) string {
+		b, err := os.ReadFile(filepath.Join("testdata", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	const kernel, initrd = "/boot/vmlinuz-6.1.0-57-cloud-amd64", "/boot/initrd.img-6.1.0-57-cloud-amd64"
+	ext, def := extlinuxConf("/boot/extlinux", read("debian-12-extlinux.conf"))
+	if len(ext) != 2 || def != 0 {
+		t.Fatalf("extlinux: %d entries, default %d: %+v", len(ext), def, ext)
+	}
+	if e := ext[0]; e.title != "Debian GNU/Linux 12 (bookworm) 6.1.0-57-cloud-amd64" || e.id != "l0" ||
+		e.kernel != kernel || len(e.initrds) != 1 || e.initrds[0] != initrd || e.cmdline != "root=LABEL=debian-root ro" {
+		t.Errorf("extlinux default entry %+v", e)
+	}
+	if e, err := choose(ext, def, "l0r"); err != nil || e.cmdline != "root=LABEL=debian-root ro single" {
+		t.Errorf("extlinux rescue entry %+v, %v", e, err)
+	}
+
+	const uuid = "3b0c7a52-9d1e-4f6a-8c2d-5e4f1a6b7c80" // tools/mkdebian's rootUUID
+	text := read("debian-12-grub.cfg")
+	grub, def := grubCfg(text, nil)
+	if len(grub) != 3 || def != 0 {
+		t.Fatalf("grub.cfg: %d entries, default %d: %+v", len(grub), def, grub)
+	}
+	if e := grub[0]; e.title != "Debian GNU/Linux" || e.id != "gnulinux-simple-"+uuid ||
+		e.kernel != kernel || len(e.initrds) != 1 || e.initrds[0] != initrd || e.cmdline != "root=UUID="+uuid+" ro quiet" {
+		t.Errorf("grub.cfg default entry %+v", e)
+	}
+	recovery := "gnulinux-6.1.0-57-cloud-amd64-recovery-" + uuid
+	if e, err := choose(grub, def, recovery); err != nil || e.cmdline != "root=UUID="+uuid+" ro single" {
+		t.Errorf("grub.cfg recovery entry %+v, %v", e, err)
+	}
+	// GRUB_DEFAULT=saved: grub-set-default's choice, in grubenv.
+	env := grubEnv("# GRUB Environment Block\nsaved_entry=gnulinux-advanced-" + uuid + ">" + recovery + "\n" + strings.Repeat("#", 900))
+	grub, def = grubCfg(strings.Replace(text, `set default="0"`, `set default="${saved_entry}"`, 1), env)
+	if e, _ := choose(grub, def, ""); e.id != recovery {
+		t.Errorf("grub.cfg with saved_entry %q: chose %+v", env["saved_entry"], e)
+	}
+}
+
 // fakeKernel is enough of a bzImage for Find's check.
 func fakeKernel(tag string) []byte {
 	k := make([]byte, 4096)
@@ -128,7 +185,7 @@ func TestFind(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write("boot/grub/grub.cfg", []byte(strings.ReplaceAll(debianGrub, "$menuentry_id_option", "--id")))
+	write("boot/grub/grub.cfg", []byte(debianGrub))
 	write("boot/vmlinuz-6.1.0-18-cloud-amd64", fakeKernel("new"))
 	write("boot/vmlinuz-6.1.0-17-cloud-amd64", fakeKernel("old"))
 	write("boot/initrd.img-6.1.0-18-cloud-amd64", bytes.Repeat([]byte("i"), 100000))
@@ -298,7 +355,7 @@ func TestFindESPBLS(t *testing.T) {
 func TestFindMBR(t *testing.T) {
 	testenv.NeedTool(t, "mkfs.ext4", "e2fsprogs")
 	root := tree(t, map[string][]byte{
-		"boot/grub/grub.cfg":                   []byte(strings.ReplaceAll(debianGrub, "$menuentry_id_option", "--id")),
+		"boot/grub/grub.cfg":                   []byte(debianGrub),
 		"boot/vmlinuz-6.1.0-18-cloud-amd64":    fakeKernel("new"),
 		"boot/initrd.img-6.1.0-18-cloud-amd64": []byte("initrd"),
 	})

@@ -47,15 +47,26 @@ func choose(entries []entry, def int, want string) (entry, error) {
 }
 
 // grubCfg reads the menu entries of a grub.cfg as Debian's and Ubuntu's
-// update-grub write it: `menuentry 'title' ... --id 'x' { linux /path args;
-// initrd /path ... }`, entries nested in a submenu counted after the top
-// level, and `set default=` as an index, a title, an id or grub's
-// "submenu>entry" form. Everything else (search, insmod, if blocks) is
-// ignored: the paths are taken relative to the filesystem the file is on,
-// which is where grub's `search` finds them on those distributions.
-func grubCfg(text string) ([]entry, int) {
-	var entries []entry
-	var cur *entry
+// update-grub write it: `menuentry 'title' ... $menuentry_id_option 'x' {
+// linux /path args; initrd /path ... }`, one level of submenus, and `set
+// default=` as grub reads it: an index, a title or an id, or a path
+// "submenu>entry" of those; "${saved_entry}" is the one env (the grubenv
+// beside grub.cfg, as grub-set-default writes it) holds. Everything else
+// (search, insmod, if blocks) is ignored: the paths are taken relative to
+// the filesystem the file is on, which is where grub's `search` finds
+// them on those distributions. Entries are returned in the file's order.
+func grubCfg(text string, env map[string]string) ([]entry, int) {
+	type item struct {
+		entry
+		at     int    // index in its menu
+		parent *entry // the submenu it is in, if any
+		parAt  int    // the submenu's index in the top menu
+	}
+	var items []item
+	var cur *item
+	var sub *entry // the submenu being read
+	subAt, subDepth := 0, 0
+	top, inSub := 0, 0 // next index in the top menu, in the submenu
 	def := ""
 	depth := 0
 	for _, raw := range strings.Split(text, "\n") {
@@ -72,14 +83,31 @@ func grubCfg(text string) ([]entry, int) {
 			if depth == 0 {
 				def = strings.TrimPrefix(words[1], "default=")
 			}
-		case words[0] == "menuentry" && len(words) > 1:
-			entries = append(entries, entry{title: words[1]})
-			cur = &entries[len(entries)-1]
+		case (words[0] == "menuentry" || words[0] == "submenu") && len(words) > 1:
+			e := entry{title: words[1]}
 			for i, w := range words {
-				if w == "--id" && i+1 < len(words) {
-					cur.id = words[i+1]
+				// update-grub writes $menuentry_id_option, which
+				// grub's header sets to --id.
+				if (w == "--id" || w == "$menuentry_id_option") && i+1 < len(words) {
+					e.id = words[i+1]
 				}
 			}
+			if words[0] == "submenu" {
+				if sub == nil && depth == 0 {
+					sub, subAt, subDepth, inSub = &e, top, depth, 0
+					top++
+				}
+				break
+			}
+			it := item{entry: e, at: top, parAt: -1}
+			if sub != nil {
+				it.at, it.parent, it.parAt = inSub, sub, subAt
+				inSub++
+			} else {
+				top++
+			}
+			items = append(items, it)
+			cur = &items[len(items)-1]
 		case cur != nil && (words[0] == "linux" || words[0] == "linux16" || words[0] == "linuxefi") && len(words) > 1:
 			cur.kernel = words[1]
 			cur.cmdline = strings.Join(words[2:], " ")
@@ -91,30 +119,66 @@ func grubCfg(text string) ([]entry, int) {
 		if strings.HasSuffix(line, "}") && cur != nil && words[0] != "menuentry" {
 			cur = nil
 		}
+		if sub != nil && depth <= subDepth && strings.Contains(line, "}") {
+			sub = nil
+		}
+	}
+	if v, ok := strings.CutPrefix(def, "${"); ok && strings.HasSuffix(v, "}") {
+		def = env[strings.TrimSuffix(v, "}")]
+	} else if v, ok := strings.CutPrefix(def, "$"); ok {
+		def = env[v]
+	}
+	is := func(name string, at int, e *entry) bool {
+		return name == strconv.Itoa(at) || name != "" && (name == e.title || name == e.id)
 	}
 	var usable []entry
-	for _, e := range entries {
-		if e.kernel != "" {
-			usable = append(usable, e)
+	d := -1
+	for _, it := range items {
+		if it.kernel == "" {
+			continue
 		}
+		var ok bool
+		if p, name, nested := strings.Cut(def, ">"); nested {
+			ok = it.parent != nil && is(p, it.parAt, it.parent) && is(name, it.at, &it.entry)
+		} else {
+			// A submenu as the default: grub opens it and boots
+			// its first entry.
+			ok = it.parent == nil && is(def, it.at, &it.entry) ||
+				it.parent != nil && it.at == 0 && is(def, it.parAt, it.parent)
+		}
+		if ok && d < 0 {
+			d = len(usable)
+		}
+		usable = append(usable, it.entry)
 	}
-	return usable, grubDefault(usable, def)
+	if d < 0 {
+		d = 0 // no default, or one naming what is not an entry: grub's first
+	}
+	return usable, d
 }
 
-// grubDefault is the index of the entry grub's default= names.
-func grubDefault(entries []entry, def string) int {
-	if i := strings.LastIndex(def, ">"); i >= 0 {
-		def = def[i+1:] // "submenu>entry": the entry
-	}
-	if n, err := strconv.Atoi(def); err == nil {
-		return n
-	}
-	for i, e := range entries {
-		if def != "" && (e.title == def || e.id == def) {
-			return i
+// grubEnv reads a grub environment block (grubenv): "key=value" lines
+// after a comment, padded with '#' to 1 KiB; a backslash escapes.
+func grubEnv(text string) map[string]string {
+	env := map[string]string{}
+	for _, line := range strings.Split(text, "\n") {
+		if line == "" || line[0] == '#' {
+			continue
 		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			continue
+		}
+		var b strings.Builder
+		for i := 0; i < len(v); i++ {
+			if v[i] == '\\' && i+1 < len(v) {
+				i++
+			}
+			b.WriteByte(v[i])
+		}
+		env[k] = b.String()
 	}
-	return 0 // "${saved_entry}" and the like: the first entry
+	return env
 }
 
 // blsEntry reads one Boot Loader Specification entry file

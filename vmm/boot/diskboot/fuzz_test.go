@@ -18,8 +18,12 @@ func FuzzConfigs(f *testing.F) {
 	f.Add("DEFAULT l\nLABEL l\n KERNEL /vmlinuz\n INITRD a,b\n APPEND x\n")
 	f.Add("title T\nversion 1\nlinux /k\ninitrd /i\noptions o\n")
 	f.Add("menuentry 'a\\' b' \"c\\\"\" {\nlinux /k 'q\n}\n}}}\n")
+	f.Add("saved_entry=s>1\nset default=\"${saved_entry}\"\nsubmenu s {\nmenuentry a {\nlinux /a\n}\nmenuentry b {\nlinux /b\n}\n}\n")
 	f.Fuzz(func(t *testing.T, text string) {
-		g, def := grubCfg(text)
+		g, def := grubCfg(text, grubEnv(text))
+		if len(g) > 0 && (def < 0 || def >= len(g)) {
+			t.Fatalf("default %d of %d entries", def, len(g))
+		}
 		x, xdef := extlinuxConf("/boot", text)
 		for _, es := range [][]entry{g, x, {blsEntry("id", text)}} {
 			for _, e := range es {
