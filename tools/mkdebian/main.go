@@ -54,7 +54,7 @@ const rootUUID = "3b0c7a52-9d1e-4f6a-8c2d-5e4f1a6b7c80"
 // root=UUID= as on an installed system. The rest of grub.cfg is Debian's
 // scripts' own, /etc/default/grub as Debian ships it.
 const setup = `set -e
-r=$1
+r=${1:?the root being made}
 printf 'LABEL=debian-root / ext4 errors=remount-ro 0 1\n' >"$r/etc/fstab"
 cp "$r/usr/share/grub/default/grub" "$r/etc/default/grub"
 mkdir -p "$r/boot/grub"
