@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -170,7 +171,7 @@ func bootOnce(starter child.Starter, p benchPeer, sample bool) (time.Duration, s
 	if p.attr != nil {
 		attr = p.attr()
 	}
-	proc, err := child.Start(starter, child.Spec{Path: p.argv[0], Args: p.argv[1:], Env: env, Tail: 8, Attr: attr,
+	proc, err := child.Start(starter, child.Spec{Path: p.argv[0], Args: p.argv[1:], Env: env, Tail: 16, Attr: attr,
 		Line: func(line string) {
 			if !seen && ready(line) {
 				seen = true
@@ -210,7 +211,7 @@ func bootOnce(starter child.Starter, p benchPeer, sample bool) (time.Duration, s
 	case <-proc.Done():
 		return 0, "", fmt.Errorf("exited before the guest booted: %v; output ended with %q", vmmcli.Reason(proc.Wait()), proc.Tail())
 	case <-time.After(timeout):
-		err = fmt.Errorf("guest did not boot within %v; output ended with %q", timeout, proc.Tail())
+		err = fmt.Errorf("guest did not boot within %v (%s); output ended with %q", timeout, cpuShare(proc.Pid(), 5*time.Second), proc.Tail())
 	}
 	proc.Signal(unix.SIGKILL)
 	proc.Wait()
@@ -314,6 +315,40 @@ func parseSmaps(smaps []byte, exe string) vmmMemory {
 }
 
 // memorySample reads a running VMM's memory from /proc.
+// cpuShare says how busy process pid is over the next period: whether a
+// guest that did not boot is spinning or waiting (for an interrupt that
+// does not come, say).
+func cpuShare(pid int, period time.Duration) string {
+	ticks := func() (int64, error) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return 0, err
+		}
+		// The fields after the command (in parentheses, which may hold
+		// spaces): utime and stime are the 12th and 13th of them.
+		_, rest, ok := strings.Cut(string(b), ") ")
+		f := strings.Fields(rest)
+		if !ok || len(f) < 13 {
+			return 0, fmt.Errorf("/proc/%d/stat: %q", pid, b)
+		}
+		u, err1 := strconv.ParseInt(f[11], 10, 64)
+		s, err2 := strconv.ParseInt(f[12], 10, 64)
+		return u + s, errors.Join(err1, err2)
+	}
+	t0, err := ticks()
+	if err != nil {
+		return err.Error()
+	}
+	time.Sleep(period)
+	t1, err := ticks()
+	if err != nil {
+		return err.Error()
+	}
+	const hz = 100 // USER_HZ, which /proc counts in on Linux
+	return fmt.Sprintf("the VMM used %.1f s of CPU in all, %.0f%% of one CPU over the last %v",
+		float64(t1)/hz, 100*float64(t1-t0)/hz/period.Seconds(), period)
+}
+
 func memorySample(pid int) (vmmMemory, error) {
 	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
 	if err != nil {

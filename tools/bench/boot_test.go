@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"syscall"
@@ -142,5 +143,36 @@ func TestBootSummary(t *testing.T) {
 		"ratio hyperroot/gokvm=0.50\nratio hyperroot/qemu-pc=0.33\nratio hyperroot-jailed/hyperroot=1.00"
 	if got != want {
 		t.Errorf("summary:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// TestCPUShare: a process that sleeps is idle; this one, spinning, is not.
+func TestCPUShare(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	if got := cpuShare(cmd.Process.Pid, 300*time.Millisecond); !strings.Contains(got, ", 0% of one CPU over the last 300ms") {
+		t.Errorf("a sleeping process: %q", got)
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+		}
+	}()
+	got := cpuShare(os.Getpid(), 500*time.Millisecond)
+	var all, pct float64
+	if _, err := fmt.Sscanf(got, "the VMM used %f s of CPU in all, %f%%", &all, &pct); err != nil || pct <= 0 {
+		t.Errorf("a spinning process: %q (%v)", got, err)
+	}
+	if got := cpuShare(-1, time.Millisecond); !strings.Contains(got, "no such file") {
+		t.Errorf("no process: %q", got)
 	}
 }
