@@ -42,7 +42,7 @@ const (
 // the rest call parallel. HYPERROOT_E2E_PARALLEL=1 runs everything one at
 // a time; a larger number is for machines with more cores (each
 // appliance takes 2-3 GiB of RAM).
-var slots = make(chan struct{}, parallelism())
+var slots = newBed(parallelism())
 
 func parallelism() int {
 	if n, err := strconv.Atoi(os.Getenv("HYPERROOT_E2E_PARALLEL")); err == nil && n >= 1 {
@@ -55,8 +55,8 @@ func parallelism() int {
 // for a slot.
 func parallel(t *testing.T) {
 	t.Parallel()
-	slots <- struct{}{}
-	t.Cleanup(func() { <-slots })
+	slots.take(longest[t.Name()])
+	t.Cleanup(slots.give)
 }
 
 // buildInto builds Go package pkg (with go build's flags) as the static
