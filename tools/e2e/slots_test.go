@@ -4,6 +4,7 @@ import (
 	"flag"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -42,15 +43,19 @@ func TestMain(m *testing.M) {
 // bed hands out the test bed's slots: to the waiting test with the
 // highest priority, once the tests released together have all asked
 // (settle: they arrive within milliseconds of each other; a late one only
-// loses its place in the order, never its slot).
+// loses its place in the order, never its slot). Each time the bed falls
+// idle it settles again: a sequential test's parallel subtests (the guest
+// shapes') come in a burst of their own, before the suite's parallel tests.
 type bed struct {
 	quiet   time.Duration // how long no test must have asked before the first slots go
 	mu      sync.Mutex
+	size    int
 	free    int
 	waiting []*waiter
 	last    time.Time // when the latest test asked
 	settled bool
 	timer   *time.Timer
+	gen     int // which timer is the bed's: one from before it fell idle is not
 }
 
 type waiter struct {
@@ -58,7 +63,7 @@ type waiter struct {
 	ready chan struct{}
 }
 
-func newBed(n int) *bed { return &bed{free: n, quiet: 200 * time.Millisecond} }
+func newBed(n int) *bed { return &bed{size: n, free: n, quiet: 200 * time.Millisecond} }
 
 // take waits for a slot.
 func (b *bed) take(prio int) {
@@ -69,16 +74,22 @@ func (b *bed) take(prio int) {
 	if b.settled {
 		b.grantLocked()
 	} else if b.timer == nil {
-		b.timer = time.AfterFunc(b.quiet, b.settle)
+		b.gen++
+		gen := b.gen
+		b.timer = time.AfterFunc(b.quiet, func() { b.settle(gen) })
 	}
 	b.mu.Unlock()
 	<-w.ready
 }
 
-// settle starts handing out slots once no test has asked for a while.
-func (b *bed) settle() {
+// settle starts handing out slots once no test has asked for a while
+// (gen: the timer that called it, ignored if it is no longer the bed's).
+func (b *bed) settle(gen int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if gen != b.gen || b.settled {
+		return
+	}
 	if wait := b.quiet - time.Since(b.last); wait > 0 {
 		b.timer.Reset(wait)
 		return
@@ -100,6 +111,9 @@ func (b *bed) give() {
 	if b.settled {
 		b.grantLocked()
 	}
+	if b.free == b.size && len(b.waiting) == 0 {
+		b.settled, b.timer = false, nil // idle: the next burst settles anew
+	}
 }
 
 func (b *bed) grantLocked() {
@@ -118,11 +132,12 @@ func (b *bed) grantLocked() {
 }
 
 // TestBedOrder: tests that ask together get the slots highest priority
-// first, whatever the order they asked in; one that asks later waits its
+// first, whatever the order they asked in, and so does a second burst
+// once the bed has fallen idle; one that asks while others run waits its
 // turn; every slot given back is handed on.
 func TestBedOrder(t *testing.T) {
 	b := newBed(1)
-	b.quiet = time.Hour // started by hand below, once all four asked
+	b.quiet = time.Hour // started by hand below, once all asked
 	var mu sync.Mutex
 	var order []int
 	var wg sync.WaitGroup
@@ -134,26 +149,34 @@ func TestBedOrder(t *testing.T) {
 		mu.Unlock()
 		b.give()
 	}
-	for _, p := range []int{0, 5, 610, 80} {
-		wg.Add(1)
-		go run(p)
-	}
-	for {
-		b.mu.Lock()
-		n := len(b.waiting)
-		if n == 4 {
-			b.startLocked()
+	burst := func(prios ...int) []int {
+		order = nil
+		for _, p := range prios {
+			wg.Add(1)
+			go run(p)
 		}
-		b.mu.Unlock()
-		if n == 4 {
-			break
+		for {
+			b.mu.Lock()
+			n := len(b.waiting)
+			if n == len(prios) {
+				b.startLocked()
+			}
+			b.mu.Unlock()
+			if n == len(prios) {
+				break
+			}
+			runtime.Gosched()
 		}
-		runtime.Gosched()
+		wg.Wait()
+		return order
 	}
-	wg.Wait()
-	if len(order) != 4 || order[0] != 610 || order[1] != 80 || order[2] != 5 || order[3] != 0 {
-		t.Errorf("slots went to %v, want [610 80 5 0]", order)
+	if got := burst(0, 5, 610, 80); !slices.Equal(got, []int{610, 80, 5, 0}) {
+		t.Errorf("first burst: slots went to %v, want [610 80 5 0]", got)
 	}
-	wg.Add(1)
-	run(7) // after the first ones started: at once
+	if b.settled {
+		t.Error("the bed did not settle anew once idle")
+	}
+	if got := burst(3, 0, 130); !slices.Equal(got, []int{130, 3, 0}) {
+		t.Errorf("second burst: slots went to %v, want [130 3 0]", got)
+	}
 }
