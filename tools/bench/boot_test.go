@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -156,15 +157,10 @@ func TestCPUShare(t *testing.T) {
 	if got := cpuShare(cmd.Process.Pid, 300*time.Millisecond); !strings.Contains(got, ", 0% of one CPU over the last 300ms") {
 		t.Errorf("a sleeping process: %q", got)
 	}
-	stop := make(chan struct{})
-	defer close(stop)
+	var stop atomic.Bool
+	defer stop.Store(true)
 	go func() {
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
+		for !stop.Load() {
 		}
 	}()
 	got := cpuShare(os.Getpid(), 500*time.Millisecond)
