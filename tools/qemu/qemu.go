@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hyperroot/hyperroot/board"
@@ -254,6 +255,10 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 	}
 	m.cmd = exec.CommandContext(ctx, qemuPath, args...)
 	m.cmd.Stderr = o.Console
+	// The appliance dies with whoever started it: a test binary that
+	// go test's timeout panicked, or a killed runner, left appliances
+	// running on for half an hour, slowing every test after them.
+	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if f, ok := o.Stdin.(*os.File); ok {
 		m.cmd.Stdin = f
 	} else {
