@@ -58,14 +58,12 @@ func choose(entries []entry, def int, want string) (entry, error) {
 func grubCfg(text string, env map[string]string) ([]entry, int) {
 	type item struct {
 		entry
-		at     int    // index in its menu
-		parent *entry // the submenu it is in, if any
-		parAt  int    // the submenu's index in the top menu
+		at     int   // index in its menu
+		parent *item // the submenu it is in, if any
 	}
 	var items []item
 	var cur *item
-	var sub *entry // the submenu being read
-	subAt, subDepth := 0, 0
+	var sub *item      // the submenu being read (opened at the top level only)
 	top, inSub := 0, 0 // next index in the top menu, in the submenu
 	def := ""
 	depth := 0
@@ -94,14 +92,14 @@ func grubCfg(text string, env map[string]string) ([]entry, int) {
 			}
 			if words[0] == "submenu" {
 				if sub == nil && depth == 0 {
-					sub, subAt, subDepth, inSub = &e, top, depth, 0
+					sub, inSub = &item{entry: e, at: top}, 0
 					top++
 				}
 				break
 			}
-			it := item{entry: e, at: top, parAt: -1}
+			it := item{entry: e, at: top}
 			if sub != nil {
-				it.at, it.parent, it.parAt = inSub, sub, subAt
+				it.at, it.parent = inSub, sub
 				inSub++
 			} else {
 				top++
@@ -119,7 +117,7 @@ func grubCfg(text string, env map[string]string) ([]entry, int) {
 		if strings.HasSuffix(line, "}") && cur != nil && words[0] != "menuentry" {
 			cur = nil
 		}
-		if sub != nil && depth <= subDepth && strings.Contains(line, "}") {
+		if sub != nil && depth <= 0 && strings.Contains(line, "}") {
 			sub = nil
 		}
 	}
@@ -128,8 +126,8 @@ func grubCfg(text string, env map[string]string) ([]entry, int) {
 	} else if v, ok := strings.CutPrefix(def, "$"); ok {
 		def = env[v]
 	}
-	is := func(name string, at int, e *entry) bool {
-		return name == strconv.Itoa(at) || name != "" && (name == e.title || name == e.id)
+	is := func(name string, it *item) bool {
+		return name == strconv.Itoa(it.at) || name != "" && (name == it.title || name == it.id)
 	}
 	var usable []entry
 	d := -1
@@ -139,12 +137,12 @@ func grubCfg(text string, env map[string]string) ([]entry, int) {
 		}
 		var ok bool
 		if p, name, nested := strings.Cut(def, ">"); nested {
-			ok = it.parent != nil && is(p, it.parAt, it.parent) && is(name, it.at, &it.entry)
+			ok = it.parent != nil && is(p, it.parent) && is(name, &it)
 		} else {
 			// A submenu as the default: grub opens it and boots
 			// its first entry.
-			ok = it.parent == nil && is(def, it.at, &it.entry) ||
-				it.parent != nil && it.at == 0 && is(def, it.parAt, it.parent)
+			ok = it.parent == nil && is(def, &it) ||
+				it.parent != nil && it.at == 0 && is(def, it.parent)
 		}
 		if ok && d < 0 {
 			d = len(usable)
