@@ -314,7 +314,6 @@ func parseSmaps(smaps []byte, exe string) vmmMemory {
 	return m
 }
 
-// memorySample reads a running VMM's memory from /proc.
 // cpuShare says how busy process pid is over the next period: whether a
 // guest that did not boot is spinning or waiting (for an interrupt that
 // does not come, say).
@@ -349,6 +348,7 @@ func cpuShare(pid int, period time.Duration) string {
 		float64(t1)/hz, 100*float64(t1-t0)/hz/period.Seconds(), period)
 }
 
+// memorySample reads a running VMM's memory from /proc.
 func memorySample(pid int) (vmmMemory, error) {
 	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
 	if err != nil {
