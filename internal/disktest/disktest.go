@@ -54,15 +54,17 @@ const (
 func GPTExt4(t testing.TB, path string, size int64, tree string) {
 	t.Helper()
 	testenv.NeedTool(t, "mkfs.ext4", "e2fsprogs")
-	if err := WriteGPTExt4(path, size, tree, ""); err != nil {
+	if err := WriteGPTExt4(path, size, Part{Tree: tree}); err != nil {
 		t.Fatal(err)
 	}
 }
 
-// WriteGPTExt4 is GPTExt4 outside a test, with the filesystem's label
-// (none if "").
-func WriteGPTExt4(path string, size int64, tree, label string) error {
-	return Write(path, size, GPT, []Part{{Type: BIOSBoot, Size: 1 << 20}, {FS: "ext4", Tree: tree, Label: label}})
+// WriteGPTExt4 is GPTExt4 outside a test, with root's tree, label and
+// UUID for the ext4 filesystem (its type, size and filesystem are the
+// layout's).
+func WriteGPTExt4(path string, size int64, root Part) error {
+	root.Type, root.Size, root.FS = Linux, 0, "ext4"
+	return Write(path, size, GPT, []Part{{Type: BIOSBoot, Size: 1 << 20}, root})
 }
 
 // Write writes a disk image of size bytes at path: a partition table of

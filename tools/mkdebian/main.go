@@ -157,8 +157,7 @@ func build(dir string) (string, error) {
 		return "", err
 	}
 	raw := filepath.Join(work, "disk.raw")
-	parts := []disktest.Part{{Type: disktest.BIOSBoot, Size: 1 << 20}, {FS: "ext4", Tree: root, Label: "debian-root", UUID: rootUUID}}
-	if err := disktest.Write(raw, size, disktest.GPT, parts); err != nil {
+	if err := disktest.WriteGPTExt4(raw, size, disktest.Part{Tree: root, Label: "debian-root", UUID: rootUUID}); err != nil {
 		return "", err
 	}
 	tmp := filepath.Join(work, name)
