@@ -234,6 +234,9 @@ type slot struct {
 	len  int64        // total bytes of a read/write
 	done int64        // bytes already transferred
 	mode uint32       // fallocate mode in use
+	// canceled counts the times the kernel dropped the request before
+	// it started (io_uring: see maxCanceled).
+	canceled uint8
 
 	// A request with buffers O_DIRECT cannot take runs on bounce (see
 	// check); guest holds its real buffers meanwhile.
@@ -411,7 +414,7 @@ func (d *disk) take(r *Request) (int32, *slot, error) {
 	s.req = *r
 	s.bufs = append(s.bufs[:0], r.Bufs...)
 	s.req.Bufs = nil
-	s.len, s.done = n, 0
+	s.len, s.done, s.canceled = n, 0, 0
 	if bounce {
 		s.useBounce(int(n), d.align.Memory)
 	}

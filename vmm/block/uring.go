@@ -133,6 +133,24 @@ func (u *Uring) queue(i int32, s *slot) error {
 	return nil
 }
 
+// maxCanceled bounds how often one request is sent again after the kernel
+// completed it with ECANCELED. This backend never cancels a request (no
+// IORING_OP_ASYNC_CANCEL, no linked SQEs, no timeouts), but the kernel
+// does, before the request starts, when it cannot start the io-wq worker
+// thread that would run it: an fsync, a fallocate or a buffered write to
+// most filesystems goes to such a worker, and Linux since the io-wq
+// change "limit retrying worker initialisation" (2024, also in the stable
+// series) gives up after three failed attempts to create one. An attempt
+// fails when a signal is pending on the submitting thread (the Go runtime
+// sends its threads preemption signals all the time: a VMM under TCG
+// lost a guest write to this, "block write: operation canceled") or when
+// the thread limit (RLIMIT_NPROC, pids.max) is reached. The first is
+// passing, the second may be: a few tries, then the error.
+const maxCanceled = 8
+
+// testHookCanceled, when set, runs before a canceled request is sent again.
+var testHookCanceled func()
+
 // reap runs until Close, turning CQEs into completions.
 func (u *Uring) reap() {
 	defer close(u.reaped)
@@ -188,6 +206,18 @@ func (u *Uring) complete(c uring.CQE) {
 		errno := unix.Errno(-c.Res)
 		switch {
 		case errno == unix.EINTR || errno == unix.EAGAIN:
+			if u.queue(i, s) == nil {
+				u.submit()
+				u.mu.Unlock()
+				return
+			}
+		case errno == unix.ECANCELED && s.canceled < maxCanceled:
+			// The kernel dropped the request before starting it: see
+			// maxCanceled. Nothing of it was done, so it is sent again.
+			s.canceled++
+			if testHookCanceled != nil {
+				testHookCanceled()
+			}
 			if u.queue(i, s) == nil {
 				u.submit()
 				u.mu.Unlock()
