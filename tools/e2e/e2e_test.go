@@ -52,10 +52,13 @@ func parallelism() int {
 }
 
 // parallel marks t as one that may run beside another appliance, and waits
-// for a slot.
+// for a slot. It says how long in the line tools/testreport reads, so that
+// CI's list of slow tests shows what each one costs, not what it queued.
 func parallel(t *testing.T) {
 	t.Parallel()
+	start := time.Now()
 	slots.take(longest[t.Name()])
+	t.Logf("testreport: waited %s for a test-bed slot", time.Since(start).Round(100*time.Millisecond))
 	t.Cleanup(slots.give)
 }
 

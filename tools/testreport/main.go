@@ -12,6 +12,12 @@
 // its time and lists the tests slower than -slow, slowest first: the suite
 // has a time budget (CI: 45 minutes on 2 cores) and this is where it goes.
 //
+// A test that waits for something other than itself before it starts (a
+// slot of a test bed shared by parallel tests) says so in a line of its
+// output, "testreport: waited <duration>": the summary counts its time
+// without the wait, which it shows beside it, so that the slow list names
+// what costs and not what queued.
+//
 // With -note REGEXP, the output lines of any test, passed ones included,
 // that match it are repeated in the summary under the test's name: a suite
 // that retries what it has shown to be its test bed's fault (tools/e2e) says
@@ -54,7 +60,11 @@ type test struct {
 	lines   []string // the last keepLines lines of its output
 	dropped int      // lines dropped from the front
 	done    bool
+	waited  float64 // seconds it said it waited before it ran (waitedRE)
 }
+
+// waitedRE is the line a test prints for time it spent waiting to run.
+var waitedRE = regexp.MustCompile(`testreport: waited (\S+)`)
 
 func (t *test) add(s string) {
 	t.lines = append(t.lines, s)
@@ -77,7 +87,8 @@ func (t *test) print(w io.Writer) {
 // result is one ended (or never ended) test, for the summary.
 type result struct {
 	pkg, name string
-	seconds   float64
+	seconds   float64 // elapsed, less waited
+	waited    float64
 	verdict   string // "pass", "fail", "skip", "unfinished"
 }
 
@@ -134,6 +145,11 @@ func (r *report) event(e event) {
 	switch e.Action {
 	case "output":
 		t.add(e.Output)
+		if m := waitedRE.FindStringSubmatch(e.Output); m != nil {
+			if d, err := time.ParseDuration(m[1]); err == nil {
+				t.waited += d.Seconds()
+			}
+		}
 		if r.note != nil && r.note.MatchString(e.Output) {
 			r.notes = append(r.notes, e.Test+": "+strings.TrimSpace(e.Output))
 		}
@@ -142,7 +158,7 @@ func (r *report) event(e event) {
 			return
 		}
 		t.done = true
-		r.results = append(r.results, result{e.Package, e.Test, e.Elapsed, e.Action})
+		r.results = append(r.results, result{e.Package, e.Test, max(e.Elapsed-t.waited, 0), t.waited, e.Action})
 		if e.Action == "fail" {
 			r.failed = true
 			t.print(r.out)
@@ -184,7 +200,7 @@ func (r *report) unfinished(pkg string) {
 	for _, n := range names {
 		fmt.Fprintf(r.out, "--- UNFINISHED: %s (%s): its output up to the end of its package:\n", n, pkg)
 		ts[n].print(r.out)
-		r.results = append(r.results, result{pkg, n, -1, "unfinished"})
+		r.results = append(r.results, result{pkg, n, -1, 0, "unfinished"})
 		r.failed = true
 	}
 	delete(r.running, pkg)
@@ -222,19 +238,26 @@ func (r *report) summary(slow time.Duration) {
 	if len(slowest) > 0 {
 		fmt.Fprintf(r.out, "   slower than %v (passed or skipped):\n", slow)
 		for _, res := range slowest {
-			fmt.Fprintf(r.out, "     %7.1fs  %s  %s\n", res.seconds, res.name, res.pkg)
+			fmt.Fprintf(r.out, "     %7.1fs  %s  %s%s\n", res.seconds, res.name, res.pkg, waitedNote(res))
 		}
 	}
 	for _, res := range bad {
 		if res.verdict == "unfinished" {
 			fmt.Fprintf(r.out, "   UNFINISHED  %s  %s (still running when its package ended: a timeout or a crash)\n", res.name, res.pkg)
 		} else {
-			fmt.Fprintf(r.out, "   FAIL %7.1fs  %s  %s\n", res.seconds, res.name, res.pkg)
+			fmt.Fprintf(r.out, "   FAIL %7.1fs  %s  %s%s\n", res.seconds, res.name, res.pkg, waitedNote(res))
 		}
 	}
 	if len(bad) == 0 && r.failed {
 		fmt.Fprintln(r.out, "   a package failed outside its tests (build error, crash in TestMain, vet): see above")
 	}
+}
+
+func waitedNote(res result) string {
+	if res.waited < 0.05 {
+		return ""
+	}
+	return fmt.Sprintf(" (after %.1fs waiting)", res.waited)
 }
 
 func run(in io.Reader, out io.Writer, slow time.Duration, note *regexp.Regexp) bool {

@@ -67,6 +67,18 @@ func TestReport(t *testing.T) {
 		want:   []string{"panic: test timed out", "--- UNFINISHED: TestHung", "appliance: waiting", "UNFINISHED  TestHung  p"},
 		absent: []string{"UNFINISHED: TestDone"},
 	}, {
+		name: "time spent waiting to run is not counted",
+		in: line("run", "p", "TestQueued", "") +
+			line("output", "p", "TestQueued", "    e2e_test.go:60: testreport: waited 1m40s for a test-bed slot\n") +
+			`{"Action":"pass","Package":"p","Test":"TestQueued","Elapsed":170}` + "\n" +
+			line("run", "p", "TestShort", "") +
+			line("output", "p", "TestShort", "    e2e_test.go:60: testreport: waited 2m0s for a test-bed slot\n") +
+			`{"Action":"pass","Package":"p","Test":"TestShort","Elapsed":150}` + "\n" +
+			`{"Action":"pass","Package":"p","Elapsed":400}` + "\n",
+		ok:     true,
+		want:   []string{"70.0s  TestQueued  p (after 100.0s waiting)", "2 tests, 100 s in tests"},
+		absent: []string{"TestShort  p"},
+	}, {
 		name: "input that stops mid-package",
 		in: line("run", "p", "TestCut", "") +
 			line("output", "p", "TestCut", "last words\n"),
