@@ -54,9 +54,10 @@ func planConfig(cur, next *config.Config) (configPlan, error) {
 		{"jail", cur.Jail, next.Jail},
 		{"api", cur.API, next.API},
 		{"data", cur.Data, next.Data},
+		{"pci", cur.PCI, next.PCI},
 	} {
 		if !equalish(k.cur, k.nxt) {
-			errs = append(errs, k.key+": changed; it takes effect at boot only (the switch, the host address, huge page pools, jails, the API's listener and the data disk are set up then)")
+			errs = append(errs, k.key+": changed; it takes effect at boot only (the switch, the host address, huge page pools, jails, the API's listener, the data disk and SR-IOV virtual functions are set up then)")
 		}
 	}
 	have := map[string]config.VM{}

@@ -92,7 +92,8 @@ func (s *sVirt) labelDevices(c *console) {
 	if s == nil {
 		return
 	}
-	for path, label := range map[string]string{"/dev/kvm": svirt.KVMLabel, "/dev/net/tun": svirt.TunLabel, "/dev/null": svirt.NullLabel} {
+	for path, label := range map[string]string{"/dev/kvm": svirt.KVMLabel, "/dev/net/tun": svirt.TunLabel, "/dev/null": svirt.NullLabel,
+		"/dev/vfio/vfio": svirt.VFIOLabel} {
 		if err := svirt.LabelPath(path, label); err != nil && !errors.Is(err, os.ErrNotExist) {
 			c.Errorf("selinux", err)
 		}
@@ -128,7 +129,7 @@ func (l labelledStarter) Start(cmd *exec.Cmd) (ch <-chan unix.WaitStatus, err er
 // a function that undoes the labels when the VMM has exited: the
 // writable disks get their labels back, the pair is freed. Read-only
 // disks keep theirs, since other VMs may still be reading them.
-func (s *sVirt) labelVM(vm config.VM, disks []*os.File) (label string, undo func(), err error) {
+func (s *sVirt) labelVM(vm config.VM, disks, groups []*os.File) (label string, undo func(), err error) {
 	if s == nil {
 		return "", func() {}, nil
 	}
@@ -182,6 +183,21 @@ func (s *sVirt) labelVM(vm config.VM, disks []*os.File) (label string, undo func
 			return "", nil, fmt.Errorf("disk %s: %w", d.Path, err)
 		}
 		done = append(done, relabelled{os.NewFile(uintptr(fd), d.Path), old})
+	}
+	// Its passed-through devices' IOMMU groups, as its own disks.
+	for _, f := range groups {
+		old, err := svirt.Relabel(f, pair.ImageLabel())
+		if err != nil {
+			undo()
+			return "", nil, fmt.Errorf("%s: %w", f.Name(), err)
+		}
+		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			svirt.Restore(f, old)
+			undo()
+			return "", nil, fmt.Errorf("%s: %w", f.Name(), err)
+		}
+		done = append(done, relabelled{os.NewFile(uintptr(fd), f.Name()), old})
 	}
 	return pair.ProcessLabel(), undo, nil
 }

@@ -39,7 +39,8 @@ type fleet struct {
 	// read their part from the environment).
 	unjailed bool
 
-	disks diskOwners // which VM each disk file is
+	disks   diskOwners   // which VM each disk file is
+	devices deviceOwners // which VM each passed-through PCI device is
 	// consoles fans the VMs' console lines out to the API's readers.
 	consoles *consoleHub
 
@@ -171,6 +172,8 @@ func (f *fleet) supervise(e *vmEntry, turn <-chan struct{}, started chan struct{
 	goGuarded(f.c, "vm "+vm.Name, func() {
 		defer f.done.Done()
 		defer startedOnce()
+		// Gone for good: its devices go back to their drivers.
+		defer f.devices.release(f.c, vm.Name)
 		if err := e.sup.Err(); err != nil {
 			f.c.Errorf("vm "+vm.Name, err)
 			f.markFailed(vm.Name, true)
@@ -359,6 +362,13 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 		all.Disks = slices.Insert(all.Disks, len(vm.Disks)-1, vm.Disks[len(vm.Disks)-1])
 		disks = slices.Insert(disks, len(vm.Disks)-1, seed)
 	}
+	// Its passed-through devices: checked, moved to vfio-pci and opened
+	// for the VMM (passthrough.go).
+	devs, err := f.devices.claim(vm.Name, vm.Devices)
+	if err != nil {
+		return nil, err
+	}
+	defer devs.Close()
 	// NUMA first: the huge page check reads the pools of the nodes it names.
 	if err := checkNUMA(vm); err != nil {
 		return nil, err
@@ -378,6 +388,9 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 	setup := time.Since(began) // the cgroup's share of the VM's start
 	args := vmmcli.ForVM(vm, switchDir)
 	opened.withBacking(&args)
+	extra := opened.extra()
+	args.Devices = devs.args(vmmcli.FirstFD + len(extra))
+	extra = append(extra, devs.files...)
 	if args.NUMADistances, err = guestDistances(vm.NUMA); err != nil {
 		return nil, err
 	}
@@ -404,7 +417,7 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 		oom, _ = g.OOMKills()
 	}
 	// Its SELinux domain and disk labels, before anything of it runs.
-	label, unlabel, err := f.sv.labelVM(all, disks)
+	label, unlabel, err := f.sv.labelVM(all, disks, devs.groups())
 	e.mu.Lock()
 	e.group, e.oom, e.unlabel = g, oom, unlabel
 	e.mu.Unlock()
@@ -423,7 +436,7 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 		Env: []string{}, Attr: attr,
 		// In its PID namespace, a SIGTERM it does not handle yet is lost.
 		StopReady:  func(pid int) bool { return ignores(pid, stopReadySignal) },
-		ExtraFiles: opened.extra(), Stdin: true,
+		ExtraFiles: extra, Stdin: true,
 		Started: func(pid int) {
 			e.pid.Store(int64(pid))
 			e.starts.Add(1)

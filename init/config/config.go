@@ -33,6 +33,9 @@ type Config struct {
 	// Jail is how each VMM's jail is made; its zero value (no jail: key)
 	// is filled in with the defaults by Parse.
 	Jail Jail
+	// PCI, if set, prepares the appliance's PCI devices for passthrough
+	// (SR-IOV virtual functions) at boot.
+	PCI *PCI
 }
 
 // VM is one virtual machine as configured.
@@ -64,6 +67,9 @@ type VM struct {
 	// CloudInit, when set, is the first-boot configuration its guest's
 	// cloud-init reads from a seed disk after the VM's own disks.
 	CloudInit *CloudInit
+	// Devices are host PCI devices passed through to the guest (VFIO),
+	// in the order of its PCI slots after its virtio devices.
+	Devices []Device
 	// ID is the uid and gid of the VM's VMM in its jail, one per VM, from
 	// Jail.IDs: filled in by Parse (and Default).
 	ID int
@@ -209,11 +215,13 @@ func Parse(file string, data []byte) (*Config, error) {
 		"host":      func(n *yaml.Node) { c.Host = d.host(n) },
 		"hugepages": func(n *yaml.Node) { c.HugePages = d.hugePages(n) },
 		"jail":      func(n *yaml.Node) { c.Jail = d.jail(n) },
+		"pci":       func(n *yaml.Node) { c.PCI = d.pciSection(n) },
 		"vms": func(n *yaml.Node) {
 			d.sequence(n, func(item *yaml.Node) { c.VMs = append(c.VMs, d.vm(item)) })
 		},
 	})
 	d.checkNetworks(doc, c)
+	d.checkDevices(doc, c)
 	seen := map[string]bool{}
 	for i, vm := range c.VMs {
 		if seen[vm.Name] {
@@ -344,6 +352,12 @@ func (d *decoder) vm(n *yaml.Node) VM {
 			d.sequence(v, func(item *yaml.Node) { vm.NICs = append(vm.NICs, d.nic(item)) })
 			if len(vm.NICs) > MaxNICs {
 				d.errf(v, "nics: %d NICs, want at most %d", len(vm.NICs), MaxNICs)
+			}
+		},
+		"devices": func(v *yaml.Node) {
+			d.sequence(v, func(item *yaml.Node) { vm.Devices = append(vm.Devices, d.device(item)) })
+			if len(vm.Devices) > MaxDevices {
+				d.errf(v, "devices: %d devices, want at most %d", len(vm.Devices), MaxDevices)
 			}
 		},
 		"qos":        func(v *yaml.Node) { vm.QoS = d.qos(v) },

@@ -37,7 +37,7 @@ vms:
 
 func TestParseErrors(t *testing.T) {
 	for _, tc := range []struct{ name, yaml, want string }{
-		{"unknown top key", "vm: []\n", `c.yaml:1:1: unknown key "vm" (known: api, data, host, hugepages, jail, networks, vms)`},
+		{"unknown top key", "vm: []\n", `c.yaml:1:1: unknown key "vm" (known: api, data, host, hugepages, jail, networks, pci, vms)`},
 		{"jail ids below 65536", "jail: {ids: {from: 1000, to: 2000}}\n", "c.yaml:1:13: ids: from 1000 to 2000: want 65536 <= from"},
 		{"jail ids reversed", "jail: {ids: {from: 300000, to: 200000}}\n", "ids: from 300000 to 200000"},
 		{"jail ids too high", "jail: {ids: {from: 300000, to: 4294967295}}\n", "ids: from 300000 to 4294967295"},

@@ -48,6 +48,7 @@ const (
 	KVMLabel  = "system_u:object_r:kvm_device_t:s0"
 	TunLabel  = "system_u:object_r:tun_device_t:s0"
 	NullLabel = "system_u:object_r:null_device_t:s0"
+	VFIOLabel = "system_u:object_r:vfio_device_t:s0"
 	RunLabel  = "system_u:object_r:hyperroot_run_t:s0"
 	// ClosedSocketLabel is a VM's socket directory and sockets while it
 	// does not run: at categories no VMM's pair dominates.

@@ -111,6 +111,9 @@ type Args struct {
 	HugePages string // "", "2M" or "1G"; the VMM checks it
 	Disks     []Disk
 	NICs      []NIC
+	// Devices are host PCI devices passed through (VFIO), after the
+	// virtio devices on the guest's bus.
+	Devices []Device
 	// PinVCPUs are the host CPUs of the vCPU threads (vCPU i on
 	// PinVCPUs[i%len]), PinEmulator those of every other thread; empty:
 	// anywhere.
@@ -223,6 +226,9 @@ func (a Args) Argv() []string {
 	for _, n := range a.NICs {
 		argv = append(argv, "--nic", n.String())
 	}
+	for _, d := range a.Devices {
+		argv = append(argv, "--device", d.String())
+	}
 	return append(argv, "--seccomp", sc)
 }
 
@@ -235,6 +241,7 @@ func Parse(args []string, stderr io.Writer) (Args, error) {
 	var (
 		a           Args
 		disks, nics cliflag.Strings
+		devices     cliflag.Strings
 		errorf      = func(format string, v ...any) error {
 			err := fmt.Errorf(format, v...)
 			fmt.Fprintf(stderr, "hyperroot vmm: %v\n", err)
@@ -292,6 +299,8 @@ func Parse(args []string, stderr io.Writer) (Args, error) {
 		",io=auto|uring|pool (block backend; auto tries io_uring first)")
 	fs.Var(&nics, "nic", "a virtio-net interface, repeatable: socket=PATH (a vhost-user backend such as\n"+
 		"`hyperroot switch`),mac=52:54:00:12:34:56")
+	fs.Var(&devices, "device", "a host PCI device passed through with VFIO, repeatable: pci=0000:00:05.0,container=N,group=M\n"+
+		"(inherited descriptors of /dev/vfio/vfio and of the device's IOMMU group, which must be viable)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: hyperroot vmm --kernel K [--initrd I] [--cmdline C] [--cpus N] [--memory SIZE] [--disk path=IMG]...\n\n"+
 			"Exit status: 0 guest powered off, 1 VMM error, 2 usage, 3 guest reset, 4 guest crashed, 5 stopped.\n\n")
@@ -329,6 +338,13 @@ func Parse(args []string, stderr io.Writer) (Args, error) {
 			return a, errorf("--disk %s: %w", s, err)
 		}
 		a.Disks = append(a.Disks, d)
+	}
+	for _, s := range devices {
+		d, err := ParseDevice(s)
+		if err != nil {
+			return a, errorf("--device %s: %w", s, err)
+		}
+		a.Devices = append(a.Devices, d)
 	}
 	if a.BootDisk && len(a.Disks) == 0 {
 		return a, errorf("--boot-disk needs a --disk to boot from")
@@ -727,4 +743,51 @@ func parseInts(v, what string, lo, hi int) ([]int, error) {
 		out = append(out, n)
 	}
 	return out, nil
+}
+
+// Device is one --device flag: a host PCI device the VMM passes through
+// with VFIO, its container and IOMMU group opened by the supervisor (the
+// jailed VMM opens no file).
+type Device struct {
+	PCI       string // its address, 0000:00:05.0
+	Container int    // inherited descriptor of /dev/vfio/vfio
+	Group     int    // inherited descriptor of /dev/vfio/<its group>
+}
+
+var pciAddrRE = regexp.MustCompile(`^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$`)
+
+// String is the --device flag value for d.
+func (d Device) String() string {
+	return fmt.Sprintf("pci=%s,container=%d,group=%d", d.PCI, d.Container, d.Group)
+}
+
+// ParseDevice reads a --device value.
+func ParseDevice(s string) (Device, error) {
+	d := Device{Container: -1, Group: -1}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, _ := strings.Cut(kv, "=")
+		switch k {
+		case "pci":
+			if !pciAddrRE.MatchString(v) {
+				return d, fmt.Errorf("pci=%q: want a PCI address such as 0000:00:05.0", v)
+			}
+			d.PCI = v
+		case "container", "group":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < FirstFD {
+				return d, fmt.Errorf("%s=%q: want an inherited descriptor (%d or more)", k, v, FirstFD)
+			}
+			if k == "container" {
+				d.Container = n
+			} else {
+				d.Group = n
+			}
+		default:
+			return d, fmt.Errorf("unknown key %q: want pci, container and group", k)
+		}
+	}
+	if d.PCI == "" || d.Container < 0 || d.Group < 0 {
+		return d, fmt.Errorf("want pci=ADDRESS,container=FD,group=FD")
+	}
+	return d, nil
 }

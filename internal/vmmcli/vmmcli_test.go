@@ -143,7 +143,8 @@ func TestArgvRoundTrip(t *testing.T) {
 			Disks: []Disk{{FD: 3, ID: "web-0"}, {FD: 4, ReadOnly: true, IOPS: 5, Bandwidth: 4096, Direct: true, IO: IOPool}, {FD: -1, Path: "/x.img", IO: IOUring}},
 			NICs:  []NIC{{Socket: "/run/s/web/0.sock", MAC: mac}, {Socket: "/s", MAC: mac, MTU: 9000}}, Jail: 200001, Trace: true, Seccomp: "log",
 			NUMANodes:     []NUMANode{{CPUs: []int{0, 1}, Memory: "512M", Host: &one, HostCPUs: []int{4, 5}}, {CPUs: []int{2, 3}, Memory: "512M"}},
-			NUMADistances: []int{10, 21, 21, 10}, DumpTag: "0123abcd"},
+			NUMADistances: []int{10, 21, 21, 10}, DumpTag: "0123abcd",
+			Devices: []Device{{PCI: "0000:00:01.1", Container: 5, Group: 6}, {PCI: "0000:0a:1f.7", Container: 7, Group: 8}}},
 			Args{}},
 		{"bound to a host node", Args{Name: "b", Kernel: "/k", Cmdline: "c", CPUs: 1, Memory: "256M", Seccomp: "kill", NUMABind: &one}, Args{}},
 		{"booting a disk", Args{Name: "d", BootDisk: true, BootEntry: "Debian GNU/Linux", Cmdline: "c", CPUs: 1, Memory: "256M", Seccomp: "kill",
@@ -273,4 +274,19 @@ func FuzzParseNIC(f *testing.F) {
 			t.Fatalf("ParseNIC(%q) = %v, read back as %v", s, n, again)
 		}
 	})
+}
+
+func TestParseDevice(t *testing.T) {
+	if d, err := ParseDevice("pci=0000:00:01.1,container=3,group=4"); err != nil || d != (Device{PCI: "0000:00:01.1", Container: 3, Group: 4}) {
+		t.Errorf("ParseDevice = %+v, %v", d, err)
+	}
+	for _, s := range []string{
+		"", "pci=0000:00:01.1", "pci=0000:00:01.1,container=3", "pci=00:01.1,container=3,group=4",
+		"pci=../x,container=3,group=4", "pci=0000:00:01.1,container=2,group=4", "pci=0000:00:01.1,container=3,group=x",
+		"pci=0000:00:01.1,container=3,group=4,rom=1",
+	} {
+		if d, err := ParseDevice(s); err == nil {
+			t.Errorf("ParseDevice(%q) = %+v, want an error", s, d)
+		}
+	}
 }

@@ -91,6 +91,33 @@ type Options struct {
 	// NUMADistance, when not 0, is the distance QEMU's SLIT gives
 	// between any two of those nodes (QEMU's default: 20).
 	NUMADistance int
+	// IOMMU gives the appliance an emulated Intel IOMMU with interrupt
+	// remapping and caching mode (which VFIO needs, to see every mapping
+	// the appliance makes), and intel_iommu=on: what device passthrough
+	// needs of the machine.
+	IOMMU bool
+	// NVMe are NVMe controllers of the appliance, in the first PCI slots
+	// after the host bridge (00:01.0, 00:02.0, ...), in this order.
+	NVMe []NVMe
+	// BridgeDrives puts the Drives behind a conventional PCI bridge, where
+	// they share one IOMMU group (an IOMMU cannot tell apart what a PCI
+	// bridge forwards): devices the appliance cannot pass through one by
+	// one.
+	BridgeDrives bool
+}
+
+// NVMe is an emulated NVMe controller with one namespace per file, each a
+// raw host file the host can read after QEMU has exited.
+type NVMe struct {
+	Serial string // the controller's serial number (required: QEMU wants one)
+	// Namespaces are the files of namespaces 1, 2, ...
+	Namespaces []string
+	// VFs, when not 0, makes it an SR-IOV physical function with this
+	// many virtual functions (secondary controllers), each with two
+	// queues and one interrupt vector to be assigned, and its namespaces
+	// attached to no controller: the appliance attaches each where it
+	// wants it (NVMe namespace management).
+	VFs int
 }
 
 // Machine is a running QEMU.
@@ -198,6 +225,9 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 		return nil, err
 	}
 	cmdline := strings.TrimSpace(b.Cmdline + " " + o.Append)
+	if o.IOMMU {
+		cmdline += " intel_iommu=on"
+	}
 	if o.Oneshot {
 		cmdline += " hyperroot.oneshot=1"
 		if o.Timeout > 0 && !strings.Contains(cmdline, "hyperroot.timeout=") {
@@ -241,10 +271,28 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 	} else {
 		args = append(args, "-nic", "none")
 	}
-	for _, d := range o.Drives {
+	if o.IOMMU {
+		args = append(args, "-device", "intel-iommu,intremap=on,caching-mode=on")
+	}
+	nvme, err := nvmeArgs(o.NVMe)
+	if err != nil {
+		os.RemoveAll(tmp)
+		return nil, err
+	}
+	args = append(args, nvme...)
+	if o.BridgeDrives && len(o.Drives) > 0 {
+		args = append(args, "-device", "pci-bridge,id=drives,chassis_nr=1")
+	}
+	for i, d := range o.Drives {
 		if fi, err := os.Stat(d); err != nil || !fi.Mode().IsRegular() || strings.Contains(d, ",") {
 			os.RemoveAll(tmp)
 			return nil, fmt.Errorf("drive %s: not a regular file (or has a comma in its name)", d)
+		}
+		if o.BridgeDrives {
+			id := fmt.Sprintf("drive%d", i)
+			args = append(args, "-drive", "file="+d+",format=raw,if=none,id="+id,
+				"-device", fmt.Sprintf("virtio-blk-pci,drive=%s,bus=drives,addr=%d", id, i+1))
+			continue
 		}
 		args = append(args, "-drive", "file="+d+",format=raw,if=virtio")
 	}
@@ -946,6 +994,39 @@ func numaArgs(memory string, cpus, nodes, distance int) ([]string, error) {
 					args = append(args, "-numa", fmt.Sprintf("dist,src=%d,dst=%d,val=%d", i, j, distance))
 				}
 			}
+		}
+	}
+	return args, nil
+}
+
+// nvmeArgs are QEMU's arguments for the controllers cs. A controller with
+// VFs is in an NVMe subsystem of its own, as QEMU's SR-IOV requires, and
+// its namespaces are private (attachable to one controller at a time) and
+// start detached.
+func nvmeArgs(cs []NVMe) ([]string, error) {
+	var args []string
+	for i, c := range cs {
+		if c.Serial == "" || strings.ContainsAny(c.Serial, ",=") {
+			return nil, fmt.Errorf("nvme %d: serial %q: want one, without commas or '='", i, c.Serial)
+		}
+		ctrl := fmt.Sprintf("nvme,id=nvme%d,serial=%s", i, c.Serial)
+		nsOpts := ""
+		if c.VFs > 0 {
+			// Each VF gets 2 queues (admin and one I/O) and 1
+			// vector from the flexible pools; the PF keeps the rest.
+			args = append(args, "-device", fmt.Sprintf("nvme-subsys,id=nvmesubsys%d,nqn=hyperroot-test-%d", i, i))
+			ctrl += fmt.Sprintf(",subsys=nvmesubsys%d,sriov_max_vfs=%d,sriov_vq_flexible=%d,sriov_vi_flexible=%d,sriov_max_vq_per_vf=2,sriov_max_vi_per_vf=1",
+				i, c.VFs, 2*c.VFs, c.VFs)
+			nsOpts = ",shared=false,detached=true"
+		}
+		args = append(args, "-device", ctrl)
+		for j, f := range c.Namespaces {
+			if fi, err := os.Stat(f); err != nil || !fi.Mode().IsRegular() || strings.Contains(f, ",") {
+				return nil, fmt.Errorf("nvme %d: namespace %d: %s: not a regular file (or has a comma in its name)", i, j+1, f)
+			}
+			id := fmt.Sprintf("nvme%dns%d", i, j+1)
+			args = append(args, "-drive", "file="+f+",format=raw,if=none,id="+id,
+				"-device", fmt.Sprintf("nvme-ns,drive=%s,bus=nvme%d,nsid=%d%s", id, i, j+1, nsOpts))
 		}
 	}
 	return args, nil

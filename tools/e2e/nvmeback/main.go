@@ -1,0 +1,66 @@
+// Command nvmeback is the hyperroot.run job of the e2e test TestPassthrough:
+// it waits until the NVMe controller at the PCI address given as its
+// argument is the appliance's again (the nvme driver has it back from
+// vfio-pci, once the VM it was passed through to is gone), then reads the
+// first MiB of its first namespace through the appliance's own block
+// device and prints its checksum: what the VM wrote, read by the host.
+package main
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"time"
+)
+
+var pathRE = regexp.MustCompile(`^nvme([0-9]+)c[0-9]+n1$`)
+
+func main() {
+	if len(os.Args) != 2 {
+		fmt.Println("nvmeback: usage: nvmeback PCI-ADDRESS")
+		os.Exit(2)
+	}
+	dir := filepath.Join("/sys/bus/pci/devices", os.Args[1])
+	// Until the driver is back and its namespace is a block device: the
+	// test's silence watchdog bounds the wait.
+	dev := ""
+	for ; dev == ""; time.Sleep(100 * time.Millisecond) {
+		if l, _ := os.Readlink(filepath.Join(dir, "driver")); filepath.Base(l) != "nvme" {
+			continue
+		}
+		dev = namespace(dir)
+	}
+	fmt.Printf("nvmeback: %s has its driver back: nvme, namespace %s\n", os.Args[1], dev)
+	f, err := os.Open(dev)
+	if err != nil {
+		fmt.Printf("nvmeback: %v\n", err)
+		os.Exit(1)
+	}
+	b := make([]byte, 1<<20)
+	if _, err := f.ReadAt(b, 0); err != nil {
+		fmt.Printf("nvmeback: read %s: %v\n", dev, err)
+		os.Exit(1)
+	}
+	fmt.Printf("nvmeback: %s sha256 %x\n", dev, sha256.Sum256(b))
+}
+
+// namespace is the block device of namespace 1 of the controller at dir,
+// "" until there is one: nvmeXn1 itself, or (through a subsystem) the
+// path device nvmeXcYn1 of subsystem X's nvmeXn1.
+func namespace(dir string) string {
+	ms, _ := filepath.Glob(filepath.Join(dir, "nvme", "nvme*", "nvme*"))
+	for _, m := range ms {
+		name := filepath.Base(m)
+		if p := pathRE.FindStringSubmatch(name); p != nil {
+			name = "nvme" + p[1] + "n1"
+		} else if !regexp.MustCompile(`^nvme[0-9]+n1$`).MatchString(name) {
+			continue
+		}
+		if _, err := os.Stat("/dev/" + name); err == nil {
+			return "/dev/" + name
+		}
+	}
+	return ""
+}
