@@ -202,6 +202,7 @@ type deviceOwner struct {
 type vmDevices struct {
 	addrs []string
 	files []*os.File // per device: the container, then the group
+	said  []string   // per device: what the console says of it
 }
 
 func (v *vmDevices) Close() { closeFiles(v.files) }
@@ -262,6 +263,15 @@ func (o *deviceOwners) claim(vm string, devs []config.Device) (*vmDevices, error
 			o.m[d.Addr] = deviceOwner{vm: vm, driver: prev, group: group}
 			claimed = append(claimed, d.Addr)
 		}
+		from := o.m[d.Addr].driver
+		if from == "" {
+			from = "no driver"
+		}
+		name := d.Addr
+		if dev.VF != nil {
+			name += ", " + dev.String()
+		}
+		out.said = append(out.said, fmt.Sprintf("device %s (%s) passed through: IOMMU group %d, vfio-pci (was %s)", name, d.ID(), group, from))
 		container, err := os.OpenFile(filepath.Join(vfioDir, "vfio"), os.O_RDWR|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return fail(fmt.Errorf("device %s: %w", dev, err))

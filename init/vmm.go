@@ -125,6 +125,12 @@ func vmmMain(args []string) int {
 	for _, n := range a.NICs {
 		cfg.NICs = append(cfg.NICs, machineNIC(n))
 	}
+	for _, d := range a.Devices {
+		container, group := os.NewFile(uintptr(d.Container), "/dev/vfio/vfio"), os.NewFile(uintptr(d.Group), "vfio group")
+		defer container.Close()
+		defer group.Close()
+		cfg.Devices = append(cfg.Devices, machine.Device{PCI: d.PCI, Container: container, Group: group})
+	}
 	if a.BootDisk {
 		b, err := bootDisk(cfg.Disks[0], a.BootEntry)
 		if err != nil {

@@ -369,6 +369,9 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 		return nil, err
 	}
 	defer devs.Close()
+	for _, l := range devs.said {
+		f.c.Printf("vm %s: %s", vm.Name, l)
+	}
 	// NUMA first: the huge page check reads the pools of the nodes it names.
 	if err := checkNUMA(vm); err != nil {
 		return nil, err

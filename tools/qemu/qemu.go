@@ -1012,6 +1012,14 @@ func nvmeArgs(cs []NVMe) ([]string, error) {
 		ctrl := fmt.Sprintf("nvme,id=nvme%d,serial=%s", i, c.Serial)
 		nsOpts := ""
 		if c.VFs > 0 {
+			// QEMU (10.0) does not map a VF's BAR the appliance's
+			// kernel places above 4 GiB (its "info pci" shows the VFs'
+			// BAR0 "32 bit memory (not mapped)" with the PF's VF BAR
+			// at 0x100000000, and the VFs read as zeros): without a
+			// 64-bit PCI window the kernel puts it below.
+			if i == slices.IndexFunc(cs, func(c NVMe) bool { return c.VFs > 0 }) {
+				args = append(args, "-global", "q35-pcihost.pci-hole64-size=0")
+			}
 			// Each VF gets 2 queues (admin and one I/O) and 1
 			// vector from the flexible pools; the PF keeps the rest.
 			args = append(args, "-device", fmt.Sprintf("nvme-subsys,id=nvmesubsys%d,nqn=hyperroot-test-%d", i, i))

@@ -34,6 +34,7 @@ import (
 	"github.com/hyperroot/hyperroot/vmm/layout"
 	"github.com/hyperroot/hyperroot/vmm/memory"
 	"github.com/hyperroot/hyperroot/vmm/pci"
+	"github.com/hyperroot/hyperroot/vmm/vfio"
 	"github.com/hyperroot/hyperroot/vmm/virtio/blk"
 	vconsole "github.com/hyperroot/hyperroot/vmm/virtio/console"
 	virtionet "github.com/hyperroot/hyperroot/vmm/virtio/net"
@@ -57,6 +58,8 @@ type Config struct {
 	// NICs are served as vhost-user virtio-net devices, after the disks
 	// on the PCI bus (the guest's eth0, eth1, ...).
 	NICs []NIC
+	// Devices are host PCI devices passed through (VFIO), after the NICs.
+	Devices []Device
 	// MemNodes splits guest RAM into NUMA nodes and binds each to its
 	// host node (memory.Options.Nodes); one node binds all of it.
 	MemNodes []memory.Node
@@ -163,6 +166,7 @@ type Machine struct {
 	// GSI routing table (virtio.go).
 	virtio  []*virtiopci.Transport
 	routers []*msiRouter
+	vfio    []*vfio.Device
 	errlog  *errorLog // the devices' errors during guest accesses, rate-limited
 	gsi     *gsiRoutes
 	// disks' backends, closed after the transports have reset the
@@ -407,7 +411,10 @@ func (m *Machine) devices(cfg Config) error {
 	if err := m.mmio.Insert(m.ged, layout.GEDAddr, layout.GEDSize); err != nil {
 		return err
 	}
-	return m.virtioDevices(cfg)
+	if err := m.virtioDevices(cfg); err != nil {
+		return err
+	}
+	return m.passthrough(cfg)
 }
 
 func (m *Machine) reboot() { m.stop(Result{ExitReboot, "guest reset"}) }
@@ -770,7 +777,7 @@ func (m *Machine) Input(p []byte) int {
 
 // Close releases the VM.
 func (m *Machine) Close() error {
-	errs := []error{m.closeVirtio()}
+	errs := []error{m.closeVFIO(), m.closeVirtio()}
 	if m.console != nil {
 		errs = append(errs, m.console.Close())
 	}

@@ -5,6 +5,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/vmm/kvm"
+	"github.com/hyperroot/hyperroot/vmm/vfio"
 )
 
 // The lists, one per thread role. Each entry says who makes the call.
@@ -57,7 +58,14 @@ func processPolicy(deny bpf.Action) bpf.Policy {
 			"eventfd2", "epoll_create1", "epoll_ctl", "close", "fcntl",
 			"sendmsg", "recvmsg", "ppoll", "connect", "getsockopt",
 			"getsockname", "getpeername",
+			// A passed-through device's registers and configuration
+			// space, reached through its VFIO regions (vmm/vfio).
+			"pread64", "pwrite64",
 		}, NamesWithCondtions: []bpf.NameWithConditions{
+			// A passed-through device's MSI-X enabled or disabled by its
+			// guest, and the device reset as the machine closes.
+			{Name: "ioctl", Conditions: bpf.ArgumentConditions{{Argument: 1, Operation: bpf.Equal, Value: vfio.IoctlSetIRQs}}},
+			{Name: "ioctl", Conditions: bpf.ArgumentConditions{{Argument: 1, Operation: bpf.Equal, Value: vfio.IoctlReset}}},
 			// Never executable memory: the Go runtime maps none.
 			{Name: "mmap", Conditions: bpf.ArgumentConditions{{Argument: 2, Operation: bpf.BitsNotSet, Value: unix.PROT_EXEC}}},
 			// New threads of the runtime, never a new process.
@@ -100,7 +108,11 @@ func vcpuPolicy(deny bpf.Action) bpf.Policy {
 			// vhost-user NIC, hands its rings over to the switch in
 			// messages with descriptors; a reset closes them.
 			"eventfd2", "epoll_create1", "epoll_ctl", "close", "sendmsg", "recvmsg",
+			// A passed-through device: its registers (VFIO regions)
+			// and its MSI-X, which the guest enables on this thread.
+			"pread64", "pwrite64",
 		}, NamesWithCondtions: []bpf.NameWithConditions{
+			{Name: "ioctl", Conditions: bpf.ArgumentConditions{{Argument: 1, Operation: bpf.Equal, Value: vfio.IoctlSetIRQs}}},
 			{Name: "mmap", Conditions: bpf.ArgumentConditions{{Argument: 2, Operation: bpf.BitsNotSet, Value: unix.PROT_EXEC}}},
 			// A collection this thread starts (allocating) or finishes
 			// (assisting) ends with the runtime restarting the world,

@@ -1,9 +1,18 @@
 // Command nvmeback is the hyperroot.run job of the e2e test TestPassthrough:
-// it waits until the NVMe controller at the PCI address given as its
+// it waits until the NVMe controller at the PCI address given as its first
 // argument is the appliance's again (the nvme driver has it back from
 // vfio-pci, once the VM it was passed through to is gone), then reads the
 // first MiB of its first namespace through the appliance's own block
 // device and prints its checksum: what the VM wrote, read by the host.
+//
+// Meanwhile it stands in for what the emulator gets wrong: QEMU (10.0)
+// decodes an emulated virtual function's BARs only while the VF's own
+// command register has memory space enabled, a bit that the SR-IOV
+// specification makes read-only zero in a VF (the physical function's VF
+// MSE governs all of them), so that no driver sets it and vfio-pci keeps
+// it virtual. Each VF of the physical function given as the second
+// argument gets it set here whenever it is clear (a function-level reset
+// clears it), so that its registers are not all zeros.
 package main
 
 import (
@@ -18,10 +27,11 @@ import (
 var pathRE = regexp.MustCompile(`^nvme([0-9]+)c[0-9]+n1$`)
 
 func main() {
-	if len(os.Args) != 2 {
-		fmt.Println("nvmeback: usage: nvmeback PCI-ADDRESS")
+	if len(os.Args) != 3 {
+		fmt.Println("nvmeback: usage: nvmeback PCI-ADDRESS PF-ADDRESS")
 		os.Exit(2)
 	}
+	go keepVFsDecoding(filepath.Join("/sys/bus/pci/devices", os.Args[2]))
 	dir := filepath.Join("/sys/bus/pci/devices", os.Args[1])
 	// Until the driver is back and its namespace is a block device: the
 	// test's silence watchdog bounds the wait.
@@ -63,4 +73,24 @@ func namespace(dir string) string {
 		}
 	}
 	return ""
+}
+
+// keepVFsDecoding sets memory space enable in the command register of each
+// virtual function of the physical function at dir, whenever it is clear.
+func keepVFsDecoding(dir string) {
+	for ; ; time.Sleep(20 * time.Millisecond) {
+		vfs, _ := filepath.Glob(filepath.Join(dir, "virtfn*"))
+		for _, vf := range vfs {
+			f, err := os.OpenFile(filepath.Join(vf, "config"), os.O_RDWR, 0)
+			if err != nil {
+				continue
+			}
+			cmd := make([]byte, 2)
+			if _, err := f.ReadAt(cmd, 4); err == nil && cmd[0]&2 == 0 {
+				cmd[0] |= 2
+				f.WriteAt(cmd, 4)
+			}
+			f.Close()
+		}
+	}
 }

@@ -1,0 +1,277 @@
+package vfio
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/hyperroot/hyperroot/vmm/pci"
+)
+
+// Regions is what PCI needs of a device: its regions and its MSI-X
+// interrupts. *Device implements it; tests fake it.
+type Regions interface {
+	Region(i int) Region
+	ReadRegion(i int, p []byte, off uint64) error
+	WriteRegion(i int, p []byte, off uint64) error
+	SetMSIX(fds []int) error
+}
+
+// PCIOptions connect a passed-through device to the machine.
+type PCIOptions struct {
+	// Router routes the guest's MSI-X vectors (KVM GSI routes and
+	// irqfds), as for the VMM's own devices.
+	Router pci.MSIRouter
+	// EventFD is vector v's irqfd eventfd: VFIO signals it, KVM injects.
+	EventFD func(v int) (int, error)
+	// Errors hears of failures during guest accesses, which have no one
+	// to return them to.
+	Errors func(error)
+}
+
+// PCI is a passed-through device as the guest sees it on the VMM's PCI
+// bus. Its identity (vendor, device, class, revision, subsystem) and its
+// memory BARs are the device's; its registers are the device's, reached
+// through VFIO (each access a trip to the kernel: mapping the BARs into
+// the guest is the next step); what the guest could use to reach past the
+// device is virtualised:
+//
+//   - BAR addresses are the VMM's bus's (the host's would mean nothing in
+//     the guest), and no I/O BARs or option ROM are shown;
+//   - the capability list holds only MSI-X, emulated (pci.MSIX) at the
+//     device's own table and PBA offsets so that its BAR layout holds: the
+//     guest's vector programming becomes KVM routes, and the device's MSI-X
+//     is enabled through VFIO with those vectors' irqfds. Power management,
+//     MSI, PCI Express and the extended capabilities (SR-IOV among them)
+//     are the host's business and not shown;
+//   - no INTx (interrupt pin 0): MSI-X only for now;
+//   - of the command register only memory decoding and bus mastering
+//     reach the device, and INTx stays disabled there.
+type PCI struct {
+	*pci.ConfigSpace
+	dev    Regions
+	addr   string
+	msix   *pci.MSIX
+	vecs   int
+	opts   PCIOptions
+	bars   [6]uint64 // sizes of the memory BARs shown, 0 for none
+	mu     sync.Mutex
+	msixOn bool   // the device's MSI-X is enabled (SetMSIX)
+	cmd    uint16 // what the device's command register was last given
+}
+
+// Standard capability and register values used here.
+const (
+	capMSIX   = 0x11
+	barIO     = 1 << 0
+	bar64     = 2 << 1
+	barPrefet = 1 << 3
+)
+
+// NewPCI reads the device's configuration space and builds what the guest
+// sees of it. addr names it in errors.
+func NewPCI(dev Regions, addr string, o PCIOptions) (*PCI, error) {
+	var cfg [256]byte
+	if err := dev.ReadRegion(configRegion, cfg[:], 0); err != nil {
+		return nil, err
+	}
+	le := binary.LittleEndian
+	id := pci.Identity{
+		Vendor: le.Uint16(cfg[pci.RegVendor:]), Device: le.Uint16(cfg[pci.RegDevice:]),
+		Class:    uint32(cfg[pci.RegClass]) | uint32(cfg[pci.RegClass+1])<<8 | uint32(cfg[pci.RegClass+2])<<16,
+		Revision: cfg[pci.RegRevision], SubsystemVendor: le.Uint16(cfg[pci.RegSubsysVendor:]), Subsystem: le.Uint16(cfg[pci.RegSubsystem:]),
+	}
+	if cfg[pci.RegHeaderType]&0x7f != 0 {
+		return nil, fmt.Errorf("vfio: %s: header type %#x: only a type-0 (endpoint) function can be passed through", addr, cfg[pci.RegHeaderType])
+	}
+	p := &PCI{dev: dev, addr: addr, opts: o}
+	var bars []pci.BAR
+	for i := 0; i < 6; i++ {
+		v := le.Uint32(cfg[pci.RegBAR0+4*i:])
+		size := dev.Region(i).Size
+		if v&barIO != 0 || size == 0 {
+			continue // an I/O BAR, or none
+		}
+		b := pci.BAR{Index: i, Size: size, Is64: v&6 == bar64, Prefetchable: v&barPrefet != 0}
+		if size < 16 || size&(size-1) != 0 || (!b.Is64 && size > 1<<31) || (b.Is64 && i == 5) {
+			return nil, fmt.Errorf("vfio: %s: BAR %d: size %#x", addr, i, size)
+		}
+		p.bars[i] = size
+		bars = append(bars, b)
+		if b.Is64 {
+			i++
+		}
+	}
+	if len(bars) == 0 {
+		return nil, fmt.Errorf("vfio: %s: no memory BAR: a device of I/O ports only cannot be passed through", addr)
+	}
+	cs, err := pci.NewConfigSpace(id, bars...)
+	if err != nil {
+		return nil, fmt.Errorf("vfio: %s: %w", addr, err)
+	}
+	p.ConfigSpace = cs
+	off, ok := findCapability(cfg[:], capMSIX)
+	if !ok {
+		return nil, fmt.Errorf("vfio: %s: no MSI-X capability: only MSI-X devices can be passed through yet", addr)
+	}
+	ctl, table, pba := le.Uint16(cfg[off+2:]), le.Uint32(cfg[off+4:]), le.Uint32(cfg[off+8:])
+	p.vecs = int(ctl&0x7ff) + 1
+	p.msix, err = pci.NewMSIX(pci.MSIXOptions{
+		Vectors: p.vecs, TableBAR: int(table & 7), TableOffset: table &^ 7, PBABAR: int(pba & 7), PBAOffset: pba &^ 7,
+		Router: o.Router, Errors: o.Errors,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("vfio: %s: %w", addr, err)
+	}
+	for _, b := range []int{int(table & 7), int(pba & 7)} {
+		if p.bars[b] == 0 {
+			return nil, fmt.Errorf("vfio: %s: MSI-X table or PBA in BAR %d, which is not a memory BAR", addr, b)
+		}
+	}
+	if _, err := cs.AddCapability(msixCap{p}); err != nil {
+		return nil, fmt.Errorf("vfio: %s: %w", addr, err)
+	}
+	return p, nil
+}
+
+// findCapability walks a configuration space's capability list for id,
+// bounded: a device's list may loop or point anywhere.
+func findCapability(cfg []byte, id byte) (int, bool) {
+	if binary.LittleEndian.Uint16(cfg[pci.RegStatus:])&pci.StatusCapList == 0 {
+		return 0, false
+	}
+	off := int(cfg[pci.RegCapabilities]) &^ 3
+	for range 48 {
+		if off < 0x40 || off+12 > len(cfg) {
+			return 0, false
+		}
+		if cfg[off] == id {
+			return off, true
+		}
+		off = int(cfg[off+1]) &^ 3
+	}
+	return 0, false
+}
+
+// ID is the device's vendor and device ID, as "1b36:0010".
+func (p *PCI) ID() string {
+	var b [4]byte
+	p.ConfigSpace.ReadConfig(pci.RegVendor, b[:])
+	le := binary.LittleEndian
+	return fmt.Sprintf("%04x:%04x", le.Uint16(b[:]), le.Uint16(b[2:]))
+}
+
+// Vectors is how many MSI-X vectors the device has.
+func (p *PCI) Vectors() int { return p.vecs }
+
+// msixCap is the MSI-X capability the guest sees: pci.MSIX, and on each
+// write the device's MSI-X following the enable bit.
+type msixCap struct{ p *PCI }
+
+func (c msixCap) CapabilityID() byte                  { return capMSIX }
+func (c msixCap) CapabilityLen() int                  { return c.p.msix.CapabilityLen() }
+func (c msixCap) ReadCapability(off int, data []byte) { c.p.msix.ReadCapability(off, data) }
+func (c msixCap) WriteCapability(off int, data []byte) {
+	c.p.msix.WriteCapability(off, data)
+	c.p.syncMSIX()
+}
+
+// syncMSIX enables the device's MSI-X, every vector signalling its irqfd,
+// when the guest has enabled it, and disables it when the guest has.
+// Masking is the router's: a masked vector's irqfd is detached, so that
+// its eventfd keeps what the device signals until the guest unmasks it.
+func (p *PCI) syncMSIX() {
+	on := p.msix.Enabled()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if on == p.msixOn {
+		return
+	}
+	var fds []int
+	if on {
+		for v := range p.vecs {
+			fd, err := p.opts.EventFD(v)
+			if err != nil {
+				p.fail(err)
+				return
+			}
+			fds = append(fds, fd)
+		}
+	}
+	if err := p.dev.SetMSIX(fds); err != nil {
+		p.fail(err)
+		return
+	}
+	p.msixOn = on
+}
+
+func (p *PCI) fail(err error) {
+	if p.opts.Errors != nil {
+		p.opts.Errors(err)
+	}
+}
+
+// WriteConfig writes the emulated header, then gives the device what it
+// must have of the command register: memory decoding (VFIO refuses BAR
+// accesses without it) and bus mastering (its DMA), INTx disabled.
+func (p *PCI) WriteConfig(reg int, data []byte) {
+	p.ConfigSpace.WriteConfig(reg, data)
+	if reg > pci.RegCommand+1 || reg+len(data) <= pci.RegCommand {
+		return
+	}
+	cmd := p.ConfigSpace.Command()&(pci.CommandMemory|pci.CommandBusMaster) | pci.CommandINTxDisable
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if cmd == p.cmd {
+		return
+	}
+	var b [2]byte
+	binary.LittleEndian.PutUint16(b[:], cmd)
+	if err := p.dev.WriteRegion(configRegion, b[:], pci.RegCommand); err != nil {
+		p.fail(err)
+		return
+	}
+	p.cmd = cmd
+}
+
+// MoveBAR implements pci.Device: every BAR access is trapped and
+// forwarded, so there is nothing to move.
+func (p *PCI) MoveBAR(int, uint64, uint64) error { return nil }
+
+// ReadBAR serves the MSI-X table and PBA, and reads anything else from the
+// device's BAR.
+func (p *PCI) ReadBAR(i int, off uint64, data []byte) {
+	if p.msix.ReadBAR(i, off, data) {
+		return
+	}
+	if err := p.access(i, off, data, false); err != nil {
+		for j := range data {
+			data[j] = 0xff
+		}
+		p.fail(err)
+	}
+}
+
+// WriteBAR serves the MSI-X table, and writes anything else to the
+// device's BAR.
+func (p *PCI) WriteBAR(i int, off uint64, data []byte) {
+	if p.msix.WriteBAR(i, off, data) {
+		return
+	}
+	if err := p.access(i, off, data, true); err != nil {
+		p.fail(err)
+	}
+}
+
+var errOutside = errors.New("outside the BAR")
+
+func (p *PCI) access(i int, off uint64, data []byte, write bool) error {
+	if i < 0 || i >= len(p.bars) || p.bars[i] == 0 || off >= p.bars[i] || uint64(len(data)) > p.bars[i]-off {
+		return fmt.Errorf("vfio: %s: BAR %d: %d bytes at %#x: %w", p.addr, i, len(data), off, errOutside)
+	}
+	if write {
+		return p.dev.WriteRegion(i, data, off)
+	}
+	return p.dev.ReadRegion(i, data, off)
+}

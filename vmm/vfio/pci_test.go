@@ -1,0 +1,238 @@
+package vfio
+
+import (
+	"encoding/binary"
+	"errors"
+	"slices"
+	"testing"
+
+	"github.com/hyperroot/hyperroot/vmm/pci"
+)
+
+// fakeDevice is an NVMe-like function: BAR0 (16 KiB, 64-bit) with its
+// MSI-X table at 0x2000 and PBA at 0x3000, and a capability list of PM,
+// MSI-X and PCI Express.
+type fakeDevice struct {
+	cfg    [256]byte
+	bar0   [16 << 10]byte
+	writes []string // region writes outside BAR0's data: "cfg@4=0006"
+	msix   [][]int  // SetMSIX calls
+}
+
+func newFakeDevice() *fakeDevice {
+	d := &fakeDevice{}
+	le := binary.LittleEndian
+	le.PutUint16(d.cfg[0:], 0x1b36)
+	le.PutUint16(d.cfg[2:], 0x0010)
+	d.cfg[pci.RegClass], d.cfg[pci.RegClass+1], d.cfg[pci.RegClass+2] = 0x02, 0x08, 0x01
+	le.PutUint16(d.cfg[pci.RegStatus:], pci.StatusCapList)
+	le.PutUint32(d.cfg[pci.RegBAR0:], 0xfebf4004) // 64-bit memory
+	d.cfg[pci.RegCapabilities] = 0x40
+	d.cfg[0x40], d.cfg[0x41] = 0x01, 0x60 // power management
+	d.cfg[0x60], d.cfg[0x61] = 0x11, 0x80 // MSI-X: 4 vectors
+	le.PutUint16(d.cfg[0x62:], 3)
+	le.PutUint32(d.cfg[0x64:], 0x2000|0)
+	le.PutUint32(d.cfg[0x68:], 0x3000|0)
+	d.cfg[0x80], d.cfg[0x81] = 0x10, 0x00 // PCI Express
+	return d
+}
+
+func (d *fakeDevice) Region(i int) Region {
+	switch i {
+	case 0:
+		return Region{Size: uint64(len(d.bar0)), Readable: true, Writable: true}
+	case configRegion:
+		return Region{Size: 256, Readable: true, Writable: true}
+	}
+	return Region{}
+}
+
+func (d *fakeDevice) buf(i int) []byte {
+	if i == configRegion {
+		return d.cfg[:]
+	}
+	return d.bar0[:]
+}
+
+func (d *fakeDevice) ReadRegion(i int, p []byte, off uint64) error {
+	if d.Region(i).Size == 0 || off+uint64(len(p)) > d.Region(i).Size {
+		return errors.New("out of the region")
+	}
+	copy(p, d.buf(i)[off:])
+	return nil
+}
+
+func (d *fakeDevice) WriteRegion(i int, p []byte, off uint64) error {
+	if d.Region(i).Size == 0 || off+uint64(len(p)) > d.Region(i).Size {
+		return errors.New("out of the region")
+	}
+	copy(d.buf(i)[off:], p)
+	if i == configRegion {
+		d.writes = append(d.writes, "cfg")
+	}
+	return nil
+}
+
+func (d *fakeDevice) SetMSIX(fds []int) error {
+	d.msix = append(d.msix, slices.Clone(fds))
+	return nil
+}
+
+// nopRouter routes nothing.
+type nopRouter struct{}
+
+func (nopRouter) Route(int, uint64, uint32, bool) error { return nil }
+func (nopRouter) Signal(int) error                      { return nil }
+
+func newTestPCI(t testing.TB, d *fakeDevice) *PCI {
+	p, err := NewPCI(d, "0000:00:01.1", PCIOptions{Router: nopRouter{},
+		EventFD: func(v int) (int, error) { return 100 + v, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func cfg32(p *PCI, reg int) uint32 {
+	var b [4]byte
+	p.ReadConfig(reg, b[:])
+	return binary.LittleEndian.Uint32(b[:])
+}
+
+func TestPCIConfig(t *testing.T) {
+	d := newFakeDevice()
+	p := newTestPCI(t, d)
+	if got := cfg32(p, 0); got != 0x00101b36 {
+		t.Errorf("vendor/device %#x", got)
+	}
+	if got := cfg32(p, 8) >> 8; got != 0x010802 {
+		t.Errorf("class %#x", got)
+	}
+	// BAR sizing: all ones reads back the size mask of 16 KiB, 64-bit.
+	le := binary.LittleEndian
+	p.WriteConfig(pci.RegBAR0, le.AppendUint32(nil, 0xffffffff))
+	p.WriteConfig(pci.RegBAR0+4, le.AppendUint32(nil, 0xffffffff))
+	if lo, hi := cfg32(p, pci.RegBAR0), cfg32(p, pci.RegBAR0+4); lo != 0xffffc004 || hi != 0xffffffff {
+		t.Errorf("BAR0 sized as %#x %#x, want 0xffffc004 0xffffffff", lo, hi)
+	}
+	// The host's address is not shown, nor an option ROM or INTx.
+	p.WriteConfig(pci.RegBAR0, le.AppendUint32(nil, 0xe0000000))
+	p.WriteConfig(pci.RegBAR0+4, le.AppendUint32(nil, 0))
+	if got := cfg32(p, pci.RegBAR0); got != 0xe0000004 {
+		t.Errorf("BAR0 reads %#x after the guest wrote 0xe0000000", got)
+	}
+	if cfg32(p, pci.RegROM) != 0 || cfg32(p, pci.RegIntLine)>>8&0xff != 0 {
+		t.Error("an option ROM or an interrupt pin is shown")
+	}
+	// The capability list: MSI-X only, with the device's table and PBA.
+	off := int(cfg32(p, pci.RegCapabilities) & 0xff)
+	var c [12]byte
+	p.ReadConfig(off, c[:])
+	if c[0] != capMSIX || c[1] != 0 {
+		t.Fatalf("capability list starts with %#x, next %#x: want MSI-X alone", c[0], c[1])
+	}
+	if n, table, pba := le.Uint16(c[2:])&0x7ff+1, le.Uint32(c[4:]), le.Uint32(c[8:]); n != 4 || table != 0x2000 || pba != 0x3000 {
+		t.Errorf("MSI-X: %d vectors, table %#x, PBA %#x", n, table, pba)
+	}
+	if cfg32(p, 0x100) != 0 {
+		t.Error("extended capabilities are shown")
+	}
+	// Memory decoding and bus mastering reach the device, INTx stays off.
+	p.WriteConfig(pci.RegCommand, le.AppendUint16(nil, pci.CommandMemory|pci.CommandBusMaster))
+	if got := le.Uint16(d.cfg[pci.RegCommand:]); got != pci.CommandMemory|pci.CommandBusMaster|pci.CommandINTxDisable {
+		t.Errorf("the device's command register is %#x", got)
+	}
+}
+
+func TestPCIBAR(t *testing.T) {
+	d := newFakeDevice()
+	p := newTestPCI(t, d)
+	p.WriteBAR(0, 0x14, []byte{1, 0, 0x46, 0})
+	if got := binary.LittleEndian.Uint32(d.bar0[0x14:]); got != 0x460001 {
+		t.Errorf("a register write reached the device as %#x", got)
+	}
+	d.bar0[0x1c] = 1
+	var b [4]byte
+	p.ReadBAR(0, 0x1c, b[:])
+	if b[0] != 1 {
+		t.Error("a register read does not come from the device")
+	}
+	// The MSI-X table is the VMM's: the device's stays untouched.
+	p.WriteBAR(0, 0x2000, []byte{0xef, 0xbe, 0xad, 0xde})
+	if d.bar0[0x2000] != 0 {
+		t.Error("a guest's MSI-X table write reached the device")
+	}
+	p.ReadBAR(0, 0x2000, b[:])
+	if binary.LittleEndian.Uint32(b[:]) != 0xdeadbeef {
+		t.Error("the MSI-X table does not read back what the guest wrote")
+	}
+	// Outside the BAR: all ones, nothing reaches the device.
+	p.ReadBAR(0, 16<<10-2, b[:])
+	if b != [4]byte{0xff, 0xff, 0xff, 0xff} {
+		t.Errorf("a read across the BAR's end gave %x", b)
+	}
+	p.ReadBAR(3, 0, b[:])
+	p.WriteBAR(5, 0, b[:])
+}
+
+func TestPCIMSIX(t *testing.T) {
+	d := newFakeDevice()
+	p := newTestPCI(t, d)
+	off := int(cfg32(p, pci.RegCapabilities) & 0xff)
+	p.WriteConfig(off+3, []byte{0x80}) // enable
+	p.WriteConfig(off+3, []byte{0xc0}) // function mask: no change to the device
+	p.WriteConfig(off+3, []byte{0x00}) // disable
+	want := [][]int{{100, 101, 102, 103}, {}}
+	if len(d.msix) != 2 || !slices.Equal(d.msix[0], want[0]) || len(d.msix[1]) != 0 {
+		t.Errorf("SetMSIX calls %v, want %v", d.msix, want)
+	}
+}
+
+func TestNewPCIRefuses(t *testing.T) {
+	for name, spoil := range map[string]func(d *fakeDevice){
+		"no MSI-X":        func(d *fakeDevice) { d.cfg[0x60] = 0x05 },
+		"a looping list":  func(d *fakeDevice) { d.cfg[0x41], d.cfg[0x61] = 0x60, 0x40; d.cfg[0x60] = 0x05 },
+		"a bridge":        func(d *fakeDevice) { d.cfg[pci.RegHeaderType] = 1 },
+		"table in no BAR": func(d *fakeDevice) { binary.LittleEndian.PutUint32(d.cfg[0x64:], 0x2000|2) },
+		"I/O BARs only":   func(d *fakeDevice) { binary.LittleEndian.PutUint32(d.cfg[pci.RegBAR0:], 0xc001) },
+	} {
+		d := newFakeDevice()
+		spoil(d)
+		if _, err := NewPCI(d, "0000:00:01.1", PCIOptions{Router: nopRouter{}}); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+// FuzzConfig: whatever a device's configuration space holds and whatever a
+// guest then does with config and BAR accesses, nothing panics.
+func FuzzConfig(f *testing.F) {
+	f.Add(newFakeDevice().cfg[:], []byte{4, 2, 6, 0, 0x63, 1, 0x80, 0x10, 4, 0xff})
+	f.Fuzz(func(t *testing.T, cfg []byte, ops []byte) {
+		d := newFakeDevice()
+		copy(d.cfg[:], cfg)
+		p, err := NewPCI(d, "0000:00:01.1", PCIOptions{Router: nopRouter{},
+			EventFD: func(v int) (int, error) { return v, nil }})
+		if err != nil {
+			return
+		}
+		for len(ops) >= 4 {
+			reg, n, v := int(ops[1])|int(ops[2]&0xf)<<8, int(ops[3]%8)+1, ops[3]
+			data := make([]byte, n)
+			for i := range data {
+				data[i] = v
+			}
+			switch ops[0] % 4 {
+			case 0:
+				p.ReadConfig(reg, data[:min(n, 4)])
+			case 1:
+				p.WriteConfig(reg, data[:min(n, 4)])
+			case 2:
+				p.ReadBAR(int(ops[0]/4%7), uint64(reg)<<4, data)
+			case 3:
+				p.WriteBAR(int(ops[0]/4%7), uint64(reg)<<4, data)
+			}
+			ops = ops[4:]
+		}
+	})
+}
