@@ -102,6 +102,9 @@ func (b apiBackend) VM(name string) (api.VM, error) {
 	for i, n := range e.vm.NICs {
 		vm.NICs = append(vm.NICs, api.NIC{Network: n.Network, MAC: n.MAC.String(), Port: portName(name, i)})
 	}
+	for _, d := range e.vm.Devices {
+		vm.Devices = append(vm.Devices, b.f.devices.status(name, d))
+	}
 	return vm, nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/init/config"
+	"github.com/hyperroot/hyperroot/internal/api"
 	"github.com/hyperroot/hyperroot/internal/hostpci"
 	"github.com/hyperroot/hyperroot/internal/nvme"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
@@ -285,6 +286,22 @@ func (o *deviceOwners) claim(vm string, devs []config.Device) (*vmDevices, error
 		out.addrs = append(out.addrs, d.Addr)
 	}
 	return out, nil
+}
+
+// status is how vm's device dev stands, for the API.
+func (o *deviceOwners) status(vm string, dev config.Device) api.Device {
+	s := api.Device{Device: dev.String(), State: api.DeviceFree}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	d, err := o.resolve(dev)
+	if err != nil {
+		return s
+	}
+	s.Address, s.Driver = d.Addr, d.Driver()
+	if own, ok := o.m[d.Addr]; ok && own.vm == vm {
+		s.State = api.DeviceAssigned
+	}
+	return s
 }
 
 // resolve finds the host device dev names.

@@ -35,11 +35,28 @@ type VM struct {
 	Restart string `json:"restart"`
 	// What its running VMM has used (its cgroup): CPU time since its
 	// start, and memory now (guest RAM included).
-	CPUSeconds float64 `json:"cpu_seconds,omitempty"`
-	MemoryUsed uint64  `json:"memory_used_bytes,omitempty"`
-	Disks      []Disk  `json:"disks,omitempty"`
-	NICs       []NIC   `json:"nics,omitempty"`
+	CPUSeconds float64  `json:"cpu_seconds,omitempty"`
+	MemoryUsed uint64   `json:"memory_used_bytes,omitempty"`
+	Disks      []Disk   `json:"disks,omitempty"`
+	NICs       []NIC    `json:"nics,omitempty"`
+	Devices    []Device `json:"devices,omitempty"`
 }
+
+// Device is one of a VM's passed-through host PCI devices.
+type Device struct {
+	Device  string `json:"device"`            // as configured: an address, or "VF <i> of <pf>"
+	Address string `json:"address,omitempty"` // its host address, where it exists
+	// State is DeviceAssigned while the VM has it (bound to vfio-pci for
+	// its VMM, also between restarts), else DeviceFree.
+	State  string `json:"state"`
+	Driver string `json:"driver,omitempty"` // the host driver it has now
+}
+
+// Device states.
+const (
+	DeviceAssigned = "assigned"
+	DeviceFree     = "free"
+)
 
 // Disk is one of a VM's disks.
 type Disk struct {

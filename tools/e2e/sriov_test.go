@@ -74,7 +74,7 @@ func TestPassthrough(t *testing.T) {
 		deviceVM("bridged", "nvme-raw-write", 1, "{pci: "+bridgedSpare+"}")
 	testbed(t, func(t testing.TB) {
 		m := start(t, qemu.Options{Config: configFile(t, cfg), Overlay: overlay, IOMMU: true, Oneshot: true,
-			Append: "hyperroot.run=/nvmeback/nvmeback," + wholeAddr + "," + pfAddr,
+			Append: "hyperroot.run=/nvmeback/nvmeback," + wholeAddr + "," + pfAddr + ",whole",
 			Drives: []string{data, spare}, BridgeDrives: true,
 			NVMe: []qemu.NVMe{
 				{Serial: "pf", Namespaces: []string{ns1, ns2}, VFs: 2},
@@ -94,6 +94,10 @@ func TestPassthrough(t *testing.T) {
 			`^whole\| guest: raw sha256 ` + sha(fileContent(43, "raw", 1<<20)) + `$`,
 			`hyperroot: vm whole: device ` + wholeAddr + ` given back \(nvme\)$`,
 			`^run\| nvmeback: /dev/nvme\d+n1 sha256 ` + sha(fileContent(43, "raw", 1<<20)) + `$`,
+			// The management API's view of the device, while the VM has
+			// it and once it is back.
+			`^run\| nvmeback: api: vm whole device ` + wholeAddr + ` at ` + wholeAddr + ` assigned \(driver vfio-pci\)$`,
+			`^run\| nvmeback: api: vm whole device ` + wholeAddr + ` at ` + wholeAddr + ` free \(driver nvme\)$`,
 		} {
 			if !hasLine(r.Lines, want) {
 				t.Errorf("console lacks a line matching %q", want)

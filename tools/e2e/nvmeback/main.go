@@ -4,6 +4,8 @@
 // vfio-pci, once the VM it was passed through to is gone), then reads the
 // first MiB of its first namespace through the appliance's own block
 // device and prints its checksum: what the VM wrote, read by the host.
+// Before and after, it prints what the management API says of the VM's
+// device (the VM is its third argument).
 //
 // Meanwhile it stands in for what the emulator gets wrong: QEMU (10.0)
 // decodes an emulated virtual function's BARs only while the VF's own
@@ -16,22 +18,33 @@
 package main
 
 import (
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
 	"time"
+
+	"github.com/hyperroot/hyperroot/internal/api"
 )
 
 var pathRE = regexp.MustCompile(`^nvme([0-9]+)c[0-9]+n1$`)
 
 func main() {
-	if len(os.Args) != 3 {
-		fmt.Println("nvmeback: usage: nvmeback PCI-ADDRESS PF-ADDRESS")
+	if len(os.Args) != 4 {
+		fmt.Println("nvmeback: usage: nvmeback PCI-ADDRESS PF-ADDRESS VM")
 		os.Exit(2)
 	}
 	go keepVFsDecoding(filepath.Join("/sys/bus/pci/devices", os.Args[2]))
+	// While the VM has it.
+	for d := device(os.Args[3]); ; d = device(os.Args[3]) {
+		if d.State == api.DeviceAssigned {
+			fmt.Printf("nvmeback: api: vm %s device %s at %s %s (driver %s)\n", os.Args[3], d.Device, d.Address, d.State, d.Driver)
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	dir := filepath.Join("/sys/bus/pci/devices", os.Args[1])
 	// Until the driver is back and its namespace is a block device: the
 	// test's silence watchdog bounds the wait.
@@ -43,6 +56,8 @@ func main() {
 		dev = namespace(dir)
 	}
 	fmt.Printf("nvmeback: %s has its driver back: nvme, namespace %s\n", os.Args[1], dev)
+	d := device(os.Args[3])
+	fmt.Printf("nvmeback: api: vm %s device %s at %s %s (driver %s)\n", os.Args[3], d.Device, d.Address, d.State, d.Driver)
 	f, err := os.Open(dev)
 	if err != nil {
 		fmt.Printf("nvmeback: %v\n", err)
@@ -93,4 +108,14 @@ func keepVFsDecoding(dir string) {
 			f.Close()
 		}
 	}
+}
+
+// device is what the API says of vm's first device (zero on an error).
+func device(vm string) api.Device {
+	var v api.VM
+	c := api.NewUnixClient(api.SocketPath)
+	if err := c.Do(context.Background(), "GET", "/v1/vms/"+vm, nil, &v); err != nil || len(v.Devices) == 0 {
+		return api.Device{}
+	}
+	return v.Devices[0]
 }
