@@ -42,7 +42,8 @@ func deviceVM(name, action string, seed int, device string) string {
 // with an error that names it, the device and why. After the VMs, the
 // whole controller is the appliance's again (its driver reads the
 // pattern back), and on the host each namespace file holds its VM's
-// pattern and nothing of the others'.
+// pattern and nothing of the others'. A second appliance, without an
+// IOMMU, cannot give a device at all.
 func TestPassthrough(t *testing.T) {
 	parallel(t)
 	dir := t.TempDir()
@@ -107,6 +108,15 @@ func TestPassthrough(t *testing.T) {
 			if !hasLine(r.Lines, `hyperroot: vm `+vm+` exited code=0 reason=poweroff`) {
 				t.Errorf("vm %s did not power off", vm)
 			}
+		}
+	})
+	// Without an IOMMU no device has a group, and none can be given.
+	testbed(t, func(t testing.TB) {
+		cfg := "vms:\n" + deviceVM("lone", "nvme-raw-write", 1, "{pci: "+pfAddr+"}")
+		r := start(t, qemu.Options{Config: configFile(t, cfg), Oneshot: true,
+			NVMe: []qemu.NVMe{{Serial: "lone", Namespaces: []string{plain}}}}).Wait()
+		if want := `hyperroot: error: vm lone: device ` + pfAddr + `: ` + pfAddr + `: not behind an IOMMU \(no IOMMU group\)$`; !hasLine(r.Lines, want) {
+			t.Errorf("console lacks a line matching %q", want)
 		}
 	})
 	// On the host: each namespace holds its own VM's pattern.
