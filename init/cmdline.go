@@ -30,6 +30,12 @@ type cmdline struct {
 	// set when the value does not parse.
 	Timeout    time.Duration
 	TimeoutErr error
+	// SwitchHung (hyperroot.switch.hung=<Go duration>, at least
+	// minSwitchHung) replaces switchHungAfter: how long the switch may
+	// go without a heartbeat before PID 1 kills it as hung. 0: the
+	// default. SwitchHungErr is set when the value is refused.
+	SwitchHung    time.Duration
+	SwitchHungErr error
 	// IP is the value of ip=, unparsed: parseIPParam reports its errors
 	// when the host network is set up, on the console.
 	IP string
@@ -62,6 +68,11 @@ func parseCmdline(s string) cmdline {
 			c.Run = v
 		case "hyperroot.timeout":
 			c.Timeout, c.TimeoutErr = positiveDuration(k, v)
+		case "hyperroot.switch.hung":
+			c.SwitchHung, c.SwitchHungErr = positiveDuration(k, v)
+			if c.SwitchHungErr == nil && c.SwitchHung < minSwitchHung {
+				c.SwitchHung, c.SwitchHungErr = 0, fmt.Errorf("%s=%s: want at least %s (two heartbeats)", k, v, minSwitchHung)
+			}
 		case "ip":
 			c.IP = v
 		case "enforcing":

@@ -169,3 +169,22 @@ func TestCmdlineTimeout(t *testing.T) {
 		}
 	}
 }
+
+func TestCmdlineSwitchHung(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+		err  bool
+	}{
+		{"console=ttyS0", 0, false},
+		{"hyperroot.switch.hung=30s", 30 * time.Second, false},
+		{"hyperroot.switch.hung=20s", 20 * time.Second, false},
+		{"hyperroot.switch.hung=19s", 0, true}, // under two heartbeats
+		{"hyperroot.switch.hung=soon", 0, true},
+	} {
+		c := parseCmdline(tc.in)
+		if c.SwitchHung != tc.want || (c.SwitchHungErr != nil) != tc.err {
+			t.Errorf("parseCmdline(%q): %s error %v, want %s error %v", tc.in, c.SwitchHung, c.SwitchHungErr, tc.want, tc.err)
+		}
+	}
+}

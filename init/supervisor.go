@@ -104,7 +104,7 @@ func supervise() {
 	if needsSwitch(cfg) {
 		// Before the VMs: their NICs connect to its sockets.
 		var err error
-		st := switchStart{cfgPath: cfgPath, cfg: cfg, seccomp: seccompLog}
+		st := switchStart{cfgPath: cfgPath, cfg: cfg, seccomp: seccompLog, hungAfter: args.SwitchHung}
 		if cg != nil {
 			// Its own group, apart from PID 1's (qos switch).
 			if st.cgroup, err = cg.netSwitch.Dir(); err != nil {
@@ -191,6 +191,9 @@ func supervise() {
 	}
 	if args.TimeoutErr != nil {
 		c.Errorf("cmdline", args.TimeoutErr)
+	}
+	if args.SwitchHungErr != nil {
+		c.Errorf("cmdline", fmt.Errorf("%w; the default, %s, applies", args.SwitchHungErr, switchHungAfter))
 	}
 	if args.Oneshot {
 		go func() {

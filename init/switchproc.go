@@ -53,6 +53,11 @@ type netSwitch struct {
 // retransmissions go on for minutes).
 const switchHungAfter = 6 * watchEvery
 
+// minSwitchHung is the shortest hung timeout the command line may set
+// (hyperroot.switch.hung=): two heartbeats, so that one late timer is not
+// taken for a hang.
+const minSwitchHung = 2 * watchEvery
+
 // switchStart is how the supervisor runs the switch.
 type switchStart struct {
 	cfgPath string
@@ -61,7 +66,7 @@ type switchStart struct {
 	// unjailed starts it as a plain child with this process's environment
 	// (init's tests' fake switches, which read it).
 	unjailed bool
-	// hungAfter replaces switchHungAfter (tests).
+	// hungAfter replaces switchHungAfter (hyperroot.switch.hung=, tests).
 	hungAfter time.Duration
 	// path is the binary to run as the switch, dir its directory; "" is
 	// this binary, and switchDir (tests run their own).

@@ -307,7 +307,9 @@ func TestNetSwitchHung(t *testing.T) {
 	overlay := t.TempDir()
 	buildInto(t, filepath.Join(overlay, "freeze", "freeze"), "./freeze")
 	testbed(t, func(t testing.TB) {
-		m, pw := startStream(t, qemu.Options{Overlay: overlay, Append: "hyperroot.run=/freeze/freeze"})
+		// 30 s without a heartbeat (three missed) instead of the
+		// default minute: the test waits that long for the verdict.
+		m, pw := startStream(t, qemu.Options{Overlay: overlay, Append: "hyperroot.run=/freeze/freeze hyperroot.switch.hung=30s"})
 		fmt.Fprintln(pw, "@run go")
 		expect(t, m, `^run\| freeze: switch pid=\d+ stopped$`)
 		t.Log(expect(t, m, `hyperroot: switch hung: no heartbeat for \S+: killing it$`))

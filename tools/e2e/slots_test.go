@@ -20,7 +20,7 @@ var longest = map[string]int{
 	"TestDebianClones":  610,
 	"TestCtlRemote":     150,
 	"TestDataDisk":      130,
-	"TestNetSwitchHung": 130,
+	"TestNetSwitchHung": 100,
 	"TestMetrics":       125,
 	"TestGuestShapes":   120,
 	"TestEscape":        90,
