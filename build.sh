@@ -269,6 +269,18 @@ bench_debian() {
 		tee "$OUT/bench/debian.log" | grep --line-buffered -E 'bench:|runner:'
 }
 bench_disk() { bench_run disk 40m; }
+
+# bench_passthrough: an appliance with an IOMMU and an SR-IOV NVMe
+# controller with two 256 MiB namespaces (tools/bench/passthrough.go).
+bench_passthrough() {
+	local ns1=$OUT/bench/ns1.img ns2=$OUT/bench/ns2.img
+	rm -f "$ns1" "$ns2"
+	truncate -s 256M "$ns1" "$ns2" || return 1
+	go run ./tools/runner -image "$OUT/bench/image" -oneshot -timeout 40m -iommu -nvme "serial=bench,vfs=1,ns=$ns1:$ns2" \
+		-append "hyperroot.config=/bench/config.yaml hyperroot.run=/bench/hyperroot-bench,passthrough" |
+		tee "$OUT/bench/passthrough.log" | grep --line-buffered -E 'bench:|runner:'
+	rm -f "$ns1" "$ns2"
+}
 bench_net() { bench_run net 40m; }
 
 case "${1:-build}" in
@@ -310,6 +322,7 @@ bench)
 	fi
 	step "boot benchmark: hyperroot (plain and jailed) vs gokvm and QEMU (pc, microvm) in one appliance run" bench_boot
 	step "disk benchmark: hyperroot (io_uring, pool) vs QEMU, in-guest fio-like tests, in one appliance run" bench_disk
+	step "passthrough benchmark: an NVMe VF passed through vs the same controller's namespace as hyperroot's virtio-blk, in one appliance run" bench_passthrough
 	step "network benchmark: VM-to-VM TCP, hyperroot switch vs QEMU + tap + Linux bridge, in one appliance run" bench_net
 	step "Debian 12 test image (cached)" debian_image
 	step "Debian boot benchmark: from a qcow2 clone to systemd's multi-user target, hyperroot vs QEMU, in one appliance run" bench_debian

@@ -31,6 +31,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,12 +54,14 @@ const (
 type benchOptions struct {
 	Time time.Duration // per test; default 8s
 	Jobs int           // concurrent jobs of the random tests; default 4
+	Dev  string        // the disk; default /dev/vda
 }
 
 // parseBenchOptions reads hyperroot.diskbench's value:
-// comma-separated time=<duration> and jobs=<n>, both optional.
+// comma-separated time=<duration>, jobs=<n> and dev=<a /dev/vd* or
+// /dev/nvme* disk>, all optional.
 func parseBenchOptions(s string) (benchOptions, error) {
-	o := benchOptions{Time: 8 * time.Second, Jobs: 4}
+	o := benchOptions{Time: 8 * time.Second, Jobs: 4, Dev: "/dev/vda"}
 	if s == "" {
 		return o, nil
 	}
@@ -77,8 +80,13 @@ func parseBenchOptions(s string) (benchOptions, error) {
 				return o, fmt.Errorf("jobs %q: want 1 to 256", v)
 			}
 			o.Jobs = n
+		case "dev":
+			if !benchDevRE.MatchString(v) {
+				return o, fmt.Errorf("dev %q: want a disk such as /dev/vda or /dev/nvme0n1", v)
+			}
+			o.Dev = v
 		default:
-			return o, fmt.Errorf("unknown option %q (options: time, jobs)", f)
+			return o, fmt.Errorf("unknown option %q (options: time, jobs, dev)", f)
 		}
 	}
 	return o, nil
@@ -96,13 +104,15 @@ func cmdlineValue(key string) string {
 	return v
 }
 
-// diskBenchAction runs the benchmark on /dev/vda.
+var benchDevRE = regexp.MustCompile(`^/dev/(vd[a-z]|nvme[0-9]+n[0-9]+)$`)
+
+// diskBenchAction runs the benchmark on /dev/vda, or the disk dev= names.
 func diskBenchAction(seed uint64) error {
 	o, err := parseBenchOptions(cmdlineValue("hyperroot.diskbench"))
 	if err != nil {
 		return fmt.Errorf("hyperroot.diskbench: %w", err)
 	}
-	f, size, err := openDirect()
+	f, size, err := openDirectDev(o.Dev)
 	if err != nil {
 		return err
 	}
@@ -116,7 +126,7 @@ func diskBenchAction(seed uint64) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("guest: diskbench start dev=/dev/vda size=%d time=%s jobs=%d\n", size, o.Time, o.Jobs)
+	fmt.Printf("guest: diskbench start dev=%s size=%d time=%s jobs=%d\n", o.Dev, size, o.Time, o.Jobs)
 	return d.run(o)
 }
 

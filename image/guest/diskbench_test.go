@@ -14,10 +14,13 @@ func TestParseBenchOptions(t *testing.T) {
 		want    benchOptions
 		wantErr string
 	}{
-		{"", benchOptions{8 * time.Second, 4}, ""},
-		{"time=2s", benchOptions{2 * time.Second, 4}, ""},
-		{"jobs=1", benchOptions{8 * time.Second, 1}, ""},
-		{"jobs=16,time=500ms", benchOptions{500 * time.Millisecond, 16}, ""},
+		{"", benchOptions{8 * time.Second, 4, "/dev/vda"}, ""},
+		{"time=2s", benchOptions{2 * time.Second, 4, "/dev/vda"}, ""},
+		{"jobs=1", benchOptions{8 * time.Second, 1, "/dev/vda"}, ""},
+		{"jobs=16,time=500ms", benchOptions{500 * time.Millisecond, 16, "/dev/vda"}, ""},
+		{"dev=/dev/nvme0n1,jobs=2", benchOptions{8 * time.Second, 2, "/dev/nvme0n1"}, ""},
+		{"dev=/dev/sda", benchOptions{}, "dev"},
+		{"dev=/etc/passwd", benchOptions{}, "dev"},
 		{"time=0s", benchOptions{}, "time"},
 		{"time=-1s", benchOptions{}, "time"},
 		{"time=2h", benchOptions{}, "time"},

@@ -57,6 +57,9 @@ type diskBackend struct {
 	// prepare, if set, runs before each boot: the qcow2 contenders each
 	// start from a fresh clone, as a VM's first boot does.
 	prepare func() error
+	// files, if set, opens what the VMM inherits (from vmmcli.FirstFD
+	// on) for each boot; they are closed here once it has started.
+	files func() ([]*os.File, error)
 }
 
 // diskBackends are the contenders: hyperroot with each I/O backend, then
@@ -199,7 +202,17 @@ func makeBenchImage(path string, size int64) error {
 // diskOnce boots the guest under one backend and collects its figures.
 func diskOnce(starter child.Starter, b diskBackend) (diskRun, error) {
 	col := newDiskCollector()
-	p, err := child.Start(starter, child.Spec{Path: b.argv[0], Args: b.argv[1:], Line: col.line})
+	var files []*os.File
+	if b.files != nil {
+		var err error
+		if files, err = b.files(); err != nil {
+			return diskRun{}, err
+		}
+	}
+	p, err := child.Start(starter, child.Spec{Path: b.argv[0], Args: b.argv[1:], Line: col.line, ExtraFiles: files})
+	for _, f := range files {
+		f.Close()
+	}
 	if err != nil {
 		return diskRun{}, err
 	}

@@ -32,7 +32,7 @@ func main() {
 	fs := flag.NewFlagSet("hyperroot-bench", flag.ContinueOnError)
 	hyperroot := fs.String("hyperroot", "/bin/hyperroot", "the hyperroot binary (its vmm and switch commands)")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: hyperroot-bench [-hyperroot PATH] boot|disk|net|debian[,...] ...\n")
+		fmt.Fprintf(fs.Output(), "usage: hyperroot-bench [-hyperroot PATH] boot|disk|net|debian|passthrough[,...] ...\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -55,7 +55,7 @@ func main() {
 }
 
 // run runs the named benchmarks in order: boot (boot.go), disk (disk.go),
-// net (net.go), debian (debian.go).
+// net (net.go), debian (debian.go), passthrough (passthrough.go).
 func run(e *env, names []string) error {
 	for _, name := range names {
 		var err error
@@ -68,8 +68,10 @@ func run(e *env, names []string) error {
 			err = runNetBench(e)
 		case "debian":
 			err = runDebianBench(e)
+		case "passthrough":
+			err = runPassthroughBench(e)
 		default:
-			err = fmt.Errorf("unknown benchmark %q (known: boot, disk, net, debian)", name)
+			err = fmt.Errorf("unknown benchmark %q (known: boot, disk, net, debian, passthrough)", name)
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)

@@ -12,6 +12,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -35,6 +37,13 @@ func main() {
 		"e.g. a data disk: an ext4 filesystem labelled hyperroot-data", func(s string) error {
 		o.Drives = append(o.Drives, s)
 		return nil
+	})
+	flag.BoolVar(&o.IOMMU, "iommu", false, "give the appliance an emulated Intel IOMMU (for PCI passthrough) and intel_iommu=on")
+	flag.Func("nvme", "an NVMe controller for the appliance (repeatable): serial=S[,vfs=N],ns=FILE[:FILE...]\n"+
+		"(raw files, namespaces 1, 2, ...; with vfs, an SR-IOV physical function whose namespaces start detached)", func(s string) error {
+		c, err := parseNVMe(s)
+		o.NVMe = append(o.NVMe, c)
+		return err
 	})
 	flag.Parse()
 	if flag.NArg() != 0 {
@@ -69,4 +78,30 @@ func main() {
 		os.Exit(1)
 	}
 	fmt.Fprintln(os.Stderr, "runner: PASS")
+}
+
+// parseNVMe reads an -nvme value.
+func parseNVMe(s string) (qemu.NVMe, error) {
+	var c qemu.NVMe
+	for _, kv := range strings.Split(s, ",") {
+		k, v, _ := strings.Cut(kv, "=")
+		switch k {
+		case "serial":
+			c.Serial = v
+		case "vfs":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				return c, fmt.Errorf("vfs=%q: want a positive number", v)
+			}
+			c.VFs = n
+		case "ns":
+			c.Namespaces = strings.Split(v, ":")
+		default:
+			return c, fmt.Errorf("unknown key %q: want serial, vfs and ns", k)
+		}
+	}
+	if c.Serial == "" || len(c.Namespaces) == 0 {
+		return c, fmt.Errorf("want serial=S,ns=FILE[:FILE...]")
+	}
+	return c, nil
 }
