@@ -73,6 +73,8 @@ deps() {
 	for cmd in "${!PKGS[@]}"; do
 		command -v "$cmd" >/dev/null || missing+=("${PKGS[$cmd]}")
 	done
+	# vmm/vfio's test checks its ioctl numbers against the kernel's header.
+	[ -e /usr/include/linux/vfio.h ] || missing+=(linux-libc-dev)
 	if [ ${#missing[@]} -gt 0 ]; then
 		if [ "$(id -u)" != 0 ]; then
 			echo "build.sh: missing packages; run: sudo apt-get update && sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2

@@ -18,23 +18,28 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// VFIO ioctls (linux/vfio.h): _IO(';', 100 + n).
+// VFIO ioctls (linux/vfio.h): _IO(VFIO_TYPE, VFIO_BASE + n), with no
+// size or direction bits (the structures carry their own argsz).
 const (
-	ioGetAPIVersion     = 0x3b64
-	ioCheckExtension    = 0x3b65
-	ioSetIOMMU          = 0x3b66
-	ioGroupGetStatus    = 0x3b67
-	ioGroupSetContainer = 0x3b68
-	ioGroupGetDeviceFD  = 0x3b6a
-	ioDeviceGetInfo     = 0x3b6b
-	ioDeviceRegionInfo  = 0x3b6c
-	ioDeviceIRQInfo     = 0x3b6d
+	vfioType = ';'
+	vfioBase = 100
+
+	ioGetAPIVersion     = vfioType<<8 | (vfioBase + 0)
+	ioCheckExtension    = vfioType<<8 | (vfioBase + 1)
+	ioSetIOMMU          = vfioType<<8 | (vfioBase + 2)
+	ioGroupGetStatus    = vfioType<<8 | (vfioBase + 3)
+	ioGroupSetContainer = vfioType<<8 | (vfioBase + 4)
+	ioGroupGetDeviceFD  = vfioType<<8 | (vfioBase + 6)
+	ioDeviceGetInfo     = vfioType<<8 | (vfioBase + 7)
+	ioDeviceRegionInfo  = vfioType<<8 | (vfioBase + 8)
+	ioDeviceIRQInfo     = vfioType<<8 | (vfioBase + 9)
 	// IoctlSetIRQs (VFIO_DEVICE_SET_IRQS) and IoctlReset
 	// (VFIO_DEVICE_RESET) are the requests a running VMM makes, for its
 	// seccomp filters: the guest enabling MSI-X, the machine closing.
-	IoctlSetIRQs = 0x3b6e
-	IoctlReset   = 0x3b6f
-	ioMapDMA     = 0x3b71
+	IoctlSetIRQs = vfioType<<8 | (vfioBase + 10)
+	IoctlReset   = vfioType<<8 | (vfioBase + 11)
+	ioMapDMA     = vfioType<<8 | (vfioBase + 13)
+	ioUnmapDMA   = vfioType<<8 | (vfioBase + 14)
 )
 
 const (
@@ -70,6 +75,11 @@ type irqInfo struct{ argsz, flags, index, count uint32 }
 type dmaMap struct {
 	argsz, flags      uint32
 	vaddr, iova, size uint64
+}
+
+type dmaUnmap struct {
+	argsz, flags uint32
+	iova, size   uint64
 }
 
 func ioctl(fd int, req uintptr, arg unsafe.Pointer) (int, error) {
@@ -114,8 +124,12 @@ func Open(container, group int, addr string) (*Device, error) {
 	fail := func(format string, args ...any) (*Device, error) {
 		return nil, fmt.Errorf("vfio: %s: "+format, append([]any{addr}, args...)...)
 	}
-	if v, err := ioctl(container, ioGetAPIVersion, nil); err != nil || v != apiVersion {
-		return fail("the container speaks VFIO API %d (%v), want %d", v, err, apiVersion)
+	v, err := ioctl(container, ioGetAPIVersion, nil)
+	if err != nil {
+		return fail("VFIO API version of the container (not /dev/vfio/vfio?): %v", err)
+	}
+	if v != apiVersion {
+		return fail("the container speaks VFIO API %d, want %d", v, apiVersion)
 	}
 	iommu := uintptr(type1v2IOMMU)
 	if n, _ := ioctlValue(container, ioCheckExtension, iommu); n == 0 {
@@ -183,6 +197,21 @@ func (d *Device) MapDMA(iova uint64, vaddr uintptr, size uint64) error {
 	m := dmaMap{argsz: uint32(unsafe.Sizeof(dmaMap{})), flags: dmaRead | dmaWrite, vaddr: uint64(vaddr), iova: iova, size: size}
 	if _, err := ioctl(d.container, ioMapDMA, unsafe.Pointer(&m)); err != nil {
 		return fmt.Errorf("vfio: %s: map %#x bytes of guest RAM at %#x for DMA: %w", d.Addr, size, iova, err)
+	}
+	return nil
+}
+
+// UnmapDMA takes back the mapping of size bytes at iova that MapDMA made
+// (the kernel unmaps whole mappings only). Closing the container unmaps
+// everything, so the machine need not call it; a running VMM's seccomp
+// filter does not allow it.
+func (d *Device) UnmapDMA(iova, size uint64) error {
+	u := dmaUnmap{argsz: uint32(unsafe.Sizeof(dmaUnmap{})), iova: iova, size: size}
+	if _, err := ioctl(d.container, ioUnmapDMA, unsafe.Pointer(&u)); err != nil {
+		return fmt.Errorf("vfio: %s: unmap %#x bytes at %#x from DMA: %w", d.Addr, size, iova, err)
+	}
+	if u.size != size {
+		return fmt.Errorf("vfio: %s: unmap %#x bytes at %#x from DMA: the kernel unmapped %#x", d.Addr, size, iova, u.size)
 	}
 	return nil
 }

@@ -24,6 +24,7 @@ type PCIOptions struct {
 	// irqfds), as for the VMM's own devices.
 	Router pci.MSIRouter
 	// EventFD is vector v's irqfd eventfd: VFIO signals it, KVM injects.
+	// Required, as Router is.
 	EventFD func(v int) (int, error)
 	// Errors hears of failures during guest accesses, which have no one
 	// to return them to.
@@ -45,7 +46,9 @@ type PCIOptions struct {
 //     is enabled through VFIO with those vectors' irqfds. Power management,
 //     MSI, PCI Express and the extended capabilities (SR-IOV among them)
 //     are the host's business and not shown;
-//   - no INTx (interrupt pin 0): MSI-X only for now;
+//   - no INTx (interrupt pin 0): MSI-X only for now. INTx passthrough
+//     (VFIO's INTx eventfd into a KVM irqfd with a resample eventfd for
+//     the level-triggered end of interrupt) is future work;
 //   - of the command register only memory decoding and bus mastering
 //     reach the device, and INTx stays disabled there.
 type PCI struct {
@@ -72,6 +75,9 @@ const (
 // NewPCI reads the device's configuration space and builds what the guest
 // sees of it. addr names it in errors.
 func NewPCI(dev Regions, addr string, o PCIOptions) (*PCI, error) {
+	if o.Router == nil || o.EventFD == nil {
+		return nil, fmt.Errorf("vfio: %s: an MSI router and the vectors' eventfds are required", addr)
+	}
 	var cfg [256]byte
 	if err := dev.ReadRegion(configRegion, cfg[:], 0); err != nil {
 		return nil, err
@@ -193,7 +199,7 @@ func (p *PCI) syncMSIX() {
 		for v := range p.vecs {
 			fd, err := p.opts.EventFD(v)
 			if err != nil {
-				p.fail(err)
+				p.fail(fmt.Errorf("vfio: %s: enable MSI-X: vector %d eventfd: %w", p.addr, v, err))
 				return
 			}
 			fds = append(fds, fd)
@@ -236,7 +242,9 @@ func (p *PCI) WriteConfig(reg int, data []byte) {
 }
 
 // MoveBAR implements pci.Device: every BAR access is trapped and
-// forwarded, so there is nothing to move.
+// forwarded, so there is nothing to move. Mapping the device's BAR pages
+// (outside the MSI-X table and PBA) into the guest as KVM memory slots,
+// so that doorbell writes stop exiting, would move those slots here.
 func (p *PCI) MoveBAR(int, uint64, uint64) error { return nil }
 
 // ReadBAR serves the MSI-X table and PBA, and reads anything else from the

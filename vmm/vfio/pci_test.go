@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/hyperroot/hyperroot/vmm/pci"
@@ -15,8 +16,11 @@ import (
 type fakeDevice struct {
 	cfg    [256]byte
 	bar0   [16 << 10]byte
-	writes []string // region writes outside BAR0's data: "cfg@4=0006"
+	writes []string // configuration space writes
 	msix   [][]int  // SetMSIX calls
+	// outside counts region accesses past a region's end or to a region
+	// the device lacks: the model must stop those itself.
+	outside int
 }
 
 func newFakeDevice() *fakeDevice {
@@ -56,6 +60,7 @@ func (d *fakeDevice) buf(i int) []byte {
 
 func (d *fakeDevice) ReadRegion(i int, p []byte, off uint64) error {
 	if d.Region(i).Size == 0 || off+uint64(len(p)) > d.Region(i).Size {
+		d.outside++
 		return errors.New("out of the region")
 	}
 	copy(p, d.buf(i)[off:])
@@ -64,6 +69,7 @@ func (d *fakeDevice) ReadRegion(i int, p []byte, off uint64) error {
 
 func (d *fakeDevice) WriteRegion(i int, p []byte, off uint64) error {
 	if d.Region(i).Size == 0 || off+uint64(len(p)) > d.Region(i).Size {
+		d.outside++
 		return errors.New("out of the region")
 	}
 	copy(d.buf(i)[off:], p)
@@ -173,18 +179,95 @@ func TestPCIBAR(t *testing.T) {
 	}
 	p.ReadBAR(3, 0, b[:])
 	p.WriteBAR(5, 0, b[:])
+	p.WriteBAR(0, 1<<63, b[:])
+	if d.outside != 0 {
+		t.Errorf("%d accesses outside the device's regions reached it", d.outside)
+	}
+	// The PBA is the VMM's too; what follows it is the device's again.
+	p.WriteBAR(0, 0x3000, []byte{0xff, 0xff, 0xff, 0xff})
+	p.WriteBAR(0, 0x3008, []byte{0x5a, 0, 0, 0})
+	if d.bar0[0x3000] != 0 || d.bar0[0x3008] != 0x5a {
+		t.Errorf("PBA byte %#x, byte after it %#x: want 0 and 0x5a", d.bar0[0x3000], d.bar0[0x3008])
+	}
+	// An 8-byte access is forwarded whole.
+	p.WriteBAR(0, 0x28, []byte{1, 2, 3, 4, 5, 6, 7, 8})
+	if got := binary.LittleEndian.Uint64(d.bar0[0x28:]); got != 0x0807060504030201 {
+		t.Errorf("an 8-byte write reached the device as %#x", got)
+	}
+}
+
+// TestPCICommand: the command register the device gets follows the
+// guest's memory decoding and bus mastering, INTx always disabled, and
+// only when it changes.
+func TestPCICommand(t *testing.T) {
+	d := newFakeDevice()
+	p := newTestPCI(t, d)
+	le := binary.LittleEndian
+	for _, c := range []struct {
+		write, device uint16
+		writes        int
+	}{
+		{pci.CommandMemory, pci.CommandMemory | pci.CommandINTxDisable, 1},
+		{pci.CommandMemory | pci.CommandIO | 1<<8, pci.CommandMemory | pci.CommandINTxDisable, 1}, // no change for the device
+		{pci.CommandMemory | pci.CommandBusMaster, pci.CommandMemory | pci.CommandBusMaster | pci.CommandINTxDisable, 2},
+		{pci.CommandMemory, pci.CommandMemory | pci.CommandINTxDisable, 3},
+		{0, pci.CommandINTxDisable, 4},
+	} {
+		p.WriteConfig(pci.RegCommand, le.AppendUint16(nil, c.write))
+		if got := le.Uint16(d.cfg[pci.RegCommand:]); got != c.device || len(d.writes) != c.writes {
+			t.Errorf("guest wrote %#x: the device's command register is %#x after %d writes, want %#x after %d",
+				c.write, got, len(d.writes), c.device, c.writes)
+		}
+	}
+	// The high byte alone (INTx disable) and the status register next to
+	// it change nothing on the device.
+	p.WriteConfig(pci.RegCommand+1, []byte{0})
+	p.WriteConfig(pci.RegStatus, []byte{0xff, 0xff})
+	if len(d.writes) != 4 {
+		t.Errorf("%d configuration writes reached the device, want 4", len(d.writes))
+	}
 }
 
 func TestPCIMSIX(t *testing.T) {
 	d := newFakeDevice()
 	p := newTestPCI(t, d)
 	off := int(cfg32(p, pci.RegCapabilities) & 0xff)
-	p.WriteConfig(off+3, []byte{0x80}) // enable
-	p.WriteConfig(off+3, []byte{0xc0}) // function mask: no change to the device
-	p.WriteConfig(off+3, []byte{0x00}) // disable
-	want := [][]int{{100, 101, 102, 103}, {}}
-	if len(d.msix) != 2 || !slices.Equal(d.msix[0], want[0]) || len(d.msix[1]) != 0 {
+	p.WriteConfig(off+3, []byte{0x80})       // enable
+	p.WriteConfig(off+3, []byte{0xc0})       // function mask: no change to the device
+	p.WriteConfig(off+3, []byte{0x00})       // disable
+	p.WriteConfig(off+2, []byte{0xff, 0x80}) // enable again, with a 2-byte write
+	want := [][]int{{100, 101, 102, 103}, {}, {100, 101, 102, 103}}
+	if !slices.EqualFunc(d.msix, want, slices.Equal) {
 		t.Errorf("SetMSIX calls %v, want %v", d.msix, want)
+	}
+}
+
+// TestPCIMSIXEventFDFails: a vector without an eventfd leaves the device's
+// MSI-X off and says so; the guest's next enable tries again.
+func TestPCIMSIXEventFDFails(t *testing.T) {
+	d := newFakeDevice()
+	var errs []error
+	broken := true
+	p, err := NewPCI(d, "0000:00:01.1", PCIOptions{Router: nopRouter{}, Errors: func(err error) { errs = append(errs, err) },
+		EventFD: func(v int) (int, error) {
+			if broken && v == 2 {
+				return -1, errors.New("no eventfd")
+			}
+			return 100 + v, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	off := int(cfg32(p, pci.RegCapabilities) & 0xff)
+	p.WriteConfig(off+3, []byte{0x80})
+	if len(d.msix) != 0 || len(errs) != 1 || !strings.Contains(errs[0].Error(), "0000:00:01.1") {
+		t.Fatalf("SetMSIX calls %v, errors %v: want none and one naming the device", d.msix, errs)
+	}
+	broken = false
+	p.WriteConfig(off+3, []byte{0x00})
+	p.WriteConfig(off+3, []byte{0x80})
+	if len(d.msix) != 1 || len(d.msix[0]) != 4 {
+		t.Errorf("SetMSIX calls %v after the eventfds came back", d.msix)
 	}
 }
 
@@ -195,12 +278,19 @@ func TestNewPCIRefuses(t *testing.T) {
 		"a bridge":        func(d *fakeDevice) { d.cfg[pci.RegHeaderType] = 1 },
 		"table in no BAR": func(d *fakeDevice) { binary.LittleEndian.PutUint32(d.cfg[0x64:], 0x2000|2) },
 		"I/O BARs only":   func(d *fakeDevice) { binary.LittleEndian.PutUint32(d.cfg[pci.RegBAR0:], 0xc001) },
+		"table BIR 7":     func(d *fakeDevice) { binary.LittleEndian.PutUint32(d.cfg[0x64:], 0x2000|7) },
+		"PBA on table":    func(d *fakeDevice) { binary.LittleEndian.PutUint32(d.cfg[0x68:], 0x2000) },
 	} {
 		d := newFakeDevice()
 		spoil(d)
-		if _, err := NewPCI(d, "0000:00:01.1", PCIOptions{Router: nopRouter{}}); err == nil {
+		if _, err := NewPCI(d, "0000:00:01.1", PCIOptions{Router: nopRouter{}, EventFD: func(int) (int, error) { return 0, nil }}); err == nil {
 			t.Errorf("%s: accepted", name)
+		} else if !strings.Contains(err.Error(), "0000:00:01.1") {
+			t.Errorf("%s: %v does not name the device", name, err)
 		}
+	}
+	if _, err := NewPCI(newFakeDevice(), "0000:00:01.1", PCIOptions{Router: nopRouter{}}); err == nil {
+		t.Error("accepted without the vectors' eventfds")
 	}
 }
 
@@ -216,6 +306,7 @@ func FuzzConfig(f *testing.F) {
 		if err != nil {
 			return
 		}
+		checkShown(t, p)
 		for len(ops) >= 4 {
 			reg, n, v := int(ops[1])|int(ops[2]&0xf)<<8, int(ops[3]%8)+1, ops[3]
 			data := make([]byte, n)
@@ -224,7 +315,14 @@ func FuzzConfig(f *testing.F) {
 			}
 			switch ops[0] % 4 {
 			case 0:
+				// The extended space reads as zeros; bytes past its end, as
+				// on the bus, as ones.
 				p.ReadConfig(reg, data[:min(n, 4)])
+				for i, v := range data[:min(n, 4)] {
+					if r := reg + i; r >= 0x100 && (r < pci.ConfigSize && v != 0 || r >= pci.ConfigSize && v != 0xff) {
+						t.Errorf("configuration space at %#x reads %#x", r, v)
+					}
+				}
 			case 1:
 				p.WriteConfig(reg, data[:min(n, 4)])
 			case 2:
@@ -234,7 +332,33 @@ func FuzzConfig(f *testing.F) {
 			}
 			ops = ops[4:]
 		}
+		if d.outside != 0 {
+			t.Errorf("%d accesses outside the device's regions reached it", d.outside)
+		}
+		for _, fds := range d.msix {
+			if len(fds) != 0 && len(fds) != p.Vectors() {
+				t.Errorf("SetMSIX with %d eventfds for %d vectors", len(fds), p.Vectors())
+			}
+		}
+		checkShown(t, p)
 	})
+}
+
+// checkShown checks what the guest may see whatever it did: no option ROM,
+// no interrupt pin, no extended capabilities, and a capability list of
+// MSI-X alone. (FuzzConfig checks its reads of the extended space too.)
+func checkShown(t *testing.T, p *PCI) {
+	t.Helper()
+	if cfg32(p, pci.RegROM) != 0 || cfg32(p, pci.RegIntLine)>>8&0xff != 0 {
+		t.Error("an option ROM or an interrupt pin is shown")
+	}
+	if v := cfg32(p, 0x100); v != 0 {
+		t.Errorf("extended capability header %#x", v)
+	}
+	off := int(cfg32(p, pci.RegCapabilities) & 0xff)
+	if off < 0x40 || cfg32(p, off)&0xffff != capMSIX {
+		t.Errorf("the capability list is %#x at %#x, want MSI-X alone", cfg32(p, off)&0xffff, off)
+	}
 }
 
 // TestBARAccessAllocs: a forwarded register access, the guest's doorbell
