@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -437,8 +436,7 @@ func inUse(d *hostpci.Device) string {
 			// An NVMe namespace reached through a subsystem is a hidden
 			// path device here (nvme0c0n1) and a block device elsewhere
 			// (nvme0n1: subsystem 0, namespace 1).
-			if m := nvmePathRE.FindStringSubmatch(name); m != nil {
-				head := "nvme" + m[1] + "n" + m[2]
+			if head := hostpci.NVMeBlockName(name); head != name {
 				if hd, err := filepath.EvalSymlinks(filepath.Join(d.SysRoot(), "class/block", head)); err == nil && mountedBlock(mounts, hd) {
 					found = "/dev/" + head + " (or a partition of it) is mounted"
 				}
@@ -448,8 +446,6 @@ func inUse(d *hostpci.Device) string {
 	})
 	return found
 }
-
-var nvmePathRE = regexp.MustCompile(`^nvme([0-9]+)c[0-9]+n([0-9]+)$`)
 
 // mountedBlock says whether the block device whose sysfs directory is
 // dir, or a partition of it (a subdirectory with a dev file), is mounted:

@@ -217,6 +217,20 @@ func (d *Device) NVMeName() string {
 	return es[0].Name()
 }
 
+// nvmePathRE is an NVMe namespace's path device: nvme<subsystem>c<controller>n<namespace>.
+var nvmePathRE = regexp.MustCompile(`^nvme([0-9]+)c[0-9]+n([0-9]+)$`)
+
+// NVMeBlockName is the block device name of the NVMe namespace sysfs lists
+// as name under a controller: a namespace reached through a subsystem is a
+// hidden path device there (nvme0c1n2) and the block device nvme0n2
+// (subsystem 0, namespace 2) elsewhere; any other name is its own.
+func NVMeBlockName(name string) string {
+	if m := nvmePathRE.FindStringSubmatch(name); m != nil {
+		return "nvme" + m[1] + "n" + m[2]
+	}
+	return name
+}
+
 // VFIODriver is the driver a device must have to be passed through.
 const VFIODriver = "vfio-pci"
 

@@ -104,3 +104,11 @@ func TestDevice(t *testing.T) {
 		t.Errorf("EnableVFs without SR-IOV: %v", err)
 	}
 }
+
+func TestNVMeBlockName(t *testing.T) {
+	for in, want := range map[string]string{"nvme0c1n2": "nvme0n2", "nvme3c0n1": "nvme3n1", "nvme1n1": "nvme1n1", "nvme0": "nvme0", "ng0n1": "ng0n1"} {
+		if got := NVMeBlockName(in); got != want {
+			t.Errorf("NVMeBlockName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

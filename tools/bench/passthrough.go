@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"time"
 
@@ -124,10 +123,7 @@ func preparePassthrough(pf *hostpci.Device, ctl *nvme.Controller, name string) (
 		}
 		ms, _ := filepath.Glob(filepath.Join("/sys/class/nvme", name, "nvme*n2"))
 		for _, m := range ms {
-			head := filepath.Base(m)
-			if p := nvmePathRE.FindStringSubmatch(head); p != nil {
-				head = "nvme" + p[1] + "n2"
-			}
+			head := hostpci.NVMeBlockName(filepath.Base(m))
 			if _, err := os.Stat("/dev/" + head); err == nil {
 				ns2 = "/dev/" + head
 			}
@@ -180,7 +176,3 @@ func keepDecoding(dir string) {
 		f.Close()
 	}
 }
-
-// nvmePathRE names an NVMe namespace's path device (nvme0c0n2), whose
-// block device is its subsystem's (nvme0n2).
-var nvmePathRE = regexp.MustCompile(`^nvme([0-9]+)c[0-9]+n([0-9]+)$`)

@@ -27,9 +27,11 @@ import (
 	"time"
 
 	"github.com/hyperroot/hyperroot/internal/api"
+	"github.com/hyperroot/hyperroot/internal/hostpci"
 )
 
-var pathRE = regexp.MustCompile(`^nvme([0-9]+)c[0-9]+n1$`)
+// ns1RE is the block device of a namespace 1.
+var ns1RE = regexp.MustCompile(`^nvme[0-9]+n1$`)
 
 func main() {
 	if len(os.Args) != 4 {
@@ -77,10 +79,8 @@ func main() {
 func namespace(dir string) string {
 	ms, _ := filepath.Glob(filepath.Join(dir, "nvme", "nvme*", "nvme*"))
 	for _, m := range ms {
-		name := filepath.Base(m)
-		if p := pathRE.FindStringSubmatch(name); p != nil {
-			name = "nvme" + p[1] + "n1"
-		} else if !regexp.MustCompile(`^nvme[0-9]+n1$`).MatchString(name) {
+		name := hostpci.NVMeBlockName(filepath.Base(m))
+		if !ns1RE.MatchString(name) {
 			continue
 		}
 		if _, err := os.Stat("/dev/" + name); err == nil {
