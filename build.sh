@@ -185,37 +185,33 @@ check_fmt() {
 # answers KVM_GET_API_VERSION); it says why not otherwise.
 kvm_usable() { go run ./tools/kvmtest probe; }
 
+# unit_packages: the packages the race step has not tested already (its
+# packages' tests run once, under the race detector): the end-to-end tests,
+# the KVM tests' packages, those whose tests start QEMU, vmm/seccomp. Running
+# the others again without -race would only take CPU from the end-to-end
+# tests' appliances, whose first tests measure rates.
+unit_packages() { go list ./... | grep -vxF -f <(tools/race-packages.sh); }
+
 unit_and_e2e() {
 	# HYPERROOT_STRICT=1: tests fail, never skip, when something they need is missing.
 	export HYPERROOT_STRICT=1 HYPERROOT_IMAGE="$PWD/$OUT/image"
 	testreport_build || return 1
 	if kvm_usable; then
 		echo "    /dev/kvm usable: KVM tests run on the host, and again in the appliance (tools/e2e TestKVMInAppliance)"
-		go test -json -count=1 -timeout 40m ./... | testreport
+		go test -json -count=1 -timeout 40m $(unit_packages) | testreport
 		return
 	fi
 	# No KVM on the host: the tests that need it run inside the appliance
-	# under QEMU (tools/e2e TestKVMInAppliance), and the host leaves them
-	# out of its own run of their packages (-skip), rather than skipping.
-	local list dir re mod status failed=0 kvmpkgs=()
+	# under QEMU (tools/e2e TestKVMInAppliance); the rest of their packages'
+	# tests ran in the race step (with -skip, rather than skipping).
+	local list dir re mod kvmpkgs=()
 	list=$(go run ./tools/kvmtest list) || return 1
 	mod=$(go list -m)
 	while read -r dir re; do
 		[ -n "$dir" ] && kvmpkgs+=("$mod/$dir")
 	done <<<"$list"
 	echo "    no usable /dev/kvm on the host: the KVM tests of ${kvmpkgs[*]#$mod/} run in the appliance (tools/e2e TestKVMInAppliance)"
-	status=$(mktemp)
-	{
-		go test -json -count=1 -timeout 40m $(go list ./... | grep -vxF -f <(printf '%s\n' "${kvmpkgs[@]}")) || echo "go test: $?" >>"$status"
-		while read -r dir re; do
-			[ -n "$dir" ] || continue
-			echo "    $dir, its tests that need no KVM (on the host: -skip '$re')"
-			go test -json -count=1 -timeout 10m -skip "$re" "./$dir" || echo "go test $dir: $?" >>"$status"
-		done <<<"$list"
-	} | testreport || failed=1
-	[ -s "$status" ] && failed=1
-	rm -f "$status"
-	return $failed
+	go test -json -count=1 -timeout 40m $(unit_packages | grep -vxF -f <(printf '%s\n' "${kvmpkgs[@]}")) | testreport
 }
 
 # testreport: go test -json in, the usual terse output out, and at the end a

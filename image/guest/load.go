@@ -35,6 +35,7 @@ import (
 //	       cpus=<list> memtotal_kb=<n> distance=<d0>,<d1>..." each (the
 //	       distance its SLIT gives to each node), then "guest: numa nodes=<n>";
 //	       with hyperroot.numa=hold it then waits for a line on its console
+//	kmsg   the kernel's log with its timestamps (kmsg.go): a boot timeline
 //
 //	spew   write hyperroot.spew= KiB (default 16) of 64-byte lines
 //	       ("guest: spew <i> xxx...") to the console, wait until the console
@@ -49,6 +50,7 @@ var loadActions = map[string]func(seed uint64) error{
 	"spew":   spew,
 	"memmap": memmapAction, // memmap.go
 	"numa":   numaAction,
+	"kmsg":   kmsgAction, // kmsg.go
 }
 
 // numaAction reports the guest's NUMA nodes from sysfs.

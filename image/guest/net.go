@@ -264,6 +264,7 @@ func netClient(seed uint64) error {
 	h := sha256.New()
 	buf := make([]byte, 64<<10)
 	start := time.Now()
+	quarter := false
 	for sent := int64(0); sent < total; {
 		chunk := buf[:min(int64(len(buf)), total-sent)]
 		src.Read(chunk)
@@ -273,6 +274,12 @@ func netClient(seed uint64) error {
 			return fmt.Errorf("send: %w after %d bytes", err, sent)
 		}
 		sent += int64(len(chunk))
+		if !quarter && sent >= total/4 && sent < total {
+			// For a test that acts in the middle of the stream
+			// (tools/e2e startStream): it is under way.
+			quarter = true
+			fmt.Printf("guest: net under way sent=%d of %d\n", sent, total)
+		}
 	}
 	// Half-close and wait for the server to close after it has read
 	// everything: powering off with data still in the socket's send

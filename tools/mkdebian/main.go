@@ -41,8 +41,13 @@ const rootUUID = "3b0c7a52-9d1e-4f6a-8c2d-5e4f1a6b7c80"
 // setup runs in the unpacked root ($1) once the packages are in: mounts by
 // label, the boot menu from Debian's own update-grub, cloud-init looking
 // for its NoCloud seed only (no waiting for cloud metadata services that
-// are not there) and setting the C.UTF-8 locale glibc always has (minbase
-// has no en_US to generate), no host name of the build machine, and the
+// are not there), setting the C.UTF-8 locale glibc always has (minbase
+// has no en_US to generate) and running only the modules that configure a
+// VM from its seed (host name, users and SSH keys, files, boot and run
+// commands, scripts, power state): not Debian's default list's package,
+// locale, apt, grub-dpkg, NTP, disk-growing and other clouds' agents,
+// which under nested TCG cost each first boot time (their imports and
+// the programs they run), no host name of the build machine, and the
 // virtio console's driver in the initramfs, so that a guest booted with
 // console=hvc0 has its console from its first process on (under TCG a
 // serial console costs an exit per byte; see docs/PERFORMANCE.md).
@@ -67,7 +72,13 @@ rm -r "$r/dev/disk"
 mv "$r/usr/sbin/grub-probe.real" "$r/usr/sbin/grub-probe"
 printf 'virtio_console\n' >>"$r/etc/initramfs-tools/modules"
 chroot "$r" update-initramfs -u
-printf 'datasource_list: [ NoCloud, None ]\nlocale: C.UTF-8\n' >"$r/etc/cloud/cloud.cfg.d/90_hyperroot.cfg"
+cat >"$r/etc/cloud/cloud.cfg.d/90_hyperroot.cfg" <<'EOF'
+datasource_list: [ NoCloud, None ]
+locale: C.UTF-8
+cloud_init_modules: [seed_random, bootcmd, write-files, set_hostname, update_hostname, update_etc_hosts, users-groups, ssh]
+cloud_config_modules: [set-passwords, runcmd]
+cloud_final_modules: [write-files-deferred, scripts-vendor, scripts-per-once, scripts-per-boot, scripts-per-instance, scripts-user, final-message, power-state-change]
+EOF
 rm -f "$r/etc/hostname"
 `
 
