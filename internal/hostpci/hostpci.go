@@ -223,12 +223,38 @@ var nvmePathRE = regexp.MustCompile(`^nvme([0-9]+)c[0-9]+n([0-9]+)$`)
 // NVMeBlockName is the block device name of the NVMe namespace sysfs lists
 // as name under a controller: a namespace reached through a subsystem is a
 // hidden path device there (nvme0c1n2) and the block device nvme0n2
-// (subsystem 0, namespace 2) elsewhere; any other name is its own.
+// elsewhere (subsystem 0, its second namespace head: the kernel numbers
+// heads in the order it found them, which is not the namespace's NSID);
+// any other name is its own.
 func NVMeBlockName(name string) string {
 	if m := nvmePathRE.FindStringSubmatch(name); m != nil {
 		return "nvme" + m[1] + "n" + m[2]
 	}
 	return name
+}
+
+// NVMeNamespace is the block device name of namespace nsid of the NVMe
+// controller ctrl (nvme0), found by the nsid sysfs gives each namespace
+// under it; "" when the controller has no such namespace (yet: a
+// namespace attached to a running controller appears once the driver
+// rescanned).
+func (s Sysfs) NVMeNamespace(ctrl string, nsid uint32) string {
+	dir := filepath.Join(s.root(), "class", "nvme", ctrl)
+	es, err := os.ReadDir(dir)
+	if err != nil {
+		return ""
+	}
+	want := strconv.FormatUint(uint64(nsid), 10)
+	for _, e := range es {
+		if !strings.HasPrefix(e.Name(), "nvme") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "nsid"))
+		if err == nil && strings.TrimSpace(string(b)) == want {
+			return NVMeBlockName(e.Name())
+		}
+	}
+	return ""
 }
 
 // VFIODriver is the driver a device must have to be passed through.

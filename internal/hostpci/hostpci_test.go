@@ -112,3 +112,29 @@ func TestNVMeBlockName(t *testing.T) {
 		}
 	}
 }
+
+// TestNVMeNamespace: a namespace is found by its NSID, not by the number
+// in its device name (the kernel's head instance: NSID 2, attached first,
+// is nvme0c0n1), and one the controller does not have is "".
+func TestNVMeNamespace(t *testing.T) {
+	root := t.TempDir()
+	ctrl := filepath.Join(root, "class", "nvme", "nvme0")
+	for name, nsid := range map[string]string{"nvme0c0n1": "2\n", "nvme0c0n2": "5\n"} {
+		if err := os.MkdirAll(filepath.Join(ctrl, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(ctrl, name, "nsid"), []byte(nsid), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(ctrl, "serial"), []byte("x\n"), 0o644)
+	fs := Sysfs{Root: root}
+	for nsid, want := range map[uint32]string{2: "nvme0n1", 5: "nvme0n2", 1: ""} {
+		if got := fs.NVMeNamespace("nvme0", nsid); got != want {
+			t.Errorf("namespace %d: %q, want %q", nsid, got, want)
+		}
+	}
+	if got := fs.NVMeNamespace("nvme9", 2); got != "" {
+		t.Errorf("no such controller: %q", got)
+	}
+}

@@ -121,11 +121,9 @@ func preparePassthrough(pf *hostpci.Device, ctl *nvme.Controller, name string) (
 		if time.Now().After(deadline) {
 			return nil, "", fmt.Errorf("%s: namespace 2 attached, no block device for it after a minute", name)
 		}
-		ms, _ := filepath.Glob(filepath.Join("/sys/class/nvme", name, "nvme*n2"))
-		for _, m := range ms {
-			head := hostpci.NVMeBlockName(filepath.Base(m))
-			if _, err := os.Stat("/dev/" + head); err == nil {
-				ns2 = "/dev/" + head
+		if dev := (hostpci.Sysfs{}).NVMeNamespace(name, 2); dev != "" {
+			if _, err := os.Stat("/dev/" + dev); err == nil {
+				ns2 = "/dev/" + dev
 			}
 		}
 	}
