@@ -29,7 +29,6 @@ var longest = map[string]int{
 	"TestDataDisk":              130,
 	"TestNetSwitchHung":         100,
 	"TestMetrics":               125,
-	"TestGuestShapes":           120,
 	"TestEscape":                90,
 	"TestQcow2Kill":             90,
 	"TestHostilePeer":           80,
