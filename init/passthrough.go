@@ -435,7 +435,7 @@ func inUse(d *hostpci.Device) string {
 		default:
 			// An NVMe namespace reached through a subsystem is a hidden
 			// path device here (nvme0c0n1) and a block device elsewhere
-			// (nvme0n1: subsystem 0, namespace 1).
+			// (nvme0n1: hostpci.NVMeBlockName).
 			if head := hostpci.NVMeBlockName(name); head != name {
 				if hd, err := filepath.EvalSymlinks(filepath.Join(d.SysRoot(), "class/block", head)); err == nil && mountedBlock(mounts, hd) {
 					found = "/dev/" + head + " (or a partition of it) is mounted"

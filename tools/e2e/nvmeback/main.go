@@ -23,15 +23,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"time"
 
 	"github.com/hyperroot/hyperroot/internal/api"
 	"github.com/hyperroot/hyperroot/internal/hostpci"
 )
-
-// ns1RE is the block device of a namespace 1.
-var ns1RE = regexp.MustCompile(`^nvme[0-9]+n1$`)
 
 func main() {
 	if len(os.Args) != 4 {
@@ -55,7 +51,7 @@ func main() {
 		if l, _ := os.Readlink(filepath.Join(dir, "driver")); filepath.Base(l) != "nvme" {
 			continue
 		}
-		dev = namespace(dir)
+		dev = namespace(os.Args[1])
 	}
 	fmt.Printf("nvmeback: %s has its driver back: nvme, namespace %s\n", os.Args[1], dev)
 	d := device(os.Args[3])
@@ -73,21 +69,25 @@ func main() {
 	fmt.Printf("nvmeback: %s sha256 %x\n", dev, sha256.Sum256(b))
 }
 
-// namespace is the block device of namespace 1 of the controller at dir,
-// "" until there is one: nvmeXn1 itself, or (through a subsystem) the
-// path device nvmeXcYn1 of subsystem X's nvmeXn1.
-func namespace(dir string) string {
-	ms, _ := filepath.Glob(filepath.Join(dir, "nvme", "nvme*", "nvme*"))
-	for _, m := range ms {
-		name := hostpci.NVMeBlockName(filepath.Base(m))
-		if !ns1RE.MatchString(name) {
-			continue
-		}
-		if _, err := os.Stat("/dev/" + name); err == nil {
-			return "/dev/" + name
-		}
+// namespace is the block device of namespace 1 (by its NSID) of the
+// controller at PCI address addr, "" until there is one.
+func namespace(addr string) string {
+	d, err := hostpci.Sysfs{}.Device(addr)
+	if err != nil {
+		return ""
 	}
-	return ""
+	name := d.NVMeName()
+	if name == "" {
+		return ""
+	}
+	dev := hostpci.Sysfs{}.NVMeNamespace(name, 1)
+	if dev == "" {
+		return ""
+	}
+	if _, err := os.Stat("/dev/" + dev); err != nil {
+		return ""
+	}
+	return "/dev/" + dev
 }
 
 // keepVFsDecoding sets memory space enable in the command register of each
