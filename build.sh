@@ -198,7 +198,7 @@ unit_and_e2e() {
 	testreport_build || return 1
 	if kvm_usable; then
 		echo "    /dev/kvm usable: KVM tests run on the host, and again in the appliance (tools/e2e TestKVMInAppliance)"
-		go test -json -count=1 -timeout 40m $(unit_packages) | testreport
+		go test -json -count=1 -timeout 40m $(unit_packages) | testreport e2e
 		return
 	fi
 	# No KVM on the host: the tests that need it run inside the appliance
@@ -211,15 +211,16 @@ unit_and_e2e() {
 		[ -n "$dir" ] && kvmpkgs+=("$mod/$dir")
 	done <<<"$list"
 	echo "    no usable /dev/kvm on the host: the KVM tests of ${kvmpkgs[*]#$mod/} run in the appliance (tools/e2e TestKVMInAppliance)"
-	go test -json -count=1 -timeout 40m $(unit_packages | grep -vxF -f <(printf '%s\n' "${kvmpkgs[@]}")) | testreport
+	go test -json -count=1 -timeout 40m $(unit_packages | grep -vxF -f <(printf '%s\n' "${kvmpkgs[@]}")) | testreport e2e
 }
 
 # testreport: go test -json in, the usual terse output out, and at the end a
 # summary of what failed or hung and of the slow tests (tools/testreport), so
-# that the tail of a CI log says which test to look at.
+# that the tail of a CI log says which test to look at; every test's time
+# goes to $OUT/test-times-<step>.tsv (slowest first), for planning the budget.
 TESTREPORT=$OUT/bin/testreport
 testreport_build() { go build -o "$TESTREPORT" ./tools/testreport; }
-testreport() { "$TESTREPORT" -slow 60s -note "spoilt by the test bed"; }
+testreport() { "$TESTREPORT" -slow 60s -note "spoilt by the test bed" -times "$OUT/test-times-$1.tsv"; }
 
 race() {
 	testreport_build || return 1
@@ -234,7 +235,7 @@ race() {
 			[ -n "$dir" ] || continue
 			go test -json -race -count=1 -timeout 10m -skip "$re" "./$dir" || echo "go test $dir: $?" >>"$status"
 		done < <(go run ./tools/kvmtest list)
-	} | testreport || failed=1
+	} | testreport race || failed=1
 	[ -s "$status" ] && failed=1
 	rm -f "$status"
 	return $failed

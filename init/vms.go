@@ -430,7 +430,7 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 	}
 	args.Seccomp = f.seccomp.Mode()
 	args.DumpTag = newDumpTag()
-	socketsShown := false // describeSockets, once
+	refusals := 0 // refused reconnections seen, up to the last described
 	spec := child.Spec{
 		Path: selfPath(), Args: args.Argv(),
 		// The VMM jails itself once set up (--jail): it starts in
@@ -478,10 +478,14 @@ func (f *fleet) startVM(vm config.VM, e *vmEntry) (*child.Process, error) {
 			}
 			relayed, dump := dumpLine(line, args.DumpTag)
 			f.c.Relay(vm.Name, relayed)
-			if !socketsShown && refusedReconnect(line) {
-				// Once per start: its guest could print the same.
-				socketsShown = true
-				f.c.Printf("vm %s: its NIC sockets: %s", vm.Name, describeSockets(switchDir, vm))
+			if refusals < 3 && refusedReconnect(line) {
+				// The first refusal and the third (the new switch is
+				// up by then), once per start: its guest could print
+				// the same.
+				refusals++
+				if refusals != 2 {
+					f.c.Printf("vm %s: its NIC sockets: %s", vm.Name, describeSockets(switchDir, vm, "/proc", int(e.pid.Load())))
+				}
 			}
 			f.consoles.publish(vm.Name, cutLine(relayed))
 			if dump {

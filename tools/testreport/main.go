@@ -23,6 +23,11 @@
 // that retries what it has shown to be its test bed's fault (tools/e2e) says
 // so in a line the summary should show, since a retry can hide a bug.
 //
+// With -times FILE, every test's time goes to FILE as well, slowest first,
+// one line each: seconds, seconds waited, verdict, package, test (tab
+// separated): the whole distribution, for planning where a suite's budget
+// goes (tools/e2e's test bed orders its tests by such figures).
+//
 // Exit status: 1 when a test or package failed (or the input ended before a
 // package did), else 0.
 package main
@@ -260,7 +265,19 @@ func waitedNote(res result) string {
 	return fmt.Sprintf(" (after %.1fs waiting)", res.waited)
 }
 
-func run(in io.Reader, out io.Writer, slow time.Duration, note *regexp.Regexp) bool {
+// writeTimes writes every result, slowest first, to w (see -times).
+func (r *report) writeTimes(w io.Writer) error {
+	rs := append([]result(nil), r.results...)
+	sort.SliceStable(rs, func(i, j int) bool { return rs[i].seconds > rs[j].seconds })
+	for _, res := range rs {
+		if _, err := fmt.Fprintf(w, "%.1f\t%.1f\t%s\t%s\t%s\n", res.seconds, res.waited, res.verdict, res.pkg, res.name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func run(in io.Reader, out io.Writer, slow time.Duration, note *regexp.Regexp, times io.Writer) bool {
 	r := newReport(out)
 	r.note = note
 	sc := bufio.NewScanner(in)
@@ -280,13 +297,29 @@ func run(in io.Reader, out io.Writer, slow time.Duration, note *regexp.Regexp) b
 		r.failed = true
 	}
 	r.summary(slow)
+	if times != nil {
+		if err := r.writeTimes(times); err != nil {
+			fmt.Fprintf(out, "testreport: -times: %v\n", err)
+			r.failed = true
+		}
+	}
 	return !r.failed
 }
 
 func main() {
 	slow := flag.Duration("slow", time.Minute, "list the tests that took at least this long")
 	note := flag.String("note", "", "repeat in the summary every test output line matching this regexp")
+	timesPath := flag.String("times", "", "write every test's time to this file, slowest first")
 	flag.Parse()
+	var times io.Writer
+	if *timesPath != "" {
+		f, err := os.Create(*timesPath)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "testreport: -times: %v\n", err)
+			os.Exit(2)
+		}
+		times = f
+	}
 	var re *regexp.Regexp
 	if *note != "" {
 		var err error
@@ -295,7 +328,14 @@ func main() {
 			os.Exit(2)
 		}
 	}
-	if !run(os.Stdin, os.Stdout, *slow, re) {
+	ok := run(os.Stdin, os.Stdout, *slow, re, times)
+	if c, isFile := times.(*os.File); isFile {
+		if err := c.Close(); err != nil {
+			fmt.Fprintf(os.Stderr, "testreport: -times: %v\n", err)
+			ok = false
+		}
+	}
+	if !ok {
 		os.Exit(1)
 	}
 }

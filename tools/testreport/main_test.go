@@ -92,7 +92,7 @@ func TestReport(t *testing.T) {
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out strings.Builder
-			ok := run(strings.NewReader(tc.in), &out, time.Minute, regexp.MustCompile(`spoilt`))
+			ok := run(strings.NewReader(tc.in), &out, time.Minute, regexp.MustCompile(`spoilt`), nil)
 			if ok != tc.ok {
 				t.Errorf("run = %v, want %v", ok, tc.ok)
 			}
@@ -121,5 +121,27 @@ func TestKeepsTheEnd(t *testing.T) {
 	tt.print(&out)
 	if !strings.Contains(out.String(), "11 earlier lines of TestLong left out") || !strings.HasSuffix(out.String(), "the end\n") {
 		t.Errorf("got %q...", out.String()[:120])
+	}
+}
+
+// TestTimes: -times lists every top-level test, slowest first, with its
+// time less what it waited, the wait, and its verdict.
+func TestTimes(t *testing.T) {
+	in := line("run", "p", "TestFast", "") +
+		`{"Action":"pass","Package":"p","Test":"TestFast","Elapsed":1.5}` + "\n" +
+		line("output", "p", "TestSlow", "    e2e_test.go:68: testreport: waited 10s for a test-bed slot\n") +
+		`{"Action":"pass","Package":"p","Test":"TestSlow/sub","Elapsed":40}` + "\n" +
+		`{"Action":"fail","Package":"p","Test":"TestSlow","Elapsed":52.25}` + "\n" +
+		`{"Action":"skip","Package":"p","Test":"TestSkipped","Elapsed":0}` + "\n" +
+		`{"Action":"fail","Package":"p","Elapsed":53}` + "\n"
+	var out, times strings.Builder
+	if run(strings.NewReader(in), &out, time.Minute, nil, &times) {
+		t.Error("a failed test reported as a pass")
+	}
+	want := "42.2\t10.0\tfail\tp\tTestSlow\n" +
+		"1.5\t0.0\tpass\tp\tTestFast\n" +
+		"0.0\t0.0\tskip\tp\tTestSkipped\n"
+	if times.String() != want {
+		t.Errorf("times:\n%s\nwant:\n%s", times.String(), want)
 	}
 }
