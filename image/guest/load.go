@@ -21,7 +21,10 @@ import (
 //	spin   keep the vCPU busy for hyperroot.spin= seconds (default 60) of
 //	       the guest's clock, or with hyperroot.spin=0 until a line comes on
 //	       its console, reporting "guest: spin start seconds=<n>" and
-//	       "guest: spin done"
+//	       "guest: spin done"; with hyperroot.spinwait=1 it first reports
+//	       "guest: spin waiting" and idles until a line comes (a test
+//	       measures a spinner for seconds: spinning all its life would take
+//	       a core from its neighbours under emulation for minutes)
 //	fill   allocate and touch hyperroot.fill= MiB (default 128) of memory,
 //	       reporting "guest: fill <n> MiB ms=<time of these 16>" every
 //	       16 MiB and "guest: fill done mib=<n> ms=<time it took>"; with
@@ -111,6 +114,13 @@ func cmdlineString(key string) string {
 
 func spin(uint64) error {
 	secs := cmdlineInt("spin", 60)
+	in := bufio.NewReader(os.Stdin)
+	if cmdlineInt("spinwait", 0) != 0 {
+		fmt.Println("guest: spin waiting")
+		if _, err := in.ReadString('\n'); err != nil {
+			return fmt.Errorf("spin: waiting for a line: %w", err)
+		}
+	}
 	var stop atomic.Bool
 	if secs > 0 {
 		fmt.Printf("guest: spin start seconds=%d\n", secs)
@@ -120,7 +130,7 @@ func spin(uint64) error {
 		// guess how long its guests take to boot under emulation.
 		fmt.Println("guest: spin start seconds=until-input")
 		go func() {
-			bufio.NewReader(os.Stdin).ReadString('\n')
+			in.ReadString('\n')
 			stop.Store(true)
 		}()
 	}
