@@ -311,14 +311,17 @@ func main() {
 	note := flag.String("note", "", "repeat in the summary every test output line matching this regexp")
 	timesPath := flag.String("times", "", "write every test's time to this file, slowest first")
 	flag.Parse()
+	// times stays a nil interface without -times (a nil *os.File in it
+	// would not be).
 	var times io.Writer
+	var timesFile *os.File
 	if *timesPath != "" {
 		f, err := os.Create(*timesPath)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "testreport: -times: %v\n", err)
 			os.Exit(2)
 		}
-		times = f
+		times, timesFile = f, f
 	}
 	var re *regexp.Regexp
 	if *note != "" {
@@ -329,8 +332,8 @@ func main() {
 		}
 	}
 	ok := run(os.Stdin, os.Stdout, *slow, re, times)
-	if c, isFile := times.(*os.File); isFile {
-		if err := c.Close(); err != nil {
+	if timesFile != nil {
+		if err := timesFile.Close(); err != nil {
 			fmt.Fprintf(os.Stderr, "testreport: -times: %v\n", err)
 			ok = false
 		}
