@@ -137,10 +137,9 @@ func (r *remoteAPI) must(t testing.TB, args ...string) string {
 // configuration that drops another, and deletes the one it created. A wrong token changes nothing, and the
 // console says who did what.
 func TestCtlRemote(t *testing.T) {
-	const webSpin = "hyperroot.spin=0 hyperroot.spinwait=1"
 	parallel(t)
 	api := newRemoteAPI(t)
-	cfg := configFile(t, api.config()+"vms:\n"+loadVM("web", "spin", 1, "128M", "", webSpin)+
+	cfg := configFile(t, api.config()+"vms:\n"+loadVM("web", "spin", 1, "128M", "", spinOnCue)+
 		loadVM("talk", "echo", 1, "128M", ""))
 	testbed(t, func(t testing.TB) {
 		pr, pw := io.Pipe()
@@ -238,9 +237,7 @@ func TestCtlRemote(t *testing.T) {
 		// The CPU limit, live: the kernel's accounting before and after.
 		// The spinner starts now, not at boot: it would take a core
 		// from the appliance's other VM and from the neighbour test.
-		seen(t, m, `^web\| guest: spin waiting$`) // before talk's lines, maybe
-		fmt.Fprintln(pw, "@web go")
-		expect(t, m, `^web\| guest: spin start `)
+		startSpinner(t, m, pw, "web")
 		free := cpuRates(t, m, pw, "web")[0]
 		pct := int(50 * min(1, free/0.8))
 		t.Logf("no limit: %.3f CPU", free)
@@ -288,7 +285,7 @@ func TestCtlRemote(t *testing.T) {
 			t.Errorf("config get after create:\n%s", out)
 		}
 		next := filepath.Join(dir, "next.yaml")
-		write(t, next, api.config()+"vms:\n"+loadVM("web", "spin", 1, "128M", "", webSpin)+loadVM("extra", "echo", 1, "128M", ""))
+		write(t, next, api.config()+"vms:\n"+loadVM("web", "spin", 1, "128M", "", spinOnCue)+loadVM("extra", "echo", 1, "128M", ""))
 		if out := api.must(t, "config", "apply", "-f", next); out != "config applied: stopped talk unchanged web,extra\n" {
 			t.Errorf("config apply: %q", out)
 		}

@@ -35,6 +35,20 @@ func loadVM(name, action string, cpus int, mem, extra string, cmdline ...string)
 
 var qosLineRE = regexp.MustCompile(`^\[\s*([0-9.]+)\] hyperroot: qos (\S+) cpu\.usage=([0-9.]+)s`)
 
+// spinOnCue are the kernel arguments of a spin guest that idles until
+// startSpinner cues it, then spins until its next console line: spinning
+// from boot would take a host core from its neighbours for minutes.
+const spinOnCue = "hyperroot.spin=0 hyperroot.spinwait=1"
+
+// startSpinner cues the spinOnCue guest name, once it waits, through the
+// appliance's console in, and returns when it spins.
+func startSpinner(t testing.TB, m *qemu.Machine, in io.Writer, name string) {
+	t.Helper()
+	seen(t, m, `^`+name+`\| guest: spin waiting$`)
+	fmt.Fprintf(in, "@%s go\n", name)
+	expect(t, m, `^`+name+`\| guest: spin start `)
+}
+
 // qosUsage types "qos <name>" and returns the answer, its time stamp on
 // the appliance's clock and the CPU time the VM's cgroup used, in seconds.
 func qosUsage(t testing.TB, m *qemu.Machine, in io.Writer, name string) (line string, at, used float64) {

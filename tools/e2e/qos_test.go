@@ -26,7 +26,7 @@ func TestQoS(t *testing.T) {
 		pr, pw := io.Pipe()
 		defer pw.Close()
 		cfg := configFile(t, "networks: [{name: lan, subnet: 10.20.0.0/24}]\nvms:\n"+
-			loadVM("capped", "spin", 1, "128M", "    qos: {cpu: {max: 50%}}\n", "hyperroot.spin=0 hyperroot.spinwait=1")+
+			loadVM("capped", "spin", 1, "128M", "    qos: {cpu: {max: 50%}}\n", spinOnCue)+
 			loadVM("hog", "fill", 1, "320M", "    qos: {memory: {max: 160M}}\n", "hyperroot.fill=288")+
 			loadVM("calm", "echo", 1, "128M", "")+
 			loadVM("soft", "fill", 1, "256M", "", "hyperroot.fill=128 hyperroot.fillhold=1"))
@@ -86,9 +86,7 @@ func TestQoS(t *testing.T) {
 		// cpu.max: usage over at least 10 s of the appliance's clock.
 		// The spinner starts now: spinning from boot, it would have
 		// taken an appliance CPU from the memory tests above.
-		seen(t, m, `^capped\| guest: spin waiting$`)
-		fmt.Fprintln(pw, "@capped go")
-		expect(t, m, `^capped\| guest: spin start `)
+		startSpinner(t, m, pw, "capped")
 		rate := func() float64 { return cpuRates(t, m, pw, "capped")[0] }
 		// What the spinner gets with no limit, on this machine now: an
 		// emulated appliance on a busy host may not give a whole CPU.
