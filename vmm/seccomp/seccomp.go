@@ -5,8 +5,8 @@
 // but those a running machine issues.
 //
 // Two filters, one per thread role (filters.go lists them, with how each
-// entry was found; each is loaded as a small stack of programs, see
-// stack.go): a process-wide allowlist loaded on every thread at once
+// entry was found; program.go assembles each into one BPF program): a
+// process-wide allowlist loaded on every thread at once
 // (SECCOMP_FILTER_FLAG_TSYNC), which holds what the Go runtime and the
 // VMM's other threads need (device goroutines, disk I/O through io_uring or
 // a thread pool, vhost-user reconnection, console, dumps, exit), and a

@@ -189,9 +189,9 @@ var childCases = map[string]func() error{
 }
 
 // mmapExecDisguised asks for executable memory with arguments that fooled
-// the single program go-seccomp-bpf assembles (see stack): prot 317 has
+// the program go-seccomp-bpf assembles (see program.go): prot 317 has
 // PROT_EXEC set and is seccomp(2)'s number, address 1 is what the VMM's
-// condition on seccomp allows. The stacked filters must kill it.
+// condition on seccomp allows. Our programs must kill it.
 func mmapExecDisguised() {
 	unix.Syscall6(unix.SYS_MMAP, 1, 4096, 317, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uintptr(0), 0)
 }
@@ -210,17 +210,12 @@ func runChild(name string) int {
 	}
 	bench, spec, _ := strings.Cut(name, ":")
 	if bench == "ioexit" || bench == "kvmrun" { // BenchmarkIOExit, BenchmarkKVMRunCall
-		mode, count, _ := strings.Cut(spec, ":")
-		m, err := ParseMode(mode)
-		n, nerr := strconv.Atoi(count)
-		if err == nil {
-			err = nerr
-		}
+		n, err := strconv.Atoi(spec)
 		switch {
 		case err == nil && bench == "ioexit":
-			err = runIOExits(m, n)
+			err = runIOExits(n)
 		case err == nil:
-			err = runKVMRunCalls(m, n)
+			err = runKVMRunCalls(n)
 		}
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
@@ -426,8 +421,8 @@ func TestParseMode(t *testing.T) {
 func TestPoliciesAssemble(t *testing.T) {
 	for _, m := range []Mode{Kill, Log} {
 		p, v := Policies(m)
-		for name, pol := range map[string]*bpf.Policy{"process": &p, "vcpu": &v} {
-			if _, err := pol.Assemble(); err != nil {
+		for name, pol := range map[string]bpf.Policy{"process": p, "vcpu": v, "switch": SwitchPolicy(m)} {
+			if _, err := compile(pol); err != nil {
 				t.Errorf("%s %s: %v", m, name, err)
 			}
 		}
