@@ -101,7 +101,9 @@ func RunningVCPURequests() []uintptr {
 
 // RunningVMRequests are the requests a running machine issues on its VM,
 // from any thread: interrupt lines, and the MSI routes, irqfds and
-// ioeventfds the devices set up when the guest programs them.
+// ioeventfds the devices set up when the guest programs them, and the
+// memory slots of a passed-through device's BAR pages, which follow the
+// BAR where the guest moves it (vmm/vfio).
 func RunningVMRequests() []uintptr {
-	return []uintptr{reqIRQLine, reqSetGSIRouting, reqIRQFD, reqIOEventFD}
+	return []uintptr{reqIRQLine, reqSetGSIRouting, reqIRQFD, reqIOEventFD, reqSetUserMemRegion}
 }

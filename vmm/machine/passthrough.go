@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/hyperroot/hyperroot/vmm/kvm"
 	"github.com/hyperroot/hyperroot/vmm/vfio"
 )
 
@@ -34,10 +35,11 @@ func (m *Machine) passthrough(cfg Config) error {
 		}
 		router := &msiRouter{routes: m.gsi, vm: m.vm}
 		m.routers = append(m.routers, router)
-		p, err := vfio.NewPCI(dev, d.PCI, vfio.PCIOptions{Router: router, EventFD: router.EventFD, Errors: m.errlog.report})
+		p, err := vfio.NewPCI(dev, d.PCI, vfio.PCIOptions{Router: router, EventFD: router.EventFD, Errors: m.errlog.report, Slots: &m.slots})
 		if err != nil {
 			return err
 		}
+		m.vfioPCI = append(m.vfioPCI, p)
 		router.max = p.Vectors()
 		if n := dev.MSIXVectors(); n < p.Vectors() {
 			return fmt.Errorf("vfio: %s: its MSI-X capability has %d vectors, VFIO routes %d", d.PCI, p.Vectors(), n)
@@ -49,6 +51,9 @@ func (m *Machine) passthrough(cfg Config) error {
 		var bars string
 		for _, b := range p.BARs() {
 			bars += fmt.Sprintf(" BAR%d=%dK", b.Index, b.Size>>10)
+			if n := p.Direct(b.Index); n > 0 {
+				bars += fmt.Sprintf(" (%dK mapped)", n>>10)
+			}
 		}
 		fmt.Fprintf(os.Stderr, "hyperroot vmm: device %s (%s) passed through: slot %d,%s, MSI-X %d vectors, reset=%v\n",
 			d.PCI, p.ID(), slot, bars, p.Vectors(), dev.Resettable())
@@ -60,6 +65,12 @@ func (m *Machine) passthrough(cfg Config) error {
 // interrupt routers, whose eventfds they signal.
 func (m *Machine) closeVFIO() error {
 	var err error
+	for _, p := range m.vfioPCI {
+		if cerr := p.Close(); err == nil {
+			err = cerr
+		}
+	}
+	m.vfioPCI = nil
 	for _, d := range m.vfio {
 		if cerr := d.Close(); err == nil {
 			err = cerr
@@ -67,4 +78,17 @@ func (m *Machine) closeVFIO() error {
 	}
 	m.vfio = nil
 	return err
+}
+
+// slotNumbers hands out KVM memory slot numbers after guest RAM's, for
+// passed-through devices' mapped BAR pages (vfio.Slots).
+type slotNumbers struct {
+	vm   *kvm.VM
+	next uint32
+}
+
+func (s *slotNumbers) NewSlot() uint32 { s.next++; return s.next - 1 }
+
+func (s *slotNumbers) SetUserMemoryRegion(slot, flags uint32, gpa, size uint64, host uintptr) error {
+	return s.vm.SetUserMemoryRegion(slot, flags, gpa, size, host)
 }

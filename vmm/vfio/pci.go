@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/vmm/pci"
 )
@@ -29,14 +32,43 @@ type PCIOptions struct {
 	// Errors hears of failures during guest accesses, which have no one
 	// to return them to.
 	Errors func(error)
+	// Slots, when set, lets the guest reach the device's registers
+	// without the VMM: the BAR pages VFIO lets this process map, all but
+	// those of the MSI-X table and PBA (emulated), become KVM memory slots
+	// wherever the guest puts the BAR. nil traps and forwards every access.
+	Slots Slots
+}
+
+// Slots gives a passed-through device's mapped BAR pages KVM memory slots;
+// the machine implements it with its VM.
+type Slots interface {
+	// NewSlot returns a slot number no one else uses.
+	NewSlot() uint32
+	// SetUserMemoryRegion is kvm.VM's: size 0 deletes the slot.
+	SetUserMemoryRegion(slot, flags uint32, gpa, size uint64, host uintptr) error
+}
+
+// mapper is what a Regions offers for mapping BAR pages; *Device does.
+type mapper interface {
+	Mappable(i int) ([]Span, error)
+	Map(i int, s Span) ([]byte, error)
+}
+
+// direct is a piece of a BAR mapped into this process and given to the
+// guest as a KVM memory slot.
+type direct struct {
+	off  uint64 // in the BAR
+	mem  []byte
+	slot uint32
+	gpa  uint64 // where the slot maps it now; 0 for nowhere
 }
 
 // PCI is a passed-through device as the guest sees it on the VMM's PCI
 // bus. Its identity (vendor, device, class, revision, subsystem) and its
-// memory BARs are the device's; its registers are the device's, reached
-// through VFIO (each access a trip to the kernel: mapping the BARs into
-// the guest is the next step); what the guest could use to reach past the
-// device is virtualised:
+// memory BARs are the device's; its registers are the device's, mapped
+// into the guest where VFIO lets them be (PCIOptions.Slots) and otherwise
+// reached through VFIO, each access a trip through the VMM; what the guest
+// could use to reach past the device is virtualised:
 //
 //   - BAR addresses are the VMM's bus's (the host's would mean nothing in
 //     the guest), and no I/O BARs or option ROM are shown;
@@ -59,6 +91,7 @@ type PCI struct {
 	vecs   int
 	opts   PCIOptions
 	bars   [6]uint64 // sizes of the memory BARs shown, 0 for none
+	direct [6][]direct
 	mu     sync.Mutex
 	msixOn bool   // the device's MSI-X is enabled (SetMSIX)
 	cmd    uint16 // what the device's command register was last given
@@ -138,7 +171,69 @@ func NewPCI(dev Regions, addr string, o PCIOptions) (*PCI, error) {
 	if _, err := cs.AddCapability(msixCap{p}); err != nil {
 		return nil, fmt.Errorf("vfio: %s: %w", addr, err)
 	}
+	if m, ok := dev.(mapper); ok && o.Slots != nil {
+		trapped := map[int][]Span{}
+		trapped[int(table&7)] = append(trapped[int(table&7)], Span{uint64(table &^ 7), uint64(p.vecs) * 16})
+		trapped[int(pba&7)] = append(trapped[int(pba&7)], Span{uint64(pba &^ 7), uint64(p.vecs+63) / 64 * 8})
+		if err := p.mapBARs(m, trapped); err != nil {
+			p.Close()
+			return nil, err
+		}
+	}
 	return p, nil
+}
+
+// mapBARs maps each BAR's pages the guest may reach directly (within what
+// VFIO lets map, outside trapped), each piece a slot of its own.
+func (p *PCI) mapBARs(m mapper, trapped map[int][]Span) error {
+	page := uint64(unix.Getpagesize())
+	for i, size := range p.bars {
+		if size == 0 {
+			continue
+		}
+		areas, err := m.Mappable(i)
+		if err != nil {
+			return err
+		}
+		for _, s := range directSpans(size, areas, trapped[i], page) {
+			mem, err := m.Map(i, s)
+			if err != nil {
+				return err
+			}
+			p.direct[i] = append(p.direct[i], direct{off: s.Off, mem: mem, slot: p.opts.Slots.NewSlot()})
+		}
+	}
+	return nil
+}
+
+// Direct is how many bytes of BAR i the guest reaches without the VMM.
+func (p *PCI) Direct(i int) uint64 {
+	var n uint64
+	if i >= 0 && i < len(p.direct) {
+		for _, d := range p.direct[i] {
+			n += uint64(len(d.mem))
+		}
+	}
+	return n
+}
+
+// Close takes the mapped BAR pages from the guest and unmaps them.
+func (p *PCI) Close() error {
+	var first error
+	for i := range p.direct {
+		for _, d := range p.direct[i] {
+			if d.gpa != 0 {
+				if err := p.opts.Slots.SetUserMemoryRegion(d.slot, 0, d.gpa, 0, 0); err != nil && first == nil {
+					first = err
+				}
+			}
+			if err := unix.Munmap(d.mem); err != nil && first == nil {
+				first = fmt.Errorf("vfio: %s: unmap BAR %d at %#x: %w", p.addr, i, d.off, err)
+			}
+		}
+		p.direct[i] = nil
+	}
+	return first
 }
 
 // findCapability walks a configuration space's capability list for id,
@@ -241,11 +336,32 @@ func (p *PCI) WriteConfig(reg int, data []byte) {
 	p.cmd = cmd
 }
 
-// MoveBAR implements pci.Device: every BAR access is trapped and
-// forwarded, so there is nothing to move. Mapping the device's BAR pages
-// (outside the MSI-X table and PBA) into the guest as KVM memory slots,
-// so that doorbell writes stop exiting, would move those slots here.
-func (p *PCI) MoveBAR(int, uint64, uint64) error { return nil }
+// MoveBAR implements pci.Device: the BAR's mapped pages follow it, their
+// slots deleted where it was and made where it is (none while it does not
+// decode). What is not mapped is trapped and forwarded wherever it is.
+func (p *PCI) MoveBAR(i int, _, to uint64) error {
+	if i < 0 || i >= len(p.direct) {
+		return nil
+	}
+	for k := range p.direct[i] {
+		d := &p.direct[i][k]
+		if d.gpa != 0 {
+			if err := p.opts.Slots.SetUserMemoryRegion(d.slot, 0, d.gpa, 0, 0); err != nil {
+				return err
+			}
+			d.gpa = 0
+		}
+		if to == 0 {
+			continue
+		}
+		gpa := to + d.off
+		if err := p.opts.Slots.SetUserMemoryRegion(d.slot, 0, gpa, uint64(len(d.mem)), uintptr(unsafe.Pointer(&d.mem[0]))); err != nil {
+			return err
+		}
+		d.gpa = gpa
+	}
+	return nil
+}
 
 // ReadBAR serves the MSI-X table and PBA, and reads anything else from the
 // device's BAR.
