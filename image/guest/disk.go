@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/internal/datadisk"
 )
 
 const (
@@ -46,6 +48,48 @@ var diskActions = map[string]func(seed uint64) error{
 	// device passed through to the VM (VFIO).
 	"nvme-raw-write": func(seed uint64) error { return rawPattern("/dev/nvme0n1", seed, true) },
 	"nvme-raw-read":  func(seed uint64) error { return rawPattern("/dev/nvme0n1", seed, false) },
+	"nvme-fs-write":  nvmeFS,
+}
+
+// nvmeFS formats the first namespace of the first NVMe controller (a GPT
+// and an ext4 filesystem, both named guestdata, made as the appliance makes
+// its data disk), mounts it with the guest's kernel, writes a file of
+// seed's content, unmounts, mounts it again read-only and reads the file
+// back: "guest: fs <partition> sha256 <sum>".
+func nvmeFS(seed uint64) error {
+	const dev, dir = "/dev/nvme0n1", "/mnt/nvme"
+	if err := waitDev(dev); err != nil {
+		return err
+	}
+	part, err := datadisk.FormatAs(dev, "guestdata")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount(part, dir, "ext4", 0, ""); err != nil {
+		return fmt.Errorf("mount %s: %w", part, err)
+	}
+	if err := os.WriteFile(dir+"/pattern", content(seed, "fs", rawSize), 0o644); err != nil {
+		return err
+	}
+	if err := unix.Unmount(dir, 0); err != nil {
+		return fmt.Errorf("unmount %s: %w", part, err)
+	}
+	if err := unix.Mount(part, dir, "ext4", unix.MS_RDONLY, ""); err != nil {
+		return fmt.Errorf("mount %s again: %w", part, err)
+	}
+	b, err := os.ReadFile(dir + "/pattern")
+	if uerr := unix.Unmount(dir, 0); err == nil && uerr != nil {
+		err = uerr
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Printf("guest: fs %s sha256 %s\n", part, sum(b))
+	nvmeInterrupts()
+	return nil
 }
 
 // content is the deterministic content of a test file.
@@ -219,7 +263,23 @@ func rawPattern(dev string, seed uint64, write bool) error {
 		return err
 	}
 	fmt.Printf("guest: raw sha256 %s\n", sum(buf))
+	if strings.HasPrefix(dev, "/dev/nvme") {
+		nvmeInterrupts()
+	}
 	return nil
+}
+
+// nvmeInterrupts prints the nvme driver's lines of /proc/interrupts, spaces
+// collapsed ("guest: interrupts 24: 57 IO-APIC 24-fasteoi nvme0q0,
+// nvme0q1"), which say how the device interrupted: MSI-X, or INTx through
+// the IOAPIC.
+func nvmeInterrupts() {
+	b, _ := os.ReadFile("/proc/interrupts")
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, "nvme") {
+			fmt.Printf("guest: interrupts %s\n", strings.Join(strings.Fields(l), " "))
+		}
+	}
 }
 
 // alignedBuf returns page-aligned memory, as O_DIRECT needs.

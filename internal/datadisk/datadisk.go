@@ -150,7 +150,12 @@ var ErrNotEmpty = errors.New("holds data (its first or last MiB is not all zeros
 // over the whole disk) and makes an ext4 filesystem labelled Label on it.
 // It returns the partition's device node, once the kernel has it. A disk
 // that is not empty, is too small or is in use is left untouched.
-func Format(dev string) (string, error) {
+func Format(dev string) (string, error) { return FormatAs(dev, Label) }
+
+// FormatAs is Format with label instead of Label, for disks that are not
+// the appliance's data disk (the test guest formats a passed-through NVMe
+// controller with it).
+func FormatAs(dev, label string) (string, error) {
 	// O_EXCL on a block device: refused while it is mounted or held.
 	f, err := os.OpenFile(dev, os.O_RDWR|unix.O_EXCL, 0)
 	if err != nil {
@@ -161,7 +166,7 @@ func Format(dev string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("data disk %s: size: %w", dev, err)
 	}
-	if err := format(f, size); err != nil {
+	if err := format(f, size, label); err != nil {
 		return "", fmt.Errorf("data disk %s: %w", dev, err)
 	}
 	// The kernel reads the new table (devtmpfs then makes the node).
@@ -179,9 +184,10 @@ func Format(dev string) (string, error) {
 	}
 }
 
-// format writes the partition table and the filesystem to the disk in f,
-// size bytes long, if it is empty (ErrNotEmpty otherwise), and syncs them.
-func format(f *os.File, size int64) error {
+// format writes the partition table and the filesystem, both named label,
+// to the disk in f, size bytes long, if it is empty (ErrNotEmpty
+// otherwise), and syncs them.
+func format(f *os.File, size int64, label string) error {
 	if size < MinSize {
 		return fmt.Errorf("%d MiB, want at least %d MiB", size>>20, MinSize>>20)
 	}
@@ -195,7 +201,7 @@ func format(f *os.File, size int64) error {
 	// The first partition at 1 MiB, as partitioning tools align it; the
 	// last 33 sectors are the backup GPT's.
 	table := &gpt.Table{LogicalSectorSize: sector, PhysicalSectorSize: sector, ProtectiveMBR: true,
-		Partitions: []*gpt.Partition{{Index: 1, Start: 2048, End: sectors - 34, Type: gpt.LinuxFilesystem, Name: Label}}}
+		Partitions: []*gpt.Partition{{Index: 1, Start: 2048, End: sectors - 34, Type: gpt.LinuxFilesystem, Name: label}}}
 	b := file.New(f, false)
 	w, err := b.Writable()
 	if err != nil {
@@ -206,11 +212,9 @@ func format(f *os.File, size int64) error {
 	}
 	start, length := int64(2048*sector), int64(sectors-34-2048+1)*sector
 	fs, err := ext4.Create(b, length, start, sector, &ext4.Params{
-		VolumeName:      Label,
+		VolumeName:      label,
 		SectorsPerBlock: 8, // 4 KiB blocks
-		// Checksums on: Linux expects them of a new ext4, and the
-		// library reads its own filesystems back only with them.
-		Features: []ext4.FeatureOpt{ext4.WithFeatureMetadataChecksums(true)},
+		Features:        features(length),
 	})
 	if err != nil {
 		return fmt.Errorf("ext4: %w", err)
@@ -219,6 +223,19 @@ func format(f *os.File, size int64) error {
 		return fmt.Errorf("ext4: %w", err)
 	}
 	return f.Sync()
+}
+
+// features are the ext4 features of a filesystem of length bytes.
+// Checksums on: Linux expects them of a new ext4, and the library reads its
+// own filesystems back only with them. Below two block groups (128 MiB of
+// 4 KiB blocks) no resize inode: it keeps its blocks in the backup groups,
+// which such a filesystem lacks, and go-diskfs refuses to make one.
+func features(length int64) []ext4.FeatureOpt {
+	f := []ext4.FeatureOpt{ext4.WithFeatureMetadataChecksums(true)}
+	if length < 2*32768*4096 {
+		f = append(f, ext4.WithFeatureReservedGDTBlocksForExpansion(false))
+	}
+	return f
 }
 
 // partitionPath is the node of partition n of disk dev: vda1, but

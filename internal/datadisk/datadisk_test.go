@@ -30,11 +30,17 @@ func newDisk(t *testing.T, size int64) *os.File {
 
 // TestFormat: an empty disk gets a GPT with one partition named
 // hyperroot-data and an ext4 filesystem labelled so, which e2fsprogs finds
-// clean; a disk with anything at either end is refused untouched.
+// clean; a disk with anything at either end is refused untouched. The
+// smallest disk formats too (one block group).
 func TestFormat(t *testing.T) {
-	const size = 256 << 20
+	for _, size := range []int64{256 << 20, MinSize} {
+		t.Run(fmt.Sprintf("%dM", size>>20), func(t *testing.T) { testFormat(t, size) })
+	}
+}
+
+func testFormat(t *testing.T, size int64) {
 	f := newDisk(t, size)
-	if err := format(f, size); err != nil {
+	if err := format(f, size, Label); err != nil {
 		t.Fatal(err)
 	}
 	sb := make([]byte, superblockSize)
@@ -74,7 +80,7 @@ func TestFormat(t *testing.T) {
 	}
 
 	// Formatting again: the disk holds something now.
-	if err := format(f, size); !errors.Is(err, ErrNotEmpty) {
+	if err := format(f, size, Label); !errors.Is(err, ErrNotEmpty) {
 		t.Errorf("second format: %v, want ErrNotEmpty", err)
 	}
 	for _, off := range []int64{0, size/2 - 1, size - 1} {
@@ -82,7 +88,7 @@ func TestFormat(t *testing.T) {
 		if _, err := g.WriteAt([]byte{1}, off); err != nil {
 			t.Fatal(err)
 		}
-		err := format(g, size)
+		err := format(g, size, Label)
 		middle := off == size/2-1 // not looked at: see the package comment
 		if middle != (err == nil) {
 			t.Errorf("a byte at %d: format says %v", off, err)
@@ -95,7 +101,7 @@ func TestFormat(t *testing.T) {
 			}
 		}
 	}
-	if err := format(newDisk(t, MinSize-512), MinSize-512); err == nil || !strings.Contains(err.Error(), "want at least") {
+	if err := format(newDisk(t, MinSize-512), MinSize-512, Label); err == nil || !strings.Contains(err.Error(), "want at least") {
 		t.Errorf("a disk under %d MiB: %v", MinSize>>20, err)
 	}
 }

@@ -51,7 +51,11 @@ func debianPeers(hyperroot, kernel, initrd, cmdline string) []benchPeer {
 			"-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
 			"-kernel", kernel, "-initrd", initrd, "-append", cmdline + " " + debianCmdline,
 			"-drive", "file=" + debianClone + ",if=none,id=d,format=qcow2,aio=io_uring,cache=writeback",
-			"-device", "virtio-blk-pci,drive=d"}},
+			"-device", "virtio-blk-pci,drive=d",
+			// hyperroot gives every guest a virtio-rng; without one,
+			// QEMU's guest stopped short of multi-user in half its boots
+			// (consoles ending after "Starting ssh.service").
+			"-object", "rng-random,id=rng,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=rng"}},
 	}
 }
 

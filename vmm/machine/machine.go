@@ -168,6 +168,7 @@ type Machine struct {
 	routers []*msiRouter
 	vfio    []*vfio.Device
 	vfioPCI []*vfio.PCI
+	vfioFDs []int       // their INTx eventfds
 	slots   slotNumbers // KVM memory slots after RAM's
 	errlog  *errorLog   // the devices' errors during guest accesses, rate-limited
 	gsi     *gsiRoutes

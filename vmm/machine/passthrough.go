@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"os"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/hyperroot/hyperroot/vmm/kvm"
+	"github.com/hyperroot/hyperroot/vmm/pci"
 	"github.com/hyperroot/hyperroot/vmm/vfio"
 )
 
@@ -17,7 +20,8 @@ type Device struct {
 
 // passthrough puts cfg's devices on the PCI bus after the virtio devices:
 // each opened through VFIO with all of guest RAM mapped for its DMA at
-// guest physical addresses, reset, and given MSI-X routing of its own.
+// guest physical addresses, reset, and given MSI-X routing of its own and,
+// where it has a pin, its INTx on its slot's GSI.
 func (m *Machine) passthrough(cfg Config) error {
 	for _, d := range cfg.Devices {
 		dev, err := vfio.Open(int(d.Container.Fd()), int(d.Group.Fd()), d.PCI)
@@ -35,7 +39,14 @@ func (m *Machine) passthrough(cfg Config) error {
 		}
 		router := &msiRouter{routes: m.gsi, vm: m.vm}
 		m.routers = append(m.routers, router)
-		p, err := vfio.NewPCI(dev, d.PCI, vfio.PCIOptions{Router: router, EventFD: router.EventFD, Errors: m.errlog.report, Slots: &m.slots})
+		var intx *vfio.INTx
+		if dev.HasINTx() {
+			if intx, err = m.intxEventFDs(); err != nil {
+				return fmt.Errorf("vfio: %s: INTx: %w", d.PCI, err)
+			}
+		}
+		p, err := vfio.NewPCI(dev, d.PCI, vfio.PCIOptions{Router: router, EventFD: router.EventFD, Errors: m.errlog.report,
+			Slots: &m.slots, INTx: intx})
 		if err != nil {
 			return err
 		}
@@ -48,6 +59,14 @@ func (m *Machine) passthrough(cfg Config) error {
 		if err != nil {
 			return fmt.Errorf("vfio: %s: %w", d.PCI, err)
 		}
+		intxNote := ""
+		if p.INTx() {
+			gsi := pci.INTxGSI(slot, 1)
+			if err := m.vm.IRQFD(intx.Trigger, gsi, intx.Unmask, false); err != nil {
+				return fmt.Errorf("vfio: %s: INTx on GSI %d: %w", d.PCI, gsi, err)
+			}
+			intxNote = fmt.Sprintf(", INTx GSI %d", gsi)
+		}
 		var bars string
 		for _, b := range p.BARs() {
 			bars += fmt.Sprintf(" BAR%d=%dK", b.Index, b.Size>>10)
@@ -55,8 +74,8 @@ func (m *Machine) passthrough(cfg Config) error {
 				bars += fmt.Sprintf(" (%dK mapped)", n>>10)
 			}
 		}
-		fmt.Fprintf(os.Stderr, "hyperroot vmm: device %s (%s) passed through: slot %d,%s, MSI-X %d vectors, reset=%v\n",
-			d.PCI, p.ID(), slot, bars, p.Vectors(), dev.Resettable())
+		fmt.Fprintf(os.Stderr, "hyperroot vmm: device %s (%s) passed through: slot %d,%s, MSI-X %d vectors%s, reset=%v\n",
+			d.PCI, p.ID(), slot, bars, p.Vectors(), intxNote, dev.Resettable())
 	}
 	return nil
 }
@@ -77,7 +96,26 @@ func (m *Machine) closeVFIO() error {
 		}
 	}
 	m.vfio = nil
+	for _, fd := range m.vfioFDs {
+		unix.Close(fd)
+	}
+	m.vfioFDs = nil
 	return err
+}
+
+// intxEventFDs makes a passed-through device's INTx eventfds, closed with
+// the devices.
+func (m *Machine) intxEventFDs() (*vfio.INTx, error) {
+	var fds [2]int
+	for i := range fds {
+		fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+		if err != nil {
+			return nil, err
+		}
+		m.vfioFDs = append(m.vfioFDs, fd)
+		fds[i] = fd
+	}
+	return &vfio.INTx{Trigger: fds[0], Unmask: fds[1]}, nil
 }
 
 // slotNumbers hands out KVM memory slot numbers after guest RAM's, for

@@ -56,8 +56,11 @@ const (
 	irqDataNone    = 1 << 0
 	irqDataEventFD = 1 << 2
 	irqTrigger     = 1 << 5
+	irqActUnmask   = 1 << 4
+	irqInfoEventFD = 1 << 0
 	// Region and interrupt indices of a PCI device.
 	configRegion = 7
+	intxIRQ      = 0
 	msixIRQ      = 2
 )
 
@@ -115,6 +118,7 @@ type Device struct {
 	reset     bool
 	regions   [configRegion + 1]Region // BAR0-5, ROM, config
 	msix      uint32                   // MSI-X vectors VFIO offers
+	intx      bool                     // VFIO can route its INTx (it has a pin)
 }
 
 // Open attaches group (a descriptor of /dev/vfio/N) to container (one of
@@ -184,6 +188,12 @@ func Open(container, group int, addr string) (*Device, error) {
 		ii := irqInfo{argsz: uint32(unsafe.Sizeof(irqInfo{})), index: msixIRQ}
 		if _, err := ioctl(fd, ioDeviceIRQInfo, unsafe.Pointer(&ii)); err == nil {
 			d.msix = ii.count
+		}
+	}
+	if info.numIRQs > intxIRQ {
+		ii := irqInfo{argsz: uint32(unsafe.Sizeof(irqInfo{})), index: intxIRQ}
+		if _, err := ioctl(fd, ioDeviceIRQInfo, unsafe.Pointer(&ii)); err == nil {
+			d.intx = ii.count == 1 && ii.flags&irqInfoEventFD != 0
 		}
 	}
 	return d, nil
@@ -279,22 +289,7 @@ func (d *Device) MSIXVectors() int { return int(d.msix) }
 // SetMSIX makes vector i of the device's MSI-X signal fds[i], all of them
 // at once (enabling MSI-X on the device), or with no fds disables it.
 func (d *Device) SetMSIX(fds []int) error {
-	const hdr = 20 // argsz, flags, index, start, count
-	buf := make([]byte, hdr+4*len(fds))
-	le := func(off int, v uint32) { binary.LittleEndian.PutUint32(buf[off:], v) }
-	flags := uint32(irqDataEventFD | irqTrigger)
-	if len(fds) == 0 {
-		flags = irqDataNone | irqTrigger
-	}
-	le(0, uint32(len(buf)))
-	le(4, flags)
-	le(8, msixIRQ)
-	le(12, 0)
-	le(16, uint32(len(fds)))
-	for i, fd := range fds {
-		le(hdr+4*i, uint32(int32(fd)))
-	}
-	if _, err := ioctl(d.fd, IoctlSetIRQs, unsafe.Pointer(&buf[0])); err != nil {
+	if err := d.setIRQs(msixIRQ, irqTrigger, fds); err != nil {
 		what := "enable"
 		if len(fds) == 0 {
 			what = "disable"
@@ -302,4 +297,52 @@ func (d *Device) SetMSIX(fds []int) error {
 		return fmt.Errorf("vfio: %s: %s MSI-X (%d vectors): %w", d.Addr, what, len(fds), err)
 	}
 	return nil
+}
+
+// HasINTx says whether VFIO can route the device's INTx: it has an
+// interrupt pin (and VFIO was not told to ignore it).
+func (d *Device) HasINTx() bool { return d.intx }
+
+// SetINTx makes the device's INTx signal trigger when the device raises
+// it (VFIO masks it then, as a level-triggered line must be until served)
+// and unmask it when unmask is signalled: KVM's resample eventfd, at the
+// guest's end of interrupt. trigger < 0 disables it, which VFIO requires
+// before MSI-X is enabled.
+func (d *Device) SetINTx(trigger, unmask int) error {
+	if trigger < 0 {
+		if err := d.setIRQs(intxIRQ, irqTrigger, nil); err != nil {
+			return fmt.Errorf("vfio: %s: disable INTx: %w", d.Addr, err)
+		}
+		return nil
+	}
+	if err := d.setIRQs(intxIRQ, irqTrigger, []int{trigger}); err != nil {
+		return fmt.Errorf("vfio: %s: enable INTx: %w", d.Addr, err)
+	}
+	if err := d.setIRQs(intxIRQ, irqActUnmask, []int{unmask}); err != nil {
+		return fmt.Errorf("vfio: %s: INTx unmask eventfd: %w", d.Addr, err)
+	}
+	return nil
+}
+
+// setIRQs is VFIO_DEVICE_SET_IRQS for interrupt index with action: the
+// eventfds fds from the index's first interrupt on, or with none, no data
+// (for the trigger action: disabling the index).
+func (d *Device) setIRQs(index, action uint32, fds []int) error {
+	const hdr = 20 // argsz, flags, index, start, count
+	buf := make([]byte, hdr+4*len(fds))
+	le := func(off int, v uint32) { binary.LittleEndian.PutUint32(buf[off:], v) }
+	flags := uint32(irqDataEventFD) | action
+	if len(fds) == 0 {
+		flags = irqDataNone | action
+	}
+	le(0, uint32(len(buf)))
+	le(4, flags)
+	le(8, index)
+	le(12, 0)
+	le(16, uint32(len(fds)))
+	for i, fd := range fds {
+		le(hdr+4*i, uint32(int32(fd)))
+	}
+	_, err := ioctl(d.fd, IoctlSetIRQs, unsafe.Pointer(&buf[0]))
+	return err
 }

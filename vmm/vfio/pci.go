@@ -37,6 +37,23 @@ type PCIOptions struct {
 	// those of the MSI-X table and PBA (emulated), become KVM memory slots
 	// wherever the guest puts the BAR. nil traps and forwards every access.
 	Slots Slots
+	// INTx, when set, connects the device's legacy interrupt, for guests
+	// that do not enable MSI-X: VFIO signals Trigger when the device
+	// raises it, KVM injects it on the slot's GSI level-triggered (an
+	// irqfd with Unmask as its resample eventfd, which the machine
+	// registers) and signals Unmask at the guest's end of interrupt, which
+	// VFIO takes as the unmask. Used only when the device has an
+	// interrupt pin; nil shows the guest none.
+	INTx *INTx
+}
+
+// INTx are the eventfds of a device's legacy interrupt (PCIOptions.INTx).
+type INTx struct{ Trigger, Unmask int }
+
+// intxDevice is what a Regions offers for INTx; *Device does.
+type intxDevice interface {
+	HasINTx() bool
+	SetINTx(trigger, unmask int) error
 }
 
 // Slots gives a passed-through device's mapped BAR pages KVM memory slots;
@@ -78,11 +95,14 @@ type direct struct {
 //     is enabled through VFIO with those vectors' irqfds. Power management,
 //     MSI, PCI Express and the extended capabilities (SR-IOV among them)
 //     are the host's business and not shown;
-//   - no INTx (interrupt pin 0): MSI-X only for now. INTx passthrough
-//     (VFIO's INTx eventfd into a KVM irqfd with a resample eventfd for
-//     the level-triggered end of interrupt) is future work;
-//   - of the command register only memory decoding and bus mastering
-//     reach the device, and INTx stays disabled there.
+//   - INTx, when the device has a pin and the machine connects it
+//     (PCIOptions.INTx), as pin INTA# of its slot: VFIO's INTx eventfd
+//     into a KVM irqfd whose resample eventfd unmasks it in VFIO at the
+//     guest's end of interrupt; VFIO lets only one of INTx and MSI-X be
+//     enabled, so INTx is disabled while the guest has MSI-X on;
+//   - of the command register only memory decoding, bus mastering and
+//     (with INTx connected) INTx disable reach the device; without INTx
+//     it stays disabled there.
 type PCI struct {
 	*pci.ConfigSpace
 	dev    Regions
@@ -93,8 +113,9 @@ type PCI struct {
 	bars   [6]uint64 // sizes of the memory BARs shown, 0 for none
 	direct [6][]direct
 	mu     sync.Mutex
-	msixOn bool   // the device's MSI-X is enabled (SetMSIX)
-	cmd    uint16 // what the device's command register was last given
+	msixOn bool       // the device's MSI-X is enabled (SetMSIX)
+	intx   intxDevice // nil: no INTx shown
+	cmd    uint16     // what the device's command register was last given
 }
 
 // Standard capability and register values used here.
@@ -125,6 +146,10 @@ func NewPCI(dev Regions, addr string, o PCIOptions) (*PCI, error) {
 		return nil, fmt.Errorf("vfio: %s: header type %#x: only a type-0 (endpoint) function can be passed through", addr, cfg[pci.RegHeaderType])
 	}
 	p := &PCI{dev: dev, addr: addr, opts: o}
+	if d, ok := dev.(intxDevice); ok && o.INTx != nil && cfg[pci.RegIntPin] != 0 && d.HasINTx() {
+		p.intx = d
+		id.InterruptPin = 1
+	}
 	var bars []pci.BAR
 	for i := 0; i < 6; i++ {
 		v := le.Uint32(cfg[pci.RegBAR0+4*i:])
@@ -170,6 +195,11 @@ func NewPCI(dev Regions, addr string, o PCIOptions) (*PCI, error) {
 	}
 	if _, err := cs.AddCapability(msixCap{p}); err != nil {
 		return nil, fmt.Errorf("vfio: %s: %w", addr, err)
+	}
+	if p.intx != nil {
+		if err := p.intx.SetINTx(o.INTx.Trigger, o.INTx.Unmask); err != nil {
+			return nil, err
+		}
 	}
 	if m, ok := dev.(mapper); ok && o.Slots != nil {
 		trapped := map[int][]Span{}
@@ -300,12 +330,26 @@ func (p *PCI) syncMSIX() {
 			fds = append(fds, fd)
 		}
 	}
+	if on && p.intx != nil {
+		if err := p.intx.SetINTx(-1, -1); err != nil {
+			p.fail(err)
+			return
+		}
+	}
 	if err := p.dev.SetMSIX(fds); err != nil {
 		p.fail(err)
 		return
 	}
 	p.msixOn = on
+	if !on && p.intx != nil {
+		if err := p.intx.SetINTx(p.opts.INTx.Trigger, p.opts.INTx.Unmask); err != nil {
+			p.fail(err)
+		}
+	}
 }
+
+// INTx says whether the guest sees the device's INTx (pin INTA#).
+func (p *PCI) INTx() bool { return p.intx != nil }
 
 func (p *PCI) fail(err error) {
 	if p.opts.Errors != nil {
@@ -315,13 +359,17 @@ func (p *PCI) fail(err error) {
 
 // WriteConfig writes the emulated header, then gives the device what it
 // must have of the command register: memory decoding (VFIO refuses BAR
-// accesses without it) and bus mastering (its DMA), INTx disabled.
+// accesses without it) and bus mastering (its DMA); INTx disabled, or as
+// the guest wants it when INTx is connected (VFIO emulates the bit).
 func (p *PCI) WriteConfig(reg int, data []byte) {
 	p.ConfigSpace.WriteConfig(reg, data)
 	if reg > pci.RegCommand+1 || reg+len(data) <= pci.RegCommand {
 		return
 	}
 	cmd := p.ConfigSpace.Command()&(pci.CommandMemory|pci.CommandBusMaster) | pci.CommandINTxDisable
+	if p.intx != nil {
+		cmd = p.ConfigSpace.Command() & (pci.CommandMemory | pci.CommandBusMaster | pci.CommandINTxDisable)
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if cmd == p.cmd {

@@ -3,6 +3,7 @@ package vfio
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -383,5 +384,69 @@ func BenchmarkBARWrite(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		p.WriteBAR(0, 0x1000, v[:])
+	}
+}
+
+// intxFake is fakeDevice with an interrupt pin VFIO can route; calls
+// records its interrupt changes in order.
+type intxFake struct {
+	*fakeDevice
+	calls []string
+}
+
+func (d *intxFake) HasINTx() bool { return true }
+func (d *intxFake) SetINTx(trigger, unmask int) error {
+	d.calls = append(d.calls, fmt.Sprintf("intx %d %d", trigger, unmask))
+	return nil
+}
+func (d *intxFake) SetMSIX(fds []int) error {
+	d.calls = append(d.calls, fmt.Sprintf("msix %d", len(fds)))
+	return d.fakeDevice.SetMSIX(fds)
+}
+
+// TestPCIINTx: a device with a pin shows INTA#, has its INTx enabled from
+// the start, disabled while the guest has MSI-X on (VFIO allows one at a
+// time) and back after; the guest's INTx-disable bit reaches it. Without
+// the machine's eventfds, or without a pin, no pin is shown.
+func TestPCIINTx(t *testing.T) {
+	d := &intxFake{fakeDevice: newFakeDevice()}
+	d.cfg[pci.RegIntPin] = 1
+	p, err := NewPCI(d, "0000:00:01.1", PCIOptions{Router: nopRouter{},
+		EventFD: func(v int) (int, error) { return 100 + v, nil }, INTx: &INTx{Trigger: 7, Unmask: 8}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pin [1]byte
+	if p.ReadConfig(pci.RegIntPin, pin[:]); pin[0] != 1 || !p.INTx() {
+		t.Errorf("interrupt pin %d, INTx() %v: want 1, true", pin[0], p.INTx())
+	}
+	off := int(cfg32(p, pci.RegCapabilities) & 0xff)
+	p.WriteConfig(off+3, []byte{0x80}) // MSI-X on
+	p.WriteConfig(off+3, []byte{0x00}) // and off
+	want := []string{"intx 7 8", "intx -1 -1", "msix 4", "msix 0", "intx 7 8"}
+	if !slices.Equal(d.calls, want) {
+		t.Errorf("interrupt calls %v, want %v", d.calls, want)
+	}
+	p.WriteConfig(pci.RegCommand, []byte{0x06, 0x00}) // MEM, BME, INTx enabled
+	if got := binary.LittleEndian.Uint16(d.cfg[pci.RegCommand:]); got != 0x0006 {
+		t.Errorf("device command %#04x, want 0x0006 (INTx left enabled)", got)
+	}
+	p.WriteConfig(pci.RegCommand, []byte{0x06, 0x04})
+	if got := binary.LittleEndian.Uint16(d.cfg[pci.RegCommand:]); got != 0x0406 {
+		t.Errorf("device command %#04x, want 0x0406 (INTx disabled by the guest)", got)
+	}
+	for name, o := range map[string]*INTx{"no eventfds": nil, "no pin": {Trigger: 7, Unmask: 8}} {
+		d := &intxFake{fakeDevice: newFakeDevice()}
+		if name != "no pin" {
+			d.cfg[pci.RegIntPin] = 1
+		}
+		p, err := NewPCI(d, "0000:00:01.1", PCIOptions{Router: nopRouter{},
+			EventFD: func(v int) (int, error) { return 100 + v, nil }, INTx: o})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.ReadConfig(pci.RegIntPin, pin[:]); pin[0] != 0 || p.INTx() || len(d.calls) != 0 {
+			t.Errorf("%s: pin %d, INTx() %v, calls %v: want none", name, pin[0], p.INTx(), d.calls)
+		}
 	}
 }

@@ -1,9 +1,9 @@
 // Command nvmeback is the hyperroot.run job of the e2e test TestPassthrough:
 // it waits until the NVMe controller at the PCI address given as its first
 // argument is the appliance's again (the nvme driver has it back from
-// vfio-pci, once the VM it was passed through to is gone), then reads the
-// first MiB of its first namespace through the appliance's own block
-// device and prints its checksum: what the VM wrote, read by the host.
+// vfio-pci, once the VM it was passed through to is gone), then mounts the
+// filesystem the VM made on its first namespace with the appliance's own
+// driver and kernel and prints the checksum of the file the VM wrote.
 // Before and after, it prints what the management API says of the VM's
 // device (the VM is its third argument).
 //
@@ -24,6 +24,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/internal/api"
 	"github.com/hyperroot/hyperroot/internal/hostpci"
@@ -56,17 +58,33 @@ func main() {
 	fmt.Printf("nvmeback: %s has its driver back: nvme, namespace %s\n", os.Args[1], dev)
 	d := device(os.Args[3])
 	fmt.Printf("nvmeback: api: vm %s device %s at %s %s (driver %s)\n", os.Args[3], d.Device, d.Address, d.State, d.Driver)
-	f, err := os.Open(dev)
+	b, err := readPattern(dev + "p1")
 	if err != nil {
 		fmt.Printf("nvmeback: %v\n", err)
 		os.Exit(1)
 	}
-	b := make([]byte, 1<<20)
-	if _, err := f.ReadAt(b, 0); err != nil {
-		fmt.Printf("nvmeback: read %s: %v\n", dev, err)
-		os.Exit(1)
+	fmt.Printf("nvmeback: %sp1 pattern sha256 %x\n", dev, sha256.Sum256(b))
+}
+
+// readPattern mounts part, the filesystem the guest made, read-only with
+// the appliance's kernel and reads the file the guest wrote there.
+func readPattern(part string) ([]byte, error) {
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if _, err := os.Stat(part); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			return nil, err
+		}
 	}
-	fmt.Printf("nvmeback: %s sha256 %x\n", dev, sha256.Sum256(b))
+	dir, err := os.MkdirTemp("", "nvmeback-")
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Mount(part, dir, "ext4", unix.MS_RDONLY, ""); err != nil {
+		return nil, fmt.Errorf("mount %s: %w", part, err)
+	}
+	defer unix.Unmount(dir, 0)
+	return os.ReadFile(filepath.Join(dir, "pattern"))
 }
 
 // namespace is the block device of namespace 1 (by its NSID) of the
