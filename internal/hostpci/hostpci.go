@@ -257,6 +257,21 @@ func (s Sysfs) NVMeNamespace(ctrl string, nsid uint32) string {
 	return ""
 }
 
+// NVMeNamespaceNode is the device node under devDir (/dev) of
+// NVMeNamespace's block device, "" until both exist: the kernel names the
+// block device first and devtmpfs makes the node after.
+func (s Sysfs) NVMeNamespaceNode(ctrl string, nsid uint32, devDir string) string {
+	name := s.NVMeNamespace(ctrl, nsid)
+	if name == "" {
+		return ""
+	}
+	node := filepath.Join(devDir, name)
+	if _, err := os.Stat(node); err != nil {
+		return ""
+	}
+	return node
+}
+
 // VFIODriver is the driver a device must have to be passed through.
 const VFIODriver = "vfio-pci"
 

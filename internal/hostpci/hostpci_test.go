@@ -137,4 +137,18 @@ func TestNVMeNamespace(t *testing.T) {
 	if got := fs.NVMeNamespace("nvme9", 2); got != "" {
 		t.Errorf("no such controller: %q", got)
 	}
+	// The node: none until devtmpfs has made it.
+	dev := t.TempDir()
+	if got := fs.NVMeNamespaceNode("nvme0", 5, dev); got != "" {
+		t.Errorf("node before it exists: %q", got)
+	}
+	if err := os.WriteFile(filepath.Join(dev, "nvme0n2"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := fs.NVMeNamespaceNode("nvme0", 5, dev), filepath.Join(dev, "nvme0n2"); got != want {
+		t.Errorf("node: %q, want %q", got, want)
+	}
+	if got := fs.NVMeNamespaceNode("nvme0", 1, dev); got != "" {
+		t.Errorf("node of no namespace: %q", got)
+	}
 }

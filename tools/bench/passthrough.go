@@ -121,11 +121,7 @@ func preparePassthrough(pf *hostpci.Device, ctl *nvme.Controller, name string) (
 		if time.Now().After(deadline) {
 			return nil, "", fmt.Errorf("%s: namespace 2 attached, no block device for it after a minute", name)
 		}
-		if dev := (hostpci.Sysfs{}).NVMeNamespace(name, 2); dev != "" {
-			if _, err := os.Stat("/dev/" + dev); err == nil {
-				ns2 = "/dev/" + dev
-			}
-		}
+		ns2 = hostpci.Sysfs{}.NVMeNamespaceNode(name, 2, "/dev")
 	}
 	addr, err := pf.VF(0)
 	if err != nil {

@@ -1,6 +1,7 @@
 package pci
 
 import (
+	"cmp"
 	"encoding/binary"
 	"fmt"
 	"slices"
@@ -263,15 +264,7 @@ func (b *Bus) reroute() {
 			}
 		}
 	}
-	slices.SortStableFunc(rs, func(x, y route) int {
-		switch {
-		case x.start < y.start:
-			return -1
-		case x.start > y.start:
-			return 1
-		}
-		return 0
-	})
+	slices.SortStableFunc(rs, func(x, y route) int { return cmp.Compare(x.start, y.start) })
 	kept := rs[:0]
 	for _, r := range rs {
 		if len(kept) > 0 && r.start < kept[len(kept)-1].end {

@@ -1,6 +1,7 @@
 package vfio
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -118,15 +119,7 @@ func directSpans(size uint64, areas, trapped []Span, page uint64) []Span {
 		}
 		out = append(out, pieces...)
 	}
-	slices.SortFunc(out, func(a, b Span) int {
-		switch {
-		case a.Off < b.Off:
-			return -1
-		case a.Off > b.Off:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b Span) int { return cmp.Compare(a.Off, b.Off) })
 	// Areas may overlap: merge.
 	var merged []Span
 	for _, s := range out {

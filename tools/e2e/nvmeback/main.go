@@ -98,14 +98,7 @@ func namespace(addr string) string {
 	if name == "" {
 		return ""
 	}
-	dev := hostpci.Sysfs{}.NVMeNamespace(name, 1)
-	if dev == "" {
-		return ""
-	}
-	if _, err := os.Stat("/dev/" + dev); err != nil {
-		return ""
-	}
-	return "/dev/" + dev
+	return hostpci.Sysfs{}.NVMeNamespaceNode(name, 1, "/dev")
 }
 
 // keepVFsDecoding sets memory space enable in the command register of each
