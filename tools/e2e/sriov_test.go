@@ -40,14 +40,14 @@ func deviceVM(name, action string, seed int, device string, extra ...string) str
 // TestPassthrough: an appliance with an emulated IOMMU and NVMe
 // controllers, one of them an SR-IOV physical function. The appliance
 // enables two virtual functions, brings their secondary controllers online
-// and attaches one namespace to each; two VMs get a VF each and a third a
-// whole controller, and each guest writes its own pattern through the
-// nvme driver with O_DIRECT and fsync. Bad inputs fail their VM only,
-// with an error that names it, the device and why. After the VMs, the
-// whole controller is the appliance's again (its driver reads the
-// pattern back), and on the host each namespace file holds its VM's
-// pattern and nothing of the others'. A second appliance, without an
-// IOMMU, cannot give a device at all.
+// and attaches one namespace to each; two VMs get a VF each (MSI-X) and a
+// third a whole controller, whose guest uses no MSI (INTx) and formats it;
+// the VF guests write their own pattern with O_DIRECT and fsync. Bad
+// inputs fail their VM only, with an error that names it, the device and
+// why. After the VMs, the whole controller is the appliance's again (it
+// mounts the guest's filesystem and reads its file), and on the host each
+// disk holds its VM's data and nothing of the others'. A second
+// appliance, without an IOMMU, cannot give a device at all.
 func TestPassthrough(t *testing.T) {
 	parallel(t)
 	dir := t.TempDir()

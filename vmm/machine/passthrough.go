@@ -52,7 +52,7 @@ func (m *Machine) passthrough(cfg Config) error {
 		}
 		m.vfioPCI = append(m.vfioPCI, p)
 		router.max = p.Vectors()
-		if n := dev.MSIXVectors(); n < p.Vectors() {
+		if n := dev.MSIXVectors(); !p.MSI() && n < p.Vectors() {
 			return fmt.Errorf("vfio: %s: its MSI-X capability has %d vectors, VFIO routes %d", d.PCI, p.Vectors(), n)
 		}
 		slot, err := m.pci.Add(p)
@@ -74,8 +74,15 @@ func (m *Machine) passthrough(cfg Config) error {
 				bars += fmt.Sprintf(" (%dK mapped)", n>>10)
 			}
 		}
-		fmt.Fprintf(os.Stderr, "hyperroot vmm: device %s (%s) passed through: slot %d,%s, MSI-X %d vectors%s, reset=%v\n",
-			d.PCI, p.ID(), slot, bars, p.Vectors(), intxNote, dev.Resettable())
+		msi := fmt.Sprintf("MSI-X %d vectors", p.Vectors())
+		switch {
+		case p.MSI():
+			msi = fmt.Sprintf("MSI %d vectors", p.Vectors())
+		case p.Vectors() == 0:
+			msi = "no MSI"
+		}
+		fmt.Fprintf(os.Stderr, "hyperroot vmm: device %s (%s) passed through: slot %d,%s, %s%s, reset=%v\n",
+			d.PCI, p.ID(), slot, bars, msi, intxNote, dev.Resettable())
 	}
 	return nil
 }

@@ -34,13 +34,36 @@ func (d *msixDev) ReadBAR(i int, off uint64, data []byte) {
 }
 func (d *msixDev) WriteBAR(i int, off uint64, data []byte) { d.msix.WriteBAR(i, off, data) }
 
+// msiDev is a device with an MSI capability (4 vectors), as a
+// passed-through device without MSI-X shows (vmm/vfio).
+type msiDev struct{ *ConfigSpace }
+
+func newMSIDev(t testing.TB) *msiDev {
+	m, err := NewMSI(MSIOptions{Vectors: 4, Router: &fakeRouter{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewConfigSpace(testID(), BAR{Index: 0, Size: 0x1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.AddCapability(m); err != nil {
+		t.Fatal(err)
+	}
+	return &msiDev{c}
+}
+
+func (d *msiDev) MoveBAR(int, uint64, uint64) error      { return nil }
+func (d *msiDev) ReadBAR(i int, off uint64, data []byte) { allOnes(data) }
+func (d *msiDev) WriteBAR(int, uint64, []byte)           {}
+
 // op is one guest access decoded from fuzz input: 1 byte kind and width,
 // 4 bytes offset, 8 bytes data.
 const opSize = 13
 
 // FuzzConfigAccess drives conf1, ECAM and the BAR windows with arbitrary
-// accesses (a guest reprogramming BARs, MSI-X and the command register at
-// random) and checks that nothing panics and the routing stays sane:
+// accesses (a guest reprogramming BARs, MSI-X, MSI and the command
+// register at random) and checks that nothing panics and the routing stays sane:
 // sorted, non-overlapping, inside the windows.
 func FuzzConfigAccess(f *testing.F) {
 	seed := func(ops ...[]byte) []byte {
@@ -63,6 +86,7 @@ func FuzzConfigAccess(f *testing.F) {
 		b, _ := newBus(t)
 		b.Add(newTestDev(t, BAR{Index: 0, Size: 0x1000}))
 		b.Add(newMSIXDev(t))
+		b.Add(newMSIDev(t))
 		ws := b.Windows()
 		for ; len(in) >= opSize; in = in[opSize:] {
 			kind, width := in[0]%6, 1<<(in[0]>>3&3)

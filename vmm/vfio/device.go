@@ -61,6 +61,7 @@ const (
 	// Region and interrupt indices of a PCI device.
 	configRegion = 7
 	intxIRQ      = 0
+	msiIRQ       = 1
 	msixIRQ      = 2
 )
 
@@ -119,6 +120,7 @@ type Device struct {
 	regions   [configRegion + 1]Region // BAR0-5, ROM, config
 	msix      uint32                   // MSI-X vectors VFIO offers
 	intx      bool                     // VFIO can route its INTx (it has a pin)
+	msi       uint32                   // MSI vectors VFIO offers
 }
 
 // Open attaches group (a descriptor of /dev/vfio/N) to container (one of
@@ -188,6 +190,12 @@ func Open(container, group int, addr string) (*Device, error) {
 		ii := irqInfo{argsz: uint32(unsafe.Sizeof(irqInfo{})), index: msixIRQ}
 		if _, err := ioctl(fd, ioDeviceIRQInfo, unsafe.Pointer(&ii)); err == nil {
 			d.msix = ii.count
+		}
+	}
+	if info.numIRQs > msiIRQ {
+		ii := irqInfo{argsz: uint32(unsafe.Sizeof(irqInfo{})), index: msiIRQ}
+		if _, err := ioctl(fd, ioDeviceIRQInfo, unsafe.Pointer(&ii)); err == nil {
+			d.msi = ii.count
 		}
 	}
 	if info.numIRQs > intxIRQ {
@@ -295,6 +303,23 @@ func (d *Device) SetMSIX(fds []int) error {
 			what = "disable"
 		}
 		return fmt.Errorf("vfio: %s: %s MSI-X (%d vectors): %w", d.Addr, what, len(fds), err)
+	}
+	return nil
+}
+
+// MSIVectors is how many MSI vectors VFIO can route for the device.
+func (d *Device) MSIVectors() int { return int(d.msi) }
+
+// SetMSI makes vector i of the device's MSI signal fds[i] (enabling MSI
+// with len(fds) vectors), or with no fds disables it. The vector count of
+// an enabled MSI cannot change: disable it first.
+func (d *Device) SetMSI(fds []int) error {
+	if err := d.setIRQs(msiIRQ, irqTrigger, fds); err != nil {
+		what := "enable"
+		if len(fds) == 0 {
+			what = "disable"
+		}
+		return fmt.Errorf("vfio: %s: %s MSI (%d vectors): %w", d.Addr, what, len(fds), err)
 	}
 	return nil
 }

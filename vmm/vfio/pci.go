@@ -50,6 +50,12 @@ type PCIOptions struct {
 // INTx are the eventfds of a device's legacy interrupt (PCIOptions.INTx).
 type INTx struct{ Trigger, Unmask int }
 
+// msiDevice is what a Regions offers for MSI; *Device does.
+type msiDevice interface {
+	MSIVectors() int
+	SetMSI(fds []int) error
+}
+
 // intxDevice is what a Regions offers for INTx; *Device does.
 type intxDevice interface {
 	HasINTx() bool
@@ -114,6 +120,9 @@ type PCI struct {
 	direct [6][]direct
 	mu     sync.Mutex
 	msixOn bool       // the device's MSI-X is enabled (SetMSIX)
+	msi    *pci.MSI   // the emulated MSI capability of a device without MSI-X
+	msiDev msiDevice  // the device, for its MSI
+	msiOn  int        // vectors of the device's MSI enabled (SetMSI)
 	intx   intxDevice // nil: no INTx shown
 	cmd    uint16     // what the device's command register was last given
 }
@@ -175,26 +184,51 @@ func NewPCI(dev Regions, addr string, o PCIOptions) (*PCI, error) {
 		return nil, fmt.Errorf("vfio: %s: %w", addr, err)
 	}
 	p.ConfigSpace = cs
-	off, ok := findCapability(cfg[:], capMSIX)
-	if !ok {
-		return nil, fmt.Errorf("vfio: %s: no MSI-X capability: only MSI-X devices can be passed through yet", addr)
-	}
-	ctl, table, pba := le.Uint16(cfg[off+2:]), le.Uint32(cfg[off+4:]), le.Uint32(cfg[off+8:])
-	p.vecs = int(ctl&0x7ff) + 1
-	p.msix, err = pci.NewMSIX(pci.MSIXOptions{
-		Vectors: p.vecs, TableBAR: int(table & 7), TableOffset: table &^ 7, PBABAR: int(pba & 7), PBAOffset: pba &^ 7,
-		Router: o.Router, Errors: o.Errors,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("vfio: %s: %w", addr, err)
-	}
-	for _, b := range []int{int(table & 7), int(pba & 7)} {
-		if p.bars[b] == 0 {
-			return nil, fmt.Errorf("vfio: %s: MSI-X table or PBA in BAR %d, which is not a memory BAR", addr, b)
+	trapped := map[int][]Span{}
+	switch off, ok := findCapability(cfg[:], capMSIX); {
+	case ok:
+		ctl, table, pba := le.Uint16(cfg[off+2:]), le.Uint32(cfg[off+4:]), le.Uint32(cfg[off+8:])
+		p.vecs = int(ctl&0x7ff) + 1
+		p.msix, err = pci.NewMSIX(pci.MSIXOptions{
+			Vectors: p.vecs, TableBAR: int(table & 7), TableOffset: table &^ 7, PBABAR: int(pba & 7), PBAOffset: pba &^ 7,
+			Router: o.Router, Errors: o.Errors,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("vfio: %s: %w", addr, err)
 		}
-	}
-	if _, err := cs.AddCapability(msixCap{p}); err != nil {
-		return nil, fmt.Errorf("vfio: %s: %w", addr, err)
+		for _, b := range []int{int(table & 7), int(pba & 7)} {
+			if p.bars[b] == 0 {
+				return nil, fmt.Errorf("vfio: %s: MSI-X table or PBA in BAR %d, which is not a memory BAR", addr, b)
+			}
+		}
+		if _, err := cs.AddCapability(msixCap{p}); err != nil {
+			return nil, fmt.Errorf("vfio: %s: %w", addr, err)
+		}
+		trapped[int(table&7)] = append(trapped[int(table&7)], Span{uint64(table &^ 7), uint64(p.vecs) * 16})
+		trapped[int(pba&7)] = append(trapped[int(pba&7)], Span{uint64(pba &^ 7), uint64(p.vecs+63) / 64 * 8})
+	default:
+		off, ok := findCapability(cfg[:], pci.CapMSI)
+		d, can := dev.(msiDevice)
+		if !ok || !can || d.MSIVectors() == 0 {
+			if p.intx == nil {
+				return nil, fmt.Errorf("vfio: %s: no MSI-X or MSI capability and no INTx: the device cannot interrupt its guest", addr)
+			}
+			break // INTx alone
+		}
+		// As many vectors as the device asks for (Multiple Message
+		// Capable) and VFIO routes, in a power of two.
+		p.vecs = 1 << ((le.Uint16(cfg[off+2:]) >> 1) & 7)
+		for p.vecs > max(d.MSIVectors(), 1) {
+			p.vecs /= 2
+		}
+		p.msi, err = pci.NewMSI(pci.MSIOptions{Vectors: p.vecs, Router: o.Router, Errors: o.Errors})
+		if err != nil {
+			return nil, fmt.Errorf("vfio: %s: %w", addr, err)
+		}
+		p.msiDev = d
+		if _, err := cs.AddCapability(msiCap{p}); err != nil {
+			return nil, fmt.Errorf("vfio: %s: %w", addr, err)
+		}
 	}
 	if p.intx != nil {
 		if err := p.intx.SetINTx(o.INTx.Trigger, o.INTx.Unmask); err != nil {
@@ -202,9 +236,6 @@ func NewPCI(dev Regions, addr string, o PCIOptions) (*PCI, error) {
 		}
 	}
 	if m, ok := dev.(mapper); ok && o.Slots != nil {
-		trapped := map[int][]Span{}
-		trapped[int(table&7)] = append(trapped[int(table&7)], Span{uint64(table &^ 7), uint64(p.vecs) * 16})
-		trapped[int(pba&7)] = append(trapped[int(pba&7)], Span{uint64(pba &^ 7), uint64(p.vecs+63) / 64 * 8})
 		if err := p.mapBARs(m, trapped); err != nil {
 			p.Close()
 			return nil, err
@@ -293,7 +324,8 @@ func (p *PCI) ID() string {
 	return fmt.Sprintf("%04x:%04x", le.Uint16(b[:]), le.Uint16(b[2:]))
 }
 
-// Vectors is how many MSI-X vectors the device has.
+// Vectors is how many MSI-X vectors the device has, or MSI vectors when
+// it shows MSI (0 with INTx alone).
 func (p *PCI) Vectors() int { return p.vecs }
 
 // msixCap is the MSI-X capability the guest sees: pci.MSIX, and on each
@@ -347,6 +379,70 @@ func (p *PCI) syncMSIX() {
 		}
 	}
 }
+
+// msiCap is the MSI capability the guest sees: pci.MSI, and on each write
+// the device's MSI following the enabled vector count.
+type msiCap struct{ p *PCI }
+
+func (c msiCap) CapabilityID() byte                  { return pci.CapMSI }
+func (c msiCap) CapabilityLen() int                  { return c.p.msi.CapabilityLen() }
+func (c msiCap) ReadCapability(off int, data []byte) { c.p.msi.ReadCapability(off, data) }
+func (c msiCap) WriteCapability(off int, data []byte) {
+	c.p.msi.WriteCapability(off, data)
+	c.p.syncMSI()
+}
+
+// syncMSI enables the device's MSI with as many vectors as the guest
+// enabled, each signalling its irqfd, and disables it when the guest has;
+// VFIO changes a vector count only through disabled, and allows INTx or
+// MSI, so INTx goes off while MSI is on.
+func (p *PCI) syncMSI() {
+	n := p.msi.Enabled()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n == p.msiOn {
+		return
+	}
+	if p.msiOn > 0 {
+		if err := p.msiDev.SetMSI(nil); err != nil {
+			p.fail(err)
+			return
+		}
+		p.msiOn = 0
+	}
+	if n == 0 {
+		if p.intx != nil {
+			if err := p.intx.SetINTx(p.opts.INTx.Trigger, p.opts.INTx.Unmask); err != nil {
+				p.fail(err)
+			}
+		}
+		return
+	}
+	var fds []int
+	for v := range n {
+		fd, err := p.opts.EventFD(v)
+		if err != nil {
+			p.fail(fmt.Errorf("vfio: %s: enable MSI: vector %d eventfd: %w", p.addr, v, err))
+			return
+		}
+		fds = append(fds, fd)
+	}
+	if p.intx != nil {
+		if err := p.intx.SetINTx(-1, -1); err != nil {
+			p.fail(err)
+			return
+		}
+	}
+	if err := p.msiDev.SetMSI(fds); err != nil {
+		p.fail(err)
+		return
+	}
+	p.msiOn = n
+}
+
+// MSI says whether the guest sees an MSI capability (the device has MSI
+// and no MSI-X).
+func (p *PCI) MSI() bool { return p.msi != nil }
 
 // INTx says whether the guest sees the device's INTx (pin INTA#).
 func (p *PCI) INTx() bool { return p.intx != nil }
@@ -414,7 +510,7 @@ func (p *PCI) MoveBAR(i int, _, to uint64) error {
 // ReadBAR serves the MSI-X table and PBA, and reads anything else from the
 // device's BAR.
 func (p *PCI) ReadBAR(i int, off uint64, data []byte) {
-	if p.msix.ReadBAR(i, off, data) {
+	if p.msix != nil && p.msix.ReadBAR(i, off, data) {
 		return
 	}
 	if err := p.access(i, off, data, false); err != nil {
@@ -428,7 +524,7 @@ func (p *PCI) ReadBAR(i int, off uint64, data []byte) {
 // WriteBAR serves the MSI-X table, and writes anything else to the
 // device's BAR.
 func (p *PCI) WriteBAR(i int, off uint64, data []byte) {
-	if p.msix.WriteBAR(i, off, data) {
+	if p.msix != nil && p.msix.WriteBAR(i, off, data) {
 		return
 	}
 	if err := p.access(i, off, data, true); err != nil {

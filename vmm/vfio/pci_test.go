@@ -450,3 +450,71 @@ func TestPCIINTx(t *testing.T) {
 		}
 	}
 }
+
+// msiFake is fakeDevice with MSI (4 vectors, 64-bit) where its MSI-X was,
+// and INTx; calls records its interrupt changes in order.
+type msiFake struct {
+	intxFake
+	vfioVectors int
+}
+
+func newMSIFake(vfioVectors int) *msiFake {
+	d := &msiFake{intxFake: intxFake{fakeDevice: newFakeDevice()}, vfioVectors: vfioVectors}
+	d.cfg[0x60] = pci.CapMSI
+	binary.LittleEndian.PutUint16(d.cfg[0x62:], 2<<1|1<<7)
+	d.cfg[pci.RegIntPin] = 1
+	return d
+}
+
+func (d *msiFake) MSIVectors() int { return d.vfioVectors }
+func (d *msiFake) SetMSI(fds []int) error {
+	d.calls = append(d.calls, fmt.Sprintf("msi %v", fds))
+	return nil
+}
+
+// TestPCIMSI: a device with MSI and no MSI-X shows an MSI capability with
+// as many vectors as both it and VFIO have; the guest enabling 2 vectors
+// enables the device's MSI with their two eventfds (INTx off first),
+// enabling 4 goes through disabled (VFIO's rule), disabling brings INTx
+// back. Its whole BAR is mapped: no MSI-X table to trap.
+func TestPCIMSI(t *testing.T) {
+	d := newMSIFake(4)
+	p, err := NewPCI(d, "0000:00:04.0", PCIOptions{Router: nopRouter{},
+		EventFD: func(v int) (int, error) { return 100 + v, nil }, INTx: &INTx{Trigger: 7, Unmask: 8}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	off, ok := findCapability(configBytes(p), pci.CapMSI)
+	if !ok || !p.MSI() || p.Vectors() != 4 {
+		t.Fatalf("MSI capability shown: %v, MSI() %v, Vectors() %d", ok, p.MSI(), p.Vectors())
+	}
+	if _, ok := findCapability(configBytes(p), capMSIX); ok {
+		t.Error("an MSI-X capability is shown")
+	}
+	p.WriteConfig(off+2, []byte{0x01 | 1<<4}) // enable, 2 vectors
+	p.WriteConfig(off+2, []byte{0x01 | 2<<4}) // 4 vectors
+	p.WriteConfig(off+2, []byte{0x00})        // off
+	want := []string{"intx 7 8", "intx -1 -1", "msi [100 101]", "msi []", "intx -1 -1", "msi [100 101 102 103]", "msi []", "intx 7 8"}
+	if !slices.Equal(d.calls, want) {
+		t.Errorf("interrupt calls:\n%v\nwant:\n%v", d.calls, want)
+	}
+	// VFIO routes fewer than the device asks for: the guest is offered
+	// what VFIO has.
+	if p, err := NewPCI(newMSIFake(2), "0000:00:04.0", PCIOptions{Router: nopRouter{},
+		EventFD: func(v int) (int, error) { return 100 + v, nil }}); err != nil || p.Vectors() != 2 {
+		t.Errorf("VFIO with 2 vectors: %v vectors, %v", p.Vectors(), err)
+	}
+	// No MSI at all and no INTx: refused, saying why.
+	none := newMSIFake(0)
+	if _, err := NewPCI(none, "0000:00:04.0", PCIOptions{Router: nopRouter{},
+		EventFD: func(v int) (int, error) { return 100 + v, nil }}); err == nil || !strings.Contains(err.Error(), "cannot interrupt") {
+		t.Errorf("a device that cannot interrupt: %v", err)
+	}
+}
+
+// configBytes is the configuration space the guest reads.
+func configBytes(p *PCI) []byte {
+	b := make([]byte, 256)
+	p.ReadConfig(0, b)
+	return b
+}
