@@ -296,16 +296,7 @@ func (d *Device) MSIXVectors() int { return int(d.msix) }
 
 // SetMSIX makes vector i of the device's MSI-X signal fds[i], all of them
 // at once (enabling MSI-X on the device), or with no fds disables it.
-func (d *Device) SetMSIX(fds []int) error {
-	if err := d.setIRQs(msixIRQ, irqTrigger, fds); err != nil {
-		what := "enable"
-		if len(fds) == 0 {
-			what = "disable"
-		}
-		return fmt.Errorf("vfio: %s: %s MSI-X (%d vectors): %w", d.Addr, what, len(fds), err)
-	}
-	return nil
-}
+func (d *Device) SetMSIX(fds []int) error { return d.setVectors(msixIRQ, "MSI-X", fds) }
 
 // MSIVectors is how many MSI vectors VFIO can route for the device.
 func (d *Device) MSIVectors() int { return int(d.msi) }
@@ -313,13 +304,16 @@ func (d *Device) MSIVectors() int { return int(d.msi) }
 // SetMSI makes vector i of the device's MSI signal fds[i] (enabling MSI
 // with len(fds) vectors), or with no fds disables it. The vector count of
 // an enabled MSI cannot change: disable it first.
-func (d *Device) SetMSI(fds []int) error {
-	if err := d.setIRQs(msiIRQ, irqTrigger, fds); err != nil {
+func (d *Device) SetMSI(fds []int) error { return d.setVectors(msiIRQ, "MSI", fds) }
+
+// setVectors is SetMSIX and SetMSI for interrupt index, named name.
+func (d *Device) setVectors(index uint32, name string, fds []int) error {
+	if err := d.setIRQs(index, irqTrigger, fds); err != nil {
 		what := "enable"
 		if len(fds) == 0 {
 			what = "disable"
 		}
-		return fmt.Errorf("vfio: %s: %s MSI (%d vectors): %w", d.Addr, what, len(fds), err)
+		return fmt.Errorf("vfio: %s: %s %s (%d vectors): %w", d.Addr, what, name, len(fds), err)
 	}
 	return nil
 }

@@ -201,7 +201,7 @@ func NewPCI(dev Regions, addr string, o PCIOptions) (*PCI, error) {
 				return nil, fmt.Errorf("vfio: %s: MSI-X table or PBA in BAR %d, which is not a memory BAR", addr, b)
 			}
 		}
-		if _, err := cs.AddCapability(msixCap{p}); err != nil {
+		if _, err := cs.AddCapability(syncedCap{p.msix, p.syncMSIX}); err != nil {
 			return nil, fmt.Errorf("vfio: %s: %w", addr, err)
 		}
 		trapped[int(table&7)] = append(trapped[int(table&7)], Span{uint64(table &^ 7), uint64(p.vecs) * 16})
@@ -226,7 +226,7 @@ func NewPCI(dev Regions, addr string, o PCIOptions) (*PCI, error) {
 			return nil, fmt.Errorf("vfio: %s: %w", addr, err)
 		}
 		p.msiDev = d
-		if _, err := cs.AddCapability(msiCap{p}); err != nil {
+		if _, err := cs.AddCapability(syncedCap{p.msi, p.syncMSI}); err != nil {
 			return nil, fmt.Errorf("vfio: %s: %w", addr, err)
 		}
 	}
@@ -328,16 +328,17 @@ func (p *PCI) ID() string {
 // it shows MSI (0 with INTx alone).
 func (p *PCI) Vectors() int { return p.vecs }
 
-// msixCap is the MSI-X capability the guest sees: pci.MSIX, and on each
-// write the device's MSI-X following the enable bit.
-type msixCap struct{ p *PCI }
+// syncedCap is an emulated interrupt capability the guest sees (pci.MSIX,
+// pci.MSI) with the device following each write: sync is syncMSIX or
+// syncMSI.
+type syncedCap struct {
+	pci.Capability
+	sync func()
+}
 
-func (c msixCap) CapabilityID() byte                  { return capMSIX }
-func (c msixCap) CapabilityLen() int                  { return c.p.msix.CapabilityLen() }
-func (c msixCap) ReadCapability(off int, data []byte) { c.p.msix.ReadCapability(off, data) }
-func (c msixCap) WriteCapability(off int, data []byte) {
-	c.p.msix.WriteCapability(off, data)
-	c.p.syncMSIX()
+func (c syncedCap) WriteCapability(off int, data []byte) {
+	c.Capability.WriteCapability(off, data)
+	c.sync()
 }
 
 // syncMSIX enables the device's MSI-X, every vector signalling its irqfd,
@@ -353,17 +354,12 @@ func (p *PCI) syncMSIX() {
 	}
 	var fds []int
 	if on {
-		for v := range p.vecs {
-			fd, err := p.opts.EventFD(v)
-			if err != nil {
-				p.fail(fmt.Errorf("vfio: %s: enable MSI-X: vector %d eventfd: %w", p.addr, v, err))
-				return
-			}
-			fds = append(fds, fd)
+		var err error
+		if fds, err = p.eventFDs(p.vecs, "MSI-X"); err != nil {
+			p.fail(err)
+			return
 		}
-	}
-	if on && p.intx != nil {
-		if err := p.intx.SetINTx(-1, -1); err != nil {
+		if err := p.intxOff(); err != nil {
 			p.fail(err)
 			return
 		}
@@ -373,23 +369,41 @@ func (p *PCI) syncMSIX() {
 		return
 	}
 	p.msixOn = on
-	if !on && p.intx != nil {
-		if err := p.intx.SetINTx(p.opts.INTx.Trigger, p.opts.INTx.Unmask); err != nil {
+	if !on {
+		if err := p.intxOn(); err != nil {
 			p.fail(err)
 		}
 	}
 }
 
-// msiCap is the MSI capability the guest sees: pci.MSI, and on each write
-// the device's MSI following the enabled vector count.
-type msiCap struct{ p *PCI }
+// eventFDs are the irqfd eventfds of the first n vectors, for VFIO to
+// signal (what names the interrupt kind in errors).
+func (p *PCI) eventFDs(n int, what string) ([]int, error) {
+	fds := make([]int, 0, n)
+	for v := range n {
+		fd, err := p.opts.EventFD(v)
+		if err != nil {
+			return nil, fmt.Errorf("vfio: %s: enable %s: vector %d eventfd: %w", p.addr, what, v, err)
+		}
+		fds = append(fds, fd)
+	}
+	return fds, nil
+}
 
-func (c msiCap) CapabilityID() byte                  { return pci.CapMSI }
-func (c msiCap) CapabilityLen() int                  { return c.p.msi.CapabilityLen() }
-func (c msiCap) ReadCapability(off int, data []byte) { c.p.msi.ReadCapability(off, data) }
-func (c msiCap) WriteCapability(off int, data []byte) {
-	c.p.msi.WriteCapability(off, data)
-	c.p.syncMSI()
+// intxOff and intxOn disable and enable the device's INTx in VFIO, where
+// it is connected: VFIO allows one of INTx, MSI and MSI-X at a time.
+func (p *PCI) intxOff() error {
+	if p.intx == nil {
+		return nil
+	}
+	return p.intx.SetINTx(-1, -1)
+}
+
+func (p *PCI) intxOn() error {
+	if p.intx == nil {
+		return nil
+	}
+	return p.intx.SetINTx(p.opts.INTx.Trigger, p.opts.INTx.Unmask)
 }
 
 // syncMSI enables the device's MSI with as many vectors as the guest
@@ -411,27 +425,19 @@ func (p *PCI) syncMSI() {
 		p.msiOn = 0
 	}
 	if n == 0 {
-		if p.intx != nil {
-			if err := p.intx.SetINTx(p.opts.INTx.Trigger, p.opts.INTx.Unmask); err != nil {
-				p.fail(err)
-			}
+		if err := p.intxOn(); err != nil {
+			p.fail(err)
 		}
 		return
 	}
-	var fds []int
-	for v := range n {
-		fd, err := p.opts.EventFD(v)
-		if err != nil {
-			p.fail(fmt.Errorf("vfio: %s: enable MSI: vector %d eventfd: %w", p.addr, v, err))
-			return
-		}
-		fds = append(fds, fd)
+	fds, err := p.eventFDs(n, "MSI")
+	if err != nil {
+		p.fail(err)
+		return
 	}
-	if p.intx != nil {
-		if err := p.intx.SetINTx(-1, -1); err != nil {
-			p.fail(err)
-			return
-		}
+	if err := p.intxOff(); err != nil {
+		p.fail(err)
+		return
 	}
 	if err := p.msiDev.SetMSI(fds); err != nil {
 		p.fail(err)
