@@ -214,7 +214,7 @@ func format(f *os.File, size int64, label string) error {
 	fs, err := ext4.Create(b, length, start, sector, &ext4.Params{
 		VolumeName:      label,
 		SectorsPerBlock: 8, // 4 KiB blocks
-		Features:        features(length),
+		Features:        features(),
 	})
 	if err != nil {
 		return fmt.Errorf("ext4: %w", err)
@@ -225,17 +225,16 @@ func format(f *os.File, size int64, label string) error {
 	return f.Sync()
 }
 
-// features are the ext4 features of a filesystem of length bytes.
-// Checksums on: Linux expects them of a new ext4, and the library reads its
-// own filesystems back only with them. Below two block groups (128 MiB of
-// 4 KiB blocks) no resize inode: it keeps its blocks in the backup groups,
-// which such a filesystem lacks, and go-diskfs refuses to make one.
-func features(length int64) []ext4.FeatureOpt {
-	f := []ext4.FeatureOpt{ext4.WithFeatureMetadataChecksums(true)}
-	if length < 2*32768*4096 {
-		f = append(f, ext4.WithFeatureReservedGDTBlocksForExpansion(false))
-	}
-	return f
+// features are the ext4 features of a new filesystem. Checksums on:
+// Linux expects them of a new ext4, and the library reads its own
+// filesystems back only with them. No resize inode: go-diskfs keeps its
+// reserved blocks in the backup groups and gets it wrong when there are
+// none (under two block groups, 128 MiB of 4 KiB blocks: it refuses) or
+// when the last group holds a backup and is short (386 or 642 MiB: e2fsck
+// finds the resize inode pointing past the end). Linux grows an ext4
+// without one; nothing here grows the data disk.
+func features() []ext4.FeatureOpt {
+	return []ext4.FeatureOpt{ext4.WithFeatureMetadataChecksums(true), ext4.WithFeatureReservedGDTBlocksForExpansion(false)}
 }
 
 // partitionPath is the node of partition n of disk dev: vda1, but

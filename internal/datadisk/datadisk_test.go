@@ -31,9 +31,11 @@ func newDisk(t *testing.T, size int64) *os.File {
 // TestFormat: an empty disk gets a GPT with one partition named
 // hyperroot-data and an ext4 filesystem labelled so, which e2fsprogs finds
 // clean; a disk with anything at either end is refused untouched. The
-// smallest disk formats too (one block group).
+// smallest disk formats too (one block group), and disks whose last block
+// group is short.
 func TestFormat(t *testing.T) {
-	for _, size := range []int64{256 << 20, MinSize} {
+	// 386 MiB: a short last block group (the fourth) holding a backup.
+	for _, size := range []int64{256 << 20, MinSize, 386 << 20} {
 		t.Run(fmt.Sprintf("%dM", size>>20), func(t *testing.T) { testFormat(t, size) })
 	}
 }

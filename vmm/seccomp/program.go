@@ -314,6 +314,9 @@ func load(p seccompbpf.Policy, tsync, nnp bool) error {
 		filter[i] = unix.SockFilter{Code: r.Op, Jt: r.Jt, Jf: r.Jf, K: r.K}
 	}
 	fprog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
+	// no_new_privs is per thread: set it on the thread that loads.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	if nnp {
 		if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 			return fmt.Errorf("no_new_privs: %w", err)

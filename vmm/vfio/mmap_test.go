@@ -2,6 +2,7 @@ package vfio
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -134,13 +135,17 @@ func (d *mappingDevice) Map(i int, s Span) ([]byte, error) {
 
 // slotLog records what a device asks of the VM's memory slots.
 type slotLog struct {
-	next  uint32
-	calls []string
+	next   uint32
+	calls  []string
+	refuse uint64 // a slot made at this address fails, as KVM refuses an overlap
 }
 
 func (l *slotLog) NewSlot() uint32 { l.next++; return 9 + l.next }
 func (l *slotLog) SetUserMemoryRegion(slot, flags uint32, gpa, size uint64, host uintptr) error {
 	l.calls = append(l.calls, fmt.Sprintf("slot %d gpa %#x size %#x", slot, gpa, size))
+	if size != 0 && gpa == l.refuse {
+		return errors.New("file exists")
+	}
 	return nil
 }
 
@@ -172,13 +177,25 @@ func TestDirectBAR(t *testing.T) {
 	must(p.MoveBAR(0, 0xd000_0000, 0)) // decoding off
 	must(p.MoveBAR(0, 0, 0xc000_0000))
 	must(p.MoveBAR(3, 0, 0xb000_0000)) // a BAR it lacks: nothing
+	// KVM refuses the slot where the guest puts the BAR next (over
+	// another): the piece stays trapped, and goes in at the move after.
+	slots.refuse = 0xa000_0000
+	if err := p.MoveBAR(0, 0xc000_0000, 0xa000_0000); err == nil {
+		t.Error("a refused slot did not fail the move")
+	}
+	if p.direct[0][0].gpa != 0 {
+		t.Errorf("a refused piece is mapped at %#x", p.direct[0][0].gpa)
+	}
+	must(p.MoveBAR(0, 0xa000_0000, 0x9000_0000))
 	must(p.Close())
 	want := []string{
 		"slot 10 gpa 0xe0000000 size 0x2000",
 		"slot 10 gpa 0xe0000000 size 0x0", "slot 10 gpa 0xd0000000 size 0x2000",
 		"slot 10 gpa 0xd0000000 size 0x0",
 		"slot 10 gpa 0xc0000000 size 0x2000",
-		"slot 10 gpa 0xc0000000 size 0x0",
+		"slot 10 gpa 0xc0000000 size 0x0", "slot 10 gpa 0xa0000000 size 0x2000", // refused
+		"slot 10 gpa 0x90000000 size 0x2000",
+		"slot 10 gpa 0x90000000 size 0x0",
 	}
 	if !slices.Equal(slots.calls, want) {
 		t.Errorf("slot calls:\n%s\nwant:\n%s", strings.Join(slots.calls, "\n"), strings.Join(want, "\n"))

@@ -13,7 +13,8 @@ import (
 )
 
 // Regions is what PCI needs of a device: its regions and its MSI-X
-// interrupts. *Device implements it; tests fake it.
+// interrupts (MSI, INTx and BAR mapping are optional interfaces: msiDevice,
+// intxDevice, mapper). *Device implements them all; tests fake them.
 type Regions interface {
 	Region(i int) Region
 	ReadRegion(i int, p []byte, off uint64) error
@@ -23,8 +24,8 @@ type Regions interface {
 
 // PCIOptions connect a passed-through device to the machine.
 type PCIOptions struct {
-	// Router routes the guest's MSI-X vectors (KVM GSI routes and
-	// irqfds), as for the VMM's own devices.
+	// Router routes the guest's MSI-X or MSI vectors (KVM GSI routes
+	// and irqfds), as for the VMM's own devices.
 	Router pci.MSIRouter
 	// EventFD is vector v's irqfd eventfd: VFIO signals it, KVM injects.
 	// Required, as Router is.
@@ -98,9 +99,10 @@ type direct struct {
 //   - the capability list holds only MSI-X, emulated (pci.MSIX) at the
 //     device's own table and PBA offsets so that its BAR layout holds: the
 //     guest's vector programming becomes KVM routes, and the device's MSI-X
-//     is enabled through VFIO with those vectors' irqfds. Power management,
-//     MSI, PCI Express and the extended capabilities (SR-IOV among them)
-//     are the host's business and not shown;
+//     is enabled through VFIO with those vectors' irqfds; or, for a device
+//     without MSI-X, MSI, emulated (pci.MSI) the same way. Power
+//     management, PCI Express and the extended capabilities (SR-IOV among
+//     them) are the host's business and not shown;
 //   - INTx, when the device has a pin and the machine connects it
 //     (PCIOptions.INTx), as pin INTA# of its slot: VFIO's INTx eventfd
 //     into a KVM irqfd whose resample eventfd unmasks it in VFIO at the
@@ -217,7 +219,7 @@ func NewPCI(dev Regions, addr string, o PCIOptions) (*PCI, error) {
 		}
 		// As many vectors as the device asks for (Multiple Message
 		// Capable) and VFIO routes, in a power of two.
-		p.vecs = 1 << ((le.Uint16(cfg[off+2:]) >> 1) & 7)
+		p.vecs = min(1<<((le.Uint16(cfg[off+2:])>>1)&7), 32) // 6 and 7 are reserved
 		for p.vecs > max(d.MSIVectors(), 1) {
 			p.vecs /= 2
 		}
@@ -284,8 +286,13 @@ func (p *PCI) Close() error {
 	for i := range p.direct {
 		for _, d := range p.direct[i] {
 			if d.gpa != 0 {
-				if err := p.opts.Slots.SetUserMemoryRegion(d.slot, 0, d.gpa, 0, 0); err != nil && first == nil {
-					first = err
+				if err := p.opts.Slots.SetUserMemoryRegion(d.slot, 0, d.gpa, 0, 0); err != nil {
+					// Still the guest's: leave it mapped rather than
+					// let the address range be reused under the slot.
+					if first == nil {
+						first = err
+					}
+					continue
 				}
 			}
 			if err := unix.Munmap(d.mem); err != nil && first == nil {
@@ -366,6 +373,11 @@ func (p *PCI) syncMSIX() {
 	}
 	if err := p.dev.SetMSIX(fds); err != nil {
 		p.fail(err)
+		if on {
+			if err := p.intxOn(); err != nil { // not left with no interrupt at all
+				p.fail(err)
+			}
+		}
 		return
 	}
 	p.msixOn = on
@@ -441,6 +453,9 @@ func (p *PCI) syncMSI() {
 	}
 	if err := p.msiDev.SetMSI(fds); err != nil {
 		p.fail(err)
+		if err := p.intxOn(); err != nil { // not left with no interrupt at all
+			p.fail(err)
+		}
 		return
 	}
 	p.msiOn = n
@@ -488,29 +503,46 @@ func (p *PCI) WriteConfig(reg int, data []byte) {
 
 // MoveBAR implements pci.Device: the BAR's mapped pages follow it, their
 // slots deleted where it was and made where it is (none while it does not
-// decode). What is not mapped is trapped and forwarded wherever it is.
+// decode). What is not mapped is trapped and forwarded wherever it is; so
+// is a piece whose slot KVM refuses (the guest made the BAR overlap
+// another), which is tried again at the BAR's next move.
 func (p *PCI) MoveBAR(i int, _, to uint64) error {
 	if i < 0 || i >= len(p.direct) {
 		return nil
 	}
+	var first error
+	keep := func(err error) {
+		if first == nil {
+			first = err
+		}
+	}
+	for k := range p.direct[i] {
+		d := &p.direct[i][k]
+		if d.gpa == 0 {
+			continue
+		}
+		if err := p.opts.Slots.SetUserMemoryRegion(d.slot, 0, d.gpa, 0, 0); err != nil {
+			keep(err)
+			continue
+		}
+		d.gpa = 0
+	}
+	if to == 0 {
+		return first
+	}
 	for k := range p.direct[i] {
 		d := &p.direct[i][k]
 		if d.gpa != 0 {
-			if err := p.opts.Slots.SetUserMemoryRegion(d.slot, 0, d.gpa, 0, 0); err != nil {
-				return err
-			}
-			d.gpa = 0
-		}
-		if to == 0 {
-			continue
+			continue // its old slot would not go: it stays where it was
 		}
 		gpa := to + d.off
 		if err := p.opts.Slots.SetUserMemoryRegion(d.slot, 0, gpa, uint64(len(d.mem)), uintptr(unsafe.Pointer(&d.mem[0]))); err != nil {
-			return err
+			keep(err)
+			continue
 		}
 		d.gpa = gpa
 	}
-	return nil
+	return first
 }
 
 // ReadBAR serves the MSI-X table and PBA, and reads anything else from the
