@@ -167,7 +167,6 @@ type Machine struct {
 	virtio  []*virtiopci.Transport
 	routers []*msiRouter
 	vfio    []*vfio.Device
-	vfioPCI []*vfio.PCI
 	errlog  *errorLog // the devices' errors during guest accesses, rate-limited
 	gsi     *gsiRoutes
 	// disks' backends, closed after the transports have reset the

@@ -45,7 +45,6 @@ func (m *Machine) passthrough(cfg Config) error {
 		if err != nil {
 			return err
 		}
-		m.vfioPCI = append(m.vfioPCI, p)
 		router.max = p.Vectors()
 		if n := dev.MSIXVectors(); !p.MSI() && n < p.Vectors() {
 			return fmt.Errorf("vfio: %s: its MSI-X capability has %d vectors, VFIO routes %d", d.PCI, p.Vectors(), n)
@@ -58,15 +57,12 @@ func (m *Machine) passthrough(cfg Config) error {
 		for _, b := range p.BARs() {
 			bars += fmt.Sprintf(" BAR%d=%dK", b.Index, b.Size>>10)
 		}
-		msi := fmt.Sprintf("MSI-X %d vectors", p.Vectors())
-		switch {
-		case p.MSI():
-			msi = fmt.Sprintf("MSI %d vectors", p.Vectors())
-		case p.Vectors() == 0:
-			msi = "no MSI"
+		msi := "MSI-X"
+		if p.MSI() {
+			msi = "MSI"
 		}
-		fmt.Fprintf(os.Stderr, "hyperroot vmm: device %s (%s) passed through: slot %d,%s, %s, reset=%v\n",
-			d.PCI, p.ID(), slot, bars, msi, dev.Resettable())
+		fmt.Fprintf(os.Stderr, "hyperroot vmm: device %s (%s) passed through: slot %d,%s, %s %d vectors, reset=%v\n",
+			d.PCI, p.ID(), slot, bars, msi, p.Vectors(), dev.Resettable())
 	}
 	return nil
 }
@@ -75,12 +71,6 @@ func (m *Machine) passthrough(cfg Config) error {
 // interrupt routers, whose eventfds they signal.
 func (m *Machine) closeVFIO() error {
 	var err error
-	for _, p := range m.vfioPCI {
-		if cerr := p.Close(); err == nil {
-			err = cerr
-		}
-	}
-	m.vfioPCI = nil
 	for _, d := range m.vfio {
 		if cerr := d.Close(); err == nil {
 			err = cerr
