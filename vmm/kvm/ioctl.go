@@ -101,10 +101,9 @@ func RunningVCPURequests() []uintptr {
 
 // RunningVMRequests are the requests a running machine issues on its VM,
 // from any thread: interrupt lines, and the MSI routes, irqfds and
-// ioeventfds the devices set up when the guest programs them. (Mapping a
-// passed-through device's BAR pages, vmm/vfio PCIOptions.Slots, would add
-// KVM_SET_USER_MEMORY_REGION: the slots follow the BAR where the guest
-// moves it; the machine does not map them yet.)
+// ioeventfds the devices set up when the guest programs them, and the
+// memory slots of a passed-through device's BAR pages, which follow the
+// BAR where the guest moves it (vmm/vfio).
 func RunningVMRequests() []uintptr {
-	return []uintptr{reqIRQLine, reqSetGSIRouting, reqIRQFD, reqIOEventFD}
+	return []uintptr{reqIRQLine, reqSetGSIRouting, reqIRQFD, reqIOEventFD, reqSetUserMemRegion}
 }

@@ -167,7 +167,10 @@ type Machine struct {
 	virtio  []*virtiopci.Transport
 	routers []*msiRouter
 	vfio    []*vfio.Device
-	errlog  *errorLog // the devices' errors during guest accesses, rate-limited
+	vfioPCI []*vfio.PCI
+	vfioFDs []int       // their INTx eventfds
+	slots   slotNumbers // KVM memory slots after RAM's
+	errlog  *errorLog   // the devices' errors during guest accesses, rate-limited
 	gsi     *gsiRoutes
 	// disks' backends, closed after the transports have reset the
 	// devices (which waits for requests in flight).
@@ -297,9 +300,10 @@ func (m *Machine) build(cfg Config, k *boot.Kernel) (err error) {
 	if m.mem, err = memory.New(cfg.Memory, memory.Options{HugePages: cfg.HugePages, Nodes: cfg.MemNodes}); err != nil {
 		return err
 	}
-	if _, err := m.mem.Register(m.vm, 0); err != nil {
+	if m.slots.next, err = m.mem.Register(m.vm, 0); err != nil {
 		return err
 	}
+	m.slots.vm = m.vm
 	// The PCI bus owns ports 0xCF8-0xCFF and passes the reset register
 	// at 0xCF9 on; the DSDT describes its host bridge.
 	mmio64, mmio64Size := pci.MMIO64Window(cfg.Memory)
