@@ -20,15 +20,27 @@ type lapicState struct {
 	irr     []int // pending vectors
 	ppr     int   // processor priority
 	enabled bool  // software-enabled (SPIV)
+	// inService is whether any vector is in service (ISR).
+	inService bool
+	// timerOut is whether the APIC timer is an unmasked one-shot whose
+	// count was loaded (initial) and has run out: its interrupt is due.
+	timerOut bool
+	initial  uint64 // the timer's initial count
 }
 
 var (
 	irrRE  = regexp.MustCompile(`(?m)^IRR\t? *(.*)$`)
 	pprRE  = regexp.MustCompile(`\bPPR 0x([0-9a-fA-F]+)`)
 	spivRE = regexp.MustCompile(`(?m)^SPIV.*\bAPIC enabled\b`)
-	// `info registers -a`: a CPU's header and its flags.
+	isrRE  = regexp.MustCompile(`(?m)^ISR\t? *(.*)$`)
+	// The timer's LVT entry (masked, one-shot) and its counts.
+	lvttRE  = regexp.MustCompile(`(?m)^LVTT\t? *0x([0-9a-fA-F]+) .*\bone-shot\b`)
+	countRE = regexp.MustCompile(`(?m)^Timer\t? .*\binitial_count = (\d+) current_count = (\d+)`)
+	// `info registers -a`: a CPU's header, its flags, whether it is
+	// halted.
 	cpuRE = regexp.MustCompile(`(?m)^CPU#(\d+)\s*$`)
 	eflRE = regexp.MustCompile(`\b[ER]FL=([0-9a-fA-F]+)`) // RFL in long mode
+	hltRE = regexp.MustCompile(`\bHLT=([01])\b`)
 )
 
 // parseLAPIC reads `info lapic N` output; ok is false when it is not one.
@@ -40,6 +52,16 @@ func parseLAPIC(out string) (lapicState, bool) {
 	}
 	ppr, _ := strconv.ParseUint(p[1], 16, 8)
 	st := lapicState{ppr: int(ppr), enabled: spivRE.MatchString(out)}
+	if isr := isrRE.FindStringSubmatch(out); isr != nil {
+		st.inService = !strings.Contains(isr[1], "(none)") && strings.TrimSpace(isr[1]) != ""
+	}
+	lvtt, count := lvttRE.FindStringSubmatch(out), countRE.FindStringSubmatch(out)
+	if lvtt != nil && count != nil {
+		lvt, _ := strconv.ParseUint(lvtt[1], 16, 32)
+		st.initial, _ = strconv.ParseUint(count[1], 10, 64)
+		current, _ := strconv.ParseUint(count[2], 10, 64)
+		st.timerOut = lvt&(1<<16) == 0 && st.initial != 0 && current == 0
+	}
 	for _, f := range strings.Fields(irr[1]) {
 		// QEMU prints vectors in decimal, a level-triggered one with
 		// "(level)" after it.
@@ -50,9 +72,16 @@ func parseLAPIC(out string) (lapicState, bool) {
 	return st, true
 }
 
-// interruptsOn reads the IF flag of each CPU from `info registers -a`.
-func interruptsOn(out string) map[int]bool {
-	on := map[int]bool{}
+// cpuFlags is what `info registers -a` says of one CPU.
+type cpuFlags struct {
+	on     bool // interrupts on (IF)
+	halted bool // in HLT, waiting for an interrupt
+}
+
+// interruptsOn reads the IF flag and the halted state of each CPU from
+// `info registers -a`.
+func interruptsOn(out string) map[int]cpuFlags {
+	on := map[int]cpuFlags{}
 	heads := cpuRE.FindAllStringSubmatchIndex(out, -1)
 	for i, h := range heads {
 		end := len(out)
@@ -62,23 +91,32 @@ func interruptsOn(out string) map[int]bool {
 		cpu, _ := strconv.Atoi(out[h[2]:h[3]])
 		if e := eflRE.FindStringSubmatch(out[h[1]:end]); e != nil {
 			fl, _ := strconv.ParseUint(e[1], 16, 64)
-			on[cpu] = fl&(1<<9) != 0
+			h := hltRE.FindStringSubmatch(out[h[1]:end])
+			on[cpu] = cpuFlags{on: fl&(1<<9) != 0, halted: h != nil && h[1] == "1"}
 		}
 	}
 	return on
 }
 
 // lostInterrupt compares two looks at the appliance's CPUs (registers and
-// each CPU's local APIC), taken emulatorRecheck apart: a CPU whose APIC
-// was enabled and had the same vector pending above its priority both
-// times, with interrupts on both times, was never interrupted in between.
-// It returns a description of the first such CPU, or "".
-func lostInterrupt(regs0 string, lapics0 []string, regs1 string, lapics1 []string) string {
+// each CPU's local APIC), taken emulatorRecheck apart, and returns a
+// description of the first CPU the emulator failed to interrupt, or "":
+//   - a CPU whose APIC was enabled and had the same vector pending above
+//     its priority both times, with interrupts on both times, was never
+//     interrupted in between;
+//   - a CPU its kernel says has a timer overdue (overdue: RCU's "timer
+//     handling issue on cpu=N"), halted with interrupts on both times,
+//     whose APIC timer had run out (an unmasked one-shot, the same count
+//     loaded) with nothing pending or in service both times: its APIC
+//     never raised the interrupt the kernel armed it for, and the CPU
+//     sleeps for ever. (A CPU whose kernel has no timer to wait for looks
+//     the same, which is why the kernel's word is needed too.)
+func lostInterrupt(regs0 string, lapics0 []string, regs1 string, lapics1 []string, overdue map[int]bool) string {
 	on0, on1 := interruptsOn(regs0), interruptsOn(regs1)
 	for cpu := range min(len(lapics0), len(lapics1)) {
 		a, ok0 := parseLAPIC(lapics0[cpu])
 		b, ok1 := parseLAPIC(lapics1[cpu])
-		if !ok0 || !ok1 || !a.enabled || !b.enabled || !on0[cpu] || !on1[cpu] {
+		if !ok0 || !ok1 || !a.enabled || !b.enabled || !on0[cpu].on || !on1[cpu].on {
 			continue
 		}
 		for _, v := range a.irr {
@@ -86,6 +124,27 @@ func lostInterrupt(regs0 string, lapics0 []string, regs1 string, lapics1 []strin
 				return fmt.Sprintf("appliance CPU %d kept vector %d pending for %s with interrupts on and priority %#x (QEMU's view)", cpu, v, emulatorRecheck, b.ppr)
 			}
 		}
+		if overdue[cpu] && on0[cpu].halted && on1[cpu].halted && a.timerOut && b.timerOut && a.initial == b.initial &&
+			len(a.irr) == 0 && len(b.irr) == 0 && !a.inService && !b.inService {
+			return fmt.Sprintf("appliance CPU %d sat halted with interrupts on for %s, its one-shot APIC timer run out (initial count %d) and no interrupt pending or in service, while its kernel reported a timer on it overdue (QEMU's view)", cpu, emulatorRecheck, b.initial)
+		}
 	}
 	return ""
+}
+
+// overdueRE matches the appliance kernel's RCU report of a CPU whose
+// timers do not run.
+var overdueRE = regexp.MustCompile(`^\[ *[0-9.]+\] rcu: .*Possible timer handling issue on cpu=(\d+)`)
+
+// overdueTimers returns the CPUs the appliance's kernel has said, on
+// console lines, have a timer overdue.
+func overdueTimers(lines []string) map[int]bool {
+	cpus := map[int]bool{}
+	for _, l := range lines {
+		if m := overdueRE.FindStringSubmatch(l); m != nil {
+			n, _ := strconv.Atoi(m[1])
+			cpus[n] = true
+		}
+	}
+	return cpus
 }

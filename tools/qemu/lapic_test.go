@@ -61,10 +61,80 @@ func TestLostInterrupt(t *testing.T) {
 			qemuRegs(on), []string{qemuLAPIC(0, "40(level) 236 ", 0, true)}, "appliance CPU 0 kept vector 40 pending"},
 		{"not QEMU's output", "error", []string{"error"}, "error", []string{"error"}, ""},
 	} {
-		got := lostInterrupt(tc.regs0, tc.lapics0, tc.regs1, tc.lapics1)
+		got := lostInterrupt(tc.regs0, tc.lapics0, tc.regs1, tc.lapics1, nil)
 		if (tc.wantPrefix == "") != (got == "") || !strings.HasPrefix(got, tc.wantPrefix) {
 			t.Errorf("%s: %q, want %q", tc.name, got, tc.wantPrefix)
 		}
+	}
+}
+
+// ci9Regs and ci9LAPIC are QEMU's view of a 2-vCPU appliance whose CPU 0
+// took no timer interrupt for 29 minutes (a CI run of 2026-12-06), cut
+// to what matters: both CPUs halted in the idle loop with interrupts on;
+// CPU 0's one-shot timer had run out with nothing pending, CPU 1's ran.
+const ci9Regs = `
+CPU#0
+RAX=ffffffff8f4178a0 RBX=0000000000000000 RCX=0000000000000000 RDX=4000000000000000
+RIP=ffffffff8f417a0b RFL=00000202 [-------] CPL=0 II=0 A20=1 SMM=0 HLT=%d
+CR0=80050033 CR2=00000000007fabfb CR3=0000000001c28000 CR4=00751eb0
+
+CPU#1
+RAX=ffffffff8f4178a0 RBX=0000000000000000 RCX=0000000000000001 RDX=4000000000000000
+RIP=ffffffff8f417a0b RFL=00000202 [-------] CPL=0 II=0 A20=1 SMM=0 HLT=1
+`
+
+func ci9LAPIC(cpu int, lvtt string, initial, current int, irr, isr string) string {
+	return fmt.Sprintf(`dumping local APIC state for CPU %d 
+
+LVT0	 0x00010700 active-hi edge  masked                      ExtINT (vec 0)
+LVTT	 0x%s active-hi edge                 one-shot     Fixed  (vec 236)
+Timer	 DCR=0x3 (divide by 16) initial_count = %d current_count = %d
+SPIV	 0x000001ff APIC enabled, focus=off, spurious vec 255
+ISR	 %s
+IRR	 %s
+
+APR 0x00 TPR 0x10 DFR 0x0f LDR 0x01 PPR 0x10
+`, cpu, lvtt, initial, current, isr, irr)
+}
+
+// TestLostTimer: a CPU its kernel says has an overdue timer, seen halted
+// with its APIC timer run out and nothing pending, is a lost interrupt;
+// each thing that makes it not one is not.
+func TestLostTimer(t *testing.T) {
+	halted := fmt.Sprintf(ci9Regs, 1)
+	out := ci9LAPIC(0, "000000ec", 4263, 0, "(none)", "(none)")
+	running := ci9LAPIC(1, "000000ec", 249639981, 168021814, "(none)", "(none)")
+	cpu0 := map[int]bool{0: true}
+	for _, tc := range []struct {
+		name    string
+		regs1   string
+		lapic0  string // CPU 0's APIC at the second look
+		overdue map[int]bool
+		want    string
+	}{
+		{"ci9", halted, out, cpu0, "appliance CPU 0 sat halted with interrupts on for 3s, its one-shot APIC timer run out (initial count 4263)"},
+		{"kernel has no timer waiting", halted, out, nil, ""},
+		{"another CPU's timer overdue", halted, out, map[int]bool{1: true}, ""},
+		{"not halted the second time", fmt.Sprintf(ci9Regs, 0), out, cpu0, ""},
+		{"re-armed in between", halted, ci9LAPIC(0, "000000ec", 5000, 0, "(none)", "(none)"), cpu0, ""},
+		{"timer running", halted, ci9LAPIC(0, "000000ec", 4263, 17, "(none)", "(none)"), cpu0, ""},
+		{"timer masked", halted, ci9LAPIC(0, "000100ec", 4263, 0, "(none)", "(none)"), cpu0, ""},
+		{"interrupt raised in between", halted, ci9LAPIC(0, "000000ec", 4263, 0, "236 ", "(none)"), cpu0, ""},
+		{"interrupt in service", halted, ci9LAPIC(0, "000000ec", 4263, 0, "(none)", "236 "), cpu0, ""},
+	} {
+		got := lostInterrupt(halted, []string{out, running}, tc.regs1, []string{tc.lapic0, running}, tc.overdue)
+		if (tc.want == "") != (got == "") || !strings.HasPrefix(got, tc.want) {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
+	}
+	// The kernel's words, as the console has them.
+	got := overdueTimers([]string{
+		"[   37.608080] rcu: rcu_preempt kthread timer wakeup didn't happen for 5251 jiffies! g281 f0x0 RCU_GP_WAIT_FQS(5) ->state=0x402",
+		"[   37.608080] rcu: \tPossible timer handling issue on cpu=0 timer-softirq=315",
+		"vfa| [   3.1] rcu: \tPossible timer handling issue on cpu=1 timer-softirq=2", // a guest's CPU, not the appliance's
+	})
+	if len(got) != 1 || !got[0] {
+		t.Errorf("overdueTimers = %v, want CPU 0", got)
 	}
 }
 
@@ -73,7 +143,7 @@ func TestNoteStall(t *testing.T) {
 	for _, l := range []string{
 		"demo2| [   30.106532] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
 		"demo1| [   31.0] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
-		"[ 40.0] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:", // the appliance's own: not a guest's
+		"[ 40.0] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:", // the appliance's own: counted apart
 		"demo2| guest: rcu: INFO: fine",
 	} {
 		m.noteStall(l)
@@ -93,6 +163,26 @@ func TestNoteStall(t *testing.T) {
 		t.Errorf("stalled = %q", m.Stalled())
 	}
 	m.noteStall("demo1| [   99] watchdog: BUG: soft lockup - CPU#0 stuck for 22s!") // after: no second close
+}
+
+// TestApplianceStall: the appliance kernel's own second stall report stops
+// the machine as a guest's does (ci9's appliance printed RCU stalls for 29
+// minutes, and the silence watchdog never acted).
+func TestApplianceStall(t *testing.T) {
+	m := &Machine{stall: make(chan struct{}), stalls: map[string]int{}}
+	m.noteStall("[   37.604564] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:")
+	m.noteStall("[   37.605907] rcu: \t0-...!: (0 ticks this GP) idle=56c8/0/0x0 softirq=858/858 fqs=0 (false positive?)")
+	select {
+	case <-m.stall:
+		t.Fatal("stopped after one report")
+	default:
+	}
+	m.noteStall("[  100.630605] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:")
+	select {
+	case <-m.stall:
+	default:
+		t.Fatal("the appliance's second stall report did not stop the machine")
+	}
 }
 
 // TestTripleFaultStops: a guest's triple fault stops a multi-vCPU

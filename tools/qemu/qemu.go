@@ -48,9 +48,10 @@ type Options struct {
 	// console is a terminal, "dump" is typed on it first (the appliance's
 	// console command that makes every VMM print its vCPUs' state), and
 	// QEMU is killed once that output has ended: a hang that took minutes
-	// to happen leaves the evidence of where the guests were. A guest
-	// that reports a stall twice (an RCU stall, a soft lockup: see
-	// guestStallRE), which keeps the console busy, is treated alike.
+	// to happen leaves the evidence of where the guests were. A guest,
+	// or the appliance's own kernel, that reports a stall twice (an RCU
+	// stall, a soft lockup: see guestStallRE), which keeps the console
+	// busy, is treated alike.
 	Silence time.Duration
 	Accel   string    // auto (default), kvm or tcg
 	Console io.Writer // receives the console output (default: discarded)
@@ -129,7 +130,7 @@ type Machine struct {
 	waitErr error
 	timeout bool
 	silent  time.Duration // killed by Options.Silence after this much silence
-	// stalled is the guest's report that made the silence watchdog act
+	// stalled is the kernel's report that made the silence watchdog act
 	// (guestStallRE, a second time from one VM); stall is closed then.
 	stalled string
 	stall   chan struct{}
@@ -614,7 +615,10 @@ func (m *Machine) recordEmulator() {
 	regs0, lapics0 := look("")
 	time.Sleep(emulatorRecheck)
 	regs1, lapics1 := look(fmt.Sprintf(" (%s later)", emulatorRecheck))
-	if why := lostInterrupt(regs0, lapics0, regs1, lapics1); why != "" {
+	m.mu.Lock()
+	overdue := overdueTimers(m.lines)
+	m.mu.Unlock()
+	if why := lostInterrupt(regs0, lapics0, regs1, lapics1, overdue); why != "" {
 		m.note(LostInterruptPrefix + why)
 	}
 }
@@ -677,11 +681,13 @@ func (m *Machine) read(r io.Reader, console io.Writer) {
 	}
 }
 
-// guestStallRE matches a guest kernel's report that a CPU of it has made
+// guestStallRE matches a kernel's report that a CPU of it has made
 // no progress: an RCU stall (reported after 21 s, again every 63 s while
 // it lasts), a soft lockup, a task blocked for minutes. The console stays
 // busy with such reports, so the silence watchdog would never act.
-var guestStallRE = regexp.MustCompile(`^(\S+)\| .*(rcu: INFO: rcu_\w+ detected stalls|watchdog: BUG: soft lockup|INFO: task \S+ blocked for more than)`)
+// The appliance's own kernel reports alike, without a VM's prefix (its
+// lines start with the kernel's timestamp).
+var guestStallRE = regexp.MustCompile(`^(?:(\S+)\| .*|\[ *[0-9.]+\] )(rcu: INFO: rcu_\w+ detected stalls|watchdog: BUG: soft lockup|INFO: task \S+ blocked for more than)`)
 
 // GuestTripleFaultRE matches a VMM's report that its guest triple-faulted.
 // In an appliance of more than one vCPU that is QEMU's multi-threaded TCG
@@ -696,8 +702,9 @@ var GuestTripleFaultRE = regexp.MustCompile(`\| hyperroot vmm: \S+: crash after 
 // stall, so that the dump shows the loop.
 var guestRefaultRE = regexp.MustCompile(`\| hyperroot vmm: \S+: vcpu \d+: KVM injected \d+ page faults in \S+, each after emulating an instruction`)
 
-// noteStall counts a guest's stall reports; the second from one VM (a
-// stall that outlived a report, which a slow emulator alone may cause),
+// noteStall counts the kernels' stall reports; the second from one VM or
+// from the appliance (a stall that outlived a report, which a slow
+// emulator alone may cause),
 // a guest's triple fault in a multi-vCPU appliance, or a VMM's report of
 // a vCPU KVM keeps faulting, makes the silence
 // watchdog record the state and stop. m.mu is held.
@@ -714,7 +721,7 @@ func (m *Machine) noteStall(line string) {
 	if s == nil {
 		return
 	}
-	m.stalls[s[1]]++
+	m.stalls[s[1]]++ // "" is the appliance
 	if m.stalls[s[1]] == 2 {
 		m.stalled = line
 		close(m.stall)
@@ -785,7 +792,7 @@ func (m *Machine) Expect(re *regexp.Regexp, timeout time.Duration) (string, erro
 					return "", fmt.Errorf("console silent for %s (QEMU killed) before a line matched %q", silent.Round(time.Second), re)
 				}
 				if stalled := m.Stalled(); stalled != "" {
-					return "", fmt.Errorf("a guest kept stalling or triple-faulted (%q; QEMU killed) before a line matched %q", stalled, re)
+					return "", fmt.Errorf("a kernel kept stalling or a guest triple-faulted (%q; QEMU killed) before a line matched %q", stalled, re)
 				}
 				return "", fmt.Errorf("QEMU exited before a line matched %q", re)
 			}
@@ -896,7 +903,7 @@ func (r Result) Why() string {
 	case r.Silent > 0:
 		return fmt.Sprintf("console silent for %s: killed", r.Silent.Round(time.Second))
 	case r.Stalled != "":
-		return fmt.Sprintf("a guest kept stalling (%q): killed", r.Stalled)
+		return fmt.Sprintf("a kernel kept stalling (%q): killed", r.Stalled)
 	case r.Panic:
 		return "kernel panic"
 	case r.Verdict == "":
