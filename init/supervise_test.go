@@ -59,7 +59,7 @@ func fakeChild(plan []string, dir string, args []string) int {
 	step := plan[min(len(runs), len(plan)-1)]
 	fmt.Printf("fake %s\r\n", args[0])
 	if step == "seccomp" {
-		if err := seccomp.Process(seccomp.Kill); err != nil {
+		if err := seccomp.Process(seccomp.Kill, seccomp.Options{}); err != nil {
 			fmt.Println(err)
 			return 1
 		}

@@ -290,8 +290,9 @@ func confineVMM(m *machine.Machine, mode string) error {
 	if err != nil {
 		return err
 	}
+	o := seccomp.Options{Passthrough: m.Passthrough()}
 	m.OnVCPUThread(func(int) error {
-		if err := seccomp.VCPUThread(md); err != nil {
+		if err := seccomp.VCPUThread(md, o); err != nil {
 			return err
 		}
 		if testHookVCPUConfined != nil {
@@ -299,7 +300,7 @@ func confineVMM(m *machine.Machine, mode string) error {
 		}
 		return nil
 	})
-	return seccomp.Process(md)
+	return seccomp.Process(md, o)
 }
 
 // testHookVCPUConfined, when not nil, runs on each vCPU thread right after

@@ -101,9 +101,16 @@ func RunningVCPURequests() []uintptr {
 
 // RunningVMRequests are the requests a running machine issues on its VM,
 // from any thread: interrupt lines, and the MSI routes, irqfds and
-// ioeventfds the devices set up when the guest programs them, and the
-// memory slots of a passed-through device's BAR pages, which follow the
-// BAR where the guest moves it (vmm/vfio).
+// ioeventfds the devices set up when the guest programs them.
 func RunningVMRequests() []uintptr {
-	return []uintptr{reqIRQLine, reqSetGSIRouting, reqIRQFD, reqIOEventFD, reqSetUserMemRegion}
+	return []uintptr{reqIRQLine, reqSetGSIRouting, reqIRQFD, reqIOEventFD}
+}
+
+// PassthroughVMRequests are what a running machine with passed-through
+// devices issues on its VM besides RunningVMRequests: the memory slots of
+// the devices' BAR pages, which follow a BAR where the guest moves it
+// (vmm/vfio). A machine without such devices never changes its memory
+// slots once it runs, and its filter does not let it.
+func PassthroughVMRequests() []uintptr {
+	return []uintptr{reqSetUserMemRegion}
 }

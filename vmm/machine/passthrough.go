@@ -87,6 +87,11 @@ func (m *Machine) passthrough(cfg Config) error {
 	return nil
 }
 
+// Passthrough says whether the machine has passed-through devices, whose
+// BAR pages follow their BARs as KVM memory slots while it runs (which
+// its seccomp filters must allow).
+func (m *Machine) Passthrough() bool { return len(m.vfio) > 0 }
+
 // closeVFIO resets and closes the passed-through devices: before the
 // interrupt routers, whose eventfds they signal.
 func (m *Machine) closeVFIO() error {

@@ -258,10 +258,10 @@ func sideFilters(side string) error {
 		}
 		return load(floorPolicy, false, false)
 	case "vmm":
-		if err := load(processPolicy(Kill.action()), false, true); err != nil {
+		if err := load(processPolicy(Kill.action(), Options{}), false, true); err != nil {
 			return err
 		}
-		return VCPUThread(Kill)
+		return VCPUThread(Kill, Options{})
 	}
 	return fmt.Errorf("no side %q", side)
 }

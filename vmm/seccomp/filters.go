@@ -32,9 +32,9 @@ import (
 // KVM_RUN and the futex, read and write calls around it: those come first.
 
 // processPolicy is the allowlist of every thread of a running VMM.
-func processPolicy(deny bpf.Action) bpf.Policy {
+func processPolicy(deny bpf.Action, o Options) bpf.Policy {
 	return bpf.Policy{DefaultAction: deny, Syscalls: []bpf.SyscallGroup{
-		{Action: bpf.ActionAllow, NamesWithCondtions: kvmRequests()},
+		{Action: bpf.ActionAllow, NamesWithCondtions: kvmRequests(o)},
 		{Action: bpf.ActionAllow, Names: []string{
 			// The Go runtime on any thread: parking and waking threads,
 			// the network poller (eventfds, sockets, timers), scheduling,
@@ -90,9 +90,9 @@ func processPolicy(deny bpf.Action) bpf.Policy {
 }
 
 // vcpuPolicy is the allowlist of a vCPU thread, on top of processPolicy.
-func vcpuPolicy(deny bpf.Action) bpf.Policy {
+func vcpuPolicy(deny bpf.Action, o Options) bpf.Policy {
 	return bpf.Policy{DefaultAction: deny, Syscalls: []bpf.SyscallGroup{
-		{Action: bpf.ActionAllow, NamesWithCondtions: kvmRequests()},
+		{Action: bpf.ActionAllow, NamesWithCondtions: kvmRequests(o)},
 		{Action: bpf.ActionAllow, Names: []string{
 			// The Go runtime on a locked thread: parked while its
 			// goroutine waits, woken, preempted and signalled, its stack
@@ -129,11 +129,16 @@ func vcpuPolicy(deny bpf.Action) bpf.Policy {
 const ioringUnregisterEventfd = 5
 
 // kvmRequests lets ioctl through for the KVM requests a running machine
-// issues (kvm.RunningVCPURequests and kvm.RunningVMRequests), KVM_RUN
-// first; no other request, on any descriptor.
-func kvmRequests() []bpf.NameWithConditions {
+// issues (kvm.RunningVCPURequests and kvm.RunningVMRequests, and
+// kvm.PassthroughVMRequests for a machine with passed-through devices),
+// KVM_RUN first; no other request, on any descriptor.
+func kvmRequests(o Options) []bpf.NameWithConditions {
 	var out []bpf.NameWithConditions
-	for _, req := range append(kvm.RunningVCPURequests(), kvm.RunningVMRequests()...) {
+	reqs := append(kvm.RunningVCPURequests(), kvm.RunningVMRequests()...)
+	if o.Passthrough {
+		reqs = append(reqs, kvm.PassthroughVMRequests()...)
+	}
+	for _, req := range reqs {
 		out = append(out, bpf.NameWithConditions{Name: "ioctl",
 			Conditions: bpf.ArgumentConditions{{Argument: 1, Operation: bpf.Equal, Value: uint64(req)}}})
 	}

@@ -79,10 +79,13 @@ func holds(set seccompbpf.ArgumentConditions, c call) bool {
 func policies() map[string]seccompbpf.Policy {
 	p := map[string]seccompbpf.Policy{}
 	for _, m := range []Mode{Kill, Log} {
-		proc, vcpu := Policies(m)
+		proc, vcpu := Policies(m, Options{})
 		p["process-"+m.String()] = proc
 		p["vcpu-"+m.String()] = vcpu
 		p["switch-"+m.String()] = SwitchPolicy(m)
+		proc, vcpu = Policies(m, Options{Passthrough: true})
+		p["process-passthrough-"+m.String()] = proc
+		p["vcpu-passthrough-"+m.String()] = vcpu
 	}
 	p["operations"] = seccompbpf.Policy{DefaultAction: seccompbpf.ActionErrno, Syscalls: []seccompbpf.SyscallGroup{{
 		Action: seccompbpf.ActionAllow, Names: []string{"read", "close"},
@@ -187,11 +190,28 @@ func TestProgram(t *testing.T) {
 	}
 }
 
+// TestPassthroughSlots: only a machine with passed-through devices may
+// change its memory slots once it runs (a BAR's pages following the BAR),
+// on either thread role.
+func TestPassthroughSlots(t *testing.T) {
+	const setUserMemoryRegion = 0x4020ae46 // _IOW(KVMIO, 0x46, struct kvm_userspace_memory_region)
+	c := call{arch: uint32(arch.X86_64.ID), nr: unix.SYS_IOCTL, args: [6]uint64{5, setUserMemoryRegion}}
+	for _, passthrough := range []bool{false, true} {
+		proc, vcpu := Policies(Kill, Options{Passthrough: passthrough})
+		for name, p := range map[string]seccompbpf.Policy{"process": proc, "vcpu": vcpu} {
+			allowed := run(t, vmFor(t, p), c) == uint32(seccompbpf.ActionAllow)
+			if allowed != passthrough {
+				t.Errorf("%s filter, passthrough %v: KVM_SET_USER_MEMORY_REGION allowed = %v", name, passthrough, allowed)
+			}
+		}
+	}
+}
+
 // TestKVMRunShort holds the point of assembling the programs ourselves:
 // KVM_RUN, the call every exit makes, is decided in a few instructions by
 // each of the VMM's filters.
 func TestKVMRunShort(t *testing.T) {
-	proc, vcpu := Policies(Kill)
+	proc, vcpu := Policies(Kill, Options{})
 	for name, p := range map[string]seccompbpf.Policy{"process": proc, "vcpu": vcpu} {
 		prog, err := compile(p)
 		if err != nil {

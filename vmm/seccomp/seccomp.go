@@ -89,12 +89,12 @@ func (m Mode) action() bpf.Action {
 // CAP_SYS_ADMIN) and fixes GOMAXPROCS at its current value: the runtime
 // would otherwise re-read its CPU affinity and cgroup limits every second,
 // calls no running VMM needs.
-func Process(m Mode) error {
+func Process(m Mode, o Options) error {
 	if m == Off {
 		return nil
 	}
 	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
-	if err := load(processPolicy(m.action()), true, true); err != nil {
+	if err := load(processPolicy(m.action(), o), true, true); err != nil {
 		return fmt.Errorf("seccomp: process filter: %w", err)
 	}
 	return nil
@@ -106,12 +106,12 @@ func Process(m Mode) error {
 // thread exits with it instead of going back to the runtime to run other
 // goroutines under the stricter filter. Process must have been called
 // first (it sets no_new_privs).
-func VCPUThread(m Mode) error {
+func VCPUThread(m Mode, o Options) error {
 	if m == Off {
 		return nil
 	}
 	runtime.LockOSThread()
-	if err := load(vcpuPolicy(m.action()), false, false); err != nil {
+	if err := load(vcpuPolicy(m.action(), o), false, false); err != nil {
 		return fmt.Errorf("seccomp: vCPU thread filter: %w", err)
 	}
 	return nil
@@ -119,6 +119,16 @@ func VCPUThread(m Mode) error {
 
 // Policies assembles both filters for action, for tests and for a reader
 // who wants to see the programs (Policy.Dump).
-func Policies(m Mode) (process, vcpu bpf.Policy) {
-	return processPolicy(m.action()), vcpuPolicy(m.action())
+func Policies(m Mode, o Options) (process, vcpu bpf.Policy) {
+	return processPolicy(m.action(), o), vcpuPolicy(m.action(), o)
+}
+
+// Options say what a machine has that widens its filters; the zero value
+// is a machine of virtio devices only.
+type Options struct {
+	// Passthrough: the machine has passed-through devices, whose BAR
+	// pages it maps into the guest as KVM memory slots that follow a BAR
+	// where the guest moves it, on the vCPU thread that wrote the
+	// device's configuration space (kvm.PassthroughVMRequests).
+	Passthrough bool
 }

@@ -52,7 +52,7 @@ var childCases = map[string]func() error{
 		if err != nil {
 			ring = nil
 		}
-		if err := Process(Kill); err != nil {
+		if err := Process(Kill, Options{}); err != nil {
 			return err
 		}
 		if err := allowedWork(); err != nil {
@@ -109,7 +109,7 @@ var childCases = map[string]func() error{
 		}
 		defer r.Close()
 		defer w.Close()
-		if err := Process(Kill); err != nil {
+		if err := Process(Kill, Options{}); err != nil {
 			return err
 		}
 		err = onVCPUThread(Kill, func() error {
@@ -169,7 +169,7 @@ var childCases = map[string]func() error{
 	},
 	// Log mode: the refused calls go through.
 	"log-mode": func() error {
-		if err := Process(Log); err != nil {
+		if err := Process(Log, Options{}); err != nil {
 			return err
 		}
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
@@ -238,7 +238,7 @@ func runChild(name string) int {
 // processThen loads the process filter and makes a call it refuses; the
 // child should not live to return.
 func processThen(call func()) error {
-	if err := Process(Kill); err != nil {
+	if err := Process(Kill, Options{}); err != nil {
 		return err
 	}
 	call()
@@ -248,7 +248,7 @@ func processThen(call func()) error {
 // vcpuThen loads both filters and makes, on the vCPU thread, a call its
 // filter refuses.
 func vcpuThen(call func()) error {
-	if err := Process(Kill); err != nil {
+	if err := Process(Kill, Options{}); err != nil {
 		return err
 	}
 	return onVCPUThread(Kill, func() error {
@@ -275,7 +275,7 @@ func onVCPUThread(m Mode, f func() error) error {
 			errc <- fmt.Errorf("sched_setaffinity: %w", err)
 			return
 		}
-		if err := VCPUThread(m); err != nil {
+		if err := VCPUThread(m, Options{}); err != nil {
 			errc <- err
 			return
 		}
@@ -420,7 +420,7 @@ func TestParseMode(t *testing.T) {
 
 func TestPoliciesAssemble(t *testing.T) {
 	for _, m := range []Mode{Kill, Log} {
-		p, v := Policies(m)
+		p, v := Policies(m, Options{Passthrough: true})
 		for name, pol := range map[string]bpf.Policy{"process": p, "vcpu": v, "switch": SwitchPolicy(m)} {
 			if _, err := compile(pol); err != nil {
 				t.Errorf("%s %s: %v", m, name, err)
