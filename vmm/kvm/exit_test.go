@@ -272,6 +272,35 @@ func (nopDev) Read(_ uint64, data []byte) {
 }
 func (nopDev) Write(uint64, []byte) {}
 
+// TestDispatchAllocs holds the userspace half of an exit (decoding the
+// kvm_run page and dispatching to the bus) to no allocation, for port I/O
+// and MMIO, reads and writes: every guest register access takes it.
+func TestDispatchAllocs(t *testing.T) {
+	var pio, mmio bus.Bus
+	pio.Insert(nopDev{}, 0x3f8, 8)
+	mmio.Insert(nopDev{}, 0xd0000000, 0x1000)
+	for _, tc := range []struct {
+		name string
+		exit Exit
+		set  func(v *VCPU)
+	}{
+		{"io out", ExitIO, func(v *VCPU) { v.fakeIO(true, 1, 0x3f8, 1, 4096) }},
+		{"io in", ExitIO, func(v *VCPU) { v.fakeIO(false, 1, 0x3f8, 1, 4096) }},
+		{"mmio read", ExitMMIO, func(v *VCPU) { v.fakeMMIO(false, 0xd0000040, 4, 0) }},
+		{"mmio write", ExitMMIO, func(v *VCPU) { v.fakeMMIO(true, 0xd0000040, 4, 7) }},
+	} {
+		v := fakeVCPU(3 * 4096)
+		tc.set(v)
+		if n := testing.AllocsPerRun(1000, func() {
+			if !v.Dispatch(tc.exit, &pio, &mmio) {
+				t.Fatalf("%s: not handled", tc.name)
+			}
+		}); n != 0 {
+			t.Errorf("%s: %v allocations per exit, want 0", tc.name, n)
+		}
+	}
+}
+
 // BenchmarkDispatchIO is the userspace cost of one port I/O exit (decode
 // plus bus dispatch), without KVM: what BenchmarkIOExitBus adds over
 // BenchmarkIOExitRaw.

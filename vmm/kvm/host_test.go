@@ -772,6 +772,41 @@ func benchMachine(b *testing.B) (*machine, *kvm.VCPU) {
 	return m, m.vcpu(b, 0, 0, 0)
 }
 
+// TestIOExitAllocs holds the whole exit round trip through the Go run loop
+// (KVM_RUN, decoding, bus dispatch to a device) to no allocation, on a
+// real vCPU: what BenchmarkIOExitBus measures.
+func TestIOExitAllocs(t *testing.T) {
+	m := newMachine(t, false)
+	m.load(t, ioLoopGuest)
+	v := m.vcpu(t, 0, 0, 0)
+	var dev counter
+	if err := m.pio.Insert(&dev, 0x540, 1); err != nil {
+		t.Fatal(err)
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	exitOnce := func() {
+		for {
+			exit, err := v.Run()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v.Dispatch(exit, &m.pio, &m.mmio) {
+				return
+			}
+			if exit != kvm.ExitIntr {
+				t.Fatalf("unexpected exit %v", exit)
+			}
+		}
+	}
+	if n := testing.AllocsPerRun(1000, exitOnce); n != 0 {
+		t.Errorf("%v allocations per exit, want 0", n)
+	}
+	if dev.n < 1000 {
+		t.Errorf("device saw %d writes", dev.n)
+	}
+}
+
 // BenchmarkIOExitBus measures one guest OUT through the Go run loop: Run,
 // exit decoding and bus dispatch to a device.
 func BenchmarkIOExitBus(b *testing.B) {
