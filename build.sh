@@ -10,7 +10,8 @@
 #   ./build.sh bench   Go micro-benchmarks, then the boot benchmark (hyperroot plain and jailed vs gokvm, QEMU pc and microvm), the disk
 #                      benchmark (hyperroot io_uring/pool vs QEMU) and the network benchmark (hyperroot
 #                      switch vs QEMU + tap + Linux bridge) and the Debian boot benchmark (a stock
-#                      Debian 12 from a qcow2 clone to systemd's multi-user target, vs QEMU) in the appliance
+#                      Debian 12 from a qcow2 clone to systemd's multi-user target, vs QEMU) in the appliance;
+#                      every figure in one table: out/bench/results.json and results.md (tools/benchreport)
 #   ./build.sh pxe     build, and write out/pxe/{vmlinuz,initramfs.cpio,boot.ipxe} to serve for network boot
 #                      (docs/PXE.md)
 #   ./build.sh clean   remove out/ (keeps the download cache out/cache/debs; clean all removes it too)
@@ -313,6 +314,8 @@ pxe)
 	;;
 bench)
 	step deps deps
+	# Figures of an earlier run must not reach this run's table.
+	rm -f "$OUT"/bench/{boot,disk,passthrough,net,debian}.log "$OUT"/bench/results.{json,md}
 	step "Go micro-benchmarks" go test -run '^$' -bench . -benchmem ./...
 	step "build bench image (adds the benchmark program and the peer VMMs gokvm and QEMU)" go run ./tools/mkimage -board "$BOARD" -out "$OUT/bench" -version "$VERSION" -bench
 	if ! kvm_usable; then
@@ -325,6 +328,8 @@ bench)
 	step "network benchmark: VM-to-VM TCP, hyperroot switch vs QEMU + tap + Linux bridge, in one appliance run" bench_net
 	step "Debian 12 test image (cached)" debian_image
 	step "Debian boot benchmark: from a qcow2 clone to systemd's multi-user target, hyperroot vs QEMU, in one appliance run" bench_debian
+	step "results: every figure in one table ($OUT/bench/results.json, results.md)" \
+		go run ./tools/benchreport -out "$OUT/bench" "$OUT"/bench/{boot,disk,passthrough,net,debian}.log
 	;;
 clean)
 	if [ "${2:-}" = all ]; then rm -rf "$OUT"; else find "$OUT" -mindepth 1 -maxdepth 1 ! -name cache -exec rm -rf {} + 2>/dev/null || true; fi

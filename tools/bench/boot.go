@@ -15,6 +15,7 @@ import (
 	"github.com/hyperroot/hyperroot/internal/child"
 	"github.com/hyperroot/hyperroot/internal/jail"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
+	"github.com/hyperroot/hyperroot/tools/bench/result"
 )
 
 // The boot benchmark (hyperroot-bench boot, in an image built with
@@ -107,6 +108,9 @@ func runBootBench(e *env) error {
 	for _, l := range bootSummary(peers, times) {
 		e.logf("bench: boot %s", l)
 	}
+	for _, f := range bootFigures(times) {
+		e.logf("%s", f.Line())
+	}
 	return nil
 }
 
@@ -141,6 +145,28 @@ func bootSummary(peers []benchPeer, times map[string][]time.Duration) []string {
 	}
 	ratio("hyperroot-jailed", "hyperroot")
 	return lines
+}
+
+// bootFigures are the records (tools/bench/result) of the boot benchmark:
+// hyperroot against every other VMM, and what the jail costs a start.
+func bootFigures(times map[string][]time.Duration) []result.Figure {
+	secs := func(ds []time.Duration) []float64 {
+		out := []float64{}
+		for _, d := range ds {
+			out = append(out, d.Seconds())
+		}
+		return out
+	}
+	start := result.Figure{Bench: "boot", Name: "VMM start to guest init, 1 vCPU " + benchMemory, Unit: "s", Lower: true,
+		Ours: "hyperroot", Values: map[string][]float64{}, Goal: &result.Goal{Peer: "qemu-pc", Ratio: 0.6}}
+	for name, ds := range times {
+		if name != "hyperroot-jailed" {
+			start.Values[name] = secs(ds)
+		}
+	}
+	jail := result.Figure{Bench: "boot", Name: "the same, jailed vs not", Unit: "s", Lower: true,
+		Ours: "hyperroot-jailed", Values: map[string][]float64{"hyperroot-jailed": secs(times["hyperroot-jailed"]), "hyperroot": secs(times["hyperroot"])}}
+	return []result.Figure{start, jail}
 }
 
 // settleTime is how long the guest idles after booting before the VMM's

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hyperroot/hyperroot/tools/bench/result"
 )
 
 // smapsEntry renders one mapping of /proc/PID/smaps with the fields
@@ -170,5 +172,44 @@ func TestCPUShare(t *testing.T) {
 	}
 	if got := cpuShare(-1, time.Millisecond); !strings.Contains(got, "no such file") {
 		t.Errorf("no process: %q", got)
+	}
+}
+
+// TestFigures: the records the benchmarks print carry each contender's
+// rounds, the goal of the project's performance issue, and survive the
+// console (tools/benchreport reads them back).
+func TestFigures(t *testing.T) {
+	times := map[string][]time.Duration{
+		"hyperroot": {2 * time.Second, 3 * time.Second}, "hyperroot-jailed": {4 * time.Second},
+		"qemu-pc": {5 * time.Second}, "gokvm": {},
+	}
+	figs := bootFigures(times)
+	if len(figs) != 2 {
+		t.Fatalf("%d boot figures", len(figs))
+	}
+	start, ok := result.Parse("run| " + figs[0].Line())
+	if !ok || !start.Lower || start.Goal == nil || start.Goal.Peer != "qemu-pc" || start.Goal.Ratio != 0.6 {
+		t.Fatalf("boot figure %+v", start)
+	}
+	if _, jailed := start.Values["hyperroot-jailed"]; jailed || len(start.Values["hyperroot"]) != 2 {
+		t.Errorf("boot figure values %v: want hyperroot's 2 rounds and no jailed one", start.Values)
+	}
+	if r := result.Summary(figs[1]); r.Ratios["hyperroot"] != 4.0/3 {
+		t.Errorf("jail figure ratio %v, want 4/3", r.Ratios)
+	}
+	runs := map[string][]diskRun{
+		"uring": {{values: map[string]float64{"randread": 900, "randwrite": 800, "seqread": 100, "seqwrite": 90}}},
+		"qemu":  {{values: map[string]float64{"randread": 1000, "randwrite": 800, "seqread": 50, "seqwrite": 90}}},
+	}
+	disk := diskFigures("disk", "uring", []string{"qemu"}, runs, &result.Goal{Peer: "qemu", Ratio: 1})
+	var names []string
+	for _, f := range disk {
+		names = append(names, f.Name+" "+f.Unit)
+	}
+	if got := strings.Join(names, ", "); got != "4 KiB randread QD4 IOPS, 4 KiB randwrite QD4 IOPS, 1 MiB seqread MiB/s, 1 MiB seqwrite MiB/s" {
+		t.Errorf("disk figures: %s", got)
+	}
+	if r := result.Summary(disk[2]); r.Ratios["qemu"] != 2 || r.Met == nil || !*r.Met {
+		t.Errorf("seqread: ratio %v met %v", r.Ratios, r.Met)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
+	"github.com/hyperroot/hyperroot/tools/bench/result"
 	"github.com/hyperroot/hyperroot/vmm/block/qcow2"
 	"github.com/hyperroot/hyperroot/vmm/boot/diskboot"
 )
@@ -115,5 +116,13 @@ func runDebianBench(e *env) error {
 	h, q := median(times["hyperroot"]), median(times["qemu-pc"])
 	e.logf("bench: debian median hyperroot=%.3fs (%d boots) qemu-pc=%.3fs (%d boots) ratio=%.2f (lower is better)",
 		h.Seconds(), len(times["hyperroot"]), q.Seconds(), len(times["qemu-pc"]), h.Seconds()/q.Seconds())
+	fig := result.Figure{Bench: "debian", Name: "Debian 12 qcow2 clone to multi-user", Unit: "s", Lower: true, Ours: "hyperroot",
+		Values: map[string][]float64{}}
+	for name, ds := range times {
+		for _, d := range ds {
+			fig.Values[name] = append(fig.Values[name], d.Seconds())
+		}
+	}
+	e.logf("%s", fig.Line())
 	return nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/hyperroot/hyperroot/internal/child"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
+	"github.com/hyperroot/hyperroot/tools/bench/result"
 	"github.com/hyperroot/hyperroot/vmm/block/qcow2"
 )
 
@@ -165,6 +166,11 @@ func runDiskBench(e *env) error {
 	}
 	for _, line := range diskTable(names, runs) {
 		e.logf("bench: disk %s", line)
+	}
+	figs := diskFigures("disk", "uring", []string{"qemu", "pool"}, runs, &result.Goal{Peer: "qemu", Ratio: 1.0})
+	figs = append(figs, diskFigures("disk qcow2", "qcow2", []string{"qemu-qcow2"}, runs, &result.Goal{Peer: "qemu-qcow2", Ratio: 1.0})...)
+	for _, f := range figs {
+		e.logf("%s", f.Line())
 	}
 	return nil
 }
@@ -398,6 +404,45 @@ func diskTable(backends []string, runs map[string][]diskRun) []string {
 		lines = append(lines, line)
 	}
 	return lines
+}
+
+// diskFigures are the records (tools/bench/result) of a disk table: per
+// test, ours against peers (goal, when not nil, against goal.Peer).
+func diskFigures(bench, ours string, peers []string, runs map[string][]diskRun, goal *result.Goal) []result.Figure {
+	var out []result.Figure
+	for _, t := range diskTests() {
+		f := result.Figure{Bench: bench, Name: diskFigureName(t.name), Unit: strings.Replace(strings.Replace(t.unit, "mibps", "MiB/s", 1), "iops", "IOPS", 1),
+			Ours: ours, Values: map[string][]float64{}, Goal: goal}
+		for _, b := range append([]string{ours}, peers...) {
+			vs := []float64{}
+			for _, run := range runs[b] {
+				vs = append(vs, run.values[t.name])
+			}
+			f.Values[b] = vs
+		}
+		out = append(out, f)
+	}
+	return out
+}
+
+// diskFigureName says what a disk test does, as the table does.
+func diskFigureName(test string) string {
+	switch test {
+	case "randread", "randwrite":
+		return "4 KiB " + test + " QD" + diskBenchJobs()
+	default:
+		return "1 MiB " + test
+	}
+}
+
+// diskBenchJobs is the random tests' queue depth, from diskBenchOptions.
+func diskBenchJobs() string {
+	for _, o := range strings.Split(diskBenchOptions, ",") {
+		if v, ok := strings.CutPrefix(o, "jobs="); ok {
+			return v
+		}
+	}
+	return "4"
 }
 
 // medianFloat is the median of vs (the upper one of an even count), 0 for none.

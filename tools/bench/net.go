@@ -22,6 +22,7 @@ import (
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
 	"github.com/hyperroot/hyperroot/net/dhcp"
 	"github.com/hyperroot/hyperroot/net/tap"
+	"github.com/hyperroot/hyperroot/tools/bench/result"
 )
 
 // The network benchmark (hyperroot-bench net, in an image built with
@@ -155,6 +156,12 @@ func runNetBench(e *env) error {
 	for _, line := range netTable(names, runs) {
 		e.logf("bench: net %s", line)
 	}
+	f := result.Figure{Bench: "net", Name: "VM-to-VM TCP, 1 stream", Unit: "Mbit/s", Ours: "hyperroot",
+		Values: map[string][]float64{}, Goal: &result.Goal{Peer: "qemu", Ratio: 1.2}}
+	for _, name := range names {
+		f.Values[name] = append([]float64{}, runs[name]...)
+	}
+	e.logf("%s", f.Line())
 	return nil
 }
 

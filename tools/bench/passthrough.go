@@ -81,6 +81,9 @@ func runPassthroughBench(e *env) error {
 	for _, line := range diskTable([]string{"vf", "virtio"}, runs) {
 		e.logf("bench: passthrough %s", line)
 	}
+	for _, f := range diskFigures("passthrough", "vf", []string{"virtio"}, runs, nil) {
+		e.logf("%s", f.Line())
+	}
 	return nil
 }
 
