@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -86,9 +87,11 @@ func runBootBench(e *env) error {
 	}
 	peers := bootPeers(e.hyperroot)
 	times := map[string][]time.Duration{}
+	var phases []bootPhases
 	for round := 1; round <= benchRounds; round++ {
 		for _, p := range peers {
-			d, rss, err := bootOnce(e.starter, p, p.name == "hyperroot")
+			run, err := bootTraced(e.starter, p, p.name == "hyperroot")
+			d, rss := run.d, run.rss
 			if err != nil && strings.HasPrefix(p.name, "hyperroot") {
 				return fmt.Errorf("%s: %w", p.name, err)
 			}
@@ -100,6 +103,10 @@ func runBootBench(e *env) error {
 			}
 			times[p.name] = append(times[p.name], d)
 			e.logf("bench: boot round=%d vmm=%s time-to-init=%.3fs", round, p.name, d.Seconds())
+			if ph, ok := parsePhases(d, run.running, run.booted); ok && p.name == "hyperroot" {
+				phases = append(phases, ph)
+				e.logf("bench: boot phases round=%d vmm=%s %s", round, p.name, ph)
+			}
 			if rss != "" {
 				e.logf("bench: memory vmm=%s %s", p.name, rss)
 			}
@@ -108,7 +115,7 @@ func runBootBench(e *env) error {
 	for _, l := range bootSummary(peers, times) {
 		e.logf("bench: boot %s", l)
 	}
-	for _, f := range bootFigures(times) {
+	for _, f := range append(bootFigures(times), phaseFigures(phases)...) {
 		e.logf("%s", f.Line())
 	}
 	return nil
@@ -169,6 +176,31 @@ func bootFigures(times map[string][]time.Duration) []result.Figure {
 	return []result.Figure{start, jail}
 }
 
+// phaseFigures are hyperroot's boot phases as records, one per phase,
+// without peers (none says when its phases end).
+func phaseFigures(phases []bootPhases) []result.Figure {
+	if len(phases) == 0 {
+		return nil
+	}
+	var out []result.Figure
+	for _, ph := range []struct {
+		name string
+		get  func(bootPhases) time.Duration
+	}{
+		{"boot phase: VMM start to machine built", func(p bootPhases) time.Duration { return p.Built }},
+		{"boot phase: machine built to vCPUs running", func(p bootPhases) time.Duration { return p.Started }},
+		{"boot phase: exec, kernel decompression, early boot", func(p bootPhases) time.Duration { return p.Early }},
+		{"boot phase: guest clock start to init", func(p bootPhases) time.Duration { return p.Kernel }},
+	} {
+		f := result.Figure{Bench: "boot", Name: ph.name, Unit: "s", Lower: true, Ours: "hyperroot", Values: map[string][]float64{}}
+		for _, p := range phases {
+			f.Values["hyperroot"] = append(f.Values["hyperroot"], ph.get(p).Seconds())
+		}
+		out = append(out, f)
+	}
+	return out
+}
+
 // settleTime is how long the guest idles after booting before the VMM's
 // memory is read: long enough for the Go runtime's background scavenger
 // to return what boot left free, as it would on a VM that runs for hours.
@@ -178,6 +210,22 @@ const settleTime = 3 * time.Second
 // samples its memory (only hyperroot's: with the Go runtime's own account
 // of it), and kills it.
 func bootOnce(starter child.Starter, p benchPeer, sample bool) (time.Duration, string, error) {
+	r, err := bootTraced(starter, p, sample)
+	return r.d, r.rss, err
+}
+
+// bootRun is one boot: how long to the ready line, the memory sample, and
+// the lines a boot's phases are read from (bootPhases).
+type bootRun struct {
+	d       time.Duration
+	rss     string
+	running string // hyperroot vmm's "vCPUs running ... after start (machine built in ...)"
+	booted  string // the ready line (the test guest's carries its uptime)
+}
+
+// bootTraced is bootOnce, keeping the lines that time a boot's phases.
+func bootTraced(starter child.Starter, p benchPeer, sample bool) (bootRun, error) {
+	var run bootRun
 	var env []string
 	if sample {
 		env = append(os.Environ(), "HYPERROOT_VMM_MEMSTATS=1")
@@ -199,8 +247,12 @@ func bootOnce(starter child.Starter, p benchPeer, sample bool) (time.Duration, s
 	}
 	proc, err := child.Start(starter, child.Spec{Path: p.argv[0], Args: p.argv[1:], Env: env, Tail: 16, Attr: attr,
 		Line: func(line string) {
+			if strings.Contains(line, "hyperroot vmm: ") && strings.Contains(line, " vCPUs running ") {
+				run.running = line
+			}
 			if !seen && ready(line) {
 				seen = true
+				run.booted = line
 				booted <- time.Since(start)
 			}
 			if _, ms, ok := strings.Cut(line, "memstats "); ok && seen {
@@ -211,7 +263,7 @@ func bootOnce(starter child.Starter, p benchPeer, sample bool) (time.Duration, s
 			}
 		}})
 	if err != nil {
-		return 0, "", err
+		return run, err
 	}
 	var d time.Duration
 	var rss string
@@ -235,13 +287,57 @@ func bootOnce(starter child.Starter, p benchPeer, sample bool) (time.Duration, s
 			}
 		}
 	case <-proc.Done():
-		return 0, "", fmt.Errorf("exited before the guest booted: %v; output ended with %q", vmmcli.Reason(proc.Wait()), proc.Tail())
+		return bootRun{}, fmt.Errorf("exited before the guest booted: %v; output ended with %q", vmmcli.Reason(proc.Wait()), proc.Tail())
 	case <-time.After(timeout):
 		err = fmt.Errorf("guest did not boot within %v (%s); output ended with %q", timeout, cpuShare(proc.Pid(), 5*time.Second), proc.Tail())
 	}
 	proc.Signal(unix.SIGKILL)
 	proc.Wait()
-	return d, rss, err
+	// The Line callback ran before booted was sent, and no more lines
+	// come after the kill: run's lines are settled.
+	run.d, run.rss = d, rss
+	return run, err
+}
+
+// bootPhases splits a hyperroot boot of total (from the benchmark's exec
+// of the VMM to the guest's ready line) by the clocks that saw it: the
+// VMM's own (machine built, vCPUs running, each since the VMM process
+// started) and the guest kernel's (its uptime at the ready line, which
+// counts from the kernel's timekeeping start). What is left between the
+// vCPUs running and the guest's clock starting is the exec of the VMM,
+// the kernel's decompression and its earliest boot.
+type bootPhases struct {
+	Built   time.Duration // VMM start to machine built (KVM, memory, devices, kernel loaded)
+	Started time.Duration // machine built to vCPUs running
+	Early   time.Duration // the rest before the guest's clock: exec, decompression, early boot
+	Kernel  time.Duration // guest clock start to init's ready line
+}
+
+var (
+	runningRE = regexp.MustCompile(`vCPUs running (\S+) after start \(machine built in (\S+)\)`)
+	uptimeRE  = regexp.MustCompile(`\buptime=([0-9.]+)\b`)
+)
+
+// parsePhases reads a boot's phases from its lines; ok is false when a
+// line is missing (not hyperroot, or a guest that does not say its uptime).
+func parsePhases(total time.Duration, running, booted string) (bootPhases, bool) {
+	r, u := runningRE.FindStringSubmatch(running), uptimeRE.FindStringSubmatch(booted)
+	if r == nil || u == nil {
+		return bootPhases{}, false
+	}
+	up, err1 := time.ParseDuration(r[1])
+	built, err2 := time.ParseDuration(r[2])
+	secs, err3 := strconv.ParseFloat(u[1], 64)
+	if err1 != nil || err2 != nil || err3 != nil || built > up {
+		return bootPhases{}, false
+	}
+	kernel := time.Duration(secs * float64(time.Second))
+	return bootPhases{Built: built, Started: up - built, Early: max(total-up-kernel, 0), Kernel: kernel}, true
+}
+
+func (p bootPhases) String() string {
+	return fmt.Sprintf("built=%.3fs started=%.3fs early=%.3fs kernel=%.3fs",
+		p.Built.Seconds(), p.Started.Seconds(), p.Early.Seconds(), p.Kernel.Seconds())
 }
 
 // vmmMemory is where a VMM process's resident memory is, in KiB, read from

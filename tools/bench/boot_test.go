@@ -213,3 +213,31 @@ func TestFigures(t *testing.T) {
 		t.Errorf("seqread: ratio %v met %v", r.Ratios, r.Met)
 	}
 }
+
+// TestParsePhases: a boot's phases from the VMM's own timing line and the
+// guest's uptime at its ready line, as the console has them.
+func TestParsePhases(t *testing.T) {
+	running := "hyperroot vmm: bench: 1 vCPUs running 412.5ms after start (machine built in 301.2ms)"
+	booted := "guest: booted nproc=1 memtotal_kb=93920 time=1796530035 uptime=1.250 inputs=1 rtc=1796530035 clocksource=kvm-clock virt=none"
+	ph, ok := parsePhases(4*time.Second, running, booted)
+	if !ok {
+		t.Fatal("not parsed")
+	}
+	want := bootPhases{Built: 301200 * time.Microsecond, Started: 111300 * time.Microsecond,
+		Early: 4*time.Second - 412500*time.Microsecond - 1250*time.Millisecond, Kernel: 1250 * time.Millisecond}
+	if ph != want {
+		t.Errorf("phases %+v, want %+v", ph, want)
+	}
+	for _, tc := range [][2]string{
+		{"", booted},                       // not hyperroot
+		{running, "guest: booted nproc=1"}, // no uptime
+		{"hyperroot vmm: bench: 1 vCPUs running 1s after start (machine built in 2s)", booted}, // built after running
+	} {
+		if _, ok := parsePhases(4*time.Second, tc[0], tc[1]); ok {
+			t.Errorf("parsed %q / %q", tc[0], tc[1])
+		}
+	}
+	if figs := phaseFigures([]bootPhases{ph, ph}); len(figs) != 4 || len(figs[3].Values["hyperroot"]) != 2 || figs[3].Values["hyperroot"][0] != 1.25 {
+		t.Errorf("phase figures %+v", figs)
+	}
+}
