@@ -283,6 +283,11 @@ bench_passthrough() {
 }
 bench_net() { bench_run net 40m; }
 
+# bench_fleet: the appliance (the bench image: the product plus the
+# peers) from power-on to 8 small VMs at their init, on the host's clock
+# (tools/fleet).
+bench_fleet() { go run ./tools/fleet -image "$OUT/bench/image" -vms 8 | tee "$OUT/bench/fleet.log"; }
+
 case "${1:-build}" in
 deps)
 	step deps deps
@@ -315,7 +320,7 @@ pxe)
 bench)
 	step deps deps
 	# Figures of an earlier run must not reach this run's table.
-	rm -f "$OUT"/bench/{boot,disk,passthrough,net,debian}.log "$OUT"/bench/results.{json,md}
+	rm -f "$OUT"/bench/{boot,disk,passthrough,net,fleet,debian}.log "$OUT"/bench/results.{json,md}
 	step "Go micro-benchmarks" go test -run '^$' -bench . -benchmem ./...
 	step "build bench image (adds the benchmark program and the peer VMMs gokvm and QEMU)" go run ./tools/mkimage -board "$BOARD" -out "$OUT/bench" -version "$VERSION" -bench
 	if ! kvm_usable; then
@@ -326,10 +331,11 @@ bench)
 	step "disk benchmark: hyperroot (io_uring, pool) vs QEMU, in-guest fio-like tests, in one appliance run" bench_disk
 	step "passthrough benchmark: an NVMe VF passed through vs the same controller's namespace as hyperroot's virtio-blk, in one appliance run" bench_passthrough
 	step "network benchmark: VM-to-VM TCP, hyperroot switch vs QEMU + tap + Linux bridge, in one appliance run" bench_net
+	step "fleet: appliance power-on to 8 small VMs at init" bench_fleet
 	step "Debian 12 test image (cached)" debian_image
 	step "Debian boot benchmark: from a qcow2 clone to systemd's multi-user target, hyperroot vs QEMU, in one appliance run" bench_debian
 	step "results: every figure in one table ($OUT/bench/results.json, results.md)" \
-		go run ./tools/benchreport -out "$OUT/bench" "$OUT"/bench/{boot,disk,passthrough,net,debian}.log
+		go run ./tools/benchreport -out "$OUT/bench" "$OUT"/bench/{boot,disk,passthrough,net,fleet,debian}.log
 	;;
 clean)
 	if [ "${2:-}" = all ]; then rm -rf "$OUT"; else find "$OUT" -mindepth 1 -maxdepth 1 ! -name cache -exec rm -rf {} + 2>/dev/null || true; fi
