@@ -42,7 +42,8 @@ func (rep Report) Markdown() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Benchmark results\n\n")
 	fmt.Fprintf(&b, "- machine: %s\n- date: %s\n- commit: %s\n\n", rep.Machine, rep.Date, rep.Commit)
-	fmt.Fprintf(&b, "Medians of the rounds (range in brackets); a ratio is hyperroot's median over the peer's.\n\n")
+	fmt.Fprintf(&b, "Medians of the rounds (range in brackets); a ratio is hyperroot's median over the peer's; rounds are\n"+
+		"how many values each contender has, hyperroot's first (the fleet's are its VMs).\n\n")
 	fmt.Fprintf(&b, "| bench | figure | unit | better | hyperroot | peers (ratio) | goal | rounds |\n")
 	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rep.Rows {
@@ -64,6 +65,9 @@ func (rep Report) Markdown() string {
 			}
 			peers = append(peers, s)
 		}
+		if len(peers) == 0 {
+			peers = []string{"—"}
+		}
 		goal := "—"
 		if r.Goal != nil {
 			op := "≥"
@@ -84,8 +88,14 @@ func (rep Report) Markdown() string {
 		for _, p := range r.Peers() {
 			rounds = append(rounds, fmt.Sprint(r.Stats[p].Rounds))
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s [%s–%s] | %s | %s | %s |\n", r.Bench, r.Name, r.Unit, better,
-			num(ours.Median), num(ours.Min), num(ours.Max), strings.Join(peers, "; "), goal, strings.Join(rounds, "/"))
+		// The column is hyperroot's; a figure of another of its forms
+		// (jailed) names it.
+		name := ""
+		if r.Ours != "hyperroot" {
+			name = r.Ours + " "
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s%s [%s–%s] | %s | %s | %s |\n", r.Bench, r.Name, r.Unit, better,
+			name, num(ours.Median), num(ours.Min), num(ours.Max), strings.Join(peers, "; "), goal, strings.Join(rounds, "/"))
 	}
 	return b.String()
 }

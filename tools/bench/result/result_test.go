@@ -72,13 +72,16 @@ func TestReadMarkdown(t *testing.T) {
 		t.Fatalf("Read = %+v, %v; want 2 figures, the disk one replaced", figs, err)
 	}
 	rep := Report{Machine: "test CPU, 2 cores", Date: "2026-12-06T00:00:00Z", Commit: "abc123"}
+	figs = append(figs, Figure{Bench: "fleet", Name: "power-on to init", Unit: "s", Lower: true, Ours: "hyperroot",
+		Values: map[string][]float64{"hyperroot": {12, 40, 31}}})
 	for _, f := range figs {
 		rep.Rows = append(rep.Rows, Summary(f))
 	}
 	md := rep.Markdown()
 	for _, want := range []string{
 		"- commit: abc123",
-		"| disk | 4 KiB randread QD4 | IOPS | higher | 1100 [1100–1100] | qemu 1000 (**1.10**) | ≥ 1.00 × qemu: met | 1/1 |",
+		"| disk | 4 KiB randread QD4 | IOPS | higher | uring 1100 [1100–1100] | qemu 1000 (**1.10**) | ≥ 1.00 × qemu: met | 1/1 |",
+		"| fleet | power-on to init | s | lower | 31.0 [12.0–40.0] | — | — | 3 |",
 		"| net | VM-to-VM TCP, 1 stream | Mbit/s | higher | 120 [120–120] | qemu 100 (**1.20**) | ≥ 1.20 × qemu: met | 1/1 |",
 	} {
 		if !strings.Contains(md, want) {
