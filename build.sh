@@ -252,6 +252,7 @@ bench_run() {
 }
 
 bench_boot() { bench_run boot 20m; }
+bench_bootlog() { bench_run bootlog 20m; }
 
 # bench_debian: the Debian boot benchmark's appliance gets a data disk
 # holding the Debian image as a base (tools/bench/debian.go), and one vCPU:
@@ -320,7 +321,7 @@ pxe)
 bench)
 	step deps deps
 	# Figures of an earlier run must not reach this run's table.
-	rm -f "$OUT"/bench/{boot,disk,passthrough,net,fleet,debian}.log "$OUT"/bench/results.{json,md}
+	rm -f "$OUT"/bench/{boot,bootlog,disk,passthrough,net,fleet,debian}.log "$OUT"/bench/results.{json,md}
 	step "Go micro-benchmarks" go test -run '^$' -bench . -benchmem ./...
 	step "build bench image (adds the benchmark program and the peer VMMs gokvm and QEMU)" go run ./tools/mkimage -board "$BOARD" -out "$OUT/bench" -version "$VERSION" -bench
 	if ! kvm_usable; then
@@ -328,6 +329,7 @@ bench)
 		step "KVM micro-benchmarks in the appliance (no usable /dev/kvm on the host)" go run ./tools/kvmtest appliance -bench -image "$OUT/bench/image"
 	fi
 	step "boot benchmark: hyperroot (plain and jailed) vs gokvm and QEMU (pc, microvm) in one appliance run" bench_boot
+	step "boot log: where the guest kernel's time goes under hyperroot and QEMU pc (initcall_debug)" bench_bootlog
 	step "disk benchmark: hyperroot (io_uring, pool) vs QEMU, in-guest fio-like tests, in one appliance run" bench_disk
 	step "passthrough benchmark: an NVMe VF passed through vs the same controller's namespace as hyperroot's virtio-blk, in one appliance run" bench_passthrough
 	step "network benchmark: VM-to-VM TCP, hyperroot switch vs QEMU + tap + Linux bridge, in one appliance run" bench_net
@@ -335,7 +337,7 @@ bench)
 	step "Debian 12 test image (cached)" debian_image
 	step "Debian boot benchmark: from a qcow2 clone to systemd's multi-user target, hyperroot vs QEMU, in one appliance run" bench_debian
 	step "results: every figure in one table ($OUT/bench/results.json, results.md)" \
-		go run ./tools/benchreport -out "$OUT/bench" "$OUT"/bench/{boot,disk,passthrough,net,fleet,debian}.log
+		go run ./tools/benchreport -out "$OUT/bench" "$OUT"/bench/{boot,bootlog,disk,passthrough,net,fleet,debian}.log
 	;;
 clean)
 	if [ "${2:-}" = all ]; then rm -rf "$OUT"; else find "$OUT" -mindepth 1 -maxdepth 1 ! -name cache -exec rm -rf {} + 2>/dev/null || true; fi

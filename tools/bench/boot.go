@@ -60,20 +60,23 @@ type benchPeer struct {
 
 // bootPeers are the contenders, hyperroot first: its figures are the
 // numerators of every ratio.
-func bootPeers(hyperroot string) []benchPeer {
+func bootPeers(hyperroot string) []benchPeer { return bootPeersWith(hyperroot, benchCmdline) }
+
+// bootPeersWith is bootPeers with the guest's kernel command line.
+func bootPeersWith(hyperroot, cmdline string) []benchPeer {
 	kernel, initrd := "/guest/vmlinuz", "/guest/initramfs.cpio"
-	ours := vmmcli.Args{Name: "bench", Kernel: kernel, Initrd: initrd, Cmdline: benchCmdline, CPUs: 1, Memory: benchMemory}
+	ours := vmmcli.Args{Name: "bench", Kernel: kernel, Initrd: initrd, Cmdline: cmdline, CPUs: 1, Memory: benchMemory}
 	jailed := ours
 	jailed.Jail, jailed.Seccomp = benchJailID, vmmcli.DefaultSeccomp
 	qemu := func(machine string) []string {
 		return []string{qemuPath, "-enable-kvm", "-cpu", "host", "-M", machine, "-smp", "1", "-m", "256",
 			"-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
-			"-kernel", kernel, "-initrd", initrd, "-append", benchCmdline}
+			"-kernel", kernel, "-initrd", initrd, "-append", cmdline}
 	}
 	return []benchPeer{
 		{name: "hyperroot", argv: append([]string{hyperroot}, ours.Argv()...)},
 		{name: "hyperroot-jailed", argv: append([]string{hyperroot}, jailed.Argv()...), attr: jail.Attr},
-		{name: "gokvm", argv: []string{gokvmPath, "boot", "-k", kernel, "-i", initrd, "-p", benchCmdline, "-c", "1", "-m", benchMemory}},
+		{name: "gokvm", argv: []string{gokvmPath, "boot", "-k", kernel, "-i", initrd, "-p", cmdline, "-c", "1", "-m", benchMemory}},
 		{name: "qemu-pc", argv: qemu("pc")},
 		{name: "qemu-microvm", argv: qemu("microvm")},
 	}

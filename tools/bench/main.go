@@ -4,7 +4,7 @@
 // never by a product image, and PID 1 starts it through the kernel command
 // line option hyperroot.run=/bench/hyperroot-bench,<names>.
 //
-// Usage: hyperroot-bench [-hyperroot /bin/hyperroot] boot|disk|net|debian[,...]
+// Usage: hyperroot-bench [-hyperroot /bin/hyperroot] boot|bootlog|disk|net|debian|passthrough[,...]
 //
 // Each benchmark writes its figures as "bench: ..." lines on stdout; the
 // first that fails ends the run with exit status 1, since a broken
@@ -32,7 +32,7 @@ func main() {
 	fs := flag.NewFlagSet("hyperroot-bench", flag.ContinueOnError)
 	hyperroot := fs.String("hyperroot", "/bin/hyperroot", "the hyperroot binary (its vmm and switch commands)")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: hyperroot-bench [-hyperroot PATH] boot|disk|net|debian|passthrough[,...] ...\n")
+		fmt.Fprintf(fs.Output(), "usage: hyperroot-bench [-hyperroot PATH] boot|bootlog|disk|net|debian|passthrough[,...] ...\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -54,8 +54,9 @@ func main() {
 	}
 }
 
-// run runs the named benchmarks in order: boot (boot.go), disk (disk.go),
-// net (net.go), debian (debian.go), passthrough (passthrough.go).
+// run runs the named benchmarks in order: boot (boot.go), bootlog
+// (bootlog.go), disk (disk.go), net (net.go), debian (debian.go),
+// passthrough (passthrough.go).
 func run(e *env, names []string) error {
 	for _, name := range names {
 		var err error
@@ -70,8 +71,10 @@ func run(e *env, names []string) error {
 			err = runDebianBench(e)
 		case "passthrough":
 			err = runPassthroughBench(e)
+		case "bootlog":
+			err = runBootLogBench(e)
 		default:
-			err = fmt.Errorf("unknown benchmark %q (known: boot, disk, net, debian, passthrough)", name)
+			err = fmt.Errorf("unknown benchmark %q (known: boot, bootlog, disk, net, debian, passthrough)", name)
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
