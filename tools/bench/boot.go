@@ -190,8 +190,8 @@ func phaseFigures(phases []bootPhases) []result.Figure {
 		name string
 		get  func(bootPhases) time.Duration
 	}{
-		{"boot phase: VMM start to machine built", func(p bootPhases) time.Duration { return p.Built }},
-		{"boot phase: machine built to vCPUs running", func(p bootPhases) time.Duration { return p.Started }},
+		{"boot phase: VMM building the machine", func(p bootPhases) time.Duration { return p.Built }},
+		{"boot phase: the rest of the VMM's start to vCPUs running", func(p bootPhases) time.Duration { return p.Started }},
 		{"boot phase: exec, kernel decompression, early boot", func(p bootPhases) time.Duration { return p.Early }},
 		{"boot phase: guest clock start to init", func(p bootPhases) time.Duration { return p.Kernel }},
 	} {
@@ -296,22 +296,22 @@ func bootTraced(starter child.Starter, p benchPeer, sample bool) (bootRun, error
 	}
 	proc.Signal(unix.SIGKILL)
 	proc.Wait()
-	// The Line callback ran before booted was sent, and no more lines
-	// come after the kill: run's lines are settled.
+	// proc.Wait returned: child calls Line no more (it stops under the
+	// lock it calls it with before Done), so run's lines are settled.
 	run.d, run.rss = d, rss
 	return run, err
 }
 
 // bootPhases splits a hyperroot boot of total (from the benchmark's exec
 // of the VMM to the guest's ready line) by the clocks that saw it: the
-// VMM's own (machine built, vCPUs running, each since the VMM process
-// started) and the guest kernel's (its uptime at the ready line, which
-// counts from the kernel's timekeeping start). What is left between the
-// vCPUs running and the guest's clock starting is the exec of the VMM,
-// the kernel's decompression and its earliest boot.
+// VMM's own (how long building the machine took, and when the vCPUs ran,
+// since the VMM process started) and the guest kernel's (its uptime at the
+// ready line, which counts from the kernel's timekeeping start). What is
+// left between the vCPUs running and the guest's clock starting is the
+// exec of the VMM, the kernel's decompression and its earliest boot.
 type bootPhases struct {
-	Built   time.Duration // VMM start to machine built (KVM, memory, devices, kernel loaded)
-	Started time.Duration // machine built to vCPUs running
+	Built   time.Duration // building the machine (machine.New: KVM, memory, devices, tables, kernel loaded)
+	Started time.Duration // the rest of the VMM's start until the vCPUs run (arguments, files, jail, threads)
 	Early   time.Duration // the rest before the guest's clock: exec, decompression, early boot
 	Kernel  time.Duration // guest clock start to init's ready line
 }

@@ -136,11 +136,24 @@ func lostInterrupt(regs0 string, lapics0 []string, regs1 string, lapics1 []strin
 // timers do not run.
 var overdueRE = regexp.MustCompile(`^\[ *[0-9.]+\] rcu: .*Possible timer handling issue on cpu=(\d+)`)
 
-// overdueTimers returns the CPUs the appliance's kernel has said, on
-// console lines, have a timer overdue.
+// applianceStallRE starts the appliance kernel's RCU stall report.
+var applianceStallRE = regexp.MustCompile(`^\[ *[0-9.]+\] rcu: INFO: rcu_\w+ detected stalls`)
+
+// overdueTimers returns the CPUs the appliance's kernel said, in its
+// latest RCU stall report, have a timer overdue: an earlier report's CPU
+// may have recovered since.
 func overdueTimers(lines []string) map[int]bool {
 	cpus := map[int]bool{}
-	for _, l := range lines {
+	last := -1
+	for i, l := range lines {
+		if applianceStallRE.MatchString(l) {
+			last = i
+		}
+	}
+	if last < 0 {
+		return cpus
+	}
+	for _, l := range lines[last:] {
 		if m := overdueRE.FindStringSubmatch(l); m != nil {
 			n, _ := strconv.Atoi(m[1])
 			cpus[n] = true

@@ -129,6 +129,9 @@ func TestLostTimer(t *testing.T) {
 	}
 	// The kernel's words, as the console has them.
 	got := overdueTimers([]string{
+		"[   20.0] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
+		"[   20.1] rcu: \tPossible timer handling issue on cpu=1 timer-softirq=9", // an older report's
+		"[   37.604564] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
 		"[   37.608080] rcu: rcu_preempt kthread timer wakeup didn't happen for 5251 jiffies! g281 f0x0 RCU_GP_WAIT_FQS(5) ->state=0x402",
 		"[   37.608080] rcu: \tPossible timer handling issue on cpu=0 timer-softirq=315",
 		"vfa| [   3.1] rcu: \tPossible timer handling issue on cpu=1 timer-softirq=2", // a guest's CPU, not the appliance's

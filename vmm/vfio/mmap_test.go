@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/vmm/pci"
 )
 
 // capChain builds a region info answer: a 32-byte struct vfio_region_info,
@@ -119,6 +121,16 @@ func FuzzRegionCaps(f *testing.F) {
 type mappingDevice struct {
 	*fakeDevice
 	maps []Span
+	// onConfig, when set, runs as the device's configuration space is
+	// written.
+	onConfig func()
+}
+
+func (d *mappingDevice) WriteRegion(i int, p []byte, off uint64) error {
+	if i == configRegion && d.onConfig != nil {
+		d.onConfig()
+	}
+	return d.fakeDevice.WriteRegion(i, p, off)
 }
 
 func (d *mappingDevice) Mappable(i int) ([]Span, error) {
@@ -205,5 +217,49 @@ func TestDirectBAR(t *testing.T) {
 	p.ReadBAR(0, 0x200c, b[:])
 	if binary.LittleEndian.Uint32(b[:]) != 1 { // vector 0 masked at reset
 		t.Errorf("MSI-X vector 0 control read %#x, want masked (1)", b)
+	}
+}
+
+// TestDecodingOffUnmapsFirst: when the guest turns memory decoding off,
+// the BAR's slots are deleted before VFIO hears of it (VFIO then takes the
+// device's pages from the VMM's mappings, and a vCPU reaching one through
+// a slot left in place would fault the VMM), and the bus's move that
+// follows finds nothing left to delete.
+func TestDecodingOffUnmapsFirst(t *testing.T) {
+	d := &mappingDevice{fakeDevice: newFakeDevice()}
+	slots := &slotLog{}
+	p, err := NewPCI(d, "0000:00:01.1", PCIOptions{Router: nopRouter{},
+		EventFD: func(v int) (int, error) { return 100 + v, nil }, Slots: slots})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cmd [2]byte
+	binary.LittleEndian.PutUint16(cmd[:], pci.CommandMemory|pci.CommandBusMaster)
+	p.WriteConfig(pci.RegCommand, cmd[:])
+	if err := p.MoveBAR(0, 0, 0x9000_0000); err != nil { // the bus, after decoding on
+		t.Fatal(err)
+	}
+	slots.calls = nil
+	told := false
+	d.onConfig = func() {
+		told = true
+		if len(slots.calls) != 1 || slots.calls[0] != "slot 10 gpa 0x90000000 size 0x0" {
+			t.Errorf("VFIO told decoding is off with the slot calls so far %q", slots.calls)
+		}
+	}
+	binary.LittleEndian.PutUint16(cmd[:], pci.CommandBusMaster)
+	p.WriteConfig(pci.RegCommand, cmd[:])
+	if !told {
+		t.Fatal("the command register never reached VFIO")
+	}
+	d.onConfig = nil
+	if err := p.MoveBAR(0, 0x9000_0000, 0); err != nil { // the bus, after decoding off
+		t.Fatal(err)
+	}
+	if len(slots.calls) != 1 {
+		t.Errorf("slot calls %q: the bus's move deleted again", slots.calls)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
 	}
 }

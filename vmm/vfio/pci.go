@@ -492,6 +492,18 @@ func (p *PCI) WriteConfig(reg int, data []byte) {
 	if cmd == p.cmd {
 		return
 	}
+	if p.cmd&pci.CommandMemory != 0 && cmd&pci.CommandMemory == 0 {
+		// The BARs' slots go first: once VFIO sees decoding off it takes
+		// the device's pages from the VMM's mappings, and a vCPU reaching
+		// one through a slot still there would fault the VMM (KVM_RUN's
+		// EFAULT). The bus moves them nowhere again after this, which
+		// finds nothing left to delete.
+		for i := range p.direct {
+			if err := p.MoveBAR(i, 0, 0); err != nil {
+				p.fail(err)
+			}
+		}
+	}
 	var b [2]byte
 	binary.LittleEndian.PutUint16(b[:], cmd)
 	if err := p.dev.WriteRegion(configRegion, b[:], pci.RegCommand); err != nil {
