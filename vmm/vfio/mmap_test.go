@@ -164,7 +164,10 @@ func (l *slotLog) SetUserMemoryRegion(slot, flags uint32, gpa, size uint64, host
 // TestDirectBAR: the fake's BAR0 pages but the MSI-X table's (0x2000) and
 // PBA's (0x3000) become slots that follow the BAR wherever the guest puts
 // it, and leave with Close.
-func TestDirectBAR(t *testing.T) {
+// newDirectPCI is a device whose BAR 0 VFIO lets the VMM map, behind a
+// PCI model that maps it into the guest's slots.
+func newDirectPCI(t *testing.T) (*mappingDevice, *slotLog, *PCI) {
+	t.Helper()
 	d := &mappingDevice{fakeDevice: newFakeDevice()}
 	slots := &slotLog{}
 	p, err := NewPCI(d, "0000:00:01.1", PCIOptions{Router: nopRouter{},
@@ -172,6 +175,11 @@ func TestDirectBAR(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return d, slots, p
+}
+
+func TestDirectBAR(t *testing.T) {
+	d, slots, p := newDirectPCI(t)
 	if want := []Span{{0, 0x2000}}; !slices.Equal(d.maps, want) {
 		t.Fatalf("mapped %v, want %v", d.maps, want)
 	}
@@ -226,13 +234,7 @@ func TestDirectBAR(t *testing.T) {
 // a slot left in place would fault the VMM), and the bus's move that
 // follows finds nothing left to delete.
 func TestDecodingOffUnmapsFirst(t *testing.T) {
-	d := &mappingDevice{fakeDevice: newFakeDevice()}
-	slots := &slotLog{}
-	p, err := NewPCI(d, "0000:00:01.1", PCIOptions{Router: nopRouter{},
-		EventFD: func(v int) (int, error) { return 100 + v, nil }, Slots: slots})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, slots, p := newDirectPCI(t)
 	var cmd [2]byte
 	binary.LittleEndian.PutUint16(cmd[:], pci.CommandMemory|pci.CommandBusMaster)
 	p.WriteConfig(pci.RegCommand, cmd[:])
