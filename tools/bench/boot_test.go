@@ -228,8 +228,11 @@ func TestParsePhases(t *testing.T) {
 	if ph != want {
 		t.Errorf("phases %+v, want %+v", ph, want)
 	}
+	// Another VMM: all its time before the guest's clock is Early.
+	if ph, ok := parsePhases(4*time.Second, "", booted); !ok || ph != (bootPhases{Early: 2750 * time.Millisecond, Kernel: 1250 * time.Millisecond}) {
+		t.Errorf("a peer's phases %+v, %v", ph, ok)
+	}
 	for _, tc := range [][2]string{
-		{"", booted},                       // not hyperroot
 		{running, "guest: booted nproc=1"}, // no uptime
 		{"hyperroot vmm: bench: 1 vCPUs running 1s after start (machine built in 2s)", booted}, // built after running
 	} {
@@ -237,7 +240,15 @@ func TestParsePhases(t *testing.T) {
 			t.Errorf("parsed %q / %q", tc[0], tc[1])
 		}
 	}
-	if figs := phaseFigures([]bootPhases{ph, ph}); len(figs) != 4 || len(figs[3].Values["hyperroot"]) != 2 || figs[3].Values["hyperroot"][0] != 1.25 {
+	peer := bootPhases{Early: 3 * time.Second, Kernel: time.Second}
+	figs := phaseFigures(map[string][]bootPhases{"hyperroot": {ph, ph}, "qemu-pc": {peer}})
+	if len(figs) != 4 || len(figs[3].Values["hyperroot"]) != 2 || figs[3].Values["hyperroot"][0] != 1.25 || figs[3].Values["qemu-pc"][0] != 1 {
 		t.Errorf("phase figures %+v", figs)
+	}
+	if _, ok := figs[0].Values["qemu-pc"]; ok {
+		t.Error("a peer in the VMM-only phase")
+	}
+	if got := figs[2].Values["hyperroot"][0]; got != 2.75 || figs[2].Values["qemu-pc"][0] != 3 {
+		t.Errorf("before the guest's clock: hyperroot %v, qemu-pc %v; want 2.75 and 3", got, figs[2].Values["qemu-pc"])
 	}
 }
