@@ -6,14 +6,17 @@ package main
 // that the guest's page cache never answers in the device's place:
 //
 //	seqwrite   1 MiB sequential writes, one job, wrapping over the disk
-//	randwrite  4 KiB writes at random aligned offsets, <jobs> goroutines
-//	randread   4 KiB reads at random aligned offsets, <jobs> goroutines
+//	randwrite  4 KiB writes at random aligned offsets, <jobs> goroutines,
+//	           once per queue depth asked for
+//	randread   4 KiB reads at random aligned offsets, the same way
 //	seqread    1 MiB sequential reads, one job
 //
 // each for a fixed time, and prints one line per test that the host
-// parses: "guest: diskbench randread iops=1234 ..." or
-// "guest: diskbench seqwrite mibps=56.7 ...". Each goroutine does
-// synchronous pread/pwrite, so <jobs> is the queue depth the device sees.
+// parses: "guest: diskbench randread iops=1234 qd=4 p50us=812 p99us=3400
+// ..." (the random tests time every request: the median and the 99th
+// percentile of their latencies) or "guest: diskbench seqwrite mibps=56.7
+// ...". Each goroutine does synchronous pread/pwrite, so <jobs> is the
+// queue depth the device sees.
 //
 // A benchmark of a disk that loses or misplaces data would be a lie, so
 // every 4 KiB block written carries a stamp (the run's seed and the
@@ -22,7 +25,8 @@ package main
 // blocks. Any mismatch fails the action, which crashes the guest.
 //
 // Options come from the guest's kernel command line:
-// hyperroot.diskbench=time=8s,jobs=4 (both optional).
+// hyperroot.diskbench=time=8s,jobs=1:4:32 (both optional; jobs is one
+// queue depth or several, colon-separated).
 
 import (
 	"bytes"
@@ -32,6 +36,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,7 +58,7 @@ const (
 // the defaults.
 type benchOptions struct {
 	Time time.Duration // per test; default 8s
-	Jobs int           // concurrent jobs of the random tests; default 4
+	Jobs []int         // the random tests' queue depths (concurrent jobs), each run in turn; default 4
 	Dev  string        // the disk; default /dev/vda
 }
 
@@ -61,7 +66,7 @@ type benchOptions struct {
 // comma-separated time=<duration>, jobs=<n> and dev=<a /dev/vd* or
 // /dev/nvme* disk>, all optional.
 func parseBenchOptions(s string) (benchOptions, error) {
-	o := benchOptions{Time: 8 * time.Second, Jobs: 4, Dev: "/dev/vda"}
+	o := benchOptions{Time: 8 * time.Second, Jobs: []int{4}, Dev: "/dev/vda"}
 	if s == "" {
 		return o, nil
 	}
@@ -75,11 +80,14 @@ func parseBenchOptions(s string) (benchOptions, error) {
 			}
 			o.Time = d
 		case "jobs":
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 1 || n > 256 {
-				return o, fmt.Errorf("jobs %q: want 1 to 256", v)
+			o.Jobs = nil
+			for _, q := range strings.Split(v, ":") {
+				n, err := strconv.Atoi(q)
+				if err != nil || n < 1 || n > 256 || len(o.Jobs) == maxDepths {
+					return o, fmt.Errorf("jobs %q: want 1 to %d queue depths of 1 to 256, colon-separated", v, maxDepths)
+				}
+				o.Jobs = append(o.Jobs, n)
 			}
-			o.Jobs = n
 		case "dev":
 			if !benchDevRE.MatchString(v) {
 				return o, fmt.Errorf("dev %q: want a disk such as /dev/vda or /dev/nvme0n1", v)
@@ -91,6 +99,9 @@ func parseBenchOptions(s string) (benchOptions, error) {
 	}
 	return o, nil
 }
+
+// maxDepths bounds the queue depths one run measures.
+const maxDepths = 8
 
 // cmdlineValue returns the value of key=value on the kernel command line.
 func cmdlineValue(key string) string {
@@ -126,7 +137,7 @@ func diskBenchAction(seed uint64) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("guest: diskbench start dev=%s size=%d time=%s jobs=%d\n", o.Dev, size, o.Time, o.Jobs)
+	fmt.Printf("guest: diskbench start dev=%s size=%d time=%s jobs=%s\n", o.Dev, size, o.Time, depths(o.Jobs))
 	return d.run(o)
 }
 
@@ -193,21 +204,50 @@ func (d *benchDisk) checkBlock(buf []byte, off int64) error {
 	return nil
 }
 
+// depths prints queue depths as the option takes them.
+func depths(qds []int) string {
+	s := make([]string, len(qds))
+	for i, q := range qds {
+		s[i] = strconv.Itoa(q)
+	}
+	return strings.Join(s, ":")
+}
+
 // result is one timed test's outcome.
 type result struct {
 	ops     int64
 	elapsed time.Duration
+	lat     []time.Duration // each request's latency, when timed asked for them (up to latCap per job)
 }
 
 func (r result) perSecond() float64 { return float64(r.ops) / r.elapsed.Seconds() }
 
+// latCap bounds the latencies one job keeps: at the nested test bed's
+// rates (thousands of requests a second in all) a job does far fewer in a
+// test; a faster disk keeps its first latCap, still plenty for a 99th
+// percentile.
+const latCap = 1 << 15
+
+// percentile is the p-th percentile (0 < p < 100) of the latencies, 0
+// without any.
+func (r result) percentile(p float64) time.Duration {
+	if len(r.lat) == 0 {
+		return 0
+	}
+	s := slices.Clone(r.lat)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(float64(len(s))*p/100))]
+}
+
 // timed runs jobs goroutines calling op (with their own aligned buffer of
 // bufSize bytes and random source) until d has passed, and counts the
-// operations done. The first error stops everything and is returned.
-func timed(jobs, bufSize int, dur time.Duration, seed uint64, op func(buf []byte, rng *rand.Rand, i int64) error) (result, error) {
+// operations done, timing each when lat is set. The first error stops
+// everything and is returned.
+func timed(jobs, bufSize int, dur time.Duration, seed uint64, lat bool, op func(buf []byte, rng *rand.Rand, i int64) error) (result, error) {
 	var stop atomic.Bool
 	counts := make([]int64, jobs)
 	errs := make([]error, jobs)
+	lats := make([][]time.Duration, jobs)
 	bufs := make([][]byte, jobs)
 	for j := range bufs {
 		b, err := alignedBuf(bufSize)
@@ -224,24 +264,33 @@ func timed(jobs, bufSize int, dur time.Duration, seed uint64, op func(buf []byte
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(seed, uint64(j)))
+			var l []time.Duration
+			if lat {
+				l = make([]time.Duration, 0, latCap)
+			}
 			var n int64
 			for !stop.Load() {
+				t0 := time.Now()
 				if err := op(bufs[j], rng, n); err != nil {
 					errs[j] = err
 					stop.Store(true)
 					break
 				}
+				if len(l) < cap(l) {
+					l = append(l, time.Since(t0))
+				}
 				n++
 			}
-			counts[j] = n
+			counts[j], lats[j] = n, l
 		}()
 	}
 	t := time.AfterFunc(dur, func() { stop.Store(true) })
 	wg.Wait()
 	t.Stop()
 	r := result{elapsed: time.Since(start)}
-	for _, n := range counts {
+	for j, n := range counts {
 		r.ops += n
+		r.lat = append(r.lat, lats[j]...)
 	}
 	return r, errors.Join(errs...)
 }
@@ -272,7 +321,7 @@ func rw(write bool, fd int, buf []byte, off int64) error {
 func (d *benchDisk) run(o benchOptions) error {
 	// seqwrite: also the write pass that the later tests check against.
 	var written atomic.Int64
-	r, err := timed(1, benchChunk, o.Time, d.seed, func(buf []byte, _ *rand.Rand, i int64) error {
+	r, err := timed(1, benchChunk, o.Time, d.seed, false, func(buf []byte, _ *rand.Rand, i int64) error {
 		if i == 0 {
 			d.fill(buf)
 		}
@@ -297,36 +346,40 @@ func (d *benchDisk) run(o benchOptions) error {
 	d.report("seqwrite", r, benchChunk, 1)
 
 	blocks := d.covered / benchBlock
-	r, err = timed(o.Jobs, benchBlock, o.Time, d.seed+1, func(buf []byte, rng *rand.Rand, i int64) error {
-		if i == 0 {
-			d.fill(buf)
+	for _, qd := range o.Jobs {
+		r, err = timed(qd, benchBlock, o.Time, d.seed+1, true, func(buf []byte, rng *rand.Rand, i int64) error {
+			if i == 0 {
+				d.fill(buf)
+			}
+			off := rng.Int64N(blocks) * benchBlock
+			d.stamp(buf, off)
+			return rw(true, d.fd, buf, off)
+		})
+		if err != nil {
+			return fmt.Errorf("randwrite at QD%d: %w", qd, err)
 		}
-		off := rng.Int64N(blocks) * benchBlock
-		d.stamp(buf, off)
-		return rw(true, d.fd, buf, off)
-	})
-	if err != nil {
-		return fmt.Errorf("randwrite: %w", err)
+		if err := unix.Fsync(d.fd); err != nil {
+			return fmt.Errorf("flush after randwrite: %w", err)
+		}
+		d.report("randwrite", r, benchBlock, qd)
 	}
-	if err := unix.Fsync(d.fd); err != nil {
-		return fmt.Errorf("flush after randwrite: %w", err)
-	}
-	d.report("randwrite", r, benchBlock, o.Jobs)
 
-	r, err = timed(o.Jobs, benchBlock, o.Time, d.seed+2, func(buf []byte, rng *rand.Rand, _ int64) error {
-		off := rng.Int64N(blocks) * benchBlock
-		if err := rw(false, d.fd, buf, off); err != nil {
-			return err
+	for _, qd := range o.Jobs {
+		r, err = timed(qd, benchBlock, o.Time, d.seed+2, true, func(buf []byte, rng *rand.Rand, _ int64) error {
+			off := rng.Int64N(blocks) * benchBlock
+			if err := rw(false, d.fd, buf, off); err != nil {
+				return err
+			}
+			return d.checkStamps(buf, off)
+		})
+		if err != nil {
+			return fmt.Errorf("randread at QD%d: %w", qd, err)
 		}
-		return d.checkStamps(buf, off)
-	})
-	if err != nil {
-		return fmt.Errorf("randread: %w", err)
+		d.report("randread", r, benchBlock, qd)
 	}
-	d.report("randread", r, benchBlock, o.Jobs)
 
 	chunks := d.covered / benchChunk
-	r, err = timed(1, benchChunk, o.Time, d.seed+3, func(buf []byte, _ *rand.Rand, i int64) error {
+	r, err = timed(1, benchChunk, o.Time, d.seed+3, false, func(buf []byte, _ *rand.Rand, i int64) error {
 		off := i % chunks * benchChunk
 		if err := rw(false, d.fd, buf, off); err != nil {
 			return err
@@ -370,12 +423,14 @@ func (d *benchDisk) verify() error {
 	return nil
 }
 
-// report prints a test's line: IOPS for the 4 KiB tests, MiB/s for the
-// 1 MiB ones.
+// report prints a test's line: IOPS, the queue depth and the latencies'
+// median and 99th percentile for the 4 KiB tests, MiB/s for the 1 MiB
+// ones.
 func (d *benchDisk) report(test string, r result, size, jobs int) {
 	if size == benchBlock {
-		fmt.Printf("guest: diskbench %s iops=%.0f ops=%d seconds=%.2f jobs=%d\n",
-			test, r.perSecond(), r.ops, r.elapsed.Seconds(), jobs)
+		fmt.Printf("guest: diskbench %s iops=%.0f qd=%d p50us=%d p99us=%d ops=%d seconds=%.2f jobs=%d\n",
+			test, r.perSecond(), jobs, r.percentile(50).Microseconds(), r.percentile(99).Microseconds(),
+			r.ops, r.elapsed.Seconds(), jobs)
 		return
 	}
 	fmt.Printf("guest: diskbench %s mibps=%.1f ops=%d seconds=%.2f jobs=%d\n",

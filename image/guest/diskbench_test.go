@@ -1,8 +1,10 @@
 package main
 
 import (
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -14,11 +16,12 @@ func TestParseBenchOptions(t *testing.T) {
 		want    benchOptions
 		wantErr string
 	}{
-		{"", benchOptions{8 * time.Second, 4, "/dev/vda"}, ""},
-		{"time=2s", benchOptions{2 * time.Second, 4, "/dev/vda"}, ""},
-		{"jobs=1", benchOptions{8 * time.Second, 1, "/dev/vda"}, ""},
-		{"jobs=16,time=500ms", benchOptions{500 * time.Millisecond, 16, "/dev/vda"}, ""},
-		{"dev=/dev/nvme0n1,jobs=2", benchOptions{8 * time.Second, 2, "/dev/nvme0n1"}, ""},
+		{"", benchOptions{8 * time.Second, []int{4}, "/dev/vda"}, ""},
+		{"time=2s", benchOptions{2 * time.Second, []int{4}, "/dev/vda"}, ""},
+		{"jobs=1", benchOptions{8 * time.Second, []int{1}, "/dev/vda"}, ""},
+		{"jobs=16,time=500ms", benchOptions{500 * time.Millisecond, []int{16}, "/dev/vda"}, ""},
+		{"jobs=1:4:32", benchOptions{8 * time.Second, []int{1, 4, 32}, "/dev/vda"}, ""},
+		{"dev=/dev/nvme0n1,jobs=2", benchOptions{8 * time.Second, []int{2}, "/dev/nvme0n1"}, ""},
 		{"dev=/dev/sda", benchOptions{}, "dev"},
 		{"dev=/etc/passwd", benchOptions{}, "dev"},
 		{"time=0s", benchOptions{}, "time"},
@@ -28,6 +31,9 @@ func TestParseBenchOptions(t *testing.T) {
 		{"jobs=0", benchOptions{}, "jobs"},
 		{"jobs=1000", benchOptions{}, "jobs"},
 		{"jobs=x", benchOptions{}, "jobs"},
+		{"jobs=1::4", benchOptions{}, "jobs"},
+		{"jobs=4:0", benchOptions{}, "jobs"},
+		{"jobs=1:2:3:4:5:6:7:8:9", benchOptions{}, "jobs"}, // more than maxDepths
 		{"depth=4", benchOptions{}, "unknown option"},
 		{"time=1s,", benchOptions{}, "unknown option"},
 	} {
@@ -38,7 +44,7 @@ func TestParseBenchOptions(t *testing.T) {
 			}
 			continue
 		}
-		if err != nil || got != tc.want {
+		if err != nil || got.Time != tc.want.Time || got.Dev != tc.want.Dev || !slices.Equal(got.Jobs, tc.want.Jobs) {
 			t.Errorf("parseBenchOptions(%q) = %+v, %v; want %+v", tc.in, got, err, tc.want)
 		}
 	}
@@ -123,7 +129,7 @@ func TestRun(t *testing.T) {
 			// may not write 3 MiB in 50 ms, so the time doubles until the
 			// pass covers the whole disk, which the damage below needs.
 			for tm := 50 * time.Millisecond; ; tm *= 2 {
-				if err := d.run(benchOptions{Time: tm, Jobs: 3}); err != nil {
+				if err := d.run(benchOptions{Time: tm, Jobs: []int{3, 1}}); err != nil {
 					t.Fatalf("run: %v", err)
 				}
 				if d.covered == size {
@@ -156,7 +162,7 @@ func TestRunStaleData(t *testing.T) {
 	defer f.Close()
 	f.Truncate(2 << 20)
 	old, _ := newBenchDisk(int(f.Fd()), 2<<20, 1)
-	if err := old.run(benchOptions{Time: 30 * time.Millisecond, Jobs: 2}); err != nil {
+	if err := old.run(benchOptions{Time: 30 * time.Millisecond, Jobs: []int{2}}); err != nil {
 		t.Fatal(err)
 	}
 	d, _ := newBenchDisk(int(f.Fd()), 2<<20, 2)
@@ -177,5 +183,31 @@ func BenchmarkStamp(b *testing.B) {
 		if err := d.checkStamps(buf, int64(i)*benchChunk); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestLatencies: timed keeps each request's latency when asked, and the
+// percentiles read them (a nearest-rank 50th and 99th).
+func TestLatencies(t *testing.T) {
+	r, err := timed(2, benchBlock, 50*time.Millisecond, 1, true, func([]byte, *rand.Rand, int64) error {
+		time.Sleep(time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.lat) != int(r.ops) || r.ops == 0 {
+		t.Fatalf("%d latencies for %d requests", len(r.lat), r.ops)
+	}
+	if p := r.percentile(50); p < time.Millisecond || p > r.percentile(99) {
+		t.Errorf("p50 %v, p99 %v: want p50 at least the 1ms each request slept, and at most p99", p, r.percentile(99))
+	}
+	r, _ = timed(1, benchBlock, 10*time.Millisecond, 1, false, func([]byte, *rand.Rand, int64) error { return nil })
+	if len(r.lat) != 0 || r.percentile(99) != 0 {
+		t.Errorf("latencies kept without asking: %d", len(r.lat))
+	}
+	fixed := result{lat: []time.Duration{5, 1, 4, 2, 3, 6, 7, 8, 9, 10}}
+	if fixed.percentile(50) != 6 || fixed.percentile(99) != 10 {
+		t.Errorf("percentiles of 1..10: p50 %v p99 %v, want 6 and 10", fixed.percentile(50), fixed.percentile(99))
 	}
 }

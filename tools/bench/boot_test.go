@@ -198,19 +198,33 @@ func TestFigures(t *testing.T) {
 		t.Errorf("jail figure ratio %v, want 4/3", r.Ratios)
 	}
 	runs := map[string][]diskRun{
-		"uring": {{values: map[string]float64{"randread": 900, "randwrite": 800, "seqread": 100, "seqwrite": 90}}},
-		"qemu":  {{values: map[string]float64{"randread": 1000, "randwrite": 800, "seqread": 50, "seqwrite": 90}}},
+		"uring": {{values: map[string]float64{"randread-qd4": 900, "randread-qd4-p99": 3000, "seqread": 100}}},
+		"qemu":  {{values: map[string]float64{"randread-qd4": 1000, "randread-qd4-p99": 2000, "seqread": 50}}},
 	}
 	disk := diskFigures("disk", "uring", []string{"qemu"}, runs, &result.Goal{Peer: "qemu", Ratio: 1})
-	var names []string
+	byName := map[string]result.Figure{}
 	for _, f := range disk {
-		names = append(names, f.Name+" "+f.Unit)
+		byName[f.Name] = f
 	}
-	if got := strings.Join(names, ", "); got != "4 KiB randread QD4 IOPS, 4 KiB randwrite QD4 IOPS, 1 MiB seqread MiB/s, 1 MiB seqwrite MiB/s" {
-		t.Errorf("disk figures: %s", got)
+	if len(disk) != len(diskTests()) {
+		t.Errorf("%d disk figures for %d tests", len(disk), len(diskTests()))
 	}
-	if r := result.Summary(disk[2]); r.Ratios["qemu"] != 2 || r.Met == nil || !*r.Met {
-		t.Errorf("seqread: ratio %v met %v", r.Ratios, r.Met)
+	for name, check := range map[string]func(result.Row) bool{
+		// Higher is better: 0.9 of QEMU misses the goal.
+		"4 KiB randread QD4": func(r result.Row) bool { return r.Unit == "IOPS" && !r.Lower && r.Met != nil && !*r.Met },
+		// Lower is better: 1.5 times QEMU's p99 misses it too.
+		"4 KiB randread QD4, p99 latency": func(r result.Row) bool { return r.Unit == "µs" && r.Lower && r.Met != nil && !*r.Met },
+		// Twice QEMU's bandwidth meets it.
+		"1 MiB seqread": func(r result.Row) bool { return r.Unit == "MiB/s" && r.Ratios["qemu"] == 2 && r.Met != nil && *r.Met },
+	} {
+		f, ok := byName[name]
+		if !ok {
+			t.Errorf("no disk figure %q", name)
+			continue
+		}
+		if r := result.Summary(f); !check(r) {
+			t.Errorf("%s: %+v", name, r)
+		}
 	}
 }
 

@@ -23,7 +23,8 @@ import (
 // The disk benchmark (hyperroot-bench disk, in an image built with
 // `mkimage -bench`, which adds QEMU): the test guest's disk-bench action
 // measures its /dev/vda from inside (4 KiB random read and write IOPS at
-// queue depth 4, 1 MiB sequential read and write bandwidth; see
+// queue depths 1, 4 and 32 with the median and 99th-percentile latency
+// of the requests, 1 MiB sequential read and write bandwidth; see
 // image/guest/diskbench.go) while the disk is served in turn by hyperroot's
 // io_uring backend, its thread-pool backend and QEMU's virtio-blk, each
 // booting the same guest kernel and initramfs with 1 vCPU and 256 MiB,
@@ -38,18 +39,35 @@ const (
 	diskBenchImage   = "/tmp/hyperroot-bench/disk.img"
 	diskBenchClone   = "/tmp/hyperroot-bench/clone.qcow2"
 	diskBenchSize    = 256 << 20
-	diskBenchOptions = "time=8s,jobs=4"
+	diskBenchOptions = "time=6s,jobs=1:4:32"
 	diskBenchTimeout = 10 * time.Minute
 	qemuPath         = "/usr/bin/qemu-system-x86_64"
 )
 
-// diskTest is one of the guest's tests and the unit it reports in.
+// diskTest is one figure of the guest's tests and the unit it reports in:
+// a random test's IOPS at one queue depth ("randread-qd4"), the median
+// and 99th percentile of its requests' latencies ("randread-qd4-p50",
+// "-p99", in µs: lower is better), a sequential test's MiB/s.
 type diskTest struct{ name, unit string }
 
-// diskTests lists the guest's tests in the order the table shows them.
+// diskBenchDepths are the random tests' queue depths, as diskBenchOptions
+// asks the guest for them.
+var diskBenchDepths = []int{1, 4, 32}
+
+// diskTests lists the guest's figures in the order the table shows them.
 func diskTests() []diskTest {
-	return []diskTest{{"randread", "iops"}, {"randwrite", "iops"}, {"seqread", "mibps"}, {"seqwrite", "mibps"}}
+	var out []diskTest
+	for _, kind := range []string{"randread", "randwrite"} {
+		for _, qd := range diskBenchDepths {
+			name := fmt.Sprintf("%s-qd%d", kind, qd)
+			out = append(out, diskTest{name, "iops"}, diskTest{name + "-p50", "us"}, diskTest{name + "-p99", "us"})
+		}
+	}
+	return append(out, diskTest{"seqread", "mibps"}, diskTest{"seqwrite", "mibps"})
 }
+
+// lowerIsBetter says whether a unit's figures are better low (latencies).
+func lowerIsBetter(unit string) bool { return unit == "us" }
 
 // diskBackend is one way of serving the guest's disk: a VMM command line.
 type diskBackend struct {
@@ -259,8 +277,8 @@ func (c *diskCollector) line(line string) {
 	if len(c.tail) > 8 {
 		c.tail = c.tail[1:]
 	}
-	if test, v, ok := parseDiskBenchLine(line); ok {
-		c.run.values[test] = v
+	for _, v := range parseDiskBenchLine(line) {
+		c.run.values[v.test] = v.value
 	}
 	switch {
 	case strings.Contains(line, "guest: diskbench verify ok"):
@@ -309,34 +327,59 @@ func collectDiskBench(r io.Reader) (diskRun, error) {
 	return c.result()
 }
 
+// diskValue is one figure of a guest's line.
+type diskValue struct {
+	test  string
+	value float64
+}
+
 // parseDiskBenchLine reads a guest's "guest: diskbench <test> <unit>=<value> ..."
-// line. The line comes from the guest, so anything is possible: ok only for
-// a known test in its own unit with a finite, non-negative value.
-func parseDiskBenchLine(line string) (test string, value float64, ok bool) {
+// line: "randread iops=<n> qd=<d> p50us=<n> p99us=<n> ..." gives the
+// three figures of randread-qd<d>, "seqread mibps=<n> ..." one. The line
+// comes from the guest, so anything is possible: it gives figures only
+// for a known test at a queue depth asked for, every value finite and
+// non-negative, and nothing otherwise.
+func parseDiskBenchLine(line string) []diskValue {
 	const tag = "guest: diskbench "
 	i := strings.Index(line, tag)
 	if i < 0 {
-		return "", 0, false
+		return nil
 	}
 	f := strings.Fields(line[i+len(tag):])
 	if len(f) < 2 {
-		return "", 0, false
+		return nil
 	}
-	for _, t := range diskTests() {
-		if t.name != f[0] {
-			continue
+	field := func(key string) (float64, bool) {
+		for _, kv := range f[1:] {
+			if s, ok := strings.CutPrefix(kv, key+"="); ok {
+				v, err := strconv.ParseFloat(s, 64)
+				return v, err == nil && !math.IsNaN(v) && !math.IsInf(v, 0) && v >= 0
+			}
 		}
-		s, found := strings.CutPrefix(f[1], t.unit+"=")
-		if !found {
-			return "", 0, false
-		}
-		v, err := strconv.ParseFloat(s, 64)
-		if err != nil || math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
-			return "", 0, false
-		}
-		return t.name, v, true
+		return 0, false
 	}
-	return "", 0, false
+	known := func(name string) bool {
+		return slices.ContainsFunc(diskTests(), func(t diskTest) bool { return t.name == name })
+	}
+	switch f[0] {
+	case "seqread", "seqwrite":
+		v, ok := field("mibps")
+		if !ok || !strings.HasPrefix(f[1], "mibps=") {
+			return nil
+		}
+		return []diskValue{{f[0], v}}
+	case "randread", "randwrite":
+		iops, ok1 := field("iops")
+		qd, ok2 := field("qd")
+		p50, ok3 := field("p50us")
+		p99, ok4 := field("p99us")
+		name := fmt.Sprintf("%s-qd%.0f", f[0], qd)
+		if !ok1 || !ok2 || !ok3 || !ok4 || !strings.HasPrefix(f[1], "iops=") || qd != math.Trunc(qd) || !known(name) {
+			return nil
+		}
+		return []diskValue{{name, iops}, {name + "-p50", p50}, {name + "-p99", p99}}
+	}
+	return nil
 }
 
 // formatRun is one run's figures on one line.
@@ -349,15 +392,18 @@ func formatRun(run diskRun) string {
 }
 
 func formatValue(v float64, unit string) string {
-	if unit == "iops" {
+	switch unit {
+	case "iops":
 		return fmt.Sprintf("%.0f", v)
+	case "us":
+		return fmt.Sprintf("%.0fus", v)
 	}
 	return fmt.Sprintf("%.1fMiB/s", v)
 }
 
 // diskTable is the summary: per test, each backend's median over its runs,
 // then the ratios that matter: each hyperroot backend over QEMU, and
-// io_uring over the pool. Higher is better for every figure.
+// io_uring over the pool. Higher is better, but for the latencies.
 func diskTable(backends []string, runs map[string][]diskRun) []string {
 	var ratios [][2]string
 	for _, b := range backends {
@@ -371,7 +417,7 @@ func diskTable(backends []string, runs map[string][]diskRun) []string {
 			ratios = append(ratios, r)
 		}
 	}
-	head := fmt.Sprintf("%-10s %-6s", "test", "unit")
+	head := fmt.Sprintf("%-18s %-6s", "test", "unit")
 	for _, b := range backends {
 		head += fmt.Sprintf(" %10s", b)
 	}
@@ -382,17 +428,17 @@ func diskTable(backends []string, runs map[string][]diskRun) []string {
 	for _, b := range backends {
 		n = max(n, len(runs[b]))
 	}
-	lines := []string{head + fmt.Sprintf("  (medians of %d rounds; higher is better)", n)}
+	lines := []string{head + fmt.Sprintf("  (medians of %d rounds; higher is better, but for latencies (us))", n)}
 	for _, t := range diskTests() {
 		med := map[string]float64{}
-		line := fmt.Sprintf("%-10s %-6s", t.name, strings.Replace(t.unit, "mibps", "MiB/s", 1))
+		line := fmt.Sprintf("%-18s %-6s", t.name, strings.Replace(t.unit, "mibps", "MiB/s", 1))
 		for _, b := range backends {
 			var vs []float64
 			for _, run := range runs[b] {
 				vs = append(vs, run.values[t.name])
 			}
 			med[b] = medianFloat(vs)
-			line += fmt.Sprintf(" %10s", strings.TrimSuffix(formatValue(med[b], t.unit), "MiB/s"))
+			line += fmt.Sprintf(" %10s", strings.TrimSuffix(strings.TrimSuffix(formatValue(med[b], t.unit), "MiB/s"), "us"))
 		}
 		for _, r := range ratios {
 			ratio := "-"
@@ -411,7 +457,8 @@ func diskTable(backends []string, runs map[string][]diskRun) []string {
 func diskFigures(bench, ours string, peers []string, runs map[string][]diskRun, goal *result.Goal) []result.Figure {
 	var out []result.Figure
 	for _, t := range diskTests() {
-		f := result.Figure{Bench: bench, Name: diskFigureName(t.name), Unit: strings.Replace(strings.Replace(t.unit, "mibps", "MiB/s", 1), "iops", "IOPS", 1),
+		unit := map[string]string{"mibps": "MiB/s", "iops": "IOPS", "us": "µs"}[t.unit]
+		f := result.Figure{Bench: bench, Name: diskFigureName(t.name), Unit: unit, Lower: lowerIsBetter(t.unit),
 			Ours: ours, Values: map[string][]float64{}, Goal: goal}
 		for _, b := range append([]string{ours}, peers...) {
 			vs := []float64{}
@@ -425,24 +472,19 @@ func diskFigures(bench, ours string, peers []string, runs map[string][]diskRun, 
 	return out
 }
 
-// diskFigureName says what a disk test does, as the issue's table does.
+// diskFigureName says what a disk test does, as the issue's table does:
+// "randread-qd4-p99" is "4 KiB randread QD4, p99 latency".
 func diskFigureName(test string) string {
-	switch test {
-	case "randread", "randwrite":
-		return "4 KiB " + test + " QD" + diskBenchJobs()
-	default:
+	kind, rest, random := strings.Cut(test, "-qd")
+	if !random {
 		return "1 MiB " + test
 	}
-}
-
-// diskBenchJobs is the random tests' queue depth, from diskBenchOptions.
-func diskBenchJobs() string {
-	for _, o := range strings.Split(diskBenchOptions, ",") {
-		if v, ok := strings.CutPrefix(o, "jobs="); ok {
-			return v
-		}
+	qd, pct, latency := strings.Cut(rest, "-")
+	name := "4 KiB " + kind + " QD" + qd
+	if latency {
+		name += ", " + pct + " latency"
 	}
-	return "4"
+	return name
 }
 
 // medianFloat is the median of vs (the upper one of an even count), 0 for none.

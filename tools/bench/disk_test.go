@@ -1,70 +1,71 @@
 package main
 
 import (
-	"github.com/hyperroot/hyperroot/vmm/block/qcow2"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/vmm/block/qcow2"
 )
 
 func TestParseDiskBenchLine(t *testing.T) {
 	for _, tc := range []struct {
-		line  string
-		test  string
-		value float64
-		ok    bool
+		line string
+		want []diskValue
 	}{
-		{"guest: diskbench randread iops=1234 ops=9872 seconds=8.00 jobs=4", "randread", 1234, true},
-		{"guest: diskbench randwrite iops=0", "randwrite", 0, true},
-		{"guest: diskbench seqwrite mibps=56.7 ops=453", "seqwrite", 56.7, true},
-		{"guest: diskbench seqread mibps=1e3", "seqread", 1000, true},
-		{"bench| [  3.1] guest: diskbench seqread mibps=12.5\r", "seqread", 12.5, true}, // prefixed, CR
-		{"guest: diskbench randread mibps=12", "", 0, false},                            // wrong unit
-		{"guest: diskbench seqread iops=12", "", 0, false},
-		{"guest: diskbench randread iops=-1", "", 0, false},
-		{"guest: diskbench randread iops=NaN", "", 0, false},
-		{"guest: diskbench randread iops=+Inf", "", 0, false},
-		{"guest: diskbench randread iops=1e999", "", 0, false},
-		{"guest: diskbench randread iops=", "", 0, false},
-		{"guest: diskbench randread", "", 0, false},
-		{"guest: diskbench trim iops=5", "", 0, false},
-		{"guest: diskbench start dev=/dev/vda size=268435456", "", 0, false},
-		{"guest: diskbench verify ok blocks=256", "", 0, false},
-		{"guest: iops vda serial=x 1000", "", 0, false},
-		{"", "", 0, false},
+		{"guest: diskbench randread iops=1234 qd=4 p50us=812 p99us=3400 ops=9872 seconds=8.00 jobs=4",
+			[]diskValue{{"randread-qd4", 1234}, {"randread-qd4-p50", 812}, {"randread-qd4-p99", 3400}}},
+		{"guest: diskbench randwrite iops=0 qd=32 p50us=0 p99us=0", []diskValue{{"randwrite-qd32", 0}, {"randwrite-qd32-p50", 0}, {"randwrite-qd32-p99", 0}}},
+		{"guest: diskbench seqwrite mibps=56.7 ops=453", []diskValue{{"seqwrite", 56.7}}},
+		{"guest: diskbench seqread mibps=1e3", []diskValue{{"seqread", 1000}}},
+		{"bench| [  3.1] guest: diskbench seqread mibps=12.5\r", []diskValue{{"seqread", 12.5}}}, // prefixed, CR
+		{"guest: diskbench randread iops=1234 ops=9872 seconds=8.00 jobs=4", nil},                // no qd, no latencies (an old guest)
+		{"guest: diskbench randread iops=12 qd=8 p50us=1 p99us=2", nil},                          // a depth not asked for
+		{"guest: diskbench randread iops=12 qd=4.5 p50us=1 p99us=2", nil},
+		{"guest: diskbench randread iops=12 qd=4 p50us=-1 p99us=2", nil},
+		{"guest: diskbench randread iops=12 qd=4 p50us=1 p99us=NaN", nil},
+		{"guest: diskbench randread qd=4 iops=12 p50us=1 p99us=2", nil}, // the figure not first
+		{"guest: diskbench randread mibps=12", nil},                     // wrong unit
+		{"guest: diskbench seqread iops=12", nil},
+		{"guest: diskbench seqread mibps=-1", nil},
+		{"guest: diskbench seqread mibps=+Inf", nil},
+		{"guest: diskbench seqread mibps=1e999", nil},
+		{"guest: diskbench seqread mibps=", nil},
+		{"guest: diskbench randread", nil},
+		{"guest: diskbench trim iops=5", nil},
+		{"guest: diskbench start dev=/dev/vda size=268435456", nil},
+		{"guest: diskbench verify ok blocks=256", nil},
+		{"guest: iops vda serial=x 1000", nil},
+		{"", nil},
 	} {
-		test, v, ok := parseDiskBenchLine(tc.line)
-		if test != tc.test || v != tc.value || ok != tc.ok {
-			t.Errorf("parseDiskBenchLine(%q) = %q, %v, %v; want %q, %v, %v", tc.line, test, v, ok, tc.test, tc.value, tc.ok)
+		if got := parseDiskBenchLine(tc.line); !slices.Equal(got, tc.want) {
+			t.Errorf("parseDiskBenchLine(%q) = %v, want %v", tc.line, got, tc.want)
 		}
 	}
 }
 
 // FuzzParseDiskBenchLine: guest output never panics the parser, and what
-// it accepts is a known test with a usable figure.
+// it accepts are known figures with usable values.
 func FuzzParseDiskBenchLine(f *testing.F) {
+	f.Add("guest: diskbench randread iops=1234 qd=4 p50us=812 p99us=3400 ops=9872 seconds=8.00 jobs=4")
 	f.Add("guest: diskbench randread iops=1234 ops=9872 seconds=8.00 jobs=4")
 	f.Add("guest: diskbench seqwrite mibps=56.7")
 	f.Add("guest: diskbench seqread mibps=0x1p-2")
 	f.Add("guest: diskbench ")
 	f.Fuzz(func(t *testing.T, line string) {
-		test, v, ok := parseDiskBenchLine(line)
-		if !ok {
-			if test != "" || v != 0 {
-				t.Fatalf("rejected line returned %q, %v", test, v)
+		for _, v := range parseDiskBenchLine(line) {
+			known := false
+			for _, dt := range diskTests() {
+				known = known || dt.name == v.test
 			}
-			return
-		}
-		known := false
-		for _, dt := range diskTests() {
-			known = known || dt.name == test
-		}
-		if !known || v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
-			t.Fatalf("accepted %q as %q = %v", line, test, v)
+			if !known || v.value < 0 || math.IsNaN(v.value) || math.IsInf(v.value, 0) {
+				t.Fatalf("accepted %q as %q = %v", line, v.test, v.value)
+			}
 		}
 	})
 }
@@ -73,10 +74,14 @@ const goodTranscript = `hyperroot vmm: disk 0: io_uring
 [    0.000000] Linux version 6.1.0
 guest: booted nproc=1 memtotal_kb=93920
 guest: action disk-bench
-guest: diskbench start dev=/dev/vda size=268435456 time=8s jobs=4
+guest: diskbench start dev=/dev/vda size=268435456 time=6s jobs=1:4:32
 guest: diskbench seqwrite mibps=100.5 ops=804 seconds=8.00 jobs=1
-guest: diskbench randwrite iops=2000 ops=16000 seconds=8.00 jobs=4
-guest: diskbench randread iops=3000 ops=24000 seconds=8.00 jobs=4
+guest: diskbench randwrite iops=1000 qd=1 p50us=900 p99us=2000 ops=6000 seconds=6.00 jobs=1
+guest: diskbench randwrite iops=2000 qd=4 p50us=1900 p99us=5000 ops=12000 seconds=6.00 jobs=4
+guest: diskbench randwrite iops=2500 qd=32 p50us=12000 p99us=40000 ops=15000 seconds=6.00 jobs=32
+guest: diskbench randread iops=1500 qd=1 p50us=600 p99us=1500 ops=9000 seconds=6.00 jobs=1
+guest: diskbench randread iops=3000 qd=4 p50us=1300 p99us=4000 ops=18000 seconds=6.00 jobs=4
+guest: diskbench randread iops=3500 qd=32 p50us=9000 p99us=30000 ops=21000 seconds=6.00 jobs=32
 guest: diskbench seqread mibps=200.0 ops=1600 seconds=8.00 jobs=1
 guest: diskbench verify ok blocks=256 covered-mib=256
 [    9.1] reboot: Power down
@@ -92,8 +97,8 @@ func TestCollectDiskBench(t *testing.T) {
 		{"guest failed", strings.Replace(goodTranscript, "guest: diskbench verify ok blocks=256 covered-mib=256",
 			"guest: FAIL disk-bench: verify: block at 4096: stamp wrong", 1), "guest failed: guest: FAIL disk-bench: verify"},
 		{"no verify", strings.Replace(goodTranscript, "guest: diskbench verify ok", "guest: something else", 1), "no verify"},
-		{"a test missing", strings.Replace(goodTranscript, "guest: diskbench randread", "guest: diskbnch randread", 1), "no randread"},
-		{"nothing", "hyperroot vmm: bench: kernel: no such file\n", "no randread, randwrite, seqread, seqwrite, verify"},
+		{"a test missing", strings.Replace(goodTranscript, "guest: diskbench randread", "guest: diskbnch randread", 1), "no randread-qd1, randread-qd1-p50, randread-qd1-p99"},
+		{"nothing", "hyperroot vmm: bench: kernel: no such file\n", "no randread-qd1, "},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			run, err := collectDiskBench(strings.NewReader(tc.transcript))
@@ -106,7 +111,8 @@ func TestCollectDiskBench(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := map[string]float64{"seqwrite": 100.5, "randwrite": 2000, "randread": 3000, "seqread": 200}
+			want := map[string]float64{"seqwrite": 100.5, "randwrite-qd4": 2000, "randread-qd4": 3000, "seqread": 200,
+				"randread-qd32-p99": 30000, "randwrite-qd1-p50": 900}
 			for k, v := range want {
 				if run.values[k] != v {
 					t.Errorf("%s = %v, want %v", k, run.values[k], v)
@@ -121,7 +127,7 @@ func TestCollectDiskBench(t *testing.T) {
 
 func TestDiskTable(t *testing.T) {
 	run := func(rr, rw, sr, sw float64) diskRun {
-		return diskRun{values: map[string]float64{"randread": rr, "randwrite": rw, "seqread": sr, "seqwrite": sw}}
+		return diskRun{values: map[string]float64{"randread-qd1": rr, "randread-qd1-p50": rr / 2, "randwrite-qd1": rw, "seqread": sr, "seqwrite": sw}}
 	}
 	runs := map[string][]diskRun{
 		// medians: uring 2000/1000/300/100, pool 1000/500/150/50, qemu 4000/1000/600/0
@@ -132,23 +138,32 @@ func TestDiskTable(t *testing.T) {
 	got := diskTable([]string{"uring", "pool", "qemu"}, runs)
 	want := [][]string{
 		{"test", "unit", "uring", "pool", "qemu", "uring/qemu", "pool/qemu", "uring/pool", "(medians", "of", "3"},
-		{"randread", "iops", "2000", "1000", "4000", "0.50", "0.25", "2.00"},
-		{"randwrite", "iops", "1000", "500", "1000", "1.00", "0.50", "2.00"},
+		{"randread-qd1", "iops", "2000", "1000", "4000", "0.50", "0.25", "2.00"},
+		{"randread-qd1-p50", "us", "1000", "500", "2000", "0.50", "0.25", "2.00"},
+		{"randwrite-qd1", "iops", "1000", "500", "1000", "1.00", "0.50", "2.00"},
 		{"seqread", "MiB/s", "300.0", "150.0", "600.0", "0.50", "0.25", "2.00"},
 		{"seqwrite", "MiB/s", "100.0", "50.0", "0.0", "-", "-", "2.00"}, // no ratio over zero
 	}
-	if len(got) != len(want) {
-		t.Fatalf("got %d lines, want %d:\n%s", len(got), len(want), strings.Join(got, "\n"))
+	if len(got) != len(diskTests())+1 {
+		t.Fatalf("got %d lines, want a head and one per test (%d):\n%s", len(got), len(diskTests()), strings.Join(got, "\n"))
+	}
+	byTest := map[string]string{}
+	for _, l := range got[1:] {
+		byTest[strings.Fields(l)[0]] = l
 	}
 	for i, w := range want {
-		f := strings.Fields(got[i])
+		l := got[0]
+		if i > 0 {
+			l = byTest[w[0]]
+		}
+		f := strings.Fields(l)
 		if len(f) < len(w) || strings.Join(f[:len(w)], " ") != strings.Join(w, " ") {
-			t.Errorf("line %d = %q, want fields %q", i, got[i], w)
+			t.Errorf("line %q, want fields %q", l, w)
 		}
 	}
 	// Without io= backends: one hyperroot column, no uring/pool ratio.
 	got = diskTable([]string{"hyperroot", "qemu"}, map[string][]diskRun{"hyperroot": runs["pool"], "qemu": runs["qemu"]})
-	if f := strings.Fields(got[1]); strings.Join(f, " ") != "randread iops 1000 4000 0.25" {
+	if f := strings.Fields(got[1]); strings.Join(f, " ") != "randread-qd1 iops 1000 4000 0.25" {
 		t.Errorf("two-backend line %q", got[1])
 	}
 }
