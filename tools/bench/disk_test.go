@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"math"
 	"os"
 	"path/filepath"
@@ -99,12 +100,17 @@ func TestCollectDiskBench(t *testing.T) {
 		{"no verify", strings.Replace(goodTranscript, "guest: diskbench verify ok", "guest: something else", 1), "no verify"},
 		{"a test missing", strings.Replace(goodTranscript, "guest: diskbench randread", "guest: diskbnch randread", 1), "no randread-qd1, randread-qd1-p50, randread-qd1-p99"},
 		{"nothing", "hyperroot vmm: bench: kernel: no such file\n", "no randread-qd1, "},
+		{"triple fault", strings.Replace(goodTranscript, "guest: diskbench randread iops=1500",
+			"hyperroot vmm: bench: crash after 24.123s (vCPU 0: triple fault)\nguest: x", 1), "the guest triple-faulted (hyperroot vmm: bench: crash after 24.123s"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			run, err := collectDiskBench(strings.NewReader(tc.transcript))
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
+				}
+				if errors.Is(err, errGuestTripleFault) != (tc.name == "triple fault") {
+					t.Errorf("error %v: a triple fault = %v", err, errors.Is(err, errGuestTripleFault))
 				}
 				return
 			}

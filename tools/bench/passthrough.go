@@ -70,7 +70,7 @@ func runPassthroughBench(e *env) error {
 	runs := map[string][]diskRun{}
 	for round := 1; round <= diskBenchRounds; round++ {
 		for _, b := range backends {
-			run, err := diskOnce(e.starter, b)
+			run, err := diskAttempts(e, "passthrough", round, b)
 			if err != nil {
 				return fmt.Errorf("%s: %w", b.name, err)
 			}
