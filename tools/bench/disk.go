@@ -275,7 +275,8 @@ func diskOnce(starter child.Starter, b diskBackend) (diskRun, error) {
 	case <-time.After(diskBenchTimeout):
 		p.Signal(unix.SIGKILL)
 		p.Wait()
-		return diskRun{}, fmt.Errorf("no result within %s", diskBenchTimeout)
+		// What the guest said last says where it stopped.
+		return diskRun{}, fmt.Errorf("no result within %s; console ended with: %q", diskBenchTimeout, col.tail)
 	}
 	run, err := col.result()
 	if err != nil {
