@@ -219,9 +219,15 @@ unit_and_e2e() {
 # summary of what failed or hung and of the slow tests (tools/testreport), so
 # that the tail of a CI log says which test to look at; every test's time
 # goes to $OUT/test-times-<step>.tsv (slowest first), for planning the budget.
+# Under a failed test's summary line: its VMMs' dumps of their vCPUs (state,
+# registers, where each stopped), panics and the appliance's errors, which
+# a console of thousands of lines would otherwise bury far above the tail.
 TESTREPORT=$OUT/bin/testreport
 testreport_build() { go build -o "$TESTREPORT" ./tools/testreport; }
-testreport() { "$TESTREPORT" -slow 60s -note "spoilt by the test bed" -times "$OUT/test-times-$1.tsv"; }
+testreport() {
+	"$TESTREPORT" -slow 60s -note "spoilt by the test bed" -times "$OUT/test-times-$1.tsv" \
+		-key 'dump: (vcpu [0-9]+|vm[: ]|kvm counts)|panic:|fatal error:|hyperroot: error:'
+}
 
 race() {
 	testreport_build || return 1

@@ -23,6 +23,13 @@
 // that retries what it has shown to be its test bed's fault (tools/e2e) says
 // so in a line the summary should show, since a retry can hide a bug.
 //
+// With -key REGEXP, the output lines of a failed or unfinished test that
+// match it (its last keyLines such lines, however long its output) are
+// repeated under its FAIL line at the very end: an end-to-end test's
+// console runs to thousands of lines, a CI log is often read only by its
+// tail, and the lines that say why (a VMM's vCPU state in a dump, an
+// error) are then the last thing printed.
+//
 // With -times FILE, every test's time goes to FILE as well, slowest first,
 // one line each: seconds, seconds waited, verdict, package, test (tab
 // separated): the whole distribution, for planning where a suite's budget
@@ -59,11 +66,15 @@ type event struct {
 // that fails prints its appliance's console, and only its end matters.
 const keepLines = 400
 
+// keyLines bounds the -key lines kept of one test.
+const keyLines = 30
+
 // test is what is known of one test while its package runs.
 type test struct {
 	name    string
 	lines   []string // the last keepLines lines of its output
 	dropped int      // lines dropped from the front
+	keys    []string // the last keyLines lines matching -key
 	done    bool
 	waited  float64 // seconds it said it waited before it ran (waitedRE)
 }
@@ -95,11 +106,13 @@ type result struct {
 	seconds   float64 // elapsed, less waited
 	waited    float64
 	verdict   string // "pass", "fail", "skip", "unfinished"
+	keys      []string
 }
 
 type report struct {
 	out     io.Writer
 	note    *regexp.Regexp              // nil: none
+	key     *regexp.Regexp              // nil: none
 	notes   []string                    // "<test>: <line>"
 	running map[string]map[string]*test // package -> test name -> test
 	started map[string]bool             // packages that printed anything
@@ -155,6 +168,12 @@ func (r *report) event(e event) {
 				t.waited += d.Seconds()
 			}
 		}
+		if r.key != nil && r.key.MatchString(e.Output) {
+			t.keys = append(t.keys, strings.TrimSpace(e.Output))
+			if len(t.keys) > keyLines {
+				t.keys = t.keys[len(t.keys)-keyLines:]
+			}
+		}
 		if r.note != nil && r.note.MatchString(e.Output) {
 			r.notes = append(r.notes, e.Test+": "+strings.TrimSpace(e.Output))
 		}
@@ -163,7 +182,7 @@ func (r *report) event(e event) {
 			return
 		}
 		t.done = true
-		r.results = append(r.results, result{e.Package, e.Test, max(e.Elapsed-t.waited, 0), t.waited, e.Action})
+		r.results = append(r.results, result{e.Package, e.Test, max(e.Elapsed-t.waited, 0), t.waited, e.Action, t.keys})
 		if e.Action == "fail" {
 			r.failed = true
 			t.print(r.out)
@@ -205,7 +224,7 @@ func (r *report) unfinished(pkg string) {
 	for _, n := range names {
 		fmt.Fprintf(r.out, "--- UNFINISHED: %s (%s): its output up to the end of its package:\n", n, pkg)
 		ts[n].print(r.out)
-		r.results = append(r.results, result{pkg, n, -1, 0, "unfinished"})
+		r.results = append(r.results, result{pkg, n, -1, 0, "unfinished", ts[n].keys})
 		r.failed = true
 	}
 	delete(r.running, pkg)
@@ -252,6 +271,9 @@ func (r *report) summary(slow time.Duration) {
 		} else {
 			fmt.Fprintf(r.out, "   FAIL %7.1fs  %s  %s%s\n", res.seconds, res.name, res.pkg, waitedNote(res))
 		}
+		for _, k := range res.keys {
+			fmt.Fprintf(r.out, "       | %s\n", k)
+		}
 	}
 	if len(bad) == 0 && r.failed {
 		fmt.Fprintln(r.out, "   a package failed outside its tests (build error, crash in TestMain, vet): see above")
@@ -277,9 +299,9 @@ func (r *report) writeTimes(w io.Writer) error {
 	return nil
 }
 
-func run(in io.Reader, out io.Writer, slow time.Duration, note *regexp.Regexp, times io.Writer) bool {
+func run(in io.Reader, out io.Writer, slow time.Duration, note, key *regexp.Regexp, times io.Writer) bool {
 	r := newReport(out)
-	r.note = note
+	r.note, r.key = note, key
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 1<<20), 16<<20)
 	for sc.Scan() {
@@ -309,6 +331,7 @@ func run(in io.Reader, out io.Writer, slow time.Duration, note *regexp.Regexp, t
 func main() {
 	slow := flag.Duration("slow", time.Minute, "list the tests that took at least this long")
 	note := flag.String("note", "", "repeat in the summary every test output line matching this regexp")
+	key := flag.String("key", "", "repeat under a failed test's summary line its output lines matching this regexp")
 	timesPath := flag.String("times", "", "write every test's time to this file, slowest first")
 	flag.Parse()
 	// times stays a nil interface without -times (a nil *os.File in it
@@ -323,15 +346,7 @@ func main() {
 		}
 		times, timesFile = f, f
 	}
-	var re *regexp.Regexp
-	if *note != "" {
-		var err error
-		if re, err = regexp.Compile(*note); err != nil {
-			fmt.Fprintf(os.Stderr, "testreport: -note: %v\n", err)
-			os.Exit(2)
-		}
-	}
-	ok := run(os.Stdin, os.Stdout, *slow, re, times)
+	ok := run(os.Stdin, os.Stdout, *slow, compile("note", *note), compile("key", *key), times)
 	if timesFile != nil {
 		if err := timesFile.Close(); err != nil {
 			fmt.Fprintf(os.Stderr, "testreport: -times: %v\n", err)
@@ -341,4 +356,17 @@ func main() {
 	if !ok {
 		os.Exit(1)
 	}
+}
+
+// compile is flag name's regexp, nil when it is empty.
+func compile(name, expr string) *regexp.Regexp {
+	if expr == "" {
+		return nil
+	}
+	re, err := regexp.Compile(expr)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "testreport: -%s: %v\n", name, err)
+		os.Exit(2)
+	}
+	return re
 }

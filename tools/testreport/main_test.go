@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"regexp"
 	"strings"
 	"testing"
@@ -92,7 +93,7 @@ func TestReport(t *testing.T) {
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out strings.Builder
-			ok := run(strings.NewReader(tc.in), &out, time.Minute, regexp.MustCompile(`spoilt`), nil)
+			ok := run(strings.NewReader(tc.in), &out, time.Minute, regexp.MustCompile(`spoilt`), nil, nil)
 			if ok != tc.ok {
 				t.Errorf("run = %v, want %v", ok, tc.ok)
 			}
@@ -135,7 +136,7 @@ func TestTimes(t *testing.T) {
 		`{"Action":"skip","Package":"p","Test":"TestSkipped","Elapsed":0}` + "\n" +
 		`{"Action":"fail","Package":"p","Elapsed":53}` + "\n"
 	var out, times strings.Builder
-	if run(strings.NewReader(in), &out, time.Minute, nil, &times) {
+	if run(strings.NewReader(in), &out, time.Minute, nil, nil, &times) {
 		t.Error("a failed test reported as a pass")
 	}
 	want := "42.2\t10.0\tfail\tp\tTestSlow\n" +
@@ -143,5 +144,38 @@ func TestTimes(t *testing.T) {
 		"0.0\t0.0\tskip\tp\tTestSkipped\n"
 	if times.String() != want {
 		t.Errorf("times:\n%s\nwant:\n%s", times.String(), want)
+	}
+}
+
+// TestKeyLines: a failed test's lines matching -key, however early in its
+// output, are repeated under its FAIL line, the last keyLines of them; a
+// passing test's are not.
+func TestKeyLines(t *testing.T) {
+	in := line("run", "p", "TestOK", "") +
+		line("output", "p", "TestOK", "vm| dump: vcpu 0: fine\n") +
+		`{"Action":"pass","Package":"p","Test":"TestOK","Elapsed":1}` + "\n" +
+		line("run", "p", "TestHang", "") +
+		line("output", "p", "TestHang", "vm| dump: vcpu 0: rip 0xffffffff81000000 hlt\n")
+	for i := 0; i < keepLines+keyLines+5; i++ {
+		in += line("output", "p", "TestHang", fmt.Sprintf("vm| dump: goroutine %d\n", i))
+		if i < keyLines {
+			in += line("output", "p", "TestHang", fmt.Sprintf("vm| dump: vcpu %d: runnable\n", i))
+		}
+	}
+	in += line("output", "p", "TestHang", "    x_test.go:1: vm did not power off\n") +
+		`{"Action":"fail","Package":"p","Test":"TestHang","Elapsed":9}` + "\n" +
+		`{"Action":"fail","Package":"p","Elapsed":10}` + "\n"
+	var out strings.Builder
+	run(strings.NewReader(in), &out, time.Minute, nil, regexp.MustCompile(`dump: vcpu|did not`), nil)
+	_, summary, _ := strings.Cut(out.String(), "== test report")
+	for _, w := range []string{"FAIL     9.0s  TestHang  p\n       | vm| dump: vcpu 1: runnable\n", "| vm| dump: vcpu 29: runnable\n       | x_test.go:1: vm did not power off\n"} {
+		if !strings.Contains(summary, w) {
+			t.Errorf("summary lacks %q:\n%s", w, summary)
+		}
+	}
+	for _, a := range []string{"vcpu 0: rip", "fine", "goroutine"} {
+		if strings.Contains(summary, a) {
+			t.Errorf("summary has %q:\n%s", a, summary)
+		}
 	}
 }
