@@ -25,13 +25,16 @@ const (
 )
 
 // deviceVM is a test guest with one passed-through device, running action,
-// its kernel command line ending with extra.
+// its kernel command line ending with extra. Its kernel's warnings are on
+// the console (loglevel=5 after quiet): a driver's I/O timeout and what it
+// found then ("completion polled": an interrupt that never came) say where
+// a guest that stalls on its device lost its way.
 func deviceVM(name, action string, seed int, device string, extra ...string) string {
 	return fmt.Sprintf(`  - name: %s
     memory: 128M
     kernel: /guest/vmlinuz
     initrd: /guest/initramfs.cpio
-    cmdline: console=ttyS0 panic=-1 quiet hyperroot.guest=%s hyperroot.seed=%d%s
+    cmdline: console=ttyS0 panic=-1 quiet loglevel=5 hyperroot.guest=%s hyperroot.seed=%d%s
     restart: never
     devices: [%s]
 `, name, action, seed, strings.Join(append([]string{""}, extra...), " "), device)
