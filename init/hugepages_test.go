@@ -156,3 +156,35 @@ func TestResizePoolInterrupted(t *testing.T) {
 		})
 	}
 }
+
+// TestGuestTHP: PID 1 sets THP to madvise and shmem to advise, so that
+// only guest RAM (which asks) takes huge pages, and says so; a kernel
+// without the knobs leaves 4 KiB pages and says that.
+func TestGuestTHP(t *testing.T) {
+	old := thpDir
+	defer func() { thpDir = old }()
+	thpDir = t.TempDir()
+	for _, f := range []string{"enabled", "shmem_enabled"} {
+		if err := os.WriteFile(filepath.Join(thpDir, f), []byte("always"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var out syncBuffer
+	c := newConsole(&out)
+	guestTHP(c)
+	c.Flush(time.Second)
+	for f, want := range map[string]string{"enabled": "madvise", "shmem_enabled": "advise"} {
+		if got, _ := os.ReadFile(filepath.Join(thpDir, f)); string(got) != want {
+			t.Errorf("%s = %q, want %q", f, got, want)
+		}
+	}
+	if !strings.Contains(out.String(), "thp: guest RAM may take 2 MiB pages") {
+		t.Errorf("console: %q", out.String())
+	}
+	thpDir = filepath.Join(t.TempDir(), "none")
+	guestTHP(c)
+	c.Flush(time.Second)
+	if !strings.Contains(out.String(), "thp: guest RAM in 4 KiB pages: enabled:") {
+		t.Errorf("console without THP: %q", out.String())
+	}
+}

@@ -97,6 +97,7 @@ func supervise() {
 	// group, and the VMs get theirs.
 	cg := setupCgroups(c)
 	reserveHugePages(c, cfg.HugePages)
+	guestTHP(c)
 	setupSRIOV(c, cfg.PCI)
 
 	var sw *netSwitch

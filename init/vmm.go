@@ -368,12 +368,16 @@ func withoutTHP() {
 	if off, err := unix.PrctlRetInt(unix.PR_GET_THP_DISABLE, 0, 0, 0, 0); err != nil || off != 0 {
 		return
 	}
-	if err := unix.Prctl(unix.PR_SET_THP_DISABLE, 1, 0, 0, 0); err != nil {
-		return
-	}
+	// Only where THP is "always": the flag is the whole process's, guest
+	// RAM included, which takes huge pages where the host allows them
+	// (memory.New's MADV_HUGEPAGE; the appliance's PID 1 sets THP to
+	// madvise and shmem to advise, so it never needs the flag).
 	mode, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
 	if err != nil || !bytes.Contains(mode, []byte("[always]")) {
-		return // what the runtime touched is in 4 KiB pages already
+		return // what the runtime touches is in 4 KiB pages already
+	}
+	if err := unix.Prctl(unix.PR_SET_THP_DISABLE, 1, 0, 0, 0); err != nil {
+		return
 	}
 	err = unix.Exec("/proc/self/exe", os.Args, os.Environ())
 	fmt.Fprintf(os.Stderr, "hyperroot vmm: re-exec without transparent huge pages: %v (continuing with them)\n", err)
