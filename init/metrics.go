@@ -45,7 +45,7 @@ var (
 	mVMExits      = desc("vm_exits_total", "Exits of the VM's VMM by reason (poweroff, reboot, crash, oom, pids, seccomp, killed, ...).", "vm", "reason")
 	mVMCPU        = desc("vm_cpu_seconds_total", "CPU time of the VM's running VMM (its cgroup: vCPU threads and device models), since its last start.", "vm")
 	mVMMem        = desc("vm_memory_bytes", "Memory charged to the VM's running VMM (its cgroup's memory.current: guest RAM and the VMM's own).", "vm")
-	mVMMemStat    = desc("vm_memory_stat_bytes", "The VM's memory by kind (memory.stat): shmem is guest RAM, anon and kernel the VMM's own.", "vm", "kind")
+	mVMMemStat    = desc("vm_memory_stat_bytes", "The VM's memory by kind (memory.stat): shmem is guest RAM, shmem_thp the part of it in 2 MiB pages, anon and kernel the VMM's own.", "vm", "kind")
 	mVMDiskB      = desc("vm_disk_bytes_total", "Block I/O bytes of the VM's running VMM by device and direction (cgroup io.stat: block devices, not files on tmpfs).", "vm", "device", "op")
 	mVMDiskOps    = desc("vm_disk_ops_total", "Block I/O requests of the VM's running VMM by device and direction (cgroup io.stat).", "vm", "device", "op")
 	mVMBlkReqs    = desc("vm_virtio_blk_requests_total", "Requests the VM's virtio-blk disk completed, by class (read, write, flush, discard), failed ones included; counted by its VMM since it started.", "vm", "disk", "op")
@@ -104,7 +104,7 @@ func (fc fleetCollector) Collect(ch chan<- prometheus.Metric) {
 			gauge(mVMMem, float64(n), name)
 		}
 		if st, err := g.Keyed("memory.stat"); err == nil {
-			for _, k := range []string{"anon", "kernel", "shmem"} {
+			for _, k := range []string{"anon", "kernel", "shmem", "shmem_thp"} {
 				gauge(mVMMemStat, float64(st[k]), name, k)
 			}
 		}

@@ -30,12 +30,6 @@ const configPath = "/etc/hyperroot/config.yaml"
 // panic kill init (which would panic the kernel): a panic is reported and
 // the appliance stays up, saying what went wrong.
 func supervise() {
-	// No transparent huge pages for the switch and the VMMs (inherited
-	// across fork and exec): Debian's kernels default to THP "always",
-	// which makes each Go process's sparse runtime structures cost whole
-	// 2 MiB pages (init/vmm.go withoutTHP measured it). Guest RAM is
-	// unaffected: a memfd, or hugetlbfs with --hugepages.
-	unix.Prctl(unix.PR_SET_THP_DISABLE, 1, 0, 0, 0)
 	c := newConsole(openConsole())
 	defer func() {
 		if v := recover(); v != nil {
@@ -46,6 +40,8 @@ func supervise() {
 	for _, err := range mountAll(baseMounts) {
 		c.Errorf("mount", err)
 	}
+	// Before anything starts: huge pages for guest RAM only.
+	guestTHP(c)
 	args := readCmdline()
 	// Before anything starts: what starts before the policy is loaded
 	// runs unlabelled.

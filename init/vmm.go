@@ -352,15 +352,17 @@ func tuneRuntime(cpus int) {
 
 // withoutTHP re-executes the VMM with transparent huge pages disabled for
 // its process (PR_SET_THP_DISABLE survives execve) when the host's THP
-// mode is "always", as on Debian's kernels: there, the first touch of the
-// Go runtime's sparse structures in the binary's 37 MiB bss and in the heap
-// arena faults in a whole 2 MiB page, and khugepaged collapses any 2 MiB
-// range with one page in use: the boot benchmark measured 9.8-11.8 MiB
-// private where 4 KiB pages need 1.8. It must happen before the runtime touches that memory,
-// hence the exec. Guest RAM is a memfd (shmem), which uses huge pages only
-// with --hugepages (hugetlbfs, unaffected) or when shmem_enabled asks for
-// them (Debian's default is never). When the flag is already set (by the
-// parent, or by the first exec) or anything fails, it does nothing.
+// mode is "always", as on Debian's kernels outside the appliance (a VMM
+// run by hand): there, the first touch of the Go runtime's sparse
+// structures in the binary's 37 MiB bss and in the heap arena faults in a
+// whole 2 MiB page, and khugepaged collapses any 2 MiB range with one page
+// in use: the boot benchmark measured 9.8-11.8 MiB private where 4 KiB
+// pages need 1.8. It must happen before the runtime touches that memory,
+// hence the exec. The flag also keeps guest RAM (a memfd madvised for huge
+// pages, vmm/memory) in 4 KiB pages, which is why the appliance's PID 1
+// sets THP to "madvise" instead (init/hugepages.go guestTHP), where the
+// flag is never needed. When the flag is already set (by the parent, or by
+// the first exec) or anything fails, it does nothing.
 func withoutTHP() {
 	if len(os.Args) < 2 || os.Args[1] != vmmcli.Command {
 		return // not started as `hyperroot vmm` (a test calling vmmMain): nothing to re-execute
@@ -368,12 +370,16 @@ func withoutTHP() {
 	if off, err := unix.PrctlRetInt(unix.PR_GET_THP_DISABLE, 0, 0, 0, 0); err != nil || off != 0 {
 		return
 	}
-	if err := unix.Prctl(unix.PR_SET_THP_DISABLE, 1, 0, 0, 0); err != nil {
-		return
-	}
+	// Only where THP is "always": the flag is the whole process's, guest
+	// RAM included, which takes huge pages where the host allows them
+	// (memory.New's MADV_HUGEPAGE; the appliance's PID 1 sets THP to
+	// madvise and shmem to advise, so it never needs the flag).
 	mode, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
 	if err != nil || !bytes.Contains(mode, []byte("[always]")) {
-		return // what the runtime touched is in 4 KiB pages already
+		return // what the runtime touches is in 4 KiB pages already
+	}
+	if err := unix.Prctl(unix.PR_SET_THP_DISABLE, 1, 0, 0, 0); err != nil {
+		return
 	}
 	err = unix.Exec("/proc/self/exe", os.Args, os.Environ())
 	fmt.Fprintf(os.Stderr, "hyperroot vmm: re-exec without transparent huge pages: %v (continuing with them)\n", err)

@@ -258,6 +258,11 @@ func TestCtlRemote(t *testing.T) {
 		if cpu, mem := fams.Value("hyperroot_vm_cpu_seconds_total", "vm=web"), fams.Value("hyperroot_vm_memory_stat_bytes", "vm=web", "kind=shmem"); cpu < 5 || mem <= 0 {
 			t.Errorf("the spinner's CPU time %v s (it spun over 20 s), its guest RAM %v bytes", cpu, mem)
 		}
+		// Guest RAM takes 2 MiB pages: PID 1 lets shmem have them where
+		// asked, and the VMM asks for its memfd (vmm/memory).
+		if thp := fams.Value("hyperroot_vm_memory_stat_bytes", "vm=web", "kind=shmem_thp"); thp < 2<<20 {
+			t.Errorf("the spinner's guest RAM in huge pages: %v bytes, want some", thp)
+		}
 		if _, err := api.ctl(api.token, "vm", "qos", "web", `{"cpu": {"max": "lots"}}`); err == nil || !strings.Contains(err.Error(), `max "lots": want a percentage`) || !strings.Contains(err.Error(), "(HTTP 400)") {
 			t.Errorf("a bad qos: %v", err)
 		}
