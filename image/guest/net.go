@@ -34,6 +34,8 @@ import (
 //	              server's announcement, ping it, send
 //	              hyperroot.netbytes= bytes (default 100 MiB) of a
 //	              deterministic stream, report size, sha256 and throughput
+//	              (with hyperroot.netextra=1 on both: then the further
+//	              tests of netbench.go: 4 streams, request/response, UDP)
 //	net-isolated  lease, and listen for announcements for 20 s: on a network
 //	              of its own it must hear none
 //	net-outside   lease, and connect to hyperroot.outside=<ip:port> (the
@@ -175,6 +177,9 @@ func netServer(uint64) error {
 	secs := time.Since(start).Seconds()
 	conn.Close() // tells the client everything arrived
 	fmt.Printf("guest: net received bytes=%d sha256=%s mbps=%.1f from=%s\n", n, hex.EncodeToString(h.Sum(nil)), float64(n)*8/secs/1e6, peer)
+	if netExtra() {
+		return serveExtra(ln)
+	}
 	return nil
 }
 
@@ -297,6 +302,9 @@ func netClient(seed uint64) error {
 	tc.Close()
 	secs := time.Since(start).Seconds()
 	fmt.Printf("guest: net sent bytes=%d sha256=%s mbps=%.1f\n", total, hex.EncodeToString(h.Sum(nil)), float64(total)*8/secs/1e6)
+	if netExtra() {
+		return netExtraClient(netip.AddrPortFrom(server, streamPort), total/extraStreams)
+	}
 	return nil
 }
 

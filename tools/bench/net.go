@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -31,7 +32,12 @@ import (
 // (image/guest/net.go) lease an address by DHCP, find each other by UDP
 // broadcast, ping once, and the client streams hyperroot.netbytes= bytes to
 // the server over one TCP connection; the server reports what it received
-// and at what rate. The network between them is, in turn:
+// and at what rate. Then (hyperroot.netextra=1, image/guest/netbench.go)
+// the client runs the further tests against the server: 4 TCP streams at
+// once, one-byte request/response round trips (TCP_RR) and 64-byte UDP
+// datagrams, and reports the aggregate rate, the round trip's median and
+// 99th percentile, and the datagrams per second the server received. The
+// network between them is, in turn:
 //
 //   - hyperroot: `hyperroot switch` serving both NICs over vhost-user, the
 //     guests run by `hyperroot vmm`, exactly as the supervisor runs them;
@@ -73,7 +79,7 @@ func netBenchConfig(bytes int64) string {
     memory: %s
     kernel: /guest/vmlinuz
     initrd: /guest/initramfs.cpio
-    cmdline: console=ttyS0 quiet panic=-1 hyperroot.guest=%s
+    cmdline: console=ttyS0 quiet panic=-1 hyperroot.netextra=1 hyperroot.guest=%s
     restart: never
     nics: [{network: %s, mac: "%s"}]
 `, name, benchMemory, action, netBenchNetwork, mac)
@@ -127,17 +133,18 @@ func runNetBench(e *env) error {
 		netBenchBridge, onOff(br.vhost), br.vhostNote)
 	server, client := cfg.VMs[0], cfg.VMs[1]
 	runs := map[string][]float64{}
+	extras := map[string][]netExtraReport{}
 	var names []string
 	for round := 1; round <= netBenchRounds; round++ {
 		for _, ct := range contenders {
-			var mbps float64
+			var res netResult
 			var err error
 			// Nested guests under QEMU TCG now and then stop running
 			// (README, Known issues) whatever the VMM: a round whose
 			// guests fell silent is run again, and says so. Any other
 			// failure ends the benchmark.
 			for attempt := 1; ; attempt++ {
-				mbps, err = netRound(e.starter, ct, server, client, netBenchBytes)
+				res, err = netRound(e.starter, ct, server, client, netBenchBytes)
 				if !errors.Is(err, errNetStalled) || attempt == netBenchAttempts {
 					break
 				}
@@ -149,8 +156,9 @@ func runNetBench(e *env) error {
 			if round == 1 {
 				names = append(names, ct.Name())
 			}
-			runs[ct.Name()] = append(runs[ct.Name()], mbps)
-			e.logf("bench: net round=%d contender=%s mbps=%.1f", round, ct.Name(), mbps)
+			runs[ct.Name()] = append(runs[ct.Name()], res.mbps)
+			extras[ct.Name()] = append(extras[ct.Name()], res.extra)
+			e.logf("bench: net round=%d contender=%s mbps=%.1f %s", round, ct.Name(), res.mbps, res.extra)
 		}
 	}
 	for _, line := range netTable(names, runs) {
@@ -162,7 +170,42 @@ func runNetBench(e *env) error {
 		f.Values[name] = append([]float64{}, runs[name]...)
 	}
 	e.logf("%s", f.Line())
+	for _, f := range extraFigures(names, extras) {
+		e.logf("%s", f.Line())
+	}
 	return nil
+}
+
+// extraFigures are the records of the further tests, with issue 17's
+// goals: 4 streams and UDP packets per second at least 1.2 times QEMU's,
+// the request/response round trip at most 0.8 times its latency.
+func extraFigures(names []string, extras map[string][]netExtraReport) []result.Figure {
+	goal := func(r float64) *result.Goal { return &result.Goal{Peer: "qemu", Ratio: r} }
+	figs := []struct {
+		f   result.Figure
+		get func(netExtraReport) float64
+	}{
+		{result.Figure{Bench: "net", Name: "VM-to-VM TCP, 4 streams", Unit: "Mbit/s", Goal: goal(1.2)},
+			func(x netExtraReport) float64 { return x.streamsMbps }},
+		{result.Figure{Bench: "net", Name: "VM-to-VM UDP 64 B, received", Unit: "packets/s", Goal: goal(1.2)},
+			func(x netExtraReport) float64 { return x.udpPPS }},
+		{result.Figure{Bench: "net", Name: "VM-to-VM TCP request/response 1 B, median round trip", Unit: "us", Lower: true, Goal: goal(0.8)},
+			func(x netExtraReport) float64 { return x.rrP50 }},
+		{result.Figure{Bench: "net", Name: "VM-to-VM TCP request/response 1 B, p99 round trip", Unit: "us", Lower: true},
+			func(x netExtraReport) float64 { return x.rrP99 }},
+	}
+	var out []result.Figure
+	for _, fg := range figs {
+		f := fg.f
+		f.Ours, f.Values = "hyperroot", map[string][]float64{}
+		for _, name := range names {
+			for _, x := range extras[name] {
+				f.Values[name] = append(f.Values[name], fg.get(x))
+			}
+		}
+		out = append(out, f)
+	}
+	return out
 }
 
 func onOff(b bool) string {
@@ -192,12 +235,12 @@ func loadNetBenchModules(e *env) {
 	}
 }
 
-// netRound runs the two guests once on ct's network and returns the
-// server's throughput in Mbit/s.
-func netRound(starter child.Starter, ct netContender, server, client config.VM, bytes int64) (float64, error) {
+// netRound runs the two guests once on ct's network and returns what
+// they measured.
+func netRound(starter child.Starter, ct netContender, server, client config.VM, bytes int64) (netResult, error) {
 	end, err := ct.Start()
 	if err != nil {
-		return 0, err
+		return netResult{}, err
 	}
 	defer end()
 	start := func(name string, argv []string) (*vmmRun, error) { return startVMM(starter, name, argv) }
@@ -244,10 +287,10 @@ func startVMM(starter child.Starter, name string, argv []string) (*vmmRun, error
 // client starts once the server's guest has booted (or after a quarter of the timeout, a minute at most):
 // two nested guests booting at the same moment is when QEMU TCG stalls
 // most (README, Known issues), and the server waits for its client anyway.
-func netPair(start vmmStarter, serverArgv, clientArgv []string, bytes int64, timeout time.Duration) (float64, error) {
+func netPair(start vmmStarter, serverArgv, clientArgv []string, bytes int64, timeout time.Duration) (netResult, error) {
 	srv, err := start("server", serverArgv)
 	if err != nil {
-		return 0, err
+		return netResult{}, err
 	}
 	select {
 	case <-srv.booted:
@@ -258,7 +301,7 @@ func netPair(start vmmStarter, serverArgv, clientArgv []string, bytes int64, tim
 		srv.kill()
 		<-srv.wait
 		srv.close()
-		return 0, err
+		return netResult{}, err
 	}
 	runs := []*vmmRun{srv, cli}
 	waits := []<-chan unix.WaitStatus{srv.wait, cli.wait}
@@ -302,7 +345,7 @@ func netPair(start vmmStarter, serverArgv, clientArgv []string, bytes int64, tim
 		v.close()
 	}
 	if timedOut {
-		return 0, fmt.Errorf("%w: no result within %s; server console ended with %q, client's with %q",
+		return netResult{}, fmt.Errorf("%w: no result within %s; server console ended with %q, client's with %q",
 			errNetStalled, timeout, consoles[0].tail, consoles[1].tail)
 	}
 	return judgeNet(consoles[0], consoles[1], status[0], status[1], bytes)
@@ -315,9 +358,27 @@ type netReport struct {
 	mbps  float64
 }
 
+// netExtraReport is what the client reported of the further tests (its
+// "guest: net streams|rr|udp" lines); have says which lines came.
+type netExtraReport struct {
+	streamsMbps  float64 // 4 streams at once, aggregate
+	rrP50, rrP99 float64 // µs, one-byte round trip
+	rrTPS        float64
+	udpPPS       float64 // datagrams received per second
+	udpSent      int64
+	udpReceived  int64
+	have         map[string]bool
+}
+
+func (x netExtraReport) String() string {
+	return fmt.Sprintf("streams4-mbps=%.1f rr-p50-us=%.0f rr-p99-us=%.0f rr-tps=%.0f udp64-pps=%.0f udp-sent=%d udp-received=%d",
+		x.streamsMbps, x.rrP50, x.rrP99, x.rrTPS, x.udpPPS, x.udpSent, x.udpReceived)
+}
+
 // netConsole is what collectNet picked out of one guest's console.
 type netConsole struct {
 	sent, received *netReport
+	extra          netExtraReport
 	failed         string   // the guest's "guest: FAIL ..." line, if any
 	tail           []string // the last lines, for error messages
 }
@@ -341,6 +402,7 @@ func (c *netCollector) line(line string) {
 	if i := strings.Index(line, "guest: FAIL "); i >= 0 && c.nc.failed == "" {
 		c.nc.failed = line[i:]
 	}
+	parseExtraLine(line, &c.nc.extra)
 	if kind, rep, ok := parseNetLine(line); ok {
 		switch kind {
 		case "sent":
@@ -365,7 +427,7 @@ func collectNet(r io.Reader, booted chan struct{}) netConsole {
 // judgeNet decides whether a round counts and returns the server's
 // throughput: both guests powered off cleanly after reporting, and the
 // server received exactly the bytes the client sent (want, same sha256).
-func judgeNet(server, client netConsole, sws, cws unix.WaitStatus, want int64) (float64, error) {
+func judgeNet(server, client netConsole, sws, cws unix.WaitStatus, want int64) (netResult, error) {
 	guests := []struct {
 		name string
 		nc   netConsole
@@ -377,25 +439,81 @@ func judgeNet(server, client netConsole, sws, cws unix.WaitStatus, want int64) (
 	// (killed after it) the consequence.
 	for _, g := range guests {
 		if g.nc.failed != "" {
-			return 0, fmt.Errorf("the %s guest failed: %s", g.name, g.nc.failed)
+			return netResult{}, fmt.Errorf("the %s guest failed: %s", g.name, g.nc.failed)
 		}
 	}
 	for _, g := range guests {
 		if g.rep == nil {
-			return 0, fmt.Errorf("the %s guest reported nothing %s (exit %s); console ended with %q",
+			return netResult{}, fmt.Errorf("the %s guest reported nothing %s (exit %s); console ended with %q",
 				g.name, g.what, vmmcli.Reason(g.ws), g.nc.tail)
 		}
 		if g.rep.bytes != want {
-			return 0, fmt.Errorf("the %s guest %s %d bytes, want %d", g.name, g.what, g.rep.bytes, want)
+			return netResult{}, fmt.Errorf("the %s guest %s %d bytes, want %d", g.name, g.what, g.rep.bytes, want)
 		}
 		if !vmmcli.Clean(g.ws) {
-			return 0, fmt.Errorf("the %s's VMM exited %s (%d) after its report", g.name, vmmcli.Reason(g.ws), vmmcli.Code(g.ws))
+			return netResult{}, fmt.Errorf("the %s's VMM exited %s (%d) after its report", g.name, vmmcli.Reason(g.ws), vmmcli.Code(g.ws))
 		}
 	}
 	if server.received.sum != client.sent.sum {
-		return 0, fmt.Errorf("stream corrupted: client sent sha256 %s, server received %s", client.sent.sum, server.received.sum)
+		return netResult{}, fmt.Errorf("stream corrupted: client sent sha256 %s, server received %s", client.sent.sum, server.received.sum)
 	}
-	return server.received.mbps, nil
+	for _, k := range extraKinds {
+		if !client.extra.have[k] {
+			return netResult{}, fmt.Errorf("the client guest reported no %q test (a guest without hyperroot.netextra=1?); console ended with %q", k, client.tail)
+		}
+	}
+	return netResult{mbps: server.received.mbps, extra: client.extra}, nil
+}
+
+// netResult is one round's figures.
+type netResult struct {
+	mbps  float64 // the one stream, as the server received it
+	extra netExtraReport
+}
+
+// extraKinds are the further tests' report lines.
+var extraKinds = []string{"streams", "rr", "udp"}
+
+// parseExtraLine reads a client's "guest: net streams|rr|udp k=v ..." line
+// into x. The line comes from the guest: a line with a field missing, not
+// a number, negative or not finite is ignored whole.
+func parseExtraLine(line string, x *netExtraReport) {
+	const tag = "guest: net "
+	i := strings.Index(line, tag)
+	if i < 0 {
+		return
+	}
+	f := strings.Fields(line[i+len(tag):])
+	if len(f) == 0 || !slices.Contains(extraKinds, f[0]) {
+		return
+	}
+	v := map[string]float64{}
+	for _, kv := range f[1:] {
+		k, s, _ := strings.Cut(kv, "=")
+		n, err := strconv.ParseFloat(s, 64)
+		if err != nil || math.IsNaN(n) || math.IsInf(n, 0) || n < 0 {
+			return
+		}
+		v[k] = n
+	}
+	need := map[string][]string{"streams": {"n", "bytes", "mbps"}, "rr": {"n", "tps", "p50_us", "p99_us"}, "udp": {"size", "sent", "received", "pps"}}
+	for _, k := range need[f[0]] {
+		if _, ok := v[k]; !ok {
+			return
+		}
+	}
+	switch f[0] {
+	case "streams":
+		x.streamsMbps = v["mbps"]
+	case "rr":
+		x.rrP50, x.rrP99, x.rrTPS = v["p50_us"], v["p99_us"], v["tps"]
+	case "udp":
+		x.udpPPS, x.udpSent, x.udpReceived = v["pps"], int64(v["sent"]), int64(v["received"])
+	}
+	if x.have == nil {
+		x.have = map[string]bool{}
+	}
+	x.have[f[0]] = true
 }
 
 // parseNetLine reads a guest's "guest: net sent|received bytes=N sha256=H

@@ -70,7 +70,22 @@ func FuzzParseNetLine(f *testing.F) {
 	f.Add("guest: net sent bytes=67108864 sha256=" + sumA + " mbps=16.6")
 	f.Add("guest: net sent bytes=1 sha256= mbps=0x1p-2")
 	f.Add("guest: net ")
+	for _, l := range extraLines {
+		f.Add(l)
+	}
 	f.Fuzz(func(t *testing.T, line string) {
+		// The further tests' lines: a figure taken is a finite,
+		// non-negative number, and only of a known test.
+		var x netExtraReport
+		parseExtraLine(line, &x)
+		for _, v := range []float64{x.streamsMbps, x.rrP50, x.rrP99, x.rrTPS, x.udpPPS, float64(x.udpSent), float64(x.udpReceived)} {
+			if v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
+				t.Fatalf("%q gave %s", line, x)
+			}
+		}
+		if len(x.have) > 1 {
+			t.Fatalf("one line counted as %v", x.have)
+		}
 		kind, rep, ok := parseNetLine(line)
 		if !ok {
 			if kind != "" || rep != (netReport{}) {
@@ -163,6 +178,39 @@ func transcript(lines ...string) netConsole {
 	return collectNet(strings.NewReader(strings.Join(lines, "\n")+"\n"), nil)
 }
 
+// extraLines are a client's reports of the further tests, as
+// image/guest/netbench.go prints them.
+var extraLines = []string{
+	"guest: net streams n=4 bytes=67108864 mbps=310.5",
+	"guest: net rr n=5120 tps=1706 p50_us=540 p99_us=1630",
+	"guest: net udp size=64 sent=90210 received=88000 pps=29333",
+}
+
+// TestParseExtraLine: the further tests' lines, each field checked; a line
+// with a bad or missing field counts for nothing.
+func TestParseExtraLine(t *testing.T) {
+	nc := transcript(append([]string{"[ 9.1] guest: net streams n=4 bytes=1 mbps=NaN"}, extraLines...)...)
+	x := nc.extra
+	if x.streamsMbps != 310.5 || x.rrP50 != 540 || x.rrP99 != 1630 || x.rrTPS != 1706 || x.udpPPS != 29333 || x.udpSent != 90210 || x.udpReceived != 88000 {
+		t.Errorf("parsed %s", x)
+	}
+	for _, bad := range []string{
+		"guest: net streams n=4 bytes=1 mbps=NaN",
+		"guest: net streams n=4 bytes=1 mbps=-1",
+		"guest: net streams n=4 bytes=1",
+		"guest: net rr n=1 tps=1 p50_us=1e999 p99_us=2",
+		"guest: net udp size=64 sent=1 received=x pps=1",
+		"guest: net udp",
+		"guest: net sent bytes=1 sha256=00 mbps=1",
+	} {
+		var y netExtraReport
+		parseExtraLine(bad, &y)
+		if len(y.have) != 0 {
+			t.Errorf("%q counted: %s", bad, y)
+		}
+	}
+}
+
 // TestJudgeNet: a round counts only when both guests reported the same
 // stream of the asked size and powered off cleanly.
 func TestJudgeNet(t *testing.T) {
@@ -181,7 +229,8 @@ func TestJudgeNet(t *testing.T) {
 		mbps           float64
 		err            string
 	}{
-		{"ok", transcript("guest: booted", recv(want, sumA)), transcript(sent(want, sumA)), clean, clean, 20.5, ""},
+		{"ok", transcript("guest: booted", recv(want, sumA)), transcript(append([]string{sent(want, sumA)}, extraLines...)...), clean, clean, 20.5, ""},
+		{"no further tests", transcript("guest: booted", recv(want, sumA)), transcript(append([]string{sent(want, sumA)}, extraLines[:2]...)...), clean, clean, 0, `reported no "udp" test`},
 		{"client failed", transcript("guest: booted"), transcript("guest: FAIL net-client: no server announcement: i/o timeout"),
 			crashed, crashed, 0, "the client guest failed: guest: FAIL net-client"},
 		{"server silent", transcript("guest: booted", "guest: net lease ip=10.77.0.100/24"), transcript(sent(want, sumA)),
@@ -191,9 +240,10 @@ func TestJudgeNet(t *testing.T) {
 		{"crash after report", transcript(recv(want, sumA)), transcript(sent(want, sumA)), clean, crashed, 0, "client's VMM exited crash"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			mbps, err := judgeNet(tc.server, tc.client, tc.sws, tc.cws, want)
+			res, err := judgeNet(tc.server, tc.client, tc.sws, tc.cws, want)
+			mbps := res.mbps
 			if tc.err == "" {
-				if err != nil || mbps != tc.mbps {
+				if err != nil || mbps != tc.mbps || res.extra.rrP50 != 540 {
 					t.Fatalf("judgeNet = %v, %v; want %v", mbps, err, tc.mbps)
 				}
 				return
@@ -423,7 +473,7 @@ func TestNetPair(t *testing.T) {
 		err     string
 		stalled bool
 	}{
-		{"ok", map[string]fakeVM{"server": {lines: []string{"guest: booted", recv}}, "client": {lines: []string{sent}}}, 12.5, "", false},
+		{"ok", map[string]fakeVM{"server": {lines: []string{"guest: booted", recv}}, "client": {lines: append([]string{sent}, extraLines...)}}, 12.5, "", false},
 		{"client fails, server waits", map[string]fakeVM{
 			"server": {lines: []string{"guest: booted"}, hang: true},
 			"client": {lines: []string{"guest: FAIL net-client: no server announcement"}, exit: unix.WaitStatus(4 << 8)},
@@ -435,7 +485,8 @@ func TestNetPair(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			start := time.Now()
-			mbps, err := netPair(fakeStarter(tc.vms), nil, nil, want, 300*time.Millisecond)
+			res, err := netPair(fakeStarter(tc.vms), nil, nil, want, 300*time.Millisecond)
+			mbps := res.mbps
 			if time.Since(start) > 5*time.Second {
 				t.Errorf("netPair took %s", time.Since(start))
 			}
