@@ -13,6 +13,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -154,7 +155,8 @@ func netServer(uint64) error {
 	}
 	defer ln.Close()
 	stop := make(chan struct{})
-	defer close(stop)
+	stopAnnounce := sync.OnceFunc(func() { close(stop) })
+	defer stopAnnounce()
 	go announce(l.ip.Addr(), stop)
 	conn, err := ln.Accept()
 	if err != nil {
@@ -178,7 +180,8 @@ func netServer(uint64) error {
 	conn.Close() // tells the client everything arrived
 	fmt.Printf("guest: net received bytes=%d sha256=%s mbps=%.1f from=%s\n", n, hex.EncodeToString(h.Sum(nil)), float64(n)*8/secs/1e6, peer)
 	if netExtra() {
-		return serveExtra(ln)
+		stopAnnounce() // the client has found us: no broadcasts beside the tests
+		return serveExtra(ln.(*net.TCPListener))
 	}
 	return nil
 }

@@ -25,11 +25,13 @@ import (
 //	         and closes
 //	rr       one-byte requests, each answered with one byte, until the
 //	         client closes (TCP_RR: the latency of a round trip)
-//	udp      the server listens on udpBenchPort and answers "ready"; the
-//	         client sends udpBenchSize-byte datagrams for extraTime, then
-//	         "end"; once no datagram has come for udpQuiet the server
-//	         answers "got <n> <µs from its first datagram to its last>"
-//	done     the server is finished
+//	udp      the server listens on a UDP port and answers "ready <port>";
+//	         the client sends udpBenchSize-byte datagrams there for
+//	         extraTime, then "end"; once no datagram has come for udpQuiet
+//	         the server answers "got <n> <µs from its first datagram to its
+//	         last>"
+//	done     the server is finished (the client sends it even after a
+//	         failed test, so that the server's guest ends too)
 //
 // and reports, one line each:
 //
@@ -37,11 +39,13 @@ import (
 //	guest: net rr n=<round trips> tps=<per s> p50_us=<> p99_us=<>
 //	guest: net udp size=<bytes> sent=<n> received=<n> pps=<received per s>
 //
-// The rates are measured over a fixed time, not waited on: a slower
-// machine gives fewer samples, not a failure.
+// A server's test that fails prints "guest: net extra-error <test>: <why>"
+// at once. The rates are measured over a fixed time, not waited on: a
+// slower machine gives fewer samples, not a failure. Every blocking step
+// has a deadline, so a peer that vanished ends the test with an error
+// rather than a guest that hangs until the benchmark's timeout.
 var (
-	udpBenchPort = 5002
-	extraTime    = 3 * time.Second
+	extraTime = 3 * time.Second
 	// extraOut receives the report lines (the console; tests replace it).
 	extraOut io.Writer = os.Stdout
 )
@@ -55,20 +59,23 @@ const (
 	// rrMax bounds the latencies kept (preallocated: the loop allocates
 	// nothing per round trip).
 	rrMax = 1 << 20
+	// extraWait bounds each wait for the peer beyond the tests' own time.
+	extraWait = time.Minute
 )
 
 // netExtra reports whether the command line asks for the further tests.
 func netExtra() bool { return cmdlineValue("hyperroot.netextra") == "1" }
 
 // serveExtra answers the client's further tests on ln until it says done.
-func serveExtra(ln net.Listener) error {
+func serveExtra(ln *net.TCPListener) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	errc := make(chan error, 1)
 	for {
+		ln.SetDeadline(time.Now().Add(5 * extraWait))
 		conn, err := ln.Accept()
 		if err != nil {
-			return err
+			return fmt.Errorf("waiting for the client's next test: %w", err)
 		}
 		r := bufio.NewReader(conn)
 		conn.SetReadDeadline(time.Now().Add(time.Minute))
@@ -100,11 +107,12 @@ func serveExtra(ln net.Listener) error {
 			case "rr":
 				err = echoBytes(r, conn)
 			case "udp":
-				err = countDatagrams(r, conn)
+				err = countDatagrams(conn, r)
 			default:
 				err = fmt.Errorf("unknown test %q", what)
 			}
 			if err != nil {
+				fmt.Fprintf(extraOut, "guest: net extra-error %s: %v\n", what, err)
 				select {
 				case errc <- fmt.Errorf("extra test %s: %w", what, err):
 				default:
@@ -131,9 +139,9 @@ func echoBytes(r io.Reader, w io.Writer) error {
 }
 
 // countDatagrams is the server's side of the udp test, on its control
-// connection (r, w).
-func countDatagrams(r *bufio.Reader, w io.Writer) error {
-	uc, err := net.ListenUDP("udp4", &net.UDPAddr{Port: udpBenchPort})
+// connection c (read through r).
+func countDatagrams(c net.Conn, r *bufio.Reader) error {
+	uc, err := net.ListenUDP("udp4", &net.UDPAddr{})
 	if err != nil {
 		return err
 	}
@@ -156,9 +164,10 @@ func countDatagrams(r *bufio.Reader, w io.Writer) error {
 		}
 	}()
 	defer func() { uc.Close(); <-done }()
-	if _, err := io.WriteString(w, "ready\n"); err != nil {
+	if _, err := fmt.Fprintf(c, "ready %d\n", uc.LocalAddr().(*net.UDPAddr).Port); err != nil {
 		return err
 	}
+	c.SetReadDeadline(time.Now().Add(extraTime + extraWait))
 	if line, err := r.ReadString('\n'); err != nil || strings.TrimSpace(line) != "end" {
 		return fmt.Errorf("want end, got %q (%v)", line, err)
 	}
@@ -172,13 +181,21 @@ func countDatagrams(r *bufio.Reader, w io.Writer) error {
 	}
 	uc.Close()
 	<-done
-	_, err = fmt.Fprintf(w, "got %d %d\n", n.Load(), last.Load()-first.Load())
+	_, err = fmt.Fprintf(c, "got %d %d\n", n.Load(), last.Load()-first.Load())
 	return err
 }
 
 // netExtraClient runs the further tests against the server at addr (its
 // stream port) and prints their lines.
-func netExtraClient(addr netip.AddrPort, perStream int64) error {
+func netExtraClient(addr netip.AddrPort, perStream int64) (err error) {
+	defer func() {
+		// Done, whatever happened: the server's guest ends too.
+		c, derr := extraConn(addr, "done")
+		if derr == nil {
+			derr = c.Close()
+		}
+		err = errors.Join(err, derr)
+	}()
 	if err := extraStreamsTest(addr, perStream); err != nil {
 		return fmt.Errorf("streams: %w", err)
 	}
@@ -188,11 +205,7 @@ func netExtraClient(addr netip.AddrPort, perStream int64) error {
 	if err := udpTest(addr); err != nil {
 		return fmt.Errorf("udp: %w", err)
 	}
-	c, err := extraConn(addr, "done")
-	if err != nil {
-		return err
-	}
-	return c.Close()
+	return nil
 }
 
 // extraConn opens a connection for test what.
@@ -236,6 +249,7 @@ func extraStreamsTest(addr netip.AddrPort, perStream int64) error {
 		go func() {
 			defer wg.Done()
 			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * extraWait))
 			for sent := int64(0); sent < perStream; {
 				n, err := c.Write(buf[:min(int64(len(buf)), perStream-sent)])
 				if err != nil {
@@ -248,7 +262,6 @@ func extraStreamsTest(addr netip.AddrPort, perStream int64) error {
 				errs[i] = err
 				return
 			}
-			c.SetReadDeadline(time.Now().Add(5 * time.Minute))
 			_, errs[i] = io.Copy(io.Discard, c) // until the server has read it all
 		}()
 	}
@@ -273,6 +286,7 @@ func rrTest(addr netip.AddrPort) error {
 	lat := make([]time.Duration, 0, rrMax)
 	var b [1]byte
 	start := time.Now()
+	c.SetDeadline(start.Add(extraTime + extraWait))
 	for time.Since(start) < extraTime && len(lat) < rrMax {
 		t := time.Now()
 		if _, err := c.Write(b[:]); err != nil {
@@ -285,7 +299,8 @@ func rrTest(addr netip.AddrPort) error {
 	}
 	secs := time.Since(start).Seconds()
 	p50, p99 := rrPercentiles(lat)
-	fmt.Fprintf(extraOut, "guest: net rr n=%d tps=%.0f p50_us=%d p99_us=%d\n", len(lat), float64(len(lat))/secs, p50.Microseconds(), p99.Microseconds())
+	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+	fmt.Fprintf(extraOut, "guest: net rr n=%d tps=%.0f p50_us=%.1f p99_us=%.1f\n", len(lat), float64(len(lat))/secs, us(p50), us(p99))
 	return nil
 }
 
@@ -312,33 +327,42 @@ func udpTest(addr netip.AddrPort) error {
 	}
 	defer c.Close()
 	r := bufio.NewReader(c)
-	c.SetReadDeadline(time.Now().Add(time.Minute))
-	if line, err := r.ReadString('\n'); err != nil || strings.TrimSpace(line) != "ready" {
-		return fmt.Errorf("want ready, got %q (%v)", line, err)
+	c.SetDeadline(time.Now().Add(extraWait))
+	line, err := r.ReadString('\n')
+	f := strings.Fields(line)
+	if err != nil || len(f) != 2 || f[0] != "ready" {
+		return fmt.Errorf("want ready <port>, got %q (%v)", line, err)
 	}
-	uc, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr.Addr(), uint16(udpBenchPort))))
+	port, err := strconv.ParseUint(f[1], 10, 16)
+	if err != nil {
+		return fmt.Errorf("server said %q: %w", line, err)
+	}
+	uc, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr.Addr(), uint16(port))))
 	if err != nil {
 		return err
 	}
 	defer uc.Close()
 	msg := make([]byte, udpBenchSize)
 	sent := 0
-	for start := time.Now(); time.Since(start) < extraTime; {
-		// A full socket buffer (ENOBUFS) is the sender outrunning its
-		// NIC: not sent, not counted.
+	start := time.Now()
+	uc.SetWriteDeadline(start.Add(extraTime + extraWait))
+	for time.Since(start) < extraTime {
+		// Counted as sent once the socket took it: one the guest's own
+		// queue drops later (Linux does not say so for UDP without
+		// IP_RECVERR) counts as sent and lost.
 		if _, err := uc.Write(msg); err == nil {
 			sent++
 		}
 	}
+	c.SetDeadline(time.Now().Add(extraWait + 2*udpQuiet))
 	if _, err := io.WriteString(c, "end\n"); err != nil {
 		return err
 	}
-	c.SetReadDeadline(time.Now().Add(time.Minute))
-	line, err := r.ReadString('\n')
+	line, err = r.ReadString('\n')
 	if err != nil {
 		return err
 	}
-	f := strings.Fields(line)
+	f = strings.Fields(line)
 	if len(f) != 3 || f[0] != "got" {
 		return fmt.Errorf("server said %q", line)
 	}

@@ -123,6 +123,12 @@ func mapRegion(r Region) (mapping, error) {
 	if err != nil {
 		return mapping{}, fmt.Errorf("vhost-user: map region at guest %#x (%#x bytes): %w", r.GuestAddr, r.Size, err)
 	}
+	// Guest RAM in transparent huge pages where the host allows them,
+	// as the VMM asks for its own mapping (vmm/memory): a page the switch
+	// touches first (a receive buffer the guest never wrote) would
+	// otherwise be a 4 KiB page in the memfd for good, and the VMM's
+	// mapping of it too. A host that refuses leaves 4 KiB pages.
+	unix.Madvise(b, unix.MADV_HUGEPAGE)
 	data := b[head : head+r.Size : head+r.Size]
 	// The queue reaches ring indices through aligned 32-bit words, so the
 	// host address must agree with the guest address modulo 4.

@@ -82,6 +82,9 @@ func bootPeersWith(hyperroot, cmdline string) []benchPeer {
 	}
 }
 
+// bootGoalPeer is the peer issue 17's boot goal is a ratio to.
+const bootGoalPeer = "qemu-pc"
+
 // errBootHung is a boot that did not reach the guest's init in its time.
 var errBootHung = errors.New("guest did not boot")
 
@@ -110,9 +113,10 @@ func runBootBench(e *env) error {
 				// A peer's failure is its figure's, not the run's: the
 				// medians count the boots that came through.
 				// One that hung (gokvm's known hang on the RSDP) is not
-				// run again: each hang costs the whole bootTimeout.
+				// run again: each hang costs the whole bootTimeout. The
+				// goal's peer always is: its figure is the one that counts.
 				e.logf("bench: boot round=%d vmm=%s failed: %v", round, p.name, err)
-				hung[p.name] = errors.Is(err, errBootHung)
+				hung[p.name] = errors.Is(err, errBootHung) && p.name != bootGoalPeer
 				continue
 			}
 			times[p.name] = append(times[p.name], d)
@@ -179,7 +183,7 @@ func bootFigures(times map[string][]time.Duration) []result.Figure {
 		return out
 	}
 	start := result.Figure{Bench: "boot", Name: "VMM start to guest init, 1 vCPU " + benchMemory, Unit: "s", Lower: true,
-		Ours: "hyperroot", Values: map[string][]float64{}, Goal: &result.Goal{Peer: "qemu-pc", Ratio: 0.6}}
+		Ours: "hyperroot", Values: map[string][]float64{}, Goal: &result.Goal{Peer: bootGoalPeer, Ratio: 0.6}}
 	for name, ds := range times {
 		if name != "hyperroot-jailed" {
 			start.Values[name] = secs(ds)

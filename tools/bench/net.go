@@ -494,6 +494,9 @@ func parseExtraLine(line string, x *netExtraReport) {
 		if err != nil || math.IsNaN(n) || math.IsInf(n, 0) || n < 0 {
 			return
 		}
+		if slices.Contains([]string{"n", "bytes", "size", "sent", "received"}, k) && (n != math.Trunc(n) || n > 1<<53) {
+			return // a count: a whole number an int64 holds exactly
+		}
 		v[k] = n
 	}
 	need := map[string][]string{"streams": {"n", "bytes", "mbps"}, "rr": {"n", "tps", "p50_us", "p99_us"}, "udp": {"size", "sent", "received", "pps"}}

@@ -73,6 +73,7 @@ func FuzzParseNetLine(f *testing.F) {
 	for _, l := range extraLines {
 		f.Add(l)
 	}
+	f.Add("guest: net udp size=64 sent=1e19 received=1 pps=1")
 	f.Fuzz(func(t *testing.T, line string) {
 		// The further tests' lines: a figure taken is a finite,
 		// non-negative number, and only of a known test.
@@ -200,6 +201,8 @@ func TestParseExtraLine(t *testing.T) {
 		"guest: net streams n=4 bytes=1",
 		"guest: net rr n=1 tps=1 p50_us=1e999 p99_us=2",
 		"guest: net udp size=64 sent=1 received=x pps=1",
+		"guest: net udp size=64 sent=1e19 received=1 pps=1",
+		"guest: net udp size=64 sent=1.5 received=1 pps=1",
 		"guest: net udp",
 		"guest: net sent bytes=1 sha256=00 mbps=1",
 	} {

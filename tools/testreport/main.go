@@ -66,8 +66,9 @@ type event struct {
 // that fails prints its appliance's console, and only its end matters.
 const keepLines = 400
 
-// keyLines bounds the -key lines kept of one test.
-const keyLines = 30
+// keyLines bounds the -key lines kept of one test: the last ones, since a
+// hung test's dumps come at its end, and a CI log is read by its tail.
+const keyLines = 40
 
 // test is what is known of one test while its package runs.
 type test struct {

@@ -168,7 +168,7 @@ func TestKeyLines(t *testing.T) {
 	var out strings.Builder
 	run(strings.NewReader(in), &out, time.Minute, nil, regexp.MustCompile(`dump: vcpu|did not`), nil)
 	_, summary, _ := strings.Cut(out.String(), "== test report")
-	for _, w := range []string{"FAIL     9.0s  TestHang  p\n       | vm| dump: vcpu 1: runnable\n", "| vm| dump: vcpu 29: runnable\n       | x_test.go:1: vm did not power off\n"} {
+	for _, w := range []string{"FAIL     9.0s  TestHang  p\n       | vm| dump: vcpu 1: runnable\n", "| vm| dump: vcpu 39: runnable\n       | x_test.go:1: vm did not power off\n"} {
 		if !strings.Contains(summary, w) {
 			t.Errorf("summary lacks %q:\n%s", w, summary)
 		}
