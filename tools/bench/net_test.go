@@ -240,6 +240,10 @@ func TestJudgeNet(t *testing.T) {
 			unix.WaitStatus(unix.SIGKILL), clean, 0, `reported nothing received (exit killed signal=SIGKILL); console ended with ["guest: booted"`},
 		{"short", transcript(recv(want-1, sumA)), transcript(sent(want, sumA)), clean, clean, 0, "server guest received 999 bytes, want 1000"},
 		{"corrupt", transcript(recv(want, sumB)), transcript(sent(want, sumA)), clean, clean, 0, "stream corrupted"},
+		{"client crashed, server killed", transcript("guest: booted"), transcript("guest: booted", "hyperroot vmm: client: exits 700 (io 650, mmio 50)"),
+			unix.WaitStatus(unix.SIGKILL), crashed, 0, `the client's VMM exited crash`},
+		{"triple fault", transcript("guest: booted"), transcript("hyperroot vmm: client: crash after 40.4s (vCPU 0: triple fault)"),
+			unix.WaitStatus(unix.SIGKILL), crashed, 0, "the guest triple-faulted: the client's (hyperroot vmm: client: crash"},
 		{"crash after report", transcript(recv(want, sumA)), transcript(sent(want, sumA)), clean, crashed, 0, "client's VMM exited crash"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
