@@ -9,9 +9,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/hyperroot/hyperroot/internal/testenv"
 )
 
 // TestNetExtra: the network benchmark's further tests over loopback, the
@@ -21,14 +22,11 @@ func TestNetExtra(t *testing.T) {
 	oldTime, oldOut := extraTime, extraOut
 	defer func() { extraTime, extraOut = oldTime, oldOut }()
 	extraTime = 300 * time.Millisecond
-	var out syncBuilder
+	var out testenv.Buffer
 	extraOut = &out
 
-	ln := listen(t)
-	served := make(chan error, 1)
-	go func() { served <- serveExtra(ln) }()
-	addr := ln.Addr().(*net.TCPAddr).AddrPort()
-	if err := netExtraClient(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), addr.Port()), 1<<20); err != nil {
+	addr, served := serve(t)
+	if err := netExtraClient(addr, 1<<20); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -73,23 +71,13 @@ func listen(t *testing.T) *net.TCPListener {
 	return ln
 }
 
-// syncBuilder is a strings.Builder the server's and client's goroutines
-// may write to at once.
-type syncBuilder struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuilder) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuilder) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+// serve runs serveExtra on a loopback listener: its address, and where
+// its result arrives.
+func serve(t *testing.T) (netip.AddrPort, <-chan error) {
+	ln := listen(t)
+	served := make(chan error, 1)
+	go func() { served <- serveExtra(ln) }()
+	return ln.Addr().(*net.TCPAddr).AddrPort(), served
 }
 
 // TestNetExtraClientSaysDone: a client whose test fails still tells the
@@ -134,63 +122,38 @@ func TestNetExtraClientSaysDone(t *testing.T) {
 	}
 }
 
-// TestServeExtraSaysWhichFailed: a server's test that fails is said on the
-// console at once and returned once the client is done.
+// TestServeExtraSaysWhichFailed: a server's test that fails (one the
+// server does not know; the udp test with a client that closes instead of
+// sending datagrams and "end") is said on the console at once and
+// returned once the client is done, not a crash nor a hang.
 func TestServeExtraSaysWhichFailed(t *testing.T) {
 	oldOut := extraOut
 	defer func() { extraOut = oldOut }()
-	var out syncBuilder
-	extraOut = &out
-	ln := listen(t)
-	served := make(chan error, 1)
-	go func() { served <- serveExtra(ln) }()
-	addr := ln.Addr().(*net.TCPAddr).AddrPort()
-	// The udp test, broken: the client closes instead of sending
-	// datagrams and "end".
-	c, err := extraConn(addr, "udp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
-	done, err := extraConn(addr, "done")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done.Close()
-	select {
-	case err := <-served:
-		if err == nil || !strings.Contains(err.Error(), "extra test udp") {
-			t.Errorf("server: %v", err)
+	for test, want := range map[string]string{"flood": `unknown test "flood"`, "udp": "want end"} {
+		var out testenv.Buffer
+		extraOut = &out
+		addr, served := serve(t)
+		for _, what := range []string{test, "done"} {
+			c, err := extraConn(addr, what)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if what != "done" {
+				c.Read(make([]byte, 16)) // udp: the server's "ready"; flood: its close
+			}
+			c.Close()
 		}
-	case <-time.After(time.Minute):
-		t.Fatal("the server did not end")
-	}
-	if !strings.Contains(out.String(), "guest: net extra-error udp: want end") {
-		t.Errorf("the server did not say which test failed: %q", out.String())
-	}
-}
-
-// TestServeExtraRefusesUnknown: a test the server does not know is an
-// error it reports at the end, not a crash.
-func TestServeExtraRefusesUnknown(t *testing.T) {
-	ln := listen(t)
-	served := make(chan error, 1)
-	go func() { served <- serveExtra(ln) }()
-	addr := ln.Addr().(*net.TCPAddr).AddrPort()
-	c, err := extraConn(addr, "flood")
-	if err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 1)
-	c.Read(buf) // the server closes it
-	c.Close()
-	d, err := extraConn(addr, "done")
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.Close()
-	if err := <-served; err == nil || !strings.Contains(err.Error(), `unknown test "flood"`) {
-		t.Errorf("server: %v", err)
+		select {
+		case err := <-served:
+			if err == nil || !strings.Contains(err.Error(), "extra test "+test) || !strings.Contains(err.Error(), want) {
+				t.Errorf("%s: server: %v", test, err)
+			}
+		case <-time.After(time.Minute):
+			t.Fatalf("%s: the server did not end", test)
+		}
+		if !strings.Contains(out.String(), "guest: net extra-error "+test+": "+want) {
+			t.Errorf("%s: the server did not say which test failed: %q", test, out.String())
+		}
 	}
 }
 
