@@ -226,7 +226,7 @@ TESTREPORT=$OUT/bin/testreport
 testreport_build() { go build -o "$TESTREPORT" ./tools/testreport; }
 testreport() {
 	"$TESTREPORT" -slow 60s -note "spoilt by the test bed" -times "$OUT/test-times-$1.tsv" \
-		-key 'dump: (vcpu [0-9]+|vm[: ]|kvm counts)|panic:|Kernel panic|fatal error:|hyperroot: error:|I/O .*timeout|resetting controller'
+		-key 'dump: (vcpu [0-9]+|vm[: ]|kvm counts|serial:)|panic:|Kernel panic|fatal error:|hyperroot: error:|I/O .*timeout|resetting controller'
 }
 
 race() {

@@ -159,6 +159,9 @@ func (m *Machine) Dump(w io.Writer, prefix string) {
 			line("vm counts%s", counts(after.vm, nil))
 		}
 	}
+	if m.serial != nil {
+		line("serial: %s", m.serial.State())
+	}
 	for _, l := range strings.Split(strings.TrimRight(goroutines(), "\n"), "\n") {
 		line("%s", l)
 	}

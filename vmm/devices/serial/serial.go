@@ -32,6 +32,7 @@
 package serial
 
 import (
+	"fmt"
 	"io"
 	"sync"
 
@@ -210,6 +211,19 @@ func (d *Device) Input(p []byte) int {
 	d.mu.Unlock()
 	d.irq.Flush()
 	return n
+}
+
+// State describes the UART for a dump: the received bytes the guest has
+// not read yet, the interrupt it signals and the enables that gate it,
+// and its line's level as asked and as driven. A guest waiting for input
+// the UART holds shows here why (no RX interrupt enabled, the line low).
+func (d *Device) State() string {
+	d.mu.Lock()
+	s := fmt.Sprintf("rx-queued=%d dropped=%d ier=%#x iid=%#x lcr=%#x mcr=%#x fcr=%#x lsr-errors=%#x",
+		d.rxLen, d.dropped, d.ier, d.iidLocked(), d.lcr, d.mcr, d.fcr, d.lsrErr)
+	d.mu.Unlock()
+	want, driven := d.irq.Levels()
+	return fmt.Sprintf("%s irq want=%v driven=%v", s, want, driven)
 }
 
 // Dropped reports how many input bytes were lost because the receive

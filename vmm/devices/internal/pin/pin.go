@@ -57,6 +57,15 @@ func (p *Pin) Pulse(level bool) {
 	p.mu.Unlock()
 }
 
+// Levels reports the level last asked for and the level last driven (for
+// a dump: a device that wants its line high while it was driven low has a
+// Flush owed).
+func (p *Pin) Levels() (want, driven bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.want, p.cur
+}
+
 // Flush drives the line to the recorded level. Call it without holding the
 // device's lock.
 func (p *Pin) Flush() {
