@@ -374,7 +374,7 @@ func withoutTHP() {
 	// RAM included, which takes huge pages where the host allows them
 	// (memory.New's MADV_HUGEPAGE; the appliance's PID 1 sets THP to
 	// madvise and shmem to advise, so it never needs the flag).
-	mode, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
+	mode, err := os.ReadFile(filepath.Join(thpDir, "enabled"))
 	if err != nil || !bytes.Contains(mode, []byte("[always]")) {
 		return // what the runtime touches is in 4 KiB pages already
 	}

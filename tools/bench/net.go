@@ -403,7 +403,7 @@ func (c *netCollector) line(line string) {
 		close(c.booted)
 		c.booted = nil
 	}
-	if strings.Contains(line, "hyperroot vmm: ") && strings.Contains(line, ": triple fault)") {
+	if isTripleFault(line) {
 		c.nc.tripleFault = line
 	}
 	if i := strings.Index(line, "guest: FAIL "); i >= 0 && c.nc.failed == "" {
