@@ -78,7 +78,7 @@ func serveExtra(ln *net.TCPListener) error {
 			return fmt.Errorf("waiting for the client's next test: %w", err)
 		}
 		r := bufio.NewReader(conn)
-		conn.SetReadDeadline(time.Now().Add(time.Minute))
+		conn.SetReadDeadline(time.Now().Add(extraWait))
 		what, err := r.ReadString('\n')
 		conn.SetReadDeadline(time.Time{})
 		if err != nil {
