@@ -162,6 +162,7 @@ func runNetBench(e *env) error {
 			runs[ct.Name()] = append(runs[ct.Name()], res.mbps)
 			extras[ct.Name()] = append(extras[ct.Name()], res.extra)
 			e.logf("bench: net round=%d contender=%s mbps=%.1f %s", round, ct.Name(), res.mbps, res.extra)
+			e.logf("bench: net round=%d contender=%s %s", round, ct.Name(), res.cpu)
 		}
 	}
 	for _, line := range netTable(names, runs) {
@@ -246,8 +247,11 @@ func netRound(starter child.Starter, ct netContender, server, client config.VM, 
 		return netResult{}, err
 	}
 	defer end()
-	start := func(name string, argv []string) (*vmmRun, error) { return startVMM(starter, name, argv) }
-	return netPair(start, ct.Argv(server), ct.Argv(client), bytes, netBenchTimeout)
+	cpu := &streamCPU{proc: "/proc"}
+	start := func(name string, argv []string) (*vmmRun, error) { return startVMM(starter, name, argv, cpu.line) }
+	res, err := netPair(start, ct.Argv(server), ct.Argv(client), bytes, netBenchTimeout)
+	res.cpu = cpu.String()
+	return res, err
 }
 
 // errNetStalled: a round's guests neither finished nor failed in time.
@@ -265,9 +269,10 @@ type vmmRun struct {
 // vmmStarter starts a VMM (startVMM; tests fake it).
 type vmmStarter func(name string, argv []string) (*vmmRun, error)
 
-func startVMM(starter child.Starter, name string, argv []string) (*vmmRun, error) {
+// watch, if not nil, is also given every console line.
+func startVMM(starter child.Starter, name string, argv []string, watch func(string)) (*vmmRun, error) {
 	booted := make(chan struct{})
-	col := &netCollector{booted: booted}
+	col := &netCollector{booted: booted, watch: watch}
 	p, err := child.Start(starter, child.Spec{Path: argv[0], Args: argv[1:], Line: col.line})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
@@ -392,9 +397,13 @@ type netConsole struct {
 type netCollector struct {
 	nc     netConsole
 	booted chan struct{}
+	watch  func(string)
 }
 
 func (c *netCollector) line(line string) {
+	if c.watch != nil {
+		c.watch(line)
+	}
 	c.nc.tail = append(c.nc.tail, line)
 	if len(c.nc.tail) > 8 {
 		c.nc.tail = c.nc.tail[1:]
@@ -487,6 +496,7 @@ func judgeNet(server, client netConsole, sws, cws unix.WaitStatus, want int64) (
 type netResult struct {
 	mbps  float64 // the one stream, as the server received it
 	extra netExtraReport
+	cpu   string // where the appliance's CPUs went during the stream (streamCPU)
 }
 
 // extraKinds are the further tests' report lines.

@@ -1,0 +1,290 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Where the appliance's CPUs go while the network benchmark's stream runs.
+// Under TCG the appliance has few, slow CPUs, and the two guests, their
+// VMMs and whatever moves the frames (the switch, or vhost-net's kernel
+// threads) all share them: a contender that is slower may be so because
+// its frame path costs more CPU, or because it leaves CPUs idle waiting.
+// The account tells the two apart, and which part costs what.
+
+// userHZ is the unit of /proc's CPU times (USER_HZ, 100 on every Linux
+// architecture the appliance runs on).
+const userHZ = 100
+
+// pfKthread is PF_KTHREAD in /proc/<pid>/stat's flags: a kernel thread.
+const pfKthread = 0x00200000
+
+// cpuGroups are the groups a process is counted in, in report order.
+var cpuGroups = []string{"switch", "vmm", "qemu", "vhost", "kernel", "hyperroot", "other"}
+
+// procTicks is a group's CPU time, in ticks: guest is the part spent
+// running a (nested) guest, host the rest, in user space or the kernel.
+type procTicks struct{ host, guest uint64 }
+
+// cpuSample is the appliance's CPU time at one moment: the whole machine's,
+// from /proc/stat's cpu line, and its processes', by group.
+type cpuSample struct {
+	at          time.Time
+	busy, total uint64 // ticks: not idle (nor waiting for I/O), and all
+	cpus        int
+	groups      map[string]procTicks
+}
+
+// sampleCPU reads proc (normally /proc).
+func sampleCPU(proc string) (cpuSample, error) {
+	s := cpuSample{at: time.Now(), groups: map[string]procTicks{}}
+	stat, err := os.ReadFile(filepath.Join(proc, "stat"))
+	if err != nil {
+		return s, err
+	}
+	if s.busy, s.total, s.cpus, err = parseProcStat(stat); err != nil {
+		return s, err
+	}
+	dir, err := os.ReadDir(proc)
+	if err != nil {
+		return s, err
+	}
+	for _, d := range dir {
+		if _, err := strconv.Atoi(d.Name()); err != nil {
+			continue
+		}
+		// A process may exit between the listing and the reads: it is
+		// left out, as one that exits inside the window would be.
+		b, err := os.ReadFile(filepath.Join(proc, d.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		p, err := parsePidStat(b)
+		if err != nil {
+			continue
+		}
+		var argv []string
+		if p.flags&pfKthread == 0 {
+			cl, err := os.ReadFile(filepath.Join(proc, d.Name(), "cmdline"))
+			if err != nil {
+				continue
+			}
+			argv = strings.Split(strings.TrimRight(string(cl), "\x00"), "\x00")
+		}
+		g := cpuGroup(p, argv)
+		t := s.groups[g]
+		t.host += p.utime + p.stime - min(p.guest, p.utime)
+		t.guest += p.guest
+		s.groups[g] = t
+	}
+	return s, nil
+}
+
+// parseProcStat reads /proc/stat's aggregate cpu line (user nice system
+// idle iowait irq softirq steal guest guest_nice; guest time is already in
+// user) and counts the per-CPU lines.
+func parseProcStat(b []byte) (busy, total uint64, cpus int, err error) {
+	found := false
+	for line := range strings.SplitSeq(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || !strings.HasPrefix(f[0], "cpu") {
+			continue
+		}
+		if f[0] != "cpu" {
+			cpus++
+			continue
+		}
+		if len(f) < 9 {
+			return 0, 0, 0, fmt.Errorf("/proc/stat: short cpu line %q", line)
+		}
+		var v [8]uint64
+		for i := range v {
+			if v[i], err = strconv.ParseUint(f[1+i], 10, 64); err != nil {
+				return 0, 0, 0, fmt.Errorf("/proc/stat: %q: %w", line, err)
+			}
+			total += v[i]
+		}
+		busy = total - v[3] - v[4] // less idle and iowait
+		found = true
+	}
+	if !found {
+		return 0, 0, 0, fmt.Errorf("/proc/stat: no cpu line")
+	}
+	return busy, total, cpus, nil
+}
+
+// pidStat is what the account needs of /proc/<pid>/stat.
+type pidStat struct {
+	comm                string
+	flags               uint64
+	utime, stime, guest uint64
+}
+
+// parsePidStat reads /proc/<pid>/stat. The command name is in parentheses
+// and may itself hold spaces and parentheses (a process names itself), so
+// the fields are counted from the last ')'.
+func parsePidStat(b []byte) (pidStat, error) {
+	open, end := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
+	if open < 0 || end < open {
+		return pidStat{}, fmt.Errorf("no command name")
+	}
+	// After ')': state(3) ppid(4) ... flags(9) ... utime(14) stime(15)
+	// ... guest_time(43), numbered as in proc(5).
+	f := strings.Fields(string(b[end+1:]))
+	field := func(n int) (uint64, error) {
+		if n-3 >= len(f) {
+			return 0, fmt.Errorf("field %d missing", n)
+		}
+		return strconv.ParseUint(f[n-3], 10, 64)
+	}
+	var p pidStat
+	p.comm = string(b[open+1 : end])
+	var err error
+	for _, x := range []struct {
+		n int
+		v *uint64
+	}{{9, &p.flags}, {14, &p.utime}, {15, &p.stime}, {43, &p.guest}} {
+		if *x.v, err = field(x.n); err != nil {
+			return pidStat{}, err
+		}
+	}
+	return p, nil
+}
+
+// cpuGroup says what a process is: the switch, a hyperroot VMM, QEMU,
+// vhost-net's worker, another kernel thread, another hyperroot process
+// (PID 1, the benchmark), or something else.
+func cpuGroup(p pidStat, argv []string) string {
+	if p.flags&pfKthread != 0 {
+		if strings.HasPrefix(p.comm, "vhost-") {
+			return "vhost"
+		}
+		return "kernel"
+	}
+	if len(argv) == 0 {
+		return "other"
+	}
+	switch filepath.Base(argv[0]) {
+	case "qemu-system-x86_64":
+		return "qemu"
+	case "hyperroot", "init":
+		if len(argv) > 1 && (argv[1] == "switch" || argv[1] == "vmm") {
+			return argv[1]
+		}
+		return "hyperroot"
+	}
+	return "other"
+}
+
+// cpuAccount is the difference of two samples: the CPUs in use on
+// average over the window, by group.
+type cpuAccount struct {
+	window time.Duration
+	cpus   int
+	busy   float64 // CPUs busy, of cpus
+	groups map[string]procTicks
+	mib    float64 // stream bytes in the window, for the cost per MiB
+}
+
+func accountCPU(from, to cpuSample, bytes int64) cpuAccount {
+	a := cpuAccount{window: to.at.Sub(from.at), cpus: to.cpus, groups: map[string]procTicks{}, mib: float64(bytes) / (1 << 20)}
+	if dt := to.total - from.total; dt > 0 && to.total > from.total {
+		a.busy = float64(to.busy-from.busy) / float64(dt) * float64(max(to.cpus, 1))
+	}
+	for g, t := range to.groups {
+		f := from.groups[g]
+		// A group whose process exited in the window can shrink: it
+		// counts as nothing rather than as a wrapped-around number.
+		a.groups[g] = procTicks{host: t.host - min(t.host, f.host), guest: t.guest - min(t.guest, f.guest)}
+	}
+	return a
+}
+
+// String reports CPUs in use (cores) per group, guest time apart, and the
+// whole machine's CPU milliseconds per MiB streamed.
+func (a cpuAccount) String() string {
+	secs := a.window.Seconds()
+	if secs <= 0 {
+		return "cpu: no window"
+	}
+	cores := func(ticks uint64) float64 { return float64(ticks) / userHZ / secs }
+	var guest uint64
+	var parts []string
+	for _, g := range cpuGroups {
+		t := a.groups[g]
+		guest += t.guest
+		if t.host > 0 {
+			parts = append(parts, fmt.Sprintf("%s=%.2f", g, cores(t.host)))
+		}
+	}
+	s := fmt.Sprintf("cpu window=%.1fs busy=%.2f/%d guests=%.2f %s", secs, a.busy, a.cpus, cores(guest), strings.Join(parts, " "))
+	if a.mib > 0 {
+		s += fmt.Sprintf(" cpu-ms/MiB=%.0f", a.busy*secs*1000/a.mib)
+	}
+	return s
+}
+
+// streamCPU samples the CPU at the client's "under way" line and again at
+// its "sent" line: the middle of the stream, without the boots, the
+// handshake or the further tests.
+type streamCPU struct {
+	proc string
+	mu   sync.Mutex
+	from *cpuSample
+	acct *cpuAccount
+	left int64 // bytes still to send at from
+	err  error
+}
+
+// line is given every console line of both guests.
+func (w *streamCPU) line(line string) {
+	const underWay, sent = "guest: net under way sent=", "guest: net sent bytes="
+	i := strings.Index(line, underWay)
+	j := strings.Index(line, sent)
+	if i < 0 && j < 0 {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err != nil || w.acct != nil {
+		return
+	}
+	s, err := sampleCPU(w.proc)
+	if err != nil {
+		w.err = err
+		return
+	}
+	if i >= 0 && w.from == nil {
+		// "under way sent=N of T"
+		var n, total int64
+		if _, err := fmt.Sscanf(line[i+len(underWay):], "%d of %d", &n, &total); err != nil || n < 0 || total < n {
+			w.err = fmt.Errorf("unreadable %q", line[i:])
+			return
+		}
+		w.from, w.left = &s, total-n
+		return
+	}
+	if j >= 0 && w.from != nil {
+		a := accountCPU(*w.from, s, w.left)
+		w.acct = &a
+	}
+}
+
+// String is the account, or why there is none.
+func (w *streamCPU) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case w.err != nil:
+		return "cpu: " + w.err.Error()
+	case w.acct == nil:
+		return "cpu: no window"
+	}
+	return w.acct.String()
+}
