@@ -53,11 +53,12 @@ var (
 	mVMBlkErrs    = desc("vm_virtio_blk_errors_total", "Requests the VM's virtio-blk disk completed with an error status, by class.", "vm", "disk", "op")
 	mVMBlkLatency = desc("vm_virtio_blk_request_seconds", "Latency of the VM's virtio-blk requests as its guest sees them (from the device taking a request to giving it back, limiter waits included), by class.", "vm", "disk", "op")
 
-	mLeases    = desc("network_leases", "DHCP leases in force that the switch granted on a network (its lease file, read at scrape time).", "network")
-	mPortPkts  = desc("switch_port_packets_total", "Frames through a switch port: rx delivered to the VM (or host, uplink), tx sent by it.", "port", "dir")
-	mPortBytes = desc("switch_port_bytes_total", "Bytes of Ethernet frames through a switch port, without the virtio-net header.", "port", "dir")
-	mPortDrops = desc("switch_port_drops_total", "Frames a switch port dropped, by reason.", "port", "reason")
-	mPortCuts  = desc("switch_port_cutoffs_total", "Connections of a port's vhost-user frontend the switch ended for the frontend's fault.", "port")
+	mLeases     = desc("network_leases", "DHCP leases in force that the switch granted on a network (its lease file, read at scrape time).", "network")
+	mPortPkts   = desc("switch_port_packets_total", "Frames through a switch port: rx delivered to the VM (or host, uplink), tx sent by it.", "port", "dir")
+	mPortBytes  = desc("switch_port_bytes_total", "Bytes of Ethernet frames through a switch port, without the virtio-net header.", "port", "dir")
+	mPortDrops  = desc("switch_port_drops_total", "Frames a switch port dropped, by reason.", "port", "reason")
+	mPortCuts   = desc("switch_port_cutoffs_total", "Connections of a port's vhost-user frontend the switch ended for the frontend's fault.", "port")
+	mPortQueued = desc("switch_port_queued_total", "Frames for a VM that found its receive ring empty and waited in the switch's backlog for buffers (delivered later, or dropped as no_buffer when the backlog was full or the queue stopped).", "port")
 )
 
 func (fc fleetCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -142,6 +143,7 @@ func (fc fleetCollector) Collect(ch chan<- prometheus.Metric) {
 			counter(mPortDrops, float64(c.Drops[r]), p, r.String())
 		}
 		counter(mPortCuts, float64(c.CutOffs), p)
+		counter(mPortQueued, float64(c.RxQueued), p)
 	}
 }
 

@@ -85,8 +85,12 @@ func parsePortReport(line string) (name string, c vswitch.Counters, ok bool) {
 		if !found || err != nil {
 			return "", c, false
 		}
-		if k == "cutoffs" {
+		switch k {
+		case "cutoffs":
 			c.CutOffs = n
+			continue
+		case "queued":
+			c.RxQueued = n
 			continue
 		}
 		r := dropReason(k)

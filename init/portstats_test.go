@@ -8,9 +8,9 @@ import (
 )
 
 func TestParsePortReport(t *testing.T) {
-	name, c, ok := parsePortReport("port web.0 rx=2/684 tx=3/584 spoofed_ip=1 rate_limit=7 cutoffs=2")
+	name, c, ok := parsePortReport("port web.0 rx=2/684 tx=3/584 spoofed_ip=1 rate_limit=7 cutoffs=2 queued=9")
 	if !ok || name != "web.0" || c.RxPackets != 2 || c.RxBytes != 684 || c.TxPackets != 3 || c.TxBytes != 584 ||
-		c.Drops[vswitch.DropSpoofedIP] != 1 || c.Drops[vswitch.DropRateLimit] != 7 || c.CutOffs != 2 {
+		c.Drops[vswitch.DropSpoofedIP] != 1 || c.Drops[vswitch.DropRateLimit] != 7 || c.CutOffs != 2 || c.RxQueued != 9 {
 		t.Errorf("got %q %+v %v", name, c, ok)
 	}
 	for _, bad := range []string{

@@ -610,8 +610,9 @@ func portLimits(l config.NICLimits) vswitch.Limits {
 }
 
 // portReport is a port's counters as one line: "port <name> rx=<packets>/
-// <bytes> tx=<packets>/<bytes>", the non-zero drop counts by reason and
-// the connections cut off ("cutoffs=<n>") if any.
+// <bytes> tx=<packets>/<bytes>", the non-zero drop counts by reason, the
+// connections cut off ("cutoffs=<n>") and the frames that waited for the
+// VM's receive buffers ("queued=<n>") if any.
 func portReport(p *vswitch.Port) string { return formatPortReport(p.Name(), p.Counters()) }
 
 // formatPortReport is portReport of a port's name and counters
@@ -626,6 +627,9 @@ func formatPortReport(name string, c vswitch.Counters) string {
 	}
 	if c.CutOffs > 0 {
 		fmt.Fprintf(&b, " cutoffs=%d", c.CutOffs)
+	}
+	if c.RxQueued > 0 {
+		fmt.Fprintf(&b, " queued=%d", c.RxQueued)
 	}
 	return b.String()
 }

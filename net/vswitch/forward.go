@@ -429,24 +429,29 @@ func (s *sender) deliverOne(d *Port, f *frameRef, nw *Network, caps offloads) bo
 	rx := &d.v.rx
 	d.busy.enter()
 	rx.mu.Lock()
-	ok := d.v.receiveLocked(s, e)
+	res := d.v.receiveLocked(s, e)
 	if rx.q != nil {
 		rx.q.PublishUsed()
 	}
 	rx.mu.Unlock()
 	d.busy.exit()
-	if ok {
-		s.delivered(t, e)
-	}
+	s.received(t, e, res)
 	e.f = nil
-	return ok
+	return res != rxDropped
 }
 
-// delivered accounts for e, delivered to the receiver of touched[t].
-func (s *sender) delivered(t int, e *emit) {
+// received accounts for e, given to the receiver of touched[t]: a frame
+// delivered is counted now, one that waits in the backlog when it leaves
+// it (drainLocked); both are captured now, while the sender has them.
+func (s *sender) received(t int, e *emit, res rxOutcome) {
+	if res == rxDropped {
+		return
+	}
 	rt := &s.touched[t]
-	rt.packets++
-	rt.bytes += uint64(e.total - HeaderLen)
+	if res == rxDelivered {
+		rt.packets++
+		rt.bytes += uint64(e.total - HeaderLen)
+	}
 	if w := rt.v.capture.Load(); w != nil {
 		(*w)(s.raw(e.f))
 	}

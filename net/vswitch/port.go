@@ -78,6 +78,10 @@ type Counters struct {
 	// vhost-user backend ended for the frontend's fault (descriptors of
 	// the wrong kind, framing it cannot trust).
 	CutOffs uint64
+	// RxQueued counts the frames for a virtio port that found its driver
+	// without buffers and waited in the switch's backlog (backlog.go);
+	// they are in RxPackets once delivered.
+	RxQueued uint64
 }
 
 // counters are updated with atomics by every goroutine forwarding to or
@@ -87,6 +91,7 @@ type counters struct {
 	txPackets, txBytes atomic.Uint64
 	drops              [NumDropReasons]atomic.Uint64
 	cutOffs            atomic.Uint64
+	rxQueued           atomic.Uint64
 }
 
 // Rate is a token bucket in one direction. The zero value is unlimited.
@@ -216,6 +221,7 @@ func (p *Port) Counters() Counters {
 		c.Drops[i] = p.c.drops[i].Load()
 	}
 	c.CutOffs = p.c.cutOffs.Load()
+	c.RxQueued = p.c.rxQueued.Load()
 	return c
 }
 

@@ -94,6 +94,7 @@ type VirtioPort struct {
 type rxState struct {
 	mu   sync.Mutex
 	q    *virtio.Queue // nil when stopped
+	kick int           // the driver's notifications; written to wake the waker
 	call int
 	mrg  bool
 	// held are receive chains popped from the ring but not used yet:
@@ -101,6 +102,13 @@ type rxState struct {
 	// chains wait for the next frame. A ring buffer of n chains at start.
 	held     [maxRxChains]virtio.Chain
 	start, n int
+	// bl holds frames waiting for the driver's buffers (backlog.go),
+	// waker the goroutine that delivers them when buffers come; w and
+	// wbufs are the waker's scratch for spreading a frame over chains.
+	bl    backlog
+	waker *rxWaker
+	w     writer
+	wbufs [][]byte
 }
 
 // AddVirtioPort creates a VM NIC's port. It forwards nothing until the
@@ -176,10 +184,8 @@ func (v *VirtioPort) Start(q int, vq *virtio.Queue, kick, call int) error {
 	if err := peerfd.Eventfd(call); err != nil {
 		return fmt.Errorf("vswitch: port %s: start queue %d: call: %w", v.name, q, err)
 	}
-	if q == TxQueue {
-		if err := peerfd.Eventfd(kick); err != nil {
-			return fmt.Errorf("vswitch: port %s: start queue %d: kick: %w", v.name, q, err)
-		}
+	if err := peerfd.Eventfd(kick); err != nil {
+		return fmt.Errorf("vswitch: port %s: start queue %d: kick: %w", v.name, q, err)
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -194,8 +200,14 @@ func (v *VirtioPort) Start(q int, vq *virtio.Queue, kick, call int) error {
 		if rx.q != nil {
 			return fmt.Errorf("vswitch: port %s: receive queue already started", v.name)
 		}
-		rx.q, rx.call, rx.start, rx.n = vq, call, 0, 0
+		w, err := newRxWaker(kick)
+		if err != nil {
+			return fmt.Errorf("vswitch: port %s: start receive queue: %w", v.name, err)
+		}
+		rx.q, rx.kick, rx.call, rx.start, rx.n, rx.waker = vq, kick, call, 0, 0, w
 		rx.mrg = v.acked.Load()&FeatureMrgRxbuf != 0
+		vq.DisableNotifications() // until a frame waits for buffers
+		go v.serveRX(w)
 		return nil
 	case TxQueue:
 		if v.tx != nil {
@@ -225,12 +237,19 @@ func (v *VirtioPort) Stop(q int) {
 	switch q {
 	case RxQueue:
 		rx := &v.rx
+		// The waker takes rx.mu: stopped before it is held here. Only
+		// Start and Stop, serialised by v.mu, set rx.waker.
+		if rx.waker != nil {
+			rx.waker.halt()
+			rx.waker = nil
+		}
 		rx.mu.Lock()
 		if rx.q != nil {
 			for i := 0; i < rx.n; i++ {
 				rx.q.Push(rx.at(i).Head, 0)
 			}
-			rx.q, rx.n, rx.call = nil, 0, -1
+			v.dropBacklogLocked()
+			rx.q, rx.n, rx.kick, rx.call = nil, 0, -1, -1
 		}
 		rx.mu.Unlock()
 	case TxQueue:
@@ -269,61 +288,56 @@ func (rx *rxState) take(v *VirtioPort) bool {
 	return false
 }
 
+// rxOutcome is what became of a frame given to a receive queue.
+type rxOutcome int
+
+const (
+	rxDropped   rxOutcome = iota // counted as a drop
+	rxDelivered                  // in the driver's buffers
+	rxQueued                     // in the backlog, delivered when the driver adds buffers
+)
+
 // receiveLocked writes e into the guest's receive buffers: one chain, or
-// with MRG_RXBUF as many as it takes, their count in num_buffers. The
-// caller holds rx.mu and publishes the used chains (PublishUsed) before
-// releasing it.
-func (v *VirtioPort) receiveLocked(s *sender, e *emit) bool {
+// with MRG_RXBUF as many as it takes, their count in num_buffers. When
+// the driver has no buffers, or older frames wait for them, e joins the
+// backlog. The caller holds rx.mu and publishes the used chains
+// (PublishUsed) before releasing it.
+func (v *VirtioPort) receiveLocked(s *sender, e *emit) rxOutcome {
 	rx := &v.rx
 	if rx.q == nil {
 		v.drop(DropNoBuffer)
-		return false
+		return rxDropped
 	}
-	if rx.n == 0 && !rx.take(v) {
-		v.drop(DropNoBuffer)
-		return false
+	if rx.bl.count > 0 {
+		v.drainLocked() // older frames first
 	}
-	// One chain of one buffer that holds the frame: Linux's mergeable
-	// buffers (1.5 KiB or more) and any 64 B frame.
-	if first := rx.at(0); len(first.Writable()) == 1 && len(first.Writable()[0]) >= e.total {
-		e.hdr.numBuffers = 1
-		e.writeFlat(first.Writable()[0])
-		rx.q.PushDeferred(first.Head, uint32(e.total))
-		rx.start = (rx.start + 1) % maxRxChains
-		rx.n--
-		return true
-	}
-	limit := 1
-	if rx.mrg {
-		limit = maxRxChains
-	}
-	k, have := 0, 0
-	for have < e.total {
-		if k == limit || (k == rx.n && !rx.take(v)) {
+	if rx.bl.count == 0 {
+		k, res := rx.claim(v, e.total)
+		switch res {
+		case claimTooBig:
 			v.drop(DropNoBuffer)
-			return false
+			return rxDropped
+		case claimed:
+			e.hdr.numBuffers = uint16(k)
+			if first := rx.at(0); k == 1 && len(first.Writable()) == 1 {
+				e.writeFlat(first.Writable()[0])
+			} else {
+				s.wbufs = s.wbufs[:0]
+				for i := 0; i < k; i++ {
+					s.wbufs = append(s.wbufs, rx.at(i).Writable()...)
+				}
+				s.w.reset(s.wbufs)
+				e.writeTo(&s.w)
+				clear(s.wbufs) // drop the views of guest memory
+			}
+			rx.used(k, e.total)
+			return rxDelivered
 		}
-		have += int(rx.at(k).WriteLen())
-		k++
 	}
-	s.wbufs = s.wbufs[:0]
-	for i := 0; i < k; i++ {
-		s.wbufs = append(s.wbufs, rx.at(i).Writable()...)
+	if !v.queueLocked(e) {
+		return rxDropped
 	}
-	e.hdr.numBuffers = uint16(k)
-	s.w.reset(s.wbufs)
-	e.writeTo(&s.w)
-	rem := e.total
-	for i := 0; i < k; i++ {
-		c := rx.at(i)
-		n := min(rem, int(c.WriteLen()))
-		rx.q.PushDeferred(c.Head, uint32(n))
-		rem -= n
-	}
-	rx.start = (rx.start + k) % maxRxChains
-	rx.n -= k
-	clear(s.wbufs) // drop the views of guest memory
-	return true
+	return rxQueued
 }
 
 // flushRX delivers s's pending frames for this port (touched[t]) under
@@ -341,9 +355,7 @@ func (v *VirtioPort) flushRX(s *sender, t int) {
 			continue
 		}
 		rt.queued--
-		if v.receiveLocked(s, e) {
-			s.delivered(t, e)
-		}
+		s.received(t, e, v.receiveLocked(s, e))
 	}
 	if rx.q != nil {
 		rx.q.PublishUsed()
@@ -396,23 +408,14 @@ type txWorker struct {
 }
 
 func newTxWorker(q *virtio.Queue, kick, call int) (*txWorker, error) {
-	// The kick eventfd is duplicated so that closing our os.File (and its
-	// finalizer) never closes the caller's descriptor; non-blocking so the
-	// runtime's poller waits for it and a read deadline can interrupt the
-	// wait at Stop. O_NONBLOCK is on the shared file description, which is
-	// harmless for an eventfd only KVM or the frontend writes.
-	fd, err := unix.FcntlInt(uintptr(kick), unix.F_DUPFD_CLOEXEC, 0)
+	f, err := pollableDup(kick)
 	if err != nil {
-		return nil, fmt.Errorf("dup kick eventfd: %w", err)
-	}
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("kick eventfd non-blocking: %w", err)
+		return nil, err
 	}
 	t := time.NewTimer(time.Hour)
 	t.Stop()
 	return &txWorker{
-		q: q, kick: os.NewFile(uintptr(fd), "kick"), call: call,
+		q: q, kick: f, call: call,
 		stop: make(chan struct{}), done: make(chan struct{}), timer: t,
 	}, nil
 }
