@@ -248,11 +248,17 @@ race() {
 	return $failed
 }
 
+# bench_silence: every benchmark round prints a line within its own
+# timeout (10 minutes at most, the disk's), so a console quiet for 15
+# minutes is a frozen appliance (a lost timer interrupt under TCG): the runner
+# asks for a dump and ends the run instead of waiting out its timeout.
+bench_silence=15m
+
 # bench_run NAME TIMEOUT: boot the bench image, in which PID 1 runs the
 # benchmark program (tools/bench) on its own configuration (no other VMs),
 # and show its figures.
 bench_run() {
-	go run ./tools/runner -image "$OUT/bench/image" -oneshot -timeout "$2" \
+	go run ./tools/runner -image "$OUT/bench/image" -oneshot -timeout "$2" -silence "$bench_silence" \
 		-append "hyperroot.config=/bench/config.yaml hyperroot.run=/bench/hyperroot-bench,$1" |
 		tee "$OUT/bench/$1.log" | grep --line-buffered -E 'bench:|runner:'
 }
@@ -271,7 +277,7 @@ bench_debian() {
 	cp --reflink=auto --sparse=always "$HYPERROOT_DEBIAN_IMAGE" "$tree/bases/debian-12.qcow2" || return 1
 	mkfs.ext4 -q -F -L hyperroot-data -d "$tree" "$data" 4G >/dev/null || return 1
 	rm -rf "$tree"
-	go run ./tools/runner -image "$OUT/bench/image" -oneshot -timeout 60m -memory 3G -cpus 1 -drive "$data" \
+	go run ./tools/runner -image "$OUT/bench/image" -oneshot -silence "$bench_silence" -timeout 60m -memory 3G -cpus 1 -drive "$data" \
 		-append "hyperroot.config=/bench/config.yaml hyperroot.run=/bench/hyperroot-bench,debian" |
 		tee "$OUT/bench/debian.log" | grep --line-buffered -E 'bench:|runner:'
 }
@@ -283,7 +289,7 @@ bench_passthrough() {
 	local ns1=$OUT/bench/ns1.img ns2=$OUT/bench/ns2.img
 	rm -f "$ns1" "$ns2"
 	truncate -s 256M "$ns1" "$ns2" || return 1
-	go run ./tools/runner -image "$OUT/bench/image" -oneshot -timeout 40m -iommu -nvme "serial=bench,vfs=1,ns=$ns1:$ns2" \
+	go run ./tools/runner -image "$OUT/bench/image" -oneshot -silence "$bench_silence" -timeout 40m -iommu -nvme "serial=bench,vfs=1,ns=$ns1:$ns2" \
 		-append "hyperroot.config=/bench/config.yaml hyperroot.run=/bench/hyperroot-bench,passthrough" |
 		tee "$OUT/bench/passthrough.log" | grep --line-buffered -E 'bench:|runner:'
 	rm -f "$ns1" "$ns2"

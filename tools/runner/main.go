@@ -31,6 +31,9 @@ func main() {
 	flag.StringVar(&o.Overlay, "overlay", "", "directory whose files are added to the image's root")
 	flag.BoolVar(&o.Oneshot, "oneshot", false, "image-testing mode: power off when done, exit status is the verdict")
 	flag.DurationVar(&o.Timeout, "timeout", 0, "kill QEMU after this long (default: none, 10m with -oneshot)")
+	flag.DurationVar(&o.Silence, "silence", 0, "when the console prints nothing for this long (or a kernel reports a stall twice),\n"+
+		"type \"dump\" (the VMMs print their vCPUs), then kill QEMU (default: never): a frozen appliance ends\n"+
+		"the run with evidence instead of waiting out -timeout")
 	flag.StringVar(&o.Accel, "accel", "auto", "auto, kvm (-cpu host) or tcg (-cpu max)")
 	flag.BoolVar(&o.UserNet, "usernet", false, "give the appliance a NIC (eth0) on QEMU user networking, e.g. as an uplink")
 	flag.Func("drive", "a raw image file to attach as the appliance's next virtio disk (/dev/vda, /dev/vdb, ...; repeatable),\n"+
