@@ -58,7 +58,7 @@ var (
 	mPortBytes  = desc("switch_port_bytes_total", "Bytes of Ethernet frames through a switch port, without the virtio-net header.", "port", "dir")
 	mPortDrops  = desc("switch_port_drops_total", "Frames a switch port dropped, by reason.", "port", "reason")
 	mPortCuts   = desc("switch_port_cutoffs_total", "Connections of a port's vhost-user frontend the switch ended for the frontend's fault.", "port")
-	mPortQueued = desc("switch_port_queued_total", "Frames for a VM that found its receive ring empty and waited in the switch's backlog for buffers (delivered later, or dropped as no_buffer when the backlog was full or the queue stopped).", "port")
+	mPortQueued = desc("switch_port_queued_total", "Frames for a VM that found its receive ring empty and waited in the switch's backlog for buffers: counted as rx packets once delivered, as no_buffer drops if the queue stopped, the ring broke or the frame outgrew the buffers. A frame the full backlog refused is a no_buffer drop only.", "port")
 )
 
 func (fc fleetCollector) Describe(ch chan<- *prometheus.Desc) {

@@ -221,7 +221,7 @@ func buildSwitch(cfg *config.Config, dir string, capture map[string]string, logf
 	rs := &runningSwitch{logf: logf, nicListener: map[string]*net.UnixListener{}}
 	claims := openClaims6(filepath.Join(dir, claims6File), logf)
 	rs.sw = vswitch.New(vswitch.Options{Local: rs.local, Fault: func(port string, v any, stack []byte) {
-		logf("port %s: internal error: panic: %v (recovered; the port's transmit queue stopped)\n%s", port, v, indentStack(stack))
+		logf("port %s: internal error: panic: %v (recovered; the port's transmit queue, or its receive backlog's waker, stopped until the VM resets the queue)\n%s", port, v, indentStack(stack))
 	}, Claimed6: claims.claimed})
 	ok := false
 	defer func() {

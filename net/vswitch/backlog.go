@@ -144,6 +144,13 @@ func (rx *rxState) used(k, total int) {
 // holds rx.mu.
 func (v *VirtioPort) queueLocked(e *emit) bool {
 	rx := &v.rx
+	if rx.q.Err() != nil {
+		// A broken ring stays broken until the frontend resets the
+		// queue: nothing waits for it (armLocked).
+		v.dropBacklogLocked()
+		v.drop(DropNoBuffer)
+		return false
+	}
 	buf := rx.bl.put(e.total)
 	if buf == nil {
 		v.drop(DropNoBuffer)
@@ -158,8 +165,8 @@ func (v *VirtioPort) queueLocked(e *emit) bool {
 }
 
 // drainLocked moves waiting frames, oldest first, into the driver's
-// buffers while it has some, and counts them received. The caller holds
-// rx.mu and publishes the used ring.
+// buffers while it has some, publishes them and counts them received. The
+// caller holds rx.mu and decides the interrupt (NeedInterrupt).
 func (v *VirtioPort) drainLocked() {
 	rx := &v.rx
 	var packets, bytes uint64
@@ -191,7 +198,16 @@ func (v *VirtioPort) drainLocked() {
 		bytes += uint64(len(f) - HeaderLen)
 		rx.bl.pop()
 	}
+	if rx.bl.count == 0 {
+		// A hint (nothing with EVENT_IDX): buffers are only of use to
+		// the switch when a frame waits, and without EVENT_IDX each
+		// notification is an exit of the guest's.
+		rx.q.DisableNotifications()
+	}
 	if packets > 0 {
+		// Published before they are counted: whoever reads the
+		// counters finds the frames in the ring.
+		rx.q.PublishUsed()
 		v.c.rxPackets.Add(packets)
 		v.c.rxBytes.Add(bytes)
 	}
@@ -201,13 +217,9 @@ func (v *VirtioPort) drainLocked() {
 // left. The caller holds rx.mu and publishes the used ring.
 func (v *VirtioPort) pumpLocked() {
 	v.drainLocked()
-	if v.rx.bl.count == 0 {
-		// A hint (nothing with EVENT_IDX): buffers are only of use to
-		// the switch when a frame waits.
-		v.rx.q.DisableNotifications()
-		return
+	if v.rx.bl.count > 0 {
+		v.armLocked()
 	}
-	v.armLocked()
 }
 
 // armLocked asks the driver to notify the receive queue's next buffers.
@@ -215,7 +227,13 @@ func (v *VirtioPort) pumpLocked() {
 // waker is woken for them through the kick eventfd itself, rather than
 // drained here, so that a guest posting malformed chains costs a sender
 // no more than maxBadChains walks per frame; its own waker walks the rest.
+// A ring the driver broke (Pop's sticky error) would look forever like
+// one with buffers: its waiting frames are dropped instead.
 func (v *VirtioPort) armLocked() {
+	if v.rx.q.Err() != nil {
+		v.dropBacklogLocked()
+		return
+	}
 	if v.rx.q.EnableNotifications() {
 		signal(v.rx.kick)
 	}
@@ -296,16 +314,26 @@ func (v *VirtioPort) serveRX(w *rxWaker) {
 			}
 			time.Sleep(time.Millisecond) // as serveTX: cannot happen
 		}
-		rx := &v.rx
-		v.busy.enter()
-		rx.mu.Lock()
-		if rx.q != nil && rx.bl.count > 0 {
-			v.pumpLocked()
-			if rx.q.NeedInterrupt() {
-				signal(rx.call)
-			}
-		}
+		v.wake()
+	}
+}
+
+// wake pumps the backlog after a notification and interrupts the driver
+// if it wants it. The lock is released by a deferred call, so that a
+// panic (recovered by serveRX) leaves the port usable by senders, which
+// drain the backlog themselves as frames come.
+func (v *VirtioPort) wake() {
+	rx := &v.rx
+	v.busy.enter()
+	rx.mu.Lock()
+	defer func() {
 		rx.mu.Unlock()
 		v.busy.exit()
+	}()
+	if rx.q != nil && rx.bl.count > 0 {
+		v.pumpLocked()
+		if rx.q.NeedInterrupt() {
+			signal(rx.call)
+		}
 	}
 }

@@ -5,6 +5,10 @@ import (
 	"encoding/binary"
 	"math/rand/v2"
 	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/vmm/virtio"
 )
 
 // TestBacklogFIFO drives the backlog's ring of variable-sized frames
@@ -95,9 +99,9 @@ func fits(b *backlog, n int) bool {
 }
 
 // refill posts n receive buffers of size bytes and notifies the device as
-// Linux's driver does with EVENT_IDX: only when the available index moved
-// past the avail_event the device published, so a device that did not ask
-// hears nothing.
+// Linux's driver does: with EVENT_IDX only when the available index moved
+// past the avail_event the device published, without it unless the device
+// set VIRTQ_USED_F_NO_NOTIFY; so a device that did not ask hears nothing.
 func (r *ring) refill(n, size int) (kicked bool) {
 	old := r.AvailIdx()
 	for i := 0; i < n; i++ {
@@ -105,12 +109,43 @@ func (r *ring) refill(n, size int) (kicked bool) {
 			break
 		}
 	}
-	cur, ev := r.AvailIdx(), r.AvailEvent()
-	if uint16(cur-ev-1) < uint16(cur-old) { // vring_need_event
+	if r.wantsKick(old) {
 		r.notify()
 		return true
 	}
 	return false
+}
+
+// wantsKick reports whether the device asked to be notified of the
+// buffers made available since the available index was old.
+func (r *ring) wantsKick(old uint16) bool {
+	cur := r.AvailIdx()
+	if r.eventIdx {
+		ev := r.AvailEvent()
+		return uint16(cur-ev-1) < uint16(cur-old) // vring_need_event
+	}
+	return cur != old && r.UsedFlags()&1 == 0 // VIRTQ_USED_F_NO_NOTIFY
+}
+
+// pauseWaker stops v's receive waker, so that a test sees what senders
+// do alone; resumeWaker starts a new one.
+func pauseWaker(v *VirtioPort) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.rx.waker.halt()
+	v.rx.waker = nil
+}
+
+func resumeWaker(t *testing.T, v *VirtioPort) {
+	t.Helper()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	w, err := newRxWaker(v.rx.kick)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.rx.waker = w
+	go v.serveRX(w)
 }
 
 // TestBacklogWaitsForBuffers: frames that find the receiver without
@@ -137,12 +172,12 @@ func TestBacklogWaitsForBuffers(t *testing.T) {
 	if !b.rx.refill(8, 2048) {
 		t.Fatal("the driver was not asked to notify its next buffers")
 	}
-	waitFor(t, "the waiting frames", func() bool { return b.port.Counters().RxPackets == 5 })
+	waitFor(t, "an interrupt for the waiting frames", b.rx.interrupted)
 	if got := seqsOf(b.rx.reap()); !equalSeqs(got, []uint16{2, 3, 4}) {
 		t.Fatalf("then %v, want [2 3 4]", got)
 	}
-	if !b.rx.interrupted() {
-		t.Error("no interrupt for the frames delivered from the backlog")
+	if c := b.port.Counters(); c.RxPackets != 5 {
+		t.Fatalf("received %d, want 5", c.RxPackets)
 	}
 	// Drained: the switch no longer asks for notifications, so a refill
 	// costs the guest no exit.
@@ -243,4 +278,91 @@ func BenchmarkBacklog(b *testing.B) {
 	if n := testing.AllocsPerRun(100, func() { bl.put(9000); bl.pop() }); n != 0 {
 		b.Fatalf("%.0f allocations per frame", n)
 	}
+}
+
+// TestBacklogOrderWithoutWaker: buffers the driver added without a
+// notification (or before the waker ran) are used for the older frames
+// first when a new frame comes: no frame overtakes the backlog.
+func TestBacklogOrderWithoutWaker(t *testing.T) {
+	sw := newSwitch(t, Options{})
+	lan := mustNetwork(t, sw, "lan", 0)
+	a := newBatchSender(t, sw, lan, vmOpts{})
+	b := newVM(t, sw, "b", lan, macB, vmOpts{rxBufs: -1})
+	pauseWaker(b.port)
+	for i := uint16(0); i < 3; i++ {
+		a.post(macB, i)
+	}
+	a.batch()
+	for i := 0; i < 8; i++ { // no notification
+		b.rx.post(nil, []int{2048}, true)
+	}
+	a.post(macB, 3)
+	a.batch()
+	if got := seqsOf(b.rx.reap()); !equalSeqs(got, []uint16{0, 1, 2, 3}) {
+		t.Fatalf("received %v, want [0 1 2 3]", got)
+	}
+	if c := b.port.Counters(); c.RxPackets != 4 || c.RxQueued != 3 || b.port.rx.bl.count != 0 {
+		t.Fatalf("received %d, queued %d, waiting %d; want 4, 3, 0", c.RxPackets, c.RxQueued, b.port.rx.bl.count)
+	}
+	resumeWaker(t, b.port)
+}
+
+// TestBacklogWithoutEventIdx: a driver without EVENT_IDX is asked to
+// notify (VIRTQ_USED_F_NO_NOTIFY cleared) only while frames wait, and
+// told to stop once they are delivered: each notification is an exit.
+func TestBacklogWithoutEventIdx(t *testing.T) {
+	sw := newSwitch(t, Options{})
+	lan := mustNetwork(t, sw, "lan", 0)
+	feat := Offered &^ virtio.FeatureRingEventIdx
+	a := newBatchSender(t, sw, lan, vmOpts{features: feat})
+	b := newVM(t, sw, "b", lan, macB, vmOpts{rxBufs: -1, features: feat})
+	if b.rx.UsedFlags()&1 == 0 {
+		t.Fatal("notifications asked for with nothing waiting")
+	}
+	a.post(macB, 7)
+	a.batch()
+	if b.rx.UsedFlags()&1 != 0 {
+		t.Fatal("a frame waits and the driver is not asked to notify")
+	}
+	if !b.rx.refill(4, 2048) {
+		t.Fatal("the refill did not notify")
+	}
+	waitFor(t, "an interrupt for the waiting frame", b.rx.interrupted)
+	if got := seqsOf(b.rx.reap()); !equalSeqs(got, []uint16{7}) {
+		t.Fatalf("received %v, want [7]", got)
+	}
+	if b.rx.UsedFlags()&1 == 0 {
+		t.Error("notifications still asked for after the backlog drained")
+	}
+}
+
+// TestBacklogBrokenRing: a driver that breaks its receive ring (an
+// available index more than a ring ahead) while frames wait gets them
+// dropped, and the switch neither waits for it nor wakes itself for it
+// (such a ring looks forever as if it had buffers).
+func TestBacklogBrokenRing(t *testing.T) {
+	sw := newSwitch(t, Options{})
+	lan := mustNetwork(t, sw, "lan", 0)
+	a := newBatchSender(t, sw, lan, vmOpts{})
+	b := newVM(t, sw, "b", lan, macB, vmOpts{rxBufs: -1})
+	a.post(macB, 0)
+	a.batch()
+	// The waker's path: the driver breaks the ring and notifies.
+	b.rx.SetAvailIdx(b.rx.AvailIdx() + 300) // a 256-entry ring
+	b.rx.notify()
+	waitFor(t, "the waiting frame dropped", func() bool { return b.port.Counters().Drops[DropNoBuffer] == 1 })
+	// A sender's path: a new frame is dropped at once, not queued.
+	pauseWaker(b.port)
+	a.post(macB, 1)
+	a.batch()
+	c := b.port.Counters()
+	if c.RxQueued != 1 || c.Drops[DropNoBuffer] != 2 || b.port.rx.bl.count != 0 {
+		t.Fatalf("queued %d, no_buffer %d, waiting %d; want 1, 2, 0", c.RxQueued, c.Drops[DropNoBuffer], b.port.rx.bl.count)
+	}
+	// And nothing woke the waker since it was paused.
+	var cnt [8]byte
+	if n, err := unix.Read(b.rx.kick, cnt[:]); err == nil {
+		t.Fatalf("the switch woke its waker for a broken ring (%d bytes read)", n)
+	}
+	resumeWaker(t, b.port)
 }

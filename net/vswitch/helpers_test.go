@@ -71,6 +71,7 @@ type ring struct {
 	bufs       [perChain]virtiotest.Buf
 	used       []virtiotest.Used
 	kick, call int
+	eventIdx   bool // VIRTIO_F_EVENT_IDX negotiated
 }
 
 func newRing(t testing.TB, g *guest, size uint16, slot uint64, features uint64) *ring {
@@ -101,6 +102,7 @@ func newRing(t testing.TB, g *guest, size uint16, slot uint64, features uint64) 
 		t.Fatal(err)
 	}
 	r.q = q
+	r.eventIdx = features&virtio.FeatureRingEventIdx != 0
 	for _, fd := range []*int{&r.kick, &r.call} {
 		*fd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 		if err != nil {

@@ -469,11 +469,7 @@ func TestBadReceiveChainsBounded(t *testing.T) {
 	lan := mustNetwork(t, sw, "lan", 0)
 	a := newBatchSender(t, sw, lan, vmOpts{})
 	b := newVM(t, sw, "b", lan, macB, vmOpts{rxBufs: -1})
-	// The waker is paused so that what the sender walked can be counted.
-	b.port.mu.Lock()
-	b.port.rx.waker.halt()
-	b.port.rx.waker = nil
-	b.port.mu.Unlock()
+	pauseWaker(b.port) // so that what the sender walked can be counted
 	for range 40 {
 		if !b.rx.post(nil, []int{64, 64}, false) { // readable: not a receive buffer
 			t.Fatal("ring full")
@@ -487,19 +483,11 @@ func TestBadReceiveChainsBounded(t *testing.T) {
 			t.Fatalf("frame %d to a ring of bad chains: malformed=%d queued=%d, want %d and %d", i, c.Drops[DropMalformed], c.RxQueued, want, i+1)
 		}
 	}
-	w, err := newRxWaker(b.rx.kick)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.port.mu.Lock()
-	b.port.rx.waker = w
-	b.port.mu.Unlock()
-	go b.port.serveRX(w)
-	b.rx.notify() // the sender's wake-up, which no waker read
+	resumeWaker(t, b.port) // it reads the wake-up the sender left in the kick eventfd
 	waitFor(t, "the waker to give back every bad chain", func() bool { return b.port.Counters().Drops[DropMalformed] == 40 })
 	b.rx.reap()
 	b.rx.refill(2, 2048)
-	waitFor(t, "the waiting frames", func() bool { return b.port.Counters().RxPackets == 2 })
+	waitFor(t, "the waiting frames", func() bool { return b.rx.UsedIdx()-b.rx.NextUsed() == 2 })
 	if got := seqsOf(b.rx.reap()); !equalSeqs(got, []uint16{0, 1}) {
 		t.Fatalf("received %v, want [0 1]", got)
 	}

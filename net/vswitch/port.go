@@ -260,8 +260,9 @@ func (p *Port) network(tagged bool, vid uint16) *Network {
 // Inject delivers frame, an Ethernet frame, to this port alone with a zero
 // virtio-net header: the switch's own services (the DHCP server) answer
 // through it. It bypasses the port's rate limit and is sent as given (a
-// trunk port gets no tag added). It fails when the port cannot take the
-// frame now (no receive buffer, port stopped).
+// trunk port gets no tag added). A frame the VM has no receive buffer for
+// waits in the port's backlog (backlog.go); Inject fails when the port
+// cannot take it (backlog full, queue or port stopped).
 func (p *Port) Inject(frame []byte) error {
 	if len(frame) < ethHeaderLen || len(frame) > maxFrame {
 		return fmt.Errorf("vswitch: inject into %s: frame of %d bytes", p.name, len(frame))

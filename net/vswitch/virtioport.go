@@ -311,6 +311,9 @@ func (v *VirtioPort) receiveLocked(s *sender, e *emit) rxOutcome {
 	if rx.bl.count > 0 {
 		v.drainLocked() // older frames first
 	}
+	if rx.bl.count > 0 && rx.q.Err() != nil {
+		v.dropBacklogLocked() // the driver broke its ring: nothing will come
+	}
 	if rx.bl.count == 0 {
 		k, res := rx.claim(v, e.total)
 		switch res {
