@@ -33,17 +33,25 @@ var cpuGroups = []string{"switch", "vmm", "qemu", "vhost", "kernel", "hyperroot"
 type procTicks struct{ host, guest uint64 }
 
 // cpuSample is the appliance's CPU time at one moment: the whole machine's,
-// from /proc/stat's cpu line, and its processes', by group.
+// from /proc/stat's cpu line, and each process's.
 type cpuSample struct {
 	at          time.Time
 	busy, total uint64 // ticks: not idle (nor waiting for I/O), and all
 	cpus        int
-	groups      map[string]procTicks
+	procs       map[int]procSample
+}
+
+// procSample is one process's CPU time and what it is. start (its start
+// time, in ticks since boot) tells it from a later process with its PID.
+type procSample struct {
+	group string
+	start uint64
+	t     procTicks
 }
 
 // sampleCPU reads proc (normally /proc).
 func sampleCPU(proc string) (cpuSample, error) {
-	s := cpuSample{at: time.Now(), groups: map[string]procTicks{}}
+	s := cpuSample{at: time.Now(), procs: map[int]procSample{}}
 	stat, err := os.ReadFile(filepath.Join(proc, "stat"))
 	if err != nil {
 		return s, err
@@ -56,7 +64,8 @@ func sampleCPU(proc string) (cpuSample, error) {
 		return s, err
 	}
 	for _, d := range dir {
-		if _, err := strconv.Atoi(d.Name()); err != nil {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
 			continue
 		}
 		// A process may exit between the listing and the reads: it is
@@ -77,11 +86,8 @@ func sampleCPU(proc string) (cpuSample, error) {
 			}
 			argv = strings.Split(strings.TrimRight(string(cl), "\x00"), "\x00")
 		}
-		g := cpuGroup(p, argv)
-		t := s.groups[g]
-		t.host += p.utime + p.stime - min(p.guest, p.utime)
-		t.guest += p.guest
-		s.groups[g] = t
+		s.procs[pid] = procSample{group: cpuGroup(p, argv), start: p.start,
+			t: procTicks{host: p.utime + p.stime - min(p.guest, p.utime), guest: p.guest}}
 	}
 	return s, nil
 }
@@ -124,6 +130,7 @@ type pidStat struct {
 	comm                string
 	flags               uint64
 	utime, stime, guest uint64
+	start               uint64
 }
 
 // parsePidStat reads /proc/<pid>/stat. The command name is in parentheses
@@ -135,7 +142,7 @@ func parsePidStat(b []byte) (pidStat, error) {
 		return pidStat{}, fmt.Errorf("no command name")
 	}
 	// After ')': state(3) ppid(4) ... flags(9) ... utime(14) stime(15)
-	// ... guest_time(43), numbered as in proc(5).
+	// ... starttime(22) ... guest_time(43), numbered as in proc(5).
 	f := strings.Fields(string(b[end+1:]))
 	field := func(n int) (uint64, error) {
 		if n-3 >= len(f) {
@@ -149,7 +156,7 @@ func parsePidStat(b []byte) (pidStat, error) {
 	for _, x := range []struct {
 		n int
 		v *uint64
-	}{{9, &p.flags}, {14, &p.utime}, {15, &p.stime}, {43, &p.guest}} {
+	}{{9, &p.flags}, {14, &p.utime}, {15, &p.stime}, {22, &p.start}, {43, &p.guest}} {
 		if *x.v, err = field(x.n); err != nil {
 			return pidStat{}, err
 		}
@@ -197,11 +204,19 @@ func accountCPU(from, to cpuSample, bytes int64) cpuAccount {
 	if dt := to.total - from.total; dt > 0 && to.total > from.total {
 		a.busy = float64(to.busy-from.busy) / float64(dt) * float64(max(to.cpus, 1))
 	}
-	for g, t := range to.groups {
-		f := from.groups[g]
-		// A group whose process exited in the window can shrink: it
-		// counts as nothing rather than as a wrapped-around number.
-		a.groups[g] = procTicks{host: t.host - min(t.host, f.host), guest: t.guest - min(t.guest, f.guest)}
+	// Process by process: a group's sum would shrink when one of its
+	// processes exits inside the window, hiding what the others used.
+	// A process that exited is left out; one that started inside the
+	// window counts whole.
+	for pid, t := range to.procs {
+		var f procTicks
+		if p, ok := from.procs[pid]; ok && p.start == t.start {
+			f = p.t
+		}
+		g := a.groups[t.group]
+		g.host += t.t.host - min(t.t.host, f.host)
+		g.guest += t.t.guest - min(t.t.guest, f.guest)
+		a.groups[t.group] = g
 	}
 	return a
 }
