@@ -57,10 +57,10 @@ func main() {
 	onlineCPUs(cmdline) // cpus.go
 	var up unix.Timespec
 	unix.ClockGettime(unix.CLOCK_BOOTTIME, &up)
-	fmt.Printf("guest: booted nproc=%d memtotal_kb=%d time=%d uptime=%d.%03d inputs=%d rtc=%s clocksource=%s virt=%s\n",
+	fmt.Printf("guest: booted nproc=%d memtotal_kb=%d time=%d uptime=%d.%03d inputs=%d rtc=%s clocksource=%s virt=%s timer=%s\n",
 		onlineCount(), memTotalKB(), time.Now().Unix(), up.Sec, up.Nsec/1e6, n,
 		sysfsWord("/sys/class/rtc/rtc0/since_epoch"), sysfsWord("/sys/devices/system/clocksource/clocksource0/current_clocksource"),
-		virtFlag())
+		virtFlag(), sysfsWord("/sys/devices/system/clockevents/clockevent0/current_device"))
 	reportHWRNG(cmdline)
 	action := "poweroff"
 	var seed uint64

@@ -69,7 +69,7 @@ var (
 	// clockRE is the rest of the booted line: what the guest's RTC read
 	// and its clocksource, to tell which one a wrong wall clock came from,
 	// and the hardware virtualisation its CPU shows.
-	clockRE = regexp.MustCompile(` rtc=(\S+) clocksource=(\S+) virt=(\S+)`)
+	clockRE = regexp.MustCompile(` rtc=(\S+) clocksource=(\S+) virt=(\S+) timer=(\S+)`)
 )
 
 // TestGuestShapes boots the stock Debian guest with each (cpus, memory) the
@@ -169,6 +169,11 @@ func checkShapes(t testing.TB, shapes []shape) {
 			// CPU has SVM, the guest's must not.
 			if c := clockRE.FindStringSubmatch(l); c == nil || c[3] != "none" {
 				t.Errorf("%s: guest CPU shows hardware virtualisation (or the booted line lacks it): %s", s.name, l)
+			}
+			// The local APIC timer in TSC-deadline mode (vmm/cpuid
+			// WithTSCDeadline): one fast-path MSR exit per timer event.
+			if c := clockRE.FindStringSubmatch(l); c == nil || c[4] != "lapic-deadline" {
+				t.Errorf("%s: guest timer is not the TSC-deadline local APIC timer (lapic-deadline): %s", s.name, l)
 			}
 			t.Logf("%s: cpus=%d memory=%s -> nproc=%d MemTotal=%d kB clock offset %ds", s.name, s.cpus, s.mem, nproc, memKB, now-guestTime)
 		}
