@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime/debug"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -295,10 +294,7 @@ func (v *VirtioPort) serveRX(w *rxWaker) {
 	defer close(w.done)
 	defer func() { // as serveTX's: a bug must not end the switch
 		if r := recover(); r != nil {
-			v.drop(DropMalformed)
-			if v.sw.fault != nil {
-				v.sw.fault(v.name, r, debug.Stack())
-			}
+			v.faulted(r)
 		}
 	}()
 	var b [8]byte

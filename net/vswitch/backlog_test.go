@@ -150,7 +150,9 @@ func resumeWaker(t *testing.T, v *VirtioPort) {
 
 // TestBacklogWaitsForBuffers: frames that find the receiver without
 // buffers wait, in order, and reach it when its driver adds buffers and
-// notifies (the switch asked it to), with an interrupt. Nothing is dropped.
+// notifies (the switch asked it to), with an interrupt. Nothing is
+// dropped, and the sender's transmit chains all come back at once: it
+// does not wait for the receiver.
 func TestBacklogWaitsForBuffers(t *testing.T) {
 	sw := newSwitch(t, Options{})
 	lan := mustNetwork(t, sw, "lan", 0)
@@ -162,6 +164,9 @@ func TestBacklogWaitsForBuffers(t *testing.T) {
 	a.batch()
 	if got := seqsOf(b.rx.reap()); !equalSeqs(got, []uint16{0, 1}) {
 		t.Fatalf("b received %v first, want [0 1]", got)
+	}
+	if got := a.tx.reap(); len(got) != 5 {
+		t.Errorf("%d transmit chains returned, want 5", len(got))
 	}
 	b.rx.interrupted()
 	b.rx.SetUsedEvent(b.rx.NextUsed()) // as Linux re-enabling callbacks after its poll

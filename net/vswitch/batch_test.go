@@ -175,26 +175,4 @@ func TestBatchRateLimitHold(t *testing.T) {
 	}
 }
 
-// TestBatchNoBuffer sends more frames than the receiver has buffers: the
-// rest wait in its backlog (none dropped), and every transmit chain comes
-// back at once: the sender does not wait for the receiver.
-func TestBatchNoBuffer(t *testing.T) {
-	sw := newSwitch(t, Options{})
-	lan := mustNetwork(t, sw, "lan", 0)
-	a := newBatchSender(t, sw, lan, vmOpts{})
-	b := newVM(t, sw, "b", lan, macB, vmOpts{rxBufs: 2})
-	for i := uint16(0); i < 5; i++ {
-		a.post(macB, i)
-	}
-	a.batch()
-	b.rx.reap() // without reposting
-	cb := b.port.Counters()
-	if cb.RxPackets != 2 || cb.RxQueued != 3 || cb.Drops[DropNoBuffer] != 0 {
-		t.Errorf("b: %d received, %d queued, %d dropped for no buffer; want 2, 3, 0", cb.RxPackets, cb.RxQueued, cb.Drops[DropNoBuffer])
-	}
-	if got := a.tx.reap(); len(got) != 5 {
-		t.Errorf("%d transmit chains returned, want 5", len(got))
-	}
-}
-
 func readCall(fd int, b []byte) (int, error) { return unix.Read(fd, b) }

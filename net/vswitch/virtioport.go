@@ -463,10 +463,7 @@ func (v *VirtioPort) serveTX(w *txWorker) {
 	// (Watch) then reports.
 	defer func() {
 		if r := recover(); r != nil {
-			v.drop(DropMalformed)
-			if v.sw.fault != nil {
-				v.sw.fault(v.name, r, debug.Stack())
-			}
+			v.faulted(r)
 		}
 	}()
 	var b [8]byte
@@ -482,6 +479,15 @@ func (v *VirtioPort) serveTX(w *txWorker) {
 			// it, polling with the ring's own state still works.
 			time.Sleep(time.Millisecond)
 		}
+	}
+}
+
+// faulted reports a panic one of the port's goroutines recovered from:
+// counted as malformed, and passed with its stack to Options.Fault.
+func (v *VirtioPort) faulted(r any) {
+	v.drop(DropMalformed)
+	if v.sw.fault != nil {
+		v.sw.fault(v.name, r, debug.Stack())
 	}
 }
 
