@@ -124,6 +124,29 @@ func (rx *rxState) claim(v *VirtioPort, total int) (int, claimResult) {
 	return k, claimed
 }
 
+// flat is the one buffer the first k held chains consist of (Linux's
+// mergeable buffers, any small frame), or nil when they have more.
+func (rx *rxState) flat(k int) []byte {
+	if first := rx.at(0); k == 1 && len(first.Writable()) == 1 {
+		return first.Writable()[0]
+	}
+	return nil
+}
+
+// writerFor returns rx.w spread over the writable buffers of the first k
+// held chains; releaseWriter drops its views of guest memory after the
+// copy. The caller holds rx.mu.
+func (rx *rxState) writerFor(k int) *writer {
+	rx.wbufs = rx.wbufs[:0]
+	for i := 0; i < k; i++ {
+		rx.wbufs = append(rx.wbufs, rx.at(i).Writable()...)
+	}
+	rx.w.reset(rx.wbufs)
+	return &rx.w
+}
+
+func (rx *rxState) releaseWriter() { clear(rx.wbufs) }
+
 // used returns the first k held chains to the driver, the frame of total
 // bytes spread over them in order.
 func (rx *rxState) used(k, total int) {
@@ -181,16 +204,11 @@ func (v *VirtioPort) drainLocked() {
 			continue
 		}
 		binary.LittleEndian.PutUint16(f[10:], uint16(k)) // num_buffers
-		if k == 1 && len(rx.at(0).Writable()) == 1 {
-			copy(rx.at(0).Writable()[0], f)
+		if b := rx.flat(k); b != nil {
+			copy(b, f)
 		} else {
-			rx.wbufs = rx.wbufs[:0]
-			for i := 0; i < k; i++ {
-				rx.wbufs = append(rx.wbufs, rx.at(i).Writable()...)
-			}
-			rx.w.reset(rx.wbufs)
-			rx.w.put(f)
-			clear(rx.wbufs) // drop the views of guest memory
+			rx.writerFor(k).put(f)
+			rx.releaseWriter()
 		}
 		rx.used(k, len(f))
 		packets++
@@ -213,7 +231,7 @@ func (v *VirtioPort) drainLocked() {
 }
 
 // pumpLocked drains the backlog and arms the notification for what is
-// left. The caller holds rx.mu and publishes the used ring.
+// left. The caller holds rx.mu and decides the interrupt.
 func (v *VirtioPort) pumpLocked() {
 	v.drainLocked()
 	if v.rx.bl.count > 0 {

@@ -52,8 +52,6 @@ type sender struct {
 	big        []byte // a contiguous copy of a frame (Local, capture, segmentation); lazily allocated
 	seg        []byte // one software segment being delivered
 	out        []byte // a frame port's egress buffer
-	wbufs      [][]byte
-	w          writer
 
 	batch   bool                 // defer deliveries to virtio ports until flush
 	frames  [txBatch]frameRef    // the frames of this batch
@@ -429,7 +427,7 @@ func (s *sender) deliverOne(d *Port, f *frameRef, nw *Network, caps offloads) bo
 	rx := &d.v.rx
 	d.busy.enter()
 	rx.mu.Lock()
-	res := d.v.receiveLocked(s, e)
+	res := d.v.receiveLocked(e)
 	if rx.q != nil {
 		rx.q.PublishUsed()
 	}

@@ -104,7 +104,8 @@ type rxState struct {
 	start, n int
 	// bl holds frames waiting for the driver's buffers (backlog.go),
 	// waker the goroutine that delivers them when buffers come; w and
-	// wbufs are the waker's scratch for spreading a frame over chains.
+	// wbufs spread a frame over several chains (writerFor), for whoever
+	// holds mu.
 	bl    backlog
 	waker *rxWaker
 	w     writer
@@ -302,7 +303,7 @@ const (
 // the driver has no buffers, or older frames wait for them, e joins the
 // backlog. The caller holds rx.mu and publishes the used chains
 // (PublishUsed) before releasing it.
-func (v *VirtioPort) receiveLocked(s *sender, e *emit) rxOutcome {
+func (v *VirtioPort) receiveLocked(e *emit) rxOutcome {
 	rx := &v.rx
 	if rx.q == nil {
 		v.drop(DropNoBuffer)
@@ -310,9 +311,6 @@ func (v *VirtioPort) receiveLocked(s *sender, e *emit) rxOutcome {
 	}
 	if rx.bl.count > 0 {
 		v.drainLocked() // older frames first
-	}
-	if rx.bl.count > 0 && rx.q.Err() != nil {
-		v.dropBacklogLocked() // the driver broke its ring: nothing will come
 	}
 	if rx.bl.count == 0 {
 		k, res := rx.claim(v, e.total)
@@ -322,16 +320,11 @@ func (v *VirtioPort) receiveLocked(s *sender, e *emit) rxOutcome {
 			return rxDropped
 		case claimed:
 			e.hdr.numBuffers = uint16(k)
-			if first := rx.at(0); k == 1 && len(first.Writable()) == 1 {
-				e.writeFlat(first.Writable()[0])
+			if b := rx.flat(k); b != nil {
+				e.writeFlat(b)
 			} else {
-				s.wbufs = s.wbufs[:0]
-				for i := 0; i < k; i++ {
-					s.wbufs = append(s.wbufs, rx.at(i).Writable()...)
-				}
-				s.w.reset(s.wbufs)
-				e.writeTo(&s.w)
-				clear(s.wbufs) // drop the views of guest memory
+				e.writeTo(rx.writerFor(k))
+				rx.releaseWriter()
 			}
 			rx.used(k, e.total)
 			return rxDelivered
@@ -358,7 +351,7 @@ func (v *VirtioPort) flushRX(s *sender, t int) {
 			continue
 		}
 		rt.queued--
-		s.received(t, e, v.receiveLocked(s, e))
+		s.received(t, e, v.receiveLocked(e))
 	}
 	if rx.q != nil {
 		rx.q.PublishUsed()
