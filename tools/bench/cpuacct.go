@@ -201,8 +201,8 @@ type cpuAccount struct {
 
 func accountCPU(from, to cpuSample, bytes int64) cpuAccount {
 	a := cpuAccount{window: to.at.Sub(from.at), cpus: to.cpus, groups: map[string]procTicks{}, mib: float64(bytes) / (1 << 20)}
-	if dt := to.total - from.total; dt > 0 && to.total > from.total {
-		a.busy = float64(to.busy-from.busy) / float64(dt) * float64(max(to.cpus, 1))
+	if to.total > from.total {
+		a.busy = float64(to.busy-from.busy) / float64(to.total-from.total) * float64(max(to.cpus, 1))
 	}
 	// Process by process: a group's sum would shrink when one of its
 	// processes exits inside the window, hiding what the others used.
@@ -270,25 +270,31 @@ func (w *streamCPU) line(line string) {
 	if w.err != nil || w.acct != nil {
 		return
 	}
-	s, err := sampleCPU(w.proc)
-	if err != nil {
-		w.err = err
-		return
+	opening, closing := i >= 0 && w.from == nil, j >= 0 && w.from != nil
+	if !opening && !closing {
+		return // /proc is read only for a sample that is used
 	}
-	if i >= 0 && w.from == nil {
+	var left int64
+	if opening {
 		// "under way sent=N of T"
 		var n, total int64
 		if _, err := fmt.Sscanf(line[i+len(underWay):], "%d of %d", &n, &total); err != nil || n < 0 || total < n {
 			w.err = fmt.Errorf("unreadable %q", line[i:])
 			return
 		}
-		w.from, w.left = &s, total-n
+		left = total - n
+	}
+	s, err := sampleCPU(w.proc)
+	if err != nil {
+		w.err = err
 		return
 	}
-	if j >= 0 && w.from != nil {
-		a := accountCPU(*w.from, s, w.left)
-		w.acct = &a
+	if opening {
+		w.from, w.left = &s, left
+		return
 	}
+	a := accountCPU(*w.from, s, w.left)
+	w.acct = &a
 }
 
 // String is the account, or why there is none.
