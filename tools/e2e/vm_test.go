@@ -68,7 +68,9 @@ var (
 	bootedRE = regexp.MustCompile(`^(\S+)\| guest: booted nproc=(\d+) memtotal_kb=(\d+) time=(\d+)`)
 	// clockRE is the rest of the booted line: what the guest's RTC read
 	// and its clocksource, to tell which one a wrong wall clock came from,
-	// and the hardware virtualisation its CPU shows.
+	// the hardware virtualisation its CPU shows, and its timer (the
+	// clockevent device: lapic, or lapic-deadline with the TSC-deadline
+	// timer), which no test judges while the VMM does not offer that.
 	clockRE = regexp.MustCompile(` rtc=(\S+) clocksource=(\S+) virt=(\S+) timer=(\S+)`)
 )
 
