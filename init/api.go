@@ -227,7 +227,7 @@ func (b apiBackend) Start(name string) error {
 }
 
 func (b apiBackend) Stop(name string) error {
-	return b.lifecycle(name, func() error { return b.f.StopVM(name, vmStopGrace) })
+	return b.lifecycle(name, func() error { return b.f.StopVM(name) })
 }
 
 func (b apiBackend) QoS(name, text string) (string, error) {
@@ -313,7 +313,7 @@ func (b apiBackend) PutConfig(text string) (api.ConfigResult, error) {
 
 func (b apiBackend) Restart(name string) error {
 	return b.lifecycle(name, func() error {
-		if err := b.f.StopVM(name, vmStopGrace); err != nil {
+		if err := b.f.StopVM(name); err != nil {
 			return err
 		}
 		return b.f.StartVM(name)

@@ -22,7 +22,7 @@ import (
 // socket that only its owner may use.
 func TestAPIOverFleet(t *testing.T) {
 	f, _, out := fakeFleet(t, "serve", config.RestartAlways)
-	defer f.Stop(10 * time.Second)
+	defer f.Stop()
 	waitFor(t, out, "t| ready networks=0 ports=0")
 	sock := filepath.Join(t.TempDir(), "run", "api.sock")
 	go listenAPI(sock, apiMux(apiBackend{f: f, kvm: "test"}, metricsHandler(f, nil, nil)))
@@ -70,7 +70,7 @@ func TestAPIOverFleet(t *testing.T) {
 // changes nothing and is reported.
 func TestAPINetwork(t *testing.T) {
 	f, c, out := fakeFleet(t, "serve", config.RestartAlways)
-	defer f.Stop(10 * time.Second)
+	defer f.Stop()
 	waitFor(t, out, "t| ready networks=0 ports=0")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -155,7 +155,7 @@ func TestAPINetwork(t *testing.T) {
 func fleetAPI(t *testing.T) *api.Client {
 	t.Helper()
 	f, _, out := fakeFleet(t, "serve", config.RestartAlways)
-	t.Cleanup(func() { f.Stop(10 * time.Second) })
+	t.Cleanup(func() { f.Stop() })
 	waitFor(t, out, "t| ready networks=0 ports=0")
 	sock := filepath.Join(t.TempDir(), "api.sock")
 	go listenAPI(sock, apiMux(apiBackend{f: f, kvm: "test"}, metricsHandler(f, nil, nil)))

@@ -5,7 +5,6 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/metricstest"
@@ -73,7 +72,7 @@ func FuzzParseDiskStats(f *testing.F) {
 // histogram per class in /metrics, as Prometheus parses it.
 func TestDiskMetrics(t *testing.T) {
 	f, _, out := fakeFleet(t, "serve", config.RestartAlways)
-	defer f.Stop(10 * time.Second)
+	defer f.Stop()
 	waitFor(t, out, "t| ready networks=0 ports=0")
 	var b strings.Builder
 	formatDiskStats(&b, 0, sampleDiskStats())

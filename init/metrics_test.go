@@ -5,7 +5,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/api"
@@ -17,7 +16,7 @@ import (
 // port counters are the last its stats lines gave.
 func TestMetrics(t *testing.T) {
 	f, _, out := fakeFleet(t, "serve", config.RestartAlways)
-	defer f.Stop(10 * time.Second)
+	defer f.Stop()
 	waitFor(t, out, "t| ready networks=0 ports=0")
 	sw := &netSwitch{}
 	leases := []api.Lease{{Network: "lan", IP: "10.20.0.100"}, {Network: "lan", IP: "10.20.0.101"}, {Network: "dmz", IP: "10.30.0.100"}}
@@ -52,7 +51,7 @@ func TestMetrics(t *testing.T) {
 	if m.Value("hyperroot_init_process_resident_memory_bytes") <= 0 {
 		t.Error("no PID 1 process metrics")
 	}
-	if err := f.StopVM("t", 10*time.Second); err != nil {
+	if err := f.StopVM("t"); err != nil {
 		t.Fatal(err)
 	}
 	sw.stats.update("port t.0 rx=10/6400 tx=12/7000 spoofed_mac=3")

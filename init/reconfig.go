@@ -382,7 +382,7 @@ func (l *liveConfig) applyLocked(f *fleet, text string) (api.ConfigResult, error
 	}
 	// Stopped first: their disks may be the new VMs'.
 	for _, name := range slices.Concat(p.stop, p.restart) {
-		failed(name, f.RemoveVM(name, vmStopGrace))
+		failed(name, f.RemoveVM(name))
 	}
 	// Then their ports, before the new ones: a MAC may move.
 	for _, name := range p.dropPorts {

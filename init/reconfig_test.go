@@ -121,7 +121,7 @@ func TestConfigPut(t *testing.T) {
 	text := "vms:\n  - {name: a, kernel: /k, restart: always}\n  - {name: b, kernel: /k, restart: always}\n"
 	cfg := parse(t, text)
 	f.Start(cfg.VMs)
-	defer f.Stop(10 * time.Second)
+	defer f.Stop()
 	b := apiBackend{f: f, kvm: "test", live: newLiveConfig(cfg, "")}
 	b.live.text = text
 	if b.Config() != text {
@@ -162,7 +162,7 @@ func TestCreateDeleteVM(t *testing.T) {
 	text := "# the fleet\nvms:\n  - {name: a, kernel: /k, restart: always} # the first\n"
 	cfg := parse(t, text)
 	f.Start(cfg.VMs)
-	defer f.Stop(10 * time.Second)
+	defer f.Stop()
 	b := apiBackend{f: f, kvm: "test", live: &liveConfig{cfg: cfg, text: text}}
 	vm, err := b.CreateVM(`{"name": "b", "kernel": "/k", "restart": "always"}`)
 	if err != nil || vm.Name != "b" || vm.State != api.StateRunning {

@@ -175,7 +175,7 @@ func TestSeccompKillInAppliance(t *testing.T) {
 	if !strings.Contains(out.String(), "bystander| guest: booted") {
 		t.Errorf("the bystander did not boot:\n%s", out.String())
 	}
-	f.Stop(10 * time.Second)
+	f.Stop()
 	c.Flush(5 * time.Second)
 	t.Logf("console:\n%s", out.String())
 }

@@ -153,7 +153,7 @@ func TestDumpTag(t *testing.T) {
 	if strings.Contains(got, "hyperroot vmm: dump ") {
 		t.Errorf("a tag reached the console:\n%s", got)
 	}
-	f.Stop(10 * time.Second)
+	f.Stop()
 }
 
 // syncBuffer is a console's output, read while it is written.
@@ -251,7 +251,7 @@ func TestFleetInputAndStop(t *testing.T) {
 	if err := f.Input("nope", "x"); err == nil {
 		t.Error("input for an unknown VM accepted")
 	}
-	f.Stop(10 * time.Second)
+	f.Stop()
 	c.Flush(5 * time.Second)
 	got := strings.Join(out.lines(), "\n")
 	if !strings.HasSuffix(got, "t| port x rx=0/0 tx=0/0\nhyperroot: vm t exited code=0 reason=poweroff") || strings.Contains(got, "restarting") {
@@ -264,23 +264,23 @@ func TestFleetInputAndStop(t *testing.T) {
 // requests say why when they cannot be done.
 func TestFleetStopStartVM(t *testing.T) {
 	f, c, out := fakeFleet(t, "serve", config.RestartAlways)
-	defer f.Stop(10 * time.Second)
+	defer f.Stop()
 	waitFor(t, out, "t| ready networks=0 ports=0")
 	first := f.process("t")
 	if err := f.StartVM("t"); err == nil || err.Error() != "vm t is running" {
 		t.Errorf("start of a running VM: %v", err)
 	}
-	if err := f.StopVM("t", 10*time.Second); err != nil {
+	if err := f.StopVM("t"); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, out, "hyperroot: vm t stopped (start t starts it again)")
 	if p := f.process("t"); p != nil {
 		t.Errorf("VMM still running after stop: %v", p)
 	}
-	if err := f.StopVM("t", time.Second); err == nil || err.Error() != "vm t is not running" {
+	if err := f.StopVM("t"); err == nil || err.Error() != "vm t is not running" {
 		t.Errorf("stop of a stopped VM: %v", err)
 	}
-	if err := f.StopVM("nope", time.Second); err == nil || err.Error() != `no vm "nope" (have t)` {
+	if err := f.StopVM("nope"); err == nil || err.Error() != `no vm "nope" (have t)` {
 		t.Errorf("stop of an unknown VM: %v", err)
 	}
 	c.Flush(5 * time.Second)

@@ -139,7 +139,7 @@ func supervise() {
 	f.sv = sv
 	f.dataDisk = data.dev != ""
 	p.stop = func() {
-		f.Stop(vmStopGrace)
+		f.Stop()
 		if sw != nil {
 			sw.Stop(5 * time.Second)
 		}
@@ -205,10 +205,6 @@ func supervise() {
 // jobRunning says whether the hyperroot.run job is still running, for the
 // oneshot timeout's report.
 var jobRunning atomic.Bool
-
-// vmStopGrace is how long a guest gets to shut down after its ACPI power
-// button was pressed, before its VMM is killed.
-const vmStopGrace = 10 * time.Second
 
 func loadBoard() (*board.Board, error) {
 	data, err := os.ReadFile(board.ImagePath)

@@ -237,9 +237,39 @@ func stopOnSignals(name string, built *atomic.Pointer[machine.Machine], sigc <-c
 		fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: %s before the guest ran: stopping\n", name, sig)
 		os.Exit(vmmcli.ExitStopped)
 	}
-	m.PowerButton() // ask the guest to shut down
-	<-sigc
-	m.Stop() // asked twice: stop now
+	pressUntilOff(m, sigc, time.NewTicker(repressEvery).C)
+}
+
+// repressEvery is how often a VMM asked to stop presses the power button
+// again while its guest runs on.
+const repressEvery = 2 * time.Second
+
+// powerControl is what pressUntilOff needs of a machine.
+type powerControl interface {
+	PowerButton()
+	Stop()
+}
+
+// pressUntilOff presses the guest's power button now and again on every
+// tick, until a second signal on sigc stops the machine at once (the
+// process ends when the guest powers off). One press is not enough: a
+// guest still booting loses it, as a PC's OS does a press before its ACPI
+// is up (Linux's GED interrupt fires when its driver loads, and the
+// notification is dropped while the button driver is not yet bound or no
+// one reads the input device), and it would run on until its supervisor's
+// grace kills it. A guest already shutting down takes a further press as
+// the same request (systemd's logind finds its power-off job queued).
+func pressUntilOff(m powerControl, sigc <-chan os.Signal, tick <-chan time.Time) {
+	m.PowerButton()
+	for {
+		select {
+		case <-tick:
+			m.PowerButton()
+		case <-sigc:
+			m.Stop() // asked twice: stop now
+			return
+		}
+	}
 }
 
 // nicDirs are the directories of the NICs' sockets, which the jail keeps.

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/hyperroot/hyperroot/internal/testenv"
 	"github.com/hyperroot/hyperroot/internal/vmmcli"
 )
@@ -216,5 +218,49 @@ func TestRefaultWatch(t *testing.T) {
 	r.pf, r.emu = pf, emu
 	if got := r.next([]uint64{500000, 500000, 600}, []uint64{500000, 2000, 600}, p); got != nil {
 		t.Errorf("reported again: %v", got)
+	}
+}
+
+// fakePower counts presses and stops; each press is also sent on pressed.
+type fakePower struct {
+	pressed chan struct{}
+	stopped chan struct{}
+}
+
+func (f *fakePower) PowerButton() { f.pressed <- struct{}{} }
+func (f *fakePower) Stop()        { close(f.stopped) }
+
+// TestPressUntilOff: a VMM asked to stop presses its guest's power button
+// at once and again on every tick (a guest still booting loses a press),
+// until a second signal stops the machine.
+func TestPressUntilOff(t *testing.T) {
+	f := &fakePower{pressed: make(chan struct{}, 1), stopped: make(chan struct{})}
+	sigc := make(chan os.Signal, 1)
+	tick := make(chan time.Time)
+	done := make(chan struct{})
+	go func() {
+		pressUntilOff(f, sigc, tick)
+		close(done)
+	}()
+	<-f.pressed // the first press needs no tick
+	for range 3 {
+		select {
+		case <-f.pressed:
+			t.Fatal("pressed again without a tick")
+		default:
+		}
+		select {
+		case tick <- time.Now():
+			<-f.pressed
+		case <-time.After(time.Minute):
+			t.Fatal("no one takes the ticks: pressed once only")
+		}
+	}
+	sigc <- unix.SIGTERM
+	<-done
+	select {
+	case <-f.stopped:
+	default:
+		t.Fatal("a second signal did not stop the machine")
 	}
 }

@@ -194,8 +194,8 @@ func (f *fleet) entry(name string) (*vmEntry, error) {
 
 // StopVM stops VM name and keeps it stopped, whatever its restart policy,
 // until StartVM: its VMM gets SIGTERM (the guest's ACPI power button) and
-// grace to end, then SIGKILL.
-func (f *fleet) StopVM(name string, grace time.Duration) error {
+// its stop timeout to end, then SIGKILL.
+func (f *fleet) StopVM(name string) error {
 	e, err := f.entry(name)
 	if err != nil {
 		return err
@@ -205,7 +205,7 @@ func (f *fleet) StopVM(name string, grace time.Duration) error {
 		return fmt.Errorf("vm %s is not running", name)
 	default:
 	}
-	e.sup.Stop(grace, func() { f.c.Printf("vm %s did not stop within %s: killing it", name, grace) })
+	f.stopEntry(name, e)
 	f.c.Printf("vm %s stopped (start %s starts it again)", name, name)
 	return nil
 }
@@ -285,12 +285,12 @@ func (f *fleet) AddVM(vm config.VM) error {
 
 // RemoveVM stops VM name if it runs (as StopVM) and forgets it: its disks
 // are free for other VMs, and its console's readers are told it is gone.
-func (f *fleet) RemoveVM(name string, grace time.Duration) error {
+func (f *fleet) RemoveVM(name string) error {
 	e, err := f.entry(name)
 	if err != nil {
 		return err
 	}
-	e.sup.Stop(grace, func() { f.c.Printf("vm %s did not stop within %s: killing it", name, grace) })
+	f.stopEntry(name, e)
 	<-e.sup.Done()
 	f.mu.Lock()
 	if f.vms[name] == e {
@@ -606,9 +606,18 @@ func (f *fleet) process(name string) *child.Process {
 	return e.sup.Process()
 }
 
+// stopEntry ends the supervision of VM name: SIGTERM (its VMM presses the
+// guest's ACPI power button until the guest is off), then SIGKILL after
+// the VM's stop timeout.
+func (f *fleet) stopEntry(name string, e *vmEntry) {
+	grace := e.vm.StopGrace()
+	e.sup.Stop(grace, func() { f.c.Printf("vm %s did not stop within %s: killing it", name, grace) })
+}
+
 // Stop asks every VMM to shut its guest down (SIGTERM: the VMM presses the
-// guest's ACPI power button), then kills what is left after grace.
-func (f *fleet) Stop(grace time.Duration) {
+// guest's ACPI power button), then kills what is left after each VM's stop
+// timeout.
+func (f *fleet) Stop() {
 	f.mu.Lock()
 	if !f.stopping {
 		close(f.quit)
@@ -619,7 +628,7 @@ func (f *fleet) Stop(grace time.Duration) {
 		wg.Add(1)
 		goGuarded(f.c, "stop vm "+name, func() {
 			defer wg.Done()
-			e.sup.Stop(grace, func() { f.c.Printf("vm %s did not stop within %s: killing it", name, grace) })
+			f.stopEntry(name, e)
 		})
 	}
 	f.mu.Unlock()
@@ -684,7 +693,7 @@ func readConsoleInput(c *console, f *fleet, sw *netSwitch, in io.Reader) {
 			goGuarded(c, cmd+" "+name, func() {
 				var err error
 				if cmd != "start" {
-					err = f.StopVM(name, vmStopGrace)
+					err = f.StopVM(name)
 				}
 				if err == nil && cmd != "stop" {
 					err = f.StartVM(name)

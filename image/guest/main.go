@@ -24,6 +24,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/u-root/u-root/pkg/kmodule"
@@ -49,10 +50,16 @@ func main() {
 	}
 	hvcStdio(cmdline)
 	reportCRNG(time.Now())
+	// The VMM presses again every few seconds until the guest is off
+	// (a press during boot is lost): the first press powers off, the
+	// rest find it under way.
+	var off sync.Once
 	n, _ := powerkey.Watch(func() {
-		fmt.Println("guest: power button pressed, powering off")
-		unix.Sync()
-		unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+		off.Do(func() {
+			fmt.Println("guest: power button pressed, powering off")
+			unix.Sync()
+			unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+		})
 	})
 	onlineCPUs(cmdline) // cpus.go
 	var up unix.Timespec

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -54,10 +55,15 @@ type VM struct {
 	BootDisk  bool
 	BootEntry string
 	Restart   Restart // default on-failure
-	Disks     []Disk  // virtio-blk disks, in the order the guest sees them (vda, vdb, ...)
-	NICs      []NIC   // virtio-net interfaces, ports of the switch (eth0, eth1, ...)
-	QoS       QoS     // resource controls of the VM's cgroup
-	Pin       Pin     // host CPUs of its threads; zero: anywhere
+	// StopTimeout is how long its guest gets to shut down once asked (a
+	// stop, a removal, the appliance's power-off: its ACPI power button,
+	// pressed again every few seconds) before its VMM is killed; 0 is
+	// DefaultStopTimeout. See StopGrace.
+	StopTimeout time.Duration
+	Disks       []Disk // virtio-blk disks, in the order the guest sees them (vda, vdb, ...)
+	NICs        []NIC  // virtio-net interfaces, ports of the switch (eth0, eth1, ...)
+	QoS         QoS    // resource controls of the VM's cgroup
+	Pin         Pin    // host CPUs of its threads; zero: anywhere
 	// HugePages backs guest RAM with huge pages of this size (Huge2M or
 	// Huge1G) from the appliance's reserve; 0: normal pages.
 	HugePages Size
@@ -360,6 +366,9 @@ func (d *decoder) vm(n *yaml.Node) VM {
 				d.errf(v, "devices: %d devices, want at most %d", len(vm.Devices), MaxDevices)
 			}
 		},
+		"stop_timeout": func(v *yaml.Node) {
+			vm.StopTimeout = d.duration(v, "stop_timeout", time.Second, time.Hour)
+		},
 		"qos":        func(v *yaml.Node) { vm.QoS = d.qos(v) },
 		"cloud_init": func(v *yaml.Node) { vm.CloudInit = d.cloudInit(v); cloudNode = v },
 		"pin":        func(v *yaml.Node) { vm.Pin = d.pin(v) },
@@ -618,6 +627,22 @@ func (d *decoder) integer(n *yaml.Node) (int, bool) {
 	return v, err == nil
 }
 
+// duration is a Go duration ("30s", "1m30s") from least to most, or 0
+// after an error.
+func (d *decoder) duration(n *yaml.Node, key string, least, most time.Duration) time.Duration {
+	v, err := time.ParseDuration(d.str(n))
+	switch {
+	case err != nil && n.Kind == yaml.ScalarNode:
+		d.errf(n, "%s %q: want a duration such as %s", key, n.Value, least)
+	case err != nil:
+	case v < least || v > most:
+		d.errf(n, "%s %s: want %s to %s", key, v, least, most)
+	default:
+		return v
+	}
+	return 0
+}
+
 func (d *decoder) boolean(n *yaml.Node) bool {
 	switch v := d.str(n); v {
 	case "true":
@@ -671,6 +696,21 @@ func Default() *Config {
 	c := &Config{VMs: []VM{demo("demo1", 1, 128<<20), demo("demo2", 2, 256<<20)}, Jail: Jail{IDs: DefaultJailIDs}}
 	assignIDs(c.VMs, c.Jail.IDs)
 	return c
+}
+
+// DefaultStopTimeout is a VM's StopTimeout unless configured: a small
+// guest powers off in seconds, but one still booting takes the power
+// button only once its init listens (under TCG, over 10 s after its
+// start while its neighbours boot).
+const DefaultStopTimeout = 30 * time.Second
+
+// StopGrace is how long the VM's guest gets to shut down once asked
+// (StopTimeout, or its default).
+func (vm VM) StopGrace() time.Duration {
+	if vm.StopTimeout == 0 {
+		return DefaultStopTimeout
+	}
+	return vm.StopTimeout
 }
 
 // onDisk says whether the device path dev is disk or, by its name, one of

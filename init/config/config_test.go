@@ -5,6 +5,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParse(t *testing.T) {
@@ -17,6 +18,7 @@ vms:
     initrd: /guest/initramfs.cpio
     cmdline: console=ttyS0 quiet
     restart: always
+    stop_timeout: 2m
   - name: db
     kernel: /guest/vmlinuz
 `))
@@ -29,6 +31,9 @@ vms:
 	web, db := c.VMs[0], c.VMs[1]
 	if web.CPUs != 2 || web.Memory != 512<<20 || web.Restart != RestartAlways || web.Initrd != "/guest/initramfs.cpio" {
 		t.Errorf("web = %+v", web)
+	}
+	if web.StopGrace() != 2*time.Minute || db.StopGrace() != DefaultStopTimeout {
+		t.Errorf("stop timeouts %s, %s", web.StopGrace(), db.StopGrace())
 	}
 	if db.CPUs != 1 || db.Memory != 256<<20 || db.Restart != RestartOnFailure || db.Cmdline != "console=ttyS0" {
 		t.Errorf("db defaults = %+v", db)
@@ -53,6 +58,8 @@ func TestParseErrors(t *testing.T) {
 		{"no kernel", "vms:\n  - {name: a}\n", "c.yaml:2:5: vm a: kernel is required"},
 		{"no name", "vms:\n  - {kernel: /k}\n", "name is required"},
 		{"relative path", "vms:\n  - {name: a, kernel: vmlinuz}\n", `path "vmlinuz": want an absolute path`},
+		{"short stop timeout", "vms:\n  - {name: a, kernel: /k, stop_timeout: 500ms}\n", "c.yaml:2:41: vm a: stop_timeout 500ms: want 1s to 1h0m0s"},
+		{"bad stop timeout", "vms:\n  - {name: a, kernel: /k, stop_timeout: 30}\n", `stop_timeout "30": want a duration such as 1s`},
 		{"bad restart", "vms:\n  - {name: a, kernel: /k, restart: sometimes}\n", `restart "sometimes"`},
 		{"bad name", "vms:\n  - {name: Web_1, kernel: /k}\n", `name "Web_1"`},
 		{"reserved name switch", "vms:\n  - {name: switch, kernel: /k}\n", `name "switch" is reserved`},

@@ -226,18 +226,7 @@ func (d *decoder) nic(n *yaml.Node) NIC {
 				"tx":     func(v *yaml.Node) { nic.Limits.TX = d.bitrate(v, "tx") },
 				"rx_pps": func(v *yaml.Node) { nic.Limits.RXPPS = d.pps(v, "rx_pps") },
 				"tx_pps": func(v *yaml.Node) { nic.Limits.TXPPS = d.pps(v, "tx_pps") },
-				"burst": func(v *yaml.Node) {
-					b, err := time.ParseDuration(d.str(v))
-					switch {
-					case err != nil && v.Kind == yaml.ScalarNode:
-						d.errf(v, "burst %q: want a duration such as 50ms", v.Value)
-					case err != nil:
-					case b < time.Millisecond || b > 10*time.Second:
-						d.errf(v, "burst %s: want 1ms to 10s", b)
-					default:
-						nic.Limits.Burst = b
-					}
-				},
+				"burst":  func(v *yaml.Node) { nic.Limits.Burst = d.duration(v, "burst", time.Millisecond, 10*time.Second) },
 			})
 		},
 	})

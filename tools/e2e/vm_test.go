@@ -293,18 +293,31 @@ func TestConsoleInput(t *testing.T) {
 
 // TestRestartAndShutdown: restart: always brings a VM back after it powers
 // off; a VM stopped on the console ("stop <vm>") stays stopped whatever its
-// policy, until "start <vm>" ("restart <vm>" does both); the appliance's
-// power button then shuts a running guest down through its own ACPI power
-// button before the appliance powers off.
+// policy, until "start <vm>" ("restart <vm>" does both); one stopped while
+// its kernel boots, before its ACPI and init are up, still shuts down
+// through its power button (pressed again until it is off); the
+// appliance's power button then shuts a running guest down through its own
+// ACPI power button before the appliance powers off.
 func TestRestartAndShutdown(t *testing.T) {
 	parallel(t)
 	testbed(t, func(t testing.TB) {
 		cfg := writeConfig(t,
 			guestVM("again", 1, "128M", "poweroff", "always"),
-			guestVM("waiter", 1, "128M", "wait", "always"))
+			guestVM("waiter", 1, "128M", "wait", "always"),
+			// loglevel=6: the kernel's first line (a notice) shows.
+			guestVM("early", 1, "128M", "wait", "never", "loglevel=6"))
 		pr, pw := io.Pipe()
 		defer pw.Close()
 		m := start(t, qemu.Options{Config: cfg, Stdin: pr})
+		// Its kernel's banner: the VMM runs the guest, whose ACPI is not
+		// up. A press now is lost; the ones after it are not.
+		expect(t, m, `^early\| .*Linux version `)
+		fmt.Fprintln(pw, "stop early")
+		expect(t, m, `hyperroot: vm early stopped \(start early starts it again\)$`)
+		if count(m.Lines(), `^early\| guest: power button pressed, powering off$`) != 1 {
+			t.Fatalf("the VM stopped while booting did not shut down by its power button: %q",
+				regexp.MustCompile(`vm early did not stop .*`).FindString(strings.Join(m.Lines(), "\n")))
+		}
 		expect(t, m, `hyperroot: vm again exited code=0 reason=poweroff`)
 		expect(t, m, `hyperroot: vm again restarting in 1s \(restart: always\)`)
 		expect(t, m, `hyperroot: vm again started`)
