@@ -172,6 +172,11 @@ func checkShapes(t testing.TB, shapes []shape) {
 			if c := clockRE.FindStringSubmatch(l); c == nil || c[3] != "none" {
 				t.Errorf("%s: guest CPU shows hardware virtualisation (or the booted line lacks it): %s", s.name, l)
 			}
+			// The local APIC timer in TSC-deadline mode (vmm/cpuid
+			// WithTSCDeadline): one fast-path MSR exit per timer event.
+			if c := clockRE.FindStringSubmatch(l); c == nil || c[4] != "lapic-deadline" {
+				t.Errorf("%s: guest timer is not the TSC-deadline local APIC timer (lapic-deadline): %s", s.name, l)
+			}
 			t.Logf("%s: cpus=%d memory=%s -> nproc=%d MemTotal=%d kB clock offset %ds", s.name, s.cpus, s.mem, nproc, memKB, now-guestTime)
 		}
 	}

@@ -2,7 +2,8 @@
 // of a VM shows its guest: a topology that matches the vCPU count (one
 // thread per core, all cores in one package), the vCPU's own APIC id, the
 // hypervisor bit and KVM's signature, so that the guest counts its CPUs
-// right and finds KVM's paravirtual features; no hardware virtualisation
+// right and finds KVM's paravirtual features; the TSC-deadline timer of
+// KVM's local APIC (timer.go); no hardware virtualisation
 // (VMX, SVM); and, where the host cannot virtualise XCR0, a CPU without
 // XSAVE.
 package cpuid

@@ -93,10 +93,11 @@ func ioctlPtr(fd int, req uintptr, p unsafe.Pointer) (uintptr, error) {
 
 // RunningVCPURequests are the requests a vCPU's thread issues on its vCPU
 // once the machine runs: KVM_RUN, and the reads a dump (and the trace)
-// makes of a vCPU that has left it. A seccomp filter lets exactly these
-// through (vmm/seccomp); set-up requests are issued before it is loaded.
+// makes of a vCPU that has left it (KVM_GET_MSRS for the TSC-deadline
+// timer's deadline). A seccomp filter lets exactly these through
+// (vmm/seccomp); set-up requests are issued before it is loaded.
 func RunningVCPURequests() []uintptr {
-	return []uintptr{reqRun, reqGetRegs, reqGetSregs, reqGetLAPIC, reqGetMPState, reqGetVCPUEvents}
+	return []uintptr{reqRun, reqGetRegs, reqGetSregs, reqGetLAPIC, reqGetMPState, reqGetVCPUEvents, reqGetMSRs}
 }
 
 // RunningVMRequests are the requests a running machine issues on its VM,

@@ -227,6 +227,9 @@ func describeVCPU(i int, v *kvm.VCPU, mem uint64Reader) []string {
 		add("%v", err)
 	} else {
 		add("%s", describeLAPIC(&l, serr == nil && s.APICBase&apicBaseEXTD != 0))
+		if lapicTimerMode(&l) == timerTSCDeadline {
+			add("%s", describeDeadline(v))
+		}
 	}
 	if e, err := v.Events(); err != nil {
 		add("%v", err)
@@ -292,7 +295,7 @@ func describeLAPIC(l *kvm.LAPIC, x2apic bool) string {
 		id = lapicReg(l, 0x20)
 	}
 	timer := lapicReg(l, 0x320)
-	mode := [...]string{"one-shot", "periodic", "tsc-deadline", "reserved"}[timer>>17&3]
+	mode := [...]string{"one-shot", "periodic", "tsc-deadline", "reserved"}[lapicTimerMode(l)]
 	masked := ""
 	if timer&(1<<16) != 0 {
 		masked = " masked"
@@ -302,6 +305,39 @@ func describeLAPIC(l *kvm.LAPIC, x2apic bool) string {
 		id, map[bool]string{true: "enabled", false: "software-disabled"}[svr&(1<<8) != 0],
 		lapicReg(l, 0x80), lapicVectors(l, 0x200), lapicVectors(l, 0x100), mode, masked, timer&0xFF,
 		lapicReg(l, 0x380), lapicReg(l, 0x390), lapicReg(l, 0x3E0), lapicReg(l, 0x350), lapicReg(l, 0x360))
+}
+
+// The local APIC timer's mode (LVT timer bits 17-18).
+const timerTSCDeadline = 2
+
+func lapicTimerMode(l *kvm.LAPIC) uint32 { return lapicReg(l, 0x320) >> 17 & 3 }
+
+// Model-specific registers of the TSC-deadline timer.
+const (
+	msrTSC         = 0x10
+	msrTSCDeadline = 0x6E0
+)
+
+// describeDeadline says when a vCPU's TSC-deadline timer fires, against its
+// TSC now: in that mode the LAPIC's initial and current counts are unused,
+// and a guest that stopped taking timer interrupts shows here whether its
+// timer is disarmed (0), due, or long overdue (a lost interrupt).
+func describeDeadline(v *kvm.VCPU) string {
+	msrs := []kvm.MSREntry{{Index: msrTSC}, {Index: msrTSCDeadline}}
+	if err := v.GetMSRs(msrs); err != nil {
+		return err.Error()
+	}
+	return deadlineText(msrs[0].Data, msrs[1].Data)
+}
+
+func deadlineText(tsc, deadline uint64) string {
+	switch {
+	case deadline == 0:
+		return fmt.Sprintf("tsc-deadline disarmed tsc=%d", tsc)
+	case deadline > tsc:
+		return fmt.Sprintf("tsc-deadline=%d in %d cycles tsc=%d", deadline, deadline-tsc, tsc)
+	}
+	return fmt.Sprintf("tsc-deadline=%d passed %d cycles ago tsc=%d", deadline, tsc-deadline, tsc)
 }
 
 func describeEvents(e *kvm.VCPUEvents) string {

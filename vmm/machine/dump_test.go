@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hyperroot/hyperroot/internal/testenv"
+	"github.com/hyperroot/hyperroot/vmm/cpuid"
 	"github.com/hyperroot/hyperroot/vmm/kvm"
 )
 
@@ -149,5 +151,83 @@ func TestKVMCounts(t *testing.T) {
 	}
 	if got := counts(kvm.Stats{}, dumpCounters); got != " none" {
 		t.Errorf("no counts: %q", got)
+	}
+}
+
+func TestDeadlineText(t *testing.T) {
+	for _, tc := range []struct {
+		tsc, deadline uint64
+		want          string
+	}{
+		{100, 0, "tsc-deadline disarmed tsc=100"},
+		{100, 350, "tsc-deadline=350 in 250 cycles tsc=100"},
+		{400, 350, "tsc-deadline=350 passed 50 cycles ago tsc=400"},
+	} {
+		if got := deadlineText(tc.tsc, tc.deadline); got != tc.want {
+			t.Errorf("deadlineText(%d, %d) = %q, want %q", tc.tsc, tc.deadline, got, tc.want)
+		}
+	}
+}
+
+// TestDumpTSCDeadline: a vCPU whose local APIC timer is in TSC-deadline
+// mode is dumped with its deadline (KVM_GET_MSRS), which its LAPIC's
+// counts do not show.
+func TestDumpTSCDeadline(t *testing.T) {
+	testenv.NeedKVM(t)
+	sys, err := kvm.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sys.Close()
+	vm, err := sys.CreateVM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	if err := vm.CreateIRQChip(); err != nil {
+		t.Fatal(err)
+	}
+	v, err := vm.CreateVCPU(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	// KVM's LAPIC takes the LVT's TSC-deadline mode only from a vCPU
+	// whose CPUID offers it.
+	supported, err := sys.SupportedCPUID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.SetCPUID2(cpuid.WithTSCDeadline(supported)); err != nil {
+		t.Fatal(err)
+	}
+	l, err := v.LAPIC()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const lvtt = 0x320
+	put := func(off int, x uint32) {
+		l.Regs[off], l.Regs[off+1], l.Regs[off+2], l.Regs[off+3] = byte(x), byte(x>>8), byte(x>>16), byte(x>>24)
+	}
+	put(0xF0, 1<<8|0xFF)                       // software-enabled
+	put(lvtt, timerTSCDeadline<<17|1<<16|0xEC) // TSC-deadline, masked, vector 0xEC
+	if err := v.SetLAPIC(l); err != nil {
+		t.Fatal(err)
+	}
+	now := []kvm.MSREntry{{Index: msrTSC}}
+	if err := v.GetMSRs(now); err != nil {
+		t.Fatal(err)
+	}
+	// Far ahead, but not so far that KVM's conversion to nanoseconds
+	// (cycles x 10^6 / kHz, in 64 bits) overflows into "due".
+	deadline := now[0].Data + 1<<40
+	if err := v.SetMSRs([]kvm.MSREntry{{Index: msrTSCDeadline, Data: deadline}}); err != nil {
+		t.Fatal(err)
+	}
+	out := strings.Join(describeVCPU(0, v, nil), "\n")
+	for _, want := range []string{"timer=tsc-deadline masked vector=0xec", fmt.Sprintf("vcpu 0: tsc-deadline=%d in ", deadline)} {
+		if !strings.Contains(out, want) {
+			t.Errorf("dump lacks %q:\n%s", want, out)
+		}
 	}
 }

@@ -355,6 +355,11 @@ func (m *Machine) build(cfg Config, k *boot.Kernel) (err error) {
 	if cpuid.HasXSAVE(supported) && cpuid.HostIsTCG() {
 		supported = cpuid.WithoutXSAVE(supported)
 	}
+	// The irqchip is KVM's (CreateIRQChip above), whose local APIC has
+	// the TSC-deadline timer KVM_GET_SUPPORTED_CPUID leaves out.
+	if n, err := m.sys.CheckExtension(kvm.CapTSCDeadlineTimer); err == nil && n > 0 {
+		supported = cpuid.WithTSCDeadline(supported)
+	}
 	for i := 0; i < cfg.CPUs; i++ {
 		v, err := m.vm.CreateVCPU(i)
 		if err != nil {
