@@ -119,11 +119,14 @@ func TestDump(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(overlay, "spin", "vmlinuz"), spinKernel(), 0o644); err != nil {
 			t.Fatal(err)
 		}
+		// A spinning guest never takes its power button: its stop
+		// timeout is what the power-off waits for, then it is killed.
 		cfg := writeConfig(t, `  - name: spin
     cpus: 2
     memory: 64M
     kernel: /spin/vmlinuz
     restart: never
+    stop_timeout: 5s
 `)
 		pr, pw := io.Pipe()
 		defer pw.Close()
@@ -146,6 +149,7 @@ func TestDump(t *testing.T) {
 		checkDump(t, readDump(t, m), spinRIP)
 		expect(t, m, regexp.QuoteMeta(fmt.Sprintf("hyperroot: result fail errors=0 vms=spin timeout=%s", qemu.ApplianceTimeout(host))))
 		expect(t, m, `hyperroot: powering off: timeout$`)
+		expect(t, m, `hyperroot: vm spin did not stop within 5s: killing it$`)
 		r := m.Wait()
 		if r.TimedOut || !r.PowerOff || !strings.HasPrefix(r.Verdict, "fail") {
 			t.Fatalf("appliance: verdict %q poweroff %v timed out %v; want a failed verdict and a clean poweroff before the host's timeout", r.Verdict, r.PowerOff, r.TimedOut)
