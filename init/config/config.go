@@ -44,7 +44,7 @@ type VM struct {
 	Name    string
 	CPUs    int    // vCPUs, default 1
 	Memory  Size   // guest RAM, default 256 MiB
-	Kernel  string // bzImage path inside the appliance; "" with BootDisk
+	Kernel  string // bzImage or ELF vmlinux path inside the appliance; "" with BootDisk
 	Initrd  string // optional initramfs path
 	Cmdline string // kernel command line, default "console=ttyS0"
 	// BootDisk boots what the first disk's boot loader configuration
@@ -690,7 +690,7 @@ func keys(m map[string]func(*yaml.Node)) string {
 // small demo VMs booting the test guest the image carries under /guest.
 func Default() *Config {
 	demo := func(name string, cpus int, mem Size) VM {
-		return VM{Name: name, CPUs: cpus, Memory: mem, Kernel: "/guest/vmlinuz", Initrd: "/guest/initramfs.cpio",
+		return VM{Name: name, CPUs: cpus, Memory: mem, Kernel: "/guest/vmlinux", Initrd: "/guest/initramfs.cpio",
 			Cmdline: "console=ttyS0 quiet panic=-1", Restart: RestartNever}
 	}
 	c := &Config{VMs: []VM{demo("demo1", 1, 128<<20), demo("demo2", 2, 256<<20)}, Jail: Jail{IDs: DefaultJailIDs}}

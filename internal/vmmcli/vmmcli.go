@@ -98,7 +98,7 @@ func NICDir(dir, vm string) string { return filepath.Join(dir, vm) }
 // its default (Parse fills the defaults in).
 type Args struct {
 	Name   string // for messages; default "vm"
-	Kernel string // bzImage to boot; required unless BootDisk
+	Kernel string // bzImage or ELF vmlinux to boot; required unless BootDisk
 	Initrd string
 	// BootDisk boots the first disk's boot loader entry (BootEntry, or
 	// its default): its kernel, initrds and command line, Cmdline
@@ -249,7 +249,7 @@ func Parse(args []string, stderr io.Writer) (Args, error) {
 		}
 	)
 	fs.StringVar(&a.Name, "name", DefaultName, "name of the VM (for messages)")
-	fs.StringVar(&a.Kernel, "kernel", "", "bzImage to boot (required unless --boot-disk)")
+	fs.StringVar(&a.Kernel, "kernel", "", "kernel to boot, a bzImage or an ELF vmlinux (required unless --boot-disk)")
 	fs.BoolVar(&a.BootDisk, "boot-disk", false, "boot what the first disk's boot loader configuration names (grub.cfg,\n"+
 		"Boot Loader Specification entries, extlinux.conf): its kernel, initrds and command line, --cmdline appended")
 	fs.StringVar(&a.BootEntry, "boot-entry", "", "with --boot-disk, the entry to boot (title, id or index) instead of the default")

@@ -121,10 +121,20 @@ func TestBootPeers(t *testing.T) {
 	if jailed.attr == nil || jailed.attr().Cloneflags&syscall.CLONE_NEWNS == 0 {
 		t.Errorf("jailed hyperroot does not start in namespaces of its own")
 	}
-	for _, m := range []string{"pc", "microvm"} {
-		q := peers["qemu-"+m]
-		if i := slices.Index(q.argv, "-M"); i < 0 || q.argv[i+1] != m || !slices.Contains(q.argv, "/guest/vmlinuz") {
-			t.Errorf("qemu-%s argv %q", m, q.argv)
+	for peer, m := range map[string]string{"qemu-pc": "pc", "qemu-microvm": "microvm", "qemu-pc-vmlinux": "pc"} {
+		q := peers[peer]
+		kernel := "/guest/vmlinuz"
+		if strings.HasSuffix(peer, "-vmlinux") {
+			kernel = "/guest/vmlinux"
+		}
+		if i := slices.Index(q.argv, "-M"); i < 0 || q.argv[i+1] != m || !slices.Contains(q.argv, kernel) {
+			t.Errorf("%s argv %q", peer, q.argv)
+		}
+	}
+	// hyperroot boots the unpacked kernel, and the bzImage beside it.
+	for name, kernel := range map[string]string{"hyperroot": "/guest/vmlinux", "hyperroot-jailed": "/guest/vmlinux", "hyperroot-bzimage": "/guest/vmlinuz"} {
+		if i := slices.Index(peers[name].argv, "--kernel"); i < 0 || peers[name].argv[i+1] != kernel {
+			t.Errorf("%s argv %q, want --kernel %s", name, peers[name].argv, kernel)
 		}
 	}
 }
@@ -139,11 +149,12 @@ func TestBootSummary(t *testing.T) {
 	}
 	times := map[string][]time.Duration{
 		"hyperroot": s(1000, 900, 5000), "hyperroot-jailed": s(1100, 990, 1000),
-		"gokvm": s(2000, 2000), "qemu-pc": s(3000, 3600, 3000), "qemu-microvm": nil,
+		"hyperroot-bzimage": s(2500, 2500, 2500),
+		"gokvm":             s(2000, 2000), "qemu-pc": s(3000, 3600, 3000), "qemu-pc-vmlinux": s(2000, 2000, 2000), "qemu-microvm": nil,
 	}
 	got := strings.Join(bootSummary(peers, times), "\n")
-	want := "hyperroot=1.000s hyperroot-jailed=1.000s gokvm=2.000s (2 booted) qemu-pc=3.000s qemu-microvm=none (median of 3)\n" +
-		"ratio hyperroot/gokvm=0.50\nratio hyperroot/qemu-pc=0.33\nratio hyperroot-jailed/hyperroot=1.00"
+	want := "hyperroot=1.000s hyperroot-jailed=1.000s hyperroot-bzimage=2.500s gokvm=2.000s (2 booted) qemu-pc=3.000s qemu-pc-vmlinux=2.000s qemu-microvm=none (median of 3)\n" +
+		"ratio hyperroot/hyperroot-bzimage=0.40\nratio hyperroot/gokvm=0.50\nratio hyperroot/qemu-pc=0.33\nratio hyperroot/qemu-pc-vmlinux=0.50\nratio hyperroot-jailed/hyperroot=1.00"
 	if got != want {
 		t.Errorf("summary:\n%s\nwant:\n%s", got, want)
 	}

@@ -34,7 +34,7 @@ func netVM(name, action string, nics []string, cmdline ...string) string {
 	fmt.Fprintf(&b, `  - name: %s
     cpus: 1
     memory: 192M
-    kernel: /guest/vmlinuz
+    kernel: /guest/vmlinux
     initrd: /guest/initramfs.cpio
     cmdline: console=ttyS0 panic=-1 quiet hyperroot.guest=%s %s
     restart: never

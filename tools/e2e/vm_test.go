@@ -20,7 +20,7 @@ func guestVM(name string, cpus int, mem, action, restart string, cmdline ...stri
 	return fmt.Sprintf(`  - name: %s
     cpus: %d
     memory: %s
-    kernel: /guest/vmlinuz
+    kernel: /guest/vmlinux
     initrd: /guest/initramfs.cpio
     cmdline: console=ttyS0 panic=-1 hyperroot.guest=%s %s
     restart: %s

@@ -60,7 +60,7 @@ func fleetConfig(n int, memory string) string {
 	for i := 1; i <= n; i++ {
 		fmt.Fprintf(&b, `  - name: fleet%d
     memory: %s
-    kernel: /guest/vmlinuz
+    kernel: /guest/vmlinux
     initrd: /guest/initramfs.cpio
     cmdline: console=ttyS0 panic=-1 quiet
     restart: never

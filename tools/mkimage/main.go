@@ -179,9 +179,15 @@ func build(ctx context.Context, boards, name, out, version string, bench bool) (
 				return fmt.Errorf("%w: install Debian's ca-certificates", err)
 			}
 			files = append(files, caBundle+":"+strings.TrimPrefix(caBundle, "/"))
+			// The test guest's kernel also unpacked, which the VMM boots
+			// without the decompressor (image.UnpackVmlinux).
+			vmlinux := filepath.Join(staging, "vmlinux")
+			if err := unpackVmlinux(kernel.Vmlinuz, vmlinux); err != nil {
+				return err
+			}
 			files = append(files, bin+":bin/hyperroot", bf, policy+":"+strings.TrimPrefix(svirt.PolicyPath, "/"),
 				// The test guest: the same Debian kernel and the guest init.
-				kernel.Vmlinuz+":guest/vmlinuz",
+				kernel.Vmlinuz+":guest/vmlinuz", vmlinux+":guest/vmlinux",
 				filepath.Join(imgDir, "guest-initramfs.cpio")+":guest/initramfs.cpio")
 			if bench {
 				cfg := filepath.Join(staging, "bench-config.yaml")
@@ -286,4 +292,18 @@ func writeAtomic(path string, data []byte) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// unpackVmlinux writes the ELF vmlinux inside the bzImage at src to dst.
+func unpackVmlinux(src, dst string) error {
+	bz, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	elf, err := image.UnpackVmlinux(bz)
+	if err != nil {
+		return fmt.Errorf("unpack %s: %w", src, err)
+	}
+	logf("guest vmlinux: %d MB unpacked from the %d MB bzImage", len(elf)>>20, len(bz)>>20)
+	return os.WriteFile(dst, elf, 0o644)
 }

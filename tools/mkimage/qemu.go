@@ -18,7 +18,8 @@ import (
 // machine (found with strace on the host and by running it in the
 // appliance): SeaBIOS, the option ROM that boots a -kernel (linuxboot_dma)
 // and the TPR-patching ROM that the pc machine loads under KVM (kvmvapic);
-// and the microvm machine's own firmware, for the boot benchmark.
+// and the microvm machine's own firmware and the PVH option ROM, for the
+// boot benchmark.
 const qemuBinary = "/usr/bin/qemu-system-x86_64"
 
 // benchModules are the appliance kernel modules a bench image carries
@@ -33,6 +34,9 @@ var qemuFirmware = []string{
 	"/usr/share/qemu/kvmvapic.bin",
 	// -M microvm's firmware (qboot, which Debian links it to).
 	"/usr/share/qemu/bios-microvm.bin",
+	// The option ROM that boots an ELF vmlinux through its PVH entry
+	// (-kernel vmlinux, the boot benchmark's qemu-pc-vmlinux).
+	"/usr/share/qemu/pvh.bin",
 }
 
 // qemuFiles returns the "host:image" pairs that install QEMU at the paths

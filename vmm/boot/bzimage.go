@@ -1,6 +1,6 @@
-// Package boot loads a Linux bzImage into guest memory and prepares the boot
-// CPU for the kernel's 64-bit entry point, following the x86 boot protocol
-// (Documentation/arch/x86/boot.rst).
+// Package boot loads a Linux kernel into guest memory, a bzImage or an ELF
+// vmlinux (elf.go), and prepares the boot CPU for the kernel's 64-bit entry
+// point, following the x86 boot protocol (Documentation/arch/x86/boot.rst).
 package boot
 
 import (
@@ -86,11 +86,28 @@ type Kernel struct {
 	PayloadLength   uint32
 
 	// Header is the setup header from offset 0x1F1, as the kernel wants it
-	// copied into boot_params.
+	// copied into boot_params (for a vmlinux, the loader's own).
 	Header []byte
-	// Code is the protected-mode part of the image, loaded at layout.KernelLoad.
+	// Code is the protected-mode part of a bzImage, loaded at
+	// layout.KernelLoad; nil for a vmlinux.
 	Code []byte
+	// Vmlinux says the kernel is an ELF vmlinux (ParseVmlinux): no
+	// decompressor, entered at its own 64-bit entry point.
+	Vmlinux bool
+
+	entry    uint64    // guest-physical 64-bit entry point
+	segments []segment // what Load writes
 }
+
+// segment is size bytes of guest RAM at addr: data, then zeros.
+type segment struct {
+	addr uint64
+	data []byte
+	size uint64
+}
+
+// Entry is the guest-physical address of the kernel's 64-bit entry point.
+func (k *Kernel) Entry() uint64 { return k.entry }
 
 // ProtocolString formats Protocol the way boot.rst writes it ("2.15").
 func (k *Kernel) ProtocolString() string { return protocolString(k.Protocol) }
@@ -181,6 +198,8 @@ func ParseBzImage(img []byte) (*Kernel, error) {
 			k.PayloadOffset, end, len(k.Code))
 	}
 	k.KernelVersion = kernelVersion(img, setupSize)
+	k.entry = layout.KernelLoad + entry64Offset
+	k.segments = []segment{{addr: layout.KernelLoad, data: k.Code, size: uint64(len(k.Code))}}
 	return k, nil
 }
 
@@ -223,11 +242,18 @@ func (k *Kernel) runAddress() uint64 {
 }
 
 // End is the first guest-physical address above everything the kernel uses
-// before it has read the e820 map: the loaded image at KernelLoad and the
-// init_size bytes at its run address. The initrd is placed above it.
+// before it has read the e820 map: the loaded segments and, for a bzImage,
+// the init_size bytes at KernelLoad and at its run address. The initrd is
+// placed above it.
 func (k *Kernel) End() uint64 {
-	return max(
-		layout.KernelLoad+uint64(len(k.Code)),
+	var end uint64
+	for _, s := range k.segments {
+		end = max(end, s.addr+s.size)
+	}
+	if k.Vmlinux {
+		return end
+	}
+	return max(end,
 		layout.KernelLoad+uint64(k.InitSize),
 		k.runAddress()+uint64(k.InitSize),
 	)

@@ -93,10 +93,12 @@ func taskSegment() Segment {
 	return Segment{Limit: 0xFFFF, Type: 0xB, Present: true}
 }
 
-func initialCPU() CPU {
+// initialCPU is the boot CPU's state at the kernel's 64-bit entry point,
+// entry (a bzImage's at KernelLoad + 0x200, a vmlinux's its own).
+func initialCPU(entry uint64) CPU {
 	code, data := codeSegment(), dataSegment()
 	return CPU{
-		RIP:    layout.KernelLoad + entry64Offset,
+		RIP:    entry,
 		RSP:    layout.StackTop,
 		RSI:    layout.BootParams,
 		RFLAGS: rflagsReserved,

@@ -84,19 +84,23 @@ func Load(mem Memory, k *Kernel, cfg Config) (CPU, error) {
 	cmdline := make([]byte, len(cfg.Cmdline)+1) // NUL-terminated
 	copy(cmdline, cfg.Cmdline)
 
-	writes := []struct {
+	type region struct {
 		what string
 		gpa  uint64
 		data []byte
-	}{
-		{"kernel", layout.KernelLoad, k.Code},
+	}
+	var writes []region
+	for _, s := range k.segments {
+		writes = append(writes, region{"kernel", s.addr, s.data})
+	}
+	writes = append(writes, []region{
 		{"initrd", initrdAddr, cfg.Initrd},
 		{"command line", layout.CmdlineAddr, cmdline},
 		{"boot_params", layout.BootParams, bp[:]},
 		{"page tables", layout.PML4Addr, pt[:]},
 		{"GDT", layout.GDTAddr, gdt[:]},
 		{"IDT", layout.IDTAddr, idt[:]},
-	}
+	}...)
 	for _, w := range writes {
 		if len(w.data) == 0 {
 			continue
@@ -105,7 +109,21 @@ func Load(mem Memory, k *Kernel, cfg Config) (CPU, error) {
 			return CPU{}, fmt.Errorf("load kernel: write %s: %w", w.what, err)
 		}
 	}
-	return initialCPU(), nil
+	// A segment's bytes past its file data (a vmlinux's .bss) are zero,
+	// also in RAM a previous boot left behind.
+	for _, s := range k.segments {
+		if rest := s.size - uint64(len(s.data)); rest > 0 {
+			dst, err := mem.Slice(s.addr+uint64(len(s.data)), rest)
+			if err == nil && uint64(len(dst)) != rest {
+				err = fmt.Errorf("guest memory returned %d bytes, want %d", len(dst), rest)
+			}
+			if err != nil {
+				return CPU{}, fmt.Errorf("load kernel: clear kernel memory at 0x%X: %w", s.addr+uint64(len(s.data)), err)
+			}
+			clear(dst)
+		}
+	}
+	return initialCPU(k.entry), nil
 }
 
 func write(mem Memory, gpa uint64, data []byte) error {

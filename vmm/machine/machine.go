@@ -43,7 +43,7 @@ import (
 
 // Config is what a VM is made of.
 type Config struct {
-	Kernel  []byte // bzImage
+	Kernel  []byte // bzImage or ELF vmlinux (boot.ParseKernel)
 	Initrd  []byte // optional
 	Cmdline string
 	CPUs    int
@@ -239,7 +239,7 @@ func New(cfg Config) (*Machine, error) {
 	if cfg.Console == nil {
 		cfg.Console = io.Discard
 	}
-	k, err := boot.ParseBzImage(cfg.Kernel)
+	k, err := boot.ParseKernel(cfg.Kernel)
 	if err != nil {
 		return nil, fmt.Errorf("kernel: %w", err)
 	}
