@@ -252,18 +252,25 @@ func FuzzParseBzImage(f *testing.F) {
 		if k.End() < layout.KernelLoad+uint64(k.InitSize) {
 			t.Fatalf("End 0x%X below KernelLoad+init_size", k.End())
 		}
-		// Whatever MinRAM promises, Load must keep.
-		initrd := []byte("initrd")
-		need, err := k.MinRAM(uint64(len(initrd)))
-		mem.regions = mem.regions[:0]
-		_, lerr := Load(mem, k, Config{RAMSize: 64 * mib, Initrd: initrd})
-		if err == nil && need <= 64*mib && lerr != nil {
-			t.Fatalf("MinRAM says %d MiB suffice, Load in 64 MiB fails: %v", need/mib, lerr)
-		}
-		if lerr == nil && (err != nil || need > 64*mib) {
-			t.Fatalf("Load in 64 MiB succeeded, MinRAM says %d MiB, %v", need/mib, err)
-		}
+		loadKeepsMinRAM(t, mem, k)
 	})
+}
+
+// loadKeepsMinRAM checks that Load keeps what MinRAM promises: it loads k
+// with an initrd into 64 MiB (mem, emptied first) exactly when MinRAM says
+// that is enough.
+func loadKeepsMinRAM(t *testing.T, mem *fakeMem, k *Kernel) {
+	t.Helper()
+	initrd := []byte("initrd")
+	need, err := k.MinRAM(uint64(len(initrd)))
+	mem.regions = mem.regions[:0]
+	_, lerr := Load(mem, k, Config{RAMSize: 64 * mib, Initrd: initrd})
+	if err == nil && need <= 64*mib && lerr != nil {
+		t.Fatalf("MinRAM says %d MiB suffice, Load in 64 MiB fails: %v", need/mib, lerr)
+	}
+	if lerr == nil && (err != nil || need > 64*mib) {
+		t.Fatalf("Load in 64 MiB succeeded, MinRAM says %d MiB, %v", need/mib, err)
+	}
 }
 
 func BenchmarkParseBzImage(b *testing.B) {

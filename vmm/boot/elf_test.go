@@ -245,16 +245,7 @@ func FuzzParseVmlinux(f *testing.F) {
 				t.Fatalf("segment %d: parsed [0x%X +0x%X, %d file bytes], debug/elf %+v", i, s.addr, s.size, len(s.data), p.ProgHeader)
 			}
 		}
-		initrd := []byte("initrd")
-		need, err := k.MinRAM(uint64(len(initrd)))
-		mem.regions = mem.regions[:0]
-		_, lerr := Load(mem, k, Config{RAMSize: 64 * mib, Initrd: initrd})
-		if err == nil && need <= 64*mib && lerr != nil {
-			t.Fatalf("MinRAM says %d MiB suffice, Load in 64 MiB fails: %v", need/mib, lerr)
-		}
-		if lerr == nil && (err != nil || need > 64*mib) {
-			t.Fatalf("Load in 64 MiB succeeded, MinRAM says %d MiB, %v", need/mib, err)
-		}
+		loadKeepsMinRAM(t, mem, k)
 	})
 }
 

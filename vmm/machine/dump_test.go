@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hyperroot/hyperroot/internal/testenv"
 	"github.com/hyperroot/hyperroot/vmm/cpuid"
 	"github.com/hyperroot/hyperroot/vmm/kvm"
 )
@@ -173,20 +172,7 @@ func TestDeadlineText(t *testing.T) {
 // mode is dumped with its deadline (KVM_GET_MSRS), which its LAPIC's
 // counts do not show.
 func TestDumpTSCDeadline(t *testing.T) {
-	testenv.NeedKVM(t)
-	sys, err := kvm.Open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sys.Close()
-	vm, err := sys.CreateVM()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer vm.Close()
-	if err := vm.CreateIRQChip(); err != nil {
-		t.Fatal(err)
-	}
+	sys, vm := irqchipVM(t)
 	v, err := vm.CreateVCPU(0)
 	if err != nil {
 		t.Fatal(err)

@@ -47,20 +47,7 @@ func TestLegacyRoutesMatchKVMDefault(t *testing.T) {
 // attached and detached as the guest unmasks and masks, and ioeventfds
 // for notify addresses.
 func TestMSIRouterAndIOEvents(t *testing.T) {
-	testenv.NeedKVM(t)
-	sys, err := kvm.Open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sys.Close()
-	vm, err := sys.CreateVM()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer vm.Close()
-	if err := vm.CreateIRQChip(); err != nil {
-		t.Fatal(err)
-	}
+	_, vm := irqchipVM(t)
 	r := &msiRouter{routes: newGSIRoutes(vm), vm: vm}
 	defer r.close()
 	steps := []struct {
@@ -123,4 +110,25 @@ func TestHVCConsole(t *testing.T) {
 			t.Errorf("hvcConsole(%q) = %v, want %v", cmdline, got, want)
 		}
 	}
+}
+
+// irqchipVM is a VM with KVM's in-kernel irqchip on the host's /dev/kvm,
+// closed with the test.
+func irqchipVM(t *testing.T) (*kvm.System, *kvm.VM) {
+	t.Helper()
+	testenv.NeedKVM(t)
+	sys, err := kvm.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sys.Close() })
+	vm, err := sys.CreateVM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { vm.Close() })
+	if err := vm.CreateIRQChip(); err != nil {
+		t.Fatal(err)
+	}
+	return sys, vm
 }
