@@ -277,3 +277,30 @@ func TestParsePhases(t *testing.T) {
 		t.Errorf("before the guest's clock: hyperroot %v, qemu-pc %v; want 2.75 and 3", got, figs[2].Values["qemu-pc"])
 	}
 }
+
+// TestRoundOrder: every round boots every peer once, each round starting
+// one further along, so no contender always follows the same one.
+func TestRoundOrder(t *testing.T) {
+	peers := bootPeers("/bin/hyperroot")
+	firsts := map[string]bool{}
+	for round := 1; round <= len(peers); round++ {
+		order := roundOrder(peers, round)
+		if len(order) != len(peers) {
+			t.Fatalf("round %d: %d peers, want %d", round, len(order), len(peers))
+		}
+		seen := map[string]bool{}
+		for _, p := range order {
+			seen[p.name] = true
+		}
+		if len(seen) != len(peers) {
+			t.Errorf("round %d boots %d distinct peers, want %d", round, len(seen), len(peers))
+		}
+		firsts[order[0].name] = true
+	}
+	if len(firsts) != len(peers) {
+		t.Errorf("over %d rounds %d peers went first, want each once", len(peers), len(firsts))
+	}
+	if roundOrder(peers, 1)[0].name != "hyperroot" || len(roundOrder(nil, 2)) != 0 {
+		t.Error("round 1 does not keep the peers' order, or no peers gave some")
+	}
+}
