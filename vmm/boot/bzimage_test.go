@@ -194,11 +194,16 @@ func TestSeedCorpus(t *testing.T) {
 		"bad-alignment":      "not a power of two",
 		"garbled":            "not a bzImage",
 	}
-	dir := filepath.Join("testdata", "fuzz", "FuzzParseBzImage")
+	checkSeeds(t, "FuzzParseBzImage", want, func(b []byte) error { _, err := ParseBzImage(b); return err })
+}
+
+// checkSeeds parses each named seed of the fuzz target's committed corpus:
+// want maps a file name to a substring of its error, "" for a valid seed.
+func checkSeeds(t *testing.T, target string, want map[string]string, parse func([]byte) error) {
+	dir := filepath.Join("testdata", "fuzz", target)
 	for name, substr := range want {
 		t.Run(name, func(t *testing.T) {
-			data := readSeed(t, filepath.Join(dir, name))
-			_, err := ParseBzImage(data)
+			err := parse(readSeed(t, filepath.Join(dir, name)))
 			switch {
 			case substr == "" && err != nil:
 				t.Errorf("seed should parse: %v", err)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"debug/elf"
 	"encoding/binary"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -189,18 +188,7 @@ func TestVmlinuxSeedCorpus(t *testing.T) {
 		"entry-outside": "is not in the file bytes",
 		"truncated":     "truncated: 5 program headers",
 	}
-	dir := filepath.Join("testdata", "fuzz", "FuzzParseVmlinux")
-	for name, substr := range want {
-		t.Run(name, func(t *testing.T) {
-			_, err := ParseVmlinux(readSeed(t, filepath.Join(dir, name)))
-			switch {
-			case substr == "" && err != nil:
-				t.Errorf("seed should parse: %v", err)
-			case substr != "" && (err == nil || !strings.Contains(err.Error(), substr)):
-				t.Errorf("seed error = %v, want one containing %q", err, substr)
-			}
-		})
-	}
+	checkSeeds(t, "FuzzParseVmlinux", want, func(b []byte) error { _, err := ParseVmlinux(b); return err })
 }
 
 // FuzzParseVmlinux: any input is an error or a kernel whose segments Go's

@@ -113,12 +113,9 @@ func Load(mem Memory, k *Kernel, cfg Config) (CPU, error) {
 	// also in RAM a previous boot left behind.
 	for _, s := range k.segments {
 		if rest := s.size - uint64(len(s.data)); rest > 0 {
-			dst, err := mem.Slice(s.addr+uint64(len(s.data)), rest)
-			if err == nil && uint64(len(dst)) != rest {
-				err = fmt.Errorf("guest memory returned %d bytes, want %d", len(dst), rest)
-			}
+			dst, err := slice(mem, s.addr+uint64(len(s.data)), rest)
 			if err != nil {
-				return CPU{}, fmt.Errorf("load kernel: clear kernel memory at 0x%X: %w", s.addr+uint64(len(s.data)), err)
+				return CPU{}, fmt.Errorf("load kernel: clear kernel memory: %w", err)
 			}
 			clear(dst)
 		}
@@ -127,15 +124,24 @@ func Load(mem Memory, k *Kernel, cfg Config) (CPU, error) {
 }
 
 func write(mem Memory, gpa uint64, data []byte) error {
-	dst, err := mem.Slice(gpa, uint64(len(data)))
+	dst, err := slice(mem, gpa, uint64(len(data)))
 	if err != nil {
 		return err
 	}
-	if len(dst) != len(data) {
-		return fmt.Errorf("guest memory returned %d bytes at 0x%X, want %d", len(dst), gpa, len(data))
-	}
 	copy(dst, data)
 	return nil
+}
+
+// slice is mem.Slice, checked to be the n bytes asked for.
+func slice(mem Memory, gpa, n uint64) ([]byte, error) {
+	dst, err := mem.Slice(gpa, n)
+	if err != nil {
+		return nil, err
+	}
+	if uint64(len(dst)) != n {
+		return nil, fmt.Errorf("guest memory returned %d bytes at 0x%X, want %d", len(dst), gpa, n)
+	}
+	return dst, nil
 }
 
 // MinRAM returns the least guest RAM, rounded up to a MiB, with which Load
