@@ -297,7 +297,8 @@ func (d *Device) Offload(kick, call []int) error {
 // startRingsLocked sends the negotiated features and every active ring to
 // the backend. After a reconnection (resume) each ring continues at the
 // used index in guest memory: the buffers the lost backend had taken but
-// not returned are offered again. d.mu is held.
+// not returned are offered again, and every ring's driver is interrupted
+// once (see interruptAll). d.mu is held.
 func (d *Device) startRingsLocked(resume bool) error {
 	fe := d.fe
 	features := d.acked &^ (FeatureMAC | FeatureStatus | FeatureMTU)
@@ -315,7 +316,31 @@ func (d *Device) startRingsLocked(resume bool) error {
 			return fmt.Errorf("ring %d: %w", q, err)
 		}
 	}
+	if resume {
+		d.interruptAll()
+	}
 	return nil
+}
+
+// interruptAll signals every active ring's call eventfd, as if the backend
+// had. A backend that dies (or is killed as hung) between publishing used
+// buffers and signalling leaves the driver asleep on a ring it will not
+// look at again: with EVENT_IDX its used_event stays behind the used
+// index, so the next backend, counting from that index, never sees an
+// interrupt due. A transmit queue stopped for want of completions, or a
+// receive ring with no buffers, then stays stuck for good. One interrupt
+// per ring makes the driver reap what is there; if nothing is, it is a
+// spurious interrupt, which drivers tolerate. d.mu is held.
+func (d *Device) interruptAll() {
+	one := [8]byte{1}
+	for q, vq := range d.queues {
+		if !vq.Active() || q >= len(d.call) || d.call[q] < 0 {
+			continue
+		}
+		if _, err := unix.Write(d.call[q], one[:]); err != nil {
+			d.opts.Logf("virtio-net: interrupt ring %d after reconnecting: %v", q, err)
+		}
+	}
 }
 
 func (d *Device) startRing(fe *vhostuser.Frontend, q int, vq *virtio.Queue, resume bool) error {
