@@ -152,7 +152,7 @@ func TestBootSummary(t *testing.T) {
 		"hyperroot-bzimage": s(2500, 2500, 2500),
 		"gokvm":             s(2000, 2000), "qemu-pc": s(3000, 3600, 3000), "qemu-pc-vmlinux": s(2000, 2000, 2000), "qemu-microvm": nil,
 	}
-	got := strings.Join(bootSummary(peers, times), "\n")
+	got := strings.Join(bootSummary(peers, times, 3), "\n")
 	want := "hyperroot=1.000s hyperroot-jailed=1.000s hyperroot-bzimage=2.500s gokvm=2.000s (2 booted) qemu-pc=3.000s qemu-pc-vmlinux=2.000s qemu-microvm=none (median of 3)\n" +
 		"ratio hyperroot/hyperroot-bzimage=0.40\nratio hyperroot/gokvm=0.50\nratio hyperroot/qemu-pc=0.33\nratio hyperroot/qemu-pc-vmlinux=0.50\nratio hyperroot-jailed/hyperroot=1.00"
 	if got != want {
@@ -302,5 +302,41 @@ func TestRoundOrder(t *testing.T) {
 	}
 	if roundOrder(peers, 1)[0].name != "hyperroot" || len(roundOrder(nil, 2)) != 0 {
 		t.Error("round 1 does not keep the peers' order, or no peers gave some")
+	}
+}
+
+// TestWaitQuiet: two quiet windows in a row end the wait; a busy one in
+// between starts the count again; a machine never quiet is an error.
+func TestWaitQuiet(t *testing.T) {
+	// Cumulative (busy, total) samples; each step is one window.
+	steps := func(deltas ...[2]uint64) func() (uint64, uint64, error) {
+		var busy, total uint64
+		i := 0
+		return func() (uint64, uint64, error) {
+			if i > 0 && i <= len(deltas) {
+				busy += deltas[i-1][0]
+				total += deltas[i-1][1]
+			} else if i > len(deltas) {
+				busy, total = busy+50, total+50 // busy for ever after
+			}
+			i++
+			return busy, total, nil
+		}
+	}
+	calls := 0
+	counting := func(f func() (uint64, uint64, error)) func() (uint64, uint64, error) {
+		calls = 0
+		return func() (uint64, uint64, error) { calls++; return f() }
+	}
+	// busy, quiet, busy, quiet, empty, quiet, quiet: done at the 7th window.
+	read := counting(steps([2]uint64{40, 50}, [2]uint64{5, 50}, [2]uint64{30, 50}, [2]uint64{0, 50}, [2]uint64{0, 0}, [2]uint64{5, 50}, [2]uint64{0, 50}))
+	if _, err := waitQuiet(read, 0, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 8 {
+		t.Errorf("quiet after %d samples, want 8 (the first and 7 windows)", calls)
+	}
+	if _, err := waitQuiet(steps(), time.Millisecond, 20*time.Millisecond); err == nil {
+		t.Error("a machine busy for ever was called quiet")
 	}
 }

@@ -38,7 +38,8 @@ func runBootLogBench(e *env) error {
 	fig := result.Figure{Bench: "bootlog", Name: "guest kernel: its clock start to running /init", Unit: "s", Lower: true,
 		Ours: "hyperroot", Values: map[string][]float64{}}
 	for round := 1; round <= benchRounds; round++ {
-		for _, p := range peers {
+		for _, p := range roundOrder(peers, round) {
+			settle(e, "bootlog", round, p.name)
 			records, err := bootLog(e.starter, p)
 			tl := readTimeline(records)
 			if err == nil && tl.init == 0 {

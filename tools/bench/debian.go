@@ -92,10 +92,11 @@ func runDebianBench(e *env) error {
 	peers := debianPeers(e.hyperroot, kernel, initrd, b.Cmdline)
 	times := map[string][]time.Duration{}
 	for round := 1; round <= benchRounds; round++ {
-		for _, p := range peers {
+		for _, p := range roundOrder(peers, round) {
 			if err := makeClone(debianClone, debianBase); err != nil {
 				return err
 			}
+			settle(e, "debian", round, p.name)
 			d, _, err := bootOnce(e.starter, p, false)
 			if err != nil && p.name == "hyperroot" {
 				return fmt.Errorf("%s: %w", p.name, err)
