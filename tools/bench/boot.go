@@ -132,6 +132,52 @@ func settle(e *env, bench string, round int, vmm string) {
 	e.logf("bench: %s round=%d vmm=%s quiet after %.1fs", bench, round, vmm, waited.Seconds())
 }
 
+// vmstatCounters are the appliance kernel's memory events a boot is
+// logged with: a guest's first touch of each page of its RAM is a nested
+// page fault, which costs 512 times less where its host page is a huge
+// one; whether the host found huge pages (thp_*_alloc), fell back to
+// small ones (*_fallback) or compacted memory for them (compact_*) is what
+// the guest's early silences were seen to vary with.
+var vmstatCounters = []string{"thp_fault_alloc", "thp_fault_fallback", "thp_file_alloc", "thp_file_fallback",
+	"thp_file_mapped", "compact_stall", "compact_fail", "compact_success", "pgmajfault"}
+
+// readVMStat reads /proc/vmstat's vmstatCounters; nil when unreadable.
+func readVMStat() map[string]uint64 {
+	b, err := os.ReadFile("/proc/vmstat")
+	if err != nil {
+		return nil
+	}
+	return parseVMStat(b)
+}
+
+func parseVMStat(b []byte) map[string]uint64 {
+	m := map[string]uint64{}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		k, v, ok := strings.Cut(line, " ")
+		if !ok || !slices.Contains(vmstatCounters, k) {
+			continue
+		}
+		if n, err := strconv.ParseUint(v, 10, 64); err == nil {
+			m[k] = n
+		}
+	}
+	return m
+}
+
+// vmstatDelta is "name=+n" for each counter that grew, in vmstatCounters'
+// order.
+func vmstatDelta(from, to map[string]uint64) string {
+	var out []string
+	for _, k := range vmstatCounters {
+		f, ok1 := from[k]
+		t, ok2 := to[k]
+		if ok1 && ok2 && t > f {
+			out = append(out, fmt.Sprintf("%s=+%d", k, t-f))
+		}
+	}
+	return strings.Join(out, " ")
+}
+
 // readProcStat is the appliance's CPU time: busy and total ticks.
 func readProcStat() (busy, total uint64, err error) {
 	b, err := os.ReadFile("/proc/stat")
@@ -196,7 +242,11 @@ func runBootBench(e *env) error {
 				continue
 			}
 			settle(e, "boot", round, p.name)
+			vm0 := readVMStat()
 			run, err := bootTraced(e.starter, p, p.name == "hyperroot")
+			if d := vmstatDelta(vm0, readVMStat()); d != "" {
+				e.logf("bench: boot vmstat round=%d vmm=%s %s", round, p.name, d)
+			}
 			d, rss := run.d, run.rss
 			if err != nil && strings.HasPrefix(p.name, "hyperroot") {
 				return fmt.Errorf("%s: %w", p.name, err)

@@ -340,3 +340,16 @@ func TestWaitQuiet(t *testing.T) {
 		t.Error("a machine busy for ever was called quiet")
 	}
 }
+
+// TestVMStatDelta: the counters that grew, in order; others and unknown
+// lines are left out.
+func TestVMStatDelta(t *testing.T) {
+	from := parseVMStat([]byte("nr_free_pages 100\nthp_file_alloc 4\nthp_file_fallback 9\ncompact_stall 1\nbogus\n"))
+	to := parseVMStat([]byte("nr_free_pages 50\nthp_file_alloc 12\nthp_file_fallback 9\ncompact_stall 3\n"))
+	if got, want := vmstatDelta(from, to), "thp_file_alloc=+8 compact_stall=+2"; got != want {
+		t.Errorf("delta %q, want %q", got, want)
+	}
+	if real := readVMStat(); real == nil || len(real) == 0 {
+		t.Errorf("this machine's /proc/vmstat gave %v", real)
+	}
+}

@@ -26,7 +26,7 @@ import (
 const bootLogCmdline = "console=ttyS0 quiet panic=-1 initcall_debug log_buf_len=4M hyperroot.guest=kmsg"
 
 // bootLogVMMs are the VMMs compared.
-var bootLogVMMs = []string{"hyperroot", "qemu-pc"}
+var bootLogVMMs = []string{"hyperroot", "hyperroot-bzimage", "qemu-pc"}
 
 func runBootLogBench(e *env) error {
 	var peers []benchPeer
@@ -40,7 +40,11 @@ func runBootLogBench(e *env) error {
 	for round := 1; round <= benchRounds; round++ {
 		for _, p := range roundOrder(peers, round) {
 			settle(e, "bootlog", round, p.name)
+			vm0 := readVMStat()
 			records, err := bootLog(e.starter, p)
+			if d := vmstatDelta(vm0, readVMStat()); d != "" {
+				e.logf("bench: bootlog vmstat round=%d vmm=%s %s", round, p.name, d)
+			}
 			tl := readTimeline(records)
 			if err == nil && tl.init == 0 {
 				err = fmt.Errorf("the guest's log has no 'Run /init' record (%d records)", len(records))
@@ -56,14 +60,11 @@ func runBootLogBench(e *env) error {
 			}
 			fig.Values[p.name] = append(fig.Values[p.name], tl.init.Seconds())
 			e.logf("bench: bootlog round=%d vmm=%s init=%.3fs records=%d", round, p.name, tl.init.Seconds(), len(records))
-			if round > 1 {
-				continue
-			}
 			for _, c := range tl.slowest(12) {
-				e.logf("bench: bootlog vmm=%s initcall %s %.1fms", p.name, c.name, float64(c.d)/float64(time.Millisecond))
+				e.logf("bench: bootlog round=%d vmm=%s initcall %s %.1fms", round, p.name, c.name, float64(c.d)/float64(time.Millisecond))
 			}
 			for _, g := range tl.gaps(8) {
-				e.logf("bench: bootlog vmm=%s silence %.1fms at %.3fs before %q", p.name, float64(g.d)/float64(time.Millisecond), g.at.Seconds(), g.next)
+				e.logf("bench: bootlog round=%d vmm=%s silence %.1fms at %.3fs after %q before %q", round, p.name, float64(g.d)/float64(time.Millisecond), g.at.Seconds(), g.prev, g.next)
 			}
 		}
 	}
@@ -144,8 +145,8 @@ func (tl timeline) slowest(n int) []initcall {
 }
 
 type gap struct {
-	d, at time.Duration // how long, and when it ended
-	next  string        // the record that ended it
+	d, at      time.Duration // how long, and when it ended
+	prev, next string        // the records before and after it
 }
 
 // gaps are the n longest silences between consecutive records up to
@@ -156,7 +157,7 @@ func (tl timeline) gaps(n int) []gap {
 		if tl.init > 0 && tl.times[i] > tl.init {
 			break
 		}
-		out = append(out, gap{d: tl.times[i] - tl.times[i-1], at: tl.times[i], next: tl.texts[i]})
+		out = append(out, gap{d: tl.times[i] - tl.times[i-1], at: tl.times[i], prev: tl.texts[i-1], next: tl.texts[i]})
 	}
 	slices.SortStableFunc(out, func(a, b gap) int { return int(b.d - a.d) })
 	return out[:min(n, len(out))]

@@ -29,7 +29,8 @@ func TestReadTimeline(t *testing.T) {
 		t.Errorf("slowest %+v", slow)
 	}
 	g := tl.gaps(1)
-	if len(g) != 1 || g[0].d != 2*time.Second || g[0].next != "initcall virtio_rng_driver_init+0x0/0x1000 [virtio_rng] returned 0 after 1200 usecs" {
+	if len(g) != 1 || g[0].d != 2*time.Second || g[0].next != "initcall virtio_rng_driver_init+0x0/0x1000 [virtio_rng] returned 0 after 1200 usecs" ||
+		g[0].prev != "initcall init_hw_perf_events+0x0/0x6a0 returned 0 after 3 usecs" {
 		t.Errorf("longest silence %+v", g)
 	}
 	if n := len(tl.gaps(100)); n != 6 {

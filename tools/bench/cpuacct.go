@@ -39,6 +39,37 @@ type cpuSample struct {
 	busy, total uint64 // ticks: not idle (nor waiting for I/O), and all
 	cpus        int
 	procs       map[int]procSample
+	kvm         map[string]uint64 // readKVMStats; nil when not readable
+}
+
+// kvmCounters are the KVM event counts the stream's account reports per
+// MiB: what a frame path costs in exits, interrupts and halts, which the
+// CPU time alone does not tell apart. debugfs's top-level files sum every
+// VM alive when read; only the contender's two VMs live in the window.
+var kvmCounters = []string{"exits", "irq_injections", "halt_exits", "halt_wakeup", "io_exits", "mmio_exits", "irq_window_exits"}
+
+// kvmStatsDir is KVM's debugfs directory (the benchmark mounts debugfs).
+const kvmStatsDir = "/sys/kernel/debug/kvm"
+
+// readKVMStats reads kvmCounters from dir; a counter it cannot read is
+// left out, and no counter at all is nil (no debugfs, no KVM).
+func readKVMStats(dir string) map[string]uint64 {
+	var m map[string]uint64
+	for _, c := range kvmCounters {
+		b, err := os.ReadFile(filepath.Join(dir, c))
+		if err != nil {
+			continue
+		}
+		v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil {
+			continue
+		}
+		if m == nil {
+			m = map[string]uint64{}
+		}
+		m[c] = v
+	}
+	return m
 }
 
 // procSample is one process's CPU time and what it is. start (its start
@@ -196,7 +227,8 @@ type cpuAccount struct {
 	cpus   int
 	busy   float64 // CPUs busy, of cpus
 	groups map[string]procTicks
-	mib    float64 // stream bytes in the window, for the cost per MiB
+	mib    float64           // stream bytes in the window, for the cost per MiB
+	kvm    map[string]uint64 // KVM's counts in the window (kvmCounters)
 }
 
 func accountCPU(from, to cpuSample, bytes int64) cpuAccount {
@@ -217,6 +249,14 @@ func accountCPU(from, to cpuSample, bytes int64) cpuAccount {
 		g.host += t.t.host - min(t.t.host, f.host)
 		g.guest += t.t.guest - min(t.t.guest, f.guest)
 		a.groups[t.group] = g
+	}
+	for c, v := range to.kvm {
+		if f, ok := from.kvm[c]; ok && v >= f {
+			if a.kvm == nil {
+				a.kvm = map[string]uint64{}
+			}
+			a.kvm[c] = v - f
+		}
 	}
 	return a
 }
@@ -241,6 +281,15 @@ func (a cpuAccount) String() string {
 	s := fmt.Sprintf("cpu window=%.1fs busy=%.2f/%d guests=%.2f %s", secs, a.busy, a.cpus, cores(guest), strings.Join(parts, " "))
 	if a.mib > 0 {
 		s += fmt.Sprintf(" cpu-ms/MiB=%.0f", a.busy*secs*1000/a.mib)
+		var kvm []string
+		for _, c := range kvmCounters {
+			if v, ok := a.kvm[c]; ok {
+				kvm = append(kvm, fmt.Sprintf("%s=%.0f", c, float64(v)/a.mib))
+			}
+		}
+		if kvm != nil {
+			s += " kvm/MiB " + strings.Join(kvm, " ")
+		}
 	}
 	return s
 }
@@ -250,6 +299,7 @@ func (a cpuAccount) String() string {
 // handshake or the further tests.
 type streamCPU struct {
 	proc string
+	kvm  string // KVM's debugfs directory; "" reads none
 	mu   sync.Mutex
 	from *cpuSample
 	acct *cpuAccount
@@ -288,6 +338,9 @@ func (w *streamCPU) line(line string) {
 	if err != nil {
 		w.err = err
 		return
+	}
+	if w.kvm != "" {
+		s.kvm = readKVMStats(w.kvm)
 	}
 	if opening {
 		w.from, w.left = &s, left

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -104,8 +105,16 @@ func fakeProc(t *testing.T, dir string, busy, idle uint64, procs map[int][2]stri
 // closes at its "sent" line, and the account is the difference of what
 // /proc said at the two moments, by group.
 func TestStreamCPU(t *testing.T) {
-	proc := t.TempDir()
-	w := &streamCPU{proc: proc}
+	proc, kvm := t.TempDir(), t.TempDir()
+	w := &streamCPU{proc: proc, kvm: kvm}
+	writeKVM := func(exits, irqs int) {
+		for name, v := range map[string]int{"exits": exits, "irq_injections": irqs} {
+			if err := os.WriteFile(filepath.Join(kvm, name), []byte(strconv.Itoa(v)+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	writeKVM(1000, 500)
 	fakeProc(t, proc, 1000, 1000, map[int][2]string{
 		10: {statLine(10, "hyperroot", 0, 50, 10, 0), "/hyperroot\x00switch\x00"},
 		11: {statLine(11, "hyperroot", 0, 400, 20, 300), "/hyperroot\x00vmm\x00"},
@@ -125,6 +134,7 @@ func TestStreamCPU(t *testing.T) {
 		// A process that started inside the window counts whole.
 		13: {statLine(13, "hyperroot", 0, 7, 0, 0), "/hyperroot\x00vmm\x00"},
 	})
+	writeKVM(1000+4800, 500+960)
 	w.line("guest: net sent bytes=67108864 sha256=ab mbps=40.0")
 	a := w.acct
 	if a == nil {
@@ -137,7 +147,7 @@ func TestStreamCPU(t *testing.T) {
 		t.Errorf("cpus %d busy %.2f mib %.0f, want 2 1.5 48", a.cpus, a.busy, a.mib)
 	}
 	s := w.String()
-	for _, want := range []string{"busy=1.50/2", "switch=", "vmm=", "guests=", "cpu-ms/MiB="} {
+	for _, want := range []string{"busy=1.50/2", "switch=", "vmm=", "guests=", "cpu-ms/MiB=", "kvm/MiB exits=100 irq_injections=20"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("%q lacks %q", s, want)
 		}
