@@ -198,8 +198,8 @@ func vmmMain(args []string) int {
 	}
 	go func() {
 		<-m.Running()
-		fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: %d vCPUs running %s after start (machine built in %s)\n",
-			a.Name, a.CPUs, time.Since(began).Round(time.Millisecond), buildTime.Round(time.Millisecond))
+		fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: %d vCPUs running %s after start (machine built in %s: %s)\n",
+			a.Name, a.CPUs, time.Since(began).Round(time.Millisecond), buildTime.Round(time.Millisecond), m.BuildSteps())
 	}()
 	r := m.Run()
 	fmt.Fprintf(os.Stderr, "hyperroot vmm: %s: %s after %s (%s)\n", a.Name, r.Exit, time.Since(start).Round(time.Millisecond), r.Detail)

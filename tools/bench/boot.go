@@ -267,6 +267,9 @@ func runBootBench(e *env) error {
 				phases[p.name] = append(phases[p.name], ph)
 				e.logf("bench: boot phases round=%d vmm=%s %s", round, p.name, ph)
 			}
+			if steps := buildSteps(run.running); steps != "" {
+				e.logf("bench: boot build round=%d vmm=%s %s", round, p.name, steps)
+			}
 			if rss != "" {
 				e.logf("bench: memory vmm=%s %s", p.name, rss)
 			}
@@ -482,9 +485,19 @@ type bootPhases struct {
 }
 
 var (
-	runningRE = regexp.MustCompile(`vCPUs running (\S+) after start \(machine built in (\S+)\)`)
+	runningRE = regexp.MustCompile(`vCPUs running (\S+) after start \(machine built in ([^\s:)]+)[:)]`)
 	uptimeRE  = regexp.MustCompile(`\buptime=([0-9.]+)\b`)
+	stepsRE   = regexp.MustCompile(`machine built in \S+: ([^)]*)\)`)
 )
+
+// buildSteps is the VMM's build steps from its running line ("kvm=..
+// memory=.."), or "".
+func buildSteps(running string) string {
+	if m := stepsRE.FindStringSubmatch(running); m != nil {
+		return m[1]
+	}
+	return ""
+}
 
 // parsePhases reads a boot's phases from its lines; ok is false when the
 // guest did not say its uptime. Another VMM than hyperroot says nothing

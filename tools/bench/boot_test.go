@@ -242,7 +242,7 @@ func TestFigures(t *testing.T) {
 // TestParsePhases: a boot's phases from the VMM's own timing line and the
 // guest's uptime at its ready line, as the console has them.
 func TestParsePhases(t *testing.T) {
-	running := "hyperroot vmm: bench: 1 vCPUs running 412.5ms after start (machine built in 301.2ms)"
+	running := "hyperroot vmm: bench: 1 vCPUs running 412.5ms after start (machine built in 301.2ms: kvm=1ms memory=2ms acpi=1ms firmware=0s load=290ms devices=5ms vcpus=2.2ms)"
 	booted := "guest: booted nproc=1 memtotal_kb=93920 time=1796530035 uptime=1.250 inputs=1 rtc=1796530035 clocksource=kvm-clock virt=none"
 	ph, ok := parsePhases(4*time.Second, running, booted)
 	if !ok {
@@ -252,6 +252,13 @@ func TestParsePhases(t *testing.T) {
 		Early: 4*time.Second - 412500*time.Microsecond - 1250*time.Millisecond, Kernel: 1250 * time.Millisecond}
 	if ph != want {
 		t.Errorf("phases %+v, want %+v", ph, want)
+	}
+	if got := buildSteps(running); got != "kvm=1ms memory=2ms acpi=1ms firmware=0s load=290ms devices=5ms vcpus=2.2ms" {
+		t.Errorf("build steps %q", got)
+	}
+	// The line before the steps were added still parses.
+	if old, ok := parsePhases(4*time.Second, "hyperroot vmm: bench: 1 vCPUs running 412.5ms after start (machine built in 301.2ms)", booted); !ok || old != want {
+		t.Errorf("the older line's phases %+v, %v", old, ok)
 	}
 	// Another VMM: all its time before the guest's clock is Early.
 	if ph, ok := parsePhases(4*time.Second, "", booted); !ok || ph != (bootPhases{Early: 2750 * time.Millisecond, Kernel: 1250 * time.Millisecond}) {

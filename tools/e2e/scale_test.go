@@ -94,7 +94,7 @@ func TestMaxVCPUs(t *testing.T) {
 		if n := qosField(t, kvm, "max-vcpus"); n != maxVCPUs {
 			t.Fatalf("the appliance's KVM allows %d vCPUs per VM; this test runs %d", n, maxVCPUs)
 		}
-		l := seen(t, m, fmt.Sprintf(`^max\| hyperroot vmm: max: %d vCPUs running \S+ after start \(machine built in \S+\)$`, maxVCPUs))
+		l := seen(t, m, fmt.Sprintf(`^max\| hyperroot vmm: max: %d vCPUs running \S+ after start \(machine built in \S+: kvm=\S+ memory=\S+ acpi=\S+ firmware=\S+ load=\S+ devices=\S+ vcpus=\S+\)$`, maxVCPUs))
 		t.Logf("VMM: %s", l[len("max| hyperroot vmm: max: "):])
 		seen(t, m, fmt.Sprintf(`^max\| guest: online 3 CPUs brought up in \d+ ms \(present %d\)$`, maxVCPUs))
 		seen(t, m, `^max\| guest: booted nproc=4 `)

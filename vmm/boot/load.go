@@ -1,10 +1,15 @@
 package boot
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/hyperroot/hyperroot/vmm/layout"
 )
@@ -101,35 +106,121 @@ func Load(mem Memory, k *Kernel, cfg Config) (CPU, error) {
 		{"GDT", layout.GDTAddr, gdt[:]},
 		{"IDT", layout.IDTAddr, idt[:]},
 	}...)
+	// Every destination is found (and bounds-checked) first, then the
+	// bytes are moved, in parallel: no two may overlap.
+	var jobs []copyJob
+	var spans []span
 	for _, w := range writes {
 		if len(w.data) == 0 {
 			continue
 		}
-		if err := write(mem, w.gpa, w.data); err != nil {
+		spans = append(spans, span{w.what, w.gpa, uint64(len(w.data))})
+		dst, err := slice(mem, w.gpa, uint64(len(w.data)))
+		if err != nil {
 			return CPU{}, fmt.Errorf("load kernel: write %s: %w", w.what, err)
 		}
+		jobs = appendChunks(jobs, dst, w.data)
 	}
 	// A segment's bytes past its file data (a vmlinux's .bss) are zero,
 	// also in RAM a previous boot left behind.
 	for _, s := range k.segments {
 		if rest := s.size - uint64(len(s.data)); rest > 0 {
+			spans = append(spans, span{"kernel .bss", s.addr + uint64(len(s.data)), rest})
 			dst, err := slice(mem, s.addr+uint64(len(s.data)), rest)
 			if err != nil {
 				return CPU{}, fmt.Errorf("load kernel: clear kernel memory: %w", err)
 			}
-			clear(dst)
+			jobs = appendChunks(jobs, dst, nil)
 		}
 	}
+	if err := disjoint(spans); err != nil {
+		return CPU{}, fmt.Errorf("load kernel: %w", err)
+	}
+	runCopies(jobs, runtime.GOMAXPROCS(0))
 	return initialCPU(k.entry), nil
 }
 
-func write(mem Memory, gpa uint64, data []byte) error {
-	dst, err := slice(mem, gpa, uint64(len(data)))
-	if err != nil {
-		return err
+// span is a range of guest RAM the load writes.
+type span struct {
+	what     string
+	gpa, len uint64
+}
+
+// disjoint says which two spans overlap, if any: the load's writes run
+// in parallel, and the layout never overlaps them.
+func disjoint(spans []span) error {
+	s := slices.Clone(spans)
+	slices.SortFunc(s, func(a, b span) int { return cmp.Compare(a.gpa, b.gpa) })
+	for i := 1; i < len(s); i++ {
+		if s[i].gpa < s[i-1].gpa+s[i-1].len {
+			return fmt.Errorf("%s at %#x overlaps %s at %#x+%#x", s[i].what, s[i].gpa, s[i-1].what, s[i-1].gpa, s[i-1].len)
+		}
 	}
-	copy(dst, data)
 	return nil
+}
+
+// copyJob is a piece of the load: src copied to dst, or dst cleared when
+// src is nil.
+type copyJob struct{ dst, src []byte }
+
+// loadChunk is the most one copyJob moves: small enough to spread a
+// kernel's tens of MiB over the host's CPUs, large enough that each job
+// is mostly copying.
+const loadChunk = 4 << 20
+
+// appendChunks appends the jobs that copy src to dst (len(src) bytes, or
+// clear all of dst when src is nil), in loadChunk pieces.
+func appendChunks(jobs []copyJob, dst, src []byte) []copyJob {
+	if src != nil {
+		dst = dst[:len(src)]
+	}
+	for off := 0; off < len(dst); off += loadChunk {
+		end := min(off+loadChunk, len(dst))
+		j := copyJob{dst: dst[off:end]}
+		if src != nil {
+			j.src = src[off:end]
+		}
+		jobs = append(jobs, j)
+	}
+	return jobs
+}
+
+// runCopies does jobs on up to workers goroutines. Loading is mostly the
+// host's first touches of guest RAM, each a fresh page the host kernel
+// zeroes (a 2 MiB one where guest RAM takes huge pages), and of the
+// kernel file's pages: in the TCG test bed 0.3-2 s for a 44 MiB vmlinux,
+// the largest step of a VM's start, with the host's other CPUs idle.
+func runCopies(jobs []copyJob, workers int) {
+	workers = min(workers, len(jobs), maxLoadWorkers)
+	if workers <= 1 {
+		for _, j := range jobs {
+			j.run()
+		}
+		return
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for i := next.Add(1) - 1; i < int64(len(jobs)); i = next.Add(1) - 1 {
+				jobs[i].run()
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// maxLoadWorkers bounds the goroutines of one load: past a few, the
+// copies contend for memory bandwidth and the host kernel's page
+// allocator rather than CPU.
+const maxLoadWorkers = 4
+
+func (j copyJob) run() {
+	if j.src == nil {
+		clear(j.dst)
+		return
+	}
+	copy(j.dst, j.src)
 }
 
 // slice is mem.Slice, checked to be the n bytes asked for.

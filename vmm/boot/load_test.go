@@ -457,3 +457,43 @@ func TestPageTables(t *testing.T) {
 		t.Error("VA 4 GiB is mapped, want only the first 4 GiB")
 	}
 }
+
+// TestRunCopies: the load's copies and clears, cut into loadChunk jobs and
+// run on several goroutines, leave the same bytes as one copy would.
+func TestRunCopies(t *testing.T) {
+	src := make([]byte, 3*loadChunk+12345)
+	for i := range src {
+		src[i] = byte(i*7 + i>>13)
+	}
+	for _, workers := range []int{1, 2, 8} {
+		dst := make([]byte, len(src)+100)
+		bss := bytes.Repeat([]byte{0xAA}, loadChunk+1)
+		jobs := appendChunks(nil, dst, src)
+		if len(jobs) != 4 {
+			t.Fatalf("%d jobs for %d bytes, want 4", len(jobs), len(src))
+		}
+		jobs = appendChunks(jobs, bss, nil)
+		runCopies(jobs, workers)
+		if !bytes.Equal(dst[:len(src)], src) {
+			t.Errorf("%d workers: the copy differs", workers)
+		}
+		if !bytes.Equal(dst[len(src):], make([]byte, 100)) {
+			t.Errorf("%d workers: bytes past the source were written", workers)
+		}
+		if !bytes.Equal(bss, make([]byte, len(bss))) {
+			t.Errorf("%d workers: the cleared range is not all zero", workers)
+		}
+	}
+}
+
+// TestDisjoint: the load refuses to run overlapping writes in parallel.
+func TestDisjoint(t *testing.T) {
+	ok := []span{{"a", 0x2000, 0x1000}, {"b", 0x1000, 0x1000}, {"c", 0x3000, 1}}
+	if err := disjoint(ok); err != nil {
+		t.Errorf("adjacent spans: %v", err)
+	}
+	bad := append(ok, span{"initrd", 0x2fff, 2})
+	if err := disjoint(bad); err == nil || !strings.Contains(err.Error(), "initrd") {
+		t.Errorf("overlap: %v", err)
+	}
+}
