@@ -293,6 +293,9 @@ func netClient(seed uint64) error {
 	// everything: powering off with data still in the socket's send
 	// buffer would lose it (and time only the buffering).
 	tc := conn.(*net.TCPConn)
+	if l := tcpInfoLine(tc); l != "" {
+		fmt.Println(l)
+	}
 	if err := tc.CloseWrite(); err != nil {
 		tc.Close()
 		return err
@@ -389,4 +392,29 @@ func ping(ip net.IP) (time.Duration, error) {
 		}
 	}
 	return 0, errors.New("no echo reply")
+}
+
+// tcpInfoLine is what the kernel says of the stream's connection once its
+// bytes are written (TCP_INFO): its round trip, congestion window,
+// retransmissions, segments and their average size, and how long the
+// sender was limited by the receiver's window or its own buffer, which
+// tells a VMM whose frame path is slow from one whose guests are: the
+// network benchmark logs it per round. "" when the kernel will not say.
+func tcpInfoLine(c *net.TCPConn) string {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return ""
+	}
+	var info *unix.TCPInfo
+	var ierr error
+	if err := rc.Control(func(fd uintptr) { info, ierr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) }); err != nil || ierr != nil {
+		return ""
+	}
+	perSeg := uint64(0)
+	if info.Data_segs_out > 0 {
+		perSeg = info.Bytes_sent / uint64(info.Data_segs_out)
+	}
+	return fmt.Sprintf("guest: net tcp rtt_us=%d cwnd=%d mss=%d retrans=%d data_segs_out=%d bytes_per_seg=%d pacing_mbps=%.1f busy_ms=%d rwnd_limited_ms=%d sndbuf_limited_ms=%d",
+		info.Rtt, info.Snd_cwnd, info.Snd_mss, info.Total_retrans, info.Data_segs_out, perSeg,
+		float64(info.Pacing_rate)*8/1e6, info.Busy_time/1000, info.Rwnd_limited/1000, info.Sndbuf_limited/1000)
 }

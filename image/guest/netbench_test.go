@@ -169,3 +169,33 @@ func TestRRPercentiles(t *testing.T) {
 		t.Errorf("empty: %v %v", p50, p99)
 	}
 }
+
+// TestTCPInfoLine: the stream's connection as the kernel describes it,
+// over loopback: every field present, the segments counted.
+func TestTCPInfoLine(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			io.Copy(io.Discard, c)
+			c.Close()
+		}
+	}()
+	c, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write(make([]byte, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	l := tcpInfoLine(c.(*net.TCPConn))
+	re := regexp.MustCompile(`^guest: net tcp rtt_us=\d+ cwnd=[1-9]\d* mss=[1-9]\d* retrans=\d+ data_segs_out=([1-9]\d*) bytes_per_seg=([1-9]\d*) pacing_mbps=[0-9.]+ busy_ms=\d+ rwnd_limited_ms=\d+ sndbuf_limited_ms=\d+$`)
+	if !re.MatchString(l) {
+		t.Fatalf("%q does not match %s", l, re)
+	}
+}

@@ -164,6 +164,9 @@ func runNetBench(e *env) error {
 			extras[ct.Name()] = append(extras[ct.Name()], res.extra)
 			e.logf("bench: net round=%d contender=%s mbps=%.1f %s", round, ct.Name(), res.mbps, res.extra)
 			e.logf("bench: net round=%d contender=%s %s", round, ct.Name(), res.cpu)
+			if res.tcp != "" {
+				e.logf("bench: net round=%d contender=%s tcp %s", round, ct.Name(), res.tcp)
+			}
 		}
 	}
 	for _, line := range netTable(names, runs) {
@@ -403,6 +406,7 @@ func (x netExtraReport) String() string {
 type netConsole struct {
 	sent, received *netReport
 	extra          netExtraReport
+	tcp            string   // the client's "guest: net tcp ..." line, after the prefix
 	failed         string   // the guest's "guest: FAIL ..." line, if any
 	tripleFault    string   // the VMM's report that its guest triple-faulted
 	tail           []string // the last lines, for error messages
@@ -430,6 +434,9 @@ func (c *netCollector) line(line string) {
 	}
 	if isTripleFault(line) {
 		c.nc.tripleFault = line
+	}
+	if _, rest, ok := strings.Cut(line, "guest: net tcp "); ok {
+		c.nc.tcp = rest
 	}
 	if i := strings.Index(line, "guest: FAIL "); i >= 0 && c.nc.failed == "" {
 		c.nc.failed = line[i:]
@@ -505,7 +512,7 @@ func judgeNet(server, client netConsole, sws, cws unix.WaitStatus, want int64) (
 			return netResult{}, fmt.Errorf("the client guest reported no %q test (a guest without hyperroot.netextra=1?); console ended with %q", k, client.tail)
 		}
 	}
-	return netResult{mbps: server.received.mbps, extra: client.extra}, nil
+	return netResult{mbps: server.received.mbps, extra: client.extra, tcp: client.tcp}, nil
 }
 
 // netResult is one round's figures.
@@ -513,6 +520,7 @@ type netResult struct {
 	mbps  float64 // the one stream, as the server received it
 	extra netExtraReport
 	cpu   string // where the appliance's CPUs went during the stream (streamCPU)
+	tcp   string // the client's connection as its kernel saw it (TCP_INFO), if it said
 }
 
 // extraKinds are the further tests' report lines.
