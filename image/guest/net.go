@@ -172,12 +172,16 @@ func netServer(uint64) error {
 	fmt.Printf("guest: net ping %s rtt_us=%d\n", peer, rtt.Microseconds())
 	h := sha256.New()
 	start := time.Now()
+	cpu0 := readCPUTimes()
 	n, err := io.Copy(h, conn)
 	if err != nil {
 		return fmt.Errorf("receive: %w after %d bytes", err, n)
 	}
 	secs := time.Since(start).Seconds()
 	conn.Close() // tells the client everything arrived
+	if l := cpuSplit(cpu0, readCPUTimes()); l != "" {
+		fmt.Printf("guest: net cpu role=server %s\n", l)
+	}
 	fmt.Printf("guest: net received bytes=%d sha256=%s mbps=%.1f from=%s\n", n, hex.EncodeToString(h.Sum(nil)), float64(n)*8/secs/1e6, peer)
 	if netExtra() {
 		stopAnnounce() // the client has found us: no broadcasts beside the tests
@@ -272,6 +276,7 @@ func netClient(seed uint64) error {
 	h := sha256.New()
 	buf := make([]byte, 64<<10)
 	start := time.Now()
+	cpu0 := readCPUTimes()
 	quarter := false
 	for sent := int64(0); sent < total; {
 		chunk := buf[:min(int64(len(buf)), total-sent)]
@@ -295,6 +300,9 @@ func netClient(seed uint64) error {
 	tc := conn.(*net.TCPConn)
 	if l := tcpInfoLine(tc); l != "" {
 		fmt.Println(l)
+	}
+	if l := cpuSplit(cpu0, readCPUTimes()); l != "" {
+		fmt.Printf("guest: net cpu role=client %s\n", l)
 	}
 	if err := tc.CloseWrite(); err != nil {
 		tc.Close()
@@ -417,4 +425,58 @@ func tcpInfoLine(c *net.TCPConn) string {
 	return fmt.Sprintf("guest: net tcp rtt_us=%d cwnd=%d mss=%d retrans=%d data_segs_out=%d bytes_per_seg=%d pacing_mbps=%.1f busy_ms=%d rwnd_limited_ms=%d sndbuf_limited_ms=%d",
 		info.Rtt, info.Snd_cwnd, info.Snd_mss, info.Total_retrans, info.Data_segs_out, perSeg,
 		float64(info.Pacing_rate)*8/1e6, info.Busy_time/1000, info.Rwnd_limited/1000, info.Sndbuf_limited/1000)
+}
+
+// cpuTimes is /proc/stat's "cpu" line: ticks in user (with nice), system,
+// idle (with iowait), irq, softirq and steal.
+type cpuTimes [6]uint64
+
+var cpuTimeNames = [6]string{"user", "sys", "idle", "irq", "softirq", "steal"}
+
+// readCPUTimes reads /proc/stat; the zero value when it cannot.
+func readCPUTimes() cpuTimes {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return cpuTimes{}
+	}
+	return parseCPUTimes(string(b))
+}
+
+func parseCPUTimes(stat string) cpuTimes {
+	line, _, _ := strings.Cut(stat, "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return cpuTimes{}
+	}
+	var v [8]uint64 // user nice system idle iowait irq softirq steal
+	for i := range v {
+		n, err := strconv.ParseUint(f[1+i], 10, 64)
+		if err != nil {
+			return cpuTimes{}
+		}
+		v[i] = n
+	}
+	return cpuTimes{v[0] + v[1], v[2], v[3] + v[4], v[5], v[6], v[7]}
+}
+
+// cpuSplit is where the guest's CPUs went between two samples, in percent
+// of all ticks ("user=40 sys=12 ..."): whether a guest that moved its
+// bytes slowly was busy (and with what) or waiting. "" without ticks.
+func cpuSplit(from, to cpuTimes) string {
+	var d cpuTimes
+	var total uint64
+	for i := range d {
+		if to[i] >= from[i] {
+			d[i] = to[i] - from[i]
+		}
+		total += d[i]
+	}
+	if total == 0 {
+		return ""
+	}
+	parts := make([]string, len(d))
+	for i, n := range d {
+		parts[i] = fmt.Sprintf("%s=%d", cpuTimeNames[i], n*100/total)
+	}
+	return strings.Join(parts, " ")
 }

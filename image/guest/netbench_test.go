@@ -199,3 +199,19 @@ func TestTCPInfoLine(t *testing.T) {
 		t.Fatalf("%q does not match %s", l, re)
 	}
 }
+
+// TestCPUSplit: /proc/stat's cpu line read and two samples compared, in
+// percent; the machine's own /proc/stat reads.
+func TestCPUSplit(t *testing.T) {
+	a := parseCPUTimes("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3\n")
+	b := parseCPUTimes("cpu  140 10 60 830 50 5 5 0 0 0\n")
+	if got, want := cpuSplit(a, b), "user=50 sys=10 idle=30 irq=5 softirq=5 steal=0"; got != want {
+		t.Errorf("split %q, want %q", got, want)
+	}
+	if cpuSplit(a, a) != "" || parseCPUTimes("intr 1 2") != (cpuTimes{}) {
+		t.Error("no ticks or no cpu line gave a split")
+	}
+	if readCPUTimes() == (cpuTimes{}) {
+		t.Error("this machine's /proc/stat did not parse")
+	}
+}

@@ -167,6 +167,9 @@ func runNetBench(e *env) error {
 			if res.tcp != "" {
 				e.logf("bench: net round=%d contender=%s tcp %s", round, ct.Name(), res.tcp)
 			}
+			for _, c := range res.guestCPU {
+				e.logf("bench: net round=%d contender=%s guest cpu %s", round, ct.Name(), c)
+			}
 		}
 	}
 	for _, line := range netTable(names, runs) {
@@ -407,6 +410,7 @@ type netConsole struct {
 	sent, received *netReport
 	extra          netExtraReport
 	tcp            string   // the client's "guest: net tcp ..." line, after the prefix
+	cpu            string   // the guest's "guest: net cpu ..." line, after the prefix
 	failed         string   // the guest's "guest: FAIL ..." line, if any
 	tripleFault    string   // the VMM's report that its guest triple-faulted
 	tail           []string // the last lines, for error messages
@@ -437,6 +441,9 @@ func (c *netCollector) line(line string) {
 	}
 	if _, rest, ok := strings.Cut(line, "guest: net tcp "); ok {
 		c.nc.tcp = rest
+	}
+	if _, rest, ok := strings.Cut(line, "guest: net cpu "); ok {
+		c.nc.cpu = rest
 	}
 	if i := strings.Index(line, "guest: FAIL "); i >= 0 && c.nc.failed == "" {
 		c.nc.failed = line[i:]
@@ -512,7 +519,13 @@ func judgeNet(server, client netConsole, sws, cws unix.WaitStatus, want int64) (
 			return netResult{}, fmt.Errorf("the client guest reported no %q test (a guest without hyperroot.netextra=1?); console ended with %q", k, client.tail)
 		}
 	}
-	return netResult{mbps: server.received.mbps, extra: client.extra, tcp: client.tcp}, nil
+	res := netResult{mbps: server.received.mbps, extra: client.extra, tcp: client.tcp}
+	for _, c := range []string{server.cpu, client.cpu} {
+		if c != "" {
+			res.guestCPU = append(res.guestCPU, c)
+		}
+	}
+	return res, nil
 }
 
 // netResult is one round's figures.
@@ -521,6 +534,9 @@ type netResult struct {
 	extra netExtraReport
 	cpu   string // where the appliance's CPUs went during the stream (streamCPU)
 	tcp   string // the client's connection as its kernel saw it (TCP_INFO), if it said
+	// guestCPU is where each guest's own CPU went during the stream, as
+	// it said ("role=server user=.. sys=.. ..."), one per guest.
+	guestCPU []string
 }
 
 // extraKinds are the further tests' report lines.
