@@ -48,7 +48,7 @@ func debianPeers(hyperroot, kernel, initrd, cmdline string) []benchPeer {
 	return []benchPeer{
 		{name: "hyperroot", argv: append([]string{hyperroot}, ours.Argv()...), ready: ready, timeout: debianTimeout},
 		{name: "qemu-pc", ready: ready, timeout: debianTimeout, argv: []string{qemuPath,
-			"-enable-kvm", "-cpu", "host", "-M", "pc", "-smp", "1", "-m", "512",
+			"-enable-kvm", "-cpu", qemuCPU(), "-M", "pc", "-smp", "1", "-m", "512",
 			"-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
 			"-kernel", kernel, "-initrd", initrd, "-append", cmdline + " " + debianCmdline,
 			"-drive", "file=" + debianClone + ",if=none,id=d,format=qcow2,aio=io_uring,cache=writeback",

@@ -97,7 +97,7 @@ func diskBackends(hyperroot, img, clone string) []diskBackend {
 	}
 	qemu := func(name, file, format string) diskBackend {
 		return diskBackend{name: name, argv: []string{qemuPath,
-			"-enable-kvm", "-cpu", "host", "-M", "pc", "-smp", "1", "-m", "256",
+			"-enable-kvm", "-cpu", qemuCPU(), "-M", "pc", "-smp", "1", "-m", "256",
 			"-nodefaults", "-nographic", "-serial", "stdio", "-no-reboot",
 			"-kernel", kernel, "-initrd", initrd, "-append", cmdline,
 			// cache=writeback: tmpfs refuses O_DIRECT (cache=none);

@@ -809,7 +809,7 @@ func (b *bridgeNet) Name() string { return "qemu" }
 func (b *bridgeNet) Start() (func(), error) { return func() {}, nil }
 
 func (b *bridgeNet) Argv(vm config.VM) []string {
-	args := []string{qemuPath, "-enable-kvm", "-cpu", "host", "-M", "pc",
+	args := []string{qemuPath, "-enable-kvm", "-cpu", qemuCPU(), "-M", "pc",
 		"-smp", strconv.Itoa(vm.CPUs), "-m", strconv.FormatUint(uint64(vm.Memory)>>20, 10),
 		"-nodefaults", "-nographic", "-serial", "stdio", "-no-reboot",
 		"-kernel", vm.Kernel, "-initrd", vm.Initrd, "-append", vm.Cmdline}
