@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"net"
 	"os"
@@ -123,6 +124,7 @@ func runNetBench(e *env) error {
 	if err != nil {
 		return fmt.Errorf("qemu's network: %w", err)
 	}
+	br.logf = e.logf
 	defer br.Close()
 	contenders := []netContender{
 		&switchNet{e: e, cfgPath: cfgPath, dir: filepath.Join(netBenchDir, "switch")},
@@ -744,6 +746,9 @@ type bridgeNet struct {
 	dhcp      *bridgeDHCP
 	vhost     bool
 	vhostNote string // why vhost is off, for the report
+	// logf, when not nil, reports each tap's frames after a round, as
+	// the switch reports its ports.
+	logf func(format string, a ...any)
 }
 
 // openBridgeNet creates bridge, a tap per NIC of cfg's VMs on it and the
@@ -804,9 +809,62 @@ func vhostUsable() (bool, string) {
 
 func (b *bridgeNet) Name() string { return "qemu" }
 
-// Start has nothing to do: the bridge and taps outlive the rounds, and QEMU
-// attaches to the taps itself.
-func (b *bridgeNet) Start() (func(), error) { return func() {}, nil }
+// Start notes the taps' counters (the bridge and taps outlive the rounds,
+// and QEMU attaches to the taps itself); end reports what each tap
+// carried in the round, beside the switch's port lines of hyperroot's.
+func (b *bridgeNet) Start() (func(), error) {
+	before := b.tapCounters()
+	return func() {
+		if b.logf == nil {
+			return
+		}
+		after := b.tapCounters()
+		for _, port := range slices.Sorted(maps.Keys(after)) {
+			d := after[port].minus(before[port])
+			b.logf("bench: net tap %s rx=%d/%d tx=%d/%d", port, d.rxFrames, d.rxBytes, d.txFrames, d.txBytes)
+		}
+	}, nil
+}
+
+// frameCounts are a port's frames and bytes as its VM sees them: rx
+// towards the guest, tx from it (the switch's port lines count so).
+type frameCounts struct{ rxFrames, rxBytes, txFrames, txBytes uint64 }
+
+func (c frameCounts) minus(o frameCounts) frameCounts {
+	sub := func(a, b uint64) uint64 { return a - min(a, b) }
+	return frameCounts{sub(c.rxFrames, o.rxFrames), sub(c.rxBytes, o.rxBytes), sub(c.txFrames, o.txFrames), sub(c.txBytes, o.txBytes)}
+}
+
+// sysClassNet is where the kernel lists network devices (tests change it).
+var sysClassNet = "/sys/class/net"
+
+// tapCounters reads every tap's counters, by port; a tap whose counters
+// cannot be read is left out.
+func (b *bridgeNet) tapCounters() map[string]frameCounts {
+	out := map[string]frameCounts{}
+	for port, tap := range b.taps {
+		if c, err := readTapCounters(filepath.Join(sysClassNet, tap, "statistics")); err == nil {
+			out[port] = c
+		}
+	}
+	return out
+}
+
+// readTapCounters reads a tap's statistics directory. A tap's tx is what
+// the kernel passed to its reader, QEMU, for the guest: the guest's rx.
+func readTapCounters(dir string) (frameCounts, error) {
+	var v [4]uint64
+	for i, name := range []string{"tx_packets", "tx_bytes", "rx_packets", "rx_bytes"} {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			return frameCounts{}, err
+		}
+		if v[i], err = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err != nil {
+			return frameCounts{}, fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	return frameCounts{v[0], v[1], v[2], v[3]}, nil
+}
 
 func (b *bridgeNet) Argv(vm config.VM) []string {
 	args := []string{qemuPath, "-enable-kvm", "-cpu", qemuCPU(), "-M", "pc",

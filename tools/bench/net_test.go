@@ -7,8 +7,11 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -508,5 +511,43 @@ func TestNetPair(t *testing.T) {
 				t.Fatalf("netPair = %v, %v; want an error with %q (stalled %v)", mbps, err, tc.err, tc.stalled)
 			}
 		})
+	}
+}
+
+// TestTapCounters: a round's frames per tap, in the guest's direction (a
+// tap's tx is the guest's rx), as the difference of two readings.
+func TestTapCounters(t *testing.T) {
+	dir := t.TempDir()
+	old := sysClassNet
+	sysClassNet = dir
+	defer func() { sysClassNet = old }()
+	write := func(tap string, tx, txb, rx, rxb int) {
+		stats := filepath.Join(dir, tap, "statistics")
+		if err := os.MkdirAll(stats, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for name, v := range map[string]int{"tx_packets": tx, "tx_bytes": txb, "rx_packets": rx, "rx_bytes": rxb} {
+			if err := os.WriteFile(filepath.Join(stats, name), []byte(strconv.Itoa(v)+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	write("tap0", 10, 1000, 5, 300)
+	write("tap1", 1, 100, 1, 100)
+	var lines []string
+	b := &bridgeNet{taps: map[string]string{"server.0": "tap0", "client.0": "tap1", "gone.0": "tap9"},
+		logf: func(format string, a ...any) { lines = append(lines, fmt.Sprintf(format, a...)) }}
+	end, err := b.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	write("tap0", 110, 9000, 25, 1300)
+	end()
+	want := []string{"bench: net tap client.0 rx=0/0 tx=0/0", "bench: net tap server.0 rx=100/8000 tx=20/1000"}
+	if !slices.Equal(lines, want) {
+		t.Errorf("lines %q, want %q", lines, want)
+	}
+	if _, err := readTapCounters(filepath.Join(dir, "tap9")); err == nil {
+		t.Error("a missing tap read")
 	}
 }
