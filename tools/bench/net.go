@@ -138,6 +138,9 @@ func runNetBench(e *env) error {
 	runs := map[string][]float64{}
 	extras := map[string][]netExtraReport{}
 	var names []string
+	for _, ct := range contenders {
+		names = append(names, ct.Name())
+	}
 	for round := 1; round <= netBenchRounds; round++ {
 		for _, ct := range contenders {
 			var res netResult
@@ -146,8 +149,11 @@ func runNetBench(e *env) error {
 			// (README, Known issues) whatever the VMM, and in a
 			// multi-vCPU TCG appliance now and then triple-fault (as
 			// the disk benchmark's and the end-to-end tests' do): such
-			// a round is run again, and says so. Any other failure ends
-			// the benchmark.
+			// a round is run again, and says so. Any other failure of
+			// hyperroot's ends the benchmark; a peer's is its figure's,
+			// as in the boot benchmark: its medians count the rounds that
+			// came through (QEMU + vhost-net's stream was seen to stall
+			// twice in one round, the second time for good).
 			for attempt := 1; ; attempt++ {
 				res, err = netRound(e.starter, ct, server, client, netBenchBytes)
 				again := errors.Is(err, errNetStalled) || (errors.Is(err, errGuestTripleFault) && multiCPUTCG())
@@ -156,11 +162,12 @@ func runNetBench(e *env) error {
 				}
 				e.logf("bench: net round=%d contender=%s: %v: running it again", round, ct.Name(), err)
 			}
-			if err != nil {
+			if err != nil && ct.Name() == "hyperroot" {
 				return fmt.Errorf("%s, round %d: %w", ct.Name(), round, err)
 			}
-			if round == 1 {
-				names = append(names, ct.Name())
+			if err != nil {
+				e.logf("bench: net round=%d contender=%s failed: %v", round, ct.Name(), err)
+				continue
 			}
 			runs[ct.Name()] = append(runs[ct.Name()], res.mbps)
 			extras[ct.Name()] = append(extras[ct.Name()], res.extra)
