@@ -10,8 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/hyperroot/hyperroot/internal/eventfd"
 	"github.com/hyperroot/hyperroot/net/internal/peerfd"
 	"github.com/hyperroot/hyperroot/net/vhostuser"
 	"github.com/hyperroot/hyperroot/vmm/virtio"
@@ -379,14 +378,7 @@ func tooLong(c *virtio.Chain) bool {
 // (it is signalled already) instead of stalling every port delivering to
 // this one. Other errors mean the frontend closed its end, which the
 // vhost-user backend notices itself.
-func signal(fd int) {
-	one := [8]byte{1}
-	for {
-		if _, err := unix.Write(fd, one[:]); err != unix.EINTR {
-			return
-		}
-	}
-}
+func signal(fd int) { _ = eventfd.Signal(fd) }
 
 // txWorker is the goroutine serving a transmit queue.
 type txWorker struct {

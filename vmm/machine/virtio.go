@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hyperroot/hyperroot/internal/eventfd"
 	"github.com/hyperroot/hyperroot/vmm/block"
 	"github.com/hyperroot/hyperroot/vmm/block/qcow2"
 	"github.com/hyperroot/hyperroot/vmm/kvm"
@@ -220,8 +221,7 @@ func (r *msiRouter) Signal(v int) error {
 	if err != nil {
 		return err
 	}
-	one := [8]byte{1}
-	if _, err := unix.Write(vec.fd, one[:]); err != nil && err != unix.EAGAIN {
+	if err := eventfd.Signal(vec.fd); err != nil {
 		return fmt.Errorf("MSI-X vector %d: signal: %w", v, err)
 	}
 	return nil

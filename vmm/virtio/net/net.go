@@ -27,6 +27,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hyperroot/hyperroot/internal/eventfd"
 	"github.com/hyperroot/hyperroot/net/vhostuser"
 	"github.com/hyperroot/hyperroot/vmm/memory"
 	"github.com/hyperroot/hyperroot/vmm/virtio"
@@ -332,12 +333,11 @@ func (d *Device) startRingsLocked(resume bool) error {
 // per ring makes the driver reap what is there; if nothing is, it is a
 // spurious interrupt, which drivers tolerate. d.mu is held.
 func (d *Device) interruptAll() {
-	one := [8]byte{1}
 	for q, vq := range d.queues {
 		if !vq.Active() || q >= len(d.call) || d.call[q] < 0 {
 			continue
 		}
-		if _, err := unix.Write(d.call[q], one[:]); err != nil {
+		if err := eventfd.Signal(d.call[q]); err != nil {
 			d.opts.Logf("virtio-net: interrupt ring %d after reconnecting: %v", q, err)
 		}
 	}
@@ -582,8 +582,7 @@ func newRelay(q int, irq virtio.Interrupt) (*relay, error) {
 }
 
 func (r *relay) stop() {
-	one := [8]byte{1}
-	unix.Write(r.quit, one[:])
+	eventfd.Signal(r.quit)
 	<-r.stopped
 	unix.Close(r.fd)
 	unix.Close(r.quit)

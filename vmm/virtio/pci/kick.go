@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/internal/eventfd"
 )
 
 // newEventFDs creates n non-blocking eventfds, one per queue: KVM signals
@@ -30,21 +32,6 @@ func closeFDs(fds []int) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// signalEventFD adds 1 to an eventfd's counter.
-func signalEventFD(fd int) error {
-	one := [8]byte{1}
-	for {
-		_, err := unix.Write(fd, one[:])
-		if err == unix.EINTR {
-			continue
-		}
-		if err == unix.EAGAIN { // counter saturated: already signalled
-			return nil
-		}
-		return err
-	}
 }
 
 // drainEventFD clears an eventfd's counter and reports whether it was set.
@@ -136,7 +123,7 @@ func (l *kickLoop) run(fds []int, kick func(q int)) {
 // stop ends the goroutine and waits for it, so that no kick runs after
 // stop returns.
 func (l *kickLoop) stop() {
-	signalEventFD(l.stopfd)
+	eventfd.Signal(l.stopfd)
 	<-l.done
 	l.close()
 }

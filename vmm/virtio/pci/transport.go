@@ -19,6 +19,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/hyperroot/hyperroot/internal/eventfd"
 	"github.com/hyperroot/hyperroot/vmm/irq"
 	"github.com/hyperroot/hyperroot/vmm/pci"
 	"github.com/hyperroot/hyperroot/vmm/virtio"
@@ -361,7 +362,7 @@ func (t *Transport) WriteBAR(index int, off uint64, data []byte) {
 		// The fallback when no ioeventfd catches the write: signal the
 		// same eventfd, so the kick is served on the notification
 		// goroutine all the same.
-		if err := signalEventFD(t.notifyFDs[(off-notifyOffset)/notifyMult]); err != nil {
+		if err := eventfd.Signal(t.notifyFDs[(off-notifyOffset)/notifyMult]); err != nil {
 			t.fail(fmt.Errorf("virtio-pci: notify: %w", err))
 		}
 	}

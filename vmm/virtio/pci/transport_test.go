@@ -1,14 +1,15 @@
 package virtiopci
 
 import (
-	"github.com/hyperroot/hyperroot/vmm/virtio/virtiotest"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hyperroot/hyperroot/internal/eventfd"
 	"github.com/hyperroot/hyperroot/vmm/layout"
 	"github.com/hyperroot/hyperroot/vmm/pci"
 	"github.com/hyperroot/hyperroot/vmm/virtio"
+	"github.com/hyperroot/hyperroot/vmm/virtio/virtiotest"
 )
 
 func TestIdentityAndCapabilities(t *testing.T) {
@@ -203,7 +204,7 @@ func TestNotifyReachesDeviceOffTheVCPUThread(t *testing.T) {
 	dev.expectKick(t, 0)
 	dev.block = nil
 	// A KVM ioeventfd signals the eventfd directly.
-	if err := signalEventFD(h.tr.notifyFDs[0]); err != nil {
+	if err := eventfd.Signal(h.tr.notifyFDs[0]); err != nil {
 		t.Fatal(err)
 	}
 	dev.expectKick(t, 0)
