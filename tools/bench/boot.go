@@ -123,14 +123,21 @@ const (
 )
 
 // settle waits for a quiet appliance before vmm's boot in round of bench,
-// and logs how long that took.
-func settle(e *env, bench string, round int, vmm string) {
+// and logs how long that took. Called after the boot, the function it
+// returns logs the appliance's memory events during it (vmstatCounters).
+func settle(e *env, bench string, round int, vmm string) (booted func()) {
 	waited, err := waitQuiet(readProcStat, quietWindow, quietLimit)
 	if err != nil {
 		e.logf("bench: %s round=%d vmm=%s: %v (after %.1fs); booting anyway", bench, round, vmm, err, waited.Seconds())
-		return
+	} else {
+		e.logf("bench: %s round=%d vmm=%s quiet after %.1fs", bench, round, vmm, waited.Seconds())
 	}
-	e.logf("bench: %s round=%d vmm=%s quiet after %.1fs", bench, round, vmm, waited.Seconds())
+	before := readVMStat()
+	return func() {
+		if d := vmstatDelta(before, readVMStat()); d != "" {
+			e.logf("bench: %s vmstat round=%d vmm=%s %s", bench, round, vmm, d)
+		}
+	}
 }
 
 // vmstatCounters are the appliance kernel's memory events a boot is
@@ -256,12 +263,9 @@ func runBootBench(e *env) error {
 				e.logf("bench: boot round=%d vmm=%s skipped: it hung in an earlier round", round, p.name)
 				continue
 			}
-			settle(e, "boot", round, p.name)
-			vm0 := readVMStat()
+			booted := settle(e, "boot", round, p.name)
 			run, err := bootTraced(e.starter, p, p.name == "hyperroot")
-			if d := vmstatDelta(vm0, readVMStat()); d != "" {
-				e.logf("bench: boot vmstat round=%d vmm=%s %s", round, p.name, d)
-			}
+			booted()
 			d, rss := run.d, run.rss
 			if err != nil && strings.HasPrefix(p.name, "hyperroot") {
 				return fmt.Errorf("%s: %w", p.name, err)

@@ -39,12 +39,9 @@ func runBootLogBench(e *env) error {
 		Ours: "hyperroot", Values: map[string][]float64{}}
 	for round := 1; round <= benchRounds; round++ {
 		for _, p := range roundOrder(peers, round) {
-			settle(e, "bootlog", round, p.name)
-			vm0 := readVMStat()
+			booted := settle(e, "bootlog", round, p.name)
 			records, err := bootLog(e.starter, p)
-			if d := vmstatDelta(vm0, readVMStat()); d != "" {
-				e.logf("bench: bootlog vmstat round=%d vmm=%s %s", round, p.name, d)
-			}
+			booted()
 			tl := readTimeline(records)
 			if err == nil && tl.init == 0 {
 				err = fmt.Errorf("the guest's log has no 'Run /init' record (%d records)", len(records))

@@ -48,6 +48,16 @@ type cpuSample struct {
 // VM alive when read; only the contender's two VMs live in the window.
 var kvmCounters = []string{"exits", "irq_injections", "halt_exits", "halt_wakeup", "io_exits", "mmio_exits", "irq_window_exits"}
 
+// readCounterFile reads a file holding one decimal number, as the
+// kernel's counters in debugfs and sysfs do.
+func readCounterFile(path string) (uint64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+}
+
 // kvmStatsDir is KVM's debugfs directory (the benchmark mounts debugfs).
 const kvmStatsDir = "/sys/kernel/debug/kvm"
 
@@ -56,11 +66,7 @@ const kvmStatsDir = "/sys/kernel/debug/kvm"
 func readKVMStats(dir string) map[string]uint64 {
 	var m map[string]uint64
 	for _, c := range kvmCounters {
-		b, err := os.ReadFile(filepath.Join(dir, c))
-		if err != nil {
-			continue
-		}
-		v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+		v, err := readCounterFile(filepath.Join(dir, c))
 		if err != nil {
 			continue
 		}

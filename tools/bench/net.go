@@ -862,13 +862,11 @@ func (b *bridgeNet) tapCounters() map[string]frameCounts {
 func readTapCounters(dir string) (frameCounts, error) {
 	var v [4]uint64
 	for i, name := range []string{"tx_packets", "tx_bytes", "rx_packets", "rx_bytes"} {
-		b, err := os.ReadFile(filepath.Join(dir, name))
+		n, err := readCounterFile(filepath.Join(dir, name))
 		if err != nil {
-			return frameCounts{}, err
-		}
-		if v[i], err = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err != nil {
 			return frameCounts{}, fmt.Errorf("%s: %w", name, err)
 		}
+		v[i] = n
 	}
 	return frameCounts{v[0], v[1], v[2], v[3]}, nil
 }
