@@ -5,11 +5,16 @@ package eventfd
 
 import "golang.org/x/sys/unix"
 
+// one is the 8 bytes every signal writes: the counter's increment in the
+// host's (little-endian) order. A package variable rather than a local:
+// under the race detector a local buffer handed to unix.Write escapes and
+// each signal would allocate. The kernel only reads it.
+var one = [8]byte{1}
+
 // Signal adds 1 to the eventfd fd's counter. A counter already at its
 // maximum (EAGAIN on a non-blocking eventfd) is signalled already: not an
 // error. An interrupted write is retried. It allocates nothing.
 func Signal(fd int) error {
-	one := [8]byte{1}
 	for {
 		_, err := unix.Write(fd, one[:])
 		switch err {
