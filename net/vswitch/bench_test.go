@@ -45,6 +45,7 @@ func newPipe(tb testing.TB, frameLen, batch, rxBuf int, hdr netHdr) *pipe {
 		size *= 2
 	}
 	p.rx = newRing(tb, gb, size, uint64(rxBuf), Offered)
+	p.tx.burst, p.rx.burst = true, true
 	if err := b.Start(RxQueue, p.rx.q, p.rx.kick, p.rx.call); err != nil {
 		tb.Fatal(err)
 	}
@@ -80,14 +81,17 @@ func (p *pipe) round() time.Duration {
 	return d
 }
 
-// post is the driver making a batch of frames and receive chains available.
+// post is the driver making a batch of frames and receive chains
+// available, each ring's burst with one store of its index.
 func (p *pipe) post() {
 	for i := 0; i < p.batch*p.rxPer; i++ {
 		p.rx.post(nil, []int{p.rxBuf}, true)
 	}
+	p.rx.PublishAvail()
 	for i := 0; i < p.batch; i++ {
 		p.tx.post(nil, []int{HeaderLen, p.frameLen}, false)
 	}
+	p.tx.PublishAvail()
 }
 
 // consume plays a device that does nothing but return every available

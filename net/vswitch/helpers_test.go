@@ -72,6 +72,9 @@ type ring struct {
 	used       []virtiotest.Used
 	kick, call int
 	eventIdx   bool // VIRTIO_F_EVENT_IDX negotiated
+	// burst: post leaves its chains unpublished, for the test to publish
+	// a burst of them with one PublishAvail.
+	burst bool
 }
 
 func newRing(t testing.TB, g *guest, size uint16, slot uint64, features uint64) *ring {
@@ -137,7 +140,11 @@ func (r *ring) post(data []byte, lens []int, writable bool) bool {
 		r.bufs[i] = virtiotest.Buf{Addr: base + off, Len: uint32(l), Write: writable}
 		off += uint64(l)
 	}
-	head, ok := r.Post(r.bufs[:len(lens)]...)
+	post := r.Post
+	if r.burst {
+		post = r.PostDeferred
+	}
+	head, ok := post(r.bufs[:len(lens)]...)
 	if !ok {
 		return false
 	}

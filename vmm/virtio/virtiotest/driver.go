@@ -70,6 +70,17 @@ type Driver struct {
 	count    []uint16 // per head: descriptors in its chain, 0 if not in flight
 	inFlight int
 	descBuf  [DescSize]byte
+	mask     uint16 // Size-1 when Size is a power of two (as the spec wants), else 0
+}
+
+// wrap is ring index i's slot. A division would cost the driver as much
+// as the rest of a ring entry's store; a ring a test sized against the
+// spec still wraps at its size.
+func (d *Driver) wrap(i uint16) uint16 {
+	if d.mask != 0 {
+		return i & d.mask
+	}
+	return i % d.Size
 }
 
 // NewDriver returns a driver for the ring at l in mem. The available and
@@ -93,6 +104,9 @@ func NewDriver(mem Memory, l Layout) (*Driver, error) {
 		return nil, errors.New("virtiotest: ring memory not 4-byte aligned in host memory")
 	}
 	d.desc, _ = mem.Slice(l.Desc, DescSize*uint64(l.Size)) // nil if not RAM
+	if l.Size&(l.Size-1) == 0 {
+		d.mask = l.Size - 1
+	}
 	for i := int(l.Size) - 1; i >= 0; i-- {
 		d.free = append(d.free, uint16(i))
 	}
@@ -142,8 +156,13 @@ func (d *Driver) Add(heads ...uint16) {
 	d.SetAvailIdx(d.availIdx)
 }
 
+// setAvailEntry is a plain store, as a real driver's: the device writes
+// nothing in the available ring and reads an entry only after the atomic
+// store of avail->idx that publishes it (SetAvailIdx), which orders the
+// entry before it. A slot is written again only after the device has
+// popped what it held: the chains in flight never outnumber the ring.
 func (d *Driver) setAvailEntry(i, head uint16) {
-	store16(d.avail, d.availOff+4+2*int(i%d.Size), head)
+	binary.LittleEndian.PutUint16(d.avail[d.availOff+4+2*int(d.wrap(i)):], head)
 }
 
 // SetAvailIdx publishes avail->idx = idx without adding entries (to fake a
@@ -153,11 +172,12 @@ func (d *Driver) SetAvailIdx(idx uint16) {
 	store16(d.avail, d.availOff+2, idx)
 }
 
-// AvailIdx is the avail->idx the driver published last.
+// AvailIdx is the avail->idx the driver published last, or publishes next
+// when chains were posted with PostDeferred.
 func (d *Driver) AvailIdx() uint16 { return d.availIdx }
 
 // AvailEntry reads available ring entry i (wrapped by the ring size).
-func (d *Driver) AvailEntry(i uint16) uint16 { return load16(d.avail, d.availOff+4+2*int(i%d.Size)) }
+func (d *Driver) AvailEntry(i uint16) uint16 { return load16(d.avail, d.availOff+4+2*int(d.wrap(i))) }
 
 // SetAvailFlags writes avail->flags (VIRTQ_AVAIL_F_NO_INTERRUPT is 1).
 func (d *Driver) SetAvailFlags(f uint16) { store16(d.avail, d.availOff, f) }
@@ -179,14 +199,14 @@ func (d *Driver) AvailEvent() uint16 { return load16(d.used, d.usedOff+4+8*int(d
 // UsedElem reads used ring element i (wrapped by the ring size). Read it
 // only after UsedIdx showed it: that load orders the two.
 func (d *Driver) UsedElem(i uint16) (id, length uint32) {
-	off := d.usedOff + 4 + 8*int(i%d.Size)
+	off := d.usedOff + 4 + 8*int(d.wrap(i))
 	return binary.LittleEndian.Uint32(d.used[off:]), binary.LittleEndian.Uint32(d.used[off+4:])
 }
 
 // SetUsedElem and SetUsedIdx are the device's side of the used ring, for
 // tests that play the device as well (a benchmark of a driver's own cost).
 func (d *Driver) SetUsedElem(i uint16, id, length uint32) {
-	off := d.usedOff + 4 + 8*int(i%d.Size)
+	off := d.usedOff + 4 + 8*int(d.wrap(i))
 	binary.LittleEndian.PutUint32(d.used[off:], id)
 	binary.LittleEndian.PutUint32(d.used[off+4:], length)
 }
@@ -198,6 +218,19 @@ func (d *Driver) SetUsedIdx(idx uint16) { store16(d.used, d.usedOff+2, idx) }
 // free list, and returns its head; ok is false when too few descriptors
 // are free.
 func (d *Driver) Post(bufs ...Buf) (head uint16, ok bool) {
+	head, ok = d.PostDeferred(bufs...)
+	if ok {
+		d.PublishAvail()
+	}
+	return head, ok
+}
+
+// PostDeferred is Post without the publication: the chain's ring entry is
+// written but avail->idx does not move, so the device cannot see it yet.
+// A driver adding a burst of chains posts them this way and publishes
+// them with one PublishAvail, one atomic store per burst (as a DPDK
+// virtio driver does), instead of one per chain.
+func (d *Driver) PostDeferred(bufs ...Buf) (head uint16, ok bool) {
 	n := len(bufs)
 	if n == 0 || n > len(d.free) {
 		return 0, false
@@ -222,9 +255,14 @@ func (d *Driver) Post(bufs ...Buf) (head uint16, ok bool) {
 	d.free = d.free[:len(d.free)-n]
 	d.count[head] = uint16(n)
 	d.inFlight++
-	d.Add(head)
+	d.setAvailEntry(d.availIdx, head)
+	d.availIdx++
 	return head, true
 }
+
+// PublishAvail makes the chains posted with PostDeferred visible to the
+// device: one store of avail->idx.
+func (d *Driver) PublishAvail() { d.SetAvailIdx(d.availIdx) }
 
 // PostIndirect makes bufs available as an indirect table written at gpa
 // table, behind one descriptor of the ring.
