@@ -156,13 +156,12 @@ func (d *Driver) Add(heads ...uint16) {
 	d.SetAvailIdx(d.availIdx)
 }
 
-// setAvailEntry is a plain store, as a real driver's: the device writes
-// nothing in the available ring and reads an entry only after the atomic
-// store of avail->idx that publishes it (SetAvailIdx), which orders the
-// entry before it. A slot is written again only after the device has
-// popped what it held: the chains in flight never outnumber the ring.
+// setAvailEntry stores through the aligned word, as every access to the
+// rings here: a device reads an entry with an atomic load of its word,
+// which holds the neighbouring entry too, so a plain store to that one
+// while the device reads would be a data race in Go's memory model.
 func (d *Driver) setAvailEntry(i, head uint16) {
-	binary.LittleEndian.PutUint16(d.avail[d.availOff+4+2*int(d.wrap(i)):], head)
+	store16(d.avail, d.availOff+4+2*int(d.wrap(i)), head)
 }
 
 // SetAvailIdx publishes avail->idx = idx without adding entries (to fake a
