@@ -172,7 +172,7 @@ func netServer(uint64) error {
 	fmt.Printf("guest: net ping %s rtt_us=%d\n", peer, rtt.Microseconds())
 	h := sha256.New()
 	start := time.Now()
-	cpu0 := readCPUTimes()
+	cpu0, irq0 := readCPUTimes(), readIRQs()
 	n, err := io.Copy(h, conn)
 	if err != nil {
 		return fmt.Errorf("receive: %w after %d bytes", err, n)
@@ -181,6 +181,9 @@ func netServer(uint64) error {
 	conn.Close() // tells the client everything arrived
 	if l := cpuSplit(cpu0, readCPUTimes()); l != "" {
 		fmt.Printf("guest: net cpu role=server %s\n", l)
+	}
+	if l := irqSplit(irq0, readIRQs(), float64(n)/(1<<20), irqSources); l != "" {
+		fmt.Printf("guest: net irq role=server per_mib %s\n", l)
 	}
 	fmt.Printf("guest: net received bytes=%d sha256=%s mbps=%.1f from=%s\n", n, hex.EncodeToString(h.Sum(nil)), float64(n)*8/secs/1e6, peer)
 	if netExtra() {
@@ -276,7 +279,7 @@ func netClient(seed uint64) error {
 	h := sha256.New()
 	buf := make([]byte, 64<<10)
 	start := time.Now()
-	cpu0 := readCPUTimes()
+	cpu0, irq0 := readCPUTimes(), readIRQs()
 	quarter := false
 	for sent := int64(0); sent < total; {
 		chunk := buf[:min(int64(len(buf)), total-sent)]
@@ -303,6 +306,9 @@ func netClient(seed uint64) error {
 	}
 	if l := cpuSplit(cpu0, readCPUTimes()); l != "" {
 		fmt.Printf("guest: net cpu role=client %s\n", l)
+	}
+	if l := irqSplit(irq0, readIRQs(), float64(total)/(1<<20), irqSources); l != "" {
+		fmt.Printf("guest: net irq role=client per_mib %s\n", l)
 	}
 	if err := tc.CloseWrite(); err != nil {
 		tc.Close()

@@ -215,3 +215,39 @@ func TestCPUSplit(t *testing.T) {
 		t.Error("this machine's /proc/stat did not parse")
 	}
 }
+
+// TestIRQSplit: /proc/interrupts rows by handler name (device rows) or row
+// key (the architecture's), summed over CPUs, ERR's single count taken,
+// and the largest differences per MiB first.
+func TestIRQSplit(t *testing.T) {
+	a := parseInterrupts(`           CPU0       CPU1
+  0:         36          0   IO-APIC   2-edge      timer
+ 24:          0          0   PCI-MSI 49152-edge      virtio0-config
+ 25:        100         20   PCI-MSI 49153-edge      virtio0-input.0
+ 26:         10          0   PCI-MSI 49154-edge      virtio0-output.0
+NMI:          0          0   Non-maskable interrupts
+LOC:       1000       1000   Local timer interrupts
+ERR:          0
+`)
+	if a["virtio0-input.0"] != 120 || a["LOC"] != 2000 || a["timer"] != 36 || len(a) != 7 {
+		t.Fatalf("parsed %v", a)
+	}
+	b := parseInterrupts(`           CPU0       CPU1
+ 25:        300         20   PCI-MSI 49153-edge      virtio0-input.0
+ 26:         10          0   PCI-MSI 49154-edge      virtio0-output.0
+LOC:       1100       1000   Local timer interrupts
+ERR:          3
+`)
+	if got, want := irqSplit(a, b, 2, 8), "virtio0-input.0=100.0 LOC=50.0 ERR=1.5"; got != want {
+		t.Errorf("split %q, want %q", got, want)
+	}
+	if got := irqSplit(a, b, 2, 1); got != "virtio0-input.0=100.0" {
+		t.Errorf("split of one %q", got)
+	}
+	if irqSplit(a, a, 2, 8) != "" || irqSplit(a, b, 0, 8) != "" {
+		t.Error("nothing moved gave a split")
+	}
+	if len(readIRQs()) == 0 {
+		t.Error("this machine's /proc/interrupts did not parse")
+	}
+}

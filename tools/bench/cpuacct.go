@@ -235,6 +235,7 @@ type cpuAccount struct {
 	groups map[string]procTicks
 	mib    float64           // stream bytes in the window, for the cost per MiB
 	kvm    map[string]uint64 // KVM's counts in the window (kvmCounters)
+	trace  string            // KVM's events per MiB by kind (kvmCountsLine), or why none
 }
 
 func accountCPU(from, to cpuSample, bytes int64) cpuAccount {
@@ -296,6 +297,9 @@ func (a cpuAccount) String() string {
 		if kvm != nil {
 			s += " kvm/MiB " + strings.Join(kvm, " ")
 		}
+		if a.trace != "" {
+			s += " per MiB: " + a.trace
+		}
 	}
 	return s
 }
@@ -306,11 +310,15 @@ func (a cpuAccount) String() string {
 type streamCPU struct {
 	proc string
 	kvm  string // KVM's debugfs directory; "" reads none
-	mu   sync.Mutex
-	from *cpuSample
-	acct *cpuAccount
-	left int64 // bytes still to send at from
-	err  error
+	// trace counts KVM's events by kind over the window (kvmTrace's
+	// directory: tracefs); "" counts none.
+	trace    string
+	traceErr error
+	mu       sync.Mutex
+	from     *cpuSample
+	acct     *cpuAccount
+	left     int64 // bytes still to send at from
+	err      error
 }
 
 // line is given every console line of both guests.
@@ -348,11 +356,25 @@ func (w *streamCPU) line(line string) {
 	if w.kvm != "" {
 		s.kvm = readKVMStats(w.kvm)
 	}
+	t := kvmTrace{w.trace}
 	if opening {
 		w.from, w.left = &s, left
+		if w.trace != "" {
+			w.traceErr = t.start()
+		}
 		return
 	}
 	a := accountCPU(*w.from, s, w.left)
+	switch {
+	case w.trace == "":
+	case w.traceErr != nil:
+		a.trace = "no KVM trace: " + w.traceErr.Error()
+	default:
+		a.trace = kvmCountsLine(t.read(), a.mib, 8)
+	}
+	if w.trace != "" {
+		t.stop()
+	}
 	w.acct = &a
 }
 

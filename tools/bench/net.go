@@ -176,8 +176,8 @@ func runNetBench(e *env) error {
 			if res.tcp != "" {
 				e.logf("bench: net round=%d contender=%s tcp %s", round, ct.Name(), res.tcp)
 			}
-			for _, c := range res.guestCPU {
-				e.logf("bench: net round=%d contender=%s guest cpu %s", round, ct.Name(), c)
+			for _, g := range res.guest {
+				e.logf("bench: net round=%d contender=%s guest %s", round, ct.Name(), g)
 			}
 		}
 	}
@@ -255,18 +255,24 @@ func loadNetBenchModules(e *env) {
 	}
 }
 
-// mountDebugfs makes KVM's counters readable (kvmStatsDir) for the
-// stream's account. Without it the account has no KVM part, and says so.
+// mountDebugfs makes KVM's counters readable (kvmStatsDir) and its trace
+// events countable (tracingDir) for the stream's account. Without them
+// the account has no KVM part, and says so.
 func mountDebugfs(e *env) {
-	if _, err := os.Stat(kvmStatsDir); err == nil {
-		return
-	}
-	if err := unix.Mount("debugfs", "/sys/kernel/debug", "debugfs", 0, ""); err != nil && err != unix.EBUSY {
-		e.logf("bench: net: mount debugfs: %v (no KVM counters)", err)
-		return
-	}
-	if _, err := os.Stat(kvmStatsDir); err != nil {
-		e.logf("bench: net: no KVM counters: %v", err)
+	for _, fs := range []struct{ kind, dir, probe, without string }{
+		{"debugfs", "/sys/kernel/debug", kvmStatsDir, "no KVM counters"},
+		{"tracefs", tracingDir, filepath.Join(tracingDir, "events", "kvm"), "no KVM events by kind"},
+	} {
+		if _, err := os.Stat(fs.probe); err == nil {
+			continue
+		}
+		if err := unix.Mount(fs.kind, fs.dir, fs.kind, 0, ""); err != nil && err != unix.EBUSY {
+			e.logf("bench: net: mount %s: %v (%s)", fs.kind, err, fs.without)
+			continue
+		}
+		if _, err := os.Stat(fs.probe); err != nil {
+			e.logf("bench: net: %s: %v", fs.without, err)
+		}
 	}
 }
 
@@ -278,7 +284,7 @@ func netRound(starter child.Starter, ct netContender, server, client config.VM, 
 		return netResult{}, err
 	}
 	defer end()
-	cpu := &streamCPU{proc: "/proc", kvm: kvmStatsDir}
+	cpu := &streamCPU{proc: "/proc", kvm: kvmStatsDir, trace: tracingDir}
 	start := func(name string, argv []string) (*vmmRun, error) { return startVMM(starter, name, argv, cpu.line) }
 	res, err := netPair(start, ct.Argv(server), ct.Argv(client), bytes, netBenchTimeout)
 	res.cpu = cpu.String()
@@ -418,11 +424,13 @@ func (x netExtraReport) String() string {
 type netConsole struct {
 	sent, received *netReport
 	extra          netExtraReport
-	tcp            string   // the client's "guest: net tcp ..." line, after the prefix
-	cpu            string   // the guest's "guest: net cpu ..." line, after the prefix
-	failed         string   // the guest's "guest: FAIL ..." line, if any
-	tripleFault    string   // the VMM's report that its guest triple-faulted
-	tail           []string // the last lines, for error messages
+	tcp            string // the client's "guest: net tcp ..." line, after the prefix
+	// guest are the guest's own accounts of the stream, its "guest: net
+	// cpu|irq ..." lines after "guest: net ".
+	guest       []string
+	failed      string   // the guest's "guest: FAIL ..." line, if any
+	tripleFault string   // the VMM's report that its guest triple-faulted
+	tail        []string // the last lines, for error messages
 }
 
 // netCollector picks a guest's reports out of its VMM's console, line by
@@ -451,8 +459,10 @@ func (c *netCollector) line(line string) {
 	if _, rest, ok := strings.Cut(line, "guest: net tcp "); ok {
 		c.nc.tcp = rest
 	}
-	if _, rest, ok := strings.Cut(line, "guest: net cpu "); ok {
-		c.nc.cpu = rest
+	for _, kind := range []string{"guest: net cpu ", "guest: net irq "} {
+		if i := strings.Index(line, kind); i >= 0 {
+			c.nc.guest = append(c.nc.guest, line[i+len("guest: net "):])
+		}
 	}
 	if i := strings.Index(line, "guest: FAIL "); i >= 0 && c.nc.failed == "" {
 		c.nc.failed = line[i:]
@@ -529,11 +539,7 @@ func judgeNet(server, client netConsole, sws, cws unix.WaitStatus, want int64) (
 		}
 	}
 	res := netResult{mbps: server.received.mbps, extra: client.extra, tcp: client.tcp}
-	for _, c := range []string{server.cpu, client.cpu} {
-		if c != "" {
-			res.guestCPU = append(res.guestCPU, c)
-		}
-	}
+	res.guest = append(append(res.guest, server.guest...), client.guest...)
 	return res, nil
 }
 
@@ -543,9 +549,10 @@ type netResult struct {
 	extra netExtraReport
 	cpu   string // where the appliance's CPUs went during the stream (streamCPU)
 	tcp   string // the client's connection as its kernel saw it (TCP_INFO), if it said
-	// guestCPU is where each guest's own CPU went during the stream, as
-	// it said ("role=server user=.. sys=.. ..."), one per guest.
-	guestCPU []string
+	// guest is what each guest said of the stream: where its CPU went
+	// ("cpu role=server user=.. sys=.. ...") and its interrupts per MiB
+	// by source ("irq role=client per_mib virtio0-input.0=.. LOC=..").
+	guest []string
 }
 
 // extraKinds are the further tests' report lines.

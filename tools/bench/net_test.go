@@ -235,7 +235,7 @@ func TestJudgeNet(t *testing.T) {
 		mbps           float64
 		err            string
 	}{
-		{"ok", transcript("guest: booted", "guest: net cpu role=server user=50", recv(want, sumA)), transcript(append([]string{"client| guest: net tcp rtt_us=900 cwnd=10", sent(want, sumA)}, extraLines...)...), clean, clean, 20.5, ""},
+		{"ok", transcript("guest: booted", "guest: net cpu role=server user=50", recv(want, sumA)), transcript(append([]string{"client| guest: net tcp rtt_us=900 cwnd=10", "client| guest: net irq role=client per_mib LOC=2.0", sent(want, sumA)}, extraLines...)...), clean, clean, 20.5, ""},
 		{"no further tests", transcript("guest: booted", recv(want, sumA)), transcript(append([]string{sent(want, sumA)}, extraLines[:2]...)...), clean, clean, 0, `reported no "udp" test`},
 		{"client failed", transcript("guest: booted"), transcript("guest: FAIL net-client: no server announcement: i/o timeout"),
 			crashed, crashed, 0, "the client guest failed: guest: FAIL net-client"},
@@ -254,8 +254,8 @@ func TestJudgeNet(t *testing.T) {
 			mbps := res.mbps
 			if tc.err == "" {
 				if err != nil || mbps != tc.mbps || res.extra.rrP50 != 540 || res.tcp != "rtt_us=900 cwnd=10" ||
-					!slices.Equal(res.guestCPU, []string{"role=server user=50"}) {
-					t.Fatalf("judgeNet = %v (tcp %q, guest cpu %q), %v; want %v", mbps, res.tcp, res.guestCPU, err, tc.mbps)
+					!slices.Equal(res.guest, []string{"cpu role=server user=50", "irq role=client per_mib LOC=2.0"}) {
+					t.Fatalf("judgeNet = %v (tcp %q, guest %q), %v; want %v", mbps, res.tcp, res.guest, err, tc.mbps)
 				}
 				return
 			}
