@@ -107,26 +107,47 @@ func sampleCPU(proc string) (cpuSample, error) {
 		}
 		// A process may exit between the listing and the reads: it is
 		// left out, as one that exits inside the window would be.
-		b, err := os.ReadFile(filepath.Join(proc, d.Name(), "stat"))
+		p, group, err := readProc(proc, d.Name())
 		if err != nil {
 			continue
 		}
-		p, err := parsePidStat(b)
-		if err != nil {
-			continue
-		}
-		var argv []string
-		if p.flags&pfKthread == 0 {
-			cl, err := os.ReadFile(filepath.Join(proc, d.Name(), "cmdline"))
-			if err != nil {
-				continue
-			}
-			argv = strings.Split(strings.TrimRight(string(cl), "\x00"), "\x00")
-		}
-		s.procs[pid] = procSample{group: cpuGroup(p, argv), start: p.start,
+		s.procs[pid] = procSample{group: group, start: p.start,
 			t: procTicks{host: p.utime + p.stime - min(p.guest, p.utime), guest: p.guest}}
 	}
 	return s, nil
+}
+
+// readProc reads process pid's stat and says what it is (cpuGroup).
+func readProc(proc, pid string) (pidStat, string, error) {
+	b, err := os.ReadFile(filepath.Join(proc, pid, "stat"))
+	if err != nil {
+		return pidStat{}, "", err
+	}
+	p, err := parsePidStat(b)
+	if err != nil {
+		return pidStat{}, "", err
+	}
+	var argv []string
+	if p.flags&pfKthread == 0 {
+		cl, err := os.ReadFile(filepath.Join(proc, pid, "cmdline"))
+		if err != nil {
+			return pidStat{}, "", err
+		}
+		argv = strings.Split(strings.TrimRight(string(cl), "\x00"), "\x00")
+	}
+	return p, cpuGroup(p, argv), nil
+}
+
+// threadGroup says what the process of thread tid is (cpuGroup), "gone"
+// when the thread has exited.
+func threadGroup(proc string, tid uint64) string {
+	// /proc/<tid> is the thread's view of its process: its cmdline is
+	// the process's, and its stat carries the kernel-thread flag.
+	_, group, err := readProc(proc, strconv.FormatUint(tid, 10))
+	if err != nil {
+		return "gone"
+	}
+	return group
 }
 
 // parseProcStat reads /proc/stat's aggregate cpu line (user nice system
@@ -356,7 +377,7 @@ func (w *streamCPU) line(line string) {
 	if w.kvm != "" {
 		s.kvm = readKVMStats(w.kvm)
 	}
-	t := kvmTrace{w.trace}
+	t := kvmTrace{w.trace, w.proc}
 	if opening {
 		w.from, w.left = &s, left
 		if w.trace != "" {

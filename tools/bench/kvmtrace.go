@@ -14,31 +14,40 @@ import (
 // tracingDir is tracefs, which the network benchmark mounts for kvmTrace.
 const tracingDir = "/sys/kernel/tracing"
 
-// kvmHist is one of KVM's trace events counted by a histogram trigger in
-// the kernel (no event is copied out, so the stream pays a map update per
-// event): keys are the event's fields the counts are split by.
+// kvmHist is a trace event counted by a histogram trigger in the kernel
+// (no event is copied out, so the stream pays a map update per event):
+// keys are the event's fields the counts are split by, label names an
+// entry from them (group says what process a thread id belongs to).
 type kvmHist struct {
 	event string // under events/
 	keys  string
-	label func(fields map[string]uint64) string
+	label func(fields map[string]uint64, group func(tid uint64) string) string
 }
 
 // kvmHists are what the stream's account splits KVM's exits by: the exit
 // reason, and for the two kinds a guest's interrupts and timers cost most,
-// which MSR (x2APIC EOI, TSC deadline, ...) and which I/O port.
+// which MSR (x2APIC EOI, TSC deadline, ...) and which I/O port; and the
+// system calls of the processes on the data path (the switch and VMMs,
+// QEMU), which cost the most of an emulated CPU's time per wake-up.
 var kvmHists = []kvmHist{
-	{"kvm/kvm_exit", "exit_reason,isa", func(f map[string]uint64) string { return exitName(f["isa"], f["exit_reason"]) }},
-	{"kvm/kvm_msr", "ecx,write", func(f map[string]uint64) string {
+	{"kvm/kvm_exit", "exit_reason,isa", func(f map[string]uint64, _ func(uint64) string) string {
+		return exitName(f["isa"], f["exit_reason"])
+	}},
+	{"kvm/kvm_msr", "ecx,write", func(f map[string]uint64, _ func(uint64) string) string {
 		return fmt.Sprintf("%s%#x", map[bool]string{false: "rd", true: "wr"}[f["write"] != 0], f["ecx"])
 	}},
-	{"kvm/kvm_pio", "rw,port", func(f map[string]uint64) string {
+	{"kvm/kvm_pio", "rw,port", func(f map[string]uint64, _ func(uint64) string) string {
 		return fmt.Sprintf("%s%#x", map[bool]string{false: "in", true: "out"}[f["rw"] != 0], f["port"])
+	}},
+	{"raw_syscalls/sys_enter", "common_pid,id", func(f map[string]uint64, group func(uint64) string) string {
+		return group(f["common_pid"]) + ":" + syscallName(f["id"])
 	}},
 }
 
-// kvmTrace counts KVM's events by kvmHists between start and read, for
-// every VM of the appliance.
-type kvmTrace struct{ dir string }
+// kvmTrace counts events by kvmHists between start and read, for every
+// VM and process of the appliance; proc (normally /proc) says what a
+// thread is.
+type kvmTrace struct{ dir, proc string }
 
 func (t kvmTrace) trigger(h kvmHist) string {
 	return filepath.Join(t.dir, "events", h.event, "trigger")
@@ -73,9 +82,18 @@ type kvmCount struct {
 	n           uint64
 }
 
-// read returns every histogram's counts so far, the largest first within
-// each event; an event it cannot read is left out.
+// read returns every histogram's counts so far by label, the largest
+// first within each event; an event it cannot read is left out.
 func (t kvmTrace) read() []kvmCount {
+	groups := map[uint64]string{}
+	group := func(tid uint64) string {
+		g, ok := groups[tid]
+		if !ok {
+			g = threadGroup(t.proc, tid)
+			groups[tid] = g
+		}
+		return g
+	}
 	var out []kvmCount
 	for _, h := range kvmHists {
 		b, err := os.ReadFile(filepath.Join(t.dir, "events", h.event, "hist"))
@@ -83,9 +101,20 @@ func (t kvmTrace) read() []kvmCount {
 			continue
 		}
 		ev := filepath.Base(h.event)
+		byLabel := map[string]uint64{}
 		for _, e := range parseHist(string(b)) {
-			out = append(out, kvmCount{ev, h.label(e.fields), e.n})
+			byLabel[h.label(e.fields, group)] += e.n
 		}
+		first := len(out)
+		for l, n := range byLabel {
+			out = append(out, kvmCount{ev, l, n})
+		}
+		slices.SortFunc(out[first:], func(a, b kvmCount) int {
+			if c := cmp.Compare(b.n, a.n); c != 0 {
+				return c
+			}
+			return strings.Compare(a.name, b.name)
+		})
 	}
 	return out
 }
@@ -181,6 +210,25 @@ var (
 		48: "ept_violation", 49: "ept_misconfig", 52: "preemption_timer", 56: "apic_write",
 	}
 )
+
+// syscalls names the x86-64 system calls a switch, a VMM or QEMU makes on
+// the data path; others go by number.
+var syscalls = map[uint64]string{
+	0: "read", 1: "write", 3: "close", 7: "poll", 9: "mmap", 11: "munmap", 13: "rt_sigaction",
+	14: "rt_sigprocmask", 15: "rt_sigreturn", 16: "ioctl", 17: "pread64", 18: "pwrite64", 19: "readv",
+	20: "writev", 23: "select", 24: "sched_yield", 28: "madvise", 35: "nanosleep", 39: "getpid",
+	44: "sendto", 45: "recvfrom", 46: "sendmsg", 47: "recvmsg", 186: "gettid", 200: "tkill",
+	202: "futex", 228: "clock_gettime", 230: "clock_nanosleep", 232: "epoll_wait", 233: "epoll_ctl",
+	234: "tgkill", 257: "openat", 270: "pselect6", 271: "ppoll", 281: "epoll_pwait", 286: "timerfd_settime",
+	295: "preadv", 296: "pwritev", 426: "io_uring_enter",
+}
+
+func syscallName(id uint64) string {
+	if n, ok := syscalls[id]; ok {
+		return n
+	}
+	return "sys" + strconv.FormatUint(id, 10)
+}
 
 // exitName names an exit reason of the given ISA, or gives its number.
 func exitName(isa, reason uint64) string {

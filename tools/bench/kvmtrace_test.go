@@ -1,10 +1,13 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // histOutput is a histogram trigger's output as the kernel prints it.
@@ -53,7 +56,7 @@ func TestKVMTrace(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	tr := kvmTrace{dir}
+	tr := kvmTrace{dir, "/proc"}
 	if err := tr.start(); err != nil {
 		t.Fatal(err)
 	}
@@ -69,9 +72,14 @@ func TestKVMTrace(t *testing.T) {
 	}
 	write("kvm/kvm_exit", histOutput)
 	write("kvm/kvm_msr", "{ ecx:       2059, write:          1 } hitcount:         20\n{ ecx:       1760, write:          1 } hitcount:         10\n")
-	// kvm_pio: no hist file, left out.
+	// kvm_pio: no hist file, left out. System calls by the process of
+	// the thread: this test's (two threads, one label), and a thread
+	// that is gone.
+	self := os.Getpid()
+	write("raw_syscalls/sys_enter", fmt.Sprintf("{ common_pid: %d, id: 202 } hitcount: 6\n{ common_pid: %d, id: 202 } hitcount: 4\n{ common_pid: 999999999, id: 0 } hitcount: 8\n{ common_pid: %d, id: 1 } hitcount: 2\n",
+		self, unix.Gettid(), self))
 	got := kvmCountsLine(tr.read(), 2, 2)
-	if want := "kvm_exit npf=150.0 intr=30.0 kvm_msr wr0x80b=10.0 wr0x6e0=5.0"; got != want {
+	if want := "kvm_exit npf=150.0 intr=30.0 kvm_msr wr0x80b=10.0 wr0x6e0=5.0 sys_enter other:futex=5.0 gone:read=4.0"; got != want {
 		t.Errorf("line %q, want %q", got, want)
 	}
 	tr.stop()
@@ -81,7 +89,7 @@ func TestKVMTrace(t *testing.T) {
 	if kvmCountsLine(nil, 2, 2) != "" || kvmCountsLine(tr.read(), 0, 2) != "" {
 		t.Error("a line without counts or bytes")
 	}
-	if err := (kvmTrace{filepath.Join(dir, "none")}).start(); err == nil {
+	if err := (kvmTrace{filepath.Join(dir, "none"), "/proc"}).start(); err == nil {
 		t.Error("start without tracefs succeeded")
 	}
 }
