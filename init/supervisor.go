@@ -229,8 +229,29 @@ func banner(b *board.Board) string {
 	if unix.Sysinfo(&si) == nil {
 		mem = fmt.Sprintf("%d MiB", uint64(si.Totalram)*uint64(si.Unit)>>20)
 	}
-	return fmt.Sprintf("hyperroot %s board=%s kernel=%s cpus=%d (%s) memory=%s go=%s",
-		version, b.Name, kernel, runtime.NumCPU(), cpuinfo("model name"), mem, runtime.Version())
+	return fmt.Sprintf("hyperroot %s board=%s kernel=%s cpus=%d (%s) memory=%s clocksource=%s go=%s",
+		version, b.Name, kernel, runtime.NumCPU(), cpuinfo("model name"), mem, clocksource(clocksourcePath), runtime.Version())
+}
+
+const clocksourcePath = "/sys/devices/system/clocksource/clocksource0/current_clocksource"
+
+// clocksource names the kernel's clock and says when reading the time
+// costs a system call: only tsc, kvm-clock and Hyper-V's TSC page are
+// read in the vDSO. With another (hpet, acpi_pm: a TSC the kernel found
+// unstable, as under QEMU's TCG) every time read of every process enters
+// the kernel, the switch's and Go runtime's included: the network
+// benchmark counted about 280 such calls per MiB the switch forwarded.
+func clocksource(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "unknown"
+	}
+	cs := strings.TrimSpace(string(b))
+	switch cs {
+	case "tsc", "kvm-clock", "hyperv_clocksource_tsc_page":
+		return cs
+	}
+	return cs + " (not in the vDSO: each time read is a system call)"
 }
 
 // loadConfig finds and parses the configuration. Sources, first found
