@@ -226,6 +226,9 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 		return nil, err
 	}
 	cmdline := strings.TrimSpace(b.Cmdline + " " + o.Append)
+	if accel[1] == "tcg" && !strings.Contains(cmdline, "tsc=") {
+		cmdline += " " + tcgClock
+	}
 	if o.IOMMU {
 		cmdline += " intel_iommu=on"
 	}
@@ -421,6 +424,16 @@ func readImageBoard(dir string) (*board.Board, error) {
 // -cpu max, which emulates SVM with nested paging so that the appliance's
 // own KVM works (the host's /dev/kvm may be a software one that cannot run
 // a standard guest, see docs/TESTING.md).
+// tcgClock keeps the TSC as the appliance's clock under TCG. QEMU's TCG
+// CPU does not report an invariant TSC, and Linux then takes the TSCs of
+// a multi-CPU AMD machine for unsynchronized and falls back to the HPET:
+// every time read of every process in the appliance becomes a system call
+// and an emulated MMIO read (the network benchmark counted ~280 per MiB in
+// the switch alone), KVM's guest timers included. TCG's TSC is the host's,
+// read under one lock for all vCPUs, so it is synchronized: as a server's
+// invariant TSC, which is what the appliance runs on outside the test bed.
+const tcgClock = "tsc=reliable"
+
 func chooseAccel(accel string) ([]string, error) {
 	if accel == "" || accel == "auto" {
 		accel = "tcg"
