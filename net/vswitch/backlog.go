@@ -3,11 +3,8 @@ package vswitch
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"os"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // A guest's receive ring runs dry whenever a burst arrives faster than its
@@ -269,41 +266,27 @@ func (v *VirtioPort) dropBacklogLocked() {
 // rxWaker is the goroutine that waits for the receive queue's
 // notifications and moves the backlog into the buffers they announce.
 type rxWaker struct {
-	kick *os.File // a duplicate of the kick eventfd, waited on by Go's poller
+	kick *kickWaiter
 	stop chan struct{}
 	done chan struct{}
 }
 
 func newRxWaker(kick int) (*rxWaker, error) {
-	f, err := pollableDup(kick)
+	// The ring belongs to whoever holds rx.mu: the waker reads (drains)
+	// its eventfd instead of asking the ring.
+	k, err := newKickWaiter(kick, nil)
 	if err != nil {
 		return nil, err
 	}
-	return &rxWaker{kick: f, stop: make(chan struct{}), done: make(chan struct{})}, nil
-}
-
-// pollableDup duplicates an eventfd (so that closing ours never closes
-// the caller's) as a non-blocking file Go's poller waits on, whose wait a
-// read deadline interrupts. O_NONBLOCK is on the shared file description,
-// which is harmless for an eventfd only KVM or the frontend writes.
-func pollableDup(efd int) (*os.File, error) {
-	fd, err := unix.FcntlInt(uintptr(efd), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("dup kick eventfd: %w", err)
-	}
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("kick eventfd non-blocking: %w", err)
-	}
-	return os.NewFile(uintptr(fd), "kick"), nil
+	return &rxWaker{kick: k, stop: make(chan struct{}), done: make(chan struct{})}, nil
 }
 
 // halt stops the goroutine and waits for it.
 func (w *rxWaker) halt() {
 	close(w.stop)
-	w.kick.SetReadDeadline(time.Now())
+	w.kick.interrupt()
 	<-w.done
-	w.kick.Close()
+	w.kick.close()
 }
 
 // serveRX waits for the driver's receive notifications and pumps the
@@ -315,9 +298,8 @@ func (v *VirtioPort) serveRX(w *rxWaker) {
 			v.faulted(r)
 		}
 	}()
-	var b [8]byte
 	for {
-		if _, err := w.kick.Read(b[:]); err != nil {
+		if err := w.kick.wait(); err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				return
 			}

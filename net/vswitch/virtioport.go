@@ -383,7 +383,7 @@ func signal(fd int) { _ = eventfd.Signal(fd) }
 // txWorker is the goroutine serving a transmit queue.
 type txWorker struct {
 	q    *virtio.Queue
-	kick *os.File // a duplicate of the kick eventfd, waited on by Go's poller
+	kick *kickWaiter
 	call int
 	stop chan struct{}
 	done chan struct{}
@@ -396,14 +396,16 @@ type txWorker struct {
 }
 
 func newTxWorker(q *virtio.Queue, kick, call int) (*txWorker, error) {
-	f, err := pollableDup(kick)
+	// The worker alone pops the ring, so it asks the ring whether
+	// buffers came rather than draining the eventfd.
+	k, err := newKickWaiter(kick, q.Pending)
 	if err != nil {
 		return nil, err
 	}
 	t := time.NewTimer(time.Hour)
 	t.Stop()
 	return &txWorker{
-		q: q, kick: f, call: call,
+		q: q, kick: k, call: call,
 		stop: make(chan struct{}), done: make(chan struct{}), timer: t,
 	}, nil
 }
@@ -411,9 +413,9 @@ func newTxWorker(q *virtio.Queue, kick, call int) (*txWorker, error) {
 // halt stops the goroutine and waits for it.
 func (w *txWorker) halt() {
 	close(w.stop)
-	w.kick.SetReadDeadline(time.Now())
+	w.kick.interrupt()
 	<-w.done
-	w.kick.Close()
+	w.kick.close()
 }
 
 func (w *txWorker) stopped() bool {
@@ -451,12 +453,11 @@ func (v *VirtioPort) serveTX(w *txWorker) {
 			v.faulted(r)
 		}
 	}()
-	var b [8]byte
 	for {
 		if !v.drainTX(w) {
 			return
 		}
-		if _, err := w.kick.Read(b[:]); err != nil {
+		if err := w.kick.wait(); err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) || w.stopped() {
 				return
 			}

@@ -353,6 +353,15 @@ func (q *Queue) EnableNotifications() bool {
 	return q.availIdx.load() != q.lastAvail
 }
 
+// Pending reports whether the driver has made chains available that Pop
+// has not taken yet: one atomic load of avail->idx. A device that waits
+// for the driver's notification without draining it asks this first: a
+// notification for buffers added before the wait began may have been
+// consumed, but the buffers are there.
+func (q *Queue) Pending() bool {
+	return q.active && q.availIdx.load() != q.lastAvail
+}
+
 // Err is the error that broke the queue, or nil.
 func (q *Queue) Err() error { return q.err }
 
