@@ -72,8 +72,22 @@ func fleetConfig(n int, memory string) string {
 var (
 	readyRE  = regexp.MustCompile(`hyperroot: ready$`)
 	bootedRE = regexp.MustCompile(`^(fleet\d+)\| guest: booted\b`)
-	eitherRE = regexp.MustCompile(readyRE.String() + `|` + bootedRE.String())
+	// bannerRE is PID 1's first line: how many CPUs the appliance got
+	// (the system's QEMU 7.2 gives a TCG appliance one, QEMU 10 two:
+	// the figure halves or doubles with it) and its clock.
+	bannerRE = regexp.MustCompile(`hyperroot: hyperroot \S+ board=\S+ kernel=.* cpus=(\d+) \(.*\) memory=\d+ MiB clocksource=(\S+)`)
+	eitherRE = regexp.MustCompile(readyRE.String() + `|` + bootedRE.String() + `|` + bannerRE.String())
 )
+
+// applianceLine is what the fleet's log says of the appliance, from its
+// banner: "" for another line.
+func applianceLine(banner string) string {
+	b := bannerRE.FindStringSubmatch(banner)
+	if b == nil {
+		return ""
+	}
+	return fmt.Sprintf("bench: fleet appliance cpus=%s clocksource=%s", b[1], b[2])
+}
 
 func run(image string, n int, memory string) error {
 	cfg, err := os.CreateTemp("", "fleet-*.yaml")
@@ -104,6 +118,10 @@ func run(image string, n int, memory string) error {
 			return fmt.Errorf("%d of %d VMs at init: %w", len(at), n, err)
 		}
 		d := time.Since(start)
+		if a := applianceLine(l); a != "" {
+			fmt.Println(a)
+			continue
+		}
 		if b := bootedRE.FindStringSubmatch(l); b != nil {
 			at[b[1]] = d
 			fmt.Printf("bench: fleet vm=%s at-init=%.3fs\n", b[1], d.Seconds())
