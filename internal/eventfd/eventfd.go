@@ -1,6 +1,6 @@
-// Package eventfd signals eventfds: the kicks and interrupts a VMM, KVM
-// and the switch pass each other (ioeventfd, irqfd, vhost-user's kick and
-// call descriptors).
+// Package eventfd signals and drains eventfds: the kicks and interrupts a
+// VMM, KVM and the switch pass each other (ioeventfd, irqfd, vhost-user's
+// kick and call descriptors).
 package eventfd
 
 import "golang.org/x/sys/unix"
@@ -24,5 +24,24 @@ func Signal(fd int) error {
 			return nil
 		}
 		return err
+	}
+}
+
+// Drain reads, and so clears, the eventfd fd's counter and reports whether
+// it was set. A non-blocking eventfd at zero (EAGAIN) is not set, and not
+// an error. An interrupted read is retried.
+func Drain(fd int) (set bool, err error) {
+	var b [8]byte
+	for {
+		n, err := unix.Read(fd, b[:])
+		switch err {
+		case nil:
+			return n == len(b), nil
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false, nil
+		}
+		return false, err
 	}
 }

@@ -41,3 +41,26 @@ func TestSignal(t *testing.T) {
 		t.Error("a closed descriptor signalled")
 	}
 }
+
+// TestDrain: a signalled counter reads as set and is cleared by it; a
+// counter at zero is not set and not an error; a closed descriptor is.
+func TestDrain(t *testing.T) {
+	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	Signal(fd)
+	Signal(fd)
+	if set, err := Drain(fd); !set || err != nil {
+		t.Errorf("after two signals: set %v, %v", set, err)
+	}
+	if set, err := Drain(fd); set || err != nil {
+		t.Errorf("drained: set %v, %v; want unset, no error", set, err)
+	}
+	bad, _ := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	unix.Close(bad)
+	if _, err := Drain(bad); err == nil {
+		t.Error("a closed descriptor drained")
+	}
+}

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/internal/eventfd"
 )
 
 // kickWaiter waits for a driver's notifications on a kick eventfd. Given a
@@ -24,7 +26,6 @@ type kickWaiter struct {
 	pending func() bool
 	woken   bool
 	err     error
-	buf     [8]byte
 	ready   func(uintptr) bool // made once: a closure per wait would allocate
 }
 
@@ -58,15 +59,9 @@ func newKickWaiter(efd int, pending func() bool) (*kickWaiter, error) {
 // again after each wake-up of the poller: may the wait end?
 func (k *kickWaiter) check(fd uintptr) bool {
 	if k.pending == nil {
-		_, err := unix.Read(int(fd), k.buf[:])
-		switch err {
-		case unix.EAGAIN:
-			return false
-		case unix.EINTR:
-			return k.check(fd)
-		}
+		set, err := eventfd.Drain(int(fd))
 		k.err = err
-		return true
+		return set || err != nil
 	}
 	if k.woken {
 		return true

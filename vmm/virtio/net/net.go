@@ -562,7 +562,6 @@ func newRelay(q int, irq virtio.Interrupt) (*relay, error) {
 	r := &relay{fd: fd, quit: quit, stopped: make(chan struct{})}
 	go func() {
 		defer close(r.stopped)
-		var buf [8]byte
 		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(quit), Events: unix.POLLIN}}
 		for {
 			if _, err := unix.Poll(fds, -1); err != nil && err != unix.EINTR {
@@ -572,7 +571,7 @@ func newRelay(q int, irq virtio.Interrupt) (*relay, error) {
 				return
 			}
 			if fds[0].Revents&unix.POLLIN != 0 {
-				if _, err := unix.Read(fd, buf[:]); err == nil {
+				if set, _ := eventfd.Drain(fd); set {
 					_ = irq.Used(q)
 				}
 			}

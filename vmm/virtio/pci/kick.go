@@ -36,14 +36,8 @@ func closeFDs(fds []int) error {
 
 // drainEventFD clears an eventfd's counter and reports whether it was set.
 func drainEventFD(fd int) bool {
-	var b [8]byte
-	for {
-		n, err := unix.Read(fd, b[:])
-		if err == unix.EINTR {
-			continue
-		}
-		return err == nil && n == 8
-	}
+	set, _ := eventfd.Drain(fd)
+	return set
 }
 
 func drainEventFDs(fds []int) {
