@@ -386,15 +386,13 @@ func (w *streamCPU) line(line string) {
 		return
 	}
 	a := accountCPU(*w.from, s, w.left)
-	switch {
-	case w.trace == "":
-	case w.traceErr != nil:
-		a.trace = "no KVM trace: " + w.traceErr.Error()
-	default:
-		a.trace = kvmCountsLine(t.read(), a.mib, 8)
-	}
 	if w.trace != "" {
-		t.stop()
+		if w.traceErr != nil {
+			a.trace = "no KVM trace: " + w.traceErr.Error()
+		} else {
+			a.trace = kvmCountsLine(t.read(), a.mib, 8)
+		}
+		t.stop() // start may have installed some of the histograms
 	}
 	w.acct = &a
 }

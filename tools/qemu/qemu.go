@@ -419,11 +419,6 @@ func readImageBoard(dir string) (*board.Board, error) {
 	return board.Parse(p, data)
 }
 
-// chooseAccel returns QEMU's accelerator and CPU arguments. Hardware KVM
-// with -cpu host where /proc/cpuinfo shows vmx or svm; otherwise TCG with
-// -cpu max, which emulates SVM with nested paging so that the appliance's
-// own KVM works (the host's /dev/kvm may be a software one that cannot run
-// a standard guest, see docs/TESTING.md).
 // tcgClock keeps the TSC as the appliance's clock under TCG. QEMU's TCG
 // CPU does not report an invariant TSC, and Linux then takes the TSCs of
 // a multi-CPU AMD machine for unsynchronized and falls back to the HPET:
@@ -434,6 +429,11 @@ func readImageBoard(dir string) (*board.Board, error) {
 // invariant TSC, which is what the appliance runs on outside the test bed.
 const tcgClock = "tsc=reliable"
 
+// chooseAccel returns QEMU's accelerator and CPU arguments. Hardware KVM
+// with -cpu host where /proc/cpuinfo shows vmx or svm; otherwise TCG with
+// -cpu max, which emulates SVM with nested paging so that the appliance's
+// own KVM works (the host's /dev/kvm may be a software one that cannot run
+// a standard guest, see docs/TESTING.md).
 func chooseAccel(accel string) ([]string, error) {
 	if accel == "" || accel == "auto" {
 		accel = "tcg"
