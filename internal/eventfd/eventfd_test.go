@@ -64,3 +64,33 @@ func TestDrain(t *testing.T) {
 		t.Error("a closed descriptor drained")
 	}
 }
+
+// TestPeek: the counter reads as the signals sent and stays set, a
+// counter at zero reads as zero, and a descriptor that cannot be read is an
+// error.
+func TestPeek(t *testing.T) {
+	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	for range 26 {
+		Signal(fd)
+	}
+	for range 2 {
+		if n, err := Peek(fd); n != 26 || err != nil {
+			t.Fatalf("after 26 signals: %d, %v", n, err)
+		}
+	}
+	if set, _ := Drain(fd); !set {
+		t.Fatal("Peek cleared the counter")
+	}
+	if n, err := Peek(fd); n != 0 || err != nil {
+		t.Errorf("drained: %d, %v", n, err)
+	}
+	bad, _ := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	unix.Close(bad)
+	if _, err := Peek(bad); err == nil {
+		t.Error("a closed descriptor peeked")
+	}
+}

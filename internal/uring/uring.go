@@ -312,6 +312,9 @@ func (r *Ring) PopCQE() (c CQE, ok bool) {
 	return c, true
 }
 
+// Ready returns how many completions wait in the CQ for PopCQE.
+func (r *Ring) Ready() uint32 { return atomic.LoadUint32(r.cqTail) - *r.cqHead }
+
 // Overflowed reports whether the kernel holds completions that did not fit in
 // the CQ (IORING_SQ_CQ_OVERFLOW). Call FlushOverflow after draining the CQ.
 func (r *Ring) Overflowed() bool { return atomic.LoadUint32(r.sqFlags)&sqCQOverflow != 0 }

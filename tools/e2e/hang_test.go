@@ -108,7 +108,7 @@ const (
 // oneshot run that hits hyperroot.timeout dumps every running VMM by itself
 // before it fails and powers off. The guest spins with interrupts off, so
 // the dump must name its RIP; its AP never got INIT, so it must show it
-// waiting for one.
+// waiting for one; it never set up its devices, whose lines say so.
 func TestDump(t *testing.T) {
 	parallel(t)
 	testbed(t, func(t testing.TB) {
@@ -119,6 +119,9 @@ func TestDump(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(overlay, "spin", "vmlinuz"), spinKernel(), 0o644); err != nil {
 			t.Fatal(err)
 		}
+		if err := os.WriteFile(filepath.Join(overlay, "spin", "disk.img"), make([]byte, 1<<20), 0o644); err != nil {
+			t.Fatal(err)
+		}
 		// A spinning guest never takes its power button: its stop
 		// timeout is what the power-off waits for, then it is killed.
 		cfg := writeConfig(t, `  - name: spin
@@ -127,6 +130,8 @@ func TestDump(t *testing.T) {
     kernel: /spin/vmlinuz
     restart: never
     stop_timeout: 5s
+    disks:
+      - {path: /spin/disk.img}
 `)
 		pr, pw := io.Pipe()
 		defer pw.Close()
@@ -190,6 +195,13 @@ func checkDump(t testing.TB, lines []string, rip string) {
 		`^vcpu 0: events `,
 		`^vcpu 1: thread \d+ was in KVM_RUN`,
 		`^vcpu 1: mp_state uninitialized \(an AP waiting for INIT\)$`,
+		// The devices, which the spinning guest never set up: no
+		// status, no vectors, no kicks, no requests.
+		`^virtio-rng: status=0x0 isr=0x0$`,
+		`^virtio-rng: queue 0: no vector, notify eventfd=0$`,
+		`^disk 0: virtio-blk: queue 1: no vector, notify eventfd=0$`,
+		`^disk 0: virtio-blk: queue 1: not activated$`,
+		`^disk 0: virtio-blk: backend io_uring: 0 of \d+ slots in flight, 0 SQEs not taken by the kernel, 0 CQEs not reaped, refused=false overflow=false eventfd=0$`,
 		`^goroutine \d+ `,
 		`^main\.vmmMain\(`,
 	} {

@@ -104,6 +104,13 @@ type Alignment struct {
 	Offset int // offsets and buffer lengths must be multiples of this
 }
 
+// Describer is a Backend that can say where its requests are, for a dump
+// of a stalled machine: how many it holds, and in which stage. Describe
+// takes the backend's lock.
+type Describer interface {
+	Describe() string
+}
+
 // Backend is a disk image serving asynchronous requests.
 type Backend interface {
 	// Submit starts a request. When it returns an error (ErrReadOnly,

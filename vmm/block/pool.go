@@ -1,6 +1,7 @@
 package block
 
 import (
+	"fmt"
 	"os"
 	"sync"
 	"unsafe"
@@ -38,6 +39,14 @@ func NewPool(f *os.File, o Options) (*Pool, error) {
 
 // Kind implements Backend.
 func (p *Pool) Kind() string { return p.kind }
+
+// Describe says how many requests the pool holds, for a dump of a stalled
+// machine.
+func (p *Pool) Describe() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return fmt.Sprintf("%s: %d of %d slots in flight, %d waiting for a worker", p.kind, len(p.slots)-len(p.free), len(p.slots), len(p.work))
+}
 
 // Submit implements Backend.
 func (p *Pool) Submit(r Request) error {

@@ -4,10 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hyperroot/hyperroot/internal/eventfd"
 	"github.com/hyperroot/hyperroot/internal/uring"
 )
 
@@ -67,6 +69,31 @@ func NewUring(f *os.File, o Options) (*Uring, error) {
 
 // Kind implements Backend.
 func (u *Uring) Kind() string { return "io_uring" }
+
+// Describe says where the ring's requests are, for a dump of a stalled
+// machine: slots the worker gave it, SQEs not yet taken by the kernel, CQEs
+// not yet reaped, whether the kernel refused the last submission, and the
+// counter of the eventfd the reaper sleeps on (set while it sleeps: a
+// wake-up lost between the kernel and the reaper). A request neither
+// queued nor completed is in the kernel.
+func (u *Uring) Describe() string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.closing { // the ring may be unmapped already
+		return fmt.Sprintf("io_uring: closed, %d of %d slots in flight", len(u.slots)-len(u.free), len(u.slots))
+	}
+	efd := "?"
+	// Not u.efd.Fd(), which would make the descriptor blocking.
+	if rc, err := u.efd.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) {
+			if n, err := eventfd.Peek(int(fd)); err == nil {
+				efd = strconv.FormatUint(n, 10)
+			}
+		})
+	}
+	return fmt.Sprintf("io_uring: %d of %d slots in flight, %d SQEs not taken by the kernel, %d CQEs not reaped, refused=%v overflow=%v eventfd=%s",
+		len(u.slots)-len(u.free), len(u.slots), u.ring.Pending(), u.ring.Ready(), u.refused, u.ring.Overflowed(), efd)
+}
 
 // Submit implements Backend.
 func (u *Uring) Submit(r Request) error {

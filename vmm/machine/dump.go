@@ -162,10 +162,34 @@ func (m *Machine) Dump(w io.Writer, prefix string) {
 	if m.serial != nil {
 		line("serial: %s", m.serial.State())
 	}
+	m.describeDevices(line)
 	for _, l := range strings.Split(strings.TrimRight(goroutines(), "\n"), "\n") {
 		line("%s", l)
 	}
 	line("end")
+}
+
+// describeDevices writes each virtio device's description (its queues,
+// vectors and requests: virtiopci.Transport.Describe). A description takes
+// the device's locks, which a stalled device may hold for good: each runs
+// on a goroutine of its own, given dumpWait, after which the dump moves on
+// (the goroutine stacks at the end say who holds what).
+func (m *Machine) describeDevices(line func(string, ...any)) {
+	m.mu.Lock()
+	ts, names := m.virtio, m.vnames
+	m.mu.Unlock()
+	for i, t := range ts {
+		got := make(chan []string, 1)
+		go func() { got <- t.Describe() }()
+		select {
+		case ls := <-got:
+			for _, l := range ls {
+				line("%s: %s", names[i], l)
+			}
+		case <-time.After(dumpWait):
+			line("%s: no description within %s (a lock held: see the goroutines below)", names[i], dumpWait)
+		}
+	}
 }
 
 // answerDump runs on vCPU i's own thread, out of KVM_RUN, when Dump asked:

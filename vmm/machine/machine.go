@@ -165,6 +165,7 @@ type Machine struct {
 	// virtio devices on the PCI bus, their MSI-X routers and the VM's
 	// GSI routing table (virtio.go).
 	virtio  []*virtiopci.Transport
+	vnames  []string // each transport's device, as its errors name it ("disk 0: virtio-blk")
 	routers []*msiRouter
 	vfio    []*vfio.Device
 	vfioPCI []*vfio.PCI

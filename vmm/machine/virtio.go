@@ -323,7 +323,7 @@ func (m *Machine) attach(name string, dev virtio.Device, width uint32) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
-	m.virtio = append(m.virtio, t)
+	m.virtio, m.vnames = append(m.virtio, t), append(m.vnames, name)
 	slot, err := m.pci.Add(t)
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
@@ -492,8 +492,12 @@ func (m *Machine) DiskBackends() []string {
 
 // closeVirtio stops the virtio devices and releases their eventfds.
 func (m *Machine) closeVirtio() error {
+	m.mu.Lock() // against a Dump's describeDevices
+	transports := m.virtio
+	m.virtio, m.vnames = nil, nil
+	m.mu.Unlock()
 	var errs []error
-	for _, t := range m.virtio {
+	for _, t := range transports {
 		errs = append(errs, t.Close())
 	}
 	// Only now that every device has been reset, and so waited for its
@@ -507,7 +511,7 @@ func (m *Machine) closeVirtio() error {
 	for _, r := range m.routers {
 		errs = append(errs, r.close())
 	}
-	m.virtio, m.routers, m.backends, m.nics = nil, nil, nil, nil
+	m.routers, m.backends, m.nics = nil, nil, nil
 	return errors.Join(errs...)
 }
 

@@ -3,6 +3,7 @@ package pci
 import (
 	"encoding/binary"
 	"fmt"
+	"strings"
 	"sync"
 )
 
@@ -235,6 +236,29 @@ func (m *MSIX) Enabled() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.control&msixEnable != 0
+}
+
+// Describe says what holds vector v back, for a dump of a stalled machine:
+// "off" (MSI-X disabled), "masked" (by its entry or the function mask),
+// with "pending" when a notification waits in the PBA for the unmask; ""
+// when v is delivered at once.
+func (m *MSIX) Describe(v int) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if v < 0 || v >= m.opts.Vectors {
+		return "no such vector"
+	}
+	var s []string
+	switch {
+	case m.control&msixEnable == 0:
+		s = append(s, "off")
+	case m.state(v).masked:
+		s = append(s, "masked")
+	}
+	if m.pending[v/64]&(1<<(v%64)) != 0 {
+		s = append(s, "pending")
+	}
+	return strings.Join(s, " ")
 }
 
 // state is vector v's message and effective mask. The caller holds m.mu.

@@ -365,6 +365,32 @@ func (q *Queue) Pending() bool {
 // Err is the error that broke the queue, or nil.
 func (q *Queue) Err() error { return q.err }
 
+// Describe says where the queue stands, for a dump of a stalled machine:
+// the driver's and the device's indices, the notification fields on both
+// sides, and the error that broke it. The guest's fields are loaded
+// atomically; the device's are read plainly, so the caller holds whatever
+// serialises the device's use of the queue.
+//
+// Read together they place a stall: avail.idx ahead of next is work the
+// device has not taken (was it kicked? are notifications off?); used ahead
+// of the used.idx the guest sees is work not published; used.idx past
+// used_event with no interrupt since is an interrupt the driver waits for.
+func (q *Queue) Describe() string {
+	if !q.active {
+		return fmt.Sprintf("inactive (ready=%v size=%d)", q.Ready, q.Size)
+	}
+	word := atomic.LoadUint32(q.usedWord)
+	s := fmt.Sprintf("size=%d avail.idx=%d next=%d used=%d used.idx=%d signalled=%d avail.flags=%#x used.flags=%#x",
+		q.size, q.availIdx.load(), q.lastAvail, q.usedIdx, uint16(word>>16), q.signalled, q.availFlags.load(), uint16(word))
+	if q.eventIdx {
+		s += fmt.Sprintf(" used_event=%d avail_event=%d", q.usedEvent.load(), q.availEvent.load())
+	}
+	if q.err != nil {
+		s += fmt.Sprintf(" broken: %v", q.err)
+	}
+	return s
+}
+
 // Resume makes an activated queue continue where another device left off
 // instead of at index 0: the next available entry it consumes is avail, and
 // its used index is whatever used->idx holds in guest memory. A vhost-user

@@ -118,6 +118,15 @@ type Device interface {
 	Reset()
 }
 
+// Describer is a Device that can say what it holds, for a dump of a
+// stalled machine: per queue, its rings (Queue.Describe) and the requests
+// it has taken from them and not returned, and where those are. Describe
+// may take the device's locks: the dump calls it from its own goroutine
+// and gives up on it after a while.
+type Describer interface {
+	Describe() []string
+}
+
 // ErrFeatures is wrapped by CheckFeatures' errors.
 var ErrFeatures = errors.New("virtio: unacceptable feature set")
 

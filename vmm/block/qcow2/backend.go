@@ -311,6 +311,18 @@ func (b *Backend) Kind() string {
 	return "qcow2 on " + b.file.Kind()
 }
 
+// Describe implements block.Describer: the slow path's jobs in use and
+// queued, then the image file's backend.
+func (b *Backend) Describe() string {
+	b.mu.Lock()
+	s := fmt.Sprintf("qcow2: %d of %d slow-path jobs in use (%d reads, %d writes queued)", cap(b.free)-len(b.free), cap(b.free), len(b.reads), len(b.writes))
+	b.mu.Unlock()
+	if d, ok := b.file.(block.Describer); ok {
+		s += "; " + d.Describe()
+	}
+	return s
+}
+
 // Close implements block.Backend: queued slow-path requests complete with
 // ErrClosed, then the file's backend closes. It does not close files.
 func (b *Backend) Close() error {

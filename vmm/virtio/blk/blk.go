@@ -304,3 +304,16 @@ func (d *Device) wakeBusy() {
 		}
 	}
 }
+
+// Describe implements virtio.Describer: a line per queue (worker.describe),
+// then the Backend's, if it can say.
+func (d *Device) Describe() []string {
+	var out []string
+	for _, w := range d.workers {
+		out = append(out, w.describe())
+	}
+	if b, ok := d.backend.(block.Describer); ok {
+		out = append(out, "backend "+b.Describe())
+	}
+	return out
+}

@@ -154,6 +154,18 @@ func (w *worker) unlock() {
 	}
 }
 
+// describe says where the queue's requests are: taken by the Backend, held
+// back (the limiter's or the Backend's refusal) or waiting in the ring.
+func (w *worker) describe() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.q == nil {
+		return fmt.Sprintf("queue %d: not activated", w.index)
+	}
+	return fmt.Sprintf("queue %d: %d in flight, %d slots free, held back=%d throttled=%v busy=%v kicked=%v broken=%v stopping=%v; ring %s",
+		w.index, w.inflight, len(w.free), w.pending, w.throttled, w.busy.Load(), w.kicked.Load(), w.broken, w.stopping, w.q.Describe())
+}
+
 // Complete implements block.Completer: it runs on the Backend's goroutine,
 // finishes the request, serves the queue (slots just freed, buffers the
 // driver added meanwhile) and interrupts, then wakes queues waiting for a

@@ -87,6 +87,17 @@ func (d *fakeDevice) Reset() {
 	d.queues, d.irq = nil, nil
 	d.resets++
 }
+
+// Describe implements virtio.Describer: queue 0's ring.
+func (d *fakeDevice) Describe() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.queues) == 0 {
+		return []string{"fake: not active"}
+	}
+	return []string{"fake: ring " + d.queues[0].Describe()}
+}
+
 func (d *fakeDevice) Kick(q int) {
 	if d.block != nil {
 		<-d.block

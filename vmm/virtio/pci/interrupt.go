@@ -66,6 +66,13 @@ func (t *Transport) readISR() uint8 {
 	return v
 }
 
+// peekISR is the ISR byte without the read's side effect of clearing it.
+func (t *Transport) peekISR() uint8 {
+	t.intxMu.Lock()
+	defer t.intxMu.Unlock()
+	return t.isr
+}
+
 // setINTxLocked drives the INTx line from the ISR byte, unless the driver
 // disabled INTx in the command register; the status register's interrupt
 // bit follows the ISR either way. The caller holds t.intxMu.

@@ -373,6 +373,37 @@ func within(off uint64, n int, start, size uint64) bool {
 	return off >= start && off-start < size && uint64(n) <= size-(off-start)
 }
 
+// Describe says where the device stands, for a dump of a stalled machine:
+// the driver's status, each queue's MSI-X vector and what holds it back
+// (pci.MSIX.Describe), and the counter of its notify eventfd (a kick not
+// taken yet by whoever serves the queue: the kick goroutine or the
+// process the queues were offloaded to); then the device's own lines
+// (virtio.Describer), which say where its requests are.
+func (t *Transport) Describe() []string {
+	t.mu.Lock()
+	status := t.statusLocked()
+	var out []string
+	for q := range t.queues {
+		l := fmt.Sprintf("queue %d: no vector", q)
+		if v := t.queueVectors[q].Load(); v != NoVector {
+			l = fmt.Sprintf("queue %d: vector %d", q, v)
+			if s := t.msix.Describe(int(v)); s != "" {
+				l += " (" + s + ")"
+			}
+		}
+		if n, err := eventfd.Peek(t.notifyFDs[q]); err == nil {
+			l += fmt.Sprintf(", notify eventfd=%d", n)
+		}
+		out = append(out, l)
+	}
+	t.mu.Unlock()
+	out = append([]string{fmt.Sprintf("status=%#x isr=%#x", status, t.peekISR())}, out...)
+	if d, ok := t.dev.(virtio.Describer); ok {
+		out = append(out, d.Describe()...)
+	}
+	return out
+}
+
 // Close stops the device and releases the eventfds. The transport must not
 // be used afterwards.
 func (t *Transport) Close() error {

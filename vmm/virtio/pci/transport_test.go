@@ -1,6 +1,8 @@
 package virtiopci
 
 import (
+	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -212,6 +214,49 @@ func TestNotifyReachesDeviceOffTheVCPUThread(t *testing.T) {
 	h.write(h.notifyAddr(1), 2, 1)
 	h.write(h.notifyAddr(0)+8, 2, 2)
 	dev.noKick(t)
+}
+
+// TestDescribe: a dump's lines for a transport: the driver's status, each
+// queue's vector and what holds it back, the kicks nobody has taken yet,
+// then the device's own lines.
+func TestDescribe(t *testing.T) {
+	dev := newFakeDevice()
+	h := newHarness(t, dev)
+	drv := start(t, h, true)
+	drv.Add(0) // avail.idx moves; the device is not asked to pop
+	// The kick goroutine takes the first kick and waits in Kick; the
+	// second stays in the eventfd.
+	dev.block = make(chan struct{})
+	fd := h.tr.notifyFDs[0]
+	eventfd.Signal(fd)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if n, err := eventfd.Peek(fd); err != nil || n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the kick goroutine did not take the kick")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	eventfd.Signal(fd)
+	// With the function masked, a notification waits in the PBA.
+	h.tr.WriteConfig(h.msix+3, []byte{0xC0})
+	if err := dev.irq.Used(0); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"status=0xf isr=0x0",
+		"queue 0: vector 1 (masked pending), notify eventfd=1",
+		"queue 1: no vector, notify eventfd=0",
+		"fake: ring size=8 avail.idx=1 next=0 used=0 used.idx=0 signalled=0 avail.flags=0x0 used.flags=0x0 used_event=0 avail_event=0",
+	}
+	if got := h.tr.Describe(); !slices.Equal(got, want) {
+		t.Errorf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	close(dev.block)
+	dev.expectKick(t, 0)
+	dev.expectKick(t, 0)
+	dev.block = nil
 }
 
 func TestUsedInterruptMSIX(t *testing.T) {
