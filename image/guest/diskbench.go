@@ -148,7 +148,8 @@ type benchDisk struct {
 	covered int64  // the prefix of area written by this run (and so stamped)
 	magic   uint64 // stampMagic ^ seed
 	seed    uint64
-	block   []byte // a block's content after its stamp
+	block   []byte    // a block's content after its stamp
+	irq0    irqCounts // the interrupts when the current test began
 }
 
 func newBenchDisk(fd int, size int64, seed uint64) (*benchDisk, error) {
@@ -321,6 +322,7 @@ func rw(write bool, fd int, buf []byte, off int64) error {
 func (d *benchDisk) run(o benchOptions) error {
 	// seqwrite: also the write pass that the later tests check against.
 	var written atomic.Int64
+	d.begin("seqwrite", 1)
 	r, err := timed(1, benchChunk, o.Time, d.seed, false, func(buf []byte, _ *rand.Rand, i int64) error {
 		if i == 0 {
 			d.fill(buf)
@@ -347,6 +349,7 @@ func (d *benchDisk) run(o benchOptions) error {
 
 	blocks := d.covered / benchBlock
 	for _, qd := range o.Jobs {
+		d.begin("randwrite", qd)
 		r, err = timed(qd, benchBlock, o.Time, d.seed+1, true, func(buf []byte, rng *rand.Rand, i int64) error {
 			if i == 0 {
 				d.fill(buf)
@@ -365,6 +368,7 @@ func (d *benchDisk) run(o benchOptions) error {
 	}
 
 	for _, qd := range o.Jobs {
+		d.begin("randread", qd)
 		r, err = timed(qd, benchBlock, o.Time, d.seed+2, true, func(buf []byte, rng *rand.Rand, _ int64) error {
 			off := rng.Int64N(blocks) * benchBlock
 			if err := rw(false, d.fd, buf, off); err != nil {
@@ -379,6 +383,7 @@ func (d *benchDisk) run(o benchOptions) error {
 	}
 
 	chunks := d.covered / benchChunk
+	d.begin("seqread", 1)
 	r, err = timed(1, benchChunk, o.Time, d.seed+3, false, func(buf []byte, _ *rand.Rand, i int64) error {
 		off := i % chunks * benchChunk
 		if err := rw(false, d.fd, buf, off); err != nil {
@@ -423,10 +428,22 @@ func (d *benchDisk) verify() error {
 	return nil
 }
 
+// begin says a timed test is about to start (the benchmark opens its CPU
+// window on this line) and notes the interrupts so far.
+func (d *benchDisk) begin(test string, qd int) {
+	fmt.Printf("guest: diskbench begin %s qd=%d\n", test, qd)
+	d.irq0 = readIRQs()
+}
+
 // report prints a test's line: IOPS, the queue depth and the latencies'
 // median and 99th percentile for the 4 KiB tests, MiB/s for the 1 MiB
-// ones.
+// ones; then the guest's interrupts per thousand requests by source.
 func (d *benchDisk) report(test string, r result, size, jobs int) {
+	defer func() {
+		if l := irqSplit(d.irq0, readIRQs(), float64(r.ops)/1000, irqSources); l != "" {
+			fmt.Printf("guest: diskbench irq %s qd=%d per_1000req %s\n", test, jobs, l)
+		}
+	}()
 	if size == benchBlock {
 		fmt.Printf("guest: diskbench %s iops=%.0f qd=%d p50us=%d p99us=%d ops=%d seconds=%.2f jobs=%d\n",
 			test, r.perSecond(), jobs, r.percentile(50).Microseconds(), r.percentile(99).Microseconds(),

@@ -254,13 +254,16 @@ type cpuAccount struct {
 	cpus   int
 	busy   float64 // CPUs busy, of cpus
 	groups map[string]procTicks
-	mib    float64           // stream bytes in the window, for the cost per MiB
+	work   float64           // the work done in the window, in units, for the costs per unit
+	unit   string            // "MiB" streamed, "1000 requests", ...
 	kvm    map[string]uint64 // KVM's counts in the window (kvmCounters)
-	trace  string            // KVM's events per MiB by kind (kvmCountsLine), or why none
+	trace  string            // KVM's events per unit by kind (kvmCountsLine), or why none
 }
 
-func accountCPU(from, to cpuSample, bytes int64) cpuAccount {
-	a := cpuAccount{window: to.at.Sub(from.at), cpus: to.cpus, groups: map[string]procTicks{}, mib: float64(bytes) / (1 << 20)}
+// accountCPU is the account between two samples, per unit of the work
+// done in between.
+func accountCPU(from, to cpuSample, work float64, unit string) cpuAccount {
+	a := cpuAccount{window: to.at.Sub(from.at), cpus: to.cpus, groups: map[string]procTicks{}, work: work, unit: unit}
 	if to.total > from.total {
 		a.busy = float64(to.busy-from.busy) / float64(to.total-from.total) * float64(max(to.cpus, 1))
 	}
@@ -290,7 +293,7 @@ func accountCPU(from, to cpuSample, bytes int64) cpuAccount {
 }
 
 // String reports CPUs in use (cores) per group, guest time apart, and the
-// whole machine's CPU milliseconds per MiB streamed.
+// whole machine's CPU milliseconds per unit of work.
 func (a cpuAccount) String() string {
 	secs := a.window.Seconds()
 	if secs <= 0 {
@@ -307,30 +310,71 @@ func (a cpuAccount) String() string {
 		}
 	}
 	s := fmt.Sprintf("cpu window=%.1fs busy=%.2f/%d guests=%.2f %s", secs, a.busy, a.cpus, cores(guest), strings.Join(parts, " "))
-	if a.mib > 0 {
-		s += fmt.Sprintf(" cpu-ms/MiB=%.0f", a.busy*secs*1000/a.mib)
+	if a.work > 0 {
+		s += fmt.Sprintf(" cpu-ms/%s=%.0f", a.unit, a.busy*secs*1000/a.work)
 		var kvm []string
 		for _, c := range kvmCounters {
 			if v, ok := a.kvm[c]; ok {
-				kvm = append(kvm, fmt.Sprintf("%s=%.0f", c, float64(v)/a.mib))
+				kvm = append(kvm, fmt.Sprintf("%s=%.0f", c, float64(v)/a.work))
 			}
 		}
 		if kvm != nil {
-			s += " kvm/MiB " + strings.Join(kvm, " ")
+			s += " kvm/" + a.unit + " " + strings.Join(kvm, " ")
 		}
 		if a.trace != "" {
-			s += " per MiB: " + a.trace
+			s += " per " + a.unit + ": " + a.trace
 		}
 	}
 	return s
 }
 
-// streamCPU samples the CPU at the client's "under way" line and again at
-// its "sent" line: the middle of the stream, without the boots, the
-// handshake or the further tests.
+// windowMarks are the console lines that open and close a CPU window, and
+// the work done in between.
+type windowMarks interface {
+	// open reports whether line opens the window, and what it says of
+	// the work (passed to close); an error for a line that should but
+	// cannot be read.
+	open(line string) (opened float64, ok bool, err error)
+	// close reports whether line closes the window and the work done
+	// since it opened, in unit.
+	close(line string, opened float64) (work float64, ok bool, err error)
+	unit() string
+}
+
+// streamMarks are the network stream's: the client's "under way" line
+// (bytes sent so far of the total) and its "sent" line; the work is the
+// MiB sent in between.
+type streamMarks struct{}
+
+const streamUnderWay, streamSent = "guest: net under way sent=", "guest: net sent bytes="
+
+func (streamMarks) open(line string) (float64, bool, error) {
+	i := strings.Index(line, streamUnderWay)
+	if i < 0 {
+		return 0, false, nil
+	}
+	// "under way sent=N of T"
+	var n, total int64
+	if _, err := fmt.Sscanf(line[i+len(streamUnderWay):], "%d of %d", &n, &total); err != nil || n < 0 || total < n {
+		return 0, false, fmt.Errorf("unreadable %q", line[i:])
+	}
+	return float64(total-n) / (1 << 20), true, nil
+}
+
+func (streamMarks) close(line string, opened float64) (float64, bool, error) {
+	return opened, strings.Contains(line, streamSent), nil
+}
+
+func (streamMarks) unit() string { return "MiB" }
+
+// streamCPU samples the CPU when a console line opens its window and again
+// when one closes it (marks; nil: the network stream's, from the middle of
+// the stream to its end, without the boots, the handshake or the further
+// tests).
 type streamCPU struct {
-	proc string
-	kvm  string // KVM's debugfs directory; "" reads none
+	proc  string
+	kvm   string // KVM's debugfs directory; "" reads none
+	marks windowMarks
 	// trace counts KVM's events by kind over the window (kvmTrace's
 	// directory: tracefs); "" counts none.
 	trace    string
@@ -338,36 +382,35 @@ type streamCPU struct {
 	mu       sync.Mutex
 	from     *cpuSample
 	acct     *cpuAccount
-	left     int64 // bytes still to send at from
+	opened   float64 // what the opening line said of the work
 	err      error
 }
 
-// line is given every console line of both guests.
+// line is given every console line of the guests.
 func (w *streamCPU) line(line string) {
-	const underWay, sent = "guest: net under way sent=", "guest: net sent bytes="
-	i := strings.Index(line, underWay)
-	j := strings.Index(line, sent)
-	if i < 0 && j < 0 {
-		return
+	marks := w.marks
+	if marks == nil {
+		marks = streamMarks{}
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.err != nil || w.acct != nil {
 		return
 	}
-	opening, closing := i >= 0 && w.from == nil, j >= 0 && w.from != nil
-	if !opening && !closing {
-		return // /proc is read only for a sample that is used
+	var opened, work float64
+	var ok bool
+	var err error
+	if w.from == nil {
+		opened, ok, err = marks.open(line)
+	} else {
+		work, ok, err = marks.close(line, w.opened)
 	}
-	var left int64
-	if opening {
-		// "under way sent=N of T"
-		var n, total int64
-		if _, err := fmt.Sscanf(line[i+len(underWay):], "%d of %d", &n, &total); err != nil || n < 0 || total < n {
-			w.err = fmt.Errorf("unreadable %q", line[i:])
-			return
-		}
-		left = total - n
+	if err != nil {
+		w.err = err
+		return
+	}
+	if !ok {
+		return // /proc is read only for a sample that is used
 	}
 	s, err := sampleCPU(w.proc)
 	if err != nil {
@@ -378,19 +421,19 @@ func (w *streamCPU) line(line string) {
 		s.kvm = readKVMStats(w.kvm)
 	}
 	t := kvmTrace{w.trace, w.proc}
-	if opening {
-		w.from, w.left = &s, left
+	if w.from == nil {
+		w.from, w.opened = &s, opened
 		if w.trace != "" {
 			w.traceErr = t.start()
 		}
 		return
 	}
-	a := accountCPU(*w.from, s, w.left)
+	a := accountCPU(*w.from, s, work, marks.unit())
 	if w.trace != "" {
 		if w.traceErr != nil {
 			a.trace = "no KVM trace: " + w.traceErr.Error()
 		} else {
-			a.trace = kvmCountsLine(t.read(), a.mib, 8)
+			a.trace = kvmCountsLine(t.read(), a.work, 8)
 		}
 		t.stop() // start may have installed some of the histograms
 	}

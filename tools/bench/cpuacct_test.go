@@ -143,8 +143,8 @@ func TestStreamCPU(t *testing.T) {
 	if a.groups["switch"] != (procTicks{host: 60}) || a.groups["vmm"] != (procTicks{host: 37, guest: 60}) || a.groups["vhost"] != (procTicks{}) {
 		t.Errorf("groups %+v", a.groups)
 	}
-	if a.cpus != 2 || a.busy != 1.5 || a.mib != 48 {
-		t.Errorf("cpus %d busy %.2f mib %.0f, want 2 1.5 48", a.cpus, a.busy, a.mib)
+	if a.cpus != 2 || a.busy != 1.5 || a.work != 48 {
+		t.Errorf("cpus %d busy %.2f work %.0f, want 2 1.5 48", a.cpus, a.busy, a.work)
 	}
 	s := w.String()
 	for _, want := range []string{"busy=1.50/2", "switch=", "vmm=", "guests=", "cpu-ms/MiB=", "kvm/MiB exits=100 irq_injections=20"} {
@@ -198,7 +198,7 @@ func TestSampleCPUReal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := accountCPU(from, to, 0)
+	a := accountCPU(from, to, 0, "MiB")
 	// This process is "other" (a test binary): 300 ms are 30 ticks.
 	if got := a.groups["other"].host; got < 20 {
 		t.Errorf("other: %d ticks after 300 ms of CPU spinning (x=%d); groups %+v", got, x, a.groups)

@@ -150,7 +150,9 @@ func makeClone(path, base string) error {
 // diskRun is what one boot of the guest measured: test name to value.
 type diskRun struct {
 	values map[string]float64
-	kind   string // the backend hyperroot vmm says it used ("io_uring", ...)
+	kind   string   // the backend hyperroot vmm says it used ("io_uring", ...)
+	cpu    []string // per test, where the appliance's CPU went (diskWindows)
+	irqs   []string // per test, the guest's interrupts per 1000 requests by source
 }
 
 func runDiskBench(e *env) error {
@@ -163,6 +165,7 @@ func runDiskBench(e *env) error {
 	defer os.Remove(diskBenchImage)
 	backends := diskBackends(e.hyperroot, diskBenchImage, diskBenchClone)
 	defer os.Remove(diskBenchClone)
+	mountDebugfs(e)
 	e.logf("bench: disk image=%s size=%dMiB (tmpfs) guest=1 vCPU %s options=%s rounds=%d",
 		diskBenchImage, diskBenchSize>>20, benchMemory, diskBenchOptions, diskBenchRounds)
 	runs := map[string][]diskRun{}
@@ -179,6 +182,12 @@ func runDiskBench(e *env) error {
 			}
 			runs[b.name] = append(runs[b.name], run)
 			e.logf("bench: disk round=%d backend=%s%s %s", round, b.name, kindNote(run.kind), formatRun(run))
+			for _, l := range run.cpu {
+				e.logf("bench: disk cpu round=%d backend=%s %s", round, b.name, l)
+			}
+			for _, l := range run.irqs {
+				e.logf("bench: disk guest-irq round=%d backend=%s %s", round, b.name, l)
+			}
 		}
 	}
 	names := make([]string, len(backends))
@@ -261,7 +270,14 @@ func diskOnce(starter child.Starter, b diskBackend) (diskRun, error) {
 			return diskRun{}, err
 		}
 	}
-	p, err := child.Start(starter, child.Spec{Path: b.argv[0], Args: b.argv[1:], Line: col.line, ExtraFiles: files})
+	windows := diskWindows()
+	line := func(l string) {
+		col.line(l)
+		for _, w := range windows {
+			w.line(l)
+		}
+	}
+	p, err := child.Start(starter, child.Spec{Path: b.argv[0], Args: b.argv[1:], Line: line, ExtraFiles: files})
 	for _, f := range files {
 		f.Close()
 	}
@@ -281,6 +297,10 @@ func diskOnce(starter child.Starter, b diskBackend) (diskRun, error) {
 	run, err := col.result()
 	if err != nil {
 		return diskRun{}, err
+	}
+	for _, w := range windows {
+		m := w.marks.(diskMarks)
+		run.cpu = append(run.cpu, fmt.Sprintf("test=%s %s", m.name(), w))
 	}
 	if !ws.Exited() || ws.ExitStatus() != 0 {
 		return diskRun{}, fmt.Errorf("exited %s (%v) after the guest's figures", vmmcli.Reason(ws), ws.ExitStatus())
@@ -315,6 +335,9 @@ func (c *diskCollector) line(line string) {
 		c.verified = true
 	case strings.Contains(line, "guest: FAIL "):
 		c.failed = line[strings.Index(line, "guest: FAIL "):]
+	}
+	if _, irq, ok := strings.Cut(line, "guest: diskbench irq "); ok {
+		c.run.irqs = append(c.run.irqs, irq)
 	}
 	if k, ok := strings.CutPrefix(line, "hyperroot vmm: disk 0: "); ok {
 		c.run.kind = k
@@ -539,4 +562,65 @@ func medianFloat(vs []float64) float64 {
 	s := slices.Clone(vs)
 	slices.Sort(s)
 	return s[len(s)/2]
+}
+
+// diskMarks open a CPU window at the guest's line before one of its timed
+// tests ("guest: diskbench begin randread qd=4") and close it at that
+// test's figures; the work is the test's requests, in thousands, so that
+// the window's exits, interrupts and system calls read per thousand
+// requests.
+type diskMarks struct {
+	test string // "randread", "seqwrite", ...
+	qd   int
+}
+
+func (m diskMarks) name() string {
+	if strings.HasPrefix(m.test, "seq") {
+		return m.test
+	}
+	return fmt.Sprintf("%s-qd%d", m.test, m.qd)
+}
+
+func (m diskMarks) open(line string) (float64, bool, error) {
+	return 0, strings.HasSuffix(line, fmt.Sprintf("guest: diskbench begin %s qd=%d", m.test, m.qd)), nil
+}
+
+func (m diskMarks) close(line string, _ float64) (float64, bool, error) {
+	prefix := "guest: diskbench " + m.test + " "
+	i := strings.Index(line, prefix)
+	if i < 0 {
+		return 0, false, nil
+	}
+	f := map[string]string{}
+	for _, kv := range strings.Fields(line[i+len(prefix):]) {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			f[k] = v
+		}
+	}
+	if f["jobs"] != strconv.Itoa(m.qd) {
+		return 0, false, nil // the same test at another depth
+	}
+	ops, err := strconv.ParseInt(f["ops"], 10, 64)
+	if err != nil || ops <= 0 {
+		return 0, false, fmt.Errorf("no request count in %q", line[i:])
+	}
+	return float64(ops) / 1000, true, nil
+}
+
+func (diskMarks) unit() string { return "1000req" }
+
+// diskWindows are a boot's CPU windows: one per timed test of the guest.
+func diskWindows() []*streamCPU {
+	var ws []*streamCPU
+	add := func(test string, qd int) {
+		ws = append(ws, &streamCPU{proc: "/proc", kvm: kvmStatsDir, trace: tracingDir, marks: diskMarks{test, qd}})
+	}
+	add("seqwrite", 1)
+	for _, kind := range []string{"randwrite", "randread"} {
+		for _, qd := range diskBenchDepths {
+			add(kind, qd)
+		}
+	}
+	add("seqread", 1)
+	return ws
 }

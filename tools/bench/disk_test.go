@@ -284,3 +284,42 @@ func TestMakeBenchImage(t *testing.T) {
 		}
 	}
 }
+
+// TestDiskMarks: a test's window opens at its own begin line only (not
+// another depth's) and closes at its own figures line, the work being its
+// requests in thousands; the sequential tests go by their name.
+func TestDiskMarks(t *testing.T) {
+	m := diskMarks{"randread", 4}
+	for line, want := range map[string]bool{
+		"bench| guest: diskbench begin randread qd=4":  true,
+		"bench| guest: diskbench begin randread qd=32": false,
+		"bench| guest: diskbench begin randwrite qd=4": false,
+	} {
+		if _, ok, err := m.open(line); ok != want || err != nil {
+			t.Errorf("open(%q) = %v, %v; want %v", line, ok, err, want)
+		}
+	}
+	if _, ok, _ := m.close("guest: diskbench randread iops=900 qd=32 p50us=30 p99us=90 ops=5400 seconds=6.00 jobs=32", 0); ok {
+		t.Error("closed at another depth's figures")
+	}
+	work, ok, err := m.close("bench| guest: diskbench randread iops=900 qd=4 p50us=30 p99us=90 ops=5400 seconds=6.00 jobs=4", 0)
+	if !ok || err != nil || work != 5.4 {
+		t.Errorf("close = %v, %v, %v; want 5.4 thousand requests", work, ok, err)
+	}
+	if _, _, err := m.close("guest: diskbench randread iops=900 qd=4 jobs=4", 0); err == nil {
+		t.Error("figures without a request count closed the window")
+	}
+	seq := diskMarks{"seqread", 1}
+	if seq.name() != "seqread" || m.name() != "randread-qd4" {
+		t.Errorf("names %q, %q", seq.name(), m.name())
+	}
+	if work, ok, _ := seq.close("guest: diskbench seqread mibps=180.5 ops=1083 seconds=6.00 jobs=1", 0); !ok || work != 1.083 {
+		t.Errorf("seqread closes with %v, %v", work, ok)
+	}
+	// The guest's interrupt lines are kept, and are no figures.
+	c := newDiskCollector()
+	c.line("bench| guest: diskbench irq randread qd=4 per_1000req virtio1-req.0=250.0 LOC=12.0")
+	if len(c.run.irqs) != 1 || c.run.irqs[0] != "randread qd=4 per_1000req virtio1-req.0=250.0 LOC=12.0" || len(c.run.values) != 0 {
+		t.Errorf("irqs %q values %v", c.run.irqs, c.run.values)
+	}
+}

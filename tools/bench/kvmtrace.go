@@ -165,10 +165,11 @@ func parseHist(s string) []histEntry {
 	return out
 }
 
-// kvmCountsLine is counts per MiB, the first max of each event:
-// "kvm_exit npf=120.5 msr=80.1 ... kvm_msr wr0x80b=40.0 ...".
-func kvmCountsLine(counts []kvmCount, mib float64, max int) string {
-	if mib <= 0 || len(counts) == 0 {
+// kvmCountsLine is counts per unit of work (a MiB streamed, a thousand
+// requests), the first max of each event: "kvm_exit npf=120.5 msr=80.1
+// ... kvm_msr wr0x80b=40.0 ...".
+func kvmCountsLine(counts []kvmCount, work float64, max int) string {
+	if work <= 0 || len(counts) == 0 {
 		return ""
 	}
 	var b strings.Builder
@@ -185,7 +186,7 @@ func kvmCountsLine(counts []kvmCount, mib float64, max int) string {
 			continue
 		}
 		shown++
-		fmt.Fprintf(&b, " %s=%.1f", c.name, float64(c.n)/mib)
+		fmt.Fprintf(&b, " %s=%.1f", c.name, float64(c.n)/work)
 	}
 	return b.String()
 }
@@ -220,7 +221,7 @@ var syscalls = map[uint64]string{
 	44: "sendto", 45: "recvfrom", 46: "sendmsg", 47: "recvmsg", 186: "gettid", 200: "tkill",
 	202: "futex", 228: "clock_gettime", 230: "clock_nanosleep", 232: "epoll_wait", 233: "epoll_ctl",
 	234: "tgkill", 257: "openat", 270: "pselect6", 271: "ppoll", 281: "epoll_pwait", 286: "timerfd_settime",
-	295: "preadv", 296: "pwritev", 426: "io_uring_enter",
+	295: "preadv", 296: "pwritev", 327: "preadv2", 328: "pwritev2", 426: "io_uring_enter",
 }
 
 func syscallName(id uint64) string {

@@ -267,11 +267,11 @@ func mountDebugfs(e *env) {
 			continue
 		}
 		if err := unix.Mount(fs.kind, fs.dir, fs.kind, 0, ""); err != nil && err != unix.EBUSY {
-			e.logf("bench: net: mount %s: %v (%s)", fs.kind, err, fs.without)
+			e.logf("bench: mount %s: %v (%s)", fs.kind, err, fs.without)
 			continue
 		}
 		if _, err := os.Stat(fs.probe); err != nil {
-			e.logf("bench: net: %s: %v", fs.without, err)
+			e.logf("bench: %s: %v", fs.without, err)
 		}
 	}
 }
