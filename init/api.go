@@ -352,23 +352,46 @@ func apiMux(b api.Backend, metrics http.Handler) http.Handler {
 // listenAPI serves h on a unix socket at path that only root may use, until
 // the server fails.
 func listenAPI(path string, h http.Handler) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	// Created with no access for others, then opened to root only: no
-	// window in which another uid may connect.
-	old := unix.Umask(0o177)
-	l, err := net.Listen("unix", path)
-	unix.Umask(old)
+	l, err := listenPrivate(path)
 	if err != nil {
 		return err
 	}
 	defer l.Close()
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	return srv.Serve(l)
+}
+
+// listenPrivate listens on a unix socket at path that only root may
+// connect to, with no moment at which another uid could: it is made in a
+// fresh directory only root can enter, made 0600 there, then renamed into
+// place (replacing a stale one). PID 1 never narrows its umask for this:
+// the umask is the process's, and a VMM forked meanwhile (PID 1 starts the
+// VMs as the API comes up) inherited 0177 once, which made its jail's
+// directories 0600 and its reconnections to the switch fail for good.
+func listenPrivate(path string) (net.Listener, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp(dir, ".listen-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	at := filepath.Join(tmp, filepath.Base(path))
+	l, err := net.Listen("unix", at)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(at, 0o600); err != nil {
+		l.Close()
+		return nil, err
+	}
+	if err := os.Rename(at, path); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
 }
 
 // listenAPINet serves h over TLS on a's listen address to holders of a's

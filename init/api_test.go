@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/hyperroot/hyperroot/init/config"
 	"github.com/hyperroot/hyperroot/internal/api"
 )
@@ -212,5 +214,53 @@ func TestCtlAttach(t *testing.T) {
 	}
 	if err := ctlAttach(context.Background(), c, "nope", strings.NewReader(""), &got); err == nil || !strings.HasSuffix(err.Error(), "(HTTP 404)") {
 		t.Errorf("attach to an unknown VM: %v", err)
+	}
+}
+
+// TestListenPrivate: the API socket is root's alone (0600) even made under
+// the loosest umask, replaces a stale socket file, leaves nothing else in
+// its directory, and PID 1's umask is left as it was; and nothing in PID 1
+// narrows its umask, which the VMMs it forks at that moment would inherit
+// (one did: its jail's directories became 0600 and its reconnections to
+// the switch were refused, docs/TESTING.md).
+func TestListenPrivate(t *testing.T) {
+	old := unix.Umask(0)
+	defer unix.Umask(old)
+	dir := filepath.Join(t.TempDir(), "run")
+	path := filepath.Join(dir, "api.sock")
+	for round := range 2 { // the second over the first's file
+		l, err := listenPrivate(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Lstat(path)
+		if err != nil || fi.Mode().Type() != os.ModeSocket || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("round %d: %v, %v; want a socket, 0600", round, fi, err)
+		}
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		c.Close()
+		if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+			t.Errorf("round %d: the directory holds %d entries, want the socket alone", round, len(ents))
+		}
+		l.Close()
+	}
+	if now := unix.Umask(0); now != 0 {
+		t.Errorf("umask %04o after listening, want 0", now)
+	}
+	srcs, _ := filepath.Glob("*.go")
+	for _, src := range srcs {
+		if strings.HasSuffix(src, "_test.go") {
+			continue
+		}
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(b), "Umask(") {
+			t.Errorf("%s changes PID 1's umask, which every child forked meanwhile inherits", src)
+		}
 	}
 }

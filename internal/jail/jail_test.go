@@ -118,8 +118,19 @@ func probes(abi int, modules unix.Errno) []probe {
 	}
 }
 
+// TestJail jails a child as a VMM is, and checks from inside and outside
+// what it can reach: once with the usual umask, once with the umask PID 1
+// had for a moment while it made its API socket (0177), which a VMM forked
+// then inherited: the jail's directories must not depend on it (they did:
+// 0600, and the VMM's reconnections to its socket were refused).
 func TestJail(t *testing.T) {
 	testenv.Need(t, os.Geteuid() == 0, "root (namespaces, pivot_root, setuid): run the test as root")
+	for _, umask := range []int{0o022, 0o177} {
+		t.Run(fmt.Sprintf("umask=%04o", umask), func(t *testing.T) { testJail(t, umask) })
+	}
+}
+
+func testJail(t *testing.T, umask int) {
 	abi, _ := ll.LandlockGetABIVersion()
 	modules := unix.EPERM
 	if _, err := os.Stat("/proc/modules"); err != nil {
@@ -157,11 +168,13 @@ func TestJail(t *testing.T) {
 	defer unix.Close(leak)
 
 	bin := testenv.JailableTest(t)
+	old := unix.Umask(umask) // the child inherits it at the fork
 	pid, r := startJailedChild(t, child.Spec{
 		Path: bin, Args: []string{childArg, strconv.Itoa(vmID), own, filepath.Join(own, "0.sock"),
 			filepath.Join(other, "0.sock"), strconv.Itoa(os.Getpid()), "@" + abstractName(os.Getpid())},
 		Env: []string{}, ExtraFiles: []*os.File{disk, conn}, Stdin: true, Attr: jail.Attr(),
 	})
+	unix.Umask(old)
 
 	t.Run("descriptors", func(t *testing.T) {
 		want := []string{"0:fifo", "1:fifo", "2:fifo", "3:file", "4:socket"}

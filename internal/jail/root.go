@@ -168,12 +168,24 @@ func newRoot(binds, writable []string) (pivoted bool, err error) {
 	return pivoted, nil
 }
 
-// mkdirAllAt makes the directories of rel below dirfd.
+// mkdirAllAt makes the directories of rel below dirfd, 0755 whatever the
+// process's umask: the jailed process, no longer root, must be able to
+// walk them to its binds. A umask inherited from a parent that had
+// narrowed its own for a moment (PID 1 once did, to make its API socket,
+// while it started VMMs) made them 0600, and the VMM's reconnections to
+// its switch socket were refused with EACCES for good.
 func mkdirAllAt(dirfd int, rel string) error {
 	p := ""
 	for _, part := range strings.Split(rel, "/") {
 		p = filepath.Join(p, part)
-		if err := unix.Mkdirat(dirfd, p, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+		err := unix.Mkdirat(dirfd, p, 0o755)
+		if errors.Is(err, unix.EEXIST) {
+			continue
+		}
+		if err == nil {
+			err = unix.Fchmodat(dirfd, p, 0o755, 0)
+		}
+		if err != nil {
 			return fmt.Errorf("mkdir %s: %w", p, err)
 		}
 	}
