@@ -201,6 +201,7 @@ func checkDump(t testing.TB, lines []string, rip string) {
 		`^virtio-rng: queue 0: no vector, notify eventfd=0$`,
 		`^disk 0: virtio-blk: queue 1: no vector, notify eventfd=0$`,
 		`^disk 0: virtio-blk: queue 1: not activated$`,
+		`^disk 0: no request finished$`,
 		`^disk 0: virtio-blk: backend io_uring: 0 of \d+ slots in flight, 0 SQEs not taken by the kernel, 0 CQEs not reaped, refused=false overflow=false eventfd=0$`,
 		`^goroutine \d+ `,
 		`^main\.vmmMain\(`,

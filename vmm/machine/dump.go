@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/vmm/kvm"
+	"github.com/hyperroot/hyperroot/vmm/virtio/blk"
 )
 
 // vcpuWatch is what the run loop publishes about one vCPU for Dump, and the
@@ -84,7 +85,9 @@ func (m *Machine) Dump(w io.Writer, prefix string) {
 		io.WriteString(w, prefix+fmt.Sprintf(format, a...)+"\n")
 	}
 	line("%d vCPUs", len(m.vcpus))
+	began := time.Now()
 	before, serr := m.stats.snapshot()
+	disks := m.DiskStats()
 	if serr != nil {
 		line("kvm counts: %v", serr)
 	}
@@ -143,11 +146,11 @@ func (m *Machine) Dump(w io.Writer, prefix string) {
 			line("vcpu %d: thread %d did not answer within %s (%s): see its goroutine below", i, tid, dumpWait, where)
 		}
 	}
+	// What moved while the dump ran (at least statsSpan): a vCPU whose
+	// guest makes no progress while its exits or faults climb is spinning
+	// inside KVM; one where nothing moved never ran.
+	time.Sleep(time.Until(began.Add(statsSpan)))
 	if serr == nil {
-		// What moved while the dump ran (at least statsSpan): a vCPU
-		// whose guest makes no progress while its exits or faults climb
-		// is spinning inside KVM; one where nothing moved never ran.
-		time.Sleep(time.Until(before.at.Add(statsSpan)))
 		if after, err := m.stats.snapshot(); err != nil {
 			line("kvm counts: %v", err)
 		} else {
@@ -157,6 +160,14 @@ func (m *Machine) Dump(w io.Writer, prefix string) {
 			}
 			line("vm:%s", moved(before.vm, after.vm))
 			line("vm counts%s", counts(after.vm, nil))
+		}
+	}
+	// The disks' finished requests over the same span: a disk whose guest
+	// waits while nothing finishes is stuck, one where they trickle is
+	// slow (a throttle, or a guest whose clock says its run is not over).
+	for i, now := range m.DiskStats() {
+		if i < len(disks) {
+			line("disk %d:%s", i, diskMoved(disks[i], now))
 		}
 	}
 	if m.serial != nil {
@@ -190,6 +201,21 @@ func (m *Machine) describeDevices(line func(string, ...any)) {
 			line("%s: no description within %s (a lock held: see the goroutines below)", names[i], dumpWait)
 		}
 	}
+}
+
+// diskMoved lists the request classes whose finished count changed
+// between two of a disk's snapshots, or says none did.
+func diskMoved(before, after blk.Stats) string {
+	var s string
+	for c := range after {
+		if d := after[c].Requests - before[c].Requests; d != 0 {
+			s += fmt.Sprintf(" %v+%d", blk.Class(c), d)
+		}
+	}
+	if s == "" {
+		return " no request finished"
+	}
+	return " requests finished" + s
 }
 
 // answerDump runs on vCPU i's own thread, out of KVM_RUN, when Dump asked:
