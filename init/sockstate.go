@@ -23,8 +23,10 @@ import (
 // as the VMM's own mount namespace shows it (every component from its
 // root, with device and inode, to compare with PID 1's), the VMM's
 // credentials and SELinux context, and its mount of the directory. That
-// refusal came back with all of PID 1's view in order (2026-12-05): the
-// difference, if any, is in the VMM's.
+// refusal came back with all of PID 1's view in order (2026-12-05); the
+// difference was in the VMM's: directories of its jail made 0600 under a
+// umask it had inherited from PID 1 (fixed: jail.mkdirAllAt,
+// listenPrivate). The description stays for any other cause.
 
 // refusedReconnect says whether a line of a VMM's output is a refused
 // reconnection to the switch.
