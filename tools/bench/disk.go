@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -82,6 +83,9 @@ type diskBackend struct {
 	// files, if set, opens what the VMM inherits (from vmmcli.FirstFD
 	// on) for each boot; they are closed here once it has started.
 	files func() ([]*os.File, error)
+	// dumps: the VMM answers SIGUSR1 with a dump of its state
+	// (hyperroot's; QEMU dies of it).
+	dumps bool
 }
 
 // diskBackends are the contenders: hyperroot with each I/O backend, then
@@ -93,7 +97,7 @@ func diskBackends(hyperroot, img, clone string) []diskBackend {
 	ours := func(name, io, file, format string) diskBackend {
 		a := vmmcli.Args{Name: "bench", Kernel: kernel, Initrd: initrd, Cmdline: cmdline, CPUs: 1, Memory: benchMemory,
 			Disks: []vmmcli.Disk{{FD: -1, Path: file, IO: io, Format: format}}}
-		return diskBackend{name: name, argv: append([]string{hyperroot}, a.Argv()...)}
+		return diskBackend{name: name, argv: append([]string{hyperroot}, a.Argv()...), dumps: true}
 	}
 	qemu := func(name, file, format string) diskBackend {
 		return diskBackend{name: name, argv: []string{qemuPath,
@@ -289,10 +293,25 @@ func diskOnce(starter child.Starter, b diskBackend) (diskRun, error) {
 	case <-p.Done():
 		ws = p.Wait()
 	case <-time.After(diskBenchTimeout):
+		// What the guest said last says where it stopped; hyperroot's
+		// VMM also says where its devices' requests are (its dump).
+		tail := col.lastLines()
+		var dump []string
+		if b.dumps {
+			p.Signal(unix.SIGUSR1)
+			select {
+			case <-col.dumped:
+			case <-time.After(dumpWait):
+			}
+			dump = col.dumpLines()
+		}
 		p.Signal(unix.SIGKILL)
 		p.Wait()
-		// What the guest said last says where it stopped.
-		return diskRun{}, fmt.Errorf("no result within %s; console ended with: %q", diskBenchTimeout, col.tail)
+		err := fmt.Errorf("no result within %s; console ended with: %q", diskBenchTimeout, tail)
+		if len(dump) > 0 {
+			err = fmt.Errorf("%w; the VMM's dump:\n%s", err, strings.Join(dump, "\n"))
+		}
+		return diskRun{}, err
 	}
 	run, err := col.result()
 	if err != nil {
@@ -312,21 +331,45 @@ func diskOnce(starter child.Starter, b diskBackend) (diskRun, error) {
 // line.
 type diskCollector struct {
 	run         diskRun
+	mu          sync.Mutex // guards tail and dump, read while lines come
 	tail        []string
+	dump        []string      // a dump's lines (hyperroot's VMM, on SIGUSR1)
+	dumped      chan struct{} // closed at the dump's end line
 	verified    bool
 	failed      string
 	tripleFault string // the VMM's report that its guest triple-faulted
 }
 
 func newDiskCollector() *diskCollector {
-	return &diskCollector{run: diskRun{values: map[string]float64{}}}
+	return &diskCollector{run: diskRun{values: map[string]float64{}}, dumped: make(chan struct{})}
 }
 
+// dumpWait is how long a stalled VMM gets to answer its dump.
+const dumpWait = 30 * time.Second
+
+// dumpLine is what starts each line of a VMM's dump.
+const dumpLine = "hyperroot vmm: dump: "
+
 func (c *diskCollector) line(line string) {
+	c.mu.Lock()
+	if i := strings.Index(line, dumpLine); i >= 0 {
+		if rest := line[i+len(dumpLine):]; rest == "end" {
+			select {
+			case <-c.dumped: // a second dump's end
+			default:
+				close(c.dumped)
+			}
+		} else {
+			c.dump = append(c.dump, rest)
+		}
+		c.mu.Unlock()
+		return
+	}
 	c.tail = append(c.tail, line)
 	if len(c.tail) > 8 {
 		c.tail = c.tail[1:]
 	}
+	c.mu.Unlock()
 	for _, v := range parseDiskBenchLine(line) {
 		c.run.values[v.test] = v.value
 	}
@@ -345,6 +388,20 @@ func (c *diskCollector) line(line string) {
 	if isTripleFault(line) {
 		c.tripleFault = line
 	}
+}
+
+// lastLines is the console's last lines but a dump's.
+func (c *diskCollector) lastLines() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.tail)
+}
+
+// dumpLines is what a dump said so far, without its prefix.
+func (c *diskCollector) dumpLines() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.dump)
 }
 
 // isTripleFault says whether line is a VMM's report that its guest

@@ -323,3 +323,31 @@ func TestDiskMarks(t *testing.T) {
 		t.Errorf("irqs %q values %v", c.run.irqs, c.run.values)
 	}
 }
+
+// TestDiskCollectorDump: a stalled VMM's dump is kept apart from the
+// console's tail, its end line says it is complete, and a second end
+// line is harmless.
+func TestDiskCollectorDump(t *testing.T) {
+	c := newDiskCollector()
+	c.line("guest: diskbench begin randread qd=1")
+	c.line("hyperroot vmm: dump: 1 vCPUs")
+	c.line("hyperroot vmm: dump: disk 0: virtio-blk: queue 0: 1 in flight, 255 slots free")
+	select {
+	case <-c.dumped:
+		t.Fatal("the dump ended before its end line")
+	default:
+	}
+	c.line("hyperroot vmm: dump: end")
+	c.line("hyperroot vmm: dump: end")
+	select {
+	case <-c.dumped:
+	default:
+		t.Fatal("the end line did not end the dump")
+	}
+	if got := c.dumpLines(); len(got) != 2 || got[1] != "disk 0: virtio-blk: queue 0: 1 in flight, 255 slots free" {
+		t.Errorf("dump %q", got)
+	}
+	if got := c.lastLines(); len(got) != 1 || got[0] != "guest: diskbench begin randread qd=1" {
+		t.Errorf("tail %q", got)
+	}
+}
