@@ -1,6 +1,6 @@
-// Package eventfd signals, drains and peeks at eventfds: the kicks and interrupts a
-// VMM, KVM and the switch pass each other (ioeventfd, irqfd, vhost-user's
-// kick and call descriptors).
+// Package eventfd signals, drains and peeks at eventfds: the kicks and
+// interrupts a VMM, KVM and the switch pass each other (ioeventfd, irqfd,
+// vhost-user's kick and call descriptors).
 package eventfd
 
 import (
@@ -20,16 +20,10 @@ var one = [8]byte{1}
 // maximum (EAGAIN on a non-blocking eventfd) is signalled already: not an
 // error. An interrupted write is retried. It allocates nothing.
 func Signal(fd int) error {
-	for {
-		_, err := unix.Write(fd, one[:])
-		switch err {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return nil
-		}
+	if err := add(fd, one[:]); err != unix.EAGAIN {
 		return err
 	}
+	return nil
 }
 
 // Drain reads, and so clears, the eventfd fd's counter and reports whether
@@ -37,16 +31,12 @@ func Signal(fd int) error {
 // an error. An interrupted read is retried.
 func Drain(fd int) (set bool, err error) {
 	var b [8]byte
-	for {
-		n, err := unix.Read(fd, b[:])
-		switch err {
-		case nil:
-			return n == len(b), nil
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false, nil
-		}
+	switch err := take(fd, &b); err {
+	case nil:
+		return true, nil
+	case unix.EAGAIN:
+		return false, nil
+	default:
 		return false, err
 	}
 }
@@ -60,28 +50,39 @@ func Drain(fd int) (set bool, err error) {
 // original signal would have. A blocking eventfd at zero would block here.
 func Peek(fd int) (uint64, error) {
 	var b [8]byte
-	for {
-		_, err := unix.Read(fd, b[:])
-		switch err {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return 0, nil
-		case nil:
-		default:
-			return 0, err
-		}
-		break
+	switch err := take(fd, &b); err {
+	case nil:
+	case unix.EAGAIN:
+		return 0, nil
+	default:
+		return 0, err
 	}
 	n := binary.NativeEndian.Uint64(b[:])
+	if err := add(fd, b[:]); err != nil {
+		return n, fmt.Errorf("eventfd: putting back %d: %w", n, err)
+	}
+	return n, nil
+}
+
+// take reads the counter into b, clearing it; an interrupted read is
+// retried, any other error (EAGAIN: the counter is zero) returned as is.
+func take(fd int, b *[8]byte) error {
 	for {
-		_, err := unix.Write(fd, b[:])
-		if err == unix.EINTR {
-			continue
+		_, err := unix.Read(fd, b[:])
+		if err != unix.EINTR {
+			return err
 		}
-		if err != nil {
-			return n, fmt.Errorf("eventfd: putting back %d: %w", n, err)
+	}
+}
+
+// add writes b, a counter increment in the host's order; an interrupted
+// write is retried, any other error (EAGAIN: the counter would overflow)
+// returned as is.
+func add(fd int, b []byte) error {
+	for {
+		_, err := unix.Write(fd, b)
+		if err != unix.EINTR {
+			return err
 		}
-		return n, nil
 	}
 }
