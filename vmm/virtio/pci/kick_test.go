@@ -14,20 +14,7 @@ import (
 // ("syscall"), and each eventfd signal still reaches kick, once per
 // signal taken, with the queue's index.
 func TestKickLoopParks(t *testing.T) {
-	fds, err := newEventFDs(2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeFDs(fds)
-	kicks := make(chan int, 16)
-	l, err := startKickLoop(fds, func(q int) { kicks <- q })
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.stop()
-	for range fds { // the activation kicks
-		<-kicks
-	}
+	fds, kicks := kickLoopFor(t, 2, 16)
 	for round := range 3 {
 		q := round % 2
 		eventfd.Signal(fds[q])
@@ -79,22 +66,33 @@ func kickLoopState() string {
 // BenchmarkKickLoop: an eventfd signal to the device's kick callback and
 // back, the notification path of every request (kick to serve).
 func BenchmarkKickLoop(b *testing.B) {
-	fds, err := newEventFDs(1)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer closeFDs(fds)
-	kicks := make(chan int, 1)
-	l, err := startKickLoop(fds, func(q int) { kicks <- q })
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.stop()
-	<-kicks
+	fds, kicks := kickLoopFor(b, 1, 1)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {
 		eventfd.Signal(fds[0])
 		<-kicks
 	}
+}
+
+// kickLoopFor runs a kick loop on n fresh eventfds until the test ends;
+// kick sends each call's queue to the returned channel (of capacity c).
+// The activation kicks of every queue are taken already.
+func kickLoopFor(tb testing.TB, n, c int) ([]int, chan int) {
+	tb.Helper()
+	fds, err := newEventFDs(n)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { closeFDs(fds) })
+	kicks := make(chan int, c)
+	l, err := startKickLoop(fds, func(q int) { kicks <- q })
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(l.stop)
+	for range fds {
+		<-kicks
+	}
+	return fds, kicks
 }
