@@ -2,12 +2,14 @@ package e2e
 
 import (
 	"bufio"
+	"cmp"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -219,16 +221,18 @@ func (c *liveCapture) stop(t testing.TB) {
 // interrupted.
 func checkLiveCapture(t testing.TB, path string, streamBytes int, endLine string) {
 	t.Helper()
-	var frames, dhcp, payload int
+	var frames, dhcp int
+	var stream tcpStreams
 	eachFrame(t, path, true, func(pkt gopacket.Packet, _ gopacket.CaptureInfo) {
 		frames++
 		if udp, ok := pkt.Layer(layers.LayerTypeUDP).(*layers.UDP); ok && (udp.DstPort == 67 || udp.DstPort == 68) {
 			dhcp++
 		}
 		if tcp, ok := pkt.Layer(layers.LayerTypeTCP).(*layers.TCP); ok && tcp.DstPort == 5001 {
-			payload += len(tcp.Payload)
+			stream.add(tcp)
 		}
 	})
+	payload := stream.bytes()
 	t.Logf("live capture of client.0: %d frames, %d DHCP, %d of the stream's %d bytes; %s", frames, dhcp, payload, streamBytes, endLine)
 	if dhcp < 4 {
 		t.Errorf("live capture has %d DHCP frames, want DISCOVER, OFFER, REQUEST and ACK", dhcp)
@@ -239,6 +243,54 @@ func checkLiveCapture(t testing.TB, path string, streamBytes int, endLine string
 	if strings.HasSuffix(endLine, " dropped=0") && payload != streamBytes {
 		t.Errorf("live capture dropped nothing but has %d bytes of a %d-byte stream", payload, streamBytes)
 	}
+}
+
+// tcpStreams counts the distinct bytes of TCP streams seen from one side,
+// by sequence number: a segment the sender retransmitted (its ACK lost
+// on the way back, say, to a full receive ring) is in a capture twice but
+// in the stream once.
+type tcpStreams map[layers.TCPPort]*tcpStream
+
+type tcpStream struct {
+	base   uint32      // sequence number of the stream's first byte
+	ranges [][2]uint32 // [start, end) relative to base
+}
+
+func (s *tcpStreams) add(tcp *layers.TCP) {
+	if *s == nil {
+		*s = tcpStreams{}
+	}
+	f := (*s)[tcp.SrcPort]
+	if f == nil {
+		f = &tcpStream{base: tcp.Seq}
+		(*s)[tcp.SrcPort] = f
+	}
+	if tcp.SYN {
+		f.base = tcp.Seq + 1
+	}
+	if n := uint32(len(tcp.Payload)); n > 0 {
+		start := tcp.Seq - f.base
+		f.ranges = append(f.ranges, [2]uint32{start, start + n})
+	}
+}
+
+// bytes is the number of distinct stream bytes over every stream.
+func (s tcpStreams) bytes() int {
+	total := 0
+	for _, f := range s {
+		slices.SortFunc(f.ranges, func(a, b [2]uint32) int { return cmp.Compare(a[0], b[0]) })
+		var end uint32
+		for i, r := range f.ranges {
+			if i == 0 || r[0] > end {
+				total += int(r[1] - r[0])
+				end = r[1]
+			} else if r[1] > end {
+				total += int(r[1] - end)
+				end = r[1]
+			}
+		}
+	}
+	return total
 }
 
 // TestCtlNICLifecycle: `hyperroot ctl` on the host drives a VM with a NIC
@@ -420,5 +472,27 @@ func eachFrame(t testing.TB, path string, cut bool, fn func(gopacket.Packet, gop
 			t.Fatalf("capture %s: frame %d: %v", path, n, err)
 		}
 		fn(gopacket.NewPacket(data, layers.LayerTypeEthernet, gopacket.NoCopy), ci)
+	}
+}
+
+// TestTCPStreams: a capture's stream bytes are counted once however often
+// the sender retransmitted them, across the sequence number's wrap, and
+// per connection.
+func TestTCPStreams(t *testing.T) {
+	seg := func(src layers.TCPPort, seq uint32, syn bool, n int) *layers.TCP {
+		return &layers.TCP{SrcPort: src, DstPort: 5001, Seq: seq, SYN: syn, BaseLayer: layers.BaseLayer{Payload: make([]byte, n)}}
+	}
+	var s tcpStreams
+	isn := uint32(1<<32 - 1000) // the stream wraps
+	s.add(seg(40000, isn, true, 0))
+	s.add(seg(40000, isn+1, false, 1448))
+	s.add(seg(40000, isn+1+1448, false, 1448))
+	s.add(seg(40000, isn+1, false, 1448))          // retransmitted
+	s.add(seg(40000, isn+1+1000, false, 1448+500)) // re-segmented, overlapping both
+	s.add(seg(40000, isn+1+2896, false, 100))
+	s.add(seg(40001, 7, true, 0))
+	s.add(seg(40001, 8, false, 10))
+	if got, want := s.bytes(), 2896+100+10; got != want {
+		t.Fatalf("stream bytes %d, want %d", got, want)
 	}
 }

@@ -18,6 +18,12 @@ import (
 // their wish behind and return, and the busy goroutine drives the line
 // again before it leaves. Hence
 //   - the line ends at the level of the last Want, in device-lock order;
+//   - a low wish is never lost: a line that is high, asked low and then
+//     high again before a Flush drives it low and high, so an
+//     edge-triggered interrupt controller sees the new rising edge. A
+//     guest that read "no interrupt" from the device saw the line low, and
+//     the next event must interrupt it again (an 8250 driver polls the
+//     UART until IIR says "none", then waits for an edge);
 //   - Set is never called concurrently for one line;
 //   - Set may call back into the device (and so into Flush) without
 //     deadlock, because no lock is held while it runs.
@@ -32,6 +38,7 @@ type Pin struct {
 	want  bool // level the device asked for last
 	cur   bool // level last driven
 	pulse bool // the line must fall before it is driven again
+	low   bool // the device wanted the line low since it was last driven
 	busy  bool // a goroutine is inside Flush's Set calls
 }
 
@@ -43,6 +50,7 @@ func New(line irq.Line) *Pin { return &Pin{line: line} }
 func (p *Pin) Want(level bool) {
 	p.mu.Lock()
 	p.want = level
+	p.low = p.low || !level
 	p.mu.Unlock()
 }
 
@@ -80,8 +88,8 @@ func (p *Pin) Flush() {
 	}
 	p.busy = true
 	for {
-		fall := p.pulse && p.cur
-		p.pulse = false
+		fall := (p.pulse || p.low) && p.cur
+		p.pulse, p.low = false, false
 		want := p.want
 		if !fall && want == p.cur {
 			break

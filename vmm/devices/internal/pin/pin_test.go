@@ -12,16 +12,24 @@ import (
 func TestTransitions(t *testing.T) {
 	tests := []struct {
 		name string
-		ops  string // w = Want(true), l = Want(false), p = Pulse(true), q = Pulse(false); each followed by Flush
+		ops  string // w = Want(true), l = Want(false), p = Pulse(true), q = Pulse(false), . = Flush
 		want []bool
 	}{
-		{"raise", "w", []bool{true}},
-		{"no change no call", "lll", nil},
-		{"raise lower", "wl", []bool{true, false}},
-		{"repeat raise once", "www", []bool{true}},
-		{"pulse while high gives an edge", "wp", []bool{true, false, true}},
-		{"pulse while low is a raise", "p", []bool{true}},
-		{"pulse low while high lowers once", "wq", []bool{true, false}},
+		{"raise", "w.", []bool{true}},
+		{"no change no call", "l.l.l.", nil},
+		{"raise lower", "w.l.", []bool{true, false}},
+		{"repeat raise once", "w.w.w.", []bool{true}},
+		{"pulse while high gives an edge", "w.p.", []bool{true, false, true}},
+		{"pulse while low is a raise", "p.", []bool{true}},
+		{"pulse low while high lowers once", "w.q.", []bool{true, false}},
+		// The guest read "no interrupt" (the device wanted the line
+		// low) and a new event came before the flush: the controller
+		// must still see an edge.
+		{"low wish between flushes gives an edge", "w.lw.", []bool{true, false, true}},
+		{"low wishes between flushes give one edge", "w.lwlw.", []bool{true, false, true}},
+		{"low wish while low is a raise", "lw.", []bool{true}},
+		{"low wish ending low lowers once", "w.wl.", []bool{true, false}},
+		{"last wish wins without a flush between", "wl.", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -37,8 +45,9 @@ func TestTransitions(t *testing.T) {
 					p.Pulse(true)
 				case 'q':
 					p.Pulse(false)
+				case '.':
+					p.Flush()
 				}
-				p.Flush()
 			}
 			if got := r.History(); !slices.Equal(got, tt.want) {
 				t.Errorf("history %v, want %v", got, tt.want)
