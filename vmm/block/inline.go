@@ -6,10 +6,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// inlineIovecs bounds the buffers of a request Inline takes; longer
-// scatter lists (rare: Linux sends a 4 KiB request as one segment) go the
-// asynchronous way, so that the iovec array can live on the stack.
-const inlineIovecs = 8
+// inlineIovecs bounds the buffers of a request Inline takes, so that the
+// iovec array can live on the stack (4 KiB of it); longer scatter lists go
+// the asynchronous way. 256 holds a 1 MiB request of 4 KiB guest pages,
+// what Linux sends for sequential I/O: with the earlier bound of 8 every
+// such request went to io_uring (on tmpfs an io-wq thread) and its reaper,
+// two thread wake-ups for the same copy, and sequential reads ran at 0.68
+// of QEMU's rate.
+const inlineIovecs = 256
 
 // Inline implements Backend for both implementations.
 //

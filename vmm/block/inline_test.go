@@ -82,6 +82,21 @@ func TestInline(t *testing.T) {
 				if !bytes.Equal(got, data) {
 					t.Fatal("data written inline not read back")
 				}
+				// A sequential read's scatter list: the whole file in
+				// 512-byte pieces (128 of them; Linux's 1 MiB requests
+				// come as 256 pages), taken at once on tmpfs.
+				pieces := make([][]byte, size/512)
+				for i := range pieces {
+					pieces[i] = make([]byte, 512)
+				}
+				if c, ok := b.Inline(&Request{Op: Read, Offset: 0, Bufs: pieces}); ok {
+					all := bytes.Join(pieces, nil)
+					if c.N != size || !bytes.Equal(all[4096:8192], data) || !bytes.Equal(all[8192:size-100], content[8192:]) {
+						t.Fatalf("read of %d pieces: n=%d or data wrong", len(pieces), c.N)
+					}
+				} else if memory {
+					t.Fatalf("tmpfs read of %d pieces declined", len(pieces))
+				}
 				// Declined: out of range, not a transfer, too many buffers.
 				for _, r := range []Request{
 					{Op: Read, Offset: size, Bufs: [][]byte{buf}},
