@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -218,6 +219,11 @@ func TestDiskBackends(t *testing.T) {
 			}
 		}
 	}
+	for _, b := range bs {
+		if ours := !strings.HasPrefix(b.name, "qemu"); b.peer == ours || b.dumps != ours {
+			t.Errorf("%s: peer=%v dumps=%v", b.name, b.peer, b.dumps)
+		}
+	}
 	// Both of our backends are measured, then QEMU, then both on a clone.
 	if strings.Join(names, " ") != "uring pool qemu qcow2 qemu-qcow2" {
 		t.Errorf("backends %v, want uring pool qemu qcow2 qemu-qcow2", names)
@@ -349,5 +355,38 @@ func TestDiskCollectorDump(t *testing.T) {
 	}
 	if got := c.lastLines(); len(got) != 1 || got[0] != "guest: diskbench begin randread qd=1" {
 		t.Errorf("tail %q", got)
+	}
+}
+
+// TestDiskRounds: a peer whose guest fails a round loses that round and
+// the others go on; one of hyperroot's failing ends the benchmark.
+func TestDiskRounds(t *testing.T) {
+	backends := []diskBackend{{name: "uring", dumps: true}, {name: "qemu", peer: true}}
+	var log []string
+	logf := func(format string, a ...any) { log = append(log, fmt.Sprintf(format, a...)) }
+	stall := errors.New("no result within 10m0s")
+	runs, err := diskRounds(logf, 3, backends, func(round int, b diskBackend) (diskRun, error) {
+		if b.name == "qemu" && round == 2 {
+			return diskRun{}, stall
+		}
+		return diskRun{values: map[string]float64{"seqread": float64(round)}}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(runs["uring"]) != 3 || len(runs["qemu"]) != 2 {
+		t.Errorf("rounds: uring %d, qemu %d; want 3 and 2", len(runs["uring"]), len(runs["qemu"]))
+	}
+	if !slices.Contains(log, "bench: disk round=2 backend=qemu: no round: no result within 10m0s") {
+		t.Errorf("the lost round is not logged: %q", log)
+	}
+	_, err = diskRounds(logf, 3, backends, func(round int, b diskBackend) (diskRun, error) {
+		if b.name == "uring" && round == 2 {
+			return diskRun{}, stall
+		}
+		return diskRun{}, nil
+	})
+	if !errors.Is(err, stall) || !strings.HasPrefix(err.Error(), "uring: ") {
+		t.Errorf("hyperroot's failed round: %v", err)
 	}
 }
