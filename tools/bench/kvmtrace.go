@@ -102,20 +102,34 @@ func (t kvmTrace) read() []kvmCount {
 		}
 		ev := filepath.Base(h.event)
 		byLabel := map[string]uint64{}
+		// A VMM's system calls by thread as well: which of them are
+		// the runtime's (its monitor, idle threads) and which the
+		// vCPU's or the kick loop's shows only per thread.
+		byThread := map[string]uint64{}
 		for _, e := range parseHist(string(b)) {
 			byLabel[h.label(e.fields, group)] += e.n
-		}
-		first := len(out)
-		for l, n := range byLabel {
-			out = append(out, kvmCount{ev, l, n})
-		}
-		slices.SortFunc(out[first:], func(a, b kvmCount) int {
-			if c := cmp.Compare(b.n, a.n); c != 0 {
-				return c
+			if h.event == "raw_syscalls/sys_enter" && group(e.fields["common_pid"]) == "vmm" {
+				byThread[fmt.Sprintf("%d:%s", e.fields["common_pid"], syscallName(e.fields["id"]))] += e.n
 			}
-			return strings.Compare(a.name, b.name)
-		})
+		}
+		out = appendSorted(out, ev, byLabel)
+		out = appendSorted(out, "vmm_thread", byThread)
 	}
+	return out
+}
+
+// appendSorted appends counts by label as event's, the largest first.
+func appendSorted(out []kvmCount, event string, byLabel map[string]uint64) []kvmCount {
+	first := len(out)
+	for l, n := range byLabel {
+		out = append(out, kvmCount{event, l, n})
+	}
+	slices.SortFunc(out[first:], func(a, b kvmCount) int {
+		if c := cmp.Compare(b.n, a.n); c != 0 {
+			return c
+		}
+		return strings.Compare(a.name, b.name)
+	})
 	return out
 }
 

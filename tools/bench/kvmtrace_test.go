@@ -93,3 +93,30 @@ func TestKVMTrace(t *testing.T) {
 		t.Error("start without tracefs succeeded")
 	}
 }
+
+// TestVMMThreads: a VMM's system calls are also counted per thread, and
+// no other process's are.
+func TestVMMThreads(t *testing.T) {
+	dir, proc := t.TempDir(), t.TempDir()
+	stat, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for tid, cmdline := range map[string]string{"41": "hyperroot\x00vmm\x00--cpus\x001\x00", "42": "hyperroot\x00vmm\x00", "43": "hyperroot\x00switch\x00"} {
+		if err := os.MkdirAll(filepath.Join(proc, tid), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(proc, tid, "stat"), stat, 0o644)
+		os.WriteFile(filepath.Join(proc, tid, "cmdline"), []byte(cmdline), 0o644)
+	}
+	ev := filepath.Join(dir, "events", "raw_syscalls", "sys_enter")
+	if err := os.MkdirAll(ev, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(ev, "hist"), []byte("{ common_pid: 41, id: 202 } hitcount: 30\n{ common_pid: 42, id: 281 } hitcount: 10\n"+
+		"{ common_pid: 42, id: 202 } hitcount: 6\n{ common_pid: 43, id: 202 } hitcount: 50\n"), 0o644)
+	got := kvmCountsLine(kvmTrace{dir, proc}.read(), 2, 8)
+	if want := "sys_enter switch:futex=25.0 vmm:futex=18.0 vmm:epoll_pwait=5.0 vmm_thread 41:futex=15.0 42:epoll_pwait=5.0 42:futex=3.0"; got != want {
+		t.Errorf("line %q, want %q", got, want)
+	}
+}
