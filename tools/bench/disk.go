@@ -45,6 +45,10 @@ const (
 	diskBenchSize    = 256 << 20
 	diskBenchOptions = "time=6s,jobs=1:4:32"
 	diskBenchTimeout = 10 * time.Minute
+	// diskBenchSilence ends a boot whose console said nothing for that
+	// long: the guest prints a line per test, each timed test lasting
+	// seconds, so this is 20 times the longest gap of a normal run.
+	diskBenchSilence = 2 * time.Minute
 	qemuPath         = "/usr/bin/qemu-system-x86_64"
 )
 
@@ -313,10 +317,12 @@ func diskOnce(starter child.Starter, b diskBackend) (diskRun, error) {
 		return diskRun{}, err
 	}
 	var ws unix.WaitStatus
-	select {
-	case <-p.Done():
+	tick := time.NewTicker(diskBenchSilence / 8)
+	why := col.wait(p.Done(), diskBenchTimeout, diskBenchSilence, tick.C)
+	tick.Stop()
+	if why == "" {
 		ws = p.Wait()
-	case <-time.After(diskBenchTimeout):
+	} else {
 		// What the guest said last says where it stopped; hyperroot's
 		// VMM also says where its devices' requests are (its dump).
 		tail := col.lastLines()
@@ -331,7 +337,7 @@ func diskOnce(starter child.Starter, b diskBackend) (diskRun, error) {
 		}
 		p.Signal(unix.SIGKILL)
 		p.Wait()
-		err := fmt.Errorf("no result within %s; console ended with: %q", diskBenchTimeout, tail)
+		err := fmt.Errorf("%s; console ended with: %q", why, tail)
 		if len(dump) > 0 {
 			err = fmt.Errorf("%w; the VMM's dump:\n%s", err, strings.Join(dump, "\n"))
 		}
@@ -355,7 +361,9 @@ func diskOnce(starter child.Starter, b diskBackend) (diskRun, error) {
 // line.
 type diskCollector struct {
 	run         diskRun
-	mu          sync.Mutex // guards tail and dump, read while lines come
+	mu          sync.Mutex // guards tail, dump and last, read while lines come
+	last        time.Time  // when the last line came
+	now         func() time.Time
 	tail        []string
 	dump        []string      // a dump's lines (hyperroot's VMM, on SIGUSR1)
 	dumped      chan struct{} // closed at the dump's end line
@@ -365,7 +373,7 @@ type diskCollector struct {
 }
 
 func newDiskCollector() *diskCollector {
-	return &diskCollector{run: diskRun{values: map[string]float64{}}, dumped: make(chan struct{})}
+	return &diskCollector{run: diskRun{values: map[string]float64{}}, dumped: make(chan struct{}), now: time.Now}
 }
 
 // dumpWait is how long a stalled VMM gets to answer its dump.
@@ -374,8 +382,35 @@ const dumpWait = 30 * time.Second
 // dumpLine is what starts each line of a VMM's dump.
 const dumpLine = "hyperroot vmm: dump: "
 
+// wait returns "" when done is closed, or why it gave up, looking at
+// each tick: the boot took longer than limit, or its console was silent
+// for silence.
+func (c *diskCollector) wait(done <-chan struct{}, limit, silence time.Duration, tick <-chan time.Time) string {
+	start := c.now()
+	for {
+		select {
+		case <-done:
+			return ""
+		case now := <-tick:
+			c.mu.Lock()
+			last := c.last
+			c.mu.Unlock()
+			if last.IsZero() {
+				last = start
+			}
+			switch {
+			case now.Sub(start) >= limit:
+				return fmt.Sprintf("no result within %s", limit)
+			case now.Sub(last) >= silence:
+				return fmt.Sprintf("no console line for %s (%s into the boot)", silence, now.Sub(start).Round(time.Second))
+			}
+		}
+	}
+}
+
 func (c *diskCollector) line(line string) {
 	c.mu.Lock()
+	c.last = c.now()
 	if i := strings.Index(line, dumpLine); i >= 0 {
 		if rest := line[i+len(dumpLine):]; rest == "end" {
 			select {

@@ -8,7 +8,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -388,5 +390,53 @@ func TestDiskRounds(t *testing.T) {
 	})
 	if !errors.Is(err, stall) || !strings.HasPrefix(err.Error(), "uring: ") {
 		t.Errorf("hyperroot's failed round: %v", err)
+	}
+}
+
+// TestDiskCollectorWait: a boot ends the wait when done; a console that
+// keeps talking is given the whole limit, and one that falls silent is
+// given up on after the silence (a fake clock, ticked by the test).
+func TestDiskCollectorWait(t *testing.T) {
+	c := newDiskCollector()
+	done := make(chan struct{})
+	close(done)
+	if why := c.wait(done, time.Hour, time.Hour, nil); why != "" {
+		t.Errorf("a finished boot: %q", why)
+	}
+	for _, tc := range []struct {
+		name  string
+		talks bool
+		want  string
+	}{
+		{"talking", true, "no result within 200ms"},
+		{"silent", false, "no console line for 100ms (0s into the boot)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newDiskCollector()
+			clock := time.Unix(1e9, 0)
+			var mu sync.Mutex
+			c.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
+			tick := make(chan time.Time)
+			result := make(chan string)
+			go func() { result <- c.wait(make(chan struct{}), 200*time.Millisecond, 100*time.Millisecond, tick) }()
+			for {
+				mu.Lock()
+				clock = clock.Add(30 * time.Millisecond)
+				now := clock
+				mu.Unlock()
+				if tc.talks {
+					c.line("guest: diskbench begin randread qd=1")
+				}
+				select {
+				case tick <- now:
+					continue
+				case why := <-result:
+					if why != tc.want {
+						t.Errorf("%q, want %q", why, tc.want)
+					}
+				}
+				break
+			}
+		})
 	}
 }
