@@ -377,13 +377,18 @@ type streamCPU struct {
 	marks windowMarks
 	// trace counts KVM's events by kind over the window (kvmTrace's
 	// directory: tracefs); "" counts none.
-	trace    string
-	traceErr error
-	mu       sync.Mutex
-	from     *cpuSample
-	acct     *cpuAccount
-	opened   float64 // what the opening line said of the work
-	err      error
+	trace string
+	// traceOn: the histograms are installed already, for the whole
+	// boot (kvmTrace.start before it): the window counts the difference
+	// of two reads instead of installing them at its opening line.
+	traceOn   bool
+	traceBase []kvmCount
+	traceErr  error
+	mu        sync.Mutex
+	from      *cpuSample
+	acct      *cpuAccount
+	opened    float64 // what the opening line said of the work
+	err       error
 }
 
 // line is given every console line of the guests.
@@ -423,7 +428,10 @@ func (w *streamCPU) line(line string) {
 	t := kvmTrace{w.trace, w.proc}
 	if w.from == nil {
 		w.from, w.opened = &s, opened
-		if w.trace != "" {
+		switch {
+		case w.trace != "" && w.traceOn:
+			w.traceBase = t.read()
+		case w.trace != "":
 			w.traceErr = t.start()
 		}
 		return
@@ -433,9 +441,11 @@ func (w *streamCPU) line(line string) {
 		if w.traceErr != nil {
 			a.trace = "no KVM trace: " + w.traceErr.Error()
 		} else {
-			a.trace = kvmCountsLine(t.read(), a.work, 8)
+			a.trace = kvmCountsLine(subtractCounts(t.read(), w.traceBase), a.work, 8)
 		}
-		t.stop() // start may have installed some of the histograms
+		if !w.traceOn {
+			t.stop() // start may have installed some of the histograms
+		}
 	}
 	w.acct = &a
 }

@@ -118,6 +118,36 @@ func (t kvmTrace) read() []kvmCount {
 	return out
 }
 
+// subtractCounts is counts less base (an earlier read of the same
+// histograms), per event and label, sorted as read sorts them; labels
+// that did not move are left out.
+func subtractCounts(counts, base []kvmCount) []kvmCount {
+	if base == nil {
+		return counts
+	}
+	was := map[[2]string]uint64{}
+	for _, c := range base {
+		was[[2]string{c.event, c.name}] = c.n
+	}
+	var events []string
+	by := map[string]map[string]uint64{}
+	for _, c := range counts {
+		n := c.n - min(c.n, was[[2]string{c.event, c.name}])
+		if by[c.event] == nil {
+			by[c.event] = map[string]uint64{}
+			events = append(events, c.event)
+		}
+		if n > 0 {
+			by[c.event][c.name] = n
+		}
+	}
+	var out []kvmCount
+	for _, ev := range events {
+		out = appendSorted(out, ev, by[ev])
+	}
+	return out
+}
+
 // appendSorted appends counts by label as event's, the largest first.
 func appendSorted(out []kvmCount, event string, byLabel map[string]uint64) []kvmCount {
 	first := len(out)

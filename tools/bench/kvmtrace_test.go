@@ -120,3 +120,17 @@ func TestVMMThreads(t *testing.T) {
 		t.Errorf("line %q, want %q", got, want)
 	}
 }
+
+// TestSubtractCounts: a window over histograms installed for the whole
+// boot counts what moved since its opening read, sorted again, and
+// leaves out what did not move.
+func TestSubtractCounts(t *testing.T) {
+	base := []kvmCount{{"kvm_exit", "npf", 100}, {"kvm_exit", "msr", 50}, {"sys_enter", "vmm:futex", 7}}
+	now := []kvmCount{{"kvm_exit", "npf", 130}, {"kvm_exit", "msr", 90}, {"kvm_exit", "hlt", 5}, {"sys_enter", "vmm:futex", 7}, {"sys_enter", "vmm:read", 3}}
+	if got, want := kvmCountsLine(subtractCounts(now, base), 1, 8), "kvm_exit msr=40.0 npf=30.0 hlt=5.0 sys_enter vmm:read=3.0"; got != want {
+		t.Errorf("%q, want %q", got, want)
+	}
+	if got := subtractCounts(now, nil); len(got) != len(now) {
+		t.Errorf("without a base: %v", got)
+	}
+}
