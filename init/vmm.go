@@ -66,7 +66,7 @@ func vmmMain(args []string) int {
 		go reportStats(&built, a.Name, a.DumpTag, os.Stderr, statsEvery)
 	}
 	go stopOnSignals(a.Name, &built, sigc)
-	tuneRuntime()
+	tuneRuntime(a.CPUs)
 	mem, err := config.ParseSize(a.Memory)
 	if err != nil {
 		return fail("memory: %v", err)
@@ -147,7 +147,6 @@ func vmmMain(args []string) int {
 	}
 	defer m.Close()
 	buildTime := time.Since(start)
-	tuneProcs(m.SyscallWaiters() + 1) // and feedConsole, in read(2) on stdin
 	// stdout is the guest's console: the VMM's own notes go to stderr.
 	for i, kind := range m.DiskBackends() {
 		if cfg.Disks[i].Direct {
@@ -360,9 +359,9 @@ const (
 	vmmMemoryLimit = 64 << 20
 )
 
-// tuneRuntime applies the VMM role's runtime settings; GOGC and GOMEMLIMIT
-// in the environment still win, for experiments.
-func tuneRuntime() {
+// tuneRuntime applies the VMM role's runtime settings; GOGC, GOMEMLIMIT and
+// GOMAXPROCS in the environment still win, for experiments.
+func tuneRuntime(cpus int) {
 	// Nothing reads a memory profile in a VMM, and sampling one keeps a
 	// 1.4 MiB bucket table (resident where the samples fall).
 	runtime.MemProfileRate = 0
@@ -372,26 +371,15 @@ func tuneRuntime() {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(vmmMemoryLimit)
 	}
-}
-
-// tuneProcs gives the VMM one P per goroutine that waits in a blocking
-// system call (waiters: its vCPUs in KVM_RUN, its kick loops in
-// epoll_wait, its console feed in read) and one more for everything else;
-// GOMAXPROCS in the environment still wins.
-//
-// Why: a thread blocked in a system call keeps its P, and takes up where
-// it left off when the call returns, only while another P is idle; when
-// none is, the runtime's monitor takes the P back after 20 µs and hands it
-// to a thread that spins looking for work and sleeps again, and the
-// waiter, once woken, must find a P of its own. Per disk request at queue
-// depth 1 that was ~1.75 futex and ~1.2 nanosleep calls on top of the 4
-// the request needs, with GOMAXPROCS at the appliance's 2 CPUs, one vCPU
-// and one disk. More Ps than CPUs cost nothing while their threads sleep
-// in the kernel; a P costs a cache of heap spans and, during a
-// collection, a mark worker, which the VMM's rare collections afford.
-func tuneProcs(waiters int) {
-	if os.Getenv("GOMAXPROCS") == "" && waiters > 0 {
-		runtime.GOMAXPROCS(waiters + 1)
+	// vCPU threads sit in KVM_RUN, and the runtime hands their Ps to
+	// other threads while they wait; one P per vCPU handling an exit plus
+	// one for devices and I/O completions is all that can run at once.
+	// (More Ps, one per thread blocked in a system call, were tried on
+	// 2026-12-07 against the runtime's futex and nanosleep calls per disk
+	// request: they did not change them; docs/PERFORMANCE.md, Disks.) Every P costs a cache of heap spans and a
+	// GC worker goroutine, which on a large host add up per VM.
+	if n := cpus + 1; os.Getenv("GOMAXPROCS") == "" && cpus > 0 && n < runtime.GOMAXPROCS(0) {
+		runtime.GOMAXPROCS(n)
 	}
 }
 

@@ -167,7 +167,11 @@ func TestTuneRuntime(t *testing.T) {
 	for _, k := range []string{"GOGC", "GOMEMLIMIT", "GOMAXPROCS"} {
 		t.Setenv(k, "")
 	}
-	tuneRuntime()
+	runtime.GOMAXPROCS(64)
+	tuneRuntime(1)
+	if got := runtime.GOMAXPROCS(0); got != 2 {
+		t.Errorf("GOMAXPROCS with 1 vCPU = %d, want 2", got)
+	}
 	if got := debug.SetGCPercent(100); got != vmmGCPercent {
 		t.Errorf("GC percent = %d, want %d", got, vmmGCPercent)
 	}
@@ -178,25 +182,16 @@ func TestTuneRuntime(t *testing.T) {
 		t.Errorf("MemProfileRate = %d, want 0", runtime.MemProfileRate)
 	}
 
-	// One P per waiter and one more, more or fewer than the host's
-	// CPUs; GOMAXPROCS in the environment wins.
-	for _, waiters := range []int{3, 200} {
-		tuneProcs(waiters)
-		if got := runtime.GOMAXPROCS(0); got != waiters+1 {
-			t.Errorf("GOMAXPROCS for %d waiters = %d, want %d", waiters, got, waiters+1)
-		}
-	}
+	// Never more Ps than the host has, and the environment wins.
 	runtime.GOMAXPROCS(1)
-	t.Setenv("GOMAXPROCS", "1")
-	tuneProcs(8)
-	if got := runtime.GOMAXPROCS(0); got != 1 {
-		t.Errorf("GOMAXPROCS=1 in the environment overridden: %d", got)
-	}
 	debug.SetGCPercent(100)
 	debug.SetMemoryLimit(math.MaxInt64)
 	t.Setenv("GOGC", "100")
 	t.Setenv("GOMEMLIMIT", "off")
-	tuneRuntime()
+	tuneRuntime(8)
+	if got := runtime.GOMAXPROCS(0); got != 1 {
+		t.Errorf("GOMAXPROCS raised to %d", got)
+	}
 	if got := debug.SetGCPercent(100); got != 100 {
 		t.Errorf("GOGC=100 in the environment overridden: %d", got)
 	}

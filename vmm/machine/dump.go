@@ -84,7 +84,7 @@ func (m *Machine) Dump(w io.Writer, prefix string) {
 	line := func(format string, a ...any) {
 		io.WriteString(w, prefix+fmt.Sprintf(format, a...)+"\n")
 	}
-	line("%d vCPUs; %d goroutines waiting in system calls, GOMAXPROCS %d", len(m.vcpus), m.SyscallWaiters(), runtime.GOMAXPROCS(0))
+	line("%d vCPUs", len(m.vcpus))
 	began := time.Now()
 	before, serr := m.stats.snapshot()
 	disks := m.DiskStats()

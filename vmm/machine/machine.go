@@ -796,21 +796,6 @@ func (m *Machine) Stop() { m.stop(Result{ExitStopped, "stopped by the VMM"}) }
 // PowerButton presses the guest's ACPI power button.
 func (m *Machine) PowerButton() { m.ged.PowerButton() }
 
-// SyscallWaiters is how many of the machine's goroutines wait in a
-// blocking system call rather than parked in the Go scheduler: each vCPU
-// (KVM_RUN) and each virtio device's kick loop (epoll_wait). Each such
-// thread keeps its P while it waits, which is what makes its wake-up
-// fast; see the VMM's GOMAXPROCS.
-func (m *Machine) SyscallWaiters() int {
-	n := len(m.vcpus)
-	for _, t := range m.virtio {
-		if t.KickLoop() {
-			n++
-		}
-	}
-	return n
-}
-
 // ConsoleDropped reports how many bytes of the guest's console output were
 // dropped because its reader stayed a whole buffer behind (serial.Buffer).
 func (m *Machine) ConsoleDropped() uint64 {

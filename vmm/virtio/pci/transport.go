@@ -373,12 +373,6 @@ func within(off uint64, n int, start, size uint64) bool {
 	return off >= start && off-start < size && uint64(n) <= size-(off-start)
 }
 
-// KickLoop reports whether the transport, once the driver has set it up,
-// keeps a goroutine blocked in epoll_wait for its queues' notifications:
-// a device that serves kicks itself does; one whose queues are offloaded
-// to another process does not.
-func (t *Transport) KickLoop() bool { return t.kicker != nil }
-
 // Describe says where the device stands, for a dump of a stalled machine:
 // the driver's status, each queue's MSI-X vector and what holds it back
 // (pci.MSIX.Describe), and the counter of its notify eventfd (a kick not
