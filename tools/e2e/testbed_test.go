@@ -186,6 +186,13 @@ func testbed(t *testing.T, body func(t testing.TB)) {
 			t.FailNow()
 		}
 		t.Logf("attempt %d of %d spoilt by the test bed (%s); its errors were %q; running it again", try, maxAttempts, reason, a.msgs)
+		// The spoilt attempt's appliances go before the next starts:
+		// their cleanups belong to the test, which is not over, and a
+		// live one holds what the next attempt reuses (TestIOMax's
+		// disk image: "Failed to get write lock") and takes CPU from it.
+		for _, m := range a.machines {
+			m.Kill()
+		}
 	}
 }
 
