@@ -43,9 +43,6 @@ func main() {
 			fmt.Printf("guest: mount %s: %v\n", m.dst, err)
 		}
 	}
-	// Every SysRq function: a VMM's dump asks through the serial
-	// console for the log level (8) and the tasks' states (t).
-	os.WriteFile("/proc/sys/kernel/sysrq", []byte("1"), 0)
 	loadModules()
 	var cmdline []string
 	if b, err := os.ReadFile("/proc/cmdline"); err == nil {

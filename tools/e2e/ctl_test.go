@@ -234,16 +234,6 @@ func TestCtlRemote(t *testing.T) {
 		last.Close()
 		cancel()
 
-		// A dump asks the guest for its tasks (magic SysRq through its
-		// serial console: log level 8, then t), which it prints after
-		// the dump: the echo guest's init waits reading its console.
-		fmt.Fprintln(pw, "dump talk")
-		expect(t, m, `^talk\| hyperroot vmm: dump: serial: sent breaks and SysRq 8 \(log level\) and t \(tasks\)`)
-		expect(t, m, `^talk\| .*sysrq: Show State`)
-		expect(t, m, `^talk\| .*task:init +state:S`)
-		// Its end, before the CPU measurement below.
-		expect(t, m, `^talk\| .*Showing busy workqueues and worker pools:`)
-
 		// The CPU limit, live: the kernel's accounting before and after.
 		// The spinner starts now, not at boot: it would take a core
 		// from the appliance's other VM and from the neighbour test.

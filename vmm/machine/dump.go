@@ -172,32 +172,12 @@ func (m *Machine) Dump(w io.Writer, prefix string) {
 	}
 	if m.serial != nil {
 		line("serial: %s", m.serial.State())
-		line("serial: %s", m.sysrqTasks())
 	}
 	m.describeDevices(line)
 	for _, l := range strings.Split(strings.TrimRight(goroutines(), "\n"), "\n") {
 		line("%s", l)
 	}
 	line("end")
-}
-
-// sysrqTasks asks the guest for its own account of where its tasks wait:
-// a break and a character on its console port is magic SysRq, which a
-// Linux guest whose kernel.sysrq allows it takes: "8" raises its console
-// log level (a quiet guest prints no task states otherwise), then "t"
-// prints every task's state and stack, after this dump. The second break
-// waits until the guest has read the first (at most dumpWait); it says
-// what it sent.
-func (m *Machine) sysrqTasks() string {
-	if !m.serial.Break([]byte("8")) {
-		return "no SysRq sent: received bytes wait"
-	}
-	for deadline := time.Now().Add(dumpWait); !m.serial.Break([]byte("t")); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			return "sent a break and SysRq 8 (log level); the guest did not read it, so no SysRq t"
-		}
-	}
-	return "sent breaks and SysRq 8 (log level) and t (tasks): a Linux guest whose console this is prints its tasks next"
 }
 
 // describeDevices writes each virtio device's description (its queues,

@@ -93,7 +93,6 @@ const (
 
 	lsrDR     = 0x01
 	lsrOE     = 0x02
-	lsrBI     = 0x10 // break interrupt: the line held at space for a character time
 	lsrErrors = 0x1E // OE, PE, FE, BI: cleared by reading LSR
 	lsrTHRE   = 0x20
 	lsrTEMT   = 0x40
@@ -212,27 +211,6 @@ func (d *Device) Input(p []byte) int {
 	d.mu.Unlock()
 	d.irq.Flush()
 	return n
-}
-
-// Break sends a break (the line held at space, which the UART receives as
-// a zero byte with LSR.BI) followed by then, and reports whether it did:
-// nothing is sent while received bytes wait, since the break's LSR bit
-// would be read with the oldest of them. A break and a character on the
-// port that is a Linux guest's console is magic SysRq: "t" makes its
-// kernel print every task's state, which a VMM's dump asks for.
-func (d *Device) Break(then []byte) bool {
-	d.mu.Lock()
-	if d.rxLen > 0 || d.rxLen+1+len(then) > len(d.rx) {
-		d.mu.Unlock()
-		return false
-	}
-	d.lsrErr |= lsrBI
-	d.pushLocked([]byte{0})
-	d.pushLocked(then)
-	d.updateLocked()
-	d.mu.Unlock()
-	d.irq.Flush()
-	return true
 }
 
 // State describes the UART for a dump: the received bytes the guest has

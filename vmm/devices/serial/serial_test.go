@@ -471,33 +471,3 @@ func TestEdgeTriggeredPort(t *testing.T) {
 			got, lines*size, echoed.Len(), handled.Load(), d.State())
 	}
 }
-
-// TestBreak: a break is a zero byte read with LSR.BI (a receiver line
-// status interrupt first), then the bytes that follow it without; it is
-// refused while received bytes wait.
-func TestBreak(t *testing.T) {
-	var line irqtest.Recorder
-	d := New(Options{Out: io.Discard, IRQ: &line})
-	out(d, regMCR, mcrOUT2)
-	out(d, regIER, ierRDA|ierRLS)
-	if !d.Break([]byte("t")) {
-		t.Fatal("break refused on an empty line")
-	}
-	if !line.Level() {
-		t.Fatal("no interrupt for the break")
-	}
-	run(t, d, []step{
-		r(regIIR, 0x0F, iirRLS, "IIR: receiver line status first"),
-		r(regLSR, lsrBI|lsrDR, lsrBI|lsrDR, "LSR: break, data ready"),
-		r(regData, 0xFF, 0, "the break's zero byte"),
-		r(regLSR, lsrBI|lsrDR, lsrDR, "LSR: no break for the next byte"),
-		r(regData, 0xFF, 't', "the byte after the break"),
-	})
-	if line.Level() {
-		t.Error("line still high once everything is read")
-	}
-	d.Input([]byte("x"))
-	if d.Break([]byte("t")) {
-		t.Error("break sent while a byte waited")
-	}
-}
