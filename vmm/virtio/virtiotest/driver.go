@@ -71,6 +71,12 @@ type Driver struct {
 	inFlight int
 	descBuf  [DescSize]byte
 	mask     uint16 // Size-1 when Size is a power of two (as the spec wants), else 0
+	// held is an entry PostDeferred wrote into the low half of a ring
+	// word and has not stored yet, at byte heldOff of avail (-1: none):
+	// the next entry fills the word's high half, and the two go in with
+	// one plain store (see deferAvailEntry).
+	held    uint16
+	heldOff int
 }
 
 // wrap is ring index i's slot. A division would cost the driver as much
@@ -90,7 +96,7 @@ func NewDriver(mem Memory, l Layout) (*Driver, error) {
 	if l.Size == 0 {
 		return nil, errors.New("virtiotest: ring size 0")
 	}
-	d := &Driver{Layout: l, mem: mem, next: make([]uint16, l.Size), count: make([]uint16, l.Size)}
+	d := &Driver{Layout: l, mem: mem, next: make([]uint16, l.Size), count: make([]uint16, l.Size), heldOff: -1}
 	var err error
 	d.availOff = int(l.Avail & 3)
 	if d.avail, err = mem.Slice(l.Avail&^3, roundUp4(uint64(d.availOff)+6+2*uint64(l.Size))); err != nil {
@@ -161,12 +167,47 @@ func (d *Driver) Add(heads ...uint16) {
 // which holds the neighbouring entry too, so a plain store to that one
 // while the device reads would be a data race in Go's memory model.
 func (d *Driver) setAvailEntry(i, head uint16) {
+	d.storeHeld()
 	store16(d.avail, d.availOff+4+2*int(d.wrap(i)), head)
+}
+
+// deferAvailEntry writes ring entry i of a chain PostDeferred posts. A
+// ring word holds two entries, and the device may load the word for its
+// other half at any time, hence store16's compare-and-swap, a locked
+// instruction costing as much as the rest of a post. But when both
+// halves are entries of chains not yet published, nobody else reads the
+// word: the device loads entries only below avail->idx, and the chains
+// that held those two slots one lap earlier were used (the driver had
+// their descriptors back, so the device had popped them; a ring of Size
+// descriptors cannot have Size+1 chains in flight). Such a pair is
+// stored with one plain store, published by PublishAvail's atomic store
+// of avail->idx; a low half waits in held for its partner.
+func (d *Driver) deferAvailEntry(i, head uint16) {
+	off := d.availOff + 4 + 2*int(d.wrap(i))
+	switch {
+	case off&2 == 0:
+		d.storeHeld()
+		d.held, d.heldOff = head, off
+	case d.heldOff == off-2:
+		binary.LittleEndian.PutUint32(d.avail[off-2:off+2], uint32(d.held)|uint32(head)<<16)
+		d.heldOff = -1
+	default:
+		store16(d.avail, off, head)
+	}
+}
+
+// storeHeld stores the entry deferAvailEntry held back, if any.
+func (d *Driver) storeHeld() {
+	if d.heldOff >= 0 {
+		store16(d.avail, d.heldOff, d.held)
+		d.heldOff = -1
+	}
 }
 
 // SetAvailIdx publishes avail->idx = idx without adding entries (to fake a
 // driver's bugs, or to replay), and continues from it.
 func (d *Driver) SetAvailIdx(idx uint16) {
+	d.storeHeld()
 	d.availIdx = idx
 	store16(d.avail, d.availOff+2, idx)
 }
@@ -176,7 +217,10 @@ func (d *Driver) SetAvailIdx(idx uint16) {
 func (d *Driver) AvailIdx() uint16 { return d.availIdx }
 
 // AvailEntry reads available ring entry i (wrapped by the ring size).
-func (d *Driver) AvailEntry(i uint16) uint16 { return load16(d.avail, d.availOff+4+2*int(d.wrap(i))) }
+func (d *Driver) AvailEntry(i uint16) uint16 {
+	d.storeHeld()
+	return load16(d.avail, d.availOff+4+2*int(d.wrap(i)))
+}
 
 // SetAvailFlags writes avail->flags (VIRTQ_AVAIL_F_NO_INTERRUPT is 1).
 func (d *Driver) SetAvailFlags(f uint16) { store16(d.avail, d.availOff, f) }
@@ -254,7 +298,7 @@ func (d *Driver) PostDeferred(bufs ...Buf) (head uint16, ok bool) {
 	d.free = d.free[:len(d.free)-n]
 	d.count[head] = uint16(n)
 	d.inFlight++
-	d.setAvailEntry(d.availIdx, head)
+	d.deferAvailEntry(d.availIdx, head)
 	d.availIdx++
 	return head, true
 }
