@@ -8,7 +8,11 @@
 // bench` gathers into its table; the performance issue asks for every VM
 // at init within 30 s under TCG.
 //
-// Usage: go run ./tools/fleet [-image out/image] [-vms 8] [-memory 128M]
+// Usage: go run ./tools/fleet [-image out/image] [-vms 8] [-memory 128M] [-append args]
+//
+// -append adds to the appliance's kernel command line, for an A/B of one
+// of its options (-append hyperroot.sched.slice=kernel: the kernel's own
+// time slices).
 package main
 
 import (
@@ -30,9 +34,10 @@ func main() {
 	image := flag.String("image", "out/image", "directory of the built image")
 	vms := flag.Int("vms", 8, "how many VMs")
 	memory := flag.String("memory", "128M", "each VM's RAM")
+	appendArgs := flag.String("append", "", "extra appliance kernel command-line arguments")
 	flag.Parse()
 	for attempt := 1; ; attempt++ {
-		err := run(*image, *vms, *memory)
+		err := run(*image, *vms, *memory, *appendArgs)
 		if err == nil {
 			return
 		}
@@ -89,7 +94,7 @@ func applianceLine(banner string) string {
 	return fmt.Sprintf("bench: fleet appliance cpus=%s clocksource=%s", b[1], b[2])
 }
 
-func run(image string, n int, memory string) error {
+func run(image string, n int, memory, appendArgs string) error {
 	cfg, err := os.CreateTemp("", "fleet-*.yaml")
 	if err != nil {
 		return err
@@ -100,12 +105,12 @@ func run(image string, n int, memory string) error {
 	}
 	cfg.Close()
 	start := time.Now()
-	m, err := qemu.Start(context.Background(), qemu.Options{Image: image, Config: cfg.Name(),
+	m, err := qemu.Start(context.Background(), qemu.Options{Image: image, Config: cfg.Name(), Append: appendArgs,
 		Oneshot: true, Timeout: 20 * time.Minute, Silence: 5 * time.Minute})
 	if err != nil {
 		return err
 	}
-	fmt.Printf("bench: fleet vms=%d memory=%s each, 1 vCPU, the test guest; times from QEMU's start (power-on)\n", n, memory)
+	fmt.Printf("bench: fleet vms=%d memory=%s each, 1 vCPU, the test guest; times from QEMU's start (power-on); appended %q\n", n, memory, appendArgs)
 	var ready time.Duration
 	at := map[string]time.Duration{}
 	for len(at) < n {
