@@ -39,9 +39,6 @@ type cmdline struct {
 	// IP is the value of ip=, unparsed: parseIPParam reports its errors
 	// when the host network is set up, on the console.
 	IP string
-	// SchedSlice is hyperroot.sched.slice=<Go duration>|kernel, unparsed
-	// (parseSchedSlice): the CPU scheduler's time slice for VMs.
-	SchedSlice string
 	// Permissive is the kernel's own enforcing=0: SELinux logs what it
 	// would deny instead of denying it (for debugging the policy).
 	Permissive bool
@@ -76,8 +73,6 @@ func parseCmdline(s string) cmdline {
 			if c.SwitchHungErr == nil && c.SwitchHung < minSwitchHung {
 				c.SwitchHung, c.SwitchHungErr = 0, fmt.Errorf("%s=%s: want at least %s (two heartbeats)", k, v, minSwitchHung)
 			}
-		case "hyperroot.sched.slice":
-			c.SchedSlice = v
 		case "ip":
 			c.IP = v
 		case "enforcing":

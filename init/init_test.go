@@ -24,7 +24,6 @@ func TestParseCmdline(t *testing.T) {
 		{"hyperroot.oneshot=0", cmdline{}},
 		{"hyperroot.oneshot=1 hyperroot.oneshot=0", cmdline{}},
 		{"hyperroot.config=http://10.0.0.1/c.yaml\n", cmdline{Config: "http://10.0.0.1/c.yaml"}},
-		{"hyperroot.sched.slice=kernel", cmdline{SchedSlice: "kernel"}},
 	} {
 		if got := parseCmdline(tc.in); got != tc.want {
 			t.Errorf("parseCmdline(%q) = %+v, want %+v", tc.in, got, tc.want)

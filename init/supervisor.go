@@ -43,13 +43,6 @@ func supervise() {
 	// Before anything starts: huge pages for guest RAM only.
 	guestTHP(c)
 	args := readCmdline()
-	// Before the VMs start, and before the policy is loaded (debugfs is
-	// mounted for it): time slices for VMs.
-	slice, err := parseSchedSlice(args.SchedSlice)
-	if err != nil {
-		c.Errorf("cmdline", err)
-	}
-	tuneScheduler(c, slice)
 	// Before anything starts: what starts before the policy is loaded
 	// runs unlabelled.
 	sv := setupSELinux(c, args)
