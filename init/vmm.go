@@ -147,6 +147,7 @@ func vmmMain(args []string) int {
 	}
 	defer m.Close()
 	buildTime := time.Since(start)
+	setProcs(a.CPUs)
 	// stdout is the guest's console: the VMM's own notes go to stderr.
 	for i, kind := range m.DiskBackends() {
 		if cfg.Disks[i].Direct {
@@ -371,17 +372,43 @@ func tuneRuntime(cpus int) {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(vmmMemoryLimit)
 	}
-	// vCPU threads sit in KVM_RUN, and the runtime hands their Ps to
-	// other threads while they wait; one P per vCPU handling an exit plus
-	// one for devices and I/O completions is all that can run at once.
-	// (More Ps, one per thread blocked in a system call, were tried on
-	// 2026-12-07 against the runtime's futex and nanosleep calls per disk
-	// request: they did not change them; docs/PERFORMANCE.md, Disks.) Every P costs a cache of heap spans and a
-	// GC worker goroutine, which on a large host add up per VM.
-	if n := cpus + 1; os.Getenv("GOMAXPROCS") == "" && cpus > 0 && n < runtime.GOMAXPROCS(0) {
+	// Fewer Ps at once where the host has more CPUs than the machine
+	// needs (setProcs sets the count once the vCPUs are known valid):
+	// every P costs a cache of heap spans and a GC worker goroutine.
+	if n := machine.Procs(cpus); os.Getenv("GOMAXPROCS") == "" && cpus > 0 && n < runtime.GOMAXPROCS(0) {
 		runtime.GOMAXPROCS(n)
 	}
 }
+
+// setProcs gives the built machine its Ps: one per vCPU, kept while its
+// guest runs (kvm.VCPU.SetHoldP), and machine.SpareProcs for the devices,
+// raised above the host's CPU count where that is fewer (or the vCPUs
+// would not keep their Ps) up to maxProcs. A larger machine on a smaller
+// host keeps tuneRuntime's count and its vCPUs give their Ps up in the
+// guest, as every vCPU did before: the scheduler walks every P when a
+// thread looks for work and the collector stops each, so 1026 Ps on a
+// one-CPU appliance starved its guest (TestMaxVCPUs: the guest's CPU 0
+// soft-locked bringing up the others; it passes in 58 s with one P). Run
+// after the build, which checks the vCPU count against KVM's limit.
+// GOMAXPROCS in the environment still wins.
+func setProcs(cpus int) {
+	if n := heldProcs(cpus, runtime.NumCPU()); os.Getenv("GOMAXPROCS") == "" && n > 0 {
+		runtime.GOMAXPROCS(n)
+	}
+}
+
+// heldProcs is the GOMAXPROCS under which a machine of cpus vCPUs keeps
+// their Ps in the guest on a host of hostCPUs, or 0 where that would be
+// more Ps than setProcs gives.
+func heldProcs(cpus, hostCPUs int) int {
+	if n := machine.Procs(cpus); n <= max(hostCPUs, maxProcs) {
+		return n
+	}
+	return 0
+}
+
+// maxProcs is the most Ps setProcs gives a VMM beyond the host's CPUs.
+const maxProcs = 16
 
 // withoutTHP re-executes the VMM with transparent huge pages disabled for
 // its process (PR_SET_THP_DISABLE survives execve) when the host's THP

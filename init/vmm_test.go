@@ -169,8 +169,8 @@ func TestTuneRuntime(t *testing.T) {
 	}
 	runtime.GOMAXPROCS(64)
 	tuneRuntime(1)
-	if got := runtime.GOMAXPROCS(0); got != 2 {
-		t.Errorf("GOMAXPROCS with 1 vCPU = %d, want 2", got)
+	if got := runtime.GOMAXPROCS(0); got != 3 {
+		t.Errorf("GOMAXPROCS with 1 vCPU = %d, want 3", got)
 	}
 	if got := debug.SetGCPercent(100); got != vmmGCPercent {
 		t.Errorf("GC percent = %d, want %d", got, vmmGCPercent)
@@ -182,7 +182,8 @@ func TestTuneRuntime(t *testing.T) {
 		t.Errorf("MemProfileRate = %d, want 0", runtime.MemProfileRate)
 	}
 
-	// Never more Ps than the host has, and the environment wins.
+	// Not raised before the build (setProcs does that), and the
+	// environment wins.
 	runtime.GOMAXPROCS(1)
 	debug.SetGCPercent(100)
 	debug.SetMemoryLimit(math.MaxInt64)
@@ -197,6 +198,21 @@ func TestTuneRuntime(t *testing.T) {
 	}
 	if got := debug.SetMemoryLimit(-1); got != math.MaxInt64 {
 		t.Errorf("GOMEMLIMIT=off in the environment overridden: %d", got)
+	}
+}
+
+// TestHeldProcs: a vCPU keeps its P in the guest (a P for each and
+// machine.SpareProcs) on any host up to maxProcs Ps, and beyond where the
+// host has the CPUs; not a machine larger than that (1024 vCPUs on a
+// small host starved with a P each).
+func TestHeldProcs(t *testing.T) {
+	for _, tc := range []struct{ cpus, host, want int }{
+		{1, 2, 3}, {1, 1, 3}, {8, 2, 10}, {14, 2, 16}, {15, 2, 0},
+		{64, 128, 66}, {64, 16, 0}, {1024, 1, 0}, {1024, 2048, 1026},
+	} {
+		if got := heldProcs(tc.cpus, tc.host); got != tc.want {
+			t.Errorf("heldProcs(%d vCPUs, %d host CPUs) = %d, want %d", tc.cpus, tc.host, got, tc.want)
+		}
 	}
 }
 

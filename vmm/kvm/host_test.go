@@ -754,6 +754,55 @@ func TestStop(t *testing.T) {
 	}
 }
 
+// TestHoldP: with SetHoldP, the run after an exit keeps the goroutine's
+// P; a guest that then spins is interrupted by the runtime itself (a
+// collection stopping the world, or its preemption after 10 ms), so a P
+// held in KVM_RUN never holds the rest of the process up, and the run
+// after the interruption gives its P up again.
+func TestHoldP(t *testing.T) {
+	if runtime.GOMAXPROCS(0) < 3 {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(3))
+	}
+	m := newMachine(t, false)
+	m.load(t, []byte{
+		0xba, 0x40, 0x05, // mov $0x540, %dx
+		0xee,       // out %al, (%dx)
+		0xeb, 0xfe, // 1: jmp 1b
+	})
+	v := m.vcpu(t, 0, 0, 0)
+	v.SetHoldP(true)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if kvm.HoldingP(v) {
+		t.Fatal("the first run would keep its P")
+	}
+	if exit, err := v.Run(); err != nil || exit != kvm.ExitIO {
+		t.Fatalf("first Run = %v, %v; want the OUT", exit, err)
+	}
+	if !kvm.HoldingP(v) {
+		t.Fatal("the run after an exit would not keep its P")
+	}
+	gc := make(chan time.Duration, 1)
+	go func() {
+		start := time.Now()
+		runtime.GC()
+		gc <- time.Since(start)
+	}()
+	exit, err := v.Run() // spins, holding the P, until the runtime interrupts it
+	if err != nil || exit != kvm.ExitIntr {
+		t.Fatalf("Run of the spinning guest = %v, %v; want ExitIntr", exit, err)
+	}
+	if kvm.HoldingP(v) {
+		t.Error("the run after an interruption would keep its P")
+	}
+	select {
+	case d := <-gc:
+		t.Logf("a collection took %v while the vCPU held its P in the guest", d)
+	case <-time.After(30 * time.Second):
+		t.Fatal("a collection waited 30 s for the vCPU holding its P")
+	}
+}
+
 // ioLoopGuest writes AL to port 0x540 forever.
 var ioLoopGuest = []byte{
 	0xba, 0x40, 0x05, // mov $0x540, %dx
