@@ -75,21 +75,12 @@ func TestAgainstQueue(t *testing.T) {
 	}
 }
 
-// TestConcurrentDevice runs the device on its own goroutine while the
-// driver posts and reaps, as in every device test: under -race it checks
-// that the kit's accesses to the shared ring words are ordered.
-func TestConcurrentDevice(t *testing.T) {
-	ram := virtiotest.NewRAM(0x20000)
-	d, err := virtiotest.NewDriver(ram, virtiotest.Contiguous(0x1000, 8))
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := activate(t, ram, d, virtio.FeatureVersion1)
-	const total = 2000
+// serve plays the device on a goroutine of its own: it pops and walks
+// chains until total were served, pushing each with the length used
+// returns. The returned func waits for it.
+func serve(t *testing.T, q *virtio.Queue, total int, used func(served int, c *virtio.Chain) uint32) (wait func()) {
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { // the device: serve until total chains were used
-		defer wg.Done()
+	wg.Go(func() {
 		var c virtio.Chain
 		for served := 0; served < total; {
 			head, ok, err := q.Pop()
@@ -105,11 +96,28 @@ func TestConcurrentDevice(t *testing.T) {
 				t.Error(err)
 				return
 			}
-			c.Write([]byte{byte(served)})
-			q.Push(head, c.Written())
+			q.Push(head, used(served, &c))
 			served++
 		}
-	}()
+	})
+	return wg.Wait
+}
+
+// TestConcurrentDevice runs the device on its own goroutine while the
+// driver posts and reaps, as in every device test: under -race it checks
+// that the kit's accesses to the shared ring words are ordered.
+func TestConcurrentDevice(t *testing.T) {
+	ram := virtiotest.NewRAM(0x20000)
+	d, err := virtiotest.NewDriver(ram, virtiotest.Contiguous(0x1000, 8))
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := activate(t, ram, d, virtio.FeatureVersion1)
+	const total = 2000
+	wait := serve(t, q, total, func(served int, c *virtio.Chain) uint32 {
+		c.Write([]byte{byte(served)})
+		return c.Written()
+	})
 	var used []virtiotest.Used
 	for posted, reaped := 0, 0; reaped < total; {
 		if posted < total {
@@ -124,7 +132,7 @@ func TestConcurrentDevice(t *testing.T) {
 		}
 		reaped += len(used)
 	}
-	wg.Wait()
+	wait()
 	if d.InFlight() != 0 {
 		t.Errorf("%d chains in flight at the end", d.InFlight())
 	}
@@ -149,30 +157,10 @@ func TestConcurrentBursts(t *testing.T) {
 			q := activate(t, ram, d, virtio.FeatureVersion1)
 			const total = 3000
 			popped := make(chan uint16, total)
-			var wg sync.WaitGroup
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				var c virtio.Chain
-				for served := 0; served < total; {
-					head, ok, err := q.Pop()
-					if err != nil {
-						t.Error(err)
-						return
-					}
-					if !ok {
-						runtime.Gosched()
-						continue
-					}
-					if err := q.Walk(head, &c); err != nil {
-						t.Error(err)
-						return
-					}
-					popped <- head
-					q.Push(head, 0)
-					served++
-				}
-			}()
+			wait := serve(t, q, total, func(_ int, c *virtio.Chain) uint32 {
+				popped <- c.Head
+				return 0
+			})
 			var posted []uint16
 			var used []virtiotest.Used
 			for burst, reaped := 1, 0; reaped < total; burst = burst%5 + 1 {
@@ -190,7 +178,7 @@ func TestConcurrentBursts(t *testing.T) {
 				}
 				reaped += len(used)
 			}
-			wg.Wait()
+			wait()
 			close(popped)
 			i := 0
 			for head := range popped {
