@@ -863,8 +863,20 @@ func (m *machine) oneExit(tb testing.TB, v *kvm.VCPU) (intr int) {
 
 // BenchmarkIOExitBus measures one guest OUT through the Go run loop: Run,
 // exit decoding and bus dispatch to a device.
-func BenchmarkIOExitBus(b *testing.B) {
+func BenchmarkIOExitBus(b *testing.B) { benchIOExit(b, false) }
+
+// BenchmarkIOExitHeld is BenchmarkIOExitBus with the vCPU keeping its P
+// in the guest (SetHoldP), as a VMM's vCPUs do.
+func BenchmarkIOExitHeld(b *testing.B) {
+	if runtime.GOMAXPROCS(0) < 3 {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(3))
+	}
+	benchIOExit(b, true)
+}
+
+func benchIOExit(b *testing.B, hold bool) {
 	m, v := benchMachine(b)
+	v.SetHoldP(hold)
 	var dev counter
 	if err := m.pio.Insert(&dev, 0x540, 1); err != nil {
 		b.Fatal(err)
