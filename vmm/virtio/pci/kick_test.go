@@ -45,7 +45,30 @@ func TestKickLoop(t *testing.T) {
 // kick callback reads 4 KiB of a file and signals the interrupt. Run it
 // under `taskset -c 0` too: the test bed's appliance has its CPUs shared
 // with its guests.
+//
+// In think-200us the guest computes for 200 µs between requests (the
+// vCPU blocked in a system call that long, as in KVM_RUN), at the Ps a
+// 1-vCPU VMM has (machine.Procs): under TCG a request's path takes that
+// long, which is what makes the Go runtime hand Ps between threads around
+// the loop's blocking wait. Count what that costs with
+//
+//	perf stat -e 'syscalls:sys_enter_futex,syscalls:sys_enter_nanosleep' \
+//	  pci.test -test.run XXX -test.bench KickRoundTrip/think -test.benchtime 5000x
+//
+// (2026-12-07: 2.2 futex and 2.6 of the runtime monitor's nanosleeps per
+// round trip, less the think time's own nanosleep, at GOMAXPROCS 2.)
 func BenchmarkKickRoundTrip(b *testing.B) {
+	b.Run("busy", func(b *testing.B) { kickRoundTrip(b, 0) })
+	b.Run("think-200us", func(b *testing.B) {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(machineProcs))
+		kickRoundTrip(b, 200*time.Microsecond)
+	})
+}
+
+// machineProcs is machine.Procs(1), which this package cannot import.
+const machineProcs = 3
+
+func kickRoundTrip(b *testing.B, think time.Duration) {
 	irqfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC) // blocking, as KVM_RUN is
 	if err != nil {
 		b.Fatal(err)
@@ -84,7 +107,11 @@ func BenchmarkKickRoundTrip(b *testing.B) {
 	go func() {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
+		pause := unix.NsecToTimespec(think.Nanoseconds())
 		for range b.N {
+			if think > 0 {
+				unix.Nanosleep(&pause, nil) // the guest runs: the vCPU is in KVM_RUN
+			}
 			eventfd.Signal(fds[0])
 			if _, err := unix.Read(irqfd, c[:]); err != nil {
 				done <- err
