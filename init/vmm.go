@@ -66,7 +66,7 @@ func vmmMain(args []string) int {
 		go reportStats(&built, a.Name, a.DumpTag, os.Stderr, statsEvery)
 	}
 	go stopOnSignals(a.Name, &built, sigc)
-	tuneRuntime(a.CPUs)
+	tuneRuntime()
 	mem, err := config.ParseSize(a.Memory)
 	if err != nil {
 		return fail("memory: %v", err)
@@ -147,7 +147,7 @@ func vmmMain(args []string) int {
 	}
 	defer m.Close()
 	buildTime := time.Since(start)
-	setProcs(a.CPUs)
+	setProcs(m, a.CPUs)
 	// stdout is the guest's console: the VMM's own notes go to stderr.
 	for i, kind := range m.DiskBackends() {
 		if cfg.Disks[i].Direct {
@@ -360,9 +360,10 @@ const (
 	vmmMemoryLimit = 64 << 20
 )
 
-// tuneRuntime applies the VMM role's runtime settings; GOGC, GOMEMLIMIT and
-// GOMAXPROCS in the environment still win, for experiments.
-func tuneRuntime(cpus int) {
+// tuneRuntime applies the VMM role's memory settings (setProcs its Ps,
+// once the machine is built); GOGC and GOMEMLIMIT in the environment still
+// win, for experiments.
+func tuneRuntime() {
 	// Nothing reads a memory profile in a VMM, and sampling one keeps a
 	// 1.4 MiB bucket table (resident where the samples fall).
 	runtime.MemProfileRate = 0
@@ -372,42 +373,37 @@ func tuneRuntime(cpus int) {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(vmmMemoryLimit)
 	}
-	// Fewer Ps at once where the host has more CPUs than the machine
-	// needs (setProcs sets the count once the vCPUs are known valid):
-	// every P costs a cache of heap spans and a GC worker goroutine.
-	if n := machine.Procs(cpus); os.Getenv("GOMAXPROCS") == "" && cpus > 0 && n < runtime.GOMAXPROCS(0) {
-		runtime.GOMAXPROCS(n)
+}
+
+// setProcs gives the built machine its Ps, unless GOMAXPROCS is in the
+// environment (vmmProcs).
+func setProcs(m *machine.Machine, cpus int) {
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(vmmProcs(m.Procs(), cpus, runtime.NumCPU()))
 	}
 }
 
-// setProcs gives the built machine its Ps: one per vCPU, kept while its
-// guest runs (kvm.VCPU.SetHoldP), and machine.SpareProcs for the devices,
-// raised above the host's CPU count where that is fewer (or the vCPUs
-// would not keep their Ps) up to maxProcs. A larger machine on a smaller
-// host keeps tuneRuntime's count and its vCPUs give their Ps up in the
-// guest, as every vCPU did before: the scheduler walks every P when a
-// thread looks for work and the collector stops each, so 1026 Ps on a
-// one-CPU appliance starved its guest (TestMaxVCPUs: the guest's CPU 0
-// soft-locked bringing up the others; it passes in 58 s with one P). Run
-// after the build, which checks the vCPU count against KVM's limit.
-// GOMAXPROCS in the environment still wins.
-func setProcs(cpus int) {
-	if n := heldProcs(cpus, runtime.NumCPU()); os.Getenv("GOMAXPROCS") == "" && n > 0 {
-		runtime.GOMAXPROCS(n)
+// vmmProcs is the GOMAXPROCS of a VMM whose machine asks for procs
+// (machine.Procs: a P for each thread that keeps one while it waits in a
+// system call) and has cpus vCPUs, on a host of hostCPUs: procs, raised
+// past the host's CPUs where that is fewer (or those threads would give
+// their Ps up) up to maxProcs. A larger machine on a smaller host gets the
+// host's CPUs at most, and cpus+1 at most (one P per vCPU handling an exit
+// and one for its devices), and its threads give their Ps up in each wait:
+// the scheduler walks every P when a thread looks for work and the
+// collector stops each, so 1026 Ps on a one-CPU appliance starved its
+// guest (TestMaxVCPUs: the guest's CPU 0 soft-locked bringing up the
+// others; it passes in 58 s with one P). Every P also costs a cache of
+// heap spans and a GC worker goroutine. Set after the build, which has
+// checked the vCPU count against KVM's limit.
+func vmmProcs(procs, cpus, hostCPUs int) int {
+	if procs <= max(hostCPUs, maxProcs) {
+		return procs
 	}
+	return min(hostCPUs, cpus+1)
 }
 
-// heldProcs is the GOMAXPROCS under which a machine of cpus vCPUs keeps
-// their Ps in the guest on a host of hostCPUs, or 0 where that would be
-// more Ps than setProcs gives.
-func heldProcs(cpus, hostCPUs int) int {
-	if n := machine.Procs(cpus); n <= max(hostCPUs, maxProcs) {
-		return n
-	}
-	return 0
-}
-
-// maxProcs is the most Ps setProcs gives a VMM beyond the host's CPUs.
+// maxProcs is the most Ps vmmProcs gives a VMM beyond the host's CPUs.
 const maxProcs = 16
 
 // withoutTHP re-executes the VMM with transparent huge pages disabled for

@@ -167,11 +167,7 @@ func TestTuneRuntime(t *testing.T) {
 	for _, k := range []string{"GOGC", "GOMEMLIMIT", "GOMAXPROCS"} {
 		t.Setenv(k, "")
 	}
-	runtime.GOMAXPROCS(64)
-	tuneRuntime(1)
-	if got := runtime.GOMAXPROCS(0); got != 3 {
-		t.Errorf("GOMAXPROCS with 1 vCPU = %d, want 3", got)
-	}
+	tuneRuntime()
 	if got := debug.SetGCPercent(100); got != vmmGCPercent {
 		t.Errorf("GC percent = %d, want %d", got, vmmGCPercent)
 	}
@@ -182,17 +178,12 @@ func TestTuneRuntime(t *testing.T) {
 		t.Errorf("MemProfileRate = %d, want 0", runtime.MemProfileRate)
 	}
 
-	// Not raised before the build (setProcs does that), and the
-	// environment wins.
-	runtime.GOMAXPROCS(1)
+	// The environment wins.
 	debug.SetGCPercent(100)
 	debug.SetMemoryLimit(math.MaxInt64)
 	t.Setenv("GOGC", "100")
 	t.Setenv("GOMEMLIMIT", "off")
-	tuneRuntime(8)
-	if got := runtime.GOMAXPROCS(0); got != 1 {
-		t.Errorf("GOMAXPROCS raised to %d", got)
-	}
+	tuneRuntime()
 	if got := debug.SetGCPercent(100); got != 100 {
 		t.Errorf("GOGC=100 in the environment overridden: %d", got)
 	}
@@ -201,17 +192,18 @@ func TestTuneRuntime(t *testing.T) {
 	}
 }
 
-// TestHeldProcs: a vCPU keeps its P in the guest (a P for each and
-// machine.SpareProcs) on any host up to maxProcs Ps, and beyond where the
-// host has the CPUs; not a machine larger than that (1024 vCPUs on a
-// small host starved with a P each).
-func TestHeldProcs(t *testing.T) {
-	for _, tc := range []struct{ cpus, host, want int }{
-		{1, 2, 3}, {1, 1, 3}, {8, 2, 10}, {14, 2, 16}, {15, 2, 0},
-		{64, 128, 66}, {64, 16, 0}, {1024, 1, 0}, {1024, 2048, 1026},
+// TestVMMProcs: a VMM gets the Ps its machine asks for (a vCPU and a
+// device each keep one while they wait) on any host up to maxProcs, and
+// beyond where the host has the CPUs; a machine larger than that gets the
+// old count (vCPUs+1 at most the host's CPUs: 1024 vCPUs on a small host
+// starved with a P each).
+func TestVMMProcs(t *testing.T) {
+	for _, tc := range []struct{ procs, cpus, host, want int }{
+		{4, 1, 2, 4}, {4, 1, 1, 4}, {13, 8, 2, 13}, {16, 12, 2, 16}, {17, 12, 2, 2},
+		{70, 64, 128, 70}, {70, 64, 16, 16}, {1029, 1024, 1, 1}, {1029, 1024, 2048, 1029}, {70, 64, 200, 70},
 	} {
-		if got := heldProcs(tc.cpus, tc.host); got != tc.want {
-			t.Errorf("heldProcs(%d vCPUs, %d host CPUs) = %d, want %d", tc.cpus, tc.host, got, tc.want)
+		if got := vmmProcs(tc.procs, tc.cpus, tc.host); got != tc.want {
+			t.Errorf("vmmProcs(%d Ps asked, %d vCPUs, %d host CPUs) = %d, want %d", tc.procs, tc.cpus, tc.host, got, tc.want)
 		}
 	}
 }

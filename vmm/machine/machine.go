@@ -618,11 +618,15 @@ func (m *Machine) Run() Result {
 			}
 		}()
 	}
-	// vCPUs keep their P in the guest (kvm.VCPU.SetHoldP) when the
-	// process has one for each and SpareProcs besides.
-	hold := runtime.GOMAXPROCS(0) >= Procs(len(m.vcpus))
+	// vCPUs keep their P in the guest (kvm.VCPU.SetHoldP), and devices'
+	// notification goroutines theirs while they wait, when the process
+	// has one for each of them (Procs).
+	hold := runtime.GOMAXPROCS(0) >= m.Procs()
 	for _, v := range m.vcpus {
 		v.SetHoldP(hold)
+	}
+	for _, t := range m.virtio {
+		t.SetHoldP(hold)
 	}
 	var wg sync.WaitGroup
 	for i, v := range m.vcpus {
@@ -642,16 +646,12 @@ func (m *Machine) Run() Result {
 	return m.result
 }
 
-// SpareProcs are the Ps (GOMAXPROCS) a VMM needs besides one per vCPU:
-// for its devices' goroutines, whose waits are system calls (each
-// virtio-pci device's kick loop in epoll_wait), and one more so that a P
-// is idle while they wait, which keeps the runtime from handing a P in a
-// short system call to another thread (it does so only when none is idle).
-const SpareProcs = 2
-
-// Procs is the GOMAXPROCS a VMM with cpus vCPUs runs with: below it the
-// vCPUs do not keep their Ps in the guest (kvm.VCPU.SetHoldP).
-func Procs(cpus int) int { return cpus + SpareProcs }
+// Procs is the GOMAXPROCS under which the machine's threads that wait in
+// system calls keep their Ps while they wait (kvm.VCPU.SetHoldP,
+// virtiopci.Transport.SetHoldP): one per vCPU, one per virtio-pci device
+// (its notification goroutine), and one for everything else. With fewer,
+// Run leaves them giving their Ps up in every wait.
+func (m *Machine) Procs() int { return len(m.vcpus) + len(m.virtio) + 1 }
 
 // runVCPU is vCPU i's goroutine, on a thread of its own: locked, and never
 // unlocked, so that when it ends the runtime ends the thread too, with

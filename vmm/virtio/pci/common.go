@@ -224,7 +224,7 @@ func (t *Transport) activate() {
 		}
 	}
 	if t.kicker != nil {
-		l, err := startKickLoop(t.notifyFDs, t.kick)
+		l, err := startKickLoop(t.notifyFDs, t.kick, t.holdP.Load())
 		if err != nil {
 			t.fail(fmt.Errorf("virtio-pci: device type %d: %w", t.dev.Type(), err))
 			t.dev.Reset()

@@ -3,6 +3,7 @@ package virtiopci
 import (
 	"errors"
 	"fmt"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -62,16 +63,29 @@ func drainEventFDs(fds []int) {
 // (A waiter parked on a Go channel, as an earlier benchmark had it,
 // favours the poller, 12 µs against 32: that benchmark measured the
 // waiter's wake-up, not the loop's.)
+//
+// With hold (Transport.SetHoldP), a wait after one that found kicks keeps
+// the goroutine's P: epoll_pwait as a raw system call, so the runtime does
+// not hand the P in a system call to another thread and win it back for
+// each kick. At a thread blocked 200 µs in a system call between
+// notifications (BenchmarkKickRoundTrip/think-200us, GOMAXPROCS 3) the
+// round trip made 3.4-3.5 futex calls, 0.12 held. Any signal ends the
+// wait with EINTR (epoll waits are never restarted), the runtime's
+// preemption after 10 ms and a collection's stop included, and the wait
+// after that one is a plain system call: an idle device's loop gives its
+// P up. The process needs a P for each held loop (machine.Procs counts
+// them).
 type kickLoop struct {
 	epfd   int
 	stopfd int
+	hold   bool
 	done   chan struct{}
 }
 
 // startKickLoop starts the goroutine. Its first act is to kick every
 // queue once, for buffers the driver made available before the device
 // ran.
-func startKickLoop(fds []int, kick func(q int)) (*kickLoop, error) {
+func startKickLoop(fds []int, kick func(q int), hold bool) (*kickLoop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("epoll: %w", err)
@@ -81,7 +95,7 @@ func startKickLoop(fds []int, kick func(q int)) (*kickLoop, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
-	l := &kickLoop{epfd: epfd, stopfd: stopfd, done: make(chan struct{})}
+	l := &kickLoop{epfd: epfd, stopfd: stopfd, hold: hold, done: make(chan struct{})}
 	add := func(fd int, tag int32) error {
 		return unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: tag})
 	}
@@ -106,8 +120,16 @@ func (l *kickLoop) run(fds []int, kick func(q int)) {
 		kick(q)
 	}
 	events := make([]unix.EpollEvent, len(fds)+1)
+	raw := false
 	for {
-		n, err := unix.EpollWait(l.epfd, events, -1)
+		var n int
+		var err error
+		if raw {
+			n, err = epollWaitHeld(l.epfd, events)
+		} else {
+			n, err = unix.EpollWait(l.epfd, events, -1)
+		}
+		raw = l.hold && err == nil
 		if err == unix.EINTR {
 			continue
 		}
@@ -125,6 +147,17 @@ func (l *kickLoop) run(fds []int, kick func(q int)) {
 			}
 		}
 	}
+}
+
+// epollWaitHeld is epoll_wait(epfd, events, -1) keeping the P: a raw
+// epoll_pwait without a signal mask.
+func epollWaitHeld(epfd int, events []unix.EpollEvent) (int, error) {
+	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])),
+		uintptr(len(events)), ^uintptr(0), 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
 }
 
 // stop ends the goroutine and waits for it, so that no kick runs after

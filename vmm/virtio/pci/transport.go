@@ -137,6 +137,7 @@ type Transport struct {
 	kicker  Kicker  // dev, if it serves kicks
 	broken  breaker // dev, if it finds broken queues on its own goroutines
 	opts    Options
+	holdP   atomic.Bool // SetHoldP
 	msix    *pci.MSIX
 	barSize uint64
 	offered uint64 // dev.Features(), fixed
@@ -274,6 +275,11 @@ func (t *Transport) SetINTx(l irq.Line) {
 	defer t.intxMu.Unlock()
 	t.intx = l
 }
+
+// SetHoldP lets the device's notification goroutine keep its P while it
+// waits after a wait that found kicks (see kickLoop), from the next time
+// the driver starts the device. The process needs a P to spare for it.
+func (t *Transport) SetHoldP(on bool) { t.holdP.Store(on) }
 
 // NotifyAddrs returns the guest-physical notify address of every queue
 // while the BAR decodes, or nil.
