@@ -73,8 +73,8 @@ func drainEventFDs(fds []int) {
 // wait with EINTR (epoll waits are never restarted), the runtime's
 // preemption after 10 ms and a collection's stop included, and the wait
 // after that one is a plain system call: an idle device's loop gives its
-// P up. The process needs a P for each held loop (machine.Procs counts
-// them).
+// P up. The process needs a P for each held loop (the machine package's
+// Machine.Procs counts them).
 type kickLoop struct {
 	epfd   int
 	stopfd int
