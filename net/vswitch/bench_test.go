@@ -99,7 +99,7 @@ func (p *pipe) post() {
 	}
 	p.rx.PublishAvail()
 	for i := 0; i < p.batch; i++ {
-		p.tx.post(nil, []int{HeaderLen + p.frameLen}, false)
+		p.tx.post(nil, p.txLens, false)
 	}
 	p.tx.PublishAvail()
 }
