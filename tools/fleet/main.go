@@ -11,8 +11,8 @@
 // Usage: go run ./tools/fleet [-image out/image] [-vms 8] [-memory 128M] [-append args]
 //
 // -append adds to the appliance's kernel command line, for an A/B of one
-// of its options (-append hyperroot.sched.slice=kernel: the kernel's own
-// time slices).
+// of its options (a kernel parameter or a hyperroot.* option) on the same
+// image.
 package main
 
 import (
