@@ -5,6 +5,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hyperroot/hyperroot/internal/holdp"
 )
 
 // VCPU is one virtual CPU and its shared kvm_run page.
@@ -17,8 +19,7 @@ type VCPU struct {
 	id      int
 	mapping []byte // kvm_run and the pages after it (PIO data, coalesced MMIO)
 	run     *run
-	holdP   bool // SetHoldP
-	raw     bool // the last Run ended in an exit: the next keeps its P
+	wait    holdp.Waiter // KVM_RUN, keeping the P (SetHoldP)
 }
 
 // CreateVCPU creates vCPU id (its initial APIC id) and maps its kvm_run.
@@ -63,13 +64,7 @@ func (v *VCPU) Close() error {
 // the same): the caller checks whatever stop request it has and calls Run
 // again. Run does not allocate.
 func (v *VCPU) Run() (Exit, error) {
-	var e unix.Errno
-	if v.raw {
-		_, _, e = unix.RawSyscall(unix.SYS_IOCTL, uintptr(v.fd), reqRun, 0)
-	} else {
-		_, _, e = unix.Syscall(unix.SYS_IOCTL, uintptr(v.fd), reqRun, 0)
-	}
-	v.raw = v.holdP && e == 0
+	_, e := v.wait.Syscall6(unix.SYS_IOCTL, uintptr(v.fd), reqRun, 0, 0, 0, 0)
 	switch e {
 	case 0:
 		return Exit(v.run.exitReason), nil // the kernel fails KVM_RUN on a closed fd, so run is set
@@ -79,32 +74,14 @@ func (v *VCPU) Run() (Exit, error) {
 	return ExitUnknown, fmt.Errorf("kvm: KVM_RUN vCPU %d: %w", v.id, e)
 }
 
-// SetHoldP lets Run keep its goroutine's P (the Go scheduler's slot for
-// running Go code) while the vCPU is in the guest, as long as the guest
-// keeps exiting to userspace. Call it before the vCPU's goroutine runs,
-// with a P to spare for each vCPU that may hold one (GOMAXPROCS at least
-// the vCPUs plus the Ps the rest of the process needs).
-//
-// Why: entered as a system call, KVM_RUN gives the runtime's monitor
-// (sysmon) a P in a system call; after 20 µs it hands the P to another
-// thread (a futex wake, and a futex sleep when that thread finds nothing to
-// run), keeps itself awake at its shortest period (a nanosleep every 20
-// µs), and the vCPU's return from the guest has to win a P back. A guest
-// doing I/O exits every few hundred microseconds, so each exit paid about
-// two futex calls and two to three of the monitor's nanosleeps (measured on
-// the host with a thread blocked 200 µs in a system call between
-// notifications: 2.2 futex and 2.6 nanosleep per round trip, 0.16 and 0.1
-// with the waits made raw and a P to spare). Made raw, the call is
-// invisible to the scheduler: the goroutine keeps running on its P.
-//
-// It is safe because nothing waits on a P held that way for long: every
-// signal makes KVM_RUN return EINTR, and the runtime signals a goroutine it
-// must stop, for a collection or because it has run 10 ms without a
-// pause. After such an interruption, or any other error, the next Run is a
-// plain system call again, so an idle guest (in KVM_RUN until its next
-// exit, which may be seconds away) holds no P and costs the runtime one
-// preemption, not one every 10 ms.
-func (v *VCPU) SetHoldP(on bool) { v.holdP, v.raw = on, false }
+// SetHoldP lets Run keep its goroutine's P while the vCPU is in the guest,
+// after a run that ended in an exit (package holdp: KVM_RUN made raw; any
+// signal ends it with EINTR, and the run after that is a plain system call,
+// so an idle guest holds no P). Call it before the vCPU's goroutine runs,
+// with a P to spare for each vCPU that may hold one. Guests that exit to
+// userspace often gain most: an I/O exit round trip took 0.80-0.94 of the
+// time in the TCG test bed (BenchmarkIOExitHeld against BenchmarkIOExitBus).
+func (v *VCPU) SetHoldP(on bool) { v.wait.SetHold(on) }
 
 // SetImmediateExit sets kvm_run.immediate_exit: while true, every Run
 // returns ExitIntr at once without entering the guest. Stopping a vCPU is

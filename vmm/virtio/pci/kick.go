@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hyperroot/hyperroot/internal/eventfd"
+	"github.com/hyperroot/hyperroot/internal/holdp"
 )
 
 // newEventFDs creates n non-blocking eventfds, one per queue: KVM signals
@@ -65,20 +66,17 @@ func drainEventFDs(fds []int) {
 // waiter's wake-up, not the loop's.)
 //
 // With hold (Transport.SetHoldP), a wait after one that found kicks keeps
-// the goroutine's P: epoll_pwait as a raw system call, so the runtime does
-// not hand the P in a system call to another thread and win it back for
-// each kick. At a thread blocked 200 µs in a system call between
-// notifications (BenchmarkKickRoundTrip/think-200us, GOMAXPROCS 3) the
-// round trip made 3.4-3.5 futex calls, 0.12 held. Any signal ends the
-// wait with EINTR (epoll waits are never restarted), the runtime's
-// preemption after 10 ms and a collection's stop included, and the wait
-// after that one is a plain system call: an idle device's loop gives its
-// P up. The process needs a P for each held loop (the machine package's
-// Machine.Procs counts them).
+// the goroutine's P (package holdp: epoll_wait made raw; any signal ends
+// it with EINTR, epoll waits are never restarted, and the wait after that
+// is a plain system call, so an idle device's loop gives its P up). At a
+// thread blocked 200 µs in a system call between notifications
+// (BenchmarkKickRoundTrip/think-200us, GOMAXPROCS 3) the round trip made
+// 3.4-3.5 futex calls, 0.12 held. The process needs a P for each held
+// loop (the machine package's Machine.Procs counts them).
 type kickLoop struct {
 	epfd   int
 	stopfd int
-	hold   bool
+	wait   holdp.Waiter // the loop's epoll waits
 	done   chan struct{}
 }
 
@@ -95,7 +93,8 @@ func startKickLoop(fds []int, kick func(q int), hold bool) (*kickLoop, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
-	l := &kickLoop{epfd: epfd, stopfd: stopfd, hold: hold, done: make(chan struct{})}
+	l := &kickLoop{epfd: epfd, stopfd: stopfd, done: make(chan struct{})}
+	l.wait.SetHold(hold)
 	add := func(fd int, tag int32) error {
 		return unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: tag})
 	}
@@ -120,20 +119,15 @@ func (l *kickLoop) run(fds []int, kick func(q int)) {
 		kick(q)
 	}
 	events := make([]unix.EpollEvent, len(fds)+1)
-	raw := false
 	for {
-		var n int
-		var err error
-		if raw {
-			n, err = epollWaitHeld(l.epfd, events)
-		} else {
-			n, err = unix.EpollWait(l.epfd, events, -1)
-		}
-		raw = l.hold && err == nil
+		// epoll_wait(epfd, events, -1): epoll_pwait without a mask.
+		r, err := l.wait.Syscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epfd), uintptr(unsafe.Pointer(&events[0])),
+			uintptr(len(events)), ^uintptr(0), 0, 0)
+		n := int(r)
 		if err == unix.EINTR {
 			continue
 		}
-		if err != nil {
+		if err != 0 {
 			return // the epoll fd is broken; nothing more can be waited for
 		}
 		for _, ev := range events[:n] {
@@ -147,17 +141,6 @@ func (l *kickLoop) run(fds []int, kick func(q int)) {
 			}
 		}
 	}
-}
-
-// epollWaitHeld is epoll_wait(epfd, events, -1) keeping the P: a raw
-// epoll_pwait without a signal mask.
-func epollWaitHeld(epfd int, events []unix.EpollEvent) (int, error) {
-	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])),
-		uintptr(len(events)), ^uintptr(0), 0, 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(r), nil
 }
 
 // stop ends the goroutine and waits for it, so that no kick runs after
