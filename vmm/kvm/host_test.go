@@ -760,9 +760,7 @@ func TestStop(t *testing.T) {
 // held in KVM_RUN never holds the rest of the process up, and the run
 // after the interruption gives its P up again.
 func TestHoldP(t *testing.T) {
-	if runtime.GOMAXPROCS(0) < 3 {
-		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(3))
-	}
+	atLeastProcs(t, 3)
 	m := newMachine(t, false)
 	m.load(t, []byte{
 		0xba, 0x40, 0x05, // mov $0x540, %dx
@@ -800,6 +798,15 @@ func TestHoldP(t *testing.T) {
 		t.Logf("a collection took %v while the vCPU held its P in the guest", d)
 	case <-time.After(30 * time.Second):
 		t.Fatal("a collection waited 30 s for the vCPU holding its P")
+	}
+}
+
+// atLeastProcs raises GOMAXPROCS to n for the test where it is lower: a
+// vCPU keeping its P in the guest needs Ps to spare.
+func atLeastProcs(tb testing.TB, n int) {
+	if old := runtime.GOMAXPROCS(0); old < n {
+		runtime.GOMAXPROCS(n)
+		tb.Cleanup(func() { runtime.GOMAXPROCS(old) })
 	}
 }
 
@@ -868,9 +875,7 @@ func BenchmarkIOExitBus(b *testing.B) { benchIOExit(b, false) }
 // BenchmarkIOExitHeld is BenchmarkIOExitBus with the vCPU keeping its P
 // in the guest (SetHoldP), as a VMM's vCPUs do.
 func BenchmarkIOExitHeld(b *testing.B) {
-	if runtime.GOMAXPROCS(0) < 3 {
-		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(3))
-	}
+	atLeastProcs(b, 3)
 	benchIOExit(b, true)
 }
 
