@@ -38,10 +38,15 @@ var (
 	countRE = regexp.MustCompile(`(?m)^Timer\t? .*\binitial_count = (\d+) current_count = (\d+)`)
 	// `info registers -a`: a CPU's header, its flags, whether it is
 	// halted.
-	cpuRE = regexp.MustCompile(`(?m)^CPU#(\d+)\s*$`)
-	eflRE = regexp.MustCompile(`\b[ER]FL=([0-9a-fA-F]+)`) // RFL in long mode
-	hltRE = regexp.MustCompile(`\bHLT=([01])\b`)
+	cpuRE  = regexp.MustCompile(`(?m)^CPU#(\d+)\s*$`)
+	eflRE  = regexp.MustCompile(`\b[ER]FL=([0-9a-fA-F]+)`) // RFL in long mode
+	hltRE  = regexp.MustCompile(`\bHLT=([01])\b`)
+	eferRE = regexp.MustCompile(`\bEFER=([0-9a-fA-F]+)`)
 )
+
+// eferSVME is EFER's SVM-enable bit: KVM sets it on every CPU of the
+// appliance while any VM exists, and the guests' kernels never do.
+const eferSVME = 1 << 12
 
 // parseLAPIC reads `info lapic N` output; ok is false when it is not one.
 func parseLAPIC(out string) (lapicState, bool) {
@@ -76,11 +81,25 @@ func parseLAPIC(out string) (lapicState, bool) {
 type cpuFlags struct {
 	on     bool // interrupts on (IF)
 	halted bool // in HLT, waiting for an interrupt
+	// nested is whether the CPU was running a nested guest: QEMU then
+	// shows the guest's registers, and the guest's EFER lacks the
+	// SVM-enable bit, which KVM sets on every appliance CPU while a VM
+	// exists. Such a CPU takes the appliance's interrupts whatever the
+	// guest's IF: KVM enters its guests with the host's interrupts on
+	// (STI just before VMRUN) and virtual interrupt masking, so a
+	// physical interrupt exits to the appliance at once.
+	nested bool
 }
 
-// interruptsOn reads the IF flag and the halted state of each CPU from
-// `info registers -a`.
-func interruptsOn(out string) map[int]cpuFlags {
+// deliverable is whether an interrupt above the CPU's priority would be
+// taken at once.
+func (f cpuFlags) deliverable() bool { return f.on || f.nested }
+
+// interruptsOn reads the IF flag, the halted state and whether it runs a
+// nested guest of each CPU from `info registers -a`. vmsExist says the
+// appliance has VMs (without any, no CPU can be in a nested guest, and
+// EFER lacks SVME in the appliance too).
+func interruptsOn(out string, vmsExist bool) map[int]cpuFlags {
 	on := map[int]cpuFlags{}
 	heads := cpuRE.FindAllStringSubmatchIndex(out, -1)
 	for i, h := range heads {
@@ -89,11 +108,19 @@ func interruptsOn(out string) map[int]cpuFlags {
 			end = heads[i+1][0]
 		}
 		cpu, _ := strconv.Atoi(out[h[2]:h[3]])
-		if e := eflRE.FindStringSubmatch(out[h[1]:end]); e != nil {
-			fl, _ := strconv.ParseUint(e[1], 16, 64)
-			h := hltRE.FindStringSubmatch(out[h[1]:end])
-			on[cpu] = cpuFlags{on: fl&(1<<9) != 0, halted: h != nil && h[1] == "1"}
+		regs := out[h[1]:end]
+		e := eflRE.FindStringSubmatch(regs)
+		if e == nil {
+			continue
 		}
+		fl, _ := strconv.ParseUint(e[1], 16, 64)
+		hlt := hltRE.FindStringSubmatch(regs)
+		f := cpuFlags{on: fl&(1<<9) != 0, halted: hlt != nil && hlt[1] == "1"}
+		if e := eferRE.FindStringSubmatch(regs); e != nil {
+			efer, _ := strconv.ParseUint(e[1], 16, 64)
+			f.nested = vmsExist && efer&eferSVME == 0
+		}
+		on[cpu] = f
 	}
 	return on
 }
@@ -102,8 +129,9 @@ func interruptsOn(out string) map[int]cpuFlags {
 // each CPU's local APIC), taken emulatorRecheck apart, and returns a
 // description of the first CPU the emulator failed to interrupt, or "":
 //   - a CPU whose APIC was enabled and had the same vector pending above
-//     its priority both times, with interrupts on both times, was never
-//     interrupted in between;
+//     its priority both times, with interrupts on or running a nested
+//     guest both times (cpuFlags.nested), was never interrupted in
+//     between;
 //   - a CPU its kernel says has a timer overdue (overdue: RCU's "timer
 //     handling issue on cpu=N"), halted with interrupts on both times,
 //     whose APIC timer had run out (an unmasked one-shot, the same count
@@ -111,17 +139,23 @@ func interruptsOn(out string) map[int]cpuFlags {
 //     never raised the interrupt the kernel armed it for, and the CPU
 //     sleeps for ever. (A CPU whose kernel has no timer to wait for looks
 //     the same, which is why the kernel's word is needed too.)
-func lostInterrupt(regs0 string, lapics0 []string, regs1 string, lapics1 []string, overdue map[int]bool) string {
-	on0, on1 := interruptsOn(regs0), interruptsOn(regs1)
+//
+// vmsExist says the appliance has started a VM (see interruptsOn).
+func lostInterrupt(regs0 string, lapics0 []string, regs1 string, lapics1 []string, overdue map[int]bool, vmsExist bool) string {
+	on0, on1 := interruptsOn(regs0, vmsExist), interruptsOn(regs1, vmsExist)
 	for cpu := range min(len(lapics0), len(lapics1)) {
 		a, ok0 := parseLAPIC(lapics0[cpu])
 		b, ok1 := parseLAPIC(lapics1[cpu])
-		if !ok0 || !ok1 || !a.enabled || !b.enabled || !on0[cpu].on || !on1[cpu].on {
+		if !ok0 || !ok1 || !a.enabled || !b.enabled || !on0[cpu].deliverable() || !on1[cpu].deliverable() {
 			continue
 		}
 		for _, v := range a.irr {
 			if v>>4 > a.ppr>>4 && v>>4 > b.ppr>>4 && slices.Contains(b.irr, v) {
-				return fmt.Sprintf("appliance CPU %d kept vector %d pending for %s with interrupts on and priority %#x (QEMU's view)", cpu, v, emulatorRecheck, b.ppr)
+				how := "with interrupts on"
+				if on0[cpu].nested || on1[cpu].nested {
+					how = "running a nested guest"
+				}
+				return fmt.Sprintf("appliance CPU %d kept vector %d pending for %s %s and priority %#x (QEMU's view)", cpu, v, emulatorRecheck, how, b.ppr)
 			}
 		}
 		if overdue[cpu] && on0[cpu].halted && on1[cpu].halted && a.timerOut && b.timerOut && a.initial == b.initial &&
@@ -160,4 +194,24 @@ func overdueTimers(lines []string) map[int]bool {
 		}
 	}
 	return cpus
+}
+
+// vmLifeRE matches PID 1's lines that a VM's VMM started or exited.
+var vmLifeRE = regexp.MustCompile(`^\[ *[0-9.]+\] hyperroot: vm (\S+) (started|exited)\b`)
+
+// vmsRunning says whether the appliance's console, read in order, leaves
+// some VM's VMM running: a "started" line with no "exited" line after it.
+func vmsRunning(lines []string) bool {
+	running := map[string]bool{}
+	for _, l := range lines {
+		if m := vmLifeRE.FindStringSubmatch(l); m != nil {
+			running[m[1]] = m[2] == "started"
+		}
+	}
+	for _, r := range running {
+		if r {
+			return true
+		}
+	}
+	return false
 }

@@ -61,7 +61,7 @@ func TestLostInterrupt(t *testing.T) {
 			qemuRegs(on), []string{qemuLAPIC(0, "40(level) 236 ", 0, true)}, "appliance CPU 0 kept vector 40 pending"},
 		{"not QEMU's output", "error", []string{"error"}, "error", []string{"error"}, ""},
 	} {
-		got := lostInterrupt(tc.regs0, tc.lapics0, tc.regs1, tc.lapics1, nil)
+		got := lostInterrupt(tc.regs0, tc.lapics0, tc.regs1, tc.lapics1, nil, true)
 		if (tc.wantPrefix == "") != (got == "") || !strings.HasPrefix(got, tc.wantPrefix) {
 			t.Errorf("%s: %q, want %q", tc.name, got, tc.wantPrefix)
 		}
@@ -122,7 +122,7 @@ func TestLostTimer(t *testing.T) {
 		{"interrupt raised in between", halted, ci9LAPIC(0, "000000ec", 4263, 0, "236 ", "(none)"), cpu0, ""},
 		{"interrupt in service", halted, ci9LAPIC(0, "000000ec", 4263, 0, "(none)", "236 "), cpu0, ""},
 	} {
-		got := lostInterrupt(halted, []string{out, running}, tc.regs1, []string{tc.lapic0, running}, tc.overdue)
+		got := lostInterrupt(halted, []string{out, running}, tc.regs1, []string{tc.lapic0, running}, tc.overdue, true)
 		if (tc.want == "") != (got == "") || !strings.HasPrefix(got, tc.want) {
 			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
 		}
@@ -224,5 +224,65 @@ func TestRefaultStops(t *testing.T) {
 		}
 	default:
 		t.Error("a VMM's refault report did not stop the machine")
+	}
+}
+
+// withEFER adds an EFER line to each CPU of qemuRegs output, as QEMU
+// prints it after the control registers.
+func withEFER(regs string, efer ...uint64) string {
+	parts := strings.Split(regs, "\nCPU#")
+	for i := 1; i < len(parts); i++ {
+		parts[i] += fmt.Sprintf("EFER=%016x\n", efer[i-1])
+	}
+	return strings.Join(parts, "\nCPU#")
+}
+
+// TestLostInterruptNested: a CPU running a nested guest (QEMU shows the
+// guest's registers: EFER without SVME, the guest's IF) takes the
+// appliance's interrupts whatever the guest's IF, so a vector left
+// pending there is the emulator's; the same registers in an appliance
+// without VMs, or with SVME set (the appliance's own code with its
+// interrupts off), are not.
+func TestLostInterruptNested(t *testing.T) {
+	const appliance, guest = 0x1d01, 0x0d01 // LME|LMA|SCE|NX, with and without SVME
+	off := uint32(0x46)
+	pending := []string{qemuLAPIC(0, "(none)", 0x10, true), qemuLAPIC(1, "236 ", 0x10, true)}
+	for _, tc := range []struct {
+		name     string
+		efer     uint64
+		vmsExist bool
+		want     string
+	}{
+		{"ci35: guest with interrupts off", guest, true, "appliance CPU 1 kept vector 236 pending for 3s running a nested guest"},
+		{"no VMs: the appliance's own EFER", guest, false, ""},
+		{"appliance code with interrupts off", appliance, true, ""},
+	} {
+		regs := withEFER(qemuRegs(off, off), appliance, tc.efer)
+		// CPU 1 of qemuRegs is not in long mode; make both long mode.
+		regs = strings.ReplaceAll(regs, "EIP=0000fff0 EFL=", "RIP=ffffffff81e0e4ab RFL=")
+		got := lostInterrupt(regs, pending, regs, pending, nil, tc.vmsExist)
+		if (tc.want == "") != (got == "") || !strings.HasPrefix(got, tc.want) {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestVMsRunning(t *testing.T) {
+	for _, tc := range []struct {
+		lines []string
+		want  bool
+	}{
+		{nil, false},
+		{[]string{"[ 1.0] hyperroot: vm a started pid=90 cpus=1 memory=128M"}, true},
+		{[]string{"[ 1.0] hyperroot: vm a started pid=90 cpus=1 memory=128M", "[ 2.0] hyperroot: vm a exited code=0 reason=poweroff"}, false},
+		{[]string{"[ 1.0] hyperroot: vm a started pid=90", "[ 2.0] hyperroot: vm a exited code=0 reason=poweroff",
+			"[ 3.0] hyperroot: vm a restarting in 1s (restart: always)", "[ 4.0] hyperroot: vm a started pid=95"}, true},
+		{[]string{"[ 1.0] hyperroot: vm a started pid=90", "[ 1.5] hyperroot: vm b started pid=91",
+			"[ 2.0] hyperroot: vm a exited code=0 reason=poweroff"}, true},
+		{[]string{"a| [ 1.0] hyperroot: vm x started"}, false}, // a guest's line, not PID 1's
+	} {
+		if got := vmsRunning(tc.lines); got != tc.want {
+			t.Errorf("%q: %v, want %v", tc.lines, got, tc.want)
+		}
 	}
 }

@@ -338,7 +338,7 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 		go io.Copy(m.typist, o.Stdin)
 	}
 	m.lastOut = time.Now()
-	if accel[1] == "tcg" && o.CPUs == 1 && m.typist != nil {
+	if accel[1] == "tcg" && m.typist != nil {
 		go m.nudge()
 	}
 	if o.Silence > 0 {
@@ -501,7 +501,7 @@ func isTerminal(f *os.File) bool {
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
-// nudgeEvery is how often nudge types on a 1-vCPU TCG appliance's console.
+// nudgeEvery is how often nudge types on a TCG appliance's console.
 const nudgeEvery = 2 * time.Second
 
 // xon is the byte nudge types: START (Ctrl-Q), which the appliance's tty
@@ -509,15 +509,17 @@ const nudgeEvery = 2 * time.Second
 // console reader ignores should it get it.
 const xon = 0x11
 
-// nudge works around a fault of QEMU's TCG (7.2 and 10.0 alike): with one
-// appliance vCPU it now and then leaves the appliance's timer interrupt
-// pending in the local APIC without the CPU noticing it, and keeps running
-// the nested guest; a guest spinning for its second vCPU, whose thread
-// needs that same CPU, then spins for minutes (docs/TESTING.md,
-// Investigations). Any other interrupt makes QEMU look at the APIC again:
-// a byte typed on the serial console raises the UART's. Pausing and
-// resuming the machine over QMP does not (a 64-vCPU guest stalled for 15
-// minutes with that done every 2 s).
+// nudge works around a fault of QEMU's TCG (7.2 and 10.0 alike): now and
+// then it leaves the appliance's timer interrupt pending in the local APIC
+// without the CPU noticing it, and keeps running the nested guest; a guest
+// spinning for its second vCPU, whose thread needs that same CPU, then
+// spins for minutes (docs/TESTING.md, Investigations). Seen mostly with one
+// appliance vCPU, once with two (the whole appliance silent for 5 minutes).
+// Any other interrupt makes QEMU look at the APIC again: a byte typed on the
+// serial console raises the UART's. With two appliance vCPUs it reaches
+// only the one the appliance routes the UART to; it costs nothing, so
+// every TCG appliance gets it. Pausing and resuming the machine over QMP does not (a
+// 64-vCPU guest stalled for 15 minutes with that done every 2 s).
 func (m *Machine) nudge() {
 	tick := time.NewTicker(nudgeEvery)
 	defer tick.Stop()
@@ -629,9 +631,9 @@ func (m *Machine) recordEmulator() {
 	time.Sleep(emulatorRecheck)
 	regs1, lapics1 := look(fmt.Sprintf(" (%s later)", emulatorRecheck))
 	m.mu.Lock()
-	overdue := overdueTimers(m.lines)
+	overdue, vms := overdueTimers(m.lines), vmsRunning(m.lines)
 	m.mu.Unlock()
-	if why := lostInterrupt(regs0, lapics0, regs1, lapics1, overdue); why != "" {
+	if why := lostInterrupt(regs0, lapics0, regs1, lapics1, overdue, vms); why != "" {
 		m.note(LostInterruptPrefix + why)
 	}
 }
