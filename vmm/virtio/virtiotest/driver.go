@@ -162,6 +162,12 @@ func (d *Driver) Add(heads ...uint16) {
 	d.SetAvailIdx(d.availIdx)
 }
 
+// SetAvailEntry writes available ring entry i (wrapped by the ring size)
+// without publishing it, for a driver that keeps its entries fixed and
+// publishes with SetAvailIdx alone (DPDK's simple paths: entry i always
+// names descriptor i).
+func (d *Driver) SetAvailEntry(i, head uint16) { d.setAvailEntry(i, head) }
+
 // setAvailEntry stores through the aligned word, as every access to the
 // rings here: a device reads an entry with an atomic load of its word,
 // which holds the neighbouring entry too, so a plain store to that one
