@@ -15,9 +15,18 @@ const maxPending = 2 * txBatch
 
 // frameRef is a frame in its sender's buffers: segs hold the virtio-net
 // header and the Ethernet frame, split anywhere (descriptor boundaries).
+//
+// head is the switch's own copy of the frame's first bytes, the ones
+// ingress parsed and checked (addresses, EtherType, IP and ARP headers):
+// every reader takes those bytes from head and only the rest from segs
+// (gather, writer.copyFrame, checksum). segs are the sender's memory, which
+// a guest may rewrite at any time, from another vCPU, between the check
+// and the copy to the receivers at the end of the batch; a rewritten
+// source address must not reach them (TestTxRewriteAfterCheck).
 type frameRef struct {
 	segs   [][]byte
-	size   int // bytes in segs
+	head   []byte // bytes [0, len(head)) of the frame, as checked; nil: all in segs
+	size   int    // bytes in segs
 	hdr    netHdr
 	tagLen int   // 4 when the frame arrived with an 802.1Q tag, which is not forwarded
 	from   *Port // the sending port, nil for Inject
@@ -28,6 +37,28 @@ type frameRef struct {
 
 // ethLen is the length of the Ethernet frame without the ingress tag.
 func (f *frameRef) ethLen() int { return f.size - HeaderLen - f.tagLen }
+
+// gather copies the frame's bytes from offset off into dst, the checked
+// head first, and returns how many it copied (fewer than len(dst) at the
+// end).
+func (f *frameRef) gather(dst []byte, off int) int {
+	n := 0
+	if off < len(f.head) {
+		n = copy(dst, f.head[off:])
+		if n == len(dst) {
+			return n
+		}
+	}
+	return n + gather(dst[n:], f.segs, off+n)
+}
+
+// checksum is checksumSegs of bytes [from, to) of the frame, the checked
+// head included.
+func (f *frameRef) checksum(from, to int) uint16 {
+	h := min(max(len(f.head), from), to)
+	sum := csumPartial(f.head, from, h, from) + csumPartial1(f.segs, h, to, from)
+	return csumStore(sum)
+}
 
 // sender is the per-goroutine state of forwarding: every port's goroutine
 // (a virtio port's transmit worker, a frame port's reader) owns one, so
@@ -43,7 +74,6 @@ func (f *frameRef) ethLen() int { return f.size - HeaderLen - f.tagLen }
 type sender struct {
 	sw         *Switch
 	fi         frameInfo
-	prefix     [prefixLen]byte
 	oneSeg     [1][]byte
 	injectSegs [2][]byte
 	zeroHdr    [HeaderLen]byte
@@ -53,13 +83,14 @@ type sender struct {
 	seg        []byte // one software segment being delivered
 	out        []byte // a frame port's egress buffer
 
-	batch   bool                 // defer deliveries to virtio ports until flush
-	frames  [txBatch]frameRef    // the frames of this batch
-	nf      int                  // frames in use
-	pend    [maxPending]emit     // deferred deliveries, in arrival order
-	scratch emit                 // an immediate delivery
-	np      int                  // deliveries pending
-	touched [maxTouched]rxTarget // receivers of this batch
+	batch   bool                     // defer deliveries to virtio ports until flush
+	frames  [txBatch]frameRef        // the frames of this batch
+	heads   [txBatch][prefixLen]byte // their checked heads (frameRef.head)
+	nf      int                      // frames in use
+	pend    [maxPending]emit         // deferred deliveries, in arrival order
+	scratch emit                     // an immediate delivery
+	np      int                      // deliveries pending
+	touched [maxTouched]rxTarget     // receivers of this batch
 	nt      int
 
 	// Transmit counters of the batch, added to txPort's at flush.
@@ -89,7 +120,7 @@ func (s *sender) bigBuf() []byte {
 // contiguous buffer.
 func (s *sender) raw(f *frameRef) []byte {
 	b := s.bigBuf()
-	return b[:gather(b[:f.size-HeaderLen], f.segs, HeaderLen)]
+	return b[:f.gather(b[:f.size-HeaderLen], HeaderLen)]
 }
 
 // ingress handles one frame that port p sent: parse, police, learn, and
@@ -98,8 +129,12 @@ func (s *sender) raw(f *frameRef) []byte {
 // caller to retry it later; otherwise such a frame is dropped.
 func (s *sender) ingress(p *Port, segs [][]byte, size int, now int64, hold bool) bool {
 	fi := &s.fi
-	n := gather(s.prefix[:min(size, prefixLen)], segs, 0)
-	if err := parseFrame(s.prefix[:n], size, fi); err != nil {
+	if s.nf == len(s.frames) {
+		s.flush() // no frame is in flight between ingresses
+	}
+	head := s.heads[s.nf][:min(size, prefixLen)]
+	head = head[:gather(head, segs, 0)]
+	if err := parseFrame(head, size, fi); err != nil {
 		p.drop(DropMalformed)
 		return true
 	}
@@ -127,9 +162,6 @@ func (s *sender) ingress(p *Port, segs [][]byte, size int, now int64, hold bool)
 			p.segDebt.Add(-debt)
 		}
 	}
-	if s.nf == len(s.frames) {
-		s.flush() // no frame is in flight between ingresses
-	}
 	if s.txPort != p {
 		s.flushTx()
 		s.txPort = p
@@ -138,7 +170,7 @@ func (s *sender) ingress(p *Port, segs [][]byte, size int, now int64, hold bool)
 	s.txBytes += uint64(fi.length)
 
 	f := &s.frames[s.nf]
-	f.segs, f.size, f.hdr, f.from, f.stable, f.tagLen = segs, size, fi.hdr, p, s.batch, 0
+	f.segs, f.head, f.size, f.hdr, f.from, f.stable, f.tagLen = segs, head, size, fi.hdr, p, s.batch, 0
 	if s.batch {
 		s.nf++
 	}
@@ -304,15 +336,15 @@ func (e *emit) writeFlat(dst []byte) {
 	e.hdr.encode(dst)
 	f := e.f
 	if !e.tagged && f.tagLen == 0 {
-		gather(dst[HeaderLen:], f.segs, HeaderLen)
+		f.gather(dst[HeaderLen:], HeaderLen)
 	} else {
-		n := HeaderLen + gather(dst[HeaderLen:HeaderLen+12], f.segs, HeaderLen)
+		n := HeaderLen + f.gather(dst[HeaderLen:HeaderLen+12], HeaderLen)
 		if e.tagged {
 			binary.BigEndian.PutUint16(dst[n:], etherTypeVLAN)
 			binary.BigEndian.PutUint16(dst[n+2:], e.vid)
 			n += vlanTagLen
 		}
-		gather(dst[n:], f.segs, HeaderLen+12+f.tagLen)
+		f.gather(dst[n:], HeaderLen+12+f.tagLen)
 	}
 	if e.sumAt >= 0 && e.sumAt+2 <= len(dst) {
 		binary.BigEndian.PutUint16(dst[e.sumAt:], e.sum)
@@ -325,14 +357,14 @@ func (e *emit) writeTo(w *writer) {
 	var h [HeaderLen]byte
 	e.hdr.encode(h[:])
 	w.put(h[:])
-	w.copyFrom(e.f.segs, HeaderLen, HeaderLen+12)
+	w.copyFrame(e.f, HeaderLen, HeaderLen+12)
 	if e.tagged {
 		var t [vlanTagLen]byte
 		binary.BigEndian.PutUint16(t[0:], etherTypeVLAN)
 		binary.BigEndian.PutUint16(t[2:], e.vid)
 		w.put(t[:])
 	}
-	w.copyFrom(e.f.segs, HeaderLen+12+e.f.tagLen, e.f.size)
+	w.copyFrame(e.f, HeaderLen+12+e.f.tagLen, e.f.size)
 	if e.sumAt >= 0 {
 		w.patch(e.sumAt, e.sum)
 	}
@@ -394,7 +426,7 @@ func (s *sender) deliverOne(d *Port, f *frameRef, nw *Network, caps offloads) bo
 			// parseFrame checked csum_start >= the L3 offset, past any
 			// tag, and the field inside the frame.
 			start := HeaderLen + int(f.hdr.csumStart)
-			e.sum = checksumSegs(f.segs, start, f.size)
+			e.sum = f.checksum(start, f.size)
 			e.sumAt = start + delta + int(f.hdr.csumOffset)
 			e.hdr.flags &^= hdrNeedsCsum
 			e.hdr.csumStart, e.hdr.csumOffset = 0, 0
@@ -533,6 +565,16 @@ func (w *writer) advance(n int) {
 	if w.bo == len(w.bufs[w.bi]) {
 		w.bi, w.bo = w.bi+1, 0
 	}
+}
+
+// copyFrame copies bytes [from, to) of f, its checked head first.
+func (w *writer) copyFrame(f *frameRef, from, to int) {
+	if from < len(f.head) {
+		h := min(to, len(f.head))
+		w.put(f.head[from:h])
+		from = h
+	}
+	w.copyFrom(f.segs, from, to)
 }
 
 // copyFrom copies bytes [from, to) of segs, viewed as one buffer.

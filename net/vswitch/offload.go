@@ -62,22 +62,43 @@ func csumFold(sum uint64) uint16 {
 // result of 0 is stored as 0xffff, which means the same and which UDP
 // requires.
 func checksumSegs(segs [][]byte, from, to int) uint16 {
+	return csumStore(csumPartial1(segs, from, to, from))
+}
+
+// csumPartial1 is the one's-complement sum of bytes [from, to) of segs,
+// viewed as one buffer, aligned as if the checksummed range began at
+// base: a piece that starts an odd number of bytes after base is summed
+// byte-swapped. Sums of adjacent ranges with the same base add up.
+func csumPartial1(segs [][]byte, from, to, base int) uint64 {
 	var sum uint64
 	pos := 0 // offset of sg in the buffer
 	for _, sg := range segs {
-		lo, hi := max(from, pos), min(to, pos+len(sg))
-		if lo < hi {
-			part := csumFold(csumAdd(0, sg[lo-pos:hi-pos]))
-			if (lo-from)&1 != 0 {
-				part = bits.ReverseBytes16(part) // this piece starts mid-word
-			}
-			sum += uint64(part)
-		}
-		pos += len(sg)
 		if pos >= to {
 			break
 		}
+		sum += csumPartial(sg, from-pos, to-pos, base-pos)
+		pos += len(sg)
 	}
+	return sum
+}
+
+// csumPartial is csumPartial1 for one buffer b; the range is clipped to
+// it.
+func csumPartial(b []byte, from, to, base int) uint64 {
+	lo, hi := max(from, 0), min(to, len(b))
+	if lo >= hi {
+		return 0
+	}
+	part := csumFold(csumAdd(0, b[lo:hi]))
+	if (lo-base)&1 != 0 {
+		part = bits.ReverseBytes16(part) // this piece starts mid-word
+	}
+	return uint64(part)
+}
+
+// csumStore folds a one's-complement sum into the value to store (0
+// stored as 0xffff).
+func csumStore(sum uint64) uint16 {
 	if v := ^csumFold(sum); v != 0 {
 		return v
 	}
@@ -101,8 +122,8 @@ func (s *sender) segment(d *Port, f *frameRef, nw *Network) bool {
 	// The untagged frame, contiguous.
 	buf := s.bigBuf()
 	n := f.ethLen()
-	gather(buf[:12], f.segs, HeaderLen)
-	gather(buf[12:n], f.segs, HeaderLen+12+f.tagLen)
+	f.gather(buf[:12], HeaderLen)
+	f.gather(buf[12:n], HeaderLen+12+f.tagLen)
 	fr := buf[:n]
 
 	var l4 int

@@ -254,3 +254,49 @@ func TestSegmentation(t *testing.T) {
 		sw.Close()
 	}
 }
+
+// TestFrameRefHead: a frame's reads (gather, checksum, a writer's copy)
+// take bytes below len(head) from head and the rest from segs, at every
+// split of the frame into buffers and every head length, odd offsets
+// included; segs' own bytes below len(head) (a guest's rewrite after the
+// check) never show.
+func TestFrameRefHead(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 2000 {
+		size := 1 + rng.IntN(300)
+		want := make([]byte, size)
+		for i := range want {
+			want[i] = byte(rng.Uint32())
+		}
+		hl := rng.IntN(size + 1)
+		head := append([]byte(nil), want[:hl]...)
+		// segs: the same bytes but for a rewritten head, split anywhere.
+		guest := append([]byte(nil), want...)
+		for i := range hl {
+			guest[i] ^= 0x5a
+		}
+		var segs [][]byte
+		for rest := guest; len(rest) > 0; {
+			n := 1 + rng.IntN(len(rest))
+			segs = append(segs, rest[:n])
+			rest = rest[n:]
+		}
+		f := &frameRef{segs: segs, head: head, size: size}
+		from := rng.IntN(size)
+		to := from + rng.IntN(size-from+1)
+		got := make([]byte, to-from)
+		if n := f.gather(got, from); n != to-from || !bytes.Equal(got, want[from:to]) {
+			t.Fatalf("size %d head %d: gather [%d,%d) = %d bytes % x, want % x", size, hl, from, to, n, got[:n], want[from:to])
+		}
+		if c, w := f.checksum(from, to), checksumSegs([][]byte{want}, from, to); c != w {
+			t.Fatalf("size %d head %d: checksum [%d,%d) = %#x, want %#x", size, hl, from, to, c, w)
+		}
+		out := make([]byte, to-from)
+		var w writer
+		w.reset([][]byte{out})
+		w.copyFrame(f, from, to)
+		if !bytes.Equal(out, want[from:to]) {
+			t.Fatalf("size %d head %d: copyFrame [%d,%d) = % x, want % x", size, hl, from, to, out, want[from:to])
+		}
+	}
+}

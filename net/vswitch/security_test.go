@@ -1,6 +1,7 @@
 package vswitch
 
 import (
+	"bytes"
 	"encoding/binary"
 	"net/netip"
 	"sync"
@@ -291,5 +292,52 @@ func TestUnlockedPortTags(t *testing.T) {
 	waitFor(t, "delivery", func() bool { return b.port.Counters().RxPackets == 1 })
 	if got := a.port.Counters().Drops[DropEtherType]; got != 1 {
 		t.Errorf("bad_ethertype = %d, want 1", got)
+	}
+}
+
+// TestTxRewriteAfterCheck: a guest that rewrites a frame after the switch
+// checked it, before the frame is copied to its receiver (another vCPU
+// racing the transmit worker: deliveries wait for the end of the batch),
+// gets the bytes that were checked delivered, not its rewrite. Here the
+// rewrite happens while the next frame of the batch, a broadcast, is in
+// the switch's Local hook: the first frame's source MAC and IP become the
+// neighbour's, which port security would have refused.
+func TestTxRewriteAfterCheck(t *testing.T) {
+	mine, theirs := [4]byte{10, 0, 0, 5}, [4]byte{10, 0, 0, 6}
+	marker := []byte("checked-then-rewritten")
+	first := udp4(mac(macB), mac(macA), mine, theirs, 1000, 2000, marker)
+	var a *vm
+	rewrites := 0
+	sw := newSwitch(t, Options{Local: func(p *Port, frame []byte) bool {
+		if a == nil || p != a.port.Port || rewrites > 0 {
+			return false
+		}
+		area := a.g.bytes(t, a.tx.data, 4*a.tx.slot)
+		at := bytes.Index(area, first)
+		if at < 0 {
+			t.Errorf("the first frame is not in the sender's buffers")
+			return false
+		}
+		copy(area[at+6:], mac(macB))               // Ethernet source
+		copy(area[at+ethHeaderLen+12:], theirs[:]) // IPv4 source
+		rewrites++
+		return false
+	}})
+	lan := mustNetwork(t, sw, "lan", 0)
+	a = newVM(t, sw, "a", lan, macA, vmOpts{lockIP: true, noStart: true})
+	b := newVM(t, sw, "b", lan, macB, vmOpts{lockIP: true})
+	a.port.AllowIP(netip.AddrFrom4(mine))
+	b.port.AllowIP(netip.AddrFrom4(theirs))
+	a.send(first)
+	a.send(arp(bcast(), mac(macA), mine, theirs))
+	a.start() // both frames in one batch
+	a.flushTX()
+	var got []rxFrame
+	waitFor(t, "both frames at b", func() bool { got = append(got, b.frames()...); return len(got) >= 2 })
+	if rewrites != 1 {
+		t.Fatalf("the frame was rewritten %d times, want 1", rewrites)
+	}
+	if !bytes.Equal(got[0].frame, first) {
+		t.Errorf("b received % x\nwant the checked frame % x", got[0].frame, first)
 	}
 }
