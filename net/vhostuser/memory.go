@@ -158,6 +158,21 @@ func (m *Memory) Slice(gpa, n uint64) ([]byte, error) {
 	return nil, fmt.Errorf("%w: [%#x, +%#x)", ErrAddress, gpa, n)
 }
 
+// MainRange returns the largest region as one view (it implements
+// virtio.MainRange, for queues to check buffers inside it inline).
+func (m *Memory) MainRange() (gpa uint64, ram []byte) {
+	best := -1
+	for i := range m.regions {
+		if best < 0 || m.regions[i].Size > m.regions[best].Size {
+			best = i
+		}
+	}
+	if best < 0 {
+		return 0, nil
+	}
+	return m.regions[best].GuestAddr, m.regions[best].data
+}
+
 // Translate turns an address in the frontend's virtual address space into
 // the guest-physical address of the same byte.
 func (m *Memory) Translate(userAddr uint64) (uint64, error) {

@@ -289,6 +289,23 @@ func (g *Guest) Slice(gpa, n uint64) ([]byte, error) {
 	return nil, fmt.Errorf("memory: guest range %#x+%#x: %w", gpa, n, ErrBounds)
 }
 
+// MainRange returns guest RAM's largest region as one view (it implements
+// virtio.MainRange, for queues to check buffers inside it inline): all of
+// a guest's RAM when it fits below the PCI hole.
+func (g *Guest) MainRange() (gpa uint64, ram []byte) {
+	best := -1
+	for i := range g.regions {
+		if best < 0 || g.regions[i].Size > g.regions[best].Size {
+			best = i
+		}
+	}
+	if best < 0 {
+		return 0, nil
+	}
+	r := &g.regions[best]
+	return r.GPA, g.mem[r.Offset : r.Offset+r.Size : r.Offset+r.Size]
+}
+
 // ReadAt copies len(p) bytes of guest RAM at gpa into p. Reading nothing
 // always succeeds.
 func (g *Guest) ReadAt(p []byte, gpa uint64) error {

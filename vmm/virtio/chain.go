@@ -79,6 +79,15 @@ func (q *Queue) Walk(head uint16, c *Chain) error {
 	return nil
 }
 
+// slice is q.mem.Slice, inline for a range inside the main range.
+func (q *Queue) slice(gpa, n uint64) ([]byte, error) {
+	// gpa below ramGPA wraps off past len(q.ram).
+	if off := gpa - q.ramGPA; off < uint64(len(q.ram)) && n != 0 && n <= uint64(len(q.ram))-off {
+		return q.ram[off : off+n : off+n], nil
+	}
+	return q.mem.Slice(gpa, n)
+}
+
 func (q *Queue) walk(head uint16, c *Chain) error {
 	if !q.active {
 		return fmt.Errorf("%w: %w", ErrChain, errInactive)
@@ -93,7 +102,7 @@ func (q *Queue) walk(head uint16, c *Chain) error {
 	d := q.desc[uint32(head)*descSize : uint32(head)*descSize+descSize]
 	if flags := binary.LittleEndian.Uint16(d[12:]); flags&(descFNext|descFIndirect) == 0 {
 		if length := binary.LittleEndian.Uint32(d[8:]); length > 0 {
-			b, err := q.mem.Slice(binary.LittleEndian.Uint64(d[0:]), uint64(length))
+			b, err := q.slice(binary.LittleEndian.Uint64(d[0:]), uint64(length))
 			if err != nil {
 				return fmt.Errorf("%w: buffer of descriptor %d: %w", ErrChain, head, err)
 			}
@@ -139,7 +148,7 @@ func (q *Queue) walk(head uint16, c *Chain) error {
 			case length/descSize > uint32(q.size):
 				return fmt.Errorf("%w: indirect table of %d descriptors exceeds the queue size %d", ErrChain, length/descSize, q.size)
 			}
-			t, err := q.mem.Slice(addr, uint64(length))
+			t, err := q.slice(addr, uint64(length))
 			if err != nil {
 				return fmt.Errorf("%w: indirect table of descriptor %d: %w", ErrChain, i, err)
 			}
@@ -166,7 +175,7 @@ func (q *Queue) walk(head uint16, c *Chain) error {
 			return fmt.Errorf("%w: chain from head %d holds more than 4 GiB", ErrChain, head)
 		}
 		if length > 0 {
-			b, err := q.mem.Slice(addr, uint64(length))
+			b, err := q.slice(addr, uint64(length))
 			if err != nil {
 				return fmt.Errorf("%w: buffer of descriptor %d: %w", ErrChain, i, err)
 			}

@@ -34,6 +34,15 @@ type Memory interface {
 	Slice(gpa, n uint64) ([]byte, error)
 }
 
+// MainRange is what a Memory may also implement: one range of guest RAM
+// (its lowest region, all of a small guest's RAM) as a view, valid as long
+// as the Memory is. A queue checks buffers inside it inline, without a
+// call through the interface and a walk of the regions per descriptor,
+// two of each per forwarded frame in the switch.
+type MainRange interface {
+	MainRange() (gpa uint64, ram []byte)
+}
+
 // ErrRing is wrapped by errors that make a whole queue unusable: bad ring
 // addresses, or an available ring the driver corrupted. The device should
 // then set DEVICE_NEEDS_RESET; the queue stays broken until reactivated.
@@ -61,6 +70,8 @@ type Queue struct {
 	// Set by Activate.
 	active   bool
 	mem      Memory
+	ram      []byte // mem's MainRange, if it has one, at guest address ramGPA
+	ramGPA   uint64
 	size     uint16 // Size as activated; all ring arithmetic uses this copy
 	indirect bool   // FeatureRingIndirectDesc negotiated
 	eventIdx bool   // FeatureRingEventIdx negotiated
@@ -166,6 +177,10 @@ func (q *Queue) activate(mem Memory, features uint64) error {
 
 	q.active = true
 	q.mem = mem
+	q.ram, q.ramGPA = nil, 0
+	if m, ok := mem.(MainRange); ok {
+		q.ramGPA, q.ram = m.MainRange()
+	}
 	q.size = n
 	q.indirect = features&FeatureRingIndirectDesc != 0
 	q.eventIdx = features&FeatureRingEventIdx != 0
