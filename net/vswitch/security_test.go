@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -306,10 +307,12 @@ func TestTxRewriteAfterCheck(t *testing.T) {
 	mine, theirs := [4]byte{10, 0, 0, 5}, [4]byte{10, 0, 0, 6}
 	marker := []byte("checked-then-rewritten")
 	first := udp4(mac(macB), mac(macA), mine, theirs, 1000, 2000, marker)
-	var a *vm
-	rewrites := 0
+	// The hook runs on the switch's worker goroutine.
+	var sender atomic.Pointer[vm]
+	var rewrites atomic.Int32
 	sw := newSwitch(t, Options{Local: func(p *Port, frame []byte) bool {
-		if a == nil || p != a.port.Port || rewrites > 0 {
+		a := sender.Load()
+		if a == nil || p != a.port.Port || rewrites.Load() > 0 {
 			return false
 		}
 		area := a.g.bytes(t, a.tx.data, 4*a.tx.slot)
@@ -320,11 +323,12 @@ func TestTxRewriteAfterCheck(t *testing.T) {
 		}
 		copy(area[at+6:], mac(macB))               // Ethernet source
 		copy(area[at+ethHeaderLen+12:], theirs[:]) // IPv4 source
-		rewrites++
+		rewrites.Add(1)
 		return false
 	}})
 	lan := mustNetwork(t, sw, "lan", 0)
-	a = newVM(t, sw, "a", lan, macA, vmOpts{lockIP: true, noStart: true})
+	a := newVM(t, sw, "a", lan, macA, vmOpts{lockIP: true, noStart: true})
+	sender.Store(a)
 	b := newVM(t, sw, "b", lan, macB, vmOpts{lockIP: true})
 	a.port.AllowIP(netip.AddrFrom4(mine))
 	b.port.AllowIP(netip.AddrFrom4(theirs))
@@ -334,8 +338,8 @@ func TestTxRewriteAfterCheck(t *testing.T) {
 	a.flushTX()
 	var got []rxFrame
 	waitFor(t, "both frames at b", func() bool { got = append(got, b.frames()...); return len(got) >= 2 })
-	if rewrites != 1 {
-		t.Fatalf("the frame was rewritten %d times, want 1", rewrites)
+	if n := rewrites.Load(); n != 1 {
+		t.Fatalf("the frame was rewritten %d times, want 1", n)
 	}
 	if !bytes.Equal(got[0].frame, first) {
 		t.Errorf("b received % x\nwant the checked frame % x", got[0].frame, first)
