@@ -677,3 +677,37 @@ func TestSetLimitsLive(t *testing.T) {
 		t.Errorf("unlimited: %d of 500 frames delivered", got)
 	}
 }
+
+// TestForwardingAlternatingInBatch: frames of one batch to alternating
+// destinations each reach their own receiver: the sender's remembered
+// decision (sender.fwdTo) is only reused for the same destination.
+func TestForwardingAlternatingInBatch(t *testing.T) {
+	sw := newSwitch(t, Options{})
+	lan := mustNetwork(t, sw, "lan", 0)
+	a := newVM(t, sw, "a", lan, macA, vmOpts{noStart: true})
+	b := newVM(t, sw, "b", lan, macB, vmOpts{})
+	c := newVM(t, sw, "c", lan, macC, vmOpts{})
+	var want [2][][]byte // b's, c's
+	for i := range 8 {
+		dst := mac(macB)
+		if i%2 == 1 {
+			dst = mac(macC)
+		}
+		f := ether(dst, mac(macA), 0x88b5, bytes.Repeat([]byte{byte(i)}, 50))
+		want[i%2] = append(want[i%2], f)
+		a.send(f)
+	}
+	a.start() // all eight in one batch
+	a.flushTX()
+	for i, m := range []*vm{b, c} {
+		var got []rxFrame
+		waitFor(t, m.port.Name()+"'s frames", func() bool { got = append(got, m.frames()...); return len(got) >= len(want[i]) })
+		if !slices.EqualFunc(bodies(got), want[i], bytes.Equal) {
+			t.Errorf("%s got %x, want %x", m.port.Name(), bodies(got), want[i])
+		}
+	}
+	// The batch's counters were added before its frames were published.
+	if n := b.port.Counters().RxPackets + c.port.Counters().RxPackets; n != 8 {
+		t.Errorf("b and c received %d frames, want 8", n)
+	}
+}
