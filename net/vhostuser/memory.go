@@ -1,6 +1,7 @@
 package vhostuser
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -161,16 +162,11 @@ func (m *Memory) Slice(gpa, n uint64) ([]byte, error) {
 // MainRange returns the largest region as one view (it implements
 // virtio.MainRange, for queues to check buffers inside it inline).
 func (m *Memory) MainRange() (gpa uint64, ram []byte) {
-	best := -1
-	for i := range m.regions {
-		if best < 0 || m.regions[i].Size > m.regions[best].Size {
-			best = i
-		}
-	}
-	if best < 0 {
+	if len(m.regions) == 0 {
 		return 0, nil
 	}
-	return m.regions[best].GuestAddr, m.regions[best].data
+	r := slices.MaxFunc(m.regions, func(a, b mapping) int { return cmp.Compare(a.Size, b.Size) })
+	return r.GuestAddr, r.data
 }
 
 // Translate turns an address in the frontend's virtual address space into

@@ -4,9 +4,11 @@
 package memory
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -293,16 +295,10 @@ func (g *Guest) Slice(gpa, n uint64) ([]byte, error) {
 // virtio.MainRange, for queues to check buffers inside it inline): all of
 // a guest's RAM when it fits below the PCI hole.
 func (g *Guest) MainRange() (gpa uint64, ram []byte) {
-	best := -1
-	for i := range g.regions {
-		if best < 0 || g.regions[i].Size > g.regions[best].Size {
-			best = i
-		}
-	}
-	if best < 0 {
+	if len(g.regions) == 0 {
 		return 0, nil
 	}
-	r := &g.regions[best]
+	r := slices.MaxFunc(g.regions, func(a, b Region) int { return cmp.Compare(a.Size, b.Size) })
 	return r.GPA, g.mem[r.Offset : r.Offset+r.Size : r.Offset+r.Size]
 }
 

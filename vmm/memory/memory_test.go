@@ -100,6 +100,7 @@ func TestRegionsSplitAtHole(t *testing.T) {
 		{3 * gib, []Region{{GPA: 0, Size: 3 * gib}}},
 		{3*gib + 4096, []Region{{GPA: 0, Size: 3 * gib}, {GPA: 4 * gib, Size: 4096, Offset: 3 * gib}}},
 		{5 * gib, []Region{{GPA: 0, Size: 3 * gib}, {GPA: 4 * gib, Size: 2 * gib, Offset: 3 * gib}}},
+		{7 * gib, []Region{{GPA: 0, Size: 3 * gib}, {GPA: 4 * gib, Size: 4 * gib, Offset: 3 * gib}}},
 	} {
 		g := newGuest(t, tc.size)
 		got := g.Regions()
@@ -120,6 +121,16 @@ func TestRegionsSplitAtHole(t *testing.T) {
 		}
 		if total != tc.size || g.Size() != tc.size {
 			t.Errorf("size %#x: regions hold %#x bytes, Size() = %#x", tc.size, total, g.Size())
+		}
+		// MainRange is the largest region, the first of equals.
+		big := got[0]
+		for _, r := range got[1:] {
+			if r.Size > big.Size {
+				big = r
+			}
+		}
+		if gpa, ram := g.MainRange(); gpa != big.GPA || uint64(len(ram)) != big.Size || uintptr(unsafe.Pointer(&ram[0])) != big.Host {
+			t.Errorf("size %#x: MainRange at %#x, %#x bytes; want region %+v", tc.size, gpa, len(ram), big)
 		}
 	}
 }
