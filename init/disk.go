@@ -46,7 +46,7 @@ func openDiskArg(d vmmcli.Disk) (*os.File, error) {
 // machineDisk is the disk of a --disk flag as the machine takes it, with
 // its backing chain's files (backingArgs).
 func machineDisk(d vmmcli.Disk, f *os.File, backing []machine.BackingFile) machine.Disk {
-	return machine.Disk{File: f, ReadOnly: d.ReadOnly, ID: d.ID, IOPS: d.IOPS, Bandwidth: d.Bandwidth,
+	return machine.Disk{File: f, ReadOnly: d.ReadOnly, ID: d.ID, IOPS: d.IOPS, Bandwidth: d.Bandwidth, Poll: d.Poll,
 		Direct: d.Direct, IO: machine.IOBackend(d.IO), Qcow2: d.Format == config.FormatQcow2, Backing: backing}
 }
 

@@ -101,6 +101,11 @@ type Disk struct {
 	// IO is the block backend: "" (auto: io_uring where the kernel
 	// allows it, else a thread pool), "io_uring" or "pool".
 	IO string
+	// Poll is the longest interval at which the VMM polls a queue the
+	// guest keeps sending requests to, holding back its notifications
+	// and interrupts meanwhile: 0 for the VMM's default, negative
+	// ("off") for an interrupt per request.
+	Poll time.Duration
 	// Image, if set, is what a missing disk file is made from.
 	Image *Image
 	// Format is the file's format: "raw" or "qcow2". It is never guessed
@@ -140,6 +145,10 @@ type DiskLimits struct {
 
 // MaxDisks bounds disks per VM; each takes a PCI slot of the VM's bus.
 const MaxDisks = 16
+
+// MaxDiskPoll bounds a disk's poll interval: longer, the guest would wait
+// that long for the last completions of each burst.
+const MaxDiskPoll = 10 * time.Millisecond
 
 // Restart is a VM's restart policy.
 type Restart string
@@ -464,6 +473,13 @@ func (d *decoder) disk(n *yaml.Node) Disk {
 		},
 		"base":   func(v *yaml.Node) { disk.Base = d.diskPath(v) },
 		"direct": func(v *yaml.Node) { disk.Direct = d.boolean(v) },
+		"poll": func(v *yaml.Node) {
+			if d.str(v) == "off" {
+				disk.Poll = -1
+				return
+			}
+			disk.Poll = d.duration(v, "poll", time.Microsecond, MaxDiskPoll)
+		},
 		"io": func(v *yaml.Node) {
 			switch s := d.str(v); s {
 			case "auto":

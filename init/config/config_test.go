@@ -133,14 +133,14 @@ vms:
         readonly: true
         direct: true
         io: pool
-      - { path: /c.img, io: auto }
-      - { path: vms/./web.img, size: 64M }
+      - { path: /c.img, io: auto, poll: 50us }
+      - { path: vms/./web.img, size: 64M, poll: off }
       - { path: vms/db.img, image: { url: "https://images.example/debian-12.raw", sha256: ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789 } }
 `, []Disk{
 			{Path: "/data/web.img", Size: 1 << 30, ID: "web-root", Limits: DiskLimits{IOPS: 2000, Bandwidth: 50 << 20}, Format: "raw"},
 			{Path: "/dev/vdb", ReadOnly: true, ID: "web-1", Direct: true, IO: "pool", Format: "raw"},
-			{Path: "/c.img", ID: "web-2", Format: "raw"},
-			{Path: "/var/lib/hyperroot/vms/web.img", Size: 64 << 20, ID: "web-3", Format: "raw"}, // relative: on the data disk
+			{Path: "/c.img", ID: "web-2", Format: "raw", Poll: 50 * time.Microsecond},
+			{Path: "/var/lib/hyperroot/vms/web.img", Size: 64 << 20, ID: "web-3", Format: "raw", Poll: -1}, // relative: on the data disk
 			{Path: "/var/lib/hyperroot/vms/db.img", ID: "web-4", Image: &Image{URL: "https://images.example/debian-12.raw", SHA256: "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789"}, Format: "raw"},
 		}},
 		{"qcow2", `
@@ -231,7 +231,9 @@ func TestParseDiskErrors(t *testing.T) {
 		{"escaping relative path", vm("      - {path: a/../../etc/shadow}\n"), `c.yaml:5:16: vm a: path "a/../../etc/shadow": a relative path names a file in /var/lib/hyperroot, and must stay inside it`},
 		{"parent", vm("      - {path: ..}\n"), `path "..": a relative path`},
 		{"data dir itself", vm("      - {path: ./}\n"), `path "./": a relative path`},
-		{"unknown key", vm("      - {path: /a, sise: 1G}\n"), `c.yaml:5:20: vm a: unknown key "sise" (known: base, direct, format, id, image, io, limits, path, readonly, size)`},
+		{"unknown key", vm("      - {path: /a, sise: 1G}\n"), `c.yaml:5:20: vm a: unknown key "sise" (known: base, direct, format, id, image, io, limits, path, poll, readonly, size)`},
+		{"poll too long", vm("      - {path: /a, poll: 1s}\n"), `c.yaml:5:26: vm a: poll 1s: want 1µs to 10ms`},
+		{"poll not a duration", vm("      - {path: /a, poll: on}\n"), `poll "on": want a duration such as 1µs`},
 		{"bad format", vm("      - {path: /a, format: vmdk}\n"), `format "vmdk": want raw or qcow2`},
 		{"base of raw", vm("      - {path: /a, format: raw, base: /b.qcow2}\n"), "disk /a: base needs format qcow2"},
 		{"base and image", vm("      - {path: /a.qcow2, base: /b.qcow2, image: {url: http://x/a, sha256: " + strings.Repeat("a", 64) + "}}\n"), "give base or image, not both"},

@@ -17,6 +17,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -373,6 +374,9 @@ type Disk struct {
 	Direct    bool   // O_DIRECT
 	IO        string // IOAuto, IOUring or IOPool
 	Format    string // "" (raw) or "qcow2"
+	// Poll is the longest interval at which a busy queue is polled (see
+	// machine.Disk.Poll): 0 for the default, negative for never.
+	Poll time.Duration
 	// Name is what the VMM's messages call the disk: the supervisor's
 	// path of an inherited one (the VMM cannot see it); "" for none.
 	Name string
@@ -424,6 +428,12 @@ func (d Disk) String() string {
 	if d.Format != "" {
 		s += ",format=" + d.Format
 	}
+	switch {
+	case d.Poll < 0:
+		s += ",poll=off"
+	case d.Poll > 0:
+		s += ",poll=" + d.Poll.String()
+	}
 	if d.Name != "" {
 		s += ",name=" + nameEscaper.Replace(d.Name)
 	}
@@ -437,7 +447,7 @@ func (d Disk) String() string {
 	return s
 }
 
-const diskKeys = "fd, path, ro, id, iops, bps, direct, io, format, name, backing"
+const diskKeys = "fd, path, ro, id, iops, bps, direct, io, format, poll, name, backing"
 
 // nameEscaper keeps a disk's name (a path) from splitting the flag: %XX
 // for the separator and the escape itself, which ParseDisk decodes.
@@ -518,6 +528,16 @@ func ParseDisk(s string) (Disk, error) {
 			default:
 				return d, fmt.Errorf("io %q: want auto, uring or pool", v)
 			}
+		case "poll":
+			if v == "off" {
+				d.Poll = -1
+				break
+			}
+			p, err := time.ParseDuration(v)
+			if err != nil || p < time.Microsecond || p > config.MaxDiskPoll {
+				return d, fmt.Errorf("poll %q: want off or a duration from 1us to %v", v, config.MaxDiskPoll)
+			}
+			d.Poll = p
 		case "format":
 			switch v {
 			case "raw":
@@ -634,7 +654,7 @@ func ForVM(vm config.VM, dir string) Args {
 	}
 	for i, d := range vm.Disks {
 		a.Disks = append(a.Disks, Disk{FD: FirstFD + i, Name: d.Path, ReadOnly: d.ReadOnly, ID: d.ID,
-			IOPS: d.Limits.IOPS, Bandwidth: uint64(d.Limits.Bandwidth), Direct: d.Direct, IO: diskIO(d.IO)})
+			IOPS: d.Limits.IOPS, Bandwidth: uint64(d.Limits.Bandwidth), Direct: d.Direct, IO: diskIO(d.IO), Poll: d.Poll})
 		if d.Format == config.FormatQcow2 {
 			// Its backing chain's descriptors follow every disk's;
 			// the supervisor fills them in once it has opened them.

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -81,6 +82,11 @@ func TestParseDisk(t *testing.T) {
 		{in: "path=/x.qcow2,format=qcow2", want: Disk{FD: -1, Path: "/x.qcow2", Format: "qcow2"}},
 		{in: "fd=3,format=raw", want: Disk{FD: 3}},
 		{in: "fd=3,format=vmdk", err: `format "vmdk": want raw or qcow2`},
+		{in: "fd=3,poll=off", want: Disk{FD: 3, Poll: -1}},
+		{in: "fd=3,poll=50us", want: Disk{FD: 3, Poll: 50 * time.Microsecond}},
+		{in: "fd=3,poll=0", err: `poll "0": want off or a duration from 1us to 10ms`},
+		{in: "fd=3,poll=1s", err: `poll "1s"`},
+		{in: "fd=3,poll=fast", err: `poll "fast"`},
 		{in: "fd=3,backing=5:raw", err: "backing is for format=qcow2"},
 		{in: "fd=3,format=qcow2,backing=5", err: `backing "5": want FD:FORMAT`},
 		{in: "fd=3,format=qcow2,backing=2:raw", err: `backing "2:raw"`},
@@ -140,7 +146,7 @@ func TestArgvRoundTrip(t *testing.T) {
 		{"defaults", Args{Kernel: "/k"},
 			Args{Name: "vm", Kernel: "/k", Cmdline: "console=ttyS0", CPUs: 1, Memory: "256M", Seccomp: "kill"}},
 		{"everything", Args{Name: "web", Kernel: "/k", Initrd: "/i", Cmdline: "console=ttyS0 quiet", CPUs: 4, Memory: "1G", HugePages: "2M",
-			Disks: []Disk{{FD: 3, ID: "web-0"}, {FD: 4, ReadOnly: true, IOPS: 5, Bandwidth: 4096, Direct: true, IO: IOPool}, {FD: -1, Path: "/x.img", IO: IOUring}},
+			Disks: []Disk{{FD: 3, ID: "web-0"}, {FD: 4, ReadOnly: true, IOPS: 5, Bandwidth: 4096, Direct: true, IO: IOPool}, {FD: -1, Path: "/x.img", IO: IOUring, Poll: 30 * time.Microsecond}, {FD: 5, Poll: -1}},
 			NICs:  []NIC{{Socket: "/run/s/web/0.sock", MAC: mac}, {Socket: "/s", MAC: mac, MTU: 9000}}, Jail: 200001, Trace: true, Seccomp: "log",
 			NUMANodes:     []NUMANode{{CPUs: []int{0, 1}, Memory: "512M", Host: &one, HostCPUs: []int{4, 5}}, {CPUs: []int{2, 3}, Memory: "512M"}},
 			NUMADistances: []int{10, 21, 21, 10}, DumpTag: "0123abcd",

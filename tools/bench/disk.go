@@ -92,6 +92,8 @@ type diskBackend struct {
 	dumps bool
 	// peer: another VMM, measured for comparison.
 	peer bool
+	// extra: measured only when named (-disk-backends).
+	extra bool
 }
 
 // diskBackends are the contenders: hyperroot with each I/O backend, then
@@ -103,6 +105,9 @@ func diskBackends(hyperroot, img, clone string) []diskBackend {
 	ours := func(name, io, file, format string) diskBackend {
 		a := vmmcli.Args{Name: "bench", Kernel: kernel, Initrd: initrd, Cmdline: cmdline, CPUs: 1, Memory: benchMemory,
 			Disks: []vmmcli.Disk{{FD: -1, Path: file, IO: io, Format: format}}}
+		if name == "uring-nopoll" {
+			a.Disks[0].Poll = -1
+		}
 		return diskBackend{name: name, argv: append([]string{hyperroot}, a.Argv()...), dumps: true}
 	}
 	qemu := func(name, file, format string) diskBackend {
@@ -120,7 +125,37 @@ func diskBackends(hyperroot, img, clone string) []diskBackend {
 	ourClone.prepare = fresh
 	qemuClone := qemu("qemu-qcow2", clone, "qcow2")
 	qemuClone.prepare = fresh
-	return []diskBackend{ours("uring", vmmcli.IOUring, img, ""), ours("pool", vmmcli.IOPool, img, ""), qemu("qemu", img, "raw"), ourClone, qemuClone}
+	noPoll := ours("uring-nopoll", vmmcli.IOUring, img, "")
+	noPoll.extra = true
+	return []diskBackend{ours("uring", vmmcli.IOUring, img, ""), ours("pool", vmmcli.IOPool, img, ""), qemu("qemu", img, "raw"), ourClone, qemuClone, noPoll}
+}
+
+// standardBackends drops the extra contenders.
+func standardBackends(all []diskBackend) []diskBackend {
+	var out []diskBackend
+	for _, b := range all {
+		if !b.extra {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// pickBackends returns the named contenders, in the order named.
+func pickBackends(all []diskBackend, names []string) ([]diskBackend, error) {
+	var out []diskBackend
+	for _, n := range names {
+		i := slices.IndexFunc(all, func(b diskBackend) bool { return b.name == n })
+		if i < 0 {
+			known := make([]string, len(all))
+			for j, b := range all {
+				known[j] = b.name
+			}
+			return nil, fmt.Errorf("no disk contender %q (known: %s)", n, strings.Join(known, ", "))
+		}
+		out = append(out, all[i])
+	}
+	return out, nil
 }
 
 // makeClone writes a fresh qcow2 clone of the image base (qcow2 if its
@@ -173,7 +208,14 @@ func runDiskBench(e *env) error {
 		return fmt.Errorf("disk image: %w", err)
 	}
 	defer os.Remove(diskBenchImage)
-	backends := diskBackends(e.hyperroot, diskBenchImage, diskBenchClone)
+	backends := standardBackends(diskBackends(e.hyperroot, diskBenchImage, diskBenchClone))
+	if len(e.diskBackends) > 0 {
+		var err error
+		all := diskBackends(e.hyperroot, diskBenchImage, diskBenchClone)
+		if backends, err = pickBackends(all, e.diskBackends); err != nil {
+			return err
+		}
+	}
 	defer os.Remove(diskBenchClone)
 	mountDebugfs(e)
 	e.logf("bench: disk image=%s size=%dMiB (tmpfs) guest=1 vCPU %s options=%s rounds=%d",
@@ -190,6 +232,9 @@ func runDiskBench(e *env) error {
 	}
 	for _, line := range diskTable(names, runs) {
 		e.logf("bench: disk %s", line)
+	}
+	if len(e.diskBackends) > 0 {
+		return nil // the figures compare the standard contenders
 	}
 	figs := diskFigures("disk", "uring", []string{"qemu", "pool"}, runs, &result.Goal{Peer: "qemu", Ratio: 1.0})
 	figs = append(figs, diskFigures("disk qcow2", "qcow2", []string{"qemu-qcow2"}, runs, &result.Goal{Peer: "qemu-qcow2", Ratio: 1.0})...)

@@ -191,7 +191,8 @@ func TestMedianFloat(t *testing.T) {
 }
 
 func TestDiskBackends(t *testing.T) {
-	bs := diskBackends("/bin/hyperroot", "/tmp/d.img", "/tmp/c.qcow2")
+	all := diskBackends("/bin/hyperroot", "/tmp/d.img", "/tmp/c.qcow2")
+	bs := standardBackends(all)
 	var names []string
 	for _, b := range bs {
 		names = append(names, b.name)
@@ -229,6 +230,17 @@ func TestDiskBackends(t *testing.T) {
 	// Both of our backends are measured, then QEMU, then both on a clone.
 	if strings.Join(names, " ") != "uring pool qemu qcow2 qemu-qcow2" {
 		t.Errorf("backends %v, want uring pool qemu qcow2 qemu-qcow2", names)
+	}
+	// The extra contender, named: io_uring with the disk's poll off.
+	picked, err := pickBackends(all, []string{"uring-nopoll", "qemu"})
+	if err != nil || len(picked) != 2 || picked[0].name != "uring-nopoll" || picked[1].name != "qemu" {
+		t.Fatalf("pickBackends: %v %v", picked, err)
+	}
+	if args := strings.Join(picked[0].argv, " "); !strings.Contains(args, "--disk path=/tmp/d.img,io=io_uring,poll=off") {
+		t.Errorf("uring-nopoll: %s", args)
+	}
+	if _, err := pickBackends(all, []string{"uring", "vmware"}); err == nil || !strings.Contains(err.Error(), `no disk contender "vmware"`) {
+		t.Errorf("an unknown contender: %v", err)
 	}
 }
 

@@ -26,11 +26,15 @@ type env struct {
 	hyperroot string
 	starter   child.Starter
 	logf      func(format string, a ...any)
+	// diskBackends, if set, names the disk benchmark's contenders.
+	diskBackends []string
 }
 
 func main() {
 	fs := flag.NewFlagSet("hyperroot-bench", flag.ContinueOnError)
 	hyperroot := fs.String("hyperroot", "/bin/hyperroot", "the hyperroot binary (its vmm and switch commands)")
+	disks := fs.String("disk-backends", "", "the disk benchmark's contenders, +-separated (hyperroot.run splits at commas), in order;\n"+
+		"default uring+pool+qemu+qcow2+qemu-qcow2; uring-nopoll is io_uring with the disk's poll off")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: hyperroot-bench [-hyperroot PATH] boot|bootlog|disk|net|debian|passthrough[,...] ...\n")
 		fs.PrintDefaults()
@@ -48,6 +52,9 @@ func main() {
 	}
 	e := &env{hyperroot: *hyperroot, starter: child.Direct{},
 		logf: func(format string, a ...any) { fmt.Printf(format+"\n", a...) }}
+	if *disks != "" {
+		e.diskBackends = strings.Split(*disks, "+")
+	}
 	if err := run(e, names); err != nil {
 		fmt.Fprintf(os.Stderr, "hyperroot-bench: %v\n", err)
 		os.Exit(1)

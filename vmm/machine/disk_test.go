@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/hyperroot/hyperroot/vmm/block"
 	"github.com/hyperroot/hyperroot/vmm/virtio/blk"
@@ -34,12 +35,15 @@ func TestDiskDevice(t *testing.T) {
 		cpus     int
 		queues   int
 		readOnly bool
+		holdoff  time.Duration
 	}{
-		{"1 vCPU", Disk{File: rw, ID: "a"}, 1, 1, false},
-		{"3 vCPUs", Disk{File: rw, IOPS: 100}, 3, 3, false},
-		{"64 vCPUs", Disk{File: rw, Bandwidth: 1 << 20}, 64, maxDiskQueues, false},
-		{"read-only", Disk{File: rw, ReadOnly: true}, 2, 2, true},
-		{"read-only descriptor", Disk{File: ro}, 1, 1, true},
+		{"1 vCPU", Disk{File: rw, ID: "a"}, 1, 1, false, DefaultDiskPoll},
+		{"3 vCPUs", Disk{File: rw, IOPS: 100}, 3, 3, false, DefaultDiskPoll},
+		{"64 vCPUs", Disk{File: rw, Bandwidth: 1 << 20}, 64, maxDiskQueues, false, DefaultDiskPoll},
+		{"read-only", Disk{File: rw, ReadOnly: true}, 2, 2, true, DefaultDiskPoll},
+		{"read-only descriptor", Disk{File: ro}, 1, 1, true, DefaultDiskPoll},
+		{"poll set", Disk{File: rw, Poll: 30 * time.Microsecond}, 1, 1, false, 30 * time.Microsecond},
+		{"poll off", Disk{File: rw, Poll: -1}, 1, 1, false, 0},
 	} {
 		m := &Machine{}
 		dev, err := m.disk(tc.disk, tc.cpus, nil)
@@ -51,6 +55,9 @@ func TestDiskDevice(t *testing.T) {
 		}
 		if got := dev.Features()&blk.FeatureRO != 0; got != tc.readOnly {
 			t.Errorf("%s: read-only offered %v, want %v", tc.name, got, tc.readOnly)
+		}
+		if got := dev.Holdoff(); got != tc.holdoff {
+			t.Errorf("%s: holdoff %v, want %v", tc.name, got, tc.holdoff)
 		}
 		if k := m.DiskBackends(); len(k) != 1 || k[0] == "" {
 			t.Errorf("%s: backends %q", tc.name, k)

@@ -390,7 +390,14 @@ func (m *Machine) disk(d Disk, cpus int, errs func(error)) (*blk.Device, error) 
 			ratelimit.BucketConfig{Size: d.IOPS, RefillTime: time.Second},
 			ratelimit.BucketConfig{Size: d.Bandwidth, RefillTime: time.Second}, nil)
 	}
-	return blk.New(blk.Options{Backend: b, ReadOnly: d.ReadOnly, ID: d.ID, Queues: queues, Limiter: lim, Errors: errs})
+	hold := d.Poll
+	switch {
+	case hold == 0:
+		hold = DefaultDiskPoll
+	case hold < 0:
+		hold = 0
+	}
+	return blk.New(blk.Options{Backend: b, ReadOnly: d.ReadOnly, ID: d.ID, Queues: queues, Limiter: lim, Errors: errs, Holdoff: hold})
 }
 
 // DiskReader returns disk d's content as the guest will see it, read-only,

@@ -54,8 +54,10 @@ func processPolicy(deny bpf.Action, o Options) bpf.Policy {
 			// (eventfds, the kick loop's epoll), and vhost-user: messages
 			// with descriptors, the watcher's ppoll, and reconnecting to a
 			// restarted switch (socket below, connect, and the address
-			// and error queries of net.DialUnix).
-			"eventfd2", "epoll_create1", "epoll_ctl", "close", "fcntl",
+			// and error queries of net.DialUnix). The kick loop waits
+			// with epoll_pwait2 while a device polls its ring
+			// (virtio-blk's interrupt holdoff): a timeout in ns.
+			"epoll_pwait2", "eventfd2", "epoll_create1", "epoll_ctl", "close", "fcntl",
 			"sendmsg", "recvmsg", "ppoll", "connect", "getsockopt",
 			"getsockname", "getpeername",
 			// A passed-through device's registers and configuration
@@ -82,6 +84,9 @@ func processPolicy(deny bpf.Action, o Options) bpf.Policy {
 			// (--pin-vcpus, init/pin.go: itself only). Found when
 			// TestSeccompKillInAppliance's VMMs were killed for prctl.
 			{Name: "prctl", Conditions: bpf.ArgumentConditions{{Argument: 0, Operation: bpf.Equal, Value: unix.PR_SET_NAME}}},
+			// The kick loop's thread before a timed wait for a device's
+			// poll (vmm/virtio/pci): timeouts to the microsecond.
+			{Name: "prctl", Conditions: bpf.ArgumentConditions{{Argument: 0, Operation: bpf.Equal, Value: unix.PR_SET_TIMERSLACK}}},
 			{Name: "sched_setaffinity", Conditions: bpf.ArgumentConditions{{Argument: 0, Operation: bpf.Equal, Value: 0}}},
 			// Each vCPU thread loads its own filter on top of this one.
 			{Name: "seccomp", Conditions: bpf.ArgumentConditions{{Argument: 0, Operation: bpf.Equal, Value: unix.SECCOMP_SET_MODE_FILTER}}},

@@ -33,6 +33,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hyperroot/hyperroot/vmm/block"
 	"github.com/hyperroot/hyperroot/vmm/ratelimit"
@@ -89,6 +90,12 @@ type Options struct {
 	// one clue to a full disk or a broken image. It is called on the
 	// queue's goroutine and should rate-limit.
 	Errors func(error)
+	// Holdoff, when positive, lets a queue the driver keeps adding
+	// requests to hold the driver's notifications and its interrupts,
+	// polling the ring instead at intervals that follow the driver's
+	// pace, at most Holdoff apart (Poll, which the transport's
+	// notification goroutine calls; see worker.poll). Kick never holds.
+	Holdoff time.Duration
 }
 
 // Device is a virtio-blk device; it implements virtio.Device.
@@ -98,6 +105,7 @@ type Device struct {
 	id       [MaxIDLen]byte
 	limiter  *ratelimit.Limiter
 	errors   func(error)
+	holdoff  time.Duration
 	features uint64
 	config   [configSize]byte
 	sectors  uint64 // capacity in 512-byte sectors
@@ -144,6 +152,7 @@ func New(o Options) (*Device, error) {
 		readOnly: o.ReadOnly || o.Backend.ReadOnly(),
 		limiter:  o.Limiter,
 		errors:   o.Errors,
+		holdoff:  o.Holdoff,
 		sectors:  uint64(size) / sectorSize,
 		blkSize:  sectorSize,
 		// Header and status take a descriptor each, so a chain of
@@ -230,6 +239,19 @@ func (d *Device) Kick(q int) {
 		return
 	}
 	d.workers[q].kick()
+}
+
+// Holdoff is Options.Holdoff: the longest interval between polls of a
+// held queue, 0 if queues are never held.
+func (d *Device) Holdoff() time.Duration { return d.holdoff }
+
+// Poll implements virtiopci.Poller: Kick, which may hold queue q (see
+// Options.Holdoff) and ask to be called again.
+func (d *Device) Poll(q int) time.Duration {
+	if q < 0 || q >= len(d.workers) {
+		return 0
+	}
+	return d.workers[q].poll()
 }
 
 // NeedsReset reports whether a queue broke (the driver corrupted its

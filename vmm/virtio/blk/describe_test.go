@@ -43,7 +43,7 @@ func TestDescribe(t *testing.T) {
 		}
 	}
 	want(r.dev.Describe(),
-		`^queue 0: 3 in flight, 13 slots free, held back=-1 throttled=false busy=false kicked=false broken=false stopping=false; ring size=16 avail\.idx=3 next=3 used=0 used\.idx=0 `,
+		`^queue 0: 3 in flight, 13 slots free, held back=-1 throttled=false busy=false kicked=false broken=false stopping=false holding=false; ring size=16 avail\.idx=3 next=3 used=0 used\.idx=0 `,
 		`^queue 1: 0 in flight, 16 slots free, .*; ring size=16 avail\.idx=0 next=0 used=0 used\.idx=0 `)
 	fb.release()
 	r.wait(0, 3, 10*time.Second)

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/hyperroot/hyperroot/vmm/virtio"
 )
@@ -254,16 +255,22 @@ func (t *Transport) callFDs() []int {
 }
 
 // kick runs on the notification goroutine: it hands queue q's kick to the
-// device and checks whether the queue broke.
-func (t *Transport) kick(q int) {
+// device and checks whether the queue broke. It returns when the device
+// wants to poll q again (Poller), or 0.
+func (t *Transport) kick(q int) (again time.Duration) {
 	if !t.queues[q].Active() {
-		return
+		return 0
 	}
-	t.kicker.Kick(q)
+	if t.poller != nil {
+		again = t.poller.Poll(q)
+	} else {
+		t.kicker.Kick(q)
+	}
 	if err := t.queues[q].Err(); err != nil && errors.Is(err, virtio.ErrRing) && !t.needsReset.Load() {
 		t.fail(fmt.Errorf("virtio-pci: device type %d queue %d: %w", t.dev.Type(), q, err))
 		t.setNeedsReset()
 	}
+	return again
 }
 
 // setNeedsReset sets DEVICE_NEEDS_RESET and tells the driver with a

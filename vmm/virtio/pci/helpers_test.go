@@ -262,7 +262,14 @@ type capInfo struct {
 
 func newHarness(t *testing.T, dev *fakeDevice) *harness {
 	t.Helper()
-	h := &harness{t: t, dev: dev, ram: virtiotest.NewRAM(ramSize), router: newRouter(), line: &fakeLine{}}
+	return newHarnessFor(t, dev, dev)
+}
+
+// newHarnessFor is newHarness for a device built on fake (which the
+// harness's checks look at).
+func newHarnessFor(t *testing.T, fake *fakeDevice, dev virtio.Device) *harness {
+	t.Helper()
+	h := &harness{t: t, dev: fake, ram: virtiotest.NewRAM(ramSize), router: newRouter(), line: &fakeLine{}}
 	tr, err := New(dev, Options{Memory: h.ram, Router: h.router, INTx: h.line,
 		Errors: func(error) { h.errs.Add(1) }})
 	if err != nil {

@@ -3,6 +3,7 @@ package virtiopci
 import (
 	"errors"
 	"fmt"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -50,7 +51,10 @@ func drainEventFDs(fds []int) {
 
 // kickLoop is the notification goroutine: it waits on every queue's
 // eventfd with an epoll set of its own and calls kick with the queue
-// index, one call at a time, until stop.
+// index, one call at a time, until stop. A kick that returns a delay is
+// called again for that queue once the delay has passed, kicked or not
+// (Poller: a device polling its ring while it holds notifications off);
+// the wait then has a timeout (epoll_pwait2, to the nanosecond).
 //
 // It blocks in epoll_wait, a system call, rather than parking in Go's
 // network poller (the epoll set is itself pollable). Both were measured
@@ -83,7 +87,7 @@ type kickLoop struct {
 // startKickLoop starts the goroutine. Its first act is to kick every
 // queue once, for buffers the driver made available before the device
 // ran.
-func startKickLoop(fds []int, kick func(q int), hold bool) (*kickLoop, error) {
+func startKickLoop(fds []int, kick func(q int) time.Duration, hold bool) (*kickLoop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("epoll: %w", err)
@@ -112,17 +116,37 @@ func startKickLoop(fds []int, kick func(q int), hold bool) (*kickLoop, error) {
 	return l, nil
 }
 
-func (l *kickLoop) run(fds []int, kick func(q int)) {
+func (l *kickLoop) run(fds []int, kick func(q int) time.Duration) {
 	defer close(l.done)
+	// due[q] is when queue q asked to be called again, or zero.
+	due := make([]time.Time, len(fds))
+	call := func(q int) {
+		due[q] = time.Time{}
+		if d := kick(q); d > 0 {
+			due[q] = time.Now().Add(d)
+		}
+	}
 	for q, fd := range fds {
 		drainEventFD(fd)
-		kick(q)
+		call(q)
 	}
 	events := make([]unix.EpollEvent, len(fds)+1)
+	var ts unix.Timespec
 	for {
-		// epoll_wait(epfd, events, -1): epoll_pwait without a mask.
-		r, err := l.wait.Syscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epfd), uintptr(unsafe.Pointer(&events[0])),
-			uintptr(len(events)), ^uintptr(0), 0, 0)
+		// epoll_wait(epfd, events, -1) (epoll_pwait without a mask),
+		// or epoll_pwait2 with the time left to the earliest poll: its
+		// timeout is a timespec, where epoll_pwait's is in milliseconds.
+		trap, timeout := uintptr(unix.SYS_EPOLL_PWAIT), ^uintptr(0)
+		if next, ok := earliest(due); ok {
+			ts = unix.NsecToTimespec(max(int64(time.Until(next)), 0))
+			trap, timeout = unix.SYS_EPOLL_PWAIT2, uintptr(unsafe.Pointer(&ts))
+			// A thread's timeouts run late by its timer slack, 50 µs by
+			// default: longer than a poll interval on a fast host. The
+			// goroutine stays on this thread until the wait below.
+			unix.RawSyscall(unix.SYS_PRCTL, unix.PR_SET_TIMERSLACK, pollSlack, 0)
+		}
+		r, err := l.wait.Syscall6(trap, uintptr(l.epfd), uintptr(unsafe.Pointer(&events[0])),
+			uintptr(len(events)), timeout, 0, 0)
 		n := int(r)
 		if err == unix.EINTR {
 			continue
@@ -137,10 +161,33 @@ func (l *kickLoop) run(fds []int, kick func(q int)) {
 			// Drain before serving: a kick arriving while the device
 			// works leaves the eventfd set for the next round.
 			if q := int(ev.Fd); q < len(fds) && drainEventFD(fds[q]) {
-				kick(q)
+				call(q)
+			}
+		}
+		if _, ok := earliest(due); !ok {
+			continue
+		}
+		now := time.Now()
+		for q, t := range due {
+			if !t.IsZero() && !now.Before(t) {
+				call(q)
 			}
 		}
 	}
+}
+
+// pollSlack is the timer slack, in ns, of a thread waiting for a poll.
+const pollSlack = 1000
+
+// earliest returns the earliest non-zero time in due.
+func earliest(due []time.Time) (time.Time, bool) {
+	var first time.Time
+	for _, t := range due {
+		if !t.IsZero() && (first.IsZero() || t.Before(first)) {
+			first = t
+		}
+	}
+	return first, !first.IsZero()
 }
 
 // stop ends the goroutine and waits for it, so that no kick runs after

@@ -3,6 +3,7 @@ package virtiopci
 import (
 	"os"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -185,6 +186,12 @@ func kickRoundTrip(b *testing.B, think time.Duration, hold bool) {
 // test ends.
 func kickLoopFor(tb testing.TB, n int, hold bool, kick func(q int)) []int {
 	tb.Helper()
+	return kickLoopPolling(tb, n, hold, func(q int) time.Duration { kick(q); return 0 })
+}
+
+// kickLoopPolling is kickLoopFor with a kick that may ask for polls.
+func kickLoopPolling(tb testing.TB, n int, hold bool, kick func(q int) time.Duration) []int {
+	tb.Helper()
 	fds, err := newEventFDs(n)
 	if err != nil {
 		tb.Fatal(err)
@@ -196,4 +203,61 @@ func kickLoopFor(tb testing.TB, n int, hold bool, kick func(q int)) []int {
 	}
 	tb.Cleanup(l.stop)
 	return fds
+}
+
+// TestKickLoopPolls: a kick that returns a delay is called again for its
+// queue once the delay has passed, with no signal, until it returns 0;
+// the other queue's kicks still arrive meanwhile.
+func TestKickLoopPolls(t *testing.T) {
+	type call struct {
+		q  int
+		at time.Time
+	}
+	calls := make(chan call, 64)
+	var polls atomic.Int32 // queue 0's calls after its signal
+	const delay = 2 * time.Millisecond
+	fds := kickLoopPolling(t, 2, true, func(q int) time.Duration {
+		calls <- call{q, time.Now()}
+		if q == 0 && polls.Load() > 0 && polls.Add(1) <= 4 {
+			return delay // ask for three polls after the kick
+		}
+		return 0
+	})
+	<-calls
+	<-calls // the activation kicks
+	polls.Store(1)
+	start := time.Now()
+	eventfd.Signal(fds[0])
+	eventfd.Signal(fds[1])
+	var got []int
+	last := start
+	timeout := time.After(10 * time.Second)
+	for len(got) < 5 {
+		select {
+		case c := <-calls:
+			got = append(got, c.q)
+			if c.q == 0 {
+				if n := len(got); n > 1 && c.at.Sub(last) < delay {
+					t.Errorf("queue 0 called %v after its last call, before the %v it asked for", c.at.Sub(last), delay)
+				}
+				last = c.at
+			}
+		case <-timeout:
+			t.Fatalf("calls %v after 10s; want queue 0 four times (a kick, three polls) and queue 1 once", got)
+		}
+	}
+	select {
+	case c := <-calls:
+		t.Errorf("a call for queue %d after the polls ended", c.q)
+	case <-time.After(20 * time.Millisecond):
+	}
+	n0 := 0
+	for _, q := range got {
+		if q == 0 {
+			n0++
+		}
+	}
+	if n0 != 4 {
+		t.Errorf("queue 0 called %d times, want 4 (a kick and three polls); calls %v", n0, got)
+	}
 }

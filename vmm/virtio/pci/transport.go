@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hyperroot/hyperroot/internal/eventfd"
 	"github.com/hyperroot/hyperroot/vmm/irq"
@@ -89,6 +90,18 @@ type Kicker interface {
 	Kick(q int)
 }
 
+// Poller is a Kicker that may hold the driver's notifications off and poll
+// its ring instead: Poll serves queue q as Kick does and returns how long
+// the notification goroutine should wait before calling Poll again for q,
+// kicked or not, or 0 to wait for the next kick only. The transport calls
+// Poll instead of Kick on devices that have it. (Kick stays for callers
+// that will not call back: a device must never leave a queue held after
+// Kick.)
+type Poller interface {
+	Kicker
+	Poll(q int) time.Duration
+}
+
 // Offloader is implemented by devices whose queues are served outside the
 // VMM, by a vhost-user backend. Right after Activate the transport calls
 // Offload with each queue's two eventfds: kick, which the driver's
@@ -135,6 +148,7 @@ type Transport struct {
 	*pci.ConfigSpace
 	dev     virtio.Device
 	kicker  Kicker  // dev, if it serves kicks
+	poller  Poller  // dev, if it polls
 	broken  breaker // dev, if it finds broken queues on its own goroutines
 	opts    Options
 	holdP   atomic.Bool // SetHoldP
@@ -192,6 +206,7 @@ func New(dev virtio.Device, opts Options) (*Transport, error) {
 	}
 	t := &Transport{dev: dev, opts: opts, offered: dev.Features(), intx: opts.INTx}
 	t.kicker, _ = dev.(Kicker)
+	t.poller, _ = dev.(Poller)
 	t.broken, _ = dev.(breaker)
 	t.interruptImpl = interrupt{t}
 	for i, s := range sizes {

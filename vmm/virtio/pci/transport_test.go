@@ -216,6 +216,37 @@ func TestNotifyReachesDeviceOffTheVCPUThread(t *testing.T) {
 	dev.noKick(t)
 }
 
+// pollingDevice is a fakeDevice that asks, at each kick or poll, to be
+// polled again until left runs out.
+type pollingDevice struct {
+	*fakeDevice
+	left atomic.Int32
+}
+
+func (d *pollingDevice) Poll(q int) time.Duration {
+	d.Kick(q)
+	if d.left.Add(-1) >= 0 {
+		return time.Millisecond
+	}
+	return 0
+}
+
+// TestPollerPolled: a device that implements Poller is called through
+// Poll, and again without a kick for as long as it asks.
+func TestPollerPolled(t *testing.T) {
+	dev := &pollingDevice{fakeDevice: newFakeDevice()}
+	h := newHarnessFor(t, dev.fakeDevice, dev)
+	start(t, h, true)
+	dev.left.Store(3)
+	if err := eventfd.Signal(h.tr.notifyFDs[0]); err != nil {
+		t.Fatal(err)
+	}
+	for range 4 { // the kick, then three polls
+		dev.expectKick(t, 0)
+	}
+	dev.noKick(t)
+}
+
 // TestDescribe: a dump's lines for a transport: the driver's status, each
 // queue's vector and what holds it back, the kicks nobody has taken yet,
 // then the device's own lines.

@@ -1,0 +1,309 @@
+package blk
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/hyperroot/hyperroot/vmm/virtio"
+)
+
+// pollRig is a rig whose device serves inline and holds (Options.Holdoff):
+// the test plays the transport's notification goroutine, calling Poll.
+type pollRig struct {
+	*rig
+	hold time.Duration
+}
+
+func newPollRig(t *testing.T, drop uint64) pollRig {
+	return newPollRigHold(t, drop, time.Hour) // the test decides when to call
+}
+
+func newPollRigHold(t *testing.T, drop uint64, hold time.Duration) pollRig {
+	fb := newFakeBackend(1 << 20)
+	fb.inline = true
+	r := newRig(t, Options{Backend: fb, QueueSize: 64, Holdoff: hold}, drop)
+	// The worker's goroutine serves once as it starts; after that only
+	// the test's calls do.
+	<-r.dev.workers[0].first
+	return pollRig{r, hold}
+}
+
+// post makes a 4 KiB read available on queue 0 without notifying, and
+// reports whether the driver would have to notify for it (Linux's
+// virtqueue_kick_prepare).
+func (r pollRig) post() (kick bool) {
+	r.t.Helper()
+	d := r.drv[0]
+	old := d.AvailIdx()
+	q := r.newReq(typeIn, 8, 4096)
+	if _, ok := d.post(q.segs(typeIn)...); !ok {
+		r.t.Fatal("ring full")
+	}
+	if r.feat&virtio.FeatureRingEventIdx != 0 {
+		// vring_need_event(avail_event, new, old)
+		return d.AvailIdx()-d.AvailEvent()-1 < d.AvailIdx()-old
+	}
+	return d.UsedFlags()&1 == 0 // VRING_USED_F_NO_NOTIFY
+}
+
+// poll calls Poll for queue 0 and checks that everything posted is used.
+func (r pollRig) poll(step string) time.Duration {
+	r.t.Helper()
+	again := r.dev.Poll(0)
+	if d := r.drv[0]; d.UsedIdx() != d.AvailIdx() {
+		r.t.Fatalf("%s: used idx %d after Poll, avail idx %d: a request was left; %v", step, d.UsedIdx(), d.AvailIdx(), r.dev.Describe())
+	}
+	return again
+}
+
+// TestPollHolds: a kick that finds requests holds the queue: the
+// completions are pushed at once but their interrupt waits, and the
+// driver's next requests need no kick, until a poll finds nothing new,
+// which interrupts once and turns notifications back on.
+func TestPollHolds(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		drop uint64
+	}{{"event_idx", 0}, {"flags", virtio.FeatureRingEventIdx}} {
+		t.Run(c.name, func(t *testing.T) {
+			r := newPollRig(t, c.drop)
+			irqs := r.irq.used.Load()
+			if !r.post() {
+				t.Fatal("the first request needs no kick: notifications were off before the hold")
+			}
+			if got := r.poll("kick"); got != r.hold {
+				t.Fatalf("Poll after a kick with a request returned %v, want the holdoff %v (no pace known yet)", got, r.hold)
+			}
+			for i := range 3 {
+				if r.post() {
+					t.Fatalf("request %d during the hold needs a kick", i+2)
+				}
+				if got := r.poll("poll"); got <= 0 {
+					t.Fatalf("poll %d found a request and returned %v, want a hold", i+1, got)
+				}
+			}
+			if n := r.irq.used.Load() - irqs; n != 0 {
+				t.Fatalf("%d interrupts during the hold, want 0", n)
+			}
+			if got := r.poll("quiet poll"); got != 0 {
+				t.Fatalf("a poll that found nothing returned %v, want 0 (the hold ends)", got)
+			}
+			if n := r.irq.used.Load() - irqs; n != 1 {
+				t.Fatalf("%d interrupts when the hold ended, want 1", n)
+			}
+			if got := len(r.drv[0].reap()); got != 4 {
+				t.Fatalf("%d requests completed, want 4", got)
+			}
+			if !r.post() {
+				t.Fatal("after the hold, a request needs no kick: notifications were left off")
+			}
+			r.poll("kick after the hold")
+		})
+	}
+}
+
+// TestPollDepthOne: a driver that waits for each request (depth 1) is
+// held only on probes, one hold in probeEvery, and each probe that gains
+// nothing makes the next kicks skip holding (1, 3, 7 ...): every other
+// kick completes its request and interrupts before Poll returns.
+func TestPollDepthOne(t *testing.T) {
+	r := newPollRig(t, 0)
+	const kicks = 64
+	holds := 0
+	for i := range kicks {
+		irqs := r.irq.used.Load()
+		r.post()
+		if got := r.poll("kick"); got > 0 {
+			holds++
+			if r.irq.used.Load() != irqs {
+				t.Fatalf("kick %d: held and interrupted", i)
+			}
+			if got := r.poll("quiet poll"); got != 0 {
+				t.Fatalf("kick %d: the quiet poll returned %v, want 0", i, got)
+			}
+		}
+		if r.irq.used.Load() == irqs {
+			t.Fatalf("kick %d: no interrupt", i)
+		}
+		r.drv[0].reap()
+	}
+	// Probes at kicks 1, 18, 37 and 60 (holds 0, 16, 32, 48, with 1, 3
+	// and 7 kicks skipped after the misses).
+	if holds != 4 {
+		t.Errorf("%d of %d kicks held, want 4 (the probes)", holds, kicks)
+	}
+}
+
+// TestPollDepth: a hold that ended quiet teaches the queue the driver's
+// depth; the next hold ends, and interrupts, as soon as it has gathered
+// that many requests, without waiting for a quiet poll.
+func TestPollDepth(t *testing.T) {
+	r := newPollRig(t, 0)
+	burst := func(step string, quiet bool) {
+		t.Helper()
+		irqs := r.irq.used.Load()
+		for i := range 4 {
+			r.post()
+			got := r.poll(step)
+			last := i == 3 && !quiet
+			if last && got != 0 {
+				t.Fatalf("%s: the 4th request's poll returned %v, want 0: the depth is 4", step, got)
+			}
+			if !last && got <= 0 {
+				t.Fatalf("%s: request %d's poll returned %v, want a hold", step, i+1, got)
+			}
+			if n := r.irq.used.Load() - irqs; !last && n != 0 {
+				t.Fatalf("%s: %d interrupts during the hold", step, n)
+			}
+		}
+		if quiet {
+			if got := r.poll(step + ": quiet poll"); got != 0 {
+				t.Fatalf("%s: quiet poll returned %v", step, got)
+			}
+		}
+		if n := r.irq.used.Load() - irqs; n != 1 {
+			t.Fatalf("%s: %d interrupts, want 1", step, n)
+		}
+		if got := len(r.drv[0].reap()); got != 4 {
+			t.Fatalf("%s: %d requests completed, want 4", step, got)
+		}
+	}
+	burst("first hold (a probe)", true)
+	for i := range probeEvery - 1 {
+		burst(fmt.Sprintf("hold %d", i+1), false)
+	}
+	burst("the next probe", true)
+}
+
+// TestPollHoldEnds: a driver that keeps adding requests still gets an
+// interrupt every holdPolls polls.
+func TestPollHoldEnds(t *testing.T) {
+	r := newPollRig(t, 0)
+	irqs := r.irq.used.Load()
+	r.post()
+	r.poll("kick")
+	for i := 1; i <= holdPolls; i++ {
+		r.post()
+		got := r.poll("busy poll")
+		if i < holdPolls && got <= 0 {
+			t.Fatalf("poll %d returned %v, want a hold", i, got)
+		}
+		if i == holdPolls && got != 0 {
+			t.Fatalf("poll %d returned %v, want 0: a hold lasts at most %d polls", i, got, holdPolls)
+		}
+		r.drv[0].reap()
+	}
+	if n := r.irq.used.Load() - irqs; n != 1 {
+		t.Fatalf("%d interrupts, want 1 as the hold ended", n)
+	}
+}
+
+// TestKickNeverHolds: Kick, whose caller will not poll, serves and
+// interrupts as before, with a holdoff set.
+func TestKickNeverHolds(t *testing.T) {
+	r := newPollRig(t, 0)
+	for i := range 3 {
+		irqs := r.irq.used.Load()
+		r.post()
+		r.dev.Kick(0)
+		if r.irq.used.Load() == irqs {
+			t.Fatalf("kick %d: no interrupt", i)
+		}
+		if !r.post() {
+			t.Fatalf("kick %d: notifications left off", i)
+		}
+		r.dev.Kick(0)
+		r.drv[0].reap()
+	}
+}
+
+// TestResetWhileHolding: a reset during a hold returns, and the device
+// serves and interrupts normally once activated again.
+func TestResetWhileHolding(t *testing.T) {
+	r := newPollRig(t, 0)
+	r.post()
+	if got := r.poll("kick"); got <= 0 {
+		t.Fatalf("kick returned %v, want a hold", got)
+	}
+	done := make(chan struct{})
+	go func() { r.dev.Reset(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Reset during a hold did not return")
+	}
+	if got := r.dev.Poll(0); got != 0 {
+		t.Fatalf("Poll after Reset returned %v, want 0", got)
+	}
+}
+
+// TestPollPace: the interval between polls follows the driver's pace
+// between requests (half again the time per request found), within
+// [shortestHold, Holdoff].
+func TestPollPace(t *testing.T) {
+	const longest = 40 * time.Millisecond
+	r := newPollRigHold(t, 0, longest)
+	r.post()
+	if got := r.poll("kick"); got != longest {
+		t.Fatalf("the first hold's interval is %v, want Holdoff (%v): no pace known", got, longest)
+	}
+	// One request per 10 ms: the interval is at least 15 ms.
+	for i := range 3 {
+		time.Sleep(10 * time.Millisecond)
+		r.post()
+		if got := r.poll("slow driver"); got < 15*time.Millisecond || got > longest {
+			t.Fatalf("poll %d after 10 ms per request: interval %v, want 15 ms to %v", i+1, got, longest)
+		}
+	}
+	// One request per 100 ms: capped at Holdoff.
+	time.Sleep(100 * time.Millisecond)
+	r.post()
+	if got := r.poll("slower driver"); got != longest {
+		t.Fatalf("after 100 ms per request: interval %v, want the cap %v", got, longest)
+	}
+	// Many requests at once: the pace shrinks, never below shortestHold.
+	for range 20 {
+		for range 8 {
+			r.post()
+		}
+		if got := r.poll("fast driver"); got < shortestHold || got > longest {
+			t.Fatalf("interval %v outside [%v, %v]", got, shortestHold, longest)
+		}
+		r.drv[0].reap()
+	}
+}
+
+// TestPollAllocs holds the held path (kick, polls, the hold's end and its
+// interrupt) to zero allocations per request, as TestDataPathAllocs does
+// the plain one.
+func TestPollAllocs(t *testing.T) {
+	r := newPollRig(t, 0)
+	d := r.drv[0]
+	q := r.newReq(typeIn, 8, 4096)
+	head, ok := d.post(q.segs(typeIn)...)
+	if !ok {
+		t.Fatal("ring full")
+	}
+	holds := 0
+	step := func() {
+		got := r.dev.Poll(0) // the kick
+		if got > 0 {
+			holds++
+		}
+		for got > 0 {
+			got = r.dev.Poll(0) // until the hold ends
+		}
+		d.SetUsedEvent(d.UsedIdx())
+		d.Add(head) // the same chain again
+	}
+	for range 100 {
+		step()
+	}
+	if n := testing.AllocsPerRun(1000, step); n != 0 {
+		t.Errorf("%v allocations per request, want 0", n)
+	}
+	if holds == 0 {
+		t.Error("no kick held the queue: the held path was not measured")
+	}
+}
