@@ -81,6 +81,7 @@ type kickLoop struct {
 	epfd   int
 	stopfd int
 	wait   holdp.Waiter // the loop's epoll waits
+	pwait2 uintptr      // epoll_pwait2's number, or 0 where the kernel lacks it
 	done   chan struct{}
 }
 
@@ -88,6 +89,12 @@ type kickLoop struct {
 // queue once, for buffers the driver made available before the device
 // ran.
 func startKickLoop(fds []int, kick func(q int) time.Duration, hold bool) (*kickLoop, error) {
+	return startKickLoopWith(fds, kick, hold, unix.SYS_EPOLL_PWAIT2)
+}
+
+// startKickLoopWith is startKickLoop with epoll_pwait2's number (a test's
+// ENOSYS).
+func startKickLoopWith(fds []int, kick func(q int) time.Duration, hold bool, pwait2 uintptr) (*kickLoop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("epoll: %w", err)
@@ -97,7 +104,7 @@ func startKickLoop(fds []int, kick func(q int) time.Duration, hold bool) (*kickL
 		unix.Close(epfd)
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
-	l := &kickLoop{epfd: epfd, stopfd: stopfd, done: make(chan struct{})}
+	l := &kickLoop{epfd: epfd, stopfd: stopfd, done: make(chan struct{}), pwait2: pwait2}
 	l.wait.SetHold(hold)
 	add := func(fd int, tag int32) error {
 		return unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: tag})
@@ -137,9 +144,15 @@ func (l *kickLoop) run(fds []int, kick func(q int) time.Duration) {
 		// or epoll_pwait2 with the time left to the earliest poll: its
 		// timeout is a timespec, where epoll_pwait's is in milliseconds.
 		trap, timeout := uintptr(unix.SYS_EPOLL_PWAIT), ^uintptr(0)
-		if next, ok := earliest(due); ok {
-			ts = unix.NsecToTimespec(max(int64(time.Until(next)), 0))
-			trap, timeout = unix.SYS_EPOLL_PWAIT2, uintptr(unsafe.Pointer(&ts))
+		next, timed := earliest(due)
+		if timed {
+			left := max(time.Until(next), 0)
+			ts = unix.NsecToTimespec(int64(left))
+			trap, timeout = l.pwait2, uintptr(unsafe.Pointer(&ts))
+			if l.pwait2 == 0 {
+				// A kernel before 5.11: milliseconds, rounded up.
+				trap, timeout = unix.SYS_EPOLL_PWAIT, uintptr((left+time.Millisecond-1)/time.Millisecond)
+			}
 			// A thread's timeouts run late by its timer slack, 50 µs by
 			// default: longer than a poll interval on a fast host. The
 			// goroutine stays on this thread until the wait below.
@@ -149,6 +162,10 @@ func (l *kickLoop) run(fds []int, kick func(q int) time.Duration) {
 			uintptr(len(events)), timeout, 0, 0)
 		n := int(r)
 		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.ENOSYS && timed && l.pwait2 != 0 {
+			l.pwait2 = 0
 			continue
 		}
 		if err != 0 {
