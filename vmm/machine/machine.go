@@ -662,9 +662,18 @@ func (m *Machine) Run() Result {
 // Procs is the GOMAXPROCS under which the machine's threads that wait in
 // system calls keep their Ps while they wait (kvm.VCPU.SetHoldP,
 // virtiopci.Transport.SetHoldP): one per vCPU, one per virtio-pci device
-// (its notification goroutine), and one for everything else. With fewer,
-// Run leaves them giving their Ps up in every wait.
-func (m *Machine) Procs() int { return len(m.vcpus) + len(m.virtio) + 1 }
+// with a notification goroutine (not a vhost-user NIC, whose kicks the
+// switch serves), and one for everything else. With fewer, Run leaves them
+// giving their Ps up in every wait.
+func (m *Machine) Procs() int {
+	n := len(m.vcpus) + 1
+	for _, t := range m.virtio {
+		if t.Kicks() {
+			n++
+		}
+	}
+	return n
+}
 
 // runVCPU is vCPU i's goroutine, on a thread of its own: locked, and never
 // unlocked, so that when it ends the runtime ends the thread too, with

@@ -44,6 +44,17 @@ func newOffloadHarness(t *testing.T, dev *offloadDevice) *harness {
 	return h
 }
 
+// TestKicks: a Kicker's transport runs a notification goroutine, an
+// Offloader's does not (Machine.Procs counts the former only).
+func TestKicks(t *testing.T) {
+	if !newHarness(t, newFakeDevice()).tr.Kicks() {
+		t.Error("a Kicker's transport says it serves no kicks")
+	}
+	if newOffloadHarness(t, &offloadDevice{Device: newFakeDevice()}).tr.Kicks() {
+		t.Error("an Offloader's transport says it serves kicks")
+	}
+}
+
 // TestOffload: at DRIVER_OK an Offloader gets each queue's kick eventfd
 // (which the driver's notifications signal, and which the transport does
 // not drain since the device serves no kicks itself) and the irqfd of each

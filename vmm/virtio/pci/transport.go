@@ -296,6 +296,12 @@ func (t *Transport) SetINTx(l irq.Line) {
 // the driver starts the device. The process needs a P to spare for it.
 func (t *Transport) SetHoldP(on bool) { t.holdP.Store(on) }
 
+// Kicks reports whether the transport serves its device's kicks on a
+// notification goroutine of its own (the device is a Kicker), the one
+// that SetHoldP lets keep a P. A device whose queues a vhost-user backend
+// serves has none.
+func (t *Transport) Kicks() bool { return t.kicker != nil }
+
 // NotifyAddrs returns the guest-physical notify address of every queue
 // while the BAR decodes, or nil.
 func (t *Transport) NotifyAddrs() []uint64 {
