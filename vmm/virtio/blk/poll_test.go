@@ -219,7 +219,7 @@ func TestKickNeverHolds(t *testing.T) {
 }
 
 // TestResetWhileHolding: a reset during a hold returns, and the device
-// serves and interrupts normally once activated again.
+// activated again serves, holds and interrupts as before.
 func TestResetWhileHolding(t *testing.T) {
 	r := newPollRig(t, 0)
 	r.post()
@@ -235,6 +235,48 @@ func TestResetWhileHolding(t *testing.T) {
 	}
 	if got := r.dev.Poll(0); got != 0 {
 		t.Fatalf("Poll after Reset returned %v, want 0", got)
+	}
+	r.drv[0].reap()
+	if err := r.dev.Activate(r.queues, r.irq); err != nil {
+		t.Fatal(err)
+	}
+	<-r.dev.workers[0].first
+	irqs := r.irq.used.Load()
+	if !r.post() {
+		t.Fatal("after the reset, a request needs no kick: notifications were left off")
+	}
+	if got := r.poll("kick after the reset"); got <= 0 {
+		t.Fatalf("kick after the reset returned %v, want a hold (a probe)", got)
+	}
+	if got := r.poll("quiet poll"); got != 0 {
+		t.Fatalf("quiet poll returned %v", got)
+	}
+	if n := r.irq.used.Load() - irqs; n != 1 {
+		t.Fatalf("%d interrupts after the reset's hold, want 1", n)
+	}
+}
+
+// TestPollCountsOthersServes: requests another goroutine took from the
+// ring during a hold (a completion's serve, the worker's own kick) count
+// as found by the next poll: the hold goes on, and its depth includes them.
+func TestPollCountsOthersServes(t *testing.T) {
+	r := newPollRig(t, 0)
+	irqs := r.irq.used.Load()
+	r.post()
+	r.poll("kick")
+	r.post()
+	r.dev.Kick(0) // serves the request, the queue still held
+	if n := r.irq.used.Load() - irqs; n != 0 {
+		t.Fatalf("%d interrupts from a kick during the hold", n)
+	}
+	if got := r.poll("poll after another's serve"); got <= 0 {
+		t.Fatalf("the poll after a serve during the hold returned %v: it ended the hold as quiet", got)
+	}
+	if got := r.poll("quiet poll"); got != 0 {
+		t.Fatalf("quiet poll returned %v", got)
+	}
+	if d := r.dev.workers[0].depth; d != 2 {
+		t.Fatalf("depth %d after a hold of 2 requests, want 2", d)
 	}
 }
 
@@ -262,15 +304,20 @@ func TestPollPace(t *testing.T) {
 	if got := r.poll("slower driver"); got != longest {
 		t.Fatalf("after 100 ms per request: interval %v, want the cap %v", got, longest)
 	}
-	// Many requests at once: the pace shrinks, never below shortestHold.
-	for range 20 {
+	// Many requests at once: the pace shrinks (from 15 ms and more),
+	// never below shortestHold.
+	var got time.Duration
+	for range 30 {
 		for range 8 {
 			r.post()
 		}
-		if got := r.poll("fast driver"); got < shortestHold || got > longest {
+		if got = r.poll("fast driver"); got < shortestHold || got > longest {
 			t.Fatalf("interval %v outside [%v, %v]", got, shortestHold, longest)
 		}
 		r.drv[0].reap()
+	}
+	if got >= 5*time.Millisecond {
+		t.Errorf("after 30 polls that found 8 requests each, back to back: interval %v, want it well under 15 ms", got)
 	}
 }
 

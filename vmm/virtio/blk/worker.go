@@ -49,6 +49,7 @@ type worker struct {
 	// The interrupt holdoff (poll): guarded by mu, per activation.
 	popped   int           // requests taken from the ring, ever
 	holding  bool          // notifications off, interrupts deferred: the kick loop polls
+	mark     int           // popped when this hold's last kick or poll ended
 	polls    int           // polls of this hold
 	gathered int           // requests this hold found, its kick's included
 	probe    bool          // this hold ignores depth
@@ -111,7 +112,7 @@ func (w *worker) clear() {
 	w.q, w.irq, w.stop, w.stopping = nil, nil, nil, false
 	w.inflight, w.pending, w.throttled, w.broken = 0, -1, false, false
 	w.popped, w.holding, w.polls, w.gathered, w.penalty, w.skip = 0, false, 0, 0, 0, 0
-	w.probe, w.holds, w.depth = false, 0, 0
+	w.probe, w.holds, w.depth, w.mark = false, 0, 0, 0
 	w.served, w.gap = time.Time{}, 0
 }
 
@@ -203,6 +204,11 @@ func (w *worker) pollLocked(longest time.Duration) time.Duration {
 		return 0
 	}
 	before := w.popped
+	if w.holding {
+		// Requests others took during the hold (a completion's or the
+		// goroutine's serve) count as this poll's.
+		before = w.mark
+	}
 	if !w.holding {
 		if w.skip > 0 || w.broken {
 			w.skip = max(w.skip-1, 0)
@@ -268,6 +274,7 @@ func (w *worker) next(longest time.Duration) time.Duration {
 		w.endHold()
 		return 0
 	}
+	w.mark = w.popped
 	return w.interval(longest)
 }
 

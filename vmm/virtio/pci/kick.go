@@ -82,6 +82,11 @@ type kickLoop struct {
 	stopfd int
 	wait   holdp.Waiter // the loop's epoll waits
 	pwait2 uintptr      // epoll_pwait2's number, or 0 where the kernel lacks it
+	// What the kernel reads and writes in a wait, on the heap: their
+	// addresses pass as uintptrs through Waiter.Syscall6, a function
+	// whose prologue may move the goroutine's stack.
+	events []unix.EpollEvent
+	ts     unix.Timespec
 	done   chan struct{}
 }
 
@@ -137,8 +142,8 @@ func (l *kickLoop) run(fds []int, kick func(q int) time.Duration) {
 		drainEventFD(fd)
 		call(q)
 	}
-	events := make([]unix.EpollEvent, len(fds)+1)
-	var ts unix.Timespec
+	l.events = make([]unix.EpollEvent, len(fds)+1)
+	events := l.events
 	for {
 		// epoll_wait(epfd, events, -1) (epoll_pwait without a mask),
 		// or epoll_pwait2 with the time left to the earliest poll: its
@@ -147,15 +152,16 @@ func (l *kickLoop) run(fds []int, kick func(q int) time.Duration) {
 		next, timed := earliest(due)
 		if timed {
 			left := max(time.Until(next), 0)
-			ts = unix.NsecToTimespec(int64(left))
-			trap, timeout = l.pwait2, uintptr(unsafe.Pointer(&ts))
+			l.ts = unix.NsecToTimespec(int64(left))
+			trap, timeout = l.pwait2, uintptr(unsafe.Pointer(&l.ts))
 			if l.pwait2 == 0 {
 				// A kernel before 5.11: milliseconds, rounded up.
 				trap, timeout = unix.SYS_EPOLL_PWAIT, uintptr((left+time.Millisecond-1)/time.Millisecond)
 			}
 			// A thread's timeouts run late by its timer slack, 50 µs by
-			// default: longer than a poll interval on a fast host. The
-			// goroutine stays on this thread until the wait below.
+			// default: longer than a poll interval on a fast host. (The
+			// goroutine could still move to another thread before the
+			// wait, at a preemption: that wait is then only late.)
 			unix.RawSyscall(unix.SYS_PRCTL, unix.PR_SET_TIMERSLACK, pollSlack, 0)
 		}
 		r, err := l.wait.Syscall6(trap, uintptr(l.epfd), uintptr(unsafe.Pointer(&events[0])),
@@ -164,7 +170,10 @@ func (l *kickLoop) run(fds []int, kick func(q int) time.Duration) {
 		if err == unix.EINTR {
 			continue
 		}
-		if err == unix.ENOSYS && timed && l.pwait2 != 0 {
+		if (err == unix.ENOSYS || err == unix.EPERM) && timed && l.pwait2 != 0 {
+			// No epoll_pwait2: an older kernel, or a container's
+			// seccomp profile that refuses system calls it does not
+			// know with EPERM.
 			l.pwait2 = 0
 			continue
 		}
