@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
@@ -315,11 +316,13 @@ func makeBenchImage(path string, size int64) error {
 // diskAttempts runs diskOnce, again (up to diskAttemptsMax in all, each
 // said) when the guest triple-faulted in a multi-vCPU TCG appliance: that
 // is QEMU's multi-threaded TCG (docs/TESTING.md), which the end-to-end
-// tests retry too; a guest's triple fault anywhere else fails the run.
+// tests retry too; a guest's triple fault anywhere else fails the run. A
+// guest stalled in the test bed's page-fault storm is run again too.
 func diskAttempts(e *env, bench string, round int, b diskBackend) (diskRun, error) {
 	for attempt := 1; ; attempt++ {
 		run, err := diskOnce(e.starter, b)
-		if err == nil || !errors.Is(err, errGuestTripleFault) || !multiCPUTCG() || attempt == diskAttemptsMax {
+		testBed := errors.Is(err, errPageFaultStorm) || (errors.Is(err, errGuestTripleFault) && multiCPUTCG())
+		if err == nil || !testBed || attempt == diskAttemptsMax {
 			return run, err
 		}
 		e.logf("bench: %s round=%d backend=%s: %v: running it again", bench, round, b.name, err)
@@ -329,6 +332,39 @@ func diskAttempts(e *env, bench string, round int, b diskBackend) (diskRun, erro
 const diskAttemptsMax = 3
 
 var errGuestTripleFault = errors.New("the guest triple-faulted")
+
+// errPageFaultStorm: a silent guest whose VMM's dump shows KVM injecting
+// page faults into a vCPU thousands of times a second, each after
+// emulating an instruction, none reaching the VMM: the nested test bed's
+// storm (docs/TESTING.md; the supervisor's refaultWatch reports it for its
+// VMs, which the end-to-end tests retry). It cost hold5 its table.
+var errPageFaultStorm = errors.New("the test bed's page-fault storm")
+
+// stormRE matches the dump's line of a vCPU's KVM counts over its last
+// second: "vcpu 0: pf_guest+24120 exits+24120 ... insn_emulation+24120 ...".
+var stormRE = regexp.MustCompile(`vcpu \d+: .*\bpf_guest\+(\d+)\b.*\binsn_emulation\+(\d+)\b`)
+
+// pageFaultStorm says whether a dump shows a vCPU in the storm: at least
+// stormRate page faults in the dump's second, nine in ten with an
+// emulated instruction (the supervisor's refaultWatch rule).
+func pageFaultStorm(dump []string) bool {
+	for _, l := range dump {
+		m := stormRE.FindStringSubmatch(l)
+		if m == nil {
+			continue
+		}
+		pf, err1 := strconv.ParseUint(m[1], 10, 64)
+		emu, err2 := strconv.ParseUint(m[2], 10, 64)
+		if err1 == nil && err2 == nil && pf >= stormRate && emu >= pf*9/10 {
+			return true
+		}
+	}
+	return false
+}
+
+// stormRate is refaultWatch's rate (init/vmm.go): the storms seen ran at
+// 21000-26000 a second.
+const stormRate = 2000
 
 // multiCPUTCG says whether this appliance runs under QEMU's TCG with more
 // than one vCPU, where nested guests now and then triple-fault.
@@ -396,6 +432,9 @@ func diskOnce(starter child.Starter, b diskBackend) (diskRun, error) {
 		p.Signal(unix.SIGKILL)
 		p.Wait()
 		err := fmt.Errorf("%s; console ended with: %q", why, tail)
+		if pageFaultStorm(dump) {
+			err = fmt.Errorf("%w: %w", errPageFaultStorm, err)
+		}
 		if len(dump) > 0 {
 			err = fmt.Errorf("%w; the VMM's dump:\n%s", err, strings.Join(dump, "\n"))
 		}

@@ -452,3 +452,29 @@ func TestDiskCollectorWait(t *testing.T) {
 		})
 	}
 }
+
+// TestPageFaultStorm: a dump's last-second KVM counts with thousands of
+// injected page faults, each with an emulated instruction (hold5's), are
+// the test bed's storm; a busy but healthy vCPU, or a dump without the
+// line, is not.
+func TestPageFaultStorm(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		dump []string
+		want bool
+	}{
+		{"hold5", []string{
+			"kvm counts moved over 1.001s (this dump's own kicks included):",
+			"vcpu 0: pf_guest+24120 exits+24120 signal_exits+1 host_state_reload+9 fpu_reload+1 insn_emulation+24120 req_event+24121 preemption_other+2",
+			"vm: nothing moved"}, true},
+		{"healthy", []string{"vcpu 0: pf_guest+3 exits+41200 io_exits+9000 insn_emulation+12 halt_exits+300"}, false},
+		{"faults without emulation", []string{"vcpu 0: pf_guest+24000 exits+24000 insn_emulation+100"}, false},
+		{"second vCPU", []string{"vcpu 0: exits+10 halt_exits+10", "vcpu 1: pf_guest+5000 exits+5000 insn_emulation+4900"}, true},
+		{"no counts", []string{"disk 0: no request finished"}, false},
+		{"empty", nil, false},
+	} {
+		if got := pageFaultStorm(tc.dump); got != tc.want {
+			t.Errorf("%s: pageFaultStorm = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
