@@ -286,3 +286,46 @@ func TestVMsRunning(t *testing.T) {
 		}
 	}
 }
+
+// ci36Regs is `info registers -a` of ci36's TestPassthrough appliance, cut
+// to what the classifier reads: both CPUs halted in the idle loop with
+// interrupts on, SVME set (VMs exist, neither CPU in a guest).
+const ci36Regs = `
+CPU#0
+RAX=0000000000000000 RBX=0000000000000000
+RIP=ffffffffb9217a0b RFL=00000202 [-------] CPL=0 II=0 A20=1 SMM=0 HLT=1
+EFER=0000000000001d01
+CPU#1
+RAX=0000000000000000 RBX=0000000000000001
+RIP=ffffffffb9217a0b RFL=%08x [----A--] CPL=0 II=0 A20=1 SMM=0 HLT=%d
+EFER=0000000000001d01
+`
+
+// TestLostEOI: a CPU its kernel says has an overdue timer, seen halted with
+// interrupts on and the same vector in service both times, lost its end of
+// interrupt in the emulator (ci36); each thing that makes it not so is not.
+func TestLostEOI(t *testing.T) {
+	halted := fmt.Sprintf(ci36Regs, 0x212, 1)
+	cpu0 := ci9LAPIC(0, "000000ec", 192090, 47624, "(none)", "(none)")
+	stuck := strings.Replace(ci9LAPIC(1, "000000ec", 4058, 0, "39 40 236 ", "236 "), "PPR 0x10", "PPR 0xe0", 1)
+	cpu1 := map[int]bool{1: true}
+	for _, tc := range []struct {
+		name    string
+		regs1   string
+		lapic1  string // CPU 1's APIC at the second look
+		overdue map[int]bool
+		want    string
+	}{
+		{"ci36", halted, stuck, cpu1, "appliance CPU 1 sat halted with interrupts on for 3s with vector [236] in service"},
+		{"kernel has no timer waiting", halted, stuck, nil, ""},
+		{"running, not halted", fmt.Sprintf(ci36Regs, 0x212, 0), stuck, cpu1, ""},
+		{"interrupts off", fmt.Sprintf(ci36Regs, 0x12, 1), stuck, cpu1, ""},
+		{"acknowledged in between", halted, strings.Replace(stuck, "ISR\t 236 ", "ISR\t (none)", 1), cpu1, ""},
+		{"another vector in service", halted, strings.Replace(stuck, "ISR\t 236 ", "ISR\t 34 ", 1), cpu1, ""},
+	} {
+		got := lostInterrupt(halted, []string{cpu0, stuck}, tc.regs1, []string{cpu0, tc.lapic1}, tc.overdue, true)
+		if (tc.want == "") != (got == "") || !strings.HasPrefix(got, tc.want) {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
