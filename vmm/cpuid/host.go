@@ -3,6 +3,7 @@ package cpuid
 import (
 	"bufio"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -26,6 +27,30 @@ func HostIsTCG() bool {
 	}
 	defer f.Close()
 	return isTCG(bufio.NewScanner(f))
+}
+
+// HostIsVirtual reports whether this VMM's host is itself a virtual
+// machine (/proc/cpuinfo's "hypervisor" flag, which KVM and the other
+// hypervisors set, or QEMU's TCG, HostIsTCG), where each exit of its
+// guests passes through an outer hypervisor or emulator and costs tens of
+// microseconds or more.
+func HostIsVirtual() bool {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	return isVirtual(bufio.NewScanner(f)) || HostIsTCG()
+}
+
+func isVirtual(sc *bufio.Scanner) bool {
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if ok && strings.TrimSpace(k) == "flags" {
+			return slices.Contains(strings.Fields(v), "hypervisor")
+		}
+	}
+	return false
 }
 
 func isTCG(sc *bufio.Scanner) bool {

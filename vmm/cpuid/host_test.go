@@ -19,3 +19,16 @@ func TestIsTCG(t *testing.T) {
 		}
 	}
 }
+
+func TestIsVirtual(t *testing.T) {
+	for in, want := range map[string]bool{
+		"processor\t: 0\nmodel name\t: QEMU TCG CPU version 2.5+\nflags\t\t: fpu vme de pse tsc msr hypervisor lahf_lm svm\n": true,
+		"processor\t: 0\nflags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep svm\n":                                        false,
+		"processor\t: 0\nflags\t\t: fpu hypervisor_x svm\n":                                                                   false,
+		"": false,
+	} {
+		if got := isVirtual(bufio.NewScanner(strings.NewReader(in))); got != want {
+			t.Errorf("isVirtual(%q) = %v, want %v", in, got, want)
+		}
+	}
+}

@@ -111,12 +111,16 @@ type Disk struct {
 	Backing []BackingFile
 	// Poll is the longest interval at which the VMM polls a queue the
 	// guest keeps sending requests to, its notifications and interrupt
-	// held meanwhile (vmm/virtio/blk, Options.Holdoff): 0 means
-	// DefaultDiskPoll, negative never holds (an interrupt per kick).
+	// held meanwhile (vmm/virtio/blk, Options.Holdoff): negative never
+	// holds (an interrupt per kick); 0 means DefaultDiskPoll on a host
+	// that is itself a virtual machine (cpuid.HostIsVirtual), where its
+	// guests' exits are dear, and never on bare metal, where the device's
+	// wake-ups cost about what they save (BenchmarkHeldQueue).
 	Poll time.Duration
 }
 
-// DefaultDiskPoll is a disk's poll interval when Disk.Poll is 0: the
+// DefaultDiskPoll is a disk's poll interval when Disk.Poll is 0 on a
+// virtual host: the
 // interval between polls follows the guest's pace between requests, up to
 // this. Measured in the TCG test bed, where a guest takes 300-1000 µs per
 // request: a fixed 100 µs did better than 30 and 300; with the pace and

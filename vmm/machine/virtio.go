@@ -14,6 +14,7 @@ import (
 	"github.com/hyperroot/hyperroot/internal/eventfd"
 	"github.com/hyperroot/hyperroot/vmm/block"
 	"github.com/hyperroot/hyperroot/vmm/block/qcow2"
+	"github.com/hyperroot/hyperroot/vmm/cpuid"
 	"github.com/hyperroot/hyperroot/vmm/kvm"
 	"github.com/hyperroot/hyperroot/vmm/pci"
 	"github.com/hyperroot/hyperroot/vmm/ratelimit"
@@ -392,9 +393,9 @@ func (m *Machine) disk(d Disk, cpus int, errs func(error)) (*blk.Device, error) 
 	}
 	hold := d.Poll
 	switch {
-	case hold == 0:
+	case hold == 0 && cpuid.HostIsVirtual():
 		hold = DefaultDiskPoll
-	case hold < 0:
+	case hold <= 0:
 		hold = 0
 	}
 	return blk.New(blk.Options{Backend: b, ReadOnly: d.ReadOnly, ID: d.ID, Queues: queues, Limiter: lim, Errors: errs, Holdoff: hold})

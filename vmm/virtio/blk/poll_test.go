@@ -104,9 +104,10 @@ func TestPollHolds(t *testing.T) {
 }
 
 // TestPollDepthOne: a driver that waits for each request (depth 1) is
-// held only on probes, one hold in probeEvery, and each probe that gains
-// nothing makes the next kicks skip holding (1, 3, 7 ...): every other
-// kick completes its request and interrupts before Poll returns.
+// held only on its first hold, a probe; every hold that gains nothing
+// (the probe, then each that ends at its kick at depth 1) makes the next
+// kicks skip holding (1, 3, 7 ...): every other kick completes its request
+// and interrupts before Poll returns.
 func TestPollDepthOne(t *testing.T) {
 	r := newPollRig(t, 0)
 	const kicks = 64
@@ -128,10 +129,15 @@ func TestPollDepthOne(t *testing.T) {
 		}
 		r.drv[0].reap()
 	}
-	// Probes at kicks 1, 18, 37 and 60 (holds 0, 16, 32, 48, with 1, 3
-	// and 7 kicks skipped after the misses).
-	if holds != 4 {
-		t.Errorf("%d of %d kicks held, want 4 (the probes)", holds, kicks)
+	// The first hold is a probe that gains nothing (1 kick unheld after
+	// it); every hold after ends at its kick (depth 1) having gained
+	// nothing, and the back-off doubles: 3, 7, 15, 31 kicks unheld. Only
+	// the probe held the queue.
+	if holds != 1 {
+		t.Errorf("%d of %d kicks held, want 1 (the first probe)", holds, kicks)
+	}
+	if p := r.dev.workers[0].penalty; p < 31 {
+		t.Errorf("back-off %d kicks after %d kicks of a depth-1 driver, want 31 or more", p, kicks)
 	}
 }
 

@@ -245,22 +245,29 @@ func (w *worker) pollLocked(longest time.Duration) time.Duration {
 		if w.polls < holdPolls {
 			return w.next(longest)
 		}
-		w.penalty = 0
+		w.settle(true)
 		w.endHold()
 		return 0
 	}
 	// Quiet: the driver sent all it had; that many requests is its depth.
+	// If nothing came after the kick, the driver waited for this request,
+	// and the hold cost it a poll interval.
 	w.depth = w.gathered
-	if w.polls == 1 {
-		// Nothing came after the kick: the driver waited for this
-		// request, and the hold cost it a poll interval.
-		w.penalty = min(2*w.penalty+1, maxHoldSkip)
-		w.skip = w.penalty
-	} else {
-		w.penalty = 0
-	}
+	w.settle(w.polls > 1)
 	w.endHold()
 	return 0
+}
+
+// settle ends a hold's accounting: a hold that gained nothing makes the
+// next 1, 3, 7 ... up to maxHoldSkip kicks go unheld; one that gained
+// requests ends the back-off.
+func (w *worker) settle(gained bool) {
+	if !gained {
+		w.penalty = min(2*w.penalty+1, maxHoldSkip)
+		w.skip = w.penalty
+		return
+	}
+	w.penalty = 0
 }
 
 // next ends the hold once it has gathered the driver's depth, the most
@@ -270,7 +277,10 @@ func (w *worker) pollLocked(longest time.Duration) time.Duration {
 // ignores the depth, so that a driver that went deeper is noticed.
 func (w *worker) next(longest time.Duration) time.Duration {
 	if !w.probe && w.depth > 0 && w.gathered >= w.depth {
-		w.penalty = 0
+		// A depth-1 driver's hold ends at its kick, having gained
+		// nothing: the back-off grows as for a probe that gained
+		// nothing, so that probes stay rare.
+		w.settle(w.gathered > 1)
 		w.endHold()
 		return 0
 	}
