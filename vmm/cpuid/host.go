@@ -20,45 +20,47 @@ import (
 // in a throw-away guest is therefore unsafe too: it clobbers the host's
 // XCR0. Guests on such a host get no XSAVE (cpuid.WithoutXSAVE); under
 // emulation that costs only AVX, which TCG emulates anyway.
-func HostIsTCG() bool {
-	f, err := os.Open("/proc/cpuinfo")
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	return isTCG(bufio.NewScanner(f))
-}
+func HostIsTCG() bool { return isTCG(hostCPU()) }
 
 // HostIsVirtual reports whether this VMM's host is itself a virtual
 // machine (/proc/cpuinfo's "hypervisor" flag, which KVM and the other
 // hypervisors set, or QEMU's TCG, HostIsTCG), where each exit of its
 // guests passes through an outer hypervisor or emulator and costs tens of
 // microseconds or more.
-func HostIsVirtual() bool {
+func HostIsVirtual() bool { return isVirtual(hostCPU()) }
+
+func isTCG(cpu map[string]string) bool {
+	return strings.HasPrefix(cpu["model name"], "QEMU TCG CPU")
+}
+
+func isVirtual(cpu map[string]string) bool {
+	return slices.Contains(strings.Fields(cpu["flags"]), "hypervisor") || isTCG(cpu)
+}
+
+// hostCPU is the first CPU's entry of /proc/cpuinfo, or nil.
+func hostCPU() map[string]string {
 	f, err := os.Open("/proc/cpuinfo")
 	if err != nil {
-		return false
+		return nil
 	}
 	defer f.Close()
-	return isVirtual(bufio.NewScanner(f)) || HostIsTCG()
+	return firstCPU(bufio.NewScanner(f))
 }
 
-func isVirtual(sc *bufio.Scanner) bool {
+// firstCPU reads /proc/cpuinfo's "key : value" lines up to the blank line
+// that ends the first CPU's entry.
+func firstCPU(sc *bufio.Scanner) map[string]string {
+	cpu := map[string]string{}
 	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if ok && strings.TrimSpace(k) == "flags" {
-			return slices.Contains(strings.Fields(v), "hypervisor")
+		if strings.TrimSpace(sc.Text()) == "" && len(cpu) > 0 {
+			break
+		}
+		if k, v, ok := strings.Cut(sc.Text(), ":"); ok {
+			k = strings.TrimSpace(k)
+			if _, seen := cpu[k]; !seen {
+				cpu[k] = strings.TrimSpace(v)
+			}
 		}
 	}
-	return false
-}
-
-func isTCG(sc *bufio.Scanner) bool {
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if ok && strings.TrimSpace(k) == "model name" {
-			return strings.HasPrefix(strings.TrimSpace(v), "QEMU TCG CPU")
-		}
-	}
-	return false
+	return cpu
 }

@@ -14,7 +14,7 @@ func TestIsTCG(t *testing.T) {
 		"vendor_id\t: GenuineIntel\n":                         false,
 		"model name\t: Intel(R) Xeon(R) CPU @ 2.20GHz\nmodel": false,
 	} {
-		if got := isTCG(bufio.NewScanner(strings.NewReader(in))); got != want {
+		if got := isTCG(firstCPU(bufio.NewScanner(strings.NewReader(in)))); got != want {
 			t.Errorf("isTCG(%q) = %v, want %v", in, got, want)
 		}
 	}
@@ -27,7 +27,7 @@ func TestIsVirtual(t *testing.T) {
 		"processor\t: 0\nflags\t\t: fpu hypervisor_x svm\n":                                                                   false,
 		"": false,
 	} {
-		if got := isVirtual(bufio.NewScanner(strings.NewReader(in))); got != want {
+		if got := isVirtual(firstCPU(bufio.NewScanner(strings.NewReader(in)))); got != want {
 			t.Errorf("isVirtual(%q) = %v, want %v", in, got, want)
 		}
 	}
