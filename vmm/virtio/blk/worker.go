@@ -203,13 +203,8 @@ func (w *worker) pollLocked(longest time.Duration) time.Duration {
 		w.holding = false
 		return 0
 	}
-	before := w.popped
-	if w.holding {
-		// Requests others took during the hold (a completion's or the
-		// goroutine's serve) count as this poll's.
-		before = w.mark
-	}
 	if !w.holding {
+		before := w.popped
 		if w.skip > 0 || w.broken {
 			w.skip = max(w.skip-1, 0)
 			w.serve()
@@ -228,6 +223,9 @@ func (w *worker) pollLocked(longest time.Duration) time.Duration {
 		w.served = time.Now()
 		return w.next(longest)
 	}
+	// Requests others took during the hold (a completion's or the
+	// goroutine's serve) count as this poll's.
+	before := w.mark
 	w.serve()
 	w.polls++
 	if got := w.popped - before; got > 0 {
