@@ -135,6 +135,12 @@ type Device struct {
 	rxHead  int
 	rxLen   int
 	dropped uint64
+	// received and cleared count input bytes accepted and those a FIFO
+	// clear discarded before the guest read them: a dump of a guest that
+	// never saw its input says whether the bytes came and were cleared
+	// (a line typed before the guest's driver opened the port) or never
+	// came.
+	received, cleared uint64
 
 	ier, lcr, mcr, fcr, scr, dll, dlm byte
 	lsrErr                            byte // pending LSR error bits
@@ -219,8 +225,8 @@ func (d *Device) Input(p []byte) int {
 // the UART holds shows here why (no RX interrupt enabled, the line low).
 func (d *Device) State() string {
 	d.mu.Lock()
-	s := fmt.Sprintf("rx-queued=%d dropped=%d ier=%#x iid=%#x lcr=%#x mcr=%#x fcr=%#x lsr-errors=%#x",
-		d.rxLen, d.dropped, d.ier, d.iidLocked(), d.lcr, d.mcr, d.fcr, d.lsrErr)
+	s := fmt.Sprintf("rx-queued=%d received=%d cleared=%d dropped=%d ier=%#x iid=%#x lcr=%#x mcr=%#x fcr=%#x lsr-errors=%#x",
+		d.rxLen, d.received, d.cleared, d.dropped, d.ier, d.iidLocked(), d.lcr, d.mcr, d.fcr, d.lsrErr)
 	d.mu.Unlock()
 	want, driven := d.irq.Levels()
 	return fmt.Sprintf("%s irq want=%v driven=%v", s, want, driven)
@@ -254,6 +260,7 @@ func (d *Device) pushByteLocked(b byte) bool {
 	}
 	d.rx[(d.rxHead+d.rxLen)%len(d.rx)] = b
 	d.rxLen++
+	d.received++
 	return true
 }
 
@@ -275,6 +282,7 @@ func (d *Device) clearRXLocked() {
 	n := min(d.rxLen, fifoSize)
 	d.rxHead = (d.rxHead + n) % len(d.rx)
 	d.rxLen -= n
+	d.cleared += uint64(n)
 }
 
 func (d *Device) readLocked(reg uint64) byte {

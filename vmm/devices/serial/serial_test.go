@@ -337,19 +337,27 @@ func BenchmarkTHRWrite(b *testing.B) {
 	}
 }
 
-// TestState: a dump's view of the UART says what the guest has not read,
+// TestState: a dump's view of the UART says what the guest has not read
+// (and what came and what a FIFO clear discarded),
 // the interrupt it signals and the line's level, asked and driven.
 func TestState(t *testing.T) {
 	var line irqtest.Recorder
 	d := New(Options{IRQ: &line})
-	if got, want := d.State(), "rx-queued=0 dropped=0 ier=0x0 iid=0x1 lcr=0x0 mcr=0x0 fcr=0x0 lsr-errors=0x0 irq want=false driven=false"; got != want {
+	if got, want := d.State(), "rx-queued=0 received=0 cleared=0 dropped=0 ier=0x0 iid=0x1 lcr=0x0 mcr=0x0 fcr=0x0 lsr-errors=0x0 irq want=false driven=false"; got != want {
 		t.Errorf("at power-on: %q, want %q", got, want)
 	}
 	out(d, regMCR, mcrOUT2)
 	out(d, regIER, ierRDA)
 	d.Input([]byte("abc"))
-	if got, want := d.State(), "rx-queued=3 dropped=0 ier=0x1 iid=0x4 lcr=0x0 mcr=0x8 fcr=0x0 lsr-errors=0x0 irq want=true driven=true"; got != want {
+	if got, want := d.State(), "rx-queued=3 received=3 cleared=0 dropped=0 ier=0x1 iid=0x4 lcr=0x0 mcr=0x8 fcr=0x0 lsr-errors=0x0 irq want=true driven=true"; got != want {
 		t.Errorf("with input: %q, want %q", got, want)
+	}
+	// A driver opening the port clears the FIFO: the dump tells input
+	// that came and was discarded from input that never came.
+	out(d, regIIR, fcrEnable|fcrClearRX)
+	d.Input([]byte("de"))
+	if got, want := d.State(), "rx-queued=2 received=5 cleared=3 dropped=0 ier=0x1 iid=0x4 lcr=0x0 mcr=0x8 fcr=0x1 lsr-errors=0x0 irq want=true driven=true"; got != want {
+		t.Errorf("after a FIFO clear: %q, want %q", got, want)
 	}
 }
 
