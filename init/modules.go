@@ -1,34 +1,18 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/u-root/u-root/pkg/kmodule"
+
+	"github.com/hyperroot/hyperroot/vmm/cpuid"
 )
 
 // cpuVendor returns /proc/cpuinfo's vendor_id (AuthenticAMD, GenuineIntel).
-func cpuVendor() string { return cpuinfo("vendor_id") }
-
-// cpuinfo returns the first value of key in /proc/cpuinfo.
-func cpuinfo(key string) string {
-	f, err := os.Open("/proc/cpuinfo")
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if ok && strings.TrimSpace(k) == key {
-			return strings.TrimSpace(v)
-		}
-	}
-	return ""
-}
+func cpuVendor() string { return cpuid.HostCPU()["vendor_id"] }
 
 // loadModules loads each module with its dependencies (from the modules.dep
 // the image builder wrote) and reports on the console what was loaded and

@@ -19,6 +19,7 @@ import (
 	"github.com/hyperroot/hyperroot/internal/api"
 	"github.com/hyperroot/hyperroot/internal/atomicfile"
 	"github.com/hyperroot/hyperroot/internal/svirt"
+	"github.com/hyperroot/hyperroot/vmm/cpuid"
 )
 
 // configPath is where a configuration baked into the image, or added as an
@@ -230,7 +231,7 @@ func banner(b *board.Board) string {
 		mem = fmt.Sprintf("%d MiB", uint64(si.Totalram)*uint64(si.Unit)>>20)
 	}
 	return fmt.Sprintf("hyperroot %s board=%s kernel=%s cpus=%d (%s) memory=%s clocksource=%s go=%s",
-		version, b.Name, kernel, runtime.NumCPU(), cpuinfo("model name"), mem, clocksource(clocksourcePath), runtime.Version())
+		version, b.Name, kernel, runtime.NumCPU(), cpuid.HostCPU()["model name"], mem, clocksource(clocksourcePath), runtime.Version())
 }
 
 const clocksourcePath = "/sys/devices/system/clocksource/clocksource0/current_clocksource"

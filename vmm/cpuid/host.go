@@ -20,14 +20,14 @@ import (
 // in a throw-away guest is therefore unsafe too: it clobbers the host's
 // XCR0. Guests on such a host get no XSAVE (cpuid.WithoutXSAVE); under
 // emulation that costs only AVX, which TCG emulates anyway.
-func HostIsTCG() bool { return isTCG(hostCPU()) }
+func HostIsTCG() bool { return isTCG(HostCPU()) }
 
 // HostIsVirtual reports whether this VMM's host is itself a virtual
 // machine (/proc/cpuinfo's "hypervisor" flag, which KVM and the other
 // hypervisors set, or QEMU's TCG, HostIsTCG), where each exit of its
 // guests passes through an outer hypervisor or emulator and costs tens of
 // microseconds or more.
-func HostIsVirtual() bool { return isVirtual(hostCPU()) }
+func HostIsVirtual() bool { return isVirtual(HostCPU()) }
 
 func isTCG(cpu map[string]string) bool {
 	return strings.HasPrefix(cpu["model name"], "QEMU TCG CPU")
@@ -37,8 +37,9 @@ func isVirtual(cpu map[string]string) bool {
 	return slices.Contains(strings.Fields(cpu["flags"]), "hypervisor") || isTCG(cpu)
 }
 
-// hostCPU is the first CPU's entry of /proc/cpuinfo, or nil.
-func hostCPU() map[string]string {
+// HostCPU is the first CPU's entry of /proc/cpuinfo by key ("vendor_id",
+// "model name", "flags"), or nil where it cannot be read.
+func HostCPU() map[string]string {
 	f, err := os.Open("/proc/cpuinfo")
 	if err != nil {
 		return nil
