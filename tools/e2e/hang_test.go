@@ -148,10 +148,10 @@ func TestDump(t *testing.T) {
 		// first dump found vCPU 0 at the kernel's entry, before its cli
 		// ("exits=2"). The dump at the timeout, a minute on, must find it
 		// in its loop.
-		checkDump(t, readDump(t, m), `(`+spinEntry+`|`+spinRIP+`)`)
+		checkDump(t, readDump(t, m, "spin"), `(`+spinEntry+`|`+spinRIP+`)`)
 		// No VM exits, so the run ends at hyperroot.timeout.
 		expect(t, m, `hyperroot: timeout: \S+ since boot, still running: spin; dumping their VMMs$`)
-		checkDump(t, readDump(t, m), spinRIP)
+		checkDump(t, readDump(t, m, "spin"), spinRIP)
 		expect(t, m, regexp.QuoteMeta(fmt.Sprintf("hyperroot: result fail errors=0 vms=spin timeout=%s", qemu.ApplianceTimeout(host))))
 		expect(t, m, `hyperroot: powering off: timeout$`)
 		expect(t, m, `hyperroot: vm spin did not stop within 5s: killing it$`)
@@ -162,19 +162,18 @@ func TestDump(t *testing.T) {
 	})
 }
 
-var dumpLineRE = regexp.MustCompile(`^spin\| hyperroot vmm: dump: `)
-
-// readDump reads the lines of the spin VM's next dump from the console,
-// up to its end line.
-func readDump(t testing.TB, m *qemu.Machine) []string {
+// readDump reads the lines of VM name's next dump from the console, up
+// to its end line, without their prefix.
+func readDump(t testing.TB, m *qemu.Machine, name string) []string {
 	t.Helper()
+	lineRE := regexp.MustCompile(`^` + regexp.QuoteMeta(name) + `\| hyperroot vmm: dump: `)
 	var lines []string
 	for {
-		l, err := m.Expect(dumpLineRE, waitCap)
+		l, err := m.Expect(lineRE, waitCap)
 		if err != nil {
 			t.Fatal(err)
 		}
-		l = dumpLineRE.ReplaceAllString(l, "")
+		l = lineRE.ReplaceAllString(l, "")
 		if l == "end" {
 			return lines
 		}

@@ -242,7 +242,8 @@ func (m *Machine) answerDump(i int, v *kvm.VCPU) {
 }
 
 // describeVCPU reads what KVM holds about a vCPU that is not in KVM_RUN,
-// and walks the guest's page tables (in mem, when not nil) for its RIP.
+// and walks the guest's page tables (in mem, when not nil) for its RIP
+// and its kernel stack (guestStack).
 func describeVCPU(i int, v *kvm.VCPU, mem uint64Reader) []string {
 	var out []string
 	add := func(format string, a ...any) {
@@ -271,6 +272,9 @@ func describeVCPU(i int, v *kvm.VCPU, mem uint64Reader) []string {
 				note = " (rip is the last fault's address: it faulted fetching this instruction)"
 			}
 			add("%s%s", pageWalk(mem, s.EFER, s.CR4, s.CR3, r.RIP), note)
+			if st := guestStack(mem, s.EFER, s.CR4, s.CR3, s.CS.DPL, r.RSP, s.IDT.Base); st != "" {
+				add("%s", st)
+			}
 		}
 	}
 	if l, err := v.LAPIC(); err != nil {
