@@ -190,12 +190,15 @@ func (l *kickLoop) run(fds []int, kick func(q int) time.Duration) {
 				call(q)
 			}
 		}
-		if _, ok := earliest(due); !ok {
-			continue
-		}
-		now := time.Now()
+		var now time.Time // read once, and only if a poll is due
 		for q, t := range due {
-			if !t.IsZero() && !now.Before(t) {
+			if t.IsZero() {
+				continue
+			}
+			if now.IsZero() {
+				now = time.Now()
+			}
+			if !now.Before(t) {
 				call(q)
 			}
 		}
