@@ -104,19 +104,20 @@ func TestPollHolds(t *testing.T) {
 }
 
 // TestPollDepthOne: a driver that waits for each request (depth 1) is
-// held only on its first hold, a probe; every hold that gains nothing
-// (the probe, then each that ends at its kick at depth 1) makes the next
-// kicks skip holding (1, 3, 7 ...): every other kick completes its request
-// and interrupts before Poll returns.
+// held only by probes, one hold in probeEvery: the holds between them end
+// at their kick, and each probe that gains nothing makes the kicks after
+// it skip holding, 1, 3, 7 ... of them, so that probes, each an interval
+// the driver waits, come rarer and rarer. Every kick completes its request
+// and interrupts before Poll returns, but for a probe's.
 func TestPollDepthOne(t *testing.T) {
 	r := newPollRig(t, 0)
-	const kicks = 64
-	holds := 0
+	const kicks = 256
+	var probes []int
 	for i := range kicks {
 		irqs := r.irq.used.Load()
 		r.post()
 		if got := r.poll("kick"); got > 0 {
-			holds++
+			probes = append(probes, i)
 			if r.irq.used.Load() != irqs {
 				t.Fatalf("kick %d: held and interrupted", i)
 			}
@@ -129,15 +130,56 @@ func TestPollDepthOne(t *testing.T) {
 		}
 		r.drv[0].reap()
 	}
-	// The first hold is a probe that gains nothing (1 kick unheld after
-	// it); every hold after ends at its kick (depth 1) having gained
-	// nothing, and the back-off doubles: 3, 7, 15, 31 kicks unheld. Only
-	// the probe held the queue.
-	if holds != 1 {
-		t.Errorf("%d of %d kicks held, want 1 (the first probe)", holds, kicks)
+	// Probes at kick 0, then after each back-off (1, 3, 7, 15 kicks)
+	// and probeEvery-1 holds ending at their kick.
+	want := []int{0}
+	for skip := 1; want[len(want)-1]+skip+probeEvery < kicks; skip = 2*skip + 1 {
+		want = append(want, want[len(want)-1]+skip+probeEvery)
 	}
-	if p := r.dev.workers[0].penalty; p < 31 {
-		t.Errorf("back-off %d kicks after %d kicks of a depth-1 driver, want 31 or more", p, kicks)
+	if fmt.Sprint(probes) != fmt.Sprint(want) {
+		t.Errorf("kicks held (probes) %v, want %v", probes, want)
+	}
+	if p := r.dev.workers[0].penalty; p != 1<<len(want)-1 {
+		t.Errorf("back-off %d kicks after %d probes that gained nothing, want %d", p, len(want), 1<<len(want)-1)
+	}
+}
+
+// TestPollDepthRecovers: a queue whose learned depth fell to 1 (a probe
+// whose poll found nothing) notices, at its next probe, a driver that
+// sends 4 requests one after another again, and from then on holds for
+// each such burst until its 4th request.
+func TestPollDepthRecovers(t *testing.T) {
+	r := newPollRig(t, 0)
+	r.post()
+	r.poll("probe")
+	r.poll("quiet poll") // depth 1, one kick to skip
+	r.drv[0].reap()
+	// burst sends 4 requests, Poll after each, and says which of those
+	// Polls held the queue.
+	burst := func() (held [4]bool) {
+		for i := range held {
+			r.post()
+			held[i] = r.poll("burst") > 0
+		}
+		if held[3] {
+			r.poll("quiet poll")
+		}
+		r.drv[0].reap()
+		return held
+	}
+	for n := 1; ; n++ {
+		if h := burst(); h[0] && h[1] && h[2] {
+			t.Logf("held again at burst %d", n)
+			break
+		}
+		if n == probeEvery {
+			t.Fatalf("%d bursts of 4, none held: the depth of 1 stuck", n)
+		}
+	}
+	for i := range 4 {
+		if h := burst(); h != [4]bool{true, true, true, false} {
+			t.Fatalf("burst %d after the depth was learned again: held %v, want the first 3 (depth 4)", i, h)
+		}
 	}
 }
 

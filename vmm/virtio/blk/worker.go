@@ -275,10 +275,16 @@ func (w *worker) settle(gained bool) {
 // ignores the depth, so that a driver that went deeper is noticed.
 func (w *worker) next(longest time.Duration) time.Duration {
 	if !w.probe && w.depth > 0 && w.gathered >= w.depth {
-		// A depth-1 driver's hold ends at its kick, having gained
-		// nothing: the back-off grows as for a probe that gained
-		// nothing, so that probes stay rare.
-		w.settle(w.gathered > 1)
+		// A hold that gathered more than its kick brought ends the
+		// back-off. A depth-1 driver's hold, ending at its kick, cost
+		// nothing and leaves it as it was: only a probe that finds
+		// nothing lengthens it (so a depth-1 driver's probes, each an
+		// interval it waits, come rarer and rarer), and a queue whose
+		// learned depth fell to 1 still probes every probeEvery holds,
+		// so that it notices the driver going deep again.
+		if w.gathered > 1 {
+			w.settle(true)
+		}
 		w.endHold()
 		return 0
 	}
