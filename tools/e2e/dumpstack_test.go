@@ -12,7 +12,7 @@ import (
 )
 
 // TestDumpGuestStack: a dump of a Linux guest halted in its idle loop
-// lists the kernel text addresses on its vCPU's stack and the IDT's first
+// lists the kernel addresses on its vCPU's stack and the IDT's first
 // gate, and tools/ksyms, run in the same appliance (whose kernel the
 // guest runs, at another random offset), names them: the vCPU halted in
 // the idle path, called from the idle loop (do_idle). This is how a guest
@@ -51,7 +51,7 @@ func TestDumpGuestStack(t *testing.T) {
 				stack = l
 			}
 		}
-		s := regexp.MustCompile(`^vcpu 0: stack at rsp, kernel text in 64 words:((?: \+0x[0-9a-f]+=0x[0-9a-f]+)+); idt0=(0x[0-9a-f]+)$`).FindStringSubmatch(stack)
+		s := regexp.MustCompile(`^vcpu 0: stack at rsp, kernel addresses in \d+ words:((?: \+0x[0-9a-f]+=0x[0-9a-f]+)+); idt0=(0x[0-9a-f]+)$`).FindStringSubmatch(stack)
 		if rip == "" || s == nil {
 			t.Fatalf("the dump has no rip or no kernel stack with idt0:\n%s", strings.Join(lines, "\n"))
 		}

@@ -1,6 +1,7 @@
 // Command ksyms names a guest kernel's addresses from a VMM dump. A dump
 // of a vCPU stuck in its kernel lists the words on its stack that point
-// into the kernel's text and the IDT's first gate (`idt0=`, the divide
+// into the kernel (its code: return addresses; its data: marked so) and
+// the IDT's first gate (`idt0=`, the divide
 // error handler); the kernel's text sits at a random offset (KASLR) that
 // differs from boot to boot, but every symbol's distance from that
 // handler does not. Run in an appliance booted with the guest's kernel
@@ -83,20 +84,21 @@ func (t table) answer(q []string) bool {
 type symbol struct {
 	addr uint64
 	name string
+	data bool // a data symbol (kallsyms types d, b, r): a pointer, not a return address
 }
 
-// table is a boot's text symbols, by address.
+// table is a boot's symbols, code and data, by address.
 type table []symbol
 
-// readSymbols reads /proc/kallsyms' text symbols ("ffffffff81000000 T
-// _text", a module's with " [module]" after the name). Addresses read as
-// zero (kptr_restrict) are refused: nothing could be named.
+// readSymbols reads /proc/kallsyms' code and data symbols ("ffffffff81000000
+// T _text", a module's with " [module]" after the name). Addresses read
+// as zero (kptr_restrict) are refused: nothing could be named.
 func readSymbols(r io.Reader) (table, error) {
 	var t table
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
-		if len(f) < 3 || !strings.ContainsAny(f[1], "tTwW") {
+		if len(f) < 3 || !strings.ContainsAny(f[1], "tTwWdDbBrR") {
 			continue
 		}
 		a, err := strconv.ParseUint(f[0], 16, 64)
@@ -107,13 +109,13 @@ func readSymbols(r io.Reader) (table, error) {
 		if len(f) > 3 {
 			name += " " + f[3]
 		}
-		t = append(t, symbol{a, name})
+		t = append(t, symbol{a, name, strings.ContainsAny(f[1], "dDbBrR")})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, err
 	}
 	if len(t) == 0 {
-		return nil, errors.New("no text symbols with addresses in /proc/kallsyms (kptr_restrict?)")
+		return nil, errors.New("no symbols with addresses in /proc/kallsyms (kptr_restrict?)")
 	}
 	sort.Slice(t, func(i, j int) bool { return t[i].addr < t[j].addr })
 	return t, nil
@@ -166,7 +168,11 @@ func (t table) name(args []string) ([]string, error) {
 			out = append(out, fmt.Sprintf("%#x: outside the kernel's text", a))
 			continue
 		}
-		out = append(out, fmt.Sprintf("%#x: %s+%#x", a, t[i].name, at-t[i].addr))
+		what := ""
+		if t[i].data {
+			what = " (data)"
+		}
+		out = append(out, fmt.Sprintf("%#x: %s+%#x%s", a, t[i].name, at-t[i].addr, what))
 	}
 	return out, nil
 }

@@ -7,8 +7,8 @@ import (
 )
 
 // TestName: a dumped boot's addresses are named by their distance from
-// its divide error handler (idt0), in this boot's symbols; module
-// addresses are not named, and without idt0 nothing is.
+// its divide error handler (idt0), in this boot's symbols, data marked as
+// such; module addresses are not named, and without idt0 nothing is.
 func TestName(t *testing.T) {
 	kallsyms := `ffffffffada00000 T _text
 ffffffffad9ff000 t below_text
@@ -16,6 +16,8 @@ ffffffffaea18680 T native_queued_spin_lock_slowpath
 ffffffffaea18900 t __pv_queued_spin_unlock
 ffffffffaf000100 T asm_exc_divide_error
 ffffffffaf000200 T asm_exc_debug
+ffffffffb0000000 D init_task
+ffffffffb0200000 b some_lock
 ffffffffc0683000 t virtblk_done	[virtio_blk]
 0000000000000000 A fixed_percpu_data
 `
@@ -24,7 +26,7 @@ ffffffffc0683000 t virtblk_done	[virtio_blk]
 		t.Fatal(err)
 	}
 	// The dumped boot's text was 0x1200000 below this one's.
-	got, err := tab.name([]string{"idt0=0xffffffffade00100", "0xffffffffad8186e9", "0xffffffffade00210", "0xffffffffc0683dcc"})
+	got, err := tab.name([]string{"idt0=0xffffffffade00100", "0xffffffffad8186e9", "0xffffffffade00210", "0xffffffffc0683dcc", "0xffffffffaee00040"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,6 +34,7 @@ ffffffffc0683000 t virtblk_done	[virtio_blk]
 		"0xffffffffad8186e9: native_queued_spin_lock_slowpath+0x69",
 		"0xffffffffade00210: asm_exc_debug+0x10",
 		"0xffffffffc0683dcc: in a module's text (modules move independently)",
+		"0xffffffffaee00040: init_task+0x40 (data)",
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("named:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))

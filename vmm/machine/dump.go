@@ -272,7 +272,7 @@ func describeVCPU(i int, v *kvm.VCPU, mem uint64Reader) []string {
 				note = " (rip is the last fault's address: it faulted fetching this instruction)"
 			}
 			add("%s%s", pageWalk(mem, s.EFER, s.CR4, s.CR3, r.RIP), note)
-			if st := guestStack(mem, s.EFER, s.CR4, s.CR3, s.CS.DPL, r.RSP, s.IDT.Base); st != "" {
+			if st := guestStack(mem, s.EFER, s.CR4, s.CR3, s.CS.DPL, r.RSP, s.IDT.Base, s.IDT.Limit); st != "" {
 				add("%s", st)
 			}
 		}

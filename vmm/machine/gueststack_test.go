@@ -3,7 +3,7 @@ package machine
 import "testing"
 
 // TestGuestStack: the words of a kernel stack that point into the
-// kernel's text are listed with their offsets from rsp, across a page
+// kernel's image are listed with their offsets from rsp, across a page
 // boundary, up to the first word outside guest RAM; the IDT's first gate
 // gives the divide error handler's address; user mode and a stack in no
 // page give what can be said.
@@ -37,18 +37,22 @@ func TestGuestStack(t *testing.T) {
 		}
 		ram[page|va&0xfff] = w
 	}
-	got := guestStack(ram, efer64, 0, 0x1000, 0, rsp, idt)
-	want := "stack at rsp, kernel text in 5 words: +0x8=0xffffffffa3818749 +0x18=0xffffffffa3a00de7 +0x20=0xffffffffc0683dcc; idt0=0xffffffffa4a01230"
+	got := guestStack(ram, efer64, 0, 0x1000, 0, rsp, idt, 4095)
+	want := "stack at rsp, kernel addresses in 5 words: +0x8=0xffffffffa3818749 +0x18=0xffffffffa3a00de7 +0x20=0xffffffffc0683dcc; idt0=0xffffffffa4a01230"
 	if got != want {
 		t.Errorf("kernel stack:\n got %s\nwant %s", got, want)
 	}
-	if got := guestStack(ram, efer64, 0, 0x1000, 3, rsp, idt); got != "" {
+	if got := guestStack(ram, efer64, 0, 0x1000, 3, rsp, idt, 4095); got != "" {
 		t.Errorf("user mode: %q", got)
 	}
-	if got := guestStack(ram, 0, 0, 0x1000, 0, rsp, idt); got != "" {
+	if got := guestStack(ram, 0, 0, 0x1000, 0, rsp, idt, 4095); got != "" {
 		t.Errorf("not in long mode: %q", got)
 	}
-	if got, want := guestStack(ram, efer64, 0, 0x1000, 0, 0xffff888000000000, 0xffff888000000000), "stack at rsp, kernel text in 0 words: none"; got != want {
+	if got, want := guestStack(ram, efer64, 0, 0x1000, 0, 0xffff888000000000, 0xffff888000000000, 4095), "stack at rsp, kernel addresses in 0 words: none"; got != want {
 		t.Errorf("unmapped stack: %q, want %q", got, want)
+	}
+	// No IDT (limit 0), or an unaligned stack: nothing read there.
+	if got, want := guestStack(ram, efer64, 0, 0x1000, 0, rsp+1, idt, 0), "stack at rsp, kernel addresses in 0 words: none"; got != want {
+		t.Errorf("unaligned stack, no IDT: %q, want %q", got, want)
 	}
 }

@@ -245,9 +245,11 @@ func (d *Device) pushLocked(p []byte) int {
 	for i, b := range p {
 		if !d.pushByteLocked(b) {
 			d.dropped += uint64(len(p) - i - 1)
+			d.received += uint64(i)
 			return i
 		}
 	}
+	d.received += uint64(len(p))
 	return len(p)
 }
 
@@ -260,7 +262,6 @@ func (d *Device) pushByteLocked(b byte) bool {
 	}
 	d.rx[(d.rxHead+d.rxLen)%len(d.rx)] = b
 	d.rxLen++
-	d.received++
 	return true
 }
 

@@ -133,14 +133,14 @@ func TestPollDepthOne(t *testing.T) {
 	// Probes at kick 0, then after each back-off (1, 3, 7, 15 kicks)
 	// and probeEvery-1 holds ending at their kick.
 	want := []int{0}
-	for skip := 1; want[len(want)-1]+skip+probeEvery < kicks; skip = 2*skip + 1 {
+	for skip := 1; want[len(want)-1]+skip+probeEvery < kicks; skip = min(2*skip+1, maxHoldSkip) {
 		want = append(want, want[len(want)-1]+skip+probeEvery)
 	}
 	if fmt.Sprint(probes) != fmt.Sprint(want) {
 		t.Errorf("kicks held (probes) %v, want %v", probes, want)
 	}
-	if p := r.dev.workers[0].penalty; p != 1<<len(want)-1 {
-		t.Errorf("back-off %d kicks after %d probes that gained nothing, want %d", p, len(want), 1<<len(want)-1)
+	if p, w := r.dev.workers[0].penalty, min(1<<len(want)-1, maxHoldSkip); p != w {
+		t.Errorf("back-off %d kicks after %d probes that gained nothing, want %d", p, len(want), w)
 	}
 }
 
@@ -167,13 +167,14 @@ func TestPollDepthRecovers(t *testing.T) {
 		r.drv[0].reap()
 		return held
 	}
-	for n := 1; ; n++ {
-		if h := burst(); h[0] && h[1] && h[2] {
-			t.Logf("held again at burst %d", n)
-			break
-		}
-		if n == probeEvery {
-			t.Fatalf("%d bursts of 4, none held: the depth of 1 stuck", n)
+	// The next probe is hold number probeEvery, after the one kick
+	// skipped and probeEvery-1 holds ending at their kick: the first
+	// request of burst probeEvery/4+1.
+	want := probeEvery/4 + 1
+	for n := 1; n <= want; n++ {
+		h := burst()
+		if held := h[0] && h[1] && h[2]; held != (n == want) {
+			t.Fatalf("burst %d held %v; want held only at burst %d, the next probe", n, h, want)
 		}
 	}
 	for i := range 4 {

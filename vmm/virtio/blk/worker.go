@@ -277,11 +277,12 @@ func (w *worker) next(longest time.Duration) time.Duration {
 	if !w.probe && w.depth > 0 && w.gathered >= w.depth {
 		// A hold that gathered more than its kick brought ends the
 		// back-off. A depth-1 driver's hold, ending at its kick, cost
-		// nothing and leaves it as it was: only a probe that finds
-		// nothing lengthens it (so a depth-1 driver's probes, each an
-		// interval it waits, come rarer and rarer), and a queue whose
-		// learned depth fell to 1 still probes every probeEvery holds,
-		// so that it notices the driver going deep again.
+		// nothing and leaves it as it was: only a hold whose first
+		// poll finds nothing (at depth 1, a probe) lengthens it, so a
+		// depth-1 driver's probes, each an interval it waits, come
+		// rarer and rarer, and a queue whose learned depth fell to 1
+		// still probes every probeEvery holds, so that it notices the
+		// driver going deep again.
 		if w.gathered > 1 {
 			w.settle(true)
 		}
