@@ -334,8 +334,15 @@ func Start(ctx context.Context, o Options) (*Machine, error) {
 		// Not exec's own copying, which Wait would wait for: a reader
 		// that never ends (a pipe the caller keeps open) must not keep
 		// Wait from returning once QEMU has exited. The pipe stays open
-		// when o.Stdin ends, for the silence watchdog's "dump".
-		go io.Copy(m.typist, o.Stdin)
+		// when o.Stdin ends, for the silence watchdog's "dump". Once
+		// QEMU is gone what the caller types is read and dropped: a
+		// caller writing into an io.Pipe would otherwise block for
+		// good on its next line instead of failing at its next expect.
+		go func() {
+			if _, err := io.Copy(m.typist, o.Stdin); err != nil {
+				io.Copy(io.Discard, o.Stdin)
+			}
+		}()
 	}
 	m.lastOut = time.Now()
 	if accel[1] == "tcg" && m.typist != nil {

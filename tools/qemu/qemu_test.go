@@ -2,6 +2,8 @@ package qemu
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -151,6 +153,45 @@ done
 	}
 	if !strings.Contains(r.Why(), "console silent") {
 		t.Errorf("Why() = %q", r.Why())
+	}
+}
+
+// TestTypingAfterExit: once QEMU has exited, lines the caller writes
+// into its pipe are dropped, not left blocking the caller.
+func TestTypingAfterExit(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "image")
+	os.Mkdir(img, 0o755)
+	for _, f := range []string{"vmlinuz", "initramfs.cpio"} {
+		os.WriteFile(filepath.Join(img, f), []byte("x"), 0o644)
+	}
+	os.WriteFile(filepath.Join(img, "board.yaml"), []byte("name: qemu\nkernel: {package: linux-image-amd64}\nconsole: ttyS0\n"), 0o644)
+	fake := filepath.Join(dir, "fake-qemu")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\nexec 0<&-\necho bye\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	m, err := Start(context.Background(), Options{Image: img, Binary: fake, Accel: "tcg", Stdin: pr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Wait()
+	done := make(chan error, 1)
+	go func() {
+		var err error
+		for i := 0; i < 100 && err == nil; i++ {
+			_, err = fmt.Fprintf(pw, "line %d after QEMU exited\n", i)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("typing after exit: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("typing after QEMU exited blocked for 20 s")
 	}
 }
 
