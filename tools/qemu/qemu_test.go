@@ -117,15 +117,7 @@ func TestApplianceTimeout(t *testing.T) {
 // types still arrives. The "QEMU" here is a script that plays the
 // appliance's part.
 func TestSilenceDumps(t *testing.T) {
-	dir := t.TempDir()
-	img := filepath.Join(dir, "image")
-	os.Mkdir(img, 0o755)
-	for _, f := range []string{"vmlinuz", "initramfs.cpio"} {
-		os.WriteFile(filepath.Join(img, f), []byte("x"), 0o644)
-	}
-	os.WriteFile(filepath.Join(img, "board.yaml"), []byte("name: qemu\nkernel: {package: linux-image-amd64}\nconsole: ttyS0\n"), 0o644)
-	fake := filepath.Join(dir, "fake-qemu")
-	script := `#!/bin/sh
+	img, fake := fakeQEMU(t, `#!/bin/sh
 echo "hyperroot: ready"
 while read -r line; do
 	case "$line" in
@@ -133,10 +125,7 @@ while read -r line; do
 	?*) echo "typed: $line" ;;
 	esac
 done
-`
-	if err := os.WriteFile(fake, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
+`)
 	m, err := Start(context.Background(), Options{Image: img, Binary: fake, Accel: "tcg", Silence: time.Second, Stdin: strings.NewReader("hello\n")})
 	if err != nil {
 		t.Fatal(err)
@@ -159,17 +148,7 @@ done
 // TestTypingAfterExit: once QEMU has exited, lines the caller writes
 // into its pipe are dropped, not left blocking the caller.
 func TestTypingAfterExit(t *testing.T) {
-	dir := t.TempDir()
-	img := filepath.Join(dir, "image")
-	os.Mkdir(img, 0o755)
-	for _, f := range []string{"vmlinuz", "initramfs.cpio"} {
-		os.WriteFile(filepath.Join(img, f), []byte("x"), 0o644)
-	}
-	os.WriteFile(filepath.Join(img, "board.yaml"), []byte("name: qemu\nkernel: {package: linux-image-amd64}\nconsole: ttyS0\n"), 0o644)
-	fake := filepath.Join(dir, "fake-qemu")
-	if err := os.WriteFile(fake, []byte("#!/bin/sh\nexec 0<&-\necho bye\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	img, fake := fakeQEMU(t, "#!/bin/sh\nexec 0<&-\necho bye\n")
 	pr, pw := io.Pipe()
 	defer pw.Close()
 	m, err := Start(context.Background(), Options{Image: img, Binary: fake, Accel: "tcg", Stdin: pr})
@@ -193,6 +172,24 @@ func TestTypingAfterExit(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("typing after QEMU exited blocked for 20 s")
 	}
+}
+
+// fakeQEMU makes an image directory with placeholder files and a board,
+// and a "QEMU" that is script, playing the appliance's part.
+func fakeQEMU(t *testing.T, script string) (img, binary string) {
+	t.Helper()
+	dir := t.TempDir()
+	img = filepath.Join(dir, "image")
+	os.Mkdir(img, 0o755)
+	for _, f := range []string{"vmlinuz", "initramfs.cpio"} {
+		os.WriteFile(filepath.Join(img, f), []byte("x"), 0o644)
+	}
+	os.WriteFile(filepath.Join(img, "board.yaml"), []byte("name: qemu\nkernel: {package: linux-image-amd64}\nconsole: ttyS0\n"), 0o644)
+	binary = filepath.Join(dir, "fake-qemu")
+	if err := os.WriteFile(binary, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return img, binary
 }
 
 func TestNUMAArgs(t *testing.T) {
