@@ -54,7 +54,7 @@ func guestStack(mem uint64Reader, efer, cr4, cr3 uint64, cpl uint8, rsp, idt uin
 		v, err := mem.Uint64(gpa | va&0xfff)
 		return v, err == nil
 	}
-	found, words := 0, 0
+	words := 0
 	for ; words < stackWords; words++ {
 		v, ok := read(rsp + 8*uint64(words))
 		if !ok {
@@ -62,11 +62,10 @@ func guestStack(mem uint64Reader, efer, cr4, cr3 uint64, cpl uint8, rsp, idt uin
 		}
 		if v >= kernelStart && v < kernelEnd {
 			fmt.Fprintf(&b, " +%#x=%#x", 8*words, v)
-			found++
 		}
 	}
 	s := fmt.Sprintf("stack at rsp, kernel addresses in %d words:%s", words, b.String())
-	if found == 0 {
+	if b.Len() == 0 {
 		s += " none"
 	}
 	// A 16-byte interrupt gate: the handler's offset in bits 0-15 and
