@@ -96,17 +96,19 @@ func bootPeersWith(hyperroot, cmdline string) []benchPeer {
 	}
 }
 
-// roundOrder is the order the peers boot in round (from 1): rotated by one
-// each round. A boot that follows a hyperroot boot was seen ~1.3x slower
-// than the same boot first in its round (the previous VMM's teardown or
-// the memory it left), so a fixed order favours the first peer and
-// penalises the second; rotating spreads that over every contender.
-func roundOrder(peers []benchPeer, round int) []benchPeer {
-	if len(peers) == 0 {
+// roundOrder is the order the contenders run in round (from 1): rotated
+// by one each round. A boot that follows a hyperroot boot was seen ~1.3x
+// slower than the same boot first in its round (the previous VMM's
+// teardown or the memory it left), and the disk benchmark's first
+// contender's first round was often its worst, so a fixed order favours
+// or penalises whoever holds a place; rotating spreads that over every
+// contender. Every benchmark that compares contenders runs them so.
+func roundOrder[T any](contenders []T, round int) []T {
+	if len(contenders) == 0 {
 		return nil
 	}
-	k := (round - 1) % len(peers)
-	return append(slices.Clone(peers[k:]), peers[:k]...)
+	k := (round - 1) % len(contenders)
+	return append(slices.Clone(contenders[k:]), contenders[:k]...)
 }
 
 // A boot starts when the appliance is quiet: what the previous VMM left

@@ -307,7 +307,7 @@ func TestRoundOrder(t *testing.T) {
 	if len(firsts) != len(peers) {
 		t.Errorf("over %d rounds %d peers went first, want each once", len(peers), len(firsts))
 	}
-	if roundOrder(peers, 1)[0].name != "hyperroot" || len(roundOrder(nil, 2)) != 0 {
+	if roundOrder(peers, 1)[0].name != "hyperroot" || len(roundOrder[benchPeer](nil, 2)) != 0 {
 		t.Error("round 1 does not keep the peers' order, or no peers gave some")
 	}
 }

@@ -222,6 +222,7 @@ func runDiskBench(e *env) error {
 	e.logf("bench: disk image=%s size=%dMiB (tmpfs) guest=1 vCPU %s options=%s rounds=%d",
 		diskBenchImage, diskBenchSize>>20, benchMemory, diskBenchOptions, diskBenchRounds)
 	runs, err := diskRounds(e.logf, diskBenchRounds, backends, func(round int, b diskBackend) (diskRun, error) {
+		settle(e, "disk", round, b.name)
 		return diskAttempts(e, "disk", round, b)
 	})
 	if err != nil {
@@ -245,13 +246,14 @@ func runDiskBench(e *env) error {
 	return nil
 }
 
-// diskRounds measures every backend once per round, in order, with
-// attempt, and logs each run. A peer's failed run costs the peer that
-// round; one of hyperroot's ends the benchmark with its error.
+// diskRounds measures every backend once per round, in the round's order
+// (roundOrder), with attempt, and logs each run. A peer's failed run costs
+// the peer that round; one of hyperroot's ends the benchmark with its
+// error.
 func diskRounds(logf func(string, ...any), rounds int, backends []diskBackend, attempt func(round int, b diskBackend) (diskRun, error)) (map[string][]diskRun, error) {
 	runs := map[string][]diskRun{}
 	for round := 1; round <= rounds; round++ {
-		for _, b := range backends {
+		for _, b := range roundOrder(backends, round) {
 			if b.prepare != nil {
 				if err := b.prepare(); err != nil {
 					return nil, fmt.Errorf("%s: %w", b.name, err)

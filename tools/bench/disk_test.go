@@ -372,14 +372,16 @@ func TestDiskCollectorDump(t *testing.T) {
 	}
 }
 
-// TestDiskRounds: a peer whose guest fails a round loses that round and
-// the others go on; one of hyperroot's failing ends the benchmark.
+// TestDiskRounds: the backends take turns going first; a peer whose
+// guest fails a round loses that round and the others go on; one of
+// hyperroot's failing ends the benchmark.
 func TestDiskRounds(t *testing.T) {
 	backends := []diskBackend{{name: "uring", dumps: true}, {name: "qemu", peer: true}}
-	var log []string
+	var log, order []string
 	logf := func(format string, a ...any) { log = append(log, fmt.Sprintf(format, a...)) }
 	stall := errors.New("no result within 10m0s")
 	runs, err := diskRounds(logf, 3, backends, func(round int, b diskBackend) (diskRun, error) {
+		order = append(order, b.name)
 		if b.name == "qemu" && round == 2 {
 			return diskRun{}, stall
 		}
@@ -387,6 +389,9 @@ func TestDiskRounds(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if want := []string{"uring", "qemu", "qemu", "uring", "uring", "qemu"}; !slices.Equal(order, want) {
+		t.Errorf("order %q, want %q", order, want)
 	}
 	if len(runs["uring"]) != 3 || len(runs["qemu"]) != 2 {
 		t.Errorf("rounds: uring %d, qemu %d; want 3 and 2", len(runs["uring"]), len(runs["qemu"]))

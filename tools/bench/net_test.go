@@ -435,11 +435,13 @@ func readDHCP(tp *tap.Tap, dstPort layers.UDPPort, deadline time.Time) *dhcpv4.D
 }
 
 // fakeVM plays a VMM for netPair: it prints lines, then exits with exit,
-// or with hang waits until killed.
+// or with hang waits until killed; asked for a dump, it prints dump's
+// lines if it has any (hyperroot's VMM), as the dump's.
 type fakeVM struct {
 	lines []string
 	exit  unix.WaitStatus
 	hang  bool
+	dump  []string
 }
 
 func fakeStarter(vms map[string]fakeVM) vmmStarter {
@@ -452,6 +454,13 @@ func fakeStarter(vms map[string]fakeVM) vmmStarter {
 		v := &vmmRun{wait: wait, console: make(chan netConsole, 1), booted: make(chan struct{}),
 			kill:  func() { once.Do(func() { close(killed) }) },
 			close: func() { pr.Close() }}
+		if vm.dump != nil {
+			v.dump = func() {
+				for _, l := range append(vm.dump, "end") {
+					fmt.Fprintln(pw, dumpLine+l)
+				}
+			}
+		}
 		go func() { v.console <- collectNet(pr, v.booted) }()
 		go func() {
 			for _, l := range vm.lines {
@@ -472,7 +481,8 @@ func fakeStarter(vms map[string]fakeVM) vmmStarter {
 // TestNetPair: the round's outcome from what the two VMMs do: both report
 // and power off (a figure), one guest fails while the other waits for it
 // (the waiter is killed at once, the failure named), both fall silent (a
-// stall, after the timeout, which the benchmark may retry).
+// stall, after the timeout, with the dumps of the VMMs that dump: the
+// benchmark runs a stall again only where it cannot be ours).
 func TestNetPair(t *testing.T) {
 	const want = 64
 	recv := fmt.Sprintf("guest: net received bytes=%d sha256=%s mbps=12.5 from=10.77.0.101", want, sumA)
@@ -483,16 +493,26 @@ func TestNetPair(t *testing.T) {
 		mbps    float64
 		err     string
 		stalled bool
+		storm   bool
 	}{
-		{"ok", map[string]fakeVM{"server": {lines: []string{"guest: booted", recv}}, "client": {lines: append([]string{sent}, extraLines...)}}, 12.5, "", false},
+		{"ok", map[string]fakeVM{"server": {lines: []string{"guest: booted", recv}}, "client": {lines: append([]string{sent}, extraLines...)}}, 12.5, "", false, false},
 		{"client fails, server waits", map[string]fakeVM{
 			"server": {lines: []string{"guest: booted"}, hang: true},
 			"client": {lines: []string{"guest: FAIL net-client: no server announcement"}, exit: unix.WaitStatus(4 << 8)},
-		}, 0, "the client guest failed", false},
+		}, 0, "the client guest failed", false, false},
 		{"both silent", map[string]fakeVM{
 			"server": {lines: []string{"guest: booted"}, hang: true},
 			"client": {lines: []string{"guest: net lease ip=10.77.0.101/24"}, hang: true},
-		}, 0, `no result within 300ms; server console ended with ["guest: booted"], client's with ["guest: net lease`, true},
+		}, 0, `no result within 300ms; server console ended with ["guest: booted"], client's with ["guest: net lease`, true, false},
+		{"both silent, dumped", map[string]fakeVM{
+			"server": {lines: []string{"guest: booted"}, hang: true, dump: []string{"vcpu 0: halted"}},
+			"client": {lines: []string{"guest: net lease ip=10.77.0.101/24"}, hang: true, dump: []string{"vcpu 0: runnable"}},
+		}, 0, "client's with [\"guest: net lease ip=10.77.0.101/24\"]; the server VMM's dump:\nvcpu 0: halted; the client VMM's dump:\nvcpu 0: runnable", true, false},
+		{"the client's guest in the test bed's storm", map[string]fakeVM{
+			"server": {lines: []string{"guest: booted"}, hang: true, dump: []string{"vcpu 0: halted"}},
+			"client": {lines: []string{"guest: net lease ip=10.77.0.101/24"}, hang: true,
+				dump: []string{"vcpu 0: pf_guest+24120 exits+24120 insn_emulation+24120"}},
+		}, 0, "the test bed's page-fault storm (the client's guest): stalled: no result", true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			start := time.Now()
@@ -507,10 +527,37 @@ func TestNetPair(t *testing.T) {
 				}
 				return
 			}
-			if err == nil || !strings.Contains(err.Error(), tc.err) || errors.Is(err, errNetStalled) != tc.stalled {
-				t.Fatalf("netPair = %v, %v; want an error with %q (stalled %v)", mbps, err, tc.err, tc.stalled)
+			if err == nil || !strings.Contains(err.Error(), tc.err) || errors.Is(err, errNetStalled) != tc.stalled ||
+				errors.Is(err, errPageFaultStorm) != tc.storm {
+				t.Fatalf("netPair = %v, %v; want an error with %q (stalled %v, storm %v)", mbps, err, tc.err, tc.stalled, tc.storm)
 			}
 		})
+	}
+}
+
+// TestNetAgain: only the test bed's faults run a round again; a stall of
+// a VMM whose dump blames nothing on the test bed is not retried.
+func TestNetAgain(t *testing.T) {
+	stall := fmt.Errorf("%w: no result within 4m0s", errNetStalled)
+	storm := fmt.Errorf("%w (the client's guest): %w", errPageFaultStorm, stall)
+	triple := fmt.Errorf("%w: vCPU 1", errGuestTripleFault)
+	for _, tc := range []struct {
+		name            string
+		err             error
+		dumps, multiTCG bool
+		want            bool
+	}{
+		{"ours stalled", stall, true, true, false},
+		{"ours in the storm", storm, true, false, true},
+		{"the peer stalled", stall, false, false, true},
+		{"triple fault, multi-vCPU TCG", triple, true, true, true},
+		{"triple fault elsewhere", triple, true, false, false},
+		{"the guest failed", errors.New("the client guest failed"), false, true, false},
+		{"a figure", nil, true, true, false},
+	} {
+		if got := netAgain(tc.err, tc.dumps, tc.multiTCG); got != tc.want {
+			t.Errorf("%s: netAgain = %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }
 

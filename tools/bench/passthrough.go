@@ -69,7 +69,8 @@ func runPassthroughBench(e *env) error {
 		vf.Addr, ns2, benchMemory, diskBenchOptions, diskBenchRounds)
 	runs := map[string][]diskRun{}
 	for round := 1; round <= diskBenchRounds; round++ {
-		for _, b := range backends {
+		for _, b := range roundOrder(backends, round) {
+			settle(e, "passthrough", round, b.name)
 			run, err := diskAttempts(e, "passthrough", round, b)
 			if err != nil {
 				return fmt.Errorf("%s: %w", b.name, err)
