@@ -225,6 +225,46 @@ func TestPollDepth(t *testing.T) {
 	burst("the next probe", true)
 }
 
+// TestPollDepthKept: one hold that ends quiet early (a driver of depth 4
+// pausing after 2 requests) does not teach the queue depth 2: the depth is
+// the largest of the last quietKept holds that ended quiet, so the next
+// burst of 4 is held to its 4th request; only quietKept short holds in a
+// row make the depth 2.
+func TestPollDepthKept(t *testing.T) {
+	r := newPollRig(t, 0)
+	// burst sends n requests, Poll after each, says which of those Polls
+	// held the queue, and ends a hold still open with a quiet poll.
+	burst := func(n int) []bool {
+		held := make([]bool, n)
+		for i := range held {
+			r.post()
+			held[i] = r.poll("burst") > 0
+		}
+		if held[n-1] {
+			if got := r.poll("quiet poll"); got != 0 {
+				t.Fatalf("quiet poll returned %v", got)
+			}
+		}
+		r.drv[0].reap()
+		return held
+	}
+	if h := fmt.Sprint(burst(4)); h != "[true true true true]" {
+		t.Fatalf("the first burst (a probe) held %s", h)
+	}
+	if h := fmt.Sprint(burst(2)); h != "[true true]" {
+		t.Fatalf("the short burst held %s, want both (depth 4)", h)
+	}
+	if h := fmt.Sprint(burst(4)); h != "[true true true false]" {
+		t.Fatalf("after one short burst, a burst of 4 held %s, want until its 4th request (depth 4 kept)", h)
+	}
+	for range quietKept - 1 {
+		burst(2)
+	}
+	if h := fmt.Sprint(burst(4)); h != "[true false true false]" {
+		t.Fatalf("after %d short bursts, a burst of 4 held %s, want two holds of 2 (depth 2)", quietKept, h)
+	}
+}
+
 // TestPollHoldEnds: a driver that keeps adding requests still gets an
 // interrupt every holdPolls polls.
 func TestPollHoldEnds(t *testing.T) {
