@@ -95,6 +95,8 @@ type diskBackend struct {
 	peer bool
 	// extra: measured only when named (-disk-backends).
 	extra bool
+	// env, if set, is added to the VMM's environment.
+	env []string
 }
 
 // diskBackends are the contenders: hyperroot with each I/O backend, then
@@ -128,7 +130,13 @@ func diskBackends(hyperroot, img, clone string) []diskBackend {
 	qemuClone.prepare = fresh
 	noPoll := ours("uring-nopoll", vmmcli.IOUring, img, "")
 	noPoll.extra = true
-	return []diskBackend{ours("uring", vmmcli.IOUring, img, ""), ours("pool", vmmcli.IOPool, img, ""), qemu("qemu", img, "raw"), ourClone, qemuClone, noPoll}
+	// uring-nohold: the VMM with 2 Ps, fewer than its machine asks for,
+	// so that its vCPU and its notification goroutine give their Ps up
+	// in every wait (machine.Procs; internal/holdp) and the runtime never
+	// interrupts a vCPU in the guest to take its P back.
+	noHold := ours("uring-nohold", vmmcli.IOUring, img, "")
+	noHold.extra, noHold.env = true, []string{"GOMAXPROCS=2"}
+	return []diskBackend{ours("uring", vmmcli.IOUring, img, ""), ours("pool", vmmcli.IOPool, img, ""), qemu("qemu", img, "raw"), ourClone, qemuClone, noPoll, noHold}
 }
 
 // standardBackends drops the extra contenders.
@@ -409,7 +417,11 @@ func diskOnce(starter child.Starter, b diskBackend) (diskRun, error) {
 			w.line(l)
 		}
 	}
-	p, err := child.Start(starter, child.Spec{Path: b.argv[0], Args: b.argv[1:], Line: line, ExtraFiles: files})
+	var env []string
+	if b.env != nil {
+		env = append(os.Environ(), b.env...)
+	}
+	p, err := child.Start(starter, child.Spec{Path: b.argv[0], Args: b.argv[1:], Env: env, Line: line, ExtraFiles: files})
 	for _, f := range files {
 		f.Close()
 	}
