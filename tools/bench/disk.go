@@ -108,11 +108,8 @@ func diskBackends(hyperroot, img, clone string) []diskBackend {
 	ours := func(name, io, file, format string) diskBackend {
 		a := vmmcli.Args{Name: "bench", Kernel: kernel, Initrd: initrd, Cmdline: cmdline, CPUs: 1, Memory: benchMemory,
 			Disks: []vmmcli.Disk{{FD: -1, Path: file, IO: io, Format: format}}}
-		switch name {
-		case "uring-nopoll":
+		if name == "uring-nopoll" {
 			a.Disks[0].Poll = -1
-		case "uring-4level":
-			a.Cmdline += " no5lvl"
 		}
 		return diskBackend{name: name, argv: append([]string{hyperroot}, a.Argv()...), dumps: true}
 	}
@@ -139,12 +136,7 @@ func diskBackends(hyperroot, img, clone string) []diskBackend {
 	// interrupts a vCPU in the guest to take its P back.
 	noHold := ours("uring-nohold", vmmcli.IOUring, img, "")
 	noHold.extra, noHold.env = true, []string{"GOMAXPROCS=2"}
-	// uring-4level: the guest kernel on 4-level paging (no5lvl) where the
-	// CPU offers 5 (QEMU's TCG does): the test bed's page-fault storms
-	// were seen with the guest's CR3 outside its RAM under 5-level paging.
-	fourLevel := ours("uring-4level", vmmcli.IOUring, img, "")
-	fourLevel.extra = true
-	return []diskBackend{ours("uring", vmmcli.IOUring, img, ""), ours("pool", vmmcli.IOPool, img, ""), qemu("qemu", img, "raw"), ourClone, qemuClone, noPoll, noHold, fourLevel}
+	return []diskBackend{ours("uring", vmmcli.IOUring, img, ""), ours("pool", vmmcli.IOPool, img, ""), qemu("qemu", img, "raw"), ourClone, qemuClone, noPoll, noHold}
 }
 
 // standardBackends drops the extra contenders.
