@@ -230,7 +230,6 @@ func runDiskBench(e *env) error {
 	e.logf("bench: disk image=%s size=%dMiB (tmpfs) guest=1 vCPU %s options=%s rounds=%d",
 		diskBenchImage, diskBenchSize>>20, benchMemory, diskBenchOptions, diskBenchRounds)
 	runs, err := diskRounds(e.logf, diskBenchRounds, backends, func(round int, b diskBackend) (diskRun, error) {
-		settle(e, "disk", round, b.name)
 		return diskAttempts(e, "disk", round, b)
 	})
 	if err != nil {
@@ -262,11 +261,6 @@ func diskRounds(logf func(string, ...any), rounds int, backends []diskBackend, a
 	runs := map[string][]diskRun{}
 	for round := 1; round <= rounds; round++ {
 		for _, b := range roundOrder(backends, round) {
-			if b.prepare != nil {
-				if err := b.prepare(); err != nil {
-					return nil, fmt.Errorf("%s: %w", b.name, err)
-				}
-			}
 			run, err := attempt(round, b)
 			if err != nil && b.peer {
 				// A peer's guest that stalls or dies (QEMU's qcow2
@@ -327,10 +321,19 @@ func makeBenchImage(path string, size int64) error {
 // said) when the guest triple-faulted in a multi-vCPU TCG appliance: that
 // is QEMU's multi-threaded TCG (docs/TESTING.md), which the end-to-end
 // tests retry too; a guest's triple fault anywhere else fails the run. A
-// guest stalled in the test bed's page-fault storm is run again too.
+// guest stalled in the test bed's page-fault storm is run again too. Each
+// attempt starts from the backend's prepare (a fresh clone) on a quiet
+// appliance (settle): a retry follows a VMM just killed.
 func diskAttempts(e *env, bench string, round int, b diskBackend) (diskRun, error) {
 	for attempt := 1; ; attempt++ {
+		if b.prepare != nil {
+			if err := b.prepare(); err != nil {
+				return diskRun{}, fmt.Errorf("%s: %w", b.name, err)
+			}
+		}
+		booted := settle(e, bench, round, b.name)
 		run, err := diskOnce(e.starter, b)
+		booted()
 		testBed := errors.Is(err, errPageFaultStorm) || (errors.Is(err, errGuestTripleFault) && multiCPUTCG())
 		if err == nil || !testBed || attempt == diskAttemptsMax {
 			return run, err
@@ -439,10 +442,10 @@ func diskOnce(starter child.Starter, b diskBackend) (diskRun, error) {
 		// VMM also says where its devices' requests are (its dump).
 		tail := col.lastLines()
 		var dump []string
-		if b.dumps {
-			p.Signal(unix.SIGUSR1)
+		if b.dumps && p.Signal(unix.SIGUSR1) == nil {
 			select {
 			case <-col.dumped:
+			case <-p.Done(): // it died instead
 			case <-time.After(dumpWait):
 			}
 			dump = col.dumpLines()

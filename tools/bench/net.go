@@ -156,8 +156,9 @@ func runNetBench(e *env) error {
 			// (QEMU + vhost-net's stream was seen to stall twice in one
 			// round, the second time for good).
 			for attempt := 1; ; attempt++ {
-				settle(e, "net", round, ct.Name())
+				booted := settle(e, "net", round, ct.Name())
 				res, err = netRound(e.starter, ct, server, client, netBenchBytes)
+				booted()
 				if !netAgain(err, ct.Dumps(), multiCPUTCG()) || attempt == netBenchAttempts {
 					break
 				}
@@ -341,9 +342,12 @@ func startVMM(starter child.Starter, name string, argv []string, dumps bool, wat
 		close: func() {}}
 	if dumps {
 		v.dump = func() {
-			p.Signal(unix.SIGUSR1)
+			if p.Signal(unix.SIGUSR1) != nil {
+				return // gone already
+			}
 			select {
 			case <-dumped:
+			case <-p.Done(): // it died instead
 			case <-time.After(dumpWait):
 			}
 		}

@@ -62,15 +62,14 @@ func runPassthroughBench(e *env) error {
 	served := vmmcli.Args{Name: "bench", Kernel: kernel, Initrd: initrd, Cmdline: cmdline("/dev/vda"), CPUs: 1, Memory: benchMemory,
 		Disks: []vmmcli.Disk{{FD: -1, Path: ns2, IO: vmmcli.IOUring}}}
 	backends := []diskBackend{
-		{name: "vf", argv: append([]string{e.hyperroot}, passed.Argv()...), files: func() ([]*os.File, error) { return openVFIO(group) }},
-		{name: "virtio", argv: append([]string{e.hyperroot}, served.Argv()...)},
+		{name: "vf", argv: append([]string{e.hyperroot}, passed.Argv()...), dumps: true, files: func() ([]*os.File, error) { return openVFIO(group) }},
+		{name: "virtio", argv: append([]string{e.hyperroot}, served.Argv()...), dumps: true},
 	}
 	e.logf("bench: passthrough vf=%s (namespace 1) virtio-blk=%s (namespace 2) guest=1 vCPU %s options=%s rounds=%d",
 		vf.Addr, ns2, benchMemory, diskBenchOptions, diskBenchRounds)
 	runs := map[string][]diskRun{}
 	for round := 1; round <= diskBenchRounds; round++ {
 		for _, b := range roundOrder(backends, round) {
-			settle(e, "passthrough", round, b.name)
 			run, err := diskAttempts(e, "passthrough", round, b)
 			if err != nil {
 				return fmt.Errorf("%s: %w", b.name, err)

@@ -227,9 +227,10 @@ func TestPollDepth(t *testing.T) {
 
 // TestPollDepthKept: one hold that ends quiet early (a driver of depth 4
 // pausing after 2 requests) does not teach the queue depth 2: the depth is
-// the largest of the last quietKept holds that ended quiet, so the next
-// burst of 4 is held to its 4th request; only quietKept short holds in a
-// row make the depth 2.
+// the largest of the last quietKept holds that ended quiet or at the
+// depth, so the next burst of 4 is held to its 4th request, and so is
+// every burst until quietKept short holds have come in a row; then the
+// depth is 2.
 func TestPollDepthKept(t *testing.T) {
 	r := newPollRig(t, 0)
 	// burst sends n requests, Poll after each, says which of those Polls
@@ -257,8 +258,19 @@ func TestPollDepthKept(t *testing.T) {
 	if h := fmt.Sprint(burst(4)); h != "[true true true false]" {
 		t.Fatalf("after one short burst, a burst of 4 held %s, want until its 4th request (depth 4 kept)", h)
 	}
-	for range quietKept - 1 {
-		burst(2)
+	// That hold ended at the depth and counts: the next quietKept-1
+	// short bursts leave the depth at 4, the quietKept-th makes it 2.
+	for i := range quietKept {
+		if h := fmt.Sprint(burst(2)); h != "[true true]" {
+			t.Fatalf("short burst %d held %s, want both", i+1, h)
+		}
+		want := 4
+		if i == quietKept-1 {
+			want = 2
+		}
+		if d := r.dev.workers[0].depth; d != want {
+			t.Fatalf("after %d short bursts in a row the depth is %d, want %d", i+1, d, want)
+		}
 	}
 	if h := fmt.Sprint(burst(4)); h != "[true false true false]" {
 		t.Fatalf("after %d short bursts, a burst of 4 held %s, want two holds of 2 (depth 2)", quietKept, h)

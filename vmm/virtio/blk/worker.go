@@ -54,7 +54,7 @@ type worker struct {
 	gathered int            // requests this hold found, its kick's included
 	probe    bool           // this hold ignores depth
 	holds    int            // holds begun
-	depth    int            // the most requests of the last quietKept holds that ended quiet, or 0
+	depth    int            // the most requests of the last quietKept holds that ended quiet or at the depth, or 0
 	quiet    [quietKept]int // requests each of the last holds that ended quiet gathered
 	quietAt  int            // where the next hold that ends quiet goes in quiet
 	penalty  int            // holds to skip after the next miss (doubling)
@@ -260,16 +260,18 @@ func (w *worker) pollLocked(longest time.Duration) time.Duration {
 	return 0
 }
 
-// learnDepth takes what a hold that ended quiet gathered as the driver's
-// depth, unless one of the quietKept holds before it that ended quiet
-// gathered more: the depth is their largest. A driver with many requests
-// outstanding (random writes at queue depth 32 in the TCG test bed) now
-// and then pauses for longer than a poll interval in the middle of a
-// batch; taking that short hold's count as the depth ended the holds after
-// it at a few requests each (0.5-0.8 interrupts a request, against reads'
-// 0.2-0.3 at the same depth) until the next probe. Holding for more than a
-// driver sends costs it one poll interval, the quiet poll that ends the
-// hold, and only until quietKept shorter holds have come.
+// learnDepth records what a hold that ended quiet or at the depth
+// gathered; the depth is the largest of the last quietKept such counts,
+// this one included. A driver with many requests outstanding (random
+// writes at queue depth 32 in the TCG test bed) now and then pauses for
+// longer than a poll interval in the middle of a batch; taking that short
+// hold's count as the depth ended the holds after it at a few requests
+// each (0.5-0.8 interrupts a request, against reads' 0.2-0.3 at the same
+// depth) until the next probe. A hold that reaches the depth counts too,
+// so that pauses scattered among full holds never make up the whole
+// window. Holding for more than a driver sends costs it one poll
+// interval, the quiet poll that ends the hold, and only until quietKept
+// shorter holds have come in a row.
 func (w *worker) learnDepth(gathered int) {
 	w.quiet[w.quietAt] = gathered
 	w.quietAt = (w.quietAt + 1) % quietKept
@@ -309,6 +311,7 @@ func (w *worker) next(longest time.Duration) time.Duration {
 		if w.gathered > 1 {
 			w.settle(true)
 		}
+		w.learnDepth(w.gathered)
 		w.endHold()
 		return 0
 	}
