@@ -130,9 +130,13 @@ func TestSeccompLogRelayed(t *testing.T) {
 func TestSeccompKillInAppliance(t *testing.T) {
 	testenv.NeedKVM(t)
 	kernel := testKernel(t)
-	initrd := filepath.Join(filepath.Dir(kernel), "initramfs.cpio")
+	// On the host the kernel is out/image's, beside the appliance's own
+	// initramfs.cpio (too big for these VMs' memory: the VMM refuses it),
+	// and the test guest's is guest-initramfs.cpio; in the appliance the
+	// test guest's is initramfs.cpio beside its kernel.
+	initrd := filepath.Join(filepath.Dir(kernel), "guest-initramfs.cpio")
 	if _, err := os.Stat(initrd); err != nil {
-		initrd = filepath.Join(filepath.Dir(kernel), "guest-initramfs.cpio") // out/image on the host
+		initrd = filepath.Join(filepath.Dir(kernel), "initramfs.cpio")
 	}
 	_, err := os.Stat(initrd)
 	testenv.Need(t, err == nil, "no test guest initramfs beside "+kernel+": run ./build.sh build")
@@ -161,12 +165,16 @@ func TestSeccompKillInAppliance(t *testing.T) {
 			Cmdline: "console=ttyS0 quiet panic=-1", Restart: restart}
 	}
 	f.Start([]config.VM{guest("victim", config.RestartOnFailure), guest("bystander", config.RestartNever)})
-	syscall := "socket"
-	if !audit {
-		syscall = "unknown" // a host whose audit is off: no record to name the call
+	// The call is named from the kernel's audit record of the kill. With
+	// audit on there is one; where the audit status cannot be read or
+	// says off, the kernel may still print the record to its log (a PVM
+	// host's did, its status unreadable from the test's sandbox), so the
+	// name may be there or be "unknown".
+	const exited = "hyperroot: vm victim exited code=159 reason=seccomp syscall="
+	killed := waitForPrefix(t, out, exited, 5*time.Minute)
+	if name := strings.TrimPrefix(killed, exited); name != "socket" && (audit || name != "unknown") {
+		t.Fatalf("the kill named syscall=%s, want socket (or unknown without audit; audit on: %v)", name, audit)
 	}
-	killed := "hyperroot: vm victim exited code=159 reason=seccomp syscall=" + syscall
-	waitForWithin(t, out, 1, killed, 5*time.Minute)
 	waitForWithin(t, out, 1, "hyperroot: vm victim restarting in 1s (restart: on-failure)", time.Minute)
 	startedPID(t, out, "victim", 2, time.Minute)
 	waitForWithin(t, out, 2, killed, time.Minute)
@@ -178,6 +186,23 @@ func TestSeccompKillInAppliance(t *testing.T) {
 	f.Stop()
 	c.Flush(5 * time.Second)
 	t.Logf("console:\n%s", out.String())
+}
+
+// waitForPrefix waits until a console line starts with prefix and
+// returns it.
+func waitForPrefix(t *testing.T, out *syncBuffer, prefix string, within time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		for _, l := range out.lines() {
+			if strings.HasPrefix(l, prefix) {
+				return l
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("no console line starting %q in:\n%s", prefix, out.String())
+	return ""
 }
 
 // waitForWithin waits until the console shows line n times.
