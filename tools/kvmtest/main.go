@@ -74,7 +74,7 @@ func main() {
 			fmt.Println("kvmtest:", err)
 			os.Exit(1)
 		}
-		if pvm() {
+		if testenv.PVM() {
 			fmt.Println("kvmtest: /dev/kvm is PVM's (kvm_pvm), which runs guests without hardware virtualisation: fine for the hand-made guests of vmm/kvm, far too slow for the Linux guests the other KVM tests boot (TestSeccompKillInAppliance's had not powered off when its 10 minutes ran out, 2026-12-07): they run in the appliance")
 			os.Exit(1)
 		}
@@ -83,12 +83,6 @@ func main() {
 	default:
 		usage()
 	}
-}
-
-// pvm says whether the host's KVM is PVM's (the kvm_pvm module).
-func pvm() bool {
-	_, err := os.Stat("/sys/module/kvm_pvm")
-	return err == nil
 }
 
 func usage() {

@@ -3,7 +3,6 @@ package kvm_test
 import (
 	"bytes"
 	"fmt"
-	"os"
 	"runtime"
 	"sync"
 	"testing"
@@ -386,9 +385,9 @@ func TestPortIO(t *testing.T) {
 	// PVM (a KVM that runs guests without hardware virtualisation) takes
 	// the port instructions as exits but does not count them as port
 	// exits: io_exits=0 with exits=12 on a PVM host (2026-12-07).
-	portExits := ios >= 7 || isPVM()
+	portExits := ios >= 7 || testenv.PVM()
 	if !ok1 || !ok2 || exits < 7 || exits < ios || !portExits {
-		t.Errorf("KVM's counts: io_exits=%d (%v) exits=%d (%v), want 7 or more port exits among the exits (PVM: %v)", ios, ok1, exits, ok2, isPVM())
+		t.Errorf("KVM's counts: io_exits=%d (%v) exits=%d (%v), want 7 or more port exits among the exits (PVM: %v)", ios, ok1, exits, ok2, testenv.PVM())
 	}
 }
 
@@ -943,11 +942,4 @@ func BenchmarkIOExitRaw(b *testing.B) {
 		b.Fatalf("loop ran %d of %d", n, b.N)
 	}
 	b.ReportMetric(float64(intr)/float64(b.N), "intr/op")
-}
-
-// isPVM says whether the host's KVM is PVM's (the kvm_pvm module), which
-// runs guests without hardware virtualisation.
-func isPVM() bool {
-	_, err := os.Stat("/sys/module/kvm_pvm")
-	return err == nil
 }
