@@ -95,44 +95,36 @@ const (
 // claim makes held chains ready for a frame of total bytes (virtio-net
 // header included): one chain that holds it in one buffer (Linux's
 // mergeable buffers, any small frame), else as many chains as it takes
-// with MRG_RXBUF, else one large enough chain. The caller holds rx.mu.
-func (rx *rxState) claim(v *VirtioPort, total int) (int, claimResult) {
+// with MRG_RXBUF, else one large enough chain. flat is that one buffer
+// when there is one, which the caller writes the frame into directly; nil
+// when the frame spans several (writerFor). The caller holds rx.mu.
+func (rx *rxState) claim(v *VirtioPort, total int) (k int, flat []byte, res claimResult) {
 	if rx.n == 0 && !rx.take(v) {
-		return 0, claimEmpty
+		return 0, nil, claimEmpty
 	}
-	if first := rx.at(0); len(first.Writable()) == 1 && len(first.Writable()[0]) >= total {
-		return 1, claimed
+	if w := rx.at(0).Writable(); len(w) == 1 && len(w[0]) >= total {
+		return 1, w[0], claimed
 	}
 	limit := 1
 	if rx.mrg {
 		limit = maxRxChains
 	}
-	k, have := 0, 0
+	have := 0
 	for have < total {
 		if k == limit {
-			return 0, claimTooBig
+			return 0, nil, claimTooBig
 		}
 		if k == rx.n && !rx.take(v) {
-			return 0, claimEmpty
+			return 0, nil, claimEmpty
 		}
 		have += int(rx.at(k).WriteLen())
 		k++
 	}
-	return k, claimed
+	// One buffer that holds the frame was returned above: these chains
+	// hold it in several.
+	return k, nil, claimed
 }
 
-// flat is the one buffer the first k held chains consist of (Linux's
-// mergeable buffers, any small frame), or nil when they have more.
-func (rx *rxState) flat(k int) []byte {
-	if first := rx.at(0); k == 1 && len(first.Writable()) == 1 {
-		return first.Writable()[0]
-	}
-	return nil
-}
-
-// writerFor returns rx.w spread over the writable buffers of the first k
-// held chains; releaseWriter drops its views of guest memory after the
-// copy. The caller holds rx.mu.
 func (rx *rxState) writerFor(k int) *writer {
 	rx.wbufs = rx.wbufs[:0]
 	for i := 0; i < k; i++ {
@@ -153,7 +145,7 @@ func (rx *rxState) used(k, total int) {
 		rx.q.PushDeferred(c.Head, uint32(n))
 		total -= n
 	}
-	rx.start = (rx.start + k) % maxRxChains
+	rx.start = (rx.start + k) & (maxRxChains - 1)
 	rx.n -= k
 }
 
@@ -191,7 +183,7 @@ func (v *VirtioPort) drainLocked() {
 	var packets, bytes uint64
 	for rx.bl.count > 0 {
 		f := rx.bl.front()
-		k, res := rx.claim(v, len(f))
+		k, b, res := rx.claim(v, len(f))
 		if res == claimEmpty {
 			break
 		}
@@ -201,7 +193,7 @@ func (v *VirtioPort) drainLocked() {
 			continue
 		}
 		binary.LittleEndian.PutUint16(f[10:], uint16(k)) // num_buffers
-		if b := rx.flat(k); b != nil {
+		if b != nil {
 			copy(b, f)
 		} else {
 			rx.writerFor(k).put(f)

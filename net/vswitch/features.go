@@ -63,26 +63,25 @@ type netHdr struct {
 	numBuffers uint16
 }
 
+// decode and encode move the 12 bytes as one 8-byte and one 4-byte word:
+// a frame's header costs two loads or stores, not seven.
 func (h *netHdr) decode(b []byte) {
 	_ = b[HeaderLen-1]
-	h.flags = b[0]
-	h.gsoType = b[1]
-	h.hdrLen = binary.LittleEndian.Uint16(b[2:])
-	h.gsoSize = binary.LittleEndian.Uint16(b[4:])
-	h.csumStart = binary.LittleEndian.Uint16(b[6:])
-	h.csumOffset = binary.LittleEndian.Uint16(b[8:])
-	h.numBuffers = binary.LittleEndian.Uint16(b[10:])
+	lo, hi := binary.LittleEndian.Uint64(b[0:8]), binary.LittleEndian.Uint32(b[8:12])
+	h.flags = uint8(lo)
+	h.gsoType = uint8(lo >> 8)
+	h.hdrLen = uint16(lo >> 16)
+	h.gsoSize = uint16(lo >> 32)
+	h.csumStart = uint16(lo >> 48)
+	h.csumOffset = uint16(hi)
+	h.numBuffers = uint16(hi >> 16)
 }
 
 func (h *netHdr) encode(b []byte) {
 	_ = b[HeaderLen-1]
-	b[0] = h.flags
-	b[1] = h.gsoType
-	binary.LittleEndian.PutUint16(b[2:], h.hdrLen)
-	binary.LittleEndian.PutUint16(b[4:], h.gsoSize)
-	binary.LittleEndian.PutUint16(b[6:], h.csumStart)
-	binary.LittleEndian.PutUint16(b[8:], h.csumOffset)
-	binary.LittleEndian.PutUint16(b[10:], h.numBuffers)
+	binary.LittleEndian.PutUint64(b[0:8], uint64(h.flags)|uint64(h.gsoType)<<8|uint64(h.hdrLen)<<16|
+		uint64(h.gsoSize)<<32|uint64(h.csumStart)<<48)
+	binary.LittleEndian.PutUint32(b[8:12], uint32(h.csumOffset)|uint32(h.numBuffers)<<16)
 }
 
 // offloads is what a receiver accepts in the virtio-net header; anything

@@ -108,8 +108,9 @@ type frameInfo struct {
 
 // macKey turns 6 bytes into an FDB key.
 func macKey(b []byte) uint64 {
+	// Two loads (the compiler does not merge six byte loads).
 	_ = b[5]
-	return uint64(b[0])<<40 | uint64(b[1])<<32 | uint64(b[2])<<24 | uint64(b[3])<<16 | uint64(b[4])<<8 | uint64(b[5])
+	return uint64(binary.BigEndian.Uint16(b[0:2]))<<32 | uint64(binary.BigEndian.Uint32(b[2:6]))
 }
 
 // isGroup reports whether a MAC key is a multicast or broadcast address

@@ -260,7 +260,7 @@ func (v *VirtioPort) Stop(q int) {
 	}
 }
 
-func (rx *rxState) at(i int) *virtio.Chain { return &rx.held[(rx.start+i)%maxRxChains] }
+func (rx *rxState) at(i int) *virtio.Chain { return &rx.held[(rx.start+i)&(maxRxChains-1)] }
 
 // take makes one more receive chain available in held; it returns false
 // when the driver has none (or broke its ring).
@@ -312,14 +312,19 @@ func (v *VirtioPort) receiveLocked(e *emit) rxOutcome {
 		v.drainLocked() // older frames first
 	}
 	if rx.bl.count == 0 {
-		k, res := rx.claim(v, e.total)
+		k, b, res := rx.claim(v, e.total)
 		switch res {
 		case claimTooBig:
 			v.drop(DropNoBuffer)
 			return rxDropped
 		case claimed:
-			e.hdr.numBuffers = uint16(k)
-			if b := rx.flat(k); b != nil {
+			if e.hdr.numBuffers != uint16(k) {
+				// Stored only when it changes: deliverOne set 1, and
+				// a narrow store just before encode's wide load of
+				// the same word would stall it (no store forwarding).
+				e.hdr.numBuffers = uint16(k)
+			}
+			if b != nil {
 				e.writeFlat(b)
 			} else {
 				e.writeTo(rx.writerFor(k))

@@ -268,9 +268,8 @@ func (q *Queue) PushDeferred(head uint16, written uint32) error {
 	elem := 4 + 8*int(q.usedIdx&(q.size-1))
 	// Plain stores: the driver reads the element only after it sees
 	// used->idx move past it, and publishUsed's atomic store orders them.
-	e := q.used[elem : elem+8 : elem+8]
-	binary.LittleEndian.PutUint32(e[0:], uint32(head))
-	binary.LittleEndian.PutUint32(e[4:], written)
+	// One 8-byte store: id (le32) then len (le32).
+	binary.LittleEndian.PutUint64(q.used[elem:elem+8], uint64(head)|uint64(written)<<32)
 	q.usedIdx++
 	return nil
 }
