@@ -85,6 +85,9 @@ type diskBackend struct {
 	// prepare, if set, runs before each boot: the qcow2 contenders each
 	// start from a fresh clone, as a VM's first boot does.
 	prepare func() error
+	// done, if set, runs after each boot: it undoes what prepare changed
+	// in the appliance beyond the contender's own files.
+	done func()
 	// files, if set, opens what the VMM inherits (from vmmcli.FirstFD
 	// on) for each boot; they are closed here once it has started.
 	files func() ([]*os.File, error)
@@ -143,7 +146,42 @@ func diskBackends(hyperroot, img, clone string) []diskBackend {
 	qemuMemfd.extra = true
 	qemuMemfd.argv = append(qemuMemfd.argv, "-object", "memory-backend-memfd,id=ram,size=256M,share=on",
 		"-machine", "memory-backend=ram")
-	return []diskBackend{ours("uring", vmmcli.IOUring, img, ""), ours("pool", vmmcli.IOPool, img, ""), qemu("qemu", img, "raw"), ourClone, qemuClone, noPoll, noHold, qemuMemfd}
+	// uring-huge and uring-4k: hyperroot's guest RAM in 2 MiB hugetlbfs
+	// pages, and in 4 KiB pages (no transparent huge pages for shmem),
+	// instead of shmem's transparent huge pages: which of the three the
+	// test bed's faults follow.
+	huge := ours("uring-huge", vmmcli.IOUring, img, "")
+	huge.extra = true
+	huge.argv = append(huge.argv, "--hugepages", "2M")
+	huge.prepare, huge.done = sysctlFor("/proc/sys/vm/nr_hugepages", "136") // benchMemory in 2 MiB pages, and 8 spare
+	small := ours("uring-4k", vmmcli.IOUring, img, "")
+	small.extra = true
+	small.prepare, small.done = sysctlFor("/sys/kernel/mm/transparent_hugepage/shmem_enabled", "never")
+	return []diskBackend{ours("uring", vmmcli.IOUring, img, ""), ours("pool", vmmcli.IOPool, img, ""), qemu("qemu", img, "raw"), ourClone, qemuClone, noPoll, noHold, qemuMemfd, huge, small}
+}
+
+// sysctlFor returns a prepare that writes value to the kernel setting at
+// path and a done that writes back what it held before.
+func sysctlFor(path, value string) (prepare func() error, done func()) {
+	var old string
+	prepare = func() error {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		old = strings.TrimSpace(string(b))
+		// shmem_enabled reads "always within_size [advise] never ...".
+		if i := strings.IndexByte(old, '['); i >= 0 {
+			old = old[i+1 : i+strings.IndexByte(old[i:], ']')]
+		}
+		return os.WriteFile(path, []byte(value), 0)
+	}
+	done = func() {
+		if old != "" {
+			os.WriteFile(path, []byte(old), 0)
+		}
+	}
+	return prepare, done
 }
 
 // standardBackends drops the extra contenders.
@@ -341,6 +379,9 @@ func diskAttempts(e *env, bench string, round int, b diskBackend) (diskRun, erro
 		booted := settle(e, bench, round, b.name)
 		run, err := diskOnce(e.starter, b)
 		booted()
+		if b.done != nil {
+			b.done()
+		}
 		testBed := errors.Is(err, errPageFaultStorm) || (errors.Is(err, errGuestTripleFault) && multiCPUTCG())
 		if err == nil || !testBed || attempt == diskAttemptsMax {
 			return run, err

@@ -242,6 +242,46 @@ func TestDiskBackends(t *testing.T) {
 	if _, err := pickBackends(all, []string{"uring", "vmware"}); err == nil || !strings.Contains(err.Error(), `no disk contender "vmware"`) {
 		t.Errorf("an unknown contender: %v", err)
 	}
+	// The guest RAM contenders: hugetlbfs pages with a pool to take them
+	// from, and shmem without huge pages; each undoes its setting.
+	picked, err = pickBackends(all, []string{"uring-huge", "uring-4k"})
+	if err != nil || len(picked) != 2 {
+		t.Fatalf("pickBackends: %v %v", picked, err)
+	}
+	if args := strings.Join(picked[0].argv, " "); !strings.Contains(args, "--hugepages 2M") || picked[0].prepare == nil || picked[0].done == nil {
+		t.Errorf("uring-huge: %s", args)
+	}
+	if picked[1].prepare == nil || picked[1].done == nil {
+		t.Error("uring-4k: no setting made and undone")
+	}
+}
+
+// TestSysctlFor: prepare writes the value, done writes back the one
+// before, read from a setting that shows its choice in brackets or plain.
+func TestSysctlFor(t *testing.T) {
+	for _, tc := range []struct{ before, restored string }{
+		{"always within_size [advise] never deny force\n", "advise"},
+		{"0\n", "0"},
+	} {
+		path := filepath.Join(t.TempDir(), "setting")
+		if err := os.WriteFile(path, []byte(tc.before), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		prepare, done := sysctlFor(path, "never")
+		if err := prepare(); err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := os.ReadFile(path); string(b) != "never" {
+			t.Errorf("after prepare: %q", b)
+		}
+		done()
+		if b, _ := os.ReadFile(path); string(b) != tc.restored {
+			t.Errorf("after done: %q, want %q", b, tc.restored)
+		}
+	}
+	if prepare, _ := sysctlFor(filepath.Join(t.TempDir(), "none"), "1"); prepare() == nil {
+		t.Error("prepare of a missing setting succeeded")
+	}
 }
 
 // TestMakeClone: the clone reads as its raw base, which it names
