@@ -89,6 +89,17 @@ func (d *disk) Inline(r *Request) (Completion, bool) {
 
 // rw2 is preadv2/pwritev2 without allocating; as with rw, the offset goes in
 // the low word.
+//
+// It is a raw system call, invisible to the Go scheduler, because it never
+// waits for a device: RWF_NOWAIT answers EAGAIN instead, and on tmpfs the
+// page cache is the file. It is a copy, up to 1 MiB for a sequential
+// request. Entered as a plain system call, a copy longer than 20 µs (a
+// 1 MiB one takes milliseconds under the TCG test bed) had the runtime's
+// monitor hand the caller's P to another thread (a futex wake) and then
+// poll every 20 µs for the next millisecond: per 1 MiB read 1 futex call
+// and 5.7 of the monitor's nanosleeps, whose timer interrupts also
+// interrupt a running vCPU (2026-12-07, the disk benchmark's seqread).
+// The caller keeps its P for the copy; a collection waits for it to end.
 func rw2(op Op, fd int, iov []unix.Iovec, off int64, flags uintptr) (int, unix.Errno) {
 	nr := uintptr(unix.SYS_PREADV2)
 	if op == Write {
@@ -98,7 +109,7 @@ func rw2(op Op, fd int, iov []unix.Iovec, off int64, flags uintptr) (int, unix.E
 	if len(iov) > 0 {
 		base = unsafe.Pointer(&iov[0])
 	}
-	n, _, errno := unix.Syscall6(nr, uintptr(fd), uintptr(base), uintptr(len(iov)), uintptr(off), 0, flags)
+	n, _, errno := unix.RawSyscall6(nr, uintptr(fd), uintptr(base), uintptr(len(iov)), uintptr(off), 0, flags)
 	return int(n), errno
 }
 
