@@ -36,6 +36,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -245,6 +246,14 @@ func (r result) percentile(p float64) time.Duration {
 // operations done, timing each when lat is set. The first error stops
 // everything and is returned.
 func timed(jobs, bufSize int, dur time.Duration, seed uint64, lat bool, op func(buf []byte, rng *rand.Rand, i int64) error) (result, error) {
+	// A P for every job, as fio's psync jobs are threads of their own: with
+	// the guest's one P, a job's pread left it in a system call until the
+	// runtime's monitor took it back (20 µs to 10 ms, its period growing
+	// while the guest idles), and only then could the next job submit or a
+	// completed one run. Those waits, not the device, made hyperroot's p99
+	// at queue depth 4 20-26 ms (2026-12-07; QEMU's 7-8 ms): with a P per
+	// job 3.2-3.7 ms (QEMU's 6.5-8.8).
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(jobs + 1))
 	var stop atomic.Bool
 	counts := make([]int64, jobs)
 	errs := make([]error, jobs)
