@@ -87,7 +87,7 @@ func (b *backlog) pop() {
 type claimResult int
 
 const (
-	claimed     claimResult = iota // the chains are in rx.held[0:k]
+	claimed     claimResult = iota // the chains are the first k held: rx.at(0) to rx.at(k-1)
 	claimEmpty                     // the driver has no more buffers now
 	claimTooBig                    // the frame exceeds what the driver's buffers can take
 )
@@ -125,6 +125,9 @@ func (rx *rxState) claim(v *VirtioPort, total int) (k int, flat []byte, res clai
 	return k, nil, claimed
 }
 
+// writerFor returns rx.w spread over the writable buffers of the first k
+// held chains; releaseWriter drops its views of guest memory after the
+// copy. The caller holds rx.mu.
 func (rx *rxState) writerFor(k int) *writer {
 	rx.wbufs = rx.wbufs[:0]
 	for i := 0; i < k; i++ {

@@ -87,7 +87,7 @@ type diskBackend struct {
 	prepare func() error
 	// done, if set, runs after each boot: it undoes what prepare changed
 	// in the appliance beyond the contender's own files.
-	done func()
+	done func() error
 	// files, if set, opens what the VMM inherits (from vmmcli.FirstFD
 	// on) for each boot; they are closed here once it has started.
 	files func() ([]*os.File, error)
@@ -153,7 +153,7 @@ func diskBackends(hyperroot, img, clone string) []diskBackend {
 	huge := ours("uring-huge", vmmcli.IOUring, img, "")
 	huge.extra = true
 	huge.argv = append(huge.argv, "--hugepages", "2M")
-	huge.prepare, huge.done = sysctlFor("/proc/sys/vm/nr_hugepages", "136") // benchMemory in 2 MiB pages, and 8 spare
+	huge.prepare, huge.done = hugePoolFor("/sys/kernel/mm/hugepages/hugepages-2048kB", 128) // benchMemory in 2 MiB pages
 	small := ours("uring-4k", vmmcli.IOUring, img, "")
 	small.extra = true
 	small.prepare, small.done = sysctlFor("/sys/kernel/mm/transparent_hugepage/shmem_enabled", "never")
@@ -162,7 +162,7 @@ func diskBackends(hyperroot, img, clone string) []diskBackend {
 
 // sysctlFor returns a prepare that writes value to the kernel setting at
 // path and a done that writes back what it held before.
-func sysctlFor(path, value string) (prepare func() error, done func()) {
+func sysctlFor(path, value string) (prepare, done func() error) {
 	var old string
 	prepare = func() error {
 		b, err := os.ReadFile(path)
@@ -172,16 +172,67 @@ func sysctlFor(path, value string) (prepare func() error, done func()) {
 		old = strings.TrimSpace(string(b))
 		// shmem_enabled reads "always within_size [advise] never ...".
 		if i := strings.IndexByte(old, '['); i >= 0 {
-			old = old[i+1 : i+strings.IndexByte(old[i:], ']')]
+			j := strings.IndexByte(old[i:], ']')
+			if j < 0 {
+				return fmt.Errorf("%s reads %q: no closing ]", path, old)
+			}
+			old = old[i+1 : i+j]
 		}
 		return os.WriteFile(path, []byte(value), 0)
 	}
-	done = func() {
-		if old != "" {
-			os.WriteFile(path, []byte(old), 0)
+	done = func() error {
+		if old == "" {
+			return nil
 		}
+		return os.WriteFile(path, []byte(old), 0)
 	}
 	return prepare, done
+}
+
+// hugePoolFor returns a prepare that makes sure the 2 MiB huge page pool
+// at dir (/sys/kernel/mm/hugepages/hugepages-2048kB, the pool the VMM's
+// MFD_HUGE_2MB memfd takes from) has pages free, growing it by what is
+// missing and never shrinking it, and a done that gives back what it
+// added. The kernel may grant fewer pages than asked without an error:
+// prepare reads the count back.
+func hugePoolFor(dir string, pages int) (prepare, done func() error) {
+	nrPath, freePath := filepath.Join(dir, "nr_hugepages"), filepath.Join(dir, "free_hugepages")
+	old, added := 0, false
+	prepare = func() error {
+		var err error
+		if old, err = readCount(nrPath); err != nil {
+			return err
+		}
+		free, err := readCount(freePath)
+		if err != nil || free >= pages {
+			return err
+		}
+		added = true
+		if err := os.WriteFile(nrPath, []byte(strconv.Itoa(old+pages-free)), 0); err != nil {
+			return err
+		}
+		if free, err = readCount(freePath); err == nil && free < pages {
+			err = fmt.Errorf("%d free 2 MiB pages after growing the pool, want %d", free, pages)
+		}
+		return err
+	}
+	done = func() error {
+		if !added {
+			return nil
+		}
+		added = false
+		return os.WriteFile(nrPath, []byte(strconv.Itoa(old)), 0)
+	}
+	return prepare, done
+}
+
+// readCount reads a number from a kernel file.
+func readCount(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
 }
 
 // standardBackends drops the extra contenders.
@@ -380,7 +431,9 @@ func diskAttempts(e *env, bench string, round int, b diskBackend) (diskRun, erro
 		run, err := diskOnce(e.starter, b)
 		booted()
 		if b.done != nil {
-			b.done()
+			if derr := b.done(); derr != nil {
+				e.logf("bench: %s round=%d backend=%s: undoing its appliance setting: %v", bench, round, b.name, derr)
+			}
 		}
 		testBed := errors.Is(err, errPageFaultStorm) || (errors.Is(err, errGuestTripleFault) && multiCPUTCG())
 		if err == nil || !testBed || attempt == diskAttemptsMax {

@@ -274,13 +274,54 @@ func TestSysctlFor(t *testing.T) {
 		if b, _ := os.ReadFile(path); string(b) != "never" {
 			t.Errorf("after prepare: %q", b)
 		}
-		done()
+		if err := done(); err != nil {
+			t.Fatal(err)
+		}
 		if b, _ := os.ReadFile(path); string(b) != tc.restored {
 			t.Errorf("after done: %q, want %q", b, tc.restored)
 		}
 	}
 	if prepare, _ := sysctlFor(filepath.Join(t.TempDir(), "none"), "1"); prepare() == nil {
 		t.Error("prepare of a missing setting succeeded")
+	}
+	path := filepath.Join(t.TempDir(), "broken")
+	os.WriteFile(path, []byte("always [advise never"), 0o600)
+	if prepare, _ := sysctlFor(path, "never"); prepare() == nil {
+		t.Error("prepare of a setting with an unclosed [ succeeded")
+	}
+}
+
+// TestHugePoolFor: a pool with pages enough to spare is left alone; one
+// short of them is grown by what is missing (never shrunk) and given
+// back after; a pool the kernel did not grow is an error.
+func TestHugePoolFor(t *testing.T) {
+	pool := func(nr, free string) string {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, "nr_hugepages"), []byte(nr), 0o600)
+		os.WriteFile(filepath.Join(dir, "free_hugepages"), []byte(free), 0o600)
+		return dir
+	}
+	read := func(dir string) string {
+		b, _ := os.ReadFile(filepath.Join(dir, "nr_hugepages"))
+		return string(b)
+	}
+	dir := pool("200\n", "150\n")
+	prepare, done := hugePoolFor(dir, 128)
+	if err := prepare(); err != nil || read(dir) != "200\n" {
+		t.Errorf("enough free: %v, nr_hugepages %q", err, read(dir))
+	}
+	if err := done(); err != nil || read(dir) != "200\n" {
+		t.Errorf("enough free, done: %v, nr_hugepages %q", err, read(dir))
+	}
+	// A test file's free count does not follow nr_hugepages as the
+	// kernel's does: the grown pool reads as still short.
+	dir = pool("40\n", "10\n")
+	prepare, done = hugePoolFor(dir, 128)
+	if err := prepare(); err == nil || !strings.Contains(err.Error(), "10 free 2 MiB pages") || read(dir) != "158" {
+		t.Errorf("short: %v, nr_hugepages %q (want 40+118)", err, read(dir))
+	}
+	if err := done(); err != nil || read(dir) != "40" {
+		t.Errorf("short, done: %v, nr_hugepages %q", err, read(dir))
 	}
 }
 

@@ -90,16 +90,21 @@ func (d *disk) Inline(r *Request) (Completion, bool) {
 // rw2 is preadv2/pwritev2 without allocating; as with rw, the offset goes in
 // the low word.
 //
-// It is a raw system call, invisible to the Go scheduler, because it never
-// waits for a device: RWF_NOWAIT answers EAGAIN instead, and on tmpfs the
-// page cache is the file. It is a copy, up to 1 MiB for a sequential
-// request. Entered as a plain system call, a copy longer than 20 µs (a
-// 1 MiB one takes milliseconds under the TCG test bed) had the runtime's
-// monitor hand the caller's P to another thread (a futex wake) and then
-// poll every 20 µs for the next millisecond: per 1 MiB read 1 futex call
-// and 5.7 of the monitor's nanosleeps, whose timer interrupts also
-// interrupt a running vCPU (2026-12-07, the disk benchmark's seqread).
-// The caller keeps its P for the copy; a collection waits for it to end.
+// A read is a raw system call, invisible to the Go scheduler, because it
+// never waits: RWF_NOWAIT answers EAGAIN instead of starting device I/O,
+// on tmpfs the page cache is the file, and a read allocates no page cache
+// (it may fault guest RAM in, as a vCPU's KVM_RUN, raw too, does). It is
+// a copy, up to 1 MiB for a sequential request. Entered as a plain system
+// call, a copy longer than 20 µs (a 1 MiB one takes milliseconds under the
+// TCG test bed) had the runtime's monitor hand the caller's P to another
+// thread (a futex wake) and then poll every 20 µs for the next millisecond:
+// per 1 MiB read 1 futex call and 5.7 of the monitor's nanosleeps, whose
+// timer interrupts also interrupt a running vCPU (2026-12-07, the disk
+// benchmark's seqread). The caller keeps its P for the copy; a collection
+// waits for it to end. A write stays a plain call: it allocates page cache,
+// and past the VM cgroup's memory.high the kernel makes the writer sleep
+// (up to 2 s) before it returns, which must not hold a P, nor a collection,
+// for that long.
 func rw2(op Op, fd int, iov []unix.Iovec, off int64, flags uintptr) (int, unix.Errno) {
 	nr := uintptr(unix.SYS_PREADV2)
 	if op == Write {
@@ -108,6 +113,10 @@ func rw2(op Op, fd int, iov []unix.Iovec, off int64, flags uintptr) (int, unix.E
 	var base unsafe.Pointer
 	if len(iov) > 0 {
 		base = unsafe.Pointer(&iov[0])
+	}
+	if op == Write {
+		n, _, errno := unix.Syscall6(nr, uintptr(fd), uintptr(base), uintptr(len(iov)), uintptr(off), 0, flags)
+		return int(n), errno
 	}
 	n, _, errno := unix.RawSyscall6(nr, uintptr(fd), uintptr(base), uintptr(len(iov)), uintptr(off), 0, flags)
 	return int(n), errno

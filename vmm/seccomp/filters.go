@@ -84,8 +84,9 @@ func processPolicy(deny bpf.Action, o Options) bpf.Policy {
 			// (--pin-vcpus, init/pin.go: itself only). Found when
 			// TestSeccompKillInAppliance's VMMs were killed for prctl.
 			{Name: "prctl", Conditions: bpf.ArgumentConditions{{Argument: 0, Operation: bpf.Equal, Value: unix.PR_SET_NAME}}},
-			// The kick loop's thread before a timed wait for a device's
-			// poll (vmm/virtio/pci): timeouts to the microsecond.
+			// Each device's kick loop as it starts, on a thread of its
+			// own (vmm/virtio/pci): its timed waits for a device's poll
+			// to the microsecond.
 			{Name: "prctl", Conditions: bpf.ArgumentConditions{{Argument: 0, Operation: bpf.Equal, Value: unix.PR_SET_TIMERSLACK}}},
 			{Name: "sched_setaffinity", Conditions: bpf.ArgumentConditions{{Argument: 0, Operation: bpf.Equal, Value: 0}}},
 			// Each vCPU thread loads its own filter on top of this one.
