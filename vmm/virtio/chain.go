@@ -84,11 +84,21 @@ func (q *Queue) Walk(head uint16, c *Chain) error {
 
 // slice is q.mem.Slice, inline for a range inside the main range.
 func (q *Queue) slice(gpa, n uint64) ([]byte, error) {
-	// gpa below ramGPA wraps off past len(q.ram).
-	if off := gpa - q.ramGPA; off < uint64(len(q.ram)) && n != 0 && n <= uint64(len(q.ram))-off {
-		return q.ram[off : off+n : off+n], nil
+	if b, ok := q.mainSlice(gpa, n); ok {
+		return b, nil
 	}
 	return q.mem.Slice(gpa, n)
+}
+
+// mainSlice is the n > 0 bytes at gpa when they lie inside the main range,
+// the one bounds check of a guest buffer that slice and walkDirect make
+// themselves.
+func (q *Queue) mainSlice(gpa, n uint64) ([]byte, bool) {
+	// gpa below ramGPA wraps off past len(q.ram).
+	if off := gpa - q.ramGPA; off < uint64(len(q.ram)) && n != 0 && n <= uint64(len(q.ram))-off {
+		return q.ram[off : off+n : off+n], true
+	}
+	return nil, false
 }
 
 // walkDirect is Walk's fast path for the commonest shape, one direct
@@ -105,17 +115,19 @@ func (q *Queue) walkDirect(head uint16, c *Chain) bool {
 	}
 	d := q.desc[uint32(head)*descSize : uint32(head)*descSize+descSize]
 	flags := binary.LittleEndian.Uint16(d[12:])
-	length := uint64(binary.LittleEndian.Uint32(d[8:]))
-	// gpa below ramGPA wraps off past len(q.ram).
-	off := binary.LittleEndian.Uint64(d[0:]) - q.ramGPA
-	if flags&(descFNext|descFIndirect) != 0 || length == 0 || off >= uint64(len(q.ram)) || length > uint64(len(q.ram))-off {
+	if flags&(descFNext|descFIndirect) != 0 {
 		return false
 	}
-	c.bufs = append(c.bufs, q.ram[off:off+length:off+length])
+	length := binary.LittleEndian.Uint32(d[8:])
+	b, ok := q.mainSlice(binary.LittleEndian.Uint64(d[0:]), uint64(length))
+	if !ok {
+		return false
+	}
+	c.bufs = append(c.bufs, b)
 	if flags&descFWrite != 0 {
-		c.writeLen = uint32(length)
+		c.writeLen = length
 	} else {
-		c.nr, c.readLen = 1, uint32(length)
+		c.nr, c.readLen = 1, length
 	}
 	return true
 }
