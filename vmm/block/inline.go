@@ -106,19 +106,15 @@ func (d *disk) Inline(r *Request) (Completion, bool) {
 // (up to 2 s) before it returns, which must not hold a P, nor a collection,
 // for that long.
 func rw2(op Op, fd int, iov []unix.Iovec, off int64, flags uintptr) (int, unix.Errno) {
-	nr := uintptr(unix.SYS_PREADV2)
-	if op == Write {
-		nr = unix.SYS_PWRITEV2
-	}
 	var base unsafe.Pointer
 	if len(iov) > 0 {
 		base = unsafe.Pointer(&iov[0])
 	}
 	if op == Write {
-		n, _, errno := unix.Syscall6(nr, uintptr(fd), uintptr(base), uintptr(len(iov)), uintptr(off), 0, flags)
+		n, _, errno := unix.Syscall6(unix.SYS_PWRITEV2, uintptr(fd), uintptr(base), uintptr(len(iov)), uintptr(off), 0, flags)
 		return int(n), errno
 	}
-	n, _, errno := unix.RawSyscall6(nr, uintptr(fd), uintptr(base), uintptr(len(iov)), uintptr(off), 0, flags)
+	n, _, errno := unix.RawSyscall6(unix.SYS_PREADV2, uintptr(fd), uintptr(base), uintptr(len(iov)), uintptr(off), 0, flags)
 	return int(n), errno
 }
 
