@@ -1,9 +1,11 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -192,36 +194,44 @@ func TestSeccompKillInAppliance(t *testing.T) {
 // returns it.
 func waitForPrefix(t *testing.T, out *syncBuffer, prefix string, within time.Duration) string {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
-		for _, l := range out.lines() {
-			if strings.HasPrefix(l, prefix) {
-				return l
-			}
+	var found string
+	waitForLines(t, out, within, fmt.Sprintf("no console line starting %q", prefix), func(lines []string) bool {
+		i := slices.IndexFunc(lines, func(l string) bool { return strings.HasPrefix(l, prefix) })
+		if i >= 0 {
+			found = lines[i]
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("no console line starting %q in:\n%s", prefix, out.String())
-	return ""
+		return i >= 0
+	})
+	return found
 }
 
 // waitForWithin waits until the console shows line n times.
 func waitForWithin(t *testing.T, out *syncBuffer, n int, line string, within time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
+	waitForLines(t, out, within, fmt.Sprintf("console line %q not seen %d times", line, n), func(lines []string) bool {
 		k := 0
-		for _, l := range out.lines() {
+		for _, l := range lines {
 			if l == line {
 				k++
 			}
 		}
-		if k >= n {
+		return k >= n
+	})
+}
+
+// waitForLines polls the console's lines every 50 ms until seen says they
+// hold what the test waits for, and fails with why and the console once
+// within has passed.
+func waitForLines(t *testing.T, out *syncBuffer, within time.Duration, why string, seen func(lines []string) bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if seen(out.lines()) {
 			return
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("console line %q not seen %d times in:\n%s", line, n, out.String())
+	t.Fatalf("%s in:\n%s", why, out.String())
 }
 
 func TestParseAVC(t *testing.T) {

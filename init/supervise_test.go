@@ -170,16 +170,7 @@ func (s *syncBuffer) lines() []string {
 // waitFor waits until the console shows line.
 func waitFor(t *testing.T, out *syncBuffer, line string) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		for _, l := range out.lines() {
-			if l == line {
-				return
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("no console line %q in:\n%s", line, strings.Join(out.lines(), "\n"))
+	waitForWithin(t, out, 1, line, 20*time.Second)
 }
 
 func fake(t *testing.T, plan string) {
